@@ -39,9 +39,7 @@ def escape_value(value: object) -> str:
         text = value.hex()
     else:
         text = str(value)
-    out = "".join(
-        ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text
-    )
+    out = "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
     if len(out) > MAX_VALUE_CHARS:
         digest = hashlib.blake2b(out.encode(), digest_size=12).hexdigest()
         out = f"{out[: MAX_VALUE_CHARS - 26]}~{digest}"

@@ -1,0 +1,64 @@
+"""Typed errors: what may be retried versus what must go to the dead-letter path.
+
+A transient error is retried with backoff and never skipped (skipping an invalidation
+serves a stale row). A poison error is about one message: it is set aside with its reason
+and the stream goes on.
+"""
+
+from __future__ import annotations
+
+from cdc_cache.events import SourceRecord
+
+
+class CdcCacheError(Exception):
+    """Base of every error raised by cdc-cache."""
+
+
+class ConfigError(CdcCacheError):
+    """Bad settings or rules: startup stops with the file, line and what to fix."""
+
+
+class TransientError(CdcCacheError):
+    """A server was unreachable or timed out; the same work will succeed on retry."""
+
+
+class PoisonMessage(CdcCacheError):
+    """One message cannot be processed, now or on retry.
+
+    ``record`` names the topic/partition/offset it came from once it is known.
+    """
+
+    kind = "poison"
+
+    def __init__(self, reason: str, record: SourceRecord | None = None) -> None:
+        self.reason = reason
+        self.record = record
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f" at {self.record.where()}" if self.record is not None else ""
+        return f"{self.kind}{where}: {self.reason}"
+
+    def at(self, record: SourceRecord) -> PoisonMessage:
+        """Attach the message coordinates (returns self, for ``raise err.at(rec)``)."""
+        self.record = record
+        self.args = (self._render(),)
+        return self
+
+
+class DecodeError(PoisonMessage):
+    """The message is not a Debezium record this decoder understands."""
+
+    kind = "undecodable"
+
+
+class MissingPrimaryKey(PoisonMessage):
+    """A change event without a primary key cannot be mapped to cache keys."""
+
+    kind = "no_primary_key"
+
+
+class RenderError(PoisonMessage):
+    """A rule cannot render a key or value for this row (e.g. a column is absent)."""
+
+    kind = "render_failed"
