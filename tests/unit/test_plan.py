@@ -1,0 +1,213 @@
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdc_cache.errors import MissingPrimaryKey, RenderError
+from cdc_cache.events import ChangeEvent, Op
+from cdc_cache.ops import DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.plan import changed_columns, plan
+from cdc_cache.positions import SourcePosition
+from cdc_cache.rules import parse_rules
+from tests.model import ModelCache
+
+RULES = parse_rules(
+    """
+defaults: {safety_ttl: 1h, tombstone_ttl: 10m}
+tables:
+  inventory.stock:
+    watch: [sku_id, warehouse, qty]
+    keys:
+      - key: "stock:{sku_id}:{warehouse}"
+        fields: [sku_id, warehouse, qty]
+      - key: "sku:{sku_id}:availability"
+        action: delete
+  inventory.products:
+    keys:
+      - key: "product:{id}"
+        format: hash
+        fields: [id, name, weight]
+"""
+)
+TOMBSTONE = 600_000
+
+
+def pos(n: int) -> SourcePosition:
+    return SourcePosition(0, 1, n, 0)
+
+
+def event(op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None, n: int,
+          table: str = "inventory.stock", key: dict[str, Any] | None = None) -> ChangeEvent:
+    row = after or before or {}
+    return ChangeEvent(table, op, before, after, key if key is not None else {"id": row.get("id")},
+                       pos(n), 1_700_000_000_000)
+
+
+ROW = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 3, "note": "x"}
+
+
+def test_insert_sets_the_projection_and_invalidates_the_derived_key() -> None:
+    ops = plan(event(Op.CREATE, None, ROW, 5), RULES)
+    assert ops == [
+        SetRow("stock:7:north", pos(5), orjson.dumps({"sku_id": 7, "warehouse": "north", "qty": 3}),
+               ValueFormat.JSON, 3_600_000, TOMBSTONE),
+        DeleteKey("sku:7:availability", pos(5), TOMBSTONE),
+    ]
+
+
+def test_snapshot_read_plans_like_an_insert() -> None:
+    assert plan(event(Op.READ, None, ROW, 5), RULES) == plan(event(Op.CREATE, None, ROW, 5), RULES)
+
+
+def test_update_of_unwatched_column_does_nothing() -> None:
+    assert plan(event(Op.UPDATE, ROW, {**ROW, "note": "y"}, 6), RULES) == []
+
+
+def test_row_moving_between_warehouses_deletes_the_old_key() -> None:
+    ops = plan(event(Op.UPDATE, ROW, {**ROW, "warehouse": "south"}, 6), RULES)
+    assert [(type(op).__name__, op.key) for op in ops if not isinstance(op, InvalidatePrefix)] == [
+        ("DeleteKey", "stock:7:north"),
+        ("SetRow", "stock:7:south"),
+        ("DeleteKey", "sku:7:availability"),
+    ]
+
+
+def test_sku_change_invalidates_both_derived_keys() -> None:
+    ops = plan(event(Op.UPDATE, ROW, {**ROW, "sku_id": 8}, 6), RULES)
+    assert [(type(op).__name__, op.key) for op in ops if not isinstance(op, InvalidatePrefix)] == [
+        ("DeleteKey", "stock:7:north"),
+        ("SetRow", "stock:8:north"),
+        ("DeleteKey", "sku:7:availability"),
+        ("DeleteKey", "sku:8:availability"),
+    ]
+
+
+def test_delete_removes_every_key_of_the_row() -> None:
+    ops = plan(event(Op.DELETE, ROW, None, 7), RULES)
+    assert ops == [DeleteKey("stock:7:north", pos(7), TOMBSTONE),
+                   DeleteKey("sku:7:availability", pos(7), TOMBSTONE)]
+
+
+def test_truncate_invalidates_every_prefix_of_the_table() -> None:
+    ops = plan(event(Op.TRUNCATE, None, None, 8, key={}), RULES)
+    assert ops == [InvalidatePrefix("stock:", "inventory.stock", pos(8), TOMBSTONE),
+                   InvalidatePrefix("sku:", "inventory.stock", pos(8), TOMBSTONE)]
+
+
+def test_uncovered_table_plans_nothing() -> None:
+    assert plan(event(Op.CREATE, None, ROW, 5, table="inventory.other"), RULES) == []
+
+
+def test_change_without_primary_key_is_poison() -> None:
+    with pytest.raises(MissingPrimaryKey, match="has no primary key"):
+        plan(event(Op.CREATE, None, ROW, 5, key={}), RULES)
+
+
+def test_hash_format_stores_fields_as_strings_and_omits_nulls() -> None:
+    product = {"id": 3, "name": "bolt", "weight": None, "description": "d"}
+    (op,) = plan(event(Op.CREATE, None, product, 5, table="inventory.products"), RULES)
+    assert isinstance(op, SetRow)
+    assert (op.key, op.format, op.value) == ("product:3", ValueFormat.HASH, (("id", "3"), ("name", "bolt")))
+
+
+def test_update_without_before_image_is_fine_when_the_key_uses_only_key_columns() -> None:
+    product = {"id": 3, "name": "nut", "weight": 2}
+    ops = plan(event(Op.UPDATE, None, product, 5, table="inventory.products"), RULES)
+    assert [op.key for op in ops if not isinstance(op, InvalidatePrefix)] == ["product:3"]
+
+
+def test_update_without_before_image_says_to_set_replica_identity_full() -> None:
+    with pytest.raises(RenderError, match="REPLICA IDENTITY FULL"):
+        plan(event(Op.UPDATE, None, ROW, 6), RULES)
+
+
+def test_delete_with_key_only_before_image_names_the_missing_column() -> None:
+    with pytest.raises(RenderError, match="needs column 'sku_id', absent from the before image"):
+        plan(event(Op.DELETE, {"id": 1}, None, 6), RULES)
+
+
+def test_changed_columns() -> None:
+    assert changed_columns({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == {"b", "c"}
+    assert changed_columns(None, {"a": 1}) == {"a"}
+
+
+# --- convergence: any delivery order of the same changes gives the cache the DB implies ---
+
+WAREHOUSES = ["north", "south", "east"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[ChangeEvent]:
+    """Debezium-like change events of a random workload on inventory.stock, in commit order."""
+    table: dict[int, dict[str, Any]] = {}
+    events: list[ChangeEvent] = []
+    for n in range(1, draw(st.integers(1, 40)) + 1):
+        kind = draw(st.sampled_from(["insert", "qty", "move", "note", "delete"]))
+        row_id = draw(st.integers(1, 4))
+        row = table.get(row_id)
+        if kind == "insert" or row is None:
+            if row is not None:
+                continue
+            new = {"id": row_id, "sku_id": draw(st.integers(1, 3)),
+                   "warehouse": draw(st.sampled_from(WAREHOUSES)), "qty": 0, "note": ""}
+            op, before = Op.CREATE, None
+        elif kind == "delete":
+            events.append(event(Op.DELETE, row, None, n))
+            del table[row_id]
+            continue
+        else:
+            op, before = Op.UPDATE, row
+            field, value = {"qty": ("qty", n), "note": ("note", str(n)),
+                            "move": ("warehouse", draw(st.sampled_from(WAREHOUSES)))}[kind]
+            new = {**row, field: value}
+        taken = {(r["sku_id"], r["warehouse"]) for i, r in table.items() if i != row_id}
+        if (new["sku_id"], new["warehouse"]) in taken:
+            continue  # the (sku, warehouse) pair is unique in the table
+        table[row_id] = new
+        events.append(event(op, before, new, n))
+    return events
+
+
+def expected_cache(events: list[ChangeEvent]) -> dict[str, bytes]:
+    """What the stock keys must hold once all changes are applied: the final table state."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for e in events:
+        if e.op is Op.DELETE:
+            rows.pop(e.key["id"])
+        else:
+            assert e.after is not None
+            rows[e.key["id"]] = dict(e.after)
+    return {f"stock:{r['sku_id']}:{r['warehouse']}": orjson.dumps(
+        {"sku_id": r["sku_id"], "warehouse": r["warehouse"], "qty": r["qty"]}) for r in rows.values()}
+
+
+def stock_values(cache: ModelCache) -> dict[str, Any]:
+    return {k: v for k, v in cache.values.items() if k.startswith("stock:")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.randoms(use_true_random=False))
+def test_any_delivery_order_with_duplicates_converges_to_the_database(
+    events: list[ChangeEvent], rnd: random.Random
+) -> None:
+    deliveries = events + rnd.sample(events, k=len(events) // 2)  # replays and duplicates
+    rnd.shuffle(deliveries)
+    cache = ModelCache()
+    for e in deliveries:
+        cache.apply(plan(e, RULES))
+    assert stock_values(cache) == expected_cache(events)
+    assert not [k for k in cache.values if k.startswith("sku:")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_late_older_set_after_a_delete_does_not_resurrect(events: list[ChangeEvent]) -> None:
+    cache = ModelCache()
+    for e in events:
+        cache.apply(plan(e, RULES))
+    for e in events:  # every older change arrives again, late
+        cache.apply(plan(e, RULES))
+    assert stock_values(cache) == expected_cache(events)

@@ -1,0 +1,122 @@
+from pathlib import Path
+
+import pytest
+
+from cdc_cache.errors import ConfigError
+from cdc_cache.ops import ValueFormat
+from cdc_cache.rules import Action, KeyTemplate, MissingColumn, load_rules, parse_rules
+
+EXAMPLE = Path(__file__).parents[2] / "cdc_cache" / "examples" / "inventory.rules.yaml"
+
+VALID = """
+defaults: {safety_ttl: 2h, tombstone_ttl: 10m}
+tables:
+  inventory.stock:
+    columns: [id, sku_id, warehouse, qty]
+    watch: [sku_id, warehouse, qty]
+    keys:
+      - key: "stock:{sku_id}:{warehouse}"
+        fields: [sku_id, qty]
+      - key: "sku:{sku_id}:availability"
+        action: delete
+        ttl: 5m
+"""
+
+
+def problems(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_rules(text, "rules.yaml")
+    return str(info.value)
+
+
+def test_example_rules_file_loads() -> None:
+    rules = load_rules(EXAMPLE)
+    assert set(rules.tables) == {"inventory.stock", "inventory.products"}
+    products = rules.tables["inventory.products"]
+    assert products.keys[0].format is ValueFormat.HASH
+    assert products.keys[0].ttl_ms == 12 * 3600 * 1000
+
+
+def test_valid_rules_compile_with_defaults_and_overrides() -> None:
+    rules = parse_rules(VALID)
+    stock = rules.tables["inventory.stock"]
+    assert rules.safety_ttl_ms == 2 * 3600 * 1000
+    assert stock.tombstone_ttl_ms == 10 * 60 * 1000
+    assert stock.watch == frozenset({"sku_id", "warehouse", "qty"})
+    first, second = stock.keys
+    assert (first.action, first.fields, first.ttl_ms) == (Action.SET, ("sku_id", "qty"), 7200000)
+    assert (second.action, second.ttl_ms) == (Action.DELETE, 300000)
+    assert stock.truncate_prefixes == ("stock:", "sku:")
+
+
+def test_unknown_column_is_reported_with_file_and_line() -> None:
+    text = VALID.replace("fields: [sku_id, qty]", "fields: [sku_id, qtty]")
+    message = problems(text)
+    assert "rules.yaml:9:" in message
+    assert "column 'qtty' is not a column of inventory.stock" in message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = """
+tables:
+  inventory.stock:
+    keys:
+      - key: "{sku_id}"
+        action: upsert
+        ttl: soon
+  bad_table_name:
+    keys: []
+"""
+    message = problems(text)
+    assert "4 problem(s)" in message
+    assert "rules.yaml:5: tables.inventory.stock.keys[0].key: '{sku_id}' starts with a placeholder" in message
+    assert "rules.yaml:6: tables.inventory.stock.keys[0].action: 'upsert' is not valid; use set or delete" in message
+    assert "rules.yaml:7: tables.inventory.stock.keys[0].ttl: 'soon' is not a duration" in message
+    assert "rules.yaml:8: tables.bad_table_name: table names are '<database>.<table>'" in message
+
+
+def test_column_used_by_a_key_must_be_watched() -> None:
+    text = VALID.replace("watch: [sku_id, warehouse, qty]", "watch: [qty]")
+    message = problems(text)
+    assert "column 'warehouse' is used by this key but not watched" in message
+    assert "column 'sku_id' is used by this key but not watched" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the file is empty"),
+        ("tables: [a, b]", "tables: expected a mapping"),
+        ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n    colour: red\n", "unknown setting 'colour'"),
+        ("tables:\n  a.b:\n    keys:\n      - action: set\n", "missing 'key:'"),
+        ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id!r}'\n", "may not carry a format spec"),
+        ("tables:\n  a.b:\n    keys:\n      - key: 'static'\n", "has no {column} placeholder"),
+        ("tables:\n  a.b:\n    keys:\n      - key: 'cdc:v:{id}'\n", "overlaps cdc-cache's version keys"),
+        ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n        action: delete\n        fields: [id]\n",
+         "a delete key stores no value"),
+        ("tables:\n  a.b:\n    keys: {}\n", "non-empty list of keys"),
+        ("tables:\n  a.b: {keys: [{key: 'x:{id}'}]}\n  a.b: {keys: [{key: 'y:{id}'}]}\n", "given twice"),
+        ("tables: {a.b: {keys: [{key: 'x:{id}'}]}\n", "not valid YAML"),
+        ("defaults: {safety_ttl: 0s}\ntables: {a.b: {keys: [{key: 'x:{id}'}]}}\n", "must be positive"),
+    ],
+)
+def test_invalid_rules_stop_with_a_clear_message(text: str, expected: str) -> None:
+    assert expected in problems(text)
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read rules file .*nope.yaml"):
+        load_rules(tmp_path / "nope.yaml")
+
+
+def test_template_renders_escaped_values_and_literal_braces() -> None:
+    template = KeyTemplate.parse("stock:{{{sku_id}}}:{warehouse}")
+    assert template.columns == ("sku_id", "warehouse")
+    assert template.static_prefix == "stock:{"
+    assert template.render({"sku_id": 7, "warehouse": "a:b*{c}"}) == "stock:{7}:a%3Ab%2A%7Bc%7D"
+
+
+def test_template_names_the_missing_column() -> None:
+    with pytest.raises(MissingColumn) as info:
+        KeyTemplate.parse("stock:{sku_id}").render({"qty": 1})
+    assert info.value.column == "sku_id"
