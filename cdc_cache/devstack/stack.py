@@ -1,0 +1,171 @@
+"""The local stack as one unit: which servers, where they keep state, which ports.
+
+Every server keeps its pid, log and data under ``<home>/<service>/``, so ``up`` is
+idempotent and ``down`` or ``status`` work from any shell that sees the same home.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.mariadb import MariaDB
+from cdc_cache.devstack.postgres import Postgres
+from cdc_cache.devstack.process import StackError
+from cdc_cache.devstack.redis import RedisServer
+
+SERVICES: Final = ("redis", "broker", "mariadb", "postgres")
+DEFAULT_SERVICES: Final = ("redis", "broker", "mariadb")
+DEFAULT_PORTS: Final[Mapping[str, int]] = {
+    "redis": 16379,
+    "broker": 19092,
+    "mariadb": 13306,
+    "postgres": 15432,
+}
+HOME_ENV: Final = "CDC_CACHE_HOME"
+
+
+class Service(Protocol):
+    """What the stack needs from one local server."""
+
+    name: str
+
+    def start(self, timeout: float = 60) -> None: ...
+    def stop(self) -> None: ...
+    def running(self) -> bool: ...
+    def address(self) -> str: ...
+
+
+def port_env(service: str) -> str:
+    """The environment variable that overrides ``service``'s port."""
+    return f"CDC_CACHE_DEV_{service.upper()}_PORT"
+
+
+def _port(environ: Mapping[str, str], service: str) -> int:
+    raw = environ.get(port_env(service))
+    if not raw:
+        return DEFAULT_PORTS[service]
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        msg = f"{port_env(service)} must be a TCP port number (1-65535), got {raw!r}"
+        raise StackError(msg)
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack keeps its state and which loopback port each server listens on."""
+
+    home: Path = field(default_factory=lambda: Path.cwd() / ".cdc-cache" / "dev")
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
+        """``$CDC_CACHE_HOME`` (else ``<cwd>/.cdc-cache/dev``) and ``CDC_CACHE_DEV_*_PORT``."""
+        env = os.environ if environ is None else environ
+        home = Path(env[HOME_ENV]) if env.get(HOME_ENV) else Path.cwd() / ".cdc-cache" / "dev"
+        return cls(home=home.absolute(), ports={s: _port(env, s) for s in SERVICES})
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of ``dev status``."""
+
+    service: str
+    state: str
+    pid: int | None
+    address: str
+
+    @property
+    def up(self) -> bool:
+        return self.state == "running"
+
+
+def _ordered(services: Iterable[str]) -> list[str]:
+    wanted = set(services)
+    unknown = wanted - set(SERVICES)
+    if unknown:
+        msg = f"unknown service(s) {sorted(unknown)}: choose from {', '.join(SERVICES)}"
+        raise StackError(msg)
+    return [s for s in SERVICES if s in wanted]
+
+
+class Stack:
+    """Start, stop and inspect the local servers named in :data:`SERVICES`."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+
+    def service(self, name: str) -> Service:
+        """The server object for ``name``, rooted at ``<home>/<name>``."""
+        home = self.config.home / name
+        port = self.config.ports[name]
+        if name == "redis":
+            return RedisServer(home, port)
+        if name == "broker":
+            return Broker(home, port)
+        if name == "mariadb":
+            return MariaDB(home, port)
+        if name == "postgres":
+            return Postgres(home, port)
+        msg = f"unknown service {name!r}: choose from {', '.join(SERVICES)}"
+        raise StackError(msg)
+
+    def up(
+        self,
+        services: Iterable[str] = DEFAULT_SERVICES,
+        progress: Callable[[str], None] = print,
+        timeout: float = 60,
+    ) -> None:
+        """Start ``services`` in dependency order; already running ones are health-checked."""
+        for name in _ordered(services):
+            svc = self.service(name)
+            was_running = svc.running()
+            began = time.monotonic()
+            svc.start(timeout)
+            if was_running:
+                progress(f"{name:<9} already running   {svc.address()}")
+            else:
+                elapsed = time.monotonic() - began
+                progress(f"{name:<9} started in {elapsed:5.2f}s  {svc.address()}")
+
+    def down(
+        self, services: Iterable[str] = SERVICES, progress: Callable[[str], None] = print
+    ) -> None:
+        """Stop ``services`` in reverse order (all of them by default)."""
+        for name in reversed(_ordered(services)):
+            svc = self.service(name)
+            if svc.running():
+                svc.stop()
+                progress(f"{name:<9} stopped")
+            else:
+                progress(f"{name:<9} not running")
+
+    def status(self, services: Iterable[str] = SERVICES) -> list[ServiceStatus]:
+        """One row per service: running or stopped, its pid and where to reach it."""
+        rows = []
+        for name in _ordered(services):
+            svc = self.service(name)
+            running = svc.running()
+            rows.append(
+                ServiceStatus(
+                    service=name,
+                    state="running" if running else "stopped",
+                    pid=_pid(svc) if running else None,
+                    address=svc.address(),
+                )
+            )
+        return rows
+
+
+def _pid(service: Service) -> int | None:
+    """The server's pid when the service object exposes one."""
+    pid = getattr(service, "pid", None)
+    if not callable(pid):
+        return None
+    value = pid()
+    return value if isinstance(value, int) else None
