@@ -1,0 +1,170 @@
+"""Local Redis servers from Debian's ``redis-server`` package: one node, or a small cluster.
+
+Both expose the devstack service shape (``name``, ``start``, ``stop``, ``running``,
+``address``). A cluster's address is ``redis://127.0.0.1:FIRSTPORT/0?cluster=true``: the
+``cluster=true`` query flag is how :func:`cdc_cache.redis_apply.connect` tells a cluster
+seed node from a single server, so one URL setting covers both deployments.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import redis
+
+from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary, wait_for
+
+_HOW_TO_GET: Final = "install Debian's redis-server and redis-tools (apt-get install redis-server)"
+_MAX_PORT: Final = 65535
+_CLUSTER_BUS_OFFSET: Final = 10000
+
+
+def _redis_argv(home: Path, port: int, *extra: str) -> list[str]:
+    """Command line shared by single nodes and cluster nodes: loopback only, own dir."""
+    binary = require_binary("redis-server", _HOW_TO_GET)
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(home),
+        "--daemonize", "no",
+        "--logfile", "",
+        *extra,
+    ]  # fmt: skip
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    """CLUSTER INFO of a node as a dict, empty when the node does not answer."""
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        raw = client.execute_command("CLUSTER INFO")
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+    return {str(k): str(v) for k, v in dict(raw).items()}
+
+
+def _ping(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """One redis-server on ``127.0.0.1:port`` with its data, pid and log under ``home``.
+
+    No persistence unless ``persist`` (then AOF, so a restart keeps the data for
+    crash-and-restart tests).
+    """
+
+    def __init__(self, home: Path, port: int, *, persist: bool = False) -> None:
+        self.name = f"redis-{port}"
+        self.home = Path(home)
+        self.port = port
+        self.persist = persist
+
+    def _process(self) -> ManagedProcess:
+        durability = ("--appendonly", "yes") if self.persist else ("--appendonly", "no")
+        argv = _redis_argv(self.home, self.port, "--save", "", *durability)
+        return ManagedProcess(self.name, argv, self.home)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start unless running, then wait until it answers PING."""
+        self._process().start(lambda: _ping(self.port), timeout)
+
+    def stop(self) -> None:
+        self._process().stop()
+
+    def running(self) -> bool:
+        return self._process().running()
+
+    def address(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``len(ports)`` primaries (no replicas) under ``home/<port>/``.
+
+    ``bus_ports`` sets each node's cluster bus port; by default it is port + 10000, which
+    only works for ports up to 55535 (pass explicit bus ports for ephemeral test ports).
+    The cluster is created once; its node files make later starts rejoin the same cluster.
+    """
+
+    def __init__(
+        self, home: Path, ports: Sequence[int], bus_ports: Sequence[int] | None = None
+    ) -> None:
+        if len(ports) < 3:
+            msg = f"a Redis Cluster needs at least 3 primaries, got ports {list(ports)}"
+            raise StackError(msg)
+        buses = (
+            list(bus_ports) if bus_ports is not None else [p + _CLUSTER_BUS_OFFSET for p in ports]
+        )
+        if len(buses) != len(ports) or any(b > _MAX_PORT for b in buses):
+            msg = (
+                f"cluster bus ports {buses} for ports {list(ports)} are invalid: "
+                f"pass one bus port (<= {_MAX_PORT}) per node"
+            )
+            raise StackError(msg)
+        self.name = "redis-cluster"
+        self.home = Path(home)
+        self.ports = list(ports)
+        self.bus_ports = buses
+
+    def _processes(self) -> list[ManagedProcess]:
+        processes = []
+        for port, bus in zip(self.ports, self.bus_ports, strict=True):
+            node_home = self.home / str(port)
+            argv = _redis_argv(
+                node_home, port,
+                "--save", "", "--appendonly", "no",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_home / "nodes.conf"),
+                "--cluster-port", str(bus),
+                "--cluster-node-timeout", "3000",
+            )  # fmt: skip
+            processes.append(ManagedProcess(f"redis-cluster-{port}", argv, node_home))
+        return processes
+
+    def _healthy(self) -> bool:
+        return all(_cluster_info(p).get("cluster_state") == "ok" for p in self.ports)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start every node, create the cluster if no slot is assigned yet, wait for ok."""
+        for process, port in zip(self._processes(), self.ports, strict=True):
+            process.start(functools.partial(_ping, port), timeout)
+        if all(_cluster_info(p).get("cluster_slots_assigned") == "0" for p in self.ports):
+            self._create(timeout)
+        wait_for(self._healthy, timeout, f"{self.name} cluster_state:ok on {self.ports}")
+
+    def _create(self, timeout: float) -> None:
+        cli = require_binary("redis-cli", _HOW_TO_GET)
+        argv = [cli, "--cluster", "create"]
+        argv += [f"127.0.0.1:{p}" for p in self.ports]
+        argv += ["--cluster-replicas", "0", "--cluster-yes"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            msg = (
+                f"redis-cli --cluster create failed ({result.returncode}) for {self.ports}: "
+                f"{result.stdout[-800:]}{result.stderr[-800:]}; remove {self.home} to start "
+                "from empty nodes"
+            )
+            raise StackError(msg)
+
+    def stop(self) -> None:
+        for process in self._processes():
+            process.stop()
+
+    def running(self) -> bool:
+        return all(p.running() for p in self._processes())
+
+    def address(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=true"

@@ -1,0 +1,380 @@
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis import Redis, RedisCluster
+from redis.connection import AbstractConnection
+
+from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.errors import ConfigError, TransientError
+from cdc_cache.keys import key_slot, version_key
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, SetRow, ValueFormat
+from cdc_cache.positions import SourcePosition
+from cdc_cache.redis_apply import ApplyError, Outcome, RedisApplier, connect, version_of
+
+pytestmark = pytest.mark.integration
+
+A, S, D = Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE
+TTL = 60_000
+TOMBSTONE = 3_600_000
+
+
+def pos(n: int) -> SourcePosition:
+    return SourcePosition(0, 7, n, 0)
+
+
+def value(n: int) -> bytes:
+    return f'{{"v":{n}}}'.encode()
+
+
+def set_json(key: str, n: int, ttl: int = TTL, tombstone: int = TOMBSTONE) -> SetRow:
+    return SetRow(key, pos(n), value(n), ValueFormat.JSON, ttl, tombstone)
+
+
+def set_hash(key: str, n: int, fields: dict[str, str]) -> SetRow:
+    return SetRow(key, pos(n), tuple(fields.items()), ValueFormat.HASH, TTL, TOMBSTONE)
+
+
+def delete(key: str, n: int, tombstone: int = TOMBSTONE) -> DeleteKey:
+    return DeleteKey(key, pos(n), tombstone)
+
+
+def outcomes(redis: Any, *ops: CacheOp, **kw: int) -> list[Outcome]:
+    return list(RedisApplier(redis, **kw).apply(ops).outcomes)
+
+
+def version(redis: Any, key: str) -> bytes | None:
+    stored: bytes | None = redis.get(version_key(key))
+    return stored
+
+
+def assert_pttl(redis: Any, key: str, expected_ms: int) -> None:
+    assert expected_ms - 5_000 < redis.pttl(key) <= expected_ms
+
+
+def primaries(redis: Any) -> list[Redis]:
+    if isinstance(redis, RedisCluster):
+        return [redis.get_redis_connection(node) for node in redis.get_primaries()]
+    return [redis]
+
+
+def all_keys(redis: Any) -> set[str]:
+    return {k.decode() for node in primaries(redis) for k in node.scan_iter(count=1000)}
+
+
+def test_newer_set_wins(any_redis: Any) -> None:
+    assert outcomes(any_redis, set_json("user:1", 1)) == [A]
+    assert outcomes(any_redis, set_json("user:1", 2)) == [A]
+    assert any_redis.get("user:1") == value(2)
+    assert version(any_redis, "user:1") == f"{pos(2).encode()}.s".encode()
+
+
+def test_older_set_after_newer_is_stale(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("user:1", 5))
+    assert outcomes(any_redis, set_json("user:1", 4)) == [S]
+    assert any_redis.get("user:1") == value(5)
+    assert version(any_redis, "user:1") == f"{pos(5).encode()}.s".encode()
+
+
+def test_same_position_is_duplicate(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("user:1", 5))
+    replay = SetRow("user:1", pos(5), b"other", ValueFormat.JSON, TTL, TOMBSTONE)
+    # the delete at the set's position ranks below it (see version_of): skipped as stale
+    assert outcomes(any_redis, replay, delete("user:1", 5)) == [D, S]
+    assert any_redis.get("user:1") == value(5)
+
+
+def test_delete_leaves_tombstone_against_late_older_set(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("user:1", 1))
+    assert outcomes(any_redis, delete("user:1", 3)) == [A]
+    assert any_redis.exists("user:1") == 0
+    assert version(any_redis, "user:1") == f"{pos(3).encode()}.d".encode()
+
+    assert outcomes(any_redis, set_json("user:1", 2)) == [S]
+    assert any_redis.exists("user:1") == 0
+    assert outcomes(any_redis, set_json("user:1", 4)) == [A]
+    assert any_redis.get("user:1") == value(4)
+
+
+def test_delete_of_unknown_key_still_leaves_tombstone(any_redis: Any) -> None:
+    assert outcomes(any_redis, delete("never:seen", 9)) == [A]
+    assert outcomes(any_redis, set_json("never:seen", 8)) == [S]
+    assert any_redis.exists("never:seen") == 0
+
+
+def test_ttls(any_redis: Any) -> None:
+    outcomes(
+        any_redis,
+        set_json("short", 1, ttl=50_000, tombstone=100_000),
+        set_json("long", 1, ttl=200_000, tombstone=100_000),
+        delete("gone", 1, tombstone=30_000),
+    )
+    assert_pttl(any_redis, "short", 50_000)
+    assert_pttl(any_redis, version_key("short"), 100_000)
+    assert_pttl(any_redis, "long", 200_000)
+    assert_pttl(any_redis, version_key("long"), 200_000)
+    assert_pttl(any_redis, version_key("gone"), 30_000)
+
+
+def test_hash_format_replaces_the_whole_hash(any_redis: Any) -> None:
+    key = "stock:{sku1}:w1"
+    outcomes(any_redis, set_hash(key, 1, {"qty": "5", "warehouse": "w1", "old": "x"}))
+    assert outcomes(any_redis, set_hash(key, 2, {"qty": "4", "warehouse": "w1"})) == [A]
+    assert any_redis.hgetall(key) == {b"qty": b"4", b"warehouse": b"w1"}
+    assert_pttl(any_redis, key, TTL)
+    assert_pttl(any_redis, version_key(key), TOMBSTONE)
+
+
+def test_hash_with_many_fields(any_redis: Any) -> None:
+    fields = {f"f{i}": str(i) for i in range(1_000)}
+    assert outcomes(any_redis, set_hash("wide", 1, fields)) == [A]
+    assert any_redis.hlen("wide") == 1_000
+
+
+def test_ops_for_one_key_in_a_batch_apply_in_order(any_redis: Any) -> None:
+    batch = [
+        set_json("k", 1),
+        set_json("k", 3),
+        set_json("k", 2),
+        delete("k", 4),
+        set_json("k", 4),
+        set_json("k", 6),
+        delete("k", 5),
+        set_json("k", 6),
+    ]
+    # set@4 after delete@4 applies: at one position a set ranks above a delete
+    expected = [A, A, S, A, A, A, S, D]
+    assert outcomes(any_redis, *batch) == expected
+    assert any_redis.get("k") == value(6)
+    # The same order holds when the batch is split into many script calls.
+    any_redis.flushall()
+    assert outcomes(any_redis, *batch, max_ops_per_call=3) == expected
+    assert any_redis.get("k") == value(6)
+
+
+def test_chunking_keeps_results_in_input_order(any_redis: Any) -> None:
+    batch = [set_json(f"c:{i % 37}", i) for i in range(200)]
+    whole = outcomes(any_redis, *batch)
+    any_redis.flushall()
+    assert outcomes(any_redis, *batch, max_ops_per_call=5, max_args_per_call=12) == whole
+    assert whole == [A] * 200
+
+
+class RoundTrips:
+    """Counts client writes per server port: one pipelined write is one round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.by_port: Counter[int] = Counter()
+        original = AbstractConnection.send_packed_command
+
+        def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+            self.by_port[conn.port] += 1
+            original(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+
+def evalsha_calls(node: Redis) -> int:
+    stats = node.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
+    return int(stats["calls"])
+
+
+def test_thousand_op_batch_is_one_round_trip_per_node(
+    any_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applier = RedisApplier(any_redis)
+    keys = [f"item:{i}" for i in range(1_000)]
+    applier.apply([set_json(k, 1) for k in keys])  # connections and script warm
+    nodes = primaries(any_redis)
+    for node in nodes:
+        node.config_resetstat()
+
+    trips = RoundTrips(monkeypatch)
+    result = applier.apply([set_json(k, 2) for k in keys])
+    counted = dict(trips.by_port)
+    monkeypatch.undo()
+
+    assert result.count(A) == 1_000
+    ports = {node.connection_pool.connection_kwargs["port"] for node in nodes}
+    assert counted == dict.fromkeys(ports, 1)
+    evalshas = sum(evalsha_calls(node) for node in nodes)
+    slots = len({key_slot(k) for k in keys}) if isinstance(any_redis, RedisCluster) else 1
+    assert evalshas == slots
+
+
+def test_stale_cluster_route_is_followed(
+    redis_cluster_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = {node.name: node for node in redis_cluster_client.get_primaries()}
+
+    def misroute(key: str) -> Any:
+        right = redis_cluster_client.nodes_manager.get_node_from_slot(key_slot(key))
+        return next(node for name, node in wrong.items() if name != right.name)
+
+    monkeypatch.setattr(redis_cluster_client, "get_node_from_key", misroute)
+    batch = [set_json(f"moved:{i}", 1) for i in range(20)]
+    assert outcomes(redis_cluster_client, *batch) == [A] * 20
+    monkeypatch.undo()
+    assert redis_cluster_client.get("moved:7") == value(1)
+
+
+def test_script_missing_from_server_is_loaded_and_retried(any_redis: Any) -> None:
+    applier = RedisApplier(any_redis)
+    applier.apply([set_json("a", 1)])
+    any_redis.script_flush()
+    assert list(applier.apply([set_json("a", 2), set_json("b", 1)]).outcomes) == [A, A]
+
+
+def test_invalidate_prefix_deletes_exactly_the_keys_under_it(any_redis: Any) -> None:
+    doomed = [f"t:{i}" for i in range(40)] + ["t:{tag}:x", "t:"]
+    outcomes(any_redis, *(set_json(k, 10) for k in doomed))
+    any_redis.set("t:unversioned", b"filled by the application")
+    outcomes(any_redis, set_json("t:newer", 90), set_json("tx:1", 10), set_json("u:t:1", 10))
+    any_redis.set("q?:1", b"literal")
+    any_redis.set("qa:1", b"not under q?:")
+
+    truncate = InvalidatePrefix("t:", "db.t", pos(50), TOMBSTONE)
+    result = RedisApplier(any_redis, scan_count=7).apply([truncate])
+
+    assert result.invalidated == (len(doomed) + 1,)
+    assert result.outcomes == ()
+    remaining = all_keys(any_redis)
+    assert not {*doomed, "t:unversioned"} & remaining
+    assert {"t:newer", "tx:1", "u:t:1", "q?:1", "qa:1"} <= remaining
+    assert version(any_redis, "t:3") == f"{pos(50).encode()}.d".encode()
+    assert version(any_redis, "t:newer") == f"{pos(90).encode()}.s".encode()
+    assert version(any_redis, "tx:1") == f"{pos(10).encode()}.s".encode()
+
+    escaped = RedisApplier(any_redis).apply([InvalidatePrefix("q?:", "db.q", pos(60), TOMBSTONE)])
+    assert escaped.invalidated == (1,)
+    assert any_redis.exists("q?:1") == 0
+    assert any_redis.get("qa:1") == b"not under q?:"
+
+
+def test_invalidate_prefix_keeps_batch_order(any_redis: Any) -> None:
+    batch: list[CacheOp] = [
+        set_json("t:before", 40),
+        InvalidatePrefix("t:", "db.t", pos(50), TOMBSTONE),
+        set_json("t:after", 60),
+        set_json("t:old", 45),
+    ]
+    result = RedisApplier(any_redis).apply(batch)
+    assert result.outcomes == (A, A, A)
+    assert result.invalidated == (1,)
+    assert any_redis.exists("t:before") == 0
+    assert any_redis.get("t:after") == value(60)
+    # t:old had no version when the truncate ran, so it is written after it.
+    assert any_redis.get("t:old") == value(45)
+
+
+def test_invalidate_prefix_refuses_empty_prefix(any_redis: Any) -> None:
+    with pytest.raises(ApplyError, match="non-empty"):
+        RedisApplier(any_redis).apply([InvalidatePrefix("", "db.t", pos(1), TOMBSTONE)])
+
+
+def test_wrong_type_is_not_transient_and_changes_nothing(redis_client: Any) -> None:
+    redis_client.rpush(version_key("{w}:k"), b"not a position")
+    with pytest.raises(ApplyError, match="WRONGTYPE") as caught:
+        outcomes(redis_client, set_json("{w}:a", 1), set_json("{w}:k", 1))
+    assert not isinstance(caught.value, TransientError)
+    assert redis_client.exists("{w}:a", "{w}:k") == 0
+
+
+def test_invalid_ttl_is_rejected(any_redis: Any) -> None:
+    with pytest.raises(ApplyError, match="ttl_ms=0"):
+        outcomes(any_redis, set_json("k", 1, ttl=0))
+
+
+def test_connect_chooses_client_from_url(redis_server: RedisServer, redis_cluster: Any) -> None:
+    single = connect(redis_server.address())
+    cluster = connect(redis_cluster.address())
+    try:
+        assert type(single) is Redis
+        assert isinstance(cluster, RedisCluster)
+        assert single.ping() and cluster.ping()
+    finally:
+        single.close()
+        cluster.close()
+    with pytest.raises(ConfigError, match="cluster= must be true or false"):
+        connect(redis_server.address() + "?cluster=maybe")
+
+
+def test_stopped_redis_raises_transient_error(redis_server: RedisServer, redis_client: Any) -> None:
+    applier = RedisApplier(redis_client)
+    applier.apply([set_json("k", 1)])
+    redis_server.stop()
+    try:
+        with pytest.raises(TransientError) as caught:
+            applier.apply([set_json("k", 2)])
+        assert caught.value.__cause__ is not None
+    finally:
+        redis_server.start()
+    assert list(applier.apply([set_json("k", 3)]).outcomes) == [A]
+
+
+def test_unreachable_cluster_raises_transient_error() -> None:
+    with pytest.raises(TransientError):
+        connect("redis://127.0.0.1:1/0?cluster=true")
+
+
+KEYS = ["p:1", "p:{a}:2", "{a}:3", "p:4"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[KeyOp], list[list[KeyOp]]]:
+    """Changes with distinct positions, then a delivery: permuted, duplicated, batched."""
+    count = draw(st.integers(1, 12))
+    numbers = draw(st.lists(st.integers(1, 1_000), min_size=count, max_size=count, unique=True))
+    changes: list[KeyOp] = []
+    for n in numbers:
+        key = draw(st.sampled_from(KEYS))
+        changes.append(draw(st.sampled_from([set_json(key, n), delete(key, n)])))
+    delivery = draw(st.permutations(changes))
+    delivery += draw(st.lists(st.sampled_from(changes), max_size=8))
+    delivery = draw(st.permutations(delivery))
+    cuts = sorted(draw(st.lists(st.integers(0, len(delivery)), max_size=4)))
+    bounds = [0, *cuts, len(delivery)]
+    batches = [delivery[a:b] for a, b in itertools.pairwise(bounds)]
+    return changes, batches
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=histories())
+def test_any_delivery_order_converges_to_newest_change(
+    redis_client: Any, history: tuple[list[KeyOp], list[list[KeyOp]]]
+) -> None:
+    changes, batches = history
+    redis_client.flushall()
+    applier = RedisApplier(redis_client, max_ops_per_call=4)
+    for batch in batches:
+        applier.apply(batch)
+
+    for key in KEYS:
+        mine = [c for c in changes if c.key == key]
+        if not mine:
+            assert redis_client.exists(key, version_key(key)) == 0
+            continue
+        newest = max(mine, key=version_of)
+        assert version(redis_client, key) == version_of(newest).encode()
+        if isinstance(newest, SetRow):
+            assert redis_client.get(key) == newest.value
+        else:
+            assert redis_client.exists(key) == 0
+
+
+def test_primary_key_change_pair_at_one_position_ends_with_the_new_row(any_redis: Any) -> None:
+    # Debezium turns a primary-key update into delete(old row) + create(new row) at one
+    # position; when both map to one cache key, the created row must be what stays.
+    assert outcomes(any_redis, delete("stock:7", 5), set_json("stock:7", 5)) == [A, A]
+    assert any_redis.get("stock:7") == value(5)
+    # replayed, in either order, the pair changes nothing
+    assert outcomes(any_redis, delete("stock:7", 5), set_json("stock:7", 5)) == [S, D]
+    assert outcomes(any_redis, set_json("stock:7", 5), delete("stock:7", 5)) == [D, S]
+    assert any_redis.get("stock:7") == value(5)

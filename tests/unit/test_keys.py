@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from cdc_cache.keys import MAX_VALUE_CHARS, escape_value, key_slot, version_key
+
+FORBIDDEN = frozenset(":{}*?[]")
+
+
+def assert_key_safe(text: str) -> None:
+    for ch in text:
+        assert ch not in FORBIDDEN, text
+        assert not ch.isspace(), text
+        assert unicodedata.category(ch)[0] != "C", text
+
+
+@given(st.text(), st.text())
+def test_escape_value_is_injective_on_strings(a: str, b: str) -> None:
+    assume(a != b)
+    assert escape_value(a) != escape_value(b)
+
+
+@given(st.text(max_size=30).map(lambda s: s + "x"))
+def test_escape_value_is_injective_on_prefix_extensions(a: str) -> None:
+    assert escape_value(a) != escape_value(a[:-1])
+
+
+@given(st.one_of(st.text(), st.binary(), st.integers(), st.floats(), st.booleans(), st.none()))
+def test_escape_value_emits_no_key_syntax(value: object) -> None:
+    assert_key_safe(escape_value(value))
+
+
+@pytest.mark.parametrize(
+    "value", [":", "{", "}", "*", "?", "[", "]", " ", "\t", "\n", "\x00", "\x7f", "\u2028", "~"]
+)
+def test_escape_value_escapes_each_dangerous_char(value: str) -> None:
+    escaped = escape_value(f"a{value}b")
+    assert_key_safe(escaped)
+    assert escaped != "ab"
+
+
+@given(st.text(min_size=MAX_VALUE_CHARS, max_size=5_000))
+def test_long_values_are_bounded_and_still_distinct(value: str) -> None:
+    escaped = escape_value(value)
+    assert len(escaped) <= MAX_VALUE_CHARS
+    assert escaped != escape_value(value + "!")
+
+
+def test_none_differs_from_every_string() -> None:
+    assert escape_value(None) not in {escape_value(s) for s in ["", "~", "None", "null"]}
+
+
+BRACE_PARTS = st.sampled_from(["{", "}", "{}", "}{", "{{", "}}", "{a}", "{{a}}", "{a{b}c}", ":"])
+AWKWARD_KEYS = st.one_of(
+    st.lists(st.one_of(BRACE_PARTS, st.text(max_size=8)), max_size=12).map("".join),
+    st.text(),
+    st.text(min_size=1_000, max_size=20_000),
+    st.sampled_from(["", "{}", "{}{a}", "{{}}", "a{}b{c}", "{", "}", "stock:{7}:north", "é{ü}"]),
+)
+
+
+@given(AWKWARD_KEYS)
+def test_version_key_shares_the_slot_of_its_key(key: str) -> None:
+    assert key_slot(version_key(key)) == key_slot(key)
+
+
+def test_key_slot_known_values() -> None:
+    # Examples from the Redis Cluster specification's hash tag rules.
+    assert key_slot("123456789") == 12739
+    assert key_slot("{user1000}.following") == key_slot("{user1000}.followers")
+    assert key_slot("foo{}{bar}") == key_slot(b"foo{}{bar}") != key_slot("bar")
+    assert key_slot("foo{{bar}}zap") == key_slot("{bar")
+
+
+SAMPLE = [
+    "",
+    "plain",
+    "{}",
+    "{}{a}",
+    "a{}b{c}",
+    "{{a}}",
+    "{a{b}c}",
+    "foo{{bar}}zap",
+    "}{x}",
+    "stock:{7}:north",
+    "é{ü}ñ",
+    "日本語:{キー}",
+    "x" * 5_000,
+    "{" + "y" * 3_000 + "}",
+]
+
+
+@pytest.mark.integration
+def test_key_slot_agrees_with_redis_cluster_keyslot(redis_cluster_client: Any) -> None:
+    node = redis_cluster_client.get_primaries()[0]
+    server = redis_cluster_client.get_redis_connection(node)
+    for key in [*SAMPLE, *(version_key(k) for k in SAMPLE), *map(escape_value, SAMPLE)]:
+        assert server.execute_command("CLUSTER KEYSLOT", key) == key_slot(key), key
