@@ -1,0 +1,259 @@
+"""Decode Debezium records (JSON, with or without schemas, or flattened) into change events.
+
+Pure: bytes in, :data:`~cdc_cache.events.Decoded` out. Three value shapes are accepted,
+as Kafka Connect's ``JsonConverter`` writes them:
+
+* the change envelope ``{"before", "after", "source", "op", "ts_ms", ...}``;
+* the same wrapped as ``{"schema": ..., "payload": ...}`` (``schemas.enable=true``);
+* the row flattened by the ``ExtractNewRecordState`` SMT, which must be configured with
+  ``add.fields=op,source.ts_ms,ts_ms,connector,db,schema,table,snapshot`` plus the position
+  fields (``file,pos,row`` for MySQL, ``sequence,lsn`` for PostgreSQL) and
+  ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``.
+
+Heartbeats (topic ``__debezium-heartbeat.<prefix>``), schema-change records (``ddl``
+without ``op``) and tombstones (null value after a delete) are recognised. Anything else
+raises :class:`~cdc_cache.errors.DecodeError` (or :class:`~cdc_cache.errors.MissingPrimaryKey`
+for a row change without a key) carrying the record; no other exception escapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from cdc_cache.errors import DecodeError, MissingPrimaryKey, PoisonMessage
+from cdc_cache.events import (
+    ChangeEvent,
+    Decoded,
+    Heartbeat,
+    Op,
+    SchemaChange,
+    SourceRecord,
+    Tombstone,
+)
+from cdc_cache.positions import (
+    PositionError,
+    SourcePosition,
+    binlog_position,
+    postgres_position,
+)
+
+HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat."
+FLAT_PREFIX: Final = "__"
+
+_OPS: Final = {op.value: op for op in Op}
+_BINLOG_CONNECTORS: Final = frozenset({"mysql", "mariadb"})
+_POSTGRES_CONNECTOR: Final = "postgresql"
+_NOT_SNAPSHOT: Final = (None, False, "false")
+# Flattened records carry the source fields under these names (add.fields, prefix "__").
+_FLAT_SOURCE: Final = {
+    "file": "__file",
+    "pos": "__pos",
+    "row": "__row",
+    "sequence": "__sequence",
+    "lsn": "__lsn",
+}
+
+
+def decode(record: SourceRecord, *, epoch: int = 0) -> Decoded:
+    """Decode one Kafka record from a Debezium topic.
+
+    ``epoch`` is the operator-set source lineage number put into every position.
+    """
+    try:
+        return _decode(record, epoch)
+    except PoisonMessage as err:
+        raise err.at(record) from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        msg = f"unexpected message shape ({type(exc).__name__}: {exc})"
+        raise DecodeError(msg, record) from exc
+
+
+def _decode(record: SourceRecord, epoch: int) -> Decoded:
+    topic = record.topic
+    if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
+        return _heartbeat(topic[len(HEARTBEAT_TOPIC_PREFIX) :], record.value)
+    if record.value is None:
+        if record.key is None:
+            msg = "null key and null value: not a Debezium tombstone"
+            raise DecodeError(msg)
+        return Tombstone(_table_from_topic(topic))
+    payload = _payload(record.value, "value")
+    if not isinstance(payload, dict):
+        msg = f"value is a JSON {type(payload).__name__}, expected an object"
+        raise DecodeError(msg)
+    # "__op" first: a flattened row may have a column named "op".
+    if "__op" in payload:
+        return _flattened(payload, record.key, epoch)
+    if "op" in payload:
+        return _envelope(payload, record.key, epoch)
+    if "ddl" in payload:
+        return _schema_change(payload, topic)
+    msg = (
+        "value has neither 'op' (change envelope), '__op' (flattened: add 'op' to the "
+        "ExtractNewRecordState add.fields) nor 'ddl' (schema change)"
+    )
+    raise DecodeError(msg)
+
+
+def _payload(data: bytes, what: str) -> Any:
+    """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        msg = f"{what} is not valid JSON: {exc}"
+        raise DecodeError(msg) from None
+    if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        return doc["payload"]
+    return doc
+
+
+def _heartbeat(server: str, value: bytes | None) -> Heartbeat:
+    if value is None:
+        msg = "heartbeat record without a value"
+        raise DecodeError(msg)
+    payload = _payload(value, "heartbeat value")
+    if not isinstance(payload, dict):
+        msg = "heartbeat value is not a JSON object"
+        raise DecodeError(msg)
+    return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
+
+
+def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
+    source = _source(payload)
+    ddl = payload.get("ddl")
+    if ddl is not None and not isinstance(ddl, str):
+        msg = f"schema change ddl is {type(ddl).__name__}, expected a string"
+        raise DecodeError(msg)
+    db, table = source.get("db"), source.get("table")
+    qualified = (
+        f"{db}.{table}" if isinstance(db, str) and db and isinstance(table, str) and table else None
+    )
+    server = source.get("name")
+    return SchemaChange(
+        server=server if isinstance(server, str) else topic, table=qualified, ddl=ddl
+    )
+
+
+def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+    op = _op(payload["op"])
+    source = _source(payload)
+    connector = source.get("connector")
+    if connector in _BINLOG_CONNECTORS:
+        container = source.get("db")
+    elif connector == _POSTGRES_CONNECTOR:
+        container = source.get("schema")
+    else:
+        raise _unknown_connector(connector, "source.connector")
+    table = _table(container, source.get("table"), "source")
+    return ChangeEvent(
+        table=table,
+        op=op,
+        before=_image(payload, "before"),
+        after=_image(payload, "after"),
+        key=_key(key_bytes, op, table),
+        position=_position(connector, source, epoch),
+        committed_at_ms=_opt_int(source, "ts_ms", "source"),
+        emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
+        snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
+    )
+
+
+def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+    op = _op(payload["__op"])
+    connector = payload.get("__connector")
+    if connector in _BINLOG_CONNECTORS:
+        container = payload.get("__db")
+    elif connector == _POSTGRES_CONNECTOR:
+        container = payload.get("__schema")
+    else:
+        raise _unknown_connector(connector, "__connector (add 'connector' to add.fields)")
+    table = _table(container, payload.get("__table"), "flattened (add 'db,schema,table')")
+    row = {k: v for k, v in payload.items() if not k.startswith(FLAT_PREFIX)}
+    source = {name: payload[flat] for name, flat in _FLAT_SOURCE.items() if flat in payload}
+    deleted = op is Op.DELETE or payload.get("__deleted") == "true"
+    return ChangeEvent(
+        table=table,
+        op=op,
+        before=row if deleted else None,
+        after=None if deleted else row,
+        key=_key(key_bytes, op, table),
+        position=_position(connector, source, epoch),
+        committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
+        emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
+        snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
+    )
+
+
+def _op(value: object) -> Op:
+    op = _OPS.get(value) if isinstance(value, str) else None
+    if op is None:
+        msg = f"op {value!r} is not one of c, u, d, r, t"
+        raise DecodeError(msg)
+    return op
+
+
+def _source(payload: dict[str, Any]) -> dict[str, Any]:
+    source = payload.get("source")
+    if not isinstance(source, dict):
+        msg = "envelope has no 'source' object"
+        raise DecodeError(msg)
+    return source
+
+
+def _unknown_connector(connector: object, field: str) -> DecodeError:
+    return DecodeError(f"{field} is {connector!r}, expected 'mysql', 'mariadb' or 'postgresql'")
+
+
+def _table(container: object, table: object, where: str) -> str:
+    if not isinstance(container, str) or not container or not isinstance(table, str) or not table:
+        msg = f"{where}: database/schema {container!r} or table {table!r} is missing"
+        raise DecodeError(msg)
+    return f"{container}.{table}"
+
+
+def _table_from_topic(topic: str) -> str:
+    parts = topic.rsplit(".", 2)
+    if len(parts) != 3 or not all(parts):
+        msg = f"tombstone topic {topic!r} is not <prefix>.<db|schema>.<table>"
+        raise DecodeError(msg)
+    return f"{parts[1]}.{parts[2]}"
+
+
+def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
+    image = payload.get(name)
+    if image is not None and not isinstance(image, dict):
+        msg = f"'{name}' is a {type(image).__name__}, expected an object or null"
+        raise DecodeError(msg)
+    return image
+
+
+def _key(data: bytes | None, op: Op, table: str) -> dict[str, Any]:
+    if op is Op.TRUNCATE:
+        return {}
+    if data is None:
+        msg = f"{op.name} on {table} has no Kafka key: the table needs a primary key"
+        raise MissingPrimaryKey(msg)
+    key = _payload(data, "key")
+    if not isinstance(key, dict) or not key:
+        msg = f"key of {op.name} on {table} is {key!r}, expected an object of key columns"
+        raise MissingPrimaryKey(msg)
+    return key
+
+
+def _position(connector: str, source: dict[str, Any], epoch: int) -> SourcePosition:
+    try:
+        if connector == _POSTGRES_CONNECTOR:
+            return postgres_position(source, epoch)
+        return binlog_position(source, epoch)
+    except PositionError as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def _opt_int(mapping: dict[str, Any], name: str, where: str) -> int | None:
+    value = mapping.get(name)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    msg = f"{where} {name} is {value!r}, expected an integer"
+    raise DecodeError(msg)

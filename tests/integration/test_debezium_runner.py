@@ -1,0 +1,147 @@
+"""The embedded-engine runner publishes committed rows and loses none across a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.mariadb import MariaDB
+from cdc_cache.envelope import decode
+from cdc_cache.events import ChangeEvent, SourceRecord
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Runner:
+    """The runner as a subprocess, with its log kept for failure messages."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.argv = argv
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+        return self.proc.wait(30)
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace").splitlines()[-20:]
+            pytest.fail(f"runner exited {self.proc.returncode}:\n" + "\n".join(tail))
+
+
+@pytest.fixture
+def database(mariadb: MariaDB) -> Iterator[str]:
+    name = f"runner_{uuid.uuid4().hex[:8]}"
+    conn = mariadb.connect()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"CREATE TABLE {name}.items (id INT PRIMARY KEY, v INT)")
+    yield name
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE {name}")
+    conn.close()
+
+
+def _insert(mariadb: MariaDB, database: str, ids: range) -> None:
+    conn = mariadb.connect()
+    with conn.cursor() as cur:
+        for i in ids:
+            cur.execute(f"INSERT INTO {database}.items VALUES (%s, %s)", (i, i * 10))
+    conn.close()
+
+
+def _consumer(broker: Broker, topic: str, runner: Runner) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    deadline = time.monotonic() + 45
+    while topic not in consumer.list_topics(timeout=5).topics:
+        runner.check_alive()
+        assert time.monotonic() < deadline, f"runner never created {topic}"
+        time.sleep(0.2)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    return consumer
+
+
+def _collect(consumer: Consumer, runner: Runner, want: set[int], seen: dict[int, float]) -> None:
+    deadline = time.monotonic() + 45
+    while not want <= seen.keys():
+        runner.check_alive()
+        assert time.monotonic() < deadline, f"missing ids {sorted(want - seen.keys())}"
+        msg = consumer.poll(0.2)
+        if msg is None or msg.error() is not None:
+            continue
+        record = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+        event = decode(record)
+        if isinstance(event, ChangeEvent) and event.after is not None:
+            seen.setdefault(int(event.after["id"]), time.monotonic())
+
+
+def test_publishes_commits_and_survives_sigkill(
+    broker: Broker, mariadb: MariaDB, database: str, tmp_path: Path
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    topic = f"{prefix}.{database}.items"
+    runner = Runner(
+        [
+            sys.executable,
+            "-m",
+            "cdc_cache.devstack.debezium",
+            "--source=mariadb",
+            f"--db-port={mariadb.port}",
+            f"--db-user={mariadb.cdc_user}",
+            f"--db-password={mariadb.cdc_password}",
+            f"--databases={database}",
+            f"--brokers={broker.bootstrap}",
+            f"--topic-prefix={prefix}",
+            f"--state-dir={tmp_path / 'state'}",
+            "--no-schemas",
+            "--log-level=WARN",
+        ],
+        tmp_path / "runner.log",
+    )
+    seen: dict[int, float] = {}
+    runner.start()
+    try:
+        _insert(mariadb, database, range(1, 2))
+        consumer = _consumer(broker, topic, runner)
+        _collect(consumer, runner, {1}, seen)
+        committed = time.monotonic()
+        _insert(mariadb, database, range(2, 3))
+        _collect(consumer, runner, {2}, seen)
+        print(f"commit -> consumed: {(seen[2] - committed) * 1000:.0f} ms")
+
+        assert runner.signal(signal.SIGKILL) == -signal.SIGKILL
+        _insert(mariadb, database, range(3, 21))
+        runner.start()
+        _collect(consumer, runner, set(range(1, 21)), seen)
+        assert runner.signal(signal.SIGTERM) == 0
+    finally:
+        if runner.proc is not None and runner.proc.poll() is None:
+            runner.signal(signal.SIGKILL)
