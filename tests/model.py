@@ -1,7 +1,8 @@
 """A reference model of version-gated cache storage, for checking plans and Redis alike.
 
-It states the semantics in a dozen lines: an op applies only if its position is strictly
-newer than the one stored for its key; a delete leaves its position behind.
+It states the semantics in a dozen lines: an op applies only if its version (position,
+then rank: delete below set) is strictly newer than the one stored for its key; a delete
+leaves its version behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cdc_cache.positions import SourcePosition
 @dataclass
 class ModelCache:
     values: dict[str, bytes | tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    versions: dict[str, SourcePosition] = field(default_factory=dict)
+    versions: dict[str, tuple[SourcePosition, int]] = field(default_factory=dict)
 
     def apply(self, ops: Iterable[CacheOp]) -> None:
         for op in ops:
@@ -27,10 +28,11 @@ class ModelCache:
                 self._gated(op)
 
     def _gated(self, op: SetRow | DeleteKey) -> None:
+        version = (op.position, 1 if isinstance(op, SetRow) else 0)
         current = self.versions.get(op.key)
-        if current is not None and current >= op.position:
+        if current is not None and current >= version:
             return
-        self.versions[op.key] = op.position
+        self.versions[op.key] = version
         if isinstance(op, SetRow):
             self.values[op.key] = op.value
         else:

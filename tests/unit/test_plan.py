@@ -39,11 +39,24 @@ def pos(n: int) -> SourcePosition:
     return SourcePosition(0, 1, n, 0)
 
 
-def event(op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None, n: int,
-          table: str = "inventory.stock", key: dict[str, Any] | None = None) -> ChangeEvent:
+def event(
+    op: Op,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    n: int,
+    table: str = "inventory.stock",
+    key: dict[str, Any] | None = None,
+) -> ChangeEvent:
     row = after or before or {}
-    return ChangeEvent(table, op, before, after, key if key is not None else {"id": row.get("id")},
-                       pos(n), 1_700_000_000_000)
+    return ChangeEvent(
+        table,
+        op,
+        before,
+        after,
+        key if key is not None else {"id": row.get("id")},
+        pos(n),
+        1_700_000_000_000,
+    )
 
 
 ROW = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 3, "note": "x"}
@@ -52,8 +65,14 @@ ROW = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 3, "note": "x"}
 def test_insert_sets_the_projection_and_invalidates_the_derived_key() -> None:
     ops = plan(event(Op.CREATE, None, ROW, 5), RULES)
     assert ops == [
-        SetRow("stock:7:north", pos(5), orjson.dumps({"sku_id": 7, "warehouse": "north", "qty": 3}),
-               ValueFormat.JSON, 3_600_000, TOMBSTONE),
+        SetRow(
+            "stock:7:north",
+            pos(5),
+            orjson.dumps({"sku_id": 7, "warehouse": "north", "qty": 3}),
+            ValueFormat.JSON,
+            3_600_000,
+            TOMBSTONE,
+        ),
         DeleteKey("sku:7:availability", pos(5), TOMBSTONE),
     ]
 
@@ -87,14 +106,18 @@ def test_sku_change_invalidates_both_derived_keys() -> None:
 
 def test_delete_removes_every_key_of_the_row() -> None:
     ops = plan(event(Op.DELETE, ROW, None, 7), RULES)
-    assert ops == [DeleteKey("stock:7:north", pos(7), TOMBSTONE),
-                   DeleteKey("sku:7:availability", pos(7), TOMBSTONE)]
+    assert ops == [
+        DeleteKey("stock:7:north", pos(7), TOMBSTONE),
+        DeleteKey("sku:7:availability", pos(7), TOMBSTONE),
+    ]
 
 
 def test_truncate_invalidates_every_prefix_of_the_table() -> None:
     ops = plan(event(Op.TRUNCATE, None, None, 8, key={}), RULES)
-    assert ops == [InvalidatePrefix("stock:", "inventory.stock", pos(8), TOMBSTONE),
-                   InvalidatePrefix("sku:", "inventory.stock", pos(8), TOMBSTONE)]
+    assert ops == [
+        InvalidatePrefix("stock:", "inventory.stock", pos(8), TOMBSTONE),
+        InvalidatePrefix("sku:", "inventory.stock", pos(8), TOMBSTONE),
+    ]
 
 
 def test_uncovered_table_plans_nothing() -> None:
@@ -110,7 +133,11 @@ def test_hash_format_stores_fields_as_strings_and_omits_nulls() -> None:
     product = {"id": 3, "name": "bolt", "weight": None, "description": "d"}
     (op,) = plan(event(Op.CREATE, None, product, 5, table="inventory.products"), RULES)
     assert isinstance(op, SetRow)
-    assert (op.key, op.format, op.value) == ("product:3", ValueFormat.HASH, (("id", "3"), ("name", "bolt")))
+    assert (op.key, op.format, op.value) == (
+        "product:3",
+        ValueFormat.HASH,
+        (("id", "3"), ("name", "bolt")),
+    )
 
 
 def test_update_without_before_image_is_fine_when_the_key_uses_only_key_columns() -> None:
@@ -127,6 +154,17 @@ def test_update_without_before_image_says_to_set_replica_identity_full() -> None
 def test_delete_with_key_only_before_image_names_the_missing_column() -> None:
     with pytest.raises(RenderError, match="needs column 'sku_id', absent from the before image"):
         plan(event(Op.DELETE, {"id": 1}, None, 6), RULES)
+
+
+def test_primary_key_change_pair_at_one_position_leaves_the_new_row() -> None:
+    # Debezium sends a primary-key update as delete(old pk) + create(new pk), one position.
+    moved = {**ROW, "id": 2, "qty": 9}
+    cache = ModelCache()
+    for e in (event(Op.DELETE, ROW, None, 7), event(Op.CREATE, None, moved, 7)):
+        cache.apply(plan(e, RULES))
+    assert cache.values == {
+        "stock:7:north": orjson.dumps({"sku_id": 7, "warehouse": "north", "qty": 9})
+    }
 
 
 def test_changed_columns() -> None:
@@ -151,8 +189,13 @@ def histories(draw: st.DrawFn) -> list[ChangeEvent]:
         if kind == "insert" or row is None:
             if row is not None:
                 continue
-            new = {"id": row_id, "sku_id": draw(st.integers(1, 3)),
-                   "warehouse": draw(st.sampled_from(WAREHOUSES)), "qty": 0, "note": ""}
+            new = {
+                "id": row_id,
+                "sku_id": draw(st.integers(1, 3)),
+                "warehouse": draw(st.sampled_from(WAREHOUSES)),
+                "qty": 0,
+                "note": "",
+            }
             op, before = Op.CREATE, None
         elif kind == "delete":
             events.append(event(Op.DELETE, row, None, n))
@@ -160,8 +203,11 @@ def histories(draw: st.DrawFn) -> list[ChangeEvent]:
             continue
         else:
             op, before = Op.UPDATE, row
-            field, value = {"qty": ("qty", n), "note": ("note", str(n)),
-                            "move": ("warehouse", draw(st.sampled_from(WAREHOUSES)))}[kind]
+            field, value = {
+                "qty": ("qty", n),
+                "note": ("note", str(n)),
+                "move": ("warehouse", draw(st.sampled_from(WAREHOUSES))),
+            }[kind]
             new = {**row, field: value}
         taken = {(r["sku_id"], r["warehouse"]) for i, r in table.items() if i != row_id}
         if (new["sku_id"], new["warehouse"]) in taken:
@@ -180,8 +226,12 @@ def expected_cache(events: list[ChangeEvent]) -> dict[str, bytes]:
         else:
             assert e.after is not None
             rows[e.key["id"]] = dict(e.after)
-    return {f"stock:{r['sku_id']}:{r['warehouse']}": orjson.dumps(
-        {"sku_id": r["sku_id"], "warehouse": r["warehouse"], "qty": r["qty"]}) for r in rows.values()}
+    return {
+        f"stock:{r['sku_id']}:{r['warehouse']}": orjson.dumps(
+            {"sku_id": r["sku_id"], "warehouse": r["warehouse"], "qty": r["qty"]}
+        )
+        for r in rows.values()
+    }
 
 
 def stock_values(cache: ModelCache) -> dict[str, Any]:

@@ -69,8 +69,14 @@ tables:
 """
     message = problems(text)
     assert "4 problem(s)" in message
-    assert "rules.yaml:5: tables.inventory.stock.keys[0].key: '{sku_id}' starts with a placeholder" in message
-    assert "rules.yaml:6: tables.inventory.stock.keys[0].action: 'upsert' is not valid; use set or delete" in message
+    assert (
+        "rules.yaml:5: tables.inventory.stock.keys[0].key: '{sku_id}' starts with a placeholder"
+        in message
+    )
+    assert (
+        "rules.yaml:6: tables.inventory.stock.keys[0].action: 'upsert' is not valid; use set or delete"
+        in message
+    )
     assert "rules.yaml:7: tables.inventory.stock.keys[0].ttl: 'soon' is not a duration" in message
     assert "rules.yaml:8: tables.bad_table_name: table names are '<database>.<table>'" in message
 
@@ -87,17 +93,31 @@ def test_column_used_by_a_key_must_be_watched() -> None:
     [
         ("", "the file is empty"),
         ("tables: [a, b]", "tables: expected a mapping"),
-        ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n    colour: red\n", "unknown setting 'colour'"),
+        (
+            "tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n    colour: red\n",
+            "unknown setting 'colour'",
+        ),
         ("tables:\n  a.b:\n    keys:\n      - action: set\n", "missing 'key:'"),
         ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id!r}'\n", "may not carry a format spec"),
         ("tables:\n  a.b:\n    keys:\n      - key: 'static'\n", "has no {column} placeholder"),
-        ("tables:\n  a.b:\n    keys:\n      - key: 'cdc:v:{id}'\n", "overlaps cdc-cache's version keys"),
-        ("tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n        action: delete\n        fields: [id]\n",
-         "a delete key stores no value"),
+        (
+            "tables:\n  a.b:\n    keys:\n      - key: 'cdc:v:{id}'\n",
+            "overlaps cdc-cache's version keys",
+        ),
+        (
+            "tables:\n  a.b:\n    keys:\n      - key: 'x:{id}'\n        action: delete\n        fields: [id]\n",
+            "a delete key stores no value",
+        ),
         ("tables:\n  a.b:\n    keys: {}\n", "non-empty list of keys"),
-        ("tables:\n  a.b: {keys: [{key: 'x:{id}'}]}\n  a.b: {keys: [{key: 'y:{id}'}]}\n", "given twice"),
+        (
+            "tables:\n  a.b: {keys: [{key: 'x:{id}'}]}\n  a.b: {keys: [{key: 'y:{id}'}]}\n",
+            "given twice",
+        ),
         ("tables: {a.b: {keys: [{key: 'x:{id}'}]}\n", "not valid YAML"),
-        ("defaults: {safety_ttl: 0s}\ntables: {a.b: {keys: [{key: 'x:{id}'}]}}\n", "must be positive"),
+        (
+            "defaults: {safety_ttl: 0s}\ntables: {a.b: {keys: [{key: 'x:{id}'}]}}\n",
+            "must be positive",
+        ),
     ],
 )
 def test_invalid_rules_stop_with_a_clear_message(text: str, expected: str) -> None:
