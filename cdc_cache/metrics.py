@@ -1,0 +1,60 @@
+"""Every Prometheus metric cdc-cache exports, declared in one place.
+
+Labels stay few and bounded: table, op, outcome, kind.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Histogram
+
+NAMESPACE: Final = "cdc_cache"
+
+RECORDS = Counter(
+    "records",
+    "Kafka records consumed, by kind (change, heartbeat, tombstone, schema_change, rejected)",
+    ["kind"],
+    namespace=NAMESPACE,
+)
+EVENTS = Counter(
+    "events",
+    "Change events by table, op and outcome (applied, stale, duplicate, no_op)",
+    ["table", "op", "outcome"],
+    namespace=NAMESPACE,
+)
+POISON = Counter(
+    "poison_messages",
+    "Messages that could not be processed, by kind and table",
+    ["kind", "table"],
+    namespace=NAMESPACE,
+)
+REDIS_OPS = Counter(
+    "redis_ops",
+    "Version-gated Redis operations by kind (set, delete, invalidate_prefix) and outcome",
+    ["kind", "outcome"],
+    namespace=NAMESPACE,
+)
+CONSUMER_ERRORS = Counter(
+    "consumer_errors",
+    "Errors reported by the Kafka client (it retries them itself)",
+    namespace=NAMESPACE,
+)
+RETRIES = Counter(
+    "retries",
+    "Retries of transient failures, by what was retried",
+    ["target"],
+    namespace=NAMESPACE,
+)
+APPLY_SECONDS = Histogram(
+    "apply_batch_seconds",
+    "Time to apply one batch to Redis, retries included",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+COMMIT_TO_APPLIED = Histogram(
+    "commit_to_applied_seconds",
+    "Source commit time to applied in Redis (end-to-end latency)",
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

@@ -1,0 +1,124 @@
+"""Worker settings: command-line flags over ``CDC_CACHE_*`` environment over a YAML file.
+
+Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka via
+``kafka:`` rather than being re-declared here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from cdc_cache.errors import ConfigError
+
+ENV_PREFIX = "CDC_CACHE_"
+
+
+class WorkerSettings(BaseSettings):
+    """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    rules: Path
+    brokers: str = "127.0.0.1:19092"
+    topics: list[str] = Field(default_factory=list)
+    topic_pattern: str | None = None
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    recovery_dir: Path | None = Path(".cdc-cache/recovery")
+    recovery_partitions: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1, description="worker threads in this process")
+    process_id: int | None = Field(default=None, ge=0)
+    addresses: list[str] = Field(default_factory=list)
+    epoch_interval_ms: int = Field(default=1000, ge=10)
+    batch_size: int = Field(default=1000, ge=1)
+    source_epoch: int = Field(default=0, ge=0, le=99999)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    kafka: dict[str, str] = Field(default_factory=dict)
+    log_level: str = "INFO"
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                msg = f"not a valid regular expression: {exc}"
+                raise ValueError(msg) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _topics_given(self) -> WorkerSettings:
+        if not self.topics and self.topic_pattern is None:
+            msg = "give the Debezium topics to read: topics (a list) or topic_pattern (a regex)"
+            raise ValueError(msg)
+        if self.addresses and self.process_id is None:
+            msg = "addresses (a multi-process cluster) also needs process_id"
+            raise ValueError(msg)
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings:
+    """Build settings from flags (``overrides``), environment and an optional YAML file."""
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+
+    class FromFile(WorkerSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+            if config_file is not None:
+                sources += (YamlConfigSettingsSource(settings_cls, yaml_file=config_file),)
+            return sources
+
+    if config_file is not None and not config_file.is_file():
+        msg = f"settings file {config_file} does not exist; pass an existing file to --config"
+        raise ConfigError(msg)
+    try:
+        return FromFile(**given)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, config_file, given)) from exc
+    except yaml.YAMLError as exc:
+        msg = f"settings file {config_file} is not valid YAML: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def _explain(exc: ValidationError, config_file: Path | None, given: dict[str, Any]) -> str:
+    lines = _top_level_lines(config_file) if config_file is not None else {}
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        if field in given:
+            origin = f"--{field.replace('_', '-')}"
+        elif field in lines:
+            origin = f"{config_file}:{lines[field]}"
+        else:
+            origin = f"{ENV_PREFIX}{field.upper()}" if field != "settings" else "settings"
+        problems.append(f"{origin}: {field}: {error['msg']}")
+    return "invalid worker settings:\n  " + "\n  ".join(problems)
+
+
+def _top_level_lines(config_file: Path) -> dict[str, int]:
+    try:
+        root = yaml.compose(config_file.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in root.value if isinstance(k, yaml.ScalarNode)}

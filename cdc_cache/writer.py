@@ -1,0 +1,117 @@
+"""Write a batch of routed messages to Redis: retry transient failures, count outcomes.
+
+Engine-agnostic: the dataflow's sink calls :meth:`CacheWriter.write` once per batch and
+returns only when every change in it is applied (or proven stale/duplicate), so the
+engine never records progress past an unapplied change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cdc_cache import metrics
+from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.pipeline import Control, Planned, Routed
+from cdc_cache.redis_apply import ApplyResult, Outcome, RedisApplier
+from cdc_cache.retry import Backoff, retry_forever
+
+log = logging.getLogger("cdc_cache.writer")
+
+_OP_KIND = {SetRow: "set", DeleteKey: "delete", InvalidatePrefix: "invalidate_prefix"}
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What happened to one change: applied, stale, duplicate or no_op (nothing to do)."""
+
+    event: ChangeEvent
+    outcome: str
+
+
+class CacheWriter:
+    """Applies planned changes in one round trip per batch and records what happened."""
+
+    def __init__(
+        self,
+        applier: RedisApplier,
+        backoff: Backoff,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._applier = applier
+        self._backoff = backoff
+        self._clock_ms = clock_ms
+        self._sleep = sleep
+
+    def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
+        """Apply every Planned item in order, count control records; per-change outcomes."""
+        planned = [item for item in items if isinstance(item, Planned)]
+        for item in items:
+            if isinstance(item, Control):
+                metrics.RECORDS.labels(_control_kind(item)).inc()
+        ops = [op for item in planned for op in item.ops]
+        started = time.perf_counter()
+        result = self._apply(ops) if ops else ApplyResult((), ())
+        metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+        return self._account(planned, result)
+
+    def _apply(self, ops: list[CacheOp]) -> ApplyResult:
+        def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+            metrics.RETRIES.labels("redis").inc()
+            log.warning(
+                "redis unavailable, retrying",
+                extra={
+                    "attempt": attempt,
+                    "delay_s": round(delay, 3),
+                    "error": str(exc),
+                    "ops": len(ops),
+                },
+            )
+
+        return retry_forever(
+            lambda: self._applier.apply(ops),
+            backoff=self._backoff,
+            on_retry=on_retry,
+            sleep=self._sleep,
+        )
+
+    def _account(self, planned: list[Planned], result: ApplyResult) -> list[EventOutcome]:
+        outcomes = iter(result.outcomes)
+        now_ms = self._clock_ms()
+        report: list[EventOutcome] = []
+        for item in planned:
+            metrics.RECORDS.labels("change").inc()
+            event = item.event
+            op_outcomes = []
+            for op in item.ops:
+                kind = _OP_KIND[type(op)]
+                outcome = Outcome.APPLIED if isinstance(op, InvalidatePrefix) else next(outcomes)
+                metrics.REDIS_OPS.labels(kind, outcome.value).inc()
+                op_outcomes.append(outcome)
+            summary = _summarise(op_outcomes)
+            metrics.EVENTS.labels(event.table, event.op.value, summary).inc()
+            if summary == Outcome.APPLIED and event.committed_at_ms is not None:
+                metrics.COMMIT_TO_APPLIED.observe(max(0.0, now_ms - event.committed_at_ms) / 1000)
+            report.append(EventOutcome(event, summary))
+        return report
+
+
+def _summarise(outcomes: list[Outcome]) -> str:
+    if not outcomes:
+        return "no_op"
+    if Outcome.APPLIED in outcomes:
+        return Outcome.APPLIED.value
+    if all(o is Outcome.DUPLICATE for o in outcomes):
+        return Outcome.DUPLICATE.value
+    return Outcome.STALE.value
+
+
+_CONTROL_KIND = {Heartbeat: "heartbeat", SchemaChange: "schema_change", Tombstone: "tombstone"}
+
+
+def _control_kind(item: Control) -> str:
+    return _CONTROL_KIND[type(item.item)]

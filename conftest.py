@@ -1,0 +1,6 @@
+"""Test-suite plugins: real servers for the integration tier (see tests/integration)."""
+
+pytest_plugins = [
+    "tests.integration.fixtures_stack",
+    "tests.integration.fixtures_redis",
+]

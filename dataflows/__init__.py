@@ -1,0 +1,1 @@
+"""Bytewax dataflows: the only place the stream engine is named."""

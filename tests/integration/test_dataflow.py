@@ -1,0 +1,82 @@
+"""The dataflow end to end on real tansu and Redis (single and cluster), 1 and 2 workers."""
+
+from __future__ import annotations
+
+import pytest
+from bytewax.testing import cluster_main
+from prometheus_client import REGISTRY
+
+from cdc_cache.rules import parse_rules
+from dataflows.invalidation import build_flow
+from tests.integration.flowkit import (
+    POISON,
+    cache_state,
+    produce,
+    unique_topic,
+    with_poison,
+    with_redelivery,
+)
+from tests.workload import RULES_YAML, Workload
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicates_and_poison_converge_to_the_database_state(broker, redis_target, workers):
+    topic = unique_topic()
+    broker.create_topics({topic: 3})
+    workload = Workload(seed=workers, topic=topic)
+    messages = with_poison(with_redelivery(workload.transactions(1500)), topic)
+    produce(broker.bootstrap, messages)
+
+    flow = build_flow(
+        rules=parse_rules(RULES_YAML),
+        brokers=[broker.bootstrap],
+        topics=[topic],
+        redis_url=redis_target.url,
+        tail=False,
+        batch_size=200,
+    )
+    rejected_before = rejected()
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+
+    assert rejected() - rejected_before == len(POISON)
+    client = redis_target.client
+    assert cache_state(client) == workload.expected_cache()
+    assert not list(client.scan_iter(match="sku:*")), "delete-only keys must never hold values"
+
+
+def rejected() -> float:
+    return REGISTRY.get_sample_value("cdc_cache_records_total", {"kind": "rejected"}) or 0
+
+
+def applied_events() -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "cdc_cache_events_total", {"table": "inventory.stock", "op": op, "outcome": "applied"}
+        )
+        or 0
+        for op in "cud"
+    )
+
+
+def test_replaying_the_whole_topic_applies_nothing_again(broker, redis_target):
+    topic = unique_topic()
+    broker.create_topics({topic: 2})
+    workload = Workload(seed=7, topic=topic)
+    produce(broker.bootstrap, [m for tx in workload.transactions(500) for m in tx])
+    flow = build_flow(
+        rules=parse_rules(RULES_YAML),
+        brokers=[broker.bootstrap],
+        topics=[topic],
+        redis_url=redis_target.url,
+        tail=False,
+    )
+    cluster_main(flow, [], 0)
+    state = cache_state(redis_target.client)
+    applied = applied_events()
+
+    cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store
+
+    assert applied_events() == applied
+    assert cache_state(redis_target.client) == state == workload.expected_cache()

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cdc_cache.cli import main
+from cdc_cache.errors import ConfigError
+from cdc_cache.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CDC_CACHE_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "worker.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_override_environment_which_overrides_the_file(tmp_path, monkeypatch):
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopics: [a]\nworkers: 3\nbatch_size: 10\nkafka: {security.protocol: SSL}\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_WORKERS", "4")
+    monkeypatch.setenv("CDC_CACHE_BATCH_SIZE", "20")
+    settings = load_settings(config, batch_size=30)
+    assert (settings.workers, settings.batch_size) == (4, 30)
+    assert settings.kafka == {"security.protocol": "SSL"}
+    assert settings.topics == ["a"]
+
+
+def test_bad_value_in_the_file_names_file_and_line(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\n\nworkers: many\n")
+    with pytest.raises(
+        ConfigError, match=r"worker\.yaml:4: workers: Input should be a valid integer"
+    ):
+        load_settings(config)
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CDC_CACHE_EPOCH_INTERVAL_MS", "1")
+    with pytest.raises(ConfigError, match="CDC_CACHE_EPOCH_INTERVAL_MS: epoch_interval_ms"):
+        load_settings(rules=Path("r.yaml"), topics=("a",))
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nredis_ur1: redis://x\n")
+    with pytest.raises(
+        ConfigError, match=r"worker\.yaml:3: redis_ur1: Extra inputs are not permitted"
+    ):
+        load_settings(config)
+
+
+def test_topics_are_required():
+    with pytest.raises(ConfigError, match="give the Debezium topics to read"):
+        load_settings(rules=Path("r.yaml"))
+
+
+def test_invalid_topic_pattern_is_refused():
+    with pytest.raises(ConfigError, match=r"--topic-pattern: topic_pattern: .*not a valid regular"):
+        load_settings(rules=Path("r.yaml"), topic_pattern="(")
+
+
+def test_missing_settings_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"settings file .*nope\.yaml does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_run_with_a_bad_rules_file_exits_2_before_touching_kafka(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("tables:\n  inventory.stock:\n    keys:\n      - key: '{id}'\n")
+    result = CliRunner().invoke(
+        main, ["run", "--rules", str(rules), "--topic", "t", "--brokers", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 2
+    assert "rules.yaml:4: tables.inventory.stock.keys[0].key" in result.output
