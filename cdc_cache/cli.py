@@ -9,7 +9,7 @@ import click
 
 from cdc_cache import __version__
 from cdc_cache.devstack.cli import dev
-from cdc_cache.errors import ConfigError
+from cdc_cache.errors import ConfigError, StopRequested
 
 
 @click.group()
@@ -61,3 +61,6 @@ def run(config_file: Path | None, **flags: object) -> None:
     except ConfigError as exc:
         click.echo(f"cdc-cache: {exc}", err=True)
         sys.exit(2)
+    except StopRequested as exc:
+        click.echo(f"cdc-cache: {exc}", err=True)
+        sys.exit(3)

@@ -62,3 +62,13 @@ class RenderError(PoisonMessage):
     """A rule cannot render a key or value for this row (e.g. a column is absent)."""
 
     kind = "render_failed"
+
+
+class RefusedByRedis(PoisonMessage):
+    """Redis refused this change's writes for a reason a retry cannot fix (e.g. WRONGTYPE)."""
+
+    kind = "redis_refused"
+
+
+class StopRequested(CdcCacheError):
+    """The worker was asked to stop while waiting to retry; the batch will be replayed."""

@@ -20,6 +20,7 @@ from bytewax.run import cli_main
 from confluent_kafka.admin import AdminClient
 from prometheus_client import start_http_server
 
+from cdc_cache.errors import StopRequested
 from cdc_cache.rules import load_rules
 from cdc_cache.settings import WorkerSettings
 from dataflows.invalidation import build_flow
@@ -110,14 +111,21 @@ def run(settings: WorkerSettings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    cli_main(
-        flow,
-        workers_per_process=settings.workers,
-        process_id=settings.process_id,
-        addresses=settings.addresses or None,
-        epoch_interval=timedelta(milliseconds=settings.epoch_interval_ms),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.workers,
+            process_id=settings.process_id,
+            addresses=settings.addresses or None,
+            epoch_interval=timedelta(milliseconds=settings.epoch_interval_ms),
+            recovery_config=recovery,
+        )
+    except Exception as exc:
+        if not stop.is_set():
+            raise
+        # Stopped mid-retry: progress was not recorded past the unapplied batch.
+        msg = "stopped before the pending batch was applied; it is replayed on restart"
+        raise StopRequested(msg) from exc
     log.info("worker stopped")
 
 

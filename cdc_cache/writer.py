@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cdc_cache import metrics
+from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.ops import DeleteKey, InvalidatePrefix, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
-from cdc_cache.redis_apply import ApplyResult, Outcome, RedisApplier
+from cdc_cache.redis_apply import ApplyError, ApplyResult, Outcome, RedisApplier
+from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff, retry_forever
 
 log = logging.getLogger("cdc_cache.writer")
@@ -48,18 +50,37 @@ class CacheWriter:
         self._sleep = sleep
 
     def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
-        """Apply every Planned item in order, count control records; per-change outcomes."""
+        """Apply every Planned item in order, count control records; per-change outcomes.
+
+        When Redis refuses the batch for a reason a retry cannot fix (ApplyError), the
+        changes are applied one by one so only the faulty ones are set aside (logged and
+        counted as poison); version gating makes re-applying the others harmless.
+        """
         planned = [item for item in items if isinstance(item, Planned)]
         for item in items:
             if isinstance(item, Control):
                 metrics.RECORDS.labels(_control_kind(item)).inc()
-        ops = [op for item in planned for op in item.ops]
         started = time.perf_counter()
-        result = self._apply(ops) if ops else ApplyResult((), ())
+        try:
+            report = self._account(planned, self._apply(planned))
+        except ApplyError:
+            report = [outcome for item in planned for outcome in self._write_alone(item)]
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
-        return self._account(planned, result)
+        return report
 
-    def _apply(self, ops: list[CacheOp]) -> ApplyResult:
+    def _write_alone(self, item: Planned) -> list[EventOutcome]:
+        try:
+            return self._account([item], self._apply([item]))
+        except ApplyError as exc:
+            error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
+            report_rejected(error, item.event.table)
+            return []
+
+    def _apply(self, planned: list[Planned]) -> ApplyResult:
+        ops = [op for item in planned for op in item.ops]
+        if not ops:
+            return ApplyResult((), ())
+
         def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
             metrics.RETRIES.labels("redis").inc()
             log.warning(

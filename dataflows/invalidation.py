@@ -23,9 +23,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING
 
 from cdc_cache import metrics
+from cdc_cache.errors import StopRequested
 from cdc_cache.events import SourceRecord
 from cdc_cache.pipeline import Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, connect
+from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules
 from cdc_cache.writer import CacheWriter
@@ -63,7 +65,8 @@ def build_flow(
         batch_size=batch_size,
         raise_on_errors=False,
     )
-    messages = op.input("debezium", flow, StoppableSource(source, stop or threading.Event()))
+    stop = stop or threading.Event()
+    messages = op.input("debezium", flow, StoppableSource(source, stop))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         routed = []
@@ -77,7 +80,7 @@ def build_flow(
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     op.output("reject", split.trues, RejectSink())
-    op.output("redis", split.falses, RedisSink(redis_url, backoff or Backoff()))
+    op.output("redis", split.falses, RedisSink(redis_url, backoff or Backoff(), stop))
     return flow
 
 
@@ -144,34 +147,32 @@ class _RedisPartition(StatelessSinkPartition[Routed]):
 
 
 class RedisSink(DynamicSink[Routed]):
-    """Applies each batch in one Redis round trip per node; clients are built per worker."""
+    """Applies each batch in one Redis round trip per node; clients are built per worker.
 
-    def __init__(self, redis_url: str, backoff: Backoff) -> None:
+    Retries of an unreachable Redis wait on ``stop``, so a stop request ends the wait (the
+    unapplied batch is replayed after a restart) instead of hanging until killed.
+    """
+
+    def __init__(self, redis_url: str, backoff: Backoff, stop: threading.Event) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
+        self._stop = stop
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        return _RedisPartition(CacheWriter(RedisApplier(connect(self._redis_url)), self._backoff))
+        applier = RedisApplier(connect(self._redis_url))
+        return _RedisPartition(CacheWriter(applier, self._backoff, sleep=self._sleep))
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            msg = "stop requested while Redis was unavailable"
+            raise StopRequested(msg)
 
 
 class _RejectPartition(StatelessSinkPartition[Routed]):
     def write_batch(self, items: list[Routed]) -> None:
         for item in items:
             assert isinstance(item, Rejected)
-            error = item.error
-            record = item.record
-            metrics.RECORDS.labels("rejected").inc()
-            metrics.POISON.labels(error.kind, _table_of(record.topic)).inc()
-            log.error(
-                "message rejected",
-                extra={
-                    "kind": error.kind,
-                    "reason": error.reason,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
+            report_rejected(item.error, _table_of(item.record.topic))
 
 
 class RejectSink(DynamicSink[Routed]):

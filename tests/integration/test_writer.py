@@ -1,0 +1,103 @@
+"""The batch writer on real Redis: refused changes are set aside, outages are waited out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cdc_cache.errors import StopRequested
+from cdc_cache.events import SourceRecord
+from cdc_cache.keys import version_key
+from cdc_cache.pipeline import Planned, route
+from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.retry import Backoff
+from cdc_cache.rules import parse_rules
+from cdc_cache.writer import CacheWriter
+from tests.integration.flowkit import cache_state
+from tests.workload import RULES_YAML, Workload
+
+pytestmark = pytest.mark.integration
+RULES = parse_rules(RULES_YAML)
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def planned(count: int, seed: int = 4) -> tuple[list[Planned], Workload]:
+    workload = Workload(seed=seed)
+    items = []
+    for n, message in enumerate(m for tx in workload.transactions(count) for m in tx):
+        routed = route(SourceRecord(message.topic, 0, n, message.key, message.value), RULES)
+        if isinstance(routed, Planned):
+            items.append(routed)
+    return items, workload
+
+
+def refused() -> float:
+    labels = {"kind": "redis_refused", "table": "inventory.stock"}
+    return REGISTRY.get_sample_value("cdc_cache_poison_messages_total", labels) or 0
+
+
+def test_change_redis_refuses_is_set_aside_and_the_rest_applies(redis_client):
+    items, workload = planned(40)
+    victim = next(i for i in items if i.event.op.value == "c")
+    victim_key = victim.ops[0].key
+    redis_client.rpush(version_key(victim_key), b"not a position")  # forces WRONGTYPE
+    before = refused()
+
+    outcomes = CacheWriter(RedisApplier(redis_client), FAST).write(items)
+
+    written = {id(o.event) for o in outcomes}
+    rejected = [i for i in items if id(i.event) not in written]
+    assert victim in rejected
+    assert refused() - before == len(rejected)
+    untouchable = {op.key for item in rejected for op in item.ops}
+    expected = {k: v for k, v in workload.expected_cache().items() if k not in untouchable}
+    state = cache_state(redis_client)
+    assert {k: v for k, v in state.items() if k not in untouchable} == expected
+    assert len(expected) > 5
+
+
+def test_redis_outage_is_waited_out_and_nothing_is_skipped(redis_server, redis_client):
+    items, workload = planned(200)
+    writer = CacheWriter(RedisApplier(redis_client), FAST)
+    redis_server.stop()
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(writer.write(items)))
+    thread.start()
+    time.sleep(1.5)
+    assert thread.is_alive(), "the writer must wait for Redis, not give up"
+    redis_server.start()
+    thread.join(30)
+    assert result, "the writer did not finish after Redis came back"
+    assert cache_state(redis_client) == workload.expected_cache()
+
+
+def test_stop_request_ends_the_wait_for_redis(redis_server, redis_client):
+    items, _ = planned(10)
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise StopRequested("stop")
+
+    writer = CacheWriter(RedisApplier(redis_client), FAST, sleep=sleep)
+    redis_server.stop()
+    try:
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                writer.write(items)
+            except StopRequested as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        time.sleep(0.5)
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive() and errors
+    finally:
+        redis_server.start()
