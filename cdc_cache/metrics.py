@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 NAMESPACE: Final = "cdc_cache"
 
@@ -57,4 +57,39 @@ COMMIT_TO_APPLIED = Histogram(
     "Source commit time to applied in Redis (end-to-end latency)",
     namespace=NAMESPACE,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CONNECTOR_LAG = Gauge(
+    "connector_lag_seconds",
+    "Now minus the source commit time of the newest event or heartbeat seen, per topic partition",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
+CONSUMER_LAG = Gauge(
+    "consumer_lag_messages",
+    "Messages behind the partition's high watermark (as seen while fetching)",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
+MODE = Gauge(
+    "mode",
+    "1 for the effective cache mode (cdc or ttl), 0 for the other",
+    ["mode"],
+    namespace=NAMESPACE,
+)
+MODE_FLAG = Gauge(
+    "mode_flag",
+    "1 for the operator flag's value (auto, cdc or ttl)",
+    ["flag"],
+    namespace=NAMESPACE,
+)
+MODE_SWITCHES = Counter(
+    "mode_switches",
+    "Switches of the effective mode, by target mode and reason",
+    ["to", "reason"],
+    namespace=NAMESPACE,
+)
+TTL_SHORTENED = Counter(
+    "ttl_shortened_keys",
+    "Existing cache keys given the short fallback TTL on entering ttl mode",
+    namespace=NAMESPACE,
 )
