@@ -139,13 +139,9 @@ def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
 def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
     op = _op(payload["op"])
     source = _source(payload)
-    connector = source.get("connector")
-    if connector in _BINLOG_CONNECTORS:
-        container = source.get("db")
-    elif connector == _POSTGRES_CONNECTOR:
-        container = source.get("schema")
-    else:
-        raise _unknown_connector(connector, "source.connector")
+    connector, container = _container(
+        source.get("connector"), source.get("db"), source.get("schema"), "source.connector"
+    )
     table = _table(container, source.get("table"), "source")
     return ChangeEvent(
         table=table,
@@ -160,15 +156,23 @@ def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> C
     )
 
 
+def _container(connector: object, db: object, schema: object, field: str) -> tuple[str, object]:
+    """The known connector name and what qualifies its table: database (MySQL) or schema."""
+    if isinstance(connector, str) and connector in _BINLOG_CONNECTORS:
+        return connector, db
+    if connector == _POSTGRES_CONNECTOR:
+        return _POSTGRES_CONNECTOR, schema
+    raise _unknown_connector(connector, field)
+
+
 def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
     op = _op(payload["__op"])
-    connector = payload.get("__connector")
-    if connector in _BINLOG_CONNECTORS:
-        container = payload.get("__db")
-    elif connector == _POSTGRES_CONNECTOR:
-        container = payload.get("__schema")
-    else:
-        raise _unknown_connector(connector, "__connector (add 'connector' to add.fields)")
+    connector, container = _container(
+        payload.get("__connector"),
+        payload.get("__db"),
+        payload.get("__schema"),
+        "__connector (add 'connector' to add.fields)",
+    )
     table = _table(container, payload.get("__table"), "flattened (add 'db,schema,table')")
     row = {k: v for k, v in payload.items() if not k.startswith(FLAT_PREFIX)}
     source = {name: payload[flat] for name, flat in _FLAT_SOURCE.items() if flat in payload}
