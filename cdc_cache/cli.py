@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -46,7 +47,9 @@ main.add_command(dev)
     multiple=True,
     help="host:port of every process of the cluster, in order (repeatable).",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--metrics-port", type=int, help="Serve the admin API (/metrics, /readyz, /mode) on this port."
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 def run(config_file: Path | None, **flags: object) -> None:
     """Run the invalidation worker until SIGTERM/SIGINT."""
@@ -64,3 +67,136 @@ def run(config_file: Path | None, **flags: object) -> None:
     except StopRequested as exc:
         click.echo(f"cdc-cache: {exc}", err=True)
         sys.exit(3)
+
+
+@main.command()
+@click.option(
+    "--db", "dsn", required=True, help="mysql://user:pass@host:port/db or postgresql://..."
+)
+@click.option("--rules", type=click.Path(path_type=Path), required=True, help="Rules file (YAML).")
+@click.option("--redis-url", required=True, help="redis://, rediss://, or a cluster URL.")
+@click.option("--sample", type=int, help="Check N random rows of tables larger than N.")
+@click.option("--table", "tables", multiple=True, help="Check only this table (repeatable).")
+@click.option(
+    "--settle",
+    "settle_retries",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Re-checks of a difference (a change in flight) before it is reported.",
+)
+@click.option(
+    "--settle-delay",
+    "settle_delay_s",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Seconds between re-checks.",
+)
+def verify(dsn: str, rules: Path, redis_url: str, **options: Any) -> None:
+    """Compare the cache with the database; exit 1 on stale or unexpected keys."""
+    from redis.exceptions import RedisError
+
+    from cdc_cache.errors import CdcCacheError
+    from cdc_cache.redis_apply import connect
+    from cdc_cache.rules import load_rules
+    from cdc_cache.verify import verify as run_verify
+
+    try:
+        client = connect(redis_url)
+        report = run_verify(dsn, load_rules(rules), client, **options)
+    except CdcCacheError as exc:
+        click.echo(f"cdc-cache verify: {exc}", err=True)
+        sys.exit(2)
+    except RedisError as exc:
+        click.echo(f"cdc-cache verify: Redis at {redis_url}: {exc}; check --redis-url", err=True)
+        sys.exit(2)
+    click.echo(report.format())
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1, max=1000),
+    default=30.0,
+    show_default=True,
+    help="Transactions per second written to MariaDB.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    help="Stop after this many seconds (default: run until Ctrl-C).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave Redis, the broker, MariaDB and Debezium up afterwards (cdc-cache dev down).",
+)
+def demo(rate: float, duration: float | None, keep_running: bool) -> None:
+    """Run the local stack, the worker and a write load, and show the cache keeping up.
+
+    Exits 1 if, after draining, a stock row's cache key is stale or a key has no row.
+    """
+    from cdc_cache.demo import DemoOptions, run_demo
+    from cdc_cache.devstack.process import StackError
+
+    try:
+        code = run_demo(DemoOptions(rate=rate, duration=duration, keep_running=keep_running))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+@main.group()
+def mode() -> None:
+    """Read or force the cache mode (cdc: invalidations; ttl: short TTLs while lagging)."""
+
+
+_REDIS_URL = click.option(
+    "--redis-url",
+    envvar="CDC_CACHE_REDIS_URL",
+    default="redis://127.0.0.1:16379/0",
+    show_default=True,
+    help="The cache's Redis (add ?cluster=true for Redis Cluster).",
+)
+
+
+@mode.command("get")
+@_REDIS_URL
+def mode_get(redis_url: str) -> None:
+    """Print the operator flag and the effective mode with its reason and since when."""
+    import time
+
+    from cdc_cache.fallback import ModeStore
+    from cdc_cache.redis_apply import connect
+
+    store = ModeStore(connect(redis_url))
+    try:
+        flag = store.flag().value
+    except ConfigError as exc:
+        flag = f"invalid ({exc})"
+    record = store.record()
+    click.echo(f"flag:   {flag}")
+    if not record:
+        click.echo("mode:   unknown (no worker has published a mode yet)")
+        return
+    since_ms = int(record.get("since_ms", "0"))
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_ms / 1000))
+    click.echo(f"mode:   {record.get('mode')}")
+    click.echo(f"reason: {record.get('reason')} ({record.get('cause')})")
+    click.echo(f"since:  {since} ({since_ms})")
+    click.echo(f"lag_s:  {record.get('lag_s') or 'unknown'}")
+
+
+@mode.command("set")
+@click.argument("flag", type=click.Choice(["auto", "cdc", "ttl"]))
+@_REDIS_URL
+def mode_set(flag: str, redis_url: str) -> None:
+    """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
+    from cdc_cache.fallback import ModeStore
+    from cdc_cache.mode import Flag
+    from cdc_cache.redis_apply import connect
+
+    ModeStore(connect(redis_url)).set_flag(Flag(flag))
+    click.echo(f"flag set to {flag}; workers apply it within a second")
