@@ -1,9 +1,9 @@
 """Cache key building blocks: escaping row values and colocating version keys.
 
 Row values are escaped so that no value can forge another key or a glob pattern. Version
-keys (and later lease keys) must live in the cache key's Redis Cluster hash slot so that
-one Lua call stays single-slot; they carry a short hash tag chosen to map to that slot,
-which works for every key, including keys with braces or hash tags of their own.
+keys and lease keys (``cdc_cache.client``) must live in the cache key's Redis Cluster hash
+slot so that one Lua call stays single-slot; they carry a short hash tag chosen to map to
+that slot, which works for every key, including keys with braces or hash tags of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Final
 
 SLOTS: Final = 16384
 VERSION_PREFIX: Final = "cdc:v:"
+LEASE_PREFIX: Final = "cdc:l:"
+INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEASE_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
 
@@ -83,3 +85,14 @@ def slot_tag(key: str) -> str:
 def version_key(key: str) -> str:
     """The key that stores the position of the last change applied to ``key``."""
     return f"{VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def lease_key(key: str) -> str:
+    """The key holding the token of the application fill in progress for ``key``, if any."""
+    return f"{LEASE_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def leased_key(lease: str) -> str | None:
+    """The cache key a lease key was made for (inverse of ``lease_key``); None if not one."""
+    _, sep, key = lease.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
+    return key if sep and lease_key(key) == lease else None

@@ -4,19 +4,22 @@ Redis keeps, next to every managed key, the position of the last change applied 
 (``keys.version_key``). A Lua script (``lua/apply.lua``) writes an op only when its
 position is strictly newer, so duplicates, replays and late arrivals converge to the
 newest row image, and a delete leaves a version tombstone that a late older write cannot
-get past.
+get past. An applied op also voids the key's lease (``keys.lease_key``), which is how an
+application fill through ``cdc_cache.client`` learns that the row it loaded may be stale.
 
 A batch costs one round trip: one EVALSHA on a single server; on Redis Cluster one EVALSHA
-per hash slot (a key and its version key share a slot), pipelined so that each primary is
-written to once. Errors come out in two kinds: :class:`~cdc_cache.errors.TransientError`
-when the same batch will succeed later (unreachable server, timeout, failover, cluster
-resharding, out of memory), and :class:`ApplyError` when it will not (a script error, a
-key of the wrong type, an op the planner should never have produced).
+per hash slot (a key, its version key and its lease key share a slot), pipelined so that
+each primary is written to once. Errors come out in two kinds:
+:class:`~cdc_cache.errors.TransientError` when the same batch will succeed later
+(unreachable server, timeout, failover, cluster resharding, out of memory), and
+:class:`ApplyError` when it will not (a script error, a key of the wrong type, an op the
+planner should never have produced).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -32,7 +35,14 @@ from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.errors import CdcCacheError, ConfigError, TransientError
-from cdc_cache.keys import VERSION_PREFIX, key_slot, version_key
+from cdc_cache.keys import (
+    INTERNAL_PREFIXES,
+    LEASE_PREFIX,
+    key_slot,
+    lease_key,
+    leased_key,
+    version_key,
+)
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, ValueFormat
 
 log = logging.getLogger(__name__)
@@ -98,7 +108,7 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One EVALSHA: flattened (key, version key) pairs, the script's ARGV, and which ops."""
+    """One EVALSHA: flattened (key, version key, lease key) triples, ARGV, and which ops."""
 
     keys: tuple[str, ...]
     args: tuple[Arg, ...]
@@ -159,7 +169,7 @@ def _script() -> tuple[str, str]:
     return source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
     """Escape SCAN MATCH metacharacters so ``text`` matches only itself."""
     return "".join(f"\\{ch}" if ch in "\\*?[]" else ch for ch in text)
 
@@ -272,7 +282,7 @@ class RedisApplier:
             ):
                 yield _Call(tuple(keys), tuple(args), tuple(members))
                 keys, args, members = [], [], []
-            keys += (op.key, version_key(op.key))
+            keys += (op.key, version_key(op.key), lease_key(op.key))
             args += encoded
             members.append(index)
         if members:
@@ -321,39 +331,62 @@ class RedisApplier:
         return {}
 
     def _invalidate(self, op: InvalidatePrefix) -> int:
-        """SCAN every primary for keys under the prefix and delete them version-gated."""
-        if not op.prefix or op.prefix.startswith(VERSION_PREFIX):
+        """SCAN every primary for keys under the prefix and delete them version-gated.
+
+        Keys with a lease and no value yet (an application fill in progress) are found
+        through their lease keys, so that the fill is voided too.
+        """
+        if not op.prefix or op.prefix.startswith(INTERNAL_PREFIXES):
             msg = (
                 f"InvalidatePrefix for table {op.table} has prefix {op.prefix!r}: it must be "
-                f"non-empty and outside {VERSION_PREFIX!r}; fix the table's key templates"
+                f"non-empty and outside {' and '.join(map(repr, INTERNAL_PREFIXES))}; "
+                "fix the table's key templates"
             )
             raise ApplyError(msg)
-        pattern = _glob_escape(op.prefix) + "*"
+        under = glob_escape(op.prefix) + "*"
+        patterns = (under, glob_escape(LEASE_PREFIX) + "{*}:" + under)
         scanned = deleted = 0
-        for node in self._primaries():
-            cursor = 0
-            while True:
-                cursor, found = node.scan(cursor=cursor, match=pattern, count=self._scan_count)
-                names = [_key_text(raw) for raw in found]
+        for node, pattern in itertools.product(self._primaries(), patterns):
+            for found in self._scan(node, pattern):
+                names = [_cache_key(_key_text(raw), op.prefix) for raw in found]
                 batch = [
                     DeleteKey(name, op.position, op.tombstone_ttl_ms)
                     for name in names
-                    if not name.startswith(VERSION_PREFIX)
+                    if name is not None
                 ]
                 scanned += len(batch)
                 deleted += self._apply_key_ops(batch).count(Outcome.APPLIED)
-                if cursor == 0:
-                    break
         log.info(
             "invalidated prefix %r of table %s at %s: %d keys deleted of %d found",
             op.prefix, op.table, op.position, deleted, scanned,
         )  # fmt: skip
         return deleted
 
+    def _scan(self, node: Redis[bytes], pattern: str) -> Iterator[list[bytes]]:
+        """One node's keys matching ``pattern``, a SCAN page at a time."""
+        cursor = 0
+        while True:
+            cursor, found = node.scan(cursor=cursor, match=pattern, count=self._scan_count)
+            yield found
+            if cursor == 0:
+                return
+
     def _primaries(self) -> list[Redis[bytes]]:
-        if isinstance(self._client, RedisCluster):
-            return [self._client.get_redis_connection(n) for n in self._client.get_primaries()]
-        return [self._client]
+        return primaries(self._client)
+
+
+def primaries(client: Client) -> list[Redis[bytes]]:
+    """One client per primary: the server itself, or each cluster primary (for SCAN)."""
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(n) for n in client.get_primaries()]
+    return [client]
+
+
+def _cache_key(name: str, prefix: str) -> str | None:
+    """The cache key a SCAN hit stands for (itself, or the key a lease is held on), if any."""
+    if name.startswith(INTERNAL_PREFIXES):
+        name = leased_key(name) or ""
+    return name if name.startswith(prefix) else None
 
 
 def _key_text(raw: bytes) -> str:

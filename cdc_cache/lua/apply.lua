@@ -2,7 +2,10 @@
 -- stored in its version key. Positions are fixed-width strings, so string order is position
 -- order; a missing version reads as "" and is older than every position.
 --
--- KEYS: one (cache key, version key) pair per op, in op order.
+-- An applied op also deletes the key's lease key, so an application fill that loaded the
+-- row before this change cannot land after it (see cdc_cache/client.py).
+--
+-- KEYS: one (cache key, version key, lease key) triple per op, in op order.
 -- ARGV: per op: kind, version (position + rank, see version_of), version ttl ms, then by kind
 --   J  value ttl_ms                 SET key value PX ttl
 --   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
@@ -16,7 +19,7 @@ local HSET_PAIRS = 200
 local versions = {}
 local starts = {}
 local a = 1
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   local kind = ARGV[a]
   starts[#starts + 1] = a
   if kind == 'J' then
@@ -39,7 +42,7 @@ end
 
 local out = {}
 for n, s in ipairs(starts) do
-  local key, vkey = KEYS[2 * n - 1], KEYS[2 * n]
+  local key, vkey, lkey = KEYS[3 * n - 2], KEYS[3 * n - 1], KEYS[3 * n]
   local kind, position, version_ttl = ARGV[s], ARGV[s + 1], ARGV[s + 2]
   local current = versions[vkey]
   local code = 0
@@ -60,6 +63,7 @@ for n, s in ipairs(starts) do
       end
     end
     redis.call('SET', vkey, position, 'PX', version_ttl)
+    redis.call('DEL', lkey)
     versions[vkey] = position
   end
   out[n] = code

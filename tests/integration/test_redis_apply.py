@@ -12,7 +12,7 @@ from redis.connection import AbstractConnection
 
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.errors import ConfigError, TransientError
-from cdc_cache.keys import key_slot, version_key
+from cdc_cache.keys import key_slot, lease_key, version_key
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, SetRow, ValueFormat
 from cdc_cache.positions import SourcePosition
 from cdc_cache.redis_apply import ApplyError, Outcome, RedisApplier, connect, version_of
@@ -105,6 +105,16 @@ def test_delete_of_unknown_key_still_leaves_tombstone(any_redis: Any) -> None:
     assert outcomes(any_redis, delete("never:seen", 9)) == [A]
     assert outcomes(any_redis, set_json("never:seen", 8)) == [S]
     assert any_redis.exists("never:seen") == 0
+
+
+def test_applied_ops_void_the_lease_and_skipped_ops_keep_it(any_redis: Any) -> None:
+    keys = ["set", "del", "stale", "dup"]
+    outcomes(any_redis, set_json("stale", 5), set_json("dup", 5))
+    for key in keys:
+        any_redis.set(lease_key(key), b"token")
+    batch = [set_json("set", 1), delete("del", 1), set_json("stale", 4), set_json("dup", 5)]
+    assert outcomes(any_redis, *batch) == [A, A, S, D]
+    assert [any_redis.exists(lease_key(k)) for k in keys] == [0, 0, 1, 1]
 
 
 def test_ttls(any_redis: Any) -> None:

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.keys import MAX_VALUE_CHARS, escape_value, key_slot, version_key
+from cdc_cache.keys import (
+    MAX_VALUE_CHARS,
+    escape_value,
+    key_slot,
+    lease_key,
+    leased_key,
+    version_key,
+)
 
 FORBIDDEN = frozenset(":{}*?[]")
 
@@ -69,6 +76,18 @@ def test_version_key_shares_the_slot_of_its_key(key: str) -> None:
     assert key_slot(version_key(key)) == key_slot(key)
 
 
+@given(AWKWARD_KEYS)
+def test_lease_key_shares_the_slot_of_its_key_and_leads_back_to_it(key: str) -> None:
+    assert key_slot(lease_key(key)) == key_slot(key)
+    assert leased_key(lease_key(key)) == key
+    assert leased_key(version_key(key)) is None
+
+
+@pytest.mark.parametrize("name", ["", "cdc:l:", "cdc:l:{}:k", "cdc:l:{zz}:k", "k", "cdc:l:{a}k"])
+def test_leased_key_rejects_what_is_no_lease_key(name: str) -> None:
+    assert leased_key(name) is None
+
+
 def test_key_slot_known_values() -> None:
     # Examples from the Redis Cluster specification's hash tag rules.
     assert key_slot("123456789") == 12739
@@ -99,5 +118,6 @@ SAMPLE = [
 def test_key_slot_agrees_with_redis_cluster_keyslot(redis_cluster_client: Any) -> None:
     node = redis_cluster_client.get_primaries()[0]
     server = redis_cluster_client.get_redis_connection(node)
-    for key in [*SAMPLE, *(version_key(k) for k in SAMPLE), *map(escape_value, SAMPLE)]:
+    derived = [f(k) for k in SAMPLE for f in (version_key, lease_key, escape_value)]
+    for key in [*SAMPLE, *derived]:
         assert server.execute_command("CLUSTER KEYSLOT", key) == key_slot(key), key

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cdc_cache.client import MODE_KEY, NEGATIVE, CacheAside
+from cdc_cache.keys import lease_key, version_key
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.positions import SourcePosition
+from cdc_cache.redis_apply import RedisApplier
+
+pytestmark = pytest.mark.integration
+
+KEY = "user:{7}:profile"
+OLD, NEW = b'{"name":"old"}', b'{"name":"new"}'
+TTL = 600_000
+TOMBSTONE = 3_600_000
+
+
+def pos(n: int) -> SourcePosition:
+    return SourcePosition(0, 7, n, 0)
+
+
+def cdc_set(key: str, n: int, value: bytes) -> SetRow:
+    return SetRow(key, pos(n), value, ValueFormat.JSON, TTL, TOMBSTONE)
+
+
+def cdc_delete(key: str, n: int) -> DeleteKey:
+    return DeleteKey(key, pos(n), TOMBSTONE)
+
+
+class Loader:
+    """A database read that returns ``row`` and counts its calls; ``during`` runs mid-read."""
+
+    def __init__(self, row: bytes | None, during: Callable[[], object] = lambda: None) -> None:
+        self.row = row
+        self.during = during
+        self.calls = 0
+
+    def __call__(self) -> bytes | None:
+        self.calls += 1
+        self.during()
+        return self.row
+
+
+def change_applied_mid_load(redis: Any, row: bytes | None, *change: CacheOp) -> Loader:
+    """The race: the loader reads ``row``, then the worker applies ``change`` before the fill."""
+    return Loader(row, during=lambda: RedisApplier(redis).apply(change))
+
+
+def plain_fill(redis: Any, key: str, loader: Loader) -> bytes | None:
+    """Cache-aside without leases: GET, load, SET."""
+    cached: bytes | None = redis.get(key)
+    if cached is not None:
+        return cached
+    row = loader()
+    if row is not None:
+        redis.set(key, row, px=TTL)
+    return row
+
+
+def test_miss_fills_then_hits(any_redis: Any) -> None:
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    loader = Loader(OLD)
+    assert cache.get(KEY, loader) == OLD
+    assert cache.get(KEY, loader) == OLD
+    assert loader.calls == 1
+    assert TTL - 5_000 < any_redis.pttl(KEY) <= TTL
+    assert any_redis.exists(lease_key(KEY)) == 0
+
+
+def test_value_written_by_the_worker_is_a_hit(any_redis: Any) -> None:
+    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])
+    loader = Loader(OLD)
+    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == NEW
+    assert loader.calls == 0
+
+
+def test_per_call_ttl(any_redis: Any) -> None:
+    CacheAside(any_redis, ttl_ms=TTL).get(KEY, Loader(OLD), ttl_ms=10_000)
+    assert 5_000 < any_redis.pttl(KEY) <= 10_000
+
+
+@pytest.mark.parametrize(
+    "change",
+    [cdc_delete(KEY, 2), cdc_set(KEY, 2, NEW)],
+    ids=["delete", "set"],
+)
+def test_change_applied_during_load_rejects_the_fill(any_redis: Any, change: CacheOp) -> None:
+    loader = change_applied_mid_load(any_redis, OLD, change)
+    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == OLD  # the caller still gets it
+    cached = any_redis.get(KEY)
+    assert cached == (NEW if isinstance(change, SetRow) else None)
+    assert any_redis.exists(lease_key(KEY)) == 0
+
+
+def test_plain_fill_without_lease_leaves_the_stale_row(any_redis: Any) -> None:
+    loader = change_applied_mid_load(any_redis, OLD, cdc_delete(KEY, 2))
+    assert plain_fill(any_redis, KEY, loader) == OLD
+    assert any_redis.get(KEY) == OLD  # stale: the row was deleted, the cache still has it
+    assert any_redis.exists(version_key(KEY)) == 1
+
+
+def test_truncate_during_load_rejects_the_fill_of_an_absent_key(any_redis: Any) -> None:
+    truncate = InvalidatePrefix("user:", "db.user", pos(5), TOMBSTONE)
+    loader = change_applied_mid_load(any_redis, OLD, truncate)
+    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == OLD
+    assert any_redis.exists(KEY, lease_key(KEY)) == 0
+
+
+def test_stale_or_duplicate_change_does_not_void_the_lease(any_redis: Any) -> None:
+    RedisApplier(any_redis).apply([cdc_delete(KEY, 5)])
+    replays = (cdc_set(KEY, 3, OLD), cdc_delete(KEY, 5))
+    loader = change_applied_mid_load(any_redis, None, *replays)
+    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) is None
+    assert any_redis.get(KEY) == NEGATIVE
+
+
+def test_concurrent_misses_load_once(any_redis: Any) -> None:
+    cache = CacheAside(any_redis, ttl_ms=TTL, lease_wait_ms=2_000)
+    loader = Loader(OLD, during=lambda: time.sleep(0.05))
+    start = threading.Barrier(6)
+    results: list[bytes | None] = []
+
+    def read() -> None:
+        start.wait()
+        results.append(cache.get(KEY, loader))
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert results == [OLD] * 6
+    assert loader.calls == 1
+    assert any_redis.get(KEY) == OLD
+
+
+def test_slow_fill_elsewhere_is_not_waited_on_past_the_budget(any_redis: Any) -> None:
+    any_redis.set(lease_key(KEY), b"another reader", px=60_000)
+    loader = Loader(NEW)
+    assert CacheAside(any_redis, ttl_ms=TTL, lease_wait_ms=30).get(KEY, loader) == NEW
+    assert loader.calls == 1
+    assert any_redis.exists(KEY) == 0
+    assert any_redis.get(lease_key(KEY)) == b"another reader"
+
+
+def test_fill_after_the_lease_expired_is_dropped(any_redis: Any) -> None:
+    loader = Loader(OLD, during=lambda: time.sleep(0.05))
+    assert CacheAside(any_redis, ttl_ms=TTL, lease_ttl_ms=10).get(KEY, loader) == OLD
+    assert any_redis.exists(KEY) == 0
+
+
+def test_failing_loader_releases_the_lease(any_redis: Any) -> None:
+    def broken() -> bytes | None:
+        raise OSError("database down")
+
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    with pytest.raises(OSError, match="database down"):
+        cache.get(KEY, broken)
+    assert any_redis.exists(lease_key(KEY)) == 0
+
+
+def test_missing_row_is_cached_briefly(any_redis: Any) -> None:
+    cache = CacheAside(any_redis, ttl_ms=TTL, negative_ttl_ms=5_000)
+    loader = Loader(None)
+    assert cache.get(KEY, loader) is None
+    assert cache.get(KEY, loader) is None
+    assert loader.calls == 1
+    assert any_redis.get(KEY) == NEGATIVE
+    assert 0 < any_redis.pttl(KEY) <= 5_000
+
+    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])  # the row is inserted
+    assert cache.get(KEY, loader) == NEW
+
+
+def test_insert_during_a_not_found_load_rejects_the_negative_fill(any_redis: Any) -> None:
+    loader = change_applied_mid_load(any_redis, None, cdc_set(KEY, 1, NEW))
+    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) is None
+    assert any_redis.get(KEY) == NEW
+
+
+def test_loader_may_not_return_the_negative_marker(any_redis: Any) -> None:
+    with pytest.raises(ValueError, match="return None instead"):
+        CacheAside(any_redis, ttl_ms=TTL).get(KEY, Loader(NEGATIVE))
+    assert any_redis.exists(KEY, lease_key(KEY)) == 0
+
+
+def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
+    any_redis.hset(MODE_KEY, mapping={"mode": "ttl", "fallback_ttl_ms": 4_000})
+    cache = CacheAside(any_redis, ttl_ms=TTL, negative_ttl_ms=TTL)
+    cache.get(KEY, Loader(OLD))
+    cache.get("user:{8}:profile", Loader(None))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert 0 < any_redis.pttl("user:{8}:profile") <= 4_000
+
+
+def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
+    now = [0.0]
+    cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])
+    assert cache.mode().name == "cdc"  # no hash published: normal mode
+    any_redis.hset(MODE_KEY, "mode", "ttl")
+    assert cache.mode().name == "cdc"  # cached
+    now[0] = 1.5
+    mode = cache.mode()
+    assert (mode.name, mode.ttl_cap_ms) == ("ttl", 3_000)  # no field: the helper's fallback
+    cache.get(KEY, Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 3_000
+
+
+def test_bad_settings_name_the_parameter(any_redis: Any) -> None:
+    with pytest.raises(ValueError, match="negative_ttl_ms=0"):
+        CacheAside(any_redis, ttl_ms=TTL, negative_ttl_ms=0)
+    with pytest.raises(ValueError, match="ttl_ms=-1"):
+        CacheAside(any_redis, ttl_ms=TTL).get(KEY, Loader(OLD), ttl_ms=-1)

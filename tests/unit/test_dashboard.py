@@ -1,0 +1,100 @@
+"""The dashboard and the alert rules query only metrics the worker exports."""
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from cdc_cache import metrics
+
+DEPLOY = Path(__file__).parents[2] / "deploy"
+DASHBOARD = json.loads((DEPLOY / "grafana" / "cdc-cache.json").read_text())
+RULES = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+PROMETHEUS_OWN = {"up"}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+}
+PROMQL_WORDS = {
+    *("by", "without", "on", "ignoring", "group_left", "group_right"),
+    *("bool", "offset", "and", "or", "unless"),
+}
+
+# Removed before looking for names, in this order: strings; label matchers, ranges and the
+# label lists of by/without/on/ignoring; numbers and durations.
+STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
+NOT_NAMES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\b(?:by|without|on|ignoring)\s*\([^)]*\)")
+NUMBERS = re.compile(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)?[smhdwy]?\b")
+IDENTIFIER = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\s*\()?")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions or keywords."""
+    bare = NUMBERS.sub(" ", NOT_NAMES.sub(" ", STRINGS.sub('""', expr)))
+    return {
+        name for name, call in IDENTIFIER.findall(bare) if not call and name not in PROMQL_WORDS
+    }
+
+
+def exported() -> set[str]:
+    """Every series name the worker's metrics module registers, suffixes included."""
+    names = set()
+    for collector in vars(metrics).values():
+        if isinstance(collector, MetricWrapperBase):
+            for family in collector.describe():
+                names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+    return names
+
+
+def dashboard_exprs() -> Iterator[tuple[str, str]]:
+    for panel in DASHBOARD["panels"]:
+        for target in panel.get("targets", []):
+            yield f"panel {panel['title']!r}", target["expr"]
+
+
+def rule_exprs() -> Iterator[tuple[str, str]]:
+    for group in RULES["groups"]:
+        for rule in group["rules"]:
+            yield f"alert {rule['alert']}", rule["expr"]
+
+
+EXPRS = [*dashboard_exprs(), *rule_exprs()]
+
+
+def test_name_parser() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="y{z}"}[5m]))) > 1e3 '
+        'and on (job) up{job="w"} == 0 or vector(0) unless b:rec offset 1h'
+    )
+    assert metric_names(expr) == {"a_bucket", "up", "b:rec"}
+
+
+def test_exported_names_include_suffixes() -> None:
+    names = exported()
+    assert {
+        "cdc_cache_records_total",
+        "cdc_cache_mode",
+        "cdc_cache_apply_batch_seconds_bucket",
+    } <= names
+
+
+@pytest.mark.parametrize(("where", "expr"), EXPRS, ids=[where for where, _ in EXPRS])
+def test_queries_use_exported_metrics(where: str, expr: str) -> None:
+    names = metric_names(expr)
+    assert names, f"{where}: no metric in {expr!r}"
+    unknown = names - exported() - PROMETHEUS_OWN
+    assert not unknown, (
+        f"{where} queries {sorted(unknown)}, which cdc_cache.metrics does not export"
+    )
+
+
+def test_panels_have_unique_ids_and_a_query() -> None:
+    ids = [panel["id"] for panel in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in DASHBOARD["panels"]:
+        assert panel["type"] == "row" or panel["targets"], panel["title"]
