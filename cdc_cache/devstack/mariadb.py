@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary
+from cdc_cache.devstack.process import ManagedProcess, ProcessService, StackError, require_binary
 
 if TYPE_CHECKING:
     from pymysql.connections import Connection
@@ -38,12 +38,14 @@ def _pymysql() -> Any:
     return pymysql
 
 
-class MariaDB:
+class MariaDB(ProcessService):
     """A ``mariadbd`` on ``127.0.0.1:port`` with its data, socket, pid and log under ``home``.
 
     ``root`` has no password (over TCP from 127.0.0.1 and over the socket); the ``cdc``
     user (password ``cdc``) holds exactly the grants Debezium needs.
     """
+
+    stop_timeout = 30.0  # SIGTERM flushes InnoDB and the binlog before exiting
 
     name = "mariadb"
     cdc_user = CDC_USER
@@ -92,16 +94,6 @@ class MariaDB:
             self._install()
         self.process.start(self._ready, timeout)
         self._provision()
-
-    def stop(self) -> None:
-        """Shut down cleanly (SIGTERM flushes InnoDB and the binlog), SIGKILL on timeout."""
-        self.process.stop(timeout=30)
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def address(self) -> str:
         return self.dsn()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary
+from cdc_cache.devstack.process import ManagedProcess, ProcessService, StackError, require_binary
 
 if TYPE_CHECKING:
     import psycopg
@@ -84,13 +84,15 @@ def _blocking_parent(path: Path, account: pwd.struct_passwd) -> Path | None:
     return None
 
 
-class Postgres:
+class Postgres(ProcessService):
     """A PostgreSQL server on ``127.0.0.1:port`` with ``wal_level=logical``.
 
     The ``cdc`` role (password ``cdc``, REPLICATION) owns the ``inventory`` database, so
     tables it creates there can be captured with a filtered publication. TCP logins use
     SCRAM passwords; the socket in ``home`` trusts the local superuser for provisioning.
     """
+
+    stop_timeout = 30.0  # fast shutdown (SIGINT): disconnect clients, checkpoint, exit
 
     name = "postgres"
     database = DATABASE
@@ -151,16 +153,6 @@ class Postgres:
         ]
         self.process.start(self._ready, timeout)
         self._provision()
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): disconnect clients, checkpoint, exit; SIGKILL on timeout."""
-        self.process.stop(timeout=30)
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def address(self) -> str:
         return f"postgresql://{CDC_USER}@127.0.0.1:{self.port}/{DATABASE}"

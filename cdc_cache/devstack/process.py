@@ -190,3 +190,24 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+class ProcessService:
+    """A server run by one ManagedProcess: the status and stop every such server shares.
+
+    Subclasses set ``process`` and may raise ``stop_timeout`` for servers that flush
+    state on shutdown.
+    """
+
+    process: ManagedProcess
+    stop_timeout: float = 15.0
+
+    def stop(self) -> None:
+        """Stop gracefully (the process's stop signal), SIGKILL after ``stop_timeout``."""
+        self.process.stop(timeout=self.stop_timeout)
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def pid(self) -> int | None:
+        return self.process.pid()

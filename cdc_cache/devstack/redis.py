@@ -16,7 +16,13 @@ from typing import Final
 
 import redis
 
-from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary, wait_for
+from cdc_cache.devstack.process import (
+    ManagedProcess,
+    ProcessService,
+    StackError,
+    require_binary,
+    wait_for,
+)
 
 _HOW_TO_GET: Final = "install Debian's redis-server and redis-tools (apt-get install redis-server)"
 _MAX_PORT: Final = 65535
@@ -59,7 +65,7 @@ def _ping(port: int) -> bool:
         client.close()
 
 
-class RedisServer:
+class RedisServer(ProcessService):
     """One redis-server on ``127.0.0.1:port`` with its data, pid and log under ``home``.
 
     No persistence unless ``persist`` (then AOF, so a restart keeps the data for
@@ -71,21 +77,13 @@ class RedisServer:
         self.home = Path(home)
         self.port = port
         self.persist = persist
-
-    def _process(self) -> ManagedProcess:
-        durability = ("--appendonly", "yes") if self.persist else ("--appendonly", "no")
-        argv = _redis_argv(self.home, self.port, "--save", "", *durability)
-        return ManagedProcess(self.name, argv, self.home)
+        durability = ("--appendonly", "yes") if persist else ("--appendonly", "no")
+        argv = _redis_argv(self.home, port, "--save", "", *durability)
+        self.process = ManagedProcess(self.name, argv, self.home)
 
     def start(self, timeout: float = 60) -> None:
         """Start unless running, then wait until it answers PING."""
-        self._process().start(lambda: _ping(self.port), timeout)
-
-    def stop(self) -> None:
-        self._process().stop()
-
-    def running(self) -> bool:
-        return self._process().running()
+        self.process.start(lambda: _ping(self.port), timeout)
 
     def address(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import ManagedProcess, StackError, require_binary
+from cdc_cache.devstack.process import ManagedProcess, ProcessService, StackError, require_binary
 from cdc_cache.devstack.redis import RedisServer
 
 SERVICES: Final = ("redis", "broker", "mariadb", "postgres", "debezium")
@@ -44,6 +44,7 @@ class Service(Protocol):
     def start(self, timeout: float = 60) -> None: ...
     def stop(self) -> None: ...
     def running(self) -> bool: ...
+    def pid(self) -> int | None: ...
     def address(self) -> str: ...
 
 
@@ -77,13 +78,15 @@ class StackConfig:
         return cls(home=home.absolute(), ports={s: _port(env, s) for s in DEFAULT_PORTS})
 
 
-class DebeziumService:
+class DebeziumService(ProcessService):
     """Debezium's embedded engine (``python -m cdc_cache.devstack.debezium``) as a service.
 
     It reads MariaDB's binlog and publishes to the broker, so it starts after both and stops
     before them. It counts as ready once the connector streams the binlog: the initial
     snapshot is published by then, so a reader started afterwards finds every table's topic.
     """
+
+    stop_timeout = 30.0  # closing the engine flushes the offsets of published batches
 
     name = "debezium"
     # Logged by Debezium's ChangeEventSourceCoordinator once the snapshot is done.
@@ -133,16 +136,6 @@ class DebeziumService:
         log = self.process.log_file
         since = log.stat().st_size if log.exists() and not running else 0
         self.process.start(lambda: self._streaming(since), timeout)
-
-    def stop(self) -> None:
-        """Close the engine (it flushes the offsets of published batches), SIGKILL on timeout."""
-        self.process.stop(timeout=30)
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def address(self) -> str:
         return f"mariadb :{self.mariadb_port} -> {self.brokers} {self.topic_prefix}.*"
@@ -259,17 +252,8 @@ class Stack:
                 ServiceStatus(
                     service=name,
                     state="running" if running else "stopped",
-                    pid=_pid(svc) if running else None,
+                    pid=svc.pid() if running else None,
                     address=svc.address(),
                 )
             )
         return rows
-
-
-def _pid(service: Service) -> int | None:
-    """The server's pid when the service object exposes one."""
-    pid = getattr(service, "pid", None)
-    if not callable(pid):
-        return None
-    value = pid()
-    return value if isinstance(value, int) else None
