@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cdc_cache.devstack.process import ManagedProcess, ProcessService, StackError, require_binary
+from cdc_cache.devstack.process import (
+    ManagedProcess,
+    ProcessService,
+    StackError,
+    initialise_data_dir,
+    require_binary,
+)
 
 if TYPE_CHECKING:
     from pymysql.connections import Connection
@@ -123,7 +128,8 @@ class MariaDB(ProcessService):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         as_root = ["--user=root"] if os.geteuid() == 0 else []
-        result = subprocess.run(
+        initialise_data_dir(
+            "mariadb-install-db",
             [
                 install,
                 "--no-defaults",
@@ -133,17 +139,10 @@ class MariaDB(ProcessService):
                 "--skip-test-db",
                 "--skip-name-resolve",
             ],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=self.home,
+            staging,
+            self.data_dir,
+            self.home,
         )
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            msg = f"mariadb-install-db into {staging} failed:\n    " + "\n    ".join(output)
-            raise StackError(msg)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        staging.rename(self.data_dir)
 
     def _socket_connect(self) -> Any:
         return _pymysql().connect(unix_socket=str(self.socket), user="root", connect_timeout=2)

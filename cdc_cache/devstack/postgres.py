@@ -13,12 +13,17 @@ import pwd
 import shutil
 import signal
 import stat
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cdc_cache.devstack.process import ManagedProcess, ProcessService, StackError, require_binary
+from cdc_cache.devstack.process import (
+    ManagedProcess,
+    ProcessService,
+    StackError,
+    initialise_data_dir,
+    require_binary,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -195,7 +200,8 @@ class Postgres(ProcessService):
             return
         staging = self.home / "data.initdb"
         shutil.rmtree(staging, ignore_errors=True)
-        result = subprocess.run(
+        initialise_data_dir(
+            "initdb",
             [
                 *as_service,
                 str(bin_dir / "initdb"),
@@ -208,17 +214,10 @@ class Postgres(ProcessService):
                 "--encoding=UTF8",
                 "--locale=C",
             ],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=self.home,
+            staging,
+            self.data_dir,
+            self.home,
         )
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            msg = f"initdb into {staging} failed:\n    " + "\n    ".join(output)
-            raise StackError(msg)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        staging.rename(self.data_dir)
 
     def _superuser_connect(self, dbname: str = "postgres") -> Any:
         return _psycopg().connect(

@@ -64,6 +64,23 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | N
     raise StackError(msg)
 
 
+def initialise_data_dir(
+    what: str, argv: Sequence[str], staging: Path, target: Path, cwd: Path
+) -> None:
+    """Run a data-directory initialiser into ``staging``, then move it to ``target``.
+
+    Only a completed run is moved into place, so a crash mid-way is redone from scratch
+    rather than mistaken for a ready directory.
+    """
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False, cwd=cwd)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        msg = f"{what} into {staging} failed:\n    " + "\n    ".join(output)
+        raise StackError(msg)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 @dataclass
 class ManagedProcess:
     """A detached server process tracked by ``<home>/<name>.pid`` and ``<name>.log``."""
