@@ -46,12 +46,11 @@ from typing import Final
 
 from redis.commands.core import Script
 
-from cdc_cache.keys import lease_key
+from cdc_cache.keys import MODE_KEY, lease_key
 from cdc_cache.redis_apply import Client
 
 log = logging.getLogger(__name__)
 
-MODE_KEY: Final = "cdc:mode"
 NEGATIVE: Final = b"\x00cdc:absent"  # no JSON document or text value is this byte string
 
 # Hit: {1, value}. Miss: take the lease if nobody holds it ({2}), else {0}.

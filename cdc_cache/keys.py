@@ -18,6 +18,8 @@ from typing import Final
 SLOTS: Final = 16384
 VERSION_PREFIX: Final = "cdc:v:"
 LEASE_PREFIX: Final = "cdc:l:"
+MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
+MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
 INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEASE_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,12 @@ class WorkerSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kafka: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
+    lag_slo_s: float = Field(default=60.0, gt=0, description="lag that switches to ttl mode")
+    lag_recover_s: float = Field(default=15.0, ge=0, description="lag that returns to cdc")
+    mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
+    fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
+    admin_token: SecretStr | None = Field(default=None, description="bearer token for PUT /mode")
+    ready_max_consumer_lag: int = Field(default=1000, ge=0)
 
     @field_validator("topic_pattern")
     @classmethod
@@ -64,6 +70,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError(msg)
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
+            raise ValueError(msg)
+        if self.lag_recover_s >= self.lag_slo_s:
+            msg = (
+                f"lag_recover_s ({self.lag_recover_s:g}) must be below lag_slo_s "
+                f"({self.lag_slo_s:g}): the gap keeps the mode from flapping"
+            )
             raise ValueError(msg)
         return self
 

@@ -18,9 +18,14 @@ from types import FrameType
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka.admin import AdminClient
-from prometheus_client import start_http_server
 
+from cdc_cache.admin import AdminServer
+from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import StopRequested
+from cdc_cache.fallback import ModeRuntime, managed_prefixes
+from cdc_cache.lag import LagTracker
+from cdc_cache.mode import ModeConfig
+from cdc_cache.redis_apply import connect
 from cdc_cache.rules import load_rules
 from cdc_cache.settings import WorkerSettings
 from dataflows.invalidation import build_flow
@@ -51,7 +56,15 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
             found = list(settings.topics)
             missing = [t for t in settings.topics if t not in existing]
         if not missing:
-            return found
+            beats = heartbeat_topics(existing, found)
+            if not beats:
+                log.warning(
+                    "no Debezium heartbeat topic found for these topics: an idle source will "
+                    "look stalled and switch the cache to ttl mode; create the heartbeat topic "
+                    "before starting the worker (see connectors/README.md)",
+                    extra={"topics": found},
+                )
+            return found + beats
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -59,6 +72,35 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
             log.warning("waiting for topics", extra={"missing": missing})
             announced = time.monotonic()
         time.sleep(0.5)
+
+
+def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The heartbeat topics of the connectors feeding ``topics`` (``<server>.<db>.<table>``).
+
+    Heartbeats keep an idle source's lag measurable; without them an idle source looks
+    stalled after ``lag_slo_s`` and the cache falls back to TTLs.
+    """
+    beats = sorted(t for t in existing if t.startswith(HEARTBEAT_TOPIC_PREFIX))
+    return [
+        beat
+        for beat in beats
+        if beat not in topics
+        and any(t.startswith(beat.removeprefix(HEARTBEAT_TOPIC_PREFIX) + ".") for t in topics)
+    ]
+
+
+def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
+    """The mode controller of this process (process 0 of a cluster writes the mode)."""
+    return ModeRuntime(
+        client=connect(settings.redis_url),
+        tracker=tracker,
+        config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
+        fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
+        prefixes=prefixes,
+        process=settings.process_id or 0,
+        processes=max(1, len(settings.addresses)),
+        max_consumer_lag=settings.ready_max_consumer_lag,
+    )
 
 
 def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
@@ -81,8 +123,12 @@ def run(settings: WorkerSettings) -> None:
     rules = load_rules(settings.rules)
     topics = resolve_topics(settings)
     recovery = prepare_recovery(settings)
+    tracker = LagTracker(lambda: time.time() * 1000)
+    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    admin = None
     if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port)
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        admin = AdminServer(runtime, settings.metrics_port, token).start()
     stop = threading.Event()
     flow = build_flow(
         rules=rules,
@@ -93,6 +139,8 @@ def run(settings: WorkerSettings) -> None:
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         stop=stop,
+        lag=tracker,
+        ttl_cap_ms=runtime.ttl_cap_ms,
     )
     log.info(
         "worker starting",
@@ -111,6 +159,7 @@ def run(settings: WorkerSettings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    runtime.start()
     try:
         cli_main(
             flow,
@@ -126,6 +175,10 @@ def run(settings: WorkerSettings) -> None:
         # Stopped mid-retry: progress was not recorded past the unapplied batch.
         msg = "stopped before the pending batch was applied; it is replayed on restart"
         raise StopRequested(msg) from exc
+    finally:
+        runtime.close()
+        if admin is not None:
+            admin.close()
     log.info("worker stopped")
 
 

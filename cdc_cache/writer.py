@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cdc_cache import metrics
 from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.ops import DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
 from cdc_cache.redis_apply import ApplyError, ApplyResult, Outcome, RedisApplier
 from cdc_cache.rejects import report_rejected
@@ -35,7 +35,11 @@ class EventOutcome:
 
 
 class CacheWriter:
-    """Applies planned changes in one round trip per batch and records what happened."""
+    """Applies planned changes in one round trip per batch and records what happened.
+
+    ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
+    fallback TTL, and no new entry may live longer than that.
+    """
 
     def __init__(
         self,
@@ -43,11 +47,13 @@ class CacheWriter:
         backoff: Backoff,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
         sleep: Callable[[float], None] = time.sleep,
+        ttl_cap_ms: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._applier = applier
         self._backoff = backoff
         self._clock_ms = clock_ms
         self._sleep = sleep
+        self._ttl_cap_ms = ttl_cap_ms
 
     def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
         """Apply every Planned item in order, count control records; per-change outcomes.
@@ -77,7 +83,8 @@ class CacheWriter:
             return []
 
     def _apply(self, planned: list[Planned]) -> ApplyResult:
-        ops = [op for item in planned for op in item.ops]
+        cap = self._ttl_cap_ms()
+        ops = [_capped(op, cap) for item in planned for op in item.ops]
         if not ops:
             return ApplyResult((), ())
 
@@ -119,6 +126,12 @@ class CacheWriter:
                 metrics.COMMIT_TO_APPLIED.observe(max(0.0, now_ms - event.committed_at_ms) / 1000)
             report.append(EventOutcome(event, summary))
         return report
+
+
+def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
+    if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
+        return op
+    return replace(op, ttl_ms=cap_ms)
 
 
 def _summarise(outcomes: list[Outcome]) -> str:

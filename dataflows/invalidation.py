@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -20,12 +21,13 @@ from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cdc_cache import metrics
 from cdc_cache.errors import StopRequested
-from cdc_cache.events import SourceRecord
-from cdc_cache.pipeline import Rejected, Routed, route
+from cdc_cache.events import Heartbeat, SourceRecord
+from cdc_cache.lag import LagTracker
+from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, connect
 from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff
@@ -49,11 +51,15 @@ def build_flow(
     tail: bool = True,
     backoff: Backoff | None = None,
     stop: threading.Event | None = None,
+    lag: LagTracker | None = None,
+    ttl_cap_ms: Callable[[], int | None] = lambda: None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
     Setting ``stop`` ends every source partition after its current batch, so the flow
-    drains, takes its final snapshot and returns: a graceful shutdown.
+    drains, takes its final snapshot and returns: a graceful shutdown. ``lag`` is fed what
+    the sources see (commit times, heartbeats, watermarks); ``ttl_cap_ms`` caps the TTL of
+    new cache entries (the TTL fallback mode).
     """
     flow = Dataflow("cdc_cache")
     source = KafkaSource(
@@ -66,7 +72,8 @@ def build_flow(
         raise_on_errors=False,
     )
     stop = stop or threading.Event()
-    messages = op.input("debezium", flow, StoppableSource(source, stop))
+    tracker = lag or LagTracker(lambda: time.time() * 1000)
+    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         routed = []
@@ -74,14 +81,28 @@ def build_flow(
             if isinstance(message, KafkaError):
                 _consumer_error(message)
             else:
-                routed.append(route(_record(message), rules, source_epoch))
+                item = route(_record(message), rules, source_epoch)
+                _observe(tracker, item)
+                routed.append(item)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     op.output("reject", split.trues, RejectSink())
-    op.output("redis", split.falses, RedisSink(redis_url, backoff or Backoff(), stop))
+    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms)
+    op.output("redis", split.falses, sink)
     return flow
+
+
+def _observe(tracker: LagTracker, item: Routed) -> None:
+    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life."""
+    record = item.record
+    if isinstance(item, Planned):
+        tracker.record(record.topic, record.partition, item.event.committed_at_ms)
+    elif isinstance(item, Control) and isinstance(item.item, Heartbeat):
+        tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
+    else:
+        tracker.record(record.topic, record.partition)
 
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:
@@ -103,14 +124,39 @@ def _record(message: KafkaSourceMessage[Any, Any]) -> SourceRecord:
 
 
 class _StoppablePartition(StatefulSourcePartition[Message, Any]):
-    def __init__(self, inner: StatefulSourcePartition[Message, Any], stop: threading.Event):
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[Message, Any],
+        stop: threading.Event,
+        tracker: LagTracker,
+        where: TopicPartition,
+    ):
         self._inner = inner
         self._stop = stop
+        self._tracker = tracker
+        self._where = where
+        # The watermark librdkafka cached from its last fetch: a ListOffsets request is
+        # not needed (and reports a wrong "latest" on some brokers).
+        consumer = getattr(inner, "_consumer", None)
+        self._consumer = consumer if isinstance(consumer, Consumer) else None
+        tracker.track(where.topic, where.partition)
 
     def next_batch(self) -> Iterable[Message]:
         if self._stop.is_set():
             raise StopIteration
-        return self._inner.next_batch()
+        batch = self._inner.next_batch()
+        self._observe_offsets()
+        return batch
+
+    def _observe_offsets(self) -> None:
+        if self._consumer is None:
+            return
+        low, high = self._consumer.get_watermark_offsets(self._where, cached=True)
+        if high < 0:
+            return  # no fetch answered yet
+        resume = self._inner.snapshot()
+        next_offset = resume if isinstance(resume, int) and resume >= 0 else low
+        self._tracker.offsets(self._where.topic, self._where.partition, high, next_offset)
 
     def next_awake(self) -> datetime | None:
         return self._inner.next_awake()
@@ -123,18 +169,31 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
 
 
 class StoppableSource(FixedPartitionedSource[Message, Any]):
-    """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call)."""
+    """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call).
 
-    def __init__(self, inner: FixedPartitionedSource[Message, Any], stop: threading.Event):
+    Each partition also reports its high watermark and next offset to the lag tracker.
+    """
+
+    def __init__(
+        self,
+        inner: FixedPartitionedSource[Message, Any],
+        stop: threading.Event,
+        tracker: LagTracker,
+    ):
         self._inner = inner
         self._stop = stop
+        self._tracker = tracker
 
     def list_parts(self) -> list[str]:
         return self._inner.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        index, topic = for_part.split("-", 1)  # KafkaSource names parts "<index>-<topic>"
         return _StoppablePartition(
-            self._inner.build_part(step_id, for_part, resume_state), self._stop
+            self._inner.build_part(step_id, for_part, resume_state),
+            self._stop,
+            self._tracker,
+            TopicPartition(topic, int(index)),
         )
 
 
@@ -153,14 +212,22 @@ class RedisSink(DynamicSink[Routed]):
     unapplied batch is replayed after a restart) instead of hanging until killed.
     """
 
-    def __init__(self, redis_url: str, backoff: Backoff, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        backoff: Backoff,
+        stop: threading.Event,
+        ttl_cap_ms: Callable[[], int | None],
+    ) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
         self._stop = stop
+        self._ttl_cap_ms = ttl_cap_ms
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         applier = RedisApplier(connect(self._redis_url))
-        return _RedisPartition(CacheWriter(applier, self._backoff, sleep=self._sleep))
+        writer = CacheWriter(applier, self._backoff, sleep=self._sleep, ttl_cap_ms=self._ttl_cap_ms)
+        return _RedisPartition(writer)
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):

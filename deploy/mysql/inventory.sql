@@ -24,3 +24,12 @@ CREATE TABLE IF NOT EXISTS products (
 CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc';
 GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES
   ON *.* TO 'cdc'@'%';
+
+-- Heartbeat table: the connector's heartbeat.action.query and the scheduled event below
+-- write here, so an idle database still moves the binlog and Debezium keeps sending
+-- heartbeats (without them the worker sees an idle source as stalled).
+CREATE TABLE IF NOT EXISTS dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3));
+GRANT INSERT, UPDATE ON inventory.dbz_heartbeat TO 'cdc'@'%';
+SET GLOBAL event_scheduler = ON;
+CREATE EVENT IF NOT EXISTS dbz_heartbeat ON SCHEDULE EVERY 5 SECOND DO
+  INSERT INTO dbz_heartbeat (id, ts) VALUES (1, NOW(3)) ON DUPLICATE KEY UPDATE ts = NOW(3);

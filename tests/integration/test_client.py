@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.client import MODE_KEY, NEGATIVE, CacheAside
-from cdc_cache.keys import lease_key, version_key
+from cdc_cache.client import NEGATIVE, CacheAside
+from cdc_cache.keys import MODE_KEY, lease_key, version_key
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
 from cdc_cache.positions import SourcePosition
 from cdc_cache.redis_apply import RedisApplier

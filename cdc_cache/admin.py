@@ -1,0 +1,137 @@
+"""The worker's admin HTTP API: metrics, health, readiness and the cache mode.
+
+``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
+(Redis answers and the partitions were caught up once), ``GET /mode`` and ``PUT /mode``
+(body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``).
+A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from cdc_cache.mode import Flag
+
+log = logging.getLogger("cdc_cache.admin")
+
+_MAX_BODY = 64
+_NO_TOKEN = (
+    "changing the mode over HTTP is disabled: set admin_token (CDC_CACHE_ADMIN_TOKEN) "
+    "on the worker, or use `cdc-cache mode set`"
+)
+
+
+class ModeBackend(Protocol):
+    """What the API needs from the worker's mode runtime."""
+
+    def view(self) -> dict[str, object]: ...
+
+    def ready(self) -> tuple[bool, dict[str, bool]]: ...
+
+    def set_flag(self, flag: Flag) -> None: ...
+
+
+class AdminServer:
+    """Serves the admin API on ``port`` (0 picks a free one) until :meth:`close`."""
+
+    def __init__(self, backend: ModeBackend, port: int, token: str | None, host: str = "") -> None:
+        server = ThreadingHTTPServer((host, port), _handler(backend, token))
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="cdc-admin", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> AdminServer:
+        """Start serving in a daemon thread."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(backend: ModeBackend, token: str | None) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {token}".encode() if token else None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._json(HTTPStatus.OK, {"status": "ok"})
+            elif self.path == "/readyz":
+                ready, checks = backend.ready()
+                status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+                self._json(status, {"ready": ready, "checks": checks})
+            elif self.path == "/mode":
+                self._json(HTTPStatus.OK, backend.view())
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+
+        def do_PUT(self) -> None:
+            if self.path != "/mode":
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+                return
+            if expected is None:
+                self._json(HTTPStatus.FORBIDDEN, {"error": _NO_TOKEN})
+                return
+            given = self.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                self._json(
+                    HTTPStatus.UNAUTHORIZED,
+                    {"error": "send the worker's admin_token as 'Authorization: Bearer <token>'"},
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+            length = min(int(self.headers.get("Content-Length") or 0), _MAX_BODY)
+            body = self.rfile.read(length).decode(errors="replace").strip().lower()
+            try:
+                flag = Flag(body)
+            except ValueError:
+                self._json(
+                    HTTPStatus.BAD_REQUEST,
+                    {"error": f"body must be auto, cdc or ttl, not {body!r}"},
+                )
+                return
+            backend.set_flag(flag)
+            log.warning("mode flag set over HTTP", extra={"flag": flag.value})
+            self._json(HTTPStatus.OK, {**backend.view(), "flag": flag.value})
+
+        def _json(
+            self, status: HTTPStatus, doc: object, headers: dict[str, str] | None = None
+        ) -> None:
+            self._send(status, orjson.dumps(doc), "application/json", headers)
+
+        def _send(
+            self,
+            status: HTTPStatus,
+            body: bytes,
+            content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("admin request: " + format, *args)
+
+    return Handler

@@ -1,0 +1,108 @@
+"""Lag tracking with a fake clock: commit times, heartbeats, watermarks, silence."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc_cache.lag import LagTracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += seconds * 1000
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def lag_of(tracker: LagTracker, topic: str, partition: int = 0):
+    return next(
+        p for p in tracker.report().partitions if (p.topic, p.partition) == (topic, partition)
+    )
+
+
+def test_connector_lag_is_now_minus_the_newest_commit(clock):
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 4000)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 7000)  # older, arrived later
+    clock.advance(1)
+    part = lag_of(tracker, "db1.inv.stock")
+    assert part.connector_lag_s == pytest.approx(5.0)
+    assert part.silent_s == pytest.approx(1.0)
+
+
+def test_consumer_lag_comes_from_watermark_and_next_offset(clock):
+    tracker = LagTracker(clock)
+    tracker.track("t", 1)
+    assert lag_of(tracker, "t", 1).consumer_lag is None
+    tracker.offsets("t", 1, high=120, next_offset=100)
+    assert lag_of(tracker, "t", 1).consumer_lag == 20
+    assert not tracker.report().caught_up(10)
+    tracker.offsets("t", 1, high=120, next_offset=120)
+    assert tracker.report().caught_up(0)
+
+
+def test_a_partition_that_never_heard_anything_lags_since_it_was_tracked(clock):
+    tracker = LagTracker(clock)
+    tracker.track("t", 0)
+    clock.advance(30)
+    part = lag_of(tracker, "t")
+    assert part.connector_lag_s == pytest.approx(30) and part.silent_s == pytest.approx(30)
+
+
+def test_heartbeats_keep_a_caught_up_idle_partition_fresh(clock):
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms))
+    tracker.offsets("db1.inv.stock", 0, high=5, next_offset=5)
+    for _ in range(10):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) - 500)
+    stock = lag_of(tracker, "db1.inv.stock")
+    assert stock.connector_lag_s == pytest.approx(0.5) and stock.silent_s == 0
+    assert lag_of(tracker, "__debezium-heartbeat.db1").connector_lag_s == pytest.approx(0.5)
+
+
+def test_heartbeats_do_not_hide_a_backlog_or_another_connector(clock):
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms))
+    tracker.offsets("db1.inv.stock", 0, high=900, next_offset=5)
+    tracker.record("db10.inv.stock", 0, int(clock.ms))
+    tracker.offsets("db10.inv.stock", 0, high=5, next_offset=5)
+    clock.advance(60)
+    tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+    assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(60)
+    assert lag_of(tracker, "db10.inv.stock").connector_lag_s == pytest.approx(60)
+
+
+def test_silence_after_heartbeats_stop_grows_lag(clock):
+    tracker = LagTracker(clock)
+    tracker.offsets("db1.inv.stock", 0, high=0, next_offset=0)
+    tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+    clock.advance(12)
+    report = tracker.report()
+    assert report.worst() is not None and report.worst().connector_lag_s == pytest.approx(12)
+    assert all(p.silent_s == pytest.approx(12) for p in report.partitions)
+
+
+def test_a_silent_partition_makes_the_summary_stalled(clock):
+    from cdc_cache.fallback import LagSummary
+
+    tracker = LagTracker(clock)
+    tracker.record("a.db.t", 0, int(clock.ms))
+    tracker.track("a.db.u", 1)
+    clock.advance(20)
+    tracker.record("a.db.t", 0, int(clock.ms) - 1000)
+    summary = LagSummary.of(tracker.report(), slo_s=10)
+    assert summary.stalled and summary.where == "a.db.u[1]"
+    assert summary.lag_s == pytest.approx(20)
+    assert LagSummary.parse({k: str(v) for k, v in summary.fields().items()}) == summary  # type: ignore[misc]
+    merged = LagSummary.worst_of([summary, LagSummary(99.0, False, "b.db.t[0]")])
+    assert merged.stalled and merged.lag_s == 99.0

@@ -1,0 +1,96 @@
+"""The mode controller's hysteresis, as properties over arbitrary lag sequences."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdc_cache.mode import Cause, Flag, Mode, ModeConfig, ModeState, Signal, step
+
+CONFIG = ModeConfig(slo_s=10, recover_s=4, window_s=5)
+TICK_MS = 1000
+
+
+def run(lags: list[float | None], flags: list[Flag] | None = None) -> list[tuple[int, Mode]]:
+    """Feed one signal per second; return (time, mode) of every switch."""
+    state = ModeState.initial(0)
+    switches = []
+    for i, lag in enumerate(lags):
+        now = (i + 1) * TICK_MS
+        flag = flags[i] if flags else Flag.AUTO
+        state, decision = step(state, Signal(now, flag, lag), CONFIG)
+        assert decision.mode is state.mode
+        if decision.switched:
+            switches.append((now, decision.mode))
+            assert decision.reason
+    return switches
+
+
+around_slo = st.lists(st.one_of(st.floats(0, 20), st.none()), min_size=1, max_size=200)
+
+
+@given(around_slo)
+def test_never_more_than_one_switch_per_window(lags):
+    switches = run(lags)
+    for (earlier, _), (later, _) in itertools.pairwise(switches):
+        assert later - earlier >= CONFIG.window_s * 1000
+
+
+@given(st.lists(st.floats(0, 20), max_size=50), st.lists(st.floats(10.01, 1e6), min_size=6))
+def test_sustained_lag_always_reaches_ttl(prefix, lagging):
+    state = ModeState.initial(0)
+    for i, lag in enumerate(prefix + lagging):
+        state, _ = step(state, Signal((i + 1) * TICK_MS, Flag.AUTO, lag), CONFIG)
+    assert state.mode is Mode.TTL
+    assert state.cause is Cause.LAG
+
+
+@given(st.lists(st.floats(0, 1e6), max_size=50), st.lists(st.floats(0, 3.99), min_size=6))
+def test_sustained_low_lag_always_returns_to_cdc(prefix, calm):
+    state = ModeState.initial(0, Mode.TTL)
+    for i, lag in enumerate(prefix + calm):
+        state, _ = step(state, Signal((i + 1) * TICK_MS, Flag.AUTO, lag), CONFIG)
+    assert state.mode is Mode.CDC
+
+
+@settings(max_examples=200)
+@given(around_slo, st.sampled_from([Flag.CDC, Flag.TTL]), st.integers(0, 199))
+def test_a_forced_flag_wins_at_once(lags, forced, at):
+    at = min(at, len(lags) - 1)
+    flags = [Flag.AUTO] * at + [forced] * (len(lags) - at)
+    state = ModeState.initial(0)
+    for i, lag in enumerate(lags):
+        state, decision = step(state, Signal((i + 1) * TICK_MS, flags[i], lag), CONFIG)
+        if i >= at:
+            assert decision.mode.value == forced.value
+            assert decision.cause is Cause.FORCED
+
+
+def test_a_stall_counts_as_lag_and_names_the_partition():
+    state = ModeState.initial(0)
+    for second in range(1, 8):
+        state, _decision = step(state, Signal(second * 1000, Flag.AUTO, 2.0, True, "t[0]"), CONFIG)
+    assert state.mode is Mode.TTL and state.cause is Cause.STALLED
+    assert "stalled" in state.reason and "t[0]" in state.reason
+
+
+def test_back_to_auto_follows_the_lag_kept_while_forced():
+    state = ModeState.initial(0)
+    for second in range(1, 10):
+        state, _ = step(state, Signal(second * 1000, Flag.CDC, 50.0), CONFIG)
+    assert state.mode is Mode.CDC and state.auto is Mode.TTL
+    state, decision = step(state, Signal(10_000, Flag.AUTO, 50.0), CONFIG)
+    assert decision.switched and decision.mode is Mode.TTL and decision.cause is Cause.LAG
+
+
+def test_unknown_lag_holds_the_mode():
+    assert run([None] * 100) == []
+
+
+def test_thresholds_are_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match="recover < slo"):
+        ModeConfig(slo_s=5, recover_s=5, window_s=1)
