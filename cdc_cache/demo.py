@@ -46,9 +46,7 @@ DRAIN_LIMIT_S: Final = 30.0
 PLAIN_EVERY_S: Final = 5
 SAMPLE_AGE_S: Final = 3.0
 OUTCOMES: Final = ("applied", "stale", "duplicate", "no_op")
-RESOLUTION_NOTE: Final = (
-    "estimated from histogram buckets; MariaDB commit times have 1 s resolution, so it reads high"
-)
+RESOLUTION_NOTE: Final = "from Debezium emitting the change, estimated from histogram buckets"
 
 
 class DemoError(StackError):
@@ -82,7 +80,7 @@ class Scrape:
             "events": f"{metrics.NAMESPACE}_events",
             "records": f"{metrics.NAMESPACE}_records",
             "retries": f"{metrics.NAMESPACE}_retries",
-            "latency": f"{metrics.NAMESPACE}_commit_to_applied_seconds",
+            "latency": f"{metrics.NAMESPACE}_emitted_to_applied_seconds",
         }
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -414,7 +412,7 @@ class Demo:
             f"stale {now.events['stale']:.0f}  duplicate {now.events['duplicate']:.0f}  "
             f"no-op {now.events['no_op']:.0f}  rejected {now.rejected:.0f}  "
             f"retries {now.retries:.0f}",
-            f"       commit->applied p50 {_ms(recent.quantile(0.5))}  "
+            f"       debezium->applied p50 {_ms(recent.quantile(0.5))}  "
             f"p99 {_ms(recent.quantile(0.99))}  (last {WINDOW_S}s)",
             *(
                 "       " + line
@@ -445,7 +443,7 @@ class Demo:
                     f"{events['stale']:.0f} stale, {events['duplicate']:.0f} duplicate, "
                     f"{events['no_op']:.0f} no-op, {final.rejected:.0f} rejected, "
                     f"{final.retries:.0f} retries",
-                    f"  commit->applied  p50 {_ms(final.quantile(0.5))}, "
+                    f"  debezium->applied p50 {_ms(final.quantile(0.5))}, "
                     f"p99 {_ms(final.quantile(0.99))} ({RESOLUTION_NOTE})",
                     f"  consistency      {verdict.ok} ok, {verdict.missing} missing, "
                     f"{verdict.stale} stale, {verdict.unexpected} unexpected "

@@ -52,11 +52,20 @@ APPLY_SECONDS = Histogram(
     namespace=NAMESPACE,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2, 2.5,
+                    5, 10, 30, 60, 300)  # fmt: skip
 COMMIT_TO_APPLIED = Histogram(
     "commit_to_applied_seconds",
-    "Source commit time to applied in Redis (end-to-end latency)",
+    "Source commit time (source.ts_ms) to applied in Redis; MySQL/MariaDB commit times have "
+    "one-second resolution, so there this overstates by up to a second",
     namespace=NAMESPACE,
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    buckets=_LATENCY_BUCKETS,
+)
+EMITTED_TO_APPLIED = Histogram(
+    "emitted_to_applied_seconds",
+    "Debezium emitting the change (envelope ts_ms, millisecond resolution) to applied in Redis",
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
 )
 CONNECTOR_LAG = Gauge(
     "connector_lag_seconds",

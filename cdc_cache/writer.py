@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from prometheus_client import Histogram
+
 from cdc_cache import metrics
 from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
@@ -122,8 +124,9 @@ class CacheWriter:
                 op_outcomes.append(outcome)
             summary = _summarise(op_outcomes)
             metrics.EVENTS.labels(event.table, event.op.value, summary).inc()
-            if summary == Outcome.APPLIED and event.committed_at_ms is not None:
-                metrics.COMMIT_TO_APPLIED.observe(max(0.0, now_ms - event.committed_at_ms) / 1000)
+            if summary == Outcome.APPLIED:
+                _observe_latency(metrics.COMMIT_TO_APPLIED, now_ms, event.committed_at_ms)
+                _observe_latency(metrics.EMITTED_TO_APPLIED, now_ms, event.emitted_at_ms)
             report.append(EventOutcome(event, summary))
         return report
 
@@ -132,6 +135,11 @@ def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
     if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
         return op
     return replace(op, ttl_ms=cap_ms)
+
+
+def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:
+    if since_ms is not None:
+        histogram.observe(max(0.0, now_ms - since_ms) / 1000)
 
 
 def _summarise(outcomes: list[Outcome]) -> str:
