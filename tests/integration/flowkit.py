@@ -1,20 +1,32 @@
-"""Helpers shared by the dataflow tests: produce a workload, read back the cache."""
+"""Helpers shared by the dataflow tests: produce a workload, read back the cache, and run
+the worker and the Debezium runner as real processes."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Producer
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from tests.workload import Message
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.rules import parse_rules
+from cdc_cache.verify import Report, verify
+from tests.integration.sql_workload import rules_for
+from tests.workload import RULES_YAML, Message
 
+ROOT = Path(__file__).resolve().parents[2]
 POISON = [b"{not json", b'{"op": "u", "source": {}}', b"\x00\xff"]
 
 
@@ -77,3 +89,169 @@ def wait_until_equal(
             return state
         time.sleep(0.5)
     return state
+
+
+class Service:
+    """A child process in its own session, its output kept in a log for failure messages."""
+
+    def __init__(self, argv: list[str], log: Path, env: Mapping[str, str] | None = None):
+        self.argv = argv
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def signal(self, sig: int, timeout: float = 30) -> int:
+        """Signal the whole process group and return the exit status."""
+        assert self.proc is not None and self.proc.poll() is None, self.tail()
+        os.killpg(self.proc.pid, sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def terminate(self, timeout: float = 20) -> int:
+        return self.signal(signal.SIGTERM, timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"{self.argv[2]} exited {self.proc.returncode}:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """Kill what is still running (test teardown)."""
+        if self.running():
+            self.kill()
+
+
+def worker(
+    tmp_path: Path,
+    brokers: str,
+    redis_url: str,
+    topics: Sequence[str],
+    *,
+    rules: str = RULES_YAML,
+    workers: int = 1,
+) -> Service:
+    """``cdc-cache run`` reading ``topics``, snapshotting progress every 500 ms."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(rules)
+    argv = [
+        sys.executable, "-m", "cdc_cache", "run",
+        "--rules", str(rules_file),
+        "--brokers", brokers,
+        *(arg for topic in topics for arg in ("--topic", topic)),
+        "--redis-url", redis_url,
+        "--recovery-dir", str(tmp_path / "recovery"),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    return Service(argv, tmp_path / "worker.log", {"CDC_CACHE_EPOCH_INTERVAL_MS": "500"})
+
+
+def debezium(
+    tmp_path: Path,
+    *,
+    source: str,
+    db_port: int,
+    brokers: str,
+    prefix: str,
+    databases: str,
+    options: Sequence[str] = (),
+) -> Service:
+    """The embedded-engine runner (``cdc_cache.devstack.debezium``) as the cdc user."""
+    argv = [
+        sys.executable, "-m", "cdc_cache.devstack.debezium",
+        f"--source={source}",
+        f"--db-port={db_port}",
+        "--db-user=cdc",
+        "--db-password=cdc",
+        f"--databases={databases}",
+        f"--brokers={brokers}",
+        f"--topic-prefix={prefix}",
+        f"--state-dir={tmp_path / 'debezium'}",
+        "--log-level=WARN",
+        *options,
+    ]  # fmt: skip
+    return Service(argv, tmp_path / "debezium.log")
+
+
+def wait_until_verified(
+    dsn: str,
+    rules: str,
+    client: Redis | RedisCluster,
+    services: Sequence[Service],
+    timeout: float = 120,
+) -> Report:
+    """Poll the checker until the cache matches the database, then check once more with
+    re-checks of in-flight changes; returns that last report (clean unless timed out)."""
+    compiled = parse_rules(rules)
+    deadline = time.monotonic() + timeout
+    while True:
+        for service in services:
+            service.check_alive()
+        report = verify(dsn, compiled, client, settle_retries=0)
+        if report.clean or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    return verify(dsn, compiled, client, settle_retries=3, settle_delay_s=0.5)
+
+
+class Pipeline:
+    """The Debezium runner and the worker for one table ``<schema>.stock`` of a test."""
+
+    PARTITIONS = 3
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        source: str,
+        db_port: int,
+        dsn: str,
+        schema: str,
+        broker: Broker,
+        redis_url: str,
+    ) -> None:
+        self.schema = schema
+        self.dsn = dsn
+        self.redis_url = redis_url
+        self.rules = rules_for(schema)
+        self.rules_file = tmp_path / "rules.yaml"  # written by worker()
+        prefix = f"p{uuid.uuid4().hex[:6]}"
+        topic = f"{prefix}.{schema}.stock"
+        broker.create_topics({topic: self.PARTITIONS})  # the worker starts before any change
+        self.debezium = debezium(
+            tmp_path,
+            source=source,
+            db_port=db_port,
+            brokers=broker.bootstrap,
+            prefix=prefix,
+            databases=schema,
+            options=[f"--partitions={self.PARTITIONS}", "--no-schemas"],
+        )
+        self.worker = worker(tmp_path, broker.bootstrap, redis_url, [topic], rules=self.rules)
+        self.services = [self.debezium, self.worker]
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()

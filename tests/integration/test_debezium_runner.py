@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,36 +15,9 @@ from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.envelope import decode
 from cdc_cache.events import ChangeEvent, SourceRecord
+from tests.integration.flowkit import Service, debezium
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Runner:
-    """The runner as a subprocess, with its log kept for failure messages."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.argv = argv
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-            )
-
-    def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
-        return self.proc.wait(30)
-
-    def check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace").splitlines()[-20:]
-            pytest.fail(f"runner exited {self.proc.returncode}:\n" + "\n".join(tail))
 
 
 @pytest.fixture
@@ -71,7 +41,7 @@ def _insert(mariadb: MariaDB, database: str, ids: range) -> None:
     conn.close()
 
 
-def _consumer(broker: Broker, topic: str, runner: Runner) -> Consumer:
+def _consumer(broker: Broker, topic: str, runner: Service) -> Consumer:
     consumer = Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
@@ -89,7 +59,7 @@ def _consumer(broker: Broker, topic: str, runner: Runner) -> Consumer:
     return consumer
 
 
-def _collect(consumer: Consumer, runner: Runner, want: set[int], seen: dict[int, float]) -> None:
+def _collect(consumer: Consumer, runner: Service, want: set[int], seen: dict[int, float]) -> None:
     deadline = time.monotonic() + 45
     while not want <= seen.keys():
         runner.check_alive()
@@ -108,23 +78,14 @@ def test_publishes_commits_and_survives_sigkill(
 ) -> None:
     prefix = f"it{uuid.uuid4().hex[:6]}"
     topic = f"{prefix}.{database}.items"
-    runner = Runner(
-        [
-            sys.executable,
-            "-m",
-            "cdc_cache.devstack.debezium",
-            "--source=mariadb",
-            f"--db-port={mariadb.port}",
-            f"--db-user={mariadb.cdc_user}",
-            f"--db-password={mariadb.cdc_password}",
-            f"--databases={database}",
-            f"--brokers={broker.bootstrap}",
-            f"--topic-prefix={prefix}",
-            f"--state-dir={tmp_path / 'state'}",
-            "--no-schemas",
-            "--log-level=WARN",
-        ],
-        tmp_path / "runner.log",
+    runner = debezium(
+        tmp_path,
+        source="mariadb",
+        db_port=mariadb.port,
+        brokers=broker.bootstrap,
+        prefix=prefix,
+        databases=database,
+        options=["--no-schemas"],
     )
     seen: dict[int, float] = {}
     runner.start()
@@ -143,5 +104,4 @@ def test_publishes_commits_and_survives_sigkill(
         _collect(consumer, runner, set(range(1, 21)), seen)
         assert runner.signal(signal.SIGTERM) == 0
     finally:
-        if runner.proc is not None and runner.proc.poll() is None:
-            runner.signal(signal.SIGKILL)
+        runner.stop()
