@@ -348,7 +348,14 @@ class _Checker:
             rule = self.key_rule(key_node, f"{where}.keys[{index}]", check_columns)
             if rule is None:
                 continue
-            if watch is not None:
+            if watch is not None and rule.action is Action.SET and rule.fields is None:
+                self.problem(
+                    key_node,
+                    f"{where}.keys[{index}]",
+                    "this key caches the whole row but the table has a watch list, so a "
+                    "change to an unwatched column would leave it stale; list its fields",
+                )
+            elif watch is not None:
                 needed = rule.template.columns + (rule.fields or ())
                 for column in needed:
                     if column not in watch:

@@ -81,6 +81,11 @@ tables:
     assert "rules.yaml:8: tables.bad_table_name: table names are '<database>.<table>'" in message
 
 
+def test_whole_row_key_on_a_watched_table_is_refused() -> None:
+    text = VALID.replace("        fields: [sku_id, qty]\n", "")
+    assert "caches the whole row but the table has a watch list" in problems(text)
+
+
 def test_column_used_by_a_key_must_be_watched() -> None:
     text = VALID.replace("watch: [sku_id, warehouse, qty]", "watch: [qty]")
     message = problems(text)
