@@ -69,6 +69,10 @@ _TRANSIENT_REPLIES: Final = (
     "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK", "READONLY",
     "OOM", "NOREPLICAS",
 )  # fmt: skip
+# A cluster still forming or resharding, or no seed node reachable yet: redis-py raises a
+# bare RedisClusterException with these texts. Other cluster errors (e.g. cluster mode
+# off on the node) are configuration mistakes and stay permanent.
+_TRANSIENT_CLUSTER_TEXTS: Final = ("All slots are not covered", "Redis Cluster cannot be connected")
 
 
 class Outcome(StrEnum):
@@ -141,8 +145,13 @@ def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or an error it was raised from) says a retry will succeed."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, _TRANSIENT_TYPES) or (
-            isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES)
+        if (
+            isinstance(seen, _TRANSIENT_TYPES)
+            or (isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES))
+            or (
+                isinstance(seen, rex.RedisClusterException)
+                and any(text in str(seen) for text in _TRANSIENT_CLUSTER_TEXTS)
+            )
         ):
             return True
         seen = seen.__cause__ or seen.__context__

@@ -90,22 +90,10 @@ class CacheWriter:
         if not ops:
             return ApplyResult((), ())
 
-        def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
-            metrics.RETRIES.labels("redis").inc()
-            log.warning(
-                "redis unavailable, retrying",
-                extra={
-                    "attempt": attempt,
-                    "delay_s": round(delay, 3),
-                    "error": str(exc),
-                    "ops": len(ops),
-                },
-            )
-
         return retry_forever(
             lambda: self._applier.apply(ops),
             backoff=self._backoff,
-            on_retry=on_retry,
+            on_retry=redis_retry_reporter(f"applying {len(ops)} ops"),
             sleep=self._sleep,
         )
 
@@ -135,6 +123,24 @@ def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
     if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
         return op
     return replace(op, ttl_ms=cap_ms)
+
+
+def redis_retry_reporter(action: str) -> Callable[[int, float, BaseException], None]:
+    """An ``on_retry`` callback: every wait for Redis is logged and counted."""
+
+    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+        metrics.RETRIES.labels("redis").inc()
+        log.warning(
+            "redis unavailable, retrying",
+            extra={
+                "action": action,
+                "attempt": attempt,
+                "delay_s": round(delay, 3),
+                "error": str(exc),
+            },
+        )
+
+    return on_retry
 
 
 def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:

@@ -30,9 +30,9 @@ from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, connect
 from cdc_cache.rejects import report_rejected
-from cdc_cache.retry import Backoff
+from cdc_cache.retry import Backoff, retry_forever
 from cdc_cache.rules import Rules
-from cdc_cache.writer import CacheWriter
+from cdc_cache.writer import CacheWriter, redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -213,8 +213,9 @@ class _RedisPartition(StatelessSinkPartition[Routed]):
 class RedisSink(DynamicSink[Routed]):
     """Applies each batch in one Redis round trip per node; clients are built per worker.
 
-    Retries of an unreachable Redis wait on ``stop``, so a stop request ends the wait (the
-    unapplied batch is replayed after a restart) instead of hanging until killed.
+    An unreachable Redis, at start or later, is waited for (never skipped); the waits end
+    on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
+    restart) instead of hanging until killed.
     """
 
     def __init__(
@@ -230,7 +231,13 @@ class RedisSink(DynamicSink[Routed]):
         self._ttl_cap_ms = ttl_cap_ms
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        applier = RedisApplier(connect(self._redis_url))
+        client = retry_forever(
+            lambda: connect(self._redis_url),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter("connecting"),
+            sleep=self._sleep,
+        )
+        applier = RedisApplier(client)
         writer = CacheWriter(applier, self._backoff, sleep=self._sleep, ttl_cap_ms=self._ttl_cap_ms)
         return _RedisPartition(writer)
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
+from cdc_cache.devstack.process import free_port
+from cdc_cache.devstack.redis import RedisClusterServers
+from cdc_cache.redis_apply import connect
+from cdc_cache.retry import Backoff
 from cdc_cache.rules import parse_rules
 from dataflows.invalidation import build_flow
 from tests.integration.flowkit import (
@@ -80,3 +87,41 @@ def test_replaying_the_whole_topic_applies_nothing_again(broker, redis_target):
 
     assert applied_events() == applied
     assert cache_state(redis_target.client) == state == workload.expected_cache()
+
+
+def test_worker_started_before_redis_waits_for_it(broker, tmp_path):
+    topic = unique_topic()
+    broker.create_topics({topic: 2})
+    workload = Workload(seed=9, topic=topic)
+    produce(broker.bootstrap, [m for tx in workload.transactions(200) for m in tx])
+    cluster = RedisClusterServers(
+        tmp_path, [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    )
+    flow = build_flow(
+        rules=parse_rules(RULES_YAML),
+        brokers=[broker.bootstrap],
+        topics=[topic],
+        redis_url=cluster.address(),
+        tail=False,
+        backoff=Backoff(initial=0.05, maximum=0.5),
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cluster_main(flow, [], 0)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        time.sleep(2)
+        assert thread.is_alive() and not errors, f"the flow gave up on Redis: {errors}"
+        cluster.start()
+        thread.join(60)
+        assert not thread.is_alive() and not errors, errors
+        client = connect(cluster.address())
+        assert cache_state(client) == workload.expected_cache()
+    finally:
+        cluster.stop()
