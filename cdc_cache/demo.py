@@ -33,10 +33,12 @@ from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import ManagedProcess, StackError, free_port, port_open
 from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
+from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.rules import Action, KeyRule, load_rules
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
+HEARTBEAT_TOPIC: Final = f"{HEARTBEAT_TOPIC_PREFIX}{TOPIC_PREFIX}"
 TOPICS: Final = tuple(f"{TOPIC_PREFIX}.{DATABASE}.{t}" for t in ("stock", "products"))
 PARTITIONS: Final = 3
 STOCK_TABLE: Final = f"{DATABASE}.stock"
@@ -69,6 +71,8 @@ class Scrape:
     rejected: float
     retries: float
     latency_buckets: tuple[tuple[float, float], ...]
+    lag_s: float | None = None
+    mode: str = "?"
 
     @classmethod
     def parse(cls, text: str, at: float) -> Scrape:
@@ -76,11 +80,15 @@ class Scrape:
         events = dict.fromkeys(OUTCOMES, 0.0)
         rejected = retries = 0.0
         buckets: dict[float, float] = {}
+        lags: list[float] = []
+        mode = "?"
         names = {
             "events": f"{metrics.NAMESPACE}_events",
             "records": f"{metrics.NAMESPACE}_records",
             "retries": f"{metrics.NAMESPACE}_retries",
             "latency": f"{metrics.NAMESPACE}_emitted_to_applied_seconds",
+            "lag": f"{metrics.NAMESPACE}_connector_lag_seconds",
+            "mode": f"{metrics.NAMESPACE}_mode",
         }
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -94,7 +102,19 @@ class Scrape:
                     retries += sample.value
                 elif family.name == names["latency"] and sample.name.endswith("_bucket"):
                     buckets[float(labels["le"])] = sample.value
-        return cls(at, events, rejected, retries, tuple(sorted(buckets.items())))
+                elif family.name == names["lag"]:
+                    lags.append(sample.value)
+                elif family.name == names["mode"] and sample.value == 1:
+                    mode = labels.get("mode", "?")
+        return cls(
+            at,
+            events,
+            rejected,
+            retries,
+            tuple(sorted(buckets.items())),
+            max(lags) if lags else None,
+            mode,
+        )
 
     def since(self, earlier: Scrape) -> Scrape:
         """The counts between ``earlier`` and this scrape."""
@@ -107,6 +127,8 @@ class Scrape:
                 (le, count - dict(earlier.latency_buckets).get(le, 0.0))
                 for le, count in self.latency_buckets
             ),
+            self.lag_s,
+            self.mode,
         )
 
     def quantile(self, q: float) -> float | None:
@@ -125,6 +147,10 @@ class Scrape:
                 return lower + (le - lower) * (rank - below) / max(count - below, 1e-9)
             lower, below = le, count
         return lower
+
+
+def _lag(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 def scrape(port: int) -> Scrape:
@@ -337,7 +363,9 @@ class Demo:
         if fresh_broker:
             # Offsets saved by an earlier run point into topics this broker no longer has.
             shutil.rmtree(self.home / "recovery", ignore_errors=True)
-        broker.create_topics(dict.fromkeys(TOPICS, PARTITIONS))
+        # The heartbeat topic too: the worker reads the heartbeat topics that exist when it
+        # starts, and heartbeats keep idle partitions' lag honest.
+        broker.create_topics(dict.fromkeys((*TOPICS, HEARTBEAT_TOPIC), PARTITIONS))
         self._start_worker(broker)
         self._up(["debezium"])
 
@@ -413,7 +441,8 @@ class Demo:
             f"no-op {now.events['no_op']:.0f}  rejected {now.rejected:.0f}  "
             f"retries {now.retries:.0f}",
             f"       debezium->applied p50 {_ms(recent.quantile(0.5))}  "
-            f"p99 {_ms(recent.quantile(0.99))}  (last {WINDOW_S}s)",
+            f"p99 {_ms(recent.quantile(0.99))}  (last {WINDOW_S}s)  "
+            f"connector lag {_lag(now.lag_s)}  mode {now.mode}",
             *(
                 "       " + line
                 for line in inventory.sample(stats.written_before(SAMPLE_AGE_S)).splitlines()

@@ -149,7 +149,13 @@ class LagTracker:
         )
 
     def _server_of(self, topic: str) -> _Server | None:
-        """The connector feeding ``topic`` (``<server>.<db>.<table>``), if it sent heartbeats."""
+        """The connector feeding ``topic`` (``<server>.<db>.<table>``), if it sent heartbeats.
+
+        A heartbeat topic's own partitions belong to its connector too: heartbeats all land
+        in one of them, and the others must not read as stalled.
+        """
+        if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
+            return self._servers.get(topic.removeprefix(HEARTBEAT_TOPIC_PREFIX))
         for name, server in self._servers.items():
             if topic.startswith(name + "."):
                 return server

@@ -70,6 +70,18 @@ def test_heartbeats_keep_a_caught_up_idle_partition_fresh(clock):
     assert lag_of(tracker, "__debezium-heartbeat.db1").connector_lag_s == pytest.approx(0.5)
 
 
+def test_idle_partitions_of_the_heartbeat_topic_are_not_stalled(clock):
+    tracker = LagTracker(clock)
+    for partition in (0, 1, 2):
+        tracker.track("__debezium-heartbeat.db1", partition)
+        tracker.offsets("__debezium-heartbeat.db1", partition, high=0, next_offset=0)
+    for _ in range(10):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.db1", 1, int(clock.ms) - 500)
+    idle = lag_of(tracker, "__debezium-heartbeat.db1", 2)
+    assert idle.connector_lag_s == pytest.approx(0.5) and idle.silent_s == 0
+
+
 def test_heartbeats_do_not_hide_a_backlog_or_another_connector(clock):
     tracker = LagTracker(clock)
     tracker.record("db1.inv.stock", 0, int(clock.ms))
