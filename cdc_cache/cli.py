@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -200,3 +201,79 @@ def mode_set(flag: str, redis_url: str) -> None:
 
     ModeStore(connect(redis_url)).set_flag(Flag(flag))
     click.echo(f"flag set to {flag}; workers apply it within a second")
+
+
+@main.group()
+def connectors() -> None:
+    """Apply the Debezium connector files to Kafka Connect and report whether they run."""
+
+
+def _connector_options(command: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option(
+            "--url",
+            envvar="CDC_CACHE_CONNECT_URL",
+            default="http://127.0.0.1:8083",
+            show_default=True,
+            help="Kafka Connect's REST API.",
+        ),
+        click.option(
+            "--dir",
+            "directory",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=Path("connectors"),
+            show_default=True,
+            help="Directory of <connector name>.json config maps.",
+        ),
+        click.option(
+            "--only", metavar="NAME", multiple=True, help="Only this connector (repeatable)."
+        ),
+        click.option(
+            "--wait",
+            "wait_s",
+            metavar="SECONDS",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            help="Wait up to SECONDS for every connector and task to be RUNNING.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_connectors(command: Literal["apply", "status"], **options: Any) -> None:
+    from cdc_cache.connect import run as run_connectors
+    from cdc_cache.errors import CdcCacheError
+
+    try:
+        code = run_connectors(
+            command, out=click.echo, err=lambda line: click.echo(line, err=True), **options
+        )
+    except CdcCacheError as exc:
+        click.echo(f"cdc-cache connectors {command}: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@connectors.command("apply")
+@_connector_options
+def connectors_apply(**options: Any) -> None:
+    """PUT each file's config where Kafka Connect's differs, then report the status.
+
+    ${env:VAR} placeholders are filled from this environment; ${file:...} and other
+    config providers are left to Kafka Connect. Exit 1 if anything FAILED or is missing
+    (or, with --wait, is not RUNNING in time); 2 if a file is invalid or Kafka Connect
+    refuses a request or cannot be reached.
+    """
+    _run_connectors("apply", **options)
+
+
+@connectors.command("status")
+@_connector_options
+def connectors_status(**options: Any) -> None:
+    """Report each connector's and task's state, with the trace of what FAILED.
+
+    Exit 1 if anything FAILED or is missing (or, with --wait, is not RUNNING in time).
+    """
+    _run_connectors("status", **options)
