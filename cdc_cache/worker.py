@@ -17,6 +17,7 @@ from types import FrameType
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdc_cache.admin import AdminServer
@@ -25,9 +26,10 @@ from cdc_cache.errors import StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
-from cdc_cache.redis_apply import connect
+from cdc_cache.retry import Backoff
 from cdc_cache.rules import load_rules
 from cdc_cache.settings import WorkerSettings
+from cdc_cache.writer import connect_when_available
 from dataflows.invalidation import build_flow
 
 log = logging.getLogger("cdc_cache.worker")
@@ -47,14 +49,14 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
     pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
     deadline = time.monotonic() + wait_s
     announced = 0.0
+    found: list[str]
     while True:
-        existing = set(admin.list_topics(timeout=10).topics)
-        if pattern is not None:
-            found = sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
-            missing = [] if found else [f"/{settings.topic_pattern}/"]
+        try:
+            existing = set(admin.list_topics(timeout=10).topics)
+        except KafkaException as exc:  # brokers unreachable: wait, as for missing topics
+            existing, found, missing = set(), [], [f"brokers {settings.brokers}: {exc}"]
         else:
-            found = list(settings.topics)
-            missing = [t for t in settings.topics if t not in existing]
+            found, missing = _match_topics(settings, pattern, existing)
         if not missing:
             beats = heartbeat_topics(existing, found)
             if not beats:
@@ -72,6 +74,16 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
             log.warning("waiting for topics", extra={"missing": missing})
             announced = time.monotonic()
         time.sleep(0.5)
+
+
+def _match_topics(
+    settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
+) -> tuple[list[str], list[str]]:
+    """The topics to read among ``existing``, and what is still missing."""
+    if pattern is None:
+        return list(settings.topics), [t for t in settings.topics if t not in existing]
+    found = sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
+    return found, [] if found else [f"/{settings.topic_pattern}/"]
 
 
 def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
@@ -92,7 +104,7 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
-        client=connect(settings.redis_url),
+        client=connect_when_available(settings.redis_url, Backoff()),
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),

@@ -19,7 +19,14 @@ from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
-from cdc_cache.redis_apply import ApplyError, ApplyResult, Outcome, RedisApplier
+from cdc_cache.redis_apply import (
+    ApplyError,
+    ApplyResult,
+    Client,
+    Outcome,
+    RedisApplier,
+    connect,
+)
 from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff, retry_forever
 
@@ -141,6 +148,22 @@ def redis_retry_reporter(action: str) -> Callable[[int, float, BaseException], N
         )
 
     return on_retry
+
+
+def connect_when_available(
+    url: str, backoff: Backoff, sleep: Callable[[float], None] = time.sleep
+) -> Client:
+    """A Redis client, waiting (with backoff, logged and counted) while Redis is unreachable.
+
+    A Redis Cluster client talks to the cluster as it is built, so a worker that starts
+    before Redis does, or while a cluster is still forming, waits here instead of exiting.
+    """
+    return retry_forever(
+        lambda: connect(url),
+        backoff=backoff,
+        on_retry=redis_retry_reporter("connecting"),
+        sleep=sleep,
+    )
 
 
 def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:

@@ -28,11 +28,11 @@ from cdc_cache.errors import StopRequested
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import RedisApplier, connect
+from cdc_cache.redis_apply import RedisApplier
 from cdc_cache.rejects import report_rejected
-from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules
-from cdc_cache.writer import CacheWriter, redis_retry_reporter
+from cdc_cache.writer import CacheWriter, connect_when_available
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -231,12 +231,7 @@ class RedisSink(DynamicSink[Routed]):
         self._ttl_cap_ms = ttl_cap_ms
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        client = retry_forever(
-            lambda: connect(self._redis_url),
-            backoff=self._backoff,
-            on_retry=redis_retry_reporter("connecting"),
-            sleep=self._sleep,
-        )
+        client = connect_when_available(self._redis_url, self._backoff, self._sleep)
         applier = RedisApplier(client)
         writer = CacheWriter(applier, self._backoff, sleep=self._sleep, ttl_cap_ms=self._ttl_cap_ms)
         return _RedisPartition(writer)
