@@ -217,12 +217,20 @@ def _table(container: object, table: object, where: str) -> str:
     return f"{container}.{table}"
 
 
-def _table_from_topic(topic: str) -> str:
+def table_of_topic(topic: str) -> str | None:
+    """``<prefix>.<db|schema>.<table>`` → ``<db|schema>.<table>``; None for other names."""
     parts = topic.rsplit(".", 2)
     if len(parts) != 3 or not all(parts):
+        return None
+    return f"{parts[1]}.{parts[2]}"
+
+
+def _table_from_topic(topic: str) -> str:
+    table = table_of_topic(topic)
+    if table is None:
         msg = f"tombstone topic {topic!r} is not <prefix>.<db|schema>.<table>"
         raise DecodeError(msg)
-    return f"{parts[1]}.{parts[2]}"
+    return table
 
 
 def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cdc_cache import metrics
+from cdc_cache.envelope import table_of_topic
 from cdc_cache.errors import StopRequested
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.lag import LagTracker
@@ -246,7 +247,8 @@ class _RejectPartition(StatelessSinkPartition[Routed]):
     def write_batch(self, items: list[Routed]) -> None:
         for item in items:
             assert isinstance(item, Rejected)
-            report_rejected(item.error, _table_of(item.record.topic))
+            topic = item.record.topic
+            report_rejected(item.error, table_of_topic(topic) or topic)
 
 
 class RejectSink(DynamicSink[Routed]):
@@ -254,9 +256,3 @@ class RejectSink(DynamicSink[Routed]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RejectPartition:
         return _RejectPartition()
-
-
-def _table_of(topic: str) -> str:
-    """``<prefix>.<db>.<table>`` → ``<db>.<table>`` (the label stays bounded by topics)."""
-    parts = topic.split(".")
-    return ".".join(parts[-2:]) if len(parts) >= 3 else topic
