@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import click
+from redis.exceptions import RedisError
 
 from cdc_cache import __version__
 from cdc_cache.devstack.cli import dev
-from cdc_cache.errors import ConfigError, StopRequested
+from cdc_cache.errors import CdcCacheError, ConfigError, StopRequested
 
 
 @click.group()
@@ -21,6 +23,26 @@ def main() -> None:
 
 
 main.add_command(dev)
+
+
+@contextmanager
+def _reported(command: str, redis_url: str | None = None) -> Iterator[None]:
+    """Turn an error into one line on stderr and an exit code, instead of a traceback.
+
+    3: stopped while waiting to retry (the pending batch is replayed on restart);
+    2: anything to fix first (settings, rules, files, an unreachable server).
+    """
+    try:
+        yield
+    except StopRequested as exc:
+        click.echo(f"{command}: {exc}", err=True)
+        sys.exit(3)
+    except CdcCacheError as exc:
+        click.echo(f"{command}: {exc}", err=True)
+        sys.exit(2)
+    except RedisError as exc:
+        click.echo(f"{command}: Redis at {redis_url}: {exc}; check --redis-url", err=True)
+        sys.exit(2)
 
 
 @main.command()
@@ -58,16 +80,10 @@ def run(config_file: Path | None, **flags: object) -> None:
     from cdc_cache.settings import load_settings
     from cdc_cache.worker import run as run_worker
 
-    try:
+    with _reported("cdc-cache"):
         settings = load_settings(config_file, **flags)
         logs.configure(settings.log_level)
         run_worker(settings)
-    except ConfigError as exc:
-        click.echo(f"cdc-cache: {exc}", err=True)
-        sys.exit(2)
-    except StopRequested as exc:
-        click.echo(f"cdc-cache: {exc}", err=True)
-        sys.exit(3)
 
 
 @main.command()
@@ -96,22 +112,13 @@ def run(config_file: Path | None, **flags: object) -> None:
 )
 def verify(dsn: str, rules: Path, redis_url: str, **options: Any) -> None:
     """Compare the cache with the database; exit 1 on stale or unexpected keys."""
-    from redis.exceptions import RedisError
-
-    from cdc_cache.errors import CdcCacheError
     from cdc_cache.redis_apply import connect
     from cdc_cache.rules import load_rules
     from cdc_cache.verify import verify as run_verify
 
-    try:
+    with _reported("cdc-cache verify", redis_url):
         client = connect(redis_url)
         report = run_verify(dsn, load_rules(rules), client, **options)
-    except CdcCacheError as exc:
-        click.echo(f"cdc-cache verify: {exc}", err=True)
-        sys.exit(2)
-    except RedisError as exc:
-        click.echo(f"cdc-cache verify: Redis at {redis_url}: {exc}; check --redis-url", err=True)
-        sys.exit(2)
     click.echo(report.format())
     sys.exit(report.exit_code)
 
@@ -172,12 +179,13 @@ def mode_get(redis_url: str) -> None:
     from cdc_cache.fallback import ModeStore
     from cdc_cache.redis_apply import connect
 
-    store = ModeStore(connect(redis_url))
-    try:
-        flag = store.flag().value
-    except ConfigError as exc:
-        flag = f"invalid ({exc})"
-    record = store.record()
+    with _reported("cdc-cache mode get", redis_url):
+        store = ModeStore(connect(redis_url))
+        try:
+            flag = store.flag().value
+        except ConfigError as exc:
+            flag = f"invalid ({exc})"
+        record = store.record()
     click.echo(f"flag:   {flag}")
     if not record:
         click.echo("mode:   unknown (no worker has published a mode yet)")
@@ -199,7 +207,8 @@ def mode_set(flag: str, redis_url: str) -> None:
     from cdc_cache.mode import Flag
     from cdc_cache.redis_apply import connect
 
-    ModeStore(connect(redis_url)).set_flag(Flag(flag))
+    with _reported("cdc-cache mode set", redis_url):
+        ModeStore(connect(redis_url)).set_flag(Flag(flag))
     click.echo(f"flag set to {flag}; workers apply it within a second")
 
 
@@ -244,15 +253,11 @@ def _connector_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _run_connectors(command: Literal["apply", "status"], **options: Any) -> None:
     from cdc_cache.connect import run as run_connectors
-    from cdc_cache.errors import CdcCacheError
 
-    try:
+    with _reported(f"cdc-cache connectors {command}"):
         code = run_connectors(
             command, out=click.echo, err=lambda line: click.echo(line, err=True), **options
         )
-    except CdcCacheError as exc:
-        click.echo(f"cdc-cache connectors {command}: {exc}", err=True)
-        sys.exit(2)
     sys.exit(code)
 
 

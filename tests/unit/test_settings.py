@@ -81,3 +81,11 @@ def test_run_with_a_bad_rules_file_exits_2_before_touching_kafka(tmp_path):
     )
     assert result.exit_code == 2
     assert "rules.yaml:4: tables.inventory.stock.keys[0].key" in result.output
+
+
+@pytest.mark.parametrize("command", [["mode", "get"], ["mode", "set", "ttl"]])
+def test_mode_commands_name_an_unreachable_redis_and_exit_2(command):
+    url = "redis://127.0.0.1:1/0"
+    result = CliRunner().invoke(main, [*command, "--redis-url", url])
+    assert result.exit_code == 2
+    assert f"Redis at {url}" in result.output and "check --redis-url" in result.output
