@@ -34,7 +34,8 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import ManagedProcess, StackError, free_port, port_open
 from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
-from cdc_cache.rules import Action, KeyRule, load_rules
+from cdc_cache.rules import Action, Rules, load_rules
+from cdc_cache.verify import Finding, Report, debezium_value, derive, same_value, verify
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
@@ -163,98 +164,45 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def _plain(value: object) -> object:
-    """A row value as Debezium ships it (DECIMAL as string, see ConnectorSettings)."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Consistency:
-    """How the cache compares to the table: one count per verdict."""
-
-    ok: int = 0
-    missing: int = 0
-    stale: int = 0
-    unexpected: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return self.stale == 0 and self.unexpected == 0 and self.missing == 0
-
-
 class Inventory:
     """Reads ``inventory.stock`` and the cache side by side, through the example rules."""
 
-    def __init__(self, db: MariaDB, cache: redis.Redis[bytes], rule: KeyRule) -> None:
+    def __init__(self, db: MariaDB, cache: redis.Redis[bytes], rules: Rules) -> None:
+        self._db = db
         self._conn = db.connect(DATABASE)
         self._cache = cache
-        self._rule = rule
-
-    @property
-    def prefix(self) -> str:
-        """The literal start of every stock key: where stray keys are looked for."""
-        return self._rule.template.static_prefix
+        self._rules = rules
+        table = rules.for_table(STOCK_TABLE)
+        if table is None or not any(r.action is Action.SET for r in table.keys):
+            msg = f"{example_rules()} has no set rule for {STOCK_TABLE}: restore the example file"
+            raise DemoError(msg)
+        self._table = table
 
     def close(self) -> None:
         self._conn.close()
 
-    def rows(self, where: str = "", args: Iterable[object] = ()) -> list[dict[str, object]]:
-        with self._conn.cursor() as cur:
-            cur.execute(f"SELECT * FROM stock {where}", tuple(args))
-            columns = [d[0] for d in cur.description]
-            return [dict(zip(columns, map(_plain, row), strict=True)) for row in cur.fetchall()]
-
-    def expected(self, row: Mapping[str, object]) -> tuple[str, dict[str, object]]:
-        """The key a row maps to and the value the worker should have written there."""
-        fields = self._rule.fields or tuple(row)
-        return self._rule.template.render(row), {f: row[f] for f in fields}
-
-    def cached(self, key: str) -> object | None:
-        raw = self._cache.get(key)
-        return None if raw is None else orjson.loads(raw)
-
-    def check(self) -> Consistency:
-        """Every row's key holds its projection; no key under the prefix lacks a row."""
-        ok = missing = stale = 0
-        keys = set()
-        for row in self.rows():
-            key, want = self.expected(row)
-            keys.add(key)
-            got = self.cached(key)
-            if got is None:
-                missing += 1
-            elif got == want:
-                ok += 1
-            else:
-                stale += 1
-        present = {k.decode() for k in self._cache.scan_iter(match=f"{self.prefix}*", count=1000)}
-        return Consistency(ok, missing, stale, len(present - keys))
+    def check(self) -> Report:
+        """``cdc-cache verify`` of the stock table: every key against its row, and strays."""
+        dsn = f"{self._db.dsn()}/{DATABASE}"
+        return verify(dsn, self._rules, self._cache, tables=(STOCK_TABLE,))
 
     def sample(self, row_id: int | None) -> str:
         """One row next to its cache entry, and whether they agree."""
         if row_id is None:
             return "sample  (waiting for the first write)"
-        rows = self.rows("WHERE id = %s", (row_id,))
-        if not rows:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT * FROM stock WHERE id = %s", (row_id,))
+            found = cur.fetchone()
+            columns = [d[0] for d in cur.description]
+        if found is None:
             return f"sample  stock row id={row_id} was deleted since"
-        key, want = self.expected(rows[0])
-        got = self.cached(key)
-        verdict = "match" if got == want else "in flight"
-        shown = orjson.dumps(got).decode() if got is not None else "(no key yet)"
-        db = " ".join(f"{k}={v}" for k, v in want.items())
-        return f"sample  GET {key} = {shown}\n        row id={row_id}: {db}   [{verdict}]"
-
-
-def _stock_rule() -> KeyRule:
-    rules = load_rules(example_rules())
-    table = rules.for_table(STOCK_TABLE)
-    sets = [r for r in table.keys if r.action is Action.SET] if table else []
-    if not sets:
-        msg = f"{example_rules()} has no set rule for {STOCK_TABLE}: restore the example file"
-        raise DemoError(msg)
-    return sets[0]
+        row = {c: debezium_value(v, "mysql") for c, v in zip(columns, found, strict=True)}
+        (_, want), *_ = derive(self._table, row, ("id",)).sets
+        got = self._cache.get(want.key)
+        verdict = "match" if got is not None and same_value(want, got) else "in flight"
+        shown = got.decode() if got is not None else "(no key yet)"
+        db = " ".join(f"{k}={v}" for k, v in orjson.loads(want.value).items())  # type: ignore[arg-type]
+        return f"sample  GET {want.key} = {shown}\n        row id={row_id}: {db}   [{verdict}]"
 
 
 @dataclass(frozen=True)
@@ -334,13 +282,13 @@ class Demo:
         self.stop.set()
 
     def _run(self) -> int:
-        rule = _stock_rule()
+        rules = load_rules(example_rules())
         self.worker.stop()  # a worker left behind by an interrupted demo
         self._start_stack()
         mariadb = self.stack.service("mariadb")
         assert isinstance(mariadb, MariaDB)
         cache = redis.Redis.from_url(self.stack.service("redis").address())
-        inventory = Inventory(mariadb, cache, rule)
+        inventory = Inventory(mariadb, cache, rules)
         try:
             self.load = WriteLoad(mariadb, self.options.rate)
             self._watch(inventory)
@@ -455,11 +403,14 @@ class Demo:
         self.load.stop()
         self.display.say("draining: waiting until the worker applies the last changes")
         final = self._drain()
-        verdict = inventory.check()
+        report = inventory.check()
         deadline = time.monotonic() + DRAIN_LIMIT_S
-        while not verdict.clean and time.monotonic() < deadline:
+        while not report.clean and time.monotonic() < deadline:
             time.sleep(1.0)
-            verdict = inventory.check()
+            report = inventory.check()
+        stale, missing = report.count(Finding.STALE), report.count(Finding.MISSING)
+        unexpected = report.count(Finding.UNEXPECTED)
+        ok = sum(t.set_keys for t in report.tables) - stale - missing
         stats = self.load.stats
         events = final.events
         self.display.say(
@@ -474,13 +425,13 @@ class Demo:
                     f"{final.retries:.0f} retries",
                     f"  debezium->applied p50 {_ms(final.quantile(0.5))}, "
                     f"p99 {_ms(final.quantile(0.99))} ({RESOLUTION_NOTE})",
-                    f"  consistency      {verdict.ok} ok, {verdict.missing} missing, "
-                    f"{verdict.stale} stale, {verdict.unexpected} unexpected "
-                    f"({STOCK_TABLE} rows vs {inventory.prefix}* keys)",
+                    f"  consistency      {ok} ok, {missing} missing, "
+                    f"{stale} stale, {unexpected} unexpected "
+                    f"({STOCK_TABLE} rows vs their keys, as cdc-cache verify checks)",
                 ]
             )
         )
-        return 1 if verdict.stale or verdict.unexpected else 0
+        return report.exit_code
 
     def _drain(self) -> Scrape:
         """Wait until the applied count stays still for a moment (bounded)."""
