@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.integration.fixtures_stack",
     "tests.integration.fixtures_redis",
+    "tests.integration.fixtures_browser",
 ]
