@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from cdc_cache import __version__
 from cdc_cache.devstack.cli import dev
 from cdc_cache.errors import CdcCacheError, ConfigError, StopRequested
+from cdc_cache.redact import redact_url
 
 
 @click.group()
@@ -41,7 +42,8 @@ def _reported(command: str, redis_url: str | None = None) -> Iterator[None]:
         click.echo(f"{command}: {exc}", err=True)
         sys.exit(2)
     except RedisError as exc:
-        click.echo(f"{command}: Redis at {redis_url}: {exc}; check --redis-url", err=True)
+        where = redact_url(redis_url) if redis_url else "?"
+        click.echo(f"{command}: Redis at {where}: {exc}; check --redis-url", err=True)
         sys.exit(2)
 
 

@@ -13,7 +13,9 @@ each primary is written to once. Errors come out in two kinds:
 :class:`~cdc_cache.errors.TransientError` when the same batch will succeed later
 (unreachable server, timeout, failover, cluster resharding, out of memory), and
 :class:`ApplyError` when it will not (a script error, a key of the wrong type, an op the
-planner should never have produced).
+planner should never have produced). A third kind is neither: refused credentials, a
+missing ACL permission or a server certificate that does not verify raise
+:class:`~cdc_cache.errors.ConfigError`, since waiting cannot fix a setting.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from importlib import resources
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
@@ -56,7 +59,7 @@ _FALSE: Final = frozenset({"false", "0", "no"})
 
 # Exception types and error-reply prefixes that mean "the same call will work later".
 _TRANSIENT_TYPES: Final = (
-    rex.ConnectionError,  # also refused/reset, LOADING, auth failures during a rotation
+    rex.ConnectionError,  # also refused/reset, LOADING (not auth: see _misconfiguration)
     rex.TimeoutError,
     rex.ClusterError,  # CLUSTERDOWN, MASTERDOWN, redirection budget exhausted
     rex.AskError,  # MOVED and ASK left over after the client's own redirect handling
@@ -73,6 +76,26 @@ _TRANSIENT_REPLIES: Final = (
 # bare RedisClusterException with these texts. Other cluster errors (e.g. cluster mode
 # off on the node) are configuration mistakes and stay permanent.
 _TRANSIENT_CLUSTER_TEXTS: Final = ("All slots are not covered", "Redis Cluster cannot be connected")
+
+
+# A server certificate that fails verification is a setting to fix, like a wrong password.
+_TLS_VERIFY_TEXTS: Final = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAuth:
+    """ACL user and password kept apart from the URL, so they never appear in logged URLs."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+
+    def kwargs(self) -> dict[str, str]:
+        """redis-py connection arguments for the credentials that are set."""
+        given = {
+            "username": self.username,
+            "password": self.password.get_secret_value() if self.password else None,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 class Outcome(StrEnum):
@@ -119,12 +142,14 @@ class _Call:
     ops: tuple[int, ...]
 
 
-def connect(url: str, **kwargs: Any) -> Client:
+def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     """Build a client from a URL; ``?cluster=true`` makes it a Redis Cluster client.
 
     ``redis://HOST:PORT/0`` is one server; ``redis://HOST:PORT/0?cluster=true`` names any
-    seed node of a cluster (``rediss://`` for TLS works for both). Replies stay bytes.
-    Other query parameters and ``kwargs`` go to redis-py unchanged.
+    seed node of a cluster (``rediss://`` for TLS works for both, with redis-py's TLS query
+    options such as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``). Replies stay bytes.
+    ``auth`` overrides credentials in the URL. Other query parameters and ``kwargs`` go to
+    redis-py unchanged.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -135,14 +160,27 @@ def connect(url: str, **kwargs: Any) -> Client:
     rest = urlencode([(name, value) for name, value in query if name != CLUSTER_FLAG])
     plain = urlunsplit(parts._replace(query=rest))
     kwargs["decode_responses"] = False
+    kwargs |= (auth or RedisAuth()).kwargs()
     with _translated(f"connecting to {parts.hostname}:{parts.port}"):
         if flags and flags[-1] in _TRUE:
             return RedisCluster.from_url(plain, **kwargs)
         return Redis.from_url(plain, **kwargs)
 
 
+def ping(client: Client, where: str) -> Client:
+    """``client`` once it answered PING: the connection, TLS and credentials all work.
+
+    ``where`` names the server in errors (a redacted URL).
+    """
+    with _translated(f"PING at {where}"):
+        client.ping()
+    return client
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or an error it was raised from) says a retry will succeed."""
+    if misconfiguration(exc) is not None:
+        return False
     seen: BaseException | None = exc
     while seen is not None:
         if (
@@ -158,12 +196,43 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def misconfiguration(exc: BaseException) -> str | None:
+    """What to fix when ``exc`` (or its cause) is a setting problem a retry cannot cure.
+
+    The text names the settings and carries the server's reply, which never contains the
+    password; None for every other error.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
+            return (
+                f"{seen}; set redis_username and redis_password (or redis_password_file) "
+                "to an ACL user of this server"
+            )
+        if isinstance(seen, rex.NoPermissionError):
+            return (
+                f"{seen}; the ACL user (redis_username) needs the commands and keys cdc-cache "
+                "uses (see docs/security.md)"
+            )
+        if any(text in str(seen) for text in _TLS_VERIFY_TEXTS):
+            return (
+                f"{seen}; the server's TLS certificate does not verify: set ssl_ca_certs in "
+                "redis_url (rediss://HOST:PORT/0?ssl_ca_certs=/path/ca.pem)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Turn redis-py errors into TransientError or ApplyError, chained to the original."""
     try:
         yield
     except (rex.RedisError, rex.RedisClusterException) as exc:
+        problem = misconfiguration(exc)
+        if problem is not None:
+            msg = f"Redis refused {what}: {problem}"
+            raise ConfigError(msg) from None
         if is_transient(exc):
             msg = f"Redis unavailable while {what}: {exc}"
             raise TransientError(msg) from exc
@@ -314,7 +383,7 @@ class RedisApplier:
                 if isinstance(reply, rex.NoScriptError):
                     missing.append(i)
                 elif isinstance(reply, Exception):
-                    if is_transient(reply):
+                    if is_transient(reply) or misconfiguration(reply) is not None:
                         raise reply
                     msg = f"apply script failed on the call for {calls[i].keys[0]!r}: {reply}"
                     raise ApplyError(msg) from reply

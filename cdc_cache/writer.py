@@ -19,13 +19,16 @@ from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
+from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import (
     ApplyError,
     ApplyResult,
     Client,
     Outcome,
     RedisApplier,
+    RedisAuth,
     connect,
+    ping,
 )
 from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff, retry_forever
@@ -151,15 +154,19 @@ def redis_retry_reporter(action: str) -> Callable[[int, float, BaseException], N
 
 
 def connect_when_available(
-    url: str, backoff: Backoff, sleep: Callable[[float], None] = time.sleep
+    url: str,
+    backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+    auth: RedisAuth | None = None,
 ) -> Client:
-    """A Redis client, waiting (with backoff, logged and counted) while Redis is unreachable.
+    """A Redis client that answered PING; waits (logged, counted) while Redis is unreachable.
 
-    A Redis Cluster client talks to the cluster as it is built, so a worker that starts
-    before Redis does, or while a cluster is still forming, waits here instead of exiting.
+    A worker that starts before Redis does, or while a cluster is still forming, waits here
+    instead of exiting. Refused credentials or an unverifiable certificate raise
+    ConfigError at once: no wait can fix them.
     """
     return retry_forever(
-        lambda: connect(url),
+        lambda: ping(connect(url, auth), redact_url(url)),
         backoff=backoff,
         on_retry=redis_retry_reporter("connecting"),
         sleep=sleep,
