@@ -10,6 +10,10 @@ as Kafka Connect's ``JsonConverter`` writes them:
   fields (``file,pos,row`` for MySQL, ``sequence,lsn`` for PostgreSQL) and
   ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``.
 
+Avro (Kafka Connect's ``AvroConverter``) carries the same values; a caller passes
+``parse=`` an :class:`~cdc_cache.avro.AvroParser` holding the batch's resolved schemas in
+place of the JSON parser, and the rest of the decoding is shared.
+
 Heartbeats (topic ``__debezium-heartbeat.<prefix>``), schema-change records (``ddl``
 without ``op``) and tombstones (null value after a delete) are recognised. Anything else
 raises :class:`~cdc_cache.errors.DecodeError` (or :class:`~cdc_cache.errors.MissingPrimaryKey`
@@ -18,7 +22,8 @@ for a row change without a key) carrying the record; no other exception escapes.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias
 
 import orjson
 
@@ -39,6 +44,9 @@ from cdc_cache.positions import (
     postgres_position,
 )
 
+Parse: TypeAlias = Callable[[bytes, str], Any]
+"""Turns a key or value (named by the label, for errors) into plain Python data."""
+
 HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat."
 FLAT_PREFIX: Final = "__"
 
@@ -56,13 +64,14 @@ _FLAT_SOURCE: Final = {
 }
 
 
-def decode(record: SourceRecord, *, epoch: int = 0) -> Decoded:
+def decode(record: SourceRecord, *, epoch: int = 0, parse: Parse | None = None) -> Decoded:
     """Decode one Kafka record from a Debezium topic.
 
-    ``epoch`` is the operator-set source lineage number put into every position.
+    ``epoch`` is the operator-set source lineage number put into every position; ``parse``
+    reads keys and values (JSON by default).
     """
     try:
-        return _decode(record, epoch)
+        return _decode(record, epoch, parse or parse_json)
     except PoisonMessage as err:
         raise err.at(record) from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
@@ -70,24 +79,24 @@ def decode(record: SourceRecord, *, epoch: int = 0) -> Decoded:
         raise DecodeError(msg, record) from exc
 
 
-def _decode(record: SourceRecord, epoch: int) -> Decoded:
+def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
     topic = record.topic
     if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
-        return _heartbeat(topic[len(HEARTBEAT_TOPIC_PREFIX) :], record.value)
+        return _heartbeat(topic[len(HEARTBEAT_TOPIC_PREFIX) :], record.value, parse)
     if record.value is None:
         if record.key is None:
             msg = "null key and null value: not a Debezium tombstone"
             raise DecodeError(msg)
         return Tombstone(_table_from_topic(topic))
-    payload = _payload(record.value, "value")
+    payload = parse(record.value, "value")
     if not isinstance(payload, dict):
-        msg = f"value is a JSON {type(payload).__name__}, expected an object"
+        msg = f"value is a {type(payload).__name__}, expected an object"
         raise DecodeError(msg)
     # "__op" first: a flattened row may have a column named "op".
     if "__op" in payload:
-        return _flattened(payload, record.key, epoch)
+        return _flattened(payload, record.key, epoch, parse)
     if "op" in payload:
-        return _envelope(payload, record.key, epoch)
+        return _envelope(payload, record.key, epoch, parse)
     if "ddl" in payload:
         return _schema_change(payload, topic)
     msg = (
@@ -97,7 +106,7 @@ def _decode(record: SourceRecord, epoch: int) -> Decoded:
     raise DecodeError(msg)
 
 
-def _payload(data: bytes, what: str) -> Any:
+def parse_json(data: bytes, what: str) -> Any:
     """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form."""
     try:
         doc = orjson.loads(data)
@@ -109,13 +118,13 @@ def _payload(data: bytes, what: str) -> Any:
     return doc
 
 
-def _heartbeat(server: str, value: bytes | None) -> Heartbeat:
+def _heartbeat(server: str, value: bytes | None, parse: Parse) -> Heartbeat:
     if value is None:
         msg = "heartbeat record without a value"
         raise DecodeError(msg)
-    payload = _payload(value, "heartbeat value")
+    payload = parse(value, "heartbeat value")
     if not isinstance(payload, dict):
-        msg = "heartbeat value is not a JSON object"
+        msg = "heartbeat value is not an object"
         raise DecodeError(msg)
     return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
 
@@ -136,7 +145,9 @@ def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
     )
 
 
-def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+def _envelope(
+    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, parse: Parse
+) -> ChangeEvent:
     op = _op(payload["op"])
     source = _source(payload)
     connector, container = _container(
@@ -148,7 +159,7 @@ def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> C
         op=op,
         before=_image(payload, "before"),
         after=_image(payload, "after"),
-        key=_key(key_bytes, op, table),
+        key=_key(key_bytes, op, table, parse),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(source, "ts_ms", "source"),
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
@@ -165,7 +176,9 @@ def _container(connector: object, db: object, schema: object, field: str) -> tup
     raise _unknown_connector(connector, field)
 
 
-def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+def _flattened(
+    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, parse: Parse
+) -> ChangeEvent:
     op = _op(payload["__op"])
     connector, container = _container(
         payload.get("__connector"),
@@ -182,7 +195,7 @@ def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> 
         op=op,
         before=row if deleted else None,
         after=None if deleted else row,
-        key=_key(key_bytes, op, table),
+        key=_key(key_bytes, op, table, parse),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
@@ -241,13 +254,13 @@ def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
     return image
 
 
-def _key(data: bytes | None, op: Op, table: str) -> dict[str, Any]:
+def _key(data: bytes | None, op: Op, table: str, parse: Parse) -> dict[str, Any]:
     if op is Op.TRUNCATE:
         return {}
     if data is None:
         msg = f"{op.name} on {table} has no Kafka key: the table needs a primary key"
         raise MissingPrimaryKey(msg)
-    key = _payload(data, "key")
+    key = parse(data, "key")
     if not isinstance(key, dict) or not key:
         msg = f"key of {op.name} on {table} is {key!r}, expected an object of key columns"
         raise MissingPrimaryKey(msg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cdc_cache.envelope import decode
+from cdc_cache.envelope import Parse, decode
 from cdc_cache.errors import PoisonMessage
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
 from cdc_cache.ops import CacheOp
@@ -51,10 +51,13 @@ class Rejected:
 Routed = Planned | Control | Rejected
 
 
-def route(record: SourceRecord, rules: Rules, epoch: int = 0) -> Routed:
-    """Decode and plan one message; poison errors are returned, not raised."""
+def route(record: SourceRecord, rules: Rules, epoch: int = 0, parse: Parse | None = None) -> Routed:
+    """Decode and plan one message; poison errors are returned, not raised.
+
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    """
     try:
-        decoded = decode(record, epoch=epoch)
+        decoded = decode(record, epoch=epoch, parse=parse)
         if not isinstance(decoded, ChangeEvent):
             return Control(record, decoded)
         return Planned(record, decoded, tuple(plan(decoded, rules)))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cdc_cache.errors import TransientError
+from cdc_cache.errors import StopRequested, TransientError
 
 T = TypeVar("T")
 
@@ -88,3 +89,18 @@ def retry_forever(
             if on_retry is not None:
                 on_retry(attempt, delay, exc)
             sleep(delay)
+
+
+def stoppable_sleep(stop: threading.Event, waiting_for: str) -> Callable[[float], None]:
+    """A ``sleep`` for :func:`retry_forever` that a stop request ends with StopRequested.
+
+    A worker asked to stop while a server is down then exits instead of hanging; the batch
+    it could not finish is replayed after a restart.
+    """
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            msg = f"stop requested while {waiting_for} was unavailable"
+            raise StopRequested(msg)
+
+    return sleep

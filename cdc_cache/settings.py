@@ -1,14 +1,16 @@
 """Worker settings: command-line flags over ``CDC_CACHE_*`` environment over a YAML file.
 
 Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka via
-``kafka:`` rather than being re-declared here.
+``kafka:`` rather than being re-declared here. Secrets are :class:`~pydantic.SecretStr`
+(masked in every repr) and may come from files (``*_file``: a mounted Kubernetes or Docker
+secret), read once here so a missing file stops startup with the setting's name.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -34,6 +36,11 @@ class WorkerSettings(BaseSettings):
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
     redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_username: str | None = Field(default=None, description="Redis ACL user")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = Field(default=None, description="file holding it")
+    message_format: Literal["json", "avro"] = "json"
+    schema_registry_url: str | None = Field(default=None, description="needed for avro")
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
@@ -50,6 +57,7 @@ class WorkerSettings(BaseSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     admin_token: SecretStr | None = Field(default=None, description="bearer token for PUT /mode")
+    admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
 
     @field_validator("topic_pattern")
@@ -71,6 +79,16 @@ class WorkerSettings(BaseSettings):
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
             raise ValueError(msg)
+        if self.message_format == "avro" and not self.schema_registry_url:
+            msg = (
+                "message_format avro needs schema_registry_url (the Confluent Schema Registry "
+                "the Avro converter registers its schemas with, e.g. http://registry:8081)"
+            )
+            raise ValueError(msg)
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (
                 f"lag_recover_s ({self.lag_recover_s:g}) must be below lag_slo_s "
@@ -78,6 +96,25 @@ class WorkerSettings(BaseSettings):
             )
             raise ValueError(msg)
         return self
+
+
+def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
+    """The secret given directly or read from its file (one trailing newline dropped)."""
+    if file is None:
+        return value
+    if value is not None:
+        msg = f"give {setting} or {setting}_file, not both"
+        raise ValueError(msg)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{setting}_file {file} cannot be read ({type(exc).__name__}); fix the path"
+        raise ValueError(msg) from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        msg = f"{setting}_file {file} is empty"
+        raise ValueError(msg)
+    return SecretStr(secret)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings:

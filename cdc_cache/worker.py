@@ -26,8 +26,11 @@ from cdc_cache.errors import StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
-from cdc_cache.retry import Backoff
+from cdc_cache.redact import redact_url
+from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import load_rules
+from cdc_cache.schema_registry import SchemaRegistryClient, SchemaResolver
 from cdc_cache.settings import WorkerSettings
 from cdc_cache.writer import connect_when_available
 from dataflows.invalidation import build_flow
@@ -104,7 +107,7 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
-        client=connect_when_available(settings.redis_url, Backoff()),
+        client=connect_when_available(settings.redis_url, Backoff(), auth=redis_auth(settings)),
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
@@ -113,6 +116,19 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
     )
+
+
+def redis_auth(settings: WorkerSettings) -> RedisAuth:
+    """The ACL credentials from the settings (the password possibly read from its file)."""
+    return RedisAuth(settings.redis_username, settings.redis_password)
+
+
+def schema_resolver(settings: WorkerSettings, stop: threading.Event) -> SchemaResolver | None:
+    """For ``message_format: avro``, the registry lookups that precede decoding a batch."""
+    if settings.message_format != "avro" or settings.schema_registry_url is None:
+        return None
+    client = SchemaRegistryClient(settings.schema_registry_url)
+    return SchemaResolver(client, Backoff(), stoppable_sleep(stop, "the schema registry"))
 
 
 def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
@@ -147,6 +163,8 @@ def run(settings: WorkerSettings) -> None:
         brokers=settings.brokers.split(","),
         topics=topics,
         redis_url=settings.redis_url,
+        redis_auth=redis_auth(settings),
+        schemas=schema_resolver(settings, stop),
         kafka_config=settings.kafka,
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
@@ -161,7 +179,8 @@ def run(settings: WorkerSettings) -> None:
             "tables": sorted(rules.tables),
             "workers": settings.workers,
             "recovery_dir": str(settings.recovery_dir),
-            "redis": _redacted(settings.redis_url),
+            "redis": redact_url(settings.redis_url),
+            "message_format": settings.message_format,
         },
     )
 
@@ -192,7 +211,3 @@ def run(settings: WorkerSettings) -> None:
         if admin is not None:
             admin.close()
     log.info("worker stopped")
-
-
-def _redacted(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)

@@ -25,14 +25,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cdc_cache import metrics
 from cdc_cache.envelope import table_of_topic
-from cdc_cache.errors import StopRequested
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.redis_apply import RedisApplier, RedisAuth
 from cdc_cache.rejects import report_rejected
-from cdc_cache.retry import Backoff
+from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
+from cdc_cache.schema_registry import SchemaResolver
 from cdc_cache.writer import CacheWriter, connect_when_available
 
 log = logging.getLogger("cdc_cache.dataflow")
@@ -51,6 +51,8 @@ def build_flow(
     brokers: list[str],
     topics: list[str],
     redis_url: str,
+    redis_auth: RedisAuth | None = None,
+    schemas: SchemaResolver | None = None,
     kafka_config: dict[str, str] | None = None,
     batch_size: int = 1000,
     source_epoch: int = 0,
@@ -65,7 +67,8 @@ def build_flow(
     Setting ``stop`` ends every source partition after its current batch, so the flow
     drains, takes its final snapshot and returns: a graceful shutdown. ``lag`` is fed what
     the sources see (commit times, heartbeats, watermarks); ``ttl_cap_ms`` caps the TTL of
-    new cache entries (the TTL fallback mode).
+    new cache entries (the TTL fallback mode). With ``schemas`` the topics carry Avro: each
+    batch's schemas are resolved (waiting out registry outages) before it is decoded.
     """
     flow = Dataflow("cdc_cache")
     source = KafkaSource(
@@ -82,20 +85,24 @@ def build_flow(
     messages = op.input("debezium", flow, StoppableSource(source, stop, tracker))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
-        routed = []
+        records = []
         for message in batch:
             if isinstance(message, KafkaError):
                 _consumer_error(message)
             else:
-                item = route(_record(message), rules, source_epoch)
-                _observe(tracker, item)
-                routed.append(item)
+                records.append(_record(message))
+        parse = schemas.parser_for(records) if schemas is not None else None
+        routed = []
+        for record in records:
+            item = route(record, rules, source_epoch, parse)
+            _observe(tracker, item)
+            routed.append(item)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     op.output("reject", split.trues, RejectSink())
-    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms)
+    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, redis_auth)
     op.output("redis", split.falses, sink)
     return flow
 
@@ -225,22 +232,19 @@ class RedisSink(DynamicSink[Routed]):
         backoff: Backoff,
         stop: threading.Event,
         ttl_cap_ms: Callable[[], int | None],
+        auth: RedisAuth | None = None,
     ) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
-        self._stop = stop
+        self._sleep = stoppable_sleep(stop, "Redis")
         self._ttl_cap_ms = ttl_cap_ms
+        self._auth = auth
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        client = connect_when_available(self._redis_url, self._backoff, self._sleep)
+        client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
         applier = RedisApplier(client)
         writer = CacheWriter(applier, self._backoff, sleep=self._sleep, ttl_cap_ms=self._ttl_cap_ms)
         return _RedisPartition(writer)
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            msg = "stop requested while Redis was unavailable"
-            raise StopRequested(msg)
 
 
 class _RejectPartition(StatelessSinkPartition[Routed]):

