@@ -206,8 +206,8 @@ def misconfiguration(exc: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
             return (
-                f"{seen}; set redis_username and redis_password (or redis_password_file) "
-                "to an ACL user of this server"
+                f"{seen}; set redis_username and redis_password (or redis_password_file, "
+                "or user:password in redis_url) to an ACL user of this server"
             )
         if isinstance(seen, rex.NoPermissionError):
             return (

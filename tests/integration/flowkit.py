@@ -148,8 +148,10 @@ def worker(
     *,
     rules: str = RULES_YAML,
     workers: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> Service:
-    """``cdc-cache run`` reading ``topics``, snapshotting progress every 500 ms."""
+    """``cdc-cache run`` reading ``topics``, snapshotting progress every 500 ms; ``env``
+    adds settings (``CDC_CACHE_*``)."""
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(rules)
     argv = [
@@ -161,7 +163,9 @@ def worker(
         "--recovery-dir", str(tmp_path / "recovery"),
         "--workers", str(workers),
     ]  # fmt: skip
-    return Service(argv, tmp_path / "worker.log", {"CDC_CACHE_EPOCH_INTERVAL_MS": "500"})
+    return Service(
+        argv, tmp_path / "worker.log", {"CDC_CACHE_EPOCH_INTERVAL_MS": "500", **(env or {})}
+    )
 
 
 def debezium(

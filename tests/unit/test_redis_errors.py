@@ -1,7 +1,8 @@
 import pytest
 from redis import exceptions as rex
 
-from cdc_cache.redis_apply import is_transient
+from cdc_cache.errors import ConfigError
+from cdc_cache.redis_apply import _translated, is_transient, misconfiguration
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,26 @@ def test_retryable_redis_errors(error):
 )
 def test_permanent_redis_errors(error):
     assert not is_transient(error)
+
+
+@pytest.mark.parametrize(
+    ("error", "names"),
+    [
+        (rex.AuthenticationError("invalid username-password pair"), "redis_password"),
+        (rex.NoPermissionError("NOPERM this user has no permissions"), "redis_username"),
+        (
+            rex.ConnectionError("Error 1 connecting: [SSL: CERTIFICATE_VERIFY_FAILED] self-signed"),
+            "ssl_ca_certs",
+        ),
+    ],
+)
+def test_setting_problems_are_config_errors_never_retried(error, names):
+    assert not is_transient(error)
+    assert names in (misconfiguration(error) or "")
+    with pytest.raises(ConfigError, match=names), _translated("PING at redis://h:1/0"):
+        raise error
+
+
+def test_other_errors_are_no_setting_problem():
+    assert misconfiguration(rex.ConnectionError("Connection refused")) is None
+    assert misconfiguration(rex.ResponseError("WRONGTYPE")) is None

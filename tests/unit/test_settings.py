@@ -89,3 +89,56 @@ def test_mode_commands_name_an_unreachable_redis_and_exit_2(command):
     result = CliRunner().invoke(main, [*command, "--redis-url", url])
     assert result.exit_code == 2
     assert f"Redis at {url}" in result.output and "check --redis-url" in result.output
+
+
+def test_avro_needs_a_schema_registry_url():
+    with pytest.raises(ConfigError, match="message_format avro needs schema_registry_url"):
+        load_settings(rules=Path("r.yaml"), topics=("a",), message_format="avro")
+    settings = load_settings(
+        rules=Path("r.yaml"),
+        topics=("a",),
+        message_format="avro",
+        schema_registry_url="http://registry:8081",
+    )
+    assert settings.message_format == "avro"
+
+
+def test_unknown_message_format_names_the_setting(monkeypatch):
+    monkeypatch.setenv("CDC_CACHE_MESSAGE_FORMAT", "protobuf")
+    with pytest.raises(ConfigError, match="CDC_CACHE_MESSAGE_FORMAT: message_format"):
+        load_settings(rules=Path("r.yaml"), topics=("a",))
+
+
+def test_secrets_come_from_files_and_never_show(tmp_path, monkeypatch):
+    (tmp_path / "redis").write_text("redis-hush-1\n")
+    (tmp_path / "admin").write_text("admin-hush-2")
+    monkeypatch.setenv("CDC_CACHE_REDIS_PASSWORD_FILE", str(tmp_path / "redis"))
+    monkeypatch.setenv("CDC_CACHE_ADMIN_TOKEN_FILE", str(tmp_path / "admin"))
+    settings = load_settings(rules=Path("r.yaml"), topics=("a",), redis_username="cdc")
+    assert settings.redis_password is not None and settings.admin_token is not None
+    assert settings.redis_password.get_secret_value() == "redis-hush-1"
+    assert settings.admin_token.get_secret_value() == "admin-hush-2"
+    assert "hush" not in repr(settings) and "hush" not in str(settings.model_dump())
+
+
+def test_a_secret_and_its_file_together_are_refused(tmp_path):
+    (tmp_path / "p").write_text("x")
+    with pytest.raises(ConfigError, match="give redis_password or redis_password_file, not both"):
+        load_settings(
+            rules=Path("r.yaml"),
+            topics=("a",),
+            redis_password="y",
+            redis_password_file=tmp_path / "p",
+        )
+
+
+def test_a_missing_secret_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"admin_token_file .*nope cannot be read"):
+        load_settings(rules=Path("r.yaml"), topics=("a",), admin_token_file=tmp_path / "nope")
+
+
+def test_a_bad_value_for_a_secret_is_reported_without_it(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nredis_password: [Secret-3]\n")
+    with pytest.raises(ConfigError, match=r"worker\.yaml:3: redis_password") as err:
+        load_settings(config)
+    assert "Secret-3" not in str(err.value)
