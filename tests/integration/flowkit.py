@@ -231,7 +231,9 @@ class Pipeline:
         schema: str,
         broker: Broker,
         redis_url: str,
+        registry_url: str | None = None,
     ) -> None:
+        """With ``registry_url`` the changes travel as Avro (AvroConverter, that registry)."""
         self.schema = schema
         self.dsn = dsn
         self.redis_url = redis_url
@@ -247,9 +249,25 @@ class Pipeline:
             brokers=broker.bootstrap,
             prefix=prefix,
             databases=schema,
-            options=[f"--partitions={self.PARTITIONS}", "--no-schemas"],
+            options=[
+                f"--partitions={self.PARTITIONS}",
+                "--no-schemas",
+                *(
+                    ["--format=avro", f"--schema-registry-url={registry_url}"]
+                    if registry_url
+                    else []
+                ),
+            ],
         )
-        self.worker = worker(tmp_path, broker.bootstrap, redis_url, [topic], rules=self.rules)
+        avro = {"CDC_CACHE_MESSAGE_FORMAT": "avro", "CDC_CACHE_SCHEMA_REGISTRY_URL": registry_url}
+        self.worker = worker(
+            tmp_path,
+            broker.bootstrap,
+            redis_url,
+            [topic],
+            rules=self.rules,
+            env=avro if registry_url else None,
+        )
         self.services = [self.debezium, self.worker]
 
     def start(self) -> None:
