@@ -1,38 +1,14 @@
-"""The deployment files refer only to things that exist and settings the worker relies on."""
+"""The connector files keep what the worker relies on (compose and k8s: their own tests)."""
 
 import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import ENV_PREFIX, WorkerSettings
 
 ROOT = Path(__file__).parents[2]
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 CONNECTORS = sorted((ROOT / "connectors").glob("*.json"))
-
-
-@pytest.mark.parametrize("name", sorted(COMPOSE["services"]))
-def test_compose_images_are_pinned_and_mounts_exist(name):
-    service = COMPOSE["services"][name]
-    if "image" in service:
-        image = service["image"]
-        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
-    else:
-        assert (ROOT / service["build"] / "Dockerfile").is_file()
-    for volume in service.get("volumes", []):
-        source = volume.split(":")[0]
-        if source.startswith("./"):
-            assert (ROOT / source).exists(), f"{name} mounts missing {source}"
-
-
-def test_compose_worker_environment_names_real_settings():
-    environment = COMPOSE["services"]["worker"]["environment"]
-    for variable in environment:
-        assert variable.startswith(ENV_PREFIX)
-        assert variable.removeprefix(ENV_PREFIX).lower() in WorkerSettings.model_fields, variable
 
 
 def test_example_rules_load():
@@ -47,3 +23,21 @@ def test_connector_keeps_what_the_worker_relies_on(path):
     assert config["decimal.handling.mode"] == "string"
     assert int(config["heartbeat.interval.ms"]) > 0
     assert config["topic.prefix"]
+
+
+def test_avro_connector_differs_from_the_json_one_only_in_format_and_identity():
+    plain = json.loads((ROOT / "connectors" / "inventory-mysql.json").read_text())
+    avro = json.loads((ROOT / "connectors" / "inventory-mysql-avro.json").read_text())
+    converters = ("key.converter", "value.converter")
+    identity = {"database.server.id", "topic.prefix", "schema.history.internal.kafka.topic"}
+    same = {k: v for k, v in plain.items() if not k.startswith(converters) and k not in identity}
+    assert {k: v for k, v in avro.items() if k in same} == same
+    assert set(avro) - set(same) - identity == {k for k in avro if k.startswith(converters)}
+    for key in identity:
+        assert avro[key] != plain[key], f"{key}: two connectors must not share it"
+    for side in converters:
+        assert avro[side] == "io.apicurio.registry.utils.converter.AvroConverter"
+        # Confluent framing (magic byte + 4-byte id in the payload) is what the worker decodes.
+        assert avro[f"{side}.apicurio.registry.as-confluent"] == "true"
+        assert avro[f"{side}.apicurio.registry.headers.enabled"] == "false"
+        assert avro[f"{side}.apicurio.registry.use-id"] == "contentId"
