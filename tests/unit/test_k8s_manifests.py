@@ -1,0 +1,295 @@
+"""deploy/k8s validates against Kubernetes' schemas offline, and its pieces fit together.
+
+Core kinds are checked strictly (unknown fields refused) with kubernetes-validate's bundled
+schemas; ServiceMonitor and PrometheusRule with the pydantic models generated from the
+Prometheus Operator's CRDs (cloudcoil-models-prometheus-operator), unknown fields refused.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.models.prometheus_operator import v1 as monitoring
+
+from cdc_cache.rules import load_rules
+from cdc_cache.settings import load_settings
+
+ROOT = Path(__file__).parents[2]
+K8S = ROOT / "deploy" / "k8s"
+# The oldest Kubernetes the manifests target (the pod-index label is 1.28+) and the newest.
+K8S_VERSIONS = ["1.28.0", "1.37.0"]
+CRD_MODELS = {
+    "ServiceMonitor": monitoring.ServiceMonitor,
+    "PrometheusRule": monitoring.PrometheusRule,
+}
+GATEWAY_SETTINGS = {"redis_url", "host", "port", "secret", "secret_file"}  # CONTRACTS.md
+
+DOCS = [
+    (path.name, doc)
+    for path in sorted(K8S.glob("*.yaml"))
+    if path.name != "kustomization.yaml"
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc
+]
+
+
+def _one(kind: str, name: str | None = None) -> dict:
+    found = [d for _, d in DOCS if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}"
+    return found[0]
+
+
+def _validate(doc: dict, version: str) -> None:
+    if doc["kind"] in CRD_MODELS:
+        CRD_MODELS[doc["kind"]].model_validate(doc, extra="forbid", strict=True)
+    else:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    "doc", [d for _, d in DOCS], ids=[f"{f}:{d['kind']}/{d['metadata']['name']}" for f, d in DOCS]
+)
+def test_manifest_matches_its_schema(doc, version):
+    _validate(doc, version)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "typo"),
+    [
+        ("StatefulSet", ["spec", "template", "spec"], "securityContexts"),
+        ("ServiceMonitor", ["spec", "endpoints", 0], "paht"),
+        ("PrometheusRule", ["spec", "groups", 0, "rules", 0], "fro"),
+    ],
+)
+def test_validation_refuses_an_unknown_field(kind, path, typo):
+    doc = yaml.safe_load(yaml.safe_dump(_one(kind, "cdc-cache" if kind != "StatefulSet" else None)))
+    node = doc
+    for step in path:
+        node = node[step]
+    node[typo] = "x"
+    with pytest.raises(Exception, match=typo):
+        _validate(doc, K8S_VERSIONS[-1])
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    assert {i["name"] for i in kustomization["images"]} == {
+        c["image"].split(":")[0]
+        for _, d in DOCS
+        if d["kind"] in ("StatefulSet", "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        + d["spec"]["template"]["spec"].get("initContainers", [])
+    }
+
+
+def test_prometheus_rule_is_the_promtool_tested_rules_file():
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    assert _one("PrometheusRule")["spec"]["groups"] == rules["groups"], (
+        "deploy/k8s/monitoring.yaml differs from deploy/prometheus/rules.yml: run scripts/sync-k8s-rules"
+    )
+
+
+def _worker_settings_file(tmp_path: Path) -> Path:
+    path = tmp_path / "worker.yaml"
+    path.write_text(_one("ConfigMap", "cdc-cache-worker")["data"]["worker.yaml"])
+    return path
+
+
+def _worker_pod() -> dict:
+    return _one("StatefulSet")["spec"]["template"]["spec"]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_path):
+    statefulset = _one("StatefulSet")
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    settings = load_settings(
+        _worker_settings_file(tmp_path),
+        process_id=0,
+        redis_password_file=secret,
+        admin_token_file=secret,
+    )
+    service = _one("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    name, replicas = statefulset["metadata"]["name"], statefulset["spec"]["replicas"]
+    assert settings.addresses == [
+        f"{name}-{i}.{service['metadata']['name']}:{ports['cluster']}" for i in range(replicas)
+    ]
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    assert settings.recovery_partitions >= replicas
+    (worker,) = _worker_pod()["containers"]
+    process_id = _env(worker)["CDC_CACHE_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert process_id == "metadata.labels['apps.kubernetes.io/pod-index']"
+    container_ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert container_ports == {"cluster": ports["cluster"], "metrics": settings.metrics_port}
+    (init,) = _worker_pod()["initContainers"]
+    init_env = {k: v.get("value") for k, v in _env(init).items()}
+    assert init_env["PROCESSES"] == str(replicas)
+    assert init_env["RECOVERY_PARTITIONS"] == str(settings.recovery_partitions)
+    assert init_env["CDC_CACHE_RECOVERY_DIR"] == str(settings.recovery_dir)
+
+
+def test_worker_mounts_what_its_settings_name(tmp_path):
+    statefulset = _one("StatefulSet")
+    pod = _worker_pod()
+    (worker,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+    config = worker["args"][worker["args"].index("--config") + 1]
+    assert Path(config).parent == Path(mounts["config"])
+    settings_text = _one("ConfigMap", "cdc-cache-worker")["data"]["worker.yaml"]
+    settings = yaml.safe_load(settings_text)
+    rules_path = Path(settings["rules"])
+    assert rules_path.parent == Path(mounts["rules"])
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(_one("ConfigMap", "cdc-cache-rules")["data"][rules_path.name])
+    assert load_rules(rules_file).tables
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert Path(mounts[claim["metadata"]["name"]]) in Path(settings["recovery_dir"]).parents
+    for key in ("redis_password_file", "admin_token_file"):
+        assert Path(settings[key]).parent == Path(mounts["secrets"])
+
+
+def test_probes_use_the_admin_endpoints():
+    (worker,) = _worker_pod()["containers"]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert worker["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    for container in (worker, gateway):
+        names = {p["name"] for p in container["ports"]}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] in names
+
+
+def test_gateway_runs_the_contracted_command_and_settings():
+    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert gateway["args"] == ["gateway"]
+    names = {n.removeprefix("CDC_CACHE_GATEWAY_").lower() for n in _env(gateway)}
+    assert names <= GATEWAY_SETTINGS
+    assert _env(gateway)["CDC_CACHE_GATEWAY_HOST"]["value"] == "0.0.0.0"
+
+
+def test_pods_run_unprivileged_with_a_read_only_root_and_bounded_memory():
+    for kind in ("StatefulSet", "Deployment"):
+        pod = _one(kind)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"] + pod.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, container["name"]
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+            assert "memory" in container["resources"]["limits"]
+
+
+def _secret_keys() -> dict[str, set[str]]:
+    """Secret name -> keys, from every secretKeyRef and secret volume of the pods."""
+    keys: dict[str, set[str]] = {}
+    for kind in ("StatefulSet", "Deployment"):
+        pod = _one(kind)["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    keys.setdefault(ref["name"], set()).add(ref["key"])
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                items = {i["key"] for i in volume["secret"]["items"]}
+                keys.setdefault(volume["secret"]["secretName"], set()).update(items)
+    return keys
+
+
+def test_secrets_are_referenced_never_inlined():
+    assert not [d for _, d in DOCS if d["kind"] == "Secret"]
+    readme = (ROOT / "README.md").read_text()
+    keys = _secret_keys()
+    assert set(keys) == {"cdc-cache-worker", "cdc-cache-gateway"}
+    for name, wanted in keys.items():
+        command = re.search(
+            rf"kubectl (?:-n \S+ )?create secret generic {name}((?:.*\\\n)*.*)", readme
+        )
+        assert command, f"README tells how to create the Secret {name}"
+        assert set(re.findall(r"--from-(?:literal|file)=([\w-]+)=", command.group(1))) == wanted
+
+
+def test_service_monitors_select_services_and_ports_that_exist():
+    services = [d for _, d in DOCS if d["kind"] == "Service"]
+    rules = (ROOT / "deploy" / "prometheus" / "rules.yml").read_text()
+    for _, monitor in [(f, d) for f, d in DOCS if d["kind"] == "ServiceMonitor"]:
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        (service,) = [s for s in services if wanted.items() <= s["metadata"]["labels"].items()]
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+        if service["metadata"]["name"] == "cdc-cache":
+            # Without jobLabel the job is the Service's name: the one the alerts select on.
+            assert "jobLabel" not in monitor["spec"]
+            assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
+
+
+@pytest.fixture
+def recovery_share(tmp_path):
+    script = tmp_path / "recovery-share.sh"
+    script.write_text(_one("ConfigMap", "cdc-cache-worker")["data"]["recovery-share.sh"])
+
+    def run(process_id: int, processes: int, partitions: int, directory: Path):
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "TMPDIR": str(tmp_path),
+            "CDC_CACHE_PROCESS_ID": str(process_id),
+            "CDC_CACHE_RECOVERY_DIR": str(directory),
+            "PROCESSES": str(processes),
+            "RECOVERY_PARTITIONS": str(partitions),
+        }
+        return subprocess.run(
+            [shutil.which("sh") or "sh", str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+def test_recovery_partitions_are_shared_out_once_across_the_pods(recovery_share, tmp_path):
+    volumes = [tmp_path / f"pod-{i}" / "recovery" for i in range(3)]
+    for i, volume in enumerate(volumes):
+        done = recovery_share(i, 3, 7, volume)
+        assert done.returncode == 0, done.stderr
+    held = [sorted(p.name for p in v.glob("part-*.sqlite3")) for v in volumes]
+    assert held == [
+        ["part-0.sqlite3", "part-3.sqlite3", "part-6.sqlite3"],
+        ["part-1.sqlite3", "part-4.sqlite3"],
+        ["part-2.sqlite3", "part-5.sqlite3"],
+    ]
+    before = (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns
+    again = recovery_share(0, 3, 7, volumes[0])
+    assert again.returncode == 0 and "keeping" in again.stdout
+    assert (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns == before
+
+
+def test_recovery_share_refuses_fewer_partitions_than_processes(recovery_share, tmp_path):
+    done = recovery_share(0, 3, 2, tmp_path / "recovery")
+    assert done.returncode == 2 and "give every process one" in done.stderr
+    assert not (tmp_path / "recovery").exists()
