@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.rules import parse_rules
 from cdc_cache.verify import Report, verify
-from tests.integration.sql_workload import rules_for
+from tests.integration.sql_workload import DDL, rules_for
 from tests.workload import RULES_YAML, Message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,3 +279,36 @@ class Pipeline:
     def stop(self) -> None:
         for service in self.services:
             service.stop()
+
+
+@contextmanager
+def mariadb_pipeline(
+    tmp_path: Path,
+    mariadb: MariaDB,
+    broker: Broker,
+    redis_url: str,
+    *,
+    prefix: str = "e2e",
+    registry_url: str | None = None,
+) -> Iterator[Pipeline]:
+    """A :class:`Pipeline` over a fresh MariaDB database (dropped afterwards)."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {schema} CHARACTER SET utf8mb4")
+        cur.execute(DDL.format(schema=schema))
+    line = Pipeline(
+        tmp_path,
+        source="mariadb",
+        db_port=mariadb.port,
+        dsn=f"mysql://root@127.0.0.1:{mariadb.port}/{schema}",
+        schema=schema,
+        broker=broker,
+        redis_url=redis_url,
+        registry_url=registry_url,
+    )
+    try:
+        yield line
+    finally:
+        line.stop()
+        with mariadb.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE {schema}")

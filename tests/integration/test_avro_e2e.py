@@ -7,7 +7,6 @@ must leave the same cache a JSON pipeline would, checked row by row with verify.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.devstack.schema_registry import SchemaRegistryServer
-from tests.integration.flowkit import Pipeline, wait_until_verified
-from tests.integration.sql_workload import DDL, SqlWorkload, execute
+from tests.integration.flowkit import mariadb_pipeline, wait_until_verified
+from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,34 +38,24 @@ def test_avro_changes_from_debezium_leave_a_consistent_cache(
     redis_client,
     registry: SchemaRegistryServer,
 ) -> None:
-    schema = f"avro_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema} CHARACTER SET utf8mb4")
-        cur.execute(DDL.format(schema=schema))
-    pipeline = Pipeline(
+    with mariadb_pipeline(
         tmp_path,
-        source="mariadb",
-        db_port=mariadb.port,
-        dsn=f"mysql://root@127.0.0.1:{mariadb.port}/{schema}",
-        schema=schema,
-        broker=broker,
-        redis_url=redis_server.address(),
+        mariadb,
+        broker,
+        redis_server.address(),
+        prefix="avro",
         registry_url=registry.address(),
-    )
-    try:
+    ) as pipeline:
         pipeline.start()
-        workload = SqlWorkload(schema, seed=8)
-        conn = mariadb.connect(schema)
+        workload = SqlWorkload(pipeline.schema, seed=8)
+        conn = mariadb.connect(pipeline.schema)
         conn.autocommit(False)
         with conn:
             execute(conn, workload.transactions(500))
         report = wait_until_verified(pipeline.dsn, pipeline.rules, redis_client, pipeline.services)
         assert report.clean, report.format() + "\n" + pipeline.worker.tail()
         assert report.tables[0].rows == len(workload.rows) > 0
-    finally:
-        pipeline.stop()
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {schema}")
+        stock_topic = f".{pipeline.schema}.stock-value/versions"
     registered = {r for r in registry.requests if r.startswith("POST subjects/")}
-    assert any(r.endswith(f".{schema}.stock-value/versions") for r in registered), registered
+    assert any(r.endswith(stock_topic) for r in registered), registered
     assert any(r.startswith("GET schemas/ids/") for r in registry.requests)

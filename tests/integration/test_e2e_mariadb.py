@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.keys import escape_value
 from cdc_cache.verify import Finding
-from tests.integration.flowkit import Pipeline, wait_until_verified
-from tests.integration.sql_workload import DDL, SqlWorkload, execute
+from tests.integration.flowkit import Pipeline, mariadb_pipeline, wait_until_verified
+from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,25 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def pipeline(
     tmp_path: Path, mariadb: MariaDB, broker: Broker, redis_server: RedisServer, redis_client
 ) -> Iterator[Pipeline]:
-    schema = f"e2e_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema} CHARACTER SET utf8mb4")
-        cur.execute(DDL.format(schema=schema))
-    line = Pipeline(
-        tmp_path,
-        source="mariadb",
-        db_port=mariadb.port,
-        dsn=f"mysql://root@127.0.0.1:{mariadb.port}/{schema}",
-        schema=schema,
-        broker=broker,
-        redis_url=redis_server.address(),
-    )
-    try:
+    with mariadb_pipeline(tmp_path, mariadb, broker, redis_server.address()) as line:
         yield line
-    finally:
-        line.stop()
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {line.schema}")
 
 
 def _transactional(mariadb: MariaDB, schema: str):
