@@ -54,7 +54,13 @@ def outcome(record: SourceRecord, parse: AvroParser | None = None) -> object:
         return (type(exc).__name__, exc.reason)
 
 
-@pytest.mark.parametrize("source", SOURCES)
+# <source>/types: dates, times, timestamps, decimals, floats, JSON and bytes recorded with
+# time.precision.mode=connect and decimal.handling.mode=precise, so the Avro schemas carry
+# the date, time-millis, timestamp-millis and decimal logical types.
+RECORDINGS = [*SOURCES, *(f"{source}/types" for source in SOURCES)]
+
+
+@pytest.mark.parametrize("source", RECORDINGS)
 def test_avro_and_json_of_the_same_records_decode_identically(source: str) -> None:
     json_records = load(source, "schemas")
     avro_records, schemas = load_avro(source)
@@ -66,7 +72,14 @@ def test_avro_and_json_of_the_same_records_decode_identically(source: str) -> No
         expected = outcome(as_json.record)
         assert outcome(as_avro.record, parser) == expected, as_json.scenario
         compared += isinstance(expected, ChangeEvent)
-    assert compared >= 20  # snapshot, inserts, updates, deletes, truncate...
+    assert compared >= (3 if source.endswith("types") else 20)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_types_recording_exercises_avro_logical_types(source: str) -> None:
+    registered = (FIXTURES / source / "types" / "avro-schemas.json").read_text()
+    for logical in ("date", "time-millis", "timestamp-millis", "decimal"):
+        assert f'\\"logicalType\\":\\"{logical}\\"' in registered, logical
 
 
 def test_bad_magic_is_poison_with_a_hint() -> None:
