@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from cdc_cache.admin import AdminServer
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
-from cdc_cache.errors import StopRequested
+from cdc_cache.errors import ConfigError, StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
@@ -118,6 +118,15 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
     )
 
 
+def _config_error_in(exc: BaseException) -> ConfigError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConfigError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def redis_auth(settings: WorkerSettings) -> RedisAuth:
     """The ACL credentials from the settings (the password possibly read from its file)."""
     return RedisAuth(settings.redis_username, settings.redis_password)
@@ -202,6 +211,11 @@ def run(settings: WorkerSettings) -> None:
         )
     except Exception as exc:
         if not stop.is_set():
+            # A setting problem found mid-stream (credentials rotated, ACL narrowed) comes
+            # wrapped in the engine's error: report it as the config error it is.
+            config = _config_error_in(exc)
+            if config is not None:
+                raise ConfigError(str(config)) from exc
             raise
         # Stopped mid-retry: progress was not recorded past the unapplied batch.
         msg = "stopped before the pending batch was applied; it is replayed on restart"

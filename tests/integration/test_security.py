@@ -119,9 +119,10 @@ def test_worker_applies_changes_over_tls_as_an_acl_user(broker, tls_redis, tmp_p
     service = worker(
         tmp_path, broker.bootstrap, tls_redis.url(), [topic], env=credentials(tls_redis)
     )
+    client = tls_redis.client()
+    client.flushdb()
     service.start()
     try:
-        client = tls_redis.client()
         expected = workload.expected_cache()
         assert wait_until_equal(client, expected) == expected, service.tail()
         assert service.terminate() == 0, service.tail()
@@ -183,3 +184,38 @@ def test_an_unverifiable_certificate_stops_the_worker_naming_ssl_ca_certs(
     assert result.returncode == 2, output
     assert "ssl_ca_certs" in output and "certificate" in output, output
     assert PASSWORD not in output
+
+
+def test_credentials_revoked_mid_stream_stop_the_worker_as_a_config_error(
+    broker, tls_redis, tmp_path
+):
+    admin = tls_redis.client()
+    admin.flushdb()  # the cache state of earlier tests
+    admin.acl_setuser("rotating", enabled=True, passwords=["+first-Pa55"], keys=["*"],
+                      channels=["*"], commands=["+@all"])  # fmt: skip
+    (tmp_path / "pw").write_text("first-Pa55")
+    topic = unique_topic()
+    broker.create_topics({topic: 1})
+    workload = Workload(seed=82, topic=topic)
+    produce(broker.bootstrap, [m for tx in workload.transactions(50) for m in tx])
+    env = {
+        "CDC_CACHE_REDIS_USERNAME": "rotating",
+        "CDC_CACHE_REDIS_PASSWORD_FILE": str(tmp_path / "pw"),
+    }
+    service = worker(tmp_path, broker.bootstrap, tls_redis.url(), [topic], env=env)
+    service.start()
+    try:
+        expected = workload.expected_cache()
+        assert wait_until_equal(admin, expected) == expected, service.tail()
+        admin.acl_setuser("rotating", enabled=True, reset_passwords=True, passwords=["+next-Pa55"])
+        admin.client_kill_filter(user="rotating")
+        produce(broker.bootstrap, [m for tx in workload.transactions(50) for m in tx])
+        assert service.proc is not None
+        status = service.proc.wait(timeout=60)  # stops: a refused login is not waited out
+    finally:
+        service.stop()
+        admin.acl_deluser("rotating")
+    log = service.log.read_text()
+    assert status == 2, service.tail()
+    assert "invalid username-password pair" in log and "redis_password" in log
+    assert "first-Pa55" not in log and "next-Pa55" not in log
