@@ -20,17 +20,20 @@ from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from cdc_cache import metrics
 from cdc_cache.admin import AdminServer
+from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
-from cdc_cache.retry import Backoff
+from cdc_cache.replay import DlqService
+from cdc_cache.retry import retry_forever
 from cdc_cache.rules import load_rules
 from cdc_cache.settings import WorkerSettings
 from cdc_cache.writer import connect_when_available
-from dataflows.invalidation import build_flow
+from dataflows.invalidation import DlqTarget, build_flow
 
 log = logging.getLogger("cdc_cache.worker")
 
@@ -104,7 +107,7 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
-        client=connect_when_available(settings.redis_url, Backoff()),
+        client=connect_when_available(settings.redis_url, settings.retry_redis.backoff()),
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
@@ -112,6 +115,20 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         process=settings.process_id or 0,
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
+    )
+
+
+def prepare_dlq(settings: WorkerSettings) -> None:
+    """Create the DLQ topic if it is missing, waiting (with backoff) for the brokers."""
+
+    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+        metrics.RETRIES.labels("kafka_dlq").inc()
+        log.warning("waiting for the DLQ topic", extra={"attempt": attempt, "error": str(exc)})
+
+    retry_forever(
+        lambda: ensure_topic(settings.brokers, settings.dlq_topic, settings.kafka),
+        backoff=settings.retry_kafka.backoff(),
+        on_retry=on_retry,
     )
 
 
@@ -134,13 +151,15 @@ def run(settings: WorkerSettings) -> None:
     """Run the worker until interrupted; returns after a graceful stop."""
     rules = load_rules(settings.rules)
     topics = resolve_topics(settings)
+    prepare_dlq(settings)
     recovery = prepare_recovery(settings)
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     admin = None
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        admin = AdminServer(runtime, settings.metrics_port, token).start()
+        dlq = DlqService(settings, rules)
+        admin = AdminServer(runtime, settings.metrics_port, token, dlq=dlq).start()
     stop = threading.Event()
     flow = build_flow(
         rules=rules,
@@ -153,6 +172,11 @@ def run(settings: WorkerSettings) -> None:
         stop=stop,
         lag=tracker,
         ttl_cap_ms=runtime.ttl_cap_ms,
+        backoff=settings.retry_redis.backoff(),
+        dlq=DlqTarget(
+            settings.brokers, settings.dlq_topic, settings.kafka, settings.retry_kafka.backoff()
+        ),
+        max_value_bytes=settings.max_value_bytes,
     )
     log.info(
         "worker starting",
