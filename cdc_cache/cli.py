@@ -321,27 +321,16 @@ def _dlq_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, Any]:
     """The DlqService for these settings and the EntryFilter of the filter flags."""
-    from cdc_cache.dlq import EntryFilter, parse_iso_ms
+    from cdc_cache.dlq import entry_filter
     from cdc_cache.replay import DlqService
     from cdc_cache.rules import load_rules
     from cdc_cache.settings import SharedSettings, load_settings
 
-    def moment(name: str) -> int | None:
-        text = flags.pop(name)
-        if text is None:
-            return None
-        try:
-            return parse_iso_ms(text)
-        except ValueError as exc:
-            msg = f"--{name} {text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
-            raise ConfigError(msg) from exc
-
-    where = EntryFilter(
-        table=flags.pop("table"),
-        kind=flags.pop("kind"),
-        since_ms=moment("since"),
-        until_ms=moment("until"),
-    )
+    try:
+        where = entry_filter(*(flags.pop(name) for name in ("table", "kind", "since", "until")))
+    except ValueError as exc:
+        msg = f"--{exc}"
+        raise ConfigError(msg) from exc
     settings = load_settings(config_file, SharedSettings, **flags)
     return DlqService(settings, load_rules(settings.rules)), where
 

@@ -256,6 +256,31 @@ class EntryFilter:
         )
 
 
+def entry_filter(
+    table: str | None = None,
+    kind: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> EntryFilter:
+    """A filter from user input; times are ISO 8601 (a bad one raises ValueError naming it)."""
+
+    def moment(name: str, text: str | None) -> int | None:
+        if text is None or not text.strip():
+            return None
+        try:
+            return parse_iso_ms(text.strip())
+        except ValueError as exc:
+            msg = f"{name} {text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
+            raise ValueError(msg) from exc
+
+    return EntryFilter(
+        table=(table or "").strip() or None,
+        kind=(kind or "").strip() or None,
+        since_ms=moment("since", since),
+        until_ms=moment("until", until),
+    )
+
+
 def latest_by_id(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per id (the last written wins), in order of first appearance."""
     by_id: dict[str, dict[str, Any]] = {}

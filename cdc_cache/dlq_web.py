@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from cdc_cache.dlq import EntryFilter, parse_iso_ms, summary
+from cdc_cache.dlq import EntryFilter, entry_filter, summary
 from cdc_cache.errors import CdcCacheError
 from cdc_cache.replay import ReplayOutcome
 
@@ -222,22 +222,6 @@ class DlqPages:
 
 
 def _filter(query: dict[str, list[str]]) -> EntryFilter:
-    """An EntryFilter from ``table``, ``kind``, ``since`` and ``until`` (ISO 8601) values."""
-
-    def one(name: str) -> str | None:
-        values = query.get(name)
-        return values[0].strip() or None if values else None
-
-    def moment(name: str) -> int | None:
-        text = one(name)
-        if text is None:
-            return None
-        try:
-            return parse_iso_ms(text)
-        except ValueError as exc:
-            msg = f"{name}={text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
-            raise ValueError(msg) from exc
-
-    return EntryFilter(
-        table=one("table"), kind=one("kind"), since_ms=moment("since"), until_ms=moment("until")
-    )
+    """An EntryFilter from the ``table``, ``kind``, ``since`` and ``until`` parameters."""
+    first = {name: values[0] for name, values in query.items() if values}
+    return entry_filter(*(first.get(name) for name in ("table", "kind", "since", "until")))

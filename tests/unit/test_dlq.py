@@ -12,6 +12,7 @@ from cdc_cache.dlq import (
     REDACTED,
     EntryFilter,
     Failure,
+    entry_filter,
     entry_id,
     envelope,
     iso_utc,
@@ -201,6 +202,15 @@ ENTRIES = [
 )
 def test_filters(where, expected):
     assert "".join(str(e["id"]) for e in ENTRIES if where.matches(e)) == expected
+
+
+def test_filter_from_user_input_parses_times_and_names_a_bad_one():
+    assert entry_filter(" inv.stock ", "", "2026-01-01T00:00:00Z", None) == EntryFilter(
+        table="inv.stock", since_ms=1767225600000
+    )
+    assert entry_filter(until="2026-01-01T01:00:00+01:00").until_ms == 1767225600000
+    with pytest.raises(ValueError, match="until 'soon' is not an ISO 8601 time"):
+        entry_filter(until="soon")
 
 
 def test_redelivered_failures_collapse_to_one_entry_per_id():
