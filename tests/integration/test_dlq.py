@@ -7,6 +7,8 @@ key whose version key was made unwritable (Redis refuses it with WRONGTYPE).
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -14,10 +16,14 @@ import orjson
 import pytest
 from bytewax.testing import cluster_main
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from cdc_cache.cli import main
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.process import free_port
 from cdc_cache.dlq import EntryFilter, entry_id
-from cdc_cache.dlq_kafka import ensure_topic, read_entries
+from cdc_cache.dlq_kafka import DeadLetterWriter, ensure_topic, read_entries
+from cdc_cache.errors import StopRequested
 from cdc_cache.events import SourceRecord
 from cdc_cache.keys import version_key
 from cdc_cache.pipeline import Planned, Rejected, route
@@ -175,3 +181,60 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     replayed = CliRunner().invoke(main, ["dlq", "replay", to_replay[0]["id"], "nope", *flags])
     assert replayed.exit_code == 1  # "nope" is unknown
     assert f"{to_replay[0]['id']}  stale" in replayed.stdout
+
+
+def retries_kafka_dlq() -> float:
+    return REGISTRY.get_sample_value("cdc_cache_retries_total", {"target": "kafka_dlq"}) or 0
+
+
+def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
+    port = free_port()
+    entries = [{"id": f"e{n}", "kind": "undecodable"} for n in range(3)]
+    writer = DeadLetterWriter(
+        f"127.0.0.1:{port}", "dlq", {"message.timeout.ms": "1000"}, Backoff(0.05, 0.2)
+    )
+    before = retries_kafka_dlq()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (writer.write(entries), done.set()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while retries_kafka_dlq() - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert retries_kafka_dlq() - before >= 2, "the unacknowledged write was not retried"
+    assert not done.is_set(), "write returned while no broker acknowledged it"
+
+    broker = Broker(tmp_path / "late-broker", port)
+    try:
+        broker.start()  # the producer's metadata requests create the topic
+        assert done.wait(60), "write did not finish once the broker was up"
+        written = [e["id"] for e in read_entries(broker.bootstrap, "dlq", {})]
+        assert sorted(written) == ["e0", "e1", "e2"]
+    finally:
+        broker.stop()
+
+
+def test_a_stop_request_ends_the_wait_for_the_dlq_broker():
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise StopRequested("stop")
+
+    writer = DeadLetterWriter(
+        f"127.0.0.1:{free_port()}", "dlq", {"message.timeout.ms": "500"}, Backoff(0.05, 0.2),
+        sleep=sleep,
+    )  # fmt: skip
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer.write([{"id": "x"}])
+        except StopRequested as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and len(failed) == 1
