@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from cdc_cache.demo import Scrape, scrape
 from cdc_cache.devstack.broker import Broker
@@ -186,12 +187,13 @@ class Verdict:
         return not (self.stale or self.missing or self.lost or self.resurrected)
 
 
-def fill_availability(client: Redis) -> None:
+def fill_availability(client: Redis | RedisCluster) -> None:
     """Cache every sku's availability as an application would before the stream starts."""
-    client.mset({AVAILABILITY.format(sku=sku): APP_FILLED for sku in SKUS})
+    for sku in SKUS:  # one key at a time: on a cluster they live in different slots
+        client.set(AVAILABILITY.format(sku=sku), APP_FILLED)
 
 
-def verdict(client: Redis, stream: Stream) -> Verdict:
+def verdict(client: Redis | RedisCluster, stream: Stream) -> Verdict:
     expected = stream.workload.expected_cache()
     cached = cache_state(client)
     fates = stream.fates()
@@ -315,7 +317,7 @@ class FaultRun:
 
     name: str
     broker: Broker
-    client: Redis
+    client: Redis | RedisCluster
     stream: Stream
     worker: Service
     metrics_port: int
@@ -329,7 +331,7 @@ class FaultRun:
         tmp_path: Path,
         broker: Broker,
         redis_url: str,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         seed: int,
         workers: int = 1,

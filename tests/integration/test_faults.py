@@ -65,12 +65,12 @@ def wait_for(what: str, check: Callable[[], bool], run: FaultRun, timeout: float
 
 
 def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
-    broker, redis_server, redis_client, tmp_path, runs, scenario_table
+    broker, redis_target, tmp_path, runs, scenario_table
 ):
+    name = "worker SIGKILL" + (", Cluster" if "cluster=true" in redis_target.url else "")
     run = FaultRun.start(
-        "worker SIGKILL", tmp_path, broker, redis_server.address(), redis_client, seed=41,
-        workers=2,
-    )  # fmt: skip
+        name, tmp_path, broker, redis_target.url, redis_target.client, seed=41, workers=2
+    )
     runs.append(run)
     part = run.stream.part(3000, poison=12, redeliver=0.1)
     rnd = random.Random(41)
