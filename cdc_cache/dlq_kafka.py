@@ -92,7 +92,8 @@ class DeadLetterWriter:
         flush_poll_s: float = 0.05,
     ) -> None:
         self.topic = topic
-        self._producer = Producer(_config(brokers, kafka, PRODUCER_DEFAULTS))
+        self._config = _config(brokers, kafka, PRODUCER_DEFAULTS)
+        self._producer = Producer(self._config)
         self._backoff = backoff
         self._sleep = sleep
         self._flush_poll_s = flush_poll_s
@@ -115,13 +116,13 @@ class DeadLetterWriter:
 
     def _produce(self, entries: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         failed: list[Mapping[str, Any]] = []
-        errors: list[str] = []
+        errors: list[KafkaError] = []
         for entry in entries:
 
             def delivered(err: KafkaError | None, _msg: Message, entry: Any = entry) -> None:
                 if err is not None:
                     failed.append(entry)
-                    errors.append(err.str())
+                    errors.append(err)
 
             payload = orjson.dumps(entry)
             while True:
@@ -135,7 +136,10 @@ class DeadLetterWriter:
         while self._producer.flush(self._flush_poll_s) > 0:
             self._sleep(0)  # a stop-aware sleep raises here on shutdown
         if errors:
-            log.warning("DLQ write failed", extra={"topic": self.topic, "error": errors[0]})
+            log.warning("DLQ write failed", extra={"topic": self.topic, "error": errors[0].str()})
+        if any(error.fatal() for error in errors):
+            # An idempotent producer that hit a fatal error refuses all further writes.
+            self._producer = Producer(self._config)
         return failed
 
     def _on_retry(self, attempt: int, delay: float, exc: BaseException) -> None:

@@ -148,11 +148,11 @@ class DlqPages:
             )
         try:
             if path == "/dlq/api/entries" and method == "GET":
-                where = _filter(parse_qs(request.query))
-                return _json(HTTPStatus.OK, {"entries": [summary(e) for e in self._list(where)]})
+                listed = self._backend.entries(_filter(parse_qs(request.query)))
+                return _json(HTTPStatus.OK, {"entries": [summary(e) for e in listed]})
             if path.startswith("/dlq/api/entries/") and method == "GET":
                 entry_id = unquote(path.removeprefix("/dlq/api/entries/"))
-                found = self._list(EntryFilter(ids=frozenset({entry_id})))
+                found = self._backend.entries(EntryFilter(ids=frozenset({entry_id})))
                 if not found:
                     return _json(HTTPStatus.NOT_FOUND, {"error": f"no DLQ entry {entry_id!r}"})
                 return _json(HTTPStatus.OK, found[0])
@@ -166,9 +166,6 @@ class DlqPages:
         if path in _STATIC or path.startswith("/dlq/api/"):
             return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} not allowed here"})
         return _json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
-
-    def _list(self, where: EntryFilter) -> list[dict[str, Any]]:
-        return self._backend.entries(where)
 
     def _unauthorized(self, request: Request) -> Response:
         if request.method == "GET" and request.path.rstrip("/") == "/dlq":
@@ -215,7 +212,7 @@ class DlqPages:
         else:
             msg = 'send {"ids": [...]}, {"filter": {...}} or {"all": true}'
             raise ValueError(msg)
-        entries = self._list(where)
+        entries = self._backend.entries(where)
         outcomes = self._backend.replay(entries)
         log.warning("DLQ entries replayed over HTTP", extra={"count": len(entries)})
         return _json(HTTPStatus.OK, {"outcomes": [asdict(o) for o in outcomes]})
