@@ -73,6 +73,10 @@ def _reported(command: str, redis_url: str | None = None) -> Iterator[None]:
 @click.option(
     "--metrics-port", type=int, help="Serve the admin API (/metrics, /readyz, /mode) on this port."
 )
+@click.option("--dlq-topic", help="Topic for messages that cannot be processed.")
+@click.option(
+    "--max-value-bytes", type=int, help="Largest projected value written; larger is dead-lettered."
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 def run(config_file: Path | None, **flags: object) -> None:
     """Run the invalidation worker until SIGTERM/SIGINT."""

@@ -121,3 +121,16 @@ def test_dlq_commands_accept_the_worker_settings_file(tmp_path):
     config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nworkers: 3\ndlq_topic: dead\n")
     settings = load_settings(config, SharedSettings)
     assert (settings.dlq_topic, settings.max_value_bytes) == ("dead", 1_048_576)
+
+
+def test_run_takes_the_dlq_settings_as_flags(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["run", "--rules", str(tmp_path / "none.yaml"), "--topic", "a", "--dlq-topic", "",
+         "--max-value-bytes", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--dlq-topic: dlq_topic: String should have at least 1 character" in result.output
+    assert "--max-value-bytes: max_value_bytes: Input should be greater than or equal to 1" in (
+        result.output
+    )
