@@ -137,8 +137,8 @@ class DeadLetterWriter:
             self._sleep(0)  # a stop-aware sleep raises here on shutdown
         if errors:
             log.warning("DLQ write failed", extra={"topic": self.topic, "error": errors[0].str()})
-        if any(error.fatal() for error in errors):
-            # An idempotent producer that hit a fatal error refuses all further writes.
+            # Start the next attempt from a fresh producer: one that hit a fatal error (or
+            # is stuck acquiring a producer id) would refuse or stall every later write.
             self._producer = Producer(self._config)
         return failed
 

@@ -191,7 +191,12 @@ def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
     port = free_port()
     entries = [{"id": f"e{n}", "kind": "undecodable"} for n in range(3)]
     writer = DeadLetterWriter(
-        f"127.0.0.1:{port}", "dlq", {"message.timeout.ms": "1000"}, Backoff(0.05, 0.2)
+        # Each attempt gives up after 2.5 s; short enough for a quick test, long enough for
+        # a loaded machine to connect, get a producer id and write within one attempt.
+        f"127.0.0.1:{port}",
+        "dlq",
+        {"message.timeout.ms": "2500"},
+        Backoff(0.05, 0.2),
     )
     before = retries_kafka_dlq()
     done = threading.Event()
@@ -206,9 +211,10 @@ def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
     broker = Broker(tmp_path / "late-broker", port)
     try:
         broker.start()  # the producer's metadata requests create the topic
-        assert done.wait(60), "write did not finish once the broker was up"
+        assert done.wait(90), "write did not finish once the broker was up"
         written = [e["id"] for e in read_entries(broker.bootstrap, "dlq", {})]
-        assert sorted(written) == ["e0", "e1", "e2"]
+        # An attempt that timed out may still have landed: an id may repeat, none is lost.
+        assert set(written) == {"e0", "e1", "e2"}
     finally:
         broker.stop()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -91,9 +92,9 @@ def test_replay_from_the_page_writes_the_row_and_shows_the_outcome(
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "sign-in").click()
         selector = f'tr[data-id="{entry["id"]}"]'
-        wait = WebDriverWait(browser, 30)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, selector))
-        listed = browser.find_element(By.CSS_SELECTOR, selector).text
+        # The page re-renders its rows after every action: look them up afresh each time.
+        wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+        listed = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector).text)
         assert "redis_refused" in listed and f"{topic}[0]@0" in listed
 
         browser.find_element(By.CSS_SELECTOR, f"{selector} button.show").click()
@@ -105,8 +106,8 @@ def test_replay_from_the_page_writes_the_row_and_shows_the_outcome(
         wait.until(
             lambda d: "applied" in d.find_element(By.CSS_SELECTOR, f"{selector} td.outcome").text
         )
+        wait.until(lambda d: "replayed 1: 1 applied" in d.find_element(By.ID, "status").text)
         assert orjson.loads(redis_client.get(key)) == row
-        assert "replayed 1: 1 applied" in browser.find_element(By.ID, "status").text
 
         # The same click again changes nothing and says so.
         browser.find_element(By.CSS_SELECTOR, f"{selector} button.replay").click()
