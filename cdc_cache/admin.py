@@ -2,7 +2,8 @@
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
 (Redis answers and the partitions were caught up once), ``GET /mode`` and ``PUT /mode``
-(body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``).
+(body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
+the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
 """
 
@@ -18,6 +19,7 @@ from typing import Protocol
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from cdc_cache.dlq_web import MAX_BODY, DlqBackend, DlqPages, Request
 from cdc_cache.mode import Flag
 
 log = logging.getLogger("cdc_cache.admin")
@@ -42,8 +44,16 @@ class ModeBackend(Protocol):
 class AdminServer:
     """Serves the admin API on ``port`` (0 picks a free one) until :meth:`close`."""
 
-    def __init__(self, backend: ModeBackend, port: int, token: str | None, host: str = "") -> None:
-        server = ThreadingHTTPServer((host, port), _handler(backend, token))
+    def __init__(
+        self,
+        backend: ModeBackend,
+        port: int,
+        token: str | None,
+        host: str = "",
+        dlq: DlqBackend | None = None,
+    ) -> None:
+        pages = DlqPages(dlq, token) if dlq is not None else None
+        server = ThreadingHTTPServer((host, port), _handler(backend, token, pages))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="cdc-admin", daemon=True)
@@ -64,11 +74,34 @@ class AdminServer:
         self._server.server_close()
 
 
-def _handler(backend: ModeBackend, token: str | None) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    backend: ModeBackend, token: str | None, pages: DlqPages | None
+) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
+        def _dlq(self) -> bool:
+            """Serve a /dlq request; False when the path is not the DLQ's."""
+            path, _, query = self.path.partition("?")
+            if pages is None or not (path == "/dlq" or path.startswith("/dlq/")):
+                return False
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+                return True
+            body = self.rfile.read(length) if length > 0 else b""
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            answer = pages.handle(Request(self.command, path, query, headers, body))
+            self._send(answer.status, answer.body, answer.content_type, answer.headers)
+            return True
+
+        def do_POST(self) -> None:
+            if not self._dlq():
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+
         def do_GET(self) -> None:
+            if self._dlq():
+                return
             if self.path == "/metrics":
                 self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
@@ -83,6 +116,8 @@ def _handler(backend: ModeBackend, token: str | None) -> type[BaseHTTPRequestHan
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
 
         def do_PUT(self) -> None:
+            if self._dlq():
+                return
             if self.path != "/mode":
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
                 return

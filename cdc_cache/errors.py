@@ -19,7 +19,24 @@ class ConfigError(CdcCacheError):
 
 
 class TransientError(CdcCacheError):
-    """A server was unreachable or timed out; the same work will succeed on retry."""
+    """A server was unreachable or timed out; the same work will succeed on retry.
+
+    ``kind`` names the server, which picks the retry policy (settings ``retry_<kind>``).
+    """
+
+    kind = "transient"
+
+
+class RedisUnavailable(TransientError):
+    """Redis (or a Redis Cluster node) is unreachable, timed out, or is resharding."""
+
+    kind = "redis"
+
+
+class BrokerUnavailable(TransientError):
+    """A Kafka broker is unreachable, timed out, or did not acknowledge a write."""
+
+    kind = "kafka"
 
 
 class PoisonMessage(CdcCacheError):
@@ -68,6 +85,17 @@ class RefusedByRedis(PoisonMessage):
     """Redis refused this change's writes for a reason a retry cannot fix (e.g. WRONGTYPE)."""
 
     kind = "redis_refused"
+
+
+class ValueTooLarge(PoisonMessage):
+    """A projected row image exceeds the worker's ``max_value_bytes``."""
+
+    kind = "value_too_large"
+
+
+POISON_KINDS = tuple(
+    cls.kind for cls in (DecodeError, MissingPrimaryKey, RenderError, RefusedByRedis, ValueTooLarge)
+)
 
 
 class StopRequested(CdcCacheError):

@@ -20,6 +20,7 @@ VERSION_PREFIX: Final = "cdc:v:"
 LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
+DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEASE_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"

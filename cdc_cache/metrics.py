@@ -29,6 +29,18 @@ POISON = Counter(
     ["kind", "table"],
     namespace=NAMESPACE,
 )
+DLQ_ENTRIES = Counter(
+    "dlq_entries",
+    "Entries written durably to the dead-letter topic, by kind (the reason) and table",
+    ["kind", "table"],
+    namespace=NAMESPACE,
+)
+DLQ_REPLAYS = Counter(
+    "dlq_replays",
+    "Replays of dead-letter entries, by outcome (applied, stale, duplicate, no_op, failed)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
 REDIS_OPS = Counter(
     "redis_ops",
     "Version-gated Redis operations by kind (set, delete, invalidate_prefix) and outcome",
@@ -42,7 +54,7 @@ CONSUMER_ERRORS = Counter(
 )
 RETRIES = Counter(
     "retries",
-    "Retries of transient failures, by what was retried",
+    "Retries of transient failures, by what was retried (redis, kafka_dlq)",
     ["target"],
     namespace=NAMESPACE,
 )

@@ -7,13 +7,12 @@ No I/O here, so the stream engine could change without touching this logic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cdc_cache.envelope import Parse, decode
-from cdc_cache.errors import PoisonMessage
+from cdc_cache.errors import PoisonMessage, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.ops import CacheOp
+from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
 from cdc_cache.rules import Rules
 
@@ -37,9 +36,14 @@ class Control:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A message that cannot be processed; the error names why and where it came from."""
+    """A message that cannot be processed; the error names why and where it came from.
+
+    ``event`` is the decoded change when only planning failed (its table, key, position
+    go into the dead letter).
+    """
 
     error: PoisonMessage
+    event: ChangeEvent | None = None
 
     @property
     def record(self) -> SourceRecord:
@@ -51,24 +55,46 @@ class Rejected:
 Routed = Planned | Control | Rejected
 
 
-def route(record: SourceRecord, rules: Rules, epoch: int = 0, parse: Parse | None = None) -> Routed:
+def route(
+    record: SourceRecord,
+    rules: Rules,
+    epoch: int = 0,
+    max_value_bytes: int | None = None,
+    parse: Parse | None = None,
+) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    projected value longer than ``max_value_bytes`` rejects the whole change (writing the
+    change's other keys alone would leave its keys inconsistent with each other).
     """
+    event: ChangeEvent | None = None
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
         if not isinstance(decoded, ChangeEvent):
             return Control(record, decoded)
-        return Planned(record, decoded, tuple(plan(decoded, rules)))
+        event = decoded
+        ops = tuple(plan(decoded, rules))
+        if max_value_bytes is not None:
+            _check_sizes(ops, max_value_bytes, decoded)
+        return Planned(record, decoded, ops)
     except PoisonMessage as error:
-        return Rejected(error.at(record) if error.record is None else error)
+        return Rejected(error.at(record) if error.record is None else error, event)
 
 
-def router(rules: Rules, epoch: int = 0) -> Callable[[SourceRecord], Routed]:
-    """A one-argument ``route`` bound to the rules, for map operators."""
+def value_size(op: SetRow) -> int:
+    """Bytes of the value ``op`` writes (JSON document, or hash field names and values)."""
+    if isinstance(op.value, bytes):
+        return len(op.value)
+    return sum(len(name.encode()) + len(value.encode()) for name, value in op.value)
 
-    def bound(record: SourceRecord) -> Routed:
-        return route(record, rules, epoch)
 
-    return bound
+def _check_sizes(ops: tuple[CacheOp, ...], limit: int, event: ChangeEvent) -> None:
+    for op in ops:
+        if isinstance(op, SetRow) and (size := value_size(op)) > limit:
+            msg = (
+                f"{event.table} {event.op.value} at {event.position}: the value for key "
+                f"{op.key!r} is {size} bytes, above max_value_bytes ({limit}); project fewer "
+                "fields in the rules or raise max_value_bytes"
+            )
+            raise ValueTooLarge(msg)

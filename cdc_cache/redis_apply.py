@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
-from cdc_cache.errors import CdcCacheError, ConfigError, TransientError
+from cdc_cache.errors import CdcCacheError, ConfigError, RedisUnavailable
 from cdc_cache.keys import (
     INTERNAL_PREFIXES,
     LEASE_PREFIX,
@@ -235,7 +235,7 @@ def _translated(what: str) -> Iterator[None]:
             raise ConfigError(msg) from None
         if is_transient(exc):
             msg = f"Redis unavailable while {what}: {exc}"
-            raise TransientError(msg) from exc
+            raise RedisUnavailable(msg) from exc
         msg = f"Redis refused {what}: {exc}"
         raise ApplyError(msg) from exc
 
@@ -395,7 +395,7 @@ class RedisApplier:
                 self._client.execute_command("SCRIPT LOAD", source)  # every primary
             todo = missing
         msg = "apply script vanished right after SCRIPT LOAD (failover or SCRIPT FLUSH?)"
-        raise TransientError(msg)
+        raise RedisUnavailable(msg)
 
     def _route(self, call: _Call) -> dict[str, Any]:
         """Name a cluster call's node up front, from the client's slot map.

@@ -1,32 +1,73 @@
-"""Report a message that cannot be processed: one log line and the poison metrics.
+"""Where every rejected message goes: one log line, the poison metrics, and the DLQ.
 
-Every rejection goes through here, wherever in the flow it was found, so each one is
-counted once with the same fields.
+Every rejection passes through :class:`Rejects`, wherever in the flow it was found, so
+each one is counted once with the same fields. With a dead-letter writer, ``report``
+returns only once the entries are durable on the DLQ topic: the dataflow cannot record
+progress past a failure that could still be lost.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from cdc_cache import metrics
-from cdc_cache.errors import PoisonMessage
+from cdc_cache.dlq import Failure, envelope
+from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.rejects")
 
 
-def report_rejected(error: PoisonMessage, table: str) -> None:
-    """Log and count ``error``; ``table`` is the change's table or the topic's."""
+class DeadLetters(Protocol):
+    """Durable storage of DLQ entries (the Kafka topic, or a test double)."""
+
+    def write(self, entries: Sequence[dict[str, Any]]) -> None: ...
+
+
+class Rejects:
+    """Logs, counts and dead-letters failures; ``dead_letters`` None only logs and counts."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        dead_letters: DeadLetters | None,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
+        self._rules = rules
+        self._dead_letters = dead_letters
+        self._clock_ms = clock_ms
+
+    def report(self, failures: Sequence[Failure]) -> None:
+        """Record ``failures``; with a DLQ, returns once they are all written durably."""
+        if not failures:
+            return
+        now = self._clock_ms()
+        entries = [
+            envelope(failure, self._rules.sensitive(failure.table), now) for failure in failures
+        ]
+        for failure, entry in zip(failures, entries, strict=True):
+            _log_and_count(failure, entry["id"])
+        if self._dead_letters is not None:
+            self._dead_letters.write(entries)
+            for failure in failures:
+                metrics.DLQ_ENTRIES.labels(failure.error.kind, failure.table).inc()
+
+
+def _log_and_count(failure: Failure, entry_id: str) -> None:
+    error, record = failure.error, failure.record
     metrics.RECORDS.labels("rejected").inc()
-    metrics.POISON.labels(error.kind, table).inc()
-    record = error.record
+    metrics.POISON.labels(error.kind, failure.table).inc()
     log.error(
         "message rejected",
         extra={
+            "id": entry_id,
             "kind": error.kind,
             "reason": error.reason,
-            "table": table,
-            "topic": record.topic if record else None,
-            "partition": record.partition if record else None,
-            "offset": record.offset if record else None,
+            "table": failure.table,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
         },
     )

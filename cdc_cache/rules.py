@@ -118,6 +118,7 @@ class TableRules:
     keys: tuple[KeyRule, ...]
     watch: frozenset[str] | None
     tombstone_ttl_ms: int
+    sensitive: frozenset[str] = frozenset()
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -137,6 +138,11 @@ class Rules:
     def for_table(self, table: str) -> TableRules | None:
         """Rules for ``table``, or None when the table is not covered."""
         return self.tables.get(table)
+
+    def sensitive(self, table: str) -> frozenset[str]:
+        """Columns of ``table`` that dead letters must not show (none if not covered)."""
+        rules = self.tables.get(table)
+        return rules.sensitive if rules is not None else frozenset()
 
 
 def parse_duration_ms(value: object) -> int:
@@ -315,7 +321,9 @@ class _Checker:
         node: yaml.Node,
         where: str,
     ) -> TableRules | None:
-        items = self.mapping(node, where, frozenset({"columns", "watch", "keys", "tombstone_ttl"}))
+        items = self.mapping(
+            node, where, frozenset({"columns", "watch", "keys", "tombstone_ttl", "sensitive"})
+        )
         columns_node = _value(items, "columns")
         columns = self.names(columns_node, f"{where}.columns") if columns_node else None
         known = frozenset(columns) if columns is not None else None
@@ -333,6 +341,10 @@ class _Checker:
                         "add it to columns",
                     )
 
+        sensitive_node = _value(items, "sensitive")
+        sensitive = self.names(sensitive_node, f"{where}.sensitive") if sensitive_node else None
+        if sensitive_node is not None and sensitive is not None:
+            check_columns(sensitive_node, f"{where}.sensitive", sensitive)
         watch_node = _value(items, "watch")
         watch = self.names(watch_node, f"{where}.watch") if watch_node else None
         if watch_node is not None and watch is not None:
@@ -371,7 +383,11 @@ class _Checker:
             _value(items, "tombstone_ttl"), f"{where}.tombstone_ttl", self.tombstone_ttl_ms
         )
         return TableRules(
-            name, tuple(rules), frozenset(watch) if watch is not None else None, tombstone_ttl
+            name,
+            tuple(rules),
+            frozenset(watch) if watch is not None else None,
+            tombstone_ttl,
+            frozenset(sensitive or ()),
         )
 
     def key_rule(

@@ -37,6 +37,7 @@ from cdc_cache.errors import ConfigError, TransientError
 from cdc_cache.events import SourceRecord
 from cdc_cache.redact import redact_url
 from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.settings import SharedSettings
 
 log = logging.getLogger("cdc_cache.schema_registry")
 
@@ -189,3 +190,12 @@ def _report_retry(attempt: int, delay: float, exc: BaseException) -> None:
         "schema registry unavailable, retrying",
         extra={"attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
     )
+
+
+def schema_resolver(
+    settings: SharedSettings, sleep: Callable[[float], None] = time.sleep
+) -> SchemaResolver | None:
+    """For ``message_format: avro``, the registry lookups that precede decoding a batch."""
+    if settings.message_format != "avro" or settings.schema_registry_url is None:
+        return None
+    return SchemaResolver(SchemaRegistryClient(settings.schema_registry_url), Backoff(), sleep)

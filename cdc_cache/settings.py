@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,25 +30,91 @@ from pydantic_settings import (
 )
 
 from cdc_cache.errors import ConfigError
+from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.retry import Backoff
 
 ENV_PREFIX = "CDC_CACHE_"
 
 
-class WorkerSettings(BaseSettings):
-    """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
+class BackoffSettings(BaseModel):
+    """Retry policy for one kind of server: jittered exponential backoff, never giving up."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
+
+    initial_s: float = Field(default=0.1, gt=0, description="first delay")
+    max_s: float = Field(default=30.0, gt=0, description="longest delay")
+    multiplier: float = Field(default=2.0, ge=1, description="growth per attempt")
+    jitter: float = Field(default=0.5, ge=0, le=1, description="random share taken off a delay")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffSettings:
+        if self.initial_s > self.max_s:
+            msg = f"initial_s ({self.initial_s:g}) must not exceed max_s ({self.max_s:g})"
+            raise ValueError(msg)
+        return self
+
+    def backoff(self) -> Backoff:
+        """The policy as the retry helpers take it."""
+        return Backoff(self.initial_s, self.max_s, self.multiplier, self.jitter)
+
+
+class SharedSettings(BaseSettings):
+    """What the worker and the ``cdc-cache dlq`` commands both read (same file, same env).
+
+    Unknown keys are ignored here, so the dlq commands accept the worker's settings file.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     rules: Path
     brokers: str = "127.0.0.1:19092"
-    topics: list[str] = Field(default_factory=list)
-    topic_pattern: str | None = None
     redis_url: str = "redis://127.0.0.1:16379/0"
+    kafka: dict[str, str] = Field(default_factory=dict)
+    source_epoch: int = Field(default=0, ge=0, le=99999)
+    dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
+    max_value_bytes: int = Field(
+        default=1_048_576, ge=1, description="largest projected value written to Redis"
+    )
+    retry_redis: BackoffSettings = Field(default_factory=BackoffSettings)
+    retry_kafka: BackoffSettings = Field(
+        default_factory=lambda: BackoffSettings(initial_s=0.5, max_s=30.0)
+    )
     redis_username: str | None = Field(default=None, description="Redis ACL user")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = Field(default=None, description="file holding it")
     message_format: Literal["json", "avro"] = "json"
     schema_registry_url: str | None = Field(default=None, description="needed for avro")
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token for PUT /mode and the DLQ page"
+    )
+    admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
+
+    @model_validator(mode="after")
+    def _formats_and_secrets(self) -> SharedSettings:
+        if self.message_format == "avro" and not self.schema_registry_url:
+            msg = (
+                "message_format avro needs schema_registry_url (the Confluent Schema Registry "
+                "the Avro converter registers its schemas with, e.g. http://registry:8081)"
+            )
+            raise ValueError(msg)
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
+        return self
+
+    def redis_auth(self) -> RedisAuth:
+        """The ACL credentials (the password possibly read from its file)."""
+        return RedisAuth(self.redis_username, self.redis_password)
+
+
+class WorkerSettings(SharedSettings):
+    """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    topics: list[str] = Field(default_factory=list)
+    topic_pattern: str | None = None
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
@@ -48,16 +122,12 @@ class WorkerSettings(BaseSettings):
     addresses: list[str] = Field(default_factory=list)
     epoch_interval_ms: int = Field(default=1000, ge=10)
     batch_size: int = Field(default=1000, ge=1)
-    source_epoch: int = Field(default=0, ge=0, le=99999)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    kafka: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
     lag_slo_s: float = Field(default=60.0, gt=0, description="lag that switches to ttl mode")
     lag_recover_s: float = Field(default=15.0, ge=0, description="lag that returns to cdc")
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
-    admin_token: SecretStr | None = Field(default=None, description="bearer token for PUT /mode")
-    admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
 
     @field_validator("topic_pattern")
@@ -79,16 +149,6 @@ class WorkerSettings(BaseSettings):
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
             raise ValueError(msg)
-        if self.message_format == "avro" and not self.schema_registry_url:
-            msg = (
-                "message_format avro needs schema_registry_url (the Confluent Schema Registry "
-                "the Avro converter registers its schemas with, e.g. http://registry:8081)"
-            )
-            raise ValueError(msg)
-        self.redis_password = _secret(
-            self.redis_password, self.redis_password_file, "redis_password"
-        )
-        self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (
                 f"lag_recover_s ({self.lag_recover_s:g}) must be below lag_slo_s "
@@ -117,11 +177,24 @@ def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretS
     return SecretStr(secret)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings:
+S = TypeVar("S", bound=SharedSettings)
+
+
+@overload
+def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings: ...
+
+
+@overload
+def load_settings(config_file: Path | None, kind: type[S], **overrides: Any) -> S: ...
+
+
+def load_settings(
+    config_file: Path | None = None, kind: type[SharedSettings] = WorkerSettings, **overrides: Any
+) -> SharedSettings:
     """Build settings from flags (``overrides``), environment and an optional YAML file."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
 
-    class FromFile(WorkerSettings):
+    class FromFile(kind):  # type: ignore[valid-type,misc]
         @classmethod
         def settings_customise_sources(
             cls,
@@ -140,7 +213,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSe
         msg = f"settings file {config_file} does not exist; pass an existing file to --config"
         raise ConfigError(msg)
     try:
-        return FromFile(**given)
+        settings: SharedSettings = FromFile(**given)
+        return settings
     except ValidationError as exc:
         raise ConfigError(_explain(exc, config_file, given)) from exc
     except yaml.YAMLError as exc:
@@ -159,7 +233,8 @@ def _explain(exc: ValidationError, config_file: Path | None, given: dict[str, An
             origin = f"{config_file}:{lines[field]}"
         else:
             origin = f"{ENV_PREFIX}{field.upper()}" if field != "settings" else "settings"
-        problems.append(f"{origin}: {field}: {error['msg']}")
+        path = ".".join(str(part) for part in error["loc"]) or field
+        problems.append(f"{origin}: {path}: {error['msg']}")
     return "invalid worker settings:\n  " + "\n  ".join(problems)
 
 

@@ -20,20 +20,22 @@ from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from cdc_cache import metrics
 from cdc_cache.admin import AdminServer
+from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
-from cdc_cache.redis_apply import RedisAuth
-from cdc_cache.retry import Backoff, stoppable_sleep
+from cdc_cache.replay import DlqService
+from cdc_cache.retry import retry_forever, stoppable_sleep
 from cdc_cache.rules import load_rules
-from cdc_cache.schema_registry import SchemaRegistryClient, SchemaResolver
+from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
 from cdc_cache.writer import connect_when_available
-from dataflows.invalidation import build_flow
+from dataflows.invalidation import DlqTarget, build_flow
 
 log = logging.getLogger("cdc_cache.worker")
 
@@ -107,7 +109,9 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
-        client=connect_when_available(settings.redis_url, Backoff(), auth=redis_auth(settings)),
+        client=connect_when_available(
+            settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+        ),
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
@@ -127,17 +131,18 @@ def _config_error_in(exc: BaseException) -> ConfigError | None:
     return None
 
 
-def redis_auth(settings: WorkerSettings) -> RedisAuth:
-    """The ACL credentials from the settings (the password possibly read from its file)."""
-    return RedisAuth(settings.redis_username, settings.redis_password)
+def prepare_dlq(settings: WorkerSettings) -> None:
+    """Create the DLQ topic if it is missing, waiting (with backoff) for the brokers."""
 
+    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+        metrics.RETRIES.labels("kafka_dlq").inc()
+        log.warning("waiting for the DLQ topic", extra={"attempt": attempt, "error": str(exc)})
 
-def schema_resolver(settings: WorkerSettings, stop: threading.Event) -> SchemaResolver | None:
-    """For ``message_format: avro``, the registry lookups that precede decoding a batch."""
-    if settings.message_format != "avro" or settings.schema_registry_url is None:
-        return None
-    client = SchemaRegistryClient(settings.schema_registry_url)
-    return SchemaResolver(client, Backoff(), stoppable_sleep(stop, "the schema registry"))
+    retry_forever(
+        lambda: ensure_topic(settings.brokers, settings.dlq_topic, settings.kafka),
+        backoff=settings.retry_kafka.backoff(),
+        on_retry=on_retry,
+    )
 
 
 def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
@@ -159,27 +164,34 @@ def run(settings: WorkerSettings) -> None:
     """Run the worker until interrupted; returns after a graceful stop."""
     rules = load_rules(settings.rules)
     topics = resolve_topics(settings)
+    prepare_dlq(settings)
     recovery = prepare_recovery(settings)
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     admin = None
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        admin = AdminServer(runtime, settings.metrics_port, token).start()
+        dlq = DlqService(settings, rules)
+        admin = AdminServer(runtime, settings.metrics_port, token, dlq=dlq).start()
     stop = threading.Event()
     flow = build_flow(
         rules=rules,
         brokers=settings.brokers.split(","),
         topics=topics,
         redis_url=settings.redis_url,
-        redis_auth=redis_auth(settings),
-        schemas=schema_resolver(settings, stop),
+        redis_auth=settings.redis_auth(),
+        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
         kafka_config=settings.kafka,
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         stop=stop,
         lag=tracker,
         ttl_cap_ms=runtime.ttl_cap_ms,
+        backoff=settings.retry_redis.backoff(),
+        dlq=DlqTarget(
+            settings.brokers, settings.dlq_topic, settings.kafka, settings.retry_kafka.backoff()
+        ),
+        max_value_bytes=settings.max_value_bytes,
     )
     log.info(
         "worker starting",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from prometheus_client import Histogram
 
 from cdc_cache import metrics
+from cdc_cache.dlq import Failure
 from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
@@ -30,8 +31,9 @@ from cdc_cache.redis_apply import (
     connect,
     ping,
 )
-from cdc_cache.rejects import report_rejected
+from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.writer")
 
@@ -60,8 +62,11 @@ class CacheWriter:
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
         sleep: Callable[[float], None] = time.sleep,
         ttl_cap_ms: Callable[[], int | None] = lambda: None,
+        *,
+        reject: Callable[[Sequence[Failure]], None] | None = None,
     ) -> None:
         self._applier = applier
+        self._reject = reject or Rejects(Rules({}), None).report
         self._backoff = backoff
         self._clock_ms = clock_ms
         self._sleep = sleep
@@ -71,8 +76,9 @@ class CacheWriter:
         """Apply every Planned item in order, count control records; per-change outcomes.
 
         When Redis refuses the batch for a reason a retry cannot fix (ApplyError), the
-        changes are applied one by one so only the faulty ones are set aside (logged and
-        counted as poison); version gating makes re-applying the others harmless.
+        changes are applied one by one so only the faulty ones are set aside (handed to
+        ``reject`` before this returns); version gating makes re-applying the others
+        harmless.
         """
         planned = [item for item in items if isinstance(item, Planned)]
         for item in items:
@@ -82,16 +88,19 @@ class CacheWriter:
         try:
             report = self._account(planned, self._apply(planned))
         except ApplyError:
-            report = [outcome for item in planned for outcome in self._write_alone(item)]
+            failures: list[Failure] = []
+            report = [o for item in planned for o in self._write_alone(item, failures)]
+            self._reject(failures)
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
         return report
 
-    def _write_alone(self, item: Planned) -> list[EventOutcome]:
+    def _write_alone(self, item: Planned, failures: list[Failure]) -> list[EventOutcome]:
         try:
             return self._account([item], self._apply([item]))
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
-            report_rejected(error, item.event.table)
+            error.__cause__ = exc
+            failures.append(Failure(error, item.event.table, item.event))
             return []
 
     def _apply(self, planned: list[Planned]) -> ApplyResult:

@@ -4,7 +4,9 @@ Kafka partitions are spread over the workers; each worker keeps its partitions' 
 through decode, plan and apply (no re-keying), and cross-partition races on one cache key
 are settled by the source positions in Redis. The Redis sink writes synchronously in
 ``write_batch``, so a recovery snapshot (which records the source offsets) is only taken
-once the changes before it are in Redis: a crash replays, it never skips.
+once the changes before it are in Redis: a crash replays, it never skips. Rejected
+messages (and changes Redis refuses) are written to the DLQ topic the same way, flushed
+and acknowledged before ``write_batch`` returns.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,12 +27,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cdc_cache import metrics
+from cdc_cache.dlq import Failure
+from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.envelope import table_of_topic
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth
-from cdc_cache.rejects import report_rejected
+from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
@@ -61,6 +66,8 @@ def build_flow(
     stop: threading.Event | None = None,
     lag: LagTracker | None = None,
     ttl_cap_ms: Callable[[], int | None] = lambda: None,
+    dlq: DlqTarget | None = None,
+    max_value_bytes: int | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -69,6 +76,8 @@ def build_flow(
     the sources see (commit times, heartbeats, watermarks); ``ttl_cap_ms`` caps the TTL of
     new cache entries (the TTL fallback mode). With ``schemas`` the topics carry Avro: each
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
+    Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
+    one.
     """
     flow = Dataflow("cdc_cache")
     source = KafkaSource(
@@ -94,15 +103,16 @@ def build_flow(
         parse = schemas.parser_for(records) if schemas is not None else None
         routed = []
         for record in records:
-            item = route(record, rules, source_epoch, parse)
+            item = route(record, rules, source_epoch, max_value_bytes, parse)
             _observe(tracker, item)
             routed.append(item)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
-    op.output("reject", split.trues, RejectSink())
-    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, redis_auth)
+    rejects = _RejectsFactory(rules, dlq, stop)
+    op.output("reject", split.trues, RejectSink(rejects))
+    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth)
     op.output("redis", split.falses, sink)
     return flow
 
@@ -232,31 +242,84 @@ class RedisSink(DynamicSink[Routed]):
         backoff: Backoff,
         stop: threading.Event,
         ttl_cap_ms: Callable[[], int | None],
+        rejects: _RejectsFactory,
+        *,
         auth: RedisAuth | None = None,
     ) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
         self._ttl_cap_ms = ttl_cap_ms
+        self._rejects = rejects
         self._auth = auth
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
         applier = RedisApplier(client)
-        writer = CacheWriter(applier, self._backoff, sleep=self._sleep, ttl_cap_ms=self._ttl_cap_ms)
+        writer = CacheWriter(
+            applier,
+            self._backoff,
+            sleep=self._sleep,
+            ttl_cap_ms=self._ttl_cap_ms,
+            reject=self._rejects.build().report,
+        )
         return _RedisPartition(writer)
 
 
+@dataclass(frozen=True, slots=True)
+class DlqTarget:
+    """Where dead letters go: the DLQ topic, its brokers and client options, retry policy."""
+
+    brokers: str
+    topic: str
+    kafka_config: dict[str, str]
+    backoff: Backoff
+
+
+class _RejectsFactory:
+    """Builds one :class:`Rejects` per sink partition (a producer per worker)."""
+
+    def __init__(self, rules: Rules, dlq: DlqTarget | None, stop: threading.Event) -> None:
+        self._rules = rules
+        self._dlq = dlq
+        self._sleep = stoppable_sleep(stop, "the DLQ broker")
+
+    def build(self) -> Rejects:
+        if self._dlq is None:
+            return Rejects(self._rules, None)
+        writer = DeadLetterWriter(
+            self._dlq.brokers,
+            self._dlq.topic,
+            self._dlq.kafka_config,
+            self._dlq.backoff,
+            sleep=self._sleep,
+        )
+        return Rejects(self._rules, writer)
+
+
 class _RejectPartition(StatelessSinkPartition[Routed]):
+    def __init__(self, rejects: Rejects) -> None:
+        self._rejects = rejects
+
     def write_batch(self, items: list[Routed]) -> None:
+        failures = []
         for item in items:
             assert isinstance(item, Rejected)
             topic = item.record.topic
-            report_rejected(item.error, table_of_topic(topic) or topic)
+            table = item.event.table if item.event else table_of_topic(topic) or topic
+            failures.append(Failure(item.error, table, item.event))
+        self._rejects.report(failures)
 
 
 class RejectSink(DynamicSink[Routed]):
-    """Logs and counts messages that cannot be processed; the stream goes on."""
+    """Dead-letters messages that cannot be processed; the stream goes on.
+
+    Each batch is durable on the DLQ topic before ``write_batch`` returns, so progress
+    never moves past a failure that could still be lost.
+    """
+
+    def __init__(self, rejects: _RejectsFactory) -> None:
+        self._rejects = rejects
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RejectPartition:
-        return _RejectPartition()
+        return _RejectPartition(self._rejects.build())

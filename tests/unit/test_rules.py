@@ -145,3 +145,11 @@ def test_template_names_the_missing_column() -> None:
     with pytest.raises(MissingColumn) as info:
         KeyTemplate.parse("stock:{sku_id}").render({"qty": 1})
     assert info.value.column == "sku_id"
+
+
+def test_sensitive_columns_are_kept_and_checked() -> None:
+    rules = parse_rules(VALID.replace("    watch:", "    sensitive: [qty]\n    watch:", 1))
+    assert rules.sensitive("inventory.stock") == frozenset({"qty"})
+    assert rules.sensitive("inventory.other") == frozenset()
+    message = problems(VALID.replace("    watch:", "    sensitive: [qtyy]\n    watch:", 1))
+    assert "column 'qtyy' is not a column of inventory.stock" in message

@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
-from cdc_cache.settings import load_settings
+from cdc_cache.retry import Backoff
+from cdc_cache.settings import SharedSettings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +143,47 @@ def test_a_bad_value_for_a_secret_is_reported_without_it(tmp_path):
     with pytest.raises(ConfigError, match=r"worker\.yaml:3: redis_password") as err:
         load_settings(config)
     assert "Secret-3" not in str(err.value)
+
+
+def test_retry_policies_per_server_kind_from_file_and_environment(tmp_path, monkeypatch):
+    config = write(
+        tmp_path, "rules: r.yaml\ntopics: [a]\nretry_redis: {initial_s: 0.05, max_s: 2}\n"
+    )
+    monkeypatch.setenv("CDC_CACHE_RETRY_KAFKA", '{"initial_s": 1, "max_s": 60, "jitter": 0}')
+    settings = load_settings(config)
+    assert settings.retry_redis.backoff() == Backoff(0.05, 2.0, 2.0, 0.5)
+    assert settings.retry_kafka.backoff() == Backoff(1.0, 60.0, 2.0, 0.0)
+
+
+def test_bad_retry_policy_names_file_line_and_field(tmp_path):
+    config = write(
+        tmp_path, "rules: r.yaml\ntopics: [a]\nretry_redis:\n  initial_s: 5\n  max_s: 1\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"worker\.yaml:3: retry_redis: .*initial_s \(5\) must not exceed max_s"
+    ):
+        load_settings(config)
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nretry_kafka: {jitter: 2}\n")
+    with pytest.raises(
+        ConfigError, match=r"worker\.yaml:3: retry_kafka\.jitter: .*less than or equal to 1"
+    ):
+        load_settings(config)
+
+
+def test_dlq_commands_accept_the_worker_settings_file(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nworkers: 3\ndlq_topic: dead\n")
+    settings = load_settings(config, SharedSettings)
+    assert (settings.dlq_topic, settings.max_value_bytes) == ("dead", 1_048_576)
+
+
+def test_run_takes_the_dlq_settings_as_flags(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["run", "--rules", str(tmp_path / "none.yaml"), "--topic", "a", "--dlq-topic", "",
+         "--max-value-bytes", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--dlq-topic: dlq_topic: String should have at least 1 character" in result.output
+    assert "--max-value-bytes: max_value_bytes: Input should be greater than or equal to 1" in (
+        result.output
+    )

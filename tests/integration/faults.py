@@ -1,0 +1,407 @@
+"""Fault-injection harness: a change stream with poison and duplicates, the worker as a real
+process, and the checks every scenario ends with.
+
+A scenario produces :class:`Stream` parts while it injects its fault, then
+:meth:`FaultRun.finish` waits until the cache is consistent with the table the stream
+describes and the dead-letter topic holds exactly the injected poison, and adds the
+scenario's row to the table the suite prints at the end of the session.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Message as KafkaMessage
+from redis import Redis
+from redis.cluster import RedisCluster
+
+from cdc_cache.demo import Scrape, scrape
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.process import free_port, port_open
+from cdc_cache.keys import escape_value
+from tests.integration.flowkit import Service, cache_state, produce, unique_topic, worker
+from tests.workload import Message, Workload
+
+WATCHED = ("id", "sku_id", "warehouse", "qty")  # the watch list of tests.workload.RULES_YAML
+SKUS = range(1, 61)  # the sku ids the workload draws from
+AVAILABILITY = "sku:{sku}:availability"  # the rules' delete-only key
+APP_FILLED = b"filled by the application"
+
+# --- the stream ---------------------------------------------------------------------------
+
+
+def _undecodable(base: dict[str, Any], rnd: random.Random) -> tuple[bytes | None, bytes]:
+    raw = rnd.choice([b"{not json", b"\x00\xff", b'{"op": "u", "source": {}}', b"[1, 2]"])
+    return orjson.dumps({"id": rnd.randint(1, 10_000)}), raw
+
+
+def _no_primary_key(base: dict[str, Any], rnd: random.Random) -> tuple[bytes | None, bytes]:
+    return None, orjson.dumps(base)  # a well-formed change of a table without a key
+
+
+def _render_failed(base: dict[str, Any], rnd: random.Random) -> tuple[bytes | None, bytes]:
+    row = {k: v for k, v in base["after"].items() if k != "sku_id"}  # the key needs sku_id
+    return orjson.dumps({"id": row["id"]}), orjson.dumps({**base, "after": row})
+
+
+POISON_KINDS = {
+    "undecodable": _undecodable,
+    "no_primary_key": _no_primary_key,
+    "render_failed": _render_failed,
+}
+
+
+@dataclass
+class Stream:
+    """Transactions in commit order, produced with poison and duplicates mixed in.
+
+    ``transactions`` is the history the database went through (what the cache must end
+    up reflecting); ``poison`` maps each injected poison message's (topic, partition,
+    offset), as the broker acknowledged it, to the DLQ kind it must be filed under.
+    """
+
+    topic: str
+    seed: int
+    workload: Workload = field(init=False)
+    transactions: list[list[Message]] = field(default_factory=list)
+    poison: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    changes: int = 0  # change messages produced, duplicates included
+    duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.workload = Workload(seed=self.seed, topic=self.topic)
+        self.rnd = random.Random(self.seed)
+
+    def part(
+        self, transactions: int, *, poison: int = 0, redeliver: float = 0.0
+    ) -> list[tuple[Message, str | None]]:
+        """The next ``transactions`` commits; a ``redeliver`` share of them is delivered
+        again later in the part (at-least-once), and ``poison`` bad messages are spread
+        over it. Each message comes with the poison kind it was made as, or None."""
+        fresh = self.workload.transactions(transactions)
+        self.transactions.extend(fresh)
+        out: list[tuple[Message, str | None]] = []
+        for index, tx in enumerate(fresh):
+            out.extend((m, None) for m in tx)
+            if index > 5 and self.rnd.random() < redeliver:
+                again = fresh[self.rnd.randrange(index)]
+                out.extend((m, None) for m in again)
+                self.duplicates += len(again)
+        inserts = [m for tx in fresh for m in tx if m.value and b'"op":"c"' in m.value]
+        kinds = sorted(POISON_KINDS)
+        for number in range(poison):
+            kind = kinds[number % len(kinds)]
+            bad = self._poison(kind, self.rnd.choice(inserts))
+            out.insert(self.rnd.randrange(1, len(out)), (bad, kind))
+        return out
+
+    def again(
+        self, part: list[tuple[Message, str | None]], share: float
+    ) -> list[tuple[Message, str | None]]:
+        """The first ``share`` of ``part``, to deliver once more (a producer re-sending
+        from an older offset); its poison lands at new offsets, so it is poison again."""
+        section = part[: int(len(part) * share)]
+        self.duplicates += sum(1 for m, kind in section if kind is None)
+        return section
+
+    def _poison(self, kind: str, insert: Message) -> Message:
+        """A bad message modelled on a real insert, at a position no real change has."""
+        base = orjson.loads(insert.value or b"{}")
+        base["source"]["pos"] += 1
+        base["after"] = {**base["after"], "id": 100_000 + self.rnd.randint(0, 10**6)}
+        key, value = POISON_KINDS[kind](base, self.rnd)
+        return Message(self.topic, key, value)  # type: ignore[arg-type]  # key may be None
+
+    def produce(
+        self, bootstrap: str, part: list[tuple[Message, str | None]], pace_s: float = 0.0
+    ) -> None:
+        """Produce ``part`` in order, noting where each poison message landed."""
+
+        def delivered(index: int, message: KafkaMessage) -> None:
+            kind = part[index][1]
+            if kind is not None:
+                where = (str(message.topic()), int(message.partition()), int(message.offset()))
+                self.poison[where] = kind
+
+        self.changes += sum(1 for m, kind in part if kind is None and m.value is not None)
+        produce(bootstrap, [m for m, _ in part], pace_s=pace_s, delivered=delivered)
+
+    # -- the state it implies -------------------------------------------------------------
+
+    def fates(self) -> dict[str, str]:
+        """For every ``stock:`` key a change touched: ``row`` (holds a row), ``deleted``
+        (its row was deleted) or ``moved`` (its row moved to another key)."""
+        fates: dict[str, str] = {}
+        for message in self._changes():
+            change = orjson.loads(message.value or b"{}")
+            before, after = change["before"], change["after"]
+            if before is not None:
+                fates[_stock_key(before)] = "deleted" if after is None else "moved"
+            if after is not None:
+                fates[_stock_key(after)] = "row"
+        return fates
+
+    def invalidated_skus(self) -> set[int]:
+        """The skus whose availability key a change must have deleted (the rules delete
+        it on every insert, delete and update of a watched column)."""
+        skus = set()
+        for message in self._changes():
+            change = orjson.loads(message.value or b"{}")
+            before, after = change["before"], change["after"]
+            if before is None or after is None:
+                skus.add((after or before)["sku_id"])
+            elif any(before[c] != after[c] for c in WATCHED):
+                skus.add(after["sku_id"])
+        return skus
+
+    def _changes(self) -> Iterator[Message]:
+        return (m for tx in self.transactions for m in tx if m.value is not None)
+
+
+def _stock_key(row: dict[str, Any]) -> str:
+    return f"stock:{escape_value(row['sku_id'])}:{escape_value(row['warehouse'])}"
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the cache differs from what the stream's history implies."""
+
+    stale: list[str]  # holds a value the table does not have (or never had)
+    missing: list[str]  # a row's key without its value: a lost write
+    lost: list[str]  # an invalidated key still holding a value: a lost invalidation
+    resurrected: list[str]  # the key of a deleted row holding a value again
+
+    @property
+    def clean(self) -> bool:
+        return not (self.stale or self.missing or self.lost or self.resurrected)
+
+
+def fill_availability(client: Redis | RedisCluster) -> None:
+    """Cache every sku's availability as an application would before the stream starts."""
+    for sku in SKUS:  # one key at a time: on a cluster they live in different slots
+        client.set(AVAILABILITY.format(sku=sku), APP_FILLED)
+
+
+def verdict(client: Redis | RedisCluster, stream: Stream) -> Verdict:
+    expected = stream.workload.expected_cache()
+    cached = cache_state(client)
+    fates = stream.fates()
+    stale = [k for k, v in cached.items() if k in expected and v != expected[k]]
+    stale += [k for k in cached if k not in expected and fates.get(k) not in ("deleted", "moved")]
+    lost = [k for k in cached if k not in expected and fates.get(k) == "moved"]
+    lost += [
+        AVAILABILITY.format(sku=sku)
+        for sku in sorted(stream.invalidated_skus())
+        if client.exists(AVAILABILITY.format(sku=sku))
+    ]
+    return Verdict(
+        stale=sorted(stale),
+        missing=sorted(k for k in expected if k not in cached),
+        lost=sorted(lost),
+        resurrected=sorted(k for k in cached if k not in expected and fates.get(k) == "deleted"),
+    )
+
+
+def read_dlq(bootstrap: str, topic: str, expected: int, *, idle_s: float = 2.0,
+             timeout: float = 60) -> list[dict[str, Any]]:  # fmt: skip
+    """Every entry on the dead-letter topic: read from the beginning until ``expected``
+    distinct ids arrived and nothing more came for ``idle_s`` (tansu's ListOffsets
+    cannot tell where the topic ends), or until ``timeout``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"dlq-check-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        entries: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                entries.append(orjson.loads(message.value() or b"null"))
+                last = time.monotonic()
+            elif len({e.get("id") for e in entries}) >= expected and (
+                time.monotonic() - last > idle_s
+            ):
+                break
+        return entries
+    finally:
+        consumer.close()
+
+
+def dlq_by_source(entries: list[dict[str, Any]]) -> dict[tuple[str, int, int], str]:
+    """Each distinct dead-lettered source message (topic, partition, offset) and its kind."""
+    return {
+        (e["source"]["topic"], e["source"]["partition"], e["source"]["offset"]): e["kind"]
+        for e in entries
+    }
+
+
+# --- the scenario table -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    changes: int
+    faults: str
+    stale: int
+    lost: int
+    resurrected: int
+    dlq: int  # distinct ids
+    dlq_messages: int  # a failure re-delivered after a crash is filed again, same id
+    injected: int
+    seconds: float
+
+    def cells(self) -> tuple[str, ...]:
+        return (
+            self.scenario,
+            str(self.changes),
+            self.faults,
+            str(self.stale),
+            str(self.lost),
+            str(self.resurrected),
+            f"{self.dlq} ({self.dlq_messages}) / {self.injected}",
+            f"{self.seconds:.0f}",
+        )
+
+
+HEADER = (
+    "scenario", "changes", "faults injected", "stale", "lost", "resurrected",
+    "DLQ ids (messages) / poison injected", "wall s",
+)  # fmt: skip
+
+
+class ScenarioTable:
+    """Collects one row per scenario and prints the table after the test session."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        lines = [HEADER, *(r.cells() for r in self.rows)]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+        terminalreporter.section("fault-injection scenarios")
+        for line in lines:
+            cells = (c.ljust(w) for c, w in zip(line, widths, strict=True))
+            terminalreporter.write_line(" | ".join(cells))
+        terminalreporter.write_line(
+            "lost = invalidated keys still holding a value plus rows' keys without theirs"
+        )
+
+
+# --- one run ------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultRun:
+    """A worker (a real ``cdc-cache run`` with its admin port) consuming one stream."""
+
+    name: str
+    broker: Broker
+    client: Redis | RedisCluster
+    stream: Stream
+    worker: Service
+    metrics_port: int
+    dlq_topic: str
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        tmp_path: Path,
+        broker: Broker,
+        redis_url: str,
+        client: Redis | RedisCluster,
+        *,
+        seed: int,
+        workers: int = 1,
+    ) -> FaultRun:
+        topic = unique_topic()
+        dlq_topic = f"{topic.split('.')[0]}.dlq"
+        broker.create_topics({topic: 3, dlq_topic: 1})
+        fill_availability(client)
+        service = worker(tmp_path, broker.bootstrap, redis_url, [topic], workers=workers)
+        port = free_port()
+        service.env["CDC_CACHE_METRICS_PORT"] = str(port)
+        service.env["CDC_CACHE_DLQ_TOPIC"] = dlq_topic
+        run = cls(name, broker, client, Stream(topic, seed), service, port, dlq_topic)
+        run.restart()
+        return run
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start the worker and wait until its admin port answers."""
+        self.worker.start()
+        deadline = time.monotonic() + timeout
+        while not port_open(self.metrics_port):
+            self.worker.check_alive()
+            assert time.monotonic() < deadline, f"no admin port:\n{self.worker.tail()}"
+            time.sleep(0.1)
+
+    def metrics(self) -> Scrape:
+        self.worker.check_alive()
+        return scrape(self.metrics_port)
+
+    def applied(self) -> float:
+        return self.metrics().events.get("applied", 0.0)
+
+    def wait_consistent(self, timeout: float = 90) -> Verdict:
+        """Poll until the cache matches the history (the worker must stay alive)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.worker.check_alive()
+            result = verdict(self.client, self.stream)
+            if result.clean or time.monotonic() > deadline:
+                return result
+            time.sleep(0.3)
+
+    def finish(self, table: ScenarioTable, faults: str) -> None:
+        """The closing checks: a consistent cache and exactly the poison in the DLQ."""
+        result = self.wait_consistent()
+        entries = read_dlq(self.broker.bootstrap, self.dlq_topic, len(self.stream.poison))
+        filed = dlq_by_source(entries)
+        ids = {e.get("id") for e in entries}
+        table.rows.append(
+            Row(
+                self.name,
+                self.stream.changes,
+                faults,
+                len(result.stale),
+                len(result.lost) + len(result.missing),
+                len(result.resurrected),
+                len(ids),
+                len(entries),
+                len(self.stream.poison),
+                time.monotonic() - self.started,
+            )
+        )
+        assert result.clean, f"{result}\n{self.worker.tail()}"
+        assert filed == self.stream.poison, (
+            f"DLQ holds {len(filed)} source messages, {len(self.stream.poison)} were injected:"
+            f" missing {sorted(set(self.stream.poison) - set(filed))[:5]},"
+            f" unexpected {sorted(set(filed) - set(self.stream.poison))[:5]},"
+            f" kinds {sorted(set(filed.items()) ^ set(self.stream.poison.items()))[:5]}"
+        )
+        assert len(ids) == len(filed), "a re-delivered failure must keep its id"
+
+    def stop(self) -> None:
+        self.worker.stop()

@@ -1,0 +1,222 @@
+"""Fault injection on real processes: the worker SIGKILLed under a steady stream, Redis
+and the broker stopped and restarted, poison interleaved, duplicates re-delivered.
+
+Every scenario ends with the same checks (:meth:`FaultRun.finish`): no stale key, no
+lost write or invalidation, no resurrected deleted row, and the dead-letter topic holding
+exactly the poison that was injected. The session prints a table of the scenarios.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import pytest
+
+from cdc_cache.devstack.broker import Broker, S3Store
+from cdc_cache.devstack.process import free_port
+from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.redis_apply import connect
+from tests.integration.faults import (
+    APP_FILLED,
+    AVAILABILITY,
+    FaultRun,
+    ScenarioTable,
+    Stream,
+    Verdict,
+    fill_availability,
+    verdict,
+)
+from tests.integration.flowkit import unique_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+OUTAGE_S = 4.0
+
+
+@pytest.fixture(scope="session")
+def scenario_table(pytestconfig: pytest.Config) -> ScenarioTable:
+    table = ScenarioTable()
+    pytestconfig.pluginmanager.register(table, "fault-scenario-table")
+    return table
+
+
+@pytest.fixture
+def runs() -> Iterator[list[FaultRun]]:
+    """Runs to stop at teardown, whatever the test's outcome."""
+    started: list[FaultRun] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def wait_for(what: str, check: Callable[[], bool], run: FaultRun, timeout: float = 30) -> float:
+    """Seconds until ``check()`` held (the worker must stay alive meanwhile)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s\n" + (
+            run.worker.tail()
+        )
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
+    broker, redis_target, tmp_path, runs, scenario_table
+):
+    name = "worker SIGKILL" + (", Cluster" if "cluster=true" in redis_target.url else "")
+    run = FaultRun.start(
+        name, tmp_path, broker, redis_target.url, redis_target.client, seed=41, workers=2
+    )
+    runs.append(run)
+    part = run.stream.part(3000, poison=12, redeliver=0.1)
+    rnd = random.Random(41)
+    kills = 0
+    with ThreadPoolExecutor(1) as pool:
+        producing = pool.submit(run.stream.produce, broker.bootstrap, part, 0.2)
+        while not producing.done():
+            wait_for("worker consuming", lambda: sum(run.metrics().events.values()) > 0, run)
+            time.sleep(rnd.uniform(0.5, 2.0))
+            if producing.done():
+                break
+            run.worker.kill()
+            kills += 1
+            run.restart()
+        producing.result()
+    assert kills >= 3, "the stream ended before the worker was killed three times"
+    run.finish(scenario_table, f"{kills} x SIGKILL (2 worker threads)")
+
+
+def test_redis_outage_holds_changes_until_redis_returns(broker, tmp_path, runs, scenario_table):
+    redis = RedisServer(tmp_path / "redis", free_port(), persist=True)  # data survives stop
+    redis.start()
+    try:
+        run = FaultRun.start(
+            "Redis outage", tmp_path, broker, redis.address(), connect(redis.address()), seed=42
+        )
+        runs.append(run)
+        run.stream.produce(broker.bootstrap, run.stream.part(600, poison=3))
+        assert run.wait_consistent().clean, run.worker.tail()
+        catch_up = [redis_outage(run, redis, kill_while_down=False)]
+        catch_up.append(redis_outage(run, redis, kill_while_down=True))
+        faults = (
+            f"2 x Redis down {OUTAGE_S:.0f} s (2nd: worker SIGKILLed while down); "
+            f"caught up in {' and '.join(f'{s:.1f}' for s in catch_up)} s"
+        )
+        run.finish(scenario_table, faults)
+    finally:
+        redis.stop()
+
+
+def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) -> float:
+    """Stop Redis for OUTAGE_S while changes arrive; the seconds the cache took to catch up.
+
+    Meanwhile the worker stays alive, retries (counted in its metrics) and applies nothing.
+    Killed while down, it must restart from a snapshot that is not past unapplied changes.
+    """
+    before = run.metrics()
+    redis.stop()
+    down = time.monotonic()
+    run.stream.produce(run.broker.bootstrap, run.stream.part(600, poison=3))
+    wait_for("retries in metrics", lambda: run.metrics().retries > before.retries, run)
+    while time.monotonic() - down < OUTAGE_S:
+        assert run.applied() == before.events["applied"], "applied while Redis was down"
+        time.sleep(0.5)
+    if kill_while_down:
+        run.worker.kill()
+    redis.start()
+    run.client = connect(redis.address())
+    back = time.monotonic()
+    if kill_while_down:
+        run.restart()
+    assert run.wait_consistent().clean, run.worker.tail()
+    return time.monotonic() - back
+
+
+def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs, scenario_table):
+    store = S3Store(tmp_path / "s3", free_port())  # tansu's memory storage dies with it
+    store.start()
+    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
+    durable.start()
+    try:
+        run = FaultRun.start(
+            "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43
+        )
+        runs.append(run)
+        run.stream.produce(durable.bootstrap, run.stream.part(1000, poison=4), pace_s=0.05)
+        durable.stop()
+        with ThreadPoolExecutor(1) as pool:  # the connector keeps writing; the client queues
+            producing = pool.submit(
+                run.stream.produce, durable.bootstrap, run.stream.part(1000, poison=4)
+            )
+            deadline = time.monotonic() + OUTAGE_S
+            while time.monotonic() < deadline:
+                run.worker.check_alive()
+                time.sleep(0.5)
+            durable.start()
+            producing.result()
+        run.finish(scenario_table, f"broker down {OUTAGE_S:.0f} s, restarted on S3 storage")
+    finally:
+        durable.stop()
+        store.stop()
+
+
+def test_poison_interleaved_goes_to_the_dlq_and_the_stream_goes_on(
+    broker, redis_server, redis_client, tmp_path, runs, scenario_table
+):
+    run = FaultRun.start(
+        "poison interleaved", tmp_path, broker, redis_server.address(), redis_client, seed=44
+    )
+    runs.append(run)
+    run.stream.produce(broker.bootstrap, run.stream.part(1500, poison=45))
+    run.finish(scenario_table, "45 poison (undecodable, no_primary_key, render_failed)")
+
+
+def test_duplicate_redelivery_changes_nothing(
+    broker, redis_server, redis_client, tmp_path, runs, scenario_table
+):
+    run = FaultRun.start(
+        "duplicate re-delivery", tmp_path, broker, redis_server.address(), redis_client, seed=45
+    )
+    runs.append(run)
+    part = run.stream.part(1500, poison=6, redeliver=0.3)
+    run.stream.produce(broker.bootstrap, part)
+    run.stream.produce(broker.bootstrap, run.stream.again(part, 0.5))
+    run.finish(scenario_table, f"{run.stream.duplicates} duplicate changes")
+    # every change delivered was processed exactly once, the duplicates as duplicates
+    wait_for(
+        "every delivered change counted",
+        lambda: sum(run.metrics().events.values()) == run.stream.changes,
+        run,
+    )
+    assert run.metrics().events["duplicate"] > 0
+
+
+def test_the_consistency_check_sees_every_kind_of_damage(redis_client):
+    stream = Stream(unique_topic(), seed=46)
+    stream.part(400)
+    expected = stream.workload.expected_cache()
+    fates = stream.fates()
+    assert {k for k, fate in fates.items() if fate == "row"} == set(expected)
+    fill_availability(redis_client)
+    for key, value in expected.items():  # what a correct worker leaves behind
+        redis_client.set(key, orjson.dumps(value))
+    for sku in stream.invalidated_skus():
+        redis_client.delete(AVAILABILITY.format(sku=sku))
+    assert verdict(redis_client, stream).clean
+
+    kept, emptied = sorted(expected)[:2]
+    moved = next(k for k, fate in fates.items() if fate == "moved")
+    deleted = next(k for k, fate in fates.items() if fate == "deleted")
+    refilled = AVAILABILITY.format(sku=min(stream.invalidated_skus()))
+    redis_client.set(kept, orjson.dumps({**expected[kept], "qty": -1}))
+    redis_client.delete(emptied)
+    redis_client.set(moved, b'{"id": 0}')
+    redis_client.set(deleted, b'{"id": 0}')
+    redis_client.set(refilled, APP_FILLED)
+    assert verdict(redis_client, stream) == Verdict(
+        stale=[kept], missing=[emptied], lost=sorted([moved, refilled]), resurrected=[deleted]
+    )
