@@ -49,7 +49,14 @@ REDIS_OPS = Counter(
 )
 CONSUMER_ERRORS = Counter(
     "consumer_errors",
-    "Errors reported by the Kafka client (it retries them itself)",
+    "Errors reported by the Kafka client (it retries them itself), by librdkafka error code",
+    ["code"],
+    namespace=NAMESPACE,
+)
+BROKER_UP = Gauge(
+    "broker_up",
+    "1 while the brokers answer this process, 0 from a reported outage (all brokers down, "
+    "transport error) until the next successful fetch",
     namespace=NAMESPACE,
 )
 RETRIES = Counter(

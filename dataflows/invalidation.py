@@ -17,16 +17,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from cdc_cache import metrics
+from cdc_cache.broker_health import BrokerHealth
 from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.envelope import table_of_topic
@@ -80,18 +81,21 @@ def build_flow(
     one.
     """
     flow = Dataflow("cdc_cache")
+    health = BrokerHealth()
+    # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
+    consumer_config = {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
     source = KafkaSource(
         brokers,
         topics,
         tail=tail,
         starting_offset=OFFSET_BEGINNING,
-        add_config={**CONSUMER_DEFAULTS, **(kafka_config or {})},
+        add_config=cast(dict[str, str], consumer_config),
         batch_size=batch_size,
         raise_on_errors=False,
     )
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
-    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker))
+    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         records = []
@@ -130,7 +134,7 @@ def _observe(tracker: LagTracker, item: Routed) -> None:
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:
     """A client-side error (not a message): librdkafka retries it; make it visible."""
-    metrics.CONSUMER_ERRORS.inc()
+    metrics.CONSUMER_ERRORS.labels(error.err.name()).inc()
     log.warning("kafka consumer error", extra={"error": str(error.err), "topic": error.msg.topic})
 
 
@@ -153,11 +157,13 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         stop: threading.Event,
         tracker: LagTracker,
         where: TopicPartition,
+        health: BrokerHealth,
     ):
         self._inner = inner
         self._stop = stop
         self._tracker = tracker
         self._where = where
+        self._health = health
         # The watermark librdkafka cached from its last fetch: a ListOffsets request is
         # not needed (and reports a wrong "latest" on some brokers).
         consumer = getattr(inner, "_consumer", None)
@@ -168,8 +174,20 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         if self._stop.is_set():
             raise StopIteration
         batch = self._inner.next_batch()
+        self._observe_broker(batch)
         self._observe_offsets()
         return batch
+
+    def _observe_broker(self, batch: Iterable[Message]) -> None:
+        """Records fetched mean the brokers answer; when idle and in doubt, ask one."""
+        if any(not isinstance(message, KafkaError) for message in batch):
+            self._health.reachable()
+        elif self._consumer is not None and self._health.should_probe():
+            try:
+                self._consumer.get_watermark_offsets(self._where, timeout=0.5, cached=False)
+            except KafkaException:
+                return  # still down: error_cb has counted it
+            self._health.reachable()
 
     def _observe_offsets(self) -> None:
         if self._consumer is None:
@@ -194,7 +212,8 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
 class StoppableSource(FixedPartitionedSource[Message, Any]):
     """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call).
 
-    Each partition also reports its high watermark and next offset to the lag tracker.
+    Each partition also reports its high watermark and next offset to the lag tracker,
+    and whether the brokers answer to ``health``.
     """
 
     def __init__(
@@ -202,10 +221,12 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
         inner: FixedPartitionedSource[Message, Any],
         stop: threading.Event,
         tracker: LagTracker,
+        health: BrokerHealth,
     ):
         self._inner = inner
         self._stop = stop
         self._tracker = tracker
+        self._health = health
 
     def list_parts(self) -> list[str]:
         return self._inner.list_parts()
@@ -217,6 +238,7 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
             self._stop,
             self._tracker,
             TopicPartition(topic, int(index)),
+            self._health,
         )
 
 
