@@ -1,7 +1,8 @@
 """The worker's admin HTTP API: metrics, health, readiness and the cache mode.
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
-(Redis answers and the partitions were caught up once), ``GET /mode`` and ``PUT /mode``
+(Redis answers and the partitions were caught up once; while the worker starts, which
+step it waits for), ``GET /mode`` and ``PUT /mode``
 (body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
 the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
@@ -39,6 +40,68 @@ class ModeBackend(Protocol):
     def ready(self) -> tuple[bool, dict[str, bool]]: ...
 
     def set_flag(self, flag: Flag) -> None: ...
+
+
+class Starting(Exception):
+    """The worker has not started its flow yet, so there is no mode to change."""
+
+
+class StartupBackend:
+    """The API's backend while the worker starts, then the mode runtime it hands over.
+
+    The admin port opens first so that ``/healthz`` answers (a liveness probe must not
+    kill a worker waiting for its topics) and ``/metrics`` shows the waits' retries;
+    ``/readyz`` says which of :attr:`STEPS` are done until the flow runs.
+    """
+
+    STEPS = ("topics", "dlq_topic", "redis", "flow")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: set[str] = set()
+        self._backend: ModeBackend | None = None
+
+    def passed(self, step: str) -> None:
+        """``step`` (one of :attr:`STEPS`) is done."""
+        assert step in self.STEPS, step
+        with self._lock:
+            self._done.add(step)
+
+    def started(self, backend: ModeBackend) -> None:
+        """The flow runs: from now on ``backend`` answers."""
+        with self._lock:
+            self._done.add("flow")
+            self._backend = backend
+
+    def waiting_for(self) -> str | None:
+        """The first step not done yet, or None once started."""
+        with self._lock:
+            return next((step for step in self.STEPS if step not in self._done), None)
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        with self._lock:
+            backend, done = self._backend, set(self._done)
+        if backend is not None:
+            return backend.ready()
+        return False, {step: step in done for step in self.STEPS}
+
+    def view(self) -> dict[str, object]:
+        with self._lock:
+            backend = self._backend
+        if backend is not None:
+            return backend.view()
+        return {"starting": True, "waiting_for": self.waiting_for()}
+
+    def set_flag(self, flag: Flag) -> None:
+        with self._lock:
+            backend = self._backend
+        if backend is None:
+            msg = (
+                f"the worker is starting (waiting for {self.waiting_for()}); "
+                "set the flag with `cdc-cache mode set` meanwhile"
+            )
+            raise Starting(msg)
+        backend.set_flag(flag)
 
 
 class AdminServer:
@@ -142,7 +205,11 @@ def _handler(
                     {"error": f"body must be auto, cdc or ttl, not {body!r}"},
                 )
                 return
-            backend.set_flag(flag)
+            try:
+                backend.set_flag(flag)
+            except Starting as exc:
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                return
             log.warning("mode flag set over HTTP", extra={"flag": flag.value})
             self._json(HTTPStatus.OK, {**backend.view(), "flag": flag.value})
 

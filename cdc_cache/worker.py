@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -21,7 +22,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdc_cache import metrics
-from cdc_cache.admin import AdminServer
+from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
@@ -31,7 +32,7 @@ from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.replay import DlqService
 from cdc_cache.retry import retry_forever, stoppable_sleep
-from cdc_cache.rules import load_rules
+from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
 from cdc_cache.writer import connect_when_available
@@ -59,8 +60,10 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
         try:
             existing = set(admin.list_topics(timeout=10).topics)
         except KafkaException as exc:  # brokers unreachable: wait, as for missing topics
+            metrics.BROKER_UP.set(0)
             existing, found, missing = set(), [], [f"brokers {settings.brokers}: {exc}"]
         else:
+            metrics.BROKER_UP.set(1)
             found, missing = _match_topics(settings, pattern, existing)
         if not missing:
             beats = heartbeat_topics(existing, found)
@@ -145,34 +148,79 @@ def prepare_dlq(settings: WorkerSettings) -> None:
     )
 
 
+def recovery_share(partitions: int, processes: int, process_id: int) -> list[int]:
+    """The recovery partitions process ``process_id`` of ``processes`` creates: i mod processes.
+
+    Bytewax needs the cluster as a whole to hold every partition exactly once (a copy per
+    process would be resumed from divergent snapshots), and each process to be able to
+    take part, hence at least one partition per process.
+    """
+    if partitions < processes:
+        msg = (
+            f"recovery_partitions is {partitions} for a cluster of {processes} processes "
+            f"(addresses): set recovery_partitions to at least {processes}"
+        )
+        raise ConfigError(msg)
+    return list(range(process_id, partitions, processes))
+
+
 def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
-    """Create the recovery partitions on first start; reuse them on every later one."""
+    """Create this process's share of the recovery partitions in an empty directory.
+
+    A directory that holds partitions is reused as it is (restarts, rescaled clusters).
+    """
     if settings.recovery_dir is None:
         return None
     directory = Path(settings.recovery_dir)
     directory.mkdir(parents=True, exist_ok=True)
     if not any(directory.glob("part-*.sqlite3")):
-        init_db_dir(directory, settings.recovery_partitions)
+        processes = max(1, len(settings.addresses))
+        share = recovery_share(settings.recovery_partitions, processes, settings.process_id or 0)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as staging:
+            init_db_dir(Path(staging), settings.recovery_partitions)
+            for index in share:
+                Path(staging, f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
         log.info(
             "initialised recovery store",
-            extra={"dir": str(directory), "partitions": settings.recovery_partitions},
+            extra={
+                "dir": str(directory),
+                "partitions": settings.recovery_partitions,
+                "held_here": share,
+            },
         )
     return RecoveryConfig(directory)
 
 
 def run(settings: WorkerSettings) -> None:
-    """Run the worker until interrupted; returns after a graceful stop."""
+    """Run the worker until interrupted; returns after a graceful stop.
+
+    The admin port opens as soon as the rules are loaded: ``/healthz`` answers and
+    ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
+    """
     rules = load_rules(settings.rules)
-    topics = resolve_topics(settings)
-    prepare_dlq(settings)
-    recovery = prepare_recovery(settings)
-    tracker = LagTracker(lambda: time.time() * 1000)
-    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    startup = StartupBackend()
     admin = None
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         dlq = DlqService(settings, rules)
-        admin = AdminServer(runtime, settings.metrics_port, token, dlq=dlq).start()
+        admin = AdminServer(startup, settings.metrics_port, token, dlq=dlq).start()
+    try:
+        _run(settings, rules, startup)
+    finally:
+        if admin is not None:
+            admin.close()
+    log.info("worker stopped")
+
+
+def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
+    recovery = prepare_recovery(settings)
+    topics = resolve_topics(settings)
+    startup.passed("topics")
+    prepare_dlq(settings)
+    startup.passed("dlq_topic")
+    tracker = LagTracker(lambda: time.time() * 1000)
+    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    startup.passed("redis")
     stop = threading.Event()
     flow = build_flow(
         rules=rules,
@@ -212,6 +260,7 @@ def run(settings: WorkerSettings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
+    startup.started(runtime)
     try:
         cli_main(
             flow,
@@ -234,6 +283,3 @@ def run(settings: WorkerSettings) -> None:
         raise StopRequested(msg) from exc
     finally:
         runtime.close()
-        if admin is not None:
-            admin.close()
-    log.info("worker stopped")

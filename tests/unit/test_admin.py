@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cdc_cache import metrics
-from cdc_cache.admin import AdminServer
+from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.mode import Flag
 
 
@@ -95,3 +95,33 @@ def test_reads_need_no_token(without_token, runtime):
     status, body = call(without_token, "GET", "/metrics")
     assert status == 200 and b'cdc_cache_mode{mode="cdc"} 1.0' in body
     assert call(without_token, "GET", "/nope")[0] == 404
+
+
+def test_a_starting_worker_is_alive_not_ready_and_names_its_wait(runtime: FakeRuntime) -> None:
+    startup = StartupBackend()
+    server = AdminServer(startup, 0, "s3cret", host="127.0.0.1").start()
+    try:
+        assert call(server, "GET", "/healthz")[0] == 200
+        status, body = call(server, "GET", "/readyz")
+        assert status == 503
+        assert orjson.loads(body)["checks"] == {
+            "topics": False, "dlq_topic": False, "redis": False, "flow": False
+        }  # fmt: skip
+        startup.passed("topics")
+        startup.passed("dlq_topic")
+        assert orjson.loads(call(server, "GET", "/readyz")[1])["checks"]["dlq_topic"] is True
+        assert orjson.loads(call(server, "GET", "/mode")[1])["waiting_for"] == "redis"
+        status, body = call(
+            server, "PUT", "/mode", "ttl", {"Authorization": "Bearer s3cret"}
+        )
+        assert status == 503 and b"waiting for redis" in body
+        assert call(server, "GET", "/metrics")[0] == 200
+        startup.passed("redis")
+        startup.started(runtime)
+        runtime.is_ready = True
+        status, body = call(server, "GET", "/readyz")
+        assert status == 200 and orjson.loads(body)["checks"]["redis"] is True
+        assert call(server, "PUT", "/mode", "ttl", {"Authorization": "Bearer s3cret"})[0] == 200
+        assert runtime.flags == [Flag.TTL]
+    finally:
+        server.close()

@@ -5,11 +5,7 @@ schemas; ServiceMonitor and PrometheusRule with the pydantic models generated fr
 Prometheus Operator's CRDs (cloudcoil-models-prometheus-operator), unknown fields refused.
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -137,11 +133,8 @@ def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_p
     assert process_id == "metadata.labels['apps.kubernetes.io/pod-index']"
     container_ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert container_ports == {"cluster": ports["cluster"], "metrics": settings.metrics_port}
-    (init,) = _worker_pod()["initContainers"]
-    init_env = {k: v.get("value") for k, v in _env(init).items()}
-    assert init_env["PROCESSES"] == str(replicas)
-    assert init_env["RECOVERY_PARTITIONS"] == str(settings.recovery_partitions)
-    assert init_env["CDC_CACHE_RECOVERY_DIR"] == str(settings.recovery_dir)
+    # the worker creates its own share of a new recovery store (cdc_cache.worker)
+    assert "initContainers" not in _worker_pod()
 
 
 def test_worker_mounts_what_its_settings_name(tmp_path):
@@ -243,53 +236,3 @@ def test_service_monitors_select_services_and_ports_that_exist():
             # Without jobLabel the job is the Service's name: the one the alerts select on.
             assert "jobLabel" not in monitor["spec"]
             assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
-
-
-@pytest.fixture
-def recovery_share(tmp_path):
-    script = tmp_path / "recovery-share.sh"
-    script.write_text(_one("ConfigMap", "cdc-cache-worker")["data"]["recovery-share.sh"])
-
-    def run(process_id: int, processes: int, partitions: int, directory: Path):
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "TMPDIR": str(tmp_path),
-            "CDC_CACHE_PROCESS_ID": str(process_id),
-            "CDC_CACHE_RECOVERY_DIR": str(directory),
-            "PROCESSES": str(processes),
-            "RECOVERY_PARTITIONS": str(partitions),
-        }
-        return subprocess.run(
-            [shutil.which("sh") or "sh", str(script)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    return run
-
-
-def test_recovery_partitions_are_shared_out_once_across_the_pods(recovery_share, tmp_path):
-    volumes = [tmp_path / f"pod-{i}" / "recovery" for i in range(3)]
-    for i, volume in enumerate(volumes):
-        done = recovery_share(i, 3, 7, volume)
-        assert done.returncode == 0, done.stderr
-    held = [sorted(p.name for p in v.glob("part-*.sqlite3")) for v in volumes]
-    assert held == [
-        ["part-0.sqlite3", "part-3.sqlite3", "part-6.sqlite3"],
-        ["part-1.sqlite3", "part-4.sqlite3"],
-        ["part-2.sqlite3", "part-5.sqlite3"],
-    ]
-    before = (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns
-    again = recovery_share(0, 3, 7, volumes[0])
-    assert again.returncode == 0 and "keeping" in again.stdout
-    assert (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns == before
-
-
-def test_recovery_share_refuses_fewer_partitions_than_processes(recovery_share, tmp_path):
-    done = recovery_share(0, 3, 2, tmp_path / "recovery")
-    assert done.returncode == 2 and "give every process one" in done.stderr
-    assert not (tmp_path / "recovery").exists()
