@@ -151,9 +151,10 @@ def prepare_dlq(settings: WorkerSettings) -> None:
 def recovery_share(partitions: int, processes: int, process_id: int) -> list[int]:
     """The recovery partitions process ``process_id`` of ``processes`` creates: i mod processes.
 
-    Bytewax needs the cluster as a whole to hold every partition exactly once (a copy per
-    process would be resumed from divergent snapshots), and each process to be able to
-    take part, hence at least one partition per process.
+    Bytewax needs the cluster as a whole to hold every partition: with a copy of each in
+    every process, all but one copy stay empty, and once the cluster is rescaled Bytewax
+    may pick an empty one and refuse to resume (InconsistentPartitionsError). Every
+    process gets at least one partition.
     """
     if partitions < processes:
         msg = (

@@ -173,12 +173,12 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
     def next_batch(self) -> Iterable[Message]:
         if self._stop.is_set():
             raise StopIteration
-        batch = self._inner.next_batch()
+        batch = list(self._inner.next_batch())
         self._observe_broker(batch)
         self._observe_offsets()
         return batch
 
-    def _observe_broker(self, batch: Iterable[Message]) -> None:
+    def _observe_broker(self, batch: list[Message]) -> None:
         """Records fetched mean the brokers answer; when idle and in doubt, ask one."""
         if any(not isinstance(message, KafkaError) for message in batch):
             self._health.reachable()

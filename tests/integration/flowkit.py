@@ -3,6 +3,7 @@ the worker and the Debezium runner as real processes."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.cluster import RedisCluster
 
@@ -332,3 +334,41 @@ def mariadb_pipeline(
         line.stop()
         with mariadb.connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE {schema}")
+
+
+def admin_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET a path of the worker's admin port: status and body (error statuses too)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def metric(port: int, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The summed value of the worker's samples named ``name`` matching ``labels`` (0 if none)."""
+    status, body = admin_get(port, "/metrics")
+    assert status == 200, body
+    wanted = labels or {}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items())
+    )
+
+
+def wait_while_alive(
+    what: str, check: Callable[[], bool], service: Service, timeout: float = 60
+) -> float:
+    """Seconds until ``check()`` held; fails if ``service`` exits or the time runs out."""
+    started = time.monotonic()
+    while not check():
+        service.check_alive()
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s\n" + (
+            service.tail()
+        )
+        time.sleep(0.2)
+    return time.monotonic() - started

@@ -1,4 +1,5 @@
-"""The worker waits for what it needs at start instead of exiting: brokers and topics."""
+"""The worker waits for what it needs at start instead of exiting: brokers, topics, Redis;
+its admin port answers meanwhile and says what it waits for."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port
+from cdc_cache.devstack.process import free_port, port_open
+from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.settings import load_settings
 from cdc_cache.worker import resolve_topics
+from tests.integration.flowkit import admin_get, metric, unique_topic, wait_while_alive, worker
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +49,52 @@ def test_unreachable_brokers_are_named_when_the_wait_ends() -> None:
     )
     with pytest.raises(TimeoutError, match=r"brokers 127\.0\.0\.1:\d+"):
         resolve_topics(settings, wait_s=0.5)
+
+
+def _readiness(port: int) -> tuple[int, dict[str, bool]]:
+    status, body = admin_get(port, "/readyz")
+    return status, orjson.loads(body)["checks"]
+
+
+def test_admin_port_answers_while_the_worker_waits_and_names_the_wait(
+    tmp_path: Path,
+) -> None:
+    broker = Broker(tmp_path / "broker", free_port())
+    redis = RedisServer(tmp_path / "redis", free_port())
+    topic = unique_topic()
+    dlq_topic = f"{topic.split('.')[0]}.dlq"
+    service = worker(tmp_path, broker.bootstrap, redis.address(), [topic])
+    port = free_port()
+    service.env.update({"CDC_CACHE_METRICS_PORT": str(port), "CDC_CACHE_DLQ_TOPIC": dlq_topic})
+    service.start()
+    try:
+        wait_while_alive("the admin port", lambda: port_open(port), service)
+        assert admin_get(port, "/healthz")[0] == 200
+        status, checks = _readiness(port)
+        assert status == 503 and checks["topics"] is False, checks
+        assert metric(port, "cdc_cache_broker_up") == 0  # no broker yet
+
+        broker.start()  # brokers, but not the topic yet: still waiting for topics
+        wait_while_alive("brokers seen", lambda: metric(port, "cdc_cache_broker_up") == 1, service)
+        assert _readiness(port) == (503, {
+            "topics": False, "dlq_topic": False, "redis": False, "flow": False
+        })  # fmt: skip
+        broker.create_topics({topic: 2})  # the worker creates the DLQ topic itself
+
+        def waiting_for_redis() -> bool:
+            return _readiness(port)[1] == {
+                "topics": True, "dlq_topic": True, "redis": False, "flow": False
+            }  # fmt: skip
+
+        wait_while_alive("waiting for Redis", waiting_for_redis, service)
+        assert metric(port, "cdc_cache_retries_total", {"target": "redis"}) > 0
+        assert admin_get(port, "/healthz")[0] == 200
+
+        redis.start()
+        wait_while_alive("ready", lambda: admin_get(port, "/readyz")[0] == 200, service)
+        assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True}
+        assert orjson.loads(admin_get(port, "/mode")[1])["mode"] == "cdc"
+    finally:
+        service.stop()
+        redis.stop()
+        broker.stop()
