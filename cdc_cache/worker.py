@@ -26,6 +26,7 @@ from cdc_cache.errors import StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
+from cdc_cache.redis_apply import check_notifications
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import load_rules
 from cdc_cache.settings import WorkerSettings
@@ -136,6 +137,8 @@ def run(settings: WorkerSettings) -> None:
     topics = resolve_topics(settings)
     recovery = prepare_recovery(settings)
     tracker = LagTracker(lambda: time.time() * 1000)
+    if rules.notifies:
+        check_notifications(connect_when_available(settings.redis_url, Backoff()))
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     admin = None
     if settings.metrics_port is not None:

@@ -17,7 +17,7 @@ from prometheus_client import Histogram
 from cdc_cache import metrics
 from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
 from cdc_cache.redis_apply import (
     ApplyError,
@@ -32,7 +32,12 @@ from cdc_cache.retry import Backoff, retry_forever
 
 log = logging.getLogger("cdc_cache.writer")
 
-_OP_KIND = {SetRow: "set", DeleteKey: "delete", InvalidatePrefix: "invalidate_prefix"}
+_OP_KIND = {
+    SetRow: "set",
+    DeleteKey: "delete",
+    InvalidatePrefix: "invalidate_prefix",
+    Notify: "notify",
+}
 
 
 @dataclass(frozen=True, slots=True)
