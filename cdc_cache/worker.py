@@ -134,11 +134,11 @@ def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
 def run(settings: WorkerSettings) -> None:
     """Run the worker until interrupted; returns after a graceful stop."""
     rules = load_rules(settings.rules)
+    if rules.notifies:
+        check_notifications(connect_when_available(settings.redis_url, Backoff()))
     topics = resolve_topics(settings)
     recovery = prepare_recovery(settings)
     tracker = LagTracker(lambda: time.time() * 1000)
-    if rules.notifies:
-        check_notifications(connect_when_available(settings.redis_url, Backoff()))
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     admin = None
     if settings.metrics_port is not None:

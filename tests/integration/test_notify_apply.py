@@ -3,11 +3,15 @@ same script call, into a bounded stream per channel."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from cdc_cache.cli import main
+from cdc_cache.devstack.redis import RedisClusterServers
 from cdc_cache.errors import ConfigError
 from cdc_cache.events import ChangeEvent, Op
 from cdc_cache.keys import CHANNELS_KEY, stream_key
@@ -16,26 +20,12 @@ from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.redis_apply import ApplyError, Outcome, RedisApplier, check_notifications
 from cdc_cache.rules import parse_rules
+from tests.workload import NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration
 
 A, S, D = Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE
-RULES = parse_rules(
-    """
-tables:
-  inventory.stock:
-    watch: [sku_id, warehouse, qty]
-    keys:
-      - key: "stock:{sku_id}:{warehouse}"
-        fields: [sku_id, warehouse, qty]
-      - key: "sku:{sku_id}:availability"
-        action: delete
-    notify:
-      channel: "inventory:{warehouse}"
-      fields: [sku_id, qty]
-      maxlen: 50
-"""
-)
+RULES = parse_rules(NOTIFY_RULES_YAML)
 
 
 def change(n: int, qty: int, warehouse: str = "north", op: Op = Op.UPDATE) -> ChangeEvent:
@@ -90,6 +80,18 @@ def test_notification_without_a_host_is_refused(redis_client: Any) -> None:
     with pytest.raises(ApplyError, match="needs a key op before it"):
         RedisApplier(redis_client).apply([Notify("inventory:x", b"{}", 10)])
     assert redis_client.exists(stream_key("inventory:x")) == 0
+
+
+def test_worker_with_notification_rules_refuses_to_start_on_redis_cluster(
+    tmp_path: Path, redis_cluster: RedisClusterServers
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(NOTIFY_RULES_YAML)
+    args = ["run", "--rules", str(rules), "--topic", "db.inventory.stock"]
+    result = CliRunner().invoke(main, [*args, "--redis-url", redis_cluster.address()])
+    assert result.exit_code == 2, result.output
+    assert "notification rules need a single Redis server" in result.output
+    assert "remove the tables' 'notify:' sections" in result.output
 
 
 def test_redis_cluster_refuses_notification_rules(redis_cluster_client: Any) -> None:

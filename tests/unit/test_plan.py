@@ -14,6 +14,7 @@ from cdc_cache.plan import changed_columns, plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import parse_rules
 from tests.model import ModelCache
+from tests.workload import NOTIFY_RULES_YAML
 
 RULES = parse_rules(
     """
@@ -266,23 +267,7 @@ def test_late_older_set_after_a_delete_does_not_resurrect(events: list[ChangeEve
 
 # --- notifications ---
 
-NOTIFY_RULES = parse_rules(
-    """
-defaults: {safety_ttl: 1h, tombstone_ttl: 10m}
-tables:
-  inventory.stock:
-    watch: [sku_id, warehouse, qty]
-    keys:
-      - key: "stock:{sku_id}:{warehouse}"
-        fields: [sku_id, warehouse, qty]
-      - key: "sku:{sku_id}:availability"
-        action: delete
-    notify:
-      channel: "inventory:{warehouse}"
-      fields: [sku_id, qty]
-      maxlen: 500
-"""
-)
+NOTIFY_RULES = parse_rules(NOTIFY_RULES_YAML)
 
 
 def notes(ops: list[Any]) -> list[Notify]:
@@ -296,7 +281,7 @@ def test_notification_follows_the_rows_own_key_and_carries_the_change() -> None:
     assert [type(op) for op in ops] == [SetRow, Notify, DeleteKey]
     assert isinstance(ops[0], SetRow) and ops[0].key == "stock:7:north"
     (note,) = notes(ops)
-    assert (note.channel, note.maxlen) == ("inventory:north", 500)
+    assert (note.channel, note.maxlen) == ("inventory:north", 50)
     assert orjson.loads(note.payload) == {
         "table": "inventory.stock",
         "op": "u",
