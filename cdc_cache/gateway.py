@@ -55,7 +55,8 @@ log = logging.getLogger("cdc_cache.gateway")
 
 StreamId = tuple[int, int]
 START: Final[StreamId] = (0, 0)
-SLOW_CLOSE_CODE: Final = 4008
+SLOW_CLOSE_CODE: Final = 4008  # the client fell behind: reconnect and resume
+EXPIRED_CLOSE_CODE: Final = 4001  # the token expired: reconnect with a fresh one
 READ_COUNT: Final = 1000
 CATCH_UP_PAGE: Final = 1000
 
@@ -83,11 +84,13 @@ class Frame:
     channel: str
     id: StreamId
     data: bytes
+    committed_at_ms: float | None = None
 
 
 def encode_frame(channel: str, stream_id: StreamId, payload: bytes) -> Frame:
     """The ``message`` frame for a stream entry; ValueError when the payload is not JSON."""
-    orjson.loads(payload)  # never pass a broken document on to every client
+    change = orjson.loads(payload)  # never pass a broken document on to every client
+    committed = change.get("committed_at_ms") if isinstance(change, dict) else None
     data = b"".join(
         (
             b'{"type":"message","channel":',
@@ -99,7 +102,9 @@ def encode_frame(channel: str, stream_id: StreamId, payload: bytes) -> Frame:
             b"}",
         )
     )
-    return Frame(channel, stream_id, data)
+    return Frame(
+        channel, stream_id, data, committed if isinstance(committed, int | float) else None
+    )
 
 
 class Session:
@@ -132,10 +137,10 @@ class Session:
             if len(waiting) >= self.queue.maxsize:
                 self.drop("slow", f"more than {self.queue.maxsize} messages behind")
             waiting.append(frame)
-        elif self._advance(frame):
+        elif self.advance(frame):
             self.send(frame.data)
 
-    def _advance(self, frame: Frame) -> bool:
+    def advance(self, frame: Frame) -> bool:
         """Record ``frame`` as handed over; False when the client has (or wants not) it."""
         last = self.last.get(frame.channel)
         if self.closed or last is None or frame.id <= last:
@@ -158,7 +163,7 @@ class Session:
         """Queue a protocol message (welcome, error, heartbeat, ...)."""
         self.send(orjson.dumps({"type": kind, **fields}))
 
-    def drop(self, reason: str, detail: str) -> None:
+    def drop(self, reason: str, detail: str, code: int = SLOW_CLOSE_CODE) -> None:
         """Disconnect the client at once, with a close code and reason it can act on."""
         if self.closed:
             return
@@ -166,7 +171,7 @@ class Session:
         metrics.GATEWAY_DROPS.labels(reason).inc()
         log.warning("dropping client", extra={"reason": reason, "detail": detail})
         text = f"{detail}; reconnect and resume from the last id you saw"
-        _spawn(_close(self.ws, SLOW_CLOSE_CODE, text[:120]))
+        _spawn(_close(self.ws, code, text[:120]))
 
     async def pump(self) -> None:
         """Send queued frames in order until the client goes away or is dropped."""
@@ -269,7 +274,7 @@ class Hub:
                 page = await self._redis.xrange(key, min=cursor, count=CATCH_UP_PAGE)
                 for raw_id, fields in page:
                     frame = _frame(channel, raw_id, fields)
-                    if frame is not None and session._advance(frame):
+                    if frame is not None and session.advance(frame):
                         await session.ws.send(frame.data, text=True)
                         metrics.GATEWAY_MESSAGES_OUT.inc()
                 if len(page) < CATCH_UP_PAGE:
@@ -318,7 +323,9 @@ class Hub:
                     continue
                 for session in tuple(self.subscribers.get(channel, ())):
                     session.offer(frame)
-                _observe_commit_latency(fields, now_ms)
+                if frame.committed_at_ms is not None:
+                    lag_s = max(0.0, now_ms - frame.committed_at_ms) / 1000
+                    metrics.GATEWAY_DELIVERY.observe(lag_s)
                 # Let every client's sender take its turn, so a burst read in one XREAD
                 # fills only the queues of clients that really cannot keep up.
                 await asyncio.sleep(0)
@@ -333,12 +340,6 @@ def _frame(channel: str, raw_id: bytes, fields: dict[bytes, bytes]) -> Frame | N
             extra={"channel": channel, "id": raw_id.decode(errors="replace")},
         )
         return None
-
-
-def _observe_commit_latency(fields: dict[bytes, bytes], now_ms: float) -> None:
-    committed = orjson.loads(fields[b"p"]).get("committed_at_ms")
-    if isinstance(committed, int | float):
-        metrics.GATEWAY_DELIVERY.observe(max(0.0, now_ms - committed) / 1000)
 
 
 class Gateway:
@@ -426,6 +427,13 @@ class Gateway:
         metrics.GATEWAY_CONNECTIONS.inc()
         pump = asyncio.create_task(session.pump())
         beat = asyncio.create_task(self._heartbeats(session))
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, grant.expires_at - time.time()),
+            session.drop,
+            "token_expired",
+            "token expired; get a fresh one",
+            EXPIRED_CLOSE_CODE,
+        )
         session.control("welcome", patterns=list(grant.patterns), expires_at=grant.expires_at)
         try:
             async for message in ws:
@@ -434,6 +442,7 @@ class Gateway:
             pass
         finally:
             session.closed = True
+            expiry.cancel()
             self.hub.remove(session)
             metrics.GATEWAY_CONNECTIONS.dec()
             for task in (pump, beat):

@@ -127,8 +127,8 @@ GATEWAY_AUTH_FAILURES = Counter(
     namespace=NAMESPACE,
 )
 GATEWAY_DELIVERY = Histogram(
-    "gateway_commit_to_sent_seconds",
-    "Source commit time to the gateway handing the notification to a client's socket",
+    "gateway_commit_to_fanout_seconds",
+    "Source commit time to the gateway reading the notification and queueing it to clients",
     namespace=NAMESPACE,
     buckets=_LATENCY_BUCKETS,
 )

@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cdc_cache import metrics
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.gateway import SLOW_CLOSE_CODE, Gateway
+from cdc_cache.gateway import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE, Gateway
 from cdc_cache.keys import CHANNELS_KEY, stream_key
 from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
@@ -298,5 +298,20 @@ def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: 
         assert status == 200 and b"cdc_cache_gateway_connections" in text
         assert (await asyncio.to_thread(get, "/nothing"))[0] == 404
         assert (await asyncio.to_thread(get, "/ws"))[0] == 401  # no token
+
+    run(redis_server, scenario)
+
+
+def test_a_connection_is_closed_when_its_token_expires(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*', ttl_s=2)}") as ws:
+            await subscribe(ws, "inventory:*")
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == EXPIRED_CLOSE_CODE
+        assert "token expired" in info.value.rcvd.reason
 
     run(redis_server, scenario)
