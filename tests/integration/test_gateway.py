@@ -12,10 +12,12 @@ import base64
 import os
 import socket
 import struct
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cdc_cache import metrics
+from cdc_cache.devstack.process import free_port, port_open
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.events import ChangeEvent, Op
 from cdc_cache.gateway import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE, Gateway
@@ -34,6 +37,7 @@ from cdc_cache.redis_apply import RedisApplier
 from cdc_cache.rules import parse_rules
 from cdc_cache.settings import GatewaySettings
 from cdc_cache.tokens import issue
+from tests.integration.flowkit import Service
 
 pytestmark = pytest.mark.integration
 
@@ -315,3 +319,38 @@ def test_a_connection_is_closed_when_its_token_expires(
         assert "token expired" in info.value.rcvd.reason
 
     run(redis_server, scenario)
+
+
+def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    port = free_port()
+    (tmp_path / "secret").write_text(SECRET)
+    gateway = Service(
+        [
+            sys.executable, "-m", "cdc_cache", "gateway",
+            "--redis-url", redis_server.address(), "--port", str(port),
+            "--secret-file", str(tmp_path / "secret"),
+        ],
+        tmp_path / "gateway.log",
+    )  # fmt: skip
+    gateway.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            gateway.check_alive()
+            assert time.monotonic() < deadline, gateway.tail()
+            time.sleep(0.05)
+
+        async def scenario() -> int | None:
+            async with connect(f"ws://127.0.0.1:{port}/ws?token={token('inventory:*')}") as ws:
+                await subscribe(ws, "inventory:*")
+                assert await asyncio.to_thread(gateway.terminate) == 0, gateway.tail()
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(ws.recv(), 10)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+        assert asyncio.run(scenario()) == 1001
+        assert "gateway stopping" in gateway.log.read_text()
+    finally:
+        gateway.stop()
