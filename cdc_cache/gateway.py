@@ -214,6 +214,7 @@ class Hub:
         self.sessions: set[Session] = set()
         self.healthy = False
         self._discovered_at = 0.0
+        self.broken: set[str] = set()  # channels whose key is no stream: not followed
 
     async def discover(self, *, initial: bool = False) -> None:
         """Learn new channels; at start each is followed from its end, later from its start.
@@ -222,7 +223,7 @@ class Hub:
         its messages are new; subscribers whose patterns match it are attached at once.
         """
         names = {raw.decode() for raw in await self._redis.smembers(CHANNELS_KEY)}
-        for channel in sorted(names - self.positions.keys()):
+        for channel in sorted(names - self.positions.keys() - self.broken):
             self.positions[channel] = await self._end_of(channel) if initial else START
             for session in self.sessions:
                 if session.wants(channel) and channel not in session.last:
@@ -297,6 +298,9 @@ class Hub:
                     await self.discover(initial=not self.healthy and not self.positions)
                 await self._read_once()
                 self.healthy, attempt = True, 0
+            except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
+                await self._forget_broken_channels(exc)
+                await asyncio.sleep(self._block_ms / 1000)
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
@@ -306,6 +310,24 @@ class Hub:
                     extra={"attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
                 )
                 await asyncio.sleep(delay)
+
+    async def _forget_broken_channels(self, error: rex.ResponseError) -> None:
+        """Stop following channels whose key holds something else than a stream.
+
+        One such key would fail every XREAD, and with it every other channel.
+        """
+        for channel in list(self.positions):
+            kind = await self._redis.type(stream_key(channel))  # type: ignore[no-untyped-call]
+            if kind not in (b"stream", b"none"):
+                del self.positions[channel]
+                self.broken.add(channel)
+                for session in tuple(self.subscribers.pop(channel, ())):
+                    session.last.pop(channel, None)
+                log.error(
+                    "not following a channel: its key is no stream (written by something else "
+                    "than the apply script?); delete the key or rename what uses it",
+                    extra={"key": stream_key(channel), "type": kind.decode(), "error": str(error)},
+                )
 
     async def _read_once(self) -> None:
         if not self.positions:
@@ -410,6 +432,7 @@ class Gateway:
                     "redis": "ok" if self.hub.healthy else "unavailable",
                     "clients": len(self.hub.sessions),
                     "channels": len(self.hub.positions),
+                    "broken_channels": sorted(self.hub.broken),
                 }
             )
             return _respond(connection, status, body, "application/json")

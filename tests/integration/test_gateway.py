@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -354,3 +355,52 @@ def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
         assert "gateway stopping" in gateway.log.read_text()
     finally:
         gateway.stop()
+
+
+def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    publish(redis_client, 1, "north")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*")
+            redis_client.sadd(CHANNELS_KEY, "inventory:broken")
+            redis_client.set(stream_key("inventory:broken"), b"not a stream")
+            await _until(lambda: "inventory:broken" in gateway.hub.broken, "it is set aside")
+            await asyncio.to_thread(publish, redis_client, 2, "north")
+            frame = await receive(ws)
+            assert (frame["channel"], frame["data"]["values"]["sku_id"]) == ("inventory:north", 2)
+            assert "inventory:broken" not in gateway.hub.positions
+
+    run(redis_server, scenario)
+
+
+def test_redis_outage_is_retried_reported_and_recovered_from(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    client = Redis.from_url(server.address())
+    publish(client, 1, "north")
+    retries = metrics.RETRIES.labels("redis")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+        before = retries._value.get()
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*")
+            await asyncio.to_thread(server.stop)
+            await _until(lambda: retries._value.get() > before, "a retry is counted")
+            with pytest.raises(urllib.error.HTTPError) as info:
+                await asyncio.to_thread(urllib.request.urlopen, base + "/healthz", timeout=5)
+            assert info.value.code == 503
+            await asyncio.to_thread(server.start)
+            await _until(lambda: gateway.hub.healthy, "the gateway reads Redis again", 30)
+            await asyncio.to_thread(publish, client, 2, "north")
+            frame = await receive(ws)  # the client stayed connected and is served again
+            assert frame["data"]["values"]["sku_id"] == 2
+
+    try:
+        run(server, scenario)
+    finally:
+        client.close()
+        server.stop()
