@@ -1,7 +1,8 @@
 """``cdc-cache demo``: the whole path, live, on the local stack.
 
 Starts Redis, the broker, MariaDB and Debezium (``dev up``), the worker with the example
-rules, and a random write load on the inventory schema; shows what the worker does once a
+rules, the notification gateway (its live page's URL, with a token, is printed), and a
+random write load on the inventory schema; shows what the worker does once a
 second from its own ``/metrics``, next to one cache entry and its row. On stop it lets the
 worker drain, checks every stock row against its cache key, and stops what it started.
 """
@@ -9,7 +10,9 @@ worker drain, checks every stock row against its cache key, and stops what it st
 from __future__ import annotations
 
 import importlib.resources
+import os
 import random
+import secrets
 import shutil
 import signal
 import sys
@@ -35,6 +38,7 @@ from cdc_cache.devstack.process import ManagedProcess, StackError, free_port, po
 from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.rules import Action, Rules, load_rules
+from cdc_cache.tokens import issue
 from cdc_cache.verify import Finding, Report, debezium_value, derive, same_value, verify
 
 TOPIC_PREFIX: Final = "dbserver1"
@@ -49,6 +53,7 @@ DRAIN_LIMIT_S: Final = 30.0
 PLAIN_EVERY_S: Final = 5
 SAMPLE_AGE_S: Final = 3.0
 OUTCOMES: Final = ("applied", "stale", "duplicate", "no_op")
+LIVE_CHANNELS: Final = "inventory:*"  # the example rules' stock channels, one per warehouse
 RESOLUTION_NOTE: Final = "from Debezium emitting the change, estimated from histogram buckets"
 
 
@@ -253,6 +258,14 @@ class Demo:
         self.display = _Display(out)
         self.metrics_port = free_port()
         self.worker = ManagedProcess("worker", (), self.home)
+        self.gateway_port = free_port()
+        self.gateway_secret = secrets.token_urlsafe(32)
+        self.gateway = ManagedProcess(
+            "gateway",
+            (),
+            self.home,
+            env={**os.environ, "CDC_CACHE_GATEWAY_SECRET": self.gateway_secret},
+        )
         self.started: list[str] = []
         self.load: WriteLoad | None = None
         self.began = time.monotonic()
@@ -284,6 +297,7 @@ class Demo:
     def _run(self) -> int:
         rules = load_rules(example_rules())
         self.worker.stop()  # a worker left behind by an interrupted demo
+        self.gateway.stop()
         self._start_stack()
         mariadb = self.stack.service("mariadb")
         assert isinstance(mariadb, MariaDB)
@@ -315,6 +329,7 @@ class Demo:
         # starts, and heartbeats keep idle partitions' lag honest.
         broker.create_topics(dict.fromkeys((*TOPICS, HEARTBEAT_TOPIC), PARTITIONS))
         self._start_worker(broker)
+        self._start_gateway()
         self._up(["debezium"])
 
     def _up(self, services: Iterable[str]) -> None:
@@ -338,6 +353,25 @@ class Demo:
         self.display.say(
             f"{'worker':<9} started in {time.monotonic() - began:5.2f}s  "
             f"metrics http://127.0.0.1:{self.metrics_port}/metrics, log {self.worker.log_file}"
+        )
+
+    def _start_gateway(self) -> None:
+        """The WebSocket gateway and its live page, linked with a token for the stock channels."""
+        self.gateway.argv = [
+            sys.executable, "-m", "cdc_cache", "gateway",
+            "--redis-url", self.stack.service("redis").address(),
+            "--port", str(self.gateway_port),
+        ]  # fmt: skip
+        began = time.monotonic()
+        self.gateway.start(lambda: port_open(self.gateway_port), timeout=60)
+        token = issue(self.gateway_secret.encode(), [LIVE_CHANNELS], int(time.time()) + 86_400)
+        self.display.say(
+            f"{'gateway':<9} started in {time.monotonic() - began:5.2f}s  "
+            f"log {self.gateway.log_file}"
+        )
+        self.display.say(
+            f"live page http://127.0.0.1:{self.gateway_port}/?token={token}  "
+            "(stock by warehouse, updated as changes commit)"
         )
 
     def _watch(self, inventory: Inventory) -> None:
@@ -450,6 +484,8 @@ class Demo:
         """Stop the load and worker always; the services this run started unless kept."""
         if self.load is not None:
             self.load.stop()
+        if self.gateway.stop():
+            self.display.say(f"{'gateway':<9} stopped")
         if self.worker.stop():
             self.display.say(f"{'worker':<9} stopped")
         if self.options.keep_running:

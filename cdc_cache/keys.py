@@ -21,6 +21,8 @@ LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
+STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
+CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
 INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEASE_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
@@ -88,6 +90,11 @@ def slot_tag(key: str) -> str:
 def version_key(key: str) -> str:
     """The key that stores the position of the last change applied to ``key``."""
     return f"{VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def stream_key(channel: str) -> str:
+    """The Redis stream holding a notification channel's messages."""
+    return STREAM_PREFIX + channel
 
 
 def lease_key(key: str) -> str:

@@ -121,3 +121,33 @@ TTL_SHORTENED = Counter(
     "Existing cache keys given the short fallback TTL on entering ttl mode",
     namespace=NAMESPACE,
 )
+
+# --- the notification gateway (cdc-cache gateway) ---
+GATEWAY_CONNECTIONS = Gauge(
+    "gateway_connections",
+    "WebSocket clients connected to the gateway",
+    namespace=NAMESPACE,
+)
+GATEWAY_MESSAGES_OUT = Counter(
+    "gateway_messages_out",
+    "Notifications queued to clients (one per client and message)",
+    namespace=NAMESPACE,
+)
+GATEWAY_DROPS = Counter(
+    "gateway_drops",
+    "Clients disconnected by the gateway, by reason (slow: its queue was full)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+GATEWAY_AUTH_FAILURES = Counter(
+    "gateway_auth_failures",
+    "Refused tokens and subscriptions, by reason (invalid_token, expired, forbidden)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+GATEWAY_DELIVERY = Histogram(
+    "gateway_commit_to_fanout_seconds",
+    "Source commit time to the gateway reading the notification and queueing it to clients",
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)

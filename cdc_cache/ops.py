@@ -49,5 +49,19 @@ class InvalidatePrefix:
     tombstone_ttl_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Announce a change on ``channel`` if the key op right before it (its host) applied.
+
+    It rides with its host in the same script call: a change skipped as stale or duplicate
+    notifies nobody, and no write lands without its notification. ``payload`` is the JSON
+    document clients receive; ``maxlen`` bounds the channel's stream.
+    """
+
+    channel: str
+    payload: bytes
+    maxlen: int
+
+
 KeyOp = SetRow | DeleteKey
-CacheOp = SetRow | DeleteKey | InvalidatePrefix
+CacheOp = SetRow | DeleteKey | InvalidatePrefix | Notify

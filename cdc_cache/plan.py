@@ -12,8 +12,8 @@ import orjson
 
 from cdc_cache.errors import MissingPrimaryKey, RenderError
 from cdc_cache.events import ChangeEvent, Op, Row
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
-from cdc_cache.rules import Action, KeyRule, MissingColumn, Rules, TableRules
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow, ValueFormat
+from cdc_cache.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
 
 
 def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
@@ -35,13 +35,13 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
         msg = f"{event.table} {event.op.value} at {event.position} has no primary key"
         raise MissingPrimaryKey(msg)
     if event.op is Op.DELETE:
-        return _plan_delete(event, table)
+        return _with_notify(_plan_delete(event, table), event, table)
     if event.after is None:
         msg = f"{event.table} {event.op.value} at {event.position} has no after image"
         raise RenderError(msg)
     if event.op is Op.UPDATE and not _watched_change(event, table):
         return []
-    return _plan_upsert(event, table, event.after)
+    return _with_notify(_plan_upsert(event, table, event.after), event, table)
 
 
 def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
@@ -76,6 +76,66 @@ def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
     before = {**event.key, **(event.before or {})}
     keys = (_render(rule, before, event, "before") for rule in table.keys)
     return [DeleteKey(key, event.position, table.tombstone_ttl_ms) for key in dict.fromkeys(keys)]
+
+
+def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> list[CacheOp]:
+    """``ops`` with the change's notifications right after their host op.
+
+    The host is the last op of the first key rule (the row's own key after the change), so
+    the notification goes out exactly when that write applies. A row that moved to another
+    channel is announced on both, the old one first.
+    """
+    rule = table.notify
+    if rule is None or not ops:
+        return ops
+    row = {**event.key, **(event.before or {})} if event.op is Op.DELETE else event.after or {}
+    payload = orjson.dumps(
+        {
+            "table": event.table,
+            "op": event.op.value,
+            "key": dict(event.key),
+            "changed": sorted(changed_columns(event.before, event.after)),
+            "values": _notified_values(rule.fields, row, rule.channel, event),
+            "position": event.position.encode(),
+            "committed_at_ms": event.committed_at_ms,
+        }
+    )
+    channels = [_render_channel(rule.channel, row, event, "after")]
+    if event.op is Op.UPDATE and event.before is not None:
+        old = _render_channel(rule.channel, event.before, event, "before")
+        channels = list(dict.fromkeys([old, *channels]))
+    host_key = table.keys[0].template.render(row)
+    host = next(
+        i for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey) and op.key == host_key
+    )
+    notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
+    return [*ops[: host + 1], *notes, *ops[host + 1 :]]
+
+
+def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: str) -> str:
+    try:
+        return template.render(row)
+    except MissingColumn as exc:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: channel "
+            f"'{template.source}' needs column '{exc.column}', absent from the {image} image"
+        )
+        raise RenderError(msg) from exc
+
+
+def _notified_values(
+    fields: tuple[str, ...] | None, row: Row, channel: KeyTemplate, event: ChangeEvent
+) -> dict[str, object]:
+    if fields is None:
+        return dict(row)
+    missing = [name for name in fields if name not in row]
+    if missing:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: notification on "
+            f"'{channel.source}' projects column {missing[0]!r}, absent from the row"
+        )
+        raise RenderError(msg)
+    return {name: row[name] for name in fields}
 
 
 def _old_key(rule: KeyRule, event: ChangeEvent) -> str | None:

@@ -39,14 +39,16 @@ from redis import exceptions as rex
 
 from cdc_cache.errors import CdcCacheError, ConfigError, RedisUnavailable
 from cdc_cache.keys import (
+    CHANNELS_KEY,
     INTERNAL_PREFIXES,
     LEASE_PREFIX,
     key_slot,
     lease_key,
     leased_key,
+    stream_key,
     version_key,
 )
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, ValueFormat
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, Notify, ValueFormat
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,20 @@ class Outcome(StrEnum):
 
 
 _OUTCOMES: Final = {1: Outcome.APPLIED, 0: Outcome.STALE, 2: Outcome.DUPLICATE}
+
+
+CLUSTER_NOTIFY_REFUSAL: Final = (
+    "notification rules need a single Redis server: on Redis Cluster a channel's stream "
+    "lives in another hash slot than the cache keys, so one script cannot write both "
+    "atomically; remove the tables' 'notify:' sections or point redis_url at a server "
+    "without ?cluster=true"
+)
+
+
+def check_notifications(client: Client) -> None:
+    """Refuse notification rules on Redis Cluster at startup (see CLUSTER_NOTIFY_REFUSAL)."""
+    if isinstance(client, RedisCluster):
+        raise ConfigError(CLUSTER_NOTIFY_REFUSAL)
 
 
 class ApplyError(CdcCacheError):
@@ -263,8 +279,17 @@ def version_of(op: KeyOp) -> str:
     return op.position.encode() + (".d" if isinstance(op, DeleteKey) else ".s")
 
 
-def _encode(op: KeyOp) -> tuple[Arg, ...]:
+def _keys(op: KeyOp | Notify) -> tuple[str, ...]:
+    """The script's KEYS for one op."""
+    if isinstance(op, Notify):
+        return (stream_key(op.channel), CHANNELS_KEY)
+    return (op.key, version_key(op.key), lease_key(op.key))
+
+
+def _encode(op: KeyOp | Notify) -> tuple[Arg, ...]:
     """The script's ARGV for one op: kind, version, version TTL, then kind-specific args."""
+    if isinstance(op, Notify):
+        return ("N", op.channel, op.maxlen, op.payload)
     position = version_of(op)
     if op.tombstone_ttl_ms <= 0:
         msg = f"{type(op).__name__} for {op.key!r} has tombstone_ttl_ms={op.tombstone_ttl_ms}"
@@ -321,7 +346,7 @@ class RedisApplier:
         """
         outcomes: list[Outcome] = []
         invalidated: list[int] = []
-        pending: list[KeyOp] = []
+        pending: list[KeyOp | Notify] = []
         with _translated(f"applying a batch of {len(ops)} ops"):
             for op in ops:
                 if isinstance(op, InvalidatePrefix):
@@ -333,13 +358,15 @@ class RedisApplier:
             outcomes += self._apply_key_ops(pending)
         return ApplyResult(tuple(outcomes), tuple(invalidated))
 
-    def _apply_key_ops(self, ops: Sequence[KeyOp]) -> list[Outcome]:
+    def _apply_key_ops(self, ops: Sequence[KeyOp | Notify]) -> list[Outcome]:
         if not ops:
             return []
         cluster = isinstance(self._client, RedisCluster)
         groups: dict[int, list[int]] = defaultdict(list)
         for index, op in enumerate(ops):
-            groups[key_slot(op.key) if cluster else 0].append(index)
+            if cluster and isinstance(op, Notify):
+                raise ApplyError(CLUSTER_NOTIFY_REFUSAL)
+            groups[key_slot(op.key) if cluster and not isinstance(op, Notify) else 0].append(index)
         calls = [call for indices in groups.values() for call in self._chunk(ops, indices)]
         outcomes: list[Outcome | None] = [None] * len(ops)
         for call, codes in zip(calls, self._run(calls), strict=True):
@@ -347,20 +374,25 @@ class RedisApplier:
                 outcomes[index] = _OUTCOMES[int(code)]
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _chunk(self, ops: Sequence[KeyOp], indices: Sequence[int]) -> Iterator[_Call]:
-        """Split one slot's ops into script calls within the limits, keeping their order."""
+    def _chunk(self, ops: Sequence[KeyOp | Notify], indices: Sequence[int]) -> Iterator[_Call]:
+        """Split one slot's ops into script calls within the limits, keeping their order.
+
+        A notification stays in the call of the key op it follows (its host).
+        """
         keys: list[str] = []
         args: list[Arg] = []
         members: list[int] = []
         for index in indices:
             op = ops[index]
             encoded = _encode(op)
-            if members and (
-                len(members) >= self._max_ops or len(args) + len(encoded) > self._max_args
+            if (
+                members
+                and not isinstance(op, Notify)
+                and (len(members) >= self._max_ops or len(args) + len(encoded) > self._max_args)
             ):
                 yield _Call(tuple(keys), tuple(args), tuple(members))
                 keys, args, members = [], [], []
-            keys += (op.key, version_key(op.key), lease_key(op.key))
+            keys += _keys(op)
             args += encoded
             members.append(index)
         if members:

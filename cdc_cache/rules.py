@@ -31,6 +31,7 @@ _E = TypeVar("_E", bound=StrEnum)
 
 DEFAULT_SAFETY_TTL_MS: Final = 24 * 3_600_000
 DEFAULT_TOMBSTONE_TTL_MS: Final = 3_600_000
+DEFAULT_NOTIFY_MAXLEN: Final = 10_000
 
 
 class Action(StrEnum):
@@ -59,8 +60,12 @@ class KeyTemplate:
     pieces: tuple[tuple[str, str | None], ...]
 
     @classmethod
-    def parse(cls, source: str) -> KeyTemplate:
-        """Compile ``source``; raises ValueError with a readable reason."""
+    def parse(cls, source: str, *, constant_ok: bool = False) -> KeyTemplate:
+        """Compile ``source``; raises ValueError with a readable reason.
+
+        ``constant_ok`` allows a template without placeholders (one notification channel
+        for the whole table); a cache key template always needs one.
+        """
         pieces: list[tuple[str, str | None]] = []
         for literal, name, spec, conversion in string.Formatter().parse(source):
             if name is not None:
@@ -71,7 +76,7 @@ class KeyTemplate:
                     msg = f"placeholder {{{name}}} is not a column name"
                     raise ValueError(msg)
             pieces.append((literal, name))
-        if not any(name for _, name in pieces):
+        if not constant_ok and not any(name for _, name in pieces):
             msg = "template has no {column} placeholder, so every row would share one key"
             raise ValueError(msg)
         return cls(source, tuple(pieces))
@@ -111,6 +116,20 @@ class KeyRule:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyRule:
+    """Where an applied change of a table is announced, and which of its values go along.
+
+    ``channel`` renders from the row (after image, before image for deletes); ``maxlen``
+    bounds the channel's Redis stream (approximately: ``XADD MAXLEN ~``).
+    """
+
+    channel: KeyTemplate
+    fields: tuple[str, ...] | None
+    maxlen: int
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class TableRules:
     """Everything the planner needs for one table."""
 
@@ -119,6 +138,7 @@ class TableRules:
     watch: frozenset[str] | None
     tombstone_ttl_ms: int
     sensitive: frozenset[str] = frozenset()
+    notify: NotifyRule | None = None
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -143,6 +163,11 @@ class Rules:
         """Columns of ``table`` that dead letters must not show (none if not covered)."""
         rules = self.tables.get(table)
         return rules.sensitive if rules is not None else frozenset()
+
+    @property
+    def notifies(self) -> bool:
+        """True when some table announces its changes (needs streams next to the cache)."""
+        return any(table.notify is not None for table in self.tables.values())
 
 
 def parse_duration_ms(value: object) -> int:
@@ -322,7 +347,9 @@ class _Checker:
         where: str,
     ) -> TableRules | None:
         items = self.mapping(
-            node, where, frozenset({"columns", "watch", "keys", "tombstone_ttl", "sensitive"})
+            node,
+            where,
+            frozenset({"columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify"}),
         )
         columns_node = _value(items, "columns")
         columns = self.names(columns_node, f"{where}.columns") if columns_node else None
@@ -367,28 +394,91 @@ class _Checker:
                     "this key caches the whole row but the table has a watch list, so a "
                     "change to an unwatched column would leave it stale; list its fields",
                 )
-            elif watch is not None:
+            else:
                 needed = rule.template.columns + (rule.fields or ())
-                for column in needed:
-                    if column not in watch:
-                        self.problem(
-                            key_node,
-                            f"{where}.keys[{index}]",
-                            f"column '{column}' is used by this key but not watched, "
-                            "so changes to it would leave the cache stale; add it "
-                            "to watch",
-                        )
+                self.check_watched(key_node, f"{where}.keys[{index}]", needed, watch, "key")
             rules.append(rule)
         tombstone_ttl = self.duration(
             _value(items, "tombstone_ttl"), f"{where}.tombstone_ttl", self.tombstone_ttl_ms
         )
+        notify_node = _value(items, "notify")
+        notify = None
+        if notify_node is not None:
+            notify = self.notify_rule(notify_node, f"{where}.notify", check_columns)
+            if notify is not None:
+                needed = notify.channel.columns + (notify.fields or ())
+                self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
         return TableRules(
             name,
             tuple(rules),
             frozenset(watch) if watch is not None else None,
             tombstone_ttl,
             frozenset(sensitive or ()),
+            notify,
         )
+
+    def check_watched(
+        self, node: yaml.Node, where: str, used: tuple[str, ...], watch: tuple[str, ...] | None,
+        what: str,
+    ) -> None:  # fmt: skip
+        """Every column a key or a notification reads must be watched, or it goes stale."""
+        for column in used:
+            if watch is not None and column not in watch:
+                self.problem(
+                    node,
+                    where,
+                    f"column '{column}' is used by this {what} but not watched, so changes "
+                    f"to it would {'leave the cache stale' if what == 'key' else 'be missed'}; "
+                    "add it to watch",
+                )
+
+    def notify_rule(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> NotifyRule | None:
+        items = self.mapping(node, where, frozenset({"channel", "fields", "maxlen"}))
+        if "channel" not in items:
+            if isinstance(node, yaml.MappingNode):
+                self.problem(
+                    node, where, "missing 'channel:', e.g. channel: \"inventory:{warehouse}\""
+                )
+            return None
+        channel_node = items["channel"][1]
+        source = self.scalar(channel_node, f"{where}.channel")
+        if source is None:
+            return None
+        try:
+            channel = KeyTemplate.parse(source, constant_ok=True)
+        except ValueError as exc:
+            self.problem(channel_node, f"{where}.channel", f"{exc} in '{source}'")
+            return None
+        if not channel.static_prefix or "*" in source:
+            self.problem(
+                channel_node,
+                f"{where}.channel",
+                f"'{source}' must start with a literal name such as 'inventory:' and hold "
+                "no '*' (clients subscribe with '*' patterns)",
+            )
+        check_columns(channel_node, f"{where}.channel", channel.columns)
+        fields_node = _value(items, "fields")
+        fields = self.names(fields_node, f"{where}.fields") if fields_node else None
+        if fields_node is not None and fields is not None:
+            check_columns(fields_node, f"{where}.fields", fields)
+        maxlen = self.count(_value(items, "maxlen"), f"{where}.maxlen", DEFAULT_NOTIFY_MAXLEN)
+        return NotifyRule(channel, fields, maxlen, node.start_mark.line + 1)
+
+    def count(self, node: yaml.Node | None, where: str, default: int) -> int:
+        if node is None:
+            return default
+        value = self.scalar(node, where)
+        if value is None:
+            return default
+        if not value.isdigit() or int(value) <= 0:
+            self.problem(node, where, f"'{value}' is not a positive whole number")
+            return default
+        return int(value)
 
     def key_rule(
         self,

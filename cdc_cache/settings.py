@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -177,21 +177,55 @@ def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretS
     return SecretStr(secret)
 
 
-S = TypeVar("S", bound=SharedSettings)
+class GatewaySettings(BaseSettings):
+    """Everything ``cdc-cache gateway`` needs; see README "Live notifications"."""
+
+    model_config = SettingsConfigDict(env_prefix=f"{ENV_PREFIX}GATEWAY_", extra="forbid")
+
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    secret: SecretStr | None = Field(default=None, description="HMAC key of client tokens")
+    secret_file: Path | None = None
+    queue_size: int = Field(default=1000, ge=1, description="messages queued per client")
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
+    discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _secret_given(self) -> GatewaySettings:
+        if self.secret is None and self.secret_file is None:
+            msg = "give the token signing key: secret, or secret_file (a file holding it)"
+            raise ValueError(msg)
+        return self
+
+    def signing_key(self) -> bytes:
+        """The HMAC key: ``secret``, or the first line of ``secret_file``."""
+        if self.secret is not None:
+            return self.secret.get_secret_value().encode()
+        assert self.secret_file is not None  # the validator guarantees one of them
+        try:
+            key = self.secret_file.read_text().strip().encode()
+        except OSError as exc:
+            msg = f"cannot read secret_file {self.secret_file}: {exc.strerror}"
+            raise ConfigError(msg) from exc
+        if not key:
+            msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
+            raise ConfigError(msg)
+        return key
 
 
-@overload
-def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings: ...
+_S = TypeVar("_S", bound=BaseSettings)
 
 
-@overload
-def load_settings(config_file: Path | None, kind: type[S], **overrides: Any) -> S: ...
-
-
-def load_settings(
-    config_file: Path | None = None, kind: type[SharedSettings] = WorkerSettings, **overrides: Any
-) -> SharedSettings:
+def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings:
     """Build settings from flags (``overrides``), environment and an optional YAML file."""
+    return load(WorkerSettings, config_file, **overrides)
+
+
+def load(kind: type[_S], config_file: Path | None = None, **overrides: Any) -> _S:
+    """Settings of ``kind`` from flags (``overrides``) over environment over a YAML file."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
 
     class FromFile(kind):  # type: ignore[valid-type,misc]
@@ -213,16 +247,19 @@ def load_settings(
         msg = f"settings file {config_file} does not exist; pass an existing file to --config"
         raise ConfigError(msg)
     try:
-        settings: SharedSettings = FromFile(**given)
+        settings: _S = FromFile(**given)
         return settings
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, config_file, given)) from exc
+        raise ConfigError(_explain(exc, config_file, given, kind)) from exc
     except yaml.YAMLError as exc:
         msg = f"settings file {config_file} is not valid YAML: {exc}"
         raise ConfigError(msg) from exc
 
 
-def _explain(exc: ValidationError, config_file: Path | None, given: dict[str, Any]) -> str:
+def _explain(
+    exc: ValidationError, config_file: Path | None, given: dict[str, Any], kind: type[BaseSettings]
+) -> str:
+    prefix = kind.model_config.get("env_prefix", ENV_PREFIX)
     lines = _top_level_lines(config_file) if config_file is not None else {}
     problems = []
     for error in exc.errors():
@@ -232,10 +269,11 @@ def _explain(exc: ValidationError, config_file: Path | None, given: dict[str, An
         elif field in lines:
             origin = f"{config_file}:{lines[field]}"
         else:
-            origin = f"{ENV_PREFIX}{field.upper()}" if field != "settings" else "settings"
+            origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    return "invalid worker settings:\n  " + "\n  ".join(problems)
+    what = "gateway" if kind is GatewaySettings else "worker"
+    return f"invalid {what} settings:\n  " + "\n  ".join(problems)
 
 
 def _top_level_lines(config_file: Path) -> dict[str, int]:

@@ -44,7 +44,7 @@ from redis import exceptions as rex
 from cdc_cache.errors import CdcCacheError, ConfigError
 from cdc_cache.events import ChangeEvent, Op, Row
 from cdc_cache.keys import NULL_TOKEN, version_key
-from cdc_cache.ops import DeleteKey, SetRow, ValueFormat
+from cdc_cache.ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.redis_apply import Client
@@ -132,8 +132,9 @@ def derive(table: TableRules, row: Row, primary_key: Sequence[str]) -> Derived:
         committed_at_ms=None,
         snapshot=True,
     )
-    # A snapshot read yields exactly one op per key rule, in rule order.
-    pairs = list(zip(table.keys, plan(event, Rules({table.table: table})), strict=True))
+    # A snapshot read yields exactly one op per key rule, in rule order (notifications aside).
+    ops = [op for op in plan(event, Rules({table.table: table})) if not isinstance(op, Notify)]
+    pairs = list(zip(table.keys, ops, strict=True))
     return Derived(
         sets=tuple((rule, op) for rule, op in pairs if isinstance(op, SetRow)),
         deletes=tuple(op.key for _, op in pairs if isinstance(op, DeleteKey)),

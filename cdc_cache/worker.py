@@ -30,6 +30,7 @@ from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
+from cdc_cache.redis_apply import check_notifications
 from cdc_cache.replay import DlqService
 from cdc_cache.retry import retry_forever, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
@@ -214,6 +215,12 @@ def run(settings: WorkerSettings) -> None:
 
 
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
+    if rules.notifies:
+        check_notifications(
+            connect_when_available(
+                settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+            )
+        )
     recovery = prepare_recovery(settings)
     topics = resolve_topics(settings)
     startup.passed("topics")

@@ -18,7 +18,7 @@ from cdc_cache import metrics
 from cdc_cache.dlq import Failure
 from cdc_cache.errors import RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
 from cdc_cache.pipeline import Control, Planned, Routed
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import (
@@ -37,7 +37,12 @@ from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.writer")
 
-_OP_KIND = {SetRow: "set", DeleteKey: "delete", InvalidatePrefix: "invalidate_prefix"}
+_OP_KIND = {
+    SetRow: "set",
+    DeleteKey: "delete",
+    InvalidatePrefix: "invalidate_prefix",
+    Notify: "notify",
+}
 
 
 @dataclass(frozen=True, slots=True)

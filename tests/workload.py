@@ -155,3 +155,19 @@ class Workload:
             }
             for r in self.rows.values()
         }
+
+
+NOTIFY_RULES_YAML = """
+tables:
+  inventory.stock:
+    watch: [sku_id, warehouse, qty]
+    keys:
+      - key: "stock:{sku_id}:{warehouse}"
+        fields: [sku_id, warehouse, qty]
+      - key: "sku:{sku_id}:availability"
+        action: delete
+    notify:
+      channel: "inventory:{warehouse}"
+      fields: [sku_id, qty]
+      maxlen: 50
+"""

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
+import orjson
 import pytest
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisClusterServers
+from cdc_cache.events import SourceRecord
+from cdc_cache.keys import CHANNELS_KEY, stream_key
+from cdc_cache.ops import Notify
+from cdc_cache.pipeline import Planned, route
 from cdc_cache.redis_apply import connect
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import parse_rules
@@ -125,3 +131,46 @@ def test_worker_started_before_redis_waits_for_it(broker, tmp_path):
         assert cache_state(client) == workload.expected_cache()
     finally:
         cluster.stop()
+
+
+NOTIFY_YAML = (
+    RULES_YAML
+    + """    notify:
+      channel: "stock:{warehouse}"
+      fields: [id, qty]
+"""
+)
+
+
+def test_each_applied_change_is_notified_once_and_redeliveries_and_replays_never(
+    broker, redis_client, redis_server
+):
+    topic = unique_topic()
+    broker.create_topics({topic: 1})  # one partition: every first delivery applies
+    workload = Workload(seed=11, topic=topic)
+    transactions = workload.transactions(600)
+    produce(broker.bootstrap, with_redelivery(transactions))
+    rules = parse_rules(NOTIFY_YAML)
+    expected = Counter()
+    for offset, message in enumerate(m for tx in transactions for m in tx):
+        routed = route(SourceRecord(topic, 0, offset, message.key, message.value), rules)
+        if isinstance(routed, Planned):
+            for op in routed.ops:
+                if isinstance(op, Notify):
+                    expected[(op.channel, orjson.loads(op.payload)["position"])] += 1
+    flow = build_flow(
+        rules=rules,
+        brokers=[broker.bootstrap],
+        topics=[topic],
+        redis_url=redis_server.address(),
+        tail=False,
+    )
+    cluster_main(flow, [], 0)
+    cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store
+
+    sent = Counter()
+    for channel in redis_client.smembers(CHANNELS_KEY):
+        for _, fields in redis_client.xrange(stream_key(channel.decode())):
+            sent[(channel.decode(), orjson.loads(fields[b"p"])["position"])] += 1
+    assert len(expected) > 400
+    assert sent == expected  # every applied change once; redeliveries and the replay never

@@ -1,18 +1,30 @@
-"""``cdc-cache demo`` runs the whole path, keeps the cache consistent and leaves nothing behind."""
+"""``cdc-cache demo`` runs the whole path, keeps the cache consistent and leaves nothing behind.
+
+Its live page, opened in headless Chromium from the URL the demo prints, shows an UPDATE
+committed in MariaDB (through Debezium, the worker, Redis and the gateway); the test
+reports the commit → on-page latency.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
+from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import ManagedProcess, free_port, port_open
 from cdc_cache.devstack.stack import DEFAULT_PORTS, Stack, StackConfig, port_env
 
@@ -29,6 +41,7 @@ def demo_env() -> Iterator[dict[str, str]]:
     env |= {port_env(s): str(free_port()) for s in DEFAULT_PORTS}
     yield env
     ManagedProcess("worker", (), home / "demo").stop()
+    ManagedProcess("gateway", (), home / "demo").stop()
     Stack(StackConfig.from_env(env)).down(progress=lambda _: None)
     shutil.rmtree(home, ignore_errors=True)
 
@@ -56,20 +69,115 @@ def _count(pattern: str, text: str) -> int:
     return int(match.group(1))
 
 
-def test_demo_runs_checks_consistency_and_stops_everything(demo_env: dict[str, str]) -> None:
-    home = Path(demo_env["CDC_CACHE_HOME"])
-    result = subprocess.run(
-        [sys.executable, "-m", "cdc_cache", "demo", "--duration", "20", "--rate", "20"],
-        env=demo_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+class DemoRun:
+    """``cdc-cache demo`` as a child process, its output collected line by line."""
 
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc_cache", "demo", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match is not None:
+                return match
+            assert self.proc.poll() is None, f"demo exited early:\n{self.output}"
+            time.sleep(0.2)
+        pytest.fail(f"{pattern!r} did not appear:\n{self.output}")
+
+    def finish(self, timeout: float = 240) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
+
+
+COLLECT_CHANGES = """
+window.__seen = [];
+document.addEventListener("stock-change", (e) => window.__seen.push(
+  {qty: e.detail.message.data.values.qty, receivedMs: e.detail.receivedMs}));
+"""
+
+
+def _commit_to_page_latencies(browser: Any, mariadb: MariaDB, updates: int) -> list[float]:
+    """Commit UPDATEs of rows the page shows and time each until the page shows its qty.
+
+    The demo's own load keeps writing too: a row it deleted or moved meanwhile (the UPDATE
+    matches nothing) is skipped, and each UPDATE sets a qty the load never writes.
+    """
+    browser.execute_script(COLLECT_CHANGES)
+    latencies: list[float] = []
+    with mariadb.connect("inventory") as conn, conn.cursor() as cur:
+        for n in range(updates * 5):
+            if len(latencies) == updates:
+                break
+            sku, warehouse = browser.execute_script(
+                "const td = document.querySelector(\"td[data-qty]:not([data-qty=''])\");"
+                "const th = td.closest('table').querySelectorAll('thead th');"
+                "return [td.parentElement.dataset.sku, th[td.cellIndex].textContent];"
+            )
+            qty = 900_000 + n
+            committed_ms = time.time() * 1000
+            cur.execute(
+                "UPDATE stock SET qty = %s WHERE sku_id = %s AND warehouse = %s",
+                (qty, sku, warehouse),
+            )
+            if cur.rowcount != 1:
+                continue
+            seen = WebDriverWait(browser, 30, poll_frequency=0.01).until(
+                lambda b, qty=qty: b.execute_script(
+                    "return window.__seen.find(c => c.qty === arguments[0]) || null", qty
+                )
+            )
+            latencies.append(seen["receivedMs"] - committed_ms)
+    assert len(latencies) == updates
+    return latencies
+
+
+def test_demo_runs_checks_consistency_and_stops_everything(
+    demo_env: dict[str, str], browser: Any
+) -> None:
+    home = Path(demo_env["CDC_CACHE_HOME"])
+    demo = DemoRun(demo_env, "--duration", "45", "--rate", "20")
+    url = demo.wait_for(r"live page (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    demo.wait_for(r"\d+s  txns \d+")  # Debezium streams and the load is on
+    browser.get(url)
+    WebDriverWait(browser, 60).until(
+        lambda b: (
+            b.find_element(By.ID, "status").text == "live"
+            and b.find_elements(By.CSS_SELECTOR, "td[data-qty]:not([data-qty=''])")
+        )
+    )
+    mariadb = Stack(StackConfig.from_env(demo_env)).service("mariadb")
+    assert isinstance(mariadb, MariaDB)
+    latencies = _commit_to_page_latencies(browser, mariadb, updates=5)
+    print(
+        f"\ncommit -> on-page latency over {len(latencies)} UPDATEs: "
+        f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
+    )
+    assert max(latencies) < 10_000
+    browser.get("about:blank")
+
+    assert demo.finish() == 0, demo.output
+    output = demo.output
     assert _count(r"transactions\s+(\d+) committed", output) > 0
     assert _count(r"events\s+(\d+) applied", output) > 0
     assert _count(r"(\d+) rejected", output) == 0
@@ -78,7 +186,8 @@ def test_demo_runs_checks_consistency_and_stops_everything(demo_env: dict[str, s
     assert _count(r"(\d+) unexpected", output) == 0
 
     metrics_port = _count(r"metrics http://127\.0\.0\.1:(\d+)/metrics", output)
+    gateway_port = _count(r"live page http://127\.0\.0\.1:(\d+)/", output)
     ports = [int(demo_env[port_env(s)]) for s in DEFAULT_PORTS if s != "postgres"]
-    assert not [p for p in [*ports, metrics_port] if port_open(p)]
+    assert not [p for p in [*ports, metrics_port, gateway_port] if port_open(p)]
     assert _processes_under(home) == []
     assert not any(row.up for row in Stack(StackConfig.from_env(demo_env)).status())

@@ -1,4 +1,5 @@
 import random
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -8,11 +9,12 @@ from hypothesis import strategies as st
 
 from cdc_cache.errors import MissingPrimaryKey, RenderError
 from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.ops import DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.ops import DeleteKey, InvalidatePrefix, Notify, SetRow, ValueFormat
 from cdc_cache.plan import changed_columns, plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import parse_rules
 from tests.model import ModelCache
+from tests.workload import NOTIFY_RULES_YAML
 
 RULES = parse_rules(
     """
@@ -261,3 +263,97 @@ def test_late_older_set_after_a_delete_does_not_resurrect(events: list[ChangeEve
     for e in events:  # every older change arrives again, late
         cache.apply(plan(e, RULES))
     assert stock_values(cache) == expected_cache(events)
+
+
+# --- notifications ---
+
+NOTIFY_RULES = parse_rules(NOTIFY_RULES_YAML)
+
+
+def notes(ops: list[Any]) -> list[Notify]:
+    return [op for op in ops if isinstance(op, Notify)]
+
+
+def test_notification_follows_the_rows_own_key_and_carries_the_change() -> None:
+    before = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 1, "note": "a"}
+    after = {**before, "qty": 5, "note": "b"}
+    ops = plan(event(Op.UPDATE, before, after, 3), NOTIFY_RULES)
+    assert [type(op) for op in ops] == [SetRow, Notify, DeleteKey]
+    assert isinstance(ops[0], SetRow) and ops[0].key == "stock:7:north"
+    (note,) = notes(ops)
+    assert (note.channel, note.maxlen) == ("inventory:north", 50)
+    assert orjson.loads(note.payload) == {
+        "table": "inventory.stock",
+        "op": "u",
+        "key": {"id": 1},
+        "changed": ["note", "qty"],
+        "values": {"sku_id": 7, "qty": 5},
+        "position": pos(3).encode(),
+        "committed_at_ms": 1_700_000_000_000,
+    }
+
+
+def test_row_moving_between_channels_is_announced_on_both_after_its_new_key() -> None:
+    before = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 1}
+    after = {**before, "warehouse": "south"}
+    ops = plan(event(Op.UPDATE, before, after, 3), NOTIFY_RULES)
+    assert [type(op) for op in ops] == [DeleteKey, SetRow, Notify, Notify, DeleteKey]
+    assert [n.channel for n in notes(ops)] == ["inventory:north", "inventory:south"]
+
+
+def test_delete_is_announced_from_the_before_image() -> None:
+    before = {"id": 1, "sku_id": 7, "warehouse": "east", "qty": 1}
+    ops = plan(event(Op.DELETE, before, None, 3), NOTIFY_RULES)
+    assert [type(op) for op in ops] == [DeleteKey, Notify, DeleteKey]
+    (note,) = notes(ops)
+    assert note.channel == "inventory:east"
+    assert orjson.loads(note.payload)["values"] == {"sku_id": 7, "qty": 1}
+
+
+def test_unwatched_update_and_uncovered_tables_notify_nobody() -> None:
+    before = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 1, "note": "a"}
+    assert plan(event(Op.UPDATE, before, {**before, "note": "b"}, 3), NOTIFY_RULES) == []
+    assert not notes(plan(event(Op.CREATE, None, before, 3), RULES))
+
+
+def test_channel_column_missing_from_a_key_only_delete_is_poison() -> None:
+    key_only = event(Op.DELETE, {"id": 1}, None, 3)
+    with pytest.raises(RenderError, match="sku_id"):
+        plan(key_only, NOTIFY_RULES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_each_applied_change_notifies_once_and_replays_notify_nobody(
+    events: list[ChangeEvent],
+) -> None:
+    cache = ModelCache()
+    expected = []
+    for e in events:
+        ops = plan(e, NOTIFY_RULES)
+        expected += [(n.channel, n.payload) for n in notes(ops)]
+        cache.apply(ops)
+    assert cache.notifications == expected
+    assert len(expected) >= len([e for e in events if plan(e, NOTIFY_RULES)])
+    for e in events:  # the whole history again: duplicates
+        cache.apply(plan(e, NOTIFY_RULES))
+    assert cache.notifications == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.randoms(use_true_random=False))
+def test_out_of_order_delivery_never_notifies_a_change_twice(
+    events: list[ChangeEvent], rnd: random.Random
+) -> None:
+    deliveries = events + rnd.sample(events, k=len(events) // 2)
+    rnd.shuffle(deliveries)
+    cache = ModelCache()
+    for e in deliveries:
+        cache.apply(plan(e, NOTIFY_RULES))
+    sent = Counter(cache.notifications)
+    assert all(count == 1 for count in sent.values()), sent
+    # the newest change of every row that still exists was announced
+    last = {e.key["id"]: e for e in events if plan(e, NOTIFY_RULES)}
+    for e in last.values():
+        if e.op is not Op.DELETE:
+            assert any(orjson.loads(p)["position"] == e.position.encode() for _, p in sent)

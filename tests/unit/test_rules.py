@@ -153,3 +153,71 @@ def test_sensitive_columns_are_kept_and_checked() -> None:
     assert rules.sensitive("inventory.other") == frozenset()
     message = problems(VALID.replace("    watch:", "    sensitive: [qtyy]\n    watch:", 1))
     assert "column 'qtyy' is not a column of inventory.stock" in message
+NOTIFY = """
+tables:
+  inventory.stock:
+    columns: [id, sku_id, warehouse, qty, note]
+    watch: [sku_id, warehouse, qty]
+    keys:
+      - key: "stock:{sku_id}:{warehouse}"
+        fields: [sku_id, qty]
+    notify:
+      channel: "CHANNEL"
+      fields: FIELDS
+"""
+
+
+def notify_rules(channel: str, fields: str) -> str:
+    return NOTIFY.replace("CHANNEL", channel).replace("FIELDS", fields)
+
+
+def test_example_rules_notify_stock_changes_per_warehouse() -> None:
+    notify = load_rules(EXAMPLE).tables["inventory.stock"].notify
+    assert notify is not None
+    assert notify.channel.source == "inventory:{warehouse}"
+    assert notify.fields == ("sku_id", "warehouse", "qty", "price")
+    assert notify.maxlen == 10_000
+    assert load_rules(EXAMPLE).notifies
+
+
+def test_notify_rule_compiles_with_a_default_bound() -> None:
+    rules = parse_rules(notify_rules("stock:all", "[sku_id, qty]"))
+    notify = rules.tables["inventory.stock"].notify
+    assert notify is not None and notify.channel.columns == ()
+    assert notify.maxlen == 10_000
+    assert not parse_rules(VALID).notifies
+
+
+@pytest.mark.parametrize(
+    ("channel", "fields", "expected"),
+    [
+        (
+            "inventory:{wh}",
+            "[qty]",
+            "rules.yaml:10: tables.inventory.stock.notify.channel: column 'wh' is not a column",
+        ),
+        (
+            "inventory:{warehouse}",
+            "[price]",
+            "rules.yaml:11: tables.inventory.stock.notify.fields: column 'price' is not",
+        ),
+        (
+            "inventory:{warehouse}",
+            "[id]",
+            "rules.yaml:10: tables.inventory.stock.notify: column 'id' is used by this notification but not watched",
+        ),
+        ("{warehouse}", "[qty]", "must start with a literal name"),
+        ("inv:*:{warehouse}", "[qty]", "hold no '*'"),
+    ],
+)
+def test_bad_notify_rules_name_file_line_and_fix(channel: str, fields: str, expected: str) -> None:
+    assert expected in problems(notify_rules(channel, fields))
+
+
+def test_notify_needs_a_channel_and_a_positive_maxlen() -> None:
+    no_channel = notify_rules("x", "[qty]").replace('channel: "x"', "maxlen: 10")
+    assert "notify: missing 'channel:'" in problems(no_channel)
+    zero = notify_rules("x:{sku_id}", "[qty]\n      maxlen: 0")
+    assert "rules.yaml:12: tables.inventory.stock.notify.maxlen: '0' is not a positive" in problems(
+        zero
+    )

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
 from cdc_cache.retry import Backoff
-from cdc_cache.settings import SharedSettings, load_settings
+from cdc_cache.settings import SharedSettings, load, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +172,7 @@ def test_bad_retry_policy_names_file_line_and_field(tmp_path):
 
 def test_dlq_commands_accept_the_worker_settings_file(tmp_path):
     config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nworkers: 3\ndlq_topic: dead\n")
-    settings = load_settings(config, SharedSettings)
+    settings = load(SharedSettings, config)
     assert (settings.dlq_topic, settings.max_value_bytes) == ("dead", 1_048_576)
 
 
@@ -187,3 +187,52 @@ def test_run_takes_the_dlq_settings_as_flags(tmp_path):
     assert "--max-value-bytes: max_value_bytes: Input should be greater than or equal to 1" in (
         result.output
     )
+# --- cdc-cache gateway ---
+
+
+def test_gateway_settings_flags_over_environment_over_file(tmp_path, monkeypatch):
+    from cdc_cache.settings import GatewaySettings, load
+
+    config = write(tmp_path, "port: 9000\nhost: 0.0.0.0\nsecret: from-file\nqueue_size: 5\n")
+    monkeypatch.setenv("CDC_CACHE_GATEWAY_PORT", "9100")
+    monkeypatch.setenv("CDC_CACHE_GATEWAY_SECRET", "from-env")
+    settings = load(GatewaySettings, config, port=9200)
+    assert (settings.port, settings.host, settings.queue_size) == (9200, "0.0.0.0", 5)
+    assert settings.signing_key() == b"from-env"
+    assert settings.redis_url == "redis://127.0.0.1:16379/0"
+
+
+def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
+    from cdc_cache.settings import GatewaySettings, load
+
+    with pytest.raises(ConfigError, match="give the token signing key"):
+        load(GatewaySettings)
+    with pytest.raises(ConfigError, match="cannot read secret_file"):
+        load(GatewaySettings, secret_file=tmp_path / "missing").signing_key()
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load(GatewaySettings, secret_file=tmp_path / "empty").signing_key()
+    config = write(tmp_path, "port: nope\nsecret: x\n")
+    with pytest.raises(ConfigError, match=r"invalid gateway settings:\n  .*worker.yaml:1: port"):
+        load(GatewaySettings, config)
+
+
+def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monkeypatch):
+    import time
+
+    from cdc_cache.tokens import verify
+
+    (tmp_path / "key").write_text("k3y\n")
+    args = ["gateway", "token", "--channel", "inventory:*", "--channel", "orders:eu"]
+    result = CliRunner().invoke(
+        main, [*args, "--ttl-s", "60", "--secret-file", str(tmp_path / "key")]
+    )
+    assert result.exit_code == 0, result.output
+    grant = verify(b"k3y", result.output.strip(), time.time())
+    assert grant.patterns == ("inventory:*", "orders:eu")
+    assert 50 < grant.expires_at - time.time() <= 60
+
+    refused = CliRunner().invoke(main, [*args[:2], "--channel", "a b", "--secret", "k"])
+    assert refused.exit_code == 2 and "whitespace" in refused.output
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 2 and "give the token signing key" in missing.output

@@ -1,0 +1,406 @@
+"""The WebSocket gateway against a real Redis: resume, authorization, slow clients, HTTP.
+
+Notifications are written the way the worker writes them (plan + apply script), except
+where a test needs payloads of a given size; the gateway runs in this process on a free
+port and real WebSocket clients connect to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis import Redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from cdc_cache import metrics
+from cdc_cache.devstack.process import free_port, port_open
+from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.events import ChangeEvent, Op
+from cdc_cache.gateway import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE, Gateway
+from cdc_cache.keys import CHANNELS_KEY, stream_key
+from cdc_cache.plan import plan
+from cdc_cache.positions import SourcePosition
+from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.rules import parse_rules
+from cdc_cache.settings import GatewaySettings
+from cdc_cache.tokens import issue
+from tests.integration.flowkit import Service
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-secret"
+RULES = parse_rules(
+    """
+tables:
+  inventory.stock:
+    keys:
+      - key: "stock:{sku_id}:{warehouse}"
+        fields: [sku_id, warehouse, qty]
+    notify:
+      channel: "inventory:{warehouse}"
+      fields: [sku_id, warehouse, qty]
+"""
+)
+
+
+def token(*patterns: str, ttl_s: int = 600) -> str:
+    return issue(SECRET.encode(), patterns, int(time.time()) + ttl_s)
+
+
+def publish(redis: Any, n: int, warehouse: str, qty: int | None = None) -> None:
+    """One applied stock change at position ``n``, through the planner and apply script."""
+    row = {"id": n, "sku_id": n, "warehouse": warehouse, "qty": n if qty is None else qty}
+    change = ChangeEvent(
+        "inventory.stock", Op.CREATE, None, row, {"id": n}, SourcePosition(0, 1, n, 0), n
+    )
+    RedisApplier(redis).apply(plan(change, RULES))
+
+
+def run(
+    redis_server: RedisServer,
+    scenario: Callable[[Gateway, str], Awaitable[None]],
+    **settings: Any,
+) -> None:
+    """Run ``scenario(gateway, ws_url)`` against an in-process gateway, then stop it."""
+
+    async def main() -> None:
+        config = GatewaySettings(
+            redis_url=redis_server.address(),
+            port=0,
+            secret=SECRET,
+            block_ms=100,
+            discover_s=0.1,
+            **settings,
+        )
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            await _until(lambda: gateway.hub.healthy, "the gateway reads Redis")
+            await asyncio.wait_for(scenario(gateway, f"ws://127.0.0.1:{gateway.port}/ws"), 60)
+        finally:
+            await gateway.stop()
+
+    asyncio.run(main())
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
+
+
+async def receive(ws: ClientConnection, kind: str = "message") -> dict[str, Any]:
+    """The next frame of ``kind`` (heartbeats and acknowledgements in between are skipped)."""
+    while True:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame["type"] == kind:
+            return frame
+        assert frame["type"] != "error" or kind == "error", frame
+
+
+async def subscribe(ws: ClientConnection, *patterns: str, **options: Any) -> dict[str, Any]:
+    await ws.send(orjson.dumps({"type": "subscribe", "channels": list(patterns), **options}))
+    return await receive(ws, "subscribed")
+
+
+def test_a_client_that_reconnects_with_its_last_ids_misses_nothing_and_sees_nothing_twice(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    channels = ["north", "south", "east"]
+    for n in range(1, 4):  # the channels exist before the gateway starts
+        publish(redis_client, n, channels[n - 1])
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        seen: list[int] = []
+        last: dict[str, str] = {}
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*")
+            for n in range(4, 64):
+                await asyncio.to_thread(publish, redis_client, n, channels[n % 3])
+            for _ in range(25):  # read part of what was sent, then go away
+                frame = await receive(ws)
+                seen.append(frame["data"]["values"]["sku_id"])
+                last[frame["channel"]] = frame["id"]
+        for n in range(64, 100):  # changes while disconnected
+            await asyncio.to_thread(publish, redis_client, n, channels[n % 3])
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            ack = await subscribe(ws, "inventory:*", resume=last)
+            assert ack["channels"] == {f"inventory:{c}": last[f"inventory:{c}"] for c in channels}
+            while len(seen) < 96:
+                frame = await receive(ws)
+                seen.append(frame["data"]["values"]["sku_id"])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(receive(ws), 0.5)
+        assert sorted(seen) == list(range(4, 100))  # nothing missed, nothing twice
+
+    run(redis_server, scenario)
+
+
+def test_from_zero_replays_the_stream_and_new_channels_are_followed(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    publish(redis_client, 1, "north")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*", **{"from": "0"})
+            assert (await receive(ws))["data"]["values"]["sku_id"] == 1
+            await asyncio.to_thread(publish, redis_client, 2, "brand-new")
+            frame = await receive(ws)
+            assert (frame["channel"], frame["data"]["values"]["sku_id"]) == (
+                "inventory:brand-new",
+                2,
+            )
+
+    run(redis_server, scenario)
+
+
+def test_a_client_receives_only_granted_channels_and_an_error_for_the_rest(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    publish(redis_client, 1, "north")
+    publish(redis_client, 2, "south")
+    refused = metrics.GATEWAY_AUTH_FAILURES.labels("forbidden")
+    invalid = metrics.GATEWAY_AUTH_FAILURES.labels("invalid_token")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        before = refused._value.get(), invalid._value.get()
+        async with connect(f"{url}?token={token('inventory:north')}") as ws:
+            await ws.send(orjson.dumps({"type": "subscribe", "channels": ["inventory:*"]}))
+            error = await receive(ws, "error")
+            assert (error["code"], error["channel"]) == ("forbidden", "inventory:*")
+            ack = await receive(ws, "subscribed")
+            assert ack["channels"] == {}
+            channels = ["inventory:north", "inventory:south"]
+            await ws.send(orjson.dumps({"type": "subscribe", "channels": channels}))
+            assert (await receive(ws, "error"))["channel"] == "inventory:south"
+            assert list((await receive(ws, "subscribed"))["channels"]) == ["inventory:north"]
+            for n in range(3, 9):
+                await asyncio.to_thread(publish, redis_client, n, ["north", "south"][n % 2])
+            got = [(await receive(ws))["channel"] for _ in range(3)]
+            assert got == ["inventory:north"] * 3
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(receive(ws), 0.5)
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"{url}?token={token('inventory:*')}x"):
+                pass
+        assert info.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            async with connect(f"{url}?token={token('inventory:*', ttl_s=-1)}"):
+                pass
+        assert refused._value.get() - before[0] == 2
+        assert invalid._value.get() - before[1] == 1
+
+    run(redis_server, scenario)
+
+
+def stalled_client(port: int, path: str, patterns: list[str]) -> socket.socket:
+    """A WebSocket client that subscribes and then stops reading (a tiny receive buffer,
+    which also turns off the kernel's autotuning), so its backlog piles up in the gateway."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    body = orjson.dumps({"type": "subscribe", "channels": patterns})
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+    sock.sendall(bytes([0x81, 0x80 | len(body)]) + mask + masked)  # one masked text frame
+    return sock
+
+
+def close_frame_of(sock: socket.socket) -> tuple[int, str]:
+    """Read the stalled client's backlog to the close frame; its code and reason."""
+    sock.settimeout(30)
+    reader = sock.makefile("rb")
+    while True:
+        first, second = reader.read(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", reader.read(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", reader.read(8))[0]
+        payload = reader.read(length)
+        if first & 0x0F == 0x8:
+            sock.close()
+            return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+
+def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    redis_client.sadd(CHANNELS_KEY, "bulk:1")
+    redis_client.xadd(stream_key("bulk:1"), {"p": b"{}"})
+    blob = b"x" * 64_000
+    count = 300  # ~19 MB: more than the slow client's socket buffers and queue can hold
+    drops = metrics.GATEWAY_DROPS.labels("slow")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        dropped_before = drops._value.get()
+        slow = await asyncio.to_thread(
+            stalled_client, gateway.port, f"/ws?token={token('bulk:*')}", ["bulk:*"]
+        )
+        async with connect(f"{url}?token={token('bulk:*')}", max_size=2**20) as fast:
+            await subscribe(fast, "bulk:*")
+            await _until(lambda: len(gateway.hub.subscribers["bulk:1"]) == 2, "both subscribed")
+            started = time.monotonic()
+            pipe = redis_client.pipeline(transaction=False)
+            for n in range(count):
+                pipe.xadd(
+                    stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob.decode()})}
+                )
+            await asyncio.to_thread(pipe.execute)
+            for n in range(count):
+                assert orjson.loads(await fast.recv())["data"]["n"] == n
+            elapsed = time.monotonic() - started
+        await _until(lambda: drops._value.get() > dropped_before, "the slow client is dropped")
+        code, reason = await asyncio.to_thread(close_frame_of, slow)
+        assert code == SLOW_CLOSE_CODE and "resume" in reason, (code, reason)
+        assert elapsed < 10, f"the fast client needed {elapsed:.1f} s"
+        print(f"\nfast client received {count} x 64 KB in {elapsed:.2f} s beside a stalled one")
+
+    run(redis_server, scenario, queue_size=50)
+
+
+def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: Any) -> None:
+    async def scenario(gateway: Gateway, url: str) -> None:
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        status, page = await asyncio.to_thread(get, "/")
+        assert status == 200 and b"Live stock by warehouse" in page
+        status, health = await asyncio.to_thread(get, "/healthz")
+        assert status == 200 and orjson.loads(health)["redis"] == "ok"
+        status, text = await asyncio.to_thread(get, "/metrics")
+        assert status == 200 and b"cdc_cache_gateway_connections" in text
+        assert (await asyncio.to_thread(get, "/nothing"))[0] == 404
+        assert (await asyncio.to_thread(get, "/ws"))[0] == 401  # no token
+
+    run(redis_server, scenario)
+
+
+def test_a_connection_is_closed_when_its_token_expires(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*', ttl_s=2)}") as ws:
+            await subscribe(ws, "inventory:*")
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == EXPIRED_CLOSE_CODE
+        assert "token expired" in info.value.rcvd.reason
+
+    run(redis_server, scenario)
+
+
+def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    port = free_port()
+    (tmp_path / "secret").write_text(SECRET)
+    gateway = Service(
+        [
+            sys.executable, "-m", "cdc_cache", "gateway",
+            "--redis-url", redis_server.address(), "--port", str(port),
+            "--secret-file", str(tmp_path / "secret"),
+        ],
+        tmp_path / "gateway.log",
+    )  # fmt: skip
+    gateway.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            gateway.check_alive()
+            assert time.monotonic() < deadline, gateway.tail()
+            time.sleep(0.05)
+
+        async def scenario() -> int | None:
+            async with connect(f"ws://127.0.0.1:{port}/ws?token={token('inventory:*')}") as ws:
+                await subscribe(ws, "inventory:*")
+                assert await asyncio.to_thread(gateway.terminate) == 0, gateway.tail()
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(ws.recv(), 10)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+        assert asyncio.run(scenario()) == 1001
+        assert "gateway stopping" in gateway.log.read_text()
+    finally:
+        gateway.stop()
+
+
+def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    publish(redis_client, 1, "north")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*")
+            redis_client.sadd(CHANNELS_KEY, "inventory:broken")
+            redis_client.set(stream_key("inventory:broken"), b"not a stream")
+            await _until(lambda: "inventory:broken" in gateway.hub.broken, "it is set aside")
+            await asyncio.to_thread(publish, redis_client, 2, "north")
+            frame = await receive(ws)
+            assert (frame["channel"], frame["data"]["values"]["sku_id"]) == ("inventory:north", 2)
+            assert "inventory:broken" not in gateway.hub.positions
+
+    run(redis_server, scenario)
+
+
+def test_redis_outage_is_retried_reported_and_recovered_from(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    client = Redis.from_url(server.address())
+    publish(client, 1, "north")
+    retries = metrics.RETRIES.labels("redis")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+        before = retries._value.get()
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            await subscribe(ws, "inventory:*")
+            await asyncio.to_thread(server.stop)
+            await _until(lambda: retries._value.get() > before, "a retry is counted")
+            with pytest.raises(urllib.error.HTTPError) as info:
+                await asyncio.to_thread(urllib.request.urlopen, base + "/healthz", timeout=5)
+            assert info.value.code == 503
+            await asyncio.to_thread(server.start)
+            await _until(lambda: gateway.hub.healthy, "the gateway reads Redis again", 30)
+            await asyncio.to_thread(publish, client, 2, "north")
+            frame = await receive(ws)  # the client stayed connected and is served again
+            assert frame["data"]["values"]["sku_id"] == 2
+
+    try:
+        run(server, scenario)
+    finally:
+        client.close()
+        server.stop()

@@ -1,0 +1,116 @@
+"""The gateway's per-client bookkeeping, without sockets: what a client is handed, in what
+order, and when it is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc_cache.gateway import (
+    SLOW_CLOSE_CODE,
+    Frame,
+    Session,
+    encode_frame,
+    format_id,
+    parse_id,
+)
+from cdc_cache.tokens import Grant
+
+
+class FakeSocket:
+    """Records how the session closes it; never used for sending in these tests."""
+
+    def __init__(self) -> None:
+        self.closed: tuple[int, str] | None = None
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def session(queue_size: int = 100, patterns: tuple[str, ...] = ("c:*",)) -> Session:
+    s = Session(FakeSocket(), Grant(patterns, 2**40), queue_size)  # type: ignore[arg-type]
+    s.patterns.add("c:*")
+    return s
+
+
+def frame(channel: str, ms: int, seq: int = 0) -> Frame:
+    return encode_frame(channel, (ms, seq), orjson.dumps({"n": ms, "committed_at_ms": 5}))
+
+
+def handed(s: Session) -> list[dict[str, Any]]:
+    out = []
+    while not s.queue.empty():
+        out.append(orjson.loads(s.queue.get_nowait()))
+    return out
+
+
+def test_stream_ids_round_trip_and_order_numerically() -> None:
+    assert parse_id("1700000000000-12") == (1700000000000, 12)
+    assert parse_id(b"5") == (5, 0)
+    assert format_id(parse_id("9-10")) == "9-10"
+    assert parse_id("9-10") > parse_id("9-9")  # not string order
+    with pytest.raises(ValueError):
+        parse_id("x-1")
+
+
+def test_message_frame_wraps_the_payload_unchanged() -> None:
+    f = frame("c:a", 7, 1)
+    assert orjson.loads(f.data) == {
+        "type": "message",
+        "channel": "c:a",
+        "id": "7-1",
+        "data": {"n": 7, "committed_at_ms": 5},
+    }
+    assert f.committed_at_ms == 5
+    with pytest.raises(ValueError):
+        encode_frame("c:a", (1, 0), b"{broken")
+
+
+@given(st.lists(st.integers(1, 30), max_size=60))
+def test_a_client_is_handed_each_id_once_in_increasing_order(ids: list[int]) -> None:
+    s = session()
+    s.last["c:a"] = (0, 0)
+    for ms in ids:  # redelivered and late ids mixed in
+        s.offer(frame("c:a", ms))
+    got = [parse_id(m["id"])[0] for m in handed(s)]
+    records = [ms for i, ms in enumerate(ids) if all(ms > before for before in ids[:i])]
+    assert got == records  # strictly increasing: nothing twice, nothing older than sent
+
+
+def test_unsubscribed_channels_and_ids_before_the_start_are_not_handed() -> None:
+    s = session()
+    s.last["c:a"] = (10, 0)
+    s.offer(frame("c:b", 11))  # not subscribed
+    s.offer(frame("c:a", 10))  # at the start id: the client has it
+    s.offer(frame("c:a", 11))
+    assert [m["id"] for m in handed(s)] == ["11-0"]
+
+
+def test_live_messages_wait_while_the_channel_catches_up() -> None:
+    s = session()
+    s.last["c:a"] = (0, 0)
+    s.catching["c:a"] = []
+    s.offer(frame("c:a", 3))
+    assert handed(s) == []
+    assert [f.id for f in s.catching["c:a"]] == [(3, 0)]
+
+
+def test_a_full_queue_drops_the_client_with_a_reason() -> None:
+    async def scenario() -> Session:
+        s = session(queue_size=2)
+        s.last["c:a"] = (0, 0)
+        for ms in range(1, 5):
+            s.offer(frame("c:a", ms))
+        await asyncio.sleep(0.01)  # the close runs in the background
+        return s
+
+    s = asyncio.run(scenario())
+    assert s.closed
+    code, reason = s.ws.closed  # type: ignore[attr-defined]
+    assert code == SLOW_CLOSE_CODE and "resume" in reason
+    assert len(handed(s)) == 2

@@ -1,0 +1,70 @@
+import base64
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc_cache.tokens import Grant, TokenError, issue, matches, verify
+
+SECRET = b"s3cret"
+NOW = 1_700_000_000
+
+
+def test_issued_token_verifies_to_its_grant() -> None:
+    token = issue(SECRET, ["inventory:*", "orders:eu"], NOW + 60)
+    assert verify(SECRET, token, NOW) == Grant(("inventory:*", "orders:eu"), NOW + 60)
+
+
+def test_expired_token_is_refused() -> None:
+    token = issue(SECRET, ["a:*"], NOW)
+    with pytest.raises(TokenError, match="expired"):
+        verify(SECRET, token, NOW)
+
+
+def test_token_signed_with_another_secret_is_refused() -> None:
+    with pytest.raises(TokenError, match="signature"):
+        verify(SECRET, issue(b"other", ["a:*"], NOW + 60), NOW)
+
+
+def test_widened_payload_with_the_old_signature_is_refused() -> None:
+    token = issue(SECRET, ["inventory:north"], NOW + 60)
+    forged = base64.urlsafe_b64encode(b'{"c":["*"],"exp":9999999999}').rstrip(b"=").decode()
+    with pytest.raises(TokenError, match="signature"):
+        verify(SECRET, forged + "." + token.split(".")[1], NOW)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b", "!!.??", "x" * 10])
+def test_garbage_tokens_are_refused(token: str) -> None:
+    with pytest.raises(TokenError):
+        verify(SECRET, token, NOW)
+
+
+def test_patterns_match_whole_channel_names() -> None:
+    assert matches("inventory:*", "inventory:north")
+    assert matches("*:north", "inventory:north")
+    assert not matches("inventory:*", "inventory")
+    assert not matches("inventory:n", "inventory:north")
+    assert matches("a.b", "a.b") and not matches("a.b", "axb")  # no regex leaks
+
+
+def test_subscription_patterns_must_stay_inside_the_grant() -> None:
+    grant = Grant(("inventory:*", "orders:eu"), NOW + 60)
+    assert grant.allows_pattern("inventory:*")
+    assert grant.allows_pattern("inventory:no*")
+    assert grant.allows_pattern("orders:eu")
+    assert not grant.allows_pattern("*")
+    assert not grant.allows_pattern("inv*")
+    assert not grant.allows_pattern("orders:*")
+    assert grant.allows_channel("inventory:south") and not grant.allows_channel("orders:us")
+
+
+names = st.text(alphabet="ab:*", max_size=6)
+
+
+@given(granted=names.filter(bool), requested=names.filter(bool), channel=st.text("ab:", max_size=6))
+def test_an_allowed_pattern_never_matches_a_channel_outside_the_grant(
+    granted: str, requested: str, channel: str
+) -> None:
+    grant = Grant((granted,), NOW + 60)
+    if grant.allows_pattern(requested) and matches(requested, channel):
+        assert grant.allows_channel(channel)
