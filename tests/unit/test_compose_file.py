@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc_cache.settings import ENV_PREFIX, WorkerSettings
+from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WorkerSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_FILES = [ROOT / ".env", ROOT / "deploy" / "compose" / "avro.env"]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-# The gateway's settings as CONTRACTS.md fixes them (`cdc-cache gateway`).
-GATEWAY_SETTINGS = {"redis_url", "host", "port", "secret", "secret_file"}
-GATEWAY_PREFIX = "CDC_CACHE_GATEWAY_"
+GATEWAY_SETTINGS = set(GatewaySettings.model_fields)
+GATEWAY_PREFIX = GatewaySettings.model_config["env_prefix"]
 
 
 def _tool(name: str, hint: str) -> str:

@@ -14,7 +14,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import load_settings
+from cdc_cache.settings import GatewaySettings, load_settings
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -24,7 +24,7 @@ CRD_MODELS = {
     "ServiceMonitor": monitoring.ServiceMonitor,
     "PrometheusRule": monitoring.PrometheusRule,
 }
-GATEWAY_SETTINGS = {"redis_url", "host", "port", "secret", "secret_file"}  # CONTRACTS.md
+GATEWAY_SETTINGS = set(GatewaySettings.model_fields)
 
 DOCS = [
     (path.name, doc)
