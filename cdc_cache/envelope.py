@@ -79,15 +79,15 @@ def _decode(record: SourceRecord, epoch: int) -> Decoded:
             msg = "null key and null value: not a Debezium tombstone"
             raise DecodeError(msg)
         return Tombstone(_table_from_topic(topic))
-    payload = _payload(record.value, "value")
+    payload = _payload(record.value, "value", topic)
     if not isinstance(payload, dict):
         msg = f"value is a JSON {type(payload).__name__}, expected an object"
         raise DecodeError(msg)
     # "__op" first: a flattened row may have a column named "op".
     if "__op" in payload:
-        return _flattened(payload, record.key, epoch)
+        return _flattened(payload, record.key, epoch, topic)
     if "op" in payload:
-        return _envelope(payload, record.key, epoch)
+        return _envelope(payload, record.key, epoch, topic)
     if "ddl" in payload:
         return _schema_change(payload, topic)
     msg = (
@@ -97,16 +97,79 @@ def _decode(record: SourceRecord, epoch: int) -> Decoded:
     raise DecodeError(msg)
 
 
-def _payload(data: bytes, what: str) -> Any:
-    """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form."""
+def _payload(data: bytes, what: str, stream: str | None = None) -> Any:
+    """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form.
+
+    ``stream`` (topic and part) enables :data:`SCHEMA_PREFIXES`: a wrapped record whose
+    schema is byte-for-byte the one seen last on that stream has only its payload parsed.
+    """
+    if stream is not None:
+        payload = SCHEMA_PREFIXES.payload(stream, data)
+        if payload is not _MISS:
+            return payload
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         msg = f"{what} is not valid JSON: {exc}"
         raise DecodeError(msg) from None
     if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        if stream is not None:
+            SCHEMA_PREFIXES.learn(stream, data, doc["schema"])
         return doc["payload"]
     return doc
+
+
+_MISS: Final = object()
+_SCHEMA_OPEN: Final = b'{"schema":'
+_PAYLOAD_KEY: Final = b',"payload":'
+
+
+class SchemaPrefixes:
+    """Skips re-parsing the ``schema`` block that JsonConverter repeats in every record.
+
+    With ``schemas.enable=true`` each record is ``{"schema":S,"payload":P}``, and S (often
+    2-3 KB, several times the payload) is the same bytes in every record of a topic until
+    its table changes. Once a record's prefix ``{"schema":S,"payload":`` is verified (S
+    parses to exactly the schema the full parse found, and JSON values are self-delimiting,
+    so the schema ends right there), any record starting with the same bytes has that
+    schema and a ``payload`` key next; parsing the rest, minus the closing brace, yields
+    the payload. Should the rest not parse alone (another key follows, say), the record
+    takes the full parse, so the result is always what the full parse gives.
+    """
+
+    def __init__(self, max_streams: int = 4096) -> None:
+        self._prefixes: dict[str, bytes] = {}
+        self._max = max_streams
+
+    def payload(self, stream: str, data: bytes) -> Any:
+        """The payload of ``data`` if it starts with the stream's verified prefix, else _MISS."""
+        prefix = self._prefixes.get(stream)
+        if prefix is None or not data.startswith(prefix) or not data.endswith(b"}"):
+            return _MISS
+        try:
+            return orjson.loads(memoryview(data)[len(prefix) : -1])
+        except orjson.JSONDecodeError:
+            return _MISS
+
+    def learn(self, stream: str, data: bytes, schema: Any) -> None:
+        """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified."""
+        if not data.startswith(_SCHEMA_OPEN):
+            return  # not compact, or keys in another order: no prefix to reuse
+        end = data.find(_PAYLOAD_KEY, len(_SCHEMA_OPEN))
+        while end != -1:
+            try:
+                candidate = orjson.loads(memoryview(data)[len(_SCHEMA_OPEN) : end])
+            except orjson.JSONDecodeError:
+                candidate = _MISS
+            if candidate == schema:
+                if len(self._prefixes) >= self._max:
+                    self._prefixes.clear()
+                self._prefixes[stream] = data[: end + len(_PAYLOAD_KEY)]
+                return
+            end = data.find(_PAYLOAD_KEY, end + 1)
+
+
+SCHEMA_PREFIXES: Final = SchemaPrefixes()
 
 
 def _heartbeat(server: str, value: bytes | None) -> Heartbeat:
@@ -136,7 +199,9 @@ def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
     )
 
 
-def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+def _envelope(
+    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, topic: str
+) -> ChangeEvent:
     op = _op(payload["op"])
     source = _source(payload)
     connector, container = _container(
@@ -148,7 +213,7 @@ def _envelope(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> C
         op=op,
         before=_image(payload, "before"),
         after=_image(payload, "after"),
-        key=_key(key_bytes, op, table),
+        key=_key(key_bytes, op, table, topic),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(source, "ts_ms", "source"),
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
@@ -165,7 +230,9 @@ def _container(connector: object, db: object, schema: object, field: str) -> tup
     raise _unknown_connector(connector, field)
 
 
-def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> ChangeEvent:
+def _flattened(
+    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, topic: str
+) -> ChangeEvent:
     op = _op(payload["__op"])
     connector, container = _container(
         payload.get("__connector"),
@@ -182,7 +249,7 @@ def _flattened(payload: dict[str, Any], key_bytes: bytes | None, epoch: int) -> 
         op=op,
         before=row if deleted else None,
         after=None if deleted else row,
-        key=_key(key_bytes, op, table),
+        key=_key(key_bytes, op, table, topic),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
@@ -241,13 +308,13 @@ def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
     return image
 
 
-def _key(data: bytes | None, op: Op, table: str) -> dict[str, Any]:
+def _key(data: bytes | None, op: Op, table: str, topic: str) -> dict[str, Any]:
     if op is Op.TRUNCATE:
         return {}
     if data is None:
         msg = f"{op.name} on {table} has no Kafka key: the table needs a primary key"
         raise MissingPrimaryKey(msg)
-    key = _payload(data, "key")
+    key = _payload(data, "key", f"{topic}\x00key")
     if not isinstance(key, dict) or not key:
         msg = f"key of {op.name} on {table} is {key!r}, expected an object of key columns"
         raise MissingPrimaryKey(msg)

@@ -87,9 +87,8 @@ def build_flow(
             if isinstance(message, KafkaError):
                 _consumer_error(message)
             else:
-                item = route(_record(message), rules, source_epoch)
-                _observe(tracker, item)
-                routed.append(item)
+                routed.append(route(_record(message), rules, source_epoch))
+        _observe(tracker, routed)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
@@ -100,15 +99,27 @@ def build_flow(
     return flow
 
 
-def _observe(tracker: LagTracker, item: Routed) -> None:
-    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life."""
-    record = item.record
-    if isinstance(item, Planned):
-        tracker.record(record.topic, record.partition, item.event.committed_at_ms)
-    elif isinstance(item, Control) and isinstance(item.item, Heartbeat):
-        tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
-    else:
-        tracker.record(record.topic, record.partition)
+def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
+    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life.
+
+    Once per partition and batch (the newest commit time), not once per message: the
+    tracker takes a lock and reads the clock on every call.
+    """
+    newest: dict[tuple[str, int], int | None] = {}
+    for item in batch:
+        record = item.record
+        where = (record.topic, record.partition)
+        if isinstance(item, Control) and isinstance(item.item, Heartbeat):
+            tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
+            continue
+        seen = newest.get(where)
+        committed = item.event.committed_at_ms if isinstance(item, Planned) else None
+        if committed is not None and (seen is None or committed > seen):
+            newest[where] = committed
+        elif where not in newest:
+            newest[where] = None
+    for (topic, partition), committed in newest.items():
+        tracker.record(topic, partition, committed)
 
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:

@@ -261,3 +261,22 @@ def test_late_older_set_after_a_delete_does_not_resurrect(events: list[ChangeEve
     for e in events:  # every older change arrives again, late
         cache.apply(plan(e, RULES))
     assert stock_values(cache) == expected_cache(events)
+
+
+_ROW = st.dictionaries(
+    st.sampled_from(["sku_id", "warehouse", "qty", "note"]),
+    st.none() | st.integers(0, 3) | st.sampled_from(["north", "3"]),
+)
+
+
+@given(_ROW, _ROW)
+def test_an_update_is_planned_exactly_when_a_watched_column_changed(
+    before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    row = {"sku_id": 1, "warehouse": "north", "qty": 0}
+    key = {"sku_id": 1, "warehouse": "north"}
+    event = ChangeEvent(
+        "inventory.stock", Op.UPDATE, {**row, **before}, {**row, **after}, key, pos(5), None
+    )
+    watched = {"sku_id", "warehouse", "qty"} & changed_columns(event.before, event.after)
+    assert bool(plan(event, RULES)) == bool(watched)
