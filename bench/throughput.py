@@ -6,9 +6,10 @@ change events (``bench/workload.py``) and measures, in one run:
 * ``consume_only``: the machine's Kafka limit, a confluent-kafka consumer that only reads;
 * ``redis_lua``: the machine's Redis limit, the product's apply script fed pre-encoded
   batches over one connection, pipelined;
-* ``product_1proc`` / ``product_2proc``: ``cdc-cache run`` (1 worker process, then 2)
-  draining the loaded topics; the correctness guard then compares Redis with the state
-  the events imply;
+* ``product_1proc`` / ``product_2proc`` / ``product_1proc_2threads``: ``cdc-cache run``
+  (1 worker process, 2 processes, 1 process with 2 worker threads) draining the loaded
+  topics; after each, the correctness guard compares Redis with the state the events
+  imply and fails the run on any difference;
 * ``baseline``: a plain confluent-kafka + redis-py loop, one command per message;
 * ``latency_full`` / ``latency_half``: the worker fed paced events at the measured full
   rate and at half of it; probe events carry their send time and a subscriber to Redis
@@ -127,9 +128,9 @@ class Bench:
     def producer(self, **extra: Any) -> Producer:
         return Producer({"bootstrap.servers": self.broker.bootstrap, **PRODUCER, **extra})
 
-    def start_workers(self, prefix: str, processes: int) -> list[int]:
+    def start_workers(self, prefix: str, processes: int, threads: int = 1) -> list[int]:
         """``cdc-cache run`` on the prefix's topics; returns the metrics ports."""
-        recovery = self.home / f"recovery-{prefix}-{processes}"
+        recovery = Path(tempfile.mkdtemp(prefix=f"recovery-{prefix}-", dir=self.home))
         ports = [free_port() for _ in range(processes)]
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
         for index, port in enumerate(ports):
@@ -137,7 +138,7 @@ class Bench:
                 sys.executable, "-m", "cdc_cache", "run", "--rules", str(self.rules_path),
                 "--brokers", self.broker.bootstrap, "--topic-pattern", rf"{prefix}\.inventory\..*",
                 "--redis-url", self.redis_server.address(), "--recovery-dir", str(recovery),
-                "--metrics-port", str(port), "--log-level", "WARNING",
+                "--metrics-port", str(port), "--log-level", "WARNING", "--workers", str(threads),
             ]  # fmt: skip
             if processes > 1:
                 argv += ["--process-id", str(index)]
@@ -333,11 +334,11 @@ def _record(message: Message) -> Any:
 
 
 def product(
-    bench: Bench, generator: Generator, loaded: dict[str, Any], processes: int
+    bench: Bench, generator: Generator, loaded: dict[str, Any], processes: int, threads: int = 1
 ) -> dict[str, Any]:
     """``cdc-cache run`` draining the loaded topics; then the correctness guard."""
     bench.reset_redis()
-    ports = bench.start_workers(generator.prefix, processes)
+    ports = bench.start_workers(generator.prefix, processes, threads)
     records = loaded["records"]
     first, done = bench.wait_consumed(ports, records, timeout=900)
     pids = [proc.pid for proc in bench.procs]
@@ -347,10 +348,11 @@ def product(
     elapsed = done - first
     guard = bench.guard(generator)
     if not guard["ok"]:
-        msg = f"correctness guard failed after the {processes}-process run: {guard}"
+        msg = f"correctness guard failed after the {processes}x{threads} worker run: {guard}"
         raise SystemExit(msg)
     return {
         "processes": processes,
+        "threads_per_process": threads,
         "records": records,
         "events": loaded["events"],
         "seconds": round(elapsed, 2),
@@ -635,6 +637,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("cdc-cache run, 1 process", rate(result["product_1proc"])),
         ("cdc-cache run, 2 processes", rate(result["product_2proc"])),
+        ("cdc-cache run, 1 process, 2 worker threads", rate(result["product_1proc_2threads"])),
         (
             "plain baseline (consumer loop + redis-py)",
             f"{result['baseline']['records_per_s']:,} records/s",
@@ -652,7 +655,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("1 process vs baseline (records/s)", f"{ratio['vs_baseline']}x"),
         ("1 process vs lower raw limit", f"{ratio['vs_lower_raw_limit']:.0%}"),
         ("2 processes vs 1", f"{ratio['scaling_2_vs_1']}x"),
-        ("correctness guard (1 and 2 processes)", "passed"),
+        ("correctness guard (after each cdc-cache run)", "passed"),
     ]
     return rows
 
@@ -701,7 +704,9 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     out["product_1proc"] = product(bench, generator, loaded, 1)
     step(f"{out['product_1proc']}; cdc-cache run, 2 processes")
     out["product_2proc"] = product(bench, generator, loaded, 2)
-    step(f"{out['product_2proc']}; baseline")
+    step(f"{out['product_2proc']}; cdc-cache run, 1 process with 2 worker threads")
+    out["product_1proc_2threads"] = product(bench, generator, loaded, 1, threads=2)
+    step(f"{out['product_1proc_2threads']}; baseline")
     out["baseline"] = baseline(bench, topics, loaded["records"], args.baseline_seconds)
     full = out["product_1proc"]["events_per_s"]
     step(f"{out['baseline']}; latency at {full}/s")
