@@ -3,7 +3,7 @@
     python bench/profile_summary.py PROFILE.txt [--top 25]
 
 Prints the share of samples in which each function is on the stack (inclusive) and is the
-innermost frame (self), over the worker's busy threads.
+innermost frame (self); ``--within`` keeps one thread's stacks (the dataflow's, say).
 """
 
 from __future__ import annotations
@@ -15,14 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def summarise(lines: Sequence[str]) -> tuple[int, Counter[str], Counter[str]]:
-    """Total samples, inclusive samples per function, self samples per function."""
+def summarise(
+    lines: Sequence[str], within: str | None = None
+) -> tuple[int, Counter[str], Counter[str]]:
+    """Total samples, inclusive samples per function, self samples per function.
+
+    With ``within``, only stacks with a frame containing that text count (one thread's).
+    """
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
     for line in lines:
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
+            continue
+        if within is not None and within not in stack:
             continue
         count = int(count_text)
         frames = [_short(f) for f in stack.split(";")]
@@ -45,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--within", help="only stacks through this function, e.g. 'run (cdc_cache/worker.py'"
+    )
     args = parser.parse_args(argv)
-    total, inclusive, own = summarise(args.profile.read_text().splitlines())
+    total, inclusive, own = summarise(args.profile.read_text().splitlines(), args.within)
     for title, counts in (("inclusive", inclusive), ("self", own)):
         print(f"\n{title} (% of {total} samples)")
         for name, count in counts.most_common(args.top):
