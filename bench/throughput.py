@@ -93,6 +93,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy_s() -> tuple[float, float]:
+    """(busy CPU seconds over all cores, wall clock), from /proc/stat's first line."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
+class CpuMeter:
+    """CPU seconds used by each group of processes, and by the whole machine, over a span.
+
+    The machine figure includes everything else running (other users' jobs too), so it
+    says how much of the machine was free for the measured processes.
+    """
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = groups
+        self._start: dict[str, float] = {}
+        self._machine = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._start = {name: self._used(pids) for name, pids in self._groups.items()}
+        self._machine = _machine_busy_s()
+
+    def stop(self) -> dict[str, float]:
+        busy, now = _machine_busy_s()
+        wall = now - self._machine[1]
+        used = {
+            f"{name}_cores": round((self._used(pids) - self._start[name]) / wall, 2)
+            for name, pids in self._groups.items()
+        }
+        return used | {"machine_busy_cores": round((busy - self._machine[0]) / wall, 2)}
+
+    @staticmethod
+    def _used(pids: list[int]) -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+
 class Bench:
     """The servers under one temporary home, plus helpers every phase uses."""
 
@@ -149,6 +186,14 @@ class Bench:
             )
         return ports
 
+    def meter(self) -> CpuMeter:
+        """CPU use of the workers, the broker, Redis and this harness."""
+        servers = {"broker": self.broker.pid(), "redis": self.redis_server.pid()}
+        return CpuMeter(
+            {"worker": [proc.pid for proc in self.procs], "harness": [os.getpid()]}
+            | {name: [pid] for name, pid in servers.items() if pid is not None}
+        )
+
     def stop_workers(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -183,7 +228,11 @@ class Bench:
         return total
 
     def wait_consumed(
-        self, ports: Sequence[int], target: int, timeout: float
+        self,
+        ports: Sequence[int],
+        target: int,
+        timeout: float,
+        on_first: Callable[[], None] = lambda: None,
     ) -> tuple[float, float]:
         """Poll until the workers finished ``target`` records: (first seen, done) times."""
         first = 0.0
@@ -193,6 +242,7 @@ class Bench:
             now = time.monotonic()
             if count and not first:
                 first = now
+                on_first()
             if count >= target:
                 return first, now
             if now > deadline:
@@ -340,10 +390,10 @@ def product(
     bench.reset_redis()
     ports = bench.start_workers(generator.prefix, processes, threads)
     records = loaded["records"]
-    first, done = bench.wait_consumed(ports, records, timeout=900)
-    pids = [proc.pid for proc in bench.procs]
-    cpu = sum(cpu_seconds(pid) for pid in pids)
-    rss = [rss_mb(pid) for pid in pids]
+    meter = bench.meter()
+    first, done = bench.wait_consumed(ports, records, timeout=900, on_first=meter.start)
+    cpu = meter.stop()
+    rss = [rss_mb(proc.pid) for proc in bench.procs]
     bench.stop_workers()
     elapsed = done - first
     guard = bench.guard(generator)
@@ -358,7 +408,7 @@ def product(
         "seconds": round(elapsed, 2),
         "records_per_s": round(records / elapsed),
         "events_per_s": round(loaded["events"] / elapsed),
-        "worker_cpu_s_total": round(cpu, 1),
+        "cpu": cpu,
         "worker_rss_mb_end": rss,
         "guard": guard,
     }
@@ -522,11 +572,14 @@ def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str,
     pid = bench.procs[0].pid
     rss_start = rss_mb(pid)
     pacer = Pacer(producer, generator, probe_every_s=0.005)
+    meter = bench.meter()
+    meter.start()
     produced_for = pacer.run(iter(changes), rate, seconds)
     finished = time.monotonic()
     producer.flush(60)
     records = sum(len(c) for c in changes[: pacer.changes]) + len(pacer.sent) + 1
     _, done = bench.wait_consumed(ports, records, timeout=600)
+    cpu = meter.stop()
     rss_end = rss_mb(pid)
     bench.stop_workers()
     seen = probes.finish()
@@ -547,6 +600,7 @@ def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str,
         "max_ms": round(max(samples), 2),
         "mean_ms": round(statistics.fmean(samples), 2),
         "worker_rss_mb": [rss_start, rss_end],
+        "cpu": cpu,
     }
 
 

@@ -13,20 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
 from cdc_cache import metrics
 from cdc_cache.envelope import table_of_topic
 from cdc_cache.errors import StopRequested
-from cdc_cache.events import Heartbeat, SourceRecord
+from cdc_cache.events import Heartbeat
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier
@@ -34,6 +30,7 @@ from cdc_cache.rejects import report_rejected
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules
 from cdc_cache.writer import CacheWriter, connect_when_available
+from dataflows.kafka_source import ConsumerError, Fetched, KafkaPartitions
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -49,8 +46,6 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "fetch.wait.max.ms": "100",
     "queued.max.messages.kbytes": "16384",
 }
-
-Message = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
 
 
 def build_flow(
@@ -76,26 +71,27 @@ def build_flow(
     new cache entries (the TTL fallback mode).
     """
     flow = Dataflow("cdc_cache")
-    source = KafkaSource(
-        brokers,
-        topics,
-        tail=tail,
-        starting_offset=OFFSET_BEGINNING,
-        add_config={**CONSUMER_DEFAULTS, **(kafka_config or {})},
-        batch_size=batch_size,
-        raise_on_errors=False,
-    )
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
-    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker))
+    source = KafkaPartitions(
+        brokers,
+        topics,
+        config={**CONSUMER_DEFAULTS, **(kafka_config or {})},
+        starting_offset=OFFSET_BEGINNING,
+        tail=tail,
+        batch_size=batch_size,
+        stop=stop,
+        tracker=tracker,
+    )
+    messages = op.input("debezium", flow, source)
 
-    def route_batch(batch: list[Message]) -> Iterable[Routed]:
+    def route_batch(batch: list[Fetched]) -> Iterable[Routed]:
         routed = []
         for message in batch:
-            if isinstance(message, KafkaError):
+            if isinstance(message, ConsumerError):
                 _consumer_error(message)
             else:
-                routed.append(route(_record(message), rules, source_epoch))
+                routed.append(route(message, rules, source_epoch))
         _observe(tracker, routed)
         return routed
 
@@ -130,96 +126,10 @@ def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
         tracker.record(topic, partition, committed)
 
 
-def _consumer_error(error: KafkaError[Any, Any]) -> None:
+def _consumer_error(error: ConsumerError) -> None:
     """A client-side error (not a message): librdkafka retries it; make it visible."""
     metrics.CONSUMER_ERRORS.inc()
-    log.warning("kafka consumer error", extra={"error": str(error.err), "topic": error.msg.topic})
-
-
-def _record(message: KafkaSourceMessage[Any, Any]) -> SourceRecord:
-    timestamp = message.timestamp[1] if message.timestamp else None
-    return SourceRecord(
-        message.topic or "",
-        message.partition or 0,
-        message.offset or 0,
-        message.key,
-        message.value,
-        timestamp,
-    )
-
-
-class _StoppablePartition(StatefulSourcePartition[Message, Any]):
-    def __init__(
-        self,
-        inner: StatefulSourcePartition[Message, Any],
-        stop: threading.Event,
-        tracker: LagTracker,
-        where: TopicPartition,
-    ):
-        self._inner = inner
-        self._stop = stop
-        self._tracker = tracker
-        self._where = where
-        # The watermark librdkafka cached from its last fetch: a ListOffsets request is
-        # not needed (and reports a wrong "latest" on some brokers).
-        consumer = getattr(inner, "_consumer", None)
-        self._consumer = consumer if isinstance(consumer, Consumer) else None
-        tracker.track(where.topic, where.partition)
-
-    def next_batch(self) -> Iterable[Message]:
-        if self._stop.is_set():
-            raise StopIteration
-        batch = self._inner.next_batch()
-        self._observe_offsets()
-        return batch
-
-    def _observe_offsets(self) -> None:
-        if self._consumer is None:
-            return
-        low, high = self._consumer.get_watermark_offsets(self._where, cached=True)
-        if high < 0:
-            return  # no fetch answered yet
-        resume = self._inner.snapshot()
-        next_offset = resume if isinstance(resume, int) and resume >= 0 else low
-        self._tracker.offsets(self._where.topic, self._where.partition, high, next_offset)
-
-    def next_awake(self) -> datetime | None:
-        return self._inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self._inner.snapshot()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class StoppableSource(FixedPartitionedSource[Message, Any]):
-    """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call).
-
-    Each partition also reports its high watermark and next offset to the lag tracker.
-    """
-
-    def __init__(
-        self,
-        inner: FixedPartitionedSource[Message, Any],
-        stop: threading.Event,
-        tracker: LagTracker,
-    ):
-        self._inner = inner
-        self._stop = stop
-        self._tracker = tracker
-
-    def list_parts(self) -> list[str]:
-        return self._inner.list_parts()
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
-        index, topic = for_part.split("-", 1)  # KafkaSource names parts "<index>-<topic>"
-        return _StoppablePartition(
-            self._inner.build_part(step_id, for_part, resume_state),
-            self._stop,
-            self._tracker,
-            TopicPartition(topic, int(index)),
-        )
+    log.warning("kafka consumer error", extra={"error": error.error, "topic": error.topic})
 
 
 class _RedisPartition(StatelessSinkPartition[Routed]):
