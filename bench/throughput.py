@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.latency import summary
 from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.process import free_port
@@ -67,22 +67,6 @@ PRODUCER = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 2_000_000,
 }
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
-    """p50, p99, max and mean of latencies in milliseconds."""
-    return {
-        "p50_ms": round(percentile(samples_ms, 0.5), 2),
-        "p99_ms": round(percentile(samples_ms, 0.99), 2),
-        "max_ms": round(max(samples_ms), 2),
-        "mean_ms": round(statistics.fmean(samples_ms), 2),
-    }
 
 
 def load_conditions() -> dict[str, Any]:
@@ -245,14 +229,21 @@ class Bench:
         timeout: float,
         on_first: Callable[[], None] = lambda: None,
     ) -> tuple[float, float]:
-        """Poll until the workers finished ``target`` records: (first seen, done) times."""
+        """Poll until the workers finished ``target`` records: (started, done) times.
+
+        Started is the last poll that saw nothing finished yet: the work began after it,
+        so the span is never shorter than the work (nor zero on a tiny load).
+        """
         first = 0.0
-        deadline = time.monotonic() + timeout
+        idle = time.monotonic()
+        deadline = idle + timeout
         while True:
             count = self.consumed(ports)
             now = time.monotonic()
-            if count and not first:
-                first = now
+            if not count:
+                idle = now
+            elif not first:
+                first = idle
                 on_first()
             if count >= target:
                 return first, now
@@ -623,9 +614,9 @@ def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str,
         # Processor latency: the broker acknowledged the probe (it was appended) → its
         # key was set in Redis. The ack follows the append, so this understates by the
         # ack's way back (local loopback).
-        **latency_summary(ack_to_applied),
-        "send_to_ack": latency_summary(to_ack),
-        "send_to_applied": latency_summary(to_applied),
+        **summary(ack_to_applied),
+        "send_to_ack": summary(to_ack),
+        "send_to_applied": summary(to_applied),
         "worker_rss_mb": [rss_start, rss_end],
         "cpu": cpu,
     }
