@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint typecheck unit integration clean
+.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak clean
 
 bootstrap:
 	@bash scripts/bootstrap
@@ -25,6 +25,14 @@ unit: bootstrap
 
 integration: bootstrap
 	$(VENV)/pytest -m integration $(PYTEST_ARGS)
+
+# Throughput, latency and scaling on the local stack (docs/benchmarks.md); BENCH_ARGS="--events 200000"
+bench: bootstrap
+	$(VENV)/python bench/throughput.py $(BENCH_ARGS)
+
+# The worker's memory over a 10-minute paced run
+bench-soak: bootstrap
+	$(VENV)/python bench/throughput.py --soak 600 --out bench/results/soak.json $(BENCH_ARGS)
 
 clean:
 	-$(VENV)/cdc-cache dev down

@@ -71,12 +71,21 @@ def decode(record: SourceRecord, *, epoch: int = 0, parse: Parse | None = None) 
     reads keys and values (JSON by default).
     """
     try:
-        return _decode(record, epoch, parse or parse_json)
+        return _decode(record, epoch, parse or _json_of(record.topic))
     except PoisonMessage as err:
         raise err.at(record) from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         msg = f"unexpected message shape ({type(exc).__name__}: {exc})"
         raise DecodeError(msg, record) from exc
+
+
+def _json_of(topic: str) -> Parse:
+    """The JSON parser for one topic's records, with its schema prefixes per part."""
+
+    def parse(data: bytes, what: str) -> Any:
+        return parse_json(data, what, f"{topic}\x00{what}")
+
+    return parse
 
 
 def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
@@ -106,16 +115,79 @@ def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
     raise DecodeError(msg)
 
 
-def parse_json(data: bytes, what: str) -> Any:
-    """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form."""
+def parse_json(data: bytes, what: str, stream: str | None = None) -> Any:
+    """Parse JSON and unwrap JsonConverter's ``{"schema", "payload"}`` form.
+
+    ``stream`` (topic and part) enables :data:`SCHEMA_PREFIXES`: a wrapped record whose
+    schema is byte-for-byte the one seen last on that stream has only its payload parsed.
+    """
+    if stream is not None:
+        payload = SCHEMA_PREFIXES.payload(stream, data)
+        if payload is not _MISS:
+            return payload
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         msg = f"{what} is not valid JSON: {exc}"
         raise DecodeError(msg) from None
     if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        if stream is not None:
+            SCHEMA_PREFIXES.learn(stream, data, doc["schema"])
         return doc["payload"]
     return doc
+
+
+_MISS: Final = object()
+_SCHEMA_OPEN: Final = b'{"schema":'
+_PAYLOAD_KEY: Final = b',"payload":'
+
+
+class SchemaPrefixes:
+    """Skips re-parsing the ``schema`` block that JsonConverter repeats in every record.
+
+    With ``schemas.enable=true`` each record is ``{"schema":S,"payload":P}``, and S (often
+    2-3 KB, several times the payload) is the same bytes in every record of a topic until
+    its table changes. Once a record's prefix ``{"schema":S,"payload":`` is verified (S
+    parses to exactly the schema the full parse found, and JSON values are self-delimiting,
+    so the schema ends right there), any record starting with the same bytes has that
+    schema and a ``payload`` key next; parsing the rest, minus the closing brace, yields
+    the payload. Should the rest not parse alone (another key follows, say), the record
+    takes the full parse, so the result is always what the full parse gives.
+    """
+
+    def __init__(self, max_streams: int = 4096) -> None:
+        self._prefixes: dict[str, bytes] = {}
+        self._max = max_streams
+
+    def payload(self, stream: str, data: bytes) -> Any:
+        """The payload of ``data`` if it starts with the stream's verified prefix, else _MISS."""
+        prefix = self._prefixes.get(stream)
+        if prefix is None or not data.startswith(prefix) or not data.endswith(b"}"):
+            return _MISS
+        try:
+            return orjson.loads(memoryview(data)[len(prefix) : -1])
+        except orjson.JSONDecodeError:
+            return _MISS
+
+    def learn(self, stream: str, data: bytes, schema: Any) -> None:
+        """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified."""
+        if not data.startswith(_SCHEMA_OPEN):
+            return  # not compact, or keys in another order: no prefix to reuse
+        end = data.find(_PAYLOAD_KEY, len(_SCHEMA_OPEN))
+        while end != -1:
+            try:
+                candidate = orjson.loads(memoryview(data)[len(_SCHEMA_OPEN) : end])
+            except orjson.JSONDecodeError:
+                candidate = _MISS
+            if candidate == schema:
+                if len(self._prefixes) >= self._max:
+                    self._prefixes.clear()
+                self._prefixes[stream] = data[: end + len(_PAYLOAD_KEY)]
+                return
+            end = data.find(_PAYLOAD_KEY, end + 1)
+
+
+SCHEMA_PREFIXES: Final = SchemaPrefixes()
 
 
 def _heartbeat(server: str, value: bytes | None, parse: Parse) -> Heartbeat:

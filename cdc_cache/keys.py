@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import itertools
+import re
 import string
 from functools import cache
 from typing import Final
@@ -28,6 +29,7 @@ MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
 
 _SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_.@")
+_ALL_SAFE: Final = re.compile(r"[A-Za-z0-9_.@-]*")
 
 
 def escape_value(value: object) -> str:
@@ -46,7 +48,12 @@ def escape_value(value: object) -> str:
         text = value.hex()
     else:
         text = str(value)
-    out = "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
+    if _ALL_SAFE.fullmatch(text):  # the common case (ids, plain words): nothing to escape
+        out = text
+    else:
+        out = "".join(
+            ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text
+        )
     if len(out) > MAX_VALUE_CHARS:
         digest = hashlib.blake2b(out.encode(), digest_size=12).hexdigest()
         out = f"{out[: MAX_VALUE_CHARS - 26]}~{digest}"

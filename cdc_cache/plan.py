@@ -52,9 +52,17 @@ def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
 
 
 def _watched_change(event: ChangeEvent, table: TableRules) -> bool:
-    if table.watch is None or event.before is None:
+    """Whether a watched column changed (``watch ∩ changed_columns`` is not empty).
+
+    Checked over the few watched columns instead of building the set of changed ones.
+    """
+    before, after = event.before, event.after
+    if table.watch is None or before is None or after is None:
         return True
-    return not table.watch.isdisjoint(changed_columns(event.before, event.after))
+    for column in table.watch:  # noqa: SIM110 - a loop is faster than any(genexpr) here
+        if before.get(column) != after.get(column):
+            return True
+    return False
 
 
 def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[CacheOp]:

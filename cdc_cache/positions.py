@@ -20,6 +20,8 @@ _BINLOG_FILE = re.compile(r"\.(\d+)$")
 _WIDTHS: Final = (5, 20, 20, 10)
 ENCODED_LENGTH: Final = sum(_WIDTHS) + len(_WIDTHS) - 1
 MAX_EPOCH: Final = 10 ** _WIDTHS[0] - 1
+_LIMITS: Final = tuple(10**w for w in _WIDTHS)
+_ENCODING: Final = ".".join(f"{{:0{w}d}}" for w in _WIDTHS)
 
 
 class SourceKind(StrEnum):
@@ -50,16 +52,23 @@ class SourcePosition:
     kind: SourceKind = field(default=SourceKind.BINLOG, compare=False)
 
     def __post_init__(self) -> None:
-        for name, width in zip(("epoch", "major", "minor", "row"), _WIDTHS, strict=True):
+        # One chained comparison per field: this runs for every change event.
+        if (
+            0 <= self.epoch < _LIMITS[0]
+            and 0 <= self.major < _LIMITS[1]
+            and 0 <= self.minor < _LIMITS[2]
+            and 0 <= self.row < _LIMITS[3]
+        ):
+            return
+        for name, limit in zip(("epoch", "major", "minor", "row"), _LIMITS, strict=True):
             value = getattr(self, name)
-            if not 0 <= value < 10**width:
-                msg = f"position field {name}={value} is outside 0..{10**width - 1}"
+            if not 0 <= value < limit:
+                msg = f"position field {name}={value} is outside 0..{limit - 1}"
                 raise PositionError(msg)
 
     def encode(self) -> str:
         """Return the fixed-width string stored next to each cache key in Redis."""
-        parts = (self.epoch, self.major, self.minor, self.row)
-        return ".".join(f"{v:0{w}d}" for v, w in zip(parts, _WIDTHS, strict=True))
+        return _ENCODING.format(self.epoch, self.major, self.minor, self.row)
 
     @classmethod
     def decode(cls, text: str | bytes) -> SourcePosition:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -86,9 +87,9 @@ class CacheWriter:
         harmless.
         """
         planned = [item for item in items if isinstance(item, Planned)]
-        for item in items:
-            if isinstance(item, Control):
-                metrics.RECORDS.labels(_control_kind(item)).inc()
+        controls = Counter(_control_kind(item) for item in items if isinstance(item, Control))
+        for kind, count in controls.items():
+            metrics.RECORDS.labels(kind).inc(count)
         started = time.perf_counter()
         try:
             report = self._account(planned, self._apply(planned))
@@ -122,24 +123,35 @@ class CacheWriter:
         )
 
     def _account(self, planned: list[Planned], result: ApplyResult) -> list[EventOutcome]:
+        """Per-change outcomes, with the batch's counters summed first.
+
+        Each counter is incremented once per label set: a labelled increment costs a
+        lookup and a lock, too much to pay per change.
+        """
         outcomes = iter(result.outcomes)
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
+        op_counts: Counter[tuple[str, str]] = Counter()
+        event_counts: Counter[tuple[str, str, str]] = Counter()
         for item in planned:
-            metrics.RECORDS.labels("change").inc()
             event = item.event
             op_outcomes = []
             for op in item.ops:
-                kind = _OP_KIND[type(op)]
                 outcome = Outcome.APPLIED if isinstance(op, InvalidatePrefix) else next(outcomes)
-                metrics.REDIS_OPS.labels(kind, outcome.value).inc()
+                op_counts[_OP_KIND[type(op)], outcome.value] += 1
                 op_outcomes.append(outcome)
             summary = _summarise(op_outcomes)
-            metrics.EVENTS.labels(event.table, event.op.value, summary).inc()
+            event_counts[event.table, event.op.value, summary] += 1
             if summary == Outcome.APPLIED:
                 _observe_latency(metrics.COMMIT_TO_APPLIED, now_ms, event.committed_at_ms)
                 _observe_latency(metrics.EMITTED_TO_APPLIED, now_ms, event.emitted_at_ms)
             report.append(EventOutcome(event, summary))
+        for (kind, outcome_name), count in op_counts.items():
+            metrics.REDIS_OPS.labels(kind, outcome_name).inc(count)
+        for labels, count in event_counts.items():
+            metrics.EVENTS.labels(*labels).inc(count)
+        if planned:
+            metrics.RECORDS.labels("change").inc(len(planned))
         return report
 
 

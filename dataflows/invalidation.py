@@ -46,7 +46,15 @@ log = logging.getLogger("cdc_cache.dataflow")
 # A broker that does not answer a waiting fetch as soon as data arrives holds each record
 # for up to fetch.wait.max.ms (librdkafka's default is 500 ms): cap what that can add to
 # commit-to-applied latency. Brokers that answer early are unaffected. Overridable.
-CONSUMER_DEFAULTS: dict[str, str] = {"fetch.wait.max.ms": "100"}
+#
+# Bytewax runs one consumer per partition, and librdkafka prefetches up to
+# queued.max.messages.kbytes (64 MiB by default) for each: a worker that falls behind on
+# many partitions would hold that much per partition. 16 MiB is still ~9,000 records of
+# a schema-wrapped 1.8 KB change, several polls' worth, so it costs no throughput.
+CONSUMER_DEFAULTS: dict[str, str] = {
+    "fetch.wait.max.ms": "100",
+    "queued.max.messages.kbytes": "16384",
+}
 
 Message = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
 
@@ -105,11 +113,8 @@ def build_flow(
             else:
                 records.append(_record(message))
         parse = schemas.parser_for(records) if schemas is not None else None
-        routed = []
-        for record in records:
-            item = route(record, rules, source_epoch, max_value_bytes, parse)
-            _observe(tracker, item)
-            routed.append(item)
+        routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
+        _observe(tracker, routed)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
@@ -121,15 +126,27 @@ def build_flow(
     return flow
 
 
-def _observe(tracker: LagTracker, item: Routed) -> None:
-    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life."""
-    record = item.record
-    if isinstance(item, Planned):
-        tracker.record(record.topic, record.partition, item.event.committed_at_ms)
-    elif isinstance(item, Control) and isinstance(item.item, Heartbeat):
-        tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
-    else:
-        tracker.record(record.topic, record.partition)
+def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
+    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life.
+
+    Once per partition and batch (the newest commit time), not once per message: the
+    tracker takes a lock and reads the clock on every call.
+    """
+    newest: dict[tuple[str, int], int | None] = {}
+    for item in batch:
+        record = item.record
+        where = (record.topic, record.partition)
+        if isinstance(item, Control) and isinstance(item.item, Heartbeat):
+            tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
+            continue
+        seen = newest.get(where)
+        committed = item.event.committed_at_ms if isinstance(item, Planned) else None
+        if committed is not None and (seen is None or committed > seen):
+            newest[where] = committed
+        elif where not in newest:
+            newest[where] = None
+    for (topic, partition), committed in newest.items():
+        tracker.record(topic, partition, committed)
 
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:

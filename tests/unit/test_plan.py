@@ -357,3 +357,20 @@ def test_out_of_order_delivery_never_notifies_a_change_twice(
     for e in last.values():
         if e.op is not Op.DELETE:
             assert any(orjson.loads(p)["position"] == e.position.encode() for _, p in sent)
+_ROW = st.dictionaries(
+    st.sampled_from(["sku_id", "warehouse", "qty", "note"]),
+    st.none() | st.integers(0, 3) | st.sampled_from(["north", "3"]),
+)
+
+
+@given(_ROW, _ROW)
+def test_an_update_is_planned_exactly_when_a_watched_column_changed(
+    before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    row = {"sku_id": 1, "warehouse": "north", "qty": 0}
+    key = {"sku_id": 1, "warehouse": "north"}
+    event = ChangeEvent(
+        "inventory.stock", Op.UPDATE, {**row, **before}, {**row, **after}, key, pos(5), None
+    )
+    watched = {"sku_id", "warehouse", "qty"} & changed_columns(event.before, event.after)
+    assert bool(plan(event, RULES)) == bool(watched)

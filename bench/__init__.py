@@ -1,0 +1,1 @@
+"""Benchmarks of the local stack: commit latency, throughput, memory."""

@@ -1,0 +1,869 @@
+"""Throughput, processor latency and memory of the invalidation worker on the local stack.
+
+Starts Redis and the tansu broker (``cdc_cache.devstack``) on free ports, loads N Debezium
+change events (``bench/workload.py``) and measures, in one run:
+
+* ``consume_only``: the machine's Kafka limit, a confluent-kafka consumer that only reads;
+* ``redis_lua``: the machine's Redis limit, the product's apply script fed pre-encoded
+  batches over one connection, pipelined;
+* ``product_1proc`` / ``product_2proc`` / ``product_1proc_2threads``: ``cdc-cache run``
+  (1 worker process, 2 processes, 1 process with 2 worker threads) draining the loaded
+  topics; after each, the correctness guard compares Redis with the state the events
+  imply and fails the run on any difference;
+* ``baseline``: a plain confluent-kafka + redis-py loop, one command per message;
+* ``latency_full`` / ``latency_half``: the worker fed paced events at the measured full
+  rate and at half of it, with a probe every 5 ms: librdkafka reports when the broker
+  acknowledged it (appended), a subscriber to Redis keyspace notifications when the
+  worker's SET of its key happened; ack → SET is the processor latency.
+
+``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
+its RSS sampled throughout.
+
+    python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
+    python bench/throughput.py --soak 600 --out bench/results/soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from redis import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.latency import summary
+from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
+from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.process import free_port
+from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.keys import MODE_FLAG_KEY
+from cdc_cache.pipeline import Planned, route
+from cdc_cache.redis_apply import RedisApplier, _script
+from cdc_cache.rules import parse_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 2
+TABLE_NAMES = [t.name for t in TABLES] + ["probes"]
+PRODUCER = {
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "none",
+    "acks": "1",
+    "queue.buffering.max.messages": 1_000_000,
+    "queue.buffering.max.kbytes": 2_000_000,
+}
+
+
+def load_conditions() -> dict[str, Any]:
+    """What else the machine was doing: core count and load averages."""
+    return {"nproc": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> tuple[float, float]:
+    """(busy CPU seconds over all cores, wall clock), from /proc/stat's first line."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
+class CpuMeter:
+    """CPU seconds used by each group of processes, and by the whole machine, over a span.
+
+    The machine figure includes everything else running (other users' jobs too), so it
+    says how much of the machine was free for the measured processes.
+    """
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = groups
+        self._start: dict[str, float] = {}
+        self._machine = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._start = {name: self._used(pids) for name, pids in self._groups.items()}
+        self._machine = _machine_busy_s()
+
+    def stop(self) -> dict[str, float]:
+        busy, now = _machine_busy_s()
+        wall = now - self._machine[1]
+        used = {
+            f"{name}_cores": round((self._used(pids) - self._start[name]) / wall, 2)
+            for name, pids in self._groups.items()
+        }
+        return used | {"machine_busy_cores": round((busy - self._machine[0]) / wall, 2)}
+
+    @staticmethod
+    def _used(pids: list[int]) -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+
+class Bench:
+    """The servers under one temporary home, plus helpers every phase uses."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.redis_server = RedisServer(home / "redis", free_port())
+        self.broker = Broker(home / "broker", free_port())
+        self.rules_path = home / "rules.yaml"
+        self.rules_path.write_text(RULES_YAML)
+        self.rules = parse_rules(RULES_YAML, str(self.rules_path))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        self.redis_server.start()
+        self.broker.start()
+        self.redis = Redis.from_url(self.redis_server.address())
+
+    def stop(self) -> None:
+        self.stop_workers()
+        self.broker.stop()
+        self.redis_server.stop()
+
+    def create_topics(self, prefix: str) -> list[str]:
+        topics = [f"{prefix}.inventory.{name}" for name in TABLE_NAMES]
+        self.broker.create_topics(dict.fromkeys(topics, PARTITIONS))
+        return topics
+
+    def reset_redis(self) -> None:
+        """Empty Redis; pin the cache mode to cdc (preloaded events look old to the lag)."""
+        self.redis.flushall()
+        self.redis.set(MODE_FLAG_KEY, "cdc")
+
+    def producer(self, **extra: Any) -> Producer:
+        return Producer({"bootstrap.servers": self.broker.bootstrap, **PRODUCER, **extra})
+
+    def start_workers(self, prefix: str, processes: int, threads: int = 1) -> list[int]:
+        """``cdc-cache run`` on the prefix's topics; returns the metrics ports."""
+        recovery = Path(tempfile.mkdtemp(prefix=f"recovery-{prefix}-", dir=self.home))
+        ports = [free_port() for _ in range(processes)]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        for index, port in enumerate(ports):
+            argv = [
+                sys.executable, "-m", "cdc_cache", "run", "--rules", str(self.rules_path),
+                "--brokers", self.broker.bootstrap, "--topic-pattern", rf"{prefix}\.inventory\..*",
+                "--redis-url", self.redis_server.address(),
+                "--recovery-dir", str(recovery / f"p{index}"),
+                "--metrics-port", str(port), "--log-level", "WARNING", "--workers", str(threads),
+            ]  # fmt: skip
+            if processes > 1:
+                # Each process keeps its own share of the recovery partitions (as on its own
+                # volume in Kubernetes).
+                argv += ["--process-id", str(index)]
+                argv += [arg for a in addresses for arg in ("--address", a)]
+            log = (self.home / f"worker-{prefix}-{index}.log").open("ab")
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    env={**os.environ, "CDC_CACHE_RECOVERY_PARTITIONS": str(processes)},
+                )
+            )
+        return ports
+
+    def meter(self) -> CpuMeter:
+        """CPU use of the workers, the broker, Redis and this harness."""
+        servers = {"broker": self.broker.pid(), "redis": self.redis_server.pid()}
+        return CpuMeter(
+            {"worker": [proc.pid for proc in self.procs], "harness": [os.getpid()]}
+            | {name: [pid] for name, pid in servers.items() if pid is not None}
+        )
+
+    def stop_workers(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+    def check_workers(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                logs = {p.name: p.read_text()[-3000:] for p in self.home.glob("worker-*.log")}
+                msg = f"worker exited {proc.returncode}; logs:\n{json.dumps(logs, indent=1)}"
+                raise SystemExit(msg)
+
+    def consumed(self, ports: Sequence[int]) -> int:
+        """Kafka records the workers have finished (applied or counted), from /metrics."""
+        total = 0
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("cdc_cache_records_total{"):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
+    def wait_consumed(
+        self,
+        ports: Sequence[int],
+        target: int,
+        timeout: float,
+        on_first: Callable[[], None] = lambda: None,
+    ) -> tuple[float, float]:
+        """Poll until the workers finished ``target`` records: (started, done) times.
+
+        Started is the last poll that saw nothing finished yet: the work began after it,
+        so the span is never shorter than the work (nor zero on a tiny load).
+        """
+        first = 0.0
+        idle = time.monotonic()
+        deadline = idle + timeout
+        while True:
+            count = self.consumed(ports)
+            now = time.monotonic()
+            if not count:
+                idle = now
+            elif not first:
+                first = idle
+                on_first()
+            if count >= target:
+                return first, now
+            if now > deadline:
+                msg = f"workers finished {count} of {target} records within {timeout:.0f} s"
+                raise SystemExit(msg)
+            self.check_workers()
+            time.sleep(0.2)  # each poll costs the worker a metrics collection
+
+    def guard(self, generator: Generator) -> dict[str, Any]:
+        """Compare Redis with the state the events imply; any difference fails the run."""
+        present, absent = generator.expected()
+        names = list(present)
+        wrong: list[str] = []
+        for start in range(0, len(names), 2000):
+            chunk = names[start : start + 2000]
+            pipe = self.redis.pipeline(transaction=False)
+            for name in chunk:
+                if isinstance(present[name], dict):
+                    pipe.hgetall(name)
+                else:
+                    pipe.get(name)
+            wrong += [n for n, got in zip(chunk, pipe.execute(), strict=True) if got != present[n]]
+        leftover = 0
+        for start in range(0, len(absent), 2000):
+            leftover += int(self.redis.exists(*absent[start : start + 2000]) or 0)
+        return {
+            "ok": not wrong and not leftover,
+            "keys_checked": len(names),
+            "absent_checked": len(absent),
+            "wrong_values": len(wrong),
+            "wrong_examples": wrong[:5],
+            "deleted_but_present": leftover,
+        }
+
+
+def load(bench: Bench, generator: Generator, events: int) -> dict[str, Any]:
+    """Generate and produce ``events`` changes (plus tombstones) as fast as possible."""
+    topics = bench.create_topics(generator.prefix)
+    producer = bench.producer()
+    started = time.monotonic()
+    records = size = 0
+    for message in generator.messages(events):
+        _produce(producer, message)
+        records += 1
+        size += len(message.value or b"")
+    remaining = producer.flush(300)
+    elapsed = time.monotonic() - started
+    if remaining:
+        msg = f"{remaining} records not acknowledged by the broker"
+        raise SystemExit(msg)
+    return {
+        "topics": topics,
+        "events": events,
+        "records": records,
+        "tombstones": records - events,
+        "value_bytes": size,
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(records / elapsed),
+    }
+
+
+def _produce(producer: Producer, message: Message, **callback: Any) -> None:
+    while True:
+        try:
+            producer.produce(message.topic, value=message.value, key=message.key, **callback)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def consume_only(bench: Bench, topics: Sequence[str], records: int) -> dict[str, Any]:
+    """The machine's Kafka read limit: a consumer that only touches each value."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bench.broker.bootstrap,
+            "group.id": "bench-consume-only",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(PARTITIONS)])
+    seen = size = 0
+    started = time.monotonic()
+    while seen < records:
+        for message in consumer.consume(10_000, 1.0):
+            if message.error() is None:
+                seen += 1
+                size += len(message.value() or b"")
+        if time.monotonic() - started > 600:
+            break
+    elapsed = time.monotonic() - started
+    consumer.close()
+    return {"records": seen, "seconds": round(elapsed, 2), "records_per_s": round(seen / elapsed)}
+
+
+def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
+    """The machine's Redis limit for the product's script: pre-encoded calls, pipelined.
+
+    The calls are what the worker would send for these events (same planner, same
+    chunking); encoding them is outside the timing, so only Redis and the socket count.
+    """
+    generator = Generator(prefix="lua", seed=7)
+    ops = []
+    for message in generator.messages(events):
+        routed = route(_record(message), bench.rules)
+        if isinstance(routed, Planned):
+            ops += routed.ops
+    applier = RedisApplier(bench.redis)
+    calls = list(applier._chunk(ops, range(len(ops))))
+    source, sha = _script()
+    bench.reset_redis()
+    bench.redis.script_load(source)
+    connection = bench.redis.connection_pool.get_connection()
+    packed = [connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls]
+    in_flight = 2  # the worker sends one batch per partition poll; allow a little overlap
+    started = time.monotonic()
+    for start in range(0, len(packed), in_flight):
+        group = packed[start : start + in_flight]
+        connection.send_packed_command([part for command in group for part in command])
+        for _ in group:
+            connection.read_response()
+    elapsed = time.monotonic() - started
+    bench.redis.connection_pool.release(connection)
+    return {
+        "events": events,
+        "ops": len(ops),
+        "ops_per_event": round(len(ops) / events, 3),
+        "calls": len(calls),
+        "seconds": round(elapsed, 2),
+        "ops_per_s": round(len(ops) / elapsed),
+        "events_per_s": round(events / elapsed),
+    }
+
+
+def _record(message: Message) -> Any:
+    from cdc_cache.events import SourceRecord
+
+    return SourceRecord(message.topic, 0, 0, message.key, message.value)
+
+
+def product(
+    bench: Bench, generator: Generator, loaded: dict[str, Any], processes: int, threads: int = 1
+) -> dict[str, Any]:
+    """``cdc-cache run`` draining the loaded topics; then the correctness guard."""
+    bench.reset_redis()
+    ports = bench.start_workers(generator.prefix, processes, threads)
+    records = loaded["records"]
+    meter = bench.meter()
+    first, done = bench.wait_consumed(ports, records, timeout=900, on_first=meter.start)
+    cpu = meter.stop()
+    rss = [rss_mb(proc.pid) for proc in bench.procs]
+    bench.stop_workers()
+    elapsed = done - first
+    guard = bench.guard(generator)
+    if not guard["ok"]:
+        msg = f"correctness guard failed after the {processes}x{threads} worker run: {guard}"
+        raise SystemExit(msg)
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "records": records,
+        "events": loaded["events"],
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(records / elapsed),
+        "events_per_s": round(loaded["events"] / elapsed),
+        "cpu": cpu,
+        "worker_rss_mb_end": rss,
+        "guard": guard,
+    }
+
+
+def baseline(bench: Bench, topics: Sequence[str], records: int, limit_s: float) -> dict[str, Any]:
+    """A plain consumer loop as a user would first write it: json + one Redis call each.
+
+    Not version-gated and single-threaded; it runs for at most ``limit_s`` seconds.
+    """
+    bench.reset_redis()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bench.broker.bootstrap,
+            "group.id": "bench-baseline",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(PARTITIONS)])
+    redis = Redis.from_url(bench.redis_server.address())
+    seen = 0
+    started = time.monotonic()
+    while seen < records and time.monotonic() - started < limit_s:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        seen += 1
+        if message.value() is None:
+            continue  # tombstone
+        _plain_apply(redis, json.loads(message.value()))
+    elapsed = time.monotonic() - started
+    consumer.close()
+    return {
+        "records": seen,
+        "complete": seen >= records,
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(seen / elapsed),
+    }
+
+
+def _plain_apply(redis: Redis[bytes], doc: dict[str, Any]) -> None:
+    change = doc["payload"] if "schema" in doc else doc
+    table, op = change["source"]["table"], change["op"]
+    row = change["before"] if op == "d" else change["after"]
+    if table == "products":
+        key, fields = f"product:{row['id']}", ("id", "name", "price")
+    elif table == "stock":
+        key, fields = (
+            f"stock:{row['sku_id']}:{row['warehouse']}",
+            ("sku_id", "warehouse", "qty", "price"),
+        )
+        redis.delete(f"sku:{row['sku_id']}:availability")
+    else:
+        key = f"order:{row['id']}"
+        if op == "d":
+            redis.delete(key)
+        else:
+            redis.hset(
+                key, mapping={f: str(row[f]) for f in ("id", "customer_id", "status", "total")}
+            )
+        return
+    if op == "d":
+        redis.delete(key)
+    else:
+        redis.set(key, json.dumps({f: row[f] for f in fields}), px=86_400_000)
+
+
+def _subscribe(address: str, out: Any, stop: Any) -> None:
+    """Child process: the time each probe key is set, from keyspace notifications."""
+    redis = Redis.from_url(address)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(f"__keyspace@0__:{PROBE_PREFIX}*")
+    seen: dict[int, float] = {}
+    out.put("ready")
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.2)
+        if message is not None and message["data"] == b"set":
+            ident = int(message["channel"].rsplit(b":", 1)[1])
+            seen.setdefault(ident, time.time())
+    out.put(seen)
+
+
+class Probes:
+    """A subscriber process recording when each probe key is written."""
+
+    def __init__(self, bench: Bench) -> None:
+        bench.redis.config_set("notify-keyspace-events", "K$")
+        context = multiprocessing.get_context("spawn")
+        self._queue: Any = context.Queue()
+        self._stop = context.Event()
+        self._proc = context.Process(
+            target=_subscribe, args=(bench.redis_server.address(), self._queue, self._stop)
+        )
+        self._proc.start()
+        self._queue.get(timeout=60)
+        self._bench = bench
+
+    def finish(self) -> dict[int, float]:
+        self._stop.set()
+        seen: dict[int, float] = self._queue.get(timeout=60)
+        self._proc.join(10)
+        self._bench.redis.config_set("notify-keyspace-events", "")
+        return seen
+
+
+class Pacer:
+    """Produces changes at a fixed rate, with a timestamped probe every ``probe_every_s``."""
+
+    def __init__(self, producer: Producer, generator: Generator, probe_every_s: float) -> None:
+        self.producer = producer
+        self.generator = generator
+        self.probe_every_s = probe_every_s
+        self.sent: dict[int, int] = {}  # probe id -> send time, µs since the epoch
+        self.ack_after_s: dict[int, float] = {}  # probe id -> send → broker ack
+        self.changes = 0
+
+    def _acked(self, ident: int) -> Callable[[Any, Any], None]:
+        """Delivery callback: librdkafka's own produce() → ack time for the probe."""
+
+        def acked(error: Any, message: Any) -> None:
+            if error is None:
+                self.ack_after_s[ident] = message.latency()
+
+        return acked
+
+    def run(
+        self,
+        changes: Iterator[list[Message]],
+        rate: float,
+        seconds: float,
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> float:
+        """Produce for ``seconds`` (or until ``changes`` ends); returns the time it took."""
+        tick = 0.005
+        started = time.monotonic()
+        next_probe = started
+        while (now := time.monotonic()) - started < seconds:
+            due = int((now - started) * rate)
+            while self.changes < due:
+                for message in next(changes):
+                    _produce(self.producer, message)
+                self.changes += 1
+            if now >= next_probe:
+                ident = len(self.sent) + 1
+                self.sent[ident] = sent_us = int(time.time() * 1_000_000)
+                probe = self.generator.probe(ident, sent_us)
+                _produce(self.producer, probe, on_delivery=self._acked(ident))
+                next_probe += self.probe_every_s
+            self.producer.poll(0)
+            on_tick()
+            time.sleep(max(0.0, tick - (time.monotonic() - now)))
+        return time.monotonic() - started
+
+
+def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Processor latency at a paced rate: probe acked by the broker → probe key SET in Redis.
+
+    The changes are generated before the clock starts, so generating them does not
+    compete with the worker for the CPU.
+    """
+    generator = Generator(prefix=prefix, seed=11)
+    changes = [generator.change() for _ in range(int(rate * seconds) + 1)]
+    bench.create_topics(prefix)
+    bench.reset_redis()
+    ports = bench.start_workers(prefix, 1)
+    producer = bench.producer(**{"linger.ms": 1})
+    probes = Probes(bench)
+    # Warm up: the worker is live once a first probe is applied.
+    _produce(producer, generator.probe(0, 0))
+    producer.flush(30)
+    bench.wait_consumed(ports, 1, timeout=120)
+    pid = bench.procs[0].pid
+    rss_start = rss_mb(pid)
+    pacer = Pacer(producer, generator, probe_every_s=0.005)
+    meter = bench.meter()
+    meter.start()
+    produced_for = pacer.run(iter(changes), rate, seconds)
+    finished = time.monotonic()
+    producer.flush(60)
+    records = sum(len(c) for c in changes[: pacer.changes]) + len(pacer.sent) + 1
+    _, done = bench.wait_consumed(ports, records, timeout=600)
+    cpu = meter.stop()
+    rss_end = rss_mb(pid)
+    bench.stop_workers()
+    seen = probes.finish()
+    sent = pacer.sent
+    sent, acked = pacer.sent, pacer.ack_after_s
+    missing = [i for i in sent if i not in seen or i not in acked]
+    if missing:
+        msg = f"{len(missing)} of {len(sent)} probes never reached Redis or were not acked"
+        raise SystemExit(msg)
+    to_applied = [seen[i] * 1000 - sent[i] / 1000 for i in sent]
+    to_ack = [acked[i] * 1000 for i in sent]
+    ack_to_applied = [total - ack for total, ack in zip(to_applied, to_ack, strict=True)]
+    return {
+        "target_rate": round(rate),
+        "achieved_rate": round(pacer.changes / produced_for),
+        "seconds": round(produced_for, 1),
+        "drain_after_last_s": round(max(0.0, done - finished), 2),
+        "probes": len(sent),
+        # Processor latency: the broker acknowledged the probe (it was appended) → its
+        # key was set in Redis. The ack follows the append, so this understates by the
+        # ack's way back (local loopback).
+        **summary(ack_to_applied),
+        "send_to_ack": summary(to_ack),
+        "send_to_applied": summary(to_applied),
+        "worker_rss_mb": [rss_start, rss_end],
+        "cpu": cpu,
+    }
+
+
+def soak(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
+    """Memory over a long run: the worker fed ``rate`` changes/s, RSS sampled every 10 s."""
+    generator = Generator(prefix="soak", seed=13)
+    bench.create_topics("soak")
+    bench.reset_redis()
+    ports = bench.start_workers("soak", 1)
+    producer = bench.producer(**{"linger.ms": 5})
+    _produce(producer, generator.probe(0, 0))
+    producer.flush(30)
+    bench.wait_consumed(ports, 1, timeout=120)
+    pid = bench.procs[0].pid
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    next_sample = started
+
+    def sample() -> None:
+        nonlocal next_sample
+        now = time.monotonic()
+        if now >= next_sample:
+            samples.append((round(now - started, 1), rss_mb(pid)))
+            next_sample += 10
+            bench.check_workers()
+
+    pacer = Pacer(producer, generator, probe_every_s=1.0)
+    pacer.run(iter(generator.change, None), rate, seconds, on_tick=sample)
+    producer.flush(60)
+    records = generator.changes + generator.deletes
+    bench.wait_consumed(ports, records, timeout=600)
+    samples.append((round(time.monotonic() - started, 1), rss_mb(pid)))
+    bench.stop_workers()
+    guard = bench.guard(generator)
+    rss = [mb for _, mb in samples]
+    return {
+        "rate": round(rate),
+        "seconds": round(seconds),
+        "records": records,
+        "rss_mb_start": rss[0],
+        "rss_mb_end": rss[-1],
+        "rss_mb_max": max(rss),
+        "rss_mb_samples": samples,
+        "guard": guard,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """A short table of the headline numbers."""
+    rows = [("measurement", "value")]
+    if "profile" in result:
+        rows.append(("profiled run", f"{result['events_per_s']:,} events/s"))
+    elif "soak" in result:
+        s = result["soak"]
+        rss = f"{s['rss_mb_start']} / {s['rss_mb_end']} / {s['rss_mb_max']} MiB"
+        rows += [
+            ("soak rate (changes/s)", f"{s['rate']:,}"),
+            ("soak duration", f"{s['seconds']} s"),
+            ("worker RSS start / end / max", rss),
+            ("correctness guard", "passed" if s["guard"]["ok"] else "FAILED"),
+        ]
+    else:
+        rows += _throughput_rows(result)
+    start, end = result["conditions_start"], result["conditions_end"]
+    rows.append(
+        ("nproc, loadavg start → end", f"{start['nproc']}, {start['loadavg']} → {end['loadavg']}")
+    )
+    lines = [f"| {a} | {b} |" for a, b in rows]
+    lines.insert(1, "|---|---|")
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    def rate(part: dict[str, Any]) -> str:
+        return f"{part['events_per_s']:,} events/s ({part['records_per_s']:,} records/s)"
+
+    load, lua, ratio = result["load"], result["redis_lua"], result["ratios"]
+    rows = [
+        ("events (records incl. tombstones)", f"{load['events']:,} ({load['records']:,})"),
+        ("load rate (generate + produce)", f"{load['records_per_s']:,} records/s"),
+        (
+            "consume-only (confluent-kafka)",
+            f"{result['consume_only']['records_per_s']:,} records/s",
+        ),
+        (
+            "Redis: apply script, pipelined",
+            f"{lua['events_per_s']:,} events/s ({lua['ops_per_s']:,} ops/s)",
+        ),
+        ("cdc-cache run, 1 process", rate(result["product_1proc"])),
+        ("cdc-cache run, 2 processes", rate(result["product_2proc"])),
+        ("cdc-cache run, 1 process, 2 worker threads", rate(result["product_1proc_2threads"])),
+        (
+            "plain baseline (consumer loop + redis-py)",
+            f"{result['baseline']['records_per_s']:,} records/s",
+        ),
+    ]
+    for name in ("latency_full", "latency_half"):
+        lat = result[name]
+        send = lat["send_to_ack"]
+        rows += [
+            (
+                f"broker ack → applied at {lat['achieved_rate']:,} events/s ({name[8:]} rate)",
+                f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms",
+            ),
+            (
+                "  (before it: produce → broker ack)",
+                f"p50 {send['p50_ms']} ms, p99 {send['p99_ms']} ms, max {send['max_ms']} ms",
+            ),
+        ]
+    rows += [
+        ("1 process vs baseline (records/s)", f"{ratio['vs_baseline']}x"),
+        ("1 process vs lower raw limit", f"{ratio['vs_lower_raw_limit']:.0%}"),
+        ("2 processes vs 1", f"{ratio['scaling_2_vs_1']}x"),
+        ("correctness guard (after each cdc-cache run)", "passed"),
+    ]
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="cdc-throughput-"))
+    bench = Bench(home)
+    result: dict[str, Any] = {"conditions_start": load_conditions()}
+    try:
+        bench.start()
+        if args.profile:
+            result |= profile(bench, args)
+        elif args.soak:
+            print(f"soak: {args.soak_rate}/s for {args.soak} s", flush=True)
+            result["soak"] = soak(bench, args.soak_rate, args.soak)
+        else:
+            result |= measure(bench, args)
+    finally:
+        bench.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    result |= {
+        "conditions_end": load_conditions(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return result
+
+
+def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    generator = Generator(prefix="bench", seed=1)
+    step = _announcer()
+    step(f"loading {args.events:,} events")
+    out["load"] = loaded = load(bench, generator, args.events)
+    topics = loaded.pop("topics")
+    step(f"loaded: {loaded}; consume-only")
+    out["consume_only"] = consume_only(bench, topics, loaded["records"])
+    # The same stream counted in change events (tombstones ride along), as the others are.
+    out["consume_only"]["events_per_s"] = round(
+        out["consume_only"]["records_per_s"] * loaded["events"] / loaded["records"]
+    )
+    step(f"{out['consume_only']}; Redis Lua limit")
+    out["redis_lua"] = redis_lua(bench, min(args.events, 200_000))
+    step(f"{out['redis_lua']}; cdc-cache run, 1 process")
+    out["product_1proc"] = product(bench, generator, loaded, 1)
+    step(f"{out['product_1proc']}; cdc-cache run, 2 processes")
+    out["product_2proc"] = product(bench, generator, loaded, 2)
+    step(f"{out['product_2proc']}; cdc-cache run, 1 process with 2 worker threads")
+    out["product_1proc_2threads"] = product(bench, generator, loaded, 1, threads=2)
+    step(f"{out['product_1proc_2threads']}; baseline")
+    out["baseline"] = baseline(bench, topics, loaded["records"], args.baseline_seconds)
+    full = out["product_1proc"]["events_per_s"]
+    step(f"{out['baseline']}; latency at {full}/s")
+    out["latency_full"] = latency(bench, "latfull", full, args.latency_seconds)
+    step(f"{out['latency_full']}; latency at {full // 2}/s")
+    out["latency_half"] = latency(bench, "lathalf", full / 2, args.latency_seconds)
+    step(f"{out['latency_half']}")
+    out["ratios"] = ratios(out)
+    return out
+
+
+def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Load the events, then sample one worker draining them with py-spy (raw stacks)."""
+    generator = Generator(prefix="bench", seed=1)
+    loaded = load(bench, generator, args.events)
+    bench.reset_redis()
+    ports = bench.start_workers(generator.prefix, 1)
+    bench.wait_consumed(ports, 1, timeout=120)
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(bench.procs[0].pid),
+         "--rate", "200", "--nonblocking", "--idle", "--format", "raw", "-o", str(args.profile)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first, done = bench.wait_consumed(ports, loaded["records"], timeout=900)
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
+    bench.stop_workers()
+    return {"profile": str(args.profile), "events_per_s": round(loaded["events"] / (done - first))}
+
+
+def ratios(out: dict[str, Any]) -> dict[str, float]:
+    """The issue's targets as ratios of this run's measurements."""
+    one = out["product_1proc"]["events_per_s"]
+    records = out["product_1proc"]["records_per_s"]
+    raw = min(out["consume_only"]["events_per_s"], out["redis_lua"]["events_per_s"])
+    return {
+        "vs_baseline": round(records / out["baseline"]["records_per_s"], 2),
+        "vs_lower_raw_limit": round(one / raw, 3),
+        "scaling_2_vs_1": round(out["product_2proc"]["events_per_s"] / one, 2),
+    }
+
+
+def _announcer() -> Callable[[str], None]:
+    started = time.monotonic()
+
+    def step(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
+
+    return step
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write the JSON and Markdown results."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--baseline-seconds", type=float, default=30)
+    parser.add_argument("--soak", type=float, default=0, help="memory run of this many seconds")
+    parser.add_argument("--soak-rate", type=float, default=3000)
+    parser.add_argument("--profile", type=Path, help="only profile the worker, to this file")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"written to {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

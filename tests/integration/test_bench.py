@@ -1,0 +1,75 @@
+"""The throughput benchmark runs end to end on a tiny load and reports every measurement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = (
+    "load", "consume_only", "redis_lua", "product_1proc", "product_2proc",
+    "product_1proc_2threads", "baseline", "latency_full", "latency_half",
+)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--events", "3000", "--latency-seconds", "2",
+         "--baseline-seconds", "2", "--out", str(out)],
+        cwd=ROOT, timeout=170, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert set(PHASES) <= result.keys()
+    assert result["load"]["events"] == 3000
+    for phase in ("product_1proc", "product_2proc", "product_1proc_2threads"):
+        run = result[phase]
+        assert run["records"] == result["load"]["records"]
+        assert run["guard"]["ok"] and run["guard"]["keys_checked"] > 100, run["guard"]
+        assert run["events_per_s"] > 0
+    for phase in ("latency_full", "latency_half"):
+        assert result[phase]["probes"] > 50
+        assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"]
+        assert 0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
+    assert result["consume_only"]["records"] == result["load"]["records"]
+    assert set(result["ratios"]) == {"vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1"}
+    assert result["conditions_start"]["nproc"] and result["conditions_end"]["loadavg"]
+    table = out.with_suffix(".md").read_text()
+    assert "cdc-cache run, 1 process" in table and "p99" in table
+
+
+@pytest.mark.integration
+def test_correctness_guard_fails_on_a_lost_write_or_a_lost_delete(
+    tmp_path: Path, redis_client: Any
+) -> None:
+    from bench.throughput import Bench
+    from bench.workload import Generator
+
+    generator = Generator(prefix="guard", seed=3)
+    for _ in generator.messages(2000):
+        pass
+    present, absent = generator.expected()
+    assert absent, "the workload deleted no row"
+    for key, value in present.items():
+        if isinstance(value, dict):
+            redis_client.hset(key, mapping=value)
+        else:
+            redis_client.set(key, value)
+    bench = Bench(tmp_path)
+    bench.redis = redis_client
+    assert bench.guard(generator)["ok"]
+
+    stale = next(k for k, v in present.items() if not isinstance(v, dict))
+    redis_client.set(stale, b'{"old": true}')
+    assert bench.guard(generator)["wrong_values"] == 1
+    redis_client.set(stale, present[stale])
+    redis_client.set(absent[0], b"resurrected")
+    report = bench.guard(generator)
+    assert not report["ok"] and report["deleted_but_present"] == 1
