@@ -32,12 +32,12 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cdc_cache import metrics
 from cdc_cache.errors import BrokerUnavailable
 from cdc_cache.events import SourceRecord
-from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.retry import Backoff, retry_forever, retry_reporter
 
 log = logging.getLogger("cdc_cache.dlq")
+_REPORT_RETRY = retry_reporter("kafka_dlq", "DLQ broker unavailable, retrying", log)
 
 KafkaConfig = Mapping[str, str]
 
@@ -110,9 +110,7 @@ class DeadLetterWriter:
                 raise BrokerUnavailable(msg)
 
         if pending:
-            retry_forever(
-                attempt, backoff=self._backoff, on_retry=self._on_retry, sleep=self._sleep
-            )
+            retry_forever(attempt, backoff=self._backoff, on_retry=_REPORT_RETRY, sleep=self._sleep)
 
     def _produce(self, entries: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         failed: list[Mapping[str, Any]] = []
@@ -141,13 +139,6 @@ class DeadLetterWriter:
             # is stuck acquiring a producer id) would refuse or stall every later write.
             self._producer = Producer(self._config)
         return failed
-
-    def _on_retry(self, attempt: int, delay: float, exc: BaseException) -> None:
-        metrics.RETRIES.labels("kafka_dlq").inc()
-        log.warning(
-            "DLQ broker unavailable, retrying",
-            extra={"attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
-        )
 
     def close(self) -> None:
         """Deliver anything still queued (bounded), then drop the producer."""

@@ -47,11 +47,12 @@ from websockets.http11 import Request, Response
 
 from cdc_cache import metrics
 from cdc_cache.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
-from cdc_cache.retry import Backoff
+from cdc_cache.retry import Backoff, retry_reporter
 from cdc_cache.settings import GatewaySettings
 from cdc_cache.tokens import Grant, TokenError, matches, validate_pattern, verify
 
 log = logging.getLogger("cdc_cache.gateway")
+_REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)
 
 StreamId = tuple[int, int]
 START: Final[StreamId] = (0, 0)
@@ -304,11 +305,7 @@ class Hub:
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
-                metrics.RETRIES.labels("redis").inc()
-                log.warning(
-                    "redis unavailable, retrying",
-                    extra={"attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
-                )
+                _REPORT_RETRY(attempt, delay, exc)
                 await asyncio.sleep(delay)
 
     async def _forget_broken_channels(self, error: rex.ResponseError) -> None:

@@ -8,6 +8,7 @@ many workers so a recovering server is not hit by all of them in the same instan
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cdc_cache import metrics
 from cdc_cache.errors import StopRequested, TransientError
 
 T = TypeVar("T")
@@ -66,7 +68,7 @@ def retry_forever(
     *,
     backoff: Backoff | None = None,
     is_transient: Callable[[BaseException], bool] = _is_transient_error,
-    on_retry: Callable[[int, float, BaseException], None] | None = None,
+    on_retry: OnRetry | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> T:
@@ -104,3 +106,23 @@ def stoppable_sleep(stop: threading.Event, waiting_for: str) -> Callable[[float]
             raise StopRequested(msg)
 
     return sleep
+
+
+OnRetry = Callable[[int, float, BaseException], None]
+
+
+def retry_reporter(target: str, message: str, log: logging.Logger, **context: object) -> OnRetry:
+    """An ``on_retry`` callback: every wait for ``target`` is counted and logged.
+
+    The count goes to ``cdc_cache_retries_total{target}``, so a server outage shows in the
+    metrics whichever component waits for it.
+    """
+
+    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+        metrics.RETRIES.labels(target).inc()
+        log.warning(
+            message,
+            extra={**context, "attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
+        )
+
+    return on_retry

@@ -31,15 +31,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
-from cdc_cache import metrics
 from cdc_cache.avro import AvroParser, AvroSchema, header_id, parse_schema
 from cdc_cache.errors import ConfigError, TransientError
 from cdc_cache.events import SourceRecord
 from cdc_cache.redact import redact_url
-from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.retry import Backoff, retry_forever, retry_reporter
 from cdc_cache.settings import SharedSettings
 
 log = logging.getLogger("cdc_cache.schema_registry")
+_REPORT_RETRY = retry_reporter("schema_registry", "schema registry unavailable, retrying", log)
 
 SCHEMA_NOT_FOUND: Final = 40403
 _ACCEPT: Final = "application/vnd.schemaregistry.v1+json, application/json"
@@ -178,18 +178,10 @@ class SchemaResolver:
             retry_forever(
                 lambda: self._client.schemas(sorted(ids)),
                 backoff=self._backoff,
-                on_retry=_report_retry,
+                on_retry=_REPORT_RETRY,
                 sleep=self._sleep,
             )
         )
-
-
-def _report_retry(attempt: int, delay: float, exc: BaseException) -> None:
-    metrics.RETRIES.labels("schema_registry").inc()
-    log.warning(
-        "schema registry unavailable, retrying",
-        extra={"attempt": attempt, "delay_s": round(delay, 3), "error": str(exc)},
-    )
 
 
 def schema_resolver(

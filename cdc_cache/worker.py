@@ -32,7 +32,7 @@ from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import check_notifications
 from cdc_cache.replay import DlqService
-from cdc_cache.retry import retry_forever, stoppable_sleep
+from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
@@ -137,15 +137,10 @@ def _config_error_in(exc: BaseException) -> ConfigError | None:
 
 def prepare_dlq(settings: WorkerSettings) -> None:
     """Create the DLQ topic if it is missing, waiting (with backoff) for the brokers."""
-
-    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
-        metrics.RETRIES.labels("kafka_dlq").inc()
-        log.warning("waiting for the DLQ topic", extra={"attempt": attempt, "error": str(exc)})
-
     retry_forever(
         lambda: ensure_topic(settings.brokers, settings.dlq_topic, settings.kafka),
         backoff=settings.retry_kafka.backoff(),
-        on_retry=on_retry,
+        on_retry=retry_reporter("kafka_dlq", "waiting for the DLQ topic", log),
     )
 
 

@@ -33,7 +33,7 @@ from cdc_cache.redis_apply import (
     ping,
 )
 from cdc_cache.rejects import Rejects
-from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.writer")
@@ -161,22 +161,9 @@ def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
     return replace(op, ttl_ms=cap_ms)
 
 
-def redis_retry_reporter(action: str) -> Callable[[int, float, BaseException], None]:
+def redis_retry_reporter(action: str) -> OnRetry:
     """An ``on_retry`` callback: every wait for Redis is logged and counted."""
-
-    def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
-        metrics.RETRIES.labels("redis").inc()
-        log.warning(
-            "redis unavailable, retrying",
-            extra={
-                "action": action,
-                "attempt": attempt,
-                "delay_s": round(delay, 3),
-                "error": str(exc),
-            },
-        )
-
-    return on_retry
+    return retry_reporter("redis", "redis unavailable, retrying", log, action=action)
 
 
 def connect_when_available(

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdc_cache import metrics
 from cdc_cache.errors import TransientError
-from cdc_cache.retry import Backoff, retry_forever
+from cdc_cache.retry import Backoff, retry_forever, retry_reporter
 
 
 class FakeClock:
@@ -126,3 +128,15 @@ def test_custom_transient_predicate() -> None:
 def test_invalid_backoff_is_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="invalid Backoff"):
         Backoff(**kwargs)
+
+
+def test_retry_reporter_counts_the_target_and_logs_the_wait(caplog) -> None:
+    counter = metrics.RETRIES.labels("unit_target")
+    before = counter._value.get()
+    report = retry_reporter("unit_target", "unit server down", logging.getLogger("t"), step="x")
+    with caplog.at_level(logging.WARNING, logger="t"):
+        report(3, 0.1234, ConnectionError("refused"))
+    assert counter._value.get() == before + 1
+    (record,) = caplog.records
+    assert record.getMessage() == "unit server down"
+    assert (record.step, record.attempt, record.delay_s, record.error) == ("x", 3, 0.123, "refused")
