@@ -10,7 +10,11 @@ Redis records (applications read ``cdc:mode``; operators set ``cdc:mode:flag``):
 
 - ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
-  ``lag_s`` and ``updated_ms``.
+  ``lag_s``, ``holds`` (JSON list of the active holds' causes) and ``updated_ms``.
+
+Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
+hold in the process's :class:`Holds`; a follower process passes its holds to the leader
+with its lag summary.
 """
 
 from __future__ import annotations
@@ -19,16 +23,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
+import orjson
 from redis import exceptions as rex
 
 from cdc_cache import metrics
 from cdc_cache.errors import CdcCacheError, ConfigError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
-from cdc_cache.mode import Cause, Decision, Flag, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode import (
+    Cause,
+    Decision,
+    Flag,
+    Hold,
+    Mode,
+    ModeConfig,
+    ModeState,
+    Signal,
+    step,
+)
 from cdc_cache.redis_apply import Client, glob_escape, primaries
 from cdc_cache.rules import Rules
 
@@ -56,6 +71,50 @@ def parse_flag(value: str | bytes | None) -> Flag:
         raise ConfigError(msg) from None
 
 
+class Holds:
+    """The holds raised in this process, keyed by cause and scope; thread-safe.
+
+    ``scope`` tells instances of one cause apart (a source, a topic partition, a Redis
+    node), so each clears on its own. Raising an active hold again only updates its
+    reason; raising and clearing are logged once each and exported as
+    ``cdc_cache_mode_holds{cause}``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[tuple[Cause, str], str] = {}
+
+    def hold(self, cause: Cause, scope: str, reason: str) -> None:
+        """Force ``ttl`` mode for ``reason`` until :meth:`clear` of the same cause and scope."""
+        Hold(cause, reason)  # validates the cause
+        with self._lock:
+            new = (cause, scope) not in self._active
+            self._active[(cause, scope)] = reason
+            count = sum(c is cause for c, _ in self._active)
+        metrics.MODE_HOLDS.labels(cause.value).set(count)
+        if new:
+            log.warning(
+                "hold raised: the cache falls back to ttl mode",
+                extra={"cause": cause.value, "scope": scope, "reason": reason},
+            )
+
+    def clear(self, cause: Cause, scope: str) -> None:
+        """The condition behind a hold is over (nothing happens if it was not held)."""
+        with self._lock:
+            reason = self._active.pop((cause, scope), None)
+            count = sum(c is cause for c, _ in self._active)
+        if reason is not None:
+            metrics.MODE_HOLDS.labels(cause.value).set(count)
+            log.warning(
+                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": reason}
+            )
+
+    def active(self) -> tuple[Hold, ...]:
+        """The active holds, in a stable order."""
+        with self._lock:
+            return tuple(sorted(Hold(cause, reason) for (cause, _), reason in self._active.items()))
+
+
 class ModeStore:
     """The mode's records in Redis (shared by the worker, the CLI and the admin API)."""
 
@@ -76,7 +135,14 @@ class ModeStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def publish(
-        self, state: ModeState, flag: Flag, lag_s: float | None, now_ms: int, fallback_ttl_ms: int
+        self,
+        state: ModeState,
+        flag: Flag,
+        lag_s: float | None,
+        now_ms: int,
+        fallback_ttl_ms: int,
+        *,
+        holds: tuple[Hold, ...] = (),
     ) -> None:
         """Write the effective-mode hash applications read (see cdc_cache.client)."""
         self._client.hset(
@@ -89,6 +155,7 @@ class ModeStore:
                 "reason": state.reason,
                 "since_ms": state.since_ms,
                 "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+                "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
                 "updated_ms": now_ms,
             },
         )
@@ -109,45 +176,65 @@ class ModeStore:
 
 @dataclass(frozen=True, slots=True)
 class LagSummary:
-    """What the controller needs from one process's partitions."""
+    """What the controller needs from one process: its worst partition and its holds."""
 
     lag_s: float | None
     stalled: bool
     where: str
+    holds: tuple[Hold, ...] = field(default=())
 
     @classmethod
-    def of(cls, report: LagReport, slo_s: float) -> LagSummary:
+    def of(cls, report: LagReport, slo_s: float, holds: tuple[Hold, ...] = ()) -> LagSummary:
         """The worst partition of ``report``; a silent partition wins (it is stalled)."""
         silent = [p for p in report.partitions if p.silent_s > slo_s]
         worst = max(silent, key=lambda p: p.silent_s, default=None) or report.worst()
         if worst is None:
-            return cls(None, False, "")
+            return cls(None, False, "", holds)
         lag = max(p.connector_lag_s for p in report.partitions)
-        return cls(lag, bool(silent), f"{worst.topic}[{worst.partition}]")
+        return cls(lag, bool(silent), f"{worst.topic}[{worst.partition}]", holds)
 
     @classmethod
     def worst_of(cls, summaries: Iterable[LagSummary]) -> LagSummary:
-        """Several processes' summaries folded into one."""
+        """Several processes' summaries folded into one (every process's holds count)."""
         items = list(summaries)
+        holds = tuple(sorted({hold for s in items for hold in s.holds}))
         known = [s for s in items if s.lag_s is not None]
         worst = max(known, key=lambda s: (s.stalled, s.lag_s or 0.0), default=None)
         if worst is None:
-            return cls(None, False, "")
-        return cls(max(s.lag_s or 0.0 for s in known), any(s.stalled for s in items), worst.where)
+            return cls(None, any(s.stalled for s in items), "", holds)
+        lag = max(s.lag_s or 0.0 for s in known)
+        return cls(lag, any(s.stalled for s in items), worst.where, holds)
 
     def fields(self) -> dict[str | bytes, bytes | float | int | str]:
         """As a Redis hash."""
         lag = "" if self.lag_s is None else repr(self.lag_s)
-        return {"lag_s": lag, "stalled": "1" if self.stalled else "0", "where": self.where}
+        holds = orjson.dumps([[hold.cause.value, hold.reason] for hold in self.holds]).decode()
+        return {
+            "lag_s": lag,
+            "stalled": "1" if self.stalled else "0",
+            "where": self.where,
+            "holds": holds,
+        }
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> LagSummary | None:
-        """From a Redis hash; None when the hash is gone (the process stopped reporting)."""
+        """From a Redis hash; None when the hash is gone (the process stopped reporting).
+
+        A hold whose cause this release does not know still forces ``ttl`` (as lineage
+        trouble, the cause that needs an operator soonest) rather than being dropped.
+        """
         if not fields:
             return None
         lag = fields.get("lag_s", "")
+        holds = []
+        for cause, reason in orjson.loads(fields.get("holds") or "[]"):
+            known = Cause(cause) if cause in Cause.__members__.values() else None
+            holds.append(Hold(known or Cause.LINEAGE, reason if known else f"{cause}: {reason}"))
         return cls(
-            float(lag) if lag else None, fields.get("stalled") == "1", fields.get("where", "")
+            float(lag) if lag else None,
+            fields.get("stalled") == "1",
+            fields.get("where", ""),
+            tuple(sorted(holds)),
         )
 
 
@@ -214,6 +301,7 @@ class ModeRuntime:
     ) -> None:
         self._store = ModeStore(client)
         self._client = client
+        self.holds = Holds()
         self._tracker = tracker
         self._config = config
         self._fallback_ttl_ms = fallback_ttl_ms
@@ -228,6 +316,7 @@ class ModeRuntime:
         self._state = ModeState.initial(self._now_ms())
         self._flag = Flag.AUTO
         self._lag_s: float | None = None
+        self._holds: tuple[Hold, ...] = ()
         self._redis_ok_ms: float | None = None
         self._caught_up = False
         self._closing = threading.Event()
@@ -272,6 +361,7 @@ class ModeRuntime:
                 "reason": state.reason,
                 "since_ms": state.since_ms,
                 "lag_s": self._lag_s,
+                "holds": [{"cause": h.cause.value, "reason": h.reason} for h in self._holds],
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
@@ -287,7 +377,7 @@ class ModeRuntime:
         """One controller step: observe, decide, publish, act. Returns the decision."""
         report = self._tracker.report()
         _export_lag(report)
-        local = LagSummary.of(report, self._config.slo_s)
+        local = LagSummary.of(report, self._config.slo_s, self.holds.active())
         with self._lock:
             if not self._caught_up and report.partitions:
                 self._caught_up = report.caught_up(self._max_consumer_lag)
@@ -306,13 +396,15 @@ class ModeRuntime:
         now = self._now_ms()
         flag = self._read_flag()
         summary = LagSummary.worst_of([local, *self._others()])
-        signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where)
+        signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where, summary.holds)
         with self._lock:
             before = self._state
             self._state, decision = step(before, signal, self._config)
-            self._flag, self._lag_s = flag, summary.lag_s
+            self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
             state = self._state
-        self._store.publish(state, flag, summary.lag_s, now, self._fallback_ttl_ms)
+        self._store.publish(
+            state, flag, summary.lag_s, now, self._fallback_ttl_ms, holds=summary.holds
+        )
         _export_mode(state.mode, flag)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
@@ -330,7 +422,7 @@ class ModeRuntime:
             reason = record.get("reason", before.reason)
             if mode is not before.mode:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
-            self._flag, self._lag_s = flag, local.lag_s
+            self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
         _export_mode(mode, flag)
         return Decision(mode, mode is not before.mode, cause, reason)
 

@@ -116,6 +116,14 @@ MODE_SWITCHES = Counter(
     ["to", "reason"],
     namespace=NAMESPACE,
 )
+MODE_HOLDS = Gauge(
+    "mode_holds",
+    "Active holds by cause: conditions under which the cache cannot be known right, each "
+    "forcing ttl mode while it lasts (lineage, redis_oom, redis_replication, "
+    "source_discontinuity, worker_down)",
+    ["cause"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",

@@ -7,6 +7,12 @@ after it stayed below the lower recovery threshold for a whole window, so two au
 switches are always at least a window apart. An operator flag (``cdc``/``ttl``) overrides
 the automatic choice at once; meanwhile the automatic mode keeps following the lag, so
 setting the flag back to ``auto`` lands on what the lag calls for.
+
+A *hold* is a condition under which the worker cannot know the cache is right (a source
+lineage it cannot order, Redis refusing writes for memory, replicas behind, a gap in a
+topic, the worker itself gone): while any hold is active the automatic mode is ``ttl``
+with the hold's cause, at once and without a window, since waiting would serve rows
+nobody can vouch for. When the last hold clears the mode follows the lag again.
 """
 
 from __future__ import annotations
@@ -39,6 +45,36 @@ class Cause(StrEnum):
     RECOVERED = "recovered"
     FORCED = "forced"
     AUTO = "auto"
+    # Holds (see Hold): the worker cannot know the cache is right.
+    LINEAGE = "lineage"
+    REDIS_OOM = "redis_oom"
+    REDIS_REPLICATION = "redis_replication"
+    SOURCE_DISCONTINUITY = "source_discontinuity"
+    WORKER_DOWN = "worker_down"
+
+
+HOLD_CAUSES = frozenset(
+    {
+        Cause.LINEAGE,
+        Cause.REDIS_OOM,
+        Cause.REDIS_REPLICATION,
+        Cause.SOURCE_DISCONTINUITY,
+        Cause.WORKER_DOWN,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Hold:
+    """A condition that forces ``ttl`` while it lasts; ``reason`` says what and where."""
+
+    cause: Cause
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.cause not in HOLD_CAUSES:
+            msg = f"{self.cause!r} is not a hold cause; use one of {sorted(HOLD_CAUSES)}"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +100,7 @@ class Signal:
 
     ``lag_s`` is the worst connector lag (None while no partition is known yet);
     ``stalled`` says nothing at all arrived for longer than the SLO somewhere; ``where``
-    names the worst partition, for the reason text.
+    names the worst partition, for the reason text; ``holds`` are the active holds.
     """
 
     now_ms: int
@@ -72,6 +108,7 @@ class Signal:
     lag_s: float | None
     stalled: bool = False
     where: str = ""
+    holds: tuple[Hold, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +150,16 @@ class Decision:
 def step(state: ModeState, signal: Signal, config: ModeConfig) -> tuple[ModeState, Decision]:
     """Advance the controller by one tick."""
     auto = _step_auto(state, signal, config)
-    if signal.flag is Flag.AUTO:
-        target, cause, reason = auto.auto, auto.auto_cause, auto.auto_reason
-    else:
+    if signal.flag is not Flag.AUTO:
         target, cause = Mode(signal.flag.value), Cause.FORCED
         reason = f"forced by the operator flag ({signal.flag})"
+    elif signal.holds:
+        first = min(signal.holds)
+        target, cause, reason = Mode.TTL, first.cause, first.reason
+        if len(signal.holds) > 1:
+            reason += f" (and {len(signal.holds) - 1} more hold(s))"
+    else:
+        target, cause, reason = auto.auto, auto.auto_cause, auto.auto_reason
     switched = target is not state.mode
     since = signal.now_ms if switched else state.since_ms
     new = replace(auto, mode=target, cause=cause, reason=reason, since_ms=since)

@@ -243,6 +243,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
             settings.brokers, settings.dlq_topic, settings.kafka, settings.retry_kafka.backoff()
         ),
         max_value_bytes=settings.max_value_bytes,
+        holds=runtime.holds,
     )
     log.info(
         "worker starting",

@@ -32,6 +32,7 @@ from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.envelope import table_of_topic
 from cdc_cache.events import Heartbeat, SourceRecord
+from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth
@@ -77,6 +78,7 @@ def build_flow(
     ttl_cap_ms: Callable[[], int | None] = lambda: None,
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
+    holds: Holds | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -86,8 +88,10 @@ def build_flow(
     new cache entries (the TTL fallback mode). With ``schemas`` the topics carry Avro: each
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
-    one.
+    one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
+    when they find the cache cannot be known right.
     """
+    holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
     # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.

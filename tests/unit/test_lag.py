@@ -118,3 +118,37 @@ def test_a_silent_partition_makes_the_summary_stalled(clock):
     assert LagSummary.parse({k: str(v) for k, v in summary.fields().items()}) == summary  # type: ignore[misc]
     merged = LagSummary.worst_of([summary, LagSummary(99.0, False, "b.db.t[0]")])
     assert merged.stalled and merged.lag_s == 99.0
+
+
+def test_holds_travel_from_a_follower_to_the_leader_and_clear():
+    from cdc_cache.fallback import Holds, LagSummary
+    from cdc_cache.mode import Cause, Hold
+
+    holds = Holds()
+    holds.hold(Cause.SOURCE_DISCONTINUITY, "t[0]", "offset 42 below log start 90 on t[0]")
+    holds.hold(Cause.SOURCE_DISCONTINUITY, "t[0]", "offset 42 below log start 95 on t[0]")
+    holds.hold(Cause.REDIS_OOM, "node-a", "OOM")
+    assert holds.active() == (
+        Hold(Cause.REDIS_OOM, "OOM"),
+        Hold(Cause.SOURCE_DISCONTINUITY, "offset 42 below log start 95 on t[0]"),
+    )
+    follower = LagSummary(1.0, False, "t[0]", holds.active())
+    wire = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in follower.fields().items()}
+    assert LagSummary.parse(wire) == follower
+    merged = LagSummary.worst_of([LagSummary(None, False, ""), follower])
+    assert merged.holds == follower.holds
+    holds.clear(Cause.REDIS_OOM, "node-a")
+    holds.clear(Cause.SOURCE_DISCONTINUITY, "t[0]")
+    holds.clear(Cause.SOURCE_DISCONTINUITY, "t[0]")
+    assert holds.active() == ()
+
+
+def test_a_hold_of_an_unknown_cause_from_a_newer_process_still_holds():
+    from cdc_cache.fallback import LagSummary
+    from cdc_cache.mode import Cause
+
+    parsed = LagSummary.parse(
+        {"lag_s": "", "stalled": "0", "where": "", "holds": '[["future", "x"]]'}
+    )
+    assert parsed is not None and [h.cause for h in parsed.holds] == [Cause.LINEAGE]
+    assert "future" in parsed.holds[0].reason

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.mode import Cause, Flag, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode import HOLD_CAUSES, Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 
 CONFIG = ModeConfig(slo_s=10, recover_s=4, window_s=5)
 TICK_MS = 1000
@@ -94,3 +94,51 @@ def test_thresholds_are_validated():
 
     with pytest.raises(ValueError, match="recover < slo"):
         ModeConfig(slo_s=5, recover_s=5, window_s=1)
+
+
+hold_causes = st.sampled_from(sorted(HOLD_CAUSES))
+holds_seq = st.lists(
+    st.lists(st.builds(Hold, hold_causes, st.text(min_size=1, max_size=5)), max_size=3).map(
+        lambda items: tuple(sorted(set(items)))
+    ),
+    min_size=1,
+    max_size=100,
+)
+
+
+@settings(max_examples=200)
+@given(holds_seq, st.lists(st.one_of(st.floats(0, 20), st.none()), min_size=100, max_size=100))
+def test_an_active_hold_forces_ttl_at_once_with_its_cause(holds, lags):
+    state = ModeState.initial(0)
+    for i, active in enumerate(holds):
+        state, decision = step(
+            state, Signal((i + 1) * TICK_MS, Flag.AUTO, lags[i], holds=active), CONFIG
+        )
+        if active:
+            assert decision.mode is Mode.TTL
+            assert decision.cause is min(active).cause
+            assert min(active).reason in decision.reason
+
+
+@given(holds_seq)
+def test_holds_do_not_disturb_the_lag_hysteresis(holds):
+    """With a calm lag, the mode is cdc again on the first tick without holds."""
+    state = ModeState.initial(0)
+    for i, active in enumerate([*holds, ()]):
+        state, decision = step(
+            state, Signal((i + 1) * TICK_MS, Flag.AUTO, 1.0, holds=active), CONFIG
+        )
+    assert decision.mode is Mode.CDC
+
+
+def test_a_forced_flag_wins_over_holds():
+    held = (Hold(Cause.REDIS_OOM, "OOM on node a"),)
+    _, decision = step(ModeState.initial(0), Signal(1000, Flag.CDC, 1.0, holds=held), CONFIG)
+    assert decision.mode is Mode.CDC and decision.cause is Cause.FORCED
+
+
+def test_only_hold_causes_make_holds():
+    import pytest
+
+    with pytest.raises(ValueError, match="not a hold cause"):
+        Hold(Cause.LAG, "lag is no hold")
