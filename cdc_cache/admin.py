@@ -1,8 +1,9 @@
 """The worker's admin HTTP API: metrics, health, readiness and the cache mode.
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
-(Redis answers and the partitions were caught up once; while the worker starts, which
-step it waits for), ``GET /mode`` and ``PUT /mode``
+(Redis answers, the partitions were caught up once and every source lineage can be told;
+while the worker starts, which step it waits for; with the source lineages' details),
+``GET /mode`` and ``PUT /mode``
 (body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
 the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
@@ -60,6 +62,7 @@ class StartupBackend:
         self._lock = threading.Lock()
         self._done: set[str] = set()
         self._backend: ModeBackend | None = None
+        self._details: Callable[[], dict[str, object]] | None = None
 
     def passed(self, step: str) -> None:
         """``step`` (one of :attr:`STEPS`) is done."""
@@ -67,11 +70,20 @@ class StartupBackend:
         with self._lock:
             self._done.add(step)
 
-    def started(self, backend: ModeBackend) -> None:
-        """The flow runs: from now on ``backend`` answers."""
+    def started(
+        self, backend: ModeBackend, details: Callable[[], dict[str, object]] | None = None
+    ) -> None:
+        """The flow runs: from now on ``backend`` answers; ``details`` adds to ``/readyz``."""
         with self._lock:
             self._done.add("flow")
             self._backend = backend
+            self._details = details
+
+    def details(self) -> dict[str, object]:
+        """What ``/readyz`` shows beside its checks (the source lineages, once started)."""
+        with self._lock:
+            details = self._details
+        return details() if details is not None else {}
 
     def waiting_for(self) -> str | None:
         """The first step not done yet, or None once started."""
@@ -114,9 +126,11 @@ class AdminServer:
         token: str | None,
         host: str = "",
         dlq: DlqBackend | None = None,
+        *,
+        details: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         pages = DlqPages(dlq, token) if dlq is not None else None
-        server = ThreadingHTTPServer((host, port), _handler(backend, token, pages))
+        server = ThreadingHTTPServer((host, port), _handler(backend, token, pages, details))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="cdc-admin", daemon=True)
@@ -138,7 +152,10 @@ class AdminServer:
 
 
 def _handler(
-    backend: ModeBackend, token: str | None, pages: DlqPages | None
+    backend: ModeBackend,
+    token: str | None,
+    pages: DlqPages | None,
+    details: Callable[[], dict[str, object]] | None,
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
@@ -172,7 +189,8 @@ def _handler(
             elif self.path == "/readyz":
                 ready, checks = backend.ready()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                self._json(status, {"ready": ready, "checks": checks})
+                extra = details() if details is not None else {}
+                self._json(status, {"ready": ready, "checks": checks, **extra})
             elif self.path == "/mode":
                 self._json(HTTPStatus.OK, backend.view())
             else:

@@ -37,6 +37,7 @@ from cdc_cache.events import (
     SourceRecord,
     Tombstone,
 )
+from cdc_cache.lineage import origin_of
 from cdc_cache.positions import (
     PositionError,
     SourcePosition,
@@ -61,6 +62,11 @@ _FLAT_SOURCE: Final = {
     "row": "__row",
     "sequence": "__sequence",
     "lsn": "__lsn",
+    # Lineage evidence, when add.fields has them (name,server_id,gtid).
+    "name": "__name",
+    "server_id": "__server_id",
+    "gtid": "__gtid",
+    "snapshot": "__snapshot",
 }
 
 
@@ -236,6 +242,7 @@ def _envelope(
         committed_at_ms=_opt_int(source, "ts_ms", "source"),
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
         snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
+        origin=origin_of(source),
     )
 
 
@@ -272,6 +279,7 @@ def _flattened(
         committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
         snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
+        origin=origin_of(source),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cdc_cache.lineage import NO_ORIGIN, Origin
 from cdc_cache.positions import SourcePosition
 
 Row = Mapping[str, Any]
@@ -45,6 +46,7 @@ class ChangeEvent:
     ``table`` is ``<db>.<table>`` for MySQL and ``<schema>.<table>`` for PostgreSQL.
     ``key`` holds the primary key columns (empty for TRUNCATE). ``committed_at_ms`` is the
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
+    ``origin`` is what the envelope says of the log the change came from (lineage evidence).
     """
 
     table: str
@@ -56,6 +58,7 @@ class ChangeEvent:
     committed_at_ms: int | None
     emitted_at_ms: int | None = None
     snapshot: bool = False
+    origin: Origin = NO_ORIGIN
 
     @property
     def image(self) -> Row | None:

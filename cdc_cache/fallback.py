@@ -365,12 +365,16 @@ class ModeRuntime:
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
-        """Ready once Redis answers and the partitions were caught up at least once."""
+        """Ready once Redis answers and the partitions were caught up at least once.
+
+        And while every source lineage can be told (no ``lineage`` hold in this process).
+        """
+        lineage = not any(hold.cause is Cause.LINEAGE for hold in self.holds.active())
         with self._lock:
             fresh = self._redis_ok_ms is not None and (
                 self._now_ms() - self._redis_ok_ms < 3000 * self._interval_s
             )
-            checks = {"redis": fresh, "kafka_caught_up": self._caught_up}
+            checks = {"redis": fresh, "kafka_caught_up": self._caught_up, "lineage": lineage}
         return all(checks.values()), checks
 
     def tick(self) -> Decision | None:

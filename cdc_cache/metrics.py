@@ -124,6 +124,26 @@ MODE_HOLDS = Gauge(
     ["cause"],
     namespace=NAMESPACE,
 )
+LINEAGE_SWITCHES = Counter(
+    "lineage_switches",
+    "Source log lineage switches this process found first and registered (summed over the "
+    "processes: the switches); changes of the new lineage sort after the old one",
+    ["source"],
+    namespace=NAMESPACE,
+)
+LINEAGE_REWINDS = Counter(
+    "lineage_rewinds",
+    "Changes that sorted below their partition's newest, by verdict: resent (a connector "
+    "re-sending), late (of an earlier lineage), new (a lineage starts), unknown (held)",
+    ["source", "verdict"],
+    namespace=NAMESPACE,
+)
+LINEAGE_EPOCH = Gauge(
+    "lineage_epoch",
+    "The newest source lineage epoch this process reads, per source",
+    ["source"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",

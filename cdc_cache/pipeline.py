@@ -7,7 +7,8 @@ No I/O here, so the stream engine could change without touching this logic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from cdc_cache.envelope import Parse, decode
 from cdc_cache.errors import PoisonMessage, ValueTooLarge
@@ -54,6 +55,9 @@ class Rejected:
 
 Routed = Planned | Control | Rejected
 
+EpochOf = Callable[[SourceRecord, ChangeEvent], int]
+"""The epoch of a decoded change's lineage (see cdc_cache.lineage_tracker)."""
+
 
 def route(
     record: SourceRecord,
@@ -61,10 +65,14 @@ def route(
     epoch: int = 0,
     max_value_bytes: int | None = None,
     parse: Parse | None = None,
+    *,
+    epoch_of: EpochOf | None = None,
 ) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
+    change has ``epoch``, the operator's ``source_epoch``). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other).
     """
@@ -73,6 +81,8 @@ def route(
         decoded = decode(record, epoch=epoch, parse=parse)
         if not isinstance(decoded, ChangeEvent):
             return Control(record, decoded)
+        if epoch_of is not None:
+            decoded = _with_epoch(decoded, epoch_of(record, decoded))
         event = decoded
         ops = tuple(plan(decoded, rules))
         if max_value_bytes is not None:
@@ -80,6 +90,13 @@ def route(
         return Planned(record, decoded, ops)
     except PoisonMessage as error:
         return Rejected(error.at(record) if error.record is None else error, event)
+
+
+def _with_epoch(event: ChangeEvent, epoch: int) -> ChangeEvent:
+    """``event`` with its position in lineage ``epoch`` (itself when it already is)."""
+    if event.position.epoch == epoch:
+        return event
+    return replace(event, position=replace(event.position, epoch=epoch))
 
 
 def value_size(op: SetRow) -> int:

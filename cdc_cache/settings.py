@@ -71,6 +71,9 @@ class SharedSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     kafka: dict[str, str] = Field(default_factory=dict)
     source_epoch: int = Field(default=0, ge=0, le=99999)
+    lineage_detection: bool = Field(
+        default=True, description="detect source log lineage switches (see README Failover)"
+    )
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
@@ -129,6 +132,12 @@ class WorkerSettings(SharedSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    lineage_rewind_files: int = Field(
+        default=1, ge=0, description="binlog files a connector may go back when re-sending"
+    )
+    lineage_rewind_wal_mb: int = Field(
+        default=1024, ge=0, description="WAL a PostgreSQL connector may go back when re-sending"
+    )
 
     @field_validator("topic_pattern")
     @classmethod

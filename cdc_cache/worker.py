@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -26,8 +27,11 @@ from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
-from cdc_cache.fallback import ModeRuntime, managed_prefixes
+from cdc_cache.fallback import Holds, ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage import Limits
+from cdc_cache.lineage_registry import LineageRegistry
+from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import check_notifications
@@ -126,6 +130,26 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
     )
 
 
+def lineage_tracker(
+    settings: WorkerSettings, holds: Holds, sleep: Callable[[float], None]
+) -> LineageTracker | None:
+    """The lineage detection of this process, unless ``lineage_detection`` is off."""
+    if not settings.lineage_detection:
+        return None
+    backoff = settings.retry_redis.backoff()
+
+    def registry() -> LineageRegistry:
+        client = connect_when_available(
+            settings.redis_url, backoff, sleep, auth=settings.redis_auth()
+        )
+        return LineageRegistry(client)
+
+    limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
+    return LineageTracker(
+        registry, holds, LineageConfig(settings.source_epoch, limits), backoff=backoff, sleep=sleep
+    )
+
+
 def _config_error_in(exc: BaseException) -> ConfigError | None:
     seen: BaseException | None = exc
     while seen is not None:
@@ -200,7 +224,9 @@ def run(settings: WorkerSettings) -> None:
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         dlq = DlqService(settings, rules)
-        admin = AdminServer(startup, settings.metrics_port, token, dlq=dlq).start()
+        admin = AdminServer(
+            startup, settings.metrics_port, token, dlq=dlq, details=startup.details
+        ).start()
     try:
         _run(settings, rules, startup)
     finally:
@@ -225,6 +251,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     startup.passed("redis")
     stop = threading.Event()
+    lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     flow = build_flow(
         rules=rules,
         brokers=settings.brokers.split(","),
@@ -244,6 +271,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
+        lineage=lineage,
     )
     log.info(
         "worker starting",
@@ -264,7 +292,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
-    startup.started(runtime)
+    startup.started(runtime, lineage.details if lineage is not None else None)
     try:
         cli_main(
             flow,

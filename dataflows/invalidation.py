@@ -34,6 +34,7 @@ from cdc_cache.envelope import table_of_topic
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage_tracker import LineageTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth
 from cdc_cache.rejects import Rejects
@@ -79,6 +80,7 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    lineage: LineageTracker | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -89,7 +91,8 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right.
+    when they find the cache cannot be known right. With ``lineage`` each change gets the
+    epoch of its log lineage, detected per partition (else ``source_epoch``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -117,7 +120,18 @@ def build_flow(
             else:
                 records.append(_record(message))
         parse = schemas.parser_for(records) if schemas is not None else None
-        routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
+        if lineage is None:
+            routed = [
+                route(record, rules, source_epoch, max_value_bytes, parse) for record in records
+            ]
+        else:
+            # Judged partitions' states are recorded before the batch goes on to be applied.
+            session = lineage.session(records)
+            routed = [
+                route(r, rules, session.hint(r), max_value_bytes, parse, epoch_of=session.epoch_of)
+                for r in records
+            ]
+            session.close()
         _observe(tracker, routed)
         return routed
 
