@@ -19,11 +19,13 @@ A change sorting at or above the partition's newest is in order. One sorting bel
 - **late**, from an earlier lineage: a GTID sequence or a server seen only in an earlier
   lineage of this partition; it keeps that lineage's epoch, so it is stale;
 - **new** (a lineage starts here): a snapshot read (a snapshot never sorts below changes
-  of its own log), a GTID sequence beyond the newest seen, a server this partition never
-  saw, or the same server further back than the rewind limit (a new binlog numbering);
-- **unknown**: no server identity and further back than the rewind limit: it could be a
-  new log or an old replay. The caller holds the cache in ``ttl`` mode until positions
-  pass the newest again.
+  of its own log), a GTID sequence beyond the newest seen, or a server this lineage never
+  had on this partition;
+- **unknown**: further back than the rewind limit with no server, or with a server of
+  this lineage and no GTID: a new binlog numbering (``RESET MASTER``) and the same log
+  read again (connector offsets reset) look alike. The caller holds the cache in ``ttl``
+  mode until positions pass the newest again; the changes keep the current epoch, so a
+  log read again is judged stale or duplicate meanwhile, as it should be.
 
 Messages at or below the partition's last judged Kafka offset are replays (a worker
 crash, another process taking the partition over): they take the epoch recorded for
@@ -287,11 +289,15 @@ def judge(state: PartitionState, change: Change, limits: Limits) -> Judgement:
     if limits.within(change.position.kind, last, coords):
         return Judgement(Verdict.RESENT, current.epoch)
     if origin.server is not None:
-        return _new(f"{origin.server}'s binlog file sequence went back: {where}")
-    reason = (
-        f"{where} with no server identity (no server_id, no GTID): a new log or an old "
-        "replay cannot be told apart"
-    )
+        reason = (
+            f"{origin.server}'s log went back further than a connector re-sends: {where}; "
+            "a new binlog numbering or the log read again cannot be told apart without GTIDs"
+        )
+    else:
+        reason = (
+            f"{where} with no server identity (no server_id, no GTID): a new log or an "
+            "old replay cannot be told apart"
+        )
     return Judgement(Verdict.UNKNOWN, current.epoch, reason)
 
 

@@ -112,8 +112,11 @@ class LineageRegistry:
             self._client.hset(PARTITIONS_KEY, mapping=mapping)  # type: ignore[arg-type]
 
     def epoch_at(self, partition: Partition, offset: int) -> int | None:
-        """The epoch recorded for ``offset`` of ``partition``, if it was ever judged."""
+        """The epoch of ``offset`` of ``partition`` (None if the partition was never judged).
+
+        The one recorded for it, or for an offset not judged yet the current lineage's.
+        """
         state = self.load([partition])[partition]
-        if state is None or offset > state.offset:
+        if state is None:
             return None
-        return epoch_at(state, offset)
+        return epoch_at(state, offset) if offset <= state.offset else state.epoch
