@@ -27,6 +27,10 @@ A change sorting at or above the partition's newest is in order. One sorting bel
   mode until positions pass the newest again; the changes keep the current epoch, so a
   log read again is judged stale or duplicate meanwhile, as it should be.
 
+A snapshot read sorting at or above the newest, after other changes of the lineage, is a
+**re-snapshot** (a connector re-created with fresh offsets on the same log): same epoch,
+but the caller must know, since rows deleted while no connector streamed are not in it.
+
 Messages at or below the partition's last judged Kafka offset are replays (a worker
 crash, another process taking the partition over): they take the epoch recorded for
 their offset (:func:`epoch_at`), so an old lineage's changes stay stale when replayed.
@@ -181,7 +185,8 @@ class PartitionState:
     ``last`` is the newest position of the current lineage, ``offset`` the last Kafka
     offset judged; ``bounds`` lists the first offset of each lineage read here with its
     epoch, and ``lates`` the offsets of late changes with theirs (replays take their
-    epoch from these); ``earlier`` the previous lineages' servers.
+    epoch from these); ``earlier`` the previous lineages' servers; ``snapshot`` the
+    position of the last snapshot read here.
     """
 
     source: str
@@ -192,6 +197,7 @@ class PartitionState:
     bounds: tuple[tuple[int, int], ...] = ()
     rewind: Rewind | None = None
     lates: tuple[tuple[int, int], ...] = ()
+    snapshot: Coords | None = None
 
     @property
     def epoch(self) -> int:
@@ -208,6 +214,7 @@ class Verdict(StrEnum):
     """What a change is, relative to its partition's state."""
 
     IN_ORDER = "in_order"
+    RESNAPSHOT = "resnapshot"
     REPLAYED = "replayed"
     RESENT = "resent"
     LATE = "late"
@@ -265,7 +272,12 @@ def judge(state: PartitionState, change: Change, limits: Limits) -> Judgement:
     coords = change.coords
     if last is None or coords >= last:
         late = _proven_late(state, origin)
-        return late or Judgement(Verdict.IN_ORDER, current.epoch)
+        if late is not None:
+            return late
+        if origin.snapshot and last is not None and coords != state.snapshot:
+            reason = f"a new snapshot at {show(change.position.kind, coords)} of this lineage"
+            return Judgement(Verdict.RESNAPSHOT, current.epoch, reason)
+        return Judgement(Verdict.IN_ORDER, current.epoch)
     where = f"{show(change.position.kind, coords)} below {show(change.position.kind, last)}"
     if origin.gtid is not None:
         stream, sequence = origin.gtid
@@ -328,7 +340,7 @@ def advance(
     if verdict is Verdict.REPLAYED:
         return state
     coords = change.coords
-    if verdict is Verdict.IN_ORDER:
+    if verdict in (Verdict.IN_ORDER, Verdict.RESNAPSHOT):
         rewind = state.rewind
         if rewind is not None and coords >= rewind.high:
             rewind = None
@@ -338,6 +350,7 @@ def advance(
             offset=change.offset,
             last=coords,
             rewind=rewind,
+            snapshot=coords if change.origin.snapshot else state.snapshot,
         )
     if verdict is Verdict.NEW:
         if epoch is None:
@@ -377,6 +390,7 @@ def enter(
         earlier=earlier,
         bounds=(*state.bounds, (offset, epoch)),
         rewind=None,
+        snapshot=coords if origin.snapshot else None,
     )
 
 
@@ -406,6 +420,7 @@ def dump_state(state: PartitionState) -> bytes:
             "earlier": [_dump_lineage(lineage) for lineage in state.earlier],
             "bounds": state.bounds,
             "lates": state.lates,
+            "snapshot": state.snapshot,
             "rewind": None
             if rewind is None
             else {"offset": rewind.offset, "high": rewind.high, "reason": rewind.reason},
@@ -427,6 +442,7 @@ def load_state(data: bytes | str) -> PartitionState:
             earlier=tuple(_load_lineage(item) for item in doc["earlier"]),
             bounds=tuple((int(offset), int(epoch)) for offset, epoch in doc["bounds"]),
             lates=tuple((int(offset), int(epoch)) for offset, epoch in doc.get("lates", ())),
+            snapshot=None if doc.get("snapshot") is None else _coords(doc["snapshot"]),
             rewind=None
             if rewind is None
             else Rewind(int(rewind["offset"]), _coords(rewind["high"]), str(rewind["reason"])),

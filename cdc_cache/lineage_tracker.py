@@ -51,10 +51,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class LineageConfig:
-    """``floor`` is the operator's ``source_epoch``: no change gets a lower epoch."""
+    """``floor`` is the operator's ``source_epoch``: no change gets a lower epoch.
+
+    ``settle_s``: after a switch or a re-snapshot the cache holds ``ttl`` mode this long,
+    so that entries the new log did not rewrite (rows deleted while no connector streamed,
+    changes the old primary never replicated) expire instead of staying cached.
+    """
 
     floor: int = 0
     limits: Limits = field(default_factory=Limits)
+    settle_s: float = 300.0
 
 
 def source_of(topic: str) -> str:
@@ -199,9 +205,9 @@ class LineageTracker:
         return epoch
 
     def verdict(self, partition: Partition, state: PartitionState, judgement: Judgement) -> None:
-        """Count, log and hold for a change that sorted below its partition's newest."""
+        """Count, log and hold for a change not simply in log order."""
         verdict = judgement.verdict
-        metrics.LINEAGE_REWINDS.labels(state.source, verdict.value).inc()
+        metrics.LINEAGE_VERDICTS.labels(state.source, verdict.value).inc()
         topic, number = partition
         where = {"source": state.source, "topic": topic, "partition": number}
         if verdict is Verdict.UNKNOWN:
@@ -209,6 +215,17 @@ class LineageTracker:
             self._hold(partition, state.source, judgement.reason)
         elif verdict is Verdict.LATE:
             log.info("late change of an earlier lineage", extra={**where, **_why(judgement)})
+        elif verdict in (Verdict.NEW, Verdict.RESNAPSHOT):
+            if verdict is Verdict.RESNAPSHOT:
+                log.warning("source re-snapshotted", extra={**where, "reason": judgement.reason})
+            self._holds.hold(
+                Cause.LINEAGE,
+                f"settle:{state.source}",
+                f"{state.source}: {judgement.reason}; entries the new snapshot or lineage did "
+                f"not rewrite may be stale: ttl mode for {self._config.settle_s:g}s so they "
+                "expire",
+                for_s=self._config.settle_s,
+            )
 
     def settled(self, partition: Partition, source: str) -> None:
         """The partition's positions compare again: its hold (if any) ends."""
@@ -279,7 +296,7 @@ class LineageSession:
         epoch = judgement.epoch
         if judgement.verdict is Verdict.NEW:
             epoch = tracker.successor(partition, state, change, judgement.reason)
-        elif judgement.verdict not in (Verdict.IN_ORDER, Verdict.REPLAYED):
+        if judgement.verdict not in (Verdict.IN_ORDER, Verdict.REPLAYED):
             tracker.verdict(partition, state, judgement)
         new = advance(state, change, judgement, epoch)
         if state.rewind is not None and new.rewind is None:

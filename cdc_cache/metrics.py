@@ -131,10 +131,11 @@ LINEAGE_SWITCHES = Counter(
     ["source"],
     namespace=NAMESPACE,
 )
-LINEAGE_REWINDS = Counter(
-    "lineage_rewinds",
-    "Changes that sorted below their partition's newest, by verdict: resent (a connector "
-    "re-sending), late (of an earlier lineage), new (a lineage starts), unknown (held)",
+LINEAGE_VERDICTS = Counter(
+    "lineage_verdicts",
+    "Changes not simply in log order, by verdict: resent (a connector re-sending), late (of "
+    "an earlier lineage), new (a lineage starts), unknown (cannot tell: held), resnapshot "
+    "(a new snapshot of the same log)",
     ["source", "verdict"],
     namespace=NAMESPACE,
 )

@@ -138,6 +138,9 @@ class WorkerSettings(SharedSettings):
     lineage_rewind_wal_mb: int = Field(
         default=1024, ge=0, description="WAL a PostgreSQL connector may go back when re-sending"
     )
+    lineage_settle_s: float = Field(
+        default=300.0, gt=0, description="ttl mode after a lineage switch or a re-snapshot"
+    )
 
     @field_validator("topic_pattern")
     @classmethod
@@ -157,6 +160,13 @@ class WorkerSettings(SharedSettings):
             raise ValueError(msg)
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
+            raise ValueError(msg)
+        if self.lineage_settle_s <= self.fallback_ttl_s:
+            msg = (
+                f"lineage_settle_s ({self.lineage_settle_s:g}) must exceed fallback_ttl_s "
+                f"({self.fallback_ttl_s:g}): entries must have expired when it ends; allow "
+                "also for shortening the existing keys' TTLs (about 20,000 keys a second)"
+            )
             raise ValueError(msg)
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (

@@ -145,9 +145,8 @@ def lineage_tracker(
         return LineageRegistry(client)
 
     limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
-    return LineageTracker(
-        registry, holds, LineageConfig(settings.source_epoch, limits), backoff=backoff, sleep=sleep
-    )
+    config = LineageConfig(settings.source_epoch, limits, settings.lineage_settle_s)
+    return LineageTracker(registry, holds, config, backoff=backoff, sleep=sleep)
 
 
 def _config_error_in(exc: BaseException) -> ConfigError | None:

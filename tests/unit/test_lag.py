@@ -152,3 +152,22 @@ def test_a_hold_of_an_unknown_cause_from_a_newer_process_still_holds():
     )
     assert parsed is not None and [h.cause for h in parsed.holds] == [Cause.LINEAGE]
     assert "future" in parsed.holds[0].reason
+
+
+def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
+    from cdc_cache.fallback import Holds
+    from cdc_cache.mode import Cause
+
+    now = [1000.0]
+    holds = Holds(clock=lambda: now[0])
+    holds.hold(Cause.LINEAGE, "settle:db", "switched", for_s=60)
+    holds.hold(Cause.LINEAGE, "db/t[0]", "cannot tell")
+    assert len(holds.active()) == 2 and holds.lasting(Cause.LINEAGE)
+    now[0] += 50
+    holds.hold(Cause.LINEAGE, "settle:db", "re-snapshotted", for_s=30)  # now ends at +80
+    holds.clear(Cause.LINEAGE, "db/t[0]")
+    assert not holds.lasting(Cause.LINEAGE)  # a timed hold is no lasting one
+    now[0] += 25
+    assert [h.reason for h in holds.active()] == ["re-snapshotted"]
+    now[0] += 5
+    assert holds.active() == ()

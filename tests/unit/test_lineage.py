@@ -175,6 +175,20 @@ class TestJudge:
         _, verdicts = feed([change(2, 60, 1, old)], state)
         assert verdicts == [(Verdict.LATE, 0)]
 
+    def test_a_new_snapshot_of_the_same_log_is_a_resnapshot_keeping_the_epoch(self) -> None:
+        # The initial snapshot's rows, then streaming; later a connector with fresh offsets
+        # snapshots the same log again, further on.
+        state, verdicts = feed(
+            [change(0, 1, 50, SNAPSHOT), change(1, 1, 50, SNAPSHOT), change(2, 1, 90),
+             change(3, 2, 10, SNAPSHOT), change(4, 2, 10, SNAPSHOT), change(5, 2, 40)]
+        )  # fmt: skip
+        assert [v for v, _ in verdicts] == [
+            Verdict.IN_ORDER, Verdict.IN_ORDER, Verdict.IN_ORDER,
+            Verdict.RESNAPSHOT, Verdict.IN_ORDER, Verdict.IN_ORDER,
+        ]  # fmt: skip
+        assert {epoch for _, epoch in verdicts} == {0}
+        assert state.snapshot == (2, 10, 0)
+
     def test_replayed_offsets_take_the_epoch_recorded_for_them(self) -> None:
         state, _ = feed([change(10, 5, 100), change(11, 1, 4, SNAPSHOT), change(12, 1, 9, S2)])
         assert [judge(state, change(o, 1, 1), LIMITS).epoch for o in (9, 10, 11, 12)] == [

@@ -65,13 +65,19 @@ class MemoryRegistry:
 
 
 class RecordingHolds(Holds):
+    """Holds that remember the cannot-tell ones (a switch's timed settling is expected)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.raised: list[str] = []
+        self.settling = 0
 
-    def hold(self, cause: Cause, scope: str, reason: str) -> None:
-        self.raised.append(reason)
-        super().hold(cause, scope, reason)
+    def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
+        if for_s is None:
+            self.raised.append(reason)
+        else:
+            self.settling += 1
+        super().hold(cause, scope, reason, for_s=for_s)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class Run:
     epochs: list[tuple[Emitted, int]]
     cache: dict[int, int]
     holds: list[str]
+    settling: int
 
 
 def run(scenario: Scenario, rnd: random.Random, *, detect: bool = True, floor: int = 0) -> Run:
@@ -197,7 +204,7 @@ def run(scenario: Scenario, rnd: random.Random, *, detect: bool = True, floor: i
         if rnd.random() < 0.1:  # crash: a new process resumes from earlier recovery points
             current = tracker()
             read = {p: rnd.randint(0, n) for p, n in read.items()}
-    return Run(epochs, cache, holds.raised)
+    return Run(epochs, cache, holds.raised, holds.settling)
 
 
 def _event(item: Emitted, epoch: int) -> ChangeEvent:
@@ -234,6 +241,7 @@ def test_with_server_identity_every_change_gets_its_lineages_epoch_everywhere(
     assert ordered == sorted(set(ordered)) and ordered[0] == floor
     assert result.cache == scenario.truth
     assert result.holds == []
+    assert result.settling >= len(by_lineage) - 1  # every switch settles in ttl mode
 
 
 @SETTINGS
