@@ -148,8 +148,9 @@ class LineageTracker:
             self._states.update(states)
             known = [s for s in self._states.values() if s is not None]
         for source in {state.source for state in states.values()}:
-            newest = max(s.epoch for s in known if s.source == source)
-            metrics.LINEAGE_EPOCH.labels(source).set(newest)
+            mine = [s for s in known if s.source == source]
+            metrics.LINEAGE_EPOCH.labels(source).set(max(s.epoch for s in mine))
+            metrics.LINEAGE_HELD.labels(source).set(sum(s.rewind is not None for s in mine))
 
     def start(self, source: str) -> PartitionState:
         """A partition never judged before: in the source's first lineage (or the floor).

@@ -139,6 +139,13 @@ LINEAGE_VERDICTS = Counter(
     ["source", "verdict"],
     namespace=NAMESPACE,
 )
+LINEAGE_HELD = Gauge(
+    "lineage_held_partitions",
+    "Partitions of this process whose positions went back with no way to tell a new log "
+    "from a re-read one (each holds the cache in ttl mode until they pass the newest again)",
+    ["source"],
+    namespace=NAMESPACE,
+)
 LINEAGE_EPOCH = Gauge(
     "lineage_epoch",
     "The newest source lineage epoch this process reads, per source",
