@@ -125,3 +125,17 @@ def test_a_starting_worker_is_alive_not_ready_and_names_its_wait(runtime: FakeRu
         assert runtime.flags == [Flag.TTL]
     finally:
         server.close()
+
+
+def test_readyz_shows_the_source_lineages_once_the_worker_runs(runtime: FakeRuntime) -> None:
+    startup = StartupBackend()
+    server = AdminServer(startup, 0, None, host="127.0.0.1", details=startup.details).start()
+    try:
+        assert "lineage" not in orjson.loads(call(server, "GET", "/readyz")[1])
+        lineage = {"sources": {"db": {"epochs": {"t[0]": 1}, "held": {}}}}
+        runtime.is_ready = True
+        startup.started(runtime, lambda: {"lineage": lineage})
+        status, body = call(server, "GET", "/readyz")
+        assert status == 200 and orjson.loads(body)["lineage"] == lineage
+    finally:
+        server.close()

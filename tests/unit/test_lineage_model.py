@@ -19,49 +19,20 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cdc_cache.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.fallback import Holds
-from cdc_cache.lineage import Coords, Limits, Origin, PartitionState, dump_state, load_state
+from cdc_cache.lineage import Coords, Limits, Origin
 from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import Cause
 from cdc_cache.positions import SourcePosition
+from tests.lineage_fakes import MemoryRegistry
 
 SOURCE = "db"
 TOPIC = "db.inv.t"
-
-
-class MemoryRegistry:
-    """The registry's contract (cdc_cache/lua/lineage.lua) in memory, states as JSON."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, dict[str, Any]] = {}
-        self.partitions: dict[tuple[str, int], bytes] = {}
-
-    def ensure(self, source: str, floor: int) -> tuple[int, int]:
-        entry = self.sources.setdefault(source, {"base": floor, "latest": floor, "next": {}})
-        entry["latest"] = max(entry["latest"], floor)
-        return entry["base"], entry["latest"]
-
-    def successor(self, source: str, epoch: int, floor: int, switch: Any) -> tuple[int, bool, int]:
-        entry = self.sources[source]
-        if epoch in entry["next"]:
-            return entry["next"][epoch], False, entry["latest"]
-        new = max(entry["latest"], epoch, floor - 1) + 1
-        entry["next"][epoch] = entry["latest"] = new
-        return new, True, new
-
-    def load(self, partitions: Any) -> dict[tuple[str, int], PartitionState | None]:
-        return {
-            p: load_state(self.partitions[p]) if p in self.partitions else None for p in partitions
-        }
-
-    def save(self, states: dict[tuple[str, int], PartitionState]) -> None:
-        self.partitions.update({p: dump_state(s) for p, s in states.items()})
 
 
 class RecordingHolds(Holds):
