@@ -31,6 +31,7 @@ from cdc_cache.lineage import (
     Judgement,
     Limits,
     PartitionState,
+    Run,
     Verdict,
     advance,
     begin,
@@ -272,20 +273,28 @@ class LineageSession:
 
     def __init__(self, tracker: LineageTracker) -> None:
         self._tracker = tracker
-        self._touched: dict[Partition, PartitionState] = {}
+        self._floor = tracker.floor
+        self._runs: dict[Partition, Run] = {}
 
     def hint(self, record: SourceRecord) -> int:
         """The epoch a change of this partition most likely gets (decode with it)."""
-        state = self._touched.get((record.topic, record.partition)) or self._tracker.state(
-            (record.topic, record.partition)
-        )
+        partition = (record.topic, record.partition)
+        run = self._runs.get(partition)
+        state = run.state if run is not None else self._tracker.state(partition)
         return state.epoch if state is not None else self._tracker.floor
 
     def epoch_of(self, record: SourceRecord, event: ChangeEvent) -> int:
         """Judge one change and return the epoch its position must carry."""
         tracker = self._tracker
         partition = (record.topic, record.partition)
-        state = self._touched.get(partition) or tracker.state(partition)
+        run = self._runs.get(partition)
+        if run is not None:
+            # The hot path: a plain in-order change of a partition judged in this batch.
+            if run.epoch >= self._floor and run.take(record.offset, event.position, event.origin):
+                return run.epoch
+            state: PartitionState | None = run.fold()
+        else:
+            state = tracker.state(partition)
         if state is None:
             state = tracker.start(event.origin.source or source_of(record.topic))
         change = Change(record.offset, event.position, event.origin)
@@ -302,8 +311,7 @@ class LineageSession:
         new = advance(state, change, judgement, epoch)
         if state.rewind is not None and new.rewind is None:
             tracker.settled(partition, state.source)
-        if new is not state:
-            self._touched[partition] = new
+        self._runs[partition] = Run(new)
         assert epoch is not None
         return epoch
 
@@ -327,9 +335,9 @@ class LineageSession:
 
     def close(self) -> None:
         """Record the judged partitions' states (before their changes are applied)."""
-        if self._touched:
-            self._tracker.commit(self._touched)
-            self._touched = {}
+        if self._runs:
+            self._tracker.commit({p: run.fold() for p, run in self._runs.items()})
+            self._runs = {}
 
 
 def _scope(partition: Partition, source: str) -> str:

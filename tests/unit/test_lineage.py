@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdc_cache.lineage import (
     Change,
     Limits,
     Origin,
     PartitionState,
+    Run,
     Verdict,
     advance,
     begin,
@@ -229,3 +232,45 @@ def test_partition_states_survive_their_json_form() -> None:
     assert load_state(dump_state(state)) == state
     with pytest.raises(ValueError, match="lineage state"):
         load_state(b'{"source": "db"}')
+
+
+_ORIGINS = st.sampled_from(
+    [S1, S2, NONE, SNAPSHOT, Origin("db", "uuid:a", ("a", 0)), Origin("db", "uuid:b", ("b", 0))]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(-2, 6), st.integers(0, 500), _ORIGINS),
+        max_size=60,
+    )
+)
+def test_the_hot_path_reaches_the_state_change_by_change_judging_would(steps) -> None:
+    """Run.take accepts only changes judge would call in order, and fold gives the same
+    state as judge and advance, change by change (GTID sequences grow with the offset)."""
+    changes, offset, file = [], 0, 5
+    for skip, file_step, pos, drawn in steps:
+        offset += skip + 1
+        file = max(1, file + file_step - 2)
+        origin = drawn
+        if drawn.gtid is not None:
+            origin = Origin(drawn.source, drawn.server, (drawn.gtid[0], offset))
+        changes.append(change(offset, file, pos, origin))
+    slow, slow_verdicts = feed(changes)
+    fast, fast_verdicts, run, epoch = PartitionState.start("db", 0), [], None, 1
+    for item in changes:
+        if run is not None and run.take(item.offset, item.position, item.origin):
+            fast_verdicts.append((Verdict.IN_ORDER, run.epoch))
+            continue
+        fast = run.fold() if run is not None else fast
+        fast = begin(fast, item.offset) if item.offset > fast.offset else fast
+        judgement = judge(fast, item, LIMITS)
+        new_epoch = judgement.epoch
+        if judgement.verdict is Verdict.NEW:
+            new_epoch, epoch = epoch, epoch + 1
+        fast_verdicts.append((judgement.verdict, new_epoch))
+        fast = advance(fast, item, judgement, new_epoch)
+        run = Run(fast)
+    assert (run.fold() if run is not None else fast) == slow
+    assert fast_verdicts == slow_verdicts
