@@ -17,10 +17,12 @@ change events (``bench/workload.py``) and measures, in one run:
   worker's SET of its key happened; ack → SET is the processor latency.
 
 ``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
-its RSS sampled throughout.
+its RSS sampled throughout. ``--lineage-ab ROUNDS`` runs only ``product_1proc``, ROUNDS
+times with lineage detection on and off alternately, for the cost of detection.
 
     python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
     python bench/throughput.py --soak 600 --out bench/results/soak.json
+    python bench/throughput.py --lineage-ab 3 --events 200000 --out bench/results/lineage.json
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -757,6 +760,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elif args.soak:
             print(f"soak: {args.soak_rate}/s for {args.soak} s", flush=True)
             result["soak"] = soak(bench, args.soak_rate, args.soak)
+        elif args.lineage_ab:
+            result["lineage_ab"] = lineage_ab(bench, args)
         else:
             result |= measure(bench, args)
     finally:
@@ -802,6 +807,41 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     step(f"{out['latency_half']}")
     out["ratios"] = ratios(out)
     return out
+
+
+def lineage_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """One worker process draining the same events with lineage detection on and off.
+
+    Rounds alternate, so load from other jobs on the machine falls on both alike; the
+    worker's CPU per event is steadier than its wall-clock rate on a busy machine.
+    """
+    generator = Generator(prefix="bench", seed=1)
+    loaded = load(bench, generator, args.events)
+    loaded.pop("topics")
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for round_ in range(args.lineage_ab):
+        for variant in ("on", "off"):
+            os.environ["CDC_CACHE_LINEAGE_DETECTION"] = "true" if variant == "on" else "false"
+            try:
+                run_ = product(bench, generator, loaded, 1)
+            finally:
+                del os.environ["CDC_CACHE_LINEAGE_DETECTION"]
+            us = run_["cpu"]["worker_cores"] * run_["seconds"] / run_["events"] * 1e6
+            runs[variant].append(
+                {"events_per_s": run_["events_per_s"], "worker_cpu_us_per_event": round(us, 1),
+                 "machine_busy_cores": run_["cpu"]["machine_busy_cores"]}
+            )  # fmt: skip
+            print(f"round {round_ + 1}, detection {variant}: {runs[variant][-1]}", flush=True)
+
+    def median(variant: str, field: str) -> float:
+        return float(statistics.median(r[field] for r in runs[variant]))
+
+    return {
+        "events": loaded["events"],
+        "runs": runs,
+        "median_events_per_s": {v: median(v, "events_per_s") for v in runs},
+        "median_worker_cpu_us_per_event": {v: median(v, "worker_cpu_us_per_event") for v in runs},
+    }
 
 
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -854,8 +894,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak-rate", type=float, default=3000)
     parser.add_argument("--profile", type=Path, help="only profile the worker, to this file")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
+    parser.add_argument(
+        "--lineage-ab", type=int, default=0, metavar="ROUNDS",
+        help="only compare one worker with lineage detection on and off, ROUNDS times each",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(args)
+    if args.lineage_ab:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["lineage_ab"], indent=1))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import orjson
 
+from cdc_cache.errors import ConfigError
 from cdc_cache.keys import escape_value
 from cdc_cache.lineage import PartitionState, dump_state, epoch_at, load_state
 from cdc_cache.positions import MAX_EPOCH
@@ -100,10 +101,18 @@ class LineageRegistry:
         if not wanted:
             return {}
         values = self._client.hmget(PARTITIONS_KEY, [partition_field(p) for p in wanted])
-        return {
-            partition: None if value is None else load_state(value)
-            for partition, value in zip(wanted, values, strict=True)
-        }
+        found: dict[Partition, PartitionState | None] = {}
+        for partition, value in zip(wanted, values, strict=True):
+            try:
+                found[partition] = None if value is None else load_state(value)
+            except ValueError as exc:
+                msg = (
+                    f"{PARTITIONS_KEY} field {partition_field(partition)!r} is damaged ({exc}); "
+                    "restore it, or delete the field (HDEL) to read the partition as never "
+                    "judged, then raise source_epoch if the source switched lineage before"
+                )
+                raise ConfigError(msg) from None
+        return found
 
     def save(self, states: Mapping[Partition, PartitionState]) -> None:
         """Record the partitions' states (one call)."""

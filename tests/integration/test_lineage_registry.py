@@ -10,6 +10,7 @@ import orjson
 import pytest
 from redis.exceptions import ResponseError
 
+from cdc_cache.errors import ConfigError
 from cdc_cache.events import SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lineage import Limits, Origin, PartitionState, enter
@@ -151,3 +152,9 @@ def test_no_epoch_is_numbered_beyond_what_a_position_holds(redis_target) -> None
     registry.ensure("db", MAX_EPOCH)
     with pytest.raises(ResponseError, match="no epoch left"):
         registry.successor("db", MAX_EPOCH, MAX_EPOCH, SWITCH)
+
+
+def test_a_damaged_partition_state_stops_the_worker_with_what_to_fix(redis_target) -> None:
+    redis_target.client.hset("cdc:lineage:partitions", "db.inv.t/0", b"{not json")
+    with pytest.raises(ConfigError, match="HDEL"):
+        LineageRegistry(redis_target.client).load([("db.inv.t", 0)])
