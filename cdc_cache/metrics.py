@@ -153,6 +153,12 @@ GATEWAY_AUTH_FAILURES = Counter(
     ["reason"],
     namespace=NAMESPACE,
 )
+GATEWAY_REFUSED = Counter(
+    "gateway_refused_requests",
+    "Client requests the gateway refused, by reason (rate_limited, too_many_patterns)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
 GATEWAY_DELIVERY = Histogram(
     "gateway_commit_to_fanout_seconds",
     "Source commit time to the gateway reading the notification and queueing it to clients",

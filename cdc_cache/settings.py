@@ -32,6 +32,7 @@ from pydantic_settings import (
 from cdc_cache.errors import ConfigError
 from cdc_cache.redis_apply import RedisAuth
 from cdc_cache.retry import Backoff
+from cdc_cache.tokens import MAX_PATTERNS
 
 ENV_PREFIX = "CDC_CACHE_"
 
@@ -191,6 +192,13 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0)
     block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
+    max_patterns: int = Field(
+        default=MAX_PATTERNS, ge=1, description="patterns one connection may hold"
+    )
+    requests_per_s: float = Field(
+        default=10.0, gt=0, description="requests per connection and second (one per pattern)"
+    )
+    request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
     log_level: str = "INFO"
 
     @model_validator(mode="after")
