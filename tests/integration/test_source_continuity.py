@@ -8,9 +8,10 @@ held in ttl mode and the alert condition true, never with changes skipped in cdc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -22,7 +23,15 @@ from cdc_cache.fallback import Holds
 from cdc_cache.mode import Cause
 from cdc_cache.rules import parse_rules
 from dataflows.invalidation import build_flow
-from tests.integration.flowkit import cache_state, produce, unique_topic
+from tests.integration.faults import FaultRun, verdict
+from tests.integration.flowkit import (
+    ROOT,
+    cache_state,
+    metric,
+    produce,
+    unique_topic,
+    wait_while_alive,
+)
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration
@@ -106,3 +115,72 @@ def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, c
     assert "deleted or recreated" in reason, reason
     assert reason.count("topic id ") == 2, reason  # both identities named
     assert cached != expected  # nothing of the new topic was applied in the dark
+
+
+# --- the real worker ----------------------------------------------------------------------
+
+def continuity_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_cache", "continuity", *args, "--redis-url", redis_url],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+
+
+def held(run: FaultRun) -> float:
+    """Partitions of the run's topic held for a discontinuity (the alert's expression)."""
+    return metric(run.metrics_port, "cdc_cache_source_discontinuity", {"topic": run.stream.topic})
+
+
+def mode(run: FaultRun) -> dict[str, str]:
+    raw = run.client.hgetall("cdc:mode")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def wait_held(run: FaultRun, partitions: int) -> None:
+    wait_while_alive(
+        f"{partitions} partition(s) held in ttl mode",
+        lambda: held(run) == partitions
+        and mode(run).get("mode") == "ttl"
+        and mode(run).get("cause") == "source_discontinuity",
+        run.worker,
+    )
+
+
+def test_a_recreated_topic_holds_ttl_across_restarts_until_the_reread_applied_everything(
+    broker, redis_target, tmp_path
+):
+    run = FaultRun.start(
+        "recreated topic", tmp_path, broker, redis_target.url, redis_target.client, seed=61
+    )
+    try:
+        run.stream.produce(broker.bootstrap, run.stream.part(300))
+        assert run.wait_consistent().clean
+        assert run.worker.terminate() == 0, run.worker.tail()
+
+        recreate_topic(broker, run.stream.topic, 3)
+        run.stream.produce(broker.bootstrap, run.stream.part(900))  # past the old offsets
+        run.restart()
+        wait_held(run, 3)
+        assert not verdict(run.client, run.stream).clean, "the new topic was applied unchecked"
+        logged = run.worker.log.read_text()
+        assert logged.count('"stored_topic_id"') >= 3 and '"kind":"topic_recreated"' in logged
+        status = continuity_cli(redis_target.url, "status")
+        assert status.returncode == 0 and status.stdout.count("topic_recreated  held") == 3
+
+        run.worker.kill()  # the hold outlives the process: found again at start
+        run.restart()
+        wait_held(run, 3)
+
+        reread = continuity_cli(redis_target.url, "reread", "--topic", run.stream.topic)
+        assert reread.returncode == 0, reread.stderr
+        result = run.wait_consistent()
+        assert result.clean, f"{result}\n{run.worker.tail()}"
+        wait_while_alive(  # the workload's commit times are old: the lag keeps ttl, not the hold
+            "the hold cleared once the re-read caught up",
+            lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
+            run.worker,
+        )
+        assert "no source discontinuity" in continuity_cli(redis_target.url, "status").stdout
+        assert run.worker.terminate() == 0, run.worker.tail()
+    finally:
+        run.stop()
