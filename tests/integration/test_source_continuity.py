@@ -119,6 +119,7 @@ def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, c
 
 # --- the real worker ----------------------------------------------------------------------
 
+
 def continuity_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cdc_cache", "continuity", *args, "--redis-url", redis_url],
@@ -139,9 +140,11 @@ def mode(run: FaultRun) -> dict[str, str]:
 def wait_held(run: FaultRun, partitions: int) -> None:
     wait_while_alive(
         f"{partitions} partition(s) held in ttl mode",
-        lambda: held(run) == partitions
-        and mode(run).get("mode") == "ttl"
-        and mode(run).get("cause") == "source_discontinuity",
+        lambda: (
+            held(run) == partitions
+            and mode(run).get("mode") == "ttl"
+            and mode(run).get("cause") == "source_discontinuity"
+        ),
         run.worker,
     )
 

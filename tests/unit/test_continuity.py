@@ -188,7 +188,7 @@ def test_a_decision_picks_the_held_partitions_of_the_topic():
 
 def test_a_reread_of_removed_records_is_refused_with_the_way_that_works():
     records = {"db.inv.stock[2]": record(Kind.BELOW_LOG_START)}
-    with pytest.raises(ConfigError, match="re-snapshot of inv.stock.*continuity accept"):
+    with pytest.raises(ConfigError, match=r"re-snapshot of inv\.stock.*continuity accept"):
         chosen(records, "db.inv.stock", 2, Action.REREAD)
     assert chosen(records, "db.inv.stock", 2, Action.ACCEPT)
 
