@@ -13,12 +13,15 @@ import sys
 import threading
 import time
 
+import boto3
+import orjson
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
-from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.broker import Broker, S3Store
+from cdc_cache.devstack.process import free_port
 from cdc_cache.fallback import Holds
 from cdc_cache.mode import Cause
 from cdc_cache.rules import parse_rules
@@ -187,3 +190,97 @@ def test_a_recreated_topic_holds_ttl_across_restarts_until_the_reread_applied_ev
         assert run.worker.terminate() == 0, run.worker.tail()
     finally:
         run.stop()
+
+
+class Retention:
+    """Removes records from the start of a partition in tansu's S3 storage, as retention
+    would (tansu implements neither retention nor DeleteRecords): the record batches below
+    a batch boundary go, and the partition's watermark records its new log start."""
+
+    def __init__(self, store: S3Store, topic: str, partition: int) -> None:
+        self.s3 = boto3.client(
+            "s3", endpoint_url=store.endpoint, **{k.lower(): v for k, v in S3_KEYS.items()}
+        )
+        self.bucket = store.bucket
+        prefix = f"clusters/cdc-cache-dev/topics/{topic}/partitions/{partition:010d}/"
+        self.records = prefix + "records/"
+        self.watermark = prefix + "watermark.json"
+
+    def high(self) -> int:
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.watermark)["Body"].read()
+        return int(orjson.loads(body)["high"])
+
+    def batches(self) -> list[int]:
+        """The base offsets of the partition's record batches, in order."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.records
+        )
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return sorted(int(key.rsplit("/", 1)[1][:20]) for key in keys)
+
+    def remove_below(self, start: int) -> None:
+        for base in self.batches():
+            if base < start:
+                self.s3.delete_object(Bucket=self.bucket, Key=f"{self.records}{base:020d}.batch")
+        watermark = orjson.dumps({"low": start, "high": self.high(), "timestamps": None})
+        self.s3.put_object(Bucket=self.bucket, Key=self.watermark, Body=watermark)
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "cdc-cache", "AWS_SECRET_ACCESS_KEY": "cdc-cache",
+           "REGION_NAME": "us-east-1"}  # fmt: skip
+
+
+def test_records_removed_before_they_were_read_hold_ttl_with_the_alert_until_accepted(
+    redis_server, redis_client, tmp_path
+):
+    store = S3Store(tmp_path / "s3", free_port())
+    store.start()
+    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
+    durable.start()
+    run = None
+    try:
+        run = FaultRun.start(
+            "records removed unread", tmp_path, durable, redis_server.address(), redis_client,
+            seed=67,
+        )  # fmt: skip
+        run.stream.produce(durable.bootstrap, run.stream.part(200))
+        assert run.wait_consistent().clean
+        assert run.worker.terminate() == 0, run.worker.tail()
+
+        retention = Retention(store, run.stream.topic, 0)
+        read_to = retention.high()  # the worker stopped here on partition 0
+        for _ in range(5):  # each flush starts a batch: batch boundaries to cut at
+            run.stream.produce(durable.bootstrap, run.stream.part(60))
+        unread = [base for base in retention.batches() if base > read_to]
+        assert len(unread) >= 3, (read_to, retention.batches())
+        retention.remove_below(unread[1])  # two batches the worker never read are gone
+        durable.stop()
+        durable.start()  # tansu reads the new log start from its storage
+
+        run.restart()
+        wait_held(run, 1)
+        assert metric(run.metrics_port, "cdc_cache_source_discontinuity",
+                      {"topic": run.stream.topic, "partition": "0"}) == 1  # fmt: skip
+        assert metric(run.metrics_port, "cdc_cache_source_discontinuities_total",
+                      {"kind": "below_log_start"}) == 1  # fmt: skip
+        assert not run.wait_consistent(timeout=5).clean  # the removed changes are missing
+        logged = run.worker.log.read_text()
+        assert f'"stored_offset":{read_to},' in logged and f'"log_start":{unread[1]},' in logged
+
+        refused = continuity_cli(redis_server.address(), "reread", "--topic", run.stream.topic)
+        assert refused.returncode == 2 and "re-snapshot" in refused.stderr, refused.stderr
+        accepted = continuity_cli(
+            redis_server.address(), "accept", "--topic", run.stream.topic, "--yes"
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        wait_while_alive(
+            "the hold cleared once the gap was accepted",
+            lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
+            run.worker,
+        )
+        assert "the gap was accepted by the operator" in run.worker.log.read_text()
+    finally:
+        if run is not None:
+            run.stop()
+        durable.stop()
+        store.stop()
