@@ -27,6 +27,7 @@ NULL_TOPIC_ID: Final = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero UUID: no id
 # Brokers that cannot describe topics (or report no id) leave detection to the watermarks.
 _NO_IDS: Final = frozenset({KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE})
 _GONE: Final = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+_WARN_EVERY_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class TopicIds:
         self._asked: dict[str, float] = {}
         self._pending: dict[str, Future[Any]] = {}
         self._no_ids_logged = False
+        self._warned: dict[str, float] = {}
 
     def now(self) -> float:
         """The clock answers are stamped with."""
@@ -99,13 +101,23 @@ class TopicIds:
                 self._known[topic] = TopicIdentity(True, None, self._clock())
                 self._say_no_ids(str(error))
             else:  # transient (brokers down, timeouts): asked again after retry_s
-                log.debug("topic id not known yet", extra={"topic": topic, "error": str(exc)})
+                self._say_waiting(topic, str(exc))
             return
         topic_id = str(description.topic_id) if description.topic_id is not None else None
         if topic_id in (None, NULL_TOPIC_ID):
             topic_id = None
             self._say_no_ids("the broker reports no topic id")
         self._known[topic] = TopicIdentity(True, topic_id, self._clock())
+
+    def _say_waiting(self, topic: str, error: str) -> None:
+        """A partition waits for its topic's id before it reads: say so every 30 s."""
+        now = self._clock()
+        if now - self._warned.get(topic, float("-inf")) >= _WARN_EVERY_S:
+            self._warned[topic] = now
+            log.warning(
+                "waiting for the topic's id before reading it",
+                extra={"topic": topic, "error": error},
+            )
 
     def _say_no_ids(self, why: str) -> None:
         if not self._no_ids_logged:
