@@ -21,12 +21,11 @@ from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
 from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.devstack.process import free_port
 from cdc_cache.fallback import Holds
 from cdc_cache.mode import Cause
 from cdc_cache.rules import parse_rules
 from dataflows.invalidation import build_flow
-from tests.integration.faults import FaultRun, verdict
+from tests.integration.faults import FaultRun, durable_broker, verdict
 from tests.integration.flowkit import (
     ROOT,
     cache_state,
@@ -233,54 +232,49 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "cdc-cache", "AWS_SECRET_ACCESS_KEY": "cdc-cache
 def test_records_removed_before_they_were_read_hold_ttl_with_the_alert_until_accepted(
     redis_server, redis_client, tmp_path
 ):
-    store = S3Store(tmp_path / "s3", free_port())
-    store.start()
-    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
-    durable.start()
-    run = None
-    try:
-        run = FaultRun.start(
-            "records removed unread", tmp_path, durable, redis_server.address(), redis_client,
-            seed=67,
-        )  # fmt: skip
-        run.stream.produce(durable.bootstrap, run.stream.part(200))
-        assert run.wait_consistent().clean
-        assert run.worker.terminate() == 0, run.worker.tail()
+    with durable_broker(tmp_path) as (store, durable):
+        run = None
+        try:
+            run = FaultRun.start(
+                "records removed unread", tmp_path, durable, redis_server.address(), redis_client,
+                seed=67,
+            )  # fmt: skip
+            run.stream.produce(durable.bootstrap, run.stream.part(200))
+            assert run.wait_consistent().clean
+            assert run.worker.terminate() == 0, run.worker.tail()
 
-        retention = Retention(store, run.stream.topic, 0)
-        read_to = retention.high()  # the worker stopped here on partition 0
-        for _ in range(5):  # each flush starts a batch: batch boundaries to cut at
-            run.stream.produce(durable.bootstrap, run.stream.part(60))
-        unread = [base for base in retention.batches() if base > read_to]
-        assert len(unread) >= 3, (read_to, retention.batches())
-        retention.remove_below(unread[1])  # two batches the worker never read are gone
-        durable.stop()
-        durable.start()  # tansu reads the new log start from its storage
+            retention = Retention(store, run.stream.topic, 0)
+            read_to = retention.high()  # the worker stopped here on partition 0
+            for _ in range(5):  # each flush starts a batch: batch boundaries to cut at
+                run.stream.produce(durable.bootstrap, run.stream.part(60))
+            unread = [base for base in retention.batches() if base > read_to]
+            assert len(unread) >= 3, (read_to, retention.batches())
+            retention.remove_below(unread[1])  # two batches the worker never read are gone
+            durable.stop()
+            durable.start()  # tansu reads the new log start from its storage
 
-        run.restart()
-        wait_held(run, 1)
-        assert metric(run.metrics_port, "cdc_cache_source_discontinuity",
-                      {"topic": run.stream.topic, "partition": "0"}) == 1  # fmt: skip
-        assert metric(run.metrics_port, "cdc_cache_source_discontinuities_total",
-                      {"kind": "below_log_start"}) == 1  # fmt: skip
-        assert not run.wait_consistent(timeout=5).clean  # the removed changes are missing
-        logged = run.worker.log.read_text()
-        assert f'"stored_offset":{read_to},' in logged and f'"log_start":{unread[1]},' in logged
+            run.restart()
+            wait_held(run, 1)
+            assert metric(run.metrics_port, "cdc_cache_source_discontinuity",
+                          {"topic": run.stream.topic, "partition": "0"}) == 1  # fmt: skip
+            assert metric(run.metrics_port, "cdc_cache_source_discontinuities_total",
+                          {"kind": "below_log_start"}) == 1  # fmt: skip
+            assert not run.wait_consistent(timeout=5).clean  # the removed changes are missing
+            logged = run.worker.log.read_text()
+            assert f'"stored_offset":{read_to},' in logged and f'"log_start":{unread[1]},' in logged
 
-        refused = continuity_cli(redis_server.address(), "reread", "--topic", run.stream.topic)
-        assert refused.returncode == 2 and "re-snapshot" in refused.stderr, refused.stderr
-        accepted = continuity_cli(
-            redis_server.address(), "accept", "--topic", run.stream.topic, "--yes"
-        )
-        assert accepted.returncode == 0, accepted.stderr
-        wait_while_alive(
-            "the hold cleared once the gap was accepted",
-            lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
-            run.worker,
-        )
-        assert "the gap was accepted by the operator" in run.worker.log.read_text()
-    finally:
-        if run is not None:
-            run.stop()
-        durable.stop()
-        store.stop()
+            refused = continuity_cli(redis_server.address(), "reread", "--topic", run.stream.topic)
+            assert refused.returncode == 2 and "re-snapshot" in refused.stderr, refused.stderr
+            accepted = continuity_cli(
+                redis_server.address(), "accept", "--topic", run.stream.topic, "--yes"
+            )
+            assert accepted.returncode == 0, accepted.stderr
+            wait_while_alive(
+                "the hold cleared once the gap was accepted",
+                lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
+                run.worker,
+            )
+            assert "the gap was accepted by the operator" in run.worker.log.read_text()
+        finally:
+            if run is not None:
+                run.stop()
