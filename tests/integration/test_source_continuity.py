@@ -57,8 +57,12 @@ def messages(workload: Workload, transactions: int) -> list:
     return [m for tx in workload.transactions(transactions) for m in tx]
 
 
-@pytest.mark.parametrize("continuity", [True, False], ids=["guarded", "bare-source"])
-def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, continuity):
+@pytest.mark.parametrize(
+    ("continuity", "workers"),
+    [(True, 1), (True, 2), (False, 1)],
+    ids=["guarded-1-worker", "guarded-2-workers", "bare-source"],
+)
+def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, continuity, workers):
     """The issue's scenario in-process: a drained topic is recreated and receives more
     changes than it held; the bare source resumes at its old offsets and skips the rest
     in silence (the failure this guards against), the guarded one holds ttl and applies
@@ -92,7 +96,7 @@ def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, c
     holds, stop = Holds(), threading.Event()
     runner = threading.Thread(
         target=cluster_main, args=(flow(holds, stop, tail=True), [], 0),
-        kwargs={"recovery_config": config},
+        kwargs={"recovery_config": config, "worker_count_per_proc": workers},
     )  # fmt: skip
     runner.start()
     try:
