@@ -57,9 +57,11 @@ from cdc_cache import metrics
 from cdc_cache.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
 from cdc_cache.patterns import ChannelNames, PatternIndex, matches, validate_pattern
 from cdc_cache.rate_limit import TokenBucket
+from cdc_cache.redis_apply import connect
 from cdc_cache.retry import Backoff, retry_reporter
 from cdc_cache.settings import GatewaySettings
 from cdc_cache.tokens import Grant, TokenError, verify
+from cdc_cache.watchdog import Watchdog
 
 log = logging.getLogger("cdc_cache.gateway")
 _REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)
@@ -400,6 +402,12 @@ class Gateway:
         self.hub = Hub(self._redis, block_ms=settings.block_ms, discover_s=settings.discover_s)
         self._server: Server | None = None
         self._reader: asyncio.Task[None] | None = None
+        # Runs where something outlives the worker: falls back to ttl while it is down.
+        self.watchdog = (
+            Watchdog(connect(settings.redis_url), down_after_s=settings.watchdog_down_after_s)
+            if settings.watchdog
+            else None
+        )
 
     @property
     def port(self) -> int:
@@ -408,7 +416,9 @@ class Gateway:
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
-        """Bind the port and start following the streams."""
+        """Bind the port, start following the streams and watching the worker."""
+        if self.watchdog is not None:
+            self.watchdog.start()
         self._reader = asyncio.create_task(self.hub.run())
         self._server = await serve(
             self._session,
@@ -429,6 +439,8 @@ class Gateway:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        if self.watchdog is not None:
+            await asyncio.to_thread(self.watchdog.close)
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
     def _grant(self, request: Request) -> Grant:
@@ -459,6 +471,7 @@ class Gateway:
                     "clients": len(self.hub.sessions),
                     "channels": len(self.hub.positions),
                     "broken_channels": sorted(self.hub.broken),
+                    "watchdog": None if self.watchdog is None else self.watchdog.view(),
                 }
             )
             return _respond(connection, status, body, "application/json")

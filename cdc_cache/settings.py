@@ -199,6 +199,10 @@ class GatewaySettings(BaseSettings):
         default=10.0, gt=0, description="requests per connection and second (one per pattern)"
     )
     request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
+    watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
+    watchdog_down_after_s: float | None = Field(
+        default=None, gt=0, description="heartbeat silence that means the worker is down"
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -222,6 +226,39 @@ class GatewaySettings(BaseSettings):
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
         return key
+
+
+class WatchdogSettings(BaseSettings):
+    """``cdc-cache watchdog``: the worker's Redis settings and its own ``watchdog_*`` ones.
+
+    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
+    use are ignored), so both point at the same Redis by construction; its own settings
+    come from flags or the environment. Everything else (the bound, the fallback TTL, the
+    prefixes) the worker publishes in Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_username: str | None = Field(default=None, description="Redis ACL user")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = Field(default=None, description="file holding it")
+    watchdog_down_after_s: float | None = Field(
+        default=None, gt=0, description="heartbeat silence that means the worker is down"
+    )
+    watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _password(self) -> WatchdogSettings:
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        return self
+
+    def redis_auth(self) -> RedisAuth:
+        """The ACL credentials (the password possibly read from its file)."""
+        return RedisAuth(self.redis_username, self.redis_password)
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -280,7 +317,7 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = "gateway" if kind is GatewaySettings else "worker"
+    what = {GatewaySettings: "gateway", WatchdogSettings: "watchdog"}.get(kind, "worker")
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)
 
 
