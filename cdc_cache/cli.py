@@ -202,6 +202,7 @@ def mode_get(redis_url: str) -> None:
     click.echo(f"reason: {record.get('reason')} ({record.get('cause')})")
     click.echo(f"since:  {since} ({since_ms})")
     click.echo(f"lag_s:  {record.get('lag_s') or 'unknown'}")
+    click.echo(f"writer: {record.get('writer', 'worker')}")
 
 
 @mode.command("set")

@@ -13,12 +13,15 @@ from urllib.request import urlopen
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from cdc_cache import metrics
+from cdc_cache.cli import main
 from cdc_cache.devstack.process import free_port
-from cdc_cache.fallback import ModeStore
+from cdc_cache.fallback import ModeRuntime, ModeStore
 from cdc_cache.keys import MODE_KEY, WATCHDOG_LOCK_KEY
-from cdc_cache.mode import Flag, ModeState
+from cdc_cache.lag import LagTracker
+from cdc_cache.mode import Flag, ModeConfig, ModeState
 from cdc_cache.watchdog import Watchdog
 from tests.integration.flowkit import Service
 
@@ -189,7 +192,45 @@ def test_the_gateway_runs_a_watchdog(tmp_path: Path, redis_server: Any, redis_cl
         wait_for("shortened", lambda: 0 < redis_client.pttl("stock:1:north") <= FALLBACK_MS)
         health = orjson.loads(urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
         assert health["watchdog"]["worker"] == "down" and health["watchdog"]["acting"]
+        shown = CliRunner().invoke(main, ["mode", "get", "--redis-url", redis_server.address()])
+        assert "(worker_down)" in shown.output and "writer: watchdog" in shown.output
         assert gateway.terminate() == 0, gateway.tail()
         assert redis_client.exists(WATCHDOG_LOCK_KEY) == 0  # handed over on the way out
     finally:
         gateway.stop()
+
+
+def test_a_worker_that_finds_the_watchdogs_record_decides_again_from_ttl(
+    any_redis: Any, watchdogs: Any
+) -> None:
+    """A worker that lived on but could not write (cut off from Redis) must not return to
+    cdc at once: changes may have gone unapplied while the watchdog stood in."""
+    now = [time.time()]
+    tracker = LagTracker(lambda: now[0] * 1000)
+    tracker.record("t", 0, int(now[0] * 1000))  # caught up: lag 0
+    runtime = ModeRuntime(
+        client=any_redis, tracker=tracker, config=ModeConfig(3.0, 2.0, 2.0),
+        fallback_ttl_ms=FALLBACK_MS, prefixes=PREFIXES, clock=lambda: now[0],
+    )  # fmt: skip
+    assert runtime.tick() is not None and record(any_redis)["mode"] == "cdc"
+    clock = Clock()
+    dog = watchdogs(clock)
+    dog.tick()
+    clock.now += 6  # the worker writes nothing meanwhile
+    dog.tick()
+    assert record(any_redis)["writer"] == "watchdog"
+
+    now[0] += 1
+    tracker.record("t", 0, int(now[0] * 1000))
+    runtime.tick()
+    back = record(any_redis)
+    assert (back["writer"], back["mode"], back["cause"]) == ("worker", "ttl", "start")
+    assert "watchdog" in back["reason"]
+    clock.now += 1
+    dog.tick()
+    assert not dog.acting
+    for _ in range(3):  # low lag for the window (2 s), then cdc
+        now[0] += 1.1
+        tracker.record("t", 0, int(now[0] * 1000))
+        runtime.tick()
+    assert (record(any_redis)["mode"], record(any_redis)["cause"]) == ("cdc", "recovered")

@@ -143,8 +143,10 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         bound = SLO_S + WINDOW_S + MARGIN_S
         to_ttl = wait_for(
             "ttl mode, cause worker_down",
-            lambda: (mode_of(client).get("mode"), mode_of(client).get("cause"))
-            == ("ttl", "worker_down"),
+            lambda: (
+                (mode_of(client).get("mode"), mode_of(client).get("cause"))
+                == ("ttl", "worker_down")
+            ),
             bound,
             *services,
         )
@@ -155,7 +157,9 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
             *services,
         )
         done = time.monotonic() - killed
-        print(f"SIGKILL -> ttl mode {to_ttl:.1f}s, -> every key capped {done:.1f}s (bound {bound}s)")
+        print(
+            f"SIGKILL -> ttl mode {to_ttl:.1f}s, -> every key capped {done:.1f}s (bound {bound}s)"
+        )
         assert mode_of(client)["writer"] == "watchdog"
         assert sum(metric(port, "cdc_cache_watchdog_takeovers_total") for _, port in dogs) == 1
         assert all(metric(port, "cdc_cache_watchdog_worker_up") == 0 for _, port in dogs)
@@ -168,8 +172,9 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         assert mode_of(client)["mode"] == "ttl"  # not cdc before its lag was low for a window
         wait_for(
             "cdc mode, recovered",
-            lambda: (mode_of(client).get("mode"), mode_of(client).get("cause"))
-            == ("cdc", "recovered"),
+            lambda: (
+                (mode_of(client).get("mode"), mode_of(client).get("cause")) == ("cdc", "recovered")
+            ),
             60,
             running,
             *services,
