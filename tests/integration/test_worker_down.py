@@ -162,7 +162,12 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         )
         assert mode_of(client)["writer"] == "watchdog"
         assert sum(metric(port, "cdc_cache_watchdog_takeovers_total") for _, port in dogs) == 1
-        assert all(metric(port, "cdc_cache_watchdog_worker_up") == 0 for _, port in dogs)
+        wait_for(
+            "every watchdog sees the worker down",
+            lambda: all(metric(port, "cdc_cache_watchdog_worker_up") == 0 for _, port in dogs),
+            5,
+            *services,
+        )
 
         running.start()  # the worker comes back, catches up, and decides again
         back = time.monotonic()
@@ -183,7 +188,12 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         for _ in range(15):  # the watchdogs stepped back: the worker's record stays
             assert mode_of(client)["writer"] == "worker"
             time.sleep(0.2)
-        assert all(metric(port, "cdc_cache_watchdog_worker_up") == 1 for _, port in dogs)
+        wait_for(
+            "every watchdog sees the worker up",
+            lambda: all(metric(port, "cdc_cache_watchdog_worker_up") == 1 for _, port in dogs),
+            5,
+            *services,
+        )
         for dog in services:
             assert dog.terminate() == 0, dog.tail()
     finally:
