@@ -169,21 +169,28 @@ class SchemaPrefixes:
     schema and a ``payload`` key next; parsing the rest, minus the closing brace, yields
     the payload. Should the rest not parse alone (another key follows, say), the record
     takes the full parse, so the result is always what the full parse gives.
+
+    A stream keeps its last ``per_stream`` prefixes: a topic that several tables are
+    routed into carries as many schemas, one record after another.
     """
 
-    def __init__(self, max_streams: int = 4096) -> None:
-        self._prefixes: dict[str, bytes] = {}
+    def __init__(self, max_streams: int = 4096, per_stream: int = 8) -> None:
+        self._prefixes: dict[str, list[bytes]] = {}
         self._max = max_streams
+        self._per_stream = per_stream
 
     def payload(self, stream: str, data: bytes) -> Any:
-        """The payload of ``data`` if it starts with the stream's verified prefix, else _MISS."""
-        prefix = self._prefixes.get(stream)
-        if prefix is None or not data.startswith(prefix) or not data.endswith(b"}"):
+        """The payload of ``data`` if it starts with one of the stream's verified prefixes."""
+        prefixes = self._prefixes.get(stream)
+        if prefixes is None or not data.endswith(b"}"):
             return _MISS
-        try:
-            return orjson.loads(memoryview(data)[len(prefix) : -1])
-        except orjson.JSONDecodeError:
-            return _MISS
+        for prefix in prefixes:
+            if data.startswith(prefix):
+                try:
+                    return orjson.loads(memoryview(data)[len(prefix) : -1])
+                except orjson.JSONDecodeError:
+                    return _MISS
+        return _MISS
 
     def learn(self, stream: str, data: bytes, schema: Any) -> None:
         """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified."""
@@ -196,11 +203,19 @@ class SchemaPrefixes:
             except orjson.JSONDecodeError:
                 candidate = _MISS
             if candidate == schema:
-                if len(self._prefixes) >= self._max:
-                    self._prefixes.clear()
-                self._prefixes[stream] = data[: end + len(_PAYLOAD_KEY)]
+                self._remember(stream, data[: end + len(_PAYLOAD_KEY)])
                 return
             end = data.find(_PAYLOAD_KEY, end + 1)
+
+    def _remember(self, stream: str, prefix: bytes) -> None:
+        known = self._prefixes.get(stream)
+        if known is None:
+            if len(self._prefixes) >= self._max:
+                self._prefixes.clear()
+            known = self._prefixes[stream] = []
+        if prefix not in known:  # known but the rest did not parse alone: nothing to add
+            known.insert(0, prefix)
+            del known[self._per_stream :]
 
 
 SCHEMA_PREFIXES: Final = SchemaPrefixes()

@@ -32,6 +32,11 @@ def routed(source: str, fmt: str) -> list[Recorded]:
     return load(source, f"routed/{fmt}")
 
 
+def every_routed_record() -> list[SourceRecord]:
+    """Every routed recording's records (seeds for the decoder's fuzzing)."""
+    return [r.record for s in SOURCES for f in (*NAMED, *UNNAMED) for r in routed(s, f)]
+
+
 def changes(source: str, fmt: str) -> dict[int, ChangeEvent]:
     decoded = {r.seq: decode(r.record) for r in routed(source, fmt)}
     return {seq: d for seq, d in decoded.items() if isinstance(d, ChangeEvent)}
