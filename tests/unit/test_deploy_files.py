@@ -81,3 +81,15 @@ def test_routed_connector_differs_from_the_json_one_only_in_routing_and_identity
     assert named_for(prefix, shared)
     env = (ROOT / "deploy" / "compose" / "routed.env").read_text()
     assert f"TOPIC_PREFIX={prefix}\n" in env and "CONNECTOR=inventory-mysql-routed\n" in env
+
+
+def test_the_readme_s_routed_deployment_is_valid_settings(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Routed topics") :]
+    block = section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", 1)]
+    (tmp_path / "worker.yaml").write_text(block)
+    settings = load_settings(tmp_path / "worker.yaml")
+    assert settings.topics == ["inventory.cdc"]
+    assert settings.heartbeat_topics == ["__debezium-heartbeat.dbserver1-routed"]
+    assert settings.consumer_kafka()["fetch.wait.max.ms"] == "100"
+    assert "fetch.wait.max.ms" not in settings.producer_kafka()
