@@ -196,7 +196,7 @@ class DlqService:
         """Entries (one per id, the latest written) with their last replay outcome."""
         settings = self._settings
         raw = read_entries(
-            settings.brokers, settings.dlq_topic, settings.kafka, self._read_timeout_s
+            settings.brokers, settings.dlq_topic, settings.consumer_kafka(), self._read_timeout_s
         )
         chosen = [e for e in latest_by_id(raw) if where is None or where.matches(e)]
         outcomes = OutcomeStore(self._redis()).all() if chosen else {}
@@ -214,7 +214,7 @@ class DlqService:
         if not entries:
             return []
         settings = self._settings
-        source = SourceReader(settings.brokers, settings.kafka)
+        source = SourceReader(settings.brokers, settings.consumer_kafka())
         try:
             replayer = Replayer(
                 self._rules,

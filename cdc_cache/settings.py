@@ -1,24 +1,28 @@
 """Worker settings: command-line flags over ``CDC_CACHE_*`` environment over a YAML file.
 
-Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka via
-``kafka:`` rather than being re-declared here. Secrets are :class:`~pydantic.SecretStr`
-(masked in every repr) and may come from files (``*_file``: a mounted Kubernetes or Docker
-secret), read once here so a missing file stops startup with the setting's name.
+Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka rather than
+being re-declared here: ``kafka:`` for every client, ``kafka_consumer:`` and
+``kafka_producer:`` for one kind only (see :mod:`cdc_cache.kafka_config`). Secrets are
+:class:`~pydantic.SecretStr` (masked in every repr) and may come from files (``*_file``: a
+mounted Kubernetes or Docker secret), read once here so a missing file stops startup with
+the setting's name.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,6 +34,7 @@ from pydantic_settings import (
 )
 
 from cdc_cache.errors import ConfigError
+from cdc_cache.kafka_config import Role, misplaced, weakened
 from cdc_cache.redis_apply import RedisAuth
 from cdc_cache.retry import Backoff
 
@@ -58,6 +63,29 @@ class BackoffSettings(BaseModel):
         return Backoff(self.initial_s, self.max_s, self.multiplier, self.jitter)
 
 
+def _as_text(properties: object) -> object:
+    """Scalars as the strings librdkafka takes: YAML's ``100``, ``true`` → ``"100"``, ``"true"``."""
+    if not isinstance(properties, dict):
+        return properties
+    return {name: _text(value) for name, value in properties.items()}
+
+
+def _text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+KafkaProperties = Annotated[dict[str, str], BeforeValidator(_as_text)]
+"""librdkafka properties, passed through unchanged."""
+
+_KAFKA_SECTIONS: dict[str, tuple[Role, ...]] = {
+    "kafka": (),
+    "kafka_consumer": ("consumer",),
+    "kafka_producer": ("producer",),
+}
+
+
 class SharedSettings(BaseSettings):
     """What the worker and the ``cdc-cache dlq`` commands both read (same file, same env).
 
@@ -69,7 +97,9 @@ class SharedSettings(BaseSettings):
     rules: Path
     brokers: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
-    kafka: dict[str, str] = Field(default_factory=dict)
+    kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
+    kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
+    kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
     source_epoch: int = Field(default=0, ge=0, le=99999)
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
@@ -89,6 +119,14 @@ class SharedSettings(BaseSettings):
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
 
+    @field_validator(*_KAFKA_SECTIONS)
+    @classmethod
+    def _kafka_in_place(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        problems = misplaced(value, _KAFKA_SECTIONS[str(info.field_name)]) + weakened(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @model_validator(mode="after")
     def _formats_and_secrets(self) -> SharedSettings:
         if self.message_format == "avro" and not self.schema_registry_url:
@@ -107,6 +145,14 @@ class SharedSettings(BaseSettings):
         """The ACL credentials (the password possibly read from its file)."""
         return RedisAuth(self.redis_username, self.redis_password)
 
+    def consumer_kafka(self) -> dict[str, str]:
+        """The consumers' librdkafka settings: the common ones, their own on top."""
+        return {**self.kafka, **self.kafka_consumer}
+
+    def producer_kafka(self) -> dict[str, str]:
+        """The DLQ producer's librdkafka settings: the common ones, its own on top."""
+        return {**self.kafka, **self.kafka_producer}
+
 
 class WorkerSettings(SharedSettings):
     """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
@@ -115,6 +161,9 @@ class WorkerSettings(SharedSettings):
 
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
+    heartbeat_topics: list[str] = Field(
+        default_factory=list, description="heartbeat topics the topic names do not point to"
+    )
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")

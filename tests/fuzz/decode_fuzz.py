@@ -24,9 +24,10 @@ with atheris.instrument_imports(include=["cdc_cache"]):
     from cdc_cache.rules import parse_rules
 
 from tests.unit.test_envelope import ALL, load
+from tests.unit.test_routed_topics import every_routed_record
 from tests.workload import RULES_YAML
 
-RECORDED = [r.record for source, fmt in ALL for r in load(source, fmt)]
+RECORDED = [r.record for source, fmt in ALL for r in load(source, fmt)] + every_routed_record()
 TOPICS = [*sorted({r.topic for r in RECORDED}), "x"]
 RULES = parse_rules(RULES_YAML)  # inventory.stock, a table of the recorded events
 

@@ -11,8 +11,9 @@ from cdc_cache.envelope import decode
 from cdc_cache.errors import DecodeError, MissingPrimaryKey
 from cdc_cache.events import SourceRecord
 from tests.unit.test_envelope import ALL, load
+from tests.unit.test_routed_topics import every_routed_record
 
-RECORDED = [r.record for source, fmt in ALL for r in load(source, fmt)]
+RECORDED = [r.record for source, fmt in ALL for r in load(source, fmt)] + every_routed_record()
 TOPICS = [*sorted({r.topic for r in RECORDED}), "x", ""]
 
 json_values = st.recursive(
