@@ -30,7 +30,6 @@ from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
 from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.envelope import table_of_topic
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
@@ -348,9 +347,7 @@ class _RejectPartition(StatelessSinkPartition[Routed]):
         failures = []
         for item in items:
             assert isinstance(item, Rejected)
-            topic = item.record.topic
-            table = item.event.table if item.event else table_of_topic(topic) or topic
-            failures.append(Failure(item.error, table, item.event))
+            failures.append(Failure(item.error, item.table, item.event))
         self._rejects.report(failures)
 
 
