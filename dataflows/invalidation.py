@@ -32,6 +32,7 @@ from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth
@@ -93,8 +94,10 @@ def build_flow(
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
-    # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
-    consumer_config = {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
+    # KafkaSource hands add_config to confluent_kafka as is, so the callbacks pass through.
+    consumer_config = with_logger(
+        {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
+    )
     source = KafkaSource(
         brokers,
         topics,
