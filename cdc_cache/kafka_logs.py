@@ -11,11 +11,11 @@ thread that polls the client, and each (level, facility) is logged at most once 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
+
+from cdc_cache.throttle import Throttle
 
 log = logging.getLogger("cdc_cache.kafka")
 
@@ -24,24 +24,14 @@ class KafkaLogs:
     """A ``logger`` for confluent-kafka clients (it calls ``log(level, fmt, *args)``)."""
 
     def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._every_s = every_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[tuple[int, str], float] = {}
-        self._left_out: Counter[tuple[int, str]] = Counter()
+        self._throttle = Throttle(every_s, clock)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         """One librdkafka line: ``fmt`` is ``"%s [%s] %s"`` (facility, client, message)."""
         facility, client, message = (*(str(a) for a in args), "", "", "")[:3]
-        key = (level, facility)
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._every_s:
-                self._left_out[key] += 1
-                return
-            self._last[key] = now
-            left_out = self._left_out.pop(key, 0)
+        left_out = self._throttle.admit((level, facility))
+        if left_out is None:
+            return
         log.log(
             level,
             "librdkafka: %s",

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cdc_cache import rejects
-from cdc_cache.dlq import Failure
+from cdc_cache.dlq import Failure, public_reason
 from cdc_cache.errors import DecodeError
 from cdc_cache.events import SourceRecord
 from cdc_cache.keys import escape_value
@@ -59,6 +59,14 @@ def test_sensitive_values_stay_out_of_reasons_stacks_and_error_log_lines(caplog)
     assert "user:***redacted***" in entry["reason"] and "user:***redacted***" in entry["stack"]
     (line,) = [JsonFormatter().format(r) for r in caplog.records if r.levelno >= logging.ERROR]
     assert leaks(line) == [] and "user:***redacted***" in line
+
+
+def test_a_replay_outcome_shows_the_reason_as_scrubbed_as_the_entry():
+    routed = route(users_change(bio="x" * 500), USERS_RULES, max_value_bytes=100)
+    assert isinstance(routed, Rejected)
+    failure = Failure(routed.error, routed.table, routed.event)
+    shown = public_reason(failure, USERS_RULES.sensitive(routed.table))
+    assert leaks(shown) == [] and "user:***redacted***" in shown
 
 
 def test_an_entry_that_cannot_be_built_is_written_with_its_coordinates(monkeypatch):
