@@ -35,8 +35,9 @@ from pydantic_settings import (
 
 from cdc_cache.errors import ConfigError
 from cdc_cache.kafka_config import Role, misplaced, weakened
-from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.redis_apply import RedisAuth, redis_url_problem
 from cdc_cache.retry import Backoff
+from cdc_cache.rules import unreadable_yaml
 
 ENV_PREFIX = "CDC_CACHE_"
 
@@ -141,6 +142,11 @@ class SharedSettings(BaseSettings):
         self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
         return self
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
+
     def redis_auth(self) -> RedisAuth:
         """The ACL credentials (the password possibly read from its file)."""
         return RedisAuth(self.redis_username, self.redis_password)
@@ -207,6 +213,13 @@ class WorkerSettings(SharedSettings):
         return self
 
 
+def _valid_redis_url(url: str) -> str:
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
 def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
     """The secret given directly or read from its file (one trailing newline dropped)."""
     if file is None:
@@ -242,6 +255,11 @@ class GatewaySettings(BaseSettings):
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
     log_level: str = "INFO"
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
+
     @model_validator(mode="after")
     def _secret_given(self) -> GatewaySettings:
         if self.secret is None and self.secret_file is None:
@@ -255,10 +273,13 @@ class GatewaySettings(BaseSettings):
             return self.secret.get_secret_value().encode()
         assert self.secret_file is not None  # the validator guarantees one of them
         try:
-            key = self.secret_file.read_text().strip().encode()
+            key = self.secret_file.read_text(encoding="utf-8").strip().encode()
         except OSError as exc:
             msg = f"cannot read secret_file {self.secret_file}: {exc.strerror}"
             raise ConfigError(msg) from exc
+        except UnicodeDecodeError:
+            msg = f"secret_file {self.secret_file} is not UTF-8 text; write the key as text"
+            raise ConfigError(msg) from None
         if not key:
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
@@ -300,9 +321,9 @@ def load(kind: type[_S], config_file: Path | None = None, **overrides: Any) -> _
         return settings
     except ValidationError as exc:
         raise ConfigError(_explain(exc, config_file, given, kind)) from exc
-    except yaml.YAMLError as exc:
-        msg = f"settings file {config_file} is not valid YAML: {exc}"
-        raise ConfigError(msg) from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        msg = f"settings file {unreadable_yaml(str(config_file), exc)}"
+        raise ConfigError(msg) from None
 
 
 def _explain(
@@ -322,13 +343,15 @@ def _explain(
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
     what = "gateway" if kind is GatewaySettings else "worker"
+    if len(problems) == 1:
+        return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)
 
 
 def _top_level_lines(config_file: Path) -> dict[str, int]:
     try:
-        root = yaml.compose(config_file.read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+        root = yaml.compose(config_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return {}
     if not isinstance(root, yaml.MappingNode):
         return {}

@@ -26,6 +26,7 @@ from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.errors import ConfigError, StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
@@ -48,11 +49,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
     A connector that has not produced yet has no topics: the worker waits (and says so)
     rather than starting with nothing to read.
     """
-    config: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": settings.brokers,
-        **settings.kafka,
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(with_logger({"bootstrap.servers": settings.brokers, **settings.kafka}))
     pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
     deadline = time.monotonic() + wait_s
     announced = 0.0
@@ -66,6 +63,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
         else:
             metrics.BROKER_UP.set(1)
             found, missing = _match_topics(settings, pattern, existing)
+        admin.poll(0)  # librdkafka's lines reach the log only when the client is polled
         if not missing:
             named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
             beats = sorted(named - set(found))

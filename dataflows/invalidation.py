@@ -31,9 +31,9 @@ from cdc_cache.broker_health import BrokerHealth
 from cdc_cache.continuity_store import ContinuityStore
 from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.envelope import table_hint
 from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth, connect
@@ -103,8 +103,8 @@ def build_flow(
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
-    # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
-    common = {**(kafka_config or {}), "error_cb": health.on_error}
+    # KafkaSource hands add_config to confluent_kafka as is, so the callbacks pass through.
+    common = with_logger({**(kafka_config or {}), "error_cb": health.on_error})
     consumer = {**CONSUMER_DEFAULTS, **common, **(consumer_config or {})}
     # An offset the log no longer holds must surface as an error, never be reset silently.
     consumer["auto.offset.reset"] = "error"
@@ -412,8 +412,7 @@ class _RejectPartition(StatelessSinkPartition[Routed]):
         failures = []
         for item in items:
             assert isinstance(item, Rejected)
-            table = item.event.table if item.event else table_hint(item.record)
-            failures.append(Failure(item.error, table, item.event))
+            failures.append(Failure(item.error, item.table, item.event))
         self._rejects.report(failures)
 
 
