@@ -48,6 +48,7 @@ from cdc_cache.errors import CdcCacheError
 from cdc_cache.fallback import WATCHDOG, ModeStore, Shortener
 from cdc_cache.keys import WATCHDOG_LOCK_KEY
 from cdc_cache.mode import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode_record import ModeKeyError
 from cdc_cache.redis_apply import Client
 from cdc_cache.retry import Backoff
 from cdc_cache.settings import WatchdogSettings
@@ -168,7 +169,8 @@ class Watchdog:
         self._beat: Beat | None = None
         self._leader = False
         self._redis_ok_at: float | None = None
-        self._redis_failing = False
+        self._problem: str | None = None  # why it cannot look (logged once)
+        self._flag_problem: str | None = None
         metrics.WATCHDOG_WORKER_UP.set(math.nan)  # unknown until the first look
 
     @property
@@ -183,12 +185,12 @@ class Watchdog:
             record = self._store.record()
             leader = bool(self._take_lock(keys=[WATCHDOG_LOCK_KEY], args=[self._id, self._lock_ms]))
         except _REDIS_ERRORS as exc:
-            self._redis_lost(exc)
+            self._blind(exc)
             return
         now = self._clock()
-        if self._redis_failing:
-            log.warning("watchdog: Redis answers again")
-        self._redis_ok_at, self._redis_failing = now, False
+        if self._problem is not None:
+            log.warning("watchdog: it can look at the mode again", extra={"was": self._problem})
+        self._redis_ok_at, self._problem = now, None
         bound = down_after_s(record, self._down_after_s)
         beat = self._watch.observe(record, bound, now)
         with self._guard:
@@ -204,17 +206,33 @@ class Watchdog:
             try:
                 self._decide(record, beat, bound)
             except _REDIS_ERRORS as exc:
-                self._redis_lost(exc)
+                self._blind(exc)
 
-    def _redis_lost(self, exc: BaseException) -> None:
-        """Nothing is known while Redis does not answer: say so once, claim nothing."""
-        if not self._redis_failing:
-            log.warning(
-                "watchdog: Redis unavailable; retrying every interval", extra={"error": str(exc)}
-            )
-        self._redis_failing, self._redis_ok_at = True, None
+    def _blind(self, exc: BaseException) -> None:
+        """It cannot look: say so once, claim nothing, and look again next interval.
+
+        Redis does not answer, or a mode key holds what no worker wrote there.
+        """
+        if isinstance(exc, ModeKeyError):
+            problem = f"a mode key cannot be read; fix it: {exc}"
+        else:
+            problem = f"Redis unavailable: {exc}"
+        if problem != self._problem:
+            log.error("watchdog: %s", problem)
+        self._problem, self._redis_ok_at = problem, None
         metrics.WATCHDOG_WORKER_UP.set(math.nan)
         metrics.WATCHDOG_LEADER.set(0)
+
+    def _flag(self) -> Flag:
+        """The operator flag; one that cannot be read counts as ``auto`` (logged once)."""
+        try:
+            flag, problem = self._store.flag(), None
+        except ModeKeyError as exc:
+            flag, problem = Flag.AUTO, str(exc)
+        if problem is not None and problem != self._flag_problem:
+            log.error("watchdog: mode flag ignored; fix it", extra={"problem": problem})
+        self._flag_problem = problem
+        return flag
 
     def _decide(self, record: Mapping[str, str], beat: Beat, bound_s: float) -> None:
         now_ms = int(self._wall_clock() * 1000)
@@ -226,7 +244,7 @@ class Watchdog:
         with self._guard:
             taking_over = self._state is None
             before = _left_by_worker(record, now_ms) if self._state is None else self._state
-        flag = self._store.flag_or_auto()
+        flag = self._flag()
         state, decision = step(before, Signal(now_ms, flag, None, holds=(hold,)), _NO_LAG)
         ttl_ms = _positive(record.get("fallback_ttl_ms", ""), self._fallback_ttl_ms)
         if not self._store.take_over(
