@@ -4,6 +4,7 @@ overwrites a worker that wrote again, and only one of several instances acts."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -234,3 +235,26 @@ def test_a_worker_that_finds_the_watchdogs_record_decides_again_from_ttl(
         tracker.record("t", 0, int(now[0] * 1000))
         runtime.tick()
     assert (record(any_redis)["mode"], record(any_redis)["cause"]) == ("cdc", "recovered")
+
+
+def test_junk_in_the_mode_keys_is_named_never_taken_for_a_worker_state(
+    any_redis: Any, watchdogs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    any_redis.set(MODE_KEY, b"not a hash")
+    clock = Clock()
+    dog = watchdogs(clock)
+    for _ in range(3):
+        dog.tick()
+        clock.now += 10
+    assert not dog.acting and dog.view()["worker"] == "unknown"
+    assert math.isnan(metrics.WATCHDOG_WORKER_UP._value.get())
+    named = [r for r in caplog.records if "a mode key cannot be read" in r.getMessage()]
+    assert len(named) == 1 and "cdc:mode holds another type" in named[0].getMessage()
+
+    any_redis.delete(MODE_KEY)
+    worker_writes(any_redis)
+    any_redis.set("cdc:mode:flag", b"sometimes")  # an unreadable flag counts as auto
+    dog.tick()
+    clock.now += 6
+    dog.tick()
+    assert dog.acting and record(any_redis)["mode"] == "ttl"
