@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,6 +42,10 @@ from cdc_cache.rules import unreadable_yaml
 from cdc_cache.tokens import MAX_PATTERNS
 
 ENV_PREFIX = "CDC_CACHE_"
+# The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
+DownAfter = Annotated[
+    float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
+]
 
 
 class BackoffSettings(BaseModel):
@@ -262,9 +267,7 @@ class GatewaySettings(BaseSettings):
     )
     request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
     watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
-    watchdog_down_after_s: float | None = Field(
-        default=None, gt=0, description="heartbeat silence that means the worker is down"
-    )
+    watchdog_down_after_s: DownAfter = None
     log_level: str = "INFO"
 
     @field_validator("redis_url")
@@ -309,20 +312,13 @@ class WatchdogSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = "redis://127.0.0.1:16379/0"
     redis_username: str | None = Field(default=None, description="Redis ACL user")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = Field(default=None, description="file holding it")
-    watchdog_down_after_s: float | None = Field(
-        default=None, gt=0, description="heartbeat silence that means the worker is down"
-    )
+    watchdog_down_after_s: DownAfter = None
     watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
     log_level: str = "INFO"
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return _valid_redis_url(value)
 
     @model_validator(mode="after")
     def _password(self) -> WatchdogSettings:
