@@ -46,7 +46,10 @@ class ChangeEvent:
     ``table`` is ``<db>.<table>`` for MySQL and ``<schema>.<table>`` for PostgreSQL.
     ``key`` holds the primary key columns (empty for TRUNCATE). ``committed_at_ms`` is the
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
-    ``origin`` is what the envelope says of the log the change came from (lineage evidence).
+    ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
+    the record carries it: it ties a topic to its connector's heartbeats whatever the
+    topic is called. ``origin`` is what the envelope says of the log the change came from
+    (lineage evidence).
     """
 
     table: str
@@ -58,6 +61,7 @@ class ChangeEvent:
     committed_at_ms: int | None
     emitted_at_ms: int | None = None
     snapshot: bool = False
+    server: str | None = None
     origin: Origin = NO_ORIGIN
 
     @property
@@ -85,9 +89,12 @@ class SchemaChange:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """The null-valued record Debezium sends after a delete, for log compaction."""
+    """The null-valued record Debezium sends after a delete, for log compaction.
 
-    table: str
+    ``table`` is None when neither the key nor the topic name says it (a shared topic).
+    """
+
+    table: str | None
 
 
 Decoded = ChangeEvent | Heartbeat | SchemaChange | Tombstone

@@ -67,14 +67,13 @@ _MARIADB_GTID: Final = re.compile(r"(\d+)-(\d+)-(\d+)")
 class Origin:
     """What a change says about the log it came from.
 
-    ``source`` is the connector's logical name (``source.name``); ``server`` the server
-    that wrote the change (``server:<server_id>``, or the GTID's source UUID); ``gtid``
-    the transaction's GTID as (stream, sequence), the stream being a MySQL source UUID or
-    a MariaDB GTID domain; ``snapshot`` marks a snapshot read. None where the envelope
-    does not tell (snapshot reads carry server id 0; PostgreSQL has neither).
+    ``server`` is the server that wrote the change (``server:<server_id>``, or the GTID's
+    source UUID); ``gtid`` the transaction's GTID as (stream, sequence), the stream being a
+    MySQL source UUID or a MariaDB GTID domain; ``snapshot`` marks a snapshot read. None
+    where the envelope does not tell (snapshot reads carry server id 0; PostgreSQL has
+    neither).
     """
 
-    source: str | None = None
     server: str | None = None
     gtid: tuple[str, int] | None = None
     snapshot: bool = False
@@ -89,7 +88,6 @@ def origin_of(source: Mapping[str, Any]) -> Origin:
     Evidence is optional: a malformed GTID or server id is ignored, not rejected, since
     the change itself is valid.
     """
-    name = source.get("name")
     server_id = source.get("server_id")
     if isinstance(server_id, str) and server_id.isdigit():
         server_id = int(server_id)
@@ -110,7 +108,6 @@ def origin_of(source: Mapping[str, Any]) -> Origin:
                 gtid = (uuid.lower(), int(sequence))
                 server = server or f"uuid:{uuid.lower()}"
     return Origin(
-        source=name if isinstance(name, str) and name else None,
         server=server,
         gtid=gtid,
         snapshot=_is_snapshot(source.get("snapshot")),
@@ -448,6 +445,15 @@ class Run:
             gtids = tuple(sorted({**dict(current.gtids), **self.gtids}.items()))
             current = Lineage(current.epoch, current.servers, gtids)
         return replace(state, current=current, offset=self.offset, last=self.last)
+
+
+def forget_offsets(state: PartitionState) -> PartitionState:
+    """The state for the partition read again from the start of a recreated topic.
+
+    Its Kafka offsets mean nothing any more, while its lineage (epoch, newest position,
+    servers) still judges what the new topic holds.
+    """
+    return replace(state, offset=-1, bounds=(), lates=())
 
 
 def begin(state: PartitionState, offset: int) -> PartitionState:

@@ -36,6 +36,7 @@ from cdc_cache.lineage import (
     advance,
     begin,
     enter,
+    forget_offsets,
     judge,
     show,
 )
@@ -116,6 +117,23 @@ class LineageTracker:
                 for partition, state in loaded.items():
                     self._states.setdefault(partition, state)
         return LineageSession(self)
+
+    def restarted(self, topic: str, partition: int) -> None:
+        """The partition is read again from the start of a recreated topic.
+
+        The operator's continuity decision: its recorded offsets are forgotten, before
+        anything of the new topic is judged.
+        """
+        where = (topic, partition)
+        state = self.state(where)
+        if state is None:
+            state = self._call("loading a partition lineage", lambda r: r.load([where]))[where]
+        if state is not None:
+            self.commit({where: forget_offsets(state)})
+            log.info(
+                "partition lineage offsets forgotten: the topic is read from its start",
+                extra={"topic": topic, "partition": partition, "epoch": state.epoch},
+            )
 
     def details(self) -> dict[str, object]:
         """``/readyz``'s ``lineage`` entry (see :meth:`view`)."""
@@ -296,7 +314,7 @@ class LineageSession:
         else:
             state = tracker.state(partition)
         if state is None:
-            state = tracker.start(event.origin.source or source_of(record.topic))
+            state = tracker.start(event.server or source_of(record.topic))
         change = Change(record.offset, event.position, event.origin)
         if change.offset > state.offset:
             state = begin(state, change.offset)

@@ -152,9 +152,46 @@ LINEAGE_EPOCH = Gauge(
     ["source"],
     namespace=NAMESPACE,
 )
+SOURCE_DISCONTINUITY = Gauge(
+    "source_discontinuity",
+    "1 while a topic partition's stored offset no longer means what it meant (a recreated "
+    "topic, records removed before they were read) and the cache is held in ttl mode until "
+    "an operator decides (cdc-cache continuity)",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
+SOURCE_DISCONTINUITIES = Counter(
+    "source_discontinuities",
+    "Source discontinuities found, by kind (topic_recreated, log_truncated, below_log_start)",
+    ["kind"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",
+    namespace=NAMESPACE,
+)
+
+# --- the watchdog (cdc-cache watchdog, and inside cdc-cache gateway) ---
+WATCHDOG_WORKER_UP = Gauge(
+    "watchdog_worker_up",
+    "1 while the worker's heartbeat (cdc:mode rewritten by its mode leader) moves, 0 once it "
+    "stood still longer than the bound (lag SLO + mode window)",
+    namespace=NAMESPACE,
+)
+WATCHDOG_HEARTBEAT_STILL = Gauge(
+    "watchdog_heartbeat_still_seconds",
+    "How long the worker's heartbeat has not moved, as this watchdog saw it",
+    namespace=NAMESPACE,
+)
+WATCHDOG_LEADER = Gauge(
+    "watchdog_leader",
+    "1 in the watchdog instance holding the lock: the one that acts when the worker is down",
+    namespace=NAMESPACE,
+)
+WATCHDOG_TAKEOVERS = Counter(
+    "watchdog_takeovers",
+    "Times a watchdog found no worker alive and took the mode decision over (ttl, worker_down)",
     namespace=NAMESPACE,
 )
 
@@ -178,6 +215,12 @@ GATEWAY_DROPS = Counter(
 GATEWAY_AUTH_FAILURES = Counter(
     "gateway_auth_failures",
     "Refused tokens and subscriptions, by reason (invalid_token, expired, forbidden)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+GATEWAY_REFUSED = Counter(
+    "gateway_refused_requests",
+    "Client requests the gateway refused, by reason (rate_limited, too_many_patterns)",
     ["reason"],
     namespace=NAMESPACE,
 )

@@ -65,7 +65,7 @@ def test_the_operators_floor_numbers_lineages_above_it(redis_target) -> None:
 def test_partition_states_give_each_offset_its_epoch(redis_target) -> None:
     registry = LineageRegistry(redis_target.client)
     state = enter(PartitionState.start("db", 0), 10, 0)
-    state = enter(state, 25, 1, (1, 4, 0), Origin("db", "server:2"))
+    state = enter(state, 25, 1, (1, 4, 0), Origin("server:2"))
     registry.save({("db.inv.t", 0): state})
     assert registry.load([("db.inv.t", 0), ("db.inv.t", 1)]) == {
         ("db.inv.t", 0): state,

@@ -25,10 +25,10 @@ from cdc_cache.lineage import (
 from cdc_cache.positions import SourceKind, SourcePosition
 
 LIMITS = Limits(rewind_files=1, rewind_wal_bytes=1000)
-S1 = Origin("db", "server:1")
-S2 = Origin("db", "server:2")
-NONE = Origin("db")
-SNAPSHOT = Origin("db", snapshot=True)
+S1 = Origin("server:1")
+S2 = Origin("server:2")
+NONE = Origin()
+SNAPSHOT = Origin(snapshot=True)
 
 
 def change(offset: int, file: int, pos: int, origin: Origin = S1, row: int = 0) -> Change:
@@ -132,7 +132,7 @@ class TestJudge:
 
     def test_gtid_sequences_tell_a_resend_from_new_transactions_at_any_distance(self) -> None:
         def gtid(seq: int) -> Origin:
-            return Origin("db", "uuid:a", ("a", seq))
+            return Origin("uuid:a", ("a", seq))
 
         _, verdicts = feed(
             [change(0, 50, 1, gtid(10)), change(1, 51, 1, gtid(11)),
@@ -172,8 +172,8 @@ class TestJudge:
         assert verdicts == [(Verdict.LATE, 0)]
 
     def test_a_late_transaction_is_recognised_by_gtid_even_sorting_higher(self) -> None:
-        old = Origin("db", "uuid:a", ("a", 7))
-        state, _ = feed([change(0, 50, 1, old), change(1, 2, 1, Origin("db", "uuid:b", ("b", 1)))])
+        old = Origin("uuid:a", ("a", 7))
+        state, _ = feed([change(0, 50, 1, old), change(1, 2, 1, Origin("uuid:b", ("b", 1)))])
         assert state.epoch == 1
         _, verdicts = feed([change(2, 60, 1, old)], state)
         assert verdicts == [(Verdict.LATE, 0)]
@@ -205,7 +205,7 @@ class TestJudge:
         assert verdicts[1] == (Verdict.RESENT, 0)
         _, verdicts = feed([pg(2, 5_000, 5_000)], state)
         assert verdicts == [(Verdict.UNKNOWN, 0)]
-        _, verdicts = feed([pg(2, 5_000, 5_000, Origin("db", snapshot=True))], state)
+        _, verdicts = feed([pg(2, 5_000, 5_000, Origin(snapshot=True))], state)
         assert verdicts == [(Verdict.NEW, 1)]
 
     def test_an_operator_floor_enters_a_lineage_without_comparing_positions(self) -> None:
@@ -223,7 +223,7 @@ class TestJudge:
 
 
 def test_partition_states_survive_their_json_form() -> None:
-    gtid = Origin("db", "uuid:a", ("a", 3))
+    gtid = Origin("uuid:a", ("a", 3))
     state, _ = feed(
         [change(0, 9, 100, gtid), change(1, 2, 1, SNAPSHOT), change(2, 5, 9, S2),
          change(3, 1, 1, NONE)]
@@ -235,7 +235,7 @@ def test_partition_states_survive_their_json_form() -> None:
 
 
 _ORIGINS = st.sampled_from(
-    [S1, S2, NONE, SNAPSHOT, Origin("db", "uuid:a", ("a", 0)), Origin("db", "uuid:b", ("b", 0))]
+    [S1, S2, NONE, SNAPSHOT, Origin("uuid:a", ("a", 0)), Origin("uuid:b", ("b", 0))]
 )
 
 
@@ -255,7 +255,7 @@ def test_the_hot_path_reaches_the_state_change_by_change_judging_would(steps) ->
         file = max(1, file + file_step - 2)
         origin = drawn
         if drawn.gtid is not None:
-            origin = Origin(drawn.source, drawn.server, (drawn.gtid[0], offset))
+            origin = Origin(drawn.server, (drawn.gtid[0], offset))
         changes.append(change(offset, file, pos, origin))
     slow, slow_verdicts = feed(changes)
     fast, fast_verdicts, run, epoch = PartitionState.start("db", 0), [], None, 1

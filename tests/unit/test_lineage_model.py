@@ -97,7 +97,7 @@ def scenarios(draw: st.DrawFn, modes: tuple[str, ...] = ("server", "gtid", "none
         if snapshot:  # every row as it is now, at one position, from no known server
             for key, value in sorted(scenario.truth.items()):
                 partition = draw(st.integers(0, scenario.partitions - 1))
-                emit(Emitted(lineage, key, partition, (file, pos, 0), Origin(SOURCE, snapshot=True), value))  # fmt: skip
+                emit(Emitted(lineage, key, partition, (file, pos, 0), Origin(snapshot=True), value))  # fmt: skip
         # At least one change on every partition, then a random workload.
         plan = list(range(scenario.partitions)) + [
             draw(st.integers(0, scenario.partitions - 1)) for _ in range(draw(st.integers(0, 12)))
@@ -108,7 +108,7 @@ def scenarios(draw: st.DrawFn, modes: tuple[str, ...] = ("server", "gtid", "none
             pos += draw(st.integers(1, 300))
             key, value = draw(st.integers(0, keys - 1)), next(values)
             gtid = (f"uuid{lineage + 1}", next(sequence)) if mode == "gtid" else None
-            item = Emitted(lineage, key, partition, (file, pos, 0), Origin(SOURCE, server, gtid), value)  # fmt: skip
+            item = Emitted(lineage, key, partition, (file, pos, 0), Origin(server, gtid), value)  # fmt: skip
             scenario.truth[key] = value
             emit(item)
             mine.append(item)

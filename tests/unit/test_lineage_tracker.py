@@ -45,7 +45,7 @@ def _event(file: int, pos: int, origin: Origin) -> ChangeEvent:
                        SourcePosition(0, file, pos, 0), None, origin=origin)  # fmt: skip
 
 
-S1, S2, SNAP = Origin("db", "server:1"), Origin("db", "server:2"), Origin("db", snapshot=True)
+S1, S2, SNAP = Origin("server:1"), Origin("server:2"), Origin(snapshot=True)
 
 
 def test_source_of_a_topic_is_its_prefix() -> None:
@@ -81,7 +81,7 @@ def test_a_switch_is_registered_once_logged_once_and_settles_in_ttl_mode(
 
 def test_a_partition_that_cannot_tell_is_held_shown_and_released() -> None:
     registry, holds = MemoryRegistry(), Holds()
-    none = Origin("db")
+    none = Origin()
     first = tracker(registry, holds, limits=Limits(rewind_files=1))
     assert judge(first, (0, 9, 100, none), (1, 3, 5, none)) == [0, 0]
     assert holds.lasting(Cause.LINEAGE)
@@ -97,7 +97,7 @@ def test_a_partition_that_cannot_tell_is_held_shown_and_released() -> None:
 
 def test_raising_source_epoch_moves_unjudged_changes_to_it_and_replays_keep_theirs() -> None:
     registry, holds = MemoryRegistry(), Holds()
-    none = Origin("db")
+    none = Origin()
     assert judge(tracker(registry, holds), (0, 9, 100, none), (1, 3, 5, none)) == [0, 0]
     raised = tracker(registry, holds, floor=4)
     assert judge(raised, (0, 9, 100, none), (1, 3, 5, none), (2, 3, 9, none)) == [0, 0, 4]
@@ -145,3 +145,28 @@ def test_the_settle_time_must_outlast_the_fallback_ttl(tmp_path) -> None:
     rules.write_text(RULES_YAML)
     with pytest.raises(ConfigError, match="lineage_settle_s"):
         load_settings(rules=rules, topics=["t"], fallback_ttl_s=60, lineage_settle_s=30)
+
+
+def test_a_recreated_topic_read_from_its_start_is_judged_not_replayed() -> None:
+    registry = MemoryRegistry()
+    first = tracker(registry)
+    assert judge(first, (100, 9, 100, S1), (101, 2, 4, SNAP)) == [0, 1]
+    # Offsets 0.. of the old topic would be replays with their recorded epochs...
+    assert judge(tracker(registry), (5, 3, 1, S2)) == [0]
+    # ...but once the operator has the new topic read from its start, they are new.
+    fresh = tracker(registry)
+    fresh.restarted(TOPIC, 0)
+    assert judge(fresh, (0, 2, 9, SNAP), (1, 2, 20, S2)) == [1, 1]
+
+
+def test_the_registrys_trouble_is_raised_never_taken_for_the_messages_poison() -> None:
+    from cdc_cache.errors import StopRequested
+
+    message = Workload(seed=4, topic=TOPIC).transactions(1)[0][0]
+    record = SourceRecord(TOPIC, 0, 0, message.key, message.value)
+
+    def stopping(record: SourceRecord, event: ChangeEvent) -> int:
+        raise StopRequested("stop requested while Redis was unavailable")
+
+    with pytest.raises(StopRequested):
+        route(record, parse_rules(RULES_YAML), epoch_of=stopping)
