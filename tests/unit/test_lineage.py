@@ -39,18 +39,23 @@ def pg(offset: int, commit: int, lsn: int, origin: Origin = NONE) -> Change:
     return Change(offset, SourcePosition(0, commit, lsn, 0, SourceKind.POSTGRES), origin)
 
 
+def step(state: PartitionState, item: Change, next_epoch: int):
+    """Judge and advance one change; a NEW lineage gets next_epoch (then one more)."""
+    state = begin(state, item.offset) if item.offset > state.offset else state
+    judgement = judge(state, item, LIMITS)
+    epoch = judgement.epoch
+    if judgement.verdict is Verdict.NEW:
+        epoch, next_epoch = next_epoch, next_epoch + 1
+    return advance(state, item, judgement, epoch), (judgement.verdict, epoch), next_epoch
+
+
 def feed(changes: list[Change], state: PartitionState | None = None, next_epoch: int = 1):
     """Judge and advance each change; NEW lineages get next_epoch, next_epoch + 1, ..."""
     state = state or PartitionState.start("db", 0)
     verdicts = []
     for item in changes:
-        state = begin(state, item.offset) if item.offset > state.offset else state
-        judgement = judge(state, item, LIMITS)
-        epoch = judgement.epoch
-        if judgement.verdict is Verdict.NEW:
-            epoch, next_epoch = next_epoch, next_epoch + 1
-        verdicts.append((judgement.verdict, epoch))
-        state = advance(state, item, judgement, epoch)
+        state, verdict, next_epoch = step(state, item, next_epoch)
+        verdicts.append(verdict)
     return state, verdicts
 
 
@@ -263,14 +268,8 @@ def test_the_hot_path_reaches_the_state_change_by_change_judging_would(steps) ->
         if run is not None and run.take(item.offset, item.position, item.origin):
             fast_verdicts.append((Verdict.IN_ORDER, run.epoch))
             continue
-        fast = run.fold() if run is not None else fast
-        fast = begin(fast, item.offset) if item.offset > fast.offset else fast
-        judgement = judge(fast, item, LIMITS)
-        new_epoch = judgement.epoch
-        if judgement.verdict is Verdict.NEW:
-            new_epoch, epoch = epoch, epoch + 1
-        fast_verdicts.append((judgement.verdict, new_epoch))
-        fast = advance(fast, item, judgement, new_epoch)
+        fast, verdict, epoch = step(run.fold() if run is not None else fast, item, epoch)
+        fast_verdicts.append(verdict)
         run = Run(fast)
     assert (run.fold() if run is not None else fast) == slow
     assert fast_verdicts == slow_verdicts
