@@ -49,6 +49,7 @@ from cdc_cache.keys import (
     version_key,
 )
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, Notify, ValueFormat
+from cdc_cache.sentinel import connect_sentinel, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,13 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     seed node of a cluster (``rediss://`` for TLS works for both, with redis-py's TLS query
     options such as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``). Replies stay bytes.
     ``auth`` overrides credentials in the URL. Other query parameters and ``kwargs`` go to
-    redis-py unchanged.
+    redis-py unchanged. ``redis+sentinel://`` URLs name a Sentinel-monitored primary
+    (see :mod:`cdc_cache.sentinel`).
     """
+    if is_sentinel_url(url):
+        kwargs["decode_responses"] = False
+        kwargs |= (auth or RedisAuth()).kwargs()
+        return connect_sentinel(url, **kwargs)
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
@@ -254,6 +260,10 @@ def _translated(what: str) -> Iterator[None]:
             raise RedisUnavailable(msg) from exc
         msg = f"Redis refused {what}: {exc}"
         raise ApplyError(msg) from exc
+
+
+# The same translation, for Redis calls made outside this module (replicas, failovers).
+translated_errors = _translated
 
 
 @cache

@@ -35,12 +35,13 @@ from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import RedisApplier, RedisAuth
+from cdc_cache.redis_apply import Client, RedisApplier, RedisAuth
 from cdc_cache.rejects import Rejects
-from cdc_cache.retry import Backoff, stoppable_sleep
+from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
+from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
-from cdc_cache.writer import CacheWriter, connect_when_available
+from cdc_cache.writer import CacheWriter, connect_when_available, redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -79,6 +80,7 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    replicas: ReplicaRequirement | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -89,7 +91,8 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right.
+    when they find the cache cannot be known right. With ``replicas`` each batch waits
+    until the required Redis replicas acknowledged it (``cdc_cache.replica_wait``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -125,7 +128,10 @@ def build_flow(
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     rejects = _RejectsFactory(rules, dlq, stop)
     op.output("reject", split.trues, RejectSink(rejects))
-    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth)
+    sink = RedisSink(
+        redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth,
+        replicas=replicas, holds=holds,
+    )  # fmt: skip
     op.output("redis", split.falses, sink)
     return flow
 
@@ -288,7 +294,11 @@ class RedisSink(DynamicSink[Routed]):
         rejects: _RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        replicas: ReplicaRequirement | None = None,
+        holds: Holds | None = None,
     ) -> None:
+        self._replicas = replicas
+        self._holds = holds or Holds()
         self._redis_url = redis_url
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
@@ -305,8 +315,21 @@ class RedisSink(DynamicSink[Routed]):
             sleep=self._sleep,
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
+            replicas=self._replica_wait(client, worker_index),
         )
         return _RedisPartition(writer)
+
+    def _replica_wait(self, client: Client, worker_index: int) -> ReplicaWait | None:
+        """The wait for replicas of one worker, once it knows the primaries (waits for Redis)."""
+        requirement = self._replicas
+        if requirement is None:
+            return None
+        return retry_forever(
+            lambda: requirement.for_writer(client, self._holds, f"w{worker_index}", self._sleep),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter("reading the primaries' replication"),
+            sleep=self._sleep,
+        )
 
 
 @dataclass(frozen=True, slots=True)
