@@ -138,7 +138,7 @@ REDIS_REPLICAS_ONLINE = Gauge(
 REDIS_REPLICA_LAG_BYTES = Gauge(
     "redis_replica_lag_bytes",
     "Bytes of a primary's replication stream its most lagging online replica has not "
-    "acknowledged (the whole stream when no replica is online)",
+    "acknowledged (0 when no replica is online: see redis_replicas_online)",
     ["primary"],
     namespace=NAMESPACE,
 )

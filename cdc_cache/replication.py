@@ -75,10 +75,10 @@ class ReplicationInfo:
     def lag_bytes(self) -> int:
         """Bytes of the stream the most lagging online replica has not acknowledged.
 
-        Without an online replica, the whole stream is unreplicated: the primary's offset.
+        0 without an online replica (``online()`` tells that case apart).
         """
         offsets = [replica.offset for replica in self.replicas if replica.online]
-        return max(0, self.offset - min(offsets)) if offsets else self.offset
+        return max(0, self.offset - min(offsets)) if offsets else 0
 
     def ack_age_s(self) -> int:
         """Seconds since the least recent acknowledgement among the online replicas."""

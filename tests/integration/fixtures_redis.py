@@ -164,10 +164,16 @@ class ReplicatedRedis:
             lambda: (
                 self.sentinel.primary() == ("127.0.0.1", promoted.port)
                 and _info(promoted.port).get("role") == "master"
+                and self._sentinel_serves()
             ),
             "the Sentinel promoting the replica",
         )
         self.primary, self.replica = promoted, self.primary
+
+    def _sentinel_serves(self) -> bool:
+        """The Sentinel hands the primary out (redis-py asks no more than this)."""
+        state = self.client(self.sentinel).sentinel_masters().get(self.sentinel.service, {})
+        return bool(state.get("is_master")) and not (state["is_sdown"] or state["is_odown"])
 
     def rejoin_old_primary(self) -> None:
         """Start the killed primary again, empty, as a replica of the promoted one."""
