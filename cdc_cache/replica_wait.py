@@ -165,7 +165,6 @@ class ReplicaWait:
             for node, (acked, info) in replies.items():
                 if acked >= self._replicas:
                     self._registry.confirmed(node, info.replid, info.offset)
-                    self._caught_up(node)
                 else:
                     late[node] = pending[node]
                     self._fell_behind(node, acked, info)
@@ -174,6 +173,7 @@ class ReplicaWait:
                 metrics.REPLICA_WAITS.labels("timed_out").inc(len(late))
                 self._sleep(0)
             pending = late
+        self._caught_up()
         metrics.REPLICA_WAIT_SECONDS.observe(time.perf_counter() - started)
 
     def _wait(self, touched: Touched) -> dict[str, tuple[int, ReplicationInfo]]:
@@ -224,11 +224,16 @@ class ReplicaWait:
             self._behind.add(node)
             log.warning("replicas behind: waiting", extra={"node": node, "reason": reason})
 
-    def _caught_up(self, node: str) -> None:
-        if node in self._behind:
-            self._behind.discard(node)
+    def _caught_up(self) -> None:
+        """The batch is acknowledged: this writer waits for no replica any more.
+
+        Holds of primaries it waited for are all released, including one a failover
+        replaced meanwhile (the batch was then confirmed on its successor).
+        """
+        for node in sorted(self._behind):
             self._holds.clear(Cause.REDIS_REPLICATION, self._hold_scope(node))
             log.warning("replicas caught up", extra={"node": node})
+        self._behind.clear()
 
     def _hold_scope(self, node: str) -> str:
         return f"replicas:{node}:{self._scope}"

@@ -81,7 +81,8 @@ REPLICATION_USER = (
 )  # fmt: skip
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``check`` until it holds; fail the test naming ``what`` when it does not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -143,24 +144,26 @@ class ReplicatedRedis:
             )
             return _info(self.replica.port).get("master_link_status") == "up" and bool(replicas)
 
-        _wait(streaming, "replication to the replica")
+        wait_until(streaming, "replication to the replica")
 
     def detach_replica(self) -> None:
         """Cut the replica off: it cannot log in to the primary any more."""
         primary = self.client(self.primary)
         primary.execute_command("ACL", "SETUSER", "repl", "off")
         primary.execute_command("CLIENT", "KILL", "TYPE", "replica")
-        _wait(lambda: _info(self.primary.port).get("connected_slaves") == 0, "detaching")
+        wait_until(lambda: _info(self.primary.port).get("connected_slaves") == 0, "detaching")
 
     def reattach_replica(self) -> None:
         self.client(self.primary).execute_command("ACL", "SETUSER", "repl", "on")
-        _wait(lambda: _info(self.replica.port).get("master_link_status") == "up", "reattaching")
+        wait_until(
+            lambda: _info(self.replica.port).get("master_link_status") == "up", "reattaching"
+        )
 
     def fail_over(self) -> None:
         """SIGKILL the primary; return once the Sentinel promoted the replica."""
         self.primary.process.kill()
         promoted = self.replica
-        _wait(
+        wait_until(
             lambda: (
                 self.sentinel.primary() == ("127.0.0.1", promoted.port)
                 and _info(promoted.port).get("role") == "master"
@@ -185,7 +188,9 @@ class ReplicatedRedis:
         )
         again.start()
         self.replica = again
-        _wait(lambda: _info(again.port).get("master_link_status") == "up", "the rejoined replica")
+        wait_until(
+            lambda: _info(again.port).get("master_link_status") == "up", "the rejoined replica"
+        )
 
     def stop(self) -> None:
         for server in (self.sentinel, self.replica, self.primary):

@@ -23,7 +23,7 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
     out = tmp_path / "result.json"
     done = subprocess.run(
         [sys.executable, "bench/throughput.py", "--events", "3000", "--latency-seconds", "2",
-         "--baseline-seconds", "2", "--replicas", "1", "--out", str(out)],
+         "--baseline-seconds", "2", "--replicas", "1", "--rounds", "1", "--out", str(out)],
         cwd=ROOT, timeout=240, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -42,8 +42,10 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
         assert 0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
     assert result["consume_only"]["records"] == result["load"]["records"]
     assert set(result["ratios"]) == {
-        "vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1", "wait_vs_no_wait"
-    }
+        "vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1",
+        "wait_vs_no_wait", "wait_cpu_vs_no_wait",
+    }  # fmt: skip
+    assert len(result["wait_rounds"]) == 1
     assert result["conditions_start"]["nproc"] and result["conditions_end"]["loadavg"]
     table = out.with_suffix(".md").read_text()
     assert "cdc-cache run, 1 process" in table and "p99" in table

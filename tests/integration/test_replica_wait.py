@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -29,6 +28,7 @@ from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import parse_rules
 from cdc_cache.writer import CacheWriter
+from tests.integration.fixtures_redis import wait_until
 from tests.integration.flowkit import cache_state
 from tests.workload import RULES_YAML, Workload
 
@@ -49,15 +49,6 @@ def planned(workload: Workload, transactions: int) -> list[Planned]:
 def writer_for(client: Client, holds: Holds, registry: PrimaryRegistry) -> CacheWriter:
     wait = ReplicaWait(client, registry, holds, replicas=1, timeout_ms=200).start()
     return CacheWriter(RedisApplier(client), FAST, replicas=wait)
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen within {timeout:.0f}s")
 
 
 class Background:
@@ -98,14 +89,14 @@ def test_a_batch_waits_for_a_cut_off_replica_with_the_cache_held_in_ttl(replicat
     group.detach_replica()
 
     second = Background(writer, planned(workload, 50))
-    until(lambda: replication_held(holds), "the redis_replication hold")
+    wait_until(lambda: replication_held(holds), "the redis_replication hold")
     assert not second.done(1.0), "the batch returned before its replica had it"
     group.reattach_replica()
 
     assert second.done(30)
     assert not holds.active()
     replica = group.client(group.replica)
-    until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
+    wait_until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
 
 
 def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_redis):
@@ -116,7 +107,7 @@ def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_r
     complete_before = failovers("complete")
     group.detach_replica()
     second = Background(writer, planned(workload, 50))  # written to the primary alone
-    until(lambda: replication_held(holds), "the redis_replication hold")
+    wait_until(lambda: replication_held(holds), "the redis_replication hold")
 
     group.fail_over()  # the promoted replica never got the second batch
     assert cache_state(group.client(group.primary)) != workload.expected_cache()
@@ -139,7 +130,9 @@ def replicated_cluster(tmp_path) -> Iterator[RedisClusterServers]:
     )
     try:
         cluster.start()
-        until(lambda: all(_replica_of(cluster, p) for p in _primary_ports(cluster)), "replicas")
+        wait_until(
+            lambda: all(_replica_of(cluster, p) for p in _primary_ports(cluster)), "replicas"
+        )
         yield cluster
     finally:
         for port in ports:  # a test may leave a node paused
@@ -187,7 +180,7 @@ def test_on_cluster_a_batch_waits_only_for_the_replicas_of_the_primaries_it_touc
         writer.write(elsewhere)  # returns: none of its primaries lost a replica
         assert not holds.active()
         blocked = Background(writer, there)
-        until(lambda: replication_held(holds), "the redis_replication hold")
+        wait_until(lambda: replication_held(holds), "the redis_replication hold")
         assert f"127.0.0.1:{paused_primary}" in holds.active()[0].reason
         assert not blocked.done(1.0)
     finally:
@@ -209,9 +202,9 @@ def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again
     promoted = _replica_of(cluster, victim)
 
     cluster.process(victim).kill()
-    until(lambda: _info(promoted).get("role") == "master", "the cluster promoting the replica")
+    wait_until(lambda: _info(promoted).get("role") == "master", "the cluster promoting the replica")
     second = Background(writer, planned(workload, 100))
-    until(lambda: replication_held(holds) or second.done(), "the second batch's wait")
+    wait_until(lambda: replication_held(holds) or second.done(), "the second batch's wait")
     cluster.process(victim).start(lambda: bool(_info(victim)), 30)  # back, as a replica
 
     assert second.done(60)
