@@ -30,7 +30,7 @@ import orjson
 from redis import exceptions as rex
 
 from cdc_cache import metrics
-from cdc_cache.errors import CdcCacheError, ConfigError
+from cdc_cache.errors import CdcCacheError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
 from cdc_cache.mode import (
@@ -44,6 +44,7 @@ from cdc_cache.mode import (
     Signal,
     step,
 )
+from cdc_cache.mode_record import REWRITE, ModeKeyError, ModeRecord, parse_flag, reading
 from cdc_cache.redis_apply import Client, glob_escape, primaries
 from cdc_cache.rules import Rules
 
@@ -51,6 +52,7 @@ log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
 SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
+_LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
@@ -58,18 +60,6 @@ def managed_prefixes(rules: Rules) -> list[str]:
     """The rules' literal key prefixes, without those another prefix already covers."""
     found = sorted({p for table in rules.tables.values() for p in table.truncate_prefixes})
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
-
-
-def parse_flag(value: str | bytes | None) -> Flag:
-    """The flag stored in Redis; absent means ``auto``; anything else is refused."""
-    text = value.decode() if isinstance(value, bytes) else value
-    if text is None:
-        return Flag.AUTO
-    try:
-        return Flag(text.strip().lower())
-    except ValueError:
-        msg = f"{MODE_FLAG_KEY} holds {text!r}; set it to auto, cdc or ttl (cdc-cache mode set)"
-        raise ConfigError(msg) from None
 
 
 class Holds:
@@ -123,8 +113,9 @@ class ModeStore:
         self._client = client
 
     def flag(self) -> Flag:
-        """The operator flag (``auto`` when unset)."""
-        return parse_flag(self._client.get(MODE_FLAG_KEY))
+        """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
+        with reading(MODE_FLAG_KEY, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
+            return parse_flag(self._client.get(MODE_FLAG_KEY))
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag; workers act on it within a second."""
@@ -132,8 +123,9 @@ class ModeStore:
 
     def record(self) -> dict[str, str]:
         """The effective-mode hash as text (empty when no worker has published yet)."""
-        raw = self._client.hgetall(MODE_KEY)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hgetall(MODE_KEY)
+            return {k.decode(): v.decode() for k, v in raw.items()}
 
     def publish(
         self,
@@ -146,20 +138,19 @@ class ModeStore:
         holds: tuple[Hold, ...] = (),
     ) -> None:
         """Write the effective-mode hash applications read (see cdc_cache.client)."""
-        self._client.hset(
-            MODE_KEY,
-            mapping={
-                "mode": state.mode.value,
-                "fallback_ttl_ms": fallback_ttl_ms,
-                "flag": flag.value,
-                "cause": state.cause.value,
-                "reason": state.reason,
-                "since_ms": state.since_ms,
-                "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-                "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
-                "updated_ms": now_ms,
-            },
-        )
+        mapping: dict[str | bytes, bytes | float | int | str] = {
+            "mode": state.mode.value,
+            "fallback_ttl_ms": fallback_ttl_ms,
+            "flag": flag.value,
+            "cause": state.cause.value,
+            "reason": state.reason,
+            "since_ms": state.since_ms,
+            "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+            "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
+            "updated_ms": now_ms,
+        }
+        with reading(MODE_KEY, REWRITE):
+            self._client.hset(MODE_KEY, mapping=mapping)
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
@@ -167,12 +158,20 @@ class ModeStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(key, mapping=summary.fields())
         pipe.pexpire(key, ttl_ms)
-        pipe.execute()
+        with reading(key, _LAG_REWRITE):
+            pipe.execute()
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""
-        raw = self._client.hgetall(LAG_REPORT_KEY.format(process=process))
-        return LagSummary.parse({k.decode(): v.decode() for k, v in raw.items()})
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            raw = self._client.hgetall(key)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            return LagSummary.parse(fields)
+        except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+            msg = f"{key} holds what no worker wrote there; {_LAG_REWRITE}"
+            raise ModeKeyError(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +318,8 @@ class ModeRuntime:
         self._lag_s: float | None = None
         self._holds: tuple[Hold, ...] = ()
         self._redis_ok_ms: float | None = None
+        self._problem: str | None = None  # a mode key holds junk: logged once, shown in view
+        self._flag_problem: str | None = None
         self._caught_up = False
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -363,6 +364,7 @@ class ModeRuntime:
                 "since_ms": state.since_ms,
                 "lag_s": self._lag_s,
                 "holds": [{"cause": h.cause.value, "reason": h.reason} for h in self._holds],
+                **({"problem": self._problem} if self._problem else {}),
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
@@ -382,16 +384,30 @@ class ModeRuntime:
         with self._lock:
             if not self._caught_up and report.partitions:
                 self._caught_up = report.caught_up(self._max_consumer_lag)
+        decision = None
         try:
             decision = self._lead(local) if self.leader else self._follow(local)
+        except ModeKeyError as exc:  # Redis answered: what it holds is the problem
+            self._report(str(exc))
         except _REDIS_ERRORS as exc:
             log.warning(
                 "mode: Redis unavailable, keeping the current mode", extra={"error": str(exc)}
             )
             return None
+        else:
+            self._report(self._flag_problem)
         with self._lock:
             self._redis_ok_ms = self._now_ms()
         return decision
+
+    def _report(self, problem: str | None) -> None:
+        """Log a mode key holding junk once (and its end), not on every tick."""
+        with self._lock:
+            before, self._problem = self._problem, problem
+        if problem is not None and problem != before:
+            log.error("mode: a mode key cannot be read; fix it", extra={"problem": problem})
+        elif problem is None and before is not None:
+            log.warning("mode: the mode keys are readable again", extra={"was": before})
 
     def _lead(self, local: LagSummary) -> Decision:
         now = self._now_ms()
@@ -414,13 +430,13 @@ class ModeRuntime:
     def _follow(self, local: LagSummary) -> Decision:
         ttl_ms = int(5000 * self._interval_s)
         self._store.publish_lag(self._process, local, ttl_ms)
-        record = self._store.record()
-        mode = Mode(record.get("mode", Mode.CDC.value))
-        flag = parse_flag(record.get("flag"))
+        record = ModeRecord.parse(self._store.record())
         with self._lock:
             before = self._state
-            cause = Cause(record.get("cause", before.cause.value))
-            reason = record.get("reason", before.reason)
+            mode = record.mode if record else Mode.CDC
+            flag = record.flag if record else Flag.AUTO
+            cause = record.cause if record else before.cause
+            reason = record.reason if record else before.reason
             if mode is not before.mode:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
             self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
@@ -435,11 +451,12 @@ class ModeRuntime:
         ]
 
     def _read_flag(self) -> Flag:
+        """The operator flag; one that cannot be read counts as ``auto`` and is reported."""
         try:
-            return self._store.flag()
-        except ConfigError as exc:
-            log.warning("mode flag ignored", extra={"error": str(exc)})
-            return Flag.AUTO
+            flag, self._flag_problem = self._store.flag(), None
+        except ModeKeyError as exc:
+            flag, self._flag_problem = Flag.AUTO, f"{exc} (ignored: the mode follows the lag)"
+        return flag
 
     def _switched(self, old: Mode, decision: Decision, lag_s: float | None) -> None:
         metrics.MODE_SWITCHES.labels(decision.mode.value, decision.cause.value).inc()

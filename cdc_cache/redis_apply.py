@@ -49,7 +49,8 @@ from cdc_cache.keys import (
     version_key,
 )
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, Notify, ValueFormat
-from cdc_cache.sentinel import connect_sentinel, is_sentinel_url
+from cdc_cache.redact import redact_url
+from cdc_cache.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 Arg = str | bytes | int
 
 CLUSTER_FLAG: Final = "cluster"
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -169,6 +171,10 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     redis-py unchanged. ``redis+sentinel://`` URLs name a Sentinel-monitored primary
     (see :mod:`cdc_cache.sentinel`).
     """
+    problem = redis_url_problem(url)
+    if problem is not None:
+        msg = f"redis_url: {problem}"
+        raise ConfigError(msg)
     if is_sentinel_url(url):
         kwargs["decode_responses"] = False
         kwargs |= (auth or RedisAuth()).kwargs()
@@ -176,9 +182,6 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
-    if any(flag not in _TRUE | _FALSE for flag in flags):
-        msg = f"Redis URL {url!r}: cluster= must be true or false"
-        raise ConfigError(msg)
     rest = urlencode([(name, value) for name, value in query if name != CLUSTER_FLAG])
     plain = urlunsplit(parts._replace(query=rest))
     kwargs["decode_responses"] = False
@@ -187,6 +190,34 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
         if flags and flags[-1] in _TRUE:
             return RedisCluster.from_url(plain, **kwargs)
         return Redis.from_url(plain, **kwargs)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL (scheme, cluster flag), or None.
+
+    Checked with the settings, so a URL redis-py would refuse stops startup at once.
+    """
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ConfigError as exc:
+            return str(exc)
+        return None
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        return f"{redact_url(url)} is not a URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES:
+        return (
+            f"{redact_url(url)} has the scheme {parts.scheme or '(none)'!r}; use "
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///path/redis.sock or "
+            "redis+sentinel://HOST:PORT/SERVICE/DB (Sentinel)"
+        )
+    flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
+    if any(flag not in _TRUE | _FALSE for flag in flags):
+        return f"{redact_url(url)}: cluster= must be true or false"
+    return None
 
 
 def ping(client: Client, where: str) -> Client:

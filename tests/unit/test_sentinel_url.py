@@ -7,7 +7,7 @@ from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
 from cdc_cache.errors import ConfigError
-from cdc_cache.redis_apply import RedisAuth, connect
+from cdc_cache.redis_apply import RedisAuth, connect, redis_url_problem
 from cdc_cache.sentinel import is_sentinel_url, parse_sentinel_url
 
 
@@ -71,3 +71,10 @@ def test_connect_builds_a_client_of_the_services_primary_without_contacting_it()
     assert pool.service_name == "cache"
     assert pool.connection_kwargs["db"] == 2
     assert pool.connection_kwargs["username"] == "app"
+
+
+def test_settings_take_a_sentinel_url_and_refuse_a_broken_one():
+    assert redis_url_problem("redis+sentinel://s1:26379,s2:26379/cache/0") is None
+    assert "name the monitored service" in (redis_url_problem("redis+sentinel://s1") or "")
+    with pytest.raises(ConfigError, match=r"redis_url: .*is not host:port"):
+        connect("redis+sentinel://s1:x/cache")
