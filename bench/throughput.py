@@ -21,7 +21,9 @@ change events (``bench/workload.py``) and measures, in one run:
 ``latency_half`` with the worker waiting for the N replicas after each batch
 (``redis_replicas``), so the cost of that wait reads side by side with the run without it.
 ``--rounds R`` runs the pair without and with the wait R times, alternating, and reports
-the medians (``wait_rounds``): on a busy machine one pair is mostly noise.
+the medians (``wait_rounds``): on a busy machine one pair is mostly noise. The phase
+``replica_wait`` times the wait alone, as the worker makes it after a batch (marker, WAIT,
+INFO on the primary), after one small write each: its latency and the client's CPU.
 
 ``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
 its RSS sampled throughout.
@@ -59,9 +61,12 @@ from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.failover import PrimaryRegistry
+from cdc_cache.fallback import Holds
 from cdc_cache.keys import MODE_FLAG_KEY
 from cdc_cache.pipeline import Planned, route
 from cdc_cache.redis_apply import RedisApplier, _script
+from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.replication import ReplicationInfo
 from cdc_cache.rules import parse_rules
 
@@ -423,6 +428,28 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
     }
 
 
+def replica_wait(bench: Bench, replicas: int, waits: int = 2000) -> dict[str, Any]:
+    """One worker's wait for ``replicas`` acknowledgements, alone: latency and client CPU."""
+    wait = ReplicaWait(
+        bench.redis, PrimaryRegistry(tracked=True), Holds(), replicas=replicas, timeout_ms=1000
+    ).start()
+    primary = wait.touched([])
+    seconds = []
+    cpu = 0.0
+    for number in range(waits):
+        bench.redis.set("bench:replica-wait", number)  # something for the replicas to take
+        started, cpu_started = time.perf_counter(), time.process_time()
+        wait.confirm(primary)
+        seconds.append(time.perf_counter() - started)
+        cpu += time.process_time() - cpu_started
+    return {
+        "replicas": replicas,
+        "waits": waits,
+        **summary([s * 1000 for s in seconds]),
+        "client_cpu_us_per_wait": round(cpu / waits * 1e6, 1),
+    }
+
+
 def _record(message: Message) -> Any:
     from cdc_cache.events import SourceRecord
 
@@ -761,6 +788,17 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             "Redis: apply script, pipelined",
             f"{lua['events_per_s']:,} events/s ({lua['ops_per_s']:,} ops/s)",
         ),
+        *(
+            [
+                (
+                    f"the wait for {wait['replicas']} replica(s) alone, after a write",
+                    f"p50 {wait['p50_ms']} ms, p99 {wait['p99_ms']} ms; "
+                    f"{wait['client_cpu_us_per_wait']} µs client CPU",
+                )
+            ]
+            if (wait := result.get("replica_wait"))
+            else []
+        ),
         ("cdc-cache run, 1 process", rate(result["product_1proc"])),
         *_wait_rows(result),
         ("cdc-cache run, 2 processes", rate(result["product_2proc"])),
@@ -874,7 +912,10 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     )
     step(f"{out['consume_only']}; Redis Lua limit")
     out["redis_lua"] = redis_lua(bench, min(args.events, 200_000))
-    step(f"{out['redis_lua']}; cdc-cache run, 1 process")
+    if args.replicas:
+        step(f"{out['redis_lua']}; the wait for {args.replicas} replica(s) alone")
+        out["replica_wait"] = replica_wait(bench, args.replicas)
+    step(f"{out.get('replica_wait', out['redis_lua'])}; cdc-cache run, 1 process")
     out["product_1proc"] = product(bench, generator, loaded, 1)
     if args.replicas:
         step(f"{out['product_1proc']}; {args.rounds} round(s) without and with the wait")

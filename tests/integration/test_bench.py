@@ -46,6 +46,8 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
         "wait_vs_no_wait", "wait_cpu_vs_no_wait",
     }  # fmt: skip
     assert len(result["wait_rounds"]) == 1
+    assert result["replica_wait"]["waits"] == 2000
+    assert 0 < result["replica_wait"]["p50_ms"] <= result["replica_wait"]["p99_ms"]
     assert result["conditions_start"]["nproc"] and result["conditions_end"]["loadavg"]
     table = out.with_suffix(".md").read_text()
     assert "cdc-cache run, 1 process" in table and "p99" in table
