@@ -190,6 +190,12 @@ class WorkerSettings(SharedSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    redis_replicas: int = Field(
+        default=0, ge=0, description="Redis replicas that must acknowledge each batch"
+    )
+    redis_replicas_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
+    )
 
     @field_validator("topic_pattern")
     @classmethod
