@@ -62,6 +62,7 @@ from cdc_cache.rules import Rules
 log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
 WORKER: Final = "worker"  # writers of cdc:mode
 WATCHDOG: Final = "watchdog"
@@ -449,7 +450,7 @@ class ModeRuntime:
         processes: int = 1,
         max_consumer_lag: int = 1000,
         interval_s: float = 1.0,
-        shorten_keys_per_s: float = 20_000,
+        shorten_keys_per_s: float = SHORTEN_KEYS_PER_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = ModeStore(client)

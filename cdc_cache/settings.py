@@ -202,6 +202,12 @@ class WorkerSettings(SharedSettings):
     lineage_settle_s: float = Field(
         default=300.0, gt=0, description="ttl mode after a lineage switch or a re-snapshot"
     )
+    redis_replicas: int = Field(
+        default=0, ge=0, description="Redis replicas that must acknowledge each batch"
+    )
+    redis_replicas_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
+    )
 
     @field_validator("topic_pattern")
     @classmethod
