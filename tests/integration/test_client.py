@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.client import NEGATIVE, CacheAside
-from cdc_cache.keys import MODE_KEY, lease_key, version_key
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
+from cdc_cache.core.keys import MODE_KEY, lease_key, version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.sink.apply import RedisApplier
 
 pytestmark = pytest.mark.integration
 

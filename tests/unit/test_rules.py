@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.ops import ValueFormat
-from cdc_cache.rules import Action, KeyTemplate, MissingColumn, load_rules, parse_rules
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.rules import Action, KeyTemplate, MissingColumn, load_rules, parse_rules
 
 EXAMPLE = Path(__file__).parents[2] / "cdc_cache" / "examples" / "inventory.rules.yaml"
 
