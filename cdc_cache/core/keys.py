@@ -1,9 +1,10 @@
 """Cache key building blocks: escaping row values and colocating version keys.
 
 Row values are escaped so that no value can forge another key or a glob pattern. Version
-keys and lease keys (``cdc_cache.aside.cache_aside``) must live in the cache key's Redis Cluster hash
-slot so that one Lua call stays single-slot; they carry a short hash tag chosen to map to
-that slot, which works for every key, including keys with braces or hash tags of their own.
+keys and lease keys (``cdc_cache.aside.cache_aside``) must live in the cache key's Redis
+Cluster hash slot so that one Lua call stays single-slot; they carry a short hash tag chosen
+to map to that slot, which works for every key, including keys with braces or hash tags of
+their own.
 """
 
 from __future__ import annotations
