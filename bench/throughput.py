@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.latency import summary
 from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.core.keys import MODE_FLAG_KEY
-from cdc_cache.fallback.runtime import Holds
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.sink.apply import RedisApplier, _script

@@ -35,8 +35,8 @@ from cdc_cache.core.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.dlq.topic import DeadLetterWriter
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.lineage.tracker import LineageTracker
+from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.plan.route import Control, Planned, Rejected, Routed, route
 from cdc_cache.plan.rules import Rules

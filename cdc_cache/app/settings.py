@@ -36,7 +36,6 @@ from pydantic_settings import (
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.retry import Backoff
-from cdc_cache.notify.tokens import MAX_PATTERNS
 from cdc_cache.plan.rules import unreadable_yaml
 from cdc_cache.sink.apply import RedisAuth, redis_url_problem
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
@@ -154,7 +153,7 @@ class SharedSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        return _valid_redis_url(value)
+        return valid_redis_url(value)
 
     def redis_auth(self) -> RedisAuth:
         """The ACL credentials (the password possibly read from its file)."""
@@ -244,7 +243,8 @@ class WorkerSettings(SharedSettings):
         return self
 
 
-def _valid_redis_url(url: str) -> str:
+def valid_redis_url(url: str) -> str:
+    """A ``redis_url`` setting, or the problem with it (for a field validator)."""
     problem = redis_url_problem(url)
     if problem is not None:
         raise ValueError(problem)
@@ -270,62 +270,6 @@ def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretS
     return SecretStr(secret)
 
 
-class GatewaySettings(BaseSettings):
-    """Everything ``cdc-cache gateway`` needs; see README "Live notifications"."""
-
-    model_config = SettingsConfigDict(env_prefix=f"{ENV_PREFIX}GATEWAY_", extra="forbid")
-
-    redis_url: str = "redis://127.0.0.1:16379/0"
-    host: str = "127.0.0.1"
-    port: int = Field(default=8765, ge=0, le=65535)
-    secret: SecretStr | None = Field(default=None, description="HMAC key of client tokens")
-    secret_file: Path | None = None
-    queue_size: int = Field(default=1000, ge=1, description="messages queued per client")
-    heartbeat_s: float = Field(default=15.0, gt=0)
-    block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
-    discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
-    max_patterns: int = Field(
-        default=MAX_PATTERNS, ge=1, description="patterns one connection may hold"
-    )
-    requests_per_s: float = Field(
-        default=10.0, gt=0, description="requests per connection and second (one per pattern)"
-    )
-    request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
-    watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
-    watchdog_down_after_s: DownAfter = None
-    log_level: str = "INFO"
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return _valid_redis_url(value)
-
-    @model_validator(mode="after")
-    def _secret_given(self) -> GatewaySettings:
-        if self.secret is None and self.secret_file is None:
-            msg = "give the token signing key: secret, or secret_file (a file holding it)"
-            raise ValueError(msg)
-        return self
-
-    def signing_key(self) -> bytes:
-        """The HMAC key: ``secret``, or the first line of ``secret_file``."""
-        if self.secret is not None:
-            return self.secret.get_secret_value().encode()
-        assert self.secret_file is not None  # the validator guarantees one of them
-        try:
-            key = self.secret_file.read_text(encoding="utf-8").strip().encode()
-        except OSError as exc:
-            msg = f"cannot read secret_file {self.secret_file}: {exc.strerror}"
-            raise ConfigError(msg) from exc
-        except UnicodeDecodeError:
-            msg = f"secret_file {self.secret_file} is not UTF-8 text; write the key as text"
-            raise ConfigError(msg) from None
-        if not key:
-            msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
-            raise ConfigError(msg)
-        return key
-
-
 class WatchdogSettings(BaseSettings):
     """``cdc-cache watchdog``: the worker's Redis settings and its own ``watchdog_*`` ones.
 
@@ -335,9 +279,9 @@ class WatchdogSettings(BaseSettings):
     prefixes) the worker publishes in Redis.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", title="watchdog")
 
-    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = "redis://127.0.0.1:16379/0"
+    redis_url: Annotated[str, AfterValidator(valid_redis_url)] = "redis://127.0.0.1:16379/0"
     redis_username: str | None = Field(default=None, description="Redis ACL user")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = Field(default=None, description="file holding it")
@@ -413,7 +357,7 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = {GatewaySettings: "gateway", WatchdogSettings: "watchdog"}.get(kind, "worker")
+    what = kind.model_config.get("title") or "worker"
     if len(problems) == 1:
         return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)

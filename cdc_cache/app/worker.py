@@ -32,7 +32,6 @@ from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.dlq.topic import ensure_topic
 from cdc_cache.fallback.runtime import (
     SHORTEN_KEYS_PER_S,
-    Holds,
     ModeRuntime,
     managed_prefixes,
     shorten_ttls,
@@ -41,6 +40,7 @@ from cdc_cache.lineage.model import Limits
 from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
 from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.plan.rules import Rules, load_rules
 from cdc_cache.sink.apply import check_notifications

@@ -518,8 +518,8 @@ def watchdog(config_file: Path | None, **flags: Any) -> None:
     Safe to run several: one holds a lock in Redis and acts, the others stand by.
     """
     from cdc_cache.app.settings import WatchdogSettings, load
+    from cdc_cache.app.watchdog import serve
     from cdc_cache.core import logs
-    from cdc_cache.fallback.watchdog import serve
 
     with _reported("cdc-cache watchdog", flags.get("redis_url")):
         settings = load(WatchdogSettings, config_file, **flags)
@@ -560,9 +560,10 @@ def gateway(ctx: click.Context, /, config_file: Path | None, **flags: object) ->
         return
     import asyncio
 
-    from cdc_cache.app.settings import GatewaySettings, load
+    from cdc_cache.app.settings import load
     from cdc_cache.core import logs
     from cdc_cache.notify.gateway import serve_until_stopped
+    from cdc_cache.notify.settings import GatewaySettings
 
     with _reported("cdc-cache gateway", str(flags.get("redis_url"))):
         settings = load(GatewaySettings, config_file, **flags)
@@ -587,7 +588,8 @@ def gateway_token(
     """Print a client token granting the given channel patterns."""
     import time
 
-    from cdc_cache.app.settings import GatewaySettings, load
+    from cdc_cache.app.settings import load
+    from cdc_cache.notify.settings import GatewaySettings
     from cdc_cache.notify.tokens import TokenError, issue
 
     with _reported("cdc-cache gateway token"):

@@ -47,8 +47,8 @@ from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.continuity.topic_ids import TopicIdentity, TopicIds
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import CdcCacheError
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 
 log = logging.getLogger("cdc_cache.continuity")
 

@@ -5,12 +5,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.lineage.model import NO_ORIGIN, Origin
 
 Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a change says about the log it came from.
+
+    ``server`` is the server that wrote the change (``server:<server_id>``, or the GTID's
+    source UUID); ``gtid`` the transaction's GTID as (stream, sequence), the stream being a
+    MySQL source UUID or a MariaDB GTID domain; ``snapshot`` marks a snapshot read. None
+    where the envelope does not tell (snapshot reads carry server id 0; PostgreSQL has
+    neither).
+    """
+
+    server: str | None = None
+    gtid: tuple[str, int] | None = None
+    snapshot: bool = False
+
+
+NO_ORIGIN: Final = Origin()
 
 
 class Op(StrEnum):

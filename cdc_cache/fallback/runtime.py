@@ -22,9 +22,9 @@ hash instead (``writer`` = ``watchdog``, the hold ``worker_down``) through
 seeing the watchdog's record, takes the decision back and stays in ``ttl`` until its lag
 has been low for a window.
 
-Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
-hold in the process's :class:`Holds`; a follower process passes its holds to the leader
-with its lag summary.
+Parts of the worker that find the cache cannot be known right raise a hold in the
+process's :class:`~cdc_cache.mode.holds.Holds`; a follower process passes its holds to the
+leader with its lag summary.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from cdc_cache.mode.controller import (
     Signal,
     step,
 )
+from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagReport, LagTracker
 from cdc_cache.mode.record import REWRITE, ModeKeyError, ModeRecord, parse_flag, reading
 from cdc_cache.plan.rules import Rules
@@ -83,68 +84,6 @@ def managed_prefixes(rules: Rules) -> list[str]:
     """The rules' literal key prefixes, without those another prefix already covers."""
     found = sorted({p for table in rules.tables.values() for p in table.truncate_prefixes})
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
-
-
-class Holds:
-    """The holds raised in this process, keyed by cause and scope; thread-safe.
-
-    ``scope`` tells instances of one cause apart (a source, a topic partition, a Redis
-    node), so each clears on its own. Raising an active hold again only updates its
-    reason; raising and clearing are logged once each and exported as
-    ``cdc_cache_mode_holds{cause}``. A hold raised ``for_s`` seconds is a *timed* hold:
-    it ends by itself then (raised again, it lasts to the later end), for conditions that
-    only time resolves, such as entries that must expire.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._lock = threading.Lock()
-        self._active: dict[tuple[Cause, str], tuple[str, float | None]] = {}
-        self._clock = clock
-
-    def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
-        """Force ``ttl`` mode for ``reason`` until :meth:`clear` (or for ``for_s`` seconds)."""
-        Hold(cause, reason)  # validates the cause
-        with self._lock:
-            previous = self._active.get((cause, scope))
-            until = None if for_s is None else self._clock() + for_s
-            if until is not None and previous is not None and previous[1] is not None:
-                until = max(until, previous[1])
-            self._active[(cause, scope)] = (reason, until)
-            count = sum(c is cause for c, _ in self._active)
-        metrics.MODE_HOLDS.labels(cause.value).set(count)
-        if previous is None:
-            log.warning(
-                "hold raised: the cache falls back to ttl mode",
-                extra={"cause": cause.value, "scope": scope, "reason": reason, "for_s": for_s},
-            )
-
-    def clear(self, cause: Cause, scope: str) -> None:
-        """The condition behind a hold is over (nothing happens if it was not held)."""
-        with self._lock:
-            found = self._active.pop((cause, scope), None)
-            count = sum(c is cause for c, _ in self._active)
-        if found is not None:
-            metrics.MODE_HOLDS.labels(cause.value).set(count)
-            log.warning(
-                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": found[0]}
-            )
-
-    def active(self) -> tuple[Hold, ...]:
-        """The active holds, in a stable order (timed holds that ran out are cleared)."""
-        now = self._clock()
-        with self._lock:
-            ended = [key for key, (_, until) in self._active.items() if until and until <= now]
-        for cause, scope in ended:
-            self.clear(cause, scope)
-        with self._lock:
-            return tuple(
-                sorted(Hold(cause, reason) for (cause, _), (reason, _) in self._active.items())
-            )
-
-    def lasting(self, cause: Cause) -> bool:
-        """True while a hold of ``cause`` is active that only a condition can end (not time)."""
-        with self._lock:
-            return any(c is cause and until is None for (c, _), (_, until) in self._active.items())
 
 
 class ModeStore:

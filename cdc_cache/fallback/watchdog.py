@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
@@ -42,17 +41,13 @@ import orjson
 from redis import exceptions as rex
 from redis.commands.core import Script
 
-from cdc_cache.app.admin import AdminServer
-from cdc_cache.app.settings import WatchdogSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import WATCHDOG_LOCK_KEY
-from cdc_cache.core.retry import Backoff
 from cdc_cache.fallback.runtime import SHORTEN_KEYS_PER_S, WATCHDOG, ModeStore, Shortener
 from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 from cdc_cache.mode.record import ModeKeyError
 from cdc_cache.sink.apply import Client
-from cdc_cache.sink.writer import connect_when_available
 
 log = logging.getLogger("cdc_cache.watchdog")
 
@@ -347,24 +342,3 @@ def _prefixes(record: Mapping[str, str]) -> list[str]:
         "existing keys keep their TTLs; only new fills are capped"
     )
     return []
-
-
-def serve(settings: WatchdogSettings) -> None:
-    """``cdc-cache watchdog``: watch until SIGTERM or SIGINT, with the admin API if asked.
-
-    Waits for Redis like the worker (refused credentials stop it with a ConfigError).
-    """
-    client = connect_when_available(settings.redis_url, Backoff(), auth=settings.redis_auth())
-    watchdog = Watchdog(client, down_after_s=settings.watchdog_down_after_s)
-    admin = None
-    if settings.watchdog_port is not None:
-        admin = AdminServer(watchdog, settings.watchdog_port, None).start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: watchdog.stop())
-    try:
-        watchdog.run()
-    finally:
-        watchdog.close()
-        if admin is not None:
-            admin.close()
-        log.info("watchdog stopped")

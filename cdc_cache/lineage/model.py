@@ -40,14 +40,13 @@ gives every partition leaving one lineage the same successor.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
 import orjson
 
+from cdc_cache.core.events import NO_ORIGIN, Origin
 from cdc_cache.core.positions import SourceKind, SourcePosition
 
 Coords = tuple[int, int, int]
@@ -55,67 +54,6 @@ Coords = tuple[int, int, int]
 
 MAX_EARLIER: Final = 4
 """Earlier lineages a partition remembers the servers of (to recognise late changes)."""
-
-# Debezium's source.snapshot values of an initial or blocking snapshot. Incremental
-# snapshot chunks carry the streaming position and are ordinary changes here.
-_SNAPSHOT_VALUES: Final = frozenset({True, "true", "first", "last", "first_in_data_collection",
-                                     "last_in_data_collection"})  # fmt: skip
-_MARIADB_GTID: Final = re.compile(r"(\d+)-(\d+)-(\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """What a change says about the log it came from.
-
-    ``server`` is the server that wrote the change (``server:<server_id>``, or the GTID's
-    source UUID); ``gtid`` the transaction's GTID as (stream, sequence), the stream being a
-    MySQL source UUID or a MariaDB GTID domain; ``snapshot`` marks a snapshot read. None
-    where the envelope does not tell (snapshot reads carry server id 0; PostgreSQL has
-    neither).
-    """
-
-    server: str | None = None
-    gtid: tuple[str, int] | None = None
-    snapshot: bool = False
-
-
-NO_ORIGIN: Final = Origin()
-
-
-def origin_of(source: Mapping[str, Any]) -> Origin:
-    """Read the lineage evidence from an envelope's ``source`` block (never raises).
-
-    Evidence is optional: a malformed GTID or server id is ignored, not rejected, since
-    the change itself is valid.
-    """
-    server_id = source.get("server_id")
-    if isinstance(server_id, str) and server_id.isdigit():
-        server_id = int(server_id)
-    server = (
-        f"server:{server_id}"
-        if isinstance(server_id, int) and not isinstance(server_id, bool) and server_id > 0
-        else None
-    )
-    gtid = None
-    text = source.get("gtid")
-    if isinstance(text, str) and text:
-        if match := _MARIADB_GTID.fullmatch(text):
-            gtid = (f"domain:{match.group(1)}", int(match.group(3)))
-            server = server or f"server:{match.group(2)}"
-        else:
-            uuid, sep, sequence = text.rpartition(":")
-            if sep and uuid and sequence.isdigit():
-                gtid = (uuid.lower(), int(sequence))
-                server = server or f"uuid:{uuid.lower()}"
-    return Origin(
-        server=server,
-        gtid=gtid,
-        snapshot=_is_snapshot(source.get("snapshot")),
-    )
-
-
-def _is_snapshot(value: object) -> bool:
-    return isinstance(value, str | bool) and value in _SNAPSHOT_VALUES
 
 
 @dataclass(frozen=True, slots=True)

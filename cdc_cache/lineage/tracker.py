@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 from cdc_cache.core import metrics
 from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.lineage.model import (
     Change,
     Judgement,
@@ -43,6 +42,7 @@ from cdc_cache.lineage.model import (
 )
 from cdc_cache.lineage.registry import LineageRegistry, Partition
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.sink.apply import is_transient
 from cdc_cache.sink.writer import redis_retry_reporter
 

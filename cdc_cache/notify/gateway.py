@@ -53,7 +53,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from cdc_cache.app.settings import GatewaySettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
@@ -62,6 +61,7 @@ from cdc_cache.core.retry import Backoff, retry_reporter
 from cdc_cache.fallback.watchdog import Watchdog
 from cdc_cache.notify.patterns import ChannelNames, PatternIndex, matches, validate_pattern
 from cdc_cache.notify.rate_limit import TokenBucket
+from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.notify.tokens import Grant, TokenError, verify
 from cdc_cache.sink.apply import connect, misconfiguration
 from cdc_cache.sink.sentinel import connect_async

@@ -32,8 +32,8 @@ from redis.cluster import ClusterNode
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.keys import key_slot, slot_tag, tag_for_slot
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, Notify
 from cdc_cache.sink.apply import ApplyResult, Client, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries

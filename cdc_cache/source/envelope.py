@@ -49,7 +49,7 @@ from cdc_cache.core.positions import (
     binlog_position,
     postgres_position,
 )
-from cdc_cache.lineage.model import origin_of
+from cdc_cache.source.origin import origin_of
 from cdc_cache.source.topics import (
     heartbeat_server,
     routed_identity,

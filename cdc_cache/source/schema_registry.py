@@ -26,12 +26,11 @@ import urllib.error
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
-from cdc_cache.app.settings import SharedSettings
 from cdc_cache.core.errors import ConfigError, TransientError
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.redact import redact_url
@@ -184,8 +183,18 @@ class SchemaResolver:
         )
 
 
+class RegistrySettings(Protocol):
+    """What :func:`schema_resolver` reads of the worker's settings."""
+
+    @property
+    def message_format(self) -> str: ...
+
+    @property
+    def schema_registry_url(self) -> str | None: ...
+
+
 def schema_resolver(
-    settings: SharedSettings, sleep: Callable[[float], None] = time.sleep
+    settings: RegistrySettings, sleep: Callable[[float], None] = time.sleep
 ) -> SchemaResolver | None:
     """For ``message_format: avro``, the registry lookups that precede decoding a batch."""
     if settings.message_format != "avro" or settings.schema_registry_url is None:

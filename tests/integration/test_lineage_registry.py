@@ -12,12 +12,12 @@ from redis.exceptions import ResponseError
 
 from cdc_cache.app.replay import Replayer
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.events import Origin, SourceRecord
 from cdc_cache.core.positions import MAX_EPOCH
-from cdc_cache.fallback.runtime import Holds
-from cdc_cache.lineage.model import Limits, Origin, PartitionState, enter
+from cdc_cache.lineage.model import Limits, PartitionState, enter
 from cdc_cache.lineage.registry import LineageRegistry, source_key
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.sink.apply import RedisApplier

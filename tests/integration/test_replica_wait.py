@@ -18,8 +18,8 @@ from redis import Redis
 
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.retry import Backoff
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.sink.apply import Client, RedisApplier, connect

@@ -20,8 +20,8 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
-from cdc_cache.fallback.runtime import Holds
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.tools.devstack.broker import Broker, S3Store
 from dataflows.invalidation import build_flow

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc_cache.app.settings import ENV_PREFIX, GatewaySettings, WatchdogSettings, WorkerSettings
+from cdc_cache.app.settings import ENV_PREFIX, WatchdogSettings, WorkerSettings
+from cdc_cache.notify.settings import GatewaySettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from cdc_cache.app.settings import GatewaySettings, WatchdogSettings, load, load_settings
+from cdc_cache.app.settings import WatchdogSettings, load, load_settings
+from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.plan.rules import load_rules
 
 ROOT = Path(__file__).parents[2]

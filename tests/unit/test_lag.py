@@ -121,8 +121,9 @@ def test_a_silent_partition_makes_the_summary_stalled(clock):
 
 
 def test_holds_travel_from_a_follower_to_the_leader_and_clear():
-    from cdc_cache.fallback.runtime import Holds, LagSummary
+    from cdc_cache.fallback.runtime import LagSummary
     from cdc_cache.mode.controller import Cause, Hold
+    from cdc_cache.mode.holds import Holds
 
     holds = Holds()
     holds.hold(Cause.SOURCE_DISCONTINUITY, "t[0]", "offset 42 below log start 90 on t[0]")
@@ -219,8 +220,8 @@ def test_a_dotted_prefix_does_not_lend_its_heartbeats_to_a_shorter_one(clock):
 
 
 def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
-    from cdc_cache.fallback.runtime import Holds
     from cdc_cache.mode.controller import Cause
+    from cdc_cache.mode.holds import Holds
 
     now = [1000.0]
     holds = Holds(clock=lambda: now[0])

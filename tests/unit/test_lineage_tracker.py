@@ -10,12 +10,12 @@ import pytest
 
 from cdc_cache.app.settings import load_settings
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
+from cdc_cache.core.events import ChangeEvent, Op, Origin, SourceRecord
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.fallback.runtime import Holds
-from cdc_cache.lineage.model import Limits, Origin
+from cdc_cache.lineage.model import Limits
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker, source_of
 from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules import parse_rules
 from tests.lineage_fakes import MemoryRegistry

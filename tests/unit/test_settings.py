@@ -191,7 +191,8 @@ def test_run_takes_the_dlq_settings_as_flags(tmp_path):
 
 
 def test_gateway_settings_flags_over_environment_over_file(tmp_path, monkeypatch):
-    from cdc_cache.app.settings import GatewaySettings, load
+    from cdc_cache.app.settings import load
+    from cdc_cache.notify.settings import GatewaySettings
 
     config = write(tmp_path, "port: 9000\nhost: 0.0.0.0\nsecret: from-file\nqueue_size: 5\n")
     monkeypatch.setenv("CDC_CACHE_GATEWAY_PORT", "9100")
@@ -203,7 +204,8 @@ def test_gateway_settings_flags_over_environment_over_file(tmp_path, monkeypatch
 
 
 def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
-    from cdc_cache.app.settings import GatewaySettings, load
+    from cdc_cache.app.settings import load
+    from cdc_cache.notify.settings import GatewaySettings
 
     with pytest.raises(ConfigError, match="give the token signing key"):
         load(GatewaySettings)
