@@ -26,7 +26,7 @@ from cdc_cache.app.admin import AdminServer, StartupBackend
 from cdc_cache.app.replay import DlqService
 from cdc_cache.app.settings import WorkerSettings
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import ConfigError, StopRequested
+from cdc_cache.core.errors import ConfigError, StopRequested, chain
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.dlq.topic import ensure_topic
@@ -182,12 +182,7 @@ def replication_monitor(
 
 
 def _config_error_in(exc: BaseException) -> ConfigError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConfigError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((error for error in chain(exc) if isinstance(error, ConfigError)), None)
 
 
 def prepare_dlq(settings: WorkerSettings) -> None:

@@ -7,6 +7,8 @@ and the stream goes on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from cdc_cache.core.events import SourceRecord
 
 
@@ -118,3 +120,17 @@ POISON_KINDS = tuple(
 
 class StopRequested(CdcCacheError):
     """The worker was asked to stop while waiting to retry; the batch will be replayed."""
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then each error it was raised from (``__cause__``, else ``__context__``).
+
+    Libraries wrap the error that matters (a refused password inside a connection error,
+    a setting problem inside the engine's): callers look for it along this chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
-from cdc_cache.core.errors import CdcCacheError, ConfigError, RedisUnavailable
+from cdc_cache.core.errors import CdcCacheError, ConfigError, RedisUnavailable, chain
 from cdc_cache.core.keys import (
     CHANNELS_KEY,
     INTERNAL_PREFIXES,
@@ -241,19 +241,15 @@ def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or an error it was raised from) says a retry will succeed."""
     if misconfiguration(exc) is not None:
         return False
-    seen: BaseException | None = exc
-    while seen is not None:
-        if (
-            isinstance(seen, _TRANSIENT_TYPES)
-            or (isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES))
-            or (
-                isinstance(seen, rex.RedisClusterException)
-                and any(text in str(seen) for text in _TRANSIENT_CLUSTER_TEXTS)
-            )
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        isinstance(seen, _TRANSIENT_TYPES)
+        or (isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES))
+        or (
+            isinstance(seen, rex.RedisClusterException)
+            and any(text in str(seen) for text in _TRANSIENT_CLUSTER_TEXTS)
+        )
+        for seen in chain(exc)
+    )
 
 
 def misconfiguration(exc: BaseException) -> str | None:
@@ -262,8 +258,7 @@ def misconfiguration(exc: BaseException) -> str | None:
     The text names the settings and carries the server's reply, which never contains the
     password; None for every other error.
     """
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in chain(exc):
         if isinstance(seen, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
             return (
                 f"{seen}; set redis_username and redis_password (or redis_password_file, "
@@ -279,7 +274,6 @@ def misconfiguration(exc: BaseException) -> str | None:
                 f"{seen}; the server's TLS certificate does not verify: set ssl_ca_certs in "
                 "redis_url (rediss://HOST:PORT/0?ssl_ca_certs=/path/ca.pem)"
             )
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
