@@ -17,6 +17,7 @@ import orjson
 from cdc_cache.envelope import Parse, decode, table_hint
 from cdc_cache.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.natural import UndecodableValue
 from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
@@ -45,7 +46,7 @@ class Rejected:
     """A message that cannot be processed; the error names why and where it came from.
 
     ``event`` is the decoded change when only planning failed (its table, key, position
-    go into the dead letter).
+    go into the dead letter), with its values as its table caches them (those that decode).
     """
 
     error: PoisonMessage
@@ -77,7 +78,9 @@ def route(
 ) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). The
+    change's values are decoded as its table's rules say (:mod:`cdc_cache.natural`)
+    before planning, so keys, values and notifications all see the same values. A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other).
     Only a transient error (a server to wait for) is raised.
@@ -89,12 +92,18 @@ def route(
         if not isinstance(decoded, ChangeEvent):
             return Control(record, decoded)
         event = decoded
+        table = rules.for_table(decoded.table)
+        if table is not None:
+            stage = "decoding values"
+            event = table.values.event(decoded)
         stage = "planning"
-        ops = tuple(plan(decoded, rules))
+        ops = tuple(plan(event, rules))
         if max_value_bytes is not None:
             stage = "checking value sizes"
-            _check_sizes(ops, max_value_bytes, decoded)
-        return Planned(record, decoded, ops)
+            _check_sizes(ops, max_value_bytes, event)
+        return Planned(record, event, ops)
+    except UndecodableValue as error:
+        return Rejected(error.at(record), error.partial)
     except PoisonMessage as error:
         return Rejected(error.at(record) if error.record is None else error, event)
     except TransientError:
