@@ -16,6 +16,8 @@ import string
 from functools import cache
 from typing import Final
 
+import orjson
+
 SLOTS: Final = 16384
 VERSION_PREFIX: Final = "cdc:v:"
 LEASE_PREFIX: Final = "cdc:l:"
@@ -39,6 +41,7 @@ def escape_value(value: object) -> str:
     braces, glob characters, whitespace and control characters never appear raw. ``None``
     becomes ``~`` (which no escaped string contains). Escaped values longer than
     ``MAX_VALUE_CHARS`` keep a prefix and a digest of the whole, which keeps keys short.
+    A JSON document (an object or array) is written as compact JSON first.
     """
     if value is None:
         return NULL_TOKEN
@@ -46,6 +49,8 @@ def escape_value(value: object) -> str:
         text = "true" if value else "false"
     elif isinstance(value, bytes):
         text = value.hex()
+    elif isinstance(value, dict | list):
+        text = orjson.dumps(value).decode()
     else:
         text = str(value)
     if _ALL_SAFE.fullmatch(text):  # the common case (ids, plain words): nothing to escape

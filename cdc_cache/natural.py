@@ -267,9 +267,20 @@ def _wire_variable_decimal(_: ColumnType, rendering: Rendering) -> Convert:
         if not isinstance(scale, int) or isinstance(scale, bool):
             msg = f"scale is {scale!r}"
             raise TypeError(msg)
-        return _exact(_decimal_text(_unscaled(value["value"]), scale), rendering)
+        return _exact(_stripped(_decimal_text(_unscaled(value["value"]), scale)), rendering)
 
     return convert
+
+
+def _stripped(text: str) -> str:
+    """A decimal's text without trailing fraction zeros (``1.50`` → ``1.5``, ``2.0`` → ``2``).
+
+    Debezium's precise mode sends NUMERIC without a declared scale so; both sides agree.
+    """
+    if "." not in text:
+        return text
+    text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _wire_zoned(_: ColumnType, rendering: Rendering) -> Convert:
@@ -371,7 +382,8 @@ def driver_value(
     if kind is Kind.DURATION_US and isinstance(value, dt.timedelta):
         return _duration(_micros_of(value))
     if kind in (Kind.DECIMAL, Kind.VARIABLE_DECIMAL) and isinstance(value, Decimal | int | str):
-        return _exact(_driver_decimal(Decimal(value)), rendering)
+        text = _driver_decimal(Decimal(value))
+        return _exact(_stripped(text) if kind is Kind.VARIABLE_DECIMAL else text, rendering)
     special = _DRIVER.get(kind)
     if special is not None:
         converted = special(value, column)
@@ -390,7 +402,17 @@ def _driver_decimal(value: Decimal) -> str:
 
 
 def _driver_json(value: object, _: ColumnType | None) -> object:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
+    """JSON text (PyMySQL) parsed; a value a driver parsed already (psycopg) kept.
+
+    A string that is no JSON text is taken for a parsed string scalar (psycopg's jsonb
+    ``"abc"``); read with :func:`cursor_types`, psycopg's JSON is never parsed twice.
+    """
+    if not isinstance(value, str | bytes):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
 
 
 def _driver_bits(value: object, column: ColumnType | None) -> object:
@@ -565,11 +587,13 @@ class TableValues:
         """A row as a driver returned it, as the worker caches it (natural values).
 
         ``described`` holds column types read from the cursor (:func:`cursor_types`); the
-        rules' declarations win over them.
+        rules' declarations win over them, except where the cursor says the driver decoded
+        the value already (psycopg's JSON).
         """
         out: dict[str, Any] = {}
         for name, value in row.items():
-            column = self.declared.get(name) or (described or {}).get(name)
+            told = (described or {}).get(name)
+            column = told if told == _AS_RETURNED else self.declared.get(name) or told
             try:
                 out[name] = driver_value(value, column, self.rendering(name), zone)
             except _CONVERT_ERRORS as exc:
@@ -604,6 +628,9 @@ def _convert(pairs: _Pairs, row: Row, problems: list[str], image: str) -> dict[s
 
 # --------------------------------------------------------------------------- cursors
 
+Described = tuple[str, int, int | None, int | None]
+"""One column of a cursor's description: name, type code (PyMySQL) or oid, size, precision."""
+
 # PyMySQL type codes (pymysql.constants.FIELD_TYPE) whose values alone do not say the type.
 _MYSQL_FLOAT: Final = 4
 _MYSQL_TIMESTAMP: Final = 7
@@ -611,10 +638,15 @@ _MYSQL_BIT: Final = 16
 _MYSQL_JSON: Final = 245
 _MYSQL_GEOMETRY: Final = 255
 # PostgreSQL type oids likewise.
+_PG_BIT: Final = 1560
+_PG_NUMERIC: Final = 1700
+_AS_RETURNED: Final = ColumnType(Kind.TEXT)  # the driver decoded it already: take it so
 _PG_OIDS: Final[Mapping[int, ColumnType]] = {
     700: ColumnType(Kind.FLOAT32),  # real
     600: ColumnType(Kind.POINT),
     1186: ColumnType(Kind.DURATION_US),  # interval (psycopg: timedelta, as for MySQL TIME)
+    114: _AS_RETURNED,  # json: psycopg parsed it (a string scalar stays a string)
+    3802: _AS_RETURNED,  # jsonb
 }
 
 
@@ -622,22 +654,27 @@ def cursor_types(cursor: Any) -> dict[str, ColumnType]:
     """Column types a PyMySQL or psycopg cursor's description tells beyond the values.
 
     MySQL TIMESTAMP (a moment, returned naive in the session's zone), JSON (returned as
-    text), BIT, FLOAT and geometries; PostgreSQL ``real``, ``point`` and ``interval``.
-    Other drivers: nothing.
+    text), BIT, FLOAT and geometries; PostgreSQL ``real``, ``point``, ``interval``,
+    ``bit(1)`` and ``numeric`` without a scale. Other drivers: nothing.
     """
     module = type(cursor).__module__
     description = cursor.description or ()
-    out: dict[str, ColumnType] = {}
     if module.startswith("pymysql"):
-        for name, code, _, size, *_ in description:
-            found = _mysql_type(code, size)
-            if found is not None:
-                out[name] = found
-    elif module.startswith("psycopg"):
-        for column in description:
-            found = _PG_OIDS.get(column.type_code)
-            if found is not None:
-                out[column.name] = found
+        return described_types("mysql", [(d[0], d[1], d[3], d[4]) for d in description])
+    if module.startswith("psycopg"):
+        columns = [(c.name, c.type_code, c.display_size, c.precision) for c in description]
+        return described_types("postgresql", columns)
+    return {}
+
+
+def described_types(dialect: str, columns: list[Described]) -> dict[str, ColumnType]:
+    """:func:`cursor_types` from a description already read: ``mysql`` or ``postgresql``."""
+    out: dict[str, ColumnType] = {}
+    for name, code, size, precision in columns:
+        mysql = dialect == "mysql"
+        found = _mysql_type(code, size) if mysql else _pg_type(code, size, precision)
+        if found is not None:
+            out[name] = found
     return out
 
 
@@ -653,3 +690,11 @@ def _mysql_type(code: int, size: int | None) -> ColumnType | None:
     if code == _MYSQL_BIT:
         return ColumnType(Kind.BOOLEAN) if size == 1 else ColumnType(Kind.BITS, size)
     return None
+
+
+def _pg_type(code: int, size: int | None, precision: int | None) -> ColumnType | None:
+    if code == _PG_BIT and size == 1:  # psycopg returns "1"; Debezium a boolean
+        return ColumnType(Kind.BOOLEAN)
+    if code == _PG_NUMERIC and precision is None:  # no declared scale: variable, see above
+        return ColumnType(Kind.VARIABLE_DECIMAL)
+    return _PG_OIDS.get(code)

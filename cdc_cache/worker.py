@@ -196,6 +196,13 @@ def run(settings: WorkerSettings) -> None:
     ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
     """
     rules = load_rules(settings.rules)
+    if rules.implicit_wire:
+        log.warning(
+            "rules version 1: values are cached as Debezium ships them (dates as day "
+            "numbers, decimals as base64...); set 'version: 2' to cache rows in the "
+            "application's shape, or 'defaults: {values: wire}' to keep them (README: Values)",
+            extra={"rules": rules.path, "tables": list(rules.implicit_wire)},
+        )
     startup = StartupBackend()
     admin = None
     if settings.metrics_port is not None:
