@@ -37,9 +37,7 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
     for phase in ("latency_full", "latency_half"):
         assert result[phase]["probes"] > 50
         assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"]
-        assert (
-            0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
-        )
+        assert 0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
     assert result["consume_only"]["records"] == result["load"]["records"]
     assert set(result["ratios"]) == {"vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1"}
     assert result["conditions_start"]["nproc"] and result["conditions_end"]["loadavg"]

@@ -357,8 +357,6 @@ def test_out_of_order_delivery_never_notifies_a_change_twice(
     for e in last.values():
         if e.op is not Op.DELETE:
             assert any(orjson.loads(p)["position"] == e.position.encode() for _, p in sent)
-
-
 _ROW = st.dictionaries(
     st.sampled_from(["sku_id", "warehouse", "qty", "note"]),
     st.none() | st.integers(0, 3) | st.sampled_from(["north", "3"]),

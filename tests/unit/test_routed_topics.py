@@ -61,7 +61,9 @@ def test_the_recordings_route_as_their_names_say() -> None:
         SERVER,
     }
     assert f"{SERVER}.inventory.stock" in topics["dotted-flat"]
-    shared_keys = [orjson.loads(r.record.key) for r in routed("mariadb", "shared") if r.record.key]
+    shared_keys = [
+        orjson.loads(r.record.key) for r in routed("mariadb", "shared") if r.record.key
+    ]
     assert any(ROUTER_KEY_FIELDS[0] in key for key in shared_keys)
 
 

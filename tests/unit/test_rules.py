@@ -153,8 +153,6 @@ def test_sensitive_columns_are_kept_and_checked() -> None:
     assert rules.sensitive("inventory.other") == frozenset()
     message = problems(VALID.replace("    watch:", "    sensitive: [qtyy]\n    watch:", 1))
     assert "column 'qtyy' is not a column of inventory.stock" in message
-
-
 NOTIFY = """
 tables:
   inventory.stock:

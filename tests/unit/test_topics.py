@@ -89,7 +89,4 @@ def test_the_local_runner_routes_every_table_topic_and_nothing_else(tmp_path) ->
     assert not regex.fullmatch("prodXeu-1.db.inventory.stock")  # dots are literal
     assert not regex.fullmatch("__debezium-heartbeat.prod.eu-1.db")
     assert not regex.fullmatch("prod.eu-1.db")
-    assert (
-        "transforms"
-        not in ConnectorSettings(**{**settings.__dict__, "route_to": None}).properties()
-    )
+    assert "transforms" not in ConnectorSettings(**{**settings.__dict__, "route_to": None}).properties()
