@@ -16,13 +16,12 @@ import string
 from functools import cache
 from typing import Final
 
-import orjson
-
 SLOTS: Final = 16384
 VERSION_PREFIX: Final = "cdc:v:"
 LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
+WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may act
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
@@ -41,7 +40,6 @@ def escape_value(value: object) -> str:
     braces, glob characters, whitespace and control characters never appear raw. ``None``
     becomes ``~`` (which no escaped string contains). Escaped values longer than
     ``MAX_VALUE_CHARS`` keep a prefix and a digest of the whole, which keeps keys short.
-    A JSON document (an object or array) is written as compact JSON first.
     """
     if value is None:
         return NULL_TOKEN
@@ -49,8 +47,6 @@ def escape_value(value: object) -> str:
         text = "true" if value else "false"
     elif isinstance(value, bytes):
         text = value.hex()
-    elif isinstance(value, dict | list):
-        text = orjson.dumps(value).decode()
     else:
         text = str(value)
     if _ALL_SAFE.fullmatch(text):  # the common case (ids, plain words): nothing to escape
