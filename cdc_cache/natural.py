@@ -517,7 +517,10 @@ class TableValues:
     """How one table's values are cached: decoded or not, declared types, choices.
 
     Converters are built once per distinct schema (:class:`~cdc_cache.logical.RowTypes`)
-    and kept; a change of a schema already seen costs a dictionary lookup.
+    and kept; a change of a schema already seen costs a dictionary lookup. ``declared``
+    types apply where the record's schema names no logical type (schemaless records, a
+    TINYINT(1) meant as a boolean): a schema that names one says how the value was
+    encoded, so it wins, and one rules file serves schemaless and schema-carrying topics.
     """
 
     natural: bool = False
@@ -566,8 +569,9 @@ class TableValues:
         return natural
 
     def _compile(self, types: RowTypes | None) -> _Pairs:
-        kinds = {} if types is None else types.as_dict()
-        kinds.update(self.declared)
+        kinds = dict(self.declared)  # where the schema names no logical type
+        if types is not None:
+            kinds.update(types.columns)  # the record's own schema says how it was encoded
         pairs = []
         for column, kind in kinds.items():
             convert = wire_converter(kind, self.rendering(column))

@@ -117,6 +117,26 @@ def debezium_value(value: Any, dialect: Dialect, *, timestamp: bool = False) -> 
     return value
 
 
+def as_cached(
+    row: Mapping[str, Any], cursor: Any, shape: TableValues | None, dialect: Dialect
+) -> dict[str, Any]:
+    """A row as ``cursor`` returned it, with its values as ``shape`` caches them.
+
+    Decoded (:meth:`~cdc_cache.natural.TableValues.driver_row`), or as Debezium ships them
+    when ``shape`` is None or a table of rules version 1. ``cursor`` is PyMySQL's or
+    psycopg's, its session in UTC.
+    """
+    if shape is not None and shape.natural:
+        return shape.driver_row(row, cursor_types(cursor))
+    stamps = {
+        d[0] for d in cursor.description or () if dialect == "mysql" and d[1] == _MYSQL_TIMESTAMP
+    }
+    return {
+        name: debezium_value(value, dialect, timestamp=name in stamps)
+        for name, value in row.items()
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Derived:
     """The keys one row yields: values for ``set`` rules, names for ``delete`` rules."""
@@ -362,21 +382,9 @@ class Database:
         """Rows with their values as ``shape`` caches them (None: as Debezium ships them)."""
         with self.conn.cursor() as cur:
             cur.execute(sql, params)
-            description = cur.description or ()
-            names = [d[0] for d in description]
-            if shape is not None and shape.natural:
-                described = cursor_types(cur)  # the session's time zone is UTC
-                for record in cur.fetchall():
-                    yield shape.driver_row(dict(zip(names, record, strict=True)), described)
-                return
-            stamps = {
-                d[0] for d in description if self.dialect == "mysql" and d[1] == _MYSQL_TIMESTAMP
-            }
+            names = [d[0] for d in cur.description or ()]
             for record in cur.fetchall():
-                yield {
-                    name: debezium_value(value, self.dialect, timestamp=name in stamps)
-                    for name, value in zip(names, record, strict=True)
-                }
+                yield as_cached(dict(zip(names, record, strict=True)), cur, shape, self.dialect)
 
     def primary_key(self, table: str) -> tuple[str, ...]:
         """The table's primary key columns, in key order."""

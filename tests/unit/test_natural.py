@@ -308,10 +308,16 @@ def test_a_wire_table_or_a_change_of_no_typed_column_is_left_as_it_is() -> None:
     assert TableValues(natural=True).event(untyped) is untyped
 
 
-def test_declared_types_decode_schemaless_changes_and_override_the_schema() -> None:
-    values = TableValues(natural=True, declared={"flag": ColumnType(Kind.BOOLEAN)})
-    event = values.event(change({"id": 1, "d": 0, "flag": 1}, types=None))
-    assert event.after == {"id": 1, "d": 0, "flag": True}  # d has no type without a schema
+def test_declared_types_apply_where_the_schema_names_none() -> None:
+    values = TableValues(
+        natural=True,
+        declared={"flag": ColumnType(Kind.BOOLEAN), "amount": ColumnType(Kind.DECIMAL)},
+    )
+    schemaless = values.event(change({"id": 1, "d": 0, "flag": 1, "amount": "1.50"}, None))
+    assert schemaless.after == {"id": 1, "d": 0, "flag": True, "amount": "1.50"}
+    # The schema says amount is bytes with scale 2: it wins over "decimal" (text).
+    typed = values.event(change({"id": 1, "d": 0, "flag": 1, "amount": "AJY="}))
+    assert typed.after == {"id": 1, "d": "1970-01-01", "flag": True, "amount": "1.50"}
 
 
 def test_per_column_choices() -> None:
