@@ -7,9 +7,11 @@ as a 4-byte big-endian integer, then the Avro binary body.
 The decoded value is made identical to what ``JsonConverter`` writes for the same Connect
 record, so :mod:`cdc_cache.envelope` turns both into the same ``ChangeEvent``:
 
-* Avro logical types are not interpreted: ``date`` stays days since the epoch,
+* Avro logical types are not interpreted here: ``date`` stays days since the epoch,
   ``time-millis`` milliseconds, ``timestamp-millis`` epoch milliseconds, as JSON has them
-  (Debezium's own ``io.debezium.time.*`` types are plain ints/strings in both).
+  (Debezium's own ``io.debezium.time.*`` types are plain ints/strings in both). The types
+  the schema names travel with the change (``AvroSchema.types``), and
+  :mod:`cdc_cache.natural` decodes JSON and Avro values alike.
 * ``bytes``/``fixed`` (and so ``decimal`` under ``decimal.handling.mode=precise``) become
   base64 text, as JsonConverter writes BYTES and Connect decimals.
 * ``float`` becomes the shortest decimal that reads back as the same 32-bit float, which

@@ -33,12 +33,20 @@ class RowCodec:
     ``key`` picks the rule by its template (``"stock:{sku_id}:{warehouse}"``); by default
     the table's first ``set`` rule. ``zone`` is the session time zone of the connection
     the rows are read with: the zone of naive values of zoned columns (MySQL TIMESTAMP).
+    ``described`` are column types read from a cursor over the table
+    (:func:`cursor_types`), used where a call gives none.
     Raises ValueError when the table is not covered, has no such rule, or caches values
     as Debezium ships them (rules version 1): a fill cannot reproduce those.
     """
 
     def __init__(
-        self, rules: Rules, table: str, *, key: str | None = None, zone: dt.tzinfo = dt.UTC
+        self,
+        rules: Rules,
+        table: str,
+        *,
+        key: str | None = None,
+        zone: dt.tzinfo = dt.UTC,
+        described: Mapping[str, ColumnType] | None = None,
     ) -> None:
         found = rules.for_table(table)
         if found is None:
@@ -53,6 +61,7 @@ class RowCodec:
         self.table: TableRules = found
         self.rule: KeyRule = _pick(found, key, rules.path)
         self._zone = zone
+        self._described = described
 
     def row(
         self, row: Mapping[str, Any], described: Mapping[str, ColumnType] | None = None
@@ -61,7 +70,7 @@ class RowCodec:
 
         ``described``: column types read from the cursor (:func:`cursor_types`).
         """
-        return self.table.values.driver_row(row, described, self._zone)
+        return self.table.values.driver_row(row, described or self._described, self._zone)
 
     def key(self, values: Mapping[str, Any]) -> str:
         """The rule's key for a row with these column values (the key's columns suffice)."""

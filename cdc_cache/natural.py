@@ -546,9 +546,15 @@ class TableValues:
         if not pairs:
             return event
         problems: list[str] = []
-        key = _convert(pairs, event.key, problems, "key")
-        before = None if event.before is None else _convert(pairs, event.before, problems, "before")
         after = None if event.after is None else _convert(pairs, event.after, problems, "after")
+        # An update's before image mostly repeats the after image: reuse what was decoded.
+        seen = (event.after, after) if event.after is not None and after is not None else None
+        before = (
+            None
+            if event.before is None
+            else _convert(pairs, event.before, problems, "before", seen)
+        )
+        key = _convert(pairs, event.key, problems, "key", seen)
         natural = ChangeEvent(
             table=event.table,
             op=event.op,
@@ -610,11 +616,27 @@ class TableValues:
 WIRE_VALUES: Final = TableValues()
 
 
-def _convert(pairs: _Pairs, row: Row, problems: list[str], image: str) -> dict[str, Any]:
-    out = dict(row)
+def _convert(
+    pairs: _Pairs,
+    row: Row,
+    problems: list[str],
+    image: str,
+    seen: tuple[Row, Row] | None = None,
+) -> Row:
+    """``row`` with its typed columns decoded; ``row`` itself when none holds a value.
+
+    ``seen`` is another image as it came and as decoded: a column holding the same wire
+    value takes its decoded value without decoding it again.
+    """
+    out: dict[str, Any] | None = None
     for column, kind, convert in pairs:
-        value = out.get(column)
+        value = row.get(column)
         if value is None:
+            continue
+        if out is None:
+            out = dict(row)
+        if seen is not None and column in seen[1] and seen[0].get(column) == value:
+            out[column] = seen[1][column]
             continue
         try:
             out[column] = convert(value)
@@ -627,7 +649,7 @@ def _convert(pairs: _Pairs, row: Row, problems: list[str], image: str) -> dict[s
                 f"column '{column}' ({kind}) in the {image} image cannot be decoded "
                 f"from {shown}: {type(exc).__name__}: {exc}"
             )
-    return out
+    return row if out is None else out
 
 
 # --------------------------------------------------------------------------- cursors

@@ -91,3 +91,14 @@ def test_the_codec_refuses_what_it_cannot_write() -> None:
         RowCodec(RULES, "shop.orders", key="day:{placed_on}:{id}").value(ROW)
     with pytest.raises(ValueError, match="format: json rule; use value"):
         RowCodec(RULES, "shop.orders").fields(ROW)
+
+
+def test_what_the_cursor_says_is_given_once_to_the_codec() -> None:
+    rules = parse_rules('version: 2\ntables:\n  shop.orders:\n    keys: [{key: "order:{id}"}]\n')
+    stamped = {"id": 1, "at": dt.datetime(2026, 11, 29, 14, 0)}  # MySQL TIMESTAMP, at +02:00
+    zone = dt.timezone(dt.timedelta(hours=2))
+    described = {"at": ColumnType(Kind.ZONED_TIMESTAMP)}
+    codec = RowCodec(rules, "shop.orders", zone=zone, described=described)
+    assert orjson.loads(codec.value(stamped))["at"] == "2026-11-29T12:00:00Z"
+    bare = RowCodec(rules, "shop.orders", zone=zone)  # a naive value without a type: no zone
+    assert orjson.loads(bare.value(stamped))["at"] == "2026-11-29T14:00:00"
