@@ -82,7 +82,9 @@ def test_a_fill_writes_the_workers_bytes_under_the_workers_key() -> None:
 def test_the_codec_refuses_what_it_cannot_write() -> None:
     with pytest.raises(ValueError, match="not covered"):
         RowCodec(RULES, "shop.other")
-    with pytest.raises(ValueError, match=re.escape("no key 'nope:{id}'; its set rules: 'order:{id}'")):
+    with pytest.raises(
+        ValueError, match=re.escape("no key 'nope:{id}'; its set rules: 'order:{id}'")
+    ):
         RowCodec(RULES, "shop.orders", key="nope:{id}")
     wire = parse_rules('tables:\n  shop.orders:\n    keys: [{key: "order:{id}"}]\n')
     with pytest.raises(ValueError, match="set version: 2"):
@@ -95,8 +97,9 @@ def test_the_codec_refuses_what_it_cannot_write() -> None:
 
 def test_what_the_cursor_says_is_given_once_to_the_codec() -> None:
     rules = parse_rules('version: 2\ntables:\n  shop.orders:\n    keys: [{key: "order:{id}"}]\n')
-    stamped = {"id": 1, "at": dt.datetime(2026, 11, 29, 14, 0)}  # MySQL TIMESTAMP, at +02:00
     zone = dt.timezone(dt.timedelta(hours=2))
+    # A MySQL TIMESTAMP as PyMySQL returns it in a session at +02:00: naive.
+    stamped = {"id": 1, "at": dt.datetime(2026, 11, 29, 14, 0, tzinfo=zone).replace(tzinfo=None)}
     described = {"at": ColumnType(Kind.ZONED_TIMESTAMP)}
     codec = RowCodec(rules, "shop.orders", zone=zone, described=described)
     assert orjson.loads(codec.value(stamped))["at"] == "2026-11-29T12:00:00Z"
