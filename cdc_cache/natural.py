@@ -529,6 +529,21 @@ class TableValues:
     columns: Mapping[str, Rendering] = field(default_factory=dict)
     _compiled: dict[RowTypes | None, _Pairs] = field(default_factory=dict, repr=False)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TableValues) and other._settings() == self._settings()
+
+    def __hash__(self) -> int:
+        return hash(self._settings())
+
+    def _settings(self) -> tuple[object, ...]:
+        """What the table's rules say (compared, hashed); the converters built are not."""
+        return (
+            self.natural,
+            tuple(sorted(self.declared.items())),
+            self.default,
+            tuple(sorted(self.columns.items())),
+        )
+
     def rendering(self, column: str) -> Rendering:
         """The output choices of ``column``."""
         return self.columns.get(column, self.default)

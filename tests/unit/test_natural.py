@@ -363,3 +363,11 @@ def test_driver_rows_follow_the_declared_types_and_choices() -> None:
     }
     with pytest.raises(ValueError, match="column 'paid' \\(declared boolean\\)"):
         values.driver_row({"paid": "yes"})
+
+
+def test_tables_compare_by_what_their_rules_say() -> None:
+    declared = {"d": ColumnType(Kind.DATE)}
+    a, b = TableValues(True, declared), TableValues(True, dict(declared))
+    a.event(change({"id": 1, "d": 1, "amount": "AQ=="}))  # builds converters in a only
+    assert a == b and hash(a) == hash(b)
+    assert a != TableValues(True, declared, NUMBERS)

@@ -288,3 +288,15 @@ def test_bad_value_settings_name_file_line_and_fix(table: str, version: int, exp
     if version == 1:
         text = text.replace("defaults: {decimals: number}", "defaults: {}")
     assert expected in problems(text)
+
+
+def test_the_worker_warns_once_when_values_are_wire_only_by_default(caplog) -> None:
+    from cdc_cache.worker import warn_if_wire_by_default
+
+    with caplog.at_level("WARNING", logger="cdc_cache.worker"):
+        warn_if_wire_by_default(parse_rules(VALID))
+        warn_if_wire_by_default(parse_rules("defaults: {values: wire}\n" + VALID.split("\n", 2)[2]))
+        warn_if_wire_by_default(parse_rules(values_rules()))
+    (record,) = caplog.records
+    assert "rules version 1" in record.getMessage()
+    assert record.tables == ["inventory.stock"]  # type: ignore[attr-defined]
