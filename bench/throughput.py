@@ -26,11 +26,13 @@ the medians (``wait_rounds``): on a busy machine one pair is mostly noise. The p
 INFO on the primary), after one small write each: its latency and the client's CPU.
 
 ``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
-its RSS sampled throughout.
+its RSS sampled throughout. ``--lineage-ab ROUNDS`` runs only ``product_1proc``, ROUNDS
+times with lineage detection on and off alternately, for the cost of detection.
 
     python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
     python bench/throughput.py --events 200000 --replicas 1 --out bench/results/replicas.json
     python bench/throughput.py --soak 600 --out bench/results/soak.json
+    python bench/throughput.py --lineage-ab 3 --events 200000 --out bench/results/lineage.json
 """
 
 from __future__ import annotations
@@ -883,6 +885,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elif args.soak:
             print(f"soak: {args.soak_rate}/s for {args.soak} s", flush=True)
             result["soak"] = soak(bench, args.soak_rate, args.soak)
+        elif args.lineage_ab:
+            result["lineage_ab"] = lineage_ab(bench, args)
         else:
             result |= measure(bench, args)
     finally:
@@ -985,6 +989,33 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def lineage_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """One worker process draining the same events with lineage detection on and off.
+
+    Rounds alternate, so load from other jobs on the machine falls on both alike; the
+    worker's CPU per event is steadier than its wall-clock rate on a busy machine.
+    """
+    generator = Generator(prefix="bench", seed=1)
+    loaded = load(bench, generator, args.events)
+    loaded.pop("topics")
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for round_ in range(args.lineage_ab):
+        for variant in ("on", "off"):
+            os.environ["CDC_CACHE_LINEAGE_DETECTION"] = "true" if variant == "on" else "false"
+            try:
+                run_ = product(bench, generator, loaded, 1)
+                busy = {"machine_busy_cores": run_["cpu"]["machine_busy_cores"]}
+                runs[variant].append(_rate_and_cpu(run_) | busy)
+            finally:
+                del os.environ["CDC_CACHE_LINEAGE_DETECTION"]
+            print(f"round {round_ + 1}, detection {variant}: {runs[variant][-1]}", flush=True)
+    medians = {
+        variant: {name: _median([r[name] for r in done]) for name in done[0]}
+        for variant, done in runs.items()
+    }
+    return {"events": loaded["events"], "runs": runs, "medians": medians}
+
+
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Load the events, then sample one worker draining them with py-spy (raw stacks)."""
     generator = Generator(prefix="bench", seed=1)
@@ -1049,8 +1080,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs with and without the wait")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
+    parser.add_argument(
+        "--lineage-ab", type=int, default=0, metavar="ROUNDS",
+        help="only compare one worker with lineage detection on and off, ROUNDS times each",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(args)
+    if args.lineage_ab:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["lineage_ab"], indent=1))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)

@@ -47,6 +47,7 @@ from cdc_cache.events import (
     SourceRecord,
     Tombstone,
 )
+from cdc_cache.lineage import origin_of
 from cdc_cache.logical import RowTypes, json_schema_types
 from cdc_cache.positions import (
     PositionError,
@@ -89,6 +90,10 @@ _FLAT_SOURCE: Final = {
     "row": "__row",
     "sequence": "__sequence",
     "lsn": "__lsn",
+    # Lineage evidence, when add.fields has them (server_id,gtid).
+    "server_id": "__server_id",
+    "gtid": "__gtid",
+    "snapshot": "__snapshot",
 }
 
 
@@ -337,6 +342,7 @@ def _envelope(
         snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(source, "name"),
         types=types,
+        origin=origin_of(source),
     )
 
 
@@ -383,6 +389,7 @@ def _flattened(
         snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(payload, "__name"),
         types=types,
+        origin=origin_of(source),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cdc_cache.lineage import NO_ORIGIN, Origin
 from cdc_cache.logical import RowTypes
 from cdc_cache.positions import SourcePosition
 
@@ -48,8 +49,9 @@ class ChangeEvent:
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
     ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
     the record carries it: it ties a topic to its connector's heartbeats whatever the
-    topic is called. ``types`` are the columns' logical types its schema named (None for
-    a schemaless record): how its wire values decode (:mod:`cdc_cache.natural`).
+    topic is called. ``origin`` is what the envelope says of the log the change came from
+    (lineage evidence). ``types`` are the columns' logical types its schema named (None
+    for a schemaless record): how its wire values decode (:mod:`cdc_cache.natural`).
     """
 
     table: str
@@ -62,6 +64,7 @@ class ChangeEvent:
     emitted_at_ms: int | None = None
     snapshot: bool = False
     server: str | None = None
+    origin: Origin = NO_ORIGIN
     types: RowTypes | None = None
 
     @property

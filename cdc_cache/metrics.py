@@ -124,6 +124,34 @@ MODE_HOLDS = Gauge(
     ["cause"],
     namespace=NAMESPACE,
 )
+LINEAGE_SWITCHES = Counter(
+    "lineage_switches",
+    "Source log lineage switches this process found first and registered (summed over the "
+    "processes: the switches); changes of the new lineage sort after the old one",
+    ["source"],
+    namespace=NAMESPACE,
+)
+LINEAGE_VERDICTS = Counter(
+    "lineage_verdicts",
+    "Changes not simply in log order, by verdict: resent (a connector re-sending), late (of "
+    "an earlier lineage), new (a lineage starts), unknown (cannot tell: held), resnapshot "
+    "(a new snapshot of the same log)",
+    ["source", "verdict"],
+    namespace=NAMESPACE,
+)
+LINEAGE_HELD = Gauge(
+    "lineage_held_partitions",
+    "Partitions of this process whose positions went back with no way to tell a new log "
+    "from a re-read one (each holds the cache in ttl mode until they pass the newest again)",
+    ["source"],
+    namespace=NAMESPACE,
+)
+LINEAGE_EPOCH = Gauge(
+    "lineage_epoch",
+    "The newest source lineage epoch this process reads, per source",
+    ["source"],
+    namespace=NAMESPACE,
+)
 SOURCE_DISCONTINUITY = Gauge(
     "source_discontinuity",
     "1 while a topic partition's stored offset no longer means what it meant (a recreated "

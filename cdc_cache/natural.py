@@ -36,7 +36,7 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
@@ -570,18 +570,7 @@ class TableValues:
             else _convert(pairs, event.before, problems, "before", seen)
         )
         key = _convert(pairs, event.key, problems, "key", seen)
-        natural = ChangeEvent(
-            table=event.table,
-            op=event.op,
-            before=before,
-            after=after,
-            key=key,
-            position=event.position,
-            committed_at_ms=event.committed_at_ms,
-            emitted_at_ms=event.emitted_at_ms,
-            snapshot=event.snapshot,
-            server=event.server,
-        )
+        natural = replace(event, before=before, after=after, key=key, types=None)
         if problems:
             reason = f"{event.table} {event.op.value} at {event.position}: " + "; ".join(
                 dict.fromkeys(problems)

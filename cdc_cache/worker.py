@@ -27,9 +27,18 @@ from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.errors import ConfigError, StopRequested
 from cdc_cache.failover import ReplicationMonitor
-from cdc_cache.fallback import SHORTEN_KEYS_PER_S, ModeRuntime, managed_prefixes, shorten_ttls
+from cdc_cache.fallback import (
+    SHORTEN_KEYS_PER_S,
+    Holds,
+    ModeRuntime,
+    managed_prefixes,
+    shorten_ttls,
+)
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage import Limits
+from cdc_cache.lineage_registry import LineageRegistry
+from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import check_notifications
@@ -130,6 +139,25 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
     )
 
 
+def lineage_tracker(
+    settings: WorkerSettings, holds: Holds, sleep: Callable[[float], None]
+) -> LineageTracker | None:
+    """The lineage detection of this process, unless ``lineage_detection`` is off."""
+    if not settings.lineage_detection:
+        return None
+    backoff = settings.retry_redis.backoff()
+
+    def registry() -> LineageRegistry:
+        client = connect_when_available(
+            settings.redis_url, backoff, sleep, auth=settings.redis_auth()
+        )
+        return LineageRegistry(client)
+
+    limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
+    config = LineageConfig(settings.source_epoch, limits, settings.lineage_settle_s)
+    return LineageTracker(registry, holds, config, backoff=backoff, sleep=sleep)
+
+
 def replication_monitor(
     settings: WorkerSettings, runtime: ModeRuntime, prefixes: list[str]
 ) -> ReplicationMonitor:
@@ -228,7 +256,9 @@ def run(settings: WorkerSettings) -> None:
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         dlq = DlqService(settings, rules)
-        admin = AdminServer(startup, settings.metrics_port, token, dlq=dlq).start()
+        admin = AdminServer(
+            startup, settings.metrics_port, token, dlq=dlq, details=startup.details
+        ).start()
     try:
         _run(settings, rules, startup)
     finally:
@@ -272,6 +302,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         else None
     )
     stop = threading.Event()
+    lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     flow = build_flow(
         rules=rules,
         brokers=settings.brokers.split(","),
@@ -296,6 +327,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
         replicas=replicas,
+        lineage=lineage,
     )
     log.info(
         "worker starting",
@@ -318,7 +350,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
     monitor.start()
-    startup.started(runtime)
+    startup.started(runtime, lineage.details if lineage is not None else None)
     try:
         cli_main(
             flow,

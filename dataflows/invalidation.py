@@ -35,6 +35,7 @@ from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage_tracker import LineageTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import Client, RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
@@ -86,6 +87,7 @@ def build_flow(
     holds: Holds | None = None,
     continuity: bool = True,
     replicas: ReplicaRequirement | None = None,
+    lineage: LineageTracker | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -101,7 +103,8 @@ def build_flow(
     ``continuity=False`` leaves Bytewax's bare source, only to show what that check
     prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
     consumers only. With ``replicas`` each batch waits until the required Redis replicas
-    acknowledged it (``cdc_cache.replica_wait``).
+    acknowledged it (``cdc_cache.replica_wait``). With ``lineage`` each change gets the
+    epoch of its log lineage, detected per partition (else ``source_epoch``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -128,7 +131,12 @@ def build_flow(
     guard = None
     if continuity:
         ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
-        guard = ContinuityGuard(ids, holds, lambda: ContinuityStore(connect(redis_url, redis_auth)))
+        guard = ContinuityGuard(
+            ids,
+            holds,
+            lambda: ContinuityStore(connect(redis_url, redis_auth)),
+            restarted=lineage.restarted if lineage is not None else None,
+        )
     source = StoppableSource(
         kafka_source(consumer), stop, tracker, health, lister=kafka_source(common), guard=guard
     )
@@ -142,7 +150,18 @@ def build_flow(
             else:
                 records.append(_record(message))
         parse = schemas.parser_for(records) if schemas is not None else None
-        routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
+        if lineage is None:
+            routed = [
+                route(record, rules, source_epoch, max_value_bytes, parse) for record in records
+            ]
+        else:
+            # Judged partitions' states are recorded before the batch goes on to be applied.
+            session = lineage.session(records)
+            routed = [
+                route(r, rules, session.hint(r), max_value_bytes, parse, epoch_of=session.epoch_of)
+                for r in records
+            ]
+            session.close()
         _observe(tracker, routed)
         return routed
 
