@@ -24,10 +24,10 @@ from confluent_kafka import Message as KafkaMessage
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.keys import escape_value
+from cdc_cache.core.keys import escape_value
+from cdc_cache.tools.demo import Scrape, scrape
+from cdc_cache.tools.devstack.broker import Broker, S3Store
+from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.flowkit import Service, cache_state, produce, unique_topic, worker
 from tests.workload import Message, Workload
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WatchdogSettings, WorkerSettings
+from cdc_cache.app.settings import ENV_PREFIX, GatewaySettings, WatchdogSettings, WorkerSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
