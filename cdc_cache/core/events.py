@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from cdc_cache.core.logical import RowTypes
 from cdc_cache.core.positions import SourcePosition
 
 Row = Mapping[str, Any]
@@ -67,7 +68,8 @@ class ChangeEvent:
     ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
     the record carries it: it ties a topic to its connector's heartbeats whatever the
     topic is called. ``origin`` is what the envelope says of the log the change came from
-    (lineage evidence).
+    (lineage evidence). ``types`` are the columns' logical types its schema named (None
+    for a schemaless record): how its wire values decode (:mod:`cdc_cache.source.natural`).
     """
 
     table: str
@@ -81,6 +83,7 @@ class ChangeEvent:
     snapshot: bool = False
     server: str | None = None
     origin: Origin = NO_ORIGIN
+    types: RowTypes | None = None
 
     @property
     def image(self) -> Row | None:
