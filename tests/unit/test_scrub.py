@@ -28,9 +28,10 @@ def test_no_spelling_of_a_sensitive_value_survives(value, spell):
     forms = spellings(frozenset({"email"}), None, record_with(value))
     text = f"key 'user:{spell(value)}:x' refused; row {{'email': {value!r}}}"
     clean = scrub(text, forms)
-    for form in (str(value), repr(value), escape_value(value)):
-        assert form not in clean
     assert REDACTED in clean
+    left = clean.replace(REDACTED, "\0")  # a value may be spelled inside the marker itself
+    for form in (str(value), repr(value), escape_value(value)):
+        assert form not in left
 
 
 def test_values_of_other_columns_and_of_no_column_are_kept():
