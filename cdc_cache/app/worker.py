@@ -1,7 +1,9 @@
 """``cdc-cache run``: the long-running worker process around the dataflow.
 
 Loads and validates everything before touching a message (settings, rules, topics), then
-runs the Bytewax dataflow with recovery until SIGTERM/SIGINT, which stop it gracefully.
+runs the dataflow (``dataflows/``) with recovery until SIGTERM/SIGINT, which stop it
+gracefully. The flow gets one :class:`~dataflows.config.FlowConfig`, read here from the
+settings, and the live parts this process shares with it.
 """
 
 from __future__ import annotations
@@ -9,16 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
-from pathlib import Path
 from types import FrameType
 
-from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -50,7 +47,9 @@ from cdc_cache.sink.writer import connect_when_available
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topics import heartbeat_server, named_for
-from dataflows.invalidation import DlqTarget, build_flow
+from dataflows.config import DlqTarget, FlowConfig, FlowContext
+from dataflows.invalidation import build_flow
+from dataflows.run import prepare_recovery, run_flow
 
 log = logging.getLogger("cdc_cache.worker")
 
@@ -194,48 +193,27 @@ def prepare_dlq(settings: WorkerSettings) -> None:
     )
 
 
-def recovery_share(partitions: int, processes: int, process_id: int) -> list[int]:
-    """The recovery partitions process ``process_id`` of ``processes`` creates: i mod processes.
-
-    Bytewax needs the cluster as a whole to hold every partition: with a copy of each in
-    every process, all but one copy stay empty, and once the cluster is rescaled Bytewax
-    may pick an empty one and refuse to resume (InconsistentPartitionsError). Every
-    process gets at least one partition.
-    """
-    if partitions < processes:
-        msg = (
-            f"recovery_partitions is {partitions} for a cluster of {processes} processes "
-            f"(addresses): set recovery_partitions to at least {processes}"
-        )
-        raise ConfigError(msg)
-    return list(range(process_id, partitions, processes))
-
-
-def prepare_recovery(settings: WorkerSettings) -> RecoveryConfig | None:
-    """Create this process's share of the recovery partitions in an empty directory.
-
-    A directory that holds partitions is reused as it is (restarts, rescaled clusters).
-    """
-    if settings.recovery_dir is None:
-        return None
-    directory = Path(settings.recovery_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    if not any(directory.glob("part-*.sqlite3")):
-        processes = max(1, len(settings.addresses))
-        share = recovery_share(settings.recovery_partitions, processes, settings.process_id or 0)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as staging:
-            init_db_dir(Path(staging), settings.recovery_partitions)
-            for index in share:
-                Path(staging, f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
-        log.info(
-            "initialised recovery store",
-            extra={
-                "dir": str(directory),
-                "partitions": settings.recovery_partitions,
-                "held_here": share,
-            },
-        )
-    return RecoveryConfig(directory)
+def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> FlowConfig:
+    """What the flow is built from, read once from the settings."""
+    return FlowConfig(
+        rules=rules,
+        brokers=tuple(settings.brokers.split(",")),
+        topics=tuple(topics),
+        redis_url=settings.redis_url,
+        redis_auth=settings.redis_auth(),
+        kafka=settings.kafka,
+        kafka_consumer=settings.kafka_consumer,
+        batch_size=settings.batch_size,
+        source_epoch=settings.source_epoch,
+        max_value_bytes=settings.max_value_bytes,
+        backoff=settings.retry_redis.backoff(),
+        dlq=DlqTarget(
+            settings.brokers,
+            settings.dlq_topic,
+            settings.producer_kafka(),
+            settings.retry_kafka.backoff(),
+        ),
+    )
 
 
 def run(settings: WorkerSettings) -> None:
@@ -280,7 +258,12 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
                 settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
             )
         )
-    recovery = prepare_recovery(settings)
+    recovery = prepare_recovery(
+        settings.recovery_dir,
+        settings.recovery_partitions,
+        max(1, len(settings.addresses)),
+        settings.process_id or 0,
+    )
     topics = resolve_topics(settings)
     startup.passed("topics")
     prepare_dlq(settings)
@@ -298,32 +281,16 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     )
     stop = threading.Event()
     lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
-    flow = build_flow(
-        rules=rules,
-        brokers=settings.brokers.split(","),
-        topics=topics,
-        redis_url=settings.redis_url,
-        redis_auth=settings.redis_auth(),
-        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
-        kafka_config=settings.kafka,
-        consumer_config=settings.kafka_consumer,
-        batch_size=settings.batch_size,
-        source_epoch=settings.source_epoch,
+    context = FlowContext(
         stop=stop,
         lag=tracker,
         ttl_cap_ms=runtime.ttl_cap_ms,
-        backoff=settings.retry_redis.backoff(),
-        dlq=DlqTarget(
-            settings.brokers,
-            settings.dlq_topic,
-            settings.producer_kafka(),
-            settings.retry_kafka.backoff(),
-        ),
-        max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
+        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
         replicas=replicas,
         lineage=lineage,
     )
+    flow = build_flow(flow_config(settings, rules, topics), context)
     log.info(
         "worker starting",
         extra={
@@ -347,13 +314,13 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
     try:
-        cli_main(
+        run_flow(
             flow,
-            workers_per_process=settings.workers,
+            workers=settings.workers,
             process_id=settings.process_id,
-            addresses=settings.addresses or None,
-            epoch_interval=timedelta(milliseconds=settings.epoch_interval_ms),
-            recovery_config=recovery,
+            addresses=settings.addresses,
+            epoch_interval_ms=settings.epoch_interval_ms,
+            recovery=recovery,
         )
     except Exception as exc:
         if not stop.is_set():

@@ -1,7 +1,8 @@
 """Source partitions that never skip changes silently (the edge around ``continuity``).
 
-Bytewax's KafkaSource snapshots a bare offset and resumes there whatever the topic has
-become. :class:`GuardedPartition` wraps one of its partitions: its snapshot is a
+A Kafka source partition snapshots a bare offset and resumes there whatever the topic has
+become. :class:`GuardedPartition` wraps one (the dataflow adapts its engine's partitions
+to :class:`Partition`): its snapshot is a
 :class:`~cdc_cache.continuity.model.SourceState` (the offset plus the topic's identity), and
 nothing reaches the dataflow until the stored state was checked against the brokers:
 
@@ -27,10 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from bytewax.connectors.kafka import KafkaError as KafkaErrorMessage
-from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from redis import exceptions as rex
 
@@ -52,7 +51,6 @@ from cdc_cache.mode.holds import Holds
 
 log = logging.getLogger("cdc_cache.continuity")
 
-Partition = StatefulSourcePartition[Any, Any]
 # librdkafka's answers to an offset the log does not hold (with auto.offset.reset=error)
 # and to a truncation it detected itself (leader epochs, KIP-320).
 _OUT_OF_RANGE: Final = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
@@ -60,6 +58,29 @@ _TRUNCATED: Final = frozenset({KafkaError._LOG_TRUNCATION})
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 _VERIFY_WAIT: Final = timedelta(milliseconds=100)
 _DECISION_POLL_S: Final = 1.0
+
+
+class Partition(Protocol):
+    """One Kafka source partition, as the guard reads it."""
+
+    @property
+    def consumer(self) -> Consumer | None:
+        """Its Kafka consumer, whose cached watermarks are read (None: none yet)."""
+
+    def next_batch(self) -> list[Any]:
+        """The next messages (records, and errors as messages)."""
+
+    def next_awake(self) -> datetime | None:
+        """When to ask for the next batch (None: at once)."""
+
+    def snapshot(self) -> Any:
+        """Where it would resume: the next offset."""
+
+    def close(self) -> None:
+        """Close its consumer."""
+
+    def error_codes(self, batch: list[Any]) -> set[int]:
+        """The librdkafka error codes among ``batch``'s messages."""
 
 
 class ContinuityGuard:
@@ -104,7 +125,7 @@ class ContinuityGuard:
         return int(self.clock() * 1000)
 
 
-class GuardedPartition(Partition):
+class GuardedPartition:
     """A KafkaSource partition whose offsets are checked before anything is passed on."""
 
     def __init__(
@@ -134,8 +155,7 @@ class GuardedPartition(Partition):
     @property
     def consumer(self) -> Consumer | None:
         """The Kafka consumer of the current inner partition (its cached watermarks)."""
-        consumer = getattr(self._inner, "_consumer", None)
-        return consumer if isinstance(consumer, Consumer) else None
+        return self._inner.consumer
 
     @property
     def next_offset(self) -> int | None:
@@ -210,7 +230,7 @@ class GuardedPartition(Partition):
         return batch
 
     def _observe(self, identity: TopicIdentity | None, batch: list[Any]) -> Observed:
-        errors = {m.err.code() for m in batch if isinstance(m, KafkaErrorMessage)}
+        errors = self._inner.error_codes(batch)
         low, high = self._watermarks()
         if self._log_start is not None:
             low = self._log_start if low is None else max(low, self._log_start)

@@ -19,6 +19,19 @@ from typing import Final, Literal
 
 Role = Literal["consumer", "producer"]
 
+# A broker that does not answer a waiting fetch as soon as data arrives holds each record
+# for up to fetch.wait.max.ms (librdkafka's default is 500 ms): cap what that can add to
+# commit-to-applied latency. Brokers that answer early are unaffected. Overridable.
+#
+# The dataflow runs one consumer per partition, and librdkafka prefetches up to
+# queued.max.messages.kbytes (64 MiB by default) for each: a worker that falls behind on
+# many partitions would hold that much per partition. 16 MiB is still ~9,000 records of
+# a schema-wrapped 1.8 KB change, several polls' worth, so it costs no throughput.
+CONSUMER_DEFAULTS: dict[str, str] = {
+    "fetch.wait.max.ms": "100",
+    "queued.max.messages.kbytes": "16384",
+}
+
 CONSUMER_ONLY: Final = frozenset(
     {
         "auto.commit.enable",

@@ -31,7 +31,8 @@ from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
-from dataflows.invalidation import DlqTarget, build_flow
+from dataflows.config import DlqTarget, FlowConfig
+from dataflows.invalidation import build_flow
 from tests.integration.flowkit import POISON, cache_state, produce, unique_topic
 from tests.workload import RULES_YAML, Message, Workload
 
@@ -83,14 +84,16 @@ def expected_dlq(messages: list[Message], topic: str, victim: str) -> set[tuple[
 
 def run_flow(broker, redis_url: str, topic: str, dlq_topic: str) -> None:
     flow = build_flow(
-        rules=RULES,
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=redis_url,
-        tail=False,
-        batch_size=50,
-        dlq=DlqTarget(broker.bootstrap, dlq_topic, {}, Backoff(0.05, 0.5)),
-        max_value_bytes=1024,
+        FlowConfig(
+            rules=RULES,
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=redis_url,
+            tail=False,
+            batch_size=50,
+            dlq=DlqTarget(broker.bootstrap, dlq_topic, {}, Backoff(0.05, 0.5)),
+            max_value_bytes=1024,
+        )
     )
     cluster_main(flow, [], 0)
 

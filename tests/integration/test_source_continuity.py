@@ -24,6 +24,7 @@ from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.tools.devstack.broker import Broker, S3Store
+from dataflows.config import FlowConfig, FlowContext
 from dataflows.invalidation import build_flow
 from tests.integration.faults import FaultRun, durable_broker, verdict
 from tests.integration.flowkit import (
@@ -76,16 +77,15 @@ def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, c
     init_db_dir(recovery, 1)
 
     def flow(holds: Holds, stop: threading.Event | None = None, tail: bool = False):
-        return build_flow(
+        config = FlowConfig(
             rules=parse_rules(RULES_YAML),
-            brokers=[broker.bootstrap],
-            topics=[topic],
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
             redis_url=redis_target.url,
             tail=tail,
-            holds=holds,
-            stop=stop,
             continuity=continuity,
         )
+        return build_flow(config, FlowContext(stop=stop or threading.Event(), holds=holds))
 
     config = RecoveryConfig(recovery)
     cluster_main(flow(Holds()), [], 0, recovery_config=config)

@@ -29,9 +29,9 @@ def test_no_spelling_of_a_sensitive_value_survives(value, spell):
     text = f"key 'user:{spell(value)}:x' refused; row {{'email': {value!r}}}"
     clean = scrub(text, forms)
     assert REDACTED in clean
-    left = clean.replace(REDACTED, "\0")  # a value may be spelled inside the marker itself
+    pieces = clean.split(REDACTED)  # a value may be spelled inside the marker itself
     for form in (str(value), repr(value), escape_value(value)):
-        assert form not in left
+        assert not any(form in piece for piece in pieces)
 
 
 def test_values_of_other_columns_and_of_no_column_are_kept():
