@@ -125,7 +125,7 @@ class Stack:
         self._spawn(
             "debezium",
             [
-                "-m", "cdc_cache.devstack.debezium", "--source=mariadb",
+                "-m", "cdc_cache.tools.devstack.debezium", "--source=mariadb",
                 f"--db-port={self.mariadb.port}", f"--databases={SCHEMA}",
                 f"--brokers={self.broker.bootstrap}", "--topic-prefix=bench",
                 f"--state-dir={self.home / 'debezium'}", "--no-schemas", "--log-level=WARN",

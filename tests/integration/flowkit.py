@@ -204,7 +204,7 @@ def debezium(
 ) -> Service:
     """The embedded-engine runner (``cdc_cache.tools.devstack.debezium``) as the cdc user."""
     argv = [
-        sys.executable, "-m", "cdc_cache.devstack.debezium",
+        sys.executable, "-m", "cdc_cache.tools.devstack.debezium",
         f"--source={source}",
         f"--db-port={db_port}",
         "--db-user=cdc",

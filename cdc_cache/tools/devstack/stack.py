@@ -114,7 +114,7 @@ class DebeziumService(ProcessService):
         self.process = ManagedProcess(
             name="debezium",
             argv=[
-                sys.executable, "-m", "cdc_cache.devstack.debezium",
+                sys.executable, "-m", "cdc_cache.tools.devstack.debezium",
                 "--source", "mariadb",
                 "--db-port", str(mariadb_port),
                 "--db-user", MariaDB.cdc_user,
