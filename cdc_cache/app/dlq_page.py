@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import cache
 from http import HTTPStatus
 from typing import Any, Final, Protocol
@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from cdc_cache.app.replay import ReplayOutcome
+from cdc_cache.app.routes import Request, Response, json_response
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.dlq.entries import EntryFilter, entry_filter, summary
 
@@ -64,27 +65,6 @@ class DlqBackend(Protocol):
     def entries(self, where: EntryFilter | None = None) -> list[dict[str, Any]]: ...
 
     def replay(self, entries: Sequence[dict[str, Any]]) -> Sequence[ReplayOutcome]: ...
-
-
-@dataclass
-class Response:
-    """One HTTP answer."""
-
-    status: HTTPStatus
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Request:
-    """The parts of an HTTP request the pages look at."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes = b""
 
 
 @cache
@@ -145,10 +125,6 @@ class Sessions:
         return hmac.new(self._key, unsigned.encode(), hashlib.sha256).hexdigest()
 
 
-def _json(status: HTTPStatus, doc: object, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, orjson.dumps(doc), "application/json", headers or {})
-
-
 def _session_of(request: Request) -> str:
     return _cookies(request.headers.get("cookie", "")).get(COOKIE, "")
 
@@ -189,7 +165,7 @@ class DlqPages:
 
     def _route(self, request: Request) -> Response:
         if self._token is None:
-            return _json(HTTPStatus.FORBIDDEN, {"error": _NO_TOKEN})
+            return json_response(HTTPStatus.FORBIDDEN, {"error": _NO_TOKEN})
         path, method = request.path.rstrip("/") or "/", request.method
         if path == "/dlq/login" and method == "POST":
             return self._login(request)
@@ -210,30 +186,34 @@ class DlqPages:
         try:
             if path == "/dlq/api/entries" and method == "GET":
                 listed = self._backend.entries(_filter(parse_qs(request.query)))
-                return _json(HTTPStatus.OK, {"entries": [summary(e) for e in listed]})
+                return json_response(HTTPStatus.OK, {"entries": [summary(e) for e in listed]})
             if path.startswith("/dlq/api/entries/") and method == "GET":
                 entry_id = unquote(path.removeprefix("/dlq/api/entries/"))
                 found = self._backend.entries(EntryFilter(ids=frozenset({entry_id})))
                 if not found:
-                    return _json(HTTPStatus.NOT_FOUND, {"error": f"no DLQ entry {entry_id!r}"})
-                return _json(HTTPStatus.OK, found[0])
+                    return json_response(
+                        HTTPStatus.NOT_FOUND, {"error": f"no DLQ entry {entry_id!r}"}
+                    )
+                return json_response(HTTPStatus.OK, found[0])
             if path == "/dlq/api/replay" and method == "POST":
                 return self._replay(request)
         except ValueError as exc:
-            return _json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return json_response(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except CdcCacheError as exc:
             log.warning("DLQ request failed", extra={"path": path, "error": str(exc)})
-            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
         if path in _STATIC or path.startswith("/dlq/api/"):
-            return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} not allowed here"})
-        return _json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
+            return json_response(
+                HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} not allowed here"}
+            )
+        return json_response(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
 
     def _unauthorized(self, request: Request) -> Response:
         if request.method == "GET" and request.path.rstrip("/") == "/dlq":
             return Response(
                 HTTPStatus.UNAUTHORIZED, _asset("login.html"), "text/html; charset=utf-8"
             )
-        return _json(
+        return json_response(
             HTTPStatus.UNAUTHORIZED,
             {"error": "sign in at /dlq, or send 'Authorization: Bearer <admin_token>'"},
             {"WWW-Authenticate": "Bearer"},
@@ -258,7 +238,7 @@ class DlqPages:
 
     def _replay(self, request: Request) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send a JSON body"})
+            return json_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send a JSON body"})
         try:
             body = orjson.loads(request.body or b"{}")
         except orjson.JSONDecodeError as exc:
@@ -279,7 +259,7 @@ class DlqPages:
         entries = self._backend.entries(where)
         outcomes = self._backend.replay(entries)
         log.warning("DLQ entries replayed over HTTP", extra={"count": len(entries)})
-        return _json(HTTPStatus.OK, {"outcomes": [asdict(o) for o in outcomes]})
+        return json_response(HTTPStatus.OK, {"outcomes": [asdict(o) for o in outcomes]})
 
 
 def _filter(query: dict[str, list[str]]) -> EntryFilter:

@@ -19,8 +19,9 @@ from types import FrameType
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cdc_cache.app.admin import AdminServer, StartupBackend
+from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.replay import DlqService
+from cdc_cache.app.routes import StartupBackend
 from cdc_cache.app.settings import WorkerSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, StopRequested, chain

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from cdc_cache.app.admin import AdminServer, StartupBackend
+from cdc_cache.app.admin import AdminServer
+from cdc_cache.app.routes import StartupBackend
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.mode.controller import Flag
