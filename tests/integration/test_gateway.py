@@ -30,7 +30,8 @@ from cdc_cache.core import metrics
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.notify.gateway import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE, Gateway
+from cdc_cache.notify.gateway import Gateway
+from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.notify.tokens import issue
 from cdc_cache.plan.planner import plan
