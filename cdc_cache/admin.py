@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
@@ -47,6 +48,10 @@ _NO_TOKEN = (
     "changing the mode over HTTP is disabled: set admin_token (CDC_CACHE_ADMIN_TOKEN) "
     "on the worker, or use `cdc-cache mode set`"
 )
+
+
+Page = Callable[[], tuple[HTTPStatus, bytes, str]]
+"""Another process's own GET page: status, body and content type."""
 
 
 class ModeBackend(Protocol):
@@ -134,9 +139,11 @@ class AdminServer:
         *,
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        extra: Mapping[str, Page] | None = None,
     ) -> None:
+        """``extra`` adds GET pages by path (``cdc-cache inspect``'s report)."""
         pages = DlqPages(dlq, token) if dlq is not None else None
-        handler = _handler(backend, token, pages, timeout_s)
+        handler = _handler(backend, token, pages, timeout_s, extra or {})
         try:
             server = _Server((host, port), handler, max_connections)
         except OSError as exc:
@@ -229,7 +236,11 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def _handler(
-    backend: ModeBackend, token: str | None, pages: DlqPages | None, limit_s: float
+    backend: ModeBackend,
+    token: str | None,
+    pages: DlqPages | None,
+    limit_s: float,
+    extra: Mapping[str, Page],
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
@@ -278,7 +289,9 @@ def _handler(
         def do_GET(self) -> None:
             if self._dlq():
                 return
-            if self.path == "/metrics":
+            if self.path in extra:
+                self._send(*extra[self.path]())
+            elif self.path == "/metrics":
                 self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 self._json(HTTPStatus.OK, {"status": "ok"})
