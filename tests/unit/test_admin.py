@@ -211,3 +211,17 @@ def test_a_client_that_goes_away_prints_no_traceback(with_token, capsys):
 def test_a_port_in_use_is_a_config_error_naming_the_setting(with_token, runtime):
     with pytest.raises(ConfigError, match=r"^metrics_port \d+: cannot listen there .*free port"):
         AdminServer(runtime, with_token.port, None, host="127.0.0.1")
+
+
+def test_another_process_adds_its_own_pages(runtime):
+    """How ``cdc-cache inspect`` serves its report next to /metrics and /healthz."""
+    from http import HTTPStatus
+
+    page = (HTTPStatus.OK, b"report\n", "text/plain; charset=utf-8")
+    server = AdminServer(runtime, 0, None, host="127.0.0.1", extra={"/": lambda: page}).start()
+    try:
+        assert call(server, "GET", "/") == (200, b"report\n")
+        assert call(server, "GET", "/healthz")[0] == 200
+        assert call(server, "GET", "/other")[0] == 404
+    finally:
+        server.close()

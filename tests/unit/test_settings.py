@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
 from cdc_cache.retry import Backoff
-from cdc_cache.settings import SharedSettings, load, load_settings
+from cdc_cache.settings import InspectSettings, SharedSettings, load, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -236,3 +236,31 @@ def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monk
     assert refused.exit_code == 2 and "whitespace" in refused.output
     missing = CliRunner().invoke(main, args)
     assert missing.exit_code == 2 and "give the token signing key" in missing.output
+
+
+def test_inspect_reads_the_worker_file_of_a_cluster_and_takes_its_own_settings(
+    tmp_path, monkeypatch
+):
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopic_pattern: 'db\\.inv\\..*'\nredis_url: redis://cache:6379/0\n"
+        "addresses: [w0:2101, w1:2101]\nworkers: 2\nmetrics_port: 9108\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_INSPECT_SETTLE_S", "5")
+    dsn = tmp_path / "dsn"
+    dsn.write_text("mysql://reader:pw@db:3306/inventory\n")
+    settings = load(InspectSettings, config, inspect_db_file=dsn, inspect_sample_every=10)
+    assert settings.topic_pattern == r"db\.inv\..*" and settings.redis_url.endswith("/0")
+    assert (settings.inspect_settle_s, settings.inspect_sample_every) == (5.0, 10)
+    assert settings.dsn() == "mysql://reader:pw@db:3306/inventory"
+    assert "pw" not in repr(settings)
+
+
+def test_inspect_needs_a_database_and_sane_limits(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\n")
+    with pytest.raises(ConfigError, match="inspect_db"):
+        load(InspectSettings, config)
+    with pytest.raises(ConfigError, match="inspect_max_db_queries_per_s"):
+        load(InspectSettings, config, inspect_db="mysql://x", inspect_max_db_queries_per_s=0)
+    with pytest.raises(ConfigError, match="topics"):
+        load(InspectSettings, write(tmp_path, "rules: r.yaml\n"), inspect_db="mysql://x")
