@@ -209,8 +209,9 @@ INSPECT_OBJECTIVE = Gauge(
 )
 INSPECT_TIME_TO_CONSISTENCY = Histogram(
     "inspect_time_to_consistency_seconds",
-    "Source commit time of a sampled change to the check that found its keys right (for "
-    "samples right at their first check, that check's time: about settle_s)",
+    "Source commit time of a sampled change until its keys were seen right: by probes of the "
+    "cache (50 ms after it was read, doubling, until settle_s), else by re-checks of a wrong "
+    "key; MySQL/MariaDB commit times have one-second resolution",
     namespace=NAMESPACE,
     buckets=_LATENCY_BUCKETS,
 )

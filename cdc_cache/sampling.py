@@ -1,10 +1,12 @@
-"""Which changes ``cdc-cache inspect`` samples, and when each sample is checked (pure).
+"""Which changes ``cdc-cache inspect`` samples, and when each sample is looked at (pure).
 
 A sample follows one row (its Kafka topic, partition and key): the change that was
 sampled, then every later change of the same row the inspector reads, so a check always
 judges the row's newest known state and only once that state is ``settle_s`` old. A row
 that never stays quiet that long is given up (``busy_row``) rather than judged while a
-change is in flight. Time is passed in, never read, so all of it is tested without clocks.
+change is in flight. Until then the cache alone is probed (``probe_s`` after the change
+was read, doubling) to see when the change became visible: its time to consistency.
+Time is passed in, never read, so all of it is tested without clocks.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class Sample:
     rechecks: int = 0
     doubted_since: float | None = None  # since when its checks had a doubt (a change in flight?)
     changes: int = 1
+    probes: int = 0  # looks at the cache since the newest change was read
+    visible_ms: float | None = None  # when a probe first found the newest change applied
 
     @property
     def judged(self) -> bool:
@@ -121,6 +125,7 @@ class Tracker:
     settle_s: float
     limit_s: float
     max_pending: int
+    probe_s: float = 0.05
     _samples: dict[RowId, Sample] = field(default_factory=dict)
     _heap: list[tuple[float, int, RowId]] = field(default_factory=list)
     _pushed: int = 0
@@ -138,7 +143,7 @@ class Tracker:
         if len(self._samples) >= self.max_pending:
             return Skip.BACKLOG
         primary_key = tuple(event.key)
-        sample = Sample(row, table, primary_key, event, {}, now, now, now + self.settle_s)
+        sample = Sample(row, table, primary_key, event, {}, now, now, now + self.probe_s)
         _add_keys(sample, event)
         self._samples[row] = sample
         self._schedule(sample)
@@ -160,8 +165,28 @@ class Tracker:
             return Skip.BUSY_ROW
         sample.received = now
         sample.doubted_since = None
-        self.later(sample, now + self.settle_s)
+        sample.probes = 0
+        sample.visible_ms = None
+        self.at(sample, now + (self.settle_s if sample.judged else self.probe_s))
         return None
+
+    def settles_at(self, sample: Sample) -> float:
+        """When the sample's newest change will have settled."""
+        return sample.received + self.settle_s
+
+    def probing(self, sample: Sample, now: float) -> bool:
+        """Whether the sample is still being probed (not judged, newest change unsettled)."""
+        return not sample.judged and now < self.settles_at(sample)
+
+    def probe_again(self, sample: Sample, now: float) -> None:
+        """The newest change is not visible yet: the next probe, twice as late."""
+        sample.probes += 1
+        self.at(sample, min(now + self.probe_s * 2**sample.probes, self.settles_at(sample)))
+
+    def at(self, sample: Sample, when: float) -> None:
+        """Look at ``sample`` at ``when``."""
+        sample.due = when
+        self._schedule(sample)
 
     def next_due(self, now: float) -> Sample | None:
         """The next sample whose check is due, if any."""
@@ -173,9 +198,8 @@ class Tracker:
         return None
 
     def later(self, sample: Sample, at: float) -> None:
-        """Check ``sample`` again at ``at`` (never before its newest change settled)."""
-        sample.due = max(at, sample.received + self.settle_s)
-        self._schedule(sample)
+        """Check ``sample`` at ``at``, never before its newest change settled."""
+        self.at(sample, max(at, self.settles_at(sample)))
 
     def drop(self, sample: Sample) -> None:
         """Stop following ``sample``'s row."""

@@ -254,6 +254,17 @@ class InspectSettings(TopicSettings):
     )
     log_level: str = "INFO"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_admin_token(cls, data: Any) -> Any:
+        """Leave the worker's admin token out: the inspector changes nothing.
+
+        The worker's file may name an ``admin_token_file`` that is not mounted here.
+        """
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ("admin_token", "admin_token_file")}
+        return data
+
     @model_validator(mode="after")
     def _db_given(self) -> InspectSettings:
         self.inspect_db = _secret(self.inspect_db, self.inspect_db_file, "inspect_db")

@@ -187,17 +187,26 @@ def _events(count: int, seed: int = 1) -> list[tuple[bytes, ChangeEvent]]:
 WORKLOAD_TABLE = parse_rules(RULES_YAML).tables["inventory.stock"]
 
 
-def test_a_sample_is_due_once_its_rows_newest_change_settled():
-    tracker = Tracker(settle_s=1.0, limit_s=10.0, max_pending=10)
+def test_a_sample_is_probed_at_doubling_intervals_then_judged_once_its_row_settled():
+    tracker = Tracker(settle_s=1.0, limit_s=10.0, max_pending=10, probe_s=0.05)
     (key, first), *rest = _events(30)
     row = ("t", 0, key)
     assert tracker.start(row, WORKLOAD_TABLE, first, 0.0) is None
-    assert tracker.next_due(0.99) is None
+    looks, step = [], 0
+    while (sample := tracker.next_due(step / 1000)) is None or tracker.probing(sample, step / 1000):
+        if sample is not None:
+            looks.append(step)
+            tracker.probe_again(sample, step / 1000)
+        step += 1
+    assert looks == pytest.approx([50, 150, 350, 750], abs=1), "probes (ms) until it settled"
+    assert step == 1000
     later = next(e for k, e in rest if k == key and e.position > first.position)
-    assert tracker.update(row, later, 0.5) is None
-    assert tracker.next_due(1.2) is None, "the later change has not settled"
-    sample = tracker.next_due(1.5)
-    assert sample is not None and sample.event is later and sample.changes == 2
+    tracker.later(sample, 5.0)
+    assert tracker.update(row, later, 1.5) is None
+    assert tracker.next_due(1.56) is sample and tracker.probing(sample, 1.56), "probed anew"
+    tracker.later(sample, 1.56)
+    assert tracker.next_due(2.49) is None, "the later change has not settled"
+    assert tracker.next_due(2.5) is sample and sample.event is later and sample.changes == 2
 
 
 def test_a_late_older_change_does_not_replace_the_newest_but_adds_its_keys():

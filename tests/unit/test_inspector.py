@@ -52,22 +52,28 @@ class FakeTruth:
         self.rows: dict[int, Row] = {}
         self.cache: dict[str, bytes] = {}
         self.calls: list[str] = []
+        self.times: list[float] = []
+        self.clock: Clock | None = None
         self.down: str | None = None
 
+    def _log(self, call: str) -> None:
+        self.calls.append(call)
+        self.times.append(self.clock.now if self.clock else 0.0)
+
     def stored(self, keys: Mapping[str, ValueFormat]) -> dict[str, Stored]:
-        self.calls.append("redis")
+        self._log("redis")
         if self.down == "redis":
             raise rex.ConnectionError("connection refused")
         return {k: Stored(self.cache.get(k), "00000.s" if k in self.cache else None) for k in keys}
 
     def row(self, table: str, key: Mapping[str, Any]) -> Row | None:
-        self.calls.append("db")
+        self._log("db")
         if self.down == "db":
             raise OSError("database gone")
         return self.rows.get(key["id"])
 
     def owned(self, table: TableRules, primary_key: Sequence[str], key: str) -> bool:
-        self.calls.append("db")
+        self._log("db")
         return any(key in rendered(table, row, primary_key) for row in self.rows.values())
 
     def commit(self, message: Message) -> None:
@@ -110,6 +116,7 @@ class Run:
     def __init__(self, seed: int = 1, **overrides: Any) -> None:
         self.clock = Clock()
         self.truth = FakeTruth()
+        self.truth.clock = self.clock
         self.workload = Workload(seed=seed, topic="t.inventory.stock")
         self.inspector = Inspector(
             _settings(**overrides),
@@ -166,12 +173,26 @@ def test_a_change_applied_in_time_is_consistent_and_judged_once_it_settled():
     (first, *_) = run.changes(1)
     run.deliver(_stamp(first, run.clock.wall_ms()))
     run.wait(SETTLE - 0.2)
-    assert run.truth.calls == [], "checked before the change settled"
+    assert "db" not in run.truth.calls, "judged before the change settled"
     run.wait(0.4)
     assert run.report["checks"] == {"consistent": 1, "stale": 0, "missing": 0, "unexpected": 0}
-    assert run.report["pending"] == 0 or run.inspector.tracker.pending == 0
+    assert run.inspector.tracker.pending == 0
     ttc = run.report["time_to_consistency_s"]
-    assert ttc["observations"] == 1 and SETTLE <= ttc["max"] <= SETTLE + 0.3
+    assert ttc["observations"] == 1 and ttc["max"] <= 0.15, "the first probe saw it"
+
+
+def test_time_to_consistency_is_when_a_probe_of_the_cache_first_saw_the_change():
+    run = Run()
+    (insert,) = run.workload._insert()
+    run.deliver(_stamp(insert, run.clock.wall_ms()), apply=False)
+    run.wait(0.3)
+    probes = run.truth.calls.count("redis")
+    assert probes >= 2 and "db" not in run.truth.calls, "probes read the cache only"
+    run.truth.apply(insert)
+    run.wait(SETTLE)
+    ttc = run.report["time_to_consistency_s"]
+    assert 0.3 <= ttc["max"] <= 0.3 + 0.2 + 0.1  # the next probe, 0.2 s after the last one
+    assert run.report["checks"]["consistent"] == 1
 
 
 def test_a_check_reads_the_cache_before_the_database():
@@ -180,7 +201,9 @@ def test_a_check_reads_the_cache_before_the_database():
     run = Run()
     run.deliver(run.changes(1)[0])
     run.wait(SETTLE + 0.2)
-    assert run.truth.calls[:2] == ["redis", "db"]
+    first_db = run.truth.calls.index("db")
+    assert run.truth.calls[first_db - 1] == "redis"
+    assert run.truth.times[first_db - 1] == run.truth.times[first_db], "in the same check"
 
 
 def test_a_change_the_worker_never_applied_is_stale_until_fixed_with_its_time_to_consistency():
@@ -232,7 +255,7 @@ def test_a_later_change_of_the_sampled_row_moves_the_check_until_the_row_settles
         run.wait(0.6)
         update = _qty_update(run.workload, next(iter(run.workload.rows)))
         run.deliver(update)
-    assert run.truth.calls == []
+    assert "db" not in run.truth.calls
     run.wait(SETTLE + 0.2)
     assert run.report["checks"]["consistent"] == 1
     assert run.truth.calls.count("db") == 1

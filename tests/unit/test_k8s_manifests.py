@@ -14,7 +14,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import GatewaySettings, load_settings
+from cdc_cache.settings import GatewaySettings, InspectSettings, load, load_settings
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -162,7 +162,7 @@ def test_probes_use_the_admin_endpoints():
     assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (gateway,) = _one("Deployment", "cdc-cache-gateway")["spec"]["template"]["spec"]["containers"]
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
     for container in (worker, gateway):
@@ -172,16 +172,22 @@ def test_probes_use_the_admin_endpoints():
 
 
 def test_gateway_runs_the_contracted_command_and_settings():
-    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (gateway,) = _one("Deployment", "cdc-cache-gateway")["spec"]["template"]["spec"]["containers"]
     assert gateway["args"] == ["gateway"]
     names = {n.removeprefix("CDC_CACHE_GATEWAY_").lower() for n in _env(gateway)}
     assert names <= GATEWAY_SETTINGS
     assert _env(gateway)["CDC_CACHE_GATEWAY_HOST"]["value"] == "0.0.0.0"
 
 
+def _pods() -> list[dict]:
+    """The pod templates of every StatefulSet and Deployment."""
+    return [
+        d["spec"]["template"]["spec"] for _, d in DOCS if d["kind"] in ("StatefulSet", "Deployment")
+    ]
+
+
 def test_pods_run_unprivileged_with_a_read_only_root_and_bounded_memory():
-    for kind in ("StatefulSet", "Deployment"):
-        pod = _one(kind)["spec"]["template"]["spec"]
+    for pod in _pods():
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["automountServiceAccountToken"] is False
@@ -197,8 +203,7 @@ def test_pods_run_unprivileged_with_a_read_only_root_and_bounded_memory():
 def _secret_keys() -> dict[str, set[str]]:
     """Secret name -> keys, from every secretKeyRef and secret volume of the pods."""
     keys: dict[str, set[str]] = {}
-    for kind in ("StatefulSet", "Deployment"):
-        pod = _one(kind)["spec"]["template"]["spec"]
+    for pod in _pods():
         for container in pod["containers"] + pod.get("initContainers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -215,7 +220,7 @@ def test_secrets_are_referenced_never_inlined():
     assert not [d for _, d in DOCS if d["kind"] == "Secret"]
     readme = (ROOT / "README.md").read_text()
     keys = _secret_keys()
-    assert set(keys) == {"cdc-cache-worker", "cdc-cache-gateway"}
+    assert set(keys) == {"cdc-cache-worker", "cdc-cache-gateway", "cdc-cache-inspect"}
     for name, wanted in keys.items():
         command = re.search(
             rf"kubectl (?:-n \S+ )?create secret generic {name}((?:.*\\\n)*.*)", readme
@@ -236,3 +241,41 @@ def test_service_monitors_select_services_and_ports_that_exist():
             # Without jobLabel the job is the Service's name: the one the alerts select on.
             assert "jobLabel" not in monitor["spec"]
             assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
+
+
+def test_inspector_reads_the_workers_settings_and_rules_and_serves_its_port(tmp_path):
+    deployment = _one("Deployment", "cdc-cache-inspect")
+    pod = deployment["spec"]["template"]["spec"]
+    (inspect,) = pod["containers"]
+    assert inspect["args"][:2] == ["inspect", "--config"]
+    config = Path(inspect["args"][2])
+    mounts = {m["name"]: Path(m["mountPath"]) for m in inspect["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.parent == mounts["config"]
+    assert volumes["config"]["configMap"]["name"] == "cdc-cache-worker"
+    assert volumes["rules"]["configMap"]["name"] == "cdc-cache-rules"
+    text = _one("ConfigMap", "cdc-cache-worker")["data"][config.name]
+    worker_settings = yaml.safe_load(text)
+    assert Path(worker_settings["rules"]).parent == mounts["rules"]
+    assert Path(worker_settings["redis_password_file"]).parent == mounts["secrets"]
+    items = {i["key"] for i in volumes["secrets"]["secret"]["items"]}
+    assert items == {"redis-password"}, "only what the inspector needs: not the admin token"
+    env = {e["name"]: e["value"] for e in inspect["env"]}
+    db_file = Path(env["CDC_CACHE_INSPECT_DB_FILE"])
+    assert db_file.parent == mounts["database"]
+    assert volumes["database"]["secret"]["items"] == [{"key": "db-url", "path": db_file.name}]
+    settings_file = tmp_path / config.name
+    settings_file.write_text(text)
+    secret = tmp_path / "secret"
+    secret.write_text("mysql://reader:x@db:3306/inventory")
+    overrides = {k.removeprefix("CDC_CACHE_").lower(): v for k, v in env.items()}
+    overrides |= {"redis_password_file": secret, "inspect_db_file": secret}
+    settings = load(InspectSettings, settings_file, **overrides)
+    assert settings.topic_pattern == worker_settings["topic_pattern"]
+    assert settings.redis_url == worker_settings["redis_url"]
+    ports = {p["name"]: p["containerPort"] for p in inspect["ports"]}
+    assert ports == {"metrics": settings.inspect_port}
+    service = _one("Service", "cdc-cache-inspect")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert inspect["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert inspect["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
