@@ -370,31 +370,37 @@ class Demo:
                 self.started.append(name)
             self.stack.up([name], progress=self.display.say, timeout=120)
 
-    def _start_worker(self, broker: Broker) -> None:
-        self.worker.argv = [
-            sys.executable, "-m", "cdc_cache", "run",
+    def _source_args(self, broker: Broker) -> list[str]:
+        """What the worker and the inspector both read: rules, topics, Redis."""
+        return [
             "--rules", str(example_rules()),
             "--brokers", broker.bootstrap,
             "--topic-pattern", TOPIC_PATTERN,
             "--redis-url", self.stack.service("redis").address(),
+        ]  # fmt: skip
+
+    def _start_process(self, process: ManagedProcess, port: int, shown: str) -> None:
+        """Start ``process``, wait until ``port`` answers, say what it serves (``shown``)."""
+        began = time.monotonic()
+        process.start(lambda: port_open(port), timeout=120)
+        self.display.say(
+            f"{process.name:<9} started in {time.monotonic() - began:5.2f}s  "
+            f"{shown}, log {process.log_file}"
+        )
+
+    def _start_worker(self, broker: Broker) -> None:
+        self.worker.argv = [
+            sys.executable, "-m", "cdc_cache", "run", *self._source_args(broker),
             "--recovery-dir", str(self.home / "recovery"),
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
-        began = time.monotonic()
-        self.worker.start(lambda: port_open(self.metrics_port), timeout=120)
-        self.display.say(
-            f"{'worker':<9} started in {time.monotonic() - began:5.2f}s  "
-            f"metrics http://127.0.0.1:{self.metrics_port}/metrics, log {self.worker.log_file}"
-        )
+        shown = f"metrics http://127.0.0.1:{self.metrics_port}/metrics"
+        self._start_process(self.worker, self.metrics_port, shown)
 
     def _start_inspector(self, broker: Broker, mariadb: MariaDB) -> None:
         """``cdc-cache inspect`` beside the worker: every change checked a second after."""
         self.inspector.argv = [
-            sys.executable, "-m", "cdc_cache", "inspect",
-            "--rules", str(example_rules()),
-            "--brokers", broker.bootstrap,
-            "--topic-pattern", TOPIC_PATTERN,
-            "--redis-url", self.stack.service("redis").address(),
+            sys.executable, "-m", "cdc_cache", "inspect", *self._source_args(broker),
             "--db", f"{mariadb.dsn()}/{DATABASE}",
             "--port", str(self.inspect_port),
             "--sample-every", "1",
@@ -402,12 +408,8 @@ class Demo:
             "--settle-s", "1",
             "--min-checks", "20",
         ]  # fmt: skip
-        began = time.monotonic()
-        self.inspector.start(lambda: port_open(self.inspect_port), timeout=120)
-        self.display.say(
-            f"{'inspect':<9} started in {time.monotonic() - began:5.2f}s  "
-            f"report http://127.0.0.1:{self.inspect_port}/, log {self.inspector.log_file}"
-        )
+        shown = f"report http://127.0.0.1:{self.inspect_port}/"
+        self._start_process(self.inspector, self.inspect_port, shown)
 
     def _start_gateway(self) -> None:
         """The WebSocket gateway and its live page, linked with a token for the stock channels."""

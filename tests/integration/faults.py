@@ -6,8 +6,8 @@ A scenario produces :class:`Stream` parts while it injects its fault, then
 describes and the dead-letter topic holds exactly the injected poison, and adds the
 scenario's row to the table the suite prints at the end of the session.
 
-Given a MariaDB, a run also keeps the stream's table there (:class:`Mirror`: each change
-committed just before it is produced, as a connector would read it) and runs
+Given a MariaDB, a run also keeps the stream's table there (:class:`Mirror`: changes
+committed just before they are produced, as a connector would read them) and runs
 ``cdc-cache inspect`` beside the worker, whose consistency (checked 1 s after each change
 was read) goes into the row too.
 """
@@ -51,6 +51,7 @@ WATCHED = ("id", "sku_id", "warehouse", "qty")  # the watch list of tests.worklo
 SKUS = range(1, 61)  # the sku ids the workload draws from
 AVAILABILITY = "sku:{sku}:availability"  # the rules' delete-only key
 APP_FILLED = b"filled by the application"
+MIRROR_BATCH = 50  # changes committed to the mirror in one transaction, before produced
 
 # --- the stream ---------------------------------------------------------------------------
 
@@ -90,20 +91,25 @@ class Mirror:
             )
         self.dsn = f"{mariadb.dsn()}/{db}"
 
-    def commit(self, message: Message) -> None:
-        """Commit the change ``message`` describes (autocommit: one statement)."""
-        change = orjson.loads(message.value or b"{}")
+    def commit(self, messages: list[Message]) -> None:
+        """Commit the changes ``messages`` describe, in order, in one transaction."""
+        self._conn.begin()
         with self._conn.cursor() as cur:
-            if change["after"] is None:
-                cur.execute(f"DELETE FROM {self.db}.stock WHERE id = %s", (change["before"]["id"],))
-                return
-            row = change["after"]
-            cur.execute(
-                f"INSERT INTO {self.db}.stock (id, sku_id, warehouse, qty, note) "
-                "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE sku_id = VALUES(sku_id), "
-                "warehouse = VALUES(warehouse), qty = VALUES(qty), note = VALUES(note)",
-                tuple(row[c] for c in ("id", "sku_id", "warehouse", "qty", "note")),
-            )
+            for message in messages:
+                change = orjson.loads(message.value or b"{}")
+                if change["after"] is None:
+                    cur.execute(
+                        f"DELETE FROM {self.db}.stock WHERE id = %s", (change["before"]["id"],)
+                    )
+                    continue
+                cur.execute(
+                    f"INSERT INTO {self.db}.stock (id, sku_id, warehouse, qty, note) "
+                    "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE sku_id = "
+                    "VALUES(sku_id), warehouse = VALUES(warehouse), qty = VALUES(qty), "
+                    "note = VALUES(note)",
+                    tuple(change["after"][c] for c in ("id", "sku_id", "warehouse", "qty", "note")),
+                )
+        self._conn.commit()
 
     def close(self) -> None:
         with self._conn.cursor() as cur:
@@ -118,8 +124,8 @@ class Stream:
     ``transactions`` is the history the database went through (what the cache must end
     up reflecting); ``poison`` maps each injected poison message's (topic, partition,
     offset), as the broker acknowledged it, to the DLQ kind it must be filed under. With
-    a ``mirror``, each change is committed there just before its first delivery and
-    carries that moment as its commit time (re-deliveries repeat the same bytes).
+    a ``mirror``, each change is committed there just before its first delivery (50 at a
+    time) and carries that moment as its commit time (re-deliveries repeat its bytes).
     """
 
     topic: str
@@ -189,22 +195,30 @@ class Stream:
                 self.poison[where] = kind
 
         self.changes += sum(1 for m, kind in part if kind is None and m.value is not None)
-        messages = (self._committed_first(m) if kind is None else m for m, kind in part)
-        produce(bootstrap, messages, pace_s=pace_s, delivered=delivered)
+        produce(bootstrap, self._committed_first(part), pace_s=pace_s, delivered=delivered)
 
-    def _committed_first(self, message: Message) -> Message:
-        """``message`` as delivered: with a mirror, its change committed there first."""
-        if self.mirror is None or message.value is None:
-            return message
-        delivered = self._committed.get(message)
-        if delivered is None:
-            change = orjson.loads(message.value)
-            now_ms = int(time.time() * 1000)
-            change["source"]["ts_ms"], change["ts_ms"] = now_ms, now_ms
-            delivered = Message(message.topic, message.key, orjson.dumps(change))
-            self.mirror.commit(delivered)
-            self._committed[message] = delivered
-        return delivered
+    def _committed_first(self, part: list[tuple[Message, str | None]]) -> Iterator[Message]:
+        """The messages as delivered: with a mirror, each batch of 50 is committed there
+        first (one transaction), each change stamped with that moment as its commit time."""
+        for start in range(0, len(part), MIRROR_BATCH):
+            batch = part[start : start + MIRROR_BATCH]
+            fresh = list(
+                dict.fromkeys(
+                    m
+                    for m, kind in batch
+                    if kind is None and m.value is not None and m not in self._committed
+                )
+            )
+            if self.mirror is not None and fresh:
+                now_ms = int(time.time() * 1000)
+                for message in fresh:
+                    change = orjson.loads(message.value or b"{}")
+                    change["source"]["ts_ms"], change["ts_ms"] = now_ms, now_ms
+                    self._committed[message] = Message(
+                        message.topic, message.key, orjson.dumps(change)
+                    )
+                self.mirror.commit([self._committed[m] for m in fresh])
+            yield from (self._committed.get(m, m) for m, _ in batch)
 
     # -- the state it implies -------------------------------------------------------------
 
@@ -495,8 +509,9 @@ class FaultRun:
         run = cls(name, broker, client, stream, service, port, dlq_topic, watching)
         if watching is not None:
             watching.service.start()
-            wait_ready(watching.service, watching.port)
         run.restart()
+        if watching is not None:
+            wait_ready(watching.service, watching.port)
         return run
 
     def restart(self, timeout: float = 60) -> None:

@@ -312,14 +312,21 @@ def test_a_sampled_late_duplicate_is_judged_against_the_row_after_settle():
     assert late.report["checks"]["stale"] == 1
 
 
-def test_a_deleted_rows_key_still_cached_is_unexpected_once_no_change_can_empty_it():
-    run = Run()
+def _deleted_but_cached(run: Run) -> Message:
+    """A row inserted (and cached), then deleted in the database and the stream while its
+    key stays cached; the delete is returned, for the worker to apply late or never."""
     (insert,) = run.workload._insert()
     run.deliver(insert)
     run.wait(SETTLE + 0.2)
     (row_id,) = run.workload.rows
     delete, _tombstone = run.workload._delete(row_id)
     run.deliver(delete, apply=False)
+    return delete
+
+
+def test_a_deleted_rows_key_still_cached_is_unexpected_once_no_change_can_empty_it():
+    run = Run()
+    _deleted_but_cached(run)
     run.wait(SETTLE + 0.5)
     assert run.report["checks"]["unexpected"] == 0, "judged before another change could empty it"
     run.wait(SETTLE)
@@ -329,12 +336,7 @@ def test_a_deleted_rows_key_still_cached_is_unexpected_once_no_change_can_empty_
 def test_a_stray_key_emptied_within_the_settle_is_no_inconsistency():
     """What the doubt is for: judged at once (trusting), the same stray is unexpected."""
     run = Run()
-    (insert,) = run.workload._insert()
-    run.deliver(insert)
-    run.wait(SETTLE + 0.2)
-    (row_id,) = run.workload.rows
-    delete, _ = run.workload._delete(row_id)
-    run.deliver(delete, apply=False)
+    delete = _deleted_but_cached(run)
     run.wait(SETTLE + 0.3)
     (sample,) = run.inspector.tracker._samples.values()
     trusted = check(sample, run.truth, trusting=True)
