@@ -49,7 +49,7 @@ from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from redis import exceptions as rex
 
 from cdc_cache import metrics
@@ -66,7 +66,7 @@ from cdc_cache.consistency import (
     worst,
 )
 from cdc_cache.envelope import Parse, decode
-from cdc_cache.errors import CdcCacheError, ConfigError, PoisonMessage
+from cdc_cache.errors import BrokerUnavailable, CdcCacheError, ConfigError, PoisonMessage
 from cdc_cache.events import ChangeEvent, Op, Row, SourceRecord
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.mode import Flag
@@ -74,7 +74,7 @@ from cdc_cache.nines import WINDOWS, Windows, nines_of
 from cdc_cache.ops import ValueFormat
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import Client, is_transient, misconfiguration
-from cdc_cache.retry import Backoff
+from cdc_cache.retry import Backoff, retry_forever, retry_reporter
 from cdc_cache.rules import Action, KeyRule, Rules, TableRules
 from cdc_cache.sampling import RowId, Sample, Sampler, Skip, TokenBucket, Tracker, recheck_delay
 from cdc_cache.schema_registry import SchemaResolver, schema_resolver
@@ -657,6 +657,8 @@ class LiveTruth:
             try:
                 self._database()
                 return
+            except ConfigError:
+                raise
             except CdcCacheError as exc:
                 attempt += 1
                 metrics.RETRIES.labels("database").inc()
@@ -715,16 +717,26 @@ class KafkaRecords:
             "error_cb": self.health.on_error,
         }
         self._consumer = Consumer(config)
-        assignment = []
-        for topic in topics:
-            meta = self._consumer.list_topics(topic, timeout=30).topics.get(topic)
-            if meta is None or meta.error is not None:
-                msg = f"topic {topic} cannot be read on {settings.brokers}"
-                raise ConfigError(msg)
-            assignment += [TopicPartition(topic, p, OFFSET_END) for p in sorted(meta.partitions)]
+        assignment = retry_forever(
+            lambda: self._partitions(topics),
+            backoff=settings.retry_kafka.backoff(),
+            is_transient=lambda exc: isinstance(exc, KafkaException | BrokerUnavailable),
+            on_retry=retry_reporter("kafka", "waiting for the topics' partitions", log),
+        )
         self._consumer.assign(assignment)
         self.partitions = len(assignment)
         self._errors = Throttle(30.0)
+
+    def _partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        """Every partition of ``topics``, from its end."""
+        assignment = []
+        for topic in topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                msg = f"topic {topic} has no partitions to read yet"
+                raise BrokerUnavailable(msg)
+            assignment += [TopicPartition(topic, p, OFFSET_END) for p in sorted(meta.partitions)]
+        return assignment
 
     def __call__(self, timeout_s: float) -> list[SourceRecord]:
         out = []

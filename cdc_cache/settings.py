@@ -222,6 +222,9 @@ class WorkerSettings(TopicSettings):
         return self
 
 
+_DB_SCHEMES = ("mysql", "mariadb", "postgresql", "postgres")
+
+
 class InspectSettings(TopicSettings):
     """``cdc-cache inspect``: the worker's settings and its own ``inspect_*`` ones.
 
@@ -272,6 +275,13 @@ class InspectSettings(TopicSettings):
             msg = (
                 "give the database to compare with: inspect_db (--db, CDC_CACHE_INSPECT_DB), "
                 "e.g. mysql://user:pass@db:3306/inventory, or inspect_db_file"
+            )
+            raise ValueError(msg)
+        scheme = self.inspect_db.get_secret_value().partition("://")[0]
+        if scheme not in _DB_SCHEMES:
+            msg = (
+                f"inspect_db has the scheme {scheme!r}; use mysql://user:pass@host:3306/db "
+                "(MySQL, MariaDB) or postgresql://user:pass@host:5432/db"
             )
             raise ValueError(msg)
         return self

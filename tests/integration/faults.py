@@ -35,10 +35,12 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import free_port, port_open
 from cdc_cache.keys import escape_value
 from tests.integration.flowkit import (
+    INSPECT_DB_QUERIES_PER_S,
     Service,
     cache_state,
     inspection,
     inspector,
+    metric,
     produce,
     settled_inspection,
     unique_topic,
@@ -583,6 +585,9 @@ class FaultRun:
             assert self.inspection is not None
             assert sum(inspected["checks"].values()) > 0, self.inspection.service.tail()
             assert inspected["unresolved"] == 0, f"{inspected}\n{self.inspection.service.tail()}"
+            queries = metric(self.inspection.port, "cdc_cache_inspect_db_queries_total")
+            budget = INSPECT_DB_QUERIES_PER_S * (time.monotonic() - self.started + 1)
+            assert 0 < queries <= budget, "the database load stays within its budget"
 
     def stop(self) -> None:
         self.worker.stop()

@@ -34,6 +34,7 @@ from tests.workload import RULES_YAML, Message
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON = [b"{not json", b'{"op": "u", "source": {}}', b"\x00\xff"]
+INSPECT_DB_QUERIES_PER_S = 400  # the database budget of the inspectors tests start
 
 
 def unique_topic(table: str = "inventory.stock") -> str:
@@ -213,7 +214,7 @@ def inspector(
     flags = {
         "--sample-every": "1",
         "--max-samples-per-s": "200",
-        "--max-db-queries-per-s": "400",
+        "--max-db-queries-per-s": str(INSPECT_DB_QUERIES_PER_S),
         "--settle-s": "1",
         "--recheck-limit-s": "30",
         "--min-checks": "20",

@@ -233,6 +233,12 @@ def test_a_worker_without_its_version_gate_drives_the_nines_down_and_fires_the_a
         assert nines < objective, (window, nines, inspected)
     shown = {entry["key"] for entry in inspected["latest_inconsistencies"]}
     assert shown & set(result.stale), (shown, result.stale)
+    logged = [
+        orjson.loads(line)
+        for line in run.inspection.service.log.read_text().splitlines()
+        if '"inconsistent cache key"' in line
+    ]
+    assert logged and {"key", "kind", "age_s", "table", "position"} <= logged[0].keys()
 
 
 def test_the_consistency_check_sees_every_kind_of_damage(redis_client):

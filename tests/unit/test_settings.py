@@ -264,3 +264,18 @@ def test_inspect_needs_a_database_and_sane_limits(tmp_path):
         load(InspectSettings, config, inspect_db="mysql://x", inspect_max_db_queries_per_s=0)
     with pytest.raises(ConfigError, match="topics"):
         load(InspectSettings, write(tmp_path, "rules: r.yaml\n"), inspect_db="mysql://x")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "give the database to compare with"),
+        (["--db", "sqlite:///inventory.db"], "inspect_db has the scheme 'sqlite'"),
+        (["--db", "mysql://x", "--settle-s", "0"], "inspect_settle_s"),
+    ],
+)
+def test_inspect_stops_with_exit_2_and_the_setting_to_fix(tmp_path, args, said):
+    command = ["inspect", "--rules", str(tmp_path / "r.yaml"), "--topic", "t", *args]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output
