@@ -1,8 +1,9 @@
 """The worker's admin HTTP API: metrics, health, readiness and the cache mode.
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
-(Redis answers and the partitions were caught up once; while the worker starts, which
-step it waits for), ``GET /mode`` and ``PUT /mode``
+(Redis answers, the partitions were caught up once and every source lineage can be told;
+while the worker starts, which step it waits for; with the source lineages' details),
+``GET /mode`` and ``PUT /mode``
 (body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
 the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
@@ -82,6 +83,7 @@ class StartupBackend:
         self._lock = threading.Lock()
         self._done: set[str] = set()
         self._backend: ModeBackend | None = None
+        self._details: Callable[[], dict[str, object]] | None = None
 
     def passed(self, step: str) -> None:
         """``step`` (one of :attr:`STEPS`) is done."""
@@ -89,11 +91,20 @@ class StartupBackend:
         with self._lock:
             self._done.add(step)
 
-    def started(self, backend: ModeBackend) -> None:
-        """The flow runs: from now on ``backend`` answers."""
+    def started(
+        self, backend: ModeBackend, details: Callable[[], dict[str, object]] | None = None
+    ) -> None:
+        """The flow runs: from now on ``backend`` answers; ``details`` adds to ``/readyz``."""
         with self._lock:
             self._done.add("flow")
             self._backend = backend
+            self._details = details
+
+    def details(self) -> dict[str, object]:
+        """What ``/readyz`` shows beside its checks (the source lineages, once started)."""
+        with self._lock:
+            details = self._details
+        return details() if details is not None else {}
 
     def waiting_for(self) -> str | None:
         """The first step not done yet, or None once started."""
@@ -137,13 +148,14 @@ class AdminServer:
         host: str = "",
         dlq: DlqBackend | None = None,
         *,
+        details: Callable[[], dict[str, object]] | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
-        extra: Mapping[str, Page] | None = None,
+        more_pages: Mapping[str, Page] | None = None,
     ) -> None:
-        """``extra`` adds GET pages by path (``cdc-cache inspect``'s report)."""
+        """``more_pages`` adds GET pages by path (``cdc-cache inspect``'s report)."""
         pages = DlqPages(dlq, token) if dlq is not None else None
-        handler = _handler(backend, token, pages, timeout_s, extra or {})
+        handler = _handler(backend, token, pages, timeout_s, details, more_pages=more_pages or {})
         try:
             server = _Server((host, port), handler, max_connections)
         except OSError as exc:
@@ -240,7 +252,9 @@ def _handler(
     token: str | None,
     pages: DlqPages | None,
     limit_s: float,
-    extra: Mapping[str, Page],
+    details: Callable[[], dict[str, object]] | None,
+    *,
+    more_pages: Mapping[str, Page],
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
@@ -289,8 +303,8 @@ def _handler(
         def do_GET(self) -> None:
             if self._dlq():
                 return
-            if self.path in extra:
-                self._send(*extra[self.path]())
+            if self.path in more_pages:
+                self._send(*more_pages[self.path]())
             elif self.path == "/metrics":
                 self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
@@ -298,7 +312,8 @@ def _handler(
             elif self.path == "/readyz":
                 ready, checks = backend.ready()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                self._json(status, {"ready": ready, "checks": checks})
+                extra = details() if details is not None else {}
+                self._json(status, {"ready": ready, "checks": checks, **extra})
             elif self.path == "/mode":
                 self._json(HTTPStatus.OK, backend.view())
             else:

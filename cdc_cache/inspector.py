@@ -819,7 +819,7 @@ def run_until(settings: InspectSettings, rules: Rules, stop: threading.Event) ->
             service,
             settings.inspect_port,
             None,
-            extra={"/inspect": service.json_page, "/": service.text_page},
+            more_pages={"/inspect": service.json_page, "/": service.text_page},
         ).start()
     try:
         _run(settings, rules, stop, service)

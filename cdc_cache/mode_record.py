@@ -67,6 +67,7 @@ class ModeRecord:
     reason: str
     since_ms: int
     lag_s: str
+    writer: str = "worker"  # or "watchdog", standing in for a worker that is down
 
     @classmethod
     def parse(cls, fields: Mapping[str, str]) -> ModeRecord | None:
@@ -84,6 +85,7 @@ class ModeRecord:
             reason=fields.get("reason", ""),
             since_ms=int(since),
             lag_s=fields.get("lag_s", ""),
+            writer=fields.get("writer", "worker"),
         )
 
 

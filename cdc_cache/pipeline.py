@@ -10,7 +10,8 @@ change without touching this logic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -67,6 +68,9 @@ class Rejected:
 
 Routed = Planned | Control | Rejected
 
+EpochOf = Callable[[SourceRecord, ChangeEvent], int]
+"""The epoch of a decoded change's lineage (see cdc_cache.lineage_tracker)."""
+
 
 def route(
     record: SourceRecord,
@@ -74,33 +78,47 @@ def route(
     epoch: int = 0,
     max_value_bytes: int | None = None,
     parse: Parse | None = None,
+    *,
+    epoch_of: EpochOf | None = None,
 ) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
+    change has ``epoch``, the operator's ``source_epoch``). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other).
-    Only a transient error (a server to wait for) is raised.
+    Only a transient error (a server to wait for) is raised, and what ``epoch_of`` raises:
+    the lineage registry's trouble is no message's poison.
     """
-    event: ChangeEvent | None = None
-    stage = "decoding"
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
-        if not isinstance(decoded, ChangeEvent):
-            return Control(record, decoded)
-        event = decoded
-        stage = "planning"
+    except Exception as exc:
+        return _rejected(exc, "decoding", record, None)
+    if not isinstance(decoded, ChangeEvent):
+        return Control(record, decoded)
+    if epoch_of is not None:
+        decoded = _with_epoch(decoded, epoch_of(record, decoded))
+    stage = "planning"
+    try:
         ops = tuple(plan(decoded, rules))
         if max_value_bytes is not None:
             stage = "checking value sizes"
             _check_sizes(ops, max_value_bytes, decoded)
         return Planned(record, decoded, ops)
-    except PoisonMessage as error:
-        return Rejected(error.at(record) if error.record is None else error, event)
-    except TransientError:
-        raise
-    except Exception as exc:  # any error of one message is that message's poison
-        return Rejected(unexpected(exc, stage, record, event), event)
+    except Exception as exc:
+        return _rejected(exc, stage, record, decoded)
+
+
+def _rejected(
+    exc: Exception, stage: str, record: SourceRecord, event: ChangeEvent | None
+) -> Rejected:
+    """A message's own error as its rejection; a transient one is raised (wait, retry)."""
+    if isinstance(exc, PoisonMessage):
+        return Rejected(exc.at(record) if exc.record is None else exc, event)
+    if isinstance(exc, TransientError):
+        raise exc
+    return Rejected(unexpected(exc, stage, record, event), event)  # any other: its poison
 
 
 def unexpected(
@@ -132,6 +150,13 @@ def _depth(record: SourceRecord, event: ChangeEvent | None) -> int:
         except orjson.JSONDecodeError:
             return 0
     return max(nesting_depth(doc, ENCODER_MAX_DEPTH) for doc in docs)
+
+
+def _with_epoch(event: ChangeEvent, epoch: int) -> ChangeEvent:
+    """``event`` with its position in lineage ``epoch`` (itself when it already is)."""
+    if event.position.epoch == epoch:
+        return event
+    return replace(event, position=replace(event.position, epoch=epoch))
 
 
 def value_size(op: SetRow) -> int:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,8 +39,13 @@ from cdc_cache.kafka_config import Role, misplaced, weakened
 from cdc_cache.redis_apply import RedisAuth, redis_url_problem
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import unreadable_yaml
+from cdc_cache.tokens import MAX_PATTERNS
 
 ENV_PREFIX = "CDC_CACHE_"
+# The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
+DownAfter = Annotated[
+    float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
+]
 
 
 class BackoffSettings(BaseModel):
@@ -102,6 +108,9 @@ class SharedSettings(BaseSettings):
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
     source_epoch: int = Field(default=0, ge=0, le=99999)
+    lineage_detection: bool = Field(
+        default=True, description="detect source log lineage switches (see README Failover)"
+    )
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
@@ -207,11 +216,33 @@ class WorkerSettings(TopicSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    lineage_rewind_files: int = Field(
+        default=1, ge=0, description="binlog files a connector may go back when re-sending"
+    )
+    lineage_rewind_wal_mb: int = Field(
+        default=1024, ge=0, description="WAL a PostgreSQL connector may go back when re-sending"
+    )
+    lineage_settle_s: float = Field(
+        default=300.0, gt=0, description="ttl mode after a lineage switch or a re-snapshot"
+    )
+    redis_replicas: int = Field(
+        default=0, ge=0, description="Redis replicas that must acknowledge each batch"
+    )
+    redis_replicas_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
+    )
 
     @model_validator(mode="after")
     def _cluster_and_lag(self) -> WorkerSettings:
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
+            raise ValueError(msg)
+        if self.lineage_settle_s <= self.fallback_ttl_s:
+            msg = (
+                f"lineage_settle_s ({self.lineage_settle_s:g}) must exceed fallback_ttl_s "
+                f"({self.fallback_ttl_s:g}): entries must have expired when it ends; allow "
+                "also for shortening the existing keys' TTLs (about 20,000 keys a second)"
+            )
             raise ValueError(msg)
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (
@@ -332,6 +363,15 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0)
     block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
+    max_patterns: int = Field(
+        default=MAX_PATTERNS, ge=1, description="patterns one connection may hold"
+    )
+    requests_per_s: float = Field(
+        default=10.0, gt=0, description="requests per connection and second (one per pattern)"
+    )
+    request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
+    watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
+    watchdog_down_after_s: DownAfter = None
     log_level: str = "INFO"
 
     @field_validator("redis_url")
@@ -363,6 +403,37 @@ class GatewaySettings(BaseSettings):
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
         return key
+
+
+class WatchdogSettings(BaseSettings):
+    """``cdc-cache watchdog``: the worker's Redis settings and its own ``watchdog_*`` ones.
+
+    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
+    use are ignored), so both point at the same Redis by construction; its own settings
+    come from flags or the environment. Everything else (the bound, the fallback TTL, the
+    prefixes) the worker publishes in Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = "redis://127.0.0.1:16379/0"
+    redis_username: str | None = Field(default=None, description="Redis ACL user")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = Field(default=None, description="file holding it")
+    watchdog_down_after_s: DownAfter = None
+    watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _password(self) -> WatchdogSettings:
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        return self
+
+    def redis_auth(self) -> RedisAuth:
+        """The ACL credentials (the password possibly read from its file)."""
+        return RedisAuth(self.redis_username, self.redis_password)
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -421,7 +492,11 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = "gateway" if kind is GatewaySettings else "worker"
+    what = {
+        GatewaySettings: "gateway",
+        WatchdogSettings: "watchdog",
+        InspectSettings: "inspector",
+    }.get(kind, "worker")
     if len(problems) == 1:
         return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)

@@ -33,6 +33,7 @@ from cdc_cache.redis_apply import (
     ping,
 )
 from cdc_cache.rejects import Rejects
+from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
 
@@ -58,7 +59,8 @@ class CacheWriter:
     """Applies planned changes in one round trip per batch and records what happened.
 
     ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
-    fallback TTL, and no new entry may live longer than that.
+    fallback TTL, and no new entry may live longer than that. With ``replicas``, a batch
+    counts as written only once the required replicas acknowledged it.
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class CacheWriter:
         ttl_cap_ms: Callable[[], int | None] = lambda: None,
         *,
         reject: Callable[[Sequence[Failure]], None] | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self._applier = applier
+        self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
         self._backoff = backoff
         self._clock_ms = clock_ms
@@ -129,8 +133,11 @@ class CacheWriter:
         if not ops:
             return ApplyResult((), ())
 
+        def apply() -> ApplyResult:
+            return self._applier.apply(ops)
+
         return retry_forever(
-            lambda: self._applier.apply(ops),
+            apply if self._replicas is None else self._replicas.guarded(apply, ops),
             backoff=self._backoff,
             on_retry=redis_retry_reporter(f"applying {len(ops)} ops"),
             sleep=self._sleep,

@@ -157,7 +157,10 @@ class Stream:
         for index, tx in enumerate(fresh):
             out.extend((m, None) for m in tx)
             if index > 5 and self.rnd.random() < redeliver:
-                again = fresh[self.rnd.randrange(index)]
+                # A connector re-sends what it had not committed: recent changes, from the
+                # same binlog file or the one before.
+                recent = [t for t in fresh[max(0, index - 20) : index] if _file(t) >= _file(tx) - 1]
+                again = self.rnd.choice(recent or [tx])
                 out.extend((m, None) for m in again)
                 self.duplicates += len(again)
         inserts = [m for tx in fresh for m in tx if m.value and b'"op":"c"' in m.value]
@@ -167,6 +170,16 @@ class Stream:
             bad = self._poison(kind, self.rnd.choice(inserts))
             out.insert(self.rnd.randrange(1, len(out)), (bad, kind))
         return out
+
+    def failover(
+        self, server_id: int = 2, binlog_file: int = 1
+    ) -> list[tuple[Message, str | None]]:
+        """The source's failover to a replica with a lower binlog numbering.
+
+        The snapshot the connector publishes first (see Workload.failover); later parts
+        come from the new server.
+        """
+        return [(m, None) for m in self.workload.failover(server_id, binlog_file)]
 
     def again(
         self, part: list[tuple[Message, str | None]], share: float
@@ -252,6 +265,12 @@ class Stream:
 
     def _changes(self) -> Iterator[Message]:
         return (m for tx in self.transactions for m in tx if m.value is not None)
+
+
+def _file(transaction: list[Message]) -> int:
+    """The binlog file sequence a transaction was written to."""
+    value = orjson.loads(next(m.value for m in transaction if m.value is not None))
+    return int(value["source"]["file"].rsplit(".", 1)[1])
 
 
 def _stock_key(row: dict[str, Any]) -> str:
@@ -478,6 +497,7 @@ class FaultRun:
         *,
         seed: int,
         workers: int = 1,
+        env: dict[str, str] | None = None,
         mariadb: MariaDB | None = None,
         ungated: bool = False,
         inspect: dict[str, str] | None = None,
@@ -507,6 +527,7 @@ class FaultRun:
                 rules=rules, options=inspect,
             )  # fmt: skip
             watching = Inspection(watcher, inspect_port, mirror)
+        service.env.update(env or {})
         stream = Stream(topic, seed, db, watching.mirror if watching else None)
         run = cls(name, broker, client, stream, service, port, dlq_topic, watching)
         if watching is not None:

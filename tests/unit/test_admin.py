@@ -213,12 +213,26 @@ def test_a_port_in_use_is_a_config_error_naming_the_setting(with_token, runtime)
         AdminServer(runtime, with_token.port, None, host="127.0.0.1")
 
 
+def test_readyz_shows_the_source_lineages_once_the_worker_runs(runtime: FakeRuntime) -> None:
+    startup = StartupBackend()
+    server = AdminServer(startup, 0, None, host="127.0.0.1", details=startup.details).start()
+    try:
+        assert "lineage" not in orjson.loads(call(server, "GET", "/readyz")[1])
+        lineage = {"sources": {"db": {"epochs": {"t[0]": 1}, "held": {}}}}
+        runtime.is_ready = True
+        startup.started(runtime, lambda: {"lineage": lineage})
+        status, body = call(server, "GET", "/readyz")
+        assert status == 200 and orjson.loads(body)["lineage"] == lineage
+    finally:
+        server.close()
+
+
 def test_another_process_adds_its_own_pages(runtime):
     """How ``cdc-cache inspect`` serves its report next to /metrics and /healthz."""
     from http import HTTPStatus
 
     page = (HTTPStatus.OK, b"report\n", "text/plain; charset=utf-8")
-    server = AdminServer(runtime, 0, None, host="127.0.0.1", extra={"/": lambda: page}).start()
+    server = AdminServer(runtime, 0, None, host="127.0.0.1", more_pages={"/": lambda: page}).start()
     try:
         assert call(server, "GET", "/") == (200, b"report\n")
         assert call(server, "GET", "/healthz")[0] == 200

@@ -14,7 +14,13 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import GatewaySettings, InspectSettings, load, load_settings
+from cdc_cache.settings import (
+    GatewaySettings,
+    InspectSettings,
+    WatchdogSettings,
+    load,
+    load_settings,
+)
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -241,6 +247,43 @@ def test_service_monitors_select_services_and_ports_that_exist():
             # Without jobLabel the job is the Service's name: the one the alerts select on.
             assert "jobLabel" not in monitor["spec"]
             assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
+
+
+def test_watchdog_reads_the_workers_settings_and_secret_and_serves_its_port(tmp_path):
+    deployment = _one("Deployment", "cdc-cache-watchdog")
+    assert deployment["spec"]["replicas"] >= 2  # one acts, one stands by
+    pod = deployment["spec"]["template"]["spec"]
+    (watchdog,) = pod["containers"]
+    assert watchdog["args"][:2] == ["watchdog", "--config"]
+    config = Path(watchdog["args"][2])
+    mounts = {m["name"]: m["mountPath"] for m in watchdog["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.parent == Path(mounts["config"])
+    assert volumes["config"]["configMap"]["name"] == "cdc-cache-worker"
+    assert config.name in _one("ConfigMap", "cdc-cache-worker")["data"]
+    worker_settings = yaml.safe_load(_one("ConfigMap", "cdc-cache-worker")["data"][config.name])
+    password = Path(worker_settings["redis_password_file"])
+    assert password.parent == Path(mounts["secrets"])
+    items = {i["key"]: i["path"] for i in volumes["secrets"]["secret"]["items"]}
+    assert items == {"redis-password": password.name}, "only what the watchdog needs"
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    settings_file = tmp_path / config.name
+    settings_file.write_text(_one("ConfigMap", "cdc-cache-worker")["data"][config.name])
+    env = {e["name"]: e["value"] for e in watchdog["env"]}
+    settings = load(
+        WatchdogSettings,
+        settings_file,
+        redis_password_file=secret,
+        **{k.removeprefix("CDC_CACHE_").lower(): v for k, v in env.items()},
+    )
+    assert settings.redis_url == worker_settings["redis_url"]
+    ports = {p["name"]: p["containerPort"] for p in watchdog["ports"]}
+    assert ports == {"metrics": settings.watchdog_port}
+    service = _one("Service", "cdc-cache-watchdog")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert watchdog["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert watchdog["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 def test_inspector_reads_the_workers_settings_and_rules_and_serves_its_port(tmp_path):
