@@ -190,7 +190,7 @@ def inspect(config_file: Path | None, **flags: object) -> None:
     import threading
 
     from cdc_cache import logs
-    from cdc_cache.inspector import run_until
+    from cdc_cache.inspect_service import run_until
     from cdc_cache.rules import load_rules
     from cdc_cache.settings import InspectSettings, load
 

@@ -188,6 +188,10 @@ class Tracker:
         sample.due = when
         self._schedule(sample)
 
+    def next_at(self) -> float | None:
+        """When the earliest look is due (possibly one that moved since), if any."""
+        return self._heap[0][0] if self._heap else None
+
     def next_due(self, now: float) -> Sample | None:
         """The next sample whose check is due, if any."""
         while self._heap and self._heap[0][0] <= now:

@@ -21,7 +21,9 @@ from redis import exceptions as rex
 from cdc_cache import metrics
 from cdc_cache.consistency import Outcome, rendered
 from cdc_cache.events import Row, SourceRecord
-from cdc_cache.inspector import Deferred, Inspector, Judged, check, text_page
+from cdc_cache.inspect_check import Deferred, Judged, check
+from cdc_cache.inspect_report import text_page
+from cdc_cache.inspector import Inspector
 from cdc_cache.ops import ValueFormat
 from cdc_cache.rules import TableRules, parse_rules
 from cdc_cache.settings import InspectSettings
