@@ -33,7 +33,9 @@ class Truth(Protocol):
 
     def stored(self, keys: Mapping[str, ValueFormat]) -> dict[str, Stored]: ...
 
-    def row(self, table: str, key: Mapping[str, Any]) -> Row | None: ...
+    def row(self, table: TableRules, key: Mapping[str, Any]) -> Row | None:
+        """The row of ``table`` with primary key ``key``, values as the table caches them."""
+        ...
 
     def owned(self, table: TableRules, primary_key: Sequence[str], key: str) -> bool:
         """Whether a row of ``table`` renders ``key`` (one query)."""
@@ -92,7 +94,7 @@ def check(
     then read after the row.
     """
     stored = truth.stored(sample.keys)
-    row = truth.row(sample.table.table, sample.event.key)
+    row = truth.row(sample.table, sample.event.key)
     try:
         expected = rendered(sample.table, row, sample.primary_key)
         newest = rendered(sample.table, sample.event.image, sample.primary_key)

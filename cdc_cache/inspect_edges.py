@@ -77,10 +77,10 @@ class LiveTruth:
         values = read_keys(self._client, ordered)
         return {key: value for (key, _), value in zip(ordered, values, strict=True)}
 
-    def row(self, table: str, key: Mapping[str, Any]) -> Row | None:
+    def row(self, table: TableRules, key: Mapping[str, Any]) -> Row | None:
         metrics.INSPECT_DB_QUERIES.inc()
         try:
-            found = self._database().matching(table, key, as_text=False)
+            found = self._database().matching(table.table, key, as_text=False, shape=table.values)
         except Exception:
             self._reset()
             raise

@@ -47,11 +47,12 @@ from redis import exceptions as rex
 
 from cdc_cache import metrics
 from cdc_cache.consistency import INCONSISTENT
-from cdc_cache.envelope import Parse, decode
-from cdc_cache.errors import ConfigError, PoisonMessage
+from cdc_cache.envelope import Parse
+from cdc_cache.errors import ConfigError
 from cdc_cache.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.inspect_check import Deferred, Judged, Truth, Unrenderable, check, visible
 from cdc_cache.inspect_report import Report
+from cdc_cache.pipeline import Planned, Rejected, route
 from cdc_cache.redis_apply import is_transient, misconfiguration
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Action, Rules
@@ -88,6 +89,7 @@ class Inspector:
     ) -> None:
         self.settings = settings
         self.truth = truth
+        self._rules = rules
         self._tables = {
             name: table
             for name, table in rules.tables.items()
@@ -153,13 +155,13 @@ class Inspector:
             self.report.skip(skipped)
 
     def _decoded(self, record: SourceRecord, *, count: bool = False) -> ChangeEvent | None:
-        try:
-            decoded = decode(record, epoch=self.settings.source_epoch, parse=self._parse(record))
-        except PoisonMessage:
+        """The change as the worker sees it: decoded, values in its table's shape."""
+        routed = route(record, self._rules, self.settings.source_epoch, parse=self._parse(record))
+        if isinstance(routed, Rejected):
             if count:
                 self.report.skip(Skip.UNDECODABLE)
             return None
-        return decoded if isinstance(decoded, ChangeEvent) else None
+        return routed.event if isinstance(routed, Planned) else None
 
     # -- checks ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import orjson
 from cdc_cache.envelope import Parse, decode, table_hint
 from cdc_cache.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.natural import UndecodableValue
 from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
@@ -46,7 +47,7 @@ class Rejected:
     """A message that cannot be processed; the error names why and where it came from.
 
     ``event`` is the decoded change when only planning failed (its table, key, position
-    go into the dead letter).
+    go into the dead letter), with its values as its table caches them (those that decode).
     """
 
     error: PoisonMessage
@@ -85,7 +86,9 @@ def route(
 
     ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
     ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
-    change has ``epoch``, the operator's ``source_epoch``). A
+    change has ``epoch``, the operator's ``source_epoch``). The change's values are decoded
+    as its table's rules say (:mod:`cdc_cache.natural`) before planning, so keys, values
+    and notifications all see the same values. A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other).
     Only a transient error (a server to wait for) is raised, and what ``epoch_of`` raises:
@@ -99,15 +102,22 @@ def route(
         return Control(record, decoded)
     if epoch_of is not None:
         decoded = _with_epoch(decoded, epoch_of(record, decoded))
-    stage = "planning"
+    event = decoded
+    stage = "decoding values"
     try:
-        ops = tuple(plan(decoded, rules))
+        table = rules.for_table(decoded.table)
+        if table is not None:
+            event = table.values.event(decoded)
+        stage = "planning"
+        ops = tuple(plan(event, rules))
         if max_value_bytes is not None:
             stage = "checking value sizes"
-            _check_sizes(ops, max_value_bytes, decoded)
-        return Planned(record, decoded, ops)
+            _check_sizes(ops, max_value_bytes, event)
+        return Planned(record, event, ops)
+    except UndecodableValue as error:  # its keys still render from what decodes
+        return Rejected(error.at(record), error.partial)
     except Exception as exc:
-        return _rejected(exc, stage, record, decoded)
+        return _rejected(exc, stage, record, event)
 
 
 def _rejected(

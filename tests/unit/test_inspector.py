@@ -68,7 +68,7 @@ class FakeTruth:
             raise rex.ConnectionError("connection refused")
         return {k: Stored(self.cache.get(k), "00000.s" if k in self.cache else None) for k in keys}
 
-    def row(self, table: str, key: Mapping[str, Any]) -> Row | None:
+    def row(self, table: TableRules, key: Mapping[str, Any]) -> Row | None:
         self._log("db")
         if self.down == "db":
             raise OSError("database gone")
