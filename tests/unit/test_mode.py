@@ -7,7 +7,17 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.mode import HOLD_CAUSES, Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode.controller import (
+    HOLD_CAUSES,
+    Cause,
+    Flag,
+    Hold,
+    Mode,
+    ModeConfig,
+    ModeState,
+    Signal,
+    step,
+)
 
 CONFIG = ModeConfig(slo_s=10, recover_s=4, window_s=5)
 TICK_MS = 1000
