@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +25,7 @@ from typing import Any, Final
 from cdc_cache.app.dlq_page import MAX_BODY, DlqBackend, DlqPages
 from cdc_cache.app.routes import (
     ModeBackend,
+    Page,
     Request,
     Response,
     Route,
@@ -60,8 +61,12 @@ class AdminServer:
         details: Callable[[], dict[str, object]] | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        more_pages: Mapping[str, Page] | None = None,
     ) -> None:
+        """``more_pages`` adds GET pages by path (``cdc-cache inspect``'s report)."""
         routes = mode_routes(backend, token, details)
+        for path, page in (more_pages or {}).items():
+            routes.add("GET", path, Route(_page(page)))
         if dlq is not None:
             routes.under("/dlq", Route(DlqPages(dlq, token).handle, body_limit=MAX_BODY))
         handler = _handler(routes, timeout_s)
@@ -154,6 +159,13 @@ class _DeadlineReader(io.RawIOBase):
             raise TimeoutError(msg)
         self._sock.settimeout(left)
         return self._sock.recv_into(buffer)
+
+
+def _page(page: Page) -> Callable[[Request], Response]:
+    def answer(request: Request) -> Response:
+        return Response(*page())
+
+    return answer
 
 
 def _handler(routes: Routes, limit_s: float) -> type[BaseHTTPRequestHandler]:

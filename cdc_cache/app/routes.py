@@ -66,6 +66,10 @@ def not_found(target: str) -> Response:
     return json_response(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {target}"})
 
 
+Page = Callable[[], tuple[HTTPStatus, bytes, str]]
+"""Another process's own GET page: status, body and content type."""
+
+
 @dataclass(frozen=True)
 class Route:
     """What answers one (method, path): ``check`` first, then the body, then ``answer``.

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.replay import DlqService
 from cdc_cache.app.routes import StartupBackend
-from cdc_cache.app.settings import WorkerSettings
+from cdc_cache.app.settings import TopicSettings, WorkerSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, StopRequested, chain
 from cdc_cache.core.redact import redact_url
@@ -55,7 +55,7 @@ from dataflows.run import prepare_recovery, run_flow
 log = logging.getLogger("cdc_cache.worker")
 
 
-def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> list[str]:
+def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> list[str]:
     """The explicit topics, or those matching ``topic_pattern``; waits until they exist.
 
     A connector that has not produced yet has no topics: the worker waits (and says so)
@@ -98,7 +98,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
 
 
 def _match_topics(
-    settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
+    settings: TopicSettings, pattern: re.Pattern[str] | None, existing: set[str]
 ) -> tuple[list[str], list[str]]:
     """The topics to read among ``existing``, and what is still missing."""
     beats = [t for t in settings.heartbeat_topics if t not in existing]

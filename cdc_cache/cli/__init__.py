@@ -4,7 +4,7 @@ Each command parses its flags, loads its settings and calls into the package; er
 as one line and an exit code (``report``).
 
 May import: core, source, plan, dlq, mode, sink, lineage, continuity, fallback, aside, app,
-notify, tools.
+notify, tools, inspector.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from cdc_cache import __version__
-from cdc_cache.cli import continuity, dlq, gateway, mode, tools, worker
+from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, tools, worker
 from cdc_cache.tools.devstack.cli import dev
 
 
@@ -26,6 +26,7 @@ for command in (
     worker.run,
     worker.watchdog,
     tools.verify,
+    inspector.inspect,
     tools.demo,
     tools.connectors,
     mode.mode,
