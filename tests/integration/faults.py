@@ -34,19 +34,10 @@ from cdc_cache.tools.demo import Scrape, scrape
 from cdc_cache.tools.devstack.broker import Broker, S3Store
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port, port_open
-from tests.integration.flowkit import (
-    INSPECT_DB_QUERIES_PER_S,
-    Service,
-    cache_state,
-    inspection,
-    inspector,
-    metric,
-    produce,
-    settled_inspection,
-    unique_topic,
-    wait_ready,
-    worker,
-)
+from tests.integration.cache import cache_state
+from tests.integration.probes import inspection, metric, settled_inspection, wait_ready
+from tests.integration.services import INSPECT_DB_QUERIES_PER_S, Service, inspector, worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Message, Workload, rules_for
 
 WATCHED = ("id", "sku_id", "warehouse", "qty")  # the watch list of tests.workload.RULES_YAML

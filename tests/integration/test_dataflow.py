@@ -22,14 +22,8 @@ from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers
 from dataflows.config import FlowConfig
 from dataflows.invalidation import build_flow
-from tests.integration.flowkit import (
-    POISON,
-    cache_state,
-    produce,
-    unique_topic,
-    with_poison,
-    with_redelivery,
-)
+from tests.integration.cache import cache_state
+from tests.integration.topics import POISON, produce, unique_topic, with_poison, with_redelivery
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.source.envelope import decode
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
-from tests.integration.flowkit import Service, debezium
+from tests.integration.services import Service, debezium
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,8 @@ from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from dataflows.config import DlqTarget, FlowConfig
 from dataflows.invalidation import build_flow
-from tests.integration.flowkit import POISON, cache_state, produce, unique_topic
+from tests.integration.cache import cache_state
+from tests.integration.topics import POISON, produce, unique_topic
 from tests.workload import RULES_YAML, Message, Workload
 
 pytestmark = pytest.mark.integration

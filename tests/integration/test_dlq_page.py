@@ -21,7 +21,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from cdc_cache.core.keys import version_key
 from cdc_cache.tools.devstack.process import free_port
-from tests.integration.flowkit import produce, unique_topic, worker
+from tests.integration.services import worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Workload
 
 pytestmark = pytest.mark.integration

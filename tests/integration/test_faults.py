@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -34,7 +34,9 @@ from tests.integration.faults import (
     fill_availability,
     verdict,
 )
-from tests.integration.flowkit import metric, unique_topic
+from tests.integration.probes import metric
+from tests.integration.topics import unique_topic
+from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,17 +59,6 @@ def runs() -> Iterator[list[FaultRun]]:
         run.stop()
 
 
-def wait_for(what: str, check: Callable[[], bool], run: FaultRun, timeout: float = 30) -> float:
-    """Seconds until ``check()`` held (the worker must stay alive meanwhile)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s\n" + (
-            run.worker.tail()
-        )
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
 def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
     broker, mariadb, redis_target, tmp_path, runs, scenario_table
 ):
@@ -83,7 +74,13 @@ def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
     with ThreadPoolExecutor(1) as pool:
         producing = pool.submit(run.stream.produce, broker.bootstrap, part, 0.2)
         while not producing.done():
-            wait_for("worker consuming", lambda: sum(run.metrics().events.values()) > 0, run)
+            wait_until(
+                "worker consuming",
+                lambda: sum(run.metrics().events.values()) > 0,
+                30,
+                shown=run.worker,
+                interval=0.2,
+            )
             time.sleep(rnd.uniform(0.5, 2.0))
             if producing.done():
                 break
@@ -129,7 +126,13 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
     redis.stop()
     down = time.monotonic()
     run.stream.produce(run.broker.bootstrap, run.stream.part(600, poison=3))
-    wait_for("retries in metrics", lambda: run.metrics().retries > before.retries, run)
+    wait_until(
+        "retries in metrics",
+        lambda: run.metrics().retries > before.retries,
+        30,
+        shown=run.worker,
+        interval=0.2,
+    )
     while time.monotonic() - down < OUTAGE_S:
         assert run.applied() == before.events["applied"], "applied while Redis was down"
         time.sleep(0.5)
@@ -191,10 +194,12 @@ def test_duplicate_redelivery_changes_nothing(
     redeliver(run)
     run.finish(scenario_table, f"{run.stream.duplicates} duplicate changes")
     # every change delivered was processed exactly once, the duplicates as duplicates
-    wait_for(
+    wait_until(
         "every delivered change counted",
         lambda: sum(run.metrics().events.values()) == run.stream.changes,
-        run,
+        30,
+        shown=run.worker,
+        interval=0.2,
     )
     assert run.metrics().events["duplicate"] > 0
 
@@ -243,10 +248,12 @@ def test_without_lineage_detection_the_same_failover_leaves_stale_keys(
     run.stream.produce(broker.bootstrap, run.stream.part(800))
     assert run.wait_consistent().clean, run.worker.tail()
     run.stream.produce(broker.bootstrap, run.stream.failover() + run.stream.part(800))
-    wait_for(
+    wait_until(
         "every change processed",
         lambda: sum(run.metrics().events.values()) == run.stream.changes,
-        run,
+        30,
+        shown=run.worker,
+        interval=0.2,
     )
     result = verdict(run.client, run.stream)
     assert len(result.stale) > 50, result

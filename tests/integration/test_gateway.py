@@ -39,7 +39,7 @@ from cdc_cache.plan.rules import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisServer
-from tests.integration.flowkit import Service
+from tests.integration.services import Service
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.notify.tokens import MAX_PATTERNS, issue
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisServer
-from tests.integration.flowkit import ROOT, Service
+from tests.integration.services import ROOT, Service
 
 pytestmark = pytest.mark.integration
 

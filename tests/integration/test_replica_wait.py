@@ -28,8 +28,8 @@ from cdc_cache.sink.replica_wait import ReplicaWait
 from cdc_cache.sink.writer import CacheWriter
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers
+from tests.integration.cache import cache_state
 from tests.integration.fixtures_redis import wait_until
-from tests.integration.flowkit import cache_state
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

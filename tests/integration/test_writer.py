@@ -18,7 +18,7 @@ from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.writer import CacheWriter
-from tests.integration.flowkit import cache_state
+from tests.integration.cache import cache_state
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration
