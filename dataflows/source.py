@@ -62,7 +62,22 @@ def part_of(for_part: str) -> TopicPartition:
     return TopicPartition(topic, int(index))
 
 
-class KafkaPartition:
+class _Passing:
+    """Passes on to the partition it wraps what it does not change."""
+
+    _inner: Any
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()  # type: ignore[no-any-return]
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class KafkaPartition(_Passing):
     """One of KafkaSource's partitions, with what its wrappers read of it."""
 
     def __init__(self, inner: StatefulSourcePartition[Message, Any]) -> None:
@@ -81,15 +96,6 @@ class KafkaPartition:
 
     def next_batch(self) -> list[Message]:
         return list(self._inner.next_batch())
-
-    def next_awake(self) -> datetime | None:
-        return self._inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self._inner.snapshot()
-
-    def close(self) -> None:
-        self._inner.close()
 
     @staticmethod
     def error_codes(batch: list[Any]) -> set[int]:
@@ -115,7 +121,7 @@ class _Watched(Protocol):
     def close(self) -> None: ...
 
 
-class _StoppablePartition(StatefulSourcePartition[Message, Any]):
+class _StoppablePartition(_Passing, StatefulSourcePartition[Message, Any]):
     def __init__(
         self,
         inner: _Watched,
@@ -162,15 +168,6 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         resume = self._inner.next_offset
         next_offset = resume if resume is not None else low
         self._tracker.offsets(self._where.topic, self._where.partition, high, next_offset)
-
-    def next_awake(self) -> datetime | None:
-        return self._inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self._inner.snapshot()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class StoppableSource(FixedPartitionedSource[Message, Any]):
