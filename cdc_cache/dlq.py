@@ -25,6 +25,7 @@ import orjson
 
 from cdc_cache.errors import PoisonMessage
 from cdc_cache.events import ChangeEvent, SourceRecord
+from cdc_cache.invalidations import Invalidated
 
 REDACTED: Final = "***redacted***"
 # A stored key or value above this is left out: replay reads the message from its source
@@ -185,12 +186,14 @@ def stack_of(error: BaseException) -> str:
 class Failure:
     """One rejected message: the poison error (with its record) and its table.
 
-    ``event`` is the decoded change when decoding got that far.
+    ``event`` is the decoded change when decoding got that far; ``invalidation`` what
+    became of its keys (see :mod:`cdc_cache.invalidations`) when it had any.
     """
 
     error: PoisonMessage
     table: str
     event: ChangeEvent | None = None
+    invalidation: Invalidated | None = None
 
     @property
     def record(self) -> SourceRecord:
@@ -224,6 +227,7 @@ def envelope(failure: Failure, sensitive: frozenset[str], failed_at_ms: float) -
         "message": stored_message(record, sensitive),
         "next_retry_at": None,
         "backoff_ms": None,
+        "invalidation": failure.invalidation.entry() if failure.invalidation else None,
     }
 
 

@@ -10,7 +10,9 @@ Redis records (applications read ``cdc:mode``; operators set ``cdc:mode:flag``):
 
 - ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
-  ``lag_s``, ``holds`` (JSON list of the active holds' causes) and ``updated_ms``.
+  ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``tables`` (JSON object:
+  each table falling back on its own, see ``cdc_cache.table_mode``, with its reason),
+  ``ttl_prefixes`` (JSON list: those tables' key prefixes) and ``updated_ms``.
 
 Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
 hold in the process's :class:`Holds`; a follower process passes its holds to the leader
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,6 +36,7 @@ from cdc_cache.errors import CdcCacheError, ConfigError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
 from cdc_cache.mode import (
+    TABLE_CAUSES,
     Cause,
     Decision,
     Flag,
@@ -43,9 +46,11 @@ from cdc_cache.mode import (
     ModeState,
     Signal,
     step,
+    table_holds,
 )
 from cdc_cache.redis_apply import Client, glob_escape, primaries
 from cdc_cache.rules import Rules
+from cdc_cache.table_mode import TableConfig, TableFallback
 
 log = logging.getLogger("cdc_cache.mode")
 
@@ -55,7 +60,16 @@ _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError
 
 def managed_prefixes(rules: Rules) -> list[str]:
     """The rules' literal key prefixes, without those another prefix already covers."""
-    found = sorted({p for table in rules.tables.values() for p in table.truncate_prefixes})
+    return _outermost(p for table in rules.tables.values() for p in table.truncate_prefixes)
+
+
+def table_prefixes(rules: Rules) -> dict[str, list[str]]:
+    """Each table's literal key prefixes, without those another of them already covers."""
+    return {name: _outermost(table.truncate_prefixes) for name, table in rules.tables.items()}
+
+
+def _outermost(prefixes: Iterable[str]) -> list[str]:
+    found = sorted(set(prefixes))
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
 
 
@@ -86,16 +100,17 @@ class Holds:
 
     def hold(self, cause: Cause, scope: str, reason: str) -> None:
         """Force ``ttl`` mode for ``reason`` until :meth:`clear` of the same cause and scope."""
-        Hold(cause, reason)  # validates the cause
+        hold = Hold(cause, reason, scope if cause in TABLE_CAUSES else "")  # validates
         with self._lock:
             new = (cause, scope) not in self._active
             self._active[(cause, scope)] = reason
             count = sum(c is cause for c, _ in self._active)
         metrics.MODE_HOLDS.labels(cause.value).set(count)
         if new:
+            what = f"table {scope}" if cause in TABLE_CAUSES else "the cache"
             log.warning(
-                "hold raised: the cache falls back to ttl mode",
-                extra={"cause": cause.value, "scope": scope, "reason": reason},
+                f"hold raised: {what} falls back to ttl mode",
+                extra={"cause": hold.label, "scope": scope, "reason": reason},
             )
 
     def clear(self, cause: Cause, scope: str) -> None:
@@ -112,7 +127,12 @@ class Holds:
     def active(self) -> tuple[Hold, ...]:
         """The active holds, in a stable order."""
         with self._lock:
-            return tuple(sorted(Hold(cause, reason) for (cause, _), reason in self._active.items()))
+            return tuple(
+                sorted(
+                    Hold(cause, reason, scope if cause in TABLE_CAUSES else "")
+                    for (cause, scope), reason in self._active.items()
+                )
+            )
 
 
 class ModeStore:
@@ -143,8 +163,13 @@ class ModeStore:
         fallback_ttl_ms: int,
         *,
         holds: tuple[Hold, ...] = (),
+        ttl_prefixes: Iterable[str] = (),
     ) -> None:
-        """Write the effective-mode hash applications read (see cdc_cache.client)."""
+        """Write the effective-mode hash applications read (see cdc_cache.client).
+
+        ``ttl_prefixes`` are the key prefixes of the tables held in ``ttl`` on their own
+        (their fills too should be capped at the fallback TTL).
+        """
         self._client.hset(
             MODE_KEY,
             mapping={
@@ -155,7 +180,9 @@ class ModeStore:
                 "reason": state.reason,
                 "since_ms": state.since_ms,
                 "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-                "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
+                "holds": orjson.dumps(sorted({hold.label for hold in holds})),
+                "tables": orjson.dumps(table_holds(holds)),
+                "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
                 "updated_ms": now_ms,
             },
         )
@@ -208,7 +235,10 @@ class LagSummary:
     def fields(self) -> dict[str | bytes, bytes | float | int | str]:
         """As a Redis hash."""
         lag = "" if self.lag_s is None else repr(self.lag_s)
-        holds = orjson.dumps([[hold.cause.value, hold.reason] for hold in self.holds]).decode()
+        holds = orjson.dumps(
+            [[hold.cause.value, hold.reason, *([hold.scope] if hold.scope else [])]
+             for hold in self.holds]
+        ).decode()  # fmt: skip
         return {
             "lag_s": lag,
             "stalled": "1" if self.stalled else "0",
@@ -227,8 +257,13 @@ class LagSummary:
             return None
         lag = fields.get("lag_s", "")
         holds = []
-        for cause, reason in orjson.loads(fields.get("holds") or "[]"):
+        for cause, reason, *scope in orjson.loads(fields.get("holds") or "[]"):
             known = Cause(cause) if cause in Cause.__members__.values() else None
+            if known in TABLE_CAUSES:
+                if scope:
+                    holds.append(Hold(known, reason, scope[0]))
+                    continue
+                known = None  # a table hold naming no table: hold everything instead
             holds.append(Hold(known or Cause.LINEAGE, reason if known else f"{cause}: {reason}"))
         return cls(
             float(lag) if lag else None,
@@ -298,10 +333,19 @@ class ModeRuntime:
         interval_s: float = 1.0,
         shorten_keys_per_s: float = 20_000,
         clock: Callable[[], float] = time.time,
+        table_prefixes: Mapping[str, list[str]] | None = None,
+        table_config: TableConfig | None = None,
     ) -> None:
         self._store = ModeStore(client)
         self._client = client
         self.holds = Holds()
+        self._table_prefixes = dict(table_prefixes or {})
+        # Tables falling back on their own: fed by the writers, capped in every process.
+        self.tables = TableFallback(
+            self._table_prefixes, self.holds, fallback_ttl_ms, table_config, clock
+        )
+        self._ttl_tables: dict[str, str] = {}
+        self._table_shorteners: dict[str, threading.Thread] = {}
         self._tracker = tracker
         self._config = config
         self._fallback_ttl_ms = fallback_ttl_ms
@@ -342,7 +386,7 @@ class ModeRuntime:
     def close(self) -> None:
         """Stop ticking (and any TTL shortening in progress)."""
         self._closing.set()
-        for thread in (self._thread, self._shortener):
+        for thread in (self._thread, self._shortener, *self._table_shorteners.values()):
             if thread is not None:
                 thread.join(10)
 
@@ -361,7 +405,8 @@ class ModeRuntime:
                 "reason": state.reason,
                 "since_ms": state.since_ms,
                 "lag_s": self._lag_s,
-                "holds": [{"cause": h.cause.value, "reason": h.reason} for h in self._holds],
+                "holds": [{"cause": h.label, "reason": h.reason} for h in self._holds],
+                "tables": dict(self._ttl_tables),
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
@@ -402,12 +447,16 @@ class ModeRuntime:
             self._state, decision = step(before, signal, self._config)
             self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
             state = self._state
+        tables = table_holds(summary.holds)
         self._store.publish(
-            state, flag, summary.lag_s, now, self._fallback_ttl_ms, holds=summary.holds
-        )
+            state, flag, summary.lag_s, now, self._fallback_ttl_ms, holds=summary.holds,
+            ttl_prefixes=[p for table in tables for p in self._table_prefixes.get(table, ())],
+        )  # fmt: skip
         _export_mode(state.mode, flag)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
+        for table in self._tables_switched(tables):
+            self._start_table_shortening(table)
         return decision
 
     def _follow(self, local: LagSummary) -> Decision:
@@ -424,7 +473,37 @@ class ModeRuntime:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
             self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
         _export_mode(mode, flag)
+        self._tables_switched(_published_tables(record.get("tables")))
         return Decision(mode, mode is not before.mode, cause, reason)
+
+    def _tables_switched(self, tables: dict[str, str]) -> list[str]:
+        """Adopt the tables falling back on their own; returns those that just began to.
+
+        Each switch is logged with its cause ``table_failing:<table>``; the writers of
+        this process cap those tables' TTLs from now on.
+        """
+        with self._lock:
+            before, self._ttl_tables = self._ttl_tables, dict(tables)
+        self.tables.set_effective(tables)
+        for table in before.keys() - tables.keys():
+            metrics.TABLE_FALLBACK.labels(table).set(0)
+            log.warning(
+                "table back to cdc mode: its changes apply again",
+                extra={"table": table, "cause": f"{Cause.TABLE_FAILING}:{table}"},
+            )
+        began = sorted(tables.keys() - before.keys())
+        for table in began:
+            metrics.TABLE_FALLBACK.labels(table).set(1)
+            log.warning(
+                "table falls back to ttl mode on its own",
+                extra={
+                    "table": table,
+                    "cause": f"{Cause.TABLE_FAILING}:{table}",
+                    "reason": tables[table],
+                    "ttl_ms": self._fallback_ttl_ms,
+                },
+            )
+        return began
 
     def _others(self) -> list[LagSummary]:
         """The other processes' summaries; one that stopped reporting counts as stalled."""
@@ -458,31 +537,56 @@ class ModeRuntime:
     def _start_shortening(self) -> None:
         if self._shortener is not None and self._shortener.is_alive():
             return
-        self._shortener = threading.Thread(target=self._shorten, name="cdc-ttl", daemon=True)
+        self._shortener = threading.Thread(
+            target=self._shorten,
+            args=(self._prefixes, lambda: self.ttl_cap_ms() is not None, {}),
+            name="cdc-ttl",
+            daemon=True,
+        )
         self._shortener.start()
 
-    def _shorten(self) -> None:
+    def _start_table_shortening(self, table: str) -> None:
+        """Give the keys under ``table``'s prefixes the fallback TTL (the leader only)."""
+        running = self._table_shorteners.get(table)
+        if running is not None and running.is_alive():
+            return
+
+        def still_failing() -> bool:
+            with self._lock:
+                return table in self._ttl_tables
+
+        self._table_shorteners[table] = thread = threading.Thread(
+            target=self._shorten,
+            args=(self._table_prefixes.get(table, []), still_failing, {"table": table}),
+            name=f"cdc-ttl-{table}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _shorten(
+        self, prefixes: list[str], in_ttl: Callable[[], bool], context: dict[str, str]
+    ) -> None:
         started = time.monotonic()
         try:
             count = shorten_ttls(
                 self._client,
-                self._prefixes,
+                prefixes,
                 self._fallback_ttl_ms,
                 keys_per_s=self._shorten_rate,
-                keep_going=lambda: self.ttl_cap_ms() is not None and not self._closing.is_set(),
+                keep_going=lambda: in_ttl() and not self._closing.is_set(),
                 sleep=self._closing.wait,
             )
         except _REDIS_ERRORS as exc:
             log.error(
                 "could not give existing keys the fallback TTL; they keep their rule TTL",
-                extra={"error": str(exc)},
+                extra={"error": str(exc), **context},
             )
             return
         metrics.TTL_SHORTENED.inc(count)
         log.info(
             "existing keys given the fallback TTL",
             extra={"keys": count, "ttl_ms": self._fallback_ttl_ms,
-                   "seconds": round(time.monotonic() - started, 3)},
+                   "seconds": round(time.monotonic() - started, 3), **context},
         )  # fmt: skip
 
     def _resume(self) -> None:
@@ -503,6 +607,17 @@ class ModeRuntime:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def _published_tables(text: str | None) -> dict[str, str]:
+    """The ``tables`` field of ``cdc:mode`` (a leader of an older release writes none)."""
+    try:
+        tables = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(tables, dict):
+        return {}
+    return {str(table): str(reason) for table, reason in tables.items()}
 
 
 def _export_lag(report: LagReport) -> None:

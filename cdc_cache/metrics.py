@@ -35,6 +35,15 @@ DLQ_ENTRIES = Counter(
     ["kind", "table"],
     namespace=NAMESPACE,
 )
+FAILED_CHANGE_KEYS = Counter(
+    "failed_change_keys",
+    "Keys of changes that could not be applied as planned, by table and outcome: deleted "
+    "(version-gated, tombstone left), skipped (the key already holds that change or a newer "
+    "one), unversioned (plain DEL: its version key holds another type), unreached (no image "
+    "of the change renders the key: it may serve the old row until its TTL)",
+    ["table", "outcome"],
+    namespace=NAMESPACE,
+)
 DLQ_REPLAYS = Counter(
     "dlq_replays",
     "Replays of dead-letter entries, by outcome (applied, stale, duplicate, no_op, failed)",
@@ -120,8 +129,15 @@ MODE_HOLDS = Gauge(
     "mode_holds",
     "Active holds by cause: conditions under which the cache cannot be known right, each "
     "forcing ttl mode while it lasts (lineage, redis_oom, redis_replication, "
-    "source_discontinuity, worker_down)",
+    "source_discontinuity, worker_down; table_failing counts tables falling back alone)",
     ["cause"],
+    namespace=NAMESPACE,
+)
+TABLE_FALLBACK = Gauge(
+    "table_fallback",
+    "1 while the table falls back to ttl mode on its own (cause table_failing:<table>: its "
+    "changes keep failing, or its columns no longer fit the rules), else 0",
+    ["table"],
     namespace=NAMESPACE,
 )
 TTL_SHORTENED = Counter(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdc_cache.envelope import Parse, decode
+from cdc_cache import invalidations
+from cdc_cache.envelope import Parse, decode, table_of_topic
 from cdc_cache.errors import PoisonMessage, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.invalidations import Invalidation
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
 from cdc_cache.rules import Rules
@@ -39,17 +41,27 @@ class Rejected:
     """A message that cannot be processed; the error names why and where it came from.
 
     ``event`` is the decoded change when only planning failed (its table, key, position
-    go into the dead letter).
+    go into the dead letter); ``invalidation`` the deletes it still allows (see
+    :mod:`cdc_cache.invalidations`), applied before the change is dead-lettered.
     """
 
     error: PoisonMessage
     event: ChangeEvent | None = None
+    invalidation: Invalidation = invalidations.NOTHING
 
     @property
     def record(self) -> SourceRecord:
         """The offending message (always attached by :func:`route`)."""
         assert self.error.record is not None
         return self.error.record
+
+    @property
+    def table(self) -> str:
+        """The change's table, else the one its topic names, else the topic."""
+        if self.event is not None:
+            return self.event.table
+        topic = self.record.topic
+        return table_of_topic(topic) or topic
 
 
 Routed = Planned | Control | Rejected
@@ -66,9 +78,11 @@ def route(
 
     ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
-    change's other keys alone would leave its keys inconsistent with each other).
+    change's other keys alone would leave its keys inconsistent with each other): its keys
+    are deleted instead, like those of a change the rules cannot render.
     """
     event: ChangeEvent | None = None
+    ops: tuple[CacheOp, ...] | None = None
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
         if not isinstance(decoded, ChangeEvent):
@@ -79,7 +93,13 @@ def route(
             _check_sizes(ops, max_value_bytes, decoded)
         return Planned(record, decoded, ops)
     except PoisonMessage as error:
-        return Rejected(error.at(record) if error.record is None else error, event)
+        if event is None:
+            salvage = invalidations.NOTHING
+        elif ops is not None:
+            salvage = invalidations.of_ops(ops)
+        else:
+            salvage = invalidations.of_images(event, rules.for_table(event.table))
+        return Rejected(error.at(record) if error.record is None else error, event, salvage)
 
 
 def value_size(op: SetRow) -> int:

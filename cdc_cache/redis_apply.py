@@ -358,6 +358,21 @@ class RedisApplier:
             outcomes += self._apply_key_ops(pending)
         return ApplyResult(tuple(outcomes), tuple(invalidated))
 
+    def discard(self, keys: Sequence[str]) -> int:
+        """Delete ``keys`` and their leases with no version gate; how many keys existed.
+
+        Only for keys whose gate cannot run (a version key of another type refuses every
+        op on its key): deleting is always safe, and no change can write such a key again
+        until its version key is repaired, so nothing older can come back either.
+        """
+        with _translated(f"deleting {len(keys)} keys without their versions"):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(key)  # one key per DEL: a Cluster pipeline takes no more
+                pipe.delete(lease_key(key))
+            replies = pipe.execute()
+        return sum(int(found) for found in replies[::2])
+
     def _apply_key_ops(self, ops: Sequence[KeyOp | Notify]) -> list[Outcome]:
         if not ops:
             return []

@@ -26,7 +26,7 @@ from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
-from cdc_cache.fallback import ModeRuntime, managed_prefixes
+from cdc_cache.fallback import ModeRuntime, managed_prefixes, table_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
@@ -36,6 +36,7 @@ from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
+from cdc_cache.table_mode import TableConfig
 from cdc_cache.writer import connect_when_available
 from dataflows.invalidation import DlqTarget, build_flow
 
@@ -110,7 +111,7 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
     ]
 
 
-def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
+def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
         client=connect_when_available(
@@ -119,10 +120,14 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
-        prefixes=prefixes,
+        prefixes=managed_prefixes(rules),
         process=settings.process_id or 0,
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
+        table_prefixes=table_prefixes(rules),
+        table_config=TableConfig(
+            settings.table_fallback_failures, settings.table_fallback_window_s
+        ),
     )
 
 
@@ -222,7 +227,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     prepare_dlq(settings)
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
-    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    runtime = mode_runtime(settings, tracker, rules)
     startup.passed("redis")
     stop = threading.Event()
     flow = build_flow(
@@ -244,6 +249,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
+        tables=runtime.tables,
     )
     log.info(
         "worker starting",

@@ -5,8 +5,9 @@ through decode, plan and apply (no re-keying), and cross-partition races on one 
 are settled by the source positions in Redis. The Redis sink writes synchronously in
 ``write_batch``, so a recovery snapshot (which records the source offsets) is only taken
 once the changes before it are in Redis: a crash replays, it never skips. Rejected
-messages (and changes Redis refuses) are written to the DLQ topic the same way, flushed
-and acknowledged before ``write_batch`` returns.
+messages (and changes Redis refuses) go through the same sink: the keys they still
+render are deleted with the batch, then they are written to the DLQ topic, flushed and
+acknowledged before ``write_batch`` returns.
 """
 
 from __future__ import annotations
@@ -28,18 +29,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
-from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.envelope import table_of_topic
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
-from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
+from cdc_cache.pipeline import Control, Planned, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
+from cdc_cache.table_mode import TableFallback
 from cdc_cache.writer import CacheWriter, connect_when_available
 
 log = logging.getLogger("cdc_cache.dataflow")
@@ -79,6 +79,7 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    tables: TableFallback | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -89,7 +90,9 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right.
+    when they find the cache cannot be known right; ``tables`` its per-table fallback,
+    told which tables' changes apply and fail, and capping the TTLs of those that fall
+    back.
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -122,11 +125,11 @@ def build_flow(
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
-    split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     rejects = _RejectsFactory(rules, dlq, stop)
-    op.output("reject", split.trues, RejectSink(rejects))
-    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth)
-    op.output("redis", split.falses, sink)
+    sink = RedisSink(
+        redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth, tables=tables
+    )
+    op.output("redis", routed, sink)
     return flow
 
 
@@ -274,6 +277,10 @@ class _RedisPartition(StatelessSinkPartition[Routed]):
 class RedisSink(DynamicSink[Routed]):
     """Applies each batch in one Redis round trip per node; clients are built per worker.
 
+    Rejected messages are dead-lettered from here too, once the keys they still render
+    are deleted, so each batch is durable on the DLQ topic before ``write_batch`` returns
+    and progress never moves past a failure that could still be lost.
+
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
     restart) instead of hanging until killed.
@@ -288,6 +295,7 @@ class RedisSink(DynamicSink[Routed]):
         rejects: _RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        tables: TableFallback | None = None,
     ) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
@@ -295,6 +303,7 @@ class RedisSink(DynamicSink[Routed]):
         self._ttl_cap_ms = ttl_cap_ms
         self._rejects = rejects
         self._auth = auth
+        self._tables = tables
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
@@ -305,6 +314,7 @@ class RedisSink(DynamicSink[Routed]):
             sleep=self._sleep,
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
+            tables=self._tables,
         )
         return _RedisPartition(writer)
 
@@ -338,31 +348,3 @@ class _RejectsFactory:
             sleep=self._sleep,
         )
         return Rejects(self._rules, writer)
-
-
-class _RejectPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, rejects: Rejects) -> None:
-        self._rejects = rejects
-
-    def write_batch(self, items: list[Routed]) -> None:
-        failures = []
-        for item in items:
-            assert isinstance(item, Rejected)
-            topic = item.record.topic
-            table = item.event.table if item.event else table_of_topic(topic) or topic
-            failures.append(Failure(item.error, table, item.event))
-        self._rejects.report(failures)
-
-
-class RejectSink(DynamicSink[Routed]):
-    """Dead-letters messages that cannot be processed; the stream goes on.
-
-    Each batch is durable on the DLQ topic before ``write_batch`` returns, so progress
-    never moves past a failure that could still be lost.
-    """
-
-    def __init__(self, rejects: _RejectsFactory) -> None:
-        self._rejects = rejects
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RejectPartition:
-        return _RejectPartition(self._rejects.build())
