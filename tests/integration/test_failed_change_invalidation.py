@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from cdc_cache.dlq import Failure, envelope
 from cdc_cache.events import SourceRecord
+from cdc_cache.fallback import Holds
 from cdc_cache.invalidations import KeyOutcome
 from cdc_cache.keys import CHANNELS_KEY, lease_key, stream_key, version_key
 from cdc_cache.pipeline import Planned, Rejected, route
@@ -21,6 +22,7 @@ from cdc_cache.redis_apply import ApplyError, RedisApplier
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules, parse_rules
+from cdc_cache.table_mode import TableConfig, TableFallback
 from cdc_cache.writer import CacheWriter
 from tests.workload import NOTIFY_RULES_YAML
 
@@ -217,3 +219,18 @@ def test_a_batch_mixing_applied_and_rejected_changes_is_one_write(any_redis):
     assert any_redis.exists("item:2") == 0
     assert cached(any_redis, "item:3")["name"] == "m3"
     assert writer.only_failure().event == bad.event
+
+
+def test_failing_changes_make_their_table_fall_back_and_cap_its_new_writes(any_redis):
+    holds = Holds()
+    tables = TableFallback(["inventory.items"], holds, 5_000, TableConfig(failures=2))
+    failures: list[Failure] = []
+    writer = CacheWriter(RedisApplier(any_redis), FAST, reject=failures.extend, tables=tables)
+    writer.write([routed(message(None, ROW, 100))])
+    assert any_redis.pttl("item:1") > 3_600_000, "the rules' TTL while the table is healthy"
+
+    writer.write([routed(message(ROW, {"id": 1, "name": f"v{n}"}, 200 + n)) for n in range(2)])
+    assert [h.label for h in holds.active()] == ["table_failing:inventory.items"]
+
+    writer.write([routed(message(None, {"id": 2, "name": "desk", "price": "3.00"}, 300))])
+    assert 0 < any_redis.pttl("item:2") <= 5_000
