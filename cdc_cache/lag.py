@@ -152,10 +152,13 @@ class LagTracker:
         """The connector feeding ``topic`` (``<server>.<db>.<table>``), if it sent heartbeats.
 
         A heartbeat topic's own partitions belong to its connector too: heartbeats all land
-        in one of them, and the others must not read as stalled.
+        in one of them, and the others must not read as stalled. So does its schema-change
+        topic (named ``<server>``), idle between DDL statements.
         """
         if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
             return self._servers.get(topic.removeprefix(HEARTBEAT_TOPIC_PREFIX))
+        if topic in self._servers:
+            return self._servers[topic]
         for name, server in self._servers.items():
             if topic.startswith(name + "."):
                 return server

@@ -140,6 +140,20 @@ TABLE_FALLBACK = Gauge(
     ["table"],
     namespace=NAMESPACE,
 )
+SCHEMA_CHANGES = Counter(
+    "schema_changes",
+    "Changes of a covered table's columns, seen in a DDL record or in the rows themselves",
+    ["table"],
+    namespace=NAMESPACE,
+)
+RULES_COLUMN_PROBLEMS = Gauge(
+    "rules_column_problems",
+    "Columns the rules name that the table no longer has, by table and whether that breaks "
+    "its changes (breaks=true: keys, fields, notifications; false: watch, sensitive, "
+    "columns); the worker log names the rules file and line of each",
+    ["table", "breaks"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",

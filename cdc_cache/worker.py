@@ -76,7 +76,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
                     "before starting the worker (see connectors/README.md)",
                     extra={"topics": found},
                 )
-            return found + beats
+            return found + beats + schema_change_topics(existing, found)
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -109,6 +109,16 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
         if beat not in topics
         and any(t.startswith(beat.removeprefix(HEARTBEAT_TOPIC_PREFIX) + ".") for t in topics)
     ]
+
+
+def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The schema-change topics (``<server>``) of the MySQL connectors feeding ``topics``.
+
+    Their DDL records tell the worker when a table's columns change, before the rows of
+    the new shape arrive (see cdc_cache.schema_watch); PostgreSQL connectors write none.
+    """
+    servers = {t.rsplit(".", 2)[0] for t in topics if t.count(".") >= 2}
+    return sorted(s for s in servers if s in existing and s not in topics)
 
 
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) -> ModeRuntime:

@@ -39,6 +39,7 @@ from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
+from cdc_cache.schema_watch import SchemaWatch
 from cdc_cache.table_mode import TableFallback
 from cdc_cache.writer import CacheWriter, connect_when_available
 
@@ -92,7 +93,8 @@ def build_flow(
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
     when they find the cache cannot be known right; ``tables`` its per-table fallback,
     told which tables' changes apply and fail, and capping the TTLs of those that fall
-    back.
+    back. Each batch's DDL records and rows are checked for changed columns
+    (:class:`~cdc_cache.schema_watch.SchemaWatch`).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -110,6 +112,7 @@ def build_flow(
     )
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
+    schema = SchemaWatch(rules, tables)
     messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
@@ -122,6 +125,7 @@ def build_flow(
         parse = schemas.parser_for(records) if schemas is not None else None
         routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
         _observe(tracker, routed)
+        schema.observe(routed)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
