@@ -6,12 +6,14 @@ never survives a refused change."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from cdc_cache import invalidations
 from cdc_cache.dlq import Failure, envelope
 from cdc_cache.events import SourceRecord
 from cdc_cache.fallback import Holds
@@ -101,6 +103,11 @@ def test_a_change_the_rules_cannot_render_deletes_its_keys_with_tombstones(any_r
     assert isinstance(rejected, Rejected) and rejected.error.kind == "render_failed"
     late = routed(message(None, {**ROW, "price": "9.00"}, 150))  # older, delivered late
     assert isinstance(late, Planned)
+
+    # Without its invalidation the rejected change leaves the old row in place: stale.
+    Writer(any_redis).write(replace(rejected, invalidation=invalidations.NOTHING))
+    assert cached(any_redis, "item:1") == ROW
+
     assert writer.write(rejected) == []
 
     assert any_redis.exists("item:1") == 0
