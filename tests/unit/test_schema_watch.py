@@ -166,3 +166,13 @@ def test_a_ddl_record_of_an_unknown_shape_is_still_a_schema_change(table_changes
     value = {"source": {"connector": "mysql"}, "ddl": "ALTER", "tableChanges": table_changes}
     decoded = decode(SourceRecord("dbz", 0, 0, None, orjson.dumps(value)))
     assert isinstance(decoded, SchemaChange) and decoded.columns == {}
+
+
+def test_the_worker_reads_the_schema_change_topic_of_each_connector_it_follows():
+    from cdc_cache.worker import schema_change_topics
+
+    existing = {"db1", "db1.shop.items", "db1.shop.stock", "db2", "db2.x.y", "other", "db3.a.b"}
+    assert schema_change_topics(existing, ["db1.shop.items", "db1.shop.stock", "db3.a.b"]) == [
+        "db1"
+    ]
+    assert schema_change_topics(existing, ["db1", "db1.shop.items"]) == []
