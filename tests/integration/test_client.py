@@ -199,6 +199,18 @@ def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
     assert 0 < any_redis.pttl("user:{8}:profile") <= 4_000
 
 
+def test_a_table_in_ttl_mode_alone_caps_only_the_fills_under_its_prefixes(any_redis: Any) -> None:
+    any_redis.hset(
+        MODE_KEY,
+        mapping={"mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]'},
+    )
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    cache.get(KEY, Loader(OLD))
+    cache.get("order:1", Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert any_redis.pttl("order:1") > 4_000
+
+
 def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
     now = [0.0]
     cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])
