@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from cdc_cache import metrics
 from cdc_cache.events import SchemaChange
-from cdc_cache.pipeline import Control, Planned, Rejected, Routed
+from cdc_cache.pipeline import Control, Routed
 from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import ColumnUse, Rules, TableRules, Use
 from cdc_cache.table_mode import TableFallback
@@ -129,7 +129,7 @@ class SchemaWatch:
                 if isinstance(item.item, SchemaChange):
                     self._ddl(item.item)
                 continue
-            event = item.event if isinstance(item, Planned | Rejected) else None
+            event = item.event
             if event is None or event.after is None:
                 continue
             known = seen.get(event.table)
