@@ -26,23 +26,12 @@ from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules, parse_rules
 from cdc_cache.table_mode import TableConfig, TableFallback
 from cdc_cache.writer import CacheWriter
-from tests.workload import NOTIFY_RULES_YAML
+from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration
 FAST = Backoff(initial=0.05, maximum=0.2)
 
-RULES = parse_rules(
-    """
-defaults: {tombstone_ttl: 10m}
-tables:
-  inventory.items:
-    keys:
-      - key: "item:{id}"
-        fields: [id, name, price]
-      - key: "itemname:{name}"
-        action: delete
-"""
-)
+RULES = parse_rules(ITEMS_RULES_YAML)
 NOTIFY_RULES = parse_rules(NOTIFY_RULES_YAML)
 ROW = {"id": 1, "name": "lamp", "price": "10.00"}
 

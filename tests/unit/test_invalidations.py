@@ -17,21 +17,16 @@ from cdc_cache.pipeline import Planned, Rejected, route
 from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import parse_rules
-from tests.workload import NOTIFY_RULES_YAML
+from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 
-RULES_TEXT = """\
-defaults: {tombstone_ttl: 10m}
-tables:
-  inventory.items:
-    keys:
-      - key: "item:{id}"
-        fields: [id, name, price]
-      - key: "itemname:{name}"
-        action: delete
+RULES_TEXT = (
+    ITEMS_RULES_YAML
+    + """\
       - key: "shelf:{shelf}:{id}"
         format: hash
         fields: [id, shelf]
 """
+)
 RULES = parse_rules(RULES_TEXT, "rules.yaml")
 TABLE = RULES.tables["inventory.items"]
 TOMBSTONE = 600_000
