@@ -273,8 +273,9 @@ def version_of(op: KeyOp) -> str:
 
     A change of primary key reaches Debezium's topic as a delete of the old row and a
     create of the new one at the same position. When both map to one cache key, the
-    create must win, so at an equal position a set ranks above a delete. No other pair of
-    ops shares a key and a position (the planner never emits both for one row change).
+    create must win, so at an equal position a set ranks above a delete. The only other
+    pair is a change that failed, whose keys were deleted at its position
+    (``cdc_cache.invalidations``), replayed once its cause is fixed: its set must win too.
     """
     return op.position.encode() + (".d" if isinstance(op, DeleteKey) else ".s")
 
