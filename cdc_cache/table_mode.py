@@ -197,10 +197,11 @@ class TableFallback:
             else:
                 self._local -= {table}
             self._refresh()
-        if after.failing and after.reason != before.reason:
-            self._holds.hold(Cause.TABLE_FAILING, table, after.reason)
-        elif before.failing and not after.failing:
-            self._holds.clear(Cause.TABLE_FAILING, table)
+            # Under the lock, so that the holds follow the states in the same order.
+            if after.failing and after.reason != before.reason:
+                self._holds.hold(Cause.TABLE_FAILING, table, after.reason)
+            elif before.failing and not after.failing:
+                self._holds.clear(Cause.TABLE_FAILING, table)
 
     def _refresh(self) -> None:
         self._caps = dict.fromkeys(self._local | self._effective, self._ttl_ms)
