@@ -9,7 +9,7 @@ each image holds all of them, so the after image's column names are the table's 
 in every message format. The newest source position wins, so a backlog of older rows
 read after a DDL (another partition, another topic) does not undo it.
 
-A column the rules name that the table no longer has is reported with the rules file and
+A column the rules name that the table does not have is reported with the rules file and
 line, what it breaks and what to change, before the changes of the new shape arrive when
 the DDL record comes first: a log line, ``cdc_cache_rules_column_problems{table,breaks}``
 (an alert), ``cdc_cache_schema_changes_total{table}``, and, when it breaks the table's
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_cache import metrics
@@ -49,12 +49,13 @@ _FIXES = {
 
 @dataclass(frozen=True, slots=True)
 class ColumnProblem:
-    """A column the rules name that the table no longer has."""
+    """A column the rules name that the table does not have (any more, or ever)."""
 
     table: str
     use: ColumnUse
     path: str
     added: tuple[str, ...] = ()
+    dropped: bool = False  # the table had it before (else it never was one, as seen here)
 
     @property
     def breaks_changes(self) -> bool:
@@ -72,20 +73,24 @@ class ColumnProblem:
         """``file:line: where: what; how to fix`` like the rules loader's messages."""
         return (
             f"{self.path}:{self.use.line}: {self.use.where}: column '{self.use.column}' is "
-            f"no longer a column of {self.table}; {self.fix()}"
+            f"{'no longer' if self.dropped else 'not'} a column of {self.table}; {self.fix()}"
         )
 
 
 def problems(
-    table: TableRules, columns: frozenset[str], path: str, added: Iterable[str] = ()
+    table: TableRules,
+    columns: frozenset[str],
+    path: str,
+    before: frozenset[str] = frozenset(),
 ) -> list[ColumnProblem]:
     """Every use of a column the table does not have, in rules-file order.
 
-    ``added`` are the columns the table just gained, named in the fix as rename candidates.
+    ``before`` are the table's columns before this change of shape, if known: the columns
+    it just gained are named in the fix as rename candidates.
     """
-    new = tuple(sorted(added))
+    new = tuple(sorted(columns - before)) if before else ()
     return [
-        ColumnProblem(table.table, use, path, new)
+        ColumnProblem(table.table, use, path, new, use.column in before)
         for use in table.uses
         if use.column not in columns
     ]
@@ -154,8 +159,8 @@ class SchemaWatch:
                 return
             self._seen[table] = Seen(columns, at)
         rules = self._rules.tables[table]
-        added = columns - before.columns if before is not None else frozenset()
-        found = problems(rules, columns, self._rules.path, added)
+        known = before.columns if before is not None else frozenset()
+        found = problems(rules, columns, self._rules.path, known)
         if before is not None:
             metrics.SCHEMA_CHANGES.labels(table).inc()
             log.warning(
@@ -164,7 +169,7 @@ class SchemaWatch:
                     "table": table,
                     "origin": origin,
                     "position": str(at) if at is not None else None,
-                    "added": sorted(added),
+                    "added": sorted(columns - known),
                     "dropped": sorted(before.columns - columns),
                     "rules_fit": not found,
                 },
@@ -188,7 +193,7 @@ def _report(table: str, found: Sequence[ColumnProblem], origin: str) -> None:
         metrics.RULES_COLUMN_PROBLEMS.labels(table, str(breaks).lower()).set(count)
     for problem in found:
         log.error(
-            "the rules name a column the table no longer has",
+            "the rules name a column the table does not have",
             extra={
                 "table": table,
                 "column": problem.use.column,
@@ -206,7 +211,7 @@ def _reason(breaking: Sequence[ColumnProblem]) -> str:
     more = f" (and {len(breaking) - 1} more)" if len(breaking) > 1 else ""
     return (
         f"the rules use column '{first.use.column}' ({first.path}:{first.use.line}), which "
-        f"{first.table} no longer has{more}"
+        f"{first.table} does not have{more}"
     )
 
 

@@ -53,15 +53,17 @@ def test_a_dropped_projected_column_is_named_with_its_rules_line_and_the_fix():
     assert fields.breaks_changes and not found[0].breaks_changes
     assert fields.text() == (
         f"rules.yaml:{line_of('fields: [id')}: tables.shop.items.keys[0].fields: column "
-        "'price' is no longer a column of shop.items; remove it from fields: until then "
+        "'price' is not a column of shop.items; remove it from fields: until then "
         "every change of the table is dead-lettered (its keys deleted)"
     )
 
 
 def test_a_renamed_key_column_suggests_the_new_name():
-    found = problems(TABLE, frozenset({"id", "title", "price", "note"}), "r.yaml", ["title"])
+    before = frozenset({"id", "name", "price", "note"})
+    found = problems(TABLE, frozenset({"id", "title", "price", "note"}), "r.yaml", before)
     key = next(p for p in found if p.use.use is Use.KEY)
     assert key.use.column == "name" and key.use.line == line_of('key: "itemname')
+    assert "'name' is no longer a column of shop.items" in key.text()
     assert key.fix().startswith("change the key template")
     assert key.fix().endswith("if it was renamed, the table's new columns are title")
 
