@@ -152,32 +152,34 @@ class SchemaWatch:
     def columns(
         self, table: str, columns: frozenset[str], at: SourcePosition | None, origin: str
     ) -> None:
-        """``table`` has ``columns`` as of ``at`` (seen in ``origin``): check and report."""
+        """``table`` has ``columns`` as of ``at`` (seen in ``origin``): check and report.
+
+        Reported under the lock (a rare path), so reports follow the states in order.
+        """
         with self._lock:
             before = self._seen.get(table)
             if not supersedes(before, columns, at):
                 return
             self._seen[table] = Seen(columns, at)
-        rules = self._rules.tables[table]
-        known = before.columns if before is not None else frozenset()
-        found = problems(rules, columns, self._rules.path, known)
-        if before is not None:
-            metrics.SCHEMA_CHANGES.labels(table).inc()
-            log.warning(
-                "columns of a table changed",
-                extra={
-                    "table": table,
-                    "origin": origin,
-                    "position": str(at) if at is not None else None,
-                    "added": sorted(columns - known),
-                    "dropped": sorted(before.columns - columns),
-                    "rules_fit": not found,
-                },
-            )
-        _report(table, found, origin)
-        if self._tables is not None:
-            breaking = [p for p in found if p.breaks_changes]
-            self._tables.schema(table, _reason(breaking) if breaking else None)
+            known = before.columns if before is not None else frozenset()
+            found = problems(self._rules.tables[table], columns, self._rules.path, known)
+            if before is not None:
+                metrics.SCHEMA_CHANGES.labels(table).inc()
+                log.warning(
+                    "columns of a table changed",
+                    extra={
+                        "table": table,
+                        "origin": origin,
+                        "position": str(at) if at is not None else None,
+                        "added": sorted(columns - known),
+                        "dropped": sorted(known - columns),
+                        "rules_fit": not found,
+                    },
+                )
+            _report(table, found, origin)
+            if self._tables is not None:
+                breaking = [p for p in found if p.breaks_changes]
+                self._tables.schema(table, _reason(breaking) if breaking else None)
 
     def known(self, table: str) -> Seen | None:
         """The newest columns seen for ``table``."""
