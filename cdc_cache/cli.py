@@ -219,6 +219,83 @@ def mode_set(flag: str, redis_url: str) -> None:
 
 
 @main.group()
+def continuity() -> None:
+    """Source discontinuities (a recreated topic, records removed before they were read).
+
+    The worker pauses such a partition and holds the cache in ttl mode until one of these
+    decides how it goes on (README: Source continuity).
+    """
+
+
+_TOPIC = click.option("--topic", required=True, help="The topic whose partitions to resolve.")
+_PARTITION = click.option("--partition", type=int, help="Only this partition (default: all).")
+
+
+@continuity.command("status")
+@_REDIS_URL
+def continuity_status(redis_url: str) -> None:
+    """Print each held partition: what broke, both offsets and topic ids, ways forward."""
+    from cdc_cache.continuity_cli import status_lines
+    from cdc_cache.continuity_store import ContinuityStore
+    from cdc_cache.redis_apply import connect
+
+    with _reported("cdc-cache continuity status", redis_url):
+        records = ContinuityStore(connect(redis_url)).records()
+    for line in status_lines(records):
+        click.echo(line)
+
+
+@continuity.command("reread")
+@_TOPIC
+@_PARTITION
+@_REDIS_URL
+def continuity_reread(topic: str, partition: int | None, redis_url: str) -> None:
+    """Read the topic again from its start (versions make it idempotent).
+
+    The cache stays in ttl mode until the re-read has caught up with the topic's end.
+    Refused where records were removed unread: re-reading cannot bring them back.
+    """
+    _continuity_decide("reread", topic, partition, redis_url)
+
+
+@continuity.command("accept")
+@_TOPIC
+@_PARTITION
+@_REDIS_URL
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def continuity_accept(topic: str, partition: int | None, redis_url: str, yes: bool) -> None:
+    """Accept the gap: go on from the topic's start and leave ttl mode now.
+
+    Changes the topic no longer holds are not applied: use this after a re-snapshot of
+    the affected tables, or when the cache may keep what it missed until its TTLs.
+    """
+    _continuity_decide("accept", topic, partition, redis_url, confirmed=yes)
+
+
+def _continuity_decide(
+    action: str, topic: str, partition: int | None, redis_url: str, *, confirmed: bool = True
+) -> None:
+    from cdc_cache.continuity import Action
+    from cdc_cache.continuity_cli import chosen, decide
+    from cdc_cache.continuity_store import ContinuityStore
+    from cdc_cache.redis_apply import connect
+
+    command = f"cdc-cache continuity {action}"
+    with _reported(command, redis_url):
+        store = ContinuityStore(connect(redis_url))
+        picked = chosen(store.records(), topic, partition, Action(action))
+        for where, record in sorted(picked.items()):
+            click.echo(f"{where}: {record['reason']}")
+        if not confirmed:
+            click.confirm(
+                f"Changes missing from {', '.join(sorted(picked))} will not be applied. Accept?",
+                abort=True,
+            )
+        decide(store, picked, Action(action))
+    click.echo(f"{action} recorded for {', '.join(sorted(picked))}; workers act within a second")
+
+
+@main.group()
 def connectors() -> None:
     """Apply the Debezium connector files to Kafka Connect and report whether they run."""
 

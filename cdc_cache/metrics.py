@@ -154,6 +154,20 @@ RULES_COLUMN_PROBLEMS = Gauge(
     ["table", "breaks"],
     namespace=NAMESPACE,
 )
+SOURCE_DISCONTINUITY = Gauge(
+    "source_discontinuity",
+    "1 while a topic partition's stored offset no longer means what it meant (a recreated "
+    "topic, records removed before they were read) and the cache is held in ttl mode until "
+    "an operator decides (cdc-cache continuity)",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
+SOURCE_DISCONTINUITIES = Counter(
+    "source_discontinuities",
+    "Source discontinuities found, by kind (topic_recreated, log_truncated, below_log_start)",
+    ["kind"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",

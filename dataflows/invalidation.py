@@ -29,18 +29,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
+from cdc_cache.continuity_store import ContinuityStore
 from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Routed, route
-from cdc_cache.redis_apply import RedisApplier, RedisAuth
+from cdc_cache.redis_apply import RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
 from cdc_cache.schema_watch import SchemaWatch
+from cdc_cache.source_continuity import ContinuityGuard, GuardedPartition
 from cdc_cache.table_mode import TableFallback
+from cdc_cache.topic_ids import TopicIds
 from cdc_cache.writer import CacheWriter, connect_when_available
 
 log = logging.getLogger("cdc_cache.dataflow")
@@ -81,6 +84,7 @@ def build_flow(
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
     tables: TableFallback | None = None,
+    continuity: bool = True,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -94,13 +98,18 @@ def build_flow(
     when they find the cache cannot be known right; ``tables`` its per-table fallback,
     told which tables' changes apply and fail, and capping the TTLs of those that fall
     back. Each batch's DDL records and rows are checked for changed columns
-    (:class:`~cdc_cache.schema_watch.SchemaWatch`).
+    (:class:`~cdc_cache.schema_watch.SchemaWatch`). Each source partition checks that its
+    stored offset still means what it meant (see ``cdc_cache.source_continuity``);
+    ``continuity=False`` leaves Bytewax's bare source, only to show what that check
+    prevents.
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
     # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
     consumer_config = {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
+    # An offset the log no longer holds must surface as an error, never be reset silently.
+    consumer_config["auto.offset.reset"] = "error"
     source = KafkaSource(
         brokers,
         topics,
@@ -113,7 +122,11 @@ def build_flow(
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
     schema = SchemaWatch(rules, tables)
-    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health))
+    guard = None
+    if continuity:
+        ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
+        guard = ContinuityGuard(ids, holds, lambda: ContinuityStore(connect(redis_url, redis_auth)))
+    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health, guard))
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         records = []
@@ -192,11 +205,26 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         self._tracker = tracker
         self._where = where
         self._health = health
-        # The watermark librdkafka cached from its last fetch: a ListOffsets request is
-        # not needed (and reports a wrong "latest" on some brokers).
-        consumer = getattr(inner, "_consumer", None)
-        self._consumer = consumer if isinstance(consumer, Consumer) else None
         tracker.track(where.topic, where.partition)
+
+    @property
+    def _consumer(self) -> Consumer | None:
+        """The consumer whose cached watermarks (from its last fetch) are read.
+
+        Cached, a ListOffsets request is not needed (and reports a wrong "latest" on some
+        brokers). A guarded partition builds a new consumer when an operator resolves a
+        discontinuity, so it is asked each time.
+        """
+        if isinstance(self._inner, GuardedPartition):
+            return self._inner.consumer
+        consumer = getattr(self._inner, "_consumer", None)
+        return consumer if isinstance(consumer, Consumer) else None
+
+    def _next_offset(self) -> int | None:
+        if isinstance(self._inner, GuardedPartition):
+            return self._inner.next_offset
+        resume = self._inner.snapshot()
+        return resume if isinstance(resume, int) and resume >= 0 else None
 
     def next_batch(self) -> Iterable[Message]:
         if self._stop.is_set():
@@ -210,21 +238,22 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         """Records fetched mean the brokers answer; when idle and in doubt, ask one."""
         if any(not isinstance(message, KafkaError) for message in batch):
             self._health.reachable()
-        elif self._consumer is not None and self._health.should_probe():
+        elif (consumer := self._consumer) is not None and self._health.should_probe():
             try:
-                self._consumer.get_watermark_offsets(self._where, timeout=0.5, cached=False)
+                consumer.get_watermark_offsets(self._where, timeout=0.5, cached=False)
             except KafkaException:
                 return  # still down: error_cb has counted it
             self._health.reachable()
 
     def _observe_offsets(self) -> None:
-        if self._consumer is None:
+        consumer = self._consumer
+        if consumer is None:
             return
-        low, high = self._consumer.get_watermark_offsets(self._where, cached=True)
+        low, high = consumer.get_watermark_offsets(self._where, cached=True)
         if high < 0:
             return  # no fetch answered yet
-        resume = self._inner.snapshot()
-        next_offset = resume if isinstance(resume, int) and resume >= 0 else low
+        resume = self._next_offset()
+        next_offset = resume if resume is not None else low
         self._tracker.offsets(self._where.topic, self._where.partition, high, next_offset)
 
     def next_awake(self) -> datetime | None:
@@ -241,7 +270,8 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
     """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call).
 
     Each partition also reports its high watermark and next offset to the lag tracker,
-    and whether the brokers answer to ``health``.
+    and whether the brokers answer to ``health``; with a ``guard``, it checks its stored
+    offset before passing anything on.
     """
 
     def __init__(
@@ -250,24 +280,30 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
         stop: threading.Event,
         tracker: LagTracker,
         health: BrokerHealth,
+        guard: ContinuityGuard | None = None,
     ):
         self._inner = inner
         self._stop = stop
         self._tracker = tracker
         self._health = health
+        self._guard = guard
 
     def list_parts(self) -> list[str]:
         return self._inner.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
         index, topic = for_part.split("-", 1)  # KafkaSource names parts "<index>-<topic>"
-        return _StoppablePartition(
-            self._inner.build_part(step_id, for_part, resume_state),
-            self._stop,
-            self._tracker,
-            TopicPartition(topic, int(index)),
-            self._health,
-        )
+        where = TopicPartition(topic, int(index))
+        inner: StatefulSourcePartition[Message, Any]
+        if self._guard is None:
+            inner = self._inner.build_part(step_id, for_part, resume_state)
+        else:
+            inner = self._guard.partition(
+                where,
+                resume_state,
+                lambda offset: self._inner.build_part(step_id, for_part, offset),
+            )
+        return _StoppablePartition(inner, self._stop, self._tracker, where, self._health)
 
 
 class _RedisPartition(StatelessSinkPartition[Routed]):

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.broker import Broker, S3Store
 from cdc_cache.devstack.process import free_port, port_open
 from cdc_cache.keys import escape_value
 from tests.integration.flowkit import Service, cache_state, produce, unique_topic, worker
@@ -309,6 +310,21 @@ class ScenarioTable:
 
 
 # --- one run ------------------------------------------------------------------------------
+
+
+@contextmanager
+def durable_broker(tmp_path: Path) -> Iterator[tuple[S3Store, Broker]]:
+    """A tansu broker keeping its log on a local S3 server (tansu's memory storage dies
+    with it), so it can be stopped and started again; both are stopped afterwards."""
+    store = S3Store(tmp_path / "s3", free_port())
+    store.start()
+    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
+    try:
+        durable.start()
+        yield store, durable
+    finally:
+        durable.stop()
+        store.stop()
 
 
 @dataclass

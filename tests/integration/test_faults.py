@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker, S3Store
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.redis_apply import connect
@@ -27,6 +26,7 @@ from tests.integration.faults import (
     ScenarioTable,
     Stream,
     Verdict,
+    durable_broker,
     fill_availability,
     verdict,
 )
@@ -137,11 +137,7 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
 
 
 def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs, scenario_table):
-    store = S3Store(tmp_path / "s3", free_port())  # tansu's memory storage dies with it
-    store.start()
-    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
-    durable.start()
-    try:
+    with durable_broker(tmp_path) as (_, durable):
         run = FaultRun.start(
             "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43
         )
@@ -159,9 +155,6 @@ def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs
             durable.start()
             producing.result()
         run.finish(scenario_table, f"broker down {OUTAGE_S:.0f} s, restarted on S3 storage")
-    finally:
-        durable.stop()
-        store.stop()
 
 
 def test_poison_interleaved_goes_to_the_dlq_and_the_stream_goes_on(
