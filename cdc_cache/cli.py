@@ -183,6 +183,7 @@ def mode_get(redis_url: str) -> None:
     import time
 
     from cdc_cache.fallback import ModeStore
+    from cdc_cache.mode_record import ModeRecord
     from cdc_cache.redis_apply import connect
 
     with _reported("cdc-cache mode get", redis_url):
@@ -191,17 +192,16 @@ def mode_get(redis_url: str) -> None:
             flag = store.flag().value
         except ConfigError as exc:
             flag = f"invalid ({exc})"
-        record = store.record()
+        record = ModeRecord.parse(store.record())
     click.echo(f"flag:   {flag}")
-    if not record:
+    if record is None:
         click.echo("mode:   unknown (no worker has published a mode yet)")
         return
-    since_ms = int(record.get("since_ms", "0"))
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_ms / 1000))
-    click.echo(f"mode:   {record.get('mode')}")
-    click.echo(f"reason: {record.get('reason')} ({record.get('cause')})")
-    click.echo(f"since:  {since} ({since_ms})")
-    click.echo(f"lag_s:  {record.get('lag_s') or 'unknown'}")
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.since_ms / 1000))
+    click.echo(f"mode:   {record.mode.value}")
+    click.echo(f"reason: {record.reason} ({record.cause.value})")
+    click.echo(f"since:  {since} ({record.since_ms})")
+    click.echo(f"lag_s:  {record.lag_s or 'unknown'}")
 
 
 @mode.command("set")

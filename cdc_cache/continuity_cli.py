@@ -7,8 +7,8 @@ from typing import Any
 
 from cdc_cache.continuity import Action
 from cdc_cache.continuity_store import ContinuityStore
-from cdc_cache.envelope import table_of_topic
 from cdc_cache.errors import ConfigError
+from cdc_cache.topics import table_of_topic
 
 _REREAD_IMPOSSIBLE = (
     "{where}: the records after offset {offset} were removed before they were read; "

@@ -45,6 +45,9 @@ class ChangeEvent:
     ``table`` is ``<db>.<table>`` for MySQL and ``<schema>.<table>`` for PostgreSQL.
     ``key`` holds the primary key columns (empty for TRUNCATE). ``committed_at_ms`` is the
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
+    ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
+    the record carries it: it ties a topic to its connector's heartbeats whatever the
+    topic is called.
     """
 
     table: str
@@ -56,6 +59,7 @@ class ChangeEvent:
     committed_at_ms: int | None
     emitted_at_ms: int | None = None
     snapshot: bool = False
+    server: str | None = None
 
     @property
     def image(self) -> Row | None:
@@ -89,9 +93,12 @@ class SchemaChange:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """The null-valued record Debezium sends after a delete, for log compaction."""
+    """The null-valued record Debezium sends after a delete, for log compaction.
 
-    table: str
+    ``table`` is None when neither the key nor the topic name says it (a shared topic).
+    """
+
+    table: str | None
 
 
 Decoded = ChangeEvent | Heartbeat | SchemaChange | Tombstone

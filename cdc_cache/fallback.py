@@ -32,7 +32,7 @@ import orjson
 from redis import exceptions as rex
 
 from cdc_cache import metrics
-from cdc_cache.errors import CdcCacheError, ConfigError
+from cdc_cache.errors import CdcCacheError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
 from cdc_cache.mode import (
@@ -48,6 +48,7 @@ from cdc_cache.mode import (
     step,
     table_holds,
 )
+from cdc_cache.mode_record import REWRITE, ModeKeyError, ModeRecord, parse_flag, reading
 from cdc_cache.redis_apply import Client, glob_escape, primaries
 from cdc_cache.rules import Rules
 from cdc_cache.table_mode import TableConfig, TableFallback
@@ -55,6 +56,7 @@ from cdc_cache.table_mode import TableConfig, TableFallback
 log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+_LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
@@ -71,18 +73,6 @@ def table_prefixes(rules: Rules) -> dict[str, list[str]]:
 def _outermost(prefixes: Iterable[str]) -> list[str]:
     found = sorted(set(prefixes))
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
-
-
-def parse_flag(value: str | bytes | None) -> Flag:
-    """The flag stored in Redis; absent means ``auto``; anything else is refused."""
-    text = value.decode() if isinstance(value, bytes) else value
-    if text is None:
-        return Flag.AUTO
-    try:
-        return Flag(text.strip().lower())
-    except ValueError:
-        msg = f"{MODE_FLAG_KEY} holds {text!r}; set it to auto, cdc or ttl (cdc-cache mode set)"
-        raise ConfigError(msg) from None
 
 
 class Holds:
@@ -142,8 +132,9 @@ class ModeStore:
         self._client = client
 
     def flag(self) -> Flag:
-        """The operator flag (``auto`` when unset)."""
-        return parse_flag(self._client.get(MODE_FLAG_KEY))
+        """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
+        with reading(MODE_FLAG_KEY, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
+            return parse_flag(self._client.get(MODE_FLAG_KEY))
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag; workers act on it within a second."""
@@ -151,8 +142,9 @@ class ModeStore:
 
     def record(self) -> dict[str, str]:
         """The effective-mode hash as text (empty when no worker has published yet)."""
-        raw = self._client.hgetall(MODE_KEY)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hgetall(MODE_KEY)
+            return {k.decode(): v.decode() for k, v in raw.items()}
 
     def publish(
         self,
@@ -170,22 +162,21 @@ class ModeStore:
         ``ttl_prefixes`` are the key prefixes of the tables held in ``ttl`` on their own
         (their fills too should be capped at the fallback TTL).
         """
-        self._client.hset(
-            MODE_KEY,
-            mapping={
-                "mode": state.mode.value,
-                "fallback_ttl_ms": fallback_ttl_ms,
-                "flag": flag.value,
-                "cause": state.cause.value,
-                "reason": state.reason,
-                "since_ms": state.since_ms,
-                "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-                "holds": orjson.dumps(sorted({hold.label for hold in holds})),
-                "tables": orjson.dumps(table_holds(holds)),
-                "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
-                "updated_ms": now_ms,
-            },
-        )
+        mapping: dict[str | bytes, bytes | float | int | str] = {
+            "mode": state.mode.value,
+            "fallback_ttl_ms": fallback_ttl_ms,
+            "flag": flag.value,
+            "cause": state.cause.value,
+            "reason": state.reason,
+            "since_ms": state.since_ms,
+            "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+            "holds": orjson.dumps(sorted({hold.label for hold in holds})),
+            "tables": orjson.dumps(table_holds(holds)),
+            "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
+            "updated_ms": now_ms,
+        }
+        with reading(MODE_KEY, REWRITE):
+            self._client.hset(MODE_KEY, mapping=mapping)
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
@@ -193,12 +184,20 @@ class ModeStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(key, mapping=summary.fields())
         pipe.pexpire(key, ttl_ms)
-        pipe.execute()
+        with reading(key, _LAG_REWRITE):
+            pipe.execute()
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""
-        raw = self._client.hgetall(LAG_REPORT_KEY.format(process=process))
-        return LagSummary.parse({k.decode(): v.decode() for k, v in raw.items()})
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            raw = self._client.hgetall(key)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            return LagSummary.parse(fields)
+        except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+            msg = f"{key} holds what no worker wrote there; {_LAG_REWRITE}"
+            raise ModeKeyError(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +361,8 @@ class ModeRuntime:
         self._lag_s: float | None = None
         self._holds: tuple[Hold, ...] = ()
         self._redis_ok_ms: float | None = None
+        self._problem: str | None = None  # a mode key holds junk: logged once, shown in view
+        self._flag_problem: str | None = None
         self._caught_up = False
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -407,6 +408,7 @@ class ModeRuntime:
                 "lag_s": self._lag_s,
                 "holds": [{"cause": h.label, "reason": h.reason} for h in self._holds],
                 "tables": dict(self._ttl_tables),
+                **({"problem": self._problem} if self._problem else {}),
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
@@ -426,16 +428,30 @@ class ModeRuntime:
         with self._lock:
             if not self._caught_up and report.partitions:
                 self._caught_up = report.caught_up(self._max_consumer_lag)
+        decision = None
         try:
             decision = self._lead(local) if self.leader else self._follow(local)
+        except ModeKeyError as exc:  # Redis answered: what it holds is the problem
+            self._report(str(exc))
         except _REDIS_ERRORS as exc:
             log.warning(
                 "mode: Redis unavailable, keeping the current mode", extra={"error": str(exc)}
             )
             return None
+        else:
+            self._report(self._flag_problem)
         with self._lock:
             self._redis_ok_ms = self._now_ms()
         return decision
+
+    def _report(self, problem: str | None) -> None:
+        """Log a mode key holding junk once (and its end), not on every tick."""
+        with self._lock:
+            before, self._problem = self._problem, problem
+        if problem is not None and problem != before:
+            log.error("mode: a mode key cannot be read; fix it", extra={"problem": problem})
+        elif problem is None and before is not None:
+            log.warning("mode: the mode keys are readable again", extra={"was": before})
 
     def _lead(self, local: LagSummary) -> Decision:
         now = self._now_ms()
@@ -462,18 +478,18 @@ class ModeRuntime:
     def _follow(self, local: LagSummary) -> Decision:
         ttl_ms = int(5000 * self._interval_s)
         self._store.publish_lag(self._process, local, ttl_ms)
-        record = self._store.record()
-        mode = Mode(record.get("mode", Mode.CDC.value))
-        flag = parse_flag(record.get("flag"))
+        record = ModeRecord.parse(self._store.record())
         with self._lock:
             before = self._state
-            cause = Cause(record.get("cause", before.cause.value))
-            reason = record.get("reason", before.reason)
+            mode = record.mode if record else Mode.CDC
+            flag = record.flag if record else Flag.AUTO
+            cause = record.cause if record else before.cause
+            reason = record.reason if record else before.reason
             if mode is not before.mode:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
             self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
         _export_mode(mode, flag)
-        self._tables_switched(_published_tables(record.get("tables")))
+        self._tables_switched(record.tables if record else {})
         return Decision(mode, mode is not before.mode, cause, reason)
 
     def _tables_switched(self, tables: dict[str, str]) -> list[str]:
@@ -513,11 +529,12 @@ class ModeRuntime:
         ]
 
     def _read_flag(self) -> Flag:
+        """The operator flag; one that cannot be read counts as ``auto`` and is reported."""
         try:
-            return self._store.flag()
-        except ConfigError as exc:
-            log.warning("mode flag ignored", extra={"error": str(exc)})
-            return Flag.AUTO
+            flag, self._flag_problem = self._store.flag(), None
+        except ModeKeyError as exc:
+            flag, self._flag_problem = Flag.AUTO, f"{exc} (ignored: the mode follows the lag)"
+        return flag
 
     def _switched(self, old: Mode, decision: Decision, lag_s: float | None) -> None:
         metrics.MODE_SWITCHES.labels(decision.mode.value, decision.cause.value).inc()
@@ -607,17 +624,6 @@ class ModeRuntime:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-
-def _published_tables(text: str | None) -> dict[str, str]:
-    """The ``tables`` field of ``cdc:mode`` (a leader of an older release writes none)."""
-    try:
-        tables = orjson.loads(text or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(tables, dict):
-        return {}
-    return {str(table): str(reason) for table, reason in tables.items()}
 
 
 def _export_lag(report: LagReport) -> None:

@@ -46,7 +46,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from cdc_cache import metrics
+from cdc_cache.errors import ConfigError
 from cdc_cache.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
+from cdc_cache.redact import redact_url
+from cdc_cache.redis_apply import misconfiguration
 from cdc_cache.retry import Backoff, retry_reporter
 from cdc_cache.settings import GatewaySettings
 from cdc_cache.tokens import Grant, TokenError, matches, validate_pattern, verify
@@ -291,7 +294,10 @@ class Hub:
             session.offer(frame)
 
     async def run(self) -> None:
-        """Read and fan out until cancelled; Redis outages are retried with backoff."""
+        """Read and fan out until cancelled; Redis outages are retried with backoff.
+
+        Refused credentials or a missing permission raise ConfigError: no wait fixes them.
+        """
         backoff, attempt, rng = Backoff(maximum=5.0), 0, random.Random()
         while True:
             try:
@@ -300,9 +306,11 @@ class Hub:
                 await self._read_once()
                 self.healthy, attempt = True, 0
             except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
+                _stop_if_misconfigured(exc)
                 await self._forget_broken_channels(exc)
                 await asyncio.sleep(self._block_ms / 1000)
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                _stop_if_misconfigured(exc)
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
                 _REPORT_RETRY(attempt, delay, exc)
@@ -379,17 +387,42 @@ class Gateway:
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
-        """Bind the port and start following the streams."""
+        """Check the Redis credentials, bind the port, and start following the streams.
+
+        Refused credentials or a port in use raise ConfigError; an unreachable Redis is
+        waited for (the reader retries it).
+        """
+        try:
+            await self._redis.ping()
+        except rex.RedisError as exc:
+            _stop_if_misconfigured(exc)
+        settings = self.settings
+        try:
+            self._server = await serve(
+                self._session,
+                settings.host,
+                settings.port,
+                process_request=self._http,
+                ping_interval=settings.heartbeat_s,
+                ping_timeout=settings.heartbeat_s,
+                max_size=64 * 1024,
+            )
+        except OSError as exc:
+            msg = (
+                f"port {settings.port} on {settings.host}: cannot listen there "
+                f"({exc.strerror}); set port (--port, CDC_CACHE_GATEWAY_PORT) to a free one"
+            )
+            raise ConfigError(msg) from None
         self._reader = asyncio.create_task(self.hub.run())
-        self._server = await serve(
-            self._session,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._http,
-            ping_interval=self.settings.heartbeat_s,
-            ping_timeout=self.settings.heartbeat_s,
-            max_size=64 * 1024,
-        )
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raises the reader's ConfigError if it gave up first."""
+        assert self._reader is not None, "start() first"
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if self._reader.done() and not self._reader.cancelled():
+            self._reader.result()  # raises what ended it
 
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop reading, release Redis."""
@@ -398,7 +431,8 @@ class Gateway:
             await self._server.wait_closed()
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A reader that gave up on a setting raised it through run_until already.
+            with contextlib.suppress(asyncio.CancelledError, ConfigError):
                 await self._reader
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
@@ -542,6 +576,16 @@ def _respond(
 
 
 @cache
+def _stop_if_misconfigured(exc: BaseException) -> None:
+    """Raise ConfigError when ``exc`` says a setting is wrong (credentials, ACL, TLS)."""
+    if misconfiguration(exc) is not None:
+        msg = (
+            f"Redis refused the gateway ({exc}); fix the user, password or TLS options in "
+            "redis_url (--redis-url, CDC_CACHE_GATEWAY_REDIS_URL)"
+        )
+        raise ConfigError(msg) from None
+
+
 def demo_page() -> bytes:
     """The live inventory page served at ``/``."""
     return importlib.resources.files("cdc_cache").joinpath("web/demo.html").read_bytes()
@@ -557,10 +601,13 @@ async def serve_until_stopped(settings: GatewaySettings) -> None:
     await gateway.start()
     log.info(
         "gateway listening",
-        extra={"url": f"http://{settings.host}:{gateway.port}/", "redis": settings.redis_url},
+        extra={
+            "url": f"http://{settings.host}:{gateway.port}/",
+            "redis": redact_url(settings.redis_url),
+        },
     )
     try:
-        await stop.wait()
+        await gateway.run_until(stop)
     finally:
         log.info("gateway stopping")
         await gateway.stop()

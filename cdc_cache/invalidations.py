@@ -28,7 +28,8 @@ class Unreached:
     """A key the failed change may have made stale but cannot delete.
 
     ``key`` is the rule's template (row values never appear here, so sensitive columns
-    cannot leak through it); ``line`` is the rule's line in the rules file (0 if none).
+    cannot leak through it), or a rendered key whose delete failed, with the values of
+    sensitive columns scrubbed; ``line`` is the rule's line in the rules file (0 if none).
     """
 
     key: str
@@ -52,7 +53,8 @@ def of_images(event: ChangeEvent, table: TableRules | None) -> Invalidation:
 
     The images are the after image, the before image, and, when an update or delete has
     no before image (PostgreSQL without REPLICA IDENTITY FULL), the primary key alone:
-    a key that needs a column none of them carries is unreached. Each image is merged
+    a key that needs a column none of them carries, or that no image renders (a value
+    nested too deep to print, text that is not UTF-8), is unreached. Each image is merged
     over the primary key, as the planner does for deletes.
     """
     if table is None or event.op is Op.TRUNCATE:
@@ -72,6 +74,10 @@ def of_images(event: ChangeEvent, table: TableRules | None) -> Invalidation:
                 key = rule.template.render(row)
             except MissingColumn as exc:
                 why = f"column '{exc.column}' is absent from the {name} image"
+                unreached.append(Unreached(rule.template.source, why, rule.line))
+                continue
+            except Exception as exc:  # a value no key can hold (nested too deep, not UTF-8)
+                why = f"rendering it from the {name} image raised {type(exc).__name__}"
                 unreached.append(Unreached(rule.template.source, why, rule.line))
                 continue
             deletes.setdefault(key, DeleteKey(key, event.position, table.tombstone_ttl_ms))
@@ -117,13 +123,16 @@ class Invalidated:
     unreached: tuple[Unreached, ...] = ()
 
     @classmethod
-    def of(cls, plan: Invalidation, outcomes: Iterable[KeyOutcome]) -> Invalidated:
-        """The report of ``plan`` given one outcome per delete."""
+    def of(
+        cls, plan: Invalidation, outcomes: Iterable[KeyOutcome], lost: Iterable[Unreached] = ()
+    ) -> Invalidated:
+        """The report of ``plan`` given one outcome per delete; ``lost`` deletes that failed."""
         counts = dict.fromkeys(KeyOutcome, 0)
         for outcome in outcomes:
             counts[outcome] += 1
-        counts[KeyOutcome.UNREACHED] = len(plan.unreached)
-        return cls(counts, plan.unreached)
+        unreached = (*plan.unreached, *lost)
+        counts[KeyOutcome.UNREACHED] = len(unreached)
+        return cls(counts, unreached)
 
     def entry(self) -> dict[str, Any]:
         """As the DLQ entry's ``invalidation`` field."""

@@ -2,18 +2,24 @@
 
 The result is a planned change, a control record, or a rejection carrying its poison
 error: bad messages become a second stream instead of crashing the flow or vanishing.
-No I/O here, so the stream engine could change without touching this logic.
+Whatever one message makes decode, plan or the size check raise is that message's
+rejection, anticipated (a poison error) or not (:class:`Unprocessable`, with the error
+and its stack): no message can stop the flow. No I/O here, so the stream engine could
+change without touching this logic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from cdc_cache import invalidations
-from cdc_cache.envelope import Parse, decode, table_of_topic
-from cdc_cache.errors import PoisonMessage, ValueTooLarge
+from cdc_cache.envelope import Parse, decode, table_hint
+from cdc_cache.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
 from cdc_cache.invalidations import Invalidation
+from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
 from cdc_cache.rules import Rules
@@ -57,11 +63,10 @@ class Rejected:
 
     @property
     def table(self) -> str:
-        """The change's table, else the one its topic names, else the topic."""
+        """The decoded change's table, else what the record shows (see ``table_hint``)."""
         if self.event is not None:
             return self.event.table
-        topic = self.record.topic
-        return table_of_topic(topic) or topic
+        return table_hint(self.record)
 
 
 Routed = Planned | Control | Rejected
@@ -79,27 +84,73 @@ def route(
     ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other): its keys
-    are deleted instead, like those of a change the rules cannot render.
+    are deleted instead, like those of a change the rules cannot render, and so are those
+    of a change whose planning raised anything else. Only a transient error (a server to
+    wait for) is raised.
     """
     event: ChangeEvent | None = None
     ops: tuple[CacheOp, ...] | None = None
+    stage = "decoding"
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
         if not isinstance(decoded, ChangeEvent):
             return Control(record, decoded)
         event = decoded
+        stage = "planning"
         ops = tuple(plan(decoded, rules))
         if max_value_bytes is not None:
+            stage = "checking value sizes"
             _check_sizes(ops, max_value_bytes, decoded)
         return Planned(record, decoded, ops)
     except PoisonMessage as error:
-        if event is None:
-            salvage = invalidations.NOTHING
-        elif ops is not None:
-            salvage = invalidations.of_ops(ops)
-        else:
-            salvage = invalidations.of_images(event, rules.for_table(event.table))
-        return Rejected(error.at(record) if error.record is None else error, event, salvage)
+        poison = error.at(record) if error.record is None else error
+    except TransientError:
+        raise
+    except Exception as exc:  # any error of one message is that message's poison
+        poison = unexpected(exc, stage, record, event)
+    return Rejected(poison, event, _salvage(event, ops, rules))
+
+
+def _salvage(
+    event: ChangeEvent | None, ops: tuple[CacheOp, ...] | None, rules: Rules
+) -> Invalidation:
+    """The deletes a rejected change still allows: its planned keys, else its images' keys."""
+    if event is None:
+        return invalidations.NOTHING
+    if ops is not None:
+        return invalidations.of_ops(ops)
+    return invalidations.of_images(event, rules.for_table(event.table))
+
+
+def unexpected(
+    exc: Exception, stage: str, record: SourceRecord, event: ChangeEvent | None = None
+) -> Unprocessable:
+    """The poison error for ``exc``, raised while ``stage`` handled ``record``.
+
+    Names the error and, when the message nests values deeper than JSON can be written
+    (the usual cause: the parser reads deeper than the encoder writes), says so.
+    """
+    reason = f"{stage} raised {type(exc).__name__}: {exc}"
+    if _depth(record, event) > ENCODER_MAX_DEPTH:
+        reason += (
+            f"; the message nests values more than {ENCODER_MAX_DEPTH} levels deep, "
+            "deeper than JSON is written"
+        )
+    error = Unprocessable(reason, record)
+    error.__cause__ = exc
+    return error
+
+
+def _depth(record: SourceRecord, event: ChangeEvent | None) -> int:
+    """How deeply the message nests (its decoded images, else its JSON value), capped."""
+    if event is not None:
+        docs: list[object] = [event.key, event.before, event.after]
+    else:
+        try:
+            docs = [orjson.loads(record.value or b"null")]
+        except orjson.JSONDecodeError:
+            return 0
+    return max(nesting_depth(doc, ENCODER_MAX_DEPTH) for doc in docs)
 
 
 def value_size(op: SetRow) -> int:

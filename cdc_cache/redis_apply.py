@@ -49,6 +49,7 @@ from cdc_cache.keys import (
     version_key,
 )
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, Notify, ValueFormat
+from cdc_cache.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 Arg = str | bytes | int
 
 CLUSTER_FLAG: Final = "cluster"
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -167,12 +169,13 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     ``auth`` overrides credentials in the URL. Other query parameters and ``kwargs`` go to
     redis-py unchanged.
     """
+    problem = redis_url_problem(url)
+    if problem is not None:
+        msg = f"redis_url: {problem}"
+        raise ConfigError(msg)
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
-    if any(flag not in _TRUE | _FALSE for flag in flags):
-        msg = f"Redis URL {url!r}: cluster= must be true or false"
-        raise ConfigError(msg)
     rest = urlencode([(name, value) for name, value in query if name != CLUSTER_FLAG])
     plain = urlunsplit(parts._replace(query=rest))
     kwargs["decode_responses"] = False
@@ -181,6 +184,27 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
         if flags and flags[-1] in _TRUE:
             return RedisCluster.from_url(plain, **kwargs)
         return Redis.from_url(plain, **kwargs)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL (scheme, cluster flag), or None.
+
+    Checked with the settings, so a URL redis-py would refuse stops startup at once.
+    """
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        return f"{redact_url(url)} is not a URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES:
+        return (
+            f"{redact_url(url)} has the scheme {parts.scheme or '(none)'!r}; use "
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///path/redis.sock"
+        )
+    flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
+    if any(flag not in _TRUE | _FALSE for flag in flags):
+        return f"{redact_url(url)}: cluster= must be true or false"
+    return None
 
 
 def ping(client: Client, where: str) -> Client:

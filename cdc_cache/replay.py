@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from cdc_cache import metrics
-from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, record_of
+from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, public_reason, record_of
 from cdc_cache.dlq_kafka import SourceReader, read_entries
 from cdc_cache.errors import StopRequested
 from cdc_cache.events import SourceRecord
@@ -137,7 +137,7 @@ class Replayer:
         if isinstance(routed, Control):
             return "no_op", f"a {type(routed.item).__name__.lower()} record: nothing to apply"
         if not isinstance(routed, Planned):
-            return "failed", f"{routed.error.kind}: {routed.error.reason}"
+            return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
         writer = CacheWriter(
             RedisApplier(self._client),
@@ -151,8 +151,14 @@ class Replayer:
         except StopRequested as exc:
             return "failed", str(exc)
         if failures:
-            return "failed", f"{failures[0].error.kind}: {failures[0].error.reason}"
+            return "failed", self._reason(failures[0])
         return written[0].outcome, f"position {routed.event.position}"
+
+    def _reason(self, failure: Failure) -> str:
+        """Why the replay failed, with the table's sensitive values scrubbed as in entries."""
+        return (
+            f"{failure.error.kind}: {public_reason(failure, self._rules.sensitive(failure.table))}"
+        )
 
     def _ttl_cap_ms(self) -> int | None:
         """The TTL mode's cap, as the worker applies it (read from ``cdc:mode``)."""
@@ -196,7 +202,7 @@ class DlqService:
         """Entries (one per id, the latest written) with their last replay outcome."""
         settings = self._settings
         raw = read_entries(
-            settings.brokers, settings.dlq_topic, settings.kafka, self._read_timeout_s
+            settings.brokers, settings.dlq_topic, settings.consumer_kafka(), self._read_timeout_s
         )
         chosen = [e for e in latest_by_id(raw) if where is None or where.matches(e)]
         outcomes = OutcomeStore(self._redis()).all() if chosen else {}
@@ -214,7 +220,7 @@ class DlqService:
         if not entries:
             return []
         settings = self._settings
-        source = SourceReader(settings.brokers, settings.kafka)
+        source = SourceReader(settings.brokers, settings.consumer_kafka())
         try:
             replayer = Replayer(
                 self._rules,

@@ -1,24 +1,28 @@
 """Worker settings: command-line flags over ``CDC_CACHE_*`` environment over a YAML file.
 
-Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka via
-``kafka:`` rather than being re-declared here. Secrets are :class:`~pydantic.SecretStr`
-(masked in every repr) and may come from files (``*_file``: a mounted Kubernetes or Docker
-secret), read once here so a missing file stops startup with the setting's name.
+Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka rather than
+being re-declared here: ``kafka:`` for every client, ``kafka_consumer:`` and
+``kafka_producer:`` for one kind only (see :mod:`cdc_cache.kafka_config`). Secrets are
+:class:`~pydantic.SecretStr` (masked in every repr) and may come from files (``*_file``: a
+mounted Kubernetes or Docker secret), read once here so a missing file stops startup with
+the setting's name.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,8 +34,10 @@ from pydantic_settings import (
 )
 
 from cdc_cache.errors import ConfigError
-from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.kafka_config import Role, misplaced, weakened
+from cdc_cache.redis_apply import RedisAuth, redis_url_problem
 from cdc_cache.retry import Backoff
+from cdc_cache.rules import unreadable_yaml
 
 ENV_PREFIX = "CDC_CACHE_"
 
@@ -58,6 +64,29 @@ class BackoffSettings(BaseModel):
         return Backoff(self.initial_s, self.max_s, self.multiplier, self.jitter)
 
 
+def _as_text(properties: object) -> object:
+    """Scalars as the strings librdkafka takes: YAML's ``100``, ``true`` → ``"100"``, ``"true"``."""
+    if not isinstance(properties, dict):
+        return properties
+    return {name: _text(value) for name, value in properties.items()}
+
+
+def _text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+KafkaProperties = Annotated[dict[str, str], BeforeValidator(_as_text)]
+"""librdkafka properties, passed through unchanged."""
+
+_KAFKA_SECTIONS: dict[str, tuple[Role, ...]] = {
+    "kafka": (),
+    "kafka_consumer": ("consumer",),
+    "kafka_producer": ("producer",),
+}
+
+
 class SharedSettings(BaseSettings):
     """What the worker and the ``cdc-cache dlq`` commands both read (same file, same env).
 
@@ -69,7 +98,9 @@ class SharedSettings(BaseSettings):
     rules: Path
     brokers: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
-    kafka: dict[str, str] = Field(default_factory=dict)
+    kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
+    kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
+    kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
     source_epoch: int = Field(default=0, ge=0, le=99999)
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
@@ -89,6 +120,14 @@ class SharedSettings(BaseSettings):
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
 
+    @field_validator(*_KAFKA_SECTIONS)
+    @classmethod
+    def _kafka_in_place(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        problems = misplaced(value, _KAFKA_SECTIONS[str(info.field_name)]) + weakened(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @model_validator(mode="after")
     def _formats_and_secrets(self) -> SharedSettings:
         if self.message_format == "avro" and not self.schema_registry_url:
@@ -103,9 +142,22 @@ class SharedSettings(BaseSettings):
         self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
         return self
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
+
     def redis_auth(self) -> RedisAuth:
         """The ACL credentials (the password possibly read from its file)."""
         return RedisAuth(self.redis_username, self.redis_password)
+
+    def consumer_kafka(self) -> dict[str, str]:
+        """The consumers' librdkafka settings: the common ones, their own on top."""
+        return {**self.kafka, **self.kafka_consumer}
+
+    def producer_kafka(self) -> dict[str, str]:
+        """The DLQ producer's librdkafka settings: the common ones, its own on top."""
+        return {**self.kafka, **self.kafka_producer}
 
 
 class WorkerSettings(SharedSettings):
@@ -115,6 +167,9 @@ class WorkerSettings(SharedSettings):
 
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
+    heartbeat_topics: list[str] = Field(
+        default_factory=list, description="heartbeat topics the topic names do not point to"
+    )
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
@@ -164,6 +219,13 @@ class WorkerSettings(SharedSettings):
         return self
 
 
+def _valid_redis_url(url: str) -> str:
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
 def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
     """The secret given directly or read from its file (one trailing newline dropped)."""
     if file is None:
@@ -199,6 +261,11 @@ class GatewaySettings(BaseSettings):
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
     log_level: str = "INFO"
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
+
     @model_validator(mode="after")
     def _secret_given(self) -> GatewaySettings:
         if self.secret is None and self.secret_file is None:
@@ -212,10 +279,13 @@ class GatewaySettings(BaseSettings):
             return self.secret.get_secret_value().encode()
         assert self.secret_file is not None  # the validator guarantees one of them
         try:
-            key = self.secret_file.read_text().strip().encode()
+            key = self.secret_file.read_text(encoding="utf-8").strip().encode()
         except OSError as exc:
             msg = f"cannot read secret_file {self.secret_file}: {exc.strerror}"
             raise ConfigError(msg) from exc
+        except UnicodeDecodeError:
+            msg = f"secret_file {self.secret_file} is not UTF-8 text; write the key as text"
+            raise ConfigError(msg) from None
         if not key:
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
@@ -257,9 +327,9 @@ def load(kind: type[_S], config_file: Path | None = None, **overrides: Any) -> _
         return settings
     except ValidationError as exc:
         raise ConfigError(_explain(exc, config_file, given, kind)) from exc
-    except yaml.YAMLError as exc:
-        msg = f"settings file {config_file} is not valid YAML: {exc}"
-        raise ConfigError(msg) from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        msg = f"settings file {unreadable_yaml(str(config_file), exc)}"
+        raise ConfigError(msg) from None
 
 
 def _explain(
@@ -279,13 +349,15 @@ def _explain(
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
     what = "gateway" if kind is GatewaySettings else "worker"
+    if len(problems) == 1:
+        return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)
 
 
 def _top_level_lines(config_file: Path) -> dict[str, int]:
     try:
-        root = yaml.compose(config_file.read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+        root = yaml.compose(config_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return {}
     if not isinstance(root, yaml.MappingNode):
         return {}

@@ -21,6 +21,8 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from cdc_cache.kafka_logs import with_logger
+
 log = logging.getLogger("cdc_cache.continuity")
 
 NULL_TOPIC_ID: Final = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero UUID: no id
@@ -69,6 +71,8 @@ class TopicIds:
     def current(self, topic: str) -> TopicIdentity | None:
         """The latest answer for ``topic`` (None before the first); asks again when due."""
         with self._lock:
+            if self._admin is not None:
+                self._admin.poll(0)  # librdkafka's lines reach the log only when polled
             self._collect(topic)
             known = self._known.get(topic)
             now = self._clock()
@@ -80,7 +84,7 @@ class TopicIds:
 
     def _ask(self, topic: str) -> None:
         if self._admin is None:
-            self._admin = AdminClient(self._config)
+            self._admin = AdminClient(with_logger(self._config))
         self._asked[topic] = self._clock()
         futures = self._admin.describe_topics(TopicCollection([topic]), request_timeout=10)
         self._pending[topic] = futures[topic]

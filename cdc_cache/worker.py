@@ -24,9 +24,9 @@ from confluent_kafka.admin import AdminClient
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
-from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
 from cdc_cache.fallback import ModeRuntime, managed_prefixes, table_prefixes
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
@@ -37,6 +37,7 @@ from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
 from cdc_cache.table_mode import TableConfig
+from cdc_cache.topics import heartbeat_server, named_for
 from cdc_cache.writer import connect_when_available
 from dataflows.invalidation import DlqTarget, build_flow
 
@@ -49,11 +50,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
     A connector that has not produced yet has no topics: the worker waits (and says so)
     rather than starting with nothing to read.
     """
-    config: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": settings.brokers,
-        **settings.kafka,
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(with_logger({"bootstrap.servers": settings.brokers, **settings.kafka}))
     pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
     deadline = time.monotonic() + wait_s
     announced = 0.0
@@ -67,16 +64,19 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
         else:
             metrics.BROKER_UP.set(1)
             found, missing = _match_topics(settings, pattern, existing)
+        admin.poll(0)  # librdkafka's lines reach the log only when the client is polled
         if not missing:
-            beats = heartbeat_topics(existing, found)
-            if not beats:
+            named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
+            beats = sorted(named - set(found))
+            if not beats and not any(heartbeat_server(t) for t in found):
                 log.warning(
                     "no Debezium heartbeat topic found for these topics: an idle source will "
                     "look stalled and switch the cache to ttl mode; create the heartbeat topic "
-                    "before starting the worker (see connectors/README.md)",
+                    "before starting the worker, and name it in heartbeat_topics when the "
+                    "topics are routed or renamed (see connectors/README.md)",
                     extra={"topics": found},
                 )
-            return found + beats + schema_change_topics(existing, found)
+            return found + beats + schema_change_topics(existing, found + beats)
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -90,25 +90,26 @@ def _match_topics(
     settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
 ) -> tuple[list[str], list[str]]:
     """The topics to read among ``existing``, and what is still missing."""
+    beats = [t for t in settings.heartbeat_topics if t not in existing]
     if pattern is None:
-        return list(settings.topics), [t for t in settings.topics if t not in existing]
+        return list(settings.topics), [t for t in settings.topics if t not in existing] + beats
     found = sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
-    return found, [] if found else [f"/{settings.topic_pattern}/"]
+    return found, ([] if found else [f"/{settings.topic_pattern}/"]) + beats
 
 
 def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
-    """The heartbeat topics of the connectors feeding ``topics`` (``<server>.<db>.<table>``).
+    """The heartbeat topics of the connectors ``topics`` are named for (``<server>.<db>.<table>``).
 
     Heartbeats keep an idle source's lag measurable; without them an idle source looks
-    stalled after ``lag_slo_s`` and the cache falls back to TTLs.
+    stalled after ``lag_slo_s`` and the cache falls back to TTLs. A routed or renamed topic
+    does not name its connector: its heartbeat topic is given in ``heartbeat_topics``.
     """
-    beats = sorted(t for t in existing if t.startswith(HEARTBEAT_TOPIC_PREFIX))
-    return [
-        beat
-        for beat in beats
-        if beat not in topics
-        and any(t.startswith(beat.removeprefix(HEARTBEAT_TOPIC_PREFIX) + ".") for t in topics)
-    ]
+    found = []
+    for beat in sorted(existing):
+        server = heartbeat_server(beat)
+        if server is not None and beat not in topics and any(named_for(server, t) for t in topics):
+            found.append(beat)
+    return found
 
 
 def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
@@ -116,8 +117,14 @@ def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
 
     Their DDL records tell the worker when a table's columns change, before the rows of
     the new shape arrive (see cdc_cache.schema_watch); PostgreSQL connectors write none.
+    The connectors are those the topics are named for (``<server>.<db>.<table>``) and
+    those whose heartbeat topics are read (routed or renamed topics name none).
     """
-    servers = {t.rsplit(".", 2)[0] for t in topics if t.count(".") >= 2}
+    servers = {
+        heartbeat_server(t) or t.rsplit(".", 2)[0]
+        for t in topics
+        if heartbeat_server(t) is not None or t.count(".") >= 2
+    }
     return sorted(s for s in servers if s in existing and s not in topics)
 
 
@@ -248,6 +255,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         redis_auth=settings.redis_auth(),
         schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
         kafka_config=settings.kafka,
+        consumer_config=settings.kafka_consumer,
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         stop=stop,
@@ -255,7 +263,10 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ttl_cap_ms=runtime.ttl_cap_ms,
         backoff=settings.retry_redis.backoff(),
         dlq=DlqTarget(
-            settings.brokers, settings.dlq_topic, settings.kafka, settings.retry_kafka.backoff()
+            settings.brokers,
+            settings.dlq_topic,
+            settings.producer_kafka(),
+            settings.retry_kafka.backoff(),
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,

@@ -17,11 +17,11 @@ from prometheus_client import Histogram
 
 from cdc_cache import invalidations, metrics
 from cdc_cache.dlq import Failure
-from cdc_cache.errors import PoisonMessage, RefusedByRedis
+from cdc_cache.errors import CdcCacheError, PoisonMessage, RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.invalidations import Invalidated, Invalidation, KeyOutcome
+from cdc_cache.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
-from cdc_cache.pipeline import Control, Planned, Rejected, Routed
+from cdc_cache.pipeline import Control, Planned, Rejected, Routed, unexpected
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import (
     ApplyError,
@@ -36,6 +36,7 @@ from cdc_cache.redis_apply import (
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
+from cdc_cache.scrub import scrub, spellings
 from cdc_cache.table_mode import TableFallback
 
 log = logging.getLogger("cdc_cache.writer")
@@ -62,7 +63,8 @@ class CacheWriter:
     ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
     fallback TTL, and no new entry may live longer than that. ``tables`` hears which
     tables' changes applied and which failed, and caps the TTLs of the tables that fall
-    back on their own (see :mod:`cdc_cache.table_mode`).
+    back on their own (see :mod:`cdc_cache.table_mode`). ``sensitive`` names each table's
+    sensitive columns, whose values are scrubbed from the keys the writer logs.
     """
 
     def __init__(
@@ -75,9 +77,11 @@ class CacheWriter:
         *,
         reject: Callable[[Sequence[Failure]], None] | None = None,
         tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self._applier = applier
         self._reject = reject or Rejects(Rules({}), None).report
+        self._sensitive = sensitive or Rules({}).sensitive
         self._backoff = backoff
         self._clock_ms = clock_ms
         self._sleep = sleep
@@ -90,7 +94,8 @@ class CacheWriter:
         A Rejected change (one that cannot be applied as planned) has the keys it still
         renders deleted in the same round trip, and is then handed to ``reject`` (the DLQ)
         with what became of its keys. When Redis refuses the batch for a reason a retry
-        cannot fix (ApplyError), the changes are applied one by one so only the faulty
+        cannot fix (ApplyError), or applying it raises anything else that is not a wait, a
+        stop or a settings problem, the changes are applied one by one so only the faulty
         ones are set aside, their keys deleted all the same; version gating makes
         re-applying the others harmless.
         """
@@ -101,16 +106,14 @@ class CacheWriter:
             metrics.RECORDS.labels(kind).inc(count)
         started = time.perf_counter()
         caps = self._caps()
-        failures: list[Failure] = []
         try:
-            report = self._write_together(planned, rejected, caps, failures)
+            report, failures = self._write_together(planned, rejected, caps)
         except ApplyError:
-            failures = []
-            report = [o for item in planned for o in self._write_alone(item, caps, failures)]
-            failures += [
-                self._salvage(item.error, item.table, item.event, item.invalidation)
-                for item in rejected
-            ]
+            report, failures = self._write_each(planned, rejected, caps)
+        except CdcCacheError:
+            raise  # a stop ended the wait, or a setting must be fixed: no one change's fault
+        except Exception:  # find the change that raised, set it aside
+            report, failures = self._write_each(planned, rejected, caps)
         self._reject(failures)
         if self._tables is not None:
             self._tables.observe(Counter(o.event.table for o in report), failures)
@@ -118,12 +121,8 @@ class CacheWriter:
         return report
 
     def _write_together(
-        self,
-        planned: list[Planned],
-        rejected: list[Rejected],
-        caps: _Caps,
-        failures: list[Failure],
-    ) -> list[EventOutcome]:
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
         """The whole batch in one round trip: planned ops, then the rejected changes' deletes."""
         ops = [op for item in planned for op in caps.applied_to(item)]
         salvage = [op for item in rejected for op in item.invalidation.deletes]
@@ -131,51 +130,103 @@ class CacheWriter:
         planned_count = sum(not isinstance(op, InvalidatePrefix) for op in ops)
         report = self._account(planned, outcomes[:planned_count])
         rest = iter(outcomes[planned_count:])
+        failures = []
         for item in rejected:
             got = [_key_outcome(next(rest)) for _ in item.invalidation.deletes]
             invalidated = Invalidated.of(item.invalidation, got) if item.event else None
             failures.append(Failure(item.error, item.table, item.event, invalidated))
-        return report
+        return report, failures
+
+    def _write_each(
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
+        """The batch change by change: only the faulty ones are set aside."""
+        failures: list[Failure] = []
+        report = [o for item in planned for o in self._write_alone(item, caps, failures)]
+        failures += [
+            self._salvage(item.error, item.table, item.event, item.invalidation)
+            for item in rejected
+        ]
+        return report, failures
 
     def _write_alone(
         self, item: Planned, caps: _Caps, failures: list[Failure]
     ) -> list[EventOutcome]:
+        error: PoisonMessage
         try:
             return self._account([item], self._apply(caps.applied_to(item)).outcomes)
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
             error.__cause__ = exc
-            plan = invalidations.of_ops(item.ops)
-            failures.append(self._salvage(error, item.event.table, item.event, plan))
-            return []
+        except CdcCacheError:
+            raise
+        except Exception as exc:  # this change's own failure: its dead letter
+            error = unexpected(exc, "applying", item.record, item.event)
+        plan = invalidations.of_ops(item.ops)
+        failures.append(self._salvage(error, item.event.table, item.event, plan))
+        return []
 
     def _salvage(
         self, error: PoisonMessage, table: str, event: ChangeEvent | None, plan: Invalidation
     ) -> Failure:
-        """The failure of a change whose batch Redis refused, once its keys are deleted.
+        """The failure of a change that could not be applied, once its keys are deleted.
 
         Its deletes go out together, else one at a time; a key whose delete Redis refuses
         too (its version key holds another type, so the gate cannot run) is deleted
-        without it. The failure records what became of each key.
+        without it. A key that cannot be deleted at all stays as it was and is named as
+        unreached, scrubbed of the table's sensitive values. The failure records what
+        became of each key.
         """
         outcomes: list[KeyOutcome] = []
+        lost: list[Unreached] = []
         try:
             outcomes = [_key_outcome(o) for o in self._apply(plan.deletes).outcomes]
         except ApplyError:
-            for delete in plan.deletes:
-                try:
-                    outcomes.append(_key_outcome(self._apply([delete]).outcomes[0]))
-                except ApplyError:
-                    self._discard(delete.key)
-                    outcomes.append(KeyOutcome.UNVERSIONED)
-        invalidated = Invalidated.of(plan, outcomes) if event is not None else None
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        except CdcCacheError:
+            raise
+        except Exception:  # one of the deletes raised: find it
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        invalidated = Invalidated.of(plan, outcomes, lost) if event is not None else None
         return Failure(error, table, event, invalidated)
 
-    def _discard(self, key: str) -> None:
+    def _delete_each(
+        self,
+        plan: Invalidation,
+        hidden: tuple[str, ...],
+        outcomes: list[KeyOutcome],
+        lost: list[Unreached],
+    ) -> None:
+        for delete in plan.deletes:
+            try:
+                outcomes.append(self._delete(delete, hidden))
+            except ApplyError as exc:
+                lost.append(_unreached(delete, hidden, exc))
+            except CdcCacheError:
+                raise
+            except Exception as exc:  # this key cannot be deleted: say so
+                lost.append(_unreached(delete, hidden, exc))
+
+    def _delete(self, delete: DeleteKey, hidden: tuple[str, ...]) -> KeyOutcome:
+        """Delete one key at its change's position; without the gate if Redis refuses it."""
+        try:
+            return _key_outcome(self._apply([delete]).outcomes[0])
+        except ApplyError:
+            self._discard(delete.key, hidden)
+            return KeyOutcome.UNVERSIONED
+
+    def _hidden(
+        self, error: PoisonMessage, table: str, event: ChangeEvent | None
+    ) -> tuple[str, ...]:
+        """The spellings of the change's sensitive values, kept out of what is logged."""
+        assert error.record is not None
+        return spellings(self._sensitive(table), event, error.record)
+
+    def _discard(self, key: str, hidden: tuple[str, ...]) -> None:
         log.warning(
             "deleting a key without its version: its version key holds another type; "
             "delete that version key to let changes through again",
-            extra={"key": key},
+            extra={"key": scrub(key, hidden)},
         )
         retry_forever(
             lambda: self._applier.discard([key]),
@@ -251,6 +302,11 @@ class _Caps:
 
 def _key_outcome(outcome: Outcome) -> KeyOutcome:
     return KeyOutcome.DELETED if outcome is Outcome.APPLIED else KeyOutcome.SKIPPED
+
+
+def _unreached(delete: DeleteKey, hidden: tuple[str, ...], exc: Exception) -> Unreached:
+    """A key whose delete failed: named scrubbed, with the error's class (never its text)."""
+    return Unreached(scrub(delete.key, hidden), f"deleting it raised {type(exc).__name__}")
 
 
 def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:

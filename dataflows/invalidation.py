@@ -31,8 +31,9 @@ from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
 from cdc_cache.continuity_store import ContinuityStore
 from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.events import Heartbeat, SourceRecord
+from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Routed, route
 from cdc_cache.redis_apply import RedisApplier, RedisAuth, connect
@@ -73,6 +74,7 @@ def build_flow(
     redis_auth: RedisAuth | None = None,
     schemas: SchemaResolver | None = None,
     kafka_config: dict[str, str] | None = None,
+    consumer_config: dict[str, str] | None = None,
     batch_size: int = 1000,
     source_epoch: int = 0,
     tail: bool = True,
@@ -101,24 +103,29 @@ def build_flow(
     (:class:`~cdc_cache.schema_watch.SchemaWatch`). Each source partition checks that its
     stored offset still means what it meant (see ``cdc_cache.source_continuity``);
     ``continuity=False`` leaves Bytewax's bare source, only to show what that check
-    prevents.
+    prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
+    consumers only.
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
-    # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
-    consumer_config = {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
+    # KafkaSource hands add_config to confluent_kafka as is, so the callbacks pass through.
+    common = with_logger({**(kafka_config or {}), "error_cb": health.on_error})
+    consumer = {**CONSUMER_DEFAULTS, **common, **(consumer_config or {})}
     # An offset the log no longer holds must surface as an error, never be reset silently.
-    consumer_config["auto.offset.reset"] = "error"
-    source = KafkaSource(
-        brokers,
-        topics,
-        tail=tail,
-        starting_offset=OFFSET_BEGINNING,
-        add_config=cast(dict[str, str], consumer_config),
-        batch_size=batch_size,
-        raise_on_errors=False,
-    )
+    consumer["auto.offset.reset"] = "error"
+
+    def kafka_source(config: dict[str, Any]) -> KafkaSource:
+        return KafkaSource(
+            brokers,
+            topics,
+            tail=tail,
+            starting_offset=OFFSET_BEGINNING,
+            add_config=cast(dict[str, str], config),
+            batch_size=batch_size,
+            raise_on_errors=False,
+        )
+
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
     schema = SchemaWatch(rules, tables)
@@ -126,7 +133,10 @@ def build_flow(
     if continuity:
         ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
         guard = ContinuityGuard(ids, holds, lambda: ContinuityStore(connect(redis_url, redis_auth)))
-    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health, guard))
+    source = StoppableSource(
+        kafka_source(consumer), stop, tracker, health, lister=kafka_source(common), guard=guard
+    )
+    messages = op.input("debezium", flow, source)
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         records = []
@@ -144,7 +154,14 @@ def build_flow(
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     rejects = _RejectsFactory(rules, dlq, stop)
     sink = RedisSink(
-        redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth, tables=tables
+        redis_url,
+        backoff or Backoff(),
+        stop,
+        ttl_cap_ms,
+        rejects,
+        auth=redis_auth,
+        tables=tables,
+        sensitive=rules.sensitive,
     )
     op.output("redis", routed, sink)
     return flow
@@ -153,15 +170,17 @@ def build_flow(
 def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
     """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life.
 
-    Once per partition and batch (the newest commit time), not once per message: the
-    tracker takes a lock and reads the clock on every call.
+    Once per partition and batch (the newest commit time, the connectors named), not once
+    per message: the tracker takes a lock and reads the clock on every call.
     """
     newest: dict[tuple[str, int], int | None] = {}
+    servers: dict[tuple[str, int], set[str]] = {}
     for item in batch:
         record = item.record
         where = (record.topic, record.partition)
         if isinstance(item, Control) and isinstance(item.item, Heartbeat):
-            tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
+            beat = item.item
+            tracker.heartbeat(record.topic, record.partition, beat.emitted_at_ms, beat.server)
             continue
         seen = newest.get(where)
         committed = item.event.committed_at_ms if isinstance(item, Planned) else None
@@ -169,8 +188,20 @@ def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
             newest[where] = committed
         elif where not in newest:
             newest[where] = None
+        server = _server_of(item)
+        if server is not None:
+            servers.setdefault(where, set()).add(server)
     for (topic, partition), committed in newest.items():
-        tracker.record(topic, partition, committed)
+        tracker.record(topic, partition, committed, servers.get((topic, partition), ()))
+
+
+def _server_of(item: Routed) -> str | None:
+    """The connector a change or schema change names (``source.name``), if any."""
+    if isinstance(item, Planned):
+        return item.event.server
+    if isinstance(item, Control) and isinstance(item.item, SchemaChange):
+        return item.item.server
+    return None
 
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:
@@ -271,7 +302,9 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
 
     Each partition also reports its high watermark and next offset to the lag tracker,
     and whether the brokers answer to ``health``; with a ``guard``, it checks its stored
-    offset before passing anything on.
+    offset before passing anything on. ``lister`` lists the partitions: a KafkaSource
+    lists them with an admin client built from its own settings, and librdkafka warns at
+    every start about consumer settings given to one.
     """
 
     def __init__(
@@ -280,16 +313,19 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
         stop: threading.Event,
         tracker: LagTracker,
         health: BrokerHealth,
+        *,
+        lister: FixedPartitionedSource[Message, Any],
         guard: ContinuityGuard | None = None,
     ):
         self._inner = inner
         self._stop = stop
         self._tracker = tracker
         self._health = health
+        self._lister = lister
         self._guard = guard
 
     def list_parts(self) -> list[str]:
-        return self._inner.list_parts()
+        return self._lister.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
         index, topic = for_part.split("-", 1)  # KafkaSource names parts "<index>-<topic>"
@@ -336,6 +372,7 @@ class RedisSink(DynamicSink[Routed]):
         *,
         auth: RedisAuth | None = None,
         tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self._redis_url = redis_url
         self._backoff = backoff
@@ -344,6 +381,7 @@ class RedisSink(DynamicSink[Routed]):
         self._rejects = rejects
         self._auth = auth
         self._tables = tables
+        self._sensitive = sensitive
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
@@ -355,6 +393,7 @@ class RedisSink(DynamicSink[Routed]):
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
             tables=self._tables,
+            sensitive=self._sensitive,
         )
         return _RedisPartition(writer)
 

@@ -219,6 +219,21 @@ def debezium(
     return Service(argv, tmp_path / "debezium.log")
 
 
+def schedule_heartbeats(cursor: Any, database: str) -> None:
+    """Write ``<database>.dbz_heartbeat`` every second (MariaDB's event scheduler).
+
+    An idle MySQL source sends no Debezium heartbeats: a scheduled write keeps the binlog
+    moving, as ``deploy/mysql/inventory.sql`` does for the compose stack.
+    """
+    cursor.execute(f"CREATE TABLE {database}.dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3))")
+    cursor.execute("SET GLOBAL event_scheduler = ON")
+    cursor.execute(
+        f"CREATE EVENT {database}.dbz_heartbeat ON SCHEDULE EVERY 1 SECOND DO "
+        f"INSERT INTO {database}.dbz_heartbeat VALUES (1, NOW(3)) "
+        "ON DUPLICATE KEY UPDATE ts = NOW(3)"
+    )
+
+
 def wait_until_verified(
     dsn: str,
     rules: str,

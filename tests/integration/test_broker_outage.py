@@ -51,8 +51,13 @@ def test_a_broker_outage_and_its_end_show_on_metrics(
                 run.worker,
             )
             time.sleep(3)  # librdkafka keeps retrying meanwhile: its errors are logged sparingly
-            logged = run.worker.log.read_text().count('"kafka client error"')
+            log = run.worker.log.read_text()
+            logged = log.count('"kafka client error"')
             assert 1 <= logged <= 4, run.worker.tail()
+            # librdkafka's own lines come through the JSON log too, and as sparingly
+            raw = [line for line in log.splitlines() if line.startswith("%")]
+            assert not raw, run.worker.tail()
+            assert 1 <= log.count('"logger":"cdc_cache.kafka"') <= 12, run.worker.tail()
 
             durable.start()
             down_s = time.monotonic() - stopped

@@ -20,7 +20,7 @@ from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WorkerSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_FILES = [ROOT / ".env", ROOT / "deploy" / "compose" / "avro.env"]
+ENV_FILES = [ROOT / ".env", *(ROOT / "deploy" / "compose" / f for f in ("avro.env", "routed.env"))]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GATEWAY_SETTINGS = set(GatewaySettings.model_fields)
 GATEWAY_PREFIX = GatewaySettings.model_config["env_prefix"]

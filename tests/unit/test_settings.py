@@ -213,7 +213,7 @@ def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
     with pytest.raises(ConfigError, match="is empty"):
         load(GatewaySettings, secret_file=tmp_path / "empty").signing_key()
     config = write(tmp_path, "port: nope\nsecret: x\n")
-    with pytest.raises(ConfigError, match=r"invalid gateway settings:\n  .*worker.yaml:1: port"):
+    with pytest.raises(ConfigError, match=r"invalid gateway settings: .*worker.yaml:1: port"):
         load(GatewaySettings, config)
 
 
