@@ -5,6 +5,7 @@ never survives a refused change."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,15 +18,18 @@ from cdc_cache import invalidations
 from cdc_cache.dlq import Failure, envelope
 from cdc_cache.events import SourceRecord
 from cdc_cache.fallback import Holds
-from cdc_cache.invalidations import KeyOutcome
+from cdc_cache.invalidations import KeyOutcome, Unreached
 from cdc_cache.keys import CHANNELS_KEY, lease_key, stream_key, version_key
+from cdc_cache.logs import JsonFormatter
+from cdc_cache.ops import CacheOp, DeleteKey, SetRow
 from cdc_cache.pipeline import Planned, Rejected, route
-from cdc_cache.redis_apply import ApplyError, RedisApplier
+from cdc_cache.redis_apply import ApplyError, ApplyResult, RedisApplier
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules, parse_rules
 from cdc_cache.table_mode import TableConfig, TableFallback
 from cdc_cache.writer import CacheWriter
+from tests.hostile import KeptDeadLetters
 from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration
@@ -34,6 +38,16 @@ FAST = Backoff(initial=0.05, maximum=0.2)
 RULES = parse_rules(ITEMS_RULES_YAML)
 NOTIFY_RULES = parse_rules(NOTIFY_RULES_YAML)
 ROW = {"id": 1, "name": "lamp", "price": "10.00"}
+# Rows keyed by a sensitive column: the rendered key itself must not be shown.
+BY_NAME = """
+defaults: {tombstone_ttl: 10m}
+tables:
+  inventory.items:
+    keys:
+      - key: "itemname:{name}"
+        fields: [id, name, price]
+"""
+SENSITIVE_BY_NAME = parse_rules(BY_NAME.replace("    keys:", "    sensitive: [name]\n    keys:"))
 
 
 def message(
@@ -54,12 +68,18 @@ def routed(record: SourceRecord, rules: Rules = RULES, max_value_bytes: int | No
 class Writer:
     """A CacheWriter on ``redis`` keeping the failures it reports (logged and counted)."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(
+        self, redis: Any, applier: RedisApplier | None = None, rules: Rules = RULES
+    ) -> None:
         self.failures: list[Failure] = []
-        self.writer = CacheWriter(RedisApplier(redis), FAST, reject=self.reject)
+        self.rules = rules
+        self.dead_letters = KeptDeadLetters()
+        self.writer = CacheWriter(
+            applier or RedisApplier(redis), FAST, reject=self.reject, sensitive=rules.sensitive
+        )
 
     def reject(self, failures: Sequence[Failure]) -> None:
-        Rejects(RULES, None).report(failures)
+        Rejects(self.rules, self.dead_letters).report(failures)
         self.failures.extend(failures)
 
     def write(self, *items: Any) -> list[Any]:
@@ -68,6 +88,20 @@ class Writer:
     def only_failure(self) -> Failure:
         (failure,) = self.failures
         return failure
+
+
+class Raising(RedisApplier):
+    """Raises an error no check anticipates for any batch holding a ``kind`` op on ``key``."""
+
+    def __init__(self, client: Any, key: str, kind: type[SetRow | DeleteKey]) -> None:
+        super().__init__(client)
+        self._key, self._kind = key, kind
+
+    def apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
+        if any(isinstance(op, self._kind) and op.key == self._key for op in ops):
+            msg = f"the client choked on {self._key}"
+            raise RuntimeError(msg)
+        return super().apply(ops)
 
 
 def counted(table: str, outcome: KeyOutcome) -> float:
@@ -230,3 +264,82 @@ def test_failing_changes_make_their_table_fall_back_and_cap_its_new_writes(any_r
 
     writer.write([routed(message(None, {"id": 2, "name": "desk", "price": "3.00"}, 300))])
     assert 0 < any_redis.pttl("item:2") <= 5_000
+
+
+def test_a_change_whose_apply_raises_anything_else_still_deletes_its_keys(any_redis):
+    """Not a refusal Redis explains: an error no check anticipated. The change is set aside
+    as unprocessable with its keys deleted (tombstones left); the batch's others apply."""
+    desk = {"id": 2, "name": "desk", "price": "3.00"}
+    Writer(any_redis).write(routed(message(None, ROW, 100)), routed(message(None, desk, 101)))
+    change = routed(message(ROW, {**ROW, "price": "12.00"}, 200))
+    applier = Raising(any_redis, "item:1", SetRow)
+    with pytest.raises(RuntimeError):  # unhandled, the error would stop the flow
+        applier.apply(change.ops)
+    assert cached(any_redis, "item:1") == ROW
+
+    writer = Writer(any_redis, applier)
+    outcomes = writer.write(change, routed(message(desk, {**desk, "price": "4.00"}, 201)))
+
+    assert [o.outcome for o in outcomes] == ["applied"]
+    assert cached(any_redis, "item:2")["price"] == "4.00"
+    assert any_redis.exists("item:1", "itemname:lamp") == 0
+    failure = writer.only_failure()
+    assert failure.error.kind == "unprocessable"
+    assert failure.error.reason.startswith("applying raised RuntimeError")
+    assert failure.invalidation is not None
+    assert failure.invalidation.counts[KeyOutcome.DELETED] == 2  # item:1, itemname:lamp
+    late = routed(message(None, ROW, 150))  # older, delivered late: stopped by the tombstone
+    assert [o.outcome for o in Writer(any_redis).write(late)] == ["stale"]
+
+
+def test_a_key_that_cannot_be_deleted_is_named_scrubbed_and_counted(any_redis, caplog):
+    """A value_too_large whose key (rendered from a sensitive column) cannot be deleted:
+    the entry and every log line name it with the value scrubbed, and it counts as
+    unreached."""
+    rules = SENSITIVE_BY_NAME
+    Writer(any_redis, rules=rules).write(routed(message(None, ROW, 100), rules))
+    rejected = routed(message(ROW, {**ROW, "price": "9" * 200}, 200), rules, max_value_bytes=100)
+    assert isinstance(rejected, Rejected) and rejected.error.kind == "value_too_large"
+    assert "itemname:lamp" in rejected.error.reason  # the reason quotes the rendered key
+    writer = Writer(any_redis, Raising(any_redis, "itemname:lamp", DeleteKey), rules)
+    unreached_before = counted("inventory.items", KeyOutcome.UNREACHED)
+
+    with caplog.at_level(logging.INFO):
+        writer.write(rejected)
+
+    assert cached(any_redis, "itemname:lamp") == ROW  # left as it was, and said so
+    failure = writer.only_failure()
+    assert failure.invalidation is not None
+    lost = Unreached("itemname:***redacted***", "deleting it raised RuntimeError")
+    assert failure.invalidation.unreached == (lost,)
+    assert counted("inventory.items", KeyOutcome.UNREACHED) - unreached_before == 1
+    (entry,) = writer.dead_letters.entries
+    assert "itemname:***redacted***" in entry["reason"]
+    assert entry["invalidation"]["unreached_keys"][0]["key"] == "itemname:***redacted***"
+    lines = [JsonFormatter().format(record) for record in caplog.records]
+    assert all("lamp" not in text for text in [orjson.dumps(entry).decode(), *lines])
+
+
+@pytest.mark.parametrize(
+    ("rules", "shown"),
+    [(parse_rules(BY_NAME), "itemname:lamp"), (SENSITIVE_BY_NAME, "itemname:***redacted***")],
+    ids=["plain", "sensitive"],
+)
+def test_the_line_of_a_key_deleted_without_its_version_hides_sensitive_values(
+    any_redis, caplog, rules, shown
+):
+    writer = Writer(any_redis, rules=rules)
+    writer.write(routed(message(None, ROW, 100), rules))
+    any_redis.delete(version_key("itemname:lamp"))
+    any_redis.rpush(version_key("itemname:lamp"), b"not a position")
+
+    with caplog.at_level(logging.WARNING, logger="cdc_cache.writer"):
+        writer.write(routed(message(ROW, {**ROW, "price": "12.00"}, 200), rules))
+
+    assert any_redis.exists("itemname:lamp") == 0
+    (line,) = [
+        JsonFormatter().format(record)
+        for record in caplog.records
+        if record.getMessage().startswith("deleting a key without its version")
+    ]
+    assert orjson.loads(line)["key"] == shown

@@ -109,6 +109,28 @@ def test_a_change_nested_too_deeply_is_rejected_with_the_error_and_the_depth(
     assert routed.event is not None and routed.record.offset == 41
 
 
+@pytest.mark.parametrize(
+    ("column", "depth", "deleted", "unreached"),
+    [
+        ("qty", 300, ["stock:39:west", "sku:39:availability"], []),
+        ("sku_id", 1000, [], ["stock:{sku_id}:{warehouse}", "sku:{sku_id}:availability"]),
+        ("warehouse", 1020, ["sku:39:availability"], ["stock:{sku_id}:{warehouse}"]),
+    ],
+)
+def test_a_change_whose_planning_raised_still_deletes_the_keys_its_images_render(
+    column: str, depth: int, deleted: list[str], unreached: list[str]
+):
+    """An unanticipated error is poison like any other: its keys are invalidated too.
+
+    A key no image can render (its column nests too deep to print) is named, never guessed.
+    """
+    routed = route(with_column(column, nested(depth)), RULES, 0, 1 << 20)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert [d.key for d in routed.invalidation.deletes] == deleted
+    assert [u.key for u in routed.invalidation.unreached] == unreached
+    assert all("raised RecursionError" in u.why for u in routed.invalidation.unreached)
+
+
 def test_nesting_the_encoder_writes_is_planned():
     routed = route(with_column("qty", nested(200)), RULES)
     assert isinstance(routed, Planned)

@@ -178,3 +178,7 @@ def test_the_worker_reads_the_schema_change_topic_of_each_connector_it_follows()
         "db1"
     ]
     assert schema_change_topics(existing, ["db1", "db1.shop.items"]) == []
+    # Routed or renamed topics name no connector: their heartbeat topics do.
+    routed = {"prod.eu.db4", "inventory.cdc", "__debezium-heartbeat.prod.eu.db4"}
+    read = ["inventory.cdc", "__debezium-heartbeat.prod.eu.db4"]
+    assert schema_change_topics(routed, read) == ["prod.eu.db4"]
