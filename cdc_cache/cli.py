@@ -202,6 +202,7 @@ def mode_get(redis_url: str) -> None:
     click.echo(f"reason: {record.reason} ({record.cause.value})")
     click.echo(f"since:  {since} ({record.since_ms})")
     click.echo(f"lag_s:  {record.lag_s or 'unknown'}")
+    click.echo(f"writer: {record.writer}")
 
 
 @mode.command("set")
@@ -483,6 +484,43 @@ def dlq_replay(
     for entry_id in missing:
         click.echo(f"{entry_id}  unknown (no such entry)", err=True)
     sys.exit(1 if missing or any(o.outcome == "failed" for o in outcomes) else 0)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="The worker's settings file (YAML); its Redis settings are used, other keys ignored.",
+)
+@click.option("--redis-url", help="The cache's Redis (add ?cluster=true for Redis Cluster).")
+@click.option(
+    "--down-after-s",
+    "watchdog_down_after_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat silence that means the worker is down (default: the worker's "
+    "lag_slo_s + mode_window_s, which it publishes).",
+)
+@click.option(
+    "--port",
+    "watchdog_port",
+    type=int,
+    help="Serve /metrics, /healthz, /readyz and GET /mode on this port.",
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+def watchdog(config_file: Path | None, **flags: Any) -> None:
+    """Fall the cache back to ttl mode while no worker is alive (a dead-man's switch).
+
+    Safe to run several: one holds a lock in Redis and acts, the others stand by.
+    """
+    from cdc_cache import logs
+    from cdc_cache.settings import WatchdogSettings, load
+    from cdc_cache.watchdog import serve
+
+    with _reported("cdc-cache watchdog", flags.get("redis_url")):
+        settings = load(WatchdogSettings, config_file, **flags)
+        logs.configure(settings.log_level)
+        serve(settings)
 
 
 def _gateway_secret_options(command: Callable[..., None]) -> Callable[..., None]:

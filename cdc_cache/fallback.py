@@ -12,7 +12,17 @@ Redis records (applications read ``cdc:mode``; operators set ``cdc:mode:flag``):
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
   ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``tables`` (JSON object:
   each table falling back on its own, see ``cdc_cache.table_mode``, with its reason),
-  ``ttl_prefixes`` (JSON list: those tables' key prefixes) and ``updated_ms``.
+  ``ttl_prefixes`` (JSON list: those tables' key prefixes), ``updated_ms`` and
+  ``writer``; the worker's leader also writes ``stale_after_ms`` (its lag SLO plus mode
+  window) and ``prefixes`` (JSON list of the rules' key prefixes).
+
+The leader rewrites ``cdc:mode`` every tick with ``writer`` = ``worker``: a fresh
+``updated_ms`` is its heartbeat (a follower's is its lag report, which expires). When it
+stops for longer than ``stale_after_ms``, a watchdog (``cdc_cache.watchdog``) writes the
+hash instead (``writer`` = ``watchdog``, the hold ``worker_down``, the tables the worker
+left falling back on their own) through :meth:`ModeStore.take_over`, which refuses once
+the worker has written again; the leader, seeing the watchdog's record, takes the decision
+back and stays in ``ttl`` until its lag has been low for a window.
 
 Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
 hold in the process's :class:`Holds`; a follower process passes its holds to the leader
@@ -30,6 +40,7 @@ from typing import Final
 
 import orjson
 from redis import exceptions as rex
+from redis.commands.core import Script
 
 from cdc_cache import metrics
 from cdc_cache.errors import CdcCacheError
@@ -57,6 +68,18 @@ log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
+WORKER: Final = "worker"  # writers of cdc:mode
+WATCHDOG: Final = "watchdog"
+# Write the mode hash unless the worker wrote it since the watchdog read it: KEYS[1] the
+# hash, ARGV[1] the watchdog's own writer name, ARGV[2] the updated_ms it saw ('' for
+# none), then field/value pairs.
+_TAKE_OVER: Final = """
+local writer = redis.call('HGET', KEYS[1], 'writer')
+local updated = redis.call('HGET', KEYS[1], 'updated_ms') or ''
+if writer ~= ARGV[1] and updated ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
@@ -130,6 +153,7 @@ class ModeStore:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._take_over = Script(client, _TAKE_OVER)
 
     def flag(self) -> Flag:
         """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
@@ -156,27 +180,58 @@ class ModeStore:
         *,
         holds: tuple[Hold, ...] = (),
         ttl_prefixes: Iterable[str] = (),
+        stale_after_ms: int | None = None,
+        prefixes: list[str] | None = None,
     ) -> None:
         """Write the effective-mode hash applications read (see cdc_cache.client).
 
-        ``ttl_prefixes`` are the key prefixes of the tables held in ``ttl`` on their own
-        (their fills too should be capped at the fallback TTL).
+        Written by the worker, this is its heartbeat; it says how long one may be missed
+        (``stale_after_ms``) and which prefixes the rules manage. ``ttl_prefixes`` are the
+        key prefixes of the tables held in ``ttl`` on their own (their fills too should be
+        capped at the fallback TTL).
         """
-        mapping: dict[str | bytes, bytes | float | int | str] = {
-            "mode": state.mode.value,
-            "fallback_ttl_ms": fallback_ttl_ms,
-            "flag": flag.value,
-            "cause": state.cause.value,
-            "reason": state.reason,
-            "since_ms": state.since_ms,
-            "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-            "holds": orjson.dumps(sorted({hold.label for hold in holds})),
-            "tables": orjson.dumps(table_holds(holds)),
-            "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
-            "updated_ms": now_ms,
-        }
+        fields = _mode_fields(
+            state, flag=flag, lag_s=lag_s, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WORKER,
+        )  # fmt: skip
+        if stale_after_ms is not None:
+            fields["stale_after_ms"] = stale_after_ms
+        if prefixes is not None:
+            fields["prefixes"] = orjson.dumps(prefixes)
         with reading(MODE_KEY, REWRITE):
-            self._client.hset(MODE_KEY, mapping=mapping)
+            self._client.hset(MODE_KEY, mapping=fields)
+
+    def take_over(
+        self,
+        state: ModeState,
+        flag: Flag,
+        now_ms: int,
+        fallback_ttl_ms: int,
+        *,
+        holds: tuple[Hold, ...],
+        ttl_prefixes: Iterable[str] = (),
+        seen_updated_ms: str,
+    ) -> bool:
+        """Write the mode hash as the watchdog, unless the worker wrote it meanwhile.
+
+        False (nothing written) when the worker wrote it since the watchdog read
+        ``seen_updated_ms`` from it: a returning worker is never overwritten. ``holds``
+        and ``ttl_prefixes`` carry the tables the worker left in ``ttl`` on their own.
+        """
+        fields = _mode_fields(
+            state, flag=flag, lag_s=None, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WATCHDOG,
+        )  # fmt: skip
+        pairs = [item for name, value in fields.items() for item in (name, value)]
+        with reading(MODE_KEY, REWRITE):
+            written = self._take_over(keys=[MODE_KEY], args=[WATCHDOG, seen_updated_ms, *pairs])
+        return bool(written)
+
+    def writer(self) -> str:
+        """Who wrote the mode hash last: ``worker`` (also when unsaid) or ``watchdog``."""
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hget(MODE_KEY, "writer")
+            return WORKER if raw is None else raw.decode()
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
@@ -198,6 +253,34 @@ class ModeStore:
         except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
             msg = f"{key} holds what no worker wrote there; {_LAG_REWRITE}"
             raise ModeKeyError(msg) from None
+
+
+def _mode_fields(
+    state: ModeState,
+    *,
+    flag: Flag,
+    lag_s: float | None,
+    now_ms: int,
+    fallback_ttl_ms: int,
+    holds: tuple[Hold, ...],
+    ttl_prefixes: Iterable[str],
+    writer: str,
+) -> dict[str | bytes, bytes | float | int | str]:
+    """The fields of ``cdc:mode`` every writer (the worker's leader, a watchdog) writes."""
+    return {
+        "mode": state.mode.value,
+        "fallback_ttl_ms": fallback_ttl_ms,
+        "flag": flag.value,
+        "cause": state.cause.value,
+        "reason": state.reason,
+        "since_ms": state.since_ms,
+        "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+        "holds": orjson.dumps(sorted({hold.label for hold in holds})),
+        "tables": orjson.dumps(table_holds(holds)),
+        "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
+        "updated_ms": now_ms,
+        "writer": writer,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +394,73 @@ def shorten_ttls(
     return shortened
 
 
+class Shortener:
+    """Runs :func:`shorten_ttls` in a background thread, one run at a time.
+
+    Used by the worker's mode leader when it enters ``ttl`` and by the watchdog when it
+    takes over from a worker that is down, and (one per table) by the leader when a table
+    falls back on its own. ``closing`` stops a run early; ``context`` (such as the table)
+    goes into its log lines.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        keys_per_s: float,
+        closing: threading.Event,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        self._client = client
+        self._keys_per_s = keys_per_s
+        self._closing = closing
+        self._context = dict(context or {})
+        self._thread: threading.Thread | None = None
+
+    def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        """Shorten in the background unless a run is under way.
+
+        The run stops early when ``keep_going`` turns false.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(prefixes, ttl_ms, keep_going),
+            name="-".join(["cdc-ttl", *self._context.values()]),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a run under way."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        try:
+            count = shorten_ttls(
+                self._client,
+                prefixes,
+                ttl_ms,
+                keys_per_s=self._keys_per_s,
+                keep_going=lambda: keep_going() and not self._closing.is_set(),
+                sleep=self._closing.wait,
+            )
+        except _REDIS_ERRORS as exc:
+            log.error(
+                "could not give existing keys the fallback TTL; they keep their rule TTL",
+                extra={"error": str(exc), **self._context},
+            )
+            return
+        metrics.TTL_SHORTENED.inc(count)
+        log.info(
+            "existing keys given the fallback TTL",
+            extra={"keys": count, "ttl_ms": ttl_ms,
+                   "seconds": round(time.monotonic() - started, 3), **self._context},
+        )  # fmt: skip
+
+
 class ModeRuntime:
     """Runs the mode controller for one worker process and applies its effects.
 
@@ -344,7 +494,8 @@ class ModeRuntime:
             self._table_prefixes, self.holds, fallback_ttl_ms, table_config, clock
         )
         self._ttl_tables: dict[str, str] = {}
-        self._table_shorteners: dict[str, threading.Thread] = {}
+        self._table_shorteners: dict[str, Shortener] = {}
+        self._shorten_rate = shorten_keys_per_s
         self._tracker = tracker
         self._config = config
         self._fallback_ttl_ms = fallback_ttl_ms
@@ -353,7 +504,6 @@ class ModeRuntime:
         self._processes = processes
         self._max_consumer_lag = max_consumer_lag
         self._interval_s = interval_s
-        self._shorten_rate = shorten_keys_per_s
         self._clock = clock
         self._lock = threading.Lock()
         self._state = ModeState.initial(self._now_ms())
@@ -366,7 +516,7 @@ class ModeRuntime:
         self._caught_up = False
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._shortener: threading.Thread | None = None
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
 
     @property
     def leader(self) -> bool:
@@ -387,9 +537,10 @@ class ModeRuntime:
     def close(self) -> None:
         """Stop ticking (and any TTL shortening in progress)."""
         self._closing.set()
-        for thread in (self._thread, self._shortener, *self._table_shorteners.values()):
-            if thread is not None:
-                thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
+        for shortener in (self._shortener, *self._table_shorteners.values()):
+            shortener.join(10)
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag in Redis; the next tick acts on it."""
@@ -456,6 +607,8 @@ class ModeRuntime:
     def _lead(self, local: LagSummary) -> Decision:
         now = self._now_ms()
         flag = self._read_flag()
+        if self._store.writer() == WATCHDOG:
+            self._take_back()
         summary = LagSummary.worst_of([local, *self._others()])
         signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where, summary.holds)
         with self._lock:
@@ -465,9 +618,16 @@ class ModeRuntime:
             state = self._state
         tables = table_holds(summary.holds)
         self._store.publish(
-            state, flag, summary.lag_s, now, self._fallback_ttl_ms, holds=summary.holds,
+            state,
+            flag,
+            summary.lag_s,
+            now,
+            self._fallback_ttl_ms,
+            holds=summary.holds,
             ttl_prefixes=[p for table in tables for p in self._table_prefixes.get(table, ())],
-        )  # fmt: skip
+            stale_after_ms=int((self._config.slo_s + self._config.window_s) * 1000),
+            prefixes=self._prefixes,
+        )
         _export_mode(state.mode, flag)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
@@ -552,59 +712,35 @@ class ModeRuntime:
             self._start_shortening()
 
     def _start_shortening(self) -> None:
-        if self._shortener is not None and self._shortener.is_alive():
-            return
-        self._shortener = threading.Thread(
-            target=self._shorten,
-            args=(self._prefixes, lambda: self.ttl_cap_ms() is not None, {}),
-            name="cdc-ttl",
-            daemon=True,
+        self._shortener.start(
+            self._prefixes, self._fallback_ttl_ms, lambda: self.ttl_cap_ms() is not None
         )
-        self._shortener.start()
 
     def _start_table_shortening(self, table: str) -> None:
         """Give the keys under ``table``'s prefixes the fallback TTL (the leader only)."""
-        running = self._table_shorteners.get(table)
-        if running is not None and running.is_alive():
-            return
 
         def still_failing() -> bool:
             with self._lock:
                 return table in self._ttl_tables
 
-        self._table_shorteners[table] = thread = threading.Thread(
-            target=self._shorten,
-            args=(self._table_prefixes.get(table, []), still_failing, {"table": table}),
-            name=f"cdc-ttl-{table}",
-            daemon=True,
-        )
-        thread.start()
+        shortener = self._table_shorteners.get(table)
+        if shortener is None:
+            shortener = Shortener(
+                self._client, self._shorten_rate, self._closing, context={"table": table}
+            )
+            self._table_shorteners[table] = shortener
+        shortener.start(self._table_prefixes.get(table, []), self._fallback_ttl_ms, still_failing)
 
-    def _shorten(
-        self, prefixes: list[str], in_ttl: Callable[[], bool], context: dict[str, str]
-    ) -> None:
-        started = time.monotonic()
-        try:
-            count = shorten_ttls(
-                self._client,
-                prefixes,
-                self._fallback_ttl_ms,
-                keys_per_s=self._shorten_rate,
-                keep_going=lambda: in_ttl() and not self._closing.is_set(),
-                sleep=self._closing.wait,
-            )
-        except _REDIS_ERRORS as exc:
-            log.error(
-                "could not give existing keys the fallback TTL; they keep their rule TTL",
-                extra={"error": str(exc), **context},
-            )
-            return
-        metrics.TTL_SHORTENED.inc(count)
-        log.info(
-            "existing keys given the fallback TTL",
-            extra={"keys": count, "ttl_ms": self._fallback_ttl_ms,
-                   "seconds": round(time.monotonic() - started, 3), **context},
-        )  # fmt: skip
+    def _take_back(self) -> None:
+        """A watchdog decided while no worker was alive: decide again, from ``ttl``.
+
+        Changes may have gone unapplied meanwhile, so the mode stays ``ttl`` until the
+        lag has been low for a window, as after any fallback.
+        """
+        why = "worker back after a watchdog found it down; ttl until the lag is low again"
+        with self._lock:
+            self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
+        log.warning("taking the mode decision back from the watchdog", extra={"reason": why})
 
     def _resume(self) -> None:
         """Start in ``ttl`` if a previous run left it so: its lag is not known to be over."""

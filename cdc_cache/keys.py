@@ -21,6 +21,7 @@ VERSION_PREFIX: Final = "cdc:v:"
 LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
+WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may act
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified

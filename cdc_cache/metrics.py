@@ -174,6 +174,29 @@ TTL_SHORTENED = Counter(
     namespace=NAMESPACE,
 )
 
+# --- the watchdog (cdc-cache watchdog, and inside cdc-cache gateway) ---
+WATCHDOG_WORKER_UP = Gauge(
+    "watchdog_worker_up",
+    "1 while the worker's heartbeat (cdc:mode rewritten by its mode leader) moves, 0 once it "
+    "stood still longer than the bound (lag SLO + mode window)",
+    namespace=NAMESPACE,
+)
+WATCHDOG_HEARTBEAT_STILL = Gauge(
+    "watchdog_heartbeat_still_seconds",
+    "How long the worker's heartbeat has not moved, as this watchdog saw it",
+    namespace=NAMESPACE,
+)
+WATCHDOG_LEADER = Gauge(
+    "watchdog_leader",
+    "1 in the watchdog instance holding the lock: the one that acts when the worker is down",
+    namespace=NAMESPACE,
+)
+WATCHDOG_TAKEOVERS = Counter(
+    "watchdog_takeovers",
+    "Times a watchdog found no worker alive and took the mode decision over (ttl, worker_down)",
+    namespace=NAMESPACE,
+)
+
 # --- the notification gateway (cdc-cache gateway) ---
 GATEWAY_CONNECTIONS = Gauge(
     "gateway_connections",
@@ -194,6 +217,12 @@ GATEWAY_DROPS = Counter(
 GATEWAY_AUTH_FAILURES = Counter(
     "gateway_auth_failures",
     "Refused tokens and subscriptions, by reason (invalid_token, expired, forbidden)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+GATEWAY_REFUSED = Counter(
+    "gateway_refused_requests",
+    "Client requests the gateway refused, by reason (rate_limited, too_many_patterns)",
     ["reason"],
     namespace=NAMESPACE,
 )

@@ -72,6 +72,7 @@ class ModeRecord:
     since_ms: int
     lag_s: str
     tables: dict[str, str] = field(default_factory=dict)
+    writer: str = "worker"  # or "watchdog", standing in for a worker that is down
 
     @classmethod
     def parse(cls, fields: Mapping[str, str]) -> ModeRecord | None:
@@ -90,6 +91,7 @@ class ModeRecord:
             since_ms=int(since),
             lag_s=fields.get("lag_s", ""),
             tables=_tables(fields.get("tables")),
+            writer=fields.get("writer", "worker"),
         )
 
 

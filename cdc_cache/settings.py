@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,8 +39,13 @@ from cdc_cache.kafka_config import Role, misplaced, weakened
 from cdc_cache.redis_apply import RedisAuth, redis_url_problem
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import unreadable_yaml
+from cdc_cache.tokens import MAX_PATTERNS
 
 ENV_PREFIX = "CDC_CACHE_"
+# The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
+DownAfter = Annotated[
+    float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
+]
 
 
 class BackoffSettings(BaseModel):
@@ -259,6 +265,15 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0)
     block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
+    max_patterns: int = Field(
+        default=MAX_PATTERNS, ge=1, description="patterns one connection may hold"
+    )
+    requests_per_s: float = Field(
+        default=10.0, gt=0, description="requests per connection and second (one per pattern)"
+    )
+    request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
+    watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
+    watchdog_down_after_s: DownAfter = None
     log_level: str = "INFO"
 
     @field_validator("redis_url")
@@ -290,6 +305,37 @@ class GatewaySettings(BaseSettings):
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
         return key
+
+
+class WatchdogSettings(BaseSettings):
+    """``cdc-cache watchdog``: the worker's Redis settings and its own ``watchdog_*`` ones.
+
+    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
+    use are ignored), so both point at the same Redis by construction; its own settings
+    come from flags or the environment. Everything else (the bound, the fallback TTL, the
+    prefixes) the worker publishes in Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = "redis://127.0.0.1:16379/0"
+    redis_username: str | None = Field(default=None, description="Redis ACL user")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = Field(default=None, description="file holding it")
+    watchdog_down_after_s: DownAfter = None
+    watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _password(self) -> WatchdogSettings:
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        return self
+
+    def redis_auth(self) -> RedisAuth:
+        """The ACL credentials (the password possibly read from its file)."""
+        return RedisAuth(self.redis_username, self.redis_password)
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -348,7 +394,7 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = "gateway" if kind is GatewaySettings else "worker"
+    what = {GatewaySettings: "gateway", WatchdogSettings: "watchdog"}.get(kind, "worker")
     if len(problems) == 1:
         return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
 from cdc_cache.retry import Backoff
-from cdc_cache.settings import SharedSettings, load, load_settings
+from cdc_cache.settings import SharedSettings, WatchdogSettings, load, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -236,3 +236,30 @@ def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monk
     assert refused.exit_code == 2 and "whitespace" in refused.output
     missing = CliRunner().invoke(main, args)
     assert missing.exit_code == 2 and "give the token signing key" in missing.output
+
+
+def test_watchdog_reads_the_worker_settings_file_for_redis_and_its_own_settings(
+    tmp_path, monkeypatch
+):
+    secret = tmp_path / "redis-password"
+    secret.write_text("pw\n")
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopics: [a]\nredis_url: redis://cache:6379/0?cluster=true\n"
+        f"redis_password_file: {secret}\nadmin_token_file: /nowhere\nworkers: 2\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_WATCHDOG_DOWN_AFTER_S", "45")
+    settings = load(WatchdogSettings, config, watchdog_port=9109)
+    assert settings.redis_url == "redis://cache:6379/0?cluster=true"
+    assert settings.redis_auth().kwargs() == {"password": "pw"}
+    assert (settings.watchdog_down_after_s, settings.watchdog_port) == (45, 9109)
+
+
+def test_watchdog_with_a_bad_setting_exits_2_naming_it(tmp_path):
+    result = CliRunner().invoke(main, ["watchdog", "--redis-url", "redis://x:1/0?cluster=maybe"])
+    assert result.exit_code == 2
+    assert "cluster= must be true or false" in result.output
+    bad_port = CliRunner(env={"CDC_CACHE_WATCHDOG_PORT": "99999"}).invoke(main, ["watchdog"])
+    assert bad_port.exit_code == 2
+    assert "CDC_CACHE_WATCHDOG_PORT: watchdog_port" in bad_port.output
+    assert "invalid watchdog settings" in bad_port.output
