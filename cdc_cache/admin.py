@@ -1,8 +1,9 @@
 """The worker's admin HTTP API: metrics, health, readiness and the cache mode.
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
-(Redis answers and the partitions were caught up once; while the worker starts, which
-step it waits for), ``GET /mode`` and ``PUT /mode``
+(Redis answers, the partitions were caught up once and every source lineage can be told;
+while the worker starts, which step it waits for; with the source lineages' details),
+``GET /mode`` and ``PUT /mode``
 (body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
 the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
@@ -22,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
@@ -77,6 +79,7 @@ class StartupBackend:
         self._lock = threading.Lock()
         self._done: set[str] = set()
         self._backend: ModeBackend | None = None
+        self._details: Callable[[], dict[str, object]] | None = None
 
     def passed(self, step: str) -> None:
         """``step`` (one of :attr:`STEPS`) is done."""
@@ -84,11 +87,20 @@ class StartupBackend:
         with self._lock:
             self._done.add(step)
 
-    def started(self, backend: ModeBackend) -> None:
-        """The flow runs: from now on ``backend`` answers."""
+    def started(
+        self, backend: ModeBackend, details: Callable[[], dict[str, object]] | None = None
+    ) -> None:
+        """The flow runs: from now on ``backend`` answers; ``details`` adds to ``/readyz``."""
         with self._lock:
             self._done.add("flow")
             self._backend = backend
+            self._details = details
+
+    def details(self) -> dict[str, object]:
+        """What ``/readyz`` shows beside its checks (the source lineages, once started)."""
+        with self._lock:
+            details = self._details
+        return details() if details is not None else {}
 
     def waiting_for(self) -> str | None:
         """The first step not done yet, or None once started."""
@@ -132,11 +144,12 @@ class AdminServer:
         host: str = "",
         dlq: DlqBackend | None = None,
         *,
+        details: Callable[[], dict[str, object]] | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         pages = DlqPages(dlq, token) if dlq is not None else None
-        handler = _handler(backend, token, pages, timeout_s)
+        handler = _handler(backend, token, pages, timeout_s, details)
         try:
             server = _Server((host, port), handler, max_connections)
         except OSError as exc:
@@ -229,7 +242,11 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def _handler(
-    backend: ModeBackend, token: str | None, pages: DlqPages | None, limit_s: float
+    backend: ModeBackend,
+    token: str | None,
+    pages: DlqPages | None,
+    limit_s: float,
+    details: Callable[[], dict[str, object]] | None,
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
@@ -285,7 +302,8 @@ def _handler(
             elif self.path == "/readyz":
                 ready, checks = backend.ready()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                self._json(status, {"ready": ready, "checks": checks})
+                extra = details() if details is not None else {}
+                self._json(status, {"ready": ready, "checks": checks, **extra})
             elif self.path == "/mode":
                 self._json(HTTPStatus.OK, backend.view())
             else:

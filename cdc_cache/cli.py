@@ -58,7 +58,9 @@ def _reported(command: str, redis_url: str | None = None) -> Iterator[None]:
 @click.option("--brokers", help="Kafka bootstrap servers, comma-separated.")
 @click.option("--topic", "topics", multiple=True, help="A Debezium topic to read (repeatable).")
 @click.option("--topic-pattern", help="Regex of topics to read instead of --topic.")
-@click.option("--redis-url", help="redis://, rediss://, or a cluster URL (see README).")
+@click.option(
+    "--redis-url", help="redis://, rediss://, redis+sentinel://, or a cluster URL (see README)."
+)
 @click.option(
     "--recovery-dir",
     type=click.Path(path_type=Path),
@@ -97,7 +99,9 @@ def run(config_file: Path | None, **flags: object) -> None:
     "--db", "dsn", required=True, help="mysql://user:pass@host:port/db or postgresql://..."
 )
 @click.option("--rules", type=click.Path(path_type=Path), required=True, help="Rules file (YAML).")
-@click.option("--redis-url", required=True, help="redis://, rediss://, or a cluster URL.")
+@click.option(
+    "--redis-url", required=True, help="redis://, rediss://, redis+sentinel://, or a cluster URL."
+)
 @click.option("--sample", type=int, help="Check N random rows of tables larger than N.")
 @click.option("--table", "tables", multiple=True, help="Check only this table (repeatable).")
 @click.option(
@@ -172,7 +176,7 @@ _REDIS_URL = click.option(
     envvar="CDC_CACHE_REDIS_URL",
     default="redis://127.0.0.1:16379/0",
     show_default=True,
-    help="The cache's Redis (add ?cluster=true for Redis Cluster).",
+    help="The cache's Redis (?cluster=true for Redis Cluster; redis+sentinel:// for Sentinel).",
 )
 
 

@@ -43,6 +43,7 @@ from cdc_cache.events import (
     SourceRecord,
     Tombstone,
 )
+from cdc_cache.lineage import origin_of
 from cdc_cache.positions import (
     PositionError,
     SourcePosition,
@@ -73,6 +74,10 @@ _FLAT_SOURCE: Final = {
     "row": "__row",
     "sequence": "__sequence",
     "lsn": "__lsn",
+    # Lineage evidence, when add.fields has them (server_id,gtid).
+    "server_id": "__server_id",
+    "gtid": "__gtid",
+    "snapshot": "__snapshot",
 }
 
 
@@ -312,6 +317,7 @@ def _envelope(
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
         snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(source, "name"),
+        origin=origin_of(source),
     )
 
 
@@ -353,6 +359,7 @@ def _flattened(
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
         snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(payload, "__name"),
+        origin=origin_of(source),
     )
 
 

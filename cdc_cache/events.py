@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cdc_cache.lineage import NO_ORIGIN, Origin
 from cdc_cache.positions import SourcePosition
 
 Row = Mapping[str, Any]
@@ -47,7 +48,8 @@ class ChangeEvent:
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
     ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
     the record carries it: it ties a topic to its connector's heartbeats whatever the
-    topic is called.
+    topic is called. ``origin`` is what the envelope says of the log the change came from
+    (lineage evidence).
     """
 
     table: str
@@ -60,6 +62,7 @@ class ChangeEvent:
     emitted_at_ms: int | None = None
     snapshot: bool = False
     server: str | None = None
+    origin: Origin = NO_ORIGIN
 
     @property
     def image(self) -> Row | None:

@@ -67,6 +67,7 @@ from cdc_cache.table_mode import TableConfig, TableFallback
 log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
 WORKER: Final = "worker"  # writers of cdc:mode
 WATCHDOG: Final = "watchdog"
@@ -104,48 +105,64 @@ class Holds:
     ``scope`` tells instances of one cause apart (a source, a topic partition, a Redis
     node), so each clears on its own. Raising an active hold again only updates its
     reason; raising and clearing are logged once each and exported as
-    ``cdc_cache_mode_holds{cause}``.
+    ``cdc_cache_mode_holds{cause}``. A hold raised ``for_s`` seconds is a *timed* hold:
+    it ends by itself then (raised again, it lasts to the later end), for conditions that
+    only time resolves, such as entries that must expire.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._active: dict[tuple[Cause, str], str] = {}
+        self._active: dict[tuple[Cause, str], tuple[str, float | None]] = {}
+        self._clock = clock
 
-    def hold(self, cause: Cause, scope: str, reason: str) -> None:
-        """Force ``ttl`` mode for ``reason`` until :meth:`clear` of the same cause and scope."""
+    def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
+        """Force ``ttl`` mode for ``reason`` until :meth:`clear` (or for ``for_s`` seconds)."""
         hold = Hold(cause, reason, scope if cause in TABLE_CAUSES else "")  # validates
         with self._lock:
-            new = (cause, scope) not in self._active
-            self._active[(cause, scope)] = reason
+            previous = self._active.get((cause, scope))
+            until = None if for_s is None else self._clock() + for_s
+            if until is not None and previous is not None and previous[1] is not None:
+                until = max(until, previous[1])
+            self._active[(cause, scope)] = (reason, until)
             count = sum(c is cause for c, _ in self._active)
         metrics.MODE_HOLDS.labels(cause.value).set(count)
-        if new:
+        if previous is None:
             what = f"table {scope}" if cause in TABLE_CAUSES else "the cache"
             log.warning(
                 f"hold raised: {what} falls back to ttl mode",
-                extra={"cause": hold.label, "scope": scope, "reason": reason},
+                extra={"cause": hold.label, "scope": scope, "reason": reason, "for_s": for_s},
             )
 
     def clear(self, cause: Cause, scope: str) -> None:
         """The condition behind a hold is over (nothing happens if it was not held)."""
         with self._lock:
-            reason = self._active.pop((cause, scope), None)
+            found = self._active.pop((cause, scope), None)
             count = sum(c is cause for c, _ in self._active)
-        if reason is not None:
+        if found is not None:
             metrics.MODE_HOLDS.labels(cause.value).set(count)
             log.warning(
-                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": reason}
+                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": found[0]}
             )
 
     def active(self) -> tuple[Hold, ...]:
-        """The active holds, in a stable order."""
+        """The active holds, in a stable order (timed holds that ran out are cleared)."""
+        now = self._clock()
+        with self._lock:
+            ended = [key for key, (_, until) in self._active.items() if until and until <= now]
+        for cause, scope in ended:
+            self.clear(cause, scope)
         with self._lock:
             return tuple(
                 sorted(
                     Hold(cause, reason, scope if cause in TABLE_CAUSES else "")
-                    for (cause, scope), reason in self._active.items()
+                    for (cause, scope), (reason, _) in self._active.items()
                 )
             )
+
+    def lasting(self, cause: Cause) -> bool:
+        """True while a hold of ``cause`` is active that only a condition can end (not time)."""
+        with self._lock:
+            return any(c is cause and until is None for (c, _), (_, until) in self._active.items())
 
 
 class ModeStore:
@@ -480,7 +497,7 @@ class ModeRuntime:
         processes: int = 1,
         max_consumer_lag: int = 1000,
         interval_s: float = 1.0,
-        shorten_keys_per_s: float = 20_000,
+        shorten_keys_per_s: float = SHORTEN_KEYS_PER_S,
         clock: Callable[[], float] = time.time,
         table_prefixes: Mapping[str, list[str]] | None = None,
         table_config: TableConfig | None = None,
@@ -563,12 +580,17 @@ class ModeRuntime:
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
-        """Ready once Redis answers and the partitions were caught up at least once."""
+        """Ready once Redis answers and the partitions were caught up at least once.
+
+        And while every source lineage can be told: no ``lineage`` hold in this process
+        but timed ones (the settling after a switch is expected, not a problem).
+        """
+        lineage = not self.holds.lasting(Cause.LINEAGE)
         with self._lock:
             fresh = self._redis_ok_ms is not None and (
                 self._now_ms() - self._redis_ok_ms < 3000 * self._interval_s
             )
-            checks = {"redis": fresh, "kafka_caught_up": self._caught_up}
+            checks = {"redis": fresh, "kafka_caught_up": self._caught_up, "lineage": lineage}
         return all(checks.values()), checks
 
     def tick(self) -> Decision | None:

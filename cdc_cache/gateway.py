@@ -61,6 +61,7 @@ from cdc_cache.rate_limit import TokenBucket
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import connect, misconfiguration
 from cdc_cache.retry import Backoff, retry_reporter
+from cdc_cache.sentinel import connect_async
 from cdc_cache.settings import GatewaySettings
 from cdc_cache.tokens import Grant, TokenError, verify
 from cdc_cache.watchdog import Watchdog
@@ -405,7 +406,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._key = settings.signing_key()
-        self._redis = aredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        self._redis = connect_async(settings.redis_url)
         self.hub = Hub(self._redis, block_ms=settings.block_ms, discover_s=settings.discover_s)
         self._server: Server | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -95,6 +95,11 @@ def slot_tag(key: str) -> str:
     return _slot_tags()[key_slot(key)]
 
 
+def tag_for_slot(slot: int) -> str:
+    """A hash tag that lands in ``slot`` (it also hashes there as a whole key)."""
+    return _slot_tags()[slot]
+
+
 def version_key(key: str) -> str:
     """The key that stores the position of the last change applied to ``key``."""
     return f"{VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"

@@ -10,7 +10,8 @@ change without touching this logic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -71,6 +72,9 @@ class Rejected:
 
 Routed = Planned | Control | Rejected
 
+EpochOf = Callable[[SourceRecord, ChangeEvent], int]
+"""The epoch of a decoded change's lineage (see cdc_cache.lineage_tracker)."""
+
 
 def route(
     record: SourceRecord,
@@ -78,45 +82,59 @@ def route(
     epoch: int = 0,
     max_value_bytes: int | None = None,
     parse: Parse | None = None,
+    *,
+    epoch_of: EpochOf | None = None,
 ) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
+    change has ``epoch``, the operator's ``source_epoch``). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other): its keys
     are deleted instead, like those of a change the rules cannot render, and so are those
     of a change whose planning raised anything else. Only a transient error (a server to
-    wait for) is raised.
+    wait for) is raised, and what ``epoch_of`` raises: the lineage registry's trouble is
+    no message's poison.
     """
-    event: ChangeEvent | None = None
-    ops: tuple[CacheOp, ...] | None = None
-    stage = "decoding"
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
-        if not isinstance(decoded, ChangeEvent):
-            return Control(record, decoded)
-        event = decoded
-        stage = "planning"
+    except Exception as exc:
+        return _rejected(exc, "decoding", record, None)
+    if not isinstance(decoded, ChangeEvent):
+        return Control(record, decoded)
+    if epoch_of is not None:
+        decoded = _with_epoch(decoded, epoch_of(record, decoded))
+    stage = "planning"
+    ops: tuple[CacheOp, ...] | None = None
+    try:
         ops = tuple(plan(decoded, rules))
         if max_value_bytes is not None:
             stage = "checking value sizes"
             _check_sizes(ops, max_value_bytes, decoded)
         return Planned(record, decoded, ops)
-    except PoisonMessage as error:
-        poison = error.at(record) if error.record is None else error
-    except TransientError:
-        raise
-    except Exception as exc:  # any error of one message is that message's poison
-        poison = unexpected(exc, stage, record, event)
-    return Rejected(poison, event, _salvage(event, ops, rules))
+    except Exception as exc:
+        return _rejected(exc, stage, record, decoded, _salvage(decoded, ops, rules))
 
 
-def _salvage(
-    event: ChangeEvent | None, ops: tuple[CacheOp, ...] | None, rules: Rules
-) -> Invalidation:
+def _rejected(
+    exc: Exception,
+    stage: str,
+    record: SourceRecord,
+    event: ChangeEvent | None,
+    invalidation: Invalidation = invalidations.NOTHING,
+) -> Rejected:
+    """A message's own error as its rejection; a transient one is raised (wait, retry)."""
+    if isinstance(exc, PoisonMessage):
+        return Rejected(exc.at(record) if exc.record is None else exc, event, invalidation)
+    if isinstance(exc, TransientError):
+        raise exc
+    poison = unexpected(exc, stage, record, event)  # any other: its poison
+    return Rejected(poison, event, invalidation)
+
+
+def _salvage(event: ChangeEvent, ops: tuple[CacheOp, ...] | None, rules: Rules) -> Invalidation:
     """The deletes a rejected change still allows: its planned keys, else its images' keys."""
-    if event is None:
-        return invalidations.NOTHING
     if ops is not None:
         return invalidations.of_ops(ops)
     return invalidations.of_images(event, rules.for_table(event.table))
@@ -151,6 +169,13 @@ def _depth(record: SourceRecord, event: ChangeEvent | None) -> int:
         except orjson.JSONDecodeError:
             return 0
     return max(nesting_depth(doc, ENCODER_MAX_DEPTH) for doc in docs)
+
+
+def _with_epoch(event: ChangeEvent, epoch: int) -> ChangeEvent:
+    """``event`` with its position in lineage ``epoch`` (itself when it already is)."""
+    if event.position.epoch == epoch:
+        return event
+    return replace(event, position=replace(event.position, epoch=epoch))
 
 
 def value_size(op: SetRow) -> int:

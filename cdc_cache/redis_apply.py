@@ -50,6 +50,7 @@ from cdc_cache.keys import (
 )
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, Notify, ValueFormat
 from cdc_cache.redact import redact_url
+from cdc_cache.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +168,17 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     seed node of a cluster (``rediss://`` for TLS works for both, with redis-py's TLS query
     options such as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``). Replies stay bytes.
     ``auth`` overrides credentials in the URL. Other query parameters and ``kwargs`` go to
-    redis-py unchanged.
+    redis-py unchanged. ``redis+sentinel://`` URLs name a Sentinel-monitored primary
+    (see :mod:`cdc_cache.sentinel`).
     """
     problem = redis_url_problem(url)
     if problem is not None:
         msg = f"redis_url: {problem}"
         raise ConfigError(msg)
+    if is_sentinel_url(url):
+        kwargs["decode_responses"] = False
+        kwargs |= (auth or RedisAuth()).kwargs()
+        return connect_sentinel(url, **kwargs)
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
@@ -191,6 +197,12 @@ def redis_url_problem(url: str) -> str | None:
 
     Checked with the settings, so a URL redis-py would refuse stops startup at once.
     """
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ConfigError as exc:
+            return str(exc)
+        return None
     try:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -199,7 +211,8 @@ def redis_url_problem(url: str) -> str | None:
     if parts.scheme not in REDIS_SCHEMES:
         return (
             f"{redact_url(url)} has the scheme {parts.scheme or '(none)'!r}; use "
-            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///path/redis.sock"
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///path/redis.sock or "
+            "redis+sentinel://HOST:PORT/SERVICE/DB (Sentinel)"
         )
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
     if any(flag not in _TRUE | _FALSE for flag in flags):
@@ -278,6 +291,10 @@ def _translated(what: str) -> Iterator[None]:
             raise RedisUnavailable(msg) from exc
         msg = f"Redis refused {what}: {exc}"
         raise ApplyError(msg) from exc
+
+
+# The same translation, for Redis calls made outside this module (replicas, failovers).
+translated_errors = _translated
 
 
 @cache

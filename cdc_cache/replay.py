@@ -1,7 +1,9 @@
 """Replay dead letters through the worker's own path: decode → plan → version-gated apply.
 
 The message is read again from its source topic at the entry's offset (the entry's copy
-may be redacted), routed with the same rules, epoch and size limit as the worker, and
+may be redacted), routed with the same rules, size limit and epoch as the worker (the
+epoch its partition's lineage state recorded for that offset, so a change of an old
+lineage replays as stale), and
 written by the same :class:`~cdc_cache.writer.CacheWriter`. Version gating makes a
 replay idempotent: replaying twice reports ``duplicate`` the second time, and an entry
 older than the key's current version reports ``stale``; neither changes the cache.
@@ -22,9 +24,10 @@ from cdc_cache import metrics
 from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, public_reason, record_of
 from cdc_cache.dlq_kafka import SourceReader, read_entries
 from cdc_cache.errors import StopRequested
-from cdc_cache.events import SourceRecord
+from cdc_cache.events import ChangeEvent, SourceRecord
 from cdc_cache.fallback import ModeStore
 from cdc_cache.keys import DLQ_OUTCOMES_KEY
+from cdc_cache.lineage_registry import LineageRegistry
 from cdc_cache.pipeline import Control, Planned, route
 from cdc_cache.redis_apply import Client, RedisApplier, connect
 from cdc_cache.retry import Backoff
@@ -101,8 +104,10 @@ class Replayer:
         backoff: Backoff | None = None,
         schemas: SchemaResolver | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        lineage: LineageRegistry | None = None,
     ) -> None:
         self._rules = rules
+        self._lineage = lineage
         self._client = client
         self._source = source
         self._epoch = epoch
@@ -133,7 +138,9 @@ class Replayer:
             except ValueError as exc:
                 return "failed", f"{where} is no longer in its topic, and {exc}"
         parse = self._schemas.parser_for([record]) if self._schemas is not None else None
-        routed = route(record, self._rules, self._epoch, self._max_value_bytes, parse)
+        routed = route(
+            record, self._rules, self._epoch, self._max_value_bytes, parse, epoch_of=self._epoch_of
+        )
         if isinstance(routed, Control):
             return "no_op", f"a {type(routed.item).__name__.lower()} record: nothing to apply"
         if not isinstance(routed, Planned):
@@ -153,6 +160,13 @@ class Replayer:
         if failures:
             return "failed", self._reason(failures[0])
         return written[0].outcome, f"position {routed.event.position}"
+
+    def _epoch_of(self, record: SourceRecord, event: ChangeEvent) -> int:
+        """The epoch the worker gave (or gives) this message's position."""
+        if self._lineage is None:
+            return self._epoch
+        found = self._lineage.epoch_at((record.topic, record.partition), record.offset)
+        return max(found, self._epoch) if found is not None else self._epoch
 
     def _reason(self, failure: Failure) -> str:
         """Why the replay failed, with the table's sensitive values scrubbed as in entries."""
@@ -230,6 +244,7 @@ class DlqService:
                 max_value_bytes=settings.max_value_bytes,
                 backoff=settings.retry_redis.backoff(),
                 schemas=schema_resolver(settings),
+                lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
             return [replayer.replay(entry) for entry in entries]
         finally:

@@ -108,6 +108,9 @@ class SharedSettings(BaseSettings):
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
     source_epoch: int = Field(default=0, ge=0, le=99999)
+    lineage_detection: bool = Field(
+        default=True, description="detect source log lineage switches (see README Failover)"
+    )
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
@@ -196,6 +199,21 @@ class WorkerSettings(SharedSettings):
     table_fallback_window_s: float = Field(
         default=60.0, gt=0, description="within this long; and failure-free this long to return"
     )
+    lineage_rewind_files: int = Field(
+        default=1, ge=0, description="binlog files a connector may go back when re-sending"
+    )
+    lineage_rewind_wal_mb: int = Field(
+        default=1024, ge=0, description="WAL a PostgreSQL connector may go back when re-sending"
+    )
+    lineage_settle_s: float = Field(
+        default=300.0, gt=0, description="ttl mode after a lineage switch or a re-snapshot"
+    )
+    redis_replicas: int = Field(
+        default=0, ge=0, description="Redis replicas that must acknowledge each batch"
+    )
+    redis_replicas_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
+    )
 
     @field_validator("topic_pattern")
     @classmethod
@@ -215,6 +233,13 @@ class WorkerSettings(SharedSettings):
             raise ValueError(msg)
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
+            raise ValueError(msg)
+        if self.lineage_settle_s <= self.fallback_ttl_s:
+            msg = (
+                f"lineage_settle_s ({self.lineage_settle_s:g}) must exceed fallback_ttl_s "
+                f"({self.fallback_ttl_s:g}): entries must have expired when it ends; allow "
+                "also for shortening the existing keys' TTLs (about 20,000 keys a second)"
+            )
             raise ValueError(msg)
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (

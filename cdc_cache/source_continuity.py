@@ -71,9 +71,13 @@ class ContinuityGuard:
         holds: Holds,
         store: Callable[[], ContinuityStore],
         clock: Callable[[], float] = time.time,
+        restarted: Callable[[str, int], None] | None = None,
     ) -> None:
         self.ids = ids
         self.holds = holds
+        # Told when a partition starts again from a topic's first offset (its offsets are
+        # a new topic's): the lineage tracker forgets the offsets it recorded.
+        self.restarted = restarted
         self._connect = store
         self._store: ContinuityStore | None = None
         self._lock = threading.Lock()
@@ -307,6 +311,8 @@ class GuardedPartition(Partition):
         self._verified = True
         self._log_start = None
         rereading = -1 if action is Action.REREAD else None
+        if self._guard.restarted is not None:
+            self._guard.restarted(self._where.topic, self._where.partition)
         self._state = SourceState(None, identity.topic_id, None, rereading)
         metrics.SOURCE_DISCONTINUITY.labels(found.topic, str(found.partition)).set(0)
         log.warning(

@@ -47,7 +47,7 @@ from redis.commands.core import Script
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer
 from cdc_cache.errors import CdcCacheError
-from cdc_cache.fallback import WATCHDOG, ModeStore, Shortener
+from cdc_cache.fallback import SHORTEN_KEYS_PER_S, WATCHDOG, ModeStore, Shortener
 from cdc_cache.keys import WATCHDOG_LOCK_KEY
 from cdc_cache.mode import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 from cdc_cache.mode_record import ModeKeyError
@@ -61,7 +61,6 @@ log = logging.getLogger("cdc_cache.watchdog")
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 DEFAULT_DOWN_AFTER_S: Final = 90.0  # the worker's defaults: lag_slo_s 60 + mode_window_s 30
 DEFAULT_FALLBACK_TTL_MS: Final = 60_000  # the worker's default fallback_ttl_s
-SHORTEN_KEYS_PER_S: Final = 20_000.0  # as the worker's mode runtime
 # The watchdog sees no lag: only the flag and the hold decide, so these never come into play.
 _NO_LAG: Final = ModeConfig(slo_s=1.0, recover_s=0.0, window_s=0.0)
 # Take the lock (or renew it while it is ours): 1 when this instance holds it.

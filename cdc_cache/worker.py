@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,13 +26,25 @@ from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
 from cdc_cache.errors import ConfigError, StopRequested
-from cdc_cache.fallback import ModeRuntime, managed_prefixes, table_prefixes
+from cdc_cache.failover import ReplicationMonitor
+from cdc_cache.fallback import (
+    SHORTEN_KEYS_PER_S,
+    Holds,
+    ModeRuntime,
+    managed_prefixes,
+    shorten_ttls,
+    table_prefixes,
+)
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage import Limits
+from cdc_cache.lineage_registry import LineageRegistry
+from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import check_notifications
 from cdc_cache.replay import DlqService
+from cdc_cache.replica_wait import ReplicaRequirement
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
@@ -148,6 +161,48 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) ->
     )
 
 
+def lineage_tracker(
+    settings: WorkerSettings, holds: Holds, sleep: Callable[[float], None]
+) -> LineageTracker | None:
+    """The lineage detection of this process, unless ``lineage_detection`` is off."""
+    if not settings.lineage_detection:
+        return None
+    backoff = settings.retry_redis.backoff()
+
+    def registry() -> LineageRegistry:
+        client = connect_when_available(
+            settings.redis_url, backoff, sleep, auth=settings.redis_auth()
+        )
+        return LineageRegistry(client)
+
+    limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
+    config = LineageConfig(settings.source_epoch, limits, settings.lineage_settle_s)
+    return LineageTracker(registry, holds, config, backoff=backoff, sleep=sleep)
+
+
+def replication_monitor(
+    settings: WorkerSettings, runtime: ModeRuntime, prefixes: list[str]
+) -> ReplicationMonitor:
+    """The watch over this process's Redis primaries: replica lag, failovers, their cost."""
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
+
+    def shorten(keep_going: Callable[[], bool]) -> int:
+        return shorten_ttls(
+            client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S, keep_going=keep_going
+        )
+
+    return ReplicationMonitor(
+        client,
+        runtime.holds,
+        tracked=settings.redis_replicas > 0,
+        shorten=shorten,
+        hold_s=settings.fallback_ttl_s,
+    )
+
+
 def _config_error_in(exc: BaseException) -> ConfigError | None:
     seen: BaseException | None = exc
     while seen is not None:
@@ -222,7 +277,9 @@ def run(settings: WorkerSettings) -> None:
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         dlq = DlqService(settings, rules)
-        admin = AdminServer(startup, settings.metrics_port, token, dlq=dlq).start()
+        admin = AdminServer(
+            startup, settings.metrics_port, token, dlq=dlq, details=startup.details
+        ).start()
     try:
         _run(settings, rules, startup)
     finally:
@@ -245,8 +302,17 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
+    monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
+    replicas = (
+        ReplicaRequirement(
+            settings.redis_replicas, settings.redis_replicas_timeout_ms, monitor.registry
+        )
+        if settings.redis_replicas
+        else None
+    )
     stop = threading.Event()
+    lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     flow = build_flow(
         rules=rules,
         brokers=settings.brokers.split(","),
@@ -271,6 +337,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
         tables=runtime.tables,
+        replicas=replicas,
+        lineage=lineage,
     )
     log.info(
         "worker starting",
@@ -281,6 +349,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
             "recovery_dir": str(settings.recovery_dir),
             "redis": redact_url(settings.redis_url),
             "message_format": settings.message_format,
+            "redis_replicas": settings.redis_replicas,
         },
     )
 
@@ -291,7 +360,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
-    startup.started(runtime)
+    monitor.start()
+    startup.started(runtime, lineage.details if lineage is not None else None)
     try:
         cli_main(
             flow,
@@ -313,4 +383,5 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         msg = "stopped before the pending batch was applied; it is replayed on restart"
         raise StopRequested(msg) from exc
     finally:
+        monitor.close()
         runtime.close()

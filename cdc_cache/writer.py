@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from prometheus_client import Histogram
 
@@ -34,12 +35,15 @@ from cdc_cache.redis_apply import (
     ping,
 )
 from cdc_cache.rejects import Rejects
+from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
 from cdc_cache.scrub import scrub, spellings
 from cdc_cache.table_mode import TableFallback
 
 log = logging.getLogger("cdc_cache.writer")
+
+T = TypeVar("T")
 
 _OP_KIND = {
     SetRow: "set",
@@ -64,7 +68,9 @@ class CacheWriter:
     fallback TTL, and no new entry may live longer than that. ``tables`` hears which
     tables' changes applied and which failed, and caps the TTLs of the tables that fall
     back on their own (see :mod:`cdc_cache.table_mode`). ``sensitive`` names each table's
-    sensitive columns, whose values are scrubbed from the keys the writer logs.
+    sensitive columns, whose values are scrubbed from the keys the writer logs. With
+    ``replicas``, a batch counts as written only once the required replicas acknowledged
+    it, the deletes of its failed changes included.
     """
 
     def __init__(
@@ -78,8 +84,10 @@ class CacheWriter:
         reject: Callable[[Sequence[Failure]], None] | None = None,
         tables: TableFallback | None = None,
         sensitive: Callable[[str], frozenset[str]] | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self._applier = applier
+        self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
         self._sensitive = sensitive or Rules({}).sensitive
         self._backoff = backoff
@@ -212,7 +220,7 @@ class CacheWriter:
         try:
             return _key_outcome(self._apply([delete]).outcomes[0])
         except ApplyError:
-            self._discard(delete.key, hidden)
+            self._discard(delete, hidden)
             return KeyOutcome.UNVERSIONED
 
     def _hidden(
@@ -222,17 +230,16 @@ class CacheWriter:
         assert error.record is not None
         return spellings(self._sensitive(table), event, error.record)
 
-    def _discard(self, key: str, hidden: tuple[str, ...]) -> None:
+    def _discard(self, delete: DeleteKey, hidden: tuple[str, ...]) -> None:
         log.warning(
             "deleting a key without its version: its version key holds another type; "
             "delete that version key to let changes through again",
-            extra={"key": scrub(key, hidden)},
+            extra={"key": scrub(delete.key, hidden)},
         )
-        retry_forever(
-            lambda: self._applier.discard([key]),
-            backoff=self._backoff,
-            on_retry=redis_retry_reporter("deleting a key without its version"),
-            sleep=self._sleep,
+        self._written(
+            lambda: self._applier.discard([delete.key]),
+            [delete],
+            "deleting a key without its version",
         )
 
     def _caps(self) -> _Caps:
@@ -242,11 +249,14 @@ class CacheWriter:
     def _apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
         if not ops:
             return ApplyResult((), ())
+        return self._written(lambda: self._applier.apply(ops), ops, f"applying {len(ops)} ops")
 
+    def _written(self, write: Callable[[], T], ops: Sequence[CacheOp], what: str) -> T:
+        """``write`` (of ``ops``) retried until Redis took it and the ``replicas`` hold it."""
         return retry_forever(
-            lambda: self._applier.apply(ops),
+            write if self._replicas is None else self._replicas.guarded(write, ops),
             backoff=self._backoff,
-            on_retry=redis_retry_reporter(f"applying {len(ops)} ops"),
+            on_retry=redis_retry_reporter(what),
             sleep=self._sleep,
         )
 

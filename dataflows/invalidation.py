@@ -35,17 +35,19 @@ from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage_tracker import LineageTracker
 from cdc_cache.pipeline import Control, Planned, Routed, route
-from cdc_cache.redis_apply import RedisApplier, RedisAuth, connect
+from cdc_cache.redis_apply import Client, RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
-from cdc_cache.retry import Backoff, stoppable_sleep
+from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
+from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
 from cdc_cache.schema_watch import SchemaWatch
 from cdc_cache.source_continuity import ContinuityGuard, GuardedPartition
 from cdc_cache.table_mode import TableFallback
 from cdc_cache.topic_ids import TopicIds
-from cdc_cache.writer import CacheWriter, connect_when_available
+from cdc_cache.writer import CacheWriter, connect_when_available, redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -87,6 +89,8 @@ def build_flow(
     holds: Holds | None = None,
     tables: TableFallback | None = None,
     continuity: bool = True,
+    replicas: ReplicaRequirement | None = None,
+    lineage: LineageTracker | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -104,7 +108,9 @@ def build_flow(
     stored offset still means what it meant (see ``cdc_cache.source_continuity``);
     ``continuity=False`` leaves Bytewax's bare source, only to show what that check
     prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
-    consumers only.
+    consumers only. With ``replicas`` each batch waits until the required Redis replicas
+    acknowledged it (``cdc_cache.replica_wait``). With ``lineage`` each change gets the
+    epoch of its log lineage, detected per partition (else ``source_epoch``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -132,7 +138,12 @@ def build_flow(
     guard = None
     if continuity:
         ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
-        guard = ContinuityGuard(ids, holds, lambda: ContinuityStore(connect(redis_url, redis_auth)))
+        guard = ContinuityGuard(
+            ids,
+            holds,
+            lambda: ContinuityStore(connect(redis_url, redis_auth)),
+            restarted=lineage.restarted if lineage is not None else None,
+        )
     source = StoppableSource(
         kafka_source(consumer), stop, tracker, health, lister=kafka_source(common), guard=guard
     )
@@ -146,7 +157,18 @@ def build_flow(
             else:
                 records.append(_record(message))
         parse = schemas.parser_for(records) if schemas is not None else None
-        routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
+        if lineage is None:
+            routed = [
+                route(record, rules, source_epoch, max_value_bytes, parse) for record in records
+            ]
+        else:
+            # Judged partitions' states are recorded before the batch goes on to be applied.
+            session = lineage.session(records)
+            routed = [
+                route(r, rules, session.hint(r), max_value_bytes, parse, epoch_of=session.epoch_of)
+                for r in records
+            ]
+            session.close()
         _observe(tracker, routed)
         schema.observe(routed)
         return routed
@@ -162,6 +184,8 @@ def build_flow(
         auth=redis_auth,
         tables=tables,
         sensitive=rules.sensitive,
+        replicas=replicas,
+        holds=holds,
     )
     op.output("redis", routed, sink)
     return flow
@@ -373,7 +397,11 @@ class RedisSink(DynamicSink[Routed]):
         auth: RedisAuth | None = None,
         tables: TableFallback | None = None,
         sensitive: Callable[[str], frozenset[str]] | None = None,
+        replicas: ReplicaRequirement | None = None,
+        holds: Holds | None = None,
     ) -> None:
+        self._replicas = replicas
+        self._holds = holds or Holds()
         self._redis_url = redis_url
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
@@ -394,8 +422,21 @@ class RedisSink(DynamicSink[Routed]):
             reject=self._rejects.build().report,
             tables=self._tables,
             sensitive=self._sensitive,
+            replicas=self._replica_wait(client, worker_index),
         )
         return _RedisPartition(writer)
+
+    def _replica_wait(self, client: Client, worker_index: int) -> ReplicaWait | None:
+        """The wait for replicas of one worker, once it knows the primaries (waits for Redis)."""
+        requirement = self._replicas
+        if requirement is None:
+            return None
+        return retry_forever(
+            lambda: requirement.for_writer(client, self._holds, f"w{worker_index}", self._sleep),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter("reading the primaries' replication"),
+            sleep=self._sleep,
+        )
 
 
 @dataclass(frozen=True, slots=True)

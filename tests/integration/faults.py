@@ -93,7 +93,10 @@ class Stream:
         for index, tx in enumerate(fresh):
             out.extend((m, None) for m in tx)
             if index > 5 and self.rnd.random() < redeliver:
-                again = fresh[self.rnd.randrange(index)]
+                # A connector re-sends what it had not committed: recent changes, from the
+                # same binlog file or the one before.
+                recent = [t for t in fresh[max(0, index - 20) : index] if _file(t) >= _file(tx) - 1]
+                again = self.rnd.choice(recent or [tx])
                 out.extend((m, None) for m in again)
                 self.duplicates += len(again)
         inserts = [m for tx in fresh for m in tx if m.value and b'"op":"c"' in m.value]
@@ -103,6 +106,16 @@ class Stream:
             bad = self._poison(kind, self.rnd.choice(inserts))
             out.insert(self.rnd.randrange(1, len(out)), (bad, kind))
         return out
+
+    def failover(
+        self, server_id: int = 2, binlog_file: int = 1
+    ) -> list[tuple[Message, str | None]]:
+        """The source's failover to a replica with a lower binlog numbering.
+
+        The snapshot the connector publishes first (see Workload.failover); later parts
+        come from the new server.
+        """
+        return [(m, None) for m in self.workload.failover(server_id, binlog_file)]
 
     def again(
         self, part: list[tuple[Message, str | None]], share: float
@@ -165,6 +178,12 @@ class Stream:
 
     def _changes(self) -> Iterator[Message]:
         return (m for tx in self.transactions for m in tx if m.value is not None)
+
+
+def _file(transaction: list[Message]) -> int:
+    """The binlog file sequence a transaction was written to."""
+    value = orjson.loads(next(m.value for m in transaction if m.value is not None))
+    return int(value["source"]["file"].rsplit(".", 1)[1])
 
 
 def _stock_key(row: dict[str, Any]) -> str:
@@ -351,6 +370,7 @@ class FaultRun:
         *,
         seed: int,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> FaultRun:
         topic = unique_topic()
         dlq_topic = f"{topic.split('.')[0]}.dlq"
@@ -360,6 +380,7 @@ class FaultRun:
         port = free_port()
         service.env["CDC_CACHE_METRICS_PORT"] = str(port)
         service.env["CDC_CACHE_DLQ_TOPIC"] = dlq_topic
+        service.env.update(env or {})
         run = cls(name, broker, client, Stream(topic, seed), service, port, dlq_topic)
         run.restart()
         return run

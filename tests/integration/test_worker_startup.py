@@ -114,7 +114,7 @@ def test_admin_port_answers_while_the_worker_waits_and_names_the_wait(
 
         redis.start()
         wait_while_alive("ready", lambda: admin_get(port, "/readyz")[0] == 200, service)
-        assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True}
+        assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True, "lineage": True}
         assert orjson.loads(admin_get(port, "/mode")[1])["mode"] == "cdc"
     finally:
         service.stop()

@@ -211,3 +211,17 @@ def test_a_client_that_goes_away_prints_no_traceback(with_token, capsys):
 def test_a_port_in_use_is_a_config_error_naming_the_setting(with_token, runtime):
     with pytest.raises(ConfigError, match=r"^metrics_port \d+: cannot listen there .*free port"):
         AdminServer(runtime, with_token.port, None, host="127.0.0.1")
+
+
+def test_readyz_shows_the_source_lineages_once_the_worker_runs(runtime: FakeRuntime) -> None:
+    startup = StartupBackend()
+    server = AdminServer(startup, 0, None, host="127.0.0.1", details=startup.details).start()
+    try:
+        assert "lineage" not in orjson.loads(call(server, "GET", "/readyz")[1])
+        lineage = {"sources": {"db": {"epochs": {"t[0]": 1}, "held": {}}}}
+        runtime.is_ready = True
+        startup.started(runtime, lambda: {"lineage": lineage})
+        status, body = call(server, "GET", "/readyz")
+        assert status == 200 and orjson.loads(body)["lineage"] == lineage
+    finally:
+        server.close()

@@ -230,3 +230,22 @@ def test_a_dotted_prefix_does_not_lend_its_heartbeats_to_a_shorter_one(clock):
     assert lag_of(tracker, "prod.eu.db1.inv.stock").connector_lag_s == pytest.approx(60)
     tracker.heartbeat("__debezium-heartbeat.prod.eu.db1", 0, int(clock.ms))
     assert lag_of(tracker, "prod.eu.db1.inv.stock").connector_lag_s == pytest.approx(0)
+
+
+def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
+    from cdc_cache.fallback import Holds
+    from cdc_cache.mode import Cause
+
+    now = [1000.0]
+    holds = Holds(clock=lambda: now[0])
+    holds.hold(Cause.LINEAGE, "settle:db", "switched", for_s=60)
+    holds.hold(Cause.LINEAGE, "db/t[0]", "cannot tell")
+    assert len(holds.active()) == 2 and holds.lasting(Cause.LINEAGE)
+    now[0] += 50
+    holds.hold(Cause.LINEAGE, "settle:db", "re-snapshotted", for_s=30)  # now ends at +80
+    holds.clear(Cause.LINEAGE, "db/t[0]")
+    assert not holds.lasting(Cause.LINEAGE)  # a timed hold is no lasting one
+    now[0] += 25
+    assert [h.reason for h in holds.active()] == ["re-snapshotted"]
+    now[0] += 5
+    assert holds.active() == ()

@@ -238,6 +238,17 @@ def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monk
     assert missing.exit_code == 2 and "give the token signing key" in missing.output
 
 
+def test_replica_waiting_is_off_by_default_and_its_bounds_are_checked(tmp_path, monkeypatch):
+    settings = load_settings(rules=Path("r.yaml"), topics=("a",))
+    assert (settings.redis_replicas, settings.redis_replicas_timeout_ms) == (0, 1000)
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nredis_replicas: -1\n")
+    with pytest.raises(ConfigError, match=r"worker\.yaml:3: redis_replicas: .*greater than"):
+        load_settings(config)
+    monkeypatch.setenv("CDC_CACHE_REDIS_REPLICAS_TIMEOUT_MS", "0")
+    with pytest.raises(ConfigError, match="CDC_CACHE_REDIS_REPLICAS_TIMEOUT_MS"):
+        load_settings(rules=Path("r.yaml"), topics=("a",))
+
+
 def test_watchdog_reads_the_worker_settings_file_for_redis_and_its_own_settings(
     tmp_path, monkeypatch
 ):
