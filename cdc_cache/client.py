@@ -44,6 +44,8 @@ minutes by default, far above usual skew.
 Values are bytes, read and written with GET/SET: use the helper on string keys (rules
 ``format: json``, or keys the rules only delete) and fill them in the same shape the rules
 write, since a worker SET and an application fill land in the same key.
+:meth:`CacheAside.get_row` does that for a rule's key: it renders the key and serializes
+the loaded row exactly as the worker does (:class:`~cdc_cache.fill.RowCodec`).
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from redis.commands.core import Script
 
+from cdc_cache.fill import RowCodec
 from cdc_cache.keys import MODE_KEY, lease_key
 from cdc_cache.redis_apply import Client
 
@@ -194,6 +197,27 @@ class CacheAside:
             if self._clock() >= deadline:
                 return loader()  # another reader's fill is slow: do not wait on it longer
             time.sleep(_POLL_S)
+
+    def get_row(
+        self,
+        codec: RowCodec,
+        key_values: Mapping[str, Any],
+        loader: Callable[[], Mapping[str, Any] | None],
+        *,
+        ttl_ms: int | None = None,
+    ) -> bytes | None:
+        """:meth:`get` of the row ``key_values`` names, filled as the worker writes it.
+
+        ``key_values`` holds the key's columns (as the application has them); ``loader``
+        returns the row as the driver does (column name to value), or None.
+        """
+        key = codec.key(key_values)
+
+        def load() -> bytes | None:
+            row = loader()
+            return None if row is None else codec.value(row)
+
+        return self.get(key, load, ttl_ms=ttl_ms)
 
     def mode(self) -> CacheMode:
         """The effective mode, read from :data:`MODE_KEY` at most once per refresh period."""

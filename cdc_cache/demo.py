@@ -39,7 +39,7 @@ from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
 from cdc_cache.rules import Action, Rules, load_rules
 from cdc_cache.tokens import issue
 from cdc_cache.topics import HEARTBEAT_TOPIC_PREFIX
-from cdc_cache.verify import Finding, Report, debezium_value, derive, same_value, verify
+from cdc_cache.verify import Finding, Report, as_cached, derive, same_value, verify
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
@@ -175,6 +175,8 @@ class Inventory:
     def __init__(self, db: MariaDB, cache: redis.Redis[bytes], rules: Rules) -> None:
         self._db = db
         self._conn = db.connect(DATABASE)
+        with self._conn.cursor() as cur:
+            cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP values read in UTC
         self._cache = cache
         self._rules = rules
         table = rules.for_table(STOCK_TABLE)
@@ -199,9 +201,11 @@ class Inventory:
             cur.execute("SELECT * FROM stock WHERE id = %s", (row_id,))
             found = cur.fetchone()
             columns = [d[0] for d in cur.description]
+            if found is not None:
+                read = dict(zip(columns, found, strict=True))
+                row = as_cached(read, cur, self._table.values, "mysql")
         if found is None:
             return f"sample  stock row id={row_id} was deleted since"
-        row = {c: debezium_value(v, "mysql") for c, v in zip(columns, found, strict=True)}
         (_, want), *_ = derive(self._table, row, ("id",)).sets
         got = self._cache.get(want.key)
         verdict = "match" if got is not None and same_value(want, got) else "in flight"

@@ -20,6 +20,16 @@ import yaml
 from cdc_cache.errors import ConfigError
 from cdc_cache.events import Row
 from cdc_cache.keys import VERSION_PREFIX, escape_value
+from cdc_cache.logical import ColumnType, Kind, declared
+from cdc_cache.natural import (
+    RENDER_CHOICES,
+    WIRE_VALUES,
+    Decimals,
+    Rendering,
+    TableValues,
+    Timestamps,
+    Values,
+)
 from cdc_cache.ops import ValueFormat
 
 _DURATION: Final = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
@@ -32,6 +42,13 @@ _E = TypeVar("_E", bound=StrEnum)
 DEFAULT_SAFETY_TTL_MS: Final = 24 * 3_600_000
 DEFAULT_TOMBSTONE_TTL_MS: Final = 3_600_000
 DEFAULT_NOTIFY_MAXLEN: Final = 10_000
+RULES_VERSIONS: Final = (1, 2)
+# What a rules file caches when it does not choose: version 1 keeps Debezium's wire values.
+VERSION_VALUES: Final = {1: Values.WIRE, 2: Values.NATURAL}
+_TIMESTAMP_KINDS: Final = frozenset(
+    {Kind.TIMESTAMP_MS, Kind.TIMESTAMP_US, Kind.TIMESTAMP_NS, Kind.ZONED_TIMESTAMP}
+)
+_DECIMAL_KINDS: Final = frozenset({Kind.DECIMAL, Kind.VARIABLE_DECIMAL})
 
 
 class Action(StrEnum):
@@ -53,7 +70,9 @@ class MissingColumn(KeyError):
 class KeyTemplate:
     """A key pattern such as ``stock:{sku_id}:{warehouse}``; ``{{``/``}}`` are literal braces.
 
-    Compiled once into literal/column pieces so rendering is a join, not a parse.
+    Compiled once into literal/column pieces so rendering is a join, not a parse. Values
+    are rendered from the row as the planner has it: natural values for a table whose
+    values are decoded (a DATE column reads ``2026-11-29``), else as Debezium shipped them.
     """
 
     source: str
@@ -161,7 +180,9 @@ class TableRules:
     """Everything the planner needs for one table.
 
     ``uses`` lists every column the table's rules name, with its line, so a schema
-    change can be checked against them (:mod:`cdc_cache.schema_watch`).
+    change can be checked against them (:mod:`cdc_cache.schema_watch`). ``values`` says
+    how its column values are cached (decoded into their natural form, or as Debezium
+    ships them), see :mod:`cdc_cache.natural`.
     """
 
     table: str
@@ -171,6 +192,7 @@ class TableRules:
     sensitive: frozenset[str] = frozenset()
     notify: NotifyRule | None = None
     uses: tuple[ColumnUse, ...] = ()
+    values: TableValues = WIRE_VALUES
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -180,12 +202,17 @@ class TableRules:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Compiled rules for every covered table."""
+    """Compiled rules for every covered table.
+
+    ``implicit_wire`` names the tables cached as Debezium ships their values only because
+    the file chose nothing (rules version 1): the worker says so at start.
+    """
 
     tables: Mapping[str, TableRules]
     path: str = "<rules>"
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
+    implicit_wire: tuple[str, ...] = ()
 
     def for_table(self, table: str) -> TableRules | None:
         """Rules for ``table``, or None when the table is not covered."""
@@ -275,6 +302,10 @@ class _Checker:
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
     format: ValueFormat = ValueFormat.JSON
+    values: Values = Values.WIRE
+    values_chosen: bool = False
+    rendering: Rendering = field(default_factory=Rendering)
+    implicit_wire: list[str] = field(default_factory=list)
 
     def problem(self, node: yaml.Node | None, where: str, what: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -357,10 +388,25 @@ class _Checker:
             self.problem(None, "rules", "the file is empty; it needs a 'tables:' mapping")
             return Rules({}, self.path)
         top = self.mapping(root, "rules", frozenset({"version", "defaults", "tables"}))
+        version = self.version(_value(top, "version"))
         defaults = self.mapping(
             _value(top, "defaults"),
             "defaults",
-            frozenset({"safety_ttl", "tombstone_ttl", "format"}),
+            frozenset(
+                {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
+            ),
+        )
+        self.values_chosen = "values" in defaults or version != 1
+        self.values = self.choice(
+            _value(defaults, "values"), "defaults.values", Values, VERSION_VALUES[version]
+        )
+        self.rendering = Rendering(
+            self.choice(
+                _value(defaults, "decimals"), "defaults.decimals", Decimals, Decimals.STRING
+            ),
+            self.choice(
+                _value(defaults, "timestamps"), "defaults.timestamps", Timestamps, Timestamps.ISO
+            ),
         )
         self.safety_ttl_ms = self.duration(
             _value(defaults, "safety_ttl"), "defaults.safety_ttl", DEFAULT_SAFETY_TTL_MS
@@ -392,7 +438,27 @@ class _Checker:
                 tables[name] = table
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
-        return Rules(tables, self.path, self.safety_ttl_ms, self.tombstone_ttl_ms)
+        return Rules(
+            tables,
+            self.path,
+            self.safety_ttl_ms,
+            self.tombstone_ttl_ms,
+            tuple(self.implicit_wire),
+        )
+
+    def version(self, node: yaml.Node | None) -> int:
+        if node is None:
+            return 1
+        value = self.scalar(node, "version")
+        if value is None or not value.isdigit() or int(value) not in RULES_VERSIONS:
+            self.problem(
+                node,
+                "version",
+                f"{value!r} is not a rules version; use 1 (values as Debezium ships them) "
+                "or 2 (values decoded into the application's shape)",
+            )
+            return 1
+        return int(value)
 
     def table(
         self,
@@ -403,8 +469,13 @@ class _Checker:
         items = self.mapping(
             node,
             where,
-            frozenset({"columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify"}),
-        )
+            frozenset(
+                {
+                    "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
+                    "values", "decimals", "timestamps", "types", "render",
+                }
+            ),
+        )  # fmt: skip
         self.uses = []
         columns_node = _value(items, "columns")
         columns = (
@@ -469,6 +540,7 @@ class _Checker:
             if notify is not None:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
+        values = self.table_values(name, items, where, check_columns)
         return TableRules(
             name,
             tuple(rules),
@@ -477,7 +549,93 @@ class _Checker:
             frozenset(sensitive or ()),
             notify,
             tuple(self.uses),
+            values,
         )
+
+    def table_values(
+        self,
+        name: str,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> TableValues:
+        """How the table's values are cached: decoded or not, declared types, choices."""
+        values = self.choice(_value(items, "values"), f"{where}.values", Values, self.values)
+        if "values" not in items and not self.values_chosen:
+            self.implicit_wire.append(name)
+        rendering = Rendering(
+            self.choice(
+                _value(items, "decimals"), f"{where}.decimals", Decimals, self.rendering.decimals
+            ),
+            self.choice(
+                _value(items, "timestamps"),
+                f"{where}.timestamps",
+                Timestamps,
+                self.rendering.timestamps,
+            ),
+        )
+        types = self.column_types(_value(items, "types"), f"{where}.types", check_columns)
+        render = self.render(_value(items, "render"), f"{where}.render", types, rendering)
+        render = {column: chosen for column, chosen in render.items() if chosen != rendering}
+        if values is Values.WIRE:
+            for setting in ("decimals", "timestamps", "types", "render"):
+                if setting in items:
+                    self.problem(
+                        items[setting][0],
+                        f"{where}.{setting}",
+                        "applies only to decoded values, but this table's values are cached "
+                        "as Debezium ships them; set values: natural (or rules version: 2)",
+                    )
+            return WIRE_VALUES
+        return TableValues(True, types, rendering, render)
+
+    def column_types(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> dict[str, ColumnType]:
+        out: dict[str, ColumnType] = {}
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            check_columns(key_node, where, (column,))
+            text = self.scalar(value_node, f"{where}.{column}")
+            if text is None:
+                continue
+            try:
+                out[column] = declared(text)
+            except ValueError as exc:
+                self.problem(value_node, f"{where}.{column}", str(exc))
+        return out
+
+    def render(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        types: Mapping[str, ColumnType],
+        rendering: Rendering,
+    ) -> dict[str, Rendering]:
+        out: dict[str, Rendering] = {}
+        for column, (_, value_node) in self.mapping(node, where, frozenset()).items():
+            choice = self.scalar(value_node, f"{where}.{column}")
+            if choice is None:
+                continue
+            if choice not in RENDER_CHOICES:
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' is not valid; use {', '.join(RENDER_CHOICES)}",
+                )
+                continue
+            kind = types[column].kind if column in types else None
+            if kind is not None and not _fits(choice, kind):
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' does not apply to a column of type {types[column]}",
+                )
+                continue
+            out[column] = rendering.choose(choice)
+        return out
 
     def check_watched(
         self, node: yaml.Node, where: str, used: tuple[str, ...], watch: tuple[str, ...] | None,
@@ -599,6 +757,15 @@ class _Checker:
         )
         ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
         return KeyRule(template, action, fields, value_format, ttl, node.start_mark.line + 1)
+
+
+def _fits(choice: str, kind: Kind) -> bool:
+    """Whether a rendering choice means something for a column of ``kind``."""
+    if choice in (Decimals.STRING, Decimals.NUMBER):
+        return kind in _DECIMAL_KINDS
+    if choice in (Timestamps.ISO, Timestamps.EPOCH_MS):
+        return kind in _TIMESTAMP_KINDS
+    return True
 
 
 def _value(items: Mapping[str, tuple[yaml.Node, yaml.Node]], key: str) -> yaml.Node | None:

@@ -272,6 +272,7 @@ def run(settings: WorkerSettings) -> None:
     ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
     """
     rules = load_rules(settings.rules)
+    warn_if_wire_by_default(rules)
     startup = StartupBackend()
     admin = None
     if settings.metrics_port is not None:
@@ -286,6 +287,17 @@ def run(settings: WorkerSettings) -> None:
         if admin is not None:
             admin.close()
     log.info("worker stopped")
+
+
+def warn_if_wire_by_default(rules: Rules) -> None:
+    """Say at start that values are cached as Debezium ships them because nothing chose so."""
+    if rules.implicit_wire:
+        log.warning(
+            "rules version 1: values are cached as Debezium ships them (dates as day "
+            "numbers, decimals as base64...); set 'version: 2' to cache rows in the "
+            "application's shape, or 'defaults: {values: wire}' to keep them (README: Values)",
+            extra={"rules": rules.path, "tables": list(rules.implicit_wire)},
+        )
 
 
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:

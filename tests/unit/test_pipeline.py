@@ -152,3 +152,55 @@ def test_any_error_a_message_raises_is_its_rejection_and_transient_ones_are_rais
 
     with pytest.raises(RedisUnavailable):
         route(record(message.key, message.value), RULES, parse=unreachable)
+
+
+NATURAL = parse_rules(
+    """
+version: 2
+tables:
+  shop.orders:
+    types: {placed_on: date, total: decimal(2)}
+    keys:
+      - key: "order:{id}"
+      - key: "day:{placed_on}:{id}"
+        action: delete
+    notify:
+      channel: "orders"
+      fields: [id, placed_on, total]
+"""
+)
+
+
+def order(after: dict[str, object]) -> SourceRecord:
+    """A schemaless change of shop.orders (the rules declare its column types)."""
+    source = {"connector": "mysql", "db": "shop", "table": "orders", "file": "b.000001",
+              "pos": 4, "row": 0, "ts_ms": 1}  # fmt: skip
+    value = {"op": "c", "before": None, "after": after, "source": source, "ts_ms": 2}
+    return SourceRecord("dbz.shop.orders", 0, 9, b'{"id": 7}', orjson.dumps(value))
+
+
+def test_values_are_decoded_before_planning_keys_values_and_notifications_alike():
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Planned)
+    assert routed.event.after == {"id": 7, "placed_on": "2026-11-29", "total": "12.50"}
+    set_row, notify, delete = routed.ops
+    assert isinstance(set_row, SetRow)
+    assert set_row.value == b'{"id":7,"placed_on":"2026-11-29","total":"12.50"}'
+    assert orjson.loads(notify.payload)["values"] == {  # type: ignore[union-attr]
+        "id": 7,
+        "placed_on": "2026-11-29",
+        "total": "12.50",
+    }
+    assert delete.key == "day:2026-11-29:7"  # type: ignore[union-attr]
+
+
+def test_a_value_that_does_not_decode_is_rejected_with_what_still_decodes():
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "%%"}), NATURAL)
+    assert isinstance(routed, Rejected)
+    assert isinstance(routed.error, RenderError)
+    assert routed.record.offset == 9
+    assert "column 'total' (decimal(2)) in the after image cannot be decoded" in (
+        routed.error.reason
+    )
+    assert routed.event is not None
+    assert routed.event.after == {"id": 7, "placed_on": "2026-11-29"}  # keys can still render
