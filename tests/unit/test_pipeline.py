@@ -8,7 +8,8 @@ from cdc_cache.errors import (
     Unprocessable,
     ValueTooLarge,
 )
-from cdc_cache.events import Heartbeat, SourceRecord, Tombstone
+from cdc_cache.events import ChangeEvent, Heartbeat, SourceRecord, Tombstone
+from cdc_cache.natural import TableValues
 from cdc_cache.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.ops import SetRow, ValueFormat
 from cdc_cache.pipeline import Control, Planned, Rejected, route, value_size
@@ -204,3 +205,28 @@ def test_a_value_that_does_not_decode_is_rejected_with_what_still_decodes():
     )
     assert routed.event is not None
     assert routed.event.after == {"id": 7, "placed_on": "2026-11-29"}  # keys can still render
+
+
+def test_a_value_that_does_not_decode_still_deletes_the_keys_the_others_render():
+    routed = route(order({"id": 7, "placed_on": "someday", "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected)
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]
+    (unreached,) = routed.invalidation.unreached
+    assert unreached.key == "day:{placed_on}:{id}"
+    assert "'placed_on' is absent from the after image" in unreached.why
+
+
+def test_decoding_values_that_raised_renders_keys_only_from_columns_cached_as_they_came(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A decoded column's wire value would render a key the cache does not hold."""
+
+    def broken(self: TableValues, event: ChangeEvent) -> ChangeEvent:
+        raise RuntimeError("a converter bug")
+
+    monkeypatch.setattr(TableValues, "event", broken)
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert routed.error.reason.startswith("decoding values raised RuntimeError")
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]  # not day:20786:7
+    assert [u.key for u in routed.invalidation.unreached] == ["day:{placed_on}:{id}"]
