@@ -150,7 +150,7 @@ RULES_COLUMN_PROBLEMS = Gauge(
     "rules_column_problems",
     "Columns the rules name that the table no longer has, by table and whether that breaks "
     "its changes (breaks=true: keys, fields, notifications; false: watch, sensitive, "
-    "columns); the worker log names the rules file and line of each",
+    "columns, types, render); the worker log names the rules file and line of each",
     ["table", "breaks"],
     namespace=NAMESPACE,
 )

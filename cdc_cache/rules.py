@@ -158,6 +158,8 @@ class Use(StrEnum):
     WATCH = "watch"
     SENSITIVE = "sensitive"
     COLUMNS = "columns"
+    TYPES = "types"
+    RENDER = "render"
 
     @property
     def breaks_changes(self) -> bool:
@@ -598,6 +600,7 @@ class _Checker:
         out: dict[str, ColumnType] = {}
         for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
             check_columns(key_node, where, (column,))
+            self.used(column, Use.TYPES, where, key_node)
             text = self.scalar(value_node, f"{where}.{column}")
             if text is None:
                 continue
@@ -615,7 +618,8 @@ class _Checker:
         rendering: Rendering,
     ) -> dict[str, Rendering]:
         out: dict[str, Rendering] = {}
-        for column, (_, value_node) in self.mapping(node, where, frozenset()).items():
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            self.used(column, Use.RENDER, where, key_node)
             choice = self.scalar(value_node, f"{where}.{column}")
             if choice is None:
                 continue

@@ -182,3 +182,25 @@ def test_the_worker_reads_the_schema_change_topic_of_each_connector_it_follows()
     routed = {"prod.eu.db4", "inventory.cdc", "__debezium-heartbeat.prod.eu.db4"}
     read = ["inventory.cdc", "__debezium-heartbeat.prod.eu.db4"]
     assert schema_change_topics(routed, read) == ["prod.eu.db4"]
+
+
+def test_columns_named_by_value_settings_are_reported_without_breaking_changes():
+    text = """\
+version: 2
+tables:
+  shop.orders:
+    types: {placed_on: date}
+    render: {total: number}
+    keys:
+      - key: "order:{id}"
+"""
+    table = parse_rules(text, "rules.yaml").tables["shop.orders"]
+
+    found = problems(table, frozenset({"id"}), "rules.yaml")
+
+    assert [(p.use.use, p.use.column, p.use.line) for p in found] == [
+        (Use.TYPES, "placed_on", 4),
+        (Use.RENDER, "total", 5),
+    ]
+    assert not any(p.breaks_changes for p in found)
+    assert found[0].fix() == "remove it from types"
