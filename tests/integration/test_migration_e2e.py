@@ -38,6 +38,7 @@ from tests.integration.flowkit import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RULES = """\
+version: 2
 defaults: {{safety_ttl: 1h, tombstone_ttl: 30m}}
 tables:
   {schema}.items:
@@ -47,7 +48,7 @@ tables:
       - key: "itemname:{{name}}"
         action: delete
 """
-FIELDS_LINE = 6  # the rules' line naming price
+FIELDS_LINE = 7  # the rules' line naming price
 FALLBACK_TTL_MS = 4000
 ROWS = 20
 
