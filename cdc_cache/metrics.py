@@ -299,3 +299,61 @@ GATEWAY_DELIVERY = Histogram(
     namespace=NAMESPACE,
     buckets=_LATENCY_BUCKETS,
 )
+
+# --- the consistency inspector (cdc-cache inspect) ---
+INSPECT_CHECKS = Counter(
+    "inspect_checks",
+    "Sampled changes judged settle_s after the inspector read them, by table and outcome "
+    "(consistent, stale, missing, unexpected)",
+    ["table", "outcome"],
+    namespace=NAMESPACE,
+)
+INSPECT_SKIPPED = Counter(
+    "inspect_skipped",
+    "Changes not sampled and samples given up without a judgement, by reason (rate, "
+    "backlog, busy_row, undecodable, unrenderable)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+INSPECT_NINES = Gauge(
+    "inspect_consistency_nines",
+    "Consistency of the checks of the window in nines, -log10(inconsistent / checks): +Inf "
+    "without any inconsistency, NaN below inspect_min_checks checks",
+    ["window"],
+    namespace=NAMESPACE,
+)
+INSPECT_WINDOW_CHECKS = Gauge(
+    "inspect_window_checks",
+    "Checks made in the window",
+    ["window"],
+    namespace=NAMESPACE,
+)
+INSPECT_OBJECTIVE = Gauge(
+    "inspect_objective_nines",
+    "The consistency objective in nines (inspect_objective_nines): the alert fires below it",
+    namespace=NAMESPACE,
+)
+INSPECT_TIME_TO_CONSISTENCY = Histogram(
+    "inspect_time_to_consistency_seconds",
+    "Source commit time of a sampled change until its keys were seen right: by probes of the "
+    "cache (50 ms after it was read, doubling, until settle_s), else by re-checks of a wrong "
+    "key; MySQL/MariaDB commit times have one-second resolution",
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)
+INSPECT_UNRESOLVED = Counter(
+    "inspect_unresolved",
+    "Samples still inconsistent when their re-checks ran out (inspect_recheck_limit_s), by outcome",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+INSPECT_PENDING = Gauge(
+    "inspect_pending_samples",
+    "Samples waiting for their check or re-check",
+    namespace=NAMESPACE,
+)
+INSPECT_DB_QUERIES = Counter(
+    "inspect_db_queries",
+    "Queries the inspector sent to the database (bounded by inspect_max_db_queries_per_s)",
+    namespace=NAMESPACE,
+)

@@ -634,21 +634,38 @@ class Checker:
     def _row_for(
         self, table: TableRules, primary_key: Sequence[str], candidate: _Candidate
     ) -> dict[str, Any] | None:
-        def renders(row: Row) -> bool:
-            sets = derive(table, row, primary_key).sets
-            return any(op.key == candidate.key for _, op in sets)
+        key, pattern = candidate.key, candidate.pattern
+        return row_for_key(self.db, table, primary_key, key, pattern, known=candidate.primary_key)
 
-        if candidate.primary_key is not None:
-            found = self.db.matching(
-                table.table, candidate.primary_key, as_text=False, shape=table.values
-            )
-            if found and renders(found[0]):
-                return found[0]
-        values = candidate.pattern.parse(candidate.key) or {}
-        if not values:
-            return None  # every column was digested: no lookup would be bounded
-        rows = self.db.matching(table.table, values, as_text=True, shape=table.values)
-        return next((row for row in rows if renders(row)), None)
+
+def row_for_key(
+    db: Database,
+    table: TableRules,
+    primary_key: Sequence[str],
+    key: str,
+    pattern: KeyPattern,
+    *,
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The row of ``table`` that renders ``key`` through ``pattern``'s rule, if any.
+
+    Tried first by the primary key ``known`` (the row the key was expected from), then by
+    the column values parsed back from the key.
+    """
+
+    def renders(row: Row) -> bool:
+        sets = derive(table, row, primary_key).sets
+        return any(op.key == key for _, op in sets)
+
+    if known is not None:
+        found = db.matching(table.table, known, as_text=False, shape=table.values)
+        if found and renders(found[0]):
+            return found[0]
+    values = pattern.parse(key) or {}
+    if not values:
+        return None  # every column was digested: no lookup would be bounded
+    rows = db.matching(table.table, values, as_text=True, shape=table.values)
+    return next((row for row in rows if renders(row)), None)
 
 
 def _describe(finding: Finding | None, expected: SetRow | None, stored: Stored) -> str:

@@ -48,7 +48,7 @@ from cdc_cache.replica_wait import ReplicaRequirement
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
-from cdc_cache.settings import WorkerSettings
+from cdc_cache.settings import TopicSettings, WorkerSettings
 from cdc_cache.table_mode import TableConfig
 from cdc_cache.topics import heartbeat_server, named_for
 from cdc_cache.writer import connect_when_available
@@ -57,7 +57,7 @@ from dataflows.invalidation import DlqTarget, build_flow
 log = logging.getLogger("cdc_cache.worker")
 
 
-def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> list[str]:
+def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> list[str]:
     """The explicit topics, or those matching ``topic_pattern``; waits until they exist.
 
     A connector that has not produced yet has no topics: the worker waits (and says so)
@@ -100,7 +100,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
 
 
 def _match_topics(
-    settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
+    settings: TopicSettings, pattern: re.Pattern[str] | None, existing: set[str]
 ) -> tuple[list[str], list[str]]:
     """The topics to read among ``existing``, and what is still missing."""
     beats = [t for t in settings.heartbeat_topics if t not in existing]
