@@ -17,7 +17,7 @@ import pytest
 from cdc_cache.envelope import decode
 from cdc_cache.errors import DecodeError, MissingPrimaryKey
 from cdc_cache.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.positions import SourceKind
+from cdc_cache.positions import SourceKind, SourcePosition
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "debezium"
 SOURCES = ("mariadb", "postgres")
@@ -155,6 +155,8 @@ def test_schema_changes_carry_table_and_ddl(fmt: str) -> None:
             server="dbz",
             table="inventory.products",
             ddl="ALTER TABLE inventory.products ADD COLUMN color VARCHAR(20) NULL",
+            columns={"inventory.products": ("id", "name", "description", "price", "color")},
+            position=SourcePosition(0, 1, 7595, 0),
         )
     ]
 
