@@ -19,6 +19,7 @@ from cdc_cache.core.retry import Backoff
 from cdc_cache.lineage.tracker import LineageTracker
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement
@@ -80,7 +81,9 @@ class FlowContext:
     drains, takes its final snapshot and returns: a graceful shutdown. ``lag`` is fed what
     the sources see (commit times, heartbeats, watermarks); ``ttl_cap_ms`` caps the TTL of
     new cache entries (the TTL fallback mode). ``holds`` is the mode runtime's registry,
-    where the flow's parts raise a hold when they find the cache cannot be known right.
+    where the flow's parts raise a hold when they find the cache cannot be known right;
+    ``tables`` its per-table fallback, told which tables' changes apply and fail, and
+    capping the TTLs of those that fall back.
     With ``schemas`` the topics carry Avro: each batch's schemas are resolved (waiting out
     registry outages) before it is decoded. With ``replicas`` each batch waits until the
     required Redis replicas acknowledged it (``cdc_cache.sink.replica_wait``). With
@@ -91,6 +94,7 @@ class FlowContext:
     lag: LagTracker = field(default_factory=lambda: LagTracker(_wall_clock_ms))
     ttl_cap_ms: Callable[[], int | None] = _no_cap
     holds: Holds = field(default_factory=Holds)
+    tables: TableFallback | None = None
     schemas: SchemaResolver | None = None
     replicas: ReplicaRequirement | None = None
     lineage: LineageTracker | None = None

@@ -5,8 +5,10 @@ through decode, plan and apply (no re-keying), and cross-partition races on one 
 are settled by the source positions in Redis. The Redis sink writes synchronously in
 ``write_batch``, so a recovery snapshot (which records the source offsets) is only taken
 once the changes before it are in Redis: a crash replays, it never skips. Rejected
-messages (and changes Redis refuses) are written to the DLQ topic the same way, flushed
-and acknowledged before ``write_batch`` returns.
+messages (and changes Redis refuses) go through the same sink: the keys they still
+render are deleted with the batch, then they are written to the DLQ topic, flushed and
+acknowledged before ``write_batch`` returns. Each batch's DDL records and rows are checked
+for changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`).
 
 The source is in ``source``, the sinks in ``sink``, what the flow is built from in
 ``config``, and how it runs (threads, processes, recovery) in ``run``.
@@ -28,13 +30,14 @@ from cdc_cache.continuity.topic_ids import TopicIds
 from cdc_cache.core import metrics
 from cdc_cache.core.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.mode.lag import LagTracker
-from cdc_cache.plan.route import Control, Planned, Rejected, Routed, route
+from cdc_cache.mode.schema_watch import SchemaWatch
+from cdc_cache.plan.route import Control, Planned, Routed, route
 from cdc_cache.sink.apply import connect
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
 from dataflows.config import FlowConfig, FlowContext
-from dataflows.sink import RedisSink, RejectsFactory, RejectSink
+from dataflows.sink import RedisSink, RejectsFactory
 from dataflows.source import Message, StoppableSource, kafka_source
 
 log = logging.getLogger("cdc_cache.dataflow")
@@ -67,6 +70,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
             restarted=lineage.restarted if lineage is not None else None,
         )
     tracker = context.lag
+    schema = SchemaWatch(rules, context.tables)
     messages = op.input(
         "debezium",
         flow,
@@ -100,17 +104,17 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
             ]  # fmt: skip
             session.close()
         _observe(tracker, routed)
+        schema.observe(routed)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
-    split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     rejects = RejectsFactory(rules, config.dlq, context.stop)
-    op.output("reject", split.trues, RejectSink(rejects))
     sink = RedisSink(
         config.redis_url, config.backoff, context.stop, context.ttl_cap_ms, rejects,
-        auth=config.redis_auth, replicas=context.replicas, holds=context.holds,
+        auth=config.redis_auth, tables=context.tables, sensitive=rules.sensitive,
+        replicas=context.replicas, holds=context.holds,
     )  # fmt: skip
-    op.output("redis", split.falses, sink)
+    op.output("redis", routed, sink)
     return flow
 
 

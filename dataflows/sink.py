@@ -1,6 +1,6 @@
-"""The flow's sinks: Redis (version-gated apply, one round trip per node and batch) and DLQ.
+"""The flow's sink: version-gated Redis writes (one round trip per node and batch) and DLQ.
 
-Both write synchronously in ``write_batch``, so a recovery snapshot (which records the
+It writes synchronously in ``write_batch``, so a recovery snapshot (which records the
 source offsets) is only taken once the changes before it are in Redis and the rejected
 messages before it are durable on the DLQ topic: a crash replays, it never skips.
 """
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from cdc_cache.core.retry import Backoff, retry_forever, stoppable_sleep
-from cdc_cache.dlq.entries import Failure
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.dlq.topic import DeadLetterWriter
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.route import Rejected, Routed
+from cdc_cache.mode.tables import TableFallback
+from cdc_cache.plan.route import Routed
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import Client, RedisApplier, RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement, ReplicaWait
@@ -36,6 +36,10 @@ class _RedisPartition(StatelessSinkPartition[Routed]):
 class RedisSink(DynamicSink[Routed]):
     """Applies each batch in one Redis round trip per node; clients are built per worker.
 
+    Rejected messages are dead-lettered from here too, once the keys they still render
+    are deleted, so each batch is durable on the DLQ topic before ``write_batch`` returns
+    and progress never moves past a failure that could still be lost.
+
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
     restart) instead of hanging until killed.
@@ -50,6 +54,8 @@ class RedisSink(DynamicSink[Routed]):
         rejects: RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaRequirement | None = None,
         holds: Holds | None = None,
     ) -> None:
@@ -61,6 +67,8 @@ class RedisSink(DynamicSink[Routed]):
         self._ttl_cap_ms = ttl_cap_ms
         self._rejects = rejects
         self._auth = auth
+        self._tables = tables
+        self._sensitive = sensitive
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
@@ -71,6 +79,8 @@ class RedisSink(DynamicSink[Routed]):
             sleep=self._sleep,
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
+            tables=self._tables,
+            sensitive=self._sensitive,
             replicas=self._replica_wait(client, worker_index),
         )
         return _RedisPartition(writer)
@@ -107,29 +117,3 @@ class RejectsFactory:
             sleep=self._sleep,
         )
         return Rejects(self._rules, writer)
-
-
-class _RejectPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, rejects: Rejects) -> None:
-        self._rejects = rejects
-
-    def write_batch(self, items: list[Routed]) -> None:
-        failures = []
-        for item in items:
-            assert isinstance(item, Rejected)
-            failures.append(Failure(item.error, item.table, item.event))
-        self._rejects.report(failures)
-
-
-class RejectSink(DynamicSink[Routed]):
-    """Dead-letters messages that cannot be processed; the stream goes on.
-
-    Each batch is durable on the DLQ topic before ``write_batch`` returns, so progress
-    never moves past a failure that could still be lost.
-    """
-
-    def __init__(self, rejects: RejectsFactory) -> None:
-        self._rejects = rejects
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RejectPartition:
-        return _RejectPartition(self._rejects.build())

@@ -173,6 +173,18 @@ class Workload:
         }
 
 
+# A table whose rows a migration may leave unrenderable (tests of failed changes).
+ITEMS_RULES_YAML = """\
+defaults: {tombstone_ttl: 10m}
+tables:
+  inventory.items:
+    keys:
+      - key: "item:{id}"
+        fields: [id, name, price]
+      - key: "itemname:{name}"
+        action: delete
+"""
+
 NOTIFY_RULES_YAML = """
 tables:
   inventory.stock:

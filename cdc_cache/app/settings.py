@@ -215,6 +215,12 @@ class WorkerSettings(TopicSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    table_fallback_failures: int = Field(
+        default=5, ge=1, description="failed changes that make a table fall back alone"
+    )
+    table_fallback_window_s: float = Field(
+        default=60.0, gt=0, description="within this long; and failure-free this long to return"
+    )
     lineage_rewind_files: int = Field(
         default=1, ge=0, description="binlog files a connector may go back when re-sending"
     )

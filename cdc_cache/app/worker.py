@@ -33,6 +33,7 @@ from cdc_cache.fallback.runtime import (
     ModeRuntime,
     managed_prefixes,
     shorten_ttls,
+    table_prefixes,
 )
 from cdc_cache.lineage.model import Limits
 from cdc_cache.lineage.registry import LineageRegistry
@@ -40,6 +41,7 @@ from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
 from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules, load_rules
 from cdc_cache.sink.apply import check_notifications
 from cdc_cache.sink.failover import ReplicationMonitor
@@ -87,7 +89,7 @@ def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> lis
                     "topics are routed or renamed (see connectors/README.md)",
                     extra={"topics": found},
                 )
-            return found + beats
+            return found + beats + schema_change_topics(existing, found + beats)
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -123,7 +125,23 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
     return found
 
 
-def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
+def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The schema-change topics (``<server>``) of the MySQL connectors feeding ``topics``.
+
+    Their DDL records tell the worker when a table's columns change, before the rows of
+    the new shape arrive (see cdc_cache.mode.schema_watch); PostgreSQL connectors write none.
+    The connectors are those the topics are named for (``<server>.<db>.<table>``) and
+    those whose heartbeat topics are read (routed or renamed topics name none).
+    """
+    servers = {
+        heartbeat_server(t) or t.rsplit(".", 2)[0]
+        for t in topics
+        if heartbeat_server(t) is not None or t.count(".") >= 2
+    }
+    return sorted(s for s in servers if s in existing and s not in topics)
+
+
+def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
         client=connect_when_available(
@@ -132,10 +150,14 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
-        prefixes=prefixes,
+        prefixes=managed_prefixes(rules),
         process=settings.process_id or 0,
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
+        table_prefixes=table_prefixes(rules),
+        table_config=TableConfig(
+            settings.table_fallback_failures, settings.table_fallback_window_s
+        ),
     )
 
 
@@ -270,7 +292,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     prepare_dlq(settings)
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
-    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    runtime = mode_runtime(settings, tracker, rules)
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -288,6 +310,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ttl_cap_ms=runtime.ttl_cap_ms,
         holds=runtime.holds,
         schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
+        tables=runtime.tables,
         replicas=replicas,
         lineage=lineage,
     )

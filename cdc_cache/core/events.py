@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
@@ -101,11 +101,18 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class SchemaChange:
-    """A DDL record from the schema-change topic; counted, never applied to the cache."""
+    """A DDL record from the schema-change topic; never applied to the cache.
+
+    ``columns`` holds, for each table the DDL created or altered, its columns afterwards
+    (Debezium's ``tableChanges``), and ``position`` where in the source log it happened:
+    the rules are checked against them (:mod:`cdc_cache.mode.schema_watch`).
+    """
 
     server: str
     table: str | None
     ddl: str | None
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    position: SourcePosition | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,15 @@ DLQ_ENTRIES = Counter(
     ["kind", "table"],
     namespace=NAMESPACE,
 )
+FAILED_CHANGE_KEYS = Counter(
+    "failed_change_keys",
+    "Keys of changes that could not be applied as planned, by table and outcome: deleted "
+    "(version-gated, tombstone left), skipped (the key already holds that change or a newer "
+    "one), unversioned (plain DEL: its version key holds another type), unreached (no image "
+    "of the change renders the key: it may serve the old row until its TTL)",
+    ["table", "outcome"],
+    namespace=NAMESPACE,
+)
 DLQ_REPLAYS = Counter(
     "dlq_replays",
     "Replays of dead-letter entries, by outcome (applied, stale, duplicate, no_op, failed)",
@@ -120,8 +129,29 @@ MODE_HOLDS = Gauge(
     "mode_holds",
     "Active holds by cause: conditions under which the cache cannot be known right, each "
     "forcing ttl mode while it lasts (lineage, redis_oom, redis_replication, "
-    "source_discontinuity, worker_down)",
+    "source_discontinuity, worker_down; table_failing counts tables falling back alone)",
     ["cause"],
+    namespace=NAMESPACE,
+)
+TABLE_FALLBACK = Gauge(
+    "table_fallback",
+    "1 while the table falls back to ttl mode on its own (cause table_failing:<table>: its "
+    "changes keep failing, or its columns no longer fit the rules), else 0",
+    ["table"],
+    namespace=NAMESPACE,
+)
+SCHEMA_CHANGES = Counter(
+    "schema_changes",
+    "Changes of a covered table's columns, seen in a DDL record or in the rows themselves",
+    ["table"],
+    namespace=NAMESPACE,
+)
+RULES_COLUMN_PROBLEMS = Gauge(
+    "rules_column_problems",
+    "Columns the rules name that the table no longer has, by table and whether that breaks "
+    "its changes (breaks=true: keys, fields, notifications; false: watch, sensitive, "
+    "columns, types, render); the worker log names the rules file and line of each",
+    ["table", "breaks"],
     namespace=NAMESPACE,
 )
 LINEAGE_SWITCHES = Counter(

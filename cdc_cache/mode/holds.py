@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from cdc_cache.core import metrics
-from cdc_cache.mode.controller import Cause, Hold
+from cdc_cache.mode.controller import TABLE_CAUSES, Cause, Hold
 
 log = logging.getLogger("cdc_cache.mode")
 
@@ -36,7 +36,7 @@ class Holds:
 
     def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
         """Force ``ttl`` mode for ``reason`` until :meth:`clear` (or for ``for_s`` seconds)."""
-        Hold(cause, reason)  # validates the cause
+        hold = Hold(cause, reason, scope if cause in TABLE_CAUSES else "")  # validates
         with self._lock:
             previous = self._active.get((cause, scope))
             until = None if for_s is None else self._clock() + for_s
@@ -46,9 +46,10 @@ class Holds:
             count = sum(c is cause for c, _ in self._active)
         metrics.MODE_HOLDS.labels(cause.value).set(count)
         if previous is None:
+            what = f"table {scope}" if cause in TABLE_CAUSES else "the cache"
             log.warning(
-                "hold raised: the cache falls back to ttl mode",
-                extra={"cause": cause.value, "scope": scope, "reason": reason, "for_s": for_s},
+                f"hold raised: {what} falls back to ttl mode",
+                extra={"cause": hold.label, "scope": scope, "reason": reason, "for_s": for_s},
             )
 
     def clear(self, cause: Cause, scope: str) -> None:
@@ -71,7 +72,10 @@ class Holds:
             self.clear(cause, scope)
         with self._lock:
             return tuple(
-                sorted(Hold(cause, reason) for (cause, _), (reason, _) in self._active.items())
+                sorted(
+                    Hold(cause, reason, scope if cause in TABLE_CAUSES else "")
+                    for (cause, scope), (reason, _) in self._active.items()
+                )
             )
 
     def lasting(self, cause: Cause) -> bool:

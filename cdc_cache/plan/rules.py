@@ -148,12 +148,43 @@ class NotifyRule:
     line: int
 
 
+class Use(StrEnum):
+    """Where the rules name a column (what a change to it, or its absence, affects)."""
+
+    KEY = "key"
+    FIELDS = "fields"
+    CHANNEL = "notify.channel"
+    NOTIFY_FIELDS = "notify.fields"
+    WATCH = "watch"
+    SENSITIVE = "sensitive"
+    COLUMNS = "columns"
+    TYPES = "types"
+    RENDER = "render"
+
+    @property
+    def breaks_changes(self) -> bool:
+        """Without the column, a change of the table cannot be applied as planned."""
+        return self in (Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnUse:
+    """One column named by the rules: where (``tables.<t>.keys[0].fields``), which line."""
+
+    column: str
+    use: Use
+    where: str
+    line: int
+
+
 @dataclass(frozen=True, slots=True)
 class TableRules:
     """Everything the planner needs for one table.
 
-    ``values`` says how its column values are cached (decoded into their natural form,
-    or as Debezium ships them), see :mod:`cdc_cache.source.natural`.
+    ``uses`` lists every column the table's rules name, with its line, so a schema
+    change can be checked against them (:mod:`cdc_cache.mode.schema_watch`). ``values`` says
+    how its column values are cached (decoded into their natural form, or as Debezium
+    ships them), see :mod:`cdc_cache.source.natural`.
     """
 
     table: str
@@ -162,6 +193,7 @@ class TableRules:
     tombstone_ttl_ms: int
     sensitive: frozenset[str] = frozenset()
     notify: NotifyRule | None = None
+    uses: tuple[ColumnUse, ...] = ()
     values: TableValues = WIRE_VALUES
 
     @property
@@ -268,6 +300,7 @@ class _Checker:
 
     path: str
     problems: list[str] = field(default_factory=list)
+    uses: list[ColumnUse] = field(default_factory=list)  # the current table's
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
     format: ValueFormat = ValueFormat.JSON
@@ -308,7 +341,8 @@ class _Checker:
         self.problem(node, where, "expected a single value")
         return None
 
-    def names(self, node: yaml.Node, where: str) -> tuple[str, ...] | None:
+    def names(self, node: yaml.Node, where: str, use: Use | None = None) -> tuple[str, ...] | None:
+        """A list of column names; with ``use``, each is recorded with its own line."""
         if not isinstance(node, yaml.SequenceNode):
             self.problem(node, where, "expected a list of column names, e.g. [id, name]")
             return None
@@ -319,7 +353,12 @@ class _Checker:
                 self.problem(item, where, f"'{value}' is not a column name")
             elif value is not None:
                 out.append(value)
+                if use is not None:
+                    self.used(value, use, where, item)
         return tuple(out)
+
+    def used(self, column: str, use: Use, where: str, node: yaml.Node) -> None:
+        self.uses.append(ColumnUse(column, use, where, node.start_mark.line + 1))
 
     def duration(self, node: yaml.Node | None, where: str, default: int) -> int:
         if node is None:
@@ -439,8 +478,11 @@ class _Checker:
                 }
             ),
         )  # fmt: skip
+        self.uses = []
         columns_node = _value(items, "columns")
-        columns = self.names(columns_node, f"{where}.columns") if columns_node else None
+        columns = (
+            self.names(columns_node, f"{where}.columns", Use.COLUMNS) if columns_node else None
+        )
         known = frozenset(columns) if columns is not None else None
 
         def check_columns(node: yaml.Node, at: str, used: tuple[str, ...]) -> None:
@@ -457,11 +499,15 @@ class _Checker:
                     )
 
         sensitive_node = _value(items, "sensitive")
-        sensitive = self.names(sensitive_node, f"{where}.sensitive") if sensitive_node else None
+        sensitive = (
+            self.names(sensitive_node, f"{where}.sensitive", Use.SENSITIVE)
+            if sensitive_node
+            else None
+        )
         if sensitive_node is not None and sensitive is not None:
             check_columns(sensitive_node, f"{where}.sensitive", sensitive)
         watch_node = _value(items, "watch")
-        watch = self.names(watch_node, f"{where}.watch") if watch_node else None
+        watch = self.names(watch_node, f"{where}.watch", Use.WATCH) if watch_node else None
         if watch_node is not None and watch is not None:
             check_columns(watch_node, f"{where}.watch", watch)
         keys_node = _value(items, "keys")
@@ -496,6 +542,7 @@ class _Checker:
             if notify is not None:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
+        values = self.table_values(name, items, where, check_columns)
         return TableRules(
             name,
             tuple(rules),
@@ -503,7 +550,8 @@ class _Checker:
             tombstone_ttl,
             frozenset(sensitive or ()),
             notify,
-            self.table_values(name, items, where, check_columns),
+            tuple(self.uses),
+            values,
         )
 
     def table_values(
@@ -552,6 +600,7 @@ class _Checker:
         out: dict[str, ColumnType] = {}
         for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
             check_columns(key_node, where, (column,))
+            self.used(column, Use.TYPES, where, key_node)
             text = self.scalar(value_node, f"{where}.{column}")
             if text is None:
                 continue
@@ -569,7 +618,8 @@ class _Checker:
         rendering: Rendering,
     ) -> dict[str, Rendering]:
         out: dict[str, Rendering] = {}
-        for column, (_, value_node) in self.mapping(node, where, frozenset()).items():
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            self.used(column, Use.RENDER, where, key_node)
             choice = self.scalar(value_node, f"{where}.{column}")
             if choice is None:
                 continue
@@ -636,8 +686,12 @@ class _Checker:
                 "no '*' (clients subscribe with '*' patterns)",
             )
         check_columns(channel_node, f"{where}.channel", channel.columns)
+        for column in channel.columns:
+            self.used(column, Use.CHANNEL, f"{where}.channel", channel_node)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields") if fields_node else None
+        fields = (
+            self.names(fields_node, f"{where}.fields", Use.NOTIFY_FIELDS) if fields_node else None
+        )
         if fields_node is not None and fields is not None:
             check_columns(fields_node, f"{where}.fields", fields)
         maxlen = self.count(_value(items, "maxlen"), f"{where}.maxlen", DEFAULT_NOTIFY_MAXLEN)
@@ -689,9 +743,11 @@ class _Checker:
                 f"('{VERSION_PREFIX}'); choose another prefix",
             )
         check_columns(key_node, f"{where}.key", template.columns)
+        for column in template.columns:
+            self.used(column, Use.KEY, f"{where}.key", key_node)
         action = self.choice(_value(items, "action"), f"{where}.action", Action, Action.SET)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields") if fields_node else None
+        fields = self.names(fields_node, f"{where}.fields", Use.FIELDS) if fields_node else None
         if fields_node is not None and fields is not None:
             check_columns(fields_node, f"{where}.fields", fields)
             if action is Action.DELETE:

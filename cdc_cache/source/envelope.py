@@ -155,7 +155,7 @@ def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
     if "op" in payload:
         return _envelope(payload, record.key, epoch, parse, types)
     if "ddl" in payload:
-        return _schema_change(payload, topic)
+        return _schema_change(payload, topic, epoch)
     server = _heartbeat_server(record.key, payload, parse)
     if server is not None:  # a heartbeat routed or renamed away from its default topic
         return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
@@ -301,7 +301,7 @@ def _heartbeat_server(key: bytes | None, payload: dict[str, Any], parse: Parse) 
     return server if isinstance(server, str) and server else None
 
 
-def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
+def _schema_change(payload: dict[str, Any], topic: str, epoch: int) -> SchemaChange:
     source = _source(payload)
     ddl = payload.get("ddl")
     if ddl is not None and not isinstance(ddl, str):
@@ -312,9 +312,39 @@ def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
         f"{db}.{table}" if isinstance(db, str) and db and isinstance(table, str) and table else None
     )
     server = source.get("name")
+    try:
+        position = binlog_position(source, epoch) if "file" in source else None
+    except PositionError:
+        position = None
     return SchemaChange(
-        server=server if isinstance(server, str) else topic, table=qualified, ddl=ddl
+        server=server if isinstance(server, str) else topic,
+        table=qualified,
+        ddl=ddl,
+        columns=_table_columns(payload.get("tableChanges")),
+        position=position,
     )
+
+
+def _table_columns(changes: object) -> dict[str, tuple[str, ...]]:
+    """Each created or altered table's columns from Debezium's ``tableChanges``.
+
+    Best effort: the DDL record is for information, so a shape this does not know
+    yields nothing rather than a dead letter. Table ids are ``"db"."table"`` (MySQL).
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for change in changes if isinstance(changes, list) else ():
+        if not isinstance(change, dict) or change.get("type") not in ("CREATE", "ALTER"):
+            continue
+        ident, table = change.get("id"), change.get("table")
+        columns = table.get("columns") if isinstance(table, dict) else None
+        if not isinstance(ident, str) or not isinstance(columns, list):
+            continue
+        parts = [part.strip('"') for part in ident.split('"."')]
+        if len(parts) < 2 or not all(parts):
+            continue
+        names = [c.get("name") for c in columns if isinstance(c, dict)]
+        out[f"{parts[-2]}.{parts[-1]}"] = tuple(n for n in names if isinstance(n, str))
+    return out
 
 
 def _envelope(

@@ -578,6 +578,24 @@ class TableValues:
             raise UndecodableValue(reason, natural)
         return natural
 
+    def undecoded(self, event: ChangeEvent) -> ChangeEvent:
+        """``event`` without the columns :meth:`event` would decode (of a wire event).
+
+        What still renders the keys of a change whose decoding raised: the columns left
+        are cached as they came, so their keys are the ones in the cache.
+        """
+        if not self.natural:
+            return event
+        schema = event.types.columns if event.types is not None else ()
+        typed = {*self.declared, *(column for column, _ in schema)}
+
+        def left(row: Row) -> Row:
+            return {name: value for name, value in row.items() if name not in typed}
+
+        before = None if event.before is None else left(event.before)
+        after = None if event.after is None else left(event.after)
+        return replace(event, before=before, after=after, key=left(event.key), types=None)
+
     def _compile(self, types: RowTypes | None) -> _Pairs:
         kinds = dict(self.declared)  # where the schema names no logical type
         if types is not None:

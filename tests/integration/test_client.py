@@ -206,6 +206,44 @@ def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
     assert 0 < any_redis.pttl("user:{8}:profile") <= 4_000
 
 
+def test_a_table_in_ttl_mode_alone_caps_only_the_fills_under_its_prefixes(any_redis: Any) -> None:
+    any_redis.hset(
+        MODE_KEY,
+        mapping={"mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]'},
+    )
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    cache.get(KEY, Loader(OLD))
+    cache.get("order:1", Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert any_redis.pttl("order:1") > 4_000
+
+
+def test_a_hash_gone_stale_caps_every_fill_not_only_those_under_ttl_prefixes(
+    any_redis: Any,
+) -> None:
+    written_ms = 1_000_000
+    any_redis.hset(
+        MODE_KEY,
+        mapping={
+            "mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]',
+            "updated_ms": written_ms, "stale_after_ms": 90_000,
+        },
+    )  # fmt: skip
+    now_s = [written_ms / 1000 + 1]
+    cache = CacheAside(any_redis, ttl_ms=TTL, mode_refresh_s=0, wall_clock=lambda: now_s[0])
+    assert cache.mode().name == "cdc"  # fresh: only the table's keys are capped
+    cache.get("order:1", Loader(OLD))
+    assert any_redis.pttl("order:1") > 4_000
+
+    now_s[0] += 90  # no worker (nor watchdog) wrote it for longer than its bound
+    mode = cache.mode()
+    assert (mode.name, mode.ttl_cap_ms, mode.table_prefixes) == ("ttl", 4_000, ("user:",))
+    cache.get(KEY, Loader(OLD))
+    cache.get("order:2", Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert 0 < any_redis.pttl("order:2") <= 4_000
+
+
 def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
     now = [0.0]
     cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])

@@ -16,7 +16,7 @@ import pytest
 
 from cdc_cache.core.errors import DecodeError, MissingPrimaryKey
 from cdc_cache.core.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.core.positions import SourceKind
+from cdc_cache.core.positions import SourceKind, SourcePosition
 from cdc_cache.source.envelope import decode
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "debezium"
@@ -155,6 +155,8 @@ def test_schema_changes_carry_table_and_ddl(fmt: str) -> None:
             server="dbz",
             table="inventory.products",
             ddl="ALTER TABLE inventory.products ADD COLUMN color VARCHAR(20) NULL",
+            columns={"inventory.products": ("id", "name", "description", "price", "color")},
+            position=SourcePosition(0, 1, 7595, 0),
         )
     ]
 

@@ -8,12 +8,13 @@ from cdc_cache.core.errors import (
     Unprocessable,
     ValueTooLarge,
 )
-from cdc_cache.core.events import Heartbeat, SourceRecord, Tombstone
+from cdc_cache.core.events import ChangeEvent, Heartbeat, SourceRecord, Tombstone
 from cdc_cache.core.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import SetRow, ValueFormat
 from cdc_cache.plan.route import Control, Planned, Rejected, route, value_size
 from cdc_cache.plan.rules import parse_rules
+from cdc_cache.source.natural import TableValues
 from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 
@@ -109,6 +110,28 @@ def test_a_change_nested_too_deeply_is_rejected_with_the_error_and_the_depth(
     assert routed.event is not None and routed.record.offset == 41
 
 
+@pytest.mark.parametrize(
+    ("column", "depth", "deleted", "unreached"),
+    [
+        ("qty", 300, ["stock:39:west", "sku:39:availability"], []),
+        ("sku_id", 1000, [], ["stock:{sku_id}:{warehouse}", "sku:{sku_id}:availability"]),
+        ("warehouse", 1020, ["sku:39:availability"], ["stock:{sku_id}:{warehouse}"]),
+    ],
+)
+def test_a_change_whose_planning_raised_still_deletes_the_keys_its_images_render(
+    column: str, depth: int, deleted: list[str], unreached: list[str]
+):
+    """An unanticipated error is poison like any other: its keys are invalidated too.
+
+    A key no image can render (its column nests too deep to print) is named, never guessed.
+    """
+    routed = route(with_column(column, nested(depth)), RULES, 0, 1 << 20)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert [d.key for d in routed.invalidation.deletes] == deleted
+    assert [u.key for u in routed.invalidation.unreached] == unreached
+    assert all("raised RecursionError" in u.why for u in routed.invalidation.unreached)
+
+
 def test_nesting_the_encoder_writes_is_planned():
     routed = route(with_column("qty", nested(200)), RULES)
     assert isinstance(routed, Planned)
@@ -182,3 +205,28 @@ def test_a_value_that_does_not_decode_is_rejected_with_what_still_decodes():
     )
     assert routed.event is not None
     assert routed.event.after == {"id": 7, "placed_on": "2026-11-29"}  # keys can still render
+
+
+def test_a_value_that_does_not_decode_still_deletes_the_keys_the_others_render():
+    routed = route(order({"id": 7, "placed_on": "someday", "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected)
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]
+    (unreached,) = routed.invalidation.unreached
+    assert unreached.key == "day:{placed_on}:{id}"
+    assert "'placed_on' is absent from the after image" in unreached.why
+
+
+def test_decoding_values_that_raised_renders_keys_only_from_columns_cached_as_they_came(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A decoded column's wire value would render a key the cache does not hold."""
+
+    def broken(self: TableValues, event: ChangeEvent) -> ChangeEvent:
+        raise RuntimeError("a converter bug")
+
+    monkeypatch.setattr(TableValues, "event", broken)
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert routed.error.reason.startswith("decoding values raised RuntimeError")
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]  # not day:20786:7
+    assert [u.key for u in routed.invalidation.unreached] == ["day:{placed_on}:{id}"]
