@@ -35,7 +35,7 @@ from cdc_cache.dlq.entries import (
     record_of,
 )
 from cdc_cache.dlq.topic import SourceReader, read_entries
-from cdc_cache.fallback.runtime import ModeStore
+from cdc_cache.fallback.store import ModeStore
 from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.plan.route import Control, Planned, route
 from cdc_cache.plan.rules import Rules

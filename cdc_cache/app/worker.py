@@ -28,9 +28,9 @@ from cdc_cache.core.errors import ConfigError, StopRequested, chain
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.dlq.topic import ensure_topic
-from cdc_cache.fallback.runtime import (
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.shortening import (
     SHORTEN_KEYS_PER_S,
-    ModeRuntime,
     managed_prefixes,
     shorten_ttls,
     table_prefixes,

@@ -19,7 +19,7 @@ def mode_get(redis_url: str) -> None:
     """Print the operator flag and the effective mode with its reason and since when."""
     import time
 
-    from cdc_cache.fallback.runtime import ModeStore
+    from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.record import ModeRecord
     from cdc_cache.sink.apply import connect
 
@@ -47,7 +47,7 @@ def mode_get(redis_url: str) -> None:
 @REDIS_URL
 def mode_set(flag: str, redis_url: str) -> None:
     """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
-    from cdc_cache.fallback.runtime import ModeStore
+    from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.controller import Flag
     from cdc_cache.sink.apply import connect
 

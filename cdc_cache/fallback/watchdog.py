@@ -13,7 +13,7 @@ running where something outlives the worker (inside ``cdc-cache gateway``, or as
   The watchdog then runs the same controller step as the worker with the hold
   ``worker_down`` (so the operator flag still wins), writes the result as the worker
   would, and gives the keys under the rules' prefixes (published by the worker) the
-  fallback TTL with the worker's own :class:`~cdc_cache.fallback.runtime.Shortener`. The tables
+  fallback TTL with the worker's own :class:`~cdc_cache.fallback.shortening.Shortener`. The tables
   the worker left in ``ttl`` on their own (``tables``, ``ttl_prefixes``) stay so: nobody
   can tell they fit the rules again, and a forced ``cdc`` must not lift their caps.
 - **Several instances**: only the one holding the lock ``cdc:watchdog:lock`` (renewed every
@@ -46,7 +46,8 @@ from redis.commands.core import Script
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import WATCHDOG_LOCK_KEY
-from cdc_cache.fallback.runtime import SHORTEN_KEYS_PER_S, WATCHDOG, ModeStore, Shortener
+from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
+from cdc_cache.fallback.store import WATCHDOG, ModeStore
 from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 from cdc_cache.mode.record import ModeKeyError
 from cdc_cache.sink.apply import Client

@@ -20,7 +20,8 @@ from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import MODE_KEY, WATCHDOG_LOCK_KEY
-from cdc_cache.fallback.runtime import ModeRuntime, ModeStore
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.store import ModeStore
 from cdc_cache.fallback.watchdog import Watchdog
 from cdc_cache.mode.controller import Cause, Flag, Hold, ModeConfig, ModeState
 from cdc_cache.mode.lag import LagTracker

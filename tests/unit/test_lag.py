@@ -119,7 +119,7 @@ def test_silence_after_heartbeats_stop_grows_lag(clock):
 
 
 def test_a_silent_partition_makes_the_summary_stalled(clock):
-    from cdc_cache.fallback.runtime import LagSummary
+    from cdc_cache.fallback.store import LagSummary
 
     tracker = LagTracker(clock)
     tracker.record("a.db.t", 0, int(clock.ms))
@@ -135,7 +135,7 @@ def test_a_silent_partition_makes_the_summary_stalled(clock):
 
 
 def test_holds_travel_from_a_follower_to_the_leader_and_clear():
-    from cdc_cache.fallback.runtime import LagSummary
+    from cdc_cache.fallback.store import LagSummary
     from cdc_cache.mode.controller import Cause, Hold
     from cdc_cache.mode.holds import Holds
 
@@ -159,7 +159,7 @@ def test_holds_travel_from_a_follower_to_the_leader_and_clear():
 
 
 def test_a_hold_of_an_unknown_cause_from_a_newer_process_still_holds():
-    from cdc_cache.fallback.runtime import LagSummary
+    from cdc_cache.fallback.store import LagSummary
     from cdc_cache.mode.controller import Cause
 
     parsed = LagSummary.parse(

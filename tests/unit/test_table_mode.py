@@ -148,7 +148,7 @@ def test_config_is_validated():
 
 
 def test_a_tables_hold_travels_from_a_follower_to_the_leader_with_its_table():
-    from cdc_cache.fallback.runtime import LagSummary
+    from cdc_cache.fallback.store import LagSummary
 
     holds = Holds()
     holds.hold(Cause.TABLE_FAILING, "db.items", "3 changes failed")
@@ -161,7 +161,7 @@ def test_a_tables_hold_travels_from_a_follower_to_the_leader_with_its_table():
 
 
 def test_a_table_hold_without_its_table_holds_everything_rather_than_nothing():
-    from cdc_cache.fallback.runtime import LagSummary
+    from cdc_cache.fallback.store import LagSummary
 
     parsed = LagSummary.parse(
         {"lag_s": "", "stalled": "0", "where": "", "holds": '[["table_failing", "x"]]'}
