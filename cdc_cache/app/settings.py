@@ -5,16 +5,16 @@ being re-declared here: ``kafka:`` for every client, ``kafka_consumer:`` and
 ``kafka_producer:`` for one kind only (see :mod:`cdc_cache.source.kafka_config`). Secrets are
 :class:`~pydantic.SecretStr` (masked in every repr) and may come from files (``*_file``: a
 mounted Kubernetes or Docker secret), read once here so a missing file stops startup with
-the setting's name.
+the setting's name. Loading any kind of them, with each problem named by its file and
+line, flag or variable: ``load``.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -22,21 +22,16 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
-from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.retry import Backoff
-from cdc_cache.plan.rules import unreadable_yaml
 from cdc_cache.sink.apply import RedisAuth, redis_url_problem
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
 
@@ -144,10 +139,10 @@ class SharedSettings(BaseSettings):
                 "the Avro converter registers its schemas with, e.g. http://registry:8081)"
             )
             raise ValueError(msg)
-        self.redis_password = _secret(
+        self.redis_password = secret_from_file(
             self.redis_password, self.redis_password_file, "redis_password"
         )
-        self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
+        self.admin_token = secret_from_file(self.admin_token, self.admin_token_file, "admin_token")
         return self
 
     @field_validator("redis_url")
@@ -258,76 +253,6 @@ class WorkerSettings(TopicSettings):
         return self
 
 
-_DB_SCHEMES = ("mysql", "mariadb", "postgresql", "postgres")
-
-
-class InspectSettings(TopicSettings):
-    """``cdc-cache inspect``: the worker's settings and its own ``inspect_*`` ones.
-
-    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
-    use are ignored), so it consumes the worker's topics with the worker's rules and Redis
-    by construction; its own settings come from flags or the environment
-    (``CDC_CACHE_INSPECT_*``). See README "Measuring consistency" for each.
-    """
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", title="inspector")
-
-    inspect_db: SecretStr | None = Field(
-        default=None, description="the database DSN (mysql:// or postgresql://)"
-    )
-    inspect_db_file: Path | None = Field(default=None, description="file holding inspect_db")
-    inspect_port: int | None = Field(default=None, ge=0, le=65535, description="HTTP port")
-    inspect_sample_every: int = Field(default=1000, ge=1, description="sample 1 change in N")
-    inspect_max_samples_per_s: float = Field(default=10.0, gt=0, description="samples per s")
-    inspect_max_db_queries_per_s: float = Field(
-        default=20.0, gt=0, description="database queries per s, re-checks included"
-    )
-    inspect_settle_s: float = Field(default=2.0, gt=0, description="wait before the check")
-    inspect_recheck_limit_s: float = Field(
-        default=60.0, gt=0, description="how long a wrong key is re-checked"
-    )
-    inspect_max_pending: int = Field(default=10_000, ge=1, description="samples in flight")
-    inspect_objective_nines: float = Field(default=3.0, gt=0, description="alert threshold")
-    inspect_min_checks: int = Field(
-        default=100, ge=1, description="checks a window needs before it has nines"
-    )
-    log_level: str = "INFO"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_admin_token(cls, data: Any) -> Any:
-        """Leave the worker's admin token out: the inspector changes nothing.
-
-        The worker's file may name an ``admin_token_file`` that is not mounted here.
-        """
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k not in ("admin_token", "admin_token_file")}
-        return data
-
-    @model_validator(mode="after")
-    def _db_given(self) -> InspectSettings:
-        self.inspect_db = _secret(self.inspect_db, self.inspect_db_file, "inspect_db")
-        if self.inspect_db is None:
-            msg = (
-                "give the database to compare with: inspect_db (--db, CDC_CACHE_INSPECT_DB), "
-                "e.g. mysql://user:pass@db:3306/inventory, or inspect_db_file"
-            )
-            raise ValueError(msg)
-        scheme = self.inspect_db.get_secret_value().partition("://")[0]
-        if scheme not in _DB_SCHEMES:
-            msg = (
-                f"inspect_db has the scheme {scheme!r}; use mysql://user:pass@host:3306/db "
-                "(MySQL, MariaDB) or postgresql://user:pass@host:5432/db"
-            )
-            raise ValueError(msg)
-        return self
-
-    def dsn(self) -> str:
-        """The database DSN (possibly read from its file)."""
-        assert self.inspect_db is not None  # the validator guarantees it
-        return self.inspect_db.get_secret_value()
-
-
 def valid_redis_url(url: str) -> str:
     """A ``redis_url`` setting, or the problem with it (for a field validator)."""
     problem = redis_url_problem(url)
@@ -336,7 +261,7 @@ def valid_redis_url(url: str) -> str:
     return url
 
 
-def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
+def secret_from_file(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
     """The secret given directly or read from its file (one trailing newline dropped)."""
     if file is None:
         return value
@@ -376,7 +301,7 @@ class WatchdogSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _password(self) -> WatchdogSettings:
-        self.redis_password = _secret(
+        self.redis_password = secret_from_file(
             self.redis_password, self.redis_password_file, "redis_password"
         )
         return self
@@ -384,75 +309,3 @@ class WatchdogSettings(BaseSettings):
     def redis_auth(self) -> RedisAuth:
         """The ACL credentials (the password possibly read from its file)."""
         return RedisAuth(self.redis_username, self.redis_password)
-
-
-_S = TypeVar("_S", bound=BaseSettings)
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> WorkerSettings:
-    """Build settings from flags (``overrides``), environment and an optional YAML file."""
-    return load(WorkerSettings, config_file, **overrides)
-
-
-def load(kind: type[_S], config_file: Path | None = None, **overrides: Any) -> _S:
-    """Settings of ``kind`` from flags (``overrides``) over environment over a YAML file."""
-    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
-
-    class FromFile(kind):  # type: ignore[valid-type,misc]
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-            if config_file is not None:
-                sources += (YamlConfigSettingsSource(settings_cls, yaml_file=config_file),)
-            return sources
-
-    if config_file is not None and not config_file.is_file():
-        msg = f"settings file {config_file} does not exist; pass an existing file to --config"
-        raise ConfigError(msg)
-    try:
-        settings: _S = FromFile(**given)
-        return settings
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, config_file, given, kind)) from exc
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
-        msg = f"settings file {unreadable_yaml(str(config_file), exc)}"
-        raise ConfigError(msg) from None
-
-
-def _explain(
-    exc: ValidationError, config_file: Path | None, given: dict[str, Any], kind: type[BaseSettings]
-) -> str:
-    prefix = kind.model_config.get("env_prefix", ENV_PREFIX)
-    lines = _top_level_lines(config_file) if config_file is not None else {}
-    problems = []
-    for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        if field in given:
-            origin = f"--{field.replace('_', '-')}"
-        elif field in lines:
-            origin = f"{config_file}:{lines[field]}"
-        else:
-            origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
-        path = ".".join(str(part) for part in error["loc"]) or field
-        problems.append(f"{origin}: {path}: {error['msg']}")
-    what = kind.model_config.get("title") or "worker"
-    if len(problems) == 1:
-        return f"invalid {what} settings: {problems[0]}"
-    return f"invalid {what} settings:\n  " + "\n  ".join(problems)
-
-
-def _top_level_lines(config_file: Path) -> dict[str, int]:
-    try:
-        root = yaml.compose(config_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, ValueError, yaml.YAMLError, RecursionError):
-        return {}
-    if not isinstance(root, yaml.MappingNode):
-        return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in root.value if isinstance(k, yaml.ScalarNode)}

@@ -48,8 +48,9 @@ def _dlq_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, Any]:
     """The DlqService for these settings and the EntryFilter of the filter flags."""
+    from cdc_cache.app.load import load
     from cdc_cache.app.replay import DlqService
-    from cdc_cache.app.settings import SharedSettings, load
+    from cdc_cache.app.settings import SharedSettings
     from cdc_cache.dlq.entries import entry_filter
     from cdc_cache.plan.rules import load_rules
 

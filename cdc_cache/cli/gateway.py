@@ -42,7 +42,7 @@ def gateway(ctx: click.Context, /, config_file: Path | None, **flags: object) ->
         return
     import asyncio
 
-    from cdc_cache.app.settings import load
+    from cdc_cache.app.load import load
     from cdc_cache.core import logs
     from cdc_cache.notify.gateway import serve_until_stopped
     from cdc_cache.notify.settings import GatewaySettings
@@ -70,7 +70,7 @@ def gateway_token(
     """Print a client token granting the given channel patterns."""
     import time
 
-    from cdc_cache.app.settings import load
+    from cdc_cache.app.load import load
     from cdc_cache.notify.settings import GatewaySettings
     from cdc_cache.notify.tokens import TokenError, issue
 

@@ -65,9 +65,10 @@ def inspect(config_file: Path | None, **flags: object) -> None:
     """
     import threading
 
-    from cdc_cache.app.settings import InspectSettings, load
+    from cdc_cache.app.load import load
     from cdc_cache.core import logs
     from cdc_cache.inspector.service import run_until
+    from cdc_cache.inspector.settings import InspectSettings
     from cdc_cache.plan.rules import load_rules
 
     with reported("cdc-cache inspect", str(flags.get("redis_url") or "")):

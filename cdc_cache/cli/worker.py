@@ -47,7 +47,7 @@ from cdc_cache.cli.report import reported
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 def run(config_file: Path | None, **flags: object) -> None:
     """Run the invalidation worker until SIGTERM/SIGINT."""
-    from cdc_cache.app.settings import load_settings
+    from cdc_cache.app.load import load_settings
     from cdc_cache.app.worker import run as run_worker
     from cdc_cache.core import logs
 
@@ -84,7 +84,8 @@ def watchdog(config_file: Path | None, **flags: Any) -> None:
 
     Safe to run several: one holds a lock in Redis and acts, the others stand by.
     """
-    from cdc_cache.app.settings import WatchdogSettings, load
+    from cdc_cache.app.load import load
+    from cdc_cache.app.settings import WatchdogSettings
     from cdc_cache.app.watchdog import serve
     from cdc_cache.core import logs
 

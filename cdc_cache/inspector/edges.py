@@ -10,12 +10,12 @@ from typing import Any, Final
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from cdc_cache.app.settings import InspectSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import BrokerUnavailable, CdcCacheError, ConfigError
 from cdc_cache.core.events import Row, SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
 from cdc_cache.core.throttle import Throttle
+from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import KeyRule, TableRules
 from cdc_cache.sink.apply import Client

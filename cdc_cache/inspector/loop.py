@@ -45,7 +45,6 @@ from typing import Any, Final
 
 from redis import exceptions as rex
 
-from cdc_cache.app.settings import InspectSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
@@ -63,6 +62,7 @@ from cdc_cache.inspector.sampling import (
     Tracker,
     recheck_delay,
 )
+from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules import Action, Rules
 from cdc_cache.sink.apply import is_transient, misconfiguration

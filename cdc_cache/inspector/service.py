@@ -13,13 +13,13 @@ import orjson
 
 from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.routes import Starting
-from cdc_cache.app.settings import InspectSettings
 from cdc_cache.app.worker import resolve_topics
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.redact import redact_url
 from cdc_cache.inspector.edges import KafkaRecords, LiveTruth
 from cdc_cache.inspector.loop import Inspector
 from cdc_cache.inspector.report import text_page
+from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.mode.controller import Flag
 from cdc_cache.plan.rules import Action, Rules
 from cdc_cache.sink.writer import connect_when_available

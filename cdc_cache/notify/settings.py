@@ -1,6 +1,6 @@
 """``cdc-cache gateway`` settings: flags over ``CDC_CACHE_GATEWAY_*`` over a YAML file.
 
-Loaded like every process's settings (``cdc_cache.app.settings.load``).
+Loaded like every process's settings (``cdc_cache.app.load.load``).
 """
 
 from __future__ import annotations

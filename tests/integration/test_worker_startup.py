@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.app.settings import load_settings
+from cdc_cache.app.load import load_settings
 from cdc_cache.app.worker import resolve_topics
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port, port_open

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from cdc_cache.app.settings import ENV_PREFIX, InspectSettings, WatchdogSettings, WorkerSettings
+from cdc_cache.app.settings import ENV_PREFIX, WatchdogSettings, WorkerSettings
+from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.notify.settings import GatewaySettings
 
 ROOT = Path(__file__).parents[2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.app.settings import load_settings
+from cdc_cache.app.load import load_settings
 from cdc_cache.plan.rules import load_rules
 from cdc_cache.source.topics import named_for
 

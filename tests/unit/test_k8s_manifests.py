@@ -13,7 +13,9 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from cdc_cache.app.settings import InspectSettings, WatchdogSettings, load, load_settings
+from cdc_cache.app.load import load, load_settings
+from cdc_cache.app.settings import WatchdogSettings
+from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.plan.rules import load_rules
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.app.settings import load_settings
+from cdc_cache.app.load import load_settings
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import ChangeEvent, Op, Origin, SourceRecord
 from cdc_cache.core.positions import SourcePosition
