@@ -31,7 +31,7 @@ import orjson
 from cdc_cache.app.replay import ReplayOutcome
 from cdc_cache.app.routes import Request, Response, json_response
 from cdc_cache.core.errors import CdcCacheError
-from cdc_cache.dlq.entries import EntryFilter, entry_filter, summary
+from cdc_cache.dlq.filters import EntryFilter, entry_filter, summary
 
 log = logging.getLogger("cdc_cache.dlq_web")
 

@@ -26,14 +26,8 @@ from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.core.keys import DLQ_OUTCOMES_KEY
 from cdc_cache.core.retry import Backoff
-from cdc_cache.dlq.entries import (
-    EntryFilter,
-    Failure,
-    iso_utc,
-    latest_by_id,
-    public_reason,
-    record_of,
-)
+from cdc_cache.dlq.entries import Failure, iso_utc, public_reason, record_of
+from cdc_cache.dlq.filters import EntryFilter, latest_by_id
 from cdc_cache.dlq.topic import SourceReader, read_entries
 from cdc_cache.fallback.store import ModeStore
 from cdc_cache.lineage.registry import LineageRegistry

@@ -51,7 +51,7 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
     from cdc_cache.app.load import load
     from cdc_cache.app.replay import DlqService
     from cdc_cache.app.settings import SharedSettings
-    from cdc_cache.dlq.entries import entry_filter
+    from cdc_cache.dlq.filters import entry_filter
     from cdc_cache.plan.rules import load_rules
 
     try:

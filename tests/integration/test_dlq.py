@@ -25,7 +25,8 @@ from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.keys import version_key
 from cdc_cache.core.retry import Backoff
-from cdc_cache.dlq.entries import EntryFilter, entry_id
+from cdc_cache.dlq.entries import entry_id
+from cdc_cache.dlq.filters import EntryFilter
 from cdc_cache.dlq.topic import DeadLetterWriter, ensure_topic, read_entries
 from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules import parse_rules

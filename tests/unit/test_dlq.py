@@ -15,18 +15,16 @@ from cdc_cache.dlq.entries import (
     MAX_PART_BYTES,
     MAX_REASON_CHARS,
     REDACTED,
-    EntryFilter,
     Failure,
-    entry_filter,
     entry_id,
     envelope,
     iso_utc,
-    latest_by_id,
     parse_iso_ms,
     record_of,
     redact,
     writable,
 )
+from cdc_cache.dlq.filters import EntryFilter, entry_filter, latest_by_id
 from cdc_cache.plan.route import Rejected, route
 from cdc_cache.plan.rules import parse_rules
 from tests.hostile import nested
