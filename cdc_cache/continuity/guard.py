@@ -1,4 +1,4 @@
-"""Source partitions that never skip changes silently (the edge around ``continuity``).
+"""Source partitions that never skip changes silently (the edge around ``continuity.model``).
 
 A Kafka source partition snapshots a bare offset and resumes there whatever the topic has
 become. :class:`GuardedPartition` wraps one (the dataflow adapts its engine's partitions
@@ -18,6 +18,9 @@ restart finds the discontinuity again), raises a ``source_discontinuity`` hold (
 mode at once), counts it, logs both offsets and identities, and records it in Redis for
 ``cdc-cache continuity``. The partition goes on only when an operator decides: ``reread``
 (from the topic's start, ``ttl`` held until the re-read caught up) or ``accept``.
+
+Kept in one module: the checks, the pause and the operator's way out all act on one
+partition's state; the rules themselves are pure, in ``continuity.model``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ takes the decision back and stays in ``ttl`` until its lag has been low for a wi
 Parts of the worker that find the cache cannot be known right raise a hold in the
 process's :class:`~cdc_cache.mode.holds.Holds`; a follower process passes its holds to the
 leader with its lag summary.
+
+Kept in one module: leading, following and the per-table fallback are one loop sharing
+its state.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ running where something outlives the worker (inside ``cdc-cache gateway``, or as
   is never overwritten; the watchdog sees the heartbeat move and steps back, and the
   worker decides again (from ``ttl``, back to ``cdc`` only after its lag was low for a
   window).
+
+Kept in one module: the lock, the heartbeat watch and the stand-in writes are one loop
+whose steps share its state; the records and the shortening it uses are ``store`` and
+``shortening``.
 """
 
 from __future__ import annotations

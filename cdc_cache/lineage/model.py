@@ -34,8 +34,11 @@ but the caller must know, since rows deleted while no connector streamed are not
 Messages at or below the partition's last judged Kafka offset are replays (a worker
 crash, another process taking the partition over): they take the epoch recorded for
 their offset (:func:`epoch_at`), so an old lineage's changes stay stale when replayed.
-The epoch of a new lineage comes from the shared registry (``lineage_registry``), which
+The epoch of a new lineage comes from the shared registry (``lineage.registry``), which
 gives every partition leaving one lineage the same successor.
+
+Kept in one module, all pure: the verdicts, the state machine that reaches them and the
+encoding of its state change together.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Everything an operator must hear of is logged, counted and shown in ``/readyz``:
 below their partition's newest by verdict, and positions going back with nothing to tell
 why, which holds the cache in ``ttl`` mode (cause ``lineage``) until they pass the newest
 again or an operator raises ``source_epoch``.
+
+Kept in one module: a batch's session, from judging each change to recording the
+partitions' states before the batch is applied, is one piece; the judging itself is
+pure, in ``lineage.model``.
 """
 
 from __future__ import annotations

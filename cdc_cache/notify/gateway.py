@@ -28,6 +28,8 @@ that could match it, however many clients hold that pattern.
 
 The pieces: entries as frames (``frames``), one client (``session``), the streams' reader
 (``hub``); here the server, its HTTP endpoints and the protocol.
+
+Kept in one module: the protocol's handlers share one connection's limits and the hub.
 """
 
 from __future__ import annotations
