@@ -29,11 +29,11 @@ from confluent_kafka import Message as KafkaMessage
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.keys import escape_value
+from cdc_cache.core.keys import escape_value
+from cdc_cache.tools.demo import Scrape, scrape
+from cdc_cache.tools.devstack.broker import Broker, S3Store
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.flowkit import (
     INSPECT_DB_QUERIES_PER_S,
     Service,

@@ -10,12 +10,19 @@ from hypothesis import strategies as st
 from redis import Redis, RedisCluster
 from redis.connection import AbstractConnection
 
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.errors import ConfigError, TransientError
-from cdc_cache.keys import key_slot, lease_key, version_key
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import ApplyError, Outcome, RedisApplier, connect, version_of
+from cdc_cache.core.errors import ConfigError, TransientError
+from cdc_cache.core.keys import key_slot, lease_key, version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    InvalidatePrefix,
+    KeyOp,
+    SetRow,
+    ValueFormat,
+)
+from cdc_cache.sink.apply import ApplyError, Outcome, RedisApplier, connect, version_of
+from cdc_cache.tools.devstack.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 
