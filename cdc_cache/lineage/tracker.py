@@ -47,7 +47,7 @@ from cdc_cache.lineage.model import (
 from cdc_cache.lineage.registry import LineageRegistry, Partition
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import is_transient
+from cdc_cache.sink.apply import is_transient, translated_errors
 from cdc_cache.sink.writer import redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.lineage")
@@ -266,9 +266,12 @@ class LineageTracker:
 
     def _call(self, action: str, fn: Callable[[LineageRegistry], T]) -> T:
         def attempt() -> T:
-            if self._registry is None:
-                self._registry = self._make_registry()
-            return fn(self._registry)
+            # Refused credentials or a missing permission are settings to fix (ConfigError,
+            # the worker exits 2), never retried as an outage.
+            with translated_errors(action):
+                if self._registry is None:
+                    self._registry = self._make_registry()
+                return fn(self._registry)
 
         return retry_forever(
             attempt,
