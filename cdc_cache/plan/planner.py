@@ -48,7 +48,7 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
     if event.after is None:
         msg = f"{event.table} {event.op.value} at {event.position} has no after image"
         raise RenderError(msg)
-    if event.op is Op.UPDATE and not _watched_change(event, table):
+    if event.op is Op.UPDATE and not watched_change(event, table):
         return []
     return _with_notify(_plan_upsert(event, table, event.after), event, table)
 
@@ -60,7 +60,7 @@ def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
     return frozenset(c for c in before.keys() | after.keys() if before.get(c) != after.get(c))
 
 
-def _watched_change(event: ChangeEvent, table: TableRules) -> bool:
+def watched_change(event: ChangeEvent, table: TableRules) -> bool:
     """Whether a watched column changed (``watch ∩ changed_columns`` is not empty).
 
     Checked over the few watched columns instead of building the set of changed ones.
