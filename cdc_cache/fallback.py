@@ -44,7 +44,7 @@ from cdc_cache.mode import (
     Signal,
     step,
 )
-from cdc_cache.redis_apply import Client, glob_escape, primaries
+from cdc_cache.redis_apply import Client, glob_escape, primaries, write_record
 from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.mode")
@@ -144,10 +144,14 @@ class ModeStore:
         *,
         holds: tuple[Hold, ...] = (),
     ) -> None:
-        """Write the effective-mode hash applications read (see cdc_cache.client)."""
-        self._client.hset(
+        """Write the effective-mode hash applications read (see cdc_cache.client).
+
+        Written even while Redis is out of memory: that is when it matters most.
+        """
+        write_record(
+            self._client,
             MODE_KEY,
-            mapping={
+            {
                 "mode": state.mode.value,
                 "fallback_ttl_ms": fallback_ttl_ms,
                 "flag": flag.value,
@@ -162,11 +166,7 @@ class ModeStore:
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
-        key = LAG_REPORT_KEY.format(process=process)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(key, mapping=summary.fields())
-        pipe.pexpire(key, ttl_ms)
-        pipe.execute()
+        write_record(self._client, LAG_REPORT_KEY.format(process=process), summary.fields(), ttl_ms)
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""

@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from cdc_cache.errors import ConfigError
 from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.redis_memory import EvictionFallback
 from cdc_cache.retry import Backoff
 
 ENV_PREFIX = "CDC_CACHE_"
@@ -88,6 +89,11 @@ class SharedSettings(BaseSettings):
         default=None, description="bearer token for PUT /mode and the DLQ page"
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
+    eviction_fallback: EvictionFallback = Field(
+        default=EvictionFallback.REFUSE,
+        description="on a Redis whose eviction policy may evict versions: refuse to start, "
+        "or write invalidations only",
+    )
 
     @model_validator(mode="after")
     def _formats_and_secrets(self) -> SharedSettings:

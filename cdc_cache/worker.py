@@ -20,6 +20,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from redis import exceptions as rex
 
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
@@ -30,13 +31,15 @@ from cdc_cache.fallback import ModeRuntime, managed_prefixes
 from cdc_cache.lag import LagTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
-from cdc_cache.redis_apply import check_notifications
+from cdc_cache.redis_apply import check_notifications, is_transient, misconfiguration
+from cdc_cache.redis_memory import MemoryWatch, OomGuard
 from cdc_cache.replay import DlqService
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
-from cdc_cache.writer import connect_when_available
+from cdc_cache.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
+from cdc_cache.writer import connect_when_available, redis_retry_reporter
 from dataflows.invalidation import DlqTarget, build_flow
 
 log = logging.getLogger("cdc_cache.worker")
@@ -124,6 +127,45 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
     )
+
+
+def prepare_redis_memory(
+    settings: WorkerSettings, rules: Rules, runtime: ModeRuntime
+) -> MemoryWatch:
+    """Check every primary's eviction policy, and move the previous release's versions.
+
+    An eviction policy that may evict versions stops startup (ConfigError, exit 2) unless
+    ``eviction_fallback`` opts into invalidations only. Waits while Redis is unreachable.
+    """
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    lifetime_ms = version_lifetime_ms(rules)
+    watch = MemoryWatch(
+        client,
+        fallback=settings.eviction_fallback,
+        lifetime_ms=lifetime_ms,
+        guard=OomGuard(runtime.holds, settle_s=settings.mode_window_s),
+    )
+
+    def prepare() -> None:
+        try:
+            watch.check()
+            migrate_legacy(client, lifetime_ms=lifetime_ms)
+        except (rex.RedisError, rex.RedisClusterException) as exc:
+            problem = misconfiguration(exc)
+            if problem is not None:
+                msg = f"Redis refused the memory check: {problem}"
+                raise ConfigError(msg) from None
+            raise
+
+    retry_forever(
+        prepare,
+        backoff=settings.retry_redis.backoff(),
+        is_transient=is_transient,
+        on_retry=redis_retry_reporter("checking the eviction policy"),
+    )
+    return watch
 
 
 def _config_error_in(exc: BaseException) -> ConfigError | None:
@@ -223,6 +265,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    memory = prepare_redis_memory(settings, rules, runtime)
+    sweeper = VersionSweeper(memory.client) if runtime.leader else None
     startup.passed("redis")
     stop = threading.Event()
     flow = build_flow(
@@ -244,6 +288,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
+        invalidate_only=memory.invalidate_only,
+        memory=memory.guard,
     )
     log.info(
         "worker starting",
@@ -264,6 +310,9 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
+    memory.start()
+    if sweeper is not None:
+        sweeper.start()
     startup.started(runtime)
     try:
         cli_main(
@@ -287,3 +336,6 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         raise StopRequested(msg) from exc
     finally:
         runtime.close()
+        memory.close()
+        if sweeper is not None:
+            sweeper.close()

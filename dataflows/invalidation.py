@@ -35,7 +35,7 @@ from cdc_cache.events import Heartbeat, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.lag import LagTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import RedisApplier, RedisAuth
+from cdc_cache.redis_apply import MemoryObserver, RedisApplier, RedisAuth
 from cdc_cache.rejects import Rejects
 from cdc_cache.retry import Backoff, stoppable_sleep
 from cdc_cache.rules import Rules
@@ -79,6 +79,8 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    invalidate_only: Callable[[], bool] = lambda: False,
+    memory: MemoryObserver | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -89,7 +91,8 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right.
+    when they find the cache cannot be known right. ``invalidate_only`` and ``memory``
+    go to every Redis applier (see ``redis_memory``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -125,7 +128,16 @@ def build_flow(
     split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     rejects = _RejectsFactory(rules, dlq, stop)
     op.output("reject", split.trues, RejectSink(rejects))
-    sink = RedisSink(redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth)
+    sink = RedisSink(
+        redis_url,
+        backoff or Backoff(),
+        stop,
+        ttl_cap_ms,
+        rejects,
+        auth=redis_auth,
+        invalidate_only=invalidate_only,
+        memory=memory,
+    )
     op.output("redis", split.falses, sink)
     return flow
 
@@ -288,8 +300,12 @@ class RedisSink(DynamicSink[Routed]):
         rejects: _RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        invalidate_only: Callable[[], bool] = lambda: False,
+        memory: MemoryObserver | None = None,
     ) -> None:
         self._redis_url = redis_url
+        self._invalidate_only = invalidate_only
+        self._memory = memory
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
         self._ttl_cap_ms = ttl_cap_ms
@@ -298,7 +314,7 @@ class RedisSink(DynamicSink[Routed]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
-        applier = RedisApplier(client)
+        applier = RedisApplier(client, invalidate_only=self._invalidate_only, memory=self._memory)
         writer = CacheWriter(
             applier,
             self._backoff,

@@ -174,8 +174,13 @@ def test_missing_row_is_cached_briefly(any_redis: Any) -> None:
     assert any_redis.get(KEY) == NEGATIVE
     assert 0 < any_redis.pttl(KEY) <= 5_000
 
-    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])  # the row is inserted
+    # The row is inserted. The marker has no version, so nothing says the insert is newer
+    # than what the marker stands for: it is invalidated, and the next read loads the row.
+    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])
+    assert any_redis.exists(KEY) == 0
+    loader.row = NEW
     assert cache.get(KEY, loader) == NEW
+    assert loader.calls == 2
 
 
 def test_insert_during_a_not_found_load_rejects_the_negative_fill(any_redis: Any) -> None:
