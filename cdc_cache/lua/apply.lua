@@ -38,7 +38,8 @@
 local HSET_PAIRS = 200
 local HORIZON_DIGITS = 8
 local NOTIFY_TYPES = {'stream', 'set'}  -- of an N op's keys
-local versions = {}
+local versions = {}  -- by bucket and field: the version as it stands while ops apply
+local ids = {}  -- per key op: its bucket and field, the key of versions
 local starts = {}
 local firsts = {}
 local a = 1
@@ -77,6 +78,7 @@ while k <= #KEYS do
       local stored = redis.call('HGET', vkey, field)
       versions[id] = stored and string.sub(stored, HORIZON_DIGITS + 1) or ''
     end
+    ids[#starts] = id
     hosted = true
     k = k + 3
   end
@@ -86,6 +88,7 @@ if a - 1 ~= #ARGV or k - 1 ~= #KEYS then
 end
 
 local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+local horizons = {}  -- by version lifetime (ms): the horizon minute, as stored
 local out = {}
 local host = 0
 for n, s in ipairs(starts) do
@@ -99,7 +102,7 @@ for n, s in ipairs(starts) do
       redis.call('SADD', vkey, ARGV[s + 1])
     end
   else
-    local id = vkey .. '\0' .. field
+    local id = ids[n]
     local current = versions[id]
     if version == current then
       code = 2
@@ -120,8 +123,13 @@ for n, s in ipairs(starts) do
           redis.call('PEXPIRE', key, ARGV[s + 4])
         end
       end
-      local horizon = minute + 1 + math.ceil(tonumber(ARGV[s + 3]) / 60000)
-      redis.call('HSET', vkey, field, string.format('%0' .. HORIZON_DIGITS .. 'd', horizon) .. version)
+      local lifetime = ARGV[s + 3]
+      local horizon = horizons[lifetime]
+      if horizon == nil then
+        horizon = string.format('%0' .. HORIZON_DIGITS .. 'd', minute + 1 + math.ceil(tonumber(lifetime) / 60000))
+        horizons[lifetime] = horizon
+      end
+      redis.call('HSET', vkey, field, horizon .. version)
       redis.call('DEL', lkey)
       versions[id] = version
     end
