@@ -489,7 +489,9 @@ class RedisApplier:
             if cluster and isinstance(op, Notify):
                 raise ApplyError(CLUSTER_NOTIFY_REFUSAL)
             groups[key_slot(op.key) if cluster and not isinstance(op, Notify) else 0].append(index)
-        sent = [as_invalidation(op) for op in ops] if self._invalidate_only() else list(ops)
+        sent: list[KeyOp | Notify] = (
+            [as_invalidation(op) for op in ops] if self._invalidate_only() else list(ops)
+        )
         calls = [call for indices in groups.values() for call in self._chunk(sent, indices)]
         codes: list[int | None] = [None] * len(ops)
         refused: list[_Call] = []
@@ -503,7 +505,8 @@ class RedisApplier:
             for index, code in zip(call.ops, reply, strict=True):
                 codes[index] = int(code)
         if refused:
-            sent = [as_invalidation(op) for op in sent]
+            for index in (index for call in refused for index in call.ops):
+                sent[index] = as_invalidation(sent[index])
             retry = [again for call in refused for again in self._chunk(sent, call.ops)]
             for call, reply in zip(retry, self._run(retry, allow_oom=True), strict=True):
                 if isinstance(reply, _Refused):  # pragma: no cover - allow-oom is never refused

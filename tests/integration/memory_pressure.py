@@ -36,11 +36,11 @@ def memory_limited(client: Any, policy: str, headroom: int = 1 << 20) -> Iterato
 
 
 @contextmanager
-def out_of_memory(client: Any) -> Iterator[None]:
-    """Every primary over its ``maxmemory`` under ``noeviction``, whatever a command's size
-    (memory filled to the brim still takes a small command once a large one is refused:
-    Redis counts the request itself); the limit is lifted afterwards."""
-    nodes = primaries(client)
+def out_of_memory(client: Any, nodes: list[Redis] | None = None) -> Iterator[None]:
+    """Every primary (or ``nodes``) over its ``maxmemory`` under ``noeviction``, whatever a
+    command's size (memory filled to the brim still takes a small command once a large one
+    is refused: Redis counts the request itself); the limit is lifted afterwards."""
+    nodes = primaries(client) if nodes is None else nodes
     try:
         for node in nodes:
             used = int(node.info("memory")["used_memory"])

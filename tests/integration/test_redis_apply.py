@@ -485,6 +485,28 @@ def test_out_of_memory_still_lands_invalidations_and_their_tombstones(any_redis:
     assert heard.acceptances
 
 
+def test_only_the_primary_out_of_memory_gets_invalidations(redis_cluster_client: Any) -> None:
+    full, fine = primaries(redis_cluster_client)[:2]
+    on_full = [
+        k for k in (f"p:{i}" for i in range(500)) if _node_of(redis_cluster_client, k) is full
+    ]
+    on_fine = [
+        k for k in (f"p:{i}" for i in range(500)) if _node_of(redis_cluster_client, k) is fine
+    ]
+    heard = Heard()
+    batch = [set_json(on_full[0], 1), set_json(on_fine[0], 1)]
+    with out_of_memory(redis_cluster_client, [full]):
+        result = RedisApplier(redis_cluster_client, memory=heard).apply(batch)
+    assert result.outcomes == (INV, A)
+    assert redis_cluster_client.exists(on_full[0]) == 0
+    assert redis_cluster_client.get(on_fine[0]) == value(1)
+    assert len(heard.refusals) == 1 and len(heard.acceptances) == 1
+
+
+def _node_of(cluster: Any, key: str) -> Redis:
+    return cluster.get_redis_connection(cluster.get_node_from_key(key))
+
+
 versions = st.tuples(
     st.builds(
         SourcePosition,
