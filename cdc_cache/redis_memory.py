@@ -44,6 +44,7 @@ from cdc_cache.errors import CdcCacheError, ConfigError
 from cdc_cache.fallback import Holds
 from cdc_cache.keys import VERSION_LAYOUT_KEY
 from cdc_cache.mode import Cause
+from cdc_cache.periodic import Periodic
 from cdc_cache.redis_apply import Client, accepts_writes, node_name, primaries, write_record
 
 log = logging.getLogger("cdc_cache.memory")
@@ -193,13 +194,18 @@ class MemoryWatch:
         self._fallback = fallback
         self._lifetime_ms = lifetime_ms
         self.guard = guard
-        self._interval_s = interval_s
         self._clock_ms = clock_ms
         self._invalidate_only = False
         self._unsafe_until = 0.0
         self._evicted: dict[str, int] = {}
-        self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic(
+            "cdc-redis-memory",
+            self.tick,
+            interval_s,
+            errors=_REDIS_ERRORS,
+            log=log,
+            failure="could not read Redis memory",
+        )
 
     def invalidate_only(self) -> bool:
         """Whether values may not be written now (asked by the appliers once per batch)."""
@@ -232,20 +238,11 @@ class MemoryWatch:
                 self.guard.accepted(name)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cdc-redis-memory", daemon=True)
-        self._thread.start()
+        """Tick once per interval in a daemon thread until :meth:`close`."""
+        self._loop.start()
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._closing.wait(self._interval_s):
-            try:
-                self.tick()
-            except _REDIS_ERRORS as exc:
-                log.warning("could not read Redis memory", extra={"error": str(exc)})
+        self._loop.close()
 
     def _observe(self, nodes: Sequence[NodeMemory]) -> None:
         for node in nodes:

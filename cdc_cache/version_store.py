@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from cdc_cache.keys import (
     version_field,
     version_key,
 )
+from cdc_cache.periodic import Periodic
 from cdc_cache.redis_apply import Client, lua_script, primaries, write_record
 from cdc_cache.rules import Rules
 from cdc_cache.versions import HORIZON_DIGITS, legacy_version, parse_stored
@@ -196,10 +196,15 @@ class VersionSweeper:
     ) -> None:
         self._client = client
         self._fields_per_s = fields_per_s
-        self._pause_s = pause_s
         self._page = page
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._loop = Periodic(
+            "cdc-version-sweep",
+            self._pass,
+            pause_s,
+            errors=_REDIS_ERRORS,
+            log=log,
+            failure="version sweep interrupted; retried next pass",
+        )
 
     def sweep(self, keep_going: Callable[[], bool] = lambda: True) -> SweepReport:
         """One pass over every bucket (stops early when ``keep_going`` turns false)."""
@@ -212,34 +217,22 @@ class VersionSweeper:
                 examined += seen
                 removed += gone
                 metrics.VERSIONS_SWEPT.inc(gone)
-                self._closing.wait(seen / self._fields_per_s)
+                self._loop.closing.wait(seen / self._fields_per_s)
         metrics.VERSIONS_KEPT.set(examined - removed)
         return SweepReport(examined, removed)
 
     def start(self) -> None:
-        """Sweep in a daemon thread until :meth:`close`."""
-        self._thread = threading.Thread(target=self._run, name="cdc-version-sweep", daemon=True)
-        self._thread.start()
+        """Sweep in a daemon thread, a pass every ``pause_s``, until :meth:`close`."""
+        self._loop.start()
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._loop.close()
 
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            try:
-                report = self.sweep(keep_going=lambda: not self._closing.is_set())
-            except _REDIS_ERRORS as exc:
-                log.warning(
-                    "version sweep interrupted; retried next pass", extra={"error": str(exc)}
-                )
-            else:
-                log.info(
-                    "version sweep done",
-                    extra={"examined": report.examined, "removed": report.removed},
-                )
-            self._closing.wait(self._pause_s)
+    def _pass(self) -> None:
+        report = self.sweep(keep_going=lambda: not self._loop.closing.is_set())
+        log.info(
+            "version sweep done", extra={"examined": report.examined, "removed": report.removed}
+        )
 
     def _by_node(self) -> list[tuple[Redis[bytes], list[str]]]:
         """Every bucket name, grouped by the primary that serves it."""

@@ -7,7 +7,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
@@ -81,63 +81,67 @@ def _node_of(client: Any, key: str) -> str:
     return _name(client)
 
 
-class Filler:
-    """Writes filler keys with a TTL (what other applications sharing the cache would) in
-    a thread, as fast as ``per_s``, ignoring refusals, until stopped."""
+class _Background:
+    """A daemon thread doing ``_step`` every ``pause_s`` while the ``with`` block runs."""
+
+    pause_s = 0.05
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.pause_s):
+            self._step()
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+
+class Filler(_Background):
+    """Writes filler keys with a TTL (what other applications sharing the cache would),
+    as fast as ``per_s``, counting refusals for memory."""
 
     def __init__(
         self, client: Any, *, value_size: int = 2048, ttl_ms: int = 7_200_000, per_s: float = 2000
     ) -> None:
+        super().__init__()
+        self.pause_s = 1 / per_s
         self._client = client
         self._value = b"f" * value_size
         self._ttl_ms = ttl_ms
-        self._pause = 1 / per_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._count = itertools.count()
         self.written = 0
         self.refused = 0
 
-    def __enter__(self) -> Filler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        for count in itertools.count():
-            if self._stop.wait(self._pause):
-                return
-            try:
-                self._client.set(f"{FILLER}{count}", self._value, px=self._ttl_ms)
-                self.written += 1
-            except rex.ResponseError as exc:
-                if not is_oom(exc):
-                    raise
-                self.refused += 1
+    def _step(self) -> None:
+        try:
+            self._client.set(f"{FILLER}{next(self._count)}", self._value, px=self._ttl_ms)
+            self.written += 1
+        except rex.ResponseError as exc:
+            if not is_oom(exc):
+                raise
+            self.refused += 1
 
 
-class VersionsGivenATtl:
+class VersionsGivenATtl(_Background):
     """Defeats the mechanism under test: gives every version bucket a TTL, as the previous
     release's version keys had, so that ``volatile-*`` policies may evict them."""
 
     def __init__(self, client: Any, ttl_ms: int = 30_000) -> None:
+        super().__init__()
         self._client = client
         self._ttl_ms = ttl_ms
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> VersionsGivenATtl:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            for node in primaries(self._client):
-                for name in node.scan_iter(match=VERSION_PREFIX + "{*", count=1000):
-                    node.pexpire(name, self._ttl_ms, nx=True)
+    def _step(self) -> None:
+        for node in primaries(self._client):
+            for name in node.scan_iter(match=VERSION_PREFIX + "{*", count=1000):
+                node.pexpire(name, self._ttl_ms, nx=True)
