@@ -260,7 +260,7 @@ def deployments(home: Path) -> Iterator[tuple[str, Client]]:
     single = RedisServer(home / "single", free_port())
     single.start()
     try:
-        yield "one server", connect(single.address())
+        yield "one server", connect(single.address(), socket_timeout=600)
     finally:
         single.stop()
     cluster = RedisClusterServers(
@@ -268,7 +268,7 @@ def deployments(home: Path) -> Iterator[tuple[str, Client]]:
     )
     cluster.start()
     try:
-        yield "Cluster, 3 primaries", connect(cluster.address())
+        yield "Cluster, 3 primaries", connect(cluster.address(), socket_timeout=600)
     finally:
         cluster.stop()
 
