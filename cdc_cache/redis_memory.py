@@ -58,6 +58,7 @@ SAFE_POLICIES: Final = (
 )
 _POLICIES: Final = (*SAFE_POLICIES, "allkeys-lru", "allkeys-lfu", "allkeys-random")
 SETTING: Final = "eviction_fallback"
+MIN_REDIS_MAJOR: Final = 7
 UNSAFE_UNTIL_FIELD: Final = "unsafe_until_ms"  # in the layout record: invalidate only until then
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
@@ -78,6 +79,7 @@ class NodeMemory:
     policy: str
     counted: int  # used_memory minus what Redis does not count against maxmemory
     evicted_keys: int
+    version: str = "7.0.0"
 
     @property
     def evicts_versions(self) -> bool:
@@ -89,9 +91,21 @@ class NodeMemory:
         """Bytes left before Redis evicts or refuses writes (None: no maxmemory)."""
         return self.maxmemory - self.counted if self.maxmemory > 0 else None
 
+    @property
+    def too_old(self) -> bool:
+        """Before Redis 7.0: no script flags, so no script that runs while out of memory."""
+        major = self.version.split(".", 1)[0]
+        return not major.isdigit() or int(major) < MIN_REDIS_MAJOR
+
     @classmethod
-    def parse(cls, node: str, memory: dict[str, object], stats: dict[str, object]) -> NodeMemory:
-        """From the dicts redis-py makes of ``INFO memory`` and ``INFO stats``."""
+    def parse(
+        cls,
+        node: str,
+        memory: dict[str, object],
+        stats: dict[str, object],
+        server: dict[str, object] | None = None,
+    ) -> NodeMemory:
+        """From the dicts redis-py makes of ``INFO memory``, ``stats`` and ``server``."""
         used = int(str(memory.get("used_memory", 0)))
         uncounted = int(str(memory.get("mem_not_counted_for_evict", 0)))
         return cls(
@@ -100,6 +114,7 @@ class NodeMemory:
             str(memory.get("maxmemory_policy", "noeviction")),
             used - uncounted,
             int(str(stats.get("evicted_keys", 0))),
+            str((server or {}).get("redis_version", "7.0.0")),
         )
 
 
@@ -122,8 +137,9 @@ def read_memory(client: Client) -> list[NodeMemory]:
         pipe = node.pipeline(transaction=False)
         pipe.info("memory")
         pipe.info("stats")
-        memory, stats = pipe.execute()
-        found.append(NodeMemory.parse(node_name(node), memory, stats))
+        pipe.info("server")
+        memory, stats, server = pipe.execute()
+        found.append(NodeMemory.parse(node_name(node), memory, stats, server))
     return found
 
 
@@ -214,10 +230,18 @@ class MemoryWatch:
     def check(self) -> list[NodeMemory]:
         """The check at start: refuse an unsafe policy, or engage invalidate-only writing.
 
-        Raises ConfigError (exit 2) for a policy that may evict versions unless the
-        operator opted into ``eviction_fallback: invalidate_only``.
+        Raises ConfigError (exit 2) for a Redis before 7.0, and for a policy that may evict
+        versions unless the operator opted into ``eviction_fallback: invalidate_only``.
         """
         nodes = read_memory(self.client)
+        old = [f"{n.node} runs Redis {n.version}" for n in nodes if n.too_old]
+        if old:
+            msg = (
+                f"{', '.join(old)}: cdc-cache needs Redis 7.0 or later (its scripts declare "
+                "Redis 7 flags so that invalidations land while Redis is out of memory); "
+                "upgrade Redis or point redis_url at a newer server"
+            )
+            raise ConfigError(msg)
         unsafe = [n for n in nodes if n.evicts_versions]
         if unsafe and self._fallback is EvictionFallback.REFUSE:
             raise ConfigError(refusal(unsafe))

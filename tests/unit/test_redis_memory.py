@@ -83,3 +83,10 @@ def test_each_node_is_held_on_its_own() -> None:
     assert len(holds.active()) == 1
     guard.accepted("c:3")  # never held: nothing to clear
     assert guard.held() == ["b:2"]
+
+
+@pytest.mark.parametrize(("version", "old"), [("7.0.15", False), ("7.4.1", False),
+                                              ("8.0.0", False), ("6.2.14", True), ("", True)])  # fmt: skip
+def test_redis_before_7_is_too_old(version: str, old: bool) -> None:
+    parsed = NodeMemory.parse("n", {}, {}, {"redis_version": version})
+    assert parsed.too_old is old
