@@ -139,7 +139,7 @@ class Stack:
                 "--redis-url", self.redis.address(),
                 "--recovery-dir", str(self.home / "recovery"), "--log-level", "WARNING",
             ],
-            {"CDC_CACHE_KAFKA": json.dumps(self.kafka)},
+            {"CDC_CACHE_KAFKA_CONSUMER": json.dumps(self.kafka)},
         )  # fmt: skip
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="librdkafka setting for the worker (repeatable), e.g. fetch.wait.max.ms=10",
+        help="librdkafka consumer setting for the worker (repeatable), e.g. fetch.wait.max.ms=10",
     )
     args = parser.parse_args(argv)
     kafka = dict(pair.split("=", 1) for pair in args.kafka)

@@ -16,11 +16,23 @@ change events (``bench/workload.py``) and measures, in one run:
   acknowledged it (appended), a subscriber to Redis keyspace notifications when the
   worker's SET of its key happened; ack → SET is the processor latency.
 
+``--replicas N`` gives the Redis N replicas for the whole run and adds two phases:
+``product_1proc_wait`` and ``latency_half_wait``, the same as ``product_1proc`` and
+``latency_half`` with the worker waiting for the N replicas after each batch
+(``redis_replicas``), so the cost of that wait reads side by side with the run without it.
+``--rounds R`` runs the pair without and with the wait R times, alternating, and reports
+the medians (``wait_rounds``): on a busy machine one pair is mostly noise. The phase
+``replica_wait`` times the wait alone, as the worker makes it after a batch (marker, WAIT,
+INFO on the primary), after one small write each: its latency and the client's CPU.
+
 ``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
-its RSS sampled throughout.
+its RSS sampled throughout. ``--lineage-ab ROUNDS`` runs only ``product_1proc``, ROUNDS
+times with lineage detection on and off alternately, for the cost of detection.
 
     python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
+    python bench/throughput.py --events 200000 --replicas 1 --out bench/results/replicas.json
     python bench/throughput.py --soak 600 --out bench/results/soak.json
+    python bench/throughput.py --lineage-ab 3 --events 200000 --out bench/results/lineage.json
 """
 
 from __future__ import annotations
@@ -51,9 +63,13 @@ from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.failover import PrimaryRegistry
+from cdc_cache.fallback import Holds
 from cdc_cache.keys import MODE_FLAG_KEY
 from cdc_cache.pipeline import Planned, route
 from cdc_cache.redis_apply import RedisApplier, _script
+from cdc_cache.replica_wait import ReplicaWait
+from cdc_cache.replication import ReplicationInfo
 from cdc_cache.rules import parse_rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,9 +144,13 @@ class CpuMeter:
 class Bench:
     """The servers under one temporary home, plus helpers every phase uses."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, replicas: int = 0) -> None:
         self.home = home
         self.redis_server = RedisServer(home / "redis", free_port())
+        self.replicas = [
+            RedisServer(home / f"replica-{n}", free_port(), replica_of=self.redis_server.port)
+            for n in range(replicas)
+        ]
         self.broker = Broker(home / "broker", free_port())
         self.rules_path = home / "rules.yaml"
         self.rules_path.write_text(RULES_YAML)
@@ -139,12 +159,24 @@ class Bench:
 
     def start(self) -> None:
         self.redis_server.start()
+        for replica in self.replicas:
+            replica.start()
         self.broker.start()
         self.redis = Redis.from_url(self.redis_server.address())
+        deadline = time.monotonic() + 60
+        while self.replicas and ReplicationInfo.parse(
+            self.redis.info("replication")
+        ).online() < len(self.replicas):
+            if time.monotonic() > deadline:
+                msg = "the Redis replicas did not come online within 60 s"
+                raise SystemExit(msg)
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.stop_workers()
         self.broker.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.redis_server.stop()
 
     def create_topics(self, prefix: str) -> list[str]:
@@ -160,8 +192,13 @@ class Bench:
     def producer(self, **extra: Any) -> Producer:
         return Producer({"bootstrap.servers": self.broker.bootstrap, **PRODUCER, **extra})
 
-    def start_workers(self, prefix: str, processes: int, threads: int = 1) -> list[int]:
-        """``cdc-cache run`` on the prefix's topics; returns the metrics ports."""
+    def start_workers(
+        self, prefix: str, processes: int, threads: int = 1, wait_replicas: int = 0
+    ) -> list[int]:
+        """``cdc-cache run`` on the prefix's topics; returns the metrics ports.
+
+        ``wait_replicas`` is the worker's ``redis_replicas``: acknowledgements it waits for.
+        """
         recovery = Path(tempfile.mkdtemp(prefix=f"recovery-{prefix}-", dir=self.home))
         ports = [free_port() for _ in range(processes)]
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
@@ -185,7 +222,11 @@ class Bench:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
-                    env={**os.environ, "CDC_CACHE_RECOVERY_PARTITIONS": str(processes)},
+                    env={
+                        **os.environ,
+                        "CDC_CACHE_RECOVERY_PARTITIONS": str(processes),
+                        "CDC_CACHE_REDIS_REPLICAS": str(wait_replicas),
+                    },
                 )
             )
         return ports
@@ -193,6 +234,7 @@ class Bench:
     def meter(self) -> CpuMeter:
         """CPU use of the workers, the broker, Redis and this harness."""
         servers = {"broker": self.broker.pid(), "redis": self.redis_server.pid()}
+        servers |= {f"replica_{n}": r.pid() for n, r in enumerate(self.replicas)}
         return CpuMeter(
             {"worker": [proc.pid for proc in self.procs], "harness": [os.getpid()]}
             | {name: [pid] for name, pid in servers.items() if pid is not None}
@@ -388,6 +430,28 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
     }
 
 
+def replica_wait(bench: Bench, replicas: int, waits: int = 2000) -> dict[str, Any]:
+    """One worker's wait for ``replicas`` acknowledgements, alone: latency and client CPU."""
+    wait = ReplicaWait(
+        bench.redis, PrimaryRegistry(tracked=True), Holds(), replicas=replicas, timeout_ms=1000
+    ).start()
+    primary = wait.touched([])
+    seconds = []
+    cpu = 0.0
+    for number in range(waits):
+        bench.redis.set("bench:replica-wait", number)  # something for the replicas to take
+        started, cpu_started = time.perf_counter(), time.process_time()
+        wait.confirm(primary)
+        seconds.append(time.perf_counter() - started)
+        cpu += time.process_time() - cpu_started
+    return {
+        "replicas": replicas,
+        "waits": waits,
+        **summary([s * 1000 for s in seconds]),
+        "client_cpu_us_per_wait": round(cpu / waits * 1e6, 1),
+    }
+
+
 def _record(message: Message) -> Any:
     from cdc_cache.events import SourceRecord
 
@@ -395,11 +459,17 @@ def _record(message: Message) -> Any:
 
 
 def product(
-    bench: Bench, generator: Generator, loaded: dict[str, Any], processes: int, threads: int = 1
+    bench: Bench,
+    generator: Generator,
+    loaded: dict[str, Any],
+    processes: int,
+    threads: int = 1,
+    *,
+    wait_replicas: int = 0,
 ) -> dict[str, Any]:
     """``cdc-cache run`` draining the loaded topics; then the correctness guard."""
     bench.reset_redis()
-    ports = bench.start_workers(generator.prefix, processes, threads)
+    ports = bench.start_workers(generator.prefix, processes, threads, wait_replicas)
     records = loaded["records"]
     meter = bench.meter()
     first, done = bench.wait_consumed(ports, records, timeout=900, on_first=meter.start)
@@ -414,6 +484,7 @@ def product(
     return {
         "processes": processes,
         "threads_per_process": threads,
+        "redis_replicas": wait_replicas,
         "records": records,
         "events": loaded["events"],
         "seconds": round(elapsed, 2),
@@ -574,7 +645,9 @@ class Pacer:
         return time.monotonic() - started
 
 
-def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str, Any]:
+def latency(
+    bench: Bench, prefix: str, rate: float, seconds: float, wait_replicas: int = 0
+) -> dict[str, Any]:
     """Processor latency at a paced rate: probe acked by the broker → probe key SET in Redis.
 
     The changes are generated before the clock starts, so generating them does not
@@ -584,7 +657,7 @@ def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str,
     changes = [generator.change() for _ in range(int(rate * seconds) + 1)]
     bench.create_topics(prefix)
     bench.reset_redis()
-    ports = bench.start_workers(prefix, 1)
+    ports = bench.start_workers(prefix, 1, wait_replicas=wait_replicas)
     producer = bench.producer(**{"linger.ms": 1})
     probes = Probes(bench)
     # Warm up: the worker is live once a first probe is applied.
@@ -616,6 +689,7 @@ def latency(bench: Bench, prefix: str, rate: float, seconds: float) -> dict[str,
     ack_to_applied = [total - ack for total, ack in zip(to_applied, to_ack, strict=True)]
     return {
         "target_rate": round(rate),
+        "redis_replicas": wait_replicas,
         "achieved_rate": round(pacer.changes / produced_for),
         "seconds": round(produced_for, 1),
         "drain_after_last_s": round(max(0.0, done - finished), 2),
@@ -716,7 +790,19 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             "Redis: apply script, pipelined",
             f"{lua['events_per_s']:,} events/s ({lua['ops_per_s']:,} ops/s)",
         ),
+        *(
+            [
+                (
+                    f"the wait for {wait['replicas']} replica(s) alone, after a write",
+                    f"p50 {wait['p50_ms']} ms, p99 {wait['p99_ms']} ms; "
+                    f"{wait['client_cpu_us_per_wait']} µs client CPU",
+                )
+            ]
+            if (wait := result.get("replica_wait"))
+            else []
+        ),
         ("cdc-cache run, 1 process", rate(result["product_1proc"])),
+        *_wait_rows(result),
         ("cdc-cache run, 2 processes", rate(result["product_2proc"])),
         ("cdc-cache run, 1 process, 2 worker threads", rate(result["product_1proc_2threads"])),
         (
@@ -724,12 +810,20 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"{result['baseline']['records_per_s']:,} records/s",
         ),
     ]
-    for name in ("latency_full", "latency_half"):
+    for name in ("latency_full", "latency_half", "latency_half_wait"):
+        if name not in result:
+            continue
         lat = result[name]
         send = lat["send_to_ack"]
         rows += [
             (
-                f"broker ack → applied at {lat['achieved_rate']:,} events/s ({name[8:]} rate)",
+                f"broker ack → applied at {lat['achieved_rate']:,} events/s "
+                f"({name.split('_')[1]} rate)"
+                + (
+                    f", waiting for {lat['redis_replicas']} replica(s)"
+                    if lat["redis_replicas"]
+                    else ""
+                ),
                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms",
             ),
             (
@@ -741,14 +835,48 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("1 process vs baseline (records/s)", f"{ratio['vs_baseline']}x"),
         ("1 process vs lower raw limit", f"{ratio['vs_lower_raw_limit']:.0%}"),
         ("2 processes vs 1", f"{ratio['scaling_2_vs_1']}x"),
+        *(
+            [
+                (
+                    "waiting for replicas vs not (medians)",
+                    f"{ratio['wait_vs_no_wait']:.0%} of the rate, "
+                    f"{ratio['wait_cpu_vs_no_wait']:.0%} of the worker CPU per event",
+                )
+            ]
+            if "wait_vs_no_wait" in ratio
+            else []
+        ),
         ("correctness guard (after each cdc-cache run)", "passed"),
     ]
     return rows
 
 
+def _wait_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The runs with and without waiting for replicas, as medians of their rounds."""
+    if "wait_medians" not in result:
+        return []
+    medians, rounds = result["wait_medians"], result["wait_rounds"]
+    replicas = result["product_1proc_wait"]["redis_replicas"]
+    pairs = ", ".join(
+        f"{r['wait']['events_per_s']:,} vs {r['no_wait']['events_per_s']:,}" for r in rounds
+    )
+    return [
+        (
+            f"  the same, waiting for {replicas} replica(s), median of {len(rounds)}",
+            f"{medians['wait']['events_per_s']:,.0f} events/s vs "
+            f"{medians['no_wait']['events_per_s']:,.0f} without (rounds: {pairs})",
+        ),
+        (
+            "  worker CPU per event, with vs without the wait (medians)",
+            f"{medians['wait']['worker_cpu_us_per_event']} vs "
+            f"{medians['no_wait']['worker_cpu_us_per_event']} µs",
+        ),
+    ]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="cdc-throughput-"))
-    bench = Bench(home)
+    bench = Bench(home, args.replicas)
     result: dict[str, Any] = {"conditions_start": load_conditions()}
     try:
         bench.start()
@@ -757,6 +885,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elif args.soak:
             print(f"soak: {args.soak_rate}/s for {args.soak} s", flush=True)
             result["soak"] = soak(bench, args.soak_rate, args.soak)
+        elif args.lineage_ab:
+            result["lineage_ab"] = lineage_ab(bench, args)
         else:
             result |= measure(bench, args)
     finally:
@@ -786,8 +916,15 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     )
     step(f"{out['consume_only']}; Redis Lua limit")
     out["redis_lua"] = redis_lua(bench, min(args.events, 200_000))
-    step(f"{out['redis_lua']}; cdc-cache run, 1 process")
+    if args.replicas:
+        step(f"{out['redis_lua']}; the wait for {args.replicas} replica(s) alone")
+        out["replica_wait"] = replica_wait(bench, args.replicas)
+    step(f"{out.get('replica_wait', out['redis_lua'])}; cdc-cache run, 1 process")
     out["product_1proc"] = product(bench, generator, loaded, 1)
+    if args.replicas:
+        step(f"{out['product_1proc']}; {args.rounds} round(s) without and with the wait")
+        out |= wait_rounds(bench, generator, loaded, out["product_1proc"], args)
+        step(f"{out['wait_rounds']}")
     step(f"{out['product_1proc']}; cdc-cache run, 2 processes")
     out["product_2proc"] = product(bench, generator, loaded, 2)
     step(f"{out['product_2proc']}; cdc-cache run, 1 process with 2 worker threads")
@@ -800,8 +937,83 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     step(f"{out['latency_full']}; latency at {full // 2}/s")
     out["latency_half"] = latency(bench, "lathalf", full / 2, args.latency_seconds)
     step(f"{out['latency_half']}")
+    if args.replicas:
+        out["latency_half_wait"] = latency(
+            bench, "lathalfw", full / 2, args.latency_seconds, wait_replicas=args.replicas
+        )
+        step(f"waiting for replicas: {out['latency_half_wait']}")
     out["ratios"] = ratios(out)
     return out
+
+
+def wait_rounds(
+    bench: Bench,
+    generator: Generator,
+    loaded: dict[str, Any],
+    first: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The 1-process run waiting for replicas, paired with runs without the wait.
+
+    ``first`` is the run without it already made; the pairs alternate so that a change in
+    the machine's load hits both sides alike. Worker CPU per event is reported too: it
+    depends less on what else the machine runs than the rate does.
+    """
+    rounds = []
+    waiting: dict[str, Any] = {}
+    for number in range(args.rounds):
+        plain = first if number == 0 else product(bench, generator, loaded, 1)
+        waiting = product(bench, generator, loaded, 1, wait_replicas=args.replicas)
+        rounds.append({"no_wait": _rate_and_cpu(plain), "wait": _rate_and_cpu(waiting)})
+    medians = {
+        side: {
+            name: _median([r[side][name] for r in rounds])
+            for name in ("events_per_s", "worker_cpu_us_per_event")
+        }
+        for side in ("no_wait", "wait")
+    }
+    return {"product_1proc_wait": waiting, "wait_rounds": rounds, "wait_medians": medians}
+
+
+def _rate_and_cpu(run: dict[str, Any]) -> dict[str, float]:
+    cpu_s = run["cpu"]["worker_cores"] * run["seconds"]
+    return {
+        "events_per_s": run["events_per_s"],
+        "worker_cpu_us_per_event": round(cpu_s / run["events"] * 1e6, 1),
+    }
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def lineage_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """One worker process draining the same events with lineage detection on and off.
+
+    Rounds alternate, so load from other jobs on the machine falls on both alike; the
+    worker's CPU per event is steadier than its wall-clock rate on a busy machine.
+    """
+    generator = Generator(prefix="bench", seed=1)
+    loaded = load(bench, generator, args.events)
+    loaded.pop("topics")
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for round_ in range(args.lineage_ab):
+        for variant in ("on", "off"):
+            os.environ["CDC_CACHE_LINEAGE_DETECTION"] = "true" if variant == "on" else "false"
+            try:
+                run_ = product(bench, generator, loaded, 1)
+                busy = {"machine_busy_cores": run_["cpu"]["machine_busy_cores"]}
+                runs[variant].append(_rate_and_cpu(run_) | busy)
+            finally:
+                del os.environ["CDC_CACHE_LINEAGE_DETECTION"]
+            print(f"round {round_ + 1}, detection {variant}: {runs[variant][-1]}", flush=True)
+    medians = {
+        variant: {name: _median([r[name] for r in done]) for name in done[0]}
+        for variant, done in runs.items()
+    }
+    return {"events": loaded["events"], "runs": runs, "medians": medians}
 
 
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -828,11 +1040,21 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
     one = out["product_1proc"]["events_per_s"]
     records = out["product_1proc"]["records_per_s"]
     raw = min(out["consume_only"]["events_per_s"], out["redis_lua"]["events_per_s"])
-    return {
+    found = {
         "vs_baseline": round(records / out["baseline"]["records_per_s"], 2),
         "vs_lower_raw_limit": round(one / raw, 3),
         "scaling_2_vs_1": round(out["product_2proc"]["events_per_s"] / one, 2),
     }
+    if "wait_medians" in out:
+        sides = out["wait_medians"]
+        found["wait_vs_no_wait"] = round(
+            sides["wait"]["events_per_s"] / sides["no_wait"]["events_per_s"], 3
+        )
+        found["wait_cpu_vs_no_wait"] = round(
+            sides["wait"]["worker_cpu_us_per_event"] / sides["no_wait"]["worker_cpu_us_per_event"],
+            3,
+        )
+    return found
 
 
 def _announcer() -> Callable[[str], None]:
@@ -853,9 +1075,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="memory run of this many seconds")
     parser.add_argument("--soak-rate", type=float, default=3000)
     parser.add_argument("--profile", type=Path, help="only profile the worker, to this file")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="give Redis N replicas; measure waiting for them"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs with and without the wait")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
+    parser.add_argument(
+        "--lineage-ab", type=int, default=0, metavar="ROUNDS",
+        help="only compare one worker with lineage detection on and off, ROUNDS times each",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(args)
+    if args.lineage_ab:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["lineage_ab"], indent=1))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)

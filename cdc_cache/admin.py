@@ -1,31 +1,50 @@
 """The worker's admin HTTP API: metrics, health, readiness and the cache mode.
 
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process answers), ``GET /readyz``
-(Redis answers and the partitions were caught up once; while the worker starts, which
-step it waits for), ``GET /mode`` and ``PUT /mode``
+(Redis answers, the partitions were caught up once and every source lineage can be told;
+while the worker starts, which step it waits for; with the source lineages' details),
+``GET /mode`` and ``PUT /mode``
 (body ``auto``, ``cdc`` or ``ttl``; needs ``Authorization: Bearer <admin_token>``), and
 the dead-letter page and API under ``/dlq`` (see :mod:`cdc_cache.dlq_web`).
 A stdlib server in a daemon thread: a handful of requests a minute needs nothing more.
+
+Clients cannot hold it: a request must arrive whole (line, headers, body) within
+``REQUEST_TIMEOUT_S`` or its connection is closed, at most ``MAX_CONNECTIONS`` are served
+at once (more are answered 503 at once, without a thread), a malformed
+``Content-Length`` is a 400, and a client that goes away is a debug line, not a traceback.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import logging
+import socket
+import sys
 import threading
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cdc_cache.dlq_web import MAX_BODY, DlqBackend, DlqPages, Request
+from cdc_cache.errors import ConfigError
 from cdc_cache.mode import Flag
 
 log = logging.getLogger("cdc_cache.admin")
 
+REQUEST_TIMEOUT_S: Final = 10.0
+MAX_CONNECTIONS: Final = 32
 _MAX_BODY = 64
+_BUSY: Final = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 45\r\nConnection: close\r\n\r\n"
+    b'{"error": "too many connections; try again"}\n'
+)
 _NO_TOKEN = (
     "changing the mode over HTTP is disabled: set admin_token (CDC_CACHE_ADMIN_TOKEN) "
     "on the worker, or use `cdc-cache mode set`"
@@ -60,6 +79,7 @@ class StartupBackend:
         self._lock = threading.Lock()
         self._done: set[str] = set()
         self._backend: ModeBackend | None = None
+        self._details: Callable[[], dict[str, object]] | None = None
 
     def passed(self, step: str) -> None:
         """``step`` (one of :attr:`STEPS`) is done."""
@@ -67,11 +87,20 @@ class StartupBackend:
         with self._lock:
             self._done.add(step)
 
-    def started(self, backend: ModeBackend) -> None:
-        """The flow runs: from now on ``backend`` answers."""
+    def started(
+        self, backend: ModeBackend, details: Callable[[], dict[str, object]] | None = None
+    ) -> None:
+        """The flow runs: from now on ``backend`` answers; ``details`` adds to ``/readyz``."""
         with self._lock:
             self._done.add("flow")
             self._backend = backend
+            self._details = details
+
+    def details(self) -> dict[str, object]:
+        """What ``/readyz`` shows beside its checks (the source lineages, once started)."""
+        with self._lock:
+            details = self._details
+        return details() if details is not None else {}
 
     def waiting_for(self) -> str | None:
         """The first step not done yet, or None once started."""
@@ -114,10 +143,21 @@ class AdminServer:
         token: str | None,
         host: str = "",
         dlq: DlqBackend | None = None,
+        *,
+        details: Callable[[], dict[str, object]] | None = None,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         pages = DlqPages(dlq, token) if dlq is not None else None
-        server = ThreadingHTTPServer((host, port), _handler(backend, token, pages))
-        server.daemon_threads = True
+        handler = _handler(backend, token, pages, timeout_s, details)
+        try:
+            server = _Server((host, port), handler, max_connections)
+        except OSError as exc:
+            msg = (
+                f"metrics_port {port}: cannot listen there ({exc.strerror}); set metrics_port "
+                "(--metrics-port, CDC_CACHE_METRICS_PORT) to a free port"
+            )
+            raise ConfigError(msg) from None
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="cdc-admin", daemon=True)
 
@@ -137,22 +177,112 @@ class AdminServer:
         self._server.server_close()
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; errors go to the log."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("admin connection refused: too many open", extra={"peer": client_address})
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left or stalled is routine; anything else is logged, as JSON."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("admin client went away", extra={"error": repr(error)})
+        else:
+            log.error("admin request failed", exc_info=True)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's reads, each given only what is left of the request's time."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            msg = "the request did not arrive in time"
+            raise TimeoutError(msg)
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 def _handler(
-    backend: ModeBackend, token: str | None, pages: DlqPages | None
+    backend: ModeBackend,
+    token: str | None,
+    pages: DlqPages | None,
+    limit_s: float,
+    details: Callable[[], dict[str, object]] | None,
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = limit_s  # each socket operation; reading the request is timed as a whole
+
+        def setup(self) -> None:
+            """Reads share one deadline: the whole request, not each read, is timed."""
+            super().setup()
+            self.rfile.close()  # the socket closes only once every file made from it is
+            self._reader = _DeadlineReader(self.connection, time.monotonic() + limit_s)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def _body(self, limit: int) -> bytes | None:
+            """The request body, or None once a 400/413 has been sent for it."""
+            given = self.headers.get("Content-Length", "0").strip()
+            if not given.isascii() or not given.isdigit():
+                self._json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
+                return None
+            length = int(given)
+            if length > limit:
+                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+                return None
+            body = self.rfile.read(length) if length > 0 else b""
+            self._reader.deadline = float("inf")  # read: the answer may take its time
+            self.connection.settimeout(limit_s)
+            return body
+
         def _dlq(self) -> bool:
             """Serve a /dlq request; False when the path is not the DLQ's."""
             path, _, query = self.path.partition("?")
             if pages is None or not (path == "/dlq" or path.startswith("/dlq/")):
                 return False
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+            body = self._body(MAX_BODY)
+            if body is None:
                 return True
-            body = self.rfile.read(length) if length > 0 else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
             answer = pages.handle(Request(self.command, path, query, headers, body))
             self._send(answer.status, answer.body, answer.content_type, answer.headers)
@@ -172,7 +302,8 @@ def _handler(
             elif self.path == "/readyz":
                 ready, checks = backend.ready()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                self._json(status, {"ready": ready, "checks": checks})
+                extra = details() if details is not None else {}
+                self._json(status, {"ready": ready, "checks": checks, **extra})
             elif self.path == "/mode":
                 self._json(HTTPStatus.OK, backend.view())
             else:
@@ -195,8 +326,10 @@ def _handler(
                     {"WWW-Authenticate": "Bearer"},
                 )
                 return
-            length = min(int(self.headers.get("Content-Length") or 0), _MAX_BODY)
-            body = self.rfile.read(length).decode(errors="replace").strip().lower()
+            raw = self._body(_MAX_BODY)
+            if raw is None:
+                return
+            body = raw.decode(errors="replace").strip().lower()
             try:
                 flag = Flag(body)
             except ValueError:

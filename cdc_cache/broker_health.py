@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from confluent_kafka import KafkaError
 
 from cdc_cache import metrics
+from cdc_cache.throttle import Throttle
 
 log = logging.getLogger("cdc_cache.broker")
 
@@ -36,14 +36,12 @@ class BrokerHealth:
         probe_every_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._log_every_s = log_every_s
         self._probe_every_s = probe_every_s
         self._clock = clock
         self._lock = threading.Lock()
         self._up: bool | None = None  # unknown until the first fetch answers or fails
         self._down_since: float | None = None
-        self._logged_at: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
+        self._throttle = Throttle(log_every_s, clock)
         self._probed_at = float("-inf")
 
     @property
@@ -61,12 +59,9 @@ class BrokerHealth:
             if error.code() in DOWN_CODES and self._up is not False:
                 self._up, self._down_since = False, now
                 metrics.BROKER_UP.set(0)
-            last = self._logged_at.get(code)
-            if last is not None and now - last < self._log_every_s:
-                self._suppressed[code] += 1
-                return
-            self._logged_at[code] = now
-            repeated = self._suppressed.pop(code, 0)
+        repeated = self._throttle.admit(code)
+        if repeated is None:
+            return
         log.warning(
             "kafka client error",
             extra={
@@ -84,7 +79,7 @@ class BrokerHealth:
                 return
             down_since = self._down_since
             self._up, self._down_since = True, None
-            self._logged_at.clear()  # the next outage is logged at once
+            self._throttle.reset()  # the next outage is logged at once
             metrics.BROKER_UP.set(1)
         if down_since is not None:
             log.warning(

@@ -58,7 +58,9 @@ def _reported(command: str, redis_url: str | None = None) -> Iterator[None]:
 @click.option("--brokers", help="Kafka bootstrap servers, comma-separated.")
 @click.option("--topic", "topics", multiple=True, help="A Debezium topic to read (repeatable).")
 @click.option("--topic-pattern", help="Regex of topics to read instead of --topic.")
-@click.option("--redis-url", help="redis://, rediss://, or a cluster URL (see README).")
+@click.option(
+    "--redis-url", help="redis://, rediss://, redis+sentinel://, or a cluster URL (see README)."
+)
 @click.option(
     "--recovery-dir",
     type=click.Path(path_type=Path),
@@ -97,7 +99,9 @@ def run(config_file: Path | None, **flags: object) -> None:
     "--db", "dsn", required=True, help="mysql://user:pass@host:port/db or postgresql://..."
 )
 @click.option("--rules", type=click.Path(path_type=Path), required=True, help="Rules file (YAML).")
-@click.option("--redis-url", required=True, help="redis://, rediss://, or a cluster URL.")
+@click.option(
+    "--redis-url", required=True, help="redis://, rediss://, redis+sentinel://, or a cluster URL."
+)
 @click.option("--sample", type=int, help="Check N random rows of tables larger than N.")
 @click.option("--table", "tables", multiple=True, help="Check only this table (repeatable).")
 @click.option(
@@ -172,7 +176,7 @@ _REDIS_URL = click.option(
     envvar="CDC_CACHE_REDIS_URL",
     default="redis://127.0.0.1:16379/0",
     show_default=True,
-    help="The cache's Redis (add ?cluster=true for Redis Cluster).",
+    help="The cache's Redis (?cluster=true for Redis Cluster; redis+sentinel:// for Sentinel).",
 )
 
 
@@ -183,6 +187,7 @@ def mode_get(redis_url: str) -> None:
     import time
 
     from cdc_cache.fallback import ModeStore
+    from cdc_cache.mode_record import ModeRecord
     from cdc_cache.redis_apply import connect
 
     with _reported("cdc-cache mode get", redis_url):
@@ -191,17 +196,17 @@ def mode_get(redis_url: str) -> None:
             flag = store.flag().value
         except ConfigError as exc:
             flag = f"invalid ({exc})"
-        record = store.record()
+        record = ModeRecord.parse(store.record())
     click.echo(f"flag:   {flag}")
-    if not record:
+    if record is None:
         click.echo("mode:   unknown (no worker has published a mode yet)")
         return
-    since_ms = int(record.get("since_ms", "0"))
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_ms / 1000))
-    click.echo(f"mode:   {record.get('mode')}")
-    click.echo(f"reason: {record.get('reason')} ({record.get('cause')})")
-    click.echo(f"since:  {since} ({since_ms})")
-    click.echo(f"lag_s:  {record.get('lag_s') or 'unknown'}")
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.since_ms / 1000))
+    click.echo(f"mode:   {record.mode.value}")
+    click.echo(f"reason: {record.reason} ({record.cause.value})")
+    click.echo(f"since:  {since} ({record.since_ms})")
+    click.echo(f"lag_s:  {record.lag_s or 'unknown'}")
+    click.echo(f"writer: {record.writer}")
 
 
 @mode.command("set")
@@ -216,6 +221,83 @@ def mode_set(flag: str, redis_url: str) -> None:
     with _reported("cdc-cache mode set", redis_url):
         ModeStore(connect(redis_url)).set_flag(Flag(flag))
     click.echo(f"flag set to {flag}; workers apply it within a second")
+
+
+@main.group()
+def continuity() -> None:
+    """Source discontinuities (a recreated topic, records removed before they were read).
+
+    The worker pauses such a partition and holds the cache in ttl mode until one of these
+    decides how it goes on (README: Source continuity).
+    """
+
+
+_TOPIC = click.option("--topic", required=True, help="The topic whose partitions to resolve.")
+_PARTITION = click.option("--partition", type=int, help="Only this partition (default: all).")
+
+
+@continuity.command("status")
+@_REDIS_URL
+def continuity_status(redis_url: str) -> None:
+    """Print each held partition: what broke, both offsets and topic ids, ways forward."""
+    from cdc_cache.continuity_cli import status_lines
+    from cdc_cache.continuity_store import ContinuityStore
+    from cdc_cache.redis_apply import connect
+
+    with _reported("cdc-cache continuity status", redis_url):
+        records = ContinuityStore(connect(redis_url)).records()
+    for line in status_lines(records):
+        click.echo(line)
+
+
+@continuity.command("reread")
+@_TOPIC
+@_PARTITION
+@_REDIS_URL
+def continuity_reread(topic: str, partition: int | None, redis_url: str) -> None:
+    """Read the topic again from its start (versions make it idempotent).
+
+    The cache stays in ttl mode until the re-read has caught up with the topic's end.
+    Refused where records were removed unread: re-reading cannot bring them back.
+    """
+    _continuity_decide("reread", topic, partition, redis_url)
+
+
+@continuity.command("accept")
+@_TOPIC
+@_PARTITION
+@_REDIS_URL
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def continuity_accept(topic: str, partition: int | None, redis_url: str, yes: bool) -> None:
+    """Accept the gap: go on from the topic's start and leave ttl mode now.
+
+    Changes the topic no longer holds are not applied: use this after a re-snapshot of
+    the affected tables, or when the cache may keep what it missed until its TTLs.
+    """
+    _continuity_decide("accept", topic, partition, redis_url, confirmed=yes)
+
+
+def _continuity_decide(
+    action: str, topic: str, partition: int | None, redis_url: str, *, confirmed: bool = True
+) -> None:
+    from cdc_cache.continuity import Action
+    from cdc_cache.continuity_cli import chosen, decide
+    from cdc_cache.continuity_store import ContinuityStore
+    from cdc_cache.redis_apply import connect
+
+    command = f"cdc-cache continuity {action}"
+    with _reported(command, redis_url):
+        store = ContinuityStore(connect(redis_url))
+        picked = chosen(store.records(), topic, partition, Action(action))
+        for where, record in sorted(picked.items()):
+            click.echo(f"{where}: {record['reason']}")
+        if not confirmed:
+            click.confirm(
+                f"Changes missing from {', '.join(sorted(picked))} will not be applied. Accept?",
+                abort=True,
+            )
+        decide(store, picked, Action(action))
+    click.echo(f"{action} recorded for {', '.join(sorted(picked))}; workers act within a second")
 
 
 @main.group()
@@ -406,6 +488,43 @@ def dlq_replay(
     for entry_id in missing:
         click.echo(f"{entry_id}  unknown (no such entry)", err=True)
     sys.exit(1 if missing or any(o.outcome == "failed" for o in outcomes) else 0)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="The worker's settings file (YAML); its Redis settings are used, other keys ignored.",
+)
+@click.option("--redis-url", help="The cache's Redis (add ?cluster=true for Redis Cluster).")
+@click.option(
+    "--down-after-s",
+    "watchdog_down_after_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat silence that means the worker is down (default: the worker's "
+    "lag_slo_s + mode_window_s, which it publishes).",
+)
+@click.option(
+    "--port",
+    "watchdog_port",
+    type=int,
+    help="Serve /metrics, /healthz, /readyz and GET /mode on this port.",
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+def watchdog(config_file: Path | None, **flags: Any) -> None:
+    """Fall the cache back to ttl mode while no worker is alive (a dead-man's switch).
+
+    Safe to run several: one holds a lock in Redis and acts, the others stand by.
+    """
+    from cdc_cache import logs
+    from cdc_cache.settings import WatchdogSettings, load
+    from cdc_cache.watchdog import serve
+
+    with _reported("cdc-cache watchdog", flags.get("redis_url")):
+        settings = load(WatchdogSettings, config_file, **flags)
+        logs.configure(settings.log_level)
+        serve(settings)
 
 
 def _gateway_secret_options(command: Callable[..., None]) -> Callable[..., None]:

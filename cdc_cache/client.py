@@ -23,12 +23,21 @@ The worker publishes the effective mode in the Redis hash ``cdc:mode`` (:data:`M
 ``reason``          why the mode was entered (for people; not read here)
 ``since_ms``        when, in Unix milliseconds (for people; not read here)
 ``fallback_ttl_ms`` the short TTL of ``ttl`` mode, in milliseconds
+``updated_ms``      when the worker (or a watchdog standing in for it) last wrote the hash
+``stale_after_ms``  how old the hash may get before it says nothing (the worker's lag SLO
+                    plus its mode window)
 ==================  ========================================================================
 
 The hash is read at most once per ``mode_refresh_s``. In ``ttl`` mode fills get
 ``min(ttl, fallback_ttl_ms)``; without the field, the ``fallback_ttl_ms`` given to
 :class:`CacheAside`. A missing hash means ``cdc``; an unknown mode counts as ``ttl``, the
 side on which staleness stays bounded.
+
+A worker rewrites the hash every second. When it is down and no watchdog stands in, the
+hash keeps saying whatever it said last, often ``cdc``, while no invalidation is applied:
+so a hash whose ``updated_ms`` is older than ``stale_after_ms`` (the smaller of the hash's
+and the helper's own) counts as ``ttl``. Clocks of hosts differ a little; the bound is
+minutes by default, far above usual skew.
 
 Values are bytes, read and written with GET/SET: use the helper on string keys (rules
 ``format: json``, or keys the rules only delete) and fill them in the same shape the rules
@@ -92,7 +101,9 @@ class CacheAside:
     ``ttl_ms`` is the TTL of a filled value, ``negative_ttl_ms`` that of a "no such row"
     marker; ``lease_ttl_ms`` must exceed the loader's usual run time (a fill after it ends
     is dropped); ``fallback_ttl_ms`` caps fills in ``ttl`` mode when the worker did not
-    publish its own. The client must return bytes (redis-py's default;
+    publish its own; ``stale_after_ms`` is how old the mode hash may get before it counts
+    as ``ttl`` (None trusts it however old: the worker being down goes unnoticed). The
+    client must return bytes (redis-py's default;
     ``cdc_cache.redis_apply.connect`` builds one from a URL). Thread-safe as the client is.
     """
 
@@ -106,7 +117,9 @@ class CacheAside:
         lease_wait_ms: int = 200,
         fallback_ttl_ms: int = 60_000,
         mode_refresh_s: float = 1.0,
+        stale_after_ms: int | None = 90_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         positive = {
             "ttl_ms": ttl_ms,
@@ -118,8 +131,8 @@ class CacheAside:
             if value <= 0:
                 msg = f"CacheAside: {name}={value}; give a positive number of milliseconds"
                 raise ValueError(msg)
-        if lease_wait_ms < 0 or mode_refresh_s < 0:
-            msg = "CacheAside: lease_wait_ms and mode_refresh_s must not be negative"
+        if lease_wait_ms < 0 or mode_refresh_s < 0 or (stale_after_ms or 0) < 0:
+            msg = "CacheAside: lease_wait_ms, mode_refresh_s, stale_after_ms: none may be < 0"
             raise ValueError(msg)
         if redis.get_connection_kwargs().get("decode_responses"):
             msg = "CacheAside needs a Redis client with decode_responses=False (values are bytes)"
@@ -131,7 +144,10 @@ class CacheAside:
         self._lease_wait_s = lease_wait_ms / 1000
         self._fallback_ttl_ms = fallback_ttl_ms
         self._mode_refresh_s = mode_refresh_s
+        self._stale_after_ms = stale_after_ms
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._stale = False
         self._mode: tuple[float, CacheMode] | None = None
         self._get_or_lease = Script(redis, _GET_OR_LEASE)
         self._fill = Script(redis, _FILL)
@@ -200,6 +216,8 @@ class CacheAside:
     def _read_mode(self) -> CacheMode:
         fields = self._redis.hgetall(MODE_KEY)
         name = fields.get(b"mode", b"cdc").decode("utf-8", "replace")
+        if self._too_old(fields):
+            name = "ttl"
         if name == "cdc":
             return _CDC
         raw = fields.get(b"fallback_ttl_ms")
@@ -213,3 +231,24 @@ class CacheAside:
             MODE_KEY, raw, self._fallback_ttl_ms,
         )  # fmt: skip
         return CacheMode(name, self._fallback_ttl_ms)
+
+    def _too_old(self, fields: dict[bytes, bytes]) -> bool:
+        """True when the hash was last written longer ago than the bound (logged once)."""
+        updated = fields.get(b"updated_ms", b"")
+        if self._stale_after_ms is None or not updated.isdigit():
+            return False
+        published = fields.get(b"stale_after_ms", b"")
+        bound = min(self._stale_after_ms, int(published) if published.isdigit() else 1 << 62)
+        age_ms = self._wall_clock() * 1000 - int(updated)
+        stale = age_ms > bound
+        if stale != self._stale:
+            self._stale = stale
+            if stale:
+                log.warning(
+                    "%s was last written %.0f s ago (bound %d ms): no worker keeps it fresh, "
+                    "so fills are capped as in ttl mode",
+                    MODE_KEY, age_ms / 1000, bound,
+                )  # fmt: skip
+            else:
+                log.warning("%s is fresh again: the worker (or a watchdog) writes it", MODE_KEY)
+        return stale

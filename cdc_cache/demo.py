@@ -36,9 +36,9 @@ from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import ManagedProcess, StackError, free_port, port_open
 from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
-from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.rules import Action, Rules, load_rules
 from cdc_cache.tokens import issue
+from cdc_cache.topics import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.verify import Finding, Report, debezium_value, derive, same_value, verify
 
 TOPIC_PREFIX: Final = "dbserver1"

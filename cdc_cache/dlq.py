@@ -8,6 +8,11 @@ into the record it came from. Kafka and Redis stay in :mod:`cdc_cache.dlq_kafka`
 The id is a digest of the source topic, partition, offset and the failure kind, so a
 failure delivered again after a crash (the worker replays from its last snapshot) gets
 the same id and consumers count distinct ids.
+
+An entry can always be written, whatever the message holds: JSON nested deeper than
+:data:`MAX_ENTRY_DEPTH` is stored as text (or withheld), long texts are truncated, text
+the encoder refuses is escaped, and anything still unwritable is withheld; the entry's
+``withheld`` field says what was left out and why.
 """
 
 from __future__ import annotations
@@ -25,12 +30,19 @@ import orjson
 
 from cdc_cache.errors import PoisonMessage
 from cdc_cache.events import ChangeEvent, SourceRecord
+from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
+from cdc_cache.scrub import REDACTED, scrub, spellings
 
-REDACTED: Final = "***redacted***"
+__all__ = ["REDACTED"]  # the mask, shared with free-text scrubbing
+
 # A stored key or value above this is left out: replay reads the message from its source
 # topic, and the envelope stays far below the broker's message size limit.
 MAX_PART_BYTES: Final = 64 * 1024
 MAX_STACK_CHARS: Final = 16 * 1024
+MAX_REASON_CHARS: Final = 4 * 1024
+# Stored JSON nests at most this deep: the entry adds its own levels around it, and the
+# encoder writes ENCODER_MAX_DEPTH at most (redaction walks it recursively, too).
+MAX_ENTRY_DEPTH: Final = ENCODER_MAX_DEPTH // 2
 ID_LENGTH: Final = 32
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -88,17 +100,20 @@ def _part(raw: bytes | None, sensitive: frozenset[str]) -> tuple[dict[str, Any] 
         return None, set()
     if len(raw) > MAX_PART_BYTES:
         return {"encoding": "omitted", "size": len(raw), "data": None}, set()
+    note = {}
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         doc = None
     else:
-        clean, found = redact(doc, sensitive)
-        return {"encoding": "json", "size": len(raw), "data": clean}, set(found)
+        if nesting_depth(doc, MAX_ENTRY_DEPTH) <= MAX_ENTRY_DEPTH:
+            clean, found = redact(doc, sensitive)
+            return {"encoding": "json", "size": len(raw), "data": clean}, set(found)
+        note = {"note": f"JSON nested more than {MAX_ENTRY_DEPTH} levels deep"}
     if sensitive:  # cannot tell where the sensitive columns are: show nothing
-        return {"encoding": "withheld", "size": len(raw), "data": None}, set()
+        return {"encoding": "withheld", "size": len(raw), "data": None, **note}, set()
     try:
-        return {"encoding": "text", "size": len(raw), "data": raw.decode()}, set()
+        return {"encoding": "text", "size": len(raw), "data": raw.decode(), **note}, set()
     except UnicodeDecodeError:
         return {
             "encoding": "base64",
@@ -144,7 +159,10 @@ def record_of(entry: Mapping[str, Any]) -> SourceRecord:
     so a replay never feeds a redacted image to the cache.
     """
     source = entry["source"]
-    message = entry.get("message") or {}
+    message = entry.get("message")
+    if message is None:
+        msg = "the entry holds no copy of the message"
+        raise ValueError(msg)
     if message.get("redacted"):
         msg = f"the entry's copy has redacted columns ({', '.join(message['redacted'])})"
         raise ValueError(msg)
@@ -171,13 +189,25 @@ def _key_columns(raw: bytes | None) -> Any:
     return doc if isinstance(doc, dict) else None
 
 
-def stack_of(error: BaseException) -> str:
-    """The error's traceback with its causes, capped (the head and the raising frame)."""
-    text = "".join(traceback.format_exception(error))
-    if len(text) <= MAX_STACK_CHARS:
+def stack_of(error: BaseException, hidden: tuple[str, ...] = ()) -> str:
+    """The error's traceback with its causes, capped (the head and the raising frame).
+
+    ``hidden`` (sensitive values' spellings) is scrubbed before the cap, so no cut can
+    leave part of one behind.
+    """
+    return _capped(scrub("".join(traceback.format_exception(error)), hidden), MAX_STACK_CHARS)
+
+
+def _capped(text: str, limit: int) -> str:
+    """``text`` writable and at most about ``limit`` characters: its head and its tail.
+
+    Lone surrogates (which UTF-8 cannot carry) become backslash escapes.
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
         return text
-    half = MAX_STACK_CHARS // 2
-    left_out = len(text) - MAX_STACK_CHARS
+    half = limit // 2
+    left_out = len(text) - 2 * half
     return f"{text[:half]}\n... ({left_out} characters left out) ...\n{text[-half:]}"
 
 
@@ -207,16 +237,24 @@ def envelope(failure: Failure, sensitive: frozenset[str], failed_at_ms: float) -
     replay entries once the cause is fixed, and each replay's outcome is kept per id.
     """
     error, record, event = failure.error, failure.record, failure.event
+    hidden = spellings(sensitive, event, record)
+    withheld: list[str] = []
     primary_key = event.key if event is not None else _key_columns(record.key)
-    return {
+    if nesting_depth(primary_key, MAX_ENTRY_DEPTH) > MAX_ENTRY_DEPTH:
+        primary_key = None
+        withheld.append(f"primary_key: nested more than {MAX_ENTRY_DEPTH} levels deep")
+    reason = scrub(error.reason, hidden)
+    if len(reason) > MAX_REASON_CHARS:
+        withheld.append(f"reason: {len(reason)} characters, truncated")
+    entry = {
         "id": entry_id(record.topic, record.partition, record.offset, error.kind),
         "kind": error.kind,
         "failed_at": iso_utc(failed_at_ms),
         "attempt": 1,
         "max_attempts": 1,
-        "reason": error.reason,
+        "reason": _capped(reason, MAX_REASON_CHARS),
         "error_class": type(error).__name__,
-        "stack": stack_of(error),
+        "stack": stack_of(error, hidden),
         "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
         "position": str(event.position) if event is not None else None,
         "table": failure.table,
@@ -224,6 +262,66 @@ def envelope(failure: Failure, sensitive: frozenset[str], failed_at_ms: float) -
         "message": stored_message(record, sensitive),
         "next_retry_at": None,
         "backoff_ms": None,
+        "withheld": withheld,
+    }
+    return writable(entry)
+
+
+def public_reason(failure: Failure, sensitive: frozenset[str]) -> str:
+    """The failure's reason as a replay outcome shows it: as in its entry, scrubbed, capped."""
+    hidden = spellings(sensitive, failure.event, failure.record)
+    return _capped(scrub(failure.error.reason, hidden), MAX_REASON_CHARS)
+
+
+def writable(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` as the encoder will take it: a field it refuses is withheld, and noted.
+
+    The last guard of the dead-letter path, whatever a message or an error holds.
+    """
+    try:
+        orjson.dumps(entry)
+    except TypeError:  # orjson.JSONEncodeError: too deep, not UTF-8, not JSON-typed
+        out: dict[str, Any] = {}
+        withheld = list(entry.get("withheld") or [])
+        for name, value in entry.items():
+            try:
+                orjson.dumps(value)
+            except TypeError as exc:
+                out[name] = None
+                withheld.append(f"{name}: cannot be written as JSON ({exc})")
+            else:
+                out[name] = value
+        out["withheld"] = withheld
+        return out
+    return entry
+
+
+def fallback_entry(failure: Failure, problem: BaseException, failed_at_ms: float) -> dict[str, Any]:
+    """The entry of ``failure`` when :func:`envelope` itself failed: coordinates and kind.
+
+    Holds nothing taken from the message or its error (either may be what failed), so
+    it is always written; replay reads the message from its source topic.
+    """
+    record, kind = failure.record, failure.error.kind
+    return {
+        "id": entry_id(record.topic, record.partition, record.offset, kind),
+        "kind": kind,
+        "failed_at": iso_utc(failed_at_ms),
+        "attempt": 1,
+        "max_attempts": 1,
+        "reason": f"{kind} (the entry could not be built: {type(problem).__name__})",
+        "error_class": type(failure.error).__name__,
+        "stack": None,
+        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "position": None,
+        "table": failure.table,
+        "primary_key": None,
+        "message": None,
+        "next_retry_at": None,
+        "backoff_ms": None,
+        "withheld": [
+            f"all but the coordinates: building the entry raised {type(problem).__name__}"
+        ],
     }
 
 

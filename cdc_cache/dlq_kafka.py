@@ -34,6 +34,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from cdc_cache.errors import BrokerUnavailable
 from cdc_cache.events import SourceRecord
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.retry import Backoff, retry_forever, retry_reporter
 
 log = logging.getLogger("cdc_cache.dlq")
@@ -52,7 +53,7 @@ PRODUCER_DEFAULTS: Final = {
 
 
 def _config(brokers: str, kafka: KafkaConfig, defaults: Mapping[str, str]) -> dict[str, Any]:
-    return {**defaults, **kafka, "bootstrap.servers": brokers}
+    return with_logger({**defaults, **kafka, "bootstrap.servers": brokers})
 
 
 def ensure_topic(brokers: str, topic: str, kafka: KafkaConfig, timeout_s: float = 30) -> None:
@@ -71,6 +72,8 @@ def ensure_topic(brokers: str, topic: str, kafka: KafkaConfig, timeout_s: float 
             return
         msg = f"cannot create the DLQ topic {topic!r} on {brokers}: {exc}"
         raise BrokerUnavailable(msg) from exc
+    finally:
+        admin.poll(0)  # hand librdkafka's queued lines to the log before the client goes
     log.info("created the DLQ topic", extra={"topic": topic})
 
 

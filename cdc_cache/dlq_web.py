@@ -1,8 +1,10 @@
 """The DLQ web page and its JSON API, served by the worker's admin server under ``/dlq``.
 
 Nothing is shown and nothing runs without the worker's ``admin_token``: a browser signs
-in once with a form that sets an HttpOnly, SameSite=Strict cookie holding an HMAC of
-the token (never the token itself); scripts send ``Authorization: Bearer <token>``.
+in with a form that sets an HttpOnly, SameSite=Strict cookie holding a session (never the
+token itself); scripts send ``Authorization: Bearer <token>``. A session is signed with a
+key made at start from the token and fresh randomness, and expires after
+``SESSION_TTL_S``; signing out revokes it, and a restart (or a new token) revokes them all.
 Every comparison is constant-time. Actions are POSTs with a JSON body, which a form on
 another site cannot send, and the cookie is never sent cross-site. The page renders
 entries with ``textContent`` only, so a payload cannot inject markup.
@@ -14,7 +16,10 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
-from collections.abc import Sequence
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from http import HTTPStatus
@@ -31,6 +36,7 @@ log = logging.getLogger("cdc_cache.dlq_web")
 
 COOKIE: Final = "cdc_dlq"
 MAX_BODY: Final = 64 * 1024
+SESSION_TTL_S: Final = 8 * 3600
 _NO_TOKEN: Final = (
     "the DLQ page is disabled: set admin_token (CDC_CACHE_ADMIN_TOKEN) on the worker, "
     "or use `cdc-cache dlq`"
@@ -86,13 +92,65 @@ def _asset(name: str) -> bytes:
     return importlib.resources.files("cdc_cache").joinpath("web", name).read_bytes()
 
 
-def session_value(token: str) -> str:
-    """The cookie value for ``token``: an HMAC, so the cookie does not reveal the token."""
-    return hmac.new(token.encode(), b"cdc-cache dlq session v1", hashlib.sha256).hexdigest()
+class Sessions:
+    """Sign-in sessions: ``<id>.<expires>.<signature>``, valid until expiry or revocation.
+
+    The signing key is derived from the token and 32 random bytes drawn at start, so a
+    cookie does not reveal the token, is worthless to another process, and dies with a
+    restart or a new token. Revoked ids are kept until they would have expired anyway.
+    """
+
+    def __init__(
+        self, token: str, ttl_s: float = SESSION_TTL_S, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._key = hmac.new(token.encode(), secrets.token_bytes(32), hashlib.sha256).digest()
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._revoked: dict[str, float] = {}
+
+    def issue(self) -> str:
+        """A new session's cookie value."""
+        unsigned = f"{secrets.token_hex(16)}.{int(self._clock() + self.ttl_s)}"
+        return f"{unsigned}.{self._sign(unsigned)}"
+
+    def valid(self, value: str) -> bool:
+        """True for a session this process issued that has neither expired nor been revoked."""
+        return self._open(value) is not None
+
+    def revoke(self, value: str) -> None:
+        """End the session ``value`` (a cookie that is not a live session is ignored)."""
+        opened = self._open(value)
+        if opened is None:
+            return
+        now = self._clock()
+        with self._lock:
+            self._revoked = {sid: until for sid, until in self._revoked.items() if until > now}
+            self._revoked[opened[0]] = opened[1]
+
+    def _open(self, value: str) -> tuple[str, float] | None:
+        sid, _, rest = value.partition(".")
+        expires, _, signature = rest.partition(".")
+        # The signature is always compared, so timing does not tell a malformed value apart.
+        signed = hmac.compare_digest(signature.encode(), self._sign(f"{sid}.{expires}").encode())
+        fresh = expires.isascii() and expires.isdigit() and float(expires) > self._clock()
+        if not signed or not fresh:
+            return None
+        with self._lock:
+            if sid in self._revoked:
+                return None
+        return sid, float(expires)
+
+    def _sign(self, unsigned: str) -> str:
+        return hmac.new(self._key, unsigned.encode(), hashlib.sha256).hexdigest()
 
 
 def _json(status: HTTPStatus, doc: object, headers: dict[str, str] | None = None) -> Response:
     return Response(status, orjson.dumps(doc), "application/json", headers or {})
+
+
+def _session_of(request: Request) -> str:
+    return _cookies(request.headers.get("cookie", "")).get(COOKIE, "")
 
 
 def _cookies(header: str) -> dict[str, str]:
@@ -107,11 +165,13 @@ def _cookies(header: str) -> dict[str, str]:
 class DlqPages:
     """Routes ``/dlq`` requests; ``token`` None disables the page (403 everywhere)."""
 
-    def __init__(self, backend: DlqBackend, token: str | None) -> None:
+    def __init__(
+        self, backend: DlqBackend, token: str | None, sessions: Sessions | None = None
+    ) -> None:
         self._backend = backend
         self._token = token
         self._bearer = f"Bearer {token}".encode() if token else None
-        self._session = session_value(token).encode() if token else None
+        self.sessions = sessions or (Sessions(token) if token else None)
 
     def handle(self, request: Request) -> Response:
         """Answer ``request`` (any path under ``/dlq``) with security headers set."""
@@ -120,12 +180,11 @@ class DlqPages:
         return response
 
     def _authorized(self, request: Request) -> bool:
-        assert self._bearer is not None and self._session is not None
+        assert self._bearer is not None and self.sessions is not None
         given = request.headers.get("authorization", "").encode()
-        cookie = _cookies(request.headers.get("cookie", "")).get(COOKIE, "").encode()
-        # Both comparisons always run: timing says nothing about which one failed.
+        # Both checks always run: timing says nothing about which one failed.
         by_bearer = hmac.compare_digest(given, self._bearer)
-        by_cookie = hmac.compare_digest(cookie, self._session)
+        by_cookie = self.sessions.valid(_session_of(request))
         return by_bearer or by_cookie
 
     def _route(self, request: Request) -> Response:
@@ -140,6 +199,8 @@ class DlqPages:
             name, content_type = _STATIC[path]
             return Response(HTTPStatus.OK, _asset(name), content_type)
         if path == "/dlq/logout" and method == "POST":
+            assert self.sessions is not None
+            self.sessions.revoke(_session_of(request))
             return Response(
                 HTTPStatus.SEE_OTHER,
                 b"",
@@ -179,7 +240,7 @@ class DlqPages:
         )
 
     def _login(self, request: Request) -> Response:
-        assert self._token is not None and self._session is not None
+        assert self._token is not None and self.sessions is not None
         form = parse_qs(request.body.decode(errors="replace"))
         given = (form.get("token") or [""])[0].encode()
         if not hmac.compare_digest(given, self._token.encode()):
@@ -187,7 +248,10 @@ class DlqPages:
             return Response(
                 HTTPStatus.UNAUTHORIZED, _asset("login.html"), "text/html; charset=utf-8"
             )
-        cookie = f"{COOKIE}={self._session.decode()}; Path=/dlq; HttpOnly; SameSite=Strict"
+        cookie = (
+            f"{COOKIE}={self.sessions.issue()}; Max-Age={int(self.sessions.ttl_s)}; "
+            "Path=/dlq; HttpOnly; SameSite=Strict"
+        )
         return Response(
             HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": "/dlq", "Set-Cookie": cookie}
         )

@@ -8,16 +8,22 @@ as Kafka Connect's ``JsonConverter`` writes them:
 * the row flattened by the ``ExtractNewRecordState`` SMT, which must be configured with
   ``add.fields=op,source.ts_ms,ts_ms,connector,db,schema,table,snapshot`` plus the position
   fields (``file,pos,row`` for MySQL, ``sequence,lsn`` for PostgreSQL) and
-  ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``.
+  ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``. Without
+  ``db``/``schema`` and ``table`` the table comes from a routing transform's key field or
+  from a topic named ``<prefix>.<db|schema>.<table>``; when neither says it, the record is
+  rejected with that fix.
 
 Avro (Kafka Connect's ``AvroConverter``) carries the same values; a caller passes
 ``parse=`` an :class:`~cdc_cache.avro.AvroParser` holding the batch's resolved schemas in
 place of the JSON parser, and the rest of the decoding is shared.
 
-Heartbeats (topic ``__debezium-heartbeat.<prefix>``), schema-change records (``ddl``
-without ``op``) and tombstones (null value after a delete) are recognised. Anything else
-raises :class:`~cdc_cache.errors.DecodeError` (or :class:`~cdc_cache.errors.MissingPrimaryKey`
-for a row change without a key) carrying the record; no other exception escapes.
+Heartbeats (on ``__debezium-heartbeat.<prefix>``, or anywhere by their shape: key
+``serverName``, value ``ts_ms``), schema-change records (``ddl`` without ``op``) and
+tombstones (null value after a delete) are recognised on any topic, whatever routing did to
+its name (see :mod:`cdc_cache.topics`). A routing transform's key field is no key column.
+Anything else raises :class:`~cdc_cache.errors.DecodeError` (or
+:class:`~cdc_cache.errors.MissingPrimaryKey` for a row change without a key) carrying the
+record; no other exception escapes.
 """
 
 from __future__ import annotations
@@ -37,23 +43,30 @@ from cdc_cache.events import (
     SourceRecord,
     Tombstone,
 )
+from cdc_cache.lineage import origin_of
 from cdc_cache.positions import (
     PositionError,
     SourcePosition,
     binlog_position,
     postgres_position,
 )
+from cdc_cache.topics import (
+    heartbeat_server,
+    routed_identity,
+    table_of_topic,
+    without_router_fields,
+)
 
 Parse: TypeAlias = Callable[[bytes, str], Any]
 """Turns a key or value (named by the label, for errors) into plain Python data."""
 
-HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat."
 FLAT_PREFIX: Final = "__"
 
 _OPS: Final = {op.value: op for op in Op}
 _BINLOG_CONNECTORS: Final = frozenset({"mysql", "mariadb"})
 _POSTGRES_CONNECTOR: Final = "postgresql"
 _NOT_SNAPSHOT: Final = (None, False, "false")
+_NO_KEY: Final = object()
 # Flattened records carry the source fields under these names (add.fields, prefix "__").
 _FLAT_SOURCE: Final = {
     "file": "__file",
@@ -61,6 +74,10 @@ _FLAT_SOURCE: Final = {
     "row": "__row",
     "sequence": "__sequence",
     "lsn": "__lsn",
+    # Lineage evidence, when add.fields has them (server_id,gtid).
+    "server_id": "__server_id",
+    "gtid": "__gtid",
+    "snapshot": "__snapshot",
 }
 
 
@@ -90,24 +107,28 @@ def _json_of(topic: str) -> Parse:
 
 def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
     topic = record.topic
-    if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
-        return _heartbeat(topic[len(HEARTBEAT_TOPIC_PREFIX) :], record.value, parse)
+    named = heartbeat_server(topic)
+    if named is not None:
+        return _heartbeat(named, record, parse)
     if record.value is None:
         if record.key is None:
             msg = "null key and null value: not a Debezium tombstone"
             raise DecodeError(msg)
-        return Tombstone(_table_from_topic(topic))
+        return Tombstone(_tombstone_table(topic, record.key, parse))
     payload = parse(record.value, "value")
     if not isinstance(payload, dict):
         msg = f"value is a {type(payload).__name__}, expected an object"
         raise DecodeError(msg)
     # "__op" first: a flattened row may have a column named "op".
     if "__op" in payload:
-        return _flattened(payload, record.key, epoch, parse)
+        return _flattened(payload, record, epoch, parse)
     if "op" in payload:
         return _envelope(payload, record.key, epoch, parse)
     if "ddl" in payload:
         return _schema_change(payload, topic)
+    server = _heartbeat_server(record.key, payload, parse)
+    if server is not None:  # a heartbeat routed or renamed away from its default topic
+        return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
     msg = (
         "value has neither 'op' (change envelope), '__op' (flattened: add 'op' to the "
         "ExtractNewRecordState add.fields) nor 'ddl' (schema change)"
@@ -153,21 +174,28 @@ class SchemaPrefixes:
     schema and a ``payload`` key next; parsing the rest, minus the closing brace, yields
     the payload. Should the rest not parse alone (another key follows, say), the record
     takes the full parse, so the result is always what the full parse gives.
+
+    A stream keeps its last ``per_stream`` prefixes: a topic that several tables are
+    routed into carries as many schemas, one record after another.
     """
 
-    def __init__(self, max_streams: int = 4096) -> None:
-        self._prefixes: dict[str, bytes] = {}
+    def __init__(self, max_streams: int = 4096, per_stream: int = 8) -> None:
+        self._prefixes: dict[str, list[bytes]] = {}
         self._max = max_streams
+        self._per_stream = per_stream
 
     def payload(self, stream: str, data: bytes) -> Any:
-        """The payload of ``data`` if it starts with the stream's verified prefix, else _MISS."""
-        prefix = self._prefixes.get(stream)
-        if prefix is None or not data.startswith(prefix) or not data.endswith(b"}"):
+        """The payload of ``data`` if it starts with one of the stream's verified prefixes."""
+        prefixes = self._prefixes.get(stream)
+        if prefixes is None or not data.endswith(b"}"):
             return _MISS
-        try:
-            return orjson.loads(memoryview(data)[len(prefix) : -1])
-        except orjson.JSONDecodeError:
-            return _MISS
+        for prefix in prefixes:
+            if data.startswith(prefix):
+                try:
+                    return orjson.loads(memoryview(data)[len(prefix) : -1])
+                except orjson.JSONDecodeError:
+                    return _MISS
+        return _MISS
 
     def learn(self, stream: str, data: bytes, schema: Any) -> None:
         """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified."""
@@ -180,25 +208,47 @@ class SchemaPrefixes:
             except orjson.JSONDecodeError:
                 candidate = _MISS
             if candidate == schema:
-                if len(self._prefixes) >= self._max:
-                    self._prefixes.clear()
-                self._prefixes[stream] = data[: end + len(_PAYLOAD_KEY)]
+                self._remember(stream, data[: end + len(_PAYLOAD_KEY)])
                 return
             end = data.find(_PAYLOAD_KEY, end + 1)
+
+    def _remember(self, stream: str, prefix: bytes) -> None:
+        known = self._prefixes.get(stream)
+        if known is None:
+            if len(self._prefixes) >= self._max:
+                self._prefixes.clear()
+            known = self._prefixes[stream] = []
+        if prefix not in known:  # known but the rest did not parse alone: nothing to add
+            known.insert(0, prefix)
+            del known[self._per_stream :]
 
 
 SCHEMA_PREFIXES: Final = SchemaPrefixes()
 
 
-def _heartbeat(server: str, value: bytes | None, parse: Parse) -> Heartbeat:
-    if value is None:
+def _heartbeat(server: str, record: SourceRecord, parse: Parse) -> Heartbeat:
+    if record.value is None:
         msg = "heartbeat record without a value"
         raise DecodeError(msg)
-    payload = parse(value, "heartbeat value")
+    payload = parse(record.value, "heartbeat value")
     if not isinstance(payload, dict):
         msg = "heartbeat value is not an object"
         raise DecodeError(msg)
-    return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
+    named = _heartbeat_server(record.key, payload, parse)
+    return Heartbeat(server=named or server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
+
+
+def _heartbeat_server(key: bytes | None, payload: dict[str, Any], parse: Parse) -> str | None:
+    """The ``serverName`` of a record shaped like a heartbeat, else None.
+
+    A heartbeat's key is ``{"serverName": <topic.prefix>}`` (plus a router's key field when
+    a routing transform matched its topic) and its value ``{"ts_ms": ...}``.
+    """
+    if key is None or "ts_ms" not in payload or len(payload) != 1:
+        return None
+    fields = parse(key, "key")
+    server = fields.get("serverName") if isinstance(fields, dict) else None
+    return server if isinstance(server, str) and server else None
 
 
 def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
@@ -231,11 +281,13 @@ def _envelope(
         op=op,
         before=_image(payload, "before"),
         after=_image(payload, "after"),
-        key=_key(key_bytes, op, table, parse),
+        key=_key(_NO_KEY if op is Op.TRUNCATE else _parsed_key(key_bytes, parse), op, table),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(source, "ts_ms", "source"),
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
         snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
+        server=_opt_str(source, "name"),
+        origin=origin_of(source),
     )
 
 
@@ -249,7 +301,7 @@ def _container(connector: object, db: object, schema: object, field: str) -> tup
 
 
 def _flattened(
-    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, parse: Parse
+    payload: dict[str, Any], record: SourceRecord, epoch: int, parse: Parse
 ) -> ChangeEvent:
     op = _op(payload["__op"])
     connector, container = _container(
@@ -258,7 +310,11 @@ def _flattened(
         payload.get("__schema"),
         "__connector (add 'connector' to add.fields)",
     )
-    table = _table(container, payload.get("__table"), "flattened (add 'db,schema,table')")
+    key = _parsed_key(record.key, parse)
+    if container is None and payload.get("__table") is None:
+        table = _flat_table_by_name(connector, record.topic, key)
+    else:
+        table = _table(container, payload.get("__table"), f"flattened ({_flat_fix(connector)})")
     row = {k: v for k, v in payload.items() if not k.startswith(FLAT_PREFIX)}
     source = {name: payload[flat] for name, flat in _FLAT_SOURCE.items() if flat in payload}
     deleted = op is Op.DELETE or payload.get("__deleted") == "true"
@@ -267,12 +323,38 @@ def _flattened(
         op=op,
         before=row if deleted else None,
         after=None if deleted else row,
-        key=_key(key_bytes, op, table, parse),
+        key=_key(key, op, table),
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
         snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
+        server=_opt_str(payload, "__name"),
+        origin=origin_of(source),
     )
+
+
+def _flat_fix(connector: str) -> str:
+    """The add.fields a flattened record of ``connector`` needs to name its table."""
+    container = "schema" if connector == _POSTGRES_CONNECTOR else "db"
+    return f"add '{container},table' to the ExtractNewRecordState add.fields"
+
+
+def _flat_table_by_name(connector: str, topic: str, key: object) -> str:
+    """The table of a flattened record without db/schema and table fields.
+
+    A routing transform's key field holds the table's original topic name; a topic the
+    transform left alone is named after its table. Anything else cannot say the table.
+    """
+    identity = routed_identity(key) if isinstance(key, dict) else None
+    table = table_of_topic(identity) if identity is not None else table_of_topic(topic)
+    if table is None:
+        where = f"key field {identity!r}" if identity is not None else f"topic {topic!r}"
+        msg = (
+            f"flattened record without its table: the {where} is not "
+            f"<prefix>.<db|schema>.<table> (routed or renamed); {_flat_fix(connector)}"
+        )
+        raise DecodeError(msg)
+    return table
 
 
 def _op(value: object) -> Op:
@@ -302,20 +384,37 @@ def _table(container: object, table: object, where: str) -> str:
     return f"{container}.{table}"
 
 
-def table_of_topic(topic: str) -> str | None:
-    """``<prefix>.<db|schema>.<table>`` → ``<db|schema>.<table>``; None for other names."""
-    parts = topic.rsplit(".", 2)
-    if len(parts) != 3 or not all(parts):
-        return None
-    return f"{parts[1]}.{parts[2]}"
+def table_hint(record: SourceRecord) -> str:
+    """The table to label a record that did not decode with (metrics, dead letters).
+
+    A routing transform's key field (JSON keys), else the table its topic is named for,
+    else the topic itself: never more precise than what the record shows.
+    """
+    identity = None
+    if record.key is not None:
+        try:
+            key = parse_json(record.key, "key")
+        except DecodeError:
+            key = None
+        identity = routed_identity(key) if isinstance(key, dict) else None
+    return table_of_topic(identity or record.topic) or record.topic
 
 
-def _table_from_topic(topic: str) -> str:
-    table = table_of_topic(topic)
-    if table is None:
-        msg = f"tombstone topic {topic!r} is not <prefix>.<db|schema>.<table>"
-        raise DecodeError(msg)
-    return table
+def _tombstone_table(topic: str, key_bytes: bytes, parse: Parse) -> str | None:
+    """A tombstone's table: from a routing transform's key field, else from its topic name.
+
+    None when neither says it (a topic shared by several tables, or renamed): the tombstone
+    is still counted as one, since it changes nothing in the cache; so is one whose key
+    does not parse.
+    """
+    try:
+        key = parse(key_bytes, "key")
+    except DecodeError:
+        key = None
+    identity = routed_identity(key) if isinstance(key, dict) else None
+    if identity is not None:
+        return table_of_topic(identity)
+    return table_of_topic(topic)
 
 
 def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -326,17 +425,23 @@ def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
     return image
 
 
-def _key(data: bytes | None, op: Op, table: str, parse: Parse) -> dict[str, Any]:
+def _parsed_key(data: bytes | None, parse: Parse) -> object:
+    """The parsed Kafka key, or _NO_KEY when the record has none."""
+    return _NO_KEY if data is None else parse(data, "key")
+
+
+def _key(key: object, op: Op, table: str) -> dict[str, Any]:
+    """The primary key columns (a routing transform's key field is no column)."""
     if op is Op.TRUNCATE:
         return {}
-    if data is None:
+    if key is _NO_KEY:
         msg = f"{op.name} on {table} has no Kafka key: the table needs a primary key"
         raise MissingPrimaryKey(msg)
-    key = parse(data, "key")
-    if not isinstance(key, dict) or not key:
+    columns = without_router_fields(key) if isinstance(key, dict) else key
+    if not isinstance(columns, dict) or not columns:
         msg = f"key of {op.name} on {table} is {key!r}, expected an object of key columns"
         raise MissingPrimaryKey(msg)
-    return key
+    return columns
 
 
 def _position(connector: str, source: dict[str, Any], epoch: int) -> SourcePosition:
@@ -346,6 +451,11 @@ def _position(connector: str, source: dict[str, Any], epoch: int) -> SourcePosit
         return binlog_position(source, epoch)
     except PositionError as exc:
         raise DecodeError(str(exc)) from None
+
+
+def _opt_str(mapping: dict[str, Any], name: str) -> str | None:
+    value = mapping.get(name)
+    return value if isinstance(value, str) and value else None
 
 
 def _opt_int(mapping: dict[str, Any], name: str, where: str) -> int | None:

@@ -93,8 +93,26 @@ class ValueTooLarge(PoisonMessage):
     kind = "value_too_large"
 
 
+class Unprocessable(PoisonMessage):
+    """Handling this message raised an error that no check anticipated.
+
+    E.g. values nested too deeply to encode: the message is set aside with that error
+    and its stack, and the stream goes on.
+    """
+
+    kind = "unprocessable"
+
+
 POISON_KINDS = tuple(
-    cls.kind for cls in (DecodeError, MissingPrimaryKey, RenderError, RefusedByRedis, ValueTooLarge)
+    cls.kind
+    for cls in (
+        DecodeError,
+        MissingPrimaryKey,
+        RenderError,
+        RefusedByRedis,
+        ValueTooLarge,
+        Unprocessable,
+    )
 )
 
 

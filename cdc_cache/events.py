@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cdc_cache.lineage import NO_ORIGIN, Origin
 from cdc_cache.positions import SourcePosition
 
 Row = Mapping[str, Any]
@@ -45,6 +46,10 @@ class ChangeEvent:
     ``table`` is ``<db>.<table>`` for MySQL and ``<schema>.<table>`` for PostgreSQL.
     ``key`` holds the primary key columns (empty for TRUNCATE). ``committed_at_ms`` is the
     source commit time (``source.ts_ms``); ``emitted_at_ms`` is when Debezium emitted it.
+    ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
+    the record carries it: it ties a topic to its connector's heartbeats whatever the
+    topic is called. ``origin`` is what the envelope says of the log the change came from
+    (lineage evidence).
     """
 
     table: str
@@ -56,6 +61,8 @@ class ChangeEvent:
     committed_at_ms: int | None
     emitted_at_ms: int | None = None
     snapshot: bool = False
+    server: str | None = None
+    origin: Origin = NO_ORIGIN
 
     @property
     def image(self) -> Row | None:
@@ -82,9 +89,12 @@ class SchemaChange:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """The null-valued record Debezium sends after a delete, for log compaction."""
+    """The null-valued record Debezium sends after a delete, for log compaction.
 
-    table: str
+    ``table`` is None when neither the key nor the topic name says it (a shared topic).
+    """
+
+    table: str | None
 
 
 Decoded = ChangeEvent | Heartbeat | SchemaChange | Tombstone

@@ -10,7 +10,17 @@ Redis records (applications read ``cdc:mode``; operators set ``cdc:mode:flag``):
 
 - ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
-  ``lag_s``, ``holds`` (JSON list of the active holds' causes) and ``updated_ms``.
+  ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``updated_ms`` and
+  ``writer``; the worker's leader also writes ``stale_after_ms`` (its lag SLO plus mode
+  window) and ``prefixes`` (JSON list of the rules' key prefixes).
+
+The leader rewrites ``cdc:mode`` every tick with ``writer`` = ``worker``: a fresh
+``updated_ms`` is its heartbeat (a follower's is its lag report, which expires). When it
+stops for longer than ``stale_after_ms``, a watchdog (``cdc_cache.watchdog``) writes the
+hash instead (``writer`` = ``watchdog``, the hold ``worker_down``) through
+:meth:`ModeStore.take_over`, which refuses once the worker has written again; the leader,
+seeing the watchdog's record, takes the decision back and stays in ``ttl`` until its lag
+has been low for a window.
 
 Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
 hold in the process's :class:`Holds`; a follower process passes its holds to the leader
@@ -28,9 +38,10 @@ from typing import Final
 
 import orjson
 from redis import exceptions as rex
+from redis.commands.core import Script
 
 from cdc_cache import metrics
-from cdc_cache.errors import CdcCacheError, ConfigError
+from cdc_cache.errors import CdcCacheError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
 from cdc_cache.mode import (
@@ -44,12 +55,27 @@ from cdc_cache.mode import (
     Signal,
     step,
 )
+from cdc_cache.mode_record import REWRITE, ModeKeyError, ModeRecord, parse_flag, reading
 from cdc_cache.redis_apply import Client, glob_escape, primaries, write_record
 from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.mode")
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
+_LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
+WORKER: Final = "worker"  # writers of cdc:mode
+WATCHDOG: Final = "watchdog"
+# Write the mode hash unless the worker wrote it since the watchdog read it: KEYS[1] the
+# hash, ARGV[1] the watchdog's own writer name, ARGV[2] the updated_ms it saw ('' for
+# none), then field/value pairs.
+_TAKE_OVER: Final = """
+local writer = redis.call('HGET', KEYS[1], 'writer')
+local updated = redis.call('HGET', KEYS[1], 'updated_ms') or ''
+if writer ~= ARGV[1] and updated ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
@@ -59,60 +85,66 @@ def managed_prefixes(rules: Rules) -> list[str]:
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
 
 
-def parse_flag(value: str | bytes | None) -> Flag:
-    """The flag stored in Redis; absent means ``auto``; anything else is refused."""
-    text = value.decode() if isinstance(value, bytes) else value
-    if text is None:
-        return Flag.AUTO
-    try:
-        return Flag(text.strip().lower())
-    except ValueError:
-        msg = f"{MODE_FLAG_KEY} holds {text!r}; set it to auto, cdc or ttl (cdc-cache mode set)"
-        raise ConfigError(msg) from None
-
-
 class Holds:
     """The holds raised in this process, keyed by cause and scope; thread-safe.
 
     ``scope`` tells instances of one cause apart (a source, a topic partition, a Redis
     node), so each clears on its own. Raising an active hold again only updates its
     reason; raising and clearing are logged once each and exported as
-    ``cdc_cache_mode_holds{cause}``.
+    ``cdc_cache_mode_holds{cause}``. A hold raised ``for_s`` seconds is a *timed* hold:
+    it ends by itself then (raised again, it lasts to the later end), for conditions that
+    only time resolves, such as entries that must expire.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._active: dict[tuple[Cause, str], str] = {}
+        self._active: dict[tuple[Cause, str], tuple[str, float | None]] = {}
+        self._clock = clock
 
-    def hold(self, cause: Cause, scope: str, reason: str) -> None:
-        """Force ``ttl`` mode for ``reason`` until :meth:`clear` of the same cause and scope."""
+    def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
+        """Force ``ttl`` mode for ``reason`` until :meth:`clear` (or for ``for_s`` seconds)."""
         Hold(cause, reason)  # validates the cause
         with self._lock:
-            new = (cause, scope) not in self._active
-            self._active[(cause, scope)] = reason
+            previous = self._active.get((cause, scope))
+            until = None if for_s is None else self._clock() + for_s
+            if until is not None and previous is not None and previous[1] is not None:
+                until = max(until, previous[1])
+            self._active[(cause, scope)] = (reason, until)
             count = sum(c is cause for c, _ in self._active)
         metrics.MODE_HOLDS.labels(cause.value).set(count)
-        if new:
+        if previous is None:
             log.warning(
                 "hold raised: the cache falls back to ttl mode",
-                extra={"cause": cause.value, "scope": scope, "reason": reason},
+                extra={"cause": cause.value, "scope": scope, "reason": reason, "for_s": for_s},
             )
 
     def clear(self, cause: Cause, scope: str) -> None:
         """The condition behind a hold is over (nothing happens if it was not held)."""
         with self._lock:
-            reason = self._active.pop((cause, scope), None)
+            found = self._active.pop((cause, scope), None)
             count = sum(c is cause for c, _ in self._active)
-        if reason is not None:
+        if found is not None:
             metrics.MODE_HOLDS.labels(cause.value).set(count)
             log.warning(
-                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": reason}
+                "hold cleared", extra={"cause": cause.value, "scope": scope, "reason": found[0]}
             )
 
     def active(self) -> tuple[Hold, ...]:
-        """The active holds, in a stable order."""
+        """The active holds, in a stable order (timed holds that ran out are cleared)."""
+        now = self._clock()
         with self._lock:
-            return tuple(sorted(Hold(cause, reason) for (cause, _), reason in self._active.items()))
+            ended = [key for key, (_, until) in self._active.items() if until and until <= now]
+        for cause, scope in ended:
+            self.clear(cause, scope)
+        with self._lock:
+            return tuple(
+                sorted(Hold(cause, reason) for (cause, _), (reason, _) in self._active.items())
+            )
+
+    def lasting(self, cause: Cause) -> bool:
+        """True while a hold of ``cause`` is active that only a condition can end (not time)."""
+        with self._lock:
+            return any(c is cause and until is None for (c, _), (_, until) in self._active.items())
 
 
 class ModeStore:
@@ -120,10 +152,12 @@ class ModeStore:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._take_over = Script(client, _TAKE_OVER)
 
     def flag(self) -> Flag:
-        """The operator flag (``auto`` when unset)."""
-        return parse_flag(self._client.get(MODE_FLAG_KEY))
+        """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
+        with reading(MODE_FLAG_KEY, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
+            return parse_flag(self._client.get(MODE_FLAG_KEY))
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag; workers act on it within a second."""
@@ -131,8 +165,9 @@ class ModeStore:
 
     def record(self) -> dict[str, str]:
         """The effective-mode hash as text (empty when no worker has published yet)."""
-        raw = self._client.hgetall(MODE_KEY)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hgetall(MODE_KEY)
+            return {k.decode(): v.decode() for k, v in raw.items()}
 
     def publish(
         self,
@@ -143,35 +178,97 @@ class ModeStore:
         fallback_ttl_ms: int,
         *,
         holds: tuple[Hold, ...] = (),
+        stale_after_ms: int | None = None,
+        prefixes: list[str] | None = None,
     ) -> None:
         """Write the effective-mode hash applications read (see cdc_cache.client).
 
-        Written even while Redis is out of memory: that is when it matters most.
+        Written by the worker, this is its heartbeat; it says how long one may be missed
+        (``stale_after_ms``) and which prefixes the rules manage. Written even while Redis
+        is out of memory: that is when it matters most.
         """
-        write_record(
-            self._client,
-            MODE_KEY,
-            {
-                "mode": state.mode.value,
-                "fallback_ttl_ms": fallback_ttl_ms,
-                "flag": flag.value,
-                "cause": state.cause.value,
-                "reason": state.reason,
-                "since_ms": state.since_ms,
-                "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-                "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
-                "updated_ms": now_ms,
-            },
-        )
+        fields = _mode_fields(
+            state, flag=flag, lag_s=lag_s, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, writer=WORKER,
+        )  # fmt: skip
+        if stale_after_ms is not None:
+            fields["stale_after_ms"] = stale_after_ms
+        if prefixes is not None:
+            fields["prefixes"] = orjson.dumps(prefixes)
+        with reading(MODE_KEY, REWRITE):
+            write_record(self._client, MODE_KEY, fields)
+
+    def take_over(
+        self,
+        state: ModeState,
+        flag: Flag,
+        now_ms: int,
+        fallback_ttl_ms: int,
+        *,
+        holds: tuple[Hold, ...],
+        seen_updated_ms: str,
+    ) -> bool:
+        """Write the mode hash as the watchdog, unless the worker wrote it meanwhile.
+
+        False (nothing written) when the worker wrote it since the watchdog read
+        ``seen_updated_ms`` from it: a returning worker is never overwritten.
+        """
+        fields = _mode_fields(
+            state, flag=flag, lag_s=None, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, writer=WATCHDOG,
+        )  # fmt: skip
+        pairs = [item for name, value in fields.items() for item in (name, value)]
+        with reading(MODE_KEY, REWRITE):
+            written = self._take_over(keys=[MODE_KEY], args=[WATCHDOG, seen_updated_ms, *pairs])
+        return bool(written)
+
+    def writer(self) -> str:
+        """Who wrote the mode hash last: ``worker`` (also when unsaid) or ``watchdog``."""
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hget(MODE_KEY, "writer")
+            return WORKER if raw is None else raw.decode()
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
-        write_record(self._client, LAG_REPORT_KEY.format(process=process), summary.fields(), ttl_ms)
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            write_record(self._client, key, summary.fields(), ttl_ms)
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""
-        raw = self._client.hgetall(LAG_REPORT_KEY.format(process=process))
-        return LagSummary.parse({k.decode(): v.decode() for k, v in raw.items()})
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            raw = self._client.hgetall(key)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            return LagSummary.parse(fields)
+        except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+            msg = f"{key} holds what no worker wrote there; {_LAG_REWRITE}"
+            raise ModeKeyError(msg) from None
+
+
+def _mode_fields(
+    state: ModeState,
+    *,
+    flag: Flag,
+    lag_s: float | None,
+    now_ms: int,
+    fallback_ttl_ms: int,
+    holds: tuple[Hold, ...],
+    writer: str,
+) -> dict[str | bytes, bytes | float | int | str]:
+    return {
+        "mode": state.mode.value,
+        "fallback_ttl_ms": fallback_ttl_ms,
+        "flag": flag.value,
+        "cause": state.cause.value,
+        "reason": state.reason,
+        "since_ms": state.since_ms,
+        "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+        "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
+        "updated_ms": now_ms,
+        "writer": writer,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +374,61 @@ def shorten_ttls(
     return shortened
 
 
+class Shortener:
+    """Runs :func:`shorten_ttls` in a background thread, one run at a time.
+
+    Used by the worker's mode leader when it enters ``ttl`` and by the watchdog when it
+    takes over from a worker that is down. ``closing`` stops a run early.
+    """
+
+    def __init__(self, client: Client, keys_per_s: float, closing: threading.Event) -> None:
+        self._client = client
+        self._keys_per_s = keys_per_s
+        self._closing = closing
+        self._thread: threading.Thread | None = None
+
+    def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        """Shorten in the background unless a run is under way.
+
+        The run stops early when ``keep_going`` turns false.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(
+            target=self._run, args=(prefixes, ttl_ms, keep_going), name="cdc-ttl", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a run under way."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        try:
+            count = shorten_ttls(
+                self._client,
+                prefixes,
+                ttl_ms,
+                keys_per_s=self._keys_per_s,
+                keep_going=lambda: keep_going() and not self._closing.is_set(),
+                sleep=self._closing.wait,
+            )
+        except _REDIS_ERRORS as exc:
+            log.error(
+                "could not give existing keys the fallback TTL; they keep their rule TTL",
+                extra={"error": str(exc)},
+            )
+            return
+        metrics.TTL_SHORTENED.inc(count)
+        log.info(
+            "existing keys given the fallback TTL",
+            extra={"keys": count, "ttl_ms": ttl_ms,
+                   "seconds": round(time.monotonic() - started, 3)},
+        )  # fmt: skip
+
+
 class ModeRuntime:
     """Runs the mode controller for one worker process and applies its effects.
 
@@ -296,7 +448,7 @@ class ModeRuntime:
         processes: int = 1,
         max_consumer_lag: int = 1000,
         interval_s: float = 1.0,
-        shorten_keys_per_s: float = 20_000,
+        shorten_keys_per_s: float = SHORTEN_KEYS_PER_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = ModeStore(client)
@@ -310,7 +462,6 @@ class ModeRuntime:
         self._processes = processes
         self._max_consumer_lag = max_consumer_lag
         self._interval_s = interval_s
-        self._shorten_rate = shorten_keys_per_s
         self._clock = clock
         self._lock = threading.Lock()
         self._state = ModeState.initial(self._now_ms())
@@ -318,10 +469,12 @@ class ModeRuntime:
         self._lag_s: float | None = None
         self._holds: tuple[Hold, ...] = ()
         self._redis_ok_ms: float | None = None
+        self._problem: str | None = None  # a mode key holds junk: logged once, shown in view
+        self._flag_problem: str | None = None
         self._caught_up = False
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._shortener: threading.Thread | None = None
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
 
     @property
     def leader(self) -> bool:
@@ -342,9 +495,9 @@ class ModeRuntime:
     def close(self) -> None:
         """Stop ticking (and any TTL shortening in progress)."""
         self._closing.set()
-        for thread in (self._thread, self._shortener):
-            if thread is not None:
-                thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._shortener.join(10)
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag in Redis; the next tick acts on it."""
@@ -362,15 +515,21 @@ class ModeRuntime:
                 "since_ms": state.since_ms,
                 "lag_s": self._lag_s,
                 "holds": [{"cause": h.cause.value, "reason": h.reason} for h in self._holds],
+                **({"problem": self._problem} if self._problem else {}),
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
-        """Ready once Redis answers and the partitions were caught up at least once."""
+        """Ready once Redis answers and the partitions were caught up at least once.
+
+        And while every source lineage can be told: no ``lineage`` hold in this process
+        but timed ones (the settling after a switch is expected, not a problem).
+        """
+        lineage = not self.holds.lasting(Cause.LINEAGE)
         with self._lock:
             fresh = self._redis_ok_ms is not None and (
                 self._now_ms() - self._redis_ok_ms < 3000 * self._interval_s
             )
-            checks = {"redis": fresh, "kafka_caught_up": self._caught_up}
+            checks = {"redis": fresh, "kafka_caught_up": self._caught_up, "lineage": lineage}
         return all(checks.values()), checks
 
     def tick(self) -> Decision | None:
@@ -381,20 +540,36 @@ class ModeRuntime:
         with self._lock:
             if not self._caught_up and report.partitions:
                 self._caught_up = report.caught_up(self._max_consumer_lag)
+        decision = None
         try:
             decision = self._lead(local) if self.leader else self._follow(local)
+        except ModeKeyError as exc:  # Redis answered: what it holds is the problem
+            self._report(str(exc))
         except _REDIS_ERRORS as exc:
             log.warning(
                 "mode: Redis unavailable, keeping the current mode", extra={"error": str(exc)}
             )
             return None
+        else:
+            self._report(self._flag_problem)
         with self._lock:
             self._redis_ok_ms = self._now_ms()
         return decision
 
+    def _report(self, problem: str | None) -> None:
+        """Log a mode key holding junk once (and its end), not on every tick."""
+        with self._lock:
+            before, self._problem = self._problem, problem
+        if problem is not None and problem != before:
+            log.error("mode: a mode key cannot be read; fix it", extra={"problem": problem})
+        elif problem is None and before is not None:
+            log.warning("mode: the mode keys are readable again", extra={"was": before})
+
     def _lead(self, local: LagSummary) -> Decision:
         now = self._now_ms()
         flag = self._read_flag()
+        if self._store.writer() == WATCHDOG:
+            self._take_back()
         summary = LagSummary.worst_of([local, *self._others()])
         signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where, summary.holds)
         with self._lock:
@@ -403,7 +578,14 @@ class ModeRuntime:
             self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
             state = self._state
         self._store.publish(
-            state, flag, summary.lag_s, now, self._fallback_ttl_ms, holds=summary.holds
+            state,
+            flag,
+            summary.lag_s,
+            now,
+            self._fallback_ttl_ms,
+            holds=summary.holds,
+            stale_after_ms=int((self._config.slo_s + self._config.window_s) * 1000),
+            prefixes=self._prefixes,
         )
         _export_mode(state.mode, flag)
         if decision.switched:
@@ -413,13 +595,13 @@ class ModeRuntime:
     def _follow(self, local: LagSummary) -> Decision:
         ttl_ms = int(5000 * self._interval_s)
         self._store.publish_lag(self._process, local, ttl_ms)
-        record = self._store.record()
-        mode = Mode(record.get("mode", Mode.CDC.value))
-        flag = parse_flag(record.get("flag"))
+        record = ModeRecord.parse(self._store.record())
         with self._lock:
             before = self._state
-            cause = Cause(record.get("cause", before.cause.value))
-            reason = record.get("reason", before.reason)
+            mode = record.mode if record else Mode.CDC
+            flag = record.flag if record else Flag.AUTO
+            cause = record.cause if record else before.cause
+            reason = record.reason if record else before.reason
             if mode is not before.mode:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
             self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
@@ -434,11 +616,12 @@ class ModeRuntime:
         ]
 
     def _read_flag(self) -> Flag:
+        """The operator flag; one that cannot be read counts as ``auto`` and is reported."""
         try:
-            return self._store.flag()
-        except ConfigError as exc:
-            log.warning("mode flag ignored", extra={"error": str(exc)})
-            return Flag.AUTO
+            flag, self._flag_problem = self._store.flag(), None
+        except ModeKeyError as exc:
+            flag, self._flag_problem = Flag.AUTO, f"{exc} (ignored: the mode follows the lag)"
+        return flag
 
     def _switched(self, old: Mode, decision: Decision, lag_s: float | None) -> None:
         metrics.MODE_SWITCHES.labels(decision.mode.value, decision.cause.value).inc()
@@ -456,34 +639,20 @@ class ModeRuntime:
             self._start_shortening()
 
     def _start_shortening(self) -> None:
-        if self._shortener is not None and self._shortener.is_alive():
-            return
-        self._shortener = threading.Thread(target=self._shorten, name="cdc-ttl", daemon=True)
-        self._shortener.start()
+        self._shortener.start(
+            self._prefixes, self._fallback_ttl_ms, lambda: self.ttl_cap_ms() is not None
+        )
 
-    def _shorten(self) -> None:
-        started = time.monotonic()
-        try:
-            count = shorten_ttls(
-                self._client,
-                self._prefixes,
-                self._fallback_ttl_ms,
-                keys_per_s=self._shorten_rate,
-                keep_going=lambda: self.ttl_cap_ms() is not None and not self._closing.is_set(),
-                sleep=self._closing.wait,
-            )
-        except _REDIS_ERRORS as exc:
-            log.error(
-                "could not give existing keys the fallback TTL; they keep their rule TTL",
-                extra={"error": str(exc)},
-            )
-            return
-        metrics.TTL_SHORTENED.inc(count)
-        log.info(
-            "existing keys given the fallback TTL",
-            extra={"keys": count, "ttl_ms": self._fallback_ttl_ms,
-                   "seconds": round(time.monotonic() - started, 3)},
-        )  # fmt: skip
+    def _take_back(self) -> None:
+        """A watchdog decided while no worker was alive: decide again, from ``ttl``.
+
+        Changes may have gone unapplied meanwhile, so the mode stays ``ttl`` until the
+        lag has been low for a window, as after any fallback.
+        """
+        why = "worker back after a watchdog found it down; ttl until the lag is low again"
+        with self._lock:
+            self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
+        log.warning("taking the mode decision back from the watchdog", extra={"reason": why})
 
     def _resume(self) -> None:
         """Start in ``ttl`` if a previous run left it so: its lag is not known to be over."""

@@ -17,7 +17,14 @@ Protocol (JSON text frames), client to gateway:
 
 Gateway to client: ``welcome``, ``subscribed``, ``message`` (``channel``, ``id``,
 ``data``: the change), ``gap`` (messages after the resume id were trimmed away),
-``heartbeat``, ``pong`` and ``error`` (``code``: forbidden | bad_request).
+``heartbeat``, ``pong`` and ``error`` (``code``: forbidden | bad_request |
+too_many_patterns | rate_limited).
+
+One client cannot make the gateway slow for the others: a connection holds at most
+``max_patterns`` patterns and is served ``requests_per_s`` requests a second (a pattern
+named in a request counts as one), patterns match in linear time
+(:mod:`cdc_cache.patterns`), and a new channel is compared once with each distinct pattern
+that could match it, however many clients hold that pattern.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import logging
+import math
 import random
 import signal
 import time
@@ -46,10 +54,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from cdc_cache import metrics
+from cdc_cache.errors import ConfigError
 from cdc_cache.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
+from cdc_cache.patterns import ChannelNames, PatternIndex, matches, validate_pattern
+from cdc_cache.rate_limit import TokenBucket
+from cdc_cache.redact import redact_url
+from cdc_cache.redis_apply import connect, misconfiguration
 from cdc_cache.retry import Backoff, retry_reporter
+from cdc_cache.sentinel import connect_async
 from cdc_cache.settings import GatewaySettings
-from cdc_cache.tokens import Grant, TokenError, matches, validate_pattern, verify
+from cdc_cache.tokens import Grant, TokenError, verify
+from cdc_cache.watchdog import Watchdog
 
 log = logging.getLogger("cdc_cache.gateway")
 _REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)
@@ -60,6 +75,7 @@ SLOW_CLOSE_CODE: Final = 4008  # the client fell behind: reconnect and resume
 EXPIRED_CLOSE_CODE: Final = 4001  # the token expired: reconnect with a fresh one
 READ_COUNT: Final = 1000
 CATCH_UP_PAGE: Final = 1000
+DISCOVER_TURN: Final = 200  # new channels attached between two turns of the event loop
 
 
 def parse_id(text: str | bytes) -> StreamId:
@@ -116,20 +132,29 @@ class Session:
     channel catches up from its stream, its live messages wait in ``catching``.
     """
 
-    def __init__(self, ws: ServerConnection, grant: Grant, queue_size: int) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        grant: Grant,
+        queue_size: int,
+        requests: TokenBucket,
+    ) -> None:
         self.ws = ws
         self.grant = grant
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.requests = requests  # this client's request budget
         self.patterns: set[str] = set()
         self.last: dict[str, StreamId] = {}
         self.catching: dict[str, list[Frame]] = {}
         self.closed = False
 
     def wants(self, channel: str) -> bool:
-        """True when a pattern of this client matches ``channel`` and the grant allows it."""
-        return self.grant.allows_channel(channel) and any(
-            matches(p, channel) for p in self.patterns
-        )
+        """True when a pattern of this client matches ``channel``.
+
+        Patterns are admitted only when the grant covers them, so every channel they
+        match is granted.
+        """
+        return any(matches(p, channel) for p in self.patterns)
 
     def offer(self, frame: Frame) -> None:
         """Queue a live message without ever waiting; a full queue drops the client."""
@@ -211,6 +236,8 @@ class Hub:
         self._block_ms = block_ms
         self._discover_s = discover_s
         self.positions: dict[str, StreamId] = {}
+        self.channels = ChannelNames()  # the keys of positions, sorted
+        self.patterns: PatternIndex[Session] = PatternIndex()
         self.subscribers: defaultdict[str, set[Session]] = defaultdict(set)
         self.sessions: set[Session] = set()
         self.healthy = False
@@ -221,14 +248,18 @@ class Hub:
         """Learn new channels; at start each is followed from its end, later from its start.
 
         A channel that appears after the gateway started was created after it, so all
-        its messages are new; subscribers whose patterns match it are attached at once.
+        its messages are new; subscribers whose patterns match it are attached at once
+        (looked up in the pattern index, not by asking every client).
         """
         names = {raw.decode() for raw in await self._redis.smembers(CHANNELS_KEY)}
-        for channel in sorted(names - self.positions.keys() - self.broken):
+        for count, channel in enumerate(sorted(names - self.positions.keys() - self.broken)):
             self.positions[channel] = await self._end_of(channel) if initial else START
-            for session in self.sessions:
-                if session.wants(channel) and channel not in session.last:
+            self.channels.add(channel)
+            for session in self.patterns.owners(channel):
+                if channel not in session.last and not session.closed:
                     self.attach(session, channel, START, catch_up=False)
+            if count % DISCOVER_TURN == DISCOVER_TURN - 1:
+                await asyncio.sleep(0)  # thousands of new channels: let clients take turns
         self._discovered_at = time.monotonic()
 
     async def _end_of(self, channel: str) -> StreamId:
@@ -255,6 +286,8 @@ class Hub:
     def remove(self, session: Session) -> None:
         """Forget a client that went away."""
         self.sessions.discard(session)
+        for pattern in session.patterns:
+            self.patterns.discard(pattern, session)
         for channel in list(session.last):
             self.detach(session, channel)
 
@@ -291,7 +324,10 @@ class Hub:
             session.offer(frame)
 
     async def run(self) -> None:
-        """Read and fan out until cancelled; Redis outages are retried with backoff."""
+        """Read and fan out until cancelled; Redis outages are retried with backoff.
+
+        Refused credentials or a missing permission raise ConfigError: no wait fixes them.
+        """
         backoff, attempt, rng = Backoff(maximum=5.0), 0, random.Random()
         while True:
             try:
@@ -300,9 +336,11 @@ class Hub:
                 await self._read_once()
                 self.healthy, attempt = True, 0
             except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
+                _stop_if_misconfigured(exc)
                 await self._forget_broken_channels(exc)
                 await asyncio.sleep(self._block_ms / 1000)
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                _stop_if_misconfigured(exc)
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
                 _REPORT_RETRY(attempt, delay, exc)
@@ -317,6 +355,7 @@ class Hub:
             kind = await self._redis.type(stream_key(channel))  # type: ignore[no-untyped-call]
             if kind not in (b"stream", b"none"):
                 del self.positions[channel]
+                self.channels.remove(channel)
                 self.broken.add(channel)
                 for session in tuple(self.subscribers.pop(channel, ())):
                     session.last.pop(channel, None)
@@ -367,10 +406,16 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._key = settings.signing_key()
-        self._redis = aredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        self._redis = connect_async(settings.redis_url)
         self.hub = Hub(self._redis, block_ms=settings.block_ms, discover_s=settings.discover_s)
         self._server: Server | None = None
         self._reader: asyncio.Task[None] | None = None
+        # Runs where something outlives the worker: falls back to ttl while it is down.
+        self.watchdog = (
+            Watchdog(connect(settings.redis_url), down_after_s=settings.watchdog_down_after_s)
+            if settings.watchdog
+            else None
+        )
 
     @property
     def port(self) -> int:
@@ -379,17 +424,44 @@ class Gateway:
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
-        """Bind the port and start following the streams."""
+        """Check the Redis credentials, bind the port, follow the streams, watch the worker.
+
+        Refused credentials or a port in use raise ConfigError; an unreachable Redis is
+        waited for (the reader retries it).
+        """
+        try:
+            await self._redis.ping()
+        except rex.RedisError as exc:
+            _stop_if_misconfigured(exc)
+        settings = self.settings
+        try:
+            self._server = await serve(
+                self._session,
+                settings.host,
+                settings.port,
+                process_request=self._http,
+                ping_interval=settings.heartbeat_s,
+                ping_timeout=settings.heartbeat_s,
+                max_size=64 * 1024,
+            )
+        except OSError as exc:
+            msg = (
+                f"port {settings.port} on {settings.host}: cannot listen there "
+                f"({exc.strerror}); set port (--port, CDC_CACHE_GATEWAY_PORT) to a free one"
+            )
+            raise ConfigError(msg) from None
+        if self.watchdog is not None:
+            self.watchdog.start()
         self._reader = asyncio.create_task(self.hub.run())
-        self._server = await serve(
-            self._session,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._http,
-            ping_interval=self.settings.heartbeat_s,
-            ping_timeout=self.settings.heartbeat_s,
-            max_size=64 * 1024,
-        )
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raises the reader's ConfigError if it gave up first."""
+        assert self._reader is not None, "start() first"
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if self._reader.done() and not self._reader.cancelled():
+            self._reader.result()  # raises what ended it
 
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop reading, release Redis."""
@@ -398,8 +470,11 @@ class Gateway:
             await self._server.wait_closed()
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A reader that gave up on a setting raised it through run_until already.
+            with contextlib.suppress(asyncio.CancelledError, ConfigError):
                 await self._reader
+        if self.watchdog is not None:
+            await asyncio.to_thread(self.watchdog.close)
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
     def _grant(self, request: Request) -> Grant:
@@ -430,6 +505,7 @@ class Gateway:
                     "clients": len(self.hub.sessions),
                     "channels": len(self.hub.positions),
                     "broken_channels": sorted(self.hub.broken),
+                    "watchdog": None if self.watchdog is None else self.watchdog.view(),
                 }
             )
             return _respond(connection, status, body, "application/json")
@@ -442,7 +518,10 @@ class Gateway:
     async def _session(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         grant = self._grant(ws.request)  # checked in the handshake already
-        session = Session(ws, grant, self.settings.queue_size)
+        budget = TokenBucket(
+            self.settings.requests_per_s, self.settings.request_burst, time.monotonic()
+        )
+        session = Session(ws, grant, self.settings.queue_size, budget)
         self.hub.sessions.add(session)
         metrics.GATEWAY_CONNECTIONS.inc()
         pump = asyncio.create_task(session.pump())
@@ -458,6 +537,7 @@ class Gateway:
         try:
             async for message in ws:
                 self._handle(session, message)
+                await asyncio.sleep(0)  # a client sending fast takes turns with the others
         except ConnectionClosed:
             pass
         finally:
@@ -475,17 +555,31 @@ class Gateway:
             session.control("heartbeat", ts=int(time.time() * 1000))
 
     def _handle(self, session: Session, message: str | bytes) -> None:
+        if not self._within_budget(session, 1):  # before parsing: a flood costs little
+            return
         try:
             request = orjson.loads(message)
             kind = request["type"]
             if kind == "ping":
                 session.control("pong")
             elif kind in ("subscribe", "unsubscribe"):
-                patterns = [validate_pattern(p) for p in request["channels"]]
-                if kind == "subscribe":
-                    self._subscribe(session, patterns, request)
-                else:
-                    self._unsubscribe(session, patterns)
+                patterns = request["channels"]
+                if not isinstance(patterns, list):
+                    msg = "channels must be a list of patterns"
+                    raise TypeError(msg)
+                if len(patterns) > self.settings.max_patterns:
+                    self._refuse(
+                        session,
+                        "too_many_patterns",
+                        f"{len(patterns)} patterns in one request; a connection may hold "
+                        f"at most {self.settings.max_patterns}",
+                    )
+                elif self._within_budget(session, len(patterns) - 1):  # one per pattern
+                    valid = [validate_pattern(p) for p in patterns]
+                    if kind == "subscribe":
+                        self._subscribe(session, valid, request)
+                    else:
+                        self._unsubscribe(session, valid)
             else:
                 session.control("error", code="bad_request", message=f"unknown type {kind!r}")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -496,12 +590,31 @@ class Gateway:
                 message=f"expected {{'type': 'subscribe', 'channels': [...]}}; {detail}",
             )
 
+    def _within_budget(self, session: Session, cost: int) -> bool:
+        """Spend ``cost`` of the client's request budget, or refuse the request."""
+        if cost <= 0:
+            return True
+        wait_s = session.requests.take(cost, time.monotonic())
+        if wait_s:
+            self._refuse(
+                session,
+                "rate_limited",
+                f"more than {self.settings.requests_per_s:g} requests a second (a pattern "
+                "counts as one); wait and send it again",
+                retry_after_ms=math.ceil(wait_s * 1000),
+            )
+        return not wait_s
+
+    def _refuse(self, session: Session, code: str, message: str, **fields: Any) -> None:
+        metrics.GATEWAY_REFUSED.labels(code).inc()
+        session.control("error", code=code, message=message, **fields)
+
     def _subscribe(self, session: Session, patterns: Iterable[str], request: Any) -> None:
         start = str(request.get("from", "$"))
         resume = {str(c): parse_id(str(i)) for c, i in (request.get("resume") or {}).items()}
         after = None if start == "$" else parse_id(start)
-        attached: dict[str, str] = {}
-        for pattern in patterns:
+        admitted: list[str] = []
+        for pattern in dict.fromkeys(patterns):
             if not session.grant.allows_pattern(pattern):
                 metrics.GATEWAY_AUTH_FAILURES.labels("forbidden").inc()
                 session.control(
@@ -510,23 +623,40 @@ class Gateway:
                     channel=pattern,
                     message=f"your token does not grant {pattern!r}",
                 )
-                continue
+            elif pattern not in session.patterns:
+                admitted.append(pattern)
+        held = len(session.patterns)
+        if held + len(admitted) > self.settings.max_patterns:
+            self._refuse(
+                session,
+                "too_many_patterns",
+                f"this connection holds {held} patterns and asked for {len(admitted)} more; "
+                f"at most {self.settings.max_patterns} (unsubscribe some first)",
+            )
+            return
+        attached: dict[str, str] = {}
+        for pattern in admitted:
             session.patterns.add(pattern)
-            for channel, position in self.hub.positions.items():
-                if channel in session.last or not session.wants(channel):
+            self.hub.patterns.add(pattern, session)
+            for channel in self.hub.channels.matching(pattern):
+                if channel in session.last:
                     continue
                 since = resume.get(channel, after)
                 if since is None:
-                    self.hub.attach(session, channel, position, catch_up=False)
+                    self.hub.attach(session, channel, self.hub.positions[channel], catch_up=False)
                 else:
                     self.hub.attach(session, channel, since, catch_up=True)
                 attached[channel] = format_id(session.last[channel])
         session.control("subscribed", patterns=sorted(session.patterns), channels=attached)
 
     def _unsubscribe(self, session: Session, patterns: Iterable[str]) -> None:
-        session.patterns.difference_update(patterns)
-        for channel in [c for c in session.last if not session.wants(c)]:
-            self.hub.detach(session, channel)
+        dropped = session.patterns.intersection(patterns)
+        session.patterns.difference_update(dropped)
+        for pattern in dropped:
+            self.hub.patterns.discard(pattern, session)
+        if dropped:
+            for channel in [c for c in session.last if not session.wants(c)]:
+                self.hub.detach(session, channel)
         session.control("unsubscribed", patterns=sorted(session.patterns))
 
 
@@ -542,6 +672,16 @@ def _respond(
 
 
 @cache
+def _stop_if_misconfigured(exc: BaseException) -> None:
+    """Raise ConfigError when ``exc`` says a setting is wrong (credentials, ACL, TLS)."""
+    if misconfiguration(exc) is not None:
+        msg = (
+            f"Redis refused the gateway ({exc}); fix the user, password or TLS options in "
+            "redis_url (--redis-url, CDC_CACHE_GATEWAY_REDIS_URL)"
+        )
+        raise ConfigError(msg) from None
+
+
 def demo_page() -> bytes:
     """The live inventory page served at ``/``."""
     return importlib.resources.files("cdc_cache").joinpath("web/demo.html").read_bytes()
@@ -557,10 +697,13 @@ async def serve_until_stopped(settings: GatewaySettings) -> None:
     await gateway.start()
     log.info(
         "gateway listening",
-        extra={"url": f"http://{settings.host}:{gateway.port}/", "redis": settings.redis_url},
+        extra={
+            "url": f"http://{settings.host}:{gateway.port}/",
+            "redis": redact_url(settings.redis_url),
+        },
     )
     try:
-        await stop.wait()
+        await gateway.run_until(stop)
     finally:
         log.info("gateway stopping")
         await gateway.stop()

@@ -27,6 +27,7 @@ VERSION_FIELD_BYTES: Final = 8
 LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
+WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may act
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
@@ -98,6 +99,11 @@ def _slot_tags() -> tuple[str, ...]:
 def slot_tag(key: str) -> str:
     """A hash tag that places another key in the same slot as ``key``."""
     return _slot_tags()[key_slot(key)]
+
+
+def tag_for_slot(slot: int) -> str:
+    """A hash tag that lands in ``slot`` (it also hashes there as a whole key)."""
+    return _slot_tags()[slot]
 
 
 def version_field(key: str) -> bytes:

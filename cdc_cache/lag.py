@@ -11,15 +11,21 @@ connector is current, not that this worker has read the connector's backlog. A p
 from which nothing at all arrived has its lag counted from when it was first tracked, and
 ``silent_s`` (time since the last message or heartbeat) tells a stalled connector apart
 from a slow one.
+
+Which connector feeds a topic is learned from its records (a change's ``source.name``, a
+heartbeat's server), not only read from its name: a topic that routing renamed or shares
+between tables keeps its idle partitions fresh through the heartbeats of the connectors
+seen on its other partitions. A topic fed by several connectors is only as fresh as the
+least fresh of them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
+from cdc_cache.topics import heartbeat_server, servers_named_in
 
 Clock = Callable[[], float]
 """Milliseconds since the epoch (``time.time() * 1000`` in production)."""
@@ -84,6 +90,8 @@ class LagTracker:
     clock_ms: Clock
     _partitions: dict[tuple[str, int], _Partition] = field(default_factory=dict)
     _servers: dict[str, _Server] = field(default_factory=dict)
+    _feeds: dict[str, set[str]] = field(default_factory=dict)
+    """Topic → the connectors whose records were seen on it."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def track(self, topic: str, partition: int) -> None:
@@ -91,20 +99,34 @@ class LagTracker:
         with self._lock:
             self._part(topic, partition)
 
-    def record(self, topic: str, partition: int, committed_at_ms: int | None = None) -> None:
-        """A message arrived; ``committed_at_ms`` is the source commit time of a change."""
+    def record(
+        self,
+        topic: str,
+        partition: int,
+        committed_at_ms: int | None = None,
+        servers: Collection[str] = (),
+    ) -> None:
+        """A message arrived; ``committed_at_ms`` is the source commit time of a change.
+
+        ``servers`` are the connectors the messages named (``source.name``).
+        """
         with self._lock:
             part = self._part(topic, partition)
             part.contact_ms = self.clock_ms()
             if committed_at_ms is not None:
                 part.newest_ms = max(part.newest_ms or committed_at_ms, committed_at_ms)
+            if servers:
+                self._feeds.setdefault(topic, set()).update(servers)
 
-    def heartbeat(self, topic: str, partition: int, emitted_at_ms: int | None) -> None:
-        """A heartbeat of the connector whose name follows the heartbeat topic prefix."""
-        self.record(topic, partition, emitted_at_ms)
-        server = topic.removeprefix(HEARTBEAT_TOPIC_PREFIX)
-        with self._lock:
-            self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
+    def heartbeat(
+        self, topic: str, partition: int, emitted_at_ms: int | None, server: str | None = None
+    ) -> None:
+        """A heartbeat of connector ``server`` (by default, the one its topic is named for)."""
+        server = server or heartbeat_server(topic)
+        self.record(topic, partition, emitted_at_ms, () if server is None else (server,))
+        if server is not None:
+            with self._lock:
+                self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
 
     def offsets(
         self, topic: str, partition: int, high: int | None, next_offset: int | None
@@ -134,11 +156,13 @@ class LagTracker:
     def _lag(self, topic: str, number: int, part: _Partition, now: float) -> PartitionLag:
         newest, contact = part.newest_ms, part.contact_ms
         consumer_lag = part.consumer_lag()
-        server = self._server_of(topic)
-        if server is not None and consumer_lag == 0:
-            if server.emitted_ms is not None:
-                newest = max(newest or server.emitted_ms, server.emitted_ms)
-            contact = max(contact, server.contact_ms)
+        beats = self._heartbeats_of(topic)
+        if beats and consumer_lag == 0:
+            emitted = [beat.emitted_ms for beat in beats if beat.emitted_ms is not None]
+            if len(emitted) == len(beats):
+                oldest = min(emitted)
+                newest = max(newest or oldest, oldest)
+            contact = max(contact, min(beat.contact_ms for beat in beats))
         since = part.tracked_ms if newest is None else newest
         return PartitionLag(
             topic,
@@ -148,15 +172,14 @@ class LagTracker:
             consumer_lag=consumer_lag,
         )
 
-    def _server_of(self, topic: str) -> _Server | None:
-        """The connector feeding ``topic`` (``<server>.<db>.<table>``), if it sent heartbeats.
+    def _heartbeats_of(self, topic: str) -> list[_Server]:
+        """The heartbeats of every connector feeding ``topic``; empty unless all sent some.
 
-        A heartbeat topic's own partitions belong to its connector too: heartbeats all land
-        in one of them, and the others must not read as stalled.
+        The feeders are those seen on the topic and those it is named for
+        (``<server>.<db>.<table>``, ``__debezium-heartbeat.<server>``). A heartbeat topic's
+        own partitions belong to its connector too: heartbeats all land in one of them, and
+        the others must not read as stalled.
         """
-        if topic.startswith(HEARTBEAT_TOPIC_PREFIX):
-            return self._servers.get(topic.removeprefix(HEARTBEAT_TOPIC_PREFIX))
-        for name, server in self._servers.items():
-            if topic.startswith(name + "."):
-                return server
-        return None
+        feeders = self._feeds.get(topic, set()) | servers_named_in(self._servers, topic)
+        beats = [self._servers.get(name) for name in feeders]
+        return [beat for beat in beats if beat is not None] if None not in beats else []

@@ -30,7 +30,21 @@ class JsonFormatter(logging.Formatter):
         doc.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        try:
+            return orjson.dumps(doc, default=str).decode()
+        except TypeError:  # text UTF-8 cannot carry, or nesting the encoder refuses
+            return orjson.dumps({name: _text(value) for name, value in doc.items()}).decode()
+
+
+def _text(value: Any) -> Any:
+    """``value`` if it is a plain scalar, else its text with lone surrogates escaped."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    try:
+        text = str(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply to show>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def configure(level: str = "INFO") -> None:

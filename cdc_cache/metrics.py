@@ -172,9 +172,113 @@ VERSIONS_KEPT = Gauge(
     "Version records (tombstones included) in Redis after the last sweep",
     namespace=NAMESPACE,
 )
+LINEAGE_SWITCHES = Counter(
+    "lineage_switches",
+    "Source log lineage switches this process found first and registered (summed over the "
+    "processes: the switches); changes of the new lineage sort after the old one",
+    ["source"],
+    namespace=NAMESPACE,
+)
+LINEAGE_VERDICTS = Counter(
+    "lineage_verdicts",
+    "Changes not simply in log order, by verdict: resent (a connector re-sending), late (of "
+    "an earlier lineage), new (a lineage starts), unknown (cannot tell: held), resnapshot "
+    "(a new snapshot of the same log)",
+    ["source", "verdict"],
+    namespace=NAMESPACE,
+)
+LINEAGE_HELD = Gauge(
+    "lineage_held_partitions",
+    "Partitions of this process whose positions went back with no way to tell a new log "
+    "from a re-read one (each holds the cache in ttl mode until they pass the newest again)",
+    ["source"],
+    namespace=NAMESPACE,
+)
+LINEAGE_EPOCH = Gauge(
+    "lineage_epoch",
+    "The newest source lineage epoch this process reads, per source",
+    ["source"],
+    namespace=NAMESPACE,
+)
+SOURCE_DISCONTINUITY = Gauge(
+    "source_discontinuity",
+    "1 while a topic partition's stored offset no longer means what it meant (a recreated "
+    "topic, records removed before they were read) and the cache is held in ttl mode until "
+    "an operator decides (cdc-cache continuity)",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
+SOURCE_DISCONTINUITIES = Counter(
+    "source_discontinuities",
+    "Source discontinuities found, by kind (topic_recreated, log_truncated, below_log_start)",
+    ["kind"],
+    namespace=NAMESPACE,
+)
 TTL_SHORTENED = Counter(
     "ttl_shortened_keys",
     "Existing cache keys given the short fallback TTL on entering ttl mode",
+    namespace=NAMESPACE,
+)
+REDIS_REPLICAS_ONLINE = Gauge(
+    "redis_replicas_online",
+    "Replicas streaming from each Redis primary (INFO replication), read once a second",
+    ["primary"],
+    namespace=NAMESPACE,
+)
+REDIS_REPLICA_LAG_BYTES = Gauge(
+    "redis_replica_lag_bytes",
+    "Bytes of a primary's replication stream its most lagging online replica has not "
+    "acknowledged (0 when no replica is online: see redis_replicas_online)",
+    ["primary"],
+    namespace=NAMESPACE,
+)
+REDIS_REPLICA_ACK_AGE = Gauge(
+    "redis_replica_ack_age_seconds",
+    "Seconds since the least recent acknowledgement among a primary's online replicas",
+    ["primary"],
+    namespace=NAMESPACE,
+)
+REDIS_FAILOVERS = Counter(
+    "redis_failovers",
+    "Redis primaries replaced by another server, by outcome (complete: the new primary "
+    "holds every write its replicas confirmed; incomplete: writes may be lost, ttl mode)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+REPLICA_WAITS = Counter(
+    "replica_waits",
+    "Waits for the required replicas after a batch, per primary, by outcome "
+    "(acknowledged, timed_out: waited again, with a redis_replication hold)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+REPLICA_WAIT_SECONDS = Histogram(
+    "replica_wait_seconds",
+    "Time a batch waited, after its writes, until the required replicas acknowledged them",
+    namespace=NAMESPACE,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# --- the watchdog (cdc-cache watchdog, and inside cdc-cache gateway) ---
+WATCHDOG_WORKER_UP = Gauge(
+    "watchdog_worker_up",
+    "1 while the worker's heartbeat (cdc:mode rewritten by its mode leader) moves, 0 once it "
+    "stood still longer than the bound (lag SLO + mode window)",
+    namespace=NAMESPACE,
+)
+WATCHDOG_HEARTBEAT_STILL = Gauge(
+    "watchdog_heartbeat_still_seconds",
+    "How long the worker's heartbeat has not moved, as this watchdog saw it",
+    namespace=NAMESPACE,
+)
+WATCHDOG_LEADER = Gauge(
+    "watchdog_leader",
+    "1 in the watchdog instance holding the lock: the one that acts when the worker is down",
+    namespace=NAMESPACE,
+)
+WATCHDOG_TAKEOVERS = Counter(
+    "watchdog_takeovers",
+    "Times a watchdog found no worker alive and took the mode decision over (ttl, worker_down)",
     namespace=NAMESPACE,
 )
 
@@ -198,6 +302,12 @@ GATEWAY_DROPS = Counter(
 GATEWAY_AUTH_FAILURES = Counter(
     "gateway_auth_failures",
     "Refused tokens and subscriptions, by reason (invalid_token, expired, forbidden)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+GATEWAY_REFUSED = Counter(
+    "gateway_refused_requests",
+    "Client requests the gateway refused, by reason (rate_limited, too_many_patterns)",
     ["reason"],
     namespace=NAMESPACE,
 )

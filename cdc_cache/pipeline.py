@@ -2,16 +2,23 @@
 
 The result is a planned change, a control record, or a rejection carrying its poison
 error: bad messages become a second stream instead of crashing the flow or vanishing.
-No I/O here, so the stream engine could change without touching this logic.
+Whatever one message makes decode, plan or the size check raise is that message's
+rejection, anticipated (a poison error) or not (:class:`Unprocessable`, with the error
+and its stack): no message can stop the flow. No I/O here, so the stream engine could
+change without touching this logic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from cdc_cache.envelope import Parse, decode
-from cdc_cache.errors import PoisonMessage, ValueTooLarge
+import orjson
+
+from cdc_cache.envelope import Parse, decode, table_hint
+from cdc_cache.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
 from cdc_cache.rules import Rules
@@ -51,8 +58,18 @@ class Rejected:
         assert self.error.record is not None
         return self.error.record
 
+    @property
+    def table(self) -> str:
+        """The decoded change's table, else what the record shows (see ``table_hint``)."""
+        if self.event is not None:
+            return self.event.table
+        return table_hint(self.record)
+
 
 Routed = Planned | Control | Rejected
+
+EpochOf = Callable[[SourceRecord, ChangeEvent], int]
+"""The epoch of a decoded change's lineage (see cdc_cache.lineage_tracker)."""
 
 
 def route(
@@ -61,25 +78,85 @@ def route(
     epoch: int = 0,
     max_value_bytes: int | None = None,
     parse: Parse | None = None,
+    *,
+    epoch_of: EpochOf | None = None,
 ) -> Routed:
     """Decode and plan one message; poison errors are returned, not raised.
 
-    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics). A
+    ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
+    ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
+    change has ``epoch``, the operator's ``source_epoch``). A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
     change's other keys alone would leave its keys inconsistent with each other).
+    Only a transient error (a server to wait for) is raised, and what ``epoch_of`` raises:
+    the lineage registry's trouble is no message's poison.
     """
-    event: ChangeEvent | None = None
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
-        if not isinstance(decoded, ChangeEvent):
-            return Control(record, decoded)
-        event = decoded
+    except Exception as exc:
+        return _rejected(exc, "decoding", record, None)
+    if not isinstance(decoded, ChangeEvent):
+        return Control(record, decoded)
+    if epoch_of is not None:
+        decoded = _with_epoch(decoded, epoch_of(record, decoded))
+    stage = "planning"
+    try:
         ops = tuple(plan(decoded, rules))
         if max_value_bytes is not None:
+            stage = "checking value sizes"
             _check_sizes(ops, max_value_bytes, decoded)
         return Planned(record, decoded, ops)
-    except PoisonMessage as error:
-        return Rejected(error.at(record) if error.record is None else error, event)
+    except Exception as exc:
+        return _rejected(exc, stage, record, decoded)
+
+
+def _rejected(
+    exc: Exception, stage: str, record: SourceRecord, event: ChangeEvent | None
+) -> Rejected:
+    """A message's own error as its rejection; a transient one is raised (wait, retry)."""
+    if isinstance(exc, PoisonMessage):
+        return Rejected(exc.at(record) if exc.record is None else exc, event)
+    if isinstance(exc, TransientError):
+        raise exc
+    return Rejected(unexpected(exc, stage, record, event), event)  # any other: its poison
+
+
+def unexpected(
+    exc: Exception, stage: str, record: SourceRecord, event: ChangeEvent | None = None
+) -> Unprocessable:
+    """The poison error for ``exc``, raised while ``stage`` handled ``record``.
+
+    Names the error and, when the message nests values deeper than JSON can be written
+    (the usual cause: the parser reads deeper than the encoder writes), says so.
+    """
+    reason = f"{stage} raised {type(exc).__name__}: {exc}"
+    if _depth(record, event) > ENCODER_MAX_DEPTH:
+        reason += (
+            f"; the message nests values more than {ENCODER_MAX_DEPTH} levels deep, "
+            "deeper than JSON is written"
+        )
+    error = Unprocessable(reason, record)
+    error.__cause__ = exc
+    return error
+
+
+def _depth(record: SourceRecord, event: ChangeEvent | None) -> int:
+    """How deeply the message nests (its decoded images, else its JSON value), capped."""
+    if event is not None:
+        docs: list[object] = [event.key, event.before, event.after]
+    else:
+        try:
+            docs = [orjson.loads(record.value or b"null")]
+        except orjson.JSONDecodeError:
+            return 0
+    return max(nesting_depth(doc, ENCODER_MAX_DEPTH) for doc in docs)
+
+
+def _with_epoch(event: ChangeEvent, epoch: int) -> ChangeEvent:
+    """``event`` with its position in lineage ``epoch`` (itself when it already is)."""
+    if event.position.epoch == epoch:
+        return event
+    return replace(event, position=replace(event.position, epoch=epoch))
 
 
 def value_size(op: SetRow) -> int:

@@ -67,6 +67,8 @@ from cdc_cache.ops import (
     ValueFormat,
     as_invalidation,
 )
+from cdc_cache.redact import redact_url
+from cdc_cache.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
 from cdc_cache.versions import encode_version
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 Arg = str | bytes | int
 
 CLUSTER_FLAG: Final = "cluster"
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -223,14 +226,20 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
     seed node of a cluster (``rediss://`` for TLS works for both, with redis-py's TLS query
     options such as ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``). Replies stay bytes.
     ``auth`` overrides credentials in the URL. Other query parameters and ``kwargs`` go to
-    redis-py unchanged.
+    redis-py unchanged. ``redis+sentinel://`` URLs name a Sentinel-monitored primary
+    (see :mod:`cdc_cache.sentinel`).
     """
+    problem = redis_url_problem(url)
+    if problem is not None:
+        msg = f"redis_url: {problem}"
+        raise ConfigError(msg)
+    if is_sentinel_url(url):
+        kwargs["decode_responses"] = False
+        kwargs |= (auth or RedisAuth()).kwargs()
+        return connect_sentinel(url, **kwargs)
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
-    if any(flag not in _TRUE | _FALSE for flag in flags):
-        msg = f"Redis URL {url!r}: cluster= must be true or false"
-        raise ConfigError(msg)
     rest = urlencode([(name, value) for name, value in query if name != CLUSTER_FLAG])
     plain = urlunsplit(parts._replace(query=rest))
     kwargs["decode_responses"] = False
@@ -239,6 +248,34 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
         if flags and flags[-1] in _TRUE:
             return RedisCluster.from_url(plain, **kwargs)
         return Redis.from_url(plain, **kwargs)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL (scheme, cluster flag), or None.
+
+    Checked with the settings, so a URL redis-py would refuse stops startup at once.
+    """
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ConfigError as exc:
+            return str(exc)
+        return None
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        return f"{redact_url(url)} is not a URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES:
+        return (
+            f"{redact_url(url)} has the scheme {parts.scheme or '(none)'!r}; use "
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///path/redis.sock or "
+            "redis+sentinel://HOST:PORT/SERVICE/DB (Sentinel)"
+        )
+    flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
+    if any(flag not in _TRUE | _FALSE for flag in flags):
+        return f"{redact_url(url)}: cluster= must be true or false"
+    return None
 
 
 def ping(client: Client, where: str) -> Client:
@@ -312,6 +349,10 @@ def _translated(what: str) -> Iterator[None]:
             raise RedisUnavailable(msg) from exc
         msg = f"Redis refused {what}: {exc}"
         raise ApplyError(msg) from exc
+
+
+# The same translation, for Redis calls made outside this module (replicas, failovers).
+translated_errors = _translated
 
 
 # Redis 7 script flags: with none declared, Redis refuses the call up front while it is

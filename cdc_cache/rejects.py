@@ -3,7 +3,9 @@
 Every rejection passes through :class:`Rejects`, wherever in the flow it was found, so
 each one is counted once with the same fields. With a dead-letter writer, ``report``
 returns only once the entries are durable on the DLQ topic: the dataflow cannot record
-progress past a failure that could still be lost.
+progress past a failure that could still be lost. Building an entry cannot fail the
+batch: should it raise, the failure is written with its coordinates only. The log line
+carries the entry's reason, scrubbed of the table's sensitive values like the entry.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cdc_cache import metrics
-from cdc_cache.dlq import Failure, envelope
+from cdc_cache.dlq import Failure, envelope, fallback_entry
 from cdc_cache.rules import Rules
 
 log = logging.getLogger("cdc_cache.rejects")
@@ -44,27 +46,35 @@ class Rejects:
         if not failures:
             return
         now = self._clock_ms()
-        entries = [
-            envelope(failure, self._rules.sensitive(failure.table), now) for failure in failures
-        ]
+        entries = [self._entry(failure, now) for failure in failures]
         for failure, entry in zip(failures, entries, strict=True):
-            _log_and_count(failure, entry["id"])
+            _log_and_count(failure, entry)
         if self._dead_letters is not None:
             self._dead_letters.write(entries)
             for failure in failures:
                 metrics.DLQ_ENTRIES.labels(failure.error.kind, failure.table).inc()
 
+    def _entry(self, failure: Failure, now_ms: float) -> dict[str, Any]:
+        try:
+            return envelope(failure, self._rules.sensitive(failure.table), now_ms)
+        except Exception as exc:  # the failure is written all the same
+            log.warning(
+                "dead letter built from its coordinates only",
+                extra={"error_class": type(exc).__name__, "table": failure.table},
+            )
+            return fallback_entry(failure, exc, now_ms)
 
-def _log_and_count(failure: Failure, entry_id: str) -> None:
+
+def _log_and_count(failure: Failure, entry: dict[str, Any]) -> None:
     error, record = failure.error, failure.record
     metrics.RECORDS.labels("rejected").inc()
     metrics.POISON.labels(error.kind, failure.table).inc()
     log.error(
         "message rejected",
         extra={
-            "id": entry_id,
+            "id": entry["id"],
             "kind": error.kind,
-            "reason": error.reason,
+            "reason": entry["reason"],
             "table": failure.table,
             "topic": record.topic,
             "partition": record.partition,

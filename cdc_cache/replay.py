@@ -1,7 +1,9 @@
 """Replay dead letters through the worker's own path: decode → plan → version-gated apply.
 
 The message is read again from its source topic at the entry's offset (the entry's copy
-may be redacted), routed with the same rules, epoch and size limit as the worker, and
+may be redacted), routed with the same rules, size limit and epoch as the worker (the
+epoch its partition's lineage state recorded for that offset, so a change of an old
+lineage replays as stale), and
 written by the same :class:`~cdc_cache.writer.CacheWriter`. Version gating makes a
 replay idempotent: replaying twice reports ``duplicate`` the second time, and an entry
 older than the key's current version reports ``stale``; neither changes the cache.
@@ -19,12 +21,13 @@ from typing import Any, Protocol
 import orjson
 
 from cdc_cache import metrics
-from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, record_of
+from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, public_reason, record_of
 from cdc_cache.dlq_kafka import SourceReader, read_entries
 from cdc_cache.errors import StopRequested
-from cdc_cache.events import SourceRecord
+from cdc_cache.events import ChangeEvent, SourceRecord
 from cdc_cache.fallback import Holds, ModeStore
 from cdc_cache.keys import DLQ_OUTCOMES_KEY
+from cdc_cache.lineage_registry import LineageRegistry
 from cdc_cache.pipeline import Control, Planned, route
 from cdc_cache.redis_apply import Client, RedisApplier, connect
 from cdc_cache.redis_memory import MemoryWatch, OomGuard
@@ -104,8 +107,10 @@ class Replayer:
         schemas: SchemaResolver | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
         invalidate_only: bool = False,
+        lineage: LineageRegistry | None = None,
     ) -> None:
         self._rules = rules
+        self._lineage = lineage
         self._client = client
         self._source = source
         self._epoch = epoch
@@ -137,11 +142,13 @@ class Replayer:
             except ValueError as exc:
                 return "failed", f"{where} is no longer in its topic, and {exc}"
         parse = self._schemas.parser_for([record]) if self._schemas is not None else None
-        routed = route(record, self._rules, self._epoch, self._max_value_bytes, parse)
+        routed = route(
+            record, self._rules, self._epoch, self._max_value_bytes, parse, epoch_of=self._epoch_of
+        )
         if isinstance(routed, Control):
             return "no_op", f"a {type(routed.item).__name__.lower()} record: nothing to apply"
         if not isinstance(routed, Planned):
-            return "failed", f"{routed.error.kind}: {routed.error.reason}"
+            return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
         writer = CacheWriter(
             RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only),
@@ -155,8 +162,21 @@ class Replayer:
         except StopRequested as exc:
             return "failed", str(exc)
         if failures:
-            return "failed", f"{failures[0].error.kind}: {failures[0].error.reason}"
+            return "failed", self._reason(failures[0])
         return written[0].outcome, f"position {routed.event.position}"
+
+    def _epoch_of(self, record: SourceRecord, event: ChangeEvent) -> int:
+        """The epoch the worker gave (or gives) this message's position."""
+        if self._lineage is None:
+            return self._epoch
+        found = self._lineage.epoch_at((record.topic, record.partition), record.offset)
+        return max(found, self._epoch) if found is not None else self._epoch
+
+    def _reason(self, failure: Failure) -> str:
+        """Why the replay failed, with the table's sensitive values scrubbed as in entries."""
+        return (
+            f"{failure.error.kind}: {public_reason(failure, self._rules.sensitive(failure.table))}"
+        )
 
     def _ttl_cap_ms(self) -> int | None:
         """The TTL mode's cap, as the worker applies it (read from ``cdc:mode``)."""
@@ -200,7 +220,7 @@ class DlqService:
         """Entries (one per id, the latest written) with their last replay outcome."""
         settings = self._settings
         raw = read_entries(
-            settings.brokers, settings.dlq_topic, settings.kafka, self._read_timeout_s
+            settings.brokers, settings.dlq_topic, settings.consumer_kafka(), self._read_timeout_s
         )
         chosen = [e for e in latest_by_id(raw) if where is None or where.matches(e)]
         outcomes = OutcomeStore(self._redis()).all() if chosen else {}
@@ -225,7 +245,7 @@ class DlqService:
             guard=OomGuard(Holds(), settle_s=0),
         )
         watch.check()  # an unsafe eviction policy: refused, or invalidations only
-        source = SourceReader(settings.brokers, settings.kafka)
+        source = SourceReader(settings.brokers, settings.consumer_kafka())
         try:
             replayer = Replayer(
                 self._rules,
@@ -236,6 +256,7 @@ class DlqService:
                 backoff=settings.retry_redis.backoff(),
                 schemas=schema_resolver(settings),
                 invalidate_only=watch.invalidate_only(),
+                lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
             return [replayer.replay(entry) for entry in entries]
         finally:

@@ -193,22 +193,37 @@ def load_rules(path: str | Path) -> Rules:
     """Read and validate a rules file; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"cannot read rules file {path}: {exc.strerror}; pass an existing file with --rules"
         raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"rules file {unreadable_yaml(str(path), exc)}"
+        raise ConfigError(msg) from None
     return parse_rules(text, str(path))
+
+
+def unreadable_yaml(path: str, exc: yaml.YAMLError | UnicodeDecodeError | RecursionError) -> str:
+    """One line: why the YAML file at ``path`` cannot be read, and what to do about it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as UTF-8"
+        )
+    if isinstance(exc, RecursionError):
+        return f"{path}: nested too deeply to read (hundreds of levels); flatten it"
+    mark = getattr(exc, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
 
 
 def parse_rules(text: str, path: str = "<rules>") -> Rules:
     """Validate rules given as YAML text; ``path`` names the source in error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        msg = f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
-        raise ConfigError(msg) from exc
+    except (yaml.YAMLError, RecursionError) as exc:
+        msg = f"rules file {unreadable_yaml(path, exc)}"
+        raise ConfigError(msg) from None
     checker = _Checker(path)
     rules = checker.rules(root)
     if checker.problems:

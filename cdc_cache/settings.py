@@ -1,24 +1,29 @@
 """Worker settings: command-line flags over ``CDC_CACHE_*`` environment over a YAML file.
 
-Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka via
-``kafka:`` rather than being re-declared here. Secrets are :class:`~pydantic.SecretStr`
-(masked in every repr) and may come from files (``*_file``: a mounted Kubernetes or Docker
-secret), read once here so a missing file stops startup with the setting's name.
+Kafka client options (SASL, TLS, timeouts) pass straight through to librdkafka rather than
+being re-declared here: ``kafka:`` for every client, ``kafka_consumer:`` and
+``kafka_producer:`` for one kind only (see :mod:`cdc_cache.kafka_config`). Secrets are
+:class:`~pydantic.SecretStr` (masked in every repr) and may come from files (``*_file``: a
+mounted Kubernetes or Docker secret), read once here so a missing file stops startup with
+the setting's name.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,11 +35,18 @@ from pydantic_settings import (
 )
 
 from cdc_cache.errors import ConfigError
-from cdc_cache.redis_apply import RedisAuth
+from cdc_cache.kafka_config import Role, misplaced, weakened
+from cdc_cache.redis_apply import RedisAuth, redis_url_problem
 from cdc_cache.redis_memory import EvictionFallback
 from cdc_cache.retry import Backoff
+from cdc_cache.rules import unreadable_yaml
+from cdc_cache.tokens import MAX_PATTERNS
 
 ENV_PREFIX = "CDC_CACHE_"
+# The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
+DownAfter = Annotated[
+    float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
+]
 
 
 class BackoffSettings(BaseModel):
@@ -59,6 +71,29 @@ class BackoffSettings(BaseModel):
         return Backoff(self.initial_s, self.max_s, self.multiplier, self.jitter)
 
 
+def _as_text(properties: object) -> object:
+    """Scalars as the strings librdkafka takes: YAML's ``100``, ``true`` → ``"100"``, ``"true"``."""
+    if not isinstance(properties, dict):
+        return properties
+    return {name: _text(value) for name, value in properties.items()}
+
+
+def _text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+KafkaProperties = Annotated[dict[str, str], BeforeValidator(_as_text)]
+"""librdkafka properties, passed through unchanged."""
+
+_KAFKA_SECTIONS: dict[str, tuple[Role, ...]] = {
+    "kafka": (),
+    "kafka_consumer": ("consumer",),
+    "kafka_producer": ("producer",),
+}
+
+
 class SharedSettings(BaseSettings):
     """What the worker and the ``cdc-cache dlq`` commands both read (same file, same env).
 
@@ -70,8 +105,13 @@ class SharedSettings(BaseSettings):
     rules: Path
     brokers: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
-    kafka: dict[str, str] = Field(default_factory=dict)
+    kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
+    kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
+    kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
     source_epoch: int = Field(default=0, ge=0, le=99999)
+    lineage_detection: bool = Field(
+        default=True, description="detect source log lineage switches (see README Failover)"
+    )
     dlq_topic: str = Field(default="cdc-cache.dlq", min_length=1, description="dead letters")
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
@@ -95,6 +135,14 @@ class SharedSettings(BaseSettings):
         "or write invalidations only",
     )
 
+    @field_validator(*_KAFKA_SECTIONS)
+    @classmethod
+    def _kafka_in_place(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        problems = misplaced(value, _KAFKA_SECTIONS[str(info.field_name)]) + weakened(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @model_validator(mode="after")
     def _formats_and_secrets(self) -> SharedSettings:
         if self.message_format == "avro" and not self.schema_registry_url:
@@ -109,9 +157,22 @@ class SharedSettings(BaseSettings):
         self.admin_token = _secret(self.admin_token, self.admin_token_file, "admin_token")
         return self
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
+
     def redis_auth(self) -> RedisAuth:
         """The ACL credentials (the password possibly read from its file)."""
         return RedisAuth(self.redis_username, self.redis_password)
+
+    def consumer_kafka(self) -> dict[str, str]:
+        """The consumers' librdkafka settings: the common ones, their own on top."""
+        return {**self.kafka, **self.kafka_consumer}
+
+    def producer_kafka(self) -> dict[str, str]:
+        """The DLQ producer's librdkafka settings: the common ones, its own on top."""
+        return {**self.kafka, **self.kafka_producer}
 
 
 class WorkerSettings(SharedSettings):
@@ -121,6 +182,9 @@ class WorkerSettings(SharedSettings):
 
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
+    heartbeat_topics: list[str] = Field(
+        default_factory=list, description="heartbeat topics the topic names do not point to"
+    )
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
@@ -135,6 +199,21 @@ class WorkerSettings(SharedSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    lineage_rewind_files: int = Field(
+        default=1, ge=0, description="binlog files a connector may go back when re-sending"
+    )
+    lineage_rewind_wal_mb: int = Field(
+        default=1024, ge=0, description="WAL a PostgreSQL connector may go back when re-sending"
+    )
+    lineage_settle_s: float = Field(
+        default=300.0, gt=0, description="ttl mode after a lineage switch or a re-snapshot"
+    )
+    redis_replicas: int = Field(
+        default=0, ge=0, description="Redis replicas that must acknowledge each batch"
+    )
+    redis_replicas_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
+    )
 
     @field_validator("topic_pattern")
     @classmethod
@@ -155,6 +234,13 @@ class WorkerSettings(SharedSettings):
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
             raise ValueError(msg)
+        if self.lineage_settle_s <= self.fallback_ttl_s:
+            msg = (
+                f"lineage_settle_s ({self.lineage_settle_s:g}) must exceed fallback_ttl_s "
+                f"({self.fallback_ttl_s:g}): entries must have expired when it ends; allow "
+                "also for shortening the existing keys' TTLs (about 20,000 keys a second)"
+            )
+            raise ValueError(msg)
         if self.lag_recover_s >= self.lag_slo_s:
             msg = (
                 f"lag_recover_s ({self.lag_recover_s:g}) must be below lag_slo_s "
@@ -162,6 +248,13 @@ class WorkerSettings(SharedSettings):
             )
             raise ValueError(msg)
         return self
+
+
+def _valid_redis_url(url: str) -> str:
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
 
 
 def _secret(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
@@ -197,7 +290,21 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0)
     block_ms: int = Field(default=1000, ge=10, description="XREAD BLOCK per read")
     discover_s: float = Field(default=1.0, gt=0, description="how often new channels are found")
+    max_patterns: int = Field(
+        default=MAX_PATTERNS, ge=1, description="patterns one connection may hold"
+    )
+    requests_per_s: float = Field(
+        default=10.0, gt=0, description="requests per connection and second (one per pattern)"
+    )
+    request_burst: int = Field(default=80, ge=1, description="requests allowed at once")
+    watchdog: bool = Field(default=True, description="run the worker watchdog in the gateway")
+    watchdog_down_after_s: DownAfter = None
     log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _valid_redis_url(value)
 
     @model_validator(mode="after")
     def _secret_given(self) -> GatewaySettings:
@@ -212,14 +319,48 @@ class GatewaySettings(BaseSettings):
             return self.secret.get_secret_value().encode()
         assert self.secret_file is not None  # the validator guarantees one of them
         try:
-            key = self.secret_file.read_text().strip().encode()
+            key = self.secret_file.read_text(encoding="utf-8").strip().encode()
         except OSError as exc:
             msg = f"cannot read secret_file {self.secret_file}: {exc.strerror}"
             raise ConfigError(msg) from exc
+        except UnicodeDecodeError:
+            msg = f"secret_file {self.secret_file} is not UTF-8 text; write the key as text"
+            raise ConfigError(msg) from None
         if not key:
             msg = f"secret_file {self.secret_file} is empty; put the signing key in it"
             raise ConfigError(msg)
         return key
+
+
+class WatchdogSettings(BaseSettings):
+    """``cdc-cache watchdog``: the worker's Redis settings and its own ``watchdog_*`` ones.
+
+    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
+    use are ignored), so both point at the same Redis by construction; its own settings
+    come from flags or the environment. Everything else (the bound, the fallback TTL, the
+    prefixes) the worker publishes in Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = "redis://127.0.0.1:16379/0"
+    redis_username: str | None = Field(default=None, description="Redis ACL user")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = Field(default=None, description="file holding it")
+    watchdog_down_after_s: DownAfter = None
+    watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _password(self) -> WatchdogSettings:
+        self.redis_password = _secret(
+            self.redis_password, self.redis_password_file, "redis_password"
+        )
+        return self
+
+    def redis_auth(self) -> RedisAuth:
+        """The ACL credentials (the password possibly read from its file)."""
+        return RedisAuth(self.redis_username, self.redis_password)
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -257,9 +398,9 @@ def load(kind: type[_S], config_file: Path | None = None, **overrides: Any) -> _
         return settings
     except ValidationError as exc:
         raise ConfigError(_explain(exc, config_file, given, kind)) from exc
-    except yaml.YAMLError as exc:
-        msg = f"settings file {config_file} is not valid YAML: {exc}"
-        raise ConfigError(msg) from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        msg = f"settings file {unreadable_yaml(str(config_file), exc)}"
+        raise ConfigError(msg) from None
 
 
 def _explain(
@@ -278,14 +419,16 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = "gateway" if kind is GatewaySettings else "worker"
+    what = {GatewaySettings: "gateway", WatchdogSettings: "watchdog"}.get(kind, "worker")
+    if len(problems) == 1:
+        return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)
 
 
 def _top_level_lines(config_file: Path) -> dict[str, int]:
     try:
-        root = yaml.compose(config_file.read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+        root = yaml.compose(config_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return {}
     if not isinstance(root, yaml.MappingNode):
         return {}

@@ -5,8 +5,10 @@ is compact JSON ``{"c": [patterns], "exp": unix seconds}``. Verification recompu
 MAC and compares it in constant time before reading anything from the payload.
 
 Patterns are channel names where ``*`` stands for any run of characters (channel names
-never contain ``*``: row values in them are escaped). A client may subscribe to a pattern
-only when every channel it can match is granted, and receives only granted channels.
+never contain ``*``: row values in them are escaped), matched in linear time and bounded
+in size (:mod:`cdc_cache.patterns`); a token grants at most :data:`MAX_PATTERNS`. A client
+may subscribe to a pattern only when every channel it can match is granted, and receives
+only granted channels.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Final
 
 import orjson
 
-MAX_PATTERNS = 64
+from cdc_cache.patterns import PatternError, covers, matches, validate_pattern
+
+MAX_PATTERNS: Final = 64  # per token, and the default per gateway connection
 
 
 class TokenError(ValueError):
@@ -41,13 +44,8 @@ class Grant:
         return any(matches(pattern, channel) for pattern in self.patterns)
 
     def allows_pattern(self, pattern: str) -> bool:
-        """True when every channel ``pattern`` can match is granted.
-
-        With ``*`` as the only wildcard, a requested pattern read literally matching a
-        granted one means each of its ``*`` falls inside a granted ``*``, so whatever it
-        matches, the granted pattern matches too.
-        """
-        return any(matches(granted, pattern) for granted in self.patterns)
+        """True when every channel ``pattern`` can match is granted (see ``covers``)."""
+        return any(covers(granted, pattern) for granted in self.patterns)
 
 
 def _b64(data: bytes) -> str:
@@ -64,7 +62,10 @@ def _mac(secret: bytes, payload: bytes) -> bytes:
 
 def issue(secret: bytes, patterns: Iterable[str], expires_at: int) -> str:
     """A token granting ``patterns`` until ``expires_at``."""
-    granted = [validate_pattern(p) for p in patterns]
+    try:
+        granted = _granted(patterns)
+    except PatternError as exc:
+        raise TokenError(str(exc)) from exc
     if not granted or not secret:
         msg = "a token needs a secret and at least one channel pattern"
         raise TokenError(msg)
@@ -85,8 +86,11 @@ def verify(secret: bytes, token: str, now: float) -> Grant:
         raise TokenError(msg)
     try:
         fields = orjson.loads(payload)
-        patterns = tuple(validate_pattern(p) for p in fields["c"])
+        patterns = tuple(_granted(fields["c"]))
         expires_at = int(fields["exp"])
+    except PatternError as exc:
+        msg = f"token payload is malformed: {exc}"
+        raise TokenError(msg) from exc
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         msg = "token payload is malformed"
         raise TokenError(msg) from exc
@@ -96,22 +100,10 @@ def verify(secret: bytes, token: str, now: float) -> Grant:
     return Grant(patterns, expires_at)
 
 
-def validate_pattern(pattern: object) -> str:
-    """``pattern`` if it is a usable channel pattern; raises TokenError otherwise."""
-    if not isinstance(pattern, str) or not pattern or len(pattern) > 256:
-        msg = f"channel pattern {pattern!r} must be a non-empty string of at most 256 characters"
-        raise TokenError(msg)
-    if any(ch.isspace() or not ch.isprintable() for ch in pattern):
-        msg = f"channel pattern {pattern!r} may not hold whitespace or control characters"
-        raise TokenError(msg)
-    return pattern
-
-
-@lru_cache(maxsize=4096)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
-def matches(pattern: str, channel: str) -> bool:
-    """True when ``channel`` matches ``pattern`` (``*``: any run of characters)."""
-    return _regex(pattern).fullmatch(channel) is not None
+def _granted(patterns: Iterable[object]) -> list[str]:
+    """The patterns a token may grant: each valid, at most :data:`MAX_PATTERNS` of them."""
+    granted = [validate_pattern(p) for p in patterns]
+    if len(granted) > MAX_PATTERNS:
+        msg = f"a token grants {len(granted)} channel patterns; at most {MAX_PATTERNS} are allowed"
+        raise PatternError(msg)
+    return granted

@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,19 +26,31 @@ from redis import exceptions as rex
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
 from cdc_cache.dlq_kafka import ensure_topic
-from cdc_cache.envelope import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.errors import ConfigError, StopRequested
-from cdc_cache.fallback import ModeRuntime, managed_prefixes
+from cdc_cache.failover import ReplicationMonitor
+from cdc_cache.fallback import (
+    SHORTEN_KEYS_PER_S,
+    Holds,
+    ModeRuntime,
+    managed_prefixes,
+    shorten_ttls,
+)
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage import Limits
+from cdc_cache.lineage_registry import LineageRegistry
+from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import check_notifications, is_transient, misconfiguration
 from cdc_cache.redis_memory import MemoryWatch, OomGuard
 from cdc_cache.replay import DlqService
+from cdc_cache.replica_wait import ReplicaRequirement
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import WorkerSettings
+from cdc_cache.topics import heartbeat_server, named_for
 from cdc_cache.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.writer import connect_when_available, redis_retry_reporter
 from dataflows.invalidation import DlqTarget, build_flow
@@ -51,11 +64,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
     A connector that has not produced yet has no topics: the worker waits (and says so)
     rather than starting with nothing to read.
     """
-    config: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": settings.brokers,
-        **settings.kafka,
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(with_logger({"bootstrap.servers": settings.brokers, **settings.kafka}))
     pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
     deadline = time.monotonic() + wait_s
     announced = 0.0
@@ -69,13 +78,16 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
         else:
             metrics.BROKER_UP.set(1)
             found, missing = _match_topics(settings, pattern, existing)
+        admin.poll(0)  # librdkafka's lines reach the log only when the client is polled
         if not missing:
-            beats = heartbeat_topics(existing, found)
-            if not beats:
+            named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
+            beats = sorted(named - set(found))
+            if not beats and not any(heartbeat_server(t) for t in found):
                 log.warning(
                     "no Debezium heartbeat topic found for these topics: an idle source will "
                     "look stalled and switch the cache to ttl mode; create the heartbeat topic "
-                    "before starting the worker (see connectors/README.md)",
+                    "before starting the worker, and name it in heartbeat_topics when the "
+                    "topics are routed or renamed (see connectors/README.md)",
                     extra={"topics": found},
                 )
             return found + beats
@@ -92,25 +104,26 @@ def _match_topics(
     settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
 ) -> tuple[list[str], list[str]]:
     """The topics to read among ``existing``, and what is still missing."""
+    beats = [t for t in settings.heartbeat_topics if t not in existing]
     if pattern is None:
-        return list(settings.topics), [t for t in settings.topics if t not in existing]
+        return list(settings.topics), [t for t in settings.topics if t not in existing] + beats
     found = sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
-    return found, [] if found else [f"/{settings.topic_pattern}/"]
+    return found, ([] if found else [f"/{settings.topic_pattern}/"]) + beats
 
 
 def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
-    """The heartbeat topics of the connectors feeding ``topics`` (``<server>.<db>.<table>``).
+    """The heartbeat topics of the connectors ``topics`` are named for (``<server>.<db>.<table>``).
 
     Heartbeats keep an idle source's lag measurable; without them an idle source looks
-    stalled after ``lag_slo_s`` and the cache falls back to TTLs.
+    stalled after ``lag_slo_s`` and the cache falls back to TTLs. A routed or renamed topic
+    does not name its connector: its heartbeat topic is given in ``heartbeat_topics``.
     """
-    beats = sorted(t for t in existing if t.startswith(HEARTBEAT_TOPIC_PREFIX))
-    return [
-        beat
-        for beat in beats
-        if beat not in topics
-        and any(t.startswith(beat.removeprefix(HEARTBEAT_TOPIC_PREFIX) + ".") for t in topics)
-    ]
+    found = []
+    for beat in sorted(existing):
+        server = heartbeat_server(beat)
+        if server is not None and beat not in topics and any(named_for(server, t) for t in topics):
+            found.append(beat)
+    return found
 
 
 def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
@@ -166,6 +179,48 @@ def prepare_redis_memory(
         on_retry=redis_retry_reporter("checking the eviction policy"),
     )
     return watch
+
+
+def lineage_tracker(
+    settings: WorkerSettings, holds: Holds, sleep: Callable[[float], None]
+) -> LineageTracker | None:
+    """The lineage detection of this process, unless ``lineage_detection`` is off."""
+    if not settings.lineage_detection:
+        return None
+    backoff = settings.retry_redis.backoff()
+
+    def registry() -> LineageRegistry:
+        client = connect_when_available(
+            settings.redis_url, backoff, sleep, auth=settings.redis_auth()
+        )
+        return LineageRegistry(client)
+
+    limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
+    config = LineageConfig(settings.source_epoch, limits, settings.lineage_settle_s)
+    return LineageTracker(registry, holds, config, backoff=backoff, sleep=sleep)
+
+
+def replication_monitor(
+    settings: WorkerSettings, runtime: ModeRuntime, prefixes: list[str]
+) -> ReplicationMonitor:
+    """The watch over this process's Redis primaries: replica lag, failovers, their cost."""
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
+
+    def shorten(keep_going: Callable[[], bool]) -> int:
+        return shorten_ttls(
+            client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S, keep_going=keep_going
+        )
+
+    return ReplicationMonitor(
+        client,
+        runtime.holds,
+        tracked=settings.redis_replicas > 0,
+        shorten=shorten,
+        hold_s=settings.fallback_ttl_s,
+    )
 
 
 def _config_error_in(exc: BaseException) -> ConfigError | None:
@@ -242,7 +297,9 @@ def run(settings: WorkerSettings) -> None:
     if settings.metrics_port is not None:
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         dlq = DlqService(settings, rules)
-        admin = AdminServer(startup, settings.metrics_port, token, dlq=dlq).start()
+        admin = AdminServer(
+            startup, settings.metrics_port, token, dlq=dlq, details=startup.details
+        ).start()
     try:
         _run(settings, rules, startup)
     finally:
@@ -267,8 +324,17 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
     memory = prepare_redis_memory(settings, rules, runtime)
     sweeper = VersionSweeper(memory.client) if runtime.leader else None
+    monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
+    replicas = (
+        ReplicaRequirement(
+            settings.redis_replicas, settings.redis_replicas_timeout_ms, monitor.registry
+        )
+        if settings.redis_replicas
+        else None
+    )
     stop = threading.Event()
+    lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     flow = build_flow(
         rules=rules,
         brokers=settings.brokers.split(","),
@@ -277,6 +343,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         redis_auth=settings.redis_auth(),
         schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
         kafka_config=settings.kafka,
+        consumer_config=settings.kafka_consumer,
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         stop=stop,
@@ -284,12 +351,17 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ttl_cap_ms=runtime.ttl_cap_ms,
         backoff=settings.retry_redis.backoff(),
         dlq=DlqTarget(
-            settings.brokers, settings.dlq_topic, settings.kafka, settings.retry_kafka.backoff()
+            settings.brokers,
+            settings.dlq_topic,
+            settings.producer_kafka(),
+            settings.retry_kafka.backoff(),
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
         invalidate_only=memory.invalidate_only,
         memory=memory.guard,
+        replicas=replicas,
+        lineage=lineage,
     )
     log.info(
         "worker starting",
@@ -300,6 +372,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
             "recovery_dir": str(settings.recovery_dir),
             "redis": redact_url(settings.redis_url),
             "message_format": settings.message_format,
+            "redis_replicas": settings.redis_replicas,
         },
     )
 
@@ -313,7 +386,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     memory.start()
     if sweeper is not None:
         sweeper.start()
-    startup.started(runtime)
+    monitor.start()
+    startup.started(runtime, lineage.details if lineage is not None else None)
     try:
         cli_main(
             flow,
@@ -335,6 +409,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         msg = "stopped before the pending batch was applied; it is replayed on restart"
         raise StopRequested(msg) from exc
     finally:
+        monitor.close()
         runtime.close()
         memory.close()
         if sweeper is not None:

@@ -17,10 +17,10 @@ from prometheus_client import Histogram
 
 from cdc_cache import metrics
 from cdc_cache.dlq import Failure
-from cdc_cache.errors import RefusedByRedis
+from cdc_cache.errors import CdcCacheError, PoisonMessage, RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
-from cdc_cache.pipeline import Control, Planned, Routed
+from cdc_cache.pipeline import Control, Planned, Routed, unexpected
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import (
     ApplyError,
@@ -33,6 +33,7 @@ from cdc_cache.redis_apply import (
     ping,
 )
 from cdc_cache.rejects import Rejects
+from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
 
@@ -58,7 +59,8 @@ class CacheWriter:
     """Applies planned changes in one round trip per batch and records what happened.
 
     ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
-    fallback TTL, and no new entry may live longer than that.
+    fallback TTL, and no new entry may live longer than that. With ``replicas``, a batch
+    counts as written only once the required replicas acknowledged it.
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class CacheWriter:
         ttl_cap_ms: Callable[[], int | None] = lambda: None,
         *,
         reject: Callable[[Sequence[Failure]], None] | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self._applier = applier
+        self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
         self._backoff = backoff
         self._clock_ms = clock_ms
@@ -81,9 +85,10 @@ class CacheWriter:
     def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
         """Apply every Planned item in order, count control records; per-change outcomes.
 
-        When Redis refuses the batch for a reason a retry cannot fix (ApplyError), the
-        changes are applied one by one so only the faulty ones are set aside (handed to
-        ``reject`` before this returns); version gating makes re-applying the others
+        When Redis refuses the batch for a reason a retry cannot fix (ApplyError), or
+        applying it raises anything else that is not a wait, a stop or a settings problem,
+        the changes are applied one by one so only the faulty ones are set aside (handed
+        to ``reject`` before this returns); version gating makes re-applying the others
         harmless.
         """
         planned = [item for item in items if isinstance(item, Planned)]
@@ -94,20 +99,33 @@ class CacheWriter:
         try:
             report = self._account(planned, self._apply(planned))
         except ApplyError:
-            failures: list[Failure] = []
-            report = [o for item in planned for o in self._write_alone(item, failures)]
-            self._reject(failures)
+            report = self._write_each(planned)
+        except CdcCacheError:
+            raise  # a stop ended the wait, or a setting must be fixed: no one change's fault
+        except Exception:  # find the change that raised, set it aside
+            report = self._write_each(planned)
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
         return report
 
+    def _write_each(self, planned: list[Planned]) -> list[EventOutcome]:
+        failures: list[Failure] = []
+        report = [o for item in planned for o in self._write_alone(item, failures)]
+        self._reject(failures)
+        return report
+
     def _write_alone(self, item: Planned, failures: list[Failure]) -> list[EventOutcome]:
+        error: PoisonMessage
         try:
             return self._account([item], self._apply([item]))
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
             error.__cause__ = exc
-            failures.append(Failure(error, item.event.table, item.event))
-            return []
+        except CdcCacheError:
+            raise
+        except Exception as exc:  # this change's own failure: its dead letter
+            error = unexpected(exc, "applying", item.record, item.event)
+        failures.append(Failure(error, item.event.table, item.event))
+        return []
 
     def _apply(self, planned: list[Planned]) -> ApplyResult:
         cap = self._ttl_cap_ms()
@@ -115,8 +133,11 @@ class CacheWriter:
         if not ops:
             return ApplyResult((), ())
 
+        def apply() -> ApplyResult:
+            return self._applier.apply(ops)
+
         return retry_forever(
-            lambda: self._applier.apply(ops),
+            apply if self._replicas is None else self._replicas.guarded(apply, ops),
             backoff=self._backoff,
             on_retry=redis_retry_reporter(f"applying {len(ops)} ops"),
             sleep=self._sleep,

@@ -28,19 +28,24 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
+from cdc_cache.continuity_store import ContinuityStore
 from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.envelope import table_of_topic
-from cdc_cache.events import Heartbeat, SourceRecord
+from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
+from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
+from cdc_cache.lineage_tracker import LineageTracker
 from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import MemoryObserver, RedisApplier, RedisAuth
+from cdc_cache.redis_apply import Client, MemoryObserver, RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
-from cdc_cache.retry import Backoff, stoppable_sleep
+from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
+from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
-from cdc_cache.writer import CacheWriter, connect_when_available
+from cdc_cache.source_continuity import ContinuityGuard, GuardedPartition
+from cdc_cache.topic_ids import TopicIds
+from cdc_cache.writer import CacheWriter, connect_when_available, redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -69,6 +74,7 @@ def build_flow(
     redis_auth: RedisAuth | None = None,
     schemas: SchemaResolver | None = None,
     kafka_config: dict[str, str] | None = None,
+    consumer_config: dict[str, str] | None = None,
     batch_size: int = 1000,
     source_epoch: int = 0,
     tail: bool = True,
@@ -79,6 +85,9 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    continuity: bool = True,
+    replicas: ReplicaRequirement | None = None,
+    lineage: LineageTracker | None = None,
     invalidate_only: Callable[[], bool] = lambda: False,
     memory: MemoryObserver | None = None,
 ) -> Dataflow:
@@ -91,26 +100,50 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right. ``invalidate_only`` and ``memory``
-    go to every Redis applier (see ``redis_memory``).
+    when they find the cache cannot be known right. Each source partition checks that its
+    stored offset still means what it meant (see ``cdc_cache.source_continuity``);
+    ``continuity=False`` leaves Bytewax's bare source, only to show what that check
+    prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
+    consumers only. With ``replicas`` each batch waits until the required Redis replicas
+    acknowledged it (``cdc_cache.replica_wait``). With ``lineage`` each change gets the
+    epoch of its log lineage, detected per partition (else ``source_epoch``).
+    ``invalidate_only`` and ``memory`` go to every Redis applier (see ``redis_memory``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
-    # KafkaSource hands add_config to confluent_kafka as is, so the callback passes through.
-    consumer_config = {**CONSUMER_DEFAULTS, **(kafka_config or {}), "error_cb": health.on_error}
-    source = KafkaSource(
-        brokers,
-        topics,
-        tail=tail,
-        starting_offset=OFFSET_BEGINNING,
-        add_config=cast(dict[str, str], consumer_config),
-        batch_size=batch_size,
-        raise_on_errors=False,
-    )
+    # KafkaSource hands add_config to confluent_kafka as is, so the callbacks pass through.
+    common = with_logger({**(kafka_config or {}), "error_cb": health.on_error})
+    consumer = {**CONSUMER_DEFAULTS, **common, **(consumer_config or {})}
+    # An offset the log no longer holds must surface as an error, never be reset silently.
+    consumer["auto.offset.reset"] = "error"
+
+    def kafka_source(config: dict[str, Any]) -> KafkaSource:
+        return KafkaSource(
+            brokers,
+            topics,
+            tail=tail,
+            starting_offset=OFFSET_BEGINNING,
+            add_config=cast(dict[str, str], config),
+            batch_size=batch_size,
+            raise_on_errors=False,
+        )
+
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
-    messages = op.input("debezium", flow, StoppableSource(source, stop, tracker, health))
+    guard = None
+    if continuity:
+        ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
+        guard = ContinuityGuard(
+            ids,
+            holds,
+            lambda: ContinuityStore(connect(redis_url, redis_auth)),
+            restarted=lineage.restarted if lineage is not None else None,
+        )
+    source = StoppableSource(
+        kafka_source(consumer), stop, tracker, health, lister=kafka_source(common), guard=guard
+    )
+    messages = op.input("debezium", flow, source)
 
     def route_batch(batch: list[Message]) -> Iterable[Routed]:
         records = []
@@ -120,7 +153,18 @@ def build_flow(
             else:
                 records.append(_record(message))
         parse = schemas.parser_for(records) if schemas is not None else None
-        routed = [route(record, rules, source_epoch, max_value_bytes, parse) for record in records]
+        if lineage is None:
+            routed = [
+                route(record, rules, source_epoch, max_value_bytes, parse) for record in records
+            ]
+        else:
+            # Judged partitions' states are recorded before the batch goes on to be applied.
+            session = lineage.session(records)
+            routed = [
+                route(r, rules, session.hint(r), max_value_bytes, parse, epoch_of=session.epoch_of)
+                for r in records
+            ]
+            session.close()
         _observe(tracker, routed)
         return routed
 
@@ -129,15 +173,9 @@ def build_flow(
     rejects = _RejectsFactory(rules, dlq, stop)
     op.output("reject", split.trues, RejectSink(rejects))
     sink = RedisSink(
-        redis_url,
-        backoff or Backoff(),
-        stop,
-        ttl_cap_ms,
-        rejects,
-        auth=redis_auth,
-        invalidate_only=invalidate_only,
-        memory=memory,
-    )
+        redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth,
+        replicas=replicas, holds=holds, invalidate_only=invalidate_only, memory=memory,
+    )  # fmt: skip
     op.output("redis", split.falses, sink)
     return flow
 
@@ -145,15 +183,17 @@ def build_flow(
 def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
     """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life.
 
-    Once per partition and batch (the newest commit time), not once per message: the
-    tracker takes a lock and reads the clock on every call.
+    Once per partition and batch (the newest commit time, the connectors named), not once
+    per message: the tracker takes a lock and reads the clock on every call.
     """
     newest: dict[tuple[str, int], int | None] = {}
+    servers: dict[tuple[str, int], set[str]] = {}
     for item in batch:
         record = item.record
         where = (record.topic, record.partition)
         if isinstance(item, Control) and isinstance(item.item, Heartbeat):
-            tracker.heartbeat(record.topic, record.partition, item.item.emitted_at_ms)
+            beat = item.item
+            tracker.heartbeat(record.topic, record.partition, beat.emitted_at_ms, beat.server)
             continue
         seen = newest.get(where)
         committed = item.event.committed_at_ms if isinstance(item, Planned) else None
@@ -161,8 +201,20 @@ def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
             newest[where] = committed
         elif where not in newest:
             newest[where] = None
+        server = _server_of(item)
+        if server is not None:
+            servers.setdefault(where, set()).add(server)
     for (topic, partition), committed in newest.items():
-        tracker.record(topic, partition, committed)
+        tracker.record(topic, partition, committed, servers.get((topic, partition), ()))
+
+
+def _server_of(item: Routed) -> str | None:
+    """The connector a change or schema change names (``source.name``), if any."""
+    if isinstance(item, Planned):
+        return item.event.server
+    if isinstance(item, Control) and isinstance(item.item, SchemaChange):
+        return item.item.server
+    return None
 
 
 def _consumer_error(error: KafkaError[Any, Any]) -> None:
@@ -197,11 +249,26 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         self._tracker = tracker
         self._where = where
         self._health = health
-        # The watermark librdkafka cached from its last fetch: a ListOffsets request is
-        # not needed (and reports a wrong "latest" on some brokers).
-        consumer = getattr(inner, "_consumer", None)
-        self._consumer = consumer if isinstance(consumer, Consumer) else None
         tracker.track(where.topic, where.partition)
+
+    @property
+    def _consumer(self) -> Consumer | None:
+        """The consumer whose cached watermarks (from its last fetch) are read.
+
+        Cached, a ListOffsets request is not needed (and reports a wrong "latest" on some
+        brokers). A guarded partition builds a new consumer when an operator resolves a
+        discontinuity, so it is asked each time.
+        """
+        if isinstance(self._inner, GuardedPartition):
+            return self._inner.consumer
+        consumer = getattr(self._inner, "_consumer", None)
+        return consumer if isinstance(consumer, Consumer) else None
+
+    def _next_offset(self) -> int | None:
+        if isinstance(self._inner, GuardedPartition):
+            return self._inner.next_offset
+        resume = self._inner.snapshot()
+        return resume if isinstance(resume, int) and resume >= 0 else None
 
     def next_batch(self) -> Iterable[Message]:
         if self._stop.is_set():
@@ -215,21 +282,22 @@ class _StoppablePartition(StatefulSourcePartition[Message, Any]):
         """Records fetched mean the brokers answer; when idle and in doubt, ask one."""
         if any(not isinstance(message, KafkaError) for message in batch):
             self._health.reachable()
-        elif self._consumer is not None and self._health.should_probe():
+        elif (consumer := self._consumer) is not None and self._health.should_probe():
             try:
-                self._consumer.get_watermark_offsets(self._where, timeout=0.5, cached=False)
+                consumer.get_watermark_offsets(self._where, timeout=0.5, cached=False)
             except KafkaException:
                 return  # still down: error_cb has counted it
             self._health.reachable()
 
     def _observe_offsets(self) -> None:
-        if self._consumer is None:
+        consumer = self._consumer
+        if consumer is None:
             return
-        low, high = self._consumer.get_watermark_offsets(self._where, cached=True)
+        low, high = consumer.get_watermark_offsets(self._where, cached=True)
         if high < 0:
             return  # no fetch answered yet
-        resume = self._inner.snapshot()
-        next_offset = resume if isinstance(resume, int) and resume >= 0 else low
+        resume = self._next_offset()
+        next_offset = resume if resume is not None else low
         self._tracker.offsets(self._where.topic, self._where.partition, high, next_offset)
 
     def next_awake(self) -> datetime | None:
@@ -246,7 +314,10 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
     """A source whose partitions all end once ``stop`` is set (Bytewax has no stop call).
 
     Each partition also reports its high watermark and next offset to the lag tracker,
-    and whether the brokers answer to ``health``.
+    and whether the brokers answer to ``health``; with a ``guard``, it checks its stored
+    offset before passing anything on. ``lister`` lists the partitions: a KafkaSource
+    lists them with an admin client built from its own settings, and librdkafka warns at
+    every start about consumer settings given to one.
     """
 
     def __init__(
@@ -255,24 +326,33 @@ class StoppableSource(FixedPartitionedSource[Message, Any]):
         stop: threading.Event,
         tracker: LagTracker,
         health: BrokerHealth,
+        *,
+        lister: FixedPartitionedSource[Message, Any],
+        guard: ContinuityGuard | None = None,
     ):
         self._inner = inner
         self._stop = stop
         self._tracker = tracker
         self._health = health
+        self._lister = lister
+        self._guard = guard
 
     def list_parts(self) -> list[str]:
-        return self._inner.list_parts()
+        return self._lister.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
         index, topic = for_part.split("-", 1)  # KafkaSource names parts "<index>-<topic>"
-        return _StoppablePartition(
-            self._inner.build_part(step_id, for_part, resume_state),
-            self._stop,
-            self._tracker,
-            TopicPartition(topic, int(index)),
-            self._health,
-        )
+        where = TopicPartition(topic, int(index))
+        inner: StatefulSourcePartition[Message, Any]
+        if self._guard is None:
+            inner = self._inner.build_part(step_id, for_part, resume_state)
+        else:
+            inner = self._guard.partition(
+                where,
+                resume_state,
+                lambda offset: self._inner.build_part(step_id, for_part, offset),
+            )
+        return _StoppablePartition(inner, self._stop, self._tracker, where, self._health)
 
 
 class _RedisPartition(StatelessSinkPartition[Routed]):
@@ -300,9 +380,13 @@ class RedisSink(DynamicSink[Routed]):
         rejects: _RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        replicas: ReplicaRequirement | None = None,
+        holds: Holds | None = None,
         invalidate_only: Callable[[], bool] = lambda: False,
         memory: MemoryObserver | None = None,
     ) -> None:
+        self._replicas = replicas
+        self._holds = holds or Holds()
         self._redis_url = redis_url
         self._invalidate_only = invalidate_only
         self._memory = memory
@@ -321,8 +405,21 @@ class RedisSink(DynamicSink[Routed]):
             sleep=self._sleep,
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
+            replicas=self._replica_wait(client, worker_index),
         )
         return _RedisPartition(writer)
+
+    def _replica_wait(self, client: Client, worker_index: int) -> ReplicaWait | None:
+        """The wait for replicas of one worker, once it knows the primaries (waits for Redis)."""
+        requirement = self._replicas
+        if requirement is None:
+            return None
+        return retry_forever(
+            lambda: requirement.for_writer(client, self._holds, f"w{worker_index}", self._sleep),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter("reading the primaries' replication"),
+            sleep=self._sleep,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +461,7 @@ class _RejectPartition(StatelessSinkPartition[Routed]):
         failures = []
         for item in items:
             assert isinstance(item, Rejected)
-            topic = item.record.topic
-            table = item.event.table if item.event else table_of_topic(topic) or topic
-            failures.append(Failure(item.error, table, item.event))
+            failures.append(Failure(item.error, item.table, item.event))
         self._rejects.report(failures)
 
 

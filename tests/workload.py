@@ -49,6 +49,7 @@ class Workload:
     binlog_file: int = 1
     next_id: int = 1
     ts_ms: int = 1_700_000_000_000
+    server_id: int = 1
 
     def __post_init__(self) -> None:
         self.rnd = random.Random(self.seed)
@@ -119,7 +120,16 @@ class Workload:
             Message(self.topic, orjson.dumps({"id": row_id}), None),
         ]
 
+    def failover(self, server_id: int, binlog_file: int) -> list[Message]:
+        """The source fails over: a promoted replica (``server_id``) writes its own binlog
+        numbering from ``binlog_file``, and the connector, started on it with fresh offsets,
+        first snapshots every row at that log's position (snapshot reads carry server id 0)."""
+        self.server_id, self.binlog_file, self.pos = server_id, binlog_file, 4
+        self.pos += self.rnd.randint(100, 400)
+        return [self._message("r", None, row, 0) for _, row in sorted(self.rows.items())]
+
     def _message(self, op: str, before: Any, after: Any, row: int) -> Message:
+        snapshot = op == "r"
         value = {
             "before": before,
             "after": after,
@@ -130,10 +140,10 @@ class Workload:
                 "connector": "mysql",
                 "name": "dbserver1",
                 "ts_ms": self.ts_ms,
-                "snapshot": "false",
+                "snapshot": "true" if snapshot else "false",
                 "db": "inventory",
                 "table": "stock",
-                "server_id": 1,
+                "server_id": 0 if snapshot else self.server_id,
                 "file": f"mysql-bin.{self.binlog_file:06d}",
                 "pos": self.pos,
                 "row": row,

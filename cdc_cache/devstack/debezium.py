@@ -74,8 +74,11 @@ class ConnectorSettings:
     """What the connector reads and where it keeps its state.
 
     ``databases`` are MySQL databases or PostgreSQL schemas; ``tables`` are
-    ``<db>.<table>`` / ``<schema>.<table>``. ``extra`` is passed to Debezium verbatim
-    (e.g. ``transforms.*`` or ``snapshot.mode``) and wins over the defaults.
+    ``<db>.<table>`` / ``<schema>.<table>``. ``route_to`` sends every table's changes to
+    that one topic through Debezium's ``ByLogicalTableRouter`` (which adds the original
+    topic name to each key as ``__dbz__physicalTableIdentifier``), as a deployment that
+    routes tables into a shared topic does. ``extra`` is passed to Debezium verbatim (e.g.
+    ``transforms.*`` or ``snapshot.mode``) and wins over the defaults.
     """
 
     source: Source
@@ -93,6 +96,7 @@ class ConnectorSettings:
     heartbeat_ms: int = 1000
     message_format: MessageFormat = "json"
     schema_registry_url: str | None = None
+    route_to: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def engine_format(self) -> EngineFormat:
@@ -153,6 +157,15 @@ class ConnectorSettings:
                 props["schema.include.list"] = ",".join(self.databases)
         if self.tables:
             props["table.include.list"] = ",".join(self.tables)
+        if self.route_to:
+            props |= {
+                "transforms": "route",
+                "transforms.route.type": "io.debezium.transforms.ByLogicalTableRouter",
+                # Table topics only (<prefix>.<db>.<table>): heartbeats and schema changes
+                # keep their own topics.
+                "transforms.route.topic.regex": re.escape(self.topic_prefix) + r"\.[^.]+\.[^.]+",
+                "transforms.route.topic.replacement": self.route_to,
+            }
         props |= self.extra
         return props
 
@@ -370,6 +383,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--schema-registry-url", help="Confluent Schema Registry, for avro")
     parser.add_argument("--partitions", type=int, default=1, help="for topics it creates")
     parser.add_argument("--heartbeat-ms", type=int, default=1000)
+    parser.add_argument(
+        "--route-to", metavar="TOPIC", help="send every table's changes to this one topic"
+    )
     parser.add_argument("--server-id", type=int, default=184054, help="MySQL replica id")
     parser.add_argument(
         "--set",
@@ -424,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heartbeat_ms=args.heartbeat_ms,
         message_format=args.message_format,
         schema_registry_url=args.schema_registry_url,
+        route_to=args.route_to,
         extra=_extra(args.set),
     )
     publisher = KafkaPublisher(args.brokers, args.partitions)

@@ -3,12 +3,18 @@
 Real MySQL 8 is not installable from the Debian archive, and Debezium's MySQL connector
 rejects MariaDB's version string. Starting ``mariadbd`` with ``--version=8.0.2-compat``
 makes the connector accept the server, and it then emits exact MySQL-shaped events.
+
+Two servers make a primary and a replica for failover tests: each has its own
+``server_id`` and binlog (the replica logs what it applies, ``log_slave_updates``), the
+replica follows the primary by MariaDB GTID (:meth:`MariaDB.replicate_from`), and
+:meth:`MariaDB.promote` turns it into a writable primary with its own binlog history.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +62,10 @@ class MariaDB(ProcessService):
     cdc_user = CDC_USER
     cdc_password = CDC_PASSWORD
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, server_id: int = 1) -> None:
         self.home = home
         self.port = port
+        self.server_id = server_id
         self.data_dir = home / "data"
         self.socket = home / "mariadb.sock"
         as_root = ["--user=root"] if os.geteuid() == 0 else []
@@ -79,7 +86,9 @@ class MariaDB(ProcessService):
                 "--log-bin=mysql-bin",
                 "--binlog-format=ROW",
                 "--binlog-row-image=FULL",
-                "--server-id=1",
+                f"--server-id={server_id}",
+                "--log-slave-updates",  # a replica's binlog holds what it applies
+                f"--relay-log={home / 'relay-bin'}",
                 "--max-connections=1000",
             ],
             home=home,
@@ -168,3 +177,49 @@ class MariaDB(ProcessService):
                 cur.execute(f"GRANT {CDC_GRANTS} ON *.* TO %s@'%%'", (CDC_USER,))
         finally:
             conn.close()
+
+    def query(self, sql: str) -> tuple[tuple[Any, ...], ...]:
+        """Run one statement as root and return its rows."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return tuple(cur.fetchall())
+
+    def binlog_file(self) -> str:
+        """The binlog file the server writes to now (``SHOW MASTER STATUS``)."""
+        rows = self.query("SHOW MASTER STATUS")
+        return str(rows[0][0])
+
+    def replicate_from(self, primary: MariaDB) -> None:
+        """Follow ``primary`` from the start of its GTID history, read-only meanwhile.
+
+        Both servers must be fresh: the replica applies everything the primary logged.
+        """
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute("SET GLOBAL gtid_slave_pos = ''")
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, "
+                "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+                (primary.port, CDC_USER, CDC_PASSWORD),
+            )
+            cur.execute("SET GLOBAL read_only = ON")
+            cur.execute("START SLAVE")
+
+    def wait_caught_up(self, primary: MariaDB, timeout: float = 60) -> None:
+        """Until this replica has applied every transaction ``primary`` has logged so far."""
+        target = str(primary.query("SELECT @@gtid_binlog_pos")[0][0])
+        if not target:
+            return
+        deadline = time.monotonic() + timeout
+        while self.query(f"SELECT MASTER_GTID_WAIT('{target}', 1)")[0][0] != 0:
+            if time.monotonic() > deadline:
+                status = self.query("SHOW SLAVE STATUS")
+                msg = f"replica :{self.port} did not reach {target} in {timeout:g}s: {status}"
+                raise StackError(msg)
+
+    def promote(self) -> None:
+        """Stop replicating and accept writes: from now on this server's binlog is the source."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute("RESET SLAVE ALL")
+            cur.execute("SET GLOBAL read_only = OFF")

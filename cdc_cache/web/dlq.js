@@ -91,6 +91,7 @@ async function detail(id) {
     source: `${source.topic} partition ${source.partition} offset ${source.offset}`,
     attempt: `${entry.attempt} of ${entry.max_attempts}`,
     last_replay: outcomeText(entry.outcome),
+    withheld: (entry.withheld || []).join("; "),
   };
   for (const [name, value] of Object.entries(shown)) {
     const dt = document.createElement("dt");

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker
+from cdc_cache.devstack.broker import Broker, S3Store
 from cdc_cache.devstack.process import free_port, port_open
 from cdc_cache.events import SourceRecord
 from cdc_cache.keys import escape_value, version_field, version_key
@@ -106,7 +107,10 @@ class Stream:
         for index, tx in enumerate(fresh):
             out.extend((m, None) for m in tx)
             if index > 5 and self.rnd.random() < redeliver:
-                again = fresh[self.rnd.randrange(index)]
+                # A connector re-sends what it had not committed: recent changes, from the
+                # same binlog file or the one before.
+                recent = [t for t in fresh[max(0, index - 20) : index] if _file(t) >= _file(tx) - 1]
+                again = self.rnd.choice(recent or [tx])
                 out.extend((m, None) for m in again)
                 self.duplicates += len(again)
         inserts = [m for tx in fresh for m in tx if m.value and b'"op":"c"' in m.value]
@@ -116,6 +120,16 @@ class Stream:
             bad = self._poison(kind, self.rnd.choice(inserts))
             out.insert(self.rnd.randrange(1, len(out)), (bad, kind))
         return out
+
+    def failover(
+        self, server_id: int = 2, binlog_file: int = 1
+    ) -> list[tuple[Message, str | None]]:
+        """The source's failover to a replica with a lower binlog numbering.
+
+        The snapshot the connector publishes first (see Workload.failover); later parts
+        come from the new server.
+        """
+        return [(m, None) for m in self.workload.failover(server_id, binlog_file)]
 
     def again(
         self, part: list[tuple[Message, str | None]], share: float
@@ -192,6 +206,12 @@ class Stream:
 
     def _changes(self) -> Iterator[Message]:
         return (m for tx in self.transactions for m in tx if m.value is not None)
+
+
+def _file(transaction: list[Message]) -> int:
+    """The binlog file sequence a transaction was written to."""
+    value = orjson.loads(next(m.value for m in transaction if m.value is not None))
+    return int(value["source"]["file"].rsplit(".", 1)[1])
 
 
 def _stock_key(row: dict[str, Any]) -> str:
@@ -365,6 +385,21 @@ class ScenarioTable:
 # --- one run ------------------------------------------------------------------------------
 
 
+@contextmanager
+def durable_broker(tmp_path: Path) -> Iterator[tuple[S3Store, Broker]]:
+    """A tansu broker keeping its log on a local S3 server (tansu's memory storage dies
+    with it), so it can be stopped and started again; both are stopped afterwards."""
+    store = S3Store(tmp_path / "s3", free_port())
+    store.start()
+    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
+    try:
+        durable.start()
+        yield store, durable
+    finally:
+        durable.stop()
+        store.stop()
+
+
 @dataclass
 class FaultRun:
     """A worker (a real ``cdc-cache run`` with its admin port) consuming one stream."""
@@ -399,6 +434,7 @@ class FaultRun:
         port = free_port()
         service.env["CDC_CACHE_METRICS_PORT"] = str(port)
         service.env["CDC_CACHE_DLQ_TOPIC"] = dlq_topic
+        service.env.update(env or {})
         run = cls(name, broker, client, Stream(topic, seed), service, port, dlq_topic)
         run.restart()
         return run

@@ -219,22 +219,39 @@ def debezium(
     return Service(argv, tmp_path / "debezium.log")
 
 
+def schedule_heartbeats(cursor: Any, database: str) -> None:
+    """Write ``<database>.dbz_heartbeat`` every second (MariaDB's event scheduler).
+
+    An idle MySQL source sends no Debezium heartbeats: a scheduled write keeps the binlog
+    moving, as ``deploy/mysql/inventory.sql`` does for the compose stack.
+    """
+    cursor.execute(f"CREATE TABLE {database}.dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3))")
+    cursor.execute("SET GLOBAL event_scheduler = ON")
+    cursor.execute(
+        f"CREATE EVENT {database}.dbz_heartbeat ON SCHEDULE EVERY 1 SECOND DO "
+        f"INSERT INTO {database}.dbz_heartbeat VALUES (1, NOW(3)) "
+        "ON DUPLICATE KEY UPDATE ts = NOW(3)"
+    )
+
+
 def wait_until_verified(
     dsn: str,
     rules: str,
     client: Redis | RedisCluster,
     services: Sequence[Service],
     timeout: float = 120,
+    done: Callable[[Report], bool] = lambda report: report.clean,
 ) -> Report:
-    """Poll the checker until the cache matches the database, then check once more with
-    re-checks of in-flight changes; returns that last report (clean unless timed out)."""
+    """Poll the checker until the cache matches the database (``done``: no finding at
+    all), then check once more with re-checks of in-flight changes; returns that last
+    report (``done`` unless timed out)."""
     compiled = parse_rules(rules)
     deadline = time.monotonic() + timeout
     while True:
         for service in services:
             service.check_alive()
         report = verify(dsn, compiled, client, settle_retries=0)
-        if report.clean or time.monotonic() > deadline:
+        if done(report) or time.monotonic() > deadline:
             break
         time.sleep(1)
     return verify(dsn, compiled, client, settle_retries=3, settle_delay_s=0.5)
@@ -263,7 +280,7 @@ class Pipeline:
         self.redis_url = redis_url
         self.rules = rules_for(schema)
         self.rules_file = tmp_path / "rules.yaml"  # written by worker()
-        prefix = f"p{uuid.uuid4().hex[:6]}"
+        self.prefix = prefix = f"p{uuid.uuid4().hex[:6]}"
         topic = f"{prefix}.{schema}.stock"
         broker.create_topics({topic: self.PARTITIONS})  # the worker starts before any change
         self.debezium = debezium(

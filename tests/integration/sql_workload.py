@@ -60,10 +60,11 @@ class SqlWorkload:
     skus: int = 3000
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_id: int = 1
+    table_name: str = "stock"
 
     def __post_init__(self) -> None:
         self.rnd = random.Random(self.seed)
-        self.table = f"{self.schema}.stock"
+        self.table = f"{self.schema}.{self.table_name}"
 
     def transactions(self, count: int) -> Iterable[list[Statement]]:
         for _ in range(count):

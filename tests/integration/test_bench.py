@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PHASES = (
     "load", "consume_only", "redis_lua", "product_1proc", "product_2proc",
     "product_1proc_2threads", "baseline", "latency_full", "latency_half",
+    "product_1proc_wait", "latency_half_wait",
 )  # fmt: skip
 
 
@@ -23,27 +24,35 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
     out = tmp_path / "result.json"
     done = subprocess.run(
         [sys.executable, "bench/throughput.py", "--events", "3000", "--latency-seconds", "2",
-         "--baseline-seconds", "2", "--out", str(out)],
-        cwd=ROOT, timeout=170, capture_output=True, text=True, check=False,
+         "--baseline-seconds", "2", "--replicas", "1", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, timeout=240, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     result = json.loads(out.read_text())
     assert set(PHASES) <= result.keys()
     assert result["load"]["events"] == 3000
-    for phase in ("product_1proc", "product_2proc", "product_1proc_2threads"):
+    for phase in ("product_1proc", "product_1proc_wait", "product_2proc", "product_1proc_2threads"):
         run = result[phase]
         assert run["records"] == result["load"]["records"]
         assert run["guard"]["ok"] and run["guard"]["keys_checked"] > 100, run["guard"]
         assert run["events_per_s"] > 0
-    for phase in ("latency_full", "latency_half"):
+    assert result["product_1proc_wait"]["redis_replicas"] == 1
+    for phase in ("latency_full", "latency_half", "latency_half_wait"):
         assert result[phase]["probes"] > 50
         assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"]
         assert 0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
     assert result["consume_only"]["records"] == result["load"]["records"]
-    assert set(result["ratios"]) == {"vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1"}
+    assert set(result["ratios"]) == {
+        "vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1",
+        "wait_vs_no_wait", "wait_cpu_vs_no_wait",
+    }  # fmt: skip
+    assert len(result["wait_rounds"]) == 1
+    assert result["replica_wait"]["waits"] == 2000
+    assert 0 < result["replica_wait"]["p50_ms"] <= result["replica_wait"]["p99_ms"]
     assert result["conditions_start"]["nproc"] and result["conditions_end"]["loadavg"]
     table = out.with_suffix(".md").read_text()
     assert "cdc-cache run, 1 process" in table and "p99" in table
+    assert "waiting for 1 replica(s)" in table
 
 
 @pytest.mark.integration

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker, S3Store
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.lineage_registry import source_key
 from cdc_cache.redis_apply import connect, primaries
 from tests.integration.faults import (
     APP_FILLED,
@@ -27,6 +27,7 @@ from tests.integration.faults import (
     ScenarioTable,
     Stream,
     Verdict,
+    durable_broker,
     fill_availability,
     verdict,
 )
@@ -144,11 +145,7 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
 
 
 def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs, scenario_table):
-    store = S3Store(tmp_path / "s3", free_port())  # tansu's memory storage dies with it
-    store.start()
-    durable = Broker.on_s3(tmp_path / "broker", free_port(), store)
-    durable.start()
-    try:
+    with durable_broker(tmp_path) as (_, durable):
         run = FaultRun.start(
             "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43
         )
@@ -166,9 +163,6 @@ def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs
             durable.start()
             producing.result()
         run.finish(scenario_table, f"broker down {OUTAGE_S:.0f} s, restarted on S3 storage")
-    finally:
-        durable.stop()
-        store.stop()
 
 
 def test_poison_interleaved_goes_to_the_dlq_and_the_stream_goes_on(
@@ -200,6 +194,59 @@ def test_duplicate_redelivery_changes_nothing(
         run,
     )
     assert run.metrics().events["duplicate"] > 0
+
+
+def test_source_failover_to_a_lower_binlog_is_followed_across_sigkills(
+    broker, redis_target, tmp_path, runs, scenario_table
+):
+    """A replica promoted, the connector re-snapshotting it from binlog 1 (the old primary
+    was at ~8), then the new server's changes, while the worker (2 threads: partitions
+    reach the switch at different times) is SIGKILLed twice around the switch."""
+    name = "source failover" + (", Cluster" if "cluster=true" in redis_target.url else "")
+    run = FaultRun.start(
+        name, tmp_path, broker, redis_target.url, redis_target.client, seed=47, workers=2
+    )
+    runs.append(run)
+    run.stream.produce(broker.bootstrap, run.stream.part(800, poison=3, redeliver=0.05))
+    assert run.wait_consistent().clean, run.worker.tail()
+    switch = run.stream.failover(server_id=2, binlog_file=1) + run.stream.part(800, poison=3)
+    rnd = random.Random(47)
+    kills = 0
+    with ThreadPoolExecutor(1) as pool:
+        producing = pool.submit(run.stream.produce, broker.bootstrap, switch, 0.2)
+        for _ in range(2):
+            time.sleep(rnd.uniform(0.5, 1.5))
+            run.worker.kill()
+            kills += 1
+            run.restart()
+        producing.result()
+    run.finish(scenario_table, f"failover to binlog 1 (snapshot, new server), {kills} x SIGKILL")
+    registry = run.client.hgetall(source_key("dbserver1"))
+    assert registry[b"latest"] == registry[b"next:0"] == b"1", registry
+    assert orjson.loads(registry[b"switch:1"])["from_epoch"] == 0
+
+
+def test_without_lineage_detection_the_same_failover_leaves_stale_keys(
+    broker, redis_server, redis_client, tmp_path, runs
+):
+    """The previous scenario with detection off: the snapshot and every later change sort
+    below the old lineage and are skipped as stale (what an epoch bump by hand avoided)."""
+    run = FaultRun.start(
+        "failover, detection off", tmp_path, broker, redis_server.address(), redis_client,
+        seed=47, env={"CDC_CACHE_LINEAGE_DETECTION": "false"},
+    )  # fmt: skip
+    runs.append(run)
+    run.stream.produce(broker.bootstrap, run.stream.part(800))
+    assert run.wait_consistent().clean, run.worker.tail()
+    run.stream.produce(broker.bootstrap, run.stream.failover() + run.stream.part(800))
+    wait_for(
+        "every change processed",
+        lambda: sum(run.metrics().events.values()) == run.stream.changes,
+        run,
+    )
+    result = verdict(run.client, run.stream)
+    assert len(result.stale) > 50, result
+    assert run.metrics().events["stale"] > 500
 
 
 def test_the_consistency_check_sees_every_kind_of_damage(redis_client):

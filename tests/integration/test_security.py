@@ -219,3 +219,18 @@ def test_credentials_revoked_mid_stream_stop_the_worker_as_a_config_error(
     assert status == 2, service.tail()
     assert "invalid username-password pair" in log and "redis_password" in log
     assert "first-Pa55" not in log and "next-Pa55" not in log
+
+
+def test_wrong_credentials_stop_the_gateway_naming_the_setting_without_the_secret(tls_redis):
+    url = tls_redis.url().replace("//", f"//cdc:{WRONG}@")
+    argv = [
+        sys.executable, "-m", "cdc_cache", "gateway", "--redis-url", url,
+        "--secret", "k", "--port", str(free_port()),
+    ]  # fmt: skip
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    (line,) = output.splitlines()
+    assert "invalid username-password pair" in line and "redis_url" in line, line
+    assert WRONG not in output and PASSWORD not in output

@@ -24,7 +24,7 @@ from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import free_port
 from cdc_cache.keys import MODE_KEY
-from tests.integration.flowkit import Service, debezium
+from tests.integration.flowkit import Service, debezium, schedule_heartbeats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,14 +39,7 @@ def database(mariadb: MariaDB) -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
         cur.execute(f"CREATE TABLE {name}.items (id INT PRIMARY KEY, v INT)")
-        cur.execute(f"CREATE TABLE {name}.dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3))")
-        # An idle MySQL source sends no heartbeats: a scheduled write keeps the binlog moving.
-        cur.execute("SET GLOBAL event_scheduler = ON")
-        cur.execute(
-            f"CREATE EVENT {name}.dbz_heartbeat ON SCHEDULE EVERY 1 SECOND DO "
-            f"INSERT INTO {name}.dbz_heartbeat VALUES (1, NOW(3)) "
-            "ON DUPLICATE KEY UPDATE ts = NOW(3)"
-        )
+        schedule_heartbeats(cur, name)
     yield name
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE {name}")

@@ -43,6 +43,28 @@ def test_brokers_that_start_late_are_waited_for(tmp_path: Path) -> None:
         broker.stop()
 
 
+def test_heartbeat_topics_are_found_by_name_or_given_and_waited_for(broker: Broker) -> None:
+    run = unique_topic().split(".")[0]
+    server = f"{run}.eu.db1"  # a dotted topic.prefix
+    named, shared = f"{server}.inv.stock", f"{run}.inv.cdc"
+    beats = f"__debezium-heartbeat.{server}"
+    broker.create_topics({named: 1, shared: 1, beats: 1, f"__debezium-heartbeat.{run}.eu": 1})
+    by_name = load_settings(rules=Path("r.yaml"), topics=(named,), brokers=broker.bootstrap)
+    assert resolve_topics(by_name, wait_s=10) == [named, beats]
+    routed = load_settings(
+        rules=Path("r.yaml"), topics=(shared,), brokers=broker.bootstrap, heartbeat_topics=[beats]
+    )
+    assert resolve_topics(routed, wait_s=10) == [shared, beats]
+    missing = load_settings(
+        rules=Path("r.yaml"),
+        topics=(shared,),
+        brokers=broker.bootstrap,
+        heartbeat_topics=[f"__debezium-heartbeat.{run}.gone"],
+    )
+    with pytest.raises(TimeoutError, match=rf"__debezium-heartbeat\.{run}\.gone"):
+        resolve_topics(missing, wait_s=0.5)
+
+
 def test_unreachable_brokers_are_named_when_the_wait_ends() -> None:
     settings = load_settings(
         rules=Path("r.yaml"), topics=("t",), brokers=f"127.0.0.1:{free_port()}"
@@ -92,7 +114,7 @@ def test_admin_port_answers_while_the_worker_waits_and_names_the_wait(
 
         redis.start()
         wait_while_alive("ready", lambda: admin_get(port, "/readyz")[0] == 200, service)
-        assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True}
+        assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True, "lineage": True}
         assert orjson.loads(admin_get(port, "/mode")[1])["mode"] == "cdc"
     finally:
         service.stop()

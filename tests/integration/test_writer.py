@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
 
+from cdc_cache.dlq import Failure
 from cdc_cache.errors import StopRequested
 from cdc_cache.events import SourceRecord
 from cdc_cache.keys import version_key
@@ -57,6 +59,25 @@ def test_change_redis_refuses_is_set_aside_and_the_rest_applies(redis_client):
     state = cache_state(redis_client)
     assert {k: v for k, v in state.items() if k not in untouchable} == expected
     assert len(expected) > 5
+
+
+def test_a_change_that_raises_anything_else_is_set_aside_and_the_rest_applies(any_redis):
+    items, workload = planned(40)
+    index, victim = next((n, i) for n, i in enumerate(items) if i.event.op.value == "c")
+    unsendable = replace(victim.ops[0], key="stock:\ud800")  # no UTF-8 for a lone surrogate
+    items[index] = replace(victim, ops=(unsendable, *victim.ops[1:]))
+    failures: list[Failure] = []
+
+    outcomes = CacheWriter(RedisApplier(any_redis), FAST, reject=failures.extend).write(items)
+
+    (failure,) = failures
+    assert failure.error.kind == "unprocessable" and failure.record == victim.record
+    assert failure.error.reason.startswith("applying raised UnicodeEncodeError")
+    assert len(outcomes) == len(items) - 1
+    untouchable = {victim.ops[0].key}  # type: ignore[union-attr]
+    expected = {k: v for k, v in workload.expected_cache().items() if k not in untouchable}
+    state = cache_state(any_redis)
+    assert {k: v for k, v in state.items() if k not in untouchable} == expected
 
 
 def test_redis_outage_is_waited_out_and_nothing_is_skipped(redis_server, redis_client):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import socket
+import struct
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -10,6 +13,7 @@ import pytest
 
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
+from cdc_cache.errors import ConfigError
 from cdc_cache.mode import Flag
 
 
@@ -111,9 +115,7 @@ def test_a_starting_worker_is_alive_not_ready_and_names_its_wait(runtime: FakeRu
         startup.passed("dlq_topic")
         assert orjson.loads(call(server, "GET", "/readyz")[1])["checks"]["dlq_topic"] is True
         assert orjson.loads(call(server, "GET", "/mode")[1])["waiting_for"] == "redis"
-        status, body = call(
-            server, "PUT", "/mode", "ttl", {"Authorization": "Bearer s3cret"}
-        )
+        status, body = call(server, "PUT", "/mode", "ttl", {"Authorization": "Bearer s3cret"})
         assert status == 503 and b"waiting for redis" in body
         assert call(server, "GET", "/metrics")[0] == 200
         startup.passed("redis")
@@ -123,5 +125,103 @@ def test_a_starting_worker_is_alive_not_ready_and_names_its_wait(runtime: FakeRu
         assert status == 200 and orjson.loads(body)["checks"]["redis"] is True
         assert call(server, "PUT", "/mode", "ttl", {"Authorization": "Bearer s3cret"})[0] == 200
         assert runtime.flags == [Flag.TTL]
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def strict(runtime: FakeRuntime) -> Iterator[AdminServer]:
+    """A server with a short request deadline and room for two connections."""
+    server = AdminServer(
+        runtime, 0, "s3cret", host="127.0.0.1", timeout_s=0.5, max_connections=2
+    ).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def connect(server: AdminServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> float:
+    """Seconds until the server closed ``sock`` (fails if it did not within ``within_s``)."""
+    started = time.monotonic()
+    sock.settimeout(within_s)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_clients_that_send_nothing_are_cut_off_and_over_the_cap_are_told_at_once(strict):
+    idle = [connect(strict), connect(strict)]
+    time.sleep(0.1)  # both accepted: the cap is reached
+    busy = connect(strict)
+    started = time.monotonic()
+    answer = busy.recv(4096)
+    assert answer.startswith(b"HTTP/1.0 503") and b"too many connections" in answer
+    assert time.monotonic() - started < 0.4  # at once, not after the idle ones time out
+    assert all(closed_by_server(sock, within_s=5) < 5 for sock in idle)
+    assert call(strict, "GET", "/healthz")[0] == 200  # their slots are free again
+
+
+def test_a_request_dribbled_byte_by_byte_is_cut_off_at_the_deadline(strict):
+    sock = connect(strict)
+    started = time.monotonic()
+    with pytest.raises(OSError):  # the server closes it: a send or recv fails
+        for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"a" * 200:
+            sock.send(bytes([byte]))
+            time.sleep(0.05)  # each byte in time, the request as a whole too late
+        sock.send(b"\r\n\r\n")
+        assert sock.recv(4096) == b""
+        raise ConnectionResetError
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3", "٣", " "])
+def test_a_malformed_content_length_is_400(with_token, runtime, length):
+    sock = connect(with_token)
+    sock.sendall(
+        b"PUT /mode HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n"
+        + f"Content-Length: {length}\r\n\r\nttl".encode()
+    )
+    answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    assert answer.startswith(b"HTTP/1.0 400"), answer
+    assert b"Content-Length is not a number" in answer
+    assert runtime.flags == []
+
+
+def test_a_client_that_goes_away_prints_no_traceback(with_token, capsys):
+    for request in (b"GET /healthz HTTP/1.0\r\nHost: x", b"PUT /mode HTTP/1.0\r\n"
+                    b"Authorization: Bearer s3cret\r\nContent-Length: 30\r\n\r\nt"):  # fmt: skip
+        sock = connect(with_token)
+        sock.sendall(request)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, mid-request
+    time.sleep(0.5)
+    assert call(with_token, "GET", "/healthz")[0] == 200
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Exception" not in captured.err
+
+
+def test_a_port_in_use_is_a_config_error_naming_the_setting(with_token, runtime):
+    with pytest.raises(ConfigError, match=r"^metrics_port \d+: cannot listen there .*free port"):
+        AdminServer(runtime, with_token.port, None, host="127.0.0.1")
+
+
+def test_readyz_shows_the_source_lineages_once_the_worker_runs(runtime: FakeRuntime) -> None:
+    startup = StartupBackend()
+    server = AdminServer(startup, 0, None, host="127.0.0.1", details=startup.details).start()
+    try:
+        assert "lineage" not in orjson.loads(call(server, "GET", "/readyz")[1])
+        lineage = {"sources": {"db": {"epochs": {"t[0]": 1}, "held": {}}}}
+        runtime.is_ready = True
+        startup.started(runtime, lambda: {"lineage": lineage})
+        status, body = call(server, "GET", "/readyz")
+        assert status == 200 and orjson.loads(body)["lineage"] == lineage
     finally:
         server.close()

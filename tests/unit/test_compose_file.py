@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WorkerSettings
+from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WatchdogSettings, WorkerSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_FILES = [ROOT / ".env", ROOT / "deploy" / "compose" / "avro.env"]
+ENV_FILES = [ROOT / ".env", *(ROOT / "deploy" / "compose" / f for f in ("avro.env", "routed.env"))]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GATEWAY_SETTINGS = set(GatewaySettings.model_fields)
 GATEWAY_PREFIX = GatewaySettings.model_config["env_prefix"]
@@ -155,6 +155,11 @@ def test_worker_and_gateway_environment_names_real_settings():
         assert variable.removeprefix(GATEWAY_PREFIX).lower() in GATEWAY_SETTINGS, variable
     assert services["gateway"]["command"] == ["gateway"]
     assert services["worker"]["command"][0] == "run"
+    for variable in services["watchdog"]["environment"]:
+        assert variable.removeprefix(ENV_PREFIX).lower() in WatchdogSettings.model_fields, variable
+    assert services["watchdog"]["command"] == ["watchdog"]
+    same = "CDC_CACHE_REDIS_URL"
+    assert services["watchdog"]["environment"][same] == services["worker"]["environment"][same]
 
 
 def test_bind_mounts_and_secret_files_exist(resolved):
@@ -209,6 +214,8 @@ def test_prometheus_config_is_valid_and_scrapes_the_job_the_alerts_expect():
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     port = services["worker"]["environment"]["CDC_CACHE_METRICS_PORT"]
     assert jobs["cdc-cache"]["static_configs"][0]["targets"] == [f"worker:{port}"]
+    port = services["watchdog"]["environment"]["CDC_CACHE_WATCHDOG_PORT"]
+    assert jobs["cdc-cache-watchdog"]["static_configs"][0]["targets"] == [f"watchdog:{port}"]
     mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"] if v.startswith("./")}
     assert {f"/etc/prometheus/{f}" for f in config["rule_files"]} <= mounts
 

@@ -253,7 +253,12 @@ def test_changed_keys_ignores_the_name_connect_adds():
 
 def test_the_repository_connector_files_load():
     names = [c.name for c in load_connectors(ROOT / "connectors")]
-    assert names == ["inventory-mysql-avro", "inventory-mysql", "inventory-postgres"]
+    assert names == [
+        "inventory-mysql-avro",
+        "inventory-mysql-routed",
+        "inventory-mysql",
+        "inventory-postgres",
+    ]
 
 
 @pytest.mark.parametrize(

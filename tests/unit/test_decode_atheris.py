@@ -1,4 +1,6 @@
-"""Coverage-guided fuzzing (atheris) of decode and route, seeded with recorded real events.
+"""Coverage-guided fuzzing (atheris) of decode, plan and the dead-letter path.
+
+Seeded with recorded real events and deeply nested variants of them.
 
 Complements the hypothesis properties in test_envelope_fuzz.py: libFuzzer mutates the
 recorded messages byte by byte, guided by which branches of the decoder they reach.
@@ -10,21 +12,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fuzz.decode_fuzz import RECORDED, encode, record_of, write_seeds
+from tests.fuzz.decode_fuzz import RECORDED, encode, record_of, seeds, write_seeds
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 30_000
 
 
-def test_seeds_stand_for_the_recorded_records():
-    for record in RECORDED:
+def test_seeds_stand_for_their_records_and_reach_the_parser_limit():
+    deep = seeds()[len(RECORDED) :]
+    assert max(len(encode(record)) for record in deep) <= 4096  # -max_len below
+    assert sum(b"[" * 1024 in (r.value or b"") for r in deep) >= 4
+    for record in seeds():
         back = record_of(encode(record))
         assert (back.topic, back.key, back.value) == (record.topic, record.key, record.value)
 
 
 def test_any_mutation_of_recorded_events_decodes_or_is_typed_poison(tmp_path):
     corpus = tmp_path / "corpus"
-    assert write_seeds(corpus) == len(RECORDED)
+    assert write_seeds(corpus) == len(seeds()) > len(RECORDED)
     done = subprocess.run(
         [
             sys.executable,

@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_cache.dlq import (
+    MAX_ENTRY_DEPTH,
     MAX_PART_BYTES,
+    MAX_REASON_CHARS,
     REDACTED,
     EntryFilter,
     Failure,
@@ -20,11 +22,14 @@ from cdc_cache.dlq import (
     parse_iso_ms,
     record_of,
     redact,
+    writable,
 )
-from cdc_cache.errors import POISON_KINDS, DecodeError, RenderError
+from cdc_cache.errors import POISON_KINDS, DecodeError, RenderError, Unprocessable
 from cdc_cache.events import SourceRecord
+from cdc_cache.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.pipeline import Rejected, route
 from cdc_cache.rules import parse_rules
+from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 
 NOW_MS = 1_790_000_000_123
@@ -224,4 +229,59 @@ def test_render_error_kind_matches_contract():
     assert RenderError.kind == "render_failed"
     assert set(POISON_KINDS) == {
         "undecodable", "no_primary_key", "render_failed", "redis_refused", "value_too_large",
+        "unprocessable",
     }  # fmt: skip
+
+
+def deep_record(depth: int, key: bytes | None = b'{"id": 4}') -> SourceRecord:
+    return SourceRecord("t.a.b", 0, 1, key, b'{"op": "c", "deep": ' + nested(depth) + b"}", None)
+
+
+@pytest.mark.parametrize("depth", [MAX_ENTRY_DEPTH, ENCODER_MAX_DEPTH + 1, 1000, 1023])
+def test_an_entry_of_deeply_nested_json_is_always_written_and_says_what_it_changed(depth):
+    record = deep_record(depth)
+    entry = envelope(Failure(DecodeError("deep", record), "a.b"), frozenset(), NOW_MS)
+    assert orjson.loads(orjson.dumps(entry)) == entry
+    value = entry["message"]["value"]
+    if depth + 1 <= MAX_ENTRY_DEPTH:
+        assert value["encoding"] == "json"
+    else:  # kept as the text it was, so the copy still replays the original bytes
+        assert value["encoding"] == "text"
+        assert value["note"] == f"JSON nested more than {MAX_ENTRY_DEPTH} levels deep"
+    assert record_of(entry).value == record.value or value["encoding"] == "json"
+
+
+def test_deep_json_of_a_table_with_sensitive_columns_is_withheld():
+    entry = envelope(Failure(DecodeError("deep", deep_record(300)), "a.b"), frozenset({"x"}), 0)
+    assert entry["message"]["value"]["encoding"] == "withheld"
+    assert entry["message"]["value"]["data"] is None
+
+
+def test_a_deeply_nested_primary_key_is_withheld_and_noted():
+    key = b'{"id": ' + nested(1000) + b"}"
+    record = deep_record(3, key)
+    entry = envelope(Failure(DecodeError("x", record), "a.b"), frozenset({"email"}), NOW_MS)
+    assert entry["primary_key"] is None
+    assert entry["withheld"] == [f"primary_key: nested more than {MAX_ENTRY_DEPTH} levels deep"]
+    assert entry["message"]["key"]["encoding"] == "withheld"
+    orjson.dumps(entry)
+
+
+def test_a_long_reason_is_truncated_and_text_utf8_cannot_carry_is_escaped():
+    record = SourceRecord("t.a.b", 0, 1, None, b"{}", None)
+    reason = "x" * 10 * MAX_REASON_CHARS + " lone \ud800 surrogate"
+    entry = envelope(Failure(Unprocessable(reason, record), "a.b"), frozenset(), NOW_MS)
+    assert len(entry["reason"]) < MAX_REASON_CHARS + 100
+    assert entry["reason"].endswith(" lone \\ud800 surrogate")
+    assert entry["withheld"] == [f"reason: {len(reason)} characters, truncated"]
+    orjson.dumps(entry)
+
+
+def test_a_field_the_encoder_refuses_is_withheld_and_the_entry_says_why():
+    deep = orjson.loads(nested(ENCODER_MAX_DEPTH + 1))
+    entry = writable({"id": "a", "primary_key": deep, "reason": "\ud800", "withheld": ["x"]})
+    assert entry["id"] == "a"
+    assert entry["primary_key"] is None and entry["reason"] is None
+    assert entry["withheld"][0] == "x"
+    assert [line.split(":")[0] for line in entry["withheld"][1:]] == ["primary_key", "reason"]
+    orjson.dumps(entry)

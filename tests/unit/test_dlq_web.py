@@ -11,7 +11,7 @@ import pytest
 
 from cdc_cache.admin import AdminServer
 from cdc_cache.dlq import EntryFilter, iso_utc
-from cdc_cache.dlq_web import COOKIE, session_value
+from cdc_cache.dlq_web import COOKIE, SESSION_TTL_S, Sessions
 from cdc_cache.replay import ReplayOutcome
 from tests.unit.test_admin import FakeRuntime
 
@@ -109,7 +109,8 @@ WRONG_CREDENTIALS = [
     {"Authorization": "Bearer nope"},
     {"Authorization": TOKEN},
     {"Cookie": f"{COOKIE}={TOKEN}"},
-    {"Cookie": f"{COOKIE}={session_value('other')}"},
+    {"Cookie": f"{COOKIE}={Sessions('other').issue()}"},
+    {"Cookie": f"{COOKIE}={Sessions(TOKEN).issue()}"},  # another process's (or run's) session
 ]
 
 
@@ -138,6 +139,7 @@ def test_sign_in_sets_a_strict_httponly_cookie_that_is_not_the_token(server, dlq
     assert right.status == 303 and right.getheader("Location") == "/dlq"
     cookie = right.getheader("Set-Cookie") or ""
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert f"Max-Age={SESSION_TTL_S}" in cookie
     assert TOKEN not in cookie
     value = cookie.split(";")[0]
 
@@ -211,3 +213,45 @@ def test_without_a_configured_token_the_page_is_403(dlq):
         )
         assert status == 403
     assert dlq.replayed == []
+
+
+def signed_in(server: AdminServer) -> dict[str, str]:
+    response = call(server, "POST", "/dlq/login", f"token={TOKEN}".encode())
+    return {"Cookie": (response.getheader("Set-Cookie") or "").split(";")[0]}
+
+
+def test_signing_out_revokes_the_session_not_only_the_cookie(server):
+    cookie, other = signed_in(server), signed_in(server)
+    assert call(server, "GET", "/dlq/api/entries", headers=cookie).status == 200
+
+    out = call(server, "POST", "/dlq/logout", headers=cookie)
+    assert out.status == 303 and "Max-Age=0" in (out.getheader("Set-Cookie") or "")
+
+    assert call(server, "GET", "/dlq/api/entries", headers=cookie).status == 401  # replayed
+    assert call(server, "GET", "/dlq/api/entries", headers=other).status == 200
+
+
+def test_a_session_expires():
+    now = [1_000_000.0]
+    sessions = Sessions(TOKEN, ttl_s=60, clock=lambda: now[0])
+    value = sessions.issue()
+    assert sessions.valid(value)
+    now[0] += 59
+    assert sessions.valid(value)
+    now[0] += 1
+    assert not sessions.valid(value)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda v: v.replace(v.split(".")[1], str(int(v.split(".")[1]) + 3600)),  # extended
+        lambda v: "x" + v,
+        lambda v: v.rsplit(".", 1)[0],
+        lambda v: v.split(".")[0] + ".²." + v.split(".")[2],
+        lambda v: "",
+    ],
+)
+def test_a_forged_session_is_refused(forge):
+    sessions = Sessions(TOKEN)
+    assert not sessions.valid(forge(sessions.issue()))

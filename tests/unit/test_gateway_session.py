@@ -19,6 +19,7 @@ from cdc_cache.gateway import (
     format_id,
     parse_id,
 )
+from cdc_cache.rate_limit import TokenBucket
 from cdc_cache.tokens import Grant
 
 
@@ -33,7 +34,8 @@ class FakeSocket:
 
 
 def session(queue_size: int = 100, patterns: tuple[str, ...] = ("c:*",)) -> Session:
-    s = Session(FakeSocket(), Grant(patterns, 2**40), queue_size)  # type: ignore[arg-type]
+    budget = TokenBucket(10, 10, 0.0)
+    s = Session(FakeSocket(), Grant(patterns, 2**40), queue_size, budget)  # type: ignore[arg-type]
     s.patterns.add("c:*")
     return s
 

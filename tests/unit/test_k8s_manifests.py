@@ -14,7 +14,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import GatewaySettings, load_settings
+from cdc_cache.settings import GatewaySettings, WatchdogSettings, load, load_settings
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -162,7 +162,7 @@ def test_probes_use_the_admin_endpoints():
     assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (gateway,) = _one("Deployment", "cdc-cache-gateway")["spec"]["template"]["spec"]["containers"]
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
     for container in (worker, gateway):
@@ -172,16 +172,22 @@ def test_probes_use_the_admin_endpoints():
 
 
 def test_gateway_runs_the_contracted_command_and_settings():
-    (gateway,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (gateway,) = _one("Deployment", "cdc-cache-gateway")["spec"]["template"]["spec"]["containers"]
     assert gateway["args"] == ["gateway"]
     names = {n.removeprefix("CDC_CACHE_GATEWAY_").lower() for n in _env(gateway)}
     assert names <= GATEWAY_SETTINGS
     assert _env(gateway)["CDC_CACHE_GATEWAY_HOST"]["value"] == "0.0.0.0"
 
 
+def _pods() -> list[dict]:
+    """The pod templates of every StatefulSet and Deployment."""
+    return [
+        d["spec"]["template"]["spec"] for _, d in DOCS if d["kind"] in ("StatefulSet", "Deployment")
+    ]
+
+
 def test_pods_run_unprivileged_with_a_read_only_root_and_bounded_memory():
-    for kind in ("StatefulSet", "Deployment"):
-        pod = _one(kind)["spec"]["template"]["spec"]
+    for pod in _pods():
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["automountServiceAccountToken"] is False
@@ -197,8 +203,7 @@ def test_pods_run_unprivileged_with_a_read_only_root_and_bounded_memory():
 def _secret_keys() -> dict[str, set[str]]:
     """Secret name -> keys, from every secretKeyRef and secret volume of the pods."""
     keys: dict[str, set[str]] = {}
-    for kind in ("StatefulSet", "Deployment"):
-        pod = _one(kind)["spec"]["template"]["spec"]
+    for pod in _pods():
         for container in pod["containers"] + pod.get("initContainers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -236,3 +241,40 @@ def test_service_monitors_select_services_and_ports_that_exist():
             # Without jobLabel the job is the Service's name: the one the alerts select on.
             assert "jobLabel" not in monitor["spec"]
             assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
+
+
+def test_watchdog_reads_the_workers_settings_and_secret_and_serves_its_port(tmp_path):
+    deployment = _one("Deployment", "cdc-cache-watchdog")
+    assert deployment["spec"]["replicas"] >= 2  # one acts, one stands by
+    pod = deployment["spec"]["template"]["spec"]
+    (watchdog,) = pod["containers"]
+    assert watchdog["args"][:2] == ["watchdog", "--config"]
+    config = Path(watchdog["args"][2])
+    mounts = {m["name"]: m["mountPath"] for m in watchdog["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.parent == Path(mounts["config"])
+    assert volumes["config"]["configMap"]["name"] == "cdc-cache-worker"
+    assert config.name in _one("ConfigMap", "cdc-cache-worker")["data"]
+    worker_settings = yaml.safe_load(_one("ConfigMap", "cdc-cache-worker")["data"][config.name])
+    password = Path(worker_settings["redis_password_file"])
+    assert password.parent == Path(mounts["secrets"])
+    items = {i["key"]: i["path"] for i in volumes["secrets"]["secret"]["items"]}
+    assert items == {"redis-password": password.name}, "only what the watchdog needs"
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    settings_file = tmp_path / config.name
+    settings_file.write_text(_one("ConfigMap", "cdc-cache-worker")["data"][config.name])
+    env = {e["name"]: e["value"] for e in watchdog["env"]}
+    settings = load(
+        WatchdogSettings,
+        settings_file,
+        redis_password_file=secret,
+        **{k.removeprefix("CDC_CACHE_").lower(): v for k, v in env.items()},
+    )
+    assert settings.redis_url == worker_settings["redis_url"]
+    ports = {p["name"]: p["containerPort"] for p in watchdog["ports"]}
+    assert ports == {"metrics": settings.watchdog_port}
+    service = _one("Service", "cdc-cache-watchdog")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert watchdog["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert watchdog["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

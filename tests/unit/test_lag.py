@@ -152,3 +152,86 @@ def test_a_hold_of_an_unknown_cause_from_a_newer_process_still_holds():
     )
     assert parsed is not None and [h.cause for h in parsed.holds] == [Cause.LINEAGE]
     assert "future" in parsed.holds[0].reason
+
+
+SHARED = "inventory.cdc"  # every table of connector prod.eu.db1, routed into one topic
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_an_idle_table_on_a_busy_shared_topic_stays_fresh_through_its_connector(clock, learned):
+    """Partition 1 carries only an idle table's keys; the busy table writes partition 0.
+
+    The topic names no connector: which one feeds it is learned from its changes. Without
+    that (``learned=False``, as when only topic names counted) the idle partition stalls.
+    """
+    servers = {"prod.eu.db1"} if learned else set()
+    tracker = LagTracker(clock)
+    tracker.record(SHARED, 1, int(clock.ms), servers)  # the idle table's last change
+    for partition in (0, 1):
+        tracker.offsets(SHARED, partition, high=5, next_offset=5)
+    for _ in range(12):
+        clock.advance(10)
+        tracker.record(SHARED, 0, int(clock.ms) - 200, servers)
+        tracker.heartbeat("__debezium-heartbeat.prod.eu.db1", 0, int(clock.ms) - 500)
+    idle = lag_of(tracker, SHARED, 1)
+    if learned:
+        assert idle.connector_lag_s == pytest.approx(0.5) and idle.silent_s == 0
+    else:
+        assert idle.connector_lag_s == pytest.approx(120) and idle.silent_s == pytest.approx(120)
+    assert lag_of(tracker, SHARED, 0).connector_lag_s == pytest.approx(0.2)
+
+
+def test_a_topic_fed_by_two_connectors_is_as_fresh_as_the_staler_one(clock):
+    tracker = LagTracker(clock)
+    tracker.record(SHARED, 0, int(clock.ms), {"shard1", "shard2"})
+    tracker.offsets(SHARED, 0, high=1, next_offset=1)
+    for _ in range(6):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.shard1", 0, int(clock.ms))
+    tracker.heartbeat("__debezium-heartbeat.shard2", 0, int(clock.ms) - 45_000)
+    part = lag_of(tracker, SHARED)
+    assert part.connector_lag_s == pytest.approx(45)
+    clock.advance(30)  # shard2 goes silent; shard1 keeps beating
+    tracker.heartbeat("__debezium-heartbeat.shard1", 0, int(clock.ms))
+    assert lag_of(tracker, SHARED).silent_s == pytest.approx(30)
+
+
+def test_a_renamed_heartbeat_topic_keeps_its_other_partitions_fresh(clock):
+    tracker = LagTracker(clock)
+    for partition in (0, 1):
+        tracker.track("heartbeats.prod.eu.db1", partition)
+        tracker.offsets("heartbeats.prod.eu.db1", partition, high=0, next_offset=0)
+    for _ in range(10):
+        clock.advance(10)
+        tracker.heartbeat("heartbeats.prod.eu.db1", 1, int(clock.ms) - 500, server="prod.eu.db1")
+    assert lag_of(tracker, "heartbeats.prod.eu.db1", 0).connector_lag_s == pytest.approx(0.5)
+
+
+def test_a_dotted_prefix_does_not_lend_its_heartbeats_to_a_shorter_one(clock):
+    tracker = LagTracker(clock)
+    tracker.record("prod.eu.db1.inv.stock", 0, int(clock.ms))
+    tracker.offsets("prod.eu.db1.inv.stock", 0, high=1, next_offset=1)
+    clock.advance(60)
+    tracker.heartbeat("__debezium-heartbeat.prod.eu", 0, int(clock.ms))
+    assert lag_of(tracker, "prod.eu.db1.inv.stock").connector_lag_s == pytest.approx(60)
+    tracker.heartbeat("__debezium-heartbeat.prod.eu.db1", 0, int(clock.ms))
+    assert lag_of(tracker, "prod.eu.db1.inv.stock").connector_lag_s == pytest.approx(0)
+
+
+def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
+    from cdc_cache.fallback import Holds
+    from cdc_cache.mode import Cause
+
+    now = [1000.0]
+    holds = Holds(clock=lambda: now[0])
+    holds.hold(Cause.LINEAGE, "settle:db", "switched", for_s=60)
+    holds.hold(Cause.LINEAGE, "db/t[0]", "cannot tell")
+    assert len(holds.active()) == 2 and holds.lasting(Cause.LINEAGE)
+    now[0] += 50
+    holds.hold(Cause.LINEAGE, "settle:db", "re-snapshotted", for_s=30)  # now ends at +80
+    holds.clear(Cause.LINEAGE, "db/t[0]")
+    assert not holds.lasting(Cause.LINEAGE)  # a timed hold is no lasting one
+    now[0] += 25
+    assert [h.reason for h in holds.active()] == ["re-snapshotted"]
+    now[0] += 5
+    assert holds.active() == ()

@@ -1,11 +1,20 @@
 import orjson
+import pytest
 
-from cdc_cache.errors import DecodeError, RenderError, ValueTooLarge
+from cdc_cache.errors import (
+    DecodeError,
+    RedisUnavailable,
+    RenderError,
+    Unprocessable,
+    ValueTooLarge,
+)
 from cdc_cache.events import Heartbeat, SourceRecord, Tombstone
+from cdc_cache.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.ops import SetRow, ValueFormat
 from cdc_cache.pipeline import Control, Planned, Rejected, route, value_size
 from cdc_cache.positions import SourcePosition
 from cdc_cache.rules import parse_rules
+from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 
 RULES = parse_rules(RULES_YAML)
@@ -71,3 +80,53 @@ def test_a_value_above_the_size_limit_is_poison_with_its_size_and_the_fix():
 def test_value_size_of_a_hash_counts_field_names_and_values():
     row = SetRow("k", POSITION, (("a", "xy"), ("bb", "é")), ValueFormat.HASH, 1, 1)
     assert value_size(row) == 1 + 2 + 2 + 2
+
+
+def with_column(column: str, raw: bytes) -> SourceRecord:
+    """The first workload change with ``column`` of its after image replaced by ``raw``."""
+    (message,) = Workload(seed=3).transactions(1)[0]
+    doc = orjson.loads(message.value)
+    doc["after"][column] = "@@"
+    return record(message.key, orjson.dumps(doc).replace(b'"@@"', raw))
+
+
+@pytest.mark.parametrize(
+    ("column", "depth", "raised"),
+    [
+        ("qty", 300, "TypeError"),  # a projected column the encoder cannot write
+        ("sku_id", 1000, "RecursionError"),  # a key column: rendering it recurses
+        ("warehouse", 1020, "RecursionError"),
+    ],
+)
+def test_a_change_nested_too_deeply_is_rejected_with_the_error_and_the_depth(
+    column: str, depth: int, raised: str
+):
+    routed = route(with_column(column, nested(depth)), RULES, 0, 1 << 20)
+    assert isinstance(routed, Rejected)
+    assert isinstance(routed.error, Unprocessable)
+    assert routed.error.reason.startswith(f"planning raised {raised}")
+    assert f"more than {ENCODER_MAX_DEPTH} levels deep" in routed.error.reason
+    assert routed.event is not None and routed.record.offset == 41
+
+
+def test_nesting_the_encoder_writes_is_planned():
+    routed = route(with_column("qty", nested(200)), RULES)
+    assert isinstance(routed, Planned)
+
+
+def test_any_error_a_message_raises_is_its_rejection_and_transient_ones_are_raised():
+    (message,) = Workload(seed=3).transactions(1)[0]
+
+    def overflowing(data: bytes, what: str) -> object:
+        raise OverflowError("a parser's own failure")
+
+    routed = route(record(message.key, message.value), RULES, parse=overflowing)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert routed.error.reason == "decoding raised OverflowError: a parser's own failure"
+    assert isinstance(routed.error.__cause__, OverflowError)
+
+    def unreachable(data: bytes, what: str) -> object:
+        raise RedisUnavailable("a server to wait for, not a bad message")
+
+    with pytest.raises(RedisUnavailable):
+        route(record(message.key, message.value), RULES, parse=unreachable)

@@ -116,3 +116,18 @@ def test_the_shortcut_agrees_with_the_full_parse(tail: bytes) -> None:
             return ("error", str(exc))
 
     assert parsed(prefixes) == parsed(None)
+
+
+def test_a_shared_topic_keeps_the_prefix_of_every_table_routed_into_it() -> None:
+    """Tables routed into one topic alternate schemas: each keeps its shortcut."""
+    wrapped = [r for r in _records() if r.value and r.value.startswith(b'{"schema":')]
+    by_schema = {orjson.dumps(orjson.loads(r.value)["schema"]): r.value for r in wrapped}
+    values = [v for v in by_schema.values() if v is not None][:3]
+    assert len(values) == 3, "the recording holds several tables' schemas"
+    prefixes = SchemaPrefixes(per_stream=2)
+    for value in values:
+        prefixes.learn("inventory.cdc\x00value", value, orjson.loads(value)["schema"])
+    hits = [prefixes.payload("inventory.cdc\x00value", v) is not envelope._MISS for v in values]
+    assert hits == [False, True, True]  # the oldest fell out; the last two both hit
+    for value in values[1:]:
+        assert prefixes.payload("inventory.cdc\x00value", value) == orjson.loads(value)["payload"]

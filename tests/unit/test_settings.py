@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
 from cdc_cache.retry import Backoff
-from cdc_cache.settings import SharedSettings, load, load_settings
+from cdc_cache.settings import SharedSettings, WatchdogSettings, load, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +213,7 @@ def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
     with pytest.raises(ConfigError, match="is empty"):
         load(GatewaySettings, secret_file=tmp_path / "empty").signing_key()
     config = write(tmp_path, "port: nope\nsecret: x\n")
-    with pytest.raises(ConfigError, match=r"invalid gateway settings:\n  .*worker.yaml:1: port"):
+    with pytest.raises(ConfigError, match=r"invalid gateway settings: .*worker.yaml:1: port"):
         load(GatewaySettings, config)
 
 
@@ -246,3 +246,41 @@ def test_eviction_fallback_refuses_by_default_and_names_its_choices(tmp_path, mo
     monkeypatch.delenv("CDC_CACHE_EVICTION_FALLBACK")
     with pytest.raises(ConfigError, match=r"worker\.yaml:3: eviction_fallback: .*'refuse'"):
         load_settings(config)
+
+
+def test_replica_waiting_is_off_by_default_and_its_bounds_are_checked(tmp_path, monkeypatch):
+    settings = load_settings(rules=Path("r.yaml"), topics=("a",))
+    assert (settings.redis_replicas, settings.redis_replicas_timeout_ms) == (0, 1000)
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\nredis_replicas: -1\n")
+    with pytest.raises(ConfigError, match=r"worker\.yaml:3: redis_replicas: .*greater than"):
+        load_settings(config)
+    monkeypatch.setenv("CDC_CACHE_REDIS_REPLICAS_TIMEOUT_MS", "0")
+    with pytest.raises(ConfigError, match="CDC_CACHE_REDIS_REPLICAS_TIMEOUT_MS"):
+        load_settings(rules=Path("r.yaml"), topics=("a",))
+
+
+def test_watchdog_reads_the_worker_settings_file_for_redis_and_its_own_settings(
+    tmp_path, monkeypatch
+):
+    secret = tmp_path / "redis-password"
+    secret.write_text("pw\n")
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopics: [a]\nredis_url: redis://cache:6379/0?cluster=true\n"
+        f"redis_password_file: {secret}\nadmin_token_file: /nowhere\nworkers: 2\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_WATCHDOG_DOWN_AFTER_S", "45")
+    settings = load(WatchdogSettings, config, watchdog_port=9109)
+    assert settings.redis_url == "redis://cache:6379/0?cluster=true"
+    assert settings.redis_auth().kwargs() == {"password": "pw"}
+    assert (settings.watchdog_down_after_s, settings.watchdog_port) == (45, 9109)
+
+
+def test_watchdog_with_a_bad_setting_exits_2_naming_it(tmp_path):
+    result = CliRunner().invoke(main, ["watchdog", "--redis-url", "redis://x:1/0?cluster=maybe"])
+    assert result.exit_code == 2
+    assert "cluster= must be true or false" in result.output
+    bad_port = CliRunner(env={"CDC_CACHE_WATCHDOG_PORT": "99999"}).invoke(main, ["watchdog"])
+    assert bad_port.exit_code == 2
+    assert "CDC_CACHE_WATCHDOG_PORT: watchdog_port" in bad_port.output
+    assert "invalid watchdog settings" in bad_port.output

@@ -1,10 +1,14 @@
 import base64
+import hashlib
+import hmac
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.tokens import Grant, TokenError, issue, matches, verify
+from cdc_cache.patterns import matches
+from cdc_cache.tokens import MAX_PATTERNS, Grant, TokenError, issue, verify
 
 SECRET = b"s3cret"
 NOW = 1_700_000_000
@@ -68,3 +72,18 @@ def test_an_allowed_pattern_never_matches_a_channel_outside_the_grant(
     grant = Grant((granted,), NOW + 60)
     if grant.allows_pattern(requested) and matches(requested, channel):
         assert grant.allows_channel(channel)
+
+
+def test_a_token_grants_a_bounded_number_of_bounded_patterns() -> None:
+    with pytest.raises(TokenError, match=f"at most {MAX_PATTERNS}"):
+        issue(SECRET, [f"c:{i}" for i in range(MAX_PATTERNS + 1)], NOW + 60)
+    with pytest.raises(TokenError, match="at most 16 are allowed"):
+        issue(SECRET, ["inventory:" + "*x" * 17], NOW + 60)
+    forged = orjson.dumps({"c": ["a" * 300], "exp": NOW + 60})
+    signed = f"{_b64(forged)}.{_b64(hmac.new(SECRET, forged, hashlib.sha256).digest())}"
+    with pytest.raises(TokenError, match="malformed: channel pattern"):
+        verify(SECRET, signed, NOW)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -1,0 +1,169 @@
+"""``cdc-cache run`` against hostile messages: each one costs one DLQ entry, never the flow.
+
+Values nested deeper than JSON is written (a projected column), deeper than Python
+recurses (a key column: rendering it recurses), a poison message nested as deep as the
+parser reads (its dead letter must still be written), and a value above the size limit
+whose reason quotes a rendered key holding a sensitive value. The changes around them
+apply, the worker stays up, and a restart that reads them all again does not crash.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cdc_cache.devstack.process import free_port
+from cdc_cache.dlq import MAX_ENTRY_DEPTH
+from cdc_cache.dlq_kafka import ensure_topic, read_entries
+from cdc_cache.keys import escape_value
+from tests.hostile import nested
+from tests.integration.flowkit import (
+    admin_get,
+    produce,
+    unique_topic,
+    wait_until_equal,
+    wait_while_alive,
+    worker,
+)
+from tests.workload import RULES_YAML, Message, Workload
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "ann+x@example.com"
+RULES = (
+    RULES_YAML
+    + """
+  app.users:
+    sensitive: [email]
+    keys:
+      - key: "user:{email}"
+        fields: [id, email, bio]
+"""
+)
+MAX_VALUE_BYTES = 4096
+
+
+def deepened(message: Message, column: str, depth: int) -> Message:
+    """``message`` with its after image's ``column`` nested ``depth`` levels deep."""
+    doc = orjson.loads(message.value or b"")
+    doc["after"][column] = "@@"
+    value = orjson.dumps(doc).replace(b'"@@"', nested(depth))
+    return Message(message.topic, message.key, value)
+
+
+def stock_messages(workload: Workload) -> tuple[list[Message], dict[int, str]]:
+    """The workload's changes with hostile ones spliced in; their offsets and kinds."""
+    messages = [m for tx in workload.transactions(50) for m in tx]
+    changes = [m for m in messages if m.value is not None and b'"after":{' in m.value]
+    hostile = {
+        10: deepened(changes[3], "qty", 300),  # a projected column: the encoder refuses it
+        25: deepened(changes[8], "sku_id", 1000),  # a key column: rendering it recurses
+        40: Message(  # poison as deep as the parser reads, under a key as deep
+            workload.topic,
+            b'{"id": ' + nested(1000) + b"}",
+            b'{"op": "u", "source": ' + nested(1020) + b"}",
+        ),
+    }
+    kinds = {10: "unprocessable", 25: "unprocessable", 40: "undecodable"}
+    for index in sorted(hostile):
+        messages.insert(index, hostile[index])
+    return messages, kinds
+
+
+def users_change(user_id: int, pos: int, bio: str) -> bytes:
+    return orjson.dumps(
+        {
+            "op": "c",
+            "before": None,
+            "after": {"id": user_id, "email": f"{user_id}{EMAIL}", "bio": bio},
+            "source": {"connector": "mysql", "db": "app", "table": "users",
+                       "file": "mysql-bin.000001", "pos": pos, "row": 0, "ts_ms": 1},
+        }
+    )  # fmt: skip
+
+
+def leaked(text: str) -> list[str]:
+    """Spellings of the users' e-mail addresses found in ``text``."""
+    forms = [f"{n}{EMAIL}" for n in (1, 2, 3)]
+    return [form for form in forms + [escape_value(f) for f in forms] if form in text]
+
+
+def dead_letters(brokers: str, topic: str, count: int, service) -> list[dict]:
+    found: list[dict] = []
+
+    def enough() -> bool:
+        found[:] = read_entries(brokers, topic, {}, timeout_s=20)
+        return len(found) >= count
+
+    wait_while_alive(f"{count} dead letters", enough, service, timeout=120)
+    return found
+
+
+def test_hostile_messages_cost_one_dead_letter_each_and_never_the_worker(
+    broker, redis_target, tmp_path: Path
+):
+    stock_topic, users_topic = unique_topic(), unique_topic("app.users")
+    dlq_topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    broker.create_topics({stock_topic: 1, users_topic: 1})
+    ensure_topic(broker.bootstrap, dlq_topic, {})
+    workload = Workload(seed=52, topic=stock_topic)
+    messages, kinds = stock_messages(workload)
+    users = [
+        Message(users_topic, b'{"id": 1}', users_change(1, 10, "short")),
+        Message(users_topic, b'{"id": 2}', users_change(2, 20, "x" * MAX_VALUE_BYTES)),
+        Message(users_topic, b'{"id": 3}', users_change(3, 30, "short")),
+    ]
+    produce(broker.bootstrap, [*messages, *users])
+    port = free_port()
+    env = {
+        "CDC_CACHE_DLQ_TOPIC": dlq_topic,
+        "CDC_CACHE_MAX_VALUE_BYTES": str(MAX_VALUE_BYTES),
+        "CDC_CACHE_METRICS_PORT": str(port),
+    }
+    service = worker(
+        tmp_path, broker.bootstrap, redis_target.url, [stock_topic, users_topic],
+        rules=RULES, env=env,
+    )  # fmt: skip
+    client = redis_target.client
+    expected = workload.expected_cache()
+    wanted = {(stock_topic, offset, kind) for offset, kind in kinds.items()}
+    wanted.add((users_topic, 1, "value_too_large"))
+    service.start()
+    try:
+        entries = dead_letters(broker.bootstrap, dlq_topic, len(wanted), service)
+        assert {(e["source"]["topic"], e["source"]["offset"], e["kind"]) for e in entries} == wanted
+        assert wait_until_equal(client, expected) == expected, service.tail()
+        assert client.exists(
+            f"user:{escape_value('1' + EMAIL)}", f"user:{escape_value('3' + EMAIL)}"
+        )
+        service.check_alive()
+        assert admin_get(port, "/healthz")[0] == 200
+
+        by_offset = {(e["source"]["topic"], e["source"]["offset"]): e for e in entries}
+        deep_projection = by_offset[stock_topic, 10]
+        assert "levels deep" in deep_projection["reason"], deep_projection["reason"]
+        assert "RecursionError" in by_offset[stock_topic, 25]["reason"]
+        poison = by_offset[stock_topic, 40]
+        assert poison["message"]["value"]["encoding"] == "text"
+        assert poison["message"]["value"]["note"].endswith(f"{MAX_ENTRY_DEPTH} levels deep")
+        assert poison["primary_key"] is None and poison["withheld"]
+        too_large = by_offset[users_topic, 1]
+        assert "user:***redacted***" in too_large["reason"]
+        assert leaked(orjson.dumps(entries).decode()) == []
+        assert leaked(service.log.read_text()) == []
+
+        # Restarted from scratch, the worker reads every hostile message again: same dead
+        # letters (same ids), same cache, still up.
+        service.kill()
+        shutil.rmtree(tmp_path / "recovery")
+        service.start()
+        again = dead_letters(broker.bootstrap, dlq_topic, 2 * len(wanted), service)
+        assert {e["id"] for e in again} == {e["id"] for e in entries}
+        assert wait_until_equal(client, expected) == expected, service.tail()
+        assert service.terminate() == 0, service.tail()
+    finally:
+        service.stop()

@@ -1,0 +1,160 @@
+"""The lineage registry on real Redis, single server and Cluster: one epoch per switch
+whoever asks first, the operator's floor, partition states, and the epochs replays get."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from redis.exceptions import ResponseError
+
+from cdc_cache.errors import ConfigError
+from cdc_cache.events import SourceRecord
+from cdc_cache.fallback import Holds
+from cdc_cache.lineage import Limits, Origin, PartitionState, enter
+from cdc_cache.lineage_registry import LineageRegistry, source_key
+from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
+from cdc_cache.pipeline import Planned, route
+from cdc_cache.positions import MAX_EPOCH
+from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.replay import Replayer
+from cdc_cache.rules import parse_rules
+from tests.workload import RULES_YAML, Message, Workload
+
+pytestmark = pytest.mark.integration
+
+RULES = parse_rules(RULES_YAML)
+SWITCH = {"reason": "test"}
+
+
+def test_one_successor_per_lineage_whoever_asks_first(redis_target) -> None:
+    registry = LineageRegistry(redis_target.client)
+    assert registry.ensure("db", 0) == (0, 0)
+    barrier = threading.Barrier(8)
+    answers: list[tuple[int, bool, int]] = []
+
+    def ask(number: int) -> None:
+        barrier.wait()
+        answers.append(registry.successor("db", 0, 0, {"asked_by": number}))
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {(epoch, latest) for epoch, _, latest in answers} == {(1, 1)}
+    assert sum(assigned for _, assigned, _ in answers) == 1
+    (first,) = registry.switches("db").values()
+    assert first["asked_by"] in range(8)
+    assert registry.successor("db", 1, 0, SWITCH) == (2, True, 2)
+    assert registry.successor("db", 0, 0, SWITCH) == (1, False, 2)  # a lagging partition
+    assert registry.ensure("db", 0) == (0, 2)
+
+
+def test_the_operators_floor_numbers_lineages_above_it(redis_target) -> None:
+    registry = LineageRegistry(redis_target.client)
+    assert registry.ensure("db", 3) == (3, 3)
+    assert registry.successor("db", 3, 3, SWITCH)[0] == 4
+    assert registry.ensure("db", 10) == (3, 10)  # source_epoch raised above the lineages
+    assert registry.successor("db", 4, 10, SWITCH)[0] == 11
+    assert registry.ensure("other", 0) == (0, 0)  # sources are numbered apart
+
+
+def test_partition_states_give_each_offset_its_epoch(redis_target) -> None:
+    registry = LineageRegistry(redis_target.client)
+    state = enter(PartitionState.start("db", 0), 10, 0)
+    state = enter(state, 25, 1, (1, 4, 0), Origin("server:2"))
+    registry.save({("db.inv.t", 0): state})
+    assert registry.load([("db.inv.t", 0), ("db.inv.t", 1)]) == {
+        ("db.inv.t", 0): state,
+        ("db.inv.t", 1): None,
+    }
+    assert [registry.epoch_at(("db.inv.t", 0), offset) for offset in (3, 24, 25, 99)] == [
+        0, 0, 1, 1
+    ]  # fmt: skip
+    assert registry.epoch_at(("db.inv.t", 1), 3) is None
+
+
+def test_partitions_in_two_processes_agree_and_an_old_change_replays_stale(redis_target) -> None:
+    """Two processes each read one partition of a source that fails over; they reach the
+    switch at different times and get the same epoch; a dead letter of the old lineage,
+    replayed after the switch, is stale, as it would not be with the current epoch."""
+    client = redis_target.client
+    workload = Workload(seed=5, topic="db5.inventory.stock")
+    old = [m for tx in workload.transactions(60) for m in tx]
+    new = workload.failover(server_id=2, binlog_file=1)
+    new += [m for tx in workload.transactions(60) for m in tx]
+    streams: dict[int, list[Message]] = {0: [], 1: []}
+    for message in old + new:
+        streams[orjson.loads(message.key)["id"] % 2].append(message)
+    applier = RedisApplier(client)
+    epochs: dict[int, set[int]] = {0: set(), 1: set()}
+    first_new = {p: next(i for i, m in enumerate(s) if m in new) for p, s in streams.items()}
+
+    def process(partition: int, upto: int) -> None:
+        tracker = LineageTracker(
+            lambda: LineageRegistry(client), Holds(), LineageConfig(0, Limits())
+        )
+        records = [
+            SourceRecord(workload.topic, partition, offset, m.key, m.value)
+            for offset, m in enumerate(streams[partition][:upto])
+        ]
+        session = tracker.session(records)
+        routed = [route(r, RULES, session.hint(r), epoch_of=session.epoch_of) for r in records]
+        session.close()
+        planned = [item for item in routed if isinstance(item, Planned)]
+        applier.apply([op for item in planned for op in item.ops])
+        for record, item in zip(records, routed, strict=True):
+            if isinstance(item, Planned) and record.offset >= first_new[partition]:
+                epochs[partition].add(item.event.position.epoch)
+
+    process(0, len(streams[0]))  # process A reads its partition past the switch
+    process(1, first_new[1])  # process B is still before it, then crashes
+    process(1, len(streams[1]))  # and a new process B replays from offset 0 onwards
+    assert epochs == {0: {1}, 1: {1}}
+    registry = client.hgetall(source_key("dbserver1"))
+    assert registry[b"latest"] == b"1" and b"switch:1" in registry
+
+    # A dead letter of the old lineage on partition 0, replayed after the switch.
+    offset, message = next(
+        (o, m) for o, m in enumerate(streams[0]) if m.value and b'"op":"u"' in m.value
+    )
+    record = SourceRecord(workload.topic, 0, offset, message.key, message.value)
+    cache_before = _dump(client)
+    outcome = Replayer(RULES, client, _Fetch(record), lineage=LineageRegistry(client)).replay(
+        {"id": "old", "source": {"topic": record.topic, "partition": 0, "offset": offset}}
+    )
+    assert outcome.outcome == "stale", outcome
+    assert _dump(client) == cache_before
+    # With the partition's current epoch instead, the old change would win.
+    current = Replayer(RULES, client, _Fetch(record), epoch=1).replay(
+        {"id": "naive", "source": {"topic": record.topic, "partition": 0, "offset": offset}}
+    )
+    assert current.outcome == "applied"
+
+
+class _Fetch:
+    def __init__(self, record: SourceRecord) -> None:
+        self.record = record
+
+    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        return self.record
+
+
+def _dump(client: Any) -> dict[bytes, Any]:
+    return {key: client.get(key) for key in client.scan_iter(match="stock:*")}
+
+
+def test_no_epoch_is_numbered_beyond_what_a_position_holds(redis_target) -> None:
+    registry = LineageRegistry(redis_target.client)
+    registry.ensure("db", MAX_EPOCH)
+    with pytest.raises(ResponseError, match="no epoch left"):
+        registry.successor("db", MAX_EPOCH, MAX_EPOCH, SWITCH)
+
+
+def test_a_damaged_partition_state_stops_the_worker_with_what_to_fix(redis_target) -> None:
+    redis_target.client.hset("cdc:lineage:partitions", "db.inv.t/0", b"{not json")
+    with pytest.raises(ConfigError, match="HDEL"):
+        LineageRegistry(redis_target.client).load([("db.inv.t", 0)])

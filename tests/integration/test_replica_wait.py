@@ -1,0 +1,212 @@
+"""Waiting for replicas after each batch, on real replicated Redis (Sentinel and Cluster).
+
+A batch returns from the writer only once the required replicas acknowledged it; a
+replica cut off holds the writer (and the cache in ttl mode) until it is back; a failover
+between a batch's writes and its wait applies the batch again on the new primary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+from redis import Redis
+
+from cdc_cache.devstack.process import free_port
+from cdc_cache.devstack.redis import RedisClusterServers
+from cdc_cache.events import SourceRecord
+from cdc_cache.failover import PrimaryRegistry
+from cdc_cache.fallback import Holds
+from cdc_cache.mode import Cause
+from cdc_cache.pipeline import Planned, route
+from cdc_cache.redis_apply import Client, RedisApplier, connect
+from cdc_cache.replica_wait import ReplicaWait
+from cdc_cache.retry import Backoff
+from cdc_cache.rules import parse_rules
+from cdc_cache.writer import CacheWriter
+from tests.integration.fixtures_redis import wait_until
+from tests.integration.flowkit import cache_state
+from tests.workload import RULES_YAML, Workload
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+RULES = parse_rules(RULES_YAML)
+FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+def planned(workload: Workload, transactions: int) -> list[Planned]:
+    items = []
+    for n, message in enumerate(m for tx in workload.transactions(transactions) for m in tx):
+        routed = route(SourceRecord(message.topic, 0, n, message.key, message.value), RULES)
+        if isinstance(routed, Planned):
+            items.append(routed)
+    return items
+
+
+def writer_for(client: Client, holds: Holds, registry: PrimaryRegistry) -> CacheWriter:
+    wait = ReplicaWait(client, registry, holds, replicas=1, timeout_ms=200).start()
+    return CacheWriter(RedisApplier(client), FAST, replicas=wait)
+
+
+class Background:
+    """``writer.write(items)`` in a thread, to watch it wait."""
+
+    def __init__(self, writer: CacheWriter, items: list[Planned]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(writer, items), daemon=True)
+        self.thread.start()
+
+    def _run(self, writer: CacheWriter, items: list[Planned]) -> None:
+        try:
+            writer.write(items)
+        except BaseException as exc:  # reported by done()
+            self.error = exc
+
+    def done(self, timeout: float = 0.0) -> bool:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return not self.thread.is_alive()
+
+
+def replication_held(holds: Holds) -> bool:
+    return any(hold.cause is Cause.REDIS_REPLICATION for hold in holds.active())
+
+
+def failovers(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("cdc_cache_redis_failovers_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def test_a_batch_waits_for_a_cut_off_replica_with_the_cache_held_in_ttl(replicated_redis):
+    group = replicated_redis
+    holds, workload = Holds(), Workload(seed=31)
+    writer = writer_for(connect(group.url()), holds, PrimaryRegistry(tracked=True))
+    writer.write(planned(workload, 50))
+    group.detach_replica()
+
+    second = Background(writer, planned(workload, 50))
+    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+    assert not second.done(1.0), "the batch returned before its replica had it"
+    group.reattach_replica()
+
+    assert second.done(30)
+    assert not holds.active()
+    replica = group.client(group.replica)
+    wait_until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
+
+
+def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_redis):
+    group = replicated_redis
+    holds, workload = Holds(), Workload(seed=32)
+    writer = writer_for(connect(group.url()), holds, PrimaryRegistry(tracked=True))
+    writer.write(planned(workload, 50))
+    complete_before = failovers("complete")
+    group.detach_replica()
+    second = Background(writer, planned(workload, 50))  # written to the primary alone
+    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+
+    group.fail_over()  # the promoted replica never got the second batch
+    assert cache_state(group.client(group.primary)) != workload.expected_cache()
+    group.rejoin_old_primary()  # the new primary gets a replica to wait for
+
+    assert second.done(60)
+    assert cache_state(group.client(group.primary)) == workload.expected_cache()
+    assert failovers("complete") == complete_before + 1
+    assert not holds.active()
+
+
+# --- Redis Cluster: 3 primaries with a replica each -----------------------------------------
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path) -> Iterator[RedisClusterServers]:
+    ports = [free_port() for _ in range(6)]
+    cluster = RedisClusterServers(
+        tmp_path / "cluster", ports, [free_port() for _ in ports], replicas=1
+    )
+    try:
+        cluster.start()
+        wait_until(
+            lambda: all(_replica_of(cluster, p) for p in _primary_ports(cluster)), "replicas"
+        )
+        yield cluster
+    finally:
+        for port in ports:  # a test may leave a node paused
+            pid = cluster.process(port).pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+        cluster.stop()
+
+
+def _info(port: int) -> dict:
+    return dict(Redis(port=port, socket_timeout=2).info("replication"))
+
+
+def _primary_ports(cluster: RedisClusterServers) -> list[int]:
+    return [p for p in cluster.ports if _info(p).get("role") == "master"]
+
+
+def _replica_of(cluster: RedisClusterServers, primary: int) -> int | None:
+    entry = _info(primary).get("slave0")
+    return int(entry["port"]) if entry and entry.get("state") == "online" else None
+
+
+def _split(client: Client, port: int, items: list[Planned]) -> tuple[list, list]:
+    """The items with every key on the primary at ``port``, and those with none there."""
+    on = [[client.get_node_from_key(op.key).port == port for op in item.ops] for item in items]
+    there = [item for item, where in zip(items, on, strict=True) if where and all(where)]
+    elsewhere = [item for item, where in zip(items, on, strict=True) if where and not any(where)]
+    return there, elsewhere
+
+
+def test_on_cluster_a_batch_waits_only_for_the_replicas_of_the_primaries_it_touched(
+    replicated_cluster,
+):
+    cluster = replicated_cluster
+    client, holds = connect(cluster.address()), Holds()
+    writer = writer_for(client, holds, PrimaryRegistry(tracked=True))
+    items = planned(Workload(seed=33), 400)
+    paused_primary = _primary_ports(cluster)[0]
+    replica = _replica_of(cluster, paused_primary)
+    assert replica is not None
+    there, elsewhere = _split(client, paused_primary, items)
+    assert elsewhere and there
+    os.kill(cluster.process(replica).pid() or 0, signal.SIGSTOP)
+    try:
+        writer.write(elsewhere)  # returns: none of its primaries lost a replica
+        assert not holds.active()
+        blocked = Background(writer, there)
+        wait_until(lambda: replication_held(holds), "the redis_replication hold")
+        assert f"127.0.0.1:{paused_primary}" in holds.active()[0].reason
+        assert not blocked.done(1.0)
+    finally:
+        os.kill(cluster.process(replica).pid() or 0, signal.SIGCONT)
+    assert blocked.done(30)
+    assert not holds.active()
+
+
+def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again(
+    replicated_cluster,
+):
+    cluster = replicated_cluster
+    client, holds = connect(cluster.address()), Holds()
+    writer = writer_for(client, holds, PrimaryRegistry(tracked=True))
+    workload = Workload(seed=34)
+    writer.write(planned(workload, 100))
+    complete_before = failovers("complete")
+    victim = _primary_ports(cluster)[0]
+    promoted = _replica_of(cluster, victim)
+
+    cluster.process(victim).kill()
+    wait_until(lambda: _info(promoted).get("role") == "master", "the cluster promoting the replica")
+    second = Background(writer, planned(workload, 100))
+    wait_until(lambda: replication_held(holds) or second.done(), "the second batch's wait")
+    cluster.process(victim).start(lambda: bool(_info(victim)), 30)  # back, as a replica
+
+    assert second.done(60)
+    assert cache_state(client) == workload.expected_cache()
+    assert failovers("complete") == complete_before + 1
