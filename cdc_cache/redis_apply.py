@@ -93,11 +93,11 @@ _TRANSIENT_TYPES: Final = (
 )
 # The text of an OOM reply once redis-py has taken its "OOM" code off (OutOfMemoryError).
 _OOM_TEXT: Final = "command not allowed when used memory"
-# OOM (maxmemory reached) counts as transient: retry until memory is freed, never skip
-# (the apply script has its own way through, see is_oom).
+# OOM (maxmemory reached, see is_oom) counts as transient: retry until memory is freed,
+# never skip (the apply script has its own way through).
 _TRANSIENT_REPLIES: Final = (
     "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK", "READONLY",
-    "OOM", "NOREPLICAS", _OOM_TEXT,
+    "OOM", "NOREPLICAS",
 )  # fmt: skip
 # A cluster still forming or resharding, or no seed node reachable yet: redis-py raises a
 # bare RedisClusterException with these texts. Other cluster errors (e.g. cluster mode
@@ -297,6 +297,7 @@ def is_transient(exc: BaseException) -> bool:
         if (
             isinstance(seen, _TRANSIENT_TYPES)
             or (isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES))
+            or is_oom(seen)
             or (
                 isinstance(seen, rex.RedisClusterException)
                 and any(text in str(seen) for text in _TRANSIENT_CLUSTER_TEXTS)
@@ -413,8 +414,13 @@ def accepts_writes(node: Redis[bytes]) -> bool:
 
 
 def is_oom(reply: object) -> bool:
-    """True when Redis refused a command because ``maxmemory`` is reached."""
-    return isinstance(reply, rex.ResponseError) and str(reply).startswith(("OOM", _OOM_TEXT))
+    """True when Redis refused a command because ``maxmemory`` is reached.
+
+    redis-py takes the ``OOM`` code off the reply, and puts the command in front of it when
+    a pipeline raises it.
+    """
+    text = str(reply)
+    return isinstance(reply, rex.ResponseError) and (text.startswith("OOM") or _OOM_TEXT in text)
 
 
 def glob_escape(text: str) -> str:

@@ -43,7 +43,8 @@ def out_of_memory(client: Any, nodes: list[Redis] | None = None) -> Iterator[Non
     nodes = primaries(client) if nodes is None else nodes
     try:
         for node in nodes:
-            used = int(node.info("memory")["used_memory"])
+            memory = node.info("memory")  # replication buffers do not count against maxmemory
+            used = int(memory["used_memory"]) - int(memory["mem_not_counted_for_evict"])
             node.config_set("maxmemory-policy", "noeviction")
             node.config_set("maxmemory", str(max(1, used - (256 << 10))))
         yield
