@@ -1,6 +1,7 @@
 # The cdc-cache image: `docker build -t cdc-cache .`
 #   worker:   docker run cdc-cache run --config /etc/cdc-cache/worker.yaml   (the default)
 #   gateway:  docker run cdc-cache gateway
+#   inspect:  docker run cdc-cache inspect --config /etc/cdc-cache/worker.yaml
 # Dependencies are installed from pyproject.toml alone, before the source is copied, so a
 # code change rebuilds only the last layers. Runs as an unprivileged user (uid 10001) and
 # writes only to /var/lib/cdc-cache (the recovery store), so the root fs can be read-only.
@@ -24,6 +25,6 @@ ENV PATH=/opt/cdc-cache/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001
 WORKDIR /var/lib/cdc-cache
 VOLUME /var/lib/cdc-cache
-EXPOSE 9108 8765
+EXPOSE 9108 8765 9110
 ENTRYPOINT ["cdc-cache"]
 CMD ["run", "--config", "/etc/cdc-cache/worker.yaml"]

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
@@ -49,6 +49,10 @@ _NO_TOKEN = (
     "changing the mode over HTTP is disabled: set admin_token (CDC_CACHE_ADMIN_TOKEN) "
     "on the worker, or use `cdc-cache mode set`"
 )
+
+
+Page = Callable[[], tuple[HTTPStatus, bytes, str]]
+"""Another process's own GET page: status, body and content type."""
 
 
 class ModeBackend(Protocol):
@@ -147,9 +151,11 @@ class AdminServer:
         details: Callable[[], dict[str, object]] | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        more_pages: Mapping[str, Page] | None = None,
     ) -> None:
+        """``more_pages`` adds GET pages by path (``cdc-cache inspect``'s report)."""
         pages = DlqPages(dlq, token) if dlq is not None else None
-        handler = _handler(backend, token, pages, timeout_s, details)
+        handler = _handler(backend, token, pages, timeout_s, details, more_pages=more_pages or {})
         try:
             server = _Server((host, port), handler, max_connections)
         except OSError as exc:
@@ -247,6 +253,8 @@ def _handler(
     pages: DlqPages | None,
     limit_s: float,
     details: Callable[[], dict[str, object]] | None,
+    *,
+    more_pages: Mapping[str, Page],
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
@@ -295,7 +303,9 @@ def _handler(
         def do_GET(self) -> None:
             if self._dlq():
                 return
-            if self.path == "/metrics":
+            if self.path in more_pages:
+                self._send(*more_pages[self.path]())
+            elif self.path == "/metrics":
                 self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 self._json(HTTPStatus.OK, {"status": "ok"})

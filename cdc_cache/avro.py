@@ -7,9 +7,11 @@ as a 4-byte big-endian integer, then the Avro binary body.
 The decoded value is made identical to what ``JsonConverter`` writes for the same Connect
 record, so :mod:`cdc_cache.envelope` turns both into the same ``ChangeEvent``:
 
-* Avro logical types are not interpreted: ``date`` stays days since the epoch,
+* Avro logical types are not interpreted here: ``date`` stays days since the epoch,
   ``time-millis`` milliseconds, ``timestamp-millis`` epoch milliseconds, as JSON has them
-  (Debezium's own ``io.debezium.time.*`` types are plain ints/strings in both).
+  (Debezium's own ``io.debezium.time.*`` types are plain ints/strings in both). The types
+  the schema names travel with the change (``AvroSchema.types``), and
+  :mod:`cdc_cache.natural` decodes JSON and Avro values alike.
 * ``bytes``/``fixed`` (and so ``decimal`` under ``decimal.handling.mode=precise``) become
   base64 text, as JsonConverter writes BYTES and Connect decimals.
 * ``float`` becomes the shortest decimal that reads back as the same 32-bit float, which
@@ -30,6 +32,7 @@ import fastavro
 import orjson
 
 from cdc_cache.errors import DecodeError
+from cdc_cache.logical import RowTypes, avro_schema_types
 
 MAGIC: Final = 0
 HEADER: Final = 5
@@ -40,12 +43,16 @@ Normalise = Callable[[Any], Any]
 
 @dataclass(frozen=True, slots=True)
 class AvroSchema:
-    """A writer schema as the registry holds it, parsed once for reading."""
+    """A writer schema as the registry holds it, parsed once for reading.
+
+    ``types`` are the row's column logical types it names (Connect's ``connect.name``).
+    """
 
     schema_id: int
     text: str
     parsed: Any
     normalise: Normalise
+    types: RowTypes | None = None
 
 
 def parse_schema(schema_id: int, text: str) -> AvroSchema:
@@ -57,7 +64,7 @@ def parse_schema(schema_id: int, text: str) -> AvroSchema:
     except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, KeyError) as exc:
         msg = f"schema id {schema_id} is not a valid Avro schema: {exc}"
         raise ValueError(msg) from None
-    return AvroSchema(schema_id, text, parsed, normalise)
+    return AvroSchema(schema_id, text, parsed, normalise, avro_schema_types(document))
 
 
 def schema_id(data: bytes, what: str = "value") -> int:
@@ -92,6 +99,10 @@ class AvroParser:
 
     def __call__(self, data: bytes, what: str) -> Any:
         """Decode one key or value."""
+        return self.typed(data, what)[0]
+
+    def typed(self, data: bytes, what: str) -> tuple[Any, RowTypes | None]:
+        """Decode one key or value; also the column types its schema names."""
         sid = schema_id(data, what)
         schema = self._schemas.get(sid, f"schema id {sid} was not resolved")
         if isinstance(schema, str):
@@ -107,7 +118,7 @@ class AvroParser:
         if left:
             msg = f"{what} has {left} byte(s) after the record of schema id {sid}"
             raise DecodeError(msg)
-        return schema.normalise(value)
+        return schema.normalise(value), schema.types
 
 
 def _without_logical_types(schema: Any) -> Any:

@@ -23,15 +23,17 @@ The worker publishes the effective mode in the Redis hash ``cdc:mode`` (:data:`M
 ``reason``          why the mode was entered (for people; not read here)
 ``since_ms``        when, in Unix milliseconds (for people; not read here)
 ``fallback_ttl_ms`` the short TTL of ``ttl`` mode, in milliseconds
+``ttl_prefixes``    JSON list: key prefixes of the tables in ``ttl`` mode on their own
+                    (see ``cdc_cache.table_mode``), in either mode
 ``updated_ms``      when the worker (or a watchdog standing in for it) last wrote the hash
 ``stale_after_ms``  how old the hash may get before it says nothing (the worker's lag SLO
                     plus its mode window)
 ==================  ========================================================================
 
 The hash is read at most once per ``mode_refresh_s``. In ``ttl`` mode fills get
-``min(ttl, fallback_ttl_ms)``; without the field, the ``fallback_ttl_ms`` given to
-:class:`CacheAside`. A missing hash means ``cdc``; an unknown mode counts as ``ttl``, the
-side on which staleness stays bounded.
+``min(ttl, fallback_ttl_ms)``, and so do fills of keys under ``ttl_prefixes``; without the
+field, the ``fallback_ttl_ms`` given to :class:`CacheAside`. A missing hash means ``cdc``;
+an unknown mode counts as ``ttl``, the side on which staleness stays bounded.
 
 A worker rewrites the hash every second. When it is down and no watchdog stands in, the
 hash keeps saying whatever it said last, often ``cdc``, while no invalidation is applied:
@@ -42,6 +44,8 @@ minutes by default, far above usual skew.
 Values are bytes, read and written with GET/SET: use the helper on string keys (rules
 ``format: json``, or keys the rules only delete) and fill them in the same shape the rules
 write, since a worker SET and an application fill land in the same key.
+:meth:`CacheAside.get_row` does that for a rule's key: it renders the key and serializes
+the loaded row exactly as the worker does (:class:`~cdc_cache.fill.RowCodec`).
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+import orjson
 from redis.commands.core import Script
 
+from cdc_cache.fill import RowCodec
 from cdc_cache.keys import MODE_KEY, lease_key
 from cdc_cache.redis_apply import Client
 
@@ -86,10 +92,22 @@ _POLL_S: Final = 0.01
 
 @dataclass(frozen=True, slots=True)
 class CacheMode:
-    """The effective cache mode and the TTL cap it puts on fills (None: no cap)."""
+    """The effective cache mode and the TTL cap it puts on fills (None: no cap).
+
+    ``table_prefixes`` are the key prefixes of tables in ``ttl`` mode on their own; their
+    keys' fills are capped at ``table_cap_ms`` whatever the mode.
+    """
 
     name: str
     ttl_cap_ms: int | None
+    table_prefixes: tuple[str, ...] = ()
+    table_cap_ms: int | None = None
+
+    def cap_for(self, key: str) -> int | None:
+        """The TTL cap of a fill of ``key``."""
+        if self.table_cap_ms is not None and key.startswith(self.table_prefixes):
+            return min(self.table_cap_ms, self.ttl_cap_ms or self.table_cap_ms)
+        return self.ttl_cap_ms
 
 
 _CDC: Final = CacheMode("cdc", None)
@@ -180,6 +198,27 @@ class CacheAside:
                 return loader()  # another reader's fill is slow: do not wait on it longer
             time.sleep(_POLL_S)
 
+    def get_row(
+        self,
+        codec: RowCodec,
+        key_values: Mapping[str, Any],
+        loader: Callable[[], Mapping[str, Any] | None],
+        *,
+        ttl_ms: int | None = None,
+    ) -> bytes | None:
+        """:meth:`get` of the row ``key_values`` names, filled as the worker writes it.
+
+        ``key_values`` holds the key's columns (as the application has them); ``loader``
+        returns the row as the driver does (column name to value), or None.
+        """
+        key = codec.key(key_values)
+
+        def load() -> bytes | None:
+            row = loader()
+            return None if row is None else codec.value(row)
+
+        return self.get(key, load, ttl_ms=ttl_ms)
+
     def mode(self) -> CacheMode:
         """The effective mode, read from :data:`MODE_KEY` at most once per refresh period."""
         now = self._clock()
@@ -206,7 +245,7 @@ class CacheAside:
             self._release(keys=[lease], args=[token])
             raise
         stored, ttl = (NEGATIVE, self._negative_ttl_ms) if value is None else (value, ttl_ms)
-        cap = self.mode().ttl_cap_ms
+        cap = self.mode().cap_for(key)
         if cap is not None:
             ttl = min(ttl, cap)
         if not self._fill(keys=[key, lease], args=[token, stored, ttl]):
@@ -218,19 +257,23 @@ class CacheAside:
         name = fields.get(b"mode", b"cdc").decode("utf-8", "replace")
         if self._too_old(fields):
             name = "ttl"
-        if name == "cdc":
+        prefixes = _prefixes(fields.get(b"ttl_prefixes"))
+        if name == "cdc" and not prefixes:
             return _CDC
-        raw = fields.get(b"fallback_ttl_ms")
+        cap = self._cap(fields.get(b"fallback_ttl_ms"))
+        return CacheMode(name, None if name == "cdc" else cap, prefixes, cap if prefixes else None)
+
+    def _cap(self, raw: bytes | None) -> int:
         if raw is None:
-            return CacheMode(name, self._fallback_ttl_ms)
+            return self._fallback_ttl_ms
         if raw.isdigit() and int(raw) > 0:
-            return CacheMode(name, int(raw))
+            return int(raw)
         log.warning(
             "%s has fallback_ttl_ms=%r, not a positive number of milliseconds; capping fills "
             "at %d ms",
             MODE_KEY, raw, self._fallback_ttl_ms,
         )  # fmt: skip
-        return CacheMode(name, self._fallback_ttl_ms)
+        return self._fallback_ttl_ms
 
     def _too_old(self, fields: dict[bytes, bytes]) -> bool:
         """True when the hash was last written longer ago than the bound (logged once)."""
@@ -252,3 +295,17 @@ class CacheAside:
             else:
                 log.warning("%s is fresh again: the worker (or a watchdog) writes it", MODE_KEY)
         return stale
+
+
+def _prefixes(raw: bytes | None) -> tuple[str, ...]:
+    """The ``ttl_prefixes`` field; unreadable, it caps every key (the bounded side)."""
+    if raw is None:
+        return ()
+    try:
+        found = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        found = None
+    if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
+        log.warning("%s has ttl_prefixes=%r, not a JSON list; capping every fill", MODE_KEY, raw)
+        return ("",)
+    return tuple(found)

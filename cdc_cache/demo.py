@@ -1,10 +1,11 @@
 """``cdc-cache demo``: the whole path, live, on the local stack.
 
 Starts Redis, the broker, MariaDB and Debezium (``dev up``), the worker with the example
-rules, the notification gateway (its live page's URL, with a token, is printed), and a
-random write load on the inventory schema; shows what the worker does once a
-second from its own ``/metrics``, next to one cache entry and its row. On stop it lets the
-worker drain, checks every stock row against its cache key, and stops what it started.
+rules, the notification gateway (its live page's URL, with a token, is printed), the
+consistency inspector (``cdc-cache inspect``, every change sampled), and a random write
+load on the inventory schema; shows what the worker does once a second from its own
+``/metrics``, the inspector's nines, and one cache entry next to its row. On stop it lets
+the worker drain, checks every stock row against its cache key, and stops what it started.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 import redis
@@ -39,7 +40,7 @@ from cdc_cache.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
 from cdc_cache.rules import Action, Rules, load_rules
 from cdc_cache.tokens import issue
 from cdc_cache.topics import HEARTBEAT_TOPIC_PREFIX
-from cdc_cache.verify import Finding, Report, debezium_value, derive, same_value, verify
+from cdc_cache.verify import Finding, Report, as_cached, derive, same_value, verify
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
@@ -165,6 +166,33 @@ def scrape(port: int) -> Scrape:
         return Scrape.parse(response.read().decode(), time.monotonic())
 
 
+def inspection(port: int) -> dict[str, Any]:
+    """The inspector's report (``GET /inspect``); empty while it cannot answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/inspect", timeout=5) as response:
+            report: dict[str, Any] = orjson.loads(response.read())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return report
+
+
+def consistency_line(report: Mapping[str, Any]) -> str:
+    """The inspector's nines per window, time to consistency and latest inconsistency."""
+    windows = report.get("windows")
+    if not windows:
+        return "inspect   (starting)"
+    shown = "  ".join(
+        f"{name} {w['consistency'] or '-'} of {w['checks']}" for name, w in windows.items()
+    )
+    ttc = report["time_to_consistency_s"]
+    latest = report["latest_inconsistencies"]
+    last = f"{latest[0]['kind']} {latest[0]['key']} ({latest[0]['age_s']} s)" if latest else "none"
+    return (
+        f"inspect   consistent {shown}  time to consistency p50 {ttc['p50']} s "
+        f"p99 {ttc['p99']} s  latest inconsistency: {last}"
+    )
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -175,6 +203,8 @@ class Inventory:
     def __init__(self, db: MariaDB, cache: redis.Redis[bytes], rules: Rules) -> None:
         self._db = db
         self._conn = db.connect(DATABASE)
+        with self._conn.cursor() as cur:
+            cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP values read in UTC
         self._cache = cache
         self._rules = rules
         table = rules.for_table(STOCK_TABLE)
@@ -199,9 +229,11 @@ class Inventory:
             cur.execute("SELECT * FROM stock WHERE id = %s", (row_id,))
             found = cur.fetchone()
             columns = [d[0] for d in cur.description]
+            if found is not None:
+                read = dict(zip(columns, found, strict=True))
+                row = as_cached(read, cur, self._table.values, "mysql")
         if found is None:
             return f"sample  stock row id={row_id} was deleted since"
-        row = {c: debezium_value(v, "mysql") for c, v in zip(columns, found, strict=True)}
         (_, want), *_ = derive(self._table, row, ("id",)).sets
         got = self._cache.get(want.key)
         verdict = "match" if got is not None and same_value(want, got) else "in flight"
@@ -258,6 +290,8 @@ class Demo:
         self.display = _Display(out)
         self.metrics_port = free_port()
         self.worker = ManagedProcess("worker", (), self.home)
+        self.inspect_port = free_port()
+        self.inspector = ManagedProcess("inspect", (), self.home)
         self.gateway_port = free_port()
         self.gateway_secret = secrets.token_urlsafe(32)
         self.gateway = ManagedProcess(
@@ -298,6 +332,7 @@ class Demo:
         rules = load_rules(example_rules())
         self.worker.stop()  # a worker left behind by an interrupted demo
         self.gateway.stop()
+        self.inspector.stop()
         self._start_stack()
         mariadb = self.stack.service("mariadb")
         assert isinstance(mariadb, MariaDB)
@@ -329,6 +364,7 @@ class Demo:
         # starts, and heartbeats keep idle partitions' lag honest.
         broker.create_topics(dict.fromkeys((*TOPICS, HEARTBEAT_TOPIC), PARTITIONS))
         self._start_worker(broker)
+        self._start_inspector(broker, mariadb)
         self._start_gateway()
         self._up(["debezium"])
 
@@ -338,22 +374,46 @@ class Demo:
                 self.started.append(name)
             self.stack.up([name], progress=self.display.say, timeout=120)
 
-    def _start_worker(self, broker: Broker) -> None:
-        self.worker.argv = [
-            sys.executable, "-m", "cdc_cache", "run",
+    def _source_args(self, broker: Broker) -> list[str]:
+        """What the worker and the inspector both read: rules, topics, Redis."""
+        return [
             "--rules", str(example_rules()),
             "--brokers", broker.bootstrap,
             "--topic-pattern", TOPIC_PATTERN,
             "--redis-url", self.stack.service("redis").address(),
+        ]  # fmt: skip
+
+    def _start_process(self, process: ManagedProcess, port: int, shown: str) -> None:
+        """Start ``process``, wait until ``port`` answers, say what it serves (``shown``)."""
+        began = time.monotonic()
+        process.start(lambda: port_open(port), timeout=120)
+        self.display.say(
+            f"{process.name:<9} started in {time.monotonic() - began:5.2f}s  "
+            f"{shown}, log {process.log_file}"
+        )
+
+    def _start_worker(self, broker: Broker) -> None:
+        self.worker.argv = [
+            sys.executable, "-m", "cdc_cache", "run", *self._source_args(broker),
             "--recovery-dir", str(self.home / "recovery"),
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
-        began = time.monotonic()
-        self.worker.start(lambda: port_open(self.metrics_port), timeout=120)
-        self.display.say(
-            f"{'worker':<9} started in {time.monotonic() - began:5.2f}s  "
-            f"metrics http://127.0.0.1:{self.metrics_port}/metrics, log {self.worker.log_file}"
-        )
+        shown = f"metrics http://127.0.0.1:{self.metrics_port}/metrics"
+        self._start_process(self.worker, self.metrics_port, shown)
+
+    def _start_inspector(self, broker: Broker, mariadb: MariaDB) -> None:
+        """``cdc-cache inspect`` beside the worker: every change checked a second after."""
+        self.inspector.argv = [
+            sys.executable, "-m", "cdc_cache", "inspect", *self._source_args(broker),
+            "--db", f"{mariadb.dsn()}/{DATABASE}",
+            "--port", str(self.inspect_port),
+            "--sample-every", "1",
+            "--max-samples-per-s", "100",
+            "--settle-s", "1",
+            "--min-checks", "20",
+        ]  # fmt: skip
+        shown = f"report http://127.0.0.1:{self.inspect_port}/"
+        self._start_process(self.inspector, self.inspect_port, shown)
 
     def _start_gateway(self) -> None:
         """The WebSocket gateway and its live page, linked with a token for the stock channels."""
@@ -401,9 +461,10 @@ class Demo:
         assert self.load is not None
         if self.load.stats.error is not None:
             raise DemoError(self.load.stats.error)
-        if not self.worker.running():
-            msg = f"the worker stopped; its log is {self.worker.log_file}"
-            raise DemoError(msg)
+        for part in (self.worker, self.inspector):
+            if not part.running():
+                msg = f"the {part.name} process stopped; its log is {part.log_file}"
+                raise DemoError(msg)
         debezium = self.stack.service("debezium")
         if not debezium.running():
             msg = f"Debezium stopped; its log is {self.stack.config.home / 'debezium'}"
@@ -425,6 +486,7 @@ class Demo:
             f"       debezium->applied p50 {_ms(recent.quantile(0.5))}  "
             f"p99 {_ms(recent.quantile(0.99))}  (last {WINDOW_S}s)  "
             f"connector lag {_lag(now.lag_s)}  mode {now.mode}",
+            "       " + consistency_line(inspection(self.inspect_port)),
             *(
                 "       " + line
                 for line in inventory.sample(stats.written_before(SAMPLE_AGE_S)).splitlines()
@@ -447,6 +509,7 @@ class Demo:
         ok = sum(t.set_keys for t in report.tables) - stale - missing
         stats = self.load.stats
         events = final.events
+        inspected = self._inspected()
         self.display.say(
             "\n".join(
                 [
@@ -462,10 +525,21 @@ class Demo:
                     f"  consistency      {ok} ok, {missing} missing, "
                     f"{stale} stale, {unexpected} unexpected "
                     f"({STOCK_TABLE} rows vs their keys, as cdc-cache verify checks)",
+                    f"  inspector        {consistency_line(inspected)}; "
+                    f"{inspected.get('unresolved', 0)} unresolved",
                 ]
             )
         )
         return report.exit_code
+
+    def _inspected(self) -> dict[str, Any]:
+        """The inspector's report once its pending samples are judged (bounded wait)."""
+        deadline = time.monotonic() + DRAIN_LIMIT_S
+        report = inspection(self.inspect_port)
+        while report.get("pending", 0) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            report = inspection(self.inspect_port)
+        return report
 
     def _drain(self) -> Scrape:
         """Wait until the applied count stays still for a moment (bounded)."""
@@ -486,6 +560,8 @@ class Demo:
             self.load.stop()
         if self.gateway.stop():
             self.display.say(f"{'gateway':<9} stopped")
+        if self.inspector.stop():
+            self.display.say(f"{'inspect':<9} stopped")
         if self.worker.stop():
             self.display.say(f"{'worker':<9} stopped")
         if self.options.keep_running:

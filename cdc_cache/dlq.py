@@ -30,6 +30,7 @@ import orjson
 
 from cdc_cache.errors import PoisonMessage
 from cdc_cache.events import ChangeEvent, SourceRecord
+from cdc_cache.invalidations import Invalidated
 from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.scrub import REDACTED, scrub, spellings
 
@@ -215,12 +216,14 @@ def _capped(text: str, limit: int) -> str:
 class Failure:
     """One rejected message: the poison error (with its record) and its table.
 
-    ``event`` is the decoded change when decoding got that far.
+    ``event`` is the decoded change when decoding got that far; ``invalidation`` what
+    became of its keys (see :mod:`cdc_cache.invalidations`) when it had any.
     """
 
     error: PoisonMessage
     table: str
     event: ChangeEvent | None = None
+    invalidation: Invalidated | None = None
 
     @property
     def record(self) -> SourceRecord:
@@ -262,6 +265,7 @@ def envelope(failure: Failure, sensitive: frozenset[str], failed_at_ms: float) -
         "message": stored_message(record, sensitive),
         "next_retry_at": None,
         "backoff_ms": None,
+        "invalidation": _invalidation(failure),
         "withheld": withheld,
     }
     return writable(entry)
@@ -319,10 +323,16 @@ def fallback_entry(failure: Failure, problem: BaseException, failed_at_ms: float
         "message": None,
         "next_retry_at": None,
         "backoff_ms": None,
+        "invalidation": _invalidation(failure),
         "withheld": [
             f"all but the coordinates: building the entry raised {type(problem).__name__}"
         ],
     }
+
+
+def _invalidation(failure: Failure) -> dict[str, Any] | None:
+    """What became of the failure's keys: counts and rule templates, never row values."""
+    return failure.invalidation.entry() if failure.invalidation else None
 
 
 @dataclass(frozen=True, slots=True)

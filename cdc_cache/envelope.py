@@ -17,6 +17,10 @@ Avro (Kafka Connect's ``AvroConverter``) carries the same values; a caller passe
 ``parse=`` an :class:`~cdc_cache.avro.AvroParser` holding the batch's resolved schemas in
 place of the JSON parser, and the rest of the decoding is shared.
 
+A change keeps its values as they came (the wire values); the logical types its schema
+names (JSON with schemas, Avro) travel with it as ``ChangeEvent.types``, read once per
+distinct schema, so :mod:`cdc_cache.natural` can decode them.
+
 Heartbeats (on ``__debezium-heartbeat.<prefix>``, or anywhere by their shape: key
 ``serverName``, value ``ts_ms``), schema-change records (``ddl`` without ``op``) and
 tombstones (null value after a delete) are recognised on any topic, whatever routing did to
@@ -29,7 +33,7 @@ record; no other exception escapes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 import orjson
 
@@ -44,6 +48,7 @@ from cdc_cache.events import (
     Tombstone,
 )
 from cdc_cache.lineage import origin_of
+from cdc_cache.logical import RowTypes, json_schema_types
 from cdc_cache.positions import (
     PositionError,
     SourcePosition,
@@ -59,6 +64,17 @@ from cdc_cache.topics import (
 
 Parse: TypeAlias = Callable[[bytes, str], Any]
 """Turns a key or value (named by the label, for errors) into plain Python data."""
+
+
+class TypedParse(Protocol):
+    """A parser that also says the logical types its record's schema names."""
+
+    def __call__(self, data: bytes, what: str) -> Any: ...
+
+    def typed(self, data: bytes, what: str) -> tuple[Any, RowTypes | None]:
+        """The parsed value and the column types of its schema (None: no schema)."""
+        ...
+
 
 FLAT_PREFIX: Final = "__"
 
@@ -88,7 +104,7 @@ def decode(record: SourceRecord, *, epoch: int = 0, parse: Parse | None = None) 
     reads keys and values (JSON by default).
     """
     try:
-        return _decode(record, epoch, parse or _json_of(record.topic))
+        return _decode(record, epoch, parse or _JsonParser(record.topic))
     except PoisonMessage as err:
         raise err.at(record) from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
@@ -96,13 +112,27 @@ def decode(record: SourceRecord, *, epoch: int = 0, parse: Parse | None = None) 
         raise DecodeError(msg, record) from exc
 
 
-def _json_of(topic: str) -> Parse:
+class _JsonParser:
     """The JSON parser for one topic's records, with its schema prefixes per part."""
 
-    def parse(data: bytes, what: str) -> Any:
-        return parse_json(data, what, f"{topic}\x00{what}")
+    __slots__ = ("_topic",)
 
-    return parse
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def __call__(self, data: bytes, what: str) -> Any:
+        return parse_json(data, what, f"{self._topic}\x00{what}")
+
+    def typed(self, data: bytes, what: str) -> tuple[Any, RowTypes | None]:
+        return parse_json_typed(data, what, f"{self._topic}\x00{what}")
+
+
+def _typed(parse: Parse | TypedParse, data: bytes, what: str) -> tuple[Any, RowTypes | None]:
+    typed = getattr(parse, "typed", None)
+    if typed is None:
+        return parse(data, what), None
+    result: tuple[Any, RowTypes | None] = typed(data, what)
+    return result
 
 
 def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
@@ -115,17 +145,17 @@ def _decode(record: SourceRecord, epoch: int, parse: Parse) -> Decoded:
             msg = "null key and null value: not a Debezium tombstone"
             raise DecodeError(msg)
         return Tombstone(_tombstone_table(topic, record.key, parse))
-    payload = parse(record.value, "value")
+    payload, types = _typed(parse, record.value, "value")
     if not isinstance(payload, dict):
         msg = f"value is a {type(payload).__name__}, expected an object"
         raise DecodeError(msg)
     # "__op" first: a flattened row may have a column named "op".
     if "__op" in payload:
-        return _flattened(payload, record, epoch, parse)
+        return _flattened(payload, record, epoch, parse, types)
     if "op" in payload:
-        return _envelope(payload, record.key, epoch, parse)
+        return _envelope(payload, record.key, epoch, parse, types)
     if "ddl" in payload:
-        return _schema_change(payload, topic)
+        return _schema_change(payload, topic, epoch)
     server = _heartbeat_server(record.key, payload, parse)
     if server is not None:  # a heartbeat routed or renamed away from its default topic
         return Heartbeat(server=server, emitted_at_ms=_opt_int(payload, "ts_ms", "heartbeat"))
@@ -142,20 +172,31 @@ def parse_json(data: bytes, what: str, stream: str | None = None) -> Any:
     ``stream`` (topic and part) enables :data:`SCHEMA_PREFIXES`: a wrapped record whose
     schema is byte-for-byte the one seen last on that stream has only its payload parsed.
     """
+    return parse_json_typed(data, what, stream)[0]
+
+
+def parse_json_typed(
+    data: bytes, what: str, stream: str | None = None
+) -> tuple[Any, RowTypes | None]:
+    """:func:`parse_json`, and the column types the record's schema names (if wrapped).
+
+    The types are read once per schema prefix and kept with it.
+    """
     if stream is not None:
-        payload = SCHEMA_PREFIXES.payload(stream, data)
-        if payload is not _MISS:
-            return payload
+        known = SCHEMA_PREFIXES.typed(stream, data)
+        if known is not None:
+            return known
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         msg = f"{what} is not valid JSON: {exc}"
         raise DecodeError(msg) from None
     if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        types = json_schema_types(doc["schema"])
         if stream is not None:
-            SCHEMA_PREFIXES.learn(stream, data, doc["schema"])
-        return doc["payload"]
-    return doc
+            SCHEMA_PREFIXES.learn(stream, data, doc["schema"], types)
+        return doc["payload"], types
+    return doc, None
 
 
 _MISS: Final = object()
@@ -176,29 +217,38 @@ class SchemaPrefixes:
     takes the full parse, so the result is always what the full parse gives.
 
     A stream keeps its last ``per_stream`` prefixes: a topic that several tables are
-    routed into carries as many schemas, one record after another.
+    routed into carries as many schemas, one record after another. Each prefix keeps the
+    column types its schema names, read once when it was learned.
     """
 
     def __init__(self, max_streams: int = 4096, per_stream: int = 8) -> None:
-        self._prefixes: dict[str, list[bytes]] = {}
+        self._prefixes: dict[str, list[tuple[bytes, RowTypes | None]]] = {}
         self._max = max_streams
         self._per_stream = per_stream
 
     def payload(self, stream: str, data: bytes) -> Any:
         """The payload of ``data`` if it starts with one of the stream's verified prefixes."""
+        known = self.typed(stream, data)
+        return _MISS if known is None else known[0]
+
+    def typed(self, stream: str, data: bytes) -> tuple[Any, RowTypes | None] | None:
+        """The payload and its schema's column types, or None where :meth:`payload` misses."""
         prefixes = self._prefixes.get(stream)
         if prefixes is None or not data.endswith(b"}"):
-            return _MISS
-        for prefix in prefixes:
+            return None
+        for prefix, types in prefixes:
             if data.startswith(prefix):
                 try:
-                    return orjson.loads(memoryview(data)[len(prefix) : -1])
+                    return orjson.loads(memoryview(data)[len(prefix) : -1]), types
                 except orjson.JSONDecodeError:
-                    return _MISS
-        return _MISS
+                    return None
+        return None
 
-    def learn(self, stream: str, data: bytes, schema: Any) -> None:
-        """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified."""
+    def learn(self, stream: str, data: bytes, schema: Any, types: RowTypes | None = None) -> None:
+        """Remember the prefix of ``data`` (a parsed wrapped record) if it can be verified.
+
+        ``types`` are the column types ``schema`` names, kept with the prefix.
+        """
         if not data.startswith(_SCHEMA_OPEN):
             return  # not compact, or keys in another order: no prefix to reuse
         end = data.find(_PAYLOAD_KEY, len(_SCHEMA_OPEN))
@@ -208,18 +258,18 @@ class SchemaPrefixes:
             except orjson.JSONDecodeError:
                 candidate = _MISS
             if candidate == schema:
-                self._remember(stream, data[: end + len(_PAYLOAD_KEY)])
+                self._remember(stream, data[: end + len(_PAYLOAD_KEY)], types)
                 return
             end = data.find(_PAYLOAD_KEY, end + 1)
 
-    def _remember(self, stream: str, prefix: bytes) -> None:
+    def _remember(self, stream: str, prefix: bytes, types: RowTypes | None) -> None:
         known = self._prefixes.get(stream)
         if known is None:
             if len(self._prefixes) >= self._max:
                 self._prefixes.clear()
             known = self._prefixes[stream] = []
-        if prefix not in known:  # known but the rest did not parse alone: nothing to add
-            known.insert(0, prefix)
+        if all(prefix != seen for seen, _ in known):  # known but the rest did not parse alone
+            known.insert(0, (prefix, types))
             del known[self._per_stream :]
 
 
@@ -251,7 +301,7 @@ def _heartbeat_server(key: bytes | None, payload: dict[str, Any], parse: Parse) 
     return server if isinstance(server, str) and server else None
 
 
-def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
+def _schema_change(payload: dict[str, Any], topic: str, epoch: int) -> SchemaChange:
     source = _source(payload)
     ddl = payload.get("ddl")
     if ddl is not None and not isinstance(ddl, str):
@@ -262,13 +312,47 @@ def _schema_change(payload: dict[str, Any], topic: str) -> SchemaChange:
         f"{db}.{table}" if isinstance(db, str) and db and isinstance(table, str) and table else None
     )
     server = source.get("name")
+    try:
+        position = binlog_position(source, epoch) if "file" in source else None
+    except PositionError:
+        position = None
     return SchemaChange(
-        server=server if isinstance(server, str) else topic, table=qualified, ddl=ddl
+        server=server if isinstance(server, str) else topic,
+        table=qualified,
+        ddl=ddl,
+        columns=_table_columns(payload.get("tableChanges")),
+        position=position,
     )
 
 
+def _table_columns(changes: object) -> dict[str, tuple[str, ...]]:
+    """Each created or altered table's columns from Debezium's ``tableChanges``.
+
+    Best effort: the DDL record is for information, so a shape this does not know
+    yields nothing rather than a dead letter. Table ids are ``"db"."table"`` (MySQL).
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for change in changes if isinstance(changes, list) else ():
+        if not isinstance(change, dict) or change.get("type") not in ("CREATE", "ALTER"):
+            continue
+        ident, table = change.get("id"), change.get("table")
+        columns = table.get("columns") if isinstance(table, dict) else None
+        if not isinstance(ident, str) or not isinstance(columns, list):
+            continue
+        parts = [part.strip('"') for part in ident.split('"."')]
+        if len(parts) < 2 or not all(parts):
+            continue
+        names = [c.get("name") for c in columns if isinstance(c, dict)]
+        out[f"{parts[-2]}.{parts[-1]}"] = tuple(n for n in names if isinstance(n, str))
+    return out
+
+
 def _envelope(
-    payload: dict[str, Any], key_bytes: bytes | None, epoch: int, parse: Parse
+    payload: dict[str, Any],
+    key_bytes: bytes | None,
+    epoch: int,
+    parse: Parse,
+    types: RowTypes | None,
 ) -> ChangeEvent:
     op = _op(payload["op"])
     source = _source(payload)
@@ -287,6 +371,7 @@ def _envelope(
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
         snapshot=source.get("snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(source, "name"),
+        types=types,
         origin=origin_of(source),
     )
 
@@ -301,7 +386,11 @@ def _container(connector: object, db: object, schema: object, field: str) -> tup
 
 
 def _flattened(
-    payload: dict[str, Any], record: SourceRecord, epoch: int, parse: Parse
+    payload: dict[str, Any],
+    record: SourceRecord,
+    epoch: int,
+    parse: Parse,
+    types: RowTypes | None,
 ) -> ChangeEvent:
     op = _op(payload["__op"])
     connector, container = _container(
@@ -329,6 +418,7 @@ def _flattened(
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
         snapshot=payload.get("__snapshot") not in _NOT_SNAPSHOT,
         server=_opt_str(payload, "__name"),
+        types=types,
         origin=origin_of(source),
     )
 

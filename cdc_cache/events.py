@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from cdc_cache.lineage import NO_ORIGIN, Origin
+from cdc_cache.logical import RowTypes
 from cdc_cache.positions import SourcePosition
 
 Row = Mapping[str, Any]
@@ -49,7 +50,8 @@ class ChangeEvent:
     ``server`` is the connector's logical name (its ``topic.prefix``, ``source.name``) when
     the record carries it: it ties a topic to its connector's heartbeats whatever the
     topic is called. ``origin`` is what the envelope says of the log the change came from
-    (lineage evidence).
+    (lineage evidence). ``types`` are the columns' logical types its schema named (None
+    for a schemaless record): how its wire values decode (:mod:`cdc_cache.natural`).
     """
 
     table: str
@@ -63,6 +65,7 @@ class ChangeEvent:
     snapshot: bool = False
     server: str | None = None
     origin: Origin = NO_ORIGIN
+    types: RowTypes | None = None
 
     @property
     def image(self) -> Row | None:
@@ -80,11 +83,18 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class SchemaChange:
-    """A DDL record from the schema-change topic; counted, never applied to the cache."""
+    """A DDL record from the schema-change topic; never applied to the cache.
+
+    ``columns`` holds, for each table the DDL created or altered, its columns afterwards
+    (Debezium's ``tableChanges``), and ``position`` where in the source log it happened:
+    the rules are checked against them (:mod:`cdc_cache.schema_watch`).
+    """
 
     server: str
     table: str | None
     ddl: str | None
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    position: SourcePosition | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,17 +10,19 @@ Redis records (applications read ``cdc:mode``; operators set ``cdc:mode:flag``):
 
 - ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
-  ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``updated_ms`` and
+  ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``tables`` (JSON object:
+  each table falling back on its own, see ``cdc_cache.table_mode``, with its reason),
+  ``ttl_prefixes`` (JSON list: those tables' key prefixes), ``updated_ms`` and
   ``writer``; the worker's leader also writes ``stale_after_ms`` (its lag SLO plus mode
   window) and ``prefixes`` (JSON list of the rules' key prefixes).
 
 The leader rewrites ``cdc:mode`` every tick with ``writer`` = ``worker``: a fresh
 ``updated_ms`` is its heartbeat (a follower's is its lag report, which expires). When it
 stops for longer than ``stale_after_ms``, a watchdog (``cdc_cache.watchdog``) writes the
-hash instead (``writer`` = ``watchdog``, the hold ``worker_down``) through
-:meth:`ModeStore.take_over`, which refuses once the worker has written again; the leader,
-seeing the watchdog's record, takes the decision back and stays in ``ttl`` until its lag
-has been low for a window.
+hash instead (``writer`` = ``watchdog``, the hold ``worker_down``, the tables the worker
+left falling back on their own) through :meth:`ModeStore.take_over`, which refuses once
+the worker has written again; the leader, seeing the watchdog's record, takes the decision
+back and stays in ``ttl`` until its lag has been low for a window.
 
 Parts of the worker that find the cache cannot be known right (see ``mode.Hold``) raise a
 hold in the process's :class:`Holds`; a follower process passes its holds to the leader
@@ -32,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -45,6 +47,7 @@ from cdc_cache.errors import CdcCacheError
 from cdc_cache.keys import INTERNAL_PREFIXES, MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.lag import LagReport, LagTracker
 from cdc_cache.mode import (
+    TABLE_CAUSES,
     Cause,
     Decision,
     Flag,
@@ -54,10 +57,12 @@ from cdc_cache.mode import (
     ModeState,
     Signal,
     step,
+    table_holds,
 )
 from cdc_cache.mode_record import REWRITE, ModeKeyError, ModeRecord, parse_flag, reading
 from cdc_cache.redis_apply import Client, glob_escape, primaries, write_record
 from cdc_cache.rules import Rules
+from cdc_cache.table_mode import TableConfig, TableFallback
 
 log = logging.getLogger("cdc_cache.mode")
 
@@ -81,7 +86,16 @@ _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError
 
 def managed_prefixes(rules: Rules) -> list[str]:
     """The rules' literal key prefixes, without those another prefix already covers."""
-    found = sorted({p for table in rules.tables.values() for p in table.truncate_prefixes})
+    return _outermost(p for table in rules.tables.values() for p in table.truncate_prefixes)
+
+
+def table_prefixes(rules: Rules) -> dict[str, list[str]]:
+    """Each table's literal key prefixes, without those another of them already covers."""
+    return {name: _outermost(table.truncate_prefixes) for name, table in rules.tables.items()}
+
+
+def _outermost(prefixes: Iterable[str]) -> list[str]:
+    found = sorted(set(prefixes))
     return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
 
 
@@ -103,7 +117,7 @@ class Holds:
 
     def hold(self, cause: Cause, scope: str, reason: str, *, for_s: float | None = None) -> None:
         """Force ``ttl`` mode for ``reason`` until :meth:`clear` (or for ``for_s`` seconds)."""
-        Hold(cause, reason)  # validates the cause
+        hold = Hold(cause, reason, scope if cause in TABLE_CAUSES else "")  # validates
         with self._lock:
             previous = self._active.get((cause, scope))
             until = None if for_s is None else self._clock() + for_s
@@ -113,9 +127,10 @@ class Holds:
             count = sum(c is cause for c, _ in self._active)
         metrics.MODE_HOLDS.labels(cause.value).set(count)
         if previous is None:
+            what = f"table {scope}" if cause in TABLE_CAUSES else "the cache"
             log.warning(
-                "hold raised: the cache falls back to ttl mode",
-                extra={"cause": cause.value, "scope": scope, "reason": reason, "for_s": for_s},
+                f"hold raised: {what} falls back to ttl mode",
+                extra={"cause": hold.label, "scope": scope, "reason": reason, "for_s": for_s},
             )
 
     def clear(self, cause: Cause, scope: str) -> None:
@@ -138,7 +153,10 @@ class Holds:
             self.clear(cause, scope)
         with self._lock:
             return tuple(
-                sorted(Hold(cause, reason) for (cause, _), (reason, _) in self._active.items())
+                sorted(
+                    Hold(cause, reason, scope if cause in TABLE_CAUSES else "")
+                    for (cause, scope), (reason, _) in self._active.items()
+                )
             )
 
     def lasting(self, cause: Cause) -> bool:
@@ -178,18 +196,21 @@ class ModeStore:
         fallback_ttl_ms: int,
         *,
         holds: tuple[Hold, ...] = (),
+        ttl_prefixes: Iterable[str] = (),
         stale_after_ms: int | None = None,
         prefixes: list[str] | None = None,
     ) -> None:
         """Write the effective-mode hash applications read (see cdc_cache.client).
 
         Written by the worker, this is its heartbeat; it says how long one may be missed
-        (``stale_after_ms``) and which prefixes the rules manage. Written even while Redis
-        is out of memory: that is when it matters most.
+        (``stale_after_ms``) and which prefixes the rules manage. ``ttl_prefixes`` are the
+        key prefixes of the tables held in ``ttl`` on their own (their fills too should be
+        capped at the fallback TTL). Written even while Redis is out of memory: that is
+        when it matters most.
         """
         fields = _mode_fields(
             state, flag=flag, lag_s=lag_s, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
-            holds=holds, writer=WORKER,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WORKER,
         )  # fmt: skip
         if stale_after_ms is not None:
             fields["stale_after_ms"] = stale_after_ms
@@ -206,16 +227,18 @@ class ModeStore:
         fallback_ttl_ms: int,
         *,
         holds: tuple[Hold, ...],
+        ttl_prefixes: Iterable[str] = (),
         seen_updated_ms: str,
     ) -> bool:
         """Write the mode hash as the watchdog, unless the worker wrote it meanwhile.
 
         False (nothing written) when the worker wrote it since the watchdog read
-        ``seen_updated_ms`` from it: a returning worker is never overwritten.
+        ``seen_updated_ms`` from it: a returning worker is never overwritten. ``holds``
+        and ``ttl_prefixes`` carry the tables the worker left in ``ttl`` on their own.
         """
         fields = _mode_fields(
             state, flag=flag, lag_s=None, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
-            holds=holds, writer=WATCHDOG,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WATCHDOG,
         )  # fmt: skip
         pairs = [item for name, value in fields.items() for item in (name, value)]
         with reading(MODE_KEY, REWRITE):
@@ -255,8 +278,10 @@ def _mode_fields(
     now_ms: int,
     fallback_ttl_ms: int,
     holds: tuple[Hold, ...],
+    ttl_prefixes: Iterable[str],
     writer: str,
 ) -> dict[str | bytes, bytes | float | int | str]:
+    """The fields of ``cdc:mode`` every writer (the worker's leader, a watchdog) writes."""
     return {
         "mode": state.mode.value,
         "fallback_ttl_ms": fallback_ttl_ms,
@@ -265,7 +290,9 @@ def _mode_fields(
         "reason": state.reason,
         "since_ms": state.since_ms,
         "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
-        "holds": orjson.dumps(sorted({hold.cause.value for hold in holds})),
+        "holds": orjson.dumps(sorted({hold.label for hold in holds})),
+        "tables": orjson.dumps(table_holds(holds)),
+        "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
         "updated_ms": now_ms,
         "writer": writer,
     }
@@ -305,7 +332,10 @@ class LagSummary:
     def fields(self) -> dict[str | bytes, bytes | float | int | str]:
         """As a Redis hash."""
         lag = "" if self.lag_s is None else repr(self.lag_s)
-        holds = orjson.dumps([[hold.cause.value, hold.reason] for hold in self.holds]).decode()
+        holds = orjson.dumps(
+            [[hold.cause.value, hold.reason, *([hold.scope] if hold.scope else [])]
+             for hold in self.holds]
+        ).decode()  # fmt: skip
         return {
             "lag_s": lag,
             "stalled": "1" if self.stalled else "0",
@@ -324,8 +354,13 @@ class LagSummary:
             return None
         lag = fields.get("lag_s", "")
         holds = []
-        for cause, reason in orjson.loads(fields.get("holds") or "[]"):
+        for cause, reason, *scope in orjson.loads(fields.get("holds") or "[]"):
             known = Cause(cause) if cause in Cause.__members__.values() else None
+            if known in TABLE_CAUSES:
+                if scope:
+                    holds.append(Hold(known, reason, scope[0]))
+                    continue
+                known = None  # a table hold naming no table: hold everything instead
             holds.append(Hold(known or Cause.LINEAGE, reason if known else f"{cause}: {reason}"))
         return cls(
             float(lag) if lag else None,
@@ -378,13 +413,22 @@ class Shortener:
     """Runs :func:`shorten_ttls` in a background thread, one run at a time.
 
     Used by the worker's mode leader when it enters ``ttl`` and by the watchdog when it
-    takes over from a worker that is down. ``closing`` stops a run early.
+    takes over from a worker that is down, and (one per table) by the leader when a table
+    falls back on its own. ``closing`` stops a run early; ``context`` (such as the table)
+    goes into its log lines.
     """
 
-    def __init__(self, client: Client, keys_per_s: float, closing: threading.Event) -> None:
+    def __init__(
+        self,
+        client: Client,
+        keys_per_s: float,
+        closing: threading.Event,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
         self._client = client
         self._keys_per_s = keys_per_s
         self._closing = closing
+        self._context = dict(context or {})
         self._thread: threading.Thread | None = None
 
     def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
@@ -395,7 +439,10 @@ class Shortener:
         if self._thread is not None and self._thread.is_alive():
             return
         self._thread = threading.Thread(
-            target=self._run, args=(prefixes, ttl_ms, keep_going), name="cdc-ttl", daemon=True
+            target=self._run,
+            args=(prefixes, ttl_ms, keep_going),
+            name="-".join(["cdc-ttl", *self._context.values()]),
+            daemon=True,
         )
         self._thread.start()
 
@@ -418,14 +465,14 @@ class Shortener:
         except _REDIS_ERRORS as exc:
             log.error(
                 "could not give existing keys the fallback TTL; they keep their rule TTL",
-                extra={"error": str(exc)},
+                extra={"error": str(exc), **self._context},
             )
             return
         metrics.TTL_SHORTENED.inc(count)
         log.info(
             "existing keys given the fallback TTL",
             extra={"keys": count, "ttl_ms": ttl_ms,
-                   "seconds": round(time.monotonic() - started, 3)},
+                   "seconds": round(time.monotonic() - started, 3), **self._context},
         )  # fmt: skip
 
 
@@ -450,10 +497,20 @@ class ModeRuntime:
         interval_s: float = 1.0,
         shorten_keys_per_s: float = SHORTEN_KEYS_PER_S,
         clock: Callable[[], float] = time.time,
+        table_prefixes: Mapping[str, list[str]] | None = None,
+        table_config: TableConfig | None = None,
     ) -> None:
         self._store = ModeStore(client)
         self._client = client
         self.holds = Holds()
+        self._table_prefixes = dict(table_prefixes or {})
+        # Tables falling back on their own: fed by the writers, capped in every process.
+        self.tables = TableFallback(
+            self._table_prefixes, self.holds, fallback_ttl_ms, table_config, clock
+        )
+        self._ttl_tables: dict[str, str] = {}
+        self._table_shorteners: dict[str, Shortener] = {}
+        self._shorten_rate = shorten_keys_per_s
         self._tracker = tracker
         self._config = config
         self._fallback_ttl_ms = fallback_ttl_ms
@@ -497,7 +554,8 @@ class ModeRuntime:
         self._closing.set()
         if self._thread is not None:
             self._thread.join(10)
-        self._shortener.join(10)
+        for shortener in (self._shortener, *self._table_shorteners.values()):
+            shortener.join(10)
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag in Redis; the next tick acts on it."""
@@ -514,7 +572,8 @@ class ModeRuntime:
                 "reason": state.reason,
                 "since_ms": state.since_ms,
                 "lag_s": self._lag_s,
-                "holds": [{"cause": h.cause.value, "reason": h.reason} for h in self._holds],
+                "holds": [{"cause": h.label, "reason": h.reason} for h in self._holds],
+                "tables": dict(self._ttl_tables),
                 **({"problem": self._problem} if self._problem else {}),
             }
 
@@ -577,6 +636,7 @@ class ModeRuntime:
             self._state, decision = step(before, signal, self._config)
             self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
             state = self._state
+        tables = table_holds(summary.holds)
         self._store.publish(
             state,
             flag,
@@ -584,12 +644,15 @@ class ModeRuntime:
             now,
             self._fallback_ttl_ms,
             holds=summary.holds,
+            ttl_prefixes=[p for table in tables for p in self._table_prefixes.get(table, ())],
             stale_after_ms=int((self._config.slo_s + self._config.window_s) * 1000),
             prefixes=self._prefixes,
         )
         _export_mode(state.mode, flag)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
+        for table in self._tables_switched(tables):
+            self._start_table_shortening(table)
         return decision
 
     def _follow(self, local: LagSummary) -> Decision:
@@ -606,7 +669,37 @@ class ModeRuntime:
                 self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
             self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
         _export_mode(mode, flag)
+        self._tables_switched(record.tables if record else {})
         return Decision(mode, mode is not before.mode, cause, reason)
+
+    def _tables_switched(self, tables: dict[str, str]) -> list[str]:
+        """Adopt the tables falling back on their own; returns those that just began to.
+
+        Each switch is logged with its cause ``table_failing:<table>``; the writers of
+        this process cap those tables' TTLs from now on.
+        """
+        with self._lock:
+            before, self._ttl_tables = self._ttl_tables, dict(tables)
+        self.tables.set_effective(tables)
+        for table in before.keys() - tables.keys():
+            metrics.TABLE_FALLBACK.labels(table).set(0)
+            log.warning(
+                "table back to cdc mode: its changes apply again",
+                extra={"table": table, "cause": f"{Cause.TABLE_FAILING}:{table}"},
+            )
+        began = sorted(tables.keys() - before.keys())
+        for table in began:
+            metrics.TABLE_FALLBACK.labels(table).set(1)
+            log.warning(
+                "table falls back to ttl mode on its own",
+                extra={
+                    "table": table,
+                    "cause": f"{Cause.TABLE_FAILING}:{table}",
+                    "reason": tables[table],
+                    "ttl_ms": self._fallback_ttl_ms,
+                },
+            )
+        return began
 
     def _others(self) -> list[LagSummary]:
         """The other processes' summaries; one that stopped reporting counts as stalled."""
@@ -642,6 +735,21 @@ class ModeRuntime:
         self._shortener.start(
             self._prefixes, self._fallback_ttl_ms, lambda: self.ttl_cap_ms() is not None
         )
+
+    def _start_table_shortening(self, table: str) -> None:
+        """Give the keys under ``table``'s prefixes the fallback TTL (the leader only)."""
+
+        def still_failing() -> bool:
+            with self._lock:
+                return table in self._ttl_tables
+
+        shortener = self._table_shorteners.get(table)
+        if shortener is None:
+            shortener = Shortener(
+                self._client, self._shorten_rate, self._closing, context={"table": table}
+            )
+            self._table_shorteners[table] = shortener
+        shortener.start(self._table_prefixes.get(table, []), self._fallback_ttl_ms, still_failing)
 
     def _take_back(self) -> None:
         """A watchdog decided while no worker was alive: decide again, from ``ttl``.

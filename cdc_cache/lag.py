@@ -176,10 +176,14 @@ class LagTracker:
         """The heartbeats of every connector feeding ``topic``; empty unless all sent some.
 
         The feeders are those seen on the topic and those it is named for
-        (``<server>.<db>.<table>``, ``__debezium-heartbeat.<server>``). A heartbeat topic's
-        own partitions belong to its connector too: heartbeats all land in one of them, and
-        the others must not read as stalled.
+        (``<server>.<db>.<table>``, ``__debezium-heartbeat.<server>``, and ``<server>``: its
+        schema-change topic, idle between DDL statements). A heartbeat topic's own
+        partitions belong to its connector too: heartbeats all land in one of them, and the
+        others must not read as stalled.
         """
-        feeders = self._feeds.get(topic, set()) | servers_named_in(self._servers, topic)
+        named = servers_named_in(self._servers, topic)
+        if topic in self._servers:  # the schema-change topic (named_for leaves it out)
+            named.add(topic)
+        feeders = self._feeds.get(topic, set()) | named
         beats = [self._servers.get(name) for name in feeders]
         return [beat for beat in beats if beat is not None] if None not in beats else []

@@ -35,6 +35,15 @@ DLQ_ENTRIES = Counter(
     ["kind", "table"],
     namespace=NAMESPACE,
 )
+FAILED_CHANGE_KEYS = Counter(
+    "failed_change_keys",
+    "Keys of changes that could not be applied as planned, by table and outcome: deleted "
+    "(version-gated, tombstone left), skipped (the key already holds that change or a newer "
+    "one), unversioned (plain DEL: its version key holds another type), unreached (no image "
+    "of the change renders the key: it may serve the old row until its TTL)",
+    ["table", "outcome"],
+    namespace=NAMESPACE,
+)
 DLQ_REPLAYS = Counter(
     "dlq_replays",
     "Replays of dead-letter entries, by outcome (applied, stale, duplicate, no_op, failed)",
@@ -120,7 +129,7 @@ MODE_HOLDS = Gauge(
     "mode_holds",
     "Active holds by cause: conditions under which the cache cannot be known right, each "
     "forcing ttl mode while it lasts (lineage, redis_oom, redis_replication, "
-    "source_discontinuity, worker_down)",
+    "source_discontinuity, worker_down; table_failing counts tables falling back alone)",
     ["cause"],
     namespace=NAMESPACE,
 )
@@ -170,6 +179,27 @@ VERSIONS_SWEPT = Counter(
 VERSIONS_KEPT = Gauge(
     "versions",
     "Version records (tombstones included) in Redis after the last sweep",
+    namespace=NAMESPACE,
+)
+TABLE_FALLBACK = Gauge(
+    "table_fallback",
+    "1 while the table falls back to ttl mode on its own (cause table_failing:<table>: its "
+    "changes keep failing, or its columns no longer fit the rules), else 0",
+    ["table"],
+    namespace=NAMESPACE,
+)
+SCHEMA_CHANGES = Counter(
+    "schema_changes",
+    "Changes of a covered table's columns, seen in a DDL record or in the rows themselves",
+    ["table"],
+    namespace=NAMESPACE,
+)
+RULES_COLUMN_PROBLEMS = Gauge(
+    "rules_column_problems",
+    "Columns the rules name that the table no longer has, by table and whether that breaks "
+    "its changes (breaks=true: keys, fields, notifications; false: watch, sensitive, "
+    "columns, types, render); the worker log names the rules file and line of each",
+    ["table", "breaks"],
     namespace=NAMESPACE,
 )
 LINEAGE_SWITCHES = Counter(
@@ -316,4 +346,62 @@ GATEWAY_DELIVERY = Histogram(
     "Source commit time to the gateway reading the notification and queueing it to clients",
     namespace=NAMESPACE,
     buckets=_LATENCY_BUCKETS,
+)
+
+# --- the consistency inspector (cdc-cache inspect) ---
+INSPECT_CHECKS = Counter(
+    "inspect_checks",
+    "Sampled changes judged settle_s after the inspector read them, by table and outcome "
+    "(consistent, stale, missing, unexpected)",
+    ["table", "outcome"],
+    namespace=NAMESPACE,
+)
+INSPECT_SKIPPED = Counter(
+    "inspect_skipped",
+    "Changes not sampled and samples given up without a judgement, by reason (rate, "
+    "backlog, busy_row, undecodable, unrenderable)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+INSPECT_NINES = Gauge(
+    "inspect_consistency_nines",
+    "Consistency of the checks of the window in nines, -log10(inconsistent / checks): +Inf "
+    "without any inconsistency, NaN below inspect_min_checks checks",
+    ["window"],
+    namespace=NAMESPACE,
+)
+INSPECT_WINDOW_CHECKS = Gauge(
+    "inspect_window_checks",
+    "Checks made in the window",
+    ["window"],
+    namespace=NAMESPACE,
+)
+INSPECT_OBJECTIVE = Gauge(
+    "inspect_objective_nines",
+    "The consistency objective in nines (inspect_objective_nines): the alert fires below it",
+    namespace=NAMESPACE,
+)
+INSPECT_TIME_TO_CONSISTENCY = Histogram(
+    "inspect_time_to_consistency_seconds",
+    "Source commit time of a sampled change until its keys were seen right: by probes of the "
+    "cache (50 ms after it was read, doubling, until settle_s), else by re-checks of a wrong "
+    "key; MySQL/MariaDB commit times have one-second resolution",
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)
+INSPECT_UNRESOLVED = Counter(
+    "inspect_unresolved",
+    "Samples still inconsistent when their re-checks ran out (inspect_recheck_limit_s), by outcome",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+INSPECT_PENDING = Gauge(
+    "inspect_pending_samples",
+    "Samples waiting for their check or re-check",
+    namespace=NAMESPACE,
+)
+INSPECT_DB_QUERIES = Counter(
+    "inspect_db_queries",
+    "Queries the inspector sent to the database (bounded by inspect_max_db_queries_per_s)",
+    namespace=NAMESPACE,
 )

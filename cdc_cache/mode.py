@@ -17,6 +17,7 @@ nobody can vouch for. When the last hold clears the mode follows the lag again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -51,6 +52,7 @@ class Cause(StrEnum):
     REDIS_REPLICATION = "redis_replication"
     SOURCE_DISCONTINUITY = "source_discontinuity"
     WORKER_DOWN = "worker_down"
+    TABLE_FAILING = "table_failing"  # one table only (see TABLE_CAUSES)
 
 
 HOLD_CAUSES = frozenset(
@@ -60,21 +62,41 @@ HOLD_CAUSES = frozenset(
         Cause.REDIS_REPLICATION,
         Cause.SOURCE_DISCONTINUITY,
         Cause.WORKER_DOWN,
+        Cause.TABLE_FAILING,
     }
 )
+# Holds that force ttl on one table (their scope) rather than on the whole cache.
+TABLE_CAUSES = frozenset({Cause.TABLE_FAILING})
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Hold:
-    """A condition that forces ``ttl`` while it lasts; ``reason`` says what and where."""
+    """A condition that forces ``ttl`` while it lasts; ``reason`` says what and where.
+
+    A hold of a table cause names its table in ``scope`` and forces ``ttl`` on that
+    table only (see ``cdc_cache.table_mode``); every other hold forces it on everything.
+    """
 
     cause: Cause
     reason: str
+    scope: str = ""
 
     def __post_init__(self) -> None:
         if self.cause not in HOLD_CAUSES:
             msg = f"{self.cause!r} is not a hold cause; use one of {sorted(HOLD_CAUSES)}"
             raise ValueError(msg)
+
+    @property
+    def label(self) -> str:
+        """The cause as shown to operators: ``table_failing:<table>`` for a table's hold."""
+        if self.cause in TABLE_CAUSES:
+            return f"{self.cause.value}:{self.scope}"
+        return self.cause.value
+
+
+def table_holds(holds: Iterable[Hold]) -> dict[str, str]:
+    """The tables held in ``ttl`` on their own, with the reason of each."""
+    return {hold.scope: hold.reason for hold in sorted(holds) if hold.cause in TABLE_CAUSES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +122,8 @@ class Signal:
 
     ``lag_s`` is the worst connector lag (None while no partition is known yet);
     ``stalled`` says nothing at all arrived for longer than the SLO somewhere; ``where``
-    names the worst partition, for the reason text; ``holds`` are the active holds.
+    names the worst partition, for the reason text; ``holds`` are the active holds
+    (those of one table leave the cache's mode alone).
     """
 
     now_ms: int
@@ -153,11 +176,11 @@ def step(state: ModeState, signal: Signal, config: ModeConfig) -> tuple[ModeStat
     if signal.flag is not Flag.AUTO:
         target, cause = Mode(signal.flag.value), Cause.FORCED
         reason = f"forced by the operator flag ({signal.flag})"
-    elif signal.holds:
-        first = min(signal.holds)
+    elif holds := [hold for hold in signal.holds if hold.cause not in TABLE_CAUSES]:
+        first = min(holds)
         target, cause, reason = Mode.TTL, first.cause, first.reason
-        if len(signal.holds) > 1:
-            reason += f" (and {len(signal.holds) - 1} more hold(s))"
+        if len(holds) > 1:
+            reason += f" (and {len(holds) - 1} more hold(s))"
     else:
         target, cause, reason = auto.auto, auto.auto_cause, auto.auto_reason
     switched = target is not state.mode

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeVar
 
+import orjson
 from redis import exceptions as rex
 
 from cdc_cache.errors import ConfigError
@@ -59,7 +60,10 @@ def parse_flag(value: str | bytes | None, where: str = MODE_FLAG_KEY) -> Flag:
 
 @dataclass(frozen=True, slots=True)
 class ModeRecord:
-    """The effective mode as the leader published it in ``cdc:mode``."""
+    """The effective mode as the leader published it in ``cdc:mode``.
+
+    ``tables`` are the tables in ``ttl`` mode on their own, with the reason of each.
+    """
 
     mode: Mode
     flag: Flag
@@ -67,6 +71,7 @@ class ModeRecord:
     reason: str
     since_ms: int
     lag_s: str
+    tables: dict[str, str] = field(default_factory=dict)
     writer: str = "worker"  # or "watchdog", standing in for a worker that is down
 
     @classmethod
@@ -85,8 +90,21 @@ class ModeRecord:
             reason=fields.get("reason", ""),
             since_ms=int(since),
             lag_s=fields.get("lag_s", ""),
+            tables=_tables(fields.get("tables")),
             writer=fields.get("writer", "worker"),
         )
+
+
+def _tables(text: str | None) -> dict[str, str]:
+    """The ``tables`` field: a JSON object of table and reason (absent: none)."""
+    try:
+        tables = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        tables = None
+    if not isinstance(tables, dict) or not all(isinstance(v, str) for v in tables.values()):
+        msg = f"{MODE_KEY} field tables holds {text!r}, not a JSON object of reasons; {REWRITE}"
+        raise ModeKeyError(msg)
+    return tables
 
 
 def _member(kind: type[_E], fields: Mapping[str, str], name: str, default: str) -> _E:

@@ -15,9 +15,12 @@ from dataclasses import dataclass, replace
 
 import orjson
 
+from cdc_cache import invalidations
 from cdc_cache.envelope import Parse, decode, table_hint
 from cdc_cache.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.invalidations import Invalidation
+from cdc_cache.natural import UndecodableValue
 from cdc_cache.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.ops import CacheOp, SetRow
 from cdc_cache.plan import plan
@@ -46,11 +49,14 @@ class Rejected:
     """A message that cannot be processed; the error names why and where it came from.
 
     ``event`` is the decoded change when only planning failed (its table, key, position
-    go into the dead letter).
+    go into the dead letter), with its values as its table caches them (those that decode);
+    ``invalidation`` the deletes it still allows (see :mod:`cdc_cache.invalidations`),
+    applied before the change is dead-lettered.
     """
 
     error: PoisonMessage
     event: ChangeEvent | None = None
+    invalidation: Invalidation = invalidations.NOTHING
 
     @property
     def record(self) -> SourceRecord:
@@ -67,6 +73,8 @@ class Rejected:
 
 
 Routed = Planned | Control | Rejected
+
+_DECODING_VALUES = "decoding values"  # the stage whose failure leaves the values undecoded
 
 EpochOf = Callable[[SourceRecord, ChangeEvent], int]
 """The epoch of a decoded change's lineage (see cdc_cache.lineage_tracker)."""
@@ -85,11 +93,15 @@ def route(
 
     ``parse`` reads keys and values (JSON by default; an AvroParser for Avro topics).
     ``epoch_of`` gives a change its lineage's epoch before it is planned (otherwise every
-    change has ``epoch``, the operator's ``source_epoch``). A
+    change has ``epoch``, the operator's ``source_epoch``). The change's values are decoded
+    as its table's rules say (:mod:`cdc_cache.natural`) before planning, so keys, values
+    and notifications all see the same values. A
     projected value longer than ``max_value_bytes`` rejects the whole change (writing the
-    change's other keys alone would leave its keys inconsistent with each other).
-    Only a transient error (a server to wait for) is raised, and what ``epoch_of`` raises:
-    the lineage registry's trouble is no message's poison.
+    change's other keys alone would leave its keys inconsistent with each other): its keys
+    are deleted instead, like those of a change the rules cannot render, and so are those
+    of a change whose planning raised anything else. Only a transient error (a server to
+    wait for) is raised, and what ``epoch_of`` raises: the lineage registry's trouble is
+    no message's poison.
     """
     try:
         decoded = decode(record, epoch=epoch, parse=parse)
@@ -99,26 +111,56 @@ def route(
         return Control(record, decoded)
     if epoch_of is not None:
         decoded = _with_epoch(decoded, epoch_of(record, decoded))
-    stage = "planning"
+    event = decoded
+    stage = _DECODING_VALUES
+    ops: tuple[CacheOp, ...] | None = None
     try:
-        ops = tuple(plan(decoded, rules))
+        table = rules.for_table(decoded.table)
+        if table is not None:
+            event = table.values.event(decoded)
+        stage = "planning"
+        ops = tuple(plan(event, rules))
         if max_value_bytes is not None:
             stage = "checking value sizes"
-            _check_sizes(ops, max_value_bytes, decoded)
-        return Planned(record, decoded, ops)
+            _check_sizes(ops, max_value_bytes, event)
+        return Planned(record, event, ops)
+    except UndecodableValue as error:  # its keys still render from what decodes
+        return Rejected(error.at(record), error.partial, _salvage(error.partial, None, rules))
     except Exception as exc:
-        return _rejected(exc, stage, record, decoded)
+        salvage = _salvage(event, ops, rules, decoded=stage != _DECODING_VALUES)
+        return _rejected(exc, stage, record, event, salvage)
 
 
 def _rejected(
-    exc: Exception, stage: str, record: SourceRecord, event: ChangeEvent | None
+    exc: Exception,
+    stage: str,
+    record: SourceRecord,
+    event: ChangeEvent | None,
+    invalidation: Invalidation = invalidations.NOTHING,
 ) -> Rejected:
     """A message's own error as its rejection; a transient one is raised (wait, retry)."""
     if isinstance(exc, PoisonMessage):
-        return Rejected(exc.at(record) if exc.record is None else exc, event)
+        return Rejected(exc.at(record) if exc.record is None else exc, event, invalidation)
     if isinstance(exc, TransientError):
         raise exc
-    return Rejected(unexpected(exc, stage, record, event), event)  # any other: its poison
+    poison = unexpected(exc, stage, record, event)  # any other: its poison
+    return Rejected(poison, event, invalidation)
+
+
+def _salvage(
+    event: ChangeEvent, ops: tuple[CacheOp, ...] | None, rules: Rules, *, decoded: bool = True
+) -> Invalidation:
+    """The deletes a rejected change still allows: its planned keys, else its images' keys.
+
+    When decoding its values raised (not ``decoded``), its keys render only from the
+    columns its table caches as they came: a key of a decoded column is unreached.
+    """
+    if ops is not None:
+        return invalidations.of_ops(ops)
+    table = rules.for_table(event.table)
+    if table is not None and not decoded:
+        event = table.values.undecoded(event)
+    return invalidations.of_images(event, table)
 
 
 def unexpected(

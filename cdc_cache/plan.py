@@ -2,16 +2,18 @@
 
 No I/O. Every decision that makes the cache correct lives here and is tested without
 servers: which keys a change touches, moves between keys, watched columns, TRUNCATE.
+The images it gets hold the values as the table caches them (natural values once
+:meth:`~cdc_cache.natural.TableValues.event` decoded them); :func:`encode` is the one
+serializer of a row for a key, shared with application fills (``cdc_cache.fill``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
-
 from cdc_cache.errors import MissingPrimaryKey, RenderError
 from cdc_cache.events import ChangeEvent, Op, Row
+from cdc_cache.natural import dumps
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow, ValueFormat
 from cdc_cache.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
 
@@ -97,7 +99,7 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
     if rule is None or not ops:
         return ops
     row = {**event.key, **(event.before or {})} if event.op is Op.DELETE else event.after or {}
-    payload = orjson.dumps(
+    payload = dumps(
         {
             "table": event.table,
             "op": event.op.value,
@@ -177,29 +179,38 @@ def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
 
 
 def _set_row(rule: KeyRule, key: str, after: Row, event: ChangeEvent, table: TableRules) -> SetRow:
-    projected = _project(rule.fields, after, rule, event)
-    value: bytes | tuple[tuple[str, str], ...]
-    if rule.format is ValueFormat.JSON:
-        value = orjson.dumps(projected)
-    else:
-        value = tuple((name, _hash_field(v)) for name, v in projected.items() if v is not None)
+    try:
+        value = encode(rule, after)
+    except MissingColumn as exc:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: key "
+            f"'{rule.template.source}' projects column {exc.column!r}, absent from the row"
+        )
+        raise RenderError(msg) from exc
     return SetRow(key, event.position, value, rule.format, rule.ttl_ms, table.tombstone_ttl_ms)
 
 
-def _project(fields: Iterable[str] | None, after: Row, rule: KeyRule, event: ChangeEvent) -> Row:
+def encode(rule: KeyRule, row: Row) -> bytes | tuple[tuple[str, str], ...]:
+    """What ``rule`` stores for ``row``: its JSON document, or its hash fields.
+
+    Raises MissingColumn when the rule projects a column the row does not carry.
+    """
+    projected = _project(rule.fields, row)
+    if rule.format is ValueFormat.JSON:
+        return dumps(projected)
+    return tuple((name, _hash_field(v)) for name, v in projected.items() if v is not None)
+
+
+def _project(fields: Iterable[str] | None, row: Row) -> Row:
     if fields is None:
-        return after
+        return row
     try:
-        return {name: after[name] for name in fields}
+        return {name: row[name] for name in fields}
     except KeyError as exc:
-        msg = (
-            f"{event.table} {event.op.value} at {event.position}: key "
-            f"'{rule.template.source}' projects column {exc.args[0]!r}, absent from the row"
-        )
-        raise RenderError(msg) from exc
+        raise MissingColumn(exc.args[0]) from None
 
 
 def _hash_field(value: object) -> str:
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return dumps(value).decode()

@@ -433,8 +433,9 @@ def version_of(op: KeyOp) -> str:
 
     A change of primary key reaches Debezium's topic as a delete of the old row and a
     create of the new one at the same position. When both map to one cache key, the
-    create must win, so at an equal position a set ranks above a delete. No other pair of
-    ops shares a key and a position (the planner never emits both for one row change).
+    create must win, so at an equal position a set ranks above a delete. The only other
+    pair is a change that failed, whose keys were deleted at its position
+    (``cdc_cache.invalidations``), replayed once its cause is fixed: its set must win too.
     """
     return encode_version(op.position, delete=isinstance(op, DeleteKey))
 
@@ -525,6 +526,21 @@ class RedisApplier:
                     pending.append(op)
             outcomes += self._apply_key_ops(pending)
         return ApplyResult(tuple(outcomes), tuple(invalidated))
+
+    def discard(self, keys: Sequence[str]) -> int:
+        """Delete ``keys`` and their leases with no version gate; how many keys existed.
+
+        Only for keys whose gate cannot run (a version key of another type refuses every
+        op on its key): deleting is always safe, and no change can write such a key again
+        until its version key is repaired, so nothing older can come back either.
+        """
+        with _translated(f"deleting {len(keys)} keys without their versions"):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(key)  # one key per DEL: a Cluster pipeline takes no more
+                pipe.delete(lease_key(key))
+            replies = pipe.execute()
+        return sum(int(found) for found in replies[::2])
 
     def _apply_key_ops(self, ops: Sequence[KeyOp | Notify]) -> list[Outcome]:
         """Apply key ops, one call per slot and chunk; refused calls again as invalidations."""

@@ -69,6 +69,11 @@ def _log_and_count(failure: Failure, entry: dict[str, Any]) -> None:
     error, record = failure.error, failure.record
     metrics.RECORDS.labels("rejected").inc()
     metrics.POISON.labels(error.kind, failure.table).inc()
+    invalidated = failure.invalidation
+    if invalidated is not None:
+        for outcome, count in invalidated.counts.items():
+            if count:
+                metrics.FAILED_CHANGE_KEYS.labels(failure.table, outcome.value).inc(count)
     log.error(
         "message rejected",
         extra={
@@ -79,5 +84,6 @@ def _log_and_count(failure: Failure, entry: dict[str, Any]) -> None:
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
+            "keys": invalidated.entry() if invalidated is not None else None,
         },
     )

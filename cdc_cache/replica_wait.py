@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from redis import RedisCluster
 from redis.cluster import ClusterNode
@@ -36,7 +36,7 @@ from cdc_cache.fallback import Holds
 from cdc_cache.keys import key_slot, slot_tag, tag_for_slot
 from cdc_cache.mode import Cause
 from cdc_cache.ops import CacheOp, InvalidatePrefix, Notify
-from cdc_cache.redis_apply import ApplyResult, Client, translated_errors
+from cdc_cache.redis_apply import Client, translated_errors
 from cdc_cache.replication import ReplicationInfo
 
 log = logging.getLogger("cdc_cache.replica_wait")
@@ -45,6 +45,8 @@ MARKER_TTL_MS: Final = 600_000
 # The marker is written even while Redis is out of memory (a few bytes with a TTL): the
 # batch's invalidations land then too, and their wait must not stall the flow.
 _MARKER: Final = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"
+
+T = TypeVar("T")
 
 
 class PrimaryChanged(RedisUnavailable):
@@ -100,29 +102,27 @@ class ReplicaWait:
                 self._seen[node] = info.replid
         return self
 
-    def guarded(
-        self, apply: Callable[[], ApplyResult], ops: Sequence[CacheOp]
-    ) -> Callable[[], ApplyResult]:
-        """``apply`` followed by the wait, as one retryable step.
+    def guarded(self, apply: Callable[[], T], ops: Sequence[CacheOp]) -> Callable[[], T]:
+        """``apply`` (the writes of ``ops``) followed by the wait, as one retryable step.
 
         A transient failure of the wait retries only the wait; a :class:`PrimaryChanged`
         retries the writes too. The wait covers the primaries the ops belonged to before
         the writes and after them (a slot may move meanwhile).
         """
-        applied: ApplyResult | None = None
+        applied: list[T] = []  # the writes' result, once they were made
         before: Touched = {}
 
-        def attempt() -> ApplyResult:
-            nonlocal applied, before
-            if applied is None:
+        def attempt() -> T:
+            nonlocal before
+            if not applied:
                 before = self.touched(ops)
-                applied = apply()
+                applied.append(apply())
             try:
                 self.confirm({**before, **self.touched(ops)})
             except PrimaryChanged:
-                applied = None
+                applied.clear()
                 raise
-            return applied
+            return applied[0]
 
         return attempt
 

@@ -20,6 +20,16 @@ import yaml
 from cdc_cache.errors import ConfigError
 from cdc_cache.events import Row
 from cdc_cache.keys import LEGACY_VERSION_PREFIX, VERSION_PREFIX, escape_value
+from cdc_cache.logical import ColumnType, Kind, declared
+from cdc_cache.natural import (
+    RENDER_CHOICES,
+    WIRE_VALUES,
+    Decimals,
+    Rendering,
+    TableValues,
+    Timestamps,
+    Values,
+)
 from cdc_cache.ops import ValueFormat
 
 _DURATION: Final = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
@@ -32,6 +42,13 @@ _E = TypeVar("_E", bound=StrEnum)
 DEFAULT_SAFETY_TTL_MS: Final = 24 * 3_600_000
 DEFAULT_TOMBSTONE_TTL_MS: Final = 3_600_000
 DEFAULT_NOTIFY_MAXLEN: Final = 10_000
+RULES_VERSIONS: Final = (1, 2)
+# What a rules file caches when it does not choose: version 1 keeps Debezium's wire values.
+VERSION_VALUES: Final = {1: Values.WIRE, 2: Values.NATURAL}
+_TIMESTAMP_KINDS: Final = frozenset(
+    {Kind.TIMESTAMP_MS, Kind.TIMESTAMP_US, Kind.TIMESTAMP_NS, Kind.ZONED_TIMESTAMP}
+)
+_DECIMAL_KINDS: Final = frozenset({Kind.DECIMAL, Kind.VARIABLE_DECIMAL})
 
 
 class Action(StrEnum):
@@ -53,7 +70,9 @@ class MissingColumn(KeyError):
 class KeyTemplate:
     """A key pattern such as ``stock:{sku_id}:{warehouse}``; ``{{``/``}}`` are literal braces.
 
-    Compiled once into literal/column pieces so rendering is a join, not a parse.
+    Compiled once into literal/column pieces so rendering is a join, not a parse. Values
+    are rendered from the row as the planner has it: natural values for a table whose
+    values are decoded (a DATE column reads ``2026-11-29``), else as Debezium shipped them.
     """
 
     source: str
@@ -129,9 +148,44 @@ class NotifyRule:
     line: int
 
 
+class Use(StrEnum):
+    """Where the rules name a column (what a change to it, or its absence, affects)."""
+
+    KEY = "key"
+    FIELDS = "fields"
+    CHANNEL = "notify.channel"
+    NOTIFY_FIELDS = "notify.fields"
+    WATCH = "watch"
+    SENSITIVE = "sensitive"
+    COLUMNS = "columns"
+    TYPES = "types"
+    RENDER = "render"
+
+    @property
+    def breaks_changes(self) -> bool:
+        """Without the column, a change of the table cannot be applied as planned."""
+        return self in (Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnUse:
+    """One column named by the rules: where (``tables.<t>.keys[0].fields``), which line."""
+
+    column: str
+    use: Use
+    where: str
+    line: int
+
+
 @dataclass(frozen=True, slots=True)
 class TableRules:
-    """Everything the planner needs for one table."""
+    """Everything the planner needs for one table.
+
+    ``uses`` lists every column the table's rules name, with its line, so a schema
+    change can be checked against them (:mod:`cdc_cache.schema_watch`). ``values`` says
+    how its column values are cached (decoded into their natural form, or as Debezium
+    ships them), see :mod:`cdc_cache.natural`.
+    """
 
     table: str
     keys: tuple[KeyRule, ...]
@@ -139,6 +193,8 @@ class TableRules:
     tombstone_ttl_ms: int
     sensitive: frozenset[str] = frozenset()
     notify: NotifyRule | None = None
+    uses: tuple[ColumnUse, ...] = ()
+    values: TableValues = WIRE_VALUES
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -148,12 +204,17 @@ class TableRules:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Compiled rules for every covered table."""
+    """Compiled rules for every covered table.
+
+    ``implicit_wire`` names the tables cached as Debezium ships their values only because
+    the file chose nothing (rules version 1): the worker says so at start.
+    """
 
     tables: Mapping[str, TableRules]
     path: str = "<rules>"
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
+    implicit_wire: tuple[str, ...] = ()
 
     def for_table(self, table: str) -> TableRules | None:
         """Rules for ``table``, or None when the table is not covered."""
@@ -239,9 +300,14 @@ class _Checker:
 
     path: str
     problems: list[str] = field(default_factory=list)
+    uses: list[ColumnUse] = field(default_factory=list)  # the current table's
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
     format: ValueFormat = ValueFormat.JSON
+    values: Values = Values.WIRE
+    values_chosen: bool = False
+    rendering: Rendering = field(default_factory=Rendering)
+    implicit_wire: list[str] = field(default_factory=list)
 
     def problem(self, node: yaml.Node | None, where: str, what: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -275,7 +341,8 @@ class _Checker:
         self.problem(node, where, "expected a single value")
         return None
 
-    def names(self, node: yaml.Node, where: str) -> tuple[str, ...] | None:
+    def names(self, node: yaml.Node, where: str, use: Use | None = None) -> tuple[str, ...] | None:
+        """A list of column names; with ``use``, each is recorded with its own line."""
         if not isinstance(node, yaml.SequenceNode):
             self.problem(node, where, "expected a list of column names, e.g. [id, name]")
             return None
@@ -286,7 +353,12 @@ class _Checker:
                 self.problem(item, where, f"'{value}' is not a column name")
             elif value is not None:
                 out.append(value)
+                if use is not None:
+                    self.used(value, use, where, item)
         return tuple(out)
+
+    def used(self, column: str, use: Use, where: str, node: yaml.Node) -> None:
+        self.uses.append(ColumnUse(column, use, where, node.start_mark.line + 1))
 
     def duration(self, node: yaml.Node | None, where: str, default: int) -> int:
         if node is None:
@@ -318,10 +390,25 @@ class _Checker:
             self.problem(None, "rules", "the file is empty; it needs a 'tables:' mapping")
             return Rules({}, self.path)
         top = self.mapping(root, "rules", frozenset({"version", "defaults", "tables"}))
+        version = self.version(_value(top, "version"))
         defaults = self.mapping(
             _value(top, "defaults"),
             "defaults",
-            frozenset({"safety_ttl", "tombstone_ttl", "format"}),
+            frozenset(
+                {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
+            ),
+        )
+        self.values_chosen = "values" in defaults or version != 1
+        self.values = self.choice(
+            _value(defaults, "values"), "defaults.values", Values, VERSION_VALUES[version]
+        )
+        self.rendering = Rendering(
+            self.choice(
+                _value(defaults, "decimals"), "defaults.decimals", Decimals, Decimals.STRING
+            ),
+            self.choice(
+                _value(defaults, "timestamps"), "defaults.timestamps", Timestamps, Timestamps.ISO
+            ),
         )
         self.safety_ttl_ms = self.duration(
             _value(defaults, "safety_ttl"), "defaults.safety_ttl", DEFAULT_SAFETY_TTL_MS
@@ -353,7 +440,27 @@ class _Checker:
                 tables[name] = table
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
-        return Rules(tables, self.path, self.safety_ttl_ms, self.tombstone_ttl_ms)
+        return Rules(
+            tables,
+            self.path,
+            self.safety_ttl_ms,
+            self.tombstone_ttl_ms,
+            tuple(self.implicit_wire),
+        )
+
+    def version(self, node: yaml.Node | None) -> int:
+        if node is None:
+            return 1
+        value = self.scalar(node, "version")
+        if value is None or not value.isdigit() or int(value) not in RULES_VERSIONS:
+            self.problem(
+                node,
+                "version",
+                f"{value!r} is not a rules version; use 1 (values as Debezium ships them) "
+                "or 2 (values decoded into the application's shape)",
+            )
+            return 1
+        return int(value)
 
     def table(
         self,
@@ -364,10 +471,18 @@ class _Checker:
         items = self.mapping(
             node,
             where,
-            frozenset({"columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify"}),
-        )
+            frozenset(
+                {
+                    "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
+                    "values", "decimals", "timestamps", "types", "render",
+                }
+            ),
+        )  # fmt: skip
+        self.uses = []
         columns_node = _value(items, "columns")
-        columns = self.names(columns_node, f"{where}.columns") if columns_node else None
+        columns = (
+            self.names(columns_node, f"{where}.columns", Use.COLUMNS) if columns_node else None
+        )
         known = frozenset(columns) if columns is not None else None
 
         def check_columns(node: yaml.Node, at: str, used: tuple[str, ...]) -> None:
@@ -384,11 +499,15 @@ class _Checker:
                     )
 
         sensitive_node = _value(items, "sensitive")
-        sensitive = self.names(sensitive_node, f"{where}.sensitive") if sensitive_node else None
+        sensitive = (
+            self.names(sensitive_node, f"{where}.sensitive", Use.SENSITIVE)
+            if sensitive_node
+            else None
+        )
         if sensitive_node is not None and sensitive is not None:
             check_columns(sensitive_node, f"{where}.sensitive", sensitive)
         watch_node = _value(items, "watch")
-        watch = self.names(watch_node, f"{where}.watch") if watch_node else None
+        watch = self.names(watch_node, f"{where}.watch", Use.WATCH) if watch_node else None
         if watch_node is not None and watch is not None:
             check_columns(watch_node, f"{where}.watch", watch)
         keys_node = _value(items, "keys")
@@ -423,6 +542,7 @@ class _Checker:
             if notify is not None:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
+        values = self.table_values(name, items, where, check_columns)
         return TableRules(
             name,
             tuple(rules),
@@ -430,7 +550,96 @@ class _Checker:
             tombstone_ttl,
             frozenset(sensitive or ()),
             notify,
+            tuple(self.uses),
+            values,
         )
+
+    def table_values(
+        self,
+        name: str,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> TableValues:
+        """How the table's values are cached: decoded or not, declared types, choices."""
+        values = self.choice(_value(items, "values"), f"{where}.values", Values, self.values)
+        if "values" not in items and not self.values_chosen:
+            self.implicit_wire.append(name)
+        rendering = Rendering(
+            self.choice(
+                _value(items, "decimals"), f"{where}.decimals", Decimals, self.rendering.decimals
+            ),
+            self.choice(
+                _value(items, "timestamps"),
+                f"{where}.timestamps",
+                Timestamps,
+                self.rendering.timestamps,
+            ),
+        )
+        types = self.column_types(_value(items, "types"), f"{where}.types", check_columns)
+        render = self.render(_value(items, "render"), f"{where}.render", types, rendering)
+        render = {column: chosen for column, chosen in render.items() if chosen != rendering}
+        if values is Values.WIRE:
+            for setting in ("decimals", "timestamps", "types", "render"):
+                if setting in items:
+                    self.problem(
+                        items[setting][0],
+                        f"{where}.{setting}",
+                        "applies only to decoded values, but this table's values are cached "
+                        "as Debezium ships them; set values: natural (or rules version: 2)",
+                    )
+            return WIRE_VALUES
+        return TableValues(True, types, rendering, render)
+
+    def column_types(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> dict[str, ColumnType]:
+        out: dict[str, ColumnType] = {}
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            check_columns(key_node, where, (column,))
+            self.used(column, Use.TYPES, where, key_node)
+            text = self.scalar(value_node, f"{where}.{column}")
+            if text is None:
+                continue
+            try:
+                out[column] = declared(text)
+            except ValueError as exc:
+                self.problem(value_node, f"{where}.{column}", str(exc))
+        return out
+
+    def render(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        types: Mapping[str, ColumnType],
+        rendering: Rendering,
+    ) -> dict[str, Rendering]:
+        out: dict[str, Rendering] = {}
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            self.used(column, Use.RENDER, where, key_node)
+            choice = self.scalar(value_node, f"{where}.{column}")
+            if choice is None:
+                continue
+            if choice not in RENDER_CHOICES:
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' is not valid; use {', '.join(RENDER_CHOICES)}",
+                )
+                continue
+            kind = types[column].kind if column in types else None
+            if kind is not None and not _fits(choice, kind):
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' does not apply to a column of type {types[column]}",
+                )
+                continue
+            out[column] = rendering.choose(choice)
+        return out
 
     def check_watched(
         self, node: yaml.Node, where: str, used: tuple[str, ...], watch: tuple[str, ...] | None,
@@ -477,8 +686,12 @@ class _Checker:
                 "no '*' (clients subscribe with '*' patterns)",
             )
         check_columns(channel_node, f"{where}.channel", channel.columns)
+        for column in channel.columns:
+            self.used(column, Use.CHANNEL, f"{where}.channel", channel_node)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields") if fields_node else None
+        fields = (
+            self.names(fields_node, f"{where}.fields", Use.NOTIFY_FIELDS) if fields_node else None
+        )
         if fields_node is not None and fields is not None:
             check_columns(fields_node, f"{where}.fields", fields)
         maxlen = self.count(_value(items, "maxlen"), f"{where}.maxlen", DEFAULT_NOTIFY_MAXLEN)
@@ -533,9 +746,11 @@ class _Checker:
                 f"('{VERSION_PREFIX}', '{LEGACY_VERSION_PREFIX}'); choose another prefix",
             )
         check_columns(key_node, f"{where}.key", template.columns)
+        for column in template.columns:
+            self.used(column, Use.KEY, f"{where}.key", key_node)
         action = self.choice(_value(items, "action"), f"{where}.action", Action, Action.SET)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields") if fields_node else None
+        fields = self.names(fields_node, f"{where}.fields", Use.FIELDS) if fields_node else None
         if fields_node is not None and fields is not None:
             check_columns(fields_node, f"{where}.fields", fields)
             if action is Action.DELETE:
@@ -549,6 +764,15 @@ class _Checker:
         )
         ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
         return KeyRule(template, action, fields, value_format, ttl, node.start_mark.line + 1)
+
+
+def _fits(choice: str, kind: Kind) -> bool:
+    """Whether a rendering choice means something for a column of ``kind``."""
+    if choice in (Decimals.STRING, Decimals.NUMBER):
+        return kind in _DECIMAL_KINDS
+    if choice in (Timestamps.ISO, Timestamps.EPOCH_MS):
+        return kind in _TIMESTAMP_KINDS
+    return True
 
 
 def _value(items: Mapping[str, tuple[yaml.Node, yaml.Node]], key: str) -> yaml.Node | None:

@@ -175,16 +175,39 @@ class SharedSettings(BaseSettings):
         return {**self.kafka, **self.kafka_producer}
 
 
-class WorkerSettings(SharedSettings):
-    """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+class TopicSettings(SharedSettings):
+    """The Debezium topics to read: what the worker and ``cdc-cache inspect`` both consume."""
 
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
     heartbeat_topics: list[str] = Field(
         default_factory=list, description="heartbeat topics the topic names do not point to"
     )
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                msg = f"not a valid regular expression: {exc}"
+                raise ValueError(msg) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _topics_named(self) -> TopicSettings:
+        if not self.topics and self.topic_pattern is None:
+            msg = "give the Debezium topics to read: topics (a list) or topic_pattern (a regex)"
+            raise ValueError(msg)
+        return self
+
+
+class WorkerSettings(TopicSettings):
+    """Everything ``cdc-cache run`` needs; see README "Configuration" for each setting."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
     recovery_dir: Path | None = Path(".cdc-cache/recovery")
     recovery_partitions: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
@@ -199,6 +222,12 @@ class WorkerSettings(SharedSettings):
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    table_fallback_failures: int = Field(
+        default=5, ge=1, description="failed changes that make a table fall back alone"
+    )
+    table_fallback_window_s: float = Field(
+        default=60.0, gt=0, description="within this long; and failure-free this long to return"
+    )
     lineage_rewind_files: int = Field(
         default=1, ge=0, description="binlog files a connector may go back when re-sending"
     )
@@ -215,22 +244,8 @@ class WorkerSettings(SharedSettings):
         default=1000, ge=1, le=60_000, description="wait for them before falling back to ttl"
     )
 
-    @field_validator("topic_pattern")
-    @classmethod
-    def _valid_regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                msg = f"not a valid regular expression: {exc}"
-                raise ValueError(msg) from exc
-        return value
-
     @model_validator(mode="after")
-    def _topics_given(self) -> WorkerSettings:
-        if not self.topics and self.topic_pattern is None:
-            msg = "give the Debezium topics to read: topics (a list) or topic_pattern (a regex)"
-            raise ValueError(msg)
+    def _cluster_and_lag(self) -> WorkerSettings:
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
             raise ValueError(msg)
@@ -248,6 +263,76 @@ class WorkerSettings(SharedSettings):
             )
             raise ValueError(msg)
         return self
+
+
+_DB_SCHEMES = ("mysql", "mariadb", "postgresql", "postgres")
+
+
+class InspectSettings(TopicSettings):
+    """``cdc-cache inspect``: the worker's settings and its own ``inspect_*`` ones.
+
+    It reads the worker's settings file and ``CDC_CACHE_*`` variables (keys it does not
+    use are ignored), so it consumes the worker's topics with the worker's rules and Redis
+    by construction; its own settings come from flags or the environment
+    (``CDC_CACHE_INSPECT_*``). See README "Measuring consistency" for each.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    inspect_db: SecretStr | None = Field(
+        default=None, description="the database DSN (mysql:// or postgresql://)"
+    )
+    inspect_db_file: Path | None = Field(default=None, description="file holding inspect_db")
+    inspect_port: int | None = Field(default=None, ge=0, le=65535, description="HTTP port")
+    inspect_sample_every: int = Field(default=1000, ge=1, description="sample 1 change in N")
+    inspect_max_samples_per_s: float = Field(default=10.0, gt=0, description="samples per s")
+    inspect_max_db_queries_per_s: float = Field(
+        default=20.0, gt=0, description="database queries per s, re-checks included"
+    )
+    inspect_settle_s: float = Field(default=2.0, gt=0, description="wait before the check")
+    inspect_recheck_limit_s: float = Field(
+        default=60.0, gt=0, description="how long a wrong key is re-checked"
+    )
+    inspect_max_pending: int = Field(default=10_000, ge=1, description="samples in flight")
+    inspect_objective_nines: float = Field(default=3.0, gt=0, description="alert threshold")
+    inspect_min_checks: int = Field(
+        default=100, ge=1, description="checks a window needs before it has nines"
+    )
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_admin_token(cls, data: Any) -> Any:
+        """Leave the worker's admin token out: the inspector changes nothing.
+
+        The worker's file may name an ``admin_token_file`` that is not mounted here.
+        """
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ("admin_token", "admin_token_file")}
+        return data
+
+    @model_validator(mode="after")
+    def _db_given(self) -> InspectSettings:
+        self.inspect_db = _secret(self.inspect_db, self.inspect_db_file, "inspect_db")
+        if self.inspect_db is None:
+            msg = (
+                "give the database to compare with: inspect_db (--db, CDC_CACHE_INSPECT_DB), "
+                "e.g. mysql://user:pass@db:3306/inventory, or inspect_db_file"
+            )
+            raise ValueError(msg)
+        scheme = self.inspect_db.get_secret_value().partition("://")[0]
+        if scheme not in _DB_SCHEMES:
+            msg = (
+                f"inspect_db has the scheme {scheme!r}; use mysql://user:pass@host:3306/db "
+                "(MySQL, MariaDB) or postgresql://user:pass@host:5432/db"
+            )
+            raise ValueError(msg)
+        return self
+
+    def dsn(self) -> str:
+        """The database DSN (possibly read from its file)."""
+        assert self.inspect_db is not None  # the validator guarantees it
+        return self.inspect_db.get_secret_value()
 
 
 def _valid_redis_url(url: str) -> str:
@@ -419,7 +504,11 @@ def _explain(
             origin = f"{prefix}{field.upper()}" if field != "settings" else "settings"
         path = ".".join(str(part) for part in error["loc"]) or field
         problems.append(f"{origin}: {path}: {error['msg']}")
-    what = {GatewaySettings: "gateway", WatchdogSettings: "watchdog"}.get(kind, "worker")
+    what = {
+        GatewaySettings: "gateway",
+        WatchdogSettings: "watchdog",
+        InspectSettings: "inspector",
+    }.get(kind, "worker")
     if len(problems) == 1:
         return f"invalid {what} settings: {problems[0]}"
     return f"invalid {what} settings:\n  " + "\n  ".join(problems)

@@ -3,7 +3,11 @@
 For each covered table the checker reads the rows (all of them, or a random sample), derives
 the keys and values the worker would have written for them, and compares Redis. Expected
 values come from :func:`cdc_cache.plan.plan` applied to a snapshot-read event of the row,
-so the checker can never disagree with the worker about projection or serialisation.
+so the checker can never disagree with the worker about projection or serialisation. A
+table whose values are decoded (rules version 2) has its rows read through the same
+decoding a fill uses (:meth:`~cdc_cache.natural.TableValues.driver_row`), so dates, JSON
+documents, ``real`` and ``DATETIME(6)`` compare as the worker writes them; a table cached
+as Debezium ships it has its rows re-encoded as the connector would (:func:`debezium_value`).
 
 Findings, per cache key of a ``set`` rule:
 
@@ -44,6 +48,7 @@ from redis import exceptions as rex
 from cdc_cache.errors import CdcCacheError, ConfigError
 from cdc_cache.events import ChangeEvent, Op, Row
 from cdc_cache.keys import NULL_TOKEN, version_field, version_key
+from cdc_cache.natural import TableValues, cursor_types
 from cdc_cache.ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
@@ -113,6 +118,26 @@ def debezium_value(value: Any, dialect: Dialect, *, timestamp: bool = False) -> 
     return value
 
 
+def as_cached(
+    row: Mapping[str, Any], cursor: Any, shape: TableValues | None, dialect: Dialect
+) -> dict[str, Any]:
+    """A row as ``cursor`` returned it, with its values as ``shape`` caches them.
+
+    Decoded (:meth:`~cdc_cache.natural.TableValues.driver_row`), or as Debezium ships them
+    when ``shape`` is None or a table of rules version 1. ``cursor`` is PyMySQL's or
+    psycopg's, its session in UTC.
+    """
+    if shape is not None and shape.natural:
+        return shape.driver_row(row, cursor_types(cursor))
+    stamps = {
+        d[0] for d in cursor.description or () if dialect == "mysql" and d[1] == _MYSQL_TIMESTAMP
+    }
+    return {
+        name: debezium_value(value, dialect, timestamp=name in stamps)
+        for name, value in row.items()
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Derived:
     """The keys one row yields: values for ``set`` rules, names for ``delete`` rules."""
@@ -122,7 +147,11 @@ class Derived:
 
 
 def derive(table: TableRules, row: Row, primary_key: Sequence[str]) -> Derived:
-    """What the worker would write for ``row`` (a Debezium-shaped image), via the planner."""
+    """What the worker would write for ``row``, via the planner.
+
+    ``row`` holds the values as the table caches them (natural values, or Debezium's wire
+    values for a table cached as shipped): :meth:`Database.rows` reads them so.
+    """
     event = ChangeEvent(
         table=table.table,
         op=Op.READ,
@@ -348,19 +377,15 @@ class Database:
     def _name(self, table: str) -> str:
         return ".".join(f"{self._quote}{part}{self._quote}" for part in table.split(".", 1))
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+    def _query(
+        self, sql: str, params: Sequence[Any] = (), shape: TableValues | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Rows with their values as ``shape`` caches them (None: as Debezium ships them)."""
         with self.conn.cursor() as cur:
             cur.execute(sql, params)
-            description = cur.description or ()
-            names = [d[0] for d in description]
-            stamps = {
-                d[0] for d in description if self.dialect == "mysql" and d[1] == _MYSQL_TIMESTAMP
-            }
+            names = [d[0] for d in cur.description or ()]
             for record in cur.fetchall():
-                yield {
-                    name: debezium_value(value, self.dialect, timestamp=name in stamps)
-                    for name, value in zip(names, record, strict=True)
-                }
+                yield as_cached(dict(zip(names, record, strict=True)), cur, shape, self.dialect)
 
     def primary_key(self, table: str) -> tuple[str, ...]:
         """The table's primary key columns, in key order."""
@@ -386,20 +411,28 @@ class Database:
         rows = list(self._query(f"SELECT COUNT(*) AS n FROM {self._name(table)}"))
         return int(next(iter(rows[0].values())))
 
-    def rows(self, table: str, sample: int | None = None) -> list[dict[str, Any]]:
-        """Every row, or ``sample`` random ones."""
+    def rows(
+        self, table: str, sample: int | None = None, shape: TableValues | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row, or ``sample`` random ones, with values as ``shape`` caches them."""
         sql = f"SELECT * FROM {self._name(table)}"
         if sample is not None:
             order = "RAND()" if self.dialect == "mysql" else "random()"
             sql += f" ORDER BY {order} LIMIT {int(sample)}"
-        return list(self._query(sql))
+        return list(self._query(sql, shape=shape))
 
     def matching(
-        self, table: str, values: Mapping[str, Any], *, as_text: bool
+        self,
+        table: str,
+        values: Mapping[str, Any],
+        *,
+        as_text: bool,
+        shape: TableValues | None = None,
     ) -> list[dict[str, Any]]:
         """Rows whose columns equal ``values`` (None: IS NULL); every row if ``values`` is empty.
 
-        ``as_text`` compares the columns' text form, for values parsed back from keys.
+        ``as_text`` compares the columns' text form, for values parsed back from keys;
+        ``shape`` as for :meth:`rows`.
         """
 
         def column(name: str) -> str:
@@ -411,7 +444,7 @@ class Database:
         ]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         params = [v for v in values.values() if v is not None]
-        return list(self._query(f"SELECT * FROM {self._name(table)}{where}", params))
+        return list(self._query(f"SELECT * FROM {self._name(table)}{where}", params, shape))
 
     @property
     def _text(self) -> str:
@@ -528,7 +561,7 @@ class Checker:
         primary_key = self.db.primary_key(table.table)
         report.rows_in_table = self.db.count(table.table)
         sampled = self.sample is not None and report.rows_in_table > self.sample
-        rows = self.db.rows(table.table, self.sample if sampled else None)
+        rows = self.db.rows(table.table, self.sample if sampled else None, table.values)
         report.rows = len(rows)
         patterns = {rule: KeyPattern.of(rule) for rule in table.keys if rule.action is Action.SET}
         expected: dict[str, tuple[SetRow, _Candidate]] = {}
@@ -612,19 +645,38 @@ class Checker:
     def _row_for(
         self, table: TableRules, primary_key: Sequence[str], candidate: _Candidate
     ) -> dict[str, Any] | None:
-        def renders(row: Row) -> bool:
-            sets = derive(table, row, primary_key).sets
-            return any(op.key == candidate.key for _, op in sets)
+        key, pattern = candidate.key, candidate.pattern
+        return row_for_key(self.db, table, primary_key, key, pattern, known=candidate.primary_key)
 
-        if candidate.primary_key is not None:
-            found = self.db.matching(table.table, candidate.primary_key, as_text=False)
-            if found and renders(found[0]):
-                return found[0]
-        values = candidate.pattern.parse(candidate.key) or {}
-        if not values:
-            return None  # every column was digested: no lookup would be bounded
-        rows = self.db.matching(table.table, values, as_text=True)
-        return next((row for row in rows if renders(row)), None)
+
+def row_for_key(
+    db: Database,
+    table: TableRules,
+    primary_key: Sequence[str],
+    key: str,
+    pattern: KeyPattern,
+    *,
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The row of ``table`` that renders ``key`` through ``pattern``'s rule, if any.
+
+    Tried first by the primary key ``known`` (the row the key was expected from), then by
+    the column values parsed back from the key.
+    """
+
+    def renders(row: Row) -> bool:
+        sets = derive(table, row, primary_key).sets
+        return any(op.key == key for _, op in sets)
+
+    if known is not None:
+        found = db.matching(table.table, known, as_text=False, shape=table.values)
+        if found and renders(found[0]):
+            return found[0]
+    values = pattern.parse(key) or {}
+    if not values:
+        return None  # every column was digested: no lookup would be bounded
+    rows = db.matching(table.table, values, as_text=True, shape=table.values)
+    return next((row for row in rows if renders(row)), None)
 
 
 def _describe(finding: Finding | None, expected: SetRow | None, stored: Stored) -> str:

@@ -13,7 +13,9 @@ running where something outlives the worker (inside ``cdc-cache gateway``, or as
   The watchdog then runs the same controller step as the worker with the hold
   ``worker_down`` (so the operator flag still wins), writes the result as the worker
   would, and gives the keys under the rules' prefixes (published by the worker) the
-  fallback TTL with the worker's own :class:`~cdc_cache.fallback.Shortener`.
+  fallback TTL with the worker's own :class:`~cdc_cache.fallback.Shortener`. The tables
+  the worker left in ``ttl`` on their own (``tables``, ``ttl_prefixes``) stay so: nobody
+  can tell they fit the rules again, and a forced ``cdc`` must not lift their caps.
 - **Several instances**: only the one holding the lock ``cdc:watchdog:lock`` (renewed every
   tick, expiring after three) acts; the others watch, ready to take over. A record a
   watchdog wrote means the worker is still down, so a new lock holder acts at once.
@@ -114,6 +116,29 @@ def down_after_s(record: Mapping[str, str], override_s: float | None) -> float:
         return override_s
     published = record.get("stale_after_ms", "")
     return int(published) / 1000 if published.isdigit() else DEFAULT_DOWN_AFTER_S
+
+
+def tables_left(record: Mapping[str, str]) -> tuple[tuple[Hold, ...], list[str]]:
+    """The tables the worker left in ``ttl`` on their own (as holds) and their prefixes.
+
+    Carried as they are while the worker is down. Prefixes that cannot be read carry as
+    ``[""]``, every fill capped, which is how applications read them; tables that cannot
+    be read carry as none (their prefixes still cap their fills).
+    """
+    try:
+        tables = orjson.loads(record.get("tables") or "{}")
+    except orjson.JSONDecodeError:
+        tables = None
+    holds: tuple[Hold, ...] = ()
+    if isinstance(tables, dict) and all(isinstance(r, str) for r in tables.values()):
+        holds = tuple(Hold(Cause.TABLE_FAILING, r, table) for table, r in sorted(tables.items()))
+    try:
+        prefixes = orjson.loads(record.get("ttl_prefixes") or "[]")
+    except orjson.JSONDecodeError:
+        prefixes = None
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        prefixes = [""]
+    return holds, prefixes
 
 
 def _left_by_worker(record: Mapping[str, str], now_ms: int) -> ModeState:
@@ -244,10 +269,18 @@ class Watchdog:
             taking_over = self._state is None
             before = _left_by_worker(record, now_ms) if self._state is None else self._state
         flag = self._flag()
-        state, decision = step(before, Signal(now_ms, flag, None, holds=(hold,)), _NO_LAG)
+        tables, ttl_prefixes = tables_left(record)
+        holds = (hold, *tables)
+        state, decision = step(before, Signal(now_ms, flag, None, holds=holds), _NO_LAG)
         ttl_ms = _positive(record.get("fallback_ttl_ms", ""), self._fallback_ttl_ms)
         if not self._store.take_over(
-            state, flag, now_ms, ttl_ms, holds=(hold,), seen_updated_ms=beat.seen
+            state,
+            flag,
+            now_ms,
+            ttl_ms,
+            holds=holds,
+            ttl_prefixes=ttl_prefixes,
+            seen_updated_ms=beat.seen,
         ):
             self._step_back("the worker wrote the mode meanwhile: it decides")
             return

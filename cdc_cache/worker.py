@@ -34,6 +34,7 @@ from cdc_cache.fallback import (
     ModeRuntime,
     managed_prefixes,
     shorten_ttls,
+    table_prefixes,
 )
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
@@ -49,7 +50,8 @@ from cdc_cache.replica_wait import ReplicaRequirement
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.rules import Rules, load_rules
 from cdc_cache.schema_registry import schema_resolver
-from cdc_cache.settings import WorkerSettings
+from cdc_cache.settings import TopicSettings, WorkerSettings
+from cdc_cache.table_mode import TableConfig
 from cdc_cache.topics import heartbeat_server, named_for
 from cdc_cache.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.writer import connect_when_available, redis_retry_reporter
@@ -58,7 +60,7 @@ from dataflows.invalidation import DlqTarget, build_flow
 log = logging.getLogger("cdc_cache.worker")
 
 
-def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> list[str]:
+def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> list[str]:
     """The explicit topics, or those matching ``topic_pattern``; waits until they exist.
 
     A connector that has not produced yet has no topics: the worker waits (and says so)
@@ -90,7 +92,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
                     "topics are routed or renamed (see connectors/README.md)",
                     extra={"topics": found},
                 )
-            return found + beats
+            return found + beats + schema_change_topics(existing, found + beats)
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -101,7 +103,7 @@ def resolve_topics(settings: WorkerSettings, wait_s: float = float("inf")) -> li
 
 
 def _match_topics(
-    settings: WorkerSettings, pattern: re.Pattern[str] | None, existing: set[str]
+    settings: TopicSettings, pattern: re.Pattern[str] | None, existing: set[str]
 ) -> tuple[list[str], list[str]]:
     """The topics to read among ``existing``, and what is still missing."""
     beats = [t for t in settings.heartbeat_topics if t not in existing]
@@ -126,7 +128,23 @@ def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
     return found
 
 
-def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[str]) -> ModeRuntime:
+def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The schema-change topics (``<server>``) of the MySQL connectors feeding ``topics``.
+
+    Their DDL records tell the worker when a table's columns change, before the rows of
+    the new shape arrive (see cdc_cache.schema_watch); PostgreSQL connectors write none.
+    The connectors are those the topics are named for (``<server>.<db>.<table>``) and
+    those whose heartbeat topics are read (routed or renamed topics name none).
+    """
+    servers = {
+        heartbeat_server(t) or t.rsplit(".", 2)[0]
+        for t in topics
+        if heartbeat_server(t) is not None or t.count(".") >= 2
+    }
+    return sorted(s for s in servers if s in existing and s not in topics)
+
+
+def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) -> ModeRuntime:
     """The mode controller of this process (process 0 of a cluster writes the mode)."""
     return ModeRuntime(
         client=connect_when_available(
@@ -135,10 +153,14 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, prefixes: list[s
         tracker=tracker,
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
-        prefixes=prefixes,
+        prefixes=managed_prefixes(rules),
         process=settings.process_id or 0,
         processes=max(1, len(settings.addresses)),
         max_consumer_lag=settings.ready_max_consumer_lag,
+        table_prefixes=table_prefixes(rules),
+        table_config=TableConfig(
+            settings.table_fallback_failures, settings.table_fallback_window_s
+        ),
     )
 
 
@@ -292,6 +314,7 @@ def run(settings: WorkerSettings) -> None:
     ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
     """
     rules = load_rules(settings.rules)
+    warn_if_wire_by_default(rules)
     startup = StartupBackend()
     admin = None
     if settings.metrics_port is not None:
@@ -308,6 +331,17 @@ def run(settings: WorkerSettings) -> None:
     log.info("worker stopped")
 
 
+def warn_if_wire_by_default(rules: Rules) -> None:
+    """Say at start that values are cached as Debezium ships them because nothing chose so."""
+    if rules.implicit_wire:
+        log.warning(
+            "rules version 1: values are cached as Debezium ships them (dates as day "
+            "numbers, decimals as base64...); set 'version: 2' to cache rows in the "
+            "application's shape, or 'defaults: {values: wire}' to keep them (README: Values)",
+            extra={"rules": rules.path, "tables": list(rules.implicit_wire)},
+        )
+
+
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
     if rules.notifies:
         check_notifications(
@@ -321,7 +355,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     prepare_dlq(settings)
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
-    runtime = mode_runtime(settings, tracker, managed_prefixes(rules))
+    runtime = mode_runtime(settings, tracker, rules)
     memory = prepare_redis_memory(settings, rules, runtime)
     sweeper = VersionSweeper(memory.client) if runtime.leader else None
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
@@ -360,6 +394,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         holds=runtime.holds,
         invalidate_only=memory.invalidate_only,
         memory=memory.guard,
+        tables=runtime.tables,
         replicas=replicas,
         lineage=lineage,
     )

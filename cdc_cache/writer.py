@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from cdc_cache import metrics
+from cdc_cache import invalidations, metrics
 from cdc_cache.dlq import Failure
 from cdc_cache.errors import CdcCacheError, PoisonMessage, RefusedByRedis
 from cdc_cache.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
+from cdc_cache.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
-from cdc_cache.pipeline import Control, Planned, Routed, unexpected
+from cdc_cache.pipeline import Control, Planned, Rejected, Routed, unexpected
 from cdc_cache.redact import redact_url
 from cdc_cache.redis_apply import (
     ApplyError,
@@ -36,8 +38,12 @@ from cdc_cache.rejects import Rejects
 from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.rules import Rules
+from cdc_cache.scrub import scrub, spellings
+from cdc_cache.table_mode import TableFallback
 
 log = logging.getLogger("cdc_cache.writer")
+
+T = TypeVar("T")
 
 _OP_KIND = {
     SetRow: "set",
@@ -59,8 +65,12 @@ class CacheWriter:
     """Applies planned changes in one round trip per batch and records what happened.
 
     ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
-    fallback TTL, and no new entry may live longer than that. With ``replicas``, a batch
-    counts as written only once the required replicas acknowledged it.
+    fallback TTL, and no new entry may live longer than that. ``tables`` hears which
+    tables' changes applied and which failed, and caps the TTLs of the tables that fall
+    back on their own (see :mod:`cdc_cache.table_mode`). ``sensitive`` names each table's
+    sensitive columns, whose values are scrubbed from the keys the writer logs. With
+    ``replicas``, a batch counts as written only once the required replicas acknowledged
+    it, the deletes of its failed changes included.
     """
 
     def __init__(
@@ -72,51 +82,87 @@ class CacheWriter:
         ttl_cap_ms: Callable[[], int | None] = lambda: None,
         *,
         reject: Callable[[Sequence[Failure]], None] | None = None,
+        tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaWait | None = None,
     ) -> None:
         self._applier = applier
         self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
+        self._sensitive = sensitive or Rules({}).sensitive
         self._backoff = backoff
         self._clock_ms = clock_ms
         self._sleep = sleep
         self._ttl_cap_ms = ttl_cap_ms
+        self._tables = tables
 
     def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
         """Apply every Planned item in order, count control records; per-change outcomes.
 
-        When Redis refuses the batch for a reason a retry cannot fix (ApplyError), or
-        applying it raises anything else that is not a wait, a stop or a settings problem,
-        the changes are applied one by one so only the faulty ones are set aside (handed
-        to ``reject`` before this returns); version gating makes re-applying the others
-        harmless.
+        A Rejected change (one that cannot be applied as planned) has the keys it still
+        renders deleted in the same round trip, and is then handed to ``reject`` (the DLQ)
+        with what became of its keys. When Redis refuses the batch for a reason a retry
+        cannot fix (ApplyError), or applying it raises anything else that is not a wait, a
+        stop or a settings problem, the changes are applied one by one so only the faulty
+        ones are set aside, their keys deleted all the same; version gating makes
+        re-applying the others harmless.
         """
         planned = [item for item in items if isinstance(item, Planned)]
+        rejected = [item for item in items if isinstance(item, Rejected)]
         controls = Counter(_control_kind(item) for item in items if isinstance(item, Control))
         for kind, count in controls.items():
             metrics.RECORDS.labels(kind).inc(count)
         started = time.perf_counter()
+        caps = self._caps()
         try:
-            report = self._account(planned, self._apply(planned))
+            report, failures = self._write_together(planned, rejected, caps)
         except ApplyError:
-            report = self._write_each(planned)
+            report, failures = self._write_each(planned, rejected, caps)
         except CdcCacheError:
             raise  # a stop ended the wait, or a setting must be fixed: no one change's fault
         except Exception:  # find the change that raised, set it aside
-            report = self._write_each(planned)
+            report, failures = self._write_each(planned, rejected, caps)
+        self._reject(failures)
+        if self._tables is not None:
+            self._tables.observe(Counter(o.event.table for o in report), failures)
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
         return report
 
-    def _write_each(self, planned: list[Planned]) -> list[EventOutcome]:
-        failures: list[Failure] = []
-        report = [o for item in planned for o in self._write_alone(item, failures)]
-        self._reject(failures)
-        return report
+    def _write_together(
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
+        """The whole batch in one round trip: planned ops, then the rejected changes' deletes."""
+        ops = [op for item in planned for op in caps.applied_to(item)]
+        salvage = [op for item in rejected for op in item.invalidation.deletes]
+        outcomes = self._apply([*ops, *salvage]).outcomes
+        planned_count = sum(not isinstance(op, InvalidatePrefix) for op in ops)
+        report = self._account(planned, outcomes[:planned_count])
+        rest = iter(outcomes[planned_count:])
+        failures = []
+        for item in rejected:
+            got = [_key_outcome(next(rest)) for _ in item.invalidation.deletes]
+            invalidated = Invalidated.of(item.invalidation, got) if item.event else None
+            failures.append(Failure(item.error, item.table, item.event, invalidated))
+        return report, failures
 
-    def _write_alone(self, item: Planned, failures: list[Failure]) -> list[EventOutcome]:
+    def _write_each(
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
+        """The batch change by change: only the faulty ones are set aside."""
+        failures: list[Failure] = []
+        report = [o for item in planned for o in self._write_alone(item, caps, failures)]
+        failures += [
+            self._salvage(item.error, item.table, item.event, item.invalidation)
+            for item in rejected
+        ]
+        return report, failures
+
+    def _write_alone(
+        self, item: Planned, caps: _Caps, failures: list[Failure]
+    ) -> list[EventOutcome]:
         error: PoisonMessage
         try:
-            return self._account([item], self._apply([item]))
+            return self._account([item], self._apply(caps.applied_to(item)).outcomes)
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
             error.__cause__ = exc
@@ -124,32 +170,103 @@ class CacheWriter:
             raise
         except Exception as exc:  # this change's own failure: its dead letter
             error = unexpected(exc, "applying", item.record, item.event)
-        failures.append(Failure(error, item.event.table, item.event))
+        plan = invalidations.of_ops(item.ops)
+        failures.append(self._salvage(error, item.event.table, item.event, plan))
         return []
 
-    def _apply(self, planned: list[Planned]) -> ApplyResult:
-        cap = self._ttl_cap_ms()
-        ops = [_capped(op, cap) for item in planned for op in item.ops]
+    def _salvage(
+        self, error: PoisonMessage, table: str, event: ChangeEvent | None, plan: Invalidation
+    ) -> Failure:
+        """The failure of a change that could not be applied, once its keys are deleted.
+
+        Its deletes go out together, else one at a time; a key whose delete Redis refuses
+        too (its version key holds another type, so the gate cannot run) is deleted
+        without it. A key that cannot be deleted at all stays as it was and is named as
+        unreached, scrubbed of the table's sensitive values. The failure records what
+        became of each key.
+        """
+        outcomes: list[KeyOutcome] = []
+        lost: list[Unreached] = []
+        try:
+            outcomes = [_key_outcome(o) for o in self._apply(plan.deletes).outcomes]
+        except ApplyError:
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        except CdcCacheError:
+            raise
+        except Exception:  # one of the deletes raised: find it
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        invalidated = Invalidated.of(plan, outcomes, lost) if event is not None else None
+        return Failure(error, table, event, invalidated)
+
+    def _delete_each(
+        self,
+        plan: Invalidation,
+        hidden: tuple[str, ...],
+        outcomes: list[KeyOutcome],
+        lost: list[Unreached],
+    ) -> None:
+        for delete in plan.deletes:
+            try:
+                outcomes.append(self._delete(delete, hidden))
+            except ApplyError as exc:
+                lost.append(_unreached(delete, hidden, exc))
+            except CdcCacheError:
+                raise
+            except Exception as exc:  # this key cannot be deleted: say so
+                lost.append(_unreached(delete, hidden, exc))
+
+    def _delete(self, delete: DeleteKey, hidden: tuple[str, ...]) -> KeyOutcome:
+        """Delete one key at its change's position; without the gate if Redis refuses it."""
+        try:
+            return _key_outcome(self._apply([delete]).outcomes[0])
+        except ApplyError:
+            self._discard(delete, hidden)
+            return KeyOutcome.UNVERSIONED
+
+    def _hidden(
+        self, error: PoisonMessage, table: str, event: ChangeEvent | None
+    ) -> tuple[str, ...]:
+        """The spellings of the change's sensitive values, kept out of what is logged."""
+        assert error.record is not None
+        return spellings(self._sensitive(table), event, error.record)
+
+    def _discard(self, delete: DeleteKey, hidden: tuple[str, ...]) -> None:
+        log.warning(
+            "deleting a key without its version: its version key holds another type; "
+            "delete that version key to let changes through again",
+            extra={"key": scrub(delete.key, hidden)},
+        )
+        self._written(
+            lambda: self._applier.discard([delete.key]),
+            [delete],
+            "deleting a key without its version",
+        )
+
+    def _caps(self) -> _Caps:
+        table_caps = self._tables.caps() if self._tables is not None else {}
+        return _Caps(self._ttl_cap_ms(), table_caps)
+
+    def _apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
         if not ops:
             return ApplyResult((), ())
+        return self._written(lambda: self._applier.apply(ops), ops, f"applying {len(ops)} ops")
 
-        def apply() -> ApplyResult:
-            return self._applier.apply(ops)
-
+    def _written(self, write: Callable[[], T], ops: Sequence[CacheOp], what: str) -> T:
+        """``write`` (of ``ops``) retried until Redis took it and the ``replicas`` hold it."""
         return retry_forever(
-            apply if self._replicas is None else self._replicas.guarded(apply, ops),
+            write if self._replicas is None else self._replicas.guarded(write, ops),
             backoff=self._backoff,
-            on_retry=redis_retry_reporter(f"applying {len(ops)} ops"),
+            on_retry=redis_retry_reporter(what),
             sleep=self._sleep,
         )
 
-    def _account(self, planned: list[Planned], result: ApplyResult) -> list[EventOutcome]:
+    def _account(self, planned: list[Planned], results: Sequence[Outcome]) -> list[EventOutcome]:
         """Per-change outcomes, with the batch's counters summed first.
 
         Each counter is incremented once per label set: a labelled increment costs a
         lookup and a lock, too much to pay per change.
         """
-        outcomes = iter(result.outcomes)
+        outcomes = iter(results)
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
         op_counts: Counter[tuple[str, str]] = Counter()
@@ -174,6 +291,32 @@ class CacheWriter:
         if planned:
             metrics.RECORDS.labels("change").inc(len(planned))
         return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    """The TTL caps of one batch: the global mode's, and those of tables falling back alone."""
+
+    everything: int | None
+    tables: Mapping[str, int]
+
+    def applied_to(self, item: Planned) -> list[CacheOp]:
+        """``item``'s ops with no SetRow living longer than its table may."""
+        cap = self.tables.get(item.event.table, self.everything)
+        if cap is None:
+            return list(item.ops)
+        if self.everything is not None:
+            cap = min(cap, self.everything)
+        return [_capped(op, cap) for op in item.ops]
+
+
+def _key_outcome(outcome: Outcome) -> KeyOutcome:
+    return KeyOutcome.DELETED if outcome is Outcome.APPLIED else KeyOutcome.SKIPPED
+
+
+def _unreached(delete: DeleteKey, hidden: tuple[str, ...], exc: Exception) -> Unreached:
+    """A key whose delete failed: named scrubbed, with the error's class (never its text)."""
+    return Unreached(scrub(delete.key, hidden), f"deleting it raised {type(exc).__name__}")
 
 
 def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:

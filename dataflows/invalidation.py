@@ -5,8 +5,9 @@ through decode, plan and apply (no re-keying), and cross-partition races on one 
 are settled by the source positions in Redis. The Redis sink writes synchronously in
 ``write_batch``, so a recovery snapshot (which records the source offsets) is only taken
 once the changes before it are in Redis: a crash replays, it never skips. Rejected
-messages (and changes Redis refuses) are written to the DLQ topic the same way, flushed
-and acknowledged before ``write_batch`` returns.
+messages (and changes Redis refuses) go through the same sink: the keys they still
+render are deleted with the batch, then they are written to the DLQ topic, flushed and
+acknowledged before ``write_batch`` returns.
 """
 
 from __future__ import annotations
@@ -29,21 +30,22 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from cdc_cache import metrics
 from cdc_cache.broker_health import BrokerHealth
 from cdc_cache.continuity_store import ContinuityStore
-from cdc_cache.dlq import Failure
 from cdc_cache.dlq_kafka import DeadLetterWriter
 from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.fallback import Holds
 from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.lineage_tracker import LineageTracker
-from cdc_cache.pipeline import Control, Planned, Rejected, Routed, route
+from cdc_cache.pipeline import Control, Planned, Routed, route
 from cdc_cache.redis_apply import Client, MemoryObserver, RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
 from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
 from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver
+from cdc_cache.schema_watch import SchemaWatch
 from cdc_cache.source_continuity import ContinuityGuard, GuardedPartition
+from cdc_cache.table_mode import TableFallback
 from cdc_cache.topic_ids import TopicIds
 from cdc_cache.writer import CacheWriter, connect_when_available, redis_retry_reporter
 
@@ -85,6 +87,7 @@ def build_flow(
     dlq: DlqTarget | None = None,
     max_value_bytes: int | None = None,
     holds: Holds | None = None,
+    tables: TableFallback | None = None,
     continuity: bool = True,
     replicas: ReplicaRequirement | None = None,
     lineage: LineageTracker | None = None,
@@ -100,7 +103,10 @@ def build_flow(
     batch's schemas are resolved (waiting out registry outages) before it is decoded.
     Without ``dlq`` rejections are only logged and counted (tests); the worker always gives
     one. ``holds`` is the mode runtime's registry, where the flow's parts raise a hold
-    when they find the cache cannot be known right. Each source partition checks that its
+    when they find the cache cannot be known right; ``tables`` its per-table fallback,
+    told which tables' changes apply and fail, and capping the TTLs of those that fall
+    back. Each batch's DDL records and rows are checked for changed columns
+    (:class:`~cdc_cache.schema_watch.SchemaWatch`). Each source partition checks that its
     stored offset still means what it meant (see ``cdc_cache.source_continuity``);
     ``continuity=False`` leaves Bytewax's bare source, only to show what that check
     prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
@@ -131,6 +137,7 @@ def build_flow(
 
     stop = stop or threading.Event()
     tracker = lag or LagTracker(lambda: time.time() * 1000)
+    schema = SchemaWatch(rules, tables)
     guard = None
     if continuity:
         ids = TopicIds({"bootstrap.servers": ",".join(brokers), **(kafka_config or {})})
@@ -166,17 +173,26 @@ def build_flow(
             ]
             session.close()
         _observe(tracker, routed)
+        schema.observe(routed)
         return routed
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
-    split = op.branch("split_rejected", routed, lambda item: isinstance(item, Rejected))
     rejects = _RejectsFactory(rules, dlq, stop)
-    op.output("reject", split.trues, RejectSink(rejects))
     sink = RedisSink(
-        redis_url, backoff or Backoff(), stop, ttl_cap_ms, rejects, auth=redis_auth,
-        replicas=replicas, holds=holds, invalidate_only=invalidate_only, memory=memory,
-    )  # fmt: skip
-    op.output("redis", split.falses, sink)
+        redis_url,
+        backoff or Backoff(),
+        stop,
+        ttl_cap_ms,
+        rejects,
+        auth=redis_auth,
+        tables=tables,
+        sensitive=rules.sensitive,
+        replicas=replicas,
+        holds=holds,
+        invalidate_only=invalidate_only,
+        memory=memory,
+    )
+    op.output("redis", routed, sink)
     return flow
 
 
@@ -366,6 +382,10 @@ class _RedisPartition(StatelessSinkPartition[Routed]):
 class RedisSink(DynamicSink[Routed]):
     """Applies each batch in one Redis round trip per node; clients are built per worker.
 
+    Rejected messages are dead-lettered from here too, once the keys they still render
+    are deleted, so each batch is durable on the DLQ topic before ``write_batch`` returns
+    and progress never moves past a failure that could still be lost.
+
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
     restart) instead of hanging until killed.
@@ -380,6 +400,8 @@ class RedisSink(DynamicSink[Routed]):
         rejects: _RejectsFactory,
         *,
         auth: RedisAuth | None = None,
+        tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaRequirement | None = None,
         holds: Holds | None = None,
         invalidate_only: Callable[[], bool] = lambda: False,
@@ -395,6 +417,8 @@ class RedisSink(DynamicSink[Routed]):
         self._ttl_cap_ms = ttl_cap_ms
         self._rejects = rejects
         self._auth = auth
+        self._tables = tables
+        self._sensitive = sensitive
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
@@ -405,6 +429,8 @@ class RedisSink(DynamicSink[Routed]):
             sleep=self._sleep,
             ttl_cap_ms=self._ttl_cap_ms,
             reject=self._rejects.build().report,
+            tables=self._tables,
+            sensitive=self._sensitive,
             replicas=self._replica_wait(client, worker_index),
         )
         return _RedisPartition(writer)
@@ -451,29 +477,3 @@ class _RejectsFactory:
             sleep=self._sleep,
         )
         return Rejects(self._rules, writer)
-
-
-class _RejectPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, rejects: Rejects) -> None:
-        self._rejects = rejects
-
-    def write_batch(self, items: list[Routed]) -> None:
-        failures = []
-        for item in items:
-            assert isinstance(item, Rejected)
-            failures.append(Failure(item.error, item.table, item.event))
-        self._rejects.report(failures)
-
-
-class RejectSink(DynamicSink[Routed]):
-    """Dead-letters messages that cannot be processed; the stream goes on.
-
-    Each batch is durable on the DLQ topic before ``write_batch`` returns, so progress
-    never moves past a failure that could still be lost.
-    """
-
-    def __init__(self, rejects: _RejectsFactory) -> None:
-        self._rejects = rejects
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RejectPartition:
-        return _RejectPartition(self._rejects.build())

@@ -31,6 +31,11 @@ tables:
 """
 
 
+def rules_for(db: str) -> str:
+    """:data:`RULES_YAML` for the ``stock`` table of database ``db``."""
+    return RULES_YAML.replace("inventory.stock", f"{db}.stock")
+
+
 @dataclass(frozen=True)
 class Message:
     topic: str
@@ -44,6 +49,7 @@ class Workload:
 
     seed: int = 0
     topic: str = TOPIC
+    db: str = "inventory"  # the source database the messages name
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     pos: int = 4
     binlog_file: int = 1
@@ -141,7 +147,7 @@ class Workload:
                 "name": "dbserver1",
                 "ts_ms": self.ts_ms,
                 "snapshot": "true" if snapshot else "false",
-                "db": "inventory",
+                "db": self.db,
                 "table": "stock",
                 "server_id": 0 if snapshot else self.server_id,
                 "file": f"mysql-bin.{self.binlog_file:06d}",
@@ -166,6 +172,18 @@ class Workload:
             for r in self.rows.values()
         }
 
+
+# A table whose rows a migration may leave unrenderable (tests of failed changes).
+ITEMS_RULES_YAML = """\
+defaults: {tombstone_ttl: 10m}
+tables:
+  inventory.items:
+    keys:
+      - key: "item:{id}"
+        fields: [id, name, price]
+      - key: "itemname:{name}"
+        action: delete
+"""
 
 NOTIFY_RULES_YAML = """
 tables:

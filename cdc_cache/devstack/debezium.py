@@ -122,9 +122,8 @@ class ConnectorSettings:
             "poll.interval.ms": "10",
             "heartbeat.interval.ms": str(self.heartbeat_ms),
             "skipped.operations": "none",
-            # Debezium's default ("precise") ships DECIMAL as base64 of the unscaled bytes,
-            # unreadable in keys and payloads; strings keep the exact value and are readable.
-            "decimal.handling.mode": "string",
+            # decimal.handling.mode stays Debezium's default (precise): rules version 2
+            # decode its bytes into exact decimal text (cdc_cache.natural).
             "tombstones.on.delete": "true",
             "converter.schemas.enable": "true" if self.schemas else "false",
         }

@@ -25,6 +25,11 @@ CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc';
 GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES
   ON *.* TO 'cdc'@'%';
 
+-- cdc-cache inspect reads rows by primary key and nothing else: a read-only user
+-- (its DSN, password included, is deploy/compose/secrets/inspect-db-url).
+CREATE USER IF NOT EXISTS 'inspector'@'%' IDENTIFIED BY 'inspector-local-only';
+GRANT SELECT ON inventory.* TO 'inspector'@'%';
+
 -- Heartbeat table: the connector's heartbeat.action.query and the scheduled event below
 -- write here, so an idle database still moves the binlog and Debezium keeps sending
 -- heartbeats (without them the worker sees an idle source as stalled).

@@ -5,6 +5,11 @@ A scenario produces :class:`Stream` parts while it injects its fault, then
 :meth:`FaultRun.finish` waits until the cache is consistent with the table the stream
 describes and the dead-letter topic holds exactly the injected poison, and adds the
 scenario's row to the table the suite prints at the end of the session.
+
+Given a MariaDB, a run also keeps the stream's table there (:class:`Mirror`: changes
+committed just before they are produced, as a connector would read them) and runs
+``cdc-cache inspect`` beside the worker, whose consistency (checked 1 s after each change
+was read) goes into the row too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from redis.cluster import RedisCluster
 
 from cdc_cache.demo import Scrape, scrape
 from cdc_cache.devstack.broker import Broker, S3Store
+from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import free_port, port_open
 from cdc_cache.events import SourceRecord
 from cdc_cache.keys import escape_value, version_field, version_key
@@ -36,19 +42,26 @@ from cdc_cache.redis_apply import version_of
 from cdc_cache.rules import parse_rules
 from cdc_cache.versions import parse_stored
 from tests.integration.flowkit import (
+    INSPECT_DB_QUERIES_PER_S,
     Service,
     admin_get,
     cache_state,
+    inspection,
+    inspector,
+    metric,
     produce,
+    settled_inspection,
     unique_topic,
+    wait_ready,
     worker,
 )
-from tests.workload import RULES_YAML, Message, Workload
+from tests.workload import Message, Workload, rules_for
 
 WATCHED = ("id", "sku_id", "warehouse", "qty")  # the watch list of tests.workload.RULES_YAML
 SKUS = range(1, 61)  # the sku ids the workload draws from
 AVAILABILITY = "sku:{sku}:availability"  # the rules' delete-only key
 APP_FILLED = b"filled by the application"
+MIRROR_BATCH = 50  # changes committed to the mirror in one transaction, before produced
 
 # --- the stream ---------------------------------------------------------------------------
 
@@ -74,17 +87,61 @@ POISON_KINDS = {
 }
 
 
+class Mirror:
+    """The stream's ``stock`` table in a MariaDB database of its own (dropped on close)."""
+
+    def __init__(self, mariadb: MariaDB, db: str) -> None:
+        self.db = db
+        self._conn = mariadb.connect()
+        with self._conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {db}")
+            cur.execute(
+                f"CREATE TABLE {db}.stock (id INT PRIMARY KEY, sku_id INT NOT NULL, "
+                "warehouse VARCHAR(32) NOT NULL, qty INT, note VARCHAR(64))"
+            )
+        self.dsn = f"{mariadb.dsn()}/{db}"
+
+    def commit(self, messages: list[Message]) -> None:
+        """Commit the changes ``messages`` describe, in order, in one transaction."""
+        self._conn.begin()
+        with self._conn.cursor() as cur:
+            for message in messages:
+                change = orjson.loads(message.value or b"{}")
+                if change["after"] is None:
+                    cur.execute(
+                        f"DELETE FROM {self.db}.stock WHERE id = %s", (change["before"]["id"],)
+                    )
+                    continue
+                cur.execute(
+                    f"INSERT INTO {self.db}.stock (id, sku_id, warehouse, qty, note) "
+                    "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE sku_id = "
+                    "VALUES(sku_id), warehouse = VALUES(warehouse), qty = VALUES(qty), "
+                    "note = VALUES(note)",
+                    tuple(change["after"][c] for c in ("id", "sku_id", "warehouse", "qty", "note")),
+                )
+        self._conn.commit()
+
+    def close(self) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {self.db}")
+        self._conn.close()
+
+
 @dataclass
 class Stream:
     """Transactions in commit order, produced with poison and duplicates mixed in.
 
     ``transactions`` is the history the database went through (what the cache must end
     up reflecting); ``poison`` maps each injected poison message's (topic, partition,
-    offset), as the broker acknowledged it, to the DLQ kind it must be filed under.
+    offset), as the broker acknowledged it, to the DLQ kind it must be filed under. With
+    a ``mirror``, each change is committed there just before its first delivery (50 at a
+    time) and carries that moment as its commit time (re-deliveries repeat its bytes).
     """
 
     topic: str
     seed: int
+    db: str = "inventory"
+    mirror: Mirror | None = None
     workload: Workload = field(init=False)
     transactions: list[list[Message]] = field(default_factory=list)
     poison: dict[tuple[str, int, int], str] = field(default_factory=dict)
@@ -92,8 +149,9 @@ class Stream:
     duplicates: int = 0
 
     def __post_init__(self) -> None:
-        self.workload = Workload(seed=self.seed, topic=self.topic)
+        self.workload = Workload(seed=self.seed, topic=self.topic, db=self.db)
         self.rnd = random.Random(self.seed)
+        self._committed: dict[Message, Message] = {}  # as generated -> as delivered
 
     def part(
         self, transactions: int, *, poison: int = 0, redeliver: float = 0.0
@@ -160,7 +218,30 @@ class Stream:
                 self.poison[where] = kind
 
         self.changes += sum(1 for m, kind in part if kind is None and m.value is not None)
-        produce(bootstrap, [m for m, _ in part], pace_s=pace_s, delivered=delivered)
+        produce(bootstrap, self._committed_first(part), pace_s=pace_s, delivered=delivered)
+
+    def _committed_first(self, part: list[tuple[Message, str | None]]) -> Iterator[Message]:
+        """The messages as delivered: with a mirror, each batch of 50 is committed there
+        first (one transaction), each change stamped with that moment as its commit time."""
+        for start in range(0, len(part), MIRROR_BATCH):
+            batch = part[start : start + MIRROR_BATCH]
+            fresh = list(
+                dict.fromkeys(
+                    m
+                    for m, kind in batch
+                    if kind is None and m.value is not None and m not in self._committed
+                )
+            )
+            if self.mirror is not None and fresh:
+                now_ms = int(time.time() * 1000)
+                for message in fresh:
+                    change = orjson.loads(message.value or b"{}")
+                    change["source"]["ts_ms"], change["ts_ms"] = now_ms, now_ms
+                    self._committed[message] = Message(
+                        message.topic, message.key, orjson.dumps(change)
+                    )
+                self.mirror.commit([self._committed[m] for m in fresh])
+            yield from (self._committed.get(m, m) for m, _ in batch)
 
     # -- the state it implies -------------------------------------------------------------
 
@@ -194,7 +275,7 @@ class Stream:
         """For every key the stream's changes touch, the version its last change leaves
         (planned by the worker's own planner): once Redis holds them all, every change
         has been applied, whatever eviction or invalidation did to the values."""
-        rules = parse_rules(RULES_YAML)
+        rules = parse_rules(rules_for(self.db))
         versions: dict[str, str] = {}
         for message in self._changes():
             routed = route(SourceRecord(self.topic, 0, 0, message.key, message.value), rules)
@@ -243,6 +324,18 @@ def stored_versions(client: Redis | RedisCluster, keys: list[str]) -> dict[str, 
     raw = pipe.execute()
     return {
         k: parse_stored(v)[1] if v is not None else None for k, v in zip(keys, raw, strict=True)
+    }
+
+
+def consumer_lags(port: int) -> dict[tuple[str, str], float]:
+    """The worker's consumer lag per topic partition, as its /metrics shows it."""
+    status, body = admin_get(port, "/metrics")
+    assert status == 200, body
+    return {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "cdc_cache_consumer_lag_messages"
     }
 
 
@@ -312,18 +405,6 @@ def dlq_by_source(entries: list[dict[str, Any]]) -> dict[tuple[str, int, int], s
     }
 
 
-def consumer_lags(port: int) -> dict[tuple[str, str], float]:
-    """The worker's consumer lag per topic partition, as its /metrics shows it."""
-    status, body = admin_get(port, "/metrics")
-    assert status == 200, body
-    return {
-        (s.labels["topic"], s.labels["partition"]): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-        if s.name == "cdc_cache_consumer_lag_messages"
-    }
-
-
 # --- the scenario table -------------------------------------------------------------------
 
 
@@ -340,6 +421,7 @@ class Row:
     dlq_messages: int  # a failure re-delivered after a crash is filed again, same id
     injected: int
     seconds: float
+    inspected: dict[str, Any] | None = None  # the inspector's report, when one ran
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -351,13 +433,26 @@ class Row:
             str(self.missing),
             str(self.resurrected),
             f"{self.dlq} ({self.dlq_messages}) / {self.injected}",
+            *self._inspected(),
             f"{self.seconds:.0f}",
+        )
+
+    def _inspected(self) -> tuple[str, str, str]:
+        if self.inspected is None:
+            return "-", "-", "-"
+        window = self.inspected["windows"]["1h"]
+        ttc = self.inspected["time_to_consistency_s"]
+        return (
+            f"{window['consistency']} of {window['checks']}",
+            f"{ttc['p99']} / {ttc['max']}",
+            str(self.inspected["unresolved"]),
         )
 
 
 HEADER = (
     "scenario", "changes", "faults injected", "stale", "lost", "missing", "resurrected",
-    "DLQ ids (messages) / poison injected", "wall s",
+    "DLQ ids (messages) / poison injected", "inspector: consistent at 1 s (checks)",
+    "time to consistency p99 / max s", "unresolved", "wall s",
 )  # fmt: skip
 
 
@@ -377,8 +472,9 @@ class ScenarioTable:
             cells = (c.ljust(w) for c, w in zip(line, widths, strict=True))
             terminalreporter.write_line(" | ".join(cells))
         terminalreporter.write_line(
-            "lost = invalidated keys still holding a value; missing = rows' keys without "
-            "their value (a lost write, except where eviction or memory may take values)"
+            "lost = invalidated keys still holding a value; missing = rows' keys without their "
+            "value (a lost write, except where eviction or memory may take values); "
+            "inspector columns: cdc-cache inspect beside the worker, every change sampled"
         )
 
 
@@ -400,9 +496,33 @@ def durable_broker(tmp_path: Path) -> Iterator[tuple[S3Store, Broker]]:
         store.stop()
 
 
+UNGATED_WORKER = "tests.integration.ungated_worker"  # the injected bug: no version gate
+
+
+@dataclass
+class Inspection:
+    """``cdc-cache inspect`` beside a run's worker, comparing with the stream's mirror."""
+
+    service: Service
+    port: int
+    mirror: Mirror
+
+    def report(self) -> dict[str, Any]:
+        return inspection(self.port)
+
+    def settled(self, timeout: float = 90) -> dict[str, Any]:
+        """The report once every sample was judged and every re-check ended."""
+        return settled_inspection(self.port, self.service, timeout)
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.mirror.close()
+
+
 @dataclass
 class FaultRun:
-    """A worker (a real ``cdc-cache run`` with its admin port) consuming one stream."""
+    """A worker (a real ``cdc-cache run`` with its admin port) consuming one stream, and
+    with a MariaDB, the inspector beside it."""
 
     name: str
     broker: Broker
@@ -411,6 +531,7 @@ class FaultRun:
     worker: Service
     metrics_port: int
     dlq_topic: str
+    inspection: Inspection | None = None
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -425,18 +546,43 @@ class FaultRun:
         seed: int,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        mariadb: MariaDB | None = None,
+        ungated: bool = False,
+        inspect: dict[str, str] | None = None,
     ) -> FaultRun:
+        """With ``mariadb``, the inspector runs too (``inspect``: its flags); ``ungated``
+        runs the worker with the injected bug (see ``tests/integration/ungated_worker.py``)."""
         topic = unique_topic()
         dlq_topic = f"{topic.split('.')[0]}.dlq"
         broker.create_topics({topic: 3, dlq_topic: 1})
         fill_availability(client)
-        service = worker(tmp_path, broker.bootstrap, redis_url, [topic], workers=workers, env=env)
+        db = f"f_{uuid.uuid4().hex[:8]}"
+        rules = rules_for(db)
+        service = worker(
+            tmp_path, broker.bootstrap, redis_url, [topic], rules=rules, workers=workers
+        )
+        if ungated:
+            service.argv[2] = UNGATED_WORKER
         port = free_port()
         service.env["CDC_CACHE_METRICS_PORT"] = str(port)
         service.env["CDC_CACHE_DLQ_TOPIC"] = dlq_topic
+        watching = None
+        if mariadb is not None:
+            mirror = Mirror(mariadb, db)
+            inspect_port = free_port()
+            watcher = inspector(
+                tmp_path, broker.bootstrap, redis_url, [topic], mirror.dsn, inspect_port,
+                rules=rules, options=inspect,
+            )  # fmt: skip
+            watching = Inspection(watcher, inspect_port, mirror)
         service.env.update(env or {})
-        run = cls(name, broker, client, Stream(topic, seed), service, port, dlq_topic)
+        stream = Stream(topic, seed, db, watching.mirror if watching else None)
+        run = cls(name, broker, client, stream, service, port, dlq_topic, watching)
+        if watching is not None:
+            watching.service.start()
         run.restart()
+        if watching is not None:
+            wait_ready(watching.service, watching.port)
         return run
 
     def restart(self, timeout: float = 60) -> None:
@@ -502,24 +648,31 @@ class FaultRun:
             assert time.monotonic() < deadline, f"not drained: {lags}\n{self.worker.tail()}"
             time.sleep(0.3)
 
-    def finish(self, table: ScenarioTable, faults: str, *, settle: str | None = None) -> Verdict:
-        """The closing checks: a consistent cache and exactly the poison in the DLQ.
+    def conclude(
+        self,
+        table: ScenarioTable,
+        faults: str,
+        *,
+        timeout: float = 90,
+        settle: str | None = None,
+    ) -> tuple[Verdict, list[dict[str, Any]], dict[str, Any] | None]:
+        """Wait (up to ``timeout``) for a consistent cache, read the DLQ and the
+        inspector's settled report, and add the scenario's row to ``table``.
 
-        With ``settle`` (``versions`` or ``drained``, for Redis under memory pressure)
-        the worker is first waited for, and keys without their value are counted apart
-        rather than failing the check: eviction and memory refusals may take values.
+        With ``settle`` (``versions`` or ``drained``, for Redis under memory pressure) the
+        worker is waited for instead of a cache equal to the history, since eviction and
+        memory refusals may take values; keys without their value are counted apart.
         """
         if settle is None:
-            result = self.wait_consistent()
+            result = self.wait_consistent(timeout)
         else:
             if settle == "versions":
-                self.wait_settled()
+                self.wait_settled(timeout)
             else:
-                self.wait_drained()
+                self.wait_drained(timeout=timeout)
             result = verdict(self.client, self.stream)
         entries = read_dlq(self.broker.bootstrap, self.dlq_topic, len(self.stream.poison))
-        filed = dlq_by_source(entries)
-        ids = {e.get("id") for e in entries}
+        inspected = self.inspection.settled() if self.inspection is not None else None
         table.rows.append(
             Row(
                 self.name,
@@ -529,12 +682,25 @@ class FaultRun:
                 len(result.lost),
                 len(result.missing),
                 len(result.resurrected),
-                len(ids),
+                len({e.get("id") for e in entries}),
                 len(entries),
                 len(self.stream.poison),
                 time.monotonic() - self.started,
+                inspected,
             )
         )
+        return result, entries, inspected
+
+    def finish(self, table: ScenarioTable, faults: str, *, settle: str | None = None) -> Verdict:
+        """The closing checks: a consistent cache, exactly the poison in the DLQ, and (with
+        the inspector) every sampled change judged and every inconsistency it saw gone.
+
+        With ``settle`` (see :meth:`conclude`) keys without their value are allowed and
+        counted; nothing stale, lost or resurrected is.
+        """
+        result, entries, inspected = self.conclude(table, faults, settle=settle)
+        filed = dlq_by_source(entries)
+        ids = {e.get("id") for e in entries}
         if settle is None:
             assert result.clean, f"{result}\n{self.worker.tail()}"
         else:
@@ -547,7 +713,16 @@ class FaultRun:
             f" kinds {sorted(set(filed.items()) ^ set(self.stream.poison.items()))[:5]}"
         )
         assert len(ids) == len(filed), "a re-delivered failure must keep its id"
+        if inspected is not None:
+            assert self.inspection is not None
+            assert sum(inspected["checks"].values()) > 0, self.inspection.service.tail()
+            assert inspected["unresolved"] == 0, f"{inspected}\n{self.inspection.service.tail()}"
+            queries = metric(self.inspection.port, "cdc_cache_inspect_db_queries_total")
+            budget = INSPECT_DB_QUERIES_PER_S * (time.monotonic() - self.started + 1)
+            assert 0 < queries <= budget, "the database load stays within its budget"
         return result
 
     def stop(self) -> None:
         self.worker.stop()
+        if self.inspection is not None:
+            self.inspection.stop()

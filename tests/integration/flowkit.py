@@ -26,6 +26,7 @@ from redis.cluster import RedisCluster
 
 from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.mariadb import MariaDB
+from cdc_cache.devstack.process import free_port
 from cdc_cache.rules import parse_rules
 from cdc_cache.verify import Report, verify
 from tests.integration.sql_workload import DDL, rules_for
@@ -33,6 +34,7 @@ from tests.workload import RULES_YAML, Message
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON = [b"{not json", b'{"op": "u", "source": {}}', b"\x00\xff"]
+INSPECT_DB_QUERIES_PER_S = 400  # the database budget of the inspectors tests start
 
 
 def unique_topic(table: str = "inventory.stock") -> str:
@@ -192,6 +194,76 @@ def worker(
     )
 
 
+def inspector(
+    tmp_path: Path,
+    brokers: str,
+    redis_url: str,
+    topics: Sequence[str],
+    dsn: str,
+    port: int,
+    *,
+    rules: str = RULES_YAML,
+    env: Mapping[str, str] | None = None,
+    options: Mapping[str, str] | None = None,
+) -> Service:
+    """``cdc-cache inspect`` beside a worker: every change sampled (up to 200 a second),
+    checked once it settled for 1 s, a wrong key re-checked for up to 30 s; ``options``
+    (flag: value) change that."""
+    rules_file = tmp_path / "inspect-rules.yaml"
+    rules_file.write_text(rules)
+    flags = {
+        "--sample-every": "1",
+        "--max-samples-per-s": "200",
+        "--max-db-queries-per-s": str(INSPECT_DB_QUERIES_PER_S),
+        "--settle-s": "1",
+        "--recheck-limit-s": "30",
+        "--min-checks": "20",
+        **(options or {}),
+    }
+    argv = [
+        sys.executable, "-m", "cdc_cache", "inspect",
+        "--rules", str(rules_file),
+        "--brokers", brokers,
+        *(arg for topic in topics for arg in ("--topic", topic)),
+        "--redis-url", redis_url,
+        "--db", dsn,
+        "--port", str(port),
+        *(part for flag in flags.items() for part in flag),
+    ]  # fmt: skip
+    return Service(argv, tmp_path / "inspect.log", env)
+
+
+def inspection(port: int) -> dict[str, Any]:
+    """The inspector's report (``GET /inspect``)."""
+    status, body = admin_get(port, "/inspect")
+    assert status == 200, body
+    report: dict[str, Any] = orjson.loads(body)
+    return report
+
+
+def wait_ready(service: Service, port: int, timeout: float = 60) -> None:
+    """Until ``GET /readyz`` on ``port`` answers 200 (the process must stay alive)."""
+
+    def ready() -> bool:
+        try:
+            return admin_get(port, "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    wait_while_alive(f"{service.argv[3]} ready", ready, service, timeout)
+
+
+def settled_inspection(port: int, service: Service, timeout: float = 60) -> dict[str, Any]:
+    """The inspector's report once every sample was judged and every re-check ended."""
+    wait_while_alive(
+        "inspector done with its samples",
+        lambda: inspection(port).get("pending") == 0,
+        service,
+        timeout,
+    )
+    return inspection(port)
+
+
 def debezium(
     tmp_path: Path,
     *,
@@ -309,7 +381,18 @@ class Pipeline:
             rules=self.rules,
             env=avro if registry_url else None,
         )
-        self.services = [self.debezium, self.worker]
+        self.inspect_port = free_port()
+        self.inspector = inspector(
+            tmp_path,
+            broker.bootstrap,
+            redis_url,
+            [topic],
+            dsn,
+            self.inspect_port,
+            rules=self.rules,
+            env=avro if registry_url else None,
+        )
+        self.services = [self.debezium, self.worker, self.inspector]
 
     def start(self) -> None:
         for service in self.services:

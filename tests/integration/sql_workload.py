@@ -19,10 +19,12 @@ Statement = tuple[str, tuple[Any, ...]]
 WAREHOUSES = ("north", "south", "east", "west", "a:b {c}*", "ünï cødé")
 
 RULES = """
+version: 2
 defaults: {{safety_ttl: 1h, tombstone_ttl: 30m}}
 tables:
   {schema}.stock:
     columns: [id, sku_id, warehouse, qty, price, note]
+    types: {{price: decimal(2)}}  # schemaless JSON carries no scale (precise decimals)
     watch: [id, sku_id, warehouse, qty, price]
     keys:
       - key: "stock:{{sku_id}}:{{warehouse}}"

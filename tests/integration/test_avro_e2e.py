@@ -17,7 +17,7 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.devstack.schema_registry import SchemaRegistryServer
-from tests.integration.flowkit import mariadb_pipeline, wait_until_verified
+from tests.integration.flowkit import mariadb_pipeline, settled_inspection, wait_until_verified
 from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,6 +55,9 @@ def test_avro_changes_from_debezium_leave_a_consistent_cache(
         report = wait_until_verified(pipeline.dsn, pipeline.rules, redis_client, pipeline.services)
         assert report.clean, report.format() + "\n" + pipeline.worker.tail()
         assert report.tables[0].rows == len(workload.rows) > 0
+        inspected = settled_inspection(pipeline.inspect_port, pipeline.inspector)
+        assert sum(inspected["checks"].values()) > 0, "the inspector decodes Avro too"
+        assert inspected["unresolved"] == 0, inspected
         stock_topic = f".{pipeline.schema}.stock-value/versions"
     registered = {r for r in registry.requests if r.startswith("POST subjects/")}
     assert any(r.endswith(stock_topic) for r in registered), registered

@@ -1,17 +1,24 @@
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from cdc_cache.client import NEGATIVE, CacheAside
+from cdc_cache.events import ChangeEvent, Op
+from cdc_cache.fill import RowCodec
 from cdc_cache.keys import MODE_KEY, lease_key, version_key
+from cdc_cache.logical import ColumnType, Kind, RowTypes
 from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.plan import plan
 from cdc_cache.positions import SourcePosition
 from cdc_cache.redis_apply import RedisApplier
+from cdc_cache.rules import parse_rules
 
 pytestmark = pytest.mark.integration
 
@@ -204,6 +211,44 @@ def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
     assert 0 < any_redis.pttl("user:{8}:profile") <= 4_000
 
 
+def test_a_table_in_ttl_mode_alone_caps_only_the_fills_under_its_prefixes(any_redis: Any) -> None:
+    any_redis.hset(
+        MODE_KEY,
+        mapping={"mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]'},
+    )
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    cache.get(KEY, Loader(OLD))
+    cache.get("order:1", Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert any_redis.pttl("order:1") > 4_000
+
+
+def test_a_hash_gone_stale_caps_every_fill_not_only_those_under_ttl_prefixes(
+    any_redis: Any,
+) -> None:
+    written_ms = 1_000_000
+    any_redis.hset(
+        MODE_KEY,
+        mapping={
+            "mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]',
+            "updated_ms": written_ms, "stale_after_ms": 90_000,
+        },
+    )  # fmt: skip
+    now_s = [written_ms / 1000 + 1]
+    cache = CacheAside(any_redis, ttl_ms=TTL, mode_refresh_s=0, wall_clock=lambda: now_s[0])
+    assert cache.mode().name == "cdc"  # fresh: only the table's keys are capped
+    cache.get("order:1", Loader(OLD))
+    assert any_redis.pttl("order:1") > 4_000
+
+    now_s[0] += 90  # no worker (nor watchdog) wrote it for longer than its bound
+    mode = cache.mode()
+    assert (mode.name, mode.ttl_cap_ms, mode.table_prefixes) == ("ttl", 4_000, ("user:",))
+    cache.get(KEY, Loader(OLD))
+    cache.get("order:2", Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+    assert 0 < any_redis.pttl("order:2") <= 4_000
+
+
 def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
     now = [0.0]
     cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])
@@ -222,3 +267,57 @@ def test_bad_settings_name_the_parameter(any_redis: Any) -> None:
         CacheAside(any_redis, ttl_ms=TTL, negative_ttl_ms=0)
     with pytest.raises(ValueError, match="ttl_ms=-1"):
         CacheAside(any_redis, ttl_ms=TTL).get(KEY, Loader(OLD), ttl_ms=-1)
+
+
+ORDERS = parse_rules("""
+version: 2
+tables:
+  shop.orders:
+    types: {paid: boolean}
+    keys:
+      - key: "order:{placed_on}:{id}"
+""")
+ORDER_ROW = {"id": 7, "placed_on": dt.date(2026, 11, 29), "total": Decimal("12.50"), "paid": 1}
+# The same row as Debezium ships it (precise decimals, epoch days), with its schema's types.
+ORDER_SHIPPED = {"id": 7, "placed_on": 20786, "total": "BOI=", "paid": 1}
+ORDER_TYPES = RowTypes(
+    [("placed_on", ColumnType(Kind.DATE)), ("total", ColumnType(Kind.DECIMAL, 2))]
+)
+
+
+def worker_writes_order(redis: Any, n: int) -> SetRow:
+    event = ChangeEvent(
+        table="shop.orders",
+        op=Op.UPDATE,
+        before=ORDER_SHIPPED,
+        after=ORDER_SHIPPED,
+        key={"id": 7},
+        position=pos(n),
+        committed_at_ms=None,
+        types=ORDER_TYPES,
+    )
+    table = ORDERS.tables["shop.orders"]
+    (op,) = plan(table.values.event(event), ORDERS)
+    assert isinstance(op, SetRow)
+    RedisApplier(redis).apply([op])
+    return op
+
+
+def test_get_row_fills_the_workers_key_with_the_workers_bytes(any_redis: Any) -> None:
+    codec = RowCodec(ORDERS, "shop.orders")
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    filled = cache.get_row(codec, {"id": 7, "placed_on": dt.date(2026, 11, 29)}, lambda: ORDER_ROW)
+    assert filled == b'{"id":7,"placed_on":"2026-11-29","total":"12.50","paid":true}'
+    assert any_redis.get("order:2026-11-29:7") == filled
+    written = worker_writes_order(any_redis, 2)  # the worker rewrites the same row later
+    assert written.key == "order:2026-11-29:7"
+    assert any_redis.get(written.key) == filled  # same bytes: no flip between two shapes
+    hit = cache.get_row(codec, {"id": 7, "placed_on": dt.date(2026, 11, 29)}, Loader(None))
+    assert hit == filled
+
+
+def test_get_row_of_a_missing_row_caches_the_negative_marker(any_redis: Any) -> None:
+    codec = RowCodec(ORDERS, "shop.orders")
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    assert cache.get_row(codec, {"id": 8, "placed_on": dt.date(2026, 1, 1)}, lambda: None) is None
+    assert any_redis.get("order:2026-01-01:8") == NEGATIVE

@@ -42,6 +42,7 @@ def demo_env() -> Iterator[dict[str, str]]:
     yield env
     ManagedProcess("worker", (), home / "demo").stop()
     ManagedProcess("gateway", (), home / "demo").stop()
+    ManagedProcess("inspect", (), home / "demo").stop()
     Stack(StackConfig.from_env(env)).down(progress=lambda _: None)
     shutil.rmtree(home, ignore_errors=True)
 
@@ -184,10 +185,15 @@ def test_demo_runs_checks_consistency_and_stops_everything(
     assert _count(r"consistency\s+(\d+) ok", output) > 0
     assert _count(r"(\d+) stale, \d+ unexpected", output) == 0
     assert _count(r"(\d+) unexpected", output) == 0
+    # the inspector ran beside the worker, its nines in the live output and the summary
+    assert re.search(r"inspect   consistent 5m \S+ %? ?of \d+", output), output
+    assert _count(r"inspector .* of (\d+)  time to consistency", output) > 0
+    assert _count(r"(\d+) unresolved", output) == 0
 
     metrics_port = _count(r"metrics http://127\.0\.0\.1:(\d+)/metrics", output)
     gateway_port = _count(r"live page http://127\.0\.0\.1:(\d+)/", output)
+    inspect_port = _count(r"report http://127\.0\.0\.1:(\d+)/", output)
     ports = [int(demo_env[port_env(s)]) for s in DEFAULT_PORTS if s != "postgres"]
-    assert not [p for p in [*ports, metrics_port, gateway_port] if port_open(p)]
+    assert not [p for p in [*ports, metrics_port, gateway_port, inspect_port] if port_open(p)]
     assert _processes_under(home) == []
     assert not any(row.up for row in Stack(StackConfig.from_env(demo_env)).status())

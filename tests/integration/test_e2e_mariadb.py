@@ -22,7 +22,12 @@ from cdc_cache.devstack.mariadb import MariaDB
 from cdc_cache.devstack.redis import RedisServer
 from cdc_cache.keys import escape_value
 from cdc_cache.verify import Finding
-from tests.integration.flowkit import Pipeline, mariadb_pipeline, wait_until_verified
+from tests.integration.flowkit import (
+    Pipeline,
+    mariadb_pipeline,
+    settled_inspection,
+    wait_until_verified,
+)
 from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,6 +64,11 @@ def test_ten_thousand_random_transactions_leave_no_stale_missing_or_unexpected_k
     assert report.clean, report.format() + "\n" + pipeline.worker.tail()
     assert report.tables[0].rows == len(workload.rows)
     assert report.tables[0].set_keys == 2 * len(workload.rows)
+    # The inspector beside the worker judged every sampled change and saw each converge.
+    inspected = settled_inspection(pipeline.inspect_port, pipeline.inspector)
+    print(f"inspector: {inspected['checks']}, {inspected['time_to_consistency_s']}")
+    assert sum(inspected["checks"].values()) > 100, inspected
+    assert inspected["unresolved"] == 0, f"{inspected}\n{pipeline.inspector.tail()}"
 
     args = [
         "verify", "--db", pipeline.dsn, "--rules", str(pipeline.rules_file),

@@ -18,7 +18,13 @@ from cdc_cache.devstack.broker import Broker
 from cdc_cache.devstack.postgres import Postgres
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisServer
-from tests.integration.flowkit import Pipeline, debezium, metric, wait_until_verified
+from tests.integration.flowkit import (
+    Pipeline,
+    debezium,
+    metric,
+    settled_inspection,
+    wait_until_verified,
+)
 from tests.integration.sql_workload import DDL, SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,6 +74,11 @@ def test_a_thousand_random_transactions_leave_no_stale_missing_or_unexpected_key
     print(report.format())
     assert report.clean, report.format() + "\n" + pipeline.worker.tail()
     assert report.tables[0].rows == len(workload.rows)
+    # The inspector beside the worker judged sampled changes and saw each converge.
+    inspected = settled_inspection(pipeline.inspect_port, pipeline.inspector)
+    print(f"inspector: {inspected['checks']}, {inspected['time_to_consistency_s']}")
+    assert sum(inspected["checks"].values()) > 100, inspected
+    assert inspected["unresolved"] == 0, f"{inspected}\n{pipeline.inspector.tail()}"
 
 
 def test_a_recreated_slot_resnapshots_in_the_same_lineage_and_settles(

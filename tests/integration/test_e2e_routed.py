@@ -45,6 +45,7 @@ SLO_S = 4.0
 SECOND = """
   {schema}.stock_b:
     columns: [id, sku_id, warehouse, qty, price, note]
+    types: {{price: decimal(2)}}
     watch: [id, sku_id, warehouse, qty, price]
     keys:
       - key: "stockb:{{sku_id}}:{{warehouse}}"

@@ -3,7 +3,10 @@ and the broker stopped and restarted, poison interleaved, duplicates re-delivere
 
 Every scenario ends with the same checks (:meth:`FaultRun.finish`): no stale key, no
 lost write or invalidation, no resurrected deleted row, and the dead-letter topic holding
-exactly the poison that was injected. The session prints a table of the scenarios.
+exactly the poison that was injected. ``cdc-cache inspect`` runs beside the worker in each
+(on a MariaDB copy of the stream's table) and must see every inconsistency it measured
+converge; a worker with an injected bug (no version gate) must drive its nines under the
+objective. The session prints a table of the scenarios.
 """
 
 from __future__ import annotations
@@ -73,12 +76,13 @@ def wait_for(what: str, check: Callable[[], bool], run: FaultRun, timeout: float
 
 
 def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
-    broker, redis_target, tmp_path, runs, scenario_table
+    broker, mariadb, redis_target, tmp_path, runs, scenario_table
 ):
     name = "worker SIGKILL" + (", Cluster" if "cluster=true" in redis_target.url else "")
     run = FaultRun.start(
-        name, tmp_path, broker, redis_target.url, redis_target.client, seed=41, workers=2
-    )
+        name, tmp_path, broker, redis_target.url, redis_target.client, seed=41, workers=2,
+        mariadb=mariadb,
+    )  # fmt: skip
     runs.append(run)
     part = run.stream.part(3000, poison=12, redeliver=0.1)
     rnd = random.Random(41)
@@ -98,13 +102,16 @@ def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
     run.finish(scenario_table, f"{kills} x SIGKILL (2 worker threads)")
 
 
-def test_redis_outage_holds_changes_until_redis_returns(broker, tmp_path, runs, scenario_table):
+def test_redis_outage_holds_changes_until_redis_returns(
+    broker, mariadb, tmp_path, runs, scenario_table
+):
     redis = RedisServer(tmp_path / "redis", free_port(), persist=True)  # data survives stop
     redis.start()
     try:
         run = FaultRun.start(
-            "Redis outage", tmp_path, broker, redis.address(), connect(redis.address()), seed=42
-        )
+            "Redis outage", tmp_path, broker, redis.address(), connect(redis.address()), seed=42,
+            mariadb=mariadb,
+        )  # fmt: skip
         runs.append(run)
         run.stream.produce(broker.bootstrap, run.stream.part(600, poison=3))
         assert run.wait_consistent().clean, run.worker.tail()
@@ -144,11 +151,14 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
     return time.monotonic() - back
 
 
-def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs, scenario_table):
+def test_broker_restart_loses_nothing(
+    mariadb, redis_server, redis_client, tmp_path, runs, scenario_table
+):
     with durable_broker(tmp_path) as (_, durable):
         run = FaultRun.start(
-            "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43
-        )
+            "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43,
+            mariadb=mariadb,
+        )  # fmt: skip
         runs.append(run)
         run.stream.produce(durable.bootstrap, run.stream.part(1000, poison=4), pace_s=0.05)
         durable.stop()
@@ -166,26 +176,26 @@ def test_broker_restart_loses_nothing(redis_server, redis_client, tmp_path, runs
 
 
 def test_poison_interleaved_goes_to_the_dlq_and_the_stream_goes_on(
-    broker, redis_server, redis_client, tmp_path, runs, scenario_table
+    broker, mariadb, redis_server, redis_client, tmp_path, runs, scenario_table
 ):
     run = FaultRun.start(
-        "poison interleaved", tmp_path, broker, redis_server.address(), redis_client, seed=44
-    )
+        "poison interleaved", tmp_path, broker, redis_server.address(), redis_client, seed=44,
+        mariadb=mariadb,
+    )  # fmt: skip
     runs.append(run)
     run.stream.produce(broker.bootstrap, run.stream.part(1500, poison=45))
     run.finish(scenario_table, "45 poison (undecodable, no_primary_key, render_failed)")
 
 
 def test_duplicate_redelivery_changes_nothing(
-    broker, redis_server, redis_client, tmp_path, runs, scenario_table
+    broker, mariadb, redis_server, redis_client, tmp_path, runs, scenario_table
 ):
     run = FaultRun.start(
-        "duplicate re-delivery", tmp_path, broker, redis_server.address(), redis_client, seed=45
-    )
+        "duplicate re-delivery", tmp_path, broker, redis_server.address(), redis_client, seed=45,
+        mariadb=mariadb,
+    )  # fmt: skip
     runs.append(run)
-    part = run.stream.part(1500, poison=6, redeliver=0.3)
-    run.stream.produce(broker.bootstrap, part)
-    run.stream.produce(broker.bootstrap, run.stream.again(part, 0.5))
+    redeliver(run)
     run.finish(scenario_table, f"{run.stream.duplicates} duplicate changes")
     # every change delivered was processed exactly once, the duplicates as duplicates
     wait_for(
@@ -197,15 +207,16 @@ def test_duplicate_redelivery_changes_nothing(
 
 
 def test_source_failover_to_a_lower_binlog_is_followed_across_sigkills(
-    broker, redis_target, tmp_path, runs, scenario_table
+    broker, mariadb, redis_target, tmp_path, runs, scenario_table
 ):
     """A replica promoted, the connector re-snapshotting it from binlog 1 (the old primary
     was at ~8), then the new server's changes, while the worker (2 threads: partitions
     reach the switch at different times) is SIGKILLed twice around the switch."""
     name = "source failover" + (", Cluster" if "cluster=true" in redis_target.url else "")
     run = FaultRun.start(
-        name, tmp_path, broker, redis_target.url, redis_target.client, seed=47, workers=2
-    )
+        name, tmp_path, broker, redis_target.url, redis_target.client, seed=47, workers=2,
+        mariadb=mariadb,
+    )  # fmt: skip
     runs.append(run)
     run.stream.produce(broker.bootstrap, run.stream.part(800, poison=3, redeliver=0.05))
     assert run.wait_consistent().clean, run.worker.tail()
@@ -247,6 +258,49 @@ def test_without_lineage_detection_the_same_failover_leaves_stale_keys(
     result = verdict(run.client, run.stream)
     assert len(result.stale) > 50, result
     assert run.metrics().events["stale"] > 500
+
+
+def redeliver(run: FaultRun, transactions: int = 1500) -> None:
+    """Transactions, 30 % of them re-delivered among them, then their first half again."""
+    part = run.stream.part(transactions, poison=6, redeliver=0.3)
+    run.stream.produce(run.broker.bootstrap, part)
+    run.stream.produce(run.broker.bootstrap, run.stream.again(part, 0.5))
+
+
+def test_a_worker_without_its_version_gate_drives_the_nines_down_and_fires_the_alert(
+    broker, mariadb, redis_server, redis_client, tmp_path, runs, scenario_table
+):
+    """A stream like the duplicates scenario's, applied by a worker whose gate lets an older
+    change overwrite a newer one: the inspector's nines fall under the objective in both
+    alert windows (the alert's condition), where the gated worker kept 100 %."""
+    run = FaultRun.start(
+        "injected bug: version gate off", tmp_path, broker, redis_server.address(),
+        redis_client, seed=45, mariadb=mariadb, ungated=True,
+        inspect={"--recheck-limit-s": "3", "--objective-nines": "3"},
+    )  # fmt: skip
+    runs.append(run)
+    redeliver(run, 500)
+    result, _, inspected = run.conclude(
+        scenario_table, f"{run.stream.duplicates} duplicate changes", timeout=5
+    )
+    assert inspected is not None and run.inspection is not None
+    assert result.stale, "the injected bug left no stale key: it proves nothing"
+    assert inspected["unresolved"] > 0, inspected
+    assert inspected["checks"]["stale"] > 0, inspected
+    port = run.inspection.port
+    objective = metric(port, "cdc_cache_inspect_objective_nines")
+    assert objective == 3
+    for window in ("5m", "1h"):  # CdcCacheConsistencyBelowObjective: both under the objective
+        nines = metric(port, "cdc_cache_inspect_consistency_nines", {"window": window})
+        assert nines < objective, (window, nines, inspected)
+    shown = {entry["key"] for entry in inspected["latest_inconsistencies"]}
+    assert shown & set(result.stale), (shown, result.stale)
+    logged = [
+        orjson.loads(line)
+        for line in run.inspection.service.log.read_text().splitlines()
+        if '"inconsistent cache key"' in line
+    ]
+    assert logged and {"key", "kind", "age_s", "table", "position"} <= logged[0].keys()
 
 
 def test_the_consistency_check_sees_every_kind_of_damage(redis_client):

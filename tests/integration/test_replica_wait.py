@@ -2,7 +2,8 @@
 
 A batch returns from the writer only once the required replicas acknowledged it; a
 replica cut off holds the writer (and the cache in ttl mode) until it is back; a failover
-between a batch's writes and its wait applies the batch again on the new primary.
+between a batch's writes and its wait applies the batch again on the new primary; a
+failed change is dead-lettered only once the replicas hold the deletes of its keys.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from redis import Redis
 
 from cdc_cache.devstack.process import free_port
 from cdc_cache.devstack.redis import RedisClusterServers
+from cdc_cache.dlq import Failure
 from cdc_cache.events import SourceRecord
 from cdc_cache.failover import PrimaryRegistry
 from cdc_cache.fallback import Holds
 from cdc_cache.mode import Cause
 from cdc_cache.ops import DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, route
+from cdc_cache.pipeline import Planned, Rejected, Routed, route
 from cdc_cache.redis_apply import Client, RedisApplier, accepts_writes, connect, version_of
 from cdc_cache.replica_wait import ReplicaWait
 from cdc_cache.retry import Backoff
@@ -40,13 +42,14 @@ RULES = parse_rules(RULES_YAML)
 FAST = Backoff(initial=0.05, maximum=0.5)
 
 
+def records(workload: Workload, transactions: int) -> list[SourceRecord]:
+    messages = (m for tx in workload.transactions(transactions) for m in tx)
+    return [SourceRecord(m.topic, 0, n, m.key, m.value) for n, m in enumerate(messages)]
+
+
 def planned(workload: Workload, transactions: int) -> list[Planned]:
-    items = []
-    for n, message in enumerate(m for tx in workload.transactions(transactions) for m in tx):
-        routed = route(SourceRecord(message.topic, 0, n, message.key, message.value), RULES)
-        if isinstance(routed, Planned):
-            items.append(routed)
-    return items
+    routed = (route(record, RULES) for record in records(workload, transactions))
+    return [item for item in routed if isinstance(item, Planned)]
 
 
 def writer_for(client: Client, holds: Holds, registry: PrimaryRegistry) -> CacheWriter:
@@ -57,12 +60,12 @@ def writer_for(client: Client, holds: Holds, registry: PrimaryRegistry) -> Cache
 class Background:
     """``writer.write(items)`` in a thread, to watch it wait."""
 
-    def __init__(self, writer: CacheWriter, items: list[Planned]) -> None:
+    def __init__(self, writer: CacheWriter, items: list[Routed]) -> None:
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(writer, items), daemon=True)
         self.thread.start()
 
-    def _run(self, writer: CacheWriter, items: list[Planned]) -> None:
+    def _run(self, writer: CacheWriter, items: list[Routed]) -> None:
         try:
             writer.write(items)
         except BaseException as exc:  # reported by done()
@@ -119,6 +122,47 @@ def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_r
     assert second.done(60)
     assert cache_state(group.client(group.primary)) == workload.expected_cache()
     assert failovers("complete") == complete_before + 1
+    assert not holds.active()
+
+
+def test_a_failed_change_is_dead_lettered_only_once_the_replica_holds_its_deletes(
+    replicated_redis,
+):
+    group = replicated_redis
+    client, holds, workload = connect(group.url()), Holds(), Workload(seed=35)
+    dead: list[Failure] = []
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    writer = CacheWriter(RedisApplier(client), FAST, reject=dead.extend, replicas=wait.start())
+    unguarded = CacheWriter(RedisApplier(client), FAST, reject=dead.extend)
+    writer.write(planned(workload, 50))
+    replica = group.client(group.replica)
+    wait_until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
+
+    def too_large(transactions: int) -> list[Routed]:
+        """The next changes, each rejected (value_too_large): only their deletes are written."""
+        routed = [route(record, RULES, 0, 1) for record in records(workload, transactions)]
+        return [item for item in routed if isinstance(item, Rejected)]
+
+    group.detach_replica()
+    # Without the wait, the failures are dead-lettered while the replica serves their rows.
+    unguarded.write(first := too_large(10))
+    keys = [delete.key for item in first for delete in item.invalidation.deletes]
+    assert len(dead) == len(first) and client.exists(*keys) == 0 and replica.exists(*keys) > 0
+
+    dead.clear()
+    second = too_large(10)
+    keys = [delete.key for item in second for delete in item.invalidation.deletes]
+    blocked = Background(writer, second)
+    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+    assert not blocked.done(1.0)
+    assert not dead, "dead-lettered before the replica had the deletes"
+    assert replica.exists(*keys) > 0
+    group.reattach_replica()
+
+    assert blocked.done(30)
+    assert len(dead) == len(second)
+    assert all(failure.invalidation is not None for failure in dead)
+    assert replica.exists(*keys) == 0
     assert not holds.active()
 
 

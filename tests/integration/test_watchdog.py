@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
@@ -18,11 +18,12 @@ from click.testing import CliRunner
 
 from cdc_cache import metrics
 from cdc_cache.cli import main
+from cdc_cache.client import CacheAside
 from cdc_cache.devstack.process import free_port
 from cdc_cache.fallback import ModeRuntime, ModeStore
 from cdc_cache.keys import MODE_KEY, WATCHDOG_LOCK_KEY
 from cdc_cache.lag import LagTracker
-from cdc_cache.mode import Flag, ModeConfig, ModeState
+from cdc_cache.mode import Cause, Flag, Hold, ModeConfig, ModeState
 from cdc_cache.watchdog import Watchdog
 from tests.integration.flowkit import Service
 
@@ -40,12 +41,14 @@ class Clock:
         return self.now
 
 
-def worker_writes(client: Any) -> None:
+def worker_writes(
+    client: Any, tables: tuple[Hold, ...] = (), ttl_prefixes: Iterable[str] = ()
+) -> None:
     """The worker's leader publishing the mode, as it does every second."""
     now_ms = int(time.time() * 1000)
     ModeStore(client).publish(
-        ModeState.initial(now_ms), Flag.AUTO, 0.2, now_ms, FALLBACK_MS,
-        stale_after_ms=BOUND_MS, prefixes=PREFIXES,
+        ModeState.initial(now_ms), Flag.AUTO, 0.2, now_ms, FALLBACK_MS, holds=tables,
+        ttl_prefixes=ttl_prefixes, stale_after_ms=BOUND_MS, prefixes=PREFIXES,
     )  # fmt: skip
 
 
@@ -58,6 +61,21 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
         time.sleep(0.05)
+
+
+def taken_over_in_forced_cdc(
+    client: Any, make: Callable[[Clock], Watchdog]
+) -> tuple[Clock, Watchdog, dict[str, str]]:
+    """The operator forces cdc, then a watchdog finds the worker's heartbeat still."""
+    ModeStore(client).set_flag(Flag.CDC)
+    clock = Clock()
+    dog = make(clock)
+    dog.tick()
+    clock.now += 6
+    dog.tick()
+    taken = record(client)
+    assert (taken["mode"], taken["cause"], taken["writer"]) == ("cdc", "forced", "watchdog")
+    return clock, dog, taken
 
 
 @pytest.fixture
@@ -156,14 +174,7 @@ def test_of_two_watchdogs_one_acts_and_the_other_takes_over_when_it_stops(
 def test_the_operator_flag_still_wins_over_the_watchdog(any_redis: Any, watchdogs: Any) -> None:
     worker_writes(any_redis)
     any_redis.set("stock:1:north", b"{}", px=LONG_MS)
-    ModeStore(any_redis).set_flag(Flag.CDC)
-    clock = Clock()
-    dog = watchdogs(clock)
-    dog.tick()
-    clock.now += 6
-    dog.tick()
-    taken = record(any_redis)
-    assert (taken["mode"], taken["cause"], taken["writer"]) == ("cdc", "forced", "watchdog")
+    clock, dog, taken = taken_over_in_forced_cdc(any_redis, watchdogs)
     assert taken["holds"] == '["worker_down"]'
     time.sleep(0.5)
     assert any_redis.pttl("stock:1:north") > FALLBACK_MS  # forced cdc: nothing shortened
@@ -172,6 +183,37 @@ def test_the_operator_flag_still_wins_over_the_watchdog(any_redis: Any, watchdog
     dog.tick()
     assert any_redis.hget(MODE_KEY, "mode") == b"ttl"
     wait_for("shortened", lambda: 0 < any_redis.pttl("stock:1:north") <= FALLBACK_MS)
+
+
+def test_tables_the_worker_left_in_ttl_stay_so_while_the_watchdog_decides(
+    any_redis: Any, watchdogs: Any
+) -> None:
+    """Under a forced cdc only the tables' own caps bound their keys: the watchdog must
+    carry them, for applications and for the worker's other processes."""
+    failing = Hold(Cause.TABLE_FAILING, "5 changes failed within 60s", "db.items")
+    worker_writes(any_redis, tables=(failing,), ttl_prefixes=["item:"])
+    _, _, taken = taken_over_in_forced_cdc(any_redis, watchdogs)
+    assert orjson.loads(taken["tables"]) == {"db.items": failing.reason}
+    assert orjson.loads(taken["ttl_prefixes"]) == ["item:"]
+    assert orjson.loads(taken["holds"]) == ["table_failing:db.items", "worker_down"]
+
+    cache = CacheAside(any_redis, ttl_ms=LONG_MS)
+    cache.get("item:1", lambda: b"{}")
+    cache.get("stock:1:north", lambda: b"{}")
+    assert 0 < any_redis.pttl("item:1") <= FALLBACK_MS
+    assert any_redis.pttl("stock:1:north") > FALLBACK_MS
+
+    follower = ModeRuntime(
+        client=any_redis, tracker=LagTracker(lambda: time.time() * 1000),
+        config=ModeConfig(3.0, 2.0, 2.0),
+        fallback_ttl_ms=FALLBACK_MS, prefixes=PREFIXES, process=1, processes=2,
+        table_prefixes={"db.items": ["item:"]},
+    )  # fmt: skip
+    try:
+        follower.tick()
+        assert follower.tables.caps() == {"db.items": FALLBACK_MS}
+    finally:
+        follower.close()
 
 
 def test_the_gateway_runs_a_watchdog(tmp_path: Path, redis_server: Any, redis_client: Any) -> None:

@@ -225,3 +225,17 @@ def test_readyz_shows_the_source_lineages_once_the_worker_runs(runtime: FakeRunt
         assert status == 200 and orjson.loads(body)["lineage"] == lineage
     finally:
         server.close()
+
+
+def test_another_process_adds_its_own_pages(runtime):
+    """How ``cdc-cache inspect`` serves its report next to /metrics and /healthz."""
+    from http import HTTPStatus
+
+    page = (HTTPStatus.OK, b"report\n", "text/plain; charset=utf-8")
+    server = AdminServer(runtime, 0, None, host="127.0.0.1", more_pages={"/": lambda: page}).start()
+    try:
+        assert call(server, "GET", "/") == (200, b"report\n")
+        assert call(server, "GET", "/healthz")[0] == 200
+        assert call(server, "GET", "/other")[0] == 404
+    finally:
+        server.close()

@@ -12,11 +12,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from cdc_cache.settings import ENV_PREFIX, GatewaySettings, WatchdogSettings, WorkerSettings
+from cdc_cache.settings import (
+    ENV_PREFIX,
+    GatewaySettings,
+    InspectSettings,
+    WatchdogSettings,
+    WorkerSettings,
+)
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -258,3 +265,24 @@ def test_dockerfile_runs_unprivileged_and_caches_dependencies():
     copied = {line.split()[1] for line in build if line.startswith("COPY ")}
     allowed = {line.removeprefix("!").rstrip("/") for line in ignore if line.startswith("!")}
     assert copied <= allowed, "the build context holds what the image copies"
+
+
+def test_the_inspector_reads_what_the_worker_reads_with_a_read_only_user_and_is_scraped():
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    inspect, worker = services["inspect"]["environment"], services["worker"]["environment"]
+    for variable in inspect:
+        assert variable.removeprefix(ENV_PREFIX).lower() in InspectSettings.model_fields, variable
+    shared = set(inspect) & set(worker)
+    assert {"CDC_CACHE_RULES", "CDC_CACHE_TOPIC_PATTERN", "CDC_CACHE_REDIS_URL"} <= shared
+    assert all(inspect[name] == worker[name] for name in shared)
+    assert services["inspect"]["command"] == ["inspect"]
+    assert services["inspect"]["volumes"][0] == services["worker"]["volumes"][0], "same rules"
+    # its database URL names the read-only user the schema script creates, with its password
+    url = urlsplit((ROOT / "deploy" / "compose" / "secrets" / "inspect-db-url").read_text())
+    schema = (ROOT / "deploy" / "mysql" / "inventory.sql").read_text()
+    assert f"CREATE USER IF NOT EXISTS '{url.username}'@'%' IDENTIFIED BY '{url.password}'" in schema
+    assert f"GRANT SELECT ON inventory.* TO '{url.username}'@'%';" in schema
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = inspect["CDC_CACHE_INSPECT_PORT"]
+    assert jobs["cdc-cache-inspect"]["static_configs"][0]["targets"] == [f"inspect:{port}"]

@@ -17,7 +17,7 @@ import pytest
 from cdc_cache.envelope import decode
 from cdc_cache.errors import DecodeError, MissingPrimaryKey
 from cdc_cache.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.positions import SourceKind
+from cdc_cache.positions import SourceKind, SourcePosition
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "debezium"
 SOURCES = ("mariadb", "postgres")
@@ -155,6 +155,8 @@ def test_schema_changes_carry_table_and_ddl(fmt: str) -> None:
             server="dbz",
             table="inventory.products",
             ddl="ALTER TABLE inventory.products ADD COLUMN color VARCHAR(20) NULL",
+            columns={"inventory.products": ("id", "name", "description", "price", "color")},
+            position=SourcePosition(0, 1, 7595, 0),
         )
     ]
 
@@ -278,3 +280,16 @@ def test_flattened_record_without_connector_says_which_field_to_add() -> None:
     value = orjson.dumps({"sku_id": 1, "__op": "c", "__table": "stock"})
     with pytest.raises(DecodeError, match=r"add .connector. to add\.fields"):
         decode(_record(value))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_change_carries_the_logical_types_its_schema_names(source: str) -> None:
+    """Read once per schema: every change of one table shares the same types object."""
+    stock = [e for e in changes(source, "schemas").values() if e.table == "inventory.stock"]
+    kinds = {e.types for e in stock}
+    assert len(kinds) == 1
+    (types,) = kinds
+    assert types is not None
+    assert dict((c, str(t)) for c, t in types.columns)["updated_at"] == "timestamp_ms"
+    assert len({id(e.types) for e in stock}) <= 2  # the first full parse, then the prefix's
+    assert all(e.types is None for e in changes(source, "noschemas").values())

@@ -14,7 +14,13 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.rules import load_rules
-from cdc_cache.settings import GatewaySettings, WatchdogSettings, load, load_settings
+from cdc_cache.settings import (
+    GatewaySettings,
+    InspectSettings,
+    WatchdogSettings,
+    load,
+    load_settings,
+)
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -220,7 +226,7 @@ def test_secrets_are_referenced_never_inlined():
     assert not [d for _, d in DOCS if d["kind"] == "Secret"]
     readme = (ROOT / "README.md").read_text()
     keys = _secret_keys()
-    assert set(keys) == {"cdc-cache-worker", "cdc-cache-gateway"}
+    assert set(keys) == {"cdc-cache-worker", "cdc-cache-gateway", "cdc-cache-inspect"}
     for name, wanted in keys.items():
         command = re.search(
             rf"kubectl (?:-n \S+ )?create secret generic {name}((?:.*\\\n)*.*)", readme
@@ -278,3 +284,41 @@ def test_watchdog_reads_the_workers_settings_and_secret_and_serves_its_port(tmp_
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
     assert watchdog["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert watchdog["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_inspector_reads_the_workers_settings_and_rules_and_serves_its_port(tmp_path):
+    deployment = _one("Deployment", "cdc-cache-inspect")
+    pod = deployment["spec"]["template"]["spec"]
+    (inspect,) = pod["containers"]
+    assert inspect["args"][:2] == ["inspect", "--config"]
+    config = Path(inspect["args"][2])
+    mounts = {m["name"]: Path(m["mountPath"]) for m in inspect["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.parent == mounts["config"]
+    assert volumes["config"]["configMap"]["name"] == "cdc-cache-worker"
+    assert volumes["rules"]["configMap"]["name"] == "cdc-cache-rules"
+    text = _one("ConfigMap", "cdc-cache-worker")["data"][config.name]
+    worker_settings = yaml.safe_load(text)
+    assert Path(worker_settings["rules"]).parent == mounts["rules"]
+    assert Path(worker_settings["redis_password_file"]).parent == mounts["secrets"]
+    items = {i["key"] for i in volumes["secrets"]["secret"]["items"]}
+    assert items == {"redis-password"}, "only what the inspector needs: not the admin token"
+    env = {e["name"]: e["value"] for e in inspect["env"]}
+    db_file = Path(env["CDC_CACHE_INSPECT_DB_FILE"])
+    assert db_file.parent == mounts["database"]
+    assert volumes["database"]["secret"]["items"] == [{"key": "db-url", "path": db_file.name}]
+    settings_file = tmp_path / config.name
+    settings_file.write_text(text)
+    secret = tmp_path / "secret"
+    secret.write_text("mysql://reader:x@db:3306/inventory")
+    overrides = {k.removeprefix("CDC_CACHE_").lower(): v for k, v in env.items()}
+    overrides |= {"redis_password_file": secret, "inspect_db_file": secret}
+    settings = load(InspectSettings, settings_file, **overrides)
+    assert settings.topic_pattern == worker_settings["topic_pattern"]
+    assert settings.redis_url == worker_settings["redis_url"]
+    ports = {p["name"]: p["containerPort"] for p in inspect["ports"]}
+    assert ports == {"metrics": settings.inspect_port}
+    service = _one("Service", "cdc-cache-inspect")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert inspect["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert inspect["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

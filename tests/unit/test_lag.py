@@ -82,6 +82,20 @@ def test_idle_partitions_of_the_heartbeat_topic_are_not_stalled(clock):
     assert idle.connector_lag_s == pytest.approx(0.5) and idle.silent_s == 0
 
 
+def test_the_idle_schema_change_topic_of_a_connector_is_not_stalled(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1", 0)
+    tracker.offsets("db1", 0, high=3, next_offset=3)
+    tracker.track("db10", 0)
+    tracker.offsets("db10", 0, high=3, next_offset=3)
+    for _ in range(10):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) - 500)
+    ddl = lag_of(tracker, "db1")
+    assert ddl.connector_lag_s == pytest.approx(0.5) and ddl.silent_s == 0
+    assert lag_of(tracker, "db10").silent_s == pytest.approx(100), "another connector's"
+
+
 def test_heartbeats_do_not_hide_a_backlog_or_another_connector(clock):
     tracker = LagTracker(clock)
     tracker.record("db1.inv.stock", 0, int(clock.ms))

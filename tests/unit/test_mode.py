@@ -7,7 +7,19 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.mode import HOLD_CAUSES, Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode import (
+    HOLD_CAUSES,
+    TABLE_CAUSES,
+    Cause,
+    Flag,
+    Hold,
+    Mode,
+    ModeConfig,
+    ModeState,
+    Signal,
+    step,
+    table_holds,
+)
 
 CONFIG = ModeConfig(slo_s=10, recover_s=4, window_s=5)
 TICK_MS = 1000
@@ -96,7 +108,7 @@ def test_thresholds_are_validated():
         ModeConfig(slo_s=5, recover_s=5, window_s=1)
 
 
-hold_causes = st.sampled_from(sorted(HOLD_CAUSES))
+hold_causes = st.sampled_from(sorted(HOLD_CAUSES - TABLE_CAUSES))
 holds_seq = st.lists(
     st.lists(st.builds(Hold, hold_causes, st.text(min_size=1, max_size=5)), max_size=3).map(
         lambda items: tuple(sorted(set(items)))
@@ -129,6 +141,30 @@ def test_holds_do_not_disturb_the_lag_hysteresis(holds):
             state, Signal((i + 1) * TICK_MS, Flag.AUTO, 1.0, holds=active), CONFIG
         )
     assert decision.mode is Mode.CDC
+
+
+@given(holds_seq, st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=3))
+def test_a_tables_hold_leaves_the_cache_mode_to_the_other_holds_and_the_lag(holds, tables):
+    """A table falling back alone (table_failing) never switches the whole cache."""
+    table_held = tuple(Hold(Cause.TABLE_FAILING, f"{t} fails", t) for t in tables)
+    with_tables, without = ModeState.initial(0), ModeState.initial(0)
+    for i, active in enumerate(holds):
+        now = (i + 1) * TICK_MS
+        with_tables, decision = step(
+            with_tables, Signal(now, Flag.AUTO, 1.0, holds=(*active, *table_held)), CONFIG
+        )
+        without, expected = step(without, Signal(now, Flag.AUTO, 1.0, holds=active), CONFIG)
+        assert decision == expected
+
+
+def test_a_table_hold_is_labelled_with_its_table():
+    assert Hold(Cause.TABLE_FAILING, "x", "inventory.items").label == (
+        "table_failing:inventory.items"
+    )
+    assert Hold(Cause.LINEAGE, "x").label == "lineage"
+    assert table_holds([Hold(Cause.LINEAGE, "x"), Hold(Cause.TABLE_FAILING, "r", "db.t")]) == {
+        "db.t": "r"
+    }
 
 
 def test_a_forced_flag_wins_over_holds():

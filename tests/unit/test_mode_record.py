@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from cdc_cache.keys import MODE_FLAG_KEY, MODE_KEY
@@ -28,6 +29,15 @@ def test_junk_in_a_field_names_the_key_the_field_and_the_fix(field, junk):
     with pytest.raises(ModeKeyError, match=rf"^{MODE_KEY} field {field} holds {junk!r}") as err:
         ModeRecord.parse({**PUBLISHED, field: junk})
     assert "DEL" in str(err.value) or "cdc-cache mode set" in str(err.value)
+
+
+def test_the_tables_in_ttl_alone_are_read_and_junk_there_is_named():
+    tables = {"db.items": "the rules use column 'price'"}
+    record = ModeRecord.parse({**PUBLISHED, "tables": orjson.dumps(tables).decode()})
+    assert record is not None and record.tables == tables
+    for junk in ("[1]", "{not json", '{"db.items": 5}'):
+        with pytest.raises(ModeKeyError, match=rf"^{MODE_KEY} field tables holds .*DEL"):
+            ModeRecord.parse({**PUBLISHED, "tables": junk})
 
 
 def test_the_flag_absent_is_auto_and_junk_is_refused():

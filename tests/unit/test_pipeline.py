@@ -8,7 +8,8 @@ from cdc_cache.errors import (
     Unprocessable,
     ValueTooLarge,
 )
-from cdc_cache.events import Heartbeat, SourceRecord, Tombstone
+from cdc_cache.events import ChangeEvent, Heartbeat, SourceRecord, Tombstone
+from cdc_cache.natural import TableValues
 from cdc_cache.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.ops import SetRow, ValueFormat
 from cdc_cache.pipeline import Control, Planned, Rejected, route, value_size
@@ -109,6 +110,28 @@ def test_a_change_nested_too_deeply_is_rejected_with_the_error_and_the_depth(
     assert routed.event is not None and routed.record.offset == 41
 
 
+@pytest.mark.parametrize(
+    ("column", "depth", "deleted", "unreached"),
+    [
+        ("qty", 300, ["stock:39:west", "sku:39:availability"], []),
+        ("sku_id", 1000, [], ["stock:{sku_id}:{warehouse}", "sku:{sku_id}:availability"]),
+        ("warehouse", 1020, ["sku:39:availability"], ["stock:{sku_id}:{warehouse}"]),
+    ],
+)
+def test_a_change_whose_planning_raised_still_deletes_the_keys_its_images_render(
+    column: str, depth: int, deleted: list[str], unreached: list[str]
+):
+    """An unanticipated error is poison like any other: its keys are invalidated too.
+
+    A key no image can render (its column nests too deep to print) is named, never guessed.
+    """
+    routed = route(with_column(column, nested(depth)), RULES, 0, 1 << 20)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert [d.key for d in routed.invalidation.deletes] == deleted
+    assert [u.key for u in routed.invalidation.unreached] == unreached
+    assert all("raised RecursionError" in u.why for u in routed.invalidation.unreached)
+
+
 def test_nesting_the_encoder_writes_is_planned():
     routed = route(with_column("qty", nested(200)), RULES)
     assert isinstance(routed, Planned)
@@ -130,3 +153,80 @@ def test_any_error_a_message_raises_is_its_rejection_and_transient_ones_are_rais
 
     with pytest.raises(RedisUnavailable):
         route(record(message.key, message.value), RULES, parse=unreachable)
+
+
+NATURAL = parse_rules(
+    """
+version: 2
+tables:
+  shop.orders:
+    types: {placed_on: date, total: decimal(2)}
+    keys:
+      - key: "order:{id}"
+      - key: "day:{placed_on}:{id}"
+        action: delete
+    notify:
+      channel: "orders"
+      fields: [id, placed_on, total]
+"""
+)
+
+
+def order(after: dict[str, object]) -> SourceRecord:
+    """A schemaless change of shop.orders (the rules declare its column types)."""
+    source = {"connector": "mysql", "db": "shop", "table": "orders", "file": "b.000001",
+              "pos": 4, "row": 0, "ts_ms": 1}  # fmt: skip
+    value = {"op": "c", "before": None, "after": after, "source": source, "ts_ms": 2}
+    return SourceRecord("dbz.shop.orders", 0, 9, b'{"id": 7}', orjson.dumps(value))
+
+
+def test_values_are_decoded_before_planning_keys_values_and_notifications_alike():
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Planned)
+    assert routed.event.after == {"id": 7, "placed_on": "2026-11-29", "total": "12.50"}
+    set_row, notify, delete = routed.ops
+    assert isinstance(set_row, SetRow)
+    assert set_row.value == b'{"id":7,"placed_on":"2026-11-29","total":"12.50"}'
+    assert orjson.loads(notify.payload)["values"] == {  # type: ignore[union-attr]
+        "id": 7,
+        "placed_on": "2026-11-29",
+        "total": "12.50",
+    }
+    assert delete.key == "day:2026-11-29:7"  # type: ignore[union-attr]
+
+
+def test_a_value_that_does_not_decode_is_rejected_with_what_still_decodes():
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "%%"}), NATURAL)
+    assert isinstance(routed, Rejected)
+    assert isinstance(routed.error, RenderError)
+    assert routed.record.offset == 9
+    assert "column 'total' (decimal(2)) in the after image cannot be decoded" in (
+        routed.error.reason
+    )
+    assert routed.event is not None
+    assert routed.event.after == {"id": 7, "placed_on": "2026-11-29"}  # keys can still render
+
+
+def test_a_value_that_does_not_decode_still_deletes_the_keys_the_others_render():
+    routed = route(order({"id": 7, "placed_on": "someday", "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected)
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]
+    (unreached,) = routed.invalidation.unreached
+    assert unreached.key == "day:{placed_on}:{id}"
+    assert "'placed_on' is absent from the after image" in unreached.why
+
+
+def test_decoding_values_that_raised_renders_keys_only_from_columns_cached_as_they_came(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A decoded column's wire value would render a key the cache does not hold."""
+
+    def broken(self: TableValues, event: ChangeEvent) -> ChangeEvent:
+        raise RuntimeError("a converter bug")
+
+    monkeypatch.setattr(TableValues, "event", broken)
+    routed = route(order({"id": 7, "placed_on": 20786, "total": "BOI="}), NATURAL)
+    assert isinstance(routed, Rejected) and isinstance(routed.error, Unprocessable)
+    assert routed.error.reason.startswith("decoding values raised RuntimeError")
+    assert [d.key for d in routed.invalidation.deletes] == ["order:7"]  # not day:20786:7
+    assert [u.key for u in routed.invalidation.unreached] == ["day:{placed_on}:{id}"]

@@ -12,6 +12,7 @@ from cdc_cache import rejects
 from cdc_cache.dlq import Failure, public_reason
 from cdc_cache.errors import DecodeError
 from cdc_cache.events import SourceRecord
+from cdc_cache.invalidations import Invalidated, KeyOutcome
 from cdc_cache.keys import escape_value
 from cdc_cache.logs import JsonFormatter
 from cdc_cache.pipeline import Rejected, route
@@ -85,6 +86,24 @@ def test_an_entry_that_cannot_be_built_is_written_with_its_coordinates(monkeypat
     assert entry["source"] == {"topic": "s.app.users", "partition": 2, "offset": 9}
     assert entry["message"] is None
     assert entry["withheld"] == ["all but the coordinates: building the entry raised MemoryError"]
+
+
+def test_an_entry_built_from_its_coordinates_still_says_what_became_of_the_keys(monkeypatch):
+    routed = route(users_change(bio="x" * 500), USERS_RULES, max_value_bytes=100)
+    assert isinstance(routed, Rejected) and len(routed.invalidation.deletes) == 1
+    invalidated = Invalidated.of(routed.invalidation, [KeyOutcome.DELETED])
+
+    def broken(*args: object) -> dict[str, Any]:
+        raise MemoryError
+
+    monkeypatch.setattr(rejects, "envelope", broken)
+    kept = KeptDeadLetters()
+    failure = Failure(routed.error, routed.table, routed.event, invalidated)
+    Rejects(USERS_RULES, kept).report([failure])
+
+    (entry,) = kept.entries
+    assert entry["invalidation"]["deleted"] == 1 and entry["invalidation"]["unreached"] == 0
+    assert leaks(orjson.dumps(entry).decode()) == []
 
 
 @pytest.mark.parametrize("depth", [300, 1000])

@@ -221,3 +221,82 @@ def test_notify_needs_a_channel_and_a_positive_maxlen() -> None:
     assert "rules.yaml:12: tables.inventory.stock.notify.maxlen: '0' is not a positive" in problems(
         zero
     )
+
+
+VALUES = """
+version: {version}
+defaults: {{decimals: number}}
+tables:
+  shop.orders:
+    columns: [id, placed_on, total, paid, doc]
+    {table}
+    keys:
+      - key: "order:{{id}}"
+"""
+
+
+def values_rules(table: str = "", version: int = 2) -> str:
+    return VALUES.format(version=version, table=table)
+
+
+def test_version_2_decodes_values_with_the_files_choices() -> None:
+    table = "types: {paid: boolean, total: decimal(2)}\n    render: {total: string}"
+    values = parse_rules(values_rules(table)).tables["shop.orders"].values
+    assert values.natural
+    assert {c: str(t) for c, t in values.declared.items()} == {
+        "paid": "boolean",
+        "total": "decimal(2)",
+    }
+    assert values.default.decimals == "number"
+    assert values.rendering("total").decimals == "string"
+    assert parse_rules(values_rules()).implicit_wire == ()
+
+
+def test_version_1_keeps_wire_values_and_says_it_chose_nothing() -> None:
+    rules = parse_rules(VALID)
+    assert not rules.tables["inventory.stock"].values.natural
+    assert rules.implicit_wire == ("inventory.stock",)
+    chosen = parse_rules("defaults: {values: wire}\n" + VALID.split("\n", 2)[2])
+    assert chosen.implicit_wire == ()
+    one_table = parse_rules(VALID.replace("    columns:", "    values: natural\n    columns:"))
+    assert one_table.tables["inventory.stock"].values.natural
+    assert one_table.implicit_wire == ()
+
+
+@pytest.mark.parametrize(
+    ("table", "version", "expected"),
+    [
+        ("", 3, "rules.yaml:2: version: '3' is not a rules version; use 1"),
+        ("types: {paid: bool}", 2, "rules.yaml:7: tables.shop.orders.types.paid: 'bool' is not a column type"),
+        ("types: {payd: boolean}", 2, "tables.shop.orders.types: column 'payd' is not a column of shop.orders"),
+        ("render: {total: hex}", 2, "tables.shop.orders.render.total: 'hex' is not valid; use string, number, iso, epoch_ms, wire"),
+        (
+            "types: {placed_on: date}\n    render: {placed_on: epoch_ms}",
+            2,
+            "tables.shop.orders.render.placed_on: 'epoch_ms' does not apply to a column of type date",
+        ),
+        (
+            "types: {paid: boolean}",
+            1,
+            "tables.shop.orders.types: applies only to decoded values, but this table's values are cached as Debezium ships them",
+        ),
+        ("values: raw", 2, "tables.shop.orders.values: 'raw' is not valid; use natural or wire"),
+    ],
+)  # fmt: skip
+def test_bad_value_settings_name_file_line_and_fix(table: str, version: int, expected: str) -> None:
+    text = values_rules(table, version)
+    if version == 1:
+        text = text.replace("defaults: {decimals: number}", "defaults: {}")
+    assert expected in problems(text)
+
+
+def test_the_worker_warns_once_when_values_are_wire_only_by_default(caplog) -> None:
+    from cdc_cache.worker import warn_if_wire_by_default
+
+    with caplog.at_level("WARNING", logger="cdc_cache.worker"):
+        warn_if_wire_by_default(parse_rules(VALID))
+        warn_if_wire_by_default(parse_rules("defaults: {values: wire}\n" + VALID.split("\n", 2)[2]))
+        warn_if_wire_by_default(parse_rules(values_rules()))
+    (record,) = caplog.records
+    assert "rules version 1" in record.getMessage()
+    assert record.tables == ["inventory.stock"]  # type: ignore[attr-defined]

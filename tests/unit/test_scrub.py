@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cdc_cache.events import SourceRecord
@@ -25,6 +25,8 @@ def record_with(value: object) -> SourceRecord:
 
 @given(scalars, st.sampled_from([str, repr, escape_value, lambda v: orjson.dumps(v).decode()]))
 def test_no_spelling_of_a_sensitive_value_survives(value, spell):
+    # A value the mask itself spells ("*", "red") cannot be told apart from the mask.
+    assume(not any(form in REDACTED for form in (str(value), repr(value), escape_value(value))))
     forms = spellings(frozenset({"email"}), None, record_with(value))
     text = f"key 'user:{spell(value)}:x' refused; row {{'email': {value!r}}}"
     clean = scrub(text, forms)

@@ -6,7 +6,13 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.errors import ConfigError
 from cdc_cache.retry import Backoff
-from cdc_cache.settings import SharedSettings, WatchdogSettings, load, load_settings
+from cdc_cache.settings import (
+    InspectSettings,
+    SharedSettings,
+    WatchdogSettings,
+    load,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -284,3 +290,46 @@ def test_watchdog_with_a_bad_setting_exits_2_naming_it(tmp_path):
     assert bad_port.exit_code == 2
     assert "CDC_CACHE_WATCHDOG_PORT: watchdog_port" in bad_port.output
     assert "invalid watchdog settings" in bad_port.output
+
+
+def test_inspect_reads_the_worker_file_of_a_cluster_and_takes_its_own_settings(
+    tmp_path, monkeypatch
+):
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopic_pattern: 'db\\.inv\\..*'\nredis_url: redis://cache:6379/0\n"
+        "addresses: [w0:2101, w1:2101]\nworkers: 2\nmetrics_port: 9108\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_INSPECT_SETTLE_S", "5")
+    dsn = tmp_path / "dsn"
+    dsn.write_text("mysql://reader:pw@db:3306/inventory\n")
+    settings = load(InspectSettings, config, inspect_db_file=dsn, inspect_sample_every=10)
+    assert settings.topic_pattern == r"db\.inv\..*" and settings.redis_url.endswith("/0")
+    assert (settings.inspect_settle_s, settings.inspect_sample_every) == (5.0, 10)
+    assert settings.dsn() == "mysql://reader:pw@db:3306/inventory"
+    assert "pw" not in repr(settings)
+
+
+def test_inspect_needs_a_database_and_sane_limits(tmp_path):
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\n")
+    with pytest.raises(ConfigError, match="inspect_db"):
+        load(InspectSettings, config)
+    with pytest.raises(ConfigError, match="inspect_max_db_queries_per_s"):
+        load(InspectSettings, config, inspect_db="mysql://x", inspect_max_db_queries_per_s=0)
+    with pytest.raises(ConfigError, match="topics"):
+        load(InspectSettings, write(tmp_path, "rules: r.yaml\n"), inspect_db="mysql://x")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "give the database to compare with"),
+        (["--db", "sqlite:///inventory.db"], "inspect_db has the scheme 'sqlite'"),
+        (["--db", "mysql://x", "--settle-s", "0"], "inspect_settle_s"),
+    ],
+)
+def test_inspect_stops_with_exit_2_and_the_setting_to_fix(tmp_path, args, said):
+    command = ["inspect", "--rules", str(tmp_path / "r.yaml"), "--topic", "t", *args]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output

@@ -5,8 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.mode import Cause, Mode
-from cdc_cache.watchdog import DEFAULT_DOWN_AFTER_S, BeatWatch, _left_by_worker, down_after_s
+from cdc_cache.mode import Cause, Hold, Mode
+from cdc_cache.watchdog import (
+    DEFAULT_DOWN_AFTER_S,
+    BeatWatch,
+    _left_by_worker,
+    down_after_s,
+    tables_left,
+)
 
 
 def worker_record(updated_ms: int) -> dict[str, str]:
@@ -93,3 +99,19 @@ def test_the_watchdog_takes_over_from_the_mode_the_worker_left() -> None:
     )
     unknown = _left_by_worker({"mode": "weird", "cause": "future"}, now_ms=1000)
     assert (unknown.mode, unknown.cause, unknown.since_ms) == (Mode.CDC, Cause.START, 1000)
+
+
+def test_the_tables_the_worker_left_in_ttl_are_carried_as_their_holds_and_prefixes() -> None:
+    holds, prefixes = tables_left(
+        {"tables": '{"db.items": "5 changes failed"}', "ttl_prefixes": '["item:"]'}
+    )
+    assert holds == (Hold(Cause.TABLE_FAILING, "5 changes failed", "db.items"),)
+    assert prefixes == ["item:"]
+    assert tables_left({}) == ((), [])  # a worker of a version without them
+
+
+def test_unreadable_table_fields_carry_the_bounded_side() -> None:
+    """Prefixes that cannot be read cap every fill, as applications read them."""
+    holds, prefixes = tables_left({"tables": "[1]", "ttl_prefixes": "{oops"})
+    assert (holds, prefixes) == ((), [""])
+    assert tables_left({"tables": '{"db.items": 7}', "ttl_prefixes": "[1]"}) == ((), [""])

@@ -1,0 +1,206 @@
+"""DDL awareness: a table's new columns are checked against the rules when they show up."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from cdc_cache.envelope import decode
+from cdc_cache.events import SchemaChange, SourceRecord
+from cdc_cache.fallback import Holds
+from cdc_cache.pipeline import route
+from cdc_cache.positions import SourcePosition
+from cdc_cache.rules import Use, parse_rules
+from cdc_cache.schema_watch import SchemaWatch, problems
+from cdc_cache.table_mode import TableFallback
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "debezium" / "mariadb"
+RULES_TEXT = """\
+tables:
+  shop.items:
+    columns: [id, name, price, note]
+    watch: [id, name, price]
+    sensitive: [note]
+    keys:
+      - key: "item:{id}"
+        fields: [id, name, price]
+      - key: "itemname:{name}"
+        action: delete
+"""
+RULES = parse_rules(RULES_TEXT, "rules.yaml")
+TABLE = RULES.tables["shop.items"]
+
+
+def line_of(text: str) -> int:
+    return next(n for n, line in enumerate(RULES_TEXT.splitlines(), 1) if text in line)
+
+
+def test_a_dropped_projected_column_is_named_with_its_rules_line_and_the_fix():
+    found = problems(TABLE, frozenset({"id", "name", "note"}), "rules.yaml")
+
+    assert [(p.use.use, p.use.line) for p in found] == [
+        (Use.COLUMNS, line_of("columns:")),
+        (Use.WATCH, line_of("watch:")),
+        (Use.FIELDS, line_of("fields: [id, name, price]")),
+    ]
+    fields = found[-1]
+    assert fields.breaks_changes and not found[0].breaks_changes
+    assert fields.text() == (
+        f"rules.yaml:{line_of('fields: [id')}: tables.shop.items.keys[0].fields: column "
+        "'price' is not a column of shop.items; remove it from fields: until then "
+        "every change of the table is dead-lettered (its keys deleted)"
+    )
+
+
+def test_a_renamed_key_column_suggests_the_new_name():
+    before = frozenset({"id", "name", "price", "note"})
+    found = problems(TABLE, frozenset({"id", "title", "price", "note"}), "r.yaml", before)
+    key = next(p for p in found if p.use.use is Use.KEY)
+    assert key.use.column == "name" and key.use.line == line_of('key: "itemname')
+    assert "'name' is no longer a column of shop.items" in key.text()
+    assert key.fix().startswith("change the key template")
+    assert key.fix().endswith("if it was renamed, the table's new columns are title")
+
+
+def test_rules_that_fit_have_no_problem():
+    assert problems(TABLE, frozenset({"id", "name", "price", "note", "added"}), "r") == []
+
+
+def ddl(columns: list[str], pos: int, table: str = "items", text: str = "ALTER TABLE") -> Any:
+    source = {"connector": "mysql", "name": "p", "db": "shop", "table": table}
+    source |= {"file": "mysql-bin.000004", "pos": pos, "row": 0, "ts_ms": 1}
+    value = {
+        "source": source,
+        "databaseName": "shop",
+        "ddl": text,
+        "tableChanges": [
+            {
+                "type": "ALTER",
+                "id": f'"shop"."{table}"',
+                "table": {"columns": [{"name": c, "typeName": "INT"} for c in columns]},
+            }
+        ],
+    }
+    return route(SourceRecord("p", 0, pos, b'{"databaseName":"shop"}', orjson.dumps(value)), RULES)
+
+
+def row(after: dict[str, Any], pos: int) -> Any:
+    source = {"connector": "mysql", "db": "shop", "table": "items", "file": "mysql-bin.000004"}
+    source |= {"pos": pos, "row": 0, "ts_ms": 1}
+    value = orjson.dumps({"before": after, "after": after, "op": "u", "source": source})
+    return route(SourceRecord("p.shop.items", 0, pos, b'{"id": 1}', value), RULES)
+
+
+def problems_metric(breaks: str) -> float | None:
+    labels = {"table": "shop.items", "breaks": breaks}
+    return REGISTRY.get_sample_value("cdc_cache_rules_column_problems", labels)
+
+
+FULL = {"id": 1, "name": "lamp", "price": "1.00", "note": None}
+
+
+def test_a_ddl_record_is_checked_before_any_row_of_the_new_shape(caplog):
+    holds = Holds()
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
+    watch.observe([row(FULL, 100)])
+    assert problems_metric("true") == 0
+
+    with caplog.at_level(logging.ERROR, "cdc_cache.schema_watch"):
+        watch.observe([ddl(["id", "name", "note"], 200, text="ALTER TABLE items DROP price")])
+
+    assert problems_metric("true") == 1 and problems_metric("false") == 2
+    (hold,) = holds.active()
+    assert hold.label == "table_failing:shop.items"
+    assert f"(rules.yaml:{line_of('fields: [id')})" in hold.reason
+    reported = [r for r in caplog.records if r.getMessage().startswith("the rules name")]
+    assert {r.rules for r in reported} == {  # type: ignore[attr-defined]
+        f"rules.yaml:{line_of(text)}" for text in ("columns:", "watch:", "fields: [id")
+    }
+    assert all(r.origin == "DDL ALTER TABLE items DROP price" for r in reported)  # type: ignore[attr-defined]
+
+    # A backlog row of the old shape, read after the DDL, does not undo what it says.
+    watch.observe([row(FULL, 150)])
+    assert problems_metric("true") == 1
+    # A later DDL that brings the column back clears the problem and the fallback.
+    watch.observe([ddl(["id", "name", "price", "note"], 300)])
+    assert problems_metric("true") == 0
+    assert holds.active() == ()
+
+
+def test_rows_alone_tell_a_changed_shape_in_any_message_format():
+    """No DDL topic (PostgreSQL, or not subscribed): the first row of the new shape does."""
+    holds = Holds()
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
+    watch.observe([row(FULL, 100)])
+    migrated = {"id": 1, "name": "lamp", "note": None}
+    watch.observe([row(migrated, 200)])  # a Rejected change (price cannot be rendered)
+
+    assert problems_metric("true") == 1
+    assert watch.known("shop.items").columns == frozenset(migrated)  # type: ignore[union-attr]
+    assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
+
+
+def test_tables_without_rules_are_not_watched():
+    watch = SchemaWatch(RULES)
+    watch.observe([ddl(["a"], 100, table="other")])
+    assert watch.known("shop.other") is None
+
+
+def test_recorded_alter_table_record_carries_the_new_columns_and_its_position():
+    lines = (json.loads(line) for line in (FIXTURES / "schemas.jsonl").read_text().splitlines())
+    record = next(r for r in lines if r["topic"] == "dbz" and '"ALTER TABLE' in r["value"])
+    decoded = decode(SourceRecord("dbz", 0, 0, record["key"].encode(), record["value"].encode()))
+    assert isinstance(decoded, SchemaChange)
+    assert decoded.columns == {
+        "inventory.products": ("id", "name", "description", "price", "color")
+    }
+    assert decoded.position is not None and decoded.position > SourcePosition(0, 1, 3276, 0)
+
+
+@pytest.mark.parametrize("table_changes", [None, "x", [{"type": "ALTER", "id": 5}], [{}]])
+def test_a_ddl_record_of_an_unknown_shape_is_still_a_schema_change(table_changes):
+    value = {"source": {"connector": "mysql"}, "ddl": "ALTER", "tableChanges": table_changes}
+    decoded = decode(SourceRecord("dbz", 0, 0, None, orjson.dumps(value)))
+    assert isinstance(decoded, SchemaChange) and decoded.columns == {}
+
+
+def test_the_worker_reads_the_schema_change_topic_of_each_connector_it_follows():
+    from cdc_cache.worker import schema_change_topics
+
+    existing = {"db1", "db1.shop.items", "db1.shop.stock", "db2", "db2.x.y", "other", "db3.a.b"}
+    assert schema_change_topics(existing, ["db1.shop.items", "db1.shop.stock", "db3.a.b"]) == [
+        "db1"
+    ]
+    assert schema_change_topics(existing, ["db1", "db1.shop.items"]) == []
+    # Routed or renamed topics name no connector: their heartbeat topics do.
+    routed = {"prod.eu.db4", "inventory.cdc", "__debezium-heartbeat.prod.eu.db4"}
+    read = ["inventory.cdc", "__debezium-heartbeat.prod.eu.db4"]
+    assert schema_change_topics(routed, read) == ["prod.eu.db4"]
+
+
+def test_columns_named_by_value_settings_are_reported_without_breaking_changes():
+    text = """\
+version: 2
+tables:
+  shop.orders:
+    types: {placed_on: date}
+    render: {total: number}
+    keys:
+      - key: "order:{id}"
+"""
+    table = parse_rules(text, "rules.yaml").tables["shop.orders"]
+
+    found = problems(table, frozenset({"id"}), "rules.yaml")
+
+    assert [(p.use.use, p.use.column, p.use.line) for p in found] == [
+        (Use.TYPES, "placed_on", 4),
+        (Use.RENDER, "total", 5),
+    ]
+    assert not any(p.breaks_changes for p in found)
+    assert found[0].fix() == "remove it from types"
