@@ -42,7 +42,7 @@ from cdc_cache.lineage import (
 )
 from cdc_cache.lineage_registry import LineageRegistry, Partition
 from cdc_cache.mode import Cause
-from cdc_cache.redis_apply import is_transient
+from cdc_cache.redis_apply import is_transient, translated_errors
 from cdc_cache.retry import Backoff, retry_forever
 from cdc_cache.writer import redis_retry_reporter
 
@@ -262,9 +262,12 @@ class LineageTracker:
 
     def _call(self, action: str, fn: Callable[[LineageRegistry], T]) -> T:
         def attempt() -> T:
-            if self._registry is None:
-                self._registry = self._make_registry()
-            return fn(self._registry)
+            # Refused credentials or a missing permission are settings to fix (ConfigError,
+            # the worker exits 2), never retried as an outage.
+            with translated_errors(action):
+                if self._registry is None:
+                    self._registry = self._make_registry()
+                return fn(self._registry)
 
         return retry_forever(
             attempt,
