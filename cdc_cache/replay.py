@@ -25,15 +25,17 @@ from cdc_cache.dlq import EntryFilter, Failure, iso_utc, latest_by_id, public_re
 from cdc_cache.dlq_kafka import SourceReader, read_entries
 from cdc_cache.errors import StopRequested
 from cdc_cache.events import ChangeEvent, SourceRecord
-from cdc_cache.fallback import ModeStore
+from cdc_cache.fallback import Holds, ModeStore
 from cdc_cache.keys import DLQ_OUTCOMES_KEY
 from cdc_cache.lineage_registry import LineageRegistry
 from cdc_cache.pipeline import Control, Planned, route
 from cdc_cache.redis_apply import Client, RedisApplier, connect
+from cdc_cache.redis_memory import MemoryWatch, OomGuard
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import Rules
 from cdc_cache.schema_registry import SchemaResolver, schema_resolver
 from cdc_cache.settings import SharedSettings
+from cdc_cache.version_store import version_lifetime_ms
 from cdc_cache.writer import CacheWriter
 
 log = logging.getLogger("cdc_cache.replay")
@@ -104,6 +106,7 @@ class Replayer:
         backoff: Backoff | None = None,
         schemas: SchemaResolver | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        invalidate_only: bool = False,
         lineage: LineageRegistry | None = None,
     ) -> None:
         self._rules = rules
@@ -115,6 +118,7 @@ class Replayer:
         self._backoff = backoff or Backoff(initial=0.1, maximum=2.0)
         self._schemas = schemas
         self._clock_ms = clock_ms
+        self._invalidate_only = invalidate_only
         self.outcomes = OutcomeStore(client)
 
     def replay(self, entry: dict[str, Any]) -> ReplayOutcome:
@@ -147,7 +151,7 @@ class Replayer:
             return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
         writer = CacheWriter(
-            RedisApplier(self._client),
+            RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only),
             self._backoff,
             sleep=_deadline_sleep(REPLAY_REDIS_WAIT_S),
             ttl_cap_ms=self._ttl_cap_ms,
@@ -234,6 +238,13 @@ class DlqService:
         if not entries:
             return []
         settings = self._settings
+        watch = MemoryWatch(
+            self._redis(),
+            fallback=settings.eviction_fallback,
+            lifetime_ms=version_lifetime_ms(self._rules),
+            guard=OomGuard(Holds(), settle_s=0),
+        )
+        watch.check()  # an unsafe eviction policy: refused, or invalidations only
         source = SourceReader(settings.brokers, settings.consumer_kafka())
         try:
             replayer = Replayer(
@@ -244,6 +255,7 @@ class DlqService:
                 max_value_bytes=settings.max_value_bytes,
                 backoff=settings.retry_redis.backoff(),
                 schemas=schema_resolver(settings),
+                invalidate_only=watch.invalidate_only(),
                 lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
             return [replayer.replay(entry) for entry in entries]

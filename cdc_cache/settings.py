@@ -37,6 +37,7 @@ from pydantic_settings import (
 from cdc_cache.errors import ConfigError
 from cdc_cache.kafka_config import Role, misplaced, weakened
 from cdc_cache.redis_apply import RedisAuth, redis_url_problem
+from cdc_cache.redis_memory import EvictionFallback
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import unreadable_yaml
 from cdc_cache.tokens import MAX_PATTERNS
@@ -128,6 +129,11 @@ class SharedSettings(BaseSettings):
         default=None, description="bearer token for PUT /mode and the DLQ page"
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
+    eviction_fallback: EvictionFallback = Field(
+        default=EvictionFallback.REFUSE,
+        description="on a Redis whose eviction policy may evict versions: refuse to start, "
+        "or write invalidations only",
+    )
 
     @field_validator(*_KAFKA_SECTIONS)
     @classmethod

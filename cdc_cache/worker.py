@@ -21,6 +21,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from redis import exceptions as rex
 
 from cdc_cache import metrics
 from cdc_cache.admin import AdminServer, StartupBackend
@@ -42,7 +43,8 @@ from cdc_cache.lineage_registry import LineageRegistry
 from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
 from cdc_cache.mode import ModeConfig
 from cdc_cache.redact import redact_url
-from cdc_cache.redis_apply import check_notifications
+from cdc_cache.redis_apply import check_notifications, is_transient, misconfiguration
+from cdc_cache.redis_memory import MemoryWatch, OomGuard
 from cdc_cache.replay import DlqService
 from cdc_cache.replica_wait import ReplicaRequirement
 from cdc_cache.retry import retry_forever, retry_reporter, stoppable_sleep
@@ -51,7 +53,8 @@ from cdc_cache.schema_registry import schema_resolver
 from cdc_cache.settings import TopicSettings, WorkerSettings
 from cdc_cache.table_mode import TableConfig
 from cdc_cache.topics import heartbeat_server, named_for
-from cdc_cache.writer import connect_when_available
+from cdc_cache.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
+from cdc_cache.writer import connect_when_available, redis_retry_reporter
 from dataflows.invalidation import DlqTarget, build_flow
 
 log = logging.getLogger("cdc_cache.worker")
@@ -159,6 +162,45 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) ->
             settings.table_fallback_failures, settings.table_fallback_window_s
         ),
     )
+
+
+def prepare_redis_memory(
+    settings: WorkerSettings, rules: Rules, runtime: ModeRuntime
+) -> MemoryWatch:
+    """Check every primary's eviction policy, and move the previous release's versions.
+
+    An eviction policy that may evict versions stops startup (ConfigError, exit 2) unless
+    ``eviction_fallback`` opts into invalidations only. Waits while Redis is unreachable.
+    """
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    lifetime_ms = version_lifetime_ms(rules)
+    watch = MemoryWatch(
+        client,
+        fallback=settings.eviction_fallback,
+        lifetime_ms=lifetime_ms,
+        guard=OomGuard(runtime.holds, settle_s=settings.mode_window_s),
+    )
+
+    def prepare() -> None:
+        try:
+            watch.check()
+            migrate_legacy(client, lifetime_ms=lifetime_ms)
+        except (rex.RedisError, rex.RedisClusterException) as exc:
+            problem = misconfiguration(exc)
+            if problem is not None:
+                msg = f"Redis refused the memory check: {problem}"
+                raise ConfigError(msg) from None
+            raise
+
+    retry_forever(
+        prepare,
+        backoff=settings.retry_redis.backoff(),
+        is_transient=is_transient,
+        on_retry=redis_retry_reporter("checking the eviction policy"),
+    )
+    return watch
 
 
 def lineage_tracker(
@@ -314,6 +356,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
+    memory = prepare_redis_memory(settings, rules, runtime)
+    sweeper = VersionSweeper(memory.client) if runtime.leader else None
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -348,6 +392,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ),
         max_value_bytes=settings.max_value_bytes,
         holds=runtime.holds,
+        invalidate_only=memory.invalidate_only,
+        memory=memory.guard,
         tables=runtime.tables,
         replicas=replicas,
         lineage=lineage,
@@ -372,6 +418,9 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
+    memory.start()
+    if sweeper is not None:
+        sweeper.start()
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
     try:
@@ -397,3 +446,6 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     finally:
         monitor.close()
         runtime.close()
+        memory.close()
+        if sweeper is not None:
+            sweeper.close()

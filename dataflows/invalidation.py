@@ -37,7 +37,7 @@ from cdc_cache.kafka_logs import with_logger
 from cdc_cache.lag import LagTracker
 from cdc_cache.lineage_tracker import LineageTracker
 from cdc_cache.pipeline import Control, Planned, Routed, route
-from cdc_cache.redis_apply import Client, RedisApplier, RedisAuth, connect
+from cdc_cache.redis_apply import Client, MemoryObserver, RedisApplier, RedisAuth, connect
 from cdc_cache.rejects import Rejects
 from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
 from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
@@ -91,6 +91,8 @@ def build_flow(
     continuity: bool = True,
     replicas: ReplicaRequirement | None = None,
     lineage: LineageTracker | None = None,
+    invalidate_only: Callable[[], bool] = lambda: False,
+    memory: MemoryObserver | None = None,
 ) -> Dataflow:
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions.
 
@@ -111,6 +113,7 @@ def build_flow(
     consumers only. With ``replicas`` each batch waits until the required Redis replicas
     acknowledged it (``cdc_cache.replica_wait``). With ``lineage`` each change gets the
     epoch of its log lineage, detected per partition (else ``source_epoch``).
+    ``invalidate_only`` and ``memory`` go to every Redis applier (see ``redis_memory``).
     """
     holds = holds or Holds()
     flow = Dataflow("cdc_cache")
@@ -186,6 +189,8 @@ def build_flow(
         sensitive=rules.sensitive,
         replicas=replicas,
         holds=holds,
+        invalidate_only=invalidate_only,
+        memory=memory,
     )
     op.output("redis", routed, sink)
     return flow
@@ -399,10 +404,14 @@ class RedisSink(DynamicSink[Routed]):
         sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaRequirement | None = None,
         holds: Holds | None = None,
+        invalidate_only: Callable[[], bool] = lambda: False,
+        memory: MemoryObserver | None = None,
     ) -> None:
         self._replicas = replicas
         self._holds = holds or Holds()
         self._redis_url = redis_url
+        self._invalidate_only = invalidate_only
+        self._memory = memory
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
         self._ttl_cap_ms = ttl_cap_ms
@@ -413,7 +422,7 @@ class RedisSink(DynamicSink[Routed]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
-        applier = RedisApplier(client)
+        applier = RedisApplier(client, invalidate_only=self._invalidate_only, memory=self._memory)
         writer = CacheWriter(
             applier,
             self._backoff,

@@ -31,6 +31,7 @@ from cdc_cache.replay import DlqService
 from cdc_cache.retry import Backoff
 from cdc_cache.rules import parse_rules
 from cdc_cache.settings import SharedSettings
+from cdc_cache.version_store import stored_version
 from dataflows.invalidation import DlqTarget, build_flow
 from tests.integration.flowkit import POISON, cache_state, produce, unique_topic
 from tests.workload import RULES_YAML, Message, Workload
@@ -147,14 +148,14 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     first = service.replay(to_replay)
     assert [o.outcome for o in first] == ["applied"] * len(to_replay)
     assert cache_state(redis_client) == expected
-    frozen = (redis_client.get(victim), redis_client.get(version_key(victim)))
+    frozen = (redis_client.get(victim), stored_version(redis_client, victim))
 
     # Replaying again changes nothing: each change is a duplicate of itself or older than
     # what its keys hold now (stale), like the oldest one.
     second = service.replay(to_replay)
     assert {o.outcome for o in second} <= {"stale", "duplicate"}
     assert second[0].outcome == "stale"
-    assert (redis_client.get(victim), redis_client.get(version_key(victim))) == frozen
+    assert (redis_client.get(victim), stored_version(redis_client, victim)) == frozen
     assert cache_state(redis_client) == expected
     listed = {e["id"]: e["outcome"] for e in service.entries(EntryFilter(kind="redis_refused"))}
     assert listed[to_replay[0]["id"]]["replays"] == 2
