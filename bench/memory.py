@@ -4,7 +4,7 @@
 (``cdc:v:{tag}:<key>``, a 60-digit position with ``.s``/``.d``, a TTL), written by its apply
 script (kept here as ``bench/legacy_apply.lua``). *After* is today's: one small hash per
 cluster slot, a 64-bit digest of the key as field, a 21-digit horizon and version as value,
-no TTL, written by ``cdc_cache/lua/apply.lua`` through ``RedisApplier``.
+no TTL, written by ``cdc_cache/sink/lua/apply.lua`` through ``RedisApplier``.
 
 For each deployment (one Redis server; a 3-primary Redis Cluster) and value size (100 B
 and 1 KB JSON documents), on ``--keys`` composite cache keys (``stock:<sku>:<warehouse>``):
@@ -43,12 +43,12 @@ from redis import Redis, RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers, RedisServer
-from cdc_cache.keys import key_slot, lease_key, legacy_version_key
-from cdc_cache.ops import DeleteKey, KeyOp, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import RedisApplier, _encode, _keys, _script, connect, primaries
+from cdc_cache.core.keys import key_slot, lease_key, legacy_version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, SetRow, ValueFormat
+from cdc_cache.sink.apply import RedisApplier, _encode, _keys, _script, connect, primaries
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_SCRIPT = (ROOT / "bench/legacy_apply.lua").read_text()

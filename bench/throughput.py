@@ -1,6 +1,6 @@
 """Throughput, processor latency and memory of the invalidation worker on the local stack.
 
-Starts Redis and the tansu broker (``cdc_cache.devstack``) on free ports, loads N Debezium
+Starts Redis and the tansu broker (``cdc_cache.tools.devstack``) on free ports, loads N Debezium
 change events (``bench/workload.py``) and measures, in one run:
 
 * ``consume_only``: the machine's Kafka limit, a confluent-kafka consumer that only reads;
@@ -60,17 +60,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import summary
 from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.failover import PrimaryRegistry
-from cdc_cache.fallback import Holds
-from cdc_cache.keys import MODE_FLAG_KEY
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import RedisApplier, _script
-from cdc_cache.replica_wait import ReplicaWait
-from cdc_cache.replication import ReplicationInfo
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.keys import MODE_FLAG_KEY
+from cdc_cache.fallback.runtime import Holds
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.sink.apply import RedisApplier, _script
+from cdc_cache.sink.failover import PrimaryRegistry
+from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.replication import ReplicationInfo
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 2
@@ -453,7 +453,7 @@ def replica_wait(bench: Bench, replicas: int, waits: int = 2000) -> dict[str, An
 
 
 def _record(message: Message) -> Any:
-    from cdc_cache.events import SourceRecord
+    from cdc_cache.core.events import SourceRecord
 
     return SourceRecord(message.topic, 0, 0, message.key, message.value)
 

@@ -27,27 +27,27 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from cdc_cache import metrics
-from cdc_cache.broker_health import BrokerHealth
-from cdc_cache.continuity_store import ContinuityStore
-from cdc_cache.dlq_kafka import DeadLetterWriter
-from cdc_cache.events import Heartbeat, SchemaChange, SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.kafka_logs import with_logger
-from cdc_cache.lag import LagTracker
-from cdc_cache.lineage_tracker import LineageTracker
-from cdc_cache.pipeline import Control, Planned, Routed, route
-from cdc_cache.redis_apply import Client, MemoryObserver, RedisApplier, RedisAuth, connect
-from cdc_cache.rejects import Rejects
-from cdc_cache.replica_wait import ReplicaRequirement, ReplicaWait
-from cdc_cache.retry import Backoff, retry_forever, stoppable_sleep
-from cdc_cache.rules import Rules
-from cdc_cache.schema_registry import SchemaResolver
-from cdc_cache.schema_watch import SchemaWatch
-from cdc_cache.source_continuity import ContinuityGuard, GuardedPartition
-from cdc_cache.table_mode import TableFallback
-from cdc_cache.topic_ids import TopicIds
-from cdc_cache.writer import CacheWriter, connect_when_available, redis_retry_reporter
+from cdc_cache.continuity.guard import ContinuityGuard, GuardedPartition
+from cdc_cache.continuity.store import ContinuityStore
+from cdc_cache.continuity.topic_ids import TopicIds
+from cdc_cache.core import metrics
+from cdc_cache.core.events import Heartbeat, SchemaChange, SourceRecord
+from cdc_cache.core.retry import Backoff, retry_forever, stoppable_sleep
+from cdc_cache.dlq.rejects import Rejects
+from cdc_cache.dlq.topic import DeadLetterWriter
+from cdc_cache.fallback.runtime import Holds
+from cdc_cache.lineage.tracker import LineageTracker
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.schema_watch import SchemaWatch
+from cdc_cache.mode.tables import TableFallback
+from cdc_cache.plan.route import Control, Planned, Routed, route
+from cdc_cache.plan.rules import Rules
+from cdc_cache.sink.apply import Client, MemoryObserver, RedisApplier, RedisAuth, connect
+from cdc_cache.sink.replica_wait import ReplicaRequirement, ReplicaWait
+from cdc_cache.sink.writer import CacheWriter, connect_when_available, redis_retry_reporter
+from cdc_cache.source.broker_health import BrokerHealth
+from cdc_cache.source.kafka_logs import with_logger
+from cdc_cache.source.schema_registry import SchemaResolver
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -106,12 +106,12 @@ def build_flow(
     when they find the cache cannot be known right; ``tables`` its per-table fallback,
     told which tables' changes apply and fail, and capping the TTLs of those that fall
     back. Each batch's DDL records and rows are checked for changed columns
-    (:class:`~cdc_cache.schema_watch.SchemaWatch`). Each source partition checks that its
-    stored offset still means what it meant (see ``cdc_cache.source_continuity``);
+    (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`). Each source partition checks that its
+    stored offset still means what it meant (see ``cdc_cache.continuity.guard``);
     ``continuity=False`` leaves Bytewax's bare source, only to show what that check
     prevents. ``kafka_config`` goes to every Kafka client, ``consumer_config`` to the
     consumers only. With ``replicas`` each batch waits until the required Redis replicas
-    acknowledged it (``cdc_cache.replica_wait``). With ``lineage`` each change gets the
+    acknowledged it (``cdc_cache.sink.replica_wait``). With ``lineage`` each change gets the
     epoch of its log lineage, detected per partition (else ``source_epoch``).
     ``invalidate_only`` and ``memory`` go to every Redis applier (see ``redis_memory``).
     """

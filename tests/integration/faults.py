@@ -30,17 +30,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import escape_value, version_field, version_key
-from cdc_cache.ops import DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import version_of
-from cdc_cache.rules import parse_rules
-from cdc_cache.versions import parse_stored
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value, version_field, version_key
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.sink.apply import version_of
+from cdc_cache.sink.versions import parse_stored
+from cdc_cache.tools.demo import Scrape, scrape
+from cdc_cache.tools.devstack.broker import Broker, S3Store
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.flowkit import (
     INSPECT_DB_QUERIES_PER_S,
     Service,

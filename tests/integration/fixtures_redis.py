@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from redis import Redis, RedisCluster, RedisError
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers, RedisSentinel, RedisServer
-from cdc_cache.redis_apply import connect
+from cdc_cache.sink.apply import connect
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisSentinel, RedisServer
 
 AnyRedis = Redis | RedisCluster
 

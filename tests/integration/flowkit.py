@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.rules import parse_rules
-from cdc_cache.verify import Report, verify
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.verify import Report, verify
 from tests.integration.sql_workload import DDL, rules_for
 from tests.workload import RULES_YAML, Message
 
@@ -274,9 +274,9 @@ def debezium(
     databases: str,
     options: Sequence[str] = (),
 ) -> Service:
-    """The embedded-engine runner (``cdc_cache.devstack.debezium``) as the cdc user."""
+    """The embedded-engine runner (``cdc_cache.tools.devstack.debezium``) as the cdc user."""
     argv = [
-        sys.executable, "-m", "cdc_cache.devstack.debezium",
+        sys.executable, "-m", "cdc_cache.tools.devstack.debezium",
         f"--source={source}",
         f"--db-port={db_port}",
         "--db-user=cdc",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.devstack.schema_registry import SchemaRegistryServer
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.schema_registry import SchemaRegistryServer
 from tests.integration.flowkit import mariadb_pipeline, settled_inspection, wait_until_verified
 from tests.integration.sql_workload import SqlWorkload, execute
 

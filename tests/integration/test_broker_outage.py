@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.faults import FaultRun, durable_broker
 from tests.integration.flowkit import metric, wait_while_alive
 

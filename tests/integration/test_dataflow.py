@@ -11,15 +11,15 @@ import pytest
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.ops import Notify
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import connect
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.retry import Backoff
+from cdc_cache.plan.cache_ops import Notify
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.sink.apply import connect
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers
 from dataflows.invalidation import build_flow
 from tests.integration.flowkit import (
     POISON,

@@ -19,8 +19,8 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import version_key
+from cdc_cache.core.keys import version_key
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import produce, unique_topic, worker
 from tests.workload import Workload
 

@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import escape_value
-from cdc_cache.verify import Finding
+from cdc_cache.core.keys import escape_value
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.verify import Finding
 from tests.integration.flowkit import (
     Pipeline,
     mariadb_pipeline,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.postgres import Postgres
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.flowkit import (
     Pipeline,
     debezium,

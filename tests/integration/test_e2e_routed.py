@@ -23,11 +23,11 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.dlq_kafka import read_entries
-from cdc_cache.keys import MODE_KEY
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.dlq.topic import read_entries
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.flowkit import (
     debezium,
     metric,

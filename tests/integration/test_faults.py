@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.lineage_registry import source_key
-from cdc_cache.redis_apply import connect, primaries
+from cdc_cache.lineage.registry import source_key
+from cdc_cache.sink.apply import connect, primaries
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.faults import (
     APP_FILLED,
     AVAILABILITY,

@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.dlq import MAX_ENTRY_DEPTH
-from cdc_cache.dlq_kafka import ensure_topic, read_entries
-from cdc_cache.keys import escape_value
+from cdc_cache.core.keys import escape_value
+from cdc_cache.dlq.entries import MAX_ENTRY_DEPTH
+from cdc_cache.dlq.topic import ensure_topic, read_entries
+from cdc_cache.tools.devstack.process import free_port
 from tests.hostile import nested
 from tests.integration.flowkit import (
     admin_get,

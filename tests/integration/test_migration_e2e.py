@@ -19,13 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import MODE_KEY
-from cdc_cache.rules import parse_rules
-from cdc_cache.verify import Finding, verify
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.verify import Finding, verify
 from tests.integration.flowkit import (
     Service,
     debezium,

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import (
     ROOT,
     Service,

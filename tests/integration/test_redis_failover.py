@@ -18,8 +18,8 @@ import orjson
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_KEY
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import (
     cache_state,
     metric,

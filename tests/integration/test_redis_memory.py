@@ -6,12 +6,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.fallback import Holds
-from cdc_cache.keys import VERSION_LAYOUT_KEY
-from cdc_cache.mode import Cause
-from cdc_cache.redis_apply import node_name, primaries
-from cdc_cache.redis_memory import EvictionFallback, MemoryWatch, OomGuard
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.keys import VERSION_LAYOUT_KEY
+from cdc_cache.fallback.runtime import Holds
+from cdc_cache.mode.controller import Cause
+from cdc_cache.sink.apply import node_name, primaries
+from cdc_cache.sink.memory import EvictionFallback, MemoryWatch, OomGuard
 from tests.integration.memory_pressure import Filler, memory_limited, out_of_memory
 
 pytestmark = pytest.mark.integration

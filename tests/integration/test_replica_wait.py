@@ -17,21 +17,21 @@ import pytest
 from prometheus_client import REGISTRY
 from redis import Redis
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers
-from cdc_cache.dlq import Failure
-from cdc_cache.events import SourceRecord
-from cdc_cache.failover import PrimaryRegistry
-from cdc_cache.fallback import Holds
-from cdc_cache.mode import Cause
-from cdc_cache.ops import DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import Client, RedisApplier, accepts_writes, connect, version_of
-from cdc_cache.replica_wait import ReplicaWait
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
-from cdc_cache.version_store import stored_version
-from cdc_cache.writer import CacheWriter, EventOutcome
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.entries import Failure
+from cdc_cache.fallback.runtime import Holds
+from cdc_cache.mode.controller import Cause
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.route import Planned, Rejected, Routed, route
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.sink.apply import Client, RedisApplier, accepts_writes, connect, version_of
+from cdc_cache.sink.failover import PrimaryRegistry
+from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.version_store import stored_version
+from cdc_cache.sink.writer import CacheWriter, EventOutcome
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers
 from tests.integration.fixtures_redis import wait_until
 from tests.integration.flowkit import cache_state
 from tests.integration.memory_pressure import out_of_memory

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.process import ManagedProcess, free_port, require_binary
+from cdc_cache.tools.devstack.process import ManagedProcess, free_port, require_binary
 from tests.integration.flowkit import (
     ROOT,
     produce,

@@ -20,10 +20,10 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.fallback import Holds
-from cdc_cache.mode import Cause
-from cdc_cache.rules import parse_rules
+from cdc_cache.fallback.runtime import Holds
+from cdc_cache.mode.controller import Cause
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.tools.devstack.broker import Broker, S3Store
 from dataflows.invalidation import build_flow
 from tests.integration.faults import FaultRun, durable_broker, verdict
 from tests.integration.flowkit import (

@@ -31,11 +31,11 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import StackError, free_port
-from cdc_cache.rules import parse_rules
-from cdc_cache.verify import Finding, Report, verify
+from cdc_cache.plan.rules import parse_rules
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import StackError, free_port
+from cdc_cache.tools.verify import Finding, Report, verify
 from tests.integration.flowkit import (
     Service,
     admin_get,

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_KEY
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import Service, debezium, schedule_heartbeats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -170,7 +170,7 @@ def test_stalled_connector_switches_to_ttl_and_back(
             "ttl mode", lambda: mode_of(client)[0] == "ttl", SLO_S + WINDOW_S + 4, services
         )
         print(f"stall -> ttl: {to_ttl:.1f}s")
-        # applications (cdc_cache.client) cap their fills at the published fallback TTL
+        # applications (cdc_cache.aside.cache_aside) cap their fills at the published fallback TTL
         assert client.hget(MODE_KEY, "fallback_ttl_ms") == str(int(FALLBACK_TTL_S * 1000)).encode()
         wait_for(
             "existing keys shortened",

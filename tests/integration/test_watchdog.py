@@ -16,15 +16,15 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from cdc_cache import metrics
+from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
-from cdc_cache.client import CacheAside
-from cdc_cache.devstack.process import free_port
-from cdc_cache.fallback import ModeRuntime, ModeStore
-from cdc_cache.keys import MODE_KEY, WATCHDOG_LOCK_KEY
-from cdc_cache.lag import LagTracker
-from cdc_cache.mode import Cause, Flag, Hold, ModeConfig, ModeState
-from cdc_cache.watchdog import Watchdog
+from cdc_cache.core import metrics
+from cdc_cache.core.keys import MODE_KEY, WATCHDOG_LOCK_KEY
+from cdc_cache.fallback.runtime import ModeRuntime, ModeStore
+from cdc_cache.fallback.watchdog import Watchdog
+from cdc_cache.mode.controller import Cause, Flag, Hold, ModeConfig, ModeState
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import Service
 
 pytestmark = pytest.mark.integration

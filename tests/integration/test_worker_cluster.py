@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.process import free_port
+from cdc_cache.tools.devstack.process import free_port
 from tests.integration.flowkit import Service, produce, unique_topic, wait_until_equal, worker
 from tests.workload import Workload
 

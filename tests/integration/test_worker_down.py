@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from cdc_cache.client import CacheAside
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.keys import MODE_KEY
+from cdc_cache.aside.cache_aside import CacheAside
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.conftest import RedisTarget
 from tests.integration.flowkit import Service, metric, unique_topic, wait_while_alive, worker
 from tests.workload import Workload

@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.settings import load_settings
-from cdc_cache.worker import resolve_topics
+from cdc_cache.app.settings import load_settings
+from cdc_cache.app.worker import resolve_topics
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.flowkit import admin_get, metric, unique_topic, wait_while_alive, worker
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-from cdc_cache import redis_apply
 from cdc_cache.cli import main
+from cdc_cache.sink import apply as redis_apply
 
 GATE = "elseif version > current then"
 _gated = redis_apply._script

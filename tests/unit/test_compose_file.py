@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from cdc_cache.settings import (
+from cdc_cache.app.settings import (
     ENV_PREFIX,
     GatewaySettings,
     InspectSettings,

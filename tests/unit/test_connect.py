@@ -24,7 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.connect import (
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.retry import Backoff
+from cdc_cache.tools.connectors import (
     ApplyResult,
     ConnectClient,
     ConnectorStatus,
@@ -37,8 +39,6 @@ from cdc_cache.connect import (
     read_status,
     resolve_env,
 )
-from cdc_cache.errors import ConfigError
-from cdc_cache.retry import Backoff
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "connect"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.gateway import (
+from cdc_cache.notify.gateway import (
     SLOW_CLOSE_CODE,
     Frame,
     Session,
@@ -19,8 +19,8 @@ from cdc_cache.gateway import (
     format_id,
     parse_id,
 )
-from cdc_cache.rate_limit import TokenBucket
-from cdc_cache.tokens import Grant
+from cdc_cache.notify.rate_limit import TokenBucket
+from cdc_cache.notify.tokens import Grant
 
 
 class FakeSocket:

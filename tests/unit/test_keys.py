@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.keys import (
+from cdc_cache.core.keys import (
     MAX_VALUE_CHARS,
     SLOTS,
     all_version_buckets,

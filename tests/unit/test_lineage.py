@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.lineage import (
+from cdc_cache.core.positions import SourceKind, SourcePosition
+from cdc_cache.lineage.model import (
     Change,
     Limits,
     Origin,
@@ -22,7 +23,6 @@ from cdc_cache.lineage import (
     load_state,
     origin_of,
 )
-from cdc_cache.positions import SourceKind, SourcePosition
 
 LIMITS = Limits(rewind_files=1, rewind_wal_bytes=1000)
 S1 = Origin("server:1")

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.settings import WorkerSettings, load_settings
-from cdc_cache.worker import prepare_recovery, recovery_share
+from cdc_cache.app.settings import WorkerSettings, load_settings
+from cdc_cache.app.worker import prepare_recovery, recovery_share
+from cdc_cache.core.errors import ConfigError
 
 
 @st.composite

@@ -1,8 +1,8 @@
 import pytest
 from redis import exceptions as rex
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.redis_apply import _translated, is_transient, misconfiguration
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.sink.apply import _translated, is_transient, misconfiguration
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import escape_value
-from cdc_cache.scrub import REDACTED, scrub, spellings
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value
+from cdc_cache.core.scrub import REDACTED, scrub, spellings
 from tests.hostile import nested
 
 scalars = (

@@ -8,10 +8,10 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from cdc_cache.keys import escape_value
-from cdc_cache.ops import SetRow
-from cdc_cache.rules import Action, parse_rules
-from cdc_cache.verify import (
+from cdc_cache.core.keys import escape_value
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.rules import Action, parse_rules
+from cdc_cache.tools.verify import (
     Finding,
     KeyPattern,
     Report,
