@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from cdc_cache.core.retry import Backoff
-from cdc_cache.sink.apply import RedisAuth, redis_url_problem
+from cdc_cache.sink.connection import RedisAuth, redis_url_problem
 from cdc_cache.sink.memory import EvictionFallback
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
 

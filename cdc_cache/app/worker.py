@@ -44,7 +44,8 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules, load_rules
-from cdc_cache.sink.apply import check_notifications, is_transient, misconfiguration
+from cdc_cache.sink.apply import check_notifications
+from cdc_cache.sink.connection import is_transient, misconfiguration
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement

@@ -45,7 +45,8 @@ from cdc_cache.core.keys import VERSION_LAYOUT_KEY
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import Client, accepts_writes, node_name, primaries, write_record
+from cdc_cache.sink.connection import Client, node_name, primaries
+from cdc_cache.sink.scripts import accepts_writes, write_record
 
 log = logging.getLogger("cdc_cache.memory")
 

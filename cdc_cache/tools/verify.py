@@ -52,7 +52,7 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import Action, KeyRule, Rules, TableRules
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 from cdc_cache.sink.versions import is_delete, parse_stored
 from cdc_cache.source.natural import TableValues, cursor_types
 

@@ -10,7 +10,7 @@ from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import VERSION_LAYOUT_KEY
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import node_name, primaries
+from cdc_cache.sink.connection import node_name, primaries
 from cdc_cache.sink.memory import EvictionFallback, MemoryWatch, OomGuard
 from tests.integration.memory_pressure import Filler, memory_limited, out_of_memory
 
