@@ -62,7 +62,7 @@ from redis.commands.core import Script
 
 from cdc_cache.aside.fill import RowCodec
 from cdc_cache.core.keys import MODE_KEY, lease_key
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 log = logging.getLogger("cdc_cache.client")
 
@@ -122,7 +122,7 @@ class CacheAside:
     publish its own; ``stale_after_ms`` is how old the mode hash may get before it counts
     as ``ttl`` (None trusts it however old: the worker being down goes unnoticed). The
     client must return bytes (redis-py's default;
-    ``cdc_cache.sink.apply.connect`` builds one from a URL). Thread-safe as the client is.
+    ``cdc_cache.sink.connection.connect`` builds one from a URL). Thread-safe as the client is.
     """
 
     def __init__(

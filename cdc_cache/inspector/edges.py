@@ -18,7 +18,7 @@ from cdc_cache.core.throttle import Throttle
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import KeyRule, TableRules
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger

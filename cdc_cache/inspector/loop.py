@@ -65,7 +65,7 @@ from cdc_cache.inspector.sampling import (
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules import Action, Rules
-from cdc_cache.sink.apply import is_transient, misconfiguration
+from cdc_cache.sink.connection import is_transient, misconfiguration
 from cdc_cache.source.envelope import Parse
 
 log = logging.getLogger("cdc_cache.inspect")
