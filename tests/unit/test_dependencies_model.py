@@ -119,7 +119,8 @@ class Catalog:
         return f"n{self.names}"
 
     def _change(self, tape: Tape, row: int) -> None:
-        kind = tape.pick(7)
+        kind = tape.pick(9)
+        kind = 3 if kind > 6 else kind  # products change most
         at = SourcePosition(0, 1, self.txn, row)
         i = IDS[tape.pick(len(IDS))]
         if kind == 0:  # insert or rename a brand
@@ -215,8 +216,9 @@ class Worker:
 
     def duplicate(self, partition: tuple[str, int], back: int) -> None:
         """An old change once more, alone (a redelivery, a dead letter replayed late)."""
-        if self.offsets[partition]:
-            self.apply(self.db.topics[partition][back % self.offsets[partition]])
+        if self.offsets[partition]:  # one of the last three delivered
+            at = self.offsets[partition] - 1 - back % min(3, self.offsets[partition])
+            self.apply(self.db.topics[partition][at])
 
     def apply(self, event: ChangeEvent) -> None:
         ops: list[Any] = [*plan(event, RULES)]
@@ -257,7 +259,7 @@ def run(values: list[int], **switches: bool) -> list[str]:
     worker = Worker(cache, db, separate_index)
     fills: list[Fill] = []
     while tape:
-        action = tape.pick(10)
+        action = tape.pick(11)
         if action in (0, 1):
             db.commit(tape)
         elif action in (2, 3):
@@ -269,11 +271,13 @@ def run(values: list[int], **switches: bool) -> list[str]:
             worker.crash() if tape.pick(2) else None
         elif action == 9:
             worker.duplicate(PARTITIONS[tape.pick(len(PARTITIONS))], tape.pick(1 << 16))
-        elif action == 6:
+        elif action in (6, 10):  # a fill begins; a quick one (10) loads and lands at once
             key = KEYS[tape.pick(len(KEYS))]
-            tags = (key,) if key.startswith("listing:") else ()
-            fill = cache.start_fill(key, tags)
-            if fill is not None:
+            fill = cache.start_fill(key, (key,) if key.startswith("listing:") else ())
+            if fill is not None and action == 10:
+                fill.value, fill.loaded = db.value(fill.key), True
+                cache.land(fill)
+            elif fill is not None:
                 fills.append(fill)
         elif action in (7, 8) and fills:
             fill = fills[tape.pick(len(fills))]
@@ -293,7 +297,7 @@ def run(values: list[int], **switches: bool) -> list[str]:
 TAPES = st.lists(st.integers(0, 1 << 16), min_size=40, max_size=200)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(TAPES)
 def test_no_cached_value_is_older_than_the_rows_it_shows(values: list[int]) -> None:
     assert run(values) == []
@@ -309,7 +313,6 @@ def test_index_ops_applied_with_the_rows_own_ops_converge_too(values: list[int])
     "switch",
     [
         pytest.param({"catch_up": False}, id="without catch-up"),
-        pytest.param({"gate_links": False}, id="without gated links"),
         pytest.param({"fill_checks_tags": False}, id="without the fill's tag check"),
     ],
 )
@@ -317,7 +320,7 @@ def test_each_rule_is_needed(switch: dict[str, bool]) -> None:
     """The same workloads, one rule off: a seeded search finds a stale value in seconds.
 
     (A seeded search rather than hypothesis: hypothesis takes minutes to generate the
-    few thousand workloads the rarest of these needs.)
+    thousands of workloads the rarer of these needs.)
     """
     rng = random.Random(14)
     for _ in range(50_000):
@@ -326,3 +329,32 @@ def test_each_rule_is_needed(switch: dict[str, bool]) -> None:
             assert run(values) == []  # the same workload with every rule on stays fresh
             return
     pytest.fail(f"no workload went stale with {switch}")
+
+
+def commit(kind: int, row: int, *more: int) -> list[int]:
+    """The tape of a one-change transaction (see ``Catalog._change``)."""
+    return [0, 0, kind, row, *more]
+
+
+# Product 1 goes brand 2 -> 1 -> 2, everything is applied, its page is filled, then the
+# middle change comes once more (a redelivery) before brand 2 is renamed.
+LATE_MOVE = [
+    *commit(0, 1),  # brand 2
+    *commit(3, 0, 2),  # product 1 in brand 2
+    *commit(3, 0, 1),  # ... moves to brand 1
+    *commit(3, 0, 2),  # ... and back to brand 2
+    *[2, 0],  # the brand's topic
+    *[2, 3] * 3,  # product 1's partition
+    *[4] * 5,  # the link ops
+    *[10, 0],  # a reader fills product:1:page
+    *[9, 3, 1],  # product 1's move to brand 1 once more
+    *[4, 4],  # its link ops: out of brand 2, into brand 1
+    *commit(0, 1),  # brand 2 renamed
+    *[2, 0],
+]
+
+
+def test_a_late_older_link_op_cannot_take_a_key_out_of_its_tag() -> None:
+    # Random workloads almost never build this sequence, so it is spelled out.
+    assert run(LATE_MOVE) == []
+    assert run(LATE_MOVE, gate_links=False) == ["product:1:page"]
