@@ -48,9 +48,8 @@ def change(
     table: str, op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None, n: int = 5
 ) -> ChangeEvent:
     row = after or before or {}
-    key = {k: row[k] for k in ("id", "product_id", "tag_id") if k in row}
-    if "id" in key:
-        key = {"id": key["id"]}
+    names = ("id",) if "id" in row else ("product_id", "tag_id")
+    key: dict[str, Any] = {name: row[name] for name in names}
     return ChangeEvent(f"catalog.{table}", op, before, after, key, at(n), 0)
 
 
