@@ -1,0 +1,64 @@
+-- One cache tag's hash (KEYS[1]): its version and its members (see cdc_cache/sink/tags.py).
+--
+-- Field "" holds the tag's version: the encoded position of its newest invalidation.
+-- Every other field is a member, "<cache key>\n<link>": the link is the row that put the
+-- key under the tag (empty for an application fill). Its value says what it is:
+--   "+<position>"  present, put there by the row's change at that position
+--   "-<position>"  taken out at that position (a tombstone: older link ops cannot undo it)
+--   "*<token>"     put there by the fill holding that token
+-- Positions are fixed-width strings that sort as the positions they encode.
+--
+-- ARGV[1] is the op:
+--   L member position present   a link op, gated by the member's position; returns the
+--                               tag's version ("" if never invalidated), even when the op
+--                               itself was stale or a duplicate, so the caller's catch-up
+--                               (delete the key at a newer version) is never lost
+--   F member token              a fill's member; returns the tag's version
+--   I position cursor count     a page of an invalidation: raises the version to position
+--                               if newer, returns {next cursor, member, value, ...} of the
+--                               present members (HSCAN: a member may come twice)
+--   R member token ...          removes fill members whose token is still the given one
+--   N                           how many fields the hash holds (the fan-out's size)
+local op = ARGV[1]
+local tag = KEYS[1]
+if op == 'L' then
+  local current = redis.call('HGET', tag, ARGV[2])
+  local position = ARGV[3]
+  local sign = ARGV[4] == '1' and '+' or '-'
+  if not current or string.sub(current, 2) < position then
+    redis.call('HSET', tag, ARGV[2], sign .. position)
+  end
+  return redis.call('HGET', tag, '') or ''
+elseif op == 'F' then
+  redis.call('HSET', tag, ARGV[2], '*' .. ARGV[3])
+  return redis.call('HGET', tag, '') or ''
+elseif op == 'I' then
+  if ARGV[3] == '0' then
+    local version = redis.call('HGET', tag, '')
+    if not version or version < ARGV[2] then
+      redis.call('HSET', tag, '', ARGV[2])
+    end
+  end
+  local page = redis.call('HSCAN', tag, ARGV[3], 'COUNT', ARGV[4])
+  local out = {page[1]}
+  local fields = page[2]
+  for i = 1, #fields, 2 do
+    local first = string.sub(fields[i + 1], 1, 1)
+    if fields[i] ~= '' and (first == '+' or first == '*') then
+      out[#out + 1] = fields[i]
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+  return out
+elseif op == 'R' then
+  local removed = 0
+  for i = 2, #ARGV, 2 do
+    if redis.call('HGET', tag, ARGV[i]) == '*' .. ARGV[i + 1] then
+      removed = removed + redis.call('HDEL', tag, ARGV[i])
+    end
+  end
+  return removed
+elseif op == 'N' then
+  return redis.call('HLEN', tag)
+end
+return redis.error_reply('cdc-tags: unknown op ' .. tostring(op))
