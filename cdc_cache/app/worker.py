@@ -13,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from confluent_kafka import KafkaException
@@ -45,10 +45,11 @@ from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules, load_rules
 from cdc_cache.sink.apply import check_notifications
-from cdc_cache.sink.connection import is_transient, misconfiguration
+from cdc_cache.sink.connection import Client, is_transient, misconfiguration
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
+from cdc_cache.sink.tags import Fanout
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.sink.writer import connect_when_available, redis_retry_reporter
 from cdc_cache.source.kafka_logs import with_logger
@@ -246,6 +247,16 @@ def replication_monitor(
     )
 
 
+def fanout_fallback(settings: WorkerSettings) -> Callable[[Client, Sequence[str]], int]:
+    """What a tag invalidation above ``fanout_limit`` does: the fallback TTL under prefixes."""
+    fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
+
+    def shorten(client: Client, prefixes: Sequence[str]) -> int:
+        return shorten_ttls(client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S)
+
+    return shorten
+
+
 def _config_error_in(exc: BaseException) -> ConfigError | None:
     return next((error for error in chain(exc) if isinstance(error, ConfigError)), None)
 
@@ -272,6 +283,7 @@ def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> Fl
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         max_value_bytes=settings.max_value_bytes,
+        fanout=Fanout(settings.fanout_limit, settings.fanout_page, fanout_fallback(settings)),
         backoff=settings.retry_redis.backoff(),
         dlq=DlqTarget(
             settings.brokers,

@@ -266,6 +266,11 @@ class Rules:
         return rules.sensitive if rules is not None else frozenset()
 
     @property
+    def tags(self) -> bool:
+        """True when changes keep or invalidate cache tags (depends_on, invalidate_tags)."""
+        return bool(self.links) or any(t.invalidate_tags for t in self.tables.values())
+
+    @property
     def notifies(self) -> bool:
         """True when some table announces its changes (needs streams next to the cache)."""
         return any(table.notify is not None for table in self.tables.values())

@@ -65,6 +65,20 @@ def member_key(field: bytes) -> tuple[str, str]:
     return key, link
 
 
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """How tag invalidations run (settings ``fanout_page``, ``fanout_limit``).
+
+    ``page`` members per page; above ``limit`` members, ``shorten(client, prefixes)``
+    gives the keys under the dependent keys' prefixes the fallback TTL instead (None: no
+    fallback, every invalidation is walked).
+    """
+
+    limit: int = DEFAULT_FANOUT_LIMIT
+    page: int = DEFAULT_PAGE_SIZE
+    shorten: Callable[[Client, Sequence[str]], object] | None = None
+
+
 @dataclass
 class DependencyResult:
     """What applying a batch's dependency ops did."""
