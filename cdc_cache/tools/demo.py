@@ -40,7 +40,9 @@ from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import ManagedProcess, StackError, free_port, port_open
 from cdc_cache.tools.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
-from cdc_cache.tools.verify import Finding, Report, as_cached, derive, same_value, verify
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding, as_cached, derive, same_value
+from cdc_cache.tools.verify_report import Report
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
