@@ -43,7 +43,8 @@ from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableConfig
-from cdc_cache.plan.rules import Rules, load_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.sink.apply import check_notifications
 from cdc_cache.sink.connection import is_transient, misconfiguration
 from cdc_cache.sink.failover import ReplicationMonitor

@@ -33,7 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_cache.core import metrics
 from cdc_cache.notify.tokens import issue
-from cdc_cache.plan.rules import Action, Rules, load_rules
+from cdc_cache.plan.rules import Action, Rules
+from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.source.topics import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.tools.demo_load import DATABASE, WriteLoad, create_schema
 from cdc_cache.tools.devstack.broker import Broker

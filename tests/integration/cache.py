@@ -9,7 +9,7 @@ import orjson
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.verify import verify
 from cdc_cache.tools.verify_report import Report
 from tests.integration.services import Service

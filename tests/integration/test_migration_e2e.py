@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from cdc_cache.cli import main
 from cdc_cache.core.keys import MODE_KEY
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port

@@ -20,7 +20,7 @@ import pytest
 
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.postgres import Postgres
