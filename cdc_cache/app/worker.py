@@ -4,6 +4,9 @@ Loads and validates everything before touching a message (settings, rules, topic
 runs the dataflow (``dataflows/``) with recovery until SIGTERM/SIGINT, which stop it
 gracefully. The flow gets one :class:`~dataflows.config.FlowConfig`, read here from the
 settings, and the live parts this process shares with it.
+
+Kept in one module: the startup steps run in this order, each reported to the readiness
+page; what they build lives in the packages below.
 """
 
 from __future__ import annotations

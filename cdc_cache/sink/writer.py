@@ -3,6 +3,9 @@
 Engine-agnostic: the dataflow's sink calls :meth:`CacheWriter.write` once per batch and
 returns only when every change in it is applied (or proven stale/duplicate), so the
 engine never records progress past an unapplied change.
+
+Kept in one module: retries, the search for the change at fault in a refused batch
+and the outcome metrics act on one batch's state.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ consistency inspector (``cdc-cache inspect``, every change sampled), and a rando
 load on the inventory schema; shows what the worker does once a second from its own
 ``/metrics``, the inspector's nines, and one cache entry next to its row. On stop it lets
 the worker drain, checks every stock row against its cache key, and stops what it started.
+
+Kept in one module: one command's processes, write load and live display, a tool for
+developers beside the product.
 """
 
 from __future__ import annotations
