@@ -395,8 +395,11 @@ class Pipeline:
         self.services = [self.debezium, self.worker, self.inspector]
 
     def start(self) -> None:
+        """Every service, returning once the inspector reads its topics: it samples from
+        their end, so a change committed before that would never be judged."""
         for service in self.services:
             service.start()
+        wait_ready(self.inspector, self.inspect_port, timeout=120)
 
     def stop(self) -> None:
         for service in self.services:
