@@ -63,7 +63,7 @@ from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.core.keys import MODE_FLAG_KEY
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.encoding import calls
 from cdc_cache.sink.failover import PrimaryRegistry
 from cdc_cache.sink.replica_wait import ReplicaWait

@@ -58,6 +58,9 @@ Values are bytes, read and written with GET/SET: use the helper on string keys (
 write, since a worker SET and an application fill land in the same key.
 :meth:`CacheAside.get_row` does that for a rule's key: it renders the key and serializes
 the loaded row exactly as the worker does (:class:`~cdc_cache.aside.fill.RowCodec`).
+
+Kept in one module: the lease protocol and the mode it honours are one read path, and
+about a fifth of the module is this description of them.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ supported (README, "Redis memory"):
   primary is safe again (versions lost meanwhile cannot be told from ones never written).
 - Without ``maxmemory`` (0) Redis evicts nothing and refuses nothing for memory: any
   policy is fine.
+
+Kept in one module: the check at start and the watch share each primary's state and
+the ``redis_oom`` hold; what is pure (which policies are safe, a node's figures, a
+refusal) is small and stands first.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from bytewax.testing import cluster_main
 
 from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.core.keys import tag_key
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.tags import Fanout
 from dataflows.config import FlowConfig
 from dataflows.invalidation import build_flow

@@ -27,7 +27,8 @@ from cdc_cache.plan import invalidations
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, SetRow
 from cdc_cache.plan.invalidations import KeyOutcome, Unreached
 from cdc_cache.plan.route import Planned, Rejected, route
-from cdc_cache.plan.rules import Rules, parse_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
 from cdc_cache.sink.writer import CacheWriter
 from tests.hostile import KeptDeadLetters

@@ -17,7 +17,7 @@ from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier, check_notifications
 from cdc_cache.sink.encoding import Outcome
 from cdc_cache.tools.devstack.redis import RedisClusterServers

@@ -24,7 +24,7 @@ from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.encoding import version_of

@@ -19,7 +19,7 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, InvalidateTag, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
 from cdc_cache.sink.tags import TagStore, member
 from tests.unit.test_dependencies import CATALOG

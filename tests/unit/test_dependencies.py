@@ -11,7 +11,8 @@ from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, InvalidateTag, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
-from cdc_cache.plan.rules import check_tag, parse_rules
+from cdc_cache.plan.rules import check_tag
+from cdc_cache.plan.rules_loader import parse_rules
 
 CATALOG = """\
 version: 2

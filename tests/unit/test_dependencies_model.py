@@ -27,7 +27,7 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DependencyOp, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.tag_model import Fill, TagCache
 
 RULES = parse_rules(
