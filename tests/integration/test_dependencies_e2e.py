@@ -73,12 +73,15 @@ def page(cur: Any, schema: str, pid: int) -> bytes | None:
     return repr((row[0], row[1], [r[0] for r in cur.fetchall()])).encode()
 
 
-def load(mariadb: MariaDB, schema: str, pid: int) -> bytes | None:
+def load(mariadb: MariaDB, schema: str, pid: int, pause_s: float) -> bytes | None:
+    """The page as the database has it, returned ``pause_s`` later (a slow renderer), so
+    changes land between the read and the fill as often as the stream's latency allows."""
     with mariadb.connect() as conn, conn.cursor() as cur:
         cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         value = page(cur, schema, pid)
         cur.execute("COMMIT")
-        return value
+    time.sleep(pause_s)
+    return value
 
 
 def transaction(cur: Any, schema: str, rnd: random.Random, n: int) -> None:
@@ -151,7 +154,7 @@ def test_cached_pages_end_at_the_database_state_after_a_sigkill(
         tmp_path, broker.bootstrap, redis_target.url, topics, rules=RULES.format(s=schema)
     )
     client = redis_target.client
-    cache = CacheAside(client, ttl_ms=600_000, lease_wait_ms=0)
+    cache = CacheAside(client, ttl_ms=600_000, lease_wait_ms=0, lease_ttl_ms=10_000)
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -160,7 +163,10 @@ def test_cached_pages_end_at_the_database_state_after_a_sigkill(
         try:
             while not done.is_set():
                 pid = rnd.randint(1, PRODUCTS)
-                cache.get(f"product:{pid}:page", lambda pid=pid: load(mariadb, schema, pid))
+                pause = rnd.uniform(0, 0.1)
+                cache.get(
+                    f"product:{pid}:page", lambda pid=pid, p=pause: load(mariadb, schema, pid, p)
+                )
         except Exception as exc:  # reported by the test's thread
             errors.append(exc)
 
