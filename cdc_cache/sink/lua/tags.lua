@@ -1,4 +1,7 @@
+#!lua flags=allow-oom
 -- One cache tag's hash (KEYS[1]): its version and its members (see cdc_cache/sink/tags.py).
+-- Flagged allow-oom: an invalidation must land while Redis is out of memory (it writes a
+-- version field at most; the keys go through the apply script's allow-oom deletes).
 --
 -- Field "" holds the tag's version: the encoded position of its newest invalidation.
 -- Every other field is a member, "<cache key>\n<link>": the link is the row that put the
