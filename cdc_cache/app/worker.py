@@ -59,6 +59,7 @@ from cdc_cache.sink.connection import (
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
+from cdc_cache.sink.tag_sweep import TagSweeper
 from cdc_cache.sink.tags import Fanout
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.source.kafka_logs import with_logger
@@ -358,7 +359,11 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
     memory = prepare_redis_memory(settings, rules, runtime)
-    sweeper = VersionSweeper(memory.client) if runtime.leader else None
+    sweepers: list[VersionSweeper | TagSweeper] = []
+    if runtime.leader:
+        sweepers.append(VersionSweeper(memory.client))
+        if rules.tags:
+            sweepers.append(TagSweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -404,7 +409,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
     memory.start()
-    if sweeper is not None:
+    for sweeper in sweepers:
         sweeper.start()
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
@@ -432,5 +437,5 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         monitor.close()
         runtime.close()
         memory.close()
-        if sweeper is not None:
+        for sweeper in sweepers:
             sweeper.close()

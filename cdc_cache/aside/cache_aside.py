@@ -281,7 +281,8 @@ class CacheAside:
         if cap is not None:
             ttl = min(ttl, cap)
         for tag, before in zip(tags, seen, strict=True):
-            if self._tags(keys=[tag_key(tag)], args=["F", member(key, ""), token]) != before:
+            reply = self._tags(keys=[tag_key(tag)], args=["F", member(key, ""), token, ttl])
+            if reply != before:
                 self._release(keys=[lease], args=[token])
                 log.debug("fill of %r dropped: tag %r was invalidated while it loaded", key, tag)
                 return value

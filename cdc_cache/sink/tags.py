@@ -129,7 +129,12 @@ class TagStore:
 
     def _link(self, op: LinkKey) -> int:
         version = self._call(
-            op.tag, "L", member(op.key, op.link), op.position.encode(), int(op.present)
+            op.tag,
+            "L",
+            member(op.key, op.link),
+            op.position.encode(),
+            int(op.present),
+            op.tombstone_ttl_ms,
         )
         assert isinstance(version, bytes)
         if not (op.present and version and version.decode() > op.position.encode()):
@@ -179,7 +184,7 @@ class TagStore:
                 item
                 for (key, link), value in found
                 if link == "" and key in deleted
-                for item in (member(key, link), value[1:].decode())
+                for item in (member(key, link), value)
             ]
             if fills:
                 self._call(op.tag, "R", *fills)

@@ -21,6 +21,7 @@ from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
+from cdc_cache.sink.tag_sweep import TagSweeper
 from cdc_cache.sink.tags import TagStore, member
 from tests.unit.test_dependencies import CATALOG
 
@@ -81,7 +82,8 @@ def test_a_product_that_moved_is_not_put_back_by_its_late_older_insert(any_redis
     new = any_redis.hget(
         tag_key("catalog.brands:8"), member("product:1:page", "catalog.products:1")
     )
-    assert (old, new) == (b"-" + at(2).encode().encode(), b"+" + at(2).encode().encode())
+    assert old.startswith(b"-" + at(2).encode().encode())  # a tombstone, then its horizon
+    assert new == b"+" + at(2).encode().encode()
     fill(any_redis, "product:1:page")
     apply(any_redis, brand(3, 7))
     assert any_redis.exists("product:1:page") == 1  # brand 7 is no longer its brand
@@ -197,3 +199,31 @@ def test_a_fanout_above_the_limit_shortens_ttls_instead(any_redis: Any) -> None:
     assert (result.fallbacks, shortened) == (1, [("product:",)])
     assert all(any_redis.exists(name) for name in names)  # left to their shortened TTLs
     assert any_redis.hget(tag_key("catalog.brands:7"), "") == at(5).encode().encode()
+
+
+def test_the_sweep_removes_tombstones_and_fills_past_their_minute_only(any_redis: Any) -> None:
+    tag = "catalog.brands:7"
+    apply(any_redis, product(1, 1, 7), product(2, 1, 8, before_brand=7), product(3, 2, 7))
+    fill(any_redis, "listing:brand:7", tags=[tag])
+    apply(any_redis, brand(4, 7))  # a version, and a fill member that went with its key
+    fill(any_redis, "search:q", tags=[tag])
+    hash_key = tag_key(tag)
+    fields = any_redis.hgetall(hash_key)
+    tombstone = member("product:1:page", "catalog.products:1").encode()
+    fill_member = member("search:q", "").encode()
+    assert fields[tombstone].startswith(b"-" + at(2).encode().encode())
+    assert fields[fill_member].startswith(b"*")
+    assert len(fields) == 4  # the version, product 2's link, the tombstone, the fill
+
+    TagSweeper(any_redis).sweep()
+    assert len(any_redis.hgetall(hash_key)) == 4  # nothing is past its minute yet
+
+    past = b"00000001"  # what a value looks like once its minute has gone by
+    any_redis.hset(hash_key, tombstone, fields[tombstone][: -len(past)] + past)
+    any_redis.hset(hash_key, fill_member, b"*" + past + fields[fill_member][9:])
+    report = TagSweeper(any_redis).sweep()
+    assert report.removed == 2
+    assert sorted(any_redis.hkeys(hash_key)) == [
+        b"",
+        member("product:2:page", "catalog.products:2").encode(),
+    ]
