@@ -29,6 +29,7 @@ from cdc_cache.app.routes import StartupBackend
 from cdc_cache.app.settings import TopicSettings, WorkerSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, StopRequested, chain
+from cdc_cache.core.periodic import Periodic
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.dlq.topic import ensure_topic
@@ -59,7 +60,7 @@ from cdc_cache.sink.connection import (
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
-from cdc_cache.sink.tag_sweep import TagSweeper
+from cdc_cache.sink.tag_sweep import tag_sweeper
 from cdc_cache.sink.tags import Fanout
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.source.kafka_logs import with_logger
@@ -359,11 +360,11 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
     memory = prepare_redis_memory(settings, rules, runtime)
-    sweepers: list[VersionSweeper | TagSweeper] = []
+    sweepers: list[VersionSweeper | Periodic] = []
     if runtime.leader:
         sweepers.append(VersionSweeper(memory.client))
         if rules.tags:
-            sweepers.append(TagSweeper(memory.client))
+            sweepers.append(tag_sweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (

@@ -14,7 +14,7 @@ repeat work.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,59 +40,49 @@ class TagSweepReport:
     removed: int
 
 
-class TagSweeper:
-    """Removes expired members from every tag hash, a paced pass every ``pause_s``."""
+def sweep_tags(
+    client: Client,
+    *,
+    closing: threading.Event | None = None,
+    fields_per_s: float = 50_000,
+    page: int = 500,
+) -> TagSweepReport:
+    """One pass over every tag hash, paced to ``fields_per_s``; ends early on ``closing``."""
+    closing = closing or threading.Event()
+    tags = examined = removed = 0
+    for node in primaries(client):
+        script = Script(node, lua_script("tags")[0])
+        for name in node.scan_iter(match=glob_escape(TAG_PREFIX) + "*", count=page):
+            if closing.is_set():
+                return TagSweepReport(tags, examined, removed)
+            tags += 1
+            cursor: object = 0
+            while True:
+                cursor, seen, gone = script(keys=[name], args=["S", cursor, page])
+                examined += seen
+                removed += gone
+                closing.wait(seen / fields_per_s)
+                if cursor in (0, b"0"):
+                    break
+    return TagSweepReport(tags, examined, removed)
 
-    def __init__(
-        self,
-        client: Client,
-        *,
-        fields_per_s: float = 50_000,
-        pause_s: float = 60.0,
-        page: int = 500,
-    ) -> None:
-        self._client = client
-        self._fields_per_s = fields_per_s
-        self._page = page
-        self._loop = Periodic(
-            "cdc-tag-sweep",
-            self._pass,
-            pause_s,
-            errors=_REDIS_ERRORS,
-            log=log,
-            failure="tag sweep interrupted; retried next pass",
-        )
 
-    def sweep(self, keep_going: Callable[[], bool] = lambda: True) -> TagSweepReport:
-        """One pass over every tag (stops early when ``keep_going`` turns false)."""
-        tags = examined = removed = 0
-        for node in primaries(self._client):
-            script = Script(node, lua_script("tags")[0])
-            for name in node.scan_iter(match=glob_escape(TAG_PREFIX) + "*", count=self._page):
-                if not keep_going():
-                    return TagSweepReport(tags, examined, removed)
-                tags += 1
-                cursor: object = 0
-                while True:
-                    reply = script(keys=[name], args=["S", cursor, self._page])
-                    cursor, seen, gone = reply
-                    examined += seen
-                    removed += gone
-                    self._loop.closing.wait(seen / self._fields_per_s)
-                    if cursor in (0, b"0"):
-                        break
-        return TagSweepReport(tags, examined, removed)
+def tag_sweeper(client: Client, pause_s: float = 60.0) -> Periodic:
+    """A pass of :func:`sweep_tags` every ``pause_s`` in a daemon thread (start, close)."""
 
-    def start(self) -> None:
-        """Sweep in a daemon thread, a pass every ``pause_s``, until :meth:`close`."""
-        self._loop.start()
-
-    def close(self) -> None:
-        self._loop.close()
-
-    def _pass(self) -> None:
-        report = self.sweep(keep_going=lambda: not self._loop.closing.is_set())
+    def sweep() -> None:
+        report = sweep_tags(client, closing=loop.closing)
         log.info(
             "tag sweep done",
             extra={"tags": report.tags, "examined": report.examined, "removed": report.removed},
         )
+
+    loop = Periodic(
+        "cdc-tag-sweep",
+        sweep,
+        pause_s,
+        errors=_REDIS_ERRORS,
+        log=log,
+        failure="tag sweep interrupted; retried next pass",
+    )
+    return loop

@@ -21,7 +21,7 @@ from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
-from cdc_cache.sink.tag_sweep import TagSweeper
+from cdc_cache.sink.tag_sweep import sweep_tags
 from cdc_cache.sink.tags import TagStore, member
 from tests.unit.test_dependencies import CATALOG
 
@@ -215,13 +215,13 @@ def test_the_sweep_removes_tombstones_and_fills_past_their_minute_only(any_redis
     assert fields[fill_member].startswith(b"*")
     assert len(fields) == 4  # the version, product 2's link, the tombstone, the fill
 
-    TagSweeper(any_redis).sweep()
+    sweep_tags(any_redis)
     assert len(any_redis.hgetall(hash_key)) == 4  # nothing is past its minute yet
 
     past = b"00000001"  # what a value looks like once its minute has gone by
     any_redis.hset(hash_key, tombstone, fields[tombstone][: -len(past)] + past)
     any_redis.hset(hash_key, fill_member, b"*" + past + fields[fill_member][9:])
-    report = TagSweeper(any_redis).sweep()
+    report = sweep_tags(any_redis)
     assert report.removed == 2
     assert sorted(any_redis.hkeys(hash_key)) == [
         b"",

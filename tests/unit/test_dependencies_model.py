@@ -29,31 +29,9 @@ from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
 from tests.tag_model import Fill, TagCache
+from tests.unit.test_dependencies import CATALOG
 
-RULES = parse_rules(
-    """
-version: 2
-tables:
-  catalog.brands:
-    watch: [name]
-  catalog.tags:
-    watch: [name]
-  catalog.products:
-    watch: [id, brand_id, name]
-    keys:
-      - key: "product:{id}:page"
-        action: delete
-        depends_on:
-          - {table: catalog.brands, via: brand_id}
-          - table: catalog.tags
-            through: catalog.product_tags
-            via: tag_id
-            match: {id: product_id}
-    invalidate_tags: ["listing:brand:{brand_id}"]
-  catalog.product_tags:
-    watch: [product_id, tag_id]
-"""
-)
+RULES = parse_rules(CATALOG)
 IDS = (1, 2)
 PARTITIONS = (
     ("catalog.brands", 0),
