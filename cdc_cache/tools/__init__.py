@@ -1,7 +1,8 @@
 """Operators' and developers' tools around the worker.
 
 ``verify`` (the cache against the database), the connectors applied to Kafka Connect, the
-live demo and its load, the local stack of real servers (``devstack/``).
+live demo and its load (which fills keys as an application does, through ``aside``), the
+local stack of real servers (``devstack/``).
 
-May import: core, source, plan, sink, notify.
+May import: core, source, plan, sink, notify, aside.
 """
