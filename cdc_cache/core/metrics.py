@@ -423,7 +423,8 @@ DEPENDENCY_DELETES = Counter(
 )
 FANOUT_PENDING = Gauge(
     "fanout_pending_keys",
-    "Members of the tag invalidations in progress not deleted yet",
+    "Members of the tag invalidations in progress (added when one starts, taken off when "
+    "it ends)",
     namespace=NAMESPACE,
 )
 FANOUT_FALLBACKS = Counter(
