@@ -1,7 +1,7 @@
 """What decoding values costs on the hot path: ``route`` (decode, decode values, plan) per record.
 
 Replays recorded real Debezium records (``tests/fixtures/debezium``) through
-``cdc_cache.pipeline.route`` in a loop, with rules version 1 (values as Debezium ships
+``cdc_cache.plan.route.route`` in a loop, with rules version 1 (values as Debezium ships
 them) and version 2 (values decoded), on the same records:
 
 * ``stock``: the inventory ``stock`` table (MariaDB, JSON with schemas): a narrow row with
@@ -31,9 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdc_cache.events import SourceRecord
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.rules import Rules, parse_rules
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium" / "mariadb"

@@ -35,10 +35,10 @@ import orjson
 import redis.asyncio as aredis
 from websockets.asyncio.client import ClientConnection, connect
 
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.tokens import issue
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.notify.tokens import issue
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "gateway-load-secret"

@@ -1,6 +1,6 @@
 """Commit → visible-in-Redis latency on the local stack.
 
-Starts Redis, the tansu broker and MariaDB (``cdc_cache.devstack``) on free ports, the
+Starts Redis, the tansu broker and MariaDB (``cdc_cache.tools.devstack``) on free ports, the
 Debezium runner and ``cdc-cache run`` as processes, then commits single-row updates one at
 a time. For each it takes the time just before COMMIT and spins on GET until Redis holds
 the new value. A side consumer on the Debezium topic timestamps each change's arrival in
@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.redis_apply import connect
+from cdc_cache.sink.connection import connect
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "bench"
@@ -125,7 +125,7 @@ class Stack:
         self._spawn(
             "debezium",
             [
-                "-m", "cdc_cache.devstack.debezium", "--source=mariadb",
+                "-m", "cdc_cache.tools.devstack.debezium", "--source=mariadb",
                 f"--db-port={self.mariadb.port}", f"--databases={SCHEMA}",
                 f"--brokers={self.broker.bootstrap}", "--topic-prefix=bench",
                 f"--state-dir={self.home / 'debezium'}", "--no-schemas", "--log-level=WARN",

@@ -3,7 +3,7 @@
 -- order; a missing version reads as "" and is older than every position.
 --
 -- An applied op also deletes the key's lease key, so an application fill that loaded the
--- row before this change cannot land after it (see cdc_cache/client.py).
+-- row before this change cannot land after it (see cdc_cache/aside/cache_aside.py).
 --
 -- A notification op (N) announces the change of the key op before it (its host): it is
 -- appended to the channel's stream only when the host applied, in this same script, so a

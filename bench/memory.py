@@ -4,7 +4,7 @@
 (``cdc:v:{tag}:<key>``, a 60-digit position with ``.s``/``.d``, a TTL), written by its apply
 script (kept here as ``bench/legacy_apply.lua``). *After* is today's: one small hash per
 cluster slot, a 64-bit digest of the key as field, a 21-digit horizon and version as value,
-no TTL, written by ``cdc_cache/lua/apply.lua`` through ``RedisApplier``.
+no TTL, written by ``cdc_cache/sink/lua/apply.lua`` through ``RedisApplier``.
 
 For each deployment (one Redis server; a 3-primary Redis Cluster) and value size (100 B
 and 1 KB JSON documents), on ``--keys`` composite cache keys (``stock:<sku>:<warehouse>``):
@@ -43,12 +43,15 @@ from redis import Redis, RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers, RedisServer
-from cdc_cache.keys import key_slot, lease_key, legacy_version_key
-from cdc_cache.ops import DeleteKey, KeyOp, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import RedisApplier, _encode, _keys, _script, connect, primaries
+from cdc_cache.core.keys import key_slot, lease_key, legacy_version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, SetRow, ValueFormat
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.sink.encoding import script_args, script_keys
+from cdc_cache.sink.scripts import apply_script
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_SCRIPT = (ROOT / "bench/legacy_apply.lua").read_text()
@@ -208,10 +211,10 @@ def script_cost(client: Redis, keys: Sequence[str], rounds: int) -> dict[str, An
             for call in (legacy_call(ops[s : s + BATCH]) for s in range(0, len(ops), BATCH))
         ],
         "after": lambda ops: [
-            (_script()[1], *_new_call(ops[s : s + BATCH])) for s in range(0, len(ops), BATCH)
+            (apply_script()[1], *_new_call(ops[s : s + BATCH])) for s in range(0, len(ops), BATCH)
         ],
     }
-    sources = {"before": LEGACY_SCRIPT, "after": _script()[0]}
+    sources = {"before": LEGACY_SCRIPT, "after": apply_script()[0]}
     cost: dict[str, dict[str, list[float]]] = {name: {"insert": [], "update": []} for name in calls}
     for _ in range(rounds):
         for name, build in calls.items():
@@ -231,8 +234,8 @@ def _new_call(ops: Sequence[KeyOp]) -> tuple[list[Any], list[Any]]:
     keys: list[Any] = []
     args: list[Any] = []
     for op in ops:
-        keys += _keys(op)
-        args += _encode(op)
+        keys += script_keys(op)
+        args += script_args(op)
     return keys, args
 
 

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
-        "--within", help="only stacks through this function, e.g. 'run (cdc_cache/worker.py'"
+        "--within", help="only stacks through this function, e.g. 'run (cdc_cache/app/worker.py'"
     )
     args = parser.parse_args(argv)
     total, inclusive, own = summarise(args.profile.read_text().splitlines(), args.within)

@@ -1,6 +1,6 @@
 """Throughput, processor latency and memory of the invalidation worker on the local stack.
 
-Starts Redis and the tansu broker (``cdc_cache.devstack``) on free ports, loads N Debezium
+Starts Redis and the tansu broker (``cdc_cache.tools.devstack``) on free ports, loads N Debezium
 change events (``bench/workload.py``) and measures, in one run:
 
 * ``consume_only``: the machine's Kafka limit, a confluent-kafka consumer that only reads;
@@ -60,17 +60,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import summary
 from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.failover import PrimaryRegistry
-from cdc_cache.fallback import Holds
-from cdc_cache.keys import MODE_FLAG_KEY
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import RedisApplier, _script
-from cdc_cache.replica_wait import ReplicaWait
-from cdc_cache.replication import ReplicationInfo
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.keys import MODE_FLAG_KEY
+from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import calls
+from cdc_cache.sink.failover import PrimaryRegistry
+from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.replication import ReplicationInfo
+from cdc_cache.sink.scripts import apply_script
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 2
@@ -403,13 +404,15 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
         routed = route(_record(message), bench.rules)
         if isinstance(routed, Planned):
             ops += routed.ops
-    applier = RedisApplier(bench.redis)
-    calls = list(applier._chunk(ops, range(len(ops))))
-    source, sha = _script()
+    script_calls = list(calls(ops, range(len(ops))))
+    source, sha = apply_script()
     bench.reset_redis()
     bench.redis.script_load(source)
     connection = bench.redis.connection_pool.get_connection()
-    packed = [connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls]
+    packed = [
+        connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+        for c in script_calls
+    ]
     in_flight = 2  # the worker sends one batch per partition poll; allow a little overlap
     started = time.monotonic()
     for start in range(0, len(packed), in_flight):
@@ -423,7 +426,7 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
         "events": events,
         "ops": len(ops),
         "ops_per_event": round(len(ops) / events, 3),
-        "calls": len(calls),
+        "calls": len(script_calls),
         "seconds": round(elapsed, 2),
         "ops_per_s": round(len(ops) / elapsed),
         "events_per_s": round(events / elapsed),
@@ -453,7 +456,7 @@ def replica_wait(bench: Bench, replicas: int, waits: int = 2000) -> dict[str, An
 
 
 def _record(message: Message) -> Any:
-    from cdc_cache.events import SourceRecord
+    from cdc_cache.core.events import SourceRecord
 
     return SourceRecord(message.topic, 0, 0, message.key, message.value)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdc_cache.lineage import PartitionState, dump_state, load_state
+from cdc_cache.lineage.model import PartitionState, dump_state, load_state
 
 
 class MemoryRegistry:
-    """The registry's contract (cdc_cache/lua/lineage.lua) in memory, states as JSON."""
+    """The registry's contract (cdc_cache/lineage/lua/lineage.lua) in memory, states as JSON."""
 
     def __init__(self) -> None:
         self.sources: dict[str, dict[str, Any]] = {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
-from cdc_cache.positions import SourcePosition
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
 
 
 @dataclass

@@ -163,7 +163,7 @@ class Workload:
 
     def expected_cache(self) -> dict[str, dict[str, Any]]:
         """The ``stock:`` keys and values the rules derive from the current table."""
-        from cdc_cache.keys import escape_value
+        from cdc_cache.core.keys import escape_value
 
         return {
             f"stock:{escape_value(r['sku_id'])}:{escape_value(r['warehouse'])}": {

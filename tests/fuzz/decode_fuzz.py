@@ -23,7 +23,7 @@ import atheris
 import orjson
 
 with atheris.instrument_imports(include=["cdc_cache"]):
-    from cdc_cache.events import SourceRecord
+    from cdc_cache.core.events import SourceRecord
     from tests.hostile import through_the_worker_path  # imports the path it checks
 
 from tests.unit.test_envelope import ALL, load

@@ -1,25 +1,32 @@
-from __future__ import annotations
+"""The integration tier's fixtures: real servers and a browser, for these tests only.
 
-from dataclasses import dataclass
+Registered here rather than for the whole suite, so ``pytest tests/unit`` needs neither
+the local servers nor Selenium.
+"""
 
-import pytest
-from redis import Redis, RedisCluster
+from tests.integration.fixtures_browser import browser, chromium_session
+from tests.integration.fixtures_redis import (
+    any_redis,
+    redis_client,
+    redis_cluster,
+    redis_cluster_client,
+    redis_server,
+    redis_target,
+    replicated_redis,
+)
+from tests.integration.fixtures_stack import broker, mariadb, postgres
 
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """A clean Redis (single or cluster) with the URL a worker would be given."""
-
-    url: str
-    client: Redis | RedisCluster
-
-
-@pytest.fixture(params=["single", "cluster"])
-def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
-    if request.param == "single":
-        server = request.getfixturevalue("redis_server")
-        client = request.getfixturevalue("redis_client")
-    else:
-        server = request.getfixturevalue("redis_cluster")
-        client = request.getfixturevalue("redis_cluster_client")
-    return RedisTarget(server.address(), client)
+__all__ = [
+    "any_redis",
+    "broker",
+    "browser",
+    "chromium_session",
+    "mariadb",
+    "postgres",
+    "redis_client",
+    "redis_cluster",
+    "redis_cluster_client",
+    "redis_server",
+    "redis_target",
+    "replicated_redis",
+]

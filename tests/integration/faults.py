@@ -30,31 +30,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.demo import Scrape, scrape
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import escape_value, version_field, version_key
-from cdc_cache.ops import DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import version_of
-from cdc_cache.rules import parse_rules
-from cdc_cache.versions import parse_stored
-from tests.integration.flowkit import (
-    INSPECT_DB_QUERIES_PER_S,
-    Service,
-    admin_get,
-    cache_state,
-    inspection,
-    inspector,
-    metric,
-    produce,
-    settled_inspection,
-    unique_topic,
-    wait_ready,
-    worker,
-)
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value, version_field, version_key
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import version_of
+from cdc_cache.sink.versions import parse_stored
+from cdc_cache.tools.demo import Scrape, scrape
+from cdc_cache.tools.devstack.broker import Broker, S3Store
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port, port_open
+from tests.integration.cache import cache_state
+from tests.integration.probes import admin_get, inspection, metric, settled_inspection, wait_ready
+from tests.integration.services import INSPECT_DB_QUERIES_PER_S, Service, inspector, worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Message, Workload, rules_for
 
 WATCHED = ("id", "sku_id", "warehouse", "qty")  # the watch list of tests.workload.RULES_YAML

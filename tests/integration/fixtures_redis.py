@@ -2,14 +2,13 @@
 
 ``redis_server`` and ``redis_cluster`` (3 primaries) start once per session on free
 ports; ``redis_client`` and ``redis_cluster_client`` flush all data before each test;
-``any_redis`` runs a test once on each. ``replicated_redis`` is a fresh primary, replica
+``redis_target`` (its client alone: ``any_redis``) runs a test once on each. ``replicated_redis`` is a fresh primary, replica
 and Sentinel for each test (tests fail them over).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 import pytest
 from redis import Redis, RedisCluster, RedisError
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers, RedisSentinel, RedisServer
-from cdc_cache.redis_apply import connect
+from cdc_cache.sink.connection import connect
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisSentinel, RedisServer
+from tests.integration.waiting import wait_until
 
 AnyRedis = Redis | RedisCluster
 
@@ -65,11 +65,30 @@ def redis_cluster_client(redis_cluster: RedisClusterServers) -> Iterator[AnyRedi
     yield from _clean(redis_cluster.address())
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """A clean Redis (single or cluster) with the URL a worker would be given."""
+
+    url: str
+    client: AnyRedis
+
+
 @pytest.fixture(params=["single", "cluster"])
-def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
-    name = "redis_client" if request.param == "single" else "redis_cluster_client"
-    client: AnyRedis = request.getfixturevalue(name)
-    return client
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The one Redis every both-kinds test runs on: once on a server, once on a cluster."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_server")
+        client = request.getfixturevalue("redis_client")
+    else:
+        server = request.getfixturevalue("redis_cluster")
+        client = request.getfixturevalue("redis_cluster_client")
+    return RedisTarget(server.address(), client)
+
+
+@pytest.fixture
+def any_redis(redis_target: RedisTarget) -> AnyRedis:
+    """The client of :func:`redis_target`, for tests that need no URL."""
+    return redis_target.client
 
 
 # Every server of a replicated group knows the replication user, and replicas log in with
@@ -79,16 +98,6 @@ REPLICATION_USER = (
     "--user", "repl", "on", ">repl-secret", "~*", "&*", "+@all",
     "--masteruser", "repl", "--masterauth", "repl-secret",
 )  # fmt: skip
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Poll ``check`` until it holds; fail the test naming ``what`` when it does not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen within {timeout:.0f}s")
 
 
 def _info(port: int) -> dict[str, Any]:
@@ -144,19 +153,19 @@ class ReplicatedRedis:
             )
             return _info(self.replica.port).get("master_link_status") == "up" and bool(replicas)
 
-        wait_until(streaming, "replication to the replica")
+        wait_until("replication to the replica", streaming)
 
     def detach_replica(self) -> None:
         """Cut the replica off: it cannot log in to the primary any more."""
         primary = self.client(self.primary)
         primary.execute_command("ACL", "SETUSER", "repl", "off")
         primary.execute_command("CLIENT", "KILL", "TYPE", "replica")
-        wait_until(lambda: _info(self.primary.port).get("connected_slaves") == 0, "detaching")
+        wait_until("detaching", lambda: _info(self.primary.port).get("connected_slaves") == 0)
 
     def reattach_replica(self) -> None:
         self.client(self.primary).execute_command("ACL", "SETUSER", "repl", "on")
         wait_until(
-            lambda: _info(self.replica.port).get("master_link_status") == "up", "reattaching"
+            "reattaching", lambda: _info(self.replica.port).get("master_link_status") == "up"
         )
 
     def fail_over(self) -> None:
@@ -164,12 +173,12 @@ class ReplicatedRedis:
         self.primary.process.kill()
         promoted = self.replica
         wait_until(
+            "the Sentinel promoting the replica",
             lambda: (
                 self.sentinel.primary() == ("127.0.0.1", promoted.port)
                 and _info(promoted.port).get("role") == "master"
                 and self._sentinel_serves()
             ),
-            "the Sentinel promoting the replica",
         )
         self.primary, self.replica = promoted, self.primary
 
@@ -189,7 +198,7 @@ class ReplicatedRedis:
         again.start()
         self.replica = again
         wait_until(
-            lambda: _info(again.port).get("master_link_status") == "up", "the rejoined replica"
+            "the rejoined replica", lambda: _info(again.port).get("master_link_status") == "up"
         )
 
     def stop(self) -> None:

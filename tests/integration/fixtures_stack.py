@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import StackError, free_port
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.postgres import Postgres
+from cdc_cache.tools.devstack.process import StackError, free_port
 
 
 def postgres_home(prefix: str = "cdc-cache-pg-") -> Path:

@@ -12,8 +12,8 @@ from typing import Any, Self
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
-from cdc_cache.keys import VERSION_PREFIX
-from cdc_cache.redis_apply import is_oom, primaries
+from cdc_cache.core.keys import VERSION_PREFIX
+from cdc_cache.sink.connection import is_oom, primaries
 
 FILLER = "app:filler:"
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.devstack.schema_registry import SchemaRegistryServer
-from tests.integration.flowkit import mariadb_pipeline, settled_inspection, wait_until_verified
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.schema_registry import SchemaRegistryServer
+from tests.integration.cache import wait_until_verified
+from tests.integration.pipelines import mariadb_pipeline
+from tests.integration.probes import settled_inspection
 from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.faults import FaultRun, durable_broker
-from tests.integration.flowkit import metric, wait_while_alive
+from tests.integration.probes import metric
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +39,21 @@ def test_a_broker_outage_and_its_end_show_on_metrics(
             port = run.metrics_port
             run.stream.produce(durable.bootstrap, run.stream.part(200))
             assert run.wait_consistent().clean
-            wait_while_alive(
-                "brokers up", lambda: metric(port, "cdc_cache_broker_up") == 1, run.worker
+            wait_until(
+                "brokers up",
+                lambda: metric(port, "cdc_cache_broker_up") == 1,
+                alive=[run.worker],
+                interval=0.2,
             )
             assert outage_errors(port) == 0
 
             durable.stop()
             stopped = time.monotonic()
-            noticed = wait_while_alive(
+            noticed = wait_until(
                 "the outage on /metrics",
                 lambda: metric(port, "cdc_cache_broker_up") == 0 and outage_errors(port) > 0,
-                run.worker,
+                alive=[run.worker],
+                interval=0.2,
             )
             time.sleep(3)  # librdkafka keeps retrying meanwhile: its errors are logged sparingly
             log = run.worker.log.read_text()
@@ -61,10 +66,11 @@ def test_a_broker_outage_and_its_end_show_on_metrics(
 
             durable.start()
             down_s = time.monotonic() - stopped
-            back = wait_while_alive(
+            back = wait_until(
                 "brokers up again, with no record to fetch",
                 lambda: metric(port, "cdc_cache_broker_up") == 1,
-                run.worker,
+                alive=[run.worker],
+                interval=0.2,
             )
             assert "brokers reachable again" in run.worker.log.read_text()
             run.stream.produce(durable.bootstrap, run.stream.part(200))

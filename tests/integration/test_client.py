@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.client import NEGATIVE, CacheAside
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.fill import RowCodec
-from cdc_cache.keys import MODE_KEY, lease_key, version_key
-from cdc_cache.logical import ColumnType, Kind, RowTypes
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
-from cdc_cache.plan import plan
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import RedisApplier
-from cdc_cache.rules import parse_rules
+from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
+from cdc_cache.aside.fill import RowCodec
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.keys import MODE_KEY, lease_key, version_key
+from cdc_cache.core.logical import ColumnType, Kind, RowTypes
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
+from cdc_cache.plan.planner import plan
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
 
 pytestmark = pytest.mark.integration
 

@@ -11,24 +11,19 @@ import pytest
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.ops import Notify
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import connect
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.retry import Backoff
+from cdc_cache.plan.cache_ops import Notify
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.connection import connect
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers
+from dataflows.config import FlowConfig
 from dataflows.invalidation import build_flow
-from tests.integration.flowkit import (
-    POISON,
-    cache_state,
-    produce,
-    unique_topic,
-    with_poison,
-    with_redelivery,
-)
+from tests.integration.cache import cache_state
+from tests.integration.topics import POISON, produce, unique_topic, with_poison, with_redelivery
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration
@@ -43,12 +38,14 @@ def test_duplicates_and_poison_converge_to_the_database_state(broker, redis_targ
     produce(broker.bootstrap, messages)
 
     flow = build_flow(
-        rules=parse_rules(RULES_YAML),
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=redis_target.url,
-        tail=False,
-        batch_size=200,
+        FlowConfig(
+            rules=parse_rules(RULES_YAML),
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=redis_target.url,
+            tail=False,
+            batch_size=200,
+        )
     )
     rejected_before = rejected()
     cluster_main(flow, [], 0, worker_count_per_proc=workers)
@@ -79,11 +76,13 @@ def test_replaying_the_whole_topic_applies_nothing_again(broker, redis_target):
     workload = Workload(seed=7, topic=topic)
     produce(broker.bootstrap, [m for tx in workload.transactions(500) for m in tx])
     flow = build_flow(
-        rules=parse_rules(RULES_YAML),
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=redis_target.url,
-        tail=False,
+        FlowConfig(
+            rules=parse_rules(RULES_YAML),
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=redis_target.url,
+            tail=False,
+        )
     )
     cluster_main(flow, [], 0)
     state = cache_state(redis_target.client)
@@ -104,12 +103,14 @@ def test_worker_started_before_redis_waits_for_it(broker, tmp_path):
         tmp_path, [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     )
     flow = build_flow(
-        rules=parse_rules(RULES_YAML),
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=cluster.address(),
-        tail=False,
-        backoff=Backoff(initial=0.05, maximum=0.5),
+        FlowConfig(
+            rules=parse_rules(RULES_YAML),
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=cluster.address(),
+            tail=False,
+            backoff=Backoff(initial=0.05, maximum=0.5),
+        )
     )
     errors: list[BaseException] = []
 
@@ -159,11 +160,13 @@ def test_each_applied_change_is_notified_once_and_redeliveries_and_replays_never
                 if isinstance(op, Notify):
                     expected[(op.channel, orjson.loads(op.payload)["position"])] += 1
     flow = build_flow(
-        rules=rules,
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=redis_server.address(),
-        tail=False,
+        FlowConfig(
+            rules=rules,
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=redis_server.address(),
+            tail=False,
+        )
     )
     cluster_main(flow, [], 0)
     cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.envelope import decode
-from cdc_cache.events import ChangeEvent, SourceRecord
-from tests.integration.flowkit import Service, debezium
+from cdc_cache.core.events import ChangeEvent, SourceRecord
+from cdc_cache.source.envelope import decode
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from tests.integration.services import Service, debezium
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import ManagedProcess, free_port, port_open
-from cdc_cache.devstack.stack import DEFAULT_PORTS, Stack, StackConfig, port_env
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import ManagedProcess, free_port, port_open
+from cdc_cache.tools.devstack.stack import DEFAULT_PORTS, Stack, StackConfig, port_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import StackError, free_port, port_open
-from cdc_cache.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, port_env
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.postgres import Postgres
+from cdc_cache.tools.devstack.process import StackError, free_port, port_open
+from cdc_cache.tools.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, port_env
 from tests.integration.fixtures_stack import postgres_home
 
 

@@ -18,22 +18,25 @@ from bytewax.testing import cluster_main
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
+from cdc_cache.app.replay import DlqService
+from cdc_cache.app.settings import SharedSettings
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port
-from cdc_cache.dlq import EntryFilter, entry_id
-from cdc_cache.dlq_kafka import DeadLetterWriter, ensure_topic, read_entries
-from cdc_cache.errors import StopRequested
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import version_key
-from cdc_cache.pipeline import Planned, Rejected, route
-from cdc_cache.replay import DlqService
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
-from cdc_cache.settings import SharedSettings
-from cdc_cache.version_store import stored_version
-from dataflows.invalidation import DlqTarget, build_flow
-from tests.integration.flowkit import POISON, cache_state, produce, unique_topic
+from cdc_cache.core.errors import StopRequested
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import version_key
+from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.entries import entry_id
+from cdc_cache.dlq.filters import EntryFilter
+from cdc_cache.dlq.topic import DeadLetterWriter, ensure_topic, read_entries
+from cdc_cache.plan.route import Planned, Rejected, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.version_store import stored_version
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port
+from dataflows.config import DlqTarget, FlowConfig
+from dataflows.invalidation import build_flow
+from tests.integration.cache import cache_state
+from tests.integration.topics import POISON, produce, unique_topic
 from tests.workload import RULES_YAML, Message, Workload
 
 pytestmark = pytest.mark.integration
@@ -84,14 +87,16 @@ def expected_dlq(messages: list[Message], topic: str, victim: str) -> set[tuple[
 
 def run_flow(broker, redis_url: str, topic: str, dlq_topic: str) -> None:
     flow = build_flow(
-        rules=RULES,
-        brokers=[broker.bootstrap],
-        topics=[topic],
-        redis_url=redis_url,
-        tail=False,
-        batch_size=50,
-        dlq=DlqTarget(broker.bootstrap, dlq_topic, {}, Backoff(0.05, 0.5)),
-        max_value_bytes=1024,
+        FlowConfig(
+            rules=RULES,
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
+            redis_url=redis_url,
+            tail=False,
+            batch_size=50,
+            dlq=DlqTarget(broker.bootstrap, dlq_topic, {}, Backoff(0.05, 0.5)),
+            max_value_bytes=1024,
+        )
     )
     cluster_main(flow, [], 0)
 

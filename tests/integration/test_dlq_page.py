@@ -19,9 +19,10 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import version_key
-from tests.integration.flowkit import produce, unique_topic, worker
+from cdc_cache.core.keys import version_key
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.services import worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Workload
 
 pytestmark = pytest.mark.integration

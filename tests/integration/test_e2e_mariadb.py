@@ -17,17 +17,14 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import escape_value
-from cdc_cache.verify import Finding
-from tests.integration.flowkit import (
-    Pipeline,
-    mariadb_pipeline,
-    settled_inspection,
-    wait_until_verified,
-)
+from cdc_cache.core.keys import escape_value
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.verify_judge import Finding
+from tests.integration.cache import wait_until_verified
+from tests.integration.pipelines import Pipeline, mariadb_pipeline
+from tests.integration.probes import settled_inspection
 from tests.integration.sql_workload import SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

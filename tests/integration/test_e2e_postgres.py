@@ -14,17 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.postgres import Postgres
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from tests.integration.flowkit import (
-    Pipeline,
-    debezium,
-    metric,
-    settled_inspection,
-    wait_until_verified,
-)
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.postgres import Postgres
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.cache import wait_until_verified
+from tests.integration.pipelines import Pipeline
+from tests.integration.probes import metric, settled_inspection
+from tests.integration.services import debezium
 from tests.integration.sql_workload import DDL, SqlWorkload, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

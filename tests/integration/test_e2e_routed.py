@@ -23,20 +23,17 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.dlq_kafka import read_entries
-from cdc_cache.keys import MODE_KEY
-from tests.integration.flowkit import (
-    debezium,
-    metric,
-    schedule_heartbeats,
-    wait_until_verified,
-    wait_while_alive,
-    worker,
-)
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.dlq.topic import read_entries
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port, port_open
+from tests.integration.cache import wait_until_verified
+from tests.integration.pipelines import schedule_heartbeats
+from tests.integration.probes import metric
+from tests.integration.services import debezium, worker
 from tests.integration.sql_workload import DDL, RULES, SqlWorkload, Statement, execute
+from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,7 +122,7 @@ def test_two_tables_routed_into_one_topic_end_consistent_without_dead_letters(
             process.start()
         # Load once the connector streams (the snapshot read the heartbeat table's row), so
         # the deletes travel as deletes and tombstones instead of vanishing into a snapshot.
-        wait_while_alive("the snapshot", lambda: _changes(port) > 0, service, timeout=120)
+        wait_until("the snapshot", lambda: _changes(port) > 0, 120, alive=[service], interval=0.2)
         conn = mariadb.connect(schema)
         conn.autocommit(False)
         with conn:
@@ -153,7 +150,7 @@ def test_two_tables_routed_into_one_topic_end_consistent_without_dead_letters(
 
         # Idle now but for the heartbeat table: every partition of the shared topic stays
         # fresh through the connector's heartbeats, so the cache stays in cdc mode.
-        wait_while_alive("cdc mode", lambda: _mode(redis_client) == "cdc", service)
+        wait_until("cdc mode", lambda: _mode(redis_client) == "cdc", alive=[service], interval=0.2)
         switches = metric(port, "cdc_cache_mode_switches_total")
         time.sleep(3 * SLO_S)
         assert _mode(redis_client) == "cdc", service.tail()

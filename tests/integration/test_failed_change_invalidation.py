@@ -14,21 +14,23 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache import invalidations
-from cdc_cache.dlq import Failure, envelope
-from cdc_cache.events import SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.invalidations import KeyOutcome, Unreached
-from cdc_cache.keys import CHANNELS_KEY, lease_key, stream_key, version_key
-from cdc_cache.logs import JsonFormatter
-from cdc_cache.ops import CacheOp, DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, Rejected, route
-from cdc_cache.redis_apply import ApplyError, ApplyResult, RedisApplier
-from cdc_cache.rejects import Rejects
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import Rules, parse_rules
-from cdc_cache.table_mode import TableConfig, TableFallback
-from cdc_cache.writer import CacheWriter
+from cdc_cache.core.errors import ApplyError
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import CHANNELS_KEY, lease_key, stream_key, version_key
+from cdc_cache.core.logs import JsonFormatter
+from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.entries import Failure, envelope
+from cdc_cache.dlq.rejects import Rejects
+from cdc_cache.mode.holds import Holds
+from cdc_cache.mode.tables import TableConfig, TableFallback
+from cdc_cache.plan import invalidations
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, SetRow
+from cdc_cache.plan.invalidations import KeyOutcome, Unreached
+from cdc_cache.plan.route import Planned, Rejected, route
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import ApplyResult, RedisApplier
+from cdc_cache.sink.writer import CacheWriter
 from tests.hostile import KeptDeadLetters
 from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 

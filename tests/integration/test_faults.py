@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.lineage_registry import source_key
-from cdc_cache.redis_apply import connect, primaries
+from cdc_cache.lineage.registry import source_key
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.cache import cache_state
 from tests.integration.faults import (
     APP_FILLED,
     AVAILABILITY,
@@ -34,13 +35,16 @@ from tests.integration.faults import (
     fill_availability,
     verdict,
 )
-from tests.integration.flowkit import cache_state, metric, unique_topic, worker
 from tests.integration.memory_pressure import (
     Filler,
     VersionsGivenATtl,
     fill_until_refused,
     memory_limited,
 )
+from tests.integration.probes import metric
+from tests.integration.services import worker
+from tests.integration.topics import unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import Message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -64,17 +68,6 @@ def runs() -> Iterator[list[FaultRun]]:
         run.stop()
 
 
-def wait_for(what: str, check: Callable[[], bool], run: FaultRun, timeout: float = 30) -> float:
-    """Seconds until ``check()`` held (the worker must stay alive meanwhile)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s\n" + (
-            run.worker.tail()
-        )
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
 def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
     broker, mariadb, redis_target, tmp_path, runs, scenario_table
 ):
@@ -90,7 +83,13 @@ def test_worker_sigkilled_every_few_seconds_under_a_steady_stream(
     with ThreadPoolExecutor(1) as pool:
         producing = pool.submit(run.stream.produce, broker.bootstrap, part, 0.2)
         while not producing.done():
-            wait_for("worker consuming", lambda: sum(run.metrics().events.values()) > 0, run)
+            wait_until(
+                "worker consuming",
+                lambda: sum(run.metrics().events.values()) > 0,
+                30,
+                shown=run.worker,
+                interval=0.2,
+            )
             time.sleep(rnd.uniform(0.5, 2.0))
             if producing.done():
                 break
@@ -136,7 +135,13 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
     redis.stop()
     down = time.monotonic()
     run.stream.produce(run.broker.bootstrap, run.stream.part(600, poison=3))
-    wait_for("retries in metrics", lambda: run.metrics().retries > before.retries, run)
+    wait_until(
+        "retries in metrics",
+        lambda: run.metrics().retries > before.retries,
+        30,
+        shown=run.worker,
+        interval=0.2,
+    )
     while time.monotonic() - down < OUTAGE_S:
         assert run.applied() == before.events["applied"], "applied while Redis was down"
         time.sleep(0.5)
@@ -198,10 +203,12 @@ def test_duplicate_redelivery_changes_nothing(
     redeliver(run)
     run.finish(scenario_table, f"{run.stream.duplicates} duplicate changes")
     # every change delivered was processed exactly once, the duplicates as duplicates
-    wait_for(
+    wait_until(
         "every delivered change counted",
         lambda: sum(run.metrics().events.values()) == run.stream.changes,
-        run,
+        30,
+        shown=run.worker,
+        interval=0.2,
     )
     assert run.metrics().events["duplicate"] > 0
 
@@ -250,10 +257,12 @@ def test_without_lineage_detection_the_same_failover_leaves_stale_keys(
     run.stream.produce(broker.bootstrap, run.stream.part(800))
     assert run.wait_consistent().clean, run.worker.tail()
     run.stream.produce(broker.bootstrap, run.stream.failover() + run.stream.part(800))
-    wait_for(
+    wait_until(
         "every change processed",
         lambda: sum(run.metrics().events.values()) == run.stream.changes,
-        run,
+        30,
+        shown=run.worker,
+        interval=0.2,
     )
     result = verdict(run.client, run.stream)
     assert len(result.stale) > 50, result
@@ -354,7 +363,7 @@ def killed_under_pressure(run: FaultRun, transactions: int) -> list[tuple[Messag
     part = run.stream.part(transactions, poison=3, redeliver=0.2)
     with ThreadPoolExecutor(1) as pool:
         producing = pool.submit(run.stream.produce, run.broker.bootstrap, part, 0.1)
-        wait_for("worker applying", lambda: run.applied() > 0, run)
+        wait_until("worker applying", lambda: run.applied() > 0, 30, shown=run.worker, interval=0.2)
         run.worker.kill()
         run.restart()
         producing.result()
@@ -381,10 +390,12 @@ def test_eviction_under_memory_pressure_takes_values_never_versions(
         runs.append(run)
         part = killed_under_pressure(run, 800)
         run.wait_settled()
-        wait_for(
+        wait_until(
             "evictions seen by the worker",
             lambda: memory_metric(run, "redis_evictions_total") > 0,
-            run,
+            30,
+            shown=run.worker,
+            interval=0.2,
         )
         evicted = memory_metric(run, "redis_evictions_total")
         missing = len(verdict(client, run.stream).missing)
@@ -435,24 +446,27 @@ def test_noeviction_filling_up_still_lands_every_invalidation(
         part = run.stream.part(600, poison=3, redeliver=0.2)
         with ThreadPoolExecutor(1) as pool:
             producing = pool.submit(run.stream.produce, broker.bootstrap, part, 0.1)
-            wait_for(
+            wait_until(
                 "writes refused for memory, ttl mode held with cause redis_oom",
                 lambda: (
                     memory_metric(run, "redis_oom_refusals_total") > 0
                     and memory_metric(run, "mode_holds", cause="redis_oom") == 1
                 ),
-                run,
+                30,
+                shown=run.worker,
+                interval=0.2,
             )
             run.worker.kill()
             run.restart()  # starts while Redis is full
             producing.result()
         run.stream.produce(broker.bootstrap, run.stream.again(part, 0.5))
         run.wait_settled()
-        wait_for(
+        wait_until(
             "the redis_oom hold cleared once the application's keys expired",
             lambda: memory_metric(run, "mode_holds", cause="redis_oom") == 0,
-            run,
-            timeout=60,
+            60,
+            shown=run.worker,
+            interval=0.2,
         )
         faults = f"noeviction full, restarted full; {late_once_more(run, part)}"
         run.finish(scenario_table, faults, settle="versions")

@@ -26,19 +26,20 @@ from redis import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from cdc_cache import metrics
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.gateway import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE, Gateway
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.plan import plan
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import RedisApplier
-from cdc_cache.rules import parse_rules
-from cdc_cache.settings import GatewaySettings
-from cdc_cache.tokens import issue
-from tests.integration.flowkit import Service
+from cdc_cache.core import metrics
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.notify.gateway import Gateway
+from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE
+from cdc_cache.notify.settings import GatewaySettings
+from cdc_cache.notify.tokens import issue
+from cdc_cache.plan.planner import plan
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.services import Service
 
 pytestmark = pytest.mark.integration
 

@@ -19,11 +19,11 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.tokens import MAX_PATTERNS, issue
-from tests.integration.flowkit import ROOT, Service
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.notify.tokens import MAX_PATTERNS, issue
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.services import ROOT, Service
 
 pytestmark = pytest.mark.integration
 

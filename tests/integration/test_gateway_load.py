@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.redis import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

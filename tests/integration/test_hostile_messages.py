@@ -16,19 +16,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.dlq import MAX_ENTRY_DEPTH
-from cdc_cache.dlq_kafka import ensure_topic, read_entries
-from cdc_cache.keys import escape_value
+from cdc_cache.core.keys import escape_value
+from cdc_cache.dlq.entries import MAX_ENTRY_DEPTH
+from cdc_cache.dlq.topic import ensure_topic, read_entries
+from cdc_cache.tools.devstack.process import free_port
 from tests.hostile import nested
-from tests.integration.flowkit import (
-    admin_get,
-    produce,
-    unique_topic,
-    wait_until_equal,
-    wait_while_alive,
-    worker,
-)
+from tests.integration.cache import wait_until_equal
+from tests.integration.probes import admin_get
+from tests.integration.services import worker
+from tests.integration.topics import produce, unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Message, Workload
 
 pytestmark = pytest.mark.integration
@@ -99,7 +96,7 @@ def dead_letters(brokers: str, topic: str, count: int, service) -> list[dict]:
         found[:] = read_entries(brokers, topic, {}, timeout_s=20)
         return len(found) >= count
 
-    wait_while_alive(f"{count} dead letters", enough, service, timeout=120)
+    wait_until(f"{count} dead letters", enough, 120, alive=[service], interval=0.2)
     return found
 
 

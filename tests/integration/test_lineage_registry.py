@@ -10,17 +10,17 @@ import orjson
 import pytest
 from redis.exceptions import ResponseError
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.events import SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.lineage import Limits, Origin, PartitionState, enter
-from cdc_cache.lineage_registry import LineageRegistry, source_key
-from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.positions import MAX_EPOCH
-from cdc_cache.redis_apply import RedisApplier
-from cdc_cache.replay import Replayer
-from cdc_cache.rules import parse_rules
+from cdc_cache.app.replay import Replayer
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.events import Origin, SourceRecord
+from cdc_cache.core.positions import MAX_EPOCH
+from cdc_cache.lineage.model import Limits, PartitionState, enter
+from cdc_cache.lineage.registry import LineageRegistry, source_key
+from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
+from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
 from tests.workload import RULES_YAML, Message, Workload
 
 pytestmark = pytest.mark.integration

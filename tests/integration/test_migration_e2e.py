@@ -19,21 +19,18 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.keys import MODE_KEY
-from cdc_cache.rules import parse_rules
-from cdc_cache.verify import Finding, verify
-from tests.integration.flowkit import (
-    Service,
-    debezium,
-    metric,
-    wait_until_verified,
-    wait_while_alive,
-    worker,
-)
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding
+from tests.integration.cache import wait_until_verified
+from tests.integration.probes import metric
+from tests.integration.services import Service, debezium, worker
+from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -130,36 +127,40 @@ def test_dropping_a_projected_column_deletes_falls_back_reports_and_recovers_by_
         sql(mariadb, schema, f"ALTER TABLE {schema}.items DROP COLUMN price")
         problems = {"table": table, "breaks": "true"}
         failed = {"kind": "render_failed", "table": table}
-        reported_s = wait_while_alive(
+        reported_s = wait_until(
             "the dropped column is reported",
             lambda: metric(port, "cdc_cache_rules_column_problems", problems) == 1,
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
         assert metric(port, "cdc_cache_dlq_entries_total", failed) == 0, "before any row"
         log = cache.log.read_text()
         assert f"{cache.argv[cache.argv.index('--rules') + 1]}:{FIELDS_LINE}" in log
         assert "remove it from fields" in log
-        wait_while_alive(
+        wait_until(
             "the table falls back to ttl mode alone",
             lambda: table in orjson.loads(mode_record(redis_client).get("tables", "{}")),
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
         record = mode_record(redis_client)
         assert record["mode"] == "cdc"
         assert orjson.loads(record["holds"]) == [f"table_failing:{table}"]
         assert metric(port, "cdc_cache_table_fallback", {"table": table}) == 1
-        shortened_s = wait_while_alive(
+        shortened_s = wait_until(
             "its cached keys get the fallback TTL",
             lambda: 0 < redis_client.pttl("item:20") <= FALLBACK_TTL_MS,
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
 
         # Updates after the DDL: each row's keys are deleted, each change dead-lettered.
         sql(mariadb, schema, f"UPDATE {schema}.items SET name = CONCAT(name, 'v2') WHERE id <= 5")
-        deleted_s = wait_while_alive(
+        deleted_s = wait_until(
             "the five changes reach the DLQ",
             lambda: metric(port, "cdc_cache_dlq_entries_total", failed) == 5,
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
         assert not any(redis_client.exists(f"item:{n}") for n in range(1, 6)), "left stale"
         deleted = {"table": table, "outcome": "deleted"}
@@ -174,13 +175,14 @@ def test_dropping_a_projected_column_deletes_falls_back_reports_and_recovers_by_
         fixed = rules.replace("fields: [id, name, price]", "fields: [id, name]")
         Path(cache.argv[cache.argv.index("--rules") + 1]).write_text(fixed)
         cache.start()
-        wait_while_alive(
+        wait_until(
             "the restarted worker sees the table fit its rules",
             lambda: (
                 serving(port, "cdc_cache_table_fallback", {"table": table}) == 0
                 and orjson.loads(mode_record(redis_client).get("tables", "{}")) == {}
             ),
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
         flags = [
             f"--rules={cache.argv[cache.argv.index('--rules') + 1]}",
@@ -194,10 +196,11 @@ def test_dropping_a_projected_column_deletes_falls_back_reports_and_recovers_by_
         assert orjson.loads(redis_client.get("item:3")) == {"id": 3, "name": "n3v2"}
 
         sql(mariadb, schema, f"UPDATE {schema}.items SET name = 'later' WHERE id = 6")
-        wait_while_alive(
+        wait_until(
             "a change after the fix applies",
             lambda: orjson.loads(redis_client.get("item:6") or b"{}") == {"id": 6, "name": "later"},
-            cache,
+            alive=[cache],
+            interval=0.2,
         )
         dsn = f"{mariadb.dsn()}/{schema}"
         final = verify(dsn, parse_rules(fixed), redis_client, settle_retries=3, settle_delay_s=0.5)

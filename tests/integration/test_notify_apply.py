@@ -11,15 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.devstack.redis import RedisClusterServers
-from cdc_cache.errors import ConfigError
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.keys import CHANNELS_KEY, stream_key
-from cdc_cache.ops import Notify
-from cdc_cache.plan import plan
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import ApplyError, Outcome, RedisApplier, check_notifications
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.errors import ApplyError, ConfigError
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import Notify
+from cdc_cache.plan.planner import plan
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier, check_notifications
+from cdc_cache.sink.encoding import Outcome
+from cdc_cache.tools.devstack.redis import RedisClusterServers
 from tests.workload import NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration

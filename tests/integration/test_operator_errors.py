@@ -14,17 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_FLAG_KEY, MODE_KEY
-from tests.integration.flowkit import (
-    ROOT,
-    Service,
-    admin_get,
-    produce,
-    unique_topic,
-    wait_while_alive,
-    worker,
-)
+from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.probes import admin_get
+from tests.integration.services import ROOT, Service, worker
+from tests.integration.topics import produce, unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration
@@ -157,22 +152,28 @@ def test_junk_in_the_mode_keys_is_said_as_such_and_the_worker_stays_ready(
                      env={"CDC_CACHE_METRICS_PORT": str(port)})  # fmt: skip
     service.start()
     try:
-        wait_while_alive("ready", lambda: _status(port, "/readyz") == 200, service)
+        wait_until("ready", lambda: _status(port, "/readyz") == 200, alive=[service], interval=0.2)
         view = orjson.loads(admin_get(port, "/mode")[1])
         assert f"{MODE_FLAG_KEY} holds another type" in view["problem"]
         assert "cdc-cache mode set auto" in view["problem"]
 
         redis_client.delete(MODE_FLAG_KEY)
         redis_client.set(MODE_FLAG_KEY, "sometimes")
-        wait_while_alive("the new junk named", lambda: "'sometimes'" in _problem(port), service)
+        wait_until(
+            "the new junk named",
+            lambda: "'sometimes'" in _problem(port),
+            alive=[service],
+            interval=0.2,
+        )
         assert _status(port, "/readyz") == 200
 
         redis_client.set(MODE_FLAG_KEY, "ttl")
         # One tick obeys the flag, then clears the problem: wait for both.
-        wait_while_alive(
+        wait_until(
             "the flag obeyed, the problem gone",
             lambda: (view := _view(port))["mode"] == "ttl" and "problem" not in view,
-            service,
+            alive=[service],
+            interval=0.2,
         )
     finally:
         service.stop()
@@ -203,10 +204,11 @@ def test_librdkafka_lines_go_through_the_json_log_sparingly_while_brokers_are_do
     )
     service.start()
     try:
-        wait_while_alive(
+        wait_until(
             "a librdkafka line in the log",
             lambda: "cdc_cache.kafka" in service.log.read_text(),
-            service,
+            alive=[service],
+            interval=0.2,
         )
         time.sleep(12)  # librdkafka retries several times a second meanwhile
     finally:

@@ -11,22 +11,24 @@ from hypothesis import strategies as st
 from redis import Redis, RedisCluster
 from redis.connection import AbstractConnection
 
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.errors import ConfigError, TransientError
-from cdc_cache.keys import key_slot, lease_key, version_field, version_key
-from cdc_cache.ops import CacheOp, DeleteKey, InvalidatePrefix, KeyOp, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import (
-    ApplyError,
-    Outcome,
-    RedisApplier,
-    accepts_writes,
-    connect,
-    primaries,
-    version_of,
+from cdc_cache.core.errors import ApplyError, ConfigError, TransientError
+from cdc_cache.core.keys import key_slot, lease_key, version_field, version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    InvalidatePrefix,
+    KeyOp,
+    SetRow,
+    ValueFormat,
 )
-from cdc_cache.version_store import horizon_minute, stored_version
-from cdc_cache.versions import encode_version, parse_stored
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.sink.encoding import Outcome, version_of
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.version_store import horizon_minute, stored_version
+from cdc_cache.sink.versions import encode_version, parse_stored
+from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.memory_pressure import out_of_memory
 
 pytestmark = pytest.mark.integration

@@ -18,17 +18,13 @@ import orjson
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_KEY
-from tests.integration.flowkit import (
-    cache_state,
-    metric,
-    produce,
-    unique_topic,
-    wait_until_equal,
-    wait_while_alive,
-    worker,
-)
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.cache import cache_state, wait_until_equal
+from tests.integration.probes import metric
+from tests.integration.services import worker
+from tests.integration.topics import produce, unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -73,10 +69,11 @@ def test_a_failover_to_a_lagging_replica(broker, replicated_redis, tmp_path, rep
         expected = workload.expected_cache()
         if replicas:
             held = {"cause": "redis_replication"}
-            wait_while_alive(
+            wait_until(
                 "the replication hold",
                 lambda: metric(port, "cdc_cache_mode_holds", held) >= 1,
-                service,
+                alive=[service],
+                interval=0.2,
             )
             assert cache_state(primary) != expected, "the worker went on without its replica"
         else:
@@ -93,16 +90,18 @@ def test_a_failover_to_a_lagging_replica(broker, replicated_redis, tmp_path, rep
             assert metric(port, "cdc_cache_redis_failovers_total", {"outcome": "complete"}) == 1
         else:
             incomplete = {"outcome": "incomplete"}
-            wait_while_alive(
+            wait_until(
                 "the failover's detection",
                 lambda: metric(port, "cdc_cache_redis_failovers_total", incomplete) == 1,
-                service,
+                alive=[service],
+                interval=0.2,
             )
             assert stale_rows(promoted, expected) > 0
-            wait_while_alive(
+            wait_until(
                 "ttl mode",
                 lambda: promoted.hget(MODE_KEY, "cause") == b"redis_replication",
-                service,
+                alive=[service],
+                interval=0.2,
             )
             holds = orjson.loads(promoted.hget(MODE_KEY, "holds") or b"[]")
             assert promoted.hget(MODE_KEY, "mode") == b"ttl" and holds == ["redis_replication"]

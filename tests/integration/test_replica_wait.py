@@ -17,24 +17,27 @@ import pytest
 from prometheus_client import REGISTRY
 from redis import Redis
 
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.redis import RedisClusterServers
-from cdc_cache.dlq import Failure
-from cdc_cache.events import SourceRecord
-from cdc_cache.failover import PrimaryRegistry
-from cdc_cache.fallback import Holds
-from cdc_cache.mode import Cause
-from cdc_cache.ops import DeleteKey, SetRow
-from cdc_cache.pipeline import Planned, Rejected, Routed, route
-from cdc_cache.redis_apply import Client, RedisApplier, accepts_writes, connect, version_of
-from cdc_cache.replica_wait import ReplicaWait
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
-from cdc_cache.version_store import stored_version
-from cdc_cache.writer import CacheWriter, EventOutcome
-from tests.integration.fixtures_redis import wait_until
-from tests.integration.flowkit import cache_state
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.entries import Failure
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.route import Planned, Rejected, Routed, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import Client, connect
+from cdc_cache.sink.encoding import version_of
+from cdc_cache.sink.failover import PrimaryRegistry
+from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.version_store import stored_version
+from cdc_cache.sink.writer import CacheWriter, EventOutcome
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisClusterServers
+from tests.integration.cache import cache_state
 from tests.integration.memory_pressure import out_of_memory
+from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -95,14 +98,14 @@ def test_a_batch_waits_for_a_cut_off_replica_with_the_cache_held_in_ttl(replicat
     group.detach_replica()
 
     second = Background(writer, planned(workload, 50))
-    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+    wait_until("the redis_replication hold", lambda: replication_held(holds))
     assert not second.done(1.0), "the batch returned before its replica had it"
     group.reattach_replica()
 
     assert second.done(30)
     assert not holds.active()
     replica = group.client(group.replica)
-    wait_until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
+    wait_until("the replica's copy", lambda: cache_state(replica) == workload.expected_cache())
 
 
 def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_redis):
@@ -113,7 +116,7 @@ def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_r
     complete_before = failovers("complete")
     group.detach_replica()
     second = Background(writer, planned(workload, 50))  # written to the primary alone
-    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+    wait_until("the redis_replication hold", lambda: replication_held(holds))
 
     group.fail_over()  # the promoted replica never got the second batch
     assert cache_state(group.client(group.primary)) != workload.expected_cache()
@@ -136,7 +139,7 @@ def test_a_failed_change_is_dead_lettered_only_once_the_replica_holds_its_delete
     unguarded = CacheWriter(RedisApplier(client), FAST, reject=dead.extend)
     writer.write(planned(workload, 50))
     replica = group.client(group.replica)
-    wait_until(lambda: cache_state(replica) == workload.expected_cache(), "the replica's copy")
+    wait_until("the replica's copy", lambda: cache_state(replica) == workload.expected_cache())
 
     def too_large(transactions: int) -> list[Routed]:
         """The next changes, each rejected (value_too_large): only their deletes are written."""
@@ -153,7 +156,7 @@ def test_a_failed_change_is_dead_lettered_only_once_the_replica_holds_its_delete
     second = too_large(10)
     keys = [delete.key for item in second for delete in item.invalidation.deletes]
     blocked = Background(writer, second)
-    wait_until(lambda: replication_held(holds), "the redis_replication hold")
+    wait_until("the redis_replication hold", lambda: replication_held(holds))
     assert not blocked.done(1.0)
     assert not dead, "dead-lettered before the replica had the deletes"
     assert replica.exists(*keys) > 0
@@ -178,7 +181,7 @@ def replicated_cluster(tmp_path) -> Iterator[RedisClusterServers]:
     try:
         cluster.start()
         wait_until(
-            lambda: all(_replica_of(cluster, p) for p in _primary_ports(cluster)), "replicas"
+            "replicas", lambda: all(_replica_of(cluster, p) for p in _primary_ports(cluster))
         )
         yield cluster
     finally:
@@ -227,7 +230,7 @@ def test_on_cluster_a_batch_waits_only_for_the_replicas_of_the_primaries_it_touc
         writer.write(elsewhere)  # returns: none of its primaries lost a replica
         assert not holds.active()
         blocked = Background(writer, there)
-        wait_until(lambda: replication_held(holds), "the redis_replication hold")
+        wait_until("the redis_replication hold", lambda: replication_held(holds))
         assert f"127.0.0.1:{paused_primary}" in holds.active()[0].reason
         assert not blocked.done(1.0)
     finally:
@@ -249,9 +252,9 @@ def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again
     promoted = _replica_of(cluster, victim)
 
     cluster.process(victim).kill()
-    wait_until(lambda: _info(promoted).get("role") == "master", "the cluster promoting the replica")
+    wait_until("the cluster promoting the replica", lambda: _info(promoted).get("role") == "master")
     second = Background(writer, planned(workload, 100))
-    wait_until(lambda: replication_held(holds) or second.done(), "the second batch's wait")
+    wait_until("the second batch's wait", lambda: replication_held(holds) or second.done())
     cluster.process(victim).start(lambda: bool(_info(victim)), 30)  # back, as a replica
 
     assert second.done(60)

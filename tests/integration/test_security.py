@@ -18,14 +18,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.process import ManagedProcess, free_port, require_binary
-from tests.integration.flowkit import (
-    ROOT,
-    produce,
-    unique_topic,
-    wait_until_equal,
-    worker,
-)
+from cdc_cache.tools.devstack.process import ManagedProcess, free_port, require_binary
+from tests.integration.cache import wait_until_equal
+from tests.integration.services import ROOT, worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.keys import MODE_FLAG_KEY
-from cdc_cache.sentinel import connect_async
+from cdc_cache.core.keys import MODE_FLAG_KEY
+from cdc_cache.sink.sentinel import connect_async
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.fallback import shorten_ttls
-from cdc_cache.keys import version_key
+from cdc_cache.core.keys import version_key
+from cdc_cache.fallback.shortening import shorten_ttls
 
 pytestmark = pytest.mark.integration
 HOUR_MS = 3_600_000

@@ -20,20 +20,18 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
-from cdc_cache.devstack.broker import Broker, S3Store
-from cdc_cache.fallback import Holds
-from cdc_cache.mode import Cause
-from cdc_cache.rules import parse_rules
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.devstack.broker import Broker, S3Store
+from dataflows.config import FlowConfig, FlowContext
 from dataflows.invalidation import build_flow
+from tests.integration.cache import cache_state
 from tests.integration.faults import FaultRun, durable_broker, verdict
-from tests.integration.flowkit import (
-    ROOT,
-    cache_state,
-    metric,
-    produce,
-    unique_topic,
-    wait_while_alive,
-)
+from tests.integration.probes import metric
+from tests.integration.services import ROOT
+from tests.integration.topics import produce, unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration
@@ -76,16 +74,15 @@ def test_a_recreated_topic_is_held_not_skipped(broker, redis_target, tmp_path, c
     init_db_dir(recovery, 1)
 
     def flow(holds: Holds, stop: threading.Event | None = None, tail: bool = False):
-        return build_flow(
+        config = FlowConfig(
             rules=parse_rules(RULES_YAML),
-            brokers=[broker.bootstrap],
-            topics=[topic],
+            brokers=(broker.bootstrap,),
+            topics=(topic,),
             redis_url=redis_target.url,
             tail=tail,
-            holds=holds,
-            stop=stop,
             continuity=continuity,
         )
+        return build_flow(config, FlowContext(stop=stop or threading.Event(), holds=holds))
 
     config = RecoveryConfig(recovery)
     cluster_main(flow(Holds()), [], 0, recovery_config=config)
@@ -144,14 +141,15 @@ def mode(run: FaultRun) -> dict[str, str]:
 
 
 def wait_held(run: FaultRun, partitions: int) -> None:
-    wait_while_alive(
+    wait_until(
         f"{partitions} partition(s) held in ttl mode",
         lambda: (
             held(run) == partitions
             and mode(run).get("mode") == "ttl"
             and mode(run).get("cause") == "source_discontinuity"
         ),
-        run.worker,
+        alive=[run.worker],
+        interval=0.2,
     )
 
 
@@ -184,10 +182,11 @@ def test_a_recreated_topic_holds_ttl_across_restarts_until_the_reread_applied_ev
         assert reread.returncode == 0, reread.stderr
         result = run.wait_consistent()
         assert result.clean, f"{result}\n{run.worker.tail()}"
-        wait_while_alive(  # the workload's commit times are old: the lag keeps ttl, not the hold
+        wait_until(
             "the hold cleared once the re-read caught up",
             lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
-            run.worker,
+            alive=[run.worker],
+            interval=0.2,
         )
         assert "no source discontinuity" in continuity_cli(redis_target.url, "status").stdout
         assert run.worker.terminate() == 0, run.worker.tail()
@@ -273,10 +272,11 @@ def test_records_removed_before_they_were_read_hold_ttl_with_the_alert_until_acc
                 redis_server.address(), "accept", "--topic", run.stream.topic, "--yes"
             )
             assert accepted.returncode == 0, accepted.stderr
-            wait_while_alive(
+            wait_until(
                 "the hold cleared once the gap was accepted",
                 lambda: held(run) == 0 and "source_discontinuity" not in mode(run)["holds"],
-                run.worker,
+                alive=[run.worker],
+                interval=0.2,
             )
             assert "the gap was accepted by the operator" in run.worker.log.read_text()
         finally:

@@ -31,20 +31,17 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import StackError, free_port
-from cdc_cache.rules import parse_rules
-from cdc_cache.verify import Finding, Report, verify
-from tests.integration.flowkit import (
-    Service,
-    admin_get,
-    debezium,
-    metric,
-    wait_while_alive,
-    worker,
-)
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import StackError, free_port
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding
+from cdc_cache.tools.verify_report import Report
+from tests.integration.probes import admin_get, metric
+from tests.integration.services import Service, debezium, worker
 from tests.integration.sql_workload import DDL, SqlWorkload, execute, rules_for
+from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -203,10 +200,11 @@ def test_failover_to_a_replica_is_followed_without_an_operator(
         assert status == 200, body
 
         # Settled: back in cdc mode, changes are cached as before.
-        wait_while_alive(
+        wait_until(
             "back in cdc mode",
             lambda: redis_cluster_client.hget("cdc:mode", "mode") == b"cdc",
-            detecting,
+            alive=[detecting],
+            interval=0.2,
         )
         transactions(replica, replicated, 30)
         again = until(
@@ -218,13 +216,14 @@ def test_failover_to_a_replica_is_followed_without_an_operator(
         assert again.count(Finding.STALE) == 0
 
         # Without detection the new lineage sorts below the old one: stale keys remain.
-        wait_while_alive(
+        wait_until(
             "the blind worker read everything",
             lambda: (
                 metric(blind_port, "cdc_cache_records_total")
                 >= metric(port, "cdc_cache_records_total")
             ),
-            blind,
+            alive=[blind],
+            interval=0.2,
         )
         blind_report = check(replica, redis_client)
         print(f"without detection: {blind_report.count(Finding.STALE)} stale keys")

@@ -12,14 +12,14 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache.dlq import Failure
-from cdc_cache.errors import RenderError
-from cdc_cache.events import SourceRecord
-from cdc_cache.fallback import ModeRuntime
-from cdc_cache.keys import MODE_KEY
-from cdc_cache.lag import LagTracker
-from cdc_cache.mode import ModeConfig
-from cdc_cache.table_mode import TableConfig
+from cdc_cache.core.errors import RenderError
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.dlq.entries import Failure
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.tables import TableConfig
 
 pytestmark = pytest.mark.integration
 FALLBACK_MS = 30_000

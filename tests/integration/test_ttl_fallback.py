@@ -14,17 +14,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.mariadb import MariaDB
-from cdc_cache.devstack.process import free_port
-from cdc_cache.keys import MODE_KEY
-from tests.integration.flowkit import Service, debezium, schedule_heartbeats
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.pipelines import schedule_heartbeats
+from tests.integration.services import Service, debezium
+from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,21 +54,6 @@ def insert(mariadb: MariaDB, database: str, *ids: int) -> None:
         for i in ids:
             cur.execute(f"INSERT INTO {database}.items VALUES (%s, %s)", (i, i * 10))
     conn.close()
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float, services: list[Service]
-) -> float:
-    """Seconds until ``check()`` held; fails naming ``what`` after ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        for service in services:
-            service.check_alive()
-        assert time.monotonic() - started < timeout, f"{what} not within {timeout}s\n" + (
-            services[-1].tail()
-        )
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def mode_of(client: Redis) -> tuple[str, str]:
@@ -149,37 +136,40 @@ def test_stalled_connector_switches_to_ttl_and_back(
     worker.start()
     try:
         insert(mariadb, database, 100)
-        wait_for("first row cached", lambda: client.exists("item:100") == 1, 60, services)
+        wait_until("first row cached", lambda: client.exists("item:100") == 1, 60, alive=services)
         # until the JVM streams, the connector is silent: the worker may start in ttl
-        wait_for("cdc mode", lambda: mode_of(client)[0] == "cdc", 20, services)
-        wait_for("ready", lambda: ready(port), 10, services)
+        wait_until("cdc mode", lambda: mode_of(client)[0] == "cdc", 20, alive=services)
+        wait_until("ready", lambda: ready(port), 10, alive=services)
         switches = metric(port, SWITCHES)
         time.sleep(SLO_S + WINDOW_S)  # idle but heartbeating: no switch
         assert mode_of(client)[0] == "cdc", worker.tail()
         assert metric(port, SWITCHES) == switches
         insert(mariadb, database, 1, 2, 3)
-        wait_for(
-            "rows cached", lambda: client.exists("item:1", "item:2", "item:3") == 3, 10, services
+        wait_until(
+            "rows cached",
+            lambda: client.exists("item:1", "item:2", "item:3") == 3,
+            10,
+            alive=services,
         )
         assert client.pttl("item:1") > FALLBACK_TTL_S * 1000
 
         # the connector stalls: ttl mode within SLO + window (+ a tick and a heartbeat)
         assert connector.proc is not None
         os.killpg(connector.proc.pid, signal.SIGSTOP)
-        to_ttl = wait_for(
-            "ttl mode", lambda: mode_of(client)[0] == "ttl", SLO_S + WINDOW_S + 4, services
+        to_ttl = wait_until(
+            "ttl mode", lambda: mode_of(client)[0] == "ttl", SLO_S + WINDOW_S + 4, alive=services
         )
         print(f"stall -> ttl: {to_ttl:.1f}s")
-        # applications (cdc_cache.client) cap their fills at the published fallback TTL
+        # applications (cdc_cache.aside.cache_aside) cap their fills at the published fallback TTL
         assert client.hget(MODE_KEY, "fallback_ttl_ms") == str(int(FALLBACK_TTL_S * 1000)).encode()
-        wait_for(
+        wait_until(
             "existing keys shortened",
             lambda: all(0 < client.pttl(f"item:{i}") <= FALLBACK_TTL_S * 1000 for i in (1, 2, 3)),
             3,
-            services,
+            alive=services,
         )
-        expired = wait_for(
-            "keys expired", lambda: client.exists("item:1") == 0, FALLBACK_TTL_S + 2, services
+        expired = wait_until(
+            "keys expired", lambda: client.exists("item:1") == 0, FALLBACK_TTL_S + 2, alive=services
         )
         print(f"shortened keys expired after a further {expired:.1f}s")
         assert metric(port, "cdc_cache_mode", mode="ttl") == 1
@@ -191,32 +181,32 @@ def test_stalled_connector_switches_to_ttl_and_back(
         os.killpg(connector.proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
         insert(mariadb, database, 4)
-        wait_for("row 4 cached", lambda: client.exists("item:4") == 1, 10, services)
+        wait_until("row 4 cached", lambda: client.exists("item:4") == 1, 10, alive=services)
         if mode_of(client)[0] == "ttl":
             assert client.pttl("item:4") <= FALLBACK_TTL_S * 1000
-        wait_for("cdc mode", lambda: mode_of(client)[0] == "cdc", WINDOW_S + 8, services)
+        wait_until("cdc mode", lambda: mode_of(client)[0] == "cdc", WINDOW_S + 8, alive=services)
         print(f"resume -> cdc: {time.monotonic() - resumed:.1f}s")
         assert mode_of(client)[1] == "recovered"
         insert(mariadb, database, 5)
-        wait_for("row 5 cached", lambda: client.exists("item:5") == 1, 10, services)
+        wait_until("row 5 cached", lambda: client.exists("item:5") == 1, 10, alive=services)
         assert client.pttl("item:5") > FALLBACK_TTL_S * 1000
         assert metric(port, SWITCHES, to="cdc", reason="recovered") >= 1
 
         # the operator flag wins over auto, both ways, and auto follows the lag again
         url = redis_server.address()
         cli_mode(url, "set", "ttl")
-        wait_for("forced ttl", lambda: mode_of(client) == ("ttl", "forced"), 3, services)
+        wait_until("forced ttl", lambda: mode_of(client) == ("ttl", "forced"), 3, alive=services)
         assert "forced" in cli_mode(url, "get")
         insert(mariadb, database, 6)
-        wait_for("row 6 cached", lambda: client.exists("item:6") == 1, 10, services)
+        wait_until("row 6 cached", lambda: client.exists("item:6") == 1, 10, alive=services)
         assert client.pttl("item:6") <= FALLBACK_TTL_S * 1000
         cli_mode(url, "set", "cdc")
-        wait_for("forced cdc", lambda: mode_of(client) == ("cdc", "forced"), 3, services)
+        wait_until("forced cdc", lambda: mode_of(client) == ("cdc", "forced"), 3, alive=services)
         os.killpg(connector.proc.pid, signal.SIGSTOP)
         time.sleep(SLO_S + WINDOW_S + 2)
         assert mode_of(client) == ("cdc", "forced")  # lagging, but forced
         cli_mode(url, "set", "auto")
-        wait_for("auto ttl", lambda: mode_of(client)[0] == "ttl", 3, services)
+        wait_until("auto ttl", lambda: mode_of(client)[0] == "ttl", 3, alive=services)
         os.killpg(connector.proc.pid, signal.SIGCONT)
         assert metric(port, SWITCHES, to="ttl", reason="forced") == 1
         assert metric(port, SWITCHES, to="cdc", reason="forced") == 1

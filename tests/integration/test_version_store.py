@@ -5,13 +5,14 @@ from typing import Any
 
 import pytest
 
-from cdc_cache import metrics
-from cdc_cache.keys import VERSION_LAYOUT_KEY, legacy_version_key, version_field, version_key
-from cdc_cache.ops import DeleteKey, SetRow, ValueFormat
-from cdc_cache.positions import SourcePosition
-from cdc_cache.redis_apply import Outcome, RedisApplier
-from cdc_cache.version_store import VersionSweeper, migrate_legacy, stored_version
-from cdc_cache.versions import encode_version, stored
+from cdc_cache.core import metrics
+from cdc_cache.core.keys import VERSION_LAYOUT_KEY, legacy_version_key, version_field, version_key
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow, ValueFormat
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, stored_version
+from cdc_cache.sink.versions import encode_version, stored
 
 pytestmark = pytest.mark.integration
 

@@ -16,16 +16,18 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from cdc_cache import metrics
+from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
-from cdc_cache.client import CacheAside
-from cdc_cache.devstack.process import free_port
-from cdc_cache.fallback import ModeRuntime, ModeStore
-from cdc_cache.keys import MODE_KEY, WATCHDOG_LOCK_KEY
-from cdc_cache.lag import LagTracker
-from cdc_cache.mode import Cause, Flag, Hold, ModeConfig, ModeState
-from cdc_cache.watchdog import Watchdog
-from tests.integration.flowkit import Service
+from cdc_cache.core import metrics
+from cdc_cache.core.keys import MODE_KEY, WATCHDOG_LOCK_KEY
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.store import ModeStore
+from cdc_cache.fallback.watchdog import Watchdog
+from cdc_cache.mode.controller import Cause, Flag, Hold, ModeConfig, ModeState
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.services import Service
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +56,6 @@ def worker_writes(
 
 def record(client: Any) -> dict[str, str]:
     return ModeStore(client).record()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
 
 
 def taken_over_in_forced_cdc(
@@ -115,12 +110,14 @@ def test_a_silent_worker_is_replaced_until_it_writes_again(any_redis: Any, watch
     assert taken["fallback_ttl_ms"] == str(FALLBACK_MS)
     assert metrics.WATCHDOG_TAKEOVERS._value.get() == takeovers + 1
     assert metrics.MODE_HOLDS.labels("worker_down")._value.get() == 1
-    wait_for(
+    wait_until(
         "managed keys given the fallback TTL",
         lambda: all(
             0 < any_redis.pttl(k) <= FALLBACK_MS
             for k in [f"stock:{i}:north" for i in range(300)] + ["sku:7:availability"]
         ),
+        10,
+        interval=0.05,
     )
     assert any_redis.pttl("other:1") > FALLBACK_MS
 
@@ -182,7 +179,9 @@ def test_the_operator_flag_still_wins_over_the_watchdog(any_redis: Any, watchdog
     clock.now += 1
     dog.tick()
     assert any_redis.hget(MODE_KEY, "mode") == b"ttl"
-    wait_for("shortened", lambda: 0 < any_redis.pttl("stock:1:north") <= FALLBACK_MS)
+    wait_until(
+        "shortened", lambda: 0 < any_redis.pttl("stock:1:north") <= FALLBACK_MS, 10, interval=0.05
+    )
 
 
 def test_tables_the_worker_left_in_ttl_stay_so_while_the_watchdog_decides(
@@ -231,8 +230,18 @@ def test_the_gateway_runs_a_watchdog(tmp_path: Path, redis_server: Any, redis_cl
     )  # fmt: skip
     gateway.start()
     try:
-        wait_for("ttl mode", lambda: record(redis_client).get("cause") == "worker_down", 30)
-        wait_for("shortened", lambda: 0 < redis_client.pttl("stock:1:north") <= FALLBACK_MS)
+        wait_until(
+            "ttl mode",
+            lambda: record(redis_client).get("cause") == "worker_down",
+            30,
+            interval=0.05,
+        )
+        wait_until(
+            "shortened",
+            lambda: 0 < redis_client.pttl("stock:1:north") <= FALLBACK_MS,
+            10,
+            interval=0.05,
+        )
         health = orjson.loads(urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
         assert health["watchdog"]["worker"] == "down" and health["watchdog"]["acting"]
         shown = CliRunner().invoke(main, ["mode", "get", "--redis-url", redis_server.address()])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.devstack.process import free_port
-from tests.integration.flowkit import Service, produce, unique_topic, wait_until_equal, worker
+from cdc_cache.tools.devstack.process import free_port
+from tests.integration.cache import wait_until_equal
+from tests.integration.services import Service, worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Workload
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.flowkit import (
-    cache_state,
-    produce,
-    unique_topic,
-    wait_until_equal,
-    worker,
-)
+from tests.integration.cache import cache_state, wait_until_equal
+from tests.integration.services import worker
+from tests.integration.topics import produce, unique_topic
 from tests.workload import Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

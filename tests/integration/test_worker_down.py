@@ -13,18 +13,21 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
-from cdc_cache.client import CacheAside
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.keys import MODE_KEY
-from tests.integration.conftest import RedisTarget
-from tests.integration.flowkit import Service, metric, unique_topic, wait_while_alive, worker
+from cdc_cache.aside.cache_aside import CacheAside
+from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.tools.devstack.process import free_port, port_open
+from tests.integration.fixtures_redis import RedisTarget
+from tests.integration.probes import metric
+from tests.integration.services import Service, worker
+from tests.integration.topics import unique_topic
+from tests.integration.waiting import wait_until
 from tests.workload import Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,16 +87,6 @@ def mode_of(client: Any) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in client.hgetall(MODE_KEY).items()}
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, *alive: Service) -> float:
-    started = time.monotonic()
-    while not check():
-        for service in alive:
-            service.check_alive()
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s"
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
 @pytest.fixture
 def running(broker: Any, redis_target: RedisTarget, tmp_path: Path) -> Iterator[Service]:
     """A worker on a source that keeps changing, in ``cdc`` mode with keys cached."""
@@ -106,8 +99,15 @@ def running(broker: Any, redis_target: RedisTarget, tmp_path: Path) -> Iterator[
     with Source(broker.bootstrap, topic):
         service.start()
         try:
-            wait_while_alive("rows cached", lambda: len(managed_ttls(client)) > 30, service)
-            wait_while_alive("cdc mode", lambda: mode_of(client).get("mode") == "cdc", service)
+            wait_until(
+                "rows cached", lambda: len(managed_ttls(client)) > 30, alive=[service], interval=0.2
+            )
+            wait_until(
+                "cdc mode",
+                lambda: mode_of(client).get("mode") == "cdc",
+                alive=[service],
+                interval=0.2,
+            )
             assert mode_of(client)["writer"] == "worker"
             assert min(managed_ttls(client).values()) > FALLBACK_MS
             yield service
@@ -131,30 +131,32 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         dog.start()
     services = [dog for dog, _ in dogs]
     try:
-        wait_for("watchdog ports", lambda: all(port_open(port) for _, port in dogs), 30, *services)
-        wait_for(
+        wait_until(
+            "watchdog ports", lambda: all(port_open(port) for _, port in dogs), 30, alive=services
+        )
+        wait_until(
             "one watchdog holds the lock",
             lambda: sum(metric(port, "cdc_cache_watchdog_leader") for _, port in dogs) == 1,
             30,
-            *services,
+            alive=services,
         )
         running.kill()
         killed = time.monotonic()
         bound = SLO_S + WINDOW_S + MARGIN_S
-        to_ttl = wait_for(
+        to_ttl = wait_until(
             "ttl mode, cause worker_down",
             lambda: (
                 (mode_of(client).get("mode"), mode_of(client).get("cause"))
                 == ("ttl", "worker_down")
             ),
             bound,
-            *services,
+            alive=services,
         )
-        wait_for(
+        wait_until(
             "every managed key at most the fallback TTL",
             lambda: all(0 < ttl <= FALLBACK_MS for ttl in managed_ttls(client).values()),
             bound - (time.monotonic() - killed),
-            *services,
+            alive=services,
         )
         done = time.monotonic() - killed
         print(
@@ -162,37 +164,39 @@ def test_a_killed_worker_falls_back_through_the_watchdog_and_returns_to_cdc(
         )
         assert mode_of(client)["writer"] == "watchdog"
         assert sum(metric(port, "cdc_cache_watchdog_takeovers_total") for _, port in dogs) == 1
-        wait_for(
+        wait_until(
             "every watchdog sees the worker down",
             lambda: all(metric(port, "cdc_cache_watchdog_worker_up") == 0 for _, port in dogs),
             5,
-            *services,
+            alive=services,
         )
 
         running.start()  # the worker comes back, catches up, and decides again
         back = time.monotonic()
-        wait_for(
-            "worker decides again", lambda: mode_of(client).get("writer") == "worker", 60, running
+        wait_until(
+            "worker decides again",
+            lambda: mode_of(client).get("writer") == "worker",
+            60,
+            alive=[running],
         )
         assert mode_of(client)["mode"] == "ttl"  # not cdc before its lag was low for a window
-        wait_for(
+        wait_until(
             "cdc mode, recovered",
             lambda: (
                 (mode_of(client).get("mode"), mode_of(client).get("cause")) == ("cdc", "recovered")
             ),
             60,
-            running,
-            *services,
+            alive=services,
         )
         print(f"restart -> cdc {time.monotonic() - back:.1f}s")
         for _ in range(15):  # the watchdogs stepped back: the worker's record stays
             assert mode_of(client)["writer"] == "worker"
             time.sleep(0.2)
-        wait_for(
+        wait_until(
             "every watchdog sees the worker up",
             lambda: all(metric(port, "cdc_cache_watchdog_worker_up") == 1 for _, port in dogs),
             5,
-            *services,
+            alive=services,
         )
         for dog in services:
             assert dog.terminate() == 0, dog.tail()

@@ -10,12 +10,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.devstack.broker import Broker
-from cdc_cache.devstack.process import free_port, port_open
-from cdc_cache.devstack.redis import RedisServer
-from cdc_cache.settings import load_settings
-from cdc_cache.worker import resolve_topics
-from tests.integration.flowkit import admin_get, metric, unique_topic, wait_while_alive, worker
+from cdc_cache.app.load import load_settings
+from cdc_cache.app.worker import resolve_topics
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.probes import admin_get, metric
+from tests.integration.services import worker
+from tests.integration.topics import unique_topic
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +93,19 @@ def test_admin_port_answers_while_the_worker_waits_and_names_the_wait(
     service.env.update({"CDC_CACHE_METRICS_PORT": str(port), "CDC_CACHE_DLQ_TOPIC": dlq_topic})
     service.start()
     try:
-        wait_while_alive("the admin port", lambda: port_open(port), service)
+        wait_until("the admin port", lambda: port_open(port), alive=[service], interval=0.2)
         assert admin_get(port, "/healthz")[0] == 200
         status, checks = _readiness(port)
         assert status == 503 and checks["topics"] is False, checks
         assert metric(port, "cdc_cache_broker_up") == 0  # no broker yet
 
         broker.start()  # brokers, but not the topic yet: still waiting for topics
-        wait_while_alive("brokers seen", lambda: metric(port, "cdc_cache_broker_up") == 1, service)
+        wait_until(
+            "brokers seen",
+            lambda: metric(port, "cdc_cache_broker_up") == 1,
+            alive=[service],
+            interval=0.2,
+        )
         assert _readiness(port) == (503, {
             "topics": False, "dlq_topic": False, "redis": False, "flow": False
         })  # fmt: skip
@@ -108,12 +116,14 @@ def test_admin_port_answers_while_the_worker_waits_and_names_the_wait(
                 "topics": True, "dlq_topic": True, "redis": False, "flow": False
             }  # fmt: skip
 
-        wait_while_alive("waiting for Redis", waiting_for_redis, service)
+        wait_until("waiting for Redis", waiting_for_redis, alive=[service], interval=0.2)
         assert metric(port, "cdc_cache_retries_total", {"target": "redis"}) > 0
         assert admin_get(port, "/healthz")[0] == 200
 
         redis.start()
-        wait_while_alive("ready", lambda: admin_get(port, "/readyz")[0] == 200, service)
+        wait_until(
+            "ready", lambda: admin_get(port, "/readyz")[0] == 200, alive=[service], interval=0.2
+        )
         assert _readiness(port)[1] == {"redis": True, "kafka_caught_up": True, "lineage": True}
         assert orjson.loads(admin_get(port, "/mode")[1])["mode"] == "cdc"
     finally:

@@ -9,16 +9,16 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache.dlq import Failure
-from cdc_cache.errors import StopRequested
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import version_key
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.redis_apply import RedisApplier
-from cdc_cache.retry import Backoff
-from cdc_cache.rules import parse_rules
-from cdc_cache.writer import CacheWriter
-from tests.integration.flowkit import cache_state
+from cdc_cache.core.errors import StopRequested
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import version_key
+from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.entries import Failure
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.writer import CacheWriter
+from tests.integration.cache import cache_state
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = pytest.mark.integration

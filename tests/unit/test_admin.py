@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from cdc_cache import metrics
-from cdc_cache.admin import AdminServer, StartupBackend
-from cdc_cache.errors import ConfigError
-from cdc_cache.mode import Flag
+from cdc_cache.app.admin import AdminServer
+from cdc_cache.app.routes import StartupBackend
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.mode.controller import Flag
 
 
 class FakeRuntime:

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.avro import AvroParser, AvroSchema, float32, parse_schema, schema_id
-from cdc_cache.envelope import decode
-from cdc_cache.errors import DecodeError, PoisonMessage
-from cdc_cache.events import ChangeEvent, SourceRecord
+from cdc_cache.core.errors import DecodeError, PoisonMessage
+from cdc_cache.core.events import ChangeEvent, SourceRecord
+from cdc_cache.source.avro import AvroParser, AvroSchema, float32, parse_schema, schema_id
+from cdc_cache.source.envelope import decode
 from tests.unit.test_envelope import FIXTURES, SOURCES, Recorded, load
 
 

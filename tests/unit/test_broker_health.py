@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
 
-from cdc_cache.broker_health import BrokerHealth
+from cdc_cache.source.broker_health import BrokerHealth
 
 
 class Clock:

@@ -17,13 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from cdc_cache.settings import (
-    ENV_PREFIX,
-    GatewaySettings,
-    InspectSettings,
-    WatchdogSettings,
-    WorkerSettings,
-)
+from cdc_cache.app.settings import ENV_PREFIX, WatchdogSettings, WorkerSettings
+from cdc_cache.inspector.settings import InspectSettings
+from cdc_cache.notify.settings import GatewaySettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -24,21 +24,17 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.connect import (
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.retry import Backoff
+from cdc_cache.tools.connect_client import ConnectClient, ConnectRestError, UrllibTransport
+from cdc_cache.tools.connector_files import changed_keys, load_connectors, resolve_env
+from cdc_cache.tools.connectors import (
     ApplyResult,
-    ConnectClient,
     ConnectorStatus,
-    ConnectRestError,
     TaskStatus,
-    UrllibTransport,
-    changed_keys,
-    load_connectors,
     parse_status,
     read_status,
-    resolve_env,
 )
-from cdc_cache.errors import ConfigError
-from cdc_cache.retry import Backoff
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "connect"

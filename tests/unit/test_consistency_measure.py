@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.consistency import (
+from cdc_cache.core.events import ChangeEvent, SourceRecord
+from cdc_cache.inspector.consistency import (
     KeyFinding,
     Outcome,
     judge_keys,
@@ -19,12 +20,11 @@ from cdc_cache.consistency import (
     strays,
     worst,
 )
-from cdc_cache.envelope import decode
-from cdc_cache.events import ChangeEvent, SourceRecord
-from cdc_cache.nines import Windows, nines_of
-from cdc_cache.rules import parse_rules
-from cdc_cache.sampling import Sampler, Skip, TokenBucket, Tracker, recheck_delay
-from cdc_cache.verify import Stored
+from cdc_cache.inspector.nines import Windows, nines_of
+from cdc_cache.inspector.sampling import Sampler, Skip, TokenBucket, Tracker, recheck_delay
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.source.envelope import decode
+from cdc_cache.tools.verify_judge import Stored
 from tests.workload import RULES_YAML, Workload
 
 TABLE = parse_rules(

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.continuity import (
+from cdc_cache.cli.continuity import chosen, status_lines
+from cdc_cache.continuity.model import (
     Action,
     Discontinuity,
     Kind,
@@ -18,8 +19,7 @@ from cdc_cache.continuity import (
     load_state,
     reread_caught_up,
 )
-from cdc_cache.continuity_cli import chosen, status_lines
-from cdc_cache.errors import ConfigError
+from cdc_cache.core.errors import ConfigError
 
 IDS = st.sampled_from(["AaIp5NJJeqObnopSH8K7Iw", "AaIp5OvIcZGcIWi1BuuUGA"])
 OFFSETS = st.integers(min_value=0, max_value=10**12)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from cdc_cache import metrics
+from cdc_cache.core import metrics
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = json.loads((DEPLOY / "grafana" / "cdc-cache.json").read_text())
@@ -89,7 +89,7 @@ def test_queries_use_exported_metrics(where: str, expr: str) -> None:
     assert names, f"{where}: no metric in {expr!r}"
     unknown = names - exported() - PROMETHEUS_OWN
     assert not unknown, (
-        f"{where} queries {sorted(unknown)}, which cdc_cache.metrics does not export"
+        f"{where} queries {sorted(unknown)}, which cdc_cache.core.metrics does not export"
     )
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.rules import load_rules
-from cdc_cache.settings import load_settings
-from cdc_cache.topics import named_for
+from cdc_cache.app.load import load_settings
+from cdc_cache.plan.rules_loader import load_rules
+from cdc_cache.source.topics import named_for
 
 ROOT = Path(__file__).parents[2]
 CONNECTORS = sorted((ROOT / "connectors").glob("*.json"))

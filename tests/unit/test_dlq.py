@@ -7,28 +7,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.dlq import (
+from cdc_cache.core.errors import POISON_KINDS, DecodeError, RenderError, Unprocessable
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.nesting import ENCODER_MAX_DEPTH
+from cdc_cache.dlq.entries import (
     MAX_ENTRY_DEPTH,
     MAX_PART_BYTES,
     MAX_REASON_CHARS,
     REDACTED,
-    EntryFilter,
     Failure,
-    entry_filter,
     entry_id,
     envelope,
     iso_utc,
-    latest_by_id,
     parse_iso_ms,
     record_of,
     redact,
     writable,
 )
-from cdc_cache.errors import POISON_KINDS, DecodeError, RenderError, Unprocessable
-from cdc_cache.events import SourceRecord
-from cdc_cache.nesting import ENCODER_MAX_DEPTH
-from cdc_cache.pipeline import Rejected, route
-from cdc_cache.rules import parse_rules
+from cdc_cache.dlq.filters import EntryFilter, entry_filter, latest_by_id
+from cdc_cache.plan.route import Rejected, route
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 

@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.admin import AdminServer
-from cdc_cache.dlq import EntryFilter, iso_utc
-from cdc_cache.dlq_web import COOKIE, SESSION_TTL_S, Sessions
-from cdc_cache.replay import ReplayOutcome
+from cdc_cache.app.admin import AdminServer
+from cdc_cache.app.dlq_page import COOKIE, SESSION_TTL_S, Sessions
+from cdc_cache.app.replay import ReplayOutcome
+from cdc_cache.dlq.entries import iso_utc
+from cdc_cache.dlq.filters import EntryFilter
 from tests.unit.test_admin import FakeRuntime
 
 TOKEN = "s3cret-token"

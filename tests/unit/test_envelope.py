@@ -14,10 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.envelope import decode
-from cdc_cache.errors import DecodeError, MissingPrimaryKey
-from cdc_cache.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.positions import SourceKind, SourcePosition
+from cdc_cache.core.errors import DecodeError, MissingPrimaryKey
+from cdc_cache.core.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.core.positions import SourceKind, SourcePosition
+from cdc_cache.source.envelope import decode
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "debezium"
 SOURCES = ("mariadb", "postgres")

@@ -11,9 +11,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.envelope import decode
-from cdc_cache.errors import DecodeError, MissingPrimaryKey
-from cdc_cache.events import SourceRecord
+from cdc_cache.core.errors import DecodeError, MissingPrimaryKey
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.source.envelope import decode
 from tests.hostile import nested, through_the_worker_path
 from tests.unit.test_envelope import ALL, load
 from tests.unit.test_routed_topics import every_routed_record

@@ -9,13 +9,13 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.fill import RowCodec
-from cdc_cache.logical import ColumnType, Kind, RowTypes
-from cdc_cache.ops import SetRow
-from cdc_cache.plan import plan
-from cdc_cache.positions import SourcePosition
-from cdc_cache.rules import parse_rules
+from cdc_cache.aside.fill import RowCodec
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.logical import ColumnType, Kind, RowTypes
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.planner import plan
+from cdc_cache.plan.rules_loader import parse_rules
 
 RULES = parse_rules("""
 version: 2

@@ -11,16 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.gateway import (
-    SLOW_CLOSE_CODE,
-    Frame,
-    Session,
-    encode_frame,
-    format_id,
-    parse_id,
-)
-from cdc_cache.rate_limit import TokenBucket
-from cdc_cache.tokens import Grant
+from cdc_cache.notify.frames import Frame, encode_frame, format_id, parse_id
+from cdc_cache.notify.rate_limit import TokenBucket
+from cdc_cache.notify.session import SLOW_CLOSE_CODE, Session
+from cdc_cache.notify.tokens import Grant
 
 
 class FakeSocket:

@@ -18,16 +18,17 @@ import orjson
 import pytest
 from redis import exceptions as rex
 
-from cdc_cache import metrics
-from cdc_cache.consistency import Outcome, rendered
-from cdc_cache.events import Row, SourceRecord
-from cdc_cache.inspect_check import Deferred, Judged, check
-from cdc_cache.inspect_report import text_page
-from cdc_cache.inspector import Inspector
-from cdc_cache.ops import ValueFormat
-from cdc_cache.rules import TableRules, parse_rules
-from cdc_cache.settings import InspectSettings
-from cdc_cache.verify import Stored
+from cdc_cache.core import metrics
+from cdc_cache.core.events import Row, SourceRecord
+from cdc_cache.inspector.check import Deferred, Judged, check
+from cdc_cache.inspector.consistency import Outcome, rendered
+from cdc_cache.inspector.loop import Inspector
+from cdc_cache.inspector.report import text_page
+from cdc_cache.inspector.settings import InspectSettings
+from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.rules import TableRules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify_judge import Stored
 from tests.workload import RULES_YAML, Message, Workload
 
 RULES = parse_rules(RULES_YAML)

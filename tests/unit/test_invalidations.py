@@ -8,15 +8,15 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache import invalidations
-from cdc_cache.errors import RenderError, ValueTooLarge
-from cdc_cache.events import ChangeEvent, Op, SourceRecord
-from cdc_cache.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
-from cdc_cache.ops import DeleteKey, InvalidatePrefix, Notify, SetRow
-from cdc_cache.pipeline import Planned, Rejected, route
-from cdc_cache.plan import plan
-from cdc_cache.positions import SourcePosition
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.errors import RenderError, ValueTooLarge
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan import invalidations
+from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, Notify, SetRow
+from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
+from cdc_cache.plan.planner import plan
+from cdc_cache.plan.route import Planned, Rejected, route
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 
 RULES_TEXT = (

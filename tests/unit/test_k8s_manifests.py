@@ -13,14 +13,11 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from cdc_cache.rules import load_rules
-from cdc_cache.settings import (
-    GatewaySettings,
-    InspectSettings,
-    WatchdogSettings,
-    load,
-    load_settings,
-)
+from cdc_cache.app.load import load, load_settings
+from cdc_cache.app.settings import WatchdogSettings
+from cdc_cache.inspector.settings import InspectSettings
+from cdc_cache.notify.settings import GatewaySettings
+from cdc_cache.plan.rules_loader import load_rules
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -139,7 +136,7 @@ def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_p
     assert process_id == "metadata.labels['apps.kubernetes.io/pod-index']"
     container_ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert container_ports == {"cluster": ports["cluster"], "metrics": settings.metrics_port}
-    # the worker creates its own share of a new recovery store (cdc_cache.worker)
+    # the worker creates its own share of a new recovery store (cdc_cache.app.worker)
     assert "initContainers" not in _worker_pod()
 
 

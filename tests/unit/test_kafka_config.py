@@ -9,9 +9,10 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.kafka_config import CONSUMER_ONLY, PRODUCER_ONLY, misplaced
-from cdc_cache.settings import SharedSettings, load, load_settings
+from cdc_cache.app.load import load, load_settings
+from cdc_cache.app.settings import SharedSettings
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.source.kafka_config import CONSUMER_ONLY, PRODUCER_ONLY, misplaced
 
 
 @pytest.fixture(autouse=True)

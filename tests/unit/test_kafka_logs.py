@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from cdc_cache.kafka_logs import KafkaLogs, with_logger
-from cdc_cache.throttle import Throttle
+from cdc_cache.core.throttle import Throttle
+from cdc_cache.source.kafka_logs import KafkaLogs, with_logger
 
 
 def test_a_repeated_line_is_logged_once_per_interval_with_what_was_left_out(caplog):

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.keys import (
+from cdc_cache.core.keys import (
     MAX_VALUE_CHARS,
     SLOTS,
     all_version_buckets,
@@ -120,30 +119,3 @@ def test_key_slot_known_values() -> None:
     assert key_slot("{user1000}.following") == key_slot("{user1000}.followers")
     assert key_slot("foo{}{bar}") == key_slot(b"foo{}{bar}") != key_slot("bar")
     assert key_slot("foo{{bar}}zap") == key_slot("{bar")
-
-
-SAMPLE = [
-    "",
-    "plain",
-    "{}",
-    "{}{a}",
-    "a{}b{c}",
-    "{{a}}",
-    "{a{b}c}",
-    "foo{{bar}}zap",
-    "}{x}",
-    "stock:{7}:north",
-    "é{ü}ñ",
-    "日本語:{キー}",
-    "x" * 5_000,
-    "{" + "y" * 3_000 + "}",
-]
-
-
-@pytest.mark.integration
-def test_key_slot_agrees_with_redis_cluster_keyslot(redis_cluster_client: Any) -> None:
-    node = redis_cluster_client.get_primaries()[0]
-    server = redis_cluster_client.get_redis_connection(node)
-    derived = [f(k) for k in SAMPLE for f in (version_key, lease_key, escape_value)]
-    for key in [*SAMPLE, *derived]:
-        assert server.execute_command("CLUSTER KEYSLOT", key) == key_slot(key), key

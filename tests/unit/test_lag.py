@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_cache.lag import LagTracker
+from cdc_cache.mode.lag import LagTracker
 
 
 class Clock:
@@ -119,7 +119,7 @@ def test_silence_after_heartbeats_stop_grows_lag(clock):
 
 
 def test_a_silent_partition_makes_the_summary_stalled(clock):
-    from cdc_cache.fallback import LagSummary
+    from cdc_cache.fallback.store import LagSummary
 
     tracker = LagTracker(clock)
     tracker.record("a.db.t", 0, int(clock.ms))
@@ -135,8 +135,9 @@ def test_a_silent_partition_makes_the_summary_stalled(clock):
 
 
 def test_holds_travel_from_a_follower_to_the_leader_and_clear():
-    from cdc_cache.fallback import Holds, LagSummary
-    from cdc_cache.mode import Cause, Hold
+    from cdc_cache.fallback.store import LagSummary
+    from cdc_cache.mode.controller import Cause, Hold
+    from cdc_cache.mode.holds import Holds
 
     holds = Holds()
     holds.hold(Cause.SOURCE_DISCONTINUITY, "t[0]", "offset 42 below log start 90 on t[0]")
@@ -158,8 +159,8 @@ def test_holds_travel_from_a_follower_to_the_leader_and_clear():
 
 
 def test_a_hold_of_an_unknown_cause_from_a_newer_process_still_holds():
-    from cdc_cache.fallback import LagSummary
-    from cdc_cache.mode import Cause
+    from cdc_cache.fallback.store import LagSummary
+    from cdc_cache.mode.controller import Cause
 
     parsed = LagSummary.parse(
         {"lag_s": "", "stalled": "0", "where": "", "holds": '[["future", "x"]]'}
@@ -233,8 +234,8 @@ def test_a_dotted_prefix_does_not_lend_its_heartbeats_to_a_shorter_one(clock):
 
 
 def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
-    from cdc_cache.fallback import Holds
-    from cdc_cache.mode import Cause
+    from cdc_cache.mode.controller import Cause
+    from cdc_cache.mode.holds import Holds
 
     now = [1000.0]
     holds = Holds(clock=lambda: now[0])

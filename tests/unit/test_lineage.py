@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.lineage import (
+from cdc_cache.core.events import Origin
+from cdc_cache.core.positions import SourceKind, SourcePosition
+from cdc_cache.lineage.model import (
     Change,
     Limits,
-    Origin,
     PartitionState,
     Run,
     Verdict,
@@ -20,9 +21,8 @@ from cdc_cache.lineage import (
     epoch_at,
     judge,
     load_state,
-    origin_of,
 )
-from cdc_cache.positions import SourceKind, SourcePosition
+from cdc_cache.source.origin import origin_of
 
 LIMITS = Limits(rewind_files=1, rewind_wal_bytes=1000)
 S1 = Origin("server:1")

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.events import ChangeEvent, Op, SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.lineage import Coords, Limits, Origin
-from cdc_cache.lineage_tracker import LineageConfig, LineageTracker
-from cdc_cache.mode import Cause
-from cdc_cache.positions import SourcePosition
+from cdc_cache.core.events import ChangeEvent, Op, Origin, SourceRecord
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.lineage.model import Coords, Limits
+from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from tests.lineage_fakes import MemoryRegistry
 
 SOURCE = "db"

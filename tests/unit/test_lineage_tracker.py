@@ -8,16 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.events import ChangeEvent, Op, SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.lineage import Limits, Origin
-from cdc_cache.lineage_tracker import LineageConfig, LineageTracker, source_of
-from cdc_cache.mode import Cause
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.positions import SourcePosition
-from cdc_cache.rules import parse_rules
-from cdc_cache.settings import load_settings
+from cdc_cache.app.load import load_settings
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.events import ChangeEvent, Op, Origin, SourceRecord
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.lineage.model import Limits
+from cdc_cache.lineage.tracker import LineageConfig, LineageTracker, source_of
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.lineage_fakes import MemoryRegistry
 from tests.workload import RULES_YAML, Workload
 
@@ -160,7 +160,7 @@ def test_a_recreated_topic_read_from_its_start_is_judged_not_replayed() -> None:
 
 
 def test_the_registrys_trouble_is_raised_never_taken_for_the_messages_poison() -> None:
-    from cdc_cache.errors import StopRequested
+    from cdc_cache.core.errors import StopRequested
 
     message = Workload(seed=4, topic=TOPIC).transactions(1)[0][0]
     record = SourceRecord(TOPIC, 0, 0, message.key, message.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.logical import (
+from cdc_cache.core.logical import (
     ColumnType,
     Kind,
     RowTypes,

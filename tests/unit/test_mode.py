@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.mode import (
+from cdc_cache.mode.controller import (
     HOLD_CAUSES,
     TABLE_CAUSES,
     Cause,

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.errors import RenderError
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.keys import escape_value
-from cdc_cache.logical import ColumnType, Kind, RowTypes
-from cdc_cache.natural import (
+from cdc_cache.core.errors import RenderError
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.keys import escape_value
+from cdc_cache.core.logical import ColumnType, Kind, RowTypes
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.source.natural import (
     Decimals,
     JsonNumber,
     Rendering,
@@ -32,7 +33,6 @@ from cdc_cache.natural import (
     dumps,
     wire_converter,
 )
-from cdc_cache.positions import SourcePosition
 
 ISO = Rendering()
 NUMBERS = Rendering(Decimals.NUMBER)

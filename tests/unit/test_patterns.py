@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.patterns import (
+from cdc_cache.notify.patterns import (
     MAX_PATTERN_CHARS,
     MAX_STARS,
     ChannelNames,

@@ -1,20 +1,20 @@
 import orjson
 import pytest
 
-from cdc_cache.errors import (
+from cdc_cache.core.errors import (
     DecodeError,
     RedisUnavailable,
     RenderError,
     Unprocessable,
     ValueTooLarge,
 )
-from cdc_cache.events import ChangeEvent, Heartbeat, SourceRecord, Tombstone
-from cdc_cache.natural import TableValues
-from cdc_cache.nesting import ENCODER_MAX_DEPTH
-from cdc_cache.ops import SetRow, ValueFormat
-from cdc_cache.pipeline import Control, Planned, Rejected, route, value_size
-from cdc_cache.positions import SourcePosition
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.events import ChangeEvent, Heartbeat, SourceRecord, Tombstone
+from cdc_cache.core.nesting import ENCODER_MAX_DEPTH
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.plan.cache_ops import SetRow, ValueFormat
+from cdc_cache.plan.route import Control, Planned, Rejected, route, value_size
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.source.natural import TableValues
 from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 

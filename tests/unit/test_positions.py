@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.events import ChangeEvent, Op
-from cdc_cache.positions import ENCODED_LENGTH, MAX_EPOCH, SourcePosition
+from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.positions import ENCODED_LENGTH, MAX_EPOCH, SourcePosition
 from tests.unit.test_envelope import SOURCES, changes, load
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.rate_limit import TokenBucket
+from cdc_cache.notify.rate_limit import TokenBucket
 
 
 def test_a_burst_passes_then_requests_wait_for_the_refill() -> None:

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.settings import WorkerSettings, load_settings
-from cdc_cache.worker import prepare_recovery, recovery_share
+from cdc_cache.core.errors import ConfigError
+from dataflows.run import prepare_recovery, recovery_share
 
 
 @st.composite
@@ -36,15 +35,8 @@ def test_fewer_partitions_than_processes_is_refused(cluster: tuple[int, int]) ->
         recovery_share(partitions, processes, 0)
 
 
-def _settings(directory: Path, process_id: int, processes: int, partitions: int) -> WorkerSettings:
-    return load_settings(
-        rules=Path("r.yaml"),
-        topics=("t",),
-        recovery_dir=directory,
-        recovery_partitions=partitions,
-        process_id=process_id,
-        addresses=[f"w{i}:2101" for i in range(processes)],
-    )
+def prepare(directory: Path, process_id: int, processes: int, partitions: int) -> None:
+    prepare_recovery(directory, partitions, processes, process_id)
 
 
 def held(directory: Path) -> list[str]:
@@ -54,28 +46,24 @@ def held(directory: Path) -> list[str]:
 def test_three_processes_on_empty_volumes_hold_each_partition_once(tmp_path: Path) -> None:
     volumes = [tmp_path / f"pod-{i}" / "recovery" for i in range(3)]
     for i, volume in enumerate(volumes):
-        prepare_recovery(_settings(volume, i, 3, 7))
+        prepare(volume, i, 3, 7)
     assert [held(v) for v in volumes] == [
         ["part-0.sqlite3", "part-3.sqlite3", "part-6.sqlite3"],
         ["part-1.sqlite3", "part-4.sqlite3"],
         ["part-2.sqlite3", "part-5.sqlite3"],
     ]
     before = (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns
-    prepare_recovery(_settings(volumes[0], 0, 3, 7))  # a restart reuses what is there
+    prepare(volumes[0], 0, 3, 7)  # a restart reuses what is there
     assert held(volumes[0]) == ["part-0.sqlite3", "part-3.sqlite3", "part-6.sqlite3"]
     assert (volumes[0] / "part-0.sqlite3").stat().st_mtime_ns == before
 
 
 def test_a_single_process_holds_every_partition(tmp_path: Path) -> None:
-    prepare_recovery(
-        load_settings(
-            rules=Path("r.yaml"), topics=("t",), recovery_dir=tmp_path, recovery_partitions=3
-        )
-    )
+    prepare(tmp_path, 0, 1, 3)
     assert held(tmp_path) == ["part-0.sqlite3", "part-1.sqlite3", "part-2.sqlite3"]
 
 
 def test_too_few_partitions_for_the_cluster_stop_before_creating_any(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 3"):
-        prepare_recovery(_settings(tmp_path / "recovery", 0, 3, 2))
+        prepare(tmp_path / "recovery", 0, 3, 2)
     assert held(tmp_path / "recovery") == []

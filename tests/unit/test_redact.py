@@ -1,6 +1,6 @@
 import pytest
 
-from cdc_cache.redact import redact_url
+from cdc_cache.core.redact import redact_url
 
 
 @pytest.mark.parametrize(

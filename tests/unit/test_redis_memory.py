@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_cache import metrics
-from cdc_cache.fallback import Holds
-from cdc_cache.mode import Cause
-from cdc_cache.redis_memory import SAFE_POLICIES, NodeMemory, OomGuard, refusal
+from cdc_cache.core import metrics
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
+from cdc_cache.sink.memory import SAFE_POLICIES, NodeMemory, OomGuard, refusal
 
 
 def node(policy: str, maxmemory: int = 1 << 30, counted: int = 1 << 20) -> NodeMemory:

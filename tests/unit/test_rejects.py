@@ -8,16 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache import rejects
-from cdc_cache.dlq import Failure, public_reason
-from cdc_cache.errors import DecodeError
-from cdc_cache.events import SourceRecord
-from cdc_cache.invalidations import Invalidated, KeyOutcome
-from cdc_cache.keys import escape_value
-from cdc_cache.logs import JsonFormatter
-from cdc_cache.pipeline import Rejected, route
-from cdc_cache.rejects import Rejects
-from cdc_cache.rules import parse_rules
+from cdc_cache.core.errors import DecodeError
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value
+from cdc_cache.core.logs import JsonFormatter
+from cdc_cache.dlq import rejects
+from cdc_cache.dlq.entries import Failure, public_reason
+from cdc_cache.dlq.rejects import Rejects
+from cdc_cache.plan.invalidations import Invalidated, KeyOutcome
+from cdc_cache.plan.route import Rejected, route
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.hostile import KeptDeadLetters, nested
 
 USERS_RULES = parse_rules("""

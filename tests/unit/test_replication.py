@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.failover import PrimaryRegistry
-from cdc_cache.replication import PrimaryRecord, ReplicationInfo, Switch, classify
+from cdc_cache.sink.failover import PrimaryRegistry
+from cdc_cache.sink.replication import PrimaryRecord, ReplicationInfo, Switch, classify
 
 OLD, NEW, OTHER = "a" * 40, "b" * 40, "c" * 40
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache import metrics
-from cdc_cache.errors import TransientError
-from cdc_cache.retry import Backoff, retry_forever, retry_reporter
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import TransientError
+from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
 
 
 class FakeClock:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cdc_cache.envelope import decode, table_hint
-from cdc_cache.errors import DecodeError
-from cdc_cache.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
-from cdc_cache.pipeline import Control, Planned, Rejected, route
-from cdc_cache.rules import parse_rules
-from cdc_cache.topics import ROUTER_KEY_FIELDS
+from cdc_cache.core.errors import DecodeError
+from cdc_cache.core.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.plan.route import Control, Planned, Rejected, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.source.envelope import decode, table_hint
+from cdc_cache.source.topics import ROUTER_KEY_FIELDS
 from tests.unit.test_envelope import SOURCES, Recorded, assert_same_changes, load
 
 SERVER = "prod.eu.dbz"

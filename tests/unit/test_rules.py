@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.ops import ValueFormat
-from cdc_cache.rules import Action, KeyTemplate, MissingColumn, load_rules, parse_rules
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.rules import Action, KeyTemplate, MissingColumn
+from cdc_cache.plan.rules_loader import load_rules, parse_rules
 
 EXAMPLE = Path(__file__).parents[2] / "cdc_cache" / "examples" / "inventory.rules.yaml"
 
@@ -291,7 +292,7 @@ def test_bad_value_settings_name_file_line_and_fix(table: str, version: int, exp
 
 
 def test_the_worker_warns_once_when_values_are_wire_only_by_default(caplog) -> None:
-    from cdc_cache.worker import warn_if_wire_by_default
+    from cdc_cache.app.worker import warn_if_wire_by_default
 
     with caplog.at_level("WARNING", logger="cdc_cache.worker"):
         warn_if_wire_by_default(parse_rules(VALID))

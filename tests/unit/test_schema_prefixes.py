@@ -10,10 +10,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache import envelope
-from cdc_cache.envelope import SchemaPrefixes, decode
-from cdc_cache.errors import DecodeError
-from cdc_cache.events import SourceRecord
+from cdc_cache.core.errors import DecodeError
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.source import envelope
+from cdc_cache.source.envelope import SchemaPrefixes, decode
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures/debezium/mariadb/schemas.jsonl"
 

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc_cache import metrics
-from cdc_cache.avro import AvroSchema
-from cdc_cache.devstack.process import free_port
-from cdc_cache.devstack.schema_registry import SchemaRegistryServer
-from cdc_cache.errors import ConfigError, TransientError
-from cdc_cache.events import SourceRecord
-from cdc_cache.retry import Backoff
-from cdc_cache.schema_registry import SchemaRegistryClient, SchemaResolver
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import ConfigError, TransientError
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.retry import Backoff
+from cdc_cache.source.avro import AvroSchema
+from cdc_cache.source.schema_registry import SchemaRegistryClient, SchemaResolver
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.schema_registry import SchemaRegistryServer
 from tests.unit.test_avro import load_avro
 
 SCHEMA = json.dumps({"type": "record", "name": "K", "fields": [{"name": "id", "type": "int"}]})

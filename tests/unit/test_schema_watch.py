@@ -11,14 +11,15 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache.envelope import decode
-from cdc_cache.events import SchemaChange, SourceRecord
-from cdc_cache.fallback import Holds
-from cdc_cache.pipeline import route
-from cdc_cache.positions import SourcePosition
-from cdc_cache.rules import Use, parse_rules
-from cdc_cache.schema_watch import SchemaWatch, problems
-from cdc_cache.table_mode import TableFallback
+from cdc_cache.core.events import SchemaChange, SourceRecord
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.mode.holds import Holds
+from cdc_cache.mode.schema_watch import SchemaWatch, problems
+from cdc_cache.mode.tables import TableFallback
+from cdc_cache.plan.route import route
+from cdc_cache.plan.rules import Use
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.source.envelope import decode
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "debezium" / "mariadb"
 RULES_TEXT = """\
@@ -171,7 +172,7 @@ def test_a_ddl_record_of_an_unknown_shape_is_still_a_schema_change(table_changes
 
 
 def test_the_worker_reads_the_schema_change_topic_of_each_connector_it_follows():
-    from cdc_cache.worker import schema_change_topics
+    from cdc_cache.app.worker import schema_change_topics
 
     existing = {"db1", "db1.shop.items", "db1.shop.stock", "db2", "db2.x.y", "other", "db3.a.b"}
     assert schema_change_topics(existing, ["db1.shop.items", "db1.shop.stock", "db3.a.b"]) == [

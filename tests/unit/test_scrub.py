@@ -6,9 +6,9 @@ import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cdc_cache.events import SourceRecord
-from cdc_cache.keys import escape_value
-from cdc_cache.scrub import REDACTED, scrub, spellings
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value
+from cdc_cache.core.scrub import REDACTED, scrub, spellings
 from tests.hostile import nested
 
 scalars = (
@@ -30,9 +30,10 @@ def test_no_spelling_of_a_sensitive_value_survives(value, spell):
     forms = spellings(frozenset({"email"}), None, record_with(value))
     text = f"key 'user:{spell(value)}:x' refused; row {{'email': {value!r}}}"
     clean = scrub(text, forms)
-    for form in (str(value), repr(value), escape_value(value)):
-        assert form not in clean
     assert REDACTED in clean
+    pieces = clean.split(REDACTED)  # a value may be spelled inside the marker itself
+    for form in (str(value), repr(value), escape_value(value)):
+        assert not any(form in piece for piece in pieces)
 
 
 def test_values_of_other_columns_and_of_no_column_are_kept():

@@ -6,9 +6,9 @@ import pytest
 from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
-from cdc_cache.errors import ConfigError
-from cdc_cache.redis_apply import RedisAuth, connect, redis_url_problem
-from cdc_cache.sentinel import is_sentinel_url, parse_sentinel_url
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.sink.connection import RedisAuth, connect, redis_url_problem
+from cdc_cache.sink.sentinel import is_sentinel_url, parse_sentinel_url
 
 
 def test_one_sentinel_a_service_and_a_database():

@@ -3,16 +3,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cdc_cache.app.load import load, load_settings
+from cdc_cache.app.settings import SharedSettings, WatchdogSettings
 from cdc_cache.cli import main
-from cdc_cache.errors import ConfigError
-from cdc_cache.retry import Backoff
-from cdc_cache.settings import (
-    InspectSettings,
-    SharedSettings,
-    WatchdogSettings,
-    load,
-    load_settings,
-)
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.retry import Backoff
+from cdc_cache.inspector.settings import InspectSettings
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +193,8 @@ def test_run_takes_the_dlq_settings_as_flags(tmp_path):
 
 
 def test_gateway_settings_flags_over_environment_over_file(tmp_path, monkeypatch):
-    from cdc_cache.settings import GatewaySettings, load
+    from cdc_cache.app.load import load
+    from cdc_cache.notify.settings import GatewaySettings
 
     config = write(tmp_path, "port: 9000\nhost: 0.0.0.0\nsecret: from-file\nqueue_size: 5\n")
     monkeypatch.setenv("CDC_CACHE_GATEWAY_PORT", "9100")
@@ -209,7 +206,8 @@ def test_gateway_settings_flags_over_environment_over_file(tmp_path, monkeypatch
 
 
 def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
-    from cdc_cache.settings import GatewaySettings, load
+    from cdc_cache.app.load import load
+    from cdc_cache.notify.settings import GatewaySettings
 
     with pytest.raises(ConfigError, match="give the token signing key"):
         load(GatewaySettings)
@@ -226,7 +224,7 @@ def test_gateway_needs_a_readable_non_empty_secret(tmp_path):
 def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monkeypatch):
     import time
 
-    from cdc_cache.tokens import verify
+    from cdc_cache.notify.tokens import verify
 
     (tmp_path / "key").write_text("k3y\n")
     args = ["gateway", "token", "--channel", "inventory:*", "--channel", "orders:eu"]

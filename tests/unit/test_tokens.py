@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.patterns import matches
-from cdc_cache.tokens import MAX_PATTERNS, Grant, TokenError, issue, verify
+from cdc_cache.notify.patterns import matches
+from cdc_cache.notify.tokens import MAX_PATTERNS, Grant, TokenError, issue, verify
 
 SECRET = b"s3cret"
 NOW = 1_700_000_000

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_cache.topics import (
+from cdc_cache.app.worker import heartbeat_topics
+from cdc_cache.source.topics import (
     heartbeat_server,
     named_for,
     routed_identity,
     table_of_topic,
     without_router_fields,
 )
-from cdc_cache.worker import heartbeat_topics
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_heartbeat_topics_are_found_for_dotted_prefixes_without_mixing_connector
 def test_the_local_runner_routes_every_table_topic_and_nothing_else(tmp_path) -> None:
     import re
 
-    from cdc_cache.devstack.debezium import ConnectorSettings
+    from cdc_cache.tools.devstack.debezium import ConnectorSettings
 
     settings = ConnectorSettings(
         source="mariadb", host="h", port=1, user="u", password="p",

@@ -6,7 +6,7 @@ MySQL) and PostgreSQL, a table of every common column type, under
 with and without schemas, flattened, and Avro. Next to the records, the same table's rows
 as PyMySQL and psycopg returned them after each scenario, read in a session of another
 time zone than UTC. Each change goes through the worker's path (decode, decode values,
-plan); the row it describes goes through :class:`~cdc_cache.fill.RowCodec`; the key and
+plan); the row it describes goes through :class:`~cdc_cache.aside.fill.RowCodec`; the key and
 the bytes must be the same.
 """
 
@@ -24,15 +24,16 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from cdc_cache.avro import AvroParser, AvroSchema, parse_schema
-from cdc_cache.envelope import Parse
-from cdc_cache.events import Op, SourceRecord
-from cdc_cache.fill import RowCodec
-from cdc_cache.logical import ColumnType
-from cdc_cache.natural import described_types
-from cdc_cache.ops import SetRow
-from cdc_cache.pipeline import Planned, route
-from cdc_cache.rules import Rules, parse_rules
+from cdc_cache.aside.fill import RowCodec
+from cdc_cache.core.events import Op, SourceRecord
+from cdc_cache.core.logical import ColumnType
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.source.avro import AvroParser, AvroSchema, parse_schema
+from cdc_cache.source.envelope import Parse
+from cdc_cache.source.natural import described_types
 from tests.driver_rows import load_row
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "debezium"

@@ -8,20 +8,12 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from cdc_cache.keys import escape_value
-from cdc_cache.ops import SetRow
-from cdc_cache.rules import Action, parse_rules
-from cdc_cache.verify import (
-    Finding,
-    KeyPattern,
-    Report,
-    Stored,
-    TableReport,
-    debezium_value,
-    derive,
-    judge,
-    nines,
-)
+from cdc_cache.core.keys import escape_value
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.rules import Action
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, debezium_value, derive, judge
+from cdc_cache.tools.verify_report import Report, TableReport, nines
 
 RULES = parse_rules(
     """

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.positions import SourcePosition
-from cdc_cache.versions import (
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.sink.versions import (
     encode_number,
     encode_version,
     is_delete,

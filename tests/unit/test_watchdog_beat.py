@@ -5,14 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.mode import Cause, Hold, Mode
-from cdc_cache.watchdog import (
+from cdc_cache.fallback.watchdog import (
     DEFAULT_DOWN_AFTER_S,
     BeatWatch,
     _left_by_worker,
     down_after_s,
     tables_left,
 )
+from cdc_cache.mode.controller import Cause, Hold, Mode
 
 
 def worker_record(updated_ms: int) -> dict[str, str]:

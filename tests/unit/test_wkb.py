@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from cdc_cache.wkb import mysql_wkt, number, wkt
+from cdc_cache.source.wkb import mysql_wkt, number, wkt
 
 
 def point(x: float, y: float, order: str = "<") -> bytes:

@@ -1,0 +1,423 @@
+"""``cdc-cache run``: the long-running worker process around the dataflow.
+
+Loads and validates everything before touching a message (settings, rules, topics), then
+runs the dataflow (``dataflows/``) with recovery until SIGTERM/SIGINT, which stop it
+gracefully. The flow gets one :class:`~dataflows.config.FlowConfig`, read here from the
+settings, and the live parts this process shares with it.
+
+Kept in one module: the startup steps run in this order, each reported to the readiness
+page; what they build lives in the packages below.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from redis import exceptions as rex
+
+from cdc_cache.app.admin import AdminServer
+from cdc_cache.app.replay import DlqService
+from cdc_cache.app.routes import StartupBackend
+from cdc_cache.app.settings import TopicSettings, WorkerSettings
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import ConfigError, StopRequested, chain
+from cdc_cache.core.redact import redact_url
+from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
+from cdc_cache.dlq.topic import ensure_topic
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.shortening import (
+    SHORTEN_KEYS_PER_S,
+    managed_prefixes,
+    shorten_ttls,
+    table_prefixes,
+)
+from cdc_cache.lineage.model import Limits
+from cdc_cache.lineage.registry import LineageRegistry
+from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
+from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.holds import Holds
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.tables import TableConfig
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import load_rules
+from cdc_cache.sink.apply import check_notifications
+from cdc_cache.sink.connection import (
+    connect_when_available,
+    is_transient,
+    misconfiguration,
+    redis_retry_reporter,
+)
+from cdc_cache.sink.failover import ReplicationMonitor
+from cdc_cache.sink.memory import MemoryWatch, OomGuard
+from cdc_cache.sink.replica_wait import ReplicaRequirement
+from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
+from cdc_cache.source.kafka_logs import with_logger
+from cdc_cache.source.schema_registry import schema_resolver
+from cdc_cache.source.topics import heartbeat_server, named_for
+from dataflows.config import DlqTarget, FlowConfig, FlowContext
+from dataflows.invalidation import build_flow
+from dataflows.run import prepare_recovery, run_flow
+
+log = logging.getLogger("cdc_cache.worker")
+
+
+def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> list[str]:
+    """The explicit topics, or those matching ``topic_pattern``; waits until they exist.
+
+    A connector that has not produced yet has no topics: the worker waits (and says so)
+    rather than starting with nothing to read.
+    """
+    admin = AdminClient(with_logger({"bootstrap.servers": settings.brokers, **settings.kafka}))
+    pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
+    deadline = time.monotonic() + wait_s
+    announced = 0.0
+    found: list[str]
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=10).topics)
+        except KafkaException as exc:  # brokers unreachable: wait, as for missing topics
+            metrics.BROKER_UP.set(0)
+            existing, found, missing = set(), [], [f"brokers {settings.brokers}: {exc}"]
+        else:
+            metrics.BROKER_UP.set(1)
+            found, missing = _match_topics(settings, pattern, existing)
+        admin.poll(0)  # librdkafka's lines reach the log only when the client is polled
+        if not missing:
+            named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
+            beats = sorted(named - set(found))
+            if not beats and not any(heartbeat_server(t) for t in found):
+                log.warning(
+                    "no Debezium heartbeat topic found for these topics: an idle source will "
+                    "look stalled and switch the cache to ttl mode; create the heartbeat topic "
+                    "before starting the worker, and name it in heartbeat_topics when the "
+                    "topics are routed or renamed (see connectors/README.md)",
+                    extra={"topics": found},
+                )
+            return found + beats + schema_change_topics(existing, found + beats)
+        if time.monotonic() >= deadline:
+            msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
+            raise TimeoutError(msg)
+        if time.monotonic() - announced > 10:
+            log.warning("waiting for topics", extra={"missing": missing})
+            announced = time.monotonic()
+        time.sleep(0.5)
+
+
+def _match_topics(
+    settings: TopicSettings, pattern: re.Pattern[str] | None, existing: set[str]
+) -> tuple[list[str], list[str]]:
+    """The topics to read among ``existing``, and what is still missing."""
+    beats = [t for t in settings.heartbeat_topics if t not in existing]
+    if pattern is None:
+        return list(settings.topics), [t for t in settings.topics if t not in existing] + beats
+    found = sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
+    return found, ([] if found else [f"/{settings.topic_pattern}/"]) + beats
+
+
+def heartbeat_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The heartbeat topics of the connectors ``topics`` are named for (``<server>.<db>.<table>``).
+
+    Heartbeats keep an idle source's lag measurable; without them an idle source looks
+    stalled after ``lag_slo_s`` and the cache falls back to TTLs. A routed or renamed topic
+    does not name its connector: its heartbeat topic is given in ``heartbeat_topics``.
+    """
+    found = []
+    for beat in sorted(existing):
+        server = heartbeat_server(beat)
+        if server is not None and beat not in topics and any(named_for(server, t) for t in topics):
+            found.append(beat)
+    return found
+
+
+def schema_change_topics(existing: set[str], topics: list[str]) -> list[str]:
+    """The schema-change topics (``<server>``) of the MySQL connectors feeding ``topics``.
+
+    Their DDL records tell the worker when a table's columns change, before the rows of
+    the new shape arrive (see cdc_cache.mode.schema_watch); PostgreSQL connectors write none.
+    The connectors are those the topics are named for (``<server>.<db>.<table>``) and
+    those whose heartbeat topics are read (routed or renamed topics name none).
+    """
+    servers = {
+        heartbeat_server(t) or t.rsplit(".", 2)[0]
+        for t in topics
+        if heartbeat_server(t) is not None or t.count(".") >= 2
+    }
+    return sorted(s for s in servers if s in existing and s not in topics)
+
+
+def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) -> ModeRuntime:
+    """The mode controller of this process (process 0 of a cluster writes the mode)."""
+    return ModeRuntime(
+        client=connect_when_available(
+            settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+        ),
+        tracker=tracker,
+        config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
+        fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
+        prefixes=managed_prefixes(rules),
+        process=settings.process_id or 0,
+        processes=max(1, len(settings.addresses)),
+        max_consumer_lag=settings.ready_max_consumer_lag,
+        table_prefixes=table_prefixes(rules),
+        table_config=TableConfig(
+            settings.table_fallback_failures, settings.table_fallback_window_s
+        ),
+    )
+
+
+def prepare_redis_memory(
+    settings: WorkerSettings, rules: Rules, runtime: ModeRuntime
+) -> MemoryWatch:
+    """Check every primary's eviction policy, and move the previous release's versions.
+
+    An eviction policy that may evict versions stops startup (ConfigError, exit 2) unless
+    ``eviction_fallback`` opts into invalidations only. Waits while Redis is unreachable.
+    """
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    lifetime_ms = version_lifetime_ms(rules)
+    watch = MemoryWatch(
+        client,
+        fallback=settings.eviction_fallback,
+        lifetime_ms=lifetime_ms,
+        guard=OomGuard(runtime.holds, settle_s=settings.mode_window_s),
+    )
+
+    def prepare() -> None:
+        try:
+            watch.check()
+            migrate_legacy(client, lifetime_ms=lifetime_ms)
+        except (rex.RedisError, rex.RedisClusterException) as exc:
+            problem = misconfiguration(exc)
+            if problem is not None:
+                msg = f"Redis refused the memory check: {problem}"
+                raise ConfigError(msg) from None
+            raise
+
+    retry_forever(
+        prepare,
+        backoff=settings.retry_redis.backoff(),
+        is_transient=is_transient,
+        on_retry=redis_retry_reporter("checking the eviction policy"),
+    )
+    return watch
+
+
+def lineage_tracker(
+    settings: WorkerSettings, holds: Holds, sleep: Callable[[float], None]
+) -> LineageTracker | None:
+    """The lineage detection of this process, unless ``lineage_detection`` is off."""
+    if not settings.lineage_detection:
+        return None
+    backoff = settings.retry_redis.backoff()
+
+    def registry() -> LineageRegistry:
+        client = connect_when_available(
+            settings.redis_url, backoff, sleep, auth=settings.redis_auth()
+        )
+        return LineageRegistry(client)
+
+    limits = Limits(settings.lineage_rewind_files, settings.lineage_rewind_wal_mb << 20)
+    config = LineageConfig(settings.source_epoch, limits, settings.lineage_settle_s)
+    return LineageTracker(registry, holds, config, backoff=backoff, sleep=sleep)
+
+
+def replication_monitor(
+    settings: WorkerSettings, runtime: ModeRuntime, prefixes: list[str]
+) -> ReplicationMonitor:
+    """The watch over this process's Redis primaries: replica lag, failovers, their cost."""
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
+
+    def shorten(keep_going: Callable[[], bool]) -> int:
+        return shorten_ttls(
+            client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S, keep_going=keep_going
+        )
+
+    return ReplicationMonitor(
+        client,
+        runtime.holds,
+        tracked=settings.redis_replicas > 0,
+        shorten=shorten,
+        hold_s=settings.fallback_ttl_s,
+    )
+
+
+def _config_error_in(exc: BaseException) -> ConfigError | None:
+    return next((error for error in chain(exc) if isinstance(error, ConfigError)), None)
+
+
+def prepare_dlq(settings: WorkerSettings) -> None:
+    """Create the DLQ topic if it is missing, waiting (with backoff) for the brokers."""
+    retry_forever(
+        lambda: ensure_topic(settings.brokers, settings.dlq_topic, settings.kafka),
+        backoff=settings.retry_kafka.backoff(),
+        on_retry=retry_reporter("kafka_dlq", "waiting for the DLQ topic", log),
+    )
+
+
+def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> FlowConfig:
+    """What the flow is built from, read once from the settings."""
+    return FlowConfig(
+        rules=rules,
+        brokers=tuple(settings.brokers.split(",")),
+        topics=tuple(topics),
+        redis_url=settings.redis_url,
+        redis_auth=settings.redis_auth(),
+        kafka=settings.kafka,
+        kafka_consumer=settings.kafka_consumer,
+        batch_size=settings.batch_size,
+        source_epoch=settings.source_epoch,
+        max_value_bytes=settings.max_value_bytes,
+        backoff=settings.retry_redis.backoff(),
+        dlq=DlqTarget(
+            settings.brokers,
+            settings.dlq_topic,
+            settings.producer_kafka(),
+            settings.retry_kafka.backoff(),
+        ),
+    )
+
+
+def run(settings: WorkerSettings) -> None:
+    """Run the worker until interrupted; returns after a graceful stop.
+
+    The admin port opens as soon as the rules are loaded: ``/healthz`` answers and
+    ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
+    """
+    rules = load_rules(settings.rules)
+    warn_if_wire_by_default(rules)
+    startup = StartupBackend()
+    admin = None
+    if settings.metrics_port is not None:
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        dlq = DlqService(settings, rules)
+        admin = AdminServer(
+            startup, settings.metrics_port, token, dlq=dlq, details=startup.details
+        ).start()
+    try:
+        _run(settings, rules, startup)
+    finally:
+        if admin is not None:
+            admin.close()
+    log.info("worker stopped")
+
+
+def warn_if_wire_by_default(rules: Rules) -> None:
+    """Say at start that values are cached as Debezium ships them because nothing chose so."""
+    if rules.implicit_wire:
+        log.warning(
+            "rules version 1: values are cached as Debezium ships them (dates as day "
+            "numbers, decimals as base64...); set 'version: 2' to cache rows in the "
+            "application's shape, or 'defaults: {values: wire}' to keep them (README: Values)",
+            extra={"rules": rules.path, "tables": list(rules.implicit_wire)},
+        )
+
+
+def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
+    if rules.notifies:
+        check_notifications(
+            connect_when_available(
+                settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+            )
+        )
+    recovery = prepare_recovery(
+        settings.recovery_dir,
+        settings.recovery_partitions,
+        max(1, len(settings.addresses)),
+        settings.process_id or 0,
+    )
+    topics = resolve_topics(settings)
+    startup.passed("topics")
+    prepare_dlq(settings)
+    startup.passed("dlq_topic")
+    tracker = LagTracker(lambda: time.time() * 1000)
+    runtime = mode_runtime(settings, tracker, rules)
+    memory = prepare_redis_memory(settings, rules, runtime)
+    sweeper = VersionSweeper(memory.client) if runtime.leader else None
+    monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
+    startup.passed("redis")
+    replicas = (
+        ReplicaRequirement(
+            settings.redis_replicas, settings.redis_replicas_timeout_ms, monitor.registry
+        )
+        if settings.redis_replicas
+        else None
+    )
+    stop = threading.Event()
+    lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
+    context = FlowContext(
+        stop=stop,
+        lag=tracker,
+        ttl_cap_ms=runtime.ttl_cap_ms,
+        holds=runtime.holds,
+        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
+        invalidate_only=memory.invalidate_only,
+        memory=memory.guard,
+        tables=runtime.tables,
+        replicas=replicas,
+        lineage=lineage,
+    )
+    flow = build_flow(flow_config(settings, rules, topics), context)
+    log.info(
+        "worker starting",
+        extra={
+            "topics": topics,
+            "tables": sorted(rules.tables),
+            "workers": settings.workers,
+            "recovery_dir": str(settings.recovery_dir),
+            "redis": redact_url(settings.redis_url),
+            "message_format": settings.message_format,
+            "redis_replicas": settings.redis_replicas,
+        },
+    )
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping: finishing the current batch", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    runtime.start()
+    memory.start()
+    if sweeper is not None:
+        sweeper.start()
+    monitor.start()
+    startup.started(runtime, lineage.details if lineage is not None else None)
+    try:
+        run_flow(
+            flow,
+            workers=settings.workers,
+            process_id=settings.process_id,
+            addresses=settings.addresses,
+            epoch_interval_ms=settings.epoch_interval_ms,
+            recovery=recovery,
+        )
+    except Exception as exc:
+        if not stop.is_set():
+            # A setting problem found mid-stream (credentials rotated, ACL narrowed) comes
+            # wrapped in the engine's error: report it as the config error it is.
+            config = _config_error_in(exc)
+            if config is not None:
+                raise ConfigError(str(config)) from exc
+            raise
+        # Stopped mid-retry: progress was not recorded past the unapplied batch.
+        msg = "stopped before the pending batch was applied; it is replayed on restart"
+        raise StopRequested(msg) from exc
+    finally:
+        monitor.close()
+        runtime.close()
+        memory.close()
+        if sweeper is not None:
+            sweeper.close()

@@ -1,0 +1,56 @@
+"""``cdc-cache mode``: read or force the cache mode."""
+
+from __future__ import annotations
+
+import click
+
+from cdc_cache.cli.report import REDIS_URL, reported
+from cdc_cache.core.errors import ConfigError
+
+
+@click.group()
+def mode() -> None:
+    """Read or force the cache mode (cdc: invalidations; ttl: short TTLs while lagging)."""
+
+
+@mode.command("get")
+@REDIS_URL
+def mode_get(redis_url: str) -> None:
+    """Print the operator flag and the effective mode with its reason and since when."""
+    import time
+
+    from cdc_cache.fallback.store import ModeStore
+    from cdc_cache.mode.record import ModeRecord
+    from cdc_cache.sink.connection import connect
+
+    with reported("cdc-cache mode get", redis_url):
+        store = ModeStore(connect(redis_url))
+        try:
+            flag = store.flag().value
+        except ConfigError as exc:
+            flag = f"invalid ({exc})"
+        record = ModeRecord.parse(store.record())
+    click.echo(f"flag:   {flag}")
+    if record is None:
+        click.echo("mode:   unknown (no worker has published a mode yet)")
+        return
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.since_ms / 1000))
+    click.echo(f"mode:   {record.mode.value}")
+    click.echo(f"reason: {record.reason} ({record.cause.value})")
+    click.echo(f"since:  {since} ({record.since_ms})")
+    click.echo(f"lag_s:  {record.lag_s or 'unknown'}")
+    click.echo(f"writer: {record.writer}")
+
+
+@mode.command("set")
+@click.argument("flag", type=click.Choice(["auto", "cdc", "ttl"]))
+@REDIS_URL
+def mode_set(flag: str, redis_url: str) -> None:
+    """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
+    from cdc_cache.fallback.store import ModeStore
+    from cdc_cache.mode.controller import Flag
+    from cdc_cache.sink.connection import connect
+
+    with reported("cdc-cache mode set", redis_url):
+        ModeStore(connect(redis_url)).set_flag(Flag(flag))
+    click.echo(f"flag set to {flag}; workers apply it within a second")

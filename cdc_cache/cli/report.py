@@ -1,0 +1,51 @@
+"""What every command shares: errors as one line and an exit code, common options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+from redis.exceptions import RedisError
+
+from cdc_cache.core.errors import CdcCacheError, StopRequested
+from cdc_cache.core.redact import redact_url
+
+Options = Callable[[Callable[..., None]], Callable[..., None]]
+
+REDIS_URL = click.option(
+    "--redis-url",
+    envvar="CDC_CACHE_REDIS_URL",
+    default="redis://127.0.0.1:16379/0",
+    show_default=True,
+    help="The cache's Redis (?cluster=true for Redis Cluster; redis+sentinel:// for Sentinel).",
+)
+
+
+@contextmanager
+def reported(command: str, redis_url: str | None = None) -> Iterator[None]:
+    """Turn an error into one line on stderr and an exit code, instead of a traceback.
+
+    3: stopped while waiting to retry (the pending batch is replayed on restart);
+    2: anything to fix first (settings, rules, files, an unreachable server).
+    """
+    try:
+        yield
+    except StopRequested as exc:
+        click.echo(f"{command}: {exc}", err=True)
+        sys.exit(3)
+    except CdcCacheError as exc:
+        click.echo(f"{command}: {exc}", err=True)
+        sys.exit(2)
+    except RedisError as exc:
+        where = redact_url(redis_url) if redis_url else "?"
+        click.echo(f"{command}: Redis at {where}: {exc}; check --redis-url", err=True)
+        sys.exit(2)
+
+
+def with_options(command: Callable[..., None], *options: Options) -> Callable[..., None]:
+    """``command`` with ``options``, listed in the order ``--help`` shows them."""
+    for option in reversed(options):
+        command = option(command)
+    return command

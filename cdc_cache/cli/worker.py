@@ -1,0 +1,95 @@
+"""``cdc-cache run`` and ``cdc-cache watchdog``: the long-running processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cdc_cache.cli.report import reported
+
+
+@click.command()
+@click.option("--rules", type=click.Path(path_type=Path), help="Rules file (YAML).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Settings file (YAML); flags and CDC_CACHE_* variables override it.",
+)
+@click.option("--brokers", help="Kafka bootstrap servers, comma-separated.")
+@click.option("--topic", "topics", multiple=True, help="A Debezium topic to read (repeatable).")
+@click.option("--topic-pattern", help="Regex of topics to read instead of --topic.")
+@click.option(
+    "--redis-url", help="redis://, rediss://, redis+sentinel://, or a cluster URL (see README)."
+)
+@click.option(
+    "--recovery-dir",
+    type=click.Path(path_type=Path),
+    help="Where Bytewax keeps offsets snapshots between restarts.",
+)
+@click.option("--workers", type=int, help="Worker threads in this process.")
+@click.option("--process-id", type=int, help="This process's index in a multi-process cluster.")
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    help="host:port of every process of the cluster, in order (repeatable).",
+)
+@click.option(
+    "--metrics-port", type=int, help="Serve the admin API (/metrics, /readyz, /mode) on this port."
+)
+@click.option("--dlq-topic", help="Topic for messages that cannot be processed.")
+@click.option(
+    "--max-value-bytes", type=int, help="Largest projected value written; larger is dead-lettered."
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+def run(config_file: Path | None, **flags: object) -> None:
+    """Run the invalidation worker until SIGTERM/SIGINT."""
+    from cdc_cache.app.load import load_settings
+    from cdc_cache.app.worker import run as run_worker
+    from cdc_cache.core import logs
+
+    with reported("cdc-cache"):
+        settings = load_settings(config_file, **flags)
+        logs.configure(settings.log_level)
+        run_worker(settings)
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="The worker's settings file (YAML); its Redis settings are used, other keys ignored.",
+)
+@click.option("--redis-url", help="The cache's Redis (add ?cluster=true for Redis Cluster).")
+@click.option(
+    "--down-after-s",
+    "watchdog_down_after_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat silence that means the worker is down (default: the worker's "
+    "lag_slo_s + mode_window_s, which it publishes).",
+)
+@click.option(
+    "--port",
+    "watchdog_port",
+    type=int,
+    help="Serve /metrics, /healthz, /readyz and GET /mode on this port.",
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+def watchdog(config_file: Path | None, **flags: Any) -> None:
+    """Fall the cache back to ttl mode while no worker is alive (a dead-man's switch).
+
+    Safe to run several: one holds a lock in Redis and acts, the others stand by.
+    """
+    from cdc_cache.app.load import load
+    from cdc_cache.app.settings import WatchdogSettings
+    from cdc_cache.app.watchdog import serve
+    from cdc_cache.core import logs
+
+    with reported("cdc-cache watchdog", flags.get("redis_url")):
+        settings = load(WatchdogSettings, config_file, **flags)
+        logs.configure(settings.log_level)
+        serve(settings)

@@ -1,0 +1,156 @@
+"""Cache key building blocks: escaping row values and colocating version keys.
+
+Row values are escaped so that no value can forge another key or a glob pattern. Version
+buckets (see ``cdc_cache.sink.versions``) and lease keys (``cdc_cache.aside.cache_aside``)
+must live in the cache key's Redis Cluster hash slot so that one Lua call stays single-slot;
+they carry a short hash tag chosen to map to that slot, which works for every key, including
+keys with braces or hash tags of their own.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import itertools
+import re
+import string
+from collections.abc import Iterator
+from functools import cache
+from typing import Final
+
+SLOTS: Final = 16384
+VERSION_PREFIX: Final = "cdc:vs:"  # version buckets: small hashes, no TTL
+LEGACY_VERSION_PREFIX: Final = "cdc:v:"  # one key per cache key (previous release)
+VERSION_LAYOUT_KEY: Final = "cdc:vs:layout"  # hash: the version store's format
+BUCKETS_PER_SLOT: Final = 1
+VERSION_FIELD_BYTES: Final = 8
+LEASE_PREFIX: Final = "cdc:l:"
+MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
+MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
+WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may act
+DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
+STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
+CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
+INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX)
+MAX_VALUE_CHARS: Final = 96
+NULL_TOKEN: Final = "~"
+
+_SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_.@")
+_ALL_SAFE: Final = re.compile(r"[A-Za-z0-9_.@-]*")
+
+
+def escape_value(value: object) -> str:
+    """Render a row value for use inside a key, injectively and free of key syntax.
+
+    Characters outside ``[A-Za-z0-9._@-]`` become ``%XX`` (UTF-8 bytes), so ``:``,
+    braces, glob characters, whitespace and control characters never appear raw. ``None``
+    becomes ``~`` (which no escaped string contains). Escaped values longer than
+    ``MAX_VALUE_CHARS`` keep a prefix and a digest of the whole, which keeps keys short.
+    """
+    if value is None:
+        return NULL_TOKEN
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, bytes):
+        text = value.hex()
+    else:
+        text = str(value)
+    if _ALL_SAFE.fullmatch(text):  # the common case (ids, plain words): nothing to escape
+        out = text
+    else:
+        out = "".join(
+            ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text
+        )
+    if len(out) > MAX_VALUE_CHARS:
+        digest = hashlib.blake2b(out.encode(), digest_size=12).hexdigest()
+        out = f"{out[: MAX_VALUE_CHARS - 26]}~{digest}"
+    return out
+
+
+def key_slot(key: str | bytes) -> int:
+    """Redis Cluster hash slot of ``key`` (CRC16/XMODEM of the hash tag or whole key)."""
+    raw = key.encode() if isinstance(key, str) else key
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % SLOTS
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, the shortest alphanumeric tag that hashes to it (built once, ~40 ms)."""
+    tags: list[str | None] = [None] * SLOTS
+    missing = SLOTS
+    alphabet = string.ascii_letters + string.digits
+    for length in itertools.count(1):
+        for combo in itertools.product(alphabet, repeat=length):
+            tag = "".join(combo)
+            slot = binascii.crc_hqx(tag.encode(), 0) % SLOTS
+            if tags[slot] is None:
+                tags[slot] = tag
+                missing -= 1
+                if missing == 0:
+                    return tuple(t for t in tags if t is not None)
+    raise AssertionError  # pragma: no cover - itertools.count never ends
+
+
+def slot_tag(key: str) -> str:
+    """A hash tag that places another key in the same slot as ``key``."""
+    return _slot_tags()[key_slot(key)]
+
+
+def tag_for_slot(slot: int) -> str:
+    """A hash tag that lands in ``slot`` (it also hashes there as a whole key)."""
+    return _slot_tags()[slot]
+
+
+def version_field(key: str) -> bytes:
+    """The field ``key``'s version is stored under in its bucket: a 64-bit digest."""
+    return hashlib.blake2b(key.encode(), digest_size=VERSION_FIELD_BYTES).digest()
+
+
+def version_key(key: str, buckets: int = BUCKETS_PER_SLOT) -> str:
+    """The version bucket (a hash) holding the version of ``key``, in ``key``'s slot."""
+    index = int.from_bytes(version_field(key)[:4], "big") % buckets if buckets > 1 else 0
+    return version_bucket(slot_tag(key), index)
+
+
+def version_bucket(tag: str, index: int) -> str:
+    """Bucket ``index`` of the slot ``tag`` hashes to."""
+    return f"{VERSION_PREFIX}{{{tag}}}:{index}"
+
+
+def all_version_buckets(buckets: int = BUCKETS_PER_SLOT) -> Iterator[str]:
+    """Every version bucket there can be: ``buckets`` per slot."""
+    for tag in _slot_tags():
+        for index in range(buckets):
+            yield version_bucket(tag, index)
+
+
+def legacy_version_key(key: str) -> str:
+    """Where the previous release kept the version of ``key`` (a string key with a TTL)."""
+    return f"{LEGACY_VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def legacy_cache_key(name: str) -> str | None:
+    """The cache key a previous release's version key was kept for; None if not one."""
+    _, sep, key = name.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
+    return key if sep and legacy_version_key(key) == name else None
+
+
+def stream_key(channel: str) -> str:
+    """The Redis stream holding a notification channel's messages."""
+    return STREAM_PREFIX + channel
+
+
+def lease_key(key: str) -> str:
+    """The key holding the token of the application fill in progress for ``key``, if any."""
+    return f"{LEASE_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def leased_key(lease: str) -> str | None:
+    """The cache key a lease key was made for (inverse of ``lease_key``); None if not one."""
+    _, sep, key = lease.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
+    return key if sep and lease_key(key) == lease else None

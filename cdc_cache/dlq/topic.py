@@ -1,0 +1,262 @@
+"""The dead-letter topic on Kafka: durable writes, reading it to its end, and originals.
+
+The original message of an entry is fetched from its source topic by offset.
+
+Writes are acknowledged by all in-sync replicas through an idempotent producer and
+flushed before :meth:`DeadLetterWriter.write` returns, so the dataflow never records
+progress past a failure that is not yet safely in the DLQ. A broker that does not
+acknowledge is retried with backoff (logged, counted), never given up on.
+
+Reading to the end uses end-of-partition events, which librdkafka derives from the high
+watermark in fetch responses; no ListOffsets "latest" request (wrong on some brokers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from cdc_cache.core.errors import BrokerUnavailable
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
+from cdc_cache.source.kafka_logs import with_logger
+
+log = logging.getLogger("cdc_cache.dlq")
+_REPORT_RETRY = retry_reporter("kafka_dlq", "DLQ broker unavailable, retrying", log)
+
+KafkaConfig = Mapping[str, str]
+
+PRODUCER_DEFAULTS: Final = {
+    "acks": "all",
+    "enable.idempotence": "true",
+    # A delivery that has not succeeded by then is reported and produced again after a
+    # backoff, so an outage shows in logs and metrics instead of a silent queue.
+    "message.timeout.ms": "30000",
+    "linger.ms": "0",
+}
+
+
+def _config(brokers: str, kafka: KafkaConfig, defaults: Mapping[str, str]) -> dict[str, Any]:
+    return with_logger({**defaults, **kafka, "bootstrap.servers": brokers})
+
+
+def ensure_topic(brokers: str, topic: str, kafka: KafkaConfig, timeout_s: float = 30) -> None:
+    """Create the DLQ topic (one partition) unless it exists; raises BrokerUnavailable."""
+    admin = AdminClient(_config(brokers, kafka, {}))
+    try:
+        if topic in admin.list_topics(timeout=timeout_s).topics:
+            return
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=1)], request_timeout=timeout_s
+        )
+        futures[topic].result(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return
+        msg = f"cannot create the DLQ topic {topic!r} on {brokers}: {exc}"
+        raise BrokerUnavailable(msg) from exc
+    finally:
+        admin.poll(0)  # hand librdkafka's queued lines to the log before the client goes
+    log.info("created the DLQ topic", extra={"topic": topic})
+
+
+class DeadLetterWriter:
+    """Writes DLQ entries (JSON, key = id) and returns only once the broker has them all.
+
+    ``sleep`` waits between attempts; a stop-aware one ends the wait on shutdown by
+    raising (the failures are written again after the restart, under the same ids).
+    """
+
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        kafka: KafkaConfig,
+        backoff: Backoff,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        flush_poll_s: float = 0.05,
+    ) -> None:
+        self.topic = topic
+        self._config = _config(brokers, kafka, PRODUCER_DEFAULTS)
+        self._producer = Producer(self._config)
+        self._backoff = backoff
+        self._sleep = sleep
+        self._flush_poll_s = flush_poll_s
+
+    def write(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Produce ``entries`` and wait until every one is acknowledged (retrying)."""
+        pending = list(entries)
+
+        def attempt() -> None:
+            nonlocal pending
+            pending = self._produce(pending)
+            if pending:
+                msg = f"{len(pending)} DLQ entries not acknowledged by the broker"
+                raise BrokerUnavailable(msg)
+
+        if pending:
+            retry_forever(attempt, backoff=self._backoff, on_retry=_REPORT_RETRY, sleep=self._sleep)
+
+    def _produce(self, entries: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        failed: list[Mapping[str, Any]] = []
+        errors: list[KafkaError] = []
+        for entry in entries:
+
+            def delivered(err: KafkaError | None, _msg: Message, entry: Any = entry) -> None:
+                if err is not None:
+                    failed.append(entry)
+                    errors.append(err)
+
+            payload = orjson.dumps(entry)
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, key=str(entry["id"]), value=payload, on_delivery=delivered
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain first
+                    self._producer.poll(self._flush_poll_s)
+        while self._producer.flush(self._flush_poll_s) > 0:
+            self._sleep(0)  # a stop-aware sleep raises here on shutdown
+        if errors:
+            log.warning("DLQ write failed", extra={"topic": self.topic, "error": errors[0].str()})
+            # Start the next attempt from a fresh producer: one that hit a fatal error (or
+            # is stuck acquiring a producer id) would refuse or stall every later write.
+            self._producer = Producer(self._config)
+        return failed
+
+    def close(self) -> None:
+        """Deliver anything still queued (bounded), then drop the producer."""
+        self._producer.flush(5)
+
+
+def _consumer(brokers: str, kafka: KafkaConfig) -> Consumer:
+    return Consumer(
+        _config(
+            brokers,
+            kafka,
+            {
+                "group.id": f"cdc-cache-dlq-{uuid.uuid4().hex[:8]}",  # never joined: assign only
+                "enable.auto.commit": "false",
+                "enable.partition.eof": "true",
+                "auto.offset.reset": "error",
+            },
+        )
+    )
+
+
+def read_entries(
+    brokers: str, topic: str, kafka: KafkaConfig, timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """Every entry on the DLQ topic, in partition/offset order (an absent topic is empty).
+
+    Raises BrokerUnavailable when the end of every partition was not reached in time.
+    """
+    consumer = _consumer(brokers, kafka)
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            msg = f"cannot read the DLQ topic {topic!r} on {brokers}: {exc}"
+            raise BrokerUnavailable(msg) from exc
+        if meta is None or meta.error is not None or not meta.partitions:
+            return []
+        partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        open_parts = set(partitions)
+        entries: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while open_parts:
+            if time.monotonic() > deadline:
+                msg = f"did not reach the end of the DLQ topic {topic!r} within {timeout_s:g} s"
+                raise BrokerUnavailable(msg)
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard(message.partition() or 0)
+                    continue
+                log.warning("DLQ read error", extra={"error": error.str()})
+                continue
+            value = message.value()
+            try:
+                entry = orjson.loads(value or b"")
+            except orjson.JSONDecodeError:
+                log.warning(
+                    "DLQ holds a message that is not an entry", extra={"offset": message.offset()}
+                )
+                continue
+            if isinstance(entry, dict) and "id" in entry:
+                entries.append(entry)
+        return entries
+    finally:
+        consumer.close()
+
+
+class SourceReader:
+    """Fetches single messages by topic/partition/offset (the originals of DLQ entries)."""
+
+    def __init__(self, brokers: str, kafka: KafkaConfig, timeout_s: float = 15) -> None:
+        self._consumer = _consumer(brokers, kafka)
+        self._brokers = brokers
+        self._timeout_s = timeout_s
+
+    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        """The message at that offset, or None when the topic no longer holds it."""
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            while time.monotonic() < deadline:
+                message = self._consumer.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() in (
+                        KafkaError._PARTITION_EOF,
+                        KafkaError._AUTO_OFFSET_RESET,
+                        KafkaError.OFFSET_OUT_OF_RANGE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        KafkaError._UNKNOWN_PARTITION,
+                    ):
+                        return None
+                    continue
+                if message.offset() != offset:
+                    return None  # compacted away: the next message is a later one
+                timestamp = message.timestamp()
+                return SourceRecord(
+                    topic,
+                    partition,
+                    offset,
+                    message.key(),
+                    message.value(),
+                    timestamp[1] if timestamp and timestamp[1] >= 0 else None,
+                )
+        finally:
+            self._consumer.unassign()
+        msg = f"no answer from {self._brokers} for {topic}[{partition}]@{offset}"
+        raise BrokerUnavailable(msg)
+
+    def close(self) -> None:
+        """Leave the brokers."""
+        self._consumer.close()

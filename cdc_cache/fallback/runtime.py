@@ -1,0 +1,379 @@
+"""The TTL fallback mode at work: each worker process's loop around the pure controller.
+
+One :class:`ModeRuntime` per worker process runs the pure controller (``mode.step``) once
+a second in a background thread. Exactly one process writes the effective mode: process 0
+of a multi-process cluster (or the only process). The others publish their own lag
+summary for it to read, and take the effective mode from Redis. Every worker thread of a
+process reads the TTL cap from the process's runtime. The records are in ``store``, the
+shortened TTLs in ``shortening``.
+
+The leader rewrites ``cdc:mode`` every tick with ``writer`` = ``worker``: a fresh
+``updated_ms`` is its heartbeat (a follower's is its lag report, which expires). When it
+stops for longer than ``stale_after_ms``, a watchdog (``cdc_cache.fallback.watchdog``)
+writes the hash instead (``writer`` = ``watchdog``, the hold ``worker_down``, the tables
+the worker left falling back on their own); the leader, seeing the watchdog's record,
+takes the decision back and stays in ``ttl`` until its lag has been low for a window.
+
+Parts of the worker that find the cache cannot be known right raise a hold in the
+process's :class:`~cdc_cache.mode.holds.Holds`; a follower process passes its holds to the
+leader with its lag summary.
+
+Kept in one module: leading, following and the per-table fallback are one loop sharing
+its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from redis import exceptions as rex
+
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import CdcCacheError
+from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
+from cdc_cache.fallback.store import WATCHDOG, LagSummary, ModeStore
+from cdc_cache.mode.controller import (
+    Cause,
+    Decision,
+    Flag,
+    Hold,
+    Mode,
+    ModeConfig,
+    ModeState,
+    Signal,
+    step,
+    table_holds,
+)
+from cdc_cache.mode.holds import Holds
+from cdc_cache.mode.lag import LagReport, LagTracker
+from cdc_cache.mode.record import ModeKeyError, ModeRecord
+from cdc_cache.mode.tables import TableConfig, TableFallback
+from cdc_cache.sink.connection import Client
+
+log = logging.getLogger("cdc_cache.mode")
+_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
+
+
+class ModeRuntime:
+    """Runs the mode controller for one worker process and applies its effects.
+
+    ``ttl_cap_ms`` is what the Redis writers ask before each batch; ``view`` and ``ready``
+    feed the admin API.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        tracker: LagTracker,
+        config: ModeConfig,
+        fallback_ttl_ms: int,
+        prefixes: list[str],
+        process: int = 0,
+        processes: int = 1,
+        max_consumer_lag: int = 1000,
+        interval_s: float = 1.0,
+        shorten_keys_per_s: float = SHORTEN_KEYS_PER_S,
+        clock: Callable[[], float] = time.time,
+        table_prefixes: Mapping[str, list[str]] | None = None,
+        table_config: TableConfig | None = None,
+    ) -> None:
+        self._store = ModeStore(client)
+        self._client = client
+        self.holds = Holds()
+        self._table_prefixes = dict(table_prefixes or {})
+        # Tables falling back on their own: fed by the writers, capped in every process.
+        self.tables = TableFallback(
+            self._table_prefixes, self.holds, fallback_ttl_ms, table_config, clock
+        )
+        self._ttl_tables: dict[str, str] = {}
+        self._table_shorteners: dict[str, Shortener] = {}
+        self._shorten_rate = shorten_keys_per_s
+        self._tracker = tracker
+        self._config = config
+        self._fallback_ttl_ms = fallback_ttl_ms
+        self._prefixes = prefixes
+        self._process = process
+        self._processes = processes
+        self._max_consumer_lag = max_consumer_lag
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = ModeState.initial(self._now_ms())
+        self._flag = Flag.AUTO
+        self._lag_s: float | None = None
+        self._holds: tuple[Hold, ...] = ()
+        self._redis_ok_ms: float | None = None
+        self._problem: str | None = None  # a mode key holds junk: logged once, shown in view
+        self._flag_problem: str | None = None
+        self._caught_up = False
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+
+    @property
+    def leader(self) -> bool:
+        """True in the one process that writes the effective mode."""
+        return self._process == 0
+
+    def ttl_cap_ms(self) -> int | None:
+        """The TTL no new entry may exceed: the fallback TTL in ``ttl`` mode, else none."""
+        with self._lock:
+            return self._fallback_ttl_ms if self._state.mode is Mode.TTL else None
+
+    def start(self) -> None:
+        """Resume the mode a previous run left in Redis, then tick in a daemon thread."""
+        self._resume()
+        self._thread = threading.Thread(target=self._run, name="cdc-mode", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop ticking (and any TTL shortening in progress)."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for shortener in (self._shortener, *self._table_shorteners.values()):
+            shortener.join(10)
+
+    def set_flag(self, flag: Flag) -> None:
+        """Set the operator flag in Redis; the next tick acts on it."""
+        self._store.set_flag(flag)
+
+    def view(self) -> dict[str, object]:
+        """The effective mode as this process sees it (for ``GET /mode``)."""
+        with self._lock:
+            state = self._state
+            return {
+                "mode": state.mode.value,
+                "flag": self._flag.value,
+                "cause": state.cause.value,
+                "reason": state.reason,
+                "since_ms": state.since_ms,
+                "lag_s": self._lag_s,
+                "holds": [{"cause": h.label, "reason": h.reason} for h in self._holds],
+                "tables": dict(self._ttl_tables),
+                **({"problem": self._problem} if self._problem else {}),
+            }
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        """Ready once Redis answers and the partitions were caught up at least once.
+
+        And while every source lineage can be told: no ``lineage`` hold in this process
+        but timed ones (the settling after a switch is expected, not a problem).
+        """
+        lineage = not self.holds.lasting(Cause.LINEAGE)
+        with self._lock:
+            fresh = self._redis_ok_ms is not None and (
+                self._now_ms() - self._redis_ok_ms < 3000 * self._interval_s
+            )
+            checks = {"redis": fresh, "kafka_caught_up": self._caught_up, "lineage": lineage}
+        return all(checks.values()), checks
+
+    def tick(self) -> Decision | None:
+        """One controller step: observe, decide, publish, act. Returns the decision."""
+        report = self._tracker.report()
+        _export_lag(report)
+        local = LagSummary.of(report, self._config.slo_s, self.holds.active())
+        with self._lock:
+            if not self._caught_up and report.partitions:
+                self._caught_up = report.caught_up(self._max_consumer_lag)
+        decision = None
+        try:
+            decision = self._lead(local) if self.leader else self._follow(local)
+        except ModeKeyError as exc:  # Redis answered: what it holds is the problem
+            self._report(str(exc))
+        except _REDIS_ERRORS as exc:
+            log.warning(
+                "mode: Redis unavailable, keeping the current mode", extra={"error": str(exc)}
+            )
+            return None
+        else:
+            self._report(self._flag_problem)
+        with self._lock:
+            self._redis_ok_ms = self._now_ms()
+        return decision
+
+    def _report(self, problem: str | None) -> None:
+        """Log a mode key holding junk once (and its end), not on every tick."""
+        with self._lock:
+            before, self._problem = self._problem, problem
+        if problem is not None and problem != before:
+            log.error("mode: a mode key cannot be read; fix it", extra={"problem": problem})
+        elif problem is None and before is not None:
+            log.warning("mode: the mode keys are readable again", extra={"was": before})
+
+    def _lead(self, local: LagSummary) -> Decision:
+        now = self._now_ms()
+        flag = self._read_flag()
+        if self._store.writer() == WATCHDOG:
+            self._take_back()
+        summary = LagSummary.worst_of([local, *self._others()])
+        signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where, summary.holds)
+        with self._lock:
+            before = self._state
+            self._state, decision = step(before, signal, self._config)
+            self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
+            state = self._state
+        tables = table_holds(summary.holds)
+        self._store.publish(
+            state,
+            flag,
+            summary.lag_s,
+            now,
+            self._fallback_ttl_ms,
+            holds=summary.holds,
+            ttl_prefixes=[p for table in tables for p in self._table_prefixes.get(table, ())],
+            stale_after_ms=int((self._config.slo_s + self._config.window_s) * 1000),
+            prefixes=self._prefixes,
+        )
+        _export_mode(state.mode, flag)
+        if decision.switched:
+            self._switched(before.mode, decision, summary.lag_s)
+        for table in self._tables_switched(tables):
+            self._start_table_shortening(table)
+        return decision
+
+    def _follow(self, local: LagSummary) -> Decision:
+        ttl_ms = int(5000 * self._interval_s)
+        self._store.publish_lag(self._process, local, ttl_ms)
+        record = ModeRecord.parse(self._store.record())
+        with self._lock:
+            before = self._state
+            mode = record.mode if record else Mode.CDC
+            flag = record.flag if record else Flag.AUTO
+            cause = record.cause if record else before.cause
+            reason = record.reason if record else before.reason
+            if mode is not before.mode:
+                self._state = ModeState.initial(self._now_ms(), mode, cause, reason)
+            self._flag, self._lag_s, self._holds = flag, local.lag_s, local.holds
+        _export_mode(mode, flag)
+        self._tables_switched(record.tables if record else {})
+        return Decision(mode, mode is not before.mode, cause, reason)
+
+    def _tables_switched(self, tables: dict[str, str]) -> list[str]:
+        """Adopt the tables falling back on their own; returns those that just began to.
+
+        Each switch is logged with its cause ``table_failing:<table>``; the writers of
+        this process cap those tables' TTLs from now on.
+        """
+        with self._lock:
+            before, self._ttl_tables = self._ttl_tables, dict(tables)
+        self.tables.set_effective(tables)
+        for table in before.keys() - tables.keys():
+            metrics.TABLE_FALLBACK.labels(table).set(0)
+            log.warning(
+                "table back to cdc mode: its changes apply again",
+                extra={"table": table, "cause": f"{Cause.TABLE_FAILING}:{table}"},
+            )
+        began = sorted(tables.keys() - before.keys())
+        for table in began:
+            metrics.TABLE_FALLBACK.labels(table).set(1)
+            log.warning(
+                "table falls back to ttl mode on its own",
+                extra={
+                    "table": table,
+                    "cause": f"{Cause.TABLE_FAILING}:{table}",
+                    "reason": tables[table],
+                    "ttl_ms": self._fallback_ttl_ms,
+                },
+            )
+        return began
+
+    def _others(self) -> list[LagSummary]:
+        """The other processes' summaries; one that stopped reporting counts as stalled."""
+        return [
+            self._store.lag_of(process) or LagSummary(None, True, f"process {process}")
+            for process in range(1, self._processes)
+        ]
+
+    def _read_flag(self) -> Flag:
+        """The operator flag; one that cannot be read counts as ``auto`` and is reported."""
+        try:
+            flag, self._flag_problem = self._store.flag(), None
+        except ModeKeyError as exc:
+            flag, self._flag_problem = Flag.AUTO, f"{exc} (ignored: the mode follows the lag)"
+        return flag
+
+    def _switched(self, old: Mode, decision: Decision, lag_s: float | None) -> None:
+        metrics.MODE_SWITCHES.labels(decision.mode.value, decision.cause.value).inc()
+        log.warning(
+            "cache mode switched",
+            extra={
+                "from": old.value,
+                "to": decision.mode.value,
+                "cause": decision.cause.value,
+                "reason": decision.reason,
+                "lag_s": lag_s,
+            },
+        )
+        if decision.mode is Mode.TTL:
+            self._start_shortening()
+
+    def _start_shortening(self) -> None:
+        self._shortener.start(
+            self._prefixes, self._fallback_ttl_ms, lambda: self.ttl_cap_ms() is not None
+        )
+
+    def _start_table_shortening(self, table: str) -> None:
+        """Give the keys under ``table``'s prefixes the fallback TTL (the leader only)."""
+
+        def still_failing() -> bool:
+            with self._lock:
+                return table in self._ttl_tables
+
+        shortener = self._table_shorteners.get(table)
+        if shortener is None:
+            shortener = Shortener(
+                self._client, self._shorten_rate, self._closing, context={"table": table}
+            )
+            self._table_shorteners[table] = shortener
+        shortener.start(self._table_prefixes.get(table, []), self._fallback_ttl_ms, still_failing)
+
+    def _take_back(self) -> None:
+        """A watchdog decided while no worker was alive: decide again, from ``ttl``.
+
+        Changes may have gone unapplied meanwhile, so the mode stays ``ttl`` until the
+        lag has been low for a window, as after any fallback.
+        """
+        why = "worker back after a watchdog found it down; ttl until the lag is low again"
+        with self._lock:
+            self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
+        log.warning("taking the mode decision back from the watchdog", extra={"reason": why})
+
+    def _resume(self) -> None:
+        """Start in ``ttl`` if a previous run left it so: its lag is not known to be over."""
+        try:
+            record = self._store.record()
+        except _REDIS_ERRORS as exc:
+            log.warning("mode: could not read the previous mode", extra={"error": str(exc)})
+            return
+        if self.leader and record.get("mode") == Mode.TTL.value:
+            why = "resumed ttl mode left by the previous run"
+            with self._lock:
+                self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
+
+    def _run(self) -> None:
+        while not self._closing.wait(self._interval_s):
+            self.tick()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _export_lag(report: LagReport) -> None:
+    for part in report.partitions:
+        labels = (part.topic, str(part.partition))
+        metrics.CONNECTOR_LAG.labels(*labels).set(part.connector_lag_s)
+        if part.consumer_lag is not None:
+            metrics.CONSUMER_LAG.labels(*labels).set(part.consumer_lag)
+
+
+def _export_mode(mode: Mode, flag: Flag) -> None:
+    for each in Mode:
+        metrics.MODE.labels(each.value).set(1 if each is mode else 0)
+    for option in Flag:
+        metrics.MODE_FLAG.labels(option.value).set(1 if option is flag else 0)

@@ -1,0 +1,149 @@
+"""Keys already cached given the fallback TTL, one page at a time, at a bounded rate.
+
+On entering ``ttl`` (the whole cache, or one table alone) every key under the rules'
+literal prefixes gets at most the fallback TTL (``SCAN`` + ``PEXPIRE ... LT`` on every
+primary), so no entry outlives it; the worker's leader and the watchdog both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from redis import exceptions as rex
+
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import CdcCacheError
+from cdc_cache.core.keys import INTERNAL_PREFIXES
+from cdc_cache.plan.rules import Rules
+from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.invalidate_prefix import glob_escape
+
+log = logging.getLogger("cdc_cache.mode")
+
+SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
+_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
+
+
+def managed_prefixes(rules: Rules) -> list[str]:
+    """The rules' literal key prefixes, without those another prefix already covers."""
+    return _outermost(p for table in rules.tables.values() for p in table.truncate_prefixes)
+
+
+def table_prefixes(rules: Rules) -> dict[str, list[str]]:
+    """Each table's literal key prefixes, without those another of them already covers."""
+    return {name: _outermost(table.truncate_prefixes) for name, table in rules.tables.items()}
+
+
+def _outermost(prefixes: Iterable[str]) -> list[str]:
+    found = sorted(set(prefixes))
+    return [p for p in found if not any(p != q and p.startswith(q) for q in found)]
+
+
+def shorten_ttls(
+    client: Client,
+    prefixes: Iterable[str],
+    ttl_ms: int,
+    *,
+    keys_per_s: float,
+    page: int = 500,
+    keep_going: Callable[[], bool] = lambda: True,
+    sleep: Callable[[float], object] = time.sleep,
+) -> int:
+    """Give every key under ``prefixes`` at most ``ttl_ms`` to live; returns how many got it.
+
+    ``PEXPIRE key ttl LT`` only ever shortens (a key without a TTL counts as infinite), so
+    it is safe next to concurrent writes and re-runs. One SCAN page at a time on every
+    primary, at most ``keys_per_s``, so the cache's servers are never flooded; stops early
+    when ``keep_going`` turns false (the mode went back to ``cdc``).
+    """
+    shortened = 0
+    for node in primaries(client):
+        for prefix in prefixes:
+            cursor = 0
+            while keep_going():
+                cursor, found = node.scan(
+                    cursor=cursor, match=glob_escape(prefix) + "*", count=page
+                )
+                names = [
+                    k for k in found if not k.decode(errors="replace").startswith(INTERNAL_PREFIXES)
+                ]
+                if names:
+                    pipe = node.pipeline(transaction=False)
+                    for name in names:
+                        pipe.pexpire(name, ttl_ms, lt=True)
+                    shortened += sum(r == 1 for r in pipe.execute(raise_on_error=False))
+                    sleep(len(names) / keys_per_s)
+                if cursor == 0:
+                    break
+    return shortened
+
+
+class Shortener:
+    """Runs :func:`shorten_ttls` in a background thread, one run at a time.
+
+    Used by the worker's mode leader when it enters ``ttl`` and by the watchdog when it
+    takes over from a worker that is down, and (one per table) by the leader when a table
+    falls back on its own. ``closing`` stops a run early; ``context`` (such as the table)
+    goes into its log lines.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        keys_per_s: float,
+        closing: threading.Event,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        self._client = client
+        self._keys_per_s = keys_per_s
+        self._closing = closing
+        self._context = dict(context or {})
+        self._thread: threading.Thread | None = None
+
+    def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        """Shorten in the background unless a run is under way.
+
+        The run stops early when ``keep_going`` turns false.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(prefixes, ttl_ms, keep_going),
+            name="-".join(["cdc-ttl", *self._context.values()]),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a run under way."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        try:
+            count = shorten_ttls(
+                self._client,
+                prefixes,
+                ttl_ms,
+                keys_per_s=self._keys_per_s,
+                keep_going=lambda: keep_going() and not self._closing.is_set(),
+                sleep=self._closing.wait,
+            )
+        except _REDIS_ERRORS as exc:
+            log.error(
+                "could not give existing keys the fallback TTL; they keep their rule TTL",
+                extra={"error": str(exc), **self._context},
+            )
+            return
+        metrics.TTL_SHORTENED.inc(count)
+        log.info(
+            "existing keys given the fallback TTL",
+            extra={"keys": count, "ttl_ms": ttl_ms,
+                   "seconds": round(time.monotonic() - started, 3), **self._context},
+        )  # fmt: skip

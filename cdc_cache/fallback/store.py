@@ -1,0 +1,259 @@
+"""The mode's records in Redis: what applications read, what operators set, lag reports.
+
+Applications read ``cdc:mode``; operators set ``cdc:mode:flag``:
+
+- ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
+- ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
+  ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``tables`` (JSON object:
+  each table falling back on its own, see ``cdc_cache.mode.tables``, with its reason),
+  ``ttl_prefixes`` (JSON list: those tables' key prefixes), ``updated_ms`` and
+  ``writer``; the worker's leader also writes ``stale_after_ms`` (its lag SLO plus mode
+  window) and ``prefixes`` (JSON list of the rules' key prefixes).
+
+A follower process writes its :class:`LagSummary` (``cdc:mode:lag:<process>``, expiring)
+for the leader to read. A watchdog writes ``cdc:mode`` only through
+:meth:`ModeStore.take_over`, which refuses once the worker has written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from redis.commands.core import Script
+
+from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.mode.controller import (
+    TABLE_CAUSES,
+    Cause,
+    Flag,
+    Hold,
+    ModeState,
+    table_holds,
+)
+from cdc_cache.mode.lag import LagReport
+from cdc_cache.mode.record import REWRITE, ModeKeyError, parse_flag, reading
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.scripts import write_record
+
+LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+_LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
+WORKER: Final = "worker"  # writers of cdc:mode
+WATCHDOG: Final = "watchdog"
+# Write the mode hash unless the worker wrote it since the watchdog read it: KEYS[1] the
+# hash, ARGV[1] the watchdog's own writer name, ARGV[2] the updated_ms it saw ('' for
+# none), then field/value pairs.
+_TAKE_OVER: Final = """
+local writer = redis.call('HGET', KEYS[1], 'writer')
+local updated = redis.call('HGET', KEYS[1], 'updated_ms') or ''
+if writer ~= ARGV[1] and updated ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
+
+class ModeStore:
+    """The mode's records in Redis (shared by the worker, the CLI and the admin API)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._take_over = Script(client, _TAKE_OVER)
+
+    def flag(self) -> Flag:
+        """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
+        with reading(MODE_FLAG_KEY, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
+            return parse_flag(self._client.get(MODE_FLAG_KEY))
+
+    def set_flag(self, flag: Flag) -> None:
+        """Set the operator flag; workers act on it within a second."""
+        self._client.set(MODE_FLAG_KEY, flag.value)
+
+    def record(self) -> dict[str, str]:
+        """The effective-mode hash as text (empty when no worker has published yet)."""
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hgetall(MODE_KEY)
+            return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def publish(
+        self,
+        state: ModeState,
+        flag: Flag,
+        lag_s: float | None,
+        now_ms: int,
+        fallback_ttl_ms: int,
+        *,
+        holds: tuple[Hold, ...] = (),
+        ttl_prefixes: Iterable[str] = (),
+        stale_after_ms: int | None = None,
+        prefixes: list[str] | None = None,
+    ) -> None:
+        """Write the effective-mode hash applications read (see cdc_cache.aside.cache_aside).
+
+        Written by the worker, this is its heartbeat; it says how long one may be missed
+        (``stale_after_ms``) and which prefixes the rules manage. ``ttl_prefixes`` are the
+        key prefixes of the tables held in ``ttl`` on their own (their fills too should be
+        capped at the fallback TTL). Written even while Redis is out of memory: that is
+        when it matters most.
+        """
+        fields = _mode_fields(
+            state, flag=flag, lag_s=lag_s, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WORKER,
+        )  # fmt: skip
+        if stale_after_ms is not None:
+            fields["stale_after_ms"] = stale_after_ms
+        if prefixes is not None:
+            fields["prefixes"] = orjson.dumps(prefixes)
+        with reading(MODE_KEY, REWRITE):
+            write_record(self._client, MODE_KEY, fields)
+
+    def take_over(
+        self,
+        state: ModeState,
+        flag: Flag,
+        now_ms: int,
+        fallback_ttl_ms: int,
+        *,
+        holds: tuple[Hold, ...],
+        ttl_prefixes: Iterable[str] = (),
+        seen_updated_ms: str,
+    ) -> bool:
+        """Write the mode hash as the watchdog, unless the worker wrote it meanwhile.
+
+        False (nothing written) when the worker wrote it since the watchdog read
+        ``seen_updated_ms`` from it: a returning worker is never overwritten. ``holds``
+        and ``ttl_prefixes`` carry the tables the worker left in ``ttl`` on their own.
+        """
+        fields = _mode_fields(
+            state, flag=flag, lag_s=None, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
+            holds=holds, ttl_prefixes=ttl_prefixes, writer=WATCHDOG,
+        )  # fmt: skip
+        pairs = [item for name, value in fields.items() for item in (name, value)]
+        with reading(MODE_KEY, REWRITE):
+            written = self._take_over(keys=[MODE_KEY], args=[WATCHDOG, seen_updated_ms, *pairs])
+        return bool(written)
+
+    def writer(self) -> str:
+        """Who wrote the mode hash last: ``worker`` (also when unsaid) or ``watchdog``."""
+        with reading(MODE_KEY, REWRITE):
+            raw = self._client.hget(MODE_KEY, "writer")
+            return WORKER if raw is None else raw.decode()
+
+    def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
+        """A non-leader process's lag, for the leader to fold into its decision."""
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            write_record(self._client, key, summary.fields(), ttl_ms)
+
+    def lag_of(self, process: int) -> LagSummary | None:
+        """Another process's last lag summary, or None if it has not reported lately."""
+        key = LAG_REPORT_KEY.format(process=process)
+        with reading(key, _LAG_REWRITE):
+            raw = self._client.hgetall(key)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            return LagSummary.parse(fields)
+        except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+            msg = f"{key} holds what no worker wrote there; {_LAG_REWRITE}"
+            raise ModeKeyError(msg) from None
+
+
+def _mode_fields(
+    state: ModeState,
+    *,
+    flag: Flag,
+    lag_s: float | None,
+    now_ms: int,
+    fallback_ttl_ms: int,
+    holds: tuple[Hold, ...],
+    ttl_prefixes: Iterable[str],
+    writer: str,
+) -> dict[str | bytes, bytes | float | int | str]:
+    """The fields of ``cdc:mode`` every writer (the worker's leader, a watchdog) writes."""
+    return {
+        "mode": state.mode.value,
+        "fallback_ttl_ms": fallback_ttl_ms,
+        "flag": flag.value,
+        "cause": state.cause.value,
+        "reason": state.reason,
+        "since_ms": state.since_ms,
+        "lag_s": "" if lag_s is None else f"{lag_s:.3f}",
+        "holds": orjson.dumps(sorted({hold.label for hold in holds})),
+        "tables": orjson.dumps(table_holds(holds)),
+        "ttl_prefixes": orjson.dumps(sorted(set(ttl_prefixes))),
+        "updated_ms": now_ms,
+        "writer": writer,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LagSummary:
+    """What the controller needs from one process: its worst partition and its holds."""
+
+    lag_s: float | None
+    stalled: bool
+    where: str
+    holds: tuple[Hold, ...] = field(default=())
+
+    @classmethod
+    def of(cls, report: LagReport, slo_s: float, holds: tuple[Hold, ...] = ()) -> LagSummary:
+        """The worst partition of ``report``; a silent partition wins (it is stalled)."""
+        silent = [p for p in report.partitions if p.silent_s > slo_s]
+        worst = max(silent, key=lambda p: p.silent_s, default=None) or report.worst()
+        if worst is None:
+            return cls(None, False, "", holds)
+        lag = max(p.connector_lag_s for p in report.partitions)
+        return cls(lag, bool(silent), f"{worst.topic}[{worst.partition}]", holds)
+
+    @classmethod
+    def worst_of(cls, summaries: Iterable[LagSummary]) -> LagSummary:
+        """Several processes' summaries folded into one (every process's holds count)."""
+        items = list(summaries)
+        holds = tuple(sorted({hold for s in items for hold in s.holds}))
+        known = [s for s in items if s.lag_s is not None]
+        worst = max(known, key=lambda s: (s.stalled, s.lag_s or 0.0), default=None)
+        if worst is None:
+            return cls(None, any(s.stalled for s in items), "", holds)
+        lag = max(s.lag_s or 0.0 for s in known)
+        return cls(lag, any(s.stalled for s in items), worst.where, holds)
+
+    def fields(self) -> dict[str | bytes, bytes | float | int | str]:
+        """As a Redis hash."""
+        lag = "" if self.lag_s is None else repr(self.lag_s)
+        holds = orjson.dumps(
+            [[hold.cause.value, hold.reason, *([hold.scope] if hold.scope else [])]
+             for hold in self.holds]
+        ).decode()  # fmt: skip
+        return {
+            "lag_s": lag,
+            "stalled": "1" if self.stalled else "0",
+            "where": self.where,
+            "holds": holds,
+        }
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> LagSummary | None:
+        """From a Redis hash; None when the hash is gone (the process stopped reporting).
+
+        A hold whose cause this release does not know still forces ``ttl`` (as lineage
+        trouble, the cause that needs an operator soonest) rather than being dropped.
+        """
+        if not fields:
+            return None
+        lag = fields.get("lag_s", "")
+        holds = []
+        for cause, reason, *scope in orjson.loads(fields.get("holds") or "[]"):
+            known = Cause(cause) if cause in Cause.__members__.values() else None
+            if known in TABLE_CAUSES:
+                if scope:
+                    holds.append(Hold(known, reason, scope[0]))
+                    continue
+                known = None  # a table hold naming no table: hold everything instead
+            holds.append(Hold(known or Cause.LINEAGE, reason if known else f"{cause}: {reason}"))
+        return cls(
+            float(lag) if lag else None,
+            fields.get("stalled") == "1",
+            fields.get("where", ""),
+            tuple(sorted(holds)),
+        )

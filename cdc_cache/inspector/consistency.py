@@ -1,0 +1,137 @@
+"""How a sampled row's cache keys compare with the row (pure; used by ``cdc-cache inspect``).
+
+The expected keys and values come from the planner, through
+:func:`cdc_cache.tools.verify_judge.derive` (a snapshot read of the row), so the inspector
+judges with the worker's own projection and serialisation, like ``cdc-cache verify``. One
+check has four outcomes:
+
+* ``consistent``: every key the row renders holds the row's projection;
+* ``stale``: a key holds another value (or the wrong type);
+* ``missing``: a key is absent (evicted, expired, never filled): a reader misses and loads
+  the row, so it is not counted against consistency;
+* ``unexpected``: a key an earlier image of the row rendered (a deleted row, a row that
+  moved to another key) still holds a value and no row renders it.
+
+``stale`` and ``unexpected`` are the inconsistencies: a reader would be served a value the
+database does not hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import orjson
+
+from cdc_cache.core.events import Row
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.rules import TableRules
+from cdc_cache.tools.verify_judge import Finding, Stored, derive, judge, same_value
+
+
+class Outcome(StrEnum):
+    """The result of one check of a sampled change."""
+
+    CONSISTENT = "consistent"
+    STALE = "stale"
+    MISSING = "missing"
+    UNEXPECTED = "unexpected"
+
+
+INCONSISTENT: Final = frozenset({Outcome.STALE, Outcome.UNEXPECTED})
+# Most severe first: a check's outcome is the worst of its keys'.
+_SEVERITY: Final = (Outcome.UNEXPECTED, Outcome.STALE, Outcome.MISSING, Outcome.CONSISTENT)
+_FROM_FINDING: Final = {
+    None: Outcome.CONSISTENT,
+    Finding.VERSION: Outcome.CONSISTENT,  # the value is right; versions are verify's concern
+    Finding.STALE: Outcome.STALE,
+    Finding.MISSING: Outcome.MISSING,
+    Finding.UNEXPECTED: Outcome.UNEXPECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFinding:
+    """One key's outcome.
+
+    ``fields`` names the projected fields that differ, never their values: these go to
+    logs and the HTTP page, and a row may hold sensitive values.
+    """
+
+    key: str
+    outcome: Outcome
+    fields: tuple[str, ...] = ()
+
+
+def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
+    """The ``set`` keys ``row`` renders and their values; none for an absent row.
+
+    Raises :class:`~cdc_cache.core.errors.RenderError` when a column a rule needs is absent.
+    """
+    if row is None:
+        return {}
+    return {op.key: op for _, op in derive(table, row, primary_key).sets}
+
+
+def same_projection(left: Mapping[str, SetRow], right: Mapping[str, SetRow]) -> bool:
+    """Whether two rows render the same keys with the same values."""
+    return left.keys() == right.keys() and all(
+        same_value(op, _stored_form(right[key])) for key, op in left.items()
+    )
+
+
+def _stored_form(op: SetRow) -> bytes | Mapping[str, str]:
+    return op.value if isinstance(op.value, bytes) else dict(op.value)
+
+
+def judge_keys(expected: Mapping[str, SetRow], stored: Mapping[str, Stored]) -> list[KeyFinding]:
+    """Each expected key against what Redis holds for it."""
+    findings = []
+    for key, op in expected.items():
+        held = stored.get(key, Stored(None))
+        outcome = _FROM_FINDING[judge(op, held)]
+        fields = differing_fields(op, held) if outcome is Outcome.STALE else ()
+        findings.append(KeyFinding(key, outcome, fields))
+    return findings
+
+
+def strays(
+    keys: Iterable[str], expected: Mapping[str, SetRow], stored: Mapping[str, Stored]
+) -> list[str]:
+    """The ``keys`` the row no longer renders that still hold something (to look up)."""
+    return sorted(k for k in keys if k not in expected and stored.get(k, Stored(None)).present)
+
+
+def worst(findings: Iterable[KeyFinding]) -> Outcome:
+    """The check's outcome: its most severe key's (consistent when there are none)."""
+    seen = {f.outcome for f in findings}
+    return next((o for o in _SEVERITY if o in seen), Outcome.CONSISTENT)
+
+
+def differing_fields(expected: SetRow, stored: Stored) -> tuple[str, ...]:
+    """The projected fields whose stored value differs from the row's, by name."""
+    if stored.wrong_type:
+        return ("(wrong type)",)
+    want = _document(expected.value)
+    got = _document(stored.value)
+    if want is None or got is None:
+        return ("(value)",)
+    absent = object()
+    names = want.keys() | got.keys()
+    return tuple(sorted(n for n in names if want.get(n, absent) != got.get(n, absent)))
+
+
+def _document(value: object) -> dict[str, object] | None:
+    if isinstance(value, tuple):
+        return dict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, bytes):
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        return doc if isinstance(doc, dict) else None
+    return None

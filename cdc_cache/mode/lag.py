@@ -1,0 +1,189 @@
+"""Connector lag and consumer lag per Kafka partition, from what the consumer sees.
+
+Pure bookkeeping (no I/O): the dataflow feeds it what arrives — the commit time of each
+change, each heartbeat, the high watermark and next offset seen while fetching — and a
+clock; :meth:`LagTracker.report` turns that into lag figures.
+
+Connector lag of a partition is now minus the newest source time seen on it. An idle
+partition has no new changes, so a connector's heartbeats keep it fresh, but only while the
+partition is caught up (nothing unread below its high watermark): a heartbeat proves the
+connector is current, not that this worker has read the connector's backlog. A partition
+from which nothing at all arrived has its lag counted from when it was first tracked, and
+``silent_s`` (time since the last message or heartbeat) tells a stalled connector apart
+from a slow one.
+
+Which connector feeds a topic is learned from its records (a change's ``source.name``, a
+heartbeat's server), not only read from its name: a topic that routing renamed or shares
+between tables keeps its idle partitions fresh through the heartbeats of the connectors
+seen on its other partitions. A topic fed by several connectors is only as fresh as the
+least fresh of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from cdc_cache.source.topics import heartbeat_server, servers_named_in
+
+Clock = Callable[[], float]
+"""Milliseconds since the epoch (``time.time() * 1000`` in production)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Lag figures of one topic partition at one instant."""
+
+    topic: str
+    partition: int
+    connector_lag_s: float
+    silent_s: float
+    consumer_lag: int | None
+    """Messages below the high watermark not yet read; None until a fetch showed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    """Every tracked partition's lag; the controller looks at the worst one."""
+
+    partitions: tuple[PartitionLag, ...]
+
+    def worst(self) -> PartitionLag | None:
+        """The partition with the largest connector lag (None when nothing is tracked)."""
+        return max(self.partitions, key=lambda p: p.connector_lag_s, default=None)
+
+    def caught_up(self, max_consumer_lag: int) -> bool:
+        """True when every partition's watermark is known and its backlog is small."""
+        return all(
+            p.consumer_lag is not None and p.consumer_lag <= max_consumer_lag
+            for p in self.partitions
+        )
+
+
+@dataclass(slots=True)
+class _Partition:
+    tracked_ms: float
+    contact_ms: float
+    newest_ms: float | None = None
+    high: int | None = None
+    next_offset: int | None = None
+
+    def consumer_lag(self) -> int | None:
+        if self.high is None or self.next_offset is None:
+            return None
+        return max(0, self.high - self.next_offset)
+
+
+@dataclass(slots=True)
+class _Server:
+    """The newest heartbeat of one connector (its topic prefix)."""
+
+    emitted_ms: float | None
+    contact_ms: float
+
+
+@dataclass
+class LagTracker:
+    """Thread-safe: source partitions of several worker threads feed one tracker."""
+
+    clock_ms: Clock
+    _partitions: dict[tuple[str, int], _Partition] = field(default_factory=dict)
+    _servers: dict[str, _Server] = field(default_factory=dict)
+    _feeds: dict[str, set[str]] = field(default_factory=dict)
+    """Topic → the connectors whose records were seen on it."""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def track(self, topic: str, partition: int) -> None:
+        """Start watching a partition (its lag counts from now until something arrives)."""
+        with self._lock:
+            self._part(topic, partition)
+
+    def record(
+        self,
+        topic: str,
+        partition: int,
+        committed_at_ms: int | None = None,
+        servers: Collection[str] = (),
+    ) -> None:
+        """A message arrived; ``committed_at_ms`` is the source commit time of a change.
+
+        ``servers`` are the connectors the messages named (``source.name``).
+        """
+        with self._lock:
+            part = self._part(topic, partition)
+            part.contact_ms = self.clock_ms()
+            if committed_at_ms is not None:
+                part.newest_ms = max(part.newest_ms or committed_at_ms, committed_at_ms)
+            if servers:
+                self._feeds.setdefault(topic, set()).update(servers)
+
+    def heartbeat(
+        self, topic: str, partition: int, emitted_at_ms: int | None, server: str | None = None
+    ) -> None:
+        """A heartbeat of connector ``server`` (by default, the one its topic is named for)."""
+        server = server or heartbeat_server(topic)
+        self.record(topic, partition, emitted_at_ms, () if server is None else (server,))
+        if server is not None:
+            with self._lock:
+                self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
+
+    def offsets(
+        self, topic: str, partition: int, high: int | None, next_offset: int | None
+    ) -> None:
+        """The high watermark and the next offset to read, as seen while fetching."""
+        with self._lock:
+            part = self._part(topic, partition)
+            if high is not None:
+                part.high = high
+            if next_offset is not None:
+                part.next_offset = next_offset
+
+    def report(self) -> LagReport:
+        """Lag of every tracked partition, now."""
+        with self._lock:
+            now = self.clock_ms()
+            items = sorted(self._partitions.items())
+            return LagReport(tuple(self._lag(t, n, part, now) for (t, n), part in items))
+
+    def _part(self, topic: str, partition: int) -> _Partition:
+        part = self._partitions.get((topic, partition))
+        if part is None:
+            now = self.clock_ms()
+            part = self._partitions[(topic, partition)] = _Partition(now, now)
+        return part
+
+    def _lag(self, topic: str, number: int, part: _Partition, now: float) -> PartitionLag:
+        newest, contact = part.newest_ms, part.contact_ms
+        consumer_lag = part.consumer_lag()
+        beats = self._heartbeats_of(topic)
+        if beats and consumer_lag == 0:
+            emitted = [beat.emitted_ms for beat in beats if beat.emitted_ms is not None]
+            if len(emitted) == len(beats):
+                oldest = min(emitted)
+                newest = max(newest or oldest, oldest)
+            contact = max(contact, min(beat.contact_ms for beat in beats))
+        since = part.tracked_ms if newest is None else newest
+        return PartitionLag(
+            topic,
+            number,
+            connector_lag_s=max(0.0, now - since) / 1000,
+            silent_s=max(0.0, now - contact) / 1000,
+            consumer_lag=consumer_lag,
+        )
+
+    def _heartbeats_of(self, topic: str) -> list[_Server]:
+        """The heartbeats of every connector feeding ``topic``; empty unless all sent some.
+
+        The feeders are those seen on the topic and those it is named for
+        (``<server>.<db>.<table>``, ``__debezium-heartbeat.<server>``, and ``<server>``: its
+        schema-change topic, idle between DDL statements). A heartbeat topic's own
+        partitions belong to its connector too: heartbeats all land in one of them, and the
+        others must not read as stalled.
+        """
+        named = servers_named_in(self._servers, topic)
+        if topic in self._servers:  # the schema-change topic (named_for leaves it out)
+            named.add(topic)
+        feeders = self._feeds.get(topic, set()) | named
+        beats = [self._servers.get(name) for name in feeders]
+        return [beat for beat in beats if beat is not None] if None not in beats else []

@@ -1,0 +1,222 @@
+"""The gateway's reader: every channel's stream followed, each entry fanned out.
+
+One task follows every stream with XREAD BLOCK and hands each entry to the clients
+subscribed to its channel; a new channel is compared once with each distinct pattern that
+could match it (:class:`~cdc_cache.notify.patterns.PatternIndex`), however many clients
+hold that pattern. A subscription that asks for the past replays the stream first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from functools import cache
+from typing import Final
+
+import redis.asyncio as aredis
+from redis import exceptions as rex
+from websockets.exceptions import ConnectionClosed
+
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
+from cdc_cache.core.retry import Backoff, retry_reporter
+from cdc_cache.notify.frames import START, Frame, StreamId, encode_frame, format_id, parse_id
+from cdc_cache.notify.patterns import ChannelNames, PatternIndex
+from cdc_cache.notify.session import Session, spawn
+from cdc_cache.sink.connection import misconfiguration
+
+log = logging.getLogger("cdc_cache.gateway")
+_REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)
+
+READ_COUNT: Final = 1000
+CATCH_UP_PAGE: Final = 1000
+DISCOVER_TURN: Final = 200  # new channels attached between two turns of the event loop
+
+
+class Hub:
+    """Follows every channel's stream and hands each entry to the channels' subscribers."""
+
+    def __init__(
+        self, client: aredis.Redis[bytes], *, block_ms: int = 1000, discover_s: float = 1.0
+    ) -> None:
+        self._redis = client
+        self._block_ms = block_ms
+        self._discover_s = discover_s
+        self.positions: dict[str, StreamId] = {}
+        self.channels = ChannelNames()  # the keys of positions, sorted
+        self.patterns: PatternIndex[Session] = PatternIndex()
+        self.subscribers: defaultdict[str, set[Session]] = defaultdict(set)
+        self.sessions: set[Session] = set()
+        self.healthy = False
+        self._discovered_at = 0.0
+        self.broken: set[str] = set()  # channels whose key is no stream: not followed
+
+    async def discover(self, *, initial: bool = False) -> None:
+        """Learn new channels; at start each is followed from its end, later from its start.
+
+        A channel that appears after the gateway started was created after it, so all
+        its messages are new; subscribers whose patterns match it are attached at once
+        (looked up in the pattern index, not by asking every client).
+        """
+        names = {raw.decode() for raw in await self._redis.smembers(CHANNELS_KEY)}
+        for count, channel in enumerate(sorted(names - self.positions.keys() - self.broken)):
+            self.positions[channel] = await self._end_of(channel) if initial else START
+            self.channels.add(channel)
+            for session in self.patterns.owners(channel):
+                if channel not in session.last and not session.closed:
+                    self.attach(session, channel, START, catch_up=False)
+            if count % DISCOVER_TURN == DISCOVER_TURN - 1:
+                await asyncio.sleep(0)  # thousands of new channels: let clients take turns
+        self._discovered_at = time.monotonic()
+
+    async def _end_of(self, channel: str) -> StreamId:
+        try:
+            info = await self._redis.xinfo_stream(stream_key(channel))
+        except rex.ResponseError:  # no such stream (trimmed to nothing and deleted)
+            return START
+        return parse_id(info["last-generated-id"])
+
+    def attach(self, session: Session, channel: str, after: StreamId, *, catch_up: bool) -> None:
+        """Subscribe ``session`` to ``channel`` after ``after``, replaying the stream first."""
+        session.last[channel] = after
+        self.subscribers[channel].add(session)
+        if catch_up:
+            session.catching[channel] = []
+            spawn(self._catch_up(session, channel, after))
+
+    def detach(self, session: Session, channel: str) -> None:
+        """Stop sending ``channel`` to ``session``."""
+        session.last.pop(channel, None)
+        session.catching.pop(channel, None)
+        self.subscribers[channel].discard(session)
+
+    def remove(self, session: Session) -> None:
+        """Forget a client that went away."""
+        self.sessions.discard(session)
+        for pattern in session.patterns:
+            self.patterns.discard(pattern, session)
+        for channel in list(session.last):
+            self.detach(session, channel)
+
+    async def _catch_up(self, session: Session, channel: str, after: StreamId) -> None:
+        """Send what the stream holds after ``after``, then the live messages held back.
+
+        Sent straight to the socket, so a long replay waits for the client (it is what it
+        asked for) instead of filling the queue that live messages of other channels use.
+        """
+        key = stream_key(channel)
+        try:
+            if after != START:
+                info = await self._redis.xinfo_stream(key)
+                trimmed = info.get("max-deleted-entry-id")
+                if trimmed is not None and parse_id(trimmed) > after:
+                    session.control("gap", channel=channel, after=format_id(after))
+            cursor = f"({format_id(after)}"
+            while session.catching.get(channel) is not None:
+                page = await self._redis.xrange(key, min=cursor, count=CATCH_UP_PAGE)
+                for raw_id, fields in page:
+                    frame = _frame(channel, raw_id, fields)
+                    if frame is not None and session.advance(frame):
+                        await session.ws.send(frame.data, text=True)
+                        metrics.GATEWAY_MESSAGES_OUT.inc()
+                if len(page) < CATCH_UP_PAGE:
+                    break
+                cursor = f"({page[-1][0].decode()}"
+        except rex.ResponseError:
+            pass  # the stream does not exist (yet): nothing to replay
+        except (rex.RedisError, ConnectionClosed) as exc:
+            session.drop("catch_up_failed", f"replay of {channel} failed: {exc}")
+            return
+        for frame in session.catching.pop(channel, None) or ():
+            session.offer(frame)
+
+    async def run(self) -> None:
+        """Read and fan out until cancelled; Redis outages are retried with backoff.
+
+        Refused credentials or a missing permission raise ConfigError: no wait fixes them.
+        """
+        backoff, attempt, rng = Backoff(maximum=5.0), 0, random.Random()
+        while True:
+            try:
+                if not self.healthy or time.monotonic() - self._discovered_at > self._discover_s:
+                    await self.discover(initial=not self.healthy and not self.positions)
+                await self._read_once()
+                self.healthy, attempt = True, 0
+            except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
+                stop_if_misconfigured(exc)
+                await self._forget_broken_channels(exc)
+                await asyncio.sleep(self._block_ms / 1000)
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                stop_if_misconfigured(exc)
+                self.healthy, attempt = False, attempt + 1
+                delay = backoff.delay(attempt, rng)
+                _REPORT_RETRY(attempt, delay, exc)
+                await asyncio.sleep(delay)
+
+    async def _forget_broken_channels(self, error: rex.ResponseError) -> None:
+        """Stop following channels whose key holds something else than a stream.
+
+        One such key would fail every XREAD, and with it every other channel.
+        """
+        for channel in list(self.positions):
+            kind = await self._redis.type(stream_key(channel))  # type: ignore[no-untyped-call]
+            if kind not in (b"stream", b"none"):
+                del self.positions[channel]
+                self.channels.remove(channel)
+                self.broken.add(channel)
+                for session in tuple(self.subscribers.pop(channel, ())):
+                    session.last.pop(channel, None)
+                log.error(
+                    "not following a channel: its key is no stream (written by something else "
+                    "than the apply script?); delete the key or rename what uses it",
+                    extra={"key": stream_key(channel), "type": kind.decode(), "error": str(error)},
+                )
+
+    async def _read_once(self) -> None:
+        if not self.positions:
+            await asyncio.sleep(self._block_ms / 1000)
+            return
+        streams = {stream_key(c): format_id(p) for c, p in self.positions.items()}
+        replies = await self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
+        now_ms = time.time() * 1000
+        for raw_key, entries in replies or ():
+            channel = raw_key.decode().removeprefix(STREAM_PREFIX)
+            for raw_id, fields in entries:
+                self.positions[channel] = parse_id(raw_id)
+                frame = _frame(channel, raw_id, fields)
+                if frame is None:
+                    continue
+                for session in tuple(self.subscribers.get(channel, ())):
+                    session.offer(frame)
+                if frame.committed_at_ms is not None:
+                    lag_s = max(0.0, now_ms - frame.committed_at_ms) / 1000
+                    metrics.GATEWAY_DELIVERY.observe(lag_s)
+                # Let every client's sender take its turn, so a burst read in one XREAD
+                # fills only the queues of clients that really cannot keep up.
+                await asyncio.sleep(0)
+
+
+def _frame(channel: str, raw_id: bytes, fields: dict[bytes, bytes]) -> Frame | None:
+    try:
+        return encode_frame(channel, parse_id(raw_id), fields[b"p"])
+    except (KeyError, ValueError):
+        log.error(
+            "skipping a malformed stream entry (not written by the apply script?)",
+            extra={"channel": channel, "id": raw_id.decode(errors="replace")},
+        )
+        return None
+
+
+@cache
+def stop_if_misconfigured(exc: BaseException) -> None:
+    """Raise ConfigError when ``exc`` says a setting is wrong (credentials, ACL, TLS)."""
+    if misconfiguration(exc) is not None:
+        msg = (
+            f"Redis refused the gateway ({exc}); fix the user, password or TLS options in "
+            "redis_url (--redis-url, CDC_CACHE_GATEWAY_REDIS_URL)"
+        )
+        raise ConfigError(msg) from None

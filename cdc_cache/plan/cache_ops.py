@@ -1,0 +1,78 @@
+"""Cache operations: what the planner asks Redis to do, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cdc_cache.core.positions import SourcePosition
+
+
+class ValueFormat(StrEnum):
+    """How a projected row image is stored."""
+
+    JSON = "json"
+    HASH = "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class SetRow:
+    """Write a projected row image to ``key`` if ``position`` is newer than the key's version.
+
+    ``value`` is the JSON document (format json) or the flat field map (format hash).
+    """
+
+    key: str
+    position: SourcePosition
+    value: bytes | tuple[tuple[str, str], ...]
+    format: ValueFormat
+    ttl_ms: int
+    tombstone_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKey:
+    """Delete ``key`` if ``position`` is newer, leaving a version tombstone for its TTL."""
+
+    key: str
+    position: SourcePosition
+    tombstone_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidatePrefix:
+    """Delete every key under ``prefix`` (a TRUNCATE), each version-gated at ``position``."""
+
+    prefix: str
+    table: str
+    position: SourcePosition
+    tombstone_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Announce a change on ``channel`` if the key op right before it (its host) applied.
+
+    It rides with its host in the same script call: a change skipped as stale or duplicate
+    notifies nobody, and no write lands without its notification. ``payload`` is the JSON
+    document clients receive; ``maxlen`` bounds the channel's stream.
+    """
+
+    channel: str
+    payload: bytes
+    maxlen: int
+
+
+KeyOp = SetRow | DeleteKey
+CacheOp = SetRow | DeleteKey | InvalidatePrefix | Notify
+
+
+def as_invalidation(op: KeyOp | Notify) -> DeleteKey | Notify:
+    """``op`` with a set turned into the delete of its key at its position.
+
+    What Redis gets when values may not be written (out of memory, or an eviction policy
+    that could evict versions): the key is invalidated and its version still recorded.
+    """
+    if isinstance(op, SetRow):
+        return DeleteKey(op.key, op.position, op.tombstone_ttl_ms)
+    return op

@@ -1,0 +1,223 @@
+"""Plan: a pure function from one change event and the rules to cache operations.
+
+No I/O. Every decision that makes the cache correct lives here and is tested without
+servers: which keys a change touches, moves between keys, watched columns, TRUNCATE.
+The images it gets hold the values as the table caches them (natural values once
+:meth:`~cdc_cache.source.natural.TableValues.event` decoded them); :func:`encode` is the one
+serializer of a row for a key, shared with application fills (``cdc_cache.aside.fill``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cdc_cache.core.errors import MissingPrimaryKey, RenderError
+from cdc_cache.core.events import ChangeEvent, Op, Row
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    InvalidatePrefix,
+    Notify,
+    SetRow,
+    ValueFormat,
+)
+from cdc_cache.plan.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
+from cdc_cache.source.natural import dumps
+
+
+def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
+    """Cache operations for ``event``.
+
+    Empty when the table is not covered or no watched column changed. Raises a poison
+    error (RenderError, MissingPrimaryKey) when the rules cannot be applied to this row:
+    that change must be set aside loudly, never dropped.
+    """
+    table = rules.for_table(event.table)
+    if table is None:
+        return []
+    if event.op is Op.TRUNCATE:
+        return [
+            InvalidatePrefix(prefix, event.table, event.position, table.tombstone_ttl_ms)
+            for prefix in table.truncate_prefixes
+        ]
+    if not event.key:
+        msg = f"{event.table} {event.op.value} at {event.position} has no primary key"
+        raise MissingPrimaryKey(msg)
+    if event.op is Op.DELETE:
+        return _with_notify(_plan_delete(event, table), event, table)
+    if event.after is None:
+        msg = f"{event.table} {event.op.value} at {event.position} has no after image"
+        raise RenderError(msg)
+    if event.op is Op.UPDATE and not _watched_change(event, table):
+        return []
+    return _with_notify(_plan_upsert(event, table, event.after), event, table)
+
+
+def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
+    """Columns whose value differs between the two images (all of them if one is missing)."""
+    if before is None or after is None:
+        return frozenset((before or {}).keys() | (after or {}).keys())
+    return frozenset(c for c in before.keys() | after.keys() if before.get(c) != after.get(c))
+
+
+def _watched_change(event: ChangeEvent, table: TableRules) -> bool:
+    """Whether a watched column changed (``watch ∩ changed_columns`` is not empty).
+
+    Checked over the few watched columns instead of building the set of changed ones.
+    """
+    before, after = event.before, event.after
+    if table.watch is None or before is None or after is None:
+        return True
+    for column in table.watch:  # noqa: SIM110 - a loop is faster than any(genexpr) here
+        if before.get(column) != after.get(column):
+            return True
+    return False
+
+
+def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[CacheOp]:
+    ops: list[CacheOp] = []
+    for rule in table.keys:
+        new_key = _render(rule, after, event, "after")
+        old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
+        if old_key is not None and old_key != new_key:
+            ops.append(DeleteKey(old_key, event.position, table.tombstone_ttl_ms))
+        if rule.action is Action.SET:
+            ops.append(_set_row(rule, new_key, after, event, table))
+        else:
+            ops.append(DeleteKey(new_key, event.position, table.tombstone_ttl_ms))
+    return ops
+
+
+def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
+    # PostgreSQL without REPLICA IDENTITY FULL sends only the key columns as before image.
+    before = {**event.key, **(event.before or {})}
+    keys = (_render(rule, before, event, "before") for rule in table.keys)
+    return [DeleteKey(key, event.position, table.tombstone_ttl_ms) for key in dict.fromkeys(keys)]
+
+
+def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> list[CacheOp]:
+    """``ops`` with the change's notifications right after their host op.
+
+    The host is the last op of the first key rule (the row's own key after the change), so
+    the notification goes out exactly when that write applies. A row that moved to another
+    channel is announced on both, the old one first.
+    """
+    rule = table.notify
+    if rule is None or not ops:
+        return ops
+    row = {**event.key, **(event.before or {})} if event.op is Op.DELETE else event.after or {}
+    payload = dumps(
+        {
+            "table": event.table,
+            "op": event.op.value,
+            "key": dict(event.key),
+            "changed": sorted(changed_columns(event.before, event.after)),
+            "values": _notified_values(rule.fields, row, rule.channel, event),
+            "position": event.position.encode(),
+            "committed_at_ms": event.committed_at_ms,
+        }
+    )
+    channels = [_render_channel(rule.channel, row, event, "after")]
+    if event.op is Op.UPDATE and event.before is not None:
+        old = _render_channel(rule.channel, event.before, event, "before")
+        channels = list(dict.fromkeys([old, *channels]))
+    host_key = table.keys[0].template.render(row)
+    host = next(
+        i for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey) and op.key == host_key
+    )
+    notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
+    return [*ops[: host + 1], *notes, *ops[host + 1 :]]
+
+
+def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: str) -> str:
+    try:
+        return template.render(row)
+    except MissingColumn as exc:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: channel "
+            f"'{template.source}' needs column '{exc.column}', absent from the {image} image"
+        )
+        raise RenderError(msg) from exc
+
+
+def _notified_values(
+    fields: tuple[str, ...] | None, row: Row, channel: KeyTemplate, event: ChangeEvent
+) -> dict[str, object]:
+    if fields is None:
+        return dict(row)
+    missing = [name for name in fields if name not in row]
+    if missing:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: notification on "
+            f"'{channel.source}' projects column {missing[0]!r}, absent from the row"
+        )
+        raise RenderError(msg)
+    return {name: row[name] for name in fields}
+
+
+def _old_key(rule: KeyRule, event: ChangeEvent) -> str | None:
+    """The key the row had before an update, so a row that moved leaves nothing behind."""
+    if event.before is not None:
+        return _render(rule, event.before, event, "before")
+    if all(column in event.key for column in rule.template.columns):
+        return None  # the key columns did not change, so neither did the key
+    msg = (
+        f"{event.table} update at {event.position} has no before image, but key "
+        f"'{rule.template.source}' needs {_non_key_columns(rule, event)} of the old row; "
+        "set REPLICA IDENTITY FULL on the table (PostgreSQL)"
+    )
+    raise RenderError(msg)
+
+
+def _non_key_columns(rule: KeyRule, event: ChangeEvent) -> str:
+    return ", ".join(repr(c) for c in rule.template.columns if c not in event.key)
+
+
+def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
+    try:
+        return rule.template.render(row)
+    except MissingColumn as exc:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: key "
+            f"'{rule.template.source}' needs column '{exc.column}', absent from the "
+            f"{image} image"
+        )
+        raise RenderError(msg) from exc
+
+
+def _set_row(rule: KeyRule, key: str, after: Row, event: ChangeEvent, table: TableRules) -> SetRow:
+    try:
+        value = encode(rule, after)
+    except MissingColumn as exc:
+        msg = (
+            f"{event.table} {event.op.value} at {event.position}: key "
+            f"'{rule.template.source}' projects column {exc.column!r}, absent from the row"
+        )
+        raise RenderError(msg) from exc
+    return SetRow(key, event.position, value, rule.format, rule.ttl_ms, table.tombstone_ttl_ms)
+
+
+def encode(rule: KeyRule, row: Row) -> bytes | tuple[tuple[str, str], ...]:
+    """What ``rule`` stores for ``row``: its JSON document, or its hash fields.
+
+    Raises MissingColumn when the rule projects a column the row does not carry.
+    """
+    projected = _project(rule.fields, row)
+    if rule.format is ValueFormat.JSON:
+        return dumps(projected)
+    return tuple((name, _hash_field(v)) for name, v in projected.items() if v is not None)
+
+
+def _project(fields: Iterable[str] | None, row: Row) -> Row:
+    if fields is None:
+        return row
+    try:
+        return {name: row[name] for name in fields}
+    except KeyError as exc:
+        raise MissingColumn(exc.args[0]) from None
+
+
+def _hash_field(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return dumps(value).decode()

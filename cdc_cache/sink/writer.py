@@ -1,0 +1,343 @@
+"""Write a batch of routed messages to Redis: retry transient failures, count outcomes.
+
+Engine-agnostic: the dataflow's sink calls :meth:`CacheWriter.write` once per batch and
+returns only when every change in it is applied (or proven stale/duplicate), so the
+engine never records progress past an unapplied change.
+
+Kept in one module: retries, the search for the change at fault in a refused batch
+and the outcome metrics act on one batch's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from prometheus_client import Histogram
+
+from cdc_cache.core import metrics
+from cdc_cache.core.errors import ApplyError, CdcCacheError, PoisonMessage, RefusedByRedis
+from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
+from cdc_cache.core.retry import Backoff, retry_forever
+from cdc_cache.core.scrub import scrub, spellings
+from cdc_cache.dlq.entries import Failure
+from cdc_cache.dlq.rejects import Rejects
+from cdc_cache.mode.tables import TableFallback
+from cdc_cache.plan import invalidations
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
+from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
+from cdc_cache.plan.route import Control, Planned, Rejected, Routed, unexpected
+from cdc_cache.plan.rules import Rules
+from cdc_cache.sink.apply import ApplyResult, RedisApplier
+from cdc_cache.sink.connection import redis_retry_reporter
+from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.replica_wait import ReplicaWait
+
+log = logging.getLogger("cdc_cache.writer")
+
+T = TypeVar("T")
+
+_OP_KIND = {
+    SetRow: "set",
+    DeleteKey: "delete",
+    InvalidatePrefix: "invalidate_prefix",
+    Notify: "notify",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What happened to one change: applied, stale, duplicate or no_op (nothing to do)."""
+
+    event: ChangeEvent
+    outcome: str
+
+
+class CacheWriter:
+    """Applies planned changes in one round trip per batch and records what happened.
+
+    ``ttl_cap_ms`` is asked once per batch: in the TTL fallback mode it returns the short
+    fallback TTL, and no new entry may live longer than that. ``tables`` hears which
+    tables' changes applied and which failed, and caps the TTLs of the tables that fall
+    back on their own (see :mod:`cdc_cache.mode.tables`). ``sensitive`` names each table's
+    sensitive columns, whose values are scrubbed from the keys the writer logs. With
+    ``replicas``, a batch counts as written only once the required replicas acknowledged
+    it, the deletes of its failed changes included.
+    """
+
+    def __init__(
+        self,
+        applier: RedisApplier,
+        backoff: Backoff,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        sleep: Callable[[float], None] = time.sleep,
+        ttl_cap_ms: Callable[[], int | None] = lambda: None,
+        *,
+        reject: Callable[[Sequence[Failure]], None] | None = None,
+        tables: TableFallback | None = None,
+        sensitive: Callable[[str], frozenset[str]] | None = None,
+        replicas: ReplicaWait | None = None,
+    ) -> None:
+        self._applier = applier
+        self._replicas = replicas
+        self._reject = reject or Rejects(Rules({}), None).report
+        self._sensitive = sensitive or Rules({}).sensitive
+        self._backoff = backoff
+        self._clock_ms = clock_ms
+        self._sleep = sleep
+        self._ttl_cap_ms = ttl_cap_ms
+        self._tables = tables
+
+    def write(self, items: Sequence[Routed]) -> list[EventOutcome]:
+        """Apply every Planned item in order, count control records; per-change outcomes.
+
+        A Rejected change (one that cannot be applied as planned) has the keys it still
+        renders deleted in the same round trip, and is then handed to ``reject`` (the DLQ)
+        with what became of its keys. When Redis refuses the batch for a reason a retry
+        cannot fix (ApplyError), or applying it raises anything else that is not a wait, a
+        stop or a settings problem, the changes are applied one by one so only the faulty
+        ones are set aside, their keys deleted all the same; version gating makes
+        re-applying the others harmless.
+        """
+        planned = [item for item in items if isinstance(item, Planned)]
+        rejected = [item for item in items if isinstance(item, Rejected)]
+        controls = Counter(_control_kind(item) for item in items if isinstance(item, Control))
+        for kind, count in controls.items():
+            metrics.RECORDS.labels(kind).inc(count)
+        started = time.perf_counter()
+        caps = self._caps()
+        try:
+            report, failures = self._write_together(planned, rejected, caps)
+        except ApplyError:
+            report, failures = self._write_each(planned, rejected, caps)
+        except CdcCacheError:
+            raise  # a stop ended the wait, or a setting must be fixed: no one change's fault
+        except Exception:  # find the change that raised, set it aside
+            report, failures = self._write_each(planned, rejected, caps)
+        self._reject(failures)
+        if self._tables is not None:
+            self._tables.observe(Counter(o.event.table for o in report), failures)
+        metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+        return report
+
+    def _write_together(
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
+        """The whole batch in one round trip: planned ops, then the rejected changes' deletes."""
+        ops = [op for item in planned for op in caps.applied_to(item)]
+        salvage = [op for item in rejected for op in item.invalidation.deletes]
+        outcomes = self._apply([*ops, *salvage]).outcomes
+        planned_count = sum(not isinstance(op, InvalidatePrefix) for op in ops)
+        report = self._account(planned, outcomes[:planned_count])
+        rest = iter(outcomes[planned_count:])
+        failures = []
+        for item in rejected:
+            got = [_key_outcome(next(rest)) for _ in item.invalidation.deletes]
+            invalidated = Invalidated.of(item.invalidation, got) if item.event else None
+            failures.append(Failure(item.error, item.table, item.event, invalidated))
+        return report, failures
+
+    def _write_each(
+        self, planned: list[Planned], rejected: list[Rejected], caps: _Caps
+    ) -> tuple[list[EventOutcome], list[Failure]]:
+        """The batch change by change: only the faulty ones are set aside."""
+        failures: list[Failure] = []
+        report = [o for item in planned for o in self._write_alone(item, caps, failures)]
+        failures += [
+            self._salvage(item.error, item.table, item.event, item.invalidation)
+            for item in rejected
+        ]
+        return report, failures
+
+    def _write_alone(
+        self, item: Planned, caps: _Caps, failures: list[Failure]
+    ) -> list[EventOutcome]:
+        error: PoisonMessage
+        try:
+            return self._account([item], self._apply(caps.applied_to(item)).outcomes)
+        except ApplyError as exc:
+            error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
+            error.__cause__ = exc
+        except CdcCacheError:
+            raise
+        except Exception as exc:  # this change's own failure: its dead letter
+            error = unexpected(exc, "applying", item.record, item.event)
+        plan = invalidations.of_ops(item.ops)
+        failures.append(self._salvage(error, item.event.table, item.event, plan))
+        return []
+
+    def _salvage(
+        self, error: PoisonMessage, table: str, event: ChangeEvent | None, plan: Invalidation
+    ) -> Failure:
+        """The failure of a change that could not be applied, once its keys are deleted.
+
+        Its deletes go out together, else one at a time; a key whose delete Redis refuses
+        too (its version key holds another type, so the gate cannot run) is deleted
+        without it. A key that cannot be deleted at all stays as it was and is named as
+        unreached, scrubbed of the table's sensitive values. The failure records what
+        became of each key.
+        """
+        outcomes: list[KeyOutcome] = []
+        lost: list[Unreached] = []
+        try:
+            outcomes = [_key_outcome(o) for o in self._apply(plan.deletes).outcomes]
+        except ApplyError:
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        except CdcCacheError:
+            raise
+        except Exception:  # one of the deletes raised: find it
+            self._delete_each(plan, self._hidden(error, table, event), outcomes, lost)
+        invalidated = Invalidated.of(plan, outcomes, lost) if event is not None else None
+        return Failure(error, table, event, invalidated)
+
+    def _delete_each(
+        self,
+        plan: Invalidation,
+        hidden: tuple[str, ...],
+        outcomes: list[KeyOutcome],
+        lost: list[Unreached],
+    ) -> None:
+        for delete in plan.deletes:
+            try:
+                outcomes.append(self._delete(delete, hidden))
+            except ApplyError as exc:
+                lost.append(_unreached(delete, hidden, exc))
+            except CdcCacheError:
+                raise
+            except Exception as exc:  # this key cannot be deleted: say so
+                lost.append(_unreached(delete, hidden, exc))
+
+    def _delete(self, delete: DeleteKey, hidden: tuple[str, ...]) -> KeyOutcome:
+        """Delete one key at its change's position; without the gate if Redis refuses it."""
+        try:
+            return _key_outcome(self._apply([delete]).outcomes[0])
+        except ApplyError:
+            self._discard(delete, hidden)
+            return KeyOutcome.UNVERSIONED
+
+    def _hidden(
+        self, error: PoisonMessage, table: str, event: ChangeEvent | None
+    ) -> tuple[str, ...]:
+        """The spellings of the change's sensitive values, kept out of what is logged."""
+        assert error.record is not None
+        return spellings(self._sensitive(table), event, error.record)
+
+    def _discard(self, delete: DeleteKey, hidden: tuple[str, ...]) -> None:
+        log.warning(
+            "deleting a key without its version: its version key holds another type; "
+            "delete that version key to let changes through again",
+            extra={"key": scrub(delete.key, hidden)},
+        )
+        self._written(
+            lambda: self._applier.discard([delete.key]),
+            [delete],
+            "deleting a key without its version",
+        )
+
+    def _caps(self) -> _Caps:
+        table_caps = self._tables.caps() if self._tables is not None else {}
+        return _Caps(self._ttl_cap_ms(), table_caps)
+
+    def _apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
+        if not ops:
+            return ApplyResult((), ())
+        return self._written(lambda: self._applier.apply(ops), ops, f"applying {len(ops)} ops")
+
+    def _written(self, write: Callable[[], T], ops: Sequence[CacheOp], what: str) -> T:
+        """``write`` (of ``ops``) retried until Redis took it and the ``replicas`` hold it."""
+        return retry_forever(
+            write if self._replicas is None else self._replicas.guarded(write, ops),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter(what),
+            sleep=self._sleep,
+        )
+
+    def _account(self, planned: list[Planned], results: Sequence[Outcome]) -> list[EventOutcome]:
+        """Per-change outcomes, with the batch's counters summed first.
+
+        Each counter is incremented once per label set: a labelled increment costs a
+        lookup and a lock, too much to pay per change.
+        """
+        outcomes = iter(results)
+        now_ms = self._clock_ms()
+        report: list[EventOutcome] = []
+        op_counts: Counter[tuple[str, str]] = Counter()
+        event_counts: Counter[tuple[str, str, str]] = Counter()
+        for item in planned:
+            event = item.event
+            op_outcomes = []
+            for op in item.ops:
+                outcome = Outcome.APPLIED if isinstance(op, InvalidatePrefix) else next(outcomes)
+                op_counts[_OP_KIND[type(op)], outcome.value] += 1
+                op_outcomes.append(outcome)
+            summary = _summarise(op_outcomes)
+            event_counts[event.table, event.op.value, summary] += 1
+            if summary == Outcome.APPLIED:
+                _observe_latency(metrics.COMMIT_TO_APPLIED, now_ms, event.committed_at_ms)
+                _observe_latency(metrics.EMITTED_TO_APPLIED, now_ms, event.emitted_at_ms)
+            report.append(EventOutcome(event, summary))
+        for (kind, outcome_name), count in op_counts.items():
+            metrics.REDIS_OPS.labels(kind, outcome_name).inc(count)
+        for labels, count in event_counts.items():
+            metrics.EVENTS.labels(*labels).inc(count)
+        if planned:
+            metrics.RECORDS.labels("change").inc(len(planned))
+        return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    """The TTL caps of one batch: the global mode's, and those of tables falling back alone."""
+
+    everything: int | None
+    tables: Mapping[str, int]
+
+    def applied_to(self, item: Planned) -> list[CacheOp]:
+        """``item``'s ops with no SetRow living longer than its table may."""
+        cap = self.tables.get(item.event.table, self.everything)
+        if cap is None:
+            return list(item.ops)
+        if self.everything is not None:
+            cap = min(cap, self.everything)
+        return [_capped(op, cap) for op in item.ops]
+
+
+def _key_outcome(outcome: Outcome) -> KeyOutcome:
+    return KeyOutcome.DELETED if outcome is Outcome.APPLIED else KeyOutcome.SKIPPED
+
+
+def _unreached(delete: DeleteKey, hidden: tuple[str, ...], exc: Exception) -> Unreached:
+    """A key whose delete failed: named scrubbed, with the error's class (never its text)."""
+    return Unreached(scrub(delete.key, hidden), f"deleting it raised {type(exc).__name__}")
+
+
+def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
+    if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
+        return op
+    return replace(op, ttl_ms=cap_ms)
+
+
+def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:
+    if since_ms is not None:
+        histogram.observe(max(0.0, now_ms - since_ms) / 1000)
+
+
+def _summarise(outcomes: list[Outcome]) -> str:
+    if not outcomes:
+        return "no_op"
+    if Outcome.APPLIED in outcomes or Outcome.INVALIDATED in outcomes:
+        return Outcome.APPLIED.value
+    if all(o is Outcome.DUPLICATE for o in outcomes):
+        return Outcome.DUPLICATE.value
+    return Outcome.STALE.value
+
+
+_CONTROL_KIND = {Heartbeat: "heartbeat", SchemaChange: "schema_change", Tombstone: "tombstone"}
+
+
+def _control_kind(item: Control) -> str:
+    return _CONTROL_KIND[type(item.item)]

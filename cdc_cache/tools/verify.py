@@ -1,0 +1,232 @@
+"""``cdc-cache verify``: compare the cache with the database it is derived from.
+
+For each covered table the checker reads the rows (all of them, or a random sample), derives
+the keys and values the worker would have written for them, and compares Redis. Expected
+values come from :func:`cdc_cache.plan.planner.plan` applied to a snapshot-read event of the row,
+so the checker can never disagree with the worker about projection or serialisation. A
+table whose values are decoded (rules version 2) has its rows read through the same
+decoding a fill uses (:meth:`~cdc_cache.source.natural.TableValues.driver_row`), so dates, JSON
+documents, ``real`` and ``DATETIME(6)`` compare as the worker writes them; a table cached
+as Debezium ships it has its rows re-encoded as the connector would
+(:func:`~cdc_cache.tools.verify_judge.debezium_value`).
+
+Findings, per cache key of a ``set`` rule:
+
+* ``stale``: the key holds a value other than the row's projection (or the wrong type);
+* ``unexpected``: a key parsed back to a ``set`` template of the table, with no row for it;
+* ``missing``: the row exists, the key does not. Not an error: a TTL or eviction removes
+  keys legitimately, and cache-aside readers refill them. Reported apart from stale;
+* ``version``: a value without its version (or whose version is a delete tombstone),
+  which a late older change could overwrite.
+
+Keys of ``delete`` rules are filled by the application, in whatever shape it likes, so
+the checker only counts them and how many are present; it cannot judge them.
+
+A difference can be a change still in flight (committed, not yet applied). Every
+difference is therefore re-checked a few times with a delay, re-reading both the row and
+the key, and only differences that persist are reported. The exit code is 1 when any
+stale or unexpected key remains, 0 otherwise.
+
+This module runs the check; the judging is pure (``verify_judge``), the reads are in
+``verify_reads`` and the report in ``verify_report``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.events import Row
+from cdc_cache.plan.cache_ops import SetRow
+from cdc_cache.plan.rules import Action, Rules, TableRules
+from cdc_cache.sink.connection import Client
+from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
+from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
+from cdc_cache.tools.verify_report import Report, TableReport
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A key that differed: re-checked by its row's primary key or its parsed columns."""
+
+    key: str
+    pattern: KeyPattern
+    primary_key: Mapping[str, Any] | None
+
+
+_Pending = tuple[_Candidate, Finding, str]
+
+
+@dataclass
+class Checker:
+    """Runs the check one table at a time; see the module docstring."""
+
+    db: Database
+    client: Client
+    rules: Rules
+    sample: int | None = None
+    settle_retries: int = 3
+    settle_delay_s: float = 0.5
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(self, tables: Iterable[str] = ()) -> Report:
+        """Check ``tables`` (default: every covered table)."""
+        wanted = list(tables) or list(self.rules.tables)
+        unknown = [t for t in wanted if t not in self.rules.tables]
+        if unknown:
+            msg = (
+                f"--table {', '.join(unknown)}: not in {self.rules.path}; "
+                f"covered tables: {', '.join(self.rules.tables)}"
+            )
+            raise ConfigError(msg)
+        return Report([self.check_table(self.rules.tables[t]) for t in wanted])
+
+    def check_table(self, table: TableRules) -> TableReport:
+        """Bulk pass over rows and keys, then re-checks of whatever differed."""
+        report = TableReport(table.table)
+        primary_key = self.db.primary_key(table.table)
+        report.rows_in_table = self.db.count(table.table)
+        sampled = self.sample is not None and report.rows_in_table > self.sample
+        rows = self.db.rows(table.table, self.sample if sampled else None, table.values)
+        report.rows = len(rows)
+        patterns = {rule: KeyPattern.of(rule) for rule in table.keys if rule.action is Action.SET}
+        expected: dict[str, tuple[SetRow, _Candidate]] = {}
+        deletes: set[str] = set()
+        for row in rows:
+            derived = derive(table, row, primary_key)
+            pk = {column: row[column] for column in primary_key}
+            for rule, op in derived.sets:
+                expected[op.key] = (op, _Candidate(op.key, patterns[rule], pk))
+            deletes.update(derived.deletes)
+        report.set_keys = len(expected)
+        report.delete_keys = len(deletes)
+        report.delete_keys_present = count_present(self.client, sorted(deletes))
+
+        keys = list(expected)
+        stored = read_keys(self.client, [(k, expected[k][0].format) for k in keys])
+        pending: list[_Pending] = []
+        for key, now in zip(keys, stored, strict=True):
+            op, candidate = expected[key]
+            finding = judge(op, now)
+            if finding is not None:
+                pending.append((candidate, finding, describe(finding, op, now)))
+        strangers = self._unexpected(list(patterns.values()), expected.keys() | deletes)
+        if sampled and self.sample is not None and len(strangers) > self.sample:
+            strangers = self.rng.sample(strangers, self.sample)
+        pending += [
+            (c, Finding.UNEXPECTED, describe(Finding.UNEXPECTED, None, Stored(None)))
+            for c in strangers
+        ]
+        for candidate, finding, detail in self._settle(table, primary_key, pending):
+            report.add(finding, f"{candidate.key}: {detail}")
+        return report
+
+    def _unexpected(self, patterns: Sequence[KeyPattern], known: set[str]) -> list[_Candidate]:
+        """Keys under the table's set prefixes that parse as its keys but no row yields.
+
+        Keys that also parse as any table's ``delete`` key belong to the application.
+        """
+        foreign = [
+            KeyPattern.of(rule)
+            for other in self.rules.tables.values()
+            for rule in other.keys
+            if rule.action is Action.DELETE
+        ]
+        out: list[_Candidate] = []
+        for prefix in dict.fromkeys(p.rule.template.static_prefix for p in patterns):
+            for key in scan_prefix(self.client, prefix):
+                if key in known or any(f.parse(key) is not None for f in foreign):
+                    continue
+                pattern = next((p for p in patterns if p.parse(key) is not None), None)
+                if pattern is not None:
+                    out.append(_Candidate(key, pattern, None))
+        return out
+
+    def _settle(
+        self, table: TableRules, primary_key: Sequence[str], pending: list[_Pending]
+    ) -> list[_Pending]:
+        """Re-check every difference until it goes away or the retries run out."""
+        for _ in range(self.settle_retries):
+            if not pending:
+                break
+            self.sleep(self.settle_delay_s)
+            rechecked = [(c, *self._recheck(table, primary_key, c)) for c, _, _ in pending]
+            pending = [(c, f, d) for c, f, d in rechecked if f is not None]
+        return pending
+
+    def _recheck(
+        self, table: TableRules, primary_key: Sequence[str], candidate: _Candidate
+    ) -> tuple[Finding | None, str]:
+        """Re-read the row that renders the key (if any), then the key itself."""
+        row = self._row_for(table, primary_key, candidate)
+        expected = None
+        if row is not None:
+            expected = next(
+                op for _, op in derive(table, row, primary_key).sets if op.key == candidate.key
+            )
+        stored = read_keys(self.client, [(candidate.key, candidate.pattern.rule.format)])[0]
+        finding = judge(expected, stored)
+        return finding, describe(finding, expected, stored)
+
+    def _row_for(
+        self, table: TableRules, primary_key: Sequence[str], candidate: _Candidate
+    ) -> dict[str, Any] | None:
+        key, pattern = candidate.key, candidate.pattern
+        return row_for_key(self.db, table, primary_key, key, pattern, known=candidate.primary_key)
+
+
+def row_for_key(
+    db: Database,
+    table: TableRules,
+    primary_key: Sequence[str],
+    key: str,
+    pattern: KeyPattern,
+    *,
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The row of ``table`` that renders ``key`` through ``pattern``'s rule, if any.
+
+    Tried first by the primary key ``known`` (the row the key was expected from), then by
+    the column values parsed back from the key.
+    """
+
+    def renders(row: Row) -> bool:
+        sets = derive(table, row, primary_key).sets
+        return any(op.key == key for _, op in sets)
+
+    if known is not None:
+        found = db.matching(table.table, known, as_text=False, shape=table.values)
+        if found and renders(found[0]):
+            return found[0]
+    values = pattern.parse(key) or {}
+    if not values:
+        return None  # every column was digested: no lookup would be bounded
+    rows = db.matching(table.table, values, as_text=True, shape=table.values)
+    return next((row for row in rows if renders(row)), None)
+
+
+def verify(
+    dsn: str,
+    rules: Rules,
+    client: Client,
+    *,
+    tables: Sequence[str] = (),
+    sample: int | None = None,
+    settle_retries: int = 3,
+    settle_delay_s: float = 0.5,
+) -> Report:
+    """Check ``tables`` (default: every covered table) of the database at ``dsn``."""
+    if sample is not None and sample <= 0:
+        msg = f"--sample {sample}: give a positive number of rows"
+        raise ConfigError(msg)
+    db = Database.connect(dsn)
+    try:
+        checker = Checker(db, client, rules, sample, settle_retries, settle_delay_s)
+        return checker.run(tables)
+    finally:
+        db.close()
