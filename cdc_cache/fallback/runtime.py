@@ -175,6 +175,7 @@ class ModeRuntime:
 
     def tick(self) -> Decision | None:
         """One controller step: observe, decide, publish, act. Returns the decision."""
+        shared_problem = self._share_heartbeats()
         report = self._tracker.report()
         _export_lag(report)
         local = LagSummary.of(report, self._config.slo_s, self.holds.active())
@@ -192,10 +193,30 @@ class ModeRuntime:
             )
             return None
         else:
-            self._report(self._flag_problem)
+            self._report(self._flag_problem or shared_problem)
         with self._lock:
             self._redis_ok_ms = self._now_ms()
         return decision
+
+    def _share_heartbeats(self) -> str | None:
+        """Pass the heartbeats read here to the other processes, and learn theirs.
+
+        Without them, a process whose partitions hold no heartbeat topic would see its
+        idle partitions age past the SLO. Returns what is wrong with the shared key, if
+        anything; a Redis outage is left to the tick's own writes to report.
+        """
+        if self._processes < 2:
+            return None
+        try:
+            shared = self._store.share_heartbeats(
+                self._tracker.heartbeats(), int(5000 * self._interval_s)
+            )
+        except ModeKeyError as exc:
+            return str(exc)
+        except _REDIS_ERRORS:
+            return None
+        self._tracker.learn_heartbeats(shared)
+        return None
 
     def _report(self, problem: str | None) -> None:
         """Log a mode key holding junk once (and its end), not on every tick."""
