@@ -240,12 +240,13 @@ class LagSummary:
         """Several processes' summaries folded into one (every process's holds count)."""
         items = list(summaries)
         holds = tuple(sorted({hold for s in items for hold in s.holds}))
-        known = [s for s in items if s.lag_s is not None]
-        worst = max(known, key=lambda s: (s.stalled, s.lag_s or 0.0), default=None)
-        if worst is None:
-            return cls(None, any(s.stalled for s in items), "", holds)
-        lag = max(s.lag_s or 0.0 for s in known)
-        return cls(lag, any(s.stalled for s in items), worst.where, holds)
+        known = [s.lag_s for s in items if s.lag_s is not None]
+        # named in the reason: a stalled one first (a silent process has no lag to compare)
+        worst = max(
+            items, key=lambda s: (s.stalled, s.lag_s is not None, s.lag_s or 0.0), default=None
+        )
+        where = worst.where if worst is not None else ""
+        return cls(max(known, default=None), any(s.stalled for s in items), where, holds)
 
     def fields(self) -> dict[str | bytes, bytes | float | int | str]:
         """As a Redis hash."""

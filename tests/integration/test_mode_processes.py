@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -20,6 +21,9 @@ from confluent_kafka import Producer
 from redis import Redis
 
 from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.services import Service, worker
@@ -28,7 +32,7 @@ from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-SLO_S, RECOVER_S, WINDOW_S = 3.0, 2.0, 2.0
+SLO_S, RECOVER_S, WINDOW_S = 6.0, 2.0, 2.0
 PARTITIONS = 4
 MODE_ENV = {
     "CDC_CACHE_LAG_SLO_S": str(SLO_S),
@@ -37,6 +41,7 @@ MODE_ENV = {
     "CDC_CACHE_FALLBACK_TTL_S": "30",
     "CDC_CACHE_RECOVERY_PARTITIONS": "2",
 }
+FALLBACK_MS = 30_000
 
 
 class Source:
@@ -227,3 +232,123 @@ def test_idle_processes_stay_in_cdc_and_a_lagging_follower_switches_the_mode(
     finally:
         done.set()
         feeding.join(5)
+
+
+def test_the_leader_restarting_does_not_flip_the_mode(
+    cluster: Cluster, source: Source, redis_client: Redis
+) -> None:
+    """The cluster goes down with its leader (a Bytewax cluster stops together) and its
+    processes come back at their own pace: the follower several seconds after the leader
+    decides again. Its silence counts from the leader's start, as a partition's would."""
+    started(cluster, source, redis_client)
+    leader, follower = cluster.services
+    modes = ModeLog(redis_client)
+    leader.kill()
+    wait_until("the follower stopped with it", lambda: not follower.running(), 30)
+    leader.start()
+    ticked = mode_of(redis_client)["updated_ms"]
+    wait_until(
+        "the leader decides again",
+        lambda: mode_of(redis_client)["updated_ms"] != ticked,
+        30,
+        alive=[leader],
+    )
+    time.sleep(WINDOW_S + 1)  # the follower is still down: longer than the mode window
+    follower.start()
+    source.change(0, 500)
+    alive = cluster.services
+    cached = lambda: redis_client.exists("stock:500:north") == 1  # noqa: E731
+    wait_until("a change applied after the restart", cached, 60, alive=alive)
+    time.sleep(WINDOW_S + 1)
+    seen = modes.close()
+    assert set(seen) == {"cdc"}, mode_of(redis_client)
+
+
+def runtime(client: Any, process: int, clock: list[float], tracker: LagTracker) -> ModeRuntime:
+    """One process's mode loop, ticked by hand; its lag report expires after 250 ms."""
+    return ModeRuntime(
+        client=client,
+        tracker=tracker,
+        config=ModeConfig(slo_s=SLO_S, recover_s=RECOVER_S, window_s=WINDOW_S),
+        fallback_ttl_ms=FALLBACK_MS,
+        prefixes=["stock:"],
+        process=process,
+        processes=2,
+        interval_s=0.05,
+        clock=lambda: clock[0],
+    )
+
+
+class Process:
+    """A worker process's mode loop over one partition, as fresh as ``age_s`` says."""
+
+    def __init__(self, client: Any, number: int, clock: list[float]) -> None:
+        self.tracker = LagTracker(lambda: clock[0] * 1000)
+        self.runtime = runtime(client, number, clock, self.tracker)
+        self._clock = clock
+        self.partition = ("db.inventory.stock", number)
+
+    def tick(self, age_s: float = 0.0) -> str:
+        self.tracker.record(*self.partition, int((self._clock[0] - age_s) * 1000))
+        decision = self.runtime.tick()
+        assert decision is not None, "Redis answered"
+        return decision.mode.value
+
+
+def test_a_process_that_stops_reporting_counts_as_stalled_once_silent_for_the_slo(any_redis):
+    clock = [1000.0]
+    leader, follower = Process(any_redis, 0, clock), Process(any_redis, 1, clock)
+    for _ in range(3):
+        clock[0] += 1
+        follower.tick()
+        assert leader.tick() == "cdc"
+    time.sleep(0.3)  # the follower's last report expires
+    modes = []
+    for _ in range(int(SLO_S + WINDOW_S) + 2):
+        clock[0] += 1
+        modes.append(leader.tick())
+    assert modes[: int(SLO_S)] == ["cdc"] * int(SLO_S), "silent for less than the SLO"
+    assert modes[-1] == "ttl", modes
+    published = mode_of(any_redis)
+    assert published["cause"] == "stalled", published
+    assert "process 1 (no lag report for" in published["reason"], published
+
+    for _ in range(int(WINDOW_S) + 2):  # it reports again, with a low lag: back after a window
+        clock[0] += 1
+        follower.tick()
+        leader.tick()
+    assert mode_of(any_redis)["mode"] == "cdc"
+
+
+def test_a_lagging_follower_switches_the_mode_and_a_restarted_leader_keeps_it(any_redis):
+    clock = [1000.0]
+    leader, follower = Process(any_redis, 0, clock), Process(any_redis, 1, clock)
+    modes = []
+    for _ in range(int(WINDOW_S) + 2):
+        clock[0] += 1
+        follower.tick(age_s=2 * SLO_S)
+        modes.append(leader.tick())
+    assert modes[-1] == "ttl" and mode_of(any_redis)["cause"] == "lag", modes
+    assert "db.inventory.stock[1]" in mode_of(any_redis)["reason"]
+
+    restarted = Process(any_redis, 0, clock)  # its partitions are not read yet
+    restarted.runtime.start()
+    restarted.runtime.close()
+    clock[0] += 1
+    assert restarted.runtime.tick() is not None
+    assert mode_of(any_redis)["mode"] == "ttl", "a restarted leader resumes ttl"
+
+
+def test_a_restarted_leader_waits_the_slo_for_a_follower_that_restarts_later(any_redis):
+    clock = [1000.0]
+    leader = Process(any_redis, 0, clock)
+    modes = []
+    for _ in range(int(SLO_S)):  # the follower is not back yet
+        clock[0] += 1
+        modes.append(leader.tick())
+    follower = Process(any_redis, 1, clock)
+    for _ in range(int(WINDOW_S) + 2):
+        clock[0] += 1
+        follower.tick()
+        modes.append(leader.tick())
+    assert set(modes) == {"cdc"}, modes
