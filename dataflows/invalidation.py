@@ -113,6 +113,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         config.redis_url, config.backoff, context.stop, context.ttl_cap_ms, rejects,
         auth=config.redis_auth, tables=context.tables, sensitive=rules.sensitive,
         replicas=context.replicas, holds=context.holds,
+        invalidate_only=context.invalidate_only, memory=context.memory,
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow

@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from cdc_cache.core.retry import Backoff
 from cdc_cache.sink.apply import RedisAuth, redis_url_problem
+from cdc_cache.sink.memory import EvictionFallback
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
 
 ENV_PREFIX = "CDC_CACHE_"
@@ -122,6 +123,11 @@ class SharedSettings(BaseSettings):
         default=None, description="bearer token for PUT /mode and the DLQ page"
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
+    eviction_fallback: EvictionFallback = Field(
+        default=EvictionFallback.REFUSE,
+        description="on a Redis whose eviction policy may evict versions: refuse to start, "
+        "or write invalidations only",
+    )
 
     @field_validator(*_KAFKA_SECTIONS)
     @classmethod

@@ -19,7 +19,7 @@ import yaml
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import Row
-from cdc_cache.core.keys import VERSION_PREFIX, escape_value
+from cdc_cache.core.keys import LEGACY_VERSION_PREFIX, VERSION_PREFIX, escape_value
 from cdc_cache.core.logical import ColumnType, Kind, declared
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.source.natural import (
@@ -735,12 +735,15 @@ class _Checker:
                 f"'{source}' starts with a placeholder; start it with a literal prefix "
                 "such as 'stock:' so a TRUNCATE can find its keys",
             )
-        elif prefix.startswith(VERSION_PREFIX) or VERSION_PREFIX.startswith(prefix):
+        elif any(
+            prefix.startswith(own) or own.startswith(prefix)
+            for own in (VERSION_PREFIX, LEGACY_VERSION_PREFIX)
+        ):
             self.problem(
                 key_node,
                 f"{where}.key",
                 f"prefix '{prefix}' overlaps cdc-cache's version keys "
-                f"('{VERSION_PREFIX}'); choose another prefix",
+                f"('{VERSION_PREFIX}', '{LEGACY_VERSION_PREFIX}'); choose another prefix",
             )
         check_columns(key_node, f"{where}.key", template.columns)
         for column in template.columns:

@@ -1,11 +1,18 @@
 """Apply planned cache operations to Redis, each gated by the source position of its key.
 
-Redis keeps, next to every managed key, the position of the last change applied to it
-(``keys.version_key``). A Lua script (``lua/apply.lua``) writes an op only when its
-position is strictly newer, so duplicates, replays and late arrivals converge to the
-newest row image, and a delete leaves a version tombstone that a late older write cannot
-get past. An applied op also voids the key's lease (``keys.lease_key``), which is how an
-application fill through ``cdc_cache.aside.cache_aside`` learns that the row it loaded may be stale.
+Redis keeps, for every managed key, the version (position) of the last change applied to
+it, in a version bucket of the key's slot (``keys.version_key``, ``cdc_cache.sink.versions``).
+A Lua script (``lua/apply.lua``) writes an op only when its version is strictly newer, so
+duplicates, replays and late arrivals converge to the newest row image, and a delete
+leaves a version tombstone that a late older write cannot get past. An applied op also
+voids the key's lease (``keys.lease_key``), which is how an application fill through
+``cdc_cache.aside.cache_aside`` learns that the row it loaded may be stale.
+
+When Redis refuses a call for memory (OOM), its ops are sent again as invalidations
+(sets become deletes) through the same script flagged ``allow-oom``: deletes and their
+tombstones land even then, and the :class:`MemoryObserver` hears of the refusal (the
+worker falls back to ``ttl`` mode). ``invalidate_only`` does the same for every batch, for
+eviction policies that could evict versions (see ``redis_memory``).
 
 A batch costs one round trip: one EVALSHA on a single server; on Redis Cluster one EVALSHA
 per hash slot (a key, its version key and its lease key share a slot), pipelined so that
@@ -24,18 +31,19 @@ import hashlib
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
+from redis.commands.core import Script
 
 from cdc_cache.core.errors import CdcCacheError, ConfigError, RedisUnavailable, chain
 from cdc_cache.core.keys import (
@@ -46,6 +54,7 @@ from cdc_cache.core.keys import (
     lease_key,
     leased_key,
     stream_key,
+    version_field,
     version_key,
 )
 from cdc_cache.core.redact import redact_url
@@ -55,9 +64,12 @@ from cdc_cache.plan.cache_ops import (
     InvalidatePrefix,
     KeyOp,
     Notify,
+    SetRow,
     ValueFormat,
+    as_invalidation,
 )
 from cdc_cache.sink.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
+from cdc_cache.sink.versions import encode_version
 
 log = logging.getLogger("cdc_cache.redis_apply")
 
@@ -79,7 +91,10 @@ _TRANSIENT_TYPES: Final = (
     rex.ReadOnlyError,  # wrote to a former primary during a failover
     rex.SlotNotCoveredError,
 )
-# OOM (maxmemory reached) counts as transient: retry until memory is freed, never skip.
+# The text of an OOM reply once redis-py has taken its "OOM" code off (OutOfMemoryError).
+_OOM_TEXT: Final = "command not allowed when used memory"
+# OOM (maxmemory reached, see is_oom) counts as transient: retry until memory is freed,
+# never skip (the apply script has its own way through).
 _TRANSIENT_REPLIES: Final = (
     "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK", "READONLY",
     "OOM", "NOREPLICAS",
@@ -111,14 +126,43 @@ class RedisAuth:
 
 
 class Outcome(StrEnum):
-    """What happened to one key op: written, or skipped because its position was not newer."""
+    """What happened to one key op: written, or skipped because its position was not newer.
+
+    ``INVALIDATED``: the op's key was deleted instead of written, because a set found a
+    value without a known version, or Redis was out of memory, or the eviction policy
+    allows only invalidations. It changed the cache like an applied op.
+    """
 
     APPLIED = "applied"
     STALE = "stale"
     DUPLICATE = "duplicate"
+    INVALIDATED = "invalidated"
 
 
-_OUTCOMES: Final = {1: Outcome.APPLIED, 0: Outcome.STALE, 2: Outcome.DUPLICATE}
+_OUTCOMES: Final = {
+    1: Outcome.APPLIED,
+    0: Outcome.STALE,
+    2: Outcome.DUPLICATE,
+    3: Outcome.INVALIDATED,
+}
+
+
+class MemoryObserver(Protocol):
+    """Hears, per Redis node, whether it took a write-capable call or refused it for memory."""
+
+    def refused(self, node: str, error: str) -> None:
+        """``node`` refused a call for memory (OOM); its ops were applied as invalidations."""
+
+    def accepted(self, node: str) -> None:
+        """``node`` took a call that may write values."""
+
+
+class _NoObserver:
+    def refused(self, node: str, error: str) -> None:
+        """Nobody listens."""
+
+    def accepted(self, node: str) -> None:
+        """Nobody listens."""
 
 
 CLUSTER_NOTIFY_REFUSAL: Final = (
@@ -161,11 +205,18 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One EVALSHA: flattened (key, version key, lease key) triples, ARGV, and which ops."""
+    """One EVALSHA: flattened (key, version bucket, lease key) triples, ARGV, and which ops."""
 
     keys: tuple[str, ...]
     args: tuple[Arg, ...]
     ops: tuple[int, ...]
+
+
+class _Refused:
+    """A call Redis refused for memory (OOM), with the error's text."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
 
 
 def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
@@ -244,6 +295,7 @@ def is_transient(exc: BaseException) -> bool:
     return any(
         isinstance(seen, _TRANSIENT_TYPES)
         or (isinstance(seen, rex.ResponseError) and str(seen).startswith(_TRANSIENT_REPLIES))
+        or is_oom(seen)
         or (
             isinstance(seen, rex.RedisClusterException)
             and any(text in str(seen) for text in _TRANSIENT_CLUSTER_TEXTS)
@@ -298,11 +350,72 @@ def _translated(what: str) -> Iterator[None]:
 translated_errors = _translated
 
 
+# Redis 7 script flags: with none declared, Redis refuses the call up front while it is
+# out of memory; allow-oom lets a call that only deletes run then (EVALSHA is judged by the
+# flags of the script it names).
+_SHEBANG: Final = "#!lua\n"
+_SHEBANG_ALLOW_OOM: Final = "#!lua flags=allow-oom\n"
+
+
 @cache
-def _script() -> tuple[str, str]:
-    """The apply script's source and SHA1 (what EVALSHA names it by)."""
-    source = resources.files("cdc_cache").joinpath("sink/lua/apply.lua").read_text(encoding="utf-8")
+def _script(*, allow_oom: bool = False) -> tuple[str, str]:
+    """The apply script's source and SHA1 (what EVALSHA names it by), with its flags."""
+    body = resources.files("cdc_cache").joinpath("sink/lua/apply.lua").read_text(encoding="utf-8")
+    source = (_SHEBANG_ALLOW_OOM if allow_oom else _SHEBANG) + body
     return source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+@cache
+def lua_script(name: str) -> tuple[str, str]:
+    """The source and SHA1 of one of the sink's other Lua scripts (``lua/<name>.lua``)."""
+    path = f"sink/lua/{name}.lua"
+    source = resources.files("cdc_cache").joinpath(path).read_text(encoding="utf-8")
+    return source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+# The worker's own records (mode, lag reports, the version store's layout) must be written
+# especially while Redis is out of memory: they are how it says so. They are a few bytes.
+_RECORD: Final = """#!lua flags=allow-oom
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+def write_record(client: Client, key: str, fields: Mapping[Any, Any], ttl_ms: int = 0) -> None:
+    """HSET ``fields`` (and PEXPIRE ``ttl_ms`` if positive), even while Redis is out of memory."""
+    args = [ttl_ms, *(item for pair in fields.items() for item in pair)]
+    Script(client, _RECORD)(keys=[key], args=args)
+
+
+def accepts_writes(node: Redis[bytes]) -> bool:
+    """Whether ``node`` runs a call that may write values, or refuses it for memory.
+
+    An empty call of the apply script: it writes nothing, but Redis judges it by the
+    script's flags, so it is refused exactly while the node is out of memory.
+    """
+    source, sha = _script()
+    try:
+        try:
+            node.execute_command("EVALSHA", sha, 0)
+        except rex.NoScriptError:
+            node.execute_command("SCRIPT LOAD", source)
+            node.execute_command("EVALSHA", sha, 0)
+    except rex.ResponseError as exc:
+        if is_oom(exc):
+            return False
+        raise
+    return True
+
+
+def is_oom(reply: object) -> bool:
+    """True when Redis refused a command because ``maxmemory`` is reached.
+
+    redis-py takes the ``OOM`` code off the reply, and puts the command in front of it when
+    a pipeline raises it.
+    """
+    text = str(reply)
+    return isinstance(reply, rex.ResponseError) and (text.startswith("OOM") or _OOM_TEXT in text)
 
 
 def glob_escape(text: str) -> str:
@@ -311,7 +424,7 @@ def glob_escape(text: str) -> str:
 
 
 def version_of(op: KeyOp) -> str:
-    """The version string stored for ``op``: its position, then a rank (delete < set).
+    """The version stored for ``op``: its position, then a rank (delete < set).
 
     A change of primary key reaches Debezium's topic as a delete of the old row and a
     create of the new one at the same position. When both map to one cache key, the
@@ -319,7 +432,7 @@ def version_of(op: KeyOp) -> str:
     pair is a change that failed, whose keys were deleted at its position
     (``cdc_cache.plan.invalidations``), replayed once its cause is fixed: its set must win too.
     """
-    return op.position.encode() + (".d" if isinstance(op, DeleteKey) else ".s")
+    return encode_version(op.position, delete=isinstance(op, DeleteKey))
 
 
 def _keys(op: KeyOp | Notify) -> tuple[str, ...]:
@@ -330,24 +443,24 @@ def _keys(op: KeyOp | Notify) -> tuple[str, ...]:
 
 
 def _encode(op: KeyOp | Notify) -> tuple[Arg, ...]:
-    """The script's ARGV for one op: kind, version, version TTL, then kind-specific args."""
+    """The script's ARGV for one op: kind, field, version, its lifetime, kind's own args."""
     if isinstance(op, Notify):
         return ("N", op.channel, op.maxlen, op.payload)
-    position = version_of(op)
+    field, version = version_field(op.key), version_of(op)
     if op.tombstone_ttl_ms <= 0:
         msg = f"{type(op).__name__} for {op.key!r} has tombstone_ttl_ms={op.tombstone_ttl_ms}"
         raise ApplyError(msg + "; TTLs must be positive milliseconds")
     if isinstance(op, DeleteKey):
-        return ("D", position, op.tombstone_ttl_ms)
+        return ("D", field, version, op.tombstone_ttl_ms)
     if op.ttl_ms <= 0:
         msg = f"SetRow for {op.key!r} has ttl_ms={op.ttl_ms}; TTLs must be positive milliseconds"
         raise ApplyError(msg)
-    version_ttl = max(op.ttl_ms, op.tombstone_ttl_ms)
+    lifetime = max(op.ttl_ms, op.tombstone_ttl_ms)
     if op.format is ValueFormat.JSON and isinstance(op.value, bytes):
-        return ("J", position, version_ttl, op.value, op.ttl_ms)
+        return ("J", field, version, lifetime, op.value, op.ttl_ms)
     if op.format is ValueFormat.HASH and isinstance(op.value, tuple):
         fields = [item for pair in op.value for item in pair]
-        return ("H", position, version_ttl, op.ttl_ms, len(op.value), *fields)
+        return ("H", field, version, lifetime, op.ttl_ms, len(op.value), *fields)
     msg = (
         f"SetRow for {op.key!r}: format {op.format} needs "
         f"{'bytes' if op.format is ValueFormat.JSON else 'field pairs'}, "
@@ -363,6 +476,10 @@ class RedisApplier:
     the server while it runs, so a huge batch is split into several calls (sent in the same
     pipeline, in order). ``scan_count`` is the SCAN COUNT hint of a prefix invalidation,
     which also bounds how many keys one of its calls deletes.
+
+    ``invalidate_only`` is asked once per batch: while it is true every set is applied as
+    a delete (an eviction policy that may evict versions, see ``redis_memory``).
+    ``memory`` hears which nodes refuse calls for memory and which take them.
     """
 
     def __init__(
@@ -372,6 +489,8 @@ class RedisApplier:
         max_ops_per_call: int = 1000,
         max_args_per_call: int = 50_000,
         scan_count: int = 500,
+        invalidate_only: Callable[[], bool] = lambda: False,
+        memory: MemoryObserver | None = None,
     ) -> None:
         if min(max_ops_per_call, max_args_per_call, scan_count) <= 0:
             msg = "max_ops_per_call, max_args_per_call and scan_count must be positive"
@@ -380,6 +499,8 @@ class RedisApplier:
         self._max_ops = max_ops_per_call
         self._max_args = max_args_per_call
         self._scan_count = scan_count
+        self._invalidate_only = invalidate_only
+        self._memory = memory or _NoObserver()
 
     def apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
         """Apply ``ops`` in order; raises TransientError (retry the batch) or ApplyError.
@@ -417,6 +538,7 @@ class RedisApplier:
         return sum(int(found) for found in replies[::2])
 
     def _apply_key_ops(self, ops: Sequence[KeyOp | Notify]) -> list[Outcome]:
+        """Apply key ops, one call per slot and chunk; refused calls again as invalidations."""
         if not ops:
             return []
         cluster = isinstance(self._client, RedisCluster)
@@ -425,12 +547,31 @@ class RedisApplier:
             if cluster and isinstance(op, Notify):
                 raise ApplyError(CLUSTER_NOTIFY_REFUSAL)
             groups[key_slot(op.key) if cluster and not isinstance(op, Notify) else 0].append(index)
-        calls = [call for indices in groups.values() for call in self._chunk(ops, indices)]
-        outcomes: list[Outcome | None] = [None] * len(ops)
-        for call, codes in zip(calls, self._run(calls), strict=True):
-            for index, code in zip(call.ops, codes, strict=True):
-                outcomes[index] = _OUTCOMES[int(code)]
-        return [outcome for outcome in outcomes if outcome is not None]
+        sent: list[KeyOp | Notify] = (
+            [as_invalidation(op) for op in ops] if self._invalidate_only() else list(ops)
+        )
+        calls = [call for indices in groups.values() for call in self._chunk(sent, indices)]
+        codes: list[int | None] = [None] * len(ops)
+        refused: list[_Call] = []
+        for call, reply in zip(calls, self._run(calls), strict=True):
+            node = self._node(call)
+            if isinstance(reply, _Refused):
+                self._memory.refused(node, reply.error)
+                refused.append(call)
+                continue
+            self._memory.accepted(node)
+            for index, code in zip(call.ops, reply, strict=True):
+                codes[index] = int(code)
+        if refused:
+            for index in (index for call in refused for index in call.ops):
+                sent[index] = as_invalidation(sent[index])
+            retry = [again for call in refused for again in self._chunk(sent, call.ops)]
+            for call, reply in zip(retry, self._run(retry, allow_oom=True), strict=True):
+                if isinstance(reply, _Refused):  # pragma: no cover - allow-oom is never refused
+                    raise RedisUnavailable(reply.error)
+                for index, code in zip(call.ops, reply, strict=True):
+                    codes[index] = int(code)
+        return [_outcome(op, again, code) for op, again, code in zip(ops, sent, codes, strict=True)]
 
     def _chunk(self, ops: Sequence[KeyOp | Notify], indices: Sequence[int]) -> Iterator[_Call]:
         """Split one slot's ops into script calls within the limits, keeping their order.
@@ -456,10 +597,15 @@ class RedisApplier:
         if members:
             yield _Call(tuple(keys), tuple(args), tuple(members))
 
-    def _run(self, calls: Sequence[_Call]) -> list[list[int]]:
-        """Send every call in one pipeline; load the script and resend if a node lacks it."""
-        source, sha = _script()
-        replies: list[list[int] | None] = [None] * len(calls)
+    def _run(
+        self, calls: Sequence[_Call], *, allow_oom: bool = False
+    ) -> list[list[int] | _Refused]:
+        """Send every call in one pipeline; load the script and resend if a node lacks it.
+
+        A call refused for memory comes back as :class:`_Refused`.
+        """
+        source, sha = _script(allow_oom=allow_oom)
+        replies: list[list[int] | _Refused | None] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
             pipe = self._client.pipeline(transaction=False)
@@ -472,6 +618,8 @@ class RedisApplier:
             for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
                 if isinstance(reply, rex.NoScriptError):
                     missing.append(i)
+                elif is_oom(reply):
+                    replies[i] = _Refused(str(reply))
                 elif isinstance(reply, Exception):
                     if is_transient(reply) or misconfiguration(reply) is not None:
                         raise reply
@@ -486,6 +634,13 @@ class RedisApplier:
             todo = missing
         msg = "apply script vanished right after SCRIPT LOAD (failover or SCRIPT FLUSH?)"
         raise RedisUnavailable(msg)
+
+    def _node(self, call: _Call) -> str:
+        """The name (host:port) of the node a call goes to."""
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(call.keys[0])
+            return str(node.name) if node is not None else "?"
+        return node_name(self._client)
 
     def _route(self, call: _Call) -> dict[str, Any]:
         """Name a cluster call's node up front, from the client's slot map.
@@ -541,6 +696,27 @@ class RedisApplier:
 
     def _primaries(self) -> list[Redis[bytes]]:
         return primaries(self._client)
+
+
+def _outcome(op: KeyOp | Notify, sent: KeyOp | Notify, code: int | None) -> Outcome:
+    """A set sent as a delete that applied was invalidated, not written."""
+    if code is None:  # pragma: no cover - every op of a call gets a code
+        msg = f"the apply script returned no outcome for {op!r}"
+        raise ApplyError(msg)
+    outcome = _OUTCOMES[code]
+    if isinstance(op, Notify):  # its host's code: sent when the host changed the cache
+        return Outcome.APPLIED if outcome is Outcome.INVALIDATED else outcome
+    if outcome is Outcome.APPLIED and isinstance(op, SetRow) and isinstance(sent, DeleteKey):
+        return Outcome.INVALIDATED
+    return outcome
+
+
+def node_name(node: Redis[bytes]) -> str:
+    """``host:port`` (or the socket path) of a single Redis server's client."""
+    kwargs = node.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
 def primaries(client: Client) -> list[Redis[bytes]]:

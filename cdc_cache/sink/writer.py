@@ -359,7 +359,7 @@ def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) 
 def _summarise(outcomes: list[Outcome]) -> str:
     if not outcomes:
         return "no_op"
-    if Outcome.APPLIED in outcomes:
+    if Outcome.APPLIED in outcomes or Outcome.INVALIDATED in outcomes:
         return Outcome.APPLIED.value
     if all(o is Outcome.DUPLICATE for o in outcomes):
         return Outcome.DUPLICATE.value

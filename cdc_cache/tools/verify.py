@@ -15,7 +15,7 @@ Findings, per cache key of a ``set`` rule:
 * ``unexpected``: a key parsed back to a ``set`` template of the table, with no row for it;
 * ``missing``: the row exists, the key does not. Not an error: a TTL or eviction removes
   keys legitimately, and cache-aside readers refill them. Reported apart from stale;
-* ``version``: a value without its version key (or whose version is a delete tombstone),
+* ``version``: a value without its version (or whose version is a delete tombstone),
   which a late older change could overwrite.
 
 Keys of ``delete`` rules are filled by the application, in whatever shape it likes, so
@@ -47,12 +47,13 @@ from redis import exceptions as rex
 
 from cdc_cache.core.errors import CdcCacheError, ConfigError
 from cdc_cache.core.events import ChangeEvent, Op, Row
-from cdc_cache.core.keys import NULL_TOKEN, version_key
+from cdc_cache.core.keys import NULL_TOKEN, version_field, version_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import Action, KeyRule, Rules, TableRules
 from cdc_cache.sink.apply import Client
+from cdc_cache.sink.versions import is_delete, parse_stored
 from cdc_cache.source.natural import TableValues, cursor_types
 
 Dialect = Literal["mysql", "postgresql"]
@@ -203,7 +204,7 @@ def judge(expected: SetRow | None, stored: Stored) -> Finding | None:
         return Finding.MISSING
     if stored.wrong_type or stored.value is None or not same_value(expected, stored.value):
         return Finding.STALE
-    if stored.version is None or not stored.version.endswith(".s"):
+    if stored.version is None or is_delete(stored.version):
         return Finding.VERSION
     return None
 
@@ -468,12 +469,12 @@ def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[S
                 pipe.hgetall(key)
             else:
                 pipe.get(key)
-            pipe.get(version_key(key))
+            pipe.hget(version_key(key), version_field(key))
         replies = pipe.execute(raise_on_error=False)
         for value, version in zip(replies[::2], replies[1::2], strict=True):
             if isinstance(version, Exception) and not isinstance(version, rex.ResponseError):
                 raise version
-            text = version.decode() if isinstance(version, bytes) else None
+            text = _version_text(version)
             if isinstance(value, rex.ResponseError):  # WRONGTYPE: a hash where JSON belongs
                 out.append(Stored(None, text, wrong_type=True))
             elif isinstance(value, Exception):
@@ -484,6 +485,16 @@ def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[S
             else:
                 out.append(Stored(value, text))
     return out
+
+
+def _version_text(stored: object) -> str | None:
+    """The version in a bucket field's value; None when absent or unreadable."""
+    if not isinstance(stored, bytes):
+        return None
+    try:
+        return parse_stored(stored)[1]
+    except ValueError:
+        return None
 
 
 def count_present(client: Client, keys: Sequence[str]) -> int:

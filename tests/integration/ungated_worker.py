@@ -14,12 +14,12 @@ import hashlib
 from cdc_cache.cli import main
 from cdc_cache.sink import apply as redis_apply
 
-GATE = "elseif position > current then"
+GATE = "elseif version > current then"
 _gated = redis_apply._script
 
 
-def _ungated() -> tuple[str, str]:
-    source, _ = _gated()
+def _ungated(*, allow_oom: bool = False) -> tuple[str, str]:
+    source, _ = _gated(allow_oom=allow_oom)
     assert source.count(GATE) == 1, f"lua/apply.lua no longer gates with {GATE!r}: update this"
     patched = source.replace(GATE, "elseif true then")
     return patched, hashlib.sha1(patched.encode(), usedforsecurity=False).hexdigest()
