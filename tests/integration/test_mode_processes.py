@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,7 @@ from cdc_cache.fallback.runtime import ModeRuntime
 from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
-from cdc_cache.tools.devstack.process import free_port
-from tests.integration.services import Service, worker
+from tests.integration.services import Cluster
 from tests.integration.topics import unique_topic
 from tests.integration.waiting import wait_until
 
@@ -114,48 +112,9 @@ def source(broker: Broker) -> Iterator[Source]:
     made.close()
 
 
-class Cluster:
-    """Two worker processes, each with its own recovery directory and admin port."""
-
-    def __init__(self, tmp_path: Path, bootstrap: str, redis_url: str, topic: str) -> None:
-        addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        self.ports = [free_port() for _ in range(2)]
-        self.services: list[Service] = []
-        for process_id in range(2):
-            home = tmp_path / f"process-{process_id}"
-            home.mkdir(exist_ok=True)
-            service = worker(home, bootstrap, redis_url, [topic], env=MODE_ENV)
-            service.argv += ["--process-id", str(process_id)]
-            service.argv += ["--metrics-port", str(self.ports[process_id])]
-            service.argv += [arg for address in addresses for arg in ("--address", address)]
-            self.services.append(service)
-
-    def start(self) -> None:
-        for service in self.services:
-            service.start()
-
-    def stop(self) -> None:
-        for service in self.services:
-            service.stop()
-
-    def partitions_of(self, process: int, topic: str) -> list[int]:
-        """The partitions of ``topic`` the process reads (from its lag metrics)."""
-        url = f"http://127.0.0.1:{self.ports[process]}/metrics"
-        try:
-            text = urllib.request.urlopen(url, timeout=5).read().decode()
-        except OSError:
-            return []
-        label = f'topic="{topic}"'
-        return sorted(
-            int(line.split('partition="')[1].split('"')[0])
-            for line in text.splitlines()
-            if line.startswith("cdc_cache_connector_lag_seconds{") and label in line
-        )
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, broker: Broker, redis_server, source: Source) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, broker.bootstrap, redis_server.address(), source.topic)
+    made = Cluster(tmp_path, broker.bootstrap, redis_server.address(), [source.topic], MODE_ENV)
     made.start()
     yield made
     made.stop()

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
+from cdc_cache.app.topic_watch import TOPICS_KEY
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.cache import cache_state
 from tests.integration.probes import admin_get, metric
-from tests.integration.services import worker
+from tests.integration.services import Cluster, worker
 from tests.integration.topics import produce, unique_topic
 from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Message, Workload
@@ -28,6 +30,12 @@ def shop_cache(workload: Workload) -> dict[str, object]:
 
 def messages(workload: Workload, count: int) -> list[Message]:
     return [m for tx in workload.transactions(count) for m in tx]
+
+
+def both_current(client, stock: Workload, shop: Workload) -> bool:
+    return cache_state(client, "shop:") == shop_cache(shop) and (
+        cache_state(client) == stock.expected_cache()
+    )
 
 
 def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_a_kill(
@@ -74,8 +82,7 @@ def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_
         produce(broker.bootstrap, messages(stock, 100) + messages(shop, 100))
         wait_until(
             "both tables current",
-            lambda: cache_state(redis_client, "shop:") == shop_cache(shop)
-            and cache_state(redis_client) == stock.expected_cache(),
+            lambda: both_current(redis_client, stock, shop),
             30,
             alive=[service],
         )
@@ -84,8 +91,7 @@ def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_
         service.start()
         wait_until(
             "both tables current after SIGKILL",
-            lambda: cache_state(redis_client, "shop:") == shop_cache(shop)
-            and cache_state(redis_client) == stock.expected_cache(),
+            lambda: both_current(redis_client, stock, shop),
             60,
             alive=[service],
         )
@@ -96,3 +102,51 @@ def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_
         assert service.terminate() == 0, service.tail()
     finally:
         service.stop()
+
+
+def test_a_cluster_restarts_its_flow_together_onto_process_0s_list(
+    broker: Broker, redis_server, redis_client, tmp_path: Path
+) -> None:
+    first = unique_topic("inventory.stock")
+    server = first.split(".", 1)[0]
+    added = f"{server}.shop.stock"
+    broker.create_topics({first: 2})
+    stock = Workload(seed=71, topic=first)
+    shop = Workload(seed=72, topic=added, db="shop")
+    env = {
+        "CDC_CACHE_TOPIC_PATTERN": rf"{server}\..*",
+        "CDC_CACHE_TOPIC_REFRESH_S": "1",
+        "CDC_CACHE_RECOVERY_PARTITIONS": "2",
+    }
+    cluster = Cluster(
+        tmp_path, broker.bootstrap, redis_server.address(), [], env,
+        rules=RULES_YAML + SHOP_RULES.split("tables:\n", 1)[1],
+    )  # fmt: skip
+    cluster.start()
+    alive = cluster.services
+    try:
+        produce(broker.bootstrap, messages(stock, 200))
+        wait_until(
+            "the first table cached",
+            lambda: cache_state(redis_client) == stock.expected_cache(),
+            60,
+            alive=alive,
+        )
+        broker.create_topics({added: 4})
+        produce(broker.bootstrap, messages(shop, 200) + messages(stock, 50))
+        took = wait_until(
+            "the new table cached", lambda: both_current(redis_client, stock, shop), 60, alive=alive
+        )
+        print(f"new topic read by the cluster within {took:.1f}s")
+        assert sorted(orjson.loads(redis_client.get(TOPICS_KEY))) == sorted([first, added])
+        wait_until(
+            "each partition of the new topic read by one process",
+            lambda: (
+                sorted(cluster.partitions_of(0, added) + cluster.partitions_of(1, added))
+                == [0, 1, 2, 3]
+            ),
+            10,
+            alive=alive,
+        )
+    finally:
+        cluster.stop()
