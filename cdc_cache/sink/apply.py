@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from cdc_cache.core.keys import (
     CHANNELS_KEY,
     INTERNAL_PREFIXES,
     LEASE_PREFIX,
+    all_version_buckets,
     key_slot,
     lease_key,
     leased_key,
@@ -65,6 +67,7 @@ from cdc_cache.plan.cache_ops import (
     KeyOp,
     Notify,
     SetRow,
+    Truncated,
     ValueFormat,
     as_invalidation,
 )
@@ -581,6 +584,7 @@ class RedisApplier:
         keys: list[str] = []
         args: list[Arg] = []
         members: list[int] = []
+        table = ""  # the table whose TRUNCATE gates the call's key ops from here on
         for index in indices:
             op = ops[index]
             encoded = _encode(op)
@@ -590,7 +594,10 @@ class RedisApplier:
                 and (len(members) >= self._max_ops or len(args) + len(encoded) > self._max_args)
             ):
                 yield _Call(tuple(keys), tuple(args), tuple(members))
-                keys, args, members = [], [], []
+                keys, args, members, table = [], [], [], ""
+            if not isinstance(op, Notify) and op.table != table:
+                table = op.table
+                args += ("T", table)
             keys += _keys(op)
             args += encoded
             members.append(index)
@@ -666,6 +673,8 @@ class RedisApplier:
                 "fix the table's key templates"
             )
             raise ApplyError(msg)
+        if op.truncated is not None:
+            self._record_truncate(op, op.truncated)
         under = glob_escape(op.prefix) + "*"
         patterns = (under, glob_escape(LEASE_PREFIX) + "{*}:" + under)
         scanned = deleted = 0
@@ -684,6 +693,44 @@ class RedisApplier:
             op.prefix, op.table, op.position, deleted, scanned,
         )  # fmt: skip
         return deleted
+
+    def _record_truncate(self, op: InvalidatePrefix, truncated: Truncated) -> None:
+        """Raise the table's truncate position in every version bucket, before its keys go.
+
+        From then on the apply script judges every change of the table at or below it
+        stale, whether its key was cached or not. On one server a single call covers every
+        bucket and announces the TRUNCATE on the table's channels, once: a replayed
+        TRUNCATE raises nothing and announces nothing. On a Cluster each slot's bucket gets
+        its own call (notifications are refused there, see ``check_notifications``).
+        """
+        source, _ = lua_script("truncate")
+        head = (op.table, encode_version(op.position, delete=True), op.tombstone_ttl_ms)
+        cluster = isinstance(self._client, RedisCluster)
+        raised = 0
+        for node, buckets in buckets_by_node(self._client):
+            script = node.register_script(source)
+            if cluster:
+                pipe = node.pipeline(transaction=False)
+                for bucket in buckets:
+                    script(keys=[bucket], args=[*head, 1, 1, b""], client=pipe)
+                raised += sum(int(n) for n in pipe.execute())
+                continue
+            channels = self._channels(truncated.channels)
+            keys = [*buckets, *(k for c in channels for k in (stream_key(c), CHANNELS_KEY))]
+            args = [*head, len(buckets), truncated.maxlen or 1, truncated.payload, *channels]
+            raised += int(script(keys=keys, args=args))
+        log.info(
+            "recorded the TRUNCATE of table %s at %s in %d version buckets",
+            op.table, op.position, raised,
+        )  # fmt: skip
+
+    def _channels(self, pattern: str | None) -> list[str]:
+        """The channels ever notified whose names ``pattern`` matches."""
+        if pattern is None:
+            return []
+        matcher = re.compile(pattern)
+        names = (_key_text(raw) for raw in self._client.smembers(CHANNELS_KEY))
+        return sorted(name for name in names if matcher.fullmatch(name))
 
     def _scan(self, node: Redis[bytes], pattern: str) -> Iterator[list[bytes]]:
         """One node's keys matching ``pattern``, a SCAN page at a time."""
@@ -724,6 +771,21 @@ def primaries(client: Client) -> list[Redis[bytes]]:
     if isinstance(client, RedisCluster):
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
+
+
+def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
+    """Every version bucket name, grouped by the primary that serves it."""
+    names = list(all_version_buckets())
+    if not isinstance(client, RedisCluster):
+        return [(client, names)]
+    grouped: dict[str, list[str]] = defaultdict(list)
+    nodes = {}
+    for name in names:
+        node = client.get_node_from_key(name)
+        if node is not None:
+            grouped[node.name].append(name)
+            nodes[node.name] = node
+    return [(client.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
 
 
 def _cache_key(name: str, prefix: str) -> str | None:
