@@ -46,7 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cdc_cache.core.keys import key_slot, lease_key, legacy_version_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, SetRow, ValueFormat
-from cdc_cache.sink.apply import RedisApplier, _encode, _keys, _script, connect, primaries
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.sink.encoding import script_args, script_keys
+from cdc_cache.sink.scripts import apply_script
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
 
@@ -208,10 +211,10 @@ def script_cost(client: Redis, keys: Sequence[str], rounds: int) -> dict[str, An
             for call in (legacy_call(ops[s : s + BATCH]) for s in range(0, len(ops), BATCH))
         ],
         "after": lambda ops: [
-            (_script()[1], *_new_call(ops[s : s + BATCH])) for s in range(0, len(ops), BATCH)
+            (apply_script()[1], *_new_call(ops[s : s + BATCH])) for s in range(0, len(ops), BATCH)
         ],
     }
-    sources = {"before": LEGACY_SCRIPT, "after": _script()[0]}
+    sources = {"before": LEGACY_SCRIPT, "after": apply_script()[0]}
     cost: dict[str, dict[str, list[float]]] = {name: {"insert": [], "update": []} for name in calls}
     for _ in range(rounds):
         for name, build in calls.items():
@@ -231,8 +234,8 @@ def _new_call(ops: Sequence[KeyOp]) -> tuple[list[Any], list[Any]]:
     keys: list[Any] = []
     args: list[Any] = []
     for op in ops:
-        keys += _keys(op)
-        args += _encode(op)
+        keys += script_keys(op)
+        args += script_args(op)
     return keys, args
 
 

@@ -22,7 +22,8 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import MemoryObserver, RedisAuth
+from cdc_cache.sink.apply import MemoryObserver
+from cdc_cache.sink.connection import RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.source.schema_registry import SchemaResolver
 

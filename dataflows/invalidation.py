@@ -32,7 +32,7 @@ from cdc_cache.core.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.schema_watch import SchemaWatch
 from cdc_cache.plan.route import Control, Planned, Routed, route
-from cdc_cache.sink.apply import connect
+from cdc_cache.sink.connection import connect
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger

@@ -34,7 +34,8 @@ from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Control, Planned, route
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, RedisApplier, connect
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.version_store import version_lifetime_ms
 from cdc_cache.sink.writer import CacheWriter

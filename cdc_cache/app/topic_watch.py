@@ -24,7 +24,7 @@ import orjson
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import CdcCacheError
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 log = logging.getLogger("cdc_cache.worker")
 TOPICS_KEY: Final = "cdc:topics"

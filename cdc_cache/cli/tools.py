@@ -40,8 +40,8 @@ from cdc_cache.cli.report import reported, with_options
 )
 def verify(dsn: str, rules: Path, redis_url: str, **options: Any) -> None:
     """Compare the cache with the database; exit 1 on stale or unexpected keys."""
-    from cdc_cache.plan.rules import load_rules
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.plan.rules_loader import load_rules
+    from cdc_cache.sink.connection import connect
     from cdc_cache.tools.verify import verify as run_verify
 
     with reported("cdc-cache verify", redis_url):

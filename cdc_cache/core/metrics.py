@@ -1,6 +1,9 @@
 """Every Prometheus metric cdc-cache exports, declared in one place.
 
 Labels stay few and bounded: table, op, outcome, kind.
+
+Kept in one module on purpose: declarations only, so each metric is declared once and
+the dashboard and alert tests find every name here.
 """
 
 from __future__ import annotations

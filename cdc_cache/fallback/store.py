@@ -38,7 +38,8 @@ from cdc_cache.mode.controller import (
 )
 from cdc_cache.mode.lag import LagReport
 from cdc_cache.mode.record import REWRITE, ModeKeyError, parse_flag, reading
-from cdc_cache.sink.apply import Client, write_record
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.scripts import write_record
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
 HEARTBEATS_KEY: Final = "cdc:mode:heartbeats"

@@ -24,6 +24,10 @@ supported (README, "Redis memory"):
   primary is safe again (versions lost meanwhile cannot be told from ones never written).
 - Without ``maxmemory`` (0) Redis evicts nothing and refuses nothing for memory: any
   policy is fine.
+
+Kept in one module: the check at start and the watch share each primary's state and
+the ``redis_oom`` hold; what is pure (which policies are safe, a node's figures, a
+refusal) is small and stands first.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from cdc_cache.core.keys import VERSION_LAYOUT_KEY
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import Client, accepts_writes, node_name, primaries, write_record
+from cdc_cache.sink.connection import Client, node_name, primaries
+from cdc_cache.sink.scripts import accepts_writes, write_record
 
 log = logging.getLogger("cdc_cache.memory")
 

@@ -35,7 +35,7 @@ from cdc_cache.core.keys import key_slot, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, Notify
-from cdc_cache.sink.apply import Client, translated_errors
+from cdc_cache.sink.connection import Client, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries
 from cdc_cache.sink.replication import ReplicationInfo
 

@@ -38,7 +38,8 @@ from cdc_cache.core.keys import (
 )
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, buckets_by_node, lua_script, primaries, write_record
+from cdc_cache.sink.connection import Client, buckets_by_node, primaries
+from cdc_cache.sink.scripts import lua_script, write_record
 from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
 
 log = logging.getLogger("cdc_cache.versions")

@@ -1,7 +1,7 @@
 """How the version of a cache key is encoded and stored (pure).
 
 The version of a cache key is the source position of the last change applied to it, plus
-a rank (a delete ranks below a set at one position, see ``redis_apply.version_of``). It
+a rank (a delete ranks below a set at one position, see ``encoding.version_of``). It
 lives in a small Redis hash per cluster slot, a *version bucket* (``keys.version_key``),
 under a field that is a 64-bit digest of the cache key (``keys.version_field``). The
 value is the version's *horizon* (the Unix minute after which it may be forgotten)

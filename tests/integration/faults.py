@@ -34,8 +34,8 @@ from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.keys import escape_value, version_field, version_key
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import version_of
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.versions import parse_stored
 from cdc_cache.tools.demo import Scrape, scrape
 from cdc_cache.tools.devstack.broker import Broker, S3Store

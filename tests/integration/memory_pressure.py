@@ -13,7 +13,7 @@ from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.keys import VERSION_PREFIX
-from cdc_cache.sink.apply import is_oom, primaries
+from cdc_cache.sink.connection import is_oom, primaries
 
 FILLER = "app:filler:"
 

@@ -29,7 +29,7 @@ from cdc_cache.dlq.entries import entry_id
 from cdc_cache.dlq.filters import EntryFilter
 from cdc_cache.dlq.topic import DeadLetterWriter, ensure_topic, read_entries
 from cdc_cache.plan.route import Planned, Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.version_store import stored_version
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from cdc_cache.lineage.registry import source_key
-from cdc_cache.sink.apply import connect, primaries
+from cdc_cache.sink.connection import connect, primaries
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.cache import cache_state

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from redis import Redis, RedisCluster
 from redis.connection import AbstractConnection
 
-from cdc_cache.core.errors import ConfigError, TransientError
+from cdc_cache.core.errors import ApplyError, ConfigError, TransientError
 from cdc_cache.core.keys import key_slot, lease_key, version_field, version_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
@@ -22,15 +22,10 @@ from cdc_cache.plan.cache_ops import (
     SetRow,
     ValueFormat,
 )
-from cdc_cache.sink.apply import (
-    ApplyError,
-    Outcome,
-    RedisApplier,
-    accepts_writes,
-    connect,
-    primaries,
-    version_of,
-)
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.sink.encoding import Outcome, version_of
+from cdc_cache.sink.scripts import accepts_writes
 from cdc_cache.sink.version_store import horizon_minute, stored_version
 from cdc_cache.sink.versions import encode_version, parse_stored
 from cdc_cache.tools.devstack.redis import RedisServer

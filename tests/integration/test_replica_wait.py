@@ -24,10 +24,13 @@ from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import Client, RedisApplier, accepts_writes, connect, version_of
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import Client, connect
+from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.failover import PrimaryRegistry
 from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.scripts import accepts_writes
 from cdc_cache.sink.version_store import stored_version
 from cdc_cache.sink.writer import CacheWriter, EventOutcome
 from cdc_cache.tools.devstack.process import free_port

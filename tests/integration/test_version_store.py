@@ -9,7 +9,8 @@ from cdc_cache.core import metrics
 from cdc_cache.core.keys import VERSION_LAYOUT_KEY, legacy_version_key, version_field, version_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow, ValueFormat
-from cdc_cache.sink.apply import Outcome, RedisApplier
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, stored_version
 from cdc_cache.sink.versions import encode_version, stored
 

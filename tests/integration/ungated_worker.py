@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 
 from cdc_cache.cli import main
-from cdc_cache.sink import apply as redis_apply
+from cdc_cache.sink import scripts
 
 GATE = "elseif version > current then"
-_gated = redis_apply._script
+_gated = scripts.apply_script
 
 
 def _ungated(*, allow_oom: bool = False) -> tuple[str, str]:
@@ -26,5 +26,5 @@ def _ungated(*, allow_oom: bool = False) -> tuple[str, str]:
 
 
 if __name__ == "__main__":
-    redis_apply._script = _ungated  # type: ignore[assignment]
+    scripts.apply_script = _ungated  # type: ignore[assignment]
     main()

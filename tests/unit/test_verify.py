@@ -10,18 +10,10 @@ import pytest
 
 from cdc_cache.core.keys import escape_value
 from cdc_cache.plan.cache_ops import SetRow
-from cdc_cache.plan.rules import Action, parse_rules
-from cdc_cache.tools.verify import (
-    Finding,
-    KeyPattern,
-    Report,
-    Stored,
-    TableReport,
-    debezium_value,
-    derive,
-    judge,
-    nines,
-)
+from cdc_cache.plan.rules import Action
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, debezium_value, derive, judge
+from cdc_cache.tools.verify_report import Report, TableReport, nines
 
 RULES = parse_rules(
     """
