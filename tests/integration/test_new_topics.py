@@ -14,7 +14,7 @@ from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.cache import cache_state
 from tests.integration.probes import admin_get, metric
-from tests.integration.services import Cluster, worker
+from tests.integration.services import Cluster, Service, worker
 from tests.integration.topics import produce, unique_topic
 from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Message, Workload
@@ -22,6 +22,7 @@ from tests.workload import RULES_YAML, Message, Workload
 pytestmark = pytest.mark.integration
 
 SHOP_RULES = RULES_YAML.replace("inventory.stock", "shop.stock").replace("stock:{", "shop:{")
+BOTH_RULES = RULES_YAML + SHOP_RULES.split("tables:\n", 1)[1]
 
 
 def shop_cache(workload: Workload) -> dict[str, object]:
@@ -38,6 +39,16 @@ def both_current(client, stock: Workload, shop: Workload) -> bool:
     )
 
 
+def first_table_cached(bootstrap: str, client, stock: Workload, alive: list[Service]) -> None:
+    produce(bootstrap, messages(stock, 200))
+    wait_until(
+        "the first table cached",
+        lambda: cache_state(client) == stock.expected_cache(),
+        60,
+        alive=alive,
+    )
+
+
 def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_a_kill(
     broker: Broker, redis_server, redis_client, tmp_path: Path
 ) -> None:
@@ -50,19 +61,13 @@ def test_a_new_table_and_heartbeat_topic_are_read_without_a_restart_and_survive_
     port = free_port()
     service = worker(
         tmp_path, broker.bootstrap, redis_server.address(), [],
-        rules=RULES_YAML + SHOP_RULES.split("tables:\n", 1)[1],
+        rules=BOTH_RULES,
         env={"CDC_CACHE_TOPIC_PATTERN": rf"{server}\..*", "CDC_CACHE_TOPIC_REFRESH_S": "1"},
     )  # fmt: skip
     service.argv += ["--metrics-port", str(port)]
     service.start()
     try:
-        produce(broker.bootstrap, messages(stock, 200))
-        wait_until(
-            "the first table cached",
-            lambda: cache_state(redis_client) == stock.expected_cache(),
-            60,
-            alive=[service],
-        )
+        first_table_cached(broker.bootstrap, redis_client, stock, [service])
         # a new table: its topic exists, with changes, before the worker looks again
         broker.create_topics({added: 2, beats: 1})
         produce(broker.bootstrap, messages(shop, 200))
@@ -120,18 +125,12 @@ def test_a_cluster_restarts_its_flow_together_onto_process_0s_list(
     }
     cluster = Cluster(
         tmp_path, broker.bootstrap, redis_server.address(), [], env,
-        rules=RULES_YAML + SHOP_RULES.split("tables:\n", 1)[1],
+        rules=BOTH_RULES,
     )  # fmt: skip
     cluster.start()
     alive = cluster.services
     try:
-        produce(broker.bootstrap, messages(stock, 200))
-        wait_until(
-            "the first table cached",
-            lambda: cache_state(redis_client) == stock.expected_cache(),
-            60,
-            alive=alive,
-        )
+        first_table_cached(broker.bootstrap, redis_client, stock, alive)
         broker.create_topics({added: 4})
         produce(broker.bootstrap, messages(shop, 200) + messages(stock, 50))
         took = wait_until(
