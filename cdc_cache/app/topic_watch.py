@@ -59,9 +59,15 @@ class TopicWatch:
         self._thread = threading.Thread(target=self._run, name="cdc-topics", daemon=True)
 
     def follow(self, reading: list[str], restart: threading.Event) -> None:
-        """The flow that starts now reads ``reading``; set ``restart`` once it should not."""
+        """The flow that starts now reads ``reading``; set ``restart`` once it should not.
+
+        Process 0 publishes ``reading`` at once: the others never follow a list a previous
+        run left behind.
+        """
         with self._lock:
             self._reading, self._wanted, self._restart = frozenset(reading), reading, restart
+        if self._leader:
+            self._shared(reading)
         if not self._thread.is_alive() and self._interval_s > 0:
             self._thread.start()
 
