@@ -219,6 +219,9 @@ class WorkerSettings(TopicSettings):
     process_id: int | None = Field(default=None, ge=0)
     addresses: list[str] = Field(default_factory=list)
     epoch_interval_ms: int = Field(default=1000, ge=10)
+    topic_refresh_s: float = Field(
+        default=30.0, ge=0, description="how often new topics are looked for (0: never)"
+    )
     batch_size: int = Field(default=1000, ge=1)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     log_level: str = "INFO"

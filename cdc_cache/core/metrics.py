@@ -423,8 +423,7 @@ DEPENDENCY_DELETES = Counter(
 )
 FANOUT_PENDING = Gauge(
     "fanout_pending_keys",
-    "Members of the tag invalidations in progress (added when one starts, taken off when "
-    "it ends)",
+    "Members of the tag invalidations in progress (added when one starts, taken off when it ends)",
     namespace=NAMESPACE,
 )
 FANOUT_FALLBACKS = Counter(

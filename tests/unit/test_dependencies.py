@@ -11,6 +11,7 @@ from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, InvalidateTag, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
+from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import check_tag
 from cdc_cache.plan.rules_loader import parse_rules
 
@@ -128,6 +129,7 @@ def test_an_unwatched_parent_column_invalidates_nothing() -> None:
 
 def test_a_truncated_join_table_invalidates_every_dependent_key() -> None:
     event = ChangeEvent("catalog.product_tags", Op.TRUNCATE, None, None, {}, at(5), 0)
+    assert plan(event, RULES) == []  # no keys of its own
     assert plan_dependencies(event, RULES) == [
         InvalidatePrefix("product:", "catalog.product_tags", at(5), TTL)
     ]
