@@ -1,0 +1,302 @@
+"""One row's changes on its topic, judged against what Redis holds now (pure).
+
+``cdc-cache trace`` answers "why is this key stale": every change of one row the topic
+still holds, the operations the rules plan for each, and what the version gate does with
+each operation against the key's stored version now:
+
+- ``applied``: newer than the key's version, so applying it now would write it. A change
+  in this state that the worker has already read means its write was lost (or undone);
+  one it has not read yet means the worker is behind.
+- ``duplicate``: the key's version is this change's: the key holds it.
+- ``stale``: older than the key's version: a newer change won, applying it changes nothing.
+
+Reading the topic and Redis is :mod:`cdc_cache.app.tracer`'s; this module only judges and
+formats, so every verdict is tested without servers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cdc_cache.core.events import ChangeEvent
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
+from cdc_cache.plan.route import Planned, Rejected
+from cdc_cache.sink.apply import version_of
+from cdc_cache.sink.key_state import KeyState
+
+
+class Gate(StrEnum):
+    """What the version gate does with one key operation against the key's version now."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+def gate(version: str, stored: str | None) -> Gate:
+    """The gate's verdict for an op of ``version`` on a key whose version is ``stored``.
+
+    Versions sort as the positions they encode; a key without a version is older than
+    every change (as the apply script reads it).
+    """
+    if stored is None or version > stored:
+        return Gate.APPLIED
+    return Gate.DUPLICATE if version == stored else Gate.STALE
+
+
+def parse_row_key(pairs: Sequence[str]) -> dict[str, str]:
+    """``["id=42", "warehouse=w1"]`` as a primary key; raises ValueError naming a bad pair."""
+    key: dict[str, str] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            msg = f"key {pair!r}: give column=value"
+            raise ValueError(msg)
+        key[column] = value
+    if not key:
+        msg = "give the row's primary key as column=value (one per key column)"
+        raise ValueError(msg)
+    return key
+
+
+def is_row(event: ChangeEvent, table: str, key: Mapping[str, str]) -> bool:
+    """True when ``event`` changed the row of ``table`` with primary key ``key``.
+
+    Values compare as text (the key is typed on a command line), every key column of the
+    change must be given.
+    """
+    return event.table == table and row_key(event) == dict(key)
+
+
+def row_key(event: ChangeEvent) -> dict[str, str]:
+    """The primary key of ``event``'s row, its values as text."""
+    return {c: v if isinstance(v, str) else str(v) for c, v in event.key.items()}
+
+
+KEY_ACTIONS = frozenset({"set", "delete"})
+
+
+@dataclass(frozen=True, slots=True)
+class OpTrace:
+    """One planned operation: ``action`` set | delete | invalidate_prefix | notify.
+
+    ``target`` is the key, prefix or channel; ``gate`` the verdict (a notification takes
+    its host's: it is published only when its key op applies; a TRUNCATE's prefix is
+    gated key by key, so it has none).
+    """
+
+    action: str
+    target: str
+    gate: Gate | None
+    ttl_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeTrace:
+    """One record of the row on the topic, and what its operations do now."""
+
+    topic: str
+    partition: int
+    offset: int
+    op: str | None
+    position: str | None
+    committed_at_ms: int | None
+    ops: tuple[OpTrace, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTrace:
+    """One key the row's changes touch, as Redis holds it, and which change it holds."""
+
+    state: KeyState
+    holds: ChangeTrace | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """The trace of one row: its changes in topic order and its keys now."""
+
+    table: str
+    key: Mapping[str, str]
+    topics: tuple[str, ...]
+    scanned: int
+    changes: tuple[ChangeTrace, ...]
+    keys: tuple[KeyTrace, ...]
+
+    @property
+    def pending(self) -> int:
+        """Key operations newer than their key's version (not in the cache)."""
+        return sum(
+            op.gate is Gate.APPLIED and op.action in KEY_ACTIONS
+            for c in self.changes
+            for op in c.ops
+        )
+
+
+def keys_of(routed: Iterable[Planned | Rejected]) -> list[str]:
+    """Every cache key the changes' operations touch, in first-seen order."""
+    seen: dict[str, None] = {}
+    for item in routed:
+        for op in _key_ops(item):
+            if isinstance(op, SetRow | DeleteKey):
+                seen.setdefault(op.key, None)
+    return list(seen)
+
+
+def _key_ops(item: Planned | Rejected) -> tuple[CacheOp, ...]:
+    return item.ops if isinstance(item, Planned) else item.invalidation.deletes
+
+
+Explain = Callable[[Rejected], str]
+"""Why a change was dead-lettered, as an operator may read it (sensitive values scrubbed)."""
+
+
+def judge(
+    item: Planned | Rejected, states: Mapping[str, KeyState], explain: Explain
+) -> ChangeTrace:
+    """``item``'s operations judged against the keys' versions in ``states``."""
+    ops: list[OpTrace] = []
+    host: Gate | None = None
+    for op in _key_ops(item):
+        if isinstance(op, SetRow | DeleteKey):
+            host = gate(version_of(op), states[op.key].version)
+            ttl = op.ttl_ms if isinstance(op, SetRow) else op.tombstone_ttl_ms
+            ops.append(OpTrace("set" if isinstance(op, SetRow) else "delete", op.key, host, ttl))
+        elif isinstance(op, Notify):
+            ops.append(OpTrace("notify", op.channel, host))
+        elif isinstance(op, InvalidatePrefix):
+            ops.append(OpTrace("invalidate_prefix", op.prefix, None))
+    event = item.event
+    record = item.record
+    return ChangeTrace(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        op=event.op.value if event else None,
+        position=str(event.position) if event else None,
+        committed_at_ms=event.committed_at_ms if event else None,
+        ops=tuple(ops),
+        error=explain(item) if isinstance(item, Rejected) else None,
+    )
+
+
+def trace_of(
+    table: str,
+    key: Mapping[str, str],
+    *,
+    topics: Sequence[str],
+    scanned: int,
+    routed: Sequence[Planned | Rejected],
+    states: Mapping[str, KeyState],
+    explain: Explain,
+) -> Trace:
+    """The trace of a row from its routed changes (topic order) and its keys' states."""
+    changes = [judge(item, states, explain) for item in routed]
+    holders: dict[str, ChangeTrace] = {}
+    for item, change in zip(routed, changes, strict=True):
+        for op in _key_ops(item):
+            if isinstance(op, SetRow | DeleteKey) and version_of(op) == states[op.key].version:
+                holders[op.key] = change
+    return Trace(
+        table=table,
+        key=dict(key),
+        topics=tuple(topics),
+        scanned=scanned,
+        changes=tuple(changes),
+        keys=tuple(KeyTrace(states[k], holders.get(k)) for k in keys_of(routed)),
+    )
+
+
+def as_json(trace: Trace) -> dict[str, Any]:
+    """The trace as plain JSON data (``--json``)."""
+    return {
+        "table": trace.table,
+        "key": dict(trace.key),
+        "topics": list(trace.topics),
+        "scanned": trace.scanned,
+        "pending": trace.pending,
+        "changes": [_change_json(c) for c in trace.changes],
+        "keys": [
+            {
+                "key": k.state.key,
+                "type": k.state.kind,
+                "value": k.state.value,
+                "ttl_ms": k.state.ttl_ms,
+                "version": k.state.version,
+                "holds": _where(k.holds) if k.holds else None,
+            }
+            for k in trace.keys
+        ],
+    }
+
+
+def _change_json(change: ChangeTrace) -> dict[str, Any]:
+    return {
+        "topic": change.topic,
+        "partition": change.partition,
+        "offset": change.offset,
+        "op": change.op,
+        "position": change.position,
+        "committed_at": _iso(change.committed_at_ms),
+        "error": change.error,
+        "ops": [
+            {"action": o.action, "target": o.target, "gate": o.gate, "ttl_ms": o.ttl_ms}
+            for o in change.ops
+        ],
+    }
+
+
+def _where(change: ChangeTrace) -> str:
+    return f"{change.topic}[{change.partition}]@{change.offset}"
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _ttl(ms: int | None) -> str:
+    if ms is None:
+        return "absent"
+    return "no TTL" if ms < 0 else f"TTL {ms / 1000:g} s"
+
+
+def format_text(trace: Trace) -> str:
+    """The trace for a terminal: changes, their ops and verdicts, then the keys now."""
+    row = ", ".join(f"{c}={v}" for c, v in trace.key.items())
+    count = len(trace.changes)
+    lines = [
+        f"{trace.table} {row}: {count} change{'' if count == 1 else 's'} on "
+        f"{', '.join(trace.topics) or 'no topic'} ({trace.scanned} records read)"
+    ]
+    for change in trace.changes:
+        lines.append(
+            f"  {_where(change)}  {change.op or '?'}  {change.position or '-'}  "
+            f"{_iso(change.committed_at_ms) or ''}".rstrip()
+        )
+        if change.error:
+            lines.append(f"      dead-lettered: {change.error}")
+        lines.extend(f"      {o.action:<17} {o.target}  {o.gate or '-'}" for o in change.ops)
+        if not change.ops and not change.error:
+            lines.append("      no cache operation (no watched column changed)")
+    lines.append("keys now:")
+    for k in trace.keys:
+        state = k.state
+        held = f"holds {_where(k.holds)}" if k.holds else f"version {state.version or 'none'}"
+        lines.append(f"  {state.key}  {state.kind}  {_ttl(state.ttl_ms)}  {held}")
+        if state.value is not None:
+            lines.append(f"      {state.value}")
+    if not trace.keys:
+        lines.append("  (no key: the rules plan nothing for these changes)")
+    if trace.pending:
+        lines.append(
+            f"{trace.pending} operation(s) newer than their key's version: not in the cache "
+            "(the worker is behind, or their writes were lost)"
+        )
+    return "\n".join(lines)
