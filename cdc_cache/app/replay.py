@@ -243,8 +243,15 @@ class DlqService:
         found = self.entries(EntryFilter(ids=frozenset({entry_id})))
         return found[0] if found else None
 
-    def replay(self, entries: Sequence[dict[str, Any]]) -> list[ReplayOutcome]:
-        """Replay ``entries`` in order; returns each one's recorded outcome."""
+    def replay(
+        self,
+        entries: Sequence[dict[str, Any]],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> list[ReplayOutcome]:
+        """Replay ``entries`` in order; returns each one's recorded outcome.
+
+        ``progress(done, total, last outcome)`` hears of each entry replayed.
+        """
         if not entries:
             return []
         settings = self._settings
@@ -260,6 +267,12 @@ class DlqService:
                 schemas=schema_resolver(settings),
                 lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
-            return [replayer.replay(entry) for entry in entries]
+            outcomes: list[ReplayOutcome] = []
+            for entry in entries:
+                outcomes.append(replayer.replay(entry))
+                if progress is not None:
+                    last = outcomes[-1]
+                    progress(len(outcomes), len(entries), f"{last.id} {last.outcome}")
+            return outcomes
         finally:
             source.close()

@@ -67,6 +67,10 @@ _PIPELINE_CHUNK: Final = 1000
 _MYSQL_TIMESTAMP: Final = 7
 
 
+Progress = Callable[[int, int, str], None]
+"""Hears ``(done, total, note)`` as a check goes (see ``cdc_cache.cli.progress``)."""
+
+
 class VerifyError(CdcCacheError):
     """The check cannot run (bad DSN, unknown table, table without primary key)."""
 
@@ -295,6 +299,29 @@ class Report:
     def exit_code(self) -> int:
         return 1 if any(self.count(f) for f in FAILING) else 0
 
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain JSON data (``--json``)."""
+        bad = sum(self.count(f) for f in FAILING)
+        return {
+            "tables": [
+                {
+                    "table": t.table,
+                    "rows": t.rows,
+                    "rows_in_table": t.rows_in_table,
+                    "set_keys": t.set_keys,
+                    "delete_keys": t.delete_keys,
+                    "delete_keys_present": t.delete_keys_present,
+                    "findings": {f.value: t.findings[f] for f in Finding},
+                    "examples": {f.value: shown for f, shown in t.examples.items()},
+                }
+                for t in self.tables
+            ],
+            "checked": self.checked,
+            "consistency": nines(self.checked, bad),
+            "findings": {f.value: self.count(f) for f in Finding},
+            "exit_code": self.exit_code,
+        }
+
     def format(self) -> str:
         """The human-readable report."""
         lines: list[str] = []
@@ -458,8 +485,15 @@ def _chunks(items: Sequence[Any], size: int = _PIPELINE_CHUNK) -> Iterator[Seque
         yield items[start : start + size]
 
 
-def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[Stored]:
-    """Each key's value (GET or HGETALL by its format) and version, pipelined."""
+def read_keys(
+    client: Client,
+    keys: Sequence[tuple[str, ValueFormat]],
+    on_read: Callable[[int], None] | None = None,
+) -> list[Stored]:
+    """Each key's value (GET or HGETALL by its format) and version, pipelined.
+
+    ``on_read(n)`` hears how many keys were read so far, after each pipeline.
+    """
     out: list[Stored] = []
     for chunk in _chunks(keys):
         pipe = client.pipeline(transaction=False)
@@ -483,6 +517,8 @@ def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[S
                 out.append(Stored(decoded or None, text))
             else:
                 out.append(Stored(value, text))
+        if on_read is not None:
+            on_read(len(out))
     return out
 
 
@@ -531,6 +567,8 @@ class Checker:
     settle_delay_s: float = 0.5
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+    progress: Progress | None = None
+    _step: str = field(default="", init=False, repr=False)  # the table being checked
 
     def run(self, tables: Iterable[str] = ()) -> Report:
         """Check ``tables`` (default: every covered table)."""
@@ -542,11 +580,20 @@ class Checker:
                 f"covered tables: {', '.join(self.rules.tables)}"
             )
             raise ConfigError(msg)
-        return Report([self.check_table(self.rules.tables[t]) for t in wanted])
+        reports = []
+        for index, name in enumerate(wanted, 1):
+            self._step = f"{name} ({index}/{len(wanted)} tables)"
+            reports.append(self.check_table(self.rules.tables[name]))
+        return Report(reports)
+
+    def _report(self, done: int, total: int, what: str) -> None:
+        if self.progress is not None:
+            self.progress(done, total, f"{self._step}: {what}")
 
     def check_table(self, table: TableRules) -> TableReport:
         """Bulk pass over rows and keys, then re-checks of whatever differed."""
         report = TableReport(table.table)
+        self._report(0, 0, "reading rows")
         primary_key = self.db.primary_key(table.table)
         report.rows_in_table = self.db.count(table.table)
         sampled = self.sample is not None and report.rows_in_table > self.sample
@@ -566,7 +613,12 @@ class Checker:
         report.delete_keys_present = count_present(self.client, sorted(deletes))
 
         keys = list(expected)
-        stored = read_keys(self.client, [(k, expected[k][0].format) for k in keys])
+        self._report(0, len(keys), "keys compared")
+        stored = read_keys(
+            self.client,
+            [(k, expected[k][0].format) for k in keys],
+            lambda n: self._report(n, len(keys), "keys compared"),
+        )
         pending: list[_Pending] = []
         for key, now in zip(keys, stored, strict=True):
             op, candidate = expected[key]
@@ -695,14 +747,20 @@ def verify(
     sample: int | None = None,
     settle_retries: int = 3,
     settle_delay_s: float = 0.5,
+    progress: Progress | None = None,
 ) -> Report:
-    """Check ``tables`` (default: every covered table) of the database at ``dsn``."""
+    """Check ``tables`` (default: every covered table) of the database at ``dsn``.
+
+    ``progress(done, total, note)`` hears of each table's keys as they are compared.
+    """
     if sample is not None and sample <= 0:
         msg = f"--sample {sample}: give a positive number of rows"
         raise ConfigError(msg)
     db = Database.connect(dsn)
     try:
-        checker = Checker(db, client, rules, sample, settle_retries, settle_delay_s)
+        checker = Checker(
+            db, client, rules, sample, settle_retries, settle_delay_s, progress=progress
+        )
         return checker.run(tables)
     finally:
         db.close()
