@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak clean
+.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-memory clean
 
 bootstrap:
 	@bash scripts/bootstrap
@@ -33,6 +33,10 @@ bench: bootstrap
 # The worker's memory over a 10-minute paced run
 bench-soak: bootstrap
 	$(VENV)/python bench/throughput.py --soak 600 --out bench/results/soak.json $(BENCH_ARGS)
+
+# Version metadata per cached key, before and after version buckets (docs/benchmarks.md)
+bench-memory: bootstrap
+	$(VENV)/python bench/memory.py $(BENCH_ARGS)
 
 clean:
 	-$(VENV)/cdc-cache dev down

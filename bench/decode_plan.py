@@ -33,7 +33,8 @@ from typing import Any
 
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import Rules, parse_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium" / "mariadb"

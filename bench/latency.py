@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from cdc_cache.sink.apply import connect
+from cdc_cache.sink.connection import connect
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port

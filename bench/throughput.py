@@ -63,11 +63,12 @@ from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
 from cdc_cache.core.keys import MODE_FLAG_KEY
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import RedisApplier, _script
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import calls
 from cdc_cache.sink.failover import PrimaryRegistry
 from cdc_cache.sink.replica_wait import ReplicaWait
 from cdc_cache.sink.replication import ReplicationInfo
+from cdc_cache.sink.scripts import apply_script
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
@@ -403,13 +404,15 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
         routed = route(_record(message), bench.rules)
         if isinstance(routed, Planned):
             ops += routed.ops
-    applier = RedisApplier(bench.redis)
-    calls = list(applier._chunk(ops, range(len(ops))))
-    source, sha = _script()
+    script_calls = list(calls(ops, range(len(ops))))
+    source, sha = apply_script()
     bench.reset_redis()
     bench.redis.script_load(source)
     connection = bench.redis.connection_pool.get_connection()
-    packed = [connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls]
+    packed = [
+        connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+        for c in script_calls
+    ]
     in_flight = 2  # the worker sends one batch per partition poll; allow a little overlap
     started = time.monotonic()
     for start in range(0, len(packed), in_flight):
@@ -423,7 +426,7 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
         "events": events,
         "ops": len(ops),
         "ops_per_event": round(len(ops) / events, 3),
-        "calls": len(calls),
+        "calls": len(script_calls),
         "seconds": round(elapsed, 2),
         "ops_per_s": round(len(ops) / elapsed),
         "events_per_s": round(events / elapsed),

@@ -4,7 +4,8 @@
 (``cdc_cache.app.worker.flow_config``): where the flow reads, where it writes, with which
 limits. :class:`FlowContext` holds the objects the worker shares with the flow while it
 runs: the stop request, the lag tracker and the TTL cap of the mode runtime, the holds
-registry, the lineage tracker, the schema lookups, the replicas to wait for. Tests build
+registry, the lineage tracker, the schema lookups, the replicas to wait for, the Redis
+memory watch. Tests build
 both with only what they need; the defaults are a bare flow.
 """
 
@@ -21,7 +22,8 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import RedisAuth
+from cdc_cache.sink.apply import MemoryObserver
+from cdc_cache.sink.connection import RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.source.schema_registry import SchemaResolver
 
@@ -65,6 +67,10 @@ class FlowConfig:
     continuity: bool = True
 
 
+def _never() -> bool:
+    return False
+
+
 def _no_cap() -> int | None:
     return None
 
@@ -88,6 +94,8 @@ class FlowContext:
     registry outages) before it is decoded. With ``replicas`` each batch waits until the
     required Redis replicas acknowledged it (``cdc_cache.sink.replica_wait``). With
     ``lineage`` each change gets the epoch of its log lineage, detected per partition.
+    ``invalidate_only`` and ``memory`` go to every Redis applier (see
+    ``cdc_cache.sink.memory``).
     """
 
     stop: threading.Event = field(default_factory=threading.Event)
@@ -98,3 +106,5 @@ class FlowContext:
     schemas: SchemaResolver | None = None
     replicas: ReplicaRequirement | None = None
     lineage: LineageTracker | None = None
+    invalidate_only: Callable[[], bool] = _never
+    memory: MemoryObserver | None = None

@@ -32,7 +32,7 @@ from cdc_cache.core.events import Heartbeat, SchemaChange, SourceRecord
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.schema_watch import SchemaWatch
 from cdc_cache.plan.route import Control, Planned, Routed, route
-from cdc_cache.sink.apply import connect
+from cdc_cache.sink.connection import connect
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
@@ -113,6 +113,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         config.redis_url, config.backoff, context.stop, context.ttl_cap_ms, rejects,
         auth=config.redis_auth, tables=context.tables, sensitive=rules.sensitive,
         replicas=context.replicas, holds=context.holds,
+        invalidate_only=context.invalidate_only, memory=context.memory,
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow

@@ -19,7 +19,8 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.route import Routed
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, RedisApplier, RedisAuth
+from cdc_cache.sink.apply import MemoryObserver, RedisApplier
+from cdc_cache.sink.connection import Client, RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement, ReplicaWait
 from cdc_cache.sink.writer import CacheWriter, connect_when_available, redis_retry_reporter
 from dataflows.config import DlqTarget
@@ -58,10 +59,14 @@ class RedisSink(DynamicSink[Routed]):
         sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaRequirement | None = None,
         holds: Holds | None = None,
+        invalidate_only: Callable[[], bool] = lambda: False,
+        memory: MemoryObserver | None = None,
     ) -> None:
         self._replicas = replicas
         self._holds = holds or Holds()
         self._redis_url = redis_url
+        self._invalidate_only = invalidate_only
+        self._memory = memory
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis")
         self._ttl_cap_ms = ttl_cap_ms
@@ -72,7 +77,7 @@ class RedisSink(DynamicSink[Routed]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
-        applier = RedisApplier(client)
+        applier = RedisApplier(client, invalidate_only=self._invalidate_only, memory=self._memory)
         writer = CacheWriter(
             applier,
             self._backoff,

@@ -12,7 +12,8 @@ from cdc_cache.core.events import SourceRecord
 from cdc_cache.dlq.entries import Failure, entry_id
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.plan.route import Control, Planned, Rejected, route
-from cdc_cache.plan.rules import Rules, parse_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode
 
 # The recorded events' tables, with every plan path a row value reaches: key templates,

@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from cdc_cache.app.settings import ENV_PREFIX, WorkerSettings
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.plan.rules import unreadable_yaml
+from cdc_cache.plan.rules_loader import unreadable_yaml
 
 _S = TypeVar("_S", bound=BaseSettings)
 

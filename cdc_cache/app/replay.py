@@ -31,9 +31,13 @@ from cdc_cache.dlq.filters import EntryFilter, latest_by_id
 from cdc_cache.dlq.topic import SourceReader, read_entries
 from cdc_cache.fallback.store import ModeStore
 from cdc_cache.lineage.registry import LineageRegistry
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Control, EpochOf, Planned, route
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, RedisApplier, connect
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import Client, connect
+from cdc_cache.sink.memory import MemoryWatch, OomGuard
+from cdc_cache.sink.version_store import version_lifetime_ms
 from cdc_cache.sink.writer import CacheWriter
 from cdc_cache.source.schema_registry import SchemaResolver, schema_resolver
 
@@ -105,6 +109,7 @@ class Replayer:
         backoff: Backoff | None = None,
         schemas: SchemaResolver | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        invalidate_only: bool = False,
         lineage: LineageRegistry | None = None,
     ) -> None:
         self._rules = rules
@@ -116,6 +121,7 @@ class Replayer:
         self._backoff = backoff or Backoff(initial=0.1, maximum=2.0)
         self._schemas = schemas
         self._clock_ms = clock_ms
+        self._invalidate_only = invalidate_only
         self.outcomes = OutcomeStore(client)
 
     def replay(self, entry: dict[str, Any]) -> ReplayOutcome:
@@ -153,7 +159,7 @@ class Replayer:
             return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
         writer = CacheWriter(
-            RedisApplier(self._client),
+            RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only),
             self._backoff,
             sleep=_deadline_sleep(REPLAY_REDIS_WAIT_S),
             ttl_cap_ms=self._ttl_cap_ms,
@@ -255,6 +261,13 @@ class DlqService:
         if not entries:
             return []
         settings = self._settings
+        watch = MemoryWatch(
+            self._redis(),
+            fallback=settings.eviction_fallback,
+            lifetime_ms=version_lifetime_ms(self._rules),
+            guard=OomGuard(Holds(), settle_s=0),
+        )
+        watch.check()  # an unsafe eviction policy: refused, or invalidations only
         source = SourceReader(settings.brokers, settings.consumer_kafka())
         try:
             replayer = Replayer(
@@ -265,6 +278,7 @@ class DlqService:
                 max_value_bytes=settings.max_value_bytes,
                 backoff=settings.retry_redis.backoff(),
                 schemas=schema_resolver(settings),
+                invalidate_only=watch.invalidate_only(),
                 lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
             outcomes: list[ReplayOutcome] = []

@@ -7,6 +7,9 @@ being re-declared here: ``kafka:`` for every client, ``kafka_consumer:`` and
 mounted Kubernetes or Docker secret), read once here so a missing file stops startup with
 the setting's name. Loading any kind of them, with each problem named by its file and
 line, flag or variable: ``load``.
+
+Kept in one module: declarations, one field after another with its description (the
+README's settings table), and the checks between fields.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pydantic_settings import (
 )
 
 from cdc_cache.core.retry import Backoff
-from cdc_cache.sink.apply import RedisAuth, redis_url_problem
+from cdc_cache.sink.connection import RedisAuth, redis_url_problem
+from cdc_cache.sink.memory import EvictionFallback
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
 
 ENV_PREFIX = "CDC_CACHE_"
@@ -128,6 +132,11 @@ class SharedSettings(BaseSettings):
         default=None, description="bearer token for PUT /mode and the DLQ page"
     )
     admin_token_file: Path | None = Field(default=None, description="file holding admin_token")
+    eviction_fallback: EvictionFallback = Field(
+        default=EvictionFallback.REFUSE,
+        description="on a Redis whose eviction policy may evict versions: refuse to start, "
+        "or write invalidations only",
+    )
 
     @field_validator(*_KAFKA_SECTIONS)
     @classmethod

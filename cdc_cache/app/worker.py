@@ -4,6 +4,9 @@ Loads and validates everything before touching a message (settings, rules, topic
 runs the dataflow (``dataflows/``) with recovery until SIGTERM/SIGINT, which stop it
 gracefully. The flow gets one :class:`~dataflows.config.FlowConfig`, read here from the
 settings, and the live parts this process shares with it.
+
+Kept in one module: the startup steps run in this order, each reported to the readiness
+page; what they build lives in the packages below.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from redis import exceptions as rex
 
 from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.replay import DlqService
@@ -42,11 +46,15 @@ from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableConfig
-from cdc_cache.plan.rules import Rules, load_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.sink.apply import check_notifications
+from cdc_cache.sink.connection import is_transient, misconfiguration
 from cdc_cache.sink.failover import ReplicationMonitor
+from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
-from cdc_cache.sink.writer import connect_when_available
+from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
+from cdc_cache.sink.writer import connect_when_available, redis_retry_reporter
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topics import heartbeat_server, named_for
@@ -159,6 +167,45 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) ->
             settings.table_fallback_failures, settings.table_fallback_window_s
         ),
     )
+
+
+def prepare_redis_memory(
+    settings: WorkerSettings, rules: Rules, runtime: ModeRuntime
+) -> MemoryWatch:
+    """Check every primary's eviction policy, and move the previous release's versions.
+
+    An eviction policy that may evict versions stops startup (ConfigError, exit 2) unless
+    ``eviction_fallback`` opts into invalidations only. Waits while Redis is unreachable.
+    """
+    client = connect_when_available(
+        settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+    )
+    lifetime_ms = version_lifetime_ms(rules)
+    watch = MemoryWatch(
+        client,
+        fallback=settings.eviction_fallback,
+        lifetime_ms=lifetime_ms,
+        guard=OomGuard(runtime.holds, settle_s=settings.mode_window_s),
+    )
+
+    def prepare() -> None:
+        try:
+            watch.check()
+            migrate_legacy(client, lifetime_ms=lifetime_ms)
+        except (rex.RedisError, rex.RedisClusterException) as exc:
+            problem = misconfiguration(exc)
+            if problem is not None:
+                msg = f"Redis refused the memory check: {problem}"
+                raise ConfigError(msg) from None
+            raise
+
+    retry_forever(
+        prepare,
+        backoff=settings.retry_redis.backoff(),
+        is_transient=is_transient,
+        on_retry=redis_retry_reporter("checking the eviction policy"),
+    )
+    return watch
 
 
 def lineage_tracker(
@@ -293,6 +340,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     startup.passed("dlq_topic")
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
+    memory = prepare_redis_memory(settings, rules, runtime)
+    sweeper = VersionSweeper(memory.client) if runtime.leader else None
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -310,6 +359,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         ttl_cap_ms=runtime.ttl_cap_ms,
         holds=runtime.holds,
         schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
+        invalidate_only=memory.invalidate_only,
+        memory=memory.guard,
         tables=runtime.tables,
         replicas=replicas,
         lineage=lineage,
@@ -335,6 +386,9 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runtime.start()
+    memory.start()
+    if sweeper is not None:
+        sweeper.start()
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
     try:
@@ -360,3 +414,6 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     finally:
         monitor.close()
         runtime.close()
+        memory.close()
+        if sweeper is not None:
+            sweeper.close()

@@ -46,6 +46,9 @@ Values are bytes, read and written with GET/SET: use the helper on string keys (
 write, since a worker SET and an application fill land in the same key.
 :meth:`CacheAside.get_row` does that for a rule's key: it renders the key and serializes
 the loaded row exactly as the worker does (:class:`~cdc_cache.aside.fill.RowCodec`).
+
+Kept in one module: the lease protocol and the mode it honours are one read path, and
+about a fifth of the module is this description of them.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from redis.commands.core import Script
 
 from cdc_cache.aside.fill import RowCodec
 from cdc_cache.core.keys import MODE_KEY, lease_key
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 log = logging.getLogger("cdc_cache.client")
 
@@ -122,7 +125,7 @@ class CacheAside:
     publish its own; ``stale_after_ms`` is how old the mode hash may get before it counts
     as ``ttl`` (None trusts it however old: the worker being down goes unnoticed). The
     client must return bytes (redis-py's default;
-    ``cdc_cache.sink.apply.connect`` builds one from a URL). Thread-safe as the client is.
+    ``cdc_cache.sink.connection.connect`` builds one from a URL). Thread-safe as the client is.
     """
 
     def __init__(

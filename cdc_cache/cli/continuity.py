@@ -88,7 +88,7 @@ _PARTITION = click.option("--partition", type=int, help="Only this partition (de
 def continuity_status(redis_url: str, as_json: bool) -> None:
     """Print each held partition: what broke, both offsets and topic ids, ways forward."""
     from cdc_cache.continuity.store import ContinuityStore
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache continuity status", redis_url):
         records = ContinuityStore(connect(redis_url)).records()
@@ -131,7 +131,7 @@ def _continuity_decide(
 ) -> None:
     from cdc_cache.continuity.model import Action
     from cdc_cache.continuity.store import ContinuityStore
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.sink.connection import connect
 
     command = f"cdc-cache continuity {action}"
     with reported(command, redis_url):

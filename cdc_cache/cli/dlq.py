@@ -52,7 +52,7 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
     from cdc_cache.app.replay import DlqService
     from cdc_cache.app.settings import SharedSettings
     from cdc_cache.dlq.filters import entry_filter
-    from cdc_cache.plan.rules import load_rules
+    from cdc_cache.plan.rules_loader import load_rules
 
     try:
         where = entry_filter(*(flags.pop(name) for name in ("table", "kind", "since", "until")))

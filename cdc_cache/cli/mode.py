@@ -22,7 +22,7 @@ def mode_get(redis_url: str, as_json: bool) -> None:
 
     from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.record import ModeRecord
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode get", redis_url):
         store = ModeStore(connect(redis_url))
@@ -53,7 +53,7 @@ def mode_set(flag: str, redis_url: str) -> None:
     """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
     from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.controller import Flag
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode set", redis_url):
         ModeStore(connect(redis_url)).set_flag(Flag(flag))

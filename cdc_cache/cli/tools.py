@@ -45,8 +45,8 @@ def verify(dsn: str, rules: Path, redis_url: str, as_json: bool, **options: Any)
     Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
     """
     from cdc_cache.cli.progress import Progress
-    from cdc_cache.plan.rules import load_rules
-    from cdc_cache.sink.apply import connect
+    from cdc_cache.plan.rules_loader import load_rules
+    from cdc_cache.sink.connection import connect
     from cdc_cache.tools.verify import verify as run_verify
 
     with reported("cdc-cache verify", redis_url), Progress("verify") as progress:

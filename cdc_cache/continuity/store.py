@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from cdc_cache.continuity.model import Action, Discontinuity
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 RECORDS_KEY: Final = "cdc:continuity"
 DECISIONS_KEY: Final = "cdc:continuity:decisions"

@@ -41,6 +41,15 @@ class BrokerUnavailable(TransientError):
     kind = "kafka"
 
 
+class ApplyError(CdcCacheError):
+    """Redis refused a batch for a reason a retry will not fix.
+
+    A script error, a key holding a type the op cannot overwrite (WRONGTYPE), or an op with
+    a non-positive TTL. The batch's ops are version-gated, so the caller may split it to
+    find the op at fault and dead-letter that op alone.
+    """
+
+
 class PoisonMessage(CdcCacheError):
     """One message cannot be processed, now or on retry.
 

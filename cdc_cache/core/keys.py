@@ -1,10 +1,10 @@
 """Cache key building blocks: escaping row values and colocating version keys.
 
 Row values are escaped so that no value can forge another key or a glob pattern. Version
-keys and lease keys (``cdc_cache.aside.cache_aside``) must live in the cache key's Redis
-Cluster hash slot so that one Lua call stays single-slot; they carry a short hash tag chosen
-to map to that slot, which works for every key, including keys with braces or hash tags of
-their own.
+buckets (see ``cdc_cache.sink.versions``) and lease keys (``cdc_cache.aside.cache_aside``)
+must live in the cache key's Redis Cluster hash slot so that one Lua call stays single-slot;
+they carry a short hash tag chosen to map to that slot, which works for every key, including
+keys with braces or hash tags of their own.
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ import hashlib
 import itertools
 import re
 import string
+from collections.abc import Iterator
 from functools import cache
 from typing import Final
 
 SLOTS: Final = 16384
-VERSION_PREFIX: Final = "cdc:v:"
+VERSION_PREFIX: Final = "cdc:vs:"  # version buckets: small hashes, no TTL
+LEGACY_VERSION_PREFIX: Final = "cdc:v:"  # one key per cache key (previous release)
+VERSION_LAYOUT_KEY: Final = "cdc:vs:layout"  # hash: the version store's format
+BUCKETS_PER_SLOT: Final = 1
+VERSION_FIELD_BYTES: Final = 8
 LEASE_PREFIX: Final = "cdc:l:"
 MODE_KEY: Final = "cdc:mode"  # hash: the effective mode applications read
 MODE_FLAG_KEY: Final = "cdc:mode:flag"  # auto | cdc | ttl, set by operators
@@ -26,7 +31,7 @@ WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
-INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEASE_PREFIX)
+INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
 
@@ -101,9 +106,38 @@ def tag_for_slot(slot: int) -> str:
     return _slot_tags()[slot]
 
 
-def version_key(key: str) -> str:
-    """The key that stores the position of the last change applied to ``key``."""
-    return f"{VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"
+def version_field(key: str) -> bytes:
+    """The field ``key``'s version is stored under in its bucket: a 64-bit digest."""
+    return hashlib.blake2b(key.encode(), digest_size=VERSION_FIELD_BYTES).digest()
+
+
+def version_key(key: str, buckets: int = BUCKETS_PER_SLOT) -> str:
+    """The version bucket (a hash) holding the version of ``key``, in ``key``'s slot."""
+    index = int.from_bytes(version_field(key)[:4], "big") % buckets if buckets > 1 else 0
+    return version_bucket(slot_tag(key), index)
+
+
+def version_bucket(tag: str, index: int) -> str:
+    """Bucket ``index`` of the slot ``tag`` hashes to."""
+    return f"{VERSION_PREFIX}{{{tag}}}:{index}"
+
+
+def all_version_buckets(buckets: int = BUCKETS_PER_SLOT) -> Iterator[str]:
+    """Every version bucket there can be: ``buckets`` per slot."""
+    for tag in _slot_tags():
+        for index in range(buckets):
+            yield version_bucket(tag, index)
+
+
+def legacy_version_key(key: str) -> str:
+    """Where the previous release kept the version of ``key`` (a string key with a TTL)."""
+    return f"{LEGACY_VERSION_PREFIX}{{{slot_tag(key)}}}:{key}"
+
+
+def legacy_cache_key(name: str) -> str | None:
+    """The cache key a previous release's version key was kept for; None if not one."""
+    _, sep, key = name.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
+    return key if sep and legacy_version_key(key) == name else None
 
 
 def stream_key(channel: str) -> str:

@@ -1,6 +1,9 @@
 """Every Prometheus metric cdc-cache exports, declared in one place.
 
 Labels stay few and bounded: table, op, outcome, kind.
+
+Kept in one module on purpose: declarations only, so each metric is declared once and
+the dashboard and alert tests find every name here.
 """
 
 from __future__ import annotations
@@ -151,6 +154,54 @@ MODE_HOLDS = Gauge(
     "forcing ttl mode while it lasts (lineage, redis_oom, redis_replication, "
     "source_discontinuity, worker_down; table_failing counts tables falling back alone)",
     ["cause"],
+    namespace=NAMESPACE,
+)
+REDIS_OOM_REFUSALS = Counter(
+    "redis_oom_refusals",
+    "Apply-script calls Redis refused for memory (OOM); their ops were applied again as "
+    "invalidations, which Redis takes even then",
+    namespace=NAMESPACE,
+)
+REDIS_EVICTIONS = Counter(
+    "redis_evictions",
+    "Keys Redis evicted (its INFO evicted_keys), as seen by this worker, per primary",
+    ["node"],
+    namespace=NAMESPACE,
+)
+REDIS_MEMORY_HEADROOM = Gauge(
+    "redis_memory_headroom_bytes",
+    "maxmemory minus the memory Redis counts against it, per primary (absent without "
+    "maxmemory); at 0 Redis evicts, or refuses writes under noeviction",
+    ["node"],
+    namespace=NAMESPACE,
+)
+REDIS_MAXMEMORY = Gauge(
+    "redis_maxmemory_bytes",
+    "The maxmemory setting of each primary (0: no limit)",
+    ["node"],
+    namespace=NAMESPACE,
+)
+REDIS_EVICTION_POLICY = Gauge(
+    "redis_eviction_policy",
+    "1 for each primary's maxmemory-policy",
+    ["node", "policy"],
+    namespace=NAMESPACE,
+)
+INVALIDATE_ONLY = Gauge(
+    "invalidate_only",
+    "1 while the worker writes no values, only invalidations: Redis runs an eviction policy "
+    "that may evict version metadata (opted into with eviction_fallback: invalidate_only, or "
+    "the policy changed while running)",
+    namespace=NAMESPACE,
+)
+VERSIONS_SWEPT = Counter(
+    "versions_swept",
+    "Version records (tombstones included) forgotten after their horizon by the sweeper",
+    namespace=NAMESPACE,
+)
+VERSIONS_KEPT = Gauge(
+    "versions",
+    "Version records (tombstones included) in Redis after the last sweep",
     namespace=NAMESPACE,
 )
 TABLE_FALLBACK = Gauge(

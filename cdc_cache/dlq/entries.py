@@ -13,6 +13,9 @@ An entry can always be written, whatever the message holds: JSON nested deeper t
 :data:`MAX_ENTRY_DEPTH` is stored as text (or withheld), long texts are truncated, text
 the encoder refuses is escaped, and anything still unwritable is withheld; the entry's
 ``withheld`` field says what was left out and why.
+
+Kept in one module: the envelope, its id and the limits that keep it writable are one
+pure contract, read back by replay and the DLQ page.
 """
 
 from __future__ import annotations

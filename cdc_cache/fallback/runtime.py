@@ -52,7 +52,7 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagReport, LagTracker
 from cdc_cache.mode.record import ModeKeyError, ModeRecord
 from cdc_cache.mode.tables import TableConfig, TableFallback
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 log = logging.getLogger("cdc_cache.mode")
 _REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)

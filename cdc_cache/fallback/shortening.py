@@ -19,7 +19,8 @@ from cdc_cache.core import metrics
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import INTERNAL_PREFIXES
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, glob_escape, primaries
+from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.invalidate_prefix import glob_escape
 
 log = logging.getLogger("cdc_cache.mode")
 

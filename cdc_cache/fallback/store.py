@@ -35,7 +35,8 @@ from cdc_cache.mode.controller import (
 )
 from cdc_cache.mode.lag import LagReport
 from cdc_cache.mode.record import REWRITE, ModeKeyError, parse_flag, reading
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.scripts import write_record
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
@@ -93,7 +94,8 @@ class ModeStore:
         Written by the worker, this is its heartbeat; it says how long one may be missed
         (``stale_after_ms``) and which prefixes the rules manage. ``ttl_prefixes`` are the
         key prefixes of the tables held in ``ttl`` on their own (their fills too should be
-        capped at the fallback TTL).
+        capped at the fallback TTL). Written even while Redis is out of memory: that is
+        when it matters most.
         """
         fields = _mode_fields(
             state, flag=flag, lag_s=lag_s, now_ms=now_ms, fallback_ttl_ms=fallback_ttl_ms,
@@ -104,7 +106,7 @@ class ModeStore:
         if prefixes is not None:
             fields["prefixes"] = orjson.dumps(prefixes)
         with reading(MODE_KEY, REWRITE):
-            self._client.hset(MODE_KEY, mapping=fields)
+            write_record(self._client, MODE_KEY, fields)
 
     def take_over(
         self,
@@ -141,11 +143,8 @@ class ModeStore:
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
         key = LAG_REPORT_KEY.format(process=process)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(key, mapping=summary.fields())
-        pipe.pexpire(key, ttl_ms)
         with reading(key, _LAG_REWRITE):
-            pipe.execute()
+            write_record(self._client, key, summary.fields(), ttl_ms)
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""

@@ -54,7 +54,7 @@ from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, ModeStore
 from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 from cdc_cache.mode.record import ModeKeyError
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 log = logging.getLogger("cdc_cache.watchdog")
 

@@ -25,7 +25,7 @@ from cdc_cache.inspector.consistency import (
 from cdc_cache.inspector.sampling import Sample
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import TableRules
-from cdc_cache.tools.verify import Stored
+from cdc_cache.tools.verify_judge import Stored
 
 
 class Truth(Protocol):

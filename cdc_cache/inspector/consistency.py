@@ -1,8 +1,9 @@
 """How a sampled row's cache keys compare with the row (pure; used by ``cdc-cache inspect``).
 
-The expected keys and values come from the planner, through :func:`cdc_cache.tools.verify.derive`
-(a snapshot read of the row), so the inspector judges with the worker's own projection and
-serialisation, like ``cdc-cache verify``. One check has four outcomes:
+The expected keys and values come from the planner, through
+:func:`cdc_cache.tools.verify_judge.derive` (a snapshot read of the row), so the inspector
+judges with the worker's own projection and serialisation, like ``cdc-cache verify``. One
+check has four outcomes:
 
 * ``consistent``: every key the row renders holds the row's projection;
 * ``stale``: a key holds another value (or the wrong type);
@@ -27,7 +28,7 @@ import orjson
 from cdc_cache.core.events import Row
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules import TableRules
-from cdc_cache.tools.verify import Finding, Stored, derive, judge, same_value
+from cdc_cache.tools.verify_judge import Finding, Stored, derive, judge, same_value
 
 
 class Outcome(StrEnum):

@@ -18,11 +18,13 @@ from cdc_cache.core.throttle import Throttle
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import KeyRule, TableRules
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
-from cdc_cache.tools.verify import Database, KeyPattern, Stored, read_keys, row_for_key
+from cdc_cache.tools.verify import row_for_key
+from cdc_cache.tools.verify_judge import KeyPattern, Stored
+from cdc_cache.tools.verify_reads import Database, read_keys
 
 log = logging.getLogger("cdc_cache.inspect")
 

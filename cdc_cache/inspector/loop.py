@@ -32,6 +32,10 @@ Nothing is ever written to the cache.
 **After the judgement** a stale or unexpected sample is re-checked (0.25 s, doubling to
 5 s) until its keys are right, which gives its time to consistency, or until
 ``inspect_recheck_limit_s`` (then it counts as unresolved and is logged as an error).
+
+Kept in one module: the consumer, the probes and the checks share the samples in
+flight; the pure parts are ``sampling``, ``consistency`` and ``nines``, the edges
+``edges``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from cdc_cache.inspector.sampling import (
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules import Action, Rules
-from cdc_cache.sink.apply import is_transient, misconfiguration
+from cdc_cache.sink.connection import is_transient, misconfiguration
 from cdc_cache.source.envelope import Parse
 
 log = logging.getLogger("cdc_cache.inspect")

@@ -17,7 +17,7 @@ from cdc_cache.core import metrics
 from cdc_cache.inspector.consistency import INCONSISTENT, Outcome
 from cdc_cache.inspector.nines import WINDOWS, Windows, nines_of
 from cdc_cache.inspector.sampling import Skip
-from cdc_cache.tools.verify import nines
+from cdc_cache.tools.verify_report import nines
 
 EXAMPLES: Final = 20
 TTC_KEPT: Final = 2000

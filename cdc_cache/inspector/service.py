@@ -26,7 +26,7 @@ from cdc_cache.sink.writer import connect_when_available
 from cdc_cache.source.envelope import Parse
 from cdc_cache.source.schema_registry import SchemaResolver, schema_resolver
 from cdc_cache.source.topics import heartbeat_server
-from cdc_cache.tools.verify import KeyPattern
+from cdc_cache.tools.verify_judge import KeyPattern
 
 log = logging.getLogger("cdc_cache.inspect")
 

@@ -32,7 +32,7 @@ from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import escape_value
 from cdc_cache.core.positions import MAX_EPOCH
 from cdc_cache.lineage.model import PartitionState, dump_state, epoch_at, load_state
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 
 SOURCE_KEY: Final = "cdc:lineage:{{{source}}}"
 PARTITIONS_KEY: Final = "cdc:lineage:partitions"

@@ -47,7 +47,7 @@ from cdc_cache.lineage.model import (
 from cdc_cache.lineage.registry import LineageRegistry, Partition
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import is_transient, translated_errors
+from cdc_cache.sink.connection import is_transient, translated_errors
 from cdc_cache.sink.writer import redis_retry_reporter
 
 log = logging.getLogger("cdc_cache.lineage")

@@ -27,7 +27,7 @@ from cdc_cache.core.retry import Backoff, retry_reporter
 from cdc_cache.notify.frames import START, Frame, StreamId, encode_frame, format_id, parse_id
 from cdc_cache.notify.patterns import ChannelNames, PatternIndex
 from cdc_cache.notify.session import Session, spawn
-from cdc_cache.sink.apply import misconfiguration
+from cdc_cache.sink.connection import misconfiguration
 
 log = logging.getLogger("cdc_cache.gateway")
 _REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)

@@ -65,3 +65,14 @@ class Notify:
 
 KeyOp = SetRow | DeleteKey
 CacheOp = SetRow | DeleteKey | InvalidatePrefix | Notify
+
+
+def as_invalidation(op: KeyOp | Notify) -> DeleteKey | Notify:
+    """``op`` with a set turned into the delete of its key at its position.
+
+    What Redis gets when values may not be written (out of memory, or an eviction policy
+    that could evict versions): the key is invalidated and its version still recorded.
+    """
+    if isinstance(op, SetRow):
+        return DeleteKey(op.key, op.position, op.tombstone_ttl_ms)
+    return op

@@ -34,7 +34,7 @@ from cdc_cache.core import metrics
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
 from cdc_cache.sink.replication import PrimaryRecord, ReplicationInfo, Switch, classify
 
 log = logging.getLogger("cdc_cache.failover")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cdc_cache.core.keys import version_key
-from cdc_cache.sink.apply import Client
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.version_store import stored_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,8 @@ class KeyState:
 
     ``kind`` is Redis' type (``none`` when the key is absent); ``value`` the string's text
     (or its bytes as Latin-1 when not UTF-8) or the hash's fields; ``ttl_ms`` the remaining
-    TTL (None: absent, -1: none); ``version`` the version stored for the key (None: none).
+    TTL (None: absent, -1: none); ``version`` the version stored for the key in its slot's
+    version hash (None: none), as :mod:`cdc_cache.sink.versions` encodes it.
     """
 
     key: str
@@ -40,12 +41,6 @@ def _text(raw: bytes) -> str:
         return raw.decode()
     except UnicodeDecodeError:
         return raw.decode("latin-1")
-
-
-def stored_version(client: Client, key: str) -> str | None:
-    """The version stored for cache key ``key`` (None: none known)."""
-    raw: Any = client.get(version_key(key))
-    return _text(raw) if raw is not None else None
 
 
 def read_key_state(client: Client, key: str) -> KeyState:

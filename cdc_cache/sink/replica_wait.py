@@ -35,13 +35,16 @@ from cdc_cache.core.keys import key_slot, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, Notify
-from cdc_cache.sink.apply import Client, translated_errors
+from cdc_cache.sink.connection import Client, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries
 from cdc_cache.sink.replication import ReplicationInfo
 
 log = logging.getLogger("cdc_cache.replica_wait")
 
 MARKER_TTL_MS: Final = 600_000
+# The marker is written even while Redis is out of memory (a few bytes with a TTL): the
+# batch's invalidations land then too, and their wait must not stall the flow.
+_MARKER: Final = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"
 
 T = TypeVar("T")
 
@@ -183,7 +186,7 @@ class ReplicaWait:
         for node, key in touched.values():
             route: dict[str, Any] = {} if node is None else {"target_nodes": node}
             marker = marker_key(slot_tag(key)) if node is not None else marker_key("0")
-            pipe.execute_command("SET", marker, now, "PX", MARKER_TTL_MS, **route)
+            pipe.execute_command("EVAL", _MARKER, 1, marker, now, MARKER_TTL_MS, **route)
             pipe.execute_command("WAIT", self._replicas, self._timeout_ms, **route)
             pipe.execute_command("INFO", "replication", **route)
         replies = pipe.execute()

@@ -3,6 +3,9 @@
 Engine-agnostic: the dataflow's sink calls :meth:`CacheWriter.write` once per batch and
 returns only when every change in it is applied (or proven stale/duplicate), so the
 engine never records progress past an unapplied change.
+
+Kept in one module: retries, the search for the change at fault in a refused batch
+and the outcome metrics act on one batch's state.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TypeVar
 from prometheus_client import Histogram
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError, PoisonMessage, RefusedByRedis
+from cdc_cache.core.errors import ApplyError, CdcCacheError, PoisonMessage, RefusedByRedis
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
@@ -30,16 +33,9 @@ from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notif
 from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
 from cdc_cache.plan.route import Control, Planned, Rejected, Routed, unexpected
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import (
-    ApplyError,
-    ApplyResult,
-    Client,
-    Outcome,
-    RedisApplier,
-    RedisAuth,
-    connect,
-    ping,
-)
+from cdc_cache.sink.apply import ApplyResult, RedisApplier
+from cdc_cache.sink.connection import Client, RedisAuth, connect, ping
+from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.replica_wait import ReplicaWait
 
 log = logging.getLogger("cdc_cache.writer")
@@ -359,7 +355,7 @@ def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) 
 def _summarise(outcomes: list[Outcome]) -> str:
     if not outcomes:
         return "no_op"
-    if Outcome.APPLIED in outcomes:
+    if Outcome.APPLIED in outcomes or Outcome.INVALIDATED in outcomes:
         return Outcome.APPLIED.value
     if all(o is Outcome.DUPLICATE for o in outcomes):
         return Outcome.DUPLICATE.value

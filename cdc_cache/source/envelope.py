@@ -28,6 +28,9 @@ its name (see :mod:`cdc_cache.source.topics`). A routing transform's key field i
 Anything else raises :class:`~cdc_cache.core.errors.DecodeError` (or
 :class:`~cdc_cache.core.errors.MissingPrimaryKey` for a row change without a key) carrying the
 record; no other exception escapes.
+
+Kept in one module: the three shapes share the readers of a payload (source block, key,
+position, table), all pure.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ UUID, ENUM, SET, text, ints   as they are; bytes as base64 (as on the wire)
 The choices a rules file makes (:class:`Rendering`: decimals as strings or numbers,
 timestamps as ISO text or epoch milliseconds, a column kept as on the wire) apply alike
 to both sides. Pure: no I/O.
+
+Kept in one module: the wire and the driver conversion of each type stand side by side,
+so both sides of the contract above change together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ consistency inspector (``cdc-cache inspect``, every change sampled), and a rando
 load on the inventory schema; shows what the worker does once a second from its own
 ``/metrics``, the inspector's nines, and one cache entry next to its row. On stop it lets
 the worker drain, checks every stock row against its cache key, and stops what it started.
+
+Kept in one module: one command's processes, write load and live display, a tool for
+developers beside the product.
 """
 
 from __future__ import annotations
@@ -33,14 +36,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_cache.core import metrics
 from cdc_cache.notify.tokens import issue
-from cdc_cache.plan.rules import Action, Rules, load_rules
+from cdc_cache.plan.rules import Action, Rules
+from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.source.topics import HEARTBEAT_TOPIC_PREFIX
 from cdc_cache.tools.demo_load import DATABASE, WriteLoad, create_schema
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import ManagedProcess, StackError, free_port, port_open
 from cdc_cache.tools.devstack.stack import DEFAULT_SERVICES, Stack, StackConfig
-from cdc_cache.tools.verify import Finding, Report, as_cached, derive, same_value, verify
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding, as_cached, derive, same_value
+from cdc_cache.tools.verify_report import Report
 
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"

@@ -7,8 +7,14 @@ each operation against the key's stored version now:
 - ``applied``: newer than the key's version, so applying it now would write it. A change
   in this state that the worker has already read means its write was lost (or undone);
   one it has not read yet means the worker is behind.
+- ``invalidated``: a set on a key that holds a value but no version (filled by an
+  application, or its version swept or lost): the gate cannot tell which is newer, so it
+  deletes the key instead of writing it.
 - ``duplicate``: the key's version is this change's: the key holds it.
 - ``stale``: older than the key's version: a newer change won, applying it changes nothing.
+
+The worker also turns every set into a delete while Redis' eviction policy may evict
+versions (``cdc_cache_invalidate_only``); the trace judges the gate alone.
 
 Reading the topic and Redis is :mod:`cdc_cache.app.tracer`'s; this module only judges and
 formats, so every verdict is tested without servers.
@@ -20,12 +26,12 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from cdc_cache.core.events import ChangeEvent
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
 from cdc_cache.plan.route import Planned, Rejected
-from cdc_cache.sink.apply import version_of
+from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.key_state import KeyState
 
 
@@ -33,18 +39,23 @@ class Gate(StrEnum):
     """What the version gate does with one key operation against the key's version now."""
 
     APPLIED = "applied"
+    INVALIDATED = "invalidated"
     DUPLICATE = "duplicate"
     STALE = "stale"
 
 
-def gate(version: str, stored: str | None) -> Gate:
+CHANGES_CACHE: Final = frozenset({Gate.APPLIED, Gate.INVALIDATED})
+
+
+def gate(version: str, stored: str | None, *, unversioned_value: bool = False) -> Gate:
     """The gate's verdict for an op of ``version`` on a key whose version is ``stored``.
 
     Versions sort as the positions they encode; a key without a version is older than
-    every change (as the apply script reads it).
+    every change (as the apply script reads it). ``unversioned_value``: the op is a set
+    and the key holds a value without a version, so the script deletes it instead.
     """
     if stored is None or version > stored:
-        return Gate.APPLIED
+        return Gate.INVALIDATED if stored is None and unversioned_value else Gate.APPLIED
     return Gate.DUPLICATE if version == stored else Gate.STALE
 
 
@@ -132,7 +143,7 @@ class Trace:
     def pending(self) -> int:
         """Key operations newer than their key's version (not in the cache)."""
         return sum(
-            op.gate is Gate.APPLIED and op.action in KEY_ACTIONS
+            op.gate in CHANGES_CACHE and op.action in KEY_ACTIONS
             for c in self.changes
             for op in c.ops
         )
@@ -164,11 +175,14 @@ def judge(
     host: Gate | None = None
     for op in _key_ops(item):
         if isinstance(op, SetRow | DeleteKey):
-            host = gate(version_of(op), states[op.key].version)
+            state = states[op.key]
+            unversioned = isinstance(op, SetRow) and state.exists and state.version is None
+            host = gate(version_of(op), state.version, unversioned_value=unversioned)
             ttl = op.ttl_ms if isinstance(op, SetRow) else op.tombstone_ttl_ms
             ops.append(OpTrace("set" if isinstance(op, SetRow) else "delete", op.key, host, ttl))
-        elif isinstance(op, Notify):
-            ops.append(OpTrace("notify", op.channel, host))
+        elif isinstance(op, Notify):  # sent whenever its host changes the cache
+            sent = Gate.APPLIED if host is Gate.INVALIDATED else host
+            ops.append(OpTrace("notify", op.channel, sent))
         elif isinstance(op, InvalidatePrefix):
             ops.append(OpTrace("invalidate_prefix", op.prefix, None))
     event = item.event

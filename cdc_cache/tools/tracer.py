@@ -23,7 +23,7 @@ from cdc_cache.dlq.entries import Failure, public_reason
 from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.apply import Client, connect
+from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.key_state import read_key_state
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topic_scan import reader, scan

@@ -9,8 +9,9 @@ import orjson
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.tools.verify import Report, verify
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_report import Report
 from tests.integration.services import Service
 from tests.integration.waiting import held_within
 

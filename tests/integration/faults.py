@@ -26,16 +26,23 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from cdc_cache.core.keys import escape_value
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.keys import escape_value, version_field, version_key
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import version_of
+from cdc_cache.sink.versions import parse_stored
 from cdc_cache.tools.demo import Scrape, scrape
 from cdc_cache.tools.devstack.broker import Broker, S3Store
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.cache import cache_state
-from tests.integration.probes import inspection, metric, settled_inspection, wait_ready
+from tests.integration.probes import admin_get, inspection, metric, settled_inspection, wait_ready
 from tests.integration.services import INSPECT_DB_QUERIES_PER_S, Service, inspector, worker
 from tests.integration.topics import produce, unique_topic
 from tests.workload import Message, Workload, rules_for
@@ -254,6 +261,20 @@ class Stream:
                 skus.add(after["sku_id"])
         return skus
 
+    def last_versions(self) -> dict[str, str]:
+        """For every key the stream's changes touch, the version its last change leaves
+        (planned by the worker's own planner): once Redis holds them all, every change
+        has been applied, whatever eviction or invalidation did to the values."""
+        rules = parse_rules(rules_for(self.db))
+        versions: dict[str, str] = {}
+        for message in self._changes():
+            routed = route(SourceRecord(self.topic, 0, 0, message.key, message.value), rules)
+            assert isinstance(routed, Planned), routed
+            for op in routed.ops:
+                if isinstance(op, SetRow | DeleteKey):
+                    versions[op.key] = max(versions.get(op.key, ""), version_of(op))
+        return versions
+
     def _changes(self) -> Iterator[Message]:
         return (m for tx in self.transactions for m in tx if m.value is not None)
 
@@ -283,6 +304,29 @@ class Verdict:
     @property
     def clean(self) -> bool:
         return not (self.stale or self.missing or self.lost or self.resurrected)
+
+
+def stored_versions(client: Redis | RedisCluster, keys: list[str]) -> dict[str, str | None]:
+    """The version Redis holds for each of ``keys`` (None: none)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(version_key(key), version_field(key))
+    raw = pipe.execute()
+    return {
+        k: parse_stored(v)[1] if v is not None else None for k, v in zip(keys, raw, strict=True)
+    }
+
+
+def consumer_lags(port: int) -> dict[tuple[str, str], float]:
+    """The worker's consumer lag per topic partition, as its /metrics shows it."""
+    status, body = admin_get(port, "/metrics")
+    assert status == 200, body
+    return {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "cdc_cache_consumer_lag_messages"
+    }
 
 
 def fill_availability(client: Redis | RedisCluster) -> None:
@@ -361,6 +405,7 @@ class Row:
     faults: str
     stale: int
     lost: int
+    missing: int
     resurrected: int
     dlq: int  # distinct ids
     dlq_messages: int  # a failure re-delivered after a crash is filed again, same id
@@ -375,6 +420,7 @@ class Row:
             self.faults,
             str(self.stale),
             str(self.lost),
+            str(self.missing),
             str(self.resurrected),
             f"{self.dlq} ({self.dlq_messages}) / {self.injected}",
             *self._inspected(),
@@ -394,7 +440,7 @@ class Row:
 
 
 HEADER = (
-    "scenario", "changes", "faults injected", "stale", "lost", "resurrected",
+    "scenario", "changes", "faults injected", "stale", "lost", "missing", "resurrected",
     "DLQ ids (messages) / poison injected", "inspector: consistent at 1 s (checks)",
     "time to consistency p99 / max s", "unresolved", "wall s",
 )  # fmt: skip
@@ -416,7 +462,8 @@ class ScenarioTable:
             cells = (c.ljust(w) for c, w in zip(line, widths, strict=True))
             terminalreporter.write_line(" | ".join(cells))
         terminalreporter.write_line(
-            "lost = invalidated keys still holding a value plus rows' keys without theirs; "
+            "lost = invalidated keys still holding a value; missing = rows' keys without their "
+            "value (a lost write, except where eviction or memory may take values); "
             "inspector columns: cdc-cache inspect beside the worker, every change sampled"
         )
 
@@ -554,12 +601,66 @@ class FaultRun:
                 return result
             time.sleep(0.3)
 
+    def wait_settled(self, timeout: float = 90) -> None:
+        """Wait until Redis holds the version of every key's last change: every change
+        was applied (values may have been evicted or invalidated; versions are not, and
+        a set Redis took only as an invalidation leaves its position as a delete)."""
+        wanted = self.stream.last_versions()
+        keys = sorted(wanted)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.worker.check_alive()
+            held = stored_versions(self.client, keys)
+            # the position must match; the rank may not, for a set applied as a delete
+            behind = [k for k in keys if (held[k] or "")[:-1] != wanted[k][:-1]]
+            if not behind:
+                return
+            assert time.monotonic() < deadline, (
+                f"{len(behind)} keys without their last version, e.g. "
+                f"{[(k, held[k], wanted[k]) for k in behind[:3]]}\n{self.worker.tail()}"
+            )
+            time.sleep(0.3)
+
+    def wait_drained(self, quiet_s: float = 3.0, timeout: float = 90) -> None:
+        """Wait until every partition was consumed to its end for ``quiet_s`` (for Redis
+        under a policy that may evict the versions :meth:`wait_settled` reads)."""
+        deadline = time.monotonic() + timeout
+        drained_since: float | None = None
+        while True:
+            self.worker.check_alive()
+            lags = consumer_lags(self.metrics_port)
+            if len(lags) == 3 and not any(lags.values()):
+                drained_since = drained_since or time.monotonic()
+                if time.monotonic() - drained_since >= quiet_s:
+                    return
+            else:
+                drained_since = None
+            assert time.monotonic() < deadline, f"not drained: {lags}\n{self.worker.tail()}"
+            time.sleep(0.3)
+
     def conclude(
-        self, table: ScenarioTable, faults: str, *, timeout: float = 90
+        self,
+        table: ScenarioTable,
+        faults: str,
+        *,
+        timeout: float = 90,
+        settle: str | None = None,
     ) -> tuple[Verdict, list[dict[str, Any]], dict[str, Any] | None]:
         """Wait (up to ``timeout``) for a consistent cache, read the DLQ and the
-        inspector's settled report, and add the scenario's row to ``table``."""
-        result = self.wait_consistent(timeout)
+        inspector's settled report, and add the scenario's row to ``table``.
+
+        With ``settle`` (``versions`` or ``drained``, for Redis under memory pressure) the
+        worker is waited for instead of a cache equal to the history, since eviction and
+        memory refusals may take values; keys without their value are counted apart.
+        """
+        if settle is None:
+            result = self.wait_consistent(timeout)
+        else:
+            if settle == "versions":
+                self.wait_settled(timeout)
+            else:
+                self.wait_drained(timeout=timeout)
+            result = verdict(self.client, self.stream)
         entries = read_dlq(self.broker.bootstrap, self.dlq_topic, len(self.stream.poison))
         inspected = self.inspection.settled() if self.inspection is not None else None
         table.rows.append(
@@ -568,7 +669,8 @@ class FaultRun:
                 self.stream.changes,
                 faults,
                 len(result.stale),
-                len(result.lost) + len(result.missing),
+                len(result.lost),
+                len(result.missing),
                 len(result.resurrected),
                 len({e.get("id") for e in entries}),
                 len(entries),
@@ -579,13 +681,21 @@ class FaultRun:
         )
         return result, entries, inspected
 
-    def finish(self, table: ScenarioTable, faults: str) -> None:
+    def finish(self, table: ScenarioTable, faults: str, *, settle: str | None = None) -> Verdict:
         """The closing checks: a consistent cache, exactly the poison in the DLQ, and (with
-        the inspector) every sampled change judged and every inconsistency it saw gone."""
-        result, entries, inspected = self.conclude(table, faults)
+        the inspector) every sampled change judged and every inconsistency it saw gone.
+
+        With ``settle`` (see :meth:`conclude`) keys without their value are allowed and
+        counted; nothing stale, lost or resurrected is.
+        """
+        result, entries, inspected = self.conclude(table, faults, settle=settle)
         filed = dlq_by_source(entries)
         ids = {e.get("id") for e in entries}
-        assert result.clean, f"{result}\n{self.worker.tail()}"
+        if settle is None:
+            assert result.clean, f"{result}\n{self.worker.tail()}"
+        else:
+            damage = (result.stale, result.lost, result.resurrected)
+            assert damage == ([], [], []), f"{result}\n{self.worker.tail()}"
         assert filed == self.stream.poison, (
             f"DLQ holds {len(filed)} source messages, {len(self.stream.poison)} were injected:"
             f" missing {sorted(set(self.stream.poison) - set(filed))[:5]},"
@@ -600,6 +710,7 @@ class FaultRun:
             queries = metric(self.inspection.port, "cdc_cache_inspect_db_queries_total")
             budget = INSPECT_DB_QUERIES_PER_S * (time.monotonic() - self.started + 1)
             assert 0 < queries <= budget, "the database load stays within its budget"
+        return result
 
     def stop(self) -> None:
         self.worker.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from redis import Redis, RedisCluster, RedisError
 
-from cdc_cache.sink.apply import connect
+from cdc_cache.sink.connection import connect
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisSentinel, RedisServer
 from tests.integration.waiting import wait_until

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -82,3 +83,24 @@ def test_correctness_guard_fails_on_a_lost_write_or_a_lost_delete(
     redis_client.set(absent[0], b"resurrected")
     report = bench.guard(generator)
     assert not report["ok"] and report["deleted_but_present"] == 1
+
+
+@pytest.mark.integration
+def test_memory_benchmark_reports_both_layouts_on_both_deployments(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    done = subprocess.run(
+        [sys.executable, "bench/memory.py", "--keys", "2000", "--value-sizes", "100",
+         "--apply-rounds", "1", "--out", str(out)],
+        cwd=ROOT, timeout=170, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    cells = {(r["deployment"], r["layout"]) for r in result["runs"]}
+    assert cells == {(d, layout) for d in ("one server", "Cluster, 3 primaries")
+                     for layout in ("before", "after")}  # fmt: skip
+    for run in result["runs"]:
+        assert run["values_per_key"] > 100 and run["metadata_per_tombstone"] > 0
+    assert set(result["script_cost"]) >= {"before", "after"}
+    assert "→" in out.with_suffix(".md").read_text()
+    svg = ElementTree.fromstring(out.with_suffix(".svg").read_text())
+    assert len(svg.findall("{http://www.w3.org/2000/svg}rect")) == 4 * 2 + 4  # bars, legend

@@ -17,7 +17,7 @@ from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 
 pytestmark = pytest.mark.integration
@@ -181,8 +181,13 @@ def test_missing_row_is_cached_briefly(any_redis: Any) -> None:
     assert any_redis.get(KEY) == NEGATIVE
     assert 0 < any_redis.pttl(KEY) <= 5_000
 
-    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])  # the row is inserted
+    # The row is inserted. The marker has no version, so nothing says the insert is newer
+    # than what the marker stands for: it is invalidated, and the next read loads the row.
+    RedisApplier(any_redis).apply([cdc_set(KEY, 1, NEW)])
+    assert any_redis.exists(KEY) == 0
+    loader.row = NEW
     assert cache.get(KEY, loader) == NEW
+    assert loader.calls == 2
 
 
 def test_insert_during_a_not_found_load_rejects_the_negative_fill(any_redis: Any) -> None:
@@ -304,7 +309,11 @@ def test_get_row_fills_the_workers_key_with_the_workers_bytes(any_redis: Any) ->
     filled = cache.get_row(codec, {"id": 7, "placed_on": dt.date(2026, 11, 29)}, lambda: ORDER_ROW)
     assert filled == b'{"id":7,"placed_on":"2026-11-29","total":"12.50","paid":true}'
     assert any_redis.get("order:2026-11-29:7") == filled
-    written = worker_writes_order(any_redis, 2)  # the worker rewrites the same row later
+    # The worker's first change to the key finds the fill without a version: it invalidates
+    # it (see lua/apply.lua); its next change writes the row again.
+    worker_writes_order(any_redis, 2)
+    assert any_redis.exists("order:2026-11-29:7") == 0
+    written = worker_writes_order(any_redis, 3)  # the worker rewrites the same row later
     assert written.key == "order:2026-11-29:7"
     assert any_redis.get(written.key) == filled  # same bytes: no flip between two shapes
     hit = cache.get_row(codec, {"id": 7, "placed_on": dt.date(2026, 11, 29)}, Loader(None))

@@ -16,8 +16,8 @@ from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.core.retry import Backoff
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import connect
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.connection import connect
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers
 from dataflows.config import FlowConfig

@@ -29,7 +29,8 @@ from cdc_cache.dlq.entries import entry_id
 from cdc_cache.dlq.filters import EntryFilter
 from cdc_cache.dlq.topic import DeadLetterWriter, ensure_topic, read_entries
 from cdc_cache.plan.route import Planned, Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.version_store import stored_version
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from dataflows.config import DlqTarget, FlowConfig
@@ -152,14 +153,14 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     first = service.replay(to_replay)
     assert [o.outcome for o in first] == ["applied"] * len(to_replay)
     assert cache_state(redis_client) == expected
-    frozen = (redis_client.get(victim), redis_client.get(version_key(victim)))
+    frozen = (redis_client.get(victim), stored_version(redis_client, victim))
 
     # Replaying again changes nothing: each change is a duplicate of itself or older than
     # what its keys hold now (stale), like the oldest one.
     second = service.replay(to_replay)
     assert {o.outcome for o in second} <= {"stale", "duplicate"}
     assert second[0].outcome == "stale"
-    assert (redis_client.get(victim), redis_client.get(version_key(victim))) == frozen
+    assert (redis_client.get(victim), stored_version(redis_client, victim)) == frozen
     assert cache_state(redis_client) == expected
     listed = {e["id"]: e["outcome"] for e in service.entries(EntryFilter(kind="redis_refused"))}
     assert listed[to_replay[0]["id"]]["replays"] == 2

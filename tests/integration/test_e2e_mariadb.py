@@ -21,7 +21,7 @@ from cdc_cache.core.keys import escape_value
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.redis import RedisServer
-from cdc_cache.tools.verify import Finding
+from cdc_cache.tools.verify_judge import Finding
 from tests.integration.cache import wait_until_verified
 from tests.integration.pipelines import Pipeline, mariadb_pipeline
 from tests.integration.probes import settled_inspection

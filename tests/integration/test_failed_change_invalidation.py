@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from cdc_cache.core.errors import ApplyError
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.keys import CHANNELS_KEY, lease_key, stream_key, version_key
 from cdc_cache.core.logs import JsonFormatter
@@ -26,8 +27,9 @@ from cdc_cache.plan import invalidations
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, SetRow
 from cdc_cache.plan.invalidations import KeyOutcome, Unreached
 from cdc_cache.plan.route import Planned, Rejected, route
-from cdc_cache.plan.rules import Rules, parse_rules
-from cdc_cache.sink.apply import ApplyError, ApplyResult, RedisApplier
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import ApplyResult, RedisApplier
 from cdc_cache.sink.writer import CacheWriter
 from tests.hostile import KeptDeadLetters
 from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML

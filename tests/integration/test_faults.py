@@ -20,9 +20,10 @@ import orjson
 import pytest
 
 from cdc_cache.lineage.registry import source_key
-from cdc_cache.sink.apply import connect
+from cdc_cache.sink.connection import connect, primaries
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.cache import cache_state
 from tests.integration.faults import (
     APP_FILLED,
     AVAILABILITY,
@@ -34,9 +35,17 @@ from tests.integration.faults import (
     fill_availability,
     verdict,
 )
+from tests.integration.memory_pressure import (
+    Filler,
+    VersionsGivenATtl,
+    fill_until_refused,
+    memory_limited,
+)
 from tests.integration.probes import metric
+from tests.integration.services import worker
 from tests.integration.topics import unique_topic
 from tests.integration.waiting import wait_until
+from tests.workload import Message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -328,3 +337,181 @@ def test_the_consistency_check_sees_every_kind_of_damage(redis_client):
     assert verdict(redis_client, stream) == Verdict(
         stale=[kept], missing=[emptied], lost=sorted([moved, refilled]), resurrected=[deleted]
     )
+
+
+# --- Redis under memory pressure ----------------------------------------------------------
+
+SUPPORTED = ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
+
+
+@pytest.fixture
+def small_redis(tmp_path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, for a small maxmemory and its policy."""
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def memory_metric(run: FaultRun, name: str, **labels: str) -> float:
+    return metric(run.metrics_port, f"cdc_cache_{name}", labels)
+
+
+def killed_under_pressure(run: FaultRun, transactions: int) -> list[tuple[Message, str | None]]:
+    """A stream with duplicates while the worker is SIGKILLed once, then a late stretch
+    (its first half again, after the deletes it precedes); returns the stream's part."""
+    part = run.stream.part(transactions, poison=3, redeliver=0.2)
+    with ThreadPoolExecutor(1) as pool:
+        producing = pool.submit(run.stream.produce, run.broker.bootstrap, part, 0.1)
+        wait_until("worker applying", lambda: run.applied() > 0, 30, shown=run.worker, interval=0.2)
+        run.worker.kill()
+        run.restart()
+        producing.result()
+    run.stream.produce(run.broker.bootstrap, run.stream.again(part, 0.5))
+    return part
+
+
+def late_once_more(run: FaultRun, part: list[tuple[Message, str | None]]) -> str:
+    """The late stretch again once the pressure is lifted: a version lost meanwhile now
+    lets it write, and no further eviction can hide what it wrote."""
+    run.stream.produce(run.broker.bootstrap, run.stream.again(part, 0.5))
+    return f"{run.stream.duplicates} duplicates, SIGKILL, 2 late stretches"
+
+
+@pytest.mark.parametrize("policy", SUPPORTED)
+def test_eviction_under_memory_pressure_takes_values_never_versions(
+    policy, broker, small_redis, tmp_path, runs, scenario_table
+):
+    client = connect(small_redis.address())
+    with memory_limited(client, policy, headroom=2 << 20), Filler(client) as filler:
+        run = FaultRun.start(
+            f"eviction, {policy}", tmp_path, broker, small_redis.address(), client, seed=51
+        )
+        runs.append(run)
+        part = killed_under_pressure(run, 800)
+        run.wait_settled()
+        wait_until(
+            "evictions seen by the worker",
+            lambda: memory_metric(run, "redis_evictions_total") > 0,
+            30,
+            shown=run.worker,
+            interval=0.2,
+        )
+        evicted = memory_metric(run, "redis_evictions_total")
+        missing = len(verdict(client, run.stream).missing)
+    assert filler.written > 0
+    assert missing, "eviction took no cache entry: the scenario proves nothing"
+    faults = f"{policy} 2 MiB, app writes, {evicted:.0f} evicted; {late_once_more(run, part)}"
+    run.finish(scenario_table, faults, settle="versions")
+
+
+def test_the_eviction_scenario_fails_when_versions_can_be_evicted(
+    broker, small_redis, tmp_path, runs, scenario_table
+):
+    """The control: version buckets given a TTL, as the previous release's version keys
+    had, are evicted under the same pressure, and the late stretch then leaves stale or
+    resurrected rows. The scenarios above would fail the same way."""
+    client = connect(small_redis.address())
+    with (
+        memory_limited(client, "volatile-ttl", headroom=2 << 20),
+        Filler(client),
+        VersionsGivenATtl(client),
+    ):
+        run = FaultRun.start(
+            "control: versions with a TTL", tmp_path, broker, small_redis.address(), client,
+            seed=51,
+        )  # fmt: skip
+        runs.append(run)
+        part = killed_under_pressure(run, 800)
+        run.wait_drained()
+    late_once_more(run, part)
+    run.wait_drained()
+    damage = verdict(client, run.stream)
+    assert damage.stale or damage.resurrected, damage
+
+
+def test_noeviction_filling_up_still_lands_every_invalidation(
+    broker, small_redis, tmp_path, runs, scenario_table
+):
+    client = connect(small_redis.address())
+    with memory_limited(client, "noeviction", headroom=2 << 20):
+        run = FaultRun.start(
+            "noeviction filling up", tmp_path, broker, small_redis.address(), client, seed=52,
+            env={"CDC_CACHE_MODE_WINDOW_S": "2", "CDC_CACHE_FALLBACK_TTL_S": "5"},
+        )  # fmt: skip
+        runs.append(run)
+        run.stream.produce(broker.bootstrap, run.stream.part(300))
+        run.wait_settled()
+        fill_until_refused(client, ttl_ms=20_000)  # full: Redis refuses writes for memory
+        part = run.stream.part(600, poison=3, redeliver=0.2)
+        with ThreadPoolExecutor(1) as pool:
+            producing = pool.submit(run.stream.produce, broker.bootstrap, part, 0.1)
+            wait_until(
+                "writes refused for memory, ttl mode held with cause redis_oom",
+                lambda: (
+                    memory_metric(run, "redis_oom_refusals_total") > 0
+                    and memory_metric(run, "mode_holds", cause="redis_oom") == 1
+                ),
+                30,
+                shown=run.worker,
+                interval=0.2,
+            )
+            run.worker.kill()
+            run.restart()  # starts while Redis is full
+            producing.result()
+        run.stream.produce(broker.bootstrap, run.stream.again(part, 0.5))
+        run.wait_settled()
+        wait_until(
+            "the redis_oom hold cleared once the application's keys expired",
+            lambda: memory_metric(run, "mode_holds", cause="redis_oom") == 0,
+            60,
+            shown=run.worker,
+            interval=0.2,
+        )
+        faults = f"noeviction full, restarted full; {late_once_more(run, part)}"
+        run.finish(scenario_table, faults, settle="versions")
+
+
+def test_allkeys_policy_with_invalidate_only_writes_no_value(
+    broker, small_redis, tmp_path, runs, scenario_table
+):
+    client = connect(small_redis.address())
+    with memory_limited(client, "allkeys-lru", headroom=2 << 20), Filler(client):
+        run = FaultRun.start(
+            "allkeys-lru, invalidate_only", tmp_path, broker, small_redis.address(), client,
+            seed=53, env={"CDC_CACHE_EVICTION_FALLBACK": "invalidate_only"},
+        )  # fmt: skip
+        runs.append(run)
+        part = killed_under_pressure(run, 600)
+        run.wait_drained()
+    # back on noeviction: still invalidations only for a version lifetime, since versions
+    # evicted meanwhile cannot be told from versions never written
+    faults = f"allkeys-lru 2 MiB, then noeviction; {late_once_more(run, part)}"
+    result = run.finish(scenario_table, faults, settle="drained")
+    assert memory_metric(run, "invalidate_only") == 1
+    assert not cache_state(client), "a value was written although versions may be evicted"
+    assert result.missing
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+def test_an_unsupported_eviction_policy_is_refused_at_start(policy, broker, redis_target, tmp_path):
+    node = primaries(redis_target.client)[-1]  # one primary of a cluster is enough
+    topic = unique_topic()
+    broker.create_topics({topic: 1, f"{topic.split('.')[0]}.dlq": 1})
+    service = worker(
+        tmp_path, broker.bootstrap, redis_target.url, [topic],
+        env={"CDC_CACHE_DLQ_TOPIC": f"{topic.split('.')[0]}.dlq"},
+    )  # fmt: skip
+    node.config_set("maxmemory-policy", policy)
+    node.config_set("maxmemory", str(1 << 30))
+    try:
+        service.start()
+        assert service.proc is not None
+        assert service.proc.wait(60) == 2
+    finally:
+        node.config_set("maxmemory", "0")
+        node.config_set("maxmemory-policy", "noeviction")
+        service.stop()
+    message = service.tail()
+    assert f"has maxmemory-policy {policy}" in message, message
+    assert "volatile-lru" in message and "eviction_fallback: invalidate_only" in message

@@ -35,7 +35,7 @@ from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.notify.tokens import issue
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisServer

@@ -19,7 +19,7 @@ from cdc_cache.lineage.registry import LineageRegistry, source_key
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from tests.workload import RULES_YAML, Message, Workload
 

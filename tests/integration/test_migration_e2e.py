@@ -20,12 +20,13 @@ from click.testing import CliRunner
 
 from cdc_cache.cli import main
 from cdc_cache.core.keys import MODE_KEY
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
-from cdc_cache.tools.verify import Finding, verify
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding
 from tests.integration.cache import wait_until_verified
 from tests.integration.probes import metric
 from tests.integration.services import Service, debezium, worker

@@ -11,14 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.errors import ApplyError, ConfigError
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import ApplyError, Outcome, RedisApplier, check_notifications
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier, check_notifications
+from cdc_cache.sink.encoding import Outcome
 from cdc_cache.tools.devstack.redis import RedisClusterServers
 from tests.workload import NOTIFY_RULES_YAML
 

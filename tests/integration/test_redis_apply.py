@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from typing import Any
 
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 from redis import Redis, RedisCluster
 from redis.connection import AbstractConnection
 
-from cdc_cache.core.errors import ConfigError, TransientError
-from cdc_cache.core.keys import key_slot, lease_key, version_key
+from cdc_cache.core.errors import ApplyError, ConfigError, TransientError
+from cdc_cache.core.keys import key_slot, lease_key, version_field, version_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     CacheOp,
@@ -21,12 +22,18 @@ from cdc_cache.plan.cache_ops import (
     SetRow,
     ValueFormat,
 )
-from cdc_cache.sink.apply import ApplyError, Outcome, RedisApplier, connect, version_of
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import connect, primaries
+from cdc_cache.sink.encoding import Outcome, version_of
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.version_store import horizon_minute, stored_version
+from cdc_cache.sink.versions import encode_version, parse_stored
 from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.memory_pressure import out_of_memory
 
 pytestmark = pytest.mark.integration
 
-A, S, D = Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE
+A, S, D, INV = Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE, Outcome.INVALIDATED
 TTL = 60_000
 TOMBSTONE = 3_600_000
 
@@ -55,19 +62,34 @@ def outcomes(redis: Any, *ops: CacheOp, **kw: int) -> list[Outcome]:
     return list(RedisApplier(redis, **kw).apply(ops).outcomes)
 
 
-def version(redis: Any, key: str) -> bytes | None:
-    stored: bytes | None = redis.get(version_key(key))
-    return stored
+def version(redis: Any, key: str) -> str | None:
+    return stored_version(redis, key)
+
+
+def sv(n: int) -> str:
+    """The version a set at pos(n) leaves."""
+    return encode_version(pos(n), delete=False)
+
+
+def dv(n: int) -> str:
+    """The version a delete at pos(n) leaves."""
+    return encode_version(pos(n), delete=True)
 
 
 def assert_pttl(redis: Any, key: str, expected_ms: int) -> None:
     assert expected_ms - 5_000 < redis.pttl(key) <= expected_ms
 
 
-def primaries(redis: Any) -> list[Redis]:
-    if isinstance(redis, RedisCluster):
-        return [redis.get_redis_connection(node) for node in redis.get_primaries()]
-    return [redis]
+def assert_horizon(redis: Any, key: str, lifetime_ms: int) -> None:
+    """The version of ``key`` may be forgotten after its lifetime (rounded up to minutes,
+    plus one), and its bucket has no TTL: no eviction policy that spares such keys takes it."""
+    raw = redis.hget(version_key(key), version_field(key))
+    horizon, _ = parse_stored(raw)
+    now_s = redis.time()[0] if not isinstance(redis, RedisCluster) else time.time()
+    assert horizon == horizon_minute(now_s, lifetime_ms) or horizon == horizon_minute(
+        now_s - 1, lifetime_ms
+    )
+    assert redis.pttl(version_key(key)) == -1
 
 
 def all_keys(redis: Any) -> set[str]:
@@ -78,14 +100,14 @@ def test_newer_set_wins(any_redis: Any) -> None:
     assert outcomes(any_redis, set_json("user:1", 1)) == [A]
     assert outcomes(any_redis, set_json("user:1", 2)) == [A]
     assert any_redis.get("user:1") == value(2)
-    assert version(any_redis, "user:1") == f"{pos(2).encode()}.s".encode()
+    assert version(any_redis, "user:1") == sv(2)
 
 
 def test_older_set_after_newer_is_stale(any_redis: Any) -> None:
     outcomes(any_redis, set_json("user:1", 5))
     assert outcomes(any_redis, set_json("user:1", 4)) == [S]
     assert any_redis.get("user:1") == value(5)
-    assert version(any_redis, "user:1") == f"{pos(5).encode()}.s".encode()
+    assert version(any_redis, "user:1") == sv(5)
 
 
 def test_same_position_is_duplicate(any_redis: Any) -> None:
@@ -100,7 +122,7 @@ def test_delete_leaves_tombstone_against_late_older_set(any_redis: Any) -> None:
     outcomes(any_redis, set_json("user:1", 1))
     assert outcomes(any_redis, delete("user:1", 3)) == [A]
     assert any_redis.exists("user:1") == 0
-    assert version(any_redis, "user:1") == f"{pos(3).encode()}.d".encode()
+    assert version(any_redis, "user:1") == dv(3)
 
     assert outcomes(any_redis, set_json("user:1", 2)) == [S]
     assert any_redis.exists("user:1") == 0
@@ -124,7 +146,7 @@ def test_applied_ops_void_the_lease_and_skipped_ops_keep_it(any_redis: Any) -> N
     assert [any_redis.exists(lease_key(k)) for k in keys] == [0, 0, 1, 1]
 
 
-def test_ttls(any_redis: Any) -> None:
+def test_ttls_and_version_horizons(any_redis: Any) -> None:
     outcomes(
         any_redis,
         set_json("short", 1, ttl=50_000, tombstone=100_000),
@@ -132,10 +154,10 @@ def test_ttls(any_redis: Any) -> None:
         delete("gone", 1, tombstone=30_000),
     )
     assert_pttl(any_redis, "short", 50_000)
-    assert_pttl(any_redis, version_key("short"), 100_000)
+    assert_horizon(any_redis, "short", 100_000)
     assert_pttl(any_redis, "long", 200_000)
-    assert_pttl(any_redis, version_key("long"), 200_000)
-    assert_pttl(any_redis, version_key("gone"), 30_000)
+    assert_horizon(any_redis, "long", 200_000)
+    assert_horizon(any_redis, "gone", 30_000)
 
 
 def test_hash_format_replaces_the_whole_hash(any_redis: Any) -> None:
@@ -144,7 +166,7 @@ def test_hash_format_replaces_the_whole_hash(any_redis: Any) -> None:
     assert outcomes(any_redis, set_hash(key, 2, {"qty": "4", "warehouse": "w1"})) == [A]
     assert any_redis.hgetall(key) == {b"qty": b"4", b"warehouse": b"w1"}
     assert_pttl(any_redis, key, TTL)
-    assert_pttl(any_redis, version_key(key), TOMBSTONE)
+    assert_horizon(any_redis, key, TOMBSTONE)
 
 
 def test_hash_with_many_fields(any_redis: Any) -> None:
@@ -263,9 +285,9 @@ def test_invalidate_prefix_deletes_exactly_the_keys_under_it(any_redis: Any) -> 
     remaining = all_keys(any_redis)
     assert not {*doomed, "t:unversioned"} & remaining
     assert {"t:newer", "tx:1", "u:t:1", "q?:1", "qa:1"} <= remaining
-    assert version(any_redis, "t:3") == f"{pos(50).encode()}.d".encode()
-    assert version(any_redis, "t:newer") == f"{pos(90).encode()}.s".encode()
-    assert version(any_redis, "tx:1") == f"{pos(10).encode()}.s".encode()
+    assert version(any_redis, "t:3") == dv(50)
+    assert version(any_redis, "t:newer") == sv(90)
+    assert version(any_redis, "tx:1") == sv(10)
 
     escaped = RedisApplier(any_redis).apply([InvalidatePrefix("q?:", "db.q", pos(60), TOMBSTONE)])
     assert escaped.invalidated == (1,)
@@ -376,10 +398,11 @@ def test_any_delivery_order_converges_to_newest_change(
     for key in KEYS:
         mine = [c for c in changes if c.key == key]
         if not mine:
-            assert redis_client.exists(key, version_key(key)) == 0
+            assert redis_client.exists(key) == 0
+            assert version(redis_client, key) is None
             continue
         newest = max(mine, key=version_of)
-        assert version(redis_client, key) == version_of(newest).encode()
+        assert version(redis_client, key) == version_of(newest)
         if isinstance(newest, SetRow):
             assert redis_client.get(key) == newest.value
         else:
@@ -395,3 +418,122 @@ def test_primary_key_change_pair_at_one_position_ends_with_the_new_row(any_redis
     assert outcomes(any_redis, delete("stock:7", 5), set_json("stock:7", 5)) == [S, D]
     assert outcomes(any_redis, set_json("stock:7", 5), delete("stock:7", 5)) == [D, S]
     assert any_redis.get("stock:7") == value(5)
+
+
+def test_a_set_on_a_value_without_a_version_invalidates_it(any_redis: Any) -> None:
+    # filled by an application before any change: nothing says the change is newer
+    any_redis.set("filled:1", b"by the application")
+    assert outcomes(any_redis, set_json("filled:1", 3)) == [INV]
+    assert any_redis.exists("filled:1") == 0
+    assert version(any_redis, "filled:1") == sv(3)
+    assert outcomes(any_redis, set_json("filled:1", 2)) == [S]
+    assert outcomes(any_redis, set_json("filled:1", 4)) == [A]
+    assert any_redis.get("filled:1") == value(4)
+
+
+def test_a_lost_version_never_lets_an_older_image_overwrite_a_newer_one(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("k", 5))
+    any_redis.hdel(version_key("k"), version_field("k"))  # forgotten, or lost with its bucket
+    assert outcomes(any_redis, set_json("k", 3)) == [INV]
+    assert any_redis.exists("k") == 0  # a miss, not the older image
+    assert version(any_redis, "k") == sv(3)
+
+
+def test_invalidate_only_writes_no_value_and_keeps_versions(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("io:1", 1))
+    any_redis.set(lease_key("io:1"), b"a fill in progress")
+    applier = RedisApplier(any_redis, invalidate_only=lambda: True)
+    batch = [set_json("io:1", 2), set_json("io:{x}:2", 2), set_json("io:1", 1), delete("io:3", 2)]
+    assert applier.apply(batch).outcomes == (INV, INV, S, A)
+    assert any_redis.exists("io:1", "io:{x}:2", lease_key("io:1")) == 0
+    assert version(any_redis, "io:1") == dv(2)
+    # the set itself, replayed once values may be written again, ranks above its delete
+    assert outcomes(any_redis, set_json("io:1", 2)) == [A]
+
+
+class Heard:
+    """A MemoryObserver that keeps what it heard."""
+
+    def __init__(self) -> None:
+        self.refusals: list[str] = []
+        self.acceptances: list[str] = []
+
+    def refused(self, node: str, error: str) -> None:
+        self.refusals.append(node)
+
+    def accepted(self, node: str) -> None:
+        self.acceptances.append(node)
+
+
+def test_out_of_memory_still_lands_invalidations_and_their_tombstones(any_redis: Any) -> None:
+    outcomes(any_redis, set_json("oom:{a}:old", 1), set_json("oom:{b}:gone", 1))
+    heard = Heard()
+    applier = RedisApplier(any_redis, memory=heard)
+    batch = [set_json("oom:{a}:old", 5), delete("oom:{b}:gone", 5), set_json("oom:{c}:new", 5)]
+    with out_of_memory(any_redis):
+        nodes = primaries(any_redis)
+        assert not any(accepts_writes(node) for node in nodes)  # the plain script is refused
+        assert applier.apply(batch).outcomes == (INV, A, INV)
+        assert any_redis.exists("oom:{a}:old", "oom:{b}:gone", "oom:{c}:new") == 0
+        assert (version(any_redis, "oom:{a}:old"), version(any_redis, "oom:{b}:gone")) == (
+            dv(5),
+            dv(5),
+        )
+        assert heard.refusals and not heard.acceptances
+    assert all(accepts_writes(node) for node in nodes)
+    # the tombstones written while out of memory stop late older changes afterwards
+    assert outcomes(any_redis, set_json("oom:{a}:old", 3), set_json("oom:{b}:gone", 4)) == [S, S]
+    assert applier.apply([set_json("oom:{a}:old", 6)]).outcomes == (A,)
+    assert heard.acceptances
+
+
+def test_only_the_primary_out_of_memory_gets_invalidations(redis_cluster_client: Any) -> None:
+    full, fine = primaries(redis_cluster_client)[:2]
+    on_full = [
+        k for k in (f"p:{i}" for i in range(500)) if _node_of(redis_cluster_client, k) is full
+    ]
+    on_fine = [
+        k for k in (f"p:{i}" for i in range(500)) if _node_of(redis_cluster_client, k) is fine
+    ]
+    heard = Heard()
+    batch = [set_json(on_full[0], 1), set_json(on_fine[0], 1)]
+    with out_of_memory(redis_cluster_client, [full]):
+        result = RedisApplier(redis_cluster_client, memory=heard).apply(batch)
+    assert result.outcomes == (INV, A)
+    assert redis_cluster_client.exists(on_full[0]) == 0
+    assert redis_cluster_client.get(on_fine[0]) == value(1)
+    assert len(heard.refusals) == 1 and len(heard.acceptances) == 1
+
+
+def _node_of(cluster: Any, key: str) -> Redis:
+    return cluster.get_redis_connection(cluster.get_node_from_key(key))
+
+
+versions = st.tuples(
+    st.builds(
+        SourcePosition,
+        st.integers(0, 10**5 - 1),
+        st.integers(0, 10**20 - 1),
+        st.integers(0, 10**20 - 1),
+        st.integers(0, 10**10 - 1),
+    ),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=versions, second=versions)
+def test_lua_orders_versions_as_their_positions(
+    redis_server: RedisServer,
+    first: tuple[SourcePosition, bool],
+    second: tuple[SourcePosition, bool],
+) -> None:
+    # Lua compares strings with strcoll() under the server's collation: the encoding must
+    # sort there exactly as (position, rank) does
+    a, b = (encode_version(p, delete=d) for p, d in (first, second))
+    client = connect(redis_server.address())
+    try:
+        below = client.eval("#!lua flags=no-writes\nreturn ARGV[1] < ARGV[2] and 1 or 0", 0, a, b)
+    finally:
+        client.close()
+    assert bool(below) == ((first[0], not first[1]) < (second[0], not second[1]))

@@ -22,15 +22,21 @@ from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
+from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import Client, RedisApplier, connect
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import Client, connect
+from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.failover import PrimaryRegistry
 from cdc_cache.sink.replica_wait import ReplicaWait
-from cdc_cache.sink.writer import CacheWriter
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.version_store import stored_version
+from cdc_cache.sink.writer import CacheWriter, EventOutcome
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers
 from tests.integration.cache import cache_state
+from tests.integration.memory_pressure import out_of_memory
 from tests.integration.waiting import wait_until
 from tests.workload import RULES_YAML, Workload
 
@@ -254,3 +260,29 @@ def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again
     assert second.done(60)
     assert cache_state(client) == workload.expected_cache()
     assert failovers("complete") == complete_before + 1
+
+
+def test_a_batch_while_the_primary_is_out_of_memory_lands_its_invalidations_and_its_wait(
+    replicated_redis,
+):
+    group = replicated_redis
+    holds, workload = Holds(), Workload(seed=33)
+    client = connect(group.url())
+    writer = writer_for(client, holds, PrimaryRegistry(tracked=True))
+    writer.write(planned(workload, 50))
+    primary = group.client(group.primary)
+    with out_of_memory(client, [primary]):
+        assert not accepts_writes(primary)  # Redis refuses the plain apply script
+        batch = planned(workload, 50)
+        outcomes: list[EventOutcome] = []  # invalidations, and the wait for them, still land
+        writing = threading.Thread(target=lambda: outcomes.extend(writer.write(batch)), daemon=True)
+        writing.start()
+        writing.join(30)
+        assert not writing.is_alive(), "the batch stalled while Redis was full"
+    assert len(outcomes) == len(batch), "changes were set aside instead of applied"
+    applied = {op.key: version_of(op) for item in batch for op in item.ops
+               if isinstance(op, SetRow | DeleteKey)}  # fmt: skip
+    held = {key: stored_version(client, key) for key in applied}
+    assert {k: v[:-1] for k, v in applied.items()} == {k: (v or "")[:-1] for k, v in held.items()}
+    expected = workload.expected_cache()
+    assert all(expected.get(key) == value for key, value in cache_state(client).items())

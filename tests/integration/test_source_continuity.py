@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.devstack.broker import Broker, S3Store
 from dataflows.config import FlowConfig, FlowContext
 from dataflows.invalidation import build_flow

@@ -31,11 +31,13 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import StackError, free_port
-from cdc_cache.tools.verify import Finding, Report, verify
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding
+from cdc_cache.tools.verify_report import Report
 from tests.integration.probes import admin_get, metric
 from tests.integration.services import Service, debezium, worker
 from tests.integration.sql_workload import DDL, SqlWorkload, execute, rules_for

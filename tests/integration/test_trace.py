@@ -16,8 +16,8 @@ from cdc_cache.cli import main
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
-from cdc_cache.sink.apply import version_of
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import version_of
 from dataflows.config import FlowConfig
 from dataflows.invalidation import build_flow
 from tests.integration.topics import produce, unique_topic

@@ -20,11 +20,13 @@ import pytest
 
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.postgres import Postgres
-from cdc_cache.tools.verify import Database, Finding, derive, verify
+from cdc_cache.tools.verify import verify
+from cdc_cache.tools.verify_judge import Finding, derive
+from cdc_cache.tools.verify_reads import Database
 
 pytestmark = pytest.mark.integration
 

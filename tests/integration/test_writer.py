@@ -15,7 +15,7 @@ from cdc_cache.core.keys import version_key
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.writer import CacheWriter
 from tests.integration.cache import cache_state

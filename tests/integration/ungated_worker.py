@@ -12,19 +12,19 @@ from __future__ import annotations
 import hashlib
 
 from cdc_cache.cli import main
-from cdc_cache.sink import apply as redis_apply
+from cdc_cache.sink import scripts
 
-GATE = "elseif position > current then"
-_gated = redis_apply._script
+GATE = "elseif version > current then"
+_gated = scripts.apply_script
 
 
-def _ungated() -> tuple[str, str]:
-    source, _ = _gated()
+def _ungated(*, allow_oom: bool = False) -> tuple[str, str]:
+    source, _ = _gated(allow_oom=allow_oom)
     assert source.count(GATE) == 1, f"lua/apply.lua no longer gates with {GATE!r}: update this"
     patched = source.replace(GATE, "elseif true then")
     return patched, hashlib.sha1(patched.encode(), usedforsecurity=False).hexdigest()
 
 
 if __name__ == "__main__":
-    redis_apply._script = _ungated  # type: ignore[assignment]
+    scripts.apply_script = _ungated  # type: ignore[assignment]
     main()

@@ -22,9 +22,9 @@ from cdc_cache.inspector.consistency import (
 )
 from cdc_cache.inspector.nines import Windows, nines_of
 from cdc_cache.inspector.sampling import Sampler, Skip, TokenBucket, Tracker, recheck_delay
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode
-from cdc_cache.tools.verify import Stored
+from cdc_cache.tools.verify_judge import Stored
 from tests.workload import RULES_YAML, Workload
 
 TABLE = parse_rules(

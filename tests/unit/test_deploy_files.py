@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cdc_cache.app.load import load_settings
-from cdc_cache.plan.rules import load_rules
+from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.source.topics import named_for
 
 ROOT = Path(__file__).parents[2]

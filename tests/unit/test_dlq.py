@@ -26,7 +26,7 @@ from cdc_cache.dlq.entries import (
 )
 from cdc_cache.dlq.filters import EntryFilter, entry_filter, latest_by_id
 from cdc_cache.plan.route import Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload
 

@@ -15,7 +15,7 @@ from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 
 RULES = parse_rules("""
 version: 2

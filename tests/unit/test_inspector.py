@@ -26,8 +26,9 @@ from cdc_cache.inspector.loop import Inspector
 from cdc_cache.inspector.report import text_page
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.cache_ops import ValueFormat
-from cdc_cache.plan.rules import TableRules, parse_rules
-from cdc_cache.tools.verify import Stored
+from cdc_cache.plan.rules import TableRules
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify_judge import Stored
 from tests.workload import RULES_YAML, Message, Workload
 
 RULES = parse_rules(RULES_YAML)

@@ -16,7 +16,7 @@ from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, Notify, SetRow
 from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.route import Planned, Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.workload import ITEMS_RULES_YAML, NOTIFY_RULES_YAML
 
 RULES_TEXT = (

@@ -17,7 +17,7 @@ from cdc_cache.app.load import load, load_settings
 from cdc_cache.app.settings import WatchdogSettings
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.notify.settings import GatewaySettings
-from cdc_cache.plan.rules import load_rules
+from cdc_cache.plan.rules_loader import load_rules
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -8,10 +8,14 @@ from hypothesis import strategies as st
 
 from cdc_cache.core.keys import (
     MAX_VALUE_CHARS,
+    SLOTS,
+    all_version_buckets,
     escape_value,
     key_slot,
     lease_key,
     leased_key,
+    legacy_cache_key,
+    legacy_version_key,
     version_key,
 )
 
@@ -73,6 +77,28 @@ AWKWARD_KEYS = st.one_of(
 @given(AWKWARD_KEYS)
 def test_version_key_shares_the_slot_of_its_key(key: str) -> None:
     assert key_slot(version_key(key)) == key_slot(key)
+
+
+@given(AWKWARD_KEYS)
+def test_version_buckets_are_few_and_every_one_is_known(key: str) -> None:
+    # the sweeper visits every bucket by name, without scanning the keyspace
+    assert version_key(key) in _BUCKETS
+    assert key_slot(version_key(key, buckets=4)) == key_slot(key)
+
+
+_BUCKETS = frozenset(all_version_buckets())
+
+
+def test_one_bucket_per_slot() -> None:
+    assert len(_BUCKETS) == SLOTS
+    assert {key_slot(b) for b in _BUCKETS} == set(range(SLOTS))
+
+
+@given(AWKWARD_KEYS)
+def test_legacy_version_key_leads_back_to_its_key(key: str) -> None:
+    assert key_slot(legacy_version_key(key)) == key_slot(key)
+    assert legacy_cache_key(legacy_version_key(key)) == key
+    assert legacy_cache_key(lease_key(key)) is None
 
 
 @given(AWKWARD_KEYS)

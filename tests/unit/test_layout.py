@@ -101,3 +101,17 @@ def test_the_stream_engine_is_imported_in_dataflows_only() -> None:
         if dotted.split(".")[0] == "bytewax"
     ]
     assert not engine, "\n".join(engine)
+
+
+def test_asset_paths_name_the_folder_of_their_package() -> None:
+    # An asset path built at run time (an f-string) escapes the move's rewriting: Lua
+    # scripts and web assets live in their package's folder, none at the package root.
+    left = [
+        f"{module.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+        for module in modules(PACKAGE)
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith(("lua/", "web/"))
+    ]
+    assert not left, "\n".join(left)

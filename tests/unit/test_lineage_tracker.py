@@ -17,7 +17,7 @@ from cdc_cache.lineage.tracker import LineageConfig, LineageTracker, source_of
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.lineage_fakes import MemoryRegistry
 from tests.workload import RULES_YAML, Workload
 

@@ -8,7 +8,7 @@ import pytest
 from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
 from cdc_cache.mode.controller import Cause, Flag, Mode
 from cdc_cache.mode.record import ModeKeyError, ModeRecord, parse_flag
-from cdc_cache.sink.apply import redis_url_problem
+from cdc_cache.sink.connection import redis_url_problem
 
 PUBLISHED = {"mode": "ttl", "flag": "auto", "cause": "lag", "reason": "lag 90 s",
              "since_ms": "1700000000000", "lag_s": "90.000"}  # fmt: skip

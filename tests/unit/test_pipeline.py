@@ -13,7 +13,7 @@ from cdc_cache.core.nesting import ENCODER_MAX_DEPTH
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import SetRow, ValueFormat
 from cdc_cache.plan.route import Control, Planned, Rejected, route, value_size
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.natural import TableValues
 from tests.hostile import nested
 from tests.workload import RULES_YAML, Workload

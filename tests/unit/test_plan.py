@@ -12,7 +12,7 @@ from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, Notify, SetRow, ValueFormat
 from cdc_cache.plan.planner import changed_columns, plan
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.model import ModelCache
 from tests.workload import NOTIFY_RULES_YAML
 

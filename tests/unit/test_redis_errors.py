@@ -2,7 +2,7 @@ import pytest
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.sink.apply import _translated, is_transient, misconfiguration
+from cdc_cache.sink.connection import is_transient, misconfiguration, translated_errors
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_permanent_redis_errors(error):
 def test_setting_problems_are_config_errors_never_retried(error, names):
     assert not is_transient(error)
     assert names in (misconfiguration(error) or "")
-    with pytest.raises(ConfigError, match=names), _translated("PING at redis://h:1/0"):
+    with pytest.raises(ConfigError, match=names), translated_errors("PING at redis://h:1/0"):
         raise error
 
 

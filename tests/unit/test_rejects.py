@@ -17,7 +17,7 @@ from cdc_cache.dlq.entries import Failure, public_reason
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.plan.invalidations import Invalidated, KeyOutcome
 from cdc_cache.plan.route import Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from tests.hostile import KeptDeadLetters, nested
 
 USERS_RULES = parse_rules("""

@@ -15,7 +15,7 @@ import pytest
 from cdc_cache.core.errors import DecodeError
 from cdc_cache.core.events import ChangeEvent, Heartbeat, Op, SchemaChange, SourceRecord, Tombstone
 from cdc_cache.plan.route import Control, Planned, Rejected, route
-from cdc_cache.plan.rules import parse_rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode, table_hint
 from cdc_cache.source.topics import ROUTER_KEY_FIELDS
 from tests.unit.test_envelope import SOURCES, Recorded, assert_same_changes, load

@@ -4,7 +4,8 @@ import pytest
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.plan.cache_ops import ValueFormat
-from cdc_cache.plan.rules import Action, KeyTemplate, MissingColumn, load_rules, parse_rules
+from cdc_cache.plan.rules import Action, KeyTemplate, MissingColumn
+from cdc_cache.plan.rules_loader import load_rules, parse_rules
 
 EXAMPLE = Path(__file__).parents[2] / "cdc_cache" / "examples" / "inventory.rules.yaml"
 

@@ -17,7 +17,8 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.schema_watch import SchemaWatch, problems
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.route import route
-from cdc_cache.plan.rules import Use, parse_rules
+from cdc_cache.plan.rules import Use
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "debezium" / "mariadb"

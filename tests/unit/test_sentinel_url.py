@@ -7,7 +7,7 @@ from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.sink.apply import RedisAuth, connect, redis_url_problem
+from cdc_cache.sink.connection import RedisAuth, connect, redis_url_problem
 from cdc_cache.sink.sentinel import is_sentinel_url, parse_sentinel_url
 
 

@@ -242,6 +242,16 @@ def test_gateway_token_command_prints_a_token_the_gateway_accepts(tmp_path, monk
     assert missing.exit_code == 2 and "give the token signing key" in missing.output
 
 
+def test_eviction_fallback_refuses_by_default_and_names_its_choices(tmp_path, monkeypatch):
+    assert load_settings(rules=Path("r.yaml"), topics=("a",)).eviction_fallback == "refuse"
+    monkeypatch.setenv("CDC_CACHE_EVICTION_FALLBACK", "invalidate_only")
+    assert load_settings(rules=Path("r.yaml"), topics=("a",)).eviction_fallback == "invalidate_only"
+    config = write(tmp_path, "rules: r.yaml\ntopics: [a]\neviction_fallback: ignore\n")
+    monkeypatch.delenv("CDC_CACHE_EVICTION_FALLBACK")
+    with pytest.raises(ConfigError, match=r"worker\.yaml:3: eviction_fallback: .*'refuse'"):
+        load_settings(config)
+
+
 def test_replica_waiting_is_off_by_default_and_its_bounds_are_checked(tmp_path, monkeypatch):
     settings = load_settings(rules=Path("r.yaml"), topics=("a",))
     assert (settings.redis_replicas, settings.redis_replicas_timeout_ms) == (0, 1000)

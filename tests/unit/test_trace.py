@@ -11,7 +11,7 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan.invalidations import Invalidation
 from cdc_cache.plan.route import Planned, Rejected
-from cdc_cache.sink.apply import version_of
+from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.key_state import KeyState
 from cdc_cache.tools.trace import (
     Gate,
@@ -79,14 +79,15 @@ def test_the_change_the_key_holds_is_duplicate_older_stale_newer_applied():
     assert key.holds is trace.changes[1]
 
 
-def test_a_key_without_a_version_takes_every_change():
+def test_an_absent_key_without_a_version_takes_every_change():
+    absent = {KEY: KeyState(KEY, "none", None, None, None)}
     trace = trace_of(
         TABLE,
         {"id": "42"},
         topics=["t"],
         scanned=3,
         routed=[INSERT, UPDATE],
-        states=holding(None),
+        states=absent,
         explain=explain,
     )
     assert [c.ops[0].gate for c in trace.changes] == [Gate.APPLIED, Gate.APPLIED]
@@ -204,3 +205,20 @@ def test_text_and_json_name_each_change_its_ops_verdicts_and_the_key_now():
             "holds": "db.inventory.stock[1]@8",
         }
     ]
+
+
+def test_a_set_on_a_value_without_a_version_is_an_invalidation_and_a_delete_is_not():
+    # an application's fill, or a version swept: the gate cannot order it, so it deletes
+    unversioned = {KEY: KeyState(KEY, "string", '{"qty": 1}', 5000, None)}
+    trace = trace_of(
+        TABLE,
+        {"id": "42"},
+        topics=["t"],
+        scanned=2,
+        routed=[UPDATE, DELETE],
+        states=unversioned,
+        explain=explain,
+    )
+    assert [c.ops[0].gate for c in trace.changes] == [Gate.INVALIDATED, Gate.APPLIED]
+    assert trace.changes[0].ops[1].gate is Gate.APPLIED  # its notification is still sent
+    assert trace.pending == 2

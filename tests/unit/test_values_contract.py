@@ -29,7 +29,8 @@ from cdc_cache.core.events import Op, SourceRecord
 from cdc_cache.core.logical import ColumnType
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.route import Planned, route
-from cdc_cache.plan.rules import Rules, parse_rules
+from cdc_cache.plan.rules import Rules
+from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.avro import AvroParser, AvroSchema, parse_schema
 from cdc_cache.source.envelope import Parse
 from cdc_cache.source.natural import described_types

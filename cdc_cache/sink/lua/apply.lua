@@ -1,6 +1,15 @@
--- Version-gated cache writes: each op applies only if its position is newer than the one
--- stored in its version key. Positions are fixed-width strings, so string order is position
--- order; a missing version reads as "" and is older than every position.
+-- Version-gated cache writes: each op applies only if its version is newer than the one
+-- stored for its key. Versions are digit strings that sort as the positions they encode
+-- (see cdc_cache/sink/versions.py); a missing version reads as "" and is older than every one.
+--
+-- Versions live in a small hash per slot (the version bucket), under a digest of the cache
+-- key, as "<horizon minute, 8 digits><version>". Buckets never get a TTL, so eviction
+-- policies that evict only keys with a TTL never take a version or a tombstone; the
+-- sweeper removes fields whose horizon has passed.
+--
+-- A key with no known version but a cached value (filled by an application, or whose
+-- version passed its horizon or was lost) cannot tell whether the change is newer than
+-- what it holds: a set is then applied as an invalidation (DEL) instead of a write.
 --
 -- An applied op also deletes the key's lease key, so an application fill that loaded the
 -- row before this change cannot land after it (see cdc_cache/aside/cache_aside.py).
@@ -9,21 +18,28 @@
 -- appended to the channel's stream only when the host applied, in this same script, so a
 -- stale or duplicate change notifies nobody and a write never lands without its notice.
 --
--- KEYS: per key op a (cache key, version key, lease key) triple; per N op a
+-- The caller puts a shebang line in front: "#!lua" (refused up front while Redis is out of
+-- memory) or "#!lua flags=allow-oom" for calls that hold only deletes (D ops), which must
+-- land even then.
+--
+-- KEYS: per key op a (cache key, version bucket, lease key) triple; per N op a
 --   (stream key, channel registry set) pair; in op order.
--- ARGV: per key op: kind, version (position + rank, see version_of), version ttl ms, then
+-- ARGV: per key op: kind, version field, version, version lifetime ms, then
 --   J  value ttl_ms                 SET key value PX ttl
 --   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
 --   D                               DEL key (the version stays as a tombstone)
 -- per N op: N channel maxlen payload  XADD stream MAXLEN ~ maxlen * p payload, SADD channel
--- Returns one code per op: 1 applied, 0 stale, 2 duplicate (an N op: its host's code).
+-- Returns one code per op: 1 applied, 0 stale, 2 duplicate, 3 invalidated (a set that
+-- found a value but no version), and for an N op its host's code.
 --
 -- Every version is read and every op checked before the first write, so a malformed call
 -- or a key of the wrong type fails without changing anything.
 
 local HSET_PAIRS = 200
+local HORIZON_DIGITS = 8
 local NOTIFY_TYPES = {'stream', 'set'}  -- of an N op's keys
-local versions = {}
+local versions = {}  -- by bucket and field: the version as it stands while ops apply
+local ids = {}  -- per key op: its bucket and field, the key of versions
 local starts = {}
 local firsts = {}
 local a = 1
@@ -47,19 +63,22 @@ while k <= #KEYS do
     a = a + 4
     k = k + 2
   else
+    local vkey, field = KEYS[k + 1], ARGV[a + 1]
     if kind == 'J' then
-      a = a + 5
+      a = a + 6
     elseif kind == 'H' then
-      a = a + 5 + 2 * tonumber(ARGV[a + 4])
+      a = a + 6 + 2 * tonumber(ARGV[a + 5])
     elseif kind == 'D' then
-      a = a + 3
+      a = a + 4
     else
       return redis.error_reply('cdc-apply: unknown op kind ' .. tostring(kind) .. ' for ' .. KEYS[k])
     end
-    local vkey = KEYS[k + 1]
-    if versions[vkey] == nil then
-      versions[vkey] = redis.call('GET', vkey) or ''
+    local id = vkey .. '\0' .. field
+    if versions[id] == nil then
+      local stored = redis.call('HGET', vkey, field)
+      versions[id] = stored and string.sub(stored, HORIZON_DIGITS + 1) or ''
     end
+    ids[#starts] = id
     hosted = true
     k = k + 3
   end
@@ -68,40 +87,52 @@ if a - 1 ~= #ARGV or k - 1 ~= #KEYS then
   return redis.error_reply('cdc-apply: ' .. #ARGV .. ' arguments and ' .. #KEYS .. ' keys do not match ' .. #starts .. ' ops')
 end
 
+local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+local horizons = {}  -- by version lifetime (ms): the horizon minute, as stored
 local out = {}
 local host = 0
 for n, s in ipairs(starts) do
   local key, vkey, lkey = KEYS[firsts[n]], KEYS[firsts[n] + 1], KEYS[firsts[n] + 2]
-  local kind, position, version_ttl = ARGV[s], ARGV[s + 1], ARGV[s + 2]
-  local current = versions[vkey]
+  local kind, field, version = ARGV[s], ARGV[s + 1], ARGV[s + 2]
   local code = 0
   if kind == 'N' then
     code = host
-    if host == 1 then
+    if host == 1 or host == 3 then
       redis.call('XADD', key, 'MAXLEN', '~', ARGV[s + 2], '*', 'p', ARGV[s + 3])
       redis.call('SADD', vkey, ARGV[s + 1])
     end
-  elseif position == current then
-    code = 2
-  elseif position > current then
-    code = 1
-    if kind == 'J' then
-      redis.call('SET', key, ARGV[s + 3], 'PX', ARGV[s + 4])
-    else
-      redis.call('DEL', key)
-      if kind == 'H' then
-        local last = s + 4 + 2 * tonumber(ARGV[s + 4])
-        for f = s + 5, last, 2 * HSET_PAIRS do
-          redis.call('HSET', key, unpack(ARGV, f, math.min(f + 2 * HSET_PAIRS - 1, last)))
+  else
+    local id = ids[n]
+    local current = versions[id]
+    if version == current then
+      code = 2
+    elseif version > current then
+      code = 1
+      if kind ~= 'D' and current == '' and redis.call('EXISTS', key) == 1 then
+        code = 3
+        redis.call('DEL', key)
+      elseif kind == 'J' then
+        redis.call('SET', key, ARGV[s + 4], 'PX', ARGV[s + 5])
+      else
+        redis.call('DEL', key)
+        if kind == 'H' then
+          local last = s + 5 + 2 * tonumber(ARGV[s + 5])
+          for f = s + 6, last, 2 * HSET_PAIRS do
+            redis.call('HSET', key, unpack(ARGV, f, math.min(f + 2 * HSET_PAIRS - 1, last)))
+          end
+          redis.call('PEXPIRE', key, ARGV[s + 4])
         end
-        redis.call('PEXPIRE', key, ARGV[s + 3])
       end
+      local lifetime = ARGV[s + 3]
+      local horizon = horizons[lifetime]
+      if horizon == nil then
+        horizon = string.format('%0' .. HORIZON_DIGITS .. 'd', minute + 1 + math.ceil(tonumber(lifetime) / 60000))
+        horizons[lifetime] = horizon
+      end
+      redis.call('HSET', vkey, field, horizon .. version)
+      redis.call('DEL', lkey)
+      versions[id] = version
     end
-    redis.call('SET', vkey, position, 'PX', version_ttl)
-    redis.call('DEL', lkey)
-    versions[vkey] = position
-  end
-  if kind ~= 'N' then
     host = code
   end
   out[n] = code

@@ -12,6 +12,9 @@ idempotent producer before the engine may mark it processed, and the engine's of
 written to a file only after that. A crash (even SIGKILL) therefore re-delivers, never loses.
 
 Run ``python -m cdc_cache.tools.devstack.debezium --help`` for the options.
+
+Kept in one module: the engine runner, its publisher and its options are one process
+(``python -m``) of the local stack.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Both expose the devstack service shape (``name``, ``start``, ``stop``, ``running``,
 ``address``). A cluster's address is ``redis://127.0.0.1:FIRSTPORT/0?cluster=true``: the
-``cluster=true`` query flag is how :func:`cdc_cache.sink.apply.connect` tells a cluster
+``cluster=true`` query flag is how :func:`cdc_cache.sink.connection.connect` tells a cluster
 seed node from a single server, so one URL setting covers both deployments.
 """
 

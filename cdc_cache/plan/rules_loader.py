@@ -1,0 +1,609 @@
+"""The rules file read and validated: every problem with its file and line, at startup.
+
+Loading checks everything a change would later need, so a bad file stops startup with
+``file:line: where: what is wrong; how to fix`` for every problem found, never at the first
+event. One validator walks the YAML node tree once; kept in one module because its checks
+share that walk's state (the table's defaults, the columns each rule uses).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Final, TypeVar
+
+import yaml
+
+from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.keys import LEGACY_VERSION_PREFIX, VERSION_PREFIX
+from cdc_cache.core.logical import ColumnType, Kind, declared
+from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.rules import (
+    DEFAULT_NOTIFY_MAXLEN,
+    DEFAULT_SAFETY_TTL_MS,
+    DEFAULT_TOMBSTONE_TTL_MS,
+    IDENTIFIER,
+    Action,
+    ColumnUse,
+    KeyRule,
+    KeyTemplate,
+    NotifyRule,
+    Rules,
+    TableRules,
+    Use,
+)
+from cdc_cache.source.natural import (
+    RENDER_CHOICES,
+    WIRE_VALUES,
+    Decimals,
+    Rendering,
+    TableValues,
+    Timestamps,
+    Values,
+)
+
+_DURATION: Final = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_TABLE_NAME: Final = re.compile(r"^[^.\s]+\.[^.\s]+$")
+
+_E = TypeVar("_E", bound=StrEnum)
+
+RULES_VERSIONS: Final = (1, 2)
+# What a rules file caches when it does not choose: version 1 keeps Debezium's wire values.
+VERSION_VALUES: Final = {1: Values.WIRE, 2: Values.NATURAL}
+_TIMESTAMP_KINDS: Final = frozenset(
+    {Kind.TIMESTAMP_MS, Kind.TIMESTAMP_US, Kind.TIMESTAMP_NS, Kind.ZONED_TIMESTAMP}
+)
+_DECIMAL_KINDS: Final = frozenset({Kind.DECIMAL, Kind.VARIABLE_DECIMAL})
+
+
+def parse_duration_ms(value: object) -> int:
+    """``500ms``, ``30s``, ``15m``, ``24h``, ``7d`` or a bare number of seconds → ms."""
+    if isinstance(value, bool):
+        msg = f"{value!r} is not a duration"
+        raise ValueError(msg)
+    if isinstance(value, int):
+        ms = value * 1000
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            msg = f"{value!r} is not a duration; write e.g. 500ms, 30s, 15m, 24h or 7d"
+            raise ValueError(msg)
+        ms = int(match.group(1)) * _UNIT_MS[match.group(2) or "s"]
+    if ms <= 0:
+        msg = f"duration {value!r} must be positive"
+        raise ValueError(msg)
+    return ms
+
+
+def load_rules(path: str | Path) -> Rules:
+    """Read and validate a rules file; raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read rules file {path}: {exc.strerror}; pass an existing file with --rules"
+        raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"rules file {unreadable_yaml(str(path), exc)}"
+        raise ConfigError(msg) from None
+    return parse_rules(text, str(path))
+
+
+def unreadable_yaml(path: str, exc: yaml.YAMLError | UnicodeDecodeError | RecursionError) -> str:
+    """One line: why the YAML file at ``path`` cannot be read, and what to do about it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as UTF-8"
+        )
+    if isinstance(exc, RecursionError):
+        return f"{path}: nested too deeply to read (hundreds of levels); flatten it"
+    mark = getattr(exc, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
+
+
+def parse_rules(text: str, path: str = "<rules>") -> Rules:
+    """Validate rules given as YAML text; ``path`` names the source in error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        msg = f"rules file {unreadable_yaml(path, exc)}"
+        raise ConfigError(msg) from None
+    checker = _Checker(path)
+    rules = checker.rules(root)
+    if checker.problems:
+        listing = "\n  ".join(checker.problems)
+        msg = f"rules file {path} has {len(checker.problems)} problem(s):\n  {listing}"
+        raise ConfigError(msg)
+    return rules
+
+
+@dataclass
+class _Checker:
+    """Walks the YAML node tree, collecting problems with their line numbers."""
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    uses: list[ColumnUse] = field(default_factory=list)  # the current table's
+    safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
+    tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
+    format: ValueFormat = ValueFormat.JSON
+    values: Values = Values.WIRE
+    values_chosen: bool = False
+    rendering: Rendering = field(default_factory=Rendering)
+    implicit_wire: list[str] = field(default_factory=list)
+
+    def problem(self, node: yaml.Node | None, where: str, what: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(f"{self.path}:{line}: {where}: {what}")
+
+    def mapping(
+        self, node: yaml.Node | None, where: str, allowed: frozenset[str]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if node is None:
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, where, "expected a mapping")
+            return {}
+        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.problem(key_node, where, "keys must be plain strings")
+            elif key in items:
+                self.problem(key_node, where, f"'{key}' is given twice")
+            elif allowed and key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.problem(key_node, where, f"unknown setting '{key}'; expected one of: {known}")
+            else:
+                items[key] = (key_node, value_node)
+        return items
+
+    def scalar(self, node: yaml.Node, where: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode):
+            return str(node.value)
+        self.problem(node, where, "expected a single value")
+        return None
+
+    def names(self, node: yaml.Node, where: str, use: Use | None = None) -> tuple[str, ...] | None:
+        """A list of column names; with ``use``, each is recorded with its own line."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, where, "expected a list of column names, e.g. [id, name]")
+            return None
+        out: list[str] = []
+        for item in node.value:
+            value = self.scalar(item, where)
+            if value is not None and not IDENTIFIER.match(value):
+                self.problem(item, where, f"'{value}' is not a column name")
+            elif value is not None:
+                out.append(value)
+                if use is not None:
+                    self.used(value, use, where, item)
+        return tuple(out)
+
+    def used(self, column: str, use: Use, where: str, node: yaml.Node) -> None:
+        self.uses.append(ColumnUse(column, use, where, node.start_mark.line + 1))
+
+    def duration(self, node: yaml.Node | None, where: str, default: int) -> int:
+        if node is None:
+            return default
+        value = self.scalar(node, where)
+        if value is None:
+            return default
+        try:
+            return parse_duration_ms(int(value) if value.isdigit() else value)
+        except ValueError as exc:
+            self.problem(node, where, str(exc))
+            return default
+
+    def choice(self, node: yaml.Node | None, where: str, kind: type[_E], default: _E) -> _E:
+        if node is None:
+            return default
+        value = self.scalar(node, where)
+        if value is None:
+            return default
+        try:
+            return kind(value)
+        except ValueError:
+            options = " or ".join(e.value for e in kind)
+            self.problem(node, where, f"'{value}' is not valid; use {options}")
+            return default
+
+    def rules(self, root: yaml.Node | None) -> Rules:
+        if root is None:
+            self.problem(None, "rules", "the file is empty; it needs a 'tables:' mapping")
+            return Rules({}, self.path)
+        top = self.mapping(root, "rules", frozenset({"version", "defaults", "tables"}))
+        version = self.version(_value(top, "version"))
+        defaults = self.mapping(
+            _value(top, "defaults"),
+            "defaults",
+            frozenset(
+                {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
+            ),
+        )
+        self.values_chosen = "values" in defaults or version != 1
+        self.values = self.choice(
+            _value(defaults, "values"), "defaults.values", Values, VERSION_VALUES[version]
+        )
+        self.rendering = Rendering(
+            self.choice(
+                _value(defaults, "decimals"), "defaults.decimals", Decimals, Decimals.STRING
+            ),
+            self.choice(
+                _value(defaults, "timestamps"), "defaults.timestamps", Timestamps, Timestamps.ISO
+            ),
+        )
+        self.safety_ttl_ms = self.duration(
+            _value(defaults, "safety_ttl"), "defaults.safety_ttl", DEFAULT_SAFETY_TTL_MS
+        )
+        self.tombstone_ttl_ms = self.duration(
+            _value(defaults, "tombstone_ttl"), "defaults.tombstone_ttl", DEFAULT_TOMBSTONE_TTL_MS
+        )
+        self.format = self.choice(
+            _value(defaults, "format"), "defaults.format", ValueFormat, ValueFormat.JSON
+        )
+        if "tables" not in top:
+            self.problem(root, "rules", "missing 'tables:'; map each <db>.<table> to its keys")
+        tables_node = _value(top, "tables")
+        tables: dict[str, TableRules] = {}
+        for name, (name_node, table_node) in self.mapping(
+            tables_node, "tables", frozenset()
+        ).items():
+            where = f"tables.{name}"
+            if not _TABLE_NAME.match(name):
+                self.problem(
+                    name_node,
+                    where,
+                    "table names are '<database>.<table>' (MySQL) or "
+                    "'<schema>.<table>' (PostgreSQL)",
+                )
+                continue
+            table = self.table(name, table_node, where)
+            if table is not None:
+                tables[name] = table
+        if tables_node is not None and not tables and not self.problems:
+            self.problem(tables_node, "tables", "no tables are covered")
+        return Rules(
+            tables,
+            self.path,
+            self.safety_ttl_ms,
+            self.tombstone_ttl_ms,
+            tuple(self.implicit_wire),
+        )
+
+    def version(self, node: yaml.Node | None) -> int:
+        if node is None:
+            return 1
+        value = self.scalar(node, "version")
+        if value is None or not value.isdigit() or int(value) not in RULES_VERSIONS:
+            self.problem(
+                node,
+                "version",
+                f"{value!r} is not a rules version; use 1 (values as Debezium ships them) "
+                "or 2 (values decoded into the application's shape)",
+            )
+            return 1
+        return int(value)
+
+    def table(
+        self,
+        name: str,
+        node: yaml.Node,
+        where: str,
+    ) -> TableRules | None:
+        items = self.mapping(
+            node,
+            where,
+            frozenset(
+                {
+                    "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
+                    "values", "decimals", "timestamps", "types", "render",
+                }
+            ),
+        )  # fmt: skip
+        self.uses = []
+        columns_node = _value(items, "columns")
+        columns = (
+            self.names(columns_node, f"{where}.columns", Use.COLUMNS) if columns_node else None
+        )
+        known = frozenset(columns) if columns is not None else None
+
+        def check_columns(node: yaml.Node, at: str, used: tuple[str, ...]) -> None:
+            if known is None:
+                return
+            for column in used:
+                if column not in known:
+                    self.problem(
+                        node,
+                        at,
+                        f"column '{column}' is not a column of {name} "
+                        f"(columns: {', '.join(sorted(known))}); fix the name or "
+                        "add it to columns",
+                    )
+
+        sensitive_node = _value(items, "sensitive")
+        sensitive = (
+            self.names(sensitive_node, f"{where}.sensitive", Use.SENSITIVE)
+            if sensitive_node
+            else None
+        )
+        if sensitive_node is not None and sensitive is not None:
+            check_columns(sensitive_node, f"{where}.sensitive", sensitive)
+        watch_node = _value(items, "watch")
+        watch = self.names(watch_node, f"{where}.watch", Use.WATCH) if watch_node else None
+        if watch_node is not None and watch is not None:
+            check_columns(watch_node, f"{where}.watch", watch)
+        keys_node = _value(items, "keys")
+        if not isinstance(keys_node, yaml.SequenceNode) or not keys_node.value:
+            self.problem(
+                keys_node or node, f"{where}.keys", "each table needs a non-empty list of keys"
+            )
+            return None
+        rules: list[KeyRule] = []
+        for index, key_node in enumerate(keys_node.value):
+            rule = self.key_rule(key_node, f"{where}.keys[{index}]", check_columns)
+            if rule is None:
+                continue
+            if watch is not None and rule.action is Action.SET and rule.fields is None:
+                self.problem(
+                    key_node,
+                    f"{where}.keys[{index}]",
+                    "this key caches the whole row but the table has a watch list, so a "
+                    "change to an unwatched column would leave it stale; list its fields",
+                )
+            else:
+                needed = rule.template.columns + (rule.fields or ())
+                self.check_watched(key_node, f"{where}.keys[{index}]", needed, watch, "key")
+            rules.append(rule)
+        tombstone_ttl = self.duration(
+            _value(items, "tombstone_ttl"), f"{where}.tombstone_ttl", self.tombstone_ttl_ms
+        )
+        notify_node = _value(items, "notify")
+        notify = None
+        if notify_node is not None:
+            notify = self.notify_rule(notify_node, f"{where}.notify", check_columns)
+            if notify is not None:
+                needed = notify.channel.columns + (notify.fields or ())
+                self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
+        values = self.table_values(name, items, where, check_columns)
+        return TableRules(
+            name,
+            tuple(rules),
+            frozenset(watch) if watch is not None else None,
+            tombstone_ttl,
+            frozenset(sensitive or ()),
+            notify,
+            tuple(self.uses),
+            values,
+        )
+
+    def table_values(
+        self,
+        name: str,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> TableValues:
+        """How the table's values are cached: decoded or not, declared types, choices."""
+        values = self.choice(_value(items, "values"), f"{where}.values", Values, self.values)
+        if "values" not in items and not self.values_chosen:
+            self.implicit_wire.append(name)
+        rendering = Rendering(
+            self.choice(
+                _value(items, "decimals"), f"{where}.decimals", Decimals, self.rendering.decimals
+            ),
+            self.choice(
+                _value(items, "timestamps"),
+                f"{where}.timestamps",
+                Timestamps,
+                self.rendering.timestamps,
+            ),
+        )
+        types = self.column_types(_value(items, "types"), f"{where}.types", check_columns)
+        render = self.render(_value(items, "render"), f"{where}.render", types, rendering)
+        render = {column: chosen for column, chosen in render.items() if chosen != rendering}
+        if values is Values.WIRE:
+            for setting in ("decimals", "timestamps", "types", "render"):
+                if setting in items:
+                    self.problem(
+                        items[setting][0],
+                        f"{where}.{setting}",
+                        "applies only to decoded values, but this table's values are cached "
+                        "as Debezium ships them; set values: natural (or rules version: 2)",
+                    )
+            return WIRE_VALUES
+        return TableValues(True, types, rendering, render)
+
+    def column_types(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> dict[str, ColumnType]:
+        out: dict[str, ColumnType] = {}
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            check_columns(key_node, where, (column,))
+            self.used(column, Use.TYPES, where, key_node)
+            text = self.scalar(value_node, f"{where}.{column}")
+            if text is None:
+                continue
+            try:
+                out[column] = declared(text)
+            except ValueError as exc:
+                self.problem(value_node, f"{where}.{column}", str(exc))
+        return out
+
+    def render(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        types: Mapping[str, ColumnType],
+        rendering: Rendering,
+    ) -> dict[str, Rendering]:
+        out: dict[str, Rendering] = {}
+        for column, (key_node, value_node) in self.mapping(node, where, frozenset()).items():
+            self.used(column, Use.RENDER, where, key_node)
+            choice = self.scalar(value_node, f"{where}.{column}")
+            if choice is None:
+                continue
+            if choice not in RENDER_CHOICES:
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' is not valid; use {', '.join(RENDER_CHOICES)}",
+                )
+                continue
+            kind = types[column].kind if column in types else None
+            if kind is not None and not _fits(choice, kind):
+                self.problem(
+                    value_node,
+                    f"{where}.{column}",
+                    f"'{choice}' does not apply to a column of type {types[column]}",
+                )
+                continue
+            out[column] = rendering.choose(choice)
+        return out
+
+    def check_watched(
+        self, node: yaml.Node, where: str, used: tuple[str, ...], watch: tuple[str, ...] | None,
+        what: str,
+    ) -> None:  # fmt: skip
+        """Every column a key or a notification reads must be watched, or it goes stale."""
+        for column in used:
+            if watch is not None and column not in watch:
+                self.problem(
+                    node,
+                    where,
+                    f"column '{column}' is used by this {what} but not watched, so changes "
+                    f"to it would {'leave the cache stale' if what == 'key' else 'be missed'}; "
+                    "add it to watch",
+                )
+
+    def notify_rule(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> NotifyRule | None:
+        items = self.mapping(node, where, frozenset({"channel", "fields", "maxlen"}))
+        if "channel" not in items:
+            if isinstance(node, yaml.MappingNode):
+                self.problem(
+                    node, where, "missing 'channel:', e.g. channel: \"inventory:{warehouse}\""
+                )
+            return None
+        channel_node = items["channel"][1]
+        source = self.scalar(channel_node, f"{where}.channel")
+        if source is None:
+            return None
+        try:
+            channel = KeyTemplate.parse(source, constant_ok=True)
+        except ValueError as exc:
+            self.problem(channel_node, f"{where}.channel", f"{exc} in '{source}'")
+            return None
+        if not channel.static_prefix or "*" in source:
+            self.problem(
+                channel_node,
+                f"{where}.channel",
+                f"'{source}' must start with a literal name such as 'inventory:' and hold "
+                "no '*' (clients subscribe with '*' patterns)",
+            )
+        check_columns(channel_node, f"{where}.channel", channel.columns)
+        for column in channel.columns:
+            self.used(column, Use.CHANNEL, f"{where}.channel", channel_node)
+        fields_node = _value(items, "fields")
+        fields = (
+            self.names(fields_node, f"{where}.fields", Use.NOTIFY_FIELDS) if fields_node else None
+        )
+        if fields_node is not None and fields is not None:
+            check_columns(fields_node, f"{where}.fields", fields)
+        maxlen = self.count(_value(items, "maxlen"), f"{where}.maxlen", DEFAULT_NOTIFY_MAXLEN)
+        return NotifyRule(channel, fields, maxlen, node.start_mark.line + 1)
+
+    def count(self, node: yaml.Node | None, where: str, default: int) -> int:
+        if node is None:
+            return default
+        value = self.scalar(node, where)
+        if value is None:
+            return default
+        if not value.isdigit() or int(value) <= 0:
+            self.problem(node, where, f"'{value}' is not a positive whole number")
+            return default
+        return int(value)
+
+    def key_rule(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> KeyRule | None:
+        items = self.mapping(node, where, frozenset({"key", "action", "fields", "format", "ttl"}))
+        if "key" not in items:
+            self.problem(node, where, "missing 'key:', e.g. key: \"stock:{sku_id}\"")
+            return None
+        key_node = items["key"][1]
+        source = self.scalar(key_node, f"{where}.key")
+        if source is None:
+            return None
+        try:
+            template = KeyTemplate.parse(source)
+        except ValueError as exc:
+            self.problem(key_node, f"{where}.key", f"{exc} in '{source}'")
+            return None
+        prefix = template.static_prefix
+        if not prefix:
+            self.problem(
+                key_node,
+                f"{where}.key",
+                f"'{source}' starts with a placeholder; start it with a literal prefix "
+                "such as 'stock:' so a TRUNCATE can find its keys",
+            )
+        elif any(
+            prefix.startswith(own) or own.startswith(prefix)
+            for own in (VERSION_PREFIX, LEGACY_VERSION_PREFIX)
+        ):
+            self.problem(
+                key_node,
+                f"{where}.key",
+                f"prefix '{prefix}' overlaps cdc-cache's version keys "
+                f"('{VERSION_PREFIX}', '{LEGACY_VERSION_PREFIX}'); choose another prefix",
+            )
+        check_columns(key_node, f"{where}.key", template.columns)
+        for column in template.columns:
+            self.used(column, Use.KEY, f"{where}.key", key_node)
+        action = self.choice(_value(items, "action"), f"{where}.action", Action, Action.SET)
+        fields_node = _value(items, "fields")
+        fields = self.names(fields_node, f"{where}.fields", Use.FIELDS) if fields_node else None
+        if fields_node is not None and fields is not None:
+            check_columns(fields_node, f"{where}.fields", fields)
+            if action is Action.DELETE:
+                self.problem(
+                    fields_node,
+                    f"{where}.fields",
+                    "a delete key stores no value; remove fields or use action: set",
+                )
+        value_format = self.choice(
+            _value(items, "format"), f"{where}.format", ValueFormat, self.format
+        )
+        ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
+        return KeyRule(template, action, fields, value_format, ttl, node.start_mark.line + 1)
+
+
+def _fits(choice: str, kind: Kind) -> bool:
+    """Whether a rendering choice means something for a column of ``kind``."""
+    if choice in (Decimals.STRING, Decimals.NUMBER):
+        return kind in _DECIMAL_KINDS
+    if choice in (Timestamps.ISO, Timestamps.EPOCH_MS):
+        return kind in _TIMESTAMP_KINDS
+    return True
+
+
+def _value(items: Mapping[str, tuple[yaml.Node, yaml.Node]], key: str) -> yaml.Node | None:
+    pair = items.get(key)
+    return pair[1] if pair is not None else None

@@ -1,0 +1,114 @@
+"""What ``cdc-cache verify`` found: counts and examples per table, nines, the exit code."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Final
+
+from cdc_cache.tools.verify_judge import FAILING, Finding
+
+EXAMPLES_PER_CATEGORY: Final = 5
+
+
+def nines(total: int, bad: int) -> str:
+    """``total - bad`` of ``total`` as a percentage cut (never rounded up) to its nines."""
+    if total <= 0 or bad <= 0:
+        return "100 %"
+    good = Decimal(total - bad) / Decimal(total)
+    count = 0
+    while count < 12 and good >= 1 - Decimal(10) ** -(count + 1):
+        count += 1
+    pct = (good * 100).quantize(Decimal(10) ** -max(1, count - 1), rounding=ROUND_DOWN)
+    return f"{pct.normalize():f} %"
+
+
+@dataclass
+class TableReport:
+    """Counts and examples for one table."""
+
+    table: str
+    rows: int = 0
+    rows_in_table: int = 0
+    set_keys: int = 0
+    delete_keys: int = 0
+    delete_keys_present: int = 0
+    findings: Counter[Finding] = field(default_factory=Counter)
+    examples: dict[Finding, list[str]] = field(default_factory=dict)
+
+    def add(self, finding: Finding, example: str) -> None:
+        self.findings[finding] += 1
+        shown = self.examples.setdefault(finding, [])
+        if len(shown) < EXAMPLES_PER_CATEGORY:
+            shown.append(example)
+
+
+@dataclass
+class Report:
+    """The whole check: per-table results, the consistency figure and the exit code."""
+
+    tables: list[TableReport] = field(default_factory=list)
+
+    def count(self, finding: Finding) -> int:
+        return sum(t.findings[finding] for t in self.tables)
+
+    @property
+    def checked(self) -> int:
+        """Keys judged: every expected ``set`` key plus every unexpected one found."""
+        return sum(t.set_keys for t in self.tables) + self.count(Finding.UNEXPECTED)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing at all to report (stricter than the exit code: missing keys count)."""
+        return not any(t.findings for t in self.tables)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(self.count(f) for f in FAILING) else 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain JSON data (``--json``)."""
+        bad = sum(self.count(f) for f in FAILING)
+        return {
+            "tables": [
+                {
+                    "table": t.table,
+                    "rows": t.rows,
+                    "rows_in_table": t.rows_in_table,
+                    "set_keys": t.set_keys,
+                    "delete_keys": t.delete_keys,
+                    "delete_keys_present": t.delete_keys_present,
+                    "findings": {f.value: t.findings[f] for f in Finding},
+                    "examples": {f.value: shown for f, shown in t.examples.items()},
+                }
+                for t in self.tables
+            ],
+            "checked": self.checked,
+            "consistency": nines(self.checked, bad),
+            "findings": {f.value: self.count(f) for f in Finding},
+            "exit_code": self.exit_code,
+        }
+
+    def format(self) -> str:
+        """The human-readable report."""
+        lines: list[str] = []
+        for t in self.tables:
+            sampled = f" (sample of {t.rows_in_table})" if t.rows < t.rows_in_table else ""
+            lines.append(
+                f"{t.table}: {t.rows} rows{sampled}, {t.set_keys} set keys, "
+                f"{t.delete_keys} delete keys ({t.delete_keys_present} present; "
+                "filled by the application, not judged)"
+            )
+            lines.append("  " + "  ".join(f"{f.value} {t.findings[f]}" for f in Finding))
+            for finding, examples in t.examples.items():
+                for example in examples:
+                    lines.append(f"  {finding.value}: {example}")
+        bad = sum(self.count(f) for f in FAILING)
+        lines.append(
+            f"total: {self.checked} keys checked; consistency {nines(self.checked, bad)} "
+            f"({self.count(Finding.STALE)} stale, {self.count(Finding.UNEXPECTED)} unexpected); "
+            f"{self.count(Finding.MISSING)} missing (TTL/eviction or not yet filled); "
+            f"{self.count(Finding.VERSION)} version anomalies"
+        )
+        return "\n".join(lines)
