@@ -38,11 +38,26 @@ from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
     show_default=True,
     help="Seconds between re-checks.",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite the stale, missing and unexpected keys found from the database, "
+    "version-gated below any change committed meanwhile (MariaDB; see README).",
+)
+@click.option(
+    "--epoch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --repair: the lowest epoch of a repair (after a lineage switch, the current one).",
+)
 @JSON_OUTPUT
 def verify(dsn: str, rules: Path, redis_url: str, as_json: bool, **options: Any) -> None:
     """Compare the cache with the database; exit 1 on stale or unexpected keys.
 
     Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
+    With --repair the exit code still says what was found; the report adds the gate's
+    outcome of each rewrite (applied, invalidated, or stale/duplicate: a newer change won).
     """
     from cdc_cache.cli.progress import Progress
     from cdc_cache.plan.rules_loader import load_rules

@@ -37,13 +37,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import Row
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules import Action, Rules, TableRules
 from cdc_cache.sink.connection import Client
+from cdc_cache.tools.repair import Repairer, Target
 from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
 from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
 from cdc_cache.tools.verify_report import Report, TableReport
@@ -59,6 +60,9 @@ class _Candidate:
 
 
 _Pending = tuple[_Candidate, Finding, str]
+
+REPAIRED: Final = frozenset({Finding.STALE, Finding.MISSING, Finding.UNEXPECTED})
+"""What ``--repair`` rewrites (a value without a version is left to the next change)."""
 
 Progress = Callable[[int, int, str], None]
 """Hears ``(done, total, note)`` as a check goes (see ``cdc_cache.cli.progress``)."""
@@ -77,6 +81,7 @@ class Checker:
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
     progress: Progress | None = None
+    repairer: Repairer | None = None
     _step: str = field(default="", init=False, repr=False)  # the table being checked
 
     def run(self, tables: Iterable[str] = ()) -> Report:
@@ -141,8 +146,16 @@ class Checker:
             (c, Finding.UNEXPECTED, describe(Finding.UNEXPECTED, None, Stored(None)))
             for c in strangers
         ]
-        for candidate, finding, detail in self._settle(table, primary_key, pending):
+        settled = self._settle(table, primary_key, pending)
+        for candidate, finding, detail in settled:
             report.add(finding, f"{candidate.key}: {detail}")
+        if self.repairer is not None:
+            targets = [
+                Target(c.key, c.pattern, c.primary_key) for c, f, _ in settled if f in REPAIRED
+            ]
+            self._report(0, len(targets), "repairing")
+            report.repaired = self.repairer.repair(table, primary_key, targets)
+            self._report(len(targets), len(targets), "repaired")
         return report
 
     def _unexpected(self, patterns: Sequence[KeyPattern], known: set[str]) -> list[_Candidate]:
@@ -239,19 +252,38 @@ def verify(
     settle_retries: int = 3,
     settle_delay_s: float = 0.5,
     progress: Progress | None = None,
+    repair: bool = False,
+    epoch: int = 0,
 ) -> Report:
     """Check ``tables`` (default: every covered table) of the database at ``dsn``.
 
-    ``progress(done, total, note)`` hears of each table's keys as they are compared.
+    ``progress(done, total, note)`` hears of each table's keys as they are compared. With
+    ``repair`` the stale, missing and unexpected keys found are rewritten from the
+    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own).
     """
     if sample is not None and sample <= 0:
         msg = f"--sample {sample}: give a positive number of rows"
         raise ConfigError(msg)
     db = Database.connect(dsn)
     try:
+        repairer = Repairer(db, client, row_of_target, epoch=epoch) if repair else None
         checker = Checker(
-            db, client, rules, sample, settle_retries, settle_delay_s, progress=progress
+            db,
+            client,
+            rules,
+            sample,
+            settle_retries,
+            settle_delay_s,
+            progress=progress,
+            repairer=repairer,
         )
         return checker.run(tables)
     finally:
         db.close()
+
+
+def row_of_target(
+    db: Database, table: TableRules, primary_key: Sequence[str], target: Target
+) -> dict[str, Any] | None:
+    """The row a repair rewrites ``target`` from (None: no row renders it)."""
+    return row_for_key(db, table, primary_key, target.key, target.pattern, known=target.primary_key)

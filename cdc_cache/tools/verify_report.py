@@ -36,6 +36,7 @@ class TableReport:
     delete_keys_present: int = 0
     findings: Counter[Finding] = field(default_factory=Counter)
     examples: dict[Finding, list[str]] = field(default_factory=dict)
+    repaired: Counter[str] | None = None  # --repair: the gate's outcome per rewritten key
 
     def add(self, finding: Finding, example: str) -> None:
         self.findings[finding] += 1
@@ -81,6 +82,7 @@ class Report:
                     "delete_keys_present": t.delete_keys_present,
                     "findings": {f.value: t.findings[f] for f in Finding},
                     "examples": {f.value: shown for f, shown in t.examples.items()},
+                    "repaired": dict(t.repaired) if t.repaired is not None else None,
                 }
                 for t in self.tables
             ],
@@ -104,6 +106,9 @@ class Report:
             for finding, examples in t.examples.items():
                 for example in examples:
                     lines.append(f"  {finding.value}: {example}")
+            if t.repaired is not None:
+                shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(t.repaired.items()))
+                lines.append(f"  repaired: {shown or 'nothing to repair'}")
         bad = sum(self.count(f) for f in FAILING)
         lines.append(
             f"total: {self.checked} keys checked; consistency {nines(self.checked, bad)} "
