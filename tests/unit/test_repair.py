@@ -53,7 +53,7 @@ def test_postgresql_is_refused_with_why_and_what_to_do_instead():
     from cdc_cache.tools.verify_reads import Database, VerifyError
 
     with (
-        pytest.raises(VerifyError, match="PostgreSQL .* delet"),
+        pytest.raises(VerifyError, match=r"PostgreSQL .* delet"),
         Database("postgresql", None).consistent_snapshot(),
     ):
         pass
