@@ -20,9 +20,14 @@ from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.route import Routed
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import MemoryObserver, RedisApplier
-from cdc_cache.sink.connection import Client, RedisAuth
+from cdc_cache.sink.connection import (
+    Client,
+    RedisAuth,
+    connect_when_available,
+    redis_retry_reporter,
+)
 from cdc_cache.sink.replica_wait import ReplicaRequirement, ReplicaWait
-from cdc_cache.sink.writer import CacheWriter, connect_when_available, redis_retry_reporter
+from cdc_cache.sink.writer import CacheWriter
 from dataflows.config import DlqTarget
 
 

@@ -12,7 +12,7 @@ from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.settings import WatchdogSettings
 from cdc_cache.core.retry import Backoff
 from cdc_cache.fallback.watchdog import Watchdog
-from cdc_cache.sink.writer import connect_when_available
+from cdc_cache.sink.connection import connect_when_available
 
 log = logging.getLogger("cdc_cache.watchdog")
 

@@ -49,12 +49,16 @@ from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules
 from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.sink.apply import check_notifications
-from cdc_cache.sink.connection import is_transient, misconfiguration
+from cdc_cache.sink.connection import (
+    connect_when_available,
+    is_transient,
+    misconfiguration,
+    redis_retry_reporter,
+)
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
-from cdc_cache.sink.writer import connect_when_available, redis_retry_reporter
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topics import heartbeat_server, named_for

@@ -22,7 +22,7 @@ from cdc_cache.inspector.report import text_page
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.mode.controller import Flag
 from cdc_cache.plan.rules import Action, Rules
-from cdc_cache.sink.writer import connect_when_available
+from cdc_cache.sink.connection import connect_when_available
 from cdc_cache.source.envelope import Parse
 from cdc_cache.source.schema_registry import SchemaResolver, schema_resolver
 from cdc_cache.source.topics import heartbeat_server

@@ -47,8 +47,7 @@ from cdc_cache.lineage.model import (
 from cdc_cache.lineage.registry import LineageRegistry, Partition
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.connection import is_transient, translated_errors
-from cdc_cache.sink.writer import redis_retry_reporter
+from cdc_cache.sink.connection import is_transient, redis_retry_reporter, translated_errors
 
 log = logging.getLogger("cdc_cache.lineage")
 

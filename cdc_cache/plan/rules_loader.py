@@ -2,8 +2,10 @@
 
 Loading checks everything a change would later need, so a bad file stops startup with
 ``file:line: where: what is wrong; how to fix`` for every problem found, never at the first
-event. One validator walks the YAML node tree once; kept in one module because its checks
-share that walk's state (the table's defaults, the columns each rule uses).
+event.
+
+Kept in one module: one validator walks the YAML node tree once, and its checks share
+that walk's state (the file's defaults, the columns each rule of a table uses).
 """
 
 from __future__ import annotations

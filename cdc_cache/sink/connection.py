@@ -8,12 +8,15 @@ A URL names one server, a Redis Cluster (``?cluster=true``) or a Sentinel-monito
 :class:`~cdc_cache.core.errors.ApplyError` when it will not (a script error, a key of the
 wrong type). A third kind is neither: refused credentials, a missing ACL permission or a
 server certificate that does not verify raise :class:`~cdc_cache.core.errors.ConfigError`,
-since waiting cannot fix a setting.
+since waiting cannot fix a setting. A process that starts before Redis does waits for it
+here (:func:`connect_when_available`), every wait logged and counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -25,7 +28,11 @@ from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable, chain
 from cdc_cache.core.redact import redact_url
+from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.sink.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
+
+# Waits for Redis keep the name they were always logged under.
+log = logging.getLogger("cdc_cache.writer")
 
 Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 
@@ -228,3 +235,28 @@ def primaries(client: Client) -> list[Redis[bytes]]:
     if isinstance(client, RedisCluster):
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
+
+
+def redis_retry_reporter(action: str) -> OnRetry:
+    """An ``on_retry`` callback: every wait for Redis is logged and counted."""
+    return retry_reporter("redis", "redis unavailable, retrying", log, action=action)
+
+
+def connect_when_available(
+    url: str,
+    backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+    auth: RedisAuth | None = None,
+) -> Client:
+    """A Redis client that answered PING; waits (logged, counted) while Redis is unreachable.
+
+    A worker that starts before Redis does, or while a cluster is still forming, waits here
+    instead of exiting. Refused credentials or an unverifiable certificate raise
+    ConfigError at once: no wait can fix them.
+    """
+    return retry_forever(
+        lambda: ping(connect(url, auth), redact_url(url)),
+        backoff=backoff,
+        on_retry=redis_retry_reporter("connecting"),
+        sleep=sleep,
+    )

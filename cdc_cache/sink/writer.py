@@ -22,8 +22,7 @@ from prometheus_client import Histogram
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ApplyError, CdcCacheError, PoisonMessage, RefusedByRedis
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
-from cdc_cache.core.redact import redact_url
-from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
+from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.core.scrub import scrub, spellings
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.dlq.rejects import Rejects
@@ -34,7 +33,7 @@ from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, 
 from cdc_cache.plan.route import Control, Planned, Rejected, Routed, unexpected
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
-from cdc_cache.sink.connection import Client, RedisAuth, connect, ping
+from cdc_cache.sink.connection import redis_retry_reporter
 from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.replica_wait import ReplicaWait
 
@@ -320,31 +319,6 @@ def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
     if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
         return op
     return replace(op, ttl_ms=cap_ms)
-
-
-def redis_retry_reporter(action: str) -> OnRetry:
-    """An ``on_retry`` callback: every wait for Redis is logged and counted."""
-    return retry_reporter("redis", "redis unavailable, retrying", log, action=action)
-
-
-def connect_when_available(
-    url: str,
-    backoff: Backoff,
-    sleep: Callable[[float], None] = time.sleep,
-    auth: RedisAuth | None = None,
-) -> Client:
-    """A Redis client that answered PING; waits (logged, counted) while Redis is unreachable.
-
-    A worker that starts before Redis does, or while a cluster is still forming, waits here
-    instead of exiting. Refused credentials or an unverifiable certificate raise
-    ConfigError at once: no wait can fix them.
-    """
-    return retry_forever(
-        lambda: ping(connect(url, auth), redact_url(url)),
-        backoff=backoff,
-        on_retry=redis_retry_reporter("connecting"),
-        sleep=sleep,
-    )
 
 
 def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
+from tests.integration.probes import wait_ready
 from tests.integration.services import debezium, inspector, worker
 from tests.integration.sql_workload import DDL, rules_for
 
@@ -96,8 +97,11 @@ class Pipeline:
         self.services = [self.debezium, self.worker, self.inspector]
 
     def start(self) -> None:
+        """Every service, returning once the inspector reads its topics: it samples from
+        their end, so a change committed before that would never be judged."""
         for service in self.services:
             service.start()
+        wait_ready(self.inspector, self.inspect_port, timeout=120)
 
     def stop(self) -> None:
         for service in self.services:

@@ -115,3 +115,19 @@ def test_asset_paths_name_the_folder_of_their_package() -> None:
         and node.value.startswith(("lua/", "web/"))
     ]
     assert not left, "\n".join(left)
+
+
+LONG_MODULE_LINES = 300
+
+
+def test_a_long_module_says_why_it_stays_whole() -> None:
+    # Past a few hundred lines a module usually holds more than one thing: split it, or
+    # say in its docstring ("Kept in one module: ...") why its parts belong together.
+    unexplained = [
+        f"{module.relative_to(ROOT)} ({lines} lines)"
+        for base in (PACKAGE, ENGINE)
+        for module in sorted(base.rglob("*.py"))
+        if (lines := len(module.read_text(encoding="utf-8").splitlines())) > LONG_MODULE_LINES
+        and "Kept in one module" not in (ast.get_docstring(ast.parse(module.read_text())) or "")
+    ]
+    assert not unexplained, "\n".join(unexplained)
