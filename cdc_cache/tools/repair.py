@@ -22,16 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.positions import SourcePosition, binlog_position
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
-from cdc_cache.plan.planner import plan
-from cdc_cache.plan.rules import Rules, TableRules
+from cdc_cache.plan.rules import TableRules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.version_store import stored_version
 from cdc_cache.sink.versions import epoch_of
-from cdc_cache.tools.verify_judge import KeyPattern
+from cdc_cache.tools.verify_judge import KeyPattern, derive
 from cdc_cache.tools.verify_reads import Database
 
 
@@ -109,17 +107,7 @@ def _op_for(
 ) -> SetRow | DeleteKey:
     """The row's write of ``key`` as a snapshot read at ``at``, or its delete (no row)."""
     if row is not None:
-        event = ChangeEvent(
-            table=table.table,
-            op=Op.READ,
-            before=None,
-            after=row,
-            key={column: row[column] for column in primary_key},
-            position=at,
-            committed_at_ms=None,
-            snapshot=True,
-        )
-        for op in plan(event, Rules({table.table: table})):
-            if isinstance(op, SetRow) and op.key == key:
+        for _, op in derive(table, row, primary_key, at).sets:
+            if op.key == key:
                 return op
     return DeleteKey(key, at, table.tombstone_ttl_ms)

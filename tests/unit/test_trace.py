@@ -53,6 +53,13 @@ def explain(rejected: Rejected) -> str:
     return f"{rejected.error.kind}: scrubbed"
 
 
+def traced(routed, states, *, topics=("t",), scanned=1):
+    return trace_of(
+        TABLE, {"id": "42"}, topics=topics, scanned=scanned, routed=routed, states=states,
+        explain=explain,
+    )  # fmt: skip
+
+
 INSERT, UPDATE, DELETE = (
     change(7, Op.CREATE, 1),
     change(8, Op.UPDATE, 2),
@@ -62,14 +69,8 @@ INSERT, UPDATE, DELETE = (
 
 def test_the_change_the_key_holds_is_duplicate_older_stale_newer_applied():
     stored = version_of(UPDATE.ops[0])  # type: ignore[arg-type]
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["db.inventory.stock"],
-        scanned=30,
-        routed=[INSERT, UPDATE, DELETE],
-        states=holding(stored),
-        explain=explain,
+    trace = traced(
+        [INSERT, UPDATE, DELETE], holding(stored), topics=["db.inventory.stock"], scanned=30
     )
     assert [c.ops[0].gate for c in trace.changes] == [Gate.STALE, Gate.DUPLICATE, Gate.APPLIED]
     # a notification is published only with its host: it shares the host's verdict
@@ -81,15 +82,7 @@ def test_the_change_the_key_holds_is_duplicate_older_stale_newer_applied():
 
 def test_an_absent_key_without_a_version_takes_every_change():
     absent = {KEY: KeyState(KEY, "none", None, None, None)}
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["t"],
-        scanned=3,
-        routed=[INSERT, UPDATE],
-        states=absent,
-        explain=explain,
-    )
+    trace = traced([INSERT, UPDATE], absent, topics=["t"], scanned=3)
     assert [c.ops[0].gate for c in trace.changes] == [Gate.APPLIED, Gate.APPLIED]
     assert trace.keys[0].holds is None
 
@@ -98,15 +91,7 @@ def test_a_delete_and_a_set_at_one_position_rank_the_set_above():
     # a primary-key change reaches the topic as delete + create at one position
     delete, create = change(3, Op.DELETE, 5, delete=True), change(4, Op.CREATE, 5)
     stored = version_of(create.ops[0])  # type: ignore[arg-type]
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["t"],
-        scanned=2,
-        routed=[delete, create],
-        states=holding(stored),
-        explain=explain,
-    )
+    trace = traced([delete, create], holding(stored), topics=["t"], scanned=2)
     assert [c.ops[0].gate for c in trace.changes] == [Gate.STALE, Gate.DUPLICATE]
 
 
@@ -144,18 +129,10 @@ def test_a_dead_lettered_change_shows_why_and_the_deletes_it_still_made():
     event = UPDATE.event
     error = RenderError("needs column 'warehouse' (secret value)", UPDATE.record)
     rejected = Rejected(error, event, Invalidation(deletes=(DeleteKey(KEY, at(2), 3_600_000),)))
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["t"],
-        scanned=1,
-        routed=[rejected],
-        states=holding(None),
-        explain=explain,
-    )
-    (traced,) = trace.changes
-    assert traced.error == "render_failed: scrubbed"
-    assert [(o.action, o.gate) for o in traced.ops] == [("delete", Gate.APPLIED)]
+    trace = traced([rejected], holding(None), topics=["t"], scanned=1)
+    (dead,) = trace.changes
+    assert dead.error == "render_failed: scrubbed"
+    assert [(o.action, o.gate) for o in dead.ops] == [("delete", Gate.APPLIED)]
     assert "secret value" not in format_text(trace)
 
 
@@ -177,14 +154,8 @@ def test_the_row_key_is_column_value_pairs():
 
 def test_text_and_json_name_each_change_its_ops_verdicts_and_the_key_now():
     stored = version_of(UPDATE.ops[0])  # type: ignore[arg-type]
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["db.inventory.stock"],
-        scanned=30,
-        routed=[INSERT, UPDATE, DELETE],
-        states=holding(stored),
-        explain=explain,
+    trace = traced(
+        [INSERT, UPDATE, DELETE], holding(stored), topics=["db.inventory.stock"], scanned=30
     )
     text = format_text(trace)
     assert "inventory.stock id=42: 3 changes on db.inventory.stock (30 records read)" in text
@@ -210,15 +181,7 @@ def test_text_and_json_name_each_change_its_ops_verdicts_and_the_key_now():
 def test_a_set_on_a_value_without_a_version_is_an_invalidation_and_a_delete_is_not():
     # an application's fill, or a version swept: the gate cannot order it, so it deletes
     unversioned = {KEY: KeyState(KEY, "string", '{"qty": 1}', 5000, None)}
-    trace = trace_of(
-        TABLE,
-        {"id": "42"},
-        topics=["t"],
-        scanned=2,
-        routed=[UPDATE, DELETE],
-        states=unversioned,
-        explain=explain,
-    )
+    trace = traced([UPDATE, DELETE], unversioned, topics=["t"], scanned=2)
     assert [c.ops[0].gate for c in trace.changes] == [Gate.INVALIDATED, Gate.APPLIED]
     assert trace.changes[0].ops[1].gate is Gate.APPLIED  # its notification is still sent
     assert trace.pending == 2
