@@ -60,8 +60,9 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
     from cdc_cache.app.load import load
     from cdc_cache.app.settings import TopicSettings
     from cdc_cache.plan.rules_loader import load_rules
-    from cdc_cache.tools.trace import as_json as trace_json
-    from cdc_cache.tools.trace import format_text, parse_row_key
+    from cdc_cache.tools.trace import parse_row_key
+    from cdc_cache.tools.trace_report import as_json as trace_json
+    from cdc_cache.tools.trace_report import format_text
     from cdc_cache.tools.tracer import Tracer
 
     by_record = offset is not None

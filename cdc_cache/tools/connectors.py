@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -261,9 +261,8 @@ def run(
 ) -> int:
     """``cdc-cache connectors apply|status``: report to ``out``, return the exit code.
 
-    ``err`` hears about 409 retries; ``environ`` (default: this process's environment)
-    resolves ``${env:VAR}`` placeholders. With ``as_json`` the report is one JSON
-    document; ``progress(running, total, waiting for)`` hears each poll of a wait.
+    ``err`` hears 409 retries; ``environ`` (default: os.environ) fills ``${env:VAR}``;
+    ``as_json``: one JSON document; ``progress(running, total, note)`` hears each poll.
     """
     connectors = load_connectors(directory, only)
     client = ConnectClient(UrllibTransport(url), on_conflict=err)
@@ -275,20 +274,18 @@ def run(
     names = [c.name for c in connectors]
 
     def polled(statuses: list[ConnectorStatus]) -> None:
+        waiting = ", ".join(s.name for s in statuses if not s.running)
         if progress is not None:
-            waiting = ", ".join(s.name for s in statuses if not s.running)
             progress(sum(s.running for s in statuses), len(statuses), f"waiting for {waiting}")
 
     statuses = read_status(client.status, names, wait_s, exists=command == "apply", on_poll=polled)
     code = status_exit_code(statuses, waited=wait_s > 0)
     if as_json:
-        out(orjson.dumps(report_json(client.url, results, statuses, code), option=_INDENT).decode())
+        report = report_json(client.url, results, statuses, code)
+        out(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         out(format_status(statuses, client.url, wait_s))
     return code
-
-
-_INDENT: Final = orjson.OPT_INDENT_2
 
 
 def report_json(

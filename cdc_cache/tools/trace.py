@@ -16,17 +16,17 @@ each operation against the key's stored version now:
 The worker also turns every set into a delete while Redis' eviction policy may evict
 versions (``cdc_cache_invalidate_only``); the trace judges the gate alone.
 
-Reading the topic and Redis is :mod:`cdc_cache.app.tracer`'s; this module only judges and
-formats, so every verdict is tested without servers.
+Reading the topic and Redis is :mod:`cdc_cache.tools.tracer`'s, the output
+:mod:`cdc_cache.tools.trace_report`'s; this module only judges, so every verdict is tested
+without servers.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
 from cdc_cache.core.events import ChangeEvent
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
@@ -224,93 +224,3 @@ def trace_of(
         changes=tuple(changes),
         keys=tuple(KeyTrace(states[k], holders.get(k)) for k in keys_of(routed)),
     )
-
-
-def as_json(trace: Trace) -> dict[str, Any]:
-    """The trace as plain JSON data (``--json``)."""
-    return {
-        "table": trace.table,
-        "key": dict(trace.key),
-        "topics": list(trace.topics),
-        "scanned": trace.scanned,
-        "pending": trace.pending,
-        "changes": [_change_json(c) for c in trace.changes],
-        "keys": [
-            {
-                "key": k.state.key,
-                "type": k.state.kind,
-                "value": k.state.value,
-                "ttl_ms": k.state.ttl_ms,
-                "version": k.state.version,
-                "holds": _where(k.holds) if k.holds else None,
-            }
-            for k in trace.keys
-        ],
-    }
-
-
-def _change_json(change: ChangeTrace) -> dict[str, Any]:
-    return {
-        "topic": change.topic,
-        "partition": change.partition,
-        "offset": change.offset,
-        "op": change.op,
-        "position": change.position,
-        "committed_at": _iso(change.committed_at_ms),
-        "error": change.error,
-        "ops": [
-            {"action": o.action, "target": o.target, "gate": o.gate, "ttl_ms": o.ttl_ms}
-            for o in change.ops
-        ],
-    }
-
-
-def _where(change: ChangeTrace) -> str:
-    return f"{change.topic}[{change.partition}]@{change.offset}"
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _ttl(ms: int | None) -> str:
-    if ms is None:
-        return "absent"
-    return "no TTL" if ms < 0 else f"TTL {ms / 1000:g} s"
-
-
-def format_text(trace: Trace) -> str:
-    """The trace for a terminal: changes, their ops and verdicts, then the keys now."""
-    row = ", ".join(f"{c}={v}" for c, v in trace.key.items())
-    count = len(trace.changes)
-    lines = [
-        f"{trace.table} {row}: {count} change{'' if count == 1 else 's'} on "
-        f"{', '.join(trace.topics) or 'no topic'} ({trace.scanned} records read)"
-    ]
-    for change in trace.changes:
-        lines.append(
-            f"  {_where(change)}  {change.op or '?'}  {change.position or '-'}  "
-            f"{_iso(change.committed_at_ms) or ''}".rstrip()
-        )
-        if change.error:
-            lines.append(f"      dead-lettered: {change.error}")
-        lines.extend(f"      {o.action:<17} {o.target}  {o.gate or '-'}" for o in change.ops)
-        if not change.ops and not change.error:
-            lines.append("      no cache operation (no watched column changed)")
-    lines.append("keys now:")
-    for k in trace.keys:
-        state = k.state
-        held = f"holds {_where(k.holds)}" if k.holds else f"version {state.version or 'none'}"
-        lines.append(f"  {state.key}  {state.kind}  {_ttl(state.ttl_ms)}  {held}")
-        if state.value is not None:
-            lines.append(f"      {state.value}")
-    if not trace.keys:
-        lines.append("  (no key: the rules plan nothing for these changes)")
-    if trace.pending:
-        lines.append(
-            f"{trace.pending} operation(s) newer than their key's version: not in the cache "
-            "(the worker is behind, or their writes were lost)"
-        )
-    return "\n".join(lines)

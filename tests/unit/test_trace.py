@@ -13,15 +13,8 @@ from cdc_cache.plan.invalidations import Invalidation
 from cdc_cache.plan.route import Planned, Rejected
 from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.key_state import KeyState
-from cdc_cache.tools.trace import (
-    Gate,
-    as_json,
-    format_text,
-    gate,
-    is_row,
-    parse_row_key,
-    trace_of,
-)
+from cdc_cache.tools.trace import Gate, gate, is_row, parse_row_key, trace_of
+from cdc_cache.tools.trace_report import as_json, format_text
 
 KEY = "stock:{42}:w1"
 TABLE = "inventory.stock"
