@@ -225,6 +225,9 @@ class WorkerSettings(TopicSettings):
     epoch_interval_ms: int = Field(
         default=1000, ge=10, description="how often progress is snapshotted"
     )
+    topic_refresh_s: float = Field(
+        default=30.0, ge=0, description="how often new topics are looked for (0: never)"
+    )
     batch_size: int = Field(default=1000, ge=1, description="messages per poll per partition")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve the admin API on this port"

@@ -17,6 +17,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 from types import FrameType
 
 from confluent_kafka import KafkaException
@@ -27,6 +30,7 @@ from cdc_cache.app.admin import AdminServer
 from cdc_cache.app.replay import DlqService
 from cdc_cache.app.routes import StartupBackend
 from cdc_cache.app.settings import TopicSettings, WorkerSettings
+from cdc_cache.app.topic_watch import TopicWatch
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, StopRequested, chain
 from cdc_cache.core.redact import redact_url
@@ -91,8 +95,7 @@ def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> lis
             found, missing = _match_topics(settings, pattern, existing)
         admin.poll(0)  # librdkafka's lines reach the log only when the client is polled
         if not missing:
-            named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
-            beats = sorted(named - set(found))
+            beats = _heartbeat_topics_of(settings, existing, found)
             if not beats and not any(heartbeat_server(t) for t in found):
                 log.warning(
                     "no Debezium heartbeat topic found for these topics: an idle source will "
@@ -101,7 +104,7 @@ def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> lis
                     "topics are routed or renamed (see connectors/README.md)",
                     extra={"topics": found},
                 )
-            return found + beats + schema_change_topics(existing, found + beats)
+            return topics_to_read(settings, existing, found)
         if time.monotonic() >= deadline:
             msg = f"topics not found on {settings.brokers}: {', '.join(missing)}"
             raise TimeoutError(msg)
@@ -109,6 +112,36 @@ def resolve_topics(settings: TopicSettings, wait_s: float = float("inf")) -> lis
             log.warning("waiting for topics", extra={"missing": missing})
             announced = time.monotonic()
         time.sleep(0.5)
+
+
+def topics_to_read(settings: TopicSettings, existing: set[str], found: list[str]) -> list[str]:
+    """``found`` (the data topics), then their heartbeat and schema-change topics."""
+    beats = _heartbeat_topics_of(settings, existing, found)
+    return found + beats + schema_change_topics(existing, found + beats)
+
+
+def _heartbeat_topics_of(
+    settings: TopicSettings, existing: set[str], found: list[str]
+) -> list[str]:
+    named = set(heartbeat_topics(existing, found)) | set(settings.heartbeat_topics)
+    return sorted(named - set(found))
+
+
+def listed_topics(settings: TopicSettings, admin: AdminClient) -> list[str] | None:
+    """The topics to read as the brokers list them now.
+
+    None while something is missing or the brokers do not answer: the flow goes on with
+    what it reads.
+    """
+    pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException:
+        return None
+    finally:
+        admin.poll(0)
+    found, missing = _match_topics(settings, pattern, existing)
+    return None if missing else topics_to_read(settings, existing, found)
 
 
 def _match_topics(
@@ -369,7 +402,6 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         replicas=replicas,
         lineage=lineage,
     )
-    flow = build_flow(flow_config(settings, rules, topics), context)
     log.info(
         "worker starting",
         extra={
@@ -382,13 +414,16 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
             "redis_replicas": settings.redis_replicas,
         },
     )
+    running = [threading.Event()]  # the stop of the flow that runs now
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping: finishing the current batch", extra={"signal": signum})
         stop.set()
+        running[0].set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    watch = topic_watch(settings, runtime.leader)
     runtime.start()
     memory.start()
     if sweeper is not None:
@@ -396,16 +431,64 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
     try:
-        run_flow(
-            flow,
-            workers=settings.workers,
-            process_id=settings.process_id,
-            addresses=settings.addresses,
-            epoch_interval_ms=settings.epoch_interval_ms,
-            recovery=recovery,
+        _run_flows(
+            settings, rules, topics, context, recovery=recovery, running=running, watch=watch
         )
+    finally:
+        watch.close()
+        monitor.close()
+        runtime.close()
+        memory.close()
+        if sweeper is not None:
+            sweeper.close()
+
+
+def _run_flows(
+    settings: WorkerSettings,
+    rules: Rules,
+    topics: list[str],
+    context: FlowContext,
+    *,
+    recovery: Path | None,
+    running: list[threading.Event],
+    watch: TopicWatch,
+) -> None:
+    """Run the flow until a stop request; each time new topics appear, run it again on them.
+
+    ``running[0]`` is the stop of the flow that runs now (a signal sets it);
+    ``context.stop`` is the process's.
+    """
+    stop = context.stop
+    while not stop.is_set():
+        restart = running[0] = threading.Event()
+        if stop.is_set():  # a signal came before this flow's stop was in place
+            break
+        watch.follow(topics, restart)
+        flow = build_flow(flow_config(settings, rules, topics), replace(context, stop=restart))
+        _run_once(
+            partial(
+                run_flow,
+                flow,
+                workers=settings.workers,
+                process_id=settings.process_id,
+                addresses=settings.addresses,
+                epoch_interval_ms=settings.epoch_interval_ms,
+                recovery=recovery,
+            ),
+            stop,
+            restart,
+        )
+        if not restart.is_set():
+            break  # the sources ended without a stop request: nothing more to read
+        topics = watch.wanted()
+
+
+def _run_once(run: Callable[[], None], stop: threading.Event, restart: threading.Event) -> None:
+    """Run the flow until it ends: a stop request, or ``restart`` for new topics."""
+    try:
+        run()
     except Exception as exc:
-        if not stop.is_set():
+        if not restart.is_set():
             # A setting problem found mid-stream (credentials rotated, ACL narrowed) comes
             # wrapped in the engine's error: report it as the config error it is.
             config = _config_error_in(exc)
@@ -414,10 +497,19 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
             raise
         # Stopped mid-retry: progress was not recorded past the unapplied batch.
         msg = "stopped before the pending batch was applied; it is replayed on restart"
-        raise StopRequested(msg) from exc
-    finally:
-        monitor.close()
-        runtime.close()
-        memory.close()
-        if sweeper is not None:
-            sweeper.close()
+        if stop.is_set():
+            raise StopRequested(msg) from exc
+        log.warning(msg, extra={"error": str(exc)})
+
+
+def topic_watch(settings: WorkerSettings, leader: bool) -> TopicWatch:
+    """Looks for new topics every ``topic_refresh_s``; a cluster shares process 0's list."""
+    admin = AdminClient(with_logger({"bootstrap.servers": settings.brokers, **settings.kafka}))
+    board = None
+    if len(settings.addresses) > 1:
+        board = connect_when_available(
+            settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
+        )
+    return TopicWatch(
+        lambda: listed_topics(settings, admin), settings.topic_refresh_s, leader=leader, board=board
+    )

@@ -37,6 +37,7 @@ NULL_TOKEN: Final = "~"
 
 _SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_.@")
 _ALL_SAFE: Final = re.compile(r"[A-Za-z0-9_.@-]*")
+ESCAPED_VALUE: Final = r"[A-Za-z0-9_.@%~-]*"  # a regex matching whatever escape_value returns
 
 
 def escape_value(value: object) -> str:
@@ -138,6 +139,14 @@ def legacy_cache_key(name: str) -> str | None:
     """The cache key a previous release's version key was kept for; None if not one."""
     _, sep, key = name.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
     return key if sep and legacy_version_key(key) == name else None
+
+
+def truncate_field(table: str) -> bytes:
+    """The field of every version bucket holding ``table``'s last TRUNCATE position.
+
+    Longer than a version field (an 8-byte digest), so it names no cache key.
+    """
+    return b"truncated:" + table.encode()
 
 
 def stream_key(channel: str) -> str:

@@ -111,6 +111,7 @@ class ModeRuntime:
         self._problem: str | None = None  # a mode key holds junk: logged once, shown in view
         self._flag_problem: str | None = None
         self._caught_up = False
+        self._heard_ms = {process: self._now_ms() for process in range(1, processes)}
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
@@ -175,6 +176,7 @@ class ModeRuntime:
 
     def tick(self) -> Decision | None:
         """One controller step: observe, decide, publish, act. Returns the decision."""
+        shared_problem = self._share_heartbeats()
         report = self._tracker.report()
         _export_lag(report)
         local = LagSummary.of(report, self._config.slo_s, self.holds.active())
@@ -192,10 +194,30 @@ class ModeRuntime:
             )
             return None
         else:
-            self._report(self._flag_problem)
+            self._report(self._flag_problem or shared_problem)
         with self._lock:
             self._redis_ok_ms = self._now_ms()
         return decision
+
+    def _share_heartbeats(self) -> str | None:
+        """Pass the heartbeats read here to the other processes, and learn theirs.
+
+        Without them, a process whose partitions hold no heartbeat topic would see its
+        idle partitions age past the SLO. Returns what is wrong with the shared key, if
+        anything; a Redis outage is left to the tick's own writes to report.
+        """
+        if self._processes < 2:
+            return None
+        try:
+            shared = self._store.share_heartbeats(
+                self._tracker.heartbeats(), int(5000 * self._interval_s)
+            )
+        except ModeKeyError as exc:
+            return str(exc)
+        except _REDIS_ERRORS:
+            return None
+        self._tracker.learn_heartbeats(shared)
+        return None
 
     def _report(self, problem: str | None) -> None:
         """Log a mode key holding junk once (and its end), not on every tick."""
@@ -284,11 +306,25 @@ class ModeRuntime:
         return began
 
     def _others(self) -> list[LagSummary]:
-        """The other processes' summaries; one that stopped reporting counts as stalled."""
-        return [
-            self._store.lag_of(process) or LagSummary(None, True, f"process {process}")
-            for process in range(1, self._processes)
-        ]
+        """The other processes' summaries; one not heard for over the SLO is stalled.
+
+        As a partition from which nothing arrived: a process not heard since this one
+        started counts from then (the processes of a restarted cluster start at their own
+        pace), one that stopped reporting from its last report (which expires in Redis).
+        """
+        now = self._now_ms()
+        summaries = []
+        for process in range(1, self._processes):
+            summary = self._store.lag_of(process)
+            if summary is not None:
+                self._heard_ms[process] = now
+                summaries.append(summary)
+                continue
+            silent_s = (now - self._heard_ms.setdefault(process, now)) / 1000
+            stalled = silent_s > self._config.slo_s
+            where = f"process {process} (no lag report for {silent_s:.0f}s)"
+            summaries.append(LagSummary(None, stalled, where))
+        return summaries
 
     def _read_flag(self) -> Flag:
         """The operator flag; one that cannot be read counts as ``auto`` and is reported."""

@@ -11,7 +11,10 @@ Applications read ``cdc:mode``; operators set ``cdc:mode:flag``:
   window) and ``prefixes`` (JSON list of the rules' key prefixes).
 
 A follower process writes its :class:`LagSummary` (``cdc:mode:lag:<process>``, expiring)
-for the leader to read. A watchdog writes ``cdc:mode`` only through
+for the leader to read. The processes of a cluster share the connectors' heartbeats
+(``cdc:mode:heartbeats``: connector → ``[emitted_ms, read_ms]``, expiring): a connector's
+heartbeats land in one partition, read by one process, and keep every process's idle
+partitions fresh. A watchdog writes ``cdc:mode`` only through
 :meth:`ModeStore.take_over`, which refuses once the worker has written again.
 """
 
@@ -39,6 +42,7 @@ from cdc_cache.sink.connection import Client
 from cdc_cache.sink.scripts import write_record
 
 LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
+HEARTBEATS_KEY: Final = "cdc:mode:heartbeats"
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
 WORKER: Final = "worker"  # writers of cdc:mode
 WATCHDOG: Final = "watchdog"
@@ -146,6 +150,30 @@ class ModeStore:
         with reading(key, _LAG_REWRITE):
             write_record(self._client, key, summary.fields(), ttl_ms)
 
+    def share_heartbeats(
+        self, beats: dict[str, tuple[float | None, float]], ttl_ms: int
+    ) -> dict[str, tuple[float | None, float]]:
+        """Add the heartbeats read here to the shared ones; returns every process's.
+
+        A field holding something no worker wrote is left out (its connector's partitions
+        then look as old as their last change: ttl mode, never a stale cdc).
+        """
+        pipe = self._client.pipeline(transaction=False)
+        if beats:
+            pipe.hset(HEARTBEATS_KEY, mapping={k: orjson.dumps(v) for k, v in beats.items()})
+            pipe.pexpire(HEARTBEATS_KEY, ttl_ms)
+        pipe.hgetall(HEARTBEATS_KEY)
+        with reading(HEARTBEATS_KEY, _LAG_REWRITE):
+            raw = pipe.execute()[-1]
+        shared = {}
+        for name, value in raw.items():
+            try:
+                emitted, read = orjson.loads(value)
+                shared[name.decode()] = (None if emitted is None else float(emitted), float(read))
+            except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+                continue
+        return shared
+
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""
         key = LAG_REPORT_KEY.format(process=process)
@@ -211,12 +239,13 @@ class LagSummary:
         """Several processes' summaries folded into one (every process's holds count)."""
         items = list(summaries)
         holds = tuple(sorted({hold for s in items for hold in s.holds}))
-        known = [s for s in items if s.lag_s is not None]
-        worst = max(known, key=lambda s: (s.stalled, s.lag_s or 0.0), default=None)
-        if worst is None:
-            return cls(None, any(s.stalled for s in items), "", holds)
-        lag = max(s.lag_s or 0.0 for s in known)
-        return cls(lag, any(s.stalled for s in items), worst.where, holds)
+        known = [s.lag_s for s in items if s.lag_s is not None]
+        # named in the reason: a stalled one first (a silent process has no lag to compare)
+        worst = max(
+            items, key=lambda s: (s.stalled, s.lag_s is not None, s.lag_s or 0.0), default=None
+        )
+        where = worst.where if worst is not None else ""
+        return cls(max(known, default=None), any(s.stalled for s in items), where, holds)
 
     def fields(self) -> dict[str | bytes, bytes | float | int | str]:
         """As a Redis hash."""

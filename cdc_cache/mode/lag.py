@@ -22,7 +22,7 @@ least fresh of them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from cdc_cache.source.topics import heartbeat_server, servers_named_in
@@ -81,6 +81,8 @@ class _Server:
 
     emitted_ms: float | None
     contact_ms: float
+    learned: bool = False
+    """Read by another process (see :meth:`LagTracker.learn_heartbeats`)."""
 
 
 @dataclass
@@ -127,6 +129,32 @@ class LagTracker:
         if server is not None:
             with self._lock:
                 self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
+
+    def heartbeats(self) -> dict[str, tuple[float | None, float]]:
+        """The newest heartbeat of each connector read here: (emitted ms, ms it was read).
+
+        Those learned from other processes are left out: passed on again, an old copy
+        could overwrite the newer one its reader shares meanwhile.
+        """
+        with self._lock:
+            return {
+                name: (beat.emitted_ms, beat.contact_ms)
+                for name, beat in self._servers.items()
+                if not beat.learned
+            }
+
+    def learn_heartbeats(self, beats: Mapping[str, tuple[float | None, float]]) -> None:
+        """Heartbeats other processes read, each kept where it is newer than the one here.
+
+        A connector's heartbeats land in one partition, read by one process.
+        """
+        with self._lock:
+            for name, (emitted, contact) in beats.items():
+                known = self._servers.get(name)
+                if known is None or contact > known.contact_ms:
+                    seen = [emitted, known.emitted_ms if known else None]
+                    newest = max((ms for ms in seen if ms is not None), default=None)
+                    self._servers[name] = _Server(newest, contact, learned=True)
 
     def offsets(
         self, topic: str, partition: int, high: int | None, next_offset: int | None

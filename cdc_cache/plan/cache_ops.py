@@ -28,6 +28,8 @@ class SetRow:
     format: ValueFormat
     ttl_ms: int
     tombstone_ttl_ms: int
+    table: str = ""
+    """The table whose change this is: stale if older than its last TRUNCATE ("": ungated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +39,38 @@ class DeleteKey:
     key: str
     position: SourcePosition
     tombstone_ttl_ms: int
+    table: str = ""
+    """As :attr:`SetRow.table`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """A table's TRUNCATE, recorded where every key op of the table is gated by it.
+
+    Any change of the table older than the TRUNCATE is stale from then on, whether its key
+    is cached or not. With
+    ``channels`` (a regular expression over channel names, the table's channel template)
+    a ``truncate`` message (``payload``) is announced once on each such channel.
+    """
+
+    channels: str | None = None
+    payload: bytes = b""
+    maxlen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class InvalidatePrefix:
-    """Delete every key under ``prefix`` (a TRUNCATE), each version-gated at ``position``."""
+    """Delete every key under ``prefix`` (a TRUNCATE), each version-gated at ``position``.
+
+    ``truncated``, on the first prefix of a TRUNCATE, records the table's truncate
+    position before its keys are deleted (see :class:`Truncated`).
+    """
 
     prefix: str
     table: str
     position: SourcePosition
     tombstone_ttl_ms: int
+    truncated: Truncated | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,5 +98,5 @@ def as_invalidation(op: KeyOp | Notify) -> DeleteKey | Notify:
     that could evict versions): the key is invalidated and its version still recorded.
     """
     if isinstance(op, SetRow):
-        return DeleteKey(op.key, op.position, op.tombstone_ttl_ms)
+        return DeleteKey(op.key, op.position, op.tombstone_ttl_ms, op.table)
     return op

@@ -9,16 +9,20 @@ serializer of a row for a key, shared with application fills (``cdc_cache.aside.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from cdc_cache.core.errors import MissingPrimaryKey, RenderError
 from cdc_cache.core.events import ChangeEvent, Op, Row
+from cdc_cache.core.keys import ESCAPED_VALUE
 from cdc_cache.plan.cache_ops import (
     CacheOp,
     DeleteKey,
     InvalidatePrefix,
     Notify,
     SetRow,
+    Truncated,
     ValueFormat,
 )
 from cdc_cache.plan.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
@@ -36,10 +40,11 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
     if table is None:
         return []
     if event.op is Op.TRUNCATE:
-        return [
+        first, *rest = [
             InvalidatePrefix(prefix, event.table, event.position, table.tombstone_ttl_ms)
             for prefix in table.truncate_prefixes
         ]
+        return [replace(first, truncated=_truncated(event, table)), *rest]
     if not event.key:
         msg = f"{event.table} {event.op.value} at {event.position} has no primary key"
         raise MissingPrimaryKey(msg)
@@ -80,11 +85,11 @@ def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[Cach
         new_key = _render(rule, after, event, "after")
         old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
         if old_key is not None and old_key != new_key:
-            ops.append(DeleteKey(old_key, event.position, table.tombstone_ttl_ms))
+            ops.append(DeleteKey(old_key, event.position, table.tombstone_ttl_ms, event.table))
         if rule.action is Action.SET:
             ops.append(_set_row(rule, new_key, after, event, table))
         else:
-            ops.append(DeleteKey(new_key, event.position, table.tombstone_ttl_ms))
+            ops.append(DeleteKey(new_key, event.position, table.tombstone_ttl_ms, event.table))
     return ops
 
 
@@ -92,7 +97,10 @@ def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
     # PostgreSQL without REPLICA IDENTITY FULL sends only the key columns as before image.
     before = {**event.key, **(event.before or {})}
     keys = (_render(rule, before, event, "before") for rule in table.keys)
-    return [DeleteKey(key, event.position, table.tombstone_ttl_ms) for key in dict.fromkeys(keys)]
+    return [
+        DeleteKey(key, event.position, table.tombstone_ttl_ms, event.table)
+        for key in dict.fromkeys(keys)
+    ]
 
 
 def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> list[CacheOp]:
@@ -127,6 +135,28 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
     )
     notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
     return [*ops[: host + 1], *notes, *ops[host + 1 :]]
+
+
+def _truncated(event: ChangeEvent, table: TableRules) -> Truncated:
+    """A TRUNCATE as recorded, with the ``truncate`` message for the table's channels."""
+    rule = table.notify
+    if rule is None:
+        return Truncated()
+    payload = {
+        "table": event.table,
+        "op": "truncate",
+        "position": event.position.encode(),
+        "committed_at_ms": event.committed_at_ms,
+    }
+    return Truncated(channel_pattern(rule.channel), dumps(payload), rule.maxlen)
+
+
+def channel_pattern(template: KeyTemplate) -> str:
+    """A regular expression matching every channel ``template`` renders (values escaped)."""
+    return "".join(
+        re.escape(literal) + (ESCAPED_VALUE if name is not None else "")
+        for literal, name in template.pieces
+    )
 
 
 def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: str) -> str:
@@ -194,7 +224,9 @@ def _set_row(rule: KeyRule, key: str, after: Row, event: ChangeEvent, table: Tab
             f"'{rule.template.source}' projects column {exc.column!r}, absent from the row"
         )
         raise RenderError(msg) from exc
-    return SetRow(key, event.position, value, rule.format, rule.ttl_ms, table.tombstone_ttl_ms)
+    return SetRow(
+        key, event.position, value, rule.format, rule.ttl_ms, table.tombstone_ttl_ms, event.table
+    )
 
 
 def encode(rule: KeyRule, row: Row) -> bytes | tuple[tuple[str, str], ...]:

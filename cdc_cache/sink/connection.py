@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable, chain
+from cdc_cache.core.keys import all_version_buckets
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.sink.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
@@ -235,6 +237,21 @@ def primaries(client: Client) -> list[Redis[bytes]]:
     if isinstance(client, RedisCluster):
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
+
+
+def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
+    """Every version bucket name, grouped by the primary that serves it."""
+    names = list(all_version_buckets())
+    if not isinstance(client, RedisCluster):
+        return [(client, names)]
+    grouped: dict[str, list[str]] = defaultdict(list)
+    nodes = {}
+    for name in names:
+        node = client.get_node_from_key(name)
+        if node is not None:
+            grouped[node.name].append(name)
+            nodes[node.name] = node
+    return [(client.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
 
 
 def redis_retry_reporter(action: str) -> OnRetry:

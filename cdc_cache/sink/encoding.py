@@ -118,6 +118,7 @@ def calls(
     keys: list[str] = []
     args: list[Arg] = []
     members: list[int] = []
+    table = ""  # the table whose TRUNCATE gates the call's key ops from here on
     for index in indices:
         op = ops[index]
         encoded = script_args(op)
@@ -127,7 +128,10 @@ def calls(
             and (len(members) >= max_ops or len(args) + len(encoded) > max_args)
         ):
             yield Call(tuple(keys), tuple(args), tuple(members))
-            keys, args, members = [], [], []
+            keys, args, members, table = [], [], [], ""
+        if not isinstance(op, Notify) and op.table != table:
+            table = op.table
+            args += ("T", table)
         keys += script_keys(op)
         args += encoded
         members.append(index)

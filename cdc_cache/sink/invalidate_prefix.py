@@ -1,5 +1,8 @@
 """A prefix of cache keys invalidated (a TRUNCATE): every primary SCANned, keys deleted.
 
+The TRUNCATE's position is recorded first (``cdc_cache.sink.truncate``), so no change older
+than it lands once its keys are gone.
+
 Each key found is deleted version-gated, as a delete of its own at the truncate's
 position, through the applier; keys with a lease and no value yet (an application fill
 in progress) are found through their lease keys, so that the fill is voided too.
@@ -18,6 +21,7 @@ from cdc_cache.core.keys import INTERNAL_PREFIXES, LEASE_PREFIX, leased_key
 from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix
 from cdc_cache.sink.connection import Client, primaries
 from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.truncate import record_truncate
 
 log = logging.getLogger("cdc_cache.redis_apply")
 
@@ -45,6 +49,8 @@ def invalidate_prefix(
             "fix the table's key templates"
         )
         raise ApplyError(msg)
+    if op.truncated is not None:
+        record_truncate(client, op, op.truncated)
     under = glob_escape(op.prefix) + "*"
     patterns = (under, glob_escape(LEASE_PREFIX) + "{*}:" + under)
     scanned = deleted = 0

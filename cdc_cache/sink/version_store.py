@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from redis import Redis, RedisCluster
+from redis import Redis
 from redis import exceptions as rex
 
 from cdc_cache.core import metrics
@@ -32,14 +32,13 @@ from cdc_cache.core.keys import (
     BUCKETS_PER_SLOT,
     LEGACY_VERSION_PREFIX,
     VERSION_LAYOUT_KEY,
-    all_version_buckets,
     legacy_cache_key,
     version_field,
     version_key,
 )
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.connection import Client, buckets_by_node, primaries
 from cdc_cache.sink.scripts import lua_script, write_record
 from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
 
@@ -210,7 +209,7 @@ class VersionSweeper:
     def sweep(self, keep_going: Callable[[], bool] = lambda: True) -> SweepReport:
         """One pass over every bucket (stops early when ``keep_going`` turns false)."""
         examined = removed = 0
-        for node, buckets in self._by_node():
+        for node, buckets in buckets_by_node(self._client):
             for start in range(0, len(buckets), self._page):
                 if not keep_going():
                     return SweepReport(examined, removed)
@@ -234,21 +233,6 @@ class VersionSweeper:
         log.info(
             "version sweep done", extra={"examined": report.examined, "removed": report.removed}
         )
-
-    def _by_node(self) -> list[tuple[Redis[bytes], list[str]]]:
-        """Every bucket name, grouped by the primary that serves it."""
-        names = list(all_version_buckets())
-        if not isinstance(self._client, RedisCluster):
-            return [(self._client, names)]
-        cluster = self._client
-        grouped: dict[str, list[str]] = defaultdict(list)
-        nodes = {}
-        for name in names:
-            node = cluster.get_node_from_key(name)
-            if node is not None:
-                grouped[node.name].append(name)
-                nodes[node.name] = node
-        return [(cluster.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
 
     @staticmethod
     def _sweep_page(node: Redis[bytes], buckets: list[str]) -> tuple[int, int]:

@@ -47,15 +47,17 @@ class Pipeline:
         broker: Broker,
         redis_url: str,
         registry_url: str | None = None,
+        rules: str | None = None,
     ) -> None:
-        """With ``registry_url`` the changes travel as Avro (AvroConverter, that registry)."""
+        """With ``registry_url`` the changes travel as Avro (AvroConverter, that registry);
+        ``rules`` replaces the workload's (``{schema}`` filled in)."""
         self.schema = schema
         self.dsn = dsn
         self.redis_url = redis_url
-        self.rules = rules_for(schema)
+        self.rules = rules.format(schema=schema) if rules else rules_for(schema)
         self.rules_file = tmp_path / "rules.yaml"  # written by worker()
         self.prefix = prefix = f"p{uuid.uuid4().hex[:6]}"
-        topic = f"{prefix}.{schema}.stock"
+        self.topic = topic = f"{prefix}.{schema}.stock"
         broker.create_topics({topic: self.PARTITIONS})  # the worker starts before any change
         self.debezium = debezium(
             tmp_path,
@@ -117,6 +119,7 @@ def mariadb_pipeline(
     *,
     prefix: str = "e2e",
     registry_url: str | None = None,
+    rules: str | None = None,
 ) -> Iterator[Pipeline]:
     """A :class:`Pipeline` over a fresh MariaDB database (dropped afterwards)."""
     schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -132,6 +135,7 @@ def mariadb_pipeline(
         broker=broker,
         redis_url=redis_url,
         registry_url=registry_url,
+        rules=rules,
     )
     try:
         yield line

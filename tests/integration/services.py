@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from cdc_cache.tools.devstack.process import free_port
 from tests.workload import RULES_YAML
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +97,54 @@ def worker(
     return Service(
         argv, tmp_path / "worker.log", {"CDC_CACHE_EPOCH_INTERVAL_MS": "500", **(env or {})}
     )
+
+
+class Cluster:
+    """Two ``cdc-cache run`` processes as one Bytewax cluster, each with its own recovery
+    directory and admin port."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        bootstrap: str,
+        redis_url: str,
+        topics: Sequence[str],
+        env: Mapping[str, str],
+        rules: str = RULES_YAML,
+    ) -> None:
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+        self.ports = [free_port() for _ in range(2)]
+        self.services: list[Service] = []
+        for process_id in range(2):
+            home = tmp_path / f"process-{process_id}"
+            home.mkdir(exist_ok=True)
+            service = worker(home, bootstrap, redis_url, topics, rules=rules, env=env)
+            service.argv += ["--process-id", str(process_id)]
+            service.argv += ["--metrics-port", str(self.ports[process_id])]
+            service.argv += [arg for address in addresses for arg in ("--address", address)]
+            self.services.append(service)
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()
+
+    def partitions_of(self, process: int, topic: str) -> list[int]:
+        """The partitions of ``topic`` the process reads (from its lag metrics)."""
+        url = f"http://127.0.0.1:{self.ports[process]}/metrics"
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            return []
+        label = f'topic="{topic}"'
+        return sorted(
+            int(line.split('partition="')[1].split('"')[0])
+            for line in text.splitlines()
+            if line.startswith("cdc_cache_connector_lag_seconds{") and label in line
+        )
 
 
 def inspector(

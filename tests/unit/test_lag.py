@@ -250,3 +250,30 @@ def test_a_timed_hold_ends_by_itself_and_raised_again_lasts_to_the_later_end():
     assert [h.reason for h in holds.active()] == ["re-snapshotted"]
     now[0] += 5
     assert holds.active() == ()
+
+
+def test_heartbeats_read_by_another_process_keep_idle_partitions_here_fresh(clock):
+    reader, other = LagTracker(clock), LagTracker(clock)
+    other.record("db1.inv.stock", 2, int(clock.ms))
+    other.offsets("db1.inv.stock", 2, high=5, next_offset=5)
+    for _ in range(10):
+        clock.advance(10)
+        reader.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) - 500)
+        other.learn_heartbeats(reader.heartbeats())
+    stock = lag_of(other, "db1.inv.stock", 2)
+    assert stock.connector_lag_s == pytest.approx(0.5) and stock.silent_s == 0
+
+
+def test_learned_heartbeats_are_not_passed_on_and_never_replace_newer_ones(clock):
+    reader, other = LagTracker(clock), LagTracker(clock)
+    other.record("db1.inv.stock", 0, int(clock.ms))
+    other.offsets("db1.inv.stock", 0, high=5, next_offset=5)
+    reader.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+    other.learn_heartbeats(reader.heartbeats())
+    assert other.heartbeats() == {}, "an old copy passed on could overwrite the newer one"
+    clock.advance(5)
+    stale = reader.heartbeats()
+    reader.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+    other.learn_heartbeats(reader.heartbeats())
+    other.learn_heartbeats(stale)
+    assert lag_of(other, "db1.inv.stock").connector_lag_s == 0

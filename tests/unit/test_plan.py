@@ -1,4 +1,5 @@
 import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -9,8 +10,16 @@ from hypothesis import strategies as st
 
 from cdc_cache.core.errors import MissingPrimaryKey, RenderError
 from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.keys import escape_value
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, Notify, SetRow, ValueFormat
+from cdc_cache.plan.cache_ops import (
+    DeleteKey,
+    InvalidatePrefix,
+    Notify,
+    SetRow,
+    Truncated,
+    ValueFormat,
+)
 from cdc_cache.plan.planner import changed_columns, plan
 from cdc_cache.plan.rules_loader import parse_rules
 from tests.model import ModelCache
@@ -74,8 +83,9 @@ def test_insert_sets_the_projection_and_invalidates_the_derived_key() -> None:
             ValueFormat.JSON,
             3_600_000,
             TOMBSTONE,
+            "inventory.stock",
         ),
-        DeleteKey("sku:7:availability", pos(5), TOMBSTONE),
+        DeleteKey("sku:7:availability", pos(5), TOMBSTONE, "inventory.stock"),
     ]
 
 
@@ -109,17 +119,30 @@ def test_sku_change_invalidates_both_derived_keys() -> None:
 def test_delete_removes_every_key_of_the_row() -> None:
     ops = plan(event(Op.DELETE, ROW, None, 7), RULES)
     assert ops == [
-        DeleteKey("stock:7:north", pos(7), TOMBSTONE),
-        DeleteKey("sku:7:availability", pos(7), TOMBSTONE),
+        DeleteKey("stock:7:north", pos(7), TOMBSTONE, "inventory.stock"),
+        DeleteKey("sku:7:availability", pos(7), TOMBSTONE, "inventory.stock"),
     ]
 
 
-def test_truncate_invalidates_every_prefix_of_the_table() -> None:
+def test_truncate_records_its_position_once_and_invalidates_every_prefix() -> None:
     ops = plan(event(Op.TRUNCATE, None, None, 8, key={}), RULES)
     assert ops == [
-        InvalidatePrefix("stock:", "inventory.stock", pos(8), TOMBSTONE),
+        InvalidatePrefix("stock:", "inventory.stock", pos(8), TOMBSTONE, Truncated()),
         InvalidatePrefix("sku:", "inventory.stock", pos(8), TOMBSTONE),
     ]
+
+
+def test_truncate_is_announced_on_every_channel_of_the_table() -> None:
+    rules = parse_rules(NOTIFY_RULES_YAML)
+    (first, *_) = plan(event(Op.TRUNCATE, None, None, 8, key={}), rules)
+    assert isinstance(first, InvalidatePrefix) and first.truncated is not None
+    notice = first.truncated
+    assert orjson.loads(notice.payload)["op"] == "truncate"
+    matcher = re.compile(notice.channels or "")
+    assert matcher.fullmatch("inventory:" + escape_value("a:b {c}*"))
+    assert matcher.fullmatch("inventory:~")
+    assert not matcher.fullmatch("inventory:north:extra")
+    assert not matcher.fullmatch("orders:north")
 
 
 def test_uncovered_table_plans_nothing() -> None:

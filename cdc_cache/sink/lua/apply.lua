@@ -29,6 +29,9 @@
 --   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
 --   D                               DEL key (the version stays as a tombstone)
 -- per N op: N channel maxlen payload  XADD stream MAXLEN ~ maxlen * p payload, SADD channel
+-- A key op may be preceded by "T table" (no keys, no code of its own): from there on, key
+-- ops are of that table, and one at or below the table's last TRUNCATE (the field
+-- "truncated:<table>" of the op's bucket, see cdc_cache/sink/truncate.py) is stale.
 -- Returns one code per op: 1 applied, 0 stale, 2 duplicate, 3 invalidated (a set that
 -- found a value but no version), and for an N op its host's code.
 --
@@ -45,8 +48,16 @@ local firsts = {}
 local a = 1
 local k = 1
 local hosted = false
+local gate = nil  -- the table of the key ops from here on (a T op), for its TRUNCATE
+local floors = {}  -- per key op: its table's truncate position in its bucket, if any
+local truncates = {}  -- by bucket and table: that position as stored ('' for none)
 while k <= #KEYS do
   local kind = ARGV[a]
+  if kind == 'T' then
+    gate = ARGV[a + 1]
+    a = a + 2
+    kind = ARGV[a]
+  end
   starts[#starts + 1] = a
   firsts[#firsts + 1] = k
   if kind == 'N' then
@@ -79,6 +90,14 @@ while k <= #KEYS do
       versions[id] = stored and string.sub(stored, HORIZON_DIGITS + 1) or ''
     end
     ids[#starts] = id
+    if gate ~= nil then
+      local tid = vkey .. '\0' .. gate
+      if truncates[tid] == nil then
+        local mark = redis.call('HGET', vkey, 'truncated:' .. gate)
+        truncates[tid] = mark and string.sub(mark, HORIZON_DIGITS + 1) or ''
+      end
+      floors[#starts] = truncates[tid]
+    end
     hosted = true
     k = k + 3
   end
@@ -104,7 +123,10 @@ for n, s in ipairs(starts) do
   else
     local id = ids[n]
     local current = versions[id]
-    if version == current then
+    local floor = floors[n]
+    if floor ~= nil and floor ~= '' and version <= floor then
+      code = 0
+    elseif version == current then
       code = 2
     elseif version > current then
       code = 1
