@@ -190,6 +190,8 @@ def test_run_takes_the_dlq_settings_as_flags(tmp_path):
     assert "--max-value-bytes: max_value_bytes: Input should be greater than or equal to 1" in (
         result.output
     )
+
+
 # --- cdc-cache gateway ---
 
 
