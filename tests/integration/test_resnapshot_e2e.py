@@ -20,25 +20,46 @@ from cdc_cache.cli import main
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
-from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.faults import UNGATED_WORKER
+from tests.integration.fixtures_redis import RedisTarget
 from tests.integration.pipelines import Pipeline, mariadb_pipeline
 from tests.integration.probes import metric
-from tests.integration.test_truncate_e2e import RULES, insert, messages
+from tests.integration.test_truncate_e2e import insert, messages
 from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+RULES = """
+version: 2
+defaults: {{safety_ttl: 1h, tombstone_ttl: 30m}}
+tables:
+  {schema}.stock:
+    keys:
+      - key: "stock:{{id}}"
+        fields: [id, qty]
+"""  # no notifications: the same rules on one server and on a Cluster
 ROWS = 40
 CHUNK = 2  # rows per snapshot chunk: twenty chunks, read while the rows change
 UPDATING_S = 3.0  # rows updated one after another this long, the snapshot meanwhile
 
 
 @pytest.fixture
+def target(request: pytest.FixtureRequest) -> RedisTarget:
+    """A clean Redis of the kind the test names: one server or a Cluster."""
+    server = request.getfixturevalue(
+        "redis_server" if request.param == "single" else "redis_cluster"
+    )
+    client = request.getfixturevalue(
+        "redis_client" if request.param == "single" else "redis_cluster_client"
+    )
+    return RedisTarget(server.address(), client)
+
+
+@pytest.fixture
 def pipeline(
-    tmp_path: Path, mariadb: MariaDB, broker: Broker, redis_server: RedisServer
+    tmp_path: Path, mariadb: MariaDB, broker: Broker, target: RedisTarget
 ) -> Iterator[Pipeline]:
-    with mariadb_pipeline(tmp_path, mariadb, broker, redis_server.address(), rules=RULES) as line:
+    with mariadb_pipeline(tmp_path, mariadb, broker, target.url, rules=RULES) as line:
         with mariadb.connect(line.schema) as conn, conn.cursor() as cur:
             cur.execute(
                 "CREATE TABLE debezium_signal (id VARCHAR(64) PRIMARY KEY, "
@@ -99,10 +120,15 @@ def snapshot_reads(broker: Broker, topic: str) -> list[tuple[int, bytes, bytes]]
     ]
 
 
-@pytest.mark.parametrize("gate", ["on", "off"])
+@pytest.mark.parametrize(
+    ("gate", "target"),
+    [("on", "single"), ("on", "cluster"), ("off", "single")],
+    indirect=["target"],
+)
 def test_a_resnapshot_restores_missing_keys_and_never_overwrites_a_newer_change(
-    pipeline: Pipeline, mariadb: MariaDB, broker: Broker, redis_client, gate: str
+    pipeline: Pipeline, mariadb: MariaDB, broker: Broker, target: RedisTarget, gate: str
 ) -> None:
+    redis_client = target.client
     port = free_port()
     pipeline.worker.argv += ["--metrics-port", str(port)]
     if gate == "off":  # the injected bug: no version gate
