@@ -31,7 +31,8 @@ WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
-INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX)
+TAG_PREFIX: Final = "cdc:t:"  # one hash per cache tag: its version and its members
+INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX, TAG_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
 
@@ -152,6 +153,11 @@ def truncate_field(table: str) -> bytes:
 def stream_key(channel: str) -> str:
     """The Redis stream holding a notification channel's messages."""
     return STREAM_PREFIX + channel
+
+
+def tag_key(tag: str) -> str:
+    """The hash of a cache tag: its version and its members (any slot: it is used alone)."""
+    return TAG_PREFIX + tag
 
 
 def lease_key(key: str) -> str:
