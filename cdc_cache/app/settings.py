@@ -15,6 +15,7 @@ README's settings table), and the checks between fields.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -230,6 +231,12 @@ class WorkerSettings(TopicSettings):
     addresses: list[str] = Field(
         default_factory=list, description="host:port of every process of the cluster"
     )
+    address_template: str | None = Field(
+        default=None, description="every process's host:port, {process} for its index"
+    )
+    processes: int | None = Field(
+        default=None, ge=1, description="processes of the cluster, with address_template"
+    )
     epoch_interval_ms: int = Field(
         default=1000, ge=10, description="how often progress is snapshotted"
     )
@@ -272,6 +279,17 @@ class WorkerSettings(TopicSettings):
 
     @model_validator(mode="after")
     def _cluster_and_lag(self) -> WorkerSettings:
+        if self.address_template is not None or self.processes is not None:
+            template, processes = self.address_template, self.processes
+            self.addresses = derived_addresses(self.addresses, template, processes)
+        size = len(self.addresses)
+        if size and self.process_id is not None and self.process_id >= size:
+            msg = (
+                f"process_id {self.process_id} is outside the cluster of {size} "
+                "process(es): on Kubernetes, re-apply the kustomization after changing the "
+                "StatefulSet's replicas (it copies them into CDC_CACHE_PROCESSES)"
+            )
+            raise ValueError(msg)
         if self.addresses and self.process_id is None:
             msg = "addresses (a multi-process cluster) also needs process_id"
             raise ValueError(msg)
@@ -289,6 +307,30 @@ class WorkerSettings(TopicSettings):
             )
             raise ValueError(msg)
         return self
+
+
+def derived_addresses(
+    addresses: Sequence[str], template: str | None, processes: int | None
+) -> list[str]:
+    """A cluster's addresses from ``address_template`` and ``processes``.
+
+    A count and a pattern replace a list that had to be kept in step with a replica count
+    by hand; raises with the problem of those settings.
+    """
+    if addresses:
+        msg = "give either addresses (a list) or address_template with processes, not both"
+        raise ValueError(msg)
+    if template is None or processes is None:
+        msg = "address_template and processes go together: where process i listens, and how many"
+        raise ValueError(msg)
+    if "{process}" not in template:
+        msg = f"address_template {template!r} must hold {{process}}, the process's index"
+        raise ValueError(msg)
+    try:
+        return [template.format(process=i) for i in range(processes)]
+    except (KeyError, IndexError, ValueError) as exc:
+        msg = f"address_template {template!r}: only {{process}} may be filled in ({exc!s})"
+        raise ValueError(msg) from exc
 
 
 def valid_redis_url(url: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from cdc_cache import __version__
-from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, tools, trace, worker
+from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, snapshot, tools, trace, worker
 from cdc_cache.tools.devstack.cli import dev
 
 
@@ -30,6 +30,7 @@ for command in (
     inspector.inspect,
     tools.demo,
     tools.connectors,
+    snapshot.snapshot,
     mode.mode,
     continuity.continuity,
     dlq.dlq,

@@ -49,6 +49,13 @@ SCHEMA: Final = (
         description TEXT,
         weight DECIMAL(8, 3)
     )""",
+    # The connector's signal table (cdc-cache snapshot); it writes its chunks' marks here.
+    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.debezium_signal (
+        id VARCHAR(64) PRIMARY KEY,
+        type VARCHAR(32) NOT NULL,
+        data VARCHAR(2048)
+    )""",
+    f"GRANT INSERT ON {DATABASE}.debezium_signal TO 'cdc'@'%'",
 )
 
 

@@ -36,6 +36,16 @@ GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT, LOC
 CREATE USER IF NOT EXISTS 'inspector'@'%' IDENTIFIED BY 'inspector-local-only';
 GRANT SELECT ON inventory.* TO 'inspector'@'%';
 
+-- Signal table (the connectors' signal.data.collection): `cdc-cache snapshot` inserts an
+-- execute-snapshot row here to have a table read again (an incremental snapshot), and the
+-- connector writes each chunk's window marks into it, so the cdc user needs INSERT.
+CREATE TABLE IF NOT EXISTS debezium_signal (
+  id   VARCHAR(64) PRIMARY KEY,
+  type VARCHAR(32) NOT NULL,
+  data VARCHAR(2048)
+);
+GRANT INSERT ON inventory.debezium_signal TO 'cdc'@'%';
+
 -- Heartbeat table: the connector's heartbeat.action.query and the scheduled event below
 -- write here, so an idle database still moves the binlog and Debezium keeps sending
 -- heartbeats (without them the worker sees an idle source as stalled).

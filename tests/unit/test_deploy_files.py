@@ -32,6 +32,19 @@ def test_connector_keeps_what_the_worker_relies_on(path):
     assert config["decimal.handling.mode"] == "string"
     assert int(config["heartbeat.interval.ms"]) > 0
     assert config["topic.prefix"]
+    # cdc-cache snapshot signals the connector through this table, in a captured database
+    signal = config["signal.data.collection"]
+    assert signal == "inventory.debezium_signal"
+    if "table.include.list" in config:  # PostgreSQL's filtered publication holds only those
+        assert signal in config["table.include.list"].split(",")
+    else:
+        assert signal.split(".")[0] in config["database.include.list"].split(",")
+
+
+def test_the_compose_database_has_the_signal_table_the_connector_may_write():
+    sql = (ROOT / "deploy" / "mysql" / "inventory.sql").read_text()
+    assert "CREATE TABLE IF NOT EXISTS debezium_signal (" in sql
+    assert "GRANT INSERT ON inventory.debezium_signal TO 'cdc'@'%';" in sql
 
 
 def test_avro_connector_differs_from_the_json_one_only_in_format_and_identity():

@@ -6,6 +6,8 @@ Prometheus Operator's CRDs (cloudcoil-models-prometheus-operator), unknown field
 """
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -14,7 +16,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from cdc_cache.app.load import load, load_settings
-from cdc_cache.app.settings import WatchdogSettings
+from cdc_cache.app.settings import WatchdogSettings, WorkerSettings
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.plan.rules_loader import load_rules
@@ -111,16 +113,25 @@ def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_path):
-    statefulset = _one("StatefulSet")
-    secret = tmp_path / "secret"
+def _pod_settings(tmp_path: Path, docs: list[dict], process_id: int, monkeypatch) -> WorkerSettings:
+    """The settings the worker pod ``process_id`` of these documents loads (ConfigMap, env)."""
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (config,) = [d for d in docs if d["metadata"]["name"] == "cdc-cache-worker" and "data" in d]
+    (worker,) = statefulset["spec"]["template"]["spec"]["containers"]
+    for name, env in _env(worker).items():
+        if "value" in env:
+            monkeypatch.setenv(name, env["value"])
+    path, secret = tmp_path / "worker.yaml", tmp_path / "secret"
+    path.write_text(config["data"]["worker.yaml"])
     secret.write_text("x")
-    settings = load_settings(
-        _worker_settings_file(tmp_path),
-        process_id=0,
-        redis_password_file=secret,
-        admin_token_file=secret,
+    return load_settings(
+        path, process_id=process_id, redis_password_file=secret, admin_token_file=secret
     )
+
+
+def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_path, monkeypatch):
+    statefulset = _one("StatefulSet")
+    settings = _pod_settings(tmp_path, [d for _, d in DOCS], 0, monkeypatch)
     service = _one("Service", statefulset["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
@@ -138,6 +149,45 @@ def test_worker_cluster_addresses_follow_the_pods_and_the_headless_service(tmp_p
     assert container_ports == {"cluster": ports["cluster"], "metrics": settings.metrics_port}
     # the worker creates its own share of a new recovery store (cdc_cache.app.worker)
     assert "initContainers" not in _worker_pod()
+
+
+def test_the_process_count_is_the_replicas_copied_by_the_kustomization():
+    statefulset = _one("StatefulSet")
+    (worker,) = _worker_pod()["containers"]
+    processes = _env(worker)["CDC_CACHE_PROCESSES"]["value"]
+    assert processes == str(statefulset["spec"]["replicas"]), "the files alone agree too"
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (replacement,) = kustomization["replacements"]
+    name = statefulset["metadata"]["name"]
+    assert replacement["source"] == {
+        "kind": "StatefulSet", "name": name, "fieldPath": "spec.replicas"
+    }  # fmt: skip
+    assert replacement["targets"] == [
+        {
+            "select": {"kind": "StatefulSet", "name": name},
+            "fieldPaths": [
+                "spec.template.spec.containers.[name=worker].env.[name=CDC_CACHE_PROCESSES].value"
+            ],
+        }
+    ]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (its kustomize)")
+def test_scaling_the_statefulset_alone_scales_the_cluster(tmp_path, monkeypatch):
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    manifest = copy / "worker.yaml"
+    text = manifest.read_text()
+    assert text.count("\n  replicas: 3\n") == 1
+    manifest.write_text(text.replace("\n  replicas: 3\n", "\n  replicas: 5\n"))
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(copy)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        _validate(doc, K8S_VERSIONS[0])
+    settings = _pod_settings(tmp_path, docs, 4, monkeypatch)
+    assert settings.addresses == [f"cdc-cache-worker-{i}.cdc-cache:2101" for i in range(5)]
 
 
 def test_worker_mounts_what_its_settings_name(tmp_path):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,8 @@ def test_run_takes_the_dlq_settings_as_flags(tmp_path):
     assert "--max-value-bytes: max_value_bytes: Input should be greater than or equal to 1" in (
         result.output
     )
+
+
 # --- cdc-cache gateway ---
 
 
@@ -331,3 +334,41 @@ def test_inspect_stops_with_exit_2_and_the_setting_to_fix(tmp_path, args, said):
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 2, result.output
     assert said in result.output and "Traceback" not in result.output
+
+
+def test_cluster_addresses_derive_from_a_template_and_the_process_count(tmp_path, monkeypatch):
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopics: [a]\naddress_template: 'w-{process}.svc:2101'\n",
+    )
+    monkeypatch.setenv("CDC_CACHE_PROCESSES", "3")
+    settings = load_settings(config, process_id=2)
+    assert settings.addresses == ["w-0.svc:2101", "w-1.svc:2101", "w-2.svc:2101"]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("address_template: 'w-{process}:1'\n", "address_template and processes go together"),
+        ("processes: 2\n", "address_template and processes go together"),
+        ("address_template: 'w:1'\nprocesses: 2\n", "must hold {process}"),
+        ("address_template: 'w-{process}-{zone}:1'\nprocesses: 2\n", "only {process}"),
+        ("address_template: 'w-{process}:1'\nprocesses: 2\naddresses: [a:1]\n", "not both"),
+        ("address_template: 'w-{process}:1'\nprocesses: 0\n", "processes: Input should be"),
+    ],
+)
+def test_a_bad_cluster_template_stops_with_the_setting_to_fix(tmp_path, text, said):
+    config = write(tmp_path, f"rules: r.yaml\ntopics: [a]\nprocess_id: 0\n{text}")
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(config)
+
+
+def test_a_process_beyond_the_cluster_is_refused(tmp_path):
+    # e.g. a StatefulSet scaled to 4 while its pods were told of 3 processes
+    config = write(
+        tmp_path,
+        "rules: r.yaml\ntopics: [a]\naddress_template: 'w-{process}:1'\nprocesses: 3\n",
+    )
+    assert len(load_settings(config, process_id=2).addresses) == 3
+    with pytest.raises(ConfigError, match="process_id 3 is outside the cluster of 3"):
+        load_settings(config, process_id=3)

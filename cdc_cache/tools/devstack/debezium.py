@@ -80,8 +80,10 @@ class ConnectorSettings:
     ``<db>.<table>`` / ``<schema>.<table>``. ``route_to`` sends every table's changes to
     that one topic through Debezium's ``ByLogicalTableRouter`` (which adds the original
     topic name to each key as ``__dbz__physicalTableIdentifier``), as a deployment that
-    routes tables into a shared topic does. ``extra`` is passed to Debezium verbatim (e.g.
-    ``transforms.*`` or ``snapshot.mode``) and wins over the defaults.
+    routes tables into a shared topic does. ``signal_table`` is the connector's signal
+    table (``signal.data.collection``, for ``cdc-cache snapshot``). ``extra`` is passed to
+    Debezium verbatim (e.g. ``transforms.*`` or ``snapshot.mode``) and wins over the
+    defaults.
     """
 
     source: Source
@@ -100,6 +102,7 @@ class ConnectorSettings:
     message_format: MessageFormat = "json"
     schema_registry_url: str | None = None
     route_to: str | None = None
+    signal_table: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def engine_format(self) -> EngineFormat:
@@ -168,6 +171,10 @@ class ConnectorSettings:
                 "transforms.route.topic.regex": re.escape(self.topic_prefix) + r"\.[^.]+\.[^.]+",
                 "transforms.route.topic.replacement": self.route_to,
             }
+        if self.signal_table:
+            # The source channel: a row inserted there starts an incremental snapshot; the
+            # connector writes its chunks' window marks into it too (the user needs INSERT).
+            props["signal.data.collection"] = self.signal_table
         props |= self.extra
         return props
 
@@ -388,6 +395,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--route-to", metavar="TOPIC", help="send every table's changes to this one topic"
     )
+    parser.add_argument(
+        "--signal-table",
+        metavar="DB.TABLE",
+        help="the connector's signal table (signal.data.collection), for cdc-cache snapshot",
+    )
     parser.add_argument("--server-id", type=int, default=184054, help="MySQL replica id")
     parser.add_argument(
         "--set",
@@ -443,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message_format=args.message_format,
         schema_registry_url=args.schema_registry_url,
         route_to=args.route_to,
+        signal_table=args.signal_table,
         extra=_extra(args.set),
     )
     publisher = KafkaPublisher(args.brokers, args.partitions)

@@ -106,6 +106,7 @@ class DebeziumService(ProcessService):
         topic_prefix: str = "dbserver1",
         databases: Iterable[str] = ("inventory",),
         partitions: int = 3,
+        signal_table: str = "inventory.debezium_signal",
     ) -> None:
         self.home = home
         self.brokers = brokers
@@ -124,6 +125,8 @@ class DebeziumService(ProcessService):
                 "--topic-prefix", topic_prefix,
                 "--state-dir", str(home),
                 "--partitions", str(partitions),
+                # cdc-cache snapshot signals here (the demo's schema creates the table)
+                "--signal-table", signal_table,
             ],
             home=home,
             cwd=home,
