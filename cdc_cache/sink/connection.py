@@ -241,7 +241,11 @@ def primaries(client: Client) -> list[Redis[bytes]]:
 
 def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
     """Every version bucket name, grouped by the primary that serves it."""
-    names = list(all_version_buckets())
+    return keys_by_node(client, list(all_version_buckets()))
+
+
+def keys_by_node(client: Client, names: list[str]) -> list[tuple[Redis[bytes], list[str]]]:
+    """``names`` grouped by the primary that serves them (one group on a single server)."""
     if not isinstance(client, RedisCluster):
         return [(client, names)]
     grouped: dict[str, list[str]] = defaultdict(list)
