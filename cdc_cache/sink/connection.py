@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable, chain
-from cdc_cache.core.keys import all_version_buckets
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.sink.sentinel import (
@@ -260,25 +258,6 @@ def primaries(client: Client) -> list[Redis[bytes]]:
     if isinstance(client, RedisCluster):
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
-
-
-def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
-    """Every version bucket name, grouped by the primary that serves it."""
-    return keys_by_node(client, list(all_version_buckets()))
-
-
-def keys_by_node(client: Client, names: list[str]) -> list[tuple[Redis[bytes], list[str]]]:
-    """``names`` grouped by the primary that serves them (one group on a single server)."""
-    if not isinstance(client, RedisCluster):
-        return [(client, names)]
-    grouped: dict[str, list[str]] = defaultdict(list)
-    nodes = {}
-    for name in names:
-        node = client.get_node_from_key(name)
-        if node is not None:
-            grouped[node.name].append(name)
-            nodes[node.name] = node
-    return [(client.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
 
 
 def redis_retry_reporter(action: str) -> OnRetry:

@@ -44,7 +44,8 @@ from cdc_cache.core.keys import (
     stream_key,
 )
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, Notify, SetRow
-from cdc_cache.sink.connection import Client, is_transient, keys_by_node, misconfiguration
+from cdc_cache.sink.connection import Client, is_transient, misconfiguration
+from cdc_cache.sink.nodes import keys_by_node
 from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.outbox")

@@ -22,7 +22,8 @@ from redis import RedisCluster
 from cdc_cache.core.errors import ApplyError
 from cdc_cache.core.keys import CHANNELS_KEY, outbox_key, stream_key
 from cdc_cache.plan.cache_ops import InvalidatePrefix, Truncated
-from cdc_cache.sink.connection import Client, buckets_by_node
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.nodes import buckets_by_node
 from cdc_cache.sink.outbox import OutboxRelay
 from cdc_cache.sink.scripts import lua_script
 from cdc_cache.sink.versions import encode_version
