@@ -1,7 +1,7 @@
-"""Which primary serves which keys: one group on a single server, one per primary on a Cluster.
+"""Which primary serves which version bucket.
 
-For work that visits every slot (version buckets, outboxes) node by node, in one pipeline
-per primary.
+One group on a single server, one per primary on a Cluster, for work that visits every
+slot node by node (a pipeline each).
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ from cdc_cache.sink.connection import Client
 
 def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
     """Every version bucket name, grouped by the primary that serves it."""
-    return keys_by_node(client, list(all_version_buckets()))
-
-
-def keys_by_node(client: Client, names: list[str]) -> list[tuple[Redis[bytes], list[str]]]:
-    """``names`` grouped by the primary that serves them (one group on a single server)."""
+    names = list(all_version_buckets())
     if not isinstance(client, RedisCluster):
         return [(client, names)]
     grouped: dict[str, list[str]] = defaultdict(list)

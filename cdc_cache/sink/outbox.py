@@ -45,7 +45,6 @@ from cdc_cache.core.keys import (
 )
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, Notify, SetRow
 from cdc_cache.sink.connection import Client, is_transient, misconfiguration
-from cdc_cache.sink.nodes import keys_by_node
 from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.outbox")
@@ -115,15 +114,19 @@ class OutboxRelay:
         """Relay the outboxes of a batch's notifications, applied or not; how many entries.
 
         Those not applied too: a batch replayed after a crash finishes its first run's
-        relay. The first call and then one every ``sweep_s`` sweeps every outbox instead.
+        relay. A batch with notifications sweeps every outbox instead when none was for
+        ``sweep_s`` (the worker sweeps at start too).
         """
-        if self._swept_at is None or self._clock() - self._swept_at >= self._sweep_s:
-            return self.sweep()
-        return self.relay(
+        outboxes = {
             outbox_key(host.key)
             for host, op in itertools.pairwise(ops)
             if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey))
-        )
+        }
+        if not outboxes:
+            return 0
+        if self._swept_at is None or self._clock() - self._swept_at >= self._sweep_s:
+            return self.sweep()
+        return self.relay(outboxes)
 
     def relay(self, outboxes: Iterable[str]) -> int:
         """Relay everything ``outboxes`` hold; how many entries were appended to streams."""
@@ -152,12 +155,10 @@ class OutboxRelay:
         """Relay every non-empty outbox (what a crash left behind); how many entries."""
         self._swept_at = self._clock()
         names = [outbox_for_slot(slot) for slot in range(SLOTS)]
-        pending: list[str] = []
-        for node, group in keys_by_node(self._client, names):
-            pipe = node.pipeline(transaction=False)
-            for name in group:
-                pipe.exists(name)
-            pending += [name for name, found in zip(group, pipe.execute(), strict=True) if found]
+        pipe = self._client.pipeline(transaction=False)  # follows a moved slot
+        for name in names:
+            pipe.exists(name)
+        pending = [name for name, found in zip(names, pipe.execute(), strict=True) if found]
         appended = self.relay(pending)
         if appended:
             log.info(
