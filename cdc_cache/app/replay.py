@@ -32,7 +32,7 @@ from cdc_cache.dlq.topic import SourceReader, read_entries
 from cdc_cache.fallback.store import ModeStore
 from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.route import Control, Planned, route
+from cdc_cache.plan.route import Control, EpochOf, Planned, route
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client, connect
@@ -146,7 +146,12 @@ class Replayer:
                 return "failed", f"{where} is no longer in its topic, and {exc}"
         parse = self._schemas.parser_for([record]) if self._schemas is not None else None
         routed = route(
-            record, self._rules, self._epoch, self._max_value_bytes, parse, epoch_of=self._epoch_of
+            record,
+            self._rules,
+            self._epoch,
+            self._max_value_bytes,
+            parse,
+            epoch_of=epoch_of(self._lineage, self._epoch),
         )
         if isinstance(routed, Control):
             return "no_op", f"a {type(routed.item).__name__.lower()} record: nothing to apply"
@@ -168,13 +173,6 @@ class Replayer:
             return "failed", self._reason(failures[0])
         return written[0].outcome, f"position {routed.event.position}"
 
-    def _epoch_of(self, record: SourceRecord, event: ChangeEvent) -> int:
-        """The epoch the worker gave (or gives) this message's position."""
-        if self._lineage is None:
-            return self._epoch
-        found = self._lineage.epoch_at((record.topic, record.partition), record.offset)
-        return max(found, self._epoch) if found is not None else self._epoch
-
     def _reason(self, failure: Failure) -> str:
         """Why the replay failed, with the table's sensitive values scrubbed as in entries."""
         return (
@@ -188,6 +186,21 @@ class Replayer:
             return None
         cap = record.get("fallback_ttl_ms", "")
         return int(cap) if cap.isdigit() else None
+
+
+def epoch_of(lineage: LineageRegistry | None, epoch: int) -> EpochOf:
+    """The epoch the worker gave (or gives) a message's position.
+
+    Its partition's lineage state at that offset, never below the operator's ``epoch``.
+    """
+
+    def of(record: SourceRecord, _event: ChangeEvent) -> int:
+        if lineage is None:
+            return epoch
+        found = lineage.epoch_at((record.topic, record.partition), record.offset)
+        return max(found, epoch) if found is not None else epoch
+
+    return of
 
 
 def _deadline_sleep(limit_s: float) -> Callable[[float], None]:
@@ -236,8 +249,15 @@ class DlqService:
         found = self.entries(EntryFilter(ids=frozenset({entry_id})))
         return found[0] if found else None
 
-    def replay(self, entries: Sequence[dict[str, Any]]) -> list[ReplayOutcome]:
-        """Replay ``entries`` in order; returns each one's recorded outcome."""
+    def replay(
+        self,
+        entries: Sequence[dict[str, Any]],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> list[ReplayOutcome]:
+        """Replay ``entries`` in order; returns each one's recorded outcome.
+
+        ``progress(done, total, last outcome)`` hears of each entry replayed.
+        """
         if not entries:
             return []
         settings = self._settings
@@ -261,6 +281,12 @@ class DlqService:
                 invalidate_only=watch.invalidate_only(),
                 lineage=LineageRegistry(self._redis()) if settings.lineage_detection else None,
             )
-            return [replayer.replay(entry) for entry in entries]
+            outcomes: list[ReplayOutcome] = []
+            for entry in entries:
+                outcomes.append(replayer.replay(entry))
+                if progress is not None:
+                    last = outcomes[-1]
+                    progress(len(outcomes), len(entries), f"{last.id} {last.outcome}")
+            return outcomes
         finally:
             source.close()

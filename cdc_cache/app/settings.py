@@ -99,13 +99,16 @@ class SharedSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    rules: Path
-    brokers: str = "127.0.0.1:19092"
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    rules: Path = Field(description="the rules file")
+    brokers: str = Field(default="127.0.0.1:19092", description="Kafka bootstrap servers")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:16379/0",
+        description="redis://, rediss://, unix://, ?cluster=true, redis+sentinel://",
+    )
     kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
-    source_epoch: int = Field(default=0, ge=0, le=99999)
+    source_epoch: int = Field(default=0, ge=0, le=99999, description="the lowest position epoch")
     lineage_detection: bool = Field(
         default=True, description="detect source log lineage switches (see README Failover)"
     )
@@ -113,14 +116,17 @@ class SharedSettings(BaseSettings):
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
     )
-    retry_redis: BackoffSettings = Field(default_factory=BackoffSettings)
+    retry_redis: BackoffSettings = Field(
+        default_factory=BackoffSettings, description="backoff while Redis is unavailable"
+    )
     retry_kafka: BackoffSettings = Field(
-        default_factory=lambda: BackoffSettings(initial_s=0.5, max_s=30.0)
+        default_factory=lambda: BackoffSettings(initial_s=0.5, max_s=30.0),
+        description="backoff while a DLQ write is not acknowledged",
     )
     redis_username: str | None = Field(default=None, description="Redis ACL user")
-    redis_password: SecretStr | None = None
+    redis_password: SecretStr | None = Field(default=None, description="its password")
     redis_password_file: Path | None = Field(default=None, description="file holding it")
-    message_format: Literal["json", "avro"] = "json"
+    message_format: Literal["json", "avro"] = Field(default="json", description="json or avro")
     schema_registry_url: str | None = Field(default=None, description="needed for avro")
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for PUT /mode and the DLQ page"
@@ -175,8 +181,8 @@ class SharedSettings(BaseSettings):
 class TopicSettings(SharedSettings):
     """The Debezium topics to read: what the worker and ``cdc-cache inspect`` both consume."""
 
-    topics: list[str] = Field(default_factory=list)
-    topic_pattern: str | None = None
+    topics: list[str] = Field(default_factory=list, description="Debezium topics to read")
+    topic_pattern: str | None = Field(default=None, description="or a regex over topic names")
     heartbeat_topics: list[str] = Field(
         default_factory=list, description="heartbeat topics the topic names do not point to"
     )
@@ -205,23 +211,35 @@ class WorkerSettings(TopicSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    recovery_dir: Path | None = Path(".cdc-cache/recovery")
-    recovery_partitions: int = Field(default=1, ge=1)
+    recovery_dir: Path | None = Field(
+        default=Path(".cdc-cache/recovery"), description="Bytewax recovery store (offsets)"
+    )
+    recovery_partitions: int = Field(
+        default=1, ge=1, description="partitions of a new recovery store"
+    )
     workers: int = Field(default=1, ge=1, description="worker threads in this process")
-    process_id: int | None = Field(default=None, ge=0)
-    addresses: list[str] = Field(default_factory=list)
-    epoch_interval_ms: int = Field(default=1000, ge=10)
+    process_id: int | None = Field(default=None, ge=0, description="this process's index")
+    addresses: list[str] = Field(
+        default_factory=list, description="host:port of every process of the cluster"
+    )
+    epoch_interval_ms: int = Field(
+        default=1000, ge=10, description="how often progress is snapshotted"
+    )
     topic_refresh_s: float = Field(
         default=30.0, ge=0, description="how often new topics are looked for (0: never)"
     )
-    batch_size: int = Field(default=1000, ge=1)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    log_level: str = "INFO"
+    batch_size: int = Field(default=1000, ge=1, description="messages per poll per partition")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve the admin API on this port"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     lag_slo_s: float = Field(default=60.0, gt=0, description="lag that switches to ttl mode")
     lag_recover_s: float = Field(default=15.0, ge=0, description="lag that returns to cdc")
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
-    ready_max_consumer_lag: int = Field(default=1000, ge=0)
+    ready_max_consumer_lag: int = Field(
+        default=1000, ge=0, description="/readyz: partitions at most this far from their end"
+    )
     table_fallback_failures: int = Field(
         default=5, ge=1, description="failed changes that make a table fall back alone"
     )

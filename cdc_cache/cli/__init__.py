@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from cdc_cache import __version__
-from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, tools, worker
+from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, tools, trace, worker
 from cdc_cache.tools.devstack.cli import dev
 
 
@@ -26,6 +26,7 @@ for command in (
     worker.run,
     worker.watchdog,
     tools.verify,
+    trace.trace,
     inspector.inspect,
     tools.demo,
     tools.connectors,

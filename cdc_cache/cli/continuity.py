@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cdc_cache.cli.report import REDIS_URL, reported
+from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
 from cdc_cache.continuity.model import Action
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.core.errors import ConfigError
@@ -84,13 +84,17 @@ _PARTITION = click.option("--partition", type=int, help="Only this partition (de
 
 @continuity.command("status")
 @REDIS_URL
-def continuity_status(redis_url: str) -> None:
+@JSON_OUTPUT
+def continuity_status(redis_url: str, as_json: bool) -> None:
     """Print each held partition: what broke, both offsets and topic ids, ways forward."""
     from cdc_cache.continuity.store import ContinuityStore
     from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache continuity status", redis_url):
         records = ContinuityStore(connect(redis_url)).records()
+    if as_json:
+        echo_json(records)
+        return
     for line in status_lines(records):
         click.echo(line)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cdc_cache.cli.report import reported, with_options
+from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
 from cdc_cache.core.errors import POISON_KINDS, ConfigError
 
 
@@ -65,11 +65,18 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
 
 @dlq.command("list")
 @_dlq_options
-def dlq_list(config_file: Path | None, **flags: Any) -> None:
-    """One line per entry: id, failed at, kind, table, source, last replay, reason."""
+@JSON_OUTPUT
+def dlq_list(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+    """One line per entry: id, failed at, kind, table, source, last replay, reason.
+
+    With --json, a list of the entries as dlq show prints them.
+    """
     with reported("cdc-cache dlq list", flags.get("redis_url")):
         service, where = _dlq_service(config_file, flags)
         entries = service.entries(where)
+    if as_json:
+        echo_json(entries)
+        return
     for entry in entries:
         source = entry["source"]
         outcome = entry.get("outcome")
@@ -102,16 +109,23 @@ def dlq_show(entry_id: str, config_file: Path | None, **flags: Any) -> None:
 @click.argument("entry_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry the filters match.")
 @_dlq_options
+@JSON_OUTPUT
 def dlq_replay(
-    entry_ids: tuple[str, ...], replay_all: bool, config_file: Path | None, **flags: Any
+    entry_ids: tuple[str, ...],
+    replay_all: bool,
+    config_file: Path | None,
+    as_json: bool,
+    **flags: Any,
 ) -> None:
     """Replay entries by id, or every entry matching the filters with --all.
 
     Each message is read again from its source topic and goes through decode, plan and
-    the version-gated apply; a replayed or outdated change changes nothing. Exit 1 if
-    an entry is unknown or a replay failed.
+    the version-gated apply; a replayed or outdated change changes nothing. --all shows
+    its progress on stderr. Exit 1 if an entry is unknown or a replay failed.
     """
-    from dataclasses import replace
+    from dataclasses import asdict, replace
+
+    from cdc_cache.cli.progress import Progress
 
     if bool(entry_ids) == replay_all:
         msg = "give entry ids, or --all (with optional filters), not both"
@@ -121,10 +135,14 @@ def dlq_replay(
         if entry_ids:
             where = replace(where, ids=frozenset(entry_ids))
         entries = service.entries(where)
-        outcomes = service.replay(entries)
-    for outcome in outcomes:
-        click.echo(f"{outcome.id}  {outcome.outcome}  {outcome.detail}")
+        with Progress("replaying dead letters") as progress:
+            outcomes = service.replay(entries, progress if replay_all else None)
     missing = sorted(set(entry_ids) - {entry["id"] for entry in entries})
-    for entry_id in missing:
-        click.echo(f"{entry_id}  unknown (no such entry)", err=True)
+    if as_json:
+        echo_json({"outcomes": [asdict(o) for o in outcomes], "unknown": missing})
+    else:
+        for outcome in outcomes:
+            click.echo(f"{outcome.id}  {outcome.outcome}  {outcome.detail}")
+        for entry_id in missing:
+            click.echo(f"{entry_id}  unknown (no such entry)", err=True)
     sys.exit(1 if missing or any(o.outcome == "failed" for o in outcomes) else 0)

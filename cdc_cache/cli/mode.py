@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cdc_cache.cli.report import REDIS_URL, reported
+from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
 from cdc_cache.core.errors import ConfigError
 
 
@@ -15,7 +15,8 @@ def mode() -> None:
 
 @mode.command("get")
 @REDIS_URL
-def mode_get(redis_url: str) -> None:
+@JSON_OUTPUT
+def mode_get(redis_url: str, as_json: bool) -> None:
     """Print the operator flag and the effective mode with its reason and since when."""
     import time
 
@@ -30,6 +31,9 @@ def mode_get(redis_url: str) -> None:
         except ConfigError as exc:
             flag = f"invalid ({exc})"
         record = ModeRecord.parse(store.record())
+    if as_json:
+        echo_json({"flag": flag, "mode": record})  # mode null: none published yet
+        return
     click.echo(f"flag:   {flag}")
     if record is None:
         click.echo("mode:   unknown (no worker has published a mode yet)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
+import orjson
 from redis.exceptions import RedisError
 
 from cdc_cache.core.errors import CdcCacheError, StopRequested
@@ -21,6 +23,15 @@ REDIS_URL = click.option(
     show_default=True,
     help="The cache's Redis (?cluster=true for Redis Cluster; redis+sentinel:// for Sentinel).",
 )
+
+JSON_OUTPUT = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as one JSON document (for scripts)."
+)
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (dataclasses, enums and dates included)."""
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 @contextmanager

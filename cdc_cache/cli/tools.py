@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import click
 
-from cdc_cache.cli.report import reported, with_options
+from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
 
 
 @click.command()
@@ -38,16 +38,39 @@ from cdc_cache.cli.report import reported, with_options
     show_default=True,
     help="Seconds between re-checks.",
 )
-def verify(dsn: str, rules: Path, redis_url: str, **options: Any) -> None:
-    """Compare the cache with the database; exit 1 on stale or unexpected keys."""
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite the stale, missing and unexpected keys found from the database, "
+    "version-gated below any change committed meanwhile (MariaDB; see README).",
+)
+@click.option(
+    "--epoch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --repair: the lowest epoch of a repair (after a lineage switch, the current one).",
+)
+@JSON_OUTPUT
+def verify(dsn: str, rules: Path, redis_url: str, as_json: bool, **options: Any) -> None:
+    """Compare the cache with the database; exit 1 on stale or unexpected keys.
+
+    Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
+    With --repair the exit code still says what was found; the report adds the gate's
+    outcome of each rewrite (applied, invalidated, or stale/duplicate: a newer change won).
+    """
+    from cdc_cache.cli.progress import Progress
     from cdc_cache.plan.rules_loader import load_rules
     from cdc_cache.sink.connection import connect
     from cdc_cache.tools.verify import verify as run_verify
 
-    with reported("cdc-cache verify", redis_url):
+    with reported("cdc-cache verify", redis_url), Progress("verify") as progress:
         client = connect(redis_url)
-        report = run_verify(dsn, load_rules(rules), client, **options)
-    click.echo(report.format())
+        report = run_verify(dsn, load_rules(rules), client, progress=progress, **options)
+    if as_json:
+        echo_json(report.as_json())
+    else:
+        click.echo(report.format())
     sys.exit(report.exit_code)
 
 
@@ -116,17 +139,24 @@ def _connector_options(command: Callable[..., None]) -> Callable[..., None]:
             metavar="SECONDS",
             type=click.FloatRange(min=0),
             default=0.0,
-            help="Wait up to SECONDS for every connector and task to be RUNNING.",
+            help="Wait up to SECONDS for every connector and task to be RUNNING "
+            "(progress on stderr).",
         ),
+        JSON_OUTPUT,
     )
 
 
 def _run_connectors(command: Literal["apply", "status"], **options: Any) -> None:
+    from cdc_cache.cli.progress import Progress
     from cdc_cache.tools.connectors import run as run_connectors
 
-    with reported(f"cdc-cache connectors {command}"):
+    with reported(f"cdc-cache connectors {command}"), Progress("connectors running") as progress:
         code = run_connectors(
-            command, out=click.echo, err=lambda line: click.echo(line, err=True), **options
+            command,
+            out=click.echo,
+            err=lambda line: click.echo(line, err=True),
+            progress=progress,
+            **options,
         )
     sys.exit(code)
 

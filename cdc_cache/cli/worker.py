@@ -9,8 +9,42 @@ import click
 
 from cdc_cache.cli.report import reported
 
+EXIT_CODES = (
+    ("0", "stopped by SIGTERM or SIGINT, every applied batch snapshotted"),
+    ("1", "an unexpected error (the log has its stack); restart: it resumes from recovery"),
+    ("2", "something to fix first: a setting, the rules, a file, credentials (named)"),
+    ("3", "stopped while waiting to retry a server; the pending batch replays on restart"),
+)
 
-@click.command()
+
+class SettingsHelp(click.Command):
+    """A command whose ``--help`` ends with every setting and the exit codes.
+
+    Each setting with its environment variable, meaning and default: what an operator
+    needs without the README at hand.
+    """
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from pydantic import BaseModel
+
+        from cdc_cache.app.settings import ENV_PREFIX, WorkerSettings
+
+        rows = []
+        for name, field in WorkerSettings.model_fields.items():
+            value = None if field.is_required() else field.get_default(call_default_factory=True)
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            unset = value is None or value in ({}, [])
+            default = "required" if field.is_required() else "unset" if unset else str(value)
+            rows.append((name, f"{ENV_PREFIX}{name.upper()}; {field.description} [{default}]"))
+        title = "Settings (flags > environment > the --config file; lists and maps as JSON)"
+        with formatter.section(title):
+            formatter.write_dl(rows)
+        with formatter.section("Exit codes"):
+            formatter.write_dl(EXIT_CODES)
+
+
+@click.command(cls=SettingsHelp)
 @click.option("--rules", type=click.Path(path_type=Path), help="Rules file (YAML).")
 @click.option(
     "--config",

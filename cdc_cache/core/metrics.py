@@ -8,11 +8,31 @@ the dashboard and alert tests find every name here.
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 NAMESPACE: Final = "cdc_cache"
+
+
+def _installed_version() -> str:
+    """The installed distribution's version; "unknown" when run from an uninstalled tree."""
+    try:
+        return metadata.version("cdc-cache")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# Every process (worker, gateway, watchdog, inspector) says which build it runs, so a
+# mixed fleet during a rollout shows on the dashboard and in alerts' queries.
+BUILD_INFO = Info(
+    "build",
+    "The cdc-cache build this process runs: its version and Python's",
+    namespace=NAMESPACE,
+)
+BUILD_INFO.info({"version": _installed_version(), "python": platform.python_version()})
 
 RECORDS = Counter(
     "records",

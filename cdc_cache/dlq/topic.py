@@ -7,22 +7,18 @@ flushed before :meth:`DeadLetterWriter.write` returns, so the dataflow never rec
 progress past a failure that is not yet safely in the DLQ. A broker that does not
 acknowledge is retried with backoff (logged, counted), never given up on.
 
-Reading to the end uses end-of-partition events, which librdkafka derives from the high
-watermark in fetch responses; no ListOffsets "latest" request (wrong on some brokers).
+Reading to the end is :func:`cdc_cache.source.topic_scan.scan`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
@@ -36,6 +32,7 @@ from cdc_cache.core.errors import BrokerUnavailable
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
 from cdc_cache.source.kafka_logs import with_logger
+from cdc_cache.source.topic_scan import reader, scan
 
 log = logging.getLogger("cdc_cache.dlq")
 _REPORT_RETRY = retry_reporter("kafka_dlq", "DLQ broker unavailable, retrying", log)
@@ -148,21 +145,6 @@ class DeadLetterWriter:
         self._producer.flush(5)
 
 
-def _consumer(brokers: str, kafka: KafkaConfig) -> Consumer:
-    return Consumer(
-        _config(
-            brokers,
-            kafka,
-            {
-                "group.id": f"cdc-cache-dlq-{uuid.uuid4().hex[:8]}",  # never joined: assign only
-                "enable.auto.commit": "false",
-                "enable.partition.eof": "true",
-                "auto.offset.reset": "error",
-            },
-        )
-    )
-
-
 def read_entries(
     brokers: str, topic: str, kafka: KafkaConfig, timeout_s: float = 30
 ) -> list[dict[str, Any]]:
@@ -170,54 +152,23 @@ def read_entries(
 
     Raises BrokerUnavailable when the end of every partition was not reached in time.
     """
-    consumer = _consumer(brokers, kafka)
-    try:
+    entries: list[dict[str, Any]] = []
+    for record in scan(brokers, kafka, topic, timeout_s=timeout_s):
         try:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        except KafkaException as exc:
-            msg = f"cannot read the DLQ topic {topic!r} on {brokers}: {exc}"
-            raise BrokerUnavailable(msg) from exc
-        if meta is None or meta.error is not None or not meta.partitions:
-            return []
-        partitions = sorted(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        open_parts = set(partitions)
-        entries: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while open_parts:
-            if time.monotonic() > deadline:
-                msg = f"did not reach the end of the DLQ topic {topic!r} within {timeout_s:g} s"
-                raise BrokerUnavailable(msg)
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(message.partition() or 0)
-                    continue
-                log.warning("DLQ read error", extra={"error": error.str()})
-                continue
-            value = message.value()
-            try:
-                entry = orjson.loads(value or b"")
-            except orjson.JSONDecodeError:
-                log.warning(
-                    "DLQ holds a message that is not an entry", extra={"offset": message.offset()}
-                )
-                continue
-            if isinstance(entry, dict) and "id" in entry:
-                entries.append(entry)
-        return entries
-    finally:
-        consumer.close()
+            entry = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            log.warning("DLQ holds a message that is not an entry", extra={"offset": record.offset})
+            continue
+        if isinstance(entry, dict) and "id" in entry:
+            entries.append(entry)
+    return entries
 
 
 class SourceReader:
     """Fetches single messages by topic/partition/offset (the originals of DLQ entries)."""
 
     def __init__(self, brokers: str, kafka: KafkaConfig, timeout_s: float = 15) -> None:
-        self._consumer = _consumer(brokers, kafka)
+        self._consumer = reader(brokers, kafka)
         self._brokers = brokers
         self._timeout_s = timeout_s
 

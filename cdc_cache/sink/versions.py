@@ -61,6 +61,22 @@ def encode_version(position: SourcePosition, *, delete: bool) -> str:
     )
 
 
+def epoch_of(version: str) -> int:
+    """The epoch a version starts with (its first encoded number)."""
+    count_digit = version[:1]
+    if not count_digit.isdigit():
+        msg = f"not a version: {version!r}"
+        raise ValueError(msg)
+    count, start = int(count_digit), 1
+    if count == 9:  # nine marks a two-digit count (see encode_number)
+        count, start = int(version[1:3]) + 9, 3
+    digits = version[start : start + count]
+    if len(digits) != count:
+        msg = f"not a version: {version!r}"
+        raise ValueError(msg)
+    return int(digits) if digits else 0
+
+
 def is_delete(version: str) -> bool:
     """True for a tombstone: the last change applied to the key deleted it."""
     return version.endswith(DELETE_RANK)

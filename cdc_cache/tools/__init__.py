@@ -1,7 +1,9 @@
 """Operators' and developers' tools around the worker.
 
-``verify`` (the cache against the database), the connectors applied to Kafka Connect, the
-live demo and its load, the local stack of real servers (``devstack/``).
+``verify`` (the cache against the database), ``trace`` (one row's changes on its topic
+and what the version gate does with them, read with the worker's settings), the connectors
+applied to Kafka Connect, the live demo and its load, the local stack of real servers
+(``devstack/``).
 
-May import: core, source, plan, sink, notify.
+May import: core, source, plan, dlq, sink, lineage, notify, app.
 """

@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import orjson
 
 from cdc_cache.tools.connect_client import (
     ConnectClient,
@@ -186,10 +188,12 @@ def read_status(
     poll_s: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_poll: Callable[[list[ConnectorStatus]], None] | None = None,
 ) -> list[ConnectorStatus]:
     """Read every connector's status; with ``wait_s``, poll until all run or time is up.
 
-    ``fetch`` is :meth:`ConnectClient.status` (a status document, None for a 404).
+    ``fetch`` is :meth:`ConnectClient.status` (a status document, None for a 404);
+    ``on_poll`` hears every poll's statuses while it waits.
 
     A FAILED or missing connector ends the wait early once that has held for
     :data:`FAILED_SETTLE_S`. ``exists`` is passed on to :func:`parse_status`.
@@ -209,6 +213,8 @@ def read_status(
             or (failing_since is not None and now - failing_since >= FAILED_SETTLE_S)
         ):
             return statuses
+        if on_poll is not None:
+            on_poll(statuses)
         sleep(min(poll_s, max(deadline - now, 0.0)))
 
 
@@ -250,18 +256,45 @@ def run(
     out: Callable[[str], None],
     err: Callable[[str], None],
     environ: Mapping[str, str] | None = None,
+    as_json: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> int:
     """``cdc-cache connectors apply|status``: report to ``out``, return the exit code.
 
-    ``err`` hears about 409 retries; ``environ`` (default: this process's environment)
-    resolves ``${env:VAR}`` placeholders.
+    ``err`` hears 409 retries; ``environ`` (default: os.environ) fills ``${env:VAR}``;
+    ``as_json``: one JSON document; ``progress(running, total, note)`` hears each poll.
     """
     connectors = load_connectors(directory, only)
     client = ConnectClient(UrllibTransport(url), on_conflict=err)
+    results: list[ApplyResult] = []
     if command == "apply":
         results = apply_connectors(client, connectors, os.environ if environ is None else environ)
-        out("\n".join([f"applied to {client.url}:", *(r.format() for r in results)]))
+        if not as_json:
+            out("\n".join([f"applied to {client.url}:", *(r.format() for r in results)]))
     names = [c.name for c in connectors]
-    statuses = read_status(client.status, names, wait_s, exists=command == "apply")
-    out(format_status(statuses, client.url, wait_s))
-    return status_exit_code(statuses, waited=wait_s > 0)
+
+    def polled(statuses: list[ConnectorStatus]) -> None:
+        waiting = ", ".join(s.name for s in statuses if not s.running)
+        if progress is not None:
+            progress(sum(s.running for s in statuses), len(statuses), f"waiting for {waiting}")
+
+    statuses = read_status(client.status, names, wait_s, exists=command == "apply", on_poll=polled)
+    code = status_exit_code(statuses, waited=wait_s > 0)
+    if as_json:
+        report = report_json(client.url, results, statuses, code)
+        out(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        out(format_status(statuses, client.url, wait_s))
+    return code
+
+
+def report_json(
+    url: str, results: Sequence[ApplyResult], statuses: Sequence[ConnectorStatus], code: int
+) -> dict[str, Any]:
+    """The report as plain JSON data (``--json``)."""
+    return {
+        "url": url,
+        "applied": [asdict(r) for r in results],
+        "connectors": [{**asdict(s), "running": s.running, "failed": s.failed} for s in statuses],
+        "exit_code": code,
+    }

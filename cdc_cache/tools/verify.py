@@ -37,13 +37,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import Row
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules import Action, Rules, TableRules
 from cdc_cache.sink.connection import Client
+from cdc_cache.tools.repair import Repairer, Target
 from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
 from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
 from cdc_cache.tools.verify_report import Report, TableReport
@@ -60,6 +61,12 @@ class _Candidate:
 
 _Pending = tuple[_Candidate, Finding, str]
 
+REPAIRED: Final = frozenset({Finding.STALE, Finding.MISSING, Finding.UNEXPECTED})
+"""What ``--repair`` rewrites (a value without a version is left to the next change)."""
+
+Progress = Callable[[int, int, str], None]
+"""Hears ``(done, total, note)`` as a check goes (see ``cdc_cache.cli.progress``)."""
+
 
 @dataclass
 class Checker:
@@ -73,6 +80,9 @@ class Checker:
     settle_delay_s: float = 0.5
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+    progress: Progress | None = None
+    repairer: Repairer | None = None
+    _step: str = field(default="", init=False, repr=False)  # the table being checked
 
     def run(self, tables: Iterable[str] = ()) -> Report:
         """Check ``tables`` (default: every covered table)."""
@@ -84,11 +94,20 @@ class Checker:
                 f"covered tables: {', '.join(self.rules.tables)}"
             )
             raise ConfigError(msg)
-        return Report([self.check_table(self.rules.tables[t]) for t in wanted])
+        reports = []
+        for index, name in enumerate(wanted, 1):
+            self._step = f"{name} ({index}/{len(wanted)} tables)"
+            reports.append(self.check_table(self.rules.tables[name]))
+        return Report(reports)
+
+    def _report(self, done: int, total: int, what: str) -> None:
+        if self.progress is not None:
+            self.progress(done, total, f"{self._step}: {what}")
 
     def check_table(self, table: TableRules) -> TableReport:
         """Bulk pass over rows and keys, then re-checks of whatever differed."""
         report = TableReport(table.table)
+        self._report(0, 0, "reading rows")
         primary_key = self.db.primary_key(table.table)
         report.rows_in_table = self.db.count(table.table)
         sampled = self.sample is not None and report.rows_in_table > self.sample
@@ -108,7 +127,12 @@ class Checker:
         report.delete_keys_present = count_present(self.client, sorted(deletes))
 
         keys = list(expected)
-        stored = read_keys(self.client, [(k, expected[k][0].format) for k in keys])
+        self._report(0, len(keys), "keys compared")
+        stored = read_keys(
+            self.client,
+            [(k, expected[k][0].format) for k in keys],
+            lambda n: self._report(n, len(keys), "keys compared"),
+        )
         pending: list[_Pending] = []
         for key, now in zip(keys, stored, strict=True):
             op, candidate = expected[key]
@@ -122,8 +146,16 @@ class Checker:
             (c, Finding.UNEXPECTED, describe(Finding.UNEXPECTED, None, Stored(None)))
             for c in strangers
         ]
-        for candidate, finding, detail in self._settle(table, primary_key, pending):
+        settled = self._settle(table, primary_key, pending)
+        for candidate, finding, detail in settled:
             report.add(finding, f"{candidate.key}: {detail}")
+        if self.repairer is not None:
+            targets = [
+                Target(c.key, c.pattern, c.primary_key) for c, f, _ in settled if f in REPAIRED
+            ]
+            self._report(0, len(targets), "repairing")
+            report.repaired = self.repairer.repair(table, primary_key, targets)
+            self._report(len(targets), len(targets), "repaired")
         return report
 
     def _unexpected(self, patterns: Sequence[KeyPattern], known: set[str]) -> list[_Candidate]:
@@ -219,14 +251,39 @@ def verify(
     sample: int | None = None,
     settle_retries: int = 3,
     settle_delay_s: float = 0.5,
+    progress: Progress | None = None,
+    repair: bool = False,
+    epoch: int = 0,
 ) -> Report:
-    """Check ``tables`` (default: every covered table) of the database at ``dsn``."""
+    """Check ``tables`` (default: every covered table) of the database at ``dsn``.
+
+    ``progress(done, total, note)`` hears of each table's keys as they are compared. With
+    ``repair`` the stale, missing and unexpected keys found are rewritten from the
+    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own).
+    """
     if sample is not None and sample <= 0:
         msg = f"--sample {sample}: give a positive number of rows"
         raise ConfigError(msg)
     db = Database.connect(dsn)
     try:
-        checker = Checker(db, client, rules, sample, settle_retries, settle_delay_s)
+        repairer = Repairer(db, client, row_of_target, epoch=epoch) if repair else None
+        checker = Checker(
+            db,
+            client,
+            rules,
+            sample,
+            settle_retries,
+            settle_delay_s,
+            progress=progress,
+            repairer=repairer,
+        )
         return checker.run(tables)
     finally:
         db.close()
+
+
+def row_of_target(
+    db: Database, table: TableRules, primary_key: Sequence[str], target: Target
+) -> dict[str, Any] | None:
+    """The row a repair rewrites ``target`` from (None: no row renders it)."""
+    return row_for_key(db, table, primary_key, target.key, target.pattern, known=target.primary_key)

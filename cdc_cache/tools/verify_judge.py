@@ -112,11 +112,17 @@ class Derived:
     deletes: tuple[str, ...]
 
 
-def derive(table: TableRules, row: Row, primary_key: Sequence[str]) -> Derived:
-    """What the worker would write for ``row``, via the planner.
+def derive(
+    table: TableRules,
+    row: Row,
+    primary_key: Sequence[str],
+    position: SourcePosition = _ANY_POSITION,
+) -> Derived:
+    """What the worker would write for ``row``, via the planner, as a snapshot read.
 
     ``row`` holds the values as the table caches them (natural values, or Debezium's wire
     values for a table cached as shipped): :meth:`Database.rows` reads them so.
+    ``position`` is the read's (a repair's; any position when only values are compared).
     """
     event = ChangeEvent(
         table=table.table,
@@ -124,7 +130,7 @@ def derive(table: TableRules, row: Row, primary_key: Sequence[str]) -> Derived:
         before=None,
         after=row,
         key={column: row[column] for column in primary_key},
-        position=_ANY_POSITION,
+        position=position,
         committed_at_ms=None,
         snapshot=True,
     )

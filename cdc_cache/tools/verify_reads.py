@@ -7,7 +7,8 @@ is read in pipelined chunks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -80,6 +81,42 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def consistent_snapshot(self) -> Iterator[tuple[str, int]]:
+        """A read-only transaction on one consistent snapshot, and its binlog position.
+
+        Yields MariaDB's ``binlog_snapshot_file`` and ``binlog_snapshot_position``: every
+        transaction committed before the snapshot is in what it reads, every later one is
+        written to the binlog at or after that position. Raises VerifyError where the
+        database cannot tell that position (MySQL, PostgreSQL).
+        """
+        if self.dialect != "mysql":
+            msg = (
+                "--repair needs the binlog position of a consistent snapshot, which "
+                "PostgreSQL does not report in terms of Debezium's commit LSN ordering; "
+                "repair by deleting the keys verify names (the worker or a fill rewrites them)"
+            )
+            raise VerifyError(msg)
+        with self.conn.cursor() as cur:
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            try:
+                cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                status = {str(name): str(value) for name, value in cur.fetchall()}
+                file = status.get("Binlog_snapshot_file", "")
+                position = status.get("Binlog_snapshot_position", "")
+                if not file or not position.isdigit():
+                    msg = (
+                        "--repair needs MariaDB's binlog_snapshot_file and "
+                        "binlog_snapshot_position (the binlog position of a consistent "
+                        "snapshot, binary logging on); this server reports none, and a "
+                        "position read apart from the snapshot could rank a repair above a "
+                        "change the snapshot does not see"
+                    )
+                    raise VerifyError(msg)
+                yield file, int(position)
+            finally:
+                cur.execute("COMMIT")
 
     def _name(self, table: str) -> str:
         return ".".join(f"{self._quote}{part}{self._quote}" for part in table.split(".", 1))
@@ -163,8 +200,15 @@ def _chunks(items: Sequence[Any], size: int = _PIPELINE_CHUNK) -> Iterator[Seque
         yield items[start : start + size]
 
 
-def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[Stored]:
-    """Each key's value (GET or HGETALL by its format) and version, pipelined."""
+def read_keys(
+    client: Client,
+    keys: Sequence[tuple[str, ValueFormat]],
+    on_read: Callable[[int], None] | None = None,
+) -> list[Stored]:
+    """Each key's value (GET or HGETALL by its format) and version, pipelined.
+
+    ``on_read(n)`` hears how many keys were read so far, after each pipeline.
+    """
     out: list[Stored] = []
     for chunk in _chunks(keys):
         pipe = client.pipeline(transaction=False)
@@ -188,6 +232,8 @@ def read_keys(client: Client, keys: Sequence[tuple[str, ValueFormat]]) -> list[S
                 out.append(Stored(decoded or None, text))
             else:
                 out.append(Stored(value, text))
+        if on_read is not None:
+            on_read(len(out))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Final
+from typing import Any, Final
 
 from cdc_cache.tools.verify_judge import FAILING, Finding
 
@@ -36,6 +36,7 @@ class TableReport:
     delete_keys_present: int = 0
     findings: Counter[Finding] = field(default_factory=Counter)
     examples: dict[Finding, list[str]] = field(default_factory=dict)
+    repaired: Counter[str] | None = None  # --repair: the gate's outcome per rewritten key
 
     def add(self, finding: Finding, example: str) -> None:
         self.findings[finding] += 1
@@ -67,6 +68,30 @@ class Report:
     def exit_code(self) -> int:
         return 1 if any(self.count(f) for f in FAILING) else 0
 
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain JSON data (``--json``)."""
+        bad = sum(self.count(f) for f in FAILING)
+        return {
+            "tables": [
+                {
+                    "table": t.table,
+                    "rows": t.rows,
+                    "rows_in_table": t.rows_in_table,
+                    "set_keys": t.set_keys,
+                    "delete_keys": t.delete_keys,
+                    "delete_keys_present": t.delete_keys_present,
+                    "findings": {f.value: t.findings[f] for f in Finding},
+                    "examples": {f.value: shown for f, shown in t.examples.items()},
+                    "repaired": dict(t.repaired) if t.repaired is not None else None,
+                }
+                for t in self.tables
+            ],
+            "checked": self.checked,
+            "consistency": nines(self.checked, bad),
+            "findings": {f.value: self.count(f) for f in Finding},
+            "exit_code": self.exit_code,
+        }
+
     def format(self) -> str:
         """The human-readable report."""
         lines: list[str] = []
@@ -81,6 +106,9 @@ class Report:
             for finding, examples in t.examples.items():
                 for example in examples:
                     lines.append(f"  {finding.value}: {example}")
+            if t.repaired is not None:
+                shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(t.repaired.items()))
+                lines.append(f"  repaired: {shown or 'nothing to repair'}")
         bad = sum(self.count(f) for f in FAILING)
         lines.append(
             f"total: {self.checked} keys checked; consistency {nines(self.checked, bad)} "

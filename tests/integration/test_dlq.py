@@ -187,6 +187,19 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     replayed = CliRunner().invoke(main, ["dlq", "replay", to_replay[0]["id"], "nope", *flags])
     assert replayed.exit_code == 1  # "nope" is unknown
     assert f"{to_replay[0]['id']}  stale" in replayed.stdout
+    as_json = CliRunner().invoke(main, ["dlq", "list", *flags, "--kind", "redis_refused", "--json"])
+    assert [e["id"] for e in orjson.loads(as_json.stdout)] == [e["id"] for e in to_replay]
+    everything = CliRunner().invoke(
+        main, ["dlq", "replay", "--all", *flags, "--kind", "redis_refused", "--json"]
+    )
+    assert everything.exit_code == 0, everything.output
+    outcomes = orjson.loads(everything.stdout)
+    assert [o["outcome"] for o in outcomes["outcomes"]] == ["stale"] * len(to_replay)
+    assert outcomes["unknown"] == []
+    # progress on stderr, not a terminal: the first entry and the last one at least
+    progress = everything.stderr.splitlines()
+    assert progress[0].startswith(f"replaying dead letters: 1/{len(to_replay)} ")
+    assert progress[-1].startswith(f"replaying dead letters: {len(to_replay)}/{len(to_replay)} ")
 
 
 def retries_kafka_dlq() -> float:

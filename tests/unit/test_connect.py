@@ -311,3 +311,31 @@ def test_wait_gives_up_on_a_failure_that_persists():
         )
     ]
     assert 5 <= now[0] < 10
+
+
+def test_wait_shows_progress_on_stderr_and_json_reports_on_stdout(connect):
+    server = connect("get-status-unassigned", "get-status-running")
+    result = cli("status", "--url", server.url, "--dir", str(CONNECTORS), "--wait", "30", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "connectors running: 0/1 (0 %) waiting for inventory-postgres"
+    ]
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == 0 and report["applied"] == []
+    (status,) = report["connectors"]
+    assert (status["name"], status["state"], status["running"]) == (
+        "inventory-postgres",
+        "RUNNING",
+        True,
+    )
+    assert status["tasks"][0]["state"] == "RUNNING"
+
+
+def test_apply_json_lists_what_was_applied(connect):
+    server = connect("get-config-404", "put-config-201", "get-status-running")
+    result = cli("apply", "--url", server.url, "--dir", str(CONNECTORS), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(a["name"], a["action"]) for a in report["applied"]] == [
+        ("inventory-postgres", "created")
+    ]

@@ -1,6 +1,7 @@
 """The dashboard and the alert rules query only metrics the worker exports."""
 
 import json
+import platform
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ SUFFIXES = {
     "counter": ("_total", "_created"),
     "gauge": ("",),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "info": ("_info",),
 }
 PROMQL_WORDS = {
     *("by", "without", "on", "ignoring", "group_left", "group_right"),
@@ -98,3 +100,26 @@ def test_panels_have_unique_ids_and_a_query() -> None:
     assert len(ids) == len(set(ids))
     for panel in DASHBOARD["panels"]:
         assert panel["type"] == "row" or panel["targets"], panel["title"]
+
+
+SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?(?!\s*\()")
+
+
+@pytest.mark.parametrize(
+    ("where", "expr"), list(dashboard_exprs()), ids=[where for where, _ in dashboard_exprs()]
+)
+def test_every_dashboard_query_follows_the_job_variable(where: str, expr: str) -> None:
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["job"]["includeAll"], "the job variable offers all jobs"
+    for name in metric_names(expr):
+        selectors = [m.group(2) or "" for m in SELECTOR.finditer(expr) if m.group(1) == name]
+        assert all('job=~"$job"' in s for s in selectors), f"{where}: {name} ignores $job"
+
+
+def test_build_info_names_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    from prometheus_client import REGISTRY
+
+    labels = {"version": version("cdc-cache"), "python": platform.python_version()}
+    assert REGISTRY.get_sample_value("cdc_cache_build_info", labels) == 1

@@ -235,15 +235,17 @@ def test_secrets_are_referenced_never_inlined():
 def test_service_monitors_select_services_and_ports_that_exist():
     services = [d for _, d in DOCS if d["kind"] == "Service"]
     rules = (ROOT / "deploy" / "prometheus" / "rules.yml").read_text()
+    jobs = set()
     for _, monitor in [(f, d) for f, d in DOCS if d["kind"] == "ServiceMonitor"]:
         wanted = monitor["spec"]["selector"]["matchLabels"]
         (service,) = [s for s in services if wanted.items() <= s["metadata"]["labels"].items()]
         ports = {p["name"] for p in service["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
-        if service["metadata"]["name"] == "cdc-cache":
-            # Without jobLabel the job is the Service's name: the one the alerts select on.
-            assert "jobLabel" not in monitor["spec"]
-            assert set(re.findall(r'job="([^"]+)"', rules)) == {"cdc-cache"}
+        if "jobLabel" not in monitor["spec"]:
+            # Without jobLabel the job is the Service's name.
+            jobs.add(service["metadata"]["name"])
+    # The jobs the alerts select on are scraped under those names.
+    assert {"cdc-cache", "cdc-cache-gateway"} <= set(re.findall(r'job="([^"]+)"', rules)) <= jobs
 
 
 def test_watchdog_reads_the_workers_settings_and_secret_and_serves_its_port(tmp_path):

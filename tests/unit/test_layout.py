@@ -131,3 +131,20 @@ def test_a_long_module_says_why_it_stays_whole() -> None:
         and "Kept in one module" not in (ast.get_docstring(ast.parse(module.read_text())) or "")
     ]
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_the_readme_module_table_names_every_module() -> None:
+    # The README's table is the map from the folders to the path of one change; a module
+    # it does not name is a room nobody can find. The command line and the local stack are
+    # named as folders.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unnamed = [
+        str(module.relative_to(ROOT))
+        for base in (PACKAGE, ENGINE)
+        for module in sorted(base.rglob("*.py"))
+        if module.name not in ("__init__.py", "__main__.py")
+        and not module.is_relative_to(PACKAGE / "cli")
+        and not module.is_relative_to(PACKAGE / "tools" / "devstack")
+        and f"`{module.relative_to(PACKAGE if base == PACKAGE else ROOT)}`" not in readme
+    ]
+    assert not unnamed, "README's module table lacks:\n" + "\n".join(unnamed)

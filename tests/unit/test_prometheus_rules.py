@@ -1,5 +1,6 @@
 """The alert rules load, and each alert fires (and stays quiet) as its promtool tests say."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,3 +44,33 @@ def test_every_alert_has_firing_and_quiet_cases() -> None:
     quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
     assert alerts - firing == set(), "alerts without a firing test"
     assert alerts - quiet == set(), "alerts without a not-firing test"
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped)."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_to_its_runbook_section() -> None:
+    runbooks = RULES_DIR.parents[1] / "docs" / "runbooks.md"
+    anchors = heading_anchors(runbooks.read_text())
+    rules = yaml.safe_load((RULES_DIR / "rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"].get("runbook_url", "")
+            path, _, anchor = url.partition("#")
+            assert path == "docs/runbooks.md", f"{rule['alert']}: runbook_url {url!r}"
+            assert anchor == rule["alert"].lower(), f"{rule['alert']}: anchor {anchor!r}"
+            assert anchor in anchors, f"{rule['alert']}: docs/runbooks.md has no section {anchor}"
+
+
+def test_heading_anchors_follow_github() -> None:
+    assert heading_anchors("## Lag and mode\n### CdcCacheWorkerDown\ntext # no\n") == {
+        "lag-and-mode",
+        "cdccacheworkerdown",
+    }

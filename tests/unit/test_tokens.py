@@ -1,7 +1,6 @@
 import base64
-import hashlib
-import hmac
 
+import jwt
 import orjson
 import pytest
 from hypothesis import given
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 from cdc_cache.notify.patterns import matches
 from cdc_cache.notify.tokens import MAX_PATTERNS, Grant, TokenError, issue, verify
 
-SECRET = b"s3cret"
+SECRET = b"s3cret-of-at-least-32-bytes-for-hs256"
 NOW = 1_700_000_000
 
 
@@ -32,9 +31,44 @@ def test_token_signed_with_another_secret_is_refused() -> None:
 
 def test_widened_payload_with_the_old_signature_is_refused() -> None:
     token = issue(SECRET, ["inventory:north"], NOW + 60)
-    forged = base64.urlsafe_b64encode(b'{"c":["*"],"exp":9999999999}').rstrip(b"=").decode()
+    header, _, signature = token.split(".")
+    forged = _b64(orjson.dumps({"channels": ["*"], "exp": 9999999999}))
     with pytest.raises(TokenError, match="signature"):
-        verify(SECRET, forged + "." + token.split(".")[1], NOW)
+        verify(SECRET, f"{header}.{forged}.{signature}", NOW)
+
+
+def test_a_token_any_jwt_library_mints_is_accepted() -> None:
+    minted = jwt.encode({"channels": ["orders:*"], "exp": NOW + 60}, SECRET, algorithm="HS256")
+    assert verify(SECRET, minted, NOW) == Grant(("orders:*",), NOW + 60)
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+@pytest.mark.parametrize(
+    "header",
+    [{"alg": "none", "typ": "JWT"}, {"alg": "HS512", "typ": "JWT"}],
+    ids=["unsigned", "another-algorithm"],
+)
+def test_only_hs256_is_accepted(header: dict[str, str]) -> None:
+    claims = _b64(orjson.dumps({"channels": ["*"], "exp": NOW + 60}))
+    head = _b64(orjson.dumps(header))
+    signed = jwt.encode({"channels": ["*"], "exp": NOW + 60}, SECRET, algorithm="HS512")
+    for token in (f"{head}.{claims}.", signed):
+        with pytest.raises(TokenError, match=r"malformed: .*alg"):
+            verify(SECRET, token, NOW)
+
+
+@pytest.mark.parametrize(
+    ("claims", "complaint"),
+    [
+        ({"exp": NOW + 60}, "channels"),
+        ({"channels": ["a:*"]}, "exp"),
+        ({"channels": "a:*", "exp": NOW + 60}, "must be a list"),
+    ],
+)
+def test_a_signed_token_without_its_claims_is_refused(claims: dict, complaint: str) -> None:
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(TokenError, match=complaint):
+        verify(SECRET, token, NOW)
 
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b", "!!.??", "x" * 10])
@@ -79,8 +113,7 @@ def test_a_token_grants_a_bounded_number_of_bounded_patterns() -> None:
         issue(SECRET, [f"c:{i}" for i in range(MAX_PATTERNS + 1)], NOW + 60)
     with pytest.raises(TokenError, match="at most 16 are allowed"):
         issue(SECRET, ["inventory:" + "*x" * 17], NOW + 60)
-    forged = orjson.dumps({"c": ["a" * 300], "exp": NOW + 60})
-    signed = f"{_b64(forged)}.{_b64(hmac.new(SECRET, forged, hashlib.sha256).digest())}"
+    signed = jwt.encode({"channels": ["a" * 300], "exp": NOW + 60}, SECRET, algorithm="HS256")
     with pytest.raises(TokenError, match="malformed: channel pattern"):
         verify(SECRET, signed, NOW)
 

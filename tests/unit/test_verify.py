@@ -157,3 +157,13 @@ def test_only_stale_and_unexpected_keys_fail_the_check():
     table.add(Finding.STALE, "stock:3:north: holds ...")
     assert report.exit_code == 1
     assert "consistency 90 %" in report.format()
+
+
+def test_the_json_report_holds_the_counts_examples_and_exit_code():
+    table = TableReport("shop.stock", rows=10, rows_in_table=10, set_keys=10)
+    table.add(Finding.STALE, "stock:3:north: holds ...")
+    data = Report([table]).as_json()
+    assert data["exit_code"] == 1 and data["checked"] == 10
+    assert data["consistency"] == "90 %"
+    assert data["findings"]["stale"] == 1
+    assert data["tables"][0]["examples"] == {"stale": ["stock:3:north: holds ..."]}
