@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.integration.notifications import (
     expected_notifications,
     notifications_sent,
 )
-from tests.integration.services import worker
+from tests.integration.services import Service, worker
 from tests.integration.topics import produce, unique_topic
 from tests.integration.waiting import held_within
 from tests.workload import Workload
@@ -36,18 +37,8 @@ def test_sigkill_mid_stream_then_restart_ends_exactly_at_the_database_state(
     service.start()
     pool = ThreadPoolExecutor(1)
     producer = pool.submit(produce, broker.bootstrap, messages, pace_s=0.05)
-    rnd = random.Random(workers)
-    kills = 0
     try:
-        while not producer.done() and kills < 3:
-            time.sleep(rnd.uniform(1.0, 2.0))
-            if not cache_state(redis_target.client):
-                continue  # not consuming yet: a kill now proves nothing
-            service.kill()
-            kills += 1
-            service.start()
-        producer.result()
-        assert kills >= 2, "the stream ended before the worker could be killed mid-stream"
+        kill_while_producing(service, producer, redis_target.client, random.Random(workers))
 
         state = wait_until_equal(redis_target.client, workload.expected_cache())
         assert state == workload.expected_cache(), service.tail()
@@ -80,18 +71,8 @@ def test_sigkill_mid_stream_notifies_each_applied_change_exactly_once(
     pool = ThreadPoolExecutor(1)
     messages = [m for tx in transactions for m in tx]
     producer = pool.submit(produce, broker.bootstrap, messages, pace_s=0.05)
-    rnd = random.Random(21)
-    kills = 0
     try:
-        while not producer.done() and kills < 3:
-            time.sleep(rnd.uniform(0.8, 1.5))
-            if not cache_state(redis_target.client):
-                continue  # not consuming yet: a kill now proves nothing
-            service.kill()
-            kills += 1
-            service.start()
-        producer.result()
-        assert kills >= 2, "the stream ended before the worker could be killed mid-stream"
+        kill_while_producing(service, producer, redis_target.client, random.Random(21), 0.8)
         state = wait_until_equal(redis_target.client, workload.expected_cache())
         assert state == workload.expected_cache(), service.tail()
         held_within(lambda: notifications_sent(redis_target.client) == expected, 30)
@@ -100,3 +81,20 @@ def test_sigkill_mid_stream_notifies_each_applied_change_exactly_once(
     finally:
         pool.shutdown(cancel_futures=True)
         service.stop()
+
+
+def kill_while_producing(
+    service: Service, producer: Future[int], client: Any, rnd: random.Random, pause_s: float = 1.0
+) -> None:
+    """SIGKILL and restart the worker up to 3 times, every ``pause_s`` to twice that
+    seconds while the producer runs; at least twice, or the test proves nothing."""
+    kills = 0
+    while not producer.done() and kills < 3:
+        time.sleep(rnd.uniform(pause_s, 2 * pause_s))
+        if not cache_state(client):
+            continue  # not consuming yet: a kill now proves nothing
+        service.kill()
+        kills += 1
+        service.start()
+    producer.result()
+    assert kills >= 2, "the stream ended before the worker could be killed mid-stream"
