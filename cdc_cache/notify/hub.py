@@ -153,7 +153,13 @@ class Hub:
                 stop_if_misconfigured(exc)
                 await self._forget_broken_channels(exc)
                 await asyncio.sleep(self._block_ms / 1000)
-            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            except (
+                rex.ConnectionError,
+                rex.TimeoutError,
+                rex.ClusterError,  # a Cluster's slot moving or down
+                rex.RedisClusterException,  # no Cluster node reachable
+                OSError,
+            ) as exc:
                 stop_if_misconfigured(exc)
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
