@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-memory clean
+.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-memory bench-fanout clean
 
 bootstrap:
 	@bash scripts/bootstrap
@@ -37,6 +37,10 @@ bench-soak: bootstrap
 # Version metadata per cached key, before and after version buckets (docs/benchmarks.md)
 bench-memory: bootstrap
 	$(VENV)/python bench/memory.py $(BENCH_ARGS)
+
+# Invalidation across tables: dependent keys deleted per second, delay of other changes
+bench-fanout: bootstrap
+	$(VENV)/python bench/fanout.py $(BENCH_ARGS)
 
 clean:
 	-$(VENV)/cdc-cache dev down

@@ -25,6 +25,7 @@ from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import MemoryObserver
 from cdc_cache.sink.connection import RedisAuth
 from cdc_cache.sink.replica_wait import ReplicaRequirement
+from cdc_cache.sink.tags import Fanout
 from cdc_cache.source.schema_registry import SchemaResolver
 
 
@@ -61,6 +62,7 @@ class FlowConfig:
     batch_size: int = 1000
     source_epoch: int = 0
     max_value_bytes: int | None = None
+    fanout: Fanout = field(default_factory=Fanout)
     backoff: Backoff = field(default_factory=Backoff)
     dlq: DlqTarget | None = None
     tail: bool = True

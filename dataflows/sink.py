@@ -27,6 +27,7 @@ from cdc_cache.sink.connection import (
     redis_retry_reporter,
 )
 from cdc_cache.sink.replica_wait import ReplicaRequirement, ReplicaWait
+from cdc_cache.sink.tags import Fanout, TagStore
 from cdc_cache.sink.writer import CacheWriter
 from dataflows.config import DlqTarget
 
@@ -66,7 +67,9 @@ class RedisSink(DynamicSink[Routed]):
         holds: Holds | None = None,
         invalidate_only: Callable[[], bool] = lambda: False,
         memory: MemoryObserver | None = None,
+        fanout: Fanout | None = None,
     ) -> None:
+        self._fanout = fanout
         self._replicas = replicas
         self._holds = holds or Holds()
         self._redis_url = redis_url
@@ -98,8 +101,23 @@ class RedisSink(DynamicSink[Routed]):
             tables=self._tables,
             sensitive=self._sensitive,
             replicas=self._replica_wait(client, worker_index),
+            tags=self._tag_store(client, applier),
         )
         return _RedisPartition(writer)
+
+    def _tag_store(self, client: Client, applier: RedisApplier) -> TagStore | None:
+        """Where the rules' tag and link ops go (None: the rules have none)."""
+        fanout = self._fanout
+        if fanout is None:
+            return None
+        shorten = fanout.shorten
+        return TagStore(
+            client,
+            applier,
+            page_size=fanout.page,
+            fanout_limit=fanout.limit,
+            shorten=None if shorten is None else lambda prefixes: shorten(client, prefixes),
+        )
 
     def _replica_wait(self, client: Client, worker_index: int) -> ReplicaWait | None:
         """The wait for replicas of one worker, once it knows the primaries (waits for Redis)."""

@@ -37,6 +37,7 @@ from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
+from cdc_cache.sink.tags import TagStore
 from cdc_cache.sink.version_store import version_lifetime_ms
 from cdc_cache.sink.writer import CacheWriter
 from cdc_cache.source.schema_registry import SchemaResolver, schema_resolver
@@ -158,12 +159,14 @@ class Replayer:
         if not isinstance(routed, Planned):
             return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
+        applier = RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only)
         writer = CacheWriter(
-            RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only),
+            applier,
             self._backoff,
             sleep=_deadline_sleep(REPLAY_REDIS_WAIT_S),
             ttl_cap_ms=self._ttl_cap_ms,
             reject=failures.extend,
+            tags=TagStore(self._client, applier) if routed.dependencies else None,
         )
         try:
             written = writer.write([routed])

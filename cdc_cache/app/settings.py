@@ -116,6 +116,14 @@ class SharedSettings(BaseSettings):
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="largest projected value written to Redis"
     )
+    fanout_limit: int = Field(
+        default=100_000,
+        ge=1,
+        description="members of a cache tag above which an invalidation shortens TTLs instead",
+    )
+    fanout_page: int = Field(
+        default=1_000, ge=1, le=100_000, description="members deleted per page of a fan-out"
+    )
     retry_redis: BackoffSettings = Field(
         default_factory=BackoffSettings, description="backoff while Redis is unavailable"
     )

@@ -16,7 +16,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ from cdc_cache.app.settings import TopicSettings, WorkerSettings
 from cdc_cache.app.topic_watch import TopicWatch
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, StopRequested, chain
+from cdc_cache.core.periodic import Periodic
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import retry_forever, retry_reporter, stoppable_sleep
 from cdc_cache.dlq.topic import ensure_topic
@@ -53,6 +54,7 @@ from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules
 from cdc_cache.plan.rules_loader import load_rules
 from cdc_cache.sink.connection import (
+    Client,
     connect_when_available,
     is_transient,
     misconfiguration,
@@ -61,6 +63,8 @@ from cdc_cache.sink.connection import (
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.replica_wait import ReplicaRequirement
+from cdc_cache.sink.tag_sweep import tag_sweeper
+from cdc_cache.sink.tags import Fanout
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
@@ -286,6 +290,16 @@ def replication_monitor(
     )
 
 
+def fanout_fallback(settings: WorkerSettings) -> Callable[[Client, Sequence[str]], int]:
+    """What a tag invalidation above ``fanout_limit`` does: the fallback TTL under prefixes."""
+    fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
+
+    def shorten(client: Client, prefixes: Sequence[str]) -> int:
+        return shorten_ttls(client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S)
+
+    return shorten
+
+
 def _config_error_in(exc: BaseException) -> ConfigError | None:
     return next((error for error in chain(exc) if isinstance(error, ConfigError)), None)
 
@@ -312,6 +326,7 @@ def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> Fl
         batch_size=settings.batch_size,
         source_epoch=settings.source_epoch,
         max_value_bytes=settings.max_value_bytes,
+        fanout=Fanout(settings.fanout_limit, settings.fanout_page, fanout_fallback(settings)),
         backoff=settings.retry_redis.backoff(),
         dlq=DlqTarget(
             settings.brokers,
@@ -371,7 +386,11 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     tracker = LagTracker(lambda: time.time() * 1000)
     runtime = mode_runtime(settings, tracker, rules)
     memory = prepare_redis_memory(settings, rules, runtime)
-    sweeper = VersionSweeper(memory.client) if runtime.leader else None
+    sweepers: list[VersionSweeper | Periodic] = []
+    if runtime.leader:
+        sweepers.append(VersionSweeper(memory.client))
+        if rules.tags:
+            sweepers.append(tag_sweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -419,7 +438,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     watch = topic_watch(settings, runtime.leader)
     runtime.start()
     memory.start()
-    if sweeper is not None:
+    for sweeper in sweepers:
         sweeper.start()
     monitor.start()
     startup.started(runtime, lineage.details if lineage is not None else None)
@@ -432,7 +451,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         monitor.close()
         runtime.close()
         memory.close()
-        if sweeper is not None:
+        for sweeper in sweepers:
             sweeper.close()
 
 

@@ -41,6 +41,18 @@ so a hash whose ``updated_ms`` is older than ``stale_after_ms`` (the smaller of 
 and the helper's own) counts as ``ttl``. Clocks of hosts differ a little; the bound is
 minutes by default, far above usual skew.
 
+Tags
+----
+``get(key, loader, tags=["brand:7"])`` puts the key under cache tags (surrogate keys) that
+the rules invalidate (``invalidate_tags``, or a parent row's tag such as
+``catalog.brands:7``, see :mod:`cdc_cache.plan.dependencies`), so a key the rules cannot
+describe (a search result, an aggregate) is deleted when a row it was computed from
+changes. The lease rule extends to tags: the fill reads its tags' versions before it
+loads, adds its key to each tag before it writes, and writes only if no tag's version
+moved meanwhile (an invalidation after the load began voids the fill, like a change of
+the key itself). An invalidation that ran earlier is seen by the load; one that runs
+later finds the key under the tag and deletes it.
+
 Values are bytes, read and written with GET/SET: use the helper on string keys (rules
 ``format: json``, or keys the rules only delete) and fill them in the same shape the rules
 write, since a worker SET and an application fill land in the same key.
@@ -56,7 +68,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,8 +76,11 @@ import orjson
 from redis.commands.core import Script
 
 from cdc_cache.aside.fill import RowCodec
-from cdc_cache.core.keys import MODE_KEY, lease_key
+from cdc_cache.core.keys import MODE_KEY, lease_key, tag_key
+from cdc_cache.plan.rules import check_tag
 from cdc_cache.sink.connection import Client
+from cdc_cache.sink.scripts import lua_script
+from cdc_cache.sink.tags import member
 
 log = logging.getLogger("cdc_cache.client")
 
@@ -173,19 +188,30 @@ class CacheAside:
         self._get_or_lease = Script(redis, _GET_OR_LEASE)
         self._fill = Script(redis, _FILL)
         self._release = Script(redis, _RELEASE)
+        self._tags = Script(redis, lua_script("tags")[0])
 
     def get(
-        self, key: str, loader: Callable[[], bytes | None], *, ttl_ms: int | None = None
+        self,
+        key: str,
+        loader: Callable[[], bytes | None],
+        *,
+        ttl_ms: int | None = None,
+        tags: Sequence[str] = (),
     ) -> bytes | None:
         """The cached value of ``key``; on a miss, ``loader()``'s (None: no such row).
 
         ``loader`` reads the source of truth; its result is cached (for ``ttl_ms``, default
-        the helper's) unless a change to ``key`` was applied while it ran. Redis errors
-        propagate as redis-py exceptions; an exception from ``loader`` releases the lease.
+        the helper's) under ``tags`` unless a change to ``key`` was applied, or one of
+        ``tags`` invalidated, while it ran. Redis errors propagate as redis-py exceptions;
+        an exception from ``loader`` releases the lease. A malformed tag is a ValueError.
         """
         if ttl_ms is not None and ttl_ms <= 0:
             msg = f"CacheAside.get({key!r}): ttl_ms={ttl_ms}; give a positive number or None"
             raise ValueError(msg)
+        if isinstance(tags, str):
+            msg = f"CacheAside.get({key!r}): tags={tags!r}; give a list of tags"
+            raise ValueError(msg)
+        tags = tuple(dict.fromkeys(check_tag(tag) for tag in tags))
         token = secrets.token_hex(16)
         lease = lease_key(key)
         deadline = self._clock() + self._lease_wait_s
@@ -196,7 +222,7 @@ class CacheAside:
                 return None if value == NEGATIVE else value
             if reply[0] == _LEASED:
                 ttl = self._ttl_ms if ttl_ms is None else ttl_ms
-                return self._load_and_fill(key, lease, token, loader, ttl)
+                return self._load_and_fill(key, lease, token, loader, ttl, tags=tags)
             if self._clock() >= deadline:
                 return loader()  # another reader's fill is slow: do not wait on it longer
             time.sleep(_POLL_S)
@@ -238,7 +264,10 @@ class CacheAside:
         token: str,
         loader: Callable[[], bytes | None],
         ttl_ms: int,
+        *,
+        tags: tuple[str, ...],
     ) -> bytes | None:
+        seen = [self._redis.hget(tag_key(tag), "") or b"" for tag in tags]
         try:
             value = loader()
             if value == NEGATIVE:
@@ -251,6 +280,12 @@ class CacheAside:
         cap = self.mode().cap_for(key)
         if cap is not None:
             ttl = min(ttl, cap)
+        for tag, before in zip(tags, seen, strict=True):
+            reply = self._tags(keys=[tag_key(tag)], args=["F", member(key, ""), token, ttl])
+            if reply != before:
+                self._release(keys=[lease], args=[token])
+                log.debug("fill of %r dropped: tag %r was invalidated while it loaded", key, tag)
+                return value
         if not self._fill(keys=[key, lease], args=[token, stored, ttl]):
             log.debug("fill of %r dropped: a change was applied while it loaded", key)
         return value

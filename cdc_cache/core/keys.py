@@ -33,7 +33,8 @@ STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
 OUTBOX_PREFIX: Final = "cdc:ob:"  # Cluster: one stream of notifications per slot
 RELAY_PREFIX: Final = "cdc:rp:"  # Cluster: per channel, the outbox entries relayed to it
-INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX)
+TAG_PREFIX: Final = "cdc:t:"  # one hash per cache tag: its version and its members
+INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX, TAG_PREFIX)
 MAX_VALUE_CHARS: Final = 96
 NULL_TOKEN: Final = "~"
 
@@ -154,6 +155,11 @@ def truncate_field(table: str) -> bytes:
 def stream_key(channel: str) -> str:
     """The Redis stream holding a notification channel's messages."""
     return STREAM_PREFIX + channel
+
+
+def tag_key(tag: str) -> str:
+    """The hash of a cache tag: its version and its members (any slot: it is used alone)."""
+    return TAG_PREFIX + tag
 
 
 def lease_key(key: str) -> str:

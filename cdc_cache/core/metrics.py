@@ -428,3 +428,27 @@ INSPECT_DB_QUERIES = Counter(
     "Queries the inspector sent to the database (bounded by inspect_max_db_queries_per_s)",
     namespace=NAMESPACE,
 )
+FANOUT_KEYS = Histogram(
+    "fanout_keys",
+    "Members of a cache tag when a change invalidated it (dependent keys and tagged fills)",
+    namespace=NAMESPACE,
+    buckets=(0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+)
+DEPENDENCY_DELETES = Counter(
+    "dependency_deletes",
+    "Keys deleted because a row they depend on changed, by cause (invalidation: a tag's "
+    "fan-out; catch_up: a link seen after its parent's change)",
+    ["cause"],
+    namespace=NAMESPACE,
+)
+FANOUT_PENDING = Gauge(
+    "fanout_pending_keys",
+    "Members of the tag invalidations in progress (added when one starts, taken off when it ends)",
+    namespace=NAMESPACE,
+)
+FANOUT_FALLBACKS = Counter(
+    "fanout_fallbacks",
+    "Tag invalidations above fanout_limit, answered by shortening the TTLs under the "
+    "dependent keys' prefixes instead of deleting each key",
+    namespace=NAMESPACE,
+)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import BrokerUnavailable, CdcCacheError, ConfigError
@@ -135,14 +135,23 @@ class KafkaRecords:
         self._errors = Throttle(30.0)
 
     def _partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
-        """Every partition of ``topics``, from its end."""
+        """Every partition of ``topics``, from its end as it is now.
+
+        The end is read here rather than left to ``OFFSET_END``, which the client resolves
+        at its first fetch: on a slow start that came after records the inspector, ready
+        by then, should have sampled.
+        """
         assignment = []
         for topic in topics:
             meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 msg = f"topic {topic} has no partitions to read yet"
                 raise BrokerUnavailable(msg)
-            assignment += [TopicPartition(topic, p, OFFSET_END) for p in sorted(meta.partitions)]
+            for partition in sorted(meta.partitions):
+                _, end = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                assignment.append(TopicPartition(topic, partition, end))
         return assignment
 
     def __call__(self, timeout_s: float) -> list[SourceRecord]:

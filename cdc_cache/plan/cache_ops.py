@@ -87,7 +87,45 @@ class Notify:
     maxlen: int
 
 
+@dataclass(frozen=True, slots=True)
+class LinkKey:
+    """Put ``key`` under ``tag`` for the row ``link`` (``present``), or take it out.
+
+    Version-gated per membership (tag, key, link): it applies only if ``position`` is newer
+    than the last link op of that membership, and taking out leaves a tombstone, so a late
+    older event never puts back what a newer one moved or deleted. When ``present`` and the
+    tag was invalidated at a newer position than ``position`` (the parent changed before
+    this link was seen), ``key`` is deleted at that newer position: the catch-up, done
+    whether or not the link op itself applied (see :mod:`cdc_cache.plan.dependencies`).
+    """
+
+    tag: str
+    key: str
+    link: str
+    position: SourcePosition
+    present: bool
+    tombstone_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateTag:
+    """Delete every key under ``tag``, each version-gated at ``position``.
+
+    Raises the tag's version to ``position`` first (what catch-ups and application fills
+    compare with). Members put there by application fills leave the tag with their key;
+    members kept by rows (:class:`LinkKey`) stay. ``prefixes`` are the static prefixes of
+    the key templates that can be under the tag (empty for application tags): where the
+    fallback for a fan-out above the limit shortens TTLs.
+    """
+
+    tag: str
+    position: SourcePosition
+    tombstone_ttl_ms: int
+    prefixes: tuple[str, ...] = ()
+
+
 KeyOp = SetRow | DeleteKey
+DependencyOp = DeleteKey | LinkKey | InvalidateTag | InvalidatePrefix
 CacheOp = SetRow | DeleteKey | InvalidatePrefix | Notify
 
 

@@ -40,10 +40,13 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
     if table is None:
         return []
     if event.op is Op.TRUNCATE:
-        first, *rest = [
+        prefixes = [
             InvalidatePrefix(prefix, event.table, event.position, table.tombstone_ttl_ms)
             for prefix in table.truncate_prefixes
         ]
+        if not prefixes:  # no keys of its own: only the keys that depend on it (dependencies)
+            return []
+        first, *rest = prefixes
         return [replace(first, truncated=_truncated(event, table)), *rest]
     if not event.key:
         msg = f"{event.table} {event.op.value} at {event.position} has no primary key"
@@ -53,7 +56,7 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
     if event.after is None:
         msg = f"{event.table} {event.op.value} at {event.position} has no after image"
         raise RenderError(msg)
-    if event.op is Op.UPDATE and not _watched_change(event, table):
+    if event.op is Op.UPDATE and not watched_change(event, table):
         return []
     return _with_notify(_plan_upsert(event, table, event.after), event, table)
 
@@ -65,7 +68,7 @@ def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
     return frozenset(c for c in before.keys() | after.keys() if before.get(c) != after.get(c))
 
 
-def _watched_change(event: ChangeEvent, table: TableRules) -> bool:
+def watched_change(event: ChangeEvent, table: TableRules) -> bool:
     """Whether a watched column changed (``watch ∩ changed_columns`` is not empty).
 
     Checked over the few watched columns instead of building the set of changed ones.

@@ -19,7 +19,8 @@ from cdc_cache.core.errors import PoisonMessage, TransientError, Unprocessable, 
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
 from cdc_cache.core.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.plan import invalidations
-from cdc_cache.plan.cache_ops import CacheOp, SetRow
+from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, SetRow
+from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.invalidations import Invalidation
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import Rules
@@ -34,6 +35,7 @@ class Planned:
     record: SourceRecord
     event: ChangeEvent
     ops: tuple[CacheOp, ...]
+    dependencies: tuple[DependencyOp, ...] = ()  # tag and link ops, after every key op
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +122,11 @@ def route(
             event = table.values.event(decoded)
         stage = "planning"
         ops = tuple(plan(event, rules))
+        dependencies = tuple(plan_dependencies(event, rules)) if rules.tags else ()
         if max_value_bytes is not None:
             stage = "checking value sizes"
             _check_sizes(ops, max_value_bytes, event)
-        return Planned(record, event, ops)
+        return Planned(record, event, ops, dependencies)
     except UndecodableValue as error:  # its keys still render from what decodes
         return Rejected(error.at(record), error.partial, _salvage(error.partial, None, rules))
     except Exception as exc:

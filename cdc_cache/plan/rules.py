@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -100,6 +100,23 @@ class KeyTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class Dependency:
+    """A key shows data of rows of another table (``parent``), found through a column.
+
+    Directly (``through`` is None): the key's own row names the parent row in ``via``
+    (``products.brand_id``). Many-to-many: each row of the join table ``through`` links one
+    key (its columns from the join row: ``match`` maps a key column to a join column) to
+    the parent row named in the join row's ``via``. See :mod:`cdc_cache.plan.dependencies`.
+    """
+
+    parent: str
+    via: str
+    through: str | None
+    match: tuple[tuple[str, str], ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRule:
     """One cache key a table's rows map to, and what a change does to it."""
 
@@ -109,6 +126,22 @@ class KeyRule:
     format: ValueFormat
     ttl_ms: int
     line: int
+    depends_on: tuple[Dependency, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRule:
+    """How rows of one table put a dependent key under its parent row's tag.
+
+    ``key`` renders from the linking row once ``columns`` (key column, row column) rename
+    its columns; ``via`` holds the parent's primary key. Derived from a :class:`Dependency`.
+    """
+
+    key: KeyTemplate
+    columns: tuple[tuple[str, str], ...]
+    parent: str
+    via: str
+    through: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +170,15 @@ class Use(StrEnum):
     COLUMNS = "columns"
     TYPES = "types"
     RENDER = "render"
+    DEPENDS = "depends_on"
+    TAGS = "invalidate_tags"
 
     @property
     def breaks_changes(self) -> bool:
         """Without the column, a change of the table cannot be applied as planned."""
-        return self in (Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS)
+        return self in (
+            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +209,7 @@ class TableRules:
     notify: NotifyRule | None = None
     uses: tuple[ColumnUse, ...] = ()
     values: TableValues = WIRE_VALUES
+    invalidate_tags: tuple[KeyTemplate, ...] = ()
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -192,6 +230,8 @@ class Rules:
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
     tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS
     implicit_wire: tuple[str, ...] = ()
+    links: Mapping[str, tuple[LinkRule, ...]] = field(default_factory=dict)
+    dependents: Mapping[str, tuple[KeyTemplate, ...]] = field(default_factory=dict)
 
     def for_table(self, table: str) -> TableRules | None:
         """Rules for ``table``, or None when the table is not covered."""
@@ -203,6 +243,35 @@ class Rules:
         return rules.sensitive if rules is not None else frozenset()
 
     @property
+    def tags(self) -> bool:
+        """True when changes keep or invalidate cache tags (depends_on, invalidate_tags)."""
+        return bool(self.links) or any(t.invalidate_tags for t in self.tables.values())
+
+    @property
     def notifies(self) -> bool:
         """True when some table announces its changes (needs streams next to the cache)."""
         return any(table.notify is not None for table in self.tables.values())
+
+
+TAG_MAX_CHARS: Final = 512
+
+
+def check_tag(tag: str, *, what: str = "tag") -> str:
+    """``tag`` if it can name a cache tag, else ValueError saying what is wrong.
+
+    A tag is 1 to 512 printable characters without whitespace, outside cdc-cache's own
+    ``cdc:`` names. Row values in rendered tags are escaped like key values.
+    """
+    if not isinstance(tag, str) or not tag:
+        msg = f"{what} {tag!r} is not a non-empty string"
+        raise ValueError(msg)
+    if len(tag) > TAG_MAX_CHARS:
+        msg = f"{what} is {len(tag)} characters long; at most {TAG_MAX_CHARS}"
+        raise ValueError(msg)
+    if any(ch.isspace() or not ch.isprintable() for ch in tag):
+        msg = f"{what} {tag!r} holds whitespace or control characters; leave them out"
+        raise ValueError(msg)
+    if tag.startswith("cdc:"):
+        msg = f"{what} {tag!r} starts with 'cdc:', cdc-cache's own names; choose another"
+        raise ValueError(msg)
+    return tag

@@ -30,12 +30,15 @@ from cdc_cache.plan.rules import (
     IDENTIFIER,
     Action,
     ColumnUse,
+    Dependency,
     KeyRule,
     KeyTemplate,
+    LinkRule,
     NotifyRule,
     Rules,
     TableRules,
     Use,
+    check_tag,
 )
 from cdc_cache.source.natural import (
     RENDER_CHOICES,
@@ -139,6 +142,11 @@ class _Checker:
     values_chosen: bool = False
     rendering: Rendering = field(default_factory=Rendering)
     implicit_wire: list[str] = field(default_factory=list)
+    # per table: its declared columns and watch list (None: not declared), for dependencies
+    declared: dict[str, tuple[frozenset[str] | None, frozenset[str] | None]] = field(
+        default_factory=dict
+    )
+    keyless: dict[str, yaml.Node] = field(default_factory=dict)  # tables without keys
 
     def problem(self, node: yaml.Node | None, where: str, what: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -271,12 +279,15 @@ class _Checker:
                 tables[name] = table
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
+        links, dependents = self.dependencies(tables)
         return Rules(
             tables,
             self.path,
             self.safety_ttl_ms,
             self.tombstone_ttl_ms,
             tuple(self.implicit_wire),
+            links,
+            dependents,
         )
 
     def version(self, node: yaml.Node | None) -> int:
@@ -305,7 +316,7 @@ class _Checker:
             frozenset(
                 {
                     "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
-                    "values", "decimals", "timestamps", "types", "render",
+                    "values", "decimals", "timestamps", "types", "render", "invalidate_tags",
                 }
             ),
         )  # fmt: skip
@@ -341,15 +352,21 @@ class _Checker:
         watch = self.names(watch_node, f"{where}.watch", Use.WATCH) if watch_node else None
         if watch_node is not None and watch is not None:
             check_columns(watch_node, f"{where}.watch", watch)
+        self.declared[name] = (
+            known, frozenset(watch) if watch_node is not None and watch is not None else None
+        )  # fmt: skip
+        tags = self.tag_templates(
+            _value(items, "invalidate_tags"), f"{where}.invalidate_tags", check_columns, watch
+        )
         keys_node = _value(items, "keys")
-        if not isinstance(keys_node, yaml.SequenceNode) or not keys_node.value:
-            self.problem(
-                keys_node or node, f"{where}.keys", "each table needs a non-empty list of keys"
-            )
+        if keys_node is None or (isinstance(keys_node, yaml.SequenceNode) and not keys_node.value):
+            self.keyless[name] = keys_node or node  # fine for a parent or a join table
+        elif not isinstance(keys_node, yaml.SequenceNode):
+            self.problem(keys_node, f"{where}.keys", "each table needs a non-empty list of keys")
             return None
         rules: list[KeyRule] = []
-        for index, key_node in enumerate(keys_node.value):
-            rule = self.key_rule(key_node, f"{where}.keys[{index}]", check_columns)
+        for index, key_node in enumerate(keys_node.value if keys_node is not None else ()):
+            rule = self.key_rule(key_node, f"{where}.keys[{index}]", check_columns, watch)
             if rule is None:
                 continue
             if watch is not None and rule.action is Action.SET and rule.fields is None:
@@ -383,7 +400,198 @@ class _Checker:
             notify,
             tuple(self.uses),
             values,
+            tags,
         )
+
+    def tag_templates(
+        self,
+        node: yaml.Node | None,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+        watch: tuple[str, ...] | None,
+    ) -> tuple[KeyTemplate, ...]:
+        """``invalidate_tags``: tags every change of the table invalidates (before and after)."""
+        if node is None:
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, where, 'expected a list of tags, e.g. ["brand:{brand_id}"]')
+            return ()
+        out: list[KeyTemplate] = []
+        for index, item in enumerate(node.value):
+            at = f"{where}[{index}]"
+            source = self.scalar(item, at)
+            if source is None:
+                continue
+            try:
+                template = KeyTemplate.parse(source, constant_ok=True)
+                check_tag(template.static_prefix or "x", what="tag template")
+            except ValueError as exc:
+                self.problem(item, at, f"{exc} in '{source}'")
+                continue
+            check_columns(item, at, template.columns)
+            for column in template.columns:
+                self.used(column, Use.TAGS, at, item)
+            self.check_watched(item, at, template.columns, watch, "tag")
+            out.append(template)
+        return tuple(out)
+
+    def dependency(
+        self,
+        node: yaml.Node,
+        where: str,
+        template: KeyTemplate,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+        watch: tuple[str, ...] | None,
+    ) -> Dependency | None:
+        """One ``depends_on`` entry; what it says of other tables is checked once all are read."""
+        items = self.mapping(node, where, frozenset({"table", "via", "through", "match"}))
+        if "table" not in items or "via" not in items:
+            if isinstance(node, yaml.MappingNode):
+                self.problem(
+                    node,
+                    where,
+                    "needs 'table:' (the table whose rows the key shows) and 'via:' (the "
+                    "column holding that row's primary key), e.g. "
+                    "{table: catalog.brands, via: brand_id}",
+                )
+            return None
+        parent = self.scalar(items["table"][1], f"{where}.table")
+        via = self.scalar(items["via"][1], f"{where}.via")
+        through_node = _value(items, "through")
+        through = self.scalar(through_node, f"{where}.through") if through_node else None
+        if parent is None or via is None or (through_node is not None and through is None):
+            return None
+        if not IDENTIFIER.match(via):
+            self.problem(items["via"][1], f"{where}.via", f"'{via}' is not a column name")
+            return None
+        match: dict[str, str] = {}
+        match_node = _value(items, "match")
+        for column, (_, value_node) in self.mapping(
+            match_node, f"{where}.match", frozenset()
+        ).items():
+            target = self.scalar(value_node, f"{where}.match.{column}")
+            if target is not None and IDENTIFIER.match(target):
+                match[column] = target
+            elif target is not None:
+                self.problem(value_node, f"{where}.match.{column}", f"'{target}' is not a column")
+        if through is None:
+            if match_node is not None:
+                self.problem(
+                    match_node,
+                    f"{where}.match",
+                    "match applies to a join table only; remove it or add through:",
+                )
+            check_columns(items["via"][1], f"{where}.via", (via,))
+            self.used(via, Use.DEPENDS, f"{where}.via", items["via"][1])
+            self.check_watched(items["via"][1], f"{where}.via", (via,), watch, "dependency")
+        else:
+            check_columns(match_node or node, f"{where}.match", tuple(match))
+            missing = [c for c in template.columns if c not in match]
+            if missing:
+                pairs = ", ".join(f"{c}: <join column>" for c in missing)
+                self.problem(
+                    match_node or node,
+                    f"{where}.match",
+                    f"the join table's rows must give every column of '{template.source}'; "
+                    f"add {{{pairs}}}",
+                )
+                return None
+        return Dependency(parent, via, through, tuple(match.items()), node.start_mark.line + 1)
+
+    def dependencies(
+        self, tables: Mapping[str, TableRules]
+    ) -> tuple[dict[str, tuple[LinkRule, ...]], dict[str, tuple[KeyTemplate, ...]]]:
+        """Check every dependency against the tables it names; the link rules they give.
+
+        Returns, per table, how its rows link dependent keys to parents, and, per parent
+        table, the key templates that depend on it.
+        """
+        links: dict[str, list[LinkRule]] = {}
+        dependents: dict[str, list[KeyTemplate]] = {}
+        edges: dict[str, dict[str, int]] = {}
+        for name, table in tables.items():
+            for index, rule in enumerate(table.keys):
+                for number, dep in enumerate(rule.depends_on):
+                    where = f"tables.{name}.keys[{index}].depends_on[{number}]"
+                    if not self.dependency_tables(dep, where):
+                        continue
+                    source = dep.through or name
+                    columns = dep.match or tuple((c, c) for c in rule.template.columns)
+                    links.setdefault(source, []).append(
+                        LinkRule(rule.template, columns, dep.parent, dep.via, source != name)
+                    )
+                    dependents.setdefault(dep.parent, []).append(rule.template)
+                    if dep.parent != name:  # a tree in one table (parent_id) is no cycle
+                        edges.setdefault(name, {}).setdefault(dep.parent, dep.line)
+        for name, node in self.keyless.items():
+            named = name in links or name in dependents or bool(tables[name].invalidate_tags)
+            if name in tables and not named:
+                self.problem(
+                    node,
+                    f"tables.{name}.keys",
+                    "each table needs a non-empty list of keys, unless other keys depend on "
+                    "its rows (depends_on) or it invalidates tags (invalidate_tags)",
+                )
+        self.cycles(edges)
+        return (
+            {t: tuple(rules) for t, rules in links.items()},
+            {t: tuple(dict.fromkeys(keys)) for t, keys in dependents.items()},
+        )
+
+    def dependency_tables(self, dep: Dependency, where: str) -> bool:
+        """Whether the tables ``dep`` names are covered and give the columns it reads."""
+        ok = True
+        for table, what in ((dep.parent, "table"), (dep.through, "through")):
+            if table is not None and table not in self.declared:
+                self.problems.append(
+                    f"{self.path}:{dep.line}: {where}.{what}: unknown table '{table}'; add it "
+                    "under tables: (with watch: listing the columns the key shows), so its "
+                    "changes are read"
+                )
+                ok = False
+        if not ok or dep.through is None:
+            return ok
+        columns, watch = self.declared[dep.through]
+        for column in (dep.via, *(c for _, c in dep.match)):
+            if columns is not None and column not in columns:
+                self.problems.append(
+                    f"{self.path}:{dep.line}: {where}: column '{column}' is not a column of "
+                    f"{dep.through}; fix the name or add it to its columns"
+                )
+                ok = False
+            elif watch is not None and column not in watch:
+                self.problems.append(
+                    f"{self.path}:{dep.line}: {where}: column '{column}' of {dep.through} "
+                    "links keys to their parents but is not watched, so a changed link "
+                    f"would be missed; add it to tables.{dep.through}.watch"
+                )
+                ok = False
+        return ok
+
+    def cycles(self, edges: Mapping[str, Mapping[str, int]]) -> None:
+        """Refuse dependencies that lead back to the table they start from."""
+        done: set[str] = set()
+
+        def visit(table: str, path: list[str]) -> None:
+            if table in path:
+                cycle = [*path[path.index(table) :], table]
+                line = edges[path[-1]][table]
+                self.problems.append(
+                    f"{self.path}:{line}: depends_on: the dependencies form a cycle "
+                    f"({' -> '.join(cycle)}); a change invalidates only the keys that name "
+                    "its table, never keys that depend on those keys, so a cycle says a key "
+                    "shows data through itself: keep the depends_on of the table whose keys "
+                    "show the other's rows and remove the one that closes the cycle"
+                )
+                return
+            if table in done:
+                return
+            for parent in edges.get(table, {}):
+                visit(parent, [*path, table])
+            done.add(table)
+
+        for table in sorted(edges):
+            visit(table, [])
 
     def table_values(
         self,
@@ -544,8 +752,11 @@ class _Checker:
         node: yaml.Node,
         where: str,
         check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+        watch: tuple[str, ...] | None,
     ) -> KeyRule | None:
-        items = self.mapping(node, where, frozenset({"key", "action", "fields", "format", "ttl"}))
+        items = self.mapping(
+            node, where, frozenset({"key", "action", "fields", "format", "ttl", "depends_on"})
+        )
         if "key" not in items:
             self.problem(node, where, "missing 'key:', e.g. key: \"stock:{sku_id}\"")
             return None
@@ -594,7 +805,34 @@ class _Checker:
             _value(items, "format"), f"{where}.format", ValueFormat, self.format
         )
         ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
-        return KeyRule(template, action, fields, value_format, ttl, node.start_mark.line + 1)
+        depends: list[Dependency] = []
+        depends_node = _value(items, "depends_on")
+        if depends_node is not None and not isinstance(depends_node, yaml.SequenceNode):
+            self.problem(depends_node, f"{where}.depends_on", "expected a list of dependencies")
+        elif depends_node is not None:
+            if action is not Action.DELETE:
+                self.problem(
+                    depends_node,
+                    f"{where}.depends_on",
+                    "a key that shows other tables' rows holds what only the application "
+                    "computes, so the worker can only delete it: use action: delete and fill "
+                    "it through CacheAside",
+                )
+            for number, dep_node in enumerate(depends_node.value):
+                dep = self.dependency(
+                    dep_node, f"{where}.depends_on[{number}]", template, check_columns, watch
+                )
+                if dep is not None:
+                    depends.append(dep)
+        return KeyRule(
+            template,
+            action,
+            fields,
+            value_format,
+            ttl,
+            node.start_mark.line + 1,
+            tuple(depends),
+        )
 
 
 def _fits(choice: str, kind: Kind) -> bool:

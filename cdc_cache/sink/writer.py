@@ -20,7 +20,13 @@ from typing import TypeVar
 from prometheus_client import Histogram
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import ApplyError, CdcCacheError, PoisonMessage, RefusedByRedis
+from cdc_cache.core.errors import (
+    ApplyError,
+    CdcCacheError,
+    ConfigError,
+    PoisonMessage,
+    RefusedByRedis,
+)
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
 from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.core.scrub import scrub, spellings
@@ -36,6 +42,7 @@ from cdc_cache.sink.apply import ApplyResult, RedisApplier
 from cdc_cache.sink.connection import redis_retry_reporter
 from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.replica_wait import ReplicaWait
+from cdc_cache.sink.tags import TagStore
 
 log = logging.getLogger("cdc_cache.writer")
 
@@ -81,8 +88,10 @@ class CacheWriter:
         tables: TableFallback | None = None,
         sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaWait | None = None,
+        tags: TagStore | None = None,
     ) -> None:
         self._applier = applier
+        self._tags = tags
         self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
         self._sensitive = sensitive or Rules({}).sensitive
@@ -118,6 +127,7 @@ class CacheWriter:
             raise  # a stop ended the wait, or a setting must be fixed: no one change's fault
         except Exception:  # find the change that raised, set it aside
             report, failures = self._write_each(planned, rejected, caps)
+        self._apply_dependencies(planned)
         self._reject(failures)
         if self._tables is not None:
             self._tables.observe(Counter(o.event.table for o in report), failures)
@@ -236,6 +246,22 @@ class CacheWriter:
             lambda: self._applier.discard([delete.key]),
             [delete],
             "deleting a key without its version",
+        )
+
+    def _apply_dependencies(self, planned: list[Planned]) -> None:
+        """The batch's tag and link ops, after its key ops; retried like them."""
+        ops = [op for item in planned for op in item.dependencies]
+        if not ops:
+            return
+        if self._tags is None:
+            msg = "changes planned tag ops but the writer has no tag store"
+            raise ConfigError(msg)
+        tags = self._tags
+        retry_forever(
+            lambda: tags.apply(ops),
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter(f"applying {len(ops)} tag and link ops"),
+            sleep=self._sleep,
         )
 
     def _caps(self) -> _Caps:

@@ -34,7 +34,9 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.core import metrics
+from cdc_cache.core.keys import escape_value
 from cdc_cache.notify.tokens import issue
 from cdc_cache.plan.rules import Action, Rules
 from cdc_cache.plan.rules_loader import load_rules
@@ -51,13 +53,15 @@ from cdc_cache.tools.verify_report import Report
 TOPIC_PREFIX: Final = "dbserver1"
 TOPIC_PATTERN: Final = rf"{TOPIC_PREFIX}\.{DATABASE}\..*"
 HEARTBEAT_TOPIC: Final = f"{HEARTBEAT_TOPIC_PREFIX}{TOPIC_PREFIX}"
-TOPICS: Final = tuple(f"{TOPIC_PREFIX}.{DATABASE}.{t}" for t in ("stock", "products"))
+TOPICS: Final = tuple(f"{TOPIC_PREFIX}.{DATABASE}.{t}" for t in ("stock", "products", "warehouses"))
 PARTITIONS: Final = 3
 STOCK_TABLE: Final = f"{DATABASE}.stock"
 WINDOW_S: Final = 5
 DRAIN_QUIET_S: Final = 2.0
 DRAIN_LIMIT_S: Final = 30.0
 PLAIN_EVERY_S: Final = 5
+DEPENDENT_LIMIT_S: Final = 5.0
+DEPENDENT_POLL_S: Final = 0.8
 SAMPLE_AGE_S: Final = 3.0
 OUTCOMES: Final = ("applied", "stale", "duplicate", "no_op")
 LIVE_CHANNELS: Final = "inventory:*"  # the example rules' stock channels, one per warehouse
@@ -248,6 +252,75 @@ class Inventory:
         return f"sample  GET {want.key} = {shown}\n        row id={row_id}: {db}   [{verdict}]"
 
 
+class DependentPage:
+    """A key that depends on another table's rows, filled and then invalidated through them.
+
+    ``page:sku:<sku>`` holds the sku's stock with each warehouse's city (rendered here, as an
+    application would, and filled through ``CacheAside``); the example rules declare that
+    it depends on ``inventory.warehouses``. A round fills one page, changes the city of one
+    of its warehouses, and reports how long the worker took to delete the page (watched
+    for up to ``DEPENDENT_POLL_S`` a round; ``STILL CACHED`` after ``DEPENDENT_LIMIT_S``).
+    """
+
+    def __init__(self, db: MariaDB, cache: redis.Redis[bytes]) -> None:
+        self._conn = db.connect(DATABASE)
+        self._cache = cache
+        self._aside = CacheAside(cache, ttl_ms=600_000)
+        self._rng = random.Random()
+        self._pending: tuple[str, str, float] | None = None  # key, warehouse, changed at
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def step(self) -> str:
+        """One round's news: a page filled, its warehouse changed, and the page's deletion."""
+        if self._pending is None:
+            return self._fill_and_change()
+        key, warehouse, changed_at = self._pending
+        deadline = time.monotonic() + DEPENDENT_POLL_S
+        while self._cache.exists(key):
+            waited = time.monotonic() - changed_at
+            if time.monotonic() >= deadline:
+                verdict = "STILL CACHED" if waited > DEPENDENT_LIMIT_S else "waiting"
+                return f"depends  {key}: {verdict} {waited:.1f} s after {warehouse!r} changed"
+            time.sleep(0.005)
+        self._pending = None
+        return (
+            f"depends  {key} (stock + warehouse cities) deleted "
+            f"{(time.monotonic() - changed_at) * 1000:.0f} ms after warehouse {warehouse!r} "
+            "changed its city"
+        )
+
+    def _fill_and_change(self) -> str:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT sku_id, warehouse FROM stock ORDER BY RAND() LIMIT 1")
+            found = cur.fetchone()
+        if found is None:
+            return "depends  (no stock row yet)"
+        sku, warehouse = found
+        key = f"page:sku:{escape_value(sku)}"
+        self._aside.get(key, lambda: self._render(sku))
+        if not self._cache.exists(key):
+            return f"depends  {key}: its fill was voided by a change; next round"
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE warehouses SET city = %s WHERE name = %s",
+                (f"{warehouse.title()} {self._rng.randint(1, 999)}", warehouse),
+            )
+        self._pending = (key, warehouse, time.monotonic())
+        return self.step()  # watch for its deletion right away (up to DEPENDENT_POLL_S)
+
+    def _render(self, sku: str) -> bytes:
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT s.warehouse, s.qty, w.city FROM stock s "
+                "LEFT JOIN warehouses w ON w.name = s.warehouse WHERE s.sku_id = %s "
+                "ORDER BY s.warehouse",
+                (sku,),
+            )
+            return orjson.dumps({"sku": sku, "stock": [list(row) for row in cur.fetchall()]})
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """What ``cdc-cache demo`` was asked to do."""
@@ -344,11 +417,13 @@ class Demo:
         assert isinstance(mariadb, MariaDB)
         cache = redis.Redis.from_url(self.stack.service("redis").address())
         inventory = Inventory(mariadb, cache, rules)
+        page = DependentPage(mariadb, cache)
         try:
             self.load = WriteLoad(mariadb, self.options.rate)
-            self._watch(inventory)
+            self._watch(inventory, page)
             return self._finish(inventory)
         finally:
+            page.close()
             inventory.close()
             cache.close()
 
@@ -440,7 +515,7 @@ class Demo:
             "(stock by warehouse, updated as changes commit)"
         )
 
-    def _watch(self, inventory: Inventory) -> None:
+    def _watch(self, inventory: Inventory, page: DependentPage) -> None:
         """Write and show progress until interrupted or the duration is over."""
         assert self.load is not None
         duration = self.options.duration
@@ -459,7 +534,7 @@ class Demo:
                 break
             self._check_alive()
             window.append(scrape(self.metrics_port))
-            block = self._progress(window, inventory)
+            block = [*self._progress(window, inventory), "       " + page.step()]
             self.display.show(block)
         self.display.say("stopping the write load")
 

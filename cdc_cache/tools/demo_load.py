@@ -39,6 +39,10 @@ SCHEMA: Final = (
             ON UPDATE CURRENT_TIMESTAMP(3),
         UNIQUE KEY sku_warehouse (sku_id, warehouse)
     )""",
+    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.warehouses (
+        name VARCHAR(64) PRIMARY KEY,
+        city VARCHAR(64) NOT NULL
+    )""",
     f"""CREATE TABLE IF NOT EXISTS {DATABASE}.products (
         id INT PRIMARY KEY,
         name VARCHAR(128) NOT NULL,
@@ -62,6 +66,10 @@ def create_schema(db: MariaDB, rng: random.Random) -> None:
                 "VALUES (%s, %s, %s, %s)",
                 [(sku, wh, rng.randint(0, 500), _price(rng)) for sku, wh in pairs],
             )
+        cur.executemany(
+            f"INSERT IGNORE INTO {DATABASE}.warehouses (name, city) VALUES (%s, %s)",
+            [(wh, wh.title()) for wh in WAREHOUSES],
+        )
         cur.executemany(
             f"INSERT IGNORE INTO {DATABASE}.products (id, name, description, weight) "
             "VALUES (%s, %s, %s, %s)",

@@ -14,6 +14,12 @@ CREATE TABLE IF NOT EXISTS stock (
   UNIQUE KEY sku_warehouse (sku_id, warehouse)
 );
 
+-- Rows other cache keys depend on: page:sku:{sku_id} shows each warehouse's city.
+CREATE TABLE IF NOT EXISTS warehouses (
+  name VARCHAR(32) PRIMARY KEY,
+  city VARCHAR(64) NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS products (
   id          BIGINT PRIMARY KEY,
   name        VARCHAR(255) NOT NULL,

@@ -58,10 +58,19 @@ def wait_ready(service: Service, port: int, timeout: float = 60) -> None:
 
 
 def settled_inspection(port: int, service: Service, timeout: float = 60) -> dict[str, Any]:
-    """The inspector's report once every sample was judged and every re-check ended."""
+    """The inspector's report once it judged a sample and every re-check ended.
+
+    Nothing pending is also what an inspector still behind on its topics reports, so at
+    least one judged check is waited for too.
+    """
+
+    def settled() -> bool:
+        report = inspection(port)
+        return report.get("pending") == 0 and sum(report.get("checks", {}).values()) > 0
+
     wait_until(
         "inspector done with its samples",
-        lambda: inspection(port).get("pending") == 0,
+        settled,
         timeout,
         alive=[service],
         interval=0.2,

@@ -104,3 +104,16 @@ def test_memory_benchmark_reports_both_layouts_on_both_deployments(tmp_path: Pat
     assert "→" in out.with_suffix(".md").read_text()
     svg = ElementTree.fromstring(out.with_suffix(".svg").read_text())
     assert len(svg.findall("{http://www.w3.org/2000/svg}rect")) == 4 * 2 + 4  # bars, legend
+
+
+@pytest.mark.integration
+def test_fanout_benchmark_deletes_every_dependent_key_on_both_deployments(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    done = subprocess.run(
+        [sys.executable, "bench/fanout.py", "--sizes", "300", "--page", "100", "--out", str(out)],
+        cwd=ROOT, timeout=170, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["deployment"] for r in runs] == ["one server", "Cluster, 3 primaries"]
+    assert all(r["keys_per_s"] > 0 and r["other_p99_ms"] > 0 for r in runs)

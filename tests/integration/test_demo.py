@@ -189,6 +189,9 @@ def test_demo_runs_checks_consistency_and_stops_everything(
     assert re.search(r"inspect   consistent 5m \S+ %? ?of \d+", output), output
     assert _count(r"inspector .* of (\d+)  time to consistency", output) > 0
     assert _count(r"(\d+) unresolved", output) == 0
+    # a page depending on another table's rows went when one of them changed
+    assert re.search(r"depends  page:sku:\S+ \(stock \+ warehouse cities\) deleted", output)
+    assert "STILL CACHED" not in output, output
 
     metrics_port = _count(r"metrics http://127\.0\.0\.1:(\d+)/metrics", output)
     gateway_port = _count(r"live page http://127\.0\.0\.1:(\d+)/", output)

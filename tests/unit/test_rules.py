@@ -32,7 +32,8 @@ def problems(text: str) -> str:
 
 def test_example_rules_file_loads() -> None:
     rules = load_rules(EXAMPLE)
-    assert set(rules.tables) == {"inventory.stock", "inventory.products"}
+    assert set(rules.tables) == {"inventory.stock", "inventory.products", "inventory.warehouses"}
+    assert rules.dependents["inventory.warehouses"][0].source == "page:sku:{sku_id}"
     products = rules.tables["inventory.products"]
     assert products.keys[0].format is ValueFormat.HASH
     assert products.keys[0].ttl_ms == 12 * 3600 * 1000
