@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aredis
 from websockets.asyncio.client import ClientConnection, connect
 
 from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.notify.tokens import issue
+from cdc_cache.sink.connection import connect_async, split_cluster_flag
 from cdc_cache.tools.devstack.process import free_port, port_open
-from cdc_cache.tools.devstack.redis import RedisServer
+from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "gateway-load-secret"
@@ -78,7 +78,7 @@ async def client(index: int, url: str, channel: str, tally: Tally, ready: asynci
 
 async def publish(redis_url: str, channels: list[str], rate: float, duration: float) -> int:
     """Append ``rate`` notifications a second, round robin over the channels; returns count."""
-    redis = aredis.Redis.from_url(redis_url)
+    redis = connect_async(redis_url)
     sent, started, tick = 0, time.monotonic(), 0.01
     while (elapsed := time.monotonic() - started) < duration:
         due = int(elapsed * rate) + 1 - sent
@@ -115,7 +115,7 @@ def start_gateway(redis_url: str, port: int, log: Path) -> subprocess.Popen[byte
 
 async def measure(args: argparse.Namespace, redis_url: str, port: int) -> dict[str, Any]:
     channels = [f"{PREFIX}{i}" for i in range(args.channels)]
-    redis = aredis.Redis.from_url(redis_url)
+    redis = connect_async(redis_url)
     await redis.sadd(CHANNELS_KEY, *channels)  # known to the gateway before clients connect
     await redis.aclose()
     await asyncio.sleep(1.5)  # the gateway discovers channels once a second
@@ -146,6 +146,7 @@ async def measure(args: argparse.Namespace, redis_url: str, port: int) -> dict[s
     await asyncio.gather(*tasks, return_exceptions=True)
     total = sum(tally.received.values())
     return {
+        "redis": "cluster" if split_cluster_flag(redis_url)[0] else "single",
         "clients": args.clients,
         "channels": args.channels,
         "target_rate_per_s": args.rate,
@@ -175,7 +176,7 @@ def markdown_row(result: dict[str, Any]) -> str:
         f"| {time.strftime('%Y-%m-%d')} | {result['clients']} | {result['channels']} | "
         f"{result['published_per_s']} | {result['deliveries_per_s']} | {latency['p50']} | "
         f"{latency['p99']} | {latency['max']} | {result['missing']} | {result['duplicates']} | "
-        f"{result['dropped_clients']} |"
+        f"{result['dropped_clients']} | {result['redis']} |"
     )
 
 
@@ -185,7 +186,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server = None
     redis_url = args.redis_url
     if redis_url is None:
-        server = RedisServer(home / "redis", free_port())
+        server = (
+            RedisClusterServers(
+                home / "redis", [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+            )
+            if args.cluster
+            else RedisServer(home / "redis", free_port())
+        )
         server.start()
         redis_url = server.address()
     port = free_port()
@@ -214,6 +221,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for the tail")
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument("--cluster", action="store_true", help="start a 3-node Redis Cluster")
     parser.add_argument("--out", default=str(ROOT / "bench/results/gateway-load.json"))
     parser.add_argument("--markdown", default=str(ROOT / "docs/gateway-load.md"))
     parser.add_argument("--no-markdown", dest="markdown", action="store_const", const=None)

@@ -86,6 +86,12 @@ class RedisSink(DynamicSink[Routed]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
         applier = RedisApplier(client, invalidate_only=self._invalidate_only, memory=self._memory)
+        retry_forever(  # on Cluster: what a crash left in the outboxes, relayed before anything
+            applier.sweep_outboxes,
+            backoff=self._backoff,
+            on_retry=redis_retry_reporter("relaying the notification outboxes"),
+            sleep=self._sleep,
+        )
         writer = CacheWriter(
             applier,
             self._backoff,

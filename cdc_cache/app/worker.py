@@ -53,7 +53,6 @@ from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.tables import TableConfig
 from cdc_cache.plan.rules import Rules
 from cdc_cache.plan.rules_loader import load_rules
-from cdc_cache.sink.apply import check_notifications
 from cdc_cache.sink.connection import (
     Client,
     connect_when_available,
@@ -374,12 +373,6 @@ def warn_if_wire_by_default(rules: Rules) -> None:
 
 
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
-    if rules.notifies:
-        check_notifications(
-            connect_when_available(
-                settings.redis_url, settings.retry_redis.backoff(), auth=settings.redis_auth()
-            )
-        )
     recovery = prepare_recovery(
         settings.recovery_dir,
         settings.recovery_partitions,

@@ -31,6 +31,8 @@ WATCHDOG_LOCK_KEY: Final = "cdc:watchdog:lock"  # the watchdog instance that may
 DLQ_OUTCOMES_KEY: Final = "cdc:dlq:replays"  # hash: DLQ entry id -> last replay outcome
 STREAM_PREFIX: Final = "cdc:n:"  # one Redis stream of notifications per channel
 CHANNELS_KEY: Final = "cdc:channels"  # set: every channel that was ever notified
+OUTBOX_PREFIX: Final = "cdc:ob:"  # Cluster: one stream of notifications per slot
+RELAY_PREFIX: Final = "cdc:rp:"  # Cluster: per channel, the outbox entries relayed to it
 TAG_PREFIX: Final = "cdc:t:"  # one hash per cache tag: its version and its members
 INTERNAL_PREFIXES: Final = (VERSION_PREFIX, LEGACY_VERSION_PREFIX, LEASE_PREFIX, TAG_PREFIX)
 MAX_VALUE_CHARS: Final = 96
@@ -169,3 +171,24 @@ def leased_key(lease: str) -> str | None:
     """The cache key a lease key was made for (inverse of ``lease_key``); None if not one."""
     _, sep, key = lease.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
     return key if sep and lease_key(key) == lease else None
+
+
+def outbox_key(key: str) -> str:
+    """The outbox (a stream) of ``key``'s slot: notifications of its changes on a Cluster.
+
+    One per slot, named by the slot's tag, so a sweep finds every outbox without SCAN.
+    """
+    return outbox_for_slot(key_slot(key))
+
+
+def outbox_for_slot(slot: int) -> str:
+    """The outbox of ``slot``."""
+    return f"{OUTBOX_PREFIX}{{{tag_for_slot(slot)}}}"
+
+
+def relay_progress_key(channel: str) -> str:
+    """The hash, in the slot of ``channel``'s stream, of the last outbox entry relayed there.
+
+    One field per outbox (by name) holding the id of its last entry appended to the stream.
+    """
+    return f"{RELAY_PREFIX}{{{slot_tag(stream_key(channel))}}}:{channel}"

@@ -64,8 +64,7 @@ from cdc_cache.notify.rate_limit import TokenBucket
 from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, Session
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.notify.tokens import Grant, TokenError, verify
-from cdc_cache.sink.connection import connect
-from cdc_cache.sink.sentinel import connect_async
+from cdc_cache.sink.connection import connect, connect_async
 
 log = logging.getLogger("cdc_cache.gateway")
 

@@ -1,6 +1,7 @@
 """The gateway's reader: every channel's stream followed, each entry fanned out.
 
-One task follows every stream with XREAD BLOCK and hands each entry to the clients
+One task follows every stream with XREAD BLOCK (on a Redis Cluster, which refuses one
+XREAD over several slots, one XREAD per slot, pipelined, polled) and hands each entry to the clients
 subscribed to its channel; a new channel is compared once with each distinct pattern that
 could match it (:class:`~cdc_cache.notify.patterns.PatternIndex`), however many clients
 hold that pattern. A subscription that asks for the past replays the stream first.
@@ -14,7 +15,7 @@ import random
 import time
 from collections import defaultdict
 from functools import cache
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aredis
 from redis import exceptions as rex
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import CHANNELS_KEY, STREAM_PREFIX, stream_key
+from cdc_cache.core.keys import CHANNELS_KEY, STREAM_PREFIX, key_slot, stream_key
 from cdc_cache.core.retry import Backoff, retry_reporter
 from cdc_cache.notify.frames import START, Frame, StreamId, encode_frame, format_id, parse_id
 from cdc_cache.notify.patterns import ChannelNames, PatternIndex
@@ -35,6 +36,7 @@ _REPORT_RETRY = retry_reporter("redis", "redis unavailable, retrying", log)
 READ_COUNT: Final = 1000
 CATCH_UP_PAGE: Final = 1000
 DISCOVER_TURN: Final = 200  # new channels attached between two turns of the event loop
+CLUSTER_POLL_S: Final = 0.05  # on a Cluster, the wait after a read that found nothing
 
 
 class Hub:
@@ -44,6 +46,7 @@ class Hub:
         self, client: aredis.Redis[bytes], *, block_ms: int = 1000, discover_s: float = 1.0
     ) -> None:
         self._redis = client
+        self._cluster = isinstance(client, aredis.RedisCluster)
         self._block_ms = block_ms
         self._discover_s = discover_s
         self.positions: dict[str, StreamId] = {}
@@ -150,7 +153,13 @@ class Hub:
                 stop_if_misconfigured(exc)
                 await self._forget_broken_channels(exc)
                 await asyncio.sleep(self._block_ms / 1000)
-            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            except (
+                rex.ConnectionError,
+                rex.TimeoutError,
+                rex.ClusterError,  # a Cluster's slot moving or down
+                rex.RedisClusterException,  # no Cluster node reachable
+                OSError,
+            ) as exc:
                 stop_if_misconfigured(exc)
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
@@ -181,7 +190,10 @@ class Hub:
             await asyncio.sleep(self._block_ms / 1000)
             return
         streams = {stream_key(c): format_id(p) for c, p in self.positions.items()}
-        replies = await self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
+        if self._cluster:
+            replies = await self._read_slots(streams)
+        else:
+            replies = await self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
         now_ms = time.time() * 1000
         for raw_key, entries in replies or ():
             channel = raw_key.decode().removeprefix(STREAM_PREFIX)
@@ -198,6 +210,23 @@ class Hub:
                 # Let every client's sender take its turn, so a burst read in one XREAD
                 # fills only the queues of clients that really cannot keep up.
                 await asyncio.sleep(0)
+
+    async def _read_slots(self, streams: dict[str, str]) -> list[Any]:
+        """XREAD on a Cluster: one call per slot (it refuses keys of several), pipelined.
+
+        Without BLOCK, which would hold each slot's call in turn; an empty round waits
+        CLUSTER_POLL_S before the next.
+        """
+        by_slot: defaultdict[int, dict[str, str]] = defaultdict(dict)
+        for key, after in streams.items():
+            by_slot[key_slot(key)][key] = after
+        pipe = self._redis.pipeline()
+        for group in by_slot.values():
+            pipe.xread(group, count=READ_COUNT)
+        replies = [reply for found in await pipe.execute() for reply in found or ()]
+        if not replies:
+            await asyncio.sleep(min(CLUSTER_POLL_S, self._block_ms / 1000))
+        return replies
 
 
 def _frame(channel: str, raw_id: bytes, fields: dict[bytes, bytes]) -> Frame | None:

@@ -16,7 +16,9 @@ eviction policies that could evict versions (see ``cdc_cache.sink.memory``).
 
 A batch costs one round trip: one EVALSHA on a single server; on Redis Cluster one EVALSHA
 per hash slot (a key, its version key and its lease key share a slot), pipelined so that
-each primary is written to once. The script's arguments are encoded in
+each primary is written to once. There a notification goes to the outbox of its row's
+slot, and the batch's outboxes are relayed to the channels' streams before ``apply``
+returns (:mod:`cdc_cache.sink.outbox`). The script's arguments are encoded in
 :mod:`cdc_cache.sink.encoding` (pure), prefix invalidations run in
 :mod:`cdc_cache.sink.invalidate_prefix`, and errors are translated as
 :mod:`cdc_cache.sink.connection` says.
@@ -27,13 +29,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from redis import RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable
-from cdc_cache.core.keys import key_slot, lease_key
+from cdc_cache.core.keys import key_slot, lease_key, outbox_key
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, KeyOp, Notify, as_invalidation
 from cdc_cache.sink import scripts
 from cdc_cache.sink.connection import (
@@ -53,6 +55,7 @@ from cdc_cache.sink.encoding import (
     outcome_of,
 )
 from cdc_cache.sink.invalidate_prefix import invalidate_prefix
+from cdc_cache.sink.outbox import OutboxRelay
 
 
 class MemoryObserver(Protocol):
@@ -71,20 +74,6 @@ class _NoObserver:
 
     def accepted(self, node: str) -> None:
         """Nobody listens."""
-
-
-CLUSTER_NOTIFY_REFUSAL: Final = (
-    "notification rules need a single Redis server: on Redis Cluster a channel's stream "
-    "lives in another hash slot than the cache keys, so one script cannot write both "
-    "atomically; remove the tables' 'notify:' sections or point redis_url at a server "
-    "without ?cluster=true"
-)
-
-
-def check_notifications(client: Client) -> None:
-    """Refuse notification rules on Redis Cluster at startup (see CLUSTER_NOTIFY_REFUSAL)."""
-    if isinstance(client, RedisCluster):
-        raise ConfigError(CLUSTER_NOTIFY_REFUSAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +108,9 @@ class RedisApplier:
 
     ``invalidate_only`` is asked once per batch: while it is true every set is applied as
     a delete (an eviction policy that may evict versions, see ``cdc_cache.sink.memory``).
-    ``memory`` hears which nodes refuse calls for memory and which take them.
+    ``memory`` hears which nodes refuse calls for memory and which take them. ``relay``
+    moves notifications from outboxes to channel streams on a Cluster;
+    ``relay_outboxes = False`` leaves them there, as a crash right after the apply would.
     """
 
     def __init__(
@@ -131,6 +122,7 @@ class RedisApplier:
         scan_count: int = 500,
         invalidate_only: Callable[[], bool] = lambda: False,
         memory: MemoryObserver | None = None,
+        relay: OutboxRelay | None = None,
     ) -> None:
         if min(max_ops_per_call, max_args_per_call, scan_count) <= 0:
             msg = "max_ops_per_call, max_args_per_call and scan_count must be positive"
@@ -141,6 +133,9 @@ class RedisApplier:
         self._scan_count = scan_count
         self._invalidate_only = invalidate_only
         self._memory = memory or _NoObserver()
+        self._cluster = isinstance(client, RedisCluster)
+        self._relay = relay if relay is not None else OutboxRelay(client)
+        self.relay_outboxes = True  # False only to leave a crash's state behind (tests)
 
     def apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
         """Apply ``ops`` in order; raises TransientError (retry the batch) or ApplyError.
@@ -162,7 +157,13 @@ class RedisApplier:
                 else:
                     pending.append(op)
             outcomes += self._apply_key_ops(pending)
+            if self._cluster and self.relay_outboxes:  # before the batch returns
+                self._relay.after_batch(ops)
         return ApplyResult(tuple(outcomes), tuple(invalidated))
+
+    def sweep_outboxes(self) -> int:
+        """Relay what every outbox holds (Cluster; a crash's leftovers); how many entries."""
+        return self._relay.sweep() if self._cluster else 0
 
     def discard(self, keys: Sequence[str]) -> int:
         """Delete ``keys`` and their leases with no version gate; how many keys existed.
@@ -183,12 +184,15 @@ class RedisApplier:
         """Apply key ops, one call per slot and chunk; refused calls again as invalidations."""
         if not ops:
             return []
-        cluster = isinstance(self._client, RedisCluster)
         groups: dict[int, list[int]] = defaultdict(list)
+        slot = 0
         for index, op in enumerate(ops):
-            if cluster and isinstance(op, Notify):
-                raise ApplyError(CLUSTER_NOTIFY_REFUSAL)
-            groups[key_slot(op.key) if cluster and not isinstance(op, Notify) else 0].append(index)
+            if self._cluster:  # a notification goes with its host (into its slot's outbox)
+                if not isinstance(op, Notify):
+                    slot = key_slot(op.key)
+                elif index == 0:  # no host: the script refuses it
+                    slot = key_slot(outbox_key(op.channel))
+            groups[slot].append(index)
         sent: list[KeyOp | Notify] = (
             [as_invalidation(op) for op in ops] if self._invalidate_only() else list(ops)
         )
@@ -216,7 +220,9 @@ class RedisApplier:
         return [outcome_of(*sent_as) for sent_as in zip(ops, sent, codes, strict=True)]
 
     def _calls(self, ops: Sequence[KeyOp | Notify], indices: Sequence[int]) -> Iterator[Call]:
-        return calls(ops, indices, max_ops=self._max_ops, max_args=self._max_args)
+        return calls(
+            ops, indices, max_ops=self._max_ops, max_args=self._max_args, outbox=self._cluster
+        )
 
     def _run(self, calls: Sequence[Call], *, allow_oom: bool = False) -> list[list[int] | _Refused]:
         """Send every call in one pipeline; load the script and resend if a node lacks it.

@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis.asyncio as aredis
 from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable, chain
-from cdc_cache.core.keys import all_version_buckets
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
+from cdc_cache.sink.sentinel import (
+    connect_async as connect_sentinel_async,
+)
 from cdc_cache.sink.sentinel import connect_sentinel, is_sentinel_url, parse_sentinel_url
 
 # Waits for Redis keep the name they were always logged under.
@@ -105,17 +107,36 @@ def connect(url: str, auth: RedisAuth | None = None, **kwargs: Any) -> Client:
         kwargs["decode_responses"] = False
         kwargs |= (auth or RedisAuth()).kwargs()
         return connect_sentinel(url, **kwargs)
+    cluster, plain = split_cluster_flag(url)
+    parts = urlsplit(url)
+    kwargs["decode_responses"] = False
+    kwargs |= (auth or RedisAuth()).kwargs()
+    with translated_errors(f"connecting to {parts.hostname}:{parts.port}"):
+        if cluster:
+            return RedisCluster.from_url(plain, **kwargs)
+        return Redis.from_url(plain, **kwargs)
+
+
+def split_cluster_flag(url: str) -> tuple[bool, str]:
+    """Whether ``url`` names a Redis Cluster (``?cluster=true``), and the URL without it."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value.lower() for name, value in query if name == CLUSTER_FLAG]
     rest = urlencode([(name, value) for name, value in query if name != CLUSTER_FLAG])
-    plain = urlunsplit(parts._replace(query=rest))
-    kwargs["decode_responses"] = False
-    kwargs |= (auth or RedisAuth()).kwargs()
-    with translated_errors(f"connecting to {parts.hostname}:{parts.port}"):
-        if flags and flags[-1] in _TRUE:
-            return RedisCluster.from_url(plain, **kwargs)
-        return Redis.from_url(plain, **kwargs)
+    return bool(flags and flags[-1] in _TRUE), urlunsplit(parts._replace(query=rest))
+
+
+def connect_async(url: str) -> aredis.Redis[bytes]:
+    """An asyncio client (replies as bytes): one server, a Cluster or a Sentinel's primary.
+
+    The Cluster client takes the same commands; its type declares them on Redis only.
+    """
+    cluster, plain = split_cluster_flag(url)
+    if cluster and not is_sentinel_url(url):
+        return cast(
+            "aredis.Redis[bytes]", aredis.RedisCluster.from_url(plain, decode_responses=False)
+        )
+    return connect_sentinel_async(url)
 
 
 def redis_url_problem(url: str) -> str | None:
@@ -237,21 +258,6 @@ def primaries(client: Client) -> list[Redis[bytes]]:
     if isinstance(client, RedisCluster):
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
-
-
-def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
-    """Every version bucket name, grouped by the primary that serves it."""
-    names = list(all_version_buckets())
-    if not isinstance(client, RedisCluster):
-        return [(client, names)]
-    grouped: dict[str, list[str]] = defaultdict(list)
-    nodes = {}
-    for name in names:
-        node = client.get_node_from_key(name)
-        if node is not None:
-            grouped[node.name].append(name)
-            nodes[node.name] = node
-    return [(client.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
 
 
 def redis_retry_reporter(action: str) -> OnRetry:

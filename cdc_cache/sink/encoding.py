@@ -2,9 +2,10 @@
 
 Each key op becomes a (key, version bucket, lease key) triple of KEYS and a few ARGV
 (:func:`script_keys`, :func:`script_args`); a notification rides in the call of the key
-op before it. One slot's ops are cut into calls within limits (:func:`calls`), since a
-script blocks the server while it runs, and each op's reply code read back as an
-:class:`Outcome` (:func:`outcome_of`).
+op before it (on Redis Cluster into that key's slot outbox, see ``cdc_cache.sink.outbox``).
+One slot's ops are cut into calls within limits (:func:`calls`), since a script blocks the
+server while it runs, and each op's reply code read back as an :class:`Outcome`
+(:func:`outcome_of`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import CHANNELS_KEY, lease_key, stream_key, version_field, version_key
+from cdc_cache.core.keys import (
+    CHANNELS_KEY,
+    lease_key,
+    outbox_key,
+    stream_key,
+    version_field,
+    version_key,
+)
 from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, Notify, SetRow, ValueFormat
 from cdc_cache.sink.versions import encode_version
 
@@ -109,19 +117,24 @@ def calls(
     *,
     max_ops: int = MAX_OPS_PER_CALL,
     max_args: int = MAX_ARGS_PER_CALL,
+    outbox: bool = False,
 ) -> Iterator[Call]:
     """Split one slot's ops into script calls within the limits, keeping their order.
 
     The slot's ops are ``ops[i]`` for ``i`` in ``indices``. A notification stays in the
-    call of the key op it follows (its host).
+    call of the key op it follows (its host). With ``outbox`` (Redis Cluster) it goes to
+    the outbox of its host's slot (an O op) instead of its channel's stream.
     """
     keys: list[str] = []
     args: list[Arg] = []
     members: list[int] = []
     table = ""  # the table whose TRUNCATE gates the call's key ops from here on
+    host = ""  # the key of the last key op: an outbox notification goes to its slot's outbox
     for index in indices:
         op = ops[index]
         encoded = script_args(op)
+        if isinstance(op, Notify) and outbox:
+            encoded = ("O", *encoded[1:])
         if (
             members
             and not isinstance(op, Notify)
@@ -132,7 +145,12 @@ def calls(
         if not isinstance(op, Notify) and op.table != table:
             table = op.table
             args += ("T", table)
-        keys += script_keys(op)
+        if isinstance(op, Notify) and outbox:
+            keys.append(outbox_key(host or op.channel))  # no host: the script refuses it
+        else:
+            keys += script_keys(op)
+        if not isinstance(op, Notify):
+            host = op.key
         args += encoded
         members.append(index)
     if members:

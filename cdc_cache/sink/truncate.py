@@ -7,8 +7,9 @@ copy, ``truncated:<table>``, raised and never lowered (``lua/truncate.lua``), wi
 like a tombstone's so the sweeper forgets it. On one server a single call covers every
 bucket and announces the TRUNCATE on the table's channels, only when it raised the
 position: a TRUNCATE delivered twice or replayed after a crash announces nothing again.
-On a Cluster each slot's bucket gets its own call (notifications are refused there, see
-``cdc_cache.sink.apply.check_notifications``).
+On a Cluster each slot's bucket gets its own call; the first bucket's call announces the
+TRUNCATE into its slot's outbox, relayed to the channels like any notification
+(``cdc_cache.sink.outbox``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import re
 from redis import RedisCluster
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import CHANNELS_KEY, outbox_key, stream_key
 from cdc_cache.plan.cache_ops import InvalidatePrefix, Truncated
-from cdc_cache.sink.connection import Client, buckets_by_node
+from cdc_cache.sink.connection import Client
+from cdc_cache.sink.nodes import buckets_by_node
+from cdc_cache.sink.outbox import OutboxRelay
 from cdc_cache.sink.scripts import lua_script
 from cdc_cache.sink.versions import encode_version
 
@@ -33,19 +36,26 @@ def record_truncate(client: Client, op: InvalidatePrefix, truncated: Truncated) 
     source, _ = lua_script("truncate")
     head = (op.table, encode_version(op.position, delete=True), op.tombstone_ttl_ms)
     cluster = isinstance(client, RedisCluster)
+    channels = _channels(client, truncated.channels)
+    announce = [truncated.maxlen or 1, truncated.payload, *channels]
     raised = 0
+    outbox = None
     for node, buckets in buckets_by_node(client):
         script = node.register_script(source)
-        if cluster:
+        if cluster:  # the first bucket announces, through its slot's outbox
             pipe = node.pipeline(transaction=False)
             for bucket in buckets:
-                script(keys=[bucket], args=[*head, 1, 1, b""], client=pipe)
+                if outbox is None and channels:
+                    outbox = outbox_key(bucket)
+                    script(keys=[bucket, outbox], args=[*head, 1, *announce], client=pipe)
+                else:
+                    script(keys=[bucket], args=[*head, 1, 1, b""], client=pipe)
             raised += sum(int(n) for n in pipe.execute())
             continue
-        channels = _channels(client, truncated.channels)
         keys = [*buckets, *(k for c in channels for k in (stream_key(c), CHANNELS_KEY))]
-        args = [*head, len(buckets), truncated.maxlen or 1, truncated.payload, *channels]
-        raised += int(script(keys=keys, args=args))
+        raised += int(script(keys=keys, args=[*head, len(buckets), *announce]))
+    if outbox is not None:
+        OutboxRelay(client).relay([outbox])
     log.info(
         "recorded the TRUNCATE of table %s at %s in %d version buckets",
         op.table, op.position, raised,

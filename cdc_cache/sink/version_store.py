@@ -38,7 +38,8 @@ from cdc_cache.core.keys import (
 )
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.connection import Client, buckets_by_node, primaries
+from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.nodes import buckets_by_node
 from cdc_cache.sink.scripts import lua_script, write_record
 from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
 

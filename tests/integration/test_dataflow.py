@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
-import orjson
 import pytest
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
-from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
 from cdc_cache.core.retry import Backoff
-from cdc_cache.plan.cache_ops import Notify
-from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.connection import connect
 from cdc_cache.tools.devstack.process import free_port
@@ -23,6 +17,7 @@ from cdc_cache.tools.devstack.redis import RedisClusterServers
 from dataflows.config import FlowConfig
 from dataflows.invalidation import build_flow
 from tests.integration.cache import cache_state
+from tests.integration.notifications import NOTIFY_YAML, expected_notifications, notifications_sent
 from tests.integration.topics import POISON, produce, unique_topic, with_poison, with_redelivery
 from tests.workload import RULES_YAML, Workload
 
@@ -134,17 +129,8 @@ def test_worker_started_before_redis_waits_for_it(broker, tmp_path):
         cluster.stop()
 
 
-NOTIFY_YAML = (
-    RULES_YAML
-    + """    notify:
-      channel: "stock:{warehouse}"
-      fields: [id, qty]
-"""
-)
-
-
 def test_each_applied_change_is_notified_once_and_redeliveries_and_replays_never(
-    broker, redis_client, redis_server
+    broker, redis_target
 ):
     topic = unique_topic()
     broker.create_topics({topic: 1})  # one partition: every first delivery applies
@@ -152,28 +138,19 @@ def test_each_applied_change_is_notified_once_and_redeliveries_and_replays_never
     transactions = workload.transactions(600)
     produce(broker.bootstrap, with_redelivery(transactions))
     rules = parse_rules(NOTIFY_YAML)
-    expected = Counter()
-    for offset, message in enumerate(m for tx in transactions for m in tx):
-        routed = route(SourceRecord(topic, 0, offset, message.key, message.value), rules)
-        if isinstance(routed, Planned):
-            for op in routed.ops:
-                if isinstance(op, Notify):
-                    expected[(op.channel, orjson.loads(op.payload)["position"])] += 1
+    expected = expected_notifications(topic, transactions, rules)
     flow = build_flow(
         FlowConfig(
             rules=rules,
             brokers=(broker.bootstrap,),
             topics=(topic,),
-            redis_url=redis_server.address(),
+            redis_url=redis_target.url,
             tail=False,
         )
     )
     cluster_main(flow, [], 0)
     cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store
 
-    sent = Counter()
-    for channel in redis_client.smembers(CHANNELS_KEY):
-        for _, fields in redis_client.xrange(stream_key(channel.decode())):
-            sent[(channel.decode(), orjson.loads(fields[b"p"])["position"])] += 1
     assert len(expected) > 400
-    assert sent == expected  # every applied change once; redeliveries and the replay never
+    # every applied change once; redeliveries and the replay never
+    assert notifications_sent(redis_target.client) == expected

@@ -39,6 +39,7 @@ from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisServer
+from tests.integration.fixtures_redis import RedisTarget
 from tests.integration.services import Service
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def publish(redis: Any, n: int, warehouse: str, qty: int | None = None) -> None:
 
 
 def run(
-    redis_server: RedisServer,
+    redis_url: str,
     scenario: Callable[[Gateway, str], Awaitable[None]],
     **settings: Any,
 ) -> None:
@@ -80,7 +81,7 @@ def run(
 
     async def main() -> None:
         config = GatewaySettings(
-            redis_url=redis_server.address(),
+            redis_url=redis_url,
             port=0,
             secret=SECRET,
             block_ms=100,
@@ -120,8 +121,9 @@ async def subscribe(ws: ClientConnection, *patterns: str, **options: Any) -> dic
 
 
 def test_a_client_that_reconnects_with_its_last_ids_misses_nothing_and_sees_nothing_twice(
-    redis_server: RedisServer, redis_client: Any
+    redis_target: RedisTarget,
 ) -> None:
+    redis_client = redis_target.client
     channels = ["north", "south", "east"]
     for n in range(1, 4):  # the channels exist before the gateway starts
         publish(redis_client, n, channels[n - 1])
@@ -149,12 +151,13 @@ def test_a_client_that_reconnects_with_its_last_ids_misses_nothing_and_sees_noth
                 await asyncio.wait_for(receive(ws), 0.5)
         assert sorted(seen) == list(range(4, 100))  # nothing missed, nothing twice
 
-    run(redis_server, scenario)
+    run(redis_target.url, scenario)
 
 
 def test_from_zero_replays_the_stream_and_new_channels_are_followed(
-    redis_server: RedisServer, redis_client: Any
+    redis_target: RedisTarget,
 ) -> None:
+    redis_client = redis_target.client
     publish(redis_client, 1, "north")
 
     async def scenario(gateway: Gateway, url: str) -> None:
@@ -168,7 +171,7 @@ def test_from_zero_replays_the_stream_and_new_channels_are_followed(
                 2,
             )
 
-    run(redis_server, scenario)
+    run(redis_target.url, scenario)
 
 
 def test_a_client_receives_only_granted_channels_and_an_error_for_the_rest(
@@ -207,7 +210,7 @@ def test_a_client_receives_only_granted_channels_and_an_error_for_the_rest(
         assert refused._value.get() - before[0] == 2
         assert invalid._value.get() - before[1] == 1
 
-    run(redis_server, scenario)
+    run(redis_server.address(), scenario)
 
 
 def stalled_client(port: int, path: str, patterns: list[str]) -> socket.socket:
@@ -282,7 +285,7 @@ def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
         assert elapsed < 10, f"the fast client needed {elapsed:.1f} s"
         print(f"\nfast client received {count} x 64 KB in {elapsed:.2f} s beside a stalled one")
 
-    run(redis_server, scenario, queue_size=50)
+    run(redis_server.address(), scenario, queue_size=50)
 
 
 def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: Any) -> None:
@@ -305,7 +308,7 @@ def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: 
         assert (await asyncio.to_thread(get, "/nothing"))[0] == 404
         assert (await asyncio.to_thread(get, "/ws"))[0] == 401  # no token
 
-    run(redis_server, scenario)
+    run(redis_server.address(), scenario)
 
 
 def test_a_connection_is_closed_when_its_token_expires(
@@ -320,7 +323,7 @@ def test_a_connection_is_closed_when_its_token_expires(
         assert info.value.rcvd is not None and info.value.rcvd.code == EXPIRED_CLOSE_CODE
         assert "token expired" in info.value.rcvd.reason
 
-    run(redis_server, scenario)
+    run(redis_server.address(), scenario)
 
 
 def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
@@ -374,7 +377,7 @@ def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
             assert (frame["channel"], frame["data"]["values"]["sku_id"]) == ("inventory:north", 2)
             assert "inventory:broken" not in gateway.hub.positions
 
-    run(redis_server, scenario)
+    run(redis_server.address(), scenario)
 
 
 def test_redis_outage_is_retried_reported_and_recovered_from(tmp_path: Path) -> None:
@@ -401,7 +404,7 @@ def test_redis_outage_is_retried_reported_and_recovered_from(tmp_path: Path) -> 
             assert frame["data"]["values"]["sku_id"] == 2
 
     try:
-        run(server, scenario)
+        run(server.address(), scenario)
     finally:
         client.close()
         server.stop()

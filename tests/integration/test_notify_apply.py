@@ -1,26 +1,24 @@
 """Notifications written by the apply script: exactly when the host write applied, in the
-same script call, into a bounded stream per channel."""
+same script call, into a bounded stream per channel; on Redis Cluster through the outbox of
+the row's slot and the relay, exactly once through crashes and repeated relays."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from click.testing import CliRunner
 
-from cdc_cache.cli import main
-from cdc_cache.core.errors import ApplyError, ConfigError
+from cdc_cache.core.errors import ApplyError
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import CHANNELS_KEY, outbox_key, stream_key
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
-from cdc_cache.sink.apply import RedisApplier, check_notifications
+from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.encoding import Outcome
-from cdc_cache.tools.devstack.redis import RedisClusterServers
+from cdc_cache.sink.outbox import OutboxRelay
 from tests.workload import NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration
@@ -40,8 +38,9 @@ def entries(redis: Any, channel: str) -> list[dict[str, Any]]:
 
 
 def test_each_applied_change_notifies_once_replays_and_stale_changes_never(
-    redis_client: Any,
+    any_redis: Any,
 ) -> None:
+    redis_client = any_redis
     applier = RedisApplier(redis_client)
     first, second = plan(change(10, 1), RULES), plan(change(20, 2), RULES)
     assert list(applier.apply(first).outcomes) == [A, A, A]
@@ -52,7 +51,8 @@ def test_each_applied_change_notifies_once_replays_and_stale_changes_never(
     assert redis_client.smembers(CHANNELS_KEY) == {b"inventory:north"}
 
 
-def test_notification_stays_with_its_host_when_a_batch_is_split(redis_client: Any) -> None:
+def test_notification_stays_with_its_host_when_a_batch_is_split(any_redis: Any) -> None:
+    redis_client = any_redis
     ops = [op for n in range(1, 40) for op in plan(change(n, n), RULES)]
     applier = RedisApplier(redis_client, max_ops_per_call=2, max_args_per_call=9)
     applier.apply(ops)
@@ -62,7 +62,8 @@ def test_notification_stays_with_its_host_when_a_batch_is_split(redis_client: An
     )
 
 
-def test_stream_is_bounded_by_maxlen(redis_client: Any) -> None:
+def test_stream_is_bounded_by_maxlen(any_redis: Any) -> None:
+    redis_client = any_redis
     applier = RedisApplier(redis_client)
     for n in range(1, 400):
         applier.apply(plan(change(n, n), RULES))
@@ -71,32 +72,100 @@ def test_stream_is_bounded_by_maxlen(redis_client: Any) -> None:
 
 
 def test_wrong_typed_stream_fails_before_any_write(redis_client: Any) -> None:
+    """On one server; on a Cluster the notification waits in its outbox (test below)."""
     redis_client.set(stream_key("inventory:north"), b"x")
     with pytest.raises(ApplyError, match="WRONGTYPE"):
         RedisApplier(redis_client).apply(plan(change(5, 1), RULES))
     assert redis_client.exists("stock:7:north") == 0
 
 
-def test_notification_without_a_host_is_refused(redis_client: Any) -> None:
+def test_notification_without_a_host_is_refused(any_redis: Any) -> None:
+    redis_client = any_redis
     with pytest.raises(ApplyError, match="needs a key op before it"):
         RedisApplier(redis_client).apply([Notify("inventory:x", b"{}", 10)])
     assert redis_client.exists(stream_key("inventory:x")) == 0
 
 
-def test_worker_with_notification_rules_refuses_to_start_on_redis_cluster(
-    tmp_path: Path, redis_cluster: RedisClusterServers
+def many_rows(first: int, count: int) -> list[Any]:
+    """Changes of ``count`` rows (spread over slots) on two channels."""
+    ops = []
+    for n in range(first, first + count):
+        row = {"id": n, "sku_id": n, "warehouse": ("north", "south")[n % 2], "qty": n}
+        event = ChangeEvent(
+            "inventory.stock", Op.CREATE, None, row, {"id": n}, SourcePosition(0, 1, n, 0), n
+        )
+        ops += plan(event, RULES)
+    return ops
+
+
+def sent(redis: Any) -> list[int]:
+    return sorted(
+        e["values"]["qty"] for c in ("north", "south") for e in entries(redis, f"inventory:{c}")
+    )
+
+
+def outbox_entries(redis: Any, ops: list[Any]) -> dict[str, list[Any]]:
+    names = {outbox_key(op.key) for op in ops if not isinstance(op, Notify)}
+    return {name: redis.xrange(name) for name in names if redis.xlen(name)}
+
+
+def test_a_crash_between_outbox_and_relay_is_finished_by_the_sweep(
+    redis_cluster_client: Any,
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(NOTIFY_RULES_YAML)
-    args = ["run", "--rules", str(rules), "--topic", "db.inventory.stock"]
-    result = CliRunner().invoke(main, [*args, "--redis-url", redis_cluster.address()])
-    assert result.exit_code == 2, result.output
-    assert "notification rules need a single Redis server" in result.output
-    assert "remove the tables' 'notify:' sections" in result.output
+    redis = redis_cluster_client
+    ops = many_rows(1, 60)
+    crashed = RedisApplier(redis)
+    crashed.relay_outboxes = False  # the worker dies right after the apply script's calls
+    assert set(crashed.apply(ops).outcomes) == {A}
+    assert sent(redis) == []
+    assert len(outbox_entries(redis, ops)) > 10  # held in the rows' own slots
+
+    restarted = RedisApplier(redis)
+    assert restarted.sweep_outboxes() == 60
+    assert sent(redis) == list(range(1, 61))
+    assert outbox_entries(redis, ops) == {}  # trimmed once relayed
+    assert redis.smembers(CHANNELS_KEY) == {b"inventory:north", b"inventory:south"}
+    assert restarted.sweep_outboxes() == 0
+    assert set(restarted.apply(ops).outcomes) == {D}  # the batch replayed: nobody again
+    assert sent(redis) == list(range(1, 61))
 
 
-def test_redis_cluster_refuses_notification_rules(redis_cluster_client: Any) -> None:
-    with pytest.raises(ConfigError, match="notification rules need a single Redis server"):
-        check_notifications(redis_cluster_client)
-    with pytest.raises(ApplyError, match="single Redis server"):
-        RedisApplier(redis_cluster_client).apply(plan(change(5, 1), RULES))
+@pytest.mark.parametrize("check_progress", [True, False], ids=["progress", "no_progress_check"])
+def test_entries_relayed_again_after_a_relay_crash_are_not_sent_twice(
+    redis_cluster_client: Any, check_progress: bool
+) -> None:
+    """A relay that appended to the streams but died before trimming the outbox."""
+    redis = redis_cluster_client
+    ops = many_rows(1, 40)
+    crashed = RedisApplier(redis)
+    crashed.relay_outboxes = False
+    crashed.apply(ops)
+    left = outbox_entries(redis, ops)
+    relay = OutboxRelay(redis, check_progress=check_progress)
+    assert relay.relay(left) == 40
+    for name, items in left.items():  # the outboxes as they were before the trim
+        redis.delete(name)
+        for entry_id, fields in items:
+            redis.xadd(name, fields, id=entry_id)
+    again = relay.relay(left) + OutboxRelay(redis, check_progress=check_progress).sweep()
+    if check_progress:
+        assert again == 0
+        assert sent(redis) == list(range(1, 41))
+    else:  # without the check the same entries reach the streams twice
+        assert again == 40
+        assert sent(redis) == sorted(2 * list(range(1, 41)))
+
+
+def test_wrong_typed_stream_on_a_cluster_holds_its_notifications_until_repaired(
+    redis_cluster_client: Any,
+) -> None:
+    redis = redis_cluster_client
+    redis.set(stream_key("inventory:north"), b"x")
+    ops = many_rows(1, 10)
+    applier = RedisApplier(redis)
+    assert set(applier.apply(ops).outcomes) == {A}  # the cache is written all the same
+    assert sorted(e["values"]["qty"] for e in entries(redis, "inventory:south")) == [1, 3, 5, 7, 9]
+    assert sum(len(v) for v in outbox_entries(redis, ops).values()) == 5  # held, not lost
+    redis.delete(stream_key("inventory:north"))
+    assert applier.sweep_outboxes() == 5
+    assert sent(redis) == list(range(1, 11))

@@ -90,7 +90,8 @@ def test_without_the_table_named_a_late_older_change_comes_back(any_redis):
     assert any_redis.exists("item:1") == 1
 
 
-def test_the_tables_channels_hear_one_truncate_however_often_it_is_delivered(redis_client):
+def test_the_tables_channels_hear_one_truncate_however_often_it_is_delivered(any_redis):
+    redis_client = any_redis
     for warehouse, n in (("north", 1), ("south", 2)):
         payload = orjson.dumps({"v": n})
         apply(redis_client, set_row(f"item:{n}", n), Notify(f"items:{warehouse}", payload, 100))

@@ -17,6 +17,9 @@
 -- A notification op (N) announces the change of the key op before it (its host): it is
 -- appended to the channel's stream only when the host applied, in this same script, so a
 -- stale or duplicate change notifies nobody and a write never lands without its notice.
+-- On Redis Cluster the channel's stream is in another slot, so an outbox op (O) appends the
+-- notification to the outbox of the host's slot instead, on the same condition; the relay
+-- (cdc_cache/sink/outbox.py, lua/relay.lua) moves it to the channel's stream.
 --
 -- The caller puts a shebang line in front: "#!lua" (refused up front while Redis is out of
 -- memory) or "#!lua flags=allow-oom" for calls that hold only deletes (D ops), which must
@@ -29,6 +32,7 @@
 --   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
 --   D                               DEL key (the version stays as a tombstone)
 -- per N op: N channel maxlen payload  XADD stream MAXLEN ~ maxlen * p payload, SADD channel
+-- per O op (one key, the outbox): O channel maxlen payload  XADD outbox * c channel m maxlen p payload
 -- A key op may be preceded by "T table" (no keys, no code of its own): from there on, key
 -- ops are of that table, and one at or below the table's last TRUNCATE (the field
 -- "truncated:<table>" of the op's bucket, see cdc_cache/sink/truncate.py) is stale.
@@ -40,7 +44,7 @@
 
 local HSET_PAIRS = 200
 local HORIZON_DIGITS = 8
-local NOTIFY_TYPES = {'stream', 'set'}  -- of an N op's keys
+local NOTIFY_TYPES = {'stream', 'set'}  -- of an N op's keys (an O op has the first only)
 local versions = {}  -- by bucket and field: the version as it stands while ops apply
 local ids = {}  -- per key op: its bucket and field, the key of versions
 local starts = {}
@@ -60,19 +64,20 @@ while k <= #KEYS do
   end
   starts[#starts + 1] = a
   firsts[#firsts + 1] = k
-  if kind == 'N' then
+  if kind == 'N' or kind == 'O' then
     local maxlen = tonumber(ARGV[a + 2])
     if not hosted or maxlen == nil or maxlen < 1 then
       return redis.error_reply('cdc-apply: notification on ' .. KEYS[k] .. ' needs a key op before it and a positive maxlen')
     end
-    for t, expected in ipairs(NOTIFY_TYPES) do
+    local width = kind == 'N' and 2 or 1
+    for t = 1, width do
       local found = redis.call('TYPE', KEYS[k + t - 1])['ok']
-      if found ~= 'none' and found ~= expected then
-        return redis.error_reply('WRONGTYPE cdc-apply: ' .. KEYS[k + t - 1] .. ' holds a ' .. found .. ', not a ' .. expected)
+      if found ~= 'none' and found ~= NOTIFY_TYPES[t] then
+        return redis.error_reply('WRONGTYPE cdc-apply: ' .. KEYS[k + t - 1] .. ' holds a ' .. found .. ', not a ' .. NOTIFY_TYPES[t])
       end
     end
     a = a + 4
-    k = k + 2
+    k = k + width
   else
     local vkey, field = KEYS[k + 1], ARGV[a + 1]
     if kind == 'J' then
@@ -119,6 +124,11 @@ for n, s in ipairs(starts) do
     if host == 1 or host == 3 then
       redis.call('XADD', key, 'MAXLEN', '~', ARGV[s + 2], '*', 'p', ARGV[s + 3])
       redis.call('SADD', vkey, ARGV[s + 1])
+    end
+  elseif kind == 'O' then
+    code = host
+    if host == 1 or host == 3 then
+      redis.call('XADD', key, '*', 'c', ARGV[s + 1], 'm', ARGV[s + 2], 'p', ARGV[s + 3])
     end
   else
     local id = ids[n]

@@ -3,7 +3,9 @@
 -- forgets it past its horizon), raised, never lowered. The apply script judges every key
 -- op of the table at or below it stale (cdc_cache/sink/lua/apply.lua, the T op).
 --
--- KEYS: n version buckets, then per channel its (stream, channel registry set) pair.
+-- KEYS: n version buckets, then per channel its (stream, channel registry set) pair, or
+--   (Redis Cluster) one key: the outbox of the first bucket's slot, which gets one entry per
+--   channel (relayed like the apply script's, cdc_cache/sink/outbox.py).
 -- ARGV: table, version, lifetime ms (the horizon is that far from now), n, maxlen, payload,
 -- then the channels.
 -- The channels' streams get the payload only when the first bucket's position was raised,
@@ -26,7 +28,11 @@ for i = 1, n do
     if i == 1 then first = true end
   end
 end
-if first then
+if first and #KEYS == n + 1 then
+  for c = 7, #ARGV do
+    redis.call('XADD', KEYS[n + 1], '*', 'c', ARGV[c], 'm', ARGV[5], 'p', ARGV[6])
+  end
+elseif first then
   for c = 7, #ARGV do
     local k = n + 2 * (c - 7) + 1
     redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[5], '*', 'p', ARGV[6])
