@@ -68,6 +68,7 @@ from cdc_cache.sink.connection import connect, connect_async
 
 log = logging.getLogger("cdc_cache.gateway")
 
+STOP_WAIT_S: Final = CLOSE_TIMEOUT_S + 0.5  # for the connections to close, then cut them
 READER_STOP_S: Final = 5.0  # the reader stops at its next step: one read or one backoff wait
 WATCHDOG_CLOSE_S: Final = 2.0  # then the process exits without waiting on Redis any longer
 
@@ -140,18 +141,31 @@ class Gateway:
         """Close every connection (1001 going away), stop reading, release Redis.
 
         Bounded whatever state it finds: a client that does not answer the close is cut
-        after ``CLOSE_TIMEOUT_S``, a reader that lost its cancellation is cancelled again
-        (and stops at its next step anyway), and a watchdog stuck on a Redis that does not
-        answer is left behind after ``WATCHDOG_CLOSE_S`` (its lock expires on its own).
+        after ``CLOSE_TIMEOUT_S`` (one still in its opening handshake after ``STOP_WAIT_S``);
+        a reader that lost its cancellation is cancelled again and stops at its next step
+        anyway; a watchdog stuck on a Redis that does not answer is left behind after
+        ``WATCHDOG_CLOSE_S`` (its lock expires on its own). The watchdog stops meanwhile.
         """
         self.hub.stop()
+        watchdog = (
+            asyncio.create_task(asyncio.to_thread(self.watchdog.close, WATCHDOG_CLOSE_S))
+            if self.watchdog is not None
+            else None
+        )
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._server.wait_closed()), STOP_WAIT_S)
+            except TimeoutError:  # a client silent in its opening handshake: 10 s more
+                for connection in self._server.all_connections:
+                    connection.transport.abort()
+                for handler in self._server.handler_tasks:
+                    handler.cancel()  # its socket closes as the process exits
+                await self._server.wait_closed()
         if self._reader is not None:
             await _cancel(self._reader)
-        if self.watchdog is not None:
-            await asyncio.to_thread(self.watchdog.close, WATCHDOG_CLOSE_S)
+        if watchdog is not None:
+            await watchdog
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
     def _grant(self, request: Request) -> Grant:

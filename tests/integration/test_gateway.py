@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import struct
 import sys
@@ -326,31 +327,42 @@ def test_a_connection_is_closed_when_its_token_expires(
     run(redis_server.address(), scenario)
 
 
-def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
-    tmp_path: Path, redis_server: RedisServer, redis_client: Any
-) -> None:
+def gateway_process(tmp_path: Path, redis_url: str) -> tuple[Service, int]:
+    """``cdc-cache gateway`` started as operators run it, once it listens; and its port."""
     port = free_port()
     (tmp_path / "secret").write_text(SECRET)
     gateway = Service(
         [
             sys.executable, "-m", "cdc_cache", "gateway",
-            "--redis-url", redis_server.address(), "--port", str(port),
+            "--redis-url", redis_url, "--port", str(port),
             "--secret-file", str(tmp_path / "secret"),
         ],
         tmp_path / "gateway.log",
     )  # fmt: skip
     gateway.start()
+    deadline = time.monotonic() + 30
+    while not port_open(port):
+        gateway.check_alive()
+        assert time.monotonic() < deadline, gateway.tail()
+        time.sleep(0.05)
+    return gateway, port
+
+
+def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
+    tmp_path: Path, redis_target: RedisTarget
+) -> None:
+    # Channels to follow: on a Cluster every round reads each slot, the state in which a
+    # cancellation lost inside the Redis client used to leave the gateway running.
+    for n, warehouse in enumerate(("north", "south", "east", "west"), start=1):
+        publish(redis_target.client, n, warehouse)
+    gateway, port = gateway_process(tmp_path, redis_target.url)
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            gateway.check_alive()
-            assert time.monotonic() < deadline, gateway.tail()
-            time.sleep(0.05)
 
         async def scenario() -> int | None:
             async with connect(f"ws://127.0.0.1:{port}/ws?token={token('inventory:*')}") as ws:
                 await subscribe(ws, "inventory:*")
-                assert await asyncio.to_thread(gateway.terminate) == 0, gateway.tail()
+                await asyncio.sleep(1)  # reading rounds under way
+                assert await asyncio.to_thread(gateway.terminate, 10) == 0, gateway.tail()
                 with pytest.raises(ConnectionClosed) as info:
                     await asyncio.wait_for(ws.recv(), 10)
                 return info.value.rcvd.code if info.value.rcvd else None
@@ -359,6 +371,32 @@ def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
         assert "gateway stopping" in gateway.log.read_text()
     finally:
         gateway.stop()
+
+
+def test_gateway_process_stops_on_sigterm_at_once_while_redis_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    redis_pid = server.process.pid()
+    assert redis_pid is not None
+    gateway, port = gateway_process(tmp_path, server.address())
+    try:
+        # A client stuck in its opening handshake, which the server waits for by default.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            os.kill(redis_pid, signal.SIGSTOP)  # reads and writes to Redis hang
+            time.sleep(1.5)  # the watchdog's next look waits on Redis (5 s socket timeout)
+            started = time.monotonic()
+            assert gateway.terminate(30) == 0, gateway.tail()
+            stopped_s = time.monotonic() - started
+        # Unbounded, it waited out the handshake (10 s), the watchdog's look and its lock
+        # release (5 s each).
+        assert stopped_s < 6, gateway.tail()
+        assert "not waiting for it to release the lock" in gateway.log.read_text()
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+        gateway.stop()
+        server.stop()
 
 
 def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
