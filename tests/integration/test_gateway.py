@@ -289,6 +289,39 @@ def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
     run(redis_server.address(), scenario, queue_size=50)
 
 
+def test_a_stalled_client_holds_up_a_stop_two_seconds_at_most(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    redis_client.sadd(CHANNELS_KEY, "bulk:1")
+    redis_client.xadd(stream_key("bulk:1"), {"p": b"{}"})
+    blob = "x" * 64_000
+    stopped: list[float] = []
+
+    async def main() -> None:
+        config = GatewaySettings(
+            redis_url=redis_server.address(), port=0, secret=SECRET, block_ms=100,
+            discover_s=0.1, queue_size=1000, watchdog=False,
+        )  # fmt: skip
+        gateway = Gateway(config)
+        await gateway.start()
+        path = f"/ws?token={token('bulk:*')}"
+        slow = await asyncio.to_thread(stalled_client, gateway.port, path, ["bulk:*"])
+        await _until(lambda: len(gateway.hub.subscribers["bulk:1"]) == 1, "it subscribed")
+        pipe = redis_client.pipeline(transaction=False)
+        for n in range(150):  # ~10 MB: more than the socket buffers hold, less than its queue
+            pipe.xadd(stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob})})
+        await asyncio.to_thread(pipe.execute)
+        await asyncio.sleep(1)  # the gateway's writes to it are stuck
+        started = time.monotonic()
+        await gateway.stop()  # its close frame cannot be sent: the client is cut
+        stopped.append(time.monotonic() - started)
+        slow.close()
+
+    asyncio.run(main())
+    # websockets waits 10 s by default for a closing handshake that cannot happen.
+    assert stopped[0] < 5, f"the stop took {stopped[0]:.1f} s"
+
+
 def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: Any) -> None:
     async def scenario(gateway: Gateway, url: str) -> None:
         base = url.replace("ws://", "http://").removesuffix("/ws")
