@@ -6,6 +6,7 @@ what the channels' streams hold, then shows each new change as it is applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ def _qty(browser: Any, sku: int, warehouse: str) -> str | None:
     return value
 
 
+def _shows(sku: int, warehouse: str) -> Callable[[Any], bool]:
+    """Whether the page shows ``sku``'s change in ``warehouse`` (its qty is its sku)."""
+    return lambda b: _qty(b, sku, warehouse) == str(sku)
+
+
 def test_the_live_page_replays_the_streams_then_shows_each_change_as_applied(
     tmp_path: Path, redis_target: RedisTarget, browser: Any
 ) -> None:
@@ -41,12 +47,12 @@ def test_the_live_page_replays_the_streams_then_shows_each_change_as_applied(
         WebDriverWait(browser, 30).until(
             lambda b: (
                 b.find_element(By.ID, "status").text == "live"
-                and all(_qty(b, n, w) == str(n) for n, w in enumerate(warehouses, start=1))
+                and all(_shows(n, w)(b) for n, w in enumerate(warehouses, start=1))
             )
         )
         for n, warehouse in enumerate(warehouses, start=11):  # live, channel by channel
             publish(redis_target.client, n, warehouse)
-            WebDriverWait(browser, 30).until(lambda b, n=n, w=warehouse: _qty(b, n, w) == str(n))
+            WebDriverWait(browser, 30).until(_shows(n, warehouse))
         browser.get("about:blank")
         assert gateway.terminate(10) == 0, gateway.tail()
     finally:
