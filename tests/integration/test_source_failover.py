@@ -177,6 +177,13 @@ def test_failover_to_a_replica_is_followed_without_an_operator(
             redis_cluster_client,
         )
         right_s = time.monotonic() - switched
+
+        def held() -> bool:
+            record = redis_cluster_client.hgetall("cdc:mode")
+            return record.get(b"mode") == b"ttl" and b"lineage" in record.get(b"holds", b"")
+
+        # The hold reaches cdc:mode at the leader's next tick, which may come after the rows.
+        wait_until("ttl mode held for the switch", held, 30, alive=[detecting], interval=0.2)
         mode = {k.decode(): v.decode() for k, v in redis_cluster_client.hgetall("cdc:mode").items()}
         leftovers = right.count(Finding.UNEXPECTED)
         clean = until("the leftovers expired", _clean, replica, redis_cluster_client)
