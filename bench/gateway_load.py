@@ -200,10 +200,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = asyncio.run(measure(args, redis_url, port))
     finally:
+        stopping = time.monotonic()
         gateway.terminate()
-        gateway.wait(30)
+        try:
+            gateway.wait(30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait()
+        stop_s = time.monotonic() - stopping
         if server is not None:
             server.stop()
+    # How the gateway took SIGTERM after the clients left (killed after 30 s: exit -9).
+    result["gateway_stop"] = {"exit": gateway.returncode, "seconds": round(stop_s, 2)}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -328,12 +328,28 @@ class Watchdog:
         """Make :meth:`run` return after the current tick (safe in a signal handler)."""
         self._closing.set()
 
-    def close(self) -> None:
-        """Stop ticking and shortening, and hand the lock to another instance at once."""
+    def close(self, timeout_s: float = 20.0) -> None:
+        """Stop ticking and shortening, and hand the lock to another instance at once.
+
+        Returns within ``timeout_s`` even when Redis does not answer (a tick or the
+        release stuck on a socket read): the lock then expires on its own.
+        """
+        deadline = time.monotonic() + timeout_s
         self._closing.set()
         if self._thread is not None:
-            self._thread.join(10)
-        self._shortener.join(10)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._shortener.join(max(0.0, deadline - time.monotonic()))
+        release = threading.Thread(target=self._release, name="cdc-watchdog-unlock", daemon=True)
+        release.start()
+        release.join(max(0.0, deadline - time.monotonic()))
+        if release.is_alive():
+            log.warning(
+                "watchdog: Redis does not answer; not waiting for it to release the lock, "
+                "which expires on its own",
+                extra={"lock_expires_in_s": self._lock_ms / 1000},
+            )
+
+    def _release(self) -> None:
         try:
             self._unlock(keys=[WATCHDOG_LOCK_KEY], args=[self._id])
         except _REDIS_ERRORS as exc:

@@ -43,7 +43,7 @@ import signal
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -61,12 +61,16 @@ from cdc_cache.notify.frames import format_id, parse_id
 from cdc_cache.notify.hub import Hub, stop_if_misconfigured
 from cdc_cache.notify.patterns import validate_pattern
 from cdc_cache.notify.rate_limit import TokenBucket
-from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, Session
+from cdc_cache.notify.session import CLOSE_TIMEOUT_S, EXPIRED_CLOSE_CODE, Session
 from cdc_cache.notify.settings import GatewaySettings
 from cdc_cache.notify.tokens import Grant, TokenError, verify
 from cdc_cache.sink.connection import connect, connect_async
 
 log = logging.getLogger("cdc_cache.gateway")
+
+STOP_WAIT_S: Final = CLOSE_TIMEOUT_S + 0.5  # for the connections to close, then cut them
+READER_STOP_S: Final = 5.0  # the reader stops at its next step: one read or one backoff wait
+WATCHDOG_CLOSE_S: Final = 2.0  # then the process exits without waiting on Redis any longer
 
 
 class Gateway:
@@ -112,6 +116,7 @@ class Gateway:
                 ping_interval=settings.heartbeat_s,
                 ping_timeout=settings.heartbeat_s,
                 max_size=64 * 1024,
+                close_timeout=CLOSE_TIMEOUT_S,
             )
         except OSError as exc:
             msg = (
@@ -133,17 +138,34 @@ class Gateway:
             self._reader.result()  # raises what ended it
 
     async def stop(self) -> None:
-        """Close every connection (1001 going away), stop reading, release Redis."""
+        """Close every connection (1001 going away), stop reading, release Redis.
+
+        Bounded whatever state it finds: a client that does not answer the close is cut
+        after ``CLOSE_TIMEOUT_S`` (one still in its opening handshake after ``STOP_WAIT_S``);
+        a reader that lost its cancellation is cancelled again and stops at its next step
+        anyway; a watchdog stuck on a Redis that does not answer is left behind after
+        ``WATCHDOG_CLOSE_S`` (its lock expires on its own). The watchdog stops meanwhile.
+        """
+        self.hub.stop()
+        watchdog = (
+            asyncio.create_task(asyncio.to_thread(self.watchdog.close, WATCHDOG_CLOSE_S))
+            if self.watchdog is not None
+            else None
+        )
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._server.wait_closed()), STOP_WAIT_S)
+            except TimeoutError:  # a client silent in its opening handshake: 10 s more
+                for connection in self._server.all_connections:
+                    connection.transport.abort()
+                for handler in self._server.handler_tasks:
+                    handler.cancel()  # its socket closes as the process exits
+                await self._server.wait_closed()
         if self._reader is not None:
-            self._reader.cancel()
-            # A reader that gave up on a setting raised it through run_until already.
-            with contextlib.suppress(asyncio.CancelledError, ConfigError):
-                await self._reader
-        if self.watchdog is not None:
-            await asyncio.to_thread(self.watchdog.close)
+            await _cancel(self._reader)
+        if watchdog is not None:
+            await watchdog
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
     def _grant(self, request: Request) -> Grant:
@@ -327,6 +349,20 @@ class Gateway:
             for channel in [c for c in session.last if not session.wants(c)]:
                 self.hub.detach(session, channel)
         session.control("unsubscribed", patterns=sorted(session.patterns))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again while a cancellation gets lost."""
+    deadline = time.monotonic() + READER_STOP_S
+    while not task.done() and time.monotonic() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.done():
+        log.error("the stream reader did not stop; exiting without it")
+        return
+    # A reader that gave up on a setting raised it through run_until already.
+    with contextlib.suppress(asyncio.CancelledError, ConfigError):
+        await task
 
 
 def _respond(

@@ -10,6 +10,7 @@ hold that pattern. A subscription that asks for the past replays the stream firs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -57,6 +58,22 @@ class Hub:
         self.healthy = False
         self._discovered_at = 0.0
         self.broken: set[str] = set()  # channels whose key is no stream: not followed
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Make :meth:`run` return at its next step, even if a cancellation of it is lost.
+
+        The Redis client waits with ``asyncio.wait_for``, which in Python 3.11 returns the
+        result of a call that completed just as its caller was cancelled and drops the
+        cancellation; on a Cluster, where every round makes several short calls, a reader
+        cancelled once would otherwise go on reading forever.
+        """
+        self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when :meth:`stop` is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def discover(self, *, initial: bool = False) -> None:
         """Learn new channels; at start each is followed from its end, later from its start.
@@ -138,12 +155,12 @@ class Hub:
             session.offer(frame)
 
     async def run(self) -> None:
-        """Read and fan out until cancelled; Redis outages are retried with backoff.
+        """Read and fan out until stopped; Redis outages are retried with backoff.
 
         Refused credentials or a missing permission raise ConfigError: no wait fixes them.
         """
         backoff, attempt, rng = Backoff(maximum=5.0), 0, random.Random()
-        while True:
+        while not self._stopping.is_set():
             try:
                 if not self.healthy or time.monotonic() - self._discovered_at > self._discover_s:
                     await self.discover(initial=not self.healthy and not self.positions)
@@ -152,7 +169,7 @@ class Hub:
             except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
                 stop_if_misconfigured(exc)
                 await self._forget_broken_channels(exc)
-                await asyncio.sleep(self._block_ms / 1000)
+                await self._pause(self._block_ms / 1000)
             except (
                 rex.ConnectionError,
                 rex.TimeoutError,
@@ -164,7 +181,7 @@ class Hub:
                 self.healthy, attempt = False, attempt + 1
                 delay = backoff.delay(attempt, rng)
                 _REPORT_RETRY(attempt, delay, exc)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
 
     async def _forget_broken_channels(self, error: rex.ResponseError) -> None:
         """Stop following channels whose key holds something else than a stream.
@@ -187,7 +204,7 @@ class Hub:
 
     async def _read_once(self) -> None:
         if not self.positions:
-            await asyncio.sleep(self._block_ms / 1000)
+            await self._pause(self._block_ms / 1000)
             return
         streams = {stream_key(c): format_id(p) for c, p in self.positions.items()}
         if self._cluster:
@@ -225,7 +242,7 @@ class Hub:
             pipe.xread(group, count=READ_COUNT)
         replies = [reply for found in await pipe.execute() for reply in found or ()]
         if not replies:
-            await asyncio.sleep(min(CLUSTER_POLL_S, self._block_ms / 1000))
+            await self._pause(min(CLUSTER_POLL_S, self._block_ms / 1000))
         return replies
 
 

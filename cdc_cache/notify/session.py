@@ -23,6 +23,7 @@ log = logging.getLogger("cdc_cache.gateway")
 
 SLOW_CLOSE_CODE: Final = 4008  # the client fell behind: reconnect and resume
 EXPIRED_CLOSE_CODE: Final = 4001  # the token expired: reconnect with a fresh one
+CLOSE_TIMEOUT_S: Final = 2.0  # a client that does not answer a close in time is cut off
 
 
 class Session:
@@ -122,6 +123,6 @@ def spawn(coro: Any) -> None:
 async def _close(ws: ServerConnection, code: int, reason: str) -> None:
     """Close politely, or cut the connection when the client does not answer in time."""
     try:
-        await asyncio.wait_for(ws.close(code, reason), timeout=2)
+        await asyncio.wait_for(ws.close(code, reason), timeout=CLOSE_TIMEOUT_S)
     except TimeoutError:
         ws.transport.abort()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import struct
 import sys
@@ -288,6 +289,39 @@ def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
     run(redis_server.address(), scenario, queue_size=50)
 
 
+def test_a_stalled_client_holds_up_a_stop_two_seconds_at_most(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    redis_client.sadd(CHANNELS_KEY, "bulk:1")
+    redis_client.xadd(stream_key("bulk:1"), {"p": b"{}"})
+    blob = "x" * 64_000
+    stopped: list[float] = []
+
+    async def main() -> None:
+        config = GatewaySettings(
+            redis_url=redis_server.address(), port=0, secret=SECRET, block_ms=100,
+            discover_s=0.1, queue_size=1000, watchdog=False,
+        )  # fmt: skip
+        gateway = Gateway(config)
+        await gateway.start()
+        path = f"/ws?token={token('bulk:*')}"
+        slow = await asyncio.to_thread(stalled_client, gateway.port, path, ["bulk:*"])
+        await _until(lambda: len(gateway.hub.subscribers["bulk:1"]) == 1, "it subscribed")
+        pipe = redis_client.pipeline(transaction=False)
+        for n in range(150):  # ~10 MB: more than the socket buffers hold, less than its queue
+            pipe.xadd(stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob})})
+        await asyncio.to_thread(pipe.execute)
+        await asyncio.sleep(1)  # the gateway's writes to it are stuck
+        started = time.monotonic()
+        await gateway.stop()  # its close frame cannot be sent: the client is cut
+        stopped.append(time.monotonic() - started)
+        slow.close()
+
+    asyncio.run(main())
+    # websockets waits 10 s by default for a closing handshake that cannot happen.
+    assert stopped[0] < 5, f"the stop took {stopped[0]:.1f} s"
+
+
 def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: Any) -> None:
     async def scenario(gateway: Gateway, url: str) -> None:
         base = url.replace("ws://", "http://").removesuffix("/ws")
@@ -326,31 +360,42 @@ def test_a_connection_is_closed_when_its_token_expires(
     run(redis_server.address(), scenario)
 
 
-def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
-    tmp_path: Path, redis_server: RedisServer, redis_client: Any
-) -> None:
+def gateway_process(tmp_path: Path, redis_url: str) -> tuple[Service, int]:
+    """``cdc-cache gateway`` started as operators run it, once it listens; and its port."""
     port = free_port()
     (tmp_path / "secret").write_text(SECRET)
     gateway = Service(
         [
             sys.executable, "-m", "cdc_cache", "gateway",
-            "--redis-url", redis_server.address(), "--port", str(port),
+            "--redis-url", redis_url, "--port", str(port),
             "--secret-file", str(tmp_path / "secret"),
         ],
         tmp_path / "gateway.log",
     )  # fmt: skip
     gateway.start()
+    deadline = time.monotonic() + 30
+    while not port_open(port):
+        gateway.check_alive()
+        assert time.monotonic() < deadline, gateway.tail()
+        time.sleep(0.05)
+    return gateway, port
+
+
+def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
+    tmp_path: Path, redis_target: RedisTarget
+) -> None:
+    # Channels to follow: on a Cluster every round reads each slot, the state in which a
+    # cancellation lost inside the Redis client used to leave the gateway running.
+    for n, warehouse in enumerate(("north", "south", "east", "west"), start=1):
+        publish(redis_target.client, n, warehouse)
+    gateway, port = gateway_process(tmp_path, redis_target.url)
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            gateway.check_alive()
-            assert time.monotonic() < deadline, gateway.tail()
-            time.sleep(0.05)
 
         async def scenario() -> int | None:
             async with connect(f"ws://127.0.0.1:{port}/ws?token={token('inventory:*')}") as ws:
                 await subscribe(ws, "inventory:*")
-                assert await asyncio.to_thread(gateway.terminate) == 0, gateway.tail()
+                await asyncio.sleep(1)  # reading rounds under way
+                assert await asyncio.to_thread(gateway.terminate, 10) == 0, gateway.tail()
                 with pytest.raises(ConnectionClosed) as info:
                     await asyncio.wait_for(ws.recv(), 10)
                 return info.value.rcvd.code if info.value.rcvd else None
@@ -359,6 +404,32 @@ def test_gateway_process_stops_on_sigterm_closing_clients_as_going_away(
         assert "gateway stopping" in gateway.log.read_text()
     finally:
         gateway.stop()
+
+
+def test_gateway_process_stops_on_sigterm_at_once_while_redis_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    redis_pid = server.process.pid()
+    assert redis_pid is not None
+    gateway, port = gateway_process(tmp_path, server.address())
+    try:
+        # A client stuck in its opening handshake, which the server waits for by default.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            os.kill(redis_pid, signal.SIGSTOP)  # reads and writes to Redis hang
+            time.sleep(1.5)  # the watchdog's next look waits on Redis (5 s socket timeout)
+            started = time.monotonic()
+            assert gateway.terminate(30) == 0, gateway.tail()
+            stopped_s = time.monotonic() - started
+        # Unbounded, it waited out the handshake (10 s), the watchdog's look and its lock
+        # release (5 s each).
+        assert stopped_s < 6, gateway.tail()
+        assert "not waiting for it to release the lock" in gateway.log.read_text()
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+        gateway.stop()
+        server.stop()
 
 
 def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
