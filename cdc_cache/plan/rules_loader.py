@@ -199,10 +199,12 @@ class _Checker:
     def used(self, column: str, use: Use, where: str, node: yaml.Node) -> None:
         self.uses.append(ColumnUse(column, use, where, node.start_mark.line + 1))
 
+    def optional_scalar(self, node: yaml.Node | None, where: str) -> str | None:
+        """A setting's text, or None when it is absent or empty (its default applies)."""
+        return None if node is None else self.scalar(node, where)
+
     def duration(self, node: yaml.Node | None, where: str, default: int) -> int:
-        if node is None:
-            return default
-        value = self.scalar(node, where)
+        value = self.optional_scalar(node, where)
         if value is None:
             return default
         try:
@@ -212,9 +214,7 @@ class _Checker:
             return default
 
     def choice(self, node: yaml.Node | None, where: str, kind: type[_E], default: _E) -> _E:
-        if node is None:
-            return default
-        value = self.scalar(node, where)
+        value = self.optional_scalar(node, where)
         if value is None:
             return default
         try:
@@ -458,7 +458,7 @@ class _Checker:
         parent = self.scalar(items["table"][1], f"{where}.table")
         via = self.scalar(items["via"][1], f"{where}.via")
         through_node = _value(items, "through")
-        through = self.scalar(through_node, f"{where}.through") if through_node else None
+        through = self.optional_scalar(through_node, f"{where}.through")
         if parent is None or via is None or (through_node is not None and through is None):
             return None
         if not IDENTIFIER.match(via):
@@ -737,9 +737,7 @@ class _Checker:
         return NotifyRule(channel, fields, maxlen, node.start_mark.line + 1)
 
     def count(self, node: yaml.Node | None, where: str, default: int) -> int:
-        if node is None:
-            return default
-        value = self.scalar(node, where)
+        value = self.optional_scalar(node, where)
         if value is None:
             return default
         if not value.isdigit() or int(value) <= 0:
