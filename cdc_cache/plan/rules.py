@@ -16,6 +16,7 @@ from typing import Final
 from cdc_cache.core.events import Row
 from cdc_cache.core.keys import escape_value
 from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.key_extras import KeyExtras, Snapshot
 from cdc_cache.source.natural import (
     WIRE_VALUES,
     TableValues,
@@ -127,6 +128,7 @@ class KeyRule:
     ttl_ms: int
     line: int
     depends_on: tuple[Dependency, ...] = ()
+    extras: KeyExtras | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +174,15 @@ class Use(StrEnum):
     RENDER = "render"
     DEPENDS = "depends_on"
     TAGS = "invalidate_tags"
+    WHEN = "when"
+    TTL = "ttl"
 
     @property
     def breaks_changes(self) -> bool:
         """Without the column, a change of the table cannot be applied as planned."""
         return self in (
-            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS
+            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS,
+            Use.WHEN, Use.TTL,
         )  # fmt: skip
 
 
@@ -210,6 +215,7 @@ class TableRules:
     uses: tuple[ColumnUse, ...] = ()
     values: TableValues = WIRE_VALUES
     invalidate_tags: tuple[KeyTemplate, ...] = ()
+    snapshot: Snapshot = Snapshot.WRITE
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:

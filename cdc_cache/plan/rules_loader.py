@@ -23,6 +23,8 @@ from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import LEGACY_VERSION_PREFIX, VERSION_PREFIX
 from cdc_cache.core.logical import ColumnType, Kind, declared
 from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.expressions import Expression
+from cdc_cache.plan.key_extras import Field, KeyExtras, RowTtl, Snapshot
 from cdc_cache.plan.rules import (
     DEFAULT_NOTIFY_MAXLEN,
     DEFAULT_SAFETY_TTL_MS,
@@ -55,6 +57,26 @@ _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_
 _TABLE_NAME: Final = re.compile(r"^[^.\s]+\.[^.\s]+$")
 
 _E = TypeVar("_E", bound=StrEnum)
+
+# The settings each level of the file takes (the JSON Schema is generated from these too,
+# see cdc_cache.plan.rules_schema).
+TOP_SETTINGS: Final = frozenset({"version", "defaults", "tables"})
+DEFAULTS_SETTINGS: Final = frozenset(
+    {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
+)
+TABLE_SETTINGS: Final = frozenset(
+    {
+        "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
+        "values", "decimals", "timestamps", "types", "render", "invalidate_tags", "snapshot",
+    }
+)  # fmt: skip
+KEY_SETTINGS: Final = frozenset(
+    {"key", "action", "fields", "format", "ttl", "depends_on", "when", "only_if_cached"}
+)
+NOTIFY_SETTINGS: Final = frozenset({"channel", "fields", "maxlen"})
+DEPENDENCY_SETTINGS: Final = frozenset({"table", "via", "through", "match"})
+FIELD_SETTINGS: Final = frozenset({"name", "from", "expr"})
+ROW_TTL_SETTINGS: Final = frozenset({"seconds", "until"})
 
 RULES_VERSIONS: Final = (1, 2)
 # What a rules file caches when it does not choose: version 1 keeps Debezium's wire values.
@@ -228,15 +250,9 @@ class _Checker:
         if root is None:
             self.problem(None, "rules", "the file is empty; it needs a 'tables:' mapping")
             return Rules({}, self.path)
-        top = self.mapping(root, "rules", frozenset({"version", "defaults", "tables"}))
+        top = self.mapping(root, "rules", TOP_SETTINGS)
         version = self.version(_value(top, "version"))
-        defaults = self.mapping(
-            _value(top, "defaults"),
-            "defaults",
-            frozenset(
-                {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
-            ),
-        )
+        defaults = self.mapping(_value(top, "defaults"), "defaults", DEFAULTS_SETTINGS)
         self.values_chosen = "values" in defaults or version != 1
         self.values = self.choice(
             _value(defaults, "values"), "defaults.values", Values, VERSION_VALUES[version]
@@ -310,16 +326,7 @@ class _Checker:
         node: yaml.Node,
         where: str,
     ) -> TableRules | None:
-        items = self.mapping(
-            node,
-            where,
-            frozenset(
-                {
-                    "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
-                    "values", "decimals", "timestamps", "types", "render", "invalidate_tags",
-                }
-            ),
-        )  # fmt: skip
+        items = self.mapping(node, where, TABLE_SETTINGS)
         self.uses = []
         columns_node = _value(items, "columns")
         columns = (
@@ -377,7 +384,7 @@ class _Checker:
                     "change to an unwatched column would leave it stale; list its fields",
                 )
             else:
-                needed = rule.template.columns + (rule.fields or ())
+                needed = rule.template.columns + (rule.fields or ()) + _extra_columns(rule)
                 self.check_watched(key_node, f"{where}.keys[{index}]", needed, watch, "key")
             rules.append(rule)
         tombstone_ttl = self.duration(
@@ -391,6 +398,9 @@ class _Checker:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
         values = self.table_values(name, items, where, check_columns)
+        snapshot = self.choice(
+            _value(items, "snapshot"), f"{where}.snapshot", Snapshot, Snapshot.WRITE
+        )
         return TableRules(
             name,
             tuple(rules),
@@ -401,6 +411,7 @@ class _Checker:
             tuple(self.uses),
             values,
             tags,
+            snapshot,
         )
 
     def tag_templates(
@@ -444,7 +455,7 @@ class _Checker:
         watch: tuple[str, ...] | None,
     ) -> Dependency | None:
         """One ``depends_on`` entry; what it says of other tables is checked once all are read."""
-        items = self.mapping(node, where, frozenset({"table", "via", "through", "match"}))
+        items = self.mapping(node, where, DEPENDENCY_SETTINGS)
         if "table" not in items or "via" not in items:
             if isinstance(node, yaml.MappingNode):
                 self.problem(
@@ -701,7 +712,7 @@ class _Checker:
         where: str,
         check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
     ) -> NotifyRule | None:
-        items = self.mapping(node, where, frozenset({"channel", "fields", "maxlen"}))
+        items = self.mapping(node, where, NOTIFY_SETTINGS)
         if "channel" not in items:
             if isinstance(node, yaml.MappingNode):
                 self.problem(
@@ -752,9 +763,7 @@ class _Checker:
         check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
         watch: tuple[str, ...] | None,
     ) -> KeyRule | None:
-        items = self.mapping(
-            node, where, frozenset({"key", "action", "fields", "format", "ttl", "depends_on"})
-        )
+        items = self.mapping(node, where, KEY_SETTINGS)
         if "key" not in items:
             self.problem(node, where, "missing 'key:', e.g. key: \"stock:{sku_id}\"")
             return None
@@ -790,19 +799,29 @@ class _Checker:
             self.used(column, Use.KEY, f"{where}.key", key_node)
         action = self.choice(_value(items, "action"), f"{where}.action", Action, Action.SET)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields", Use.FIELDS) if fields_node else None
-        if fields_node is not None and fields is not None:
-            check_columns(fields_node, f"{where}.fields", fields)
-            if action is Action.DELETE:
-                self.problem(
-                    fields_node,
-                    f"{where}.fields",
-                    "a delete key stores no value; remove fields or use action: set",
-                )
+        fields, projection = (
+            self.fields(fields_node, f"{where}.fields", check_columns)
+            if fields_node
+            else (None, None)
+        )
+        if fields_node is not None and fields is not None and action is Action.DELETE:
+            self.problem(
+                fields_node,
+                f"{where}.fields",
+                "a delete key stores no value; remove fields or use action: set",
+            )
         value_format = self.choice(
             _value(items, "format"), f"{where}.format", ValueFormat, self.format
         )
-        ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
+        ttl_node = _value(items, "ttl")
+        row_ttl = None
+        if isinstance(ttl_node, yaml.MappingNode):
+            ttl, row_ttl = self.safety_ttl_ms, self.row_ttl(ttl_node, f"{where}.ttl", check_columns)
+        else:
+            ttl = self.duration(ttl_node, f"{where}.ttl", self.safety_ttl_ms)
+        extras = self.key_extras(
+            items, where, action, check_columns, projection=projection, row_ttl=row_ttl
+        )
         depends: list[Dependency] = []
         depends_node = _value(items, "depends_on")
         if depends_node is not None and not isinstance(depends_node, yaml.SequenceNode):
@@ -830,7 +849,173 @@ class _Checker:
             ttl,
             node.start_mark.line + 1,
             tuple(depends),
+            extras,
         )
+
+    def fields(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> tuple[tuple[str, ...] | None, tuple[Field, ...] | None]:
+        """``fields:``: the columns a key's value reads, and its renamed/computed fields.
+
+        A list of plain column names keeps the fast projection (no fields of their own);
+        entries ``{name, from}`` or ``{name, expr}`` make one.
+        """
+        if not isinstance(node, yaml.SequenceNode) or all(
+            isinstance(item, yaml.ScalarNode) for item in node.value
+        ):
+            names = self.names(node, where, Use.FIELDS)
+            if names is not None:
+                check_columns(node, where, names)
+            return names, None
+        out: list[Field] = []
+        read: list[str] = []
+        for index, item in enumerate(node.value):
+            at = f"{where}[{index}]"
+            if isinstance(item, yaml.ScalarNode):
+                column = self.column_name(item, at, check_columns)
+                if column is not None:
+                    out.append(Field(column, column))
+                    read.append(column)
+                continue
+            entry = self.mapping(item, at, FIELD_SETTINGS)
+            name = self.optional_scalar(_value(entry, "name"), f"{at}.name")
+            if name is None or not IDENTIFIER.match(name):
+                self.problem(item, at, "needs 'name:' (a field name such as title) and one of "
+                             "'from:' (a column) or 'expr:' (an expression)")  # fmt: skip
+                continue
+            if ("from" in entry) == ("expr" in entry):
+                self.problem(item, at, "give exactly one of 'from:' (a column) or 'expr:'")
+                continue
+            if "from" in entry:
+                column = self.column_name(entry["from"][1], f"{at}.from", check_columns)
+                if column is not None:
+                    out.append(Field(name, column))
+                    read.append(column)
+                continue
+            expr = self.expression(entry["expr"][1], f"{at}.expr", Use.FIELDS, check_columns)
+            if expr is not None:
+                out.append(Field(name, None, expr))
+                read += expr.columns
+        given = [f.name for f in out]
+        for name in sorted({n for n in given if given.count(n) > 1}):
+            self.problem(node, where, f"field '{name}' is given twice; rename one")
+        return tuple(dict.fromkeys(read)), tuple(out)
+
+    def column_name(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> str | None:
+        """One column name of ``fields:``, recorded and checked against the columns."""
+        value = self.scalar(node, where)
+        if value is None or not IDENTIFIER.match(value):
+            self.problem(node, where, f"'{value}' is not a column name")
+            return None
+        self.used(value, Use.FIELDS, where, node)
+        check_columns(node, where, (value,))
+        return value
+
+    def expression(
+        self,
+        node: yaml.Node,
+        where: str,
+        use: Use,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> Expression | None:
+        """An expression over the row's columns, compiled once; its columns recorded."""
+        source = self.scalar(node, where)
+        if source is None:
+            return None
+        try:
+            expr = Expression.compile(source)
+        except ValueError as exc:
+            self.problem(node, where, f"{exc}; see the rules section of the README")
+            return None
+        check_columns(node, where, expr.columns)
+        for column in expr.columns:
+            if not IDENTIFIER.match(column):  # pragma: no cover - Python names are identifiers
+                self.problem(node, where, f"'{column}' is not a column name")
+            self.used(column, use, where, node)
+        return expr
+
+    def row_ttl(
+        self,
+        node: yaml.MappingNode,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> RowTtl | None:
+        """``ttl: {seconds: EXPR}`` or ``ttl: {until: EXPR}``: a TTL from the row."""
+        items = self.mapping(node, where, ROW_TTL_SETTINGS)
+        if len(items) != 1:
+            if len(items) > 1 or not self.problems:
+                self.problem(
+                    node,
+                    where,
+                    "give one of 'seconds:' (an expression for the seconds to live) or "
+                    "'until:' (an expression for the time the row expires)",
+                )
+            return None
+        ((setting, (_, value_node)),) = items.items()
+        expr = self.expression(value_node, f"{where}.{setting}", Use.TTL, check_columns)
+        return RowTtl(expr, setting == "until") if expr is not None else None
+
+    def key_extras(
+        self,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        where: str,
+        action: Action,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+        *,
+        projection: tuple[Field, ...] | None,
+        row_ttl: RowTtl | None,
+    ) -> KeyExtras | None:
+        """A key's filter, refresh-only flag, computed fields and row TTL (None: none)."""
+        when_node = _value(items, "when")
+        when = (
+            self.expression(when_node, f"{where}.when", Use.WHEN, check_columns)
+            if when_node is not None
+            else None
+        )
+        only_node = _value(items, "only_if_cached")
+        only = self.flag(only_node, f"{where}.only_if_cached")
+        if action is Action.DELETE:
+            for setting, given in (("when", when_node), ("only_if_cached", only_node)):
+                if given is not None:
+                    self.problem(
+                        given,
+                        f"{where}.{setting}",
+                        "a delete key is deleted by every change of the row; "
+                        f"{setting} applies to action: set only",
+                    )
+            if row_ttl is not None:
+                self.problem(items["ttl"][1], f"{where}.ttl", "a delete key stores no value, "
+                             "so it takes no TTL; remove ttl")  # fmt: skip
+            return None
+        if when is None and projection is None and row_ttl is None and not only:
+            return None
+        return KeyExtras(when, projection, row_ttl, only)
+
+    def flag(self, node: yaml.Node | None, where: str) -> bool:
+        value = self.optional_scalar(node, where)
+        if value is None:
+            return False
+        if value.lower() not in ("true", "false"):
+            self.problem(node, where, f"'{value}' is not valid; use true or false")
+            return False
+        return value.lower() == "true"
+
+
+def _extra_columns(rule: KeyRule) -> tuple[str, ...]:
+    """The columns a key's filter and row TTL read (its fields are in ``rule.fields``)."""
+    extras = rule.extras
+    if extras is None:
+        return ()
+    exprs = (extras.when, extras.ttl.expr if extras.ttl is not None else None)
+    return tuple(c for expr in exprs if expr is not None for c in expr.columns)
 
 
 def _fits(choice: str, kind: Kind) -> bool:
