@@ -216,6 +216,7 @@ class TableRules:
     values: TableValues = WIRE_VALUES
     invalidate_tags: tuple[KeyTemplate, ...] = ()
     snapshot: Snapshot = Snapshot.WRITE
+    line: int = 0  # where the rules file names the table
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -252,6 +253,15 @@ class Rules:
     def tags(self) -> bool:
         """True when changes keep or invalidate cache tags (depends_on, invalidate_tags)."""
         return bool(self.links) or any(t.invalidate_tags for t in self.tables.values())
+
+    @property
+    def expiring(self) -> bool:
+        """True when some key's TTL is the time its row expires (``ttl: {until: ...}``)."""
+        return any(
+            rule.extras is not None and rule.extras.ttl is not None and rule.extras.ttl.until
+            for table in self.tables.values()
+            for rule in table.keys
+        )
 
     @property
     def notifies(self) -> bool:

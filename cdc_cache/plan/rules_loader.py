@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, TypeVar
@@ -146,8 +146,16 @@ def parse_rules(text: str, path: str = "<rules>") -> Rules:
     if checker.problems:
         listing = "\n  ".join(checker.problems)
         msg = f"rules file {path} has {len(checker.problems)} problem(s):\n  {listing}"
-        raise ConfigError(msg)
+        raise RulesInvalid(msg, tuple(checker.problems))
     return rules
+
+
+class RulesInvalid(ConfigError):
+    """A rules file that reads as YAML but breaks the rules: ``problems``, one line each."""
+
+    def __init__(self, message: str, problems: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 @dataclass
@@ -292,7 +300,7 @@ class _Checker:
                 continue
             table = self.table(name, table_node, where)
             if table is not None:
-                tables[name] = table
+                tables[name] = replace(table, line=name_node.start_mark.line + 1)
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
         links, dependents = self.dependencies(tables)

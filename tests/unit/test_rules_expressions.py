@@ -18,9 +18,9 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.expressions import Expression, ExpressionFailed
 from cdc_cache.plan.planner import encode, plan
+from cdc_cache.plan.row_ttl import epoch_ms
 from cdc_cache.plan.rules import Use
 from cdc_cache.plan.rules_loader import parse_rules
-from cdc_cache.plan.row_ttl import epoch_ms
 from tests.model import ModelCache
 
 RULES_YAML = """
