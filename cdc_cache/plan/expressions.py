@@ -6,7 +6,9 @@ An expression is a small Python-syntax formula over a row's columns, e.g.
 and string lengths). It is parsed and checked when the rules load, so a syntax error or an
 unknown function stops startup with its file and line; evaluating it walks the parsed
 tree, never the text. Functions are the deterministic few in :data:`FUNCTIONS` (no
-clock, no random numbers): the planner stays a pure function of the change.
+clock, no random numbers): the planner stays a pure function of the change. Columns hold
+the values as the table caches them (natural values: a DECIMAL is exact text such as
+``"12.50"`` unless ``decimals: number``, so arithmetic on it reads ``decimal(price)``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ast
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 from simpleeval import EvalWithCompoundTypes, InvalidExpression
@@ -31,6 +34,7 @@ FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = {
     "min": min,
     "max": max,
     "round": round,
+    "decimal": Decimal,  # exact arithmetic on decimals cached as text ("12.50")
 }
 
 _ALLOWED: Final = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 
 from cdc_cache.core.errors import RenderError
 from cdc_cache.core.events import ChangeEvent, Op, Row
@@ -90,6 +91,16 @@ def failure(
     return failed
 
 
+def _field_value(value: object) -> object:
+    """A computed value as a field holds it: a decimal as its exact text, like a column's."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    msg = f"gives a {type(value).__name__}; a field holds a number, text, true/false or null"
+    raise ExpressionFailed(msg)
+
+
 class FieldFailed(Exception):
     """A computed field's expression failed for a row."""
 
@@ -108,7 +119,7 @@ def compute(projection: tuple[Field, ...], row: Row) -> Row:
     for item in projection:
         if item.expr is not None:
             try:
-                out[item.name] = item.expr.evaluate(row)
+                out[item.name] = _field_value(item.expr.evaluate(row))
             except ExpressionFailed as exc:
                 raise FieldFailed(item.expr, exc) from None
         elif item.column is not None:

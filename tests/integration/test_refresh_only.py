@@ -40,7 +40,9 @@ def test_refresh_only_never_fills_but_records_its_version(any_redis: Any) -> Non
     assert applier.apply([refresh("{w}:1", 5)]).outcomes == (Outcome.INVALIDATED,)
     assert any_redis.get("{w}:1") is None
     assert any_redis.get(lease_key("{w}:1")) is None  # an in-flight fill cannot land
-    assert stored_version(any_redis, "{w}:1") == encode_version(SourcePosition(0, 7, 5, 0), delete=False)
+    assert stored_version(any_redis, "{w}:1") == encode_version(
+        SourcePosition(0, 7, 5, 0), delete=False
+    )
     assert applier.apply([refresh("{w}:1", 4)]).outcomes == (Outcome.STALE,)
 
 
@@ -60,3 +62,10 @@ def test_without_the_flag_the_same_set_fills_the_cold_key(any_redis: Any) -> Non
     """The flag is what keeps cold rows out: the same set unflagged writes the key."""
     RedisApplier(any_redis).apply([replace(refresh("{w}:3", 5), only_if_cached=False)])
     assert any_redis.get("{w}:3") == b'{"v":5}'
+
+
+def test_a_cached_value_without_a_version_is_invalidated_not_refreshed(any_redis: Any) -> None:
+    """Filled before any change of its row was seen: the change cannot tell it is newer."""
+    any_redis.set("{w}:4", b"filled")
+    assert RedisApplier(any_redis).apply([refresh("{w}:4", 5)]).outcomes == (Outcome.INVALIDATED,)
+    assert any_redis.get("{w}:4") is None

@@ -107,7 +107,7 @@ tables:
     ("extra", "line", "says"),
     [
         ('        when: "status ==="', 8, "not a valid expression"),
-        ('        when: "__import__(\'os\')"', 8, "only the functions"),
+        ("        when: \"__import__('os')\"", 8, "only the functions"),
         ('        when: "row.status"', 8, "Attribute is not allowed"),
         ('        when: "rows[0]"', 8, "Subscript is not allowed"),
         ("        fields: [{name: t, from: a, expr: b}]", 8, "exactly one of"),
@@ -128,7 +128,9 @@ def test_bad_expressions_and_settings_are_reported_with_file_and_line(
 
 
 def test_filters_and_refresh_only_on_a_delete_key_are_refused() -> None:
-    text = problems(one_key('        when: "qty > 0"\n        only_if_cached: true', action="delete"))
+    text = problems(
+        one_key('        when: "qty > 0"\n        only_if_cached: true', action="delete")
+    )
     assert "r.yaml:8: tables.shop.products.keys[0].when: a delete key" in text
     assert "r.yaml:9: tables.shop.products.keys[0].only_if_cached: a delete key" in text
 
@@ -156,7 +158,9 @@ def test_a_plain_rule_carries_no_extras_so_it_keeps_the_fast_path() -> None:
 
 def test_bad_snapshot_choice_is_reported() -> None:
     text = problems("tables:\n  a.b:\n    snapshot: sometimes\n    keys: [{key: 'k:{id}'}]\n")
-    assert "r.yaml:3: tables.a.b.snapshot: 'sometimes' is not valid; use write or invalidate" in text
+    assert (
+        "r.yaml:3: tables.a.b.snapshot: 'sometimes' is not valid; use write or invalidate" in text
+    )
 
 
 # --- expressions ---
@@ -400,3 +404,17 @@ def test_snapshot_rows_write_invalidate_or_are_skipped_per_table() -> None:
     ]
     written = keyed(plan(event(Op.READ, None, ROW, 5), RULES), "offer:")
     assert [type(op) for op in written] == [SetRow]  # the default: snapshot rows write
+
+
+def test_decimals_cached_as_text_compute_exactly_and_a_list_value_is_poison() -> None:
+    rules = parse_rules(
+        one_key(
+            '        fields: [{name: total, expr: "qty * decimal(price)"}, '
+            '{name: pair, expr: "[qty, 1] if qty > 5 else qty"}]'
+        )
+    )
+    (op,) = plan(event(Op.CREATE, None, {"id": 1, "qty": 3, "price": "0.10"}, 5), rules)
+    assert isinstance(op, SetRow)
+    assert orjson.loads(op.value) == {"total": "0.30", "pair": 3}
+    with pytest.raises(RenderError, match="gives a list"):
+        plan(event(Op.CREATE, None, {"id": 1, "qty": 9, "price": "0.10"}, 5), rules)
