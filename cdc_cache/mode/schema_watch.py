@@ -53,6 +53,7 @@ class RulesMismatch(ConfigError):
     back to ttl mode until its columns fit the rules again).
     """
 
+
 _FIXES = {
     Use.KEY: "change the key template: without the column no key of this rule can be "
     "rendered, so its keys are only deleted where another image still renders them",
@@ -62,6 +63,10 @@ _FIXES = {
     "dead-lettered (its keys deleted)",
     Use.NOTIFY_FIELDS: "remove it from the notification's fields: until then every change "
     "of the table is dead-lettered (its keys deleted)",
+    Use.WHEN: "change the key's filter (when): until then every change of the table is "
+    "dead-lettered (its keys deleted)",
+    Use.TTL: "change the key's ttl expression: until then every change of the table is "
+    "dead-lettered (its keys deleted)",
 }
 
 

@@ -21,6 +21,7 @@ from cdc_cache.plan.planner import encode, plan
 from cdc_cache.plan.row_ttl import epoch_ms
 from cdc_cache.plan.rules import Use
 from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.tools.verify_judge import Finding, Stored, derive, judge
 from tests.model import ModelCache
 
 RULES_YAML = """
@@ -418,3 +419,18 @@ def test_decimals_cached_as_text_compute_exactly_and_a_list_value_is_poison() ->
     assert orjson.loads(op.value) == {"total": "0.30", "pair": 3}
     with pytest.raises(RenderError, match="gives a list"):
         plan(event(Op.CREATE, None, {"id": 1, "qty": 9, "price": "0.10"}, 5), rules)
+
+
+# --- verify and the inspector judge these keys as the worker writes them ---
+
+
+def test_verify_expects_what_filters_row_ttls_and_refresh_only_keys_leave() -> None:
+    table = RULES.tables["shop.products"]
+    expired = {**ROW, "qty": 0, "expires_at": 1_000}
+    derived = derive(table, expired, ["id"], now_ms=2_000)
+    assert {"active:drinks:1", "offer:1"} <= set(derived.deletes)  # filtered out, expired
+    (warm,) = [op for _, op in derive(table, ROW, ["id"]).sets if op.key == "warm:1"]
+    assert judge(warm, Stored(None)) is None  # refresh-only: never filled is fine
+    assert judge(warm, Stored(b'{"id":1,"qty":1}', "1")) is Finding.STALE
+    skipped = RULES.tables["shop.logs"]  # snapshot: skip, yet its changes write
+    assert [op.key for _, op in derive(skipped, {"id": 1}, ["id"]).sets] == ["log:1"]
