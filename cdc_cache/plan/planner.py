@@ -104,14 +104,12 @@ def watched_change(event: ChangeEvent, table: TableRules) -> bool:
 def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[CacheOp]:
     ops: list[CacheOp] = []
     for rule in table.keys:
+        new_key = _render(rule, after, event, "after")
+        old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
         if rule.extras is not None:
-            new_key = _render(rule, after, event, "after")
-            old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
             build = partial(_set_row, rule, new_key, after, event, table)
             ops += plan_extended(rule.extras, event, table, (new_key, old_key), build)
             continue
-        new_key = _render(rule, after, event, "after")
-        old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
         if old_key is not None and old_key != new_key:
             ops.append(DeleteKey(old_key, event.position, table.tombstone_ttl_ms, event.table))
         if rule.action is Action.SET:
@@ -158,8 +156,8 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
         old = _render_channel(rule.channel, event.before, event, "before")
         channels = list(dict.fromkeys([old, *channels]))
     host_key = table.keys[0].template.render(row)
-    keyed = [i for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey)]
-    host = next((i for i in keyed if ops[i].key == host_key), keyed[0])  # type: ignore[union-attr]
+    keyed = [(i, op.key) for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey)]
+    host = next((i for i, key in keyed if key == host_key), keyed[0][0])  # filtered out: next
     notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
     return [*ops[: host + 1], *notes, *ops[host + 1 :]]
 

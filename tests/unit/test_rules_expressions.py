@@ -434,3 +434,23 @@ def test_verify_expects_what_filters_row_ttls_and_refresh_only_keys_leave() -> N
     assert judge(warm, Stored(b'{"id":1,"qty":1}', "1")) is Finding.STALE
     skipped = RULES.tables["shop.logs"]  # snapshot: skip, yet its changes write
     assert [op.key for _, op in derive(skipped, {"id": 1}, ["id"]).sets] == ["log:1"]
+
+
+def test_a_notification_rides_on_the_next_key_when_the_first_is_filtered_out() -> None:
+    rules = parse_rules(
+        """
+tables:
+  shop.products:
+    keys:
+      - key: "active:{id}"
+        when: "qty > 0"
+        fields: [id, qty]
+      - key: "product:{id}"
+        action: delete
+    notify: {channel: "products", fields: [qty]}
+"""
+    )
+    ops = plan(event(Op.CREATE, None, {"id": 1, "qty": 0}, 5), rules)
+    assert [type(op).__name__ for op in ops] == ["DeleteKey", "Notify"]
+    matched = plan(event(Op.CREATE, None, {"id": 1, "qty": 2}, 5), rules)
+    assert [type(op).__name__ for op in matched] == ["SetRow", "Notify", "DeleteKey"]
