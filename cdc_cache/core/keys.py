@@ -115,6 +115,24 @@ def version_field(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=VERSION_FIELD_BYTES).digest()
 
 
+def member_field(key: str, member: str) -> bytes:
+    """The field of the version of ``member`` of the index ``key``, in ``key``'s bucket.
+
+    A digest like a key's (no cache key renders with a NUL, so none shares it).
+    """
+    return version_field(f"{key}\0{member}")
+
+
+def index_field(key: str) -> bytes:
+    """The field, in ``key``'s bucket, recording how the worker left the index ``key``.
+
+    Whether it left it holding members or emptied it, and the newest member version
+    written to it: how the apply script tells an index that vanished (expired, evicted,
+    deleted) from a new one (see ``lua/apply.lua``).
+    """
+    return version_field(f"\0{key}")
+
+
 def version_key(key: str, buckets: int = BUCKETS_PER_SLOT) -> str:
     """The version bucket (a hash) holding the version of ``key``, in ``key``'s slot."""
     index = int.from_bytes(version_field(key)[:4], "big") % buckets if buckets > 1 else 0

@@ -43,7 +43,7 @@ from cdc_cache.core.keys import (
     relay_progress_key,
     stream_key,
 )
-from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, Notify, SetRow
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, IndexMember, Notify, SetRow
 from cdc_cache.sink.connection import Client, is_transient, misconfiguration
 from cdc_cache.sink.scripts import lua_script
 
@@ -120,7 +120,7 @@ class OutboxRelay:
         outboxes = {
             outbox_key(host.key)
             for host, op in itertools.pairwise(ops)
-            if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey))
+            if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey, IndexMember))
         }
         if not outboxes:
             return 0
