@@ -38,6 +38,9 @@ tables:
       fields: [id, price]
 """
 RULES = parse_rules(INDEXES)
+QUIET = parse_rules(
+    INDEXES.split("    notify:", maxsplit=1)[0]
+)  # the same indexes, no notifications
 TABLE = "shop.products"
 
 
