@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.keys import (
     index_field,
     key_slot,
@@ -24,12 +24,15 @@ from cdc_cache.core.keys import (
     version_field,
     version_key,
 )
+from cdc_cache.core.retry import Backoff
 from cdc_cache.plan.cache_ops import IndexMember
 from cdc_cache.plan.planner import plan
+from cdc_cache.plan.route import Planned
 from cdc_cache.sink import encoding
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.versions import parse_stored
+from cdc_cache.sink.writer import CacheWriter
 from tests.unit.test_index_keys import QUIET, RULES, TABLE, at, change, committed, row
 
 pytestmark = pytest.mark.integration
@@ -241,3 +244,12 @@ def test_a_move_is_announced_once_by_its_index_write(any_redis: Any) -> None:
         for channel in ("products:1", "products:2")
     ]
     assert sent == [("products:1", 2), ("products:2", 1)]
+
+
+def test_in_ttl_mode_an_index_write_gets_at_most_the_fallback_ttl(any_redis: Any) -> None:
+    writer = CacheWriter(RedisApplier(any_redis), Backoff(), ttl_cap_ms=lambda: 5_000)
+    event = change(1, Op.CREATE, None, row(1, 1, 5.0))
+    record = SourceRecord("t", 0, 0, None, None)
+    writer.write([Planned(record, event, tuple(plan(event, QUIET)))])
+    assert 0 < any_redis.pttl(by_price(1)) <= 5_000
+    assert 0 < any_redis.pttl("group:9:members") <= 5_000
