@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import Final, NoReturn, Protocol
 
 import httpx2
 from confluent_kafka.schema_registry import SchemaRegistryClient as ConfluentRegistryClient
@@ -91,6 +91,19 @@ class SchemaRegistryClient:
         with self._lock:
             return {sid: self._schema(sid) for sid in ids}
 
+    def check(self) -> None:
+        """Reach the registry once (``GET /subjects``), so a setting to fix stops the start.
+
+        Raises ConfigError for refused credentials, TLS or a URL that is not a registry,
+        TransientError while it cannot answer.
+        """
+        try:
+            self._client.get_subjects()
+        except SchemaRegistryError as exc:
+            self._refused("GET /subjects", exc.http_status_code)
+        except httpx2.TransportError as exc:
+            raise self._unreachable(exc) from None
+
     def close(self) -> None:
         """Close the HTTP session."""
         self._client.close()
@@ -115,19 +128,22 @@ class SchemaRegistryClient:
 
         Ids never change; an unknown id is not cached, as a restored registry may know it.
         """
+        request = f"GET /schemas/ids/{sid}"
         try:
             schema = self._client.get_schema(sid)
         except SchemaRegistryError as exc:
-            return self._refused(sid, exc.http_status_code, exc.error_code), False
+            if exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND:
+                return f"schema id {sid} is not in the schema registry at {self._shown}", False
+            self._refused(request, exc.http_status_code)
         except httpx2.TransportError as exc:
             raise self._unreachable(exc) from None
         except (ValueError, TypeError, AttributeError, KeyError):
-            return self._refused(sid, 200, None), False
+            self._refused(request, 200)  # a body that is not a schema
         finally:
             # ours is the cache, bounded and of parsed schemas (clear_caches is unannotated)
             self._client.clear_caches()  # type: ignore[no-untyped-call]
         if not isinstance(schema.schema_str, str):
-            return self._refused(sid, 200, None), False
+            self._refused(request, 200)
         kind = schema.schema_type or "AVRO"
         if kind != "AVRO":
             return f"schema id {sid} is a {kind} schema, not Avro", True
@@ -136,10 +152,8 @@ class SchemaRegistryClient:
         except ValueError as exc:
             return str(exc), True
 
-    def _refused(self, sid: int, status: int, code: int | None) -> str:
-        """The reason for an unknown id; raises for what a setting or a retry must fix."""
-        if status == 404 and code == SCHEMA_NOT_FOUND:
-            return f"schema id {sid} is not in the schema registry at {self._shown}"
+    def _refused(self, request: str, status: int) -> NoReturn:
+        """Raise for an answer a setting (ConfigError) or a retry (TransientError) must fix."""
         if status in _AUTH_REFUSED:
             msg = (
                 f"the schema registry at {self._shown} refused access ({status}): set the "
@@ -148,10 +162,10 @@ class SchemaRegistryClient:
             )
             raise ConfigError(msg)
         if status >= _SERVER_ERROR or status == _TOO_MANY:
-            msg = f"schema registry at {self._shown} answered {status} for schema id {sid}"
+            msg = f"schema registry at {self._shown} answered {status} to {request}"
             raise TransientError(msg)
         msg = (
-            f"{self._shown} answered {status} to GET /schemas/ids/{sid}: is it a Confluent "
+            f"{self._shown} answered {status} to {request}: is it a Confluent "
             "Schema Registry? check schema_registry_url"
         )
         raise ConfigError(msg)
@@ -193,6 +207,12 @@ class SchemaResolver:
         self._client = client
         self._backoff = backoff or Backoff()
         self._sleep = sleep
+
+    def check(self) -> None:
+        """Wait until the registry answers; raises ConfigError for what a setting must fix."""
+        retry_forever(
+            self._client.check, backoff=self._backoff, on_retry=_REPORT_RETRY, sleep=self._sleep
+        )
 
     def parser_for(self, records: Iterable[SourceRecord]) -> AvroParser:
         """An :class:`AvroParser` that knows every schema id the records' headers name."""

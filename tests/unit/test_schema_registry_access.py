@@ -222,3 +222,29 @@ def test_startup_accepts_a_complete_mtls_and_token_setup(pki):
     assert access is not None
     assert access.auth == BearerAuth("tok", "lsrc-123")
     assert access.tls == RegistryTLS(pki.ca_file, pki.cert_file, pki.key_file, None)
+
+
+def test_the_start_check_waits_out_an_outage_and_stops_on_refused_credentials(stop):
+    from cdc_cache.core import metrics
+    from cdc_cache.core.retry import Backoff
+    from cdc_cache.source.schema_registry import SchemaResolver
+
+    server = SchemaRegistryServer(free_port(), credentials=("cdc", "pw"))
+    stop.append(server)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            server.start()
+
+    client = SchemaRegistryClient(server.address(), auth=BasicAuth("cdc", "pw"), timeout_s=2)
+    retries = metrics.RETRIES.labels("schema_registry")._value.get()
+    SchemaResolver(client, Backoff(initial=0.01), sleep).check()
+    assert len(sleeps) == 2
+    assert metrics.RETRIES.labels("schema_registry")._value.get() == retries + 2
+    assert server.requests[-1] == "GET subjects"
+    wrong = SchemaRegistryClient(server.address(), auth=BasicAuth("cdc", "nope"))
+    with pytest.raises(ConfigError, match=r"refused access \(401\)"):
+        SchemaResolver(wrong, Backoff(initial=0.01), sleep).check()
+    assert len(sleeps) == 2, "a refusal is not retried"
