@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from cdc_cache.app.load import load_settings
 from cdc_cache.core.errors import ConfigError
@@ -50,6 +51,15 @@ class Pki:
         self.key_file = folder / "client.key"
         client.cert_chain_pems[0].write_to_path(str(self.cert_file))
         client.private_key_pem.write_to_path(str(self.key_file))
+        self.encrypted_key_file = folder / "client-encrypted.key"
+        key = serialization.load_pem_private_key(client.private_key_pem.bytes(), None)
+        self.encrypted_key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"key-pass"),
+            )
+        )
 
     def server_context(self, *, client_certs: bool = False) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -120,6 +130,9 @@ def test_mtls_sends_the_client_certificate_and_its_absence_names_the_setting(pki
     with_cert = RegistryTLS(ca_file=pki.ca_file, cert_file=pki.cert_file, key_file=pki.key_file)
     fetched = SchemaRegistryClient(server.address(), tls=with_cert).schemas([7])[7]
     assert isinstance(fetched, AvroSchema)
+    encrypted = RegistryTLS(pki.ca_file, pki.cert_file, pki.encrypted_key_file, "key-pass")
+    fetched = SchemaRegistryClient(server.address(), tls=encrypted).schemas([7])[7]
+    assert isinstance(fetched, AvroSchema)
     without = SchemaRegistryClient(server.address(), tls=RegistryTLS(ca_file=pki.ca_file))
     with pytest.raises(ConfigError, match=r"client certificate.*schema_registry_cert_file"):
         without.schemas([7])
@@ -181,6 +194,12 @@ def test_startup_refuses_registry_settings_that_cannot_work(pki, tmp_path):
             "schema_registry_url": https,
             "schema_registry_cert_file": pki.cert_file,
             "schema_registry_key_file": other_key.key_file,
+        },
+        "and schema_registry_key_password if the key is encrypted": {
+            "schema_registry_url": https,
+            "schema_registry_cert_file": pki.cert_file,
+            "schema_registry_key_file": pki.encrypted_key_file,
+            "schema_registry_key_password": "wrong",
         },
         "schema_registry_user and schema_registry_password go together": {
             "schema_registry_url": https,
