@@ -15,7 +15,9 @@ While another reader holds the lease, a reader waits up to ``lease_wait_ms`` for
 
 The effective mode
 ------------------
-The worker publishes the effective mode in the Redis hash ``cdc:mode`` (:data:`MODE_KEY`):
+The worker publishes the effective mode in the Redis hash ``<namespace>:mode`` (``cdc:mode``
+unless the worker's ``namespace`` setting says otherwise; give :class:`CacheAside` the same
+``namespace``):
 
 ==================  ========================================================================
 ``mode``            ``cdc`` (invalidations keep the cache fresh) or ``ttl`` (the connector
@@ -76,7 +78,7 @@ import orjson
 from redis.commands.core import Script
 
 from cdc_cache.aside.fill import RowCodec
-from cdc_cache.core.keys import MODE_KEY, lease_key, tag_key
+from cdc_cache.core.keys import DEFAULT_NAMESPACE, Names
 from cdc_cache.plan.rules import check_tag
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.scripts import lua_script
@@ -138,7 +140,8 @@ class CacheAside:
     marker; ``lease_ttl_ms`` must exceed the loader's usual run time (a fill after it ends
     is dropped); ``fallback_ttl_ms`` caps fills in ``ttl`` mode when the worker did not
     publish its own; ``stale_after_ms`` is how old the mode hash may get before it counts
-    as ``ttl`` (None trusts it however old: the worker being down goes unnoticed). The
+    as ``ttl`` (None trusts it however old: the worker being down goes unnoticed);
+    ``namespace`` is the worker's ``namespace`` setting (its lease, tag and mode keys). The
     client must return bytes (redis-py's default;
     ``cdc_cache.sink.connection.connect`` builds one from a URL). Thread-safe as the client is.
     """
@@ -156,6 +159,7 @@ class CacheAside:
         stale_after_ms: int | None = 90_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         positive = {
             "ttl_ms": ttl_ms,
@@ -174,6 +178,7 @@ class CacheAside:
             msg = "CacheAside needs a Redis client with decode_responses=False (values are bytes)"
             raise ValueError(msg)
         self._redis = redis
+        self._names = Names(namespace)
         self._ttl_ms = ttl_ms
         self._negative_ttl_ms = negative_ttl_ms
         self._lease_ttl_ms = lease_ttl_ms
@@ -213,7 +218,7 @@ class CacheAside:
             raise ValueError(msg)
         tags = tuple(dict.fromkeys(check_tag(tag) for tag in tags))
         token = secrets.token_hex(16)
-        lease = lease_key(key)
+        lease = self._names.lease_key(key)
         deadline = self._clock() + self._lease_wait_s
         while True:
             reply = self._get_or_lease(keys=[key, lease], args=[token, self._lease_ttl_ms])
@@ -249,7 +254,7 @@ class CacheAside:
         return self.get(key, load, ttl_ms=ttl_ms)
 
     def mode(self) -> CacheMode:
-        """The effective mode, read from :data:`MODE_KEY` at most once per refresh period."""
+        """The effective mode, read from the mode hash at most once per refresh period."""
         now = self._clock()
         if self._mode is not None and now < self._mode[0]:
             return self._mode[1]
@@ -267,7 +272,7 @@ class CacheAside:
         *,
         tags: tuple[str, ...],
     ) -> bytes | None:
-        seen = [self._redis.hget(tag_key(tag), "") or b"" for tag in tags]
+        seen = [self._redis.hget(self._names.tag_key(tag), "") or b"" for tag in tags]
         try:
             value = loader()
             if value == NEGATIVE:
@@ -281,7 +286,9 @@ class CacheAside:
         if cap is not None:
             ttl = min(ttl, cap)
         for tag, before in zip(tags, seen, strict=True):
-            reply = self._tags(keys=[tag_key(tag)], args=["F", member(key, ""), token, ttl])
+            reply = self._tags(
+                keys=[self._names.tag_key(tag)], args=["F", member(key, ""), token, ttl]
+            )
             if reply != before:
                 self._release(keys=[lease], args=[token])
                 log.debug("fill of %r dropped: tag %r was invalidated while it loaded", key, tag)
@@ -291,7 +298,7 @@ class CacheAside:
         return value
 
     def _read_mode(self) -> CacheMode:
-        fields = self._redis.hgetall(MODE_KEY)
+        fields = self._redis.hgetall(self._names.mode)
         name = fields.get(b"mode", b"cdc").decode("utf-8", "replace")
         if self._too_old(fields):
             name = "ttl"
@@ -309,7 +316,7 @@ class CacheAside:
         log.warning(
             "%s has fallback_ttl_ms=%r, not a positive number of milliseconds; capping fills "
             "at %d ms",
-            MODE_KEY, raw, self._fallback_ttl_ms,
+            self._names.mode, raw, self._fallback_ttl_ms,
         )  # fmt: skip
         return self._fallback_ttl_ms
 
@@ -328,10 +335,12 @@ class CacheAside:
                 log.warning(
                     "%s was last written %.0f s ago (bound %d ms): no worker keeps it fresh, "
                     "so fills are capped as in ttl mode",
-                    MODE_KEY, age_ms / 1000, bound,
+                    self._names.mode, age_ms / 1000, bound,
                 )  # fmt: skip
             else:
-                log.warning("%s is fresh again: the worker (or a watchdog) writes it", MODE_KEY)
+                log.warning(
+                    "%s is fresh again: the worker (or a watchdog) writes it", self._names.mode
+                )
         return stale
 
 
@@ -344,6 +353,6 @@ def _prefixes(raw: bytes | None) -> tuple[str, ...]:
     except orjson.JSONDecodeError:
         found = None
     if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
-        log.warning("%s has ttl_prefixes=%r, not a JSON list; capping every fill", MODE_KEY, raw)
+        log.warning("the mode hash has ttl_prefixes=%r, not a JSON list; capping every fill", raw)
         return ("",)
     return tuple(found)

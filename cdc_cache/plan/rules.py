@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.events import Row
-from cdc_cache.core.keys import escape_value
+from cdc_cache.core.keys import escape_value, ns
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.source.natural import (
     WIRE_VALUES,
@@ -260,7 +260,7 @@ def check_tag(tag: str, *, what: str = "tag") -> str:
     """``tag`` if it can name a cache tag, else ValueError saying what is wrong.
 
     A tag is 1 to 512 printable characters without whitespace, outside cdc-cache's own
-    ``cdc:`` names. Row values in rendered tags are escaped like key values.
+    names (``<namespace>:``). Row values in rendered tags are escaped like key values.
     """
     if not isinstance(tag, str) or not tag:
         msg = f"{what} {tag!r} is not a non-empty string"
@@ -271,7 +271,8 @@ def check_tag(tag: str, *, what: str = "tag") -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in tag):
         msg = f"{what} {tag!r} holds whitespace or control characters; leave them out"
         raise ValueError(msg)
-    if tag.startswith("cdc:"):
-        msg = f"{what} {tag!r} starts with 'cdc:', cdc-cache's own names; choose another"
+    own = f"{ns().namespace}:"
+    if tag.startswith(own):
+        msg = f"{what} {tag!r} starts with {own!r}, cdc-cache's own names; choose another"
         raise ValueError(msg)
     return tag

@@ -22,7 +22,7 @@ from redis import exceptions as rex
 from redis.commands.core import Script
 
 from cdc_cache.core.errors import CdcCacheError
-from cdc_cache.core.keys import TAG_PREFIX
+from cdc_cache.core.keys import ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.sink.connection import Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
@@ -52,7 +52,7 @@ def sweep_tags(
     tags = examined = removed = 0
     for node in primaries(client):
         script = Script(node, lua_script("tags")[0])
-        for name in node.scan_iter(match=glob_escape(TAG_PREFIX) + "*", count=page):
+        for name in node.scan_iter(match=glob_escape(ns().tag_prefix) + "*", count=page):
             if closing.is_set():
                 return TagSweepReport(tags, examined, removed)
             tags += 1

@@ -34,7 +34,7 @@ from typing import Final
 from redis.commands.core import Script
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     DeleteKey,
@@ -125,7 +125,7 @@ class TagStore:
 
     def _call(self, tag: str, *args: object) -> object:
         with translated_errors(f"updating cache tag {tag!r}"):
-            return self._script(keys=[tag_key(tag)], args=list(args))
+            return self._script(keys=[ns().tag_key(tag)], args=list(args))
 
     def _link(self, op: LinkKey) -> int:
         version = self._call(

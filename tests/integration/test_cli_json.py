@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_mode_get_json_holds_the_flag_and_the_published_mode(redis_server, redis
     assert json_of("mode", "get", *url) == {"flag": "auto", "mode": None}
     CliRunner().invoke(main, ["mode", "set", "ttl", *url])
     redis_client.hset(
-        MODE_KEY,
+        ns().mode,
         mapping={"mode": "ttl", "flag": "ttl", "cause": "forced", "reason": "forced",
                  "since_ms": "1700000000000", "lag_s": "3.5"},
     )  # fmt: skip
