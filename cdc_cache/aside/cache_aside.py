@@ -189,6 +189,7 @@ class CacheAside:
         self._clock = clock
         self._wall_clock = wall_clock
         self._stale = False
+        self._absent_told = False
         self._mode: tuple[float, CacheMode] | None = None
         self._get_or_lease = Script(redis, _GET_OR_LEASE)
         self._fill = Script(redis, _FILL)
@@ -299,6 +300,13 @@ class CacheAside:
 
     def _read_mode(self) -> CacheMode:
         fields = self._redis.hgetall(self._names.mode)
+        if not fields and not self._absent_told:
+            self._absent_told = True
+            log.warning(
+                "%s is absent: no worker publishes a mode under namespace %r (reading cdc); "
+                "give CacheAside the worker's namespace setting",
+                self._names.mode, self._names.namespace,
+            )  # fmt: skip
         name = fields.get(b"mode", b"cdc").decode("utf-8", "replace")
         if self._too_old(fields):
             name = "ttl"

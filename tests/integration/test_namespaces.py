@@ -21,6 +21,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
 from cdc_cache.core.keys import DEFAULT_NAMESPACE, Names, use_namespace
 from cdc_cache.dlq.topic import ensure_topic, read_entries
@@ -35,6 +36,8 @@ from tests.integration.waiting import held_within, wait_until
 from tests.workload import Message
 
 pytestmark = pytest.mark.integration
+
+HOUR_MS, FALLBACK_MS = 3_600_000, 120_000
 
 RULES = """
 defaults: {{safety_ttl: 1h, tombstone_ttl: 30m}}
@@ -74,7 +77,12 @@ class Line:
         broker.create_topics({self.topic: 1})
         ensure_topic(broker.bootstrap, self.dlq_topic, {})
         self.port = free_port()
-        env = {"CDC_CACHE_NAMESPACE": namespace, "CDC_CACHE_DLQ_TOPIC": self.dlq_topic}
+        env = {
+            "CDC_CACHE_NAMESPACE": namespace,
+            "CDC_CACHE_DLQ_TOPIC": self.dlq_topic,
+            "CDC_CACHE_FALLBACK_TTL_S": str(FALLBACK_MS // 1000),
+            "CDC_CACHE_LINEAGE_SETTLE_S": "600",
+        }
         rules = RULES.format(prefix=name)
         self.worker: Service = worker(
             home, broker.bootstrap, url, [self.topic], rules=rules, env=env
@@ -166,6 +174,11 @@ def test_two_pipelines_under_their_own_namespaces_share_one_redis_without_collid
         a.cli("mode", "set", "ttl", f"--redis-url={redis_target.url}")
         wait_until("A in ttl mode", lambda: a.mode(client) == b"ttl", 30, alive=[a.worker])
         assert not held_within(lambda: b.mode(client) != b"cdc", 3, alive=[b.worker])
+        # Applications follow their pipeline's mode: A's fills are capped, B's are not.
+        for line, longest_ms in ((a, FALLBACK_MS), (b, HOUR_MS)):
+            aside = CacheAside(client, ttl_ms=HOUR_MS, namespace=line.namespace)
+            assert aside.get(line.key(2), lambda: b"filled") == b"filled"
+            assert longest_ms - 60_000 < client.pttl(line.key(2)) <= longest_ms
 
         # Each DLQ apart: B's poison is on B's topic, its replay outcome in B's namespace.
         assert read_entries(a.bootstrap, a.dlq_topic, {}) == []
