@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
+from cdc_cache_client.tags import tags_script
 from redis import exceptions as rex
 from redis.commands.core import Script
 
@@ -26,7 +27,6 @@ from cdc_cache.core.keys import ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.sink.connection import Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
-from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.tags")
 
@@ -51,7 +51,7 @@ def sweep_tags(
     closing = closing or threading.Event()
     tags = examined = removed = 0
     for node in primaries(client):
-        script = Script(node, lua_script("tags")[0])
+        script = Script(node, tags_script())
         for name in node.scan_iter(match=glob_escape(ns().tag_prefix) + "*", count=page):
             if closing.is_set():
                 return TagSweepReport(tags, examined, removed)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cdc_cache_client import CacheAside
 from click.testing import CliRunner
 
-from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
 from cdc_cache.core.keys import DEFAULT_NAMESPACE, Names, use_namespace
 from cdc_cache.dlq.topic import ensure_topic, read_entries
@@ -179,6 +179,16 @@ def test_two_pipelines_under_their_own_namespaces_share_one_redis_without_collid
             aside = CacheAside(client, ttl_ms=HOUR_MS, namespace=line.namespace)
             assert aside.get(line.key(2), lambda: b"filled") == b"filled"
             assert longest_ms - 60_000 < client.pttl(line.key(2)) <= longest_ms
+        # The client distribution's fill, voided by B's worker applying a change mid-load.
+        aside = CacheAside(client, ttl_ms=HOUR_MS, namespace=b.namespace)
+
+        def load_while_b_changes_row_3() -> bytes:
+            produce(b.bootstrap, [change(b.topic, "c", {"id": 3, "qty": 30}, 3)])
+            wait_until("B's row 3 cached", lambda: client.exists(b.key(3)) == 1, 30)
+            return b'{"id":3,"qty":0}'
+
+        assert aside.get(b.key(3), load_while_b_changes_row_3) == b'{"id":3,"qty":0}'
+        assert client.get(b.key(3)) == b'{"id":3,"qty":30}'
 
         # Each DLQ apart: B's poison is on B's topic, its replay outcome in B's namespace.
         assert read_entries(a.bootstrap, a.dlq_topic, {}) == []
