@@ -121,6 +121,17 @@ def truncate_field(table: str) -> bytes:
     return b"truncated:" + table.encode()
 
 
+def _beside(prefix: str, key: str) -> str:
+    """A key under ``prefix`` kept next to cache key ``key``: in its slot, naming it."""
+    return f"{prefix}{{{slot_tag(key)}}}:{key}"
+
+
+def _beside_whom(prefix: str, name: str) -> str | None:
+    """The cache key ``name`` was made next to by :func:`_beside` (None: not such a key)."""
+    _, sep, key = name.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
+    return key if sep and _beside(prefix, key) == name else None
+
+
 class NamespaceError(ValueError):
     """A namespace that cannot prefix key names (empty, too long, or with key syntax)."""
 
@@ -270,12 +281,11 @@ class Names:
 
     def legacy_version_key(self, key: str) -> str:
         """Where the previous release kept the version of ``key`` (a string key with a TTL)."""
-        return f"{self.legacy_version_prefix}{{{slot_tag(key)}}}:{key}"
+        return _beside(self.legacy_version_prefix, key)
 
     def legacy_cache_key(self, name: str) -> str | None:
         """The cache key a previous release's version key was kept for; None if not one."""
-        _, sep, key = name.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
-        return key if sep and self.legacy_version_key(key) == name else None
+        return _beside_whom(self.legacy_version_prefix, name)
 
     def stream_key(self, channel: str) -> str:
         """The Redis stream holding a notification channel's messages."""
@@ -287,12 +297,11 @@ class Names:
 
     def lease_key(self, key: str) -> str:
         """The key holding the token of the application fill in progress for ``key``."""
-        return f"{self.lease_prefix}{{{slot_tag(key)}}}:{key}"
+        return _beside(self.lease_prefix, key)
 
     def leased_key(self, lease: str) -> str | None:
         """The cache key a lease key was made for (inverse of ``lease_key``); None if not one."""
-        _, sep, key = lease.partition("}:")  # slot tags are alphanumeric: the first "}:" ends it
-        return key if sep and self.lease_key(key) == lease else None
+        return _beside_whom(self.lease_prefix, lease)
 
     def outbox_key(self, key: str) -> str:
         """The outbox (a stream) of ``key``'s slot: notifications of its changes on a Cluster.
