@@ -10,7 +10,7 @@ The previous release kept one string key with a TTL per cache key; under the ``v
 policies those could be evicted. :func:`migrate_legacy` moves them into buckets before the
 worker writes anything, keeping the newer version where both exist, so an upgrade never
 makes a stale write look newer. The store's layout is then recorded
-(``keys.VERSION_LAYOUT_KEY``), and later starts skip the scan.
+(``Names.version_layout``), and later starts skip the scan.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from redis import Redis
-from redis import exceptions as rex
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import BUCKETS_PER_SLOT, ns, version_field
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.nodes import buckets_by_node
 from cdc_cache.sink.scripts import lua_script, write_record
 from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
@@ -39,7 +37,6 @@ from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
 log = logging.getLogger("cdc_cache.versions")
 
 LAYOUT_FORMAT: Final = "2"
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 def stored_version(client: Client, key: str) -> str | None:
@@ -195,7 +192,7 @@ class VersionSweeper:
             "cdc-version-sweep",
             self._pass,
             pause_s,
-            errors=_REDIS_ERRORS,
+            errors=REDIS_ERRORS,
             log=log,
             failure="version sweep interrupted; retried next pass",
         )
