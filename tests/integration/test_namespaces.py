@@ -173,7 +173,7 @@ def test_two_pipelines_under_their_own_namespaces_share_one_redis_without_collid
         # Forcing A's mode leaves B's alone.
         a.cli("mode", "set", "ttl", f"--redis-url={redis_target.url}")
         wait_until("A in ttl mode", lambda: a.mode(client) == b"ttl", 30, alive=[a.worker])
-        assert not held_within(lambda: b.mode(client) != b"cdc", 3, alive=[b.worker])
+        assert not held_within(lambda: b.mode(client) != b"cdc", 2, alive=[b.worker])
         # Applications follow their pipeline's mode: A's fills are capped, B's are not.
         for line, longest_ms in ((a, FALLBACK_MS), (b, HOUR_MS)):
             aside = CacheAside(client, ttl_ms=HOUR_MS, namespace=line.namespace)
