@@ -16,14 +16,7 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
-from cdc_cache.core.keys import (
-    index_field,
-    key_slot,
-    member_field,
-    stream_key,
-    version_field,
-    version_key,
-)
+from cdc_cache.core.keys import index_field, key_slot, member_field, ns, version_field
 from cdc_cache.core.retry import Backoff
 from cdc_cache.plan.cache_ops import IndexMember
 from cdc_cache.plan.planner import plan
@@ -174,7 +167,7 @@ def test_a_late_older_insert_after_a_delete_does_not_come_back(any_redis: Any) -
     outcomes = applier.apply(plan(change(1, Op.CREATE, None, row(1, 1, 5.0)), RULES)).outcomes
     assert set(outcomes) == {Outcome.STALE}
     assert indexes(any_redis) == {}
-    tombstone = any_redis.hget(version_key(by_price(1)), member_field(by_price(1), "1"))
+    tombstone = any_redis.hget(ns().version_key(by_price(1)), member_field(by_price(1), "1"))
     horizon, version = parse_stored(tombstone)
     assert version.endswith("0") and horizon < 99_999_999  # a tombstone the sweeper ends
 
@@ -198,7 +191,7 @@ def test_an_index_emptied_by_its_rows_starts_again(any_redis: Any) -> None:
     applier.apply(plan(change(1, Op.CREATE, None, row(1, 1, 5.0)), RULES))
     applier.apply(plan(change(2, Op.DELETE, row(1, 1, 5.0), None), RULES))
     assert any_redis.exists(by_price(1)) == 0
-    record = any_redis.hget(version_key(by_price(1)), index_field(by_price(1)))
+    record = any_redis.hget(ns().version_key(by_price(1)), index_field(by_price(1)))
     assert parse_stored(record)[1].startswith("0")  # emptied by the worker, swept in time
     applier.apply(plan(change(3, Op.CREATE, None, row(2, 1, 6.0)), RULES))
     assert indexes(any_redis) == {by_price(1): [("2", 6.0)]}
@@ -229,7 +222,7 @@ def test_every_write_re_arms_the_index_ttl(any_redis: Any) -> None:
     applier = RedisApplier(any_redis)
     applier.apply(plan(change(1, Op.CREATE, None, row(1, 1, 5.0)), RULES))
     assert 3_500_000 < any_redis.pttl(by_price(1)) <= 3_600_000  # the rule's ttl: 1h
-    record = any_redis.hget(version_key(by_price(1)), index_field(by_price(1)))
+    record = any_redis.hget(ns().version_key(by_price(1)), index_field(by_price(1)))
     assert parse_stored(record)[0] == 99_999_999  # holding members: kept while it does
 
 
@@ -240,7 +233,7 @@ def test_a_move_is_announced_once_by_its_index_write(any_redis: Any) -> None:
     applier.apply(move)
     applier.apply(move)  # redelivered: a duplicate notifies nobody
     sent = [
-        (channel, len(any_redis.xrange(stream_key(channel))))
+        (channel, len(any_redis.xrange(ns().stream_key(channel))))
         for channel in ("products:1", "products:2")
     ]
     assert sent == [("products:1", 2), ("products:2", 1)]
