@@ -24,7 +24,7 @@ from cdc_cache.cli import (
     trace,
     worker,
 )
-from cdc_cache.tools.devstack.cli import dev
+from cdc_cache.cli.dev import dev
 
 
 @click.group()

@@ -130,6 +130,11 @@ def schema() -> Schema:
             "depends_on": {"type": "array", "items": dependency},
             "when": _EXPRESSION,
             "only_if_cached": {"type": "boolean"},
+            "member": {
+                "type": "string",
+                "description": 'an index key\'s member (zadd, sadd), e.g. "{id}"',
+            },
+            "score": {**_COLUMN, "description": "a sorted set's score column (zadd)"},
         },
         required=["key"],
     )

@@ -128,12 +128,15 @@ def test_bad_expressions_and_settings_are_reported_with_file_and_line(
     assert says in text
 
 
-def test_filters_and_refresh_only_on_a_delete_key_are_refused() -> None:
-    text = problems(
-        one_key('        when: "qty > 0"\n        only_if_cached: true', action="delete")
-    )
-    assert "r.yaml:8: tables.shop.products.keys[0].when: a delete key" in text
-    assert "r.yaml:9: tables.shop.products.keys[0].only_if_cached: a delete key" in text
+@pytest.mark.parametrize("action", ["delete", "sadd"])
+def test_filters_refresh_only_and_row_ttls_on_delete_and_index_keys_are_refused(
+    action: str,
+) -> None:
+    extra = '        when: "qty > 0"\n        only_if_cached: true\n        ttl: {seconds: qty}'
+    text = problems(one_key(extra, action=action))
+    assert "r.yaml:8: tables.shop.products.keys[0].when: when applies to action: set only" in text
+    assert "r.yaml:9: tables.shop.products.keys[0].only_if_cached: only_if_cached applies" in text
+    assert "r.yaml:10: tables.shop.products.keys[0].ttl: a TTL from the row applies" in text
 
 
 def test_columns_an_expression_reads_must_be_watched_and_declared() -> None:

@@ -40,8 +40,8 @@ def test_the_schema_is_valid_json_schema_and_takes_the_loaders_settings() -> Non
 def test_a_loader_setting_the_schema_does_not_describe_refuses_to_generate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(rules_schema, "KEY_SETTINGS", KEY_SETTINGS | {"score"})
-    with pytest.raises(AssertionError, match="missing \\['score'\\]"):
+    monkeypatch.setattr(rules_schema, "KEY_SETTINGS", KEY_SETTINGS | {"rank"})
+    with pytest.raises(AssertionError, match="missing \\['rank'\\]"):
         schema()
 
 
