@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.core.keys import lease_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import SetRow, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
@@ -36,10 +36,10 @@ def refresh(key: str, n: int) -> SetRow:
 
 def test_refresh_only_never_fills_but_records_its_version(any_redis: Any) -> None:
     applier = RedisApplier(any_redis)
-    any_redis.set(lease_key("{w}:1"), "lease")
+    any_redis.set(ns().lease_key("{w}:1"), "lease")
     assert applier.apply([refresh("{w}:1", 5)]).outcomes == (Outcome.INVALIDATED,)
     assert any_redis.get("{w}:1") is None
-    assert any_redis.get(lease_key("{w}:1")) is None  # an in-flight fill cannot land
+    assert any_redis.get(ns().lease_key("{w}:1")) is None  # an in-flight fill cannot land
     assert stored_version(any_redis, "{w}:1") == encode_version(
         SourcePosition(0, 7, 5, 0), delete=False
     )
