@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from cdc_cache.core.errors import ConfigError, RenderError
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.expressions import Expression, ExpressionFailed
 from cdc_cache.plan.planner import encode, plan
@@ -23,6 +22,8 @@ from cdc_cache.plan.rules import Use
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.verify_judge import Finding, Stored, derive, judge
 from tests.model import ModelCache
+from tests.unit.test_plan import event as plan_event
+from tests.unit.test_plan import pos
 
 RULES_YAML = """
 defaults: {safety_ttl: 1h, tombstone_ttl: 10m}
@@ -58,10 +59,6 @@ HOUR = 3_600_000
 TOMBSTONE = 600_000
 
 
-def pos(n: int) -> SourcePosition:
-    return SourcePosition(0, 1, n, 0)
-
-
 def event(
     op: Op,
     before: dict[str, Any] | None,
@@ -69,8 +66,7 @@ def event(
     n: int,
     table: str = "shop.products",
 ) -> ChangeEvent:
-    row = after or before or {}
-    return ChangeEvent(table, op, before, after, {"id": row["id"]}, pos(n), 1_700_000_000_000)
+    return plan_event(op, before, after, n, table)
 
 
 ROW = {
