@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.aside.cache_aside import CacheAside
+from cdc_cache.aside.cache_aside import CacheAside, FillCounts
 from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.keys import key_slot, tag_key
@@ -124,6 +124,7 @@ def test_a_fill_whose_tag_is_invalidated_while_it_loads_does_not_land(any_redis:
     assert any_redis.exists(listing) == 0
     assert cache.get(listing, lambda: b"new listing", tags=[listing]) == b"new listing"
     assert any_redis.get(listing) == b"new listing"
+    assert cache.fills == FillCounts(loads=2, landed=1, voided_by_tag=1)
     apply(any_redis, product(2, 2, 7))
     assert any_redis.exists(listing) == 0
     assert any_redis.hlen(tag_key(listing)) == 1  # the fill's member left with its key
