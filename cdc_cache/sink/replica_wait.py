@@ -34,15 +34,7 @@ from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.keys import key_slot, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.cache_ops import (
-    CacheOp,
-    DeleteKey,
-    DependencyOp,
-    InvalidatePrefix,
-    InvalidateTag,
-    LinkKey,
-    SetRow,
-)
+from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, KeyOp, Notify
 from cdc_cache.sink.connection import Client, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries
 from cdc_cache.sink.replication import ReplicationInfo
@@ -146,13 +138,13 @@ class ReplicaWait:
         client = self._client
         if not isinstance(client, RedisCluster):
             return {PRIMARY: (None, "0")}
-        if any(isinstance(op, InvalidatePrefix | LinkKey | InvalidateTag) for op in ops):
+        if any(not isinstance(op, KeyOp | Notify) for op in ops):  # a prefix, a tag, a link
             return {
                 str(node.name): (node, _key_on(client, node)) for node in client.get_primaries()
             }
         by_slot: dict[int, str] = {}
         for op in ops:
-            if isinstance(op, SetRow | DeleteKey):
+            if isinstance(op, KeyOp):
                 by_slot.setdefault(key_slot(op.key), op.key)
         touched: Touched = {}
         for key in by_slot.values():

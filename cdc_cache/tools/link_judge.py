@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from cdc_cache.core.events import ChangeEvent, Op, Row
+from cdc_cache.core.events import Row
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.rules import Rules, TableRules
 from cdc_cache.sink.tags import member
 from cdc_cache.sink.versions import encode_version
+from cdc_cache.tools.verify_judge import snapshot_read
 
-_ANY_POSITION: Final = SourcePosition(0, 0, 0, 0)
 _PRESENT: Final = "+"
 
 
@@ -83,16 +83,7 @@ def expected_links(
     rules: Rules, table: TableRules, row: Row, primary_key: tuple[str, ...]
 ) -> list[Link]:
     """The links ``row`` of ``table`` implies, as the worker plans them for a snapshot read."""
-    event = ChangeEvent(
-        table=table.table,
-        op=Op.READ,
-        before=None,
-        after=row,
-        key={column: row[column] for column in primary_key},
-        position=_ANY_POSITION,
-        committed_at_ms=None,
-        snapshot=True,
-    )
+    event = snapshot_read(table, row, primary_key)
     return [
         Link(op.tag, op.key, op.link)
         for op in plan_dependencies(event, rules)
