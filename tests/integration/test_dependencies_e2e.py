@@ -9,7 +9,8 @@ the worker's index) and brand listings (the brand's name and its products: fille
 the tags ``listing:brand:<id>``, which the products' rules invalidate, and the brand row's
 own tag). Each worker is killed with SIGKILL mid-stream and restarted. Once the stream is
 drained, every cached key of both deployments equals the value recomputed from the
-database.
+database, and ``verify`` finds every link the rows imply in the index and no page cached
+past a change of a row it shows.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from pymysql.constants import CLIENT
 
 from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
 from cdc_cache.core.keys import tag_key
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.tags import member
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
+from cdc_cache.tools.link_judge import LinkFinding
+from cdc_cache.tools.verify import verify
 from tests.integration.fixtures_redis import AnyRedis
 from tests.integration.probes import metric
 from tests.integration.services import Service, debezium, worker
@@ -71,8 +76,18 @@ TRANSACTIONS = 10_000
 PER_ROUND_TRIP = 25  # transactions sent in one multi-statement round trip
 PRODUCTS, BRANDS, TAG_IDS = 120, 8, 6
 READERS = 3  # per deployment
-# Kill each worker once it has read this many changes (of about 20,000): mid-stream.
-KILL_AFTER = {"single": 6_000, "cluster": 9_000}
+# The writer stays at most this many row changes ahead of the slower worker, so readers
+# race changes as they are applied. Far ahead, every fill would load rows newer than the
+# changes still to be applied, and no fill could race the last change of its key (the
+# race the leases and the fills' tag checks are for).
+AHEAD = 1_000
+PROGRESS_EVERY_S = 0.25
+# Each worker is killed once it has read this many changes (of about 17,000): mid-stream.
+KILL_AFTER = {"single": 6_000, "cluster": 10_000}
+# No heartbeats here, and the connector's own topics appear later: keep the lag and the
+# topic watch out of the way (a switch to ttl mode would expire the keys to be judged).
+QUIET_MODE = {"CDC_CACHE_LAG_SLO_S": "3600", "CDC_CACHE_TOPIC_REFRESH_S": "0"}
+MARKERS = range(1001, 1021)  # ids of the rows the last transaction adds to every table
 
 
 def page(cur: Any, schema: str, pid: int) -> bytes | None:
@@ -109,8 +124,8 @@ def expected(cur: Any, schema: str, key: str) -> bytes:
     return NEGATIVE if value is None else value
 
 
-def transaction(schema: str, rnd: random.Random, n: int) -> str:
-    """One random transaction of one to three statements, as SQL text."""
+def transaction(schema: str, rnd: random.Random, n: int) -> list[str]:
+    """One random transaction of one to three statements, BEGIN and COMMIT included."""
     out = ["BEGIN"]
     for _ in range(rnd.randint(1, 3)):
         n += 1
@@ -145,7 +160,12 @@ def transaction(schema: str, rnd: random.Random, n: int) -> str:
             out.append(f"DELETE FROM {schema}.product_tags WHERE product_id = {pid}")
             out.append(f"DELETE FROM {schema}.products WHERE id = {pid}")
     out.append("COMMIT")
-    return ";".join(out)
+    return out
+
+
+def row_changes(statement: str, affected: int) -> int:
+    """The change events a statement makes: an upsert's update counts 2 affected rows."""
+    return min(affected, 1) if "ON DUPLICATE KEY" in statement else max(affected, 0)
 
 
 @dataclass
@@ -163,6 +183,7 @@ class Deployment:
     errors: list[BaseException] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
     killed_at: float = -1.0  # changes the worker had read when it was killed
+    _progress: tuple[float, float] = (0.0, -PROGRESS_EVERY_S)  # changes read, and when
 
     def __post_init__(self) -> None:
         self.cache = CacheAside(self.client, ttl_ms=600_000, lease_wait_ms=0, lease_ttl_ms=10_000)
@@ -172,7 +193,6 @@ class Deployment:
             threading.Thread(target=self._guarded, args=(self._read, seed))
             for seed in range(READERS)
         ]
-        self.threads.append(threading.Thread(target=self._guarded, args=(self._kill_once, 0)))
         for thread in self.threads:
             thread.start()
 
@@ -199,7 +219,7 @@ class Deployment:
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 value = read()
                 cur.execute("COMMIT")
-                time.sleep(rnd.uniform(0, 0.05))
+                time.sleep(rnd.uniform(0, 0.1))
                 return value
 
             while not self.done.is_set():
@@ -216,21 +236,50 @@ class Deployment:
                         tags=[f"listing:brand:{bid}", f"{self.schema}.brands:{bid}"],
                     )
 
-    def _changes_read(self) -> float:
-        try:
-            return metric(self.metrics_port, "cdc_cache_records_total", {"kind": "change"})
-        except OSError:
-            return 0.0
+    def progress(self) -> float:
+        """Changes the worker read, before its kill and since (a replay counts twice).
 
-    def _kill_once(self, _: int) -> None:
-        while not self.done.is_set():
-            read = self._changes_read()
-            if read >= KILL_AFTER[self.name]:
-                self.service.kill()
-                self.killed_at = read
-                self.service.start()
-                return
-            time.sleep(0.1)
+        Read from its metrics at most every ``PROGRESS_EVERY_S``: a scrape takes the
+        worker's interpreter lock.
+        """
+        read, when = self._progress
+        if time.monotonic() - when >= PROGRESS_EVERY_S:
+            try:
+                read = metric(self.metrics_port, "cdc_cache_records_total", {"kind": "change"})
+            except OSError:  # restarting
+                read = 0.0
+            self._progress = (read, time.monotonic())
+        return max(self.killed_at, 0.0) + read
+
+    def kill_when_due(self) -> float:
+        """SIGKILL the worker and start it again, once, after ``KILL_AFTER`` changes; the
+        worker's progress."""
+        read = self.progress()
+        if self.killed_at < 0 and read >= KILL_AFTER[self.name]:
+            self.service.kill()
+            self.killed_at = read
+            self._progress = (0.0, time.monotonic())
+            self.service.start()
+        return read
+
+    def finished(self) -> bool:
+        """Killed and restarted, and every partition applied up to its last change: each
+        table's marker rows, whose last step (a link op, a tag invalidation) is done."""
+        self.kill_when_due()
+        if self.killed_at < 0:
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        for n in MARKERS:
+            s = self.schema
+            pipe.hexists(
+                tag_key(f"{s}.brands:{n}"), member(f"product:{n}:page", f"{s}.products:{n}")
+            )
+            pipe.hexists(tag_key(f"{s}.brands:{n}"), "")
+            pipe.hexists(tag_key(f"{s}.tags:{n}"), "")
+            pipe.hexists(
+                tag_key(f"{s}.tags:1"), member(f"product:{n}:page", f"{s}.product_tags:{n}:1")
+            )
+        return all(pipe.execute())
 
     def keys(self) -> list[str]:
         return [f"product:{p}:page" for p in range(1, PRODUCTS + 1)] + [
@@ -267,8 +316,11 @@ def catalog(mariadb: MariaDB) -> Iterator[str]:
             cur.execute(f"DROP DATABASE {schema}")
 
 
-def write_workload(mariadb: MariaDB, schema: str) -> None:
-    """``TRANSACTIONS`` transactions, ``PER_ROUND_TRIP`` of them per round trip."""
+def write_workload(
+    mariadb: MariaDB, schema: str, deployments: list[Deployment], services: list[Service]
+) -> int:
+    """``TRANSACTIONS`` transactions, ``PER_ROUND_TRIP`` of them per round trip, at most
+    ``AHEAD`` changes ahead of the workers, which are killed on the way; the changes made."""
     conn = pymysql.connect(
         host="127.0.0.1",
         port=mariadb.port,
@@ -277,19 +329,44 @@ def write_workload(mariadb: MariaDB, schema: str) -> None:
         client_flag=CLIENT.MULTI_STATEMENTS,
     )
     rnd = random.Random(14)
+    written = 0
+
+    def kept_up() -> bool:
+        progress = [deployment.kill_when_due() for deployment in deployments]
+        return written - min(progress) <= AHEAD
+
     try:
         with conn.cursor() as cur:
             for start in range(0, TRANSACTIONS, PER_ROUND_TRIP):
-                cur.execute(
-                    ";".join(
-                        transaction(schema, rnd, n * 10)
-                        for n in range(start, start + PER_ROUND_TRIP)
-                    )
-                )
+                wait_until("the workers keeping up", kept_up, 120, alive=services, interval=0.05)
+                statements = [
+                    statement
+                    for n in range(start, start + PER_ROUND_TRIP)
+                    for statement in transaction(schema, rnd, n * 10)
+                ]
+                cur.execute(";".join(statements))
+                affected = [cur.rowcount]
                 while cur.nextset():
-                    pass
+                    affected.append(cur.rowcount)
+                written += sum(map(row_changes, statements, affected))
+            cur.execute(";".join(markers(schema)))
+            while cur.nextset():
+                pass
     finally:
         conn.close()
+    return written
+
+
+def markers(schema: str) -> list[str]:
+    """The last transaction: rows in every table, so in every partition (see ``MARKERS``)."""
+    rows = {
+        "brands": [f"({n}, 'marker')" for n in MARKERS],
+        "tags": [f"({n}, 'marker')" for n in MARKERS],
+        "products": [f"({n}, {n}, 'marker')" for n in MARKERS],
+        "product_tags": [f"({n}, 1)" for n in MARKERS],
+    }
+    inserts = [f"INSERT INTO {schema}.{table} VALUES {', '.join(v)}" for table, v in rows.items()]
+    return ["BEGIN", *inserts, "COMMIT"]
 
 
 def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cluster(
@@ -318,7 +395,12 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
             home = tmp_path / name
             home.mkdir()
             service = worker(
-                home, broker.bootstrap, server.address(), topics, rules=RULES.format(s=schema)
+                home,
+                broker.bootstrap,
+                server.address(),
+                topics,
+                rules=RULES.format(s=schema),
+                env=QUIET_MODE,
             )
             port = free_port()
             service.argv += ["--metrics-port", str(port)]
@@ -341,17 +423,17 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
                 )
                 deployment.start_readers()
             flowing = time.monotonic()
-            write_workload(mariadb, schema)
+            changes = write_workload(mariadb, schema, deployments, services)
             written = time.monotonic()
-            for deployment in deployments:
+            for deployment in deployments:  # fills go on while the workers drain the stream
                 wait_until(
-                    f"the {deployment.name} worker was killed and restarted",
-                    lambda d=deployment: d.killed_at >= 0 or bool(d.errors),
+                    f"the {deployment.name} worker killed, restarted, and drained",
+                    deployment.finished,
                     timeout=180,
                     alive=services,
                     shown=deployment.service,
+                    interval=0.5,
                 )
-            time.sleep(3)  # fills go on while the workers drain the stream's tail
             for deployment in deployments:
                 deployment.stop_readers()
             for deployment in deployments:
@@ -364,18 +446,26 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
                     interval=1.0,
                 )
             drained = time.monotonic()
+            rules = parse_rules(RULES.format(s=schema))
             for deployment in deployments:
                 cached, stale = deployment.judge()
                 fills = deployment.cache.fills
+                # verify judges every link the rows imply against the index built from
+                # the stream, and the cached pages' versions against their parents'
+                report = verify(f"{mariadb.dsn()}/{schema}", rules, deployment.client)
+                links = sum(t.links for t in report.tables)
                 print(
-                    f"{deployment.name}: {TRANSACTIONS} transactions; killed after "
+                    f"{deployment.name}: {TRANSACTIONS} transactions, {changes} row changes; "
+                    f"killed after "
                     f"{deployment.killed_at:.0f} changes read; {cached} dependent keys judged, "
                     f"{len(stale)} stale; fills: {fills.loads} attempted, {fills.landed} landed, "
                     f"{fills.voided_by_change} voided by a change, {fills.voided_by_tag} voided "
-                    "by a tag"
+                    f"by a tag; verify: {links} links judged, "
+                    + ", ".join(f"{f.value} {report.count_links(f)}" for f in LinkFinding)
                 )
                 assert stale == []
-                assert cached > PRODUCTS // 2, "few keys stayed cached: the check judged little"
+                assert report.exit_code == 0 and links > 0, report.format()
+                assert cached >= PRODUCTS // 4, "few keys stayed cached: the check judged little"
                 assert fills.voided_by_change > 0 and fills.voided_by_tag > 0, fills
             print(
                 f"setup {flowing - started:.1f}s, writing {written - flowing:.1f}s, "
@@ -384,5 +474,7 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
         finally:
             for deployment in deployments:
                 deployment.done.set()
+                for thread in deployment.threads:
+                    thread.join()
             for service in services:
                 service.stop()
