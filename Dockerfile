@@ -2,6 +2,10 @@
 #   worker:   docker run cdc-cache run --config /etc/cdc-cache/worker.yaml   (the default)
 #   gateway:  docker run cdc-cache gateway
 #   inspect:  docker run cdc-cache inspect --config /etc/cdc-cache/worker.yaml
+#   verify:   docker run cdc-cache verify --db mysql://... --rules ... --redis-url ...
+# The database drivers of inspect and verify (PyMySQL with cryptography for MySQL 8's
+# caching_sha2_password, psycopg with its bundled libpq) are project dependencies, so they
+# are installed here; tests/unit/test_image_drivers.py fails when the image would lack one.
 # Dependencies are installed from pyproject.toml alone, before the source is copied, so a
 # code change rebuilds only the last layers. Runs as an unprivileged user (uid 10001) and
 # writes only to /var/lib/cdc-cache (the recovery store), so the root fs can be read-only.

@@ -24,6 +24,7 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from redis import RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.app.admin import AdminServer
@@ -62,6 +63,7 @@ from cdc_cache.sink.connection import (
 )
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
+from cdc_cache.sink.outbox import outbox_sweeper
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.sink.tag_sweep import tag_sweeper
 from cdc_cache.sink.tags import Fanout
@@ -373,6 +375,12 @@ def warn_if_wire_by_default(rules: Rules) -> None:
 
 
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
+    stop = threading.Event()
+    schemas = schema_resolver(settings, stoppable_sleep(stop, "the schema registry"))
+    if schemas is not None:
+        # First: TLS or credentials to fix stop the start, before any wait on Kafka or Redis
+        # (a registry that does not answer is waited for, logged and counted).
+        schemas.check()
     recovery = prepare_recovery(
         settings.recovery_dir,
         settings.recovery_partitions,
@@ -391,6 +399,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         sweepers.append(VersionSweeper(memory.client))
         if rules.tags:
             sweepers.append(tag_sweeper(memory.client, version_lifetime_ms(rules)))
+        if isinstance(memory.client, RedisCluster):
+            sweepers.append(outbox_sweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (
@@ -400,14 +410,13 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         if settings.redis_replicas
         else None
     )
-    stop = threading.Event()
     lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     context = FlowContext(
         stop=stop,
         lag=tracker,
         ttl_cap_ms=runtime.ttl_cap_ms,
         holds=runtime.holds,
-        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
+        schemas=schemas,
         invalidate_only=memory.invalidate_only,
         memory=memory.guard,
         tables=runtime.tables,

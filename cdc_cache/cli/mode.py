@@ -49,12 +49,18 @@ def mode_get(redis_url: str, as_json: bool) -> None:
 @mode.command("set")
 @click.argument("flag", type=click.Choice(["auto", "cdc", "ttl"]))
 @REDIS_URL
-def mode_set(flag: str, redis_url: str) -> None:
+@JSON_OUTPUT
+def mode_set(flag: str, redis_url: str, as_json: bool) -> None:
     """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
     from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.controller import Flag
     from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode set", redis_url):
-        ModeStore(connect(redis_url)).set_flag(Flag(flag))
-    click.echo(f"flag set to {flag}; workers apply it within a second")
+        store = ModeStore(connect(redis_url))
+        store.set_flag(Flag(flag))
+        stored = store.flag().value
+    if as_json:
+        echo_json({"flag": stored})
+        return
+    click.echo(f"flag set to {stored}; workers apply it within a second")

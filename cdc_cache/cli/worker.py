@@ -28,10 +28,15 @@ class SettingsHelp(click.Command):
         from pydantic import BaseModel
 
         from cdc_cache.app.settings import ENV_PREFIX, WorkerSettings
+        from cdc_cache.dlq.topic import PRODUCER_DEFAULTS
+        from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 
+        # librdkafka maps whose defaults the clients apply under what is given
+        applied = {"kafka_consumer": CONSUMER_DEFAULTS, "kafka_producer": PRODUCER_DEFAULTS}
         rows = []
         for name, field in WorkerSettings.model_fields.items():
             value = None if field.is_required() else field.get_default(call_default_factory=True)
+            value = value or applied.get(name)
             if isinstance(value, BaseModel):
                 value = value.model_dump()
             unset = value is None or value in ({}, [])
