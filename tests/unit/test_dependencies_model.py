@@ -15,7 +15,7 @@ The issue asks that the test fail when the index update is separated from the ro
 ops, and when the fill's tag check is removed. The worker applies the index update apart
 from the row's ops on purpose (on Redis Cluster they are in different slots) and relies
 on catch-up instead: with topics read in commit order and catch-up off, the index update
-in the row's own step stays fresh over every workload, and apart from it goes stale
+in the row's own step stays fresh (a property), and apart from it goes stale
 (spelled out); with skew, catch-up is needed even in the row's own step (searched). The
 fill's tag check off goes stale both ways.
 """
