@@ -14,12 +14,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/cdc-cache
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('cdc-cache-client')))" > /tmp/requirements.txt \
  && /opt/cdc-cache/bin/pip install -r /tmp/requirements.txt
+# The client distribution (CacheAside, key names) is in this repository, pinned by the worker.
+COPY client ./client
 COPY README.md ./
 COPY cdc_cache ./cdc_cache
 COPY dataflows ./dataflows
-RUN /opt/cdc-cache/bin/pip install --no-deps . \
+RUN /opt/cdc-cache/bin/pip install --no-deps ./client . \
  && /opt/cdc-cache/bin/python -m compileall -q /opt/cdc-cache/lib
 
 FROM python:3.11.11-slim-bookworm

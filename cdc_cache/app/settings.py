@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cdc_cache.core.keys import DEFAULT_NAMESPACE, valid_namespace
 from cdc_cache.core.retry import Backoff
 from cdc_cache.sink.connection import RedisAuth, redis_url_problem
 from cdc_cache.sink.memory import EvictionFallback
@@ -48,6 +49,12 @@ from cdc_cache.source.registry_access import (
 )
 
 ENV_PREFIX = "CDC_CACHE_"
+# Where the worker's own keys live; pipelines sharing one Redis each take their own.
+Namespace = Annotated[
+    str,
+    AfterValidator(valid_namespace),
+    Field(description="prefix of the worker's own Redis keys (<namespace>:mode, ...)"),
+]
 # The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
 DownAfter = Annotated[
     float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
@@ -113,6 +120,7 @@ class SharedSettings(BaseSettings):
         default="redis://127.0.0.1:16379/0",
         description="redis://, rediss://, unix://, ?cluster=true, redis+sentinel://",
     )
+    namespace: Namespace = DEFAULT_NAMESPACE
     kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
@@ -465,6 +473,7 @@ class WatchdogSettings(BaseSettings):
     redis_username: str | None = Field(default=None, description="Redis ACL user")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = Field(default=None, description="file holding it")
+    namespace: Namespace = DEFAULT_NAMESPACE
     watchdog_down_after_s: DownAfter = None
     watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
     log_level: str = "INFO"

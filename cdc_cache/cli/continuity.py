@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
+from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, REDIS_URL, echo_json, reported
 from cdc_cache.continuity.model import Action
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.core.errors import ConfigError
@@ -84,6 +84,7 @@ _PARTITION = click.option("--partition", type=int, help="Only this partition (de
 
 @continuity.command("status")
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def continuity_status(redis_url: str, as_json: bool) -> None:
     """Print each held partition: what broke, both offsets and topic ids, ways forward."""
@@ -103,6 +104,7 @@ def continuity_status(redis_url: str, as_json: bool) -> None:
 @_TOPIC
 @_PARTITION
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def continuity_reread(topic: str, partition: int | None, redis_url: str, as_json: bool) -> None:
     """Read the topic again from its start (versions make it idempotent).
@@ -117,6 +119,7 @@ def continuity_reread(topic: str, partition: int | None, redis_url: str, as_json
 @_TOPIC
 @_PARTITION
 @REDIS_URL
+@NAMESPACE
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @JSON_OUTPUT
 def continuity_accept(

@@ -44,11 +44,13 @@ def gateway(ctx: click.Context, /, config_file: Path | None, **flags: object) ->
 
     from cdc_cache.app.load import load
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
     from cdc_cache.notify.gateway import serve_until_stopped
     from cdc_cache.notify.settings import GatewaySettings
 
     with reported("cdc-cache gateway", str(flags.get("redis_url"))):
         settings = load(GatewaySettings, config_file, **flags)
+        use_namespace(settings.namespace)
         settings.signing_key()  # an unreadable secret file stops startup, not the first client
         logs.configure(settings.log_level)
         asyncio.run(serve_until_stopped(settings))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
+from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, REDIS_URL, echo_json, reported
 from cdc_cache.core.errors import ConfigError
 
 
@@ -15,6 +15,7 @@ def mode() -> None:
 
 @mode.command("get")
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def mode_get(redis_url: str, as_json: bool) -> None:
     """Print the operator flag and the effective mode with its reason and since when."""
@@ -49,6 +50,7 @@ def mode_get(redis_url: str, as_json: bool) -> None:
 @mode.command("set")
 @click.argument("flag", type=click.Choice(["auto", "cdc", "ttl"]))
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def mode_set(flag: str, redis_url: str, as_json: bool) -> None:
     """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""

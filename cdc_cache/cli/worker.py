@@ -89,9 +89,11 @@ def run(config_file: Path | None, **flags: object) -> None:
     from cdc_cache.app.load import load_settings
     from cdc_cache.app.worker import run as run_worker
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
 
     with reported("cdc-cache"):
         settings = load_settings(config_file, **flags)
+        use_namespace(settings.namespace)
         logs.configure(settings.log_level)
         run_worker(settings)
 
@@ -127,8 +129,10 @@ def watchdog(config_file: Path | None, **flags: Any) -> None:
     from cdc_cache.app.settings import WatchdogSettings
     from cdc_cache.app.watchdog import serve
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
 
     with reported("cdc-cache watchdog", flags.get("redis_url")):
         settings = load(WatchdogSettings, config_file, **flags)
+        use_namespace(settings.namespace)
         logs.configure(settings.log_level)
         serve(settings)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from cdc_cache_client import tags
+
 from cdc_cache.core.events import Row
-from cdc_cache.core.keys import escape_value
+from cdc_cache.core.keys import escape_value, ns
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.source.natural import (
     WIRE_VALUES,
@@ -33,6 +35,13 @@ class Action(StrEnum):
 
     SET = "set"
     DELETE = "delete"
+    ZADD = "zadd"  # the row is a member of a sorted set (an index key), scored by a column
+    SADD = "sadd"  # the row is a member of a set (an index key)
+
+    @property
+    def indexes(self) -> bool:
+        """The key is an index: the row is one member of it, gated per member."""
+        return self in (Action.ZADD, Action.SADD)
 
 
 class MissingColumn(KeyError):
@@ -127,6 +136,10 @@ class KeyRule:
     ttl_ms: int
     line: int
     depends_on: tuple[Dependency, ...] = ()
+    member: KeyTemplate | None = None
+    """For an index key (zadd, sadd): the row's member of it, e.g. ``{id}``."""
+    score: str | None = None
+    """For a sorted-set index key (zadd): the numeric column that scores the member."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +185,15 @@ class Use(StrEnum):
     RENDER = "render"
     DEPENDS = "depends_on"
     TAGS = "invalidate_tags"
+    MEMBER = "member"
+    SCORE = "score"
 
     @property
     def breaks_changes(self) -> bool:
         """Without the column, a change of the table cannot be applied as planned."""
         return self in (
-            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS
+            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS,
+            Use.MEMBER, Use.SCORE,
         )  # fmt: skip
 
 
@@ -253,25 +269,6 @@ class Rules:
         return any(table.notify is not None for table in self.tables.values())
 
 
-TAG_MAX_CHARS: Final = 512
-
-
 def check_tag(tag: str, *, what: str = "tag") -> str:
-    """``tag`` if it can name a cache tag, else ValueError saying what is wrong.
-
-    A tag is 1 to 512 printable characters without whitespace, outside cdc-cache's own
-    ``cdc:`` names. Row values in rendered tags are escaped like key values.
-    """
-    if not isinstance(tag, str) or not tag:
-        msg = f"{what} {tag!r} is not a non-empty string"
-        raise ValueError(msg)
-    if len(tag) > TAG_MAX_CHARS:
-        msg = f"{what} is {len(tag)} characters long; at most {TAG_MAX_CHARS}"
-        raise ValueError(msg)
-    if any(ch.isspace() or not ch.isprintable() for ch in tag):
-        msg = f"{what} {tag!r} holds whitespace or control characters; leave them out"
-        raise ValueError(msg)
-    if tag.startswith("cdc:"):
-        msg = f"{what} {tag!r} starts with 'cdc:', cdc-cache's own names; choose another"
-        raise ValueError(msg)
-    return tag
+    """``tag`` if it can name a cache tag in this process's namespace (see ``tags.check_tag``)."""
+    return tags.check_tag(tag, what=what, namespace=ns().namespace)

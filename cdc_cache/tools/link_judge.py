@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from cdc_cache_client.tags import member
+
 from cdc_cache.core.events import Row
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.rules import Rules, TableRules
-from cdc_cache.sink.tags import member
 from cdc_cache.sink.versions import encode_version
 from cdc_cache.tools.verify_judge import snapshot_read
 

@@ -16,7 +16,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import CdcCacheError, ConfigError
-from cdc_cache.core.keys import tag_key, version_field, version_key
+from cdc_cache.core.keys import ns, version_field
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.invalidate_prefix import glob_escape
@@ -218,7 +218,7 @@ def read_keys(
                 pipe.hgetall(key)
             else:
                 pipe.get(key)
-            pipe.hget(version_key(key), version_field(key))
+            pipe.hget(ns().version_key(key), version_field(key))
         replies = pipe.execute(raise_on_error=False)
         for value, version in zip(replies[::2], replies[1::2], strict=True):
             if isinstance(version, Exception) and not isinstance(version, rex.ResponseError):
@@ -271,10 +271,10 @@ def read_links(client: Client, links: Sequence[Link]) -> list[LinkState]:
     for chunk in _chunks(links):
         pipe = client.pipeline(transaction=False)
         for link in chunk:
-            pipe.hget(tag_key(link.tag), link.member)
-            pipe.hget(tag_key(link.tag), "")
+            pipe.hget(ns().tag_key(link.tag), link.member)
+            pipe.hget(ns().tag_key(link.tag), "")
             pipe.exists(link.key)
-            pipe.hget(version_key(link.key), version_field(link.key))
+            pipe.hget(ns().version_key(link.key), version_field(link.key))
         replies = pipe.execute()
         for i in range(0, len(replies), 4):
             held, version, present, stored = replies[i : i + 4]

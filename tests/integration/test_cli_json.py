@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.continuity.model import Discontinuity, Kind, Observed, SourceState
 from cdc_cache.continuity.store import ContinuityStore
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def test_mode_get_json_holds_the_flag_and_the_published_mode(redis_server, redis
     assert json_of("mode", "get", *url) == {"flag": "auto", "mode": None}
     CliRunner().invoke(main, ["mode", "set", "ttl", *url])
     redis_client.hset(
-        MODE_KEY,
+        ns().mode,
         mapping={"mode": "ttl", "flag": "ttl", "cause": "forced", "reason": "forced",
                  "since_ms": "1700000000000", "lag_s": "3.5"},
     )  # fmt: skip

@@ -9,7 +9,8 @@ the worker's index) and brand listings (the brand's name and its products: fille
 the tags ``listing:brand:<id>``, which the products' rules invalidate, and the brand row's
 own tag). Each worker is killed with SIGKILL mid-stream and restarted. Once the stream is
 drained, every cached key of both deployments equals the value recomputed from the
-database, and ``verify`` finds every link the rows imply in the index and no page cached
+database, every brand's index keys (a set and a sorted set of its products) hold its
+products, and ``verify`` finds every link the rows imply in the index and no page cached
 past a change of a row it shows.
 """
 
@@ -30,7 +31,7 @@ import pytest
 from pymysql.constants import CLIENT
 
 from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.tags import member
 from cdc_cache.tools.devstack.broker import Broker
@@ -68,6 +69,13 @@ tables:
         depends_on:
           - {{table: {s}.brands, via: brand_id}}
           - {{table: {s}.tags, through: {s}.product_tags, via: tag_id, match: {{id: product_id}}}}
+      - key: "brand:{{brand_id}}:products"     # index keys: products move between brands
+        action: sadd
+        member: "{{id}}"
+      - key: "brand:{{brand_id}}:by_id"
+        action: zadd
+        member: "p{{id}}"
+        score: id
     invalidate_tags: ["listing:brand:{{brand_id}}"]
   {s}.product_tags:
     watch: [product_id, tag_id]
@@ -272,12 +280,12 @@ class Deployment:
         for n in MARKERS:
             s = self.schema
             pipe.hexists(
-                tag_key(f"{s}.brands:{n}"), member(f"product:{n}:page", f"{s}.products:{n}")
+                ns().tag_key(f"{s}.brands:{n}"), member(f"product:{n}:page", f"{s}.products:{n}")
             )
-            pipe.hexists(tag_key(f"{s}.brands:{n}"), "")
-            pipe.hexists(tag_key(f"{s}.tags:{n}"), "")
+            pipe.hexists(ns().tag_key(f"{s}.brands:{n}"), "")
+            pipe.hexists(ns().tag_key(f"{s}.tags:{n}"), "")
             pipe.hexists(
-                tag_key(f"{s}.tags:1"), member(f"product:{n}:page", f"{s}.product_tags:{n}:1")
+                ns().tag_key(f"{s}.tags:1"), member(f"product:{n}:page", f"{s}.product_tags:{n}:1")
             )
         return all(pipe.execute())
 
@@ -298,6 +306,22 @@ class Deployment:
                 if value != expected(cur, self.schema, key):
                     stale.append(key)
         return cached, stale
+
+
+def wrong_indexes(client: Any, mariadb: MariaDB, schema: str) -> list[str]:
+    """The brand index keys that differ from the database's products (a NULL brand: ``~``)."""
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, brand_id FROM {schema}.products")
+        rows = cur.fetchall()
+    assert rows, "no product left: the index check would judge nothing"
+    out = []
+    for brand in ["~", *map(str, range(1, BRANDS + 2)), *map(str, MARKERS)]:
+        ids = sorted(pid for pid, bid in rows if str(bid if bid is not None else "~") == brand)
+        members = sorted(int(m) for m in client.smembers(f"brand:{brand}:products"))
+        scored = client.zrange(f"brand:{brand}:by_id", 0, -1, withscores=True)
+        if members != ids or scored != [(f"p{pid}".encode(), float(pid)) for pid in ids]:
+            out.append(f"brand:{brand}: database {ids}, set {members}, sorted set {scored}")
+    return out
 
 
 @contextmanager
@@ -415,7 +439,7 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
                 wait_until(
                     f"the {deployment.name} worker applied a first change",
                     lambda d=deployment: (
-                        d.client.hget(tag_key(f"{schema}.brands:99"), "") is not None
+                        d.client.hget(ns().tag_key(f"{schema}.brands:99"), "") is not None
                     ),
                     timeout=120,
                     alive=services,
@@ -441,6 +465,16 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
                     f"every cached key of the {deployment.name} deployment equals the database's",
                     lambda d=deployment: not d.judge()[1],
                     timeout=180,
+                    alive=services,
+                    shown=deployment.service,
+                    interval=1.0,
+                )
+            for deployment in deployments:
+                wait_until(
+                    f"every brand's index keys of the {deployment.name} deployment hold the "
+                    "database's products",
+                    lambda d=deployment: not wrong_indexes(d.client, mariadb, schema),
+                    timeout=60,
                     alive=services,
                     shown=deployment.service,
                     interval=1.0,

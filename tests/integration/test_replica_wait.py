@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from redis import Redis
 
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure
@@ -161,7 +161,7 @@ def test_a_batchs_links_wait_for_the_replica_and_survive_a_failover(replicated_r
     group.rejoin_old_primary()
 
     assert second.done(60)
-    tag = group.client(group.primary).hgetall(tag_key("catalog.tags:3"))
+    tag = group.client(group.primary).hgetall(ns().tag_key("catalog.tags:3"))
     linked = {member(f"product:{p}:page", f"catalog.product_tags:{p}:3").encode() for p in (1, 2)}
     assert linked <= tag.keys(), tag
     assert not holds.active()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import InvalidateTag
 from cdc_cache.plan.dependencies import plan_dependencies
@@ -107,10 +107,10 @@ def test_verify_judges_the_links_of_dependent_keys(
     assert report.exit_code == 0 and report.clean, report.format()
 
     # A link lost from the index: a change of brand 2 would leave product 2's page.
-    redis.hdel(tag_key(f"{schema}.brands:2"), member("product:2:page", f"{schema}.products:2"))
+    redis.hdel(ns().tag_key(f"{schema}.brands:2"), member("product:2:page", f"{schema}.products:2"))
     # Brand 1 changed, but its invalidation never reached product 1's page (a member it
     # did not find then): the page is cached past it.
-    brand = tag_key(f"{schema}.brands:1")
+    brand = ns().tag_key(f"{schema}.brands:1")
     kept = member("product:1:page", f"{schema}.products:1")
     link = redis.hget(brand, kept)
     redis.hdel(brand, kept)
