@@ -21,14 +21,11 @@ from collections.abc import Callable
 from typing import Final
 
 import orjson
-from redis import exceptions as rex
 
-from cdc_cache.core.errors import CdcCacheError
-from cdc_cache.sink.connection import Client
+from cdc_cache.sink.connection import REDIS_ERRORS, Client
 
 log = logging.getLogger("cdc_cache.worker")
 TOPICS_KEY: Final = "cdc:topics"
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 class TopicWatch:
@@ -107,7 +104,7 @@ class TopicWatch:
             if found is not None:
                 self._board.set(TOPICS_KEY, orjson.dumps(found))
             raw = self._board.get(TOPICS_KEY)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("topics: Redis unavailable", extra={"error": str(exc)})
             return None
         try:

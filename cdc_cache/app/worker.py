@@ -24,6 +24,7 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from redis import RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.app.admin import AdminServer
@@ -62,6 +63,7 @@ from cdc_cache.sink.connection import (
 )
 from cdc_cache.sink.failover import ReplicationMonitor
 from cdc_cache.sink.memory import MemoryWatch, OomGuard
+from cdc_cache.sink.outbox import outbox_sweeper
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.sink.tag_sweep import tag_sweeper
 from cdc_cache.sink.tags import Fanout
@@ -391,6 +393,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         sweepers.append(VersionSweeper(memory.client))
         if rules.tags:
             sweepers.append(tag_sweeper(memory.client))
+        if isinstance(memory.client, RedisCluster):
+            sweepers.append(outbox_sweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))
     startup.passed("redis")
     replicas = (

@@ -34,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from redis import exceptions as rex
 
 from cdc_cache.continuity.model import (
     Action,
@@ -48,9 +47,9 @@ from cdc_cache.continuity.model import (
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.continuity.topic_ids import TopicIdentity, TopicIds
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
+from cdc_cache.sink.connection import REDIS_ERRORS
 
 log = logging.getLogger("cdc_cache.continuity")
 
@@ -58,7 +57,6 @@ log = logging.getLogger("cdc_cache.continuity")
 # and to a truncation it detected itself (leader epochs, KIP-320).
 _OUT_OF_RANGE: Final = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
 _TRUNCATED: Final = frozenset({KafkaError._LOG_TRUNCATION})
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 _VERIFY_WAIT: Final = timedelta(milliseconds=100)
 _DECISION_POLL_S: Final = 1.0
 
@@ -119,7 +117,7 @@ class ContinuityGuard:
             if self._store is None:
                 try:
                     self._store = self._connect()
-                except _REDIS_ERRORS as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("continuity records: Redis unreachable", extra={"error": str(exc)})
             return self._store
 
@@ -314,7 +312,7 @@ class GuardedPartition:
             return
         try:
             decided = store.decision(self._scope)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("continuity: cannot read decisions", extra={"error": str(exc)})
             return
         if decided is None or decided[1] != found.key or decided[0] not in found.ways_forward:
@@ -359,7 +357,7 @@ class GuardedPartition:
         try:
             if store is not None:
                 store.resolved(self._scope)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("continuity: cannot clear the record", extra={"error": str(exc)})
 
     def _report(self, state: str, found: Discontinuity | None = None) -> None:
@@ -369,7 +367,7 @@ class GuardedPartition:
             return
         try:
             store.report(found, state, self._guard.now_ms())
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("continuity: cannot record the discontinuity", extra={"error": str(exc)})
             return
         self._reported = True

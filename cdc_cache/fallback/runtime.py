@@ -28,12 +28,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
-
-from redis import exceptions as rex
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, LagSummary, ModeStore
 from cdc_cache.mode.controller import (
@@ -52,10 +48,9 @@ from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.lag import LagReport, LagTracker
 from cdc_cache.mode.record import ModeKeyError, ModeRecord
 from cdc_cache.mode.tables import TableConfig, TableFallback
-from cdc_cache.sink.connection import Client
+from cdc_cache.sink.connection import REDIS_ERRORS, Client
 
 log = logging.getLogger("cdc_cache.mode")
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 class ModeRuntime:
@@ -188,7 +183,7 @@ class ModeRuntime:
             decision = self._lead(local) if self.leader else self._follow(local)
         except ModeKeyError as exc:  # Redis answered: what it holds is the problem
             self._report(str(exc))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning(
                 "mode: Redis unavailable, keeping the current mode", extra={"error": str(exc)}
             )
@@ -214,7 +209,7 @@ class ModeRuntime:
             )
         except ModeKeyError as exc:
             return str(exc)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             return None
         self._tracker.learn_heartbeats(shared)
         return None
@@ -384,7 +379,7 @@ class ModeRuntime:
         """Start in ``ttl`` if a previous run left it so: its lag is not known to be over."""
         try:
             record = self._store.record()
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("mode: could not read the previous mode", extra={"error": str(exc)})
             return
         if self.leader and record.get("mode") == Mode.TTL.value:

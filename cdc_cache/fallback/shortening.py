@@ -13,19 +13,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
-from redis import exceptions as rex
-
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import INTERNAL_PREFIXES
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
 
 log = logging.getLogger("cdc_cache.mode")
 
 SHORTEN_KEYS_PER_S: Final = 20_000  # how fast existing keys are given the fallback TTL
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 def managed_prefixes(rules: Rules) -> list[str]:
@@ -135,7 +131,7 @@ class Shortener:
                 keep_going=lambda: keep_going() and not self._closing.is_set(),
                 sleep=self._closing.wait,
             )
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.error(
                 "could not give existing keys the fallback TTL; they keep their rule TTL",
                 extra={"error": str(exc), **self._context},

@@ -44,21 +44,18 @@ from dataclasses import dataclass
 from typing import Final
 
 import orjson
-from redis import exceptions as rex
 from redis.commands.core import Script
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import WATCHDOG_LOCK_KEY
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, ModeStore
 from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
 from cdc_cache.mode.record import ModeKeyError
-from cdc_cache.sink.connection import Client
+from cdc_cache.sink.connection import REDIS_ERRORS, Client
 
 log = logging.getLogger("cdc_cache.watchdog")
 
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 DEFAULT_DOWN_AFTER_S: Final = 90.0  # the worker's defaults: lag_slo_s 60 + mode_window_s 30
 DEFAULT_FALLBACK_TTL_MS: Final = 60_000  # the worker's default fallback_ttl_s
 # The watchdog sees no lag: only the flag and the hold decide, so these never come into play.
@@ -208,7 +205,7 @@ class Watchdog:
         try:
             record = self._store.record()
             leader = bool(self._take_lock(keys=[WATCHDOG_LOCK_KEY], args=[self._id, self._lock_ms]))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._blind(exc)
             return
         now = self._clock()
@@ -229,7 +226,7 @@ class Watchdog:
         else:
             try:
                 self._decide(record, beat, bound)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._blind(exc)
 
     def _blind(self, exc: BaseException) -> None:
@@ -352,7 +349,7 @@ class Watchdog:
     def _release(self) -> None:
         try:
             self._unlock(keys=[WATCHDOG_LOCK_KEY], args=[self._id])
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("watchdog: could not release its lock", extra={"error": str(exc)})
 
     def view(self) -> dict[str, object]:

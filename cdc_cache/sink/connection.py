@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
-from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable, chain
+from cdc_cache.core.errors import ApplyError, CdcCacheError, ConfigError, RedisUnavailable, chain
 from cdc_cache.core.redact import redact_url
 from cdc_cache.core.retry import Backoff, OnRetry, retry_forever, retry_reporter
 from cdc_cache.sink.sentinel import (
@@ -42,6 +42,8 @@ Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 
 CLUSTER_FLAG: Final = "cluster"
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+# What one round of upkeep beside the flow may meet from Redis: it ends that round only.
+REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 

@@ -27,21 +27,18 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from redis import Redis, RedisCluster
-from redis import exceptions as rex
 from redis.sentinel import SentinelConnectionPool
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.connection import Client
+from cdc_cache.sink.connection import REDIS_ERRORS, Client
 from cdc_cache.sink.replication import PrimaryRecord, ReplicationInfo, Switch, classify
 
 log = logging.getLogger("cdc_cache.failover")
 
 PRIMARY: Final = "primary"  # the node name of a single primary (plain or Sentinel-managed)
 FAILOVER_SCOPE: Final = "failover"
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 OnSwitch = Callable[[str, Switch, str], None]
 
@@ -172,7 +169,7 @@ class ReplicationMonitor:
         """Read, export, detect; then run the response to an incomplete switch, if due."""
         try:
             primaries = read_primaries(self._client)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("replication: cannot read the primaries", extra={"error": str(exc)})
             primaries = []
         labels = set()
@@ -208,7 +205,7 @@ class ReplicationMonitor:
         if due:
             try:
                 count = self._shorten(lambda: not self._closing.is_set())
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.error(
                     "could not give the new primary's keys the fallback TTL; retrying",
                     extra={"error": str(exc)},
@@ -250,7 +247,7 @@ def read_primaries(client: Client) -> list[tuple[str, str, ReplicationInfo]]:
         for node in client.get_primaries():
             try:
                 raw = client.get_redis_connection(node).info("replication")
-            except _REDIS_ERRORS as exc:  # one node down: the others are still read
+            except REDIS_ERRORS as exc:  # one node down: the others are still read
                 log.warning("replication: a primary does not answer",
                             extra={"node": node.name, "error": str(exc)})  # fmt: skip
                 continue

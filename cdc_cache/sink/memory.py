@@ -41,15 +41,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from redis import exceptions as rex
-
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError, ConfigError
+from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import VERSION_LAYOUT_KEY
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.sink.connection import Client, node_name, primaries
+from cdc_cache.sink.connection import REDIS_ERRORS, Client, node_name, primaries
 from cdc_cache.sink.scripts import accepts_writes, write_record
 
 log = logging.getLogger("cdc_cache.memory")
@@ -65,7 +63,6 @@ _POLICIES: Final = (*SAFE_POLICIES, "allkeys-lru", "allkeys-lfu", "allkeys-rando
 SETTING: Final = "eviction_fallback"
 MIN_REDIS_MAJOR: Final = 7
 UNSAFE_UNTIL_FIELD: Final = "unsafe_until_ms"  # in the layout record: invalidate only until then
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 class EvictionFallback(StrEnum):
@@ -223,7 +220,7 @@ class MemoryWatch:
             "cdc-redis-memory",
             self.tick,
             interval_s,
-            errors=_REDIS_ERRORS,
+            errors=REDIS_ERRORS,
             log=log,
             failure="could not read Redis memory",
         )

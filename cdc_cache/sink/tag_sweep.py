@@ -16,21 +16,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Final
 
-from redis import exceptions as rex
 from redis.commands.core import Script
 
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import TAG_PREFIX
 from cdc_cache.core.periodic import Periodic
-from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
 from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.tags")
-
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +76,7 @@ def tag_sweeper(client: Client, pause_s: float = 60.0) -> Periodic:
         "cdc-tag-sweep",
         sweep,
         pause_s,
-        errors=_REDIS_ERRORS,
+        errors=REDIS_ERRORS,
         log=log,
         failure="tag sweep interrupted; retried next pass",
     )

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from redis import Redis
-from redis import exceptions as rex
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.keys import (
     BUCKETS_PER_SLOT,
     LEGACY_VERSION_PREFIX,
@@ -38,7 +36,7 @@ from cdc_cache.core.keys import (
 )
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
-from cdc_cache.sink.connection import Client, primaries
+from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.nodes import buckets_by_node
 from cdc_cache.sink.scripts import lua_script, write_record
 from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
@@ -46,7 +44,6 @@ from cdc_cache.sink.versions import HORIZON_DIGITS, legacy_version, parse_stored
 log = logging.getLogger("cdc_cache.versions")
 
 LAYOUT_FORMAT: Final = "2"
-_REDIS_ERRORS: Final = (rex.RedisError, rex.RedisClusterException, CdcCacheError)
 
 
 def stored_version(client: Client, key: str) -> str | None:
@@ -202,7 +199,7 @@ class VersionSweeper:
             "cdc-version-sweep",
             self._pass,
             pause_s,
-            errors=_REDIS_ERRORS,
+            errors=REDIS_ERRORS,
             log=log,
             failure="version sweep interrupted; retried next pass",
         )

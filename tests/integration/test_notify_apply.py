@@ -18,7 +18,8 @@ from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.encoding import Outcome
-from cdc_cache.sink.outbox import OutboxRelay
+from cdc_cache.sink.outbox import OutboxRelay, outbox_sweeper
+from tests.integration.waiting import wait_until
 from tests.workload import NOTIFY_RULES_YAML
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,21 @@ def test_a_crash_between_outbox_and_relay_is_finished_by_the_sweep(
     assert restarted.sweep_outboxes() == 0
     assert set(restarted.apply(ops).outcomes) == {D}  # the batch replayed: nobody again
     assert sent(redis) == list(range(1, 61))
+
+
+def test_the_sweeper_beside_the_flow_relays_what_a_crash_left_without_any_batch(
+    redis_cluster_client: Any,
+) -> None:
+    redis = redis_cluster_client
+    crashed = RedisApplier(redis)
+    crashed.relay_outboxes = False
+    crashed.apply(many_rows(1, 20))
+    sweeper = outbox_sweeper(redis, pause_s=0.1)
+    sweeper.start()
+    try:
+        wait_until("the sweep", lambda: sent(redis) == list(range(1, 21)), timeout=30)
+    finally:
+        sweeper.close()
 
 
 @pytest.mark.parametrize("check_progress", [True, False], ids=["progress", "no_progress_check"])

@@ -32,6 +32,7 @@ from cdc_cache.plan.cache_ops import (
 from cdc_cache.plan.planner import channel_pattern
 from cdc_cache.plan.rules import KeyTemplate
 from cdc_cache.sink.apply import Outcome, RedisApplier
+from tests.integration.memory_pressure import out_of_memory
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +82,15 @@ def test_a_late_older_change_of_a_key_never_cached_is_stale_after_a_truncate(any
 def test_a_truncate_replayed_or_older_lowers_nothing(any_redis):
     apply(any_redis, truncate(50), truncate(30), truncate(50))
     assert apply(any_redis, set_row("item:{x}3", 45)) == [Outcome.STALE]
+
+
+def test_a_truncate_is_recorded_while_redis_refuses_writes_for_memory(any_redis):
+    """A TRUNCATE invalidates, like a delete: Redis out of memory must not hold it back."""
+    apply(any_redis, set_row("item:1", 10))
+    with out_of_memory(any_redis):
+        apply(any_redis, truncate(50))
+    assert any_redis.exists("item:1") == 0
+    assert apply(any_redis, set_row("item:1", 40)) == [Outcome.STALE]
 
 
 def test_without_the_table_named_a_late_older_change_comes_back(any_redis):

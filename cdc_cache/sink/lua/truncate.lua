@@ -1,7 +1,10 @@
+#!lua flags=allow-oom
 -- A table's TRUNCATE recorded in version buckets: the field "truncated:<table>" of each
 -- bucket holds "<horizon minute, 8 digits><version>" (as a version does, so the sweeper
 -- forgets it past its horizon), raised, never lowered. The apply script judges every key
 -- op of the table at or below it stale (cdc_cache/sink/lua/apply.lua, the T op).
+-- Flagged allow-oom: a TRUNCATE invalidates, like a delete, so Redis refusing writes for
+-- memory must not hold it back (its few fields per bucket are what makes the deletes stick).
 --
 -- KEYS: n version buckets, then per channel its (stream, channel registry set) pair, or
 --   (Redis Cluster) one key: the outbox of the first bucket's slot, which gets one entry per
