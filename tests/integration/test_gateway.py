@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,21 +64,13 @@ def token(*patterns: str, ttl_s: int = 600) -> str:
     return issue(SECRET.encode(), patterns, int(time.time()) + ttl_s)
 
 
-# One applier per client, as the worker keeps one: a new applier on a Cluster sweeps all
-# 16,384 slot outboxes on its first notification (~1 s each on a loaded machine).
-_APPLIERS: weakref.WeakKeyDictionary[Any, RedisApplier] = weakref.WeakKeyDictionary()
-
-
 def publish(redis: Any, n: int, warehouse: str, qty: int | None = None) -> None:
     """One applied stock change at position ``n``, through the planner and apply script."""
     row = {"id": n, "sku_id": n, "warehouse": warehouse, "qty": n if qty is None else qty}
     change = ChangeEvent(
         "inventory.stock", Op.CREATE, None, row, {"id": n}, SourcePosition(0, 1, n, 0), n
     )
-    applier = _APPLIERS.get(redis)
-    if applier is None:
-        applier = _APPLIERS[redis] = RedisApplier(redis)
-    applier.apply(plan(change, RULES))
+    RedisApplier(redis).apply(plan(change, RULES))
 
 
 def run(
