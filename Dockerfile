@@ -2,6 +2,10 @@
 #   worker:   docker run cdc-cache run --config /etc/cdc-cache/worker.yaml   (the default)
 #   gateway:  docker run cdc-cache gateway
 #   inspect:  docker run cdc-cache inspect --config /etc/cdc-cache/worker.yaml
+#   verify:   docker run cdc-cache verify --db mysql://... --rules ... --redis-url ...
+# The database drivers of inspect and verify (PyMySQL with cryptography for MySQL 8's
+# caching_sha2_password, psycopg with its bundled libpq) are project dependencies, so they
+# are installed here; tests/unit/test_image_drivers.py fails when the image would lack one.
 # Dependencies are installed from pyproject.toml alone, before the source is copied, so a
 # code change rebuilds only the last layers. Runs as an unprivileged user (uid 10001) and
 # writes only to /var/lib/cdc-cache (the recovery store), so the root fs can be read-only.
@@ -10,12 +14,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/cdc-cache
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('cdc-cache-client')))" > /tmp/requirements.txt \
  && /opt/cdc-cache/bin/pip install -r /tmp/requirements.txt
+# The client distribution (CacheAside, key names) is in this repository, pinned by the worker.
+COPY client ./client
 COPY README.md ./
 COPY cdc_cache ./cdc_cache
 COPY dataflows ./dataflows
-RUN /opt/cdc-cache/bin/pip install --no-deps . \
+RUN /opt/cdc-cache/bin/pip install --no-deps ./client . \
  && /opt/cdc-cache/bin/python -m compileall -q /opt/cdc-cache/lib
 
 FROM python:3.11.11-slim-bookworm

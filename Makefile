@@ -15,7 +15,7 @@ test: bootstrap lint typecheck
 
 lint: bootstrap
 	$(VENV)/ruff check .
-	$(VENV)/ruff format --check cdc_cache dataflows
+	$(VENV)/ruff format --check cdc_cache dataflows client/cdc_cache_client
 
 typecheck: bootstrap
 	$(VENV)/mypy

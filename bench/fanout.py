@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import deployments
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import InvalidateTag, SetRow, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
@@ -57,7 +57,7 @@ def prepare(client: Client, size: int) -> None:
             pipe.set(key, b"<html>page</html>", px=86_400_000)
             fields[member(key, f"catalog.products:{i}")] = "+" + at(1).encode()
         pipe.execute()
-        client.hset(tag_key(TAG), mapping=fields)
+        client.hset(ns().tag_key(TAG), mapping=fields)
 
 
 def other_batches(client: Client, stop: threading.Event, n: int) -> list[float]:

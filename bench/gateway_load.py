@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.notify.tokens import issue
 from cdc_cache.sink.connection import connect_async, split_cluster_flag
 from cdc_cache.tools.devstack.process import free_port, port_open
@@ -89,7 +89,7 @@ async def publish(redis_url: str, channels: list[str], rate: float, duration: fl
                 payload = orjson.dumps(
                     {"table": "load", "op": "u", "seq": sent, "sent_ms": time.time() * 1000}
                 )
-                pipe.xadd(stream_key(channel), {"p": payload}, maxlen=10_000, approximate=True)
+                pipe.xadd(ns().stream_key(channel), {"p": payload}, maxlen=10_000, approximate=True)
                 sent += 1
             await pipe.execute()
         await asyncio.sleep(tick)
@@ -116,7 +116,7 @@ def start_gateway(redis_url: str, port: int, log: Path) -> subprocess.Popen[byte
 async def measure(args: argparse.Namespace, redis_url: str, port: int) -> dict[str, Any]:
     channels = [f"{PREFIX}{i}" for i in range(args.channels)]
     redis = connect_async(redis_url)
-    await redis.sadd(CHANNELS_KEY, *channels)  # known to the gateway before clients connect
+    await redis.sadd(ns().channels, *channels)  # known to the gateway before clients connect
     await redis.aclose()
     await asyncio.sleep(1.5)  # the gateway discovers channels once a second
     token = issue(SECRET.encode(), [f"{PREFIX}*"], int(time.time()) + 3600)

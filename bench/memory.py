@@ -43,7 +43,7 @@ from redis import Redis, RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdc_cache.core.keys import key_slot, lease_key, legacy_version_key
+from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, SetRow, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
@@ -107,7 +107,7 @@ def legacy_call(ops: Sequence[KeyOp]) -> tuple[list[str], list[Any]]:
     keys: list[str] = []
     args: list[Any] = []
     for op in ops:
-        keys += [op.key, legacy_version_key(op.key), lease_key(op.key)]
+        keys += [op.key, ns().legacy_version_key(op.key), ns().lease_key(op.key)]
         if isinstance(op, DeleteKey):
             args += ["D", op.position.encode() + ".d", op.tombstone_ttl_ms]
         else:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import summary
 from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
-from cdc_cache.core.keys import MODE_FLAG_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
@@ -188,7 +188,7 @@ class Bench:
     def reset_redis(self) -> None:
         """Empty Redis; pin the cache mode to cdc (preloaded events look old to the lag)."""
         self.redis.flushall()
-        self.redis.set(MODE_FLAG_KEY, "cdc")
+        self.redis.set(ns().mode_flag, "cdc")
 
     def producer(self, **extra: Any) -> Producer:
         return Producer({"bootstrap.servers": self.broker.bootstrap, **PRODUCER, **extra})
@@ -410,8 +410,7 @@ def redis_lua(bench: Bench, events: int) -> dict[str, Any]:
     bench.redis.script_load(source)
     connection = bench.redis.connection_pool.get_connection()
     packed = [
-        connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
-        for c in script_calls
+        connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in script_calls
     ]
     in_flight = 2  # the worker sends one batch per partition poll; allow a little overlap
     started = time.monotonic()

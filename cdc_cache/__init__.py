@@ -1,3 +1,5 @@
 """cdc-cache: turn Debezium change events into version-gated Redis cache operations."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+__version__ = metadata.version("cdc-cache")

@@ -24,7 +24,7 @@ from cdc_cache.app.settings import SharedSettings
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import ChangeEvent, SourceRecord
-from cdc_cache.core.keys import DLQ_OUTCOMES_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure, iso_utc, public_reason, record_of
 from cdc_cache.dlq.filters import EntryFilter, latest_by_id
@@ -82,17 +82,17 @@ class OutcomeStore:
             outcome.at,
             int(previous.get("replays", 0)) + 1 if previous else 1,
         )
-        self._client.hset(DLQ_OUTCOMES_KEY, stored.id, orjson.dumps(asdict(stored)))
+        self._client.hset(ns().dlq_outcomes, stored.id, orjson.dumps(asdict(stored)))
         return stored
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         """The stored outcome of ``entry_id``, if it was ever replayed."""
-        raw = self._client.hget(DLQ_OUTCOMES_KEY, entry_id)
+        raw = self._client.hget(ns().dlq_outcomes, entry_id)
         return orjson.loads(raw) if raw else None
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every stored outcome by entry id."""
-        raw = self._client.hgetall(DLQ_OUTCOMES_KEY)
+        raw = self._client.hgetall(ns().dlq_outcomes)
         return {key.decode(): orjson.loads(value) for key, value in raw.items()}
 
 

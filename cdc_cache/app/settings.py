@@ -35,12 +35,26 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cdc_cache.core.keys import DEFAULT_NAMESPACE, valid_namespace
 from cdc_cache.core.retry import Backoff
 from cdc_cache.sink.connection import RedisAuth, redis_url_problem
 from cdc_cache.sink.memory import EvictionFallback
 from cdc_cache.source.kafka_config import Role, misplaced, weakened
+from cdc_cache.source.registry_access import (
+    BasicAuth,
+    BearerAuth,
+    RegistryAccess,
+    RegistryTLS,
+    access_problems,
+)
 
 ENV_PREFIX = "CDC_CACHE_"
+# Where the worker's own keys live; pipelines sharing one Redis each take their own.
+Namespace = Annotated[
+    str,
+    AfterValidator(valid_namespace),
+    Field(description="prefix of the worker's own Redis keys (<namespace>:mode, ...)"),
+]
 # The worker watchdog's bound (gateway and cdc-cache watchdog); None: what the worker publishes.
 DownAfter = Annotated[
     float | None, Field(gt=0, description="heartbeat silence that means the worker is down")
@@ -106,6 +120,7 @@ class SharedSettings(BaseSettings):
         default="redis://127.0.0.1:16379/0",
         description="redis://, rediss://, unix://, ?cluster=true, redis+sentinel://",
     )
+    namespace: Namespace = DEFAULT_NAMESPACE
     kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")
@@ -136,7 +151,36 @@ class SharedSettings(BaseSettings):
     redis_password: SecretStr | None = Field(default=None, description="its password")
     redis_password_file: Path | None = Field(default=None, description="file holding it")
     message_format: Literal["json", "avro"] = Field(default="json", description="json or avro")
-    schema_registry_url: str | None = Field(default=None, description="needed for avro")
+    schema_registry_url: str | None = Field(
+        default=None, description="needed for avro; comma-separated to fail over"
+    )
+    schema_registry_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle (or folder) that signs the registry's cert"
+    )
+    schema_registry_cert_file: Path | None = Field(
+        default=None, description="client certificate (PEM) for mTLS"
+    )
+    schema_registry_key_file: Path | None = Field(
+        default=None, description="its private key, if not in the certificate file"
+    )
+    schema_registry_key_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted private key"
+    )
+    schema_registry_user: str | None = Field(default=None, description="HTTP basic auth user")
+    schema_registry_password: SecretStr | None = Field(default=None, description="its password")
+    schema_registry_password_file: Path | None = Field(default=None, description="file holding it")
+    schema_registry_token: SecretStr | None = Field(
+        default=None, description="bearer token, instead of basic auth"
+    )
+    schema_registry_token_file: Path | None = Field(
+        default=None, description="file holding it (read at start)"
+    )
+    schema_registry_cluster_id: str | None = Field(
+        default=None, description="Confluent Cloud's lsrc-... id, sent with the token"
+    )
+    schema_registry_timeout_s: float = Field(
+        default=10.0, gt=0, description="one request to the registry"
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for PUT /mode and the DLQ page"
     )
@@ -167,7 +211,61 @@ class SharedSettings(BaseSettings):
             self.redis_password, self.redis_password_file, "redis_password"
         )
         self.admin_token = secret_from_file(self.admin_token, self.admin_token_file, "admin_token")
+        self._registry_secrets()
+        access = self.schema_registry_access()
+        problems = access_problems(access) if access is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _registry_secrets(self) -> None:
+        self.schema_registry_password = secret_from_file(
+            self.schema_registry_password,
+            self.schema_registry_password_file,
+            "schema_registry_password",
+        )
+        self.schema_registry_token = secret_from_file(
+            self.schema_registry_token, self.schema_registry_token_file, "schema_registry_token"
+        )
+        if (self.schema_registry_user is None) != (self.schema_registry_password is None):
+            msg = "schema_registry_user and schema_registry_password go together"
+            raise ValueError(msg)
+        if self.schema_registry_user is not None and self.schema_registry_token is not None:
+            msg = "give schema_registry_user (basic auth) or schema_registry_token, not both"
+            raise ValueError(msg)
+        if self.schema_registry_cluster_id and self.schema_registry_token is None:
+            msg = "schema_registry_cluster_id is sent with schema_registry_token: set it"
+            raise ValueError(msg)
+        registry_options = [
+            name
+            for name in type(self).model_fields
+            if name.startswith("schema_registry_")
+            and name not in ("schema_registry_url", "schema_registry_timeout_s")
+            and getattr(self, name) is not None
+        ]
+        if registry_options and not self.schema_registry_url:
+            msg = f"{', '.join(registry_options)} need schema_registry_url"
+            raise ValueError(msg)
+
+    def schema_registry_access(self) -> RegistryAccess | None:
+        """The registry's URL, TLS and credentials; None without ``schema_registry_url``."""
+        if not self.schema_registry_url:
+            return None
+        auth: BasicAuth | BearerAuth | None = None
+        if self.schema_registry_user is not None and self.schema_registry_password is not None:
+            password = self.schema_registry_password.get_secret_value()
+            auth = BasicAuth(self.schema_registry_user, password)
+        elif self.schema_registry_token is not None:
+            token = self.schema_registry_token.get_secret_value()
+            auth = BearerAuth(token, self.schema_registry_cluster_id or "")
+        key_password = self.schema_registry_key_password
+        tls = RegistryTLS(
+            self.schema_registry_ca_file,
+            self.schema_registry_cert_file,
+            self.schema_registry_key_file,
+            key_password.get_secret_value() if key_password is not None else None,
+        )
+        return RegistryAccess(self.schema_registry_url, tls, auth, self.schema_registry_timeout_s)
 
     @field_validator("redis_url")
     @classmethod
@@ -375,6 +473,7 @@ class WatchdogSettings(BaseSettings):
     redis_username: str | None = Field(default=None, description="Redis ACL user")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = Field(default=None, description="file holding it")
+    namespace: Namespace = DEFAULT_NAMESPACE
     watchdog_down_after_s: DownAfter = None
     watchdog_port: int | None = Field(default=None, ge=0, le=65535, description="admin API")
     log_level: str = "INFO"

@@ -18,14 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Final
 
 import orjson
 
+from cdc_cache.core.keys import ns
 from cdc_cache.sink.connection import REDIS_ERRORS, Client
 
 log = logging.getLogger("cdc_cache.worker")
-TOPICS_KEY: Final = "cdc:topics"
 
 
 class TopicWatch:
@@ -102,8 +101,8 @@ class TopicWatch:
             return found
         try:
             if found is not None:
-                self._board.set(TOPICS_KEY, orjson.dumps(found))
-            raw = self._board.get(TOPICS_KEY)
+                self._board.set(ns().topics, orjson.dumps(found))
+            raw = self._board.get(ns().topics)
         except REDIS_ERRORS as exc:
             log.warning("topics: Redis unavailable", extra={"error": str(exc)})
             return None
@@ -113,7 +112,7 @@ class TopicWatch:
             listed = None
         if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
             if raw is not None:
-                log.error(f"topics: {TOPICS_KEY} holds no list of topics; delete it")
+                log.error(f"topics: {ns().topics} holds no list of topics; delete it")
             return None
         return listed
 

@@ -375,6 +375,12 @@ def warn_if_wire_by_default(rules: Rules) -> None:
 
 
 def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> None:
+    stop = threading.Event()
+    schemas = schema_resolver(settings, stoppable_sleep(stop, "the schema registry"))
+    if schemas is not None:
+        # First: TLS or credentials to fix stop the start, before any wait on Kafka or Redis
+        # (a registry that does not answer is waited for, logged and counted).
+        schemas.check()
     recovery = prepare_recovery(
         settings.recovery_dir,
         settings.recovery_partitions,
@@ -404,14 +410,13 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         if settings.redis_replicas
         else None
     )
-    stop = threading.Event()
     lineage = lineage_tracker(settings, runtime.holds, stoppable_sleep(stop, "Redis"))
     context = FlowContext(
         stop=stop,
         lag=tracker,
         ttl_cap_ms=runtime.ttl_cap_ms,
         holds=runtime.holds,
-        schemas=schema_resolver(settings, stoppable_sleep(stop, "the schema registry")),
+        schemas=schemas,
         invalidate_only=memory.invalidate_only,
         memory=memory.guard,
         tables=runtime.tables,

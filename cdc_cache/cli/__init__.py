@@ -13,7 +13,7 @@ import click
 
 from cdc_cache import __version__
 from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, snapshot, tools, trace, worker
-from cdc_cache.tools.devstack.cli import dev
+from cdc_cache.cli.dev import dev
 
 
 @click.group()

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
+from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, REDIS_URL, echo_json, reported
 from cdc_cache.continuity.model import Action
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.core.errors import ConfigError
@@ -84,6 +84,7 @@ _PARTITION = click.option("--partition", type=int, help="Only this partition (de
 
 @continuity.command("status")
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def continuity_status(redis_url: str, as_json: bool) -> None:
     """Print each held partition: what broke, both offsets and topic ids, ways forward."""
@@ -103,32 +104,45 @@ def continuity_status(redis_url: str, as_json: bool) -> None:
 @_TOPIC
 @_PARTITION
 @REDIS_URL
-def continuity_reread(topic: str, partition: int | None, redis_url: str) -> None:
+@NAMESPACE
+@JSON_OUTPUT
+def continuity_reread(topic: str, partition: int | None, redis_url: str, as_json: bool) -> None:
     """Read the topic again from its start (versions make it idempotent).
 
     The cache stays in ttl mode until the re-read has caught up with the topic's end.
     Refused where records were removed unread: re-reading cannot bring them back.
     """
-    _continuity_decide("reread", topic, partition, redis_url)
+    _continuity_decide("reread", topic, partition, redis_url, as_json=as_json)
 
 
 @continuity.command("accept")
 @_TOPIC
 @_PARTITION
 @REDIS_URL
+@NAMESPACE
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def continuity_accept(topic: str, partition: int | None, redis_url: str, yes: bool) -> None:
+@JSON_OUTPUT
+def continuity_accept(
+    topic: str, partition: int | None, redis_url: str, yes: bool, as_json: bool
+) -> None:
     """Accept the gap: go on from the topic's start and leave ttl mode now.
 
     Changes the topic no longer holds are not applied: use this after a re-snapshot of
     the affected tables, or when the cache may keep what it missed until its TTLs.
     """
-    _continuity_decide("accept", topic, partition, redis_url, confirmed=yes)
+    _continuity_decide("accept", topic, partition, redis_url, confirmed=yes, as_json=as_json)
 
 
 def _continuity_decide(
-    action: str, topic: str, partition: int | None, redis_url: str, *, confirmed: bool = True
+    action: str,
+    topic: str,
+    partition: int | None,
+    redis_url: str,
+    *,
+    confirmed: bool = True,
+    as_json: bool = False,
 ) -> None:
+    """Record the decision; with ``as_json`` the document is the only thing on stdout."""
     from cdc_cache.continuity.model import Action
     from cdc_cache.continuity.store import ContinuityStore
     from cdc_cache.sink.connection import connect
@@ -138,11 +152,16 @@ def _continuity_decide(
         store = ContinuityStore(connect(redis_url))
         picked = chosen(store.records(), topic, partition, Action(action))
         for where, record in sorted(picked.items()):
-            click.echo(f"{where}: {record['reason']}")
+            click.echo(f"{where}: {record['reason']}", err=as_json)
         if not confirmed:
             click.confirm(
                 f"Changes missing from {', '.join(sorted(picked))} will not be applied. Accept?",
                 abort=True,
+                err=as_json,
             )
         decide(store, picked, Action(action))
+    if as_json:
+        reasons = {where: record["reason"] for where, record in sorted(picked.items())}
+        echo_json({"action": action, "partitions": reasons})
+        return
     click.echo(f"{action} recorded for {', '.join(sorted(picked))}; workers act within a second")

@@ -51,6 +51,7 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
     from cdc_cache.app.load import load
     from cdc_cache.app.replay import DlqService
     from cdc_cache.app.settings import SharedSettings
+    from cdc_cache.core.keys import use_namespace
     from cdc_cache.dlq.filters import entry_filter
     from cdc_cache.plan.rules_loader import load_rules
 
@@ -60,6 +61,7 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
         msg = f"--{exc}"
         raise ConfigError(msg) from exc
     settings = load(SharedSettings, config_file, **flags)
+    use_namespace(settings.namespace)
     return DlqService(settings, load_rules(settings.rules)), where
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cdc_cache.cli.report import reported, with_options
+from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
 from cdc_cache.core.errors import ConfigError
 
 
@@ -44,11 +44,13 @@ def gateway(ctx: click.Context, /, config_file: Path | None, **flags: object) ->
 
     from cdc_cache.app.load import load
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
     from cdc_cache.notify.gateway import serve_until_stopped
     from cdc_cache.notify.settings import GatewaySettings
 
     with reported("cdc-cache gateway", str(flags.get("redis_url"))):
         settings = load(GatewaySettings, config_file, **flags)
+        use_namespace(settings.namespace)
         settings.signing_key()  # an unreadable secret file stops startup, not the first client
         logs.configure(settings.log_level)
         asyncio.run(serve_until_stopped(settings))
@@ -64,10 +66,18 @@ def gateway(ctx: click.Context, /, config_file: Path | None, **flags: object) ->
     help="A channel pattern the client may read, '*' for any characters (repeatable).",
 )
 @click.option("--ttl-s", type=click.IntRange(min=1), default=3600, show_default=True)
+@JSON_OUTPUT
 def gateway_token(
-    config_file: Path | None, channels: tuple[str, ...], ttl_s: int, **flags: object
+    config_file: Path | None,
+    channels: tuple[str, ...],
+    ttl_s: int,
+    as_json: bool,
+    **flags: object,
 ) -> None:
-    """Print a client token granting the given channel patterns."""
+    """Print a client token granting the given channel patterns.
+
+    With --json: the token, its channels and when it expires (Unix seconds).
+    """
     import time
 
     from cdc_cache.app.load import load
@@ -76,8 +86,12 @@ def gateway_token(
 
     with reported("cdc-cache gateway token"):
         settings = load(GatewaySettings, config_file, **flags)
+        expires_at = int(time.time()) + ttl_s
         try:
-            token = issue(settings.signing_key(), channels, int(time.time()) + ttl_s)
+            token = issue(settings.signing_key(), channels, expires_at)
         except TokenError as exc:
             raise ConfigError(str(exc)) from exc
+    if as_json:
+        echo_json({"token": token, "channels": list(channels), "expires_at": expires_at})
+        return
     click.echo(token)

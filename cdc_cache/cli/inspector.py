@@ -67,11 +67,13 @@ def inspect(config_file: Path | None, **flags: object) -> None:
 
     from cdc_cache.app.load import load
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
     from cdc_cache.inspector.service import run_until
     from cdc_cache.inspector.settings import InspectSettings
     from cdc_cache.plan.rules_loader import load_rules
 
     with reported("cdc-cache inspect", str(flags.get("redis_url") or "")):
         settings = load(InspectSettings, config_file, **flags)
+        use_namespace(settings.namespace)
         logs.configure(settings.log_level)
         run_until(settings, load_rules(settings.rules), threading.Event())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cdc_cache.cli.report import JSON_OUTPUT, REDIS_URL, echo_json, reported
+from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, REDIS_URL, echo_json, reported
 from cdc_cache.core.errors import ConfigError
 
 
@@ -15,6 +15,7 @@ def mode() -> None:
 
 @mode.command("get")
 @REDIS_URL
+@NAMESPACE
 @JSON_OUTPUT
 def mode_get(redis_url: str, as_json: bool) -> None:
     """Print the operator flag and the effective mode with its reason and since when."""
@@ -49,12 +50,19 @@ def mode_get(redis_url: str, as_json: bool) -> None:
 @mode.command("set")
 @click.argument("flag", type=click.Choice(["auto", "cdc", "ttl"]))
 @REDIS_URL
-def mode_set(flag: str, redis_url: str) -> None:
+@NAMESPACE
+@JSON_OUTPUT
+def mode_set(flag: str, redis_url: str, as_json: bool) -> None:
     """Set the operator flag: auto follows the lag, cdc or ttl force that mode."""
     from cdc_cache.fallback.store import ModeStore
     from cdc_cache.mode.controller import Flag
     from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode set", redis_url):
-        ModeStore(connect(redis_url)).set_flag(Flag(flag))
-    click.echo(f"flag set to {flag}; workers apply it within a second")
+        store = ModeStore(connect(redis_url))
+        store.set_flag(Flag(flag))
+        stored = store.flag().value
+    if as_json:
+        echo_json({"flag": stored})
+        return
+    click.echo(f"flag set to {stored}; workers apply it within a second")

@@ -24,6 +24,28 @@ REDIS_URL = click.option(
     help="The cache's Redis (?cluster=true for Redis Cluster; redis+sentinel:// for Sentinel).",
 )
 
+
+def _use_namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from cdc_cache.core.keys import NamespaceError, use_namespace
+
+    try:
+        use_namespace(value)
+    except NamespaceError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+NAMESPACE = click.option(
+    "--namespace",
+    envvar="CDC_CACHE_NAMESPACE",
+    default="cdc",
+    show_default=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_use_namespace,
+    help="The worker's namespace setting: the prefix of its own Redis keys.",
+)
+
 JSON_OUTPUT = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as one JSON document (for scripts)."
 )

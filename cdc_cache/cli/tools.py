@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import click
 
-from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
+from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, echo_json, reported, with_options
 
 
 @click.command()
@@ -20,6 +20,7 @@ from cdc_cache.cli.report import JSON_OUTPUT, echo_json, reported, with_options
 @click.option(
     "--redis-url", required=True, help="redis://, rediss://, redis+sentinel://, or a cluster URL."
 )
+@NAMESPACE
 @click.option("--sample", type=int, help="Check N random rows of tables larger than N.")
 @click.option("--table", "tables", multiple=True, help="Check only this table (repeatable).")
 @click.option(

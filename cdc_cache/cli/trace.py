@@ -59,6 +59,7 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
 
     from cdc_cache.app.load import load
     from cdc_cache.app.settings import TopicSettings
+    from cdc_cache.core.keys import use_namespace
     from cdc_cache.plan.rules_loader import load_rules
     from cdc_cache.tools.trace import parse_row_key
     from cdc_cache.tools.trace_report import as_json as trace_json
@@ -78,6 +79,7 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
         raise click.UsageError(str(exc)) from exc
     with reported("cdc-cache trace", flags.get("redis_url")):
         settings = load(TopicSettings, config_file, topics=list(topics) or None, **flags)
+        use_namespace(settings.namespace)
         tracer = Tracer(settings, load_rules(settings.rules))
         if by_record:
             assert partition is not None and offset is not None

@@ -28,10 +28,15 @@ class SettingsHelp(click.Command):
         from pydantic import BaseModel
 
         from cdc_cache.app.settings import ENV_PREFIX, WorkerSettings
+        from cdc_cache.dlq.topic import PRODUCER_DEFAULTS
+        from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 
+        # librdkafka maps whose defaults the clients apply under what is given
+        applied = {"kafka_consumer": CONSUMER_DEFAULTS, "kafka_producer": PRODUCER_DEFAULTS}
         rows = []
         for name, field in WorkerSettings.model_fields.items():
             value = None if field.is_required() else field.get_default(call_default_factory=True)
+            value = value or applied.get(name)
             if isinstance(value, BaseModel):
                 value = value.model_dump()
             unset = value is None or value in ({}, [])
@@ -84,9 +89,11 @@ def run(config_file: Path | None, **flags: object) -> None:
     from cdc_cache.app.load import load_settings
     from cdc_cache.app.worker import run as run_worker
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
 
     with reported("cdc-cache"):
         settings = load_settings(config_file, **flags)
+        use_namespace(settings.namespace)
         logs.configure(settings.log_level)
         run_worker(settings)
 
@@ -122,8 +129,10 @@ def watchdog(config_file: Path | None, **flags: Any) -> None:
     from cdc_cache.app.settings import WatchdogSettings
     from cdc_cache.app.watchdog import serve
     from cdc_cache.core import logs
+    from cdc_cache.core.keys import use_namespace
 
     with reported("cdc-cache watchdog", flags.get("redis_url")):
         settings = load(WatchdogSettings, config_file, **flags)
+        use_namespace(settings.namespace)
         logs.configure(settings.log_level)
         serve(settings)

@@ -17,15 +17,13 @@ a worker finds the discontinuity again in its recovery store when it restarts.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from cdc_cache.continuity.model import Action, Discontinuity
+from cdc_cache.core.keys import ns
 from cdc_cache.sink.connection import Client
-
-RECORDS_KEY: Final = "cdc:continuity"
-DECISIONS_KEY: Final = "cdc:continuity:decisions"
 
 
 class ContinuityStore:
@@ -48,23 +46,23 @@ class ContinuityStore:
             "observed": asdict(found.observed),
             "detected_ms": now_ms,
         }
-        self._client.hset(RECORDS_KEY, found.where, orjson.dumps(record))
+        self._client.hset(ns().continuity, found.where, orjson.dumps(record))
 
     def resolved(self, where: str) -> None:
         """The partition is continuous again: its record and decision go."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.hdel(RECORDS_KEY, where)
-        pipe.hdel(DECISIONS_KEY, where)
+        pipe.hdel(ns().continuity, where)
+        pipe.hdel(ns().continuity_decisions, where)
         pipe.execute()
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every recorded discontinuity, by ``topic[partition]``."""
-        raw = self._client.hgetall(RECORDS_KEY)
+        raw = self._client.hgetall(ns().continuity)
         return {field.decode(): orjson.loads(value) for field, value in raw.items()}
 
     def decision(self, where: str) -> tuple[Action, str] | None:
         """The decision recorded for ``where``: its action and the key it resolves."""
-        raw = self._client.hget(DECISIONS_KEY, where)
+        raw = self._client.hget(ns().continuity_decisions, where)
         if raw is None:
             return None
         decided = orjson.loads(raw)
@@ -73,4 +71,4 @@ class ContinuityStore:
     def decide(self, where: str, action: Action, key: str, now_ms: int) -> None:
         """Record an operator's decision for the discontinuity ``key`` at ``where``."""
         decided = {"action": action.value, "key": key, "decided_ms": now_ms}
-        self._client.hset(DECISIONS_KEY, where, orjson.dumps(decided))
+        self._client.hset(ns().continuity_decisions, where, orjson.dumps(decided))

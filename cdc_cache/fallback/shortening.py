@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import INTERNAL_PREFIXES
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
@@ -65,7 +65,9 @@ def shorten_ttls(
                     cursor=cursor, match=glob_escape(prefix) + "*", count=page
                 )
                 names = [
-                    k for k in found if not k.decode(errors="replace").startswith(INTERNAL_PREFIXES)
+                    k
+                    for k in found
+                    if not k.decode(errors="replace").startswith(ns().internal_prefixes)
                 ]
                 if names:
                     pipe = node.pipeline(transaction=False)

@@ -27,7 +27,7 @@ from typing import Final
 import orjson
 from redis.commands.core import Script
 
-from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.mode.controller import (
     TABLE_CAUSES,
     Cause,
@@ -37,14 +37,12 @@ from cdc_cache.mode.controller import (
     table_holds,
 )
 from cdc_cache.mode.lag import LagReport
-from cdc_cache.mode.record import REWRITE, ModeKeyError, parse_flag, reading
+from cdc_cache.mode.record import ModeKeyError, parse_flag, reading, rewrite
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.scripts import write_record
 
-LAG_REPORT_KEY: Final = "cdc:mode:lag:{process}"
-HEARTBEATS_KEY: Final = "cdc:mode:heartbeats"
 _LAG_REWRITE: Final = "delete it: its worker process writes it again within a second"
-WORKER: Final = "worker"  # writers of cdc:mode
+WORKER: Final = "worker"  # writers of the mode hash
 WATCHDOG: Final = "watchdog"
 # Write the mode hash unless the worker wrote it since the watchdog read it: KEYS[1] the
 # hash, ARGV[1] the watchdog's own writer name, ARGV[2] the updated_ms it saw ('' for
@@ -67,17 +65,17 @@ class ModeStore:
 
     def flag(self) -> Flag:
         """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
-        with reading(MODE_FLAG_KEY, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
-            return parse_flag(self._client.get(MODE_FLAG_KEY))
+        with reading(ns().mode_flag, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
+            return parse_flag(self._client.get(ns().mode_flag))
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag; workers act on it within a second."""
-        self._client.set(MODE_FLAG_KEY, flag.value)
+        self._client.set(ns().mode_flag, flag.value)
 
     def record(self) -> dict[str, str]:
         """The effective-mode hash as text (empty when no worker has published yet)."""
-        with reading(MODE_KEY, REWRITE):
-            raw = self._client.hgetall(MODE_KEY)
+        with reading(ns().mode, rewrite()):
+            raw = self._client.hgetall(ns().mode)
             return {k.decode(): v.decode() for k, v in raw.items()}
 
     def publish(
@@ -109,8 +107,8 @@ class ModeStore:
             fields["stale_after_ms"] = stale_after_ms
         if prefixes is not None:
             fields["prefixes"] = orjson.dumps(prefixes)
-        with reading(MODE_KEY, REWRITE):
-            write_record(self._client, MODE_KEY, fields)
+        with reading(ns().mode, rewrite()):
+            write_record(self._client, ns().mode, fields)
 
     def take_over(
         self,
@@ -134,19 +132,19 @@ class ModeStore:
             holds=holds, ttl_prefixes=ttl_prefixes, writer=WATCHDOG,
         )  # fmt: skip
         pairs = [item for name, value in fields.items() for item in (name, value)]
-        with reading(MODE_KEY, REWRITE):
-            written = self._take_over(keys=[MODE_KEY], args=[WATCHDOG, seen_updated_ms, *pairs])
+        with reading(ns().mode, rewrite()):
+            written = self._take_over(keys=[ns().mode], args=[WATCHDOG, seen_updated_ms, *pairs])
         return bool(written)
 
     def writer(self) -> str:
         """Who wrote the mode hash last: ``worker`` (also when unsaid) or ``watchdog``."""
-        with reading(MODE_KEY, REWRITE):
-            raw = self._client.hget(MODE_KEY, "writer")
+        with reading(ns().mode, rewrite()):
+            raw = self._client.hget(ns().mode, "writer")
             return WORKER if raw is None else raw.decode()
 
     def publish_lag(self, process: int, summary: LagSummary, ttl_ms: int) -> None:
         """A non-leader process's lag, for the leader to fold into its decision."""
-        key = LAG_REPORT_KEY.format(process=process)
+        key = ns().lag_report(process)
         with reading(key, _LAG_REWRITE):
             write_record(self._client, key, summary.fields(), ttl_ms)
 
@@ -160,10 +158,10 @@ class ModeStore:
         """
         pipe = self._client.pipeline(transaction=False)
         if beats:
-            pipe.hset(HEARTBEATS_KEY, mapping={k: orjson.dumps(v) for k, v in beats.items()})
-            pipe.pexpire(HEARTBEATS_KEY, ttl_ms)
-        pipe.hgetall(HEARTBEATS_KEY)
-        with reading(HEARTBEATS_KEY, _LAG_REWRITE):
+            pipe.hset(ns().heartbeats, mapping={k: orjson.dumps(v) for k, v in beats.items()})
+            pipe.pexpire(ns().heartbeats, ttl_ms)
+        pipe.hgetall(ns().heartbeats)
+        with reading(ns().heartbeats, _LAG_REWRITE):
             raw = pipe.execute()[-1]
         shared = {}
         for name, value in raw.items():
@@ -176,7 +174,7 @@ class ModeStore:
 
     def lag_of(self, process: int) -> LagSummary | None:
         """Another process's last lag summary, or None if it has not reported lately."""
-        key = LAG_REPORT_KEY.format(process=process)
+        key = ns().lag_report(process)
         with reading(key, _LAG_REWRITE):
             raw = self._client.hgetall(key)
             fields = {k.decode(): v.decode() for k, v in raw.items()}

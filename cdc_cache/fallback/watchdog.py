@@ -47,7 +47,7 @@ import orjson
 from redis.commands.core import Script
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import WATCHDOG_LOCK_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, ModeStore
 from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
@@ -204,7 +204,9 @@ class Watchdog:
         """Look at the heartbeat once; take over, keep deciding, or step back."""
         try:
             record = self._store.record()
-            leader = bool(self._take_lock(keys=[WATCHDOG_LOCK_KEY], args=[self._id, self._lock_ms]))
+            leader = bool(
+                self._take_lock(keys=[ns().watchdog_lock], args=[self._id, self._lock_ms])
+            )
         except REDIS_ERRORS as exc:
             self._blind(exc)
             return
@@ -348,7 +350,7 @@ class Watchdog:
 
     def _release(self) -> None:
         try:
-            self._unlock(keys=[WATCHDOG_LOCK_KEY], args=[self._id])
+            self._unlock(keys=[ns().watchdog_lock], args=[self._id])
         except REDIS_ERRORS as exc:
             log.warning("watchdog: could not release its lock", extra={"error": str(exc)})
 

@@ -24,18 +24,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import escape_value
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import MAX_EPOCH
 from cdc_cache.lineage.model import PartitionState, dump_state, epoch_at, load_state
 from cdc_cache.sink.connection import Client
-
-SOURCE_KEY: Final = "cdc:lineage:{{{source}}}"
-PARTITIONS_KEY: Final = "cdc:lineage:partitions"
 
 Partition = tuple[str, int]
 """A Kafka topic partition."""
@@ -43,7 +40,7 @@ Partition = tuple[str, int]
 
 def source_key(source: str) -> str:
     """The registry hash of ``source`` (its name escaped inside the hash tag)."""
-    return SOURCE_KEY.format(source=escape_value(source))
+    return ns().lineage_source(source)
 
 
 def partition_field(partition: Partition) -> str:
@@ -102,14 +99,15 @@ class LineageRegistry:
         wanted = list(partitions)
         if not wanted:
             return {}
-        values = self._client.hmget(PARTITIONS_KEY, [partition_field(p) for p in wanted])
+        values = self._client.hmget(ns().lineage_partitions, [partition_field(p) for p in wanted])
         found: dict[Partition, PartitionState | None] = {}
         for partition, value in zip(wanted, values, strict=True):
             try:
                 found[partition] = None if value is None else load_state(value)
             except ValueError as exc:
                 msg = (
-                    f"{PARTITIONS_KEY} field {partition_field(partition)!r} is damaged ({exc}); "
+                    f"{ns().lineage_partitions} field {partition_field(partition)!r} is damaged "
+                    f"({exc}); "
                     "restore it, or delete the field (HDEL) to read the partition as never "
                     "judged, then raise source_epoch if the source switched lineage before"
                 )
@@ -120,7 +118,7 @@ class LineageRegistry:
         """Record the partitions' states (one call)."""
         if states:
             mapping = {partition_field(p): dump_state(s) for p, s in states.items()}
-            self._client.hset(PARTITIONS_KEY, mapping=mapping)  # type: ignore[arg-type]
+            self._client.hset(ns().lineage_partitions, mapping=mapping)  # type: ignore[arg-type]
 
     def epoch_at(self, partition: Partition, offset: int) -> int | None:
         """The epoch of ``offset`` of ``partition`` (None if the partition was never judged).

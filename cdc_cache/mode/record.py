@@ -13,18 +13,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import orjson
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.mode.controller import Cause, Flag, Mode
 
 _E = TypeVar("_E", bound=StrEnum)
 
-REWRITE: Final = f"delete it (DEL {MODE_KEY}): the worker writes it again within a second"
+
+def rewrite() -> str:
+    """How to repair the mode hash: the worker writes it again."""
+    return f"delete it (DEL {ns().mode}): the worker writes it again within a second"
 
 
 class ModeKeyError(ConfigError):
@@ -46,7 +49,7 @@ def reading(key: str, fix: str) -> Iterator[None]:
         raise ModeKeyError(msg) from None
 
 
-def parse_flag(value: str | bytes | None, where: str = MODE_FLAG_KEY) -> Flag:
+def parse_flag(value: str | bytes | None, where: str | None = None) -> Flag:
     """The flag stored in Redis; absent means ``auto``; anything else is refused."""
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
     if text is None:
@@ -54,6 +57,7 @@ def parse_flag(value: str | bytes | None, where: str = MODE_FLAG_KEY) -> Flag:
     try:
         return Flag(text.strip().lower())
     except ValueError:
+        where = where or ns().mode_flag
         msg = f"{where} holds {text!r}; set it to auto, cdc or ttl (cdc-cache mode set)"
         raise ModeKeyError(msg) from None
 
@@ -81,11 +85,11 @@ class ModeRecord:
             return None
         since = fields.get("since_ms", "0")
         if not since.isascii() or not since.isdigit():
-            msg = f"{MODE_KEY} field since_ms holds {since!r}, not a time in ms; {REWRITE}"
+            msg = f"{ns().mode} field since_ms holds {since!r}, not a time in ms; {rewrite()}"
             raise ModeKeyError(msg)
         return cls(
             mode=_member(Mode, fields, "mode", Mode.CDC.value),
-            flag=parse_flag(fields.get("flag"), f"{MODE_KEY} field flag"),
+            flag=parse_flag(fields.get("flag"), f"{ns().mode} field flag"),
             cause=_member(Cause, fields, "cause", Cause.START.value),
             reason=fields.get("reason", ""),
             since_ms=int(since),
@@ -102,7 +106,7 @@ def _tables(text: str | None) -> dict[str, str]:
     except orjson.JSONDecodeError:
         tables = None
     if not isinstance(tables, dict) or not all(isinstance(v, str) for v in tables.values()):
-        msg = f"{MODE_KEY} field tables holds {text!r}, not a JSON object of reasons; {REWRITE}"
+        msg = f"{ns().mode} field tables holds {text!r}, not a JSON object of reasons; {rewrite()}"
         raise ModeKeyError(msg)
     return tables
 
@@ -113,5 +117,5 @@ def _member(kind: type[_E], fields: Mapping[str, str], name: str, default: str) 
         return kind(value)
     except ValueError:
         known = ", ".join(member.value for member in kind)
-        msg = f"{MODE_KEY} field {name} holds {value!r}, not one of {known}; {REWRITE}"
+        msg = f"{ns().mode} field {name} holds {value!r}, not one of {known}; {rewrite()}"
         raise ModeKeyError(msg) from None

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import CHANNELS_KEY, STREAM_PREFIX, key_slot, stream_key
+from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.retry import Backoff, retry_reporter
 from cdc_cache.notify.frames import START, Frame, StreamId, encode_frame, format_id, parse_id
 from cdc_cache.notify.patterns import ChannelNames, PatternIndex
@@ -82,7 +82,7 @@ class Hub:
         its messages are new; subscribers whose patterns match it are attached at once
         (looked up in the pattern index, not by asking every client).
         """
-        names = {raw.decode() for raw in await self._redis.smembers(CHANNELS_KEY)}
+        names = {raw.decode() for raw in await self._redis.smembers(ns().channels)}
         for count, channel in enumerate(sorted(names - self.positions.keys() - self.broken)):
             self.positions[channel] = await self._end_of(channel) if initial else START
             self.channels.add(channel)
@@ -95,7 +95,7 @@ class Hub:
 
     async def _end_of(self, channel: str) -> StreamId:
         try:
-            info = await self._redis.xinfo_stream(stream_key(channel))
+            info = await self._redis.xinfo_stream(ns().stream_key(channel))
         except rex.ResponseError:  # no such stream (trimmed to nothing and deleted)
             return START
         return parse_id(info["last-generated-id"])
@@ -128,7 +128,7 @@ class Hub:
         Sent straight to the socket, so a long replay waits for the client (it is what it
         asked for) instead of filling the queue that live messages of other channels use.
         """
-        key = stream_key(channel)
+        key = ns().stream_key(channel)
         try:
             if after != START:
                 info = await self._redis.xinfo_stream(key)
@@ -189,7 +189,7 @@ class Hub:
         One such key would fail every XREAD, and with it every other channel.
         """
         for channel in list(self.positions):
-            kind = await self._redis.type(stream_key(channel))  # type: ignore[no-untyped-call]
+            kind = await self._redis.type(ns().stream_key(channel))  # type: ignore[no-untyped-call]
             if kind not in (b"stream", b"none"):
                 del self.positions[channel]
                 self.channels.remove(channel)
@@ -199,21 +199,25 @@ class Hub:
                 log.error(
                     "not following a channel: its key is no stream (written by something else "
                     "than the apply script?); delete the key or rename what uses it",
-                    extra={"key": stream_key(channel), "type": kind.decode(), "error": str(error)},
+                    extra={
+                        "key": ns().stream_key(channel),
+                        "type": kind.decode(),
+                        "error": str(error),
+                    },
                 )
 
     async def _read_once(self) -> None:
         if not self.positions:
             await self._pause(self._block_ms / 1000)
             return
-        streams = {stream_key(c): format_id(p) for c, p in self.positions.items()}
+        streams = {ns().stream_key(c): format_id(p) for c, p in self.positions.items()}
         if self._cluster:
             replies = await self._read_slots(streams)
         else:
             replies = await self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
         now_ms = time.time() * 1000
         for raw_key, entries in replies or ():
-            channel = raw_key.decode().removeprefix(STREAM_PREFIX)
+            channel = raw_key.decode().removeprefix(ns().stream_prefix)
             for raw_id, fields in entries:
                 self.positions[channel] = parse_id(raw_id)
                 frame = _frame(channel, raw_id, fields)

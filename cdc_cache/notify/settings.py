@@ -10,8 +10,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cdc_cache.app.settings import ENV_PREFIX, DownAfter, valid_redis_url
+from cdc_cache.app.settings import ENV_PREFIX, DownAfter, Namespace, valid_redis_url
 from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.keys import DEFAULT_NAMESPACE
 from cdc_cache.notify.tokens import MAX_PATTERNS
 
 
@@ -23,6 +24,7 @@ class GatewaySettings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:16379/0"
+    namespace: Namespace = DEFAULT_NAMESPACE
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     secret: SecretStr | None = Field(default=None, description="HMAC key of client tokens")

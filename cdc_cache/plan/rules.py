@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from cdc_cache_client import tags
+
 from cdc_cache.core.events import Row
-from cdc_cache.core.keys import escape_value
+from cdc_cache.core.keys import escape_value, ns
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.source.natural import (
     WIRE_VALUES,
@@ -253,25 +255,6 @@ class Rules:
         return any(table.notify is not None for table in self.tables.values())
 
 
-TAG_MAX_CHARS: Final = 512
-
-
 def check_tag(tag: str, *, what: str = "tag") -> str:
-    """``tag`` if it can name a cache tag, else ValueError saying what is wrong.
-
-    A tag is 1 to 512 printable characters without whitespace, outside cdc-cache's own
-    ``cdc:`` names. Row values in rendered tags are escaped like key values.
-    """
-    if not isinstance(tag, str) or not tag:
-        msg = f"{what} {tag!r} is not a non-empty string"
-        raise ValueError(msg)
-    if len(tag) > TAG_MAX_CHARS:
-        msg = f"{what} is {len(tag)} characters long; at most {TAG_MAX_CHARS}"
-        raise ValueError(msg)
-    if any(ch.isspace() or not ch.isprintable() for ch in tag):
-        msg = f"{what} {tag!r} holds whitespace or control characters; leave them out"
-        raise ValueError(msg)
-    if tag.startswith("cdc:"):
-        msg = f"{what} {tag!r} starts with 'cdc:', cdc-cache's own names; choose another"
-        raise ValueError(msg)
-    return tag
+    """``tag`` if it can name a cache tag in this process's namespace (see ``tags.check_tag``)."""
+    return tags.check_tag(tag, what=what, namespace=ns().namespace)

@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 import yaml
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import LEGACY_VERSION_PREFIX, VERSION_PREFIX
+from cdc_cache.core.keys import ns
 from cdc_cache.core.logical import ColumnType, Kind, declared
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import (
@@ -777,13 +777,13 @@ class _Checker:
             )
         elif any(
             prefix.startswith(own) or own.startswith(prefix)
-            for own in (VERSION_PREFIX, LEGACY_VERSION_PREFIX)
+            for own in (ns().version_prefix, ns().legacy_version_prefix)
         ):
             self.problem(
                 key_node,
                 f"{where}.key",
                 f"prefix '{prefix}' overlaps cdc-cache's version keys "
-                f"('{VERSION_PREFIX}', '{LEGACY_VERSION_PREFIX}'); choose another prefix",
+                f"('{ns().version_prefix}', '{ns().legacy_version_prefix}'); choose another prefix",
             )
         check_columns(key_node, f"{where}.key", template.columns)
         for column in template.columns:

@@ -35,7 +35,7 @@ from redis import RedisCluster
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import ApplyError, ConfigError, RedisUnavailable
-from cdc_cache.core.keys import key_slot, lease_key, outbox_key
+from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, KeyOp, Notify, as_invalidation
 from cdc_cache.sink import scripts
 from cdc_cache.sink.connection import (
@@ -176,7 +176,7 @@ class RedisApplier:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 pipe.delete(key)  # one key per DEL: a Cluster pipeline takes no more
-                pipe.delete(lease_key(key))
+                pipe.delete(ns().lease_key(key))
             replies = pipe.execute()
         return sum(int(found) for found in replies[::2])
 
@@ -191,7 +191,7 @@ class RedisApplier:
                 if not isinstance(op, Notify):
                     slot = key_slot(op.key)
                 elif index == 0:  # no host: the script refuses it
-                    slot = key_slot(outbox_key(op.channel))
+                    slot = key_slot(ns().outbox_key(op.channel))
             groups[slot].append(index)
         sent: list[KeyOp | Notify] = (
             [as_invalidation(op) for op in ops] if self._invalidate_only() else list(ops)

@@ -16,14 +16,7 @@ from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import (
-    CHANNELS_KEY,
-    lease_key,
-    outbox_key,
-    stream_key,
-    version_field,
-    version_key,
-)
+from cdc_cache.core.keys import ns, version_field
 from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, Notify, SetRow, ValueFormat
 from cdc_cache.sink.versions import encode_version
 
@@ -80,8 +73,8 @@ def version_of(op: KeyOp) -> str:
 def script_keys(op: KeyOp | Notify) -> tuple[str, ...]:
     """The script's KEYS for one op."""
     if isinstance(op, Notify):
-        return (stream_key(op.channel), CHANNELS_KEY)
-    return (op.key, version_key(op.key), lease_key(op.key))
+        return (ns().stream_key(op.channel), ns().channels)
+    return (op.key, ns().version_key(op.key), ns().lease_key(op.key))
 
 
 def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
@@ -146,7 +139,7 @@ def calls(
             table = op.table
             args += ("T", table)
         if isinstance(op, Notify) and outbox:
-            keys.append(outbox_key(host or op.channel))  # no host: the script refuses it
+            keys.append(ns().outbox_key(host or op.channel))  # no host: the script refuses it
         else:
             keys += script_keys(op)
         if not isinstance(op, Notify):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from redis import Redis
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import INTERNAL_PREFIXES, LEASE_PREFIX, leased_key
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix
 from cdc_cache.sink.connection import Client, primaries
 from cdc_cache.sink.encoding import Outcome
@@ -42,17 +42,17 @@ def invalidate_prefix(
     ``scan_count`` is the SCAN COUNT hint, which also bounds how many keys one call of
     ``delete`` gets.
     """
-    if not op.prefix or op.prefix.startswith(INTERNAL_PREFIXES):
+    if not op.prefix or op.prefix.startswith(ns().internal_prefixes):
         msg = (
             f"InvalidatePrefix for table {op.table} has prefix {op.prefix!r}: it must be "
-            f"non-empty and outside {' and '.join(map(repr, INTERNAL_PREFIXES))}; "
+            f"non-empty and outside {' and '.join(map(repr, ns().internal_prefixes))}; "
             "fix the table's key templates"
         )
         raise ApplyError(msg)
     if op.truncated is not None:
         record_truncate(client, op, op.truncated)
     under = glob_escape(op.prefix) + "*"
-    patterns = (under, glob_escape(LEASE_PREFIX) + "{*}:" + under)
+    patterns = (under, glob_escape(ns().lease_prefix) + "{*}:" + under)
     scanned = deleted = 0
     for node, pattern in itertools.product(primaries(client), patterns):
         for found in _scan(node, pattern, scan_count):
@@ -83,8 +83,8 @@ def _scan(node: Redis[bytes], pattern: str, count: int) -> Iterator[list[bytes]]
 
 def _cache_key(name: str, prefix: str) -> str | None:
     """The cache key a SCAN hit stands for (itself, or the key a lease is held on), if any."""
-    if name.startswith(INTERNAL_PREFIXES):
-        name = leased_key(name) or ""
+    if name.startswith(ns().internal_prefixes):
+        name = ns().leased_key(name) or ""
     return name if name.startswith(prefix) else None
 
 

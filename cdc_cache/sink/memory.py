@@ -43,7 +43,7 @@ from typing import Final
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import VERSION_LAYOUT_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
@@ -282,10 +282,10 @@ class MemoryWatch:
         if unsafe:  # remembered here and in Redis (for restarts; it may be evicted, too)
             self._unsafe_until = now + self._lifetime_ms
             write_record(
-                self.client, VERSION_LAYOUT_KEY, {UNSAFE_UNTIL_FIELD: int(self._unsafe_until)}
+                self.client, ns().version_layout, {UNSAFE_UNTIL_FIELD: int(self._unsafe_until)}
             )
         else:
-            raw = self.client.hget(VERSION_LAYOUT_KEY, UNSAFE_UNTIL_FIELD)
+            raw = self.client.hget(ns().version_layout, UNSAFE_UNTIL_FIELD)
             self._unsafe_until = max(self._unsafe_until, float(raw) if raw else 0.0)
         self._set_invalidate_only(now < self._unsafe_until, unsafe)
 

@@ -10,13 +10,13 @@ from collections import defaultdict
 
 from redis import Redis, RedisCluster
 
-from cdc_cache.core.keys import all_version_buckets
+from cdc_cache.core.keys import ns
 from cdc_cache.sink.connection import Client
 
 
 def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
     """Every version bucket name, grouped by the primary that serves it."""
-    names = list(all_version_buckets())
+    names = list(ns().all_version_buckets())
     if not isinstance(client, RedisCluster):
         return [(client, names)]
     grouped: dict[str, list[str]] = defaultdict(list)

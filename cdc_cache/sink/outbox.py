@@ -36,14 +36,7 @@ from redis import exceptions as rex
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import ApplyError, RedisUnavailable
-from cdc_cache.core.keys import (
-    CHANNELS_KEY,
-    SLOTS,
-    outbox_for_slot,
-    outbox_key,
-    relay_progress_key,
-    stream_key,
-)
+from cdc_cache.core.keys import SLOTS, ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, Notify, SetRow
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, is_transient, misconfiguration
@@ -114,7 +107,7 @@ class OutboxRelay:
         relay.
         """
         outboxes = {
-            outbox_key(host.key)
+            ns().outbox_key(host.key)
             for host, op in itertools.pairwise(ops)
             if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey))
         }
@@ -145,7 +138,7 @@ class OutboxRelay:
 
     def sweep(self) -> int:
         """Relay every non-empty outbox (what a crash left behind); how many entries."""
-        names = [outbox_for_slot(slot) for slot in range(SLOTS)]
+        names = [ns().outbox_for_slot(slot) for slot in range(SLOTS)]
         pipe = self._client.pipeline(transaction=False)  # follows a moved slot
         for name in names:
             pipe.exists(name)
@@ -171,7 +164,7 @@ class OutboxRelay:
                 calls.append((outbox, group, args + [x for e in group for x in (e.id, e.payload)]))
         if not calls:
             return 0, {}
-        self._client.sadd(CHANNELS_KEY, *sorted(channels))
+        self._client.sadd(ns().channels, *sorted(channels))
         replies = self._run(calls)
         trims = {o: after(p[-1][0]) for o, p in pages.items() if p}
         appended = 0
@@ -195,7 +188,7 @@ class OutboxRelay:
             pipe = self._client.pipeline(transaction=False)
             for i in todo:
                 channel = calls[i][1][0].channel
-                keys = (stream_key(channel), relay_progress_key(channel))
+                keys = (ns().stream_key(channel), ns().relay_progress_key(channel))
                 pipe.execute_command("EVALSHA", sha, 2, *keys, *calls[i][2], **self._route(keys[0]))
             missing = []
             for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
@@ -228,7 +221,7 @@ class OutboxRelay:
             "repair the key (delete what is not a stream) and they are relayed",
             extra={
                 "outbox": outbox,
-                "key": stream_key(group[0].channel),
+                "key": ns().stream_key(group[0].channel),
                 "entries": len(group),
                 "error": str(error),
             },

@@ -31,7 +31,7 @@ from redis.cluster import ClusterNode
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import RedisUnavailable
-from cdc_cache.core.keys import key_slot, slot_tag, tag_for_slot
+from cdc_cache.core.keys import key_slot, ns, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, Notify
@@ -55,7 +55,7 @@ class PrimaryChanged(RedisUnavailable):
 
 def marker_key(tag: str) -> str:
     """The marker written before WAIT, in the slot of ``tag`` (one per primary)."""
-    return f"cdc:w:{{{tag}}}"
+    return ns().replica_marker(tag)
 
 
 # A primary touched by a batch: its node (None for a single server) and a key of its slots.

@@ -17,13 +17,13 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from cdc_cache_client.tags import tags_script
 from redis.commands.core import Script
 
-from cdc_cache.core.keys import TAG_PREFIX
+from cdc_cache.core.keys import ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
 from cdc_cache.sink.invalidate_prefix import glob_escape
-from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.tags")
 
@@ -46,8 +46,8 @@ def sweep_tags(
     closing = closing or threading.Event()
     tags = examined = removed = 0
     for node in primaries(client):
-        script = Script(node, lua_script("tags")[0])
-        for name in node.scan_iter(match=glob_escape(TAG_PREFIX) + "*", count=page):
+        script = Script(node, tags_script())
+        for name in node.scan_iter(match=glob_escape(ns().tag_prefix) + "*", count=page):
             if closing.is_set():
                 return TagSweepReport(tags, examined, removed)
             tags += 1

@@ -31,10 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from cdc_cache_client.tags import member, member_key, tags_script
 from redis.commands.core import Script
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     DeleteKey,
@@ -45,24 +46,12 @@ from cdc_cache.plan.cache_ops import (
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client, translated_errors
 from cdc_cache.sink.encoding import Outcome
-from cdc_cache.sink.scripts import lua_script
 
 log = logging.getLogger("cdc_cache.tags")
 
 DEFAULT_FANOUT_LIMIT: Final = 100_000
 DEFAULT_PAGE_SIZE: Final = 1_000
 _CHANGED: Final = (Outcome.APPLIED, Outcome.INVALIDATED)
-
-
-def member(key: str, link: str) -> str:
-    """A member's field in its tag's hash: the key, then the row that put it there."""
-    return f"{key}\n{link}"
-
-
-def member_key(field: bytes) -> tuple[str, str]:
-    """The (key, link) a member field names (links hold no newline; keys may)."""
-    key, _, link = field.decode().rpartition("\n")
-    return key, link
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +96,7 @@ class TagStore:
         self._page_size = page_size
         self._fanout_limit = fanout_limit
         self._shorten = shorten
-        self._script = Script(client, lua_script("tags")[0])
+        self._script = Script(client, tags_script())
 
     def apply(self, ops: Iterable[DependencyOp]) -> DependencyResult:
         """Apply ``ops`` in order; raises TransientError (retry the batch) or ApplyError."""
@@ -125,7 +114,7 @@ class TagStore:
 
     def _call(self, tag: str, *args: object) -> object:
         with translated_errors(f"updating cache tag {tag!r}"):
-            return self._script(keys=[tag_key(tag)], args=list(args))
+            return self._script(keys=[ns().tag_key(tag)], args=list(args))
 
     def _link(self, op: LinkKey) -> int:
         version = self._call(

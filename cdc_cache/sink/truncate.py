@@ -20,7 +20,7 @@ import re
 from redis import RedisCluster
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import CHANNELS_KEY, outbox_key, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.cache_ops import InvalidatePrefix, Truncated
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.nodes import buckets_by_node
@@ -46,13 +46,13 @@ def record_truncate(client: Client, op: InvalidatePrefix, truncated: Truncated) 
             pipe = node.pipeline(transaction=False)
             for bucket in buckets:
                 if outbox is None and channels:
-                    outbox = outbox_key(bucket)
+                    outbox = ns().outbox_key(bucket)
                     script(keys=[bucket, outbox], args=[*head, 1, *announce], client=pipe)
                 else:
                     script(keys=[bucket], args=[*head, 1, 1, b""], client=pipe)
             raised += sum(int(n) for n in pipe.execute())
             continue
-        keys = [*buckets, *(k for c in channels for k in (stream_key(c), CHANNELS_KEY))]
+        keys = [*buckets, *(k for c in channels for k in (ns().stream_key(c), ns().channels))]
         raised += int(script(keys=keys, args=[*head, len(buckets), *announce]))
     if outbox is not None:
         OutboxRelay(client).relay([outbox])
@@ -69,11 +69,11 @@ def _channels(client: Client, pattern: str | None) -> list[str]:
         return []
     matcher = re.compile(pattern)
     found = []
-    for raw in client.smembers(CHANNELS_KEY):
+    for raw in client.smembers(ns().channels):
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            msg = f"{CHANNELS_KEY} holds {raw!r}, no channel name; remove it (SREM)"
+            msg = f"{ns().channels} holds {raw!r}, no channel name; remove it (SREM)"
             raise ApplyError(msg) from exc
         if matcher.fullmatch(name):
             found.append(name)

@@ -10,7 +10,7 @@ The previous release kept one string key with a TTL per cache key; under the ``v
 policies those could be evicted. :func:`migrate_legacy` moves them into buckets before the
 worker writes anything, keeping the newer version where both exist, so an upgrade never
 makes a stale write look newer. The store's layout is then recorded
-(``keys.VERSION_LAYOUT_KEY``), and later starts skip the scan.
+(``Names.version_layout``), and later starts skip the scan.
 """
 
 from __future__ import annotations
@@ -26,14 +26,7 @@ from typing import Final
 from redis import Redis
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import (
-    BUCKETS_PER_SLOT,
-    LEGACY_VERSION_PREFIX,
-    VERSION_LAYOUT_KEY,
-    legacy_cache_key,
-    version_field,
-    version_key,
-)
+from cdc_cache.core.keys import BUCKETS_PER_SLOT, ns, version_field
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, primaries
@@ -48,7 +41,7 @@ LAYOUT_FORMAT: Final = "2"
 
 def stored_version(client: Client, key: str) -> str | None:
     """The version stored for cache key ``key`` (None: none known)."""
-    raw = client.hget(version_key(key), version_field(key))
+    raw = client.hget(ns().version_key(key), version_field(key))
     return parse_stored(raw)[1] if raw is not None else None
 
 
@@ -80,16 +73,16 @@ def migrate_legacy(
     A value that is no version (nothing this project wrote) is dropped with its cache
     key, which then counts as never written. Safe to run by several processes at once.
     """
-    layout = client.hgetall(VERSION_LAYOUT_KEY)
+    layout = client.hgetall(ns().version_layout)
     if layout.get(b"format") == LAYOUT_FORMAT.encode():
         return 0
     moved = 0
     for node in primaries(client):
-        for names in _scan(node, LEGACY_VERSION_PREFIX + "{*", page):
+        for names in _scan(node, ns().legacy_version_prefix + "{*", page):
             moved += _migrate_page(node, names, lifetime_ms, clock())
     write_record(
         client,
-        VERSION_LAYOUT_KEY,
+        ns().version_layout,
         {"format": LAYOUT_FORMAT, "buckets": BUCKETS_PER_SLOT, "migrated": moved},
     )
     if moved:
@@ -111,7 +104,7 @@ class _Legacy:
 
 
 def _migrate_page(node: Redis[bytes], names: list[bytes], lifetime_ms: int, now_s: float) -> int:
-    found = [(raw, legacy_cache_key(raw.decode("utf-8", "replace"))) for raw in names]
+    found = [(raw, ns().legacy_cache_key(raw.decode("utf-8", "replace"))) for raw in names]
     mine = [(raw, key) for raw, key in found if key is not None]
     pipe = node.pipeline(transaction=False)
     for raw, _ in mine:
@@ -127,7 +120,7 @@ def _migrate_page(node: Redis[bytes], names: list[bytes], lifetime_ms: int, now_
     unreadable = []
     for item in legacy:
         try:
-            by_bucket[version_key(item.key)].append((item, legacy_version(item.value)))
+            by_bucket[ns().version_key(item.key)].append((item, legacy_version(item.value)))
         except ValueError:
             unreadable.append(item)
     source, _ = lua_script("migrate")

@@ -16,7 +16,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from redis import exceptions as rex
 
 from cdc_cache.core.errors import CdcCacheError, ConfigError
-from cdc_cache.core.keys import version_field, version_key
+from cdc_cache.core.keys import ns, version_field
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.invalidate_prefix import glob_escape
@@ -217,7 +217,7 @@ def read_keys(
                 pipe.hgetall(key)
             else:
                 pipe.get(key)
-            pipe.hget(version_key(key), version_field(key))
+            pipe.hget(ns().version_key(key), version_field(key))
         replies = pipe.execute(raise_on_error=False)
         for value, version in zip(replies[::2], replies[1::2], strict=True):
             if isinstance(version, Exception) and not isinstance(version, rex.ResponseError):

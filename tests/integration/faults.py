@@ -31,7 +31,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import escape_value, version_field, version_key
+from cdc_cache.core.keys import escape_value, ns, version_field
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
@@ -310,7 +310,7 @@ def stored_versions(client: Redis | RedisCluster, keys: list[str]) -> dict[str, 
     """The version Redis holds for each of ``keys`` (None: none)."""
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.hget(version_key(key), version_field(key))
+        pipe.hget(ns().version_key(key), version_field(key))
     raw = pipe.execute()
     return {
         k: parse_stored(v)[1] if v is not None else None for k, v in zip(keys, raw, strict=True)

@@ -12,7 +12,7 @@ from typing import Any, Self
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
 
-from cdc_cache.core.keys import VERSION_PREFIX
+from cdc_cache.core.keys import ns
 from cdc_cache.sink.connection import is_oom, primaries
 
 FILLER = "app:filler:"
@@ -144,5 +144,5 @@ class VersionsGivenATtl(_Background):
 
     def _step(self) -> None:
         for node in primaries(self._client):
-            for name in node.scan_iter(match=VERSION_PREFIX + "{*", count=1000):
+            for name in node.scan_iter(match=ns().version_prefix + "{*", count=1000):
                 node.pexpire(name, self._ttl_ms, nx=True)

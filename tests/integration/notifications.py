@@ -7,7 +7,7 @@ from collections import Counter
 import orjson
 
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.route import Planned, route
 from tests.workload import RULES_YAML
@@ -36,7 +36,7 @@ def expected_notifications(topic, transactions, rules):
 def notifications_sent(client):
     """Every (channel, position) in the channels' streams, with how often it is there."""
     sent = Counter()
-    for channel in client.smembers(CHANNELS_KEY):
-        for _, fields in client.xrange(stream_key(channel.decode())):
+    for channel in client.smembers(ns().channels):
+        for _, fields in client.xrange(ns().stream_key(channel.decode())):
             sent[(channel.decode(), orjson.loads(fields[b"p"])["position"])] += 1
     return sent

@@ -12,7 +12,7 @@ import pytest
 from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
 from cdc_cache.aside.fill import RowCodec
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import MODE_KEY, lease_key, version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow, ValueFormat
@@ -77,7 +77,7 @@ def test_miss_fills_then_hits(any_redis: Any) -> None:
     assert cache.get(KEY, loader) == OLD
     assert loader.calls == 1
     assert TTL - 5_000 < any_redis.pttl(KEY) <= TTL
-    assert any_redis.exists(lease_key(KEY)) == 0
+    assert any_redis.exists(ns().lease_key(KEY)) == 0
 
 
 def test_value_written_by_the_worker_is_a_hit(any_redis: Any) -> None:
@@ -102,21 +102,21 @@ def test_change_applied_during_load_rejects_the_fill(any_redis: Any, change: Cac
     assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == OLD  # the caller still gets it
     cached = any_redis.get(KEY)
     assert cached == (NEW if isinstance(change, SetRow) else None)
-    assert any_redis.exists(lease_key(KEY)) == 0
+    assert any_redis.exists(ns().lease_key(KEY)) == 0
 
 
 def test_plain_fill_without_lease_leaves_the_stale_row(any_redis: Any) -> None:
     loader = change_applied_mid_load(any_redis, OLD, cdc_delete(KEY, 2))
     assert plain_fill(any_redis, KEY, loader) == OLD
     assert any_redis.get(KEY) == OLD  # stale: the row was deleted, the cache still has it
-    assert any_redis.exists(version_key(KEY)) == 1
+    assert any_redis.exists(ns().version_key(KEY)) == 1
 
 
 def test_truncate_during_load_rejects_the_fill_of_an_absent_key(any_redis: Any) -> None:
     truncate = InvalidatePrefix("user:", "db.user", pos(5), TOMBSTONE)
     loader = change_applied_mid_load(any_redis, OLD, truncate)
     assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == OLD
-    assert any_redis.exists(KEY, lease_key(KEY)) == 0
+    assert any_redis.exists(KEY, ns().lease_key(KEY)) == 0
 
 
 def test_stale_or_duplicate_change_does_not_void_the_lease(any_redis: Any) -> None:
@@ -148,12 +148,12 @@ def test_concurrent_misses_load_once(any_redis: Any) -> None:
 
 
 def test_slow_fill_elsewhere_is_not_waited_on_past_the_budget(any_redis: Any) -> None:
-    any_redis.set(lease_key(KEY), b"another reader", px=60_000)
+    any_redis.set(ns().lease_key(KEY), b"another reader", px=60_000)
     loader = Loader(NEW)
     assert CacheAside(any_redis, ttl_ms=TTL, lease_wait_ms=30).get(KEY, loader) == NEW
     assert loader.calls == 1
     assert any_redis.exists(KEY) == 0
-    assert any_redis.get(lease_key(KEY)) == b"another reader"
+    assert any_redis.get(ns().lease_key(KEY)) == b"another reader"
 
 
 def test_fill_after_the_lease_expired_is_dropped(any_redis: Any) -> None:
@@ -169,7 +169,7 @@ def test_failing_loader_releases_the_lease(any_redis: Any) -> None:
     cache = CacheAside(any_redis, ttl_ms=TTL)
     with pytest.raises(OSError, match="database down"):
         cache.get(KEY, broken)
-    assert any_redis.exists(lease_key(KEY)) == 0
+    assert any_redis.exists(ns().lease_key(KEY)) == 0
 
 
 def test_missing_row_is_cached_briefly(any_redis: Any) -> None:
@@ -199,11 +199,11 @@ def test_insert_during_a_not_found_load_rejects_the_negative_fill(any_redis: Any
 def test_loader_may_not_return_the_negative_marker(any_redis: Any) -> None:
     with pytest.raises(ValueError, match="return None instead"):
         CacheAside(any_redis, ttl_ms=TTL).get(KEY, Loader(NEGATIVE))
-    assert any_redis.exists(KEY, lease_key(KEY)) == 0
+    assert any_redis.exists(KEY, ns().lease_key(KEY)) == 0
 
 
 def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
-    any_redis.hset(MODE_KEY, mapping={"mode": "ttl", "fallback_ttl_ms": 4_000})
+    any_redis.hset(ns().mode, mapping={"mode": "ttl", "fallback_ttl_ms": 4_000})
     cache = CacheAside(any_redis, ttl_ms=TTL, negative_ttl_ms=TTL)
     cache.get(KEY, Loader(OLD))
     cache.get("user:{8}:profile", Loader(None))
@@ -213,7 +213,7 @@ def test_ttl_mode_caps_fills_at_the_fallback_ttl(any_redis: Any) -> None:
 
 def test_a_table_in_ttl_mode_alone_caps_only_the_fills_under_its_prefixes(any_redis: Any) -> None:
     any_redis.hset(
-        MODE_KEY,
+        ns().mode,
         mapping={"mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]'},
     )
     cache = CacheAside(any_redis, ttl_ms=TTL)
@@ -228,7 +228,7 @@ def test_a_hash_gone_stale_caps_every_fill_not_only_those_under_ttl_prefixes(
 ) -> None:
     written_ms = 1_000_000
     any_redis.hset(
-        MODE_KEY,
+        ns().mode,
         mapping={
             "mode": "cdc", "fallback_ttl_ms": 4_000, "ttl_prefixes": '["user:"]',
             "updated_ms": written_ms, "stale_after_ms": 90_000,
@@ -253,7 +253,7 @@ def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
     now = [0.0]
     cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])
     assert cache.mode().name == "cdc"  # no hash published: normal mode
-    any_redis.hset(MODE_KEY, "mode", "ttl")
+    any_redis.hset(ns().mode, "mode", "ttl")
     assert cache.mode().name == "cdc"  # cached
     now[0] = 1.5
     mode = cache.mode()

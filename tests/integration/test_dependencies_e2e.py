@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from tests.integration.fixtures_redis import RedisTarget
@@ -178,7 +178,7 @@ def test_cached_pages_end_at_the_database_state_after_a_sigkill(
             cur.execute(f"INSERT INTO {schema}.brands VALUES (99, 'first')")
         wait_until(
             "the worker applied a first change",
-            lambda: client.hget(tag_key(f"{schema}.brands:99"), "") is not None,
+            lambda: client.hget(ns().tag_key(f"{schema}.brands:99"), "") is not None,
             timeout=120,
             alive=[source, service],
         )

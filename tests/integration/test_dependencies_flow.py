@@ -15,7 +15,7 @@ import pytest
 from bytewax.testing import cluster_main
 
 from cdc_cache.aside.cache_aside import CacheAside
-from cdc_cache.core.keys import tag_key
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.tags import Fanout
 from dataflows.config import FlowConfig
@@ -102,7 +102,7 @@ def test_a_brand_change_reaches_its_products_pages_through_the_worker(broker, re
 
     assert [client.exists(page) for page in pages] == [0, 0, 0, 0]
     assert client.exists("listing:brand:8") == 0
-    members = client.hkeys(tag_key("catalog.brands:8"))
+    members = client.hkeys(ns().tag_key("catalog.brands:8"))
     assert sorted(members) == [
         b"",
         b"product:3:page\ncatalog.products:3",

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pymysql
 import pytest
 from click.testing import CliRunner
@@ -157,17 +158,21 @@ def test_dev_up_is_idempotent_and_down_stops_everything(dev_env: dict[str, str])
 
     stack = Stack(StackConfig.from_env(dev_env))
     pids = {row.service: row.pid for row in stack.status()}
-    second = runner.invoke(main, ["dev", "up", "--with-postgres"], env=dev_env)
+    second = runner.invoke(main, ["dev", "up", "--with-postgres", "--json"], env=dev_env)
     assert second.exit_code == 0, second.output
-    assert second.output.count("already running") == 4
+    assert second.stderr.count("already running") == 4  # progress apart from the result
     assert {row.service: row.pid for row in stack.status()} == pids
+    shown = orjson.loads(second.stdout)["services"]
+    assert {row["service"]: row["pid"] for row in shown} == {s: pids[s] for s in pids if pids[s]}
+    assert all(row["state"] == "running" and row["requested"] for row in shown)
 
     status = runner.invoke(main, ["dev", "status", "--with-postgres"], env=dev_env)
     assert status.exit_code == 0, status.output
     assert status.output.count("running") == 4
 
-    down = runner.invoke(main, ["dev", "down"], env=dev_env)
+    down = runner.invoke(main, ["dev", "down", "--json"], env=dev_env)
     assert down.exit_code == 0, down.output
+    assert sorted(orjson.loads(down.stdout)["stopped"]) == sorted(s for s in pids if pids[s])
     assert all(_gone(pid) for pid in pids.values() if pid is not None)
     assert not any(port_open(int(dev_env[port_env(s)])) for s in SERVICES)
     assert not any(row.up for row in stack.status())

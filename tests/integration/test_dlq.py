@@ -23,7 +23,7 @@ from cdc_cache.app.settings import SharedSettings
 from cdc_cache.cli import main
 from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import entry_id
 from cdc_cache.dlq.filters import EntryFilter
@@ -109,7 +109,7 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     ensure_topic(broker.bootstrap, dlq_topic, {})
     messages, workload, victim = scenario(topic)
     produce(broker.bootstrap, messages)
-    redis_client.rpush(version_key(victim), b"not a position")  # every write to it: WRONGTYPE
+    redis_client.rpush(ns().version_key(victim), b"not a position")  # every write to it: WRONGTYPE
 
     run_flow(broker, redis_server.address(), topic, dlq_topic)
 
@@ -136,7 +136,7 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     assert {e["id"] for e in again} == {e["id"] for e in entries}
 
     # Fix the cause, replay the refused changes in order: the key gets the row.
-    redis_client.delete(version_key(victim))
+    redis_client.delete(ns().version_key(victim))
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES_TEXT)
     settings = SharedSettings(

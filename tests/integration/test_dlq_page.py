@@ -19,7 +19,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cdc_cache.core.keys import version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.services import worker
 from tests.integration.topics import produce, unique_topic
@@ -65,7 +65,7 @@ def test_replay_from_the_page_writes_the_row_and_shows_the_outcome(
     workload = Workload(seed=5, topic=topic)
     (insert,) = workload.transactions(1)[0]
     ((key, row),) = workload.expected_cache().items()
-    redis_client.rpush(version_key(key), b"not a position")  # the json SET is refused
+    redis_client.rpush(ns().version_key(key), b"not a position")  # the json SET is refused
 
     port, token = free_port(), f"tok-{uuid.uuid4().hex}"
     service = worker(tmp_path, broker.bootstrap, redis_server.address(), [topic])
@@ -88,7 +88,7 @@ def test_replay_from_the_page_writes_the_row_and_shows_the_outcome(
         assert request(f"{base}/dlq/api/replay", None, "POST", b'{"all": true}')[0] == 401
         assert redis_client.get(key) is None
 
-        redis_client.delete(version_key(key))  # the cause, fixed
+        redis_client.delete(ns().version_key(key))  # the cause, fixed
         browser.get(f"{base}/dlq")
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "sign-in").click()

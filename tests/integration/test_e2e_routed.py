@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.dlq.topic import read_entries
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
@@ -171,4 +171,4 @@ def _changes(port: int) -> float:
 
 
 def _mode(client) -> str:
-    return (client.hget(MODE_KEY, "mode") or b"").decode()
+    return (client.hget(ns().mode, "mode") or b"").decode()

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from cdc_cache.core.errors import ApplyError
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import CHANNELS_KEY, lease_key, stream_key, version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.logs import JsonFormatter
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure, envelope
@@ -171,9 +171,9 @@ def test_a_wrong_typed_version_key_still_gets_its_cache_key_deleted(any_redis):
     """The gate cannot run on this key: it is deleted without it, and reported."""
     writer = Writer(any_redis)
     writer.write(routed(message(None, ROW, 100)))
-    any_redis.delete(version_key("item:1"))
-    any_redis.rpush(version_key("item:1"), b"not a position")
-    any_redis.set(lease_key("item:1"), b"a fill in progress")
+    any_redis.delete(ns().version_key("item:1"))
+    any_redis.rpush(ns().version_key("item:1"), b"not a position")
+    any_redis.set(ns().lease_key("item:1"), b"a fill in progress")
     change = routed(message(ROW, {**ROW, "price": "12.00"}, 200))
     assert isinstance(change, Planned)
 
@@ -185,7 +185,7 @@ def test_a_wrong_typed_version_key_still_gets_its_cache_key_deleted(any_redis):
     unversioned_before = counted("inventory.items", KeyOutcome.UNVERSIONED)
     assert writer.write(change) == []
 
-    assert any_redis.exists("item:1", lease_key("item:1")) == 0
+    assert any_redis.exists("item:1", ns().lease_key("item:1")) == 0
     failure = writer.only_failure()
     assert failure.error.kind == "redis_refused"
     assert failure.invalidation is not None
@@ -206,7 +206,7 @@ def test_a_wrong_typed_version_key_still_gets_its_cache_key_deleted(any_redis):
 
 
 @pytest.mark.parametrize(
-    "wrong", [stream_key("inventory:north"), CHANNELS_KEY], ids=["stream", "channel_registry"]
+    "wrong", [ns().stream_key("inventory:north"), ns().channels], ids=["stream", "channel_registry"]
 )
 def test_a_wrong_typed_notification_key_still_gets_the_rows_keys_deleted(redis_client, wrong):
     """Single Redis only: notification rules are refused on Redis Cluster (README)."""
@@ -232,7 +232,7 @@ def test_a_wrong_typed_notification_key_still_gets_the_rows_keys_deleted(redis_c
     redis_client.delete(wrong)
     assert [o.outcome for o in writer.write(change)] == ["applied"]
     assert cached(redis_client, "stock:7:north")["qty"] == 4
-    (_, last), *_ = redis_client.xrevrange(stream_key("inventory:north"), count=1)
+    (_, last), *_ = redis_client.xrevrange(ns().stream_key("inventory:north"), count=1)
     assert orjson.loads(last[b"p"])["values"]["qty"] == 4
 
 
@@ -332,8 +332,8 @@ def test_the_line_of_a_key_deleted_without_its_version_hides_sensitive_values(
 ):
     writer = Writer(any_redis, rules=rules)
     writer.write(routed(message(None, ROW, 100), rules))
-    any_redis.delete(version_key("itemname:lamp"))
-    any_redis.rpush(version_key("itemname:lamp"), b"not a position")
+    any_redis.delete(ns().version_key("itemname:lamp"))
+    any_redis.rpush(ns().version_key("itemname:lamp"), b"not a position")
 
     with caplog.at_level(logging.WARNING, logger="cdc_cache.writer"):
         writer.write(routed(message(ROW, {**ROW, "price": "12.00"}, 200), rules))

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cdc_cache.core import metrics
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.notify.gateway import Gateway
 from cdc_cache.notify.session import EXPIRED_CLOSE_CODE, SLOW_CLOSE_CODE
@@ -258,8 +258,8 @@ def close_frame_of(sock: socket.socket) -> tuple[int, str]:
 def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
     redis_server: RedisServer, redis_client: Any
 ) -> None:
-    redis_client.sadd(CHANNELS_KEY, "bulk:1")
-    redis_client.xadd(stream_key("bulk:1"), {"p": b"{}"})
+    redis_client.sadd(ns().channels, "bulk:1")
+    redis_client.xadd(ns().stream_key("bulk:1"), {"p": b"{}"})
     blob = b"x" * 64_000
     count = 300  # ~19 MB: more than the slow client's socket buffers and queue can hold
     drops = metrics.GATEWAY_DROPS.labels("slow")
@@ -276,7 +276,7 @@ def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
             pipe = redis_client.pipeline(transaction=False)
             for n in range(count):
                 pipe.xadd(
-                    stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob.decode()})}
+                    ns().stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob.decode()})}
                 )
             await asyncio.to_thread(pipe.execute)
             for n in range(count):
@@ -294,8 +294,8 @@ def test_a_slow_client_is_dropped_with_a_reason_and_never_delays_a_fast_one(
 def test_a_stalled_client_holds_up_a_stop_two_seconds_at_most(
     redis_server: RedisServer, redis_client: Any
 ) -> None:
-    redis_client.sadd(CHANNELS_KEY, "bulk:1")
-    redis_client.xadd(stream_key("bulk:1"), {"p": b"{}"})
+    redis_client.sadd(ns().channels, "bulk:1")
+    redis_client.xadd(ns().stream_key("bulk:1"), {"p": b"{}"})
     blob = "x" * 64_000
     stopped: list[float] = []
 
@@ -311,7 +311,7 @@ def test_a_stalled_client_holds_up_a_stop_two_seconds_at_most(
         await _until(lambda: len(gateway.hub.subscribers["bulk:1"]) == 1, "it subscribed")
         pipe = redis_client.pipeline(transaction=False)
         for n in range(150):  # ~10 MB: more than the socket buffers hold, less than its queue
-            pipe.xadd(stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob})})
+            pipe.xadd(ns().stream_key("bulk:1"), {"p": orjson.dumps({"n": n, "blob": blob})})
         await asyncio.to_thread(pipe.execute)
         await asyncio.sleep(1)  # the gateway's writes to it are stuck
         started = time.monotonic()
@@ -442,8 +442,8 @@ def test_a_channel_key_that_is_no_stream_does_not_stop_the_others(
     async def scenario(gateway: Gateway, url: str) -> None:
         async with connect(f"{url}?token={token('inventory:*')}") as ws:
             await subscribe(ws, "inventory:*")
-            redis_client.sadd(CHANNELS_KEY, "inventory:broken")
-            redis_client.set(stream_key("inventory:broken"), b"not a stream")
+            redis_client.sadd(ns().channels, "inventory:broken")
+            redis_client.set(ns().stream_key("inventory:broken"), b"not a stream")
             await _until(lambda: "inventory:broken" in gateway.hub.broken, "it is set aside")
             await asyncio.to_thread(publish, redis_client, 2, "north")
             frame = await receive(ws)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from cdc_cache.core.keys import CHANNELS_KEY, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.notify.tokens import MAX_PATTERNS, issue
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisServer
@@ -41,8 +41,8 @@ def add_channels(client: Any, names: list[str]) -> None:
     """Channels as the apply script leaves them: a stream each, recorded in the set."""
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.xadd(stream_key(name), {"p": orjson.dumps({"n": name})})
-        pipe.sadd(CHANNELS_KEY, name)
+        pipe.xadd(ns().stream_key(name), {"p": orjson.dumps({"n": name})})
+        pipe.sadd(ns().channels, name)
     pipe.execute()
 
 

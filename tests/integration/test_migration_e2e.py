@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
@@ -80,7 +80,7 @@ def serving(port: int, name: str, labels: dict[str, str]) -> float | None:
 
 
 def mode_record(client) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(MODE_KEY).items()}
+    return {k.decode(): v.decode() for k, v in client.hgetall(ns().mode).items()}
 
 
 def test_dropping_a_projected_column_deletes_falls_back_reports_and_recovers_by_replay(

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from redis import Redis
 
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import ModeRuntime
 from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.lag import LagTracker
@@ -121,7 +121,7 @@ def cluster(tmp_path: Path, broker: Broker, redis_server, source: Source) -> Ite
 
 
 def mode_of(client: Redis) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(MODE_KEY).items()}
+    return {k.decode(): v.decode() for k, v in client.hgetall(ns().mode).items()}
 
 
 def started(cluster: Cluster, source: Source, client: Redis) -> dict[int, list[int]]:

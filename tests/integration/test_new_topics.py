@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.app.topic_watch import TOPICS_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.cache import cache_state
@@ -137,7 +137,7 @@ def test_a_cluster_restarts_its_flow_together_onto_process_0s_list(
             "the new table cached", lambda: both_current(redis_client, stock, shop), 60, alive=alive
         )
         print(f"new topic read by the cluster within {took:.1f}s")
-        assert sorted(orjson.loads(redis_client.get(TOPICS_KEY))) == sorted([first, added])
+        assert sorted(orjson.loads(redis_client.get(ns().topics))) == sorted([first, added])
         wait_until(
             "each partition of the new topic read by one process",
             lambda: (

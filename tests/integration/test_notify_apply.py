@@ -11,7 +11,7 @@ import pytest
 
 from cdc_cache.core.errors import ApplyError
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import CHANNELS_KEY, outbox_key, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.planner import plan
@@ -35,7 +35,7 @@ def change(n: int, qty: int, warehouse: str = "north", op: Op = Op.UPDATE) -> Ch
 
 
 def entries(redis: Any, channel: str) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"p"]) for _, f in redis.xrange(stream_key(channel))]
+    return [orjson.loads(f[b"p"]) for _, f in redis.xrange(ns().stream_key(channel))]
 
 
 def test_each_applied_change_notifies_once_replays_and_stale_changes_never(
@@ -49,7 +49,7 @@ def test_each_applied_change_notifies_once_replays_and_stale_changes_never(
     assert list(applier.apply(second).outcomes) == [A, A, A]
     assert list(applier.apply(first).outcomes) == [S, S, S]  # replayed after a newer one
     assert [e["values"]["qty"] for e in entries(redis_client, "inventory:north")] == [1, 2]
-    assert redis_client.smembers(CHANNELS_KEY) == {b"inventory:north"}
+    assert redis_client.smembers(ns().channels) == {b"inventory:north"}
 
 
 def test_notification_stays_with_its_host_when_a_batch_is_split(any_redis: Any) -> None:
@@ -68,13 +68,13 @@ def test_stream_is_bounded_by_maxlen(any_redis: Any) -> None:
     applier = RedisApplier(redis_client)
     for n in range(1, 400):
         applier.apply(plan(change(n, n), RULES))
-    assert 50 <= redis_client.xlen(stream_key("inventory:north")) < 200
+    assert 50 <= redis_client.xlen(ns().stream_key("inventory:north")) < 200
     assert entries(redis_client, "inventory:north")[-1]["values"]["qty"] == 399
 
 
 def test_wrong_typed_stream_fails_before_any_write(redis_client: Any) -> None:
     """On one server; on a Cluster the notification waits in its outbox (test below)."""
-    redis_client.set(stream_key("inventory:north"), b"x")
+    redis_client.set(ns().stream_key("inventory:north"), b"x")
     with pytest.raises(ApplyError, match="WRONGTYPE"):
         RedisApplier(redis_client).apply(plan(change(5, 1), RULES))
     assert redis_client.exists("stock:7:north") == 0
@@ -84,7 +84,7 @@ def test_notification_without_a_host_is_refused(any_redis: Any) -> None:
     redis_client = any_redis
     with pytest.raises(ApplyError, match="needs a key op before it"):
         RedisApplier(redis_client).apply([Notify("inventory:x", b"{}", 10)])
-    assert redis_client.exists(stream_key("inventory:x")) == 0
+    assert redis_client.exists(ns().stream_key("inventory:x")) == 0
 
 
 def many_rows(first: int, count: int) -> list[Any]:
@@ -106,7 +106,7 @@ def sent(redis: Any) -> list[int]:
 
 
 def outbox_entries(redis: Any, ops: list[Any]) -> dict[str, list[Any]]:
-    names = {outbox_key(op.key) for op in ops if not isinstance(op, Notify)}
+    names = {ns().outbox_key(op.key) for op in ops if not isinstance(op, Notify)}
     return {name: redis.xrange(name) for name in names if redis.xlen(name)}
 
 
@@ -125,7 +125,7 @@ def test_a_crash_between_outbox_and_relay_is_finished_by_the_sweep(
     assert restarted.sweep_outboxes() == 60
     assert sent(redis) == list(range(1, 61))
     assert outbox_entries(redis, ops) == {}  # trimmed once relayed
-    assert redis.smembers(CHANNELS_KEY) == {b"inventory:north", b"inventory:south"}
+    assert redis.smembers(ns().channels) == {b"inventory:north", b"inventory:south"}
     assert restarted.sweep_outboxes() == 0
     assert set(restarted.apply(ops).outcomes) == {D}  # the batch replayed: nobody again
     assert sent(redis) == list(range(1, 61))
@@ -176,12 +176,12 @@ def test_wrong_typed_stream_on_a_cluster_holds_its_notifications_until_repaired(
     redis_cluster_client: Any,
 ) -> None:
     redis = redis_cluster_client
-    redis.set(stream_key("inventory:north"), b"x")
+    redis.set(ns().stream_key("inventory:north"), b"x")
     ops = many_rows(1, 10)
     applier = RedisApplier(redis)
     assert set(applier.apply(ops).outcomes) == {A}  # the cache is written all the same
     assert sorted(e["values"]["qty"] for e in entries(redis, "inventory:south")) == [1, 3, 5, 7, 9]
     assert sum(len(v) for v in outbox_entries(redis, ops).values()) == 5  # held, not lost
-    redis.delete(stream_key("inventory:north"))
+    redis.delete(ns().stream_key("inventory:north"))
     assert applier.sweep_outboxes() == 5
     assert sent(redis) == list(range(1, 11))

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.probes import admin_get
 from tests.integration.services import ROOT, Service, worker
@@ -127,17 +127,17 @@ def test_an_operator_mistake_is_exit_2_and_one_line(tmp_path, listening, case):
 
 def test_junk_in_the_mode_keys_is_named_by_mode_get(redis_server, redis_client):
     url = redis_server.address()
-    redis_client.hset(MODE_KEY, mapping={"mode": "ttl", "since_ms": "yesterday"})
+    redis_client.hset(ns().mode, mapping={"mode": "ttl", "since_ms": "yesterday"})
     code, lines = run("mode", "get", "--redis-url", url)
     assert code == 2 and len(lines) == 1, lines
-    assert f"{MODE_KEY} field since_ms holds 'yesterday'" in lines[0]
-    assert f"DEL {MODE_KEY}" in lines[0]
+    assert f"{ns().mode} field since_ms holds 'yesterday'" in lines[0]
+    assert f"DEL {ns().mode}" in lines[0]
 
-    redis_client.delete(MODE_KEY)
-    redis_client.set(MODE_KEY, "not a hash")
+    redis_client.delete(ns().mode)
+    redis_client.set(ns().mode, "not a hash")
     code, lines = run("mode", "get", "--redis-url", url)
     assert code == 2 and len(lines) == 1, lines
-    assert f"{MODE_KEY} holds another type" in lines[0] and "Redis at" not in lines[0]
+    assert f"{ns().mode} holds another type" in lines[0] and "Redis at" not in lines[0]
 
 
 def test_junk_in_the_mode_keys_is_said_as_such_and_the_worker_stays_ready(
@@ -146,7 +146,7 @@ def test_junk_in_the_mode_keys_is_said_as_such_and_the_worker_stays_ready(
     topic = unique_topic()
     broker.create_topics({topic: 1})
     produce(broker.bootstrap, [m for tx in Workload(topic=topic).transactions(20) for m in tx])
-    redis_client.hset(MODE_FLAG_KEY, "not", "a string")  # a flag of the wrong type
+    redis_client.hset(ns().mode_flag, "not", "a string")  # a flag of the wrong type
     port = free_port()
     service = worker(tmp_path, broker.bootstrap, redis_server.address(), [topic],
                      env={"CDC_CACHE_METRICS_PORT": str(port)})  # fmt: skip
@@ -154,11 +154,11 @@ def test_junk_in_the_mode_keys_is_said_as_such_and_the_worker_stays_ready(
     try:
         wait_until("ready", lambda: _status(port, "/readyz") == 200, alive=[service], interval=0.2)
         view = orjson.loads(admin_get(port, "/mode")[1])
-        assert f"{MODE_FLAG_KEY} holds another type" in view["problem"]
+        assert f"{ns().mode_flag} holds another type" in view["problem"]
         assert "cdc-cache mode set auto" in view["problem"]
 
-        redis_client.delete(MODE_FLAG_KEY)
-        redis_client.set(MODE_FLAG_KEY, "sometimes")
+        redis_client.delete(ns().mode_flag)
+        redis_client.set(ns().mode_flag, "sometimes")
         wait_until(
             "the new junk named",
             lambda: "'sometimes'" in _problem(port),
@@ -167,7 +167,7 @@ def test_junk_in_the_mode_keys_is_said_as_such_and_the_worker_stays_ready(
         )
         assert _status(port, "/readyz") == 200
 
-        redis_client.set(MODE_FLAG_KEY, "ttl")
+        redis_client.set(ns().mode_flag, "ttl")
         # One tick obeys the flag, then clears the problem: wait for both.
         wait_until(
             "the flag obeyed, the problem gone",

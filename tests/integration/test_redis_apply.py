@@ -12,7 +12,7 @@ from redis import Redis, RedisCluster
 from redis.connection import AbstractConnection
 
 from cdc_cache.core.errors import ApplyError, ConfigError, TransientError
-from cdc_cache.core.keys import key_slot, lease_key, version_field, version_key
+from cdc_cache.core.keys import key_slot, ns, version_field
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     CacheOp,
@@ -83,13 +83,13 @@ def assert_pttl(redis: Any, key: str, expected_ms: int) -> None:
 def assert_horizon(redis: Any, key: str, lifetime_ms: int) -> None:
     """The version of ``key`` may be forgotten after its lifetime (rounded up to minutes,
     plus one), and its bucket has no TTL: no eviction policy that spares such keys takes it."""
-    raw = redis.hget(version_key(key), version_field(key))
+    raw = redis.hget(ns().version_key(key), version_field(key))
     horizon, _ = parse_stored(raw)
     now_s = redis.time()[0] if not isinstance(redis, RedisCluster) else time.time()
     assert horizon == horizon_minute(now_s, lifetime_ms) or horizon == horizon_minute(
         now_s - 1, lifetime_ms
     )
-    assert redis.pttl(version_key(key)) == -1
+    assert redis.pttl(ns().version_key(key)) == -1
 
 
 def all_keys(redis: Any) -> set[str]:
@@ -140,10 +140,10 @@ def test_applied_ops_void_the_lease_and_skipped_ops_keep_it(any_redis: Any) -> N
     keys = ["set", "del", "stale", "dup"]
     outcomes(any_redis, set_json("stale", 5), set_json("dup", 5))
     for key in keys:
-        any_redis.set(lease_key(key), b"token")
+        any_redis.set(ns().lease_key(key), b"token")
     batch = [set_json("set", 1), delete("del", 1), set_json("stale", 4), set_json("dup", 5)]
     assert outcomes(any_redis, *batch) == [A, A, S, D]
-    assert [any_redis.exists(lease_key(k)) for k in keys] == [0, 0, 1, 1]
+    assert [any_redis.exists(ns().lease_key(k)) for k in keys] == [0, 0, 1, 1]
 
 
 def test_ttls_and_version_horizons(any_redis: Any) -> None:
@@ -317,7 +317,7 @@ def test_invalidate_prefix_refuses_empty_prefix(any_redis: Any) -> None:
 
 
 def test_wrong_type_is_not_transient_and_changes_nothing(redis_client: Any) -> None:
-    redis_client.rpush(version_key("{w}:k"), b"not a position")
+    redis_client.rpush(ns().version_key("{w}:k"), b"not a position")
     with pytest.raises(ApplyError, match="WRONGTYPE") as caught:
         outcomes(redis_client, set_json("{w}:a", 1), set_json("{w}:k", 1))
     assert not isinstance(caught.value, TransientError)
@@ -433,7 +433,7 @@ def test_a_set_on_a_value_without_a_version_invalidates_it(any_redis: Any) -> No
 
 def test_a_lost_version_never_lets_an_older_image_overwrite_a_newer_one(any_redis: Any) -> None:
     outcomes(any_redis, set_json("k", 5))
-    any_redis.hdel(version_key("k"), version_field("k"))  # forgotten, or lost with its bucket
+    any_redis.hdel(ns().version_key("k"), version_field("k"))  # forgotten, or lost with its bucket
     assert outcomes(any_redis, set_json("k", 3)) == [INV]
     assert any_redis.exists("k") == 0  # a miss, not the older image
     assert version(any_redis, "k") == sv(3)
@@ -441,11 +441,11 @@ def test_a_lost_version_never_lets_an_older_image_overwrite_a_newer_one(any_redi
 
 def test_invalidate_only_writes_no_value_and_keeps_versions(any_redis: Any) -> None:
     outcomes(any_redis, set_json("io:1", 1))
-    any_redis.set(lease_key("io:1"), b"a fill in progress")
+    any_redis.set(ns().lease_key("io:1"), b"a fill in progress")
     applier = RedisApplier(any_redis, invalidate_only=lambda: True)
     batch = [set_json("io:1", 2), set_json("io:{x}:2", 2), set_json("io:1", 1), delete("io:3", 2)]
     assert applier.apply(batch).outcomes == (INV, INV, S, A)
-    assert any_redis.exists("io:1", "io:{x}:2", lease_key("io:1")) == 0
+    assert any_redis.exists("io:1", "io:{x}:2", ns().lease_key("io:1")) == 0
     assert version(any_redis, "io:1") == dv(2)
     # the set itself, replayed once values may be written again, ranks above its delete
     assert outcomes(any_redis, set_json("io:1", 2)) == [A]

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from redis import Redis
 
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.process import free_port
 from tests.integration.cache import cache_state, wait_until_equal
 from tests.integration.probes import metric
@@ -99,12 +99,12 @@ def test_a_failover_to_a_lagging_replica(broker, replicated_redis, tmp_path, rep
             assert stale_rows(promoted, expected) > 0
             wait_until(
                 "ttl mode",
-                lambda: promoted.hget(MODE_KEY, "cause") == b"redis_replication",
+                lambda: promoted.hget(ns().mode, "cause") == b"redis_replication",
                 alive=[service],
                 interval=0.2,
             )
-            holds = orjson.loads(promoted.hget(MODE_KEY, "holds") or b"[]")
-            assert promoted.hget(MODE_KEY, "mode") == b"ttl" and holds == ["redis_replication"]
+            holds = orjson.loads(promoted.hget(ns().mode, "holds") or b"[]")
+            assert promoted.hget(ns().mode, "mode") == b"ttl" and holds == ["redis_replication"]
         assert service.terminate() == 0, service.tail()
     finally:
         service.stop()

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cdc_cache.core.errors import ConfigError
-from cdc_cache.core.keys import VERSION_LAYOUT_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.sink.connection import node_name, primaries
@@ -89,7 +89,7 @@ def test_an_unsafe_policy_while_running_engages_invalidations_only_for_a_lifetim
     restarted.check()
     assert restarted.invalidate_only(), "a restart must not forget it"
 
-    any_redis.delete(VERSION_LAYOUT_KEY)  # what follows starts from a fresh store
+    any_redis.delete(ns().version_layout)  # what follows starts from a fresh store
     brief = watch(any_redis, lifetime_ms=1)  # versions live 1 ms: soon none is at risk
     policy_of_one_primary("allkeys-lru")
     brief.tick()

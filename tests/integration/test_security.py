@@ -230,3 +230,27 @@ def test_wrong_credentials_stop_the_gateway_naming_the_setting_without_the_secre
     (line,) = output.splitlines()
     assert "invalid username-password pair" in line and "redis_url" in line, line
     assert WRONG not in output and PASSWORD not in output
+
+
+def test_a_registry_certificate_the_worker_cannot_verify_stops_its_start(tmp_path):
+    """Avro's registry is checked at start: exit 2 naming the setting, before any message.
+
+    (A worker given the CA starts through the same check: test_avro_e2e.)
+    """
+    from cdc_cache.tools.devstack.schema_registry import SchemaRegistryServer
+    from tests.unit.test_schema_registry_access import Pki
+
+    pki = Pki(tmp_path)
+    registry = SchemaRegistryServer(free_port(), tls=pki.server_context()).start()
+    env = {
+        "CDC_CACHE_MESSAGE_FORMAT": "avro",
+        "CDC_CACHE_SCHEMA_REGISTRY_URL": registry.address(),
+    }
+    nowhere = f"127.0.0.1:{free_port()}"  # checked first: no broker or Redis is reached
+    try:
+        refused = run_worker(tmp_path, nowhere, "t", f"redis://{nowhere}/0", env)
+    finally:
+        registry.stop()
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 2, output
+    assert "schema_registry_ca_file" in output and "not trusted" in output, output

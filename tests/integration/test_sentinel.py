@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdc_cache.cli import main
-from cdc_cache.core.keys import MODE_FLAG_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.sink.sentinel import connect_async
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,11 @@ def test_commands_and_the_gateway_client_follow_the_primary_through_a_failover(
     group = replicated_redis
     url = group.url()
     mode("set", "ttl", "--redis-url", url)
-    assert group.client(group.primary).get(MODE_FLAG_KEY) == b"ttl"
+    assert group.client(group.primary).get(ns().mode_flag) == b"ttl"
     assert "flag:   ttl" in mode("get", "--redis-url", url)
     assert asyncio.run(round_trip(url)) == b"seen"
 
     group.fail_over()
     mode("set", "cdc", "--redis-url", url)
-    assert group.client(group.primary).get(MODE_FLAG_KEY) == b"cdc"
+    assert group.client(group.primary).get(ns().mode_flag) == b"cdc"
     assert asyncio.run(round_trip(url)) == b"seen"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.core.keys import version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.fallback.shortening import shorten_ttls
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ def test_managed_keys_get_the_short_ttl_and_nothing_else_changes(any_redis: Any)
     any_redis.set("stock:persistent", b"v")  # no TTL at all: LT treats it as infinite
     any_redis.set("stock:short", b"v", px=2_000)  # already shorter: left alone
     any_redis.set("session:1", b"v", px=HOUR_MS)  # not under a managed prefix
-    any_redis.set(version_key("stock:1:north"), b"position", px=HOUR_MS)
+    any_redis.set(ns().version_key("stock:1:north"), b"position", px=HOUR_MS)
     slept: list[float] = []
 
     count = shorten_ttls(
@@ -32,7 +32,7 @@ def test_managed_keys_get_the_short_ttl_and_nothing_else_changes(any_redis: Any)
         assert 0 < any_redis.pttl(key) <= 10_000, key
     assert any_redis.pttl("stock:short") <= 2_000
     assert any_redis.pttl("session:1") > 10_000
-    assert any_redis.pttl(version_key("stock:1:north")) > 10_000
+    assert any_redis.pttl(ns().version_key("stock:1:north")) > 10_000
     assert sum(slept) == pytest.approx((len(managed) + 2) / 1_000)  # the rate limit
 
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from cdc_cache.core.errors import RenderError
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.fallback.runtime import ModeRuntime
 from cdc_cache.mode.controller import ModeConfig
@@ -46,7 +46,7 @@ def failure(table: str) -> Failure:
 
 
 def record(client: Any) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(MODE_KEY).items()}
+    return {k.decode(): v.decode() for k, v in client.hgetall(ns().mode).items()}
 
 
 def gauge(table: str) -> float | None:

@@ -14,7 +14,7 @@ import pytest
 from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.events import ChangeEvent, Op
-from cdc_cache.core.keys import key_slot, tag_key
+from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, InvalidateTag, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
@@ -77,10 +77,10 @@ def test_a_brand_change_deletes_the_pages_of_its_products_only(any_redis: Any) -
 def test_a_product_that_moved_is_not_put_back_by_its_late_older_insert(any_redis: Any) -> None:
     apply(any_redis, product(2, 1, 8, before_brand=7), product(1, 1, 7))
     old = any_redis.hget(
-        tag_key("catalog.brands:7"), member("product:1:page", "catalog.products:1")
+        ns().tag_key("catalog.brands:7"), member("product:1:page", "catalog.products:1")
     )
     new = any_redis.hget(
-        tag_key("catalog.brands:8"), member("product:1:page", "catalog.products:1")
+        ns().tag_key("catalog.brands:8"), member("product:1:page", "catalog.products:1")
     )
     assert old.startswith(b"-" + at(2).encode().encode())  # a tombstone, then its horizon
     assert new == b"+" + at(2).encode().encode()
@@ -126,7 +126,7 @@ def test_a_fill_whose_tag_is_invalidated_while_it_loads_does_not_land(any_redis:
     assert any_redis.get(listing) == b"new listing"
     apply(any_redis, product(2, 2, 7))
     assert any_redis.exists(listing) == 0
-    assert any_redis.hlen(tag_key(listing)) == 1  # the fill's member left with its key
+    assert any_redis.hlen(ns().tag_key(listing)) == 1  # the fill's member left with its key
 
 
 def test_a_fill_without_the_tag_check_would_land_stale(any_redis: Any) -> None:
@@ -198,7 +198,7 @@ def test_a_fanout_above_the_limit_shortens_ttls_instead(any_redis: Any) -> None:
     result = tags.apply([InvalidateTag("catalog.brands:7", at(5), TOMBSTONE, ("product:",))])
     assert (result.fallbacks, shortened) == (1, [("product:",)])
     assert all(any_redis.exists(name) for name in names)  # left to their shortened TTLs
-    assert any_redis.hget(tag_key("catalog.brands:7"), "") == at(5).encode().encode()
+    assert any_redis.hget(ns().tag_key("catalog.brands:7"), "") == at(5).encode().encode()
 
 
 def test_the_sweep_removes_tombstones_and_fills_past_their_minute_only(any_redis: Any) -> None:
@@ -207,7 +207,7 @@ def test_the_sweep_removes_tombstones_and_fills_past_their_minute_only(any_redis
     fill(any_redis, "listing:brand:7", tags=[tag])
     apply(any_redis, brand(4, 7))  # a version, and a fill member that went with its key
     fill(any_redis, "search:q", tags=[tag])
-    hash_key = tag_key(tag)
+    hash_key = ns().tag_key(tag)
     fields = any_redis.hgetall(hash_key)
     tombstone = member("product:1:page", "catalog.products:1").encode()
     fill_member = member("search:q", "").encode()

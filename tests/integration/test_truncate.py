@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc_cache.core.keys import stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     CacheOp,
@@ -109,10 +109,10 @@ def test_the_tables_channels_hear_one_truncate_however_often_it_is_delivered(any
     for _ in range(3):  # delivered again, and replayed after a crash
         apply(redis_client, truncate(10, announce=True))
     for channel in ("items:north", "items:south"):
-        entries = redis_client.xrange(stream_key(channel))
+        entries = redis_client.xrange(ns().stream_key(channel))
         ops = [orjson.loads(fields[b"p"]).get("op") for _, fields in entries]
         assert ops.count("truncate") == 1, (channel, ops)
-    others = redis_client.xrange(stream_key("others:all"))
+    others = redis_client.xrange(ns().stream_key("others:all"))
     assert all(b"truncate" not in fields[b"p"] for _, fields in others)
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from cdc_cache.core.keys import VERSION_PREFIX, stream_key
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
@@ -73,7 +73,7 @@ def insert(mariadb: MariaDB, schema: str, *ids: int) -> None:
 
 
 def truncates(client, channel: str) -> int:
-    entries = client.xrange(stream_key(channel))
+    entries = client.xrange(ns().stream_key(channel))
     return sum(orjson.loads(fields[b"p"]).get("op") == "truncate" for _, fields in entries)
 
 
@@ -102,7 +102,7 @@ def test_older_changes_delivered_after_a_truncate_leave_no_old_row(
     # nothing but the TRUNCATE's own position can tell the older changes stale.
     for key in redis_client.scan_iter(match="stock:*"):
         redis_client.delete(key)
-    for bucket in redis_client.scan_iter(match=f"{VERSION_PREFIX}*"):
+    for bucket in redis_client.scan_iter(match=f"{ns().version_prefix}*"):
         redis_client.delete(bucket)
 
     with mariadb.connect(pipeline.schema) as conn, conn.cursor() as cur:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
@@ -57,7 +57,7 @@ def insert(mariadb: MariaDB, database: str, *ids: int) -> None:
 
 
 def mode_of(client: Redis) -> tuple[str, str]:
-    record = client.hgetall(MODE_KEY)
+    record = client.hgetall(ns().mode)
     return record.get(b"mode", b"").decode(), record.get(b"cause", b"").decode()
 
 
@@ -161,7 +161,7 @@ def test_stalled_connector_switches_to_ttl_and_back(
         )
         print(f"stall -> ttl: {to_ttl:.1f}s")
         # applications (cdc_cache.aside.cache_aside) cap their fills at the published fallback TTL
-        assert client.hget(MODE_KEY, "fallback_ttl_ms") == str(int(FALLBACK_TTL_S * 1000)).encode()
+        assert client.hget(ns().mode, "fallback_ttl_ms") == str(int(FALLBACK_TTL_S * 1000)).encode()
         wait_until(
             "existing keys shortened",
             lambda: all(0 < client.pttl(f"item:{i}") <= FALLBACK_TTL_S * 1000 for i in (1, 2, 3)),

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import VERSION_LAYOUT_KEY, legacy_version_key, version_field, version_key
+from cdc_cache.core.keys import ns, version_field
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
@@ -32,7 +32,9 @@ def set_json(key: str, n: int) -> SetRow:
 def put_version(redis: Any, key: str, n: int, horizon: int, *, delete: bool = False) -> None:
     """A version field as the apply script leaves it, with a chosen horizon."""
     redis.hset(
-        version_key(key), version_field(key), stored(encode_version(pos(n), delete=delete), horizon)
+        ns().version_key(key),
+        version_field(key),
+        stored(encode_version(pos(n), delete=delete), horizon),
     )
 
 
@@ -64,7 +66,7 @@ def legacy_write(
     redis: Any, key: str, n: int, *, delete: bool = False, ttl_ms: int = TOMBSTONE
 ) -> None:
     """A version key exactly as the previous release wrote it."""
-    redis.set(legacy_version_key(key), pos(n).encode() + (".d" if delete else ".s"), px=ttl_ms)
+    redis.set(ns().legacy_version_key(key), pos(n).encode() + (".d" if delete else ".s"), px=ttl_ms)
 
 
 def test_upgrade_moves_previous_versions_and_keeps_the_newer(any_redis: Any) -> None:
@@ -72,7 +74,7 @@ def test_upgrade_moves_previous_versions_and_keeps_the_newer(any_redis: Any) -> 
     legacy_write(any_redis, "up:{x}:2", 7, delete=True)  # a tombstone: must survive the upgrade
     legacy_write(any_redis, "up:3", 4)
     RedisApplier(any_redis).apply([set_json("up:3", 6)])  # newer, already in a bucket
-    any_redis.set(legacy_version_key("up:bad"), b"no version at all")
+    any_redis.set(ns().legacy_version_key("up:bad"), b"no version at all")
     any_redis.set("up:bad", b"a value nothing vouches for")
 
     assert migrate_legacy(any_redis, lifetime_ms=TOMBSTONE) == 3
@@ -80,9 +82,9 @@ def test_upgrade_moves_previous_versions_and_keeps_the_newer(any_redis: Any) -> 
     assert stored_version(any_redis, "up:1") == encode_version(pos(5), delete=False)
     assert stored_version(any_redis, "up:{x}:2") == encode_version(pos(7), delete=True)
     assert stored_version(any_redis, "up:3") == encode_version(pos(6), delete=False)
-    legacy = [legacy_version_key(k) for k in ("up:1", "up:{x}:2", "up:3", "up:bad")]
+    legacy = [ns().legacy_version_key(k) for k in ("up:1", "up:{x}:2", "up:3", "up:bad")]
     assert any_redis.exists(*legacy, "up:bad") == 0
-    assert any_redis.hget(VERSION_LAYOUT_KEY, "format") == b"2"
+    assert any_redis.hget(ns().version_layout, "format") == b"2"
     # late older changes stay stale across the upgrade; a deleted row is not resurrected
     late = [set_json("up:1", 4), set_json("up:{x}:2", 6), DeleteKey("up:3", pos(5), TOMBSTONE)]
     stale = (Outcome.STALE,) * 3

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.cli import main
 from cdc_cache.core import metrics
-from cdc_cache.core.keys import MODE_KEY, WATCHDOG_LOCK_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import ModeRuntime
 from cdc_cache.fallback.store import ModeStore
 from cdc_cache.fallback.watchdog import Watchdog
@@ -178,7 +178,7 @@ def test_the_operator_flag_still_wins_over_the_watchdog(any_redis: Any, watchdog
     ModeStore(any_redis).set_flag(Flag.AUTO)
     clock.now += 1
     dog.tick()
-    assert any_redis.hget(MODE_KEY, "mode") == b"ttl"
+    assert any_redis.hget(ns().mode, "mode") == b"ttl"
     wait_until(
         "shortened", lambda: 0 < any_redis.pttl("stock:1:north") <= FALLBACK_MS, 10, interval=0.05
     )
@@ -247,7 +247,7 @@ def test_the_gateway_runs_a_watchdog(tmp_path: Path, redis_server: Any, redis_cl
         shown = CliRunner().invoke(main, ["mode", "get", "--redis-url", redis_server.address()])
         assert "(worker_down)" in shown.output and "writer: watchdog" in shown.output
         assert gateway.terminate() == 0, gateway.tail()
-        assert redis_client.exists(WATCHDOG_LOCK_KEY) == 0  # handed over on the way out
+        assert redis_client.exists(ns().watchdog_lock) == 0  # handed over on the way out
     finally:
         gateway.stop()
 
@@ -291,7 +291,7 @@ def test_a_worker_that_finds_the_watchdogs_record_decides_again_from_ttl(
 def test_junk_in_the_mode_keys_is_named_never_taken_for_a_worker_state(
     any_redis: Any, watchdogs: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    any_redis.set(MODE_KEY, b"not a hash")
+    any_redis.set(ns().mode, b"not a hash")
     clock = Clock()
     dog = watchdogs(clock)
     for _ in range(3):
@@ -302,7 +302,7 @@ def test_junk_in_the_mode_keys_is_named_never_taken_for_a_worker_state(
     named = [r for r in caplog.records if "a mode key cannot be read" in r.getMessage()]
     assert len(named) == 1 and "cdc:mode holds another type" in named[0].getMessage()
 
-    any_redis.delete(MODE_KEY)
+    any_redis.delete(ns().mode)
     worker_writes(any_redis)
     any_redis.set("cdc:mode:flag", b"sometimes")  # an unreadable flag counts as auto
     dog.tick()

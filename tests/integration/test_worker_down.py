@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Producer
 
 from cdc_cache.aside.cache_aside import CacheAside
-from cdc_cache.core.keys import MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.fixtures_redis import RedisTarget
 from tests.integration.probes import metric
@@ -84,7 +84,7 @@ def managed_ttls(client: Any) -> dict[str, int]:
 
 
 def mode_of(client: Any) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(MODE_KEY).items()}
+    return {k.decode(): v.decode() for k, v in client.hgetall(ns().mode).items()}
 
 
 @pytest.fixture

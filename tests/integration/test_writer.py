@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import SourceRecord
-from cdc_cache.core.keys import version_key
+from cdc_cache.core.keys import ns
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.plan.route import Planned, route
@@ -45,7 +45,7 @@ def test_change_redis_refuses_is_set_aside_and_the_rest_applies(redis_client):
     items, workload = planned(40)
     victim = next(i for i in items if i.event.op.value == "c")
     victim_key = victim.ops[0].key
-    redis_client.rpush(version_key(victim_key), b"not a position")  # forces WRONGTYPE
+    redis_client.rpush(ns().version_key(victim_key), b"not a position")  # forces WRONGTYPE
     before = refused()
 
     outcomes = CacheWriter(RedisApplier(redis_client), FAST).write(items)

@@ -7,16 +7,17 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cdc_cache.core.keys import (
+    DEFAULT_NAMESPACE,
     MAX_VALUE_CHARS,
     SLOTS,
-    all_version_buckets,
+    Names,
+    NamespaceError,
     escape_value,
     key_slot,
-    lease_key,
-    leased_key,
-    legacy_cache_key,
-    legacy_version_key,
-    version_key,
+    ns,
+    slot_tag,
+    tag_for_slot,
+    use_namespace,
 )
 
 FORBIDDEN = frozenset(":{}*?[]")
@@ -76,17 +77,17 @@ AWKWARD_KEYS = st.one_of(
 
 @given(AWKWARD_KEYS)
 def test_version_key_shares_the_slot_of_its_key(key: str) -> None:
-    assert key_slot(version_key(key)) == key_slot(key)
+    assert key_slot(ns().version_key(key)) == key_slot(key)
 
 
 @given(AWKWARD_KEYS)
 def test_version_buckets_are_few_and_every_one_is_known(key: str) -> None:
     # the sweeper visits every bucket by name, without scanning the keyspace
-    assert version_key(key) in _BUCKETS
-    assert key_slot(version_key(key, buckets=4)) == key_slot(key)
+    assert ns().version_key(key) in _BUCKETS
+    assert key_slot(ns().version_key(key, buckets=4)) == key_slot(key)
 
 
-_BUCKETS = frozenset(all_version_buckets())
+_BUCKETS = frozenset(ns().all_version_buckets())
 
 
 def test_one_bucket_per_slot() -> None:
@@ -96,21 +97,21 @@ def test_one_bucket_per_slot() -> None:
 
 @given(AWKWARD_KEYS)
 def test_legacy_version_key_leads_back_to_its_key(key: str) -> None:
-    assert key_slot(legacy_version_key(key)) == key_slot(key)
-    assert legacy_cache_key(legacy_version_key(key)) == key
-    assert legacy_cache_key(lease_key(key)) is None
+    assert key_slot(ns().legacy_version_key(key)) == key_slot(key)
+    assert ns().legacy_cache_key(ns().legacy_version_key(key)) == key
+    assert ns().legacy_cache_key(ns().lease_key(key)) is None
 
 
 @given(AWKWARD_KEYS)
 def test_lease_key_shares_the_slot_of_its_key_and_leads_back_to_it(key: str) -> None:
-    assert key_slot(lease_key(key)) == key_slot(key)
-    assert leased_key(lease_key(key)) == key
-    assert leased_key(version_key(key)) is None
+    assert key_slot(ns().lease_key(key)) == key_slot(key)
+    assert ns().leased_key(ns().lease_key(key)) == key
+    assert ns().leased_key(ns().version_key(key)) is None
 
 
 @pytest.mark.parametrize("name", ["", "cdc:l:", "cdc:l:{}:k", "cdc:l:{zz}:k", "k", "cdc:l:{a}k"])
 def test_leased_key_rejects_what_is_no_lease_key(name: str) -> None:
-    assert leased_key(name) is None
+    assert ns().leased_key(name) is None
 
 
 def test_key_slot_known_values() -> None:
@@ -119,3 +120,58 @@ def test_key_slot_known_values() -> None:
     assert key_slot("{user1000}.following") == key_slot("{user1000}.followers")
     assert key_slot("foo{}{bar}") == key_slot(b"foo{}{bar}") != key_slot("bar")
     assert key_slot("foo{{bar}}zap") == key_slot("{bar")
+
+
+def every_name(names: Names) -> list[str]:
+    """Every key name ``names`` builds, for a cache key, a tag, a channel and a source."""
+    key = "stock:{7}:north"
+    return [
+        names.mode, names.mode_flag, names.heartbeats, names.lag_report(1),
+        names.watchdog_lock, names.dlq_outcomes, names.channels, names.topics,
+        names.continuity, names.continuity_decisions, names.lineage_source("dbserver1"),
+        names.lineage_partitions, names.version_layout, names.replica_marker("a"),
+        names.version_key(key), names.legacy_version_key(key), names.stream_key("wh:1"),
+        names.tag_key("brand:7"), names.lease_key(key), names.outbox_key(key),
+        names.relay_progress_key("wh:1"), *names.internal_prefixes,
+    ]  # fmt: skip
+
+
+def test_the_default_namespace_keeps_the_names_deployments_already_hold() -> None:
+    assert every_name(Names()) == [
+        "cdc:mode", "cdc:mode:flag", "cdc:mode:heartbeats", "cdc:mode:lag:1",
+        "cdc:watchdog:lock", "cdc:dlq:replays", "cdc:channels", "cdc:topics",
+        "cdc:continuity", "cdc:continuity:decisions", "cdc:lineage:{dbserver1}",
+        "cdc:lineage:partitions", "cdc:vs:layout", "cdc:w:{a}",
+        f"cdc:vs:{{{slot_tag('7')}}}:0", f"cdc:v:{{{slot_tag('7')}}}:stock:{{7}}:north",
+        "cdc:n:wh:1", "cdc:t:brand:7", f"cdc:l:{{{slot_tag('7')}}}:stock:{{7}}:north",
+        f"cdc:ob:{{{tag_for_slot(key_slot('7'))}}}",
+        f"cdc:rp:{{{slot_tag('cdc:n:wh:1')}}}:wh:1", "cdc:vs:", "cdc:v:", "cdc:l:", "cdc:t:",
+    ]  # fmt: skip
+    assert ns() == Names()
+
+
+def test_a_namespace_moves_every_name_and_keeps_each_in_its_cache_keys_slot() -> None:
+    moved, default = every_name(Names("orders-eu.2")), every_name(Names())
+    assert all(name.startswith("orders-eu.2:") for name in moved)
+    assert not set(moved) & set(default)
+    key = "stock:{7}:north"
+    names = Names("orders-eu.2")
+    assert key_slot(names.version_key(key)) == key_slot(names.lease_key(key)) == key_slot(key)
+    assert key_slot(names.outbox_key(key)) == key_slot(key)
+    assert names.leased_key(names.lease_key(key)) == key
+    assert names.legacy_cache_key(names.legacy_version_key(key)) == key
+    assert Names().leased_key(names.lease_key(key)) is None
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "{x}", "a b", "x*", "-lead", "é", "n" * 33])
+def test_a_namespace_with_key_syntax_is_refused(bad: str) -> None:
+    with pytest.raises(NamespaceError, match="namespace"):
+        Names(bad)
+
+
+def test_use_namespace_names_this_process_keys() -> None:
+    try:
+        assert use_namespace("pipe-b").mode == ns().mode == "pipe-b:mode"
+    finally:
+        use_namespace(DEFAULT_NAMESPACE)
+    assert ns().mode == "cdc:mode"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cdc_cache.core.keys import MODE_FLAG_KEY, MODE_KEY
+from cdc_cache.core.keys import ns
 from cdc_cache.mode.controller import Cause, Flag, Mode
 from cdc_cache.mode.record import ModeKeyError, ModeRecord, parse_flag
 from cdc_cache.sink.connection import redis_url_problem
@@ -26,7 +26,7 @@ def test_a_published_record_parses():
      ("since_ms", "-1"), ("since_ms", "١٢")],
 )  # fmt: skip
 def test_junk_in_a_field_names_the_key_the_field_and_the_fix(field, junk):
-    with pytest.raises(ModeKeyError, match=rf"^{MODE_KEY} field {field} holds {junk!r}") as err:
+    with pytest.raises(ModeKeyError, match=rf"^{ns().mode} field {field} holds {junk!r}") as err:
         ModeRecord.parse({**PUBLISHED, field: junk})
     assert "DEL" in str(err.value) or "cdc-cache mode set" in str(err.value)
 
@@ -36,14 +36,14 @@ def test_the_tables_in_ttl_alone_are_read_and_junk_there_is_named():
     record = ModeRecord.parse({**PUBLISHED, "tables": orjson.dumps(tables).decode()})
     assert record is not None and record.tables == tables
     for junk in ("[1]", "{not json", '{"db.items": 5}'):
-        with pytest.raises(ModeKeyError, match=rf"^{MODE_KEY} field tables holds .*DEL"):
+        with pytest.raises(ModeKeyError, match=rf"^{ns().mode} field tables holds .*DEL"):
             ModeRecord.parse({**PUBLISHED, "tables": junk})
 
 
 def test_the_flag_absent_is_auto_and_junk_is_refused():
     assert parse_flag(None) is Flag.AUTO
     assert parse_flag(b" TTL\n") is Flag.TTL
-    with pytest.raises(ModeKeyError, match=rf"^{MODE_FLAG_KEY} holds 'maybe'.*mode set"):
+    with pytest.raises(ModeKeyError, match=rf"^{ns().mode_flag} holds 'maybe'.*mode set"):
         parse_flag(b"maybe")
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import key_slot, outbox_key, relay_progress_key, stream_key
+from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, Notify
 from cdc_cache.sink.encoding import calls
@@ -20,7 +20,7 @@ AT = SourcePosition(0, 1, 5, 0)
 def test_a_notification_goes_to_its_hosts_outbox_in_the_same_call() -> None:
     ops = [DeleteKey("stock:{7}:n", AT, 1000, "t"), Notify("inventory:n", b"{}", 10)]
     (call,) = calls(ops, [0, 1], outbox=True)
-    assert call.keys[3:] == (outbox_key("stock:{7}:n"),)
+    assert call.keys[3:] == (ns().outbox_key("stock:{7}:n"),)
     assert call.args[-4:] == ("O", "inventory:n", 10, b"{}")
     assert {key_slot(k) for k in call.keys} == {key_slot("stock:{7}:n")}  # one slot
 
@@ -28,13 +28,13 @@ def test_a_notification_goes_to_its_hosts_outbox_in_the_same_call() -> None:
 def test_on_one_server_a_notification_goes_to_its_channels_stream() -> None:
     ops = [DeleteKey("stock:{7}:n", AT, 1000, "t"), Notify("inventory:n", b"{}", 10)]
     (call,) = calls(ops, [0, 1])
-    assert call.keys[3] == stream_key("inventory:n")
+    assert call.keys[3] == ns().stream_key("inventory:n")
     assert call.args[-4] == "N"
 
 
 @given(st.text(min_size=1, max_size=40))
 def test_relay_progress_lives_in_the_slot_of_its_channels_stream(channel: str) -> None:
-    assert key_slot(relay_progress_key(channel)) == key_slot(stream_key(channel))
+    assert key_slot(ns().relay_progress_key(channel)) == key_slot(ns().stream_key(channel))
 
 
 def test_outbox_entries_are_read_back_and_grouped_by_channel_in_order() -> None:

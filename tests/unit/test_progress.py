@@ -53,5 +53,7 @@ def test_run_help_lists_every_setting_with_its_environment_variable_and_the_exit
         assert f"{ENV_PREFIX}{name.upper()};" in line, line
     assert "CDC_CACHE_BATCH_SIZE; messages per poll per partition [1000]" in text
     assert "CDC_CACHE_RULES; the rules file [required]" in text
+    # the librdkafka maps show the defaults the clients apply beneath them, not "unset"
+    assert "'fetch.wait.max.ms': '100'" in text and "'acks': 'all'" in text
     codes = text.split("Exit codes:")[1].split()
     assert [c for c in codes if c.isdigit()][:4] == ["0", "1", "2", "3"]

@@ -372,3 +372,18 @@ def test_a_process_beyond_the_cluster_is_refused(tmp_path):
     assert len(load_settings(config, process_id=2).addresses) == 3
     with pytest.raises(ConfigError, match="process_id 3 is outside the cluster of 3"):
         load_settings(config, process_id=3)
+
+
+def test_namespace_defaults_to_todays_names_and_is_read_from_the_environment(monkeypatch):
+    assert load_settings(rules=Path("r.yaml"), topics=("a",)).namespace == "cdc"
+    monkeypatch.setenv("CDC_CACHE_NAMESPACE", "orders-eu")
+    assert load_settings(rules=Path("r.yaml"), topics=("a",)).namespace == "orders-eu"
+    assert load(WatchdogSettings).namespace == "orders-eu"
+
+
+def test_a_namespace_with_key_syntax_stops_startup(monkeypatch):
+    monkeypatch.setenv("CDC_CACHE_NAMESPACE", "orders:eu")
+    with pytest.raises(ConfigError, match=r"CDC_CACHE_NAMESPACE: namespace: .* must be 1 to 32 letters"):
+        load_settings(rules=Path("r.yaml"), topics=("a",))
+    result = CliRunner().invoke(main, ["mode", "get"])
+    assert result.exit_code == 2 and "namespace 'orders:eu'" in result.output

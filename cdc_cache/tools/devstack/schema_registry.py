@@ -13,12 +13,16 @@ compatibility checks, deletes, references or modes):
 
 Errors are Confluent's JSON bodies: 40401 subject not found, 40403 schema not found,
 42201 invalid schema. Query parameters (``normalize``, ``fetchMaxId``, ...) are ignored.
-With ``credentials`` set, every request needs that HTTP basic auth (401 otherwise).
+With ``credentials`` set, every request needs that HTTP basic auth, with ``token`` that
+bearer token (401 otherwise). With ``tls`` (a server-side context, which may require client
+certificates) it serves HTTPS.
 """
 
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
 import threading
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -34,9 +38,18 @@ _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 class SchemaRegistryServer:
     """The registry on ``127.0.0.1:port`` in a background thread; ``schemas`` by id."""
 
-    def __init__(self, port: int, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        credentials: tuple[str, str] | None = None,
+        *,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.port = port
         self.credentials = credentials
+        self.token = token
+        self.tls = tls
         self.schemas: dict[int, str] = {}
         self.subjects: dict[str, list[int]] = {}
         self.requests: list[str] = []
@@ -45,7 +58,8 @@ class SchemaRegistryServer:
 
     def address(self) -> str:
         """The URL clients are given."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def load(self, schemas: Mapping[int, str]) -> None:
         """Pre-register schemas under fixed ids (recorded fixtures)."""
@@ -59,8 +73,13 @@ class SchemaRegistryServer:
         class Handler(_Handler):
             owner = registry
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            # The handshake happens in the request's thread, on its first read.
+            self._server.socket = self.tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         threading.Thread(
             target=self._server.serve_forever, name="schema-registry", daemon=True
         ).start()
@@ -97,6 +116,13 @@ class SchemaRegistryServer:
                 if orjson.loads(self.schemas[sid]) == canonical:
                     return sid, version
         return None
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client: object
+    ) -> None:
+        """Quiet: a refused TLS handshake is what the TLS tests provoke."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,11 +179,14 @@ class _Handler(BaseHTTPRequestHandler):
         return HTTPStatus.NOT_FOUND, _error(404, f"{method} /{'/'.join(path)} is not served")
 
     def _authorised(self) -> bool:
+        given = self.headers.get("Authorization")
+        if self.owner.token is not None:
+            return given == f"Bearer {self.owner.token}"
         if self.owner.credentials is None:
             return True
         user, password = self.owner.credentials
         expected = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return self.headers.get("Authorization") == f"Basic {expected}"
+        return given == f"Basic {expected}"
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)

@@ -240,15 +240,18 @@ class Stack:
 
     def down(
         self, services: Iterable[str] = SERVICES, progress: Callable[[str], None] = print
-    ) -> None:
-        """Stop ``services`` in reverse order (all of them by default)."""
+    ) -> list[str]:
+        """Stop ``services`` in reverse order (all of them by default); those it stopped."""
+        stopped = []
         for name in reversed(_ordered(services)):
             svc = self.service(name)
             if svc.running():
                 svc.stop()
+                stopped.append(name)
                 progress(f"{name:<9} stopped")
             else:
                 progress(f"{name:<9} not running")
+        return stopped
 
     def status(self, services: Iterable[str] = SERVICES) -> list[ServiceStatus]:
         """One row per service: running or stopped, its pid and where to reach it."""

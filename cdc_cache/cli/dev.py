@@ -1,13 +1,26 @@
-"""``cdc-cache dev``: run the local stack from registry packages, without Docker."""
+"""``cdc-cache dev``: run the local stack from registry packages, without Docker.
+
+With ``--json`` each command prints one JSON document on stdout (what ``status`` shows,
+after ``up``; what was stopped, for ``down``) and its progress lines go to stderr.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import click
 
+from cdc_cache.cli.report import JSON_OUTPUT, echo_json
 from cdc_cache.tools.devstack.process import StackError
-from cdc_cache.tools.devstack.stack import DEFAULT_SERVICES, SERVICES, Stack, StackConfig
+from cdc_cache.tools.devstack.stack import (
+    DEFAULT_SERVICES,
+    SERVICES,
+    ServiceStatus,
+    Stack,
+    StackConfig,
+)
 
 _SERVICE_ARG = click.argument("services", nargs=-1, type=click.Choice(SERVICES))
 _WITH_POSTGRES = click.option(
@@ -35,6 +48,16 @@ def _stack() -> Stack:
         raise click.ClickException(str(exc)) from exc
 
 
+def _progress(as_json: bool) -> Callable[[str], None]:
+    """Progress lines: on stdout, or on stderr when stdout carries the JSON document."""
+    return lambda line: click.echo(line, err=as_json)
+
+
+def _rows_json(stack: Stack, rows: Sequence[ServiceStatus], requested: Sequence[str]) -> Any:
+    services = [asdict(r) | {"requested": r.service in requested} for r in rows]
+    return {"home": str(stack.config.home), "services": services}
+
+
 @click.group()
 def dev() -> None:
     """Local servers for development and tests: Redis, broker, MariaDB, PostgreSQL, Debezium.
@@ -49,31 +72,47 @@ def dev() -> None:
 @_WITH_POSTGRES
 @_WITH_DEBEZIUM
 @_SERVICE_ARG
-def up(services: tuple[str, ...], with_postgres: bool, with_debezium: bool) -> None:
-    """Start SERVICES (default: redis, broker, mariadb); running ones are left as they are."""
+@JSON_OUTPUT
+def up(services: tuple[str, ...], with_postgres: bool, with_debezium: bool, as_json: bool) -> None:
+    """Start SERVICES (default: redis, broker, mariadb); running ones are left as they are.
+
+    With --json, prints the started services as ``status --json`` does.
+    """
     stack = _stack()
-    click.echo(f"home {stack.config.home}")
+    progress = _progress(as_json)
+    progress(f"home {stack.config.home}")
+    requested = _requested(services, with_postgres, with_debezium)
     try:
-        stack.up(_requested(services, with_postgres, with_debezium), progress=click.echo)
+        stack.up(requested, progress=progress)
+        rows = stack.status(requested) if as_json else []
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json(_rows_json(stack, rows, requested))
 
 
 @dev.command()
 @_SERVICE_ARG
-def down(services: tuple[str, ...]) -> None:
+@JSON_OUTPUT
+def down(services: tuple[str, ...], as_json: bool) -> None:
     """Stop SERVICES (default: every service of the stack)."""
+    stack = _stack()
     try:
-        _stack().down(services or SERVICES, progress=click.echo)
+        stopped = stack.down(services or SERVICES, progress=_progress(as_json))
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json({"home": str(stack.config.home), "stopped": stopped})
 
 
 @dev.command()
 @_WITH_POSTGRES
 @_WITH_DEBEZIUM
 @_SERVICE_ARG
-def status(services: tuple[str, ...], with_postgres: bool, with_debezium: bool) -> None:
+@JSON_OUTPUT
+def status(
+    services: tuple[str, ...], with_postgres: bool, with_debezium: bool, as_json: bool
+) -> None:
     """Show each server's state, pid and address; exit 1 if a requested one is down.
 
     Requested are SERVICES (default: redis, broker, mariadb, plus postgres with
@@ -81,15 +120,22 @@ def status(services: tuple[str, ...], with_postgres: bool, with_debezium: bool) 
     while they run.
     """
     requested = _requested(services, with_postgres, with_debezium)
+    stack = _stack()
     try:
-        rows = _stack().status()
+        rows = stack.status()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     shown = [r for r in rows if r.service in requested or r.up]
+    down = any(not r.up for r in shown if r.service in requested)
+    if as_json:
+        echo_json(_rows_json(stack, shown, requested))
+        if down:
+            raise SystemExit(1)
+        return
     header = ("SERVICE", "STATE", "PID", "ADDRESS")
     table = [header, *((r.service, r.state, str(r.pid or "-"), r.address) for r in shown)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         click.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
-    if any(not r.up for r in shown if r.service in requested):
+    if down:
         raise SystemExit(1)
