@@ -112,6 +112,25 @@ class Derived:
     deletes: tuple[str, ...]
 
 
+def snapshot_read(
+    table: TableRules,
+    row: Row,
+    primary_key: Sequence[str],
+    position: SourcePosition = _ANY_POSITION,
+) -> ChangeEvent:
+    """``row`` as the change a snapshot of it would be (``op r``), at ``position``."""
+    return ChangeEvent(
+        table=table.table,
+        op=Op.READ,
+        before=None,
+        after=row,
+        key={column: row[column] for column in primary_key},
+        position=position,
+        committed_at_ms=None,
+        snapshot=True,
+    )
+
+
 def derive(
     table: TableRules,
     row: Row,
@@ -124,16 +143,7 @@ def derive(
     values for a table cached as shipped): :meth:`Database.rows` reads them so.
     ``position`` is the read's (a repair's; any position when only values are compared).
     """
-    event = ChangeEvent(
-        table=table.table,
-        op=Op.READ,
-        before=None,
-        after=row,
-        key={column: row[column] for column in primary_key},
-        position=position,
-        committed_at_ms=None,
-        snapshot=True,
-    )
+    event = snapshot_read(table, row, primary_key, position)
     # A snapshot read yields exactly one op per key rule, in rule order (notifications aside).
     ops = [op for op in plan(event, Rules({table.table: table})) if not isinstance(op, Notify)]
     pairs = list(zip(table.keys, ops, strict=True))
