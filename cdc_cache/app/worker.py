@@ -398,7 +398,7 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     if runtime.leader:
         sweepers.append(VersionSweeper(memory.client))
         if rules.tags:
-            sweepers.append(tag_sweeper(memory.client))
+            sweepers.append(tag_sweeper(memory.client, version_lifetime_ms(rules)))
         if isinstance(memory.client, RedisCluster):
             sweepers.append(outbox_sweeper(memory.client))
     monitor = replication_monitor(settings, runtime, managed_prefixes(rules))

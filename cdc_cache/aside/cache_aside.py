@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdc_cache_client.cache_aside import NEGATIVE, CacheMode
+from cdc_cache_client.cache_aside import NEGATIVE, CacheMode, FillCounts
 from cdc_cache_client.cache_aside import CacheAside as ClientCacheAside
 
 from cdc_cache.aside.fill import RowCodec
 
-__all__ = ["NEGATIVE", "CacheAside", "CacheMode"]
+__all__ = ["NEGATIVE", "CacheAside", "CacheMode", "FillCounts"]
 
 
 class CacheAside(ClientCacheAside):

@@ -41,12 +41,14 @@ Why it converges (reordering across topics and partitions, duplicates, replays):
    does not land), or it finds the member and deletes the key, which voids the lease.
 
 Atomicity. Every op above is idempotent and gated by its own version, so none needs to be
-atomic with another: on one server the row's key ops and its link ops go in one script
-call (one round trip); on Redis Cluster a tag lives in its own slot (``cdc:t:{<slot>}:<tag>``),
-apart from the key, and the link op, the catch-up delete in the key's slot and each page of
-an invalidation's deletes are separate steps. A crash between them is finished by the replay
-of the same change (the recovery snapshot never moves past an unapplied batch). The
-model-based test (``tests/unit/test_dependencies_model.py``) drives skewed topics,
+atomic with another: a batch's key ops are applied first, then its link ops and tag
+invalidations in order (on Redis Cluster a tag lives in its own slot, apart from the key),
+the link op, the catch-up delete in the key's slot and each page of an invalidation's
+deletes being separate steps, on one server as on Cluster. A crash between them is finished
+by the replay of the same change (the recovery snapshot never moves past an unapplied
+batch). Catch-up is what stands in for atomicity: the one failure of a link op apart from
+the row's ops (a parent change applied between them finds no member) is what it repairs.
+The model-based test (``tests/unit/test_dependencies_model.py``) drives skewed topics,
 duplicates, replays and fills, with the link ops applied apart from the row's own ops, and
 shows which of the three rules each outcome depends on.
 

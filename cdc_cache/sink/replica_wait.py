@@ -34,7 +34,7 @@ from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.keys import key_slot, ns, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.cache_ops import CacheOp, InvalidatePrefix, Notify
+from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, KeyOp, Notify
 from cdc_cache.sink.connection import Client, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries
 from cdc_cache.sink.replication import ReplicationInfo
@@ -102,7 +102,9 @@ class ReplicaWait:
                 self._seen[node] = info.replid
         return self
 
-    def guarded(self, apply: Callable[[], T], ops: Sequence[CacheOp]) -> Callable[[], T]:
+    def guarded(
+        self, apply: Callable[[], T], ops: Sequence[CacheOp | DependencyOp]
+    ) -> Callable[[], T]:
         """``apply`` (the writes of ``ops``) followed by the wait, as one retryable step.
 
         A transient failure of the wait retries only the wait; a :class:`PrimaryChanged`
@@ -126,21 +128,23 @@ class ReplicaWait:
 
         return attempt
 
-    def touched(self, ops: Sequence[CacheOp]) -> Touched:
+    def touched(self, ops: Sequence[CacheOp | DependencyOp]) -> Touched:
         """The primaries ``ops`` write to, as the client's slot map says now.
 
-        A prefix invalidation scans every primary; a single server is one primary.
+        A prefix invalidation scans every primary, and tag and link ops write to their
+        tags' slots and delete keys found there, in any slot: they count as touching every
+        primary. A single server is one primary.
         """
         client = self._client
         if not isinstance(client, RedisCluster):
             return {PRIMARY: (None, "0")}
-        if any(isinstance(op, InvalidatePrefix) for op in ops):
+        if any(not isinstance(op, KeyOp | Notify) for op in ops):  # a prefix, a tag, a link
             return {
                 str(node.name): (node, _key_on(client, node)) for node in client.get_primaries()
             }
         by_slot: dict[int, str] = {}
         for op in ops:
-            if not isinstance(op, InvalidatePrefix | Notify):
+            if isinstance(op, KeyOp):
                 by_slot.setdefault(key_slot(op.key), op.key)
         touched: Touched = {}
         for key in by_slot.values():

@@ -3,12 +3,14 @@
 A row that leaves a tag leaves a tombstone (so an older link op cannot put it back),
 and a fill leaves a member that outlives its key once the key expires. Both carry the
 Unix minute after which they mean nothing (``lua/tags.lua``): the tombstone horizon, as
-for keys, and the fill's expiry. The sweeper walks every tag hash on every primary, a page
-at a time and paced, and removes those, so a tag's hash holds the links of live rows and
-the fills that may still be cached, not every link ever made. The version field stays:
-it is one field per parent row ever invalidated. One process of a cluster sweeps (the
-mode leader); the removal re-checks each minute in Redis, so overlapping sweeps only
-repeat work.
+for keys, and the fill's expiry. A tag's version has a horizon too: the tombstone TTL after
+its last invalidation, past which a link op is too old to be caught up (a replay that old
+is out of bounds, as for keys). The sweeper walks every tag hash on every primary, a page
+at a time and paced, and removes those, so a tag's hash holds the links of live rows, the
+fills that may still be cached and a recent version, not every link ever made (a version
+the previous release kept without a horizon gets one, ``lifetime_ms`` from the sweep). One
+process of a cluster sweeps (the mode leader); the removal re-checks each minute in Redis,
+so overlapping sweeps only repeat work.
 """
 
 from __future__ import annotations
@@ -41,8 +43,13 @@ def sweep_tags(
     closing: threading.Event | None = None,
     fields_per_s: float = 50_000,
     page: int = 500,
+    lifetime_ms: int = 3_600_000,
 ) -> TagSweepReport:
-    """One pass over every tag hash, paced to ``fields_per_s``; ends early on ``closing``."""
+    """One pass over every tag hash, paced to ``fields_per_s``; ends early on ``closing``.
+
+    ``lifetime_ms`` is the horizon given to a version kept without one (the longest
+    tombstone TTL of the rules).
+    """
     closing = closing or threading.Event()
     tags = examined = removed = 0
     for node in primaries(client):
@@ -53,7 +60,7 @@ def sweep_tags(
             tags += 1
             cursor: object = 0
             while True:
-                cursor, seen, gone = script(keys=[name], args=["S", cursor, page])
+                cursor, seen, gone = script(keys=[name], args=["S", cursor, page, lifetime_ms])
                 examined += seen
                 removed += gone
                 closing.wait(seen / fields_per_s)
@@ -62,11 +69,11 @@ def sweep_tags(
     return TagSweepReport(tags, examined, removed)
 
 
-def tag_sweeper(client: Client, pause_s: float = 60.0) -> Periodic:
+def tag_sweeper(client: Client, lifetime_ms: int, pause_s: float = 60.0) -> Periodic:
     """A pass of :func:`sweep_tags` every ``pause_s`` in a daemon thread (start, close)."""
 
     def sweep() -> None:
-        report = sweep_tags(client, closing=loop.closing)
+        report = sweep_tags(client, closing=loop.closing, lifetime_ms=lifetime_ms)
         log.info(
             "tag sweep done",
             extra={"tags": report.tags, "examined": report.examined, "removed": report.removed},

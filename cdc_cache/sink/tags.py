@@ -135,12 +135,12 @@ class TagStore:
         return deleted
 
     def _invalidate(self, op: InvalidateTag, result: DependencyResult) -> None:
-        size = self._call(op.tag, "N")
-        assert isinstance(size, int)
-        members = max(size - 1, 0)  # the version's field is no member
+        members = self._call(op.tag, "N")
+        assert isinstance(members, int)
         metrics.FANOUT_KEYS.observe(members)
+        lifetime = op.tombstone_ttl_ms
         if members > self._fanout_limit and op.prefixes and self._shorten is not None:
-            self._call(op.tag, "I", op.position.encode(), 0, 1)  # the version still moves
+            self._call(op.tag, "I", op.position.encode(), 0, 1, lifetime)  # the version moves
             log.warning(
                 "tag %r has %d members, above fanout_limit %d: shortening the TTLs under "
                 "%s instead of deleting each key",
@@ -159,7 +159,9 @@ class TagStore:
     def _walk(self, op: InvalidateTag, result: DependencyResult) -> None:
         cursor: object = 0
         while True:
-            reply = self._call(op.tag, "I", op.position.encode(), cursor, self._page_size)
+            reply = self._call(
+                op.tag, "I", op.position.encode(), cursor, self._page_size, op.tombstone_ttl_ms
+            )
             assert isinstance(reply, list)
             cursor, pairs = reply[0], reply[1:]
             found = [(member_key(pairs[i]), pairs[i + 1]) for i in range(0, len(pairs), 2)]

@@ -261,7 +261,7 @@ class CacheWriter:
         )
 
     def _apply_dependencies(self, planned: list[Planned]) -> None:
-        """The batch's tag and link ops, after its key ops; retried like them."""
+        """The batch's tag and link ops, after its key ops; retried and replicated like them."""
         ops = [op for item in planned for op in item.dependencies]
         if not ops:
             return
@@ -269,8 +269,12 @@ class CacheWriter:
             msg = "changes planned tag ops but the writer has no tag store"
             raise ConfigError(msg)
         tags = self._tags
+
+        def write() -> object:
+            return tags.apply(ops)
+
         retry_forever(
-            lambda: tags.apply(ops),
+            write if self._replicas is None else self._replicas.guarded(write, ops),
             backoff=self._backoff,
             on_retry=redis_retry_reporter(f"applying {len(ops)} tag and link ops"),
             sleep=self._sleep,

@@ -20,7 +20,8 @@ Findings, per cache key of a ``set`` rule:
   which a late older change could overwrite.
 
 Keys of ``delete`` rules are filled by the application, in whatever shape it likes, so
-the checker only counts them and how many are present; it cannot judge them.
+the checker only counts them and how many are present. Of dependent keys it judges links
+and versions against the index (``tools.verify_links``), never their values.
 
 A difference can be a change still in flight (committed, not yet applied). Every
 difference is therefore re-checked a few times with a delay, re-reading both the row and
@@ -46,6 +47,7 @@ from cdc_cache.plan.rules import Action, Rules, TableRules
 from cdc_cache.sink.connection import Client
 from cdc_cache.tools.repair import Repairer, Target
 from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
+from cdc_cache.tools.verify_links import LinkCheck
 from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
 from cdc_cache.tools.verify_report import Report, TableReport
 
@@ -125,6 +127,11 @@ class Checker:
         report.set_keys = len(expected)
         report.delete_keys = len(deletes)
         report.delete_keys_present = count_present(self.client, sorted(deletes))
+        if self.rules.links.get(table.table):
+            settle = (self.settle_retries, self.settle_delay_s, self.sleep)
+            LinkCheck(self.db, self.client, self.rules, *settle).run(
+                table, rows, primary_key, report
+            )
 
         keys = list(expected)
         self._report(0, len(keys), "keys compared")

@@ -116,6 +116,25 @@ class Derived:
     deletes: tuple[str, ...]
 
 
+def snapshot_read(
+    table: TableRules,
+    row: Row,
+    primary_key: Sequence[str],
+    position: SourcePosition = _ANY_POSITION,
+) -> ChangeEvent:
+    """``row`` as the change a snapshot of it would be (``op r``), at ``position``."""
+    return ChangeEvent(
+        table=table.table,
+        op=Op.READ,
+        before=None,
+        after=row,
+        key={column: row[column] for column in primary_key},
+        position=position,
+        committed_at_ms=None,
+        snapshot=True,
+    )
+
+
 def derive(
     table: TableRules,
     row: Row,
@@ -134,16 +153,7 @@ def derive(
     """
     table = replace(table, snapshot=Snapshot.WRITE)
     now = time.time() * 1000 if now_ms is None else now_ms
-    event = ChangeEvent(
-        table=table.table,
-        op=Op.READ,
-        before=None,
-        after=row,
-        key={column: row[column] for column in primary_key},
-        position=position,
-        committed_at_ms=None,
-        snapshot=True,
-    )
+    event = snapshot_read(table, row, primary_key, position)
     # A snapshot read yields exactly one op per key rule, in rule order (notifications aside).
     ops = [
         as_invalidation(op) if isinstance(op, SetRow) and 0 < op.expires_at_ms <= now else op

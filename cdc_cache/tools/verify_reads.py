@@ -22,6 +22,7 @@ from cdc_cache.sink.connection import Client
 from cdc_cache.sink.invalidate_prefix import glob_escape
 from cdc_cache.sink.versions import parse_stored
 from cdc_cache.source.natural import TableValues
+from cdc_cache.tools.link_judge import Link, LinkState
 from cdc_cache.tools.verify_judge import Dialect, Stored, as_cached
 
 _PIPELINE_CHUNK: Final = 1000
@@ -272,3 +273,27 @@ def scan_prefix(client: Client, prefix: str) -> Iterator[str]:
     """Every key under ``prefix`` (all primaries on a cluster), as text."""
     for raw in client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
         yield raw.decode("utf-8", "replace")
+
+
+def read_links(client: Client, links: Sequence[Link]) -> list[LinkState]:
+    """What Redis holds for each link: member, tag version, key presence and version."""
+    out: list[LinkState] = []
+    for chunk in _chunks(links):
+        pipe = client.pipeline(transaction=False)
+        for link in chunk:
+            pipe.hget(ns().tag_key(link.tag), link.member)
+            pipe.hget(ns().tag_key(link.tag), "")
+            pipe.exists(link.key)
+            pipe.hget(ns().version_key(link.key), version_field(link.key))
+        replies = pipe.execute()
+        for i in range(0, len(replies), 4):
+            held, version, present, stored = replies[i : i + 4]
+            out.append(
+                LinkState(
+                    held.decode() if held is not None else None,
+                    version.decode() if version else None,
+                    bool(present),
+                    _version_text(stored),
+                )
+            )
+    return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Final
 
+from cdc_cache.tools.link_judge import FAILING_LINKS, LinkFinding
 from cdc_cache.tools.verify_judge import FAILING, Finding
 
 EXAMPLES_PER_CATEGORY: Final = 5
@@ -37,12 +38,22 @@ class TableReport:
     findings: Counter[Finding] = field(default_factory=Counter)
     examples: dict[Finding, list[str]] = field(default_factory=dict)
     repaired: Counter[str] | None = None  # --repair: the gate's outcome per rewritten key
+    links: int = 0  # links of dependent keys the rows imply (see tools.link_judge)
+    link_findings: Counter[LinkFinding] = field(default_factory=Counter)
+    link_examples: dict[LinkFinding, list[str]] = field(default_factory=dict)
 
     def add(self, finding: Finding, example: str) -> None:
         self.findings[finding] += 1
-        shown = self.examples.setdefault(finding, [])
-        if len(shown) < EXAMPLES_PER_CATEGORY:
-            shown.append(example)
+        _example(self.examples.setdefault(finding, []), example)
+
+    def add_link(self, finding: LinkFinding, example: str) -> None:
+        self.link_findings[finding] += 1
+        _example(self.link_examples.setdefault(finding, []), example)
+
+
+def _example(shown: list[str], example: str) -> None:
+    if len(shown) < EXAMPLES_PER_CATEGORY:
+        shown.append(example)
 
 
 @dataclass
@@ -54,6 +65,9 @@ class Report:
     def count(self, finding: Finding) -> int:
         return sum(t.findings[finding] for t in self.tables)
 
+    def count_links(self, finding: LinkFinding) -> int:
+        return sum(t.link_findings[finding] for t in self.tables)
+
     @property
     def checked(self) -> int:
         """Keys judged: every expected ``set`` key plus every unexpected one found."""
@@ -62,11 +76,12 @@ class Report:
     @property
     def clean(self) -> bool:
         """Nothing at all to report (stricter than the exit code: missing keys count)."""
-        return not any(t.findings for t in self.tables)
+        return not any(t.findings or t.link_findings for t in self.tables)
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(self.count(f) for f in FAILING) else 0
+        failing = any(self.count(f) for f in FAILING)
+        return 1 if failing or any(self.count_links(f) for f in FAILING_LINKS) else 0
 
     def as_json(self) -> dict[str, Any]:
         """The report as plain JSON data (``--json``)."""
@@ -83,12 +98,17 @@ class Report:
                     "findings": {f.value: t.findings[f] for f in Finding},
                     "examples": {f.value: shown for f, shown in t.examples.items()},
                     "repaired": dict(t.repaired) if t.repaired is not None else None,
+                    "links": t.links,
+                    "link_findings": {f.value: t.link_findings[f] for f in LinkFinding},
+                    "link_examples": {f.value: shown for f, shown in t.link_examples.items()},
                 }
                 for t in self.tables
             ],
             "checked": self.checked,
             "consistency": nines(self.checked, bad),
             "findings": {f.value: self.count(f) for f in Finding},
+            "links": sum(t.links for t in self.tables),
+            "link_findings": {f.value: self.count_links(f) for f in LinkFinding},
             "exit_code": self.exit_code,
         }
 
@@ -106,6 +126,13 @@ class Report:
             for finding, examples in t.examples.items():
                 for example in examples:
                     lines.append(f"  {finding.value}: {example}")
+            if t.links:
+                lines.append(
+                    f"  dependent keys: {t.links} links judged: "
+                    + "  ".join(f"{f.value} {t.link_findings[f]}" for f in LinkFinding)
+                )
+                for link_finding, examples in t.link_examples.items():
+                    lines.extend(f"  {link_finding.value}: {example}" for example in examples)
             if t.repaired is not None:
                 shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(t.repaired.items()))
                 lines.append(f"  repaired: {shown or 'nothing to repair'}")
@@ -116,4 +143,12 @@ class Report:
             f"{self.count(Finding.MISSING)} missing (TTL/eviction or not yet filled); "
             f"{self.count(Finding.VERSION)} version anomalies"
         )
+        links = sum(t.links for t in self.tables)
+        if links:
+            lines.append(
+                f"dependent keys: {links} links judged; "
+                f"{self.count_links(LinkFinding.UNLINKED)} unlinked (a parent's change would "
+                f"miss the key), {self.count_links(LinkFinding.ESCAPED)} escaped (cached past "
+                f"a delete), {self.count_links(LinkFinding.UNJUDGED)} unjudged (no version)"
+            )
         return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from cdc_cache_client.cache_aside import NEGATIVE, CacheAside, CacheMode
+from cdc_cache_client.cache_aside import NEGATIVE, CacheAside, CacheMode, FillCounts
 from cdc_cache_client.keys import DEFAULT_NAMESPACE, Names, NamespaceError
 
 __version__ = metadata.version("cdc-cache-client")
@@ -20,6 +20,7 @@ __all__ = [
     "NEGATIVE",
     "CacheAside",
     "CacheMode",
+    "FillCounts",
     "Names",
     "NamespaceError",
     "__version__",

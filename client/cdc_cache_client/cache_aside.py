@@ -56,6 +56,9 @@ moved meanwhile (an invalidation after the load began voids the fill, like a cha
 the key itself). An invalidation that ran earlier is seen by the load; one that runs
 later finds the key under the tag and deletes it.
 
+:attr:`CacheAside.fills` counts what the fills did (loaded, landed, voided by a change of
+the key, voided by a tag's invalidation): an application exports them as it likes.
+
 Values are bytes, read and written with GET/SET: use the helper on string keys (rules
 ``format: json``, or keys the rules only delete) and fill them in the same shape the rules
 write, since a worker SET and an application fill land in the same key. (The worker's
@@ -72,9 +75,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Union
 
 from redis.commands.core import Script
@@ -112,6 +116,21 @@ return 0
 """
 _HIT, _LEASED = 1, 2
 _POLL_S: Final = 0.01
+
+
+@dataclass(frozen=True)
+class FillCounts:
+    """What a helper's fills did since it was made.
+
+    ``loads``: misses that took the lease and ran the loader; each then ``landed``, was
+    voided because a change of the key was applied (``voided_by_change``) or because one
+    of its tags was invalidated (``voided_by_tag``) while it loaded, or its loader raised.
+    """
+
+    loads: int = 0
+    landed: int = 0
+    voided_by_change: int = 0
+    voided_by_tag: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,18 @@ class CacheAside:
         self._fill = Script(redis, _FILL)
         self._release = Script(redis, _RELEASE)
         self._tags = Script(redis, tags_script())
+        self._counts = FillCounts()
+        self._counts_lock = threading.Lock()
+
+    @property
+    def fills(self) -> FillCounts:
+        """What this helper's fills did so far (see :class:`FillCounts`)."""
+        return self._counts
+
+    def _count(self, outcome: str) -> None:
+        with self._counts_lock:
+            counts = self._counts
+            self._counts = replace(counts, **{outcome: getattr(counts, outcome) + 1})
 
     def get(
         self,
@@ -256,6 +287,7 @@ class CacheAside:
         tags: tuple[str, ...],
     ) -> bytes | None:
         seen = [self._redis.hget(self._names.tag_key(tag), "") or b"" for tag in tags]
+        self._count("loads")
         try:
             value = loader()
             if value == NEGATIVE:
@@ -275,9 +307,13 @@ class CacheAside:
             if reply != before:
                 self._release(keys=[lease], args=[token])
                 log.debug("fill of %r dropped: tag %r was invalidated while it loaded", key, tag)
+                self._count("voided_by_tag")
                 return value
-        if not self._fill(keys=[key, lease], args=[token, stored, ttl]):
+        if self._fill(keys=[key, lease], args=[token, stored, ttl]):
+            self._count("landed")
+        else:
             log.debug("fill of %r dropped: a change was applied while it loaded", key)
+            self._count("voided_by_change")
         return value
 
     def _read_mode(self) -> CacheMode:

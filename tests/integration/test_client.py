@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside
+from cdc_cache.aside.cache_aside import NEGATIVE, CacheAside, FillCounts
 from cdc_cache.aside.fill import RowCodec
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.keys import ns
@@ -99,10 +99,12 @@ def test_per_call_ttl(any_redis: Any) -> None:
 )
 def test_change_applied_during_load_rejects_the_fill(any_redis: Any, change: CacheOp) -> None:
     loader = change_applied_mid_load(any_redis, OLD, change)
-    assert CacheAside(any_redis, ttl_ms=TTL).get(KEY, loader) == OLD  # the caller still gets it
+    cache = CacheAside(any_redis, ttl_ms=TTL)
+    assert cache.get(KEY, loader) == OLD  # the caller still gets it
     cached = any_redis.get(KEY)
     assert cached == (NEW if isinstance(change, SetRow) else None)
     assert any_redis.exists(ns().lease_key(KEY)) == 0
+    assert cache.fills == FillCounts(loads=1, voided_by_change=1)
 
 
 def test_plain_fill_without_lease_leaves_the_stale_row(any_redis: Any) -> None:

@@ -2,8 +2,8 @@
 
 A batch returns from the writer only once the required replicas acknowledged it; a
 replica cut off holds the writer (and the cache in ttl mode) until it is back; a failover
-between a batch's writes and its wait applies the batch again on the new primary; a
-failed change is dead-lettered only once the replicas hold the deletes of its keys.
+between a batch's writes and its wait applies the batch again on the new primary (its
+tag and link writes too); a failed change is dead-lettered only once the replicas hold the deletes of its keys.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import pytest
 from prometheus_client import REGISTRY
 from redis import Redis
 
-from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
+from cdc_cache.core.keys import ns
+from cdc_cache.core.positions import SourcePosition
 from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
@@ -31,6 +34,7 @@ from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.failover import PrimaryRegistry
 from cdc_cache.sink.replica_wait import ReplicaWait
 from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.tags import TagStore, member
 from cdc_cache.sink.version_store import stored_version
 from cdc_cache.sink.writer import CacheWriter, EventOutcome
 from cdc_cache.tools.devstack.process import free_port
@@ -38,10 +42,12 @@ from cdc_cache.tools.devstack.redis import RedisClusterServers
 from tests.integration.cache import cache_state
 from tests.integration.memory_pressure import out_of_memory
 from tests.integration.waiting import wait_until
+from tests.unit.test_dependencies import CATALOG
 from tests.workload import RULES_YAML, Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RULES = parse_rules(RULES_YAML)
+CATALOG_RULES = parse_rules(CATALOG)
 FAST = Backoff(initial=0.05, maximum=0.5)
 
 
@@ -125,6 +131,39 @@ def test_a_failover_between_writes_and_wait_applies_the_batch_again(replicated_r
     assert second.done(60)
     assert cache_state(group.client(group.primary)) == workload.expected_cache()
     assert failovers("complete") == complete_before + 1
+    assert not holds.active()
+
+
+def join_row(product: int, tag: int, n: int) -> Planned:
+    """A join row's insert: link ops and a delete, no key op of its own."""
+    row = {"product_id": product, "tag_id": tag}
+    event = ChangeEvent(
+        "catalog.product_tags", Op.CREATE, None, row, row, SourcePosition(0, 1, n, 0), 0
+    )
+    record = SourceRecord("dbz.catalog.product_tags", 0, n, None, b"")
+    return Planned(record, event, (), tuple(plan_dependencies(event, CATALOG_RULES)))
+
+
+def test_a_batchs_links_wait_for_the_replica_and_survive_a_failover(replicated_redis):
+    group = replicated_redis
+    holds = Holds()
+    client = connect(group.url())
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    applier = RedisApplier(client)
+    writer = CacheWriter(applier, FAST, replicas=wait.start(), tags=TagStore(client, applier))
+    writer.write([join_row(1, 3, 1)])
+    group.detach_replica()
+
+    second = Background(writer, [join_row(2, 3, 2)])  # written to the primary alone
+    wait_until("the redis_replication hold", lambda: replication_held(holds))
+    assert not second.done(1.0), "the links returned before the replica had them"
+    group.fail_over()  # the promoted replica never got the second link
+    group.rejoin_old_primary()
+
+    assert second.done(60)
+    tag = group.client(group.primary).hgetall(ns().tag_key("catalog.tags:3"))
+    linked = {member(f"product:{p}:page", f"catalog.product_tags:{p}:3").encode() for p in (1, 2)}
+    assert linked <= tag.keys(), tag
     assert not holds.active()
 
 

@@ -6,12 +6,13 @@ on brands; brand listings are filled by the application under a tag).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from cdc_cache.aside.cache_aside import CacheAside
+from cdc_cache.aside.cache_aside import CacheAside, FillCounts
 from cdc_cache.core.errors import RedisUnavailable
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.keys import key_slot, ns
@@ -124,9 +125,10 @@ def test_a_fill_whose_tag_is_invalidated_while_it_loads_does_not_land(any_redis:
     assert any_redis.exists(listing) == 0
     assert cache.get(listing, lambda: b"new listing", tags=[listing]) == b"new listing"
     assert any_redis.get(listing) == b"new listing"
+    assert cache.fills == FillCounts(loads=2, landed=1, voided_by_tag=1)
     apply(any_redis, product(2, 2, 7))
     assert any_redis.exists(listing) == 0
-    assert any_redis.hlen(ns().tag_key(listing)) == 1  # the fill's member left with its key
+    assert any_redis.hkeys(ns().tag_key(listing)) == [b"", b"h"]  # the fill's member left
 
 
 def test_a_fill_without_the_tag_check_would_land_stale(any_redis: Any) -> None:
@@ -213,17 +215,37 @@ def test_the_sweep_removes_tombstones_and_fills_past_their_minute_only(any_redis
     fill_member = member("search:q", "").encode()
     assert fields[tombstone].startswith(b"-" + at(2).encode().encode())
     assert fields[fill_member].startswith(b"*")
-    assert len(fields) == 4  # the version, product 2's link, the tombstone, the fill
+    assert (
+        len(fields) == 5
+    )  # the version and its horizon, product 2's link, the tombstone, the fill
 
     sweep_tags(any_redis)
-    assert len(any_redis.hgetall(hash_key)) == 4  # nothing is past its minute yet
+    assert len(any_redis.hgetall(hash_key)) == 5  # nothing is past its minute yet
 
     past = b"00000001"  # what a value looks like once its minute has gone by
     any_redis.hset(hash_key, tombstone, fields[tombstone][: -len(past)] + past)
     any_redis.hset(hash_key, fill_member, b"*" + past + fields[fill_member][9:])
     report = sweep_tags(any_redis)
     assert report.removed == 2
-    assert sorted(any_redis.hkeys(hash_key)) == [
-        b"",
-        member("product:2:page", "catalog.products:2").encode(),
-    ]
+    live = member("product:2:page", "catalog.products:2").encode()
+    assert sorted(any_redis.hkeys(hash_key)) == [b"", b"h", live]
+
+    any_redis.hset(hash_key, "h", past)  # the version's horizon has gone by too
+    assert sweep_tags(any_redis).removed == 2
+    assert any_redis.hkeys(hash_key) == [live]
+
+
+def test_the_sweep_gives_a_version_kept_without_a_horizon_one(any_redis: Any) -> None:
+    hash_key = ns().tag_key("catalog.brands:7")
+    any_redis.hset(hash_key, "", at(4).encode())  # as the previous release kept it
+    sweep_tags(any_redis, lifetime_ms=120_000)
+    fields = any_redis.hgetall(hash_key)
+    assert fields[b""] == at(4).encode().encode()
+    assert int(fields[b"h"]) * 60 > time.time() + 60  # a minute after at least 2 from now
+
+
+def test_a_fanout_counts_members_only(any_redis: Any) -> None:
+    apply(any_redis, product(1, 1, 7), product(2, 2, 7), brand(3, 7))  # a version, a horizon
+    _, tags = worker(any_redis, fanout_limit=2, shorten=lambda prefixes: None)
+    invalidation = InvalidateTag("catalog.brands:7", at(4), TOMBSTONE, ("product:",))
+    assert tags.apply([invalidation]).fallbacks == 0  # 2 members, not above the limit

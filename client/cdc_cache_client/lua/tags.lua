@@ -3,7 +3,9 @@
 -- Flagged allow-oom: an invalidation must land while Redis is out of memory (it writes a
 -- version field at most; the keys go through the apply script's allow-oom deletes).
 --
--- Field "" holds the tag's version: the encoded position of its newest invalidation.
+-- Field "" holds the tag's version: the encoded position of its newest invalidation, and
+-- field "h" its horizon (a Unix minute, 8 digits), after which the sweep removes both: a
+-- link op older than the tombstone horizon is not caught up, as a replay that old is not.
 -- Every other field is a member, "<cache key>\n<link>": the link is the row that put the
 -- key under the tag (empty for an application fill). Its value says what it is:
 --   "+<position>"                present, put there by the row's change at that position
@@ -20,13 +22,17 @@
 --                               itself was stale or a duplicate, so the caller's catch-up
 --                               (delete the key at a newer version) is never lost
 --   F member token ttl_ms       a fill's member; returns the tag's version
---   I position cursor count     a page of an invalidation: raises the version to position
---                               if newer, returns {next cursor, member, value, ...} of the
---                               present members (HSCAN: a member may come twice)
+--   I position cursor count lifetime_ms
+--                               a page of an invalidation: raises the version to position
+--                               if newer (its horizon lifetime_ms later), returns {next
+--                               cursor, member, value, ...} of the present members (HSCAN:
+--                               a member may come twice)
 --   R member value ...          removes fill members whose value is still the given one
---   N                           how many fields the hash holds (the fan-out's size)
---   S cursor count              a page of the sweep: removes tombstones and fill members
---                               past their minute; returns {next cursor, examined, removed}
+--   N                           how many members the hash holds (the fan-out's size)
+--   S cursor count lifetime_ms  a page of the sweep: removes tombstones and fill members
+--                               past their minute, and the version past its horizon (a
+--                               version without one gets one lifetime_ms from now);
+--                               returns {next cursor, examined, removed}
 local MINUTE_DIGITS = 8
 local op = ARGV[1]
 local tag = KEYS[1]
@@ -57,7 +63,7 @@ elseif op == 'I' then
   if ARGV[3] == '0' then
     local version = redis.call('HGET', tag, '')
     if not version or version < ARGV[2] then
-      redis.call('HSET', tag, '', ARGV[2])
+      redis.call('HSET', tag, '', ARGV[2], 'h', minute_after(ARGV[5]))
     end
   end
   local page = redis.call('HSCAN', tag, ARGV[3], 'COUNT', ARGV[4])
@@ -65,7 +71,7 @@ elseif op == 'I' then
   local fields = page[2]
   for i = 1, #fields, 2 do
     local first = string.sub(fields[i + 1], 1, 1)
-    if fields[i] ~= '' and (first == '+' or first == '*') then
+    if fields[i] ~= '' and fields[i] ~= 'h' and (first == '+' or first == '*') then
       out[#out + 1] = fields[i]
       out[#out + 1] = fields[i + 1]
     end
@@ -80,7 +86,7 @@ elseif op == 'R' then
   end
   return removed
 elseif op == 'N' then
-  return redis.call('HLEN', tag)
+  return redis.call('HLEN', tag) - redis.call('HEXISTS', tag, '') - redis.call('HEXISTS', tag, 'h')
 elseif op == 'S' then
   local minute = now_minute()
   local page = redis.call('HSCAN', tag, ARGV[2], 'COUNT', ARGV[3])
@@ -90,7 +96,15 @@ elseif op == 'S' then
     local value = fields[i + 1]
     local first = string.sub(value, 1, 1)
     local due = nil
-    if first == '-' then
+    if fields[i] == 'h' then
+      if tonumber(value) < minute then
+        removed = removed + redis.call('HDEL', tag, '', 'h')
+      end
+    elseif fields[i] == '' then  -- the previous release kept versions without a horizon
+      if redis.call('HEXISTS', tag, '') == 1 then
+        redis.call('HSETNX', tag, 'h', minute_after(ARGV[4]))
+      end
+    elseif first == '-' then
       due = tonumber(string.sub(value, #value - MINUTE_DIGITS + 1))
     elseif first == '*' then
       due = tonumber(string.sub(value, 2, 1 + MINUTE_DIGITS))
