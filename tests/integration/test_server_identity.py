@@ -31,6 +31,8 @@ from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
+NAMESPACE = "shards"
+
 BY_SERVER = """
 tables:
   {s1}.inventory.stock:
@@ -61,7 +63,11 @@ class Shards:
             else BY_TABLE
         )
         self.port = free_port()
-        env = {"CDC_CACHE_TABLE_IDENTITY": identity, "CDC_CACHE_DLQ_TOPIC": f"dlq-{run}"}
+        env = {
+            "CDC_CACHE_TABLE_IDENTITY": identity,
+            "CDC_CACHE_DLQ_TOPIC": f"dlq-{run}",
+            "CDC_CACHE_NAMESPACE": NAMESPACE,
+        }
         self.worker: Service = worker(
             tmp_path, broker.bootstrap, url, self.topics, rules=rules, env=env
         )
@@ -115,6 +121,8 @@ def test_one_worker_keeps_two_shards_tables_apart_by_server(
         s1, s2 = (f"{server}.inventory.stock" for server in shards.servers)
         assert shards.events(table=s1, outcome="applied") == 2
         assert shards.events(table=s2, outcome="applied") == 2
+        # What the dashboard's namespace variable reads to pick this worker.
+        assert metric(shards.port, "cdc_cache_build_info", {"namespace": NAMESPACE}) == 1
 
 
 def test_with_the_default_identity_two_shards_collide(
