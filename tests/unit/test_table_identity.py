@@ -10,9 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdc_cache.cli import main
 from cdc_cache.core.errors import ConfigError, DecodeError
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
 from cdc_cache.core.identity import (
@@ -197,3 +199,28 @@ def test_heartbeats_keep_their_server():
     )
     assert decode(beat, identity=SERVERS) == decode(beat)
     assert isinstance(decode(beat), Heartbeat)
+
+
+SERVER_RULES = """tables:
+  shard1.inventory.stock:
+    keys: [{key: "s1:stock:{id}"}]
+  shard2.inventory.stock:
+    keys: [{key: "s2:stock:{id}"}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "said"),
+    [
+        ([], "rules.yaml:2: tables.shard1.inventory.stock: names a server ('shard1')"),
+        (["--server", "shard3"], "has no table of server 'shard3' (servers named: shard1, shard2"),
+    ],
+)
+def test_verify_refuses_rules_it_cannot_map_to_the_database_before_connecting(
+    tmp_path, server, said
+):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SERVER_RULES)
+    args = ["verify", "--db", "mysql://u:p@127.0.0.1:1/db", "--rules", str(rules)]
+    result = CliRunner().invoke(main, [*args, "--redis-url", "redis://127.0.0.1:1/0", *server])
+    assert result.exit_code == 2 and said in result.output, result.output
