@@ -17,9 +17,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
+from cdc_cache.cli import main
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.identity import TableIdentity
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.fixtures_redis import AnyRedis, RedisTarget
@@ -134,3 +143,57 @@ def test_with_the_default_identity_two_shards_collide(
         assert redis_client.get(shards.key(2, 1)) is None  # shard 2's row swept with shard 1's
         assert redis_client.get(shards.key(2, 3)) is None  # judged older than the TRUNCATE
         assert shards.events(table="inventory.stock", outcome="stale") == 1
+
+
+@pytest.fixture
+def shard_table(mariadb: MariaDB) -> Iterator[str]:
+    """``<schema>.stock`` holding row 1, in a schema of its own."""
+    schema = f"si_{uuid.uuid4().hex[:8]}"
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {schema}")
+        cur.execute(f"CREATE TABLE {schema}.stock (id INT PRIMARY KEY, qty INT)")
+        cur.execute(f"INSERT INTO {schema}.stock VALUES (1, 5)")
+    yield f"{schema}.stock"
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE {schema}")
+
+
+def test_verify_and_repair_check_one_server_s_tables_in_its_database(
+    tmp_path: Path, mariadb: MariaDB, shard_table: str, redis_client: AnyRedis
+) -> None:
+    """``--server`` maps ``<server>.<db>.<table>`` to the database's table and its keys.
+
+    Shard s1's row is cached through the worker's route; shard s2's is not: verify of s1
+    finds its key, of s2 finds s2's key missing, and its repair writes it from the row.
+    """
+    schema = shard_table.split(".", maxsplit=1)[0]
+    dsn = f"mysql://root@127.0.0.1:{mariadb.port}/{schema}"
+    text = "version: 2\ntables:\n" + "".join(
+        f'  {server}.{shard_table}:\n    keys: [{{key: "{server}:row:{{id}}"}}]\n'
+        for server in ("s1", "s2")
+    )
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(text)
+    message = change(f"s1.{shard_table}", "r", {"id": 1, "qty": 5}, 1)
+    value = orjson.loads(message.value)
+    value["source"]["db"] = schema
+    record = SourceRecord(message.topic, 0, 0, message.key, orjson.dumps(value))
+    routed = route(record, parse_rules(text, identity=TableIdentity.SERVER_DB_TABLE))
+    assert isinstance(routed, Planned) and routed.event.table == f"s1.{shard_table}"
+    redis_client.flushall()
+    RedisApplier(redis_client).apply(routed.ops)
+    url = f"redis://127.0.0.1:{redis_client.connection_pool.connection_kwargs['port']}/0"
+
+    def verify(server: str, *more: str) -> tuple[int, str]:
+        args = ["verify", "--db", dsn, "--rules", str(rules_file), "--redis-url", url]
+        result = CliRunner().invoke(main, [*args, "--server", server, "--settle", "0", *more])
+        return result.exit_code, result.output
+
+    code, said = verify("s1")
+    assert code == 0 and "missing 0" in said, said  # s1's key holds s1's row
+    code, said = verify("s2")
+    assert code == 0 and "missing: s2:row:1" in said and shard_table in said, said
+    verify("s2", "--repair")
+    code, said = verify("s2")
+    assert code == 0 and "missing 0" in said, said
+    assert orjson.loads(redis_client.get("s2:row:1")) == {"id": 1, "qty": 5}
