@@ -43,7 +43,9 @@ __all__ = [
     "Names",
     "NamespaceError",
     "escape_value",
+    "index_field",
     "key_slot",
+    "member_field",
     "ns",
     "slot_tag",
     "tag_for_slot",
@@ -68,3 +70,21 @@ def use_namespace(namespace: str) -> Names:
 def ns() -> Names:
     """The key names of this process (``cdc``, today's, unless :func:`use_namespace` chose)."""
     return _process_names
+
+
+def member_field(key: str, member: str) -> bytes:
+    """The field of the version of ``member`` of the index ``key``, in ``key``'s bucket.
+
+    A digest like a key's (no cache key renders with a NUL, so none shares it).
+    """
+    return version_field(f"{key}\0{member}")
+
+
+def index_field(key: str) -> bytes:
+    """The field, in ``key``'s bucket, recording how the worker left the index ``key``.
+
+    Whether it left it holding members or emptied it, and the newest member version
+    written to it: how the apply script tells an index that vanished (expired, evicted,
+    deleted) from a new one (see ``lua/apply.lua``).
+    """
+    return version_field(f"\0{key}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from cdc_cache.core.positions import SourcePosition
@@ -41,6 +41,40 @@ class DeleteKey:
     tombstone_ttl_ms: int
     table: str = ""
     """As :attr:`SetRow.table`."""
+
+
+class IndexKind(StrEnum):
+    """The Redis type of an index key."""
+
+    ZSET = "zset"
+    SET = "set"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMember:
+    """Put ``member`` into the index ``key`` (``present``), or take it out, if newer.
+
+    Gated per member: the version is that of (``key``, ``member``), kept in the version
+    bucket of ``key``'s slot like a key's, so a late older event never moves a member back
+    and a removal leaves a tombstone for ``tombstone_ttl_ms``. ``score`` is the sorted
+    set's score as Redis reads it (None for a set and for a removal). An applied write
+    re-arms ``key``'s TTL (``ttl_ms``). ``rebuild`` (a snapshot read) may create an index
+    that was lost; ``drop`` deletes the whole index instead (what an invalidation does to
+    an index: it may then be incomplete, so it is not served; see ``lua/apply.lua``).
+    """
+
+    key: str
+    member: str
+    score: str | None
+    present: bool
+    position: SourcePosition
+    ttl_ms: int
+    tombstone_ttl_ms: int
+    kind: IndexKind = IndexKind.ZSET
+    table: str = ""
+    """As :attr:`SetRow.table`."""
+    rebuild: bool = False
+    drop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +158,21 @@ class InvalidateTag:
     prefixes: tuple[str, ...] = ()
 
 
-KeyOp = SetRow | DeleteKey
+KeyOp = SetRow | DeleteKey | IndexMember
 DependencyOp = DeleteKey | LinkKey | InvalidateTag | InvalidatePrefix
-CacheOp = SetRow | DeleteKey | InvalidatePrefix | Notify
+CacheOp = SetRow | DeleteKey | IndexMember | InvalidatePrefix | Notify
 
 
-def as_invalidation(op: KeyOp | Notify) -> DeleteKey | Notify:
+def as_invalidation(op: KeyOp | Notify) -> DeleteKey | IndexMember | Notify:
     """``op`` with a set turned into the delete of its key at its position.
 
     What Redis gets when values may not be written (out of memory, or an eviction policy
     that could evict versions): the key is invalidated and its version still recorded.
+    An index member that would be added drops its whole index instead (a member left out
+    would make the index incomplete without saying so).
     """
     if isinstance(op, SetRow):
         return DeleteKey(op.key, op.position, op.tombstone_ttl_ms, op.table)
+    if isinstance(op, IndexMember) and op.present:
+        return replace(op, drop=True)
     return op

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from cdc_cache.core.events import ChangeEvent, Op, Row
-from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, SetRow
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, IndexMember, InvalidatePrefix, SetRow
 from cdc_cache.plan.rules import MissingColumn, TableRules
 
 
@@ -89,12 +89,13 @@ def of_ops(ops: Iterable[CacheOp]) -> Invalidation:
 
     For a change that was planned but could not be applied: its ops already name every
     key it touches (old and new). A prefix invalidation (TRUNCATE) that failed has no
-    key to fall back on: its prefix is unreached.
+    key to fall back on: its prefix is unreached. An index key is deleted whole: it may
+    then lack the change's member, so it stays absent until rebuilt (``lua/apply.lua``).
     """
     deletes: dict[str, DeleteKey] = {}
     unreached: list[Unreached] = []
     for op in ops:
-        if isinstance(op, SetRow | DeleteKey):
+        if isinstance(op, SetRow | DeleteKey | IndexMember):
             deletes.setdefault(op.key, DeleteKey(op.key, op.position, op.tombstone_ttl_ms))
         elif isinstance(op, InvalidatePrefix):
             unreached.append(Unreached(f"{op.prefix}*", "the TRUNCATE's prefix scan failed"))

@@ -19,12 +19,14 @@ from cdc_cache.core.keys import ESCAPED_VALUE
 from cdc_cache.plan.cache_ops import (
     CacheOp,
     DeleteKey,
+    IndexMember,
     InvalidatePrefix,
     Notify,
     SetRow,
     Truncated,
     ValueFormat,
 )
+from cdc_cache.plan.indexes import index_ops
 from cdc_cache.plan.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
 from cdc_cache.source.natural import dumps
 
@@ -85,6 +87,9 @@ def watched_change(event: ChangeEvent, table: TableRules) -> bool:
 def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[CacheOp]:
     ops: list[CacheOp] = []
     for rule in table.keys:
+        if rule.member is not None:  # an index key (zadd, sadd)
+            ops.extend(index_ops(rule, event, table))
+            continue
         new_key = _render(rule, after, event, "after")
         old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
         if old_key is not None and old_key != new_key:
@@ -99,11 +104,15 @@ def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[Cach
 def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
     # PostgreSQL without REPLICA IDENTITY FULL sends only the key columns as before image.
     before = {**event.key, **(event.before or {})}
-    keys = (_render(rule, before, event, "before") for rule in table.keys)
-    return [
+    keys = (_render(rule, before, event, "before") for rule in table.keys if rule.member is None)
+    ops: list[CacheOp] = [
         DeleteKey(key, event.position, table.tombstone_ttl_ms, event.table)
         for key in dict.fromkeys(keys)
     ]
+    for rule in table.keys:
+        if rule.member is not None:  # an index key (zadd, sadd)
+            ops.extend(index_ops(rule, event, table))
+    return ops
 
 
 def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> list[CacheOp]:
@@ -134,7 +143,9 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
         channels = list(dict.fromkeys([old, *channels]))
     host_key = table.keys[0].template.render(row)
     host = next(
-        i for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey) and op.key == host_key
+        i
+        for i, op in enumerate(ops)
+        if isinstance(op, SetRow | DeleteKey | IndexMember) and op.key == host_key
     )
     notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
     return [*ops[: host + 1], *notes, *ops[host + 1 :]]

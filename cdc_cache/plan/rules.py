@@ -36,6 +36,13 @@ class Action(StrEnum):
 
     SET = "set"
     DELETE = "delete"
+    ZADD = "zadd"  # the row is a member of a sorted set (an index key), scored by a column
+    SADD = "sadd"  # the row is a member of a set (an index key)
+
+    @property
+    def indexes(self) -> bool:
+        """The key is an index: the row is one member of it, gated per member."""
+        return self in (Action.ZADD, Action.SADD)
 
 
 class MissingColumn(KeyError):
@@ -130,6 +137,10 @@ class KeyRule:
     ttl_ms: int
     line: int
     depends_on: tuple[Dependency, ...] = ()
+    member: KeyTemplate | None = None
+    """For an index key (zadd, sadd): the row's member of it, e.g. ``{id}``."""
+    score: str | None = None
+    """For a sorted-set index key (zadd): the numeric column that scores the member."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +186,15 @@ class Use(StrEnum):
     RENDER = "render"
     DEPENDS = "depends_on"
     TAGS = "invalidate_tags"
+    MEMBER = "member"
+    SCORE = "score"
 
     @property
     def breaks_changes(self) -> bool:
         """Without the column, a change of the table cannot be applied as planned."""
         return self in (
-            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS
+            Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS,
+            Use.MEMBER, Use.SCORE,
         )  # fmt: skip
 
 

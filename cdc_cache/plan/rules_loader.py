@@ -435,6 +435,8 @@ class _Checker:
                 )
             else:
                 needed = rule.template.columns + (rule.fields or ())
+                if rule.member is not None:  # an index: its member and score too
+                    needed += rule.member.columns + ((rule.score,) if rule.score else ())
                 self.check_watched(key_node, f"{where}.keys[{index}]", needed, watch, "key")
             rules.append(rule)
         tombstone_ttl = self.duration(
@@ -448,6 +450,7 @@ class _Checker:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
         values = self.table_values(name, items, where, check_columns)
+        self.check_scores(values)
         return TableRules(
             name,
             tuple(rules),
@@ -810,7 +813,9 @@ class _Checker:
         watch: tuple[str, ...] | None,
     ) -> KeyRule | None:
         items = self.mapping(
-            node, where, frozenset({"key", "action", "fields", "format", "ttl", "depends_on"})
+            node,
+            where,
+            frozenset({"key", "action", "fields", "format", "ttl", "depends_on", *_INDEX_SETTINGS}),
         )
         if "key" not in items:
             self.problem(node, where, "missing 'key:', e.g. key: \"stock:{sku_id}\"")
@@ -856,6 +861,14 @@ class _Checker:
                     f"{where}.fields",
                     "a delete key stores no value; remove fields or use action: set",
                 )
+            elif action.indexes:
+                self.problem(
+                    fields_node,
+                    f"{where}.fields",
+                    "an index key holds one member per row, not its fields; remove fields "
+                    "(the member is 'member:', a sorted set's score 'score:')",
+                )
+        member, score = self.index_member(items, node, where, action, check_columns)
         value_format = self.choice(
             _value(items, "format"), f"{where}.format", ValueFormat, self.format
         )
@@ -887,7 +900,91 @@ class _Checker:
             ttl,
             node.start_mark.line + 1,
             tuple(depends),
+            member,
+            score,
         )
+
+    def index_member(
+        self,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        node: yaml.Node,
+        where: str,
+        action: Action,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> tuple[KeyTemplate | None, str | None]:
+        """An index key's ``member`` template and ``score`` column (zadd, sadd only)."""
+        if not action.indexes:
+            for setting in _INDEX_SETTINGS:
+                if setting in items:
+                    self.problem(
+                        items[setting][0],
+                        f"{where}.{setting}",
+                        f"only an index key (action: zadd or sadd) has a {setting}; "
+                        f"remove it or change the action",
+                    )
+            return None, None
+        member_node = _value(items, "member")
+        if member_node is None:
+            self.problem(
+                node,
+                where,
+                "an index key needs 'member:', the row's member, e.g. member: \"{id}\"",
+            )
+        member = None
+        source = self.optional_scalar(member_node, f"{where}.member")
+        if member_node is not None and source is not None:
+            try:
+                member = KeyTemplate.parse(source)
+            except ValueError as exc:
+                self.problem(member_node, f"{where}.member", f"{exc} in '{source}'")
+            if member is not None:
+                check_columns(member_node, f"{where}.member", member.columns)
+                for column in member.columns:
+                    self.used(column, Use.MEMBER, f"{where}.member", member_node)
+        score_node = _value(items, "score")
+        score = self.optional_scalar(score_node, f"{where}.score")
+        if action is Action.SADD and score_node is not None:
+            self.problem(
+                score_node,
+                f"{where}.score",
+                "a set has no scores; remove score or use action: zadd",
+            )
+            return member, None
+        if action is Action.ZADD and score is None:
+            self.problem(
+                score_node or node,
+                where,
+                "a sorted set needs 'score:', the numeric column that orders it, e.g. score: price",
+            )
+        elif score is not None and score_node is not None:
+            if not IDENTIFIER.match(score):
+                self.problem(score_node, f"{where}.score", f"'{score}' is not a column name")
+                return member, None
+            check_columns(score_node, f"{where}.score", (score,))
+            self.used(score, Use.SCORE, f"{where}.score", score_node)
+        return member, score
+
+    def check_scores(self, values: TableValues) -> None:
+        """A score column declared of a type that is not cached as a number is refused."""
+        for use in self.uses:
+            column_type = values.declared.get(use.column) if use.use is Use.SCORE else None
+            if column_type is None:
+                continue
+            rendering = values.columns.get(use.column, values.default)
+            epoch = rendering.timestamps is Timestamps.EPOCH_MS and not rendering.wire
+            if column_type.kind in _NUMERIC_KINDS or (
+                epoch and column_type.kind in _TIMESTAMP_KINDS
+            ):
+                continue
+            self.problems.append(
+                f"{self.path}:{use.line}: {use.where}: score column '{use.column}' is declared "
+                f"{column_type}, which is not cached as a number; score by a numeric column "
+                "(for a timestamp, render it epoch_ms)"
+            )
+
+
+_INDEX_SETTINGS: Final = ("member", "score")
+_NUMERIC_KINDS: Final = frozenset({Kind.DECIMAL, Kind.VARIABLE_DECIMAL, Kind.FLOAT32})
 
 
 def _fits(choice: str, kind: Kind) -> bool:

@@ -16,8 +16,16 @@ from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import ns, version_field
-from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, Notify, SetRow, ValueFormat
+from cdc_cache.core.keys import index_field, member_field, ns, version_field
+from cdc_cache.plan.cache_ops import (
+    DeleteKey,
+    IndexKind,
+    IndexMember,
+    KeyOp,
+    Notify,
+    SetRow,
+    ValueFormat,
+)
 from cdc_cache.sink.versions import encode_version
 
 Arg = str | bytes | int
@@ -67,7 +75,8 @@ def version_of(op: KeyOp) -> str:
     pair is a change that failed, whose keys were deleted at its position
     (``cdc_cache.plan.invalidations``), replayed once its cause is fixed: its set must win too.
     """
-    return encode_version(op.position, delete=isinstance(op, DeleteKey))
+    removed = isinstance(op, DeleteKey) or (isinstance(op, IndexMember) and not op.present)
+    return encode_version(op.position, delete=removed)
 
 
 def script_keys(op: KeyOp | Notify) -> tuple[str, ...]:
@@ -81,6 +90,8 @@ def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
     """The script's ARGV for one op: kind, field, version, its lifetime, kind's own args."""
     if isinstance(op, Notify):
         return ("N", op.channel, op.maxlen, op.payload)
+    if isinstance(op, IndexMember):
+        return _index_args(op)
     field, version = version_field(op.key), version_of(op)
     if op.tombstone_ttl_ms <= 0:
         msg = f"{type(op).__name__} for {op.key!r} has tombstone_ttl_ms={op.tombstone_ttl_ms}"
@@ -102,6 +113,30 @@ def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
         f"got {type(op.value).__name__}"
     )
     raise ApplyError(msg)
+
+
+def _index_args(op: IndexMember) -> tuple[Arg, ...]:
+    """An M op: the member's version gates it; the index's record tells new from lost."""
+    if min(op.ttl_ms, op.tombstone_ttl_ms) <= 0:
+        msg = f"IndexMember for {op.key!r} has a TTL <= 0; TTLs must be positive milliseconds"
+        raise ApplyError(msg)
+    if op.present and not op.drop and op.kind is IndexKind.ZSET and op.score is None:
+        msg = f"IndexMember adding {op.member!r} to the sorted set {op.key!r} has no score"
+        raise ApplyError(msg)
+    lifetime = max(op.ttl_ms, op.tombstone_ttl_ms) if op.present else op.tombstone_ttl_ms
+    return (
+        "M",
+        member_field(op.key, op.member),
+        version_of(op),
+        lifetime,
+        index_field(op.key),
+        "z" if op.kind is IndexKind.ZSET else "s",
+        "1" if op.present else "0",
+        op.member,
+        op.score or "",
+        op.ttl_ms,
+        "x" if op.drop else "r" if op.rebuild else "",
+    )
 
 
 def calls(

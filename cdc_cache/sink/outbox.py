@@ -38,7 +38,7 @@ from cdc_cache.core import metrics
 from cdc_cache.core.errors import ApplyError, RedisUnavailable
 from cdc_cache.core.keys import SLOTS, ns
 from cdc_cache.core.periodic import Periodic
-from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, Notify, SetRow
+from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, IndexMember, Notify, SetRow
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, is_transient, misconfiguration
 from cdc_cache.sink.scripts import lua_script
 
@@ -109,7 +109,7 @@ class OutboxRelay:
         outboxes = {
             ns().outbox_key(host.key)
             for host, op in itertools.pairwise(ops)
-            if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey))
+            if isinstance(op, Notify) and isinstance(host, (SetRow, DeleteKey, IndexMember))
         }
         return self.relay(outboxes) if outboxes else 0
 

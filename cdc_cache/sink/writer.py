@@ -34,7 +34,14 @@ from cdc_cache.dlq.entries import Failure
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan import invalidations
-from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    IndexMember,
+    InvalidatePrefix,
+    Notify,
+    SetRow,
+)
 from cdc_cache.plan.invalidations import Invalidated, Invalidation, KeyOutcome, Unreached
 from cdc_cache.plan.route import Control, Planned, Rejected, Routed, unexpected
 from cdc_cache.plan.rules import Rules
@@ -51,6 +58,7 @@ T = TypeVar("T")
 _OP_KIND = {
     SetRow: "set",
     DeleteKey: "delete",
+    IndexMember: "index",
     InvalidatePrefix: "invalidate_prefix",
     Notify: "notify",
 }
@@ -323,7 +331,7 @@ class _Caps:
     tables: Mapping[str, int]
 
     def applied_to(self, item: Planned) -> list[CacheOp]:
-        """``item``'s ops with no SetRow living longer than its table may."""
+        """``item``'s ops with no value or index living longer than its table may."""
         cap = self.tables.get(item.event.table, self.everything)
         if cap is None:
             return list(item.ops)
@@ -342,7 +350,7 @@ def _unreached(delete: DeleteKey, hidden: tuple[str, ...], exc: Exception) -> Un
 
 
 def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
-    if cap_ms is None or not isinstance(op, SetRow) or op.ttl_ms <= cap_ms:
+    if cap_ms is None or not isinstance(op, SetRow | IndexMember) or op.ttl_ms <= cap_ms:
         return op
     return replace(op, ttl_ms=cap_ms)
 

@@ -3,7 +3,8 @@
 Products, brands, tags and the join table change in random transactions while readers
 fill product pages (a product, its brand's name, its tags' names) through ``CacheAside``
 from the database, and the worker is killed with SIGKILL mid-way and restarted. Once the
-stream is drained, every cached page equals the page recomputed from the database.
+stream is drained, every cached page equals the page recomputed from the database, and
+every brand's index keys (a set and a sorted set of its products) hold its products.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ tables:
         depends_on:
           - {{table: {s}.brands, via: brand_id}}
           - {{table: {s}.tags, through: {s}.product_tags, via: tag_id, match: {{id: product_id}}}}
+      - key: "brand:{{brand_id}}:products"     # index keys: products move between brands
+        action: sadd
+        member: "{{id}}"
+      - key: "brand:{{brand_id}}:by_id"
+        action: zadd
+        member: "p{{id}}"
+        score: id
   {s}.product_tags:
     watch: [product_id, tag_id]
 """
@@ -133,6 +141,22 @@ def stale_pages(client: Any, mariadb: MariaDB, schema: str) -> list[str]:
     return out
 
 
+def wrong_indexes(client: Any, mariadb: MariaDB, schema: str) -> list[str]:
+    """The brand index keys that differ from the database's products (a NULL brand: ``~``)."""
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, brand_id FROM {schema}.products")
+        rows = cur.fetchall()
+    assert rows, "no product left: the index check would judge nothing"
+    out = []
+    for brand in ["~", *map(str, range(1, BRANDS + 2))]:
+        ids = sorted(pid for pid, bid in rows if str(bid if bid is not None else "~") == brand)
+        members = sorted(int(m) for m in client.smembers(f"brand:{brand}:products"))
+        scored = client.zrange(f"brand:{brand}:by_id", 0, -1, withscores=True)
+        if members != ids or scored != [(f"p{pid}".encode(), float(pid)) for pid in ids]:
+            out.append(f"brand:{brand}: database {ids}, set {members}, sorted set {scored}")
+    return out
+
+
 def test_cached_pages_end_at_the_database_state_after_a_sigkill(
     broker: Broker, mariadb: MariaDB, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
@@ -204,6 +228,13 @@ def test_cached_pages_end_at_the_database_state_after_a_sigkill(
             "every cached page equals the database's",
             lambda: not stale_pages(client, mariadb, schema),
             timeout=120,
+            alive=[source, service],
+            interval=1.0,
+        )
+        wait_until(
+            "every brand's index keys hold the database's products",
+            lambda: not wrong_indexes(client, mariadb, schema),
+            timeout=60,
             alive=[source, service],
             interval=1.0,
         )

@@ -31,6 +31,11 @@
 --   J  value ttl_ms                 SET key value PX ttl
 --   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
 --   D                               DEL key (the version stays as a tombstone)
+--   M index_field type present member score ttl_ms flag
+--                                   an index key's member (type z: ZADD key score member,
+--                                   s: SADD key member; present 0: ZREM/SREM), gated by the
+--                                   member's version (the op's field); flag r: may recreate a
+--                                   lost index (a snapshot read), x: drop the whole index
 -- per N op: N channel maxlen payload  XADD stream MAXLEN ~ maxlen * p payload, SADD channel
 -- per O op (one key, the outbox): O channel maxlen payload  XADD outbox * c channel m maxlen p payload
 -- A key op may be preceded by "T table" (no keys, no code of its own): from there on, key
@@ -41,6 +46,15 @@
 --
 -- Every version is read and every op checked before the first write, so a malformed call
 -- or a key of the wrong type fails without changing anything.
+--
+-- An index key (M ops) aggregates many rows, so it is right only if it saw every change of
+-- them since it was built. Its record (the field index_field of its bucket: "1" while the
+-- worker left members in it, "0" once it emptied it, then the newest member version
+-- written) tells an index that vanished (expired, evicted, deleted, dropped) from a new
+-- or emptied one. A member added to a vanished index is not written (code 3): the index
+-- stays absent, a miss, until a snapshot of its table rebuilds it, instead of coming back
+-- with only the members changed since. A TRUNCATE newer than the record empties it for
+-- good. A record left "1" never passes its horizon (one field per such index).
 
 local HSET_PAIRS = 200
 local HORIZON_DIGITS = 8
@@ -55,6 +69,9 @@ local hosted = false
 local gate = nil  -- the table of the key ops from here on (a T op), for its TRUNCATE
 local floors = {}  -- per key op: its table's truncate position in its bucket, if any
 local truncates = {}  -- by bucket and table: that position as stored ('' for none)
+local records = {}  -- by bucket and index field: {state, newest member version} of an index
+local INDEX_TYPES = {z = 'zset', s = 'set'}
+local FOREVER = '99999999'  -- the horizon of a record the sweeper must keep
 while k <= #KEYS do
   local kind = ARGV[a]
   if kind == 'T' then
@@ -86,6 +103,21 @@ while k <= #KEYS do
       a = a + 6 + 2 * tonumber(ARGV[a + 5])
     elseif kind == 'D' then
       a = a + 4
+    elseif kind == 'M' then
+      local want = INDEX_TYPES[ARGV[a + 5]]
+      local found = redis.call('TYPE', KEYS[k])['ok']
+      if want == nil then
+        return redis.error_reply('cdc-apply: unknown index type ' .. tostring(ARGV[a + 5]) .. ' for ' .. KEYS[k])
+      end
+      if found ~= 'none' and found ~= want then
+        return redis.error_reply('WRONGTYPE cdc-apply: index ' .. KEYS[k] .. ' holds a ' .. found .. ', not a ' .. want)
+      end
+      local rid = vkey .. '\0' .. ARGV[a + 4]
+      if records[rid] == nil then
+        local stored = redis.call('HGET', vkey, ARGV[a + 4])
+        records[rid] = stored and {string.sub(stored, HORIZON_DIGITS + 1, HORIZON_DIGITS + 1), string.sub(stored, HORIZON_DIGITS + 2)} or {'', ''}
+      end
+      a = a + 11
     else
       return redis.error_reply('cdc-apply: unknown op kind ' .. tostring(kind) .. ' for ' .. KEYS[k])
     end
@@ -113,6 +145,56 @@ end
 
 local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
 local horizons = {}  -- by version lifetime (ms): the horizon minute, as stored
+local function horizon_of(lifetime)
+  local horizon = horizons[lifetime]
+  if horizon == nil then
+    horizon = string.format('%0' .. HORIZON_DIGITS .. 'd', minute + 1 + math.ceil(tonumber(lifetime) / 60000))
+    horizons[lifetime] = horizon
+  end
+  return horizon
+end
+
+-- An M op whose member version is newer: its write to the index; returns its code.
+local function index_write(key, vkey, s, floor)
+  local rid = vkey .. '\0' .. ARGV[s + 4]
+  local record = records[rid]
+  local kind, present, member, flag = ARGV[s + 5], ARGV[s + 6], ARGV[s + 7], ARGV[s + 10]
+  local exists = redis.call('EXISTS', key) == 1
+  local state = record[1]
+  local code = 1
+  if flag == 'x' then
+    redis.call('DEL', key)
+    state, code = '1', 3
+  elseif present == '1' then
+    local truncated = floor ~= nil and floor ~= '' and record[2] <= floor
+    if not exists and state == '1' and flag ~= 'r' and not truncated then
+      return 3  -- vanished: it stays absent rather than come back incomplete
+    end
+    if kind == 'z' then
+      redis.call('ZADD', key, ARGV[s + 8], member)
+    else
+      redis.call('SADD', key, member)
+    end
+    redis.call('PEXPIRE', key, ARGV[s + 9])
+    state = '1'
+  elseif exists then
+    if kind == 'z' then
+      redis.call('ZREM', key, member)
+    else
+      redis.call('SREM', key, member)
+    end
+    if redis.call('EXISTS', key) == 0 then
+      state = '0'
+    end
+  elseif state == '' then
+    return code  -- nothing known of the index: no record to keep
+  end
+  local newest = record[2] > ARGV[s + 2] and record[2] or ARGV[s + 2]
+  local horizon = state == '1' and FOREVER or horizon_of(ARGV[s + 3])
+  redis.call('HSET', vkey, ARGV[s + 4], horizon .. state .. newest)
+  records[rid] = {state, newest}
+  return code
+end
 local out = {}
 local host = 0
 for n, s in ipairs(starts) do
@@ -140,7 +222,9 @@ for n, s in ipairs(starts) do
       code = 2
     elseif version > current then
       code = 1
-      if kind ~= 'D' and current == '' and redis.call('EXISTS', key) == 1 then
+      if kind == 'M' then
+        code = index_write(key, vkey, s, floors[n])
+      elseif kind ~= 'D' and current == '' and redis.call('EXISTS', key) == 1 then
         code = 3
         redis.call('DEL', key)
       elseif kind == 'J' then
@@ -155,13 +239,7 @@ for n, s in ipairs(starts) do
           redis.call('PEXPIRE', key, ARGV[s + 4])
         end
       end
-      local lifetime = ARGV[s + 3]
-      local horizon = horizons[lifetime]
-      if horizon == nil then
-        horizon = string.format('%0' .. HORIZON_DIGITS .. 'd', minute + 1 + math.ceil(tonumber(lifetime) / 60000))
-        horizons[lifetime] = horizon
-      end
-      redis.call('HSET', vkey, field, horizon .. version)
+      redis.call('HSET', vkey, field, horizon_of(ARGV[s + 3]) .. version)
       redis.call('DEL', lkey)
       versions[id] = version
     end
