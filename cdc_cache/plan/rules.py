@@ -239,9 +239,8 @@ class Rules:
     """Compiled rules for every covered table.
 
     ``implicit_wire`` names the tables cached as Debezium ships their values only because
-    the file chose nothing (rules version 1): the worker says so at start. ``identity``
-    says how changes name their tables (the ``table_identity`` setting the file was
-    checked against): the tables here are named the same way.
+    the file chose nothing (rules version 1): the worker says so at start. ``identity`` is
+    the ``table_identity`` setting the file was checked against (how tables are named).
     """
 
     tables: Mapping[str, TableRules]
@@ -263,11 +262,9 @@ class Rules:
         return rules.sensitive if rules is not None else frozenset()
 
     def of_server(self, server: str) -> Rules:
-        """The rules of ``server``'s tables as its database names them (``<db>.<table>``).
+        """``server``'s tables as its database names them (``<db>.<table>``); ValueError if none.
 
-        For tools that read one source's database (verify, repair) under
-        ``server_db_table``: only the tables and their key rules, no dependency links
-        (those tools do not follow them). Raises ValueError when no table is ``server``'s.
+        For the tools reading that database (verify, repair): no dependency links.
         """
         prefix = f"{server}."
         tables = {
