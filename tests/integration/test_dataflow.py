@@ -70,20 +70,21 @@ def test_replaying_the_whole_topic_applies_nothing_again(broker, redis_target):
     broker.create_topics({topic: 2})
     workload = Workload(seed=7, topic=topic)
     produce(broker.bootstrap, [m for tx in workload.transactions(500) for m in tx])
-    flow = build_flow(
-        FlowConfig(
-            rules=parse_rules(RULES_YAML),
-            brokers=(broker.bootstrap,),
-            topics=(topic,),
-            redis_url=redis_target.url,
-            tail=False,
-        )
+    config = FlowConfig(
+        rules=parse_rules(RULES_YAML),
+        brokers=(broker.bootstrap,),
+        topics=(topic,),
+        redis_url=redis_target.url,
+        tail=False,
     )
-    cluster_main(flow, [], 0)
+    cluster_main(build_flow(config), [], 0)
     state = cache_state(redis_target.client)
     applied = applied_events()
 
-    cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store
+    # A full replay, as after losing the recovery store. Built anew, as a restarted worker
+    # does: one flow object run twice keeps its topic ids, and its new partitions would wait
+    # up to their 30 s refresh for an id asked after they were built.
+    cluster_main(build_flow(config), [], 0)
 
     assert applied_events() == applied
     assert cache_state(redis_target.client) == state == workload.expected_cache()
@@ -139,17 +140,15 @@ def test_each_applied_change_is_notified_once_and_redeliveries_and_replays_never
     produce(broker.bootstrap, with_redelivery(transactions))
     rules = parse_rules(NOTIFY_YAML)
     expected = expected_notifications(topic, transactions, rules)
-    flow = build_flow(
-        FlowConfig(
-            rules=rules,
-            brokers=(broker.bootstrap,),
-            topics=(topic,),
-            redis_url=redis_target.url,
-            tail=False,
-        )
+    config = FlowConfig(
+        rules=rules,
+        brokers=(broker.bootstrap,),
+        topics=(topic,),
+        redis_url=redis_target.url,
+        tail=False,
     )
-    cluster_main(flow, [], 0)
-    cluster_main(flow, [], 0)  # a full replay, as after losing the recovery store
+    cluster_main(build_flow(config), [], 0)
+    cluster_main(build_flow(config), [], 0)  # a full replay, built anew as on a restart
 
     assert len(expected) > 400
     # every applied change once; redeliveries and the replay never

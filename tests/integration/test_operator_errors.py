@@ -210,7 +210,7 @@ def test_librdkafka_lines_go_through_the_json_log_sparingly_while_brokers_are_do
             alive=[service],
             interval=0.2,
         )
-        time.sleep(12)  # librdkafka retries several times a second meanwhile
+        time.sleep(5)  # librdkafka retries its clients several times a second meanwhile
     finally:
         service.stop()
     lines = service.log.read_text().splitlines()
