@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cdc_cache.core.identity import TableIdentity
 from cdc_cache.core.keys import DEFAULT_NAMESPACE, valid_namespace
 from cdc_cache.core.retry import Backoff
 from cdc_cache.sink.connection import RedisAuth, redis_url_problem
@@ -121,6 +122,11 @@ class SharedSettings(BaseSettings):
         description="redis://, rediss://, unix://, ?cluster=true, redis+sentinel://",
     )
     namespace: Namespace = DEFAULT_NAMESPACE
+    table_identity: TableIdentity = Field(
+        default=TableIdentity.DB_TABLE,
+        description="how changes and rules name tables: db_table (<db>.<table>) or "
+        "server_db_table (<topic.prefix>.<db>.<table>, sources sharing table names)",
+    )
     kafka: KafkaProperties = Field(default_factory=dict, description="every Kafka client")
     kafka_consumer: KafkaProperties = Field(default_factory=dict, description="consumers only")
     kafka_producer: KafkaProperties = Field(default_factory=dict, description="producer only")

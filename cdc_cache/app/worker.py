@@ -345,7 +345,7 @@ def run(settings: WorkerSettings) -> None:
     The admin port opens as soon as the rules are loaded: ``/healthz`` answers and
     ``/readyz`` names the wait (topics, DLQ topic, Redis) until the flow runs.
     """
-    rules = load_rules(settings.rules)
+    rules = load_rules(settings.rules, settings.table_identity)
     warn_if_wire_by_default(rules)
     startup = StartupBackend()
     admin = None

@@ -62,7 +62,7 @@ def _dlq_service(config_file: Path | None, flags: dict[str, Any]) -> tuple[Any, 
         raise ConfigError(msg) from exc
     settings = load(SharedSettings, config_file, **flags)
     use_namespace(settings.namespace)
-    return DlqService(settings, load_rules(settings.rules)), where
+    return DlqService(settings, load_rules(settings.rules, settings.table_identity)), where
 
 
 @dlq.command("list")

@@ -67,6 +67,8 @@ def inspect(config_file: Path | None, **flags: object) -> None:
 
     from cdc_cache.app.load import load
     from cdc_cache.core import logs
+    from cdc_cache.core.errors import ConfigError
+    from cdc_cache.core.identity import TableIdentity
     from cdc_cache.core.keys import use_namespace
     from cdc_cache.inspector.service import run_until
     from cdc_cache.inspector.settings import InspectSettings
@@ -75,5 +77,12 @@ def inspect(config_file: Path | None, **flags: object) -> None:
     with reported("cdc-cache inspect", str(flags.get("redis_url") or "")):
         settings = load(InspectSettings, config_file, **flags)
         use_namespace(settings.namespace)
+        if settings.table_identity is TableIdentity.SERVER_DB_TABLE:
+            msg = (
+                "table_identity: server_db_table: inspect reads one database and cannot tell "
+                "which server's tables it holds; check each source with "
+                "cdc-cache verify --server <topic.prefix> --db <its database>"
+            )
+            raise ConfigError(msg)
         logs.configure(settings.log_level)
         run_until(settings, load_rules(settings.rules), threading.Event())

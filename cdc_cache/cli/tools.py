@@ -21,6 +21,11 @@ from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, echo_json, reported, wi
     "--redis-url", required=True, help="redis://, rediss://, redis+sentinel://, or a cluster URL."
 )
 @NAMESPACE
+@click.option(
+    "--server",
+    help="With table_identity: server_db_table, the server (topic.prefix) whose database "
+    "--db is: only its tables are checked, as <db>.<table>.",
+)
 @click.option("--sample", type=int, help="Check N random rows of tables larger than N.")
 @click.option("--table", "tables", multiple=True, help="Check only this table (repeatable).")
 @click.option(
@@ -53,7 +58,9 @@ from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, echo_json, reported, wi
     help="With --repair: the lowest epoch of a repair (after a lineage switch, the current one).",
 )
 @JSON_OUTPUT
-def verify(dsn: str, rules: Path, redis_url: str, as_json: bool, **options: Any) -> None:
+def verify(
+    dsn: str, rules: Path, redis_url: str, server: str | None, as_json: bool, **options: Any
+) -> None:
     """Compare the cache with the database; exit 1 on stale or unexpected keys.
 
     Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
@@ -61,13 +68,23 @@ def verify(dsn: str, rules: Path, redis_url: str, as_json: bool, **options: Any)
     outcome of each rewrite (applied, invalidated, or stale/duplicate: a newer change won).
     """
     from cdc_cache.cli.progress import Progress
+    from cdc_cache.core.errors import ConfigError
+    from cdc_cache.core.identity import TableIdentity
     from cdc_cache.plan.rules_loader import load_rules
     from cdc_cache.sink.connection import connect
     from cdc_cache.tools.verify import verify as run_verify
 
     with reported("cdc-cache verify", redis_url), Progress("verify") as progress:
+        if server is None:
+            covered = load_rules(rules)
+        else:  # that server's tables, as its database names them
+            try:
+                covered = load_rules(rules, TableIdentity.SERVER_DB_TABLE).of_server(server)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            options["tables"] = [t.removeprefix(f"{server}.") for t in options["tables"]]
         client = connect(redis_url)
-        report = run_verify(dsn, load_rules(rules), client, progress=progress, **options)
+        report = run_verify(dsn, covered, client, progress=progress, **options)
     if as_json:
         echo_json(report.as_json())
     else:

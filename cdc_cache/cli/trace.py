@@ -80,7 +80,7 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
     with reported("cdc-cache trace", flags.get("redis_url")):
         settings = load(TopicSettings, config_file, topics=list(topics) or None, **flags)
         use_namespace(settings.namespace)
-        tracer = Tracer(settings, load_rules(settings.rules))
+        tracer = Tracer(settings, load_rules(settings.rules, settings.table_identity))
         if by_record:
             assert partition is not None and offset is not None
             found = tracer.record(topics[0], partition, offset)

@@ -29,6 +29,8 @@ from cdc_cache_client.keys import (
     version_field,
 )
 
+from cdc_cache.core.metrics import announce_namespace
+
 __all__ = [
     "BUCKETS_PER_SLOT",
     "DEFAULT_NAMESPACE",
@@ -61,6 +63,7 @@ def use_namespace(namespace: str) -> Names:
     """Make ``namespace`` this process's, once at startup, before any key is named."""
     global _process_names  # noqa: PLW0603 (one namespace per process, set at its start)
     _process_names = Names(namespace)
+    announce_namespace(_process_names.namespace)
     return _process_names
 
 

@@ -12,6 +12,7 @@ import platform
 from importlib import metadata
 from typing import Final
 
+from cdc_cache_client.keys import DEFAULT_NAMESPACE
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 NAMESPACE: Final = "cdc_cache"
@@ -26,13 +27,27 @@ def _installed_version() -> str:
 
 
 # Every process (worker, gateway, watchdog, inspector) says which build it runs, so a
-# mixed fleet during a rollout shows on the dashboard and in alerts' queries.
+# mixed fleet during a rollout shows on the dashboard and in alerts' queries, and under
+# which namespace it works: the dashboard's namespace variable picks its processes by it.
 BUILD_INFO = Info(
     "build",
-    "The cdc-cache build this process runs: its version and Python's",
+    "The cdc-cache build this process runs: its version and Python's, and its namespace",
     namespace=NAMESPACE,
 )
-BUILD_INFO.info({"version": _installed_version(), "python": platform.python_version()})
+
+
+def announce_namespace(namespace: str) -> None:
+    """Label this process's ``build_info`` with the namespace it works under."""
+    BUILD_INFO.info(
+        {
+            "version": _installed_version(),
+            "python": platform.python_version(),
+            "namespace": namespace,
+        }
+    )
+
+
+announce_namespace(DEFAULT_NAMESPACE)  # until the process chooses its own
 
 RECORDS = Counter(
     "records",

@@ -17,6 +17,7 @@ import orjson
 
 from cdc_cache.core.errors import PoisonMessage, TransientError, Unprocessable, ValueTooLarge
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, SourceRecord, Tombstone
+from cdc_cache.core.identity import TableIdentity
 from cdc_cache.core.nesting import ENCODER_MAX_DEPTH, nesting_depth
 from cdc_cache.plan import invalidations
 from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, SetRow
@@ -53,12 +54,14 @@ class Rejected:
     ``event`` is the decoded change when only planning failed (its table, key, position
     go into the dead letter), with its values as its table caches them (those that decode);
     ``invalidation`` the deletes it still allows (see :mod:`cdc_cache.plan.invalidations`),
-    applied before the change is dead-lettered.
+    applied before the change is dead-lettered. ``table_identity`` names the table of a
+    message that did not decode (the rules' identity).
     """
 
     error: PoisonMessage
     event: ChangeEvent | None = None
     invalidation: Invalidation = invalidations.NOTHING
+    table_identity: TableIdentity = TableIdentity.DB_TABLE
 
     @property
     def record(self) -> SourceRecord:
@@ -71,7 +74,7 @@ class Rejected:
         """The decoded change's table, else what the record shows (see ``table_hint``)."""
         if self.event is not None:
             return self.event.table
-        return table_hint(self.record)
+        return table_hint(self.record, self.table_identity)
 
 
 Routed = Planned | Control | Rejected
@@ -106,9 +109,9 @@ def route(
     no message's poison.
     """
     try:
-        decoded = decode(record, epoch=epoch, parse=parse)
+        decoded = decode(record, epoch=epoch, parse=parse, identity=rules.identity)
     except Exception as exc:
-        return _rejected(exc, "decoding", record, None)
+        return replace(_rejected(exc, "decoding", record, None), table_identity=rules.identity)
     if not isinstance(decoded, ChangeEvent):
         return Control(record, decoded)
     if epoch_of is not None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
 from cdc_cache_client import tags
 
 from cdc_cache.core.events import Row
+from cdc_cache.core.identity import TableIdentity, split
 from cdc_cache.core.keys import escape_value, ns
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.key_extras import KeyExtras, Snapshot
@@ -245,7 +246,8 @@ class Rules:
     """Compiled rules for every covered table.
 
     ``implicit_wire`` names the tables cached as Debezium ships their values only because
-    the file chose nothing (rules version 1): the worker says so at start.
+    the file chose nothing (rules version 1): the worker says so at start. ``identity`` is
+    the ``table_identity`` setting the file was checked against (how tables are named).
     """
 
     tables: Mapping[str, TableRules]
@@ -255,6 +257,7 @@ class Rules:
     implicit_wire: tuple[str, ...] = ()
     links: Mapping[str, tuple[LinkRule, ...]] = field(default_factory=dict)
     dependents: Mapping[str, tuple[KeyTemplate, ...]] = field(default_factory=dict)
+    identity: TableIdentity = TableIdentity.DB_TABLE
 
     def for_table(self, table: str) -> TableRules | None:
         """Rules for ``table``, or None when the table is not covered."""
@@ -264,6 +267,28 @@ class Rules:
         """Columns of ``table`` that dead letters must not show (none if not covered)."""
         rules = self.tables.get(table)
         return rules.sensitive if rules is not None else frozenset()
+
+    def of_server(self, server: str) -> Rules:
+        """``server``'s tables as its database names them (``<db>.<table>``); ValueError if none.
+
+        For the tools reading that database (verify, repair): no dependency links.
+        """
+        prefix = f"{server}."
+        tables = {
+            name[len(prefix) :]: replace(table, table=name[len(prefix) :])
+            for name, table in self.tables.items()
+            if name.startswith(prefix) and split(name)[0] == server
+        }
+        if self.identity is not TableIdentity.SERVER_DB_TABLE or not tables:
+            servers = sorted({split(name)[0] or "(none)" for name in self.tables})
+            msg = (
+                f"{self.path} has no table of server {server!r} (servers named: "
+                f"{', '.join(servers)}; table_identity: {self.identity})"
+            )
+            raise ValueError(msg)
+        return Rules(
+            tables, self.path, self.safety_ttl_ms, self.tombstone_ttl_ms, self.implicit_wire
+        )
 
     @property
     def tags(self) -> bool:

@@ -20,6 +20,7 @@ from typing import Final, TypeVar
 import yaml
 
 from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.identity import TableIdentity, split
 from cdc_cache.core.keys import ns
 from cdc_cache.core.logical import ColumnType, Kind, declared
 from cdc_cache.plan.cache_ops import ValueFormat
@@ -55,6 +56,7 @@ from cdc_cache.source.natural import (
 _DURATION: Final = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _TABLE_NAME: Final = re.compile(r"^[^.\s]+\.[^.\s]+$")
+_SERVER_TABLE_NAME: Final = re.compile(r"^[^.\s]+(\.[^.\s]+)*\.[^.\s]+\.[^.\s]+$")
 
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -109,8 +111,11 @@ def parse_duration_ms(value: object) -> int:
     return ms
 
 
-def load_rules(path: str | Path) -> Rules:
-    """Read and validate a rules file; raises ConfigError listing every problem."""
+def load_rules(path: str | Path, identity: TableIdentity = TableIdentity.DB_TABLE) -> Rules:
+    """Read and validate a rules file; raises ConfigError listing every problem.
+
+    ``identity`` is the ``table_identity`` setting: how the file must name its tables.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -120,7 +125,7 @@ def load_rules(path: str | Path) -> Rules:
     except UnicodeDecodeError as exc:
         msg = f"rules file {unreadable_yaml(str(path), exc)}"
         raise ConfigError(msg) from None
-    return parse_rules(text, str(path))
+    return parse_rules(text, str(path), identity)
 
 
 def unreadable_yaml(path: str, exc: yaml.YAMLError | UnicodeDecodeError | RecursionError) -> str:
@@ -137,14 +142,16 @@ def unreadable_yaml(path: str, exc: yaml.YAMLError | UnicodeDecodeError | Recurs
     return f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
 
 
-def parse_rules(text: str, path: str = "<rules>") -> Rules:
+def parse_rules(
+    text: str, path: str = "<rules>", identity: TableIdentity = TableIdentity.DB_TABLE
+) -> Rules:
     """Validate rules given as YAML text; ``path`` names the source in error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except (yaml.YAMLError, RecursionError) as exc:
         msg = f"rules file {unreadable_yaml(path, exc)}"
         raise ConfigError(msg) from None
-    checker = _Checker(path)
+    checker = _Checker(path, identity)
     rules = checker.rules(root)
     if checker.problems:
         listing = "\n  ".join(checker.problems)
@@ -166,6 +173,7 @@ class _Checker:
     """Walks the YAML node tree, collecting problems with their line numbers."""
 
     path: str
+    identity: TableIdentity = TableIdentity.DB_TABLE
     problems: list[str] = field(default_factory=list)
     uses: list[ColumnUse] = field(default_factory=list)  # the current table's
     safety_ttl_ms: int = DEFAULT_SAFETY_TTL_MS
@@ -293,13 +301,7 @@ class _Checker:
             tables_node, "tables", frozenset()
         ).items():
             where = f"tables.{name}"
-            if not _TABLE_NAME.match(name):
-                self.problem(
-                    name_node,
-                    where,
-                    "table names are '<database>.<table>' (MySQL) or "
-                    "'<schema>.<table>' (PostgreSQL)",
-                )
+            if not self.table_name(name, name_node, where):
                 continue
             table = self.table(name, table_node, where)
             if table is not None:
@@ -307,6 +309,8 @@ class _Checker:
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
         links, dependents = self.dependencies(tables)
+        if self.identity is TableIdentity.SERVER_DB_TABLE:
+            self.servers_apart(tables)
         return Rules(
             tables,
             self.path,
@@ -315,7 +319,60 @@ class _Checker:
             tuple(self.implicit_wire),
             links,
             dependents,
+            self.identity,
         )
+
+    def table_name(self, name: str, node: yaml.Node, where: str) -> bool:
+        """Whether ``name`` names a table as the ``table_identity`` setting says."""
+        if self.identity is TableIdentity.SERVER_DB_TABLE:
+            if _SERVER_TABLE_NAME.match(name):
+                return True
+            what = (
+                f"table_identity is server_db_table, so changes name this table "
+                f"'<server>.{name}' (the connector's topic.prefix first, e.g. 'shard1.{name}'); "
+                "name it so, or set table_identity: db_table"
+                if _TABLE_NAME.match(name)
+                else f"table names are '{self.identity.parts}' (table_identity: server_db_table)"
+            )
+        elif _TABLE_NAME.match(name):
+            return True
+        elif _SERVER_TABLE_NAME.match(name):
+            server, table = split(name)
+            what = (
+                f"names a server ('{server}'), but table_identity is db_table, so changes "
+                f"name this table '{table}': set table_identity: server_db_table to keep "
+                f"sources apart by server, or name it '{table}'"
+            )
+        else:
+            what = "table names are '<database>.<table>' (MySQL) or '<schema>.<table>' (PostgreSQL)"
+        self.problem(node, where, what)
+        return False
+
+    def servers_apart(self, tables: Mapping[str, TableRules]) -> None:
+        """Each server's keys begin with a literal prefix no other server's keys begin with.
+
+        Positions of two sources are not comparable: a key written from two servers would
+        be version-gated across them (a change of one server judged stale against the
+        other's position), and a TRUNCATE of one server's table would sweep the other's
+        keys under their shared prefix. Literal prefixes that are not prefixes of each
+        other keep every key and every sweep to one server.
+        """
+        seen: list[tuple[str, str, str, int]] = []  # (server, prefix, table, line)
+        for name, table in tables.items():
+            server = split(name)[0]
+            for rule in table.keys:
+                prefix = rule.template.static_prefix
+                for other, known, where, line in seen:
+                    if other != server and (prefix.startswith(known) or known.startswith(prefix)):
+                        self.problems.append(
+                            f"{self.path}:{rule.line}: tables.{name}: key "
+                            f"'{rule.template.source}' may name the same keys as "
+                            f"{where}'s (line {line}) of server '{other}': positions of "
+                            "two servers are not comparable, so start each server's keys "
+                            f"with its own literal prefix, e.g. '{server}:{rule.template.source}'"
+                        )
+                        break
+                seen.append((server or "", prefix, name, rule.line))
 
     def version(self, node: yaml.Node | None) -> int:
         if node is None:

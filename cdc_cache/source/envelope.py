@@ -36,6 +36,7 @@ position, table), all pure.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Final, Protocol, TypeAlias
 
 import orjson
@@ -49,6 +50,12 @@ from cdc_cache.core.events import (
     SchemaChange,
     SourceRecord,
     Tombstone,
+)
+from cdc_cache.core.identity import (
+    TableIdentity,
+    qualified,
+    server_of_topic,
+    table_of_topic_named,
 )
 from cdc_cache.core.logical import RowTypes, json_schema_types
 from cdc_cache.core.positions import (
@@ -100,14 +107,25 @@ _FLAT_SOURCE: Final = {
 }
 
 
-def decode(record: SourceRecord, *, epoch: int = 0, parse: Parse | None = None) -> Decoded:
+def decode(
+    record: SourceRecord,
+    *,
+    epoch: int = 0,
+    parse: Parse | None = None,
+    identity: TableIdentity = TableIdentity.DB_TABLE,
+) -> Decoded:
     """Decode one Kafka record from a Debezium topic.
 
     ``epoch`` is the operator-set source lineage number put into every position; ``parse``
-    reads keys and values (JSON by default).
+    reads keys and values (JSON by default); ``identity`` says whether tables are named
+    with their connector's server (see :mod:`cdc_cache.core.identity`).
     """
     try:
-        return _decode(record, epoch, parse or _JsonParser(record.topic))
+        parse = parse or _JsonParser(record.topic)
+        decoded = _decode(record, epoch, parse)
+        if identity is TableIdentity.DB_TABLE:
+            return decoded
+        return _with_server(decoded, record, parse)
     except PoisonMessage as err:
         raise err.at(record) from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
@@ -277,6 +295,49 @@ class SchemaPrefixes:
 
 
 SCHEMA_PREFIXES: Final = SchemaPrefixes()
+
+
+def _with_server(decoded: Decoded, record: SourceRecord, parse: Parse) -> Decoded:
+    """``decoded`` with its tables named ``<server>.<db>.<table>``.
+
+    The server is the record's ``source.name`` (``__name`` flattened), else the prefix of
+    the topic a routing transform's key field names, else that of the record's topic.
+    """
+    if isinstance(decoded, Heartbeat):
+        return decoded
+    if isinstance(decoded, SchemaChange):
+        server = decoded.server
+        return replace(
+            decoded,
+            table=None if decoded.table is None else f"{server}.{decoded.table}",
+            columns={f"{server}.{name}": cols for name, cols in decoded.columns.items()},
+        )
+    if isinstance(decoded, Tombstone):
+        if decoded.table is None:
+            return decoded
+        return Tombstone(_qualified(None, decoded.table, record, parse))
+    return replace(decoded, table=_qualified(decoded.server, decoded.table, record, parse))
+
+
+def _qualified(server: str | None, table: str, record: SourceRecord, parse: Parse) -> str:
+    if server is None:
+        server = server_of_topic(_routed_topic(record, parse) or record.topic)
+    try:
+        return qualified(TableIdentity.SERVER_DB_TABLE, server, table)
+    except ValueError as exc:
+        msg = f"{exc}; add 'name' to the ExtractNewRecordState add.fields"
+        raise DecodeError(msg) from None
+
+
+def _routed_topic(record: SourceRecord, parse: Parse) -> str | None:
+    """The original topic a routing transform put into the record's key, if any."""
+    if record.key is None:
+        return None
+    try:
+        key = parse(record.key, "key")
+    except DecodeError:
+        return None
+    return routed_identity(key) if isinstance(key, dict) else None
 
 
 def _heartbeat(server: str, record: SourceRecord, parse: Parse) -> Heartbeat:
@@ -477,11 +538,12 @@ def _table(container: object, table: object, where: str) -> str:
     return f"{container}.{table}"
 
 
-def table_hint(record: SourceRecord) -> str:
+def table_hint(record: SourceRecord, table_identity: TableIdentity = TableIdentity.DB_TABLE) -> str:
     """The table to label a record that did not decode with (metrics, dead letters).
 
     A routing transform's key field (JSON keys), else the table its topic is named for,
-    else the topic itself: never more precise than what the record shows.
+    else the topic itself: never more precise than what the record shows. Named with
+    the topic's prefix as its server under ``server_db_table``.
     """
     identity = None
     if record.key is not None:
@@ -490,7 +552,7 @@ def table_hint(record: SourceRecord) -> str:
         except DecodeError:
             key = None
         identity = routed_identity(key) if isinstance(key, dict) else None
-    return table_of_topic(identity or record.topic) or record.topic
+    return table_of_topic_named(table_identity, identity or record.topic) or record.topic
 
 
 def _tombstone_table(topic: str, key_bytes: bytes, parse: Parse) -> str | None:

@@ -24,6 +24,7 @@ from typing import Final
 import orjson
 
 from cdc_cache.core.errors import CdcCacheError, ConfigError
+from cdc_cache.core.identity import split
 from cdc_cache.tools.verify_reads import Database
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_$]+(\.[A-Za-z0-9_$]+)")
@@ -52,10 +53,16 @@ def snapshot_signal(tables: Sequence[str], signal_id: str | None = None) -> Snap
         raise ConfigError(msg)
     for table in wanted:
         if not _NAME.fullmatch(table):
+            server, name = split(table)
             msg = (
                 f"--table {table!r}: give <database>.<table> (MySQL) or <schema>.<table> "
                 "(PostgreSQL), as the connector's table.include.list names it"
             )
+            if server is not None and _NAME.fullmatch(name):
+                msg += (  # a server_db_table identity: the database knows no server
+                    f"; for server {server}'s table give --table {name} with --db and "
+                    f"--signal-table of {server}'s database"
+                )
             raise ConfigError(msg)
     data = orjson.dumps({"data-collections": list(wanted), "type": "incremental"}).decode()
     return SnapshotSignal(signal_id or f"cdc-cache-{uuid.uuid4()}", SIGNAL_TYPE, data, wanted)

@@ -19,6 +19,7 @@ from cdc_cache.app.replay import epoch_of
 from cdc_cache.app.settings import TopicSettings
 from cdc_cache.core.errors import CdcCacheError
 from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.identity import table_of_topic_named
 from cdc_cache.dlq.entries import Failure, public_reason
 from cdc_cache.lineage.registry import LineageRegistry
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
@@ -27,7 +28,6 @@ from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.key_state import read_key_state
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topic_scan import reader, scan
-from cdc_cache.source.topics import table_of_topic
 from cdc_cache.tools.trace import Trace, is_row, keys_of, row_key, trace_of
 
 
@@ -146,7 +146,7 @@ class Tracer:
                 consumer.close()
             pattern = re.compile(settings.topic_pattern)
             topics += sorted(t for t in existing if pattern.fullmatch(t) and not t.startswith("__"))
-        named = [t for t in topics if table_of_topic(t) == table]
+        named = [t for t in topics if table_of_topic_named(self._rules.identity, t) == table]
         if not topics:
             msg = "no topic to read: give --topic, or topics/topic_pattern in the settings"
             raise CdcCacheError(msg)

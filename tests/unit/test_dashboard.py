@@ -108,18 +108,59 @@ SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?(?!\s*\()")
 @pytest.mark.parametrize(
     ("where", "expr"), list(dashboard_exprs()), ids=[where for where, _ in dashboard_exprs()]
 )
-def test_every_dashboard_query_follows_the_job_variable(where: str, expr: str) -> None:
+def test_every_dashboard_query_follows_the_job_and_namespace_variables(
+    where: str, expr: str
+) -> None:
+    """Each selector filters on ``$job`` and on ``$instance``: the processes of ``$namespace``."""
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
     assert variables["job"]["includeAll"], "the job variable offers all jobs"
     for name in metric_names(expr):
         selectors = [m.group(2) or "" for m in SELECTOR.finditer(expr) if m.group(1) == name]
         assert all('job=~"$job"' in s for s in selectors), f"{where}: {name} ignores $job"
+        assert all('instance=~"$instance"' in s for s in selectors), (
+            f"{where}: {name} ignores $instance, so the namespace variable does not filter it"
+        )
 
 
-def test_build_info_names_the_installed_version() -> None:
+def test_the_namespace_variable_narrows_the_instances_every_panel_reads() -> None:
+    """namespace → job → instance, all from build_info; "All" instances are the namespace's.
+
+    A fixed ``allValue`` on ``instance`` (e.g. ``.+``) would match every process whatever
+    the namespace, so it must be left to Grafana, which then ORs the listed instances.
+    """
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    order = [v["name"] for v in DASHBOARD["templating"]["list"]]
+    assert order.index("namespace") < order.index("job") < order.index("instance")
+    namespace, job, instance = (variables[n] for n in ("namespace", "job", "instance"))
+    assert namespace["query"]["query"] == "label_values(cdc_cache_build_info, namespace)"
+    assert 'cdc_cache_build_info{namespace=~"$namespace"}' in job["query"]["query"]
+    assert instance["query"]["query"] == (
+        'label_values(cdc_cache_build_info{namespace=~"$namespace", job=~"$job"}, instance)'
+    )
+    assert instance["includeAll"] and "allValue" not in instance
+    assert "cdc_cache_build_info" in exported()
+
+
+def test_build_info_names_the_installed_version_and_the_namespace() -> None:
     from importlib.metadata import version
 
     from prometheus_client import REGISTRY
 
+    from cdc_cache.core.keys import DEFAULT_NAMESPACE, ns, use_namespace
+
     labels = {"version": version("cdc-cache"), "python": platform.python_version()}
-    assert REGISTRY.get_sample_value("cdc_cache_build_info", labels) == 1
+    chosen = ns().namespace
+    try:
+        use_namespace("orders-eu")
+        assert (
+            REGISTRY.get_sample_value("cdc_cache_build_info", labels | {"namespace": "orders-eu"})
+            == 1
+        )
+        use_namespace(DEFAULT_NAMESPACE)
+        assert REGISTRY.get_sample_value("cdc_cache_build_info", labels | {"namespace": "cdc"}) == 1
+        assert (
+            REGISTRY.get_sample_value("cdc_cache_build_info", labels | {"namespace": "orders-eu"})
+            is None
+        )
+    finally:
+        use_namespace(chosen)
