@@ -2,6 +2,11 @@
 
 A rules file is read by ``plan.rules_loader``, which validates everything a change would
 later need, so the pure planner never meets a rule it cannot follow.
+
+Kept in one module: the compiled rules are one vocabulary of plain records (tables, keys,
+templates, the columns they use) that the loader builds and the planner, the schema
+watch and the tools read together; what a key adds to a plain one is apart
+(:mod:`cdc_cache.plan.key_extras`).
 """
 
 from __future__ import annotations
