@@ -114,7 +114,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         auth=config.redis_auth, tables=context.tables, sensitive=rules.sensitive,
         replicas=context.replicas, holds=context.holds,
         invalidate_only=context.invalidate_only, memory=context.memory,
-        fanout=config.fanout if rules.tags else None,
+        fanout=config.fanout if rules.tags else None, expiring=rules.expiring,
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow

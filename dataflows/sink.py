@@ -68,8 +68,10 @@ class RedisSink(DynamicSink[Routed]):
         invalidate_only: Callable[[], bool] = lambda: False,
         memory: MemoryObserver | None = None,
         fanout: Fanout | None = None,
+        expiring: bool = False,
     ) -> None:
         self._fanout = fanout
+        self._expiring = expiring
         self._replicas = replicas
         self._holds = holds or Holds()
         self._redis_url = redis_url
@@ -102,6 +104,7 @@ class RedisSink(DynamicSink[Routed]):
             sensitive=self._sensitive,
             replicas=self._replica_wait(client, worker_index),
             tags=self._tag_store(client, applier),
+            expiring=self._expiring,
         )
         return _RedisPartition(writer)
 

@@ -2,7 +2,8 @@
 
 It states the semantics in a dozen lines: an op applies only if its version (position,
 then rank: delete below set) is strictly newer than the one stored for its key; a delete
-leaves its version behind. A notification goes out when the key op before it applied.
+leaves its version behind; a refresh-only set writes only over a cached value (an
+uncached key gets its version all the same). A notification goes out when the key op before it applied.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ModelCache:
         if current is not None and current >= version:
             return False
         self.versions[op.key] = version
+        if isinstance(op, SetRow) and op.only_if_cached and op.key not in self.values:
+            return True  # refresh-only: an uncached key gets the version, not the value
         if isinstance(op, SetRow):
             self.values[op.key] = op.value
         else:

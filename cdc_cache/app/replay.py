@@ -167,6 +167,7 @@ class Replayer:
             ttl_cap_ms=self._ttl_cap_ms,
             reject=failures.extend,
             tags=TagStore(self._client, applier) if routed.dependencies else None,
+            expiring=True,  # one change: its row's expiry, if any, measured now
         )
         try:
             written = writer.write([routed])

@@ -12,7 +12,18 @@ from __future__ import annotations
 import click
 
 from cdc_cache import __version__
-from cdc_cache.cli import continuity, dlq, gateway, inspector, mode, snapshot, tools, trace, worker
+from cdc_cache.cli import (
+    continuity,
+    dlq,
+    gateway,
+    inspector,
+    mode,
+    rules,
+    snapshot,
+    tools,
+    trace,
+    worker,
+)
 from cdc_cache.cli.dev import dev
 
 
@@ -26,6 +37,7 @@ for command in (
     worker.run,
     worker.watchdog,
     tools.verify,
+    rules.rules,
     trace.trace,
     inspector.inspect,
     tools.demo,

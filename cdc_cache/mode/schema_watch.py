@@ -16,6 +16,11 @@ the DDL record comes first: a log line, ``cdc_cache_rules_column_problems{table,
 changes, the table falls back to ttl mode (:mod:`cdc_cache.mode.tables`) until its columns
 fit the rules again.
 
+The first change of a table that a process reads is different: when it lacks a column
+the rules cannot do without, the rules never fit the table as this process sees it (a
+typo, a wrong table), and the worker stops with :class:`RulesMismatch` naming the column
+and the rules file's line, instead of dead-lettering every change.
+
 :func:`problems` and :class:`Columns` are pure; :class:`SchemaWatch` is the edge.
 """
 
@@ -27,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_cache.core import metrics
+from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import SchemaChange
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.mode.tables import TableFallback
@@ -34,6 +40,19 @@ from cdc_cache.plan.route import Control, Routed
 from cdc_cache.plan.rules import ColumnUse, Rules, TableRules, Use
 
 log = logging.getLogger("cdc_cache.schema_watch")
+
+ROW_CHANGE = "row change"
+
+
+class RulesMismatch(ConfigError):
+    """The first change of a table in this process lacks a column its rules cannot do without.
+
+    The worker stops (exit 2) instead of dead-lettering every change of the table: the
+    rules name a column the table does not have, as the first change seen shows. A
+    column dropped while the worker runs is a schema change instead (the table falls
+    back to ttl mode until its columns fit the rules again).
+    """
+
 
 _FIXES = {
     Use.KEY: "change the key template: without the column no key of this rule can be "
@@ -44,6 +63,10 @@ _FIXES = {
     "dead-lettered (its keys deleted)",
     Use.NOTIFY_FIELDS: "remove it from the notification's fields: until then every change "
     "of the table is dead-lettered (its keys deleted)",
+    Use.WHEN: "change the key's filter (when): until then every change of the table is "
+    "dead-lettered (its keys deleted)",
+    Use.TTL: "change the key's ttl expression: until then every change of the table is "
+    "dead-lettered (its keys deleted)",
 }
 
 
@@ -141,7 +164,7 @@ class SchemaWatch:
             if known is not None and event.after.keys() == known.columns:
                 continue
             if event.table in self._rules.tables:
-                self.columns(event.table, frozenset(event.after), event.position, "row change")
+                self.columns(event.table, frozenset(event.after), event.position, ROW_CHANGE)
 
     def _ddl(self, change: SchemaChange) -> None:
         for table, columns in change.columns.items():
@@ -177,8 +200,10 @@ class SchemaWatch:
                     },
                 )
             _report(table, found, origin)
+            breaking = [p for p in found if p.breaks_changes]
+            if before is None and origin == ROW_CHANGE and breaking:
+                raise RulesMismatch(_first_change(breaking, at))
             if self._tables is not None:
-                breaking = [p for p in found if p.breaks_changes]
                 self._tables.schema(table, _reason(breaking) if breaking else None)
 
     def known(self, table: str) -> Seen | None:
@@ -214,6 +239,19 @@ def _reason(breaking: Sequence[ColumnProblem]) -> str:
     return (
         f"the rules use column '{first.use.column}' ({first.path}:{first.use.line}), which "
         f"{first.table} does not have{more}"
+    )
+
+
+def _first_change(breaking: Sequence[ColumnProblem], at: SourcePosition | None) -> str:
+    listing = "; ".join(
+        f"column '{p.use.column}' ({p.path}:{p.use.line}, {p.use.where})" for p in breaking
+    )
+    first = breaking[0]
+    return (
+        f"the first change of {first.table} this worker read (at {at}) has no {listing}, "
+        "so every change of the table would be dead-lettered; fix the rules file (or the "
+        "table) and restart: if a migration dropped or renamed the column, change the "
+        "rules to match (cdc-cache rules check FILE --db DSN checks them against the database)"
     )
 
 

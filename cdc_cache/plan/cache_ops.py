@@ -30,6 +30,10 @@ class SetRow:
     tombstone_ttl_ms: int
     table: str = ""
     """The table whose change this is: stale if older than its last TRUNCATE ("": ungated)."""
+    only_if_cached: bool = False
+    """Write only over a cached value; an uncached key gets the version and no value."""
+    expires_at_ms: int = 0
+    """When the row expires (epoch ms; 0: never): the writer turns it into a shorter TTL."""
 
 
 @dataclass(frozen=True, slots=True)

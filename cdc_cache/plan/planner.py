@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 
 from cdc_cache.core.errors import MissingPrimaryKey, RenderError
 from cdc_cache.core.events import ChangeEvent, Op, Row
@@ -25,9 +26,19 @@ from cdc_cache.plan.cache_ops import (
     SetRow,
     Truncated,
     ValueFormat,
+    as_invalidation,
 )
+from cdc_cache.plan.extended import FieldFailed, compute, failure, plan_extended
 from cdc_cache.plan.indexes import index_ops
-from cdc_cache.plan.rules import Action, KeyRule, KeyTemplate, MissingColumn, Rules, TableRules
+from cdc_cache.plan.key_extras import Snapshot
+from cdc_cache.plan.rules import (
+    Action,
+    KeyRule,
+    KeyTemplate,
+    MissingColumn,
+    Rules,
+    TableRules,
+)
 from cdc_cache.source.natural import dumps
 
 
@@ -60,6 +71,14 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
         raise RenderError(msg)
     if event.op is Op.UPDATE and not watched_change(event, table):
         return []
+    if event.op is Op.READ and table.snapshot is not Snapshot.WRITE:
+        if table.snapshot is Snapshot.SKIP:
+            return []
+        ops: list[CacheOp] = [
+            as_invalidation(op) if isinstance(op, SetRow) else op
+            for op in _plan_upsert(event, table, event.after)
+        ]
+        return _with_notify(ops, event, table)
     return _with_notify(_plan_upsert(event, table, event.after), event, table)
 
 
@@ -92,6 +111,10 @@ def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[Cach
             continue
         new_key = _render(rule, after, event, "after")
         old_key = _old_key(rule, event) if event.op is Op.UPDATE else None
+        if rule.extras is not None:
+            build = partial(_set_row, rule, new_key, after, event, table)
+            ops += plan_extended(rule.extras, event, table, (new_key, old_key), build)
+            continue
         if old_key is not None and old_key != new_key:
             ops.append(DeleteKey(old_key, event.position, table.tombstone_ttl_ms, event.table))
         if rule.action is Action.SET:
@@ -142,11 +165,10 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
         old = _render_channel(rule.channel, event.before, event, "before")
         channels = list(dict.fromkeys([old, *channels]))
     host_key = table.keys[0].template.render(row)
-    host = next(
-        i
-        for i, op in enumerate(ops)
-        if isinstance(op, SetRow | DeleteKey | IndexMember) and op.key == host_key
-    )
+    keyed = [
+        (i, op.key) for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey | IndexMember)
+    ]
+    host = next((i for i, key in keyed if key == host_key), keyed[0][0])  # filtered out: next
     notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
     return [*ops[: host + 1], *notes, *ops[host + 1 :]]
 
@@ -232,6 +254,8 @@ def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
 def _set_row(rule: KeyRule, key: str, after: Row, event: ChangeEvent, table: TableRules) -> SetRow:
     try:
         value = encode(rule, after)
+    except FieldFailed as exc:
+        raise failure(event, table, exc.expr, after)(exc.error) from None
     except MissingColumn as exc:
         msg = (
             f"{event.table} {event.op.value} at {event.position}: key "
@@ -246,9 +270,14 @@ def _set_row(rule: KeyRule, key: str, after: Row, event: ChangeEvent, table: Tab
 def encode(rule: KeyRule, row: Row) -> bytes | tuple[tuple[str, str], ...]:
     """What ``rule`` stores for ``row``: its JSON document, or its hash fields.
 
-    Raises MissingColumn when the rule projects a column the row does not carry.
+    Raises MissingColumn when the rule projects a column the row does not carry, and
+    FieldFailed when a computed field cannot be computed for it.
     """
-    projected = _project(rule.fields, row)
+    extras = rule.extras
+    if extras is not None and extras.projection is not None:
+        projected = compute(extras.projection, row)
+    else:
+        projected = _project(rule.fields, row)
     if rule.format is ValueFormat.JSON:
         return dumps(projected)
     return tuple((name, _hash_field(v)) for name, v in projected.items() if v is not None)

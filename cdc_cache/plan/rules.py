@@ -2,6 +2,11 @@
 
 A rules file is read by ``plan.rules_loader``, which validates everything a change would
 later need, so the pure planner never meets a rule it cannot follow.
+
+Kept in one module: the compiled rules are one vocabulary of plain records (tables, keys,
+templates, the columns they use) that the loader builds and the planner, the schema
+watch and the tools read together; what a key adds to a plain one is apart
+(:mod:`cdc_cache.plan.key_extras`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from cdc_cache.core.events import Row
 from cdc_cache.core.identity import TableIdentity, split
 from cdc_cache.core.keys import escape_value, ns
 from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.key_extras import KeyExtras, Snapshot
 from cdc_cache.source.natural import (
     WIRE_VALUES,
     TableValues,
@@ -141,6 +147,7 @@ class KeyRule:
     """For an index key (zadd, sadd): the row's member of it, e.g. ``{id}``."""
     score: str | None = None
     """For a sorted-set index key (zadd): the numeric column that scores the member."""
+    extras: KeyExtras | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +195,8 @@ class Use(StrEnum):
     TAGS = "invalidate_tags"
     MEMBER = "member"
     SCORE = "score"
+    WHEN = "when"
+    TTL = "ttl"
 
     @property
     def breaks_changes(self) -> bool:
@@ -195,6 +204,7 @@ class Use(StrEnum):
         return self in (
             Use.KEY, Use.FIELDS, Use.CHANNEL, Use.NOTIFY_FIELDS, Use.DEPENDS, Use.TAGS,
             Use.MEMBER, Use.SCORE,
+            Use.WHEN, Use.TTL,
         )  # fmt: skip
 
 
@@ -227,6 +237,8 @@ class TableRules:
     uses: tuple[ColumnUse, ...] = ()
     values: TableValues = WIRE_VALUES
     invalidate_tags: tuple[KeyTemplate, ...] = ()
+    snapshot: Snapshot = Snapshot.WRITE
+    line: int = 0  # where the rules file names the table
 
     @property
     def truncate_prefixes(self) -> tuple[str, ...]:
@@ -287,6 +299,15 @@ class Rules:
     def tags(self) -> bool:
         """True when changes keep or invalidate cache tags (depends_on, invalidate_tags)."""
         return bool(self.links) or any(t.invalidate_tags for t in self.tables.values())
+
+    @property
+    def expiring(self) -> bool:
+        """True when some key's TTL is the time its row expires (``ttl: {until: ...}``)."""
+        return any(
+            rule.extras is not None and rule.extras.ttl is not None and rule.extras.ttl.until
+            for table in self.tables.values()
+            for rule in table.keys
+        )
 
     @property
     def notifies(self) -> bool:

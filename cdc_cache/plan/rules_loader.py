@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, TypeVar
@@ -24,6 +24,8 @@ from cdc_cache.core.identity import TableIdentity, split
 from cdc_cache.core.keys import ns
 from cdc_cache.core.logical import ColumnType, Kind, declared
 from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.expressions import Expression
+from cdc_cache.plan.key_extras import Field, KeyExtras, RowTtl, Snapshot
 from cdc_cache.plan.rules import (
     DEFAULT_NOTIFY_MAXLEN,
     DEFAULT_SAFETY_TTL_MS,
@@ -57,6 +59,29 @@ _TABLE_NAME: Final = re.compile(r"^[^.\s]+\.[^.\s]+$")
 _SERVER_TABLE_NAME: Final = re.compile(r"^[^.\s]+(\.[^.\s]+)*\.[^.\s]+\.[^.\s]+$")
 
 _E = TypeVar("_E", bound=StrEnum)
+
+# The settings each level of the file takes (the JSON Schema is generated from these too,
+# see cdc_cache.plan.rules_schema).
+TOP_SETTINGS: Final = frozenset({"version", "defaults", "tables"})
+DEFAULTS_SETTINGS: Final = frozenset(
+    {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
+)
+TABLE_SETTINGS: Final = frozenset(
+    {
+        "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
+        "values", "decimals", "timestamps", "types", "render", "invalidate_tags", "snapshot",
+    }
+)  # fmt: skip
+KEY_SETTINGS: Final = frozenset(
+    {
+        "key", "action", "fields", "format", "ttl", "depends_on", "when", "only_if_cached",
+        "member", "score",
+    }
+)  # fmt: skip
+NOTIFY_SETTINGS: Final = frozenset({"channel", "fields", "maxlen"})
+DEPENDENCY_SETTINGS: Final = frozenset({"table", "via", "through", "match"})
+FIELD_SETTINGS: Final = frozenset({"name", "from", "expr"})
+ROW_TTL_SETTINGS: Final = frozenset({"seconds", "until"})
 
 RULES_VERSIONS: Final = (1, 2)
 # What a rules file caches when it does not choose: version 1 keeps Debezium's wire values.
@@ -131,8 +156,16 @@ def parse_rules(
     if checker.problems:
         listing = "\n  ".join(checker.problems)
         msg = f"rules file {path} has {len(checker.problems)} problem(s):\n  {listing}"
-        raise ConfigError(msg)
+        raise RulesInvalid(msg, tuple(checker.problems))
     return rules
+
+
+class RulesInvalid(ConfigError):
+    """A rules file that reads as YAML but breaks the rules: ``problems``, one line each."""
+
+    def __init__(self, message: str, problems: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 @dataclass
@@ -236,15 +269,9 @@ class _Checker:
         if root is None:
             self.problem(None, "rules", "the file is empty; it needs a 'tables:' mapping")
             return Rules({}, self.path)
-        top = self.mapping(root, "rules", frozenset({"version", "defaults", "tables"}))
+        top = self.mapping(root, "rules", TOP_SETTINGS)
         version = self.version(_value(top, "version"))
-        defaults = self.mapping(
-            _value(top, "defaults"),
-            "defaults",
-            frozenset(
-                {"safety_ttl", "tombstone_ttl", "format", "values", "decimals", "timestamps"}
-            ),
-        )
+        defaults = self.mapping(_value(top, "defaults"), "defaults", DEFAULTS_SETTINGS)
         self.values_chosen = "values" in defaults or version != 1
         self.values = self.choice(
             _value(defaults, "values"), "defaults.values", Values, VERSION_VALUES[version]
@@ -278,7 +305,7 @@ class _Checker:
                 continue
             table = self.table(name, table_node, where)
             if table is not None:
-                tables[name] = table
+                tables[name] = replace(table, line=name_node.start_mark.line + 1)
         if tables_node is not None and not tables and not self.problems:
             self.problem(tables_node, "tables", "no tables are covered")
         links, dependents = self.dependencies(tables)
@@ -367,16 +394,7 @@ class _Checker:
         node: yaml.Node,
         where: str,
     ) -> TableRules | None:
-        items = self.mapping(
-            node,
-            where,
-            frozenset(
-                {
-                    "columns", "watch", "keys", "tombstone_ttl", "sensitive", "notify",
-                    "values", "decimals", "timestamps", "types", "render", "invalidate_tags",
-                }
-            ),
-        )  # fmt: skip
+        items = self.mapping(node, where, TABLE_SETTINGS)
         self.uses = []
         columns_node = _value(items, "columns")
         columns = (
@@ -434,7 +452,7 @@ class _Checker:
                     "change to an unwatched column would leave it stale; list its fields",
                 )
             else:
-                needed = rule.template.columns + (rule.fields or ())
+                needed = rule.template.columns + (rule.fields or ()) + _extra_columns(rule)
                 if rule.member is not None:  # an index: its member and score too
                     needed += rule.member.columns + ((rule.score,) if rule.score else ())
                 self.check_watched(key_node, f"{where}.keys[{index}]", needed, watch, "key")
@@ -450,6 +468,9 @@ class _Checker:
                 needed = notify.channel.columns + (notify.fields or ())
                 self.check_watched(notify_node, f"{where}.notify", needed, watch, "notification")
         values = self.table_values(name, items, where, check_columns)
+        snapshot = self.choice(
+            _value(items, "snapshot"), f"{where}.snapshot", Snapshot, Snapshot.WRITE
+        )
         self.check_scores(values)
         return TableRules(
             name,
@@ -461,6 +482,7 @@ class _Checker:
             tuple(self.uses),
             values,
             tags,
+            snapshot,
         )
 
     def tag_templates(
@@ -504,7 +526,7 @@ class _Checker:
         watch: tuple[str, ...] | None,
     ) -> Dependency | None:
         """One ``depends_on`` entry; what it says of other tables is checked once all are read."""
-        items = self.mapping(node, where, frozenset({"table", "via", "through", "match"}))
+        items = self.mapping(node, where, DEPENDENCY_SETTINGS)
         if "table" not in items or "via" not in items:
             if isinstance(node, yaml.MappingNode):
                 self.problem(
@@ -761,7 +783,7 @@ class _Checker:
         where: str,
         check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
     ) -> NotifyRule | None:
-        items = self.mapping(node, where, frozenset({"channel", "fields", "maxlen"}))
+        items = self.mapping(node, where, NOTIFY_SETTINGS)
         if "channel" not in items:
             if isinstance(node, yaml.MappingNode):
                 self.problem(
@@ -812,11 +834,7 @@ class _Checker:
         check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
         watch: tuple[str, ...] | None,
     ) -> KeyRule | None:
-        items = self.mapping(
-            node,
-            where,
-            frozenset({"key", "action", "fields", "format", "ttl", "depends_on", *_INDEX_SETTINGS}),
-        )
+        items = self.mapping(node, where, KEY_SETTINGS)
         if "key" not in items:
             self.problem(node, where, "missing 'key:', e.g. key: \"stock:{sku_id}\"")
             return None
@@ -852,27 +870,37 @@ class _Checker:
             self.used(column, Use.KEY, f"{where}.key", key_node)
         action = self.choice(_value(items, "action"), f"{where}.action", Action, Action.SET)
         fields_node = _value(items, "fields")
-        fields = self.names(fields_node, f"{where}.fields", Use.FIELDS) if fields_node else None
-        if fields_node is not None and fields is not None:
-            check_columns(fields_node, f"{where}.fields", fields)
-            if action is Action.DELETE:
-                self.problem(
-                    fields_node,
-                    f"{where}.fields",
-                    "a delete key stores no value; remove fields or use action: set",
-                )
-            elif action.indexes:
-                self.problem(
-                    fields_node,
-                    f"{where}.fields",
-                    "an index key holds one member per row, not its fields; remove fields "
-                    "(the member is 'member:', a sorted set's score 'score:')",
-                )
+        fields, projection = (
+            self.fields(fields_node, f"{where}.fields", check_columns)
+            if fields_node
+            else (None, None)
+        )
+        if fields_node is not None and fields is not None and action is Action.DELETE:
+            self.problem(
+                fields_node,
+                f"{where}.fields",
+                "a delete key stores no value; remove fields or use action: set",
+            )
+        elif fields_node is not None and fields is not None and action.indexes:
+            self.problem(
+                fields_node,
+                f"{where}.fields",
+                "an index key holds one member per row, not its fields; remove fields "
+                "(the member is 'member:', a sorted set's score 'score:')",
+            )
         member, score = self.index_member(items, node, where, action, check_columns)
         value_format = self.choice(
             _value(items, "format"), f"{where}.format", ValueFormat, self.format
         )
-        ttl = self.duration(_value(items, "ttl"), f"{where}.ttl", self.safety_ttl_ms)
+        ttl_node = _value(items, "ttl")
+        row_ttl = None
+        if isinstance(ttl_node, yaml.MappingNode):
+            ttl, row_ttl = self.safety_ttl_ms, self.row_ttl(ttl_node, f"{where}.ttl", check_columns)
+        else:
+            ttl = self.duration(ttl_node, f"{where}.ttl", self.safety_ttl_ms)
+        extras = self.key_extras(
+            items, where, action, check_columns, projection=projection, row_ttl=row_ttl
+        )
         depends: list[Dependency] = []
         depends_node = _value(items, "depends_on")
         if depends_node is not None and not isinstance(depends_node, yaml.SequenceNode):
@@ -902,7 +930,164 @@ class _Checker:
             tuple(depends),
             member,
             score,
+            extras,
         )
+
+    def fields(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> tuple[tuple[str, ...] | None, tuple[Field, ...] | None]:
+        """``fields:``: the columns a key's value reads, and its renamed/computed fields.
+
+        A list of plain column names keeps the fast projection (no fields of their own);
+        entries ``{name, from}`` or ``{name, expr}`` make one.
+        """
+        if not isinstance(node, yaml.SequenceNode) or all(
+            isinstance(item, yaml.ScalarNode) for item in node.value
+        ):
+            names = self.names(node, where, Use.FIELDS)
+            if names is not None:
+                check_columns(node, where, names)
+            return names, None
+        out: list[Field] = []
+        read: list[str] = []
+        for index, item in enumerate(node.value):
+            at = f"{where}[{index}]"
+            if isinstance(item, yaml.ScalarNode):
+                column = self.column_name(item, at, check_columns)
+                if column is not None:
+                    out.append(Field(column, column))
+                    read.append(column)
+                continue
+            entry = self.mapping(item, at, FIELD_SETTINGS)
+            name = self.optional_scalar(_value(entry, "name"), f"{at}.name")
+            if name is None or not IDENTIFIER.match(name):
+                self.problem(item, at, "needs 'name:' (a field name such as title) and one of "
+                             "'from:' (a column) or 'expr:' (an expression)")  # fmt: skip
+                continue
+            if ("from" in entry) == ("expr" in entry):
+                self.problem(item, at, "give exactly one of 'from:' (a column) or 'expr:'")
+                continue
+            if "from" in entry:
+                column = self.column_name(entry["from"][1], f"{at}.from", check_columns)
+                if column is not None:
+                    out.append(Field(name, column))
+                    read.append(column)
+                continue
+            expr = self.expression(entry["expr"][1], f"{at}.expr", Use.FIELDS, check_columns)
+            if expr is not None:
+                out.append(Field(name, None, expr))
+                read += expr.columns
+        given = [f.name for f in out]
+        for name in sorted({n for n in given if given.count(n) > 1}):
+            self.problem(node, where, f"field '{name}' is given twice; rename one")
+        return tuple(dict.fromkeys(read)), tuple(out)
+
+    def column_name(
+        self,
+        node: yaml.Node,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> str | None:
+        """One column name of ``fields:``, recorded and checked against the columns."""
+        value = self.scalar(node, where)
+        if value is None or not IDENTIFIER.match(value):
+            self.problem(node, where, f"'{value}' is not a column name")
+            return None
+        self.used(value, Use.FIELDS, where, node)
+        check_columns(node, where, (value,))
+        return value
+
+    def expression(
+        self,
+        node: yaml.Node,
+        where: str,
+        use: Use,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> Expression | None:
+        """An expression over the row's columns, compiled once; its columns recorded."""
+        source = self.scalar(node, where)
+        if source is None:
+            return None
+        try:
+            expr = Expression.compile(source)
+        except ValueError as exc:
+            self.problem(node, where, f"{exc}; see the rules section of the README")
+            return None
+        check_columns(node, where, expr.columns)
+        for column in expr.columns:
+            if not IDENTIFIER.match(column):  # pragma: no cover - Python names are identifiers
+                self.problem(node, where, f"'{column}' is not a column name")
+            self.used(column, use, where, node)
+        return expr
+
+    def row_ttl(
+        self,
+        node: yaml.MappingNode,
+        where: str,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+    ) -> RowTtl | None:
+        """``ttl: {seconds: EXPR}`` or ``ttl: {until: EXPR}``: a TTL from the row."""
+        items = self.mapping(node, where, ROW_TTL_SETTINGS)
+        if len(items) != 1:
+            if len(items) > 1 or not self.problems:
+                self.problem(
+                    node,
+                    where,
+                    "give one of 'seconds:' (an expression for the seconds to live) or "
+                    "'until:' (an expression for the time the row expires)",
+                )
+            return None
+        ((setting, (_, value_node)),) = items.items()
+        expr = self.expression(value_node, f"{where}.{setting}", Use.TTL, check_columns)
+        return RowTtl(expr, setting == "until") if expr is not None else None
+
+    def key_extras(
+        self,
+        items: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        where: str,
+        action: Action,
+        check_columns: Callable[[yaml.Node, str, tuple[str, ...]], None],
+        *,
+        projection: tuple[Field, ...] | None,
+        row_ttl: RowTtl | None,
+    ) -> KeyExtras | None:
+        """A key's filter, refresh-only flag, computed fields and row TTL (None: none)."""
+        when_node = _value(items, "when")
+        when = (
+            self.expression(when_node, f"{where}.when", Use.WHEN, check_columns)
+            if when_node is not None
+            else None
+        )
+        only_node = _value(items, "only_if_cached")
+        only = self.flag(only_node, f"{where}.only_if_cached")
+        if action is not Action.SET:  # a delete key, or an index key (zadd, sadd)
+            for setting, given in (("when", when_node), ("only_if_cached", only_node)):
+                if given is not None:
+                    self.problem(
+                        given,
+                        f"{where}.{setting}",
+                        f"{setting} applies to action: set only (a delete key is deleted by "
+                        "every change of the row; an index key holds members, not values)",
+                    )
+            if row_ttl is not None:
+                self.problem(items["ttl"][1], f"{where}.ttl", "a TTL from the row applies to "
+                             "action: set only; give a duration")  # fmt: skip
+            return None
+        if when is None and projection is None and row_ttl is None and not only:
+            return None
+        return KeyExtras(when, projection, row_ttl, only)
+
+    def flag(self, node: yaml.Node | None, where: str) -> bool:
+        value = self.optional_scalar(node, where)
+        if value is None:
+            return False
+        if value.lower() not in ("true", "false"):
+            self.problem(node, where, f"'{value}' is not valid; use true or false")
+            return False
+        return value.lower() == "true"
 
     def index_member(
         self,
@@ -981,6 +1166,15 @@ class _Checker:
                 f"{column_type}, which is not cached as a number; score by a numeric column "
                 "(for a timestamp, render it epoch_ms)"
             )
+
+
+def _extra_columns(rule: KeyRule) -> tuple[str, ...]:
+    """The columns a key's filter and row TTL read (its fields are in ``rule.fields``)."""
+    extras = rule.extras
+    if extras is None:
+        return ()
+    exprs = (extras.when, extras.ttl.expr if extras.ttl is not None else None)
+    return tuple(c for expr in exprs if expr is not None for c in expr.columns)
 
 
 _INDEX_SETTINGS: Final = ("member", "score")

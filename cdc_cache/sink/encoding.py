@@ -11,7 +11,7 @@ server while it runs, and each op's reply code read back as an :class:`Outcome`
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -101,7 +101,12 @@ def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
     if op.ttl_ms <= 0:
         msg = f"SetRow for {op.key!r} has ttl_ms={op.ttl_ms}; TTLs must be positive milliseconds"
         raise ApplyError(msg)
+    if op.expires_at_ms:
+        msg = f"SetRow for {op.key!r} expires at {op.expires_at_ms}, but no writer made it a TTL"
+        raise ApplyError(msg)
     lifetime = max(op.ttl_ms, op.tombstone_ttl_ms)
+    if op.only_if_cached:  # refresh-only: the script writes it only over a cached value
+        return ("R", *script_args(replace(op, only_if_cached=False)))
     if op.format is ValueFormat.JSON and isinstance(op.value, bytes):
         return ("J", field, version, lifetime, op.value, op.ttl_ms)
     if op.format is ValueFormat.HASH and isinstance(op.value, tuple):

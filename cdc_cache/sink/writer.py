@@ -81,7 +81,9 @@ class CacheWriter:
     back on their own (see :mod:`cdc_cache.mode.tables`). ``sensitive`` names each table's
     sensitive columns, whose values are scrubbed from the keys the writer logs. With
     ``replicas``, a batch counts as written only once the required replicas acknowledged
-    it, the deletes of its failed changes included.
+    it, the deletes of its failed changes included. ``expiring`` (the rules give rows an
+    expiry time, ``ttl: {until: ...}``) turns each set's expiry into a TTL with
+    ``clock_ms`` when its batch is applied, or into a delete once it has passed.
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class CacheWriter:
         sensitive: Callable[[str], frozenset[str]] | None = None,
         replicas: ReplicaWait | None = None,
         tags: TagStore | None = None,
+        expiring: bool = False,
     ) -> None:
         self._applier = applier
+        self._expiring = expiring
         self._tags = tags
         self._replicas = replicas
         self._reject = reject or Rejects(Rules({}), None).report
@@ -278,7 +282,8 @@ class CacheWriter:
 
     def _caps(self) -> _Caps:
         table_caps = self._tables.caps() if self._tables is not None else {}
-        return _Caps(self._ttl_cap_ms(), table_caps)
+        now_ms = int(self._clock_ms()) if self._expiring else None
+        return _Caps(self._ttl_cap_ms(), table_caps, now_ms)
 
     def _apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
         if not ops:
@@ -333,14 +338,17 @@ class _Caps:
 
     everything: int | None
     tables: Mapping[str, int]
+    now_ms: int | None = None  # rows may expire: the time their expiry is measured from
 
     def applied_to(self, item: Planned) -> list[CacheOp]:
-        """``item``'s ops with no value or index living longer than its table may."""
+        """``item``'s ops with no value or index living longer than its table (or row) may."""
         cap = self.tables.get(item.event.table, self.everything)
-        if cap is None:
+        if cap is None and self.now_ms is None:
             return list(item.ops)
-        if self.everything is not None:
+        if cap is not None and self.everything is not None:
             cap = min(cap, self.everything)
+        if self.now_ms is not None:
+            return [_capped(_expiring(op, self.now_ms), cap) for op in item.ops]
         return [_capped(op, cap) for op in item.ops]
 
 
@@ -357,6 +365,16 @@ def _capped(op: CacheOp, cap_ms: int | None) -> CacheOp:
     if cap_ms is None or not isinstance(op, SetRow | IndexMember) or op.ttl_ms <= cap_ms:
         return op
     return replace(op, ttl_ms=cap_ms)
+
+
+def _expiring(op: CacheOp, now_ms: int) -> CacheOp:
+    """A set whose row expires: its TTL up to then, or the delete of its key once passed."""
+    if not isinstance(op, SetRow) or not op.expires_at_ms:
+        return op
+    left = op.expires_at_ms - now_ms
+    if left <= 0:
+        return DeleteKey(op.key, op.position, op.tombstone_ttl_ms, op.table)
+    return replace(op, ttl_ms=min(op.ttl_ms, left), expires_at_ms=0)
 
 
 def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:

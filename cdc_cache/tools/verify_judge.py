@@ -1,4 +1,6 @@
-"""What a key should hold for a row, judged against what it holds (pure).
+"""What a key should hold for a row, judged against what it holds (pure but for the clock).
+
+A row whose TTL ends at a time it names (``ttl: {until: ...}``) is judged against the clock.
 
 Expected values come from :func:`cdc_cache.plan.planner.plan` applied to a snapshot-read
 event of the row, so the judge can never disagree with the worker about projection or
@@ -13,8 +15,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, Literal
@@ -25,7 +28,8 @@ import orjson
 from cdc_cache.core.events import ChangeEvent, Op, Row
 from cdc_cache.core.keys import NULL_TOKEN
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow
+from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, as_invalidation
+from cdc_cache.plan.key_extras import Snapshot
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import KeyRule, Rules, TableRules
 from cdc_cache.sink.versions import is_delete
@@ -136,16 +140,26 @@ def derive(
     row: Row,
     primary_key: Sequence[str],
     position: SourcePosition = _ANY_POSITION,
+    now_ms: float | None = None,
 ) -> Derived:
     """What the worker would write for ``row``, via the planner, as a snapshot read.
 
     ``row`` holds the values as the table caches them (natural values, or Debezium's wire
     values for a table cached as shipped): :meth:`Database.rows` reads them so.
     ``position`` is the read's (a repair's; any position when only values are compared).
+    Whatever the table does with snapshot rows, this is what its changes write; a row
+    that expired by ``now_ms`` (default: the clock now) renders a delete, as the writer
+    turns it into one.
     """
+    table = replace(table, snapshot=Snapshot.WRITE)
+    now = time.time() * 1000 if now_ms is None else now_ms
     event = snapshot_read(table, row, primary_key, position)
     # A snapshot read yields exactly one op per key rule, in rule order (notifications aside).
-    ops = [op for op in plan(event, Rules({table.table: table})) if not isinstance(op, Notify)]
+    ops = [
+        as_invalidation(op) if isinstance(op, SetRow) and 0 < op.expires_at_ms <= now else op
+        for op in plan(event, Rules({table.table: table}))
+        if not isinstance(op, Notify)
+    ]
     pairs = list(zip(table.keys, ops, strict=True))
     return Derived(
         sets=tuple((rule, op) for rule, op in pairs if isinstance(op, SetRow)),
@@ -183,7 +197,7 @@ def judge(expected: SetRow | None, stored: Stored) -> Finding | None:
     if expected is None:
         return Finding.UNEXPECTED if stored.present else None
     if not stored.present:
-        return Finding.MISSING
+        return None if expected.only_if_cached else Finding.MISSING  # never filled: fine
     if stored.wrong_type or stored.value is None or not same_value(expected, stored.value):
         return Finding.STALE
     if stored.version is None or is_delete(stored.version):

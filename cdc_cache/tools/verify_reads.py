@@ -152,6 +152,16 @@ class Database:
             raise VerifyError(msg)
         return columns
 
+    def columns(self, table: str) -> frozenset[str]:
+        """The table's column names (empty: no such table, or not visible to this user)."""
+        schema, name = table.split(".", 1)
+        rows = self._query(
+            "SELECT column_name AS c FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (schema, name),
+        )
+        return frozenset(str(next(iter(r.values()))) for r in rows)
+
     def count(self, table: str) -> int:
         rows = list(self._query(f"SELECT COUNT(*) AS n FROM {self._name(table)}"))
         return int(next(iter(rows[0].values())))

@@ -1,7 +1,7 @@
 """Every command that prints results takes ``--json``; the ones needing no server, parsed.
 
-The commands that run until stopped print logs, not results; ``dlq show`` prints JSON
-whatever is asked. Any other command without ``--json`` fails the census.
+The commands that run until stopped print logs, not results; ``dlq show`` and ``rules
+schema`` print JSON whatever is asked. Any other command without ``--json`` fails the census.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from cdc_cache.cli import main
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.stack import SERVICES, port_env
 
-# Long-running processes (their output is a log) and the one command whose output is JSON.
-WITHOUT_JSON = {"run", "watchdog", "inspect", "demo", "dlq show"}
+# Long-running processes (their output is a log) and the commands whose output is JSON.
+WITHOUT_JSON = {"run", "watchdog", "inspect", "demo", "dlq show", "rules schema"}
 SECRET = "a-gateway-secret-of-at-least-32-bytes"
 
 

@@ -11,10 +11,11 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import SchemaChange, SourceRecord
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.mode.holds import Holds
-from cdc_cache.mode.schema_watch import SchemaWatch, problems
+from cdc_cache.mode.schema_watch import RulesMismatch, SchemaWatch, problems
 from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.route import route
 from cdc_cache.plan.rules import Use
@@ -205,3 +206,28 @@ tables:
     ]
     assert not any(p.breaks_changes for p in found)
     assert found[0].fix() == "remove it from types"
+
+
+def test_a_first_change_without_a_column_the_rules_need_stops_the_worker_naming_it():
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, Holds(), 5_000))
+    with pytest.raises(RulesMismatch) as raised:
+        watch.observe([row({"id": 1, "name": "lamp", "note": None}, 100)])
+    text = str(raised.value)
+    assert f"column 'price' (rules.yaml:{line_of('fields: [id')}, " in text
+    assert "the first change of shop.items this worker read" in text
+    assert isinstance(raised.value, ConfigError)  # the worker exits 2
+
+
+def test_only_the_first_change_stops_a_later_drop_falls_back_as_a_schema_change():
+    holds = Holds()
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
+    watch.observe([row(FULL, 100)])  # fits: nothing stops
+    watch.observe([row({"id": 1, "name": "lamp", "note": None}, 200)])
+    assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
+
+
+def test_a_ddl_record_first_is_a_schema_change_not_a_stop():
+    holds = Holds()
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
+    watch.observe([ddl(["id", "name", "note"], 200, text="ALTER TABLE items DROP price")])
+    assert [h.label for h in holds.active()] == ["table_failing:shop.items"]

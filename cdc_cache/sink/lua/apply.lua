@@ -41,6 +41,10 @@
 -- A key op may be preceded by "T table" (no keys, no code of its own): from there on, key
 -- ops are of that table, and one at or below the table's last TRUNCATE (the field
 -- "truncated:<table>" of the op's bucket, see cdc_cache/sink/truncate.py) is stale.
+-- A J or H op may be preceded by "R" (refresh-only, after any T): it writes only over a
+-- cached value; on an uncached key it applies as a D (the version is recorded, the lease
+-- voided, nothing written) and returns 3, so neither a late older change nor a fill that
+-- loaded the row before it can land afterwards.
 -- Returns one code per op: 1 applied, 0 stale, 2 duplicate, 3 invalidated (a set that
 -- found a value but no version), and for an N op its host's code.
 --
@@ -68,6 +72,7 @@ local k = 1
 local hosted = false
 local gate = nil  -- the table of the key ops from here on (a T op), for its TRUNCATE
 local floors = {}  -- per key op: its table's truncate position in its bucket, if any
+local refreshes = {}  -- per key op: true for a refresh-only write (an R op before it)
 local truncates = {}  -- by bucket and table: that position as stored ('' for none)
 local records = {}  -- by bucket and index field: {state, newest member version} of an index
 local INDEX_TYPES = {z = 'zset', s = 'set'}
@@ -78,6 +83,14 @@ while k <= #KEYS do
     gate = ARGV[a + 1]
     a = a + 2
     kind = ARGV[a]
+  end
+  if kind == 'R' then
+    refreshes[#starts + 1] = true
+    a = a + 1
+    kind = ARGV[a]
+    if kind ~= 'J' and kind ~= 'H' then
+      return redis.error_reply('cdc-apply: a refresh-only op must be J or H, not ' .. tostring(kind))
+    end
   end
   starts[#starts + 1] = a
   firsts[#firsts + 1] = k
@@ -224,6 +237,8 @@ for n, s in ipairs(starts) do
       code = 1
       if kind == 'M' then
         code = index_write(key, vkey, s, floors[n])
+      elseif refreshes[n] and redis.call('EXISTS', key) == 0 then
+        code = 3
       elseif kind ~= 'D' and current == '' and redis.call('EXISTS', key) == 1 then
         code = 3
         redis.call('DEL', key)
