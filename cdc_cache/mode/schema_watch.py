@@ -16,9 +16,10 @@ the DDL record comes first: a log line, ``cdc_cache_rules_column_problems{table,
 changes, the table falls back to ttl mode (:mod:`cdc_cache.mode.tables`) until its columns
 fit the rules again.
 
-The first change of a table that a process reads is different: when it lacks a column
-the rules cannot do without, the rules never fit the table as this process sees it (a
-typo, a wrong table), and the worker stops with :class:`RulesMismatch` naming the column
+The first row change of a table that a process reads is different, whether or not a DDL
+record told of the table before it: when it lacks a column the rules cannot do without,
+the rules never fit the table as this process sees it (a typo, a wrong table), and the
+worker stops with :class:`RulesMismatch` naming the column
 and the rules file's line, instead of dead-lettering every change.
 
 :func:`problems` and :class:`Columns` are pure; :class:`SchemaWatch` is the edge.
@@ -148,6 +149,7 @@ class SchemaWatch:
         self._tables = tables
         self._lock = threading.Lock()
         self._seen: dict[str, Seen] = {}
+        self._rows_seen: set[str] = set()  # tables whose first row change was checked
 
     def observe(self, batch: Sequence[Routed]) -> None:
         """Check the columns shown by a batch's DDL records and row changes."""
@@ -161,7 +163,11 @@ class SchemaWatch:
             if event is None or event.after is None:
                 continue
             known = seen.get(event.table)
-            if known is not None and event.after.keys() == known.columns:
+            if (
+                known is not None
+                and event.after.keys() == known.columns
+                and event.table in self._rows_seen
+            ):
                 continue
             if event.table in self._rules.tables:
                 self.columns(event.table, frozenset(event.after), event.position, ROW_CHANGE)
@@ -180,6 +186,8 @@ class SchemaWatch:
         Reported under the lock (a rare path), so reports follow the states in order.
         """
         with self._lock:
+            if origin == ROW_CHANGE and table not in self._rows_seen:
+                self._first_row(table, columns, at)
             before = self._seen.get(table)
             if not supersedes(before, columns, at):
                 return
@@ -201,10 +209,21 @@ class SchemaWatch:
                 )
             _report(table, found, origin)
             breaking = [p for p in found if p.breaks_changes]
-            if before is None and origin == ROW_CHANGE and breaking:
-                raise RulesMismatch(_first_change(breaking, at))
             if self._tables is not None:
                 self._tables.schema(table, _reason(breaking) if breaking else None)
+
+    def _first_row(self, table: str, columns: frozenset[str], at: SourcePosition | None) -> None:
+        """Stop at the first row change of ``table`` in this process if it lacks a needed column.
+
+        Whether or not a DDL record told of the table first: the schema-change topic may be
+        read before or after the table's own.
+        """
+        self._rows_seen.add(table)
+        found = problems(self._rules.tables[table], columns, self._rules.path, frozenset())
+        breaking = [p for p in found if p.breaks_changes]
+        if breaking:
+            _report(table, found, ROW_CHANGE)
+            raise RulesMismatch(_first_change(breaking, at))
 
     def known(self, table: str) -> Seen | None:
         """The newest columns seen for ``table``."""

@@ -126,5 +126,8 @@ def test_filters_fields_row_ttls_refresh_only_and_snapshot_control(
     bad = worker(bad_home, broker.bootstrap, pipeline.redis_url, [pipeline.topic], rules=rules)
     bad.start()
     assert bad.proc is not None
-    assert bad.proc.wait(120) == 2, bad.tail()
+    try:
+        assert bad.proc.wait(120) == 2, bad.tail()
+    finally:  # never left running against the session's Redis
+        bad.stop()
     assert f"column 'qtty' ({bad_home / 'rules.yaml'}:11" in bad.log.read_text(), bad.tail()

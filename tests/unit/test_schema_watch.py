@@ -226,8 +226,18 @@ def test_only_the_first_change_stops_a_later_drop_falls_back_as_a_schema_change(
     assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
 
 
-def test_a_ddl_record_first_is_a_schema_change_not_a_stop():
+def test_a_ddl_record_first_is_a_schema_change_and_the_first_row_still_stops():
+    """The schema-change topic may be read before the table's: the first row decides."""
     holds = Holds()
     watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
     watch.observe([ddl(["id", "name", "note"], 200, text="ALTER TABLE items DROP price")])
     assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
+    with pytest.raises(RulesMismatch, match="column 'price'"):
+        watch.observe([row({"id": 1, "name": "lamp", "note": None}, 300)])
+
+
+def test_a_first_row_that_fits_after_a_ddl_record_does_not_stop():
+    watch = SchemaWatch(RULES, TableFallback(RULES.tables, Holds(), 5_000))
+    watch.observe([ddl(["id", "name", "price", "note"], 200)])
+    watch.observe([row(FULL, 300)])  # nothing raised
+    assert watch.known("shop.items").columns == frozenset(FULL)  # type: ignore[union-attr]
