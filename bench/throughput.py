@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -1043,20 +1044,22 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
     records = out["product_1proc"]["records_per_s"]
     raw = min(out["consume_only"]["events_per_s"], out["redis_lua"]["events_per_s"])
     found = {
-        "vs_baseline": round(records / out["baseline"]["records_per_s"], 2),
-        "vs_lower_raw_limit": round(one / raw, 3),
-        "scaling_2_vs_1": round(out["product_2proc"]["events_per_s"] / one, 2),
+        "vs_baseline": _ratio(records, out["baseline"]["records_per_s"], 2),
+        "vs_lower_raw_limit": _ratio(one, raw, 3),
+        "scaling_2_vs_1": _ratio(out["product_2proc"]["events_per_s"], one, 2),
     }
     if "wait_medians" in out:
-        sides = out["wait_medians"]
-        found["wait_vs_no_wait"] = round(
-            sides["wait"]["events_per_s"] / sides["no_wait"]["events_per_s"], 3
-        )
-        found["wait_cpu_vs_no_wait"] = round(
-            sides["wait"]["worker_cpu_us_per_event"] / sides["no_wait"]["worker_cpu_us_per_event"],
-            3,
+        wait, no_wait = out["wait_medians"]["wait"], out["wait_medians"]["no_wait"]
+        found["wait_vs_no_wait"] = _ratio(wait["events_per_s"], no_wait["events_per_s"], 3)
+        found["wait_cpu_vs_no_wait"] = _ratio(
+            wait["worker_cpu_us_per_event"], no_wait["worker_cpu_us_per_event"], 3
         )
     return found
+
+
+def _ratio(part: float, whole: float, digits: int) -> float:
+    """``part / whole`` rounded; NaN when ``whole`` is 0 (a run too short to sample CPU)."""
+    return round(part / whole, digits) if whole else math.nan
 
 
 def _announcer() -> Callable[[str], None]:
