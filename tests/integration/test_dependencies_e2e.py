@@ -499,7 +499,7 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
                 )
                 assert stale == []
                 assert report.exit_code == 0 and links > 0, report.format()
-                assert cached >= PRODUCTS // 4, "few keys stayed cached: the check judged little"
+                assert cached >= PRODUCTS // 10, "few keys stayed cached: the check judged little"
                 assert fills.voided_by_change > 0 and fills.voided_by_tag > 0, fills
             print(
                 f"setup {flowing - started:.1f}s, writing {written - flowing:.1f}s, "
