@@ -15,7 +15,7 @@ class ValueFormat(StrEnum):
     HASH = "hash"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class SetRow:
     """Write a projected row image to ``key`` if ``position`` is newer than the key's version.
 
@@ -54,7 +54,7 @@ class IndexKind(StrEnum):
     SET = "set"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class IndexMember:
     """Put ``member`` into the index ``key`` (``present``), or take it out, if newer.
 
@@ -111,7 +111,7 @@ class InvalidatePrefix:
     truncated: Truncated | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see SetRow
 class Notify:
     """Announce a change on ``channel`` if the key op right before it (its host) applied.
 

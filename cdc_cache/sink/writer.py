@@ -63,7 +63,7 @@ _OP_KIND = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class EventOutcome:
     """What happened to one change: applied, stale, duplicate or no_op (nothing to do)."""
 
