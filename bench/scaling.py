@@ -58,6 +58,8 @@ class Costs:
 
 @dataclass(frozen=True)
 class Assumptions:
+    """What the model takes as given about a deployment; ``--help`` overrides each."""
+
     cores_per_process: float = 1.0
     threads_per_process: int = 1
     utilisation: float = 0.7
@@ -73,6 +75,8 @@ class Capacity:
 
 @dataclass(frozen=True)
 class Sizing:
+    """Units of each kind a target rate needs, and how far it is past one unit of each."""
+
     target: float
     processes: int
     partitions: int
@@ -155,6 +159,8 @@ def size(target: float, c: Costs, a: Assumptions) -> Sizing:
 
 @dataclass(frozen=True)
 class Prediction:
+    """A rate predicted on the measuring machine, what bounds it, and the measured rate."""
+
     processes: int
     events_per_s: float
     bound: str
