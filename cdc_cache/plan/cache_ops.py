@@ -36,7 +36,7 @@ class SetRow:
     """When the row expires (epoch ms; 0: never): the writer turns it into a shorter TTL."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see SetRow
 class DeleteKey:
     """Delete ``key`` if ``position`` is newer, leaving a version tombstone for its TTL."""
 
@@ -45,6 +45,9 @@ class DeleteKey:
     tombstone_ttl_ms: int
     table: str = ""
     """As :attr:`SetRow.table`."""
+
+    def __hash__(self) -> int:  # as a frozen dataclass's: dependency ops are deduplicated
+        return hash((self.key, self.position, self.tombstone_ttl_ms, self.table))
 
 
 class IndexKind(StrEnum):
