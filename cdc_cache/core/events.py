@@ -13,7 +13,7 @@ from cdc_cache.core.positions import SourcePosition
 Row = Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class Origin:
     """What a change says about the log it came from.
 
@@ -27,6 +27,9 @@ class Origin:
     server: str | None = None
     gtid: tuple[str, int] | None = None
     snapshot: bool = False
+
+    def __hash__(self) -> int:  # as a frozen dataclass's (never mutated)
+        return hash((self.server, self.gtid, self.snapshot))
 
 
 NO_ORIGIN: Final = Origin()
@@ -42,7 +45,7 @@ class Op(StrEnum):
     TRUNCATE = "t"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class SourceRecord:
     """Where a message came from: the coordinates every error and DLQ entry names."""
 
@@ -58,7 +61,7 @@ class SourceRecord:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class ChangeEvent:
     """One committed row change (or a table truncation) decoded from a Debezium envelope.
 

@@ -15,7 +15,7 @@ class ValueFormat(StrEnum):
     HASH = "hash"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class SetRow:
     """Write a projected row image to ``key`` if ``position`` is newer than the key's version.
 
@@ -36,7 +36,7 @@ class SetRow:
     """When the row expires (epoch ms; 0: never): the writer turns it into a shorter TTL."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see SetRow
 class DeleteKey:
     """Delete ``key`` if ``position`` is newer, leaving a version tombstone for its TTL."""
 
@@ -46,6 +46,9 @@ class DeleteKey:
     table: str = ""
     """As :attr:`SetRow.table`."""
 
+    def __hash__(self) -> int:  # as a frozen dataclass's: dependency ops are deduplicated
+        return hash((self.key, self.position, self.tombstone_ttl_ms, self.table))
+
 
 class IndexKind(StrEnum):
     """The Redis type of an index key."""
@@ -54,7 +57,7 @@ class IndexKind(StrEnum):
     SET = "set"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class IndexMember:
     """Put ``member`` into the index ``key`` (``present``), or take it out, if newer.
 
@@ -111,7 +114,7 @@ class InvalidatePrefix:
     truncated: Truncated | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see SetRow
 class Notify:
     """Announce a change on ``channel`` if the key op right before it (its host) applied.
 

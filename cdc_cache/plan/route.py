@@ -29,7 +29,7 @@ from cdc_cache.source.envelope import Parse, decode, table_hint
 from cdc_cache.source.natural import UndecodableValue
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class Planned:
     """A decoded change and the cache operations it implies (possibly none)."""
 
@@ -39,7 +39,7 @@ class Planned:
     dependencies: tuple[DependencyOp, ...] = ()  # tag and link ops, after every key op
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class Control:
     """A heartbeat, schema change or tombstone: counted and observed, never applied."""
 

@@ -83,16 +83,22 @@ def script_keys(op: KeyOp | Notify) -> tuple[str, ...]:
     """The script's KEYS for one op."""
     if isinstance(op, Notify):
         return (ns().stream_key(op.channel), ns().channels)
-    return (op.key, ns().version_key(op.key), ns().lease_key(op.key))
+    version_key, lease_key, _ = ns().gate_keys(op.key)
+    return (op.key, version_key, lease_key)
 
 
-def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
-    """The script's ARGV for one op: kind, field, version, its lifetime, kind's own args."""
+def script_args(op: KeyOp | Notify, field: bytes | None = None) -> tuple[Arg, ...]:
+    """The script's ARGV for one op: kind, field, version, its lifetime, kind's own args.
+
+    ``field`` is the version field of the op's key when the caller already has it.
+    """
     if isinstance(op, Notify):
         return ("N", op.channel, op.maxlen, op.payload)
     if isinstance(op, IndexMember):
         return _index_args(op)
-    field, version = version_field(op.key), version_of(op)
+    if field is None:
+        field = version_field(op.key)
+    version = version_of(op)
     if op.tombstone_ttl_ms <= 0:
         msg = f"{type(op).__name__} for {op.key!r} has tombstone_ttl_ms={op.tombstone_ttl_ms}"
         raise ApplyError(msg + "; TTLs must be positive milliseconds")
@@ -106,7 +112,7 @@ def script_args(op: KeyOp | Notify) -> tuple[Arg, ...]:
         raise ApplyError(msg)
     lifetime = max(op.ttl_ms, op.tombstone_ttl_ms)
     if op.only_if_cached:  # refresh-only: the script writes it only over a cached value
-        return ("R", *script_args(replace(op, only_if_cached=False)))
+        return ("R", *script_args(replace(op, only_if_cached=False), field))
     if op.format is ValueFormat.JSON and isinstance(op.value, bytes):
         return ("J", field, version, lifetime, op.value, op.ttl_ms)
     if op.format is ValueFormat.HASH and isinstance(op.value, tuple):
@@ -163,11 +169,16 @@ def calls(
     members: list[int] = []
     table = ""  # the table whose TRUNCATE gates the call's key ops from here on
     host = ""  # the key of the last key op: an outbox notification goes to its slot's outbox
+    names = ns()
     for index in indices:
         op = ops[index]
-        encoded = script_args(op)
-        if isinstance(op, Notify) and outbox:
-            encoded = ("O", *encoded[1:])
+        if isinstance(op, Notify):
+            encoded = script_args(op)
+            if outbox:
+                encoded = ("O", *encoded[1:])
+        else:
+            version_key, lease_key, field = names.gate_keys(op.key)
+            encoded = script_args(op, field)
         if (
             members
             and not isinstance(op, Notify)
@@ -178,12 +189,13 @@ def calls(
         if not isinstance(op, Notify) and op.table != table:
             table = op.table
             args += ("T", table)
-        if isinstance(op, Notify) and outbox:
-            keys.append(ns().outbox_key(host or op.channel))  # no host: the script refuses it
+        if not isinstance(op, Notify):
+            keys += (op.key, version_key, lease_key)
+            host = op.key
+        elif outbox:
+            keys.append(names.outbox_key(host or op.channel))  # no host: the script refuses it
         else:
             keys += script_keys(op)
-        if not isinstance(op, Notify):
-            host = op.key
         args += encoded
         members.append(index)
     if members:

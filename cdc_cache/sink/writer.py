@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from prometheus_client import Histogram
-
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import (
     ApplyError,
@@ -28,6 +26,7 @@ from cdc_cache.core.errors import (
     RefusedByRedis,
 )
 from cdc_cache.core.events import ChangeEvent, Heartbeat, SchemaChange, Tombstone
+from cdc_cache.core.histograms import observe_all
 from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.core.scrub import scrub, spellings
 from cdc_cache.dlq.entries import Failure
@@ -64,7 +63,7 @@ _OP_KIND = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class EventOutcome:
     """What happened to one change: applied, stale, duplicate or no_op (nothing to do)."""
 
@@ -300,33 +299,41 @@ class CacheWriter:
         )
 
     def _account(self, planned: list[Planned], results: Sequence[Outcome]) -> list[EventOutcome]:
-        """Per-change outcomes, with the batch's counters summed first.
+        """Per-change outcomes, with the batch's counters and latencies gathered first.
 
-        Each counter is incremented once per label set: a labelled increment costs a
-        lookup and a lock, too much to pay per change.
+        Each counter is incremented once per label set and each latency histogram once
+        per bucket (:func:`~cdc_cache.core.histograms.observe_all`): a labelled increment
+        or an observation costs a lookup and a lock, too much to pay per change.
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
-        op_counts: Counter[tuple[str, str]] = Counter()
+        op_counts: Counter[tuple[str, Outcome]] = Counter()
         event_counts: Counter[tuple[str, str, str]] = Counter()
+        committed: list[float] = []
+        emitted: list[float] = []
         for item in planned:
             event = item.event
-            op_outcomes = []
-            for op in item.ops:
-                outcome = Outcome.APPLIED if isinstance(op, InvalidatePrefix) else next(outcomes)
-                op_counts[_OP_KIND[type(op)], outcome.value] += 1
-                op_outcomes.append(outcome)
+            op_outcomes = [
+                Outcome.APPLIED if type(op) is InvalidatePrefix else next(outcomes)
+                for op in item.ops
+            ]
+            for op, outcome in zip(item.ops, op_outcomes, strict=True):
+                op_counts[_OP_KIND[type(op)], outcome] += 1
             summary = _summarise(op_outcomes)
-            event_counts[event.table, event.op.value, summary] += 1
-            if summary == Outcome.APPLIED:
-                _observe_latency(metrics.COMMIT_TO_APPLIED, now_ms, event.committed_at_ms)
-                _observe_latency(metrics.EMITTED_TO_APPLIED, now_ms, event.emitted_at_ms)
+            event_counts[event.table, event.op, summary] += 1
+            if summary == _APPLIED:
+                if event.committed_at_ms is not None:
+                    committed.append(max(0.0, now_ms - event.committed_at_ms) / 1000)
+                if event.emitted_at_ms is not None:
+                    emitted.append(max(0.0, now_ms - event.emitted_at_ms) / 1000)
             report.append(EventOutcome(event, summary))
-        for (kind, outcome_name), count in op_counts.items():
-            metrics.REDIS_OPS.labels(kind, outcome_name).inc(count)
-        for labels, count in event_counts.items():
-            metrics.EVENTS.labels(*labels).inc(count)
+        for (kind, outcome), count in op_counts.items():
+            metrics.REDIS_OPS.labels(kind, outcome.value).inc(count)
+        for (table, op_name, summary), count in event_counts.items():
+            metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
+        observe_all(metrics.COMMIT_TO_APPLIED, committed)
+        observe_all(metrics.EMITTED_TO_APPLIED, emitted)
         if planned:
             metrics.RECORDS.labels("change").inc(len(planned))
         return report
@@ -377,12 +384,18 @@ def _expiring(op: CacheOp, now_ms: int) -> CacheOp:
     return replace(op, ttl_ms=min(op.ttl_ms, left), expires_at_ms=0)
 
 
-def _observe_latency(histogram: Histogram, now_ms: float, since_ms: int | None) -> None:
-    if since_ms is not None:
-        histogram.observe(max(0.0, now_ms - since_ms) / 1000)
+_APPLIED = Outcome.APPLIED.value
+_SUMMARY_OF_ONE = {
+    Outcome.APPLIED: _APPLIED,
+    Outcome.INVALIDATED: _APPLIED,
+    Outcome.DUPLICATE: Outcome.DUPLICATE.value,
+    Outcome.STALE: Outcome.STALE.value,
+}
 
 
 def _summarise(outcomes: list[Outcome]) -> str:
+    if len(outcomes) == 1:  # most changes: one key op
+        return _SUMMARY_OF_ONE[outcomes[0]]
     if not outcomes:
         return "no_op"
     if Outcome.APPLIED in outcomes or Outcome.INVALIDATED in outcomes:

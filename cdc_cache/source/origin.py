@@ -43,12 +43,8 @@ def origin_of(source: Mapping[str, Any]) -> Origin:
             if sep and uuid and sequence.isdigit():
                 gtid = (uuid.lower(), int(sequence))
                 server = server or f"uuid:{uuid.lower()}"
-    return Origin(
-        server=server,
-        gtid=gtid,
-        snapshot=_is_snapshot(source.get("snapshot")),
-    )
+    return Origin(server, gtid, _is_snapshot(source.get("snapshot")))
 
 
 def _is_snapshot(value: object) -> bool:
-    return isinstance(value, str | bool) and value in _SNAPSHOT_VALUES
+    return isinstance(value, (str, bool)) and value in _SNAPSHOT_VALUES

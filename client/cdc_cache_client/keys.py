@@ -123,7 +123,17 @@ def truncate_field(table: str) -> bytes:
 
 def _beside(prefix: str, key: str) -> str:
     """A key under ``prefix`` kept next to cache key ``key``: in its slot, naming it."""
-    return f"{prefix}{{{slot_tag(key)}}}:{key}"
+    return _beside_tag(prefix, slot_tag(key), key)
+
+
+def _beside_tag(prefix: str, tag: str, key: str) -> str:
+    """:func:`_beside` with ``key``'s slot tag already known."""
+    return f"{prefix}{{{tag}}}:{key}"
+
+
+def _bucket_of(field: bytes, buckets: int) -> int:
+    """Which of its slot's ``buckets`` holds the version stored under ``field``."""
+    return int.from_bytes(field[:4], "big") % buckets if buckets > 1 else 0
 
 
 def _beside_whom(prefix: str, name: str) -> str | None:
@@ -266,8 +276,17 @@ class Names:
 
     def version_key(self, key: str, buckets: int = BUCKETS_PER_SLOT) -> str:
         """The version bucket (a hash) holding the version of ``key``, in ``key``'s slot."""
-        index = int.from_bytes(version_field(key)[:4], "big") % buckets if buckets > 1 else 0
-        return self.version_bucket(slot_tag(key), index)
+        return self.version_bucket(slot_tag(key), _bucket_of(version_field(key), buckets))
+
+    def gate_keys(self, key: str) -> tuple[str, str, bytes]:
+        """``key``'s :meth:`version_key`, :meth:`lease_key` and :func:`version_field`.
+
+        Hashes ``key`` once for all three: the worker needs them for every key op.
+        """
+        field = version_field(key)
+        tag = slot_tag(key)
+        bucket = self.version_bucket(tag, _bucket_of(field, BUCKETS_PER_SLOT))
+        return bucket, _beside_tag(self.lease_prefix, tag, key), field
 
     def version_bucket(self, tag: str, index: int) -> str:
         """Bucket ``index`` of the slot ``tag`` hashes to."""

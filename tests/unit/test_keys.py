@@ -18,6 +18,7 @@ from cdc_cache.core.keys import (
     slot_tag,
     tag_for_slot,
     use_namespace,
+    version_field,
 )
 
 FORBIDDEN = frozenset(":{}*?[]")
@@ -107,6 +108,16 @@ def test_lease_key_shares_the_slot_of_its_key_and_leads_back_to_it(key: str) -> 
     assert key_slot(ns().lease_key(key)) == key_slot(key)
     assert ns().leased_key(ns().lease_key(key)) == key
     assert ns().leased_key(ns().version_key(key)) is None
+
+
+@given(AWKWARD_KEYS, st.sampled_from([DEFAULT_NAMESPACE, "shop-2"]))
+def test_gate_keys_are_the_version_key_lease_key_and_version_field(key: str, space: str) -> None:
+    names = Names(space)
+    assert names.gate_keys(key) == (
+        names.version_key(key),
+        names.lease_key(key),
+        version_field(key),
+    )
 
 
 @pytest.mark.parametrize("name", ["", "cdc:l:", "cdc:l:{}:k", "cdc:l:{zz}:k", "k", "cdc:l:{a}k"])

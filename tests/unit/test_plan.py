@@ -397,3 +397,18 @@ def test_an_update_is_planned_exactly_when_a_watched_column_changed(
     )
     watched = {"sku_id", "warehouse", "qty"} & changed_columns(event.before, event.after)
     assert bool(plan(event, RULES)) == bool(watched)
+
+
+_DELETES = st.builds(
+    DeleteKey,
+    st.sampled_from(["k:1", "k:2"]),
+    st.builds(SourcePosition, st.just(0), st.integers(0, 2), st.integers(0, 2), st.just(0)),
+    st.sampled_from([1000, 2000]),
+    st.sampled_from(["", "db.t"]),
+)
+
+
+@given(_DELETES, _DELETES)
+def test_deletes_are_deduplicated_exactly_when_equal(a: DeleteKey, b: DeleteKey) -> None:
+    # dependency ops go through dict.fromkeys: equal deletes must hash alike, others stay apart
+    assert len(dict.fromkeys([a, b])) == (1 if a == b else 2)
