@@ -17,6 +17,15 @@ process writes what it decoded (no exchange between processes). A later run with
 process count still lists every partition an earlier run recorded, so it resumes. The
 worker threads of one process share its partition: Bytewax funnels their batches to the
 one thread that holds it, each thread's in order.
+
+``CacheWriter.write`` runs on the background thread. What it shares with the dataflow
+thread is locked: the per-table fallback (the schema watch reports changed columns to it
+from the dataflow thread; a cap it sets reaches the batch observed with it, and perhaps
+one still in flight, which only shortens TTLs), the holds, the mode runtime's TTL cap,
+the Redis memory watch; the metrics are prometheus_client's, thread-safe. A partition's
+Redis client, DLQ producer, replica wait and tag store are built on the dataflow thread
+and used only by its background thread afterwards. The lag tracker, lineage sessions and
+schema watch are fed on the dataflow thread alone.
 """
 
 from __future__ import annotations
