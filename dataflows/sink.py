@@ -80,7 +80,7 @@ def _partition_name(number: int) -> str:
 
 class _RedisPartition(StatefulSinkPartition[Batch, None]):
     def __init__(self, writer: CacheWriter, depth: int, name: str) -> None:
-        self._background: BackgroundWriter[Batch] = BackgroundWriter(writer.write, depth, name)
+        self._background: BackgroundWriter[Routed] = BackgroundWriter(writer.write, depth, name)
 
     def write_batch(self, values: list[Batch]) -> None:
         items = values[0] if len(values) == 1 else [item for batch in values for item in batch]

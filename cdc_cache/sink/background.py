@@ -1,12 +1,16 @@
 """Batches written on one background thread, in order, while the caller prepares the next.
 
 The dataflow's sink hands each batch to :class:`BackgroundWriter` and returns, so the
-worker decodes the next batch while Redis answers the last one. ``drain`` is the barrier
+worker decodes the next batch while Redis answers the last one. Batches that queued up
+while a write was on its way go out together, as one batch, in their order: a writer that
+fell behind catches up in fewer round trips, as the synchronous sink did when it read a
+bigger batch after a slow write (else the queue adds its depth to the latency). ``drain``
+is the barrier
 that keeps recovery honest: it returns only once every batch handed over so far has been
 written, and the sink calls it before Bytewax records an epoch's snapshot, so a snapshot
 never runs ahead of Redis.
 
-The first batch that fails stops the thread: no later batch is written, and the very
+The first write that fails stops the thread: no later batch is written, and the very
 exception it raised is raised on the caller's thread at its next ``submit``, ``drain`` or
 ``close``, as if the write had been synchronous (``submit`` and ``drain`` raise it again
 every time after; ``close`` only if the caller has not been told yet, so a cleanup after
@@ -24,20 +28,21 @@ T = TypeVar("T")
 
 
 class BackgroundWriter(Generic[T]):
-    """Runs ``write(batch)`` for each submitted batch on one thread, first in first out.
+    """Runs ``write(items)`` on one thread for the submitted batches, first in first out.
 
-    At most ``depth`` batches are handed over and not yet written (the one being written
+    At most ``depth`` batches are handed over and not yet written (those being written
     included): ``submit`` waits while that many are, which bounds memory and the work a
-    ``drain`` may have to wait for.
+    ``drain`` may have to wait for. The batches queued when the thread takes work are
+    written in one call, concatenated.
     """
 
-    def __init__(self, write: Callable[[T], object], depth: int, name: str) -> None:
+    def __init__(self, write: Callable[[list[T]], object], depth: int, name: str) -> None:
         if depth < 1:
             msg = f"depth must be at least 1, got {depth}"
             raise ValueError(msg)
         self._write = write
         self._depth = depth
-        self._queue: deque[T] = deque()
+        self._queue: deque[list[T]] = deque()
         self._pending = 0  # handed over and not fully written, the one being written included
         self._failure: BaseException | None = None
         self._reported = False  # the failure was raised on the caller's thread
@@ -46,7 +51,7 @@ class BackgroundWriter(Generic[T]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, batch: T) -> None:
+    def submit(self, batch: list[T]) -> None:
         """Hand ``batch`` over to be written after those before it; waits while full."""
         with self._changed:
             self._changed.wait_for(lambda: self._failure is not None or self._pending < self._depth)
@@ -91,9 +96,11 @@ class BackgroundWriter(Generic[T]):
                 self._changed.wait_for(lambda: bool(self._queue) or self._closing)
                 if not self._queue:
                     return
-                batch = self._queue[0]
+                taken = len(self._queue)
+                queued = self._queue
+                items = queued[0] if taken == 1 else [item for batch in queued for item in batch]
             try:
-                self._write(batch)
+                self._write(items)
             except BaseException as exc:  # raised again on the caller's thread
                 with self._changed:
                     self._failure = exc
@@ -101,6 +108,7 @@ class BackgroundWriter(Generic[T]):
                     self._changed.notify_all()
                 return
             with self._changed:
-                self._queue.popleft()
-                self._pending -= 1
+                for _ in range(taken):
+                    self._queue.popleft()
+                self._pending -= taken
                 self._changed.notify_all()
