@@ -2,8 +2,8 @@
 not wait for them: for tests only.
 
 ``python -m tests.integration.slow_sink_worker run ...`` is ``cdc-cache run`` with every
-batch write delayed by :data:`DELAY_S` (a slow Redis: with a backlog to read, the sink
-then always holds its limit of batches handed over and not yet written), appending the
+write delayed by :data:`DELAY_PER_ITEM_S` per item (a slow Redis: with a backlog to read,
+the sink then always holds batches handed over and not yet written), appending the
 Kafka partition and offset of every item it wrote to the file ``SLOW_SINK_LOG`` once
 the write returned. With ``SLOW_SINK_EAGER_SNAPSHOT=1`` the sink's snapshot does not wait
 for those batches: a deliberately injected bug, which lets a recovery snapshot run ahead
@@ -22,12 +22,12 @@ from cdc_cache.plan.route import Routed
 from cdc_cache.sink.writer import CacheWriter, EventOutcome
 from dataflows import sink
 
-DELAY_S = 0.2  # 4 batches in flight = 0.8 s of writes, longer than the tests' 0.5 s epochs
+DELAY_PER_ITEM_S = 0.002
 _write = CacheWriter.write
 
 
 def _slow_recorded_write(self: CacheWriter, items: Sequence[Routed]) -> list[EventOutcome]:
-    time.sleep(DELAY_S)
+    time.sleep(DELAY_PER_ITEM_S * len(items))
     outcomes = _write(self, items)
     lines = "".join(f"{item.record.partition} {item.record.offset}\n" for item in items)
     with open(os.environ["SLOW_SINK_LOG"], "a") as log:

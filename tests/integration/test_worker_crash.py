@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from cdc_cache.plan.rules_loader import parse_rules
-from dataflows.sink import IN_FLIGHT_BATCHES
 from tests.integration.cache import cache_state, wait_until_equal
 from tests.integration.notifications import (
     NOTIFY_YAML,
@@ -20,7 +19,7 @@ from tests.integration.notifications import (
     notifications_sent,
 )
 from tests.integration.services import Service, worker
-from tests.integration.slow_sink_worker import DELAY_S
+from tests.integration.slow_sink_worker import DELAY_PER_ITEM_S
 from tests.integration.topics import produce, unique_topic
 from tests.integration.waiting import held_within
 from tests.workload import Workload
@@ -89,8 +88,9 @@ def test_sigkill_mid_stream_notifies_each_applied_change_exactly_once(
 def test_sigkill_with_batches_in_flight_loses_nothing_when_the_snapshot_waits(
     broker, redis_target, tmp_path, snapshot_waits
 ):
-    """A backlog and a slow Redis keep the sink's limit of batches handed over and not yet
-    written; SIGKILL at random points, restart: every offset is written, the cache exact.
+    """A backlog and a slow Redis keep batches handed over to the sink and not yet written
+    while epochs end; SIGKILL at random points, restart: every offset is written, the
+    cache exact.
     With a snapshot that does not wait (``snapshot_waits=False``) the same kills lose
     offsets for good: the recovery snapshot ran ahead of Redis."""
     topic = unique_topic()
@@ -100,12 +100,17 @@ def test_sigkill_with_batches_in_flight_loses_nothing_when_the_snapshot_waits(
     messages = [m for tx in workload.transactions(2500) for m in tx]
     produce(broker.bootstrap, messages, delivered=lambda _, m: produced.add((m.partition(), m.offset())))  # fmt: skip
     written = tmp_path / "written.log"
-    env = {"CDC_CACHE_BATCH_SIZE": "100", "SLOW_SINK_LOG": str(written)}
+    batch, epoch_ms = 100, 100  # a batch's write outlasts an epoch: snapshots pass writes
+    assert batch * DELAY_PER_ITEM_S * 1000 > epoch_ms
+    env = {
+        "CDC_CACHE_BATCH_SIZE": str(batch),
+        "CDC_CACHE_EPOCH_INTERVAL_MS": str(epoch_ms),
+        "SLOW_SINK_LOG": str(written),
+    }
     if not snapshot_waits:
         env["SLOW_SINK_EAGER_SNAPSHOT"] = "1"
     service = worker(tmp_path, broker.bootstrap, redis_target.url, [topic], env=env)
     service.argv[2] = "tests.integration.slow_sink_worker"
-    assert IN_FLIGHT_BATCHES * DELAY_S > 0.5, "in flight must outlast an epoch to show the bug"
     rnd = random.Random(31)
     service.start()
     try:
