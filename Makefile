@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-memory bench-fanout clean
+.PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-charts bench-memory bench-fanout clean
 
 bootstrap:
 	@bash scripts/bootstrap
@@ -29,10 +29,17 @@ integration: bootstrap
 # Throughput, latency and scaling on the local stack (docs/benchmarks.md); BENCH_ARGS="--events 200000"
 bench: bootstrap
 	$(VENV)/python bench/throughput.py $(BENCH_ARGS)
+	$(MAKE) bench-charts
 
 # The worker's memory over a 10-minute paced run
 bench-soak: bootstrap
 	$(VENV)/python bench/throughput.py --soak 600 --out bench/results/soak.json $(BENCH_ARGS)
+	$(MAKE) bench-charts
+
+# Charts and the scaling model's table (also in docs/benchmarks.md) from the results JSON
+bench-charts:
+	$(VENV)/python bench/charts.py
+	$(VENV)/python bench/scaling.py --doc docs/benchmarks.md
 
 # Version metadata per cached key, before and after version buckets (docs/benchmarks.md)
 bench-memory: bootstrap

@@ -14,7 +14,10 @@ change events (``bench/workload.py``) and measures, in one run:
 * ``latency_full`` / ``latency_half``: the worker fed paced events at the measured full
   rate and at half of it, with a probe every 5 ms: librdkafka reports when the broker
   acknowledged it (appended), a subscriber to Redis keyspace notifications when the
-  worker's SET of its key happened; ack → SET is the processor latency.
+  worker's SET of its key happened; ack → SET is the processor latency. A plain consumer
+  with the worker's fetch settings timestamps when each probe reached a client, which
+  splits it into the broker's share and the worker's (``bench/probes.py``); every probe's
+  latencies are kept in the JSON (``probe_ms``) for the charts (``bench/charts.py``).
 
 ``--replicas N`` gives the Redis N replicas for the whole run and adds two phases:
 ``product_1proc_wait`` and ``latency_half_wait``, the same as ``product_1proc`` and
@@ -40,9 +43,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -60,7 +63,8 @@ from redis import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import summary
-from bench.workload import PROBE_PREFIX, RULES_YAML, TABLES, Generator, Message
+from bench.probes import applied_recorder, compact, delivered_recorder, per_probe, split
+from bench.workload import RULES_YAML, TABLES, Generator, Message
 from cdc_cache.core.keys import ns
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
@@ -76,6 +80,7 @@ from cdc_cache.tools.devstack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 2
+NUMBER_LIST = re.compile(r"\[[-0-9.,eE\s]*\]")
 TABLE_NAMES = [t.name for t in TABLES] + ["probes"]
 PRODUCER = {
     "linger.ms": 20,
@@ -233,10 +238,14 @@ class Bench:
             )
         return ports
 
-    def meter(self) -> CpuMeter:
-        """CPU use of the workers, the broker, Redis and this harness."""
-        servers = {"broker": self.broker.pid(), "redis": self.redis_server.pid()}
+    def meter(self, **others: int) -> CpuMeter:
+        """CPU use of the workers, the broker, Redis, this harness and ``others`` (name=pid)."""
+        servers: dict[str, int | None] = {
+            "broker": self.broker.pid(),
+            "redis": self.redis_server.pid(),
+        }
         servers |= {f"replica_{n}": r.pid() for n, r in enumerate(self.replicas)}
+        servers |= others
         return CpuMeter(
             {"worker": [proc.pid for proc in self.procs], "harness": [os.getpid()]}
             | {name: [pid] for name, pid in servers.items() if pid is not None}
@@ -561,44 +570,6 @@ def _plain_apply(redis: Redis[bytes], doc: dict[str, Any]) -> None:
         redis.set(key, json.dumps({f: row[f] for f in fields}), px=86_400_000)
 
 
-def _subscribe(address: str, out: Any, stop: Any) -> None:
-    """Child process: the time each probe key is set, from keyspace notifications."""
-    redis = Redis.from_url(address)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe(f"__keyspace@0__:{PROBE_PREFIX}*")
-    seen: dict[int, float] = {}
-    out.put("ready")
-    while not stop.is_set():
-        message = pubsub.get_message(timeout=0.2)
-        if message is not None and message["data"] == b"set":
-            ident = int(message["channel"].rsplit(b":", 1)[1])
-            seen.setdefault(ident, time.time())
-    out.put(seen)
-
-
-class Probes:
-    """A subscriber process recording when each probe key is written."""
-
-    def __init__(self, bench: Bench) -> None:
-        bench.redis.config_set("notify-keyspace-events", "K$")
-        context = multiprocessing.get_context("spawn")
-        self._queue: Any = context.Queue()
-        self._stop = context.Event()
-        self._proc = context.Process(
-            target=_subscribe, args=(bench.redis_server.address(), self._queue, self._stop)
-        )
-        self._proc.start()
-        self._queue.get(timeout=60)
-        self._bench = bench
-
-    def finish(self) -> dict[int, float]:
-        self._stop.set()
-        seen: dict[int, float] = self._queue.get(timeout=60)
-        self._proc.join(10)
-        self._bench.redis.config_set("notify-keyspace-events", "")
-        return seen
-
-
 class Pacer:
     """Produces changes at a fixed rate, with a timestamped probe every ``probe_every_s``."""
 
@@ -662,15 +633,17 @@ def latency(
     bench.reset_redis()
     ports = bench.start_workers(prefix, 1, wait_replicas=wait_replicas)
     producer = bench.producer(**{"linger.ms": 1})
-    probes = Probes(bench)
-    # Warm up: the worker is live once a first probe is applied.
+    applied = applied_recorder(bench.redis, bench.redis_server.address())
+    # Warm up: the worker is live once a first probe is applied, the side consumer once
+    # it has that probe.
     _produce(producer, generator.probe(0, 0))
     producer.flush(30)
+    delivered = delivered_recorder(bench.broker.bootstrap, generator.topic("probes"))
     bench.wait_consumed(ports, 1, timeout=120)
     pid = bench.procs[0].pid
     rss_start = rss_mb(pid)
     pacer = Pacer(producer, generator, probe_every_s=0.005)
-    meter = bench.meter()
+    meter = bench.meter(probe_consumer=delivered.pid)
     meter.start()
     produced_for = pacer.run(iter(changes), rate, seconds)
     finished = time.monotonic()
@@ -680,16 +653,20 @@ def latency(
     cpu = meter.stop()
     rss_end = rss_mb(pid)
     bench.stop_workers()
-    seen = probes.finish()
-    sent = pacer.sent
+    seen = applied.finish()
+    bench.redis.config_set("notify-keyspace-events", "")
+    got = delivered.finish()
     sent, acked = pacer.sent, pacer.ack_after_s
-    missing = [i for i in sent if i not in seen or i not in acked]
+    missing = [i for i in sent if i not in seen or i not in acked or i not in got]
     if missing:
-        msg = f"{len(missing)} of {len(sent)} probes never reached Redis or were not acked"
+        msg = (
+            f"{len(missing)} of {len(sent)} probes never reached Redis or the side consumer, "
+            "or were not acked"
+        )
         raise SystemExit(msg)
     to_applied = [seen[i] * 1000 - sent[i] / 1000 for i in sent]
     to_ack = [acked[i] * 1000 for i in sent]
-    ack_to_applied = [total - ack for total, ack in zip(to_applied, to_ack, strict=True)]
+    samples = per_probe(sent, acked, got, seen)
     return {
         "target_rate": round(rate),
         "redis_replicas": wait_replicas,
@@ -700,11 +677,15 @@ def latency(
         # Processor latency: the broker acknowledged the probe (it was appended) → its
         # key was set in Redis. The ack follows the append, so this understates by the
         # ack's way back (local loopback).
-        **summary(ack_to_applied),
+        **summary(samples["ack_to_applied"]),
         "send_to_ack": summary(to_ack),
         "send_to_applied": summary(to_applied),
+        # The same split at the moment a plain consumer with the worker's fetch settings
+        # got the probe: the broker's share, then the worker's (bench/probes.py).
+        "split": split(samples),
         "worker_rss_mb": [rss_start, rss_end],
         "cpu": cpu,
+        "probe_ms": compact(samples),
     }
 
 
@@ -833,6 +814,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                 "  (before it: produce → broker ack)",
                 f"p50 {send['p50_ms']} ms, p99 {send['p99_ms']} ms, max {send['max_ms']} ms",
             ),
+            *_split_rows(lat),
         ]
     rows += [
         ("1 process vs baseline (records/s)", f"{ratio['vs_baseline']}x"),
@@ -852,6 +834,24 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("correctness guard (after each cdc-cache run)", "passed"),
     ]
     return rows
+
+
+def _split_rows(lat: dict[str, Any]) -> list[tuple[str, str]]:
+    """The broker's and the worker's share of a latency phase (absent in older results)."""
+    if "split" not in lat:
+        return []
+    broker, worker = lat["split"]["ack_to_delivered"], lat["split"]["delivered_to_applied"]
+    return [
+        (
+            "  of it, broker: ack → delivered to a plain consumer",
+            f"p50 {broker['p50_ms']} ms, p99 {broker['p99_ms']} ms, max {broker['max_ms']} ms",
+        ),
+        (
+            "  of it, worker: delivered → applied",
+            f"p50 {worker['p50_ms']} ms, p99 {worker['p99_ms']} ms, max {worker['max_ms']} ms "
+            f"(side consumer: {lat['cpu'].get('probe_consumer_cores', 0)} cores)",
+        ),
+    ]
 
 
 def _wait_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -937,14 +937,14 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     full = out["product_1proc"]["events_per_s"]
     step(f"{out['baseline']}; latency at {full}/s")
     out["latency_full"] = latency(bench, "latfull", full, args.latency_seconds)
-    step(f"{out['latency_full']}; latency at {full // 2}/s")
+    step(f"{_brief(out['latency_full'])}; latency at {full // 2}/s")
     out["latency_half"] = latency(bench, "lathalf", full / 2, args.latency_seconds)
-    step(f"{out['latency_half']}")
+    step(f"{_brief(out['latency_half'])}")
     if args.replicas:
         out["latency_half_wait"] = latency(
             bench, "lathalfw", full / 2, args.latency_seconds, wait_replicas=args.replicas
         )
-        step(f"waiting for replicas: {out['latency_half_wait']}")
+        step(f"waiting for replicas: {_brief(out['latency_half_wait'])}")
     out["ratios"] = ratios(out)
     return out
 
@@ -1062,6 +1062,17 @@ def _ratio(part: float, whole: float, digits: int) -> float:
     return round(part / whole, digits) if whole else math.nan
 
 
+def dumps(result: dict[str, Any]) -> str:
+    """Indented JSON with every list of numbers on one line (the per-probe latencies)."""
+    text = json.dumps(result, indent=1)
+    return NUMBER_LIST.sub(lambda m: "".join(m.group().split()), text) + "\n"
+
+
+def _brief(phase: dict[str, Any]) -> dict[str, Any]:
+    """A latency phase without its per-probe samples, for the progress lines."""
+    return {name: value for name, value in phase.items() if name != "probe_ms"}
+
+
 def _announcer() -> Callable[[str], None]:
     started = time.monotonic()
 
@@ -1091,13 +1102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(dumps(result))
     if args.lineage_ab:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result["lineage_ab"], indent=1))
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)
     args.out.with_suffix(".md").write_text(table)
     print(table)

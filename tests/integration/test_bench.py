@@ -38,9 +38,13 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
         assert run["events_per_s"] > 0
     assert result["product_1proc_wait"]["redis_replicas"] == 1
     for phase in ("latency_full", "latency_half", "latency_half_wait"):
-        assert result[phase]["probes"] > 50
-        assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"]
-        assert 0 < result[phase]["send_to_ack"]["p50_ms"] < result[phase]["send_to_applied"]["p50_ms"]
+        lat = result[phase]
+        assert lat["probes"] > 50
+        assert 0 < lat["p50_ms"] <= lat["p99_ms"]
+        assert 0 < lat["send_to_ack"]["p50_ms"] < lat["send_to_applied"]["p50_ms"]
+        assert len(lat["probe_ms"]["ack_to_delivered"]) == lat["probes"]
+        assert 0 < lat["split"]["ack_to_delivered"]["p50_ms"] < lat["p99_ms"]
+        assert "probe_consumer_cores" in lat["cpu"]
     assert result["consume_only"]["records"] == result["load"]["records"]
     assert set(result["ratios"]) == {
         "vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1",
@@ -53,6 +57,21 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
     table = out.with_suffix(".md").read_text()
     assert "cdc-cache run, 1 process" in table and "p99" in table
     assert "waiting for 1 replica(s)" in table
+    assert "worker: delivered → applied" in table
+    charts = subprocess.run(
+        [sys.executable, "bench/charts.py", "--throughput", str(out), "--out-dir", str(tmp_path)],
+        cwd=ROOT, timeout=60, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert charts.returncode == 0, charts.stderr[-3000:]
+    for name in ("throughput", "latency"):
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    scaling = subprocess.run(
+        [sys.executable, "bench/scaling.py", "--throughput", str(out),
+         "--out", str(tmp_path / "scaling.md")],
+        cwd=ROOT, timeout=60, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert scaling.returncode == 0, scaling.stderr[-3000:]
+    assert "| 1,000,000 |" in (tmp_path / "scaling.md").read_text()
 
 
 @pytest.mark.integration

@@ -1,0 +1,45 @@
+"""Per-probe latencies: ack → applied split at the moment a plain consumer got the probe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.probes import compact, per_probe, split, worker_share
+from bench.throughput import dumps
+
+SENT_US = {1: 1_000_000_000, 2: 1_000_010_000}  # 1000 s and 1000.01 s after the epoch
+
+
+def test_each_probe_is_measured_from_its_broker_ack() -> None:
+    samples = per_probe(
+        SENT_US,
+        ack_after_s={1: 0.005, 2: 0.002},
+        delivered={1: 1000.030, 2: 1000.050},
+        applied={1: 1000.100, 2: 1000.060},
+    )
+    assert samples["ack_to_applied"] == pytest.approx([95.0, 48.0])
+    assert samples["ack_to_delivered"] == pytest.approx([25.0, 38.0])
+    assert worker_share(samples) == pytest.approx([70.0, 10.0])
+
+
+def test_the_split_counts_probes_the_worker_had_before_the_side_consumer() -> None:
+    samples = {
+        "ack_to_applied": [50.0, 60.0, 70.0, 80.0, 90.0],
+        "ack_to_delivered": [60.0, 10.0, 20.0, 30.0, 40.0],
+    }
+    found = split(samples)
+    assert found["worker_share_negative"] == 0.2
+    assert found["ack_to_delivered"]["p50_ms"] == 30.0
+    assert found["delivered_to_applied"]["max_ms"] == 50.0
+    assert found["delivered_to_applied"]["p50_ms"] == 50.0
+
+
+def test_samples_are_kept_to_a_tenth_of_a_millisecond_on_one_line_each() -> None:
+    kept = compact({"ack_to_applied": [1.26, 100.04], "ack_to_delivered": [-0.46, 3.0]})
+    assert kept == {"ack_to_applied": [1.3, 100.0], "ack_to_delivered": [-0.5, 3.0]}
+    text = dumps({"phase": {"p50_ms": 1.0, "probe_ms": kept}, "pairs": [[0.0, 76.1]]})
+    assert '"ack_to_applied": [1.3,100.0]' in text
+    assert '"ack_to_delivered": [-0.5,3.0]' in text
+    assert json.loads(text)["pairs"] == [[0.0, 76.1]]
