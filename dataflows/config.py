@@ -49,7 +49,9 @@ class FlowConfig:
     ``source_epoch`` is every change's epoch when no lineage tracker numbers them.
     ``tail=False`` ends each partition at the end of its topic (tests and replays).
     ``continuity=False`` leaves Bytewax's bare source, only to show what the check of
-    each stored offset (``cdc_cache.continuity.guard``) prevents.
+    each stored offset (``cdc_cache.continuity.guard``) prevents. ``process`` is this
+    process's number in a cluster of ``processes``: its decoded batches go to its own sink
+    partition.
     """
 
     rules: Rules
@@ -67,6 +69,8 @@ class FlowConfig:
     dlq: DlqTarget | None = None
     tail: bool = True
     continuity: bool = True
+    process: int = 0
+    processes: int = 1
 
 
 def _never() -> bool:

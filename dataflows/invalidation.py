@@ -1,14 +1,17 @@
 """The invalidation dataflow: Debezium topics → decode → plan → version-gated Redis writes.
 
 Kafka partitions are spread over the workers; each worker keeps its partitions' order
-through decode, plan and apply (no re-keying), and cross-partition races on one cache key
-are settled by the source positions in Redis. The Redis sink writes synchronously in
-``write_batch``, so a recovery snapshot (which records the source offsets) is only taken
-once the changes before it are in Redis: a crash replays, it never skips. Rejected
+through decode, plan and apply, and cross-partition races on one cache key are settled by
+the source positions in Redis. Each decoded batch goes on as one item keyed by the
+process (:func:`~dataflows.sink.partition_key`), so it is written by the sink partition
+of the process that read it. The Redis sink writes in the background while the next batch
+is decoded, and waits for every batch handed over at the end of each epoch, before the
+recovery snapshot (which records the source offsets) is taken: progress is only recorded
+once the changes before it are in Redis, so a crash replays, it never skips. Rejected
 messages (and changes Redis refuses) go through the same sink: the keys they still
 render are deleted with the batch, then they are written to the DLQ topic, flushed and
-acknowledged before ``write_batch`` returns. Each batch's DDL records and rows are checked
-for changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`).
+acknowledged before that snapshot. Each batch's DDL records and rows are checked for
+changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`).
 
 The source is in ``source``, the sinks in ``sink``, what the flow is built from in
 ``config``, and how it runs (threads, processes, recovery) in ``run``.
@@ -37,7 +40,7 @@ from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
 from dataflows.config import FlowConfig, FlowContext
-from dataflows.sink import RedisSink, RejectsFactory
+from dataflows.sink import Batch, RedisSink, RejectsFactory, partition_key
 from dataflows.source import Message, StoppableSource, kafka_source
 
 log = logging.getLogger("cdc_cache.dataflow")
@@ -79,7 +82,9 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         ),
     )
 
-    def route_batch(batch: list[Message]) -> Iterable[Routed]:
+    key = partition_key(config.process)
+
+    def route_batch(batch: list[Message]) -> Iterable[tuple[str, Batch]]:
         records = []
         for message in batch:
             if isinstance(message, KafkaError):
@@ -105,7 +110,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
             session.close()
         _observe(tracker, routed)
         schema.observe(routed)
-        return routed
+        return [(key, routed)] if routed else []
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
     rejects = RejectsFactory(rules, config.dlq, context.stop)
@@ -115,6 +120,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         replicas=context.replicas, holds=context.holds,
         invalidate_only=context.invalidate_only, memory=context.memory,
         fanout=config.fanout if rules.tags else None, expiring=rules.expiring,
+        process=config.process, processes=config.processes,
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow

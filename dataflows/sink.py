@@ -1,8 +1,31 @@
 """The flow's sink: version-gated Redis writes (one round trip per node and batch) and DLQ.
 
-It writes synchronously in ``write_batch``, so a recovery snapshot (which records the
-source offsets) is only taken once the changes before it are in Redis and the rejected
-messages before it are durable on the DLQ topic: a crash replays, it never skips.
+Each batch is handed to a background thread (:class:`~cdc_cache.sink.background.
+BackgroundWriter`) that writes the batches in the order they came, while the worker
+decodes the next one: the Redis round trip overlaps decoding. At most
+:data:`IN_FLIGHT_BATCHES` batches are handed over and not yet written. At the end of every
+epoch Bytewax asks the sink for its snapshot before it records the epoch's recovery
+snapshot (which holds the source offsets); ``snapshot`` returns only once every batch
+handed over so far is in Redis and its rejected messages are durable on the DLQ topic. So
+the recorded progress never runs ahead of Redis: a crash replays, it never skips.
+
+Bytewax routes a :class:`~bytewax.outputs.FixedPartitionedSink`'s items by key into the
+sorted list of all partitions of the cluster. There are :data:`SINK_PARTITIONS` of them,
+whatever the process count; process ``p`` of ``n`` lists those whose number is ``p`` mod
+``n``, and the flow keys its batches with :func:`partition_key` of its process, so each
+process writes what it decoded (no exchange between processes). A later run with another
+process count still lists every partition an earlier run recorded, so it resumes. The
+worker threads of one process share its partition: Bytewax funnels their batches to the
+one thread that holds it, each thread's in order.
+
+``CacheWriter.write`` runs on the background thread. What it shares with the dataflow
+thread is locked: the per-table fallback (the schema watch reports changed columns to it
+from the dataflow thread; a cap it sets reaches the batch observed with it, and perhaps
+one still in flight, which only shortens TTLs), the holds, the mode runtime's TTL cap,
+the Redis memory watch; the metrics are prometheus_client's, thread-safe. A partition's
+Redis client, DLQ producer, replica wait and tag store are built on the dataflow thread
+and used only by its background thread afterwards. The lag tracker, lineage sessions and
+schema watch are fed on the dataflow thread alone.
 """
 
 from __future__ import annotations
@@ -10,8 +33,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.retry import Backoff, retry_forever, stoppable_sleep
 from cdc_cache.dlq.rejects import Rejects
 from cdc_cache.dlq.topic import DeadLetterWriter
@@ -20,6 +44,7 @@ from cdc_cache.mode.tables import TableFallback
 from cdc_cache.plan.route import Routed
 from cdc_cache.plan.rules import Rules
 from cdc_cache.sink.apply import MemoryObserver, RedisApplier
+from cdc_cache.sink.background import BackgroundWriter
 from cdc_cache.sink.connection import (
     Client,
     RedisAuth,
@@ -31,21 +56,50 @@ from cdc_cache.sink.tags import Fanout, TagStore
 from cdc_cache.sink.writer import CacheWriter
 from dataflows.config import DlqTarget
 
+SINK_PARTITIONS = 1024
+"""The sink's partitions in every run: the most processes a cluster may have. Fixed, so
+that a rescaled cluster lists every partition an earlier run recorded a snapshot of."""
 
-class _RedisPartition(StatelessSinkPartition[Routed]):
-    def __init__(self, writer: CacheWriter) -> None:
-        self._writer = writer
+IN_FLIGHT_BATCHES = 4
+"""Batches handed to the background writer and not yet written, at most. Two already
+overlap one round trip with one decode; two more absorb uneven batches. More would only
+hold more memory (batch_size messages each) and lengthen the wait at each epoch's end."""
 
-    def write_batch(self, items: list[Routed]) -> None:
-        self._writer.write(items)
+Batch = list[Routed]
 
 
-class RedisSink(DynamicSink[Routed]):
-    """Applies each batch in one Redis round trip per node; clients are built per worker.
+def partition_key(process: int) -> str:
+    """The key that routes a batch to the sink partition of process ``process``."""
+    return str(process)
+
+
+def _partition_name(number: int) -> str:
+    # Zero-padded: Bytewax sorts the names as strings, and the n-th must be partition n.
+    return f"{number:04d}"
+
+
+class _RedisPartition(StatefulSinkPartition[Batch, None]):
+    def __init__(self, writer: CacheWriter, depth: int, name: str) -> None:
+        self._background: BackgroundWriter[Routed] = BackgroundWriter(writer.write, depth, name)
+
+    def write_batch(self, values: list[Batch]) -> None:
+        items = values[0] if len(values) == 1 else [item for batch in values for item in batch]
+        self._background.submit(items)
+
+    def snapshot(self) -> None:
+        """Nothing to resume from (the source offsets are the progress): waits for Redis."""
+        self._background.drain()
+
+    def close(self) -> None:
+        self._background.close()
+
+
+class RedisSink(FixedPartitionedSink[Batch, None]):
+    """Applies each batch in one Redis round trip per node; clients are built per partition.
 
     Rejected messages are dead-lettered from here too, once the keys they still render
-    are deleted, so each batch is durable on the DLQ topic before ``write_batch`` returns
-    and progress never moves past a failure that could still be lost.
+    are deleted, so each batch is durable on the DLQ topic before the epoch's snapshot
+    is taken and progress never moves past a failure that could still be lost.
 
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
@@ -69,7 +123,16 @@ class RedisSink(DynamicSink[Routed]):
         memory: MemoryObserver | None = None,
         fanout: Fanout | None = None,
         expiring: bool = False,
+        process: int = 0,
+        processes: int = 1,
+        depth: int = IN_FLIGHT_BATCHES,
     ) -> None:
+        if processes > SINK_PARTITIONS:
+            msg = f"a cluster has at most {SINK_PARTITIONS} processes, addresses name {processes}"
+            raise ConfigError(msg)
+        self._process = process
+        self._processes = processes
+        self._depth = depth
         self._fanout = fanout
         self._expiring = expiring
         self._replicas = replicas
@@ -85,7 +148,14 @@ class RedisSink(DynamicSink[Routed]):
         self._tables = tables
         self._sensitive = sensitive
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+    def list_parts(self) -> list[str]:
+        return [_partition_name(n) for n in range(self._process, SINK_PARTITIONS, self._processes)]
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RedisPartition:
+        number = int(for_part)
         client = connect_when_available(self._redis_url, self._backoff, self._sleep, self._auth)
         applier = RedisApplier(client, invalidate_only=self._invalidate_only, memory=self._memory)
         retry_forever(  # on Cluster: what a crash left in the outboxes, relayed before anything
@@ -102,11 +172,11 @@ class RedisSink(DynamicSink[Routed]):
             reject=self._rejects.build().report,
             tables=self._tables,
             sensitive=self._sensitive,
-            replicas=self._replica_wait(client, worker_index),
+            replicas=self._replica_wait(client, number),
             tags=self._tag_store(client, applier),
             expiring=self._expiring,
         )
-        return _RedisPartition(writer)
+        return _RedisPartition(writer, self._depth, f"redis-sink-{for_part}")
 
     def _tag_store(self, client: Client, applier: RedisApplier) -> TagStore | None:
         """Where the rules' tag and link ops go (None: the rules have none)."""
@@ -122,13 +192,13 @@ class RedisSink(DynamicSink[Routed]):
             shorten=None if shorten is None else lambda prefixes: shorten(client, prefixes),
         )
 
-    def _replica_wait(self, client: Client, worker_index: int) -> ReplicaWait | None:
-        """The wait for replicas of one worker, once it knows the primaries (waits for Redis)."""
+    def _replica_wait(self, client: Client, number: int) -> ReplicaWait | None:
+        """The wait for replicas of one partition, once it knows the primaries (waits for Redis)."""
         requirement = self._replicas
         if requirement is None:
             return None
         return retry_forever(
-            lambda: requirement.for_writer(client, self._holds, f"w{worker_index}", self._sleep),
+            lambda: requirement.for_writer(client, self._holds, f"w{number}", self._sleep),
             backoff=self._backoff,
             on_retry=redis_retry_reporter("reading the primaries' replication"),
             sleep=self._sleep,
@@ -136,7 +206,7 @@ class RedisSink(DynamicSink[Routed]):
 
 
 class RejectsFactory:
-    """Builds one :class:`Rejects` per sink partition (a producer per worker)."""
+    """Builds one :class:`Rejects` per sink partition (a producer per process)."""
 
     def __init__(self, rules: Rules, dlq: DlqTarget | None, stop: threading.Event) -> None:
         self._rules = rules

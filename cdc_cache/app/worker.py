@@ -336,6 +336,8 @@ def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> Fl
             settings.producer_kafka(),
             settings.retry_kafka.backoff(),
         ),
+        process=settings.process_id or 0,
+        processes=max(1, len(settings.addresses)),
     )
 
 

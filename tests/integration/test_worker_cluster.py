@@ -1,5 +1,6 @@
 """Two ``cdc-cache run`` processes as one Bytewax cluster, each on its own empty recovery
-directory: each creates only its share of the store, and the cluster resumes from them."""
+directory: each creates only its share of the store, the cluster resumes from them, and so
+does one process given every partition (a rescaled cluster)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _stop_all(services: list[Service]) -> None:
         assert service.proc.wait(30) == 0, service.tail()
 
 
-def test_each_process_creates_its_share_and_the_cluster_resumes_from_them(
+def test_each_process_creates_its_share_and_the_cluster_resumes_from_them_rescaled_too(
     broker, redis_server, redis_client, tmp_path
 ):
     topic = unique_topic()
@@ -74,3 +75,18 @@ def test_each_process_creates_its_share_and_the_cluster_resumes_from_them(
     finally:
         for service in services:
             service.stop()
+
+    # Rescaled to one process holding every recovery partition: it resumes, the sink's
+    # partition of the process that is gone included.
+    home = tmp_path / "process-0"
+    (tmp_path / "process-1/recovery/part-1.sqlite3").rename(home / "recovery/part-1.sqlite3")
+    single = worker(home, broker.bootstrap, redis_server.address(), [topic])
+    produce(broker.bootstrap, [m for tx in workload.transactions(300) for m in tx])
+    single.start()
+    try:
+        state = wait_until_equal(redis_client, workload.expected_cache())
+        assert state == workload.expected_cache(), single.tail()
+        single.check_alive()
+        assert single.terminate() == 0, single.tail()
+    finally:
+        single.stop()
