@@ -111,11 +111,20 @@ def costs(result: Mapping[str, Any]) -> Costs:
     )
 
 
+def events_per_s(cores: float, us_per_event: float) -> float:
+    """Events/s that ``cores`` carry at ``us_per_event`` of CPU each.
+
+    Unbounded when a run too short to sample the CPU measured none: that cost then bounds
+    nothing, rather than dividing by zero.
+    """
+    return cores * 1e6 / us_per_event if us_per_event > 0 else math.inf
+
+
 def process_capacity(c: Costs, a: Assumptions) -> Capacity:
     """One worker process with ``a.cores_per_process`` cores of its own."""
     return min(
         Capacity(c.process_rate, "its measured rate (1 process, a core to spare)"),
-        Capacity(a.cores_per_process * 1e6 / c.worker_us_per_event, "its CPU per event"),
+        Capacity(events_per_s(a.cores_per_process, c.worker_us_per_event), "its CPU per event"),
         Capacity(c.kafka_limit, "one consumer's read rate"),
         key=lambda cap: cap.events_per_s,
     )
@@ -124,7 +133,7 @@ def process_capacity(c: Costs, a: Assumptions) -> Capacity:
 def shard_capacity(c: Costs) -> Capacity:
     """One Redis (Cluster shard): one thread runs the script."""
     return min(
-        Capacity(1e6 / c.redis_us_per_event, "one core of Redis CPU per event"),
+        Capacity(events_per_s(1, c.redis_us_per_event), "one core of Redis CPU per event"),
         Capacity(c.redis_limit, "the apply script pipelined on one connection"),
         key=lambda cap: cap.events_per_s,
     )
@@ -132,7 +141,8 @@ def shard_capacity(c: Costs) -> Capacity:
 
 def broker_core_capacity(c: Costs) -> Capacity:
     """Events/s one core of broker CPU carries, at the measured CPU per record."""
-    return Capacity(1e6 / (c.broker_us_per_record * c.records_per_event), "broker CPU per record")
+    us_per_event = c.broker_us_per_record * c.records_per_event
+    return Capacity(events_per_s(1, us_per_event), "broker CPU per record")
 
 
 def size(target: float, c: Costs, a: Assumptions) -> Sizing:
@@ -185,7 +195,10 @@ def predict_here(c: Costs, processes: int, measured: float | None = None) -> Pre
     )
     bounds = [
         (processes * min(c.process_rate, c.kafka_limit), f"{processes} x one process's rate"),
-        (free * 1e6 / per_event_us, f"{free:.2f} free cores / {per_event_us:.1f} µs per event"),
+        (
+            events_per_s(free, per_event_us),
+            f"{free:.2f} free cores / {per_event_us:.1f} µs per event",
+        ),
         (shard_capacity(c).events_per_s, "one Redis"),
     ]
     rate, bound = min(bounds)

@@ -109,3 +109,14 @@ def test_the_generated_block_replaces_only_what_is_between_its_markers() -> None
     assert replace_block(doc, "new table\n") == f"before\n{BEGIN}\nnew table\n{END}\nafter\n"
     with pytest.raises(ValueError, match="no block"):
         replace_block("no markers here", "table")
+
+
+def test_a_cost_too_small_to_sample_bounds_nothing_instead_of_dividing_by_zero() -> None:
+    idle = {"worker_cores": 0.0, "harness_cores": 0.0, "broker_cores": 0.0,
+            "redis_cores": 0.0, "machine_busy_cores": 0.0}  # fmt: skip
+    one = {"processes": 1, "events_per_s": 20_000, "records_per_s": 22_000, "cpu": idle}
+    result = throughput_result(product_1proc=one)
+    c = costs(result)
+    assert process_capacity(c, Assumptions()).events_per_s == 20_000  # its measured rate
+    assert shard_capacity(c).events_per_s == 120_000  # the script limit
+    assert "| 1,000,000 |" in markdown(result, Assumptions())
