@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from cdc_cache.core.keys import ns, version_field
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
@@ -109,6 +110,12 @@ def test_filters_fields_row_ttls_refresh_only_and_snapshot_control(
         alive=services,
     )
 
+    wait_until(  # the metric above counts a change when planned; its apply may follow
+        "the insert's refresh-only op recorded its version",
+        lambda: redis_client.hexists(ns().version_key("warm:2"), version_field("warm:2")),
+        60,
+        alive=services,
+    )
     redis_client.set("warm:2", b"{}")  # an application's fill, after the insert was applied
     write(mariadb, schema, "UPDATE stock SET qty = %s WHERE id = %s", (0, 1), (5, 2))
     wait_until(
