@@ -412,6 +412,16 @@ class WorkerSettings(TopicSettings):
             raise ValueError(msg)
         return self
 
+    @property
+    def process_index(self) -> int:
+        """The process's number in its cluster (0 when it runs alone)."""
+        return self.process_id or 0
+
+    @property
+    def process_count(self) -> int:
+        """How many processes the cluster has (1 when this one runs alone)."""
+        return max(1, len(self.addresses))
+
 
 def derived_addresses(
     addresses: Sequence[str], template: str | None, processes: int | None

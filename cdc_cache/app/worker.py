@@ -201,8 +201,8 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) ->
         config=ModeConfig(settings.lag_slo_s, settings.lag_recover_s, settings.mode_window_s),
         fallback_ttl_ms=int(settings.fallback_ttl_s * 1000),
         prefixes=managed_prefixes(rules),
-        process=settings.process_id or 0,
-        processes=max(1, len(settings.addresses)),
+        process=settings.process_index,
+        processes=settings.process_count,
         max_consumer_lag=settings.ready_max_consumer_lag,
         table_prefixes=table_prefixes(rules),
         table_config=TableConfig(
@@ -336,8 +336,8 @@ def flow_config(settings: WorkerSettings, rules: Rules, topics: list[str]) -> Fl
             settings.producer_kafka(),
             settings.retry_kafka.backoff(),
         ),
-        process=settings.process_id or 0,
-        processes=max(1, len(settings.addresses)),
+        process=settings.process_index,
+        processes=settings.process_count,
     )
 
 
@@ -386,8 +386,8 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
     recovery = prepare_recovery(
         settings.recovery_dir,
         settings.recovery_partitions,
-        max(1, len(settings.addresses)),
-        settings.process_id or 0,
+        settings.process_count,
+        settings.process_index,
     )
     topics = resolve_topics(settings)
     startup.passed("topics")
