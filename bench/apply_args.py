@@ -1,0 +1,146 @@
+"""What one op of the apply script costs on each side: the worker's encoding, Redis's script.
+
+Plans the throughput workload's changes (``bench/workload.py``, the same rules and
+generator) into key ops, cuts them into batches as the sink hands them to the writer, and
+measures on the same ops:
+
+* **worker**: µs per op to encode the batches' script calls (``encoding.calls``) and pack
+  each EVALSHA as redis-py's hiredis serializer does before sending it: the writer
+  thread's own Python per op, without the round trip;
+* **Redis**: µs per op of the apply script (``INFO commandstats``, ``cmdstat_evalsha``),
+  the calls pipelined into a fresh Redis, each round on an emptied one.
+
+    .venv/bin/python bench/apply_args.py [--events 20000] [--batch 1000] [--rounds 7]
+
+Single-threaded; the best round counts on the worker side (a load that comes and goes
+on a shared machine only slows rounds down), the median round on the Redis side. To
+compare two checkouts, run this file against each one's package:
+``PYTHONPATH=/other/checkout .venv/bin/python bench/apply_args.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.workload import RULES_YAML, Generator
+from cdc_cache.core.events import SourceRecord
+from cdc_cache.plan.cache_ops import KeyOp, Notify
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.encoding import calls
+from cdc_cache.sink.scripts import apply_script
+from cdc_cache.tools.devstack.process import free_port
+from cdc_cache.tools.devstack.redis import RedisServer
+
+
+def planned_ops(events: int) -> list[KeyOp | Notify]:
+    """The key ops the worker plans for ``events`` changes of the throughput workload."""
+    rules = parse_rules(RULES_YAML, "bench-rules.yaml")
+    ops: list[KeyOp | Notify] = []
+    for message in Generator(prefix="args", seed=7).messages(events):
+        routed = route(SourceRecord(message.topic, 0, 0, message.key, message.value), rules)
+        if isinstance(routed, Planned):
+            ops += [op for op in routed.ops if isinstance(op, KeyOp | Notify)]
+    return ops
+
+
+def encode(batches: list[list[KeyOp | Notify]], sha: str, redis: Redis[bytes]) -> list[Any]:
+    """Every batch's calls, packed as redis-py sends them."""
+    connection = redis.connection_pool.get_connection()
+    try:
+        return [
+            connection.pack_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+            for batch in batches
+            for c in calls(batch, range(len(batch)))
+        ]
+    finally:
+        redis.connection_pool.release(connection)
+
+
+def worker_us_per_op(
+    batches: list[list[KeyOp | Notify]], sha: str, redis: Redis[bytes], rounds: int
+) -> float:
+    ops = sum(len(b) for b in batches)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        encode(batches, sha, redis)
+        best = min(best, time.perf_counter() - started)
+    return best / ops * 1e6
+
+
+def redis_us_per_op(
+    packed: list[Any], ops: int, redis: Redis[bytes], rounds: int
+) -> dict[str, float]:
+    per_op: list[float] = []
+    per_call: list[float] = []
+    for _ in range(rounds):
+        redis.flushall()
+        redis.config_resetstat()
+        connection = redis.connection_pool.get_connection()
+        try:
+            for start in range(0, len(packed), 2):
+                group = packed[start : start + 2]
+                connection.send_packed_command([part for command in group for part in command])
+                for _ in group:
+                    connection.read_response()
+        finally:
+            redis.connection_pool.release(connection)
+        stats = redis.info("commandstats")["cmdstat_evalsha"]
+        per_op.append(stats["usec"] / ops)
+        per_call.append(stats["usec_per_call"])
+    return {
+        "redis_us_per_op": round(statistics.median(per_op), 3),
+        "redis_usec_per_call": round(statistics.median(per_call), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1000, help="ops per batch handed over")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    ops = planned_ops(args.events)
+    batches = [ops[s : s + args.batch] for s in range(0, len(ops), args.batch)]
+    source, sha = apply_script()
+    with tempfile.TemporaryDirectory(prefix="apply-args-") as home:
+        server = RedisServer(Path(home) / "redis", free_port())
+        server.start()
+        try:
+            redis: Redis[bytes] = Redis(port=server.port)
+            redis.script_load(source)
+            packed = encode(batches, sha, redis)
+            call_args = [c for b in batches for c in calls(b, range(len(b)))]
+            result: dict[str, Any] = {
+                "events": args.events,
+                "ops": len(ops),
+                "calls": len(packed),
+                "args_per_op": round(sum(len(c.args) for c in call_args) / len(ops), 2),
+                "bytes_per_op": round(sum(len(p) for c in packed for p in c) / len(ops), 1),
+                "worker_us_per_op": round(worker_us_per_op(batches, sha, redis, args.rounds), 3),
+                **redis_us_per_op(packed, len(ops), redis, args.rounds),
+            }
+            redis.close()
+        finally:
+            server.stop()
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
