@@ -4,16 +4,18 @@ Plans the throughput workload's changes (``bench/workload.py``, the same rules a
 generator) into key ops, cuts them into batches as the sink hands them to the writer, and
 measures on the same ops:
 
-* **worker**: µs per op to encode the batches' script calls (``encoding.calls``) and pack
-  each EVALSHA as redis-py's hiredis serializer does before sending it: the writer
-  thread's own Python per op, without the round trip;
-* **Redis**: µs per op of the apply script (``INFO commandstats``, ``cmdstat_evalsha``),
-  the calls pipelined into a fresh Redis, each round on an emptied one.
+* **worker**: CPU µs per op (this thread's) to encode the batches' script calls
+  (``encoding.calls``) and pack each EVALSHA as redis-py's hiredis serializer does before
+  sending it: the writer thread's own Python per op, without the round trip;
+* **Redis**: µs per op of the apply script (``INFO commandstats``, ``cmdstat_evalsha``:
+  time in the command, which a busy machine stretches) and Redis's main-thread CPU µs per
+  op (``INFO cpu``, less so), the calls pipelined into a fresh Redis, each round on an
+  emptied one.
 
-    .venv/bin/python bench/apply_args.py [--events 20000] [--batch 1000] [--rounds 7]
+    .venv/bin/python bench/apply_args.py [--events 20000] [--batch 1000] [--rounds 9]
 
-Single-threaded; the best round counts on the worker side (a load that comes and goes
-on a shared machine only slows rounds down), the median round on the Redis side. To
+Single-threaded; the best round counts on either side (a load that comes and goes on a
+shared machine only slows rounds down; compare runs made in turn, alternately). To
 compare two checkouts, run this file against each one's package:
 ``PYTHONPATH=/other/checkout .venv/bin/python bench/apply_args.py``.
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from typing import Any
 
 from redis import Redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: see above
 
 from bench.workload import RULES_YAML, Generator
 from cdc_cache.core.events import SourceRecord
@@ -74,9 +75,9 @@ def worker_us_per_op(
     ops = sum(len(b) for b in batches)
     best = float("inf")
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.thread_time()
         encode(batches, sha, redis)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return best / ops * 1e6
 
 
@@ -85,9 +86,11 @@ def redis_us_per_op(
 ) -> dict[str, float]:
     per_op: list[float] = []
     per_call: list[float] = []
+    cpu_per_op: list[float] = []
     for _ in range(rounds):
         redis.flushall()
         redis.config_resetstat()
+        cpu = _main_thread_cpu(redis)
         connection = redis.connection_pool.get_connection()
         try:
             for start in range(0, len(packed), 2):
@@ -97,20 +100,27 @@ def redis_us_per_op(
                     connection.read_response()
         finally:
             redis.connection_pool.release(connection)
+        cpu_per_op.append((_main_thread_cpu(redis) - cpu) / ops * 1e6)
         stats = redis.info("commandstats")["cmdstat_evalsha"]
         per_op.append(stats["usec"] / ops)
         per_call.append(stats["usec_per_call"])
     return {
-        "redis_us_per_op": round(statistics.median(per_op), 3),
-        "redis_usec_per_call": round(statistics.median(per_call), 1),
+        "redis_us_per_op": round(min(per_op), 3),
+        "redis_cpu_us_per_op": round(min(cpu_per_op), 3),
+        "redis_usec_per_call": round(min(per_call), 1),
     }
+
+
+def _main_thread_cpu(redis: Redis[bytes]) -> float:
+    info = redis.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000, help="ops per batch handed over")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     ops = planned_ops(args.events)
