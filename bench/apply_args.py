@@ -10,7 +10,9 @@ measures on the same ops:
 * **Redis**: µs per op of the apply script (``INFO commandstats``, ``cmdstat_evalsha``:
   time in the command, which a busy machine stretches) and Redis's main-thread CPU µs per
   op (``INFO cpu``, less so), the calls pipelined into a fresh Redis, each round on an
-  emptied one.
+  emptied one;
+* **accounting**: CPU µs per change of the writer's accounting of an applied batch
+  (``CacheWriter._account``: outcome counters, latencies, per-change outcomes).
 
     .venv/bin/python bench/apply_args.py [--events 20000] [--batch 1000] [--rounds 9]
 
@@ -36,24 +38,45 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: s
 
 from bench.workload import RULES_YAML, Generator
 from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.retry import Backoff
 from cdc_cache.plan.cache_ops import KeyOp, Notify
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
-from cdc_cache.sink.encoding import calls
+from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.encoding import Outcome, calls
 from cdc_cache.sink.scripts import apply_script
+from cdc_cache.sink.writer import CacheWriter
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
 
 
-def planned_ops(events: int) -> list[KeyOp | Notify]:
-    """The key ops the worker plans for ``events`` changes of the throughput workload."""
+def planned(events: int) -> list[Planned]:
+    """The changes the worker plans for ``events`` changes of the throughput workload."""
     rules = parse_rules(RULES_YAML, "bench-rules.yaml")
-    ops: list[KeyOp | Notify] = []
+    found = []
     for message in Generator(prefix="args", seed=7).messages(events):
         routed = route(SourceRecord(message.topic, 0, 0, message.key, message.value), rules)
         if isinstance(routed, Planned):
-            ops += [op for op in routed.ops if isinstance(op, KeyOp | Notify)]
-    return ops
+            found.append(routed)
+    return found
+
+
+def key_ops(changes: list[Planned]) -> list[KeyOp | Notify]:
+    return [op for change in changes for op in change.ops if isinstance(op, KeyOp | Notify)]
+
+
+def account_us_per_change(changes: list[Planned], redis: Redis[bytes], rounds: int) -> float:
+    """The writer's accounting of applied batches (outcome metrics, per-change outcomes)."""
+    writer = CacheWriter(RedisApplier(redis), Backoff())
+    batches = [changes[s : s + 1000] for s in range(0, len(changes), 1000)]
+    outcomes = [[Outcome.APPLIED] * len(key_ops(batch)) for batch in batches]
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.thread_time()
+        for batch, results in zip(batches, outcomes, strict=True):
+            writer._account(batch, results)
+        best = min(best, time.thread_time() - started)
+    return best / len(changes) * 1e6
 
 
 def encode(batches: list[list[KeyOp | Notify]], sha: str, redis: Redis[bytes]) -> list[Any]:
@@ -123,7 +146,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    ops = planned_ops(args.events)
+    changes = planned(args.events)
+    ops = key_ops(changes)
     batches = [ops[s : s + args.batch] for s in range(0, len(ops), args.batch)]
     source, sha = apply_script()
     with tempfile.TemporaryDirectory(prefix="apply-args-") as home:
@@ -142,6 +166,9 @@ def main() -> int:
                 "bytes_per_op": round(sum(len(p) for c in packed for p in c) / len(ops), 1),
                 "worker_us_per_op": round(worker_us_per_op(batches, sha, redis, args.rounds), 3),
                 **redis_us_per_op(packed, len(ops), redis, args.rounds),
+                "account_us_per_change": round(
+                    account_us_per_change(changes, redis, args.rounds), 3
+                ),
             }
             redis.close()
         finally:
