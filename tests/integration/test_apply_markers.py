@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
-from cdc_cache.core.keys import ns, truncate_field
+from cdc_cache.core.keys import member_field, ns, truncate_field, version_field
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import (
     DeleteKey,
@@ -30,6 +30,7 @@ from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import primaries
 from cdc_cache.sink.encoding import Outcome
 from cdc_cache.sink.scripts import apply_script
+from cdc_cache.sink.version_store import horizon_minute
 from cdc_cache.sink.versions import encode_version, parse_stored, stored
 
 pytestmark = pytest.mark.integration
@@ -204,3 +205,32 @@ def test_a_call_that_does_not_restate_the_ttls_after_a_cut_is_refused(any_redis:
     with pytest.raises(ResponseError, match="no L marker"):
         any_redis.evalsha(sha, len(second.keys), *second.keys, *unmarked)
     assert any_redis.get("row:{1}") == b"{}"
+
+
+def test_each_op_keeps_its_version_for_the_lifetime_its_kind_and_its_marker_give(
+    redis_client: Any,
+) -> None:
+    """A write keeps its version for the longer TTL, a removal for the tombstone TTL."""
+    index, ttl, tombstone = "ix:{1}", 600_000, 3_600_000
+    ops = [
+        IndexMember(index, "m1", "1", True, pos(1), ttl, tombstone),
+        IndexMember(index, "m2", "1", True, pos(1), ttl, tombstone),
+        IndexMember(index, "m2", None, False, pos(2), ttl, tombstone * 2),
+        SetRow("row:{1}", pos(1), b"{}", ValueFormat.JSON, tombstone * 3, tombstone),
+        DeleteKey("row:3", pos(1), tombstone * 4),
+    ]
+    (call,) = encoding.calls(ops, range(len(ops)))
+    assert call.args.count("L") == 4  # m2's removal, the set and the delete each change it
+    now_s = redis_client.time()[0]
+    RedisApplier(redis_client).apply(ops)
+    expected = {
+        (index, member_field(index, "m1")): max(ttl, tombstone),
+        (index, member_field(index, "m2")): tombstone * 2,
+        ("row:{1}", version_field("row:{1}")): tombstone * 3,
+        ("row:3", version_field("row:3")): tombstone * 4,
+    }
+    for (key, field), lifetime in expected.items():
+        horizon, _ = parse_stored(redis_client.hget(ns().version_key(key), field))
+        assert horizon in (horizon_minute(now_s, lifetime), horizon_minute(now_s + 1, lifetime))
+    assert 0 < redis_client.pttl(index) <= ttl
+    assert 0 < redis_client.pttl("row:{1}") <= tombstone * 3
