@@ -238,7 +238,10 @@ class Bench:
                     cwd=self.code,
                     env={
                         **os.environ,
-                        "PYTHONPATH": str(self.code),  # before the editable install's finder
+                        # before the editable install's finder
+                        "PYTHONPATH": os.pathsep.join(
+                            filter(None, [str(self.code), os.environ.get("PYTHONPATH")])
+                        ),
                         "CDC_CACHE_RECOVERY_PARTITIONS": str(processes),
                         "CDC_CACHE_REDIS_REPLICAS": str(wait_replicas),
                     },
