@@ -127,7 +127,7 @@ class ContinuityGuard:
 
 
 class GuardedPartition:
-    """A KafkaSource partition whose offsets are checked before anything is passed on."""
+    """A Kafka source partition whose offsets are checked before anything is passed on."""
 
     def __init__(
         self,
