@@ -7,6 +7,12 @@ skews both alike. Prints a Markdown table of µs per record and the change, and 
 to ``--out`` as JSON.
 
     .venv/bin/python bench/against.py --base 9ab8ca9 [--rounds 6] [--out FILE]
+
+With ``--worker``, the whole worker instead: ``bench/throughput.py --code-ab`` drains the
+same loaded events with the base's worker and this checkout's, alternating, ``--rounds``
+times, and reports both sides' events/s and worker CPU per event (a quiet machine only).
+
+    .venv/bin/python bench/against.py --base 9ab8ca9 --worker [--rounds 3] [--events 200000]
 """
 
 from __future__ import annotations
@@ -51,11 +57,19 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the commit to compare with")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/against.json")
+    parser.add_argument("--worker", action="store_true", help="compare the whole worker")
+    parser.add_argument("--events", type=int, default=200_000, help="with --worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cdc-bench-") as scratch:
         base_tree = Path(scratch) / "base"
         git("worktree", "add", "-q", "--detach", str(base_tree), args.base)
         try:
+            if args.worker:
+                command = [sys.executable, str(ROOT / "bench/throughput.py"), "--events"]
+                command += [str(args.events), "--code-ab", str(base_tree)]
+                command += ["--rounds", str(args.rounds), "--out", str(args.out)]
+                subprocess.run(command, check=True)
+                return
             sides: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
             for n in range(args.rounds):
                 for side, tree in (("base", base_tree), ("head", ROOT)):

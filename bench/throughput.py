@@ -31,11 +31,16 @@ INFO on the primary), after one small write each: its latency and the client's C
 ``--soak SECONDS`` runs only the memory test: the worker fed paced events for that long,
 its RSS sampled throughout. ``--lineage-ab ROUNDS`` runs only ``product_1proc``, ROUNDS
 times with lineage detection on and off alternately, for the cost of detection.
+``--code-ab DIR`` runs only ``product_1proc``, ``--rounds`` times with the worker's code
+from DIR (another checkout: the base) and from this checkout alternately, on the same
+loaded events: what a change bought the whole worker (``bench/against.py --worker`` makes
+the base's checkout and calls it).
 
     python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
     python bench/throughput.py --events 200000 --replicas 1 --out bench/results/replicas.json
     python bench/throughput.py --soak 600 --out bench/results/soak.json
     python bench/throughput.py --lineage-ab 3 --events 200000 --out bench/results/lineage.json
+    python bench/throughput.py --code-ab /tmp/base --rounds 3 --events 200000 --out FILE
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +169,7 @@ class Bench:
         self.rules_path.write_text(RULES_YAML)
         self.rules = parse_rules(RULES_YAML, str(self.rules_path))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.code = ROOT  # the checkout whose code the workers run
 
     def start(self) -> None:
         self.redis_server.start()
@@ -228,9 +235,13 @@ class Bench:
                     argv,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=ROOT,
+                    cwd=self.code,
                     env={
                         **os.environ,
+                        # before the editable install's finder
+                        "PYTHONPATH": os.pathsep.join(
+                            filter(None, [str(self.code), os.environ.get("PYTHONPATH")])
+                        ),
                         "CDC_CACHE_RECOVERY_PARTITIONS": str(processes),
                         "CDC_CACHE_REDIS_REPLICAS": str(wait_replicas),
                     },
@@ -890,6 +901,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["soak"] = soak(bench, args.soak_rate, args.soak)
         elif args.lineage_ab:
             result["lineage_ab"] = lineage_ab(bench, args)
+        elif args.code_ab:
+            result["code_ab"] = code_ab(bench, args)
         else:
             result |= measure(bench, args)
     finally:
@@ -992,31 +1005,82 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def lineage_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """One worker process draining the same events with lineage detection on and off.
+def alternate(
+    bench: Bench,
+    events: int,
+    rounds: int,
+    variants: dict[str, Callable[[], AbstractContextManager[None]]],
+) -> dict[str, Any]:
+    """One worker process draining the same events under each variant, alternately.
 
-    Rounds alternate, so load from other jobs on the machine falls on both alike; the
-    worker's CPU per event is steadier than its wall-clock rate on a busy machine.
+    Rounds alternate, so load from other jobs on the machine falls on every variant alike;
+    the worker's CPU per event is steadier than its wall-clock rate on a busy machine.
     """
     generator = Generator(prefix="bench", seed=1)
-    loaded = load(bench, generator, args.events)
+    loaded = load(bench, generator, events)
     loaded.pop("topics")
-    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-    for round_ in range(args.lineage_ab):
-        for variant in ("on", "off"):
-            os.environ["CDC_CACHE_LINEAGE_DETECTION"] = "true" if variant == "on" else "false"
-            try:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for round_ in range(rounds):
+        for name, variant in variants.items():
+            with variant():
                 run_ = product(bench, generator, loaded, 1)
-                busy = {"machine_busy_cores": run_["cpu"]["machine_busy_cores"]}
-                runs[variant].append(_rate_and_cpu(run_) | busy)
-            finally:
-                del os.environ["CDC_CACHE_LINEAGE_DETECTION"]
-            print(f"round {round_ + 1}, detection {variant}: {runs[variant][-1]}", flush=True)
+            busy = {"machine_busy_cores": run_["cpu"]["machine_busy_cores"]}
+            runs[name].append(_rate_and_cpu(run_) | busy)
+            print(f"round {round_ + 1}/{rounds}, {name}: {runs[name][-1]}", flush=True)
     medians = {
-        variant: {name: _median([r[name] for r in done]) for name in done[0]}
-        for variant, done in runs.items()
+        name: {field: _median([r[field] for r in done]) for field in done[0]}
+        for name, done in runs.items()
     }
     return {"events": loaded["events"], "runs": runs, "medians": medians}
+
+
+def lineage_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Lineage detection on and off (``CDC_CACHE_LINEAGE_DETECTION``)."""
+
+    def detection(on: bool) -> Callable[[], AbstractContextManager[None]]:
+        @contextmanager
+        def variant() -> Iterator[None]:
+            os.environ["CDC_CACHE_LINEAGE_DETECTION"] = "true" if on else "false"
+            try:
+                yield
+            finally:
+                del os.environ["CDC_CACHE_LINEAGE_DETECTION"]
+
+        return variant
+
+    variants = {"on": detection(True), "off": detection(False)}
+    return alternate(bench, args.events, args.lineage_ab, variants)
+
+
+def code_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's code from ``args.code_ab`` (base) and from this checkout (head).
+
+    Both run with this checkout's harness, servers, events and correctness guard; the
+    ratio is head over base of the medians (above 1: head drains faster, or uses more
+    CPU per event).
+    """
+
+    def code(tree: Path) -> Callable[[], AbstractContextManager[None]]:
+        @contextmanager
+        def variant() -> Iterator[None]:
+            bench.code = tree
+            try:
+                yield
+            finally:
+                bench.code = ROOT
+
+        return variant
+
+    base = args.code_ab.resolve()
+    result = alternate(bench, args.events, args.rounds, {"base": code(base), "head": code(ROOT)})
+    before, after = result["medians"]["base"], result["medians"]["head"]
+    result["base_tree"] = str(base)
+    result["head_over_base"] = {
+        field: round(after[field] / before[field], 3)
+        for field in ("events_per_s", "worker_cpu_us_per_event")
+        if before[field]
+    }
+    return result
 
 
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -1094,18 +1158,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--replicas", type=int, default=0, help="give Redis N replicas; measure waiting for them"
     )
-    parser.add_argument("--rounds", type=int, default=1, help="runs with and without the wait")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each variant (--replicas, --code-ab)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
     parser.add_argument(
         "--lineage-ab", type=int, default=0, metavar="ROUNDS",
         help="only compare one worker with lineage detection on and off, ROUNDS times each",
     )  # fmt: skip
+    parser.add_argument(
+        "--code-ab", type=Path, metavar="DIR",
+        help="only compare the worker's code from checkout DIR with this one's, --rounds times",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(dumps(result))
-    if args.lineage_ab:
-        print(json.dumps(result["lineage_ab"], indent=1))
+    if args.lineage_ab or args.code_ab:
+        print(json.dumps(result.get("lineage_ab") or result["code_ab"], indent=1))
         return 0
     table = markdown(result)
     args.out.with_suffix(".md").write_text(table)

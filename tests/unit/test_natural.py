@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import struct
+import tracemalloc
 from decimal import Decimal
 
 import pytest
@@ -107,6 +108,18 @@ def test_a_decimal_as_a_number_is_exact_in_json_and_plain_in_keys() -> None:
     )
     assert escape_value(value) == "12345.6789"
     assert JsonNumber("1.50") != JsonNumber("1.5")  # compared as the bytes they become
+
+
+def test_a_cached_value_holds_no_more_memory_than_its_json() -> None:
+    """The worker keeps thousands of values in flight; each must cost its size, not 4 KiB."""
+    tracemalloc.start()
+    try:
+        values = [dumps({"sku": f"sku-{n}", "qty": n, "name": "x" * 50}) for n in range(1000)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = sum(len(value) for value in values)
+    assert held < size + 1000 * 64  # 64 bytes per object at most beyond the JSON itself
 
 
 def test_other_kinds() -> None:
