@@ -305,7 +305,10 @@ class Bench:
         """Poll until the workers finished ``target`` records: (started, done) times.
 
         Started is the last poll that saw nothing finished yet: the work began after it,
-        so the span is never shorter than the work (nor zero on a tiny load).
+        so the span is never shorter than the work (nor zero on a tiny load). Each poll
+        costs the worker a metrics collection (~8 ms of its CPU), so once work is under
+        way the polls sleep half the time the rate so far says is left: a few polls per
+        run instead of five a second, and the end still seen within 0.2 s.
         """
         first = 0.0
         idle = time.monotonic()
@@ -324,7 +327,8 @@ class Bench:
                 msg = f"workers finished {count} of {target} records within {timeout:.0f} s"
                 raise SystemExit(msg)
             self.check_workers()
-            time.sleep(0.2)  # each poll costs the worker a metrics collection
+            left_s = (target - count) * (now - first) / count if first else 0.0
+            time.sleep(min(max(0.2, left_s / 2), 5.0))
 
     def guard(self, generator: Generator) -> dict[str, Any]:
         """Compare Redis with the state the events imply; any difference fails the run."""

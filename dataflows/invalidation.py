@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
+from confluent_kafka import Message as KafkaMessage
 
 from cdc_cache.continuity.guard import ContinuityGuard
 from cdc_cache.continuity.store import ContinuityStore
@@ -40,8 +39,9 @@ from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
 from dataflows.config import FlowConfig, FlowContext
+from dataflows.kafka import Item, KafkaSource
 from dataflows.sink import Batch, RedisSink, RejectsFactory, partition_key
-from dataflows.source import Message, StoppableSource, kafka_source
+from dataflows.source import StoppableSource
 
 log = logging.getLogger("cdc_cache.dataflow")
 
@@ -52,16 +52,11 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
     rules, lineage, schemas = config.rules, context.lineage, context.schemas
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
-    # KafkaSource hands add_config to confluent_kafka as is, so the callbacks pass through.
+    # The settings go to confluent_kafka as they are, so the callbacks pass through.
     common = with_logger({**config.kafka, "error_cb": health.on_error})
     consumer = {**CONSUMER_DEFAULTS, **common, **config.kafka_consumer}
     # An offset the log no longer holds must surface as an error, never be reset silently.
     consumer["auto.offset.reset"] = "error"
-
-    def source(client: dict[str, Any]) -> Any:
-        return kafka_source(
-            config.brokers, config.topics, client, tail=config.tail, batch_size=config.batch_size
-        )
 
     guard = None
     if config.continuity:
@@ -78,19 +73,22 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         "debezium",
         flow,
         StoppableSource(
-            source(consumer), context.stop, tracker, health, lister=source(common), guard=guard
+            KafkaSource(
+                config.brokers, config.topics, consumer=consumer, admin=common,
+                tail=config.tail, batch_size=config.batch_size,
+            ),
+            context.stop, tracker, health, guard=guard,
         ),
-    )
+    )  # fmt: skip
 
     key = partition_key(config.process)
 
-    def route_batch(batch: list[Message]) -> Iterable[tuple[str, Batch]]:
-        records = []
-        for message in batch:
-            if isinstance(message, KafkaError):
-                _consumer_error(message)
-            else:
-                records.append(_record(message))
+    def route_batch(batch: list[Item]) -> Iterable[tuple[str, Batch]]:
+        records = [item for item in batch if type(item) is SourceRecord]
+        if len(records) < len(batch):
+            for item in batch:
+                if not isinstance(item, SourceRecord):
+                    _consumer_error(item)
         parse = schemas.parser_for(records) if schemas is not None else None
         if lineage is None:
             routed = [
@@ -163,19 +161,9 @@ def _server_of(item: Routed) -> str | None:
     return None
 
 
-def _consumer_error(error: KafkaError[Any, Any]) -> None:
-    """A client-side error (not a message): librdkafka retries it; make it visible."""
-    metrics.CONSUMER_ERRORS.labels(error.err.name()).inc()
-    log.warning("kafka consumer error", extra={"error": str(error.err), "topic": error.msg.topic})
-
-
-def _record(message: KafkaSourceMessage[Any, Any]) -> SourceRecord:
-    timestamp = message.timestamp[1] if message.timestamp else None
-    return SourceRecord(
-        message.topic or "",
-        message.partition or 0,
-        message.offset or 0,
-        message.key,
-        message.value,
-        timestamp,
-    )
+def _consumer_error(message: KafkaMessage) -> None:
+    """A client-side error (not a record): librdkafka retries it; make it visible."""
+    error = message.error()
+    assert error is not None  # the source passes on only records and errors
+    metrics.CONSUMER_ERRORS.labels(error.name()).inc()
+    log.warning("kafka consumer error", extra={"error": str(error), "topic": message.topic()})

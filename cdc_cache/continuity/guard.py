@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
@@ -127,7 +127,7 @@ class ContinuityGuard:
 
 
 class GuardedPartition:
-    """A KafkaSource partition whose offsets are checked before anything is passed on."""
+    """A Kafka source partition whose offsets are checked before anything is passed on."""
 
     def __init__(
         self,
@@ -163,7 +163,7 @@ class GuardedPartition:
         """The next offset this partition vouches for (None: nothing read yet)."""
         return self._state.offset
 
-    def next_batch(self) -> Iterable[Any]:
+    def next_batch(self) -> list[Any]:
         if self._found is not None:
             self._await_decision()
             return []
