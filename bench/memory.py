@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import DeleteKey, KeyOp, SetRow, ValueFormat
+from cdc_cache.sink import encoding
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import connect, primaries
-from cdc_cache.sink.encoding import script_args, script_keys
 from cdc_cache.sink.scripts import apply_script
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
@@ -231,12 +231,8 @@ def script_cost(client: Redis, keys: Sequence[str], rounds: int) -> dict[str, An
 
 
 def _new_call(ops: Sequence[KeyOp]) -> tuple[list[Any], list[Any]]:
-    keys: list[Any] = []
-    args: list[Any] = []
-    for op in ops:
-        keys += script_keys(op)
-        args += script_args(op)
-    return keys, args
+    (call,) = encoding.calls(ops, range(len(ops)), max_ops=len(ops))
+    return list(call.keys), list(call.args)
 
 
 def _cpu_per_op(

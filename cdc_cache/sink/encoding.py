@@ -1,22 +1,23 @@
 """The apply script's arguments and replies, without I/O.
 
 Each key op becomes a (key, version bucket, lease key) triple of KEYS and a few ARGV
-(:func:`script_keys`, :func:`script_args`); a notification rides in the call of the key
-op before it (on Redis Cluster into that key's slot outbox, see ``cdc_cache.sink.outbox``).
-One slot's ops are cut into calls within limits (:func:`calls`), since a script blocks the
-server while it runs, and each op's reply code read back as an :class:`Outcome`
-(:func:`outcome_of`).
+(:func:`script_op`); what many ops share (their table, their TTLs) is said once, in a
+marker that holds for the ops after it in the same call. A notification rides in the call
+of the key op before it (on Redis Cluster into that key's slot outbox, see
+``cdc_cache.sink.outbox``). One slot's ops are cut into calls within limits
+(:func:`calls`), since a script blocks the server while it runs, and each op's reply code
+read back as an :class:`Outcome` (:func:`outcome_of`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.keys import index_field, member_field, ns, version_field
+from cdc_cache.core.keys import Names, index_field, member_field, ns
 from cdc_cache.plan.cache_ops import (
     DeleteKey,
     IndexKind,
@@ -79,54 +80,47 @@ def version_of(op: KeyOp) -> str:
     return encode_version(op.position, delete=removed)
 
 
-def script_keys(op: KeyOp | Notify) -> tuple[str, ...]:
-    """The script's KEYS for one op."""
-    if isinstance(op, Notify):
-        return (ns().stream_key(op.channel), ns().channels)
-    version_key, lease_key, _ = ns().gate_keys(op.key)
-    return (op.key, version_key, lease_key)
+def script_op(op: KeyOp, names: Names | None = None) -> tuple[tuple[str, ...], tuple[Arg, ...]]:
+    """The script's KEYS and ARGV for one key op, its key hashed once for both.
 
-
-def script_args(op: KeyOp | Notify, field: bytes | None = None) -> tuple[Arg, ...]:
-    """The script's ARGV for one op: kind, field, version, its lifetime, kind's own args.
-
-    ``field`` is the version field of the op's key when the caller already has it.
+    ARGV is the op's own: kind, version field, version, then its kind's arguments. Its
+    TTLs are not among them: they ride in the marker before it (:func:`ttl_marker`).
     """
-    if isinstance(op, Notify):
-        return ("N", op.channel, op.maxlen, op.payload)
+    version_key, lease_key, field = (names or ns()).gate_keys(op.key)
+    return (op.key, version_key, lease_key), _own_args(op, field)
+
+
+def _own_args(op: KeyOp, field: bytes) -> tuple[Arg, ...]:
     if isinstance(op, IndexMember):
-        return _index_args(op)
-    if field is None:
-        field = version_field(op.key)
+        return _index_args(op, field)
     version = version_of(op)
     if op.tombstone_ttl_ms <= 0:
         msg = f"{type(op).__name__} for {op.key!r} has tombstone_ttl_ms={op.tombstone_ttl_ms}"
         raise ApplyError(msg + "; TTLs must be positive milliseconds")
     if isinstance(op, DeleteKey):
-        return ("D", field, version, op.tombstone_ttl_ms)
+        return ("D", field, version)
     if op.ttl_ms <= 0:
         msg = f"SetRow for {op.key!r} has ttl_ms={op.ttl_ms}; TTLs must be positive milliseconds"
         raise ApplyError(msg)
     if op.expires_at_ms:
         msg = f"SetRow for {op.key!r} expires at {op.expires_at_ms}, but no writer made it a TTL"
         raise ApplyError(msg)
-    lifetime = max(op.ttl_ms, op.tombstone_ttl_ms)
-    if op.only_if_cached:  # refresh-only: the script writes it only over a cached value
-        return ("R", *script_args(replace(op, only_if_cached=False), field))
     if op.format is ValueFormat.JSON and isinstance(op.value, bytes):
-        return ("J", field, version, lifetime, op.value, op.ttl_ms)
-    if op.format is ValueFormat.HASH and isinstance(op.value, tuple):
-        fields = [item for pair in op.value for item in pair]
-        return ("H", field, version, lifetime, op.ttl_ms, len(op.value), *fields)
-    msg = (
-        f"SetRow for {op.key!r}: format {op.format} needs "
-        f"{'bytes' if op.format is ValueFormat.JSON else 'field pairs'}, "
-        f"got {type(op.value).__name__}"
-    )
-    raise ApplyError(msg)
+        own: tuple[Arg, ...] = ("J", field, version, op.value)
+    elif op.format is ValueFormat.HASH and isinstance(op.value, tuple):
+        own = ("H", field, version, len(op.value), *[item for pair in op.value for item in pair])
+    else:
+        msg = (
+            f"SetRow for {op.key!r}: format {op.format} needs "
+            f"{'bytes' if op.format is ValueFormat.JSON else 'field pairs'}, "
+            f"got {type(op.value).__name__}"
+        )
+        raise ApplyError(msg)
+    # refresh-only: the script writes it only over a cached value
+    return ("R", *own) if op.only_if_cached else own
 
 
-def _index_args(op: IndexMember) -> tuple[Arg, ...]:
+def _index_args(op: IndexMember, field: bytes) -> tuple[Arg, ...]:
     """An M op: the member's version gates it; the index's record tells new from lost."""
     if min(op.ttl_ms, op.tombstone_ttl_ms) <= 0:
         msg = f"IndexMember for {op.key!r} has a TTL <= 0; TTLs must be positive milliseconds"
@@ -134,20 +128,36 @@ def _index_args(op: IndexMember) -> tuple[Arg, ...]:
     if op.present and not op.drop and op.kind is IndexKind.ZSET and op.score is None:
         msg = f"IndexMember adding {op.member!r} to the sorted set {op.key!r} has no score"
         raise ApplyError(msg)
-    lifetime = max(op.ttl_ms, op.tombstone_ttl_ms) if op.present else op.tombstone_ttl_ms
     return (
         "M",
         member_field(op.key, op.member),
         version_of(op),
-        lifetime,
         index_field(op.key),
         "z" if op.kind is IndexKind.ZSET else "s",
         "1" if op.present else "0",
         op.member,
         op.score or "",
-        op.ttl_ms,
         "x" if op.drop else "r" if op.rebuild else "",
     )
+
+
+def notify_args(op: Notify, *, outbox: bool = False) -> tuple[Arg, ...]:
+    """The script's ARGV for a notification: to its channel's stream, or to an outbox."""
+    return ("O" if outbox else "N", op.channel, op.maxlen, op.payload)
+
+
+def ttl_marker(op: KeyOp, current: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (ttl_ms, tombstone_ttl_ms) marker ``op`` needs after ``current``; None: none.
+
+    A key op's lifetimes come from the last L marker of its call. A delete uses only the
+    tombstone TTL, so it keeps the current TTL when only that differs.
+    """
+    if isinstance(op, DeleteKey):
+        if current is not None and current[1] == op.tombstone_ttl_ms:
+            return None
+        return (current[0] if current is not None else op.tombstone_ttl_ms, op.tombstone_ttl_ms)
+    wanted = (op.ttl_ms, op.tombstone_ttl_ms)
+    return None if wanted == current else wanted
 
 
 def calls(
@@ -160,43 +170,46 @@ def calls(
 ) -> Iterator[Call]:
     """Split one slot's ops into script calls within the limits, keeping their order.
 
-    The slot's ops are ``ops[i]`` for ``i`` in ``indices``. A notification stays in the
-    call of the key op it follows (its host). With ``outbox`` (Redis Cluster) it goes to
-    the outbox of its host's slot (an O op) instead of its channel's stream.
+    The slot's ops are ``ops[i]`` for ``i`` in ``indices``. A key op is preceded by the
+    markers it needs: "T table" when its table differs from the op's before it, "L ttl_ms
+    tombstone_ttl_ms" when its TTLs do; each call starts with none in force, so its first
+    key op restates both. A notification stays in the call of the key op it follows (its
+    host). With ``outbox`` (Redis Cluster) it goes to the outbox of its host's slot (an O
+    op) instead of its channel's stream.
     """
     keys: list[str] = []
     args: list[Arg] = []
     members: list[int] = []
     table = ""  # the table whose TRUNCATE gates the call's key ops from here on
+    ttls: tuple[int, int] | None = None  # the TTLs of the call's key ops from here on
     host = ""  # the key of the last key op: an outbox notification goes to its slot's outbox
     names = ns()
     for index in indices:
         op = ops[index]
         if isinstance(op, Notify):
-            encoded = script_args(op)
+            args += notify_args(op, outbox=outbox)
             if outbox:
-                encoded = ("O", *encoded[1:])
-        else:
-            version_key, lease_key, field = names.gate_keys(op.key)
-            encoded = script_args(op, field)
-        if (
-            members
-            and not isinstance(op, Notify)
-            and (len(members) >= max_ops or len(args) + len(encoded) > max_args)
-        ):
+                keys.append(names.outbox_key(host or op.channel))  # no host: the script refuses it
+            else:
+                keys += (names.stream_key(op.channel), names.channels)
+            members.append(index)
+            continue
+        op_keys, encoded = script_op(op, names)
+        marker = ttl_marker(op, ttls)
+        extra = (op.table != table) * 2 + (marker is not None) * 3
+        if members and (len(members) >= max_ops or len(args) + extra + len(encoded) > max_args):
             yield Call(tuple(keys), tuple(args), tuple(members))
-            keys, args, members, table = [], [], [], ""
-        if not isinstance(op, Notify) and op.table != table:
+            keys, args, members, table, ttls = [], [], [], "", None
+            marker = ttl_marker(op, None)
+        if op.table != table:
             table = op.table
             args += ("T", table)
-        if not isinstance(op, Notify):
-            keys += (op.key, version_key, lease_key)
-            host = op.key
-        elif outbox:
-            keys.append(names.outbox_key(host or op.channel))  # no host: the script refuses it
-        else:
-            keys += script_keys(op)
+        if marker is not None:
+            ttls = marker
+            args += ("L", *marker)
+        keys += op_keys
         args += encoded
+        host = op.key
         members.append(index)
     if members:
         yield Call(tuple(keys), tuple(args), tuple(members))

@@ -46,17 +46,39 @@ def encode_number(n: int) -> str:
         msg = f"cannot encode a negative number ({n}) in a version"
         raise ValueError(msg)
     digits = str(n) if n else ""
-    count = len(digits)
-    return (str(count) if count <= 8 else f"9{count - 9:02d}") + digits
+    return _count(len(digits)) + digits
+
+
+def _count(digits: int) -> str:
+    return _COUNTS[digits] if digits < len(_COUNTS) else f"9{digits - 9:02d}"
+
+
+_COUNTS: Final = tuple(str(count) if count <= 8 else f"9{count - 9:02d}" for count in range(100))
 
 
 def encode_version(position: SourcePosition, *, delete: bool) -> str:
-    """The stored version of a change at ``position``: a delete ranks below a set."""
+    """The stored version of a change at ``position``: a delete ranks below a set.
+
+    :func:`encode_number` of each part, inlined: the writer encodes one per key op.
+    """
+    epoch, major, minor, row = position.epoch, position.major, position.minor, position.row
+    if epoch < 0 or major < 0 or minor < 0 or row < 0:
+        for n in (epoch, major, minor, row):
+            encode_number(n)  # raises for the negative one
+    e = str(epoch) if epoch else ""
+    j = str(major) if major else ""
+    m = str(minor) if minor else ""
+    r = str(row) if row else ""
+    counts = _COUNTS
     return (
-        encode_number(position.epoch)
-        + encode_number(position.major)
-        + encode_number(position.minor)
-        + encode_number(position.row)
+        counts[len(e)]
+        + e
+        + counts[len(j)]
+        + j
+        + counts[len(m)]
+        + m
+        + counts[len(r)]
+        + r
         + (DELETE_RANK if delete else SET_RANK)
     )
 

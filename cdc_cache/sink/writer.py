@@ -303,34 +303,41 @@ class CacheWriter:
 
         Each counter is incremented once per label set and each latency histogram once
         per bucket (:func:`~cdc_cache.core.histograms.observe_all`): a labelled increment
-        or an observation costs a lookup and a lock, too much to pay per change.
+        or an observation costs a lookup and a lock, too much to pay per change. The
+        labels are counted once per batch too, over lists built in one pass.
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
-        op_counts: Counter[tuple[str, Outcome]] = Counter()
-        event_counts: Counter[tuple[str, str, str]] = Counter()
+        op_outcomes: list[Outcome] = []  # per op, in the batch's order
+        event_labels: list[tuple[str, str, str]] = []
         committed: list[float] = []
         emitted: list[float] = []
         for item in planned:
             event = item.event
-            op_outcomes = [
-                Outcome.APPLIED if type(op) is InvalidatePrefix else next(outcomes)
-                for op in item.ops
-            ]
-            for op, outcome in zip(item.ops, op_outcomes, strict=True):
-                op_counts[_OP_KIND[type(op)], outcome] += 1
-            summary = _summarise(op_outcomes)
-            event_counts[event.table, event.op, summary] += 1
+            ops = item.ops
+            if len(ops) == 1 and type(ops[0]) is not InvalidatePrefix:  # most changes
+                outcome = next(outcomes)
+                op_outcomes.append(outcome)
+                summary = _SUMMARY_OF_ONE[outcome]
+            else:
+                own = [
+                    Outcome.APPLIED if type(op) is InvalidatePrefix else next(outcomes)
+                    for op in ops
+                ]
+                op_outcomes += own
+                summary = _summarise(own)
+            event_labels.append((event.table, event.op, summary))
             if summary == _APPLIED:
-                if event.committed_at_ms is not None:
-                    committed.append(max(0.0, now_ms - event.committed_at_ms) / 1000)
-                if event.emitted_at_ms is not None:
-                    emitted.append(max(0.0, now_ms - event.emitted_at_ms) / 1000)
+                if (at := event.committed_at_ms) is not None:
+                    committed.append((now_ms - at) / 1000 if now_ms > at else 0.0)
+                if (at := event.emitted_at_ms) is not None:
+                    emitted.append((now_ms - at) / 1000 if now_ms > at else 0.0)
             report.append(EventOutcome(event, summary))
-        for (kind, outcome), count in op_counts.items():
-            metrics.REDIS_OPS.labels(kind, outcome.value).inc(count)
-        for (table, op_name, summary), count in event_counts.items():
+        kinds = [type(op) for item in planned for op in item.ops]
+        for (kind, outcome), count in Counter(zip(kinds, op_outcomes, strict=True)).items():
+            metrics.REDIS_OPS.labels(_OP_KIND[kind], outcome.value).inc(count)
+        for (table, op_name, summary), count in Counter(event_labels).items():
             metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
         observe_all(metrics.COMMIT_TO_APPLIED, committed)
         observe_all(metrics.EMITTED_TO_APPLIED, emitted)
@@ -384,18 +391,8 @@ def _expiring(op: CacheOp, now_ms: int) -> CacheOp:
     return replace(op, ttl_ms=min(op.ttl_ms, left), expires_at_ms=0)
 
 
-_APPLIED = Outcome.APPLIED.value
-_SUMMARY_OF_ONE = {
-    Outcome.APPLIED: _APPLIED,
-    Outcome.INVALIDATED: _APPLIED,
-    Outcome.DUPLICATE: Outcome.DUPLICATE.value,
-    Outcome.STALE: Outcome.STALE.value,
-}
-
-
 def _summarise(outcomes: list[Outcome]) -> str:
-    if len(outcomes) == 1:  # most changes: one key op
-        return _SUMMARY_OF_ONE[outcomes[0]]
+    """A change's outcome: applied if an op changed the cache, duplicate if all were, else stale."""
     if not outcomes:
         return "no_op"
     if Outcome.APPLIED in outcomes or Outcome.INVALIDATED in outcomes:
@@ -403,6 +400,11 @@ def _summarise(outcomes: list[Outcome]) -> str:
     if all(o is Outcome.DUPLICATE for o in outcomes):
         return Outcome.DUPLICATE.value
     return Outcome.STALE.value
+
+
+_APPLIED = Outcome.APPLIED.value
+# _summarise of a change with one op (most changes), looked up instead of worked out
+_SUMMARY_OF_ONE = {outcome: _summarise([outcome]) for outcome in Outcome}
 
 
 _CONTROL_KIND = {Heartbeat: "heartbeat", SchemaChange: "schema_change", Tombstone: "tombstone"}

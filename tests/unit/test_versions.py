@@ -35,6 +35,16 @@ def test_no_number_encoding_is_a_prefix_of_another(a: int, b: int) -> None:
         assert not encode_number(b).startswith(encode_number(a))
 
 
+@given(POSITIONS, st.booleans())
+def test_a_version_is_its_positions_numbers_encoded_then_its_rank(
+    position: SourcePosition, delete: bool
+) -> None:
+    parts = (position.epoch, position.major, position.minor, position.row)
+    rank = "0" if delete else "1"
+    expected = "".join(encode_number(n) for n in parts) + rank
+    assert encode_version(position, delete=delete) == expected
+
+
 @given(POSITIONS, st.booleans(), POSITIONS, st.booleans())
 def test_versions_sort_as_position_then_rank(
     a: SourcePosition, a_delete: bool, b: SourcePosition, b_delete: bool

@@ -27,21 +27,25 @@
 --
 -- KEYS: per key op a (cache key, version bucket, lease key) triple; per N op a
 --   (stream key, channel registry set) pair; in op order.
--- ARGV: per key op: kind, version field, version, version lifetime ms, then
---   J  value ttl_ms                 SET key value PX ttl
---   H  ttl_ms n f1 v1 ... fn vn     DEL key, HSET fields, PEXPIRE ttl
+-- ARGV: per key op: kind, version field, version, then
+--   J  value                        SET key value PX ttl
+--   H  n f1 v1 ... fn vn            DEL key, HSET fields, PEXPIRE ttl
 --   D                               DEL key (the version stays as a tombstone)
---   M index_field type present member score ttl_ms flag
+--   M index_field type present member score flag
 --                                   an index key's member (type z: ZADD key score member,
 --                                   s: SADD key member; present 0: ZREM/SREM), gated by the
 --                                   member's version (the op's field); flag r: may recreate a
 --                                   lost index (a snapshot read), x: drop the whole index
 -- per N op: N channel maxlen payload  XADD stream MAXLEN ~ maxlen * p payload, SADD channel
 -- per O op (one key, the outbox): O channel maxlen payload  XADD outbox * c channel m maxlen p payload
+-- A key op's TTLs come from the last "L ttl_ms tombstone_ttl_ms" before it in the call (no
+-- keys, no code of its own; a key op with none before it is refused): ttl is the value's
+-- (PX, PEXPIRE); its version is kept for max(ttl, tombstone_ttl) after a write (J, H, an
+-- M adding a member) and for tombstone_ttl after a removal (D, an M removing one).
 -- A key op may be preceded by "T table" (no keys, no code of its own): from there on, key
 -- ops are of that table, and one at or below the table's last TRUNCATE (the field
 -- "truncated:<table>" of the op's bucket, see cdc_cache/sink/truncate.py) is stale.
--- A J or H op may be preceded by "R" (refresh-only, after any T): it writes only over a
+-- A J or H op may be preceded by "R" (refresh-only, after any T and L): it writes only over a
 -- cached value; on an uncached key it applies as a D (the version is recorded, the lease
 -- voided, nothing written) and returns 3, so neither a late older change nor a fill that
 -- loaded the row before it can land afterwards.
@@ -60,6 +64,7 @@
 -- with only the members changed since. A TRUNCATE newer than the record empties it for
 -- good. A record left "1" never passes its horizon (one field per such index).
 
+local KEYS, ARGV = KEYS, ARGV  -- locals: read several times per op
 local HSET_PAIRS = 200
 local HORIZON_DIGITS = 8
 local NOTIFY_TYPES = {'stream', 'set'}  -- of an N op's keys (an O op has the first only)
@@ -72,28 +77,43 @@ local k = 1
 local hosted = false
 local gate = nil  -- the table of the key ops from here on (a T op), for its TRUNCATE
 local floors = {}  -- per key op: its table's truncate position in its bucket, if any
+-- From the last L marker: the TTL of the key ops from here on, and how long their versions
+-- are kept after a write (max of both TTLs) and after a removal.
+local ttl, written_lifetime, tombstone_ttl = nil, nil, nil
+local ttls = {}  -- per key op: the TTL of its value (an ARGV string)
+local lifetimes = {}  -- per key op: how long its version is kept (ms)
 local refreshes = {}  -- per key op: true for a refresh-only write (an R op before it)
 local truncates = {}  -- by bucket and table: that position as stored ('' for none)
 local records = {}  -- by bucket and index field: {state, newest member version} of an index
 local INDEX_TYPES = {z = 'zset', s = 'set'}
 local FOREVER = '99999999'  -- the horizon of a record the sweeper must keep
 while k <= #KEYS do
+  local n = #starts + 1  -- this op's number
   local kind = ARGV[a]
   if kind == 'T' then
     gate = ARGV[a + 1]
     a = a + 2
     kind = ARGV[a]
   end
+  if kind == 'L' then
+    ttl, tombstone_ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    if ttl == nil or tombstone_ttl == nil or ttl <= 0 or tombstone_ttl <= 0 then
+      return redis.error_reply('cdc-apply: TTLs must be positive milliseconds, not ' .. tostring(ARGV[a + 1]) .. ' and ' .. tostring(ARGV[a + 2]))
+    end
+    ttl, written_lifetime = ARGV[a + 1], math.max(ttl, tombstone_ttl)
+    a = a + 3
+    kind = ARGV[a]
+  end
   if kind == 'R' then
-    refreshes[#starts + 1] = true
+    refreshes[n] = true
     a = a + 1
     kind = ARGV[a]
     if kind ~= 'J' and kind ~= 'H' then
       return redis.error_reply('cdc-apply: a refresh-only op must be J or H, not ' .. tostring(kind))
     end
   end
-  starts[#starts + 1] = a
-  firsts[#firsts + 1] = k
+  starts[n] = a
+  firsts[n] = k
   if kind == 'N' or kind == 'O' then
     local maxlen = tonumber(ARGV[a + 2])
     if not hosted or maxlen == nil or maxlen < 1 then
@@ -110,27 +130,36 @@ while k <= #KEYS do
     k = k + width
   else
     local vkey, field = KEYS[k + 1], ARGV[a + 1]
+    if ttl == nil then
+      return redis.error_reply('cdc-apply: key op on ' .. KEYS[k] .. ' has no L marker before it in its call')
+    end
+    ttls[n] = ttl
+    lifetimes[n] = written_lifetime
     if kind == 'J' then
-      a = a + 6
-    elseif kind == 'H' then
-      a = a + 6 + 2 * tonumber(ARGV[a + 5])
-    elseif kind == 'D' then
       a = a + 4
+    elseif kind == 'H' then
+      a = a + 4 + 2 * tonumber(ARGV[a + 3])
+    elseif kind == 'D' then
+      lifetimes[n] = tombstone_ttl
+      a = a + 3
     elseif kind == 'M' then
-      local want = INDEX_TYPES[ARGV[a + 5]]
+      if ARGV[a + 5] ~= '1' then
+        lifetimes[n] = tombstone_ttl
+      end
+      local want = INDEX_TYPES[ARGV[a + 4]]
       local found = redis.call('TYPE', KEYS[k])['ok']
       if want == nil then
-        return redis.error_reply('cdc-apply: unknown index type ' .. tostring(ARGV[a + 5]) .. ' for ' .. KEYS[k])
+        return redis.error_reply('cdc-apply: unknown index type ' .. tostring(ARGV[a + 4]) .. ' for ' .. KEYS[k])
       end
       if found ~= 'none' and found ~= want then
         return redis.error_reply('WRONGTYPE cdc-apply: index ' .. KEYS[k] .. ' holds a ' .. found .. ', not a ' .. want)
       end
-      local rid = vkey .. '\0' .. ARGV[a + 4]
+      local rid = vkey .. '\0' .. ARGV[a + 3]
       if records[rid] == nil then
-        local stored = redis.call('HGET', vkey, ARGV[a + 4])
+        local stored = redis.call('HGET', vkey, ARGV[a + 3])
         records[rid] = stored and {string.sub(stored, HORIZON_DIGITS + 1, HORIZON_DIGITS + 1), string.sub(stored, HORIZON_DIGITS + 2)} or {'', ''}
       end
-      a = a + 11
+      a = a + 9
     else
       return redis.error_reply('cdc-apply: unknown op kind ' .. tostring(kind) .. ' for ' .. KEYS[k])
     end
@@ -139,14 +168,14 @@ while k <= #KEYS do
       local stored = redis.call('HGET', vkey, field)
       versions[id] = stored and string.sub(stored, HORIZON_DIGITS + 1) or ''
     end
-    ids[#starts] = id
+    ids[n] = id
     if gate ~= nil then
       local tid = vkey .. '\0' .. gate
       if truncates[tid] == nil then
         local mark = redis.call('HGET', vkey, 'truncated:' .. gate)
         truncates[tid] = mark and string.sub(mark, HORIZON_DIGITS + 1) or ''
       end
-      floors[#starts] = truncates[tid]
+      floors[n] = truncates[tid]
     end
     hosted = true
     k = k + 3
@@ -167,11 +196,12 @@ local function horizon_of(lifetime)
   return horizon
 end
 
--- An M op whose member version is newer: its write to the index; returns its code.
-local function index_write(key, vkey, s, floor)
-  local rid = vkey .. '\0' .. ARGV[s + 4]
+-- An M op (the n-th) whose member version is newer: its write to the index; returns its code.
+local function index_write(key, vkey, s, n)
+  local floor = floors[n]
+  local rid = vkey .. '\0' .. ARGV[s + 3]
   local record = records[rid]
-  local kind, present, member, flag = ARGV[s + 5], ARGV[s + 6], ARGV[s + 7], ARGV[s + 10]
+  local kind, present, member, flag = ARGV[s + 4], ARGV[s + 5], ARGV[s + 6], ARGV[s + 8]
   local exists = redis.call('EXISTS', key) == 1
   local state = record[1]
   local code = 1
@@ -184,11 +214,11 @@ local function index_write(key, vkey, s, floor)
       return 3  -- vanished: it stays absent rather than come back incomplete
     end
     if kind == 'z' then
-      redis.call('ZADD', key, ARGV[s + 8], member)
+      redis.call('ZADD', key, ARGV[s + 7], member)
     else
       redis.call('SADD', key, member)
     end
-    redis.call('PEXPIRE', key, ARGV[s + 9])
+    redis.call('PEXPIRE', key, ttls[n])
     state = '1'
   elseif exists then
     if kind == 'z' then
@@ -203,8 +233,8 @@ local function index_write(key, vkey, s, floor)
     return code  -- nothing known of the index: no record to keep
   end
   local newest = record[2] > ARGV[s + 2] and record[2] or ARGV[s + 2]
-  local horizon = state == '1' and FOREVER or horizon_of(ARGV[s + 3])
-  redis.call('HSET', vkey, ARGV[s + 4], horizon .. state .. newest)
+  local horizon = state == '1' and FOREVER or horizon_of(lifetimes[n])
+  redis.call('HSET', vkey, ARGV[s + 3], horizon .. state .. newest)
   records[rid] = {state, newest}
   return code
 end
@@ -236,25 +266,25 @@ for n, s in ipairs(starts) do
     elseif version > current then
       code = 1
       if kind == 'M' then
-        code = index_write(key, vkey, s, floors[n])
+        code = index_write(key, vkey, s, n)
       elseif refreshes[n] and redis.call('EXISTS', key) == 0 then
         code = 3
       elseif kind ~= 'D' and current == '' and redis.call('EXISTS', key) == 1 then
         code = 3
         redis.call('DEL', key)
       elseif kind == 'J' then
-        redis.call('SET', key, ARGV[s + 4], 'PX', ARGV[s + 5])
+        redis.call('SET', key, ARGV[s + 3], 'PX', ttls[n])
       else
         redis.call('DEL', key)
         if kind == 'H' then
-          local last = s + 5 + 2 * tonumber(ARGV[s + 5])
-          for f = s + 6, last, 2 * HSET_PAIRS do
+          local last = s + 3 + 2 * tonumber(ARGV[s + 3])
+          for f = s + 4, last, 2 * HSET_PAIRS do
             redis.call('HSET', key, unpack(ARGV, f, math.min(f + 2 * HSET_PAIRS - 1, last)))
           end
-          redis.call('PEXPIRE', key, ARGV[s + 4])
+          redis.call('PEXPIRE', key, ttls[n])
         end
       end
-      redis.call('HSET', vkey, field, horizon_of(ARGV[s + 3]) .. version)
+      redis.call('HSET', vkey, field, horizon_of(lifetimes[n]) .. version)
       redis.call('DEL', lkey)
       versions[id] = version
     end

@@ -1,0 +1,172 @@
+"""The writer's accounting of a batch: per-change outcomes and the outcome metrics.
+
+The writer counts a batch's labels once per batch and summarises a change of one op
+through a lookup; these tests hold both to what counting change by change and op by op,
+with the general rule for a change's outcome, gives.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
+from cdc_cache.core.positions import SourcePosition
+from cdc_cache.core.retry import Backoff
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    IndexMember,
+    InvalidatePrefix,
+    Notify,
+    SetRow,
+    ValueFormat,
+)
+from cdc_cache.plan.route import Planned
+from cdc_cache.sink.apply import ApplyResult
+from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.writer import CacheWriter
+
+AT = SourcePosition(0, 1, 4, 0)
+NOW_MS = 1_800_000_000_000
+KINDS = {
+    "set": SetRow("k", AT, b"{}", ValueFormat.JSON, 1000, 1000),
+    "delete": DeleteKey("k", AT, 1000),
+    "index": IndexMember("i", "m", "1", True, AT, 1000, 1000),
+    "invalidate_prefix": InvalidatePrefix("p:", "t", AT, 1000),
+    "notify": Notify("c", b"{}", 10),
+}
+OUTCOMES = list(Outcome)
+
+
+class ScriptedApplier:
+    """Answers each key op with the outcome the test chose for it, in order."""
+
+    def __init__(self, outcomes: Sequence[Outcome]) -> None:
+        self.outcomes = outcomes
+
+    def apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
+        prefixes = sum(isinstance(op, InvalidatePrefix) for op in ops)
+        assert len(ops) - prefixes == len(self.outcomes)
+        return ApplyResult(tuple(self.outcomes), (0,) * prefixes)
+
+
+def general_summary(outcomes: list[Outcome]) -> str:
+    """A change's outcome as the metrics define it, for any number of ops."""
+    if not outcomes:
+        return "no_op"
+    if any(o in (Outcome.APPLIED, Outcome.INVALIDATED) for o in outcomes):
+        return "applied"
+    return "duplicate" if all(o is Outcome.DUPLICATE for o in outcomes) else "stale"
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> tuple[Planned, list[tuple[str, Outcome]]]:
+    """A planned change and, per op, its kind and the outcome Redis gives it."""
+    kinds = draw(st.lists(st.sampled_from(sorted(KINDS)), max_size=3))
+    ops = [KINDS[kind] for kind in kinds]
+    outcomes = [
+        (kind, Outcome.APPLIED if kind == "invalidate_prefix" else draw(st.sampled_from(OUTCOMES)))
+        for kind in kinds
+    ]
+    committed = draw(st.none() | st.integers(NOW_MS - 5_000, NOW_MS + 5_000))
+    event = ChangeEvent(
+        draw(st.sampled_from(["db.a", "db.b"])),
+        draw(st.sampled_from([Op.CREATE, Op.UPDATE, Op.DELETE])),
+        None,
+        {"id": 1},
+        {"id": 1},
+        AT,
+        committed,
+        draw(st.none() | st.integers(NOW_MS - 5_000, NOW_MS)),
+    )
+    return Planned(SourceRecord("t", 0, 0, None, None), event, tuple(ops)), outcomes
+
+
+def snapshot() -> dict[str, Any]:
+    """The writer's counters as they stand (one collection of the registry)."""
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((f"cdc_cache_{name}", tuple(sorted(labels.items()))), 0.0)
+
+    tables, ops = ("db.a", "db.b"), (Op.CREATE, Op.UPDATE, Op.DELETE)
+    summaries = ("applied", "stale", "duplicate", "no_op")
+    return {
+        "ops": {
+            (k, o.value): value("redis_ops_total", kind=k, outcome=o.value)
+            for k in KINDS
+            for o in OUTCOMES
+        },
+        "events": {
+            (t, str(op), s): value("events_total", table=t, op=str(op), outcome=s)
+            for t in tables
+            for op in ops
+            for s in summaries
+        },
+        "changes": value("records_total", kind="change"),
+        "committed": value("commit_to_applied_seconds_count"),
+        "emitted": value("emitted_to_applied_seconds_count"),
+    }
+
+
+def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: (
+            {k: v - before[name][k] for k, v in value.items() if v != before[name][k]}
+            if isinstance(value, dict)
+            else value - before[name]
+        )
+        for name, value in after.items()
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(changes(), max_size=12))
+def test_a_batch_is_counted_as_change_by_change_and_op_by_op(
+    batch: list[tuple[Planned, list[tuple[str, Outcome]]]],
+) -> None:
+    key_outcomes = [o for _, ops in batch for kind, o in ops if kind != "invalidate_prefix"]
+    writer = CacheWriter(ScriptedApplier(key_outcomes), Backoff(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    before = snapshot()
+    report = writer.write([planned for planned, _ in batch])
+    counted = delta(snapshot(), before)
+
+    summaries = [general_summary([o for _, o in ops]) for _, ops in batch]
+    assert [(r.event, r.outcome) for r in report] == [
+        (planned.event, s) for (planned, _), s in zip(batch, summaries, strict=True)
+    ]
+    op_counts = Counter((kind, o.value) for _, ops in batch for kind, o in ops)
+    event_counts = Counter(
+        (p.event.table, str(p.event.op), s) for (p, _), s in zip(batch, summaries, strict=True)
+    )
+    applied = [p.event for (p, _), s in zip(batch, summaries, strict=True) if s == "applied"]
+    assert counted == {
+        "ops": dict(op_counts),
+        "events": dict(event_counts),
+        "changes": len(batch),
+        "committed": sum(e.committed_at_ms is not None for e in applied),
+        "emitted": sum(e.emitted_at_ms is not None for e in applied),
+    }
+
+
+@given(st.sampled_from(sorted(KINDS)), st.sampled_from(OUTCOMES))
+def test_a_change_of_one_op_has_the_outcome_the_general_rule_gives(
+    kind: str, outcome: Outcome
+) -> None:
+    """The writer's lookup for one-op changes agrees with the rule for any number of ops."""
+    sent = Outcome.APPLIED if kind == "invalidate_prefix" else outcome
+    event = ChangeEvent("db.a", Op.UPDATE, None, {}, {"id": 1}, AT, None)
+    planned = Planned(SourceRecord("t", 0, 0, None, None), event, (KINDS[kind],))
+    applier = ScriptedApplier([] if kind == "invalidate_prefix" else [sent])
+    (report,) = CacheWriter(applier, Backoff()).write([planned])  # type: ignore[arg-type]
+    assert report.outcome == general_summary([sent])
