@@ -1,13 +1,17 @@
 """How the flow runs: worker threads, the processes of a cluster, the recovery store.
 
 Progress (each source partition's offset) is snapshotted every epoch into the recovery
-store; a restarted process resumes from its last snapshot.
+store; a restarted process resumes from its last snapshot. While the flow runs, Python's
+cyclic garbage collector is tuned for it (:func:`collector_tuned`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +22,10 @@ from bytewax.run import cli_main
 from cdc_cache.core.errors import ConfigError
 
 log = logging.getLogger("cdc_cache.worker")
+
+YOUNG_COLLECTION_EVERY: int = 50_000
+"""Allocations between collections of the youngest generation while the flow runs (Python:
+700), and 20 young (older) collections per next one (Python: 10)."""
 
 
 def recovery_share(partitions: int, processes: int, process_id: int) -> list[int]:
@@ -71,11 +79,36 @@ def run_flow(
     recovery: Path | None,
 ) -> None:
     """Run ``flow`` until its sources end (a stop request), as one process of a cluster."""
-    cli_main(
-        flow,
-        workers_per_process=workers,
-        process_id=process_id,
-        addresses=addresses or None,
-        epoch_interval=timedelta(milliseconds=epoch_interval_ms),
-        recovery_config=RecoveryConfig(recovery) if recovery is not None else None,
-    )
+    with collector_tuned():
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses or None,
+            epoch_interval=timedelta(milliseconds=epoch_interval_ms),
+            recovery_config=RecoveryConfig(recovery) if recovery is not None else None,
+        )
+
+
+@contextmanager
+def collector_tuned() -> Iterator[None]:
+    """Python's cyclic collector, tuned for a flow: fewer collections, less to scan.
+
+    What exists at the start is frozen, and the young generation is collected every
+    :data:`YOUNG_COLLECTION_EVERY` allocations. With Python's defaults the collector took
+    2.1 s of a worker's 7.2 s of CPU draining 100,000 events (2,041 collections, 15 of
+    them scanning the whole heap: modules, rules, settings). The per-change objects are
+    freed by reference counting, not by the collector, so collecting less often costs at
+    most the cyclic garbage of one interval. Frozen objects are never scanned, and never
+    freed if they become cyclic garbage: they are unfrozen when the flow ends, so a flow
+    rebuilt for new topics does not keep the old one.
+    """
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
