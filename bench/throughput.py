@@ -1088,7 +1088,11 @@ def code_ab(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """Load the events, then sample one worker draining them with py-spy (raw stacks)."""
+    """Load the events, then sample one worker draining them with py-spy (raw stacks).
+
+    Idle threads are sampled too (where a thread waits shows what it waits for), unless
+    ``--profile-cpu``: then only threads on the CPU, so the shares are of its CPU time.
+    """
     generator = Generator(prefix="bench", seed=1)
     loaded = load(bench, generator, args.events)
     bench.reset_redis()
@@ -1096,7 +1100,8 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     bench.wait_consumed(ports, 1, timeout=120)
     spy = subprocess.Popen(
         [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(bench.procs[0].pid),
-         "--rate", "200", "--nonblocking", "--idle", "--format", "raw", "-o", str(args.profile)],
+         "--rate", "200", "--nonblocking", *([] if args.profile_cpu else ["--idle"]),
+         "--format", "raw", "-o", str(args.profile)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     first, done = bench.wait_consumed(ports, loaded["records"], timeout=900)
@@ -1159,6 +1164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="memory run of this many seconds")
     parser.add_argument("--soak-rate", type=float, default=3000)
     parser.add_argument("--profile", type=Path, help="only profile the worker, to this file")
+    parser.add_argument(
+        "--profile-cpu", action="store_true", help="with --profile: threads on the CPU only"
+    )
     parser.add_argument(
         "--replicas", type=int, default=0, help="give Redis N replicas; measure waiting for them"
     )
