@@ -50,10 +50,12 @@ def encode_number(n: int) -> str:
 
 
 def _count(digits: int) -> str:
-    return _COUNTS[digits] if digits < len(_COUNTS) else f"9{digits - 9:02d}"
+    """How many digits follow: one digit up to 8, else ``9`` and two digits."""
+    return str(digits) if digits <= 8 else f"9{digits - 9:02d}"
 
 
-_COUNTS: Final = tuple(str(count) if count <= 8 else f"9{count - 9:02d}" for count in range(100))
+# Every count a position's part can have (at most 20 digits), looked up on the hot path.
+_COUNTS: Final = tuple(_count(digits) for digits in range(100))
 
 
 def encode_version(position: SourcePosition, *, delete: bool) -> str:
