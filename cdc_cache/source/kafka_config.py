@@ -110,11 +110,11 @@ _SECTION: Final[Mapping[Role, str]] = {
 
 
 # The dead-letter producer's guarantee (an entry is durable before progress moves past it)
-# rests on these; a producer setting may not weaken them.
+# rests on these; a producer setting may not weaken them. Idempotence is not among them:
+# without it a retried write can land twice, under the same id, which readers fold.
 _DURABLE: Final = {
     "acks": ("all", "-1"),
     "request.required.acks": ("all", "-1"),
-    "enable.idempotence": ("true",),
 }
 
 

@@ -156,13 +156,20 @@ def redis_outage(run: FaultRun, redis: RedisServer, *, kill_while_down: bool) ->
     return time.monotonic() - back
 
 
+# tansu on S3 storage, stopped while an idempotent producer's write is in flight, can keep
+# the producer's sequence without the record: the retry after the restart is answered as a
+# duplicate and the acknowledged record is gone (README: Tests). Without idempotence the
+# retry is written again, so the DLQ producer runs without it against this broker.
+TANSU_S3_PRODUCER = {"CDC_CACHE_KAFKA_PRODUCER": '{"enable.idempotence": "false"}'}
+
+
 def test_broker_restart_loses_nothing(
     mariadb, redis_server, redis_client, tmp_path, runs, scenario_table
 ):
     with durable_broker(tmp_path) as (_, durable):
         run = FaultRun.start(
             "broker restart", tmp_path, durable, redis_server.address(), redis_client, seed=43,
-            mariadb=mariadb,
+            mariadb=mariadb, env=TANSU_S3_PRODUCER,
         )  # fmt: skip
         runs.append(run)
         run.stream.produce(durable.bootstrap, run.stream.part(1000, poison=4), pace_s=0.05)
