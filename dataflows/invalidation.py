@@ -30,7 +30,7 @@ from cdc_cache.continuity.guard import ContinuityGuard
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.continuity.topic_ids import TopicIds
 from cdc_cache.core import metrics
-from cdc_cache.core.events import Heartbeat, SchemaChange, SourceRecord
+from cdc_cache.core.events import Heartbeat, SchemaChange
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.schema_watch import SchemaWatch
 from cdc_cache.plan.route import Control, Planned, Routed, route
@@ -39,7 +39,7 @@ from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
 from dataflows.config import FlowConfig, FlowContext
-from dataflows.kafka import Item, KafkaSource
+from dataflows.kafka import Item, KafkaSource, is_record
 from dataflows.sink import Batch, RedisSink, RejectsFactory, partition_key
 from dataflows.source import StoppableSource
 
@@ -84,10 +84,10 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
     key = partition_key(config.process)
 
     def route_batch(batch: list[Item]) -> Iterable[tuple[str, Batch]]:
-        records = [item for item in batch if type(item) is SourceRecord]
+        records = [item for item in batch if is_record(item)]
         if len(records) < len(batch):
             for item in batch:
-                if not isinstance(item, SourceRecord):
+                if not is_record(item):
                     _consumer_error(item)
         parse = schemas.parser_for(records) if schemas is not None else None
         if lineage is None:

@@ -19,7 +19,7 @@ reports lag) are not requested.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -28,10 +28,22 @@ from confluent_kafka.admin import AdminClient
 
 from cdc_cache.core.events import SourceRecord
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 Item = SourceRecord | KafkaMessage
 """What a partition's batch holds: records, and the consumer's errors as its messages."""
 
 _CONSUME_TIMEOUT_S = 0.001  # Bytewax's: the engine, not the consumer, waits between polls
+
+
+def is_record(item: Item) -> TypeIs[SourceRecord]:
+    """Whether a batch item is a record; any other item is the consumer's error (its message).
+
+    The one test by which the source, the continuity guard (through ``error_codes``) and
+    the flow tell records from errors, so that none counts an item as both or as neither.
+    """
+    return type(item) is SourceRecord
 
 
 def part_name(where: TopicPartition) -> str:
@@ -99,7 +111,7 @@ class KafkaPartition(StatefulSourcePartition[Item, int]):
     @staticmethod
     def error_codes(batch: list[Any]) -> set[int]:
         """The librdkafka error codes among ``batch``'s items."""
-        return {item.error().code() for item in batch if type(item) is not SourceRecord}
+        return {item.error().code() for item in batch if not is_record(item)}
 
 
 class KafkaSource(FixedPartitionedSource[Item, int]):

@@ -16,10 +16,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from cdc_cache.continuity.guard import ContinuityGuard
-from cdc_cache.core.events import SourceRecord
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.source.broker_health import BrokerHealth
-from dataflows.kafka import Item, KafkaPartition, KafkaSource, part_of
+from dataflows.kafka import Item, KafkaPartition, KafkaSource, is_record, part_of
 
 
 class _Passing:
@@ -81,7 +80,7 @@ class _StoppablePartition(_Passing, StatefulSourcePartition[Item, Any]):
 
     def _observe_broker(self, batch: list[Item]) -> None:
         """Records fetched mean the brokers answer; when idle and in doubt, ask one."""
-        if any(type(item) is SourceRecord for item in batch):
+        if any(map(is_record, batch)):
             self._health.reachable()
         elif (consumer := self._inner.consumer) is not None and self._health.should_probe():
             try:

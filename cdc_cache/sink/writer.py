@@ -304,29 +304,30 @@ class CacheWriter:
         Each counter is incremented once per label set and each latency histogram once
         per bucket (:func:`~cdc_cache.core.histograms.observe_all`): a labelled increment
         or an observation costs a lookup and a lock, too much to pay per change. The
-        labels are counted once per batch too, over lists built in one pass.
+        labels are counted once per batch too, over lists gathered in the one pass over the
+        changes: each op's kind with its outcome, each change's table, op and outcome.
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
-        op_outcomes: list[Outcome] = []  # per op, in the batch's order
+        op_labels: list[tuple[type[CacheOp], Outcome]] = []  # per op: its kind, its outcome
         event_labels: list[tuple[str, str, str]] = []
         committed: list[float] = []
         emitted: list[float] = []
         for item in planned:
             event = item.event
             ops = item.ops
-            if len(ops) == 1 and type(ops[0]) is not InvalidatePrefix:  # most changes
+            if len(ops) == 1 and (kind := type(ops[0])) is not InvalidatePrefix:  # most changes
                 outcome = next(outcomes)
-                op_outcomes.append(outcome)
+                op_labels.append((kind, outcome))
                 summary = _SUMMARY_OF_ONE[outcome]
             else:
                 own = [
-                    Outcome.APPLIED if type(op) is InvalidatePrefix else next(outcomes)
-                    for op in ops
+                    (kind, Outcome.APPLIED if kind is InvalidatePrefix else next(outcomes))
+                    for kind in map(type, ops)
                 ]
-                op_outcomes += own
-                summary = _summarise(own)
+                op_labels += own
+                summary = _summarise([outcome for _, outcome in own])
             event_labels.append((event.table, event.op, summary))
             if summary == _APPLIED:
                 if (at := event.committed_at_ms) is not None:
@@ -334,8 +335,7 @@ class CacheWriter:
                 if (at := event.emitted_at_ms) is not None:
                     emitted.append((now_ms - at) / 1000 if now_ms > at else 0.0)
             report.append(EventOutcome(event, summary))
-        kinds = [type(op) for item in planned for op in item.ops]
-        for (kind, outcome), count in Counter(zip(kinds, op_outcomes, strict=True)).items():
+        for (kind, outcome), count in Counter(op_labels).items():
             metrics.REDIS_OPS.labels(_OP_KIND[kind], outcome.value).inc(count)
         for (table, op_name, summary), count in Counter(event_labels).items():
             metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
