@@ -1,6 +1,10 @@
 # One entry point for everything: each target installs what it needs first (idempotent).
 VENV := .venv/bin
 PYTEST_ARGS ?=
+# Tests run in parallel processes, one per core up to 4 (each starts its own servers on
+# free ports; most integration tests wait on them). PYTEST_WORKERS=0 runs them in one.
+PYTEST_WORKERS ?= auto
+PYTEST := $(VENV)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist worksteal
 
 .PHONY: bootstrap demo test lint typecheck unit integration bench bench-soak bench-charts bench-memory bench-fanout clean
 
@@ -11,7 +15,7 @@ demo: bootstrap
 	$(VENV)/cdc-cache demo
 
 test: bootstrap lint typecheck
-	$(VENV)/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/ruff check .
@@ -21,10 +25,10 @@ typecheck: bootstrap
 	$(VENV)/mypy
 
 unit: bootstrap
-	$(VENV)/pytest -m "not integration" $(PYTEST_ARGS)
+	$(PYTEST) -m "not integration" $(PYTEST_ARGS)
 
 integration: bootstrap
-	$(VENV)/pytest -m integration $(PYTEST_ARGS)
+	$(PYTEST) -m integration $(PYTEST_ARGS)
 
 # Throughput, latency and scaling on the local stack (docs/benchmarks.md); BENCH_ARGS="--events 200000"
 bench: bootstrap

@@ -43,6 +43,7 @@ from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.cache import cache_state
 from tests.integration.probes import admin_get, inspection, metric, settled_inspection, wait_ready
+from tests.integration.scenario_table import Row, ScenarioTable
 from tests.integration.services import INSPECT_DB_QUERIES_PER_S, Service, inspector, worker
 from tests.integration.topics import produce, unique_topic
 from tests.workload import Message, Workload, rules_for
@@ -393,79 +394,6 @@ def dlq_by_source(entries: list[dict[str, Any]]) -> dict[tuple[str, int, int], s
         (e["source"]["topic"], e["source"]["partition"], e["source"]["offset"]): e["kind"]
         for e in entries
     }
-
-
-# --- the scenario table -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    scenario: str
-    changes: int
-    faults: str
-    stale: int
-    lost: int
-    missing: int
-    resurrected: int
-    dlq: int  # distinct ids
-    dlq_messages: int  # a failure re-delivered after a crash is filed again, same id
-    injected: int
-    seconds: float
-    inspected: dict[str, Any] | None = None  # the inspector's report, when one ran
-
-    def cells(self) -> tuple[str, ...]:
-        return (
-            self.scenario,
-            str(self.changes),
-            self.faults,
-            str(self.stale),
-            str(self.lost),
-            str(self.missing),
-            str(self.resurrected),
-            f"{self.dlq} ({self.dlq_messages}) / {self.injected}",
-            *self._inspected(),
-            f"{self.seconds:.0f}",
-        )
-
-    def _inspected(self) -> tuple[str, str, str]:
-        if self.inspected is None:
-            return "-", "-", "-"
-        window = self.inspected["windows"]["1h"]
-        ttc = self.inspected["time_to_consistency_s"]
-        return (
-            f"{window['consistency']} of {window['checks']}",
-            f"{ttc['p99']} / {ttc['max']}",
-            str(self.inspected["unresolved"]),
-        )
-
-
-HEADER = (
-    "scenario", "changes", "faults injected", "stale", "lost", "missing", "resurrected",
-    "DLQ ids (messages) / poison injected", "inspector: consistent at 1 s (checks)",
-    "time to consistency p99 / max s", "unresolved", "wall s",
-)  # fmt: skip
-
-
-class ScenarioTable:
-    """Collects one row per scenario and prints the table after the test session."""
-
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.rows:
-            return
-        lines = [HEADER, *(r.cells() for r in self.rows)]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
-        terminalreporter.section("fault-injection scenarios")
-        for line in lines:
-            cells = (c.ljust(w) for c, w in zip(line, widths, strict=True))
-            terminalreporter.write_line(" | ".join(cells))
-        terminalreporter.write_line(
-            "lost = invalidated keys still holding a value; missing = rows' keys without their "
-            "value (a lost write, except where eviction or memory may take values); "
-            "inspector columns: cdc-cache inspect beside the worker, every change sampled"
-        )
 
 
 # --- one run ------------------------------------------------------------------------------

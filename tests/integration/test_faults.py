@@ -28,7 +28,6 @@ from tests.integration.faults import (
     APP_FILLED,
     AVAILABILITY,
     FaultRun,
-    ScenarioTable,
     Stream,
     Verdict,
     durable_broker,
@@ -42,6 +41,7 @@ from tests.integration.memory_pressure import (
     memory_limited,
 )
 from tests.integration.probes import metric
+from tests.integration.scenario_table import NAME, ScenarioTable
 from tests.integration.services import worker
 from tests.integration.topics import unique_topic
 from tests.integration.waiting import wait_until
@@ -54,8 +54,8 @@ OUTAGE_S = 4.0
 
 @pytest.fixture(scope="session")
 def scenario_table(pytestconfig: pytest.Config) -> ScenarioTable:
-    table = ScenarioTable()
-    pytestconfig.pluginmanager.register(table, "fault-scenario-table")
+    table = pytestconfig.pluginmanager.get_plugin(NAME)
+    assert isinstance(table, ScenarioTable)
     return table
 
 
