@@ -145,12 +145,21 @@ def broker_core_capacity(c: Costs) -> Capacity:
     return Capacity(events_per_s(1, us_per_event), "broker CPU per record")
 
 
+def _units(load: float) -> int:
+    """Whole units carrying ``load``.
+
+    A load a rounding error above a whole number (15 units computed as 15.000000000000002)
+    needs that number of units, not one more.
+    """
+    return math.ceil(load - 1e-9)
+
+
 def size(target: float, c: Costs, a: Assumptions) -> Sizing:
     """Units for ``target`` events/s, each kept at ``a.utilisation``."""
     per_process = process_capacity(c, a).events_per_s
     per_shard = shard_capacity(c).events_per_s
     per_broker_core = broker_core_capacity(c).events_per_s
-    processes = math.ceil(target / (per_process * a.utilisation))
+    processes = _units(target / (per_process * a.utilisation))
     loads = {
         "worker process": target / per_process,
         "Redis shard": target / per_shard,
@@ -160,7 +169,7 @@ def size(target: float, c: Costs, a: Assumptions) -> Sizing:
         target=target,
         processes=processes,
         partitions=processes * a.threads_per_process,
-        shards=math.ceil(target / (per_shard * a.utilisation)),
+        shards=_units(target / (per_shard * a.utilisation)),
         broker_cores=target / (per_broker_core * a.utilisation),
         worker_cores=target * c.worker_us_per_event / 1e6 / a.utilisation,
         loads=loads,

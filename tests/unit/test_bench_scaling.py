@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bench.scaling import (
@@ -72,6 +72,7 @@ def test_redis_is_the_first_limit_when_a_shard_carries_less_than_a_process() -> 
     utilisation=st.floats(0.1, 1.0),
     cores=st.floats(0.25, 4.0),
 )
+@example(target=62_500, utilisation=1 / 3, cores=0.5)  # 15 processes computed as 15.000...02
 def test_every_unit_stays_within_the_utilisation_it_is_sized_for(
     target: float, utilisation: float, cores: float
 ) -> None:
