@@ -283,7 +283,8 @@ def verify(
 
     ``progress(done, total, note)`` hears of each table's keys as they are compared. With
     ``repair`` the stale, missing and unexpected keys found are rewritten from the
-    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own).
+    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own); index keys are
+    left to a snapshot of their table, which keeps their members' versions and record right.
     """
     if sample is not None and sample <= 0:
         msg = f"--sample {sample}: give a positive number of rows"
