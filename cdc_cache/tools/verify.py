@@ -144,6 +144,7 @@ class Checker:
             known = indexes.keys() | expected.keys() | deletes
             strays = [] if sampled else self._unexpected(index_patterns, known)
             indexes |= {c.key: ExpectedIndex(c.pattern.rule) for c in strays}
+            self._report(0, 0, "index keys compared")
             IndexCheck(self.db, self.client, *settle).run(
                 table, primary_key, indexes, report, complete=not sampled
             )
