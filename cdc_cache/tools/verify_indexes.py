@@ -82,8 +82,8 @@ class IndexCheck:
         ``complete``: the rows are every row of the table, so members (and index keys) no
         row implies are unexpected.
         """
-        report.indexes += sum(1 for e in indexes.values() if e.members)
-        report.members += sum(len(e.members) for e in indexes.values())
+        report.indexes = sum(1 for e in indexes.values() if e.members)
+        report.members = sum(len(e.members) for e in indexes.values())
         found = self._judged(indexes, complete=complete)
         for _ in range(self.settle_retries):
             if not found:
