@@ -61,7 +61,7 @@ from cdc_cache.cli.report import JSON_OUTPUT, NAMESPACE, echo_json, reported, wi
 def verify(
     dsn: str, rules: Path, redis_url: str, server: str | None, as_json: bool, **options: Any
 ) -> None:
-    """Compare the cache with the database; exit 1 on stale or unexpected keys.
+    """Compare the cache with the database; exit 1 on stale or unexpected keys (or index members).
 
     Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
     With --repair the exit code still says what was found; the report adds the gate's

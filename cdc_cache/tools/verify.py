@@ -21,7 +21,8 @@ Findings, per cache key of a ``set`` rule:
 
 Keys of ``delete`` rules are filled by the application, in whatever shape it likes, so
 the checker only counts them and how many are present. Of dependent keys it judges links
-and versions against the index (``tools.verify_links``), never their values.
+and versions against the index (``tools.verify_links``), never their values. Index keys
+(zadd, sadd) are judged member by member (``tools.verify_indexes``).
 
 A difference can be a change still in flight (committed, not yet applied). Every
 difference is therefore re-checked a few times with a delay, re-reading both the row and
@@ -29,7 +30,8 @@ the key, and only differences that persist are reported. The exit code is 1 when
 stale or unexpected key remains, 0 otherwise.
 
 This module runs the check; the judging is pure (``verify_judge``), the reads are in
-``verify_reads`` and the report in ``verify_report``.
+``verify_reads`` and the report in ``verify_report``. Kept in one module: the pass over one
+table's rows and keys, its re-checks and the lookup of a key's row share that table's state.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ from typing import Any, Final
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import Row
-from cdc_cache.plan.cache_ops import SetRow
-from cdc_cache.plan.rules import Action, Rules, TableRules
+from cdc_cache.plan.cache_ops import IndexMember, SetRow
+from cdc_cache.plan.rules import Action, KeyRule, Rules, TableRules
 from cdc_cache.sink.connection import Client
+from cdc_cache.tools.index_judge import ExpectedIndex, expected_indexes
 from cdc_cache.tools.repair import Repairer, Target
+from cdc_cache.tools.verify_indexes import IndexCheck
 from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
 from cdc_cache.tools.verify_links import LinkCheck
 from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
@@ -118,19 +122,31 @@ class Checker:
         patterns = {rule: KeyPattern.of(rule) for rule in table.keys if rule.action is Action.SET}
         expected: dict[str, tuple[SetRow, _Candidate]] = {}
         deletes: set[str] = set()
+        members: list[tuple[KeyRule, IndexMember]] = []
         for row in rows:
             derived = derive(table, row, primary_key)
             pk = {column: row[column] for column in primary_key}
             for rule, op in derived.sets:
                 expected[op.key] = (op, _Candidate(op.key, patterns[rule], pk))
             deletes.update(derived.deletes)
+            members += derived.members
+        indexes = expected_indexes(members)
         report.set_keys = len(expected)
         report.delete_keys = len(deletes)
         report.delete_keys_present = count_present(self.client, sorted(deletes))
+        settle = (self.settle_retries, self.settle_delay_s, self.sleep)
         if self.rules.links.get(table.table):
-            settle = (self.settle_retries, self.settle_delay_s, self.sleep)
             LinkCheck(self.db, self.client, self.rules, *settle).run(
                 table, rows, primary_key, report
+            )
+        index_patterns = [KeyPattern.of(rule) for rule in table.keys if rule.action.indexes]
+        if index_patterns:  # with every row read, an index key no row renders is a stray
+            known = indexes.keys() | expected.keys() | deletes
+            strays = [] if sampled else self._unexpected(index_patterns, known)
+            indexes |= {c.key: ExpectedIndex(c.pattern.rule) for c in strays}
+            self._report(0, 0, "index keys compared")
+            IndexCheck(self.db, self.client, *settle).run(
+                table, primary_key, indexes, report, complete=not sampled
             )
 
         keys = list(expected)
@@ -146,7 +162,9 @@ class Checker:
             finding = judge(op, now)
             if finding is not None:
                 pending.append((candidate, finding, describe(finding, op, now)))
-        strangers = self._unexpected(list(patterns.values()), expected.keys() | deletes)
+        strangers = self._unexpected(
+            list(patterns.values()), expected.keys() | deletes | indexes.keys()
+        )
         if sampled and self.sample is not None and len(strangers) > self.sample:
             strangers = self.rng.sample(strangers, self.sample)
         pending += [
@@ -266,7 +284,8 @@ def verify(
 
     ``progress(done, total, note)`` hears of each table's keys as they are compared. With
     ``repair`` the stale, missing and unexpected keys found are rewritten from the
-    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own).
+    database (:mod:`cdc_cache.tools.repair`, at ``epoch`` or the key's own); index keys are
+    left to a snapshot of their table, which keeps their members' versions and record right.
     """
     if sample is not None and sample <= 0:
         msg = f"--sample {sample}: give a positive number of rows"

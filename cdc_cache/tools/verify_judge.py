@@ -28,7 +28,7 @@ import orjson
 from cdc_cache.core.events import ChangeEvent, Op, Row
 from cdc_cache.core.keys import NULL_TOKEN
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, as_invalidation
+from cdc_cache.plan.cache_ops import DeleteKey, IndexMember, Notify, SetRow, as_invalidation
 from cdc_cache.plan.key_extras import Snapshot
 from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules import KeyRule, Rules, TableRules
@@ -110,10 +110,14 @@ def as_cached(
 
 @dataclass(frozen=True, slots=True)
 class Derived:
-    """The keys one row yields: values for ``set`` rules, names for ``delete`` rules."""
+    """The keys one row yields: values for ``set`` rules, names for ``delete`` rules.
+
+    ``members``: the row's member of each index rule (zadd, sadd), with its score.
+    """
 
     sets: tuple[tuple[KeyRule, SetRow], ...]
     deletes: tuple[str, ...]
+    members: tuple[tuple[KeyRule, IndexMember], ...] = ()
 
 
 def snapshot_read(
@@ -164,6 +168,7 @@ def derive(
     return Derived(
         sets=tuple((rule, op) for rule, op in pairs if isinstance(op, SetRow)),
         deletes=tuple(op.key for _, op in pairs if isinstance(op, DeleteKey)),
+        members=tuple((rule, op) for rule, op in pairs if isinstance(op, IndexMember)),
     )
 
 

@@ -206,7 +206,8 @@ class Database:
         return "CHAR" if self.dialect == "mysql" else "TEXT"
 
 
-def _chunks(items: Sequence[Any], size: int = _PIPELINE_CHUNK) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int = _PIPELINE_CHUNK) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of ``size``: one pipeline each, so no reply grows unbounded."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -221,7 +222,7 @@ def read_keys(
     ``on_read(n)`` hears how many keys were read so far, after each pipeline.
     """
     out: list[Stored] = []
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key, value_format in chunk:
             if value_format is ValueFormat.HASH:
@@ -261,7 +262,7 @@ def _version_text(stored: object) -> str | None:
 def count_present(client: Client, keys: Sequence[str]) -> int:
     """How many of ``keys`` exist (pipelined EXISTS)."""
     present = 0
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key in chunk:
             pipe.exists(key)
@@ -278,7 +279,7 @@ def scan_prefix(client: Client, prefix: str) -> Iterator[str]:
 def read_links(client: Client, links: Sequence[Link]) -> list[LinkState]:
     """What Redis holds for each link: member, tag version, key presence and version."""
     out: list[LinkState] = []
-    for chunk in _chunks(links):
+    for chunk in chunks(links):
         pipe = client.pipeline(transaction=False)
         for link in chunk:
             pipe.hget(ns().tag_key(link.tag), link.member)

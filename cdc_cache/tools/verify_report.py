@@ -11,6 +11,8 @@ from cdc_cache.tools.link_judge import FAILING_LINKS, LinkFinding
 from cdc_cache.tools.verify_judge import FAILING, Finding
 
 EXAMPLES_PER_CATEGORY: Final = 5
+INDEX_FINDINGS: Final = (Finding.STALE, Finding.UNEXPECTED, Finding.MISSING)
+"""What an index key can be found (a member has no version of its own to judge)."""
 
 
 def nines(total: int, bad: int) -> str:
@@ -41,6 +43,10 @@ class TableReport:
     links: int = 0  # links of dependent keys the rows imply (see tools.link_judge)
     link_findings: Counter[LinkFinding] = field(default_factory=Counter)
     link_examples: dict[LinkFinding, list[str]] = field(default_factory=dict)
+    indexes: int = 0  # index keys the rows imply (see tools.index_judge)
+    members: int = 0  # their members
+    index_findings: Counter[Finding] = field(default_factory=Counter)
+    index_examples: dict[Finding, list[str]] = field(default_factory=dict)
 
     def add(self, finding: Finding, example: str) -> None:
         self.findings[finding] += 1
@@ -49,6 +55,10 @@ class TableReport:
     def add_link(self, finding: LinkFinding, example: str) -> None:
         self.link_findings[finding] += 1
         _example(self.link_examples.setdefault(finding, []), example)
+
+    def add_index(self, finding: Finding, example: str) -> None:
+        self.index_findings[finding] += 1
+        _example(self.index_examples.setdefault(finding, []), example)
 
 
 def _example(shown: list[str], example: str) -> None:
@@ -68,6 +78,10 @@ class Report:
     def count_links(self, finding: LinkFinding) -> int:
         return sum(t.link_findings[finding] for t in self.tables)
 
+    def count_index(self, finding: Finding) -> int:
+        """Index findings: of members (stale, unexpected) and of whole index keys."""
+        return sum(t.index_findings[finding] for t in self.tables)
+
     @property
     def checked(self) -> int:
         """Keys judged: every expected ``set`` key plus every unexpected one found."""
@@ -76,11 +90,11 @@ class Report:
     @property
     def clean(self) -> bool:
         """Nothing at all to report (stricter than the exit code: missing keys count)."""
-        return not any(t.findings or t.link_findings for t in self.tables)
+        return not any(t.findings or t.link_findings or t.index_findings for t in self.tables)
 
     @property
     def exit_code(self) -> int:
-        failing = any(self.count(f) for f in FAILING)
+        failing = any(self.count(f) or self.count_index(f) for f in FAILING)
         return 1 if failing or any(self.count_links(f) for f in FAILING_LINKS) else 0
 
     def as_json(self) -> dict[str, Any]:
@@ -101,6 +115,10 @@ class Report:
                     "links": t.links,
                     "link_findings": {f.value: t.link_findings[f] for f in LinkFinding},
                     "link_examples": {f.value: shown for f, shown in t.link_examples.items()},
+                    "indexes": t.indexes,
+                    "members": t.members,
+                    "index_findings": {f.value: t.index_findings[f] for f in INDEX_FINDINGS},
+                    "index_examples": {f.value: shown for f, shown in t.index_examples.items()},
                 }
                 for t in self.tables
             ],
@@ -109,6 +127,8 @@ class Report:
             "findings": {f.value: self.count(f) for f in Finding},
             "links": sum(t.links for t in self.tables),
             "link_findings": {f.value: self.count_links(f) for f in LinkFinding},
+            "members": sum(t.members for t in self.tables),
+            "index_findings": {f.value: self.count_index(f) for f in INDEX_FINDINGS},
             "exit_code": self.exit_code,
         }
 
@@ -133,6 +153,18 @@ class Report:
                 )
                 for link_finding, examples in t.link_examples.items():
                     lines.extend(f"  {link_finding.value}: {example}" for example in examples)
+            if t.indexes or t.index_findings:
+                lines.append(
+                    f"  index keys: {t.indexes} indexes, {t.members} members judged: "
+                    + "  ".join(f"{f.value} {t.index_findings[f]}" for f in INDEX_FINDINGS)
+                )
+                for finding, examples in t.index_examples.items():
+                    lines.extend(f"  index {finding.value}: {example}" for example in examples)
+                if t.repaired is not None and t.index_findings:
+                    lines.append(
+                        "  --repair leaves index keys as they are: rebuild them with "
+                        f"`cdc-cache snapshot --table {t.table}`"
+                    )
             if t.repaired is not None:
                 shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(t.repaired.items()))
                 lines.append(f"  repaired: {shown or 'nothing to repair'}")
@@ -150,5 +182,14 @@ class Report:
                 f"{self.count_links(LinkFinding.UNLINKED)} unlinked (a parent's change would "
                 f"miss the key), {self.count_links(LinkFinding.ESCAPED)} escaped (cached past "
                 f"a delete), {self.count_links(LinkFinding.UNJUDGED)} unjudged (no version)"
+            )
+        members = sum(t.members for t in self.tables)
+        if members or any(t.index_findings for t in self.tables):
+            lines.append(
+                f"index keys: {members} members judged; "
+                f"{self.count_index(Finding.STALE)} stale (absent or wrong score), "
+                f"{self.count_index(Finding.UNEXPECTED)} unexpected; "
+                f"{self.count_index(Finding.MISSING)} indexes missing (TTL/eviction, or "
+                "awaiting a snapshot)"
             )
         return "\n".join(lines)
