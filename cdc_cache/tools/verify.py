@@ -120,17 +120,7 @@ class Checker:
         rows = self.db.rows(table.table, self.sample if sampled else None, table.values)
         report.rows = len(rows)
         patterns = {rule: KeyPattern.of(rule) for rule in table.keys if rule.action is Action.SET}
-        expected: dict[str, tuple[SetRow, _Candidate]] = {}
-        deletes: set[str] = set()
-        members: list[tuple[KeyRule, IndexMember]] = []
-        for row in rows:
-            derived = derive(table, row, primary_key)
-            pk = {column: row[column] for column in primary_key}
-            for rule, op in derived.sets:
-                expected[op.key] = (op, _Candidate(op.key, patterns[rule], pk))
-            deletes.update(derived.deletes)
-            members += derived.members
-        indexes = expected_indexes(members)
+        expected, deletes, indexes = _implied(table, rows, primary_key, patterns, report)
         report.set_keys = len(expected)
         report.delete_keys = len(deletes)
         report.delete_keys_present = count_present(self.client, sorted(deletes))
@@ -235,6 +225,32 @@ class Checker:
     ) -> dict[str, Any] | None:
         key, pattern = candidate.key, candidate.pattern
         return row_for_key(self.db, table, primary_key, key, pattern, known=candidate.primary_key)
+
+
+def _implied(
+    table: TableRules,
+    rows: Sequence[Row],
+    primary_key: Sequence[str],
+    patterns: Mapping[KeyRule, KeyPattern],
+    report: TableReport,
+) -> tuple[dict[str, tuple[SetRow, _Candidate]], set[str], dict[str, ExpectedIndex]]:
+    """What ``rows`` imply: set keys with their values, delete keys, index keys.
+
+    A row the rules cannot render implies nothing and is counted in ``report`` instead.
+    """
+    expected: dict[str, tuple[SetRow, _Candidate]] = {}
+    deletes: set[str] = set()
+    members: list[tuple[KeyRule, IndexMember]] = []
+    for row in rows:
+        derived = derive(table, row, primary_key)
+        pk = {column: row[column] for column in primary_key}
+        if derived.unrenderable is not None:
+            report.add_unrenderable(f"{pk}: {derived.unrenderable}")
+        for rule, op in derived.sets:
+            expected[op.key] = (op, _Candidate(op.key, patterns[rule], pk))
+        deletes.update(derived.deletes)
+        members += derived.members
+    return expected, deletes, expected_indexes(members)
 
 
 def row_for_key(

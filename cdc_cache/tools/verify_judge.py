@@ -25,6 +25,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from cdc_cache.core.errors import RenderError
 from cdc_cache.core.events import ChangeEvent, Op, Row
 from cdc_cache.core.keys import NULL_TOKEN
 from cdc_cache.core.positions import SourcePosition
@@ -113,11 +114,14 @@ class Derived:
     """The keys one row yields: values for ``set`` rules, names for ``delete`` rules.
 
     ``members``: the row's member of each index rule (zadd, sadd), with its score.
+    ``unrenderable``: why the rules cannot render the row (then it yields nothing: the
+    worker dead-letters such a change, ``render_failed``, and deletes the keys it renders).
     """
 
     sets: tuple[tuple[KeyRule, SetRow], ...]
     deletes: tuple[str, ...]
     members: tuple[tuple[KeyRule, IndexMember], ...] = ()
+    unrenderable: str | None = None
 
 
 def snapshot_read(
@@ -158,10 +162,14 @@ def derive(
     table = replace(table, snapshot=Snapshot.WRITE)
     now = time.time() * 1000 if now_ms is None else now_ms
     event = snapshot_read(table, row, primary_key, position)
+    try:
+        planned = plan(event, Rules({table.table: table}))
+    except RenderError as exc:
+        return Derived((), (), unrenderable=exc.reason)
     # A snapshot read yields exactly one op per key rule, in rule order (notifications aside).
     ops = [
         as_invalidation(op) if isinstance(op, SetRow) and 0 < op.expires_at_ms <= now else op
-        for op in plan(event, Rules({table.table: table}))
+        for op in planned
         if not isinstance(op, Notify)
     ]
     pairs = list(zip(table.keys, ops, strict=True))

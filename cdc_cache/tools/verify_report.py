@@ -47,6 +47,12 @@ class TableReport:
     members: int = 0  # their members
     index_findings: Counter[Finding] = field(default_factory=Counter)
     index_examples: dict[Finding, list[str]] = field(default_factory=dict)
+    unrenderable: int = 0  # rows the rules cannot render (the worker dead-letters them)
+    unrenderable_examples: list[str] = field(default_factory=list)
+
+    def add_unrenderable(self, example: str) -> None:
+        self.unrenderable += 1
+        _example(self.unrenderable_examples, example)
 
     def add(self, finding: Finding, example: str) -> None:
         self.findings[finding] += 1
@@ -90,7 +96,9 @@ class Report:
     @property
     def clean(self) -> bool:
         """Nothing at all to report (stricter than the exit code: missing keys count)."""
-        return not any(t.findings or t.link_findings or t.index_findings for t in self.tables)
+        return not any(
+            t.findings or t.link_findings or t.index_findings or t.unrenderable for t in self.tables
+        )
 
     @property
     def exit_code(self) -> int:
@@ -119,6 +127,8 @@ class Report:
                     "members": t.members,
                     "index_findings": {f.value: t.index_findings[f] for f in INDEX_FINDINGS},
                     "index_examples": {f.value: shown for f, shown in t.index_examples.items()},
+                    "unrenderable": t.unrenderable,
+                    "unrenderable_examples": t.unrenderable_examples,
                 }
                 for t in self.tables
             ],
@@ -129,6 +139,7 @@ class Report:
             "link_findings": {f.value: self.count_links(f) for f in LinkFinding},
             "members": sum(t.members for t in self.tables),
             "index_findings": {f.value: self.count_index(f) for f in INDEX_FINDINGS},
+            "unrenderable": sum(t.unrenderable for t in self.tables),
             "exit_code": self.exit_code,
         }
 
@@ -146,6 +157,12 @@ class Report:
             for finding, examples in t.examples.items():
                 for example in examples:
                     lines.append(f"  {finding.value}: {example}")
+            if t.unrenderable:
+                lines.append(
+                    f"  {t.unrenderable} rows the rules cannot render, not judged (the worker "
+                    "dead-letters their changes as render_failed and deletes their keys):"
+                )
+                lines.extend(f"  unrenderable: {example}" for example in t.unrenderable_examples)
             if t.links:
                 lines.append(
                     f"  dependent keys: {t.links} links judged: "

@@ -107,3 +107,19 @@ def test_verify_judges_index_keys_member_by_member(
     assert "--repair leaves index keys as they are" in repaired.format()
     assert redis.zscore("category:5:by_price", "1") is None
     assert redis.zscore("category:6:by_price", "99") == 1.0
+
+
+def test_a_row_the_rules_cannot_render_is_reported_not_a_crash(
+    shop: tuple[str, Rules], mariadb: MariaDB, redis_target: RedisTarget
+) -> None:
+    """A NULL score: the worker dead-letters such a row's changes; verify names the row."""
+    schema, rules = shop
+    snapshot(redis_target.client, schema, rules)
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {schema}.products VALUES (4, 5, 9, NULL)")
+    report = verify(f"{mariadb.dsn()}/{schema}", rules, redis_target.client, settle_retries=0)
+    (products,) = report.tables
+    assert products.unrenderable == 1, report.format()
+    assert "unrenderable: {'id': 4}: " in report.format()
+    assert "scores by column 'price'" in products.unrenderable_examples[0]
+    assert report.exit_code == 0 and report.count_index(Finding.STALE) == 0, report.format()

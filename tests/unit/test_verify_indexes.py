@@ -107,3 +107,22 @@ def test_index_findings_fail_the_check_like_keys_and_show_in_both_reports():
     assert data["tables"][0]["index_examples"]["missing"] == [
         "category:7:by_price: absent, 3 members expected"
     ]
+
+
+def test_a_row_the_rules_cannot_render_yields_nothing_and_says_why():
+    unpriced = {**row(4, 5), "price": None}
+    derived = derive(PRODUCTS, unpriced, ["id"])
+    assert (derived.sets, derived.deletes, derived.members) == ((), (), ())
+    assert derived.unrenderable is not None and "'price'" in derived.unrenderable
+    assert derive(PRODUCTS, row(4, 5), ["id"]).unrenderable is None
+
+
+def test_unrenderable_rows_show_in_both_reports_without_failing_the_check():
+    table = TableReport("shop.products")
+    table.add_unrenderable("{'id': 4}: index scores by column 'price': None is not a number")
+    report = Report([table])
+    assert report.exit_code == 0 and not report.clean
+    assert "1 rows the rules cannot render" in report.format()
+    assert "unrenderable: {'id': 4}" in report.format()
+    assert report.as_json()["unrenderable"] == 1
+    assert report.as_json()["tables"][0]["unrenderable_examples"] == table.unrenderable_examples
