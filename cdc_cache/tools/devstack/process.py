@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,11 +34,51 @@ def require_binary(name: str, how_to_get: str) -> str:
     return path
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_BELOW_EPHEMERAL = 12_000  # ports taken below the kernel's ephemeral range
+_handed_out: set[int] = set()
+
+
+def _port_slice() -> range:
+    """The ports this process picks from.
+
+    Below the kernel's ephemeral range, so no outgoing connection takes one between the
+    pick and the server's bind; under pytest-xdist a slice of its own per test process, so
+    two never pick the same one.
+    """
+    try:
+        first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32_768  # Linux's default
+    low = max(1_024, first_ephemeral - _BELOW_EPHEMERAL)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (first_ephemeral - low) // max(1, workers)
+    return range(low + worker * size, low + (worker + 1) * size)
+
+
 def free_port() -> int:
-    """An unused loopback TCP port (for tests that must not collide with anything)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """An unused loopback TCP port (for tests that must not collide with anything).
+
+    Picked at random from :func:`_port_slice`, never twice until half the slice was handed
+    out, and checked free by binding it.
+    """
+    ports = _port_slice()
+    if len(_handed_out) > len(ports) // 2:
+        _handed_out.clear()
+    for _ in range(len(ports)):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    msg = f"no free loopback port in {ports.start}-{ports.stop - 1}: stop servers left running"
+    raise StackError(msg)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
