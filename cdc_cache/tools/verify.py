@@ -50,7 +50,15 @@ from cdc_cache.sink.connection import Client
 from cdc_cache.tools.index_judge import ExpectedIndex, expected_indexes
 from cdc_cache.tools.repair import Repairer, Target
 from cdc_cache.tools.verify_indexes import IndexCheck
-from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, derive, describe, judge
+from cdc_cache.tools.verify_judge import (
+    Finding,
+    KeyPattern,
+    Settling,
+    Stored,
+    derive,
+    describe,
+    judge,
+)
 from cdc_cache.tools.verify_links import LinkCheck
 from cdc_cache.tools.verify_reads import Database, count_present, read_keys, scan_prefix
 from cdc_cache.tools.verify_report import Report, TableReport
@@ -124,9 +132,9 @@ class Checker:
         report.set_keys = len(expected)
         report.delete_keys = len(deletes)
         report.delete_keys_present = count_present(self.client, sorted(deletes))
-        settle = (self.settle_retries, self.settle_delay_s, self.sleep)
+        settling = Settling(self.settle_retries, self.settle_delay_s, self.sleep)
         if self.rules.links.get(table.table):
-            LinkCheck(self.db, self.client, self.rules, *settle).run(
+            LinkCheck(self.db, self.client, self.rules, settling).run(
                 table, rows, primary_key, report
             )
         index_patterns = [KeyPattern.of(rule) for rule in table.keys if rule.action.indexes]
@@ -135,7 +143,7 @@ class Checker:
             strays = [] if sampled else self._unexpected(index_patterns, known)
             indexes |= {c.key: ExpectedIndex(c.pattern.rule) for c in strays}
             self._report(0, 0, "index keys compared")
-            IndexCheck(self.db, self.client, *settle).run(
+            IndexCheck(self.db, self.client, settling).run(
                 table, primary_key, indexes, report, complete=not sampled
             )
 
@@ -161,7 +169,7 @@ class Checker:
             (c, Finding.UNEXPECTED, describe(Finding.UNEXPECTED, None, Stored(None)))
             for c in strangers
         ]
-        settled = self._settle(table, primary_key, pending)
+        settled = settling.settled(pending, lambda now: self._rechecked(table, primary_key, now))
         for candidate, finding, detail in settled:
             report.add(finding, f"{candidate.key}: {detail}")
         if self.repairer is not None:
@@ -194,17 +202,12 @@ class Checker:
                     out.append(_Candidate(key, pattern, None))
         return out
 
-    def _settle(
+    def _rechecked(
         self, table: TableRules, primary_key: Sequence[str], pending: list[_Pending]
     ) -> list[_Pending]:
-        """Re-check every difference until it goes away or the retries run out."""
-        for _ in range(self.settle_retries):
-            if not pending:
-                break
-            self.sleep(self.settle_delay_s)
-            rechecked = [(c, *self._recheck(table, primary_key, c)) for c, _, _ in pending]
-            pending = [(c, f, d) for c, f, d in rechecked if f is not None]
-        return pending
+        """The differences in ``pending`` that are still there, re-read."""
+        rechecked = [(c, *self._recheck(table, primary_key, c)) for c, _, _ in pending]
+        return [(c, f, d) for c, f, d in rechecked if f is not None]
 
     def _recheck(
         self, table: TableRules, primary_key: Sequence[str], candidate: _Candidate

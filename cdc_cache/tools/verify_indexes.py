@@ -11,7 +11,7 @@ from its own slot, its record from the version bucket of that slot).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis import exceptions as rex
@@ -27,7 +27,7 @@ from cdc_cache.tools.index_judge import (
     expected_indexes,
     judge_index,
 )
-from cdc_cache.tools.verify_judge import KeyPattern, derive
+from cdc_cache.tools.verify_judge import KeyPattern, Settling, derive
 from cdc_cache.tools.verify_reads import Database, chunks
 from cdc_cache.tools.verify_report import TableReport
 
@@ -64,9 +64,7 @@ class IndexCheck:
 
     db: Database
     client: Client
-    settle_retries: int
-    settle_delay_s: float
-    sleep: Callable[[float], None]
+    settling: Settling
 
     def run(
         self,
@@ -84,23 +82,31 @@ class IndexCheck:
         """
         report.indexes = sum(1 for e in indexes.values() if e.members)
         report.members = sum(len(e.members) for e in indexes.values())
-        found = self._judged(indexes, complete=complete)
-        for _ in range(self.settle_retries):
-            if not found:
-                break
-            self.sleep(self.settle_delay_s)
-            again = self._judged(
-                {key: self._now(table, primary_key, indexes[key].rule, key) for key in found},
-                complete=True,
-            )
-            found = {
-                key: kept
-                for key, issues in again.items()
-                if (kept := [i for i in issues if i.member in {p.member for p in found[key]}])
-            }
+        found = self.settling.settled(
+            self._judged(indexes, complete=complete),
+            lambda now: self._persisting(table, primary_key, indexes, now),
+        )
         for key, issues in found.items():
             for issue in issues:
                 report.add_index(issue.finding, f"{key}: {issue.detail}")
+
+    def _persisting(
+        self,
+        table: TableRules,
+        primary_key: Sequence[str],
+        indexes: Mapping[str, ExpectedIndex],
+        found: Mapping[str, list[IndexIssue]],
+    ) -> dict[str, list[IndexIssue]]:
+        """The findings of ``found`` still there with the index and its rows read again."""
+        again = self._judged(
+            {key: self._now(table, primary_key, indexes[key].rule, key) for key in found},
+            complete=True,
+        )
+        return {
+            key: kept
+            for key, issues in again.items()
+            if (kept := [i for i in issues if i.member in {p.member for p in found[key]}])
+        }
 
     def _judged(
         self, indexes: Mapping[str, ExpectedIndex], *, complete: bool

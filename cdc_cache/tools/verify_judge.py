@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import operator
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -56,6 +57,35 @@ class Finding(StrEnum):
 
 
 FAILING: Final = frozenset({Finding.STALE, Finding.UNEXPECTED})
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settling:
+    """How a difference is re-checked before it is reported.
+
+    ``retries`` times, ``delay_s`` apart, so a change still in flight (committed, not yet
+    applied) is no false alarm.
+    """
+
+    retries: int
+    delay_s: float
+    sleep: Callable[[float], None]
+
+    def settled(
+        self, found: _T, again: Callable[[_T], _T], quiet: Callable[[_T], bool] = operator.not_
+    ) -> _T:
+        """``found`` re-checked by ``again`` until ``quiet`` or the retries run out.
+
+        ``quiet`` says nothing is left to report (by default: ``found`` is empty).
+        """
+        for _ in range(self.retries):
+            if quiet(found):
+                break
+            self.sleep(self.delay_s)
+            found = again(found)
+        return found
 
 
 def debezium_value(value: Any, dialect: Dialect, *, timestamp: bool = False) -> Any:

@@ -9,7 +9,7 @@ change still in flight is no false alarm: a link the row no longer implies is dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from cdc_cache.tools.link_judge import (
     expected_links,
     judge_link,
 )
+from cdc_cache.tools.verify_judge import Settling
 from cdc_cache.tools.verify_reads import Database, read_links
 from cdc_cache.tools.verify_report import TableReport
 
@@ -37,9 +38,7 @@ class LinkCheck:
     db: Database
     client: Client
     rules: Rules
-    settle_retries: int
-    settle_delay_s: float
-    sleep: Callable[[float], None]
+    settling: Settling
 
     def run(
         self,
@@ -55,12 +54,11 @@ class LinkCheck:
             for link in expected_links(self.rules, table, row, primary_key):
                 owners[link] = key
         report.links = len(owners)
-        found = self._judged(list(owners))
-        for _ in range(self.settle_retries):
-            if not any(finding in FAILING_LINKS for _, finding, _ in found):
-                break
-            self.sleep(self.settle_delay_s)
-            found = self._judged(self._still_implied(table, primary_key, found, owners))
+        found = self.settling.settled(
+            self._judged(list(owners)),
+            lambda now: self._judged(self._still_implied(table, primary_key, now, owners)),
+            lambda now: not any(finding in FAILING_LINKS for _, finding, _ in now),
+        )
         for _, finding, detail in found:
             report.add_link(finding, detail)
 

@@ -12,7 +12,15 @@ from cdc_cache.core.keys import escape_value
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules import Action
 from cdc_cache.plan.rules_loader import parse_rules
-from cdc_cache.tools.verify_judge import Finding, KeyPattern, Stored, debezium_value, derive, judge
+from cdc_cache.tools.verify_judge import (
+    Finding,
+    KeyPattern,
+    Settling,
+    Stored,
+    debezium_value,
+    derive,
+    judge,
+)
 from cdc_cache.tools.verify_report import Report, TableReport, nines
 
 RULES = parse_rules(
@@ -167,3 +175,17 @@ def test_the_json_report_holds_the_counts_examples_and_exit_code():
     assert data["consistency"] == "90 %"
     assert data["findings"]["stale"] == 1
     assert data["tables"][0]["examples"] == {"stale": ["stock:3:north: holds ..."]}
+
+
+def test_settling_rechecks_until_nothing_is_left_or_the_retries_run_out() -> None:
+    slept: list[float] = []
+    settling = Settling(retries=3, delay_s=0.5, sleep=slept.append)
+    assert settling.settled([1, 2, 3, 4], lambda found: found[1:]) == [4]  # retries ran out
+    assert slept == [0.5, 0.5, 0.5]
+    slept.clear()
+    assert settling.settled([1, 2], lambda found: found[1:]) == []  # gone after two re-reads
+    assert slept == [0.5, 0.5]
+    slept.clear()
+    quiet_above = settling.settled([5], lambda found: [found[0] + 1], lambda f: f[0] > 6)
+    assert quiet_above == [7] and slept == [0.5, 0.5]
+    assert Settling(0, 0.5, slept.append).settled([1], lambda f: []) == [1]
