@@ -3,6 +3,7 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+from cdc_cache_client.keys import GATE_MEMO_KEYS
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -117,6 +118,27 @@ def test_gate_keys_are_the_version_key_lease_key_and_version_field(key: str, spa
         names.version_key(key),
         names.lease_key(key),
         version_field(key),
+    )
+
+
+@given(st.lists(AWKWARD_KEYS, min_size=1, max_size=20))
+def test_gate_keys_asked_again_are_those_computed_fresh(keys: list[str]) -> None:
+    names = Names("shop-2")
+    first = [names.gate_keys(key) for key in keys]
+    assert [names.gate_keys(key) for key in reversed(keys)] == first[::-1]
+    assert first == [Names("shop-2").gate_keys(key) for key in keys]
+    assert all(Names("other").gate_keys(key) != gate for key, gate in zip(keys, first, strict=True))
+
+
+def test_gate_keys_keep_at_most_the_memo_bound_and_stay_right_past_it() -> None:
+    names = Names()
+    keys = [f"inv:item:{i}" for i in range(GATE_MEMO_KEYS + 100)]
+    for key in keys:
+        names.gate_keys(key)
+        assert len(names._gate_memo) <= GATE_MEMO_KEYS
+    assert all(
+        names.gate_keys(key) == (names.version_key(key), names.lease_key(key), version_field(key))
+        for key in keys[:: len(keys) // 50]
     )
 
 
