@@ -196,3 +196,32 @@ def test_a_snapshot_read_delivered_again_never_passes_later_changes_or_a_truncat
     scenario: Scenario, seed: int
 ) -> None:
     assert run(scenario, random.Random(seed)) == scenario.truth
+
+
+def test_a_read_delivered_again_leaves_its_partitions_later_changes_below_a_truncate() -> None:
+    # Partition 0 holds the snapshot's read of key 0, changes, the read again, and a
+    # change of key 2 the log wrote before the TRUNCATE, which went to partition 1.
+    # Taken for a new lineage, the read again had moved key 2's change above it as well.
+    s1 = Origin("server:1")
+    scenario = Scenario(2, {
+        0: [Message(0, Op.READ, 0, 0, (200, 4, 0), SNAPSHOT, 1),
+            Message(0, Op.UPDATE, 0, 0, (200, 10, 0), s1, 2),
+            Message(0, Op.READ, 0, 0, (200, 4, 0), SNAPSHOT, 1),
+            Message(0, Op.UPDATE, 2, 0, (200, 20, 0), s1, 3)],
+        1: [Message(0, Op.TRUNCATE, None, 1, (200, 30, 0), s1)],
+    })  # fmt: skip
+    for seed in range(4):  # whichever partition is read first
+        assert run(scenario, random.Random(seed)) == {}
+
+
+def test_a_new_primarys_snapshot_passes_the_old_lineages_truncate() -> None:
+    # The TRUNCATE never reached the replica that was promoted: its snapshot still has
+    # the row, at positions below the TRUNCATE's; a new lineage, so the row is cached.
+    scenario = _one_log(
+        Message(0, Op.READ, 0, 0, (200, 4, 0), SNAPSHOT, 1),
+        Message(0, Op.TRUNCATE, None, 0, (200, 90, 0), Origin("server:1")),
+        Message(1, Op.READ, 0, 0, (100, 4, 0), SNAPSHOT, 1),
+        Message(0, Op.READ, 0, 0, (200, 4, 0), SNAPSHOT, 1),  # the old one's, again: late
+        Message(1, Op.UPDATE, 1, 0, (100, 9, 0), Origin("server:2"), 5),
+    )
+    assert run(scenario, random.Random(0)) == {0: 1, 1: 5}
