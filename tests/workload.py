@@ -39,7 +39,7 @@ def rules_for(db: str) -> str:
 @dataclass(frozen=True)
 class Message:
     topic: str
-    key: bytes
+    key: bytes | None
     value: bytes | None
 
 
@@ -134,6 +134,13 @@ class Workload:
         self.pos += self.rnd.randint(100, 400)
         return [self._message("r", None, row, 0) for _, row in sorted(self.rows.items())]
 
+    def truncate(self) -> Message:
+        """TRUNCATE TABLE: every row gone, in one event without a key."""
+        self.pos += self.rnd.randint(100, 400)
+        self.ts_ms += self.rnd.randint(1, 50)
+        self.rows.clear()
+        return self._message("t", None, None, 0)
+
     def _message(self, op: str, before: Any, after: Any, row: int) -> Message:
         snapshot = op == "r"
         value = {
@@ -158,8 +165,8 @@ class Workload:
             },
             "transaction": None,
         }
-        key = (after or before)["id"]
-        return Message(self.topic, orjson.dumps({"id": key}), orjson.dumps(value))
+        row_key = None if op == "t" else orjson.dumps({"id": (after or before)["id"]})
+        return Message(self.topic, row_key, orjson.dumps(value))
 
     def expected_cache(self) -> dict[str, dict[str, Any]]:
         """The ``stock:`` keys and values the rules derive from the current table."""

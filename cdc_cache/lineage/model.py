@@ -15,12 +15,16 @@ A change sorting at or above the partition's newest is in order. One sorting bel
 
 - **re-sent** (the connector re-sends after a restart what it had not committed): its
   GTID sequence was already seen, or the same server wrote it within
-  ``Limits.rewind_files`` binlog files (``rewind_wal_bytes`` of WAL) of the newest;
-- **late**, from an earlier lineage: a GTID sequence or a server seen only in an earlier
-  lineage of this partition; it keeps that lineage's epoch, so it is stale;
-- **new** (a lineage starts here): a snapshot read (a snapshot never sorts below changes
-  of its own log), a GTID sequence beyond the newest seen, or a server this lineage never
-  had on this partition;
+  ``Limits.rewind_files`` binlog files (``rewind_wal_bytes`` of WAL) of the newest, or
+  it is a snapshot read at the position of a snapshot this lineage read here (every read
+  of a snapshot carries that one position: a read delivered again);
+- **late**, from an earlier lineage: a GTID sequence, a server or a snapshot position
+  seen only in an earlier lineage of this partition; it keeps that lineage's epoch, so
+  it is stale (a snapshot read at an earlier lineage's snapshot position is late even
+  sorting above the newest);
+- **new** (a lineage starts here): any other snapshot read (a snapshot never sorts below
+  changes of its own log), a GTID sequence beyond the newest seen, or a server this
+  lineage never had on this partition;
 - **unknown**: further back than the rewind limit with no server, or with a server of
   this lineage and no GTID: a new binlog numbering (``RESET MASTER``) and the same log
   read again (connector offsets reset) look alike. The caller holds the cache in ``ttl``
@@ -58,6 +62,9 @@ Coords = tuple[int, int, int]
 MAX_EARLIER: Final = 4
 """Earlier lineages a partition remembers the servers of (to recognise late changes)."""
 
+MAX_SNAPSHOTS: Final = 4
+"""Snapshot positions a partition remembers per lineage (to recognise their reads re-sent)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -79,11 +86,17 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Lineage:
-    """What one partition saw of one lineage: its epoch, servers, newest GTID per stream."""
+    """What one partition saw of one lineage: its epoch, servers, newest GTID per stream.
+
+    ``snapshots``: the positions of the snapshots read here in this lineage, newest last.
+    Every read of one snapshot carries the same position, so a snapshot read at one of
+    them sorting below the newest is that snapshot's read delivered again, not a new log.
+    """
 
     epoch: int
     servers: frozenset[str] = frozenset()
     gtids: tuple[tuple[str, int], ...] = ()
+    snapshots: tuple[Coords, ...] = ()
 
     def newest_gtid(self, stream: str) -> int | None:
         """The highest sequence of ``stream`` seen in this lineage, if any."""
@@ -104,7 +117,13 @@ class Lineage:
                 gtids = tuple(sorted({**dict(gtids), stream: sequence}.items()))
         if servers is self.servers and gtids is self.gtids:
             return self
-        return Lineage(self.epoch, servers, gtids)
+        return Lineage(self.epoch, servers, gtids, self.snapshots)
+
+    def snapshotted(self, coords: Coords) -> Lineage:
+        """The lineage with a snapshot read at ``coords`` taken in."""
+        if coords in self.snapshots:
+            return self
+        return replace(self, snapshots=(*self.snapshots, coords)[-MAX_SNAPSHOTS:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +142,8 @@ class PartitionState:
     ``last`` is the newest position of the current lineage, ``offset`` the last Kafka
     offset judged; ``bounds`` lists the first offset of each lineage read here with its
     epoch, and ``lates`` the offsets of late changes with theirs (replays take their
-    epoch from these); ``earlier`` the previous lineages' servers; ``snapshot`` the
-    position of the last snapshot read here.
+    epoch from these); ``earlier`` the previous lineages' servers and snapshots;
+    :attr:`snapshot` the position of the last snapshot read here.
     """
 
     source: str
@@ -135,12 +154,17 @@ class PartitionState:
     bounds: tuple[tuple[int, int], ...] = ()
     rewind: Rewind | None = None
     lates: tuple[tuple[int, int], ...] = ()
-    snapshot: Coords | None = None
 
     @property
     def epoch(self) -> int:
         """The epoch of the lineage this partition reads now."""
         return self.current.epoch
+
+    @property
+    def snapshot(self) -> Coords | None:
+        """The position of the last snapshot read here in the current lineage."""
+        snapshots = self.current.snapshots
+        return snapshots[-1] if snapshots else None
 
     @classmethod
     def start(cls, source: str, epoch: int) -> PartitionState:
@@ -210,6 +234,8 @@ def judge(state: PartitionState, change: Change, limits: Limits) -> Judgement:
     coords = change.coords
     if last is None or coords >= last:
         late = _proven_late(state, origin)
+        if late is None and origin.snapshot and coords not in current.snapshots:
+            late = _late_snapshot(state, coords, show(change.position.kind, coords))
         if late is not None:
             return late
         if origin.snapshot and last is not None and coords != state.snapshot:
@@ -229,6 +255,14 @@ def judge(state: PartitionState, change: Change, limits: Limits) -> Judgement:
             return late
         return _new(f"GTID stream {stream} is new to this lineage at {where}")
     if origin.snapshot:
+        # A snapshot never sorts below its own log's changes, but its reads delivered
+        # again (a retried produce, a connector resuming) do: they carry its position.
+        if coords in current.snapshots:
+            reason = f"a read of this lineage's snapshot delivered again, at {where}"
+            return Judgement(Verdict.RESENT, current.epoch, reason)
+        late = _late_snapshot(state, coords, where)
+        if late is not None:
+            return late
         return _new(f"a snapshot read at {where}: a new log was snapshotted")
     if origin.server is not None and origin.server not in current.servers:
         for lineage in state.earlier:
@@ -266,6 +300,15 @@ def _proven_late(state: PartitionState, origin: Origin) -> Judgement | None:
     return None
 
 
+def _late_snapshot(state: PartitionState, coords: Coords, where: str) -> Judgement | None:
+    """A read of a snapshot an earlier lineage of this partition read, delivered again."""
+    for lineage in state.earlier:
+        if coords in lineage.snapshots:
+            reason = f"a read of lineage {lineage.epoch}'s snapshot delivered again, at {where}"
+            return Judgement(Verdict.LATE, lineage.epoch, reason)
+    return None
+
+
 def _new(reason: str) -> Judgement:
     return Judgement(Verdict.NEW, None, reason)
 
@@ -282,14 +325,10 @@ def advance(
         rewind = state.rewind
         if rewind is not None and coords >= rewind.high:
             rewind = None
-        return replace(
-            state,
-            current=state.current.seeing(change.origin),
-            offset=change.offset,
-            last=coords,
-            rewind=rewind,
-            snapshot=coords if change.origin.snapshot else state.snapshot,
-        )
+        current = state.current.seeing(change.origin)
+        if change.origin.snapshot:
+            current = current.snapshotted(coords)
+        return replace(state, current=current, offset=change.offset, last=coords, rewind=rewind)
     if verdict is Verdict.NEW:
         if epoch is None:
             msg = "a new lineage needs its epoch from the registry"
@@ -320,15 +359,17 @@ def enter(
     A NEW verdict, or the operator's ``source_epoch`` raised above the current epoch.
     """
     earlier = (state.current, *state.earlier)[:MAX_EARLIER] if state.bounds else state.earlier
+    current = Lineage(epoch).seeing(origin)
+    if origin.snapshot and coords is not None:
+        current = current.snapshotted(coords)
     return replace(
         state,
-        current=Lineage(epoch).seeing(origin),
+        current=current,
         offset=offset if coords is not None else state.offset,
         last=coords,
         earlier=earlier,
         bounds=(*state.bounds, (offset, epoch)),
         rewind=None,
-        snapshot=coords if origin.snapshot else None,
     )
 
 
@@ -384,7 +425,7 @@ class Run:
         current = state.current
         if self.gtids:
             gtids = tuple(sorted({**dict(current.gtids), **self.gtids}.items()))
-            current = Lineage(current.epoch, current.servers, gtids)
+            current = replace(current, gtids=gtids)
         return replace(state, current=current, offset=self.offset, last=self.last)
 
 
@@ -437,15 +478,17 @@ def load_state(data: bytes | str) -> PartitionState:
         doc = orjson.loads(data)
         rewind = doc["rewind"]
         last = doc["last"]
+        current = _load_lineage(doc["current"])
+        if not current.snapshots and doc.get("snapshot") is not None:  # an older release's
+            current = current.snapshotted(_coords(doc["snapshot"]))
         return PartitionState(
             source=str(doc["source"]),
-            current=_load_lineage(doc["current"]),
+            current=current,
             offset=int(doc["offset"]),
             last=None if last is None else _coords(last),
             earlier=tuple(_load_lineage(item) for item in doc["earlier"]),
             bounds=tuple((int(offset), int(epoch)) for offset, epoch in doc["bounds"]),
             lates=tuple((int(offset), int(epoch)) for offset, epoch in doc.get("lates", ())),
-            snapshot=None if doc.get("snapshot") is None else _coords(doc["snapshot"]),
             rewind=None
             if rewind is None
             else Rewind(int(rewind["offset"]), _coords(rewind["high"]), str(rewind["reason"])),
@@ -460,6 +503,7 @@ def _dump_lineage(lineage: Lineage) -> dict[str, Any]:
         "epoch": lineage.epoch,
         "servers": sorted(lineage.servers),
         "gtids": [list(pair) for pair in lineage.gtids],
+        "snapshots": [list(coords) for coords in lineage.snapshots],
     }
 
 
@@ -468,6 +512,7 @@ def _load_lineage(doc: dict[str, Any]) -> Lineage:
         int(doc["epoch"]),
         frozenset(str(server) for server in doc["servers"]),
         tuple((str(stream), int(sequence)) for stream, sequence in doc["gtids"]),
+        tuple(_coords(coords) for coords in doc.get("snapshots", ())),
     )
 
 

@@ -90,8 +90,8 @@ def test_older_changes_delivered_after_a_truncate_leave_no_old_row(
     wait_until("the connector streams", lambda: len(rows()) == 1, 120, alive=services)
     insert(mariadb, pipeline.schema, *range(2, 11))
     wait_until("rows cached", lambda: len(rows()) == 10, 60, alive=services)
-    # the rows' changes as streamed (a snapshot's reads delivered again would be a new
-    # snapshot of the source: a lineage switch, another story)
+    # the rows' changes as streamed (a snapshot's reads delivered again keep their
+    # lineage too: test_lineage_registry.py)
     older = [
         m
         for m in messages(broker.bootstrap, pipeline.topic, Pipeline.PARTITIONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -197,6 +198,49 @@ class TestJudge:
         assert {epoch for _, epoch in verdicts} == {0}
         assert state.snapshot == (2, 10, 0)
 
+    def test_a_read_of_the_lineages_snapshot_delivered_again_is_a_resend(self) -> None:
+        # The snapshot's reads share its position; one delivered again after later
+        # changes (a retried produce) is that snapshot's, not a new log's: it keeps the
+        # epoch, so the Redis gate judges it stale against what the log did since.
+        state, verdicts = feed(
+            [change(0, 1, 50, SNAPSHOT), change(1, 1, 90), change(2, 1, 50, SNAPSHOT),
+             change(3, 2, 10, SNAPSHOT), change(4, 2, 40), change(5, 1, 50, SNAPSHOT),
+             change(6, 2, 10, SNAPSHOT)]
+        )  # fmt: skip
+        assert verdicts[2] == (Verdict.RESENT, 0)
+        assert verdicts[3] == (Verdict.RESNAPSHOT, 0)
+        assert verdicts[5:] == [(Verdict.RESENT, 0)] * 2  # also the older snapshot's
+        assert state.epoch == 0 and state.last == (2, 40, 0) and state.snapshot == (2, 10, 0)
+        assert judge(state, change(7, 1, 50, SNAPSHOT), LIMITS).reason.startswith(
+            "a read of this lineage's snapshot delivered again"
+        )
+
+    def test_a_read_of_an_earlier_lineages_snapshot_delivered_again_is_late(self) -> None:
+        # Lineage 0 snapshotted at 5:10; the new primary's snapshot (2:4) starts lineage 1.
+        state, _ = feed(
+            [change(0, 5, 10, SNAPSHOT), change(1, 5, 90), change(2, 2, 4, SNAPSHOT),
+             change(3, 2, 40, S2)]
+        )  # fmt: skip
+        assert state.epoch == 1
+        # Sorting above lineage 1's newest (no re-snapshot) or below it: lineage 0's.
+        _, verdicts = feed([change(4, 5, 10, SNAPSHOT)], state)
+        assert verdicts == [(Verdict.LATE, 0)]
+        _, verdicts = feed([change(4, 9, 9, S2), change(5, 5, 10, SNAPSHOT)], state)
+        assert verdicts[1] == (Verdict.LATE, 0)
+        # Lineage 1's own snapshot delivered again is a resend in lineage 1.
+        _, verdicts = feed([change(4, 2, 4, SNAPSHOT)], state)
+        assert verdicts == [(Verdict.RESENT, 1)]
+
+    def test_a_snapshot_read_at_a_position_no_snapshot_here_had_is_a_new_lineage(self) -> None:
+        state, _ = feed([change(0, 5, 10, SNAPSHOT), change(1, 5, 90)])
+        _, verdicts = feed([change(2, 5, 11, SNAPSHOT)], state)
+        assert verdicts == [(Verdict.NEW, 1)]
+
+    def test_a_partition_remembers_its_last_snapshots_per_lineage(self) -> None:
+        changes = [change(n, 1 + n, 10, SNAPSHOT if n % 2 == 0 else S1) for n in range(12)]
+        state, _ = feed(changes)
+        assert state.current.snapshots == ((5, 10, 0), (7, 10, 0), (9, 10, 0), (11, 10, 0))
+
     def test_replayed_offsets_take_the_epoch_recorded_for_them(self) -> None:
         state, _ = feed([change(10, 5, 100), change(11, 1, 4, SNAPSHOT), change(12, 1, 9, S2)])
         assert [judge(state, change(o, 1, 1), LIMITS).epoch for o in (9, 10, 11, 12)] == [
@@ -234,9 +278,21 @@ def test_partition_states_survive_their_json_form() -> None:
          change(3, 1, 1, NONE)]
     )  # fmt: skip
     assert state.rewind is not None and state.earlier and state.earlier[0].gtids
+    assert state.current.snapshots == ((2, 1, 0),) and state.earlier[0].snapshots == ()
     assert load_state(dump_state(state)) == state
     with pytest.raises(ValueError, match="lineage state"):
         load_state(b'{"source": "db"}')
+
+
+def test_a_state_an_earlier_release_saved_keeps_its_snapshot_position() -> None:
+    # Earlier releases kept one snapshot position per partition, beside its lineage.
+    state, _ = feed([change(0, 1, 50, SNAPSHOT), change(1, 1, 90)])
+    doc = orjson.loads(dump_state(state))
+    assert doc["snapshot"] == [1, 50, 0]  # still written, for a worker of that release
+    del doc["current"]["snapshots"]
+    old = load_state(orjson.dumps(doc))
+    assert old == state
+    assert judge(old, change(2, 1, 50, SNAPSHOT), LIMITS).verdict is Verdict.RESENT
 
 
 _ORIGINS = st.sampled_from(

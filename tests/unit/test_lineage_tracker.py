@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from cdc_cache.app.load import load_settings
 from cdc_cache.core.errors import ConfigError
@@ -93,6 +94,22 @@ def test_a_partition_that_cannot_tell_is_held_shown_and_released() -> None:
     assert restarted_holds.lasting(Cause.LINEAGE)
     assert judge(restarted, (3, 9, 200, none)) == [0]  # past the newest before the rewind
     assert not restarted_holds.lasting(Cause.LINEAGE)
+
+
+def test_a_snapshot_read_delivered_again_is_counted_and_neither_switches_nor_settles(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The snapshot's read again after later changes (a TRUNCATE among them, say): it keeps
+    # the epoch, so it is stale at the Redis gate; the cache stays in cdc mode.
+    registry, holds = MemoryRegistry(), Holds()
+    labels = {"source": "db", "verdict": "resent"}
+    counted = REGISTRY.get_sample_value("cdc_cache_lineage_verdicts_total", labels) or 0
+    with caplog.at_level(logging.INFO, "cdc_cache.lineage"):
+        epochs = judge(tracker(registry, holds), (0, 1, 50, SNAP), (1, 1, 90, S1), (2, 1, 50, SNAP))
+    assert epochs == [0, 0, 0]
+    assert not holds.active() and registry.sources["db"]["next"] == {}
+    assert not [r for r in caplog.records if "switch" in r.getMessage()]
+    assert REGISTRY.get_sample_value("cdc_cache_lineage_verdicts_total", labels) == counted + 1
 
 
 def test_raising_source_epoch_moves_unjudged_changes_to_it_and_replays_keep_theirs() -> None:
