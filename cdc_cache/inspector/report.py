@@ -135,8 +135,9 @@ def text_page(view: Mapping[str, Any]) -> str:
     )
     lines.append("latest inconsistencies:")
     for entry in view["latest_inconsistencies"]:
+        member = "" if entry.get("member") is None else f" member {entry['member']}"
         lines.append(
-            f"  {entry['at']}  {entry['kind']:<10} {entry['table']}  {entry['key']}  "
+            f"  {entry['at']}  {entry['kind']:<10} {entry['table']}  {entry['key']}{member}  "
             f"age {entry['age_s']} s  {', '.join(entry['fields'])}"
         )
     return "\n".join(lines) + "\n"
