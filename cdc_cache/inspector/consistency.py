@@ -76,6 +76,7 @@ class KeyFinding:
     outcome: Outcome
     fields: tuple[str, ...] = ()
     member: str | None = None
+    index: bool = False  # an index key's finding (of its member, or of the whole key)
 
 
 def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
@@ -121,7 +122,8 @@ def judge_members(expected: Implied, held: Mapping[str, StoredIndex]) -> list[Ke
             continue
         for issue in judge_index(want, stored, complete=True):
             outcome = _FROM_FINDING[issue.finding]
-            findings.append(KeyFinding(key, outcome, _index_fields(issue, stored), issue.member))
+            fields = _index_fields(issue, stored)
+            findings.append(KeyFinding(key, outcome, fields, issue.member, index=True))
     return findings
 
 

@@ -58,7 +58,7 @@ from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.retry import Backoff
 from cdc_cache.core.throttle import Throttle
 from cdc_cache.inspector.check import Deferred, Judged, Truth, Unrenderable, check, visible
-from cdc_cache.inspector.consistency import INCONSISTENT, KeyFinding
+from cdc_cache.inspector.consistency import INCONSISTENT, KeyFinding, Outcome
 from cdc_cache.inspector.report import Report
 from cdc_cache.inspector.sampling import (
     RowId,
@@ -265,7 +265,11 @@ class Inspector:
         sample.outcome = result.outcome
         sample.judged_at = now
         sample.judged_commit_ms = sample.event.committed_at_ms
-        self.report.judged(sample.table.table, result.outcome, now)
+        table = sample.table.table
+        self.report.judged(table, result.outcome, now)
+        for finding in result.findings:
+            if finding.index and finding.outcome is Outcome.MISSING:
+                self.report.absent_index(table, finding.key, self._at(), finding.fields)
         if result.outcome not in INCONSISTENT:
             self._since_commit(sample, recovered=False)
             self.tracker.drop(sample)
@@ -320,10 +324,13 @@ class Inspector:
         self.report.consistent_after(seconds, recovered=recovered)
         return round(seconds, 3)
 
+    def _at(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_ms() / 1000))
+
     def _inconsistent(self, sample: Sample, result: Judged) -> None:
         committed = sample.event.committed_at_ms
         age = None if committed is None else round((self._wall_ms() - committed) / 1000, 3)
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_ms() / 1000))
+        at = self._at()
         for finding in result.findings:
             if finding.outcome not in INCONSISTENT:
                 continue

@@ -149,6 +149,7 @@ def test_the_inspector_judges_index_memberships(
     }
     assert found == {(CAT5, "1", "stale", "member"), (CAT5, "2", "stale", "score")}, view
     assert view["windows"]["5m"]["inconsistent"] == 2
+    assert [(e["key"], e["until_snapshot"]) for e in view["absent_indexes"]] == [(GROUP8, True)]
 
     redis.zadd(CAT5, {"2": 3.0})  # put back: consistent again; member 1 stays out
     wait_until(

@@ -235,6 +235,17 @@ def test_an_absent_index_is_missing_not_stale_also_when_only_a_snapshot_rebuilds
     assert _checks(run) == {"missing": 1}
     assert run.report["windows"]["5m"]["inconsistent"] == 0
     assert run.report["latest_inconsistencies"] == []
+    (absent,) = run.report["absent_indexes"]
+    assert (absent["key"], absent["until_snapshot"]) == (CAT5, True)
+    assert f"{CAT5}  until `cdc-cache snapshot` rebuilds it" in text_page(run.report)
+    run.truth.holding.discard(GROUP9)
+    del run.truth.indexes[GROUP9]  # expired, and the worker had emptied it: no snapshot needed
+    run.change(None, row(8, 5, 3), apply=False)
+    run.wait(SETTLE + 0.3)
+    assert [(e["key"], e["until_snapshot"]) for e in run.report["absent_indexes"]] == [
+        (GROUP9, False),
+        (CAT5, True),
+    ]
 
 
 def test_a_change_never_applied_to_an_existing_index_is_stale():
