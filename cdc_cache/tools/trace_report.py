@@ -123,14 +123,15 @@ def format_text(trace: Trace) -> str:
         lines.extend(f"      {o.action:<17} {_target(o)}  {o.gate or '-'}" for o in change.ops)
         if not change.ops and not change.error:
             lines.append("      no cache operation (no watched column changed)")
-    lines.append("keys now:")
+    if trace.keys or not trace.members:
+        lines.append("keys now:")
     for k in trace.keys:
         state = k.state
         held = f"holds {_where(k.holds)}" if k.holds else f"version {state.version or 'none'}"
         lines.append(f"  {state.key}  {state.kind}  {_ttl(state.ttl_ms)}  {held}")
         if state.value is not None:
             lines.append(f"      {state.value}")
-    if not trace.keys:
+    if not trace.keys and not trace.members:
         lines.append("  (no key: the rules plan nothing for these changes)")
     if trace.members:
         lines.append("index memberships now:")
