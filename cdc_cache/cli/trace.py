@@ -51,9 +51,13 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
     Redis holds them (value, TTL, version).
 
     Name the row by --table and --key, or by one record: --topic, --partition, --offset.
+    Index keys (zadd, sadd): the member ops are judged against the member's version, and
+    the row's memberships shown (present with its score, or absent; version).
+
     Reads the worker's settings (--config, CDC_CACHE_* variables, or the flags). Exit 1
     when an operation is newer than its key's version (the key misses a change on the
-    topic: the worker is behind, or a write was lost).
+    topic: the worker is behind, or a write was lost), or when an index membership differs
+    from what the change its version names wrote (the index was changed by hand).
     """
     import orjson
 
@@ -91,4 +95,4 @@ def trace(  # noqa: PLR0917 (click passes every option by name)
         click.echo(orjson.dumps(trace_json(found), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_text(found))
-    raise SystemExit(1 if found.pending else 0)
+    raise SystemExit(1 if found.pending or found.damaged else 0)

@@ -8,7 +8,7 @@ tests); what they mean is :mod:`cdc_cache.inspector.consistency`'s. See
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cdc_cache.core.errors import PoisonMessage
@@ -17,14 +17,18 @@ from cdc_cache.inspector.consistency import (
     KeyFinding,
     Outcome,
     judge_keys,
+    judge_members,
+    members_of,
     rendered,
+    same_members,
     same_projection,
     strays,
     worst,
 )
 from cdc_cache.inspector.sampling import Sample
 from cdc_cache.plan.cache_ops import ValueFormat
-from cdc_cache.plan.rules import TableRules
+from cdc_cache.plan.rules import KeyRule, TableRules
+from cdc_cache.tools.index_judge import Pair, StoredIndex
 from cdc_cache.tools.verify_judge import Stored
 
 
@@ -39,6 +43,16 @@ class Truth(Protocol):
 
     def owned(self, table: TableRules, primary_key: Sequence[str], key: str) -> bool:
         """Whether a row of ``table`` renders ``key`` (one query)."""
+        ...
+
+    def memberships(self, pairs: Mapping[Pair, KeyRule]) -> dict[str, StoredIndex]:
+        """The index keys of ``pairs``, each with those of its members asked about it holds."""
+        ...
+
+    def implied(
+        self, table: TableRules, primary_key: Sequence[str], rule: KeyRule, pair: Pair
+    ) -> bool:
+        """Whether a row of ``table`` implies ``pair`` (index key, member) (one query)."""
         ...
 
 
@@ -67,21 +81,27 @@ class Judged:
     findings: tuple[KeyFinding, ...]
     queries: int
     renders: Mapping[str, ValueFormat]  # the keys the row renders
+    implies: Mapping[Pair, KeyRule] = field(default_factory=dict)  # its index memberships
 
 
 def visible(sample: Sample, truth: Truth) -> bool:
     """Whether the cache shows the sample's newest change (no database read).
 
     Each key its image renders holds the image's projection, and each other key of the
-    row is gone.
+    row is gone; each index it implies holds its member with its score, and each other
+    index of the row not.
     """
+    image = sample.event.image
     try:
-        newest = rendered(sample.table, sample.event.image, sample.primary_key)
+        newest = rendered(sample.table, image, sample.primary_key)
+        implied = members_of(sample.table, image, sample.primary_key)
     except PoisonMessage:
         return False
     stored = truth.stored(sample.keys)
     right = all(f.outcome is Outcome.CONSISTENT for f in judge_keys(newest, stored))
-    return right and not strays(sample.keys, newest, stored)
+    if not right or strays(sample.keys, newest, stored):
+        return False
+    return not sample.members or not judge_members(implied, truth.memberships(sample.members))
 
 
 def check(
@@ -93,25 +113,39 @@ def check(
     outlived ``settle_s``); keys the row renders that none of the images read did are
     then read after the row.
     """
+    table, primary_key = sample.table, sample.primary_key
     stored = truth.stored(sample.keys)
-    row = truth.row(sample.table, sample.event.key)
+    held = truth.memberships(sample.members) if sample.members else {}
+    row = truth.row(table, sample.event.key)
     try:
-        expected = rendered(sample.table, row, sample.primary_key)
-        newest = rendered(sample.table, sample.event.image, sample.primary_key)
+        expected = rendered(table, row, primary_key)
+        newest = rendered(table, sample.event.image, primary_key)
+        implied = members_of(table, row, primary_key)
+        implied_newest = members_of(table, sample.event.image, primary_key)
     except PoisonMessage:
         return Unrenderable()
-    if not same_projection(expected, newest):
+    if not same_projection(expected, newest) or not same_members(implied, implied_newest):
         if not trusting:
             return Deferred(1)
         unseen = {key: op.format for key, op in expected.items() if key not in stored}
         stored |= truth.stored(unseen) if unseen else {}
+        pairs = {**sample.members, **{pair: rule for pair, (rule, _) in implied.items()}}
+        held = truth.memberships(pairs) if pairs.keys() - sample.members.keys() else held
     findings = judge_keys(expected, stored)
     queries = 1
     for key in strays(sample.keys, expected, stored):
         queries += 1
-        if not truth.owned(sample.table, sample.primary_key, key):
+        if not truth.owned(table, primary_key, key):
             findings.append(KeyFinding(key, Outcome.UNEXPECTED))
+    for finding in judge_members(implied, held):
+        if finding.outcome is Outcome.UNEXPECTED and finding.member is not None:
+            queries += 1
+            pair = (finding.key, finding.member)
+            if truth.implied(table, primary_key, sample.members[pair], pair):
+                continue
+        findings.append(finding)
     if not trusting and any(f.outcome is Outcome.UNEXPECTED for f in findings):
         return Deferred(queries)
     renders = {key: op.format for key, op in expected.items()}
-    return Judged(worst(findings), tuple(findings), queries, renders)
+    memberships = {pair: rule for pair, (rule, _) in implied.items()}
+    return Judged(worst(findings), tuple(findings), queries, renders, memberships)

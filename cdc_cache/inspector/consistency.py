@@ -14,6 +14,13 @@ check has four outcomes:
 
 ``stale`` and ``unexpected`` are the inconsistencies: a reader would be served a value the
 database does not hold.
+
+Index keys (zadd, sadd) are judged by the row's membership in them, through
+:func:`cdc_cache.tools.index_judge.judge_index` as ``verify`` judges them, on the members
+the row's images and the row imply: ``stale`` a member absent from an index that exists,
+scored otherwise, or an index of another type; ``missing`` an absent index (also one the
+worker left absent until a snapshot rebuilds it); ``unexpected`` a member of an index the
+row no longer implies (deleted, or moved to another index) that no row implies.
 """
 
 from __future__ import annotations
@@ -27,8 +34,12 @@ import orjson
 
 from cdc_cache.core.events import Row
 from cdc_cache.plan.cache_ops import SetRow
-from cdc_cache.plan.rules import TableRules
+from cdc_cache.plan.rules import KeyRule, TableRules
+from cdc_cache.tools.index_judge import IndexIssue, Pair, StoredIndex, judge_index
 from cdc_cache.tools.verify_judge import Finding, Stored, derive, judge, same_value
+
+Implied = Mapping[Pair, tuple[KeyRule, str | None]]
+"""A row's index memberships: each pair's rule and score (None for a set)."""
 
 
 class Outcome(StrEnum):
@@ -54,15 +65,18 @@ _FROM_FINDING: Final = {
 
 @dataclass(frozen=True, slots=True)
 class KeyFinding:
-    """One key's outcome.
+    """One key's outcome (of an index key: of the row's ``member`` of it, or of the key).
 
     ``fields`` names the projected fields that differ, never their values: these go to
-    logs and the HTTP page, and a row may hold sensitive values.
+    logs and the HTTP page, and a row may hold sensitive values (an index's: ``member``
+    absent, ``score`` another).
     """
 
     key: str
     outcome: Outcome
     fields: tuple[str, ...] = ()
+    member: str | None = None
+    index: bool = False  # an index key's finding (of its member, or of the whole key)
 
 
 def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
@@ -73,6 +87,54 @@ def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> 
     if row is None:
         return {}
     return {op.key: op for _, op in derive(table, row, primary_key).sets}
+
+
+def members_of(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> Implied:
+    """The index memberships ``row`` implies (none for an absent row)."""
+    if row is None:
+        return {}
+    members = derive(table, row, primary_key).members
+    return {(op.key, op.member): (rule, op.score) for rule, op in members}
+
+
+def same_members(left: Implied, right: Implied) -> bool:
+    """Whether two rows imply the same memberships with the same scores."""
+    return left.keys() == right.keys() and all(
+        _number(score) == _number(right[pair][1]) for pair, (_, score) in left.items()
+    )
+
+
+def _number(score: str | None) -> float | None:
+    return None if score is None else float(score)
+
+
+def judge_members(expected: Implied, held: Mapping[str, StoredIndex]) -> list[KeyFinding]:
+    """The row's memberships against the index keys read (``held``: every expected pair's).
+
+    Only what is wrong is listed. Each index read is judged on the members read of it, so a
+    member read that the row does not imply is unexpected (the caller asks whether another
+    row implies it). An index of another type the row no longer renders is not the row's.
+    """
+    findings = []
+    for key, stored in sorted(held.items()):
+        want = {member: score for (k, member), (_, score) in expected.items() if k == key}
+        if stored.wrong_type and not want:
+            continue
+        for issue in judge_index(want, stored, complete=True):
+            outcome = _FROM_FINDING[issue.finding]
+            fields = _index_fields(issue, stored)
+            findings.append(KeyFinding(key, outcome, fields, issue.member, index=True))
+    return findings
+
+
+def _index_fields(issue: IndexIssue, stored: StoredIndex) -> tuple[str, ...]:
+    if issue.finding is Finding.MISSING:
+        return ("(absent until cdc-cache snapshot)",) if stored.left_holding else ()
+    if issue.finding is Finding.STALE:
+        if issue.member is None:
+            return ("(wrong type)",)
+        return ("score",) if issue.member in stored.members else ("member",)
+    return ()
 
 
 def same_projection(left: Mapping[str, SetRow], right: Mapping[str, SetRow]) -> bool:

@@ -22,7 +22,9 @@ from cdc_cache.sink.connection import Client
 from cdc_cache.source.broker_health import BrokerHealth
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
+from cdc_cache.tools.index_judge import Pair, StoredIndex
 from cdc_cache.tools.verify import row_for_key
+from cdc_cache.tools.verify_indexes import implied_by_a_row, index_kind, read_members
 from cdc_cache.tools.verify_judge import KeyPattern, Stored
 from cdc_cache.tools.verify_reads import Database, read_keys
 
@@ -101,6 +103,19 @@ class LiveTruth:
                 self._reset()
                 raise
         return False
+
+    def memberships(self, pairs: Mapping[Pair, KeyRule]) -> dict[str, StoredIndex]:
+        return read_members(self._client, {p: index_kind(r) for p, r in pairs.items()}).indexes
+
+    def implied(
+        self, table: TableRules, primary_key: Sequence[str], rule: KeyRule, pair: Pair
+    ) -> bool:
+        metrics.INSPECT_DB_QUERIES.inc()
+        try:
+            return implied_by_a_row(self._database(), table, primary_key, rule, pair)
+        except Exception:
+            self._reset()
+            raise
 
     def ready(self) -> bool:
         return self._db is not None

@@ -22,7 +22,10 @@ that change, the stream has likely not brought the change yet: the check waits f
 for up to ``settle_s`` (a change that arrives moves the check), then judges the row as it
 is. Every key is judged (:mod:`cdc_cache.inspector.consistency`); a key the row no longer renders
 that still holds a value costs one more query (is there a row it belongs to?) and is
-``unexpected`` if not.
+``unexpected`` if not. Index keys (zadd, sadd) are judged by the row's membership: each
+index any image of the row implied is read for the row's member only (its score, or
+presence), judged as ``verify`` judges it; a member left in an index the row no longer
+implies costs one query likewise.
 
 **Load.** Database queries are capped at ``inspect_max_db_queries_per_s`` (re-checks
 included; a check that must look a key up runs the cap into debt that later checks wait
@@ -55,7 +58,7 @@ from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.retry import Backoff
 from cdc_cache.core.throttle import Throttle
 from cdc_cache.inspector.check import Deferred, Judged, Truth, Unrenderable, check, visible
-from cdc_cache.inspector.consistency import INCONSISTENT
+from cdc_cache.inspector.consistency import INCONSISTENT, KeyFinding, Outcome
 from cdc_cache.inspector.report import Report
 from cdc_cache.inspector.sampling import (
     RowId,
@@ -75,6 +78,7 @@ from cdc_cache.source.envelope import Parse
 log = logging.getLogger("cdc_cache.inspect")
 
 _SAMPLED_OPS: Final = frozenset({Op.CREATE, Op.UPDATE, Op.DELETE, Op.READ})
+_JUDGED: Final = frozenset({Action.SET, Action.ZADD, Action.SADD})  # keys and index keys
 _DEFER_S: Final = 0.2
 _POLL_S: Final = 0.1
 
@@ -105,7 +109,7 @@ class Inspector:
         self._tables = {
             name: table
             for name, table in rules.tables.items()
-            if any(rule.action is Action.SET for rule in table.keys)
+            if any(rule.action in _JUDGED for rule in table.keys)
         }
         self._parse = parse
         self._clock = clock
@@ -131,7 +135,7 @@ class Inspector:
 
     @property
     def tables(self) -> list[str]:
-        """The tables sampled: those with at least one ``set`` rule."""
+        """The tables sampled: those with at least one ``set`` or index (zadd, sadd) rule."""
         return sorted(self._tables)
 
     # -- intake ---------------------------------------------------------------------------
@@ -237,6 +241,8 @@ class Inspector:
         sample.doubted_since = None
         for key, value_format in result.renders.items():
             sample.keys.setdefault(key, value_format)
+        for pair, rule in result.implies.items():
+            sample.members.setdefault(pair, rule)
         if sample.judged:
             self._rechecked(sample, result, done)
         else:
@@ -259,7 +265,11 @@ class Inspector:
         sample.outcome = result.outcome
         sample.judged_at = now
         sample.judged_commit_ms = sample.event.committed_at_ms
-        self.report.judged(sample.table.table, result.outcome, now)
+        table = sample.table.table
+        self.report.judged(table, result.outcome, now)
+        for finding in result.findings:
+            if finding.index and finding.outcome is Outcome.MISSING:
+                self.report.absent_index(table, finding.key, self._at(), finding.fields)
         if result.outcome not in INCONSISTENT:
             self._since_commit(sample, recovered=False)
             self.tracker.drop(sample)
@@ -276,6 +286,7 @@ class Inspector:
                 extra={
                     "table": sample.table.table,
                     "keys": sorted(sample.keys),
+                    "indexes": sorted({key for key, _ in sample.members}),
                     "was": str(sample.outcome),
                     "after_s": seconds,
                 },
@@ -289,7 +300,7 @@ class Inspector:
                 "cache keys still inconsistent after the re-check limit",
                 extra={
                     "table": sample.table.table,
-                    "keys": [f.key for f in result.findings if f.outcome in INCONSISTENT],
+                    "keys": [_named(f) for f in result.findings if f.outcome in INCONSISTENT],
                     "kind": result.outcome.value,
                     "position": str(sample.event.position),
                     "limit_s": self.tracker.limit_s,
@@ -313,10 +324,13 @@ class Inspector:
         self.report.consistent_after(seconds, recovered=recovered)
         return round(seconds, 3)
 
+    def _at(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_ms() / 1000))
+
     def _inconsistent(self, sample: Sample, result: Judged) -> None:
         committed = sample.event.committed_at_ms
         age = None if committed is None else round((self._wall_ms() - committed) / 1000, 3)
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_ms() / 1000))
+        at = self._at()
         for finding in result.findings:
             if finding.outcome not in INCONSISTENT:
                 continue
@@ -324,6 +338,7 @@ class Inspector:
                 "at": at,
                 "table": sample.table.table,
                 "key": finding.key,
+                "member": finding.member,
                 "kind": finding.outcome.value,
                 "age_s": age,
                 "fields": list(finding.fields),
@@ -352,6 +367,11 @@ class Inspector:
 
     def view(self) -> dict[str, Any]:
         return self.report.view(self._clock())
+
+
+def _named(finding: KeyFinding) -> str:
+    """A finding's key, with the member for an index key's."""
+    return finding.key if finding.member is None else f"{finding.key} member {finding.member}"
 
 
 def _target_of(exc: BaseException) -> str:

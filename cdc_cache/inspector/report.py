@@ -37,6 +37,7 @@ class Report:
     windows: Windows = field(default_factory=Windows)
     latest: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EXAMPLES))
     ttc: deque[float] = field(default_factory=lambda: deque(maxlen=TTC_KEPT))
+    absent: dict[str, dict[str, Any]] = field(default_factory=dict)  # index key → latest
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def judged(self, table: str, outcome: Outcome, now: float) -> None:
@@ -64,6 +65,18 @@ class Report:
     def example(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self.latest.appendleft(entry)
+
+    def absent_index(self, table: str, key: str, at: str, fields: Sequence[str]) -> None:
+        """An index a check found absent (missing, no inconsistency): the latest few, by key.
+
+        ``fields`` says when the worker left it absent until a snapshot rebuilds it.
+        """
+        entry = {"at": at, "table": table, "key": key, "until_snapshot": bool(fields)}
+        with self._lock:
+            self.absent.pop(key, None)
+            self.absent[key] = entry
+            while len(self.absent) > EXAMPLES:
+                del self.absent[next(iter(self.absent))]
 
     def publish(self, now: float, pending: int) -> None:
         """Set the gauges (once a second)."""
@@ -99,6 +112,7 @@ class Report:
                 "unresolved": self.unresolved,
                 "time_to_consistency_s": _quantiles(self.ttc),
                 "latest_inconsistencies": list(self.latest),
+                "absent_indexes": list(reversed(self.absent.values())),
             }
 
 
@@ -135,8 +149,15 @@ def text_page(view: Mapping[str, Any]) -> str:
     )
     lines.append("latest inconsistencies:")
     for entry in view["latest_inconsistencies"]:
+        member = "" if entry.get("member") is None else f" member {entry['member']}"
         lines.append(
-            f"  {entry['at']}  {entry['kind']:<10} {entry['table']}  {entry['key']}  "
+            f"  {entry['at']}  {entry['kind']:<10} {entry['table']}  {entry['key']}{member}  "
             f"age {entry['age_s']} s  {', '.join(entry['fields'])}"
         )
+    absent = view.get("absent_indexes") or []
+    if absent:
+        lines.append("absent index keys (missing, not stale: readers miss and ask the database):")
+    for entry in absent:
+        until = "  until `cdc-cache snapshot` rebuilds it" if entry["until_snapshot"] else ""
+        lines.append(f"  {entry['at']}  {entry['table']}  {entry['key']}{until}")
     return "\n".join(lines) + "\n"

@@ -18,9 +18,10 @@ from enum import StrEnum
 
 from cdc_cache.core.errors import PoisonMessage
 from cdc_cache.core.events import ChangeEvent
-from cdc_cache.inspector.consistency import Outcome, rendered
+from cdc_cache.inspector.consistency import Outcome, members_of, rendered
 from cdc_cache.plan.cache_ops import ValueFormat
-from cdc_cache.plan.rules import TableRules
+from cdc_cache.plan.rules import KeyRule, TableRules
+from cdc_cache.tools.index_judge import Pair
 
 RowId = tuple[str, int, bytes]
 """A row as the stream knows it: topic, partition and the record's key bytes."""
@@ -93,6 +94,7 @@ class Sampler:
 class Sample:
     """A sampled row: its newest known change and the keys any of its images rendered.
 
+    ``members``: the index memberships (index key, member) any of its images implied.
     It is either waiting for its judgement or, judged inconsistent, being re-checked.
     """
 
@@ -112,6 +114,7 @@ class Sample:
     changes: int = 1
     probes: int = 0  # looks at the cache since the newest change was read
     visible_ms: float | None = None  # when a probe first found the newest change applied
+    members: dict[Pair, KeyRule] = field(default_factory=dict)
 
     @property
     def judged(self) -> bool:
@@ -226,7 +229,7 @@ class Tracker:
 
 
 def _add_keys(sample: Sample, event: ChangeEvent) -> None:
-    """Note the ``set`` keys of the change's images.
+    """Note the ``set`` keys and the index memberships of the change's images.
 
     An image that cannot render them (a PostgreSQL before image without REPLICA IDENTITY
     FULL) adds none.
@@ -235,6 +238,8 @@ def _add_keys(sample: Sample, event: ChangeEvent) -> None:
         try:
             for key, op in rendered(sample.table, image, sample.primary_key).items():
                 sample.keys[key] = op.format
+            for pair, (rule, _) in members_of(sample.table, image, sample.primary_key).items():
+                sample.members[pair] = rule
         except PoisonMessage:
             continue
 

@@ -23,6 +23,9 @@ from cdc_cache.plan.cache_ops import IndexMember
 from cdc_cache.plan.rules import KeyRule
 from cdc_cache.tools.verify_judge import Finding
 
+Pair = tuple[str, str]
+"""An index key and one member of it."""
+
 
 @dataclass
 class ExpectedIndex:
@@ -37,12 +40,20 @@ class StoredIndex:
     """What Redis holds for an index key: members and scores (empty: absent).
 
     ``left_holding``: the index's record says the worker left members in it, so an absent
-    index stays absent until a snapshot rebuilds it.
+    index stays absent until a snapshot rebuilds it. ``exists``: for a read of some members
+    only (the inspector's, trace's), whether the key exists; ``members`` then holds those
+    of the members asked about that it holds, and None means a whole read (absent: empty).
     """
 
     members: Mapping[str, float | None]
     wrong_type: bool = False
     left_holding: bool = False
+    exists: bool | None = None
+
+    @property
+    def absent(self) -> bool:
+        """Whether the index key does not exist."""
+        return not self.members if self.exists is None else not (self.exists or self.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +78,12 @@ def judge_index(
 ) -> list[IndexIssue]:
     """What is wrong with one index key, given the members its rows imply.
 
-    ``complete``: ``expected`` holds every row's member, so a member beyond it is unexpected.
+    ``complete``: ``expected`` holds every row's member, so a member beyond it is unexpected
+    (of a read of some members, one of those read).
     """
     if stored.wrong_type:
         return [IndexIssue(Finding.STALE, None, "holds a key of another type than its rule's")]
-    if not stored.members:
+    if stored.absent:
         if not expected:
             return []
         why = (

@@ -16,9 +16,19 @@ each operation against the key's stored version now:
 The worker also turns every set into a delete while Redis' eviction policy may evict
 versions (``cdc_cache_invalidate_only``); the trace judges the gate alone.
 
+Index keys (zadd, sadd) are gated per member: a member op is judged against the version
+of its (index, member) pair the same way, ``invalidated`` being an addition to an index
+the worker left holding members that is gone (not written: the index stays absent until a
+snapshot rebuilds it). The row's memberships are shown as Redis holds them (present with
+its score, or absent; the index absent, and whether until a snapshot) with the member's
+version, and whether they differ from what the change that version names wrote there (a
+member taken out or re-scored behind the worker's back).
+
 Reading the topic and Redis is :mod:`cdc_cache.tools.tracer`'s, the output
 :mod:`cdc_cache.tools.trace_report`'s; this module only judges, so every verdict is tested
-without servers.
+without servers. Kept in one module: key and member ops of one change are judged in one
+pass (a notification takes the verdict of the op before it, a key's or a member's), and
+the keys' and memberships' holders come from the same verdicts.
 """
 
 from __future__ import annotations
@@ -29,10 +39,19 @@ from enum import StrEnum
 from typing import Final
 
 from cdc_cache.core.events import ChangeEvent
-from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, InvalidatePrefix, Notify, SetRow
+from cdc_cache.plan.cache_ops import (
+    CacheOp,
+    DeleteKey,
+    IndexKind,
+    IndexMember,
+    InvalidatePrefix,
+    Notify,
+    SetRow,
+)
 from cdc_cache.plan.route import Planned, Rejected
 from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.key_state import KeyState
+from cdc_cache.tools.index_judge import Pair, StoredIndex
 
 
 class Gate(StrEnum):
@@ -88,14 +107,16 @@ def row_key(event: ChangeEvent) -> dict[str, str]:
     return {c: v if isinstance(v, str) else str(v) for c, v in event.key.items()}
 
 
-KEY_ACTIONS = frozenset({"set", "delete"})
+KEY_ACTIONS = frozenset({"set", "delete", "zadd", "sadd", "zrem", "srem", "drop_index"})
 
 
 @dataclass(frozen=True, slots=True)
 class OpTrace:
-    """One planned operation: ``action`` set | delete | invalidate_prefix | notify.
+    """One planned operation and the gate's verdict on it.
 
-    ``target`` is the key, prefix or channel; ``gate`` the verdict (a notification takes
+    ``action`` is set | delete | zadd | sadd | zrem | srem | drop_index |
+    invalidate_prefix | notify; ``target`` the key, index key, prefix or channel
+    (``member`` and ``score`` an index op's); ``gate`` the verdict (a notification takes
     its host's: it is published only when its key op applies; a TRUNCATE's prefix is
     gated key by key, so it has none).
     """
@@ -104,6 +125,8 @@ class OpTrace:
     target: str
     gate: Gate | None
     ttl_ms: int | None = None
+    member: str | None = None
+    score: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +152,47 @@ class KeyTrace:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberTrace:
+    """One index membership the row's changes touch, as Redis holds it.
+
+    ``index``: what Redis holds of the index key (its ``members`` holds this member, with
+    its score, when present); ``version``: the pair's; ``holds``: the change that version
+    names, and ``wrote`` that change's op on the pair.
+    """
+
+    key: str
+    member: str
+    kind: IndexKind
+    index: StoredIndex
+    version: str | None
+    holds: ChangeTrace | None = None
+    wrote: IndexMember | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.member in self.index.members
+
+    @property
+    def score(self) -> float | None:
+        return self.index.members.get(self.member)
+
+    @property
+    def differs(self) -> bool:
+        """Redis holds the pair otherwise than the change its version names left it.
+
+        A member absent from an index that exists although that change added it, scored
+        otherwise, present although it took it out, or an index of another type. An absent
+        index is none of these: expired, evicted, or left absent until a snapshot.
+        """
+        op = self.wrote
+        if op is None or op.drop or self.index.absent:
+            return False
+        if self.index.wrong_type or self.present != op.present:
+            return True
+        return op.score is not None and self.score != float(op.score)
+
+
+@dataclass(frozen=True, slots=True)
 class Trace:
     """The trace of one row: its changes in topic order and its keys now."""
 
@@ -138,15 +202,21 @@ class Trace:
     scanned: int
     changes: tuple[ChangeTrace, ...]
     keys: tuple[KeyTrace, ...]
+    members: tuple[MemberTrace, ...] = ()
 
     @property
     def pending(self) -> int:
-        """Key operations newer than their key's version (not in the cache)."""
+        """Key and member operations newer than their version (not in the cache)."""
         return sum(
             op.gate in CHANGES_CACHE and op.action in KEY_ACTIONS
             for c in self.changes
             for op in c.ops
         )
+
+    @property
+    def damaged(self) -> int:
+        """Memberships Redis holds otherwise than the change their version names left them."""
+        return sum(m.differs for m in self.members)
 
 
 def keys_of(routed: Iterable[Planned | Rejected]) -> list[str]:
@@ -159,6 +229,16 @@ def keys_of(routed: Iterable[Planned | Rejected]) -> list[str]:
     return list(seen)
 
 
+def members_of(routed: Iterable[Planned | Rejected]) -> dict[Pair, IndexKind]:
+    """Every index membership the changes' operations touch, in first-seen order."""
+    seen: dict[Pair, IndexKind] = {}
+    for item in routed:
+        for op in _key_ops(item):
+            if isinstance(op, IndexMember):
+                seen.setdefault((op.key, op.member), op.kind)
+    return seen
+
+
 def _key_ops(item: Planned | Rejected) -> tuple[CacheOp, ...]:
     return item.ops if isinstance(item, Planned) else item.invalidation.deletes
 
@@ -167,14 +247,52 @@ Explain = Callable[[Rejected], str]
 """Why a change was dead-lettered, as an operator may read it (sensitive values scrubbed)."""
 
 
+@dataclass(frozen=True, slots=True)
+class HeldIndexes:
+    """The index keys read (members asked about only) and the pairs' versions."""
+
+    indexes: Mapping[str, StoredIndex]
+    versions: Mapping[Pair, str | None]
+
+    def judge(self, op: IndexMember) -> Gate:
+        """The gate's verdict for a member op against its pair's version now.
+
+        An addition to an index the worker left holding members that is gone is not
+        written (``invalidated``): it stays absent until a snapshot read rebuilds it.
+        """
+        verdict = gate(version_of(op), self.versions.get((op.key, op.member)))
+        index = self.indexes.get(op.key, StoredIndex({}, exists=False))
+        vanished = index.absent and index.left_holding
+        if verdict is Gate.APPLIED and op.present and vanished and not (op.rebuild or op.drop):
+            return Gate.INVALIDATED
+        return verdict
+
+
+NO_INDEXES: Final = HeldIndexes({}, {})
+
+
+def _member_action(op: IndexMember) -> str:
+    if op.drop:
+        return "drop_index"
+    kind = "z" if op.kind is IndexKind.ZSET else "s"
+    return kind + ("add" if op.present else "rem")
+
+
 def judge(
-    item: Planned | Rejected, states: Mapping[str, KeyState], explain: Explain
+    item: Planned | Rejected,
+    states: Mapping[str, KeyState],
+    explain: Explain,
+    held: HeldIndexes = NO_INDEXES,
 ) -> ChangeTrace:
-    """``item``'s operations judged against the keys' versions in ``states``."""
+    """``item``'s operations judged against the versions in ``states`` and ``held``."""
     ops: list[OpTrace] = []
     host: Gate | None = None
     for op in _key_ops(item):
-        if isinstance(op, SetRow | DeleteKey):
+        if isinstance(op, IndexMember):
+            host = held.judge(op)
+            ttl = op.ttl_ms if op.present else op.tombstone_ttl_ms
+            ops.append(OpTrace(_member_action(op), op.key, host, ttl, op.member, op.score))
+        elif isinstance(op, SetRow | DeleteKey):
             state = states[op.key]
             unversioned = isinstance(op, SetRow) and state.exists and state.version is None
             host = gate(version_of(op), state.version, unversioned_value=unversioned)
@@ -208,14 +326,32 @@ def trace_of(
     routed: Sequence[Planned | Rejected],
     states: Mapping[str, KeyState],
     explain: Explain,
+    held: HeldIndexes = NO_INDEXES,
 ) -> Trace:
-    """The trace of a row from its routed changes (topic order) and its keys' states."""
-    changes = [judge(item, states, explain) for item in routed]
+    """The trace of a row from its routed changes (topic order) and Redis now.
+
+    ``states``: its keys'; ``held``: its index memberships.
+    """
+    changes = [judge(item, states, explain, held) for item in routed]
     holders: dict[str, ChangeTrace] = {}
+    writers: dict[Pair, tuple[ChangeTrace, IndexMember]] = {}
     for item, change in zip(routed, changes, strict=True):
         for op in _key_ops(item):
             if isinstance(op, SetRow | DeleteKey) and version_of(op) == states[op.key].version:
                 holders[op.key] = change
+            elif isinstance(op, IndexMember):
+                pair = (op.key, op.member)
+                if version_of(op) == held.versions.get(pair):
+                    writers[pair] = (change, op)
+    members = []
+    for (index, member), kind in members_of(routed).items():
+        stored = held.indexes.get(index, StoredIndex({}, exists=False))
+        version = held.versions.get((index, member))
+        traced = MemberTrace(index, member, kind, stored, version)
+        if (index, member) in writers:
+            change, op = writers[index, member]
+            traced = MemberTrace(index, member, kind, stored, version, change, op)
+        members.append(traced)
     return Trace(
         table=table,
         key=dict(key),
@@ -223,4 +359,5 @@ def trace_of(
         scanned=scanned,
         changes=tuple(changes),
         keys=tuple(KeyTrace(states[k], holders.get(k)) for k in keys_of(routed)),
+        members=tuple(members),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from cdc_cache.tools.trace import ChangeTrace, Trace
+from cdc_cache.tools.trace import ChangeTrace, MemberTrace, OpTrace, Trace
 
 
 def as_json(trace: Trace) -> dict[str, Any]:
@@ -16,6 +16,7 @@ def as_json(trace: Trace) -> dict[str, Any]:
         "topics": list(trace.topics),
         "scanned": trace.scanned,
         "pending": trace.pending,
+        "damaged": trace.damaged,
         "changes": [_change_json(c) for c in trace.changes],
         "keys": [
             {
@@ -28,7 +29,42 @@ def as_json(trace: Trace) -> dict[str, Any]:
             }
             for k in trace.keys
         ],
+        "members": [
+            {
+                "key": m.key,
+                "member": m.member,
+                "type": m.kind.value,
+                "present": m.present,
+                "score": m.score,
+                "index": _index_state(m),
+                "version": m.version,
+                "holds": _where(m.holds) if m.holds else None,
+                "differs": m.differs,
+            }
+            for m in trace.members
+        ],
     }
+
+
+def _index_state(member: MemberTrace) -> str:
+    """The index key as a whole: exists, absent (until a snapshot), or of another type."""
+    index = member.index
+    if index.wrong_type:
+        return "wrong_type"
+    if not index.absent:
+        return "exists"
+    return "absent_until_snapshot" if index.left_holding else "absent"
+
+
+def _membership(member: MemberTrace) -> str:
+    state = _index_state(member)
+    if state == "absent_until_snapshot":
+        return "index absent until `cdc-cache snapshot` rebuilds it"
+    if state != "exists":
+        return "index absent" if state == "absent" else "index holds another type"
+    if not member.present:
+        return "absent"
+    return "present" if member.score is None else f"present, score {member.score:g}"
 
 
 def _change_json(change: ChangeTrace) -> dict[str, Any]:
@@ -41,7 +77,13 @@ def _change_json(change: ChangeTrace) -> dict[str, Any]:
         "committed_at": _iso(change.committed_at_ms),
         "error": change.error,
         "ops": [
-            {"action": o.action, "target": o.target, "gate": o.gate, "ttl_ms": o.ttl_ms}
+            {
+                "action": o.action,
+                "target": o.target,
+                "gate": o.gate,
+                "ttl_ms": o.ttl_ms,
+                **({"member": o.member, "score": o.score} if o.member is not None else {}),
+            }
             for o in change.ops
         ],
     }
@@ -78,21 +120,44 @@ def format_text(trace: Trace) -> str:
         )
         if change.error:
             lines.append(f"      dead-lettered: {change.error}")
-        lines.extend(f"      {o.action:<17} {o.target}  {o.gate or '-'}" for o in change.ops)
+        lines.extend(f"      {o.action:<17} {_target(o)}  {o.gate or '-'}" for o in change.ops)
         if not change.ops and not change.error:
             lines.append("      no cache operation (no watched column changed)")
-    lines.append("keys now:")
+    if trace.keys or not trace.members:
+        lines.append("keys now:")
     for k in trace.keys:
         state = k.state
         held = f"holds {_where(k.holds)}" if k.holds else f"version {state.version or 'none'}"
         lines.append(f"  {state.key}  {state.kind}  {_ttl(state.ttl_ms)}  {held}")
         if state.value is not None:
             lines.append(f"      {state.value}")
-    if not trace.keys:
+    if not trace.keys and not trace.members:
         lines.append("  (no key: the rules plan nothing for these changes)")
+    if trace.members:
+        lines.append("index memberships now:")
+    for m in trace.members:
+        held = f"holds {_where(m.holds)}" if m.holds else f"version {m.version or 'none'}"
+        lines.append(f"  {m.key} member {m.member}  {_membership(m)}  {held}")
+        if m.differs and m.wrote is not None:
+            wrote = "added it" if m.wrote.present else "took it out"
+            score = f" with score {m.wrote.score}" if m.wrote.present and m.wrote.score else ""
+            lines.append(
+                f"      differs: that change {wrote}{score} (changed behind the worker's back)"
+            )
     if trace.pending:
         lines.append(
             f"{trace.pending} operation(s) newer than their key's version: not in the cache "
             "(the worker is behind, or their writes were lost)"
         )
+    if trace.damaged:
+        lines.append(
+            f"{trace.damaged} index membership(s) differ from the change their version names "
+            "(`cdc-cache snapshot` of the table rebuilds the index)"
+        )
     return "\n".join(lines)
+
+
+def _target(op: OpTrace) -> str:
+    if op.member is None:
+        return op.target
+    return f"{op.target} member {op.member}" + (f" score {op.score}" if op.score else "")

@@ -1,5 +1,9 @@
 """``cdc-cache trace``'s reads: one row's records from its topics, its keys from Redis.
 
+Its index memberships are read as the inspector reads them
+(:func:`cdc_cache.tools.verify_indexes.read_members`: the row's members only, with their
+versions and each index's record).
+
 Each record goes through the worker's own route (decode with the same rules, epoch and
 size limit, the lineage's epoch for its offset, Avro through the registry), so the ops
 shown are the ops the worker plans. The judging is :mod:`cdc_cache.tools.trace`'s.
@@ -28,7 +32,8 @@ from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.key_state import read_key_state
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topic_scan import reader, scan
-from cdc_cache.tools.trace import Trace, is_row, keys_of, row_key, trace_of
+from cdc_cache.tools.trace import HeldIndexes, Trace, is_row, keys_of, members_of, row_key, trace_of
+from cdc_cache.tools.verify_indexes import read_members
 
 
 class Tracer:
@@ -67,6 +72,9 @@ class Tracer:
                     if is_row(item.event, table, key):
                         routed.append(item)
             states = {k: read_key_state(client, k) for k in keys_of(routed)}
+            pairs = members_of(routed)
+            read = read_members(client, pairs) if pairs else None
+            held = HeldIndexes(read.indexes, read.versions) if read else HeldIndexes({}, {})
         finally:
             client.close()
         return trace_of(
@@ -77,6 +85,7 @@ class Tracer:
             routed=routed,
             states=states,
             explain=self._explain,
+            held=held,
         )
 
     def record(self, topic: str, partition: int, offset: int) -> Trace:

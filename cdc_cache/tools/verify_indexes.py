@@ -7,28 +7,34 @@ it (found by the column values parsed back from the key) are read again, the ind
 only the findings of the same members that persist are reported, so a change in flight is
 no false alarm. Index keys are read through the client like keys (on Redis Cluster each
 from its own slot, its record from the version bucket of that slot).
+
+:func:`read_members` reads some members of index keys only (with their versions): what
+the inspector and ``cdc-cache trace`` judge and show for one row, without reading whole
+indexes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis import exceptions as rex
 
-from cdc_cache.core.keys import index_field, ns
+from cdc_cache.core.keys import index_field, member_field, ns
+from cdc_cache.plan.cache_ops import IndexKind
 from cdc_cache.plan.rules import Action, KeyRule, TableRules
 from cdc_cache.sink.connection import Client
 from cdc_cache.sink.versions import HORIZON_DIGITS
 from cdc_cache.tools.index_judge import (
     ExpectedIndex,
     IndexIssue,
+    Pair,
     StoredIndex,
     expected_indexes,
     judge_index,
 )
 from cdc_cache.tools.verify_judge import KeyPattern, Settling, derive
-from cdc_cache.tools.verify_reads import Database, chunks
+from cdc_cache.tools.verify_reads import Database, chunks, version_text
 from cdc_cache.tools.verify_report import TableReport
 
 
@@ -48,7 +54,7 @@ def read_indexes(client: Client, indexes: Sequence[tuple[str, KeyRule]]) -> list
             for reply in (held, record):
                 if isinstance(reply, Exception) and not isinstance(reply, rex.ResponseError):
                     raise reply
-            holding = isinstance(record, bytes) and record[HORIZON_DIGITS:][:1] == b"1"
+            holding = _holding(record)
             if isinstance(held, rex.ResponseError):  # WRONGTYPE: not the rule's kind of key
                 out.append(StoredIndex({}, wrong_type=True, left_holding=holding))
                 continue
@@ -56,6 +62,97 @@ def read_indexes(client: Client, indexes: Sequence[tuple[str, KeyRule]]) -> list
             members = {bytes(m).decode("utf-8", "replace"): s for m, s in pairs}
             out.append(StoredIndex(members, left_holding=holding))
     return out
+
+
+def index_kind(rule: KeyRule) -> IndexKind:
+    """The Redis type of an index rule's keys."""
+    return IndexKind.ZSET if rule.action is Action.ZADD else IndexKind.SET
+
+
+def _holding(record: object) -> bool:
+    """Whether an index's record says the worker left members in it."""
+    return isinstance(record, bytes) and record[HORIZON_DIGITS:][:1] == b"1"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMembers:
+    """Some members of index keys as Redis holds them, with their versions.
+
+    ``indexes``: each index key read, its ``members`` those of the members asked about that
+    it holds (``exists`` says whether it exists); ``versions``: each pair's version (None:
+    none), as :mod:`cdc_cache.sink.versions` encodes it.
+    """
+
+    indexes: dict[str, StoredIndex]
+    versions: dict[Pair, str | None]
+
+
+def read_members(client: Client, pairs: Mapping[Pair, IndexKind]) -> HeldMembers:
+    """Each pair's score or presence and version, each index's existence and record.
+
+    Pipelined: per index key EXISTS and its record, per pair ZSCORE or SISMEMBER (by the
+    index's kind) and its version.
+    """
+    by_key: dict[str, list[str]] = {}
+    for key, member in sorted(pairs):
+        by_key.setdefault(key, []).append(member)
+    indexes: dict[str, StoredIndex] = {}
+    versions: dict[Pair, str | None] = {}
+    for chunk in chunks(list(by_key.items())):
+        pipe = client.pipeline(transaction=False)
+        for key, members in chunk:
+            pipe.exists(key)
+            pipe.hget(ns().version_key(key), index_field(key))
+            for member in members:
+                if pairs[key, member] is IndexKind.ZSET:
+                    pipe.zscore(key, member)
+                else:
+                    pipe.sismember(key, member)
+                pipe.hget(ns().version_key(key), member_field(key, member))
+        replies = iter(pipe.execute(raise_on_error=False))
+        for key, members in chunk:
+            exists, record = next(replies), next(replies)
+            held: dict[str, float | None] = {}
+            wrong_type = False
+            for member in members:
+                reply, version = next(replies), next(replies)
+                for answer in (exists, record, reply, version):
+                    if isinstance(answer, Exception) and not isinstance(answer, rex.ResponseError):
+                        raise answer
+                versions[key, member] = version_text(version)
+                if isinstance(reply, rex.ResponseError):  # WRONGTYPE: not the rule's kind
+                    wrong_type = True
+                elif pairs[key, member] is IndexKind.ZSET and reply is not None:
+                    held[member] = float(reply)
+                elif pairs[key, member] is IndexKind.SET and reply:
+                    held[member] = None
+            indexes[key] = StoredIndex(
+                held, wrong_type=wrong_type, left_holding=_holding(record), exists=bool(exists)
+            )
+    return HeldMembers(indexes, versions)
+
+
+def implied_by_a_row(
+    db: Database, table: TableRules, primary_key: Sequence[str], rule: KeyRule, pair: Pair
+) -> bool:
+    """Whether a row of ``table`` implies ``pair``'s member in its index key (one query).
+
+    The rows are looked up by the column values parsed back from the key and the member;
+    False when they are all digested (no lookup would be bounded), as for a key.
+    """
+    key, member = pair
+    values = KeyPattern.of(rule).parse(key)
+    if values is None or rule.member is None:
+        return False
+    values |= KeyPattern.of(replace(rule, template=rule.member)).parse(member) or {}
+    if not values:
+        return False
+    rows = db.matching(table.table, values, as_text=True, shape=table.values)
+    return any(
+        (op.key, op.member) == pair
+        for row in rows
+        for _, op in derive(table, row, primary_key).members
+    )
 
 
 @dataclass

@@ -234,7 +234,7 @@ def read_keys(
         for value, version in zip(replies[::2], replies[1::2], strict=True):
             if isinstance(version, Exception) and not isinstance(version, rex.ResponseError):
                 raise version
-            text = _version_text(version)
+            text = version_text(version)
             if isinstance(value, rex.ResponseError):  # WRONGTYPE: a hash where JSON belongs
                 out.append(Stored(None, text, wrong_type=True))
             elif isinstance(value, Exception):
@@ -249,7 +249,7 @@ def read_keys(
     return out
 
 
-def _version_text(stored: object) -> str | None:
+def version_text(stored: object) -> str | None:
     """The version in a bucket field's value; None when absent or unreadable."""
     if not isinstance(stored, bytes):
         return None
@@ -294,7 +294,7 @@ def read_links(client: Client, links: Sequence[Link]) -> list[LinkState]:
                     held.decode() if held is not None else None,
                     version.decode() if version else None,
                     bool(present),
-                    _version_text(stored),
+                    version_text(stored),
                 )
             )
     return out

@@ -8,13 +8,18 @@ from hypothesis import strategies as st
 from cdc_cache.core.errors import RenderError
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
+from cdc_cache.plan.cache_ops import DeleteKey, IndexMember, Notify, SetRow, ValueFormat
 from cdc_cache.plan.invalidations import Invalidation
+from cdc_cache.plan.planner import plan
 from cdc_cache.plan.route import Planned, Rejected
 from cdc_cache.sink.encoding import version_of
 from cdc_cache.sink.key_state import KeyState
-from cdc_cache.tools.trace import Gate, gate, is_row, parse_row_key, trace_of
+from cdc_cache.tools.index_judge import StoredIndex
+from cdc_cache.tools.trace import Gate, HeldIndexes, gate, is_row, parse_row_key, trace_of
 from cdc_cache.tools.trace_report import as_json, format_text
+from tests.unit.test_index_keys import QUIET
+from tests.unit.test_index_keys import change as product_change
+from tests.unit.test_index_keys import row as product_row
 
 KEY = "stock:{42}:w1"
 TABLE = "inventory.stock"
@@ -178,3 +183,112 @@ def test_a_set_on_a_value_without_a_version_is_an_invalidation_and_a_delete_is_n
     assert [c.ops[0].gate for c in trace.changes] == [Gate.INVALIDATED, Gate.APPLIED]
     assert trace.changes[0].ops[1].gate is Gate.APPLIED  # its notification is still sent
     assert trace.pending == 2
+
+
+# -- index keys (zadd, sadd): member ops gated per member, memberships shown ----------------
+
+
+def _product(offset: int, n: int, op: Op, before, after) -> Planned:
+    event = product_change(n, op, before, after)
+    record = SourceRecord("db.shop.products", 0, offset, b"{}", b"{}")
+    return Planned(record, event, tuple(plan(event, QUIET)))
+
+
+def _members(routed) -> dict[tuple[str, str], str]:
+    """Each pair's newest version after a worker applied ``routed``."""
+    newest: dict[tuple[str, str], str] = {}
+    for item in routed:
+        for op in item.ops:
+            if isinstance(op, IndexMember):
+                pair = (op.key, op.member)
+                newest[pair] = max(newest.get(pair, ""), version_of(op))
+    return newest
+
+
+def _product_trace(routed, indexes, versions):
+    return trace_of(
+        "shop.products", {"id": "7"}, topics=["db.shop.products"], scanned=len(routed),
+        routed=routed, states={}, explain=explain, held=HeldIndexes(indexes, versions),
+    )  # fmt: skip
+
+
+CAT5, CAT6, GROUP = "category:5:by_price", "category:6:by_price", "group:9:members"
+INSERTED = _product(3, 1, Op.CREATE, None, product_row(7, 5, 12.5))
+MOVED = _product(4, 2, Op.UPDATE, product_row(7, 5, 12.5), product_row(7, 6, 12.5))
+
+
+def test_member_ops_are_judged_against_the_members_version_and_memberships_shown():
+    versions = _members([INSERTED, MOVED])
+    indexes = {
+        CAT5: StoredIndex({}, exists=True),
+        CAT6: StoredIndex({"7": 12.5}, exists=True),
+        GROUP: StoredIndex({"7": None}, exists=True),
+    }
+    trace = _product_trace([INSERTED, MOVED], indexes, versions)
+    ops = [[(o.action, o.target, o.member, o.gate) for o in c.ops] for c in trace.changes]
+    assert ops[0] == [
+        ("zadd", CAT5, "7", Gate.STALE),  # the move took it out later
+        ("sadd", GROUP, "7", Gate.STALE),
+    ]
+    assert ops[1] == [
+        ("zrem", CAT5, "7", Gate.DUPLICATE),
+        ("zadd", CAT6, "7", Gate.DUPLICATE),
+        ("sadd", GROUP, "7", Gate.DUPLICATE),
+    ]
+    assert trace.pending == 0 and trace.damaged == 0
+    shown = {(m.key, m.member): (m.present, m.score, m.holds) for m in trace.members}
+    assert shown == {
+        (CAT5, "7"): (False, None, trace.changes[1]),
+        (GROUP, "7"): (True, None, trace.changes[1]),
+        (CAT6, "7"): (True, 12.5, trace.changes[1]),
+    }
+    text = format_text(trace)
+    assert f"zrem              {CAT5} member 7  duplicate" in text
+    assert f"zadd              {CAT6} member 7 score 12.5  duplicate" in text
+    assert "index memberships now:" in text and "keys now:" not in text
+    assert f"  {CAT6} member 7  present, score 12.5  holds db.shop.products[0]@4" in text
+    assert f"  {CAT5} member 7  absent  holds db.shop.products[0]@4" in text
+    data = orjson.loads(orjson.dumps(as_json(trace)))
+    assert data["damaged"] == 0
+    cat6 = next(m for m in data["members"] if m["key"] == CAT6)
+    assert cat6 == {
+        "key": CAT6, "member": "7", "type": "zset", "present": True, "score": 12.5,
+        "index": "exists", "version": versions[CAT6, "7"],
+        "holds": "db.shop.products[0]@4", "differs": False,
+    }  # fmt: skip
+
+
+def test_a_member_taken_out_or_scored_otherwise_by_hand_differs_from_its_version():
+    versions = _members([INSERTED, MOVED])
+    zrem = {CAT6: StoredIndex({}, exists=True), GROUP: StoredIndex({"7": None}, exists=True)}
+    trace = _product_trace([INSERTED, MOVED], zrem, versions)
+    assert trace.damaged == 1 and trace.pending == 0
+    assert [m.key for m in trace.members if m.differs] == [CAT6]
+    text = format_text(trace)
+    assert f"  {CAT6} member 7  absent  holds db.shop.products[0]@4" in text
+    assert "differs: that change added it with score 12.5" in text
+    assert "1 index membership(s) differ" in text
+    rescored = {**zrem, CAT6: StoredIndex({"7": 4.0}, exists=True)}
+    assert _product_trace([INSERTED, MOVED], rescored, versions).damaged == 1
+    left = {**rescored, CAT6: StoredIndex({"7": 12.5}, exists=True)}
+    left[CAT5] = StoredIndex({"7": 12.5}, exists=True)  # the move's removal undone
+    damaged = _product_trace([INSERTED, MOVED], left, versions).members
+    assert [m.key for m in damaged if m.differs] == [CAT5]
+
+
+def test_an_addition_to_an_index_absent_until_a_snapshot_is_an_invalidation():
+    versions = _members([INSERTED])  # the move is not applied yet; CAT6 vanished, left holding
+    indexes = {
+        CAT5: StoredIndex({"7": 12.5}, exists=True),
+        CAT6: StoredIndex({}, exists=False, left_holding=True),
+        GROUP: StoredIndex({"7": None}, exists=True),
+    }
+    trace = _product_trace([INSERTED, MOVED], indexes, versions)
+    gates = {(o.action, o.target): o.gate for o in trace.changes[1].ops}
+    assert gates[("zadd", CAT6)] is Gate.INVALIDATED
+    assert gates[("zrem", CAT5)] is Gate.APPLIED
+    assert trace.pending == 3 and trace.damaged == 0, "an absent index is no damage"
+    text = format_text(trace)
+    assert f"  {CAT6} member 7  index absent until `cdc-cache snapshot` rebuilds it" in text
+    cat6 = next(m for m in as_json(trace)["members"] if m["key"] == CAT6)
+    assert (cat6["index"], cat6["version"], cat6["holds"]) == ("absent_until_snapshot", None, None)

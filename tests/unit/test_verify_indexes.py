@@ -126,3 +126,13 @@ def test_unrenderable_rows_show_in_both_reports_without_failing_the_check():
     assert "unrenderable: {'id': 4}" in report.format()
     assert report.as_json()["unrenderable"] == 1
     assert report.as_json()["tables"][0]["unrenderable_examples"] == table.unrenderable_examples
+
+
+def test_a_read_of_some_members_tells_an_index_without_them_from_an_absent_one():
+    """The inspector's and trace's reads: the members asked about, and whether the key exists."""
+    (stale,) = judge_index({"1": "1"}, StoredIndex({}, exists=True), complete=True)
+    assert (stale.finding, stale.member) == (Finding.STALE, "1")
+    (missing,) = judge_index({"1": "1"}, StoredIndex({}, exists=False), complete=True)
+    assert (missing.finding, missing.member) == (Finding.MISSING, None)
+    assert judge_index({}, StoredIndex({}, exists=True), complete=True) == []
+    assert StoredIndex({"1": 1.0}, exists=False).absent is False  # a member read is there
