@@ -34,13 +34,19 @@ times with lineage detection on and off alternately, for the cost of detection.
 ``--code-ab DIR`` runs only ``product_1proc``, ``--rounds`` times with the worker's code
 from DIR (another checkout: the base) and from this checkout alternately, on the same
 loaded events: what a change bought the whole worker (``bench/against.py --worker`` makes
-the base's checkout and calls it).
+the base's checkout and calls it). ``--latency-only RATE`` runs only the latency phase at
+RATE events/s, ``--rounds`` times: a minute where the whole run takes six.
+
+The whole run writes ``bench/results/throughput.json`` unless ``--out`` says otherwise;
+a partial run (``--profile``, ``--lineage-ab``, ``--code-ab``, ``--latency-only``) writes
+only to an ``--out`` it is given, so it never replaces the committed full results.
 
     python bench/throughput.py [--events 1000000] [--out bench/results/throughput.json]
     python bench/throughput.py --events 200000 --replicas 1 --out bench/results/replicas.json
     python bench/throughput.py --soak 600 --out bench/results/soak.json
     python bench/throughput.py --lineage-ab 3 --events 200000 --out bench/results/lineage.json
     python bench/throughput.py --code-ab /tmp/base --rounds 3 --events 200000 --out FILE
+    python bench/throughput.py --latency-only 8000 --rounds 3 --out FILE
 """
 
 from __future__ import annotations
@@ -907,6 +913,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["lineage_ab"] = lineage_ab(bench, args)
         elif args.code_ab:
             result["code_ab"] = code_ab(bench, args)
+        elif args.latency_only:
+            result["latency_only"] = latency_rounds(bench, args)
         else:
             result |= measure(bench, args)
     finally:
@@ -1141,6 +1149,17 @@ def dumps(result: dict[str, Any]) -> str:
     return NUMBER_LIST.sub(lambda m: "".join(m.group().split()), text) + "\n"
 
 
+def latency_rounds(bench: Bench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The latency phase alone at ``args.latency_only`` events/s, ``args.rounds`` times."""
+    step = _announcer()
+    rounds = []
+    for number in range(args.rounds):
+        phase = latency(bench, f"latonly{number}", args.latency_only, args.latency_seconds)
+        step(f"round {number + 1}/{args.rounds}: {_brief(phase)}")
+        rounds.append(phase)
+    return rounds
+
+
 def _brief(phase: dict[str, Any]) -> dict[str, Any]:
     """A latency phase without its per-probe samples, for the progress lines."""
     return {name: value for name, value in phase.items() if name != "probe_ms"}
@@ -1153,6 +1172,12 @@ def _announcer() -> Callable[[str], None]:
         print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
 
     return step
+
+
+def results_path(args: argparse.Namespace) -> Path | None:
+    """Where the results go: ``--out``, else the committed file for a whole run only."""
+    partial = bool(args.profile or args.lineage_ab or args.code_ab or args.latency_only)
+    return args.out or (None if partial else ROOT / "bench/results/throughput.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1173,7 +1198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs of each variant (--replicas, --code-ab)"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/throughput.json")
+    parser.add_argument(
+        "--out", type=Path,
+        help="results file (default: bench/results/throughput.json for the whole run; "
+        "a partial run writes only to one given here)",
+    )  # fmt: skip
     parser.add_argument(
         "--lineage-ab", type=int, default=0, metavar="ROUNDS",
         help="only compare one worker with lineage detection on and off, ROUNDS times each",
@@ -1182,17 +1211,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--code-ab", type=Path, metavar="DIR",
         help="only compare the worker's code from checkout DIR with this one's, --rounds times",
     )  # fmt: skip
+    parser.add_argument(
+        "--latency-only", type=float, default=0, metavar="RATE",
+        help="only the latency phase at RATE events/s, --rounds times",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    out = results_path(args)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(dumps(result))
-    if args.lineage_ab or args.code_ab:
-        print(json.dumps(result.get("lineage_ab") or result["code_ab"], indent=1))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(dumps(result))
+    if args.lineage_ab or args.code_ab or args.latency_only:
+        shown = result.get("lineage_ab") or result.get("code_ab") or result["latency_only"]
+        if args.latency_only:
+            shown = [_brief(phase) for phase in shown]
+        print(json.dumps(shown, indent=1))
         return 0
     table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
+    if out is not None:
+        out.with_suffix(".md").write_text(table)
     print(table)
-    print(f"written to {args.out} and {args.out.with_suffix('.md')}")
+    if out is not None:
+        print(f"written to {out} and {out.with_suffix('.md')}")
     return 0
 
 
