@@ -90,7 +90,8 @@ DLQ_REPLAYS = Counter(
 )
 REDIS_OPS = Counter(
     "redis_ops",
-    "Version-gated Redis operations by kind (set, delete, invalidate_prefix) and outcome",
+    "Version-gated Redis operations by the kind they were sent as (set, delete, index, "
+    "invalidate_prefix, notify, relay; a row expired before its batch is a delete) and outcome",
     ["kind", "outcome"],
     namespace=NAMESPACE,
 )

@@ -153,7 +153,7 @@ class CacheWriter:
         salvage = [op for item in rejected for op in item.invalidation.deletes]
         outcomes = self._apply([*ops, *salvage]).outcomes
         planned_count = sum(not isinstance(op, InvalidatePrefix) for op in ops)
-        report = self._account(planned, outcomes[:planned_count])
+        report = self._account(planned, ops, outcomes[:planned_count])
         rest = iter(outcomes[planned_count:])
         failures = []
         for item in rejected:
@@ -179,7 +179,8 @@ class CacheWriter:
     ) -> list[EventOutcome]:
         error: PoisonMessage
         try:
-            return self._account([item], self._apply(caps.applied_to(item)).outcomes)
+            sent = caps.applied_to(item)
+            return self._account([item], sent, self._apply(sent).outcomes)
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
             error.__cause__ = exc
@@ -298,16 +299,22 @@ class CacheWriter:
             sleep=self._sleep,
         )
 
-    def _account(self, planned: list[Planned], results: Sequence[Outcome]) -> list[EventOutcome]:
+    def _account(
+        self, planned: list[Planned], sent: Sequence[CacheOp], results: Sequence[Outcome]
+    ) -> list[EventOutcome]:
         """Per-change outcomes, with the batch's counters and latencies gathered first.
 
-        Each counter is incremented once per label set and each latency histogram once
-        per bucket (:func:`~cdc_cache.core.histograms.observe_all`): a labelled increment
-        or an observation costs a lookup and a lock, too much to pay per change. The
-        labels are counted once per batch too, over lists gathered in the one pass over the
-        changes: each op's kind with its outcome, each change's table, op and outcome.
+        ``sent`` is what went to Redis for ``planned``, op for op (:meth:`_Caps.applied_to`):
+        an op is counted by the kind it was sent as, so a set whose row had expired counts
+        as the delete it became. Each counter is incremented once per label set and each
+        latency histogram once per bucket (:func:`~cdc_cache.core.histograms.observe_all`):
+        a labelled increment or an observation costs a lookup and a lock, too much to pay
+        per change. The labels are counted once per batch too, over lists gathered in the
+        one pass over the changes: each op's kind with its outcome, each change's table, op
+        and outcome.
         """
         outcomes = iter(results)
+        first = 0  # sent[first] is the first op of the change at hand
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
         op_labels: list[tuple[type[CacheOp], Outcome]] = []  # per op: its kind, its outcome
@@ -316,16 +323,18 @@ class CacheWriter:
         emitted: list[float] = []
         for item in planned:
             event = item.event
-            ops = item.ops
-            if len(ops) == 1 and (kind := type(ops[0])) is not InvalidatePrefix:  # most changes
+            count = len(item.ops)
+            if count == 1 and (kind := type(sent[first])) is not InvalidatePrefix:  # most changes
+                first += 1
                 outcome = next(outcomes)
                 op_labels.append((kind, outcome))
                 summary = _SUMMARY_OF_ONE[outcome]
             else:
                 own = [
                     (kind, Outcome.APPLIED if kind is InvalidatePrefix else next(outcomes))
-                    for kind in map(type, ops)
+                    for kind in map(type, sent[first : first + count])
                 ]
+                first += count
                 op_labels += own
                 summary = _summarise([outcome for _, outcome in own])
             event_labels.append((event.table, event.op, summary))
