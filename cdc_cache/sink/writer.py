@@ -306,7 +306,8 @@ class CacheWriter:
 
         ``sent`` is what went to Redis for ``planned``, op for op (:meth:`_Caps.applied_to`):
         an op is counted by the kind it was sent as, so a set whose row had expired counts
-        as the delete it became. Each counter is incremented once per label set and each
+        as the delete it became (relabelled in a second pass, paid only by rules with row
+        expiry times, ``expiring``). Each counter is incremented once per label set and each
         latency histogram once per bucket (:func:`~cdc_cache.core.histograms.observe_all`):
         a labelled increment or an observation costs a lookup and a lock, too much to pay
         per change. The labels are counted once per batch too, over lists gathered in the
@@ -314,7 +315,6 @@ class CacheWriter:
         and outcome.
         """
         outcomes = iter(results)
-        first = 0  # sent[first] is the first op of the change at hand
         now_ms = self._clock_ms()
         report: list[EventOutcome] = []
         op_labels: list[tuple[type[CacheOp], Outcome]] = []  # per op: its kind, its outcome
@@ -323,18 +323,16 @@ class CacheWriter:
         emitted: list[float] = []
         for item in planned:
             event = item.event
-            count = len(item.ops)
-            if count == 1 and (kind := type(sent[first])) is not InvalidatePrefix:  # most changes
-                first += 1
+            ops = item.ops
+            if len(ops) == 1 and (kind := type(ops[0])) is not InvalidatePrefix:  # most changes
                 outcome = next(outcomes)
                 op_labels.append((kind, outcome))
                 summary = _SUMMARY_OF_ONE[outcome]
             else:
                 own = [
                     (kind, Outcome.APPLIED if kind is InvalidatePrefix else next(outcomes))
-                    for kind in map(type, sent[first : first + count])
+                    for kind in map(type, ops)
                 ]
-                first += count
                 op_labels += own
                 summary = _summarise([outcome for _, outcome in own])
             event_labels.append((event.table, event.op, summary))
@@ -344,6 +342,8 @@ class CacheWriter:
                 if (at := event.emitted_at_ms) is not None:
                     emitted.append((now_ms - at) / 1000 if now_ms > at else 0.0)
             report.append(EventOutcome(event, summary))
+        if self._expiring:  # only a row's expiry sends an op as another kind: a set as a delete
+            op_labels = [(type(op), o) for op, (_, o) in zip(sent, op_labels, strict=True)]
         for (kind, outcome), count in Counter(op_labels).items():
             metrics.REDIS_OPS.labels(_OP_KIND[kind], outcome.value).inc(count)
         for (table, op_name, summary), count in Counter(event_labels).items():
