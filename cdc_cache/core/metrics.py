@@ -90,7 +90,8 @@ DLQ_REPLAYS = Counter(
 )
 REDIS_OPS = Counter(
     "redis_ops",
-    "Version-gated Redis operations by kind (set, delete, invalidate_prefix) and outcome",
+    "Version-gated Redis operations by the kind they were sent as (set, delete, index, "
+    "invalidate_prefix, notify, relay; a row expired before its batch is a delete) and outcome",
     ["kind", "outcome"],
     namespace=NAMESPACE,
 )
@@ -211,12 +212,20 @@ INVALIDATE_ONLY = Gauge(
 )
 VERSIONS_SWEPT = Counter(
     "versions_swept",
-    "Version records (tombstones included) forgotten after their horizon by the sweeper",
+    "Version records (tombstones included, TRUNCATE records not) forgotten after their "
+    "horizon by the sweeper",
     namespace=NAMESPACE,
 )
 VERSIONS_KEPT = Gauge(
     "versions",
-    "Version records (tombstones included) in Redis after the last sweep",
+    "Version records (tombstones included) in Redis after the last sweep; TRUNCATE records "
+    "are counted apart (truncate_records)",
+    namespace=NAMESPACE,
+)
+TRUNCATE_RECORDS = Gauge(
+    "truncate_records",
+    "TRUNCATE records (truncated:<table>, one per version bucket and truncated table) in the "
+    "version buckets after the last sweep; each is forgotten past its horizon",
     namespace=NAMESPACE,
 )
 TABLE_FALLBACK = Gauge(

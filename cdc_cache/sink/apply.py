@@ -12,7 +12,9 @@ When Redis refuses a call for memory (OOM), its ops are sent again as invalidati
 (sets become deletes) through the same script flagged ``allow-oom``: deletes and their
 tombstones land even then, and the :class:`MemoryObserver` hears of the refusal (the
 worker falls back to ``ttl`` mode). ``invalidate_only`` does the same for every batch, for
-eviction policies that could evict versions (see ``cdc_cache.sink.memory``).
+eviction policies that could evict versions (see ``cdc_cache.sink.memory``). A TRUNCATE's
+scripts are flagged ``allow-oom`` and never refused, so before one the primaries are asked
+whether they take writes, and the observer hears it as from a batch.
 
 A batch costs one round trip: one EVALSHA on a single server; on Redis Cluster one EVALSHA
 per hash slot (a key, its version key and its lease key share a slot), pipelined so that
@@ -44,6 +46,7 @@ from cdc_cache.sink.connection import (
     is_transient,
     misconfiguration,
     node_name,
+    primaries,
     translated_errors,
 )
 from cdc_cache.sink.encoding import (
@@ -151,6 +154,8 @@ class RedisApplier:
                 if isinstance(op, InvalidatePrefix):
                     outcomes += self._apply_key_ops(pending)
                     pending = []
+                    if op.truncated is not None:
+                        self._judge_memory()
                     invalidated.append(
                         invalidate_prefix(self._client, op, self._apply_key_ops, self._scan_count)
                     )
@@ -179,6 +184,20 @@ class RedisApplier:
                 pipe.delete(ns().lease_key(key))
             replies = pipe.execute()
         return sum(int(found) for found in replies[::2])
+
+    def _judge_memory(self) -> None:
+        """Tell ``memory`` which primaries refuse writes for memory, as a batch's calls would.
+
+        Before a TRUNCATE: its scripts are flagged ``allow-oom`` and run while Redis is
+        full, so no refusal of theirs would say so (on a Cluster its announcement's relay
+        is refused then, and retried). A TRUNCATE holds ``ttl`` mode like a batch of changes.
+        """
+        for node in primaries(self._client):
+            refusal = scripts.oom_refusal(node)
+            if refusal is None:
+                self._memory.accepted(node_name(node))
+            else:
+                self._memory.refused(node_name(node), refusal)
 
     def _apply_key_ops(self, ops: Sequence[KeyOp | Notify]) -> list[Outcome]:
         """Apply key ops, one call per slot and chunk; refused calls again as invalidations."""

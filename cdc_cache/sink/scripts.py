@@ -59,7 +59,12 @@ def write_record(client: Client, key: str, fields: Mapping[Any, Any], ttl_ms: in
 
 
 def accepts_writes(node: Redis[bytes]) -> bool:
-    """Whether ``node`` runs a call that may write values, or refuses it for memory.
+    """Whether ``node`` runs a call that may write values, or refuses it for memory."""
+    return oom_refusal(node) is None
+
+
+def oom_refusal(node: Redis[bytes]) -> str | None:
+    """Why ``node`` refuses a call that may write values (its OOM error); None: it takes one.
 
     An empty call of the apply script: it writes nothing, but Redis judges it by the
     script's flags, so it is refused exactly while the node is out of memory.
@@ -73,6 +78,6 @@ def accepts_writes(node: Redis[bytes]) -> bool:
             node.execute_command("EVALSHA", sha, 0)
     except rex.ResponseError as exc:
         if is_oom(exc):
-            return False
+            return str(exc)
         raise
-    return True
+    return None

@@ -158,14 +158,33 @@ def _scan(node: Redis[bytes], pattern: str, page: int) -> Iterator[list[bytes]]:
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    """One pass over every bucket: versions seen, and those forgotten."""
+    """One pass over every bucket: versions seen, and those forgotten.
+
+    A bucket also holds a record of each table's last TRUNCATE (``truncated:<table>``,
+    :mod:`cdc_cache.sink.truncate`), swept past its horizon like a version but counted
+    apart: they are no versions, and one TRUNCATE leaves one in every bucket.
+    """
 
     examined: int
     removed: int
+    truncates_examined: int = 0
+    truncates_removed: int = 0
 
     @property
     def kept(self) -> int:
         return self.examined - self.removed
+
+    @property
+    def truncates_kept(self) -> int:
+        return self.truncates_examined - self.truncates_removed
+
+    def __add__(self, other: SweepReport) -> SweepReport:
+        return SweepReport(
+            self.examined + other.examined,
+            self.removed + other.removed,
+            self.truncates_examined + other.truncates_examined,
+            self.truncates_removed + other.truncates_removed,
+        )
 
 
 class VersionSweeper:
@@ -199,18 +218,19 @@ class VersionSweeper:
 
     def sweep(self, keep_going: Callable[[], bool] = lambda: True) -> SweepReport:
         """One pass over every bucket (stops early when ``keep_going`` turns false)."""
-        examined = removed = 0
+        report = SweepReport(0, 0)
         for node, buckets in buckets_by_node(self._client):
             for start in range(0, len(buckets), self._page):
                 if not keep_going():
-                    return SweepReport(examined, removed)
-                seen, gone = self._sweep_page(node, buckets[start : start + self._page])
-                examined += seen
-                removed += gone
-                metrics.VERSIONS_SWEPT.inc(gone)
+                    return report
+                page = self._sweep_page(node, buckets[start : start + self._page])
+                report += page
+                metrics.VERSIONS_SWEPT.inc(page.removed)
+                seen = page.examined + page.truncates_examined
                 self._loop.closing.wait(seen / self._fields_per_s)
-        metrics.VERSIONS_KEPT.set(examined - removed)
-        return SweepReport(examined, removed)
+        metrics.VERSIONS_KEPT.set(report.kept)
+        metrics.TRUNCATE_RECORDS.set(report.truncates_kept)
+        return report
 
     def start(self) -> None:
         """Sweep in a daemon thread, a pass every ``pause_s``, until :meth:`close`."""
@@ -222,15 +242,20 @@ class VersionSweeper:
     def _pass(self) -> None:
         report = self.sweep(keep_going=lambda: not self._loop.closing.is_set())
         log.info(
-            "version sweep done", extra={"examined": report.examined, "removed": report.removed}
+            "version sweep done",
+            extra={
+                "examined": report.examined,
+                "removed": report.removed,
+                "truncate_records": report.truncates_kept,
+            },
         )
 
     @staticmethod
-    def _sweep_page(node: Redis[bytes], buckets: list[str]) -> tuple[int, int]:
+    def _sweep_page(node: Redis[bytes], buckets: list[str]) -> SweepReport:
         source, _ = lua_script("sweep")
         script = node.register_script(source)
         pipe = node.pipeline(transaction=False)
         for bucket in buckets:
             script(keys=[bucket], client=pipe)
         replies = pipe.execute()
-        return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
+        return SweepReport(*(sum(int(r[i]) for r in replies) for i in range(4)))

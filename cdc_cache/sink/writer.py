@@ -153,7 +153,7 @@ class CacheWriter:
         salvage = [op for item in rejected for op in item.invalidation.deletes]
         outcomes = self._apply([*ops, *salvage]).outcomes
         planned_count = sum(not isinstance(op, InvalidatePrefix) for op in ops)
-        report = self._account(planned, outcomes[:planned_count])
+        report = self._account(planned, ops, outcomes[:planned_count])
         rest = iter(outcomes[planned_count:])
         failures = []
         for item in rejected:
@@ -179,7 +179,8 @@ class CacheWriter:
     ) -> list[EventOutcome]:
         error: PoisonMessage
         try:
-            return self._account([item], self._apply(caps.applied_to(item)).outcomes)
+            sent = caps.applied_to(item)
+            return self._account([item], sent, self._apply(sent).outcomes)
         except ApplyError as exc:
             error = RefusedByRedis(f"{exc} (position {item.event.position})", item.record)
             error.__cause__ = exc
@@ -298,14 +299,20 @@ class CacheWriter:
             sleep=self._sleep,
         )
 
-    def _account(self, planned: list[Planned], results: Sequence[Outcome]) -> list[EventOutcome]:
+    def _account(
+        self, planned: list[Planned], sent: Sequence[CacheOp], results: Sequence[Outcome]
+    ) -> list[EventOutcome]:
         """Per-change outcomes, with the batch's counters and latencies gathered first.
 
-        Each counter is incremented once per label set and each latency histogram once
-        per bucket (:func:`~cdc_cache.core.histograms.observe_all`): a labelled increment
-        or an observation costs a lookup and a lock, too much to pay per change. The
-        labels are counted once per batch too, over lists gathered in the one pass over the
-        changes: each op's kind with its outcome, each change's table, op and outcome.
+        ``sent`` is what went to Redis for ``planned``, op for op (:meth:`_Caps.applied_to`):
+        an op is counted by the kind it was sent as, so a set whose row had expired counts
+        as the delete it became (relabelled in a second pass, paid only by rules with row
+        expiry times, ``expiring``). Each counter is incremented once per label set and each
+        latency histogram once per bucket (:func:`~cdc_cache.core.histograms.observe_all`):
+        a labelled increment or an observation costs a lookup and a lock, too much to pay
+        per change. The labels are counted once per batch too, over lists gathered in the
+        one pass over the changes: each op's kind with its outcome, each change's table, op
+        and outcome.
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
@@ -335,6 +342,8 @@ class CacheWriter:
                 if (at := event.emitted_at_ms) is not None:
                     emitted.append((now_ms - at) / 1000 if now_ms > at else 0.0)
             report.append(EventOutcome(event, summary))
+        if self._expiring:  # only a row's expiry sends an op as another kind: a set as a delete
+            op_labels = [(type(op), o) for op, (_, o) in zip(sent, op_labels, strict=True)]
         for (kind, outcome), count in Counter(op_labels).items():
             metrics.REDIS_OPS.labels(_OP_KIND[kind], outcome.value).inc(count)
         for (table, op_name, summary), count in Counter(event_labels).items():

@@ -16,9 +16,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis import RedisCluster
 
 from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
+from cdc_cache.core.retry import Backoff, retry_forever
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import (
     CacheOp,
     DeleteKey,
@@ -32,6 +36,8 @@ from cdc_cache.plan.cache_ops import (
 from cdc_cache.plan.planner import channel_pattern
 from cdc_cache.plan.rules import KeyTemplate
 from cdc_cache.sink.apply import Outcome, RedisApplier
+from cdc_cache.sink.connection import primaries
+from cdc_cache.sink.memory import OomGuard
 from tests.integration.memory_pressure import out_of_memory
 
 pytestmark = pytest.mark.integration
@@ -91,6 +97,42 @@ def test_a_truncate_is_recorded_while_redis_refuses_writes_for_memory(any_redis)
         apply(any_redis, truncate(50))
     assert any_redis.exists("item:1") == 0
     assert apply(any_redis, set_row("item:1", 40)) == [Outcome.STALE]
+
+
+def test_a_truncate_while_redis_is_out_of_memory_holds_ttl_mode_as_a_batch_would(any_redis):
+    """As for a batch of changes: ``ttl`` mode held with cause ``redis_oom`` (its own
+    scripts, flagged allow-oom, run while Redis is full and would not say so), a step Redis
+    refuses (on a Cluster, relaying the announcement) retried with backoff, and the hold
+    cleared once Redis takes writes again."""
+    # the channel known, no key under the prefix: deleting keys would meet the refusal
+    apply(any_redis, set_row("other:1", 3, "db.other"), Notify("items:north", b"{}", 100))
+    holds = Holds()
+    applier = RedisApplier(any_redis, memory=OomGuard(holds, settle_s=0))
+    retried: list[set[Cause]] = []  # the causes held at each retry
+
+    def memory_freed(delay: float) -> None:  # the writer's sleep between two tries
+        retried.append({hold.cause for hold in holds.active()})
+        for node in primaries(any_redis):
+            node.config_set("maxmemory", "0")
+
+    with out_of_memory(any_redis):
+        retry_forever(
+            lambda: applier.apply([truncate(50, announce=True)]),
+            backoff=Backoff(),
+            sleep=memory_freed,
+        )
+        landed_while_full = not retried  # one server: the TRUNCATE lands whole while full
+        if landed_while_full:
+            assert {hold.cause for hold in holds.active()} == {Cause.REDIS_OOM}
+    assert retried == ([] if landed_while_full else [{Cause.REDIS_OOM}])
+    assert landed_while_full is not isinstance(any_redis, RedisCluster)
+    assert applier.apply([set_row("item:1", 40), set_row("item:2", 60)]).outcomes == (
+        Outcome.STALE,
+        Outcome.APPLIED,
+    )
+    assert holds.active() == ()
+    entries = any_redis.xrange(ns().stream_key("items:north"))
+    assert [orjson.loads(f[b"p"]).get("op") for _, f in entries].count("truncate") == 1
 
 
 def test_without_the_table_named_a_late_older_change_comes_back(any_redis):

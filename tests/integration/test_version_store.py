@@ -8,9 +8,10 @@ import pytest
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns, version_field
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.plan.cache_ops import DeleteKey, SetRow, ValueFormat
+from cdc_cache.plan.cache_ops import DeleteKey, InvalidatePrefix, SetRow, Truncated, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.nodes import buckets_by_node
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, stored_version
 from cdc_cache.sink.versions import encode_version, stored
 
@@ -54,6 +55,29 @@ def test_the_sweeper_forgets_versions_past_their_horizon_only(any_redis: Any) ->
     put_version(any_redis, "sw:gone", 9, NOW_MINUTE - 1, delete=True)
     VersionSweeper(any_redis).sweep()
     assert RedisApplier(any_redis).apply([set_json("sw:gone", 5)]).outcomes == (Outcome.APPLIED,)
+
+
+def test_truncate_records_in_the_buckets_are_not_counted_as_versions(any_redis: Any) -> None:
+    """A TRUNCATE leaves a ``truncated:<table>`` field in every bucket: counted apart."""
+    keys = [f"tr:{i}" for i in range(10)]
+    for i, key in enumerate(keys):
+        put_version(any_redis, key, 1, NOW_MINUTE - 1 if i < 3 else NOW_MINUTE + 30)
+    RedisApplier(any_redis).apply([InvalidatePrefix("tr:", "db.t", pos(5), TOMBSTONE, Truncated())])
+    # a TRUNCATE of another table recorded in one bucket only, its horizon passed
+    bucket = ns().version_key(keys[0])
+    any_redis.hset(bucket, "truncated:db.old", stored(encode_version(pos(2), delete=True), 1))
+    buckets = sum(len(names) for _, names in buckets_by_node(any_redis))
+    swept = metrics.VERSIONS_SWEPT._value.get()
+
+    report = VersionSweeper(any_redis, fields_per_s=10_000_000).sweep()
+
+    assert (report.examined, report.removed) == (10, 3)
+    assert (report.truncates_examined, report.truncates_removed) == (buckets + 1, 1)
+    assert metrics.VERSIONS_KEPT._value.get() == 7
+    assert metrics.VERSIONS_SWEPT._value.get() - swept == 3
+    assert metrics.TRUNCATE_RECORDS._value.get() == buckets
+    assert any_redis.hget(bucket, "truncated:db.old") is None
+    assert any_redis.hget(bucket, "truncated:db.t") is not None
 
 
 def test_a_sweep_stops_when_asked(any_redis: Any) -> None:

@@ -2,7 +2,8 @@
 
 The writer counts a batch's labels once per batch and summarises a change of one op
 through a lookup; these tests hold both to what counting change by change and op by op,
-with the general rule for a change's outcome, gives.
+with the general rule for a change's outcome, gives. An op is counted by the kind it was
+sent to Redis as: a set whose row expired before its batch was applied is a delete.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ KINDS = {
     "index": IndexMember("i", "m", "1", True, AT, 1000, 1000),
     "invalidate_prefix": InvalidatePrefix("p:", "t", AT, 1000),
     "notify": Notify("c", b"{}", 10),
+    # rows with an expiry time (``ttl: {until: ...}``): passed, or still ahead
+    "set_expired": SetRow("k", AT, b"{}", ValueFormat.JSON, 1000, 1000, expires_at_ms=NOW_MS - 1),
+    "set_expiring": SetRow("k", AT, b"{}", ValueFormat.JSON, 1000, 1000, expires_at_ms=NOW_MS + 1),
 }
+PLAIN = ("set", "delete", "index", "invalidate_prefix", "notify")
+# the kind each op is sent to Redis as, and counted by
+SENT_AS = {kind: kind for kind in KINDS} | {"set_expired": "delete", "set_expiring": "set"}
 OUTCOMES = list(Outcome)
 
 
@@ -49,8 +56,10 @@ class ScriptedApplier:
 
     def __init__(self, outcomes: Sequence[Outcome]) -> None:
         self.outcomes = outcomes
+        self.sent: list[CacheOp] = []
 
     def apply(self, ops: Sequence[CacheOp]) -> ApplyResult:
+        self.sent += ops
         prefixes = sum(isinstance(op, InvalidatePrefix) for op in ops)
         assert len(ops) - prefixes == len(self.outcomes)
         return ApplyResult(tuple(self.outcomes), (0,) * prefixes)
@@ -66,9 +75,12 @@ def general_summary(outcomes: list[Outcome]) -> str:
 
 
 @st.composite
-def changes(draw: st.DrawFn) -> tuple[Planned, list[tuple[str, Outcome]]]:
-    """A planned change and, per op, its kind and the outcome Redis gives it."""
-    kinds = draw(st.lists(st.sampled_from(sorted(KINDS)), max_size=3))
+def changes(draw: st.DrawFn, expiring: bool = True) -> tuple[Planned, list[tuple[str, Outcome]]]:
+    """A planned change and, per op, its kind and the outcome Redis gives it (rows with an
+    expiry time only where the rules give them one: ``expiring``)."""
+    kinds = draw(
+        st.lists(st.sampled_from([k for k in sorted(KINDS) if expiring or k in PLAIN]), max_size=3)
+    )
     ops = [KINDS[kind] for kind in kinds]
     outcomes = [
         (kind, Outcome.APPLIED if kind == "invalidate_prefix" else draw(st.sampled_from(OUTCOMES)))
@@ -104,7 +116,7 @@ def snapshot() -> dict[str, Any]:
     return {
         "ops": {
             (k, o.value): value("redis_ops_total", kind=k, outcome=o.value)
-            for k in KINDS
+            for k in set(SENT_AS.values())
             for o in OUTCOMES
         },
         "events": {
@@ -131,21 +143,26 @@ def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(changes(), max_size=12))
+@given(st.data(), st.booleans())
 def test_a_batch_is_counted_as_change_by_change_and_op_by_op(
-    batch: list[tuple[Planned, list[tuple[str, Outcome]]]],
+    data: st.DataObject, expiring: bool
 ) -> None:
+    batch = data.draw(st.lists(changes(expiring), max_size=12))
     key_outcomes = [o for _, ops in batch for kind, o in ops if kind != "invalidate_prefix"]
-    writer = CacheWriter(ScriptedApplier(key_outcomes), Backoff(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    applier = ScriptedApplier(key_outcomes)
+    writer = CacheWriter(applier, Backoff(), clock_ms=lambda: NOW_MS, expiring=expiring)  # type: ignore[arg-type]
     before = snapshot()
     report = writer.write([planned for planned, _ in batch])
     counted = delta(snapshot(), before)
+    assert [SENT_AS[kind] for _, ops in batch for kind, _ in ops] == [
+        kind_of(op) for op in applier.sent
+    ]
 
     summaries = [general_summary([o for _, o in ops]) for _, ops in batch]
     assert [(r.event, r.outcome) for r in report] == [
         (planned.event, s) for (planned, _), s in zip(batch, summaries, strict=True)
     ]
-    op_counts = Counter((kind, o.value) for _, ops in batch for kind, o in ops)
+    op_counts = Counter((SENT_AS[kind], o.value) for _, ops in batch for kind, o in ops)
     event_counts = Counter(
         (p.event.table, str(p.event.op), s) for (p, _), s in zip(batch, summaries, strict=True)
     )
@@ -170,3 +187,21 @@ def test_a_change_of_one_op_has_the_outcome_the_general_rule_gives(
     applier = ScriptedApplier([] if kind == "invalidate_prefix" else [sent])
     (report,) = CacheWriter(applier, Backoff()).write([planned])  # type: ignore[arg-type]
     assert report.outcome == general_summary([sent])
+
+
+def kind_of(op: CacheOp) -> str:
+    return {SetRow: "set", DeleteKey: "delete", IndexMember: "index", Notify: "notify"}.get(
+        type(op), "invalidate_prefix"
+    )
+
+
+def test_a_set_whose_row_expired_is_counted_as_the_delete_it_was_sent_as() -> None:
+    event = ChangeEvent("db.a", Op.UPDATE, None, {}, {"id": 1}, AT, None)
+    planned = Planned(SourceRecord("t", 0, 0, None, None), event, (KINDS["set_expired"],))
+    applier = ScriptedApplier([Outcome.APPLIED])
+    writer = CacheWriter(applier, Backoff(), clock_ms=lambda: NOW_MS, expiring=True)  # type: ignore[arg-type]
+    before = snapshot()
+    (report,) = writer.write([planned])
+    assert [type(op) for op in applier.sent] == [DeleteKey]
+    assert report.outcome == "applied"
+    assert delta(snapshot(), before)["ops"] == {("delete", "applied"): 1}
