@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from cdc_cache.tools.devstack.broker import Broker, S3Store
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.cache import cache_state
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.probes import admin_get, inspection, metric, settled_inspection, wait_ready
 from tests.integration.scenario_table import Row, ScenarioTable
 from tests.integration.services import INSPECT_DB_QUERIES_PER_S, Service, inspector, worker
@@ -81,16 +82,17 @@ POISON_KINDS = {
 class Mirror:
     """The stream's ``stock`` table in a MariaDB database of its own (dropped on close)."""
 
-    def __init__(self, mariadb: MariaDB, db: str) -> None:
-        self.db = db
-        self._conn = mariadb.connect()
-        with self._conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {db}")
-            cur.execute(
-                f"CREATE TABLE {db}.stock (id INT PRIMARY KEY, sku_id INT NOT NULL, "
-                "warehouse VARCHAR(32) NOT NULL, qty INT, note VARCHAR(64))"
-            )
-        self.dsn = f"{mariadb.dsn()}/{db}"
+    DDL = (
+        "CREATE TABLE {schema}.stock (id INT PRIMARY KEY, sku_id INT NOT NULL, "
+        "warehouse VARCHAR(32) NOT NULL, qty INT, note VARCHAR(64))"
+    )
+
+    def __init__(self, mariadb: MariaDB) -> None:
+        with ExitStack() as stack:
+            self.db = stack.enter_context(scratch_database(mariadb, "f", self.DDL))
+            self._conn = stack.enter_context(closing(mariadb.connect()))  # closed first
+            self._open = stack.pop_all()
+        self.dsn = f"{mariadb.dsn()}/{self.db}"
 
     def commit(self, messages: list[Message]) -> None:
         """Commit the changes ``messages`` describe, in order, in one transaction."""
@@ -113,9 +115,7 @@ class Mirror:
         self._conn.commit()
 
     def close(self) -> None:
-        with self._conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {self.db}")
-        self._conn.close()
+        self._open.close()
 
 
 @dataclass
@@ -474,7 +474,8 @@ class FaultRun:
         dlq_topic = f"{topic.split('.')[0]}.dlq"
         broker.create_topics({topic: 3, dlq_topic: 1})
         fill_availability(client)
-        db = f"f_{uuid.uuid4().hex[:8]}"
+        mirror = Mirror(mariadb) if mariadb is not None else None
+        db = mirror.db if mirror is not None else f"f_{uuid.uuid4().hex[:8]}"
         rules = rules_for(db)
         service = worker(
             tmp_path, broker.bootstrap, redis_url, [topic], rules=rules, workers=workers
@@ -485,8 +486,7 @@ class FaultRun:
         service.env["CDC_CACHE_METRICS_PORT"] = str(port)
         service.env["CDC_CACHE_DLQ_TOPIC"] = dlq_topic
         watching = None
-        if mariadb is not None:
-            mirror = Mirror(mariadb, db)
+        if mirror is not None:
             inspect_port = free_port()
             watcher = inspector(
                 tmp_path, broker.bootstrap, redis_url, [topic], mirror.dsn, inspect_port,
@@ -496,11 +496,15 @@ class FaultRun:
         service.env.update(env or {})
         stream = Stream(topic, seed, db, watching.mirror if watching else None)
         run = cls(name, broker, client, stream, service, port, dlq_topic, watching)
-        if watching is not None:
-            watching.service.start()
-        run.restart()
-        if watching is not None:
-            wait_ready(watching.service, watching.port)
+        try:
+            if watching is not None:
+                watching.service.start()
+            run.restart()
+            if watching is not None:
+                wait_ready(watching.service, watching.port)
+        except BaseException:
+            run.stop()  # a run that never started is no test's to stop: its mirror goes too
+            raise
         return run
 
     def restart(self, timeout: float = 60) -> None:

@@ -6,29 +6,25 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.probes import wait_ready
 from tests.integration.services import debezium, inspector, worker
 from tests.integration.sql_workload import DDL, rules_for
 
-
-def schedule_heartbeats(cursor: Any, database: str) -> None:
-    """Write ``<database>.dbz_heartbeat`` every second (MariaDB's event scheduler).
-
-    An idle MySQL source sends no Debezium heartbeats: a scheduled write keeps the binlog
-    moving, as ``deploy/mysql/inventory.sql`` does for the compose stack.
-    """
-    cursor.execute(f"CREATE TABLE {database}.dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3))")
-    cursor.execute("SET GLOBAL event_scheduler = ON")
-    cursor.execute(
-        f"CREATE EVENT {database}.dbz_heartbeat ON SCHEDULE EVERY 1 SECOND DO "
-        f"INSERT INTO {database}.dbz_heartbeat VALUES (1, NOW(3)) "
-        "ON DUPLICATE KEY UPDATE ts = NOW(3)"
-    )
+# Statements for scratch_database that write ``<schema>.dbz_heartbeat`` every second
+# (MariaDB's event scheduler). An idle MySQL source sends no Debezium heartbeats: a
+# scheduled write keeps the binlog moving, as ``deploy/mysql/inventory.sql`` does for the
+# compose stack. The event goes with the database.
+HEARTBEATS = (
+    "CREATE TABLE {schema}.dbz_heartbeat (id INT PRIMARY KEY, ts DATETIME(3))",
+    "SET GLOBAL event_scheduler = ON",
+    "CREATE EVENT {schema}.dbz_heartbeat ON SCHEDULE EVERY 1 SECOND DO "
+    "INSERT INTO {schema}.dbz_heartbeat VALUES (1, NOW(3)) ON DUPLICATE KEY UPDATE ts = NOW(3)",
+)
 
 
 class Pipeline:
@@ -122,24 +118,19 @@ def mariadb_pipeline(
     rules: str | None = None,
 ) -> Iterator[Pipeline]:
     """A :class:`Pipeline` over a fresh MariaDB database (dropped afterwards)."""
-    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema} CHARACTER SET utf8mb4")
-        cur.execute(DDL.format(schema=schema))
-    line = Pipeline(
-        tmp_path,
-        source="mariadb",
-        db_port=mariadb.port,
-        dsn=f"mysql://root@127.0.0.1:{mariadb.port}/{schema}",
-        schema=schema,
-        broker=broker,
-        redis_url=redis_url,
-        registry_url=registry_url,
-        rules=rules,
-    )
-    try:
-        yield line
-    finally:
-        line.stop()
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {schema}")
+    with scratch_database(mariadb, prefix, DDL, charset="utf8mb4") as schema:
+        line = Pipeline(
+            tmp_path,
+            source="mariadb",
+            db_port=mariadb.port,
+            dsn=f"mysql://root@127.0.0.1:{mariadb.port}/{schema}",
+            schema=schema,
+            broker=broker,
+            redis_url=redis_url,
+            registry_url=registry_url,
+            rules=rules,
+        )
+        try:
+            yield line
+        finally:
+            line.stop()

@@ -15,22 +15,18 @@ from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.source.envelope import decode
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.services import Service, debezium
 
 pytestmark = pytest.mark.integration
 
+ITEMS = "CREATE TABLE {schema}.items (id INT PRIMARY KEY, v INT)"
+
 
 @pytest.fixture
 def database(mariadb: MariaDB) -> Iterator[str]:
-    name = f"runner_{uuid.uuid4().hex[:8]}"
-    conn = mariadb.connect()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute(f"CREATE TABLE {name}.items (id INT PRIMARY KEY, v INT)")
-    yield name
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name}")
-    conn.close()
+    with scratch_database(mariadb, "runner", ITEMS) as name:
+        yield name
 
 
 def _insert(mariadb: MariaDB, database: str, ids: range) -> None:

@@ -20,8 +20,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,19 +40,15 @@ from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
 from cdc_cache.tools.link_judge import LinkFinding
 from cdc_cache.tools.verify import verify
 from tests.integration.fixtures_redis import AnyRedis
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.probes import metric
 from tests.integration.services import Service, debezium, worker
+from tests.integration.test_verify_dependencies import DDL  # the catalog's tables
 from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TABLES = ("brands", "tags", "products", "product_tags")
-DDL = (
-    "CREATE TABLE {s}.brands (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
-    "CREATE TABLE {s}.tags (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
-    "CREATE TABLE {s}.products (id INT PRIMARY KEY, brand_id INT NULL, name VARCHAR(40))",
-    "CREATE TABLE {s}.product_tags (product_id INT, tag_id INT, PRIMARY KEY (product_id, tag_id))",
-)
 RULES = """\
 version: 2
 tables:
@@ -324,22 +319,6 @@ def wrong_indexes(client: Any, mariadb: MariaDB, schema: str) -> list[str]:
     return out
 
 
-@contextmanager
-def catalog(mariadb: MariaDB) -> Iterator[str]:
-    schema = f"xt_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        for statement in DDL:
-            cur.execute(statement.format(s=schema))
-        for tid in range(1, TAG_IDS + 1):
-            cur.execute(f"INSERT INTO {schema}.tags VALUES (%s, %s)", (tid, f"tag{tid}"))
-    try:
-        yield schema
-    finally:
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {schema}")
-
-
 def write_workload(
     mariadb: MariaDB, schema: str, deployments: list[Deployment], services: list[Service]
 ) -> int:
@@ -403,7 +382,8 @@ def test_10k_transactions_leave_no_stale_dependent_key_on_one_server_and_on_a_cl
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    with catalog(mariadb) as schema:
+    tags = [(tid, f"tag{tid}") for tid in range(1, TAG_IDS + 1)]
+    with scratch_database(mariadb, "xt", *DDL, rows={"tags": tags}) as schema:
         prefix = f"x{uuid.uuid4().hex[:6]}"
         topics = [f"{prefix}.{schema}.{table}" for table in TABLES]
         broker.create_topics(dict.fromkeys(topics, 2))

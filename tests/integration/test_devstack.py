@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.postgres import Postgres
 from cdc_cache.tools.devstack.process import StackError, free_port, port_open
 from cdc_cache.tools.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, port_env
-from tests.integration.fixtures_stack import postgres_home
+from tests.integration.fixtures_stack import postgres_home, scratch_database
 
 
 @pytest.mark.integration
@@ -79,22 +80,46 @@ def test_mariadb_poses_as_mysql_8_with_a_full_row_binlog(mariadb: MariaDB) -> No
 
 @pytest.mark.integration
 def test_cdc_user_reads_the_binlog(mariadb: MariaDB) -> None:
-    with mariadb.connect() as root, root.cursor() as cur:
-        cur.execute("CREATE DATABASE IF NOT EXISTS devstack")
-        cur.execute("CREATE TABLE IF NOT EXISTS devstack.stock (sku INT PRIMARY KEY, qty INT)")
-        cur.execute("REPLACE INTO devstack.stock VALUES (1, 5)")
+    stock = "CREATE TABLE {schema}.stock (sku INT PRIMARY KEY, qty INT)"
+    with scratch_database(mariadb, "devstack", stock, rows={"stock": [(1, 5)]}):
+        cdc = pymysql.connect(
+            host="127.0.0.1",
+            port=mariadb.port,
+            user=mariadb.cdc_user,
+            password=mariadb.cdc_password,
+        )
+        with cdc, cdc.cursor() as cur:
+            cur.execute("SHOW MASTER STATUS")
+            binlog_file, position, *_ = cur.fetchone()
+            assert binlog_file.startswith("mysql-bin.")
+            assert position > 4
+            cur.execute("SHOW BINLOG EVENTS IN %s", (binlog_file,))
+            kinds = {row[2] for row in cur.fetchall()}
+            assert "Write_rows_v1" in kinds or "Write_rows" in kinds
 
-    cdc = pymysql.connect(
-        host="127.0.0.1", port=mariadb.port, user=mariadb.cdc_user, password=mariadb.cdc_password
-    )
-    with cdc, cdc.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        binlog_file, position, *_ = cur.fetchone()
-        assert binlog_file.startswith("mysql-bin.")
-        assert position > 4
-        cur.execute("SHOW BINLOG EVENTS IN %s", (binlog_file,))
-        kinds = {row[2] for row in cur.fetchall()}
-        assert "Write_rows_v1" in kinds or "Write_rows" in kinds
+
+@pytest.mark.integration
+def test_a_scratch_database_is_filled_never_shared_and_always_dropped(
+    mariadb: MariaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = "CREATE TABLE {schema}.t (id INT PRIMARY KEY, v VARCHAR(8))"
+    literal = "INSERT INTO {schema}.t VALUES (1, '{x}')"  # other braces stay as written
+    rows = {"t": [(2, None), {"v": "b", "id": 3}]}
+    with scratch_database(mariadb, "sd", table, literal, rows=rows) as first:
+        assert first.startswith("sd_")
+        held = mariadb.query(f"SELECT id, v FROM {first}.t ORDER BY id")
+        assert held == ((1, "{x}"), (2, None), (3, "b"))
+        draws = iter([uuid.UUID(first.removeprefix("sd_") + "0" * 24), uuid.uuid4()])
+        monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+        with pytest.raises(RuntimeError), scratch_database(mariadb, "sd") as second:
+            assert second != first  # the first draw names an existing database: drawn again
+            raise RuntimeError
+        monkeypatch.undo()
+        broken = "CREATE TABLE {schema}.t (oops"  # a failing statement: dropped too
+        with pytest.raises(pymysql.err.ProgrammingError), scratch_database(mariadb, "sd", broken):
+            pass
+        assert {name for (name,) in mariadb.query("SHOW DATABASES LIKE 'sd\\_%'")} == {first}
+    assert mariadb.query("SHOW DATABASES LIKE 'sd\\_%'") == ()
 
 
 @pytest.mark.integration

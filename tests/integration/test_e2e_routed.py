@@ -29,7 +29,8 @@ from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port, port_open
 from tests.integration.cache import wait_until_verified
-from tests.integration.pipelines import schedule_heartbeats
+from tests.integration.fixtures_stack import scratch_database
+from tests.integration.pipelines import HEARTBEATS
 from tests.integration.probes import metric
 from tests.integration.services import debezium, worker
 from tests.integration.sql_workload import DDL, RULES, SqlWorkload, Statement, execute
@@ -55,15 +56,9 @@ SECOND = """
 
 @pytest.fixture
 def schema(mariadb: MariaDB) -> Iterator[str]:
-    name = f"routed_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        cur.execute(DDL.format(schema=name))
-        cur.execute(DDL.format(schema=name).replace(".stock (", ".stock_b ("))
-        schedule_heartbeats(cur, name)
-    yield name
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name}")
+    second = DDL.replace(".stock (", ".stock_b (")
+    with scratch_database(mariadb, "routed", DDL, second, *HEARTBEATS, charset="utf8mb4") as name:
+        yield name
 
 
 def _mixed(first: SqlWorkload, second: SqlWorkload, count: int) -> Iterator[list[Statement]]:

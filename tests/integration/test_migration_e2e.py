@@ -28,6 +28,7 @@ from cdc_cache.tools.devstack.redis import RedisServer
 from cdc_cache.tools.verify import verify
 from cdc_cache.tools.verify_judge import Finding
 from tests.integration.cache import wait_until_verified
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.probes import metric
 from tests.integration.services import Service, debezium, worker
 from tests.integration.waiting import wait_until
@@ -48,22 +49,17 @@ tables:
 FIELDS_LINE = 7  # the rules' line naming price
 FALLBACK_TTL_MS = 4000
 ROWS = 20
+ITEMS = (
+    "CREATE TABLE {schema}.items (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, "
+    "price DECIMAL(10, 2) NOT NULL)"
+)
 
 
 @pytest.fixture
 def schema(mariadb: MariaDB) -> Iterator[str]:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute(
-            f"CREATE TABLE {name}.items (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, "
-            "price DECIMAL(10, 2) NOT NULL)"
-        )
-        for n in range(1, ROWS + 1):
-            cur.execute(f"INSERT INTO {name}.items VALUES (%s, %s, %s)", (n, f"n{n}", n))
-    yield name
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name}")
+    items = [(n, f"n{n}", n) for n in range(1, ROWS + 1)]
+    with scratch_database(mariadb, "mig", ITEMS, rows={"items": items}) as name:
+        yield name
 
 
 def sql(mariadb: MariaDB, schema: str, statement: str) -> None:

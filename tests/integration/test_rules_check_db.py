@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cdc_cache.cli import main
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.postgres import Postgres
+from tests.integration.fixtures_stack import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +39,8 @@ tables:
 
 @pytest.fixture
 def mariadb_schema(mariadb: MariaDB) -> Iterator[str]:
-    schema = f"rc_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        cur.execute(DDL.format(t=f"{schema}.items"))
-    yield schema
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {schema}")
+    with scratch_database(mariadb, "rc", DDL.format(t="{schema}.items")) as schema:
+        yield schema
 
 
 @pytest.fixture

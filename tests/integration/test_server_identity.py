@@ -32,6 +32,7 @@ from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.redis import RedisServer
 from tests.integration.fixtures_redis import AnyRedis, RedisTarget
+from tests.integration.fixtures_stack import scratch_database
 from tests.integration.probes import metric, wait_ready
 from tests.integration.services import Service, worker
 from tests.integration.test_namespaces import change
@@ -148,14 +149,9 @@ def test_with_the_default_identity_two_shards_collide(
 @pytest.fixture
 def shard_table(mariadb: MariaDB) -> Iterator[str]:
     """``<schema>.stock`` holding row 1, in a schema of its own."""
-    schema = f"si_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        cur.execute(f"CREATE TABLE {schema}.stock (id INT PRIMARY KEY, qty INT)")
-        cur.execute(f"INSERT INTO {schema}.stock VALUES (1, 5)")
-    yield f"{schema}.stock"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {schema}")
+    stock = "CREATE TABLE {schema}.stock (id INT PRIMARY KEY, qty INT)"
+    with scratch_database(mariadb, "si", stock, rows={"stock": [(1, 5)]}) as schema:
+        yield f"{schema}.stock"
 
 
 def test_verify_and_repair_check_one_server_s_tables_in_its_database(

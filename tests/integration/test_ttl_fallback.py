@@ -24,7 +24,8 @@ from cdc_cache.core.keys import ns
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.devstack.process import free_port
-from tests.integration.pipelines import schedule_heartbeats
+from tests.integration.fixtures_stack import scratch_database
+from tests.integration.pipelines import HEARTBEATS
 from tests.integration.services import Service, debezium
 from tests.integration.waiting import wait_until
 
@@ -32,20 +33,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLO_S, RECOVER_S, WINDOW_S, FALLBACK_TTL_S = 3.0, 2.0, 2.0, 5.0
 SWITCHES = "cdc_cache_mode_switches_total"
+ITEMS = "CREATE TABLE {schema}.items (id INT PRIMARY KEY, v INT)"
 
 
 @pytest.fixture
 def database(mariadb: MariaDB) -> Iterator[str]:
-    name = f"ttl_{uuid.uuid4().hex[:8]}"
-    conn = mariadb.connect()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute(f"CREATE TABLE {name}.items (id INT PRIMARY KEY, v INT)")
-        schedule_heartbeats(cur, name)
-    yield name
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {name}")
-    conn.close()
+    with scratch_database(mariadb, "ttl", ITEMS, *HEARTBEATS) as name:
+        yield name
 
 
 def insert(mariadb: MariaDB, database: str, *ids: int) -> None:

@@ -8,7 +8,6 @@ miss the page) and a page cached past its brand's change are each reported and f
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.link_judge import LinkFinding
 from cdc_cache.tools.verify import verify
 from tests.integration.fixtures_redis import RedisTarget
+from tests.integration.fixtures_stack import scratch_database
 from tests.unit.test_dependencies import CATALOG
 
 pytestmark = pytest.mark.integration
@@ -42,11 +42,12 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     ],
     "product_tags": [{"product_id": 1, "tag_id": 1}, {"product_id": 2, "tag_id": 1}],
 }
-DDL = (
-    "CREATE TABLE {s}.brands (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
-    "CREATE TABLE {s}.tags (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
-    "CREATE TABLE {s}.products (id INT PRIMARY KEY, brand_id INT NULL, name VARCHAR(40))",
-    "CREATE TABLE {s}.product_tags (product_id INT, tag_id INT, PRIMARY KEY (product_id, tag_id))",
+DDL = (  # the catalog's tables (test_dependencies_e2e's too)
+    "CREATE TABLE {schema}.brands (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
+    "CREATE TABLE {schema}.tags (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL)",
+    "CREATE TABLE {schema}.products (id INT PRIMARY KEY, brand_id INT NULL, name VARCHAR(40))",
+    "CREATE TABLE {schema}.product_tags "
+    "(product_id INT, tag_id INT, PRIMARY KEY (product_id, tag_id))",
 )
 
 
@@ -56,24 +57,8 @@ def at(n: int) -> SourcePosition:
 
 @pytest.fixture
 def catalog(mariadb: MariaDB) -> Iterator[tuple[str, Rules]]:
-    schema = f"vd_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        for statement in DDL:
-            cur.execute(statement.format(s=schema))
-        for table, rows in ROWS.items():
-            for row in rows:
-                names = ", ".join(row)
-                cur.execute(
-                    f"INSERT INTO {schema}.{table} ({names}) VALUES "
-                    f"({', '.join(['%s'] * len(row))})",
-                    tuple(row.values()),
-                )
-    try:
+    with scratch_database(mariadb, "vd", *DDL, rows=ROWS) as schema:
         yield schema, parse_rules(CATALOG.replace("catalog.", f"{schema}."))
-    finally:
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {schema}")
 
 
 def snapshot(redis: Any, schema: str, rules: Rules) -> None:

@@ -9,7 +9,6 @@ reported stale, unexpected and missing, and fails the check; ``--repair`` leaves
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from cdc_cache.tools.devstack.mariadb import MariaDB
 from cdc_cache.tools.verify import verify
 from cdc_cache.tools.verify_judge import Finding
 from tests.integration.fixtures_redis import RedisTarget
+from tests.integration.fixtures_stack import scratch_database
 from tests.unit.test_index_keys import INDEXES
 
 pytestmark = pytest.mark.integration
@@ -34,27 +34,17 @@ ROWS = [  # prices as Debezium ships DECIMAL columns (text), as verify reads the
     {"id": 2, "category_id": 5, "group_id": 9, "price": "3.00"},
     {"id": 3, "category_id": 6, "group_id": 8, "price": "7.25"},
 ]
+PRODUCTS = (
+    "CREATE TABLE {schema}.products (id INT PRIMARY KEY, category_id INT, group_id INT, "
+    "price DECIMAL(10,2))"
+)
 
 
 @pytest.fixture
 def shop(mariadb: MariaDB) -> Iterator[tuple[str, Rules]]:
-    schema = f"vi_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        cur.execute(
-            f"CREATE TABLE {schema}.products (id INT PRIMARY KEY, category_id INT, "
-            "group_id INT, price DECIMAL(10,2))"
-        )
-        for row in ROWS:
-            cur.execute(
-                f"INSERT INTO {schema}.products VALUES (%s, %s, %s, %s)", tuple(row.values())
-            )
     rules = INDEXES.replace("version: 2\n", "").split("    notify:", maxsplit=1)[0]
-    try:
+    with scratch_database(mariadb, "vi", PRODUCTS, rows={"products": ROWS}) as schema:
         yield schema, parse_rules(rules.replace("shop.", f"{schema}."))
-    finally:
-        with mariadb.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {schema}")
 
 
 def snapshot(redis: Any, schema: str, rules: Rules) -> None:

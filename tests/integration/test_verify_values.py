@@ -27,6 +27,7 @@ from cdc_cache.tools.devstack.postgres import Postgres
 from cdc_cache.tools.verify import verify
 from cdc_cache.tools.verify_judge import Finding, derive
 from cdc_cache.tools.verify_reads import Database
+from tests.integration.fixtures_stack import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -144,14 +145,9 @@ def check(case: Case, table: str, dsn: str, client: Any) -> None:
 
 @pytest.fixture
 def mariadb_table(mariadb: MariaDB) -> Iterator[str]:
-    schema = f"vv_{uuid.uuid4().hex[:8]}"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {schema}")
-        cur.execute(MARIADB.ddl.format(t=f"{schema}.t"))
-        cur.execute(MARIADB.insert.format(t=f"{schema}.t"))
-    yield f"{schema}.t"
-    with mariadb.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE {schema}")
+    statements = (MARIADB.ddl.format(t="{schema}.t"), MARIADB.insert.format(t="{schema}.t"))
+    with scratch_database(mariadb, "vv", *statements) as schema:
+        yield f"{schema}.t"
 
 
 @pytest.fixture
