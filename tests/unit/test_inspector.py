@@ -113,7 +113,24 @@ def _settings(**overrides: Any) -> InspectSettings:
     return InspectSettings(**given)
 
 
-class Run:
+class Driven:
+    """An inspector on a fake clock: time passes only when a test waits."""
+
+    clock: Clock
+    inspector: Inspector
+
+    def wait(self, seconds: float, step: float = 0.1) -> None:
+        end = self.clock.now + seconds
+        while self.clock.now < end:
+            self.clock.now += step
+            self.inspector.run_due(limit=10_000)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return self.inspector.view()
+
+
+class Run(Driven):
     """An inspector, a workload and the fakes it reads, on one clock."""
 
     def __init__(self, seed: int = 1, **overrides: Any) -> None:
@@ -144,16 +161,6 @@ class Run:
 
     def changes(self, count: int) -> list[Message]:
         return [m for tx in self.workload.transactions(count) for m in tx if m.value is not None]
-
-    def wait(self, seconds: float, step: float = 0.1) -> None:
-        end = self.clock.now + seconds
-        while self.clock.now < end:
-            self.clock.now += step
-            self.inspector.run_due(limit=10_000)
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return self.inspector.view()
 
 
 def _qty_update(workload: Workload, row_id: int) -> Message:

@@ -22,7 +22,7 @@ from cdc_cache.plan.rules import KeyRule, TableRules
 from cdc_cache.tools.index_judge import Pair, StoredIndex
 from cdc_cache.tools.verify_judge import Stored
 from tests.unit.test_index_keys import QUIET, TABLE, row
-from tests.unit.test_inspector import LIMIT, SETTLE, Clock, _settings
+from tests.unit.test_inspector import LIMIT, SETTLE, Clock, Driven, _settings
 
 PRODUCTS = QUIET.tables[TABLE]
 TOPIC = "db.shop.products"
@@ -74,7 +74,7 @@ class IndexTruth:
             self.holding.add(key)
 
 
-class Run:
+class Run(Driven):
     def __init__(self, **overrides: Any) -> None:
         self.clock = Clock()
         self.truth = IndexTruth()
@@ -126,16 +126,6 @@ class Run:
         record = SourceRecord(TOPIC, 0, self.offset, key, orjson.dumps(value), None)
         self.offset += 1
         self.inspector.offer(record)
-
-    def wait(self, seconds: float, step: float = 0.1) -> None:
-        end = self.clock.now + seconds
-        while self.clock.now < end:
-            self.clock.now += step
-            self.inspector.run_due(limit=10_000)
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return self.inspector.view()
 
 
 def _checks(run: Run) -> dict[str, int]:
