@@ -20,9 +20,9 @@ A batch costs one round trip: one EVALSHA on a single server; on Redis Cluster o
 per hash slot (a key, its version key and its lease key share a slot), pipelined so that
 each primary is written to once. There a notification goes to the outbox of its row's
 slot, and the batch's outboxes are relayed to the channels' streams before ``apply``
-returns (:mod:`cdc_cache.sink.outbox`). The script's arguments are encoded in
-:mod:`cdc_cache.sink.encoding` (pure), prefix invalidations run in
-:mod:`cdc_cache.sink.invalidate_prefix`, and errors are translated as
+returns, while Redis is out of memory too (:mod:`cdc_cache.sink.outbox`). The script's
+arguments are encoded in :mod:`cdc_cache.sink.encoding` (pure), prefix invalidations run
+in :mod:`cdc_cache.sink.invalidate_prefix`, and errors are translated as
 :mod:`cdc_cache.sink.connection` says.
 """
 
@@ -188,9 +188,9 @@ class RedisApplier:
     def _judge_memory(self) -> None:
         """Tell ``memory`` which primaries refuse writes for memory, as a batch's calls would.
 
-        Before a TRUNCATE: its scripts are flagged ``allow-oom`` and run while Redis is
-        full, so no refusal of theirs would say so (on a Cluster its announcement's relay
-        is refused then, and retried). A TRUNCATE holds ``ttl`` mode like a batch of changes.
+        Before a TRUNCATE: its scripts (and on a Cluster its announcement's relay) are
+        flagged ``allow-oom`` and run while Redis is full, so no refusal of theirs would say
+        so. A TRUNCATE holds ``ttl`` mode like a batch of changes.
         """
         for node in primaries(self._client):
             refusal = scripts.oom_refusal(node)

@@ -11,6 +11,13 @@ the sweep send nothing twice. An outbox is trimmed only below what every one of 
 channels has taken. The channel registry (``cdc:channels``, another slot) is updated by an
 idempotent SADD before the relay's calls, and the trim waits for both.
 
+While Redis is out of memory the relay runs all the same, as the apply script's
+invalidations do (both scripts and the registry's SADD are flagged ``allow-oom``; reading
+and trimming an outbox is never refused): a batch's notifications reach their channels
+then, as on one server, and no batch waits for memory. What it writes is bounded (each
+stream by its MAXLEN, the progress hash by one field per outbox, the registry by one
+member per channel), and the outboxes it empties would otherwise grow while Redis is full.
+
 The writer relays the outboxes of a batch before the batch returns (before the recovery
 snapshot); :meth:`OutboxRelay.sweep` relays every non-empty outbox (one per slot, found by
 name, without SCAN), at start and in a thread beside the flow (:func:`outbox_sweeper`), for
@@ -40,7 +47,7 @@ from cdc_cache.core.keys import SLOTS, ns
 from cdc_cache.core.periodic import Periodic
 from cdc_cache.plan.cache_ops import CacheOp, DeleteKey, IndexMember, Notify, SetRow
 from cdc_cache.sink.connection import REDIS_ERRORS, Client, is_transient, misconfiguration
-from cdc_cache.sink.scripts import lua_script
+from cdc_cache.sink.scripts import add_members, lua_script
 
 log = logging.getLogger("cdc_cache.outbox")
 
@@ -164,7 +171,7 @@ class OutboxRelay:
                 calls.append((outbox, group, args + [x for e in group for x in (e.id, e.payload)]))
         if not calls:
             return 0, {}
-        self._client.sadd(ns().channels, *sorted(channels))
+        add_members(self._client, ns().channels, sorted(channels))
         replies = self._run(calls)
         trims = {o: after(p[-1][0]) for o, p in pages.items() if p}
         appended = 0

@@ -3,13 +3,15 @@
 The apply script comes in two flavours: plain, which Redis refuses up front while it is
 out of memory, and flagged ``allow-oom``, for calls that only delete. The worker's own
 records (the mode, lag reports, the version store's layout) are written through a script
-flagged ``allow-oom`` too: they say that Redis is full, so they must land while it is.
+flagged ``allow-oom`` too: they say that Redis is full, so they must land while it is. So
+are the notification channels' registry and (``lua/relay.lua``) the relay of a Cluster's
+outboxes: an invalidation's notification lands while Redis is full, as on one server.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, Final
@@ -56,6 +58,22 @@ def write_record(client: Client, key: str, fields: Mapping[Any, Any], ttl_ms: in
     """HSET ``fields`` (and PEXPIRE ``ttl_ms`` if positive), even while Redis is out of memory."""
     args = [ttl_ms, *(item for pair in fields.items() for item in pair)]
     Script(client, _RECORD)(keys=[key], args=args)
+
+
+# The notification channels' registry: one member per channel, written on one server by the
+# apply script (flagged allow-oom for invalidations), so on a Cluster too while Redis is full.
+_MEMBERS: Final = """#!lua flags=allow-oom
+local added = 0
+for i = 1, #ARGV, 500 do
+  added = added + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
+return added
+"""
+
+
+def add_members(client: Client, key: str, members: Sequence[Any]) -> int:
+    """SADD ``members`` to the set ``key``, even while Redis is out of memory; how many new."""
+    return int(Script(client, _MEMBERS)(keys=[key], args=list(members)))
 
 
 def accepts_writes(node: Redis[bytes]) -> bool:

@@ -10,15 +10,24 @@ import orjson
 import pytest
 
 from cdc_cache.core.errors import ApplyError
-from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
+from cdc_cache.core.retry import Backoff
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import Notify
 from cdc_cache.plan.planner import plan
+from cdc_cache.plan.route import Planned
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import primaries
 from cdc_cache.sink.encoding import Outcome
+from cdc_cache.sink.memory import OomGuard
 from cdc_cache.sink.outbox import OutboxRelay, outbox_sweeper
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.writer import CacheWriter
+from tests.integration.memory_pressure import out_of_memory
 from tests.integration.waiting import wait_until
 from tests.workload import NOTIFY_RULES_YAML
 
@@ -185,3 +194,44 @@ def test_wrong_typed_stream_on_a_cluster_holds_its_notifications_until_repaired(
     redis.delete(ns().stream_key("inventory:north"))
     assert applier.sweep_outboxes() == 5
     assert sent(redis) == list(range(1, 11))
+
+
+def deleted(n: int, sku: int, warehouse: str) -> Planned:
+    """The delete of row ``sku`` at position ``n``, as the writer gets it."""
+    row = {"id": sku, "sku_id": sku, "warehouse": warehouse, "qty": 0}
+    event = ChangeEvent(
+        "inventory.stock", Op.DELETE, row, None, {"id": sku}, SourcePosition(0, 1, n, 0), n
+    )
+    return Planned(SourceRecord("t", 0, n, None, None), event, tuple(plan(event, RULES)))
+
+
+def test_a_delete_and_its_notification_land_while_redis_is_out_of_memory(any_redis: Any) -> None:
+    """On one server and on a Cluster alike: the batch returns while Redis is full, its
+    deletes and tombstones in place, ``ttl`` mode held, each notification in its channel
+    once (a channel seen for the first time too), with no retry waiting for memory."""
+    redis = any_redis
+    RedisApplier(redis).apply(plan(change(10, 1), RULES))  # stock:7:north cached, notified
+    assert redis.exists("stock:7:north") == 1
+    holds = Holds()
+    retried: list[set[Cause]] = []  # the causes held at each retry
+
+    def memory_freed(delay: float) -> None:  # the writer's sleep between two tries
+        retried.append({hold.cause for hold in holds.active()})
+        for node in primaries(redis):
+            node.config_set("maxmemory", "0")
+
+    applier = RedisApplier(redis, memory=OomGuard(holds, settle_s=60))
+    writer = CacheWriter(applier, Backoff(initial=0.01, maximum=0.01), sleep=memory_freed)
+    with out_of_memory(redis):
+        assert not any(accepts_writes(node) for node in primaries(redis))
+        writer.write([deleted(20, 7, "north"), deleted(21, 8, "south")])
+        assert retried == []  # landed while full, not once memory was freed
+        assert redis.exists("stock:7:north") == 0
+        assert {hold.cause for hold in holds.active()} == {Cause.REDIS_OOM}
+        assert [e["op"] for e in entries(redis, "inventory:north")] == ["u", "d"]
+        assert [e["op"] for e in entries(redis, "inventory:south")] == ["d"]
+        assert redis.smembers(ns().channels) == {b"inventory:north", b"inventory:south"}
+        assert applier.sweep_outboxes() == 0  # no outbox left to grow, nothing sent twice
+    assert [e["op"] for e in entries(redis, "inventory:north")] == ["u", "d"]
+    assert [e["op"] for e in entries(redis, "inventory:south")] == ["d"]
+    assert applier.apply(plan(change(15, 9), RULES)).outcomes[0] == S  # the tombstone holds

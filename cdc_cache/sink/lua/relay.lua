@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Outbox entries relayed to one channel's stream (Redis Cluster), each exactly once.
 --
 -- The apply script appended the notifications of applied changes to the outbox of their
@@ -5,6 +6,11 @@
 -- to the channel's stream only the entries newer than the last one relayed from that
 -- outbox, recorded in the progress hash beside the stream. A relay that crashed after this
 -- call, a second relay of the same entries and the sweep after a restart send nothing twice.
+--
+-- Flagged allow-oom: it runs while Redis is out of memory, as the apply script's
+-- invalidations do, which append on one server to the channel's stream directly. What it
+-- writes is bounded as theirs is: the stream by MAXLEN, the progress hash by one field per
+-- outbox; the outbox it empties (trimmed after) would otherwise grow while Redis is full.
 --
 -- KEYS: the channel's stream, the channel's progress hash (cdc_cache.core.keys).
 -- ARGV: the outbox's name (the progress field), maxlen of the stream, the progress hash's
