@@ -114,6 +114,18 @@ class LineageRegistry:
                 raise ConfigError(msg) from None
         return found
 
+    def states(self, source: str) -> list[PartitionState]:
+        """The recorded states of every partition of ``source`` (read in steps: HSCAN)."""
+        found = []
+        for _field, value in self._client.hscan_iter(ns().lineage_partitions, count=500):
+            try:
+                state = load_state(value)
+            except ValueError:
+                continue  # a damaged field stops the worker when its partition is read
+            if state.source == source:
+                found.append(state)
+        return found
+
     def save(self, states: Mapping[Partition, PartitionState]) -> None:
         """Record the partitions' states (one call)."""
         if states:
