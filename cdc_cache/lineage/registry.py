@@ -13,7 +13,8 @@ partition's lineage state. Keys:
   (:func:`cdc_cache.lineage.model.dump_state`), written after each batch is judged and before
   it is applied. A worker that restarts from an older recovery snapshot, or takes the
   partition over from another process, finds the epochs recorded for the offsets it
-  replays there.
+  replays there. A partition first judged after the source switched lineage is placed
+  by what the others recorded (read with HSCAN, once per such partition).
 
 Each is one key, so every call stays in one Redis Cluster slot. Neither key has a TTL:
 they must outlive every version key they order.

@@ -11,7 +11,8 @@ Everything an operator must hear of is logged, counted and shown in ``/readyz``:
 (logged once, by the process that registered it, with both positions), changes sorting
 below their partition's newest by verdict, and positions going back with nothing to tell
 why, which holds the cache in ``ttl`` mode (cause ``lineage``) until they pass the newest
-again or an operator raises ``source_epoch``.
+again or an operator raises ``source_epoch``; so does a partition first read after a
+switch whose first change nothing places in one lineage (:meth:`LineageTracker.start`).
 
 Kept in one module: a batch's session, from judging each change to recording the
 partitions' states before the batch is applied, is one piece; the judging itself is
