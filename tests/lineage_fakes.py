@@ -32,5 +32,9 @@ class MemoryRegistry:
             p: load_state(self.partitions[p]) if p in self.partitions else None for p in partitions
         }
 
+    def states(self, source: str) -> list[PartitionState]:
+        found = [load_state(value) for value in self.partitions.values()]
+        return [state for state in found if state.source == source]
+
     def save(self, states: dict[tuple[str, int], PartitionState]) -> None:
         self.partitions.update({p: dump_state(s) for p, s in states.items()})

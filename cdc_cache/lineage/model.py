@@ -35,6 +35,14 @@ A snapshot read sorting at or above the newest, after other changes of the linea
 **re-snapshot** (a connector re-created with fresh offsets on the same log): same epoch,
 but the caller must know, since rows deleted while no connector streamed are not in it.
 
+A partition judged for the first time after the source switched lineage (its first
+message came after the failover: none of its rows changed before, a partition added to
+the topic, a table first changed since) has no history of its own to be led through the
+switch by. :func:`place` puts its first change in the lineage the evidence the source's
+other partitions recorded points to (a snapshot position, a server); a change it cannot
+place starts in the source's first lineage, held (:data:`UNPLACED`) until the
+partition's own stream shows a switch or the operator raises ``source_epoch``.
+
 Messages at or below the partition's last judged Kafka offset are replays (a worker
 crash, another process taking the partition over): they take the epoch recorded for
 their offset (:func:`epoch_at`), so an old lineage's changes stay stale when replayed.
@@ -47,6 +55,7 @@ encoding of its state change together.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -64,6 +73,10 @@ MAX_EARLIER: Final = 4
 
 MAX_SNAPSHOTS: Final = 4
 """Snapshot positions a partition remembers per lineage (to recognise their reads re-sent)."""
+
+
+UNPLACED: Final[Coords] = (2**63 - 1, 0, 0)
+"""The ``high`` of a :class:`Rewind` no position passes: held until a switch or the floor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +320,79 @@ def _late_snapshot(state: PartitionState, coords: Coords, where: str) -> Judgeme
             reason = f"a read of lineage {lineage.epoch}'s snapshot delivered again, at {where}"
             return Judgement(Verdict.LATE, lineage.epoch, reason)
     return None
+
+
+def known_lineages(states: Iterable[PartitionState], latest: int) -> tuple[Lineage, ...]:
+    """What a source's partitions recorded of each of its lineages, oldest first.
+
+    Servers and snapshot positions are merged per epoch (GTID sequences are not: a
+    MariaDB domain's numbering goes on across a failover, so they place nothing).
+    ``latest`` (the registry's) is included even if no partition recorded it yet.
+    """
+    servers: dict[int, set[str]] = {latest: set()}
+    snapshots: dict[int, set[Coords]] = {latest: set()}
+    for state in states:
+        for lineage in (state.current, *state.earlier):
+            servers.setdefault(lineage.epoch, set()).update(lineage.servers)
+            snapshots.setdefault(lineage.epoch, set()).update(lineage.snapshots)
+    return tuple(
+        Lineage(epoch, frozenset(servers[epoch]), (), tuple(sorted(snapshots[epoch])))
+        for epoch in sorted(servers)
+    )
+
+
+def place(lineages: Sequence[Lineage], change: Change) -> Judgement:
+    """The lineage of the first change judged on a partition, from ``lineages``.
+
+    IN_ORDER with its epoch when the evidence fits exactly one lineage: a snapshot read
+    at a position one lineage's snapshots had; a change of a server one lineage had, or,
+    of a server no lineage had, the one lineage whose servers no partition recorded yet
+    (a switch seen so far by its snapshot only). UNKNOWN otherwise (no identity, several
+    lineages fit, or none), with the source's first lineage's epoch.
+    """
+    if len(lineages) <= 1:
+        return Judgement(Verdict.IN_ORDER, lineages[0].epoch if lineages else 0)
+    origin, coords = change.origin, change.coords
+    where = show(change.position.kind, coords)
+    if origin.snapshot:
+        fits = [lineage for lineage in lineages if coords in lineage.snapshots]
+        evidence = f"a snapshot read at {where}"
+    elif origin.server is not None:
+        fits = [lineage for lineage in lineages if origin.server in lineage.servers]
+        fits = fits or [lineage for lineage in lineages if not lineage.servers]
+        evidence = f"a change of {origin.server} at {where}"
+    else:
+        fits, evidence = [], f"a change with no server identity at {where}"
+    if len(fits) == 1:
+        reason = f"{evidence} belongs to lineage {fits[0].epoch}"
+        return Judgement(Verdict.IN_ORDER, fits[0].epoch, reason)
+    epochs = ", ".join(str(lineage.epoch) for lineage in lineages)
+    reason = (
+        f"{evidence} is the partition's first, after the source switched lineage "
+        f"(lineages {epochs}), and fits {'several' if fits else 'none'} of them"
+    )
+    return Judgement(Verdict.UNKNOWN, lineages[0].epoch, reason)
+
+
+def placed(
+    source: str, lineages: Sequence[Lineage], change: Change, judgement: Judgement
+) -> PartitionState:
+    """A partition never judged, starting where :func:`place` put its first change.
+
+    Placed, it starts with what the source's partitions recorded of the earlier lineages
+    (to tell their late changes); unplaced, in the first lineage, held.
+    """
+    epoch = judgement.epoch
+    assert epoch is not None
+    if judgement.verdict is not Verdict.IN_ORDER:
+        rewind = Rewind(change.offset, UNPLACED, judgement.reason)
+        return replace(PartitionState.start(source, epoch), rewind=rewind)
+    earlier = tuple(
+        replace(lineage, snapshots=lineage.snapshots[-MAX_SNAPSHOTS:])
+        for lineage in reversed(lineages)
+        if lineage.epoch < epoch
+    )[:MAX_EARLIER]
+    return PartitionState(source, Lineage(epoch), earlier=earlier)
 
 
 def _new(reason: str) -> Judgement:

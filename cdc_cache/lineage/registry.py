@@ -13,7 +13,8 @@ partition's lineage state. Keys:
   (:func:`cdc_cache.lineage.model.dump_state`), written after each batch is judged and before
   it is applied. A worker that restarts from an older recovery snapshot, or takes the
   partition over from another process, finds the epochs recorded for the offsets it
-  replays there.
+  replays there. A partition first judged after the source switched lineage is placed
+  by what the others recorded (read with HSCAN, once per such partition).
 
 Each is one key, so every call stays in one Redis Cluster slot. Neither key has a TTL:
 they must outlive every version key they order.
@@ -112,6 +113,18 @@ class LineageRegistry:
                     "judged, then raise source_epoch if the source switched lineage before"
                 )
                 raise ConfigError(msg) from None
+        return found
+
+    def states(self, source: str) -> list[PartitionState]:
+        """The recorded states of every partition of ``source`` (read in steps: HSCAN)."""
+        found = []
+        for _field, value in self._client.hscan_iter(ns().lineage_partitions, count=500):
+            try:
+                state = load_state(value)
+            except ValueError:
+                continue  # a damaged field stops the worker when its partition is read
+            if state.source == source:
+                found.append(state)
         return found
 
     def save(self, states: Mapping[Partition, PartitionState]) -> None:

@@ -11,7 +11,8 @@ Everything an operator must hear of is logged, counted and shown in ``/readyz``:
 (logged once, by the process that registered it, with both positions), changes sorting
 below their partition's newest by verdict, and positions going back with nothing to tell
 why, which holds the cache in ``ttl`` mode (cause ``lineage``) until they pass the newest
-again or an operator raises ``source_epoch``.
+again or an operator raises ``source_epoch``; so does a partition first read after a
+switch whose first change nothing places in one lineage (:meth:`LineageTracker.start`).
 
 Kept in one module: a batch's session, from judging each change to recording the
 partitions' states before the batch is applied, is one piece; the judging itself is
@@ -42,6 +43,9 @@ from cdc_cache.lineage.model import (
     enter,
     forget_offsets,
     judge,
+    known_lineages,
+    place,
+    placed,
     show,
 )
 from cdc_cache.lineage.registry import LineageRegistry, Partition
@@ -103,7 +107,6 @@ class LineageTracker:
         self._clock_ms = clock_ms
         self._lock = threading.Lock()
         self._states: dict[Partition, PartitionState | None] = {}
-        self._bases: dict[str, int] = {}
         self._switches: dict[str, dict[str, Any]] = {}
 
     def session(self, records: Sequence[SourceRecord]) -> LineageSession:
@@ -174,17 +177,37 @@ class LineageTracker:
             metrics.LINEAGE_EPOCH.labels(source).set(max(s.epoch for s in mine))
             metrics.LINEAGE_HELD.labels(source).set(sum(s.rewind is not None for s in mine))
 
-    def start(self, source: str) -> PartitionState:
-        """A partition never judged before: in the source's first lineage (or the floor).
+    def start(self, partition: Partition, source: str, change: Change) -> PartitionState:
+        """A partition never judged before, with ``change`` its first.
 
-        Its own stream then leads it through the switches.
+        Before the source's first switch: in its first lineage (or the floor); its own
+        stream then leads it through the switches. After one, in the lineage the source's
+        other partitions' evidence places the change in (:func:`place`); a change nothing
+        places starts in the first lineage, held in ``ttl`` mode (cause ``lineage``).
         """
-        base = self._bases.get(source)
-        if base is None:
-            floor = self._config.floor
-            base, _ = self._call("registering a source", lambda r: r.ensure(source, floor))
-            self._bases[source] = base
-        return PartitionState.start(source, max(base, self._config.floor))
+        floor = self._config.floor
+        base, latest = self._call("registering a source", lambda r: r.ensure(source, floor))
+        first = max(base, floor)
+        if latest <= first:
+            return PartitionState.start(source, first)
+        states = self._call("reading the source's lineages", lambda r: r.states(source))
+        lineages = [lineage for lineage in known_lineages(states, latest) if lineage.epoch >= first]
+        judgement = place(lineages, change)
+        topic, number = partition
+        where = {"source": source, "topic": topic, "partition": number, "offset": change.offset}
+        if judgement.verdict is Verdict.IN_ORDER:
+            log.info(
+                "partition first read after a source lineage switch starts in its lineage",
+                extra={**where, "epoch": judgement.epoch, "reason": judgement.reason},
+            )
+        else:
+            metrics.LINEAGE_VERDICTS.labels(source, judgement.verdict.value).inc()
+            log.warning(
+                "partition first read after a source lineage switch: cannot tell its lineage",
+                extra={**where, "epoch": judgement.epoch, "reason": judgement.reason},
+            )
+            self._hold(partition, source, judgement.reason)
+        return placed(source, lineages, change, judgement)
 
     def successor(
         self, partition: Partition, state: PartitionState, change: Change, reason: str
@@ -319,9 +342,9 @@ class LineageSession:
             state: PartitionState | None = run.fold()
         else:
             state = tracker.state(partition)
-        if state is None:
-            state = tracker.start(event.server or source_of(record.topic))
         change = Change(record.offset, event.position, event.origin)
+        if state is None:
+            state = tracker.start(partition, event.server or source_of(record.topic), change)
         if change.offset > state.offset:
             state = begin(state, change.offset)
             if state.epoch < tracker.floor:

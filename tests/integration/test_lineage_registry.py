@@ -17,6 +17,7 @@ from cdc_cache.core.positions import MAX_EPOCH
 from cdc_cache.lineage.model import Limits, PartitionState, enter
 from cdc_cache.lineage.registry import LineageRegistry, source_key
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
+from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
@@ -171,6 +172,41 @@ def test_a_snapshot_read_delivered_again_stays_below_the_truncate(redis_target) 
     assert cached == expected
     assert epochs == {0}
     assert b"switch:1" not in client.hgetall(source_key("dbserver1"))
+
+
+def test_a_partition_first_read_after_a_failover_starts_in_the_new_lineage(redis_target) -> None:
+    """Partition 1 gets its first message only after the source failed over (none of its
+    rows changed before); partition 0 carried the old lineage, its TRUNCATE and the
+    switch. Through decode, lineage, plan and the apply script, partition 1's rows are
+    cached: started in the source's first lineage, they sorted below the old lineage's
+    TRUNCATE and were dropped as stale."""
+    client = redis_target.client
+    workload = Workload(seed=13, topic="db13.inventory.stock", binlog_file=7)
+    streams: dict[int, list[Message]] = {0: [m for tx in workload.transactions(20) for m in tx]}
+    streams[0].append(workload.truncate())
+    streams[0] += workload.failover(server_id=2, binlog_file=1)  # nothing left to snapshot
+    streams[0] += [m for tx in workload.transactions(3) for m in tx]
+    streams[1] = [m for tx in workload.transactions(20) for m in tx]
+    epochs: dict[int, set[int]] = {0: set(), 1: set()}
+    for partition in (0, 1):  # a new process each, partition 1 once 0 is past the switch
+        holds = Holds()
+        tracker = LineageTracker(lambda: LineageRegistry(client), holds, LineageConfig(0, Limits()))
+        records = [
+            SourceRecord(workload.topic, partition, offset, m.key, m.value)
+            for offset, m in enumerate(streams[partition])
+        ]
+        session = tracker.session(records)
+        routed = [route(r, RULES, session.hint(r), epoch_of=session.epoch_of) for r in records]
+        session.close()
+        planned = [item for item in routed if isinstance(item, Planned)]
+        RedisApplier(client).apply([op for item in planned for op in item.ops])
+        epochs[partition] = {item.event.position.epoch for item in planned}
+        assert not holds.lasting(Cause.LINEAGE)
+    cached = {key.decode(): orjson.loads(value) for key, value in _dump(client).items()}
+    expected = workload.expected_cache()
+    assert expected and {k: v for k, v in expected.items() if cached.get(k) != v} == {}
+    assert cached == expected
+    assert epochs == {0: {0, 1}, 1: {1}}
 
 
 class _Fetch:

@@ -12,6 +12,7 @@ from cdc_cache.core.positions import SourceKind, SourcePosition
 from cdc_cache.lineage.model import (
     Change,
     Limits,
+    Lineage,
     PartitionState,
     Run,
     Verdict,
@@ -21,7 +22,10 @@ from cdc_cache.lineage.model import (
     enter,
     epoch_at,
     judge,
+    known_lineages,
     load_state,
+    place,
+    placed,
 )
 from cdc_cache.source.origin import origin_of
 
@@ -329,3 +333,69 @@ def test_the_hot_path_reaches_the_state_change_by_change_judging_would(steps) ->
         run = Run(fast)
     assert (run.fold() if run is not None else fast) == slow
     assert fast_verdicts == slow_verdicts
+
+
+class TestPlacingAPartitionsFirstChange:
+    """A partition first judged after the source switched lineage: where it starts."""
+
+    @staticmethod
+    def lineages():
+        # Lineage 0 written by server 1 on one partition; lineage 1 reached by another
+        # with its snapshot at 2:4 and server 2; lineage 2 registered, nothing recorded.
+        old, _ = feed([change(0, 9, 100, S1)])
+        new, _ = feed([change(0, 9, 100, S1), change(1, 2, 4, SNAPSHOT), change(2, 2, 9, S2)])
+        return known_lineages([old, new], latest=2)
+
+    def test_the_source_partitions_evidence_is_merged_per_lineage(self) -> None:
+        found = self.lineages()
+        assert [(lin.epoch, set(lin.servers), lin.snapshots) for lin in found] == [
+            (0, {"server:1"}, ()), (1, {"server:2"}, ((2, 4, 0),)), (2, set(), ())
+        ]  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("item", "epoch"),
+        [
+            (change(0, 2, 4, SNAPSHOT), 1),  # a read of lineage 1's snapshot
+            (change(0, 2, 50, S2), 1),  # lineage 1's server
+            (change(0, 9, 300, S1), 0),  # the old server: the old lineage (the skew)
+            (change(0, 1, 7, Origin("server:3")), 2),  # no lineage had it: the unknown one
+        ],
+    )
+    def test_evidence_that_fits_one_lineage_places_it(self, item: Change, epoch: int) -> None:
+        lineages = self.lineages()
+        judgement = place(lineages, item)
+        assert (judgement.verdict, judgement.epoch) == (Verdict.IN_ORDER, epoch)
+        state = placed("db", lineages, item, judgement)
+        assert state.epoch == epoch and state.rewind is None
+        assert [lin.epoch for lin in state.earlier] == list(range(epoch - 1, -1, -1))
+
+    @pytest.mark.parametrize(
+        "item",
+        [
+            change(0, 1, 7, NONE),  # no identity: PostgreSQL, flattened topics
+            change(0, 1, 4, SNAPSHOT),  # a snapshot no partition recorded
+        ],
+    )
+    def test_a_change_nothing_places_starts_in_the_first_lineage_held(self, item: Change) -> None:
+        lineages = self.lineages()
+        judgement = place(lineages, item)
+        assert (judgement.verdict, judgement.epoch) == (Verdict.UNKNOWN, 0)
+        assert "after the source switched lineage (lineages 0, 1, 2)" in judgement.reason
+        state = placed("db", lineages, item, judgement)
+        assert state.epoch == 0 and state.rewind is not None
+        # Held whatever its positions do, until its own stream shows a switch.
+        state, verdicts = feed([item, change(1, 5, 9, NONE)], state)
+        assert verdicts[0] == (Verdict.IN_ORDER, 0) and state.rewind is not None
+        state, verdicts = feed([change(2, 1, 2, SNAPSHOT)], state, next_epoch=1)
+        assert verdicts == [(Verdict.NEW, 1)] and state.rewind is None
+        assert load_state(dump_state(state)) == state
+
+    def test_a_server_two_lineages_had_is_not_placed(self) -> None:
+        # Failed over and back: server 1 wrote lineages 0 and 2.
+        lineages = [Lineage(0, frozenset({"server:1"})), Lineage(1, frozenset({"server:2"})),
+                    Lineage(2, frozenset({"server:1"}))]  # fmt: skip
+        judgement = place(lineages, change(0, 1, 9, S1))
+        assert judgement.verdict is Verdict.UNKNOWN and "fits several" in judgement.reason
+
+    def test_one_lineage_known_places_every_change_in_it(self) -> None:
+        assert place(known_lineages([], latest=3), change(0, 1, 1, NONE)).epoch == 3

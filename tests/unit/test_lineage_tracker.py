@@ -31,14 +31,7 @@ def tracker(registry: MemoryRegistry, holds: Holds | None = None, **config: Any)
 
 def judge(tracker: LineageTracker, *changes: tuple[int, int, int, Origin]) -> list[int]:
     """(offset, file, pos, origin) changes on partition 0; their epochs."""
-    records = [SourceRecord(TOPIC, 0, offset, b"k", b"v") for offset, *_ in changes]
-    session = tracker.session(records)
-    epochs = [
-        session.epoch_of(record, _event(file, pos, origin))
-        for record, (_, file, pos, origin) in zip(records, changes, strict=True)
-    ]
-    session.close()
-    return epochs
+    return judge_on(tracker, 0, *changes)
 
 
 def _event(file: int, pos: int, origin: Origin) -> ChangeEvent:
@@ -69,7 +62,8 @@ def test_a_switch_is_registered_once_logged_once_and_settles_in_ttl_mode(
         assert session.epoch_of(records[1], _event(2, 9, S2)) == 1
         session.close()
     assert [r.getMessage() for r in caplog.records if r.name == "cdc_cache.lineage"] == [
-        "partition follows the source's lineage switch"
+        "partition first read after a source lineage switch starts in its lineage",
+        "partition follows the source's lineage switch",
     ]
     assert [(h.cause, "ttl mode for 120s" in h.reason) for h in holds.active()] == [
         (Cause.LINEAGE, True)
@@ -187,3 +181,72 @@ def test_the_registrys_trouble_is_raised_never_taken_for_the_messages_poison() -
 
     with pytest.raises(StopRequested):
         route(record, parse_rules(RULES_YAML), epoch_of=stopping)
+
+
+def test_a_partition_first_read_after_a_switch_starts_in_the_lineage_its_evidence_shows() -> None:
+    registry, holds = MemoryRegistry(), Holds()
+    first = tracker(registry, holds)
+    assert judge(first, (0, 9, 4, SNAP), (1, 9, 100, S1), (2, 2, 4, SNAP), (3, 2, 9, S2)) == [
+        0, 0, 1, 1
+    ]  # fmt: skip
+    records = [SourceRecord(TOPIC, 3, offset, b"k", b"v") for offset in range(3)]
+    session = tracker(registry, holds).session(records)
+    assert session.epoch_of(records[0], _event(2, 50, S2)) == 1  # not the first lineage's 0
+    # Late changes of the old lineage (its server below, a read of its snapshot): the old
+    # lineage's, as the source's partitions recorded it, not a switch or a re-snapshot.
+    assert session.epoch_of(records[1], _event(2, 10, S1)) == 0
+    assert session.epoch_of(records[2], _event(9, 4, SNAP)) == 0
+    session.close()
+    assert not holds.lasting(Cause.LINEAGE) and registry.sources["db"]["latest"] == 1
+
+
+def test_a_partition_first_read_after_a_switch_that_nothing_places_is_held_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No server identity (PostgreSQL, flattened topics): the switch was a new snapshot.
+    registry, holds = MemoryRegistry(), Holds()
+    none = Origin()
+    assert judge(tracker(registry, holds), (0, 9, 100, none), (1, 2, 4, SNAP)) == [0, 1]
+    labels = {"source": "db", "verdict": "unknown"}
+    counted = REGISTRY.get_sample_value("cdc_cache_lineage_verdicts_total", labels) or 0
+    reader = tracker(registry, holds)
+    records = [SourceRecord(TOPIC, 3, 0, b"k", b"v")]
+    with caplog.at_level(logging.INFO, "cdc_cache.lineage"):
+        session = reader.session(records)
+        assert session.epoch_of(records[0], _event(2, 50, none)) == 0
+        session.close()
+    assert holds.lasting(Cause.LINEAGE)
+    held = reader.view()["sources"]["db"]["held"][f"{TOPIC}[3]"]
+    assert "first, after the source switched lineage" in held
+    assert REGISTRY.get_sample_value("cdc_cache_lineage_verdicts_total", labels) == counted + 1
+    assert "cannot tell its lineage" in caplog.text
+    # A restarted process finds the hold; it lasts whatever the positions do...
+    restarted_holds = Holds()
+    restarted = tracker(registry, restarted_holds)
+    assert judge_on(restarted, 3, (1, 9, 500, none)) == [0]
+    assert restarted_holds.lasting(Cause.LINEAGE)
+    # ...until the operator raises source_epoch above every lineage.
+    raised = tracker(registry, restarted_holds, floor=2)
+    assert judge_on(raised, 3, (2, 9, 600, none)) == [2]
+    assert not restarted_holds.lasting(Cause.LINEAGE)
+
+
+def test_a_partition_first_read_before_any_switch_costs_no_lineage_lookup() -> None:
+    registry = MemoryRegistry()
+    judge(tracker(registry), (0, 9, 100, S1))
+    registry.states = None  # type: ignore[assignment]  # never called
+    assert judge_on(tracker(registry), 4, (0, 9, 50, S1)) == [0]
+
+
+def judge_on(
+    tracker: LineageTracker, partition: int, *changes: tuple[int, int, int, Origin]
+) -> list[int]:
+    """(offset, file, pos, origin) changes on ``partition``; their epochs."""
+    records = [SourceRecord(TOPIC, partition, offset, b"k", b"v") for offset, *_ in changes]
+    session = tracker.session(records)
+    epochs = [
+        session.epoch_of(record, _event(file, pos, origin))
+        for record, (_, file, pos, origin) in zip(records, changes, strict=True)
+    ]
+    session.close()
+    return epochs
