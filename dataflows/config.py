@@ -61,7 +61,7 @@ class FlowConfig:
     redis_auth: RedisAuth | None = None
     kafka: Mapping[str, str] = field(default_factory=dict)
     kafka_consumer: Mapping[str, str] = field(default_factory=dict)
-    batch_size: int = 1000
+    batch_size: int = 250
     source_epoch: int = 0
     max_value_bytes: int | None = None
     fanout: Fanout = field(default_factory=Fanout)

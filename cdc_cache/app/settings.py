@@ -347,7 +347,7 @@ class WorkerSettings(TopicSettings):
     topic_refresh_s: float = Field(
         default=30.0, ge=0, description="how often new topics are looked for (0: never)"
     )
-    batch_size: int = Field(default=1000, ge=1, description="messages per poll per partition")
+    batch_size: int = Field(default=250, ge=1, description="messages per poll per partition")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve the admin API on this port"
     )
