@@ -51,7 +51,7 @@ def test_run_help_lists_every_setting_with_its_environment_variable_and_the_exit
     for name in WorkerSettings.model_fields:
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert f"{ENV_PREFIX}{name.upper()};" in line, line
-    assert "CDC_CACHE_BATCH_SIZE; messages per poll per partition [1000]" in text
+    assert "CDC_CACHE_BATCH_SIZE; messages per poll per partition [250]" in text
     assert "CDC_CACHE_RULES; the rules file [required]" in text
     # the librdkafka maps show the defaults the clients apply beneath them, not "unset"
     assert "'fetch.wait.max.ms': '100'" in text and "'acks': 'all'" in text
