@@ -24,10 +24,12 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from bench.latency import summary
 from bench.workload import PROBE_PREFIX
+from cdc_cache.core.histograms import quantile
 from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 
 
@@ -149,6 +151,27 @@ def split(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
         "delivered_to_applied": summary(worker),
         "worker_share_negative": round(sum(w < 0 for w in worker) / len(worker), 3),
     }
+
+
+def own_time(metrics_text: str) -> dict[str, Any]:
+    """The worker's own time (record received → Redis answered), from its ``/metrics``.
+
+    Percentiles of ``cdc_cache_received_to_applied_seconds`` interpolated within buckets
+    as Prometheus does, over every change the worker took: the worker's own share, measured
+    inside it, where the split's delivered → applied is the difference of two consumers.
+    """
+    buckets = sorted(
+        (float(sample.labels["le"]), sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "cdc_cache_received_to_applied_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    )
+    shown: dict[str, Any] = {"changes": int(buckets[-1][1]) if buckets else 0}
+    for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        value = quantile(buckets, q)
+        shown[name] = None if value is None else round(value * 1000, 1)
+    return shown
 
 
 def compact(samples: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:

@@ -19,6 +19,7 @@ reports lag) are not requested.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -84,15 +85,18 @@ class KafkaPartition(StatefulSourcePartition[Item, int]):
         batch: list[Item] = []
         append = batch.append
         last = -1
-        for message in self.consumer.consume(self._batch_size, _CONSUME_TIMEOUT_S):
+        messages = self.consumer.consume(self._batch_size, _CONSUME_TIMEOUT_S)
+        received = monotonic()
+        for message in messages:
             error = message.error()
             if error is None:
                 last = message.offset()  # type: ignore[assignment]  # a record has one
                 append(
                     SourceRecord(
-                        topic, index, last, message.key(), message.value(), message.timestamp()[1]
+                        topic, index, last, message.key(), message.value(),
+                        message.timestamp()[1], received,
                     )
-                )
+                )  # fmt: skip
             elif error.code() == KafkaError._PARTITION_EOF:
                 self._eof = True  # ends at the next call, after this batch
                 break

@@ -55,6 +55,9 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    # When the worker's source took it from the consumer (time.monotonic()); 0.0 where no
+    # source did (a replay, a test): the start of the worker's own share of the latency.
+    received_s: float = 0.0
 
     def where(self) -> str:
         """Human-readable coordinates, for error messages."""

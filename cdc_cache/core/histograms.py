@@ -5,6 +5,7 @@ per call (twice: its sum and its bucket); the writer observes two latencies per 
 change. :func:`observe_all` counts a batch's values per bucket first, then increments each
 bucket by its count and the sum by the batch's total: the exposed buckets, count and sum
 are those the same observations one by one give (a unit test compares the two).
+:func:`quantile` reads a quantile back from exposed buckets, as Prometheus does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from collections import Counter
 from collections.abc import Sequence
 
 from prometheus_client import Histogram
+
+
+def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile of cumulative ``(le, count)`` buckets, as Prometheus interpolates.
+
+    As ``histogram_quantile`` does: None without observations, the highest finite bound
+    when it falls in ``+Inf``.
+    """
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = le, count
+    return lower
 
 
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:

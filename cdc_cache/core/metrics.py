@@ -134,6 +134,15 @@ EMITTED_TO_APPLIED = Histogram(
     namespace=NAMESPACE,
     buckets=_LATENCY_BUCKETS,
 )
+RECEIVED_TO_APPLIED = Histogram(
+    "received_to_applied_seconds",
+    "The worker's own share of the latency: its source taking a record from the Kafka "
+    "consumer to Redis answering for the record's change (any outcome); records waiting "
+    "in the consumer's prefetch queue are not in it",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5,
+             0.75, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
 CONNECTOR_LAG = Gauge(
     "connector_lag_seconds",
     "Now minus the source commit time of the newest event or heartbeat seen, per topic partition",

@@ -83,6 +83,8 @@ class CacheWriter:
     it, the deletes of its failed changes included. ``expiring`` (the rules give rows an
     expiry time, ``ttl: {until: ...}``) turns each set's expiry into a TTL with
     ``clock_ms`` when its batch is applied, or into a delete once it has passed.
+    ``monotonic`` times each change's stay in the worker, from its record's ``received_s``
+    (the source took it from the consumer) to Redis answering for its batch.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class CacheWriter:
         sleep: Callable[[float], None] = time.sleep,
         ttl_cap_ms: Callable[[], int | None] = lambda: None,
         *,
+        monotonic: Callable[[], float] = time.monotonic,
         reject: Callable[[Sequence[Failure]], None] | None = None,
         tables: TableFallback | None = None,
         sensitive: Callable[[str], frozenset[str]] | None = None,
@@ -108,6 +111,7 @@ class CacheWriter:
         self._sensitive = sensitive or Rules({}).sensitive
         self._backoff = backoff
         self._clock_ms = clock_ms
+        self._monotonic = monotonic
         self._sleep = sleep
         self._ttl_cap_ms = ttl_cap_ms
         self._tables = tables
@@ -316,12 +320,16 @@ class CacheWriter:
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
+        now_s = self._monotonic()
         report: list[EventOutcome] = []
         op_labels: list[tuple[type[CacheOp], Outcome]] = []  # per op: its kind, its outcome
         event_labels: list[tuple[str, str, str]] = []
         committed: list[float] = []
         emitted: list[float] = []
+        stays: list[float] = []  # received by the source → answered by Redis, any outcome
         for item in planned:
+            if received := item.record.received_s:
+                stays.append(now_s - received)
             event = item.event
             ops = item.ops
             if len(ops) == 1 and (kind := type(ops[0])) is not InvalidatePrefix:  # most changes
@@ -350,6 +358,7 @@ class CacheWriter:
             metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
         observe_all(metrics.COMMIT_TO_APPLIED, committed)
         observe_all(metrics.EMITTED_TO_APPLIED, emitted)
+        observe_all(metrics.RECEIVED_TO_APPLIED, stays)
         if planned:
             metrics.RECORDS.labels("change").inc(len(planned))
         return report

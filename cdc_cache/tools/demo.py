@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.core import metrics
+from cdc_cache.core.histograms import quantile
 from cdc_cache.core.keys import escape_value
 from cdc_cache.notify.tokens import issue
 from cdc_cache.plan.rules import Action, Rules
@@ -149,21 +150,8 @@ class Scrape:
         )
 
     def quantile(self, q: float) -> float | None:
-        """Latency quantile from the buckets, interpolated as Prometheus' histogram_quantile.
-
-        None without observations; the highest finite bound when it falls in ``+Inf``.
-        """
-        if not self.latency_buckets or self.latency_buckets[-1][1] <= 0:
-            return None
-        rank = q * self.latency_buckets[-1][1]
-        lower, below = 0.0, 0.0
-        for le, count in self.latency_buckets:
-            if count >= rank:
-                if le == float("inf"):
-                    return lower
-                return lower + (le - lower) * (rank - below) / max(count - below, 1e-9)
-            lower, below = le, count
-        return lower
+        """Latency quantile from the buckets (:func:`~cdc_cache.core.histograms.quantile`)."""
+        return quantile(self.latency_buckets, q)
 
 
 def _lag(seconds: float | None) -> str:

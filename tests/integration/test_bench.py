@@ -45,6 +45,8 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
         assert len(lat["probe_ms"]["ack_to_delivered"]) == lat["probes"]
         assert 0 < lat["split"]["ack_to_delivered"]["p50_ms"] < lat["p99_ms"]
         assert "probe_consumer_cores" in lat["cpu"]
+        own = lat["worker_own_time"]  # from the worker's own histogram
+        assert own["changes"] > lat["probes"] and 0 < own["p50_ms"] <= own["p99_ms"]
     assert result["consume_only"]["records"] == result["load"]["records"]
     assert set(result["ratios"]) == {
         "vs_baseline", "vs_lower_raw_limit", "scaling_2_vs_1",
@@ -58,6 +60,7 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
     assert "cdc-cache run, 1 process" in table and "p99" in table
     assert "waiting for 1 replica(s)" in table
     assert "worker: delivered → applied" in table
+    assert "the worker's own time, received → applied" in table
     charts = subprocess.run(
         [sys.executable, "bench/charts.py", "--throughput", str(out), "--out-dir", str(tmp_path)],
         cwd=ROOT, timeout=60, capture_output=True, text=True, check=False,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench.probes import compact, per_probe, split, worker_share
+from bench.probes import compact, own_time, per_probe, split, worker_share
 from bench.throughput import dumps
 
 SENT_US = {1: 1_000_000_000, 2: 1_000_010_000}  # 1000 s and 1000.01 s after the epoch
@@ -43,3 +44,21 @@ def test_samples_are_kept_to_a_tenth_of_a_millisecond_on_one_line_each() -> None
     assert '"ack_to_applied": [1.3,100.0]' in text
     assert '"ack_to_delivered": [-0.5,3.0]' in text
     assert json.loads(text)["pairs"] == [[0.0, 76.1]]
+
+
+def test_the_workers_own_time_is_read_from_its_histogram() -> None:
+    registry = CollectorRegistry()
+    stays = Histogram(
+        "received_to_applied_seconds", "own time", namespace="cdc_cache",
+        buckets=(0.01, 0.05, 0.1, 0.5), registry=registry,
+    )  # fmt: skip
+    for seconds in [0.03] * 98 + [0.3] * 2:
+        stays.observe(seconds)
+    shown = own_time(generate_latest(registry).decode())
+    assert shown["changes"] == 100
+    assert shown["p50_ms"] == pytest.approx(10 + 40 * 50 / 98, abs=0.1)  # within (10, 50] ms
+    assert shown["p99_ms"] == pytest.approx(100 + 400 * 1 / 2, abs=0.1)  # within (100, 500] ms
+
+
+def test_a_worker_that_took_no_change_has_no_own_time() -> None:
+    assert own_time("") == {"changes": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}

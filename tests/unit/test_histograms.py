@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from cdc_cache.core.histograms import observe_all
+from cdc_cache.core.histograms import observe_all, quantile
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 60)
 amounts = st.floats(min_value=0, max_value=1e6, allow_nan=False) | st.sampled_from(BUCKETS)
@@ -57,3 +57,18 @@ def test_a_labelled_parent_cannot_be_observed() -> None:
     parent = Histogram("by_table", "test", ["table"], registry=CollectorRegistry())
     with pytest.raises(ValueError, match="missing label values"):
         observe_all(parent, [1.0])
+
+
+def test_a_quantile_is_interpolated_within_its_bucket_as_prometheus_does() -> None:
+    buckets = [(0.1, 50.0), (0.2, 90.0), (0.5, 100.0), (float("inf"), 100.0)]
+    assert quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert quantile(buckets, 0.7) == pytest.approx(0.15)  # 20 of the 40 between 0.1 and 0.2
+    assert quantile(buckets, 0.99) == pytest.approx(0.47)
+
+
+def test_a_quantile_in_the_open_bucket_is_the_highest_bound_and_none_without_observations() -> (
+    None
+):
+    assert quantile([(0.1, 1.0), (float("inf"), 4.0)], 0.99) == 0.1
+    assert quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5) is None
+    assert quantile([], 0.5) is None

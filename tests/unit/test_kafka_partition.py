@@ -107,3 +107,16 @@ def test_with_reset_earliest_the_consumer_starts_over_silently(bootstrap: str) -
     finally:
         part.close()
     assert [item.offset for item in batch] == [0, 1, 2]
+
+
+def test_each_record_says_when_the_source_took_it_from_the_consumer(bootstrap: str) -> None:
+    """``received_s`` starts the worker's own share of the latency (monotonic seconds)."""
+    part = partition(bootstrap, "earliest")
+    try:
+        before = time.monotonic()
+        batch = first_batch(part)
+        after = time.monotonic()
+    finally:
+        part.close()
+    assert batch
+    assert all(before <= item.received_s <= after for item in batch)

@@ -205,3 +205,28 @@ def test_a_set_whose_row_expired_is_counted_as_the_delete_it_was_sent_as() -> No
     assert [type(op) for op in applier.sent] == [DeleteKey]
     assert report.outcome == "applied"
     assert delta(snapshot(), before)["ops"] == {("delete", "applied"): 1}
+
+
+def stays(le: str | None = None) -> float:
+    """The worker's own-time histogram: its count, or one cumulative bucket."""
+    name = "cdc_cache_received_to_applied_seconds"
+    if le is None:
+        return REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    return REGISTRY.get_sample_value(f"{name}_bucket", {"le": le}) or 0.0
+
+
+def test_each_change_is_timed_from_its_records_arrival_to_redis_answering_it() -> None:
+    """The worker's own share of the latency, whatever the outcome: received_s → answered."""
+    event = ChangeEvent("db.a", Op.UPDATE, None, {}, {"id": 1}, AT, None)
+    received = [
+        Planned(SourceRecord("t", 0, n, None, None, None, 100.0), event, (KINDS["set"],))
+        for n in range(3)
+    ]
+    replayed = Planned(SourceRecord("t", 0, 3, None, None), event, (KINDS["set"],))  # no source
+    applier = ScriptedApplier([Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE, Outcome.APPLIED])
+    writer = CacheWriter(applier, Backoff(), monotonic=lambda: 100.25)  # type: ignore[arg-type]
+    before = {le: stays(le) for le in (None, "0.2", "0.25")}
+    writer.write([*received, replayed])
+    assert stays() == before[None] + 3  # the replayed record names no arrival
+    assert stays("0.2") == before["0.2"]
+    assert stays("0.25") == before["0.25"] + 3  # 0.25 s each
