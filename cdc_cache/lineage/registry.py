@@ -18,6 +18,13 @@ partition's lineage state. Keys:
 
 Each is one key, so every call stays in one Redis Cluster slot. Neither key has a TTL:
 they must outlive every version key they order.
+
+The states are saved before each batch is applied, so saving them must not wait while
+Redis is out of memory (the batch's invalidations would wait behind it): they go through
+a script flagged ``allow-oom`` as long as no field grows past :data:`STATE_BYTES_WHILE_FULL`
+(a few hundred bytes each, one field per partition: the hash stays bounded). A state past
+that bound which would grow further is written with a plain HSET, which Redis refuses
+while full, and so waits for memory like any value.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 import orjson
+from redis.commands.core import Script
 
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import ns
@@ -50,6 +58,26 @@ def partition_field(partition: Partition) -> str:
     return f"{topic}/{number}"
 
 
+STATE_BYTES_WHILE_FULL: Final = 4096
+"""The largest partition state (JSON bytes) saved while Redis is out of memory; a state
+past it is saved then only if it does not grow. Typical states take 200 to 1,000."""
+
+# Flagged allow-oom: the states of a batch land while Redis is full, as its deletes do.
+# ARGV[1]: the bound; then field, value pairs. Writes every pair when none is past the
+# bound and larger than the value it replaces; else nothing (returns 0).
+_SAVE: Final = """#!lua flags=allow-oom
+local bound = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local size = #ARGV[i + 1]
+  if size > bound and size > redis.call('HSTRLEN', KEYS[1], ARGV[i]) then return 0 end
+end
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 1
+"""
+
+
 @cache
 def _script_source() -> str:
     return (
@@ -62,6 +90,7 @@ class LineageRegistry:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._save = Script(client, _SAVE)
 
     def _run(self, source: str, *args: str | int | bytes) -> list[int]:
         # EVAL, not EVALSHA: the script runs once per source and switch, never per change.
@@ -128,9 +157,12 @@ class LineageRegistry:
         return found
 
     def save(self, states: Mapping[Partition, PartitionState]) -> None:
-        """Record the partitions' states (one call)."""
-        if states:
-            mapping = {partition_field(p): dump_state(s) for p, s in states.items()}
+        """Record the partitions' states (one call; while Redis is full too, if bounded)."""
+        if not states:
+            return
+        mapping = {partition_field(p): dump_state(s) for p, s in states.items()}
+        args = [STATE_BYTES_WHILE_FULL, *(item for pair in mapping.items() for item in pair)]
+        if not self._save(keys=[ns().lineage_partitions], args=args):  # one grows past it
             self._client.hset(ns().lineage_partitions, mapping=mapping)  # type: ignore[arg-type]
 
     def epoch_at(self, partition: Partition, offset: int) -> int | None:

@@ -3,7 +3,10 @@ whoever asks first, the operator's floor, partition states, and the epochs repla
 
 from __future__ import annotations
 
+import os
 import threading
+import traceback
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -14,14 +17,20 @@ from cdc_cache.app.replay import Replayer
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import Origin, SourceRecord
 from cdc_cache.core.positions import MAX_EPOCH
-from cdc_cache.lineage.model import Limits, PartitionState, enter
-from cdc_cache.lineage.registry import LineageRegistry, source_key
+from cdc_cache.core.retry import Backoff
+from cdc_cache.lineage.model import Limits, PartitionState, dump_state, enter
+from cdc_cache.lineage.registry import STATE_BYTES_WHILE_FULL, LineageRegistry, source_key
 from cdc_cache.lineage.tracker import LineageConfig, LineageTracker
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.route import Planned, route
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import RedisApplier
+from cdc_cache.sink.connection import is_oom, primaries
+from cdc_cache.sink.memory import OomGuard
+from cdc_cache.sink.scripts import accepts_writes
+from cdc_cache.sink.writer import CacheWriter
+from tests.integration.memory_pressure import out_of_memory
 from tests.workload import RULES_YAML, Message, Workload
 
 pytestmark = pytest.mark.integration
@@ -232,3 +241,83 @@ def test_a_damaged_partition_state_stops_the_worker_with_what_to_fix(redis_targe
     redis_target.client.hset("cdc:lineage:partitions", "db.inv.t/0", b"{not json")
     with pytest.raises(ConfigError, match="HDEL"):
         LineageRegistry(redis_target.client).load([("db.inv.t", 0)])
+
+
+def test_while_redis_is_full_a_partition_state_grows_no_further_than_its_bound(
+    redis_target,
+) -> None:
+    """The states saved while Redis is out of memory stay bounded: one up to
+    STATE_BYTES_WHILE_FULL is saved, one past it that would grow is refused (and waits)."""
+    client = redis_target.client
+    registry = LineageRegistry(client)
+    where = ("db.inv.t", 0)
+    state = PartitionState.start("db", 0)
+    lates = tuple((offset, 0) for offset in range(10**9, 10**9 + 400))
+    large = replace(state, lates=lates)
+    assert len(dump_state(large)) > STATE_BYTES_WHILE_FULL
+    with out_of_memory(client):
+        registry.save({where: replace(state, offset=7)})
+        with pytest.raises(ResponseError) as refused:
+            registry.save({where: large})
+        assert is_oom(refused.value)
+        assert registry.load([where])[where] == replace(state, offset=7)
+    registry.save({where: large})
+    with out_of_memory(client):
+        registry.save({where: replace(large, offset=9)})  # overwritten, no larger
+        with pytest.raises(ResponseError) as refused:
+            registry.save({where: replace(large, lates=(*lates, (2 * 10**9, 0)))})
+        assert is_oom(refused.value)
+    assert registry.load([where])[where] == replace(large, offset=9)
+
+
+def test_a_batch_judged_while_redis_is_out_of_memory_lands_its_deletes(redis_target) -> None:
+    """Lineage detection on, through route, the lineage session and the writer: while Redis
+    is full a batch's partition states are recorded (one partition read before, one read
+    for the first time) and its changes land as deletes, with no retry waiting for memory."""
+    client = redis_target.client
+    workload = Workload(seed=17, topic="db17.inventory.stock")
+    holds = Holds()
+    retried: list[list[str]] = []  # who waited: the worker's frames at each retry
+
+    def memory_freed(delay: float) -> None:  # any wait for Redis (tracker or writer)
+        stack = traceback.extract_stack()
+        retried.append([f.name for f in stack if f"{os.sep}cdc_cache{os.sep}" in f.filename])
+        for node in primaries(client):
+            node.config_set("maxmemory", "0")
+
+    backoff = Backoff(initial=0.01, maximum=0.01)
+    tracker = LineageTracker(
+        lambda: LineageRegistry(client), holds, LineageConfig(0, Limits()),
+        backoff=backoff, sleep=memory_freed,
+    )  # fmt: skip
+    applier = RedisApplier(client, memory=OomGuard(holds, settle_s=60))
+    writer = CacheWriter(applier, backoff, sleep=memory_freed)
+
+    def batch(messages: list[Message], partition: int, first: int) -> list[str]:
+        records = [
+            SourceRecord(workload.topic, partition, offset, m.key, m.value)
+            for offset, m in enumerate(messages, first)
+        ]
+        session = tracker.session(records)
+        routed = [route(r, RULES, session.hint(r), epoch_of=session.epoch_of) for r in records]
+        session.close()
+        writer.write(routed)
+        planned = [item for item in routed if isinstance(item, Planned)]
+        return [op.key for item in planned for op in item.ops]
+
+    before = [m for tx in workload.transactions(20) for m in tx]
+    cached = batch(before, 0, 0)
+    assert client.exists(*cached) > 0
+    during = [m for tx in workload.transactions(20) for m in tx]
+    half = len(during) // 2
+    with out_of_memory(client):
+        assert not any(accepts_writes(node) for node in primaries(client))
+        touched = batch(during[:half], 0, len(before)) + batch(during[half:], 1, 0)
+        assert retried == []  # landed while full, not once memory was freed
+        assert client.exists(*touched) == 0  # sets sent as deletes
+        assert Cause.REDIS_OOM in {hold.cause for hold in holds.active()}
+        states = LineageRegistry(client).load([(workload.topic, 0), (workload.topic, 1)])
+    assert [s.offset if s else None for s in states.values()] == [
+        len(before) + half - 1,
+        len(during) - half - 1,
+    ]

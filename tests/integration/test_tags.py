@@ -14,16 +14,25 @@ import pytest
 
 from cdc_cache.aside.cache_aside import CacheAside, FillCounts
 from cdc_cache.core.errors import RedisUnavailable
-from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.positions import SourcePosition
+from cdc_cache.core.retry import Backoff
+from cdc_cache.mode.controller import Cause
+from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, InvalidateTag, LinkKey
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.planner import plan
+from cdc_cache.plan.route import Planned
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.sink.apply import ApplyResult, RedisApplier
+from cdc_cache.sink.connection import primaries
+from cdc_cache.sink.memory import OomGuard
+from cdc_cache.sink.scripts import accepts_writes
 from cdc_cache.sink.tag_sweep import sweep_tags
 from cdc_cache.sink.tags import TagStore, member
+from cdc_cache.sink.writer import CacheWriter
+from tests.integration.memory_pressure import out_of_memory
 from tests.unit.test_dependencies import CATALOG
 
 pytestmark = pytest.mark.integration
@@ -249,3 +258,38 @@ def test_a_fanout_counts_members_only(any_redis: Any) -> None:
     _, tags = worker(any_redis, fanout_limit=2, shorten=lambda prefixes: None)
     invalidation = InvalidateTag("catalog.brands:7", at(4), TOMBSTONE, ("product:",))
     assert tags.apply([invalidation]).fallbacks == 0  # 2 members, not above the limit
+
+
+def test_tag_and_link_ops_land_while_redis_is_out_of_memory(any_redis: Any) -> None:
+    """Through the writer while Redis is full: a product's link (its set sent as a delete)
+    and a brand's tag invalidation land, the brand's products' pages deleted, with no retry
+    waiting for memory."""
+    redis = any_redis
+    apply(redis, product(1, 1, 7), product(2, 2, 7), product(3, 3, 8))
+    for pid in (1, 2, 3):
+        fill(redis, f"product:{pid}:page")
+    holds = Holds()
+    retried: list[float] = []
+
+    def memory_freed(delay: float) -> None:  # the writer's sleep between two tries
+        retried.append(delay)
+        for node in primaries(redis):
+            node.config_set("maxmemory", "0")
+
+    applier = RedisApplier(redis, memory=OomGuard(holds, settle_s=60))
+    writer = CacheWriter(
+        applier, Backoff(initial=0.01, maximum=0.01), sleep=memory_freed,
+        tags=TagStore(redis, applier),
+    )  # fmt: skip
+    changes = [product(5, 4, 8, before_brand=7), brand(6, 7)]
+    with out_of_memory(redis):
+        assert not any(accepts_writes(node) for node in primaries(redis))
+        writer.write([_planned(event) for event in changes])
+        assert retried == []  # landed while full, not once memory was freed
+        assert [redis.exists(f"product:{pid}:page") for pid in (1, 2, 3)] == [0, 0, 1]
+        assert {hold.cause for hold in holds.active()} == {Cause.REDIS_OOM}
+
+
+def _planned(event: ChangeEvent) -> Planned:
+    record = SourceRecord("t", 0, event.position.minor, None, None)
+    return Planned(record, event, tuple(plan(event, RULES)), tuple(plan_dependencies(event, RULES)))

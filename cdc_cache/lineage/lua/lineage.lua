@@ -1,5 +1,11 @@
+#!lua flags=allow-oom
 -- The lineage registry of one source: numbers its log lineages, once each, for every
 -- worker process (see cdc_cache/lineage/registry.py).
+--
+-- Flagged allow-oom: a partition first read (or a switch found) while Redis is out of
+-- memory must not make its batch, and the invalidations in it, wait. It writes a few
+-- fields once per source and two per lineage switch (the switch's description, a few
+-- hundred bytes), so the hash stays small.
 --
 -- KEYS[1]: the source's lineage hash.
 -- ARGV[1] = 'ensure': floor. The source's first lineage gets epoch `floor` the first
