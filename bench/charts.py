@@ -6,7 +6,8 @@ absent) and writes, next to them:
 * ``throughput.png``: events/s of the worker (1 process, 2 processes, 1 process with 2
   threads) against the plain consumer loop and the two raw limits, with the target line;
 * ``latency.png``: the distribution of broker ack → applied at full and half rate, and,
-  where the results hold the split, the broker's and the worker's share of it;
+  where the results hold the split, the broker's and the worker's share of it, and the
+  worker's own time from its histogram (p50, p95, p99);
 * ``soak.png``: the worker's RSS over the soak.
 
 The charts live with the JSON they are drawn from, so ``make bench`` rewrites both
@@ -106,11 +107,29 @@ class Curve:
 
 
 def latency_curves(phase: Mapping[str, Any]) -> list[Curve]:
-    """CDFs of one latency phase: the total, then the broker's and worker's share if kept."""
+    """CDFs of one latency phase: the total, then the broker's and worker's share if kept.
+
+    Where the phase has the worker's own time (its histogram's percentiles), a last curve
+    draws it through p50, p95 and p99.
+    """
     samples = phase.get("probe_ms")
     if not samples:
         return [Curve("ack → applied", *summary_points(phase), *_p50_p99(phase), False)]
     split = phase["split"]
+    own = phase.get("worker_own_time") or {}
+    owned = (
+        [
+            Curve(
+                "worker's own time (histogram)",
+                [own["p50_ms"], own["p95_ms"], own["p99_ms"]],
+                [0.5, 0.95, 0.99],
+                *_p50_p99(own),
+                False,
+            )
+        ]
+        if own.get("p50_ms") is not None
+        else []
+    )
     return [
         Curve("ack → applied", *cdf(samples["ack_to_applied"]), *_p50_p99(phase), True),
         Curve(
@@ -125,6 +144,7 @@ def latency_curves(phase: Mapping[str, Any]) -> list[Curve]:
             *_p50_p99(split["delivered_to_applied"]),
             True,
         ),
+        *owned,
     ]
 
 
@@ -176,9 +196,9 @@ def draw_latency(result: Mapping[str, Any], path: Path) -> None:
         _plot(total, curve, colour, rate)
     _latency_axes(total, "Processor latency: broker ack → applied in Redis")
     for ax, (name, phase) in zip(axes[0][1:], phases, strict=False):
-        for curve, colour in zip(
-            latency_curves(phase), ("#555555", "#9467bd", "#2ca02c"), strict=True
-        ):
+        curves = latency_curves(phase)
+        colours = ("#555555", "#9467bd", "#2ca02c", "#ff7f0e")[: len(curves)]
+        for curve, colour in zip(curves, colours, strict=True):
             _plot(ax, curve, colour, curve.label)
         negative = phase["split"]["worker_share_negative"]
         _latency_axes(

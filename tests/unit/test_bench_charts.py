@@ -43,6 +43,16 @@ def test_latency_curves_split_when_samples_were_kept() -> None:
     assert curves[0].p99_ms == 120.0
 
 
+def test_the_workers_own_time_is_drawn_through_its_histograms_percentiles() -> None:
+    own = {"changes": 900, "p50_ms": 20.0, "p95_ms": 60.0, "p99_ms": 90.0}
+    curves = latency_curves({**_phase([100.0, 40.0], [30.0, 50.0]), "worker_own_time": own})
+    assert curves[3].label.startswith("worker's own time") and not curves[3].from_samples
+    assert (curves[3].xs, curves[3].ys) == ([20.0, 60.0, 90.0], [0.5, 0.95, 0.99])
+    assert curves[3].p99_ms == 90.0
+    idle = {"changes": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+    assert len(latency_curves({**_phase([1.0], [1.0]), "worker_own_time": idle})) == 3
+
+
 def test_latency_curves_fall_back_to_percentiles_for_older_results() -> None:
     (curve,) = latency_curves({**PERCENTILES, "achieved_rate": 10_000})
     assert not curve.from_samples
