@@ -17,6 +17,7 @@ from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
 from cdc_cache.core.throttle import Throttle
 from cdc_cache.inspector.settings import InspectSettings
 from cdc_cache.plan.cache_ops import ValueFormat
+from cdc_cache.plan.indexes import index_kind
 from cdc_cache.plan.rules import KeyRule, TableRules
 from cdc_cache.sink.connection import Client
 from cdc_cache.source.broker_health import BrokerHealth
@@ -24,7 +25,7 @@ from cdc_cache.source.kafka_config import CONSUMER_DEFAULTS
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.tools.index_judge import Pair, StoredIndex
 from cdc_cache.tools.verify import row_for_key
-from cdc_cache.tools.verify_indexes import implied_by_a_row, index_kind, read_members
+from cdc_cache.tools.verify_indexes import implied_by_a_row, read_members
 from cdc_cache.tools.verify_judge import KeyPattern, Stored
 from cdc_cache.tools.verify_reads import Database, read_keys
 

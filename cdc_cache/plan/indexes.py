@@ -120,6 +120,11 @@ def _entry(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> Entry:
         raise RenderError(msg) from None
 
 
+def index_kind(rule: KeyRule) -> IndexKind:
+    """The Redis type of an index rule's keys: a sorted set for zadd, a set for sadd."""
+    return IndexKind.ZSET if rule.action is Action.ZADD else IndexKind.SET
+
+
 def _op(
     rule: KeyRule, event: ChangeEvent, table: TableRules, entry: Entry, *, present: bool
 ) -> IndexMember:
@@ -132,7 +137,7 @@ def _op(
         event.position,
         rule.ttl_ms,
         table.tombstone_ttl_ms,
-        IndexKind.ZSET if rule.action is Action.ZADD else IndexKind.SET,
+        index_kind(rule),
         event.table,
         rebuild=event.op is Op.READ,
     )

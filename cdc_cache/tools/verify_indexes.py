@@ -64,11 +64,6 @@ def read_indexes(client: Client, indexes: Sequence[tuple[str, KeyRule]]) -> list
     return out
 
 
-def index_kind(rule: KeyRule) -> IndexKind:
-    """The Redis type of an index rule's keys."""
-    return IndexKind.ZSET if rule.action is Action.ZADD else IndexKind.SET
-
-
 def _holding(record: object) -> bool:
     """Whether an index's record says the worker left members in it."""
     return isinstance(record, bytes) and record[HORIZON_DIGITS:][:1] == b"1"
