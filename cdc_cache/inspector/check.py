@@ -16,10 +16,9 @@ from cdc_cache.core.events import Row
 from cdc_cache.inspector.consistency import (
     KeyFinding,
     Outcome,
+    implications,
     judge_keys,
     judge_members,
-    members_of,
-    rendered,
     same_members,
     same_projection,
     strays,
@@ -93,8 +92,7 @@ def visible(sample: Sample, truth: Truth) -> bool:
     """
     image = sample.event.image
     try:
-        newest = rendered(sample.table, image, sample.primary_key)
-        implied = members_of(sample.table, image, sample.primary_key)
+        newest, implied = implications(sample.table, image, sample.primary_key)
     except PoisonMessage:
         return False
     stored = truth.stored(sample.keys)
@@ -118,10 +116,8 @@ def check(
     held = truth.memberships(sample.members) if sample.members else {}
     row = truth.row(table, sample.event.key)
     try:
-        expected = rendered(table, row, primary_key)
-        newest = rendered(table, sample.event.image, primary_key)
-        implied = members_of(table, row, primary_key)
-        implied_newest = members_of(table, sample.event.image, primary_key)
+        expected, implied = implications(table, row, primary_key)
+        newest, implied_newest = implications(table, sample.event.image, primary_key)
     except PoisonMessage:
         return Unrenderable()
     if not same_projection(expected, newest) or not same_members(implied, implied_newest):

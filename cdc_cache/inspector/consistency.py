@@ -82,19 +82,25 @@ class KeyFinding:
 def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
     """The ``set`` keys ``row`` renders and their values; none for an absent row.
 
-    Raises :class:`~cdc_cache.core.errors.RenderError` when a column a rule needs is absent.
+    None either for a row the rules cannot render (``derive`` says why, ``unrenderable``).
     """
-    if row is None:
-        return {}
-    return {op.key: op for _, op in derive(table, row, primary_key).sets}
+    return implications(table, row, primary_key)[0]
 
 
 def members_of(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> Implied:
     """The index memberships ``row`` implies (none for an absent row)."""
+    return implications(table, row, primary_key)[1]
+
+
+def implications(
+    table: TableRules, row: Row | None, primary_key: Sequence[str]
+) -> tuple[dict[str, SetRow], Implied]:
+    """:func:`rendered` and :func:`members_of` of ``row``, from one run of the planner."""
     if row is None:
-        return {}
-    members = derive(table, row, primary_key).members
-    return {(op.key, op.member): (rule, op.score) for rule, op in members}
+        return {}, {}
+    derived = derive(table, row, primary_key)
+    keys = {op.key: op for _, op in derived.sets}
+    return keys, {(op.key, op.member): (rule, op.score) for rule, op in derived.members}
 
 
 def same_members(left: Implied, right: Implied) -> bool:

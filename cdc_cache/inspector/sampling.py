@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from cdc_cache.core.errors import PoisonMessage
 from cdc_cache.core.events import ChangeEvent
-from cdc_cache.inspector.consistency import Outcome, members_of, rendered
+from cdc_cache.inspector.consistency import Outcome, implications
 from cdc_cache.plan.cache_ops import ValueFormat
 from cdc_cache.plan.rules import KeyRule, TableRules
 from cdc_cache.tools.index_judge import Pair
@@ -236,9 +236,10 @@ def _add_keys(sample: Sample, event: ChangeEvent) -> None:
     """
     for image in (event.before, event.after):
         try:
-            for key, op in rendered(sample.table, image, sample.primary_key).items():
+            keys, members = implications(sample.table, image, sample.primary_key)
+            for key, op in keys.items():
                 sample.keys[key] = op.format
-            for pair, (rule, _) in members_of(sample.table, image, sample.primary_key).items():
+            for pair, (rule, _) in members.items():
                 sample.members[pair] = rule
         except PoisonMessage:
             continue
