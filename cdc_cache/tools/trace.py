@@ -261,7 +261,7 @@ class HeldIndexes:
         written (``invalidated``): it stays absent until a snapshot read rebuilds it.
         """
         verdict = gate(version_of(op), self.versions.get((op.key, op.member)))
-        index = self.indexes.get(op.key, StoredIndex({}, exists=False))
+        index = self.indexes.get(op.key, ABSENT_INDEX)
         vanished = index.absent and index.left_holding
         if verdict is Gate.APPLIED and op.present and vanished and not (op.rebuild or op.drop):
             return Gate.INVALIDATED
@@ -269,6 +269,8 @@ class HeldIndexes:
 
 
 NO_INDEXES: Final = HeldIndexes({}, {})
+ABSENT_INDEX: Final = StoredIndex({}, exists=False)
+"""An index key that was not read: absent."""
 
 
 def _member_action(op: IndexMember) -> str:
@@ -344,14 +346,12 @@ def trace_of(
                 if version_of(op) == held.versions.get(pair):
                     writers[pair] = (change, op)
     members = []
-    for (index, member), kind in members_of(routed).items():
-        stored = held.indexes.get(index, StoredIndex({}, exists=False))
-        version = held.versions.get((index, member))
-        traced = MemberTrace(index, member, kind, stored, version)
-        if (index, member) in writers:
-            change, op = writers[index, member]
-            traced = MemberTrace(index, member, kind, stored, version, change, op)
-        members.append(traced)
+    for pair, kind in members_of(routed).items():
+        holder, wrote = writers.get(pair, (None, None))
+        index, member = pair
+        stored = held.indexes.get(index, ABSENT_INDEX)
+        version = held.versions.get(pair)
+        members.append(MemberTrace(index, member, kind, stored, version, holder, wrote))
     return Trace(
         table=table,
         key=dict(key),

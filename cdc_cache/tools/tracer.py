@@ -32,7 +32,16 @@ from cdc_cache.sink.connection import Client, connect
 from cdc_cache.sink.key_state import read_key_state
 from cdc_cache.source.schema_registry import schema_resolver
 from cdc_cache.source.topic_scan import reader, scan
-from cdc_cache.tools.trace import HeldIndexes, Trace, is_row, keys_of, members_of, row_key, trace_of
+from cdc_cache.tools.trace import (
+    NO_INDEXES,
+    HeldIndexes,
+    Trace,
+    is_row,
+    keys_of,
+    members_of,
+    row_key,
+    trace_of,
+)
 from cdc_cache.tools.verify_indexes import read_members
 
 
@@ -74,7 +83,7 @@ class Tracer:
             states = {k: read_key_state(client, k) for k in keys_of(routed)}
             pairs = members_of(routed)
             read = read_members(client, pairs) if pairs else None
-            held = HeldIndexes(read.indexes, read.versions) if read else HeldIndexes({}, {})
+            held = HeldIndexes(read.indexes, read.versions) if read else NO_INDEXES
         finally:
             client.close()
         return trace_of(
