@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from cdc_cache.core import metrics
 from cdc_cache.core.errors import StopRequested, TransientError
@@ -59,6 +59,11 @@ class Backoff:
         return self.base(attempt) * (1 - self.jitter * rng.random())
 
 
+# One generator for every call's jitter: seeding one reads 2.5 KB from the OS, once per
+# call on the writer's path (each batch) before it was shared.
+_JITTER: Final = random.Random()
+
+
 def _is_transient_error(exc: BaseException) -> bool:
     return isinstance(exc, TransientError)
 
@@ -78,7 +83,7 @@ def retry_forever(
     ``attempt`` counts failures so far, starting at 1.
     """
     policy = backoff or Backoff()
-    chance = rng or random.Random()
+    chance = rng or _JITTER
     attempt = 0
     while True:
         try:
