@@ -95,6 +95,14 @@ REDIS_OPS = Counter(
     ["kind", "outcome"],
     namespace=NAMESPACE,
 )
+ABSENT_INDEX_OPS = Counter(
+    "absent_index_ops",
+    "Member ops of index keys (zadd, sadd rules) that left their index absent until a snapshot "
+    "of the table rebuilds it (the index was gone though the worker had left members in it, or "
+    "the op dropped it), by the table they belong to: run cdc-cache snapshot --table <table>",
+    ["table"],
+    namespace=NAMESPACE,
+)
 CONSUMER_ERRORS = Counter(
     "consumer_errors",
     "Errors reported by the Kafka client (it retries them itself), by librdkafka error code",

@@ -63,6 +63,10 @@ _OP_KIND = {
 }
 
 
+# A member op that left its index absent until a snapshot of its table rebuilds it.
+_ABSENT_INDEX: tuple[type[CacheOp], Outcome] = (IndexMember, Outcome.INVALIDATED)
+
+
 @dataclass(slots=True)  # not frozen: one per change, and frozen fields cost 3x to set
 class EventOutcome:
     """What happened to one change: applied, stale, duplicate or no_op (nothing to do)."""
@@ -316,7 +320,8 @@ class CacheWriter:
         a labelled increment or an observation costs a lookup and a lock, too much to pay
         per change. The labels are counted once per batch too, over lists gathered in the
         one pass over the changes: each op's kind with its outcome, each change's table, op
-        and outcome.
+        and outcome. Only a batch whose counts hold an index member op ``invalidated`` (its
+        index left absent until a snapshot rebuilds it) walks its ops again, for their tables.
         """
         outcomes = iter(results)
         now_ms = self._clock_ms()
@@ -352,8 +357,17 @@ class CacheWriter:
             report.append(EventOutcome(event, summary))
         if self._expiring:  # only a row's expiry sends an op as another kind: a set as a delete
             op_labels = [(type(op), o) for op, (_, o) in zip(sent, op_labels, strict=True)]
-        for (kind, outcome), count in Counter(op_labels).items():
+        op_counts = Counter(op_labels)
+        for (kind, outcome), count in op_counts.items():
             metrics.REDIS_OPS.labels(_OP_KIND[kind], outcome.value).inc(count)
+        if _ABSENT_INDEX in op_counts:  # rare: only then a second pass finds their tables
+            tables = (
+                op.table
+                for op, label in zip(sent, op_labels, strict=True)
+                if label == _ABSENT_INDEX and isinstance(op, IndexMember)
+            )
+            for table, count in Counter(tables).items():
+                metrics.ABSENT_INDEX_OPS.labels(table).inc(count)
         for (table, op_name, summary), count in Counter(event_labels).items():
             metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
         observe_all(metrics.COMMIT_TO_APPLIED, committed)

@@ -3,15 +3,19 @@
 The writer counts a batch's labels once per batch and summarises a change of one op
 through a lookup; these tests hold both to what counting change by change and op by op,
 with the general rule for a change's outcome, gives. An op is counted by the kind it was
-sent to Redis as: a set whose row expired before its batch was applied is a delete.
+sent to Redis as: a set whose row expired before its batch was applied is a delete. An index
+member op that came back invalidated (its index left absent until a snapshot) is counted
+under its table too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -49,6 +53,7 @@ PLAIN = ("set", "delete", "index", "invalidate_prefix", "notify")
 # the kind each op is sent to Redis as, and counted by
 SENT_AS = {kind: kind for kind in KINDS} | {"set_expired": "delete", "set_expiring": "set"}
 OUTCOMES = list(Outcome)
+TABLES = ("db.a", "db.b")
 
 
 class ScriptedApplier:
@@ -81,14 +86,15 @@ def changes(draw: st.DrawFn, expiring: bool = True) -> tuple[Planned, list[tuple
     kinds = draw(
         st.lists(st.sampled_from([k for k in sorted(KINDS) if expiring or k in PLAIN]), max_size=3)
     )
-    ops = [KINDS[kind] for kind in kinds]
+    table = draw(st.sampled_from(TABLES))
+    ops = [replace(KINDS[kind], table=table) if kind == "index" else KINDS[kind] for kind in kinds]
     outcomes = [
         (kind, Outcome.APPLIED if kind == "invalidate_prefix" else draw(st.sampled_from(OUTCOMES)))
         for kind in kinds
     ]
     committed = draw(st.none() | st.integers(NOW_MS - 5_000, NOW_MS + 5_000))
     event = ChangeEvent(
-        draw(st.sampled_from(["db.a", "db.b"])),
+        table,
         draw(st.sampled_from([Op.CREATE, Op.UPDATE, Op.DELETE])),
         None,
         {"id": 1},
@@ -111,7 +117,7 @@ def snapshot() -> dict[str, Any]:
     def value(name: str, **labels: str) -> float:
         return samples.get((f"cdc_cache_{name}", tuple(sorted(labels.items()))), 0.0)
 
-    tables, ops = ("db.a", "db.b"), (Op.CREATE, Op.UPDATE, Op.DELETE)
+    tables, ops = TABLES, (Op.CREATE, Op.UPDATE, Op.DELETE)
     summaries = ("applied", "stale", "duplicate", "no_op")
     return {
         "ops": {
@@ -125,6 +131,7 @@ def snapshot() -> dict[str, Any]:
             for op in ops
             for s in summaries
         },
+        "absent_indexes": {t: value("absent_index_ops_total", table=t) for t in tables},
         "changes": value("records_total", kind="change"),
         "committed": value("commit_to_applied_seconds_count"),
         "emitted": value("emitted_to_applied_seconds_count"),
@@ -166,10 +173,17 @@ def test_a_batch_is_counted_as_change_by_change_and_op_by_op(
     event_counts = Counter(
         (p.event.table, str(p.event.op), s) for (p, _), s in zip(batch, summaries, strict=True)
     )
+    absent_indexes = Counter(
+        p.event.table
+        for p, ops in batch
+        for kind, o in ops
+        if kind == "index" and o is Outcome.INVALIDATED
+    )
     applied = [p.event for (p, _), s in zip(batch, summaries, strict=True) if s == "applied"]
     assert counted == {
         "ops": dict(op_counts),
         "events": dict(event_counts),
+        "absent_indexes": dict(absent_indexes),
         "changes": len(batch),
         "committed": sum(e.committed_at_ms is not None for e in applied),
         "emitted": sum(e.emitted_at_ms is not None for e in applied),
@@ -205,6 +219,46 @@ def test_a_set_whose_row_expired_is_counted_as_the_delete_it_was_sent_as() -> No
     assert [type(op) for op in applier.sent] == [DeleteKey]
     assert report.outcome == "applied"
     assert delta(snapshot(), before)["ops"] == {("delete", "applied"): 1}
+
+
+@pytest.mark.parametrize("expiring", [False, True])
+def test_an_index_op_that_came_back_invalidated_is_counted_under_its_table(
+    expiring: bool,
+) -> None:
+    """The table whose snapshot rebuilds the index, among ops of other kinds and outcomes."""
+
+    def change(table: str, *kinds: str) -> Planned:
+        event = ChangeEvent(table, Op.UPDATE, None, {}, {"id": 1}, AT, None)
+        ops = [replace(KINDS[k], table=table) if k != "notify" else KINDS[k] for k in kinds]
+        return Planned(SourceRecord("t", 0, 0, None, None), event, tuple(ops))
+
+    inv, app, stale, dup = Outcome.INVALIDATED, Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE
+    batch_outcomes = [
+        (change("db.a", "set_expired" if expiring else "set", "index", "notify"), [inv, app, app]),
+        (change("db.b", "index"), [inv]),
+        (change("db.a", "invalidate_prefix", "index"), [inv]),  # no outcome for a prefix
+        (change("db.b", "set", "delete", "index"), [inv, inv, stale]),
+        (change("db.a", "index", "index"), [dup, inv]),
+    ]
+    applier = ScriptedApplier([o for _, outcomes in batch_outcomes for o in outcomes])
+    writer = CacheWriter(applier, Backoff(), clock_ms=lambda: NOW_MS, expiring=expiring)  # type: ignore[arg-type]
+    before = snapshot()
+    writer.write([planned for planned, _ in batch_outcomes])
+    counted = delta(snapshot(), before)
+    assert counted["absent_indexes"] == {"db.a": 2, "db.b": 1}
+    assert counted["ops"][("index", "invalidated")] == 3
+
+
+def test_a_batch_without_an_index_op_invalidated_counts_no_table() -> None:
+    """Index ops applied, stale or duplicate, and other kinds invalidated: no table named."""
+    event = ChangeEvent("db.a", Op.UPDATE, None, {}, {"id": 1}, AT, None)
+    ops = (replace(KINDS["index"], table="db.a"), KINDS["set"], KINDS["delete"])
+    batch = [Planned(SourceRecord("t", 0, n, None, None), event, ops) for n in range(3)]
+    inv, app, stale, dup = Outcome.INVALIDATED, Outcome.APPLIED, Outcome.STALE, Outcome.DUPLICATE
+    applier = ScriptedApplier([app, inv, inv, stale, inv, inv, dup, inv, inv])
+    before = snapshot()
+    CacheWriter(applier, Backoff()).write(batch)  # type: ignore[arg-type]
+    assert delta(snapshot(), before)["absent_indexes"] == {}
 
 
 def stays(le: str | None = None) -> float:
