@@ -129,6 +129,21 @@ def test_memory_benchmark_reports_both_layouts_on_both_deployments(tmp_path: Pat
 
 
 @pytest.mark.integration
+def test_apply_args_benchmark_measures_both_sides_and_the_accounting(tmp_path: Path) -> None:
+    out = tmp_path / "args.json"
+    done = subprocess.run(
+        [sys.executable, "bench/apply_args.py", "--events", "2000", "--rounds", "1",
+         "--out", str(out)],
+        cwd=ROOT, timeout=120, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["ops"] > result["events"] // 2 and result["calls"] >= 1
+    for side in ("worker_us_per_op", "redis_us_per_op", "account_us_per_change"):
+        assert result[side] > 0, side
+
+
+@pytest.mark.integration
 def test_fanout_benchmark_deletes_every_dependent_key_on_both_deployments(tmp_path: Path) -> None:
     out = tmp_path / "fanout.json"
     done = subprocess.run(
