@@ -174,6 +174,29 @@ def own_time(metrics_text: str) -> dict[str, Any]:
     return shown
 
 
+def writes(metrics_text: str) -> dict[str, Any]:
+    """How the worker wrote: its batch writes, changes per write, mean seconds per write.
+
+    From ``cdc_cache_apply_batch_seconds`` (one observation per write of the sink's writer
+    thread) and ``cdc_cache_records_total{kind="change"}``: few changes per write means each
+    write's fixed cost (a round trip, the accounting's metric updates) is shared by few.
+    """
+    count = total_s = changes = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "cdc_cache_apply_batch_seconds_count":
+                count = sample.value
+            elif sample.name == "cdc_cache_apply_batch_seconds_sum":
+                total_s = sample.value
+            elif sample.name == "cdc_cache_records_total" and sample.labels["kind"] == "change":
+                changes = sample.value
+    return {
+        "writes": int(count),
+        "changes_per_write": round(changes / count, 1) if count else None,
+        "ms_per_write": round(total_s / count * 1000, 2) if count else None,
+    }
+
+
 def compact(samples: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
     """The samples rounded to 0.1 ms, for the results file."""
     return {name: [round(v, 1) for v in values] for name, values in samples.items()}

@@ -82,6 +82,7 @@ from bench.probes import (
     own_time,
     per_probe,
     split,
+    writes,
 )
 from bench.workload import RULES_YAML, TABLES, Generator, Message
 from cdc_cache.core.keys import ns
@@ -521,6 +522,7 @@ def product(
     first, done = bench.wait_consumed(ports, records, timeout=900, on_first=meter.start)
     cpu = meter.stop()
     rss = [rss_mb(proc.pid) for proc in bench.procs]
+    written = [writes(bench.scrape(port)) for port in ports]
     bench.stop_workers()
     elapsed = done - first
     guard = bench.guard(generator)
@@ -538,6 +540,7 @@ def product(
         "events_per_s": round(loaded["events"] / elapsed),
         "cpu": cpu,
         "worker_rss_mb_end": rss,
+        "writes": written,
         "guard": guard,
     }
 
@@ -1146,8 +1149,10 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     first, done = bench.wait_consumed(ports, loaded["records"], timeout=900)
     spy.send_signal(signal.SIGINT)
     spy.wait(60)
+    written = writes(bench.scrape(ports[0]))
     bench.stop_workers()
-    return {"profile": str(args.profile), "events_per_s": round(loaded["events"] / (done - first))}
+    events_per_s = round(loaded["events"] / (done - first))
+    return {"profile": str(args.profile), "events_per_s": events_per_s, "writes": written}
 
 
 def ratios(out: dict[str, Any]) -> dict[str, float]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bench.probes import compact, own_time, per_probe, split, worker_share
+from bench.probes import compact, own_time, per_probe, split, worker_share, writes
 from bench.throughput import dumps
 
 SENT_US = {1: 1_000_000_000, 2: 1_000_010_000}  # 1000 s and 1000.01 s after the epoch
@@ -62,3 +62,21 @@ def test_the_workers_own_time_is_read_from_its_histogram() -> None:
 
 def test_a_worker_that_took_no_change_has_no_own_time() -> None:
     assert own_time("") == {"changes": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+
+def test_the_workers_writes_are_read_from_its_batch_histogram_and_change_count() -> None:
+    registry = CollectorRegistry()
+    writes_histogram = Histogram(
+        "apply_batch_seconds", "one write", namespace="cdc_cache", registry=registry
+    )
+    records = Counter("records", "records", ["kind"], namespace="cdc_cache", registry=registry)
+    for seconds in (0.02, 0.04):
+        writes_histogram.observe(seconds)
+    records.labels("change").inc(500)
+    records.labels("tombstone").inc(70)
+    shown = writes(generate_latest(registry).decode())
+    assert shown == {"writes": 2, "changes_per_write": 250.0, "ms_per_write": 30.0}
+
+
+def test_a_worker_that_wrote_nothing_has_no_changes_per_write() -> None:
+    assert writes("") == {"writes": 0, "changes_per_write": None, "ms_per_write": None}
