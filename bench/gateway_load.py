@@ -7,6 +7,8 @@ at ``--rate`` per second for ``--duration`` seconds, in the entry format the app
 writes (``p`` = JSON payload, the channel recorded in ``cdc:channels``). Each payload
 carries the time it was appended; each client computes the delivery latency (append →
 received) of every message it gets, and counts them, so loss and duplicates show too.
+The publisher runs in a process of its own, paced by the monotonic clock (see ``publish``):
+``published_per_s`` is its pace, measured, the load the gateway was offered.
 
     python bench/gateway_load.py [--clients 1000] [--channels 20] [--rate 200] [--duration 30]
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -27,6 +31,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from cdc_cache.core.keys import ns
 from cdc_cache.notify.tokens import issue
+from cdc_cache.sink.connection import connect as connect_sync
 from cdc_cache.sink.connection import connect_async, split_cluster_flag
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisClusterServers, RedisServer
@@ -76,25 +82,44 @@ async def client(index: int, url: str, channel: str, tally: Tally, ready: asynci
             tally.closed.append(f"client {index}: {exc}")
 
 
-async def publish(redis_url: str, channels: list[str], rate: float, duration: float) -> int:
-    """Append ``rate`` notifications a second, round robin over the channels; returns count."""
-    redis = connect_async(redis_url)
-    sent, started, tick = 0, time.monotonic(), 0.01
-    while (elapsed := time.monotonic() - started) < duration:
-        due = int(elapsed * rate) + 1 - sent
-        if due > 0:
-            pipe = redis.pipeline(transaction=False)
-            for _ in range(due):
-                channel = channels[sent % len(channels)]
-                payload = orjson.dumps(
-                    {"table": "load", "op": "u", "seq": sent, "sent_ms": time.time() * 1000}
-                )
-                pipe.xadd(ns().stream_key(channel), {"p": payload}, maxlen=10_000, approximate=True)
-                sent += 1
-            await pipe.execute()
-        await asyncio.sleep(tick)
-    await redis.aclose()
-    return sent
+def ready() -> None:
+    """Nothing: once it ran in the publisher's process, that process is up and ready."""
+
+
+def publish(redis_url: str, streams: list[str], rate: float, duration: float) -> tuple[int, float]:
+    """Append ``rate`` notifications a second for ``duration`` s, round robin over ``streams``.
+
+    Runs in a process of its own with a plain client (see :func:`measure`): neither the
+    clients' event loop, busy parsing every frame, nor the interpreter lock its thread
+    holds on a loaded machine can stretch the pace. Message ``i`` is due ``i / rate`` s
+    after the first (the monotonic clock); each wake sends every message due, so a late
+    wake catches up and exactly ``round(rate * duration)`` are sent. Returns their count
+    and the seconds they took: from the first send to the end of the last, plus one
+    interval (``count / rate`` when every send was on time), so a publisher that fell
+    behind shows a longer time and a lower pace, never a shorter one.
+    """
+    redis = connect_sync(redis_url)
+    total = round(rate * duration)
+    sent = 0
+    started = last = time.monotonic()
+    try:
+        while sent < total:
+            due = min(total, math.floor((time.monotonic() - started) * rate + 1e-9) + 1)
+            if due > sent:
+                pipe = redis.pipeline(transaction=False)
+                for seq in range(sent, due):
+                    payload = orjson.dumps(
+                        {"table": "load", "op": "u", "seq": seq, "sent_ms": time.time() * 1000}
+                    )
+                    stream = streams[seq % len(streams)]
+                    pipe.xadd(stream, {"p": payload}, maxlen=10_000, approximate=True)
+                pipe.execute()
+                sent = due
+                last = time.monotonic()
+            time.sleep(max(0.0, started + sent / rate - time.monotonic()))
+    finally:
+        redis.close()
+    return sent, last - started + 1 / rate
 
 
 def start_gateway(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -132,9 +157,14 @@ async def measure(args: argparse.Namespace, redis_url: str, port: int) -> dict[s
             await asyncio.sleep(0)  # let handshakes proceed instead of queueing 1,000 at once
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
     connect_s = time.monotonic() - began
-    started = time.monotonic()
-    sent = await publish(redis_url, channels, args.rate, args.duration)
-    publish_s = time.monotonic() - started
+    streams = [ns().stream_key(channel) for channel in channels]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as publisher:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(publisher, ready)  # spawned before the clock starts
+        started = time.monotonic()
+        sent, publish_s = await loop.run_in_executor(
+            publisher, publish, redis_url, streams, args.rate, args.duration
+        )
     per_channel = Counter(i % args.channels for i in range(args.clients))
     expected = sum(per_channel[seq % args.channels] for seq in range(sent))
     deadline = time.monotonic() + args.drain

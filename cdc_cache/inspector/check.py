@@ -69,7 +69,11 @@ class Deferred:
 
 @dataclass(frozen=True, slots=True)
 class Unrenderable:
-    """A rule cannot render the row (the worker dead-letters such a change)."""
+    """A rule cannot render the row read or the newest change's image.
+
+    The worker dead-letters such a row's changes (``render_failed``); a row that implies
+    nothing cannot be judged (the inspector skips it, ``unrenderable``).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,8 @@ def visible(sample: Sample, truth: Truth) -> bool:
 
     Each key its image renders holds the image's projection, and each other key of the
     row is gone; each index it implies holds its member with its score, and each other
-    index of the row not.
+    index of the row not. An image the rules cannot render never shows (the check that
+    follows skips the sample).
     """
     image = sample.event.image
     try:

@@ -32,6 +32,7 @@ from typing import Final
 
 import orjson
 
+from cdc_cache.core.errors import RenderError
 from cdc_cache.core.events import Row
 from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules import KeyRule, TableRules
@@ -82,23 +83,36 @@ class KeyFinding:
 def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
     """The ``set`` keys ``row`` renders and their values; none for an absent row.
 
-    None either for a row the rules cannot render (``derive`` says why, ``unrenderable``).
+    Raises :class:`~cdc_cache.core.errors.RenderError` for a row the rules cannot render
+    (see :func:`implications`).
     """
     return implications(table, row, primary_key)[0]
 
 
 def members_of(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> Implied:
-    """The index memberships ``row`` implies (none for an absent row)."""
+    """The index memberships ``row`` implies (none for an absent row).
+
+    Raises :class:`~cdc_cache.core.errors.RenderError` for a row the rules cannot render.
+    """
     return implications(table, row, primary_key)[1]
 
 
 def implications(
     table: TableRules, row: Row | None, primary_key: Sequence[str]
 ) -> tuple[dict[str, SetRow], Implied]:
-    """:func:`rendered` and :func:`members_of` of ``row``, from one run of the planner."""
+    """:func:`rendered` and :func:`members_of` of ``row``, from one run of the planner.
+
+    Raises :class:`~cdc_cache.core.errors.RenderError` (a poison error), with ``derive``'s
+    reason, for a row the rules cannot render (a NULL score of a zadd index, a column a
+    rule needs absent). The worker dead-letters such a row's changes, so its keys cannot
+    be judged: read as a row that implies nothing, it would pass as consistent, or make
+    strays of its keys. (``verify`` lists such a row with its reason, through ``derive``.)
+    """
     if row is None:
         return {}, {}
     derived = derive(table, row, primary_key)
+    if derived.unrenderable is not None:
+        raise RenderError(derived.unrenderable)
     keys = {op.key: op for _, op in derived.sets}
     return keys, {(op.key, op.member): (rule, op.score) for rule, op in derived.members}
 

@@ -232,7 +232,8 @@ def _add_keys(sample: Sample, event: ChangeEvent) -> None:
     """Note the ``set`` keys and the index memberships of the change's images.
 
     An image that cannot render them (a PostgreSQL before image without REPLICA IDENTITY
-    FULL) adds none.
+    FULL, a row with a NULL score of a zadd index) adds none; the check skips a sample
+    whose newest image, or row, the rules cannot render.
     """
     for image in (event.before, event.after):
         try:

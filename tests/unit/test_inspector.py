@@ -357,6 +357,39 @@ def test_a_stray_key_emptied_within_the_settle_is_no_inconsistency():
     assert run.report["checks"] == {"consistent": 1 + 1, "stale": 0, "missing": 0, "unexpected": 0}
 
 
+def _without_qty(run: Run, row_id: int, note: str | None = None) -> Message:
+    """A change of row ``row_id`` after the projected column qty was dropped (``note`` set)."""
+    run.workload.pos += 100
+    before = run.workload.rows[row_id]
+    after = {name: value for name, value in before.items() if name != "qty"}
+    after["note"] = note if note is not None else before.get("note")
+    run.workload.rows[row_id] = after
+    return run.workload._message("u", before, after, 0)
+
+
+def test_a_row_the_rules_cannot_render_is_skipped_as_unrenderable_with_its_keys_unjudged():
+    """A projected column dropped: the worker dead-letters the row's changes (``render_failed``).
+
+    Such a row implies no key: judged, it would be consistent, and a key of it still cached
+    a stray. Neither the row the check reads nor the sampled change's image is judged.
+    """
+    run = Run()
+    (insert,) = run.workload._insert()
+    run.deliver(insert)
+    (row_id,) = run.workload.rows
+    dropped = _without_qty(run, row_id)
+    run.deliver(dropped, apply=False)  # the row's sample follows it; its key is still cached
+    run.wait(2 * SETTLE + 0.5)
+    assert sum(run.report["checks"].values()) == 0
+    assert run.report["skipped"] == {"unrenderable": 1}
+    assert run.inspector.tracker.pending == 0
+    run.deliver(_without_qty(run, row_id, note="unwatched"), apply=False)  # planned: no ops
+    run.wait(SETTLE + 0.5)
+    assert sum(run.report["checks"].values()) == 0
+    assert run.report["skipped"] == {"unrenderable": 2}
+    assert run.inspector.tracker.pending == 0
+
+
 def test_an_evicted_key_is_missing_not_inconsistent():
     run = Run()
     (insert,) = run.workload._insert()

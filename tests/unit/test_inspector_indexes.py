@@ -270,3 +270,23 @@ def test_judge_members_reads_only_the_rows_members_of_each_index():
     assert (stray.key, stray.member, stray.outcome) == (CAT6, "7", Outcome.UNEXPECTED)
     wrong = {CAT6: StoredIndex({}, wrong_type=True), **right}
     assert judge_members(implied, wrong) == [], "an index the row left is not the row's"
+
+
+def test_a_row_the_rules_cannot_render_is_skipped_as_unrenderable_not_judged():
+    """A NULL score: the worker dead-letters the row's changes (``render_failed``).
+
+    Such a row implies no member: judged, it would be consistent, and the members it had
+    strays. Neither the row the check reads nor the sampled change's image is judged.
+    """
+    run = Run()
+    run.change(None, row(8, 5, 3))  # applied: its members are in the indexes
+    unpriced = {**row(8, 5), "price": None}
+    run.change(row(8, 5, 3), unpriced, apply=False)  # followed; the members stay
+    run.wait(2 * SETTLE + 0.5)
+    assert _checks(run) == {} and run.report["skipped"] == {"unrenderable": 1}
+    assert run.inspector.tracker.pending == 0
+    run.change({**unpriced, "name": "a"}, {**unpriced, "name": "b"}, apply=False)  # no ops
+    run.wait(SETTLE + 0.5)
+    assert _checks(run) == {} and run.report["skipped"] == {"unrenderable": 2}
+    assert run.report["latest_inconsistencies"] == []
+    assert run.inspector.tracker.pending == 0
