@@ -156,7 +156,7 @@ def main() -> int:
         server.start()
         try:
             redis: Redis[bytes] = Redis(port=server.port)
-            redis.script_load(source)
+            redis.execute_command("SCRIPT LOAD", source)
             packed = encode(batches, sha, redis)
             call_args = [c for b in batches for c in calls(b, range(len(b)))]
             result: dict[str, Any] = {

@@ -30,13 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cdc_cache_client.tags import member
+
 from bench.memory import deployments
 from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.plan.cache_ops import InvalidateTag, SetRow, ValueFormat
 from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.connection import Client, primaries
-from cdc_cache.sink.tags import TagStore, member
+from cdc_cache.sink.tags import TagStore
 
 TAG = "catalog.brands:7"
 TOMBSTONE_MS = 3_600_000
@@ -51,7 +53,7 @@ def prepare(client: Client, size: int) -> None:
     """``size`` product pages cached and linked under the brand's tag (bulk, not timed)."""
     for start in range(0, size, 5_000):
         pipe = client.pipeline(transaction=False)
-        fields: dict[str, str] = {}
+        fields: dict[str | bytes, bytes | float | int | str] = {}
         for i in range(start, min(size, start + 5_000)):
             key = f"product:{i}:page"
             pipe.set(key, b"<html>page</html>", px=86_400_000)

@@ -37,7 +37,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis import Redis, RedisCluster
 
@@ -61,7 +61,7 @@ WAREHOUSES = ("north", "south", "east", "west", "central")
 BATCH = 1000  # ops per script call, as the worker sends
 TARGET = 64  # bytes of metadata per key and per tombstone (issue 20)
 
-Client = Redis | RedisCluster
+Client: TypeAlias = "Redis[bytes] | RedisCluster[bytes]"
 Layout = Callable[[Client, Sequence[KeyOp]], None]
 
 
@@ -111,7 +111,7 @@ def legacy_call(ops: Sequence[KeyOp]) -> tuple[list[str], list[Any]]:
         if isinstance(op, DeleteKey):
             args += ["D", op.position.encode() + ".d", op.tombstone_ttl_ms]
         else:
-            assert isinstance(op.value, bytes)
+            assert isinstance(op, SetRow) and isinstance(op.value, bytes)
             lifetime = max(op.ttl_ms, op.tombstone_ttl_ms)
             args += ["J", op.position.encode() + ".s", lifetime, op.value, op.ttl_ms]
     return keys, args
@@ -121,7 +121,7 @@ def apply_legacy(client: Client, ops: Sequence[KeyOp]) -> None:
     """The previous release's layout, through its script: one call per slot and batch."""
     sha = hashlib.sha1(LEGACY_SCRIPT.encode(), usedforsecurity=False).hexdigest()
     for node, node_ops in _by_node(client, ops):
-        node.script_load(LEGACY_SCRIPT)
+        node.execute_command("SCRIPT LOAD", LEGACY_SCRIPT)
         by_slot: dict[int, list[KeyOp]] = defaultdict(list)
         for op in node_ops:
             by_slot[key_slot(op.key) if isinstance(client, RedisCluster) else 0].append(op)
@@ -137,13 +137,14 @@ def apply_legacy(client: Client, ops: Sequence[KeyOp]) -> None:
         pipe.execute()
 
 
-def _by_node(client: Client, ops: Sequence[KeyOp]) -> list[tuple[Redis, list[KeyOp]]]:
+def _by_node(client: Client, ops: Sequence[KeyOp]) -> list[tuple[Redis[bytes], list[KeyOp]]]:
     if not isinstance(client, RedisCluster):
         return [(client, list(ops))]
     grouped: dict[str, list[KeyOp]] = defaultdict(list)
     nodes = {}
     for op in ops:
         node = client.get_node_from_key(op.key)
+        assert node is not None  # every slot has a primary in a healthy cluster
         grouped[node.name].append(op)
         nodes[node.name] = node
     return [(client.get_redis_connection(nodes[n]), grouped[n]) for n in sorted(grouped)]
@@ -175,7 +176,7 @@ def write_values(client: Client, keys: Sequence[str], size: int) -> None:
     for node, node_ops in _by_node(client, sets(keys, size)):
         pipe = node.pipeline(transaction=False)
         for index, op in enumerate(node_ops):
-            assert isinstance(op, SetRow)
+            assert isinstance(op, SetRow) and isinstance(op.value, bytes)
             pipe.set(op.key, op.value, px=op.ttl_ms)
             if index % 5000 == 4999:
                 pipe.execute()
@@ -203,7 +204,7 @@ def per_key(client: Client, keys: Sequence[str], size: int, layout: Layout) -> d
     }
 
 
-def script_cost(client: Redis, keys: Sequence[str], rounds: int) -> dict[str, Any]:
+def script_cost(client: Redis[bytes], keys: Sequence[str], rounds: int) -> dict[str, Any]:
     """Redis CPU per op of both scripts on the same calls: first writes, then updates."""
     calls: dict[str, Callable[[Sequence[KeyOp]], list[tuple[str, list[Any], list[Any]]]]] = {
         "before": lambda ops: [
@@ -219,7 +220,7 @@ def script_cost(client: Redis, keys: Sequence[str], rounds: int) -> dict[str, An
     for _ in range(rounds):
         for name, build in calls.items():
             client.flushall()
-            client.script_load(sources[name])
+            client.execute_command("SCRIPT LOAD", sources[name])
             first = build(sets(keys, 100))
             again = build(sets(keys, 100, offset=len(keys)))
             for phase, phase_calls in (("insert", first), ("update", again)):
@@ -236,7 +237,7 @@ def _new_call(ops: Sequence[KeyOp]) -> tuple[list[Any], list[Any]]:
 
 
 def _cpu_per_op(
-    client: Redis, calls: Sequence[tuple[str, list[Any], list[Any]]], ops: int
+    client: Redis[bytes], calls: Sequence[tuple[str, list[Any], list[Any]]], ops: int
 ) -> float:
     def cpu() -> float:
         info = client.info("cpu")

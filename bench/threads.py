@@ -19,13 +19,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import Bench, Generator, load, load_conditions
+from bench.throughput import Bench, load, load_conditions
+from bench.workload import Generator
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -46,11 +47,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds used between two readings, summed by thread name (``rdk:*`` as one)."""
-    groups: Counter[str] = Counter()
+    groups: defaultdict[str, float] = defaultdict(float)
     for thread, seconds in after.items():
         name = thread.split(":")[0]
         groups["rdk" if name.startswith("rdk") else name] += seconds - before.get(thread, 0.0)
-    return {name: round(seconds, 2) for name, seconds in groups.most_common() if seconds > 0.01}
+    ranked = sorted(groups.items(), key=lambda group: group[1], reverse=True)
+    return {name: round(seconds, 2) for name, seconds in ranked if seconds > 0.01}
 
 
 def drain(
