@@ -53,7 +53,7 @@ from typing import Any, Final
 from redis import exceptions as rex
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import ConfigError
+from cdc_cache.core.errors import ConfigError, RenderError
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.retry import Backoff
 from cdc_cache.core.throttle import Throttle
@@ -175,7 +175,7 @@ class Inspector:
         routed = route(record, self._rules, self.settings.source_epoch, parse=self._parse(record))
         if isinstance(routed, Rejected):
             if count:
-                self.report.skip(Skip.UNDECODABLE)
+                self.report.skip(_skip_of(routed))
             return None
         return routed.event if isinstance(routed, Planned) else None
 
@@ -424,3 +424,10 @@ class _Outage:
             log.info("checks resumed", extra={"after_attempts": self._attempt})
             self._throttle.reset()
         self._attempt = 0
+
+
+def _skip_of(rejected: Rejected) -> Skip:
+    """Why a dead-lettered change is not sampled: its row cannot render, or it did not decode."""
+    if rejected.event is not None and isinstance(rejected.error, RenderError):
+        return Skip.UNRENDERABLE
+    return Skip.UNDECODABLE

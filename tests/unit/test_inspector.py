@@ -390,6 +390,17 @@ def test_a_row_the_rules_cannot_render_is_skipped_as_unrenderable_with_its_keys_
     assert run.inspector.tracker.pending == 0
 
 
+def test_a_sampled_change_the_rules_cannot_render_is_skipped_as_unrenderable_not_undecodable():
+    """The first change of a row that lacks a projected column: it decoded, it cannot render."""
+    run = Run()
+    run.workload._insert()  # the row as the database holds it; its insert is not delivered
+    (row_id,) = run.workload.rows
+    after = {name: value for name, value in run.workload.rows[row_id].items() if name != "qty"}
+    run.deliver(run.workload._message("c", None, after, 0), apply=False)
+    assert run.report["skipped"] == {"unrenderable": 1}
+    assert run.inspector.tracker.pending == 0
+
+
 def test_an_evicted_key_is_missing_not_inconsistent():
     run = Run()
     (insert,) = run.workload._insert()
