@@ -197,6 +197,20 @@ def writes(metrics_text: str) -> dict[str, Any]:
     }
 
 
+def collections(metrics_text: str) -> dict[str, int]:
+    """The cyclic collector's runs by generation since the worker started.
+
+    From ``python_gc_collections_total``: each run scans the young objects alive, so
+    its cost grows with what the worker holds in flight.
+    """
+    return {
+        sample.labels["generation"]: int(sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "python_gc_collections_total"
+    }
+
+
 def compact(samples: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
     """The samples rounded to 0.1 ms, for the results file."""
     return {name: [round(v, 1) for v in values] for name, values in samples.items()}

@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.latency import summary
 from bench.probes import (
     applied_recorder,
+    collections,
     compact,
     delivered_recorder,
     own_time,
@@ -523,7 +524,7 @@ def product(
     first, done = bench.wait_consumed(ports, records, timeout=900, on_first=meter.start)
     cpu = meter.stop()
     rss = [rss_mb(proc.pid) for proc in bench.procs]
-    written = [writes(bench.scrape(port)) for port in ports]
+    scraped = [bench.scrape(port) for port in ports]
     bench.stop_workers()
     elapsed = done - first
     guard = bench.guard(generator)
@@ -541,7 +542,8 @@ def product(
         "events_per_s": round(loaded["events"] / elapsed),
         "cpu": cpu,
         "worker_rss_mb_end": rss,
-        "writes": written,
+        "writes": [writes(text) for text in scraped],
+        "gc_collections": [collections(text) for text in scraped],
         "guard": guard,
     }
 
@@ -1152,10 +1154,14 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     first, done = bench.wait_consumed(ports, loaded["records"], timeout=900)
     spy.send_signal(signal.SIGINT)
     spy.wait(60)
-    written = writes(bench.scrape(ports[0]))
+    scraped = bench.scrape(ports[0])
     bench.stop_workers()
-    events_per_s = round(loaded["events"] / (done - first))
-    return {"profile": str(args.profile), "events_per_s": events_per_s, "writes": written}
+    return {
+        "profile": str(args.profile),
+        "events_per_s": round(loaded["events"] / (done - first)),
+        "writes": writes(scraped),
+        "gc_collections": collections(scraped),
+    }
 
 
 def ratios(out: dict[str, Any]) -> dict[str, float]:

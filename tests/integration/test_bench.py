@@ -37,6 +37,7 @@ def test_benchmark_reports_every_phase_and_passes_its_correctness_guard(tmp_path
         assert run["guard"]["ok"] and run["guard"]["keys_checked"] > 100, run["guard"]
         assert run["events_per_s"] > 0
         assert all(w["writes"] > 0 and w["changes_per_write"] > 0 for w in run["writes"])
+        assert all(runs.keys() == {"0", "1", "2"} for runs in run["gc_collections"])
     assert result["product_1proc_wait"]["redis_replicas"] == 1
     for phase in ("latency_full", "latency_half", "latency_half_wait"):
         lat = result[phase]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    generate_latest,
+)
 
-from bench.probes import compact, own_time, per_probe, split, worker_share, writes
+from bench.probes import collections, compact, own_time, per_probe, split, worker_share, writes
 from bench.throughput import dumps
 
 SENT_US = {1: 1_000_000_000, 2: 1_000_010_000}  # 1000 s and 1000.01 s after the epoch
@@ -80,3 +86,11 @@ def test_the_workers_writes_are_read_from_its_batch_histogram_and_change_count()
 
 def test_a_worker_that_wrote_nothing_has_no_changes_per_write() -> None:
     assert writes("") == {"writes": 0, "changes_per_write": None, "ms_per_write": None}
+
+
+def test_the_collectors_runs_are_read_by_generation() -> None:
+    registry = CollectorRegistry()
+    GCCollector(registry=registry)
+    shown = collections(generate_latest(registry).decode())
+    assert shown.keys() == {"0", "1", "2"}
+    assert all(count >= 0 for count in shown.values())
