@@ -80,27 +80,12 @@ class KeyFinding:
     index: bool = False  # an index key's finding (of its member, or of the whole key)
 
 
-def rendered(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> dict[str, SetRow]:
-    """The ``set`` keys ``row`` renders and their values; none for an absent row.
-
-    Raises :class:`~cdc_cache.core.errors.RenderError` for a row the rules cannot render
-    (see :func:`implications`).
-    """
-    return implications(table, row, primary_key)[0]
-
-
-def members_of(table: TableRules, row: Row | None, primary_key: Sequence[str]) -> Implied:
-    """The index memberships ``row`` implies (none for an absent row).
-
-    Raises :class:`~cdc_cache.core.errors.RenderError` for a row the rules cannot render.
-    """
-    return implications(table, row, primary_key)[1]
-
-
 def implications(
     table: TableRules, row: Row | None, primary_key: Sequence[str]
 ) -> tuple[dict[str, SetRow], Implied]:
-    """:func:`rendered` and :func:`members_of` of ``row``, from one run of the planner.
+    """The ``set`` keys ``row`` renders and the index memberships it implies, from one run.
+
+    Both empty for an absent row; the keys come with the values they would hold.
 
     Raises :class:`~cdc_cache.core.errors.RenderError` (a poison error), with ``derive``'s
     reason, for a row the rules cannot render (a NULL score of a zadd index, a column a

@@ -14,14 +14,15 @@ from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.inspector.consistency import (
     KeyFinding,
     Outcome,
+    implications,
     judge_keys,
-    rendered,
     same_projection,
     strays,
     worst,
 )
 from cdc_cache.inspector.nines import Windows, nines_of
 from cdc_cache.inspector.sampling import Sampler, Skip, TokenBucket, Tracker, recheck_delay
+from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode
 from cdc_cache.tools.verify_judge import Stored
@@ -45,10 +46,15 @@ tables:
 ROW = {"id": 7, "sku_id": 3, "warehouse": "north", "qty": 5, "note": "x"}
 
 
+def _keys(row: dict[str, object] | None) -> dict[str, SetRow]:
+    """The ``set`` keys ``row`` renders, with their values."""
+    return implications(TABLE, row, ["id"])[0]
+
+
 def _held(row: dict[str, object]) -> dict[str, Stored]:
     """What a correct worker leaves for ``row``."""
     out = {}
-    for key, op in rendered(TABLE, row, ["id"]).items():
+    for key, op in _keys(row).items():
         value = op.value if isinstance(op.value, bytes) else dict(op.value)
         out[key] = Stored(value, "00001.s")
     return out
@@ -58,19 +64,19 @@ def _held(row: dict[str, object]) -> dict[str, Stored]:
 
 
 def test_a_row_renders_only_its_set_keys():
-    assert set(rendered(TABLE, ROW, ["id"])) == {"stock:3:north", "stockh:7"}
-    assert rendered(TABLE, None, ["id"]) == {}
+    assert set(_keys(ROW)) == {"stock:3:north", "stockh:7"}
+    assert _keys(None) == {}
 
 
 def test_keys_holding_the_rows_projection_are_consistent():
-    expected = rendered(TABLE, ROW, ["id"])
+    expected = _keys(ROW)
     findings = judge_keys(expected, _held(ROW))
     assert {f.outcome for f in findings} == {Outcome.CONSISTENT}
     assert worst(findings) is Outcome.CONSISTENT
 
 
 def test_a_stale_key_names_the_fields_that_differ_and_never_their_values():
-    expected = rendered(TABLE, ROW, ["id"])
+    expected = _keys(ROW)
     held = _held({**ROW, "qty": 6})
     findings = {f.key: f for f in judge_keys(expected, held)}
     assert findings["stock:3:north"] == KeyFinding("stock:3:north", Outcome.STALE, ("qty",))
@@ -78,7 +84,7 @@ def test_a_stale_key_names_the_fields_that_differ_and_never_their_values():
 
 
 def test_an_absent_key_is_missing_and_a_value_without_its_version_is_still_right():
-    expected = rendered(TABLE, ROW, ["id"])
+    expected = _keys(ROW)
     held = _held(ROW)
     del held["stockh:7"]
     held["stock:3:north"] = Stored(held["stock:3:north"].value, None)
@@ -87,7 +93,7 @@ def test_an_absent_key_is_missing_and_a_value_without_its_version_is_still_right
 
 
 def test_a_key_of_the_wrong_type_or_garbage_is_stale():
-    expected = rendered(TABLE, ROW, ["id"])
+    expected = _keys(ROW)
     held = {
         "stock:3:north": Stored(b"{not json", "1.s"),
         "stockh:7": Stored(None, "1.s", wrong_type=True),
@@ -98,16 +104,14 @@ def test_a_key_of_the_wrong_type_or_garbage_is_stale():
 
 
 def test_an_unwatched_column_does_not_change_the_projection():
-    assert same_projection(rendered(TABLE, ROW, ["id"]), rendered(TABLE, {**ROW, "note": "y"}, ["id"]))
-    assert not same_projection(
-        rendered(TABLE, ROW, ["id"]), rendered(TABLE, {**ROW, "qty": 0}, ["id"])
-    )
-    moved = rendered(TABLE, {**ROW, "warehouse": "south"}, ["id"])
-    assert not same_projection(rendered(TABLE, ROW, ["id"]), moved)
+    assert same_projection(_keys(ROW), _keys({**ROW, "note": "y"}))
+    assert not same_projection(_keys(ROW), _keys({**ROW, "qty": 0}))
+    moved = _keys({**ROW, "warehouse": "south"})
+    assert not same_projection(_keys(ROW), moved)
 
 
 def test_strays_are_the_present_keys_the_row_no_longer_renders():
-    now = rendered(TABLE, {**ROW, "warehouse": "south"}, ["id"])
+    now = _keys({**ROW, "warehouse": "south"})
     held = {**_held(ROW), **_held({**ROW, "warehouse": "south"})}
     assert strays(["stock:3:north", "stock:3:south", "stockh:7", "gone"], now, held) == [
         "stock:3:north"
@@ -213,7 +217,9 @@ def test_a_late_older_change_does_not_replace_the_newest_but_adds_its_keys():
     tracker = Tracker(settle_s=1.0, limit_s=10.0, max_pending=10)
     events = [(k, e) for k, e in _events(200) if e.before and e.after]
     key, move = next(
-        (k, e) for k, e in events if e.before["warehouse"] != e.after["warehouse"]  # type: ignore[index]
+        (k, e)
+        for k, e in events
+        if e.before["warehouse"] != e.after["warehouse"]  # type: ignore[index]
     )
     row = ("t", 0, key)
     tracker.start(row, WORKLOAD_TABLE, move, 0.0)
@@ -240,4 +246,3 @@ def test_a_full_backlog_and_a_busy_row_are_skipped():
 
 def test_rechecks_back_off_to_a_cap():
     assert [recheck_delay(n) for n in (1, 2, 3, 6, 30)] == [0.25, 0.5, 1.0, 5.0, 5.0]
-

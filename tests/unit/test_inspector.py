@@ -21,7 +21,7 @@ from redis import exceptions as rex
 from cdc_cache.core import metrics
 from cdc_cache.core.events import Row, SourceRecord
 from cdc_cache.inspector.check import Deferred, Judged, check
-from cdc_cache.inspector.consistency import Outcome, rendered
+from cdc_cache.inspector.consistency import Outcome, implications
 from cdc_cache.inspector.loop import Inspector
 from cdc_cache.inspector.report import text_page
 from cdc_cache.inspector.settings import InspectSettings
@@ -77,7 +77,7 @@ class FakeTruth:
 
     def owned(self, table: TableRules, primary_key: Sequence[str], key: str) -> bool:
         self._log("db")
-        return any(key in rendered(table, row, primary_key) for row in self.rows.values())
+        return any(key in implications(table, row, primary_key)[0] for row in self.rows.values())
 
     def commit(self, message: Message) -> None:
         """The database side of a change."""
@@ -90,9 +90,9 @@ class FakeTruth:
     def apply(self, message: Message) -> None:
         """What a correct worker writes for the change."""
         change = orjson.loads(message.value or b"{}")
-        for key in rendered(TABLE, change["before"], ["id"]):
+        for key in implications(TABLE, change["before"], ["id"])[0]:
             self.cache.pop(key, None)
-        for key, op in rendered(TABLE, change["after"], ["id"]).items():
+        for key, op in implications(TABLE, change["after"], ["id"])[0].items():
             assert isinstance(op.value, bytes)
             self.cache[key] = op.value
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from cdc_cache.core.events import Row, SourceRecord
-from cdc_cache.inspector.consistency import Outcome, judge_members, members_of
+from cdc_cache.inspector.consistency import Outcome, implications, judge_members
 from cdc_cache.inspector.loop import Inspector
 from cdc_cache.inspector.report import text_page
 from cdc_cache.plan.cache_ops import ValueFormat
@@ -60,16 +60,16 @@ class IndexTruth:
         self, table: TableRules, primary_key: Sequence[str], rule: KeyRule, pair: Pair
     ) -> bool:
         self.queries += 1
-        return any(pair in members_of(table, r, primary_key) for r in self.rows.values())
+        return any(pair in implications(table, r, primary_key)[1] for r in self.rows.values())
 
     def apply(self, before: Row | None, after: Row | None, *, remove: bool = True) -> None:
         """What a correct worker writes (``remove=False``: it loses the removals)."""
         if remove:
-            for key, member in members_of(PRODUCTS, before, ["id"]):
+            for key, member in implications(PRODUCTS, before, ["id"])[1]:
                 self.indexes.get(key, {}).pop(member, None)
                 if not self.indexes.get(key, True):
                     del self.indexes[key]
-        for (key, member), (_, score) in members_of(PRODUCTS, after, ["id"]).items():
+        for (key, member), (_, score) in implications(PRODUCTS, after, ["id"])[1].items():
             self.indexes.setdefault(key, {})[member] = None if score is None else float(score)
             self.holding.add(key)
 
@@ -250,7 +250,7 @@ def test_a_change_never_applied_to_an_existing_index_is_stale():
 
 
 def test_judge_members_reads_only_the_rows_members_of_each_index():
-    implied = members_of(PRODUCTS, row(7, 5, 12.5), ["id"])
+    implied = implications(PRODUCTS, row(7, 5, 12.5), ["id"])[1]
     right = {
         CAT5: StoredIndex({"7": 12.5}, exists=True),
         GROUP9: StoredIndex({"7": None}, exists=True),
