@@ -156,3 +156,21 @@ def test_fanout_benchmark_deletes_every_dependent_key_on_both_deployments(tmp_pa
     runs = json.loads(out.read_text())["runs"]
     assert [r["deployment"] for r in runs] == ["one server", "Cluster, 3 primaries"]
     assert all(r["keys_per_s"] > 0 and r["other_p99_ms"] > 0 for r in runs)
+
+
+@pytest.mark.integration
+def test_handover_benchmark_times_writes_at_both_intervals_alone_and_beside_a_busy_thread(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "handover.json"
+    done = subprocess.run(
+        [sys.executable, "bench/handover.py", "--rounds", "1", "--seconds", "0.3",
+         "--out", str(out)],
+        cwd=ROOT, timeout=120, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    medians = json.loads(out.read_text())["medians"]
+    assert set(medians) == {"5 ms, alone", "1 ms, alone", "5 ms, beside", "1 ms, beside"}
+    for name, seen in medians.items():
+        assert seen["writes"] >= 1 and seen["write_p50_ms"] > 0, name
+        assert (seen["routed_per_s"] > 0) == name.endswith("beside"), name

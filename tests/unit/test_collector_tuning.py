@@ -1,8 +1,10 @@
-"""While a flow runs, the cyclic collector runs rarely and skips what existed at the start."""
+"""While a flow runs, the cyclic collector runs rarely and skips what existed at the start,
+and threads hand the interpreter over sooner."""
 
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from typing import Any
 
@@ -10,7 +12,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
 
-from dataflows.run import YOUNG_COLLECTION_EVERY, run_flow
+from dataflows.run import SWITCH_INTERVAL_S, YOUNG_COLLECTION_EVERY, run_flow
 
 
 class _Cyclic:
@@ -45,3 +47,11 @@ def test_cyclic_garbage_from_before_the_run_is_freed_once_it_ends() -> None:
     _run(lambda item: kept.clear() or item)  # released while frozen
     gc.collect()
     assert gone() is None
+
+
+def test_threads_hand_the_interpreter_over_sooner_while_the_flow_runs_and_as_before_after() -> None:
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL_S
+    (during,) = _run(lambda _: sys.getswitchinterval())
+    assert during == SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before
