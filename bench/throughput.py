@@ -36,6 +36,8 @@ from DIR (another checkout: the base) and from this checkout alternately, on the
 loaded events: what a change bought the whole worker (``bench/against.py --worker`` makes
 the base's checkout and calls it). ``--latency-only RATE`` runs only the latency phase at
 RATE events/s, ``--rounds`` times: a minute where the whole run takes six.
+``--worker-cpu N`` runs the workers on CPU N alone and everything else on the other CPUs,
+to see the worker's own latency with a core to itself.
 
 The whole run writes ``bench/results/throughput.json`` unless ``--out`` says otherwise;
 a partial run (``--profile``, ``--lineage-ab``, ``--code-ab``, ``--latency-only``) writes
@@ -186,6 +188,7 @@ class Bench:
         self.rules = parse_rules(RULES_YAML, str(self.rules_path))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.code = ROOT  # the checkout whose code the workers run
+        self.worker_cpus: set[int] | None = None  # None: the workers run where the OS puts them
 
     def start(self) -> None:
         self.redis_server.start()
@@ -245,6 +248,9 @@ class Bench:
                 # volume in Kubernetes).
                 argv += ["--process-id", str(index)]
                 argv += [arg for a in addresses for arg in ("--address", a)]
+            if self.worker_cpus:  # taskset execs the worker: the same pid, its threads pinned
+                cpus = ",".join(map(str, sorted(self.worker_cpus)))
+                argv = ["taskset", "--cpu-list", cpus, *argv]
             log = (self.home / f"worker-{prefix}-{index}.log").open("ab")
             self.procs.append(
                 subprocess.Popen(
@@ -264,6 +270,22 @@ class Bench:
                 )
             )
         return ports
+
+    def pin(self, worker_cpu: int) -> dict[str, list[int]]:
+        """Give the workers CPU ``worker_cpu`` alone; this harness and what it starts the rest.
+
+        A worker in production has its cores to itself; here it shares two with the broker,
+        Redis and the harness, so its own latency includes waiting for a core they hold.
+        Called before the servers start, so that they inherit the harness's CPUs.
+        """
+        cpus = os.sched_getaffinity(0)
+        others = cpus - {worker_cpu}
+        if worker_cpu not in cpus or not others:
+            msg = f"--worker-cpu {worker_cpu}: needs it and another CPU among {sorted(cpus)}"
+            raise SystemExit(msg)
+        os.sched_setaffinity(0, others)
+        self.worker_cpus = {worker_cpu}
+        return {"worker": [worker_cpu], "others": sorted(others)}
 
     def meter(self, **others: int) -> CpuMeter:
         """CPU use of the workers, the broker, Redis, this harness and ``others`` (name=pid)."""
@@ -941,6 +963,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="cdc-throughput-"))
     bench = Bench(home, args.replicas)
     result: dict[str, Any] = {"conditions_start": load_conditions()}
+    if args.worker_cpu is not None:
+        result["cpus"] = bench.pin(args.worker_cpu)
     try:
         bench.start()
         if args.profile:
@@ -1259,6 +1283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--latency-only", type=float, default=0, metavar="RATE",
         help="only the latency phase at RATE events/s, --rounds times",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-cpu", type=int, metavar="N",
+        help="run the workers on CPU N alone, the broker, Redis and this harness on the others",
     )  # fmt: skip
     args = parser.parse_args(argv)
     out = results_path(args)
