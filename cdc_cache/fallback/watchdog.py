@@ -184,6 +184,7 @@ class Watchdog:
         self._watch = BeatWatch(clock())
         self._closing = threading.Event()
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shorten_prefixes: list[str] = []  # the worker's, read when ttl began
         self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
         self._state: ModeState | None = None  # set while this instance decides the mode
@@ -300,8 +301,11 @@ class Watchdog:
                 extra={"from": before.mode.value, "to": decision.mode.value,
                        "cause": decision.cause.value, "reason": decision.reason},
             )  # fmt: skip
-        if state.mode is Mode.TTL and (taking_over or decision.switched):
-            self._shortener.start(_prefixes(record), ttl_ms, lambda: self.acting)
+        if state.mode is Mode.TTL:
+            if taking_over or decision.switched:
+                self._shortener.again()
+                self._shorten_prefixes = _prefixes(record)
+            self._shortener.start(self._shorten_prefixes, ttl_ms, lambda: self.acting)
 
     def _step_back(self, why: str) -> None:
         with self._guard:
