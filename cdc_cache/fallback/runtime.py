@@ -107,6 +107,7 @@ class ModeRuntime:
         self._flag_problem: str | None = None
         self._caught_up = False
         self._heard_ms = {process: self._now_ms() for process in range(1, processes)}
+        self._holds_of: dict[int, tuple[Hold, ...]] = {}  # each process's last reported
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
@@ -313,6 +314,9 @@ class ModeRuntime:
         As a partition from which nothing arrived: a process not heard since this one
         started counts from then (the processes of a restarted cluster start at their own
         pace), one that stopped reporting from its last report (which expires in Redis).
+        The holds a process last reported stand until it reports again: the condition
+        behind them (a paused partition, a lineage it cannot order) did not end because
+        the process went silent.
         """
         now = self._now_ms()
         summaries = []
@@ -320,12 +324,13 @@ class ModeRuntime:
             summary = self._store.lag_of(process)
             if summary is not None:
                 self._heard_ms[process] = now
+                self._holds_of[process] = summary.holds
                 summaries.append(summary)
                 continue
             silent_s = (now - self._heard_ms.setdefault(process, now)) / 1000
             stalled = silent_s > self._config.slo_s
             where = f"process {process} (no lag report for {silent_s:.0f}s)"
-            summaries.append(LagSummary(None, stalled, where))
+            summaries.append(LagSummary(None, stalled, where, self._holds_of.get(process, ())))
         return summaries
 
     def _read_flag(self) -> Flag:
