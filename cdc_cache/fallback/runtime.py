@@ -423,6 +423,7 @@ def _export_lag(report: LagReport) -> None:
     for part in report.partitions:
         labels = (part.topic, str(part.partition))
         metrics.CONNECTOR_LAG.labels(*labels).set(part.connector_lag_s)
+        metrics.SOURCE_CLOCK_AHEAD.labels(*labels).set(part.ahead_s)
         if part.consumer_lag is not None:
             metrics.CONSUMER_LAG.labels(*labels).set(part.consumer_lag)
 

@@ -4,7 +4,8 @@ Pure bookkeeping (no I/O): the dataflow feeds it what arrives — the commit tim
 change, each heartbeat, the high watermark and next offset seen while fetching — and a
 clock; :meth:`LagTracker.report` turns that into lag figures.
 
-Connector lag of a partition is now minus the newest source time seen on it. An idle
+Connector lag of a partition is now minus the newest source time seen on it (a source
+time ahead of this worker's clock is reported as such, since it hides that much lag). An idle
 partition has no new changes, so a connector's heartbeats keep it fresh, but only while the
 partition is caught up (nothing unread below its high watermark): a heartbeat proves the
 connector is current, not that this worker has read the connector's backlog. A partition
@@ -41,6 +42,10 @@ class PartitionLag:
     silent_s: float
     consumer_lag: int | None
     """Messages below the high watermark not yet read; None until a fetch showed it."""
+    ahead_s: float = 0.0
+    """How far the newest source time seen lies ahead of this worker's clock (0 when it
+    does not): a source or connector clock ahead by at least that much, by which
+    ``connector_lag_s`` reads low (never below 0), so the fallback would engage late."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +203,7 @@ class LagTracker:
             connector_lag_s=max(0.0, now - since) / 1000,
             silent_s=max(0.0, now - contact) / 1000,
             consumer_lag=consumer_lag,
+            ahead_s=max(0.0, since - now) / 1000,
         )
 
     def _heartbeats_of(self, topic: str) -> list[_Server]:

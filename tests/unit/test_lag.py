@@ -277,3 +277,24 @@ def test_learned_heartbeats_are_not_passed_on_and_never_replace_newer_ones(clock
     other.learn_heartbeats(reader.heartbeats())
     other.learn_heartbeats(stale)
     assert lag_of(other, "db1.inv.stock").connector_lag_s == 0
+
+
+def test_a_source_clock_ahead_of_the_worker_is_shown_not_hidden_in_a_zero_lag(clock):
+    """A database clock 120 s ahead makes a change committed 90 s ago look 30 s in the
+    future: the lag reads 0 (the controller cannot see the 90 s), so the skew is reported."""
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 90_000 + 120_000)
+    part = lag_of(tracker, "db1.inv.stock")
+    assert part.connector_lag_s == 0.0
+    assert part.ahead_s == pytest.approx(30.0)
+    clock.advance(45)  # nothing newer: the time seen falls behind the clock again
+    part = lag_of(tracker, "db1.inv.stock")
+    assert (part.connector_lag_s, part.ahead_s) == (pytest.approx(15.0), 0.0)
+
+
+def test_heartbeats_from_a_connector_clock_ahead_are_shown_too(clock):
+    tracker = LagTracker(clock)
+    tracker.offsets("db1.inv.stock", 0, high=10, next_offset=10)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 5_000)
+    tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) + 8_000)
+    assert lag_of(tracker, "db1.inv.stock").ahead_s == pytest.approx(8.0)
