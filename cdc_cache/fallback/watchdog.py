@@ -89,7 +89,9 @@ class BeatWatch:
 
     A heartbeat first seen is taken as fresh: a watchdog that starts after the worker
     stopped waits one bound before acting. A record written by a watchdog means no
-    worker wrote since one found it down: still down.
+    worker wrote since one found it down: still down. A record that vanishes (Redis
+    restarted empty, the hash deleted to repair it) is no write either: the heartbeat
+    stands still from where it was.
     """
 
     def __init__(self, now: float) -> None:
@@ -101,7 +103,7 @@ class BeatWatch:
         seen = record.get("updated_ms", "")
         if record.get("writer") == WATCHDOG:
             return Beat(True, now - self._since, seen)
-        if seen != self._token:
+        if seen != self._token and (seen or self._token is None):
             self._token, self._since = seen, now
         still = now - self._since
         return Beat(still > bound_s, still, seen)
