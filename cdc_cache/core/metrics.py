@@ -166,7 +166,7 @@ SOURCE_CLOCK_AHEAD = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "consumer_lag_messages",
-    "Messages behind the partition's high watermark (as seen while fetching)",
+    "Messages below the partition's high watermark (as seen while fetching) not yet applied",
     ["topic", "partition"],
     namespace=NAMESPACE,
 )

@@ -298,3 +298,33 @@ def test_heartbeats_from_a_connector_clock_ahead_are_shown_too(clock):
     tracker.record("db1.inv.stock", 0, int(clock.ms) - 5_000)
     tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) + 8_000)
     assert lag_of(tracker, "db1.inv.stock").ahead_s == pytest.approx(8.0)
+
+
+def test_what_was_read_and_not_applied_is_backlog_heartbeats_do_not_hide(clock):
+    """Threads that do not hold the sink read on while it cannot write (or another
+    process's heartbeats arrive): the partition is not caught up, so it is not fresh."""
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, resume=100)
+    tracker.record("db1.inv.stock", 0, int(clock.ms), applied_to=100)
+    tracker.offsets("db1.inv.stock", 0, high=150, next_offset=150)  # read, not applied
+    for _ in range(9):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+        tracker.offsets("db1.inv.stock", 0, high=150, next_offset=150)
+    stock = lag_of(tracker, "db1.inv.stock")
+    assert stock.consumer_lag == 50
+    assert stock.connector_lag_s == pytest.approx(90) and stock.silent_s == pytest.approx(90)
+    assert not tracker.report().caught_up(10)
+
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 1000, applied_to=150)  # written now
+    stock = lag_of(tracker, "db1.inv.stock")
+    assert stock.consumer_lag == 0 and stock.connector_lag_s == 0
+
+
+def test_a_partition_read_again_from_its_start_counts_from_where_it_reads(clock):
+    """A re-read (a recreated topic) reads below what was applied before: its backlog is
+    what lies between its read position and the end, not nothing."""
+    tracker = LagTracker(clock)
+    tracker.record("t", 0, int(clock.ms), applied_to=500)
+    tracker.offsets("t", 0, high=400, next_offset=10)
+    assert lag_of(tracker, "t").consumer_lag == 390
