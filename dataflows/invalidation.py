@@ -7,10 +7,12 @@ process (:func:`~dataflows.sink.partition_key`), so it is written by the sink pa
 of the process that read it. The Redis sink writes in the background while the next batch
 is decoded, and waits for every batch handed over at the end of each epoch, before the
 recovery snapshot (which records the source offsets) is taken: progress is only recorded
-once the changes before it are in Redis, so a crash replays, it never skips. Rejected
-messages (and changes Redis refuses) go through the same sink: the keys they still
-render are deleted with the batch, then they are written to the DLQ topic, flushed and
-acknowledged before that snapshot. Each batch's DDL records and rows are checked for
+once the changes before it are in Redis, so a crash replays, it never skips. The lag
+tracker hears of a batch once it is written, so a sink that cannot write makes the lag
+grow even while the sources read on (threads that do not hold the sink are not held
+up). Rejected messages (and changes Redis refuses) go through the same sink: the keys
+they still render are deleted with the batch, then they are written to the DLQ topic,
+flushed and acknowledged before that snapshot. Each batch's DDL records and rows are checked for
 changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`).
 
 The source is in ``source``, the sinks in ``sink``, what the flow is built from in
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -106,7 +109,6 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
                 for r in records
             ]  # fmt: skip
             session.close()
-        _observe(tracker, routed)
         schema.observe(routed)
         return [(key, routed)] if routed else []
 
@@ -118,23 +120,26 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         replicas=context.replicas, holds=context.holds,
         invalidate_only=context.invalidate_only, memory=context.memory,
         fanout=config.fanout if rules.tags else None, expiring=rules.expiring,
-        process=config.process, processes=config.processes,
+        process=config.process, processes=config.processes, observe=partial(_observe, tracker),
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow
 
 
 def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
-    """Feed the lag tracker: commit times of changes, heartbeats, and any sign of life.
+    """Feed the lag tracker a batch once it is applied: commit times, heartbeats, offsets.
 
-    Once per partition and batch (the newest commit time, the connectors named), not once
-    per message: the tracker takes a lock and reads the clock on every call.
+    And any sign of life. Once per partition and batch (the newest commit time, the
+    connectors named, the offset after the last message), not once per message: the
+    tracker takes a lock and reads the clock on every call.
     """
     newest: dict[tuple[str, int], int | None] = {}
     servers: dict[tuple[str, int], set[str]] = {}
+    applied: dict[tuple[str, int], int] = {}
     for item in batch:
         record = item.record
         where = (record.topic, record.partition)
+        applied[where] = max(applied.get(where, 0), record.offset + 1)
         if isinstance(item, Control) and isinstance(item.item, Heartbeat):
             beat = item.item
             tracker.heartbeat(record.topic, record.partition, beat.emitted_at_ms, beat.server)
@@ -143,13 +148,12 @@ def _observe(tracker: LagTracker, batch: list[Routed]) -> None:
         committed = item.event.committed_at_ms if isinstance(item, Planned) else None
         if committed is not None and (seen is None or committed > seen):
             newest[where] = committed
-        elif where not in newest:
-            newest[where] = None
         server = _server_of(item)
         if server is not None:
             servers.setdefault(where, set()).add(server)
-    for (topic, partition), committed in newest.items():
-        tracker.record(topic, partition, committed, servers.get((topic, partition), ()))
+    for (topic, partition), offset in applied.items():
+        where = (topic, partition)
+        tracker.record(topic, partition, newest.get(where), servers.get(where, ()), offset)
 
 
 def _server_of(item: Routed) -> str | None:

@@ -24,8 +24,9 @@ from the dataflow thread; a cap it sets reaches the batch observed with it, and 
 one still in flight, which only shortens TTLs), the holds, the mode runtime's TTL cap,
 the Redis memory watch; the metrics are prometheus_client's, thread-safe. A partition's
 Redis client, DLQ producer, replica wait and tag store are built on the dataflow thread
-and used only by its background thread afterwards. The lag tracker, lineage sessions and
-schema watch are fed on the dataflow thread alone.
+and used only by its background thread afterwards. The lineage sessions and schema watch
+are fed on the dataflow thread alone; the lag tracker (locked) on the background thread,
+with each batch once written.
 """
 
 from __future__ import annotations
@@ -79,8 +80,19 @@ def _partition_name(number: int) -> str:
 
 
 class _RedisPartition(StatefulSinkPartition[Batch, None]):
-    def __init__(self, writer: CacheWriter, depth: int, name: str) -> None:
-        self._background: BackgroundWriter[Routed] = BackgroundWriter(writer.write, depth, name)
+    def __init__(
+        self,
+        writer: CacheWriter,
+        depth: int,
+        name: str,
+        observe: Callable[[Batch], object] | None = None,
+    ) -> None:
+        def write(items: Batch) -> None:
+            writer.write(items)
+            if observe is not None:
+                observe(items)
+
+        self._background: BackgroundWriter[Routed] = BackgroundWriter(write, depth, name)
 
     def write_batch(self, values: list[Batch]) -> None:
         items = values[0] if len(values) == 1 else [item for batch in values for item in batch]
@@ -103,7 +115,8 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
 
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
-    restart) instead of hanging until killed.
+    restart) instead of hanging until killed. ``observe`` hears of each batch once it is
+    written (the lag tracker).
     """
 
     def __init__(
@@ -126,6 +139,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         process: int = 0,
         processes: int = 1,
         depth: int = IN_FLIGHT_BATCHES,
+        observe: Callable[[Batch], object] | None = None,
     ) -> None:
         if processes > SINK_PARTITIONS:
             msg = f"a cluster has at most {SINK_PARTITIONS} processes, addresses name {processes}"
@@ -133,6 +147,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         self._process = process
         self._processes = processes
         self._depth = depth
+        self._observe = observe
         self._fanout = fanout
         self._expiring = expiring
         self._replicas = replicas
@@ -176,7 +191,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
             tags=self._tag_store(client, applier),
             expiring=self._expiring,
         )
-        return _RedisPartition(writer, self._depth, f"redis-sink-{for_part}")
+        return _RedisPartition(writer, self._depth, f"redis-sink-{for_part}", self._observe)
 
     def _tag_store(self, client: Client, applier: RedisApplier) -> TagStore | None:
         """Where the rules' tag and link ops go (None: the rules have none)."""

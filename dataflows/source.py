@@ -68,7 +68,7 @@ class _StoppablePartition(_Passing, StatefulSourcePartition[Item, Any]):
         self._tracker = tracker
         self._where = where
         self._health = health
-        tracker.track(where.topic, where.partition)
+        tracker.track(where.topic, where.partition, inner.next_offset)
 
     def next_batch(self) -> list[Item]:
         if self._stop.is_set():

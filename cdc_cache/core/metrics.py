@@ -157,9 +157,16 @@ CONNECTOR_LAG = Gauge(
     ["topic", "partition"],
     namespace=NAMESPACE,
 )
+SOURCE_CLOCK_AHEAD = Gauge(
+    "source_clock_ahead_seconds",
+    "How far the newest source time seen lies ahead of the worker's clock, per topic "
+    "partition: connector lag reads at least that much too low",
+    ["topic", "partition"],
+    namespace=NAMESPACE,
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag_messages",
-    "Messages behind the partition's high watermark (as seen while fetching)",
+    "Messages below the partition's high watermark (as seen while fetching) not yet applied",
     ["topic", "partition"],
     namespace=NAMESPACE,
 )

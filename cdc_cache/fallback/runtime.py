@@ -107,6 +107,7 @@ class ModeRuntime:
         self._flag_problem: str | None = None
         self._caught_up = False
         self._heard_ms = {process: self._now_ms() for process in range(1, processes)}
+        self._holds_of: dict[int, tuple[Hold, ...]] = {}  # each process's last reported
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
@@ -232,10 +233,10 @@ class ModeRuntime:
         signal = Signal(now, flag, summary.lag_s, summary.stalled, summary.where, summary.holds)
         with self._lock:
             before = self._state
-            self._state, decision = step(before, signal, self._config)
-            self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
-            state = self._state
+        state, decision = step(before, signal, self._config)
         tables = table_holds(summary.holds)
+        # Published before it is adopted: a tick whose write fails decides nothing, so the
+        # next one makes the same switch again, and logs, counts and acts on it then.
         self._store.publish(
             state,
             flag,
@@ -247,10 +248,17 @@ class ModeRuntime:
             stale_after_ms=int((self._config.slo_s + self._config.window_s) * 1000),
             prefixes=self._prefixes,
         )
+        with self._lock:
+            self._state = state
+            self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
         _export_mode(state.mode, flag)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
+        if state.mode is Mode.TTL:
+            self._start_shortening()
         for table in self._tables_switched(tables):
+            self._table_shortener(table).again()
+        for table in tables:
             self._start_table_shortening(table)
         return decision
 
@@ -306,6 +314,9 @@ class ModeRuntime:
         As a partition from which nothing arrived: a process not heard since this one
         started counts from then (the processes of a restarted cluster start at their own
         pace), one that stopped reporting from its last report (which expires in Redis).
+        The holds a process last reported stand until it reports again: the condition
+        behind them (a paused partition, a lineage it cannot order) did not end because
+        the process went silent.
         """
         now = self._now_ms()
         summaries = []
@@ -313,12 +324,13 @@ class ModeRuntime:
             summary = self._store.lag_of(process)
             if summary is not None:
                 self._heard_ms[process] = now
+                self._holds_of[process] = summary.holds
                 summaries.append(summary)
                 continue
             silent_s = (now - self._heard_ms.setdefault(process, now)) / 1000
             stalled = silent_s > self._config.slo_s
             where = f"process {process} (no lag report for {silent_s:.0f}s)"
-            summaries.append(LagSummary(None, stalled, where))
+            summaries.append(LagSummary(None, stalled, where, self._holds_of.get(process, ())))
         return summaries
 
     def _read_flag(self) -> Flag:
@@ -342,12 +354,27 @@ class ModeRuntime:
             },
         )
         if decision.mode is Mode.TTL:
-            self._start_shortening()
+            self._shortener.again()
 
     def _start_shortening(self) -> None:
+        """Keep the keys under the rules' prefixes at the fallback TTL while in ``ttl``.
+
+        Every tick in ``ttl``, not only the one that switched: a restarted leader resuming
+        ``ttl``, one taking the decision back from the watchdog, or a run that Redis cut
+        short, leaves keys with their long TTL otherwise.
+        """
         self._shortener.start(
             self._prefixes, self._fallback_ttl_ms, lambda: self.ttl_cap_ms() is not None
         )
+
+    def _table_shortener(self, table: str) -> Shortener:
+        shortener = self._table_shorteners.get(table)
+        if shortener is None:
+            shortener = Shortener(
+                self._client, self._shorten_rate, self._closing, context={"table": table}
+            )
+            self._table_shorteners[table] = shortener
+        return shortener
 
     def _start_table_shortening(self, table: str) -> None:
         """Give the keys under ``table``'s prefixes the fallback TTL (the leader only)."""
@@ -356,13 +383,9 @@ class ModeRuntime:
             with self._lock:
                 return table in self._ttl_tables
 
-        shortener = self._table_shorteners.get(table)
-        if shortener is None:
-            shortener = Shortener(
-                self._client, self._shorten_rate, self._closing, context={"table": table}
-            )
-            self._table_shorteners[table] = shortener
-        shortener.start(self._table_prefixes.get(table, []), self._fallback_ttl_ms, still_failing)
+        self._table_shortener(table).start(
+            self._table_prefixes.get(table, []), self._fallback_ttl_ms, still_failing
+        )
 
     def _take_back(self) -> None:
         """A watchdog decided while no worker was alive: decide again, from ``ttl``.
@@ -373,6 +396,7 @@ class ModeRuntime:
         why = "worker back after a watchdog found it down; ttl until the lag is low again"
         with self._lock:
             self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
+        self._shortener.again()  # the watchdog's run stopped when the worker came back
         log.warning("taking the mode decision back from the watchdog", extra={"reason": why})
 
     def _resume(self) -> None:
@@ -399,6 +423,7 @@ def _export_lag(report: LagReport) -> None:
     for part in report.partitions:
         labels = (part.topic, str(part.partition))
         metrics.CONNECTOR_LAG.labels(*labels).set(part.connector_lag_s)
+        metrics.SOURCE_CLOCK_AHEAD.labels(*labels).set(part.ahead_s)
         if part.consumer_lag is not None:
             metrics.CONSUMER_LAG.labels(*labels).set(part.consumer_lag)
 

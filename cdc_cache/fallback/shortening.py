@@ -54,7 +54,9 @@ def shorten_ttls(
     ``PEXPIRE key ttl LT`` only ever shortens (a key without a TTL counts as infinite), so
     it is safe next to concurrent writes and re-runs. One SCAN page at a time on every
     primary, at most ``keys_per_s``, so the cache's servers are never flooded; stops early
-    when ``keep_going`` turns false (the mode went back to ``cdc``).
+    when ``keep_going`` turns false (the mode went back to ``cdc``). A PEXPIRE that Redis
+    refuses (a former primary now read-only, a slot moved away, a missing permission)
+    raises once its page was sent: a key left with its long TTL must not pass unnoticed.
     """
     shortened = 0
     for node in primaries(client):
@@ -73,7 +75,7 @@ def shorten_ttls(
                     pipe = node.pipeline(transaction=False)
                     for name in names:
                         pipe.pexpire(name, ttl_ms, lt=True)
-                    shortened += sum(r == 1 for r in pipe.execute(raise_on_error=False))
+                    shortened += sum(r == 1 for r in pipe.execute())
                     sleep(len(names) / keys_per_s)
                 if cursor == 0:
                     break
@@ -81,12 +83,15 @@ def shorten_ttls(
 
 
 class Shortener:
-    """Runs :func:`shorten_ttls` in a background thread, one run at a time.
+    """Runs :func:`shorten_ttls` in a background thread, until a run went through every key.
 
-    Used by the worker's mode leader when it enters ``ttl`` and by the watchdog when it
-    takes over from a worker that is down, and (one per table) by the leader when a table
-    falls back on its own. ``closing`` stops a run early; ``context`` (such as the table)
-    goes into its log lines.
+    One run at a time. Used by the worker's mode leader while in ``ttl``, by the watchdog
+    while it stands in for a worker that is down, and (one per table) by the leader while a
+    table falls back on its own. Their loops call :meth:`start` on every tick of such a
+    state and :meth:`again` when it begins anew: a run cut short (a restart mid-run, the
+    decision taken back from the watchdog, a Redis error) is started again on the next
+    tick, so the staleness the fallback TTL bounds is bounded whatever interrupted it.
+    ``closing`` stops a run early; ``context`` (such as the table) goes into its log lines.
     """
 
     def __init__(
@@ -101,47 +106,77 @@ class Shortener:
         self._closing = closing
         self._context = dict(context or {})
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._asked = 0  # how many times the keys were asked to be shortened (anew)
+        self._done = -1  # the last of those asks a run went through every key for
+        self._error: str | None = None  # the last run's error (logged once until it changes)
+
+    def again(self) -> None:
+        """The keys must be shortened anew (``ttl`` entered again): the next start runs."""
+        with self._lock:
+            self._asked += 1
 
     def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
-        """Shorten in the background unless a run is under way.
+        """Shorten in the background, unless a run is under way or went through every key.
 
-        The run stops early when ``keep_going`` turns false.
+        Through every key since the last :meth:`again`, that is. The run stops early when
+        ``keep_going`` turns false.
         """
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(prefixes, ttl_ms, keep_going),
-            name="-".join(["cdc-ttl", *self._context.values()]),
-            daemon=True,
-        )
-        self._thread.start()
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+            if running or self._done == self._asked or self._closing.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(prefixes, ttl_ms, keep_going, self._asked),
+                name="-".join(["cdc-ttl", *self._context.values()]),
+                daemon=True,
+            )
+            self._thread.start()
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for a run under way."""
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
+    def _run(
+        self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool], asked: int
+    ) -> None:
         started = time.monotonic()
+        cut_short = threading.Event()
+
+        def going() -> bool:
+            if keep_going() and not self._closing.is_set():
+                return True
+            cut_short.set()
+            return False
+
         try:
             count = shorten_ttls(
                 self._client,
                 prefixes,
                 ttl_ms,
                 keys_per_s=self._keys_per_s,
-                keep_going=lambda: keep_going() and not self._closing.is_set(),
+                keep_going=going,
                 sleep=self._closing.wait,
             )
         except REDIS_ERRORS as exc:
-            log.error(
-                "could not give existing keys the fallback TTL; they keep their rule TTL",
-                extra={"error": str(exc), **self._context},
-            )
+            if str(exc) != self._error:
+                log.error(
+                    "could not give existing keys the fallback TTL; trying again",
+                    extra={"error": str(exc), **self._context},
+                )
+            self._error = str(exc)
             return
         metrics.TTL_SHORTENED.inc(count)
+        if not cut_short.is_set():
+            with self._lock:
+                self._done = max(self._done, asked)
+            self._error = None
         log.info(
-            "existing keys given the fallback TTL",
+            "giving existing keys the fallback TTL stopped early"
+            if cut_short.is_set()
+            else "existing keys given the fallback TTL",
             extra={"keys": count, "ttl_ms": ttl_ms,
                    "seconds": round(time.monotonic() - started, 3), **self._context},
         )  # fmt: skip

@@ -89,7 +89,9 @@ class BeatWatch:
 
     A heartbeat first seen is taken as fresh: a watchdog that starts after the worker
     stopped waits one bound before acting. A record written by a watchdog means no
-    worker wrote since one found it down: still down.
+    worker wrote since one found it down: still down. A record that vanishes (Redis
+    restarted empty, the hash deleted to repair it) is no write either: the heartbeat
+    stands still from where it was.
     """
 
     def __init__(self, now: float) -> None:
@@ -101,7 +103,7 @@ class BeatWatch:
         seen = record.get("updated_ms", "")
         if record.get("writer") == WATCHDOG:
             return Beat(True, now - self._since, seen)
-        if seen != self._token:
+        if seen != self._token and (seen or self._token is None):
             self._token, self._since = seen, now
         still = now - self._since
         return Beat(still > bound_s, still, seen)
@@ -184,6 +186,7 @@ class Watchdog:
         self._watch = BeatWatch(clock())
         self._closing = threading.Event()
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shorten_prefixes: list[str] = []  # the worker's, read when ttl began
         self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
         self._state: ModeState | None = None  # set while this instance decides the mode
@@ -300,8 +303,11 @@ class Watchdog:
                 extra={"from": before.mode.value, "to": decision.mode.value,
                        "cause": decision.cause.value, "reason": decision.reason},
             )  # fmt: skip
-        if state.mode is Mode.TTL and (taking_over or decision.switched):
-            self._shortener.start(_prefixes(record), ttl_ms, lambda: self.acting)
+        if state.mode is Mode.TTL:
+            if taking_over or decision.switched:
+                self._shortener.again()
+                self._shorten_prefixes = _prefixes(record)
+            self._shortener.start(self._shorten_prefixes, ttl_ms, lambda: self.acting)
 
     def _step_back(self, why: str) -> None:
         with self._guard:

@@ -1,16 +1,20 @@
 """Connector lag and consumer lag per Kafka partition, from what the consumer sees.
 
-Pure bookkeeping (no I/O): the dataflow feeds it what arrives — the commit time of each
-change, each heartbeat, the high watermark and next offset seen while fetching — and a
-clock; :meth:`LagTracker.report` turns that into lag figures.
+Pure bookkeeping (no I/O): the dataflow feeds it what it applied — the commit time of each
+change, each heartbeat, and the offset applied up to, once the batch is in Redis — and
+what its sources see — the high watermark and next offset while fetching — and a clock;
+:meth:`LagTracker.report` turns that into lag figures. Changes count once applied, not
+once read: a worker that reads on while its writes are stuck (a thread that does not
+hold the sink, Redis refusing a batch that is retried) lags, as its cache does.
 
-Connector lag of a partition is now minus the newest source time seen on it. An idle
-partition has no new changes, so a connector's heartbeats keep it fresh, but only while the
-partition is caught up (nothing unread below its high watermark): a heartbeat proves the
-connector is current, not that this worker has read the connector's backlog. A partition
-from which nothing at all arrived has its lag counted from when it was first tracked, and
-``silent_s`` (time since the last message or heartbeat) tells a stalled connector apart
-from a slow one.
+Connector lag of a partition is now minus the newest source time seen on it (a source
+time ahead of this worker's clock is reported as such, since it hides that much lag). An
+idle partition has no new changes, so a connector's heartbeats keep it fresh, but only
+while the partition is caught up (nothing unapplied below its high watermark, what was
+read included): a heartbeat proves the connector is current, not that this worker has
+applied the connector's backlog. A partition from which nothing at all arrived has its
+lag counted from when it was first tracked, and ``silent_s`` (time since the last
+message or heartbeat) tells a stalled connector apart from a slow one.
 
 Which connector feeds a topic is learned from its records (a change's ``source.name``, a
 heartbeat's server), not only read from its name: a topic that routing renamed or shares
@@ -40,7 +44,11 @@ class PartitionLag:
     connector_lag_s: float
     silent_s: float
     consumer_lag: int | None
-    """Messages below the high watermark not yet read; None until a fetch showed it."""
+    """Messages below the high watermark not yet applied; None until a fetch showed it."""
+    ahead_s: float = 0.0
+    """How far the newest source time seen lies ahead of this worker's clock (0 when it
+    does not): a source or connector clock ahead by at least that much, by which
+    ``connector_lag_s`` reads low (never below 0), so the fallback would engage late."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +76,13 @@ class _Partition:
     newest_ms: float | None = None
     high: int | None = None
     next_offset: int | None = None
+    applied: int | None = None  # the offset after the last one applied (None: unknown)
 
     def consumer_lag(self) -> int | None:
         if self.high is None or self.next_offset is None:
             return None
-        return max(0, self.high - self.next_offset)
+        done = self.next_offset if self.applied is None else min(self.applied, self.next_offset)
+        return max(0, self.high - done)
 
 
 @dataclass(slots=True)
@@ -96,10 +106,13 @@ class LagTracker:
     """Topic → the connectors whose records were seen on it."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def track(self, topic: str, partition: int) -> None:
-        """Start watching a partition (its lag counts from now until something arrives)."""
+    def track(self, topic: str, partition: int, resume: int | None = None) -> None:
+        """Start watching a partition (its lag counts from now until something arrives).
+
+        ``resume`` is the offset it is read from: what lies past it is not applied yet.
+        """
         with self._lock:
-            self._part(topic, partition)
+            self._part(topic, partition).applied = resume
 
     def record(
         self,
@@ -107,14 +120,18 @@ class LagTracker:
         partition: int,
         committed_at_ms: int | None = None,
         servers: Collection[str] = (),
+        applied_to: int | None = None,
     ) -> None:
-        """A message arrived; ``committed_at_ms`` is the source commit time of a change.
+        """Messages were applied; ``committed_at_ms`` is the source commit time of a change.
 
-        ``servers`` are the connectors the messages named (``source.name``).
+        ``servers`` are the connectors the messages named (``source.name``);
+        ``applied_to`` the offset after the last of them.
         """
         with self._lock:
             part = self._part(topic, partition)
             part.contact_ms = self.clock_ms()
+            if applied_to is not None:
+                part.applied = applied_to
             if committed_at_ms is not None:
                 part.newest_ms = max(part.newest_ms or committed_at_ms, committed_at_ms)
             if servers:
@@ -198,6 +215,7 @@ class LagTracker:
             connector_lag_s=max(0.0, now - since) / 1000,
             silent_s=max(0.0, now - contact) / 1000,
             consumer_lag=consumer_lag,
+            ahead_s=max(0.0, since - now) / 1000,
         )
 
     def _heartbeats_of(self, topic: str) -> list[_Server]:

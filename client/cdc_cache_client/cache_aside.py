@@ -35,14 +35,18 @@ unless the worker's ``namespace`` setting says otherwise; give :class:`CacheAsid
 
 The hash is read at most once per ``mode_refresh_s``. In ``ttl`` mode fills get
 ``min(ttl, fallback_ttl_ms)``, and so do fills of keys under ``ttl_prefixes``; without the
-field, the ``fallback_ttl_ms`` given to :class:`CacheAside`. A missing hash means ``cdc``;
-an unknown mode counts as ``ttl``, the side on which staleness stays bounded.
+field, the ``fallback_ttl_ms`` given to :class:`CacheAside`. An unknown mode counts as
+``ttl``, the side on which staleness stays bounded.
 
 A worker rewrites the hash every second. When it is down and no watchdog stands in, the
 hash keeps saying whatever it said last, often ``cdc``, while no invalidation is applied:
 so a hash whose ``updated_ms`` is older than ``stale_after_ms`` (the smaller of the hash's
 and the helper's own) counts as ``ttl``. Clocks of hosts differ a little; the bound is
-minutes by default, far above usual skew.
+minutes by default, far above usual skew. A missing hash means ``cdc`` at first (a worker
+writes it within a second of starting, or of Redis coming back empty), and ``ttl`` once
+it has been missing for longer than the helper's ``stale_after_ms`` by its own clock: no
+worker runs under this namespace then (Redis restarted empty while the worker is down,
+or the helper was given another namespace than the worker's), so nothing invalidates.
 
 Tags
 ----
@@ -212,6 +216,7 @@ class CacheAside:
         self._wall_clock = wall_clock
         self._stale = False
         self._absent_told = False
+        self._absent_since: float | None = None  # by ``clock``, while the hash is missing
         self._mode: tuple[float, CacheMode] | None = None
         self._get_or_lease = Script(redis, _GET_OR_LEASE)
         self._fill = Script(redis, _FILL)
@@ -321,8 +326,9 @@ class CacheAside:
         if not fields and not self._absent_told:
             self._absent_told = True
             log.warning(
-                "%s is absent: no worker publishes a mode under namespace %r (reading cdc); "
-                "give CacheAside the worker's namespace setting",
+                "%s is absent: no worker publishes a mode under namespace %r (reading cdc "
+                "until it has been absent for stale_after_ms, then ttl); give CacheAside "
+                "the worker's namespace setting",
                 self._names.mode, self._names.namespace,
             )  # fmt: skip
         name = fields.get(b"mode", b"cdc").decode("utf-8", "replace")
@@ -347,20 +353,32 @@ class CacheAside:
         return self._fallback_ttl_ms
 
     def _too_old(self, fields: dict[bytes, bytes]) -> bool:
-        """True when the hash was last written longer ago than the bound (logged once)."""
-        updated = fields.get(b"updated_ms", b"")
-        if self._stale_after_ms is None or not updated.isdigit():
+        """True when the hash was last written, or seen, longer ago than the bound.
+
+        A missing hash counts from when this helper first found it missing (logged once).
+        """
+        if self._stale_after_ms is None:
             return False
-        published = fields.get(b"stale_after_ms", b"")
-        bound = min(self._stale_after_ms, int(published) if published.isdigit() else 1 << 62)
-        age_ms = self._wall_clock() * 1000 - int(updated)
+        if fields:
+            self._absent_since = None
+            updated = fields.get(b"updated_ms", b"")
+            if not updated.isdigit():
+                return False
+            published = fields.get(b"stale_after_ms", b"")
+            bound = min(self._stale_after_ms, int(published) if published.isdigit() else 1 << 62)
+            age_ms = self._wall_clock() * 1000 - int(updated)
+        else:
+            now = self._clock()
+            if self._absent_since is None:
+                self._absent_since = now
+            bound, age_ms = self._stale_after_ms, (now - self._absent_since) * 1000
         stale = age_ms > bound
         if stale != self._stale:
             self._stale = stale
             if stale:
                 log.warning(
-                    "%s was last written %.0f s ago (bound %d ms): no worker keeps it fresh, "
-                    "so fills are capped as in ttl mode",
+                    "%s was last written, or seen, %.0f s ago (bound %d ms): no worker keeps "
+                    "it fresh, so fills are capped as in ttl mode",
                     self._names.mode, age_ms / 1000, bound,
                 )  # fmt: skip
             else:

@@ -251,6 +251,35 @@ def test_a_hash_gone_stale_caps_every_fill_not_only_those_under_ttl_prefixes(
     assert 0 < any_redis.pttl("order:2") <= 4_000
 
 
+def test_a_hash_missing_for_longer_than_the_bound_caps_every_fill(any_redis: Any) -> None:
+    """Redis restarted empty while no worker runs: nobody writes the hash again, nor applies
+    an invalidation, so a missing hash cannot mean cdc for longer than a stale one would."""
+    now = [0.0]
+    cache = CacheAside(
+        any_redis, ttl_ms=TTL, fallback_ttl_ms=4_000, stale_after_ms=90_000,
+        mode_refresh_s=0, clock=lambda: now[0],
+    )  # fmt: skip
+    assert cache.mode().name == "cdc"  # a worker writes it within a second of starting
+    now[0] += 60
+    assert cache.mode().name == "cdc"
+    now[0] += 31  # missing for longer than the bound
+    mode = cache.mode()
+    assert (mode.name, mode.ttl_cap_ms) == ("ttl", 4_000)
+    cache.get(KEY, Loader(OLD))
+    assert 0 < any_redis.pttl(KEY) <= 4_000
+
+    any_redis.hset(ns().mode, mapping={"mode": "cdc", "updated_ms": int(time.time() * 1000)})
+    now[0] += 1
+    assert cache.mode().name == "cdc"  # written again: trusted again
+    any_redis.delete(ns().mode)
+    now[0] += 1
+    assert cache.mode().name == "cdc"  # missing again: counted from now
+    unbounded = CacheAside(any_redis, ttl_ms=TTL, stale_after_ms=None, clock=lambda: now[0])
+    assert unbounded.mode().name == "cdc"
+    now[0] += 3600
+    assert unbounded.mode().name == "cdc"  # stale_after_ms=None trusts the mode however old
+
+
 def test_mode_is_reread_after_the_refresh_period(any_redis: Any) -> None:
     now = [0.0]
     cache = CacheAside(any_redis, ttl_ms=TTL, fallback_ttl_ms=3_000, clock=lambda: now[0])

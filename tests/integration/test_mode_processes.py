@@ -21,7 +21,7 @@ from redis import Redis
 
 from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import ModeRuntime
-from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.controller import Cause, ModeConfig
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
 from tests.integration.services import Cluster
@@ -311,3 +311,25 @@ def test_a_restarted_leader_waits_the_slo_for_a_follower_that_restarts_later(any
         follower.tick()
         modes.append(leader.tick())
     assert set(modes) == {"cdc"}, modes
+
+
+def test_a_hold_of_a_process_that_stops_reporting_stands_until_it_reports_again(any_redis):
+    """A follower whose partition is paused on a discontinuity dies: the partition is no
+    more continuous for it, so the cache must not return to cdc when its report expires."""
+    clock = [1000.0]
+    leader, follower = Process(any_redis, 0, clock), Process(any_redis, 1, clock)
+    scope = "db.inventory.stock[1]"
+    follower.runtime.holds.hold(Cause.SOURCE_DISCONTINUITY, scope, f"{scope}: topic recreated")
+    clock[0] += 1
+    follower.tick()
+    assert leader.tick() == "ttl"
+    time.sleep(0.3)  # the follower's last report expires
+    for _ in range(int(SLO_S) - 1):  # silent, but not for the SLO yet
+        clock[0] += 1
+        assert leader.tick() == "ttl"
+        assert mode_of(any_redis)["cause"] == "source_discontinuity"
+
+    follower.runtime.holds.clear(Cause.SOURCE_DISCONTINUITY, scope)  # back, and resolved
+    clock[0] += 1
+    follower.tick()
+    assert leader.tick() == "cdc"

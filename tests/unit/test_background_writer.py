@@ -123,6 +123,23 @@ def test_a_snapshot_covers_every_batch_written_before_it(
         assert recorded == [], "without the wait the snapshot runs ahead of Redis"
 
 
+def test_the_lag_tracker_hears_of_a_batch_only_once_it_is_written() -> None:
+    """A sink stuck on Redis while the sources read on (threads that do not hold the sink)
+    must show as lag: what was read and not applied is not fresh."""
+    gate = Gate()
+    writer: Any = type("Writer", (), {"write": staticmethod(gate.write)})()
+    observed: list[Any] = []
+    partition = _RedisPartition(writer, depth=4, name="test", observe=observed.append)
+    partition.write_batch([["a"]])
+    assert gate.started.acquire(timeout=WAIT_S)
+    time.sleep(0.1)
+    assert observed == [], "heard of before it was written"
+    gate.open.set()
+    partition.snapshot()
+    partition.close()
+    assert observed == [["a"]]
+
+
 @pytest.mark.parametrize("error", [StopRequested("stop"), ConfigError("fix it"), OSError("x")])
 def test_a_failed_write_raises_on_the_callers_thread_and_nothing_after_it_is_written(
     error: Exception,

@@ -277,3 +277,54 @@ def test_learned_heartbeats_are_not_passed_on_and_never_replace_newer_ones(clock
     other.learn_heartbeats(reader.heartbeats())
     other.learn_heartbeats(stale)
     assert lag_of(other, "db1.inv.stock").connector_lag_s == 0
+
+
+def test_a_source_clock_ahead_of_the_worker_is_shown_not_hidden_in_a_zero_lag(clock):
+    """A database clock 120 s ahead makes a change committed 90 s ago look 30 s in the
+    future: the lag reads 0 (the controller cannot see the 90 s), so the skew is reported."""
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 90_000 + 120_000)
+    part = lag_of(tracker, "db1.inv.stock")
+    assert part.connector_lag_s == 0.0
+    assert part.ahead_s == pytest.approx(30.0)
+    clock.advance(45)  # nothing newer: the time seen falls behind the clock again
+    part = lag_of(tracker, "db1.inv.stock")
+    assert (part.connector_lag_s, part.ahead_s) == (pytest.approx(15.0), 0.0)
+
+
+def test_heartbeats_from_a_connector_clock_ahead_are_shown_too(clock):
+    tracker = LagTracker(clock)
+    tracker.offsets("db1.inv.stock", 0, high=10, next_offset=10)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 5_000)
+    tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) + 8_000)
+    assert lag_of(tracker, "db1.inv.stock").ahead_s == pytest.approx(8.0)
+
+
+def test_what_was_read_and_not_applied_is_backlog_heartbeats_do_not_hide(clock):
+    """Threads that do not hold the sink read on while it cannot write (or another
+    process's heartbeats arrive): the partition is not caught up, so it is not fresh."""
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, resume=100)
+    tracker.record("db1.inv.stock", 0, int(clock.ms), applied_to=100)
+    tracker.offsets("db1.inv.stock", 0, high=150, next_offset=150)  # read, not applied
+    for _ in range(9):
+        clock.advance(10)
+        tracker.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms))
+        tracker.offsets("db1.inv.stock", 0, high=150, next_offset=150)
+    stock = lag_of(tracker, "db1.inv.stock")
+    assert stock.consumer_lag == 50
+    assert stock.connector_lag_s == pytest.approx(90) and stock.silent_s == pytest.approx(90)
+    assert not tracker.report().caught_up(10)
+
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 1000, applied_to=150)  # written now
+    stock = lag_of(tracker, "db1.inv.stock")
+    assert stock.consumer_lag == 0 and stock.connector_lag_s == 0
+
+
+def test_a_partition_read_again_from_its_start_counts_from_where_it_reads(clock):
+    """A re-read (a recreated topic) reads below what was applied before: its backlog is
+    what lies between its read position and the end, not nothing."""
+    tracker = LagTracker(clock)
+    tracker.record("t", 0, int(clock.ms), applied_to=500)
+    tracker.offsets("t", 0, high=400, next_offset=10)
+    assert lag_of(tracker, "t").consumer_lag == 390

@@ -50,6 +50,18 @@ def test_a_missing_record_is_a_heartbeat_that_never_moves() -> None:
     assert beat.down and beat.seen == ""
 
 
+def test_a_record_that_vanishes_is_no_heartbeat() -> None:
+    """Redis restarted empty (or an operator deleted the hash to repair it) while the
+    worker is down: only a worker's write moves the heartbeat, a vanished record does not."""
+    watch = BeatWatch(now=0.0)
+    assert not watch.observe(worker_record(9000), 5.0, 0.0).down
+    assert watch.observe(worker_record(9000), 5.0, 6.0).down
+    beat = watch.observe({}, 5.0, 7.0)
+    assert beat.down and beat.still_s == 7.0 and beat.seen == ""
+    assert watch.observe({}, 5.0, 8.0).down
+    assert not watch.observe(worker_record(20_000), 5.0, 9.0).down  # a worker wrote
+
+
 def test_a_record_a_watchdog_wrote_means_still_down_at_once() -> None:
     watch = BeatWatch(now=0.0)
     record = {"writer": "watchdog", "updated_ms": "123", "mode": "ttl"}
