@@ -125,9 +125,11 @@ def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[Cach
 
 
 def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
-    # PostgreSQL without REPLICA IDENTITY FULL sends only the key columns as before image.
+    # PostgreSQL without REPLICA IDENTITY FULL logs only the key columns of a deleted row
+    # (the decoder drops the rest of such a before image: cdc_cache.source.envelope).
     before = {**event.key, **(event.before or {})}
-    keys = (_render(rule, before, event, "before") for rule in table.keys if rule.member is None)
+    image = "before" if event.before is not None else _KEY_ONLY
+    keys = (_render(rule, before, event, image) for rule in table.keys if rule.member is None)
     ops: list[CacheOp] = [
         DeleteKey(key, event.position, table.tombstone_ttl_ms, event.table)
         for key in dict.fromkeys(keys)
@@ -239,6 +241,12 @@ def _non_key_columns(rule: KeyRule, event: ChangeEvent) -> str:
     return ", ".join(repr(c) for c in rule.template.columns if c not in event.key)
 
 
+_KEY_ONLY = (
+    "before image, which holds only the primary key (PostgreSQL without REPLICA IDENTITY "
+    "FULL: set it on the table)"
+)
+
+
 def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
     try:
         return rule.template.render(row)
@@ -246,7 +254,7 @@ def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
         msg = (
             f"{event.table} {event.op.value} at {event.position}: key "
             f"'{rule.template.source}' needs column '{exc.column}', absent from the "
-            f"{image} image"
+            + (image if image is _KEY_ONLY else f"{image} image")
         )
         raise RenderError(msg) from exc
 
