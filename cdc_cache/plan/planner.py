@@ -36,6 +36,7 @@ from cdc_cache.plan.rules import (
     KeyRule,
     KeyTemplate,
     MissingColumn,
+    NotifyRule,
     Rules,
     TableRules,
 )
@@ -157,7 +158,7 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
             "op": event.op.value,
             "key": dict(event.key),
             "changed": sorted(changed_columns(event.before, event.after)),
-            "values": _notified_values(rule.fields, row, rule.channel, event),
+            "values": _notified(rule, row, event),
             "position": event.position.encode(),
             "committed_at_ms": event.committed_at_ms,
         }
@@ -206,6 +207,13 @@ def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: 
             f"'{template.source}' needs column '{exc.column}', absent from the {image} image"
         )
         raise RenderError(msg) from exc
+
+
+def _notified(rule: NotifyRule, row: Row, event: ChangeEvent) -> dict[str, object]:
+    """The values a notification carries; null for what a key-only delete did not log."""
+    if event.op is Op.DELETE and event.before is None:
+        return {name: row.get(name) for name in rule.fields or row}
+    return _notified_values(rule.fields, row, rule.channel, event)
 
 
 def _notified_values(
