@@ -36,6 +36,7 @@ from cdc_cache.plan.rules import (
     KeyRule,
     KeyTemplate,
     MissingColumn,
+    NotifyRule,
     Rules,
     TableRules,
 )
@@ -125,9 +126,11 @@ def _plan_upsert(event: ChangeEvent, table: TableRules, after: Row) -> list[Cach
 
 
 def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
-    # PostgreSQL without REPLICA IDENTITY FULL sends only the key columns as before image.
+    # PostgreSQL without REPLICA IDENTITY FULL logs only the key columns of a deleted row
+    # (the decoder drops the rest of such a before image: cdc_cache.source.envelope).
     before = {**event.key, **(event.before or {})}
-    keys = (_render(rule, before, event, "before") for rule in table.keys if rule.member is None)
+    image = "before" if event.before is not None else _KEY_ONLY
+    keys = (_render(rule, before, event, image) for rule in table.keys if rule.member is None)
     ops: list[CacheOp] = [
         DeleteKey(key, event.position, table.tombstone_ttl_ms, event.table)
         for key in dict.fromkeys(keys)
@@ -155,7 +158,7 @@ def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> l
             "op": event.op.value,
             "key": dict(event.key),
             "changed": sorted(changed_columns(event.before, event.after)),
-            "values": _notified_values(rule.fields, row, rule.channel, event),
+            "values": _notified(rule, row, event),
             "position": event.position.encode(),
             "committed_at_ms": event.committed_at_ms,
         }
@@ -206,6 +209,13 @@ def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: 
         raise RenderError(msg) from exc
 
 
+def _notified(rule: NotifyRule, row: Row, event: ChangeEvent) -> dict[str, object]:
+    """The values a notification carries; null for what a key-only delete did not log."""
+    if event.op is Op.DELETE and event.before is None:
+        return {name: row.get(name) for name in rule.fields or row}
+    return _notified_values(rule.fields, row, rule.channel, event)
+
+
 def _notified_values(
     fields: tuple[str, ...] | None, row: Row, channel: KeyTemplate, event: ChangeEvent
 ) -> dict[str, object]:
@@ -239,6 +249,12 @@ def _non_key_columns(rule: KeyRule, event: ChangeEvent) -> str:
     return ", ".join(repr(c) for c in rule.template.columns if c not in event.key)
 
 
+_KEY_ONLY = (
+    "before image, which holds only the primary key (PostgreSQL without REPLICA IDENTITY "
+    "FULL: set it on the table)"
+)
+
+
 def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
     try:
         return rule.template.render(row)
@@ -246,7 +262,7 @@ def _render(rule: KeyRule, row: Row, event: ChangeEvent, image: str) -> str:
         msg = (
             f"{event.table} {event.op.value} at {event.position}: key "
             f"'{rule.template.source}' needs column '{exc.column}', absent from the "
-            f"{image} image"
+            + (image if image is _KEY_ONLY else f"{image} image")
         )
         raise RenderError(msg) from exc
 

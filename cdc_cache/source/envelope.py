@@ -424,12 +424,13 @@ def _envelope(
         source.get("connector"), source.get("db"), source.get("schema"), "source.connector"
     )
     table = _table(container, source.get("table"), "source")
+    key = _key(_NO_KEY if op is Op.TRUNCATE else _parsed_key(key_bytes, parse), op, table)
     return ChangeEvent(
         table=table,
         op=op,
-        before=_image(payload, "before"),
+        before=_deleted_row(connector, op, _image(payload, "before"), key),
         after=_image(payload, "after"),
-        key=_key(_NO_KEY if op is Op.TRUNCATE else _parsed_key(key_bytes, parse), op, table),
+        key=key,
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(source, "ts_ms", "source"),
         emitted_at_ms=_opt_int(payload, "ts_ms", "envelope"),
@@ -471,12 +472,13 @@ def _flattened(
     row = {k: v for k, v in payload.items() if not k.startswith(FLAT_PREFIX)}
     source = {name: payload[flat] for name, flat in _FLAT_SOURCE.items() if flat in payload}
     deleted = op is Op.DELETE or payload.get("__deleted") == "true"
+    columns = _key(key, op, table)
     return ChangeEvent(
         table=table,
         op=op,
-        before=row if deleted else None,
+        before=_deleted_row(connector, Op.DELETE, row, columns) if deleted else None,
         after=None if deleted else row,
-        key=_key(key, op, table),
+        key=columns,
         position=_position(connector, source, epoch),
         committed_at_ms=_opt_int(payload, "__source_ts_ms", "flattened"),
         emitted_at_ms=_opt_int(payload, "__ts_ms", "flattened"),
@@ -570,6 +572,33 @@ def _tombstone_table(topic: str, key_bytes: bytes, parse: Parse) -> str | None:
     if identity is not None:
         return table_of_topic(identity)
     return table_of_topic(topic)
+
+
+def _deleted_row(
+    connector: str, op: Op, before: dict[str, Any] | None, key: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A delete's before image, or None when it holds the primary key and nothing else.
+
+    PostgreSQL without ``REPLICA IDENTITY FULL`` logs only the key of a deleted row, and
+    Debezium fills the other columns of its before image with null or, for a NOT NULL
+    column, an empty default ("", 0, false). Taken for the row, such an image renders a
+    key that is not the row's (``product:3:`` for ``product:{id}:{name}``), whose delete
+    leaves the real one cached with no error. Without the image, a key that needs a column
+    other than the primary key is refused with the fix, and the change's invalidation
+    names it as unreached. A row of a table with ``REPLICA IDENTITY FULL`` whose every
+    other column is empty is refused alike: loud, not stale.
+    """
+    if op is not Op.DELETE or connector != _POSTGRES_CONNECTOR or before is None:
+        return before
+    others = [value for column, value in before.items() if column not in key]
+    if others and all(_empty_default(value) for value in others):
+        return None
+    return before
+
+
+def _empty_default(value: object) -> bool:
+    """Null, or the empty default Debezium gives a NOT NULL column it has no value for."""
+    return value is None or value in ("", b"", 0, "0", "AA==", [], {})
 
 
 def _image(payload: dict[str, Any], name: str) -> dict[str, Any] | None:

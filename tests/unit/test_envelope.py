@@ -186,6 +186,23 @@ def test_postgres_default_replica_identity_has_no_before_image_on_update(fmt: st
     assert stock and all(e.before is not None for e in stock)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_postgres_default_replica_identity_deletes_carry_only_the_primary_key(fmt: str) -> None:
+    """Its other columns come null or empty ("" for a NOT NULL name): no image of the row."""
+    events = changes("postgres", fmt).values()
+    products = [e for e in events if e.table == "inventory.products" and e.op is Op.DELETE]
+    stock = [e for e in events if e.table == "inventory.stock" and e.op is Op.DELETE]
+    assert products and all(e.before is None and e.key for e in products)
+    assert stock and all(e.before is not None and e.before["qty"] for e in stock)  # FULL
+
+
+def test_a_binlog_delete_keeps_its_before_image_whatever_its_values() -> None:
+    value = _envelope(op="d", before={"sku_id": 1, "warehouse": "east", "qty": 0, "note": ""})
+    event = decode(SourceRecord("db.inv.stock", 0, 0, STOCK_KEY, value))
+    assert isinstance(event, ChangeEvent)
+    assert event.before == {"sku_id": 1, "warehouse": "east", "qty": 0, "note": ""}
+
+
 def test_decimals_are_strings() -> None:
     event = next(iter(changes("mariadb", "schemas").values()))
     assert event.after is not None

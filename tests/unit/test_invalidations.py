@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -224,3 +225,30 @@ def test_every_key_the_plan_touches_is_deleted_or_named_unreached(before, after,
         else:
             assert rule_keys <= set(keys(result))
     assert all(d.position == AT and d.tombstone_ttl_ms == TOMBSTONE for d in result.deletes)
+
+
+def test_a_postgres_delete_logging_only_the_primary_key_is_refused_and_names_its_other_keys() -> (
+    None
+):
+    """Recorded: ``inventory.products`` without REPLICA IDENTITY FULL, its NOT NULL name "".
+
+    Taken as the row, that image would delete ``product:3:`` and leave ``product:3:widget``.
+    """
+    fixture = Path(__file__).resolve().parent.parent / "fixtures/debezium/postgres/noschemas.jsonl"
+    recorded = [orjson.loads(line) for line in fixture.read_text().splitlines()]
+    (doc,) = [d for d in recorded if d["key"] == '{"id":3}' and '"op":"d"' in (d["value"] or "")]
+    rules = parse_rules(
+        "version: 2\ntables:\n  inventory.products:\n    keys:\n"
+        '      - key: "product:{id}:{name}"\n      - key: "product:{id}"\n',
+        "rules.yaml",
+    )
+    record = SourceRecord(doc["topic"], 0, 25, doc["key"].encode(), doc["value"].encode())
+    routed = route(record, rules)
+    assert isinstance(routed, Rejected)
+    assert isinstance(routed.error, RenderError)
+    assert "needs column 'name'" in str(routed.error)
+    assert "REPLICA IDENTITY FULL" in str(routed.error)
+    assert [d.key for d in routed.invalidation.deletes] == ["product:3"]
+    (unreached,) = routed.invalidation.unreached
+    assert unreached.key == "product:{id}:{name}"
+    assert "primary key" in unreached.why

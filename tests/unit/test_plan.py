@@ -316,6 +316,18 @@ def test_notification_follows_the_rows_own_key_and_carries_the_change() -> None:
     }
 
 
+def test_a_delete_that_logged_only_its_primary_key_is_announced_with_what_it_logged() -> None:
+    key = {"sku_id": 7, "warehouse": "north"}  # PostgreSQL without REPLICA IDENTITY FULL
+    ops = plan(event(Op.DELETE, None, None, 4, key=key), NOTIFY_RULES)
+    assert [op.key for op in ops if isinstance(op, DeleteKey)] == [
+        "stock:7:north",
+        "sku:7:availability",
+    ]
+    (note,) = notes(ops)
+    assert note.channel == "inventory:north"
+    assert orjson.loads(note.payload)["values"] == {"sku_id": 7, "qty": None}
+
+
 def test_row_moving_between_channels_is_announced_on_both_after_its_new_key() -> None:
     before = {"id": 1, "sku_id": 7, "warehouse": "north", "qty": 1}
     after = {**before, "warehouse": "south"}
