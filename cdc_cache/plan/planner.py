@@ -1,7 +1,8 @@
 """Plan: a pure function from one change event and the rules to cache operations.
 
 No I/O. Every decision that makes the cache correct lives here and is tested without
-servers: which keys a change touches, moves between keys, watched columns, TRUNCATE.
+servers: which keys a change touches, moves between keys, watched columns, TRUNCATE
+(its notifications are planned in :mod:`cdc_cache.plan.notifications`).
 The images it gets hold the values as the table caches them (natural values once
 :meth:`~cdc_cache.source.natural.TableValues.event` decoded them); :func:`encode` is the one
 serializer of a row for a key, shared with application fills (``cdc_cache.aside.fill``).
@@ -9,34 +10,28 @@ serializer of a row for a key, shared with application fills (``cdc_cache.aside.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
 
 from cdc_cache.core.errors import MissingPrimaryKey, RenderError
 from cdc_cache.core.events import ChangeEvent, Op, Row
-from cdc_cache.core.keys import ESCAPED_VALUE
 from cdc_cache.plan.cache_ops import (
     CacheOp,
     DeleteKey,
-    IndexMember,
     InvalidatePrefix,
-    Notify,
     SetRow,
-    Truncated,
     ValueFormat,
     as_invalidation,
 )
 from cdc_cache.plan.extended import FieldFailed, compute, failure, plan_extended
 from cdc_cache.plan.indexes import index_ops
 from cdc_cache.plan.key_extras import Snapshot
+from cdc_cache.plan.notifications import truncated, with_notify
 from cdc_cache.plan.rules import (
     Action,
     KeyRule,
-    KeyTemplate,
     MissingColumn,
-    NotifyRule,
     Rules,
     TableRules,
 )
@@ -61,12 +56,12 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
         if not prefixes:  # no keys of its own: only the keys that depend on it (dependencies)
             return []
         first, *rest = prefixes
-        return [replace(first, truncated=_truncated(event, table)), *rest]
+        return [replace(first, truncated=truncated(event, table)), *rest]
     if not event.key:
         msg = f"{event.table} {event.op.value} at {event.position} has no primary key"
         raise MissingPrimaryKey(msg)
     if event.op is Op.DELETE:
-        return _with_notify(_plan_delete(event, table), event, table)
+        return with_notify(_plan_delete(event, table), event, table)
     if event.after is None:
         msg = f"{event.table} {event.op.value} at {event.position} has no after image"
         raise RenderError(msg)
@@ -79,15 +74,8 @@ def plan(event: ChangeEvent, rules: Rules) -> list[CacheOp]:
             as_invalidation(op) if isinstance(op, SetRow) else op
             for op in _plan_upsert(event, table, event.after)
         ]
-        return _with_notify(ops, event, table)
-    return _with_notify(_plan_upsert(event, table, event.after), event, table)
-
-
-def changed_columns(before: Row | None, after: Row | None) -> frozenset[str]:
-    """Columns whose value differs between the two images (all of them if one is missing)."""
-    if before is None or after is None:
-        return frozenset((before or {}).keys() | (after or {}).keys())
-    return frozenset(c for c in before.keys() | after.keys() if before.get(c) != after.get(c))
+        return with_notify(ops, event, table)
+    return with_notify(_plan_upsert(event, table, event.after), event, table)
 
 
 def watched_change(event: ChangeEvent, table: TableRules) -> bool:
@@ -139,96 +127,6 @@ def _plan_delete(event: ChangeEvent, table: TableRules) -> list[CacheOp]:
         if rule.member is not None:  # an index key (zadd, sadd)
             ops.extend(index_ops(rule, event, table))
     return ops
-
-
-def _with_notify(ops: list[CacheOp], event: ChangeEvent, table: TableRules) -> list[CacheOp]:
-    """``ops`` with the change's notifications right after their host op.
-
-    The host is the last op of the first key rule (the row's own key after the change), so
-    the notification goes out exactly when that write applies. A row that moved to another
-    channel is announced on both, the old one first.
-    """
-    rule = table.notify
-    if rule is None or not ops:
-        return ops
-    row = {**event.key, **(event.before or {})} if event.op is Op.DELETE else event.after or {}
-    payload = dumps(
-        {
-            "table": event.table,
-            "op": event.op.value,
-            "key": dict(event.key),
-            "changed": sorted(changed_columns(event.before, event.after)),
-            "values": _notified(rule, row, event),
-            "position": event.position.encode(),
-            "committed_at_ms": event.committed_at_ms,
-        }
-    )
-    channels = [_render_channel(rule.channel, row, event, "after")]
-    if event.op is Op.UPDATE and event.before is not None:
-        old = _render_channel(rule.channel, event.before, event, "before")
-        channels = list(dict.fromkeys([old, *channels]))
-    host_key = table.keys[0].template.render(row)
-    keyed = [
-        (i, op.key) for i, op in enumerate(ops) if isinstance(op, SetRow | DeleteKey | IndexMember)
-    ]
-    host = next((i for i, key in keyed if key == host_key), keyed[0][0])  # filtered out: next
-    notes = [Notify(channel, payload, rule.maxlen) for channel in channels]
-    return [*ops[: host + 1], *notes, *ops[host + 1 :]]
-
-
-def _truncated(event: ChangeEvent, table: TableRules) -> Truncated:
-    """A TRUNCATE as recorded, with the ``truncate`` message for the table's channels."""
-    rule = table.notify
-    if rule is None:
-        return Truncated()
-    payload = {
-        "table": event.table,
-        "op": "truncate",
-        "position": event.position.encode(),
-        "committed_at_ms": event.committed_at_ms,
-    }
-    return Truncated(channel_pattern(rule.channel), dumps(payload), rule.maxlen)
-
-
-def channel_pattern(template: KeyTemplate) -> str:
-    """A regular expression matching every channel ``template`` renders (values escaped)."""
-    return "".join(
-        re.escape(literal) + (ESCAPED_VALUE if name is not None else "")
-        for literal, name in template.pieces
-    )
-
-
-def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: str) -> str:
-    try:
-        return template.render(row)
-    except MissingColumn as exc:
-        msg = (
-            f"{event.table} {event.op.value} at {event.position}: channel "
-            f"'{template.source}' needs column '{exc.column}', absent from the {image} image"
-        )
-        raise RenderError(msg) from exc
-
-
-def _notified(rule: NotifyRule, row: Row, event: ChangeEvent) -> dict[str, object]:
-    """The values a notification carries; null for what a key-only delete did not log."""
-    if event.op is Op.DELETE and event.before is None:
-        return {name: row.get(name) for name in rule.fields or row}
-    return _notified_values(rule.fields, row, rule.channel, event)
-
-
-def _notified_values(
-    fields: tuple[str, ...] | None, row: Row, channel: KeyTemplate, event: ChangeEvent
-) -> dict[str, object]:
-    if fields is None:
-        return dict(row)
-    missing = [name for name in fields if name not in row]
-    if missing:
-        msg = (
-            f"{event.table} {event.op.value} at {event.position}: notification on "
-            f"'{channel.source}' projects column {missing[0]!r}, absent from the row"
-        )
-        raise RenderError(msg)
-    return {name: row[name] for name in fields}
 
 
 def _old_key(rule: KeyRule, event: ChangeEvent) -> str | None:

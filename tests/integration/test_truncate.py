@@ -32,7 +32,7 @@ from cdc_cache.plan.cache_ops import (
     Truncated,
     ValueFormat,
 )
-from cdc_cache.plan.planner import channel_pattern
+from cdc_cache.plan.notifications import channel_pattern
 from cdc_cache.plan.rules import KeyTemplate
 from cdc_cache.sink.apply import Outcome, RedisApplier
 from cdc_cache.sink.connection import primaries

@@ -20,7 +20,8 @@ from cdc_cache.plan.cache_ops import (
     Truncated,
     ValueFormat,
 )
-from cdc_cache.plan.planner import changed_columns, plan
+from cdc_cache.plan.notifications import changed_columns
+from cdc_cache.plan.planner import plan
 from cdc_cache.plan.rules_loader import parse_rules
 from tests.model import ModelCache
 from tests.workload import NOTIFY_RULES_YAML
