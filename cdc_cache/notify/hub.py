@@ -58,6 +58,9 @@ class Hub:
         self.healthy = False
         self._discovered_at = 0.0
         self.broken: set[str] = set()  # channels whose key is no stream: not followed
+        # Set once every channel that existed at start is known, each at its end: before,
+        # a subscription would miss the channels not known yet (and their resume ids).
+        self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -75,13 +78,15 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def discover(self, *, initial: bool = False) -> None:
-        """Learn new channels; at start each is followed from its end, later from its start.
+    async def discover(self) -> None:
+        """Learn new channels: followed from their end until :attr:`ready`, then from their start.
 
-        A channel that appears after the gateway started was created after it, so all
-        its messages are new; subscribers whose patterns match it are attached at once
-        (looked up in the pattern index, not by asking every client).
+        A channel that appears after the first complete look was created after the gateway
+        started, so all its messages are new; subscribers whose patterns match it are
+        attached at once (looked up in the pattern index, not by asking every client). A
+        first look cut short by Redis is finished by the next, still from the channels' ends.
         """
+        initial = not self.ready.is_set()
         names = {raw.decode() for raw in await self._redis.smembers(ns().channels)}
         for count, channel in enumerate(sorted(names - self.positions.keys() - self.broken)):
             self.positions[channel] = await self._end_of(channel) if initial else START
@@ -92,6 +97,7 @@ class Hub:
             if count % DISCOVER_TURN == DISCOVER_TURN - 1:
                 await asyncio.sleep(0)  # thousands of new channels: let clients take turns
         self._discovered_at = time.monotonic()
+        self.ready.set()
 
     async def _end_of(self, channel: str) -> StreamId:
         try:
@@ -163,7 +169,7 @@ class Hub:
         while not self._stopping.is_set():
             try:
                 if not self.healthy or time.monotonic() - self._discovered_at > self._discover_s:
-                    await self.discover(initial=not self.healthy and not self.positions)
+                    await self.discover()
                 await self._read_once()
                 self.healthy, attempt = True, 0
             except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream

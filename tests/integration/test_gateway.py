@@ -483,3 +483,44 @@ def test_redis_outage_is_retried_reported_and_recovered_from(tmp_path: Path) -> 
     finally:
         client.close()
         server.stop()
+
+
+def test_a_client_resuming_while_the_gateway_starts_without_redis_misses_nothing(
+    tmp_path: Path,
+) -> None:
+    # A gateway restarted while Redis is away serves its clients at once, and they come
+    # back with their last ids before it has found any channel.
+    server = RedisServer(tmp_path / "redis", free_port(), persist=True)
+    server.start()
+    client = Redis.from_url(server.address())
+    for n in range(1, 4):
+        publish(client, n, "north")
+    seen = client.xrange(ns().stream_key("inventory:north"), count=1)[0][0].decode()
+    client.close()
+    server.stop()
+
+    async def main() -> None:
+        config = GatewaySettings(
+            redis_url=server.address(), port=0, secret=SECRET, block_ms=100,
+            discover_s=0.1, watchdog=False,
+        )  # fmt: skip
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            url = f"ws://127.0.0.1:{gateway.port}/ws?token={token('inventory:*')}"
+            async with connect(url) as ws:
+                request = {"channels": ["inventory:*"], "resume": {"inventory:north": seen}}
+                await ws.send(orjson.dumps({"type": "subscribe", **request}))
+                await asyncio.sleep(0.5)  # the gateway retries Redis meanwhile
+                await asyncio.to_thread(server.start)
+                ack = await receive(ws, "subscribed")
+                assert ack["channels"] == {"inventory:north": seen}
+                got = [(await receive(ws))["data"]["values"]["sku_id"] for _ in range(2)]
+                assert got == [2, 3]
+        finally:
+            await gateway.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
