@@ -112,12 +112,14 @@ class Hub:
         self.subscribers[channel].add(session)
         if catch_up:
             session.catching[channel] = []
-            spawn(self._catch_up(session, channel, after))
+            if not session.replaying:
+                session.replaying = True
+                spawn(self._replay(session))
 
     def detach(self, session: Session, channel: str) -> None:
         """Stop sending ``channel`` to ``session``."""
         session.last.pop(channel, None)
-        session.catching.pop(channel, None)
+        session.release(channel)
         self.subscribers[channel].discard(session)
 
     def remove(self, session: Session) -> None:
@@ -127,6 +129,20 @@ class Hub:
             self.patterns.discard(pattern, session)
         for channel in list(session.last):
             self.detach(session, channel)
+
+    async def _replay(self, session: Session) -> None:
+        """Replay the channels ``session`` asked the past of, one after the other.
+
+        They all go to one socket, so replaying them at once would not deliver sooner; it
+        would hold a page per channel while the client reads, and a client that asks for
+        the past of thousands of channels and then reads slowly would hold thousands.
+        """
+        try:
+            while session.catching and not session.closed:
+                channel = next(iter(session.catching))
+                await self._catch_up(session, channel, session.last[channel])
+        finally:
+            session.replaying = False
 
     async def _catch_up(self, session: Session, channel: str, after: StreamId) -> None:
         """Send what the stream holds after ``after``, then the live messages held back.
@@ -157,7 +173,7 @@ class Hub:
         except (rex.RedisError, ConnectionClosed) as exc:
             session.drop("catch_up_failed", f"replay of {channel} failed: {exc}")
             return
-        for frame in session.catching.pop(channel, None) or ():
+        for frame in session.release(channel):
             session.offer(frame)
 
     async def run(self) -> None:
@@ -200,8 +216,9 @@ class Hub:
                 del self.positions[channel]
                 self.channels.remove(channel)
                 self.broken.add(channel)
-                for session in tuple(self.subscribers.pop(channel, ())):
-                    session.last.pop(channel, None)
+                for session in tuple(self.subscribers.get(channel, ())):
+                    self.detach(session, channel)
+                self.subscribers.pop(channel, None)
                 log.error(
                     "not following a channel: its key is no stream (written by something else "
                     "than the apply script?); delete the key or rename what uses it",

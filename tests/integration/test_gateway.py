@@ -218,9 +218,10 @@ def test_a_client_receives_only_granted_channels_and_an_error_for_the_rest(
     run(redis_server.address(), scenario)
 
 
-def stalled_client(port: int, path: str, patterns: list[str]) -> socket.socket:
-    """A WebSocket client that subscribes and then stops reading (a tiny receive buffer,
-    which also turns off the kernel's autotuning), so its backlog piles up in the gateway."""
+def stalled_client(port: int, path: str, patterns: list[str], **request: Any) -> socket.socket:
+    """A WebSocket client that subscribes (``request``: more of the subscribe request) and
+    then stops reading (a tiny receive buffer, which also turns off the kernel's
+    autotuning), so its backlog piles up in the gateway."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     sock.connect(("127.0.0.1", port))
@@ -233,10 +234,12 @@ def stalled_client(port: int, path: str, patterns: list[str]) -> socket.socket:
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
-    body = orjson.dumps({"type": "subscribe", "channels": patterns})
+    body = orjson.dumps({"type": "subscribe", "channels": patterns, **request})
+    assert len(body) < 2**16
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-    sock.sendall(bytes([0x81, 0x80 | len(body)]) + mask + masked)  # one masked text frame
+    size = bytes([0x80 | len(body)]) if len(body) < 126 else b"\xfe" + struct.pack("!H", len(body))
+    sock.sendall(b"\x81" + size + mask + masked)  # one masked text frame
     return sock
 
 
@@ -324,6 +327,34 @@ def test_a_stalled_client_holds_up_a_stop_two_seconds_at_most(
     asyncio.run(main())
     # websockets waits 10 s by default for a closing handshake that cannot happen.
     assert stopped[0] < 5, f"the stop took {stopped[0]:.1f} s"
+
+
+def test_a_client_that_asks_the_past_of_many_channels_and_reads_nothing_holds_few_pages(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    channels = [f"bulk:{n}" for n in range(40)]
+    blob = "x" * 8_000
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.sadd(ns().channels, *channels)
+    for channel in channels:  # each channel's past: one page of 100 entries, 800 KB
+        for n in range(100):
+            pipe.xadd(ns().stream_key(channel), {"p": orjson.dumps({"n": n, "blob": blob})})
+    pipe.execute()
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        redis_client.config_resetstat()
+        slow = await asyncio.to_thread(
+            stalled_client, gateway.port, f"/ws?token={token('bulk:*')}", ["bulk:*"],
+            **{"from": "0"},
+        )  # fmt: skip
+        await _until(lambda: len(gateway.hub.subscribers["bulk:39"]) == 1, "it subscribed")
+        await asyncio.sleep(2)  # the replay waits on the client's full buffers
+        stats = redis_client.info("commandstats").get("cmdstat_xrange", {})
+        slow.close()
+        # What ~4 MB of socket buffers took, one page at a time; not every channel's page.
+        assert stats.get("calls", 0) < 20, f"{stats} for a client that reads nothing"
+
+    run(redis_server.address(), scenario)
 
 
 def test_http_endpoints_share_the_port(redis_server: RedisServer, redis_client: Any) -> None:

@@ -110,3 +110,32 @@ def test_a_full_queue_drops_the_client_with_a_reason() -> None:
     code, reason = s.ws.closed  # type: ignore[attr-defined]
     assert code == SLOW_CLOSE_CODE and "resume" in reason
     assert len(handed(s)) == 2
+
+
+def test_messages_held_back_count_against_the_queue_over_all_catching_channels() -> None:
+    async def scenario() -> Session:
+        s = session(queue_size=3)
+        for channel in ("c:a", "c:b"):
+            s.last[channel] = (0, 0)
+            s.catching[channel] = []
+        for ms in (1, 2):  # four held back in all, two per channel
+            s.offer(frame("c:a", ms))
+            s.offer(frame("c:b", ms))
+        await asyncio.sleep(0.01)  # the close runs in the background
+        return s
+
+    s = asyncio.run(scenario())
+    assert s.closed
+    assert s.ws.closed[0] == SLOW_CLOSE_CODE  # type: ignore[attr-defined]
+    assert s.held == 3
+
+
+def test_a_channel_that_caught_up_hands_back_what_was_held_and_frees_the_bound() -> None:
+    s = session(queue_size=3)
+    s.last["c:a"] = (0, 0)
+    s.catching["c:a"] = []
+    for ms in (1, 2, 3):
+        s.offer(frame("c:a", ms))
+    assert [f.id for f in s.release("c:a")] == [(1, 0), (2, 0), (3, 0)]
+    assert (s.held, s.catching, s.closed) == (0, {}, False)
+    assert s.release("c:a") == []
