@@ -16,7 +16,7 @@ Protocol (JSON text frames), client to gateway:
 - ``{"type": "unsubscribe", "channels": [patterns]}``, ``{"type": "ping"}``.
 
 Gateway to client: ``welcome``, ``subscribed``, ``message`` (``channel``, ``id``,
-``data``: the change), ``gap`` (messages after the resume id were trimmed away),
+``data``: the change), ``gap`` (messages after ``after`` were trimmed away before they went out),
 ``heartbeat``, ``pong`` and ``error`` (``code``: forbidden | bad_request |
 too_many_patterns | rate_limited).
 
