@@ -1,9 +1,13 @@
-"""Stream entries as the gateway sends them: ids, and ``message`` frames encoded once (pure)."""
+"""Stream entries as the gateway sends them, and what a stream lost (pure).
+
+Ids, ``message`` frames encoded once, and whether entries after an id may be gone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -55,3 +59,23 @@ def encode_frame(channel: str, stream_id: StreamId, payload: bytes) -> Frame:
     return Frame(
         channel, stream_id, data, committed if isinstance(committed, int | float) else None
     )
+
+
+def lost_after(info: Mapping[str, Any], stream_id: StreamId) -> bool:
+    """True when a stream (its XINFO STREAM) may have lost entries newer than ``stream_id``.
+
+    Redis keeps no trim point (``max-deleted-entry-id`` follows XDEL alone): what MAXLEN
+    trimmed is whatever came before the oldest entry left, and something was trimmed when
+    more entries were ever added than are left. If what is left all comes after
+    ``stream_id``, the trimmed entries may have too; whether they did is not kept, so that
+    counts as lost. Without these fields (Redis before 7.0) nothing can be told.
+    """
+    deleted = info.get("max-deleted-entry-id")
+    if deleted is not None and parse_id(deleted) > stream_id:
+        return True
+    added = info.get("entries-added")
+    if added is None or int(added) <= int(info["length"]):
+        return False
+    first = info.get("first-entry")
+    oldest_left = first[0] if first else info["last-generated-id"]
+    return parse_id(oldest_left) > stream_id

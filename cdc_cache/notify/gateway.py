@@ -16,7 +16,7 @@ Protocol (JSON text frames), client to gateway:
 - ``{"type": "unsubscribe", "channels": [patterns]}``, ``{"type": "ping"}``.
 
 Gateway to client: ``welcome``, ``subscribed``, ``message`` (``channel``, ``id``,
-``data``: the change), ``gap`` (messages after the resume id were trimmed away),
+``data``: the change), ``gap`` (messages after ``after`` were trimmed away before they went out),
 ``heartbeat``, ``pong`` and ``error`` (``code``: forbidden | bad_request |
 too_many_patterns | rate_limited).
 
@@ -226,6 +226,7 @@ class Gateway:
         )
         session.control("welcome", patterns=list(grant.patterns), expires_at=grant.expires_at)
         try:
+            await self._hub_ready(ws)
             async for message in ws:
                 self._handle(session, message)
                 await asyncio.sleep(0)  # a client sending fast takes turns with the others
@@ -239,6 +240,22 @@ class Gateway:
             for task in (pump, beat):
                 task.cancel()
             await asyncio.gather(pump, beat, return_exceptions=True)
+
+    async def _hub_ready(self, ws: ServerConnection) -> None:
+        """Wait until the hub knows every channel (or the client goes away).
+
+        A client reconnecting with ``resume`` as the gateway starts (or while Redis is
+        still down) would otherwise be subscribed to the channels known so far only; the
+        others, attached when found at their end, would skip what it asked to resume.
+        """
+        if self.hub.ready.is_set():
+            return
+        waits = [asyncio.create_task(self.hub.ready.wait()), asyncio.create_task(ws.wait_closed())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _heartbeats(self, session: Session) -> None:
         while not session.closed:

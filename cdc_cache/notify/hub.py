@@ -4,7 +4,11 @@ One task follows every stream with XREAD BLOCK (on a Redis Cluster, which refuse
 XREAD over several slots, one XREAD per slot, pipelined, polled) and hands each entry to the clients
 subscribed to its channel; a new channel is compared once with each distinct pattern that
 could match it (:class:`~cdc_cache.notify.patterns.PatternIndex`), however many clients
-hold that pattern. A subscription that asks for the past replays the stream first.
+hold that pattern. A subscription that asks for the past replays the stream first. Where
+a stream was trimmed past what a client was sent, the client is told (``gap``).
+
+Kept in one module: discovery, replays and the reader all move the same positions and
+subscriptions, and whether a client missed something depends on all three.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import defaultdict
 from functools import cache
 from typing import Any, Final
 
+import orjson
 import redis.asyncio as aredis
 from redis import exceptions as rex
 from websockets.exceptions import ConnectionClosed
@@ -26,7 +31,15 @@ from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.keys import key_slot, ns
 from cdc_cache.core.retry import Backoff, retry_reporter
-from cdc_cache.notify.frames import START, Frame, StreamId, encode_frame, format_id, parse_id
+from cdc_cache.notify.frames import (
+    START,
+    Frame,
+    StreamId,
+    encode_frame,
+    format_id,
+    lost_after,
+    parse_id,
+)
 from cdc_cache.notify.patterns import ChannelNames, PatternIndex
 from cdc_cache.notify.session import Session, spawn
 from cdc_cache.sink.connection import misconfiguration
@@ -58,6 +71,9 @@ class Hub:
         self.healthy = False
         self._discovered_at = 0.0
         self.broken: set[str] = set()  # channels whose key is no stream: not followed
+        # Set once every channel that existed at start is known, each at its end: before,
+        # a subscription would miss the channels not known yet (and their resume ids).
+        self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -75,13 +91,15 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def discover(self, *, initial: bool = False) -> None:
-        """Learn new channels; at start each is followed from its end, later from its start.
+    async def discover(self) -> None:
+        """Learn new channels: followed from their end until :attr:`ready`, then from their start.
 
-        A channel that appears after the gateway started was created after it, so all
-        its messages are new; subscribers whose patterns match it are attached at once
-        (looked up in the pattern index, not by asking every client).
+        A channel that appears after the first complete look was created after the gateway
+        started, so all its messages are new; subscribers whose patterns match it are
+        attached at once (looked up in the pattern index, not by asking every client). A
+        first look cut short by Redis is finished by the next, still from the channels' ends.
         """
+        initial = not self.ready.is_set()
         names = {raw.decode() for raw in await self._redis.smembers(ns().channels)}
         for count, channel in enumerate(sorted(names - self.positions.keys() - self.broken)):
             self.positions[channel] = await self._end_of(channel) if initial else START
@@ -92,6 +110,7 @@ class Hub:
             if count % DISCOVER_TURN == DISCOVER_TURN - 1:
                 await asyncio.sleep(0)  # thousands of new channels: let clients take turns
         self._discovered_at = time.monotonic()
+        self.ready.set()
 
     async def _end_of(self, channel: str) -> StreamId:
         try:
@@ -106,12 +125,14 @@ class Hub:
         self.subscribers[channel].add(session)
         if catch_up:
             session.catching[channel] = []
-            spawn(self._catch_up(session, channel, after))
+            if not session.replaying:
+                session.replaying = True
+                spawn(self._replay(session))
 
     def detach(self, session: Session, channel: str) -> None:
         """Stop sending ``channel`` to ``session``."""
         session.last.pop(channel, None)
-        session.catching.pop(channel, None)
+        session.release(channel)
         self.subscribers[channel].discard(session)
 
     def remove(self, session: Session) -> None:
@@ -122,36 +143,54 @@ class Hub:
         for channel in list(session.last):
             self.detach(session, channel)
 
+    async def _replay(self, session: Session) -> None:
+        """Replay the channels ``session`` asked the past of, one after the other.
+
+        They all go to one socket, so replaying them at once would not deliver sooner; it
+        would hold a page per channel while the client reads, and a client that asks for
+        the past of thousands of channels and then reads slowly would hold thousands.
+        """
+        try:
+            while session.catching and not session.closed:
+                channel = next(iter(session.catching))
+                await self._catch_up(session, channel, session.last[channel])
+        finally:
+            session.replaying = False
+
     async def _catch_up(self, session: Session, channel: str, after: StreamId) -> None:
         """Send what the stream holds after ``after``, then the live messages held back.
 
         Sent straight to the socket, so a long replay waits for the client (it is what it
         asked for) instead of filling the queue that live messages of other channels use.
+        Each page is read from the last id sent, that id included: while it is still there
+        nothing after it was trimmed; when it is gone and newer entries were trimmed too
+        (the stream moved on while the client read), a ``gap`` goes out before what follows.
         """
         key = ns().stream_key(channel)
+        cursor = after
         try:
-            if after != START:
-                info = await self._redis.xinfo_stream(key)
-                trimmed = info.get("max-deleted-entry-id")
-                if trimmed is not None and parse_id(trimmed) > after:
-                    session.control("gap", channel=channel, after=format_id(after))
-            cursor = f"({format_id(after)}"
             while session.catching.get(channel) is not None:
-                page = await self._redis.xrange(key, min=cursor, count=CATCH_UP_PAGE)
+                page = await self._redis.xrange(key, min=format_id(cursor), count=CATCH_UP_PAGE)
+                more = len(page) == CATCH_UP_PAGE
+                if page and parse_id(page[0][0]) == cursor:
+                    del page[0]
+                elif cursor != START and lost_after(await self._redis.xinfo_stream(key), cursor):
+                    gap = {"type": "gap", "channel": channel, "after": format_id(cursor)}
+                    await session.ws.send(orjson.dumps(gap), text=True)
                 for raw_id, fields in page:
                     frame = _frame(channel, raw_id, fields)
                     if frame is not None and session.advance(frame):
                         await session.ws.send(frame.data, text=True)
                         metrics.GATEWAY_MESSAGES_OUT.inc()
-                if len(page) < CATCH_UP_PAGE:
+                if not more:
                     break
-                cursor = f"({page[-1][0].decode()}"
+                cursor = parse_id(page[-1][0])
         except rex.ResponseError:
             pass  # the stream does not exist (yet): nothing to replay
         except (rex.RedisError, ConnectionClosed) as exc:
             session.drop("catch_up_failed", f"replay of {channel} failed: {exc}")
             return
-        for frame in session.catching.pop(channel, None) or ():
+        for frame in session.release(channel):
             session.offer(frame)
 
     async def run(self) -> None:
@@ -163,7 +202,7 @@ class Hub:
         while not self._stopping.is_set():
             try:
                 if not self.healthy or time.monotonic() - self._discovered_at > self._discover_s:
-                    await self.discover(initial=not self.healthy and not self.positions)
+                    await self.discover()
                 await self._read_once()
                 self.healthy, attempt = True, 0
             except rex.ResponseError as exc:  # e.g. WRONGTYPE: a channel key that is no stream
@@ -194,8 +233,9 @@ class Hub:
                 del self.positions[channel]
                 self.channels.remove(channel)
                 self.broken.add(channel)
-                for session in tuple(self.subscribers.pop(channel, ())):
-                    session.last.pop(channel, None)
+                for session in tuple(self.subscribers.get(channel, ())):
+                    self.detach(session, channel)
+                self.subscribers.pop(channel, None)
                 log.error(
                     "not following a channel: its key is no stream (written by something else "
                     "than the apply script?); delete the key or rename what uses it",
@@ -215,9 +255,15 @@ class Hub:
             replies = await self._read_slots(streams)
         else:
             replies = await self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
+        read = [
+            (raw_key.decode().removeprefix(ns().stream_prefix), entries)
+            for raw_key, entries in replies or ()
+            if entries
+        ]
+        for channel in await self._trimmed_unread([channel for channel, _ in read]):
+            self._tell_gap(channel)
         now_ms = time.time() * 1000
-        for raw_key, entries in replies or ():
-            channel = raw_key.decode().removeprefix(ns().stream_prefix)
+        for channel, entries in read:
             for raw_id, fields in entries:
                 self.positions[channel] = parse_id(raw_id)
                 frame = _frame(channel, raw_id, fields)
@@ -231,6 +277,42 @@ class Hub:
                 # Let every client's sender take its turn, so a burst read in one XREAD
                 # fills only the queues of clients that really cannot keep up.
                 await asyncio.sleep(0)
+
+    async def _trimmed_unread(self, channels: list[str]) -> list[str]:
+        """Those of ``channels`` whose stream was trimmed past where the reader stood.
+
+        Asked after a read, before its entries go out: the reader fell more than a stream's
+        ``maxlen`` behind (Redis away while the worker wrote, a long pause), and the entries
+        between its position and the first one read are gone. A stream trimmed only after
+        the read, below an entry just read, counts too: then the reader is at the edge of
+        the window, where it cannot tell.
+        """
+        if not channels:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for channel in channels:
+            pipe.xinfo_stream(ns().stream_key(channel))
+        infos = await pipe.execute(raise_on_error=False)
+        return [
+            channel
+            for channel, info in zip(channels, infos, strict=True)
+            if isinstance(info, dict) and lost_after(info, self.positions[channel])
+        ]
+
+    def _tell_gap(self, channel: str) -> None:
+        """Tell the live subscribers of ``channel`` that messages after their last were lost.
+
+        Those replaying it read the stream themselves, and see the trim there.
+        """
+        log.warning(
+            "the gateway fell behind a channel's stream, which was trimmed past it: its "
+            "subscribers are told to reload (gap)",
+            extra={"channel": channel, "after": format_id(self.positions[channel])},
+        )
+        for session in tuple(self.subscribers.get(channel, ())):
+            last = session.last.get(channel)
+            if last is not None and channel not in session.catching:
+                session.control("gap", channel=channel, after=format_id(last))
 
     async def _read_slots(self, streams: dict[str, str]) -> list[Any]:
         """XREAD on a Cluster: one call per slot (it refuses keys of several), pipelined.

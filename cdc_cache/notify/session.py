@@ -31,7 +31,8 @@ class Session:
 
     ``last`` holds, per subscribed channel, the id of the newest message handed to the
     client: nothing at or below it is sent again, which makes resuming exact. While a
-    channel catches up from its stream, its live messages wait in ``catching``.
+    channel catches up from its stream, its live messages wait in ``catching``; the
+    channels there are replayed one after the other while ``replaying``.
     """
 
     def __init__(
@@ -48,6 +49,8 @@ class Session:
         self.patterns: set[str] = set()
         self.last: dict[str, StreamId] = {}
         self.catching: dict[str, list[Frame]] = {}
+        self.held = 0  # live messages waiting in ``catching``, over every channel
+        self.replaying = False
         self.closed = False
 
     def wants(self, channel: str) -> bool:
@@ -59,14 +62,27 @@ class Session:
         return any(matches(p, channel) for p in self.patterns)
 
     def offer(self, frame: Frame) -> None:
-        """Queue a live message without ever waiting; a full queue drops the client."""
+        """Queue a live message without ever waiting; a full queue drops the client.
+
+        Messages held back while their channels catch up count against the same bound,
+        over all of those channels: a client replaying thousands of busy channels holds
+        ``queue_size`` messages at most, not that many per channel.
+        """
         waiting = self.catching.get(frame.channel)
         if waiting is not None:
-            if len(waiting) >= self.queue.maxsize:
+            if self.held >= self.queue.maxsize:
                 self.drop("slow", f"more than {self.queue.maxsize} messages behind")
+                return
             waiting.append(frame)
+            self.held += 1
         elif self.advance(frame):
             self.send(frame.data)
+
+    def release(self, channel: str) -> list[Frame]:
+        """End the catching up of ``channel``: the live messages held back for it."""
+        waiting = self.catching.pop(channel, None) or []
+        self.held -= len(waiting)
+        return waiting
 
     def advance(self, frame: Frame) -> bool:
         """Record ``frame`` as handed over; False when the client has (or wants not) it."""

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.notify.frames import Frame, encode_frame, format_id, parse_id
+from cdc_cache.notify.frames import Frame, encode_frame, format_id, lost_after, parse_id
 from cdc_cache.notify.rate_limit import TokenBucket
 from cdc_cache.notify.session import SLOW_CLOSE_CODE, Session
 from cdc_cache.notify.tokens import Grant
@@ -110,3 +110,72 @@ def test_a_full_queue_drops_the_client_with_a_reason() -> None:
     code, reason = s.ws.closed  # type: ignore[attr-defined]
     assert code == SLOW_CLOSE_CODE and "resume" in reason
     assert len(handed(s)) == 2
+
+
+def test_messages_held_back_count_against_the_queue_over_all_catching_channels() -> None:
+    async def scenario() -> Session:
+        s = session(queue_size=3)
+        for channel in ("c:a", "c:b"):
+            s.last[channel] = (0, 0)
+            s.catching[channel] = []
+        for ms in (1, 2):  # four held back in all, two per channel
+            s.offer(frame("c:a", ms))
+            s.offer(frame("c:b", ms))
+        await asyncio.sleep(0.01)  # the close runs in the background
+        return s
+
+    s = asyncio.run(scenario())
+    assert s.closed
+    assert s.ws.closed[0] == SLOW_CLOSE_CODE  # type: ignore[attr-defined]
+    assert s.held == 3
+
+
+def test_a_channel_that_caught_up_hands_back_what_was_held_and_frees_the_bound() -> None:
+    s = session(queue_size=3)
+    s.last["c:a"] = (0, 0)
+    s.catching["c:a"] = []
+    for ms in (1, 2, 3):
+        s.offer(frame("c:a", ms))
+    assert [f.id for f in s.release("c:a")] == [(1, 0), (2, 0), (3, 0)]
+    assert (s.held, s.catching, s.closed) == (0, {}, False)
+    assert s.release("c:a") == []
+
+
+def xinfo(added: int, length: int, first: str | None, last: str, deleted: str = "0-0") -> dict:
+    """The fields of XINFO STREAM that tell what a stream lost, as redis-py returns them."""
+    return {
+        "length": length,
+        "entries-added": added,
+        "max-deleted-entry-id": deleted.encode(),
+        "last-generated-id": last.encode(),
+        "first-entry": (first.encode(), {b"p": b"{}"}) if first else None,
+    }
+
+
+def test_a_stream_never_trimmed_lost_nothing_whatever_the_id() -> None:
+    info = xinfo(added=5, length=5, first="10-0", last="14-0")
+    assert not lost_after(info, (3, 0))  # an id before the stream began: nothing was there
+    assert not lost_after(info, (12, 0))
+
+
+def test_a_stream_trimmed_past_an_id_may_have_lost_what_followed_it() -> None:
+    # Redis 7 leaves max-deleted-entry-id at 0-0 when MAXLEN trims: the first entry left
+    # and the count of entries ever added tell it.
+    info = xinfo(added=30, length=10, first="20-0", last="29-0")
+    assert lost_after(info, (5, 0))
+    assert lost_after(info, (19, 0))  # it cannot tell whether 19 was the last one trimmed
+    assert not lost_after(info, (20, 0))  # still there: nothing after it was trimmed
+    assert not lost_after(info, (25, 0))
+    emptied = xinfo(added=30, length=0, first=None, last="29-0")
+    assert lost_after(emptied, (25, 0)) and not lost_after(emptied, (29, 0))
+
+
+def test_entries_deleted_one_by_one_after_an_id_are_lost() -> None:
+    info = xinfo(added=10, length=9, first="0-1", last="9-0", deleted="7-0")
+    assert lost_after(info, (6, 0)) and not lost_after(info, (7, 0))
+
+
+def test_without_the_counts_of_redis_7_nothing_can_be_told() -> None:
+    info = xinfo(added=30, length=10, first="20-0", last="29-0")
+    del info["entries-added"], info["max-deleted-entry-id"]
+    assert not lost_after(info, (5, 0))
