@@ -139,6 +139,14 @@ _MS: Final = dt.timedelta(milliseconds=1)
 # PostgreSQL's +/-infinity timestamps, as Debezium ships them.
 _INFINITY: Final = {9223372036825200000: "infinity", -9223372036832400000: "-infinity"}
 _DECIMAL_TEXT: Final = re.compile(r"^-?\d+(\.\d+)?$")
+MAX_DECIMAL_SCALE: Final = 16_383
+"""The largest scale, either way, a decimal may say it has: PostgreSQL's largest (its
+NUMERIC scales lie in -1000..16383, MySQL's in 0..30). The scale comes with the message
+(its schema, or a variable-scale value): one far beyond would build its digits for
+minutes or exhaust memory, so it is refused first."""
+MAX_BITS: Final = 83_886_080
+"""The longest bit string a column may say it holds: PostgreSQL's longest (MySQL's is 64);
+a message saying more is refused before its text is made."""
 _POINT_TEXT: Final = re.compile(r"^\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)$")
 
 
@@ -197,6 +205,9 @@ def _utc_clock(value: dt.time) -> str:
 
 def _decimal_text(unscaled: int, scale: int) -> str:
     """The exact text of ``unscaled * 10**-scale``, with ``scale`` fraction digits."""
+    if not -MAX_DECIMAL_SCALE <= scale <= MAX_DECIMAL_SCALE:
+        msg = f"scale {scale} is outside -{MAX_DECIMAL_SCALE}..{MAX_DECIMAL_SCALE}"
+        raise ValueError(msg)
     if scale <= 0:
         return str(unscaled * 10**-scale)
     digits = str(abs(unscaled)).rjust(scale + 1, "0")
@@ -311,7 +322,11 @@ def _wire_zoned_time(_: ColumnType, __: Rendering) -> Convert:
 def _wire_bits(column: ColumnType, _: Rendering) -> Convert:
     def convert(value: str) -> str:
         raw = base64.b64decode(value, validate=True)
-        return format(int.from_bytes(raw, "little"), f"0{column.size or len(raw) * 8}b")
+        length = column.size or len(raw) * 8
+        if length > MAX_BITS:
+            msg = f"a bit string of {length} bits is longer than {MAX_BITS}"
+            raise ValueError(msg)
+        return format(int.from_bytes(raw, "little"), f"0{length}b")
 
     return convert
 

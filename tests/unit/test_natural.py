@@ -23,6 +23,8 @@ from cdc_cache.core.keys import escape_value
 from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.source.natural import (
+    MAX_BITS,
+    MAX_DECIMAL_SCALE,
     Decimals,
     JsonNumber,
     Rendering,
@@ -359,6 +361,34 @@ def test_a_value_that_does_not_decode_names_its_column_and_keeps_the_rest() -> N
     assert isinstance(error, RenderError)
     assert "column 'amount' (decimal(2)) in the after image" in error.reason
     assert error.partial.after == {"id": 7, "d": "2024-02-29"}
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        (ColumnType(Kind.DECIMAL, MAX_DECIMAL_SCALE + 1), "AQ=="),
+        (ColumnType(Kind.DECIMAL, 10**6), "AQ=="),
+        (ColumnType(Kind.VARIABLE_DECIMAL), {"scale": 10**6, "value": "AQ=="}),
+        (ColumnType(Kind.VARIABLE_DECIMAL), {"scale": -MAX_DECIMAL_SCALE - 1, "value": "AQ=="}),
+        (ColumnType(Kind.BITS, MAX_BITS + 1), "AQ=="),
+    ],
+    ids=["scale", "scale-1e6", "variable-scale-1e6", "negative-scale", "bits"],
+)
+def test_a_size_beyond_any_database_is_refused_before_its_text_is_made(
+    column: ColumnType, value: object
+) -> None:
+    """The message says the scale or length: far beyond, it would hang or exhaust memory."""
+    values = TableValues(natural=True)
+    with pytest.raises(UndecodableValue) as caught:
+        values.event(change({"id": 7, "n": value}, RowTypes([("n", column)])))
+    assert f"column 'n' ({column}) in the after image" in caught.value.reason
+    assert caught.value.partial.after == {"id": 7}
+
+
+def test_the_largest_sizes_a_database_holds_still_decode() -> None:
+    assert wire(Kind.DECIMAL, "AQ==", size=MAX_DECIMAL_SCALE) == "0." + "0" * 16382 + "1"
+    assert wire(Kind.VARIABLE_DECIMAL, {"scale": -1000, "value": "AQ=="}) == "1" + "0" * 1000
+    assert wire(Kind.BITS, "AQ==", size=MAX_BITS) == "0" * (MAX_BITS - 1) + "1"
 
 
 def test_driver_rows_follow_the_declared_types_and_choices() -> None:
