@@ -110,25 +110,33 @@ class LagTracker:
     ) -> None:
         """A message arrived; ``committed_at_ms`` is the source commit time of a change.
 
-        ``servers`` are the connectors the messages named (``source.name``).
+        ``servers`` are the connectors the messages named (``source.name``). A commit time
+        later than now counts as now: kept as the newest, one message stamped in the future
+        would read as no lag until then, whatever the partition's backlog.
         """
         with self._lock:
             part = self._part(topic, partition)
-            part.contact_ms = self.clock_ms()
+            part.contact_ms = now = self.clock_ms()
             if committed_at_ms is not None:
-                part.newest_ms = max(part.newest_ms or committed_at_ms, committed_at_ms)
+                committed = min(committed_at_ms, now)
+                part.newest_ms = max(part.newest_ms or committed, committed)
             if servers:
                 self._feeds.setdefault(topic, set()).update(servers)
 
     def heartbeat(
         self, topic: str, partition: int, emitted_at_ms: int | None, server: str | None = None
     ) -> None:
-        """A heartbeat of connector ``server`` (by default, the one its topic is named for)."""
+        """A heartbeat of connector ``server`` (by default, the one its topic is named for).
+
+        Emitted later than now, it counts as now (see :meth:`record`).
+        """
         server = server or heartbeat_server(topic)
         self.record(topic, partition, emitted_at_ms, () if server is None else (server,))
         if server is not None:
             with self._lock:
-                self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
+                now = self.clock_ms()
+                emitted = None if emitted_at_ms is None else min(emitted_at_ms, now)
+                self._servers[server] = _Server(emitted, now)
 
     def heartbeats(self) -> dict[str, tuple[float | None, float]]:
         """The newest heartbeat of each connector read here: (emitted ms, ms it was read).

@@ -39,6 +39,30 @@ def test_connector_lag_is_now_minus_the_newest_commit(clock):
     assert part.silent_s == pytest.approx(1.0)
 
 
+def test_a_commit_time_in_the_future_counts_as_now(clock):
+    """One change stamped years ahead (a hostile message, a source clock set wrong once)
+    must not read as no lag until then: the changes after it lag as they do."""
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) + 10**12)
+    clock.advance(30)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 60_000)  # the backlog read after it
+    assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(30.0)
+    clock.advance(600)
+    assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(630.0)
+
+
+def test_a_heartbeat_from_the_future_counts_as_now_here_and_where_it_is_learned(clock):
+    here, there = LagTracker(clock), LagTracker(clock)
+    for tracker in (here, there):
+        tracker.track("db1.inv.stock", 0)
+        tracker.offsets("db1.inv.stock", 0, 5, 5)  # caught up: heartbeats keep it fresh
+    here.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) + 10**12)
+    there.learn_heartbeats(here.heartbeats())
+    clock.advance(90)  # the connector fell silent
+    for tracker in (here, there):
+        assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(90.0)
+
+
 def test_consumer_lag_comes_from_watermark_and_next_offset(clock):
     tracker = LagTracker(clock)
     tracker.track("t", 1)
