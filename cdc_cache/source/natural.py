@@ -246,13 +246,25 @@ def wire_converter(column: ColumnType, rendering: Rendering) -> Convert | None:
     return None if make is None else make(column, rendering)
 
 
+def _micros(value: object, per_us: int | None, ns: bool) -> int | float:
+    """Microseconds of a count of ``per_us`` (or of nanoseconds): only a number counts.
+
+    Checked first: multiplied by 1000, a text or a list of the message's would grow a
+    thousandfold (a 1 MB text, a 1 GB one).
+    """
+    if not isinstance(value, int | float):
+        msg = f"expected a number, got {type(value).__name__}"
+        raise TypeError(msg)
+    return value // 1000 if ns else value * (per_us or 1)
+
+
 def _timestamp(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Rendering], Convert]:
     def make(_: ColumnType, rendering: Rendering) -> Convert:
         def convert(value: int) -> str | int:
+            micros = _micros(value, per_us, ns)
             special = _INFINITY.get(value)
             if special is not None:
                 return special if rendering.timestamps is Timestamps.ISO else value
-            micros = value // 1000 if ns else value * (per_us or 1)
             return _local_timestamp(_EPOCH + dt.timedelta(microseconds=micros), rendering)
 
         return convert
@@ -262,7 +274,7 @@ def _timestamp(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Re
 
 def _time(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Rendering], Convert]:
     def make(_: ColumnType, __: Rendering) -> Convert:
-        return lambda value: _clock(value // 1000 if ns else value * (per_us or 1))
+        return lambda value: _clock(_micros(value, per_us, ns))
 
     return make
 

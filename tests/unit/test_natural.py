@@ -8,6 +8,8 @@ little-endian bits, WKB), independently of the code under test.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import datetime as dt
 import struct
 import tracemalloc
@@ -383,6 +385,25 @@ def test_a_size_beyond_any_database_is_refused_before_its_text_is_made(
         values.event(change({"id": 7, "n": value}, RowTypes([("n", column)])))
     assert f"column 'n' ({column}) in the after image" in caught.value.reason
     assert caught.value.partial.after == {"id": 7}
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+@pytest.mark.parametrize("value", ["7" * 100_000, [7] * 10_000], ids=["text", "list"])
+def test_no_column_type_grows_a_value_of_the_wrong_type(kind: Kind, value: object) -> None:
+    """A text or list where a number belongs: TIME_MS and TIMESTAMP_MS multiplied it by
+    1000 before anything checked it (a 1 MB text of a message, a 1 GB one)."""
+    convert = wire_converter(
+        ColumnType(kind, 2 if kind in (Kind.DECIMAL, Kind.BITS) else None), ISO
+    )
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ValueError, TypeError, KeyError, binascii.Error):
+            if convert is not None:
+                convert(value)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000
 
 
 def test_the_largest_sizes_a_database_holds_still_decode() -> None:
