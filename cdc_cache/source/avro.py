@@ -65,10 +65,20 @@ def parse_schema(schema_id: int, text: str) -> AvroSchema:
         document = orjson.loads(text)
         parsed = fastavro.parse_schema(_without_logical_types(document))
         normalise = _normaliser(document, {})
-    except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, KeyError) as exc:
+        types = avro_schema_types(document)
+    except (
+        fastavro.schema.SchemaParseException,
+        ValueError,  # orjson's JSONDecodeError among them
+        # shapes no Avro schema has (a record whose fields are no list, nesting past
+        # Python's recursion limit), met by fastavro or the readers here
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         msg = f"schema id {schema_id} is not a valid Avro schema: {exc}"
         raise ValueError(msg) from None
-    return AvroSchema(schema_id, text, parsed, normalise, avro_schema_types(document))
+    return AvroSchema(schema_id, text, parsed, normalise, types)
 
 
 def schema_id(data: bytes, what: str = "value") -> int:
