@@ -274,7 +274,14 @@ def _timestamp(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Re
 
 def _time(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Rendering], Convert]:
     def make(_: ColumnType, __: Rendering) -> Convert:
-        return lambda value: _clock(_micros(value, per_us, ns))
+        def convert(value: object) -> str:
+            micros = _micros(value, per_us, ns)
+            if not isinstance(micros, int):
+                msg = f"expected an integer, got {type(value).__name__}"
+                raise TypeError(msg)
+            return _clock(micros)
+
+        return convert
 
     return make
 
