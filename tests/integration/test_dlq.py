@@ -284,6 +284,24 @@ def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
         broker.stop()
 
 
+def test_an_entry_too_large_to_write_is_written_without_its_message_copy(broker):
+    """Refused for its size, an entry retried as it was would hold the flow forever."""
+    topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    ensure_topic(broker.bootstrap, topic, {})
+    source = {"topic": "t", "partition": 0, "offset": 7}
+    big = {"id": "big", "kind": "undecodable", "reason": "why", "stack": "s", "source": source,
+           "message": {"value": {"encoding": "text", "data": "x" * 50_000}}, "withheld": []}  # fmt: skip
+    writer = DeadLetterWriter(
+        broker.bootstrap, topic, {"message.max.bytes": "20000"}, Backoff(0.05, 0.5)
+    )
+    writer.write([big, {"id": "small", "kind": "undecodable"}])
+    written = {e["id"]: e for e in read_entries(broker.bootstrap, topic, {})}
+    assert written["small"] == {"id": "small", "kind": "undecodable"}
+    assert written["big"]["message"] is None and written["big"]["stack"] is None
+    assert (written["big"]["reason"], written["big"]["source"]) == ("why", source)
+    assert "too large for the DLQ topic" in written["big"]["withheld"][0]
+
+
 def test_a_stop_request_ends_the_wait_for_the_dlq_broker():
     stop = threading.Event()
 
