@@ -26,6 +26,7 @@ from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.core.keys import ns
 from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.age import INVALIDATED, writes_values
 from cdc_cache.dlq.entries import Failure, iso_utc, public_reason, record_of
 from cdc_cache.dlq.filters import EntryFilter, latest_by_id
 from cdc_cache.dlq.topic import SourceReader, read_entries
@@ -178,12 +179,7 @@ class Replayer:
         if failures:
             return "failed", self._reason(failures[0])
         detail = f"position {routed.event.position}"
-        if not values:
-            detail += (
-                "; its keys invalidated, not written: older than the tombstone TTL "
-                f"({shortest_tombstone_ttl_ms(self._rules)} ms) or of no known commit time"
-            )
-        return written[0].outcome, detail
+        return written[0].outcome, detail if values else f"{detail}; {INVALIDATED}"
 
     def _reason(self, failure: Failure) -> str:
         """Why the replay failed, with the table's sensitive values scrubbed as in entries."""
@@ -198,25 +194,6 @@ class Replayer:
             return None
         cap = record.get("fallback_ttl_ms", "")
         return int(cap) if cap.isdigit() else None
-
-
-def shortest_tombstone_ttl_ms(rules: Rules) -> int:
-    """The shortest time any change leaves its version behind (every table's tombstone TTL)."""
-    return min([rules.tombstone_ttl_ms, *(t.tombstone_ttl_ms for t in rules.tables.values())])
-
-
-def writes_values(event: ChangeEvent, rules: Rules, now_ms: float) -> bool:
-    """Whether a replayed change may write its values, or only invalidate its keys.
-
-    Every version outlives its write by at least its tombstone TTL, and any change newer
-    than this one was written after this one was committed: while this change is younger
-    than the shortest tombstone TTL, every newer change of its keys has left its version,
-    and the gate judges the replay stale. Older, a newer delete's tombstone (or an expired
-    key's version) may be gone, and the replay would write an old row back. Invalidating
-    is right either way; a change that does not say when it was committed is taken as old.
-    """
-    committed = event.committed_at_ms
-    return committed is not None and now_ms - committed < shortest_tombstone_ttl_ms(rules)
 
 
 def epoch_of(lineage: LineageRegistry | None, epoch: int) -> EpochOf:

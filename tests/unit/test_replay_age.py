@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_cache.app.replay import shortest_tombstone_ttl_ms, writes_values
 from cdc_cache.core.events import ChangeEvent, Op
 from cdc_cache.core.positions import SourcePosition
+from cdc_cache.dlq.age import shortest_tombstone_ttl_ms, writes_values
 from cdc_cache.plan.rules import Rules
 from cdc_cache.plan.rules_loader import parse_rules
 
