@@ -26,6 +26,7 @@ from cdc_cache.core.errors import StopRequested
 from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.core.keys import ns
 from cdc_cache.core.retry import Backoff
+from cdc_cache.dlq.age import INVALIDATED, writes_values
 from cdc_cache.dlq.entries import Failure, iso_utc, public_reason, record_of
 from cdc_cache.dlq.filters import EntryFilter, latest_by_id
 from cdc_cache.dlq.topic import SourceReader, read_entries
@@ -159,7 +160,9 @@ class Replayer:
         if not isinstance(routed, Planned):
             return "failed", self._reason(Failure(routed.error, routed.table, routed.event))
         failures: list[Failure] = []
-        applier = RedisApplier(self._client, invalidate_only=lambda: self._invalidate_only)
+        values = writes_values(routed.event, self._rules, self._clock_ms())
+        invalidate_only = self._invalidate_only or not values
+        applier = RedisApplier(self._client, invalidate_only=lambda: invalidate_only)
         writer = CacheWriter(
             applier,
             self._backoff,
@@ -175,7 +178,8 @@ class Replayer:
             return "failed", str(exc)
         if failures:
             return "failed", self._reason(failures[0])
-        return written[0].outcome, f"position {routed.event.position}"
+        detail = f"position {routed.event.position}"
+        return written[0].outcome, detail if values else f"{detail}; {INVALIDATED}"
 
     def _reason(self, failure: Failure) -> str:
         """Why the replay failed, with the table's sensitive values scrubbed as in entries."""

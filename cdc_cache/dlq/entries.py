@@ -333,6 +333,36 @@ def fallback_entry(failure: Failure, problem: BaseException, failed_at_ms: float
     }
 
 
+# What an entry too large for the DLQ topic keeps: its coordinates and why, first with its
+# reason, table and what became of its keys, then without them (the message's own text).
+_COMPACT: Final = ("id", "kind", "failed_at", "attempt", "max_attempts", "reason",
+                   "error_class", "source", "position", "table", "next_retry_at",
+                   "backoff_ms", "invalidation")  # fmt: skip
+_COORDINATES: Final = ("id", "kind", "failed_at", "attempt", "max_attempts", "error_class",
+                       "source", "next_retry_at", "backoff_ms")  # fmt: skip
+
+
+def shrunk(entry: Mapping[str, Any], problem: str) -> dict[str, Any] | None:
+    """A smaller form of ``entry``, which the DLQ topic refused for its size (``problem``).
+
+    First without the copy of the message, its primary key and the stack; then with its
+    coordinates and kind alone (replay reads the message from its source topic). The
+    fields left out are null, and ``withheld`` says why. None when it is that already:
+    nothing smaller says which message failed.
+    """
+    for kept in (_COMPACT, _COORDINATES):
+        left_out = [
+            name
+            for name, value in entry.items()
+            if name not in kept and name != "withheld" and value is not None
+        ]
+        if left_out:
+            out = {name: None if name in left_out else value for name, value in entry.items()}
+            note = f"{', '.join(left_out)}: the entry was too large for the DLQ topic ({problem})"
+            return {**out, "withheld": [*(entry.get("withheld") or []), note]}
+    return None
+
+
 def _invalidation(failure: Failure) -> dict[str, Any] | None:
     """What became of the failure's keys: counts and rule templates, never row values."""
     return failure.invalidation.entry() if failure.invalidation else None

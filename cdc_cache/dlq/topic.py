@@ -31,6 +31,7 @@ from confluent_kafka.cimpl import NewTopic
 from cdc_cache.core.errors import BrokerUnavailable
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
+from cdc_cache.dlq.entries import shrunk
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.topic_scan import reader, scan
 
@@ -113,24 +114,37 @@ class DeadLetterWriter:
             retry_forever(attempt, backoff=self._backoff, on_retry=_REPORT_RETRY, sleep=self._sleep)
 
     def _produce(self, entries: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Produce ``entries``; those not delivered, to write again (smaller, if too large).
+
+        An entry too large for the producer or the topic (``message.max.bytes``,
+        ``max.message.bytes``) is written in a smaller form (:func:`shrunk`): retried as
+        it was, it would be refused forever and hold the flow.
+        """
         failed: list[Mapping[str, Any]] = []
         errors: list[KafkaError] = []
-        for entry in entries:
-
-            def delivered(err: KafkaError | None, _msg: Message, entry: Any = entry) -> None:
-                if err is not None:
-                    failed.append(entry)
-                    errors.append(err)
-
-            payload = orjson.dumps(entry)
+        for written in entries:
+            entry = written
             while True:
+
+                def delivered(err: KafkaError | None, _msg: Message, entry: Any = entry) -> None:
+                    if err is not None:
+                        failed.append(_smaller(entry, err) if _too_large(err) else entry)
+                        errors.append(err)
+
                 try:
                     self._producer.produce(
-                        self.topic, key=str(entry["id"]), value=payload, on_delivery=delivered
+                        self.topic,
+                        key=str(entry["id"]),
+                        value=orjson.dumps(entry),
+                        on_delivery=delivered,
                     )
                     break
                 except BufferError:  # local queue full: let deliveries drain first
                     self._producer.poll(self._flush_poll_s)
+                except KafkaException as exc:  # above the producer's message.max.bytes
+                    if not _too_large(exc.args[0]):
+                        raise
+                    entry = _smaller(entry, exc.args[0])
         while self._producer.flush(self._flush_poll_s) > 0:
             self._sleep(0)  # a stop-aware sleep raises here on shutdown
         if errors:
@@ -143,6 +157,23 @@ class DeadLetterWriter:
     def close(self) -> None:
         """Deliver anything still queued (bounded), then drop the producer."""
         self._producer.flush(5)
+
+
+def _too_large(error: object) -> bool:
+    return isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _smaller(entry: Mapping[str, Any], error: KafkaError) -> Mapping[str, Any]:
+    """``entry`` in its next smaller form; raises when none is left (nothing can be written)."""
+    smaller = shrunk(entry, error.str())
+    if smaller is None:
+        msg = f"even the coordinates of DLQ entry {entry.get('id')} are too large: {error.str()}"
+        raise BrokerUnavailable(msg)
+    log.warning(
+        "DLQ entry too large for the topic: written without its message copy",
+        extra={"id": entry.get("id"), "error": error.str()},
+    )
+    return smaller
 
 
 def read_entries(

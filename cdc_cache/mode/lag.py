@@ -46,9 +46,9 @@ class PartitionLag:
     consumer_lag: int | None
     """Messages below the high watermark not yet applied; None until a fetch showed it."""
     ahead_s: float = 0.0
-    """How far the newest source time seen lies ahead of this worker's clock (0 when it
-    does not): a source or connector clock ahead by at least that much, by which
-    ``connector_lag_s`` reads low (never below 0), so the fallback would engage late."""
+    """How far the last source time seen lies ahead of this worker's clock (0 when it
+    does not): a source or connector clock ahead by at least that much. The lag counts
+    such a time as now, so it reads low by the skew, and the fallback engages late."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,7 @@ class _Partition:
     high: int | None = None
     next_offset: int | None = None
     applied: int | None = None  # the offset after the last one applied (None: unknown)
+    latest_ms: float | None = None  # the last source time seen, as it came (maybe ahead)
 
     def consumer_lag(self) -> int | None:
         if self.high is None or self.next_offset is None:
@@ -93,6 +94,8 @@ class _Server:
     contact_ms: float
     learned: bool = False
     """Read by another process (see :meth:`LagTracker.learn_heartbeats`)."""
+    latest_ms: float | None = None
+    """The heartbeat's time as it came (maybe ahead of this worker's clock)."""
 
 
 @dataclass
@@ -125,27 +128,37 @@ class LagTracker:
         """Messages were applied; ``committed_at_ms`` is the source commit time of a change.
 
         ``servers`` are the connectors the messages named (``source.name``);
-        ``applied_to`` the offset after the last of them.
+        ``applied_to`` the offset after the last of them. A commit time later than now
+        counts as now: kept as the newest, one message stamped in the future would read as
+        no lag until then, whatever the partition's backlog. How far ahead it was is kept
+        apart, until a later time replaces it (``ahead_s``).
         """
         with self._lock:
             part = self._part(topic, partition)
-            part.contact_ms = self.clock_ms()
+            part.contact_ms = now = self.clock_ms()
             if applied_to is not None:
                 part.applied = applied_to
             if committed_at_ms is not None:
-                part.newest_ms = max(part.newest_ms or committed_at_ms, committed_at_ms)
+                committed = min(committed_at_ms, now)
+                part.newest_ms = max(part.newest_ms or committed, committed)
+                part.latest_ms = committed_at_ms
             if servers:
                 self._feeds.setdefault(topic, set()).update(servers)
 
     def heartbeat(
         self, topic: str, partition: int, emitted_at_ms: int | None, server: str | None = None
     ) -> None:
-        """A heartbeat of connector ``server`` (by default, the one its topic is named for)."""
+        """A heartbeat of connector ``server`` (by default, the one its topic is named for).
+
+        Emitted later than now, it counts as now (see :meth:`record`).
+        """
         server = server or heartbeat_server(topic)
         self.record(topic, partition, emitted_at_ms, () if server is None else (server,))
         if server is not None:
             with self._lock:
-                self._servers[server] = _Server(emitted_at_ms, self.clock_ms())
+                now = self.clock_ms()
+                emitted = None if emitted_at_ms is None else min(emitted_at_ms, now)
+                self._servers[server] = _Server(emitted, now, latest_ms=emitted_at_ms)
 
     def heartbeats(self) -> dict[str, tuple[float | None, float]]:
         """The newest heartbeat of each connector read here: (emitted ms, ms it was read).
@@ -199,7 +212,7 @@ class LagTracker:
         return part
 
     def _lag(self, topic: str, number: int, part: _Partition, now: float) -> PartitionLag:
-        newest, contact = part.newest_ms, part.contact_ms
+        newest, contact, latest = part.newest_ms, part.contact_ms, [part.latest_ms]
         consumer_lag = part.consumer_lag()
         beats = self._heartbeats_of(topic)
         if beats and consumer_lag == 0:
@@ -208,6 +221,7 @@ class LagTracker:
                 oldest = min(emitted)
                 newest = max(newest or oldest, oldest)
             contact = max(contact, min(beat.contact_ms for beat in beats))
+            latest += [beat.latest_ms for beat in beats]
         since = part.tracked_ms if newest is None else newest
         return PartitionLag(
             topic,
@@ -215,7 +229,7 @@ class LagTracker:
             connector_lag_s=max(0.0, now - since) / 1000,
             silent_s=max(0.0, now - contact) / 1000,
             consumer_lag=consumer_lag,
-            ahead_s=max(0.0, since - now) / 1000,
+            ahead_s=max([0.0, *(ms - now for ms in latest if ms is not None)]) / 1000,
         )
 
     def _heartbeats_of(self, topic: str) -> list[_Server]:

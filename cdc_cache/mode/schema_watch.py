@@ -37,8 +37,9 @@ from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import SchemaChange
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.mode.tables import TableFallback
-from cdc_cache.plan.route import Control, Routed
+from cdc_cache.plan.route import Control, Rejected, Routed
 from cdc_cache.plan.rules import ColumnUse, Rules, TableRules, Use
+from cdc_cache.source.natural import UndecodableValue
 
 log = logging.getLogger("cdc_cache.schema_watch")
 
@@ -162,6 +163,8 @@ class SchemaWatch:
             event = item.event
             if event is None or event.after is None:
                 continue
+            if isinstance(item, Rejected) and isinstance(item.error, UndecodableValue):
+                continue  # its images lack the columns whose values did not decode
             known = seen.get(event.table)
             if (
                 known is not None

@@ -36,6 +36,10 @@ from cdc_cache.core.logical import RowTypes, avro_schema_types
 
 MAGIC: Final = 0
 HEADER: Final = 5
+MAX_SCHEMA_ID: Final = 2**31 - 1
+"""Registries number schemas with Java ints: a header naming a larger id names none, and
+Confluent's answers the request for it as for a path it does not serve (404), not as for
+an unknown schema; so it is not asked."""
 _LOGICAL: Final = "logicalType"
 
 Normalise = Callable[[Any], Any]
@@ -61,10 +65,20 @@ def parse_schema(schema_id: int, text: str) -> AvroSchema:
         document = orjson.loads(text)
         parsed = fastavro.parse_schema(_without_logical_types(document))
         normalise = _normaliser(document, {})
-    except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, KeyError) as exc:
+        types = avro_schema_types(document)
+    except (
+        fastavro.schema.SchemaParseException,
+        ValueError,  # orjson's JSONDecodeError among them
+        # shapes no Avro schema has (a record whose fields are no list, nesting past
+        # Python's recursion limit), met by fastavro or the readers here
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         msg = f"schema id {schema_id} is not a valid Avro schema: {exc}"
         raise ValueError(msg) from None
-    return AvroSchema(schema_id, text, parsed, normalise, avro_schema_types(document))
+    return AvroSchema(schema_id, text, parsed, normalise, types)
 
 
 def schema_id(data: bytes, what: str = "value") -> int:
@@ -77,14 +91,19 @@ def schema_id(data: bytes, what: str = "value") -> int:
             f"got {first} in {len(data)} byte(s){hint}"
         )
         raise DecodeError(msg)
-    return int.from_bytes(data[1:HEADER], "big")
+    sid = int.from_bytes(data[1:HEADER], "big")
+    if sid > MAX_SCHEMA_ID:
+        msg = f"{what} names schema id {sid}, above {MAX_SCHEMA_ID}: no registry numbers one so"
+        raise DecodeError(msg)
+    return sid
 
 
 def header_id(data: bytes | None) -> int | None:
     """The schema id of ``data`` when it has a valid header, else None (for resolving)."""
     if data is None or len(data) < HEADER or data[0] != MAGIC:
         return None
-    return int.from_bytes(data[1:HEADER], "big")
+    sid = int.from_bytes(data[1:HEADER], "big")
+    return sid if sid <= MAX_SCHEMA_ID else None
 
 
 class AvroParser:

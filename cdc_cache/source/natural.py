@@ -139,6 +139,14 @@ _MS: Final = dt.timedelta(milliseconds=1)
 # PostgreSQL's +/-infinity timestamps, as Debezium ships them.
 _INFINITY: Final = {9223372036825200000: "infinity", -9223372036832400000: "-infinity"}
 _DECIMAL_TEXT: Final = re.compile(r"^-?\d+(\.\d+)?$")
+MAX_DECIMAL_SCALE: Final = 16_383
+"""The largest scale, either way, a decimal may say it has: PostgreSQL's largest (its
+NUMERIC scales lie in -1000..16383, MySQL's in 0..30). The scale comes with the message
+(its schema, or a variable-scale value): one far beyond would build its digits for
+minutes or exhaust memory, so it is refused first."""
+MAX_BITS: Final = 83_886_080
+"""The longest bit string a column may say it holds: PostgreSQL's longest (MySQL's is 64);
+a message saying more is refused before its text is made."""
 _POINT_TEXT: Final = re.compile(r"^\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)$")
 
 
@@ -197,6 +205,9 @@ def _utc_clock(value: dt.time) -> str:
 
 def _decimal_text(unscaled: int, scale: int) -> str:
     """The exact text of ``unscaled * 10**-scale``, with ``scale`` fraction digits."""
+    if not -MAX_DECIMAL_SCALE <= scale <= MAX_DECIMAL_SCALE:
+        msg = f"scale {scale} is outside -{MAX_DECIMAL_SCALE}..{MAX_DECIMAL_SCALE}"
+        raise ValueError(msg)
     if scale <= 0:
         return str(unscaled * 10**-scale)
     digits = str(abs(unscaled)).rjust(scale + 1, "0")
@@ -235,13 +246,25 @@ def wire_converter(column: ColumnType, rendering: Rendering) -> Convert | None:
     return None if make is None else make(column, rendering)
 
 
+def _micros(value: object, per_us: int | None, ns: bool) -> int | float:
+    """Microseconds of a count of ``per_us`` (or of nanoseconds): only a number counts.
+
+    Checked first: multiplied by 1000, a text or a list of the message's would grow a
+    thousandfold (a 1 MB text, a 1 GB one).
+    """
+    if not isinstance(value, int | float):
+        msg = f"expected a number, got {type(value).__name__}"
+        raise TypeError(msg)
+    return value // 1000 if ns else value * (per_us or 1)
+
+
 def _timestamp(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Rendering], Convert]:
     def make(_: ColumnType, rendering: Rendering) -> Convert:
         def convert(value: int) -> str | int:
+            micros = _micros(value, per_us, ns)
             special = _INFINITY.get(value)
             if special is not None:
                 return special if rendering.timestamps is Timestamps.ISO else value
-            micros = value // 1000 if ns else value * (per_us or 1)
             return _local_timestamp(_EPOCH + dt.timedelta(microseconds=micros), rendering)
 
         return convert
@@ -251,7 +274,14 @@ def _timestamp(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Re
 
 def _time(per_us: int | None, ns: bool = False) -> Callable[[ColumnType, Rendering], Convert]:
     def make(_: ColumnType, __: Rendering) -> Convert:
-        return lambda value: _clock(value // 1000 if ns else value * (per_us or 1))
+        def convert(value: object) -> str:
+            micros = _micros(value, per_us, ns)
+            if not isinstance(micros, int):
+                msg = f"expected an integer, got {type(value).__name__}"
+                raise TypeError(msg)
+            return _clock(micros)
+
+        return convert
 
     return make
 
@@ -311,7 +341,11 @@ def _wire_zoned_time(_: ColumnType, __: Rendering) -> Convert:
 def _wire_bits(column: ColumnType, _: Rendering) -> Convert:
     def convert(value: str) -> str:
         raw = base64.b64decode(value, validate=True)
-        return format(int.from_bytes(raw, "little"), f"0{column.size or len(raw) * 8}b")
+        length = column.size or len(raw) * 8
+        if length > MAX_BITS:
+            msg = f"a bit string of {length} bits is longer than {MAX_BITS}"
+            raise ValueError(msg)
+        return format(int.from_bytes(raw, "little"), f"0{length}b")
 
     return convert
 

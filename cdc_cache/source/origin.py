@@ -25,7 +25,7 @@ def origin_of(source: Mapping[str, Any]) -> Origin:
     the change itself is valid.
     """
     server_id = source.get("server_id")
-    if isinstance(server_id, str) and server_id.isdigit():
+    if isinstance(server_id, str) and server_id.isdecimal():  # isdigit() takes "²" too
         server_id = int(server_id)
     server = (
         f"server:{server_id}"
@@ -40,7 +40,7 @@ def origin_of(source: Mapping[str, Any]) -> Origin:
             server = server or f"server:{match.group(2)}"
         else:
             uuid, sep, sequence = text.rpartition(":")
-            if sep and uuid and sequence.isdigit():
+            if sep and uuid and sequence.isdecimal():
                 gtid = (uuid.lower(), int(sequence))
                 server = server or f"uuid:{uuid.lower()}"
     return Origin(server, gtid, _is_snapshot(source.get("snapshot")))

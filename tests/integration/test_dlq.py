@@ -18,7 +18,7 @@ from bytewax.testing import cluster_main
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
-from cdc_cache.app.replay import DlqService
+from cdc_cache.app.replay import DlqService, Replayer
 from cdc_cache.app.settings import SharedSettings
 from cdc_cache.cli import main
 from cdc_cache.core.errors import StopRequested
@@ -28,8 +28,10 @@ from cdc_cache.core.retry import Backoff
 from cdc_cache.dlq.entries import entry_id
 from cdc_cache.dlq.filters import EntryFilter
 from cdc_cache.dlq.topic import DeadLetterWriter, ensure_topic, read_entries
+from cdc_cache.plan.cache_ops import SetRow
 from cdc_cache.plan.route import Planned, Rejected, route
 from cdc_cache.plan.rules_loader import parse_rules
+from cdc_cache.sink.apply import RedisApplier
 from cdc_cache.sink.version_store import stored_version
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port
@@ -53,7 +55,8 @@ def unrenderable(message: Message) -> Message:
 
 def scenario(topic: str) -> tuple[list[Message], Workload, str]:
     """Messages with poison spliced in, the workload, and the key made unwritable."""
-    workload = Workload(seed=11, topic=topic)
+    # Committed a minute ago: replayed within the tombstone TTL, the changes write values.
+    workload = Workload(seed=11, topic=topic, ts_ms=int(time.time() * 1000) - 60_000)
     clean = [m for tx in workload.transactions(60) for m in tx]
     touched: dict[str, int] = {}
     for index, message in enumerate(clean):
@@ -202,6 +205,49 @@ def test_dlq_holds_exactly_the_poison_and_replay_is_idempotent(
     assert progress[-1].startswith(f"replaying dead letters: {len(to_replay)}/{len(to_replay)} ")
 
 
+class _Fetch:
+    """The source topic as replay reads it, holding one message."""
+
+    def __init__(self, record: SourceRecord) -> None:
+        self.record = record
+
+    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        return self.record
+
+
+def test_an_old_dead_letter_replayed_after_the_row_was_deleted_does_not_bring_it_back(
+    redis_client,
+):
+    """An insert dead-lettered, then its row updated and deleted; once the delete's tombstone
+    is past its horizon (older than the tombstone TTL: swept), the insert is replayed. Written,
+    its row would be back in the cache, deleted in the database, until its TTL ends."""
+    workload = Workload(seed=4, topic="dbserver1.inventory.stock")  # committed in 2023
+    messages = [m for tx in workload.transactions(80) for m in tx]
+    records = [SourceRecord(m.topic, 0, n, m.key, m.value) for n, m in enumerate(messages)]
+    routed = [route(record, RULES) for record in records]
+    deleted = next(r for r in routed if isinstance(r, Planned) and r.event.op.value == "d")
+    row_id = deleted.event.key["id"]
+    (insert,) = [
+        r for r in routed if isinstance(r, Planned) and r.event.op.value == "c"
+        and r.event.key["id"] == row_id
+    ]  # fmt: skip
+    applier = RedisApplier(redis_client)
+    applier.apply(
+        [op for r in routed if isinstance(r, Planned) and r is not insert for op in r.ops]
+    )
+    (key,) = [op.key for op in insert.ops if isinstance(op, SetRow)]
+    assert redis_client.get(key) is None  # deleted, and its tombstone gates the old insert
+    redis_client.delete(ns().version_key(key))  # the tombstone's horizon passed: swept
+
+    outcome = Replayer(RULES, redis_client, _Fetch(insert.record)).replay(
+        {"id": "old", "source": {"topic": insert.record.topic, "partition": 0,
+                                 "offset": insert.record.offset}}
+    )  # fmt: skip
+
+    assert redis_client.get(key) is None, "the deleted row is back in the cache"
+    assert "invalidated, not written" in outcome.detail
+
+
 def retries_kafka_dlq() -> float:
     return REGISTRY.get_sample_value("cdc_cache_retries_total", {"target": "kafka_dlq"}) or 0
 
@@ -236,6 +282,24 @@ def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
         assert set(written) == {"e0", "e1", "e2"}
     finally:
         broker.stop()
+
+
+def test_an_entry_too_large_to_write_is_written_without_its_message_copy(broker):
+    """Refused for its size, an entry retried as it was would hold the flow forever."""
+    topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    ensure_topic(broker.bootstrap, topic, {})
+    source = {"topic": "t", "partition": 0, "offset": 7}
+    big = {"id": "big", "kind": "undecodable", "reason": "why", "stack": "s", "source": source,
+           "message": {"value": {"encoding": "text", "data": "x" * 50_000}}, "withheld": []}  # fmt: skip
+    writer = DeadLetterWriter(
+        broker.bootstrap, topic, {"message.max.bytes": "20000"}, Backoff(0.05, 0.5)
+    )
+    writer.write([big, {"id": "small", "kind": "undecodable"}])
+    written = {e["id"]: e for e in read_entries(broker.bootstrap, topic, {})}
+    assert written["small"] == {"id": "small", "kind": "undecodable"}
+    assert written["big"]["message"] is None and written["big"]["stack"] is None
+    assert (written["big"]["reason"], written["big"]["source"]) == ("why", source)
+    assert "too large for the DLQ topic" in written["big"]["withheld"][0]
 
 
 def test_a_stop_request_ends_the_wait_for_the_dlq_broker():

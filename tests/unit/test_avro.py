@@ -114,9 +114,23 @@ def test_truncated_or_padded_body_is_poison() -> None:
             decode(bad, parse=parser)
 
 
-def test_invalid_registry_schema_is_refused_with_its_id() -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "record", "name": "x"}',
+        "5",
+        '{"type": "record", "name": "x", "fields": 5}',
+        '{"type": "record", "name": 5, "fields": []}',
+        '{"type": ["int", "string"]}',
+        '{"type": {"type": "int"}}',
+        "[" * 1000 + '"int"' + "]" * 1000,
+    ],
+)
+def test_invalid_registry_schema_is_refused_with_its_id(text: str) -> None:
+    """Any schema that does not parse is its messages' poison; one that raised TypeError
+    (a record whose fields are no list, say) stopped the worker resolving its batch."""
     with pytest.raises(ValueError, match="schema id 9 is not a valid Avro schema"):
-        parse_schema(9, '{"type": "record", "name": "x"}')
+        parse_schema(9, text)
 
 
 ROW_SCHEMA = {

@@ -22,6 +22,7 @@ from cdc_cache.dlq.entries import (
     parse_iso_ms,
     record_of,
     redact,
+    shrunk,
     writable,
 )
 from cdc_cache.dlq.filters import EntryFilter, entry_filter, latest_by_id
@@ -92,6 +93,32 @@ def test_envelope_of_a_change_that_cannot_render_has_every_field():
     assert entry["message"]["value"]["data"]["after"]["note"] == "secret note"
     assert entry["message"]["redacted"] == []
     assert orjson.loads(orjson.dumps(entry)) == entry  # JSON-ready
+
+
+def test_an_entry_too_large_for_the_topic_shrinks_to_its_coordinates_in_two_steps():
+    routed = rejected_change({"warehouse": None, "note": "x" * 60_000})
+    entry = envelope(Failure(routed.error, "inventory.stock", routed.event), frozenset(), NOW_MS)
+
+    compact = shrunk(entry, "Broker: Message size too large")
+    assert compact is not None and len(orjson.dumps(compact)) < 8_000
+    assert set(compact) == set(entry)  # the same fields, those left out null
+    assert compact["message"] is compact["primary_key"] is compact["stack"] is None
+    assert {k: v for k, v in compact.items() if k not in ("message", "primary_key", "stack",
+            "withheld")} == {k: v for k, v in entry.items() if k not in (
+            "message", "primary_key", "stack", "withheld")}  # fmt: skip
+    assert compact["withheld"] == [
+        "stack, primary_key, message: the entry was too large for the DLQ topic "
+        "(Broker: Message size too large)"
+    ]
+
+    coordinates = shrunk(compact, "still too large")
+    assert coordinates is not None
+    assert {k for k, v in coordinates.items() if v is not None} == {
+        "id", "kind", "failed_at", "attempt", "max_attempts", "error_class", "source",
+        "withheld",
+    }  # fmt: skip
+    assert len(coordinates["withheld"]) == 2
+    assert shrunk(coordinates, "still too large") is None  # nothing smaller names the message
 
 
 def test_sensitive_columns_are_redacted_everywhere_and_listed():

@@ -39,6 +39,30 @@ def test_connector_lag_is_now_minus_the_newest_commit(clock):
     assert part.silent_s == pytest.approx(1.0)
 
 
+def test_a_commit_time_in_the_future_counts_as_now(clock):
+    """One change stamped years ahead (a hostile message, a source clock set wrong once)
+    must not read as no lag until then: the changes after it lag as they do."""
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) + 10**12)
+    clock.advance(30)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 60_000)  # the backlog read after it
+    assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(30.0)
+    clock.advance(600)
+    assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(630.0)
+
+
+def test_a_heartbeat_from_the_future_counts_as_now_here_and_where_it_is_learned(clock):
+    here, there = LagTracker(clock), LagTracker(clock)
+    for tracker in (here, there):
+        tracker.track("db1.inv.stock", 0)
+        tracker.offsets("db1.inv.stock", 0, 5, 5)  # caught up: heartbeats keep it fresh
+    here.heartbeat("__debezium-heartbeat.db1", 0, int(clock.ms) + 10**12)
+    there.learn_heartbeats(here.heartbeats())
+    clock.advance(90)  # the connector fell silent
+    for tracker in (here, there):
+        assert lag_of(tracker, "db1.inv.stock").connector_lag_s == pytest.approx(90.0)
+
+
 def test_consumer_lag_comes_from_watermark_and_next_offset(clock):
     tracker = LagTracker(clock)
     tracker.track("t", 1)
@@ -287,9 +311,19 @@ def test_a_source_clock_ahead_of_the_worker_is_shown_not_hidden_in_a_zero_lag(cl
     part = lag_of(tracker, "db1.inv.stock")
     assert part.connector_lag_s == 0.0
     assert part.ahead_s == pytest.approx(30.0)
-    clock.advance(45)  # nothing newer: the time seen falls behind the clock again
+    clock.advance(45)  # nothing newer: counted from when it was seen, no longer ahead
     part = lag_of(tracker, "db1.inv.stock")
-    assert (part.connector_lag_s, part.ahead_s) == (pytest.approx(15.0), 0.0)
+    assert (part.connector_lag_s, part.ahead_s) == (pytest.approx(45.0), 0.0)
+
+
+def test_a_time_ahead_is_shown_until_a_later_change_says_otherwise(clock):
+    """One hostile stamp years ahead must not keep the skew alert firing for years."""
+    tracker = LagTracker(clock)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) + 10**12)
+    assert lag_of(tracker, "db1.inv.stock").ahead_s == pytest.approx(10**9)
+    clock.advance(1)
+    tracker.record("db1.inv.stock", 0, int(clock.ms) - 2_000)
+    assert lag_of(tracker, "db1.inv.stock").ahead_s == 0.0
 
 
 def test_heartbeats_from_a_connector_clock_ahead_are_shown_too(clock):

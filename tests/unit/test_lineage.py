@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cdc_cache.core.events import Origin
@@ -85,6 +85,17 @@ class TestOrigin:
     @pytest.mark.parametrize("gtid", ["", "nonsense", "uuid:", ":5", "1-2", "a-b-c"])
     def test_a_malformed_gtid_is_no_evidence_and_no_error(self, gtid: str) -> None:
         assert origin_of({"gtid": gtid}).gtid is None
+
+    @given(st.one_of(st.text(), st.integers()), st.text())
+    @example("²", "")
+    @example(7, "²")
+    def test_no_server_id_or_gtid_makes_reading_the_evidence_raise(
+        self, server_id: object, gtid: str
+    ) -> None:
+        """Evidence is optional: a change whose evidence is malformed (``"²"`` passes
+        ``str.isdigit`` but not ``int``) is still a change, never an undecodable one."""
+        origin_of({"server_id": server_id, "gtid": gtid})
+        origin_of({"server_id": server_id, "gtid": f"3E11FA47-71CA-11E1-9E33-C80AA9429562:{gtid}"})
 
     @pytest.mark.parametrize(
         ("value", "snapshot"),

@@ -8,6 +8,8 @@ little-endian bits, WKB), independently of the code under test.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import datetime as dt
 import struct
 import tracemalloc
@@ -23,6 +25,8 @@ from cdc_cache.core.keys import escape_value
 from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.source.natural import (
+    MAX_BITS,
+    MAX_DECIMAL_SCALE,
     Decimals,
     JsonNumber,
     Rendering,
@@ -359,6 +363,53 @@ def test_a_value_that_does_not_decode_names_its_column_and_keeps_the_rest() -> N
     assert isinstance(error, RenderError)
     assert "column 'amount' (decimal(2)) in the after image" in error.reason
     assert error.partial.after == {"id": 7, "d": "2024-02-29"}
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        (ColumnType(Kind.DECIMAL, MAX_DECIMAL_SCALE + 1), "AQ=="),
+        (ColumnType(Kind.DECIMAL, 10**6), "AQ=="),
+        (ColumnType(Kind.VARIABLE_DECIMAL), {"scale": 10**6, "value": "AQ=="}),
+        (ColumnType(Kind.VARIABLE_DECIMAL), {"scale": -MAX_DECIMAL_SCALE - 1, "value": "AQ=="}),
+        (ColumnType(Kind.BITS, MAX_BITS + 1), "AQ=="),
+    ],
+    ids=["scale", "scale-1e6", "variable-scale-1e6", "negative-scale", "bits"],
+)
+def test_a_size_beyond_any_database_is_refused_before_its_text_is_made(
+    column: ColumnType, value: object
+) -> None:
+    """The message says the scale or length: far beyond, it would hang or exhaust memory."""
+    values = TableValues(natural=True)
+    with pytest.raises(UndecodableValue) as caught:
+        values.event(change({"id": 7, "n": value}, RowTypes([("n", column)])))
+    assert f"column 'n' ({column}) in the after image" in caught.value.reason
+    assert caught.value.partial.after == {"id": 7}
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+@pytest.mark.parametrize("value", ["7" * 100_000, [7] * 10_000], ids=["text", "list"])
+def test_no_column_type_grows_a_value_of_the_wrong_type(kind: Kind, value: object) -> None:
+    """A text or list where a number belongs: TIME_MS and TIMESTAMP_MS multiplied it by
+    1000 before anything checked it (a 1 MB text of a message, a 1 GB one)."""
+    convert = wire_converter(
+        ColumnType(kind, 2 if kind in (Kind.DECIMAL, Kind.BITS) else None), ISO
+    )
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ValueError, TypeError, KeyError, binascii.Error):
+            if convert is not None:
+                convert(value)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000
+
+
+def test_the_largest_sizes_a_database_holds_still_decode() -> None:
+    assert wire(Kind.DECIMAL, "AQ==", size=MAX_DECIMAL_SCALE) == "0." + "0" * 16382 + "1"
+    assert wire(Kind.VARIABLE_DECIMAL, {"scale": -1000, "value": "AQ=="}) == "1" + "0" * 1000
+    assert wire(Kind.BITS, "AQ==", size=MAX_BITS) == "0" * (MAX_BITS - 1) + "1"
 
 
 def test_driver_rows_follow_the_declared_types_and_choices() -> None:

@@ -12,10 +12,12 @@ from cdc_cache.core import metrics
 from cdc_cache.core.errors import ConfigError, TransientError
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.retry import Backoff
+from cdc_cache.plan.route import Rejected, route
 from cdc_cache.source.avro import AvroSchema
 from cdc_cache.source.schema_registry import SchemaRegistryClient, SchemaResolver
 from cdc_cache.tools.devstack.process import free_port
 from cdc_cache.tools.devstack.schema_registry import SchemaRegistryServer
+from tests.hostile import FUZZ_RULES
 from tests.unit.test_avro import load_avro
 
 SCHEMA = json.dumps({"type": "record", "name": "K", "fields": [{"name": "id", "type": "int"}]})
@@ -119,6 +121,22 @@ def test_refused_credentials_are_a_config_error_without_the_password():
 def test_a_server_that_is_not_a_registry_is_a_config_error(registry):
     with pytest.raises(ConfigError, match="is it a Confluent Schema Registry"):
         SchemaRegistryClient(registry.address() + "/nope").schemas([1])
+
+
+@pytest.mark.parametrize("sid", [2**31, 2**32 - 1])
+def test_a_header_naming_an_id_no_registry_numbers_is_poison_and_not_asked_for(registry, sid):
+    """Ids are Java ints: Confluent's registry answers a larger one as a path it does not
+    serve (404, error code 404), which the client must take for a URL to fix. One message
+    with such a header stopped the worker."""
+    registry.load({1: SCHEMA})
+    good = SourceRecord("t", 0, 0, None, b"\x00\x00\x00\x00\x01\x0e")  # {"id": 7}
+    hostile = SourceRecord("t", 0, 1, None, b"\x00" + sid.to_bytes(4, "big") + b"\x0e")
+    parser = SchemaResolver(SchemaRegistryClient(registry.address())).parser_for([good, hostile])
+    assert parser(good.value, "value") == {"id": 7}
+    rejected = route(hostile, FUZZ_RULES, parse=parser)
+    assert isinstance(rejected, Rejected) and rejected.error.kind == "undecodable"
+    assert f"schema id {sid}, above 2147483647" in rejected.error.reason
+    assert all(str(sid) not in request for request in registry.requests)
 
 
 def test_resolver_fetches_each_id_of_a_batch_once(registry):

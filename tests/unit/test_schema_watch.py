@@ -17,7 +17,7 @@ from cdc_cache.core.positions import SourcePosition
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.schema_watch import RulesMismatch, SchemaWatch, problems
 from cdc_cache.mode.tables import TableFallback
-from cdc_cache.plan.route import route
+from cdc_cache.plan.route import Rejected, route
 from cdc_cache.plan.rules import Use
 from cdc_cache.plan.rules_loader import parse_rules
 from cdc_cache.source.envelope import decode
@@ -234,6 +234,31 @@ def test_a_ddl_record_first_is_a_schema_change_and_the_first_row_still_stops():
     assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
     with pytest.raises(RulesMismatch, match="column 'price'"):
         watch.observe([row({"id": 1, "name": "lamp", "note": None}, 300)])
+
+
+def test_a_value_that_does_not_decode_is_no_missing_column():
+    """Its change is dead-lettered with its images short of that column: the table still
+    has it. Taken for the table's columns, one such message stopped the worker as the
+    first change of its table (a restart read it first again), and later ones made the
+    table fall back as if a migration had dropped the column."""
+    natural = parse_rules(
+        RULES_TEXT.replace("tables:", "version: 2\ntables:").replace(
+            "    watch:", "    types: {price: decimal(2)}\n    watch:"
+        ),
+        "rules.yaml",
+    )
+    source = {"connector": "mysql", "db": "shop", "table": "items", "file": "mysql-bin.000004"}
+    bad = {**FULL, "price": "not base64!"}
+    value = {"before": None, "after": bad, "op": "c", "source": source | {"pos": 100}}
+    rejected = route(SourceRecord("p.shop.items", 0, 1, b'{"id": 1}', orjson.dumps(value)), natural)
+    assert isinstance(rejected, Rejected) and "column 'price'" in rejected.error.reason
+    holds = Holds()
+    watch = SchemaWatch(natural, TableFallback(natural.tables, holds, 5_000))
+    watch.observe([rejected])  # first: nothing stops
+    watch.observe([row(FULL, 200)])
+    watch.observe([rejected])  # later: no fall back
+    assert not holds.active()
+    assert watch.known("shop.items").columns == frozenset(FULL)  # type: ignore[union-attr]
 
 
 def test_a_first_row_that_fits_after_a_ddl_record_does_not_stop():

@@ -12,10 +12,11 @@ compatibility checks, deletes, references or modes):
 * ``GET /subjects`` and ``GET /subjects/{subject}/versions``.
 
 Errors are Confluent's JSON bodies: 40401 subject not found, 40403 schema not found,
-42201 invalid schema. Query parameters (``normalize``, ``fetchMaxId``, ...) are ignored.
-With ``credentials`` set, every request needs that HTTP basic auth, with ``token`` that
-bearer token (401 otherwise). With ``tls`` (a server-side context, which may require client
-certificates) it serves HTTPS.
+42201 invalid schema; as in Confluent's (a JAX-RS service), an id that is no Java int is a
+path that is not served (404, error code 404). Query parameters (``normalize``,
+``fetchMaxId``, ...) are ignored. With ``credentials`` set, every request needs that HTTP
+basic auth, with ``token`` that bearer token (401 otherwise). With ``tls`` (a server-side
+context, which may require client certificates) it serves HTTPS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+_JAVA_INT_MAX = 2**31 - 1
 
 
 class SchemaRegistryServer:
@@ -153,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, path: list[str], body: Any) -> tuple[HTTPStatus, Any]:
         owner = self.owner
         match method, path:
-            case "GET", ["schemas", "ids", sid] if sid.isdigit():
+            case "GET", ["schemas", "ids", sid] if sid.isdigit() and int(sid) <= _JAVA_INT_MAX:
                 schema = owner.schemas.get(int(sid))
                 if schema is None:
                     return HTTPStatus.NOT_FOUND, _error(40403, "Schema not found")
