@@ -145,7 +145,8 @@ class ReplicaWait:
 
         A prefix invalidation scans every primary, and tag and link ops write to their
         tags' slots and delete keys found there, in any slot: they count as touching every
-        primary. A single server is one primary.
+        primary. A notification's relay writes to its channel's stream and the channel
+        registry, in their own slots. A single server is one primary.
         """
         client = self._client
         if not isinstance(client, RedisCluster):
@@ -158,6 +159,9 @@ class ReplicaWait:
         for op in ops:
             if isinstance(op, KeyOp):
                 by_slot.setdefault(key_slot(op.key), op.key)
+            elif isinstance(op, Notify):  # relayed to its channel's stream, and registered
+                for key in (ns().stream_key(op.channel), ns().channels):
+                    by_slot.setdefault(key_slot(key), key)
         touched: Touched = {}
         for key in by_slot.values():
             node = client.get_node_from_key(key)

@@ -24,7 +24,7 @@ from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
 from cdc_cache.plan.rules_loader import parse_rules
@@ -286,6 +286,45 @@ def test_on_cluster_a_batch_waits_only_for_the_replicas_of_the_primaries_it_touc
         os.kill(cluster.process(replica).pid() or 0, signal.SIGCONT)
     assert blocked.done(30)
     assert not holds.active()
+
+
+def test_on_cluster_a_batchs_notifications_wait_for_the_replicas_of_their_channels_primary(
+    replicated_cluster,
+):
+    """The relay appends them to their channels' streams, in other slots than their rows':
+    a failover there before its replicas had them would lose notifications whose outbox
+    entries are already trimmed, so the batch waits for those replicas too."""
+    cluster = replicated_cluster
+    client, holds = connect(cluster.address()), Holds()
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    wait.start()
+
+    def port_of(key: str) -> int:
+        return int(client.get_node_from_key(key).port)
+
+    paused_primary = next(p for p in _primary_ports(cluster) if p != port_of(ns().channels))
+    replica = _replica_of(cluster, paused_primary)
+    assert replica is not None
+    names = (f"items:{n}" for n in range(10_000))
+    channel = next(c for c in names if port_of(ns().stream_key(c)) == paused_primary)
+    key = next(k for k in (f"item:{n}" for n in range(10_000)) if port_of(k) != paused_primary)
+    row = SetRow(key, SourcePosition(0, 1, 1, 0), b"{}", ValueFormat.JSON, 60_000, 60_000, "t")
+    ops = [row, Notify(channel, b'{"n":1}', 100)]
+    applier = RedisApplier(client)
+    step = wait.guarded(lambda: applier.apply(ops), ops)
+    os.kill(cluster.process(replica).pid() or 0, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=step, daemon=True)
+        waiting.start()
+        waiting.join(2.0)
+        assert waiting.is_alive(), "returned before the channel's replicas had the notification"
+        assert replication_held(holds)
+        assert f"127.0.0.1:{paused_primary}" in holds.active()[0].reason
+    finally:
+        os.kill(cluster.process(replica).pid() or 0, signal.SIGCONT)
+    waiting.join(30)
+    assert not waiting.is_alive()
+    assert client.xlen(ns().stream_key(channel)) == 1
 
 
 def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again(
