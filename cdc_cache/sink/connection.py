@@ -256,8 +256,14 @@ def node_name(node: Redis[bytes]) -> str:
 
 
 def primaries(client: Client) -> list[Redis[bytes]]:
-    """One client per primary: the server itself, or each cluster primary (for SCAN)."""
+    """One client per primary: the server itself, or each cluster primary (for SCAN).
+
+    On a Cluster, from a fresh slot map: the client's own map learns of a moved slot or a
+    promoted replica only when one of its keyed commands meets it, so a primary it never
+    met would be left unscanned, its keys never deleted or shortened.
+    """
     if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
         return [client.get_redis_connection(n) for n in client.get_primaries()]
     return [client]
 

@@ -15,10 +15,15 @@ from cdc_cache.sink.connection import Client
 
 
 def buckets_by_node(client: Client) -> list[tuple[Redis[bytes], list[str]]]:
-    """Every version bucket name, grouped by the primary that serves it."""
+    """Every version bucket name, grouped by the primary that serves it.
+
+    On a Cluster, from a fresh slot map: these calls go to each node directly, so a slot
+    that moved would answer MOVED to every retry of a map the client never corrected.
+    """
     names = list(ns().all_version_buckets())
     if not isinstance(client, RedisCluster):
         return [(client, names)]
+    client.nodes_manager.initialize()
     grouped: dict[str, list[str]] = defaultdict(list)
     nodes = {}
     for name in names:

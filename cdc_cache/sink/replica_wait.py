@@ -16,6 +16,9 @@ mode until they catch up. When the server answering is not the one that took the
 writes (a failover between the writes and the wait), the wait raises
 :class:`PrimaryChanged` and the batch is applied again on the new primary; version gating
 makes that idempotent.
+
+Kept in one module: which primaries a batch's wait covers, who answered it and what a
+failover costs are judged on one writer's state (the servers it saw, its holds).
 """
 
 from __future__ import annotations
@@ -43,8 +46,13 @@ log = logging.getLogger("cdc_cache.replica_wait")
 
 MARKER_TTL_MS: Final = 600_000
 # The marker is written even while Redis is out of memory (a few bytes with a TTL): the
-# batch's invalidations land then too, and their wait must not stall the flow.
-_MARKER: Final = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])"
+# batch's invalidations land then too, and their wait must not stall the flow. It returns
+# the replication id of the server that wrote it, which the WAIT and INFO after it must
+# come from: when a node's connection fails, the cluster client sends again the commands
+# of that node, and those that name no key (WAIT, INFO) to its default node instead.
+_MARKER: Final = """#!lua flags=allow-oom
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')"""
 
 T = TypeVar("T")
 
@@ -109,7 +117,8 @@ class ReplicaWait:
 
         A transient failure of the wait retries only the wait; a :class:`PrimaryChanged`
         retries the writes too. The wait covers the primaries the ops belonged to before
-        the writes and after them (a slot may move meanwhile).
+        the writes and after them (a slot may move meanwhile); once a wait failed, only
+        those of before that are still primaries (:meth:`_still_primaries`).
         """
         applied: list[T] = []  # the writes' result, once they were made
         before: Touched = {}
@@ -119,8 +128,11 @@ class ReplicaWait:
             if not applied:
                 before = self.touched(ops)
                 applied.append(apply())
+                waited = before
+            else:
+                waited = self._still_primaries(before)
             try:
-                self.confirm({**before, **self.touched(ops)})
+                self.confirm({**waited, **self.touched(ops)})
             except PrimaryChanged:
                 applied.clear()
                 raise
@@ -133,7 +145,8 @@ class ReplicaWait:
 
         A prefix invalidation scans every primary, and tag and link ops write to their
         tags' slots and delete keys found there, in any slot: they count as touching every
-        primary. A single server is one primary.
+        primary. A notification's relay writes to its channel's stream and the channel
+        registry, in their own slots. A single server is one primary.
         """
         client = self._client
         if not isinstance(client, RedisCluster):
@@ -146,6 +159,9 @@ class ReplicaWait:
         for op in ops:
             if isinstance(op, KeyOp):
                 by_slot.setdefault(key_slot(op.key), op.key)
+            elif isinstance(op, Notify):  # relayed to its channel's stream, and registered
+                for key in (ns().stream_key(op.channel), ns().channels):
+                    by_slot.setdefault(key_slot(key), key)
         touched: Touched = {}
         for key in by_slot.values():
             node = client.get_node_from_key(key)
@@ -154,6 +170,25 @@ class ReplicaWait:
                 raise RedisUnavailable(msg)
             touched.setdefault(str(node.name), (node, key))
         return touched
+
+    def _still_primaries(self, touched: Touched) -> Touched:
+        """Those of ``touched`` that the cluster's slot map, read afresh, names as primaries.
+
+        One that is not lost its slots (its replica took them over, or they moved): the
+        ops' slots lead to their new primary, whose identity check has the batch applied
+        again there. Waiting for the one gone would hold the writer until it came back.
+        Each keeps a key of a slot it serves now, for its marker.
+        """
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return touched
+        client.nodes_manager.initialize()
+        serving = {str(node.name): node for node in client.get_primaries()}
+        return {
+            name: (serving[name], _key_on(client, serving[name]))
+            for name in touched
+            if name in serving
+        }
 
     def confirm(self, touched: Touched) -> None:
         """Return once every primary in ``touched`` has ``replicas`` acknowledgements.
@@ -184,7 +219,11 @@ class ReplicaWait:
         metrics.REPLICA_WAIT_SECONDS.observe(time.perf_counter() - started)
 
     def _wait(self, touched: Touched) -> dict[str, tuple[int, ReplicationInfo]]:
-        """One pipeline: marker, WAIT and INFO on each primary (same connection per node)."""
+        """One pipeline: marker, WAIT and INFO on each primary (same connection per node).
+
+        Raises RedisUnavailable when a node's WAIT and INFO came from another server than
+        its marker: their answers say nothing of it.
+        """
         pipe = self._client.pipeline(transaction=False)
         now = int(time.time() * 1000)
         for node, key in touched.values():
@@ -194,10 +233,18 @@ class ReplicaWait:
             pipe.execute_command("WAIT", self._replicas, self._timeout_ms, **route)
             pipe.execute_command("INFO", "replication", **route)
         replies = pipe.execute()
-        return {
-            name: (int(replies[3 * i + 1]), ReplicationInfo.parse(replies[3 * i + 2]))
-            for i, name in enumerate(touched)
-        }
+        answered = {}
+        for i, name in enumerate(touched):
+            marked, acked, info = replies[3 * i], replies[3 * i + 1], replies[3 * i + 2]
+            parsed = ReplicationInfo.parse(info)
+            if not marked or marked.decode() != parsed.replid:
+                msg = (
+                    f"the wait for {name} was answered by another server than the one that "
+                    "wrote its marker (the client sent it elsewhere): waiting again"
+                )
+                raise RedisUnavailable(msg)
+            answered[name] = (int(acked), parsed)
+        return answered
 
     def _check_identity(self, node: str, info: ReplicationInfo) -> None:
         if not info.primary:

@@ -20,11 +20,11 @@ from redis import Redis
 from cdc_cache.core.events import ChangeEvent, Op, SourceRecord
 from cdc_cache.core.keys import ns
 from cdc_cache.core.positions import SourcePosition
-from cdc_cache.core.retry import Backoff
+from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
-from cdc_cache.plan.cache_ops import DeleteKey, SetRow
+from cdc_cache.plan.cache_ops import DeleteKey, Notify, SetRow, ValueFormat
 from cdc_cache.plan.dependencies import plan_dependencies
 from cdc_cache.plan.route import Planned, Rejected, Routed, route
 from cdc_cache.plan.rules_loader import parse_rules
@@ -213,9 +213,19 @@ def test_a_failed_change_is_dead_lettered_only_once_the_replica_holds_its_delete
 
 @pytest.fixture
 def replicated_cluster(tmp_path) -> Iterator[RedisClusterServers]:
-    ports = [free_port() for _ in range(6)]
+    yield from _cluster(tmp_path, replicas=1)
+
+
+@pytest.fixture
+def twice_replicated_cluster(tmp_path) -> Iterator[RedisClusterServers]:
+    """Two replicas per primary: one left to wait for once the other was promoted."""
+    yield from _cluster(tmp_path, replicas=2)
+
+
+def _cluster(tmp_path, *, replicas: int) -> Iterator[RedisClusterServers]:
+    ports = [free_port() for _ in range(3 * (replicas + 1))]
     cluster = RedisClusterServers(
-        tmp_path / "cluster", ports, [free_port() for _ in ports], replicas=1
+        tmp_path / "cluster", ports, [free_port() for _ in ports], replicas=replicas
     )
     try:
         cluster.start()
@@ -278,6 +288,45 @@ def test_on_cluster_a_batch_waits_only_for_the_replicas_of_the_primaries_it_touc
     assert not holds.active()
 
 
+def test_on_cluster_a_batchs_notifications_wait_for_the_replicas_of_their_channels_primary(
+    replicated_cluster,
+):
+    """The relay appends them to their channels' streams, in other slots than their rows':
+    a failover there before its replicas had them would lose notifications whose outbox
+    entries are already trimmed, so the batch waits for those replicas too."""
+    cluster = replicated_cluster
+    client, holds = connect(cluster.address()), Holds()
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    wait.start()
+
+    def port_of(key: str) -> int:
+        return int(client.get_node_from_key(key).port)
+
+    paused_primary = next(p for p in _primary_ports(cluster) if p != port_of(ns().channels))
+    replica = _replica_of(cluster, paused_primary)
+    assert replica is not None
+    names = (f"items:{n}" for n in range(10_000))
+    channel = next(c for c in names if port_of(ns().stream_key(c)) == paused_primary)
+    key = next(k for k in (f"item:{n}" for n in range(10_000)) if port_of(k) != paused_primary)
+    row = SetRow(key, SourcePosition(0, 1, 1, 0), b"{}", ValueFormat.JSON, 60_000, 60_000, "t")
+    ops = [row, Notify(channel, b'{"n":1}', 100)]
+    applier = RedisApplier(client)
+    step = wait.guarded(lambda: applier.apply(ops), ops)
+    os.kill(cluster.process(replica).pid() or 0, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=step, daemon=True)
+        waiting.start()
+        waiting.join(2.0)
+        assert waiting.is_alive(), "returned before the channel's replicas had the notification"
+        assert replication_held(holds)
+        assert f"127.0.0.1:{paused_primary}" in holds.active()[0].reason
+    finally:
+        os.kill(cluster.process(replica).pid() or 0, signal.SIGCONT)
+    waiting.join(30)
+    assert not waiting.is_alive()
+    assert client.xlen(ns().stream_key(channel)) == 1
+
+
 def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again(
     replicated_cluster,
 ):
@@ -299,6 +348,79 @@ def test_on_cluster_a_promoted_replica_is_recognised_and_the_batch_written_again
     assert second.done(60)
     assert cache_state(client) == workload.expected_cache()
     assert failovers("complete") == complete_before + 1
+
+
+def test_on_cluster_a_primary_lost_between_the_writes_and_their_wait_is_not_waited_for(
+    twice_replicated_cluster,
+):
+    """Its replica took its slots: the batch is applied there again and waited for there,
+    while the lost primary stays down (it may never come back at its address)."""
+    cluster = twice_replicated_cluster
+    client, holds = connect(cluster.address()), Holds()
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    wait.start()
+    applier = RedisApplier(client)
+    workload = Workload(seed=35)
+    ops = [op for item in planned(workload, 100) for op in item.ops]
+    victim = _primary_ports(cluster)[0]
+    assert any(client.get_node_from_key(op.key).port == victim for op in ops)
+    switches = failovers("incomplete"), failovers("complete")
+    lost: list[int] = []
+
+    def apply_then_lose_the_primary() -> object:
+        result = applier.apply(ops)
+        if not lost:  # the writes made, their wait not yet asked
+            lost.append(victim)
+            cluster.process(victim).kill()
+            wait_until("a replica of the lost primary promoted", lambda: _promoted(cluster, victim))
+        return result
+
+    step = wait.guarded(apply_then_lose_the_primary, ops)
+    waiting = threading.Thread(target=retry_forever, args=(step,), kwargs={"backoff": FAST})
+    waiting.daemon = True
+    waiting.start()
+    waiting.join(60)
+
+    assert not waiting.is_alive(), "still waiting for the lost primary"
+    assert cache_state(client) == workload.expected_cache()
+    # the replica promoted held every confirmed write: one complete switch, nothing more
+    assert (failovers("incomplete"), failovers("complete")) == (switches[0], switches[1] + 1)
+
+
+def test_on_cluster_a_wait_the_client_sent_elsewhere_counts_for_nothing(replicated_cluster):
+    """A primary's connection times out during the wait: the cluster client sends its
+    commands again, WAIT and INFO (which name no key) to its default node, another primary.
+    Its answers are not the primary's: taken for them, they showed a failover that never
+    happened and acknowledged writes the primary's replicas may not hold."""
+    cluster = replicated_cluster
+    client, holds = connect(cluster.address() + "&socket_timeout=0.5"), Holds()
+    wait = ReplicaWait(client, PrimaryRegistry(tracked=True), holds, replicas=1, timeout_ms=200)
+    wait.start()
+    applier = RedisApplier(client)
+    slow = next(p for p in _primary_ports(cluster) if p != client.get_default_node().port)
+    workload = Workload(seed=36)
+    ops = [op for item in planned(workload, 50) for op in item.ops]
+    assert any(client.get_node_from_key(op.key).port == slow for op in ops)
+    switches = failovers("incomplete"), failovers("complete")
+    paused: list[int] = []
+
+    def apply_then_pause_a_primary() -> object:
+        result = applier.apply(ops)
+        if not paused:  # the wait's first read times out (0.5 s), its commands sent again succeed
+            paused.append(slow)
+            Redis(port=slow).execute_command("CLIENT", "PAUSE", 700, "ALL")
+        return result
+
+    retry_forever(wait.guarded(apply_then_pause_a_primary, ops), backoff=FAST)
+
+    assert (failovers("incomplete"), failovers("complete")) == switches
+    assert cache_state(client) == workload.expected_cache()
+
+
+def _promoted(cluster: RedisClusterServers, lost: int) -> bool:
+    """A replica of the killed primary took its place: three primaries answer again."""
+    alive = [port for port in cluster.ports if port != lost]
+    return sum(_info(port).get("role") == "master" for port in alive) == 3
 
 
 def test_a_batch_while_the_primary_is_out_of_memory_lands_its_invalidations_and_its_wait(
