@@ -425,10 +425,11 @@ def _envelope(
     )
     table = _table(container, source.get("table"), "source")
     key = _key(_NO_KEY if op is Op.TRUNCATE else _parsed_key(key_bytes, parse), op, table)
+    before = _image(payload, "before")
     return ChangeEvent(
         table=table,
         op=op,
-        before=_deleted_row(connector, op, _image(payload, "before"), key),
+        before=_deleted_row(connector, before, key) if op is Op.DELETE else before,
         after=_image(payload, "after"),
         key=key,
         position=_position(connector, source, epoch),
@@ -476,7 +477,7 @@ def _flattened(
     return ChangeEvent(
         table=table,
         op=op,
-        before=_deleted_row(connector, Op.DELETE, row, columns) if deleted else None,
+        before=_deleted_row(connector, row, columns) if deleted else None,
         after=None if deleted else row,
         key=columns,
         position=_position(connector, source, epoch),
@@ -575,7 +576,7 @@ def _tombstone_table(topic: str, key_bytes: bytes, parse: Parse) -> str | None:
 
 
 def _deleted_row(
-    connector: str, op: Op, before: dict[str, Any] | None, key: dict[str, Any]
+    connector: str, before: dict[str, Any] | None, key: dict[str, Any]
 ) -> dict[str, Any] | None:
     """A delete's before image, or None when it holds the primary key and nothing else.
 
@@ -588,7 +589,7 @@ def _deleted_row(
     names it as unreached. A row of a table with ``REPLICA IDENTITY FULL`` whose every
     other column is empty is refused alike: loud, not stale.
     """
-    if op is not Op.DELETE or connector != _POSTGRES_CONNECTOR or before is None:
+    if connector != _POSTGRES_CONNECTOR or before is None:
         return before
     others = [value for column, value in before.items() if column not in key]
     if others and all(_empty_default(value) for value in others):
