@@ -94,21 +94,15 @@ def _render_channel(template: KeyTemplate, row: Row, event: ChangeEvent, image: 
 
 def _notified(rule: NotifyRule, row: Row, event: ChangeEvent) -> dict[str, object]:
     """The values a notification carries; null for what a key-only delete did not log."""
-    if event.op is Op.DELETE and event.before is None:
-        return {name: row.get(name) for name in rule.fields or row}
-    return _notified_values(rule.fields, row, rule.channel, event)
-
-
-def _notified_values(
-    fields: tuple[str, ...] | None, row: Row, channel: KeyTemplate, event: ChangeEvent
-) -> dict[str, object]:
-    if fields is None:
+    if rule.fields is None:
         return dict(row)
-    missing = [name for name in fields if name not in row]
+    if event.op is Op.DELETE and event.before is None:
+        return {name: row.get(name) for name in rule.fields}
+    missing = [name for name in rule.fields if name not in row]
     if missing:
         msg = (
             f"{event.table} {event.op.value} at {event.position}: notification on "
-            f"'{channel.source}' projects column {missing[0]!r}, absent from the row"
+            f"'{rule.channel.source}' projects column {missing[0]!r}, absent from the row"
         )
         raise RenderError(msg)
-    return {name: row[name] for name in fields}
+    return {name: row[name] for name in rule.fields}
