@@ -26,6 +26,7 @@ import redis.asyncio as aredis
 from pydantic import SecretStr
 from redis import Redis, RedisCluster
 from redis import exceptions as rex
+from redis.cluster import ClusterNode
 
 from cdc_cache.core.errors import ApplyError, CdcCacheError, ConfigError, RedisUnavailable, chain
 from cdc_cache.core.redact import redact_url
@@ -256,16 +257,21 @@ def node_name(node: Redis[bytes]) -> str:
 
 
 def primaries(client: Client) -> list[Redis[bytes]]:
-    """One client per primary: the server itself, or each cluster primary (for SCAN).
-
-    On a Cluster, from a fresh slot map: the client's own map learns of a moved slot or a
-    promoted replica only when one of its keyed commands meets it, so a primary it never
-    met would be left unscanned, its keys never deleted or shortened.
-    """
+    """One client per primary: the server itself, or each cluster primary (for SCAN)."""
     if isinstance(client, RedisCluster):
-        client.nodes_manager.initialize()
-        return [client.get_redis_connection(n) for n in client.get_primaries()]
+        return [client.get_redis_connection(n) for n in cluster_primaries(client)]
     return [client]
+
+
+def cluster_primaries(client: RedisCluster[bytes]) -> list[ClusterNode]:
+    """The cluster's primaries, from a fresh slot map.
+
+    The client's own map learns of a moved slot or a promoted replica only when one of its
+    keyed commands meets it, so a primary it never met would be left unscanned (its keys
+    never deleted or shortened), and one that lost its slots waited for.
+    """
+    client.nodes_manager.initialize()
+    return list(client.get_primaries())
 
 
 def redis_retry_reporter(action: str) -> OnRetry:

@@ -38,7 +38,7 @@ from cdc_cache.core.keys import key_slot, ns, slot_tag, tag_for_slot
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.cache_ops import CacheOp, DependencyOp, KeyOp, Notify
-from cdc_cache.sink.connection import Client, translated_errors
+from cdc_cache.sink.connection import Client, cluster_primaries, translated_errors
 from cdc_cache.sink.failover import PRIMARY, PrimaryRegistry, read_primaries
 from cdc_cache.sink.replication import ReplicationInfo
 
@@ -182,8 +182,7 @@ class ReplicaWait:
         client = self._client
         if not isinstance(client, RedisCluster):
             return touched
-        client.nodes_manager.initialize()
-        serving = {str(node.name): node for node in client.get_primaries()}
+        serving = {str(node.name): node for node in cluster_primaries(client)}
         return {
             name: (serving[name], _key_on(client, serving[name]))
             for name in touched
