@@ -32,7 +32,7 @@ from confluent_kafka import Message as KafkaMessage
 from cdc_cache.continuity.guard import ContinuityGuard
 from cdc_cache.continuity.store import ContinuityStore
 from cdc_cache.continuity.topic_ids import TopicIds
-from cdc_cache.core import metrics
+from cdc_cache.core import labels, metrics
 from cdc_cache.core.events import Heartbeat, SchemaChange
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.schema_watch import SchemaWatch
@@ -53,6 +53,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
     """Assemble the dataflow; nothing connects until Bytewax builds the partitions."""
     context = context or FlowContext()
     rules, lineage, schemas = config.rules, context.lineage, context.schemas
+    labels.TABLES.know(rules.tables)  # past the bound, only tables of no rule read _other
     flow = Dataflow("cdc_cache")
     health = BrokerHealth()
     # The settings go to confluent_kafka as they are, so the callbacks pass through.

@@ -1,6 +1,7 @@
 """Every Prometheus metric cdc-cache exports, declared in one place.
 
-Labels stay few and bounded: table, op, outcome, kind.
+Labels stay few and bounded: table, op, outcome, kind; a value taken from a message (a
+table, a connector) goes through :mod:`cdc_cache.core.labels`.
 
 Kept in one module on purpose: declarations only, so each metric is declared once and
 the dashboard and alert tests find every name here.
@@ -101,6 +102,13 @@ ABSENT_INDEX_OPS = Counter(
     "of the table rebuilds it (the index was gone though the worker had left members in it, or "
     "the op dropped it), by the table they belong to: run cdc-cache snapshot --table <table>",
     ["table"],
+    namespace=NAMESPACE,
+)
+LABEL_OVERFLOW = Counter(
+    "label_overflow",
+    "Label values from messages past the bound a label keeps (see cdc_cache.core.labels): "
+    "counted under the value _other, by label (table, source)",
+    ["label"],
     namespace=NAMESPACE,
 )
 CONSUMER_ERRORS = Counter(

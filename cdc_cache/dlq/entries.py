@@ -156,6 +156,31 @@ def _raw(part: Mapping[str, Any] | None) -> bytes | None:
     raise ValueError(msg)
 
 
+def malformed(entry: object) -> str | None:
+    """What keeps ``entry`` (a DLQ topic's message, decoded) from being listed or replayed.
+
+    None for an entry of the shape :func:`envelope` writes, as far as listing and replay
+    read it: a text id, a kind, and source coordinates. Anything may be on the topic (a
+    producer other than the worker, an older format), and one such message must not stop
+    a listing or ``dlq replay --all`` halfway.
+    """
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    for name in ("id", "kind"):
+        if not isinstance(entry.get(name), str):
+            return f"its {name} is {entry.get(name)!r}, not a text"
+    source = entry.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("topic"), str):
+        return f"its source {source!r} names no topic"
+    for name in ("partition", "offset"):
+        value = source.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"its source {name} is {value!r}, not a partition or offset"
+    if not isinstance(entry.get("message"), dict | None):
+        return "its message copy is not an object"
+    return None
+
+
 def record_of(entry: Mapping[str, Any]) -> SourceRecord:
     """The source coordinates of ``entry`` with its stored key and value.
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from cdc_cache.core import metrics
+from cdc_cache.core import labels, metrics
 from cdc_cache.dlq.entries import Failure, envelope, fallback_entry
 from cdc_cache.plan.rules import Rules
 
@@ -52,7 +52,7 @@ class Rejects:
         if self._dead_letters is not None:
             self._dead_letters.write(entries)
             for failure in failures:
-                metrics.DLQ_ENTRIES.labels(failure.error.kind, failure.table).inc()
+                metrics.DLQ_ENTRIES.labels(failure.error.kind, labels.TABLES(failure.table)).inc()
 
     def _entry(self, failure: Failure, now_ms: float) -> dict[str, Any]:
         try:
@@ -68,12 +68,13 @@ class Rejects:
 def _log_and_count(failure: Failure, entry: dict[str, Any]) -> None:
     error, record = failure.error, failure.record
     metrics.RECORDS.labels("rejected").inc()
-    metrics.POISON.labels(error.kind, failure.table).inc()
+    table = labels.TABLES(failure.table)
+    metrics.POISON.labels(error.kind, table).inc()
     invalidated = failure.invalidation
     if invalidated is not None:
         for outcome, count in invalidated.counts.items():
             if count:
-                metrics.FAILED_CHANGE_KEYS.labels(failure.table, outcome.value).inc(count)
+                metrics.FAILED_CHANGE_KEYS.labels(table, outcome.value).inc(count)
     log.error(
         "message rejected",
         extra={

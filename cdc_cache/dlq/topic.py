@@ -31,7 +31,7 @@ from confluent_kafka.cimpl import NewTopic
 from cdc_cache.core.errors import BrokerUnavailable
 from cdc_cache.core.events import SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
-from cdc_cache.dlq.entries import shrunk
+from cdc_cache.dlq.entries import malformed, shrunk
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.topic_scan import reader, scan
 
@@ -181,6 +181,9 @@ def read_entries(
 ) -> list[dict[str, Any]]:
     """Every entry on the DLQ topic, in partition/offset order (an absent topic is empty).
 
+    A message that is no entry (see :func:`~cdc_cache.dlq.entries.malformed`) is logged
+    with its offset and left out.
+
     Raises BrokerUnavailable when the end of every partition was not reached in time.
     """
     entries: list[dict[str, Any]] = []
@@ -188,10 +191,16 @@ def read_entries(
         try:
             entry = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError:
-            log.warning("DLQ holds a message that is not an entry", extra={"offset": record.offset})
-            continue
-        if isinstance(entry, dict) and "id" in entry:
+            problem: str | None = "not JSON"
+        else:
+            problem = malformed(entry)
+        if problem is None:
             entries.append(entry)
+        else:
+            log.warning(
+                "DLQ holds a message that is not an entry: left out of listings and replays",
+                extra={"partition": record.partition, "offset": record.offset, "problem": problem},
+            )
     return entries
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cdc_cache.core import metrics
+from cdc_cache.core import labels, metrics
 from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.core.retry import Backoff, retry_forever
 from cdc_cache.lineage.model import (
@@ -172,10 +172,10 @@ class LineageTracker:
         with self._lock:
             self._states.update(states)
             known = [s for s in self._states.values() if s is not None]
-        for source in {state.source for state in states.values()}:
-            mine = [s for s in known if s.source == source]
-            metrics.LINEAGE_EPOCH.labels(source).set(max(s.epoch for s in mine))
-            metrics.LINEAGE_HELD.labels(source).set(sum(s.rewind is not None for s in mine))
+        for label in {labels.SOURCES(state.source) for state in states.values()}:
+            mine = [s for s in known if labels.SOURCES(s.source) == label]
+            metrics.LINEAGE_EPOCH.labels(label).set(max(s.epoch for s in mine))
+            metrics.LINEAGE_HELD.labels(label).set(sum(s.rewind is not None for s in mine))
 
     def start(self, partition: Partition, source: str, change: Change) -> PartitionState:
         """A partition never judged before, with ``change`` its first.
@@ -201,7 +201,7 @@ class LineageTracker:
                 extra={**where, "epoch": judgement.epoch, "reason": judgement.reason},
             )
         else:
-            metrics.LINEAGE_VERDICTS.labels(source, judgement.verdict.value).inc()
+            metrics.LINEAGE_VERDICTS.labels(labels.SOURCES(source), judgement.verdict.value).inc()
             log.warning(
                 "partition first read after a source lineage switch: cannot tell its lineage",
                 extra={**where, "epoch": judgement.epoch, "reason": judgement.reason},
@@ -232,7 +232,7 @@ class LineageTracker:
         )
         context = {**switch, "source": state.source, "to_epoch": epoch}
         if assigned:
-            metrics.LINEAGE_SWITCHES.labels(state.source).inc()
+            metrics.LINEAGE_SWITCHES.labels(labels.SOURCES(state.source)).inc()
             log.warning(
                 "source lineage switch: changes from here on sort after the old lineage; "
                 "run cdc-cache verify once the new lineage is read",
@@ -253,7 +253,7 @@ class LineageTracker:
     def verdict(self, partition: Partition, state: PartitionState, judgement: Judgement) -> None:
         """Count, log and hold for a change not simply in log order."""
         verdict = judgement.verdict
-        metrics.LINEAGE_VERDICTS.labels(state.source, verdict.value).inc()
+        metrics.LINEAGE_VERDICTS.labels(labels.SOURCES(state.source), verdict.value).inc()
         topic, number = partition
         where = {"source": state.source, "topic": topic, "partition": number}
         if verdict is Verdict.UNKNOWN:

@@ -20,7 +20,10 @@ Which connector feeds a topic is learned from its records (a change's ``source.n
 heartbeat's server), not only read from its name: a topic that routing renamed or shares
 between tables keeps its idle partitions fresh through the heartbeats of the connectors
 seen on its other partitions. A topic fed by several connectors is only as fresh as the
-least fresh of them.
+least fresh of them. Names come from messages, so their number is bounded: past
+:data:`MAX_FEEDERS` connectors seen on one topic, or :data:`MAX_SERVERS` sending
+heartbeats, a topic's lag counts from its changes alone (the later connectors'
+heartbeats are not kept), which may read lag that is not there but never hides any.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from cdc_cache.source.topics import heartbeat_server, servers_named_in
 
 Clock = Callable[[], float]
 """Milliseconds since the epoch (``time.time() * 1000`` in production)."""
+
+MAX_FEEDERS = 32
+"""Connectors seen on one topic beyond which its heartbeats no longer count."""
+MAX_SERVERS = 256
+"""Connectors whose heartbeats are kept."""
+_TOO_MANY = "\x00too many connectors"
+"""A feeder that never sends a heartbeat: its topic's lag counts from changes alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +153,11 @@ class LagTracker:
                 part.newest_ms = max(part.newest_ms or committed, committed)
                 part.latest_ms = committed_at_ms
             if servers:
-                self._feeds.setdefault(topic, set()).update(servers)
+                feeds = self._feeds.setdefault(topic, set())
+                if not feeds.issuperset(servers):
+                    feeds.update(servers)
+                    if len(feeds) > MAX_FEEDERS:
+                        self._feeds[topic] = {_TOO_MANY}
 
     def heartbeat(
         self, topic: str, partition: int, emitted_at_ms: int | None, server: str | None = None
@@ -156,6 +170,8 @@ class LagTracker:
         self.record(topic, partition, emitted_at_ms, () if server is None else (server,))
         if server is not None:
             with self._lock:
+                if self._full(server):
+                    return
                 now = self.clock_ms()
                 emitted = None if emitted_at_ms is None else min(emitted_at_ms, now)
                 self._servers[server] = _Server(emitted, now, latest_ms=emitted_at_ms)
@@ -181,6 +197,8 @@ class LagTracker:
         with self._lock:
             for name, (emitted, contact) in beats.items():
                 known = self._servers.get(name)
+                if known is None and self._full(name):
+                    continue
                 if known is None or contact > known.contact_ms:
                     seen = [emitted, known.emitted_ms if known else None]
                     newest = max((ms for ms in seen if ms is not None), default=None)
@@ -203,6 +221,10 @@ class LagTracker:
             now = self.clock_ms()
             items = sorted(self._partitions.items())
             return LagReport(tuple(self._lag(t, n, part, now) for (t, n), part in items))
+
+    def _full(self, server: str) -> bool:
+        """True when ``server`` is new and :data:`MAX_SERVERS` heartbeats are kept already."""
+        return server not in self._servers and len(self._servers) >= MAX_SERVERS
 
     def _part(self, topic: str, partition: int) -> _Partition:
         part = self._partitions.get((topic, partition))

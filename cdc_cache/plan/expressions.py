@@ -2,13 +2,14 @@
 
 An expression is a small Python-syntax formula over a row's columns, e.g.
 ``status == 'active' and qty > 0`` or ``qty * price``, evaluated by ``simpleeval`` (no
-``eval``: only the syntax below, no attributes, no subscripts, no imports, bounded powers
-and string lengths). It is parsed and checked when the rules load, so a syntax error or an
-unknown function stops startup with its file and line; evaluating it walks the parsed
-tree, never the text. Functions are the deterministic few in :data:`FUNCTIONS` (no
-clock, no random numbers): the planner stays a pure function of the change. Columns hold
-the values as the table caches them (natural values: a DECIMAL is exact text such as
-``"12.50"`` unless ``decimals: number``, so arithmetic on it reads ``decimal(price)``).
+``eval``: only the syntax below, no attributes, no subscripts, no imports, bounded powers,
+string lengths and integers from decimals). It is parsed and checked when the rules load,
+so a syntax error or an unknown function stops startup with its file and line; evaluating
+it walks the parsed tree, never the text. Functions are the deterministic few in
+:data:`FUNCTIONS` (no clock, no random numbers): the planner stays a pure function of the
+change. Columns hold the values as the table caches them (natural values: a DECIMAL is
+exact text such as ``"12.50"`` unless ``decimals: number``, so arithmetic on it reads
+``decimal(price)``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,35 @@ from simpleeval import EvalWithCompoundTypes, InvalidExpression
 
 from cdc_cache.core.events import Row
 
+_MAX_INT_DIGITS: Final = 4300
+"""The most digits ``int`` and ``round`` may give: Python's own bound on reading an int
+from text, which converting a decimal does not have."""
+
+
+def _bounded(number: object) -> None:
+    """Refuse a decimal whose integer part is longer than :data:`_MAX_INT_DIGITS`.
+
+    ``int(decimal("1E+100000000"))`` would build a hundred-million-digit integer, a
+    message's text stopping the worker for minutes.
+    """
+    if isinstance(number, Decimal) and number.is_finite() and number.adjusted() >= _MAX_INT_DIGITS:
+        msg = f"{number.adjusted() + 1} digits before the point; at most {_MAX_INT_DIGITS}"
+        raise ValueError(msg)
+
+
+def _int(value: Any = 0, *base: int) -> int:
+    _bounded(value)
+    return int(value, *base)
+
+
+def _round(number: Any, *ndigits: int) -> Any:
+    if not ndigits:
+        _bounded(number)
+    return round(number, *ndigits)
+
+
 FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = {
-    "int": int,
+    "int": _int,
     "float": float,
     "str": str,
     "bool": bool,
@@ -33,7 +61,7 @@ FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = {
     "abs": abs,
     "min": min,
     "max": max,
-    "round": round,
+    "round": _round,
     "decimal": Decimal,  # exact arithmetic on decimals cached as text ("12.50")
 }
 

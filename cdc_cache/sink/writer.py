@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from cdc_cache.core import metrics
+from cdc_cache.core import labels, metrics
 from cdc_cache.core.errors import (
     ApplyError,
     CdcCacheError,
@@ -367,9 +367,9 @@ class CacheWriter:
                 if label == _ABSENT_INDEX and isinstance(op, IndexMember)
             )
             for table, count in Counter(tables).items():
-                metrics.ABSENT_INDEX_OPS.labels(table).inc(count)
+                metrics.ABSENT_INDEX_OPS.labels(labels.TABLES(table)).inc(count)
         for (table, op_name, summary), count in Counter(event_labels).items():
-            metrics.EVENTS.labels(table, str(op_name), summary).inc(count)
+            metrics.EVENTS.labels(labels.TABLES(table), str(op_name), summary).inc(count)
         observe_all(metrics.COMMIT_TO_APPLIED, committed)
         observe_all(metrics.EMITTED_TO_APPLIED, emitted)
         observe_all(metrics.RECEIVED_TO_APPLIED, stays)

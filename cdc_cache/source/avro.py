@@ -64,6 +64,7 @@ def parse_schema(schema_id: int, text: str) -> AvroSchema:
     try:
         document = orjson.loads(text)
         parsed = fastavro.parse_schema(_without_logical_types(document))
+        _refuse_empty_items(parsed)
         normalise = _normaliser(document, {})
         types = avro_schema_types(document)
     except (
@@ -138,6 +139,48 @@ class AvroParser:
             msg = f"{what} has {left} byte(s) after the record of schema id {sid}"
             raise DecodeError(msg)
         return schema.normalise(value), schema.types
+
+
+def _refuse_empty_items(parsed: Any) -> None:
+    """Refuse an array whose items may take no bytes (``null``, a record of such fields).
+
+    Such an array's length is its block counts alone: a ten-byte message could ask the
+    reader for 2**62 items, which it would build until the worker ran out of memory.
+    ``parsed`` is fastavro's parsed schema, whose names are full and listed at its top.
+    """
+    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    empty: dict[str, bool] = {}
+
+    def may_be_empty(schema: Any) -> bool:
+        if isinstance(schema, str):
+            if schema in named and schema not in empty:
+                may_be_empty(named[schema])
+            return empty.get(schema, schema == "null")
+        if isinstance(schema, list):  # a union writes its branch index: at least a byte
+            for branch in schema:
+                may_be_empty(branch)
+            return False
+        kind = schema["type"]
+        if kind in ("record", "error"):
+            empty[schema["name"]] = False  # a record inside itself is behind a union or array
+            empty[schema["name"]] = all([may_be_empty(f["type"]) for f in schema["fields"]])
+            return empty[schema["name"]]
+        if kind == "array":
+            if may_be_empty(schema["items"]):
+                msg = (
+                    f"an array of {schema['items']!r}, items that take no bytes: its block "
+                    "counts alone would set its length, unbounded by the message's size"
+                )
+                raise ValueError(msg)
+            return False
+        if kind == "map":  # each entry writes its key
+            may_be_empty(schema["values"])
+            return False
+        if kind == "fixed":
+            return bool(schema["size"] == 0)
+        return bool(kind == "null")
+
+    may_be_empty(parsed)
 
 
 def _without_logical_types(schema: Any) -> Any:

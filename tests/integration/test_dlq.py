@@ -294,12 +294,27 @@ def test_an_entry_too_large_to_write_is_written_without_its_message_copy(broker)
     writer = DeadLetterWriter(
         broker.bootstrap, topic, {"message.max.bytes": "20000"}, Backoff(0.05, 0.5)
     )
-    writer.write([big, {"id": "small", "kind": "undecodable"}])
+    small = {"id": "small", "kind": "undecodable", "source": source}
+    writer.write([big, small])
     written = {e["id"]: e for e in read_entries(broker.bootstrap, topic, {})}
-    assert written["small"] == {"id": "small", "kind": "undecodable"}
+    assert written["small"] == small
     assert written["big"]["message"] is None and written["big"]["stack"] is None
     assert (written["big"]["reason"], written["big"]["source"]) == ("why", source)
     assert "too large for the DLQ topic" in written["big"]["withheld"][0]
+
+
+def test_messages_on_the_dlq_topic_that_are_no_entries_are_left_out_not_fatal(broker):
+    """Listing read ``entry["source"]["topic"]`` of each, and ``dlq replay --all`` stopped at
+    the first message of another shape, leaving every entry after it unreplayed."""
+    topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    ensure_topic(broker.bootstrap, topic, {})
+    good = {"id": "t/0/7/undecodable", "kind": "undecodable",
+            "source": {"topic": "t", "partition": 0, "offset": 7}}  # fmt: skip
+    others = [{"id": "no-source", "kind": "undecodable"}, [1, 2], {"id": 5, "kind": "x"},
+              {**good, "id": "bad-offset", "source": {"topic": "t", "partition": 0, "offset": "7"}}]  # fmt: skip
+    produce(broker.bootstrap, [Message(topic, None, orjson.dumps(e)) for e in [*others, good]])
+    produce(broker.bootstrap, [Message(topic, None, b"not json")])
+    assert read_entries(broker.bootstrap, topic, {}) == [good]
 
 
 def test_a_stop_request_ends_the_wait_for_the_dlq_broker():

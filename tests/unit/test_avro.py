@@ -218,3 +218,58 @@ def test_float32_prints_the_shortest_decimal_of_the_same_float(value: float) -> 
 def _digits(value: float) -> int:
     """Significant digits of the shortest repr (``1e+15`` has one, not sixteen)."""
     return len(Decimal(repr(value)).normalize().as_tuple().digits)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        '"null"',
+        '{"type": "record", "name": "Nothing", "fields": []}',
+        '{"type": "record", "name": "Nulls", "fields": [{"name": "n", "type": "null"}]}',
+        '{"type": "fixed", "name": "F", "size": 0}',
+    ],
+)
+def test_array_of_items_that_take_no_bytes_is_refused(items: str) -> None:
+    """A block count alone sets such an array's length: a few bytes asked the reader for
+    10**7 nulls (80 MB, 0.7 s), and 2**62 ran the worker out of memory."""
+    text = (
+        '{"type": "record", "name": "Value", "namespace": "x", "fields": ['
+        f'{{"name": "a", "type": ["null", {{"type": "array", "items": {items}}}]}}]}}'
+    )
+    with pytest.raises(ValueError, match="schema id 9 is not a valid Avro schema: an array of"):
+        parse_schema(9, text)
+
+
+def test_array_of_a_named_empty_record_is_refused_however_it_is_named() -> None:
+    text = orjson.dumps(
+        {
+            "type": "record",
+            "name": "Value",
+            "namespace": "x",
+            "fields": [
+                {"name": "e", "type": {"type": "record", "name": "Empty", "fields": []}},
+                {"name": "a", "type": {"type": "array", "items": "x.Empty"}},
+            ],
+        }
+    ).decode()
+    with pytest.raises(ValueError, match=r"an array of 'x\.Empty'"):
+        parse_schema(9, text)
+
+
+def test_arrays_and_maps_whose_items_take_bytes_are_kept() -> None:
+    text = orjson.dumps(
+        {
+            "type": "record",
+            "name": "Value",
+            "fields": [
+                {"name": "tree", "type": {"type": "array", "items": "Value"}},
+                {"name": "nulls", "type": {"type": "map", "values": "null"}},
+                {"name": "maybe", "type": {"type": "array", "items": ["null", "int"]}},
+                {
+                    "name": "one",
+                    "type": {"type": "array", "items": {"type": "fixed", "name": "B", "size": 1}},
+                },
+            ],
+        }
+    ).decode()
+    assert parse_schema(9, text).schema_id == 9

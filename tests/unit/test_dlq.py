@@ -19,6 +19,7 @@ from cdc_cache.dlq.entries import (
     entry_id,
     envelope,
     iso_utc,
+    malformed,
     parse_iso_ms,
     record_of,
     redact,
@@ -119,6 +120,30 @@ def test_an_entry_too_large_for_the_topic_shrinks_to_its_coordinates_in_two_step
     }  # fmt: skip
     assert len(coordinates["withheld"]) == 2
     assert shrunk(coordinates, "still too large") is None  # nothing smaller names the message
+    assert malformed(entry) is malformed(compact) is malformed(coordinates) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ([1], "a JSON list, not an object"),
+        ({"kind": "k", "source": {}}, "its id is None, not a text"),
+        ({"id": "i", "kind": 3}, "its kind is 3, not a text"),
+        ({"id": "i", "kind": "k"}, "its source None names no topic"),
+        ({"id": "i", "kind": "k", "source": {"topic": 1}}, "names no topic"),
+        ({"id": "i", "kind": "k", "source": {"topic": "t", "offset": 1}}, "source partition is None"),
+        ({"id": "i", "kind": "k", "source": {"topic": "t", "partition": True, "offset": 1}},
+         "source partition is True"),
+        ({"id": "i", "kind": "k", "source": {"topic": "t", "partition": 0, "offset": -1}},
+         "source offset is -1"),
+        ({"id": "i", "kind": "k", "source": {"topic": "t", "partition": 0, "offset": 1},
+          "message": "text"}, "message copy is not an object"),
+    ],
+)  # fmt: skip
+def test_a_dlq_message_of_another_shape_is_named_malformed_with_what_is_wrong(
+    entry: object, problem: str
+) -> None:
+    assert problem in (malformed(entry) or "")
 
 
 def test_sensitive_columns_are_redacted_everywhere_and_listed():

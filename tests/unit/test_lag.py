@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_cache.mode.lag import LagTracker
+from cdc_cache.mode.lag import MAX_FEEDERS, MAX_SERVERS, LagTracker
 
 
 class Clock:
@@ -233,6 +233,27 @@ def test_a_topic_fed_by_two_connectors_is_as_fresh_as_the_staler_one(clock):
     clock.advance(30)  # shard2 goes silent; shard1 keeps beating
     tracker.heartbeat("__debezium-heartbeat.shard1", 0, int(clock.ms))
     assert lag_of(tracker, SHARED).silent_s == pytest.approx(30)
+
+
+def test_connector_names_from_messages_are_bounded_and_past_the_bound_lag_is_not_hidden(clock):
+    """Each name a message gave was kept for good: a stream of made-up ``source.name``s grew
+    the worker without end. Past the bound, the topic's lag counts from its changes alone."""
+    tracker = LagTracker(clock)
+    tracker.record(SHARED, 0, int(clock.ms), {"shard1"})
+    tracker.offsets(SHARED, 0, high=1, next_offset=1)
+    clock.advance(60)
+    tracker.heartbeat("__debezium-heartbeat.shard1", 0, int(clock.ms))
+    assert lag_of(tracker, SHARED).connector_lag_s == 0  # its heartbeat keeps it fresh
+    for n in range(MAX_FEEDERS):
+        tracker.record(SHARED, 0, None, {f"forged{n}"})
+        tracker.heartbeat(f"__debezium-heartbeat.forged{n}", 0, int(clock.ms))
+    assert len(tracker._feeds[SHARED]) == 1  # one marker in place of the names
+    assert lag_of(tracker, SHARED).connector_lag_s == pytest.approx(60)  # from the change
+    for n in range(2 * MAX_SERVERS):
+        tracker.heartbeat(f"__debezium-heartbeat.more{n}", 0, int(clock.ms))
+    tracker.learn_heartbeats({f"learned{n}": (clock.ms, clock.ms) for n in range(10)})
+    assert len(tracker._servers) == MAX_SERVERS
+    assert "shard1" in tracker.heartbeats()  # the ones kept before the bound stay
 
 
 def test_a_renamed_heartbeat_topic_keeps_its_other_partitions_fresh(clock):

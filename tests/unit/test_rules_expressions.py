@@ -178,6 +178,19 @@ def test_expressions_are_evaluated_from_the_compiled_tree_with_only_safe_functio
         Expression.compile("9 ** 9 ** 9").evaluate({})  # bounded by simpleeval
 
 
+@pytest.mark.parametrize("source", ["int(decimal(x))", "round(decimal(x))"])
+def test_an_integer_from_a_huge_decimal_text_fails_instead_of_building_it(source: str) -> None:
+    """A column's text "1E+100000000" made ``int(decimal(x))`` build a hundred-million-digit
+    integer: minutes of one message holding the worker."""
+    expr = Expression.compile(source)
+    with pytest.raises(ExpressionFailed, match="100000001 digits before the point; at most 4300"):
+        expr.evaluate({"x": "1E+100000000"})
+    assert expr.evaluate({"x": "12.5"}) in (12, 13)
+    assert len(str(expr.evaluate({"x": "9" * 4300}))) == 4300
+    with pytest.raises(ExpressionFailed, match="InvalidOperation"):  # the context's precision
+        Expression.compile("round(decimal(x), 1)").evaluate({"x": "1E+100000000"})
+
+
 # --- filters ---
 
 
