@@ -96,6 +96,27 @@ class ChangeEvent:
         """The row image that describes the state after this change (None for deletes)."""
         return None if self.op in (Op.DELETE, Op.TRUNCATE) else self.after
 
+    def with_images(self, before: Row | None, after: Row | None, key: Row) -> ChangeEvent:
+        """The change with its values decoded: other images and key, no types left.
+
+        Built field by field: ``dataclasses.replace`` cost five times as much, once per
+        change on the hot path.
+        """
+        return ChangeEvent(
+            self.table,
+            self.op,
+            before,
+            after,
+            key,
+            self.position,
+            self.committed_at_ms,
+            self.emitted_at_ms,
+            self.snapshot,
+            self.server,
+            self.origin,
+            None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:

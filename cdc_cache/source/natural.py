@@ -39,7 +39,7 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
@@ -613,7 +613,7 @@ class TableValues:
             else _convert(pairs, event.before, problems, "before", seen)
         )
         key = _convert(pairs, event.key, problems, "key", seen)
-        natural = replace(event, before=before, after=after, key=key, types=None)
+        natural = event.with_images(before, after, key)
         if problems:
             reason = f"{event.table} {event.op.value} at {event.position}: " + "; ".join(
                 dict.fromkeys(problems)
@@ -637,7 +637,7 @@ class TableValues:
 
         before = None if event.before is None else left(event.before)
         after = None if event.after is None else left(event.after)
-        return replace(event, before=before, after=after, key=left(event.key), types=None)
+        return event.with_images(before, after, left(event.key))
 
     def _compile(self, types: RowTypes | None) -> _Pairs:
         kinds = dict(self.declared)  # where the schema names no logical type

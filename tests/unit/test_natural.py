@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import struct
 import tracemalloc
+from dataclasses import fields, replace
 from decimal import Decimal
 
 import pytest
@@ -20,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_cache.core.errors import RenderError
-from cdc_cache.core.events import ChangeEvent, Op
+from cdc_cache.core.events import ChangeEvent, Op, Origin
 from cdc_cache.core.keys import escape_value
 from cdc_cache.core.logical import ColumnType, Kind, RowTypes
 from cdc_cache.core.positions import SourcePosition
@@ -435,3 +436,15 @@ def test_tables_compare_by_what_their_rules_say() -> None:
     a.event(change({"id": 1, "d": 1, "amount": "AQ=="}))  # builds converters in a only
     assert a == b and hash(a) == hash(b)
     assert a != TableValues(True, declared, NUMBERS)
+
+
+def test_a_decoded_change_keeps_every_field_but_its_images_and_types() -> None:
+    """``with_images`` builds the change field by field: a field added to ChangeEvent and
+    left out there would be lost from every decoded change."""
+    wire = ChangeEvent(
+        "db.t", Op.UPDATE, {"id": 1}, {"id": 2}, {"id": 3}, SourcePosition(1, 2, 3, 4),
+        5, 6, True, "srv", Origin("server:7", ("u", 8), True), RowTypes(()),
+    )  # fmt: skip
+    assert all(getattr(wire, f.name) != f.default for f in fields(wire))  # nothing default
+    decoded = wire.with_images({"id": 9}, None, {"id": 10})
+    assert decoded == replace(wire, before={"id": 9}, after=None, key={"id": 10}, types=None)
