@@ -61,7 +61,7 @@ def encode_frame(channel: str, stream_id: StreamId, payload: bytes) -> Frame:
     )
 
 
-def lost_after(info: Mapping[str, Any], stream_id: StreamId) -> bool:
+def lost_after(info: Mapping[str, Any], stream_id: StreamId, *, seen: bool = False) -> bool:
     """True when a stream (its XINFO STREAM) may have lost entries newer than ``stream_id``.
 
     Redis keeps no trim point (``max-deleted-entry-id`` follows XDEL alone): what MAXLEN
@@ -69,13 +69,20 @@ def lost_after(info: Mapping[str, Any], stream_id: StreamId) -> bool:
     more entries were ever added than are left. If what is left all comes after
     ``stream_id``, the trimmed entries may have too; whether they did is not kept, so that
     counts as lost. Without these fields (Redis before 7.0) nothing can be told.
+
+    ``seen``: ``stream_id`` was read from this channel's stream (a client's resume id, the
+    gateway's own position), not chosen (``from``). An id seen that comes before all the
+    stream holds, though the stream never lost an entry, was in an earlier stream of the
+    same name: Redis lost its data, and what came after that id with it.
     """
     deleted = info.get("max-deleted-entry-id")
     if deleted is not None and parse_id(deleted) > stream_id:
         return True
     added = info.get("entries-added")
-    if added is None or int(added) <= int(info["length"]):
+    if added is None:
         return False
     first = info.get("first-entry")
     oldest_left = first[0] if first else info["last-generated-id"]
+    if int(added) <= int(info["length"]) and not (seen and first):
+        return False
     return parse_id(oldest_left) > stream_id

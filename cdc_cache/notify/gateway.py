@@ -353,7 +353,9 @@ class Gateway:
                 if since is None:
                     self.hub.attach(session, channel, self.hub.positions[channel], catch_up=False)
                 else:
-                    self.hub.attach(session, channel, since, catch_up=True)
+                    self.hub.attach(
+                        session, channel, since, catch_up=True, resumed=channel in resume
+                    )
                 attached[channel] = format_id(session.last[channel])
         session.control("subscribed", patterns=sorted(session.patterns), channels=attached)
 

@@ -119,12 +119,26 @@ class Hub:
             return START
         return parse_id(info["last-generated-id"])
 
-    def attach(self, session: Session, channel: str, after: StreamId, *, catch_up: bool) -> None:
-        """Subscribe ``session`` to ``channel`` after ``after``, replaying the stream first."""
+    def attach(
+        self,
+        session: Session,
+        channel: str,
+        after: StreamId,
+        *,
+        catch_up: bool,
+        resumed: bool = False,
+    ) -> None:
+        """Subscribe ``session`` to ``channel`` after ``after``, replaying the stream first.
+
+        ``resumed``: ``after`` is the last id the client saw of this channel (see
+        :func:`~cdc_cache.notify.frames.lost_after`'s ``seen``).
+        """
         session.last[channel] = after
         self.subscribers[channel].add(session)
         if catch_up:
             session.catching[channel] = []
+            if resumed:
+                session.resumed.add(channel)
             if not session.replaying:
                 session.replaying = True
                 spawn(self._replay(session))
@@ -132,6 +146,7 @@ class Hub:
     def detach(self, session: Session, channel: str) -> None:
         """Stop sending ``channel`` to ``session``."""
         session.last.pop(channel, None)
+        session.resumed.discard(channel)
         session.release(channel)
         self.subscribers[channel].discard(session)
 
@@ -153,11 +168,15 @@ class Hub:
         try:
             while session.catching and not session.closed:
                 channel = next(iter(session.catching))
-                await self._catch_up(session, channel, session.last[channel])
+                seen = channel in session.resumed
+                session.resumed.discard(channel)
+                await self._catch_up(session, channel, session.last[channel], seen=seen)
         finally:
             session.replaying = False
 
-    async def _catch_up(self, session: Session, channel: str, after: StreamId) -> None:
+    async def _catch_up(
+        self, session: Session, channel: str, after: StreamId, *, seen: bool
+    ) -> None:
         """Send what the stream holds after ``after``, then the live messages held back.
 
         Sent straight to the socket, so a long replay waits for the client (it is what it
@@ -165,6 +184,8 @@ class Hub:
         Each page is read from the last id sent, that id included: while it is still there
         nothing after it was trimmed; when it is gone and newer entries were trimmed too
         (the stream moved on while the client read), a ``gap`` goes out before what follows.
+        ``seen``: ``after`` is the client's resume id; a stream that has lost it, or that no
+        longer exists, lost what followed it too (Redis lost its data).
         """
         key = ns().stream_key(channel)
         cursor = after
@@ -174,7 +195,7 @@ class Hub:
                 more = len(page) == CATCH_UP_PAGE
                 if page and parse_id(page[0][0]) == cursor:
                     del page[0]
-                elif cursor != START and lost_after(await self._redis.xinfo_stream(key), cursor):
+                elif cursor != START and await self._lost(key, cursor, seen=seen):
                     gap = {"type": "gap", "channel": channel, "after": format_id(cursor)}
                     await session.ws.send(orjson.dumps(gap), text=True)
                 for raw_id, fields in page:
@@ -184,14 +205,27 @@ class Hub:
                         metrics.GATEWAY_MESSAGES_OUT.inc()
                 if not more:
                     break
-                cursor = parse_id(page[-1][0])
+                cursor, seen = parse_id(page[-1][0]), True
         except rex.ResponseError:
-            pass  # the stream does not exist (yet): nothing to replay
+            pass  # the key is no stream: the hub stops following it
         except (rex.RedisError, ConnectionClosed) as exc:
             session.drop("catch_up_failed", f"replay of {channel} failed: {exc}")
             return
         for frame in session.release(channel):
             session.offer(frame)
+
+    async def _lost(self, key: str, cursor: StreamId, *, seen: bool) -> bool:
+        """True when the stream at ``key`` may have lost entries after ``cursor``.
+
+        A stream that does not exist lost them if ``cursor`` was seen in it.
+        """
+        try:
+            info = await self._redis.xinfo_stream(key)
+        except rex.ResponseError:
+            if await self._redis.exists(key):
+                raise
+            return seen
+        return lost_after(info, cursor, seen=seen)
 
     async def run(self) -> None:
         """Read and fan out until stopped; Redis outages are retried with backoff.
@@ -296,7 +330,8 @@ class Hub:
         return [
             channel
             for channel, info in zip(channels, infos, strict=True)
-            if isinstance(info, dict) and lost_after(info, self.positions[channel])
+            if isinstance(info, dict)
+            and lost_after(info, self.positions[channel], seen=self.positions[channel] != START)
         ]
 
     def _tell_gap(self, channel: str) -> None:

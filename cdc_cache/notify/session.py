@@ -49,6 +49,7 @@ class Session:
         self.patterns: set[str] = set()
         self.last: dict[str, StreamId] = {}
         self.catching: dict[str, list[Frame]] = {}
+        self.resumed: set[str] = set()  # channels waiting to replay from a resume id
         self.held = 0  # live messages waiting in ``catching``, over every channel
         self.replaying = False
         self.closed = False

@@ -200,6 +200,75 @@ def test_a_client_resuming_from_an_id_the_stream_was_trimmed_past_is_told_gap(
     run(redis_target.url, scenario)
 
 
+def test_a_client_resuming_in_a_stream_redis_lost_and_began_again_is_told_gap(
+    redis_target: RedisTarget,
+) -> None:
+    """Redis lost the stream (a restart without persistence, a failover to an empty
+    replica) and the worker wrote on: nothing was trimmed from the new stream, so the
+    client resuming from an id of the old one got the new messages with no gap."""
+    redis_client = redis_target.client
+    for n in range(1, 6):
+        publish(redis_client, n, "north")
+    key = ns().stream_key("inventory:north")
+    seen = redis_client.xrange(key)[-2][0].decode()  # the client got 1 to 4
+    redis_client.delete(key)  # lost, with message 5
+    gone = ns().stream_key("inventory:south")
+    publish(redis_client, 6, "south")
+    south_seen = redis_client.xrange(gone)[-1][0].decode()
+    redis_client.delete(gone)  # lost too, and nothing written since
+    time.sleep(0.002)  # new ids come later, as after a restart
+    for n in range(7, 10):
+        publish(redis_client, n, "north")
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('inventory:*')}") as ws:
+            resume = {"inventory:north": seen, "inventory:south": south_seen}
+            await subscribe(ws, "inventory:*", resume=resume)
+            frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(5)]
+            gaps = {(f["channel"], f["after"]) for f in frames if f["type"] == "gap"}
+            assert gaps == {("inventory:north", seen), ("inventory:south", south_seen)}
+            north = [f["data"]["values"]["sku_id"] for f in frames if f["type"] == "message"]
+            assert north == [7, 8, 9]
+
+    run(redis_target.url, scenario)
+
+
+def test_live_clients_are_told_gap_when_redis_lost_a_stream_the_gateway_followed(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    key = ns().stream_key("bulk:1")
+    redis_client.sadd(ns().channels, "bulk:1")
+
+    def add(n: int) -> str:
+        return str(redis_client.xadd(key, {"p": orjson.dumps({"n": n})}).decode())
+
+    ids = {0: add(0)}
+
+    async def scenario(gateway: Gateway, url: str) -> None:
+        async with connect(f"{url}?token={token('bulk:*')}") as ws:
+            await subscribe(ws, "bulk:*")
+            ids[1] = add(1)
+            assert (await receive(ws))["data"]["n"] == 1
+            # The gateway stands still (this blocks its event loop) while Redis loses the
+            # stream with message 2 and the worker writes 3 into a new one.
+            ids[2] = add(2)
+            redis_client.delete(key)
+            time.sleep(0.002)
+            add(3)
+            last, told = 1, None
+            while True:  # 2 goes out if a read blocked in Redis got it before the loss
+                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                if frame["type"] == "gap":
+                    told = (frame["channel"], frame["after"])
+                elif frame["type"] == "message" and frame["data"]["n"] < 3:
+                    last = frame["data"]["n"]
+                elif frame["type"] == "message":
+                    break
+            assert told == ("bulk:1", ids[last])
+
+    run(redis_server.address(), scenario)
+
+
 def test_a_client_receives_only_granted_channels_and_an_error_for_the_rest(
     redis_server: RedisServer, redis_client: Any
 ) -> None:

@@ -170,6 +170,17 @@ def test_a_stream_trimmed_past_an_id_may_have_lost_what_followed_it() -> None:
     assert lost_after(emptied, (25, 0)) and not lost_after(emptied, (29, 0))
 
 
+def test_an_id_seen_in_a_stream_that_now_starts_after_it_was_in_a_lost_stream() -> None:
+    """Redis lost its data and the stream began again: nothing trimmed, yet the client's
+    (or the gateway's) id came from the stream before. Told nothing, the client missed
+    every message between its id and the loss."""
+    info = xinfo(added=5, length=5, first="10-0", last="14-0")
+    assert lost_after(info, (3, 0), seen=True)
+    assert not lost_after(info, (3, 0))  # an id chosen (from): nothing was there before
+    assert not lost_after(info, (10, 0), seen=True)  # still there
+    assert not lost_after(info, (12, 0), seen=True)
+
+
 def test_entries_deleted_one_by_one_after_an_id_are_lost() -> None:
     info = xinfo(added=10, length=9, first="0-1", last="9-0", deleted="7-0")
     assert lost_after(info, (6, 0)) and not lost_after(info, (7, 0))
