@@ -16,13 +16,15 @@ the DDL record comes first: a log line, ``cdc_cache_rules_column_problems{table,
 changes, the table falls back to ttl mode (:mod:`cdc_cache.mode.tables`) until its columns
 fit the rules again.
 
-The first row change of a table that a process reads is different, whether or not a DDL
-record told of the table before it: when it lacks a column the rules cannot do without,
-the rules never fit the table as this process sees it (a typo, a wrong table), and the
-worker stops with :class:`RulesMismatch` naming the column
-and the rules file's line, instead of dead-lettering every change.
+The first row change of a table that a process reads is judged the same way: a column it
+lacks may be a typo in the rules, or a column a later migration adds (a backlog read
+after a restart), and no message can tell which. So it is never a reason to stop: the
+change is dead-lettered like every change the rules cannot render (its keys deleted), the
+table falls back, and the report names the rules line to fix. Only the rules themselves
+are checked at startup; ``cdc-cache rules check FILE --db DSN`` compares them with the
+database before a rollout.
 
-:func:`problems` and :class:`Columns` are pure; :class:`SchemaWatch` is the edge.
+:func:`problems` and :func:`supersedes` are pure; :class:`SchemaWatch` is the edge.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import SchemaChange
 from cdc_cache.core.positions import SourcePosition
 from cdc_cache.mode.tables import TableFallback
@@ -44,16 +45,6 @@ from cdc_cache.source.natural import UndecodableValue
 log = logging.getLogger("cdc_cache.schema_watch")
 
 ROW_CHANGE = "row change"
-
-
-class RulesMismatch(ConfigError):
-    """The first change of a table in this process lacks a column its rules cannot do without.
-
-    The worker stops (exit 2) instead of dead-lettering every change of the table: the
-    rules name a column the table does not have, as the first change seen shows. A
-    column dropped while the worker runs is a schema change instead (the table falls
-    back to ttl mode until its columns fit the rules again).
-    """
 
 
 _FIXES = {
@@ -150,7 +141,6 @@ class SchemaWatch:
         self._tables = tables
         self._lock = threading.Lock()
         self._seen: dict[str, Seen] = {}
-        self._rows_seen: set[str] = set()  # tables whose first row change was checked
 
     def observe(self, batch: Sequence[Routed]) -> None:
         """Check the columns shown by a batch's DDL records and row changes."""
@@ -166,11 +156,7 @@ class SchemaWatch:
             if isinstance(item, Rejected) and isinstance(item.error, UndecodableValue):
                 continue  # its images lack the columns whose values did not decode
             known = seen.get(event.table)
-            if (
-                known is not None
-                and event.after.keys() == known.columns
-                and event.table in self._rows_seen
-            ):
+            if known is not None and event.after.keys() == known.columns:
                 continue
             if event.table in self._rules.tables:
                 self.columns(event.table, frozenset(event.after), event.position, ROW_CHANGE)
@@ -189,8 +175,6 @@ class SchemaWatch:
         Reported under the lock (a rare path), so reports follow the states in order.
         """
         with self._lock:
-            if origin == ROW_CHANGE and table not in self._rows_seen:
-                self._first_row(table, columns, at)
             before = self._seen.get(table)
             if not supersedes(before, columns, at):
                 return
@@ -214,19 +198,6 @@ class SchemaWatch:
             breaking = [p for p in found if p.breaks_changes]
             if self._tables is not None:
                 self._tables.schema(table, _reason(breaking) if breaking else None)
-
-    def _first_row(self, table: str, columns: frozenset[str], at: SourcePosition | None) -> None:
-        """Stop at the first row change of ``table`` in this process if it lacks a needed column.
-
-        Whether or not a DDL record told of the table first: the schema-change topic may be
-        read before or after the table's own.
-        """
-        self._rows_seen.add(table)
-        found = problems(self._rules.tables[table], columns, self._rules.path, frozenset())
-        breaking = [p for p in found if p.breaks_changes]
-        if breaking:
-            _report(table, found, ROW_CHANGE)
-            raise RulesMismatch(_first_change(breaking, at))
 
     def known(self, table: str) -> Seen | None:
         """The newest columns seen for ``table``."""
@@ -261,19 +232,6 @@ def _reason(breaking: Sequence[ColumnProblem]) -> str:
     return (
         f"the rules use column '{first.use.column}' ({first.path}:{first.use.line}), which "
         f"{first.table} does not have{more}"
-    )
-
-
-def _first_change(breaking: Sequence[ColumnProblem], at: SourcePosition | None) -> str:
-    listing = "; ".join(
-        f"column '{p.use.column}' ({p.path}:{p.use.line}, {p.use.where})" for p in breaking
-    )
-    first = breaking[0]
-    return (
-        f"the first change of {first.table} this worker read (at {at}) has no {listing}, "
-        "so every change of the table would be dead-lettered; fix the rules file (or the "
-        "table) and restart: if a migration dropped or renamed the column, change the "
-        "rules to match (cdc-cache rules check FILE --db DSN checks them against the database)"
     )
 
 

@@ -3,9 +3,9 @@
 The loader's checks come first (every problem with its file and line); with a database
 (MariaDB/MySQL or PostgreSQL, read through the connection ``verify`` uses) every covered
 table must exist and every column a rule names must be one of its columns, the same
-comparison the worker makes with the first change of each table
-(:func:`cdc_cache.mode.schema_watch.problems`). A typo in both ``watch`` and ``fields``
-passes the loader but not this.
+comparison the worker makes with each table's columns as its changes show them
+(:func:`cdc_cache.mode.schema_watch.problems`), here before any change is dead-lettered.
+A typo in both ``watch`` and ``fields`` passes the loader but not this.
 """
 
 from __future__ import annotations

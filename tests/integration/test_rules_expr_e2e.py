@@ -4,8 +4,9 @@ Snapshot rows only invalidate (``snapshot: invalidate``); a filter (``when``) wr
 deletes keys as rows start and stop matching; renamed and computed fields; a TTL from the
 row's ``expires_at`` (an expired row is not written); a refresh-only key refreshes what an
 application cached and fills nothing; a filter that fails on a row dead-letters that
-change as ``render_failed``; and a worker whose rules name a column the table lacks stops
-at the table's first change (exit 2), naming the column and the rules file's line.
+change as ``render_failed``; and a worker whose rules' filter names a column the table
+lacks does not stop at the table's first change: it dead-letters the changes, the table
+falls back to ttl mode, and the column is reported with the rules file's line.
 """
 
 from __future__ import annotations
@@ -130,11 +131,36 @@ def test_filters_fields_row_ttls_refresh_only_and_snapshot_control(
     bad_home = tmp_path / "mismatched"
     bad_home.mkdir()
     rules = MISMATCHED.format(schema=schema)
-    bad = worker(bad_home, broker.bootstrap, pipeline.redis_url, [pipeline.topic], rules=rules)
+    bad_port = free_port()
+    env = {"CDC_CACHE_METRICS_PORT": str(bad_port)}
+    bad = worker(
+        bad_home, broker.bootstrap, pipeline.redis_url, [pipeline.topic], rules=rules, env=env
+    )
+    stock = f"{schema}.stock"
+    problems = {"table": stock, "breaks": "true"}
+    poison = {"kind": "render_failed", "table": stock}
     bad.start()
-    assert bad.proc is not None
     try:
-        assert bad.proc.wait(120) == 2, bad.tail()
+        wait_until(
+            "the filter's missing column reported, the table in ttl mode, its changes DLQ'd",
+            lambda: (
+                _serving(bad_port, "cdc_cache_rules_column_problems", problems) == 1
+                and metric(bad_port, "cdc_cache_table_fallback", {"table": stock}) == 1
+                and metric(bad_port, "cdc_cache_dlq_entries_total", poison) >= 1
+            ),
+            120,
+            alive=[bad],
+        )
+        bad.check_alive()
     finally:  # never left running against the session's Redis
         bad.stop()
-    assert f"column 'qtty' ({bad_home / 'rules.yaml'}:11" in bad.log.read_text(), bad.tail()
+    log = bad.log.read_text()
+    assert f"{bad_home / 'rules.yaml'}:11" in log and "change the key's filter" in log, bad.tail()
+
+
+def _serving(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """A metric of a worker that may still be starting (None until its port answers)."""
+    try:
+        return metric(port, name, labels)
+    except ConnectionError:  # refused, or reset by a process that stopped
+        return None

@@ -11,12 +11,12 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from cdc_cache.core.errors import ConfigError
 from cdc_cache.core.events import SchemaChange, SourceRecord
 from cdc_cache.core.positions import SourcePosition
+from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.holds import Holds
-from cdc_cache.mode.schema_watch import RulesMismatch, SchemaWatch, problems
-from cdc_cache.mode.tables import TableFallback
+from cdc_cache.mode.schema_watch import SchemaWatch, problems
+from cdc_cache.mode.tables import TableConfig, TableFallback
 from cdc_cache.plan.route import Rejected, route
 from cdc_cache.plan.rules import Use
 from cdc_cache.plan.rules_loader import parse_rules
@@ -92,10 +92,12 @@ def ddl(columns: list[str], pos: int, table: str = "items", text: str = "ALTER T
     return route(SourceRecord("p", 0, pos, b'{"databaseName":"shop"}', orjson.dumps(value)), RULES)
 
 
-def row(after: dict[str, Any], pos: int) -> Any:
+def row(after: dict[str, Any], pos: int, op: str = "u") -> Any:
+    """An update that changes nothing (planned with no op), or an insert (``op="c"``)."""
     source = {"connector": "mysql", "db": "shop", "table": "items", "file": "mysql-bin.000004"}
     source |= {"pos": pos, "row": 0, "ts_ms": 1}
-    value = orjson.dumps({"before": after, "after": after, "op": "u", "source": source})
+    before = after if op == "u" else None
+    value = orjson.dumps({"before": before, "after": after, "op": op, "source": source})
     return route(SourceRecord("p.shop.items", 0, pos, b'{"id": 1}', value), RULES)
 
 
@@ -208,39 +210,72 @@ tables:
     assert found[0].fix() == "remove it from types"
 
 
-def test_a_first_change_without_a_column_the_rules_need_stops_the_worker_naming_it():
-    watch = SchemaWatch(RULES, TableFallback(RULES.tables, Holds(), 5_000))
-    with pytest.raises(RulesMismatch) as raised:
-        watch.observe([row({"id": 1, "name": "lamp", "note": None}, 100)])
-    text = str(raised.value)
-    assert f"column 'price' (rules.yaml:{line_of('fields: [id')}, " in text
-    assert "the first change of shop.items this worker read" in text
-    assert isinstance(raised.value, ConfigError)  # the worker exits 2
+def test_a_first_change_without_a_column_the_rules_need_falls_back_and_is_reported(caplog):
+    """No message stops the worker: the first change of a table is judged like a later one.
 
-
-def test_only_the_first_change_stops_a_later_drop_falls_back_as_a_schema_change():
+    It is dead-lettered with its reason (the writer does that with every rejection), the
+    table falls back to ttl mode, and the rules line is reported with its fix."""
     holds = Holds()
     watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
-    watch.observe([row(FULL, 100)])  # fits: nothing stops
-    watch.observe([row({"id": 1, "name": "lamp", "note": None}, 200)])
+    first = row({"id": 1, "name": "lamp", "note": None}, 100, "c")
+    assert isinstance(first, Rejected) and "'price'" in first.error.reason
+    assert [d.key for d in first.invalidation.deletes] == ["item:1", "itemname:lamp"]
+
+    with caplog.at_level(logging.ERROR, "cdc_cache.schema_watch"):
+        watch.observe([first])  # nothing raised
+        watch.observe([first])  # nor when read again (a restart)
+
+    assert problems_metric("true") == 1
+    (hold,) = holds.active()
+    assert hold.label == "table_failing:shop.items"
+    assert f"column 'price' (rules.yaml:{line_of('fields: [id')})" in hold.reason
+    (fields,) = [r for r in caplog.records if getattr(r, "where", "").endswith(".fields")]
+    assert fields.rules == f"rules.yaml:{line_of('fields: [id')}"  # type: ignore[attr-defined]
+    assert fields.fix.startswith("remove it from fields")  # type: ignore[attr-defined]
+    assert fields.origin == "row change"  # type: ignore[attr-defined]
+
+
+def test_a_table_first_seen_without_a_column_returns_once_its_changes_carry_it():
+    """A backlog that predates the migration adding the column: once rows of the new shape
+    come, the table returns to cdc mode as a table whose columns fit again does (no change
+    failed for the window, and a batch of its changes applied)."""
+    now = [1000.0]
+    holds = Holds()
+    tables = TableFallback(RULES.tables, holds, 5_000, TableConfig(5, 60), clock=lambda: now[0])
+    watch = SchemaWatch(RULES, tables)
+    old = row({"id": 1, "name": "lamp", "note": None}, 100, "c")
+    watch.observe([old])
+    tables.observe({}, [Failure(old.error, "shop.items", old.event)])  # as the writer does
     assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
 
+    watch.observe([row(FULL, 300)])
+    tables.observe({"shop.items": 1}, [])
+    assert problems_metric("true") == 0
+    state = tables.state("shop.items")
+    assert state is not None and state.failing, "its failure is within the window"
+    assert state.reason == "its columns fit the rules again; back once its changes apply"
 
-def test_a_ddl_record_first_is_a_schema_change_and_the_first_row_still_stops():
-    """The schema-change topic may be read before the table's: the first row decides."""
+    now[0] += 61
+    assert holds.active(), "a quiet table stays in fallback"
+    tables.observe({"shop.items": 1}, [])
+    assert holds.active() == ()
+
+
+def test_a_ddl_record_first_is_a_schema_change_and_the_first_row_changes_nothing():
+    """The schema-change topic may be read before the table's: either order falls back."""
     holds = Holds()
     watch = SchemaWatch(RULES, TableFallback(RULES.tables, holds, 5_000))
     watch.observe([ddl(["id", "name", "note"], 200, text="ALTER TABLE items DROP price")])
     assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
-    with pytest.raises(RulesMismatch, match="column 'price'"):
-        watch.observe([row({"id": 1, "name": "lamp", "note": None}, 300)])
+    watch.observe([row({"id": 1, "name": "lamp", "note": None}, 300)])  # nothing raised
+    assert [h.label for h in holds.active()] == ["table_failing:shop.items"]
+    assert problems_metric("true") == 1
 
 
 def test_a_value_that_does_not_decode_is_no_missing_column():
     """Its change is dead-lettered with its images short of that column: the table still
-    has it. Taken for the table's columns, one such message stopped the worker as the
-    first change of its table (a restart read it first again), and later ones made the
-    table fall back as if a migration had dropped the column."""
+    has it. Taken for the table's columns, one such message made the table fall back as if
+    a migration had dropped the column."""
     natural = parse_rules(
         RULES_TEXT.replace("tables:", "version: 2\ntables:").replace(
             "    watch:", "    types: {price: decimal(2)}\n    watch:"
@@ -254,14 +289,14 @@ def test_a_value_that_does_not_decode_is_no_missing_column():
     assert isinstance(rejected, Rejected) and "column 'price'" in rejected.error.reason
     holds = Holds()
     watch = SchemaWatch(natural, TableFallback(natural.tables, holds, 5_000))
-    watch.observe([rejected])  # first: nothing stops
+    watch.observe([rejected])  # first: no fall back
     watch.observe([row(FULL, 200)])
     watch.observe([rejected])  # later: no fall back
     assert not holds.active()
     assert watch.known("shop.items").columns == frozenset(FULL)  # type: ignore[union-attr]
 
 
-def test_a_first_row_that_fits_after_a_ddl_record_does_not_stop():
+def test_a_first_row_that_fits_after_a_ddl_record_is_no_problem():
     watch = SchemaWatch(RULES, TableFallback(RULES.tables, Holds(), 5_000))
     watch.observe([ddl(["id", "name", "price", "note"], 200)])
     watch.observe([row(FULL, 300)])  # nothing raised
