@@ -259,6 +259,14 @@ TABLE_FALLBACK = Gauge(
     ["table"],
     namespace=NAMESPACE,
 )
+DELETES_HIDDEN = Gauge(
+    "deletes_hidden",
+    "1 while the table's flattened records carry no __deleted field (ExtractNewRecordState "
+    "not in rewrite mode: its deletes reach the worker as tombstones or not at all), so it "
+    "falls back to ttl mode on its own; else 0",
+    ["table"],
+    namespace=NAMESPACE,
+)
 SCHEMA_CHANGES = Counter(
     "schema_changes",
     "Changes of a covered table's columns, seen in a DDL record or in the rows themselves",
