@@ -13,7 +13,9 @@ grow even while the sources read on (threads that do not hold the sink are not h
 up). Rejected messages (and changes Redis refuses) go through the same sink: the keys
 they still render are deleted with the batch, then they are written to the DLQ topic,
 flushed and acknowledged before that snapshot. Each batch's DDL records and rows are checked for
-changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`).
+changed columns (:class:`~cdc_cache.mode.schema_watch.SchemaWatch`), and for flattened
+records that show a table's deletes do not reach the worker
+(:meth:`~cdc_cache.mode.tables.TableFallback.deletes`), before the batch is written.
 
 The source is in ``source``, the sinks in ``sink``, what the flow is built from in
 ``config``, and how it runs (threads, processes, recovery) in ``run``.
@@ -36,6 +38,7 @@ from cdc_cache.core import labels, metrics
 from cdc_cache.core.events import Heartbeat, SchemaChange
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.mode.schema_watch import SchemaWatch
+from cdc_cache.mode.tables import deletes_seen
 from cdc_cache.plan.route import Control, Planned, Routed, route
 from cdc_cache.sink.connection import connect
 from cdc_cache.source.broker_health import BrokerHealth
@@ -71,8 +74,8 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
             lambda: ContinuityStore(connect(config.redis_url, config.redis_auth)),
             restarted=lineage.restarted if lineage is not None else None,
         )
-    tracker = context.lag
-    schema = SchemaWatch(rules, context.tables)
+    tracker, tables = context.lag, context.tables
+    schema = SchemaWatch(rules, tables)
     messages = op.input(
         "debezium",
         flow,
@@ -111,6 +114,8 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
             ]  # fmt: skip
             session.close()
         schema.observe(routed)
+        if tables is not None:
+            tables.deletes(deletes_seen(routed))
         return [(key, routed)] if routed else []
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)

@@ -180,6 +180,36 @@ class Workload:
         }
 
 
+def flattened(messages: list[Message], *, rewrite: bool) -> list[Message]:
+    """``messages`` as the ``ExtractNewRecordState`` SMT writes them, with the recordings'
+    ``add.fields``: the row (a delete's before image), ``__deleted`` ("true" for a delete,
+    else "false") in rewrite mode, then the added fields. In ``tombstone`` mode (not
+    ``rewrite``) a delete leaves only its tombstone. TRUNCATE records are dropped, as the
+    SMT drops them."""
+    out = []
+    for message in messages:
+        if message.value is None:
+            out.append(message)
+            continue
+        envelope = orjson.loads(message.value)
+        op, source = envelope["op"], envelope["source"]
+        if op == "t" or (op == "d" and not rewrite):
+            continue
+        row = dict(envelope["before"] if op == "d" else envelope["after"])
+        if rewrite:
+            row["__deleted"] = "true" if op == "d" else "false"
+        row.update(
+            {
+                "__op": op, "__source_ts_ms": source["ts_ms"], "__ts_ms": envelope["ts_ms"],
+                "__connector": source["connector"], "__db": source["db"],
+                "__table": source["table"], "__snapshot": source["snapshot"],
+                "__file": source["file"], "__pos": source["pos"], "__row": source["row"],
+            }
+        )  # fmt: skip
+        out.append(Message(message.topic, message.key, orjson.dumps(row)))
+    return out
+
+
 # A table whose rows a migration may leave unrenderable (tests of failed changes).
 ITEMS_RULES_YAML = """\
 defaults: {tombstone_ttl: 10m}

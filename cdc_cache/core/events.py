@@ -76,6 +76,9 @@ class ChangeEvent:
     topic is called. ``origin`` is what the envelope says of the log the change came from
     (lineage evidence). ``types`` are the columns' logical types its schema named (None
     for a schemaless record): how its wire values decode (:mod:`cdc_cache.source.natural`).
+    ``deletes_hidden`` marks a flattened record without ``__deleted``: its flattening SMT
+    does not rewrite deletes, so the table's deletes reach the worker as tombstones or not
+    at all (see :func:`cdc_cache.mode.tables.with_deletes`).
     """
 
     table: str
@@ -90,6 +93,7 @@ class ChangeEvent:
     server: str | None = None
     origin: Origin = NO_ORIGIN
     types: RowTypes | None = None
+    deletes_hidden: bool = False
 
     @property
     def image(self) -> Row | None:

@@ -263,7 +263,16 @@ TRUNCATE_RECORDS = Gauge(
 TABLE_FALLBACK = Gauge(
     "table_fallback",
     "1 while the table falls back to ttl mode on its own (cause table_failing:<table>: its "
-    "changes keep failing, or its columns no longer fit the rules), else 0",
+    "changes keep failing, its columns no longer fit the rules, or its deletes are hidden), "
+    "else 0",
+    ["table"],
+    namespace=NAMESPACE,
+)
+DELETES_HIDDEN = Gauge(
+    "deletes_hidden",
+    "1 while the table's flattened records carry no __deleted field (ExtractNewRecordState "
+    "not in rewrite mode: its deletes reach the worker as tombstones or not at all), so it "
+    "falls back to ttl mode on its own; else 0",
     ["table"],
     namespace=NAMESPACE,
 )

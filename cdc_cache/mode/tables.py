@@ -13,25 +13,48 @@ returns once its columns fit again, no change failed for ``window_s``, and a bat
 its changes applied as planned: a table that stays quiet stays in fallback, since
 nothing shows the rules fit it again.
 
+A table also falls back at once when one of its flattened records lacks ``__deleted``
+(:func:`with_deletes`): the ``ExtractNewRecordState`` SMT is not in rewrite mode, so the
+table's deletes reach the worker as bare tombstones, or not at all, and its deleted rows
+would stay cached for their whole TTL. The change still applies, capped. The table returns
+once its records carry the field again and none lacked it for ``window_s``.
+
 :func:`step` is the pure controller; :class:`TableFallback` runs it for one worker process
 and raises a ``table_failing`` hold per table (see :class:`cdc_cache.mode.holds.Holds`),
 which followers pass to the leader like every hold.
+
+Kept in one module: every cause of a table's fallback (failures, columns, deletes) feeds
+the one state and the one decision, which the runner applies.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from cdc_cache.core import metrics
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause
+from cdc_cache.plan.route import Control, Routed
 
 if TYPE_CHECKING:
     from cdc_cache.mode.holds import Holds
+
+log = logging.getLogger("cdc_cache.mode")
+
+DELETES_FIX: Final = (
+    "set delete.tombstone.handling.mode=rewrite (or rewrite-with-tombstone; older Debezium: "
+    "delete.handling.mode=rewrite) on the connector's ExtractNewRecordState transform"
+)
+DELETES_HIDDEN: Final = (
+    "its flattened records carry no __deleted field, so its deletes reach the worker as "
+    f"tombstones or not at all; {DELETES_FIX}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +79,8 @@ class TableState:
 
     ``failed_ms``: times of its latest failures (at most ``failures`` of them);
     ``applied_since``: a batch of its changes applied as planned after the last failure;
-    ``schema_problem``: why its columns do not fit the rules, if they do not.
+    ``schema_problem``: why its columns do not fit the rules, if they do not;
+    ``deletes_hidden_ms``: when a record last hid its deletes, until it returns from that.
     """
 
     failing: bool = False
@@ -64,6 +88,7 @@ class TableState:
     failed_ms: tuple[int, ...] = ()
     applied_since: bool = False
     schema_problem: str | None = None
+    deletes_hidden_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,20 +119,55 @@ def with_schema(
     state: TableState, problem: str | None, now_ms: int, config: TableConfig
 ) -> TableState:
     """The table's state once its columns were checked: ``problem`` None means they fit."""
-    reason = state.reason
-    if problem is None and state.schema_problem is not None and state.failing:
-        reason = "its columns fit the rules again; back once its changes apply"
-    return _decide(replace(state, schema_problem=problem, reason=reason), now_ms, config, None)
+    changed = replace(state, schema_problem=problem)
+    return _with_problem(state, changed, "its columns fit the rules again", now_ms, config)
+
+
+def with_deletes(state: TableState, hidden: bool, now_ms: int, config: TableConfig) -> TableState:
+    """The table's state once a batch of its changes was read.
+
+    ``hidden``: one of them was a flattened record without ``__deleted``, which only the
+    SMT's rewrite mode adds: in any other mode a delete comes as a bare tombstone (a key
+    without the row its cache keys are rendered from) or not at all. That one record
+    shows it, so the table falls back at once. Otherwise (every change carried the field,
+    or was no flattened record) it returns once no record hid its deletes for
+    ``window_s``: partitions read behind the others may still hold records from before
+    the connector was fixed.
+    """
+    since = state.deletes_hidden_ms
+    if hidden:
+        since = now_ms
+    elif since is not None and now_ms - since >= config.window_s * 1000:
+        since = None
+    changed = replace(state, deletes_hidden_ms=since)
+    return _with_problem(state, changed, "its deletes reach the worker again", now_ms, config)
+
+
+def _with_problem(
+    state: TableState, changed: TableState, gone: str, now_ms: int, config: TableConfig
+) -> TableState:
+    """``changed`` decided; the reason says ``gone`` when the problem it fell back for is."""
+    if state.failing and _problem(state) is not None and _problem(changed) is None:
+        changed = replace(changed, reason=f"{gone}; back once its changes apply")
+    return _decide(changed, now_ms, config, None)
+
+
+def _problem(state: TableState) -> str | None:
+    """Why the table falls back whatever its failures say (columns, then deletes), if so."""
+    if state.schema_problem is not None:
+        return state.schema_problem
+    return None if state.deletes_hidden_ms is None else DELETES_HIDDEN
 
 
 def _decide(state: TableState, now_ms: int, config: TableConfig, kind: str | None) -> TableState:
-    """Fall back on a schema problem or too many recent failures; return once quiet.
+    """Fall back on a problem (columns, deletes) or too many recent failures; return once quiet.
 
     ``kind`` is the kind of this batch's last failure (None when none failed).
     """
     recent = [t for t in state.failed_ms if now_ms - t < config.window_s * 1000]
-    if state.schema_problem is not None:
-        return replace(state, failing=True, reason=state.schema_problem)
+    problem = _problem(state)
+    if problem is not None:
+        return replace(state, failing=True, reason=problem)
     if len(recent) >= config.failures:
         if state.failing and kind is None:
             return state
@@ -123,11 +183,22 @@ def _decide(state: TableState, now_ms: int, config: TableConfig, kind: str | Non
     return state
 
 
+def deletes_seen(batch: Iterable[Routed]) -> dict[str, bool]:
+    """Each table a batch has changes of, and whether one of them hid its deletes."""
+    seen: dict[str, bool] = {}
+    for item in batch:
+        event = None if isinstance(item, Control) else item.event
+        if event is not None:
+            seen[event.table] = event.deletes_hidden or seen.get(event.table, False)
+    return seen
+
+
 class TableFallback:
     """The per-table controller of one worker process, and the TTL caps it implies.
 
     Writers report each batch (:meth:`observe`), the schema watch each check of a
-    table's columns (:meth:`schema`); a table that switches raises or clears its
+    table's columns (:meth:`schema`), the flow what each batch it read shows of the
+    tables' deletes (:meth:`deletes`); a table that switches raises or clears its
     ``table_failing`` hold. :meth:`caps` gives the writers the fallback TTL of every
     table that falls back here or, as the mode runtime learns (:meth:`set_effective`),
     in any process. Tables the rules do not cover are ignored. Thread-safe.
@@ -148,6 +219,7 @@ class TableFallback:
         self._lock = threading.Lock()
         self._states = {table: TableState() for table in tables}
         self._local: frozenset[str] = frozenset()
+        self._hiding: frozenset[str] = frozenset()  # tables whose deletes a record hid
         self._effective: frozenset[str] = frozenset()
         self._caps: Mapping[str, int] = {}
 
@@ -169,6 +241,20 @@ class TableFallback:
         """The table's columns were checked against the rules (``problem`` None: they fit)."""
         now = self._now_ms()
         self._update(table, lambda state: with_schema(state, problem, now, self._config))
+
+    def deletes(self, seen: Mapping[str, bool]) -> None:
+        """A batch was read: whether a change of each table hid its deletes.
+
+        ``seen`` is :func:`deletes_seen` of the batch, told before the batch is written, so
+        the change that hid them is capped too.
+        """
+        if not self._hiding and not any(seen.values()):
+            return  # the usual case: a scan of a small dictionary per batch
+        now = self._now_ms()
+        for table, hidden in seen.items():
+            self._update(
+                table, partial(with_deletes, hidden=hidden, now_ms=now, config=self._config)
+            )
 
     def set_effective(self, tables: Iterable[str]) -> None:
         """The tables falling back in any process (the leader's view, or its published one)."""
@@ -202,6 +288,24 @@ class TableFallback:
                 self._holds.hold(Cause.TABLE_FAILING, table, after.reason)
             elif before.failing and not after.failing:
                 self._holds.clear(Cause.TABLE_FAILING, table)
+            hidden = after.deletes_hidden_ms is not None
+            if hidden != (before.deletes_hidden_ms is not None):
+                self._deletes_switched(table, hidden)
+
+    def _deletes_switched(self, table: str, hidden: bool) -> None:
+        """A table's records began or ceased to hide its deletes: logged and shown."""
+        self._hiding = self._hiding | {table} if hidden else self._hiding - {table}
+        metrics.DELETES_HIDDEN.labels(table).set(int(hidden))
+        if hidden:
+            log.error(
+                "a flattened record carries no __deleted field: the table's deletes do not "
+                "reach the worker, so it falls back to ttl mode",
+                extra={"table": table, "fix": DELETES_FIX},
+            )
+        else:
+            log.warning(
+                "the table's flattened records carry __deleted again", extra={"table": table}
+            )
 
     def _refresh(self) -> None:
         self._caps = dict.fromkeys(self._local | self._effective, self._ttl_ms)

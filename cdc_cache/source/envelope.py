@@ -8,7 +8,10 @@ as Kafka Connect's ``JsonConverter`` writes them:
 * the row flattened by the ``ExtractNewRecordState`` SMT, which must be configured with
   ``add.fields=op,source.ts_ms,ts_ms,connector,db,schema,table,snapshot`` plus the position
   fields (``file,pos,row`` for MySQL, ``sequence,lsn`` for PostgreSQL) and
-  ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``. Without
+  ``delete.tombstone.handling.mode=rewrite`` or ``rewrite-with-tombstone``
+  (older versions: ``delete.handling.mode=rewrite``), which adds ``__deleted`` to every
+  record; a record without it says the table's deletes do not reach the worker
+  (``ChangeEvent.deletes_hidden``), and the table falls back to ttl mode. Without
   ``db``/``schema`` and ``table`` the table comes from a routing transform's key field or
   from a topic named ``<prefix>.<db|schema>.<table>``; when neither says it, the record is
   rejected with that fix.
@@ -93,6 +96,8 @@ _BINLOG_CONNECTORS: Final = frozenset({"mysql", "mariadb"})
 _POSTGRES_CONNECTOR: Final = "postgresql"
 _NOT_SNAPSHOT: Final = (None, False, "false")
 _NO_KEY: Final = object()
+# What rewrite mode (delete.tombstone.handling.mode=rewrite) adds to every flattened record.
+_DELETED: Final = "__deleted"
 # Flattened records carry the source fields under these names (add.fields, prefix "__").
 _FLAT_SOURCE: Final = {
     "file": "__file",
@@ -472,7 +477,7 @@ def _flattened(
         table = _table(container, payload.get("__table"), f"flattened ({_flat_fix(connector)})")
     row = {k: v for k, v in payload.items() if not k.startswith(FLAT_PREFIX)}
     source = {name: payload[flat] for name, flat in _FLAT_SOURCE.items() if flat in payload}
-    deleted = op is Op.DELETE or payload.get("__deleted") == "true"
+    deleted = op is Op.DELETE or payload.get(_DELETED) == "true"
     columns = _key(key, op, table)
     return ChangeEvent(
         table=table,
@@ -487,6 +492,7 @@ def _flattened(
         server=_opt_str(payload, "__name"),
         types=types,
         origin=origin_of(source),
+        deletes_hidden=_DELETED not in payload,
     )
 
 

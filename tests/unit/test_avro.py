@@ -273,3 +273,53 @@ def test_arrays_and_maps_whose_items_take_bytes_are_kept() -> None:
         }
     ).decode()
     assert parse_schema(9, text).schema_id == 9
+
+
+FLAT_KEY = {"type": "record", "name": "Key", "fields": [{"name": "id", "type": "int"}]}
+FLAT_ADDED = [
+    ("__op", "string"),
+    ("__connector", "string"),
+    ("__db", "string"),
+    ("__table", "string"),
+    ("__file", "string"),
+    ("__pos", "long"),
+    ("__row", "int"),
+    ("__source_ts_ms", "long"),
+]
+
+
+def flat_schema(rewrite: bool) -> dict:
+    """A flattened row's value schema as AvroConverter registers it: rewrite mode adds
+    ``__deleted`` (an optional string) before the ``add.fields``."""
+    added = [("__deleted", "string")] if rewrite else []
+    return {
+        "type": "record",
+        "name": "Value",
+        "fields": [
+            {"name": "id", "type": "int"},
+            {"name": "name", "type": ["null", "string"], "default": None},
+            *({"name": n, "type": ["null", t], "default": None} for n, t in added + FLAT_ADDED),
+        ],
+    }
+
+
+@pytest.mark.parametrize("rewrite", [True, False])
+def test_a_flattened_avro_record_says_whether_it_shows_the_tables_deletes(rewrite: bool) -> None:
+    schema = flat_schema(rewrite)
+    parser = AvroParser(
+        {1: parse_schema(1, json.dumps(FLAT_KEY)), 2: parse_schema(2, json.dumps(schema))}
+    )
+    row = {
+        "id": 7, "name": "bolt", "__op": "u", "__connector": "mysql", "__db": "shop",
+        "__table": "items", "__file": "mysql-bin.000003", "__pos": 154, "__row": 0,
+        "__source_ts_ms": 1_700_000_000_000,
+        **({"__deleted": "false"} if rewrite else {}),
+    }  # fmt: skip
+    key, value = frame(1, FLAT_KEY, {"id": 7}), frame(2, schema, row)
+    event = decode(SourceRecord("db1.shop.items", 0, 0, key, value), parse=parser)
+    assert isinstance(event, ChangeEvent)
+    assert (event.table, event.after, event.deletes_hidden) == (
+        "shop.items",
+        {"id": 7, "name": "bolt"},
+        not rewrite,
+    )

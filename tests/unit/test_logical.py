@@ -57,6 +57,7 @@ def test_a_flattened_schema_leaves_out_the_added_fields() -> None:
         "fields": [
             {"type": "int32", "field": "id"},
             {"type": "int32", "name": "io.debezium.time.Date", "field": "d"},
+            {"type": "string", "optional": True, "field": "__deleted"},
             {"type": "string", "field": "__op"},
             {"type": "int64", "name": "io.debezium.time.Timestamp", "field": "__source_ts"},
         ],

@@ -174,7 +174,14 @@ def test_a_three_part_router_target_does_not_name_a_bare_flattened_record() -> N
     """A topic shaped like a table's that a router fills is read by its key field."""
     key = orjson.dumps({"id": 1, ROUTER_KEY_FIELDS[0]: "db1.shop.orders"})
     value = orjson.dumps(
-        {"id": 1, "__op": "c", "__connector": "mysql", "__file": "b.000001", "__pos": 4}
+        {
+            "id": 1,
+            "__deleted": "false",
+            "__op": "c",
+            "__connector": "mysql",
+            "__file": "b.000001",
+            "__pos": 4,
+        }
     )
     event = decode(SourceRecord("db1.shop.all_tables", 0, 0, key, value))
     assert isinstance(event, ChangeEvent)

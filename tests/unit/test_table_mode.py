@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from cdc_cache.core.errors import RenderError
-from cdc_cache.core.events import SourceRecord
+from cdc_cache.core.events import ChangeEvent, SourceRecord
 from cdc_cache.dlq.entries import Failure
 from cdc_cache.mode.controller import Cause, Hold
 from cdc_cache.mode.holds import Holds
 from cdc_cache.mode.tables import (
+    DELETES_HIDDEN,
     TableConfig,
     TableFallback,
     TableSignal,
     TableState,
+    deletes_seen,
     step,
+    with_deletes,
     with_schema,
 )
+from cdc_cache.plan.route import Planned, route
+from cdc_cache.plan.rules_loader import parse_rules
 
 CONFIG = TableConfig(failures=3, window_s=10)
 S = 1000  # ms
@@ -141,8 +153,6 @@ def test_a_schema_problem_raises_the_hold_with_its_reason():
 
 
 def test_config_is_validated():
-    import pytest
-
     with pytest.raises(ValueError, match="at least 1 failure"):
         TableConfig(failures=0)
 
@@ -167,3 +177,91 @@ def test_a_table_hold_without_its_table_holds_everything_rather_than_nothing():
         {"lag_s": "", "stalled": "0", "where": "", "holds": '[["table_failing", "x"]]'}
     )
     assert parsed is not None and [h.cause for h in parsed.holds] == [Cause.LINEAGE]
+
+
+def test_a_record_hiding_deletes_falls_back_at_once_and_returns_a_window_after_the_last():
+    hidden = with_deletes(TableState(), True, 0, CONFIG)
+    assert hidden.failing and hidden.reason == DELETES_HIDDEN
+    assert "delete.tombstone.handling.mode=rewrite" in hidden.reason
+    assert run([(30, 0, 5)], hidden).failing, "changes applying do not show its deletes"
+    behind = with_deletes(hidden, True, 8 * S, CONFIG)  # a partition read behind the others
+    assert with_deletes(behind, False, 12 * S, CONFIG).failing, "within the window: stay"
+    back = with_deletes(behind, False, 18 * S, CONFIG)
+    assert not back.failing and back.deletes_hidden_ms is None
+    quiet = with_deletes(hidden, False, 5 * S, CONFIG)
+    assert quiet.failing, "the window has not passed"
+    assert run([(60, 0, 5)], quiet).failing, "a quiet table stays: nothing shows its deletes"
+    assert with_deletes(TableState(), False, 0, CONFIG) == TableState()
+
+
+def test_hidden_deletes_rank_after_a_schema_problem_and_before_failures():
+    hidden = with_deletes(TableState(), True, 0, CONFIG)
+    both = with_schema(hidden, "column 'price' is gone", 1 * S, CONFIG)
+    assert both.reason == "column 'price' is gone"
+    assert with_schema(both, None, 2 * S, CONFIG).reason == DELETES_HIDDEN
+    failed = run([(1, 3, 0)], hidden)
+    shown = with_deletes(failed, False, 11 * S, CONFIG)
+    assert shown.failing, "its failures are recent"
+    assert shown.reason == "its deletes reach the worker again; back once its changes apply"
+    assert not run([(12, 0, 1)], shown).failing
+
+
+def test_the_process_controller_holds_a_table_whose_records_hide_its_deletes(caplog):
+    clock = [0.0]
+    holds = Holds()
+    tables = TableFallback(["db.items", "db.stock"], holds, 5_000, CONFIG, lambda: clock[0])
+    with caplog.at_level(logging.ERROR, "cdc_cache.mode"):
+        tables.deletes({"db.items": True, "db.stock": False, "db.other": True})
+    assert holds.active() == (Hold(Cause.TABLE_FAILING, DELETES_HIDDEN, "db.items"),)
+    assert tables.caps() == {"db.items": 5_000}
+    assert hidden_gauge("db.items") == 1 and hidden_gauge("db.other") is None
+    (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert getattr(line, "table", None) == "db.items"
+    assert "delete.tombstone.handling.mode=rewrite" in getattr(line, "fix", "")
+
+    clock[0] = 5.0
+    tables.deletes({"db.items": False})
+    assert tables.caps() == {"db.items": 5_000}, "within the window of the last hidden one"
+    clock[0] = 11.0
+    tables.deletes({"db.stock": False})
+    assert tables.caps() == {"db.items": 5_000}, "returns only on a record of its own"
+    tables.deletes({"db.items": False})
+    assert holds.active() == () and tables.caps() == {}
+    assert hidden_gauge("db.items") == 0
+
+
+def hidden_gauge(table: str) -> float | None:
+    return REGISTRY.get_sample_value("cdc_cache_deletes_hidden", {"table": table})
+
+
+FLAT = Path(__file__).parents[1] / "fixtures" / "debezium" / "mariadb" / "flat.jsonl"
+RULES = parse_rules(
+    """
+tables:
+  inventory.stock:
+    keys: [{key: "stock:{sku_id}:{warehouse}"}]
+  inventory.products:
+    keys: [{key: "product:{id}"}]
+"""
+)
+
+
+def test_a_batch_shows_which_tables_hide_their_deletes():
+    """Recorded flattened records (rewrite mode), one stock update without ``__deleted``;
+    tombstones, heartbeats and schema changes say nothing either way."""
+    records = []
+    for offset, line in enumerate(FLAT.read_text().splitlines()):
+        doc = orjson.loads(line)
+        value = None if doc["value"] is None else doc["value"].encode()
+        records.append(SourceRecord(doc["topic"], 0, offset, doc["key"].encode(), value))
+    batch = [route(record, RULES) for record in records]
+    assert deletes_seen(batch) == {"inventory.stock": False, "inventory.products": False}
+    index, item = next(
+        (i, b)
+        for i, b in enumerate(batch)
+        if isinstance(b, Planned) and b.event.table == "inventory.stock"
+    )
+    event: ChangeEvent = replace(item.event, deletes_hidden=True)
+    batch[index] = replace(item, event=event)
+    assert deletes_seen(batch) == {"inventory.stock": True, "inventory.products": False}
+    assert deletes_seen(batch[:index]) == {"inventory.products": False}
