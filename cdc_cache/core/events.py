@@ -119,6 +119,7 @@ class ChangeEvent:
             self.server,
             self.origin,
             None,
+            self.deletes_hidden,
         )
 
 

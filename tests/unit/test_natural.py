@@ -443,7 +443,7 @@ def test_a_decoded_change_keeps_every_field_but_its_images_and_types() -> None:
     left out there would be lost from every decoded change."""
     wire = ChangeEvent(
         "db.t", Op.UPDATE, {"id": 1}, {"id": 2}, {"id": 3}, SourcePosition(1, 2, 3, 4),
-        5, 6, True, "srv", Origin("server:7", ("u", 8), True), RowTypes(()),
+        5, 6, True, "srv", Origin("server:7", ("u", 8), True), RowTypes(()), True,
     )  # fmt: skip
     assert all(getattr(wire, f.name) != f.default for f in fields(wire))  # nothing default
     decoded = wire.with_images({"id": 9}, None, {"id": 10})
