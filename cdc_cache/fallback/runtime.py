@@ -110,7 +110,7 @@ class ModeRuntime:
         self._holds_of: dict[int, tuple[Hold, ...]] = {}  # each process's last reported
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
 
     @property
     def leader(self) -> bool:
@@ -371,7 +371,11 @@ class ModeRuntime:
         shortener = self._table_shorteners.get(table)
         if shortener is None:
             shortener = Shortener(
-                self._client, self._shorten_rate, self._closing, context={"table": table}
+                self._client,
+                self._shorten_rate,
+                self._closing,
+                context={"table": table},
+                clock=self._clock,
             )
             self._table_shorteners[table] = shortener
         return shortener

@@ -185,7 +185,7 @@ class Watchdog:
         self._unlock = Script(client, _UNLOCK)
         self._watch = BeatWatch(clock())
         self._closing = threading.Event()
-        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
         self._shorten_prefixes: list[str] = []  # the worker's, read when ttl began
         self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
