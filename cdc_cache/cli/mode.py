@@ -18,23 +18,38 @@ def mode() -> None:
 @NAMESPACE
 @JSON_OUTPUT
 def mode_get(redis_url: str, as_json: bool) -> None:
-    """Print the operator flag and the effective mode with its reason and since when."""
+    """Print the operator flag and the effective mode with its reason and since when.
+
+    A forced flag the worker keeps after its key vanished is shown as kept (``flag_lost``).
+    """
     import time
 
+    from cdc_cache.core.keys import ns
     from cdc_cache.fallback.store import ModeStore
+    from cdc_cache.mode.controller import Flag
     from cdc_cache.mode.record import ModeRecord
     from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode get", redis_url):
         store = ModeStore(connect(redis_url))
+        lost = False
         try:
-            flag = store.flag().value
+            stored = store.stored_flag()
+            flag = (stored or Flag.AUTO).value
         except ConfigError as exc:
-            flag = f"invalid ({exc})"
+            stored, flag = Flag.AUTO, f"invalid ({exc})"
         record = ModeRecord.parse(store.record())
+    if stored is None and record is not None and record.flag is not Flag.AUTO:
+        flag, lost = record.flag.value, True
     if as_json:
-        echo_json({"flag": flag, "mode": record})  # mode null: none published yet
+        lost_field = {"flag_lost": True} if lost else {}
+        echo_json({"flag": flag, **lost_field, "mode": record})  # mode null: none published yet
         return
+    if lost:
+        flag += (
+            f" (kept by the worker: {ns().mode_flag} vanished without an operator clearing "
+            "it; `cdc-cache mode set` it again, or to auto)"
+        )
     click.echo(f"flag:   {flag}")
     if record is None:
         click.echo("mode:   unknown (no worker has published a mode yet)")

@@ -190,6 +190,19 @@ MODE_FLAG = Gauge(
     ["flag"],
     namespace=NAMESPACE,
 )
+MODE_FLAG_LOST = Gauge(
+    "mode_flag_lost",
+    "1 while a forced operator flag is kept after its key vanished without an operator "
+    "clearing it (Redis restarted empty, the key evicted or deleted)",
+    namespace=NAMESPACE,
+)
+MODE_FORCED_OVERRIDE = Gauge(
+    "mode_forced_override",
+    "1 while a forced cdc mode overrides the worker's evidence that the cache may be "
+    "wrong: active holds (over=holds) or a lag that calls for ttl (over=lag)",
+    ["over"],
+    namespace=NAMESPACE,
+)
 MODE_SWITCHES = Counter(
     "mode_switches",
     "Switches of the effective mode, by target mode and reason",

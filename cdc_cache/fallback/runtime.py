@@ -30,9 +30,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from cdc_cache.core import metrics
+from cdc_cache.core.keys import ns
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, LagSummary, ModeStore
 from cdc_cache.mode.controller import (
+    TABLE_CAUSES,
     Cause,
     Decision,
     Flag,
@@ -41,6 +43,8 @@ from cdc_cache.mode.controller import (
     ModeConfig,
     ModeState,
     Signal,
+    kept_flag,
+    overridden,
     step,
     table_holds,
 )
@@ -100,6 +104,8 @@ class ModeRuntime:
         self._lock = threading.Lock()
         self._state = ModeState.initial(self._now_ms())
         self._flag = Flag.AUTO
+        self._flag_lost = False  # a forced flag kept after its key vanished
+        self._overrides: tuple[str, ...] = ()  # what a forced cdc overrides
         self._lag_s: float | None = None
         self._holds: tuple[Hold, ...] = ()
         self._redis_ok_ms: float | None = None
@@ -110,7 +116,7 @@ class ModeRuntime:
         self._holds_of: dict[int, tuple[Hold, ...]] = {}  # each process's last reported
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
 
     @property
     def leader(self) -> bool:
@@ -153,6 +159,8 @@ class ModeRuntime:
                 "lag_s": self._lag_s,
                 "holds": [{"cause": h.label, "reason": h.reason} for h in self._holds],
                 "tables": dict(self._ttl_tables),
+                "flag_lost": self._flag_lost,
+                "overrides": list(self._overrides),
                 **({"problem": self._problem} if self._problem else {}),
             }
 
@@ -234,6 +242,7 @@ class ModeRuntime:
         with self._lock:
             before = self._state
         state, decision = step(before, signal, self._config)
+        over = overridden(state, signal)
         tables = table_holds(summary.holds)
         # Published before it is adopted: a tick whose write fails decides nothing, so the
         # next one makes the same switch again, and logs, counts and acts on it then.
@@ -251,7 +260,9 @@ class ModeRuntime:
         with self._lock:
             self._state = state
             self._flag, self._lag_s, self._holds = flag, summary.lag_s, summary.holds
+            self._overrides, was = over, self._overrides
         _export_mode(state.mode, flag)
+        report_overrides(over, was, state, summary.holds)
         if decision.switched:
             self._switched(before.mode, decision, summary.lag_s)
         if state.mode is Mode.TTL:
@@ -334,11 +345,29 @@ class ModeRuntime:
         return summaries
 
     def _read_flag(self) -> Flag:
-        """The operator flag; one that cannot be read counts as ``auto`` and is reported."""
+        """The operator flag; one that cannot be read counts as ``auto`` and is reported.
+
+        A forced flag whose key vanished without an operator writing ``auto`` stays in
+        force, logged and exported (``cdc_cache_mode_flag_lost``) until the key is set.
+        """
         try:
-            flag, self._flag_problem = self._store.flag(), None
+            stored, self._flag_problem = self._store.stored_flag(), None
         except ModeKeyError as exc:
-            flag, self._flag_problem = Flag.AUTO, f"{exc} (ignored: the mode follows the lag)"
+            self._flag_problem = f"{exc} (ignored: the mode follows the lag)"
+            return Flag.AUTO
+        flag, lost = kept_flag(stored, self._flag)
+        with self._lock:
+            was, self._flag_lost = self._flag_lost, lost
+        metrics.MODE_FLAG_LOST.set(1 if lost else 0)
+        if lost and not was:
+            log.error(
+                "mode: the operator flag vanished without an operator clearing it; keeping "
+                "the forced mode",
+                extra={"flag": flag.value, "key": ns().mode_flag,
+                       "fix": "set it again, or `cdc-cache mode set auto` to let the lag decide"},
+            )  # fmt: skip
+        elif was and not lost:
+            log.warning("mode: the operator flag is set again", extra={"flag": flag.value})
         return flag
 
     def _switched(self, old: Mode, decision: Decision, lag_s: float | None) -> None:
@@ -371,7 +400,11 @@ class ModeRuntime:
         shortener = self._table_shorteners.get(table)
         if shortener is None:
             shortener = Shortener(
-                self._client, self._shorten_rate, self._closing, context={"table": table}
+                self._client,
+                self._shorten_rate,
+                self._closing,
+                context={"table": table},
+                clock=self._clock,
             )
             self._table_shorteners[table] = shortener
         return shortener
@@ -406,9 +439,13 @@ class ModeRuntime:
         except REDIS_ERRORS as exc:
             log.warning("mode: could not read the previous mode", extra={"error": str(exc)})
             return
-        if self.leader and record.get("mode") == Mode.TTL.value:
-            why = "resumed ttl mode left by the previous run"
-            with self._lock:
+        if not self.leader:
+            return
+        with self._lock:
+            if record.get("flag") in (Flag.CDC, Flag.TTL):  # kept should its key be gone
+                self._flag = Flag(record["flag"])
+            if record.get("mode") == Mode.TTL.value:
+                why = "resumed ttl mode left by the previous run"
                 self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
 
     def _run(self) -> None:
@@ -417,6 +454,29 @@ class ModeRuntime:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def report_overrides(
+    over: tuple[str, ...], was: tuple[str, ...], state: ModeState, holds: tuple[Hold, ...]
+) -> None:
+    """Export what a forced ``cdc`` overrides; log when that changes.
+
+    The operator's choice sets aside the evidence that the cache may be wrong (``holds``
+    active, a ``lag`` that calls for ``ttl``): nothing else says so while it lasts.
+    """
+    for each in ("holds", "lag"):
+        metrics.MODE_FORCED_OVERRIDE.labels(each).set(1 if each in over else 0)
+    if over and over != was:
+        log.error(
+            "mode: the forced cdc mode overrides evidence that the cache may be wrong",
+            extra={
+                "over": list(over),
+                "holds": sorted({h.label for h in holds if h.cause not in TABLE_CAUSES}),
+                "lag": state.auto_reason if state.auto is Mode.TTL else None,
+            },
+        )
+    elif was and not over:
+        log.warning("mode: the forced cdc mode no longer overrides holds or lag")
 
 
 def _export_lag(report: LagReport) -> None:

@@ -3,6 +3,15 @@
 On entering ``ttl`` (the whole cache, or one table alone) every key under the rules'
 literal prefixes gets at most the fallback TTL (``SCAN`` + ``PEXPIRE ... LT`` on every
 primary), so no entry outlives it; the worker's leader and the watchdog both use it.
+
+A fill can land after the run passed its key by a writer that still acted on ``cdc``: an
+application's ``CacheAside`` reads the mode hash at most once per ``mode_refresh_s``, a
+follower process once a tick. So the keys are gone through once more, in a run that
+starts :data:`~cdc_cache_client.cache_aside.MODE_GRACE_S` after ``ttl`` began: whatever
+lands later acted on a mode read after ``ttl`` was published, and is capped. A
+``CacheAside`` fill that lands more than that after its mode read checks the mode again
+itself. A Lua fill cannot read the mode hash instead: on Redis Cluster the hash and the
+key are in different slots, which one script cannot touch.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
+
+from cdc_cache_client.cache_aside import MODE_GRACE_S
 
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns
@@ -91,7 +102,10 @@ class Shortener:
     state and :meth:`again` when it begins anew: a run cut short (a restart mid-run, the
     decision taken back from the watchdog, a Redis error) is started again on the next
     tick, so the staleness the fallback TTL bounds is bounded whatever interrupted it.
-    ``closing`` stops a run early; ``context`` (such as the table) goes into its log lines.
+    Only a run that started ``grace_s`` (by ``clock``) after the first start since
+    :meth:`again` counts as done: the keys filled meanwhile by writers still acting on
+    ``cdc`` are shortened by it. ``closing`` stops a run early; ``context`` (such as the
+    table) goes into its log lines.
     """
 
     def __init__(
@@ -100,8 +114,13 @@ class Shortener:
         keys_per_s: float,
         closing: threading.Event,
         context: Mapping[str, str] | None = None,
+        *,
+        grace_s: float = MODE_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._grace_s = grace_s
+        self._clock = clock
         self._keys_per_s = keys_per_s
         self._closing = closing
         self._context = dict(context or {})
@@ -109,26 +128,36 @@ class Shortener:
         self._lock = threading.Lock()
         self._asked = 0  # how many times the keys were asked to be shortened (anew)
         self._done = -1  # the last of those asks a run went through every key for
+        self._began: float | None = None  # when the first run of the current ask started
+        self._passed = -1  # the last ask a run went through every key for within the grace
         self._error: str | None = None  # the last run's error (logged once until it changes)
 
     def again(self) -> None:
         """The keys must be shortened anew (``ttl`` entered again): the next start runs."""
         with self._lock:
             self._asked += 1
+            self._began = None
 
     def start(self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool]) -> None:
         """Shorten in the background, unless a run is under way or went through every key.
 
-        Through every key since the last :meth:`again`, that is. The run stops early when
-        ``keep_going`` turns false.
+        Through every key since the last :meth:`again`, that is, in a run that started
+        once the grace was over; a run went through them within it, the next waits for its
+        end. The run stops early when ``keep_going`` turns false.
         """
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if running or self._done == self._asked or self._closing.is_set():
                 return
+            now = self._clock()
+            if self._began is None:
+                self._began = now
+            final = now >= self._began + self._grace_s
+            if self._passed == self._asked and not final:
+                return
             self._thread = threading.Thread(
                 target=self._run,
-                args=(prefixes, ttl_ms, keep_going, self._asked),
+                args=(prefixes, ttl_ms, keep_going, self._asked, final),
                 name="-".join(["cdc-ttl", *self._context.values()]),
                 daemon=True,
             )
@@ -140,7 +169,12 @@ class Shortener:
             self._thread.join(timeout)
 
     def _run(
-        self, prefixes: list[str], ttl_ms: int, keep_going: Callable[[], bool], asked: int
+        self,
+        prefixes: list[str],
+        ttl_ms: int,
+        keep_going: Callable[[], bool],
+        asked: int,
+        final: bool,
     ) -> None:
         started = time.monotonic()
         cut_short = threading.Event()
@@ -171,12 +205,14 @@ class Shortener:
         metrics.TTL_SHORTENED.inc(count)
         if not cut_short.is_set():
             with self._lock:
-                self._done = max(self._done, asked)
+                if final:
+                    self._done = max(self._done, asked)
+                self._passed = max(self._passed, asked)
             self._error = None
         log.info(
             "giving existing keys the fallback TTL stopped early"
             if cut_short.is_set()
             else "existing keys given the fallback TTL",
-            extra={"keys": count, "ttl_ms": ttl_ms,
+            extra={"keys": count, "ttl_ms": ttl_ms, "after_grace": final,
                    "seconds": round(time.monotonic() - started, 3), **self._context},
         )  # fmt: skip

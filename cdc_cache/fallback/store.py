@@ -2,7 +2,8 @@
 
 Applications read ``cdc:mode``; operators set ``cdc:mode:flag``:
 
-- ``cdc:mode:flag``: ``auto`` (or absent), ``cdc`` or ``ttl``;
+- ``cdc:mode:flag``: ``auto``, ``cdc`` or ``ttl``; absent reads as ``auto``, except that
+  the leader keeps a forced flag whose key vanished (only writing ``auto`` clears one);
 - ``cdc:mode``: hash with ``mode``, ``flag``, ``cause``, ``reason``, ``since_ms``,
   ``lag_s``, ``holds`` (JSON list of the active holds' causes), ``tables`` (JSON object:
   each table falling back on its own, see ``cdc_cache.mode.tables``, with its reason),
@@ -65,8 +66,17 @@ class ModeStore:
 
     def flag(self) -> Flag:
         """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
+        return self.stored_flag() or Flag.AUTO
+
+    def stored_flag(self) -> Flag | None:
+        """The operator flag, None when its key is absent (never set, or gone).
+
+        ``cdc-cache mode set auto`` writes ``auto``: an absent key after a forced mode
+        was lost, not cleared (see :func:`~cdc_cache.mode.controller.kept_flag`).
+        """
         with reading(ns().mode_flag, "set it with `cdc-cache mode set auto` (or cdc, ttl)"):
-            return parse_flag(self._client.get(ns().mode_flag))
+            raw = self._client.get(ns().mode_flag)
+            return None if raw is None else parse_flag(raw)
 
     def set_flag(self, flag: Flag) -> None:
         """Set the operator flag; workers act on it within a second."""

@@ -48,9 +48,20 @@ from redis.commands.core import Script
 
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns
+from cdc_cache.fallback.runtime import report_overrides
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
 from cdc_cache.fallback.store import WATCHDOG, ModeStore
-from cdc_cache.mode.controller import Cause, Flag, Hold, Mode, ModeConfig, ModeState, Signal, step
+from cdc_cache.mode.controller import (
+    Cause,
+    Flag,
+    Hold,
+    Mode,
+    ModeConfig,
+    ModeState,
+    Signal,
+    overridden,
+    step,
+)
 from cdc_cache.mode.record import ModeKeyError
 from cdc_cache.sink.connection import REDIS_ERRORS, Client
 
@@ -185,11 +196,12 @@ class Watchdog:
         self._unlock = Script(client, _UNLOCK)
         self._watch = BeatWatch(clock())
         self._closing = threading.Event()
-        self._shortener = Shortener(client, shorten_keys_per_s, self._closing)
+        self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
         self._shorten_prefixes: list[str] = []  # the worker's, read when ttl began
         self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
         self._state: ModeState | None = None  # set while this instance decides the mode
+        self._overrides: tuple[str, ...] = ()  # what a forced cdc overrides meanwhile
         self._beat: Beat | None = None
         self._leader = False
         self._redis_ok_at: float | None = None
@@ -273,7 +285,8 @@ class Watchdog:
         flag = self._flag()
         tables, ttl_prefixes = tables_left(record)
         holds = (hold, *tables)
-        state, decision = step(before, Signal(now_ms, flag, None, holds=holds), _NO_LAG)
+        signal = Signal(now_ms, flag, None, holds=holds)
+        state, decision = step(before, signal, _NO_LAG)
         ttl_ms = _positive(record.get("fallback_ttl_ms", ""), self._fallback_ttl_ms)
         if not self._store.take_over(
             state,
@@ -286,8 +299,11 @@ class Watchdog:
         ):
             self._step_back("the worker wrote the mode meanwhile: it decides")
             return
+        over = overridden(state, signal)
         with self._guard:
             self._state = state
+            was, self._overrides = self._overrides, over
+        report_overrides(over, was, state, holds)
         if taking_over:
             metrics.WATCHDOG_TAKEOVERS.inc()
             metrics.MODE_HOLDS.labels(Cause.WORKER_DOWN.value).set(1)
@@ -312,7 +328,9 @@ class Watchdog:
     def _step_back(self, why: str) -> None:
         with self._guard:
             was, self._state = self._state, None
+            overrides, self._overrides = self._overrides, ()
         if was is not None:
+            report_overrides((), overrides, was, ())
             metrics.MODE_HOLDS.labels(Cause.WORKER_DOWN.value).set(0)
             log.warning("watchdog steps back", extra={"reason": why})
 

@@ -170,6 +170,34 @@ class Decision:
     reason: str
 
 
+def kept_flag(stored: Flag | None, last: Flag) -> tuple[Flag, bool]:
+    """The flag in force, and True when it is a forced one kept after its key vanished.
+
+    ``stored`` is the flag key's value (None: no key), ``last`` the flag in force before.
+    Operators hand the mode back to the lag by writing ``auto``; a key that is merely gone
+    (Redis restarted empty, the key evicted or deleted) must not do it unseen, so a forced
+    ``last`` stays in force until an operator sets the flag again.
+    """
+    if stored is None and last is not Flag.AUTO:
+        return last, True
+    return stored or Flag.AUTO, False
+
+
+def overridden(state: ModeState, signal: Signal) -> tuple[str, ...]:
+    """What a forced ``cdc`` overrides: active ``holds`` (not one table's), ``lag``.
+
+    Each is the worker's evidence that the cache may be wrong, set aside by the operator:
+    ``state`` is the controller's after ``signal``, its automatic mode ``ttl`` meaning the
+    lag (or a stall) calls for ``ttl``.
+    """
+    if signal.flag is not Flag.CDC:
+        return ()
+    held = any(hold.cause not in TABLE_CAUSES for hold in signal.holds)
+    return tuple(
+        over for over, found in (("holds", held), ("lag", state.auto is Mode.TTL)) if found
+    )
+
+
 def step(state: ModeState, signal: Signal, config: ModeConfig) -> tuple[ModeState, Decision]:
     """Advance the controller by one tick."""
     auto = _step_auto(state, signal, config)

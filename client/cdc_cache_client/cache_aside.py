@@ -38,6 +38,13 @@ The hash is read at most once per ``mode_refresh_s``. In ``ttl`` mode fills get
 field, the ``fallback_ttl_ms`` given to :class:`CacheAside`. An unknown mode counts as
 ``ttl``, the side on which staleness stays bounded.
 
+A fill acting on a ``cdc`` read just before the worker switched to ``ttl`` can land after
+the worker gave the existing keys the fallback TTL. The worker goes through them once
+more :data:`MODE_GRACE_S` after the switch; a fill that returns later than that after the
+mode read it acted on reads the mode again and, should it say ``ttl`` now, shortens its key
+(``PEXPIRE ... LT``): if it still says ``cdc``, the switch came after the fill landed, and
+the worker's own pass shortens it.
+
 A worker rewrites the hash every second. When it is down and no watchdog stands in, the
 hash keeps saying whatever it said last, often ``cdc``, while no invalidation is applied:
 so a hash whose ``updated_ms`` is older than ``stale_after_ms`` (the smaller of the hash's
@@ -120,6 +127,9 @@ return 0
 """
 _HIT, _LEASED = 1, 2
 _POLL_S: Final = 0.01
+# How long after ttl began the worker gives the keys the fallback TTL once more: a fill that
+# returns within this of the mode read it acted on landed before that pass.
+MODE_GRACE_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +227,7 @@ class CacheAside:
         self._stale = False
         self._absent_told = False
         self._absent_since: float | None = None  # by ``clock``, while the hash is missing
-        self._mode: tuple[float, CacheMode] | None = None
+        self._mode: tuple[float, CacheMode] | None = None  # when it was read, by ``clock``
         self._get_or_lease = Script(redis, _GET_OR_LEASE)
         self._fill = Script(redis, _FILL)
         self._release = Script(redis, _RELEASE)
@@ -274,12 +284,15 @@ class CacheAside:
 
     def mode(self) -> CacheMode:
         """The effective mode, read from the mode hash at most once per refresh period."""
+        return self._mode_read()[1]
+
+    def _mode_read(self, *, fresh: bool = False) -> tuple[float, CacheMode]:
+        """When the mode was read (by ``clock``, before reading) and what it said."""
         now = self._clock()
-        if self._mode is not None and now < self._mode[0]:
-            return self._mode[1]
-        mode = self._read_mode()
-        self._mode = (now + self._mode_refresh_s, mode)
-        return mode
+        if not fresh and self._mode is not None and now < self._mode[0] + self._mode_refresh_s:
+            return self._mode
+        self._mode = (now, self._read_mode())
+        return self._mode
 
     def _load_and_fill(
         self,
@@ -302,7 +315,8 @@ class CacheAside:
             self._release(keys=[lease], args=[token])
             raise
         stored, ttl = (NEGATIVE, self._negative_ttl_ms) if value is None else (value, ttl_ms)
-        cap = self.mode().cap_for(key)
+        read_at, mode = self._mode_read()
+        cap = mode.cap_for(key)
         if cap is not None:
             ttl = min(ttl, cap)
         for tag, before in zip(tags, seen):
@@ -316,10 +330,19 @@ class CacheAside:
                 return value
         if self._fill(keys=[key, lease], args=[token, stored, ttl]):
             self._count("landed")
+            if self._clock() - read_at > MODE_GRACE_S:
+                self._recheck(key, ttl)
         else:
             log.debug("fill of %r dropped: a change was applied while it loaded", key)
             self._count("voided_by_change")
         return value
+
+    def _recheck(self, key: str, ttl_ms: int) -> None:
+        """Cap a fill that landed too late for the worker's pass after a switch to ttl."""
+        cap = self._mode_read(fresh=True)[1].cap_for(key)
+        if cap is not None and cap < ttl_ms:
+            self._redis.pexpire(key, cap, lt=True)
+            log.debug("fill of %r capped after it landed: the mode changed meanwhile", key)
 
     def _read_mode(self) -> CacheMode:
         fields = self._redis.hgetall(self._names.mode)

@@ -16,14 +16,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from cdc_cache_client.cache_aside import MODE_GRACE_S
 from redis import Redis
 
+from cdc_cache.aside.cache_aside import CacheAside
 from cdc_cache.core import metrics
 from cdc_cache.fallback.runtime import ModeRuntime
 from cdc_cache.fallback.store import ModeStore
 from cdc_cache.fallback.watchdog import Watchdog
 from cdc_cache.mode.controller import Cause, Flag, Mode, ModeConfig, ModeState
 from cdc_cache.mode.lag import LagTracker
+from tests.integration.fixtures_redis import AnyRedis
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -61,16 +64,16 @@ def reach(admin: Redis, client: Redis, pattern: str) -> None:
     admin.acl_setuser(name, enabled=True, reset_keys=True, keys=[pattern])
 
 
-def cached(client: Redis) -> None:
+def cached(client: AnyRedis) -> None:
     for key in KEYS:
         client.set(key, b"row", px=LONG_MS)
 
 
-def shortened(client: Redis) -> bool:
+def shortened(client: AnyRedis) -> bool:
     return all(0 < client.pttl(key) <= FALLBACK_MS for key in KEYS)
 
 
-def leader(client: Redis, now: list[float]) -> ModeRuntime:
+def leader(client: AnyRedis, now: list[float]) -> ModeRuntime:
     """A leader whose one partition is caught up; it only ticks when the test says."""
     tracker = LagTracker(lambda: now[0] * 1000)
     tracker.record("db.inventory.stock", 0, int(now[0] * 1000))
@@ -213,3 +216,60 @@ def test_a_watchdog_runs_a_shortening_redis_refused_again_while_it_stands_in(
         wait_until("the keys shortened", lambda: shortened(redis_client), 10)
     finally:
         dog.close()
+
+
+def test_a_fill_that_acted_on_cdc_after_the_run_passed_its_key_is_shortened_after_the_grace(
+    any_redis: AnyRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application read ``cdc`` just before the switch and fills once the run is over:
+    its key keeps the long TTL until the pass the grace after the switch shortens it."""
+    cached(any_redis)
+    now = [1000.0]
+    runtime = leader(any_redis, now)
+    app = CacheAside(any_redis, ttl_ms=LONG_MS, mode_refresh_s=3600, wall_clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="cdc_cache.mode")
+    try:
+        runtime.tick()
+        assert app.mode().name == "cdc"  # and kept for the refresh period
+        runtime.holds.hold(Cause.SOURCE_DISCONTINUITY, "t[0]", "t[0]: the topic was recreated")
+        now[0] += 1
+        runtime.tick()
+        wait_until(
+            "the first run over",
+            lambda: any("given the fallback TTL" in r.getMessage() for r in caplog.records),
+            10,
+        )
+        late = "stock:late:north"
+        assert app.get(late, lambda: b"row") == b"row"
+        assert any_redis.pttl(late) > FALLBACK_MS  # landed after the run passed it
+        now[0] += 1
+        runtime.tick()  # within the grace: no run yet
+        now[0] += MODE_GRACE_S
+        runtime.tick()
+        wait_until("the late fill shortened", lambda: 0 < any_redis.pttl(late) <= FALLBACK_MS, 10)
+    finally:
+        runtime.close()
+
+
+def test_a_fill_returning_later_than_the_grace_after_its_mode_read_checks_the_mode_again(
+    any_redis: AnyRedis,
+) -> None:
+    """The worker's pass after the grace may have gone by before such a fill landed."""
+    clock = [0.0]
+    app = CacheAside(any_redis, ttl_ms=LONG_MS, mode_refresh_s=3600, clock=lambda: clock[0])
+    store = ModeStore(any_redis)
+    now_ms = int(time.time() * 1000)
+    store.publish(ModeState.initial(now_ms), Flag.AUTO, 0.1, now_ms, FALLBACK_MS)
+    assert app.mode().name == "cdc"
+    state = ModeState.initial(now_ms, Mode.TTL, Cause.LAG, "lag above the SLO")
+    store.publish(state, Flag.AUTO, 90.0, now_ms, FALLBACK_MS)
+
+    def slow_load() -> bytes:
+        clock[0] += MODE_GRACE_S + 1
+        return b"row"
+
+    assert app.get("stock:slow:north", slow_load) == b"row"
+    assert 0 < any_redis.pttl("stock:slow:north") <= FALLBACK_MS
+    clock[0] += 1
+    assert app.get("stock:quick:north", lambda: b"row") == b"row"  # the mode read again: ttl
+    assert 0 < any_redis.pttl("stock:quick:north") <= FALLBACK_MS

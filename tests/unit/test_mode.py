@@ -17,6 +17,8 @@ from cdc_cache.mode.controller import (
     ModeConfig,
     ModeState,
     Signal,
+    kept_flag,
+    overridden,
     step,
     table_holds,
 )
@@ -178,3 +180,35 @@ def test_only_hold_causes_make_holds():
 
     with pytest.raises(ValueError, match="not a hold cause"):
         Hold(Cause.LAG, "lag is no hold")
+
+
+@given(st.sampled_from(list(Flag)), st.sampled_from([None, *Flag]))
+def test_only_an_operator_writing_a_flag_ends_a_forced_mode(last, stored):
+    """A key that vanished (None) keeps a forced flag, and says so; a stored one wins."""
+    flag, lost = kept_flag(stored, last)
+    if stored is None:
+        assert (flag, lost) == (last, last is not Flag.AUTO)
+    else:
+        assert (flag, lost) == (stored, False)
+
+
+def test_a_forced_cdc_names_the_holds_and_the_lag_it_overrides():
+    lineage = Hold(Cause.LINEAGE, "db1: a log it cannot order")
+    table = Hold(Cause.TABLE_FAILING, "columns changed", "inv.stock")
+    state = ModeState.initial(0)
+    lagging = run_to(state, [30.0] * 7)  # the lag calls for ttl underneath
+    assert overridden(state, Signal(1, Flag.CDC, 0.0)) == ()
+    assert overridden(state, Signal(1, Flag.CDC, 0.0, holds=(table,))) == ()  # still capped
+    assert overridden(state, Signal(1, Flag.CDC, 0.0, holds=(lineage,))) == ("holds",)
+    assert overridden(lagging, Signal(1, Flag.CDC, 30.0)) == ("lag",)
+    assert overridden(lagging, Signal(1, Flag.CDC, 30.0, holds=(lineage,))) == ("holds", "lag")
+    for flag in (Flag.AUTO, Flag.TTL):
+        assert overridden(lagging, Signal(1, flag, 30.0, holds=(lineage,))) == ()
+
+
+def run_to(state: ModeState, lags: list[float]) -> ModeState:
+    """The controller after one auto tick per second with these lags."""
+    for i, lag in enumerate(lags):
+        state, _ = step(state, Signal((i + 1) * TICK_MS, Flag.AUTO, lag), CONFIG)
+    assert state.auto is Mode.TTL
+    return state
