@@ -188,6 +188,12 @@ MODE_SWITCHES = Counter(
     ["to", "reason"],
     namespace=NAMESPACE,
 )
+FLOW_STUCK = Gauge(
+    "flow_stuck",
+    "1 while the dataflow is judged stuck (a source partition not polled, or messages left "
+    "unapplied, for flow_stall_s): the mode heartbeat stops so that the watchdog falls back",
+    namespace=NAMESPACE,
+)
 MODE_HOLDS = Gauge(
     "mode_holds",
     "Active holds by cause: conditions under which the cache cannot be known right, each "

@@ -21,6 +21,15 @@ heartbeat's server), not only read from its name: a topic that routing renamed o
 between tables keeps its idle partitions fresh through the heartbeats of the connectors
 seen on its other partitions. A topic fed by several connectors is only as fresh as the
 least fresh of them.
+
+The same bookkeeping tells whether the flow itself moves (:func:`flow_stall`): a source
+partition is polled again and again, idle or not, so one not polled for long means its
+dataflow thread is stuck; and messages read or waiting that stay unapplied while none are
+applied mean its writes are. A write waiting to retry is neither: it is counted and
+logged where it waits.
+
+Kept in one module: the lag figures and the flow's progress come from the same
+per-partition bookkeeping, kept under one lock.
 """
 
 from __future__ import annotations
@@ -49,6 +58,10 @@ class PartitionLag:
     """How far the last source time seen lies ahead of this worker's clock (0 when it
     does not): a source or connector clock ahead by at least that much. The lag counts
     such a time as now, so it reads low by the skew, and the fallback engages late."""
+    unpolled_s: float | None = None
+    """Since its source partition was last polled (None: no flow reads it now)."""
+    stuck_s: float = 0.0
+    """How long messages have waited unapplied with none applied meanwhile (0: none wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,8 @@ class LagReport:
     """Every tracked partition's lag; the controller looks at the worst one."""
 
     partitions: tuple[PartitionLag, ...]
+    waited_s: float | None = None
+    """Since a write last waited to retry (None: none did)."""
 
     def worst(self) -> PartitionLag | None:
         """The partition with the largest connector lag (None when nothing is tracked)."""
@@ -78,6 +93,8 @@ class _Partition:
     next_offset: int | None = None
     applied: int | None = None  # the offset after the last one applied (None: unknown)
     latest_ms: float | None = None  # the last source time seen, as it came (maybe ahead)
+    polled_ms: float | None = None  # the last poll of its source partition (None: unread)
+    moved_ms: float = 0.0  # the last time it had nothing unapplied or applied some more
 
     def consumer_lag(self) -> int | None:
         if self.high is None or self.next_offset is None:
@@ -108,6 +125,7 @@ class LagTracker:
     _feeds: dict[str, set[str]] = field(default_factory=dict)
     """Topic → the connectors whose records were seen on it."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _waited_ms: float | None = None
 
     def track(self, topic: str, partition: int, resume: int | None = None) -> None:
         """Start watching a partition (its lag counts from now until something arrives).
@@ -115,7 +133,32 @@ class LagTracker:
         ``resume`` is the offset it is read from: what lies past it is not applied yet.
         """
         with self._lock:
-            self._part(topic, partition).applied = resume
+            part = self._part(topic, partition)
+            part.applied = resume
+            part.polled_ms = part.moved_ms = self.clock_ms()
+
+    def polled(self, topic: str, partition: int, *, paused: bool = False) -> None:
+        """The flow asked a source partition for its next batch: its thread turns.
+
+        ``paused``: the partition reads nothing on purpose (a discontinuity awaits an
+        operator, under its own hold), so what waits there is not stuck.
+        """
+        with self._lock:
+            part = self._part(topic, partition)
+            part.polled_ms = self.clock_ms()
+            if paused:
+                part.moved_ms = part.polled_ms
+            _settle(part, part.polled_ms)
+
+    def released(self, topic: str, partition: int) -> None:
+        """A source partition is closed: no flow polls it until it is tracked again."""
+        with self._lock:
+            self._part(topic, partition).polled_ms = None
+
+    def waited(self) -> None:
+        """A write waits to retry (Redis refused or did not answer, a replica lags)."""
+        with self._lock:
+            self._waited_ms = self.clock_ms()
 
     def record(
         self,
@@ -137,7 +180,10 @@ class LagTracker:
             part = self._part(topic, partition)
             part.contact_ms = now = self.clock_ms()
             if applied_to is not None:
+                if part.applied is None or applied_to > part.applied:
+                    part.moved_ms = now
                 part.applied = applied_to
+            _settle(part, now)
             if committed_at_ms is not None:
                 committed = min(committed_at_ms, now)
                 part.newest_ms = max(part.newest_ms or committed, committed)
@@ -196,19 +242,22 @@ class LagTracker:
                 part.high = high
             if next_offset is not None:
                 part.next_offset = next_offset
+            _settle(part, self.clock_ms())
 
     def report(self) -> LagReport:
         """Lag of every tracked partition, now."""
         with self._lock:
             now = self.clock_ms()
             items = sorted(self._partitions.items())
-            return LagReport(tuple(self._lag(t, n, part, now) for (t, n), part in items))
+            waited = None if self._waited_ms is None else max(0.0, now - self._waited_ms) / 1000
+            lags = tuple(self._lag(t, n, part, now) for (t, n), part in items)
+            return LagReport(lags, waited)
 
     def _part(self, topic: str, partition: int) -> _Partition:
         part = self._partitions.get((topic, partition))
         if part is None:
             now = self.clock_ms()
-            part = self._partitions[(topic, partition)] = _Partition(now, now)
+            part = self._partitions[(topic, partition)] = _Partition(now, now, moved_ms=now)
         return part
 
     def _lag(self, topic: str, number: int, part: _Partition, now: float) -> PartitionLag:
@@ -230,6 +279,8 @@ class LagTracker:
             silent_s=max(0.0, now - contact) / 1000,
             consumer_lag=consumer_lag,
             ahead_s=max([0.0, *(ms - now for ms in latest if ms is not None)]) / 1000,
+            unpolled_s=None if part.polled_ms is None else max(0.0, now - part.polled_ms) / 1000,
+            stuck_s=max(0.0, now - part.moved_ms) / 1000 if consumer_lag else 0.0,
         )
 
     def _heartbeats_of(self, topic: str) -> list[_Server]:
@@ -247,3 +298,32 @@ class LagTracker:
         feeders = self._feeds.get(topic, set()) | named
         beats = [self._servers.get(name) for name in feeders]
         return [beat for beat in beats if beat is not None] if None not in beats else []
+
+
+def _settle(part: _Partition, now: float) -> None:
+    """Nothing waits unapplied (or the high watermark is unknown): nothing is stuck."""
+    if not part.consumer_lag():
+        part.moved_ms = now
+
+
+def flow_stall(report: LagReport, bound_s: float) -> str | None:
+    """Why the flow does not move (None: it does, or nothing tells otherwise).
+
+    A source partition not polled for ``bound_s`` (its dataflow thread is stuck), or one
+    whose messages waited unapplied that long while none were applied (the writes are).
+    An idle partition is polled and has nothing waiting, so it never counts; nor does any
+    partition while a write waited to retry within ``bound_s``: that wait is counted and
+    logged where it happens, and the lag says what it costs.
+    """
+    if report.waited_s is not None and report.waited_s < bound_s:
+        return None
+    for part in report.partitions:
+        where = f"{part.topic}[{part.partition}]"
+        if part.unpolled_s is not None and part.unpolled_s > bound_s:
+            return f"{where} not polled for {part.unpolled_s:.0f}s: its dataflow thread is stuck"
+        if part.stuck_s > bound_s:
+            return (
+                f"{where}: {part.consumer_lag} messages unapplied and none applied for "
+                f"{part.stuck_s:.0f}s: the flow's writes are stuck"
+            )
+    return None

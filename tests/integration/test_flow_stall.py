@@ -1,0 +1,157 @@
+"""A stuck dataflow stops the worker's mode heartbeat, so the watchdog falls the cache back.
+
+The mode thread would otherwise go on writing ``cdc:mode`` while the flow applies nothing:
+here a Redis Cluster node stops answering (SIGSTOP) in the middle of the worker's writes,
+with no socket timeout, while the node holding the mode keys answers on. The cluster's
+node timeout is set long so that it does not declare the node failed meanwhile (which
+would make every node refuse commands, the heartbeat's too).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.cluster import RedisCluster
+
+from cdc_cache.core import metrics
+from cdc_cache.core.keys import ns
+from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.store import _TAKE_OVER
+from cdc_cache.mode.controller import ModeConfig
+from cdc_cache.mode.lag import LagTracker
+from cdc_cache.tools.devstack.broker import Broker
+from cdc_cache.tools.devstack.process import free_port, port_open
+from cdc_cache.tools.devstack.redis import RedisClusterServers
+from tests.integration.probes import metric
+from tests.integration.services import worker
+from tests.integration.test_worker_down import WORKER_ENV, Source, managed_ttls, mode_of, watchdog
+from tests.integration.topics import unique_topic
+from tests.integration.waiting import wait_until
+
+pytestmark = [pytest.mark.integration]
+
+STALL_S = 3.0
+SLO_S, WINDOW_S = 3.0, 2.0  # as WORKER_ENV
+MARGIN_S = 6.0  # watchdog ticks and a loaded machine
+
+
+def test_the_heartbeat_stops_while_the_flow_is_stuck_and_resumes_when_it_moves(
+    redis_client: Redis,
+) -> None:
+    clock = [1000.0]
+    tracker = LagTracker(lambda: clock[0] * 1000)
+    runtime = ModeRuntime(
+        client=redis_client,
+        tracker=tracker,
+        config=ModeConfig(slo_s=SLO_S, recover_s=1.0, window_s=WINDOW_S),
+        fallback_ttl_ms=5000,
+        prefixes=["stock:"],
+        clock=lambda: clock[0],
+        stall_after_s=STALL_S,
+    )
+    tracker.track("db.inventory.stock", 0, 10)
+    tracker.offsets("db.inventory.stock", 0, 10, 10)
+    assert runtime.tick() is not None
+    beat = mode_of(redis_client)["updated_ms"]
+
+    clock[0] += STALL_S + 1  # the partition was not polled since: its thread is stuck
+    assert runtime.tick() is None
+    assert mode_of(redis_client)["updated_ms"] == beat
+    assert "not polled for 4s" in str(runtime.view()["flow_stuck"])
+    assert metrics.FLOW_STUCK._value.get() == 1
+
+    tracker.polled("db.inventory.stock", 0)
+    assert runtime.tick() is not None
+    assert mode_of(redis_client)["updated_ms"] != beat
+    assert "flow_stuck" not in runtime.view()
+    assert metrics.FLOW_STUCK._value.get() == 0
+
+
+@pytest.fixture
+def patient_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """Three primaries that wait a minute before counting a silent node failed."""
+    ports = [free_port() for _ in range(3)]
+    cluster = RedisClusterServers(
+        tmp_path / "cluster", ports, [free_port() for _ in ports], node_timeout_ms=60_000
+    )
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        for port in ports:  # a node left stopped would never stop
+            pid = cluster.process(port).pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+        cluster.stop()
+
+
+def node_without(client: RedisCluster, keys: list[str]) -> int:
+    """The port of a primary holding none of ``keys``."""
+    taken = {client.get_node_from_key(key).port for key in keys}
+    free = [node.port for node in client.get_primaries() if node.port not in taken]
+    assert free, f"every primary holds one of {keys}"
+    return int(free[0])
+
+
+def test_a_worker_whose_writes_hang_stops_its_heartbeat_and_the_watchdog_falls_back(
+    broker: Broker, patient_cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    url = patient_cluster.address()
+    client = RedisCluster.from_url(url.replace("?cluster=true", ""))
+    topic = unique_topic()
+    broker.create_topics({topic: 1})
+    env = {**WORKER_ENV, "CDC_CACHE_FLOW_STALL_S": str(STALL_S)}
+    service = worker(tmp_path, broker.bootstrap, url, [topic], env=env)
+    dog, dog_port = watchdog(tmp_path, url, "watchdog")
+    services = [service, dog]
+    with Source(broker.bootstrap, topic):
+        service.start()
+        dog.start()
+        try:
+            wait_until("rows cached", lambda: len(managed_ttls(client)) > 30, alive=services)
+            wait_until("cdc mode", lambda: mode_of(client).get("mode") == "cdc", alive=services)
+            wait_until("watchdog port", lambda: port_open(dog_port), 30, alive=services)
+            wait_until(
+                "the watchdog holds the lock",
+                lambda: metric(dog_port, "cdc_cache_watchdog_leader") == 1,
+                30,
+                alive=services,
+            )
+            # A watchdog that never took over has not loaded its script: on a Cluster the
+            # load goes to every primary, and would wait for the silent one.
+            client.script_load(_TAKE_OVER)
+            silent = node_without(client, [ns().mode, ns().mode_flag, ns().watchdog_lock])
+            pid = patient_cluster.process(silent).pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)  # the worker's next write to it never returns
+            stopped = time.monotonic()
+            wait_until(
+                "ttl mode decided by the watchdog (worker_down)",
+                lambda: (
+                    (mode_of(client).get("writer"), mode_of(client).get("cause"))
+                    == ("watchdog", "worker_down")
+                ),
+                STALL_S + SLO_S + WINDOW_S + MARGIN_S,
+                alive=services,
+            )
+            print(f"writes hang -> the watchdog decides {time.monotonic() - stopped:.1f}s")
+            assert "the dataflow is stuck" in service.log.read_text()
+
+            os.kill(pid, signal.SIGCONT)  # the writes go through: the worker decides again
+            wait_until(
+                "the worker decides again",
+                lambda: mode_of(client).get("writer") == "worker",
+                30,
+                alive=services,
+            )
+            assert "the dataflow moves again" in service.log.read_text()
+        finally:
+            service.stop()
+            dog.stop()
+            client.close()
