@@ -2,9 +2,10 @@
 
 The mode thread would otherwise go on writing ``cdc:mode`` while the flow applies nothing:
 here a Redis Cluster node stops answering (SIGSTOP) in the middle of the worker's writes,
-with no socket timeout, while the node holding the mode keys answers on. The cluster's
-node timeout is set long so that it does not declare the node failed meanwhile (which
-would make every node refuse commands, the heartbeat's too).
+with no socket timeout, while the node holding the mode keys answers on; the watchdog,
+whose scripts go to that node alone, takes over. The cluster's node timeout is set long so
+that it does not declare the node failed meanwhile (which would make every node refuse
+commands, the heartbeat's too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from redis.cluster import RedisCluster
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import ModeRuntime
-from cdc_cache.fallback.store import _TAKE_OVER
 from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
@@ -123,9 +123,6 @@ def test_a_worker_whose_writes_hang_stops_its_heartbeat_and_the_watchdog_falls_b
                 30,
                 alive=services,
             )
-            # A watchdog that never took over has not loaded its script: on a Cluster the
-            # load goes to every primary, and would wait for the silent one.
-            client.script_load(_TAKE_OVER)
             silent = node_without(client, [ns().mode, ns().mode_flag, ns().watchdog_lock])
             pid = patient_cluster.process(silent).pid()
             assert pid is not None
