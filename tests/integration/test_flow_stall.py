@@ -28,6 +28,7 @@ from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisClusterServers
+from tests.integration.fixtures_redis import RedisTarget
 from tests.integration.probes import metric
 from tests.integration.services import worker
 from tests.integration.test_worker_down import WORKER_ENV, Source, managed_ttls, mode_of, watchdog
@@ -152,3 +153,21 @@ def test_a_worker_whose_writes_hang_stops_its_heartbeat_and_the_watchdog_falls_b
             service.stop()
             dog.stop()
             client.close()
+
+
+def test_a_worker_whose_mode_thread_fails_says_so_and_exits_1(
+    broker: Broker, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    topic = unique_topic()
+    broker.create_topics({topic: 1})
+    service = worker(tmp_path, broker.bootstrap, redis_target.url, [topic])
+    service.argv[2] = "tests.integration.failing_mode_worker"
+    service.start()
+    try:
+        assert service.proc is not None
+        assert service.proc.wait(60) == 1, service.tail()
+        log = service.log.read_text()
+        assert '"level":"critical"' in log and "the mode thread failed" in log, log[-2000:]
+        assert "ZeroDivisionError: a bug in the mode loop" in log
+    finally:
+        service.stop()
