@@ -140,7 +140,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         processes: int = 1,
         depth: int = IN_FLIGHT_BATCHES,
         observe: Callable[[Batch], object] | None = None,
-        waiting: Callable[[], object] | None = None,
+        waiting: Callable[[float], object] | None = None,
     ) -> None:
         if processes > SINK_PARTITIONS:
             msg = f"a cluster has at most {SINK_PARTITIONS} processes, addresses name {processes}"
@@ -229,7 +229,7 @@ class RejectsFactory:
         rules: Rules,
         dlq: DlqTarget | None,
         stop: threading.Event,
-        waiting: Callable[[], object] | None = None,
+        waiting: Callable[[float], object] | None = None,
     ) -> None:
         self._rules = rules
         self._dlq = dlq

@@ -70,7 +70,7 @@ class LagReport:
 
     partitions: tuple[PartitionLag, ...]
     waited_s: float | None = None
-    """Since a write last waited to retry (None: none did)."""
+    """Since the last wait of a write to retry ended (0 while one runs; None: none did)."""
 
     def worst(self) -> PartitionLag | None:
         """The partition with the largest connector lag (None when nothing is tracked)."""
@@ -125,7 +125,7 @@ class LagTracker:
     _feeds: dict[str, set[str]] = field(default_factory=dict)
     """Topic → the connectors whose records were seen on it."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _waited_ms: float | None = None
+    _waited_until_ms: float | None = None
 
     def track(self, topic: str, partition: int, resume: int | None = None) -> None:
         """Start watching a partition (its lag counts from now until something arrives).
@@ -155,10 +155,10 @@ class LagTracker:
         with self._lock:
             self._part(topic, partition).polled_ms = None
 
-    def waited(self) -> None:
-        """A write waits to retry (Redis refused or did not answer, a replica lags)."""
+    def waited(self, seconds: float) -> None:
+        """A write waits ``seconds`` to retry (Redis refused, a replica lags...)."""
         with self._lock:
-            self._waited_ms = self.clock_ms()
+            self._waited_until_ms = self.clock_ms() + seconds * 1000
 
     def record(
         self,
@@ -249,7 +249,8 @@ class LagTracker:
         with self._lock:
             now = self.clock_ms()
             items = sorted(self._partitions.items())
-            waited = None if self._waited_ms is None else max(0.0, now - self._waited_ms) / 1000
+            until = self._waited_until_ms
+            waited = None if until is None else max(0.0, now - until) / 1000
             lags = tuple(self._lag(t, n, part, now) for (t, n), part in items)
             return LagReport(lags, waited)
 
@@ -312,8 +313,9 @@ def flow_stall(report: LagReport, bound_s: float) -> str | None:
     A source partition not polled for ``bound_s`` (its dataflow thread is stuck), or one
     whose messages waited unapplied that long while none were applied (the writes are).
     An idle partition is polled and has nothing waiting, so it never counts; nor does any
-    partition while a write waited to retry within ``bound_s``: that wait is counted and
-    logged where it happens, and the lag says what it costs.
+    partition while a write waits to retry, or waited within ``bound_s`` (the attempt
+    after it runs): that wait is counted and logged where it happens, and the lag says
+    what it costs.
     """
     if report.waited_s is not None and report.waited_s < bound_s:
         return None

@@ -28,7 +28,7 @@ from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
 from cdc_cache.tools.devstack.process import free_port, port_open
 from cdc_cache.tools.devstack.redis import RedisClusterServers
-from tests.integration.fixtures_redis import RedisTarget
+from tests.integration.fixtures_redis import RedisTarget, ReplicatedRedis
 from tests.integration.probes import metric
 from tests.integration.services import worker
 from tests.integration.test_worker_down import WORKER_ENV, Source, managed_ttls, mode_of, watchdog
@@ -171,3 +171,42 @@ def test_a_worker_whose_mode_thread_fails_says_so_and_exits_1(
         assert "ZeroDivisionError: a bug in the mode loop" in log
     finally:
         service.stop()
+
+
+def test_writes_waiting_to_retry_for_a_cut_off_replica_keep_the_heartbeat(
+    broker: Broker, replicated_redis: ReplicatedRedis, tmp_path: Path
+) -> None:
+    """Not stuck: the batch waits for the replica again and again (logged, held in ttl by
+    ``redis_replication``), far beyond ``flow_stall_s``, while the dataflow thread waits
+    for the writer."""
+    group = replicated_redis
+    topic = unique_topic()
+    broker.create_topics({topic: 1})
+    env = {
+        **WORKER_ENV,
+        "CDC_CACHE_FLOW_STALL_S": "2",
+        "CDC_CACHE_REDIS_REPLICAS": "1",
+        "CDC_CACHE_REDIS_REPLICAS_TIMEOUT_MS": "300",
+    }
+    service = worker(tmp_path, broker.bootstrap, group.url(), [topic], env=env)
+    client = group.client(group.primary)
+    with Source(broker.bootstrap, topic):
+        service.start()
+        try:
+            wait_until("rows cached", lambda: len(managed_ttls(client)) > 30, alive=[service])
+            group.detach_replica()
+            wait_until(
+                "the writes wait for the replica",
+                lambda: "replicas behind: waiting" in service.log.read_text(),
+                alive=[service],
+            )
+            beats = set()
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                beats.add(mode_of(client)["updated_ms"])
+                time.sleep(0.5)
+            assert len(beats) >= 10, "the heartbeat stood still while the writes retried"
+            assert "the dataflow is stuck" not in service.log.read_text()
+            group.reattach_replica()
+        finally:
+            service.stop()

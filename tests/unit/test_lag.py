@@ -415,10 +415,12 @@ def test_a_write_waiting_to_retry_is_not_stuck_until_the_waits_stop(clock):
     tracker.track("db1.inv.stock", 0, 40)
     tracker.offsets("db1.inv.stock", 0, 50, 50)
     for _ in range(30):  # Redis refuses for 30 s: the dataflow thread waits for the writer
+        tracker.waited(1)
         clock.advance(1)
-        tracker.waited()
+    tracker.waited(30)  # the backoff grew past the bound
+    clock.advance(30)
     assert flow_stall(tracker.report(), BOUND_S) is None
-    clock.advance(BOUND_S)
+    clock.advance(BOUND_S)  # the attempt after the wait never returns
     assert flow_stall(tracker.report(), BOUND_S) is not None
 
 
