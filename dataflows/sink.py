@@ -32,6 +32,7 @@ with each batch once written.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -158,6 +159,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         self._memory = memory
         self._backoff = backoff
         self._sleep = stoppable_sleep(stop, "Redis", waiting)
+        self._pace = _paced(waiting)
         self._ttl_cap_ms = ttl_cap_ms
         self._rejects = rejects
         self._auth = auth
@@ -205,7 +207,9 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
             applier,
             page_size=fanout.page,
             fanout_limit=fanout.limit,
-            shorten=None if shorten is None else lambda prefixes: shorten(client, prefixes),
+            shorten=None
+            if shorten is None
+            else lambda prefixes: shorten(client, prefixes, self._pace),
         )
 
     def _replica_wait(self, client: Client, number: int) -> ReplicaWait | None:
@@ -246,3 +250,14 @@ class RejectsFactory:
             sleep=self._sleep,
         )
         return Rejects(self._rules, writer)
+
+
+def _paced(waiting: Callable[[float], object] | None) -> Callable[[float], None]:
+    """``time.sleep`` that tells ``waiting`` first: a long fan-out's pacing is no stuck flow."""
+
+    def sleep(seconds: float) -> None:
+        if waiting is not None:
+            waiting(seconds)
+        time.sleep(seconds)
+
+    return sleep

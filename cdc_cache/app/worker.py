@@ -66,7 +66,7 @@ from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.outbox import outbox_sweeper
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.sink.tag_sweep import tag_sweeper
-from cdc_cache.sink.tags import Fanout
+from cdc_cache.sink.tags import Fanout, Shorten
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
@@ -293,12 +293,14 @@ def replication_monitor(
     )
 
 
-def fanout_fallback(settings: WorkerSettings) -> Callable[[Client, Sequence[str]], int]:
+def fanout_fallback(settings: WorkerSettings) -> Shorten:
     """What a tag invalidation above ``fanout_limit`` does: the fallback TTL under prefixes."""
     fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
 
-    def shorten(client: Client, prefixes: Sequence[str]) -> int:
-        return shorten_ttls(client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S)
+    def shorten(client: Client, prefixes: Sequence[str], pace: Callable[[float], object]) -> int:
+        return shorten_ttls(
+            client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S, sleep=pace
+        )
 
     return shorten
 

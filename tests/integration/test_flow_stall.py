@@ -20,9 +20,12 @@ import pytest
 from redis import Redis
 from redis.cluster import RedisCluster
 
+from cdc_cache.app.load import load_settings
+from cdc_cache.app.worker import fanout_fallback
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import ModeRuntime
+from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S
 from cdc_cache.mode.controller import ModeConfig
 from cdc_cache.mode.lag import LagTracker
 from cdc_cache.tools.devstack.broker import Broker
@@ -210,3 +213,18 @@ def test_writes_waiting_to_retry_for_a_cut_off_replica_keep_the_heartbeat(
             group.reattach_replica()
         finally:
             service.stop()
+
+
+def test_a_fan_out_above_the_limit_paces_its_pages_through_the_flows_waits(any_redis) -> None:
+    """Each page of the fallback TTLs a big fan-out gives is a wait the tracker hears of:
+    a shortening longer than ``flow_stall_s`` is no stuck flow."""
+    for start in range(0, 1200, 400):
+        pipe = any_redis.pipeline(transaction=False)
+        for n in range(start, start + 400):
+            pipe.set(f"stock:{{w}}:{n}", b"1")
+        pipe.execute()
+    settings = load_settings(rules=Path("r.yaml"), topics=("t",), brokers="localhost:9092")
+    paced: list[float] = []
+    shortened = fanout_fallback(settings)(any_redis, ["stock:"], paced.append)
+    assert shortened == 1200
+    assert sum(paced) == pytest.approx(1200 / SHORTEN_KEYS_PER_S)
