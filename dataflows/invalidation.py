@@ -119,7 +119,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         return [(key, routed)] if routed else []
 
     routed = op.flat_map_batch("decode_and_plan", messages, route_batch)
-    rejects = RejectsFactory(rules, config.dlq, context.stop)
+    rejects = RejectsFactory(rules, config.dlq, context.stop, tracker.waited)
     sink = RedisSink(
         config.redis_url, config.backoff, context.stop, context.ttl_cap_ms, rejects,
         auth=config.redis_auth, tables=context.tables, sensitive=rules.sensitive,
@@ -127,6 +127,7 @@ def build_flow(config: FlowConfig, context: FlowContext | None = None) -> Datafl
         invalidate_only=context.invalidate_only, memory=context.memory,
         fanout=config.fanout if rules.tags else None, expiring=rules.expiring,
         process=config.process, processes=config.processes, observe=partial(_observe, tracker),
+        waiting=tracker.waited,
     )  # fmt: skip
     op.output("redis", routed, sink)
     return flow

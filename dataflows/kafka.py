@@ -78,6 +78,11 @@ class KafkaPartition(StatefulSourcePartition[Item, int]):
         """The next offset it reads (None: it starts at the beginning)."""
         return self._offset if self._offset >= 0 else None
 
+    @property
+    def paused(self) -> bool:
+        """Never: it reads whatever its topic holds."""
+        return False
+
     def next_batch(self) -> list[Item]:
         if self._eof:
             raise StopIteration

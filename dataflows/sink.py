@@ -32,6 +32,7 @@ with each batch once written.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -116,7 +117,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
     An unreachable Redis, at start or later, is waited for (never skipped); the waits end
     on ``stop``, so a stop request ends them (the unapplied batch is replayed after a
     restart) instead of hanging until killed. ``observe`` hears of each batch once it is
-    written (the lag tracker).
+    written, ``waiting`` of each wait to retry (the lag tracker).
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         processes: int = 1,
         depth: int = IN_FLIGHT_BATCHES,
         observe: Callable[[Batch], object] | None = None,
+        waiting: Callable[[float], object] | None = None,
     ) -> None:
         if processes > SINK_PARTITIONS:
             msg = f"a cluster has at most {SINK_PARTITIONS} processes, addresses name {processes}"
@@ -156,7 +158,8 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
         self._invalidate_only = invalidate_only
         self._memory = memory
         self._backoff = backoff
-        self._sleep = stoppable_sleep(stop, "Redis")
+        self._sleep = stoppable_sleep(stop, "Redis", waiting)
+        self._pace = _paced(waiting)
         self._ttl_cap_ms = ttl_cap_ms
         self._rejects = rejects
         self._auth = auth
@@ -204,7 +207,9 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
             applier,
             page_size=fanout.page,
             fanout_limit=fanout.limit,
-            shorten=None if shorten is None else lambda prefixes: shorten(client, prefixes),
+            shorten=None
+            if shorten is None
+            else lambda prefixes: shorten(client, prefixes, self._pace),
         )
 
     def _replica_wait(self, client: Client, number: int) -> ReplicaWait | None:
@@ -223,10 +228,16 @@ class RedisSink(FixedPartitionedSink[Batch, None]):
 class RejectsFactory:
     """Builds one :class:`Rejects` per sink partition (a producer per process)."""
 
-    def __init__(self, rules: Rules, dlq: DlqTarget | None, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        dlq: DlqTarget | None,
+        stop: threading.Event,
+        waiting: Callable[[float], object] | None = None,
+    ) -> None:
         self._rules = rules
         self._dlq = dlq
-        self._sleep = stoppable_sleep(stop, "the DLQ broker")
+        self._sleep = stoppable_sleep(stop, "the DLQ broker", waiting)
 
     def build(self) -> Rejects:
         if self._dlq is None:
@@ -239,3 +250,14 @@ class RejectsFactory:
             sleep=self._sleep,
         )
         return Rejects(self._rules, writer)
+
+
+def _paced(waiting: Callable[[float], object] | None) -> Callable[[float], None]:
+    """``time.sleep`` that tells ``waiting`` first: a long fan-out's pacing is no stuck flow."""
+
+    def sleep(seconds: float) -> None:
+        if waiting is not None:
+            waiting(seconds)
+        time.sleep(seconds)
+
+    return sleep

@@ -1,7 +1,8 @@
 """The flow's Kafka source: its Kafka partitions (``kafka``), stoppable, watched and guarded.
 
-Each partition reports its watermarks and next offset to the lag tracker and whether the
-brokers answer to the broker health; with a continuity guard, it checks its stored offset
+Each partition reports its watermarks and next offset to the lag tracker, and each poll
+(the tracker tells a stuck flow by polls that stop), and whether the brokers answer to the
+broker health; with a continuity guard, it checks its stored offset
 before passing anything on (``cdc_cache.continuity.guard``). Bytewax has no stop call:
 setting ``stop`` ends every partition after its current batch.
 """
@@ -45,6 +46,9 @@ class _Watched(Protocol):
     @property
     def next_offset(self) -> int | None: ...
 
+    @property
+    def paused(self) -> bool: ...
+
     def next_batch(self) -> list[Any]: ...
 
     def next_awake(self) -> datetime | None: ...
@@ -70,9 +74,15 @@ class _StoppablePartition(_Passing, StatefulSourcePartition[Item, Any]):
         self._health = health
         tracker.track(where.topic, where.partition, inner.next_offset)
 
+    def close(self) -> None:
+        self._tracker.released(self._where.topic, self._where.partition)
+        self._inner.close()
+
     def next_batch(self) -> list[Item]:
         if self._stop.is_set():
+            self._tracker.released(self._where.topic, self._where.partition)
             raise StopIteration
+        self._tracker.polled(self._where.topic, self._where.partition, paused=self._inner.paused)
         batch: list[Item] = self._inner.next_batch()
         self._observe_broker(batch)
         self._observe_offsets()

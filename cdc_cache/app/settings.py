@@ -355,6 +355,11 @@ class WorkerSettings(TopicSettings):
     lag_slo_s: float = Field(default=60.0, gt=0, description="lag that switches to ttl mode")
     lag_recover_s: float = Field(default=15.0, ge=0, description="lag that returns to cdc")
     mode_window_s: float = Field(default=30.0, ge=0, description="how long a lag must hold")
+    flow_stall_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a flow not polled, or not applying what waits, this long is stuck",
+    )
     fallback_ttl_s: float = Field(default=60.0, gt=0, description="TTL cap in ttl mode")
     ready_max_consumer_lag: int = Field(
         default=1000, ge=0, description="/readyz: partitions at most this far from their end"

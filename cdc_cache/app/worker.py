@@ -66,7 +66,7 @@ from cdc_cache.sink.memory import MemoryWatch, OomGuard
 from cdc_cache.sink.outbox import outbox_sweeper
 from cdc_cache.sink.replica_wait import ReplicaRequirement
 from cdc_cache.sink.tag_sweep import tag_sweeper
-from cdc_cache.sink.tags import Fanout
+from cdc_cache.sink.tags import Fanout, Shorten
 from cdc_cache.sink.version_store import VersionSweeper, migrate_legacy, version_lifetime_ms
 from cdc_cache.source.kafka_logs import with_logger
 from cdc_cache.source.schema_registry import schema_resolver
@@ -208,6 +208,7 @@ def mode_runtime(settings: WorkerSettings, tracker: LagTracker, rules: Rules) ->
         table_config=TableConfig(
             settings.table_fallback_failures, settings.table_fallback_window_s
         ),
+        stall_after_s=settings.flow_stall_s,
     )
 
 
@@ -292,12 +293,14 @@ def replication_monitor(
     )
 
 
-def fanout_fallback(settings: WorkerSettings) -> Callable[[Client, Sequence[str]], int]:
+def fanout_fallback(settings: WorkerSettings) -> Shorten:
     """What a tag invalidation above ``fanout_limit`` does: the fallback TTL under prefixes."""
     fallback_ttl_ms = int(settings.fallback_ttl_s * 1000)
 
-    def shorten(client: Client, prefixes: Sequence[str]) -> int:
-        return shorten_ttls(client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S)
+    def shorten(client: Client, prefixes: Sequence[str], pace: Callable[[float], object]) -> int:
+        return shorten_ttls(
+            client, prefixes, fallback_ttl_ms, keys_per_s=SHORTEN_KEYS_PER_S, sleep=pace
+        )
 
     return shorten
 
@@ -438,16 +441,9 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         },
     )
     running = [threading.Event()]  # the stop of the flow that runs now
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping: finishing the current batch", extra={"signal": signum})
-        stop.set()
-        running[0].set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_flows = _stop_on_signals(stop, running)
     watch = topic_watch(settings, runtime.leader)
-    runtime.start()
+    runtime.start(on_failure=stop_flows)
     memory.start()
     for sweeper in sweepers:
         sweeper.start()
@@ -457,6 +453,9 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         _run_flows(
             settings, rules, topics, context, recovery=recovery, running=running, watch=watch
         )
+        if runtime.failure is not None:
+            msg = "the mode thread failed (see the log); restart: it resumes from recovery"
+            raise RuntimeError(msg) from runtime.failure
     finally:
         watch.close()
         monitor.close()
@@ -464,6 +463,22 @@ def _run(settings: WorkerSettings, rules: Rules, startup: StartupBackend) -> Non
         memory.close()
         for sweeper in sweepers:
             sweeper.close()
+
+
+def _stop_on_signals(stop: threading.Event, running: list[threading.Event]) -> Callable[[], None]:
+    """SIGTERM and SIGINT stop the flows gracefully; returns that stop, for other callers."""
+
+    def stop_flows() -> None:
+        stop.set()
+        running[0].set()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping: finishing the current batch", extra={"signal": signum})
+        stop_flows()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop_flows
 
 
 def _run_flows(

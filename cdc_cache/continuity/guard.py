@@ -163,6 +163,11 @@ class GuardedPartition:
         """The next offset this partition vouches for (None: nothing read yet)."""
         return self._state.offset
 
+    @property
+    def paused(self) -> bool:
+        """True while a discontinuity holds it at its stored offset."""
+        return self._found is not None
+
     def next_batch(self) -> list[Any]:
         if self._found is not None:
             self._await_decision()

@@ -125,6 +125,34 @@ def _optional_str(value: object) -> str | None:
     raise TypeError(msg)
 
 
+GONE_AFTER_ANSWERS: Final = 3
+GONE_AFTER_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Absence:
+    """A run of consecutive broker answers that a topic is unknown.
+
+    Brokers answer so for a while during a leader election, while a topic's metadata
+    propagates, or while a broker restarts: one answer proves nothing. The topic counts as
+    gone only once at least ``GONE_AFTER_ANSWERS`` answers in a row over at least
+    ``GONE_AFTER_S`` seconds said so (a recreated topic shows sooner, by its new id).
+    ``since``: when the first of them came (the ids' clock).
+    """
+
+    since: float
+    answers: int = 1
+
+    def gone(self, now: float) -> bool:
+        """True once the run is long enough, in answers and in time, to judge the topic gone."""
+        return self.answers >= GONE_AFTER_ANSWERS and now - self.since >= GONE_AFTER_S
+
+
+def unknown_again(before: Absence | None, now: float) -> Absence:
+    """The run after one more answer at ``now`` that the topic is unknown."""
+    return Absence(now) if before is None else replace(before, answers=before.answers + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """What the broker says about a partition now.

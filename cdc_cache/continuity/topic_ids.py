@@ -6,6 +6,10 @@ The admin client's DescribeTopics reports it (tansu too: a new UUID v7 per creat
 One client per process serves every source partition; answers are cached per topic for
 ``refresh_s``, so the partitions of a topic share one request, and a request still in
 flight never holds up a batch.
+
+An answer that the topic is unknown is not taken at its word (``continuity.model.Absence``):
+until such answers lasted, the last identity stands, the topic is asked again every
+``retry_s``, and ``cdc_cache_source_topic_unknown{topic}`` shows it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from cdc_cache.continuity.model import Absence, unknown_again
+from cdc_cache.core import metrics
 from cdc_cache.source.kafka_logs import with_logger
 
 log = logging.getLogger("cdc_cache.continuity")
@@ -61,6 +67,7 @@ class TopicIds:
         self._known: dict[str, TopicIdentity] = {}
         self._asked: dict[str, float] = {}
         self._pending: dict[str, Future[Any]] = {}
+        self._absent: dict[str, Absence] = {}
         self._no_ids_logged = False
         self._warned: dict[str, float] = {}
 
@@ -76,7 +83,7 @@ class TopicIds:
             self._collect(topic)
             known = self._known.get(topic)
             now = self._clock()
-            due = known is None or now - known.at >= self._refresh_s
+            due = known is None or now - known.at >= self._refresh_s or topic in self._absent
             retry = now - self._asked.get(topic, float("-inf")) >= self._retry_s
             if due and retry and topic not in self._pending:
                 self._ask(topic)
@@ -100,7 +107,7 @@ class TopicIds:
             error = exc.args[0]
             code = error.code() if isinstance(error, KafkaError) else None
             if code in _GONE:
-                self._known[topic] = TopicIdentity(False, None, self._clock())
+                self._unknown(topic, str(error))
             elif code in _NO_IDS:
                 self._known[topic] = TopicIdentity(True, None, self._clock())
                 self._say_no_ids(str(error))
@@ -111,7 +118,24 @@ class TopicIds:
         if topic_id in (None, NULL_TOPIC_ID):
             topic_id = None
             self._say_no_ids("the broker reports no topic id")
+        if self._absent.pop(topic, None) is not None:
+            metrics.SOURCE_TOPIC_UNKNOWN.labels(topic).set(0)
+            log.warning("the brokers know the topic again", extra={"topic": topic})
         self._known[topic] = TopicIdentity(True, topic_id, self._clock())
+
+    def _unknown(self, topic: str, error: str) -> None:
+        """The brokers answer that ``topic`` is unknown: gone only once that lasted."""
+        now = self._clock()
+        self._absent[topic] = absence = unknown_again(self._absent.get(topic), now)
+        metrics.SOURCE_TOPIC_UNKNOWN.labels(topic).set(1)
+        if absence.gone(now):
+            self._known[topic] = TopicIdentity(False, None, now)
+        elif absence.answers == 1:
+            log.warning(
+                "the brokers answer that the topic is unknown; it counts as gone only if "
+                "that lasts (a leader election or a restarting broker answers so too)",
+                extra={"topic": topic, "error": error},
+            )
 
     def _say_waiting(self, topic: str, error: str) -> None:
         """A partition waits for its topic's id before it reads: say so every 30 s."""

@@ -209,6 +209,19 @@ MODE_SWITCHES = Counter(
     ["to", "reason"],
     namespace=NAMESPACE,
 )
+SOURCE_TOPIC_UNKNOWN = Gauge(
+    "source_topic_unknown",
+    "1 while the brokers answer that a topic read is unknown (judged gone, a discontinuity, "
+    "only once that lasted)",
+    ["topic"],
+    namespace=NAMESPACE,
+)
+FLOW_STUCK = Gauge(
+    "flow_stuck",
+    "1 while the dataflow is judged stuck (a source partition not polled, or messages left "
+    "unapplied, for flow_stall_s): the mode heartbeat stops so that the watchdog falls back",
+    namespace=NAMESPACE,
+)
 MODE_HOLDS = Gauge(
     "mode_holds",
     "Active holds by cause: conditions under which the cache cannot be known right, each "

@@ -98,14 +98,19 @@ def retry_forever(
             sleep(delay)
 
 
-def stoppable_sleep(stop: threading.Event, waiting_for: str) -> Callable[[float], None]:
+def stoppable_sleep(
+    stop: threading.Event, waiting_for: str, told: Callable[[float], object] | None = None
+) -> Callable[[float], None]:
     """A ``sleep`` for :func:`retry_forever` that a stop request ends with StopRequested.
 
     A worker asked to stop while a server is down then exits instead of hanging; the batch
-    it could not finish is replayed after a restart.
+    it could not finish is replayed after a restart. ``told`` hears of each wait (its
+    seconds) first: the lag tracker, for which a flow waiting to retry is not stuck.
     """
 
     def sleep(seconds: float) -> None:
+        if told is not None:
+            told(seconds)
         if stop.wait(seconds):
             msg = f"stop requested while {waiting_for} was unavailable"
             raise StopRequested(msg)

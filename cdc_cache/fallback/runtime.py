@@ -14,6 +14,13 @@ writes the hash instead (``writer`` = ``watchdog``, the hold ``worker_down``, th
 the worker left falling back on their own); the leader, seeing the watchdog's record,
 takes the decision back and stays in ``ttl`` until its lag has been low for a window.
 
+The heartbeat vouches for the dataflow too: while the flow is stuck (``mode.lag.flow_stall``:
+a source partition not polled, or messages left unapplied, for ``stall_after_s``) no tick
+runs, so the leader's heartbeat stands still and the watchdog takes over, and a follower's
+lag report expires and the leader counts it as stalled. The mode thread itself failing is
+logged and ends the worker (``on_failure``): a tick that broke halfway may have published a
+switch and not acted on it, which no later tick can be trusted to repair.
+
 Parts of the worker that find the cache cannot be known right raise a hold in the
 process's :class:`~cdc_cache.mode.holds.Holds`; a follower process passes its holds to the
 leader with its lag summary.
@@ -49,7 +56,7 @@ from cdc_cache.mode.controller import (
     table_holds,
 )
 from cdc_cache.mode.holds import Holds
-from cdc_cache.mode.lag import LagReport, LagTracker
+from cdc_cache.mode.lag import LagReport, LagTracker, flow_stall
 from cdc_cache.mode.record import ModeKeyError, ModeRecord
 from cdc_cache.mode.tables import TableConfig, TableFallback
 from cdc_cache.sink.connection import REDIS_ERRORS, Client
@@ -80,6 +87,7 @@ class ModeRuntime:
         clock: Callable[[], float] = time.time,
         table_prefixes: Mapping[str, list[str]] | None = None,
         table_config: TableConfig | None = None,
+        stall_after_s: float | None = None,
     ) -> None:
         self._store = ModeStore(client)
         self._client = client
@@ -114,6 +122,10 @@ class ModeRuntime:
         self._caught_up = False
         self._heard_ms = {process: self._now_ms() for process in range(1, processes)}
         self._holds_of: dict[int, tuple[Hold, ...]] = {}  # each process's last reported
+        self._stall_after_s = stall_after_s
+        self._stall: str | None = None  # why the flow is judged stuck (None: it moves)
+        self.failure: BaseException | None = None  # what ended the mode thread
+        self._on_failure: Callable[[], object] = lambda: None
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
@@ -128,8 +140,12 @@ class ModeRuntime:
         with self._lock:
             return self._fallback_ttl_ms if self._state.mode is Mode.TTL else None
 
-    def start(self) -> None:
-        """Resume the mode a previous run left in Redis, then tick in a daemon thread."""
+    def start(self, on_failure: Callable[[], object] = lambda: None) -> None:
+        """Resume the mode a previous run left in Redis, then tick in a daemon thread.
+
+        ``on_failure`` is called if the thread fails (after :attr:`failure` is set).
+        """
+        self._on_failure = on_failure
         self._resume()
         self._thread = threading.Thread(target=self._run, name="cdc-mode", daemon=True)
         self._thread.start()
@@ -162,6 +178,7 @@ class ModeRuntime:
                 "flag_lost": self._flag_lost,
                 "overrides": list(self._overrides),
                 **({"problem": self._problem} if self._problem else {}),
+                **({"flow_stuck": self._stall} if self._stall else {}),
             }
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
@@ -179,7 +196,12 @@ class ModeRuntime:
         return all(checks.values()), checks
 
     def tick(self) -> Decision | None:
-        """One controller step: observe, decide, publish, act. Returns the decision."""
+        """One controller step: observe, decide, publish, act. Returns the decision.
+
+        None, with nothing published, while the flow is stuck or Redis does not answer.
+        """
+        if self._flow_stuck():
+            return None
         shared_problem = self._share_heartbeats()
         report = self._tracker.report()
         _export_lag(report)
@@ -222,6 +244,24 @@ class ModeRuntime:
             return None
         self._tracker.learn_heartbeats(shared)
         return None
+
+    def _flow_stuck(self) -> bool:
+        """Judge the flow; log and show when it gets stuck and when it moves again."""
+        if self._stall_after_s is None:
+            return False
+        why = flow_stall(self._tracker.report(), self._stall_after_s)
+        with self._lock:
+            before, self._stall = self._stall, why
+        metrics.FLOW_STUCK.set(0 if why is None else 1)
+        if why is not None and before is None:
+            log.error(
+                "mode: the dataflow is stuck; the mode heartbeat stops so that the watchdog "
+                "falls the cache back (worker_down)",
+                extra={"reason": why, "flow_stall_s": self._stall_after_s},
+            )
+        elif why is None and before is not None:
+            log.warning("mode: the dataflow moves again; heartbeat resumed", extra={"was": before})
+        return why is not None
 
     def _report(self, problem: str | None) -> None:
         """Log a mode key holding junk once (and its end), not on every tick."""
@@ -449,8 +489,17 @@ class ModeRuntime:
                 self._state = ModeState.initial(self._now_ms(), Mode.TTL, Cause.START, why)
 
     def _run(self) -> None:
-        while not self._closing.wait(self._interval_s):
-            self.tick()
+        try:
+            while not self._closing.wait(self._interval_s):
+                self.tick()
+        except Exception as exc:  # a bug: nothing decides the mode any more
+            self.failure = exc
+            log.critical(
+                "mode: the mode thread failed; the worker stops (exit 1) and the watchdog "
+                "holds ttl until it is back",
+                exc_info=exc,
+            )
+            self._on_failure()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

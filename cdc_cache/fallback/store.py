@@ -17,16 +17,18 @@ for the leader to read. The processes of a cluster share the connectors' heartbe
 heartbeats land in one partition, read by one process, and keep every process's idle
 partitions fresh. A watchdog writes ``cdc:mode`` only through
 :meth:`ModeStore.take_over`, which refuses once the worker has written again.
+
+Kept in one module: the mode's records share one key layout and are written by the
+leader, its followers and the watchdog alike; each reads the others' fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
-from redis.commands.core import Script
 
 from cdc_cache.core.keys import ns
 from cdc_cache.mode.controller import (
@@ -57,12 +59,21 @@ return 1
 """
 
 
+def run_on_key(client: Client, script: str, key: str, args: Sequence[Any]) -> Any:
+    """Run ``script`` on the node serving ``key`` (EVAL: the script travels with the call).
+
+    For the watchdog's calls: a script unknown to Redis would be loaded (SCRIPT LOAD) on
+    every primary of a Cluster, and one primary that stopped answering would hold the
+    watchdog up when it is needed, though the node serving the mode keys answers.
+    """
+    return client.execute_command("EVAL", script, 1, key, *args)
+
+
 class ModeStore:
     """The mode's records in Redis (shared by the worker, the CLI and the admin API)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._take_over = Script(client, _TAKE_OVER)
 
     def flag(self) -> Flag:
         """The operator flag (``auto`` when unset); raises ModeKeyError for anything else."""
@@ -143,7 +154,9 @@ class ModeStore:
         )  # fmt: skip
         pairs = [item for name, value in fields.items() for item in (name, value)]
         with reading(ns().mode, rewrite()):
-            written = self._take_over(keys=[ns().mode], args=[WATCHDOG, seen_updated_ms, *pairs])
+            written = run_on_key(
+                self._client, _TAKE_OVER, ns().mode, [WATCHDOG, seen_updated_ms, *pairs]
+            )
         return bool(written)
 
     def writer(self) -> str:

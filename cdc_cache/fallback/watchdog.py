@@ -44,13 +44,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import orjson
-from redis.commands.core import Script
 
 from cdc_cache.core import metrics
 from cdc_cache.core.keys import ns
 from cdc_cache.fallback.runtime import report_overrides
 from cdc_cache.fallback.shortening import SHORTEN_KEYS_PER_S, Shortener
-from cdc_cache.fallback.store import WATCHDOG, ModeStore
+from cdc_cache.fallback.store import WATCHDOG, ModeStore, run_on_key
 from cdc_cache.mode.controller import (
     Cause,
     Flag,
@@ -192,8 +191,7 @@ class Watchdog:
         self._wall_clock = wall_clock
         self._id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock_ms = int(max(3 * interval_s, 2.0) * 1000)
-        self._take_lock = Script(client, _LOCK)
-        self._unlock = Script(client, _UNLOCK)
+        self._client = client
         self._watch = BeatWatch(clock())
         self._closing = threading.Event()
         self._shortener = Shortener(client, shorten_keys_per_s, self._closing, clock=clock)
@@ -220,7 +218,7 @@ class Watchdog:
         try:
             record = self._store.record()
             leader = bool(
-                self._take_lock(keys=[ns().watchdog_lock], args=[self._id, self._lock_ms])
+                run_on_key(self._client, _LOCK, ns().watchdog_lock, [self._id, self._lock_ms])
             )
         except REDIS_ERRORS as exc:
             self._blind(exc)
@@ -374,7 +372,7 @@ class Watchdog:
 
     def _release(self) -> None:
         try:
-            self._unlock(keys=[ns().watchdog_lock], args=[self._id])
+            run_on_key(self._client, _UNLOCK, ns().watchdog_lock, [self._id])
         except REDIS_ERRORS as exc:
             log.warning("watchdog: could not release its lock", extra={"error": str(exc)})
 

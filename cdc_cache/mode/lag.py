@@ -24,6 +24,15 @@ least fresh of them. Names come from messages, so their number is bounded: past
 :data:`MAX_FEEDERS` connectors seen on one topic, or :data:`MAX_SERVERS` sending
 heartbeats, a topic's lag counts from its changes alone (the later connectors'
 heartbeats are not kept), which may read lag that is not there but never hides any.
+
+The same bookkeeping tells whether the flow itself moves (:func:`flow_stall`): a source
+partition is polled again and again, idle or not, so one not polled for long means its
+dataflow thread is stuck; and messages read or waiting that stay unapplied while none are
+applied mean its writes are. A write waiting to retry is neither: it is counted and
+logged where it waits.
+
+Kept in one module: the lag figures and the flow's progress come from the same
+per-partition bookkeeping, kept under one lock.
 """
 
 from __future__ import annotations
@@ -59,6 +68,10 @@ class PartitionLag:
     """How far the last source time seen lies ahead of this worker's clock (0 when it
     does not): a source or connector clock ahead by at least that much. The lag counts
     such a time as now, so it reads low by the skew, and the fallback engages late."""
+    unpolled_s: float | None = None
+    """Since its source partition was last polled (None: no flow reads it now)."""
+    stuck_s: float = 0.0
+    """How long messages have waited unapplied with none applied meanwhile (0: none wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,8 @@ class LagReport:
     """Every tracked partition's lag; the controller looks at the worst one."""
 
     partitions: tuple[PartitionLag, ...]
+    waited_s: float | None = None
+    """Since the last wait of a write to retry ended (0 while one runs; None: none did)."""
 
     def worst(self) -> PartitionLag | None:
         """The partition with the largest connector lag (None when nothing is tracked)."""
@@ -88,6 +103,8 @@ class _Partition:
     next_offset: int | None = None
     applied: int | None = None  # the offset after the last one applied (None: unknown)
     latest_ms: float | None = None  # the last source time seen, as it came (maybe ahead)
+    polled_ms: float | None = None  # the last poll of its source partition (None: unread)
+    moved_ms: float = 0.0  # the last time it had nothing unapplied or applied some more
 
     def consumer_lag(self) -> int | None:
         if self.high is None or self.next_offset is None:
@@ -118,6 +135,7 @@ class LagTracker:
     _feeds: dict[str, set[str]] = field(default_factory=dict)
     """Topic → the connectors whose records were seen on it."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _waited_until_ms: float | None = None
 
     def track(self, topic: str, partition: int, resume: int | None = None) -> None:
         """Start watching a partition (its lag counts from now until something arrives).
@@ -125,7 +143,32 @@ class LagTracker:
         ``resume`` is the offset it is read from: what lies past it is not applied yet.
         """
         with self._lock:
-            self._part(topic, partition).applied = resume
+            part = self._part(topic, partition)
+            part.applied = resume
+            part.polled_ms = part.moved_ms = self.clock_ms()
+
+    def polled(self, topic: str, partition: int, *, paused: bool = False) -> None:
+        """The flow asked a source partition for its next batch: its thread turns.
+
+        ``paused``: the partition reads nothing on purpose (a discontinuity awaits an
+        operator, under its own hold), so what waits there is not stuck.
+        """
+        with self._lock:
+            part = self._part(topic, partition)
+            part.polled_ms = self.clock_ms()
+            if paused:
+                part.moved_ms = part.polled_ms
+            _settle(part, part.polled_ms)
+
+    def released(self, topic: str, partition: int) -> None:
+        """A source partition is closed: no flow polls it until it is tracked again."""
+        with self._lock:
+            self._part(topic, partition).polled_ms = None
+
+    def waited(self, seconds: float) -> None:
+        """A write waits ``seconds`` to retry (Redis refused, a replica lags...)."""
+        with self._lock:
+            self._waited_until_ms = self.clock_ms() + seconds * 1000
 
     def record(
         self,
@@ -147,7 +190,10 @@ class LagTracker:
             part = self._part(topic, partition)
             part.contact_ms = now = self.clock_ms()
             if applied_to is not None:
+                if part.applied is None or applied_to > part.applied:
+                    part.moved_ms = now
                 part.applied = applied_to
+            _settle(part, now)
             if committed_at_ms is not None:
                 committed = min(committed_at_ms, now)
                 part.newest_ms = max(part.newest_ms or committed, committed)
@@ -214,13 +260,17 @@ class LagTracker:
                 part.high = high
             if next_offset is not None:
                 part.next_offset = next_offset
+            _settle(part, self.clock_ms())
 
     def report(self) -> LagReport:
         """Lag of every tracked partition, now."""
         with self._lock:
             now = self.clock_ms()
             items = sorted(self._partitions.items())
-            return LagReport(tuple(self._lag(t, n, part, now) for (t, n), part in items))
+            until = self._waited_until_ms
+            waited = None if until is None else max(0.0, now - until) / 1000
+            lags = tuple(self._lag(t, n, part, now) for (t, n), part in items)
+            return LagReport(lags, waited)
 
     def _full(self, server: str) -> bool:
         """True when ``server`` is new and :data:`MAX_SERVERS` heartbeats are kept already."""
@@ -230,7 +280,7 @@ class LagTracker:
         part = self._partitions.get((topic, partition))
         if part is None:
             now = self.clock_ms()
-            part = self._partitions[(topic, partition)] = _Partition(now, now)
+            part = self._partitions[(topic, partition)] = _Partition(now, now, moved_ms=now)
         return part
 
     def _lag(self, topic: str, number: int, part: _Partition, now: float) -> PartitionLag:
@@ -252,6 +302,8 @@ class LagTracker:
             silent_s=max(0.0, now - contact) / 1000,
             consumer_lag=consumer_lag,
             ahead_s=max([0.0, *(ms - now for ms in latest if ms is not None)]) / 1000,
+            unpolled_s=None if part.polled_ms is None else max(0.0, now - part.polled_ms) / 1000,
+            stuck_s=max(0.0, now - part.moved_ms) / 1000 if consumer_lag else 0.0,
         )
 
     def _heartbeats_of(self, topic: str) -> list[_Server]:
@@ -269,3 +321,33 @@ class LagTracker:
         feeders = self._feeds.get(topic, set()) | named
         beats = [self._servers.get(name) for name in feeders]
         return [beat for beat in beats if beat is not None] if None not in beats else []
+
+
+def _settle(part: _Partition, now: float) -> None:
+    """Nothing waits unapplied (or the high watermark is unknown): nothing is stuck."""
+    if not part.consumer_lag():
+        part.moved_ms = now
+
+
+def flow_stall(report: LagReport, bound_s: float) -> str | None:
+    """Why the flow does not move (None: it does, or nothing tells otherwise).
+
+    A source partition not polled for ``bound_s`` (its dataflow thread is stuck), or one
+    whose messages waited unapplied that long while none were applied (the writes are).
+    An idle partition is polled and has nothing waiting, so it never counts; nor does any
+    partition while a write waits to retry, or waited within ``bound_s`` (the attempt
+    after it runs): that wait is counted and logged where it happens, and the lag says
+    what it costs.
+    """
+    if report.waited_s is not None and report.waited_s < bound_s:
+        return None
+    for part in report.partitions:
+        where = f"{part.topic}[{part.partition}]"
+        if part.unpolled_s is not None and part.unpolled_s > bound_s:
+            return f"{where} not polled for {part.unpolled_s:.0f}s: its dataflow thread is stuck"
+        if part.stuck_s > bound_s:
+            return (
+                f"{where}: {part.consumer_lag} messages unapplied and none applied for "
+                f"{part.stuck_s:.0f}s: the flow's writes are stuck"
+            )
+    return None

@@ -54,18 +54,21 @@ DEFAULT_PAGE_SIZE: Final = 1_000
 _CHANGED: Final = (Outcome.APPLIED, Outcome.INVALIDATED)
 
 
+Shorten = Callable[[Client, Sequence[str], Callable[[float], object]], object]
+
+
 @dataclass(frozen=True, slots=True)
 class Fanout:
     """How tag invalidations run (settings ``fanout_page``, ``fanout_limit``).
 
-    ``page`` members per page; above ``limit`` members, ``shorten(client, prefixes)``
-    gives the keys under the dependent keys' prefixes the fallback TTL instead (None: no
-    fallback, every invalidation is walked).
+    ``page`` members per page; above ``limit`` members, ``shorten(client, prefixes, pace)``
+    gives the keys under the dependent keys' prefixes the fallback TTL instead, waiting
+    ``pace(seconds)`` between pages (None: no fallback, every invalidation is walked).
     """
 
     limit: int = DEFAULT_FANOUT_LIMIT
     page: int = DEFAULT_PAGE_SIZE
-    shorten: Callable[[Client, Sequence[str]], object] | None = None
+    shorten: Shorten | None = None
 
 
 @dataclass

@@ -20,6 +20,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 from confluent_kafka.admin import AdminClient
 
+from cdc_cache.continuity.model import GONE_AFTER_S
+from cdc_cache.continuity.topic_ids import TopicIdentity, TopicIds
+from cdc_cache.core import metrics
 from cdc_cache.mode.controller import Cause
 from cdc_cache.mode.holds import Holds
 from cdc_cache.plan.rules_loader import parse_rules
@@ -282,3 +285,32 @@ def test_records_removed_before_they_were_read_hold_ttl_with_the_alert_until_acc
         finally:
             if run is not None:
                 run.stop()
+
+
+def test_a_topic_the_brokers_do_not_know_is_gone_only_once_that_lasted(broker):
+    """Brokers answer "unknown topic" for a while (a leader election, metadata on its way):
+    a topic created meanwhile is simply known; one that stays unknown is judged gone."""
+    clock = [0.0]
+    ids = TopicIds({"bootstrap.servers": broker.bootstrap}, clock=lambda: clock[0])
+    late, missing = unique_topic(), unique_topic()
+
+    def look(topic: str, step_s: float) -> TopicIdentity | None:
+        clock[0] += step_s
+        time.sleep(0.05)
+        return ids.current(topic)
+
+    unknown = metrics.SOURCE_TOPIC_UNKNOWN.labels(late)
+    seen = [look(late, 0.2) for _ in range(40)]  # 8 s by the ids' clock
+    assert unknown._value.get() == 1, "the brokers never answered"
+    assert seen == [None] * len(seen)  # no identity yet: the partition waits, not paused
+    broker.create_topics({late: 1})
+    deadline = time.monotonic() + 30
+    while (identity := look(late, 0.2)) is None:
+        assert time.monotonic() < deadline, "the created topic never showed"
+    assert identity.exists and identity.topic_id is not None
+    assert unknown._value.get() == 0
+
+    started = clock[0]
+    while (identity := look(missing, 1.0)) is None or identity.exists:
+        assert time.monotonic() < deadline + 30, "a topic that stays unknown was never gone"
+    assert clock[0] - started >= GONE_AFTER_S

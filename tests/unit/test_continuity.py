@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from cdc_cache.cli.continuity import chosen, status_lines
 from cdc_cache.continuity.model import (
+    GONE_AFTER_ANSWERS,
+    GONE_AFTER_S,
+    Absence,
     Action,
     Discontinuity,
     Kind,
@@ -18,6 +21,7 @@ from cdc_cache.continuity.model import (
     check,
     load_state,
     reread_caught_up,
+    unknown_again,
 )
 from cdc_cache.core.errors import ConfigError
 
@@ -200,3 +204,46 @@ def test_status_says_what_broke_and_the_ways_forward():
     assert status_lines({}) == [
         "no source discontinuity recorded: every partition reads continuously"
     ]
+
+
+ANSWERS = st.lists(
+    st.tuples(st.floats(0, GONE_AFTER_S, allow_nan=False), st.booleans()), max_size=40
+)
+
+
+def _judged(answers: list[tuple[float, bool]]) -> list[bool]:
+    """After each (seconds since the previous, known?) answer: is the topic judged gone."""
+    now, absence, judged = 0.0, None, []
+    for gap_s, known in answers:
+        now += gap_s
+        absence = None if known else unknown_again(absence, now)
+        judged.append(absence is not None and absence.gone(now))
+    return judged
+
+
+@given(ANSWERS)
+def test_a_topic_is_gone_only_after_enough_unknown_answers_in_a_row_over_the_bound(answers):
+    now, run = 0.0, []
+    for (gap_s, known), gone in zip(answers, _judged(answers), strict=True):
+        now += gap_s
+        run = [] if known else [*run, now]
+        assert gone == (len(run) >= GONE_AFTER_ANSWERS and now - run[0] >= GONE_AFTER_S)
+
+
+@given(st.lists(st.floats(0, GONE_AFTER_S, allow_nan=False), max_size=40))
+def test_unknown_answers_broken_by_a_known_one_within_the_bound_never_judge_it_gone(gaps):
+    """A leader election or a restarting broker: unknown for a while, then known again."""
+    answers: list[tuple[float, bool]] = []
+    spent = 0.0
+    for gap_s in gaps:
+        if spent + gap_s >= GONE_AFTER_S:
+            answers.append((0.0, True))
+            spent = 0.0
+        spent += gap_s
+        answers.append((gap_s, False))
+    assert not any(_judged(answers))
+
+
+def test_one_unknown_answer_is_not_gone_however_long_ago_it_came():
+    assert not Absence(since=0.0).gone(now=10 * GONE_AFTER_S)
+    assert Absence(since=0.0, answers=GONE_AFTER_ANSWERS).gone(now=GONE_AFTER_S)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from cdc_cache.mode.lag import MAX_FEEDERS, MAX_SERVERS, LagTracker
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc_cache.mode.lag import MAX_FEEDERS, MAX_SERVERS, LagTracker, flow_stall
 
 
 class Clock:
@@ -383,3 +387,92 @@ def test_a_partition_read_again_from_its_start_counts_from_where_it_reads(clock)
     tracker.record("t", 0, int(clock.ms), applied_to=500)
     tracker.offsets("t", 0, high=400, next_offset=10)
     assert lag_of(tracker, "t").consumer_lag == 390
+
+
+# -- whether the flow moves -------------------------------------------------------------------
+
+BOUND_S = 10.0
+
+
+def test_an_idle_flow_is_polled_and_never_stuck(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, 40)
+    for _ in range(60):  # an hour without a change: polled, nothing waits
+        clock.advance(60)
+        tracker.polled("db1.inv.stock", 0)
+        tracker.offsets("db1.inv.stock", 0, 40, 40)
+    assert flow_stall(tracker.report(), BOUND_S) is None
+
+
+def test_a_partition_no_longer_polled_is_a_stuck_dataflow_thread(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, 40)
+    tracker.polled("db1.inv.stock", 0)
+    tracker.offsets("db1.inv.stock", 0, 40, 40)
+    clock.advance(BOUND_S)
+    assert flow_stall(tracker.report(), BOUND_S) is None
+    clock.advance(1)
+    assert "db1.inv.stock[0] not polled for 11s" in str(flow_stall(tracker.report(), BOUND_S))
+    tracker.polled("db1.inv.stock", 0)
+    assert flow_stall(tracker.report(), BOUND_S) is None
+
+
+def test_messages_read_and_never_applied_are_stuck_writes_while_polls_go_on(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, 40)
+    tracker.offsets("db1.inv.stock", 0, 50, 50)  # read up to 50, applied up to 40
+    for _ in range(11):
+        clock.advance(1)
+        tracker.polled("db1.inv.stock", 0)
+    assert "10 messages unapplied and none applied for 11s" in str(
+        flow_stall(tracker.report(), BOUND_S)
+    )
+    tracker.record("db1.inv.stock", 0, applied_to=45)  # a batch is applied: it moves
+    assert flow_stall(tracker.report(), BOUND_S) is None
+
+
+def test_a_write_waiting_to_retry_is_not_stuck_until_the_waits_stop(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, 40)
+    tracker.offsets("db1.inv.stock", 0, 50, 50)
+    for _ in range(30):  # Redis refuses for 30 s: the dataflow thread waits for the writer
+        tracker.waited(1)
+        clock.advance(1)
+    tracker.waited(30)  # the backoff grew past the bound
+    clock.advance(30)
+    assert flow_stall(tracker.report(), BOUND_S) is None
+    clock.advance(BOUND_S)  # the attempt after the wait never returns
+    assert flow_stall(tracker.report(), BOUND_S) is not None
+
+
+def test_a_paused_partition_and_a_closed_one_are_not_stuck(clock):
+    tracker = LagTracker(clock)
+    tracker.track("db1.inv.stock", 0, 40)
+    tracker.offsets("db1.inv.stock", 0, 50, 40)  # fetched past its stored offset, then held
+    tracker.track("db1.inv.sku", 0, 7)
+    tracker.released("db1.inv.sku", 0)  # the flow restarts onto new topics
+    for _ in range(30):
+        clock.advance(1)
+        tracker.polled("db1.inv.stock", 0, paused=True)
+    assert flow_stall(tracker.report(), BOUND_S) is None
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 5 * BOUND_S), st.integers(0, 100)), min_size=1, max_size=30
+    )
+)
+def test_a_flow_polled_within_the_bound_that_applies_all_it_reads_is_never_stuck(steps):
+    """However long it idles between changes, and whatever arrives."""
+    clock = Clock()
+    tracker = LagTracker(clock)
+    tracker.track("t", 0, 0)
+    offset = 0
+    for idle_s, arriving in steps:
+        for _ in range(math.ceil(idle_s / BOUND_S)):  # polled at least once per bound
+            clock.advance(min(idle_s, BOUND_S))
+            tracker.polled("t", 0)
+        offset += arriving
+        tracker.offsets("t", 0, offset, offset)
+        tracker.record("t", 0, applied_to=offset)
+        assert flow_stall(tracker.report(), BOUND_S) is None

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_cache.core import metrics
-from cdc_cache.core.errors import TransientError
-from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter
+from cdc_cache.core.errors import StopRequested, TransientError
+from cdc_cache.core.retry import Backoff, retry_forever, retry_reporter, stoppable_sleep
 
 
 class FakeClock:
@@ -140,3 +141,15 @@ def test_retry_reporter_counts_the_target_and_logs_the_wait(caplog) -> None:
     (record,) = caplog.records
     assert record.getMessage() == "unit server down"
     assert (record.step, record.attempt, record.delay_s, record.error) == ("x", 3, 0.123, "refused")
+
+
+def test_a_stoppable_sleep_tells_of_each_wait_before_it_waits():
+    """The sink's waits to retry keep its flow from being judged stuck (mode.lag)."""
+    told: list[tuple[float, bool]] = []
+    stop = threading.Event()
+    sleep = stoppable_sleep(stop, "Redis", lambda s: told.append((s, stop.is_set())))
+    sleep(0.01)
+    stop.set()
+    with pytest.raises(StopRequested):
+        sleep(5)
+    assert told == [(0.01, False), (5, True)]

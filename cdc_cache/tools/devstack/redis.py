@@ -105,8 +105,10 @@ class RedisClusterServers:
     Without ``replicas`` every node is a primary; with ``replicas`` N, redis-cli makes
     ``len(ports) / (N + 1)`` primaries and gives each N replicas. ``bus_ports`` sets each
     node's cluster bus port; by default it is port + 10000, which only works for ports up
-    to 55535 (pass explicit bus ports for ephemeral test ports). The cluster is created
-    once; its node files make later starts rejoin the same cluster.
+    to 55535 (pass explicit bus ports for ephemeral test ports). ``node_timeout_ms`` is how
+    long a node may not answer before the others count it failed (and, without replicas,
+    refuse commands: the cluster is down). The cluster is created once; its node files
+    make later starts rejoin the same cluster.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class RedisClusterServers:
         bus_ports: Sequence[int] | None = None,
         *,
         replicas: int = 0,
+        node_timeout_ms: int = 3000,
     ) -> None:
         if replicas < 0 or len(ports) < 3 * (replicas + 1) or len(ports) % (replicas + 1):
             msg = (
@@ -124,6 +127,7 @@ class RedisClusterServers:
             )
             raise StackError(msg)
         self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         buses = (
             list(bus_ports) if bus_ports is not None else [p + _CLUSTER_BUS_OFFSET for p in ports]
         )
@@ -148,7 +152,7 @@ class RedisClusterServers:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node_home / "nodes.conf"),
                 "--cluster-port", str(bus),
-                "--cluster-node-timeout", "3000",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
             )  # fmt: skip
             processes.append(ManagedProcess(f"redis-cluster-{port}", argv, node_home))
         return processes
