@@ -254,7 +254,14 @@ def retries_kafka_dlq() -> float:
 
 def test_dlq_write_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path):
     port = free_port()
-    entries = [{"id": f"e{n}", "kind": "undecodable"} for n in range(3)]
+    entries = [
+        {
+            "id": f"e{n}",
+            "kind": "undecodable",
+            "source": {"topic": "t", "partition": 0, "offset": n},
+        }
+        for n in range(3)
+    ]
     writer = DeadLetterWriter(
         # Each attempt gives up after 2.5 s; short enough for a quick test, long enough for
         # a loaded machine to connect, get a producer id and write within one attempt.
