@@ -26,21 +26,20 @@ def mode_get(redis_url: str, as_json: bool) -> None:
 
     from cdc_cache.core.keys import ns
     from cdc_cache.fallback.store import ModeStore
-    from cdc_cache.mode.controller import Flag
+    from cdc_cache.mode.controller import Flag, kept_flag
     from cdc_cache.mode.record import ModeRecord
     from cdc_cache.sink.connection import connect
 
     with reported("cdc-cache mode get", redis_url):
         store = ModeStore(connect(redis_url))
-        lost = False
+        invalid = None
         try:
             stored = store.stored_flag()
-            flag = (stored or Flag.AUTO).value
         except ConfigError as exc:
-            stored, flag = Flag.AUTO, f"invalid ({exc})"
+            stored, invalid = Flag.AUTO, f"invalid ({exc})"
         record = ModeRecord.parse(store.record())
-    if stored is None and record is not None and record.flag is not Flag.AUTO:
-        flag, lost = record.flag.value, True
+    kept, lost = kept_flag(stored, record.flag if record is not None else Flag.AUTO)
+    flag = invalid or kept.value
     if as_json:
         lost_field = {"flag_lost": True} if lost else {}
         echo_json({"flag": flag, **lost_field, "mode": record})  # mode null: none published yet
